@@ -80,6 +80,14 @@ func (n *MemNetwork) Transport(id uint64) *MemTransport {
 	return t
 }
 
+// Forget removes node id from the network, so that the next Transport(id)
+// returns a new transport (a restarted process). Close the old one first.
+func (n *MemNetwork) Forget(id uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.mu.nodes, id)
+}
+
 // SetLink sets the fault state of the directed link from → to.
 func (n *MemNetwork) SetLink(from, to uint64, s LinkState) {
 	n.mu.Lock()

@@ -1,0 +1,237 @@
+package multiraft
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/flotilla/flotilla/storage"
+)
+
+// noteSoftState records leadership and term changes from a Ready, before
+// its messages are classified and its entries applied.
+func (g *group) noteState(rd *raft.Ready) {
+	if rd.SoftState != nil {
+		if rd.SoftState.RaftState != g.role {
+			g.h.metrics.roleChange(g.role, rd.SoftState.RaftState)
+			g.role = rd.SoftState.RaftState
+		}
+		if rd.SoftState.Lead != g.lead {
+			g.lead = rd.SoftState.Lead
+			// An outstanding ReadIndex round may never be answered by a
+			// deposed leader; reads are safe to retry, so fail them now.
+			for k, b := range g.reads {
+				delete(g.reads, k)
+				b.finish(ErrLeaderChanged)
+			}
+		}
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		g.term = rd.HardState.Term
+		g.commit = rd.HardState.Commit
+	}
+}
+
+// applyReady applies what a persisted Ready commits: a received snapshot,
+// committed entries, read states. Writes that apply produces (conf states,
+// snapshots) go into b, committed by the caller without sync: they can be
+// redone from the log after a crash. It returns the leader event to publish,
+// if any, and false if the Host failed.
+func (g *group) applyReady(rd *raft.Ready, w *worker) (LeaderEvent, bool, bool) {
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		meta := rd.Snapshot.Metadata
+		if err := g.sm.Restore(bytes.NewReader(rd.Snapshot.Data), meta.Index); err != nil {
+			g.h.fatal(fmt.Errorf("group %d: restore snapshot at %d: %w", g.id, meta.Index, err))
+			return LeaderEvent{}, false, false
+		}
+		g.applied, g.snapIndex, g.confIndex = meta.Index, meta.Index, meta.Index
+		g.publishConf()
+	}
+	if len(rd.CommittedEntries) > 0 {
+		if !g.applyEntries(rd.CommittedEntries, w) {
+			return LeaderEvent{}, false, false
+		}
+	}
+	for _, rs := range rd.ReadStates {
+		if len(rs.RequestCtx) != 8 {
+			continue
+		}
+		k := binary.BigEndian.Uint64(rs.RequestCtx)
+		if b, ok := g.reads[k]; ok {
+			delete(g.reads, k)
+			b.index = rs.Index
+			g.readWaiting = append(g.readWaiting, b)
+		}
+	}
+	if len(g.readWaiting) > 0 {
+		keep := g.readWaiting[:0]
+		for _, b := range g.readWaiting {
+			if b.index <= g.applied {
+				b.finish(nil)
+			} else {
+				keep = append(keep, b)
+			}
+		}
+		g.readWaiting = keep
+	}
+	if len(g.transfers) > 0 && g.lead != 0 {
+		keep := g.transfers[:0]
+		for _, t := range g.transfers {
+			if t.to == g.lead {
+				t.done <- nil
+			} else {
+				keep = append(keep, t)
+			}
+		}
+		g.transfers = keep
+	}
+	if g.applied-g.snapIndex >= g.h.cfg.SnapshotEntries {
+		if !g.takeSnapshot(w.batch) {
+			return LeaderEvent{}, false, false
+		}
+	}
+	g.publishStatus()
+	return g.leaderEvent()
+}
+
+// leaderEvent returns an event when the group's leader or term differs
+// from the last one published — but for a leader only once it has committed
+// an entry of its own term (the entry at the commit index has the current
+// term): before that it cannot serve reads or prove its leadership.
+func (g *group) leaderEvent() (LeaderEvent, bool, bool) {
+	if g.lead == g.published.Leader && (g.lead == 0 || g.term == g.published.Term) {
+		return LeaderEvent{}, false, true
+	}
+	if g.lead != 0 {
+		if t, err := g.log.Term(g.commit); err != nil || t != g.term {
+			return LeaderEvent{}, false, true
+		}
+	}
+	g.published = LeaderEvent{Group: g.id, Leader: g.lead, Term: g.term}
+	return g.published, true, true
+}
+
+// applyEntries applies committed entries, batching consecutive commands
+// into one StateMachine.Apply call.
+func (g *group) applyEntries(ents []raftpb.Entry, w *worker) bool {
+	cmds, keys := w.cmds[:0], w.keys[:0]
+	flush := func() bool {
+		if len(cmds) == 0 {
+			return true
+		}
+		if err := g.sm.Apply(cmds); err != nil {
+			g.h.fatal(fmt.Errorf("group %d: apply through index %d: %w", g.id, cmds[len(cmds)-1].Index, err))
+			return false
+		}
+		for i := range cmds {
+			if p, ok := g.proposals[keys[i]]; ok {
+				delete(g.proposals, keys[i])
+				p.finish(cmds[i].Result, nil)
+			}
+			cmds[i] = Command{}
+		}
+		cmds, keys = cmds[:0], keys[:0]
+		return true
+	}
+	defer func() { w.cmds, w.keys = cmds[:0], keys[:0] }()
+	for i := range ents {
+		e := &ents[i]
+		if e.Index <= g.applied {
+			continue
+		}
+		switch e.Type {
+		case raftpb.EntryNormal:
+			if len(e.Data) < 8 {
+				break // the empty entry of a new leader, or a dropped change
+			}
+			cmds = append(cmds, Command{Index: e.Index, Data: e.Data[8:]})
+			keys = append(keys, binary.BigEndian.Uint64(e.Data))
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if !flush() {
+				return false
+			}
+			g.applyConfChange(e, w.batch)
+		}
+		g.applied = e.Index
+	}
+	return flush()
+}
+
+func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) {
+	var cc raftpb.ConfChangeI
+	var ctx []byte
+	if e.Type == raftpb.EntryConfChange {
+		var c raftpb.ConfChange
+		if err := c.Unmarshal(e.Data); err != nil {
+			g.h.fatal(fmt.Errorf("group %d: decode conf change at %d: %w", g.id, e.Index, err))
+			return
+		}
+		cc, ctx = c, c.Context
+	} else {
+		var c raftpb.ConfChangeV2
+		if err := c.Unmarshal(e.Data); err != nil {
+			g.h.fatal(fmt.Errorf("group %d: decode conf change at %d: %w", g.id, e.Index, err))
+			return
+		}
+		cc, ctx = c, c.Context
+	}
+	// A change at or below confIndex is already part of the persisted conf
+	// state (a restart replays it); applying it twice could fail.
+	if e.Index > g.confIndex {
+		cs := g.rn.ApplyConfChange(cc)
+		g.log.cs = *cs
+		g.confIndex = e.Index
+		b.SetConfState(g.id, *cs, e.Index)
+		g.publishConf()
+	}
+	if len(ctx) >= 8 {
+		k := binary.BigEndian.Uint64(ctx)
+		if p, ok := g.proposals[k]; ok {
+			delete(g.proposals, k)
+			p.finish(nil, nil)
+		}
+	}
+	g.releaseHeld()
+}
+
+// takeSnapshot snapshots the state machine at the applied index, saves it,
+// and truncates the log behind it, keeping CompactionOverhead entries in
+// memory for followers that lag a little.
+func (g *group) takeSnapshot(b storage.Batch) bool {
+	snap, err := g.snapshot()
+	if err != nil {
+		g.h.fatal(err)
+		return false
+	}
+	b.SetSnapshot(g.id, snap)
+	g.snapIndex = snap.Metadata.Index
+	if g.snapIndex > g.h.cfg.CompactionOverhead {
+		g.log.compact(g.snapIndex - g.h.cfg.CompactionOverhead)
+	}
+	return true
+}
+
+// snapshot captures the state machine at the applied index. It is also the
+// memLog's snapshot source: raft calls it (on the owner) when a follower
+// needs entries that were compacted away.
+func (g *group) snapshot() (raftpb.Snapshot, error) {
+	term, err := g.log.Term(g.applied)
+	if err != nil {
+		return raftpb.Snapshot{}, fmt.Errorf("group %d: term of applied index %d: %w", g.id, g.applied, err)
+	}
+	var buf bytes.Buffer
+	if err := g.sm.Snapshot(&buf); err != nil {
+		return raftpb.Snapshot{}, fmt.Errorf("group %d: snapshot at %d: %w", g.id, g.applied, err)
+	}
+	return raftpb.Snapshot{
+		Data: buf.Bytes(),
+		Metadata: raftpb.SnapshotMetadata{
+			Index:     g.applied,
+			Term:      term,
+			ConfState: storage.CloneConf(g.log.cs),
+		},
+	}, nil
+}

@@ -1,0 +1,163 @@
+package multiraft
+
+import (
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flotilla/flotilla/storage"
+	"github.com/flotilla/flotilla/transport"
+)
+
+// Config configures a Host. Zero values take the documented defaults;
+// NewHost rejects values outside the documented limits with
+// ErrInvalidConfig.
+type Config struct {
+	// NodeID is this node's ID, also the raft replica ID of every group
+	// replica it holds. Required; must be > 0.
+	NodeID uint64
+	// DataDir is the directory of the Pebble store holding the raft logs.
+	// Required unless Store is set.
+	DataDir string
+	// Store overrides DataDir with a store the caller owns (tests use
+	// storage.NewMem()). The Host does not close a Store it was given.
+	Store storage.Store
+	// Transport carries messages to the other nodes. Required. The Host
+	// calls its Start; the caller closes it after Host.Stop.
+	Transport transport.Transport
+
+	// TickInterval is the wall-clock length of one raft tick. Default
+	// 100ms; limits 1ms to 10s. Ignored in Manual mode.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks. Default 10; must be
+	// greater than HeartbeatTicks and at most 1000.
+	ElectionTicks int
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 1; at
+	// least 1.
+	HeartbeatTicks int
+	// DisableCheckQuorum turns CheckQuorum off (on by default: a leader
+	// that has not heard from a quorum for an election timeout steps down).
+	DisableCheckQuorum bool
+	// DisablePreVote turns PreVote off (on by default).
+	DisablePreVote bool
+
+	// Workers is the number of scheduler workers. Default GOMAXPROCS; limits
+	// 1 to 256. Ignored in Manual mode.
+	Workers int
+	// MaxGroupsPerCycle bounds how many ready groups one worker takes into
+	// one cycle (one storage batch, one sync). Default 256; limits 1 to
+	// 65536.
+	MaxGroupsPerCycle int
+	// MaxSizePerMsg is the largest append message in bytes. Default 1 MiB;
+	// limits 1 KiB to 64 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs is how many append messages may be unacknowledged per
+	// follower. Default 256; limits 1 to 65536.
+	MaxInflightMsgs int
+	// MaxUncommittedBytes bounds the uncommitted log of a leader, in bytes;
+	// proposals past it fail with ErrDropped. Default 64 MiB; 1 KiB to 4 GiB.
+	MaxUncommittedBytes uint64
+	// MaxInboxMsgs bounds the messages waiting for one group; past it,
+	// incoming messages are dropped (raft retransmits). Default 4096;
+	// limits 16 to 1<<20.
+	MaxInboxMsgs int
+
+	// SnapshotEntries is how many applied entries trigger a snapshot of the
+	// state machine and the truncation of the log behind it. Default 10000;
+	// limits 10 to 1<<30.
+	SnapshotEntries uint64
+	// CompactionOverhead is how many entries behind a snapshot stay in
+	// memory so that slightly lagging followers need no snapshot. Default
+	// 2000; at most SnapshotEntries.
+	CompactionOverhead uint64
+	// RequestTimeoutTicks is how long, in ticks, a proposal, read or
+	// leadership transfer may wait before it fails (ErrAmbiguous for
+	// proposals, ErrTimeout otherwise). Default 10 election timeouts;
+	// at least ElectionTicks.
+	RequestTimeoutTicks int
+	// DisableSync turns off the fsync of raft writes. Only for tests and
+	// benchmarks that measure something else; never in production.
+	DisableSync bool
+
+	// Manual runs no goroutine: the caller drives the Host with Tick and
+	// Process. For deterministic tests and simulation.
+	Manual bool
+	// Logger receives the Host's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the Host's metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def64 := func(v *uint64, d uint64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.TickInterval == 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	def(&c.ElectionTicks, 10)
+	def(&c.HeartbeatTicks, 1)
+	def(&c.Workers, runtime.GOMAXPROCS(0))
+	def(&c.MaxGroupsPerCycle, 256)
+	def64(&c.MaxSizePerMsg, 1<<20)
+	def(&c.MaxInflightMsgs, 256)
+	def64(&c.MaxUncommittedBytes, 64<<20)
+	def(&c.MaxInboxMsgs, 4096)
+	def64(&c.SnapshotEntries, 10000)
+	if c.CompactionOverhead == 0 {
+		c.CompactionOverhead = min(2000, c.SnapshotEntries)
+	}
+	def(&c.RequestTimeoutTicks, 10*c.ElectionTicks)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	switch {
+	case c.NodeID == 0:
+		return bad("NodeID must be > 0")
+	case c.DataDir == "" && c.Store == nil:
+		return bad("DataDir or Store is required")
+	case c.Transport == nil:
+		return bad("Transport is required")
+	case c.TickInterval < time.Millisecond || c.TickInterval > 10*time.Second:
+		return bad("TickInterval %v outside 1ms..10s", c.TickInterval)
+	case c.HeartbeatTicks < 1:
+		return bad("HeartbeatTicks %d < 1", c.HeartbeatTicks)
+	case c.ElectionTicks <= c.HeartbeatTicks || c.ElectionTicks > 1000:
+		return bad("ElectionTicks %d must be > HeartbeatTicks (%d) and <= 1000", c.ElectionTicks, c.HeartbeatTicks)
+	case c.Workers < 1 || c.Workers > 256:
+		return bad("Workers %d outside 1..256", c.Workers)
+	case c.MaxGroupsPerCycle < 1 || c.MaxGroupsPerCycle > 65536:
+		return bad("MaxGroupsPerCycle %d outside 1..65536", c.MaxGroupsPerCycle)
+	case c.MaxSizePerMsg < 1<<10 || c.MaxSizePerMsg > 64<<20:
+		return bad("MaxSizePerMsg %d outside 1KiB..64MiB", c.MaxSizePerMsg)
+	case c.MaxInflightMsgs < 1 || c.MaxInflightMsgs > 65536:
+		return bad("MaxInflightMsgs %d outside 1..65536", c.MaxInflightMsgs)
+	case c.MaxUncommittedBytes < 1<<10 || c.MaxUncommittedBytes > 4<<30:
+		return bad("MaxUncommittedBytes %d outside 1KiB..4GiB", c.MaxUncommittedBytes)
+	case c.MaxInboxMsgs < 16 || c.MaxInboxMsgs > 1<<20:
+		return bad("MaxInboxMsgs %d outside 16..1<<20", c.MaxInboxMsgs)
+	case c.SnapshotEntries < 10 || c.SnapshotEntries > 1<<30:
+		return bad("SnapshotEntries %d outside 10..1<<30", c.SnapshotEntries)
+	case c.CompactionOverhead > c.SnapshotEntries:
+		return bad("CompactionOverhead %d > SnapshotEntries %d", c.CompactionOverhead, c.SnapshotEntries)
+	case c.RequestTimeoutTicks < c.ElectionTicks:
+		return bad("RequestTimeoutTicks %d < ElectionTicks %d", c.RequestTimeoutTicks, c.ElectionTicks)
+	}
+	return nil
+}

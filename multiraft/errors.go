@@ -1,0 +1,36 @@
+package multiraft
+
+import "errors"
+
+// Sentinel errors. Check them with errors.Is: returned errors may wrap them
+// with detail.
+var (
+	// ErrInvalidConfig: a Config field is outside its limits.
+	ErrInvalidConfig = errors.New("multiraft: invalid config")
+	// ErrStopped: the Host is stopped (or stopping, or failed).
+	ErrStopped = errors.New("multiraft: host stopped")
+	// ErrGroupNotFound: no group with that ID runs on this Host.
+	ErrGroupNotFound = errors.New("multiraft: group not found")
+	// ErrGroupExists: StartGroup for a group that already runs.
+	ErrGroupExists = errors.New("multiraft: group already running")
+	// ErrGroupRemoved: the group was stopped or removed while the request
+	// waited.
+	ErrGroupRemoved = errors.New("multiraft: group removed")
+	// ErrNoLeader: the group has no known leader right now. Safe to retry.
+	ErrNoLeader = errors.New("multiraft: no leader")
+	// ErrDropped: raft refused the proposal (leadership transfer under way,
+	// or too many uncommitted bytes). It was not appended; safe to retry.
+	ErrDropped = errors.New("multiraft: proposal dropped")
+	// ErrAmbiguous: the proposal was appended but its outcome is unknown
+	// (leader changed or the request timed out); it may or may not apply.
+	ErrAmbiguous = errors.New("multiraft: proposal outcome unknown")
+	// ErrLeaderChanged: a read could not be confirmed because the leader
+	// changed. Reads are safe to retry.
+	ErrLeaderChanged = errors.New("multiraft: leader changed")
+	// ErrTimeout: a read or leadership transfer did not finish within
+	// Config.RequestTimeoutTicks.
+	ErrTimeout = errors.New("multiraft: request timed out")
+	// ErrInvalidRequest: the request itself is malformed (say, a membership
+	// change for node 0).
+	ErrInvalidRequest = errors.New("multiraft: invalid request")
+)

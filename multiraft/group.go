@@ -1,0 +1,339 @@
+package multiraft
+
+import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// group is one raft group replica on this Host.
+//
+// Ownership: fields outside in and st belong to the scheduler worker that
+// currently holds the group (see scheduler); no other goroutine touches
+// them. in is the inbox, written by any goroutine under in.mu (a leaf below
+// Host.mu). st mirrors a few figures for readers on other goroutines.
+type group struct {
+	id uint64
+	h  *Host
+
+	rn  *raft.RawNode
+	log *memLog
+	sm  StateMachine
+
+	applied   uint64
+	snapIndex uint64 // index of the last persisted snapshot
+	confIndex uint64 // index of the last conf change persisted in the conf state
+	lead      uint64
+	term      uint64
+	commit    uint64
+	role      raft.StateType
+	published LeaderEvent
+	ticks     uint64
+
+	proposals   map[uint64]*proposal
+	held        []*proposal
+	confPending bool
+	confSince   uint64 // tick at which confPending was set
+	reads       map[uint64]*readBatch
+	readWaiting []*readBatch
+	nextRead    uint64
+	transfers   []*transfer
+	stopped     bool
+
+	in struct {
+		sync.Mutex
+		msgs        []raftpb.Message
+		props       []*proposal
+		reads       []*readReq
+		transfers   []*transfer
+		ticks       int
+		unreachable []uint64
+		snaps       []snapReport
+		stop        *stopReq
+		campaign    bool
+		closed      bool
+	}
+
+	st struct {
+		lead, term, commit, applied atomic.Uint64
+		role                        atomic.Int32
+		voters, learners            atomic.Pointer[[]uint64]
+	}
+}
+
+type snapReport struct {
+	to uint64
+	ok bool
+}
+
+// proposal is a command or membership change waiting for its result.
+type proposal struct {
+	key       uint64
+	data      []byte               // key(8) + command, for a normal entry
+	cc        *raftpb.ConfChangeV2 // for a membership change
+	startTick uint64
+	done      chan struct{}
+	result    []byte
+	err       error
+}
+
+func (p *proposal) finish(res []byte, err error) {
+	p.result, p.err = res, err
+	close(p.done)
+}
+
+type readReq struct {
+	done chan struct{}
+	err  error
+}
+
+type readBatch struct {
+	index     uint64
+	startTick uint64
+	reqs      []*readReq
+}
+
+func (b *readBatch) finish(err error) {
+	for _, r := range b.reqs {
+		r.err = err
+		close(r.done)
+	}
+}
+
+type transfer struct {
+	to        uint64
+	startTick uint64
+	done      chan error
+}
+
+type stopReq struct {
+	remove bool
+	done   chan struct{}
+}
+
+// handleInputs drains the inbox into the RawNode. Called by the owner.
+func (g *group) handleInputs() {
+	g.in.Lock()
+	msgs, props, reads, transfers := g.in.msgs, g.in.props, g.in.reads, g.in.transfers
+	ticks, unreachable, snaps, stop := g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop
+	campaign := g.in.campaign
+	g.in.msgs, g.in.props, g.in.reads, g.in.transfers = nil, nil, nil, nil
+	g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop = 0, nil, nil, nil
+	g.in.campaign = false
+	g.in.Unlock()
+
+	if stop != nil {
+		g.shutdown(ErrGroupRemoved, stop.remove)
+		close(stop.done)
+		return
+	}
+	for _, to := range unreachable {
+		g.rn.ReportUnreachable(to)
+	}
+	for _, s := range snaps {
+		st := raft.SnapshotFinish
+		if !s.ok {
+			st = raft.SnapshotFailure
+		}
+		g.rn.ReportSnapshot(s.to, st)
+	}
+	for i := 0; i < ticks; i++ {
+		g.rn.Tick()
+		g.ticks++
+		if g.ticks%uint64(g.h.cfg.ElectionTicks) == 0 {
+			g.expire()
+		}
+	}
+	if campaign {
+		_ = g.rn.Campaign()
+	}
+	for i := range msgs {
+		// Errors here are messages from removed or unknown peers, or stale
+		// responses: raft ignores them, and so do we.
+		_ = g.rn.Step(msgs[i])
+	}
+	for _, t := range transfers {
+		t.startTick = g.ticks
+		if g.lead == t.to {
+			t.done <- nil
+			continue
+		}
+		g.transfers = append(g.transfers, t)
+		g.rn.TransferLeader(t.to)
+	}
+	if len(props) > 0 {
+		if g.confPending {
+			g.held = append(g.held, props...)
+		} else {
+			g.propose(props)
+		}
+	}
+	if len(reads) > 0 {
+		g.readIndex(reads)
+	}
+}
+
+// propose hands proposals to raft; consecutive commands go in one step.
+func (g *group) propose(props []*proposal) {
+	for len(props) > 0 {
+		if g.lead == 0 {
+			for _, p := range props {
+				p.finish(nil, ErrNoLeader)
+			}
+			return
+		}
+		p := props[0]
+		if p.cc != nil {
+			props = props[1:]
+			p.startTick = g.ticks
+			if err := g.rn.ProposeConfChange(*p.cc); err != nil {
+				p.finish(nil, ErrDropped)
+				continue
+			}
+			g.proposals[p.key] = p
+			g.confPending, g.confSince = true, g.ticks
+			// Whatever follows waits until the change applies (seed 001):
+			// raft would turn a second pending change into an empty entry.
+			g.held = append(g.held, props...)
+			return
+		}
+		n := 1
+		for n < len(props) && props[n].cc == nil {
+			n++
+		}
+		ents := make([]raftpb.Entry, n)
+		for i, p := range props[:n] {
+			ents[i].Data = p.data
+		}
+		err := g.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: g.h.cfg.NodeID, Entries: ents})
+		for _, p := range props[:n] {
+			if err != nil {
+				p.finish(nil, ErrDropped)
+				continue
+			}
+			p.startTick = g.ticks
+			g.proposals[p.key] = p
+		}
+		props = props[n:]
+	}
+}
+
+func (g *group) readIndex(reads []*readReq) {
+	if g.lead == 0 {
+		for _, r := range reads {
+			r.err = ErrNoLeader
+			close(r.done)
+		}
+		return
+	}
+	g.nextRead++
+	var ctx [8]byte
+	binary.BigEndian.PutUint64(ctx[:], g.nextRead)
+	g.reads[g.nextRead] = &readBatch{startTick: g.ticks, reqs: reads}
+	g.rn.ReadIndex(ctx[:])
+}
+
+// expire fails requests that waited longer than RequestTimeoutTicks.
+func (g *group) expire() {
+	limit := uint64(g.h.cfg.RequestTimeoutTicks)
+	old := func(start uint64) bool { return g.ticks-start > limit }
+	for k, p := range g.proposals {
+		if old(p.startTick) {
+			delete(g.proposals, k)
+			p.finish(nil, ErrAmbiguous)
+		}
+	}
+	if g.confPending && old(g.confSince) {
+		// The change was lost (raft dropped it, or leadership moved): stop
+		// holding the others.
+		g.releaseHeld()
+	}
+	for k, b := range g.reads {
+		if old(b.startTick) {
+			delete(g.reads, k)
+			b.finish(ErrTimeout)
+		}
+	}
+	keep := g.transfers[:0]
+	for _, t := range g.transfers {
+		if old(t.startTick) {
+			t.done <- ErrTimeout
+		} else {
+			keep = append(keep, t)
+		}
+	}
+	g.transfers = keep
+}
+
+func (g *group) releaseHeld() {
+	g.confPending = false
+	held := g.held
+	g.held = nil
+	if len(held) > 0 {
+		g.propose(held)
+	}
+}
+
+// shutdown fails every request and marks the group stopped. Called by the
+// owner (or by Host.Stop once no worker runs).
+func (g *group) shutdown(err error, remove bool) {
+	if g.stopped {
+		return
+	}
+	g.stopped = true
+	g.in.Lock()
+	g.in.closed = true
+	props, reads, transfers := g.in.props, g.in.reads, g.in.transfers
+	g.in.props, g.in.reads, g.in.transfers, g.in.msgs = nil, nil, nil, nil
+	g.in.Unlock()
+	for _, p := range props {
+		p.finish(nil, err)
+	}
+	for _, r := range reads {
+		r.err = err
+		close(r.done)
+	}
+	for _, t := range transfers {
+		t.done <- err
+	}
+	for k, p := range g.proposals {
+		delete(g.proposals, k)
+		p.finish(nil, err)
+	}
+	for _, p := range g.held {
+		p.finish(nil, err)
+	}
+	g.held = nil
+	for k, b := range g.reads {
+		delete(g.reads, k)
+		b.finish(err)
+	}
+	for _, b := range g.readWaiting {
+		b.finish(err)
+	}
+	g.readWaiting = nil
+	for _, t := range g.transfers {
+		t.done <- err
+	}
+	g.transfers = nil
+	g.h.removeGroup(g, remove)
+}
+
+func (g *group) publishStatus() {
+	g.st.lead.Store(g.lead)
+	g.st.term.Store(g.term)
+	g.st.commit.Store(g.commit)
+	g.st.applied.Store(g.applied)
+	g.st.role.Store(int32(g.role))
+}
+
+func (g *group) publishConf() {
+	cs := g.log.cs
+	v := append([]uint64(nil), cs.Voters...)
+	l := append([]uint64(nil), cs.Learners...)
+	g.st.voters.Store(&v)
+	g.st.learners.Store(&l)
+}

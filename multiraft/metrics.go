@@ -1,0 +1,83 @@
+package multiraft
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/raft/v3"
+)
+
+// metrics are the Host's Prometheus figures. Counters are updated by
+// workers; role counts by the worker that sees a role change.
+type metrics struct {
+	leaderChanges prometheus.Counter
+	inboxDropped  prometheus.Counter
+	syncs         atomic.Uint64
+	roles         [4]atomic.Int64 // by raft.StateType
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_raft_leader_changes_total",
+			Help: "Leader changes observed by the local replicas (each new leader, once it has committed in its term, or loss of leader).",
+		}),
+		inboxDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_raft_inbox_dropped_total",
+			Help: "Incoming raft messages dropped because a group's inbox was full or the group unknown.",
+		}),
+	}
+	if reg != nil {
+		roles := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flotilla_raft_groups",
+			Help: "Local replicas by raft role.",
+		}, []string{"role"})
+		reg.MustRegister(m.leaderChanges, m.inboxDropped,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_storage_syncs_total",
+				Help: "Synced storage batches written by the scheduler (one per cycle with raft writes).",
+			}, func() float64 { return float64(m.syncs.Load()) }),
+			&roleCollector{m: m, desc: roles},
+		)
+	}
+	return m
+}
+
+func (m *metrics) roleChange(from, to raft.StateType) {
+	m.roles[from].Add(-1)
+	m.roles[to].Add(1)
+}
+
+func (m *metrics) groupAdded(r raft.StateType)   { m.roles[r].Add(1) }
+func (m *metrics) groupRemoved(r raft.StateType) { m.roles[r].Add(-1) }
+
+// Syncs returns how many synced storage batches the Host has written.
+func (h *Host) Syncs() uint64 { return h.metrics.syncs.Load() }
+
+type roleCollector struct {
+	m    *metrics
+	desc *prometheus.GaugeVec
+}
+
+func (c *roleCollector) Describe(ch chan<- *prometheus.Desc) { c.desc.Describe(ch) }
+
+func (c *roleCollector) Collect(ch chan<- prometheus.Metric) {
+	for r := raft.StateFollower; r <= raft.StatePreCandidate; r++ {
+		g := c.desc.WithLabelValues(roleName(r))
+		g.Set(float64(c.m.roles[r].Load()))
+		g.Collect(ch)
+	}
+}
+
+func roleName(r raft.StateType) string {
+	switch r {
+	case raft.StateLeader:
+		return "leader"
+	case raft.StateCandidate:
+		return "candidate"
+	case raft.StatePreCandidate:
+		return "precandidate"
+	default:
+		return "follower"
+	}
+}

@@ -1,0 +1,46 @@
+package multiraft
+
+import "io"
+
+// Command is one committed command handed to StateMachine.Apply.
+type Command struct {
+	// Index is the command's raft log index; it grows strictly.
+	Index uint64
+	// Data is the command as proposed. It is valid only during the Apply
+	// call: copy what must outlive it.
+	Data []byte
+	// Result is set by Apply; it is returned to the proposer (if the
+	// proposer is on this node). The engine does not retain it after
+	// handing it over, and does not modify it.
+	Result []byte
+}
+
+// StateMachine is the user's replicated state of one group. The engine
+// creates nothing: the user passes one StateMachine per group to
+// StartGroup.
+//
+// Apply, Snapshot, Restore and AppliedIndex are called by the scheduler
+// worker that holds the group, never concurrently with each other for one
+// group. Query is called on the goroutine of the Read caller and may run
+// concurrently with Apply; it must be safe for that.
+type StateMachine interface {
+	// Apply applies committed commands in log order and sets each one's
+	// Result. An error is fatal: the Host stops, because a replica that
+	// could not apply a committed command can no longer agree with the
+	// others.
+	Apply(cmds []Command) error
+	// Query answers a read once the engine has made sure the state machine
+	// reflects every write committed before the Read began. Errors are
+	// returned to the reader as they are.
+	Query(query []byte) ([]byte, error)
+	// Snapshot writes the whole state to w. An error is fatal.
+	Snapshot(w io.Writer) error
+	// Restore replaces the whole state by a snapshot read from r, taken at
+	// log index index. An error is fatal.
+	Restore(r io.Reader, index uint64) error
+	// AppliedIndex returns the index of the last command whose effect is
+	// durable in the state machine's own storage, so a restart replays only
+	// what follows; an in-memory state machine returns 0 and is restored
+	// from the last snapshot. Called once, when the group starts.
+	AppliedIndex() uint64
+}

@@ -1,0 +1,231 @@
+package storage
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// PebbleOptions configure a Pebble store.
+type PebbleOptions struct {
+	// FS is the filesystem; nil means the real one. Tests pass vfs.NewMem().
+	FS vfs.FS
+	// CacheBytes is the block cache size in bytes. Default 32 MiB; 0 means
+	// the default.
+	CacheBytes int64
+	// MemTableBytes is the memtable size in bytes. Default 64 MiB; 0 means
+	// the default.
+	MemTableBytes uint64
+}
+
+// Pebble is a Store on a Pebble database. Safe for concurrent use.
+type Pebble struct {
+	db *pebble.DB
+}
+
+var _ Store = (*Pebble)(nil)
+
+// OpenPebble opens (creating if needed) the store in dir.
+func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
+	if o.CacheBytes == 0 {
+		o.CacheBytes = 32 << 20
+	}
+	if o.MemTableBytes == 0 {
+		o.MemTableBytes = 64 << 20
+	}
+	opts := &pebble.Options{
+		FS:           o.FS,
+		CacheSize:    o.CacheBytes,
+		MemTableSize: o.MemTableBytes,
+		Logger:       quietLogger{},
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
+	}
+	return &Pebble{db: db}, nil
+}
+
+// DB exposes the database, so that a state machine may keep its data in the
+// same store (and commit it in the same batches if it wishes).
+func (p *Pebble) DB() *pebble.DB { return p.db }
+
+// Close implements Store.
+func (p *Pebble) Close() error { return p.db.Close() }
+
+// Groups implements Store.
+func (p *Pebble) Groups() ([]uint64, error) {
+	it, err := p.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{kindConfState},
+		UpperBound: []byte{kindConfState + 1},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []uint64
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) != groupKeyLen {
+			return nil, fmt.Errorf("%w: key %x", ErrCorrupt, k)
+		}
+		out = append(out, binary.BigEndian.Uint64(k[1:]))
+	}
+	return out, it.Error()
+}
+
+func (p *Pebble) get(key []byte, fn func([]byte) error) (bool, error) {
+	v, closer, err := p.db.Get(key)
+	if err == pebble.ErrNotFound {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close()
+	if err := fn(v); err != nil {
+		return false, fmt.Errorf("%w: key %x: %v", ErrCorrupt, key, err)
+	}
+	return true, nil
+}
+
+// Load implements Store.
+func (p *Pebble) Load(group uint64) (GroupState, error) {
+	var s GroupState
+	if _, err := p.get(groupKey(kindHardState, group), s.HardState.Unmarshal); err != nil {
+		return s, err
+	}
+	if _, err := p.get(groupKey(kindConfState, group), func(v []byte) error {
+		return decodeConf(v, &s.ConfState, &s.ConfIndex)
+	}); err != nil {
+		return s, err
+	}
+	if _, err := p.get(groupKey(kindSnapshot, group), s.Snapshot.Unmarshal); err != nil {
+		return s, err
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{
+		LowerBound: logKey(group, s.Snapshot.Metadata.Index+1),
+		UpperBound: logKey(group, math.MaxUint64),
+	})
+	if err != nil {
+		return s, err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		var e raftpb.Entry
+		if err := e.Unmarshal(it.Value()); err != nil {
+			return s, fmt.Errorf("%w: entry %x: %v", ErrCorrupt, it.Key(), err)
+		}
+		if n := len(s.Entries); n > 0 && s.Entries[n-1].Index+1 != e.Index {
+			return s, fmt.Errorf("%w: group %d: log gap after index %d", ErrCorrupt, group, s.Entries[n-1].Index)
+		}
+		s.Entries = append(s.Entries, e)
+	}
+	return s, it.Error()
+}
+
+// NewBatch implements Store.
+func (p *Pebble) NewBatch() Batch { return &pebbleBatch{db: p.db, b: p.db.NewBatch()} }
+
+type pebbleBatch struct {
+	db  *pebble.DB
+	b   *pebble.Batch
+	buf []byte
+}
+
+func (b *pebbleBatch) Append(group uint64, entries []raftpb.Entry, prevLast uint64) {
+	for i := range entries {
+		e := &entries[i]
+		op := b.b.SetDeferred(logKeyLen, e.Size())
+		putLogKey(op.Key, group, e.Index)
+		if _, err := e.MarshalToSizedBuffer(op.Value); err != nil {
+			panic(err) // sized buffer: cannot fail
+		}
+		_ = op.Finish()
+	}
+	if n := len(entries); n > 0 {
+		if last := entries[n-1].Index; prevLast > last {
+			_ = b.b.DeleteRange(logKey(group, last+1), logKey(group, prevLast+1), nil)
+		}
+	}
+}
+
+func (b *pebbleBatch) setMsg(kind byte, group uint64, size int, marshal func([]byte) (int, error)) {
+	op := b.b.SetDeferred(groupKeyLen, size)
+	putGroupKey(op.Key, kind, group)
+	if _, err := marshal(op.Value); err != nil {
+		panic(err)
+	}
+	_ = op.Finish()
+}
+
+func (b *pebbleBatch) SetHardState(group uint64, hs raftpb.HardState) {
+	b.setMsg(kindHardState, group, hs.Size(), hs.MarshalToSizedBuffer)
+}
+
+func (b *pebbleBatch) SetConfState(group uint64, cs raftpb.ConfState, index uint64) {
+	b.buf = encodeConf(b.buf[:0], &cs, index)
+	_ = b.b.Set(groupKey(kindConfState, group), b.buf, nil)
+}
+
+func (b *pebbleBatch) SetSnapshot(group uint64, snap raftpb.Snapshot) {
+	b.setMsg(kindSnapshot, group, snap.Size(), snap.MarshalToSizedBuffer)
+	b.Truncate(group, snap.Metadata.Index+1)
+}
+
+func (b *pebbleBatch) Truncate(group uint64, before uint64) {
+	_ = b.b.DeleteRange(logKey(group, 0), logKey(group, before), nil)
+}
+
+func (b *pebbleBatch) DeleteGroup(group uint64) {
+	_ = b.b.DeleteRange(logKey(group, 0), logKey(group, math.MaxUint64), nil)
+	for _, k := range []byte{kindHardState, kindConfState, kindSnapshot} {
+		_ = b.b.Delete(groupKey(k, group), nil)
+	}
+}
+
+func (b *pebbleBatch) Empty() bool { return b.b.Empty() }
+
+func (b *pebbleBatch) Commit(sync bool) error {
+	opt := pebble.NoSync
+	if sync {
+		opt = pebble.Sync
+	}
+	err := b.b.Commit(opt)
+	b.b.Reset()
+	return err
+}
+
+func (b *pebbleBatch) Close() { _ = b.b.Close() }
+
+func encodeConf(dst []byte, cs *raftpb.ConfState, index uint64) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, index)
+	n := len(dst)
+	dst = append(dst, make([]byte, cs.Size())...)
+	if _, err := cs.MarshalToSizedBuffer(dst[n:]); err != nil {
+		panic(err)
+	}
+	return dst
+}
+
+func decodeConf(v []byte, cs *raftpb.ConfState, index *uint64) error {
+	if len(v) < 8 {
+		return fmt.Errorf("conf state record of %d bytes", len(v))
+	}
+	*index = binary.BigEndian.Uint64(v)
+	return cs.Unmarshal(v[8:])
+}
+
+// quietLogger keeps Pebble's informational chatter out of the node's logs;
+// errors still surface through returned errors, and fatal ones panic.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...interface{})  {}
+func (quietLogger) Errorf(string, ...interface{}) {}
+func (quietLogger) Fatalf(format string, args ...interface{}) {
+	panic(fmt.Sprintf("storage: pebble: "+format, args...))
+}

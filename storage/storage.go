@@ -1,0 +1,90 @@
+// Package storage persists the raft state of many groups in one store, so
+// that the engine can write the entries and hard states of every group that
+// is ready in one cycle with one batch and one sync (group commit).
+//
+// The engine keeps the recent tail of each group's log in memory and reads
+// from here only at start-up; the store is therefore write-mostly, and its
+// layout is chosen for cheap appends and range deletes.
+//
+// Two implementations: Pebble (durable, for nodes) and Mem (a map, for the
+// deterministic harness and simulation, able to lose unsynced writes on a
+// simulated crash).
+package storage
+
+import (
+	"errors"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// Sentinel errors.
+var (
+	// ErrClosed is returned by operations on a closed store.
+	ErrClosed = errors.New("storage: closed")
+	// ErrCorrupt is returned when persisted data cannot be decoded.
+	ErrCorrupt = errors.New("storage: corrupt data")
+)
+
+// GroupState is everything persisted for one group.
+type GroupState struct {
+	// HardState is the last saved hard state; empty if none.
+	HardState raftpb.HardState
+	// ConfState is the membership as of ConfIndex.
+	ConfState raftpb.ConfState
+	// ConfIndex is the log index of the last configuration change whose
+	// effect ConfState includes; 0 for the bootstrap membership.
+	ConfIndex uint64
+	// Snapshot is the last snapshot, with its data; empty if none.
+	Snapshot raftpb.Snapshot
+	// Entries is the log after the snapshot (or after the truncation point),
+	// in index order without gaps.
+	Entries []raftpb.Entry
+}
+
+// Store holds the raft state of every group of one node.
+//
+// A Store is safe for concurrent use: several workers may build and commit
+// batches at the same time. Load and Groups are meant for start-up.
+type Store interface {
+	// Groups lists the groups that have any persisted state, ascending.
+	Groups() ([]uint64, error)
+	// Load returns what is persisted for group. A group with nothing
+	// persisted returns a zero GroupState and no error. The caller owns the
+	// returned slices.
+	Load(group uint64) (GroupState, error)
+	// NewBatch returns an empty batch. Batches are not safe for concurrent
+	// use; each worker uses its own.
+	NewBatch() Batch
+	// Close releases the store. Batches must not be used afterwards.
+	Close() error
+}
+
+// Batch collects writes for many groups; Commit applies them atomically.
+// The batch copies what it is given: callers may reuse their buffers once a
+// method returns.
+type Batch interface {
+	// Append writes entries (ascending, contiguous). Entries of the group
+	// after the last one written and up to prevLast (the group's last index
+	// before this append) are deleted: raft overwrote a conflicting tail.
+	Append(group uint64, entries []raftpb.Entry, prevLast uint64)
+	// SetHardState saves hs as the group's hard state.
+	SetHardState(group uint64, hs raftpb.HardState)
+	// SetConfState saves the membership as of log index index.
+	SetConfState(group uint64, cs raftpb.ConfState, index uint64)
+	// SetSnapshot saves snap (metadata and data) and deletes every log entry
+	// at or below snap.Metadata.Index.
+	SetSnapshot(group uint64, snap raftpb.Snapshot)
+	// Truncate deletes the group's log entries with index < before.
+	Truncate(group uint64, before uint64)
+	// DeleteGroup deletes everything of the group.
+	DeleteGroup(group uint64)
+	// Empty reports whether the batch holds no write.
+	Empty() bool
+	// Commit applies the batch atomically; with sync, it returns only once
+	// the writes are durable. After Commit the batch is empty and may be
+	// reused. An error means nothing is known to be durable; the engine
+	// treats it as fatal.
+	Commit(sync bool) error
+	// Close releases the batch without committing it.
+	Close()
+}
