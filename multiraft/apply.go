@@ -194,7 +194,10 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) {
 			p.finish(nil, nil)
 		}
 	}
-	g.releaseHeld()
+	// Held proposals go to raft only after this Ready is advanced: until
+	// then raft counts the change as unapplied and would turn a second
+	// change into an empty entry.
+	g.releaseAfterAdvance = true
 }
 
 // takeSnapshot snapshots the state machine at the applied index, saves it,

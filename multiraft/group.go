@@ -37,11 +37,14 @@ type group struct {
 	held        []*proposal
 	confPending bool
 	confSince   uint64 // tick at which confPending was set
-	reads       map[uint64]*readBatch
-	readWaiting []*readBatch
-	nextRead    uint64
-	transfers   []*transfer
-	stopped     bool
+	// releaseAfterAdvance: a conf change applied in the current Ready; the
+	// held proposals go to raft once it is advanced.
+	releaseAfterAdvance bool
+	reads               map[uint64]*readBatch
+	readWaiting         []*readBatch
+	nextRead            uint64
+	transfers           []*transfer
+	stopped             bool
 
 	in struct {
 		sync.Mutex
@@ -132,6 +135,9 @@ func (g *group) handleInputs() {
 	}
 	for _, to := range unreachable {
 		g.rn.ReportUnreachable(to)
+	}
+	if len(unreachable) > 0 {
+		g.h.metrics.unreachableApplied.Add(uint64(len(unreachable)))
 	}
 	for _, s := range snaps {
 		st := raft.SnapshotFinish

@@ -316,6 +316,10 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 	for i := range w.readies {
 		g := w.readies[i].g
 		g.rn.Advance(w.readies[i].rd)
+		if g.releaseAfterAdvance {
+			g.releaseAfterAdvance = false
+			g.releaseHeld()
+		}
 		if g.rn.HasReady() {
 			w.again = append(w.again, g.id)
 		}
@@ -696,9 +700,19 @@ const (
 // and waits until it is applied on this node. Proposals that arrive while
 // it is pending are held and proposed after it applies. Errors as Propose.
 func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKind, node uint64) error {
-	if node == 0 {
-		return fmt.Errorf("%w: membership change for node 0", ErrInvalidRequest)
+	f := h.ChangeMembershipAsync(group, kind, node)
+	select {
+	case <-f.Done():
+		_, err := f.Result()
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
+}
+
+// ChangeMembershipAsync is ChangeMembership without the wait.
+func (h *Host) ChangeMembershipAsync(group uint64, kind ChangeKind, node uint64) Future {
+	p := &proposal{done: make(chan struct{})}
 	var t raftpb.ConfChangeType
 	switch kind {
 	case AddVoter, PromoteLearner:
@@ -708,17 +722,16 @@ func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKi
 	case RemoveMember:
 		t = raftpb.ConfChangeRemoveNode
 	default:
-		return fmt.Errorf("%w: change kind %d", ErrInvalidRequest, kind)
+		p.finish(nil, fmt.Errorf("%w: change kind %d", ErrInvalidRequest, kind))
+		return Future{p}
 	}
-	cc := &raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: t, NodeID: node}}}
-	p := &proposal{cc: cc, done: make(chan struct{})}
+	if node == 0 {
+		p.finish(nil, fmt.Errorf("%w: membership change for node 0", ErrInvalidRequest))
+		return Future{p}
+	}
+	p.cc = &raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: t, NodeID: node}}}
 	h.submit(group, p)
-	select {
-	case <-p.done:
-		return p.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return Future{p}
 }
 
 // Campaign makes this node's replica of group start an election now,

@@ -13,7 +13,10 @@ type metrics struct {
 	leaderChanges prometheus.Counter
 	inboxDropped  prometheus.Counter
 	syncs         atomic.Uint64
-	roles         [4]atomic.Int64 // by raft.StateType
+	// unreachableApplied counts peer-unreachable reports handed to raft by
+	// group owners (one per group per report).
+	unreachableApplied atomic.Uint64
+	roles              [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,6 +53,10 @@ func (m *metrics) roleChange(from, to raft.StateType) {
 
 func (m *metrics) groupAdded(r raft.StateType)   { m.roles[r].Add(1) }
 func (m *metrics) groupRemoved(r raft.StateType) { m.roles[r].Add(-1) }
+
+// UnreachableReportsApplied returns how many peer-unreachable reports the
+// groups' owners have handed to raft (one per group per report).
+func (h *Host) UnreachableReportsApplied() uint64 { return h.metrics.unreachableApplied.Load() }
 
 // Syncs returns how many synced storage batches the Host has written.
 func (h *Host) Syncs() uint64 { return h.metrics.syncs.Load() }
