@@ -57,6 +57,7 @@ type group struct {
 		snaps       []snapReport
 		stop        *stopReq
 		campaign    bool
+		forget      bool
 		closed      bool
 	}
 
@@ -122,10 +123,10 @@ func (g *group) handleInputs() {
 	g.in.Lock()
 	msgs, props, reads, transfers := g.in.msgs, g.in.props, g.in.reads, g.in.transfers
 	ticks, unreachable, snaps, stop := g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop
-	campaign := g.in.campaign
+	campaign, forget := g.in.campaign, g.in.forget
 	g.in.msgs, g.in.props, g.in.reads, g.in.transfers = nil, nil, nil, nil
 	g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop = 0, nil, nil, nil
-	g.in.campaign = false
+	g.in.campaign, g.in.forget = false, false
 	g.in.Unlock()
 
 	if stop != nil {
@@ -152,6 +153,9 @@ func (g *group) handleInputs() {
 		if g.ticks%uint64(g.h.cfg.ElectionTicks) == 0 {
 			g.expire()
 		}
+	}
+	if forget {
+		_ = g.rn.ForgetLeader()
 	}
 	if campaign {
 		_ = g.rn.Campaign()

@@ -749,6 +749,22 @@ func (h *Host) Campaign(group uint64) error {
 	return nil
 }
 
+// ForgetLeader makes this node's follower replica of group forget its
+// leader, so that it grants a pre-vote at once instead of waiting out the
+// leader's lease. For when the leader is known to be gone (its process was
+// killed) and by deterministic tests.
+func (h *Host) ForgetLeader(group uint64) error {
+	g, err := h.lookup(group)
+	if err != nil {
+		return err
+	}
+	g.in.Lock()
+	g.in.forget = true
+	g.in.Unlock()
+	h.sched.enqueue(group)
+	return nil
+}
+
 // Subscribe returns a subscription to leader changes of every group. Its
 // first batch holds the current leader of every group that has one. The
 // engine never waits for a subscriber: one that falls behind gets the

@@ -1,0 +1,140 @@
+package multiraft_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+
+	"github.com/flotilla/flotilla/multiraft"
+	"github.com/flotilla/flotilla/multiraft/mrtest"
+	"github.com/flotilla/flotilla/transport"
+)
+
+// TestInteraction runs the scenarios under testdata/: a whole cluster in
+// one goroutine, driven by hand (see mrtest). Regenerate the expected
+// output with: go test ./multiraft -run TestInteraction -rewrite
+//
+// Commands:
+//
+//	cluster nodes=N groups=G [snapshot-entries=S]
+//	campaign node=N group=G
+//	tick [n=K]                       tick K times, stabilizing after each
+//	propose node=N group=G           the input is the command
+//	read node=N group=G key=K
+//	link from=A to=B state=ok|blackhole|cut
+//	isolate node=N state=ok|blackhole|cut
+//	forget-leader node=N group=G     the follower forgets its leader
+//	crash node=N / restart node=N
+//	report-unreachable node=N peer=P
+//	events node=N                    leader events since the last call
+//	status
+func TestInteraction(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		var c *mrtest.Cluster
+		subs := map[uint64]*multiraft.Subscription{}
+		defer func() {
+			if c != nil {
+				c.Close()
+			}
+		}()
+		u := func(d *datadriven.TestData, key string) uint64 {
+			var v uint64
+			d.ScanArgs(t, key, &v)
+			return v
+		}
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			errOr := func(s string, err error) string {
+				if err != nil {
+					return fmt.Sprintf("error: %v\n", err)
+				}
+				return s
+			}
+			switch d.Cmd {
+			case "cluster":
+				o := mrtest.Options{Nodes: int(u(d, "nodes")), Groups: int(u(d, "groups"))}
+				if d.HasArg("snapshot-entries") {
+					o.SnapshotEntries = u(d, "snapshot-entries")
+				}
+				var err error
+				c, err = mrtest.NewCluster(o)
+				if err != nil {
+					return errOr("", err)
+				}
+				for _, n := range c.Nodes() {
+					subs[n] = c.Hosts[n].Subscribe()
+				}
+				return c.Status()
+			case "campaign":
+				err := c.Campaign(u(d, "node"), u(d, "group"))
+				return errOr(c.Status(), err)
+			case "forget-leader":
+				if err := c.Hosts[u(d, "node")].ForgetLeader(u(d, "group")); err != nil {
+					return errOr("", err)
+				}
+				err := c.Stabilize()
+				return errOr(c.Status(), err)
+			case "tick":
+				n := uint64(1)
+				if d.HasArg("n") {
+					n = u(d, "n")
+				}
+				err := c.TickStable(int(n))
+				return errOr(c.Status(), err)
+			case "propose":
+				res, err := c.Propose(u(d, "node"), u(d, "group"), strings.TrimSpace(d.Input))
+				return errOr(fmt.Sprintf("ok, previous value %q\n", res), err)
+			case "read":
+				var key string
+				d.ScanArgs(t, "key", &key)
+				v, err := c.Read(u(d, "node"), u(d, "group"), key)
+				return errOr(fmt.Sprintf("%s=%q\n", key, v), err)
+			case "link", "isolate":
+				var st string
+				d.ScanArgs(t, "state", &st)
+				s := map[string]transport.LinkState{"ok": transport.LinkOK, "blackhole": transport.LinkBlackHole, "cut": transport.LinkCut}[st]
+				if d.Cmd == "link" {
+					c.Net.SetLink(u(d, "from"), u(d, "to"), s)
+				} else {
+					c.Net.Isolate(u(d, "node"), s)
+				}
+				return "ok\n"
+			case "crash":
+				n := u(d, "node")
+				subs[n].Close()
+				c.Crash(n)
+				return c.Status()
+			case "restart":
+				n := u(d, "node")
+				if err := c.Restart(n); err != nil {
+					return errOr("", err)
+				}
+				subs[n] = c.Hosts[n].Subscribe()
+				err := c.Stabilize()
+				return errOr(c.Status(), err)
+			case "report-unreachable":
+				h := c.Hosts[u(d, "node")]
+				before := h.UnreachableReportsApplied()
+				h.ReportUnreachable(u(d, "peer"))
+				processed := h.Process()
+				return fmt.Sprintf("groups processed before the tick: %d, reports applied: %d\n",
+					processed, h.UnreachableReportsApplied()-before)
+			case "events":
+				var out string
+				for _, ev := range drain(t, subs[u(d, "node")]) {
+					out += fmt.Sprintf("group %d leader %d term %d\n", ev.Group, ev.Leader, ev.Term)
+				}
+				if out == "" {
+					out = "none\n"
+				}
+				return out
+			case "status":
+				return c.Status()
+			default:
+				d.Fatalf(t, "unknown command %q", d.Cmd)
+				return ""
+			}
+		})
+	})
+}
