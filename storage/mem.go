@@ -94,7 +94,15 @@ func (m *Mem) Load(group uint64) (GroupState, error) {
 		return s, nil
 	}
 	s.HardState, s.ConfState, s.ConfIndex, s.Snapshot = g.hs, g.cs, g.confIndex, g.snap
-	for i := g.snap.Metadata.Index + 1; ; i++ {
+	// The log starts after the snapshot or at the truncation point,
+	// whichever is later.
+	first := uint64(0)
+	for i := range g.log {
+		if i > g.snap.Metadata.Index && (first == 0 || i < first) {
+			first = i
+		}
+	}
+	for i := first; first != 0; i++ {
 		e, ok := g.log[i]
 		if !ok {
 			break
