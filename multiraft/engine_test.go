@@ -316,3 +316,85 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// A node joins as a learner, is promoted, and a voter is removed; the group
+// keeps committing with the new membership.
+func TestMembershipChanges(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1, SnapshotEntries: 20, CompactionOverhead: 5})
+	electAll(t, c)
+	for i := 0; i < 30; i++ {
+		if _, err := c.Propose(1, 1, fmt.Sprintf("set k%d v", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, c.AddNode(4))
+	change := func(kind multiraft.ChangeKind, node uint64) {
+		t.Helper()
+		f := c.Hosts[1].ChangeMembershipAsync(1, kind, node)
+		for i := 0; i < 50; i++ {
+			must(t, c.TickStable(1))
+			select {
+			case <-f.Done():
+				if _, err := f.Result(); err != nil {
+					t.Fatalf("change %d node %d: %v", kind, node, err)
+				}
+				return
+			default:
+			}
+		}
+		t.Fatalf("change %d node %d not applied in 50 ticks", kind, node)
+	}
+	change(multiraft.AddLearner, 4)
+	must(t, c.TickStable(3))
+	if v := c.SMs[4][1].Get("k29"); v != "v" {
+		t.Fatalf("learner did not catch up: k29=%q\n%s", v, c.Status())
+	}
+	change(multiraft.PromoteLearner, 4)
+	change(multiraft.RemoveMember, 3)
+	st, _ := c.Hosts[1].GroupStatus(1)
+	if fmt.Sprint(st.Voters) != "[1 2 4]" || len(st.Learners) != 0 {
+		t.Fatalf("membership voters=%v learners=%v", st.Voters, st.Learners)
+	}
+	c.Crash(3)
+	if _, err := c.Propose(2, 1, "set after change"); err != nil {
+		t.Fatal(err)
+	}
+	// Node 4's voice is needed now: cut node 2 and the group still commits.
+	c.Net.Isolate(2, transport.LinkBlackHole)
+	if _, err := c.Propose(1, 1, "set with four"); err != nil {
+		t.Fatal(err)
+	}
+	if v := c.SMs[4][1].Get("with"); v != "four" {
+		t.Fatalf("node 4 has with=%q", v)
+	}
+}
+
+// Leadership moves on request, and the request returns once it has.
+func TestTransferLeadership(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 2})
+	electAll(t, c)
+	h := c.Hosts[1]
+	sub := h.Subscribe()
+	defer sub.Close()
+	drain(t, sub)
+	done := make(chan error, 1)
+	go func() { done <- h.TransferLeadership(context.Background(), 1, 3) }()
+	// The call blocks its caller: drive the cluster until it returns.
+	for i := 0; i < 50; i++ {
+		must(t, c.TickStable(1))
+		select {
+		case err := <-done:
+			must(t, err)
+			if l := c.Leader(1); l != 3 {
+				t.Fatalf("leader after transfer: %d", l)
+			}
+			evs := drain(t, sub)
+			if n := len(evs); n == 0 || evs[n-1].Leader != 3 {
+				t.Fatalf("events after transfer: %+v", evs)
+			}
+			return
+		default:
+		}
+	}
+	t.Fatal("transfer did not finish in 50 ticks")
+}

@@ -51,6 +51,9 @@ type Cluster struct {
 	SMs map[uint64]map[uint64]*KV
 
 	members []uint64
+	// joined are nodes added after bootstrap: they start their groups with
+	// no members and wait for the leader's log.
+	joined map[uint64]bool
 }
 
 // NewCluster builds and starts a cluster. No leader is elected yet: call
@@ -83,6 +86,7 @@ func NewCluster(o Options) (*Cluster, error) {
 		Hosts:  make(map[uint64]*multiraft.Host),
 		Stores: make(map[uint64]*storage.Mem),
 		SMs:    make(map[uint64]map[uint64]*KV),
+		joined: make(map[uint64]bool),
 	}
 	for id := uint64(1); id <= uint64(o.Nodes); id++ {
 		c.members = append(c.members, id)
@@ -123,14 +127,30 @@ func (c *Cluster) start(id uint64) error {
 	}
 	c.Hosts[id] = h
 	c.SMs[id] = make(map[uint64]*KV)
+	initial := c.members
+	if c.joined[id] {
+		initial = nil
+	}
 	for g := uint64(1); g <= uint64(c.Opts.Groups); g++ {
 		sm := NewKV()
 		c.SMs[id][g] = sm
-		if err := h.StartGroup(g, c.members, sm); err != nil {
+		if err := h.StartGroup(g, initial, sm); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// AddNode starts a new node that joins every group empty; it takes part
+// once a membership change adds it.
+func (c *Cluster) AddNode(id uint64) error {
+	if _, ok := c.Stores[id]; ok {
+		return fmt.Errorf("mrtest: node %d exists", id)
+	}
+	c.members = append(c.members, id)
+	c.joined[id] = true
+	c.Stores[id] = storage.NewMem()
+	return c.start(id)
 }
 
 // Tick ticks every running host once, in node order.
