@@ -19,7 +19,9 @@ package transport
 //	                  n × (uvarint group, uvarint len, len bytes payload)
 //	snapshot chunk:   uvarint group, uvarint total, uvarint offset,
 //	                  uvarint len, len bytes (a slice of the encoded MsgSnap)
-//	ack:              uvarint seq, uvarint stamp
+//	ack:              uvarint seq, uvarint stamp, uvarint count
+//	                  (echoes the acked frame's seq and stamp; count is the
+//	                  number of messages the reader has taken on this stream)
 //
 // Outgoing frames are encoded straight into a buffer from gRPC's buffer pool,
 // which gRPC returns to the pool once the bytes are on the wire. Incoming
@@ -79,6 +81,7 @@ type frame struct {
 	kind                frameKind
 	clusterID, from, to uint64
 	seq, stamp          uint64
+	count               uint64 // acks only
 
 	// raft and heartbeat frames. sizes[i] is envs[i].Msg.Size(), filled by
 	// the sender before it hands the frame to gRPC.
@@ -127,7 +130,7 @@ func (f *frame) encodedSize() int {
 		n += uvarintLen(f.group) + uvarintLen(f.total) + uvarintLen(f.offset) +
 			uvarintLen(uint64(len(f.chunk))) + len(f.chunk)
 	case kindAck:
-		n += uvarintLen(f.seq) + uvarintLen(f.stamp)
+		n += uvarintLen(f.seq) + uvarintLen(f.stamp) + uvarintLen(f.count)
 	}
 	return n
 }
@@ -175,6 +178,7 @@ func (f *frame) encodeTo(b []byte) error {
 	case kindAck:
 		off += binary.PutUvarint(b[off:], f.seq)
 		off += binary.PutUvarint(b[off:], f.stamp)
+		off += binary.PutUvarint(b[off:], f.count)
 	default:
 		return fmt.Errorf("transport: cannot encode %v", f.kind)
 	}
@@ -306,6 +310,7 @@ func (f *frame) decodeBody(r *reader, maxMsg int) error {
 	case kindAck:
 		f.seq = r.uvarint()
 		f.stamp = r.uvarint()
+		f.count = r.uvarint()
 	default:
 		return errMalformed
 	}

@@ -132,10 +132,12 @@ type GRPCConfig struct {
 	// limits [SnapshotChunkSize, 1<<40].
 	MaxSnapshotSize int64
 
-	// WriteTimeout bounds every write to a stream (and the wait for a
-	// heartbeat, snapshot or must-deliver ack); a stream that exceeds it is
-	// cancelled and the peer reported unreachable. Default 2s; limits
-	// [10ms, 5m].
+	// WriteTimeout bounds every write to a stream, and how long a stream
+	// with unacked frames may go without an ack (raft and heartbeat lanes),
+	// and the wait for a snapshot or must-deliver ack; a stream that exceeds
+	// it is cancelled and the peer reported unreachable. It must exceed the
+	// time one MaxFrameSize frame takes on the slowest link. Default 2s;
+	// limits [10ms, 5m].
 	WriteTimeout time.Duration
 	// DialTimeout bounds opening a connection or a stream. Default 5s;
 	// limits [10ms, 5m].

@@ -1,0 +1,263 @@
+package transport
+
+// The receiving side of the peer service.
+//
+// The service is registered by hand: no .proto, four bidirectional streaming
+// methods, one per lane, each carrying frames (codec.go). Every frame is
+// checked before anything in it is used: version and kind, cluster ID,
+// addressee, size limits, and every message's To. A bad frame is counted in
+// flotilla_transport_messages_rejected_total{reason} and ends its stream
+// with an error status whose message starts "transport: rejected"; the
+// stream is never left half-read, because gRPC has read the whole frame
+// before the handler looks at it.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const peerServiceName = "flotilla.transport.v1.Peer"
+
+var (
+	raftStreamDesc = grpc.StreamDesc{
+		StreamName: "Raft", ClientStreams: true, ServerStreams: true,
+		Handler: func(srv any, ss grpc.ServerStream) error { return srv.(*GRPCTransport).serveStream(kindRaft, ss) },
+	}
+	heartbeatStreamDesc = grpc.StreamDesc{
+		StreamName: "Heartbeat", ClientStreams: true, ServerStreams: true,
+		Handler: func(srv any, ss grpc.ServerStream) error {
+			return srv.(*GRPCTransport).serveStream(kindHeartbeat, ss)
+		},
+	}
+	snapshotStreamDesc = grpc.StreamDesc{
+		StreamName: "Snapshot", ClientStreams: true, ServerStreams: true,
+		Handler: func(srv any, ss grpc.ServerStream) error {
+			return srv.(*GRPCTransport).serveStream(kindSnapshot, ss)
+		},
+	}
+	mustStreamDesc = grpc.StreamDesc{
+		StreamName: "Must", ClientStreams: true, ServerStreams: true,
+		Handler: func(srv any, ss grpc.ServerStream) error { return srv.(*GRPCTransport).serveStream(kindMust, ss) },
+	}
+	peerServiceDesc = grpc.ServiceDesc{
+		ServiceName: peerServiceName,
+		HandlerType: (*any)(nil),
+		Streams:     []grpc.StreamDesc{raftStreamDesc, heartbeatStreamDesc, snapshotStreamDesc, mustStreamDesc},
+		Metadata:    "hand-registered; frames in transport/codec.go",
+	}
+)
+
+// reject counts a rejected frame.
+func (t *GRPCTransport) reject(reason string) {
+	t.rejectedTotal.Add(1)
+	t.metrics.rejected.WithLabelValues(reason).Inc()
+}
+
+// rejectStatus counts a rejected frame and returns the status that ends its
+// stream.
+func (t *GRPCTransport) rejectStatus(reason string, code codes.Code, format string, args ...any) error {
+	t.reject(reason)
+	return status.Errorf(code, "%s: %s: %s", ErrRejected.Error(), reason, fmt.Sprintf(format, args...))
+}
+
+// checkFrame checks the header of a received frame and decodes its body,
+// returning a rejection status for a bad one.
+func (t *GRPCTransport) checkFrame(lane frameKind, f *frame) error {
+	r, err := f.decodeHeader()
+	if err != nil {
+		return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad header")
+	}
+	if f.clusterID != t.cfg.ClusterID {
+		return t.rejectStatus(RejectClusterID, codes.FailedPrecondition,
+			"cluster %d, this node is in cluster %d", f.clusterID, t.cfg.ClusterID)
+	}
+	if f.to != t.id {
+		return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
+			"frame for node %d reached node %d", f.to, t.id)
+	}
+	if f.kind != lane {
+		return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "%v frame on the %v stream", f.kind, lane)
+	}
+	if err := f.decodeBody(r, t.cfg.MaxMessageSize); err != nil {
+		if errors.Is(err, errOversize) {
+			return t.rejectStatus(RejectOversize, codes.ResourceExhausted,
+				"message over %d bytes", t.cfg.MaxMessageSize)
+		}
+		return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad %v body", f.kind)
+	}
+	for i := range f.envs {
+		if to := f.envs[i].Msg.To; to != t.id {
+			return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
+				"message for node %d reached node %d", to, t.id)
+		}
+		if (f.envs[i].Msg.Type == raftpb.MsgSnap) != (lane == kindSnapshot) {
+			return t.rejectStatus(RejectMalformed, codes.InvalidArgument,
+				"%v on the %v stream", f.envs[i].Msg.Type, lane)
+		}
+	}
+	return nil
+}
+
+// blackHole holds a stream whose sender is ingress-blocked: nothing is read
+// or answered until the sender gives up (its deadline cancels the stream),
+// the transport closes, or the fault is lifted.
+func (t *GRPCTransport) blackHole(ss grpc.ServerStream, from uint64) error {
+	for {
+		st := t.faults.state()
+		if !st.blocksIngress(from) {
+			return status.Error(codes.Unavailable, "transport: ingress fault lifted")
+		}
+		select {
+		case <-ss.Context().Done():
+			return status.FromContextError(ss.Context().Err()).Err()
+		case <-t.ctx.Done():
+			return status.Error(codes.Unavailable, ErrClosed.Error())
+		case <-st.changed:
+		}
+	}
+}
+
+// serveStream receives the frames of one stream of lane.
+func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error {
+	f := &frame{}
+	var from uint64
+	var received interface{ Inc() }
+	var snap snapAssembly
+	var taken uint64 // messages delivered on this stream, for acks
+	for {
+		if err := ss.RecvMsg(f); err != nil {
+			if err == io.EOF {
+				if lane == kindSnapshot && snap.started {
+					return t.rejectStatus(RejectMalformed, codes.InvalidArgument,
+						"snapshot ended after %d of %d bytes", len(snap.buf), snap.total)
+				}
+				return nil
+			}
+			if status.Code(err) == codes.ResourceExhausted {
+				return t.rejectStatus(RejectOversize, codes.ResourceExhausted, "frame over %d bytes", t.cfg.maxRecvSize())
+			}
+			return err
+		}
+		if err := t.checkFrame(lane, f); err != nil {
+			return err
+		}
+		if from == 0 {
+			from = f.from
+			received = t.metrics.receivedBatches.WithLabelValues(strconv.FormatUint(from, 10), lane.String())
+		} else if f.from != from {
+			return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "sender changed from %d to %d", from, f.from)
+		}
+		if t.faults.state().blocksIngress(from) {
+			return t.blackHole(ss, from)
+		}
+		hs := t.handler.Load()
+		if hs == nil {
+			return status.Error(codes.Unavailable, "transport: not started")
+		}
+		received.Inc()
+		switch lane {
+		case kindRaft, kindHeartbeat:
+			taken += uint64(len(f.envs))
+			if !t.deliver(hs, from, f.envs) {
+				return status.Error(codes.Unavailable, ErrClosed.Error())
+			}
+			f.envs = nil
+			if err := t.sendAck(ss, from, f.seq, f.stamp, taken); err != nil {
+				return err
+			}
+		case kindMust:
+			if hs.must == nil {
+				return t.rejectStatus(RejectNoMust, codes.Unimplemented, "node %d takes no must-deliver messages", t.id)
+			}
+			if !t.gate.enter() {
+				return status.Error(codes.Unavailable, ErrClosed.Error())
+			}
+			for _, m := range f.must {
+				hs.must.HandleMust(from, m.group, m.payload)
+			}
+			t.gate.leave()
+			f.must = nil
+			if err := t.sendAck(ss, from, f.seq, 0, 0); err != nil {
+				return err
+			}
+		case kindSnapshot:
+			done, err := t.addChunk(&snap, f)
+			if err != nil {
+				return err
+			}
+			if !done {
+				continue
+			}
+			env := []Envelope{{Group: snap.group}}
+			if err := env[0].Msg.Unmarshal(snap.buf); err != nil {
+				return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad snapshot message")
+			}
+			snap = snapAssembly{}
+			if env[0].Msg.To != t.id || env[0].Msg.Type != raftpb.MsgSnap {
+				return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
+					"%v for node %d reached node %d", env[0].Msg.Type, env[0].Msg.To, t.id)
+			}
+			if !t.deliver(hs, from, env) {
+				return status.Error(codes.Unavailable, ErrClosed.Error())
+			}
+			if err := t.sendAck(ss, from, 1, 0, 0); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// deliver hands envs to the Handler unless the transport is closing.
+func (t *GRPCTransport) deliver(hs *handlers, from uint64, envs []Envelope) bool {
+	if !t.gate.enter() {
+		return false
+	}
+	defer t.gate.leave()
+	if len(envs) > 0 {
+		hs.h.HandleBatch(from, envs)
+	}
+	return true
+}
+
+func (t *GRPCTransport) sendAck(ss grpc.ServerStream, to, seq, stamp, count uint64) error {
+	ack := frame{kind: kindAck, clusterID: t.cfg.ClusterID, from: t.id, to: to, seq: seq, stamp: stamp, count: count}
+	return ss.SendMsg(&ack)
+}
+
+// snapAssembly collects the chunks of one snapshot. Owned by its stream's
+// handler.
+type snapAssembly struct {
+	started bool
+	group   uint64
+	total   uint64
+	buf     []byte
+}
+
+// addChunk appends the chunk in f; done when the snapshot is complete.
+func (t *GRPCTransport) addChunk(a *snapAssembly, f *frame) (done bool, err error) {
+	if !a.started {
+		if f.offset != 0 || f.total == 0 {
+			return false, t.rejectStatus(RejectMalformed, codes.InvalidArgument, "snapshot starts at %d of %d", f.offset, f.total)
+		}
+		if f.total > uint64(t.cfg.MaxSnapshotSize) {
+			return false, t.rejectStatus(RejectOversize, codes.ResourceExhausted,
+				"snapshot of %d bytes, limit %d", f.total, t.cfg.MaxSnapshotSize)
+		}
+		*a = snapAssembly{started: true, group: f.group, total: f.total,
+			buf: make([]byte, 0, min(f.total, 64<<20))}
+	}
+	if f.group != a.group || f.total != a.total || f.offset != uint64(len(a.buf)) ||
+		uint64(len(f.chunk)) > a.total-uint64(len(a.buf)) || len(f.chunk) == 0 {
+		return false, t.rejectStatus(RejectMalformed, codes.InvalidArgument,
+			"snapshot chunk at %d (+%d), have %d of %d", f.offset, len(f.chunk), len(a.buf), a.total)
+	}
+	a.buf = append(a.buf, f.chunk...)
+	return uint64(len(a.buf)) == a.total, nil
+}
