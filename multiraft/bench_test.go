@@ -3,8 +3,12 @@ package multiraft_test
 // Engine benchmarks and measurements. Results and the commands that produced
 // them are in BENCHMARKS.md ("## Engine"). Nothing here asserts a speed.
 //
-//	go test -run '^$' -bench BenchmarkPropose -benchtime 20000x -count 5 ./multiraft/
-//	FLOTILLA_IDLE=1 go test -run TestIdleCost -v -timeout 30m ./multiraft/
+//	go test -run '^$' -bench BenchmarkPropose -benchtime 100000x -count 5 -timeout 30m ./multiraft/
+//	FLOTILLA_IDLE=1 go test -run TestIdleCost -v -count 1 ./multiraft/
+//
+// Knobs for diagnosis (never needed for the figures in BENCHMARKS.md):
+// FLOTILLA_BENCH_PROPOSERS (default 1024), FLOTILLA_BENCH_NOSYNC=1 (fsync
+// off), and the FLOTILLA_IDLE_* variables documented on TestIdleCost.
 
 import (
 	"context"
@@ -16,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -314,6 +319,8 @@ func heapInuse() uint64 {
 // groups (default 10,000), leaders elected and spread, no proposals. It
 // reports process CPU per group per second over FLOTILLA_IDLE_SECONDS
 // (default 10) and heap per replica. Skipped unless FLOTILLA_IDLE=1.
+// FLOTILLA_IDLE_CPUPROFILE and FLOTILLA_IDLE_HEAPPROFILE name files for
+// profiles of the measured window.
 func TestIdleCost(t *testing.T) {
 	if os.Getenv("FLOTILLA_IDLE") == "" {
 		t.Skip("set FLOTILLA_IDLE=1 to measure the idle cost")
@@ -348,12 +355,34 @@ func TestIdleCost(t *testing.T) {
 		}
 	}
 
+	// Optional profiles of the measured window only (not of the set-up).
+	if path := os.Getenv("FLOTILLA_IDLE_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
 	syncs0 := c.syncs()
 	cpu0, wall0 := cpuTime(), time.Now()
 	time.Sleep(time.Duration(secs) * time.Second)
 	cpu, wall := cpuTime()-cpu0, time.Since(wall0)
 	syncs := c.syncs() - syncs0
+	pprof.StopCPUProfile()
 	inuse := heapInuse()
+	if path := os.Getenv("FLOTILLA_IDLE_HEAPPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
 
 	cores := cpu.Seconds() / wall.Seconds()
 	usPerGroup := cpu.Seconds() * 1e6 / wall.Seconds() / float64(groups)

@@ -85,6 +85,14 @@ type Config struct {
 	// Manual runs no goroutine: the caller drives the Host with Tick and
 	// Process. For deterministic tests and simulation.
 	Manual bool
+	// FailPoint, if set, is called by the worker at each persistence
+	// boundary of a cycle with the boundary's name (FailBeforePersist,
+	// FailAfterPersist, FailBeforeSend, FailBeforeApply, FailAfterApply).
+	// A non-nil error stops the Host on the spot, as if the process died
+	// there: the rest of the cycle does not run and Err returns the error.
+	// For fault-injection tests and simulation; nil in production. It runs
+	// on a worker goroutine and must not block or call into the Host.
+	FailPoint func(name string) error
 	// Logger receives the Host's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the Host's metrics; nil registers none.

@@ -34,3 +34,23 @@ var (
 	// change for node 0).
 	ErrInvalidRequest = errors.New("multiraft: invalid request")
 )
+
+// Failure points: the names Config.FailPoint is called with, one per
+// persistence boundary of a processing cycle.
+const (
+	// FailBeforePersist: the cycle's raft writes (entries, hard states,
+	// snapshots) are about to be committed and synced. A leader's appends
+	// have already been sent.
+	FailBeforePersist = "raft/before-persist"
+	// FailAfterPersist: the raft writes are durable; nothing that depends
+	// on them (votes, acknowledgements, applies) has happened yet.
+	FailAfterPersist = "raft/after-persist"
+	// FailBeforeSend: the messages that promise durability (votes,
+	// append acknowledgements, heartbeats) are about to be sent.
+	FailBeforeSend = "raft/before-send"
+	// FailBeforeApply: committed entries are about to be applied.
+	FailBeforeApply = "raft/before-apply"
+	// FailAfterApply: committed entries were applied (and the apply batch
+	// committed without sync); raft has not been advanced yet.
+	FailAfterApply = "raft/after-apply"
+)

@@ -270,11 +270,17 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 		h.tr.Send(w.early)
 	}
 	if !w.batch.Empty() {
+		if h.failAt(FailBeforePersist) {
+			return
+		}
 		if err := w.batch.Commit(!h.cfg.DisableSync); err != nil {
 			h.fatal(fmt.Errorf("persist raft state: %w", err))
 			return
 		}
 		h.metrics.syncs.Add(1)
+		if h.failAt(FailAfterPersist) {
+			return
+		}
 	}
 	for i := range w.readies {
 		g, rd := w.readies[i].g, &w.readies[i].rd
@@ -289,12 +295,18 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 
 	// 2. Send the rest. The transport never blocks.
 	if len(w.late) > 0 {
+		if h.failAt(FailBeforeSend) {
+			return
+		}
 		h.tr.Send(w.late)
 	}
 	clear(w.early)
 	clear(w.late)
 
 	// 3. Apply, then advance.
+	if h.failAt(FailBeforeApply) {
+		return
+	}
 	w.events = w.events[:0]
 	for i := range w.readies {
 		g, rd := w.readies[i].g, &w.readies[i].rd
@@ -311,6 +323,9 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			h.fatal(fmt.Errorf("persist applied state: %w", err))
 			return
 		}
+	}
+	if h.failAt(FailAfterApply) {
+		return
 	}
 	w.again = w.again[:0]
 	for i := range w.readies {
@@ -932,6 +947,19 @@ func (h *Host) Err() error {
 
 // Done is closed once the Host has stopped, whether by Stop or a failure.
 func (h *Host) Done() <-chan struct{} { return h.stopped }
+
+// failAt calls Config.FailPoint at boundary name; on an error it stops the
+// Host like fatal and reports true: the caller abandons the cycle.
+func (h *Host) failAt(name string) bool {
+	if h.cfg.FailPoint == nil {
+		return false
+	}
+	if err := h.cfg.FailPoint(name); err != nil {
+		h.fatal(fmt.Errorf("failpoint %s: %w", name, err))
+		return true
+	}
+	return false
+}
 
 // fatal stops the Host loudly: a storage or state machine error on the raft
 // path leaves a replica that can no longer be trusted.

@@ -62,7 +62,9 @@ func (l *memLog) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	if hi > l.lastIndex()+1 {
 		return nil, raft.ErrUnavailable
 	}
-	ents := l.ents[lo-off : hi-off]
+	// Capped: raft appends unstable entries to what Entries returns, which
+	// must never write into l.ents' spare capacity.
+	ents := l.ents[lo-off : hi-off : hi-off]
 	if len(ents) <= 1 {
 		return ents, nil
 	}

@@ -1,0 +1,44 @@
+package api
+
+// Status is the JSON document of `flotilla status -w json` and of a node's
+// /debug/raft page. Field names are a contract (DESIGN.md): they may be
+// extended, never renamed or removed.
+type Status struct {
+	// ClusterID identifies the cluster.
+	ClusterID uint64 `json:"cluster_id"`
+	// Node is the node that produced the document; 0 when the CLI merged
+	// the views of several nodes.
+	Node   uint64        `json:"node,omitempty"`
+	Nodes  []StatusNode  `json:"nodes"`
+	Groups []StatusGroup `json:"groups"`
+	Peers  []StatusPeer  `json:"peers"`
+}
+
+// StatusNode is one node of the cluster.
+type StatusNode struct {
+	ID         uint64 `json:"id"`
+	PeerAddr   string `json:"peer_addr"`
+	ClientAddr string `json:"client_addr"`
+	HTTPAddr   string `json:"http_addr"`
+	Alive      bool   `json:"alive"`
+}
+
+// StatusGroup is one raft group, as its leader (or the best informed
+// replica that answered) sees it.
+type StatusGroup struct {
+	ID       uint64   `json:"id"`
+	Leader   uint64   `json:"leader"`
+	Term     uint64   `json:"term"`
+	Replicas []uint64 `json:"replicas"`
+	Commit   uint64   `json:"commit"`
+	Applied  uint64   `json:"applied"`
+}
+
+// StatusPeer is one directed link between two nodes.
+type StatusPeer struct {
+	From     uint64 `json:"from"`
+	To       uint64 `json:"to"`
+	QueueLen uint64 `json:"queue_len"`
+	Sent     uint64 `json:"sent"`
+	Dropped  uint64 `json:"dropped"`
+}

@@ -1,0 +1,62 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestNewNeedsEndpoints(t *testing.T) {
+	if _, err := New(context.Background(), Config{}); !errors.Is(err, ErrNoEndpoints) {
+		t.Fatalf("got %v, want ErrNoEndpoints", err)
+	}
+	if _, err := New(context.Background(), Config{Endpoints: []string{" "}}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("got %v, want ErrInvalidArgument", err)
+	}
+}
+
+func TestNewUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, err = New(context.Background(), Config{Endpoints: []string{addr}}, WithDialTimeout(500*time.Millisecond))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		code codes.Code
+		kind outcome
+		is   error
+	}{
+		{codes.InvalidArgument, fatal, ErrInvalidArgument},
+		{codes.NotFound, fatal, ErrGroupNotFound},
+		{codes.FailedPrecondition, retry, ErrNotLeader},
+		{codes.Aborted, ambiguous, ErrAmbiguous},
+		{codes.Unavailable, unreachable, nil},
+	} {
+		kind, err := classify(status.Error(tc.code, "x"))
+		if kind != tc.kind || (tc.is != nil && !errors.Is(err, tc.is)) {
+			t.Errorf("%v: got %v %v", tc.code, kind, err)
+		}
+	}
+	if !notSent(status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp: connect: connection refused"`)) {
+		t.Error("a refused dial counts as sent")
+	}
+	if notSent(status.Error(codes.Unavailable, "error reading from server: EOF")) {
+		t.Error("a broken stream counts as not sent")
+	}
+}

@@ -1,0 +1,80 @@
+package client
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/flotilla/flotilla/api"
+)
+
+// Status gathers the cluster's status from every node: the node list from
+// the cluster map, each group as its leader reports it (or the replica
+// with the highest term when no leader answered), and every node's links.
+// A node that does not answer is listed with alive false.
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	m, err := c.ClusterMap(ctx)
+	if err != nil {
+		return api.Status{}, err
+	}
+	st := api.Status{ClusterID: m.ClusterId, Nodes: []api.StatusNode{}, Groups: []api.StatusGroup{}, Peers: []api.StatusPeer{}}
+	answers := make([]*api.NodeStatusResponse, len(m.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range m.Nodes {
+		if n.ClientAddr == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cc, err := c.conn(n.ClientAddr)
+			if err != nil {
+				return
+			}
+			actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+			defer cancel()
+			if r, err := api.NewClusterClient(cc).NodeStatus(actx, &api.NodeStatusRequest{}); err == nil && r.ClusterId == m.ClusterId {
+				answers[i] = r
+			}
+		}()
+	}
+	wg.Wait()
+	best := make(map[uint64]*api.GroupInfo)
+	fromLeader := make(map[uint64]bool)
+	for _, g := range m.GroupInfos {
+		best[g.Id] = g
+	}
+	for i, n := range m.Nodes {
+		r := answers[i]
+		st.Nodes = append(st.Nodes, api.StatusNode{ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
+			HTTPAddr: n.HttpAddr, Alive: r != nil})
+		if r == nil {
+			continue
+		}
+		for _, g := range r.Groups {
+			// The leader's own view has the freshest commit index; without
+			// one, the replica with the highest term knows the most.
+			switch {
+			case fromLeader[g.Id]:
+			case g.Leader == n.Id:
+				best[g.Id], fromLeader[g.Id] = g, true
+			case best[g.Id] == nil || g.Term > best[g.Id].Term:
+				best[g.Id] = g
+			}
+		}
+		for _, p := range r.Peers {
+			st.Peers = append(st.Peers, api.StatusPeer{From: p.From, To: p.To, QueueLen: p.QueueLen, Sent: p.Sent, Dropped: p.Dropped})
+		}
+	}
+	ids := make([]uint64, 0, len(best))
+	for id := range best {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		g := best[id]
+		st.Groups = append(st.Groups, api.StatusGroup{ID: g.Id, Leader: g.Leader, Term: g.Term,
+			Replicas: g.Replicas, Commit: g.Commit, Applied: g.Applied})
+	}
+	return st, nil
+}

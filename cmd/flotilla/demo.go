@@ -1,0 +1,388 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/server"
+)
+
+const (
+	demoNodes  = 3
+	demoGroups = 8
+)
+
+func newDemoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "demo",
+		Short: "Run a local 3-node cluster in this process and open a shell on it",
+		Long: `Start three nodes on 127.0.0.1 (real gRPC, free ports, data in a temporary
+directory removed on exit), run a short workload, show the status, then read
+commands from stdin (type help). End of input stops the cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDemo(cmd.Context(), cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
+}
+
+type demo struct {
+	out     io.Writer
+	nodes   map[uint64]*server.Server
+	cl      *client.Client
+	paused  map[uint64]bool
+	baseDir string
+}
+
+func runDemo(ctx context.Context, in io.Reader, out io.Writer) (err error) {
+	dir, err := os.MkdirTemp("", "flotilla-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	d := &demo{out: out, nodes: map[uint64]*server.Server{}, paused: map[uint64]bool{}, baseDir: dir}
+	defer d.stop()
+	if err := d.start(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Started %d nodes with %d groups; data in %s\n", demoNodes, demoGroups, dir)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := d.waitLeaders(wctx); err != nil {
+		return err
+	}
+	eps := make([]string, 0, demoNodes)
+	for id := uint64(1); id <= demoNodes; id++ {
+		eps = append(eps, d.nodes[id].ClientAddr())
+	}
+	d.cl, err = client.New(wctx, client.Config{Endpoints: eps}, client.WithAttemptTimeout(2*time.Second))
+	if err != nil {
+		return err
+	}
+	defer d.cl.Close()
+	if err := d.workload(wctx); err != nil {
+		return err
+	}
+	d.status(ctx)
+	fmt.Fprintln(out, "\nType help for commands; end of input (Ctrl-D) stops the cluster.")
+	d.shell(ctx, in)
+	fmt.Fprintln(out, "stopping the cluster")
+	return nil
+}
+
+func (d *demo) start() error {
+	lis := make([][3]net.Listener, demoNodes+1)
+	initial := map[uint64]string{}
+	closeAll := func() {
+		for _, ls := range lis {
+			for _, l := range ls {
+				if l != nil {
+					l.Close()
+				}
+			}
+		}
+	}
+	for id := 1; id <= demoNodes; id++ {
+		for k := range 3 {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				closeAll()
+				return err
+			}
+			lis[id][k] = l
+		}
+		initial[uint64(id)] = lis[id][0].Addr().String()
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	for id := uint64(1); id <= demoNodes; id++ {
+		s, err := server.New(server.Config{
+			NodeID:            id,
+			DataDir:           filepath.Join(d.baseDir, fmt.Sprintf("node%d", id)),
+			PeerAddr:          initial[id],
+			InitialCluster:    initial,
+			Groups:            demoGroups,
+			TickInterval:      50 * time.Millisecond,
+			DiscoveryInterval: 250 * time.Millisecond,
+			BalanceInterval:   time.Second,
+			PeerListener:      lis[id][0],
+			ClientListener:    lis[id][1],
+			HTTPListener:      lis[id][2],
+			DisableSync:       true,
+			Logger:            log,
+		})
+		if err != nil {
+			for j := id + 1; j <= demoNodes; j++ {
+				for _, l := range lis[j] {
+					l.Close()
+				}
+			}
+			return err
+		}
+		d.nodes[id] = s
+		s.Start()
+	}
+	return nil
+}
+
+func (d *demo) stop() {
+	var wg sync.WaitGroup
+	for _, s := range d.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.Stop()
+		}()
+	}
+	wg.Wait()
+}
+
+// leaders returns each group's leader as the group's replicas see it.
+func (d *demo) leaders() map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	for _, s := range d.nodes {
+		for _, st := range s.Host().Status() {
+			if st.Leader == s.NodeID() {
+				out[st.ID] = st.Leader
+			} else if _, ok := out[st.ID]; !ok && !d.paused[s.NodeID()] {
+				out[st.ID] = st.Leader
+			}
+		}
+	}
+	return out
+}
+
+func (d *demo) waitLeaders(ctx context.Context) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ls := d.leaders()
+		n := 0
+		for _, l := range ls {
+			if l != 0 {
+				n++
+			}
+		}
+		if n == demoGroups {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("demo: only %d of %d groups elected a leader: %w", n, demoGroups, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (d *demo) workload(ctx context.Context) error {
+	const n, workers = 200, 8
+	fmt.Fprintf(d.out, "Workload: %d puts and %d linearizable gets over %d goroutines...\n", n, n, workers)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				k, v := fmt.Appendf(nil, "demo/%03d", i), fmt.Appendf(nil, "value-%d", i)
+				if _, err := d.cl.Put(ctx, k, v); err != nil {
+					errs <- err
+					return
+				}
+				got, err := d.cl.Get(ctx, k)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if string(got.Value) != string(v) {
+					errs <- fmt.Errorf("demo: read %q for %s, wrote %q", got.Value, k, v)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	el := time.Since(start)
+	fmt.Fprintf(d.out, "  done in %v (%.0f ops/s)\n\n", el.Round(time.Millisecond), float64(2*n)/el.Seconds())
+	return nil
+}
+
+func (d *demo) status(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := d.cl.Status(sctx)
+	if err != nil {
+		fmt.Fprintf(d.out, "status: %v\n", err)
+		return
+	}
+	printStatus(d.out, st)
+}
+
+const demoHelp = `commands:
+  put KEY VALUE     write a key
+  get KEY           read a key (linearizable)
+  del KEY           delete a key
+  status            nodes, groups, links
+  leaders           which node leads each group
+  cut A B           drop all traffic between nodes A and B (both ways)
+  pause N           black-hole node N: it neither sends nor answers (seed 002)
+  resume N          undo pause N
+  heal              remove every fault
+  quit              stop the cluster and exit`
+
+func (d *demo) shell(ctx context.Context, in io.Reader) {
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 2<<20)
+	for {
+		fmt.Fprint(d.out, "flotilla> ")
+		if !sc.Scan() {
+			fmt.Fprintln(d.out)
+			return
+		}
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if f[0] == "quit" || f[0] == "exit" {
+			return
+		}
+		if err := d.exec(ctx, f); err != nil {
+			fmt.Fprintf(d.out, "error: %v\n", err)
+		}
+	}
+}
+
+func (d *demo) node(s string) (uint64, error) {
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || d.nodes[id] == nil {
+		return 0, fmt.Errorf("no node %q (nodes are 1..%d)", s, demoNodes)
+	}
+	return id, nil
+}
+
+func (d *demo) exec(ctx context.Context, f []string) error {
+	want := func(n int, usage string) error {
+		if len(f) != n+1 {
+			return fmt.Errorf("usage: %s", usage)
+		}
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	switch f[0] {
+	case "help", "?":
+		fmt.Fprintln(d.out, demoHelp)
+	case "put":
+		if err := want(2, "put KEY VALUE"); err != nil {
+			return err
+		}
+		rev, err := d.cl.Put(rctx, []byte(f[1]), []byte(f[2]))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.out, "OK (group %d, revision %d)\n", d.cl.GroupOf([]byte(f[1])), rev)
+	case "get":
+		if err := want(1, "get KEY"); err != nil {
+			return err
+		}
+		kv, err := d.cl.Get(rctx, []byte(f[1]))
+		if errors.Is(err, client.ErrKeyNotFound) {
+			fmt.Fprintln(d.out, "(not found)")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.out, "%s (group %d, revision %d)\n", kv.Value, kv.Group, kv.Revision)
+	case "del":
+		if err := want(1, "del KEY"); err != nil {
+			return err
+		}
+		ok, err := d.cl.Delete(rctx, []byte(f[1]))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.out, "deleted: %v\n", ok)
+	case "status":
+		d.status(ctx)
+	case "leaders":
+		ls := d.leaders()
+		ids := make([]uint64, 0, len(ls))
+		for g := range ls {
+			ids = append(ids, g)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		for _, g := range ids {
+			fmt.Fprintf(d.out, "group %d: leader %d\n", g, ls[g])
+		}
+	case "cut":
+		if err := want(2, "cut A B"); err != nil {
+			return err
+		}
+		a, err := d.node(f[1])
+		if err != nil {
+			return err
+		}
+		b, err := d.node(f[2])
+		if err != nil {
+			return err
+		}
+		if a == b {
+			return fmt.Errorf("cut needs two different nodes")
+		}
+		d.nodes[a].Faults().SetEgressDropped(b, true)
+		d.nodes[b].Faults().SetEgressDropped(a, true)
+		fmt.Fprintf(d.out, "link %d<->%d cut; groups led by the other node keep their leader\n", a, b)
+	case "pause", "resume":
+		if err := want(1, f[0]+" N"); err != nil {
+			return err
+		}
+		n, err := d.node(f[1])
+		if err != nil {
+			return err
+		}
+		if f[0] == "pause" {
+			var others []uint64
+			for id := range d.nodes {
+				if id != n {
+					others = append(others, id)
+				}
+			}
+			d.nodes[n].Faults().Partition([]uint64{n}, others)
+			d.paused[n] = true
+			fmt.Fprintf(d.out, "node %d black-holed; its groups elect new leaders, the others stay put (try: leaders)\n", n)
+		} else {
+			d.nodes[n].Faults().Heal()
+			delete(d.paused, n)
+			fmt.Fprintf(d.out, "node %d back\n", n)
+		}
+	case "heal":
+		for id, s := range d.nodes {
+			s.Faults().Heal()
+			delete(d.paused, id)
+		}
+		fmt.Fprintln(d.out, "all faults removed")
+	default:
+		return fmt.Errorf("unknown command %q; type help", f[0])
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla/flotilla/server"
+)
+
+func newStartCmd() *cobra.Command {
+	var (
+		id                             uint64
+		dataDir, peerAddr, clientAddr  string
+		httpAddr, initialCluster       string
+		groups                         int
+		tick                           time.Duration
+		electionTicks, heartbeatTicks  int
+		logLevel                       string
+		balanceInterval, shutdownGrace time.Duration
+		noSync                         bool
+	)
+	cmd := &cobra.Command{
+		Use:   "start",
+		Short: "Run a node",
+		Long: `Run a node. A fresh --data-dir bootstraps the node's replicas of --groups
+groups from --initial-cluster; a restart with the same --data-dir resumes, and a
+data directory of another cluster is refused. SIGTERM or SIGINT hands this node's
+leaderships away, flushes storage and exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			level, err := parseLevel(logLevel)
+			if err != nil {
+				return err
+			}
+			if id == 0 {
+				return fmt.Errorf("--id is required (a positive node ID listed in --initial-cluster)")
+			}
+			ic, err := server.ParseInitialCluster(initialCluster)
+			if err != nil {
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			s, err := server.New(server.Config{
+				NodeID:          id,
+				DataDir:         dataDir,
+				PeerAddr:        peerAddr,
+				ClientAddr:      clientAddr,
+				HTTPAddr:        httpAddr,
+				InitialCluster:  ic,
+				Groups:          groups,
+				TickInterval:    tick,
+				ElectionTicks:   electionTicks,
+				HeartbeatTicks:  heartbeatTicks,
+				BalanceInterval: balanceInterval,
+				DisableSync:     noSync,
+				Logger:          log,
+			})
+			if err != nil {
+				return err
+			}
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+			defer signal.Stop(sigs)
+			s.Start()
+			select {
+			case sig := <-sigs:
+				log.Info("signal received, shutting down", "signal", sig.String())
+				ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+				defer cancel()
+				if err := s.Shutdown(ctx); err != nil {
+					return err
+				}
+				log.Info("stopped")
+				return nil
+			case <-s.Stopping():
+				stopErr := s.Stop()
+				if err := s.Err(); err != nil {
+					return err
+				}
+				return stopErr
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.Uint64Var(&id, "id", 0, "this node's ID, as listed in --initial-cluster (required)")
+	f.StringVar(&dataDir, "data-dir", "", "directory of this node's data (required)")
+	f.StringVar(&peerAddr, "peer-addr", "", "HOST:PORT for raft traffic; its host is also the source address of outbound peer connections (required)")
+	f.StringVar(&clientAddr, "client-addr", "", "HOST:PORT of the gRPC client API (required)")
+	f.StringVar(&httpAddr, "http-addr", "", "HOST:PORT of /metrics, /healthz, /readyz, /debug/raft, /debug/pprof (required)")
+	f.StringVar(&initialCluster, "initial-cluster", "", "every node's peer address: 1=HOST:PORT,2=HOST:PORT,... (required)")
+	f.IntVar(&groups, "groups", 16, "number of raft groups the keys are spread over")
+	f.DurationVar(&tick, "tick", 100*time.Millisecond, "raft tick interval")
+	f.IntVar(&electionTicks, "election-ticks", 10, "election timeout, in ticks")
+	f.IntVar(&heartbeatTicks, "heartbeat-ticks", 1, "heartbeat interval, in ticks")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&balanceInterval, "balance-interval", 2*time.Second, "how often to hand away leaderships beyond this node's share; negative disables")
+	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
+	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
+	return cmd
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+}

@@ -1,0 +1,254 @@
+// Package kv is Flotilla's key-value state machine: one StateMachine per
+// raft group, all of them keeping their data in the node's Pebble database,
+// next to the raft logs, under prefixes of their own.
+//
+// Layout (storage uses 'l', 'h', 'c' and 's'):
+//
+//	'k' group(8) key   → revision(8) value
+//	'a' group(8)       → applied index(8) revision(8)
+//
+// Every Apply writes its data and the new applied index in one Pebble batch,
+// so after a crash the group replays only the entries past what is durable.
+// Apply commits without sync: the raft log is synced before anything is
+// applied, so a write lost here is replayed from the log.
+package kv
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+)
+
+// Limits on keys and values. Larger ones are refused before they are
+// proposed.
+const (
+	// MaxKeySize is the largest key, in bytes.
+	MaxKeySize = 4 << 10
+	// MaxValueSize is the largest value, in bytes.
+	MaxValueSize = 1 << 20
+	// MaxScanLimit is the most keys one scan returns.
+	MaxScanLimit = 10000
+	// DefaultScanLimit is the scan limit when none is given.
+	DefaultScanLimit = 1000
+)
+
+// Sentinel errors. Check them with errors.Is.
+var (
+	// ErrInvalid wraps every refusal of a malformed request: empty or
+	// oversized key, oversized value, bad limit.
+	ErrInvalid = errors.New("kv: invalid request")
+	// ErrCorrupt: stored data or a snapshot could not be decoded.
+	ErrCorrupt = errors.New("kv: corrupt data")
+	// ErrBadCommand: a command or query could not be decoded. A committed
+	// command that cannot be decoded is answered with an error result, not
+	// a failure of Apply, so one bad proposal cannot stop a node.
+	ErrBadCommand = errors.New("kv: malformed command")
+)
+
+// GroupOf returns the group (1..groups) that holds key: FNV-1a (64 bit) of
+// the key, modulo groups, plus one. Clients and servers must agree on it.
+func GroupOf(key []byte, groups int) uint64 {
+	if groups <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write(key)
+	return h.Sum64()%uint64(groups) + 1
+}
+
+// CheckKey returns an error wrapping ErrInvalid if key is empty or longer
+// than MaxKeySize.
+func CheckKey(key []byte) error {
+	switch {
+	case len(key) == 0:
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	case len(key) > MaxKeySize:
+		return fmt.Errorf("%w: key of %d bytes exceeds the limit of %d", ErrInvalid, len(key), MaxKeySize)
+	}
+	return nil
+}
+
+// CheckValue returns an error wrapping ErrInvalid if value is longer than
+// MaxValueSize.
+func CheckValue(value []byte) error {
+	if len(value) > MaxValueSize {
+		return fmt.Errorf("%w: value of %d bytes exceeds the limit of %d", ErrInvalid, len(value), MaxValueSize)
+	}
+	return nil
+}
+
+// Op is the kind of a command.
+type Op byte
+
+// Commands.
+const (
+	OpPut Op = iota + 1
+	OpDelete
+	OpCAS
+)
+
+// Command is one write. Encode it with Encode and propose the bytes.
+type Command struct {
+	Op    Op
+	Key   []byte
+	Value []byte
+	// Expected is the value a CAS requires; ExpectAbsent requires no value.
+	Expected     []byte
+	ExpectAbsent bool
+}
+
+// Encode returns the command's wire form after checking its limits.
+func (c Command) Encode() ([]byte, error) {
+	if err := CheckKey(c.Key); err != nil {
+		return nil, err
+	}
+	if err := CheckValue(c.Value); err != nil {
+		return nil, err
+	}
+	if err := CheckValue(c.Expected); err != nil {
+		return nil, err
+	}
+	switch c.Op {
+	case OpPut, OpDelete, OpCAS:
+	default:
+		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
+	}
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected))
+	b = append(b, byte(c.Op))
+	b = appendBytes(b, c.Key)
+	b = appendBytes(b, c.Value)
+	flag := byte(0)
+	if c.ExpectAbsent {
+		flag = 1
+	}
+	b = append(b, flag)
+	b = appendBytes(b, c.Expected)
+	return b, nil
+}
+
+// decodeCommand parses a command; the slices alias b.
+func decodeCommand(b []byte) (Command, error) {
+	var c Command
+	if len(b) < 1 {
+		return c, ErrBadCommand
+	}
+	c.Op = Op(b[0])
+	r := reader{b: b[1:]}
+	c.Key = r.bytes()
+	c.Value = r.bytes()
+	flag := r.byte()
+	c.Expected = r.bytes()
+	if r.err || len(r.b) != 0 || flag > 1 || c.Op < OpPut || c.Op > OpCAS {
+		return Command{}, ErrBadCommand
+	}
+	c.ExpectAbsent = flag == 1
+	return c, nil
+}
+
+// Result is the outcome of an applied command.
+type Result struct {
+	// Revision is the group's revision after the command (unchanged if the
+	// command wrote nothing).
+	Revision uint64
+	// OK: a CAS swapped, a delete removed something. Always true for a put.
+	OK bool
+	// Found, Current: the key's value after the command (CAS only).
+	Found   bool
+	Current []byte
+	// CurrentRevision is the revision of Current.
+	CurrentRevision uint64
+	// Err is set for a command that could not be decoded.
+	Err string
+}
+
+func (r Result) encode() []byte {
+	b := make([]byte, 0, 24+len(r.Current)+len(r.Err))
+	b = binary.BigEndian.AppendUint64(b, r.Revision)
+	flags := byte(0)
+	if r.OK {
+		flags |= 1
+	}
+	if r.Found {
+		flags |= 2
+	}
+	b = append(b, flags)
+	b = binary.BigEndian.AppendUint64(b, r.CurrentRevision)
+	b = appendBytes(b, r.Current)
+	b = appendBytes(b, []byte(r.Err))
+	return b
+}
+
+// DecodeResult parses the result bytes of an applied command. A result
+// that carries a command error is returned as an error wrapping
+// ErrBadCommand.
+func DecodeResult(b []byte) (Result, error) {
+	var res Result
+	r := reader{b: b}
+	res.Revision = r.uint64()
+	flags := r.byte()
+	res.CurrentRevision = r.uint64()
+	res.Current = r.bytes()
+	msg := r.bytes()
+	if r.err || len(r.b) != 0 {
+		return Result{}, fmt.Errorf("%w: result", ErrCorrupt)
+	}
+	res.OK, res.Found = flags&1 != 0, flags&2 != 0
+	if len(msg) > 0 {
+		res.Err = string(msg)
+		return res, fmt.Errorf("%w: %s", ErrBadCommand, msg)
+	}
+	return res, nil
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+// reader decodes the little formats of this package; err latches.
+type reader struct {
+	b   []byte
+	err bool
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = true
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if r.err || n > uint64(len(r.b)) {
+		r.err = true
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) byte() byte {
+	if len(r.b) < 1 {
+		r.err = true
+		return 0
+	}
+	v := r.b[0]
+	r.b = r.b[1:]
+	return v
+}
+
+func (r *reader) uint64() uint64 {
+	if len(r.b) < 8 {
+		r.err = true
+		return 0
+	}
+	v := binary.BigEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}

@@ -1,0 +1,357 @@
+package kv
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla/flotilla/multiraft"
+)
+
+const (
+	kindData    = 'k'
+	kindApplied = 'a'
+	prefixLen   = 9
+	snapMagic   = "FKV1"
+)
+
+// StateMachine is the KV state of one group, kept in a Pebble database
+// shared with the raft logs and the other groups.
+//
+// Apply, Snapshot, Restore and AppliedIndex are called by the engine's
+// worker that holds the group, one at a time. Query may run concurrently
+// with them: it reads Pebble only, and a Pebble batch becomes visible to
+// readers all at once.
+type StateMachine struct {
+	db     *pebble.DB
+	group  uint64
+	prefix [prefixLen]byte
+	upper  [prefixLen]byte
+
+	// applied and revision are written by the owning worker and read by
+	// anyone (status pages).
+	applied  atomic.Uint64
+	revision atomic.Uint64
+}
+
+var _ multiraft.StateMachine = (*StateMachine)(nil)
+
+// New returns the state machine of group, loading its applied index and
+// revision from db. The caller keeps owning db and closes it after the
+// engine stopped.
+func New(db *pebble.DB, group uint64) (*StateMachine, error) {
+	s := &StateMachine{db: db, group: group}
+	s.prefix[0] = kindData
+	binary.BigEndian.PutUint64(s.prefix[1:], group)
+	s.upper = s.prefix
+	s.upper[0]++
+	v, closer, err := db.Get(s.metaKey())
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		return s, nil
+	case err != nil:
+		return nil, fmt.Errorf("kv: group %d: load applied index: %w", group, err)
+	}
+	defer closer.Close()
+	if len(v) != 16 {
+		return nil, fmt.Errorf("%w: group %d: applied record of %d bytes", ErrCorrupt, group, len(v))
+	}
+	s.applied.Store(binary.BigEndian.Uint64(v))
+	s.revision.Store(binary.BigEndian.Uint64(v[8:]))
+	return s, nil
+}
+
+// Group returns the group ID.
+func (s *StateMachine) Group() uint64 { return s.group }
+
+// Revision returns the group's revision: the number of writes applied.
+func (s *StateMachine) Revision() uint64 { return s.revision.Load() }
+
+func (s *StateMachine) metaKey() []byte {
+	k := make([]byte, prefixLen)
+	k[0] = kindApplied
+	binary.BigEndian.PutUint64(k[1:], s.group)
+	return k
+}
+
+func (s *StateMachine) dataKey(key []byte) []byte {
+	k := make([]byte, 0, prefixLen+len(key))
+	k = append(k, s.prefix[:]...)
+	return append(k, key...)
+}
+
+func metaValue(applied, revision uint64) []byte {
+	v := make([]byte, 16)
+	binary.BigEndian.PutUint64(v, applied)
+	binary.BigEndian.PutUint64(v[8:], revision)
+	return v
+}
+
+// AppliedIndex implements multiraft.StateMachine.
+func (s *StateMachine) AppliedIndex() uint64 { return s.applied.Load() }
+
+// getFrom reads key through r (the database or an indexed batch).
+func getFrom(r pebble.Reader, k []byte) (found bool, rev uint64, val []byte, err error) {
+	v, closer, err := r.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, 0, nil, nil
+	}
+	if err != nil {
+		return false, 0, nil, err
+	}
+	defer closer.Close()
+	if len(v) < 8 {
+		return false, 0, nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, k)
+	}
+	return true, binary.BigEndian.Uint64(v), bytes.Clone(v[8:]), nil
+}
+
+// Apply implements multiraft.StateMachine. Data and applied index go in one
+// batch.
+func (s *StateMachine) Apply(cmds []multiraft.Command) error {
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	rev := s.revision.Load()
+	var last uint64
+	for i := range cmds {
+		c := &cmds[i]
+		last = c.Index
+		cmd, err := decodeCommand(c.Data)
+		if err != nil {
+			c.Result = Result{Revision: rev, Err: err.Error()}.encode()
+			continue
+		}
+		k := s.dataKey(cmd.Key)
+		var res Result
+		switch cmd.Op {
+		case OpPut:
+			rev++
+			if err := b.Set(k, stored(rev, cmd.Value), nil); err != nil {
+				return err
+			}
+			res = Result{OK: true}
+		case OpDelete:
+			found, _, _, err := getFrom(b, k)
+			if err != nil {
+				return err
+			}
+			if found {
+				rev++
+				if err := b.Delete(k, nil); err != nil {
+					return err
+				}
+			}
+			res = Result{OK: found}
+		case OpCAS:
+			found, curRev, cur, err := getFrom(b, k)
+			if err != nil {
+				return err
+			}
+			match := (cmd.ExpectAbsent && !found) || (!cmd.ExpectAbsent && found && bytes.Equal(cur, cmd.Expected))
+			if match {
+				rev++
+				if err := b.Set(k, stored(rev, cmd.Value), nil); err != nil {
+					return err
+				}
+				res = Result{OK: true, Found: true, Current: cmd.Value, CurrentRevision: rev}
+			} else {
+				res = Result{Found: found, Current: cur, CurrentRevision: curRev}
+			}
+		}
+		res.Revision = rev
+		c.Result = res.encode()
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	if err := b.Set(s.metaKey(), metaValue(last, rev), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("kv: group %d: commit apply: %w", s.group, err)
+	}
+	s.applied.Store(last)
+	s.revision.Store(rev)
+	return nil
+}
+
+func stored(rev uint64, value []byte) []byte {
+	v := make([]byte, 8+len(value))
+	binary.BigEndian.PutUint64(v, rev)
+	copy(v[8:], value)
+	return v
+}
+
+// Query implements multiraft.StateMachine; see EncodeGet and EncodeScan.
+func (s *StateMachine) Query(q []byte) ([]byte, error) {
+	if len(q) < 1 {
+		return nil, ErrBadCommand
+	}
+	switch q[0] {
+	case 'g':
+		found, rev, val, err := getFrom(s.db, s.dataKey(q[1:]))
+		if err != nil {
+			return nil, err
+		}
+		out := make([]byte, 0, 9+len(val))
+		if found {
+			out = append(out, 1)
+		} else {
+			out = append(out, 0)
+		}
+		out = binary.BigEndian.AppendUint64(out, rev)
+		return append(out, val...), nil
+	case 's':
+		r := reader{b: q[1:]}
+		limit := r.uvarint()
+		if r.err || limit == 0 || limit > MaxScanLimit {
+			return nil, fmt.Errorf("%w: scan limit", ErrBadCommand)
+		}
+		return s.scan(r.b, int(limit))
+	}
+	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])
+}
+
+func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
+	lower := s.dataKey(prefix)
+	upper := s.upper[:]
+	if len(prefix) > 0 {
+		upper = prefixEnd(lower)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var body []byte
+	n := 0
+	more := false
+	for it.First(); it.Valid(); it.Next() {
+		if n == limit {
+			more = true
+			break
+		}
+		v := it.Value()
+		if len(v) < 8 {
+			return nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, it.Key())
+		}
+		body = appendBytes(body, it.Key()[prefixLen:])
+		body = binary.BigEndian.AppendUint64(body, binary.BigEndian.Uint64(v))
+		body = appendBytes(body, v[8:])
+		n++
+	}
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, 1+binary.MaxVarintLen64+len(body))
+	if more {
+		out = append(out, 1)
+	} else {
+		out = append(out, 0)
+	}
+	out = binary.AppendUvarint(out, uint64(n))
+	return append(out, body...), nil
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p,
+// or nil when there is none. p always starts with the data kind byte, so
+// it is never all 0xff.
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+// Snapshot implements multiraft.StateMachine: the revision, then every
+// key with its stored value.
+func (s *StateMachine) Snapshot(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString(snapMagic)
+	var hdr [8]byte
+	binary.BigEndian.PutUint64(hdr[:], s.revision.Load())
+	bw.Write(hdr[:])
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: s.prefix[:], UpperBound: s.upper[:]})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var buf []byte
+	for it.First(); it.Valid(); it.Next() {
+		buf = appendBytes(buf[:0], it.Key()[prefixLen:])
+		buf = appendBytes(buf, it.Value())
+		if _, err := bw.Write(buf); err != nil {
+			return err
+		}
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// Restore implements multiraft.StateMachine: the group's data is replaced
+// in one batch together with the applied index.
+func (s *StateMachine) Restore(r io.Reader, index uint64) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	hdr := make([]byte, len(snapMagic)+8)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		return fmt.Errorf("%w: snapshot header: %v", ErrCorrupt, err)
+	}
+	if string(hdr[:len(snapMagic)]) != snapMagic {
+		return fmt.Errorf("%w: snapshot magic %q", ErrCorrupt, hdr[:len(snapMagic)])
+	}
+	rev := binary.BigEndian.Uint64(hdr[len(snapMagic):])
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(s.prefix[:], s.upper[:], nil); err != nil {
+		return err
+	}
+	readChunk := func() ([]byte, error) {
+		n, err := binary.ReadUvarint(br)
+		if err != nil {
+			return nil, err
+		}
+		if n > MaxKeySize+MaxValueSize+8 {
+			return nil, fmt.Errorf("%w: snapshot record of %d bytes", ErrCorrupt, n)
+		}
+		v := make([]byte, n)
+		_, err = io.ReadFull(br, v)
+		return v, err
+	}
+	for {
+		k, err := readChunk()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: snapshot key: %v", ErrCorrupt, err)
+		}
+		v, err := readChunk()
+		if err != nil {
+			return fmt.Errorf("%w: snapshot value: %v", ErrCorrupt, err)
+		}
+		if err := b.Set(s.dataKey(k), v, nil); err != nil {
+			return err
+		}
+	}
+	if err := b.Set(s.metaKey(), metaValue(index, rev), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("kv: group %d: commit restore: %w", s.group, err)
+	}
+	s.applied.Store(index)
+	s.revision.Store(rev)
+	return nil
+}

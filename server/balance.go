@@ -1,0 +1,150 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// balanceLoop keeps this node from leading more than its share of groups:
+// every BalanceInterval it hands leaderships it holds beyond
+// ceil(groups/live nodes) to live replicas below that share. Each node only
+// gives away what it leads, so no two nodes fight over a group.
+func (s *Server) balanceLoop() {
+	t := time.NewTicker(s.cfg.BalanceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-t.C:
+			s.balanceOnce()
+		}
+	}
+}
+
+type move struct{ group, to uint64 }
+
+func (s *Server) balanceOnce() {
+	if s.shutting.Load() {
+		return
+	}
+	groups := s.groupInfos()
+	alive := s.reachableNodes()
+	counts := make(map[uint64]int)
+	for _, g := range groups {
+		if g.Leader != 0 {
+			counts[g.Leader]++
+		}
+	}
+	live := 0
+	for _, id := range s.nodes {
+		if alive[id] {
+			live++
+		}
+	}
+	target := (len(groups) + live - 1) / live
+	me := s.cfg.NodeID
+	var plan []move
+	for _, g := range groups {
+		if counts[me] <= target {
+			break
+		}
+		if g.Leader != me {
+			continue
+		}
+		if _, local := s.sms[g.Id]; !local {
+			continue
+		}
+		var dest uint64
+		for i, r := range g.Replicas {
+			if r == me || !alive[r] || counts[r] >= target {
+				continue
+			}
+			// The preferred leader (first replica) wins ties.
+			if dest == 0 || counts[r] < counts[dest] || i == 0 {
+				dest = r
+			}
+		}
+		if dest == 0 {
+			continue
+		}
+		counts[me]--
+		counts[dest]++
+		plan = append(plan, move{g.Id, dest})
+	}
+	if len(plan) == 0 {
+		return
+	}
+	s.log.Info("rebalancing leaders", "moves", len(plan), "leading", counts[me]+len(plan), "target", target)
+	ctx, cancel := context.WithTimeout(context.Background(), s.transferTimeout())
+	defer cancel()
+	s.runMoves(ctx, plan, "balance")
+}
+
+func (s *Server) transferTimeout() time.Duration {
+	return 3 * time.Duration(s.cfg.ElectionTicks) * s.cfg.TickInterval
+}
+
+// runMoves transfers leaderships concurrently and waits for all of them.
+func (s *Server) runMoves(ctx context.Context, plan []move, reason string) int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	for _, m := range plan {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.host.TransferLeadership(ctx, m.group, m.to)
+			outcome := "ok"
+			if err != nil {
+				outcome = "failed"
+				s.log.Debug("leadership transfer failed", "group", m.group, "to", m.to, "reason", reason, "err", err)
+			} else {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+			s.metrics.transfers.WithLabelValues(reason, outcome).Inc()
+		}()
+	}
+	wg.Wait()
+	return ok
+}
+
+// transferAll hands every leadership of this node to a live replica,
+// spreading them over the least loaded nodes, before the node stops.
+func (s *Server) transferAll(ctx context.Context) {
+	groups := s.groupInfos()
+	alive := s.reachableNodes()
+	counts := make(map[uint64]int)
+	for _, g := range groups {
+		if g.Leader != 0 {
+			counts[g.Leader]++
+		}
+	}
+	me := s.cfg.NodeID
+	var plan []move
+	for _, g := range groups {
+		if g.Leader != me {
+			continue
+		}
+		var dest uint64
+		for _, r := range g.Replicas {
+			if r != me && alive[r] && (dest == 0 || counts[r] < counts[dest]) {
+				dest = r
+			}
+		}
+		if dest != 0 {
+			counts[dest]++
+			plan = append(plan, move{g.Id, dest})
+		}
+	}
+	if len(plan) == 0 {
+		return
+	}
+	tctx, cancel := context.WithTimeout(ctx, s.transferTimeout())
+	defer cancel()
+	n := s.runMoves(tctx, plan, "shutdown")
+	s.log.Info("handed leadership away before stopping", "moved", n, "of", len(plan))
+}

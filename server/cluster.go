@@ -1,0 +1,326 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+)
+
+// peerDialOptions dial peers from the host of this node's peer address, as
+// the raft transport does, so a firewall rule on one directed link cuts
+// discovery and raft alike.
+func peerDialOptions(peerAddr string) []grpc.DialOption {
+	var local net.Addr
+	if host, _, err := net.SplitHostPort(peerAddr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			local = &net.TCPAddr{IP: ip}
+		}
+	}
+	d := &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A peer that was down is retried soon after it comes back, so
+		// its addresses are learned within a second or two.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}),
+	}
+}
+
+// selfInfo describes this node.
+func (s *Server) selfInfo() *api.NodeInfo {
+	return &api.NodeInfo{
+		Id:         s.cfg.NodeID,
+		PeerAddr:   s.cfg.PeerAddr,
+		ClientAddr: s.ClientAddr(),
+		HttpAddr:   s.HTTPAddr(),
+		Alive:      true,
+	}
+}
+
+// localGroups describes every local replica.
+func (s *Server) localGroups() []*api.GroupInfo {
+	sts := s.host.Status()
+	out := make([]*api.GroupInfo, 0, len(sts))
+	for _, st := range sts {
+		out = append(out, &api.GroupInfo{
+			Id:       st.ID,
+			Leader:   st.Leader,
+			Term:     st.Term,
+			Replicas: Replicas(st.ID, s.nodes),
+			Commit:   st.Commit,
+			Applied:  st.Applied,
+			Role:     st.Role,
+		})
+	}
+	return out
+}
+
+type peerService struct {
+	api.UnimplementedPeerServer
+	s *Server
+}
+
+func (p *peerService) Info(ctx context.Context, req *api.InfoRequest) (*api.InfoResponse, error) {
+	if req.ClusterId != p.s.clusterID {
+		return nil, status.Errorf(codes.FailedPrecondition, "server: node %d belongs to cluster %x, not %x",
+			p.s.cfg.NodeID, p.s.clusterID, req.ClusterId)
+	}
+	return &api.InfoResponse{Node: p.s.selfInfo(), Groups: p.s.localGroups()}, nil
+}
+
+// discoveryLoop asks every peer for its addresses and the leaders of its
+// replicas, every DiscoveryInterval, all peers in parallel.
+func (s *Server) discoveryLoop() {
+	t := time.NewTicker(s.cfg.DiscoveryInterval)
+	defer t.Stop()
+	for {
+		s.discoverOnce()
+		select {
+		case <-s.stopc:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) discoverOnce() {
+	timeout := max(s.cfg.DiscoveryInterval, 500*time.Millisecond)
+	type answer struct {
+		id   uint64
+		resp *api.InfoResponse
+		err  error
+	}
+	answers := make(chan answer, len(s.peerConns))
+	for id, conn := range s.peerConns {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			resp, err := api.NewPeerClient(conn).Info(ctx, &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID},
+				grpc.WaitForReady(true))
+			answers <- answer{id, resp, err}
+		}()
+	}
+	now := time.Now()
+	for range s.peerConns {
+		a := <-answers
+		s.peers.Lock()
+		v := s.peers.views[a.id]
+		if v == nil {
+			v = &peerView{}
+			s.peers.views[a.id] = v
+		}
+		if a.err != nil {
+			v.ok = false
+		} else {
+			v.ok, v.lastOK, v.info, v.groups = true, now, a.resp.Node, a.resp.Groups
+		}
+		s.peers.Unlock()
+	}
+}
+
+// nodeInfos returns every node of the cluster with what is known of it.
+func (s *Server) nodeInfos() []*api.NodeInfo {
+	out := make([]*api.NodeInfo, 0, len(s.nodes))
+	s.peers.Lock()
+	defer s.peers.Unlock()
+	for _, id := range s.nodes {
+		if id == s.cfg.NodeID {
+			out = append(out, s.selfInfo())
+			continue
+		}
+		n := &api.NodeInfo{Id: id, PeerAddr: s.cfg.InitialCluster[id]}
+		if v := s.peers.views[id]; v != nil {
+			if v.info != nil {
+				n.ClientAddr, n.HttpAddr = v.info.ClientAddr, v.info.HttpAddr
+			}
+			n.Alive = v.ok
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// aliveNodes returns the nodes that answered the last discovery round,
+// this one included.
+func (s *Server) aliveNodes() map[uint64]bool {
+	out := map[uint64]bool{s.cfg.NodeID: true}
+	s.peers.Lock()
+	defer s.peers.Unlock()
+	for id, v := range s.peers.views {
+		if v.ok {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+// reachableNodes returns the live nodes that the raft transport also
+// reached recently: a node can answer discovery yet be black-holed for
+// raft, and handing it a leadership would only fail.
+func (s *Server) reachableNodes() map[uint64]bool {
+	alive := s.aliveNodes()
+	recent := 3 * time.Duration(s.cfg.ElectionTicks) * s.cfg.TickInterval
+	for _, p := range s.tr.Stats() {
+		if !p.LastContact.IsZero() && time.Since(p.LastContact) > recent {
+			delete(alive, p.To)
+		}
+	}
+	return alive
+}
+
+// groupInfos returns every data group, from the local replica when there
+// is one, else from the peer replica that reported the highest term.
+func (s *Server) groupInfos() []*api.GroupInfo {
+	best := make(map[uint64]*api.GroupInfo, s.cfg.Groups)
+	for _, g := range s.localGroups() {
+		best[g.Id] = g
+	}
+	s.peers.Lock()
+	for _, v := range s.peers.views {
+		if !v.ok {
+			continue
+		}
+		for _, g := range v.groups {
+			if _, local := s.sms[g.Id]; local {
+				continue
+			}
+			if b := best[g.Id]; b == nil || g.Term > b.Term || (g.Term == b.Term && g.Leader != 0 && b.Leader == 0) {
+				best[g.Id] = g
+			}
+		}
+	}
+	s.peers.Unlock()
+	out := make([]*api.GroupInfo, 0, s.cfg.Groups)
+	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+		if b := best[g]; b != nil {
+			out = append(out, b)
+		} else {
+			out = append(out, &api.GroupInfo{Id: g, Replicas: Replicas(g, s.nodes)})
+		}
+	}
+	return out
+}
+
+// leaderOf returns the group's leader as this node knows it.
+func (s *Server) leaderOf(g uint64) uint64 {
+	if _, ok := s.sms[g]; ok {
+		l, _, _ := s.host.Leader(g)
+		return l
+	}
+	var leader, term uint64
+	s.peers.Lock()
+	defer s.peers.Unlock()
+	for _, v := range s.peers.views {
+		for _, gi := range v.groups {
+			if gi.Id == g && gi.Leader != 0 && gi.Term >= term {
+				leader, term = gi.Leader, gi.Term
+			}
+		}
+	}
+	return leader
+}
+
+// clientAddrOf returns a node's client address, if known.
+func (s *Server) clientAddrOf(id uint64) string {
+	if id == s.cfg.NodeID {
+		return s.ClientAddr()
+	}
+	s.peers.Lock()
+	defer s.peers.Unlock()
+	if v := s.peers.views[id]; v != nil && v.info != nil {
+		return v.info.ClientAddr
+	}
+	return ""
+}
+
+func (s *Server) peerStats() []*api.PeerStats {
+	st := s.tr.Stats()
+	out := make([]*api.PeerStats, 0, len(st))
+	for _, p := range st {
+		out = append(out, &api.PeerStats{
+			From: p.From, To: p.To, QueueLen: uint64(p.QueueLen), Sent: p.Sent, Dropped: p.Dropped,
+		})
+	}
+	slices.SortFunc(out, func(a, b *api.PeerStats) int { return int64Cmp(a.To, b.To) })
+	return out
+}
+
+func int64Cmp(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+type clusterService struct {
+	api.UnimplementedClusterServer
+	s *Server
+}
+
+func (c *clusterService) ClusterMap(ctx context.Context, _ *api.ClusterMapRequest) (*api.ClusterMapResponse, error) {
+	return &api.ClusterMapResponse{
+		ClusterId:  c.s.clusterID,
+		Groups:     uint32(c.s.cfg.Groups),
+		Nodes:      c.s.nodeInfos(),
+		GroupInfos: c.s.groupInfos(),
+	}, nil
+}
+
+func (c *clusterService) NodeStatus(ctx context.Context, _ *api.NodeStatusRequest) (*api.NodeStatusResponse, error) {
+	return &api.NodeStatusResponse{
+		ClusterId: c.s.clusterID,
+		Node:      c.s.selfInfo(),
+		Groups:    c.s.localGroups(),
+		Peers:     c.s.peerStats(),
+	}, nil
+}
+
+// Status returns this node's view of the cluster, the document served at
+// /debug/raft.
+func (s *Server) Status() api.Status {
+	st := api.Status{ClusterID: s.clusterID, Node: s.cfg.NodeID}
+	for _, n := range s.nodeInfos() {
+		st.Nodes = append(st.Nodes, api.StatusNode{
+			ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr, HTTPAddr: n.HttpAddr, Alive: n.Alive,
+		})
+	}
+	for _, g := range s.localGroups() {
+		st.Groups = append(st.Groups, api.StatusGroup{
+			ID: g.Id, Leader: g.Leader, Term: g.Term, Replicas: g.Replicas, Commit: g.Commit, Applied: g.Applied,
+		})
+	}
+	for _, p := range s.peerStats() {
+		st.Peers = append(st.Peers, api.StatusPeer{From: p.From, To: p.To, QueueLen: p.QueueLen, Sent: p.Sent, Dropped: p.Dropped})
+	}
+	if st.Groups == nil {
+		st.Groups = []api.StatusGroup{}
+	}
+	if st.Peers == nil {
+		st.Peers = []api.StatusPeer{}
+	}
+	return st
+}
+
+// errNotHosted is returned for a group this node holds no replica of and
+// cannot forward.
+func errNotHosted(g uint64) error {
+	return fmt.Errorf("server: group %d has no replica on this node", g)
+}

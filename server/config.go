@@ -1,0 +1,253 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Sentinel errors. Check them with errors.Is.
+var (
+	// ErrConfig wraps every refusal of a Config.
+	ErrConfig = errors.New("server: invalid config")
+	// ErrOtherCluster: the data directory belongs to another cluster or
+	// another node.
+	ErrOtherCluster = errors.New("server: data directory belongs to another cluster")
+	// ErrStopped: the server is stopped.
+	ErrStopped = errors.New("server: stopped")
+)
+
+// Limits.
+const (
+	// MaxGroups is the most data groups a cluster may have.
+	MaxGroups = 100000
+	// MaxNodes is the most nodes --initial-cluster may list.
+	MaxNodes = 1000
+)
+
+// Config configures one node. Zero values take the documented defaults.
+type Config struct {
+	// NodeID is this node's ID; it must appear in InitialCluster. Required.
+	NodeID uint64
+	// DataDir holds the node's Pebble database and meta file. Created if
+	// missing. Required.
+	DataDir string
+	// PeerAddr is the host:port other nodes reach this node's raft
+	// transport at; it must equal this node's InitialCluster entry. Its
+	// host is also the source address of outbound peer connections.
+	// Required.
+	PeerAddr string
+	// ClientAddr is where the gRPC client API listens. Required.
+	ClientAddr string
+	// HTTPAddr is where /metrics, /healthz, /readyz, /debug/raft and
+	// /debug/pprof are served. Required.
+	HTTPAddr string
+	// InitialCluster maps every node ID of the cluster to its peer address.
+	// With Groups it defines the cluster: its ID is derived from both, and
+	// a data directory written under another ID is refused. Required;
+	// parse --initial-cluster with ParseInitialCluster.
+	InitialCluster map[uint64]string
+	// Groups is the number of data groups (IDs 1..Groups). Required;
+	// limits 1..MaxGroups.
+	Groups int
+
+	// TickInterval is the raft tick. Default 100ms; limits 1ms..10s.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks. Default 10.
+	ElectionTicks int
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
+	HeartbeatTicks int
+	// BalanceInterval is how often the node checks whether it leads more
+	// than its share of groups and hands some away. Default 2s; negative
+	// disables balancing.
+	BalanceInterval time.Duration
+	// DiscoveryInterval is how often the node asks its peers for their
+	// addresses and leaders. Default 1s; limits 10ms..1m.
+	DiscoveryInterval time.Duration
+	// DisableSync turns off fsync of raft writes: only for demos and tests.
+	DisableSync bool
+
+	// PeerListener, ClientListener and HTTPListener, if set, are used
+	// instead of listening on the corresponding address (the demo and tests
+	// listen on port 0 first to learn free ports). The server closes them.
+	PeerListener, ClientListener, HTTPListener net.Listener
+
+	// Logger receives the node's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// ParseInitialCluster parses "1=host:port,2=host:port,...". IDs must be
+// positive and distinct, addresses valid host:port and distinct.
+func ParseInitialCluster(s string) (map[uint64]string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, fmt.Errorf("%w: --initial-cluster is empty; want 1=HOST:PORT,2=HOST:PORT,...", ErrConfig)
+	}
+	out := make(map[uint64]string)
+	seen := make(map[string]uint64)
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: --initial-cluster entry %q: want ID=HOST:PORT", ErrConfig, part)
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("%w: --initial-cluster entry %q: node ID must be a positive integer", ErrConfig, part)
+		}
+		addr = strings.TrimSpace(addr)
+		if err := checkHostPort(addr); err != nil {
+			return nil, fmt.Errorf("%w: --initial-cluster entry %q: %v", ErrConfig, part, err)
+		}
+		if _, dup := out[n]; dup {
+			return nil, fmt.Errorf("%w: --initial-cluster lists node %d twice", ErrConfig, n)
+		}
+		if other, dup := seen[addr]; dup {
+			return nil, fmt.Errorf("%w: --initial-cluster gives nodes %d and %d the same address %s", ErrConfig, other, n, addr)
+		}
+		out[n], seen[addr] = addr, n
+	}
+	if len(out) > MaxNodes {
+		return nil, fmt.Errorf("%w: --initial-cluster lists %d nodes, at most %d", ErrConfig, len(out), MaxNodes)
+	}
+	return out, nil
+}
+
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %v", addr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("address %q: bad port", addr)
+	}
+	if host == "" {
+		return fmt.Errorf("address %q: missing host", addr)
+	}
+	return nil
+}
+
+// FormatInitialCluster is the inverse of ParseInitialCluster, in ID order.
+func FormatInitialCluster(m map[uint64]string) string {
+	ids := sortedIDs(m)
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = fmt.Sprintf("%d=%s", id, m[id])
+	}
+	return strings.Join(parts, ",")
+}
+
+func sortedIDs(m map[uint64]string) []uint64 {
+	ids := make([]uint64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// ClusterID derives the cluster's ID from its initial membership and group
+// count: FNV-1a of the normalised --initial-cluster and the group count.
+// Never 0.
+func ClusterID(initial map[uint64]string, groups int) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "flotilla/v1;groups=%d;%s", groups, FormatInitialCluster(initial))
+	if id := h.Sum64(); id != 0 {
+		return id
+	}
+	return 1
+}
+
+func (c *Config) setDefaults() {
+	if c.TickInterval == 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.ElectionTicks == 0 {
+		c.ElectionTicks = 10
+	}
+	if c.HeartbeatTicks == 0 {
+		c.HeartbeatTicks = 1
+	}
+	if c.BalanceInterval == 0 {
+		c.BalanceInterval = 2 * time.Second
+	}
+	if c.DiscoveryInterval == 0 {
+		c.DiscoveryInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)
+	}
+	if c.NodeID == 0 {
+		return bad("--id must be a positive integer")
+	}
+	if c.DataDir == "" {
+		return bad("--data-dir is required")
+	}
+	if len(c.InitialCluster) == 0 {
+		return bad("--initial-cluster is required")
+	}
+	self, ok := c.InitialCluster[c.NodeID]
+	if !ok {
+		return bad("--id %d is not in --initial-cluster %s", c.NodeID, FormatInitialCluster(c.InitialCluster))
+	}
+	if c.PeerListener == nil {
+		if err := checkHostPort(c.PeerAddr); err != nil {
+			return bad("--peer-addr: %v", err)
+		}
+	}
+	if c.PeerAddr != self {
+		return bad("--peer-addr %q differs from node %d's entry %q in --initial-cluster", c.PeerAddr, c.NodeID, self)
+	}
+	if c.ClientListener == nil {
+		if err := checkHostPort(c.ClientAddr); err != nil {
+			return bad("--client-addr: %v", err)
+		}
+	}
+	if c.HTTPListener == nil {
+		if err := checkHostPort(c.HTTPAddr); err != nil {
+			return bad("--http-addr: %v", err)
+		}
+	}
+	if c.Groups < 1 || c.Groups > MaxGroups {
+		return bad("--groups %d outside 1..%d", c.Groups, MaxGroups)
+	}
+	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
+		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
+	}
+	return nil
+}
+
+// ReplicationFactor is how many replicas each group has (fewer when the
+// cluster has fewer nodes).
+const ReplicationFactor = 3
+
+// Replicas returns the nodes holding group g: every node of a cluster of
+// up to three, otherwise three consecutive nodes in ID order starting at
+// node index (g-1) mod n. The first is the group's preferred leader, so
+// preferred leaders spread evenly over the nodes.
+func Replicas(g uint64, nodes []uint64) []uint64 {
+	n := len(nodes)
+	if n == 0 || g == 0 {
+		return nil
+	}
+	r := min(n, ReplicationFactor)
+	start := int((g - 1) % uint64(n))
+	out := make([]uint64, r)
+	for i := range r {
+		out[i] = nodes[(start+i)%n]
+	}
+	return out
+}

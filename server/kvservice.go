@@ -1,0 +1,352 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+)
+
+// Metadata keys of the client API.
+const (
+	// MDLeader is a trailer on FailedPrecondition errors: the node ID of
+	// the group's leader as the answering node knows it.
+	MDLeader = "flotilla-leader"
+	// mdForwarded marks a request one node forwarded to another, so that a
+	// request is forwarded at most once.
+	mdForwarded = "flotilla-forwarded"
+)
+
+// kvService implements api.KVServer. Writes are proposed on the local
+// replica, reads use ReadIndex on it: raft forwards both to the leader,
+// so any node with a replica can answer. A node without a replica forwards
+// the request once to a node that has one.
+type kvService struct {
+	api.UnimplementedKVServer
+	s *Server
+}
+
+// group returns the key's group after checking the client's view of it.
+func (k *kvService) group(key []byte, claimed uint64) (uint64, error) {
+	if err := kv.CheckKey(key); err != nil {
+		return 0, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return k.s.checkGroup(kv.GroupOf(key, k.s.cfg.Groups), claimed)
+}
+
+func (s *Server) checkGroup(g, claimed uint64) (uint64, error) {
+	if claimed == 0 {
+		return g, nil
+	}
+	if claimed > uint64(s.cfg.Groups) {
+		return 0, status.Errorf(codes.NotFound, "server: group %d does not exist; the cluster has groups 1..%d", claimed, s.cfg.Groups)
+	}
+	if g != 0 && claimed != g {
+		return 0, status.Errorf(codes.InvalidArgument, "server: the key belongs to group %d, not %d; does the client know the cluster has %d groups?", g, claimed, s.cfg.Groups)
+	}
+	return claimed, nil
+}
+
+func (k *kvService) header(g uint64) *api.Header {
+	return &api.Header{Group: g, Leader: k.s.leaderOf(g), Node: k.s.cfg.NodeID}
+}
+
+func (k *kvService) local(g uint64) bool {
+	_, ok := k.s.sms[g]
+	return ok
+}
+
+func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutResponse, error) {
+	g, err := k.group(req.Key, req.Group)
+	if err != nil {
+		return nil, k.s.count("put", err)
+	}
+	if !k.local(g) {
+		req.Group = g
+		return forward(ctx, k.s, g, "put", func(c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
+	}
+	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value})
+	if err != nil {
+		return nil, k.s.count("put", err)
+	}
+	k.s.count("put", nil)
+	return &api.PutResponse{Header: k.header(g), Revision: res.Revision}, nil
+}
+
+func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.DeleteResponse, error) {
+	g, err := k.group(req.Key, req.Group)
+	if err != nil {
+		return nil, k.s.count("delete", err)
+	}
+	if !k.local(g) {
+		req.Group = g
+		return forward(ctx, k.s, g, "delete", func(c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
+	}
+	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpDelete, Key: req.Key})
+	if err != nil {
+		return nil, k.s.count("delete", err)
+	}
+	k.s.count("delete", nil)
+	return &api.DeleteResponse{Header: k.header(g), Deleted: res.OK, Revision: res.Revision}, nil
+}
+
+func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapRequest) (*api.CompareAndSwapResponse, error) {
+	g, err := k.group(req.Key, req.Group)
+	if err != nil {
+		return nil, k.s.count("cas", err)
+	}
+	if !k.local(g) {
+		req.Group = g
+		return forward(ctx, k.s, g, "cas", func(c api.KVClient) (*api.CompareAndSwapResponse, error) { return c.CompareAndSwap(ctx, req) })
+	}
+	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
+		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent})
+	if err != nil {
+		return nil, k.s.count("cas", err)
+	}
+	k.s.count("cas", nil)
+	resp := &api.CompareAndSwapResponse{Header: k.header(g), Succeeded: res.OK, Found: res.Found}
+	if res.Found {
+		resp.Current = &api.KeyValue{Key: req.Key, Value: res.Current, Revision: res.CurrentRevision, Group: g}
+	}
+	return resp, nil
+}
+
+func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetResponse, error) {
+	g, err := k.group(req.Key, req.Group)
+	if err != nil {
+		return nil, k.s.count("get", err)
+	}
+	if !k.local(g) {
+		req.Group = g
+		return forward(ctx, k.s, g, "get", func(c api.KVClient) (*api.GetResponse, error) { return c.Get(ctx, req) })
+	}
+	q, err := kv.EncodeGet(req.Key)
+	if err != nil {
+		return nil, k.s.count("get", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	out, err := k.s.query(ctx, g, q, req.Serializable)
+	if err != nil {
+		return nil, k.s.count("get", err)
+	}
+	found, item, err := kv.DecodeGet(out)
+	if err != nil {
+		return nil, k.s.count("get", status.Error(codes.Internal, err.Error()))
+	}
+	k.s.count("get", nil)
+	resp := &api.GetResponse{Header: k.header(g), Found: found}
+	if found {
+		resp.Kv = &api.KeyValue{Key: req.Key, Value: item.Value, Revision: item.Revision, Group: g}
+	}
+	return resp, nil
+}
+
+func (k *kvService) Scan(ctx context.Context, req *api.ScanRequest) (*api.ScanResponse, error) {
+	limit := int(req.Limit)
+	q, err := kv.EncodeScan(req.Prefix, limit)
+	if err != nil {
+		return nil, k.s.count("scan", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	if limit == 0 {
+		limit = kv.DefaultScanLimit
+	}
+	groups := make([]uint64, 0, k.s.cfg.Groups)
+	if req.Group != 0 {
+		g, err := k.s.checkGroup(0, req.Group)
+		if err != nil {
+			return nil, k.s.count("scan", err)
+		}
+		groups = append(groups, g)
+	} else {
+		for g := uint64(1); g <= uint64(k.s.cfg.Groups); g++ {
+			groups = append(groups, g)
+		}
+	}
+	type part struct {
+		kvs  []*api.KeyValue
+		more bool
+		err  error
+	}
+	parts := make([]part, len(groups))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, g := range groups {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			parts[i].kvs, parts[i].more, parts[i].err = k.scanGroup(ctx, g, q, req)
+		}()
+	}
+	wg.Wait()
+	resp := &api.ScanResponse{}
+	for _, p := range parts {
+		if p.err != nil {
+			return nil, k.s.count("scan", p.err)
+		}
+		resp.Kvs = append(resp.Kvs, p.kvs...)
+		resp.More = resp.More || p.more
+	}
+	slices.SortFunc(resp.Kvs, func(a, b *api.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
+	if len(resp.Kvs) > limit {
+		resp.Kvs, resp.More = resp.Kvs[:limit], true
+	}
+	k.s.count("scan", nil)
+	return resp, nil
+}
+
+func (k *kvService) scanGroup(ctx context.Context, g uint64, q []byte, req *api.ScanRequest) ([]*api.KeyValue, bool, error) {
+	if !k.local(g) {
+		sub := &api.ScanRequest{Prefix: req.Prefix, Limit: req.Limit, Serializable: req.Serializable, Group: g}
+		resp, err := forward(ctx, k.s, g, "scan", func(c api.KVClient) (*api.ScanResponse, error) { return c.Scan(ctx, sub) })
+		if err != nil {
+			return nil, false, err
+		}
+		return resp.Kvs, resp.More, nil
+	}
+	out, err := k.s.query(ctx, g, q, req.Serializable)
+	if err != nil {
+		return nil, false, err
+	}
+	items, more, err := kv.DecodeScan(out)
+	if err != nil {
+		return nil, false, status.Error(codes.Internal, err.Error())
+	}
+	kvs := make([]*api.KeyValue, len(items))
+	for i, it := range items {
+		kvs[i] = &api.KeyValue{Key: it.Key, Value: it.Value, Revision: it.Revision, Group: g}
+	}
+	return kvs, more, nil
+}
+
+// propose proposes cmd to local group g and decodes the result.
+func (s *Server) propose(ctx context.Context, g uint64, cmd kv.Command) (kv.Result, error) {
+	b, err := cmd.Encode()
+	if err != nil {
+		return kv.Result{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	out, err := s.host.Propose(ctx, g, b)
+	if err != nil {
+		return kv.Result{}, s.rpcError(ctx, g, err, true)
+	}
+	res, err := kv.DecodeResult(out)
+	if err != nil {
+		return kv.Result{}, status.Error(codes.Internal, err.Error())
+	}
+	return res, nil
+}
+
+// query runs q on local group g: linearizably (ReadIndex) unless
+// serializable.
+func (s *Server) query(ctx context.Context, g uint64, q []byte, serializable bool) ([]byte, error) {
+	var out []byte
+	var err error
+	if serializable {
+		out, err = s.host.QueryLocal(g, q)
+	} else {
+		out, err = s.host.Read(ctx, g, q)
+	}
+	if err != nil {
+		return nil, s.rpcError(ctx, g, err, false)
+	}
+	return out, nil
+}
+
+// rpcError maps an engine error to a gRPC status. FailedPrecondition
+// always means "not done, safe to retry (elsewhere)", with the leader hint
+// in the MDLeader trailer; Aborted means the outcome of a write is
+// unknown.
+func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) error {
+	if l := s.leaderOf(g); l != 0 {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(MDLeader, strconv.FormatUint(l, 10)))
+	}
+	switch {
+	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped),
+		errors.Is(err, multiraft.ErrLeaderChanged):
+		return status.Errorf(codes.FailedPrecondition, "server: group %d: %v (not applied; retry)", g, err)
+	case errors.Is(err, multiraft.ErrTimeout) && !write:
+		return status.Errorf(codes.FailedPrecondition, "server: group %d: %v (retry)", g, err)
+	case errors.Is(err, multiraft.ErrAmbiguous):
+		return status.Errorf(codes.Aborted, "server: group %d: %v", g, err)
+	case errors.Is(err, multiraft.ErrGroupNotFound):
+		return status.Errorf(codes.NotFound, "server: group %d: %v", g, err)
+	case errors.Is(err, multiraft.ErrStopped), errors.Is(err, multiraft.ErrGroupRemoved):
+		return status.Errorf(codes.Unavailable, "server: group %d: %v", g, err)
+	case errors.Is(err, kv.ErrInvalid), errors.Is(err, kv.ErrBadCommand):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Errorf(codes.DeadlineExceeded, "server: group %d: %v", g, err)
+	case errors.Is(err, context.Canceled):
+		return status.Errorf(codes.Canceled, "server: group %d: %v", g, err)
+	}
+	return status.Errorf(codes.Internal, "server: group %d: %v", g, err)
+}
+
+// forward sends a request for group g, which has no local replica, to a
+// node that has one: the leader if known, else the first live replica.
+func forward[R any](ctx context.Context, s *Server, g uint64, method string, call func(api.KVClient) (*R, error)) (*R, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwarded)) > 0 {
+		return nil, s.count(method, s.notHosted(ctx, g))
+	}
+	target := s.leaderOf(g)
+	alive := s.aliveNodes()
+	if target == 0 || !alive[target] {
+		target = 0
+		for _, r := range Replicas(g, s.nodes) {
+			if alive[r] {
+				target = r
+				break
+			}
+		}
+	}
+	addr := ""
+	if target != 0 {
+		addr = s.clientAddrOf(target)
+	}
+	if addr == "" {
+		return nil, s.count(method, s.notHosted(ctx, g))
+	}
+	conn, err := s.forwardConn(addr)
+	if err != nil {
+		return nil, s.count(method, status.Errorf(codes.Unavailable, "server: forward to node %d: %v", target, err))
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, mdForwarded, strconv.FormatUint(s.cfg.NodeID, 10))
+	resp, err := call(api.NewKVClient(conn))
+	return resp, s.count(method, err)
+}
+
+func (s *Server) notHosted(ctx context.Context, g uint64) error {
+	if l := s.leaderOf(g); l != 0 {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(MDLeader, strconv.FormatUint(l, 10)))
+	}
+	return status.Errorf(codes.FailedPrecondition, "%v; ask one of nodes %v", errNotHosted(g), Replicas(g, s.nodes))
+}
+
+func (s *Server) forwardConn(addr string) (*grpc.ClientConn, error) {
+	s.fwd.Lock()
+	defer s.fwd.Unlock()
+	if c := s.fwd.conns[addr]; c != nil {
+		return c, nil
+	}
+	// grpc.NewClient does not connect; it is safe under the leaf lock.
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	s.fwd.conns[addr] = c
+	return c, nil
+}

@@ -1,0 +1,80 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+const metaFile = "flotilla.meta"
+
+// meta is what a data directory remembers about the cluster it belongs to.
+type meta struct {
+	ClusterID      uint64 `json:"cluster_id"`
+	NodeID         uint64 `json:"node_id"`
+	InitialCluster string `json:"initial_cluster"`
+	Groups         int    `json:"groups"`
+}
+
+// checkMeta reads the meta file of dir. If there is none, it writes want
+// (durably: temp file, fsync, rename, fsync of dir) and reports fresh. If
+// there is one that differs from want, it returns ErrOtherCluster.
+func checkMeta(dir string, want meta) (fresh bool, err error) {
+	path := filepath.Join(dir, metaFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return true, writeMeta(dir, want)
+	case err != nil:
+		return false, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	var got meta
+	if err := json.Unmarshal(b, &got); err != nil {
+		return false, fmt.Errorf("%w: %s is not a Flotilla meta file: %v", ErrOtherCluster, path, err)
+	}
+	if got.ClusterID != want.ClusterID {
+		return false, fmt.Errorf("%w: %s was created for cluster %x (--initial-cluster %s, --groups %d), "+
+			"not cluster %x (--initial-cluster %s, --groups %d); use another --data-dir or the original flags",
+			ErrOtherCluster, dir, got.ClusterID, got.InitialCluster, got.Groups,
+			want.ClusterID, want.InitialCluster, want.Groups)
+	}
+	if got.NodeID != want.NodeID {
+		return false, fmt.Errorf("%w: %s belongs to node %d, not node %d", ErrOtherCluster, dir, got.NodeID, want.NodeID)
+	}
+	return false, nil
+}
+
+func writeMeta(dir string, m meta) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, metaFile+".tmp*")
+	if err != nil {
+		return fmt.Errorf("server: write meta: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("server: write meta: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("server: sync meta: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("server: write meta: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, metaFile)); err != nil {
+		return fmt.Errorf("server: write meta: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("server: sync data dir: %w", err)
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,434 @@
+// Package server runs one Flotilla node: it wires the multiraft Host, the
+// gRPC peer transport and one KV state machine per group, and serves the
+// client API (gRPC), node discovery (gRPC, on the peer address) and the
+// operator's HTTP endpoints.
+//
+// Goroutines. Each is a named loop started in Start and stopped in Shutdown
+// or Stop:
+//
+//	serveLoop(peer)    serves the peer gRPC server (raft transport, Peer)
+//	serveLoop(client)  serves the client gRPC server (KV, Cluster)
+//	serveLoop(http)    serves HTTP
+//	discoveryLoop      asks every peer for its addresses and leaders
+//	balanceLoop        hands leaderships away while this node leads more
+//	                   than its share
+//	watchLoop          stops the node when the Host fails
+//
+// Lock order: Server.peers.mu and Server.fwd.mu are leaves; neither is
+// held across an RPC, a raft call or any other blocking step.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+	"github.com/flotilla/flotilla/storage"
+	"github.com/flotilla/flotilla/transport"
+)
+
+// Server is one running node. Create it with New, then Start; stop it with
+// Shutdown (graceful) or Stop. Its methods are safe for concurrent use.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	clusterID uint64
+	nodes     []uint64 // every node ID, ascending
+	reg       *prometheus.Registry
+	metrics   *serverMetrics
+
+	store *storage.Pebble
+	tr    *transport.GRPCTransport
+	host  *multiraft.Host
+	sms   map[uint64]*kv.StateMachine // local replicas; read-only after New
+
+	peerLis, clientLis, httpLis net.Listener
+	peerSrv, clientSrv          *grpc.Server
+	httpSrv                     *http.Server
+
+	stopc     chan struct{} // closed when the loops must stop
+	stopOnce  sync.Once
+	done      chan struct{} // closed when fully stopped
+	wg        sync.WaitGroup
+	shutting  atomic.Bool
+	serveErr  atomic.Pointer[error]
+	closeOnce sync.Once
+
+	peers struct {
+		sync.Mutex
+		views map[uint64]*peerView
+	}
+	fwd struct {
+		sync.Mutex
+		conns map[string]*grpc.ClientConn
+	}
+	peerConns map[uint64]*grpc.ClientConn // discovery clients; read-only after New
+}
+
+// peerView is what this node last learned from one peer.
+type peerView struct {
+	info   *api.NodeInfo
+	groups []*api.GroupInfo
+	lastOK time.Time
+	ok     bool
+}
+
+// New checks cfg and the data directory, opens storage, creates the
+// transport and the Host and starts (or restarts) this node's replicas.
+// Nothing is served until Start. On error everything opened is closed.
+func New(cfg Config) (s *Server, err error) {
+	cfg.setDefaults()
+	if cfg.PeerListener != nil && cfg.PeerAddr == "" {
+		cfg.PeerAddr = cfg.PeerListener.Addr().String()
+	}
+	if cfg.ClientListener != nil {
+		cfg.ClientAddr = cfg.ClientListener.Addr().String()
+	}
+	if cfg.HTTPListener != nil {
+		cfg.HTTPAddr = cfg.HTTPListener.Addr().String()
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s = &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.NodeID),
+		clusterID: ClusterID(cfg.InitialCluster, cfg.Groups),
+		nodes:     sortedIDs(cfg.InitialCluster),
+		reg:       prometheus.NewRegistry(),
+		sms:       make(map[uint64]*kv.StateMachine),
+		stopc:     make(chan struct{}),
+		done:      make(chan struct{}),
+		peerLis:   cfg.PeerListener,
+		clientLis: cfg.ClientListener,
+		httpLis:   cfg.HTTPListener,
+		peerConns: make(map[uint64]*grpc.ClientConn),
+	}
+	s.peers.views = make(map[uint64]*peerView)
+	s.fwd.conns = make(map[string]*grpc.ClientConn)
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.metrics = newServerMetrics(s.reg)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return s, fmt.Errorf("server: data dir: %w", err)
+	}
+	if _, err := checkMeta(cfg.DataDir, meta{
+		ClusterID:      s.clusterID,
+		NodeID:         cfg.NodeID,
+		InitialCluster: FormatInitialCluster(cfg.InitialCluster),
+		Groups:         cfg.Groups,
+	}); err != nil {
+		return s, err
+	}
+	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{}); err != nil {
+		return s, err
+	}
+	if err := s.listen(); err != nil {
+		return s, err
+	}
+
+	tcfg := transport.GRPCConfig{
+		NodeID:     cfg.NodeID,
+		ClusterID:  s.clusterID,
+		PeerAddr:   cfg.PeerAddr,
+		Registerer: s.reg,
+		Logger:     s.log,
+	}
+	s.peerSrv = grpc.NewServer(transport.ServerOptions(tcfg)...)
+	tcfg.Server = s.peerSrv
+	if s.tr, err = transport.NewGRPC(tcfg); err != nil {
+		return s, fmt.Errorf("server: transport: %w", err)
+	}
+	api.RegisterPeerServer(s.peerSrv, &peerService{s: s})
+	for _, id := range s.nodes {
+		if id == cfg.NodeID {
+			continue
+		}
+		s.tr.AddPeer(id, cfg.InitialCluster[id])
+		conn, err := grpc.NewClient(cfg.InitialCluster[id], peerDialOptions(cfg.PeerAddr)...)
+		if err != nil {
+			return s, fmt.Errorf("server: peer %d: %w", id, err)
+		}
+		s.peerConns[id] = conn
+	}
+
+	host, err := multiraft.NewHost(multiraft.Config{
+		NodeID:         cfg.NodeID,
+		Store:          s.store,
+		Transport:      s.tr,
+		TickInterval:   cfg.TickInterval,
+		ElectionTicks:  cfg.ElectionTicks,
+		HeartbeatTicks: cfg.HeartbeatTicks,
+		DisableSync:    cfg.DisableSync,
+		Logger:         s.log,
+		Registerer:     s.reg,
+	})
+	if err != nil {
+		return s, fmt.Errorf("server: %w", err)
+	}
+	s.host = host
+	if err := s.startGroups(); err != nil {
+		return s, err
+	}
+
+	s.clientSrv = grpc.NewServer(
+		grpc.MaxRecvMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10),
+		grpc.MaxSendMsgSize(64<<20),
+	)
+	api.RegisterKVServer(s.clientSrv, &kvService{s: s})
+	api.RegisterClusterServer(s.clientSrv, &clusterService{s: s})
+	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+func (s *Server) listen() error {
+	var err error
+	if s.peerLis == nil {
+		if s.peerLis, err = net.Listen("tcp", s.cfg.PeerAddr); err != nil {
+			return fmt.Errorf("server: --peer-addr: %w", err)
+		}
+	}
+	if s.clientLis == nil {
+		if s.clientLis, err = net.Listen("tcp", s.cfg.ClientAddr); err != nil {
+			return fmt.Errorf("server: --client-addr: %w", err)
+		}
+	}
+	if s.httpLis == nil {
+		if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("server: --http-addr: %w", err)
+		}
+	}
+	return nil
+}
+
+// startGroups starts the local replica of every group this node holds. A
+// group with persisted state restarts from it (no bootstrap); a fresh one
+// is bootstrapped with its replica set, and its preferred leader
+// campaigns at once so that leaders start spread over the nodes.
+func (s *Server) startGroups() error {
+	db := s.store.DB()
+	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+		reps := Replicas(g, s.nodes)
+		if !slices.Contains(reps, s.cfg.NodeID) {
+			continue
+		}
+		sm, err := kv.New(db, g)
+		if err != nil {
+			return err
+		}
+		if err := s.host.StartGroup(g, reps, sm); err != nil {
+			return fmt.Errorf("server: start group %d: %w", g, err)
+		}
+		s.sms[g] = sm
+		if st, err := s.host.GroupStatus(g); err == nil && st.Term == 0 && reps[0] == s.cfg.NodeID {
+			if err := s.host.Campaign(g); err != nil {
+				return fmt.Errorf("server: campaign group %d: %w", g, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Start serves the peer, client and HTTP listeners and starts the
+// background loops. It returns at once.
+func (s *Server) Start() {
+	s.goLoop(func() { s.serveLoop("peer", func() error { return s.peerSrv.Serve(s.peerLis) }) })
+	s.goLoop(func() { s.serveLoop("client", func() error { return s.clientSrv.Serve(s.clientLis) }) })
+	s.goLoop(func() { s.serveLoop("http", func() error { return s.httpSrv.Serve(s.httpLis) }) })
+	s.goLoop(s.discoveryLoop)
+	if s.cfg.BalanceInterval > 0 {
+		s.goLoop(s.balanceLoop)
+	}
+	s.goLoop(s.watchLoop)
+	s.log.Info("node started", "cluster", fmt.Sprintf("%x", s.clusterID), "groups", s.cfg.Groups,
+		"local_groups", len(s.sms), "peer_addr", s.cfg.PeerAddr, "client_addr", s.cfg.ClientAddr,
+		"http_addr", s.cfg.HTTPAddr)
+}
+
+func (s *Server) goLoop(fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+}
+
+// serveLoop runs one listener's server until it is stopped. A serve error
+// other than a requested stop stops the node.
+func (s *Server) serveLoop(name string, serve func() error) {
+	err := serve()
+	if err == nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, http.ErrServerClosed) || s.isStopping() {
+		return
+	}
+	err = fmt.Errorf("server: serve %s: %w", name, err)
+	s.serveErr.CompareAndSwap(nil, &err)
+	s.log.Error("listener failed, stopping", "listener", name, "err", err)
+	s.halt()
+}
+
+// watchLoop stops the node when the Host fails on its own (a storage or
+// state machine error).
+func (s *Server) watchLoop() {
+	select {
+	case <-s.stopc:
+	case <-s.host.Done():
+		if err := s.host.Err(); err != nil {
+			s.serveErr.CompareAndSwap(nil, &err)
+			s.log.Error("raft host failed, stopping", "err", err)
+		}
+		s.halt()
+	}
+}
+
+func (s *Server) isStopping() bool {
+	select {
+	case <-s.stopc:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) halt() { s.stopOnce.Do(func() { close(s.stopc) }) }
+
+// Stopping is closed when the node begins to stop on its own (a failed
+// listener or Host) or because Stop or Shutdown was called.
+func (s *Server) Stopping() <-chan struct{} { return s.stopc }
+
+// Err returns the error that made the node stop on its own, if any.
+func (s *Server) Err() error {
+	if e := s.serveErr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// Shutdown stops the node gracefully: it hands the leadership of its
+// groups to other live replicas (bounded by ctx), stops taking client
+// requests, then stops raft, the transport and storage (flushed).
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.shutting.CompareAndSwap(false, true) {
+		s.transferAll(ctx)
+		stopped := make(chan struct{})
+		go func() {
+			s.clientSrv.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.clientSrv.Stop()
+			<-stopped
+		}
+	}
+	return s.Stop()
+}
+
+// Stop stops the node at once, without moving leadership. Safe to call
+// more than once; later calls wait for the first.
+func (s *Server) Stop() error {
+	s.shutting.Store(true)
+	s.halt()
+	var err error
+	s.closeOnce.Do(func() {
+		err = s.closeAll()
+		close(s.done)
+	})
+	<-s.done
+	return err
+}
+
+// closeAll releases everything New opened, in dependency order.
+func (s *Server) closeAll() error {
+	s.halt()
+	if s.clientSrv != nil {
+		s.clientSrv.Stop()
+	}
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = s.httpSrv.Shutdown(ctx)
+		cancel()
+	}
+	if s.host != nil {
+		s.host.Stop()
+	}
+	if s.peerSrv != nil {
+		s.peerSrv.Stop()
+	}
+	if s.tr != nil {
+		_ = s.tr.Close()
+	}
+	s.wg.Wait()
+	for _, c := range s.peerConns {
+		c.Close()
+	}
+	s.fwd.Lock()
+	conns := s.fwd.conns
+	s.fwd.conns = map[string]*grpc.ClientConn{}
+	s.fwd.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	for _, l := range []net.Listener{s.peerLis, s.clientLis, s.httpLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	var err error
+	if s.store != nil {
+		if ferr := s.store.DB().Flush(); ferr != nil {
+			err = fmt.Errorf("server: flush storage: %w", ferr)
+		}
+		if cerr := s.store.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("server: close storage: %w", cerr)
+		}
+	}
+	return err
+}
+
+// Done is closed once the node has fully stopped.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// NodeID returns this node's ID.
+func (s *Server) NodeID() uint64 { return s.cfg.NodeID }
+
+// ClusterID returns the cluster's ID.
+func (s *Server) ClusterID() uint64 { return s.clusterID }
+
+// ClientAddr returns the address the client API listens on.
+func (s *Server) ClientAddr() string { return s.clientLis.Addr().String() }
+
+// HTTPAddr returns the address HTTP listens on.
+func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+
+// PeerAddr returns this node's peer address.
+func (s *Server) PeerAddr() string { return s.cfg.PeerAddr }
+
+// Host returns the node's raft host.
+func (s *Server) Host() *multiraft.Host { return s.host }
+
+// Faults returns the transport's fault hooks (demo and tests).
+func (s *Server) Faults() *transport.Faults { return s.tr.Faults() }
+
+// Registry returns the node's metrics registry.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }

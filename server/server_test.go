@@ -1,0 +1,471 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/kv"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type cluster struct {
+	t       *testing.T
+	dir     string
+	groups  int
+	initial map[uint64]string
+	nodes   map[uint64]*Server
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startCluster starts n nodes on 127.0.0.1 with free ports.
+func startCluster(t *testing.T, n, groups int) *cluster {
+	t.Helper()
+	c := &cluster{t: t, dir: t.TempDir(), groups: groups, initial: map[uint64]string{}, nodes: map[uint64]*Server{}}
+	peers := map[uint64]net.Listener{}
+	for id := uint64(1); id <= uint64(n); id++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers[id] = l
+		c.initial[id] = l.Addr().String()
+	}
+	for id := uint64(1); id <= uint64(n); id++ {
+		c.start(id, peers[id])
+	}
+	t.Cleanup(c.stopAll)
+	c.waitLeaders()
+	return c
+}
+
+func (c *cluster) config(id uint64) Config {
+	return Config{
+		NodeID:            id,
+		DataDir:           filepath.Join(c.dir, fmt.Sprint(id)),
+		PeerAddr:          c.initial[id],
+		ClientAddr:        "127.0.0.1:0",
+		HTTPAddr:          "127.0.0.1:0",
+		InitialCluster:    c.initial,
+		Groups:            c.groups,
+		TickInterval:      20 * time.Millisecond,
+		DiscoveryInterval: 100 * time.Millisecond,
+		BalanceInterval:   200 * time.Millisecond,
+		DisableSync:       true,
+		Logger:            quietLogger(),
+	}
+}
+
+// start starts node id; with a nil listener it listens on its peer address.
+func (c *cluster) start(id uint64, peer net.Listener) {
+	c.t.Helper()
+	cfg := c.config(id)
+	cfg.PeerListener = peer
+	s, err := New(cfg)
+	if err != nil {
+		if peer != nil {
+			peer.Close()
+		}
+		c.t.Fatal(err)
+	}
+	s.Start()
+	c.nodes[id] = s
+}
+
+func (c *cluster) stopAll() {
+	for id, s := range c.nodes {
+		if err := s.Stop(); err != nil {
+			c.t.Errorf("stop node %d: %v", id, err)
+		}
+		delete(c.nodes, id)
+	}
+}
+
+// waitFor polls cond until it returns nil or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, d, err)
+		}
+		<-tick.C
+	}
+}
+
+// waitLeaders waits until every running node knows a leader for each of
+// its groups, and that leader is a running node.
+func (c *cluster) waitLeaders() {
+	c.t.Helper()
+	waitFor(c.t, 20*time.Second, "every group led", func() error {
+		for id, s := range c.nodes {
+			for _, st := range s.Host().Status() {
+				if st.Leader == 0 || c.nodes[st.Leader] == nil {
+					return fmt.Errorf("node %d sees group %d led by %d", id, st.ID, st.Leader)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func (c *cluster) endpoints() []string {
+	var eps []string
+	for id := uint64(1); id <= uint64(len(c.initial)); id++ {
+		if s := c.nodes[id]; s != nil {
+			eps = append(eps, s.ClientAddr())
+		}
+	}
+	return eps
+}
+
+func (c *cluster) client() *client.Client {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Endpoints: c.endpoints()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func rawKV(t *testing.T, addr string) api.KVClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(8<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return api.NewKVClient(cc)
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestPutGetEveryNodeAndScan(t *testing.T) {
+	c := startCluster(t, 3, 4)
+	ctx := ctxT(t)
+	cl := c.client()
+	for i := range 40 {
+		if _, err := cl.Put(ctx, fmt.Appendf(nil, "k/%02d", i), fmt.Appendf(nil, "v%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every node answers for every key, whoever leads its group.
+	for id, s := range c.nodes {
+		kvc := rawKV(t, s.ClientAddr())
+		for _, serializable := range []bool{false, true} {
+			r, err := kvc.Get(ctx, &api.GetRequest{Key: []byte("k/07"), Serializable: serializable})
+			if serializable && err == nil && !r.Found {
+				continue // a follower may lag; linearizable reads may not
+			}
+			if err != nil || !r.Found || string(r.Kv.Value) != "v7" {
+				t.Fatalf("node %d serializable=%v: %v %v", id, serializable, r, err)
+			}
+		}
+	}
+	kvs, more, err := cl.Scan(ctx, []byte("k/"), 25)
+	if err != nil || !more || len(kvs) != 25 || string(kvs[0].Key) != "k/00" || string(kvs[24].Key) != "k/24" {
+		t.Fatalf("scan: %v more=%v n=%d", err, more, len(kvs))
+	}
+	swapped, cur, found, err := cl.CompareAndSwap(ctx, []byte("k/01"), []byte("nope"), []byte("x"))
+	if err != nil || swapped || !found || string(cur.Value) != "v1" {
+		t.Fatalf("cas mismatch: %v %v %+v", err, swapped, cur)
+	}
+	swapped, _, _, err = cl.CompareAndSwap(ctx, []byte("k/01"), []byte("v1"), []byte("x"))
+	if err != nil || !swapped {
+		t.Fatalf("cas: %v %v", err, swapped)
+	}
+	if ok, err := cl.Delete(ctx, []byte("k/01")); err != nil || !ok {
+		t.Fatalf("delete: %v %v", ok, err)
+	}
+	if _, err := cl.Get(ctx, []byte("k/01")); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Fatalf("get deleted: %v", err)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	c := startCluster(t, 3, 4)
+	ctx := ctxT(t)
+	kvc := rawKV(t, c.nodes[1].ClientAddr())
+	big := strings.Repeat("k", kv.MaxKeySize+1)
+	cases := []struct {
+		name string
+		call func() error
+		code codes.Code
+	}{
+		{"oversized key", func() error {
+			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte(big), Value: []byte("v")})
+			return err
+		}, codes.InvalidArgument},
+		{"empty key", func() error { _, err := kvc.Get(ctx, &api.GetRequest{}); return err }, codes.InvalidArgument},
+		{"oversized value", func() error {
+			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte("k"), Value: make([]byte, kv.MaxValueSize+1)})
+			return err
+		}, codes.InvalidArgument},
+		{"group that does not exist", func() error {
+			_, err := kvc.Get(ctx, &api.GetRequest{Key: []byte("k"), Group: 99})
+			return err
+		}, codes.NotFound},
+		{"scan of a group that does not exist", func() error {
+			_, err := kvc.Scan(ctx, &api.ScanRequest{Group: 5})
+			return err
+		}, codes.NotFound},
+		{"wrong group for key", func() error {
+			g := kv.GroupOf([]byte("k"), 4)%4 + 1
+			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte("k"), Group: g})
+			return err
+		}, codes.InvalidArgument},
+		{"scan limit", func() error {
+			_, err := kvc.Scan(ctx, &api.ScanRequest{Limit: kv.MaxScanLimit + 1})
+			return err
+		}, codes.InvalidArgument},
+	}
+	for _, tc := range cases {
+		err := tc.call()
+		if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), " ") {
+			t.Errorf("%s: got %v, want %v with a message", tc.name, err, tc.code)
+		}
+	}
+
+	// The Go client refuses the same without a round trip, with sentinels.
+	cl := c.client()
+	if _, err := cl.Put(ctx, []byte(big), nil); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Errorf("client oversized key: %v", err)
+	}
+	if _, err := cl.Put(ctx, []byte("k"), make([]byte, kv.MaxValueSize+1)); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Errorf("client oversized value: %v", err)
+	}
+
+	// Garbage on the client port: the connection is dropped, the node lives.
+	for _, s := range c.nodes {
+		conn, err := net.Dial("tcp", s.ClientAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13garbage garbage garbage"))
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, conn)
+		conn.Close()
+	}
+	// Nothing was written by the refused requests, and the nodes serve.
+	if _, err := cl.Get(ctx, []byte("k")); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Fatalf("after bad requests: %v", err)
+	}
+	if _, err := cl.Put(ctx, []byte("k"), []byte("fine")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigAndDataDirRefused(t *testing.T) {
+	dir := t.TempDir()
+	base := Config{
+		NodeID: 1, DataDir: dir, PeerAddr: "127.0.0.1:0", ClientAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		InitialCluster: map[uint64]string{1: "127.0.0.1:0"}, Groups: 2, Logger: quietLogger(),
+		TickInterval: 10 * time.Millisecond,
+	}
+	bad := map[string]func(c *Config){
+		"no id":           func(c *Config) { c.NodeID = 0 },
+		"id not listed":   func(c *Config) { c.NodeID = 2 },
+		"no data dir":     func(c *Config) { c.DataDir = "" },
+		"peer mismatch":   func(c *Config) { c.PeerAddr = "127.0.0.1:1" },
+		"bad client addr": func(c *Config) { c.ClientAddr = "nope" },
+		"zero groups":     func(c *Config) { c.Groups = 0 },
+		"too many groups": func(c *Config) { c.Groups = MaxGroups + 1 },
+	}
+	for name, mut := range bad {
+		cfg := base
+		mut(&cfg)
+		if _, err := New(cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: got %v, want ErrConfig", name, err)
+		}
+	}
+	for _, s := range []string{"", "1", "1=", "0=a:1", "x=a:1", "1=a:1,1=b:2", "1=a:1,2=a:1", "1=a:99999", "1=:5"} {
+		if _, err := ParseInitialCluster(s); !errors.Is(err, ErrConfig) {
+			t.Errorf("ParseInitialCluster(%q): got %v, want ErrConfig", s, err)
+		}
+	}
+
+	s, err := New(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	other := base
+	other.Groups = 3
+	if _, err := New(other); !errors.Is(err, ErrOtherCluster) {
+		t.Fatalf("other group count: got %v, want ErrOtherCluster", err)
+	}
+	other = base
+	other.InitialCluster = map[uint64]string{1: "127.0.0.1:0", 2: "127.0.0.1:9"}
+	if _, err := New(other); !errors.Is(err, ErrOtherCluster) {
+		t.Fatalf("other cluster: got %v, want ErrOtherCluster", err)
+	}
+	// The original configuration still opens the directory.
+	s, err = New(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRestartCatchesUpAndShutdownMovesLeaders(t *testing.T) {
+	c := startCluster(t, 3, 6)
+	ctx := ctxT(t)
+	cl := c.client()
+	if _, err := cl.Put(ctx, []byte("before"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	// Graceful shutdown of node 1 leaves no group led by it.
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := c.nodes[1].Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	delete(c.nodes, 1)
+	c.waitLeaders()
+	for i := range 20 {
+		if _, err := cl.Put(ctx, fmt.Appendf(nil, "during/%d", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.start(1, nil)
+	c.waitLeaders()
+	s1 := rawKV(t, c.nodes[1].ClientAddr())
+	waitFor(t, 10*time.Second, "node 1 caught up", func() error {
+		r, err := s1.Get(ctx, &api.GetRequest{Key: []byte("during/19"), Serializable: true})
+		if err != nil {
+			return err
+		}
+		if !r.Found {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	// Leaders spread back: no node leads more than half the groups.
+	waitFor(t, 10*time.Second, "leaders balanced", func() error {
+		count := map[uint64]int{}
+		for _, st := range c.nodes[2].Host().Status() {
+			count[st.Leader]++
+		}
+		for id, n := range count {
+			if n > c.groups/2 {
+				return fmt.Errorf("node %d leads %d of %d", id, n, c.groups)
+			}
+		}
+		return nil
+	})
+}
+
+func TestFourNodesForward(t *testing.T) {
+	c := startCluster(t, 4, 4)
+	ctx := ctxT(t)
+	// Wait until discovery taught every node the others' client addresses.
+	waitFor(t, 10*time.Second, "discovery", func() error {
+		for _, s := range c.nodes {
+			for _, n := range s.nodeInfos() {
+				if n.ClientAddr == "" || !n.Alive {
+					return fmt.Errorf("node %d does not know node %d", s.NodeID(), n.Id)
+				}
+			}
+		}
+		return nil
+	})
+	// Find a key whose group has no replica on node 4 and ask node 4.
+	var key []byte
+	for i := 0; key == nil; i++ {
+		k := fmt.Appendf(nil, "fwd-%d", i)
+		g := kv.GroupOf(k, 4)
+		if _, local := c.nodes[4].sms[g]; !local {
+			key = k
+		}
+	}
+	kvc := rawKV(t, c.nodes[4].ClientAddr())
+	if _, err := kvc.Put(ctx, &api.PutRequest{Key: key, Value: []byte("via 4")}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := kvc.Get(ctx, &api.GetRequest{Key: key})
+	if err != nil || !r.Found || string(r.Kv.Value) != "via 4" {
+		t.Fatalf("forwarded get: %v %v", r, err)
+	}
+	sr, err := kvc.Scan(ctx, &api.ScanRequest{Prefix: []byte("fwd-")})
+	if err != nil || len(sr.Kvs) != 1 {
+		t.Fatalf("scan from node 4: %v %v", sr, err)
+	}
+}
+
+func TestHTTP(t *testing.T) {
+	c := startCluster(t, 3, 2)
+	s := c.nodes[1]
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + s.HTTPAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	waitFor(t, 10*time.Second, "/readyz", func() error {
+		if code, body := get("/readyz"); code != 200 {
+			return errors.New(body)
+		}
+		return nil
+	})
+	_, metrics := get("/metrics")
+	for _, name := range []string{"flotilla_raft_leader_changes_total", "flotilla_raft_groups", "flotilla_transport_messages_dropped_total",
+		"flotilla_transport_heartbeat_batches_sent_total", "flotilla_transport_heartbeats_coalesced_total"} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	_, body := get("/debug/raft")
+	var st api.Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.Nodes) != 3 || len(st.Groups) != 2 {
+		t.Errorf("/debug/raft: %v %s", err, body)
+	}
+	if code, _ := get("/debug/pprof/"); code != 200 {
+		t.Errorf("/debug/pprof/: %d", code)
+	}
+}
