@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -15,9 +16,24 @@ import (
 )
 
 func main() {
+	ensureProcs()
 	if err := newRoot().Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "flotilla: %v\n", err)
 		os.Exit(exitCode(err))
+	}
+}
+
+// minProcs is the fewest Ps the node runs with. Raft workers and Pebble's
+// WAL writer spend much of their time in fsync; with GOMAXPROCS 2, two
+// threads in the syscall hold both Ps until sysmon retakes them, and on a
+// 2-core machine throughput falls by 2-4x (BENCHMARKS.md, "Engine").
+const minProcs = 4
+
+// ensureProcs raises GOMAXPROCS to minProcs unless the operator set
+// GOMAXPROCS explicitly.
+func ensureProcs() {
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set && runtime.GOMAXPROCS(0) < minProcs {
+		runtime.GOMAXPROCS(minProcs)
 	}
 }
 
