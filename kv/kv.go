@@ -6,6 +6,9 @@
 //
 //	'k' group(8) key   → revision(8) value
 //	'a' group(8)       → applied index(8) revision(8)
+//	'L' group(8) id(8) → lease: TTL in ms(8), then the election names
+//	                     it campaigns in (see lease.go)
+//	'E' group(8) name  → election record (see lease.go)
 //
 // Every Apply writes its data and the new applied index in one Pebble batch,
 // so after a crash the group replays only the entries past what is durable.
@@ -18,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"time"
 )
 
 // Limits on keys and values. Larger ones are refused before they are
@@ -86,7 +90,25 @@ const (
 	OpPut Op = iota + 1
 	OpDelete
 	OpCAS
+	// OpLeaseGrant creates a lease of TTL; its ID is the new revision.
+	OpLeaseGrant
+	// OpLeaseRevoke deletes Lease and withdraws it from every election.
+	OpLeaseRevoke
+	// OpLeaseExpire is OpLeaseRevoke proposed by the group's leader when
+	// the lease's deadline passed by its clock (see package election).
+	OpLeaseExpire
+	// OpCampaign enters Lease as a candidate with Value in election Key;
+	// repeating it keeps the candidate's place and updates its value.
+	OpCampaign
+	// OpResign withdraws Lease from election Key; a no-op if absent.
+	OpResign
 )
+
+// hasLease reports whether an op carries the lease and TTL fields.
+func (o Op) hasLease() bool { return o >= OpLeaseGrant && o <= OpResign }
+
+// needsKey reports whether an op names a key (or an election).
+func (o Op) needsKey() bool { return o <= OpCAS || o == OpCampaign || o == OpResign }
 
 // Command is one write. Encode it with Encode and propose the bytes.
 type Command struct {
@@ -96,12 +118,21 @@ type Command struct {
 	// Expected is the value a CAS requires; ExpectAbsent requires no value.
 	Expected     []byte
 	ExpectAbsent bool
+	// Lease is the lease of a lease or election op.
+	Lease uint64
+	// TTL is the time to live of OpLeaseGrant, in whole milliseconds
+	// (MinLeaseTTL..MaxLeaseTTL).
+	TTL time.Duration
 }
 
 // Encode returns the command's wire form after checking its limits.
 func (c Command) Encode() ([]byte, error) {
-	if err := CheckKey(c.Key); err != nil {
-		return nil, err
+	if c.Op.needsKey() {
+		if err := CheckKey(c.Key); err != nil {
+			return nil, err
+		}
+	} else if len(c.Key) > MaxKeySize {
+		return nil, fmt.Errorf("%w: key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.Key), MaxKeySize)
 	}
 	if err := CheckValue(c.Value); err != nil {
 		return nil, err
@@ -111,6 +142,14 @@ func (c Command) Encode() ([]byte, error) {
 	}
 	switch c.Op {
 	case OpPut, OpDelete, OpCAS:
+	case OpLeaseGrant:
+		if err := CheckTTL(c.TTL); err != nil {
+			return nil, err
+		}
+	case OpLeaseRevoke, OpLeaseExpire, OpCampaign, OpResign:
+		if c.Lease == 0 {
+			return nil, fmt.Errorf("%w: lease 0", ErrInvalid)
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
@@ -124,6 +163,10 @@ func (c Command) Encode() ([]byte, error) {
 	}
 	b = append(b, flag)
 	b = appendBytes(b, c.Expected)
+	if c.Op.hasLease() {
+		b = binary.BigEndian.AppendUint64(b, c.Lease)
+		b = binary.AppendUvarint(b, uint64(c.TTL/time.Millisecond))
+	}
 	return b, nil
 }
 
@@ -139,7 +182,11 @@ func decodeCommand(b []byte) (Command, error) {
 	c.Value = r.bytes()
 	flag := r.byte()
 	c.Expected = r.bytes()
-	if r.err || len(r.b) != 0 || flag > 1 || c.Op < OpPut || c.Op > OpCAS {
+	if c.Op.hasLease() {
+		c.Lease = r.uint64()
+		c.TTL = time.Duration(r.uvarint()) * time.Millisecond
+	}
+	if r.err || len(r.b) != 0 || flag > 1 || c.Op < OpPut || c.Op > OpResign {
 		return Command{}, ErrBadCommand
 	}
 	c.ExpectAbsent = flag == 1
@@ -160,6 +207,12 @@ type Result struct {
 	CurrentRevision uint64
 	// Err is set for a command that could not be decoded.
 	Err string
+	// Lease: the new lease of OpLeaseGrant; the leading candidate's lease
+	// of OpCampaign and OpResign (0: none).
+	Lease uint64
+	// Token is the fencing token of the election's leader after
+	// OpCampaign or OpResign: the group revision at which it was elected.
+	Token uint64
 }
 
 func (r Result) encode() []byte {
@@ -176,6 +229,8 @@ func (r Result) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, r.CurrentRevision)
 	b = appendBytes(b, r.Current)
 	b = appendBytes(b, []byte(r.Err))
+	b = binary.BigEndian.AppendUint64(b, r.Lease)
+	b = binary.BigEndian.AppendUint64(b, r.Token)
 	return b
 }
 
@@ -190,6 +245,8 @@ func DecodeResult(b []byte) (Result, error) {
 	res.CurrentRevision = r.uint64()
 	res.Current = r.bytes()
 	msg := r.bytes()
+	res.Lease = r.uint64()
+	res.Token = r.uint64()
 	if r.err || len(r.b) != 0 {
 		return Result{}, fmt.Errorf("%w: result", ErrCorrupt)
 	}

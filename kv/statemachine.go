@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -18,8 +19,12 @@ const (
 	kindData    = 'k'
 	kindApplied = 'a'
 	prefixLen   = 9
-	snapMagic   = "FKV1"
+	snapMagic1  = "FKV1" // data keys only
+	snapMagic   = "FKV2" // every kind: kind byte, key, value
 )
+
+// snapKinds are the kinds of record a snapshot holds.
+var snapKinds = []byte{kindData, kindLease, kindElection}
 
 // StateMachine is the KV state of one group, kept in a Pebble database
 // shared with the raft logs and the other groups.
@@ -38,6 +43,9 @@ type StateMachine struct {
 	// anyone (status pages).
 	applied  atomic.Uint64
 	revision atomic.Uint64
+
+	leases leaseTable // leases as applied, for the leader's expiry loop
+	hub    watchHub   // election watchers
 }
 
 var _ multiraft.StateMachine = (*StateMachine)(nil)
@@ -49,8 +57,20 @@ func New(db *pebble.DB, group uint64) (*StateMachine, error) {
 	s := &StateMachine{db: db, group: group}
 	s.prefix[0] = kindData
 	binary.BigEndian.PutUint64(s.prefix[1:], group)
+	// The group's keys end where the next group's begin. (Bumping the kind
+	// byte instead would take in every later group: Restore's range delete
+	// would wipe them, as the simulation found.)
 	s.upper = s.prefix
-	s.upper[0]++
+	if end := prefixEnd(s.prefix[:]); len(end) == prefixLen {
+		copy(s.upper[:], end)
+	} else {
+		s.upper[0]++ // the largest group ID: nothing follows it
+	}
+	leases, err := s.loadLeases(db)
+	if err != nil {
+		return nil, fmt.Errorf("kv: group %d: load leases: %w", group, err)
+	}
+	s.setLeases(leases, nil)
 	v, closer, err := db.Get(s.metaKey())
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -119,6 +139,7 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	defer b.Close()
 	rev := s.revision.Load()
 	var last uint64
+	var fx effects
 	for i := range cmds {
 		c := &cmds[i]
 		last = c.Index
@@ -163,6 +184,10 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 			} else {
 				res = Result{Found: found, Current: cur, CurrentRevision: curRev}
 			}
+		default:
+			if res, err = s.applyLease(b, cmd, &rev, &fx); err != nil {
+				return err
+			}
 		}
 		res.Revision = rev
 		c.Result = res.encode()
@@ -178,6 +203,12 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	}
 	s.applied.Store(last)
 	s.revision.Store(rev)
+	if fx.leases != nil {
+		s.setLeases(nil, fx.leases)
+	}
+	if fx.elections != nil {
+		s.publish(fx.elections, false)
+	}
 	return nil
 }
 
@@ -214,6 +245,10 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: scan limit", ErrBadCommand)
 		}
 		return s.scan(r.b, int(limit))
+	case 'l':
+		return s.queryLease(q[1:])
+	case 'e':
+		return s.queryElection(q[1:])
 	}
 	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])
 }
@@ -281,21 +316,27 @@ func (s *StateMachine) Snapshot(w io.Writer) error {
 	var hdr [8]byte
 	binary.BigEndian.PutUint64(hdr[:], s.revision.Load())
 	bw.Write(hdr[:])
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: s.prefix[:], UpperBound: s.upper[:]})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
 	var buf []byte
-	for it.First(); it.Valid(); it.Next() {
-		buf = appendBytes(buf[:0], it.Key()[prefixLen:])
-		buf = appendBytes(buf, it.Value())
-		if _, err := bw.Write(buf); err != nil {
+	for _, kind := range snapKinds {
+		lo, hi := s.kindBounds(kind)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
 			return err
 		}
-	}
-	if err := it.Error(); err != nil {
-		return err
+		for it.First(); it.Valid(); it.Next() {
+			buf = append(buf[:0], kind)
+			buf = appendBytes(buf, it.Key()[prefixLen:])
+			buf = appendBytes(buf, it.Value())
+			if _, err := bw.Write(buf); err != nil {
+				it.Close()
+				return err
+			}
+		}
+		err = it.Error()
+		it.Close()
+		if err != nil {
+			return err
+		}
 	}
 	return bw.Flush()
 }
@@ -308,14 +349,18 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	if _, err := io.ReadFull(br, hdr); err != nil {
 		return fmt.Errorf("%w: snapshot header: %v", ErrCorrupt, err)
 	}
-	if string(hdr[:len(snapMagic)]) != snapMagic {
+	magic := string(hdr[:len(snapMagic)])
+	if magic != snapMagic && magic != snapMagic1 {
 		return fmt.Errorf("%w: snapshot magic %q", ErrCorrupt, hdr[:len(snapMagic)])
 	}
 	rev := binary.BigEndian.Uint64(hdr[len(snapMagic):])
-	b := s.db.NewBatch()
+	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	if err := b.DeleteRange(s.prefix[:], s.upper[:], nil); err != nil {
-		return err
+	for _, kind := range snapKinds {
+		lo, hi := s.kindBounds(kind)
+		if err := b.DeleteRange(lo, hi, nil); err != nil {
+			return err
+		}
 	}
 	readChunk := func() ([]byte, error) {
 		n, err := binary.ReadUvarint(br)
@@ -330,8 +375,22 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		return v, err
 	}
 	for {
+		kind := byte(kindData)
+		if magic == snapMagic {
+			c, err := br.ReadByte()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("%w: snapshot kind: %v", ErrCorrupt, err)
+			}
+			if !slices.Contains(snapKinds, c) {
+				return fmt.Errorf("%w: snapshot record kind %q", ErrCorrupt, c)
+			}
+			kind = c
+		}
 		k, err := readChunk()
-		if err == io.EOF {
+		if err == io.EOF && magic == snapMagic1 {
 			break
 		}
 		if err != nil {
@@ -341,9 +400,14 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		if err != nil {
 			return fmt.Errorf("%w: snapshot value: %v", ErrCorrupt, err)
 		}
-		if err := b.Set(s.dataKey(k), v, nil); err != nil {
+		lo, _ := s.kindBounds(kind)
+		if err := b.Set(append(lo, k...), v, nil); err != nil {
 			return err
 		}
+	}
+	leases, err := s.loadLeases(b)
+	if err != nil {
+		return err
 	}
 	if err := b.Set(s.metaKey(), metaValue(index, rev), nil); err != nil {
 		return err
@@ -353,5 +417,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	}
 	s.applied.Store(index)
 	s.revision.Store(rev)
+	s.setLeases(leases, nil)
+	s.publish(nil, true)
 	return nil
 }

@@ -214,6 +214,11 @@ func TestHeartbeatCoalescing(t *testing.T) {
 		}
 	}
 	for _, to := range []string{"2", "3"} {
+		// The sender counts a batch once its write returns, which may be
+		// after the receiver has it: wait (bounded) for the count.
+		for deadline := time.Now().Add(wait); counterValue(a, "hbBatches", to) < 3 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		if got := counterValue(a, "hbBatches", to); got != 3 {
 			t.Errorf("heartbeat batches to %s = %v, want 3", to, got)
 		}

@@ -1,0 +1,198 @@
+package sim
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/flotilla/flotilla/kv"
+)
+
+// regState is the model's state of one key.
+type regState struct {
+	Found bool
+	Value string
+}
+
+// RegisterModel is the porcupine model of the workload: one register per
+// key (histories are partitioned by key) with get, put and
+// compare-and-swap. Inputs are Input, outputs Output. A write with an
+// unknown outcome may take effect or not; since its Return is
+// NeverReturned, "not" is the same as taking effect after everything else.
+var RegisterModel = porcupine.Model{
+	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[string][]porcupine.Operation{}
+		var keys []string
+		for _, op := range h {
+			k := op.Input.(Input).Key
+			if _, ok := byKey[k]; !ok {
+				keys = append(keys, k)
+			}
+			byKey[k] = append(byKey[k], op)
+		}
+		out := make([][]porcupine.Operation, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, byKey[k])
+		}
+		return out
+	},
+	Init: func() any { return regState{} },
+	Step: func(state, input, output any) (bool, any) {
+		st, in, out := state.(regState), input.(Input), output.(Output)
+		switch in.Kind {
+		case OpGet:
+			return out.Found == st.Found && out.Value == st.Value, st
+		case OpPut:
+			return true, regState{Found: true, Value: in.Value}
+		case OpCAS:
+			match := (in.ExpectAbsent && !st.Found) || (!in.ExpectAbsent && st.Found && st.Value == in.Expected)
+			next := st
+			if match {
+				next = regState{Found: true, Value: in.Value}
+			}
+			if out.Unknown {
+				return true, next
+			}
+			if out.OK != match {
+				return false, st
+			}
+			if !match && (out.Found != st.Found || out.Value != st.Value) {
+				return false, st
+			}
+			return true, next
+		}
+		return false, st
+	},
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(Input), output.(Output)
+		res := "?"
+		if !out.Unknown {
+			switch {
+			case in.Kind == OpPut:
+				res = "ok"
+			case in.Kind == OpCAS && out.OK:
+				res = "swapped"
+			case !out.Found:
+				res = "absent"
+			default:
+				res = fmt.Sprintf("%q", out.Value)
+			}
+		}
+		switch in.Kind {
+		case OpGet:
+			return fmt.Sprintf("get(%s) → %s", in.Key, res)
+		case OpPut:
+			return fmt.Sprintf("put(%s, %s) → %s", in.Key, in.Value, res)
+		default:
+			exp := fmt.Sprintf("%q", in.Expected)
+			if in.ExpectAbsent {
+				exp = "absent"
+			}
+			return fmt.Sprintf("cas(%s, %s→%s) → %s", in.Key, exp, in.Value, res)
+		}
+	},
+	DescribeState: func(state any) string {
+		st := state.(regState)
+		if !st.Found {
+			return "absent"
+		}
+		return fmt.Sprintf("%q", st.Value)
+	},
+}
+
+// CheckHistory checks ops for linearizability under RegisterModel within
+// timeout. It returns "ok", "illegal" or "unknown", and the information
+// porcupine needs to draw the history.
+func CheckHistory(ops []Op, timeout time.Duration) (string, porcupine.LinearizationInfo) {
+	pops := make([]porcupine.Operation, len(ops))
+	for i, o := range ops {
+		pops[i] = porcupine.Operation{ClientId: o.Client, Input: o.In, Output: o.Out, Call: o.Call, Return: o.Return}
+	}
+	res, info := porcupine.CheckOperationsVerbose(RegisterModel, pops, timeout)
+	switch res {
+	case porcupine.Ok:
+		return "ok", info
+	case porcupine.Illegal:
+		return "illegal", info
+	}
+	return "unknown", info
+}
+
+// check runs the end-of-run checks: replica agreement, lost
+// acknowledgements, linearizability.
+func (s *sim) check() {
+	r := s.res
+	r.Ops = len(s.hist.ops)
+	r.History = s.hist.ops
+	if len(r.Violations) == 0 {
+		s.checkReplicas()
+	}
+	final := make(map[uint64]map[uint64]bool)
+	for g, m := range s.applied {
+		final[g] = make(map[uint64]bool, len(m))
+		for _, h := range m {
+			final[g][h] = true
+		}
+	}
+	for _, a := range s.acked {
+		if !final[a[0]][a[1]] {
+			r.LostAcks++
+		}
+	}
+	if r.LostAcks > 0 {
+		s.violation("%d acknowledged writes missing from the applied log", r.LostAcks)
+	}
+	var info porcupine.LinearizationInfo
+	r.Linearizable, info = CheckHistory(s.hist.ops, s.cfg.CheckTimeout)
+	if r.Linearizable != "ok" && s.cfg.VisualizeDir != "" {
+		path := filepath.Join(s.cfg.VisualizeDir, fmt.Sprintf("seed-%d.html", s.cfg.Seed))
+		if err := os.MkdirAll(s.cfg.VisualizeDir, 0o755); err == nil {
+			if err := porcupine.VisualizePath(RegisterModel, info, path); err == nil {
+				r.Visualization = path
+			}
+		}
+	}
+	r.TraceHash = s.trace.Sum64()
+}
+
+// checkReplicas compares, group by group, every replica's applied index and
+// state machine contents once the run converged.
+func (s *sim) checkReplicas() {
+	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+		var ref []byte
+		var refApplied uint64
+		for i, id := range s.ids {
+			n := s.nodes[id]
+			if !n.up {
+				return
+			}
+			sm, err := kv.New(n.db, g)
+			if err != nil {
+				s.violation("node %d group %d: %v", id, g, err)
+				continue
+			}
+			var buf bytes.Buffer
+			if err := sm.Snapshot(&buf); err != nil {
+				s.violation("node %d group %d snapshot: %v", id, g, err)
+				continue
+			}
+			st, err := n.host.GroupStatus(g)
+			if err != nil {
+				s.violation("node %d group %d: %v", id, g, err)
+				continue
+			}
+			if i == 0 {
+				ref, refApplied = buf.Bytes(), st.Applied
+				continue
+			}
+			if st.Applied != refApplied || !bytes.Equal(buf.Bytes(), ref) {
+				s.violation("group %d: node %d (applied %d) differs from node %d (applied %d): %q vs %q",
+					g, id, st.Applied, s.ids[0], refApplied, buf.Bytes(), ref)
+			}
+		}
+	}
+}

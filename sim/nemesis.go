@@ -1,0 +1,138 @@
+package sim
+
+import (
+	"time"
+)
+
+// nemesis injects one fault chosen among the enabled kinds, and schedules
+// itself again, until the faulty phase ends.
+func (s *sim) nemesis() {
+	if s.healed || s.now >= s.cfg.Duration {
+		return
+	}
+	defer s.after(s.between(100*time.Millisecond, 700*time.Millisecond), s.nemesis)
+	var kinds []Faults
+	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign} {
+		if s.cfg.Faults&f != 0 {
+			kinds = append(kinds, f)
+		}
+	}
+	if len(kinds) == 0 {
+		return
+	}
+	nw := s.net
+	dur := s.between(100*time.Millisecond, 1500*time.Millisecond)
+	switch kinds[s.rng.IntN(len(kinds))] {
+	case FaultPartition:
+		// A random proper, non-empty subset against the rest.
+		var side []bool
+		for {
+			side = make([]bool, len(s.ids)+1)
+			some, all := false, true
+			for _, id := range s.ids {
+				side[id] = s.rng.IntN(2) == 0
+				some = some || side[id]
+				all = all && side[id]
+			}
+			if some && !all {
+				break
+			}
+		}
+		var links [][2]uint64
+		for _, a := range s.ids {
+			for _, b := range s.ids {
+				if side[a] && !side[b] {
+					links = append(links, [2]uint64{a, b}, [2]uint64{b, a})
+				}
+			}
+		}
+		s.blockFor(links, dur, "partition")
+	case FaultBlackHole:
+		a, b := s.pair()
+		s.blockFor([][2]uint64{{a, b}}, dur, "blackhole")
+	case FaultDelay:
+		a, b := s.pair()
+		k := [2]uint64{a, b}
+		extra := s.between(20*time.Millisecond, 300*time.Millisecond)
+		nw.slow[k] += extra
+		s.res.Faults++
+		s.record("slow", a, b, uint64(extra))
+		s.after(dur, func() {
+			if s.healed {
+				return
+			}
+			nw.slow[k] -= extra
+			if nw.slow[k] <= 0 {
+				delete(nw.slow, k)
+			}
+		})
+	case FaultCrash:
+		up := s.upNodes()
+		if len(up) == 0 {
+			return
+		}
+		n := s.nodes[up[s.rng.IntN(len(up))]]
+		s.res.Faults++
+		n.crash("nemesis")
+		n.scheduleRestart()
+	case FaultFailPoint:
+		up := s.upNodes()
+		if len(up) == 0 {
+			return
+		}
+		n := s.nodes[up[s.rng.IntN(len(up))]]
+		n.armed = failPoints[s.rng.IntN(len(failPoints))]
+		n.armedHits = s.rng.IntN(20)
+		s.res.Faults++
+		s.record("arm", n.id, uint64(n.armedHits))
+		inc := n.inc
+		s.after(dur, func() {
+			if n.inc == inc {
+				n.armed = ""
+			}
+		})
+	case FaultCampaign:
+		up := s.upNodes()
+		if len(up) == 0 {
+			return
+		}
+		n := s.nodes[up[s.rng.IntN(len(up))]]
+		g := uint64(1 + s.rng.IntN(s.cfg.Groups))
+		s.res.Faults++
+		s.record("campaign", n.id, g)
+		if err := n.host.Campaign(g); err == nil {
+			n.drain()
+		}
+	}
+}
+
+// pair returns two distinct node IDs, or the same one in a 1-node cluster.
+func (s *sim) pair() (uint64, uint64) {
+	a := s.ids[s.rng.IntN(len(s.ids))]
+	if len(s.ids) == 1 {
+		return a, a
+	}
+	for {
+		b := s.ids[s.rng.IntN(len(s.ids))]
+		if b != a {
+			return a, b
+		}
+	}
+}
+
+// blockFor blocks links for d.
+func (s *sim) blockFor(links [][2]uint64, d time.Duration, what string) {
+	s.res.Faults++
+	s.record(what, uint64(len(links)), uint64(d))
+	for _, l := range links {
+		s.net.block(l[0], l[1])
+	}
+	s.after(d, func() {
+		if s.healed {
+			return
+		}
+		for _, l := range links {
+			s.net.unblock(l[0], l[1])
+		}
+	})
+}

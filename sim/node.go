@@ -1,0 +1,229 @@
+package sim
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+	"github.com/flotilla/flotilla/storage"
+)
+
+// failPoints are the engine's persistence boundaries the nemesis may crash
+// a node at.
+var failPoints = []string{
+	multiraft.FailBeforePersist,
+	multiraft.FailAfterPersist,
+	multiraft.FailBeforeSend,
+	multiraft.FailBeforeApply,
+	multiraft.FailAfterApply,
+}
+
+// node is one simulated process: a Host over a storage.Mem (raft state)
+// and a Pebble database on a crashable in-memory file system (kv state).
+// The store and file system survive crashes, minus what was not synced.
+// Owned by the simulation goroutine.
+type node struct {
+	s  *sim
+	id uint64
+
+	up        bool
+	inc       uint64 // incarnation, bumped by every crash
+	tickEvery time.Duration
+
+	host  *multiraft.Host
+	tr    *simTransport
+	store *storage.Mem
+	fs    *vfs.MemFS
+	db    *pebble.DB
+
+	// armed is the failure point this node dies at, after armedHits more
+	// passes; "" when none.
+	armed     string
+	armedHits int
+}
+
+func newNode(s *sim, id uint64) *node {
+	return &node{s: s, id: id, store: storage.NewMem(), fs: vfs.NewCrashableMem()}
+}
+
+// pebbleLogger discards Pebble's logs; a fatal one panics, which the run
+// reports as a violation.
+type pebbleLogger struct{ node uint64 }
+
+func (pebbleLogger) Infof(string, ...any)  {}
+func (pebbleLogger) Errorf(string, ...any) {}
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("sim: pebble fatal on node %d: "+format, append([]any{l.node}, args...)...))
+}
+
+// start opens the node's databases and starts its Host and groups.
+func (n *node) start() error {
+	s := n.s
+	db, err := pebble.Open("kv", &pebble.Options{FS: n.fs, Logger: pebbleLogger{node: n.id}})
+	if err != nil {
+		return fmt.Errorf("sim: node %d: open pebble: %w", n.id, err)
+	}
+	n.db = db
+	n.tr = s.net.transport(n)
+	h, err := multiraft.NewHost(multiraft.Config{
+		NodeID:             n.id,
+		Store:              n.store,
+		Transport:          n.tr,
+		Manual:             true,
+		ElectionTicks:      s.cfg.ElectionTicks,
+		HeartbeatTicks:     s.cfg.HeartbeatTicks,
+		SnapshotEntries:    s.cfg.SnapshotEntries,
+		CompactionOverhead: s.cfg.SnapshotEntries / 2,
+		DisableSync:        s.cfg.Bug == BugAckBeforeSync,
+		Logger:             s.logger,
+		FailPoint:          n.failPoint,
+	})
+	if err != nil {
+		db.Close()
+		n.db = nil
+		return fmt.Errorf("sim: node %d: %w", n.id, err)
+	}
+	n.host = h
+	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+		sm, err := kv.New(db, g)
+		if err == nil {
+			err = h.StartGroup(g, s.ids, &recSM{StateMachine: sm, s: s, node: n.id, group: g})
+		}
+		if err != nil {
+			// A replica that cannot restart from what it persisted is a
+			// finding (for example, state lost to a planted bug).
+			s.violation("node %d group %d cannot start at %v: %v", n.id, g, s.now, err)
+			h.Stop()
+			n.tr.Close()
+			db.Close()
+			n.host, n.db = nil, nil
+			return nil
+		}
+	}
+	n.up = true
+	n.drain()
+	return nil
+}
+
+// failPoint is the node's multiraft.Config.FailPoint.
+func (n *node) failPoint(name string) error {
+	if n.armed != name {
+		return nil
+	}
+	if n.armedHits > 0 {
+		n.armedHits--
+		return nil
+	}
+	n.armed = ""
+	n.s.res.FailPoints++
+	n.s.record("failpoint-fire", n.id)
+	return ErrCrashPoint
+}
+
+// tickLoop ticks the node and schedules the next tick.
+func (n *node) tickLoop() {
+	if n.up {
+		n.host.Tick()
+		n.drain()
+	}
+	n.s.after(n.tickEvery, n.tickLoop)
+}
+
+// drain runs the Host's cycles until it has nothing left to do, then checks
+// its leaders.
+func (n *node) drain() {
+	if !n.up {
+		return
+	}
+	for i := 0; i < 10000 && n.host.Process() > 0; i++ {
+	}
+	if n.host.Err() == nil {
+		n.s.noteLeaders(n)
+	}
+}
+
+// crash kills the node: the Host stops where it is (pending requests fail
+// with ErrStopped), the raft store loses its unsynced writes, and Pebble's
+// file system is replaced by a crash clone holding only what was synced.
+func (n *node) crash(why string) {
+	if !n.up {
+		return
+	}
+	s := n.s
+	s.record("crash", n.id, uint64(len(why)))
+	s.res.Crashes++
+	n.up = false
+	n.inc++
+	n.host.Stop()
+	n.tr.Close()
+	n.store.Crash()
+	crashed := n.fs.CrashClone(vfs.CrashCloneCfg{})
+	if err := n.db.Close(); err != nil {
+		s.violation("node %d: close pebble: %v", n.id, err)
+	}
+	n.fs = crashed
+	n.host, n.tr, n.db = nil, nil, nil
+}
+
+// restart starts a crashed node again.
+func (n *node) restart() {
+	if n.up {
+		return
+	}
+	n.s.record("restart", n.id)
+	if err := n.start(); err != nil {
+		n.s.violation("node %d restart: %v", n.id, err)
+	}
+}
+
+// scheduleRestart restarts the node after a seeded downtime, unless it was
+// restarted (and maybe crashed again) meanwhile.
+func (n *node) scheduleRestart() {
+	inc := n.inc
+	n.s.after(n.s.between(20*time.Millisecond, 1500*time.Millisecond), func() {
+		if !n.up && n.inc == inc {
+			n.restart()
+		}
+	})
+}
+
+// close releases the node for good at the end of the run.
+func (n *node) close() {
+	if n.host != nil {
+		n.host.Stop()
+		n.host = nil
+	}
+	if n.tr != nil {
+		n.tr.Close()
+		n.tr = nil
+	}
+	if n.db != nil {
+		n.db.Close()
+		n.db = nil
+	}
+	n.up = false
+}
+
+// recSM wraps the kv state machine and tells the simulation what each
+// replica applied, to check that no index is applied with two commands.
+type recSM struct {
+	*kv.StateMachine
+	s     *sim
+	node  uint64
+	group uint64
+}
+
+// Apply implements multiraft.StateMachine.
+func (r *recSM) Apply(cmds []multiraft.Command) error {
+	if err := r.StateMachine.Apply(cmds); err != nil {
+		return err
+	}
+	for i := range cmds {
+		r.s.noteApply(r.node, r.group, cmds[i].Index, cmdHash(cmds[i].Data))
+	}
+	return nil
+}

@@ -1,0 +1,643 @@
+package sim
+
+import (
+	"container/heap"
+	cryptorand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Sentinel errors.
+var (
+	// ErrInvalidConfig: a Config field is outside its limits.
+	ErrInvalidConfig = errors.New("sim: invalid config")
+	// ErrCrashPoint is what an armed failure point returns to the engine:
+	// the node dies at that boundary.
+	ErrCrashPoint = errors.New("sim: crash at failure point")
+)
+
+// Faults is a set of fault kinds the nemesis may inject.
+type Faults uint32
+
+// Fault kinds.
+const (
+	// FaultDrop drops messages at a seeded rate.
+	FaultDrop Faults = 1 << iota
+	// FaultDelay gives messages seeded delays, which reorders them, and
+	// makes links slow for a while.
+	FaultDelay
+	// FaultDuplicate delivers some messages twice.
+	FaultDuplicate
+	// FaultPartition splits the nodes in two for a while.
+	FaultPartition
+	// FaultBlackHole drops everything on one directed link, silently.
+	FaultBlackHole
+	// FaultCrash kills a node (losing its unsynced writes) and restarts it
+	// later.
+	FaultCrash
+	// FaultFailPoint kills a node at a named persistence boundary of the
+	// engine, then restarts it.
+	FaultFailPoint
+	// FaultCampaign makes a random replica start an election.
+	FaultCampaign
+
+	// AllFaults is every fault kind.
+	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
+		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign
+)
+
+var faultNames = []struct {
+	f    Faults
+	name string
+}{
+	{FaultDrop, "drop"}, {FaultDelay, "delay"}, {FaultDuplicate, "duplicate"},
+	{FaultPartition, "partition"}, {FaultBlackHole, "blackhole"}, {FaultCrash, "crash"},
+	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
+}
+
+// ParseFaults parses a comma-separated list of fault names (drop, delay,
+// duplicate, partition, blackhole, crash, failpoint, campaign, or all).
+func ParseFaults(s string) (Faults, error) {
+	var f Faults
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if part == "all" {
+			f |= AllFaults
+			continue
+		}
+		found := false
+		for _, fn := range faultNames {
+			if fn.name == part {
+				f |= fn.f
+				found = true
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("%w: unknown fault %q", ErrInvalidConfig, part)
+		}
+	}
+	return f, nil
+}
+
+// String lists the fault names, comma-separated.
+func (f Faults) String() string {
+	var out []string
+	for _, fn := range faultNames {
+		if f&fn.f != 0 {
+			out = append(out, fn.name)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// Bug is a deliberately planted bug, to show that the checks catch what
+// they guard against.
+type Bug int
+
+const (
+	// BugNone runs Flotilla as it is.
+	BugNone Bug = iota
+	// BugStaleReads serves gets from the local replica's state with
+	// Host.QueryLocal, skipping ReadIndex.
+	BugStaleReads
+	// BugAckBeforeSync turns off the fsync of raft writes
+	// (multiraft.Config.DisableSync): votes and acknowledgements promise
+	// durability the store does not have.
+	BugAckBeforeSync
+)
+
+// Config configures one simulation run. Zero values take the defaults.
+type Config struct {
+	// Seed selects the run; every random choice derives from it.
+	Seed uint64
+	// Nodes is the number of nodes. Default 3; 1 to 9.
+	Nodes int
+	// Groups is the number of raft groups, each on every node. Default 2;
+	// 1 to 64.
+	Groups int
+	// Keys is the number of keys of the workload. Default 3; 1 to 64.
+	Keys int
+	// Clients is the number of concurrent clients. Default 4; 1 to 64.
+	Clients int
+	// Duration is the simulated length of the faulty phase. Default 2s.
+	Duration time.Duration
+	// HealTimeout bounds, in simulated time, the phase after healing in
+	// which pending requests finish and replicas must converge. Default
+	// 5s.
+	HealTimeout time.Duration
+	// TickInterval is the simulated length of a raft tick. Default 10ms.
+	TickInterval time.Duration
+	// ElectionTicks and HeartbeatTicks as in multiraft.Config. Defaults
+	// 10 and 2.
+	ElectionTicks, HeartbeatTicks int
+	// SnapshotEntries as in multiraft.Config. Default 24, so that short
+	// runs exercise snapshots.
+	SnapshotEntries uint64
+	// RequestTimeout is how long, in simulated time, a client waits for a
+	// reply before it gives up (a write's outcome is then unknown).
+	// Default 1s.
+	RequestTimeout time.Duration
+	// Faults is the set of faults to inject. Zero means AllFaults; use
+	// NoFaults for a clean run.
+	Faults Faults
+	// NoFaults turns every fault off.
+	NoFaults bool
+	// DuplicateProposals lets FaultDuplicate duplicate batches holding a
+	// forwarded proposal (MsgProp) too. Off by default: raft's forwarded
+	// proposals are not idempotent — a duplicated MsgProp is appended and
+	// applied twice — and the real transports (gRPC streams) deliver each
+	// message at most once. The simulation reports such double applies.
+	DuplicateProposals bool
+	// Bug plants a known bug (see Bug).
+	Bug Bug
+	// CheckTimeout bounds the linearizability check. Default 10s of wall
+	// time.
+	CheckTimeout time.Duration
+	// Trace, if set, receives one line per trace event.
+	Trace io.Writer
+	// VisualizeDir, if set, receives porcupine's HTML visualization of the
+	// history of a run whose check did not come out ok.
+	VisualizeDir string
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defd := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.Nodes, 3)
+	def(&c.Groups, 2)
+	def(&c.Keys, 3)
+	def(&c.Clients, 4)
+	defd(&c.Duration, 2*time.Second)
+	defd(&c.HealTimeout, 5*time.Second)
+	defd(&c.TickInterval, 10*time.Millisecond)
+	def(&c.ElectionTicks, 10)
+	def(&c.HeartbeatTicks, 2)
+	if c.SnapshotEntries == 0 {
+		c.SnapshotEntries = 24
+	}
+	defd(&c.RequestTimeout, time.Second)
+	defd(&c.CheckTimeout, 10*time.Second)
+	if c.Faults == 0 {
+		c.Faults = AllFaults
+	}
+	if c.NoFaults {
+		c.Faults = 0
+	}
+}
+
+func (c *Config) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	switch {
+	case c.Nodes < 1 || c.Nodes > 9:
+		return bad("Nodes %d outside 1..9", c.Nodes)
+	case c.Groups < 1 || c.Groups > 64:
+		return bad("Groups %d outside 1..64", c.Groups)
+	case c.Keys < 1 || c.Keys > 64:
+		return bad("Keys %d outside 1..64", c.Keys)
+	case c.Clients < 1 || c.Clients > 64:
+		return bad("Clients %d outside 1..64", c.Clients)
+	case c.Duration < 0 || c.HealTimeout < time.Second:
+		return bad("Duration %v must be >= 0 and HealTimeout %v >= 1s", c.Duration, c.HealTimeout)
+	case c.TickInterval < time.Millisecond:
+		return bad("TickInterval %v < 1ms", c.TickInterval)
+	case c.RequestTimeout < c.TickInterval:
+		return bad("RequestTimeout %v < TickInterval", c.RequestTimeout)
+	case c.Bug < BugNone || c.Bug > BugAckBeforeSync:
+		return bad("unknown Bug %d", c.Bug)
+	}
+	return nil
+}
+
+// Result is the outcome of one run.
+type Result struct {
+	Seed uint64 `json:"seed"`
+	// Ops is the number of operations in the checked history; Ambiguous
+	// of them are writes whose outcome the client never learned.
+	Ops       int `json:"ops"`
+	Ambiguous int `json:"ambiguous"`
+	// Faults counts injected faults; Crashes the node crashes among them.
+	Faults  int `json:"faults"`
+	Crashes int `json:"crashes"`
+	// Events is the number of simulation events, Delivered the number of
+	// message batches delivered.
+	Events    int `json:"events"`
+	Delivered int `json:"delivered"`
+	// SimTime is the simulated time the run covered; Wall the wall time it
+	// took, checks included.
+	SimTime time.Duration `json:"sim_time_ns"`
+	Wall    time.Duration `json:"wall_ns"`
+	// Linearizable is "ok", "illegal" or "unknown" (the check timed out).
+	Linearizable string `json:"linearizable"`
+	// LostAcks counts acknowledged writes missing from the applied log.
+	LostAcks int `json:"lost_acks"`
+	// FailPoints counts crashes at an engine failure point.
+	FailPoints int `json:"fail_points"`
+	// History is the checked history.
+	History []Op `json:"-"`
+	// Violations lists the safety violations found, if any.
+	Violations []string `json:"violations,omitempty"`
+	// TraceHash is the FNV-1a hash of the event trace.
+	TraceHash uint64 `json:"trace_hash"`
+	// Visualization is the path of porcupine's HTML rendering, when one was
+	// written.
+	Visualization string `json:"visualization,omitempty"`
+}
+
+// Failed reports whether the run found a violation or a non-linearizable
+// history. An "unknown" check alone is not a failure.
+func (r *Result) Failed() bool {
+	return len(r.Violations) > 0 || r.Linearizable == "illegal" || r.LostAcks > 0
+}
+
+// runMu serializes runs: each one swaps crypto/rand.Reader.
+var runMu sync.Mutex
+
+// Run simulates one seed and checks it. The error is for a bad Config or a
+// failure of the simulator itself; what the simulation finds is in the
+// Result.
+func Run(cfg Config) (*Result, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	runMu.Lock()
+	defer runMu.Unlock()
+	start := time.Now()
+
+	// etcd raft draws its randomized election timeouts from
+	// crypto/rand.Reader: give it a stream derived from the seed.
+	var rs [32]byte
+	binary.LittleEndian.PutUint64(rs[:], cfg.Seed)
+	binary.LittleEndian.PutUint64(rs[8:], 0x5eed_f1071_11a)
+	oldReader := cryptorand.Reader
+	cryptorand.Reader = rand.NewChaCha8(rs)
+	defer func() { cryptorand.Reader = oldReader }()
+
+	s := newSim(cfg)
+	defer s.closeAll()
+	if err := s.run(); err != nil {
+		return nil, err
+	}
+	s.check()
+	s.res.Wall = time.Since(start)
+	return s.res, nil
+}
+
+// event is one scheduled action.
+type event struct {
+	at  time.Duration
+	seq uint64
+	fn  func()
+}
+
+type eventQueue []*event
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(*event)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	return e
+}
+
+// sim is the state of one run. Owned by the goroutine of Run.
+type sim struct {
+	cfg    Config
+	rng    *rand.Rand
+	now    time.Duration
+	seq    uint64
+	q      eventQueue
+	nodes  []*node // by node ID; nodes[0] is nil
+	ids    []uint64
+	net    *network
+	res    *Result
+	logger *slog.Logger
+
+	trace    hash.Hash64
+	traceBuf []byte
+
+	clients []*client
+	hist    history
+	// clock orders invocations and returns for the checker.
+	clock int64
+	// finalClock is the clock when the final reads began.
+	finalClock int64
+	// stopClients: the workload issues no new requests.
+	stopClients bool
+	healed      bool
+
+	// applied maps group → index → hash of the command applied there, over
+	// every replica and incarnation.
+	applied map[uint64]map[uint64]uint64
+	// cmdIndex maps group → command hash → the index it was applied at.
+	cmdIndex    map[uint64]map[uint64]uint64
+	dupReported map[uint64]bool
+	// leaders maps (group, term) → the leader seen in that term.
+	leaders map[[2]uint64]uint64
+	// acked lists acknowledged writes: group and command hash.
+	acked [][2]uint64
+}
+
+func newSim(cfg Config) *sim {
+	s := &sim{
+		cfg:         cfg,
+		rng:         rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)),
+		res:         &Result{Seed: cfg.Seed},
+		logger:      slog.New(slog.DiscardHandler),
+		trace:       fnv.New64a(),
+		applied:     make(map[uint64]map[uint64]uint64),
+		leaders:     make(map[[2]uint64]uint64),
+		cmdIndex:    make(map[uint64]map[uint64]uint64),
+		dupReported: make(map[uint64]bool),
+	}
+	s.net = newNetwork(s)
+	s.nodes = make([]*node, cfg.Nodes+1)
+	for id := uint64(1); id <= uint64(cfg.Nodes); id++ {
+		s.ids = append(s.ids, id)
+		s.nodes[id] = newNode(s, id)
+	}
+	for g := uint64(1); g <= uint64(cfg.Groups); g++ {
+		s.applied[g] = make(map[uint64]uint64)
+		s.cmdIndex[g] = make(map[uint64]uint64)
+	}
+	return s
+}
+
+// at schedules fn at simulated time t (never before now).
+func (s *sim) at(t time.Duration, fn func()) {
+	if t < s.now {
+		t = s.now
+	}
+	s.seq++
+	heap.Push(&s.q, &event{at: t, seq: s.seq, fn: fn})
+}
+
+// after schedules fn d from now.
+func (s *sim) after(d time.Duration, fn func()) { s.at(s.now+d, fn) }
+
+// between returns a duration uniformly in [lo, hi).
+func (s *sim) between(lo, hi time.Duration) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	return lo + time.Duration(s.rng.Int64N(int64(hi-lo)))
+}
+
+// record hashes one trace event: a kind and some numbers; with
+// Config.Trace set it also writes the event as a line.
+func (s *sim) record(kind string, vals ...uint64) {
+	b := s.traceBuf[:0]
+	b = binary.LittleEndian.AppendUint64(b, uint64(s.now))
+	b = append(b, kind...)
+	for _, v := range vals {
+		b = binary.LittleEndian.AppendUint64(b, v)
+	}
+	s.trace.Write(b)
+	s.traceBuf = b
+	if s.cfg.Trace != nil {
+		fmt.Fprintf(s.cfg.Trace, "%12v %s %v\n", s.now, kind, vals)
+	}
+}
+
+// run executes the schedule: start, faulty phase, heal, convergence.
+func (s *sim) run() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			// A panic inside the engine or raft (say, raft finding its log
+			// lost) is a finding, not a simulator failure.
+			s.violation("panic at %v: %v\n%s", s.now, r, debug.Stack())
+		}
+	}()
+	for _, id := range s.ids {
+		if err := s.nodes[id].start(); err != nil {
+			return err
+		}
+	}
+	for _, id := range s.ids {
+		n := s.nodes[id]
+		// Each node's clock runs at its own rate (±5%) and phase.
+		n.tickEvery = s.cfg.TickInterval + time.Duration(s.rng.Int64N(int64(s.cfg.TickInterval)/10+1)) - s.cfg.TickInterval/20
+		s.at(s.between(0, s.cfg.TickInterval), n.tickLoop)
+	}
+	s.net.configure()
+	for i := 0; i < s.cfg.Clients; i++ {
+		c := &client{s: s, id: i}
+		s.clients = append(s.clients, c)
+		s.after(s.between(0, 50*time.Millisecond), c.next)
+	}
+	if s.cfg.Faults&^(FaultDrop|FaultDelay|FaultDuplicate) != 0 {
+		s.after(s.between(100*time.Millisecond, 500*time.Millisecond), s.nemesis)
+	}
+	healAt := s.cfg.Duration
+	s.at(healAt, s.heal)
+	deadline := healAt + s.cfg.HealTimeout
+	converged := false
+	for s.q.Len() > 0 {
+		e := heap.Pop(&s.q).(*event)
+		if e.at > deadline {
+			break
+		}
+		s.now = e.at
+		s.res.Events++
+		e.fn()
+		s.afterEvent()
+		if s.healed && s.quiet() {
+			converged = true
+			break
+		}
+	}
+	s.res.SimTime = s.now
+	if !converged {
+		s.violation("replicas did not converge within %v after healing: %s", s.cfg.HealTimeout, s.describe())
+	}
+	return nil
+}
+
+// afterEvent polls the clients and turns failed hosts (a failure point
+// fired) into crashed nodes.
+func (s *sim) afterEvent() {
+	s.pollClients()
+	for _, id := range s.ids {
+		n := s.nodes[id]
+		if n.up && n.host.Err() != nil {
+			n.crash("failpoint")
+			s.pollClients()
+			n.scheduleRestart()
+		}
+	}
+}
+
+// heal ends the faulty phase: links heal, crashed nodes restart, clients
+// stop issuing new requests once the final reads are in.
+func (s *sim) heal() {
+	s.record("heal")
+	s.net.healAll()
+	for _, id := range s.ids {
+		n := s.nodes[id]
+		n.armed = ""
+		if !n.up {
+			n.restart()
+		}
+	}
+	s.stopClients = true
+	s.healed = true
+	// Final reads: once the cluster has a leader again, read every key.
+	s.after(s.cfg.TickInterval*time.Duration(3*s.cfg.ElectionTicks), s.finalReads)
+}
+
+// quiet reports whether the run can end: healed, final reads done, no
+// client waiting, and every group converged on every node.
+func (s *sim) quiet() bool {
+	for _, c := range s.clients {
+		if c.pending != nil || !c.finalDone {
+			return false
+		}
+	}
+	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+		var applied, commit, lead uint64
+		for i, id := range s.ids {
+			n := s.nodes[id]
+			if !n.up {
+				return false
+			}
+			st, err := n.host.GroupStatus(g)
+			if err != nil {
+				return false
+			}
+			if i == 0 {
+				applied, commit, lead = st.Applied, st.Commit, st.Leader
+			}
+			if st.Applied != applied || st.Commit != commit || st.Leader != lead || lead == 0 || st.Applied != st.Commit {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (s *sim) describe() string {
+	var b strings.Builder
+	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+		fmt.Fprintf(&b, "g%d:", g)
+		for _, id := range s.ids {
+			n := s.nodes[id]
+			if !n.up {
+				fmt.Fprintf(&b, " n%d=down", id)
+				continue
+			}
+			st, err := n.host.GroupStatus(g)
+			if err != nil {
+				fmt.Fprintf(&b, " n%d=%v", id, err)
+				continue
+			}
+			fmt.Fprintf(&b, " n%d[lead=%d term=%d commit=%d applied=%d]", id, st.Leader, st.Term, st.Commit, st.Applied)
+		}
+		b.WriteString("; ")
+	}
+	return b.String()
+}
+
+func (s *sim) violation(format string, args ...any) {
+	if len(s.res.Violations) < 20 {
+		s.res.Violations = append(s.res.Violations, fmt.Sprintf(format, args...))
+	}
+}
+
+// upNodes returns the IDs of running nodes.
+func (s *sim) upNodes() []uint64 {
+	var out []uint64
+	for _, id := range s.ids {
+		if s.nodes[id].up {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// noteApply records that node applied cmd at index of group.
+func (s *sim) noteApply(node, group, index, h uint64) {
+	m := s.applied[group]
+	if prev, ok := m[index]; ok && prev != h {
+		s.violation("group %d index %d applied with different commands (node %d differs)", group, index, node)
+	}
+	m[index] = h
+	// Every command the workload proposes is unique and proposed once.
+	at := s.cmdIndex[group]
+	if i, ok := at[h]; !ok {
+		at[h] = index
+	} else if i != index && !s.dupReported[h] {
+		s.dupReported[h] = true
+		s.violation("group %d: one command applied at indexes %d and %d (node %d)", group, i, index, node)
+	}
+}
+
+// noteLeaders checks that node's leaders agree with every leader seen
+// before in the same term.
+func (s *sim) noteLeaders(n *node) {
+	for _, st := range n.host.Status() {
+		if st.Role != "StateLeader" {
+			continue
+		}
+		k := [2]uint64{st.ID, st.Term}
+		if prev, ok := s.leaders[k]; ok && prev != n.id {
+			s.violation("group %d term %d has two leaders: %d and %d", st.ID, st.Term, prev, n.id)
+		}
+		s.leaders[k] = n.id
+	}
+}
+
+func (s *sim) closeAll() {
+	for _, id := range s.ids {
+		s.nodes[id].close()
+	}
+}
+
+// cmdHash identifies a command by the hash of its bytes.
+func cmdHash(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
+}
+
+// sortedKeys returns m's keys ascending.
+func sortedKeys[V any](m map[uint64]V) []uint64 {
+	out := make([]uint64, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}

@@ -1,0 +1,149 @@
+package sim
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func run(t *testing.T, cfg Config) *Result {
+	t.Helper()
+	r, err := Run(cfg)
+	if err != nil {
+		t.Fatalf("seed %d: %v", cfg.Seed, err)
+	}
+	return r
+}
+
+func describe(r *Result) string {
+	var b strings.Builder
+	b.WriteString("linearizable=" + r.Linearizable)
+	for _, v := range r.Violations {
+		if len(v) > 400 {
+			v = v[:400] + "…"
+		}
+		b.WriteString("\n  " + v)
+	}
+	return b.String()
+}
+
+// TestDeterminism: two runs of one seed produce the same trace; another
+// seed produces another.
+func TestDeterminism(t *testing.T) {
+	for _, seed := range []uint64{1, 42} {
+		a := run(t, Config{Seed: seed})
+		b := run(t, Config{Seed: seed})
+		if a.TraceHash != b.TraceHash || a.Events != b.Events || a.Ops != b.Ops || a.SimTime != b.SimTime {
+			t.Fatalf("seed %d: runs differ: %+v vs %+v", seed, a, b)
+		}
+		if a.Events < 500 || a.Ops < 50 || a.Delivered < 100 {
+			t.Fatalf("seed %d: run too small to mean anything: %+v", seed, a)
+		}
+	}
+	if a, b := run(t, Config{Seed: 1}), run(t, Config{Seed: 2}); a.TraceHash == b.TraceHash {
+		t.Fatal("seeds 1 and 2 produced the same trace")
+	}
+}
+
+// TestSeeds runs the simulation over 500 seeds (50 with -short), every
+// fault on, and requires each to be linearizable and safe.
+func TestSeeds(t *testing.T) {
+	n := 500
+	if testing.Short() {
+		n = 50
+	}
+	var unknown, ops, faults, crashes, fps int
+	for seed := uint64(0); seed < uint64(n); seed++ {
+		r := run(t, Config{Seed: seed})
+		if r.Failed() {
+			t.Errorf("seed %d failed: %s", seed, describe(r))
+		}
+		if r.Linearizable == "unknown" {
+			unknown++
+		}
+		ops += r.Ops
+		faults += r.Faults
+		crashes += r.Crashes
+		fps += r.FailPoints
+	}
+	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
+		n, ops, faults, crashes, fps, unknown)
+	if unknown > n/10 {
+		t.Errorf("%d of %d linearizability checks timed out", unknown, n)
+	}
+	if fps == 0 || crashes == 0 {
+		t.Errorf("no crash happened (%d crashes, %d at failure points): the nemesis is broken", crashes, fps)
+	}
+}
+
+// findFailure runs seeds from 0 until one fails, at most max of them.
+func findFailure(t *testing.T, cfg Config, max int, pred func(*Result) bool) *Result {
+	t.Helper()
+	for seed := uint64(0); seed < uint64(max); seed++ {
+		cfg.Seed = seed
+		r := run(t, cfg)
+		if pred(r) {
+			t.Logf("seed %d caught it: %s", seed, describe(r))
+			return r
+		}
+	}
+	t.Fatalf("planted bug not detected in %d seeds", max)
+	return nil
+}
+
+// TestTeethStaleReads plants gets served from local state without
+// ReadIndex: porcupine must find a non-linearizable history.
+func TestTeethStaleReads(t *testing.T) {
+	dir := t.TempDir()
+	r := findFailure(t, Config{Bug: BugStaleReads, VisualizeDir: dir}, 30,
+		func(r *Result) bool { return r.Linearizable == "illegal" })
+	if r.Visualization == "" {
+		t.Fatal("no visualization written")
+	}
+	if fi, err := os.Stat(r.Visualization); err != nil || fi.Size() == 0 {
+		t.Fatalf("visualization %s: %v", r.Visualization, err)
+	}
+}
+
+// TestTeethAckBeforeSync plants raft writes acknowledged without fsync:
+// crashes must then show up as a safety violation (two leaders in a term,
+// a lost acknowledged write, diverging replicas or a raft panic).
+func TestTeethAckBeforeSync(t *testing.T) {
+	findFailure(t, Config{Bug: BugAckBeforeSync, Faults: FaultCrash | FaultFailPoint | FaultDelay}, 30,
+		func(r *Result) bool { return r.Failed() })
+}
+
+// TestTeethDuplicateProposals lets the network duplicate forwarded
+// proposals, which raft appends twice: the double apply must be reported.
+func TestTeethDuplicateProposals(t *testing.T) {
+	findFailure(t, Config{DuplicateProposals: true, Faults: FaultDuplicate}, 30,
+		func(r *Result) bool { return r.Failed() })
+}
+
+// TestNoFaults: a clean run is linearizable and loses nothing.
+func TestNoFaults(t *testing.T) {
+	r := run(t, Config{Seed: 3, NoFaults: true})
+	if r.Failed() || r.Linearizable != "ok" || r.Faults != 0 || r.Ambiguous != 0 {
+		t.Fatalf("clean run: %+v %s", r, describe(r))
+	}
+}
+
+func TestParseFaults(t *testing.T) {
+	f, err := ParseFaults("partition, crash")
+	if err != nil || f != FaultPartition|FaultCrash || f.String() != "partition,crash" {
+		t.Fatalf("got %v %v", f, err)
+	}
+	if f, err := ParseFaults("all"); err != nil || f != AllFaults {
+		t.Fatalf("all: %v %v", f, err)
+	}
+	if _, err := ParseFaults("nope"); err == nil {
+		t.Fatal("unknown fault accepted")
+	}
+	if _, err := Run(Config{Nodes: 20}); err == nil {
+		t.Fatal("bad config accepted")
+	}
+}

@@ -1,0 +1,361 @@
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+)
+
+// OpKind is the kind of a register operation.
+type OpKind uint8
+
+// Register operations.
+const (
+	OpGet OpKind = iota
+	OpPut
+	OpCAS
+)
+
+func (k OpKind) String() string {
+	switch k {
+	case OpGet:
+		return "get"
+	case OpPut:
+		return "put"
+	case OpCAS:
+		return "cas"
+	}
+	return fmt.Sprintf("op%d", uint8(k))
+}
+
+// Input is the input of one register operation, as the checker sees it.
+type Input struct {
+	Kind  OpKind `json:"kind"`
+	Key   string `json:"key"`
+	Value string `json:"value,omitempty"`
+	// Expected is the value a CAS requires; ExpectAbsent requires no
+	// value.
+	Expected     string `json:"expected,omitempty"`
+	ExpectAbsent bool   `json:"expect_absent,omitempty"`
+}
+
+// Output is the outcome of one register operation.
+type Output struct {
+	// Unknown: a write whose outcome the client never learned.
+	Unknown bool `json:"unknown,omitempty"`
+	// OK: a CAS swapped.
+	OK bool `json:"ok,omitempty"`
+	// Found, Value: what a get read, or the value a failed CAS saw.
+	Found bool   `json:"found,omitempty"`
+	Value string `json:"value,omitempty"`
+}
+
+// Op is one operation of a history. Call and Return order invocations and
+// replies (a logical clock); an operation whose outcome is unknown has
+// Return = NeverReturned.
+type Op struct {
+	Client int    `json:"client"`
+	In     Input  `json:"in"`
+	Out    Output `json:"out"`
+	Call   int64  `json:"call"`
+	Return int64  `json:"return"`
+	// Node is the node the request went to.
+	Node uint64 `json:"node"`
+}
+
+// NeverReturned is the Return of an operation whose outcome is unknown: it
+// may take effect at any time after its call.
+const NeverReturned = int64(1) << 62
+
+type history struct{ ops []Op }
+
+// pendingOp is a client's request in flight.
+type pendingOp struct {
+	op       Op
+	group    uint64
+	cmd      []byte
+	fut      multiraft.Future
+	rfut     multiraft.ReadFuture
+	read     bool
+	deadline time.Duration
+	final    bool
+}
+
+// client is one simulated client: one request at a time, with a think time
+// between them. Owned by the simulation goroutine.
+type client struct {
+	s         *sim
+	id        int
+	n         int
+	pending   *pendingOp
+	finalDone bool
+	// seen is the last value this client saw per key ("" with absent).
+	seen map[string]*Output
+}
+
+func (s *sim) keyName(i int) string { return fmt.Sprintf("k%d", i) }
+
+// next issues the client's next request, unless the workload stopped.
+func (c *client) next() {
+	s := c.s
+	if s.stopClients || c.pending != nil {
+		return
+	}
+	up := s.upNodes()
+	if len(up) == 0 {
+		s.after(s.between(10*time.Millisecond, 50*time.Millisecond), c.next)
+		return
+	}
+	if c.seen == nil {
+		c.seen = make(map[string]*Output)
+	}
+	node := up[s.rng.IntN(len(up))]
+	key := s.keyName(s.rng.IntN(s.cfg.Keys))
+	in := Input{Key: key}
+	switch r := s.rng.IntN(10); {
+	case r < 4:
+		in.Kind = OpGet
+	case r < 7:
+		in.Kind = OpPut
+	default:
+		in.Kind = OpCAS
+	}
+	if in.Kind != OpGet {
+		c.n++
+		in.Value = fmt.Sprintf("c%d.%d", c.id, c.n)
+	}
+	if in.Kind == OpCAS {
+		seen := c.seen[key]
+		switch {
+		case seen == nil || s.rng.IntN(5) == 0:
+			// A guess: some other client's value, or absent.
+			if s.rng.IntN(3) == 0 {
+				in.ExpectAbsent = true
+			} else {
+				in.Expected = fmt.Sprintf("c%d.%d", s.rng.IntN(s.cfg.Clients), 1+s.rng.IntN(c.n+1))
+			}
+		case !seen.Found:
+			in.ExpectAbsent = true
+		default:
+			in.Expected = seen.Value
+		}
+	}
+	c.invoke(node, in, false)
+}
+
+// invoke sends in to node and records the invocation.
+func (c *client) invoke(node uint64, in Input, final bool) {
+	s := c.s
+	n := s.nodes[node]
+	group := kv.GroupOf([]byte(in.Key), s.cfg.Groups)
+	s.clock++
+	p := &pendingOp{
+		op:       Op{Client: c.id, In: in, Call: s.clock, Node: node},
+		group:    group,
+		deadline: s.now + s.cfg.RequestTimeout,
+		final:    final,
+	}
+	s.record("invoke", uint64(c.id), uint64(in.Kind), node, group)
+	c.pending = p
+	if in.Kind == OpGet {
+		q, err := kv.EncodeGet([]byte(in.Key))
+		if err != nil {
+			panic(err) // keys are generated valid
+		}
+		p.read = true
+		if s.cfg.Bug == BugStaleReads && !final {
+			// The planted bug: answer from local state, no ReadIndex.
+			out, err := n.host.QueryLocal(group, q)
+			c.finishRead(out, err)
+			return
+		}
+		p.rfut = n.host.ReadAsync(group, q)
+	} else {
+		cmd := kv.Command{Key: []byte(in.Key), Value: []byte(in.Value)}
+		if in.Kind == OpPut {
+			cmd.Op = kv.OpPut
+		} else {
+			cmd.Op = kv.OpCAS
+			cmd.Expected = []byte(in.Expected)
+			cmd.ExpectAbsent = in.ExpectAbsent
+		}
+		b, err := cmd.Encode()
+		if err != nil {
+			panic(err)
+		}
+		p.cmd = b
+		p.fut = n.host.ProposeAsync(group, b)
+	}
+	n.drain()
+	s.after(s.cfg.RequestTimeout, func() { c.timeout(p) })
+}
+
+// poll completes the pending request if its future is done.
+func (c *client) poll() {
+	p := c.pending
+	if p == nil {
+		return
+	}
+	if p.read {
+		select {
+		case <-p.rfut.Done():
+			out, err := p.rfut.Result()
+			c.finishRead(out, err)
+		default:
+		}
+		return
+	}
+	select {
+	case <-p.fut.Done():
+	default:
+		return
+	}
+	res, err := p.fut.Result()
+	switch {
+	case err == nil:
+		r, derr := kv.DecodeResult(res)
+		if derr != nil {
+			c.s.violation("client %d: bad result: %v", c.id, derr)
+			c.done(nil)
+			return
+		}
+		out := Output{OK: r.OK}
+		if p.op.In.Kind == OpCAS && !r.OK {
+			out.Found, out.Value = r.Found, string(r.Current)
+		}
+		c.s.acked = append(c.s.acked, [2]uint64{p.group, cmdHash(p.cmd)})
+		c.done(&out)
+	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped):
+		// Never appended: as if the request was not made.
+		c.done(nil)
+	default:
+		// ErrAmbiguous, ErrStopped, ErrGroupRemoved: it may apply.
+		c.done(&Output{Unknown: true})
+	}
+}
+
+func (c *client) finishRead(out []byte, err error) {
+	if err != nil {
+		c.done(nil)
+		return
+	}
+	found, kvv, err := kv.DecodeGet(out)
+	if err != nil {
+		c.s.violation("client %d: bad get answer: %v", c.id, err)
+		c.done(nil)
+		return
+	}
+	c.done(&Output{Found: found, Value: string(kvv.Value)})
+}
+
+// timeout gives up on p if it is still pending: a read is dropped from the
+// history, a write's outcome becomes unknown.
+func (c *client) timeout(p *pendingOp) {
+	if c.pending != p {
+		return
+	}
+	if p.read {
+		c.done(nil)
+	} else {
+		c.done(&Output{Unknown: true})
+	}
+}
+
+// done ends the pending request: out nil drops it from the history (it
+// had no effect), else it is recorded. Then the client thinks and goes on.
+func (c *client) done(out *Output) {
+	s := c.s
+	p := c.pending
+	c.pending = nil
+	if out != nil {
+		op := p.op
+		op.Out = *out
+		if out.Unknown {
+			op.Return = NeverReturned
+			s.res.Ambiguous++
+		} else {
+			s.clock++
+			op.Return = s.clock
+			if op.In.Kind == OpGet || (op.In.Kind == OpCAS && !out.OK) {
+				o := *out
+				c.seen[op.In.Key] = &o
+			} else {
+				c.seen[op.In.Key] = &Output{Found: true, Value: op.In.Value}
+			}
+		}
+		s.hist.ops = append(s.hist.ops, op)
+		s.record("return", uint64(c.id), boolU(out.Unknown), boolU(out.OK), boolU(out.Found), cmdHash([]byte(out.Value)))
+	} else {
+		s.record("return-none", uint64(c.id))
+	}
+	if p.final {
+		c.finalRead()
+		return
+	}
+	s.after(s.between(0, 20*time.Millisecond), c.next)
+}
+
+func (s *sim) pollClients() {
+	for _, c := range s.clients {
+		c.poll()
+	}
+}
+
+// finalReads starts the last round: each client reads every key (through
+// ReadIndex even under BugStaleReads) until one read of each succeeds.
+func (s *sim) finalReads() {
+	s.finalClock = s.clock
+	for _, c := range s.clients {
+		if c.pending == nil {
+			c.finalRead()
+		} else {
+			c.pending.final = true
+		}
+	}
+}
+
+// finalRead reads the next key a client has not read successfully since
+// the heal; keys are spread over the clients.
+func (c *client) finalRead() {
+	s := c.s
+	if c.seen == nil {
+		c.seen = make(map[string]*Output)
+	}
+	for k := c.id; k < s.cfg.Keys; k += s.cfg.Clients {
+		key := s.keyName(k)
+		if c.finalOK(key) {
+			continue
+		}
+		up := s.upNodes()
+		if len(up) == 0 {
+			s.after(50*time.Millisecond, c.finalRead)
+			return
+		}
+		node := up[s.rng.IntN(len(up))]
+		s.after(s.between(5*time.Millisecond, 30*time.Millisecond), func() {
+			if c.pending == nil && s.nodes[node].up {
+				c.invoke(node, Input{Kind: OpGet, Key: key}, true)
+			} else {
+				c.finalRead()
+			}
+		})
+		return
+	}
+	c.finalDone = true
+}
+
+// finalOK reports whether a final read of key succeeded: the last op of
+// this client on key in the history is a final get.
+func (c *client) finalOK(key string) bool {
+	ops := c.s.hist.ops
+	for i := len(ops) - 1; i >= 0; i-- {
+		o := &ops[i]
+		if o.Client == c.id && o.In.Key == key {
+			return o.In.Kind == OpGet && o.Call > c.s.finalClock
+		}
+	}
+	return false
+}
