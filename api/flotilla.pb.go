@@ -1340,6 +1340,1364 @@ func (x *InfoResponse) GetGroups() []*GroupInfo {
 	return nil
 }
 
+type LeaseGrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// group is the lease's group (1..groups).
+	Group uint64 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	// ttl_ms is the time to live in milliseconds (100 .. 86400000).
+	TtlMs         int64 `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrantRequest) Reset() {
+	*x = LeaseGrantRequest{}
+	mi := &file_flotilla_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrantRequest) ProtoMessage() {}
+
+func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
+func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LeaseGrantRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *LeaseGrantRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type LeaseGrantResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// id is unique within the group: the group revision that granted it.
+	Id            uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	TtlMs         int64  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrantResponse) Reset() {
+	*x = LeaseGrantResponse{}
+	mi := &file_flotilla_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrantResponse) ProtoMessage() {}
+
+func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
+func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *LeaseGrantResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseGrantResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseGrantResponse) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type LeaseRevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeRequest) Reset() {
+	*x = LeaseRevokeRequest{}
+	mi := &file_flotilla_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeRequest) ProtoMessage() {}
+
+func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LeaseRevokeRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *LeaseRevokeRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeaseRevokeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Revoked       bool                   `protobuf:"varint,2,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeResponse) Reset() {
+	*x = LeaseRevokeResponse{}
+	mi := &file_flotilla_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeResponse) ProtoMessage() {}
+
+func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *LeaseRevokeResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseRevokeResponse) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+type LeaseKeepAliveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id    uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// seq is echoed in the answer, so the client can tell which request an
+	// answer is for (it counts the TTL from when it sent that request).
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeepAliveRequest) Reset() {
+	*x = LeaseKeepAliveRequest{}
+	mi := &file_flotilla_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeepAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeepAliveRequest) ProtoMessage() {}
+
+func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
+func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *LeaseKeepAliveRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseKeepAliveRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+type LeaseKeepAliveResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Id     uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Seq    uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// found=false: the lease is gone (revoked or expired); ttl_ms is 0.
+	Found         bool  `protobuf:"varint,4,opt,name=found,proto3" json:"found,omitempty"`
+	TtlMs         int64 `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeepAliveResponse) Reset() {
+	*x = LeaseKeepAliveResponse{}
+	mi := &file_flotilla_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeepAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeepAliveResponse) ProtoMessage() {}
+
+func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
+func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LeaseKeepAliveResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseKeepAliveResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseKeepAliveResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LeaseKeepAliveResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *LeaseKeepAliveResponse) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type LeaseTimeToLiveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseTimeToLiveRequest) Reset() {
+	*x = LeaseTimeToLiveRequest{}
+	mi := &file_flotilla_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseTimeToLiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseTimeToLiveRequest) ProtoMessage() {}
+
+func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
+func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeaseTimeToLiveResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Found  bool                   `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
+	TtlMs  int64                  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	// remaining_ms is the time left by the leader's clock; -1 if the
+	// answering node does not lead the group.
+	RemainingMs   int64 `protobuf:"varint,4,opt,name=remaining_ms,json=remainingMs,proto3" json:"remaining_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseTimeToLiveResponse) Reset() {
+	*x = LeaseTimeToLiveResponse{}
+	mi := &file_flotilla_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseTimeToLiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseTimeToLiveResponse) ProtoMessage() {}
+
+func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
+func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseTimeToLiveResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *LeaseTimeToLiveResponse) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetRemainingMs() int64 {
+	if x != nil {
+		return x.RemainingMs
+	}
+	return 0
+}
+
+// ElectionState is an election as of one revision.
+type ElectionState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// has_leader=false: nobody holds the election.
+	HasLeader bool `protobuf:"varint,2,opt,name=has_leader,json=hasLeader,proto3" json:"has_leader,omitempty"`
+	// value and lease are the holder's.
+	Value []byte `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	Lease uint64 `protobuf:"varint,4,opt,name=lease,proto3" json:"lease,omitempty"`
+	// token is the holder's fencing token: the group revision at which it
+	// was elected. Successive holders have growing tokens.
+	Token uint64 `protobuf:"varint,5,opt,name=token,proto3" json:"token,omitempty"`
+	// revision is the group revision of this state's last change (0: never
+	// campaigned in); states of one election are ordered by it.
+	Revision uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	Group    uint64 `protobuf:"varint,7,opt,name=group,proto3" json:"group,omitempty"`
+	// candidates is the number of leases campaigning, the holder included.
+	Candidates    uint32 `protobuf:"varint,8,opt,name=candidates,proto3" json:"candidates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElectionState) Reset() {
+	*x = ElectionState{}
+	mi := &file_flotilla_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElectionState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElectionState) ProtoMessage() {}
+
+func (x *ElectionState) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
+func (*ElectionState) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ElectionState) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *ElectionState) GetHasLeader() bool {
+	if x != nil {
+		return x.HasLeader
+	}
+	return false
+}
+
+func (x *ElectionState) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *ElectionState) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *ElectionState) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *ElectionState) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ElectionState) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *ElectionState) GetCandidates() uint32 {
+	if x != nil {
+		return x.Candidates
+	}
+	return 0
+}
+
+type CampaignRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Lease uint64                 `protobuf:"varint,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	// group, if set, must be the name's group.
+	Group         uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignRequest) Reset() {
+	*x = CampaignRequest{}
+	mi := &file_flotilla_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignRequest) ProtoMessage() {}
+
+func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
+func (*CampaignRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CampaignRequest) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *CampaignRequest) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *CampaignRequest) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *CampaignRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type CampaignResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// lease_found=false: the lease is gone; nothing was done.
+	LeaseFound    bool           `protobuf:"varint,2,opt,name=lease_found,json=leaseFound,proto3" json:"lease_found,omitempty"`
+	Elected       bool           `protobuf:"varint,3,opt,name=elected,proto3" json:"elected,omitempty"`
+	State         *ElectionState `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignResponse) Reset() {
+	*x = CampaignResponse{}
+	mi := &file_flotilla_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignResponse) ProtoMessage() {}
+
+func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
+func (*CampaignResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CampaignResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *CampaignResponse) GetLeaseFound() bool {
+	if x != nil {
+		return x.LeaseFound
+	}
+	return false
+}
+
+func (x *CampaignResponse) GetElected() bool {
+	if x != nil {
+		return x.Elected
+	}
+	return false
+}
+
+func (x *CampaignResponse) GetState() *ElectionState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type ResignRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Lease         uint64                 `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	Group         uint64                 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResignRequest) Reset() {
+	*x = ResignRequest{}
+	mi := &file_flotilla_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResignRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResignRequest) ProtoMessage() {}
+
+func (x *ResignRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
+func (*ResignRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ResignRequest) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *ResignRequest) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *ResignRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type ResignResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// resigned=false: the lease was not a candidate (already resigned,
+	// expired, or never campaigned).
+	Resigned      bool           `protobuf:"varint,2,opt,name=resigned,proto3" json:"resigned,omitempty"`
+	State         *ElectionState `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResignResponse) Reset() {
+	*x = ResignResponse{}
+	mi := &file_flotilla_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResignResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResignResponse) ProtoMessage() {}
+
+func (x *ResignResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
+func (*ResignResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ResignResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ResignResponse) GetResigned() bool {
+	if x != nil {
+		return x.Resigned
+	}
+	return false
+}
+
+func (x *ResignResponse) GetState() *ElectionState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type LeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Group         uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaderRequest) Reset() {
+	*x = LeaderRequest{}
+	mi := &file_flotilla_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaderRequest) ProtoMessage() {}
+
+func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
+func (*LeaderRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *LeaderRequest) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *LeaderRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type LeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	State         *ElectionState         `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaderResponse) Reset() {
+	*x = LeaderResponse{}
+	mi := &file_flotilla_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaderResponse) ProtoMessage() {}
+
+func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
+func (*LeaderResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *LeaderResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaderResponse) GetState() *ElectionState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type ObserveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Group         uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObserveRequest) Reset() {
+	*x = ObserveRequest{}
+	mi := &file_flotilla_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObserveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObserveRequest) ProtoMessage() {}
+
+func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
+func (*ObserveRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ObserveRequest) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *ObserveRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type ObserveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State *ElectionState         `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// skipped: changes between the previous state and this one were not
+	// sent (the stream fell behind, or the replica was restored from a
+	// snapshot).
+	Skipped       bool `protobuf:"varint,2,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObserveResponse) Reset() {
+	*x = ObserveResponse{}
+	mi := &file_flotilla_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObserveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObserveResponse) ProtoMessage() {}
+
+func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
+func (*ObserveResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ObserveResponse) GetState() *ElectionState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *ObserveResponse) GetSkipped() bool {
+	if x != nil {
+		return x.Skipped
+	}
+	return false
+}
+
+type BatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ops           []*BatchOp             `protobuf:"bytes,1,rep,name=ops,proto3" json:"ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRequest) Reset() {
+	*x = BatchRequest{}
+	mi := &file_flotilla_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRequest) ProtoMessage() {}
+
+func (x *BatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
+func (*BatchRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *BatchRequest) GetOps() []*BatchOp {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
+
+// BatchOp is one request of a Batch stream.
+type BatchOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is chosen by the client, unique among its ops in flight on the
+	// stream; the answer carries it back.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*BatchOp_Put
+	//	*BatchOp_Delete
+	Op            isBatchOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchOp) Reset() {
+	*x = BatchOp{}
+	mi := &file_flotilla_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchOp) ProtoMessage() {}
+
+func (x *BatchOp) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
+func (*BatchOp) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *BatchOp) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BatchOp) GetOp() isBatchOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *BatchOp) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Op.(*BatchOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *BatchOp) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*BatchOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+type isBatchOp_Op interface {
+	isBatchOp_Op()
+}
+
+type BatchOp_Put struct {
+	Put *PutRequest `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type BatchOp_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
+}
+
+func (*BatchOp_Put) isBatchOp_Op() {}
+
+func (*BatchOp_Delete) isBatchOp_Op() {}
+
+type BatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*BatchResult         `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_flotilla_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *BatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// BatchResult answers one BatchOp. code and message are what the op's own
+// RPC would have returned as its gRPC status (code 0: OK, and the op's
+// response is set); leader is the hint a unary call would carry in its
+// flotilla-leader trailer (0: none).
+type BatchResult struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Code    uint32                 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Leader  uint64                 `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*BatchResult_Put
+	//	*BatchResult_Delete
+	Response      isBatchResult_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_flotilla_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *BatchResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BatchResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *BatchResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *BatchResult) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *BatchResult) GetResponse() isBatchResult_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *BatchResult) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchResult_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchResult_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+type isBatchResult_Response interface {
+	isBatchResult_Response()
+}
+
+type BatchResult_Put struct {
+	Put *PutResponse `protobuf:"bytes,5,opt,name=put,proto3,oneof"`
+}
+
+type BatchResult_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,6,opt,name=delete,proto3,oneof"`
+}
+
+func (*BatchResult_Put) isBatchResult_Response() {}
+
+func (*BatchResult_Delete) isBatchResult_Response() {}
+
 var File_flotilla_proto protoreflect.FileDescriptor
 
 const file_flotilla_proto_rawDesc = "" +
@@ -1439,18 +2797,121 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\"i\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
-	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups2\xd3\x02\n" +
+	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\"@\n" +
+	"\x11LeaseGrantRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x15\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\"h\n" +
+	"\x12LeaseGrantResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\":\n" +
+	"\x12LeaseRevokeRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"\\\n" +
+	"\x13LeaseRevokeResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x18\n" +
+	"\arevoked\x18\x02 \x01(\bR\arevoked\"O\n" +
+	"\x15LeaseKeepAliveRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x94\x01\n" +
+	"\x16LeaseKeepAliveResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05found\x18\x04 \x01(\bR\x05found\x12\x15\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\">\n" +
+	"\x16LeaseTimeToLiveRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"\x96\x01\n" +
+	"\x17LeaseTimeToLiveResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x14\n" +
+	"\x05found\x18\x02 \x01(\bR\x05found\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\x12!\n" +
+	"\fremaining_ms\x18\x04 \x01(\x03R\vremainingMs\"\xd6\x01\n" +
+	"\rElectionState\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x1d\n" +
+	"\n" +
+	"has_leader\x18\x02 \x01(\bR\thasLeader\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\fR\x05value\x12\x14\n" +
+	"\x05lease\x18\x04 \x01(\x04R\x05lease\x12\x14\n" +
+	"\x05token\x18\x05 \x01(\x04R\x05token\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05group\x18\a \x01(\x04R\x05group\x12\x1e\n" +
+	"\n" +
+	"candidates\x18\b \x01(\rR\n" +
+	"candidates\"g\n" +
+	"\x0fCampaignRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
+	"\x05lease\x18\x03 \x01(\x04R\x05lease\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\x04R\x05group\"\xac\x01\n" +
+	"\x10CampaignResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1f\n" +
+	"\vlease_found\x18\x02 \x01(\bR\n" +
+	"leaseFound\x12\x18\n" +
+	"\aelected\x18\x03 \x01(\bR\aelected\x120\n" +
+	"\x05state\x18\x04 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\"O\n" +
+	"\rResignRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
+	"\x05lease\x18\x02 \x01(\x04R\x05lease\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\x04R\x05group\"\x8b\x01\n" +
+	"\x0eResignResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1a\n" +
+	"\bresigned\x18\x02 \x01(\bR\bresigned\x120\n" +
+	"\x05state\x18\x03 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\"9\n" +
+	"\rLeaderRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\"o\n" +
+	"\x0eLeaderResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x120\n" +
+	"\x05state\x18\x02 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\":\n" +
+	"\x0eObserveRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\"]\n" +
+	"\x0fObserveResponse\x120\n" +
+	"\x05state\x18\x01 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\x12\x18\n" +
+	"\askipped\x18\x02 \x01(\bR\askipped\"6\n" +
+	"\fBatchRequest\x12&\n" +
+	"\x03ops\x18\x01 \x03(\v2\x14.flotilla.v1.BatchOpR\x03ops\"\x82\x01\n" +
+	"\aBatchOp\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
+	"\x03put\x18\x02 \x01(\v2\x17.flotilla.v1.PutRequestH\x00R\x03put\x124\n" +
+	"\x06delete\x18\x03 \x01(\v2\x1a.flotilla.v1.DeleteRequestH\x00R\x06deleteB\x04\n" +
+	"\x02op\"C\n" +
+	"\rBatchResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.flotilla.v1.BatchResultR\aresults\"\xd4\x01\n" +
+	"\vBatchResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\x04R\x06leader\x12,\n" +
+	"\x03put\x18\x05 \x01(\v2\x18.flotilla.v1.PutResponseH\x00R\x03put\x125\n" +
+	"\x06delete\x18\x06 \x01(\v2\x1b.flotilla.v1.DeleteResponseH\x00R\x06deleteB\n" +
+	"\n" +
+	"\bresponse2\x97\x03\n" +
 	"\x02KV\x128\n" +
 	"\x03Put\x12\x17.flotilla.v1.PutRequest\x1a\x18.flotilla.v1.PutResponse\x128\n" +
 	"\x03Get\x12\x17.flotilla.v1.GetRequest\x1a\x18.flotilla.v1.GetResponse\x12A\n" +
 	"\x06Delete\x12\x1a.flotilla.v1.DeleteRequest\x1a\x1b.flotilla.v1.DeleteResponse\x12Y\n" +
 	"\x0eCompareAndSwap\x12\".flotilla.v1.CompareAndSwapRequest\x1a#.flotilla.v1.CompareAndSwapResponse\x12;\n" +
-	"\x04Scan\x12\x18.flotilla.v1.ScanRequest\x1a\x19.flotilla.v1.ScanResponse2\xa7\x01\n" +
+	"\x04Scan\x12\x18.flotilla.v1.ScanRequest\x1a\x19.flotilla.v1.ScanResponse\x12B\n" +
+	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x012\xa7\x01\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
 	"\n" +
-	"NodeStatus\x12\x1e.flotilla.v1.NodeStatusRequest\x1a\x1f.flotilla.v1.NodeStatusResponse2C\n" +
+	"NodeStatus\x12\x1e.flotilla.v1.NodeStatusRequest\x1a\x1f.flotilla.v1.NodeStatusResponse2\xff\x04\n" +
+	"\bElection\x12M\n" +
+	"\n" +
+	"LeaseGrant\x12\x1e.flotilla.v1.LeaseGrantRequest\x1a\x1f.flotilla.v1.LeaseGrantResponse\x12P\n" +
+	"\vLeaseRevoke\x12\x1f.flotilla.v1.LeaseRevokeRequest\x1a .flotilla.v1.LeaseRevokeResponse\x12]\n" +
+	"\x0eLeaseKeepAlive\x12\".flotilla.v1.LeaseKeepAliveRequest\x1a#.flotilla.v1.LeaseKeepAliveResponse(\x010\x01\x12\\\n" +
+	"\x0fLeaseTimeToLive\x12#.flotilla.v1.LeaseTimeToLiveRequest\x1a$.flotilla.v1.LeaseTimeToLiveResponse\x12G\n" +
+	"\bCampaign\x12\x1c.flotilla.v1.CampaignRequest\x1a\x1d.flotilla.v1.CampaignResponse\x12A\n" +
+	"\x06Resign\x12\x1a.flotilla.v1.ResignRequest\x1a\x1b.flotilla.v1.ResignResponse\x12A\n" +
+	"\x06Leader\x12\x1a.flotilla.v1.LeaderRequest\x1a\x1b.flotilla.v1.LeaderResponse\x12F\n" +
+	"\aObserve\x12\x1b.flotilla.v1.ObserveRequest\x1a\x1c.flotilla.v1.ObserveResponse0\x012C\n" +
 	"\x04Peer\x12;\n" +
 	"\x04Info\x12\x18.flotilla.v1.InfoRequest\x1a\x19.flotilla.v1.InfoResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
 
@@ -1466,29 +2927,50 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 	return file_flotilla_proto_rawDescData
 }
 
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_flotilla_proto_goTypes = []any{
-	(*Header)(nil),                 // 0: flotilla.v1.Header
-	(*KeyValue)(nil),               // 1: flotilla.v1.KeyValue
-	(*PutRequest)(nil),             // 2: flotilla.v1.PutRequest
-	(*PutResponse)(nil),            // 3: flotilla.v1.PutResponse
-	(*GetRequest)(nil),             // 4: flotilla.v1.GetRequest
-	(*GetResponse)(nil),            // 5: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),          // 6: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 7: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),  // 8: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil), // 9: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),            // 10: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),           // 11: flotilla.v1.ScanResponse
-	(*NodeInfo)(nil),               // 12: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),              // 13: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),              // 14: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),      // 15: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),     // 16: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),      // 17: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),     // 18: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),            // 19: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),           // 20: flotilla.v1.InfoResponse
+	(*Header)(nil),                  // 0: flotilla.v1.Header
+	(*KeyValue)(nil),                // 1: flotilla.v1.KeyValue
+	(*PutRequest)(nil),              // 2: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 3: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 4: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 5: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 6: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 7: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 8: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 9: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 10: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 11: flotilla.v1.ScanResponse
+	(*NodeInfo)(nil),                // 12: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 13: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 14: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 15: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 16: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 17: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 18: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 19: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 20: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 21: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 22: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 23: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 24: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 25: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 26: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 27: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 28: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 29: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 30: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 31: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 32: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 33: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 34: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 35: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 36: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 37: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 38: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 39: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 40: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 41: flotilla.v1.BatchResult
 }
 var file_flotilla_proto_depIdxs = []int32{
 	0,  // 0: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
@@ -1505,27 +2987,62 @@ var file_flotilla_proto_depIdxs = []int32{
 	14, // 11: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
 	12, // 12: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
 	13, // 13: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	2,  // 14: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	4,  // 15: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	6,  // 16: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	8,  // 17: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	10, // 18: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	15, // 19: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	17, // 20: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	19, // 21: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	3,  // 22: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	5,  // 23: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	7,  // 24: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	9,  // 25: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	11, // 26: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	16, // 27: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	18, // 28: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	20, // 29: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	0,  // 14: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	0,  // 15: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	0,  // 16: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	0,  // 17: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	0,  // 18: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	29, // 19: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	0,  // 20: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	29, // 21: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	0,  // 22: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	29, // 23: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	29, // 24: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	39, // 25: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	2,  // 26: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	6,  // 27: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	41, // 28: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	3,  // 29: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	7,  // 30: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	2,  // 31: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	4,  // 32: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	6,  // 33: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	8,  // 34: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	10, // 35: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	38, // 36: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	15, // 37: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	17, // 38: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	21, // 39: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	23, // 40: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	25, // 41: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	27, // 42: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	30, // 43: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	32, // 44: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	34, // 45: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	36, // 46: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	19, // 47: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	3,  // 48: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	5,  // 49: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	7,  // 50: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	9,  // 51: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	11, // 52: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	40, // 53: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	16, // 54: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	18, // 55: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	22, // 56: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	24, // 57: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	26, // 58: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	28, // 59: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	31, // 60: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	33, // 61: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	35, // 62: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	37, // 63: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	20, // 64: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	48, // [48:65] is the sub-list for method output_type
+	31, // [31:48] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -1533,15 +3050,23 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
+	file_flotilla_proto_msgTypes[39].OneofWrappers = []any{
+		(*BatchOp_Put)(nil),
+		(*BatchOp_Delete)(nil),
+	}
+	file_flotilla_proto_msgTypes[41].OneofWrappers = []any{
+		(*BatchResult_Put)(nil),
+		(*BatchResult_Delete)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   42,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_flotilla_proto_goTypes,
 		DependencyIndexes: file_flotilla_proto_depIdxs,

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -75,6 +76,12 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	// Logger receives debug logs of retries. Default: discard.
 	Logger *slog.Logger
+	// Dialer, if set, opens the client's connections instead of the
+	// default TCP dialer (proxies, tests that cut a client off).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// DisableBatch sends every Put and Delete as its own unary RPC
+	// instead of over the node's Batch stream (batch.go).
+	DisableBatch bool
 }
 
 // Option changes a Config.
@@ -109,8 +116,9 @@ type KeyValue struct {
 // Client talks to one cluster. Safe for concurrent use; Close it when
 // done.
 type Client struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	batch batchers
 
 	mu struct {
 		sync.Mutex
@@ -120,7 +128,8 @@ type Client struct {
 		addrs     map[uint64]string // node ID → client address
 		leaders   map[uint64]uint64 // group → leader node
 		conns     map[string]*grpc.ClientConn
-		next      int // round robin over endpoints when no leader is known
+		next      int                 // round robin over endpoints when no leader is known
+		leases    map[*Lease]struct{} // leases whose keep-alives run
 	}
 }
 
@@ -179,7 +188,13 @@ func (c *Client) Close() error {
 	c.mu.closed = true
 	conns := c.mu.conns
 	c.mu.conns = nil
+	leases := c.mu.leases
+	c.mu.leases = nil
 	c.mu.Unlock()
+	for l := range leases {
+		l.halt(ErrClosed)
+	}
+	c.batch.close()
 	for _, cc := range conns {
 		cc.Close()
 	}
@@ -197,11 +212,16 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc := c.mu.conns[addr]; cc != nil {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(64<<20),
-			grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)))
+			grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)),
+	}
+	if c.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	}
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: endpoint %q: %v", ErrInvalidArgument, addr, err)
 	}

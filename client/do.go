@@ -112,7 +112,11 @@ func (c *Client) do(ctx context.Context, g uint64, idempotent bool, call rpcFunc
 				return fmt.Errorf("%w: %s: %v", ErrAmbiguous, addr, err)
 			}
 		}
-		c.noteLeader(g, leaderHint(md))
+		hint = leaderHint(md)
+		if hint == 0 {
+			hint = batchHint(err)
+		}
+		c.noteLeader(g, hint)
 		if attempt%3 == 2 {
 			rctx, rcancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 			_ = c.refresh(rctx)

@@ -29,7 +29,24 @@ func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
 	}
 	g := c.GroupOf(key)
 	var rev uint64
+	var bkey, bvalue []byte // copies for the batch stream, made once
 	err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
+		if b := c.batcher(cc); b != nil {
+			if bkey == nil {
+				buf := make([]byte, len(key)+len(value))
+				bkey, bvalue = buf[:len(key):len(key)], buf[len(key):]
+				copy(bkey, key)
+				copy(bvalue, value)
+			}
+			r, err := b.call(ctx, &api.BatchOp{Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: bkey, Value: bvalue, Group: g}}})
+			if err != errNoBatch {
+				if err != nil {
+					return 0, err
+				}
+				rev = r.GetPut().GetRevision()
+				return r.GetPut().GetHeader().GetLeader(), nil
+			}
+		}
 		r, err := api.NewKVClient(cc).Put(ctx, &api.PutRequest{Key: key, Value: value, Group: g}, opts...)
 		if err != nil {
 			return 0, err
@@ -90,7 +107,21 @@ func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	}
 	g := c.GroupOf(key)
 	deleted := false
+	var bkey []byte // a copy for the batch stream, made once
 	err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
+		if b := c.batcher(cc); b != nil {
+			if bkey == nil {
+				bkey = append([]byte(nil), key...)
+			}
+			r, err := b.call(ctx, &api.BatchOp{Op: &api.BatchOp_Delete{Delete: &api.DeleteRequest{Key: bkey, Group: g}}})
+			if err != errNoBatch {
+				if err != nil {
+					return 0, err
+				}
+				deleted = r.GetDelete().GetDeleted()
+				return r.GetDelete().GetHeader().GetLeader(), nil
+			}
+		}
 		r, err := api.NewKVClient(cc).Delete(ctx, &api.DeleteRequest{Key: key, Group: g}, opts...)
 		if err != nil {
 			return 0, err

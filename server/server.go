@@ -13,6 +13,8 @@
 //	balanceLoop        hands leaderships away while this node leads more
 //	                   than its share
 //	watchLoop          stops the node when the Host fails
+//	leaseLoop          takes over the leases of groups this node comes to
+//	                   lead and proposes the expiry of overdue ones
 //
 // Lock order: Server.peers.mu and Server.fwd.mu are leaves; neither is
 // held across an RPC, a raft call or any other blocking step.
@@ -36,6 +38,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/election"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/storage"
@@ -57,11 +60,14 @@ type Server struct {
 	host  *multiraft.Host
 	sms   map[uint64]*kv.StateMachine // local replicas; read-only after New
 
+	lessor *election.Lessor // lease deadlines of the groups this node leads
+
 	peerLis, clientLis, httpLis net.Listener
 	peerSrv, clientSrv          *grpc.Server
 	httpSrv                     *http.Server
 
 	stopc     chan struct{} // closed when the loops must stop
+	draining  chan struct{} // closed when Shutdown begins: Batch streams end
 	stopOnce  sync.Once
 	done      chan struct{} // closed when fully stopped
 	wg        sync.WaitGroup
@@ -113,11 +119,13 @@ func New(cfg Config) (s *Server, err error) {
 		reg:       prometheus.NewRegistry(),
 		sms:       make(map[uint64]*kv.StateMachine),
 		stopc:     make(chan struct{}),
+		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 		peerLis:   cfg.PeerListener,
 		clientLis: cfg.ClientListener,
 		httpLis:   cfg.HTTPListener,
 		peerConns: make(map[uint64]*grpc.ClientConn),
+		lessor:    election.NewLessor(nil),
 	}
 	s.peers.views = make(map[uint64]*peerView)
 	s.fwd.conns = make(map[string]*grpc.ClientConn)
@@ -197,6 +205,7 @@ func New(cfg Config) (s *Server, err error) {
 	)
 	api.RegisterKVServer(s.clientSrv, &kvService{s: s})
 	api.RegisterClusterServer(s.clientSrv, &clusterService{s: s})
+	api.RegisterElectionServer(s.clientSrv, &electionService{s: s})
 	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -260,6 +269,7 @@ func (s *Server) Start() {
 		s.goLoop(s.balanceLoop)
 	}
 	s.goLoop(s.watchLoop)
+	s.goLoop(s.leaseLoop)
 	s.log.Info("node started", "cluster", fmt.Sprintf("%x", s.clusterID), "groups", s.cfg.Groups,
 		"local_groups", len(s.sms), "peer_addr", s.cfg.PeerAddr, "client_addr", s.cfg.ClientAddr,
 		"http_addr", s.cfg.HTTPAddr)
@@ -329,6 +339,7 @@ func (s *Server) Err() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.shutting.CompareAndSwap(false, true) {
 		s.transferAll(ctx)
+		close(s.draining) // long-lived Batch streams would hold GracefulStop
 		stopped := make(chan struct{})
 		go func() {
 			s.clientSrv.GracefulStop()

@@ -39,6 +39,8 @@ type benchFlags struct {
 	duration  time.Duration
 	valueSize int
 	keys      int
+	conns     int
+	noBatch   bool
 	out       string
 }
 
@@ -67,6 +69,8 @@ func newBenchOpCmd(op string) *cobra.Command {
 	f.DurationVar(&bf.duration, "duration", 10*time.Second, "how long to run")
 	f.IntVar(&bf.valueSize, "value-size", 128, "value size in bytes (put; 0..1048576)")
 	f.IntVar(&bf.keys, "keys", 1000, "number of distinct keys (1..100000000)")
+	f.IntVar(&bf.conns, "conns", 8, "client connections per node the clients share (1..clients)")
+	f.BoolVar(&bf.noBatch, "no-batch", false, "send each request as its own RPC instead of over the nodes' Batch streams")
 	f.StringVarP(&bf.out, "write-out", "w", "table", "output format: table or json")
 	return cmd
 }
@@ -81,6 +85,8 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 		return fmt.Errorf("--value-size %d outside 0..1048576", bf.valueSize)
 	case bf.keys < 1 || bf.keys > 100000000:
 		return fmt.Errorf("--keys %d outside 1..100000000", bf.keys)
+	case bf.conns < 1 || bf.conns > 10000:
+		return fmt.Errorf("--conns %d outside 1..10000", bf.conns)
 	}
 	if err := checkOutput(bf.out, "table", "json"); err != nil {
 		return err
@@ -106,7 +112,7 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 // line to progress once a second.
 func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progress io.Writer) (benchResult, error) {
 	// A few clients share the load: each has its own connections.
-	nconn := min(bf.clients, 8)
+	nconn := min(bf.clients, bf.conns)
 	clients := make([]*client.Client, 0, nconn)
 	defer func() {
 		for _, c := range clients {
@@ -114,7 +120,7 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 		}
 	}()
 	for range nconn {
-		c, err := client.New(ctx, client.Config{Endpoints: eps}, client.WithMaxAttempts(3))
+		c, err := client.New(ctx, client.Config{Endpoints: eps, DisableBatch: bf.noBatch}, client.WithMaxAttempts(3))
 		if err != nil {
 			return benchResult{}, err
 		}

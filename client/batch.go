@@ -1,0 +1,274 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+)
+
+// Batching. Put and Delete go over one KV.Batch stream per node
+// connection instead of one unary RPC each: a sender goroutine takes
+// whatever calls are waiting and sends them as one message, a receiver
+// hands each answer to its caller. Under load this saves most of the
+// per-request cost on both sides (HTTP/2 stream, headers, a write per
+// answer); with one call at a time it is one message each way, like a
+// unary RPC. Each call keeps its own outcome, retries and leader hint. A
+// node that does not serve Batch (Unimplemented) gets unary RPCs.
+
+// maxBatchOps bounds the ops sent in one BatchRequest.
+const maxBatchOps = 512
+
+// errNoBatch: the node does not serve Batch; use the unary RPC.
+var errNoBatch = errors.New("client: batch not served")
+
+// batchers holds one batcher per connection. Lock order: batchers.mu is a
+// leaf, taken after Client.mu is released.
+type batchers struct {
+	mu     sync.Mutex
+	m      map[*grpc.ClientConn]*batcher
+	closed bool
+}
+
+// get returns cc's batcher, starting it on first use; nil once closed.
+func (bs *batchers) get(cc *grpc.ClientConn) *batcher {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if bs.closed {
+		return nil
+	}
+	if b := bs.m[cc]; b != nil {
+		return b
+	}
+	if bs.m == nil {
+		bs.m = make(map[*grpc.ClientConn]*batcher)
+	}
+	b := &batcher{cc: cc, calls: make(chan *batchCall, maxBatchOps), stop: make(chan struct{}), done: make(chan struct{})}
+	bs.m[cc] = b
+	go b.sendLoop()
+	return b
+}
+
+// close stops every batcher and waits for their senders. Calls in flight
+// fail with Canceled.
+func (bs *batchers) close() {
+	bs.mu.Lock()
+	bs.closed = true
+	m := bs.m
+	bs.m = nil
+	bs.mu.Unlock()
+	for _, b := range m {
+		close(b.stop)
+		<-b.done
+	}
+}
+
+// batcher sends the calls of one connection over a Batch stream. Its
+// sendLoop owns the current stream; a stream's recvLoop owns nothing but
+// the stream's pending map (under its mutex).
+type batcher struct {
+	cc          *grpc.ClientConn
+	calls       chan *batchCall
+	stop, done  chan struct{}
+	unsupported atomic.Bool
+}
+
+type batchCall struct {
+	op    *api.BatchOp
+	reply chan batchReply // buffered 1: the receiver never waits
+}
+
+type batchReply struct {
+	res *api.BatchResult
+	err error
+}
+
+// batchStream is one open Batch stream.
+type batchStream struct {
+	s      api.KV_BatchClient
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	err    error // set once the stream failed; pending is then nil
+	next   uint64
+	pend   map[uint64]*batchCall
+}
+
+// call queues op and waits for its answer or ctx. op is marshalled later
+// by sendLoop, possibly after call returned: its byte slices must not be
+// changed afterwards (Put and Delete pass copies).
+func (b *batcher) call(ctx context.Context, op *api.BatchOp) (*api.BatchResult, error) {
+	if b.unsupported.Load() {
+		return nil, errNoBatch
+	}
+	bc := &batchCall{op: op, reply: make(chan batchReply, 1)}
+	select {
+	case b.calls <- bc:
+	case <-b.stop:
+		return nil, status.Error(codes.Canceled, "client: closed")
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	select {
+	case r := <-bc.reply:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if r.res.Code != uint32(codes.OK) {
+			return nil, &hintError{st: status.New(codes.Code(r.res.Code), r.res.Message), leader: r.res.Leader}
+		}
+		return r.res, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (b *batcher) sendLoop() {
+	defer close(b.done)
+	var st *batchStream
+	defer func() {
+		if st != nil {
+			st.cancel()
+		}
+	}()
+	calls := make([]*batchCall, 0, 64)
+	for {
+		calls = calls[:0]
+		select {
+		case c := <-b.calls:
+			calls = append(calls, c)
+		case <-b.stop:
+			return
+		}
+	drain:
+		for len(calls) < maxBatchOps {
+			select {
+			case c := <-b.calls:
+				calls = append(calls, c)
+			default:
+				break drain
+			}
+		}
+		if st == nil {
+			var err error
+			if st, err = b.open(); err != nil {
+				for _, c := range calls {
+					c.reply <- batchReply{err: err}
+				}
+				continue
+			}
+		}
+		req := &api.BatchRequest{Ops: make([]*api.BatchOp, len(calls))}
+		st.mu.Lock()
+		err := st.err
+		if err == nil {
+			for i, c := range calls {
+				st.next++
+				c.op.Id = st.next
+				st.pend[st.next] = c
+				req.Ops[i] = c.op
+			}
+		}
+		st.mu.Unlock()
+		if err != nil {
+			for _, c := range calls {
+				c.reply <- batchReply{err: err}
+			}
+			st.cancel()
+			st = nil
+			continue
+		}
+		if err := st.s.Send(req); err != nil {
+			// The stream is broken; its recvLoop fails what is pending
+			// with the stream's status.
+			st.cancel()
+			st = nil
+		}
+		clear(calls)
+	}
+}
+
+// open opens a stream and starts its receiver.
+func (b *batcher) open() (*batchStream, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := api.NewKVClient(b.cc).Batch(ctx)
+	if err != nil {
+		cancel()
+		return nil, b.noteErr(err)
+	}
+	st := &batchStream{s: s, cancel: cancel, pend: make(map[uint64]*batchCall)}
+	go st.recvLoop(b)
+	return st, nil
+}
+
+// noteErr remembers that the node does not serve Batch.
+func (b *batcher) noteErr(err error) error {
+	if status.Code(err) == codes.Unimplemented {
+		b.unsupported.Store(true)
+		return errNoBatch
+	}
+	return err
+}
+
+func (st *batchStream) recvLoop(b *batcher) {
+	for {
+		resp, err := st.s.Recv()
+		if err != nil {
+			if err == context.Canceled || status.Code(err) == codes.OK {
+				err = status.Error(codes.Unavailable, "client: batch stream closed")
+			}
+			err = b.noteErr(err)
+			st.mu.Lock()
+			st.err = err
+			pend := st.pend
+			st.pend = nil
+			st.mu.Unlock()
+			for _, c := range pend {
+				c.reply <- batchReply{err: err}
+			}
+			st.cancel()
+			return
+		}
+		st.mu.Lock()
+		for _, r := range resp.Results {
+			if c := st.pend[r.Id]; c != nil {
+				delete(st.pend, r.Id)
+				c.reply <- batchReply{res: r}
+			}
+		}
+		st.mu.Unlock()
+	}
+}
+
+// hintError is a failed batch op: the gRPC status its unary RPC would have
+// returned, and the leader hint that RPC's trailer would have carried.
+type hintError struct {
+	st     *status.Status
+	leader uint64
+}
+
+func (e *hintError) Error() string              { return e.st.Err().Error() }
+func (e *hintError) GRPCStatus() *status.Status { return e.st }
+
+// batchHint returns the leader hint of a failed batch op, 0 if none.
+func batchHint(err error) uint64 {
+	var he *hintError
+	if errors.As(err, &he) {
+		return he.leader
+	}
+	return 0
+}
+
+// batcher returns cc's batcher, nil when batching is off or the client is
+// closed.
+func (c *Client) batcher(cc *grpc.ClientConn) *batcher {
+	if c.cfg.DisableBatch {
+		return nil
+	}
+	return c.batch.get(cc)
+}

@@ -1,0 +1,207 @@
+package election
+
+import (
+	"errors"
+	"sync"
+	"time"
+)
+
+// Sentinel errors of the Lessor. Check them with errors.Is.
+var (
+	// ErrNotLeading: this node does not lead the group in the given term
+	// (or has not yet taken over its leases); ask the leader.
+	ErrNotLeading = errors.New("election: not the group's leader")
+	// ErrExpired: the lease's deadline has passed; it is being expired
+	// and can no longer be renewed.
+	ErrExpired = errors.New("election: lease expired")
+)
+
+// Lessor keeps the deadlines of the leases of the groups this node leads.
+// Deadlines are never replicated: a node that becomes leader of a group
+// gives every lease of the group a full TTL from that moment (Lead), then
+// each keep-alive it confirms pushes a lease's deadline to a full TTL from
+// when the keep-alive was received (Renew). Once a deadline has passed
+// the lease cannot be renewed (Renew fails with ErrExpired) and Expired
+// hands it to the caller, who proposes its expiry.
+//
+// The Lessor has no goroutines and reads time only through the clock it
+// was given. Safe for concurrent use; its mutex is a leaf and is never
+// held across a blocking step.
+type Lessor struct {
+	now func() time.Time
+	mu  sync.Mutex
+	gs  map[uint64]*groupLeases
+}
+
+type groupLeases struct {
+	term      uint64
+	version   uint64 // of the lease table last synced
+	deadlines map[uint64]time.Time
+	ttls      map[uint64]time.Duration
+	expiring  map[uint64]bool // an expiry proposal is in flight
+}
+
+// NewLessor returns a Lessor that reads time from now (time.Now if nil).
+func NewLessor(now func() time.Time) *Lessor {
+	if now == nil {
+		now = time.Now
+	}
+	return &Lessor{now: now, gs: make(map[uint64]*groupLeases)}
+}
+
+// Lead records that this node leads group in term, and gives every lease
+// in leases (ID → TTL) a deadline of one full TTL from now. Call it once
+// the node has committed an entry of its term (multiraft's leader event),
+// never earlier. Leading the same term again changes nothing.
+func (l *Lessor) Lead(group, term uint64, leases map[uint64]time.Duration, version uint64) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if g := l.gs[group]; g != nil && g.term == term {
+		return
+	}
+	g := &groupLeases{term: term, version: version, deadlines: make(map[uint64]time.Time, len(leases)),
+		ttls: make(map[uint64]time.Duration, len(leases)), expiring: make(map[uint64]bool)}
+	for id, ttl := range leases {
+		g.deadlines[id] = now.Add(ttl)
+		g.ttls[id] = ttl
+	}
+	l.gs[group] = g
+}
+
+// StepDown forgets group's deadlines: this node no longer leads it.
+func (l *Lessor) StepDown(group uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.gs, group)
+}
+
+// Leading returns the groups this node leads, with the version of the
+// lease table each was last synced with.
+func (l *Lessor) Leading() map[uint64]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[uint64]uint64, len(l.gs))
+	for id, g := range l.gs {
+		out[id] = g.version
+	}
+	return out
+}
+
+// Sync brings group's leases in line with the applied lease table:
+// a lease not seen before (granted since) gets a full TTL from now, a
+// lease gone from the table (revoked or expired) is forgotten.
+func (l *Lessor) Sync(group uint64, leases map[uint64]time.Duration, version uint64) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g := l.gs[group]
+	if g == nil {
+		return
+	}
+	g.version = version
+	for id, ttl := range leases {
+		if _, ok := g.deadlines[id]; !ok {
+			g.deadlines[id] = now.Add(ttl)
+			g.ttls[id] = ttl
+		}
+	}
+	for id := range g.deadlines {
+		if _, ok := leases[id]; !ok {
+			delete(g.deadlines, id)
+			delete(g.ttls, id)
+			delete(g.expiring, id)
+		}
+	}
+}
+
+// Renew pushes lease id's deadline to received+ttl, where received is
+// when the keep-alive arrived, before the leadership check that confirmed
+// it. It fails with ErrNotLeading unless this node leads group in term,
+// and with ErrExpired once the deadline has passed or when the lease is
+// unknown (call Sync with the applied lease table first: a lease missing
+// from it was revoked or expired).
+func (l *Lessor) Renew(group, term, id uint64, received time.Time, ttl time.Duration) error {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g := l.gs[group]
+	if g == nil || g.term != term {
+		return ErrNotLeading
+	}
+	d, ok := g.deadlines[id]
+	if !ok || g.expiring[id] || now.After(d) {
+		// Unknown after a Sync means revoked or expired since.
+		return ErrExpired
+	}
+	if nd := received.Add(ttl); nd.After(d) {
+		d = nd
+	}
+	g.deadlines[id] = d
+	return nil
+}
+
+// Remaining returns how long lease id of group has by this leader's
+// clock; ok is false when this node does not lead group or does not know
+// the lease.
+func (l *Lessor) Remaining(group, id uint64) (time.Duration, bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g := l.gs[group]
+	if g == nil {
+		return 0, false
+	}
+	d, ok := g.deadlines[id]
+	if !ok {
+		return 0, false
+	}
+	return max(0, d.Sub(now)), true
+}
+
+// Expired returns the leases of group whose deadline has passed and whose
+// expiry is not already in flight, and marks them in flight. The caller
+// proposes their expiry and calls Done for each when the proposal ends.
+func (l *Lessor) Expired(group uint64) (term uint64, ids []uint64) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g := l.gs[group]
+	if g == nil {
+		return 0, nil
+	}
+	for id, d := range g.deadlines {
+		if now.After(d) && !g.expiring[id] {
+			g.expiring[id] = true
+			ids = append(ids, id)
+		}
+	}
+	return g.term, ids
+}
+
+// Done ends the in-flight expiry of lease id. If the proposal failed and
+// the lease still exists, the next Expired offers it again; it can never
+// be renewed in between, its deadline having passed.
+func (l *Lessor) Done(group, id uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if g := l.gs[group]; g != nil {
+		delete(g.expiring, id)
+	}
+}
+
+// NextDeadline returns the earliest deadline among the groups this node
+// leads (zero if none): the expiry loop need not look before then.
+func (l *Lessor) NextDeadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var next time.Time
+	for _, g := range l.gs {
+		for _, d := range g.deadlines {
+			if next.IsZero() || d.Before(next) {
+				next = d
+			}
+		}
+	}
+	return next
+}

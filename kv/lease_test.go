@@ -1,0 +1,137 @@
+package kv
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+func election(t *testing.T, sm *StateMachine, name string) Election {
+	t.Helper()
+	q, err := EncodeElectionQuery([]byte(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := sm.Query(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := DecodeElection(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestLeaseElectionQueueTokensAndExpiry(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	sm, _ := New(db, 2)
+	w := sm.WatchElection([]byte("e"))
+	defer w.Close()
+	a := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	b := apply(t, sm, 2, Command{Op: OpLeaseGrant, TTL: 2 * time.Second}).Lease
+	if a == 0 || b == 0 || a == b {
+		t.Fatalf("lease IDs %d %d", a, b)
+	}
+	if leases, _ := sm.Leases(0); leases[a] != time.Second || leases[b] != 2*time.Second {
+		t.Fatalf("lease table %v", leases)
+	}
+	r := apply(t, sm, 3, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("A"), Lease: a})
+	if !r.OK || !r.Found || r.Token != r.Revision {
+		t.Fatalf("first campaign: %+v", r)
+	}
+	tokA := r.Token
+	r = apply(t, sm, 4, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("B"), Lease: b})
+	if !r.OK || r.Found || r.Lease != a || string(r.Current) != "A" {
+		t.Fatalf("second campaign: %+v", r)
+	}
+	// Campaigning again keeps the place and changes nothing.
+	rev := sm.Revision()
+	if r = apply(t, sm, 5, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("B"), Lease: b}); r.Found || sm.Revision() != rev {
+		t.Fatalf("repeated campaign: %+v, revision %d → %d", r, rev, sm.Revision())
+	}
+	// Expiring A elects B with a greater token.
+	if r = apply(t, sm, 6, Command{Op: OpLeaseExpire, Lease: a}); !r.OK {
+		t.Fatalf("expire: %+v", r)
+	}
+	e := election(t, sm, "e")
+	if l, ok := e.Leader(); !ok || l.Lease != b || e.Token <= tokA {
+		t.Fatalf("after expiry: %+v", e)
+	}
+	if r = apply(t, sm, 7, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("A"), Lease: a}); r.OK {
+		t.Fatalf("campaign with an expired lease: %+v", r)
+	}
+	// Snapshot and restore keep leases and elections.
+	var snap bytes.Buffer
+	if err := sm.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	db2 := openDB(t, vfs.NewMem())
+	defer db2.Close()
+	dst, _ := New(db2, 2)
+	if err := dst.Restore(bytes.NewReader(snap.Bytes()), 7); err != nil {
+		t.Fatal(err)
+	}
+	if got := election(t, dst, "e"); got.Token != e.Token || len(got.Candidates) != 1 || got.Candidates[0].Lease != b {
+		t.Fatalf("restored election %+v, want %+v", got, e)
+	}
+	if leases, _ := dst.Leases(0); len(leases) != 1 || leases[b] != 2*time.Second {
+		t.Fatalf("restored leases %v", leases)
+	}
+	// Resign is idempotent; the last resign leaves no leader.
+	if r = apply(t, sm, 8, Command{Op: OpResign, Key: []byte("e"), Lease: b}); !r.OK || r.Lease != 0 {
+		t.Fatalf("resign: %+v", r)
+	}
+	if r = apply(t, sm, 9, Command{Op: OpResign, Key: []byte("e"), Lease: b}); r.OK {
+		t.Fatalf("second resign: %+v", r)
+	}
+	// The watcher saw every change in order.
+	evs, skipped, ok := w.Next(nil)
+	if !ok || skipped {
+		t.Fatalf("watch: ok=%v skipped=%v", ok, skipped)
+	}
+	var holders []uint64
+	var last uint64
+	for _, ev := range evs {
+		if ev.Election.ModRevision <= last {
+			t.Fatalf("watch revisions out of order: %+v", evs)
+		}
+		last = ev.Election.ModRevision
+		l, _ := ev.Election.Leader()
+		holders = append(holders, l.Lease)
+	}
+	if want := []uint64{a, a, b, 0}; len(holders) != len(want) || holders[0] != a || holders[2] != b || holders[3] != 0 {
+		t.Fatalf("watched holders %v, want %v", holders, want)
+	}
+}
+
+// Leases and elections of one group survive another group's restore.
+func TestLeaseRangesDoNotOverlap(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	g1, _ := New(db, 1)
+	g2, _ := New(db, 2)
+	l1 := apply(t, g1, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	l2 := apply(t, g2, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	apply(t, g2, 2, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("two"), Lease: l2})
+	var snap bytes.Buffer
+	if err := g1.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := g1.Restore(bytes.NewReader(snap.Bytes()), 1); err != nil {
+		t.Fatal(err)
+	}
+	if leases, _ := g1.Leases(0); len(leases) != 1 || leases[l1] != time.Second {
+		t.Fatalf("group 1 leases %v", leases)
+	}
+	g2b, _ := New(db, 2)
+	if leases, _ := g2b.Leases(0); len(leases) != 1 {
+		t.Fatalf("group 2 leases after group 1's restore: %v", leases)
+	}
+	if e := election(t, g2, "e"); len(e.Candidates) != 1 {
+		t.Fatalf("group 2 election after group 1's restore: %+v", e)
+	}
+}

@@ -1,0 +1,471 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/election"
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+)
+
+// electionService implements api.ElectionServer. Lease and election
+// state is replicated in the KV state machine of the group that owns it;
+// lease deadlines are kept by the group leader's Lessor (see package
+// election for the expiry rule and why it is safe).
+type electionService struct {
+	api.UnimplementedElectionServer
+	s *Server
+}
+
+// leaseGroup checks a lease request's group.
+func (e *electionService) leaseGroup(g uint64) (uint64, error) {
+	if g == 0 {
+		return 0, status.Error(codes.InvalidArgument, "server: a lease request needs its group")
+	}
+	return e.s.checkGroup(0, g)
+}
+
+// nameGroup returns the group of an election name after checking the
+// client's view of it.
+func (e *electionService) nameGroup(name []byte, claimed uint64) (uint64, error) {
+	if err := kv.CheckKey(name); err != nil {
+		return 0, status.Error(codes.InvalidArgument, "server: election name: "+err.Error())
+	}
+	return e.s.checkGroup(kv.GroupOf(name, e.s.cfg.Groups), claimed)
+}
+
+func (e *electionService) header(g uint64) *api.Header {
+	return &api.Header{Group: g, Leader: e.s.leaderOf(g), Node: e.s.cfg.NodeID}
+}
+
+func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantRequest) (*api.LeaseGrantResponse, error) {
+	g, err := e.leaseGroup(req.Group)
+	if err != nil {
+		return nil, e.s.count("lease_grant", err)
+	}
+	ttl := time.Duration(req.TtlMs) * time.Millisecond
+	if err := kv.CheckTTL(ttl); err != nil {
+		return nil, e.s.count("lease_grant", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	if _, ok := e.s.sms[g]; !ok {
+		return forwardElection(ctx, e.s, g, "lease_grant", func(c api.ElectionClient) (*api.LeaseGrantResponse, error) { return c.LeaseGrant(ctx, req) })
+	}
+	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpLeaseGrant, TTL: ttl})
+	if err != nil {
+		return nil, e.s.count("lease_grant", err)
+	}
+	e.s.count("lease_grant", nil)
+	return &api.LeaseGrantResponse{Header: e.header(g), Id: res.Lease, TtlMs: req.TtlMs}, nil
+}
+
+func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeRequest) (*api.LeaseRevokeResponse, error) {
+	g, err := e.leaseGroup(req.Group)
+	if err != nil {
+		return nil, e.s.count("lease_revoke", err)
+	}
+	if req.Id == 0 {
+		return nil, e.s.count("lease_revoke", status.Error(codes.InvalidArgument, "server: lease 0"))
+	}
+	if _, ok := e.s.sms[g]; !ok {
+		return forwardElection(ctx, e.s, g, "lease_revoke", func(c api.ElectionClient) (*api.LeaseRevokeResponse, error) { return c.LeaseRevoke(ctx, req) })
+	}
+	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id})
+	if err != nil {
+		return nil, e.s.count("lease_revoke", err)
+	}
+	e.s.count("lease_revoke", nil)
+	return &api.LeaseRevokeResponse{Header: e.header(g), Revoked: res.OK}, nil
+}
+
+func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTimeToLiveRequest) (*api.LeaseTimeToLiveResponse, error) {
+	g, err := e.leaseGroup(req.Group)
+	if err != nil {
+		return nil, e.s.count("lease_ttl", err)
+	}
+	if _, ok := e.s.sms[g]; !ok {
+		return forwardElection(ctx, e.s, g, "lease_ttl", func(c api.ElectionClient) (*api.LeaseTimeToLiveResponse, error) { return c.LeaseTimeToLive(ctx, req) })
+	}
+	out, err := e.s.query(ctx, g, kv.EncodeLeaseQuery(req.Id), false)
+	if err != nil {
+		return nil, e.s.count("lease_ttl", err)
+	}
+	found, ttl, err := kv.DecodeLeaseQuery(out)
+	if err != nil {
+		return nil, e.s.count("lease_ttl", status.Error(codes.Internal, err.Error()))
+	}
+	resp := &api.LeaseTimeToLiveResponse{Header: e.header(g), Found: found, TtlMs: ttl.Milliseconds(), RemainingMs: -1}
+	if rem, ok := e.s.lessor.Remaining(g, req.Id); ok && found {
+		resp.RemainingMs = rem.Milliseconds()
+	}
+	e.s.count("lease_ttl", nil)
+	return resp, nil
+}
+
+// LeaseKeepAlive renews leases, one request at a time. A renewal counts
+// only if this node leads the group in the same term before and after a
+// ReadIndex round that began after the request arrived: the round proves
+// that no other leader was elected before the arrival time, so a later
+// leader's takeover extension (a full TTL from its takeover) covers the
+// deadline granted here.
+func (e *electionService) LeaseKeepAlive(stream api.Election_LeaseKeepAliveServer) error {
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		received := time.Now()
+		resp, err := e.keepAlive(ctx, req, received)
+		e.s.count("lease_keepalive", err)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAliveRequest, received time.Time) (*api.LeaseKeepAliveResponse, error) {
+	g, err := e.leaseGroup(req.Group)
+	if err != nil {
+		return nil, err
+	}
+	sm, ok := e.s.sms[g]
+	if !ok {
+		return nil, e.s.notHosted(ctx, g)
+	}
+	notLeader := func() error {
+		if l := e.s.leaderOf(g); l != 0 {
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(MDLeader, strconv.FormatUint(l, 10)))
+		}
+		return status.Errorf(codes.FailedPrecondition, "server: group %d: %v", g, election.ErrNotLeading)
+	}
+	lead, term, err := e.s.host.Leader(g)
+	if err != nil {
+		return nil, e.s.rpcError(ctx, g, err, false)
+	}
+	if lead != e.s.cfg.NodeID {
+		return nil, notLeader()
+	}
+	rctx, cancel := context.WithTimeout(ctx, e.s.electionTimeout())
+	out, err := e.s.host.Read(rctx, g, kv.EncodeLeaseQuery(req.Id))
+	cancel()
+	if err != nil {
+		return nil, e.s.rpcError(ctx, g, err, false)
+	}
+	found, ttl, err := kv.DecodeLeaseQuery(out)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	resp := &api.LeaseKeepAliveResponse{Header: e.header(g), Id: req.Id, Seq: req.Seq}
+	if !found {
+		return resp, nil
+	}
+	if lead2, term2, _ := e.s.host.Leader(g); lead2 != lead || term2 != term {
+		return nil, notLeader()
+	}
+	if leases, v := sm.Leases(e.s.lessorVersion(g)); leases != nil {
+		e.s.lessor.Sync(g, leases, v)
+	}
+	switch err := e.s.lessor.Renew(g, term, req.Id, received, ttl); {
+	case errors.Is(err, election.ErrNotLeading):
+		return nil, notLeader()
+	case errors.Is(err, election.ErrExpired):
+		return resp, nil
+	}
+	resp.Found, resp.TtlMs = true, ttl.Milliseconds()
+	return resp, nil
+}
+
+func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest) (*api.CampaignResponse, error) {
+	g, err := e.nameGroup(req.Name, req.Group)
+	if err != nil {
+		return nil, e.s.count("campaign", err)
+	}
+	if req.Lease == 0 {
+		return nil, e.s.count("campaign", status.Error(codes.InvalidArgument, "server: campaign needs a lease"))
+	}
+	if _, ok := e.s.sms[g]; !ok {
+		req.Group = g
+		return forwardElection(ctx, e.s, g, "campaign", func(c api.ElectionClient) (*api.CampaignResponse, error) { return c.Campaign(ctx, req) })
+	}
+	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease})
+	if err != nil {
+		return nil, e.s.count("campaign", err)
+	}
+	if res.Err != "" {
+		return nil, e.s.count("campaign", status.Error(codes.ResourceExhausted, res.Err))
+	}
+	e.s.count("campaign", nil)
+	return &api.CampaignResponse{Header: e.header(g), LeaseFound: res.OK, Elected: res.OK && res.Found,
+		State: resultState(req.Name, g, res)}, nil
+}
+
+func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*api.ResignResponse, error) {
+	g, err := e.nameGroup(req.Name, req.Group)
+	if err != nil {
+		return nil, e.s.count("resign", err)
+	}
+	if req.Lease == 0 {
+		return nil, e.s.count("resign", status.Error(codes.InvalidArgument, "server: resign needs a lease"))
+	}
+	if _, ok := e.s.sms[g]; !ok {
+		req.Group = g
+		return forwardElection(ctx, e.s, g, "resign", func(c api.ElectionClient) (*api.ResignResponse, error) { return c.Resign(ctx, req) })
+	}
+	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease})
+	if err != nil {
+		return nil, e.s.count("resign", err)
+	}
+	e.s.count("resign", nil)
+	return &api.ResignResponse{Header: e.header(g), Resigned: res.OK, State: resultState(req.Name, g, res)}, nil
+}
+
+func (e *electionService) Leader(ctx context.Context, req *api.LeaderRequest) (*api.LeaderResponse, error) {
+	g, err := e.nameGroup(req.Name, req.Group)
+	if err != nil {
+		return nil, e.s.count("leader", err)
+	}
+	if _, ok := e.s.sms[g]; !ok {
+		req.Group = g
+		return forwardElection(ctx, e.s, g, "leader", func(c api.ElectionClient) (*api.LeaderResponse, error) { return c.Leader(ctx, req) })
+	}
+	st, err := e.readState(ctx, g, req.Name)
+	if err != nil {
+		return nil, e.s.count("leader", err)
+	}
+	e.s.count("leader", nil)
+	return &api.LeaderResponse{Header: e.header(g), State: st}, nil
+}
+
+func (e *electionService) readState(ctx context.Context, g uint64, name []byte) (*api.ElectionState, error) {
+	q, err := kv.EncodeElectionQuery(name)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	out, err := e.s.query(ctx, g, q, false)
+	if err != nil {
+		return nil, err
+	}
+	el, err := kv.DecodeElection(out)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return electionState(name, g, el), nil
+}
+
+// Observe sends the current state (read linearizably), then every change
+// this replica applies after it, in order. The watch starts before the
+// read, so no change between them is lost; changes at or below the read's
+// revision are dropped, so none is sent twice or out of order.
+func (e *electionService) Observe(req *api.ObserveRequest, stream api.Election_ObserveServer) error {
+	ctx := stream.Context()
+	g, err := e.nameGroup(req.Name, req.Group)
+	if err != nil {
+		return e.s.count("observe", err)
+	}
+	sm, ok := e.s.sms[g]
+	if !ok {
+		return e.s.count("observe", e.s.notHosted(ctx, g))
+	}
+	w := sm.WatchElection(req.Name)
+	defer w.Close()
+	var last uint64
+	read := func(skipped bool) error {
+		st, err := e.readState(ctx, g, req.Name)
+		if err != nil {
+			return err
+		}
+		if st.Revision < last || (st.Revision == last && last != 0) {
+			return nil
+		}
+		last = st.Revision
+		return stream.Send(&api.ObserveResponse{State: st, Skipped: skipped})
+	}
+	if err := read(false); err != nil {
+		return e.s.count("observe", err)
+	}
+	for {
+		evs, skipped, ok := w.Next(ctx.Done())
+		if !ok {
+			return e.s.count("observe", status.FromContextError(ctx.Err()).Err())
+		}
+		for _, ev := range evs {
+			if ev.Reset {
+				if err := read(true); err != nil {
+					return e.s.count("observe", err)
+				}
+				continue
+			}
+			if ev.Election.ModRevision <= last {
+				continue
+			}
+			last = ev.Election.ModRevision
+			if err := stream.Send(&api.ObserveResponse{State: electionState(req.Name, g, ev.Election), Skipped: skipped}); err != nil {
+				return e.s.count("observe", err)
+			}
+			skipped = false
+		}
+	}
+}
+
+func electionState(name []byte, g uint64, el kv.Election) *api.ElectionState {
+	st := &api.ElectionState{Name: name, Group: g, Revision: el.ModRevision, Candidates: uint32(len(el.Candidates))}
+	if l, ok := el.Leader(); ok {
+		st.HasLeader, st.Value, st.Lease, st.Token = true, l.Value, l.Lease, el.Token
+	}
+	return st
+}
+
+func resultState(name []byte, g uint64, res kv.Result) *api.ElectionState {
+	st := &api.ElectionState{Name: name, Group: g, Revision: res.CurrentRevision}
+	if res.Lease != 0 {
+		st.HasLeader, st.Value, st.Lease, st.Token = true, res.Current, res.Lease, res.Token
+	}
+	return st
+}
+
+// forwardElection sends an election request for group g, which has no
+// local replica, to a node that has one (see forward).
+func forwardElection[R any](ctx context.Context, s *Server, g uint64, method string, call func(api.ElectionClient) (*R, error)) (*R, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwarded)) > 0 {
+		return nil, s.count(method, s.notHosted(ctx, g))
+	}
+	target := s.leaderOf(g)
+	alive := s.aliveNodes()
+	if target == 0 || !alive[target] {
+		target = 0
+		for _, r := range Replicas(g, s.nodes) {
+			if alive[r] {
+				target = r
+				break
+			}
+		}
+	}
+	addr := ""
+	if target != 0 {
+		addr = s.clientAddrOf(target)
+	}
+	if addr == "" {
+		return nil, s.count(method, s.notHosted(ctx, g))
+	}
+	conn, err := s.forwardConn(addr)
+	if err != nil {
+		return nil, s.count(method, status.Errorf(codes.Unavailable, "server: forward to node %d: %v", target, err))
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, mdForwarded, strconv.FormatUint(s.cfg.NodeID, 10))
+	resp, err := call(api.NewElectionClient(conn))
+	return resp, s.count(method, err)
+}
+
+// electionTimeout is the group election timeout: the bound on one
+// confirmation round of a keep-alive.
+func (s *Server) electionTimeout() time.Duration {
+	return time.Duration(s.cfg.ElectionTicks) * s.cfg.TickInterval
+}
+
+func (s *Server) lessorVersion(g uint64) uint64 { return s.lessor.Leading()[g] }
+
+// pendingExpiry is an expiry proposal in flight.
+type pendingExpiry struct {
+	group, lease uint64
+	f            multiraft.Future
+}
+
+// leaseLoop keeps the Lessor in step with this node's group leaderships
+// and proposes the expiry of leases whose deadline passed. It is the only
+// goroutine that calls Lead, StepDown and Expired.
+//
+// Takeover: when this node becomes leader of a group (multiraft's leader
+// event, published only once the leader committed an entry of its term),
+// every lease of the group gets a full TTL from that moment.
+func (s *Server) leaseLoop() {
+	sub := s.host.Subscribe()
+	defer sub.Close()
+	interval := s.cfg.TickInterval
+	var pending []pendingExpiry
+	next := time.Now().Add(interval)
+	for !s.isStopping() {
+		ctx, cancel := context.WithDeadline(context.Background(), next)
+		b, err := sub.Next(ctx)
+		cancel()
+		if errors.Is(err, multiraft.ErrStopped) {
+			return
+		}
+		for _, ev := range b.Events {
+			sm := s.sms[ev.Group]
+			if sm == nil {
+				continue
+			}
+			if ev.Leader == s.cfg.NodeID {
+				leases, v := sm.Leases(0)
+				s.lessor.Lead(ev.Group, ev.Term, leases, v)
+				s.log.Debug("leases taken over", "group", ev.Group, "term", ev.Term, "leases", len(leases))
+			} else {
+				s.lessor.StepDown(ev.Group)
+			}
+		}
+		if time.Now().Before(next) {
+			continue
+		}
+		next = time.Now().Add(interval)
+		pending = s.expireLeases(pending)
+	}
+}
+
+// expireLeases proposes the expiry of every lease past its deadline in a
+// group this node leads, and collects finished proposals.
+func (s *Server) expireLeases(pending []pendingExpiry) []pendingExpiry {
+	keep := pending[:0]
+	for _, p := range pending {
+		select {
+		case <-p.f.Done():
+			if _, err := p.f.Result(); err != nil {
+				s.log.Debug("lease expiry not applied; will retry", "group", p.group, "lease", p.lease, "err", err)
+			} else {
+				s.log.Info("lease expired", "group", p.group, "lease", p.lease)
+			}
+			s.lessor.Done(p.group, p.lease)
+		default:
+			keep = append(keep, p)
+		}
+	}
+	pending = keep
+	for g, v := range s.lessor.Leading() {
+		sm := s.sms[g]
+		if sm == nil {
+			continue
+		}
+		if leases, nv := sm.Leases(v); leases != nil {
+			s.lessor.Sync(g, leases, nv)
+		}
+		term, ids := s.lessor.Expired(g)
+		for _, id := range ids {
+			if lead, t, _ := s.host.Leader(g); lead != s.cfg.NodeID || t != term {
+				s.lessor.Done(g, id)
+				continue
+			}
+			b, err := kv.Command{Op: kv.OpLeaseExpire, Lease: id}.Encode()
+			if err != nil {
+				s.lessor.Done(g, id)
+				continue
+			}
+			pending = append(pending, pendingExpiry{group: g, lease: id, f: s.host.ProposeAsync(g, b)})
+		}
+	}
+	return pending
+}
