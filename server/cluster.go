@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -256,18 +257,8 @@ func (s *Server) peerStats() []*api.PeerStats {
 			From: p.From, To: p.To, QueueLen: uint64(p.QueueLen), Sent: p.Sent, Dropped: p.Dropped,
 		})
 	}
-	slices.SortFunc(out, func(a, b *api.PeerStats) int { return int64Cmp(a.To, b.To) })
+	slices.SortFunc(out, func(a, b *api.PeerStats) int { return cmp.Compare(a.To, b.To) })
 	return out
-}
-
-func int64Cmp(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 type clusterService struct {

@@ -72,6 +72,9 @@ type Config struct {
 	DiscoveryInterval time.Duration
 	// DisableSync turns off fsync of raft writes: only for demos and tests.
 	DisableSync bool
+	// Workers is the number of raft scheduler workers (multiraft
+	// Config.Workers). 0: the engine's default.
+	Workers int
 
 	// PeerListener, ClientListener and HTTPListener, if set, are used
 	// instead of listening on the corresponding address (the demo and tests

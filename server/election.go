@@ -58,7 +58,9 @@ func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantReq
 		return nil, e.s.count("lease_grant", status.Error(codes.InvalidArgument, err.Error()))
 	}
 	if _, ok := e.s.sms[g]; !ok {
-		return forwardElection(ctx, e.s, g, "lease_grant", func(c api.ElectionClient) (*api.LeaseGrantResponse, error) { return c.LeaseGrant(ctx, req) })
+		return forwardElection(ctx, e.s, g, "lease_grant", func(ctx context.Context, c api.ElectionClient) (*api.LeaseGrantResponse, error) {
+			return c.LeaseGrant(ctx, req)
+		})
 	}
 	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpLeaseGrant, TTL: ttl})
 	if err != nil {
@@ -77,7 +79,9 @@ func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeR
 		return nil, e.s.count("lease_revoke", status.Error(codes.InvalidArgument, "server: lease 0"))
 	}
 	if _, ok := e.s.sms[g]; !ok {
-		return forwardElection(ctx, e.s, g, "lease_revoke", func(c api.ElectionClient) (*api.LeaseRevokeResponse, error) { return c.LeaseRevoke(ctx, req) })
+		return forwardElection(ctx, e.s, g, "lease_revoke", func(ctx context.Context, c api.ElectionClient) (*api.LeaseRevokeResponse, error) {
+			return c.LeaseRevoke(ctx, req)
+		})
 	}
 	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id})
 	if err != nil {
@@ -93,7 +97,9 @@ func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTim
 		return nil, e.s.count("lease_ttl", err)
 	}
 	if _, ok := e.s.sms[g]; !ok {
-		return forwardElection(ctx, e.s, g, "lease_ttl", func(c api.ElectionClient) (*api.LeaseTimeToLiveResponse, error) { return c.LeaseTimeToLive(ctx, req) })
+		return forwardElection(ctx, e.s, g, "lease_ttl", func(ctx context.Context, c api.ElectionClient) (*api.LeaseTimeToLiveResponse, error) {
+			return c.LeaseTimeToLive(ctx, req)
+		})
 	}
 	out, err := e.s.query(ctx, g, kv.EncodeLeaseQuery(req.Id), false)
 	if err != nil {
@@ -201,7 +207,9 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 	}
 	if _, ok := e.s.sms[g]; !ok {
 		req.Group = g
-		return forwardElection(ctx, e.s, g, "campaign", func(c api.ElectionClient) (*api.CampaignResponse, error) { return c.Campaign(ctx, req) })
+		return forwardElection(ctx, e.s, g, "campaign", func(ctx context.Context, c api.ElectionClient) (*api.CampaignResponse, error) {
+			return c.Campaign(ctx, req)
+		})
 	}
 	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease})
 	if err != nil {
@@ -225,7 +233,9 @@ func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*
 	}
 	if _, ok := e.s.sms[g]; !ok {
 		req.Group = g
-		return forwardElection(ctx, e.s, g, "resign", func(c api.ElectionClient) (*api.ResignResponse, error) { return c.Resign(ctx, req) })
+		return forwardElection(ctx, e.s, g, "resign", func(ctx context.Context, c api.ElectionClient) (*api.ResignResponse, error) {
+			return c.Resign(ctx, req)
+		})
 	}
 	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease})
 	if err != nil {
@@ -242,7 +252,9 @@ func (e *electionService) Leader(ctx context.Context, req *api.LeaderRequest) (*
 	}
 	if _, ok := e.s.sms[g]; !ok {
 		req.Group = g
-		return forwardElection(ctx, e.s, g, "leader", func(c api.ElectionClient) (*api.LeaderResponse, error) { return c.Leader(ctx, req) })
+		return forwardElection(ctx, e.s, g, "leader", func(ctx context.Context, c api.ElectionClient) (*api.LeaderResponse, error) {
+			return c.Leader(ctx, req)
+		})
 	}
 	st, err := e.readState(ctx, g, req.Name)
 	if err != nil {
@@ -340,35 +352,14 @@ func resultState(name []byte, g uint64, res kv.Result) *api.ElectionState {
 }
 
 // forwardElection sends an election request for group g, which has no
-// local replica, to a node that has one (see forward).
-func forwardElection[R any](ctx context.Context, s *Server, g uint64, method string, call func(api.ElectionClient) (*R, error)) (*R, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwarded)) > 0 {
-		return nil, s.count(method, s.notHosted(ctx, g))
-	}
-	target := s.leaderOf(g)
-	alive := s.aliveNodes()
-	if target == 0 || !alive[target] {
-		target = 0
-		for _, r := range Replicas(g, s.nodes) {
-			if alive[r] {
-				target = r
-				break
-			}
-		}
-	}
-	addr := ""
-	if target != 0 {
-		addr = s.clientAddrOf(target)
-	}
-	if addr == "" {
-		return nil, s.count(method, s.notHosted(ctx, g))
-	}
-	conn, err := s.forwardConn(addr)
+// local replica, to a node that has one (see forwardTo). call must use the
+// context it is given: it carries the forwarded mark.
+func forwardElection[R any](ctx context.Context, s *Server, g uint64, method string, call func(context.Context, api.ElectionClient) (*R, error)) (*R, error) {
+	conn, fctx, err := s.forwardTo(ctx, g)
 	if err != nil {
-		return nil, s.count(method, status.Errorf(codes.Unavailable, "server: forward to node %d: %v", target, err))
+		return nil, s.count(method, err)
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, mdForwarded, strconv.FormatUint(s.cfg.NodeID, 10))
-	resp, err := call(api.NewElectionClient(conn))
+	resp, err := call(fctx, api.NewElectionClient(conn))
 	return resp, s.count(method, err)
 }
 

@@ -76,7 +76,7 @@ func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutRespo
 	}
 	if !k.local(g) {
 		req.Group = g
-		return forward(ctx, k.s, g, "put", func(c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
+		return forward(ctx, k.s, g, "put", func(ctx context.Context, c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
 	}
 	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value})
 	if err != nil {
@@ -93,7 +93,7 @@ func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.De
 	}
 	if !k.local(g) {
 		req.Group = g
-		return forward(ctx, k.s, g, "delete", func(c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
+		return forward(ctx, k.s, g, "delete", func(ctx context.Context, c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
 	}
 	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpDelete, Key: req.Key})
 	if err != nil {
@@ -110,7 +110,9 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 	}
 	if !k.local(g) {
 		req.Group = g
-		return forward(ctx, k.s, g, "cas", func(c api.KVClient) (*api.CompareAndSwapResponse, error) { return c.CompareAndSwap(ctx, req) })
+		return forward(ctx, k.s, g, "cas", func(ctx context.Context, c api.KVClient) (*api.CompareAndSwapResponse, error) {
+			return c.CompareAndSwap(ctx, req)
+		})
 	}
 	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
 		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent})
@@ -132,7 +134,7 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 	}
 	if !k.local(g) {
 		req.Group = g
-		return forward(ctx, k.s, g, "get", func(c api.KVClient) (*api.GetResponse, error) { return c.Get(ctx, req) })
+		return forward(ctx, k.s, g, "get", func(ctx context.Context, c api.KVClient) (*api.GetResponse, error) { return c.Get(ctx, req) })
 	}
 	q, err := kv.EncodeGet(req.Key)
 	if err != nil {
@@ -211,7 +213,7 @@ func (k *kvService) Scan(ctx context.Context, req *api.ScanRequest) (*api.ScanRe
 func (k *kvService) scanGroup(ctx context.Context, g uint64, q []byte, req *api.ScanRequest) ([]*api.KeyValue, bool, error) {
 	if !k.local(g) {
 		sub := &api.ScanRequest{Prefix: req.Prefix, Limit: req.Limit, Serializable: req.Serializable, Group: g}
-		resp, err := forward(ctx, k.s, g, "scan", func(c api.KVClient) (*api.ScanResponse, error) { return c.Scan(ctx, sub) })
+		resp, err := forward(ctx, k.s, g, "scan", func(ctx context.Context, c api.KVClient) (*api.ScanResponse, error) { return c.Scan(ctx, sub) })
 		if err != nil {
 			return nil, false, err
 		}
@@ -295,11 +297,14 @@ func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) 
 	return status.Errorf(codes.Internal, "server: group %d: %v", g, err)
 }
 
-// forward sends a request for group g, which has no local replica, to a
-// node that has one: the leader if known, else the first live replica.
-func forward[R any](ctx context.Context, s *Server, g uint64, method string, call func(api.KVClient) (*R, error)) (*R, error) {
+// forwardTo picks the node to forward a request for group g to, which has
+// no local replica here: the leader if known, else the first live replica.
+// It returns a connection to that node and ctx marked as forwarded (as
+// outgoing metadata), so the receiver answers itself instead of forwarding
+// again. A request that was itself forwarded is refused here.
+func (s *Server) forwardTo(ctx context.Context, g uint64) (*grpc.ClientConn, context.Context, error) {
 	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwarded)) > 0 {
-		return nil, s.count(method, s.notHosted(ctx, g))
+		return nil, nil, s.notHosted(ctx, g)
 	}
 	target := s.leaderOf(g)
 	alive := s.aliveNodes()
@@ -317,14 +322,24 @@ func forward[R any](ctx context.Context, s *Server, g uint64, method string, cal
 		addr = s.clientAddrOf(target)
 	}
 	if addr == "" {
-		return nil, s.count(method, s.notHosted(ctx, g))
+		return nil, nil, s.notHosted(ctx, g)
 	}
 	conn, err := s.forwardConn(addr)
 	if err != nil {
-		return nil, s.count(method, status.Errorf(codes.Unavailable, "server: forward to node %d: %v", target, err))
+		return nil, nil, status.Errorf(codes.Unavailable, "server: forward to node %d: %v", target, err)
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, mdForwarded, strconv.FormatUint(s.cfg.NodeID, 10))
-	resp, err := call(api.NewKVClient(conn))
+	return conn, metadata.AppendToOutgoingContext(ctx, mdForwarded, strconv.FormatUint(s.cfg.NodeID, 10)), nil
+}
+
+// forward sends a KV request for group g to a node that has a replica (see
+// forwardTo). call must use the context it is given: it carries the
+// forwarded mark.
+func forward[R any](ctx context.Context, s *Server, g uint64, method string, call func(context.Context, api.KVClient) (*R, error)) (*R, error) {
+	conn, fctx, err := s.forwardTo(ctx, g)
+	if err != nil {
+		return nil, s.count(method, err)
+	}
+	resp, err := call(fctx, api.NewKVClient(conn))
 	return resp, s.count(method, err)
 }
 

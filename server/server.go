@@ -188,6 +188,7 @@ func New(cfg Config) (s *Server, err error) {
 		ElectionTicks:  cfg.ElectionTicks,
 		HeartbeatTicks: cfg.HeartbeatTicks,
 		DisableSync:    cfg.DisableSync,
+		Workers:        cfg.Workers,
 		Logger:         s.log,
 		Registerer:     s.reg,
 	})

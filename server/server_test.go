@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/metadata"
 	"io"
 	"log/slog"
 	"net"
@@ -429,6 +430,19 @@ func TestFourNodesForward(t *testing.T) {
 	sr, err := kvc.Scan(ctx, &api.ScanRequest{Prefix: []byte("fwd-")})
 	if err != nil || len(sr.Kvs) != 1 {
 		t.Fatalf("scan from node 4: %v %v", sr, err)
+	}
+	// A request that arrives already forwarded is answered, never forwarded
+	// again: the mark must travel with the forwarded call.
+	marked := metadata.AppendToOutgoingContext(ctx, mdForwarded, "9")
+	if _, err := kvc.Get(marked, &api.GetRequest{Key: key}); err == nil {
+		t.Fatal("node 4 forwarded a request that was already forwarded")
+	}
+	conn, fctx, err := c.nodes[4].forwardTo(ctx, kv.GroupOf(key, 4))
+	if err != nil || conn == nil {
+		t.Fatalf("forwardTo: %v", err)
+	}
+	if md, _ := metadata.FromOutgoingContext(fctx); len(md.Get(mdForwarded)) != 1 {
+		t.Fatalf("forwarded context carries no mark: %v", md)
 	}
 }
 

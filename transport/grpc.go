@@ -32,6 +32,7 @@ package transport
 // Counters are atomics, read by Stats and the drop logger.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -439,18 +440,8 @@ func (t *GRPCTransport) Stats() []PeerStats {
 		}
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b PeerStats) int { return int64Cmp(a.To, b.To) })
+	slices.SortFunc(out, func(a, b PeerStats) int { return cmp.Compare(a.To, b.To) })
 	return out
-}
-
-func int64Cmp(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Rejected returns how many incoming frames this node has rejected.

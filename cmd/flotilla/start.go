@@ -26,6 +26,7 @@ func newStartCmd() *cobra.Command {
 		logLevel                       string
 		balanceInterval, shutdownGrace time.Duration
 		noSync                         bool
+		workers                        int
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
@@ -61,6 +62,7 @@ leaderships away, flushes storage and exits 0.`,
 				HeartbeatTicks:  heartbeatTicks,
 				BalanceInterval: balanceInterval,
 				DisableSync:     noSync,
+				Workers:         workers,
 				Logger:          log,
 			})
 			if err != nil {
@@ -103,6 +105,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&balanceInterval, "balance-interval", 2*time.Second, "how often to hand away leaderships beyond this node's share; negative disables")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
+	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
 	return cmd
 }

@@ -1,0 +1,67 @@
+package client
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/flotilla/flotilla/api"
+)
+
+// unaryOnly is a node that predates Batch: it serves Put but not Batch.
+type unaryOnly struct {
+	api.UnimplementedKVServer
+	api.UnimplementedClusterServer
+	addr string
+	puts atomic.Int64
+}
+
+func (u *unaryOnly) ClusterMap(context.Context, *api.ClusterMapRequest) (*api.ClusterMapResponse, error) {
+	return &api.ClusterMapResponse{ClusterId: 1, Groups: 1,
+		Nodes:      []*api.NodeInfo{{Id: 1, ClientAddr: u.addr}},
+		GroupInfos: []*api.GroupInfo{{Id: 1, Leader: 1}}}, nil
+}
+
+func (u *unaryOnly) Put(context.Context, *api.PutRequest) (*api.PutResponse, error) {
+	n := u.puts.Add(1)
+	return &api.PutResponse{Header: &api.Header{Group: 1, Leader: 1, Node: 1}, Revision: uint64(n)}, nil
+}
+
+// TestBatchFallsBackToUnary: against a node without Batch, Put uses the
+// unary RPC and later calls skip the stream.
+func TestBatchFallsBackToUnary(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	u := &unaryOnly{addr: l.Addr().String()}
+	api.RegisterKVServer(srv, u)
+	api.RegisterClusterServer(srv, u)
+	go srv.Serve(l)
+	defer srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := New(ctx, Config{Endpoints: []string{u.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 1; i <= 3; i++ {
+		rev, err := c.Put(ctx, []byte("k"), []byte("v"))
+		if err != nil || rev != uint64(i) {
+			t.Fatalf("put %d: rev %d, %v", i, rev, err)
+		}
+	}
+	cc, err := c.conn(u.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.batcher(cc).unsupported.Load() {
+		t.Error("the batcher did not note that Batch is not served")
+	}
+}
