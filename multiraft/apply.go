@@ -140,6 +140,15 @@ func (g *group) applyEntries(ents []raftpb.Entry, w *worker) bool {
 	for i := range ents {
 		e := &ents[i]
 		if e.Index <= g.applied {
+			// Replayed after a restart: the state machine has it. A
+			// membership change past the persisted conf state is applied
+			// again, though: the state machine's applied index may have
+			// been saved before the conf state was.
+			if (e.Type == raftpb.EntryConfChange || e.Type == raftpb.EntryConfChangeV2) && e.Index > g.confIndex {
+				if !g.applyConfChange(e, w.batch) {
+					return false
+				}
+			}
 			continue
 		}
 		switch e.Type {
@@ -150,31 +159,31 @@ func (g *group) applyEntries(ents []raftpb.Entry, w *worker) bool {
 			cmds = append(cmds, Command{Index: e.Index, Data: e.Data[8:]})
 			keys = append(keys, binary.BigEndian.Uint64(e.Data))
 		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
-			if !flush() {
+			if !flush() || !g.applyConfChange(e, w.batch) {
 				return false
 			}
-			g.applyConfChange(e, w.batch)
 		}
 		g.applied = e.Index
 	}
 	return flush()
 }
 
-func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) {
+// applyConfChange applies one membership change; false if the Host failed.
+func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 	var cc raftpb.ConfChangeI
 	var ctx []byte
 	if e.Type == raftpb.EntryConfChange {
 		var c raftpb.ConfChange
 		if err := c.Unmarshal(e.Data); err != nil {
 			g.h.fatal(fmt.Errorf("group %d: decode conf change at %d: %w", g.id, e.Index, err))
-			return
+			return false
 		}
 		cc, ctx = c, c.Context
 	} else {
 		var c raftpb.ConfChangeV2
 		if err := c.Unmarshal(e.Data); err != nil {
 			g.h.fatal(fmt.Errorf("group %d: decode conf change at %d: %w", g.id, e.Index, err))
-			return
+			return false
 		}
 		cc, ctx = c, c.Context
 	}
@@ -198,6 +207,7 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) {
 	// then raft counts the change as unapplied and would turn a second
 	// change into an empty entry.
 	g.releaseAfterAdvance = true
+	return true
 }
 
 // takeSnapshot snapshots the state machine at the applied index, saves it,

@@ -130,6 +130,17 @@ func (g *group) handleInputs() {
 	g.in.Unlock()
 
 	if stop != nil {
+		// What was drained with the stop request fails with the rest.
+		for _, p := range props {
+			p.finish(nil, ErrGroupRemoved)
+		}
+		for _, r := range reads {
+			r.err = ErrGroupRemoved
+			close(r.done)
+		}
+		for _, t := range transfers {
+			t.done <- ErrGroupRemoved
+		}
 		g.shutdown(ErrGroupRemoved, stop.remove)
 		close(stop.done)
 		return

@@ -370,7 +370,11 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	}
 	h.mu.RLock()
 	_, exists := h.mu.groups[id]
+	closing := h.mu.closing
 	h.mu.RUnlock()
+	if closing {
+		return ErrStopped
+	}
 	if exists {
 		return fmt.Errorf("%w: %d", ErrGroupExists, id)
 	}
@@ -410,7 +414,9 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	g.log.snapshot = func() (raftpb.Snapshot, error) {
 		s, err := g.snapshot()
 		if err != nil {
-			h.log.Error("snapshot for follower failed", "group", id, "err", err)
+			// The state machine could not read its own state: as on any
+			// storage error on the raft path, stop loudly.
+			h.fatal(fmt.Errorf("snapshot for a follower: %w", err))
 			return raftpb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
 		}
 		return s, nil
@@ -428,12 +434,17 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	}
 	g.applied = applied
 	g.term, g.commit = st.HardState.Term, st.HardState.Commit
+	// raft replays from the last persisted membership change, not from the
+	// state machine's applied index: a change the state machine has passed
+	// may not have reached the conf state before a crash. applyEntries
+	// skips the commands the state machine already has.
+	raftApplied := min(applied, max(g.confIndex, snapMeta.Index))
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        h.cfg.NodeID,
 		ElectionTick:              h.cfg.ElectionTicks,
 		HeartbeatTick:             h.cfg.HeartbeatTicks,
 		Storage:                   g.log,
-		Applied:                   applied,
+		Applied:                   raftApplied,
 		MaxSizePerMsg:             h.cfg.MaxSizePerMsg,
 		MaxCommittedSizePerReady:  h.cfg.MaxSizePerMsg * 4,
 		MaxUncommittedEntriesSize: h.cfg.MaxUncommittedBytes,

@@ -300,6 +300,21 @@ func TestSeed003MustDeliverBothWaysWithFullBuffers(t *testing.T) {
 		!ra.until(wait, func() bool { return len(ra.mu.batches) > 0 }) || ra.count(probe) != 1 {
 		t.Fatal("droppable lane blocked while must-deliver senders wait")
 	}
+	// Every other entry point takes the locks a waiting sender would hold if
+	// it held one (the transport's and the peer's): each must return while
+	// the senders wait.
+	for _, tr := range []*GRPCTransport{a, b} {
+		other := 3 - tr.ID()
+		if ok, _ := returnsWithin(wait, func() {
+			tr.Send([]Envelope{{Group: 9, Msg: hb(tr.ID(), other, 1)}})
+			tr.FlushHeartbeats()
+			_ = tr.Stats()
+			tr.AddPeer(7, "127.0.0.1:1")
+			tr.RemovePeer(7)
+		}); !ok {
+			t.Fatalf("node %d: Send/FlushHeartbeats/Stats/AddPeer blocked while must-deliver senders wait for room", tr.ID())
+		}
+	}
 	if returned.Load() == 2*senders*each {
 		t.Fatal("lanes drained before the check: the test did not exercise full buffers")
 	}
@@ -516,8 +531,13 @@ func TestSeed000UnreachableReportsNeverTakeGroupLock(t *testing.T) {
 	var naiveWG sync.WaitGroup
 	naiveWG.Add(1)
 	go func() { defer naiveWG.Done(); nc.flush() }() // the coalescer's tick
-	for ng.entered.Load() == 0 {
-		time.Sleep(time.Millisecond) // until the report waits; bounded by the flush
+	for deadline := time.Now().Add(wait); ng.entered.Load() == 0; {
+		if time.Now().After(deadline) {
+			close(naiveAbort)
+			naiveWG.Wait()
+			t.Fatal("the naive flush never reached the report")
+		}
+		time.Sleep(time.Millisecond) // polling a flag; bounded above
 	}
 	ok, ownerDone := returnsWithin(naiveWait, func() {
 		// The owner's next tick.
