@@ -368,16 +368,42 @@ func (t *GRPCTransport) Send(batch []Envelope) {
 		case e.Msg.Type == raftpb.MsgSnap:
 			select {
 			case p.snapQ <- *e:
+				p.reclaimIfStopped()
 			default:
 				p.drop(p.m.dropQueueFull, 1)
 				p.noteSnapFailure(e.Group)
+				p.reclaimIfStopped()
 			}
 		default:
 			select {
 			case p.raftQ <- *e:
+				p.reclaimIfStopped()
 			default:
 				p.drop(p.m.dropQueueFull, 1)
 			}
+		}
+	}
+}
+
+// reclaimIfStopped handles a race with AddPeer and RemovePeer: Send may
+// have loaded the peer map just before p was replaced, and queued after p's
+// loops drained their queues and exited. Whatever is left then is dropped
+// and counted here, and a lost snapshot is reported failed, or raft would
+// wait for its outcome forever. Never blocks.
+func (p *grpcPeer) reclaimIfStopped() {
+	if p.ctx.Err() == nil {
+		return
+	}
+	for {
+		select {
+		case <-p.raftQ:
+			p.drop(p.m.dropClosed, 1)
+		case e := <-p.snapQ:
+			p.drop(p.m.dropClosed, 1)
+			p.reportSnapshot(e.Group, false)
+		default:
+			p.reportSnapFailures()
+			return
 		}
 	}
 }

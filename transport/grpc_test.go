@@ -791,3 +791,36 @@ func TestRemovePeerAndClose(t *testing.T) {
 		t.Fatalf("Start after Close: %v", err)
 	}
 }
+
+// A message queued on a peer that AddPeer or RemovePeer has just stopped
+// (Send raced with the replacement) is counted as dropped, and a snapshot
+// among them is reported failed: raft would otherwise wait for its outcome
+// forever.
+func TestSendToStoppedPeerIsReclaimed(t *testing.T) {
+	a, ra := newNode(t, testConfig(1, "127.0.0.1"), true)
+	b, _ := newNode(t, testConfig(2, "127.0.0.1"), true)
+	mesh(a, b)
+	stale := a.peer(2)
+	a.RemovePeer(2)
+	// What Send does with a stale peer map entry: queue, then check.
+	stale.snapQ <- Envelope{Group: 5, Msg: raftpb.Message{Type: raftpb.MsgSnap, From: 1, To: 2}}
+	stale.raftQ <- Envelope{Group: 5, Msg: app(1, 2, 1, nil)}
+	before := stale.dropped.Load()
+	stale.reclaimIfStopped()
+	if len(stale.snapQ) != 0 || len(stale.raftQ) != 0 {
+		t.Fatalf("queues not drained: snap %d raft %d", len(stale.snapQ), len(stale.raftQ))
+	}
+	if got := stale.dropped.Load() - before; got != 2 {
+		t.Fatalf("dropped %d, want 2", got)
+	}
+	if !ra.until(wait, func() bool {
+		for _, s := range ra.mu.snaps {
+			if s.group == 5 && !s.ok {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatal("the lost snapshot was not reported failed")
+	}
+}
