@@ -86,9 +86,10 @@ type Proc struct {
 	DataDir, LogFile               string
 
 	// Owned by ProcCluster.mu.
-	cmd    *exec.Cmd
-	exited chan struct{}
-	paused bool
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	paused   bool
+	starting bool // Start is opening the log and forking, without the lock
 }
 
 // ProcCluster runs real flotilla processes on 127.0.0.1..N. Create it with
@@ -166,16 +167,43 @@ func (c *ProcCluster) MaxElectionTimeout() time.Duration { return 2 * c.Election
 func (c *ProcCluster) Start(id uint64) error {
 	p := c.Proc(id)
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.mu.closed {
+	switch {
+	case c.mu.closed:
+		c.mu.Unlock()
 		return fmt.Errorf("chaos: cluster closed")
-	}
-	if p.cmd != nil {
+	case p.cmd != nil || p.starting:
+		c.mu.Unlock()
 		return fmt.Errorf("chaos: node %d already running", id)
 	}
+	// Opening the log and forking are I/O: done without the lock, with the
+	// slot reserved so that no other Start races in.
+	p.starting = true
+	c.mu.Unlock()
+	cmd, exited, err := c.spawn(p)
+	c.mu.Lock()
+	p.starting = false
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if c.mu.closed {
+		// Close ran while we forked and did not see this process.
+		c.mu.Unlock()
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("chaos: cluster closed")
+	}
+	p.cmd, p.exited, p.paused = cmd, exited, false
+	c.mu.Unlock()
+	return nil
+}
+
+// spawn starts p's process; its exit closes the returned channel.
+func (c *ProcCluster) spawn(p *Proc) (*exec.Cmd, chan struct{}, error) {
+	id := p.ID
 	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("chaos: node %d log: %w", id, err)
+		return nil, nil, fmt.Errorf("chaos: node %d log: %w", id, err)
 	}
 	args := []string{"start", "--id", fmt.Sprint(id), "--data-dir", p.DataDir,
 		"--peer-addr", p.PeerAddr, "--client-addr", p.ClientAddr, "--http-addr", p.HTTPAddr,
@@ -189,7 +217,7 @@ func (c *ProcCluster) Start(id uint64) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("chaos: start node %d: %w", id, err)
+		return nil, nil, fmt.Errorf("chaos: start node %d: %w", id, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -197,8 +225,7 @@ func (c *ProcCluster) Start(id uint64) error {
 		logf.Close()
 		close(exited)
 	}()
-	p.cmd, p.exited, p.paused = cmd, exited, false
-	return nil
+	return cmd, exited, nil
 }
 
 // signal sends sig to node id's process.

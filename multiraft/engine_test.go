@@ -398,3 +398,47 @@ func TestTransferLeadership(t *testing.T) {
 	}
 	t.Fatal("transfer did not finish in 50 ticks")
 }
+
+// A subscriber that never reads does not hold up the engine: its mailbox
+// collapses to the latest state per group, says so, and the collapse is
+// counted.
+func TestSlowSubscriberSkipsToLatest(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 2})
+	sub := c.Hosts[1].Subscribe()
+	defer sub.Close()
+	electAll(t, c)
+	// Move group 1's leadership around far more often than the mailbox
+	// (1024 events) holds, without reading.
+	for i := 0; i < 700; i++ {
+		to := uint64(i%3 + 1)
+		if l := c.Leader(1); l == to {
+			continue
+		}
+		must(t, c.Hosts[1].ForgetLeader(1))
+		for _, n := range c.Nodes() {
+			if n != to {
+				must(t, c.Hosts[n].ForgetLeader(1))
+			}
+		}
+		must(t, c.Campaign(to, 1))
+	}
+	must(t, c.TickStable(1))
+	b, err := sub.Next(context.Background())
+	must(t, err)
+	if !b.Skipped {
+		t.Fatalf("%d events and not marked skipped", len(b.Events))
+	}
+	if c.Hosts[1].EventsCollapsed() == 0 {
+		t.Fatal("collapse not counted")
+	}
+	latest := map[uint64]multiraft.LeaderEvent{}
+	for _, e := range b.Events {
+		latest[e.Group] = e
+	}
+	if got, want := latest[1].Leader, c.Leader(1); got != want {
+		t.Fatalf("latest event for group 1 names %d, leader is %d", got, want)
+	}
+	if len(b.Events) > 1024 {
+		t.Fatalf("mailbox holds %d events, cap 1024", len(b.Events))
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // LeaderEvent says who leads a group. Leader 0 means the group has no known
@@ -31,7 +32,10 @@ type LeaderBatch struct {
 // Lock order: eventHub.mu < Subscription.mu.
 type eventHub struct {
 	mailboxCap int
-	mu         struct {
+	// collapsed counts events a slow subscriber never saw individually
+	// (law 4: what is dropped is counted).
+	collapsed atomic.Uint64
+	mu        struct {
 		sync.Mutex
 		latest map[uint64]LeaderEvent
 		subs   map[*Subscription]struct{}
@@ -84,7 +88,7 @@ func (h *eventHub) publish(evs []LeaderEvent) {
 		h.mu.latest[e.Group] = e
 	}
 	for s := range h.mu.subs {
-		s.deliver(evs, h.mailboxCap)
+		h.collapsed.Add(uint64(s.deliver(evs, h.mailboxCap)))
 	}
 }
 
@@ -105,18 +109,23 @@ func (h *eventHub) closeAll() {
 	}
 }
 
-func (s *Subscription) deliver(evs []LeaderEvent, cap int) {
+// deliver appends evs to the mailbox and returns how many events it
+// collapsed away to stay within cap.
+func (s *Subscription) deliver(evs []LeaderEvent, cap int) int {
 	s.mu.Lock()
 	s.mu.events = append(s.mu.events, evs...)
-	if len(s.mu.events) > cap {
+	dropped := 0
+	if n := len(s.mu.events); n > cap {
 		s.mu.events = collapse(s.mu.events)
 		s.mu.skipped = true
+		dropped = n - len(s.mu.events)
 	}
 	s.mu.Unlock()
 	select {
 	case s.notify <- struct{}{}:
 	default:
 	}
+	return dropped
 }
 
 // collapse keeps the last event of each group, in the order of those last

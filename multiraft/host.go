@@ -89,6 +89,7 @@ func NewHost(cfg Config) (*Host, error) {
 		stopped: make(chan struct{}),
 	}
 	h.metrics = newMetrics(cfg.Registerer)
+	h.metrics.registerHubMetrics(cfg.Registerer, h.hub)
 	h.mu.groups = make(map[uint64]*group)
 	h.feedback.unreachable = make(map[uint64]struct{})
 	h.store = cfg.Store
@@ -790,6 +791,10 @@ func (h *Host) ForgetLeader(group uint64) error {
 	h.sched.enqueue(group)
 	return nil
 }
+
+// EventsCollapsed counts leader events that slow subscribers did not see
+// one by one (their mailbox was collapsed to the latest state per group).
+func (h *Host) EventsCollapsed() uint64 { return h.hub.collapsed.Load() }
 
 // Subscribe returns a subscription to leader changes of every group. Its
 // first batch holds the current leader of every group that has one. The

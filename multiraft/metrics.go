@@ -46,6 +46,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
+// registerHubMetrics exports the event hub's counter; called once by
+// NewHost after both exist.
+func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub) {
+	if reg != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "flotilla_raft_leader_events_collapsed_total",
+			Help: "Leader events a slow subscriber did not see one by one: its mailbox was collapsed to the latest state per group.",
+		}, func() float64 { return float64(hub.collapsed.Load()) }))
+	}
+}
+
 func (m *metrics) roleChange(from, to raft.StateType) {
 	m.roles[from].Add(-1)
 	m.roles[to].Add(1)

@@ -158,6 +158,8 @@ type MemTransport struct {
 	handler atomic.Pointer[Handler]
 	stop    chan struct{}
 	wg      sync.WaitGroup
+	// closedDrops counts messages sent after Close; they belong to no peer.
+	closedDrops atomic.Uint64
 
 	mu struct {
 		sync.Mutex
@@ -246,14 +248,16 @@ func (t *MemTransport) Send(batch []Envelope) {
 		if cur == nil || cur.to != e.Msg.To {
 			cur = t.peer(e.Msg.To)
 			if cur == nil {
+				// Closed: what is left of the batch is dropped, and counted.
+				t.closedDrops.Add(uint64(len(batch) - i))
 				return
 			}
 		}
 		cur.mu.Lock()
 		switch {
-		case IsHeartbeat(&e.Msg):
+		case IsHeartbeat(&e.Msg) && len(cur.mu.heartbeats) < memMaxHeartbeats:
 			cur.mu.heartbeats = append(cur.mu.heartbeats, e)
-		case len(cur.mu.queue) >= t.net.queueCap:
+		case IsHeartbeat(&e.Msg) || len(cur.mu.queue) >= t.net.queueCap:
 			cur.dropped.Add(1)
 		default:
 			cur.mu.queue = append(cur.mu.queue, e)
@@ -262,6 +266,15 @@ func (t *MemTransport) Send(batch []Envelope) {
 		cur.poke()
 	}
 }
+
+// memMaxHeartbeats bounds the heartbeats coalesced per peer between two
+// flushes: far above one per group per tick for the group counts the
+// in-memory network is used with, but bounded (law 4: past it, counted
+// drops).
+const memMaxHeartbeats = 1 << 17
+
+// DroppedAfterClose counts messages handed to Send after Close.
+func (t *MemTransport) DroppedAfterClose() uint64 { return t.closedDrops.Load() }
 
 // FlushHeartbeats implements Transport.
 func (t *MemTransport) FlushHeartbeats() {
