@@ -123,6 +123,9 @@ func (b *batcher) call(ctx context.Context, op *api.BatchOp) (*api.BatchResult, 
 			return nil, &hintError{st: status.New(codes.Code(r.res.Code), r.res.Message), leader: r.res.Leader}
 		}
 		return r.res, nil
+	case <-b.stop:
+		// Closed while queued or in flight: the answer may never come.
+		return nil, status.Error(codes.Canceled, "client: closed")
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}

@@ -16,6 +16,12 @@ import (
 // maxBatchResults bounds the answers sent in one BatchResponse.
 const maxBatchResults = 1024
 
+// maxBatchInFlight bounds the ops of one Batch stream in flight at once.
+// Past it the handler stops taking requests, so the stream's receive stalls
+// and gRPC flow control pushes back on the client, instead of one client
+// queueing any number of proposals and goroutines.
+const maxBatchInFlight = 4096
+
 // Batch serves a stream of write batches. Each op runs as its own unary
 // request would (same checks, forwarding, proposal and metrics), on its
 // own goroutine, so ops of one batch propose together and complete
@@ -62,15 +68,26 @@ func (k *kvService) Batch(stream api.KV_BatchServer) error {
 
 	var ops sync.WaitGroup
 	var err error
+	inflight := make(chan struct{}, maxBatchInFlight)
 loop:
 	for {
 		select {
 		case req := <-reqs:
 			for _, op := range req.Ops {
+				select {
+				case inflight <- struct{}{}:
+				case <-ctx.Done():
+					err = ctx.Err()
+					break loop
+				case <-k.s.draining:
+					err = status.Error(codes.Unavailable, "server: node shutting down; retry on another node")
+					break loop
+				}
 				ops.Add(1)
 				go func() {
 					defer ops.Done()
 					results <- k.batchOp(ctx, op)
+					<-inflight
 				}()
 			}
 		case err = <-recvErr:
