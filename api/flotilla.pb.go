@@ -169,7 +169,16 @@ type PutRequest struct {
 	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	// group, if set, must be the key's group; it guards against a client
 	// whose group count disagrees with the cluster's.
-	Group         uint64 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	Group uint64 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	// lease, if set, attaches the key to that lease: the key is deleted
+	// when the lease is revoked or expires. The lease must live in the
+	// key's group (grant it with the key as its name); a put without a
+	// lease detaches the key. Unknown lease: NotFound, nothing written.
+	Lease uint64 `protobuf:"varint,4,opt,name=lease,proto3" json:"lease,omitempty"`
+	// lease_group, if set, is the group that granted lease; it must be the
+	// key's group (else InvalidArgument). Lease IDs are unique only within
+	// their group, so clients that know it should send it.
+	LeaseGroup    uint64 `protobuf:"varint,5,opt,name=lease_group,json=leaseGroup,proto3" json:"lease_group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -221,6 +230,20 @@ func (x *PutRequest) GetValue() []byte {
 func (x *PutRequest) GetGroup() uint64 {
 	if x != nil {
 		return x.Group
+	}
+	return 0
+}
+
+func (x *PutRequest) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *PutRequest) GetLeaseGroup() uint64 {
+	if x != nil {
+		return x.LeaseGroup
 	}
 	return 0
 }
@@ -516,9 +539,12 @@ type CompareAndSwapRequest struct {
 	// expected is the value the key must hold; ignored with expect_absent.
 	Expected []byte `protobuf:"bytes,2,opt,name=expected,proto3" json:"expected,omitempty"`
 	// expect_absent: the key must not exist.
-	ExpectAbsent  bool   `protobuf:"varint,3,opt,name=expect_absent,json=expectAbsent,proto3" json:"expect_absent,omitempty"`
-	Value         []byte `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
-	Group         uint64 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`
+	ExpectAbsent bool   `protobuf:"varint,3,opt,name=expect_absent,json=expectAbsent,proto3" json:"expect_absent,omitempty"`
+	Value        []byte `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	Group        uint64 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`
+	// lease and lease_group: as in PutRequest, applied if the swap happens.
+	Lease         uint64 `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
+	LeaseGroup    uint64 `protobuf:"varint,7,opt,name=lease_group,json=leaseGroup,proto3" json:"lease_group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -584,6 +610,20 @@ func (x *CompareAndSwapRequest) GetValue() []byte {
 func (x *CompareAndSwapRequest) GetGroup() uint64 {
 	if x != nil {
 		return x.Group
+	}
+	return 0
+}
+
+func (x *CompareAndSwapRequest) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *CompareAndSwapRequest) GetLeaseGroup() uint64 {
+	if x != nil {
+		return x.LeaseGroup
 	}
 	return 0
 }
@@ -2711,12 +2751,15 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05group\x18\x04 \x01(\x04R\x05group\"J\n" +
+	"\x05group\x18\x04 \x01(\x04R\x05group\"\x81\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
-	"\x05group\x18\x03 \x01(\x04R\x05group\"V\n" +
+	"\x05group\x18\x03 \x01(\x04R\x05group\x12\x14\n" +
+	"\x05lease\x18\x04 \x01(\x04R\x05lease\x12\x1f\n" +
+	"\vlease_group\x18\x05 \x01(\x04R\n" +
+	"leaseGroup\"V\n" +
 	"\vPutResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"X\n" +
@@ -2735,13 +2778,16 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x0eDeleteResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\bR\adeleted\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\x96\x01\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xcd\x01\n" +
 	"\x15CompareAndSwapRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1a\n" +
 	"\bexpected\x18\x02 \x01(\fR\bexpected\x12#\n" +
 	"\rexpect_absent\x18\x03 \x01(\bR\fexpectAbsent\x12\x14\n" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12\x14\n" +
-	"\x05group\x18\x05 \x01(\x04R\x05group\"\xaa\x01\n" +
+	"\x05group\x18\x05 \x01(\x04R\x05group\x12\x14\n" +
+	"\x05lease\x18\x06 \x01(\x04R\x05lease\x12\x1f\n" +
+	"\vlease_group\x18\a \x01(\x04R\n" +
+	"leaseGroup\"\xaa\x01\n" +
 	"\x16CompareAndSwapResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12\x14\n" +

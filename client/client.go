@@ -52,6 +52,10 @@ var (
 	ErrGroupNotFound = errors.New("client: group not found")
 	// ErrKeyNotFound: Get found no value for the key.
 	ErrKeyNotFound = errors.New("client: key not found")
+	// ErrLeaseNotFound: a Put or CompareAndSwap WithLease named a lease
+	// the key's group does not have (expired, revoked, or never granted
+	// there). Nothing was written.
+	ErrLeaseNotFound = errors.New("client: lease not found")
 	// ErrNotLeader: the node asked could not serve the request for its
 	// group and named (or could not name) the leader. Retried internally;
 	// seen only wrapped in ErrUnavailable.

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/kv"
 )
 
 // mdLeader is the trailer in which a server names a group's leader (see
@@ -41,6 +43,9 @@ func classify(err error) (outcome, error) {
 	case codes.InvalidArgument, codes.ResourceExhausted, codes.OutOfRange:
 		return fatal, fmt.Errorf("%w: %s", ErrInvalidArgument, st.Message())
 	case codes.NotFound:
+		if strings.HasPrefix(st.Message(), kv.ErrLeaseNotFound.Error()) {
+			return fatal, fmt.Errorf("%w: %s", ErrLeaseNotFound, st.Message())
+		}
 		return fatal, fmt.Errorf("%w: %s", ErrGroupNotFound, st.Message())
 	case codes.FailedPrecondition:
 		return retry, fmt.Errorf("%w: %s", ErrNotLeader, st.Message())

@@ -20,17 +20,63 @@ func checkKV(key, value []byte) error {
 	return nil
 }
 
+// WriteOption changes how Put and CompareAndSwap write.
+type WriteOption func(*writeOptions)
+
+type writeOptions struct {
+	lease, leaseGroup uint64
+}
+
+// WithLease attaches the key to lease l: the cluster deletes the key when
+// the lease is revoked or expires (its keep-alives stopped for a TTL).
+// The lease must live in the key's group: grant it with
+// GrantFor(ctx, key, ttl). A lease of another group fails with
+// ErrInvalidArgument, one that is gone with ErrLeaseNotFound; nothing is
+// written then. A later Put of the key without WithLease, or a Delete,
+// detaches it. A nil l attaches to nothing.
+func WithLease(l *Lease) WriteOption {
+	return func(o *writeOptions) {
+		if l != nil {
+			o.lease, o.leaseGroup = l.ID(), l.Group()
+		}
+	}
+}
+
+// WithLeaseID is WithLease for a lease known by ID only (kept alive by
+// another process, say): group is the group that granted it, or 0 to
+// assume the key's group.
+func WithLeaseID(group, id uint64) WriteOption {
+	return func(o *writeOptions) { o.lease, o.leaseGroup = id, group }
+}
+
+// writeOpts applies opts to a write of a key of group g.
+func writeOpts(g uint64, opts []WriteOption) (writeOptions, error) {
+	var wo writeOptions
+	for _, o := range opts {
+		o(&wo)
+	}
+	if wo.lease != 0 && wo.leaseGroup != 0 && wo.leaseGroup != g {
+		return wo, fmt.Errorf("%w: lease %d lives in group %d, the key in group %d; grant the lease with GrantFor(ctx, key, ttl)",
+			ErrInvalidArgument, wo.lease, wo.leaseGroup, g)
+	}
+	return wo, nil
+}
+
 // Put sets key to value and returns the group revision of the write.
 // Keys are 1..4096 bytes, values up to 1 MiB. The client does not retain
-// key or value.
-func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
+// key or value. See WithLease.
+func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption) (uint64, error) {
 	if err := checkKV(key, value); err != nil {
 		return 0, err
 	}
 	g := c.GroupOf(key)
+	wo, err := writeOpts(g, opts)
+	if err != nil {
+		return 0, err
+	}
 	var rev uint64
 	var bkey, bvalue []byte // copies for the batch stream, made once
-	err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
+	err = c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
 		if b := c.batcher(cc); b != nil {
 			if bkey == nil {
 				buf := make([]byte, len(key)+len(value))
@@ -38,7 +84,8 @@ func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
 				copy(bkey, key)
 				copy(bvalue, value)
 			}
-			r, err := b.call(ctx, &api.BatchOp{Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: bkey, Value: bvalue, Group: g}}})
+			r, err := b.call(ctx, &api.BatchOp{Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: bkey, Value: bvalue, Group: g,
+				Lease: wo.lease, LeaseGroup: wo.leaseGroup}}})
 			if err != errNoBatch {
 				if err != nil {
 					return 0, err
@@ -47,7 +94,8 @@ func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
 				return r.GetPut().GetHeader().GetLeader(), nil
 			}
 		}
-		r, err := api.NewKVClient(cc).Put(ctx, &api.PutRequest{Key: key, Value: value, Group: g}, opts...)
+		r, err := api.NewKVClient(cc).Put(ctx, &api.PutRequest{Key: key, Value: value, Group: g,
+			Lease: wo.lease, LeaseGroup: wo.leaseGroup}, opts...)
 		if err != nil {
 			return 0, err
 		}
@@ -136,8 +184,9 @@ func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 // a nil expected requires the key to be absent (an empty non-nil slice
 // requires an empty value). It returns whether it swapped and the key's
 // value afterwards (found false: absent). It is never retried once it may
-// have been applied: ErrAmbiguous says the outcome is unknown.
-func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte) (swapped bool, current KeyValue, found bool, err error) {
+// have been applied: ErrAmbiguous says the outcome is unknown. With
+// WithLease, a swap attaches the key to the lease (see Put).
+func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte, wopts ...WriteOption) (swapped bool, current KeyValue, found bool, err error) {
 	if err := checkKV(key, value); err != nil {
 		return false, KeyValue{}, false, err
 	}
@@ -145,9 +194,14 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte
 		return false, KeyValue{}, false, err
 	}
 	g := c.GroupOf(key)
+	wo, err := writeOpts(g, wopts)
+	if err != nil {
+		return false, KeyValue{}, false, err
+	}
 	err = c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
 		r, err := api.NewKVClient(cc).CompareAndSwap(ctx, &api.CompareAndSwapRequest{
-			Key: key, Expected: expected, ExpectAbsent: expected == nil, Value: value, Group: g}, opts...)
+			Key: key, Expected: expected, ExpectAbsent: expected == nil, Value: value, Group: g,
+			Lease: wo.lease, LeaseGroup: wo.leaseGroup}, opts...)
 		if err != nil {
 			return 0, err
 		}

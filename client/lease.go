@@ -138,7 +138,8 @@ func (c *Client) Grant(ctx context.Context, group uint64, ttl time.Duration) (*L
 }
 
 // GrantFor grants a lease of ttl in the group of name: the lease an
-// election of that name (or a key of that name) can use.
+// election of that name can use, or a key of that name (Put with
+// WithLease). Keys of other groups cannot attach to it.
 func (c *Client) GrantFor(ctx context.Context, name string, ttl time.Duration) (*Lease, error) {
 	if err := kv.CheckKey([]byte(name)); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)

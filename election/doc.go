@@ -9,7 +9,10 @@
 // the group of the election's name. What is replicated, in that group's
 // KV state machine (package kv), is the lease's TTL, the queue of
 // candidates of each election (the oldest is the holder) and the holder's
-// fencing token, the group revision at which it was elected. Deadlines
+// fencing token, the group revision at which it was elected, and the keys
+// attached to the lease (a Put with client.WithLease; such a key must be
+// in the lease's group: grant the lease with GrantFor on the key, and a
+// lease of another group is refused). Deadlines
 // are not replicated: wall-clock times mean nothing on another machine.
 // Each leader re-derives them on its own clock.
 //
@@ -17,8 +20,9 @@
 //
 //  1. Only the group's leader expires a lease, by proposing an expire
 //     command once the lease's deadline has passed by its clock. The
-//     command deletes the lease and withdraws it from every election; the
-//     next candidate becomes the holder when it applies.
+//     command deletes the lease, withdraws it from every election and
+//     deletes every key attached to it; the next candidate becomes the
+//     holder when it applies.
 //  2. A node that becomes leader (multiraft's leader event: it has
 //     committed an entry of its term, so it holds every committed entry)
 //     gives every lease of the group a deadline one full TTL from that

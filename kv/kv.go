@@ -9,6 +9,9 @@
 //	'L' group(8) id(8) → lease: TTL in ms(8), then the election names
 //	                     it campaigns in (see lease.go)
 //	'E' group(8) name  → election record (see lease.go)
+//	'A' group(8) key   → lease(8): the lease the key is attached to
+//	'K' group(8) lease(8) key → nothing: the keys attached to a lease
+//	                     (see attach.go)
 //
 // Every Apply writes its data and the new applied index in one Pebble batch,
 // so after a crash the group replays only the entries past what is durable.
@@ -48,6 +51,11 @@ var (
 	// command that cannot be decoded is answered with an error result, not
 	// a failure of Apply, so one bad proposal cannot stop a node.
 	ErrBadCommand = errors.New("kv: malformed command")
+	// ErrLeaseNotFound: a put or CAS named a lease its group does not
+	// have (never granted there, expired or revoked). Nothing was
+	// written. Servers start the message of such a refusal with this
+	// error's text, so that clients can tell it from other NotFounds.
+	ErrLeaseNotFound = errors.New("kv: lease not found")
 )
 
 // GroupOf returns the group (1..groups) that holds key: FNV-1a (64 bit) of
@@ -87,12 +95,19 @@ type Op byte
 
 // Commands.
 const (
+	// OpPut sets Key to Value. With a Lease, the key is attached to that
+	// lease of the group (which must exist) and deleted with it; without,
+	// it is detached from any lease.
 	OpPut Op = iota + 1
+	// OpDelete deletes Key (and its attachment to a lease).
 	OpDelete
+	// OpCAS is OpPut if Key holds Expected (or nothing, with
+	// ExpectAbsent); its Lease is checked and attached like OpPut's.
 	OpCAS
 	// OpLeaseGrant creates a lease of TTL; its ID is the new revision.
 	OpLeaseGrant
-	// OpLeaseRevoke deletes Lease and withdraws it from every election.
+	// OpLeaseRevoke deletes Lease, withdraws it from every election and
+	// deletes every key attached to it (at the revoke's revision).
 	OpLeaseRevoke
 	// OpLeaseExpire is OpLeaseRevoke proposed by the group's leader when
 	// the lease's deadline passed by its clock (see package election).
@@ -107,6 +122,9 @@ const (
 // hasLease reports whether an op carries the lease and TTL fields.
 func (o Op) hasLease() bool { return o >= OpLeaseGrant && o <= OpResign }
 
+// canAttach reports whether an op may attach its key to a lease.
+func (o Op) canAttach() bool { return o == OpPut || o == OpCAS }
+
 // needsKey reports whether an op names a key (or an election).
 func (o Op) needsKey() bool { return o <= OpCAS || o == OpCampaign || o == OpResign }
 
@@ -118,7 +136,8 @@ type Command struct {
 	// Expected is the value a CAS requires; ExpectAbsent requires no value.
 	Expected     []byte
 	ExpectAbsent bool
-	// Lease is the lease of a lease or election op.
+	// Lease is the lease of a lease or election op, or the lease a put or
+	// CAS attaches its key to (0: none).
 	Lease uint64
 	// TTL is the time to live of OpLeaseGrant, in whole milliseconds
 	// (MinLeaseTTL..MaxLeaseTTL).
@@ -163,9 +182,14 @@ func (c Command) Encode() ([]byte, error) {
 	}
 	b = append(b, flag)
 	b = appendBytes(b, c.Expected)
-	if c.Op.hasLease() {
+	switch {
+	case c.Op.hasLease():
 		b = binary.BigEndian.AppendUint64(b, c.Lease)
 		b = binary.AppendUvarint(b, uint64(c.TTL/time.Millisecond))
+	case c.Op.canAttach() && c.Lease != 0:
+		// Optional, so that entries written before leases on keys
+		// existed still decode (as lease 0).
+		b = binary.BigEndian.AppendUint64(b, c.Lease)
 	}
 	return b, nil
 }
@@ -182,9 +206,14 @@ func decodeCommand(b []byte) (Command, error) {
 	c.Value = r.bytes()
 	flag := r.byte()
 	c.Expected = r.bytes()
-	if c.Op.hasLease() {
+	switch {
+	case c.Op.hasLease():
 		c.Lease = r.uint64()
 		c.TTL = time.Duration(r.uvarint()) * time.Millisecond
+	case c.Op.canAttach() && len(r.b) > 0:
+		if c.Lease = r.uint64(); c.Lease == 0 {
+			r.err = true
+		}
 	}
 	if r.err || len(r.b) != 0 || flag > 1 || c.Op < OpPut || c.Op > OpResign {
 		return Command{}, ErrBadCommand
@@ -213,6 +242,9 @@ type Result struct {
 	// Token is the fencing token of the election's leader after
 	// OpCampaign or OpResign: the group revision at which it was elected.
 	Token uint64
+	// LeaseMissing: a put or CAS named a lease the group does not have;
+	// nothing was written (see ErrLeaseNotFound).
+	LeaseMissing bool
 }
 
 func (r Result) encode() []byte {
@@ -224,6 +256,9 @@ func (r Result) encode() []byte {
 	}
 	if r.Found {
 		flags |= 2
+	}
+	if r.LeaseMissing {
+		flags |= 4
 	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint64(b, r.CurrentRevision)
@@ -250,7 +285,7 @@ func DecodeResult(b []byte) (Result, error) {
 	if r.err || len(r.b) != 0 {
 		return Result{}, fmt.Errorf("%w: result", ErrCorrupt)
 	}
-	res.OK, res.Found = flags&1 != 0, flags&2 != 0
+	res.OK, res.Found, res.LeaseMissing = flags&1 != 0, flags&2 != 0, flags&4 != 0
 	if len(msg) > 0 {
 		res.Err = string(msg)
 		return res, fmt.Errorf("%w: %s", ErrBadCommand, msg)

@@ -246,6 +246,9 @@ func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx 
 		if err := b.Delete(s.leaseKey(cmd.Lease), nil); err != nil {
 			return Result{}, err
 		}
+		if _, err := s.deleteAttached(b, cmd.Lease); err != nil {
+			return Result{}, err
+		}
 		for _, name := range l.names {
 			e, err := s.loadElection(b, name)
 			if err != nil {

@@ -24,7 +24,9 @@ const (
 )
 
 // snapKinds are the kinds of record a snapshot holds.
-var snapKinds = []byte{kindData, kindLease, kindElection}
+// Adding a kind keeps older snapshots readable (they hold none of it);
+// a node without the kind refuses a snapshot that has it.
+var snapKinds = []byte{kindData, kindLease, kindElection, kindAttached, kindLeaseKeys}
 
 // StateMachine is the KV state of one group, kept in a Pebble database
 // shared with the raft logs and the other groups.
@@ -152,8 +154,17 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		var res Result
 		switch cmd.Op {
 		case OpPut:
+			if missing, err := s.leaseMissing(b, cmd.Lease); err != nil {
+				return err
+			} else if missing {
+				res = Result{LeaseMissing: true}
+				break
+			}
 			rev++
 			if err := b.Set(k, stored(rev, cmd.Value), nil); err != nil {
+				return err
+			}
+			if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
 				return err
 			}
 			res = Result{OK: true}
@@ -167,9 +178,18 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 				if err := b.Delete(k, nil); err != nil {
 					return err
 				}
+				if err := s.setAttachment(b, cmd.Key, 0); err != nil {
+					return err
+				}
 			}
 			res = Result{OK: found}
 		case OpCAS:
+			if missing, err := s.leaseMissing(b, cmd.Lease); err != nil {
+				return err
+			} else if missing {
+				res = Result{LeaseMissing: true}
+				break
+			}
 			found, curRev, cur, err := getFrom(b, k)
 			if err != nil {
 				return err
@@ -178,6 +198,9 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 			if match {
 				rev++
 				if err := b.Set(k, stored(rev, cmd.Value), nil); err != nil {
+					return err
+				}
+				if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
 					return err
 				}
 				res = Result{OK: true, Found: true, Current: cmd.Value, CurrentRevision: rev}
@@ -210,6 +233,16 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		s.publish(fx.elections, false)
 	}
 	return nil
+}
+
+// leaseMissing reports whether a put or CAS names a lease (not 0) that
+// the group does not have.
+func (s *StateMachine) leaseMissing(r pebble.Reader, lease uint64) (bool, error) {
+	if lease == 0 {
+		return false, nil
+	}
+	ok, err := s.leaseExists(r, lease)
+	return !ok, err
 }
 
 func stored(rev uint64, value []byte) []byte {
@@ -249,6 +282,8 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 		return s.queryLease(q[1:])
 	case 'e':
 		return s.queryElection(q[1:])
+	case 'A':
+		return s.queryAttached(q[1:])
 	}
 	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])
 }

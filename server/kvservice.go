@@ -69,8 +69,31 @@ func (k *kvService) local(g uint64) bool {
 	return ok
 }
 
+// leaseGroup checks that a lease a key attaches to (0: none) was granted
+// in the key's group g: leases are per group, and an ID names a lease only
+// within its group.
+func leaseGroup(g, lease, leaseGroup uint64) error {
+	if lease != 0 && leaseGroup != 0 && leaseGroup != g {
+		return status.Errorf(codes.InvalidArgument,
+			"server: lease %d of group %d cannot hold a key of group %d; grant the lease in the key's group (client: GrantFor with the key)",
+			lease, leaseGroup, g)
+	}
+	return nil
+}
+
+// leaseNotFound is the error of a put or CAS whose lease group g does not
+// have. Its message starts with kv.ErrLeaseNotFound's text, which clients
+// look for.
+func leaseNotFound(g, lease uint64) error {
+	return status.Errorf(codes.NotFound, "%v: lease %d in group %d (expired, revoked, or granted in another group); nothing written",
+		kv.ErrLeaseNotFound, lease, g)
+}
+
 func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutResponse, error) {
 	g, err := k.group(req.Key, req.Group)
+	if err == nil {
+		err = leaseGroup(g, req.Lease, req.LeaseGroup)
+	}
 	if err != nil {
 		return nil, k.s.count("put", err)
 	}
@@ -78,7 +101,10 @@ func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutRespo
 		req.Group = g
 		return forward(ctx, k.s, g, "put", func(ctx context.Context, c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
 	}
-	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value})
+	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease})
+	if err == nil && res.LeaseMissing {
+		err = leaseNotFound(g, req.Lease)
+	}
 	if err != nil {
 		return nil, k.s.count("put", err)
 	}
@@ -105,6 +131,9 @@ func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.De
 
 func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapRequest) (*api.CompareAndSwapResponse, error) {
 	g, err := k.group(req.Key, req.Group)
+	if err == nil {
+		err = leaseGroup(g, req.Lease, req.LeaseGroup)
+	}
 	if err != nil {
 		return nil, k.s.count("cas", err)
 	}
@@ -115,7 +144,10 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 		})
 	}
 	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
-		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent})
+		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent, Lease: req.Lease})
+	if err == nil && res.LeaseMissing {
+		err = leaseNotFound(g, req.Lease)
+	}
 	if err != nil {
 		return nil, k.s.count("cas", err)
 	}

@@ -1,0 +1,149 @@
+package kv
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Keys attached to leases.
+//
+// A put or CAS that carries a lease attaches its key to that lease, which
+// must exist in the key's group (a lease lives in one group, and its ID
+// is a revision of that group, so an ID names a lease only within its
+// group). Revoking or expiring the lease deletes every key attached to
+// it, in the same apply and at the revision of the revoke. A put or CAS
+// without a lease, or a delete, detaches the key.
+//
+// Two indexes, written together in the apply's batch, hold it:
+//
+//	'A' group(8) key          → lease(8)   what a put or delete detaches
+//	'K' group(8) lease(8) key → (empty)    what a revoke deletes
+//
+// Both are part of the group's snapshot. An attachment exists only while
+// its key does.
+
+const (
+	kindAttached  = 'A'
+	kindLeaseKeys = 'K'
+)
+
+func (s *StateMachine) attachedKey(key []byte) []byte {
+	k := make([]byte, prefixLen, prefixLen+len(key))
+	k[0] = kindAttached
+	binary.BigEndian.PutUint64(k[1:], s.group)
+	return append(k, key...)
+}
+
+// leaseKeysPrefix returns the prefix of the keys attached to lease.
+func (s *StateMachine) leaseKeysPrefix(lease uint64) []byte {
+	k := make([]byte, prefixLen+8, prefixLen+8+64)
+	k[0] = kindLeaseKeys
+	binary.BigEndian.PutUint64(k[1:], s.group)
+	binary.BigEndian.PutUint64(k[prefixLen:], lease)
+	return k
+}
+
+func (s *StateMachine) leaseKeysKey(lease uint64, key []byte) []byte {
+	return append(s.leaseKeysPrefix(lease), key...)
+}
+
+// attachment returns the lease key is attached to (0: none).
+func (s *StateMachine) attachment(r pebble.Reader, key []byte) (uint64, error) {
+	v, ok, err := getRaw(r, s.attachedKey(key))
+	if err != nil || !ok {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: attachment of key %x", ErrCorrupt, key)
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// setAttachment attaches key to lease (0: detaches it) through b.
+func (s *StateMachine) setAttachment(b *pebble.Batch, key []byte, lease uint64) error {
+	old, err := s.attachment(b, key)
+	if err != nil || old == lease {
+		return err
+	}
+	if old != 0 {
+		if err := b.Delete(s.leaseKeysKey(old, key), nil); err != nil {
+			return err
+		}
+	}
+	if lease == 0 {
+		return b.Delete(s.attachedKey(key), nil)
+	}
+	if err := b.Set(s.attachedKey(key), binary.BigEndian.AppendUint64(nil, lease), nil); err != nil {
+		return err
+	}
+	return b.Set(s.leaseKeysKey(lease, key), nil, nil)
+}
+
+// deleteAttached deletes, through b, every key attached to lease and the
+// attachments. It returns how many keys it deleted.
+func (s *StateMachine) deleteAttached(b *pebble.Batch, lease uint64) (int, error) {
+	lo := s.leaseKeysPrefix(lease)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
+	if err != nil {
+		return 0, err
+	}
+	// Collect first: the batch is written below.
+	var keys [][]byte
+	for it.First(); it.Valid(); it.Next() {
+		keys = append(keys, bytes.Clone(it.Key()[len(lo):]))
+	}
+	err = it.Error()
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	for _, key := range keys {
+		if err := b.Delete(s.dataKey(key), nil); err != nil {
+			return 0, err
+		}
+		if err := b.Delete(s.attachedKey(key), nil); err != nil {
+			return 0, err
+		}
+		if err := b.Delete(s.leaseKeysKey(lease, key), nil); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+// leaseExists reports whether lease exists, through r.
+func (s *StateMachine) leaseExists(r pebble.Reader, lease uint64) (bool, error) {
+	_, ok, err := getRaw(r, s.leaseKey(lease))
+	return ok, err
+}
+
+// EncodeAttachedQuery returns the query that reads which lease key is
+// attached to; decode the answer with DecodeAttachedQuery.
+func EncodeAttachedQuery(key []byte) ([]byte, error) {
+	if err := CheckKey(key); err != nil {
+		return nil, err
+	}
+	return append([]byte{'A'}, key...), nil
+}
+
+// DecodeAttachedQuery parses the answer to an attachment query: the lease
+// (0: none).
+func DecodeAttachedQuery(b []byte) (uint64, error) {
+	if len(b) != 8 {
+		return 0, fmt.Errorf("%w: attachment answer", ErrCorrupt)
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+func (s *StateMachine) queryAttached(key []byte) ([]byte, error) {
+	l, err := s.attachment(s.db, key)
+	if err != nil {
+		return nil, err
+	}
+	return binary.BigEndian.AppendUint64(nil, l), nil
+}

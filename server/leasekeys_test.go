@@ -1,0 +1,96 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// Puts and CASes with a lease, on the unary paths and on the batch stream.
+// Four nodes with three replicas per group, so that some requests are
+// forwarded.
+func TestPutWithLease(t *testing.T) {
+	c := startCluster(t, 4, 4)
+	ctx := ctxT(t)
+	cl := c.client()
+	unary, err := client.New(ctx, client.Config{Endpoints: c.endpoints(), DisableBatch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unary.Close()
+	lease, err := cl.GrantFor(ctx, "svc/a", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Close()
+	g := lease.Group()
+	var keys []string // keys of the lease's group
+	other := ""       // a key of another group
+	for i := 0; len(keys) < 3 || other == ""; i++ {
+		k := fmt.Sprint("svc/", i)
+		if kv.GroupOf([]byte(k), 4) == g {
+			keys = append(keys, k)
+		} else if other == "" {
+			other = k
+		}
+	}
+	if _, err := cl.Put(ctx, []byte(keys[0]), []byte("batched"), client.WithLease(lease)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unary.Put(ctx, []byte(keys[1]), []byte("unary"), client.WithLease(lease)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _, err := unary.CompareAndSwap(ctx, []byte(keys[2]), nil, []byte("cas"), client.WithLease(lease)); err != nil || !ok {
+		t.Fatalf("CAS: %v %v", ok, err)
+	}
+
+	// Every node refuses a lease of another group and an unknown lease.
+	for id, s := range c.nodes {
+		kvc := rawKV(t, s.ClientAddr())
+		_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte(other), Value: []byte("x"), Lease: lease.ID(), LeaseGroup: g})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "GrantFor") {
+			t.Fatalf("node %d, lease of another group: %v", id, err)
+		}
+		_, err = kvc.CompareAndSwap(ctx, &api.CompareAndSwapRequest{Key: []byte(other), ExpectAbsent: true, Value: []byte("x"), Lease: lease.ID(), LeaseGroup: g})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("node %d, CAS with a lease of another group: %v", id, err)
+		}
+		_, err = kvc.Put(ctx, &api.PutRequest{Key: []byte(keys[0]), Value: []byte("x"), Lease: 1 << 60})
+		if status.Code(err) != codes.NotFound || !strings.HasPrefix(status.Convert(err).Message(), kv.ErrLeaseNotFound.Error()) {
+			t.Fatalf("node %d, unknown lease: %v", id, err)
+		}
+	}
+	for _, k := range keys {
+		if kv, err := cl.Get(ctx, []byte(k)); err != nil || string(kv.Value) == "x" {
+			t.Fatalf("%s after refusals: %q %v", k, kv.Value, err)
+		}
+	}
+	if _, err := cl.Get(ctx, []byte(other)); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Fatalf("refused put wrote %s: %v", other, err)
+	}
+
+	// keys[2] is detached by a put without a lease; revoking deletes the rest.
+	if _, err := unary.Put(ctx, []byte(keys[2]), []byte("plain")); err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys[:2] {
+		if _, err := cl.Get(ctx, []byte(k)); !errors.Is(err, client.ErrKeyNotFound) {
+			t.Fatalf("%s after revoke: %v", k, err)
+		}
+	}
+	if kv, err := cl.Get(ctx, []byte(keys[2])); err != nil || string(kv.Value) != "plain" {
+		t.Fatalf("detached key after revoke: %q %v", kv.Value, err)
+	}
+}
