@@ -8,11 +8,12 @@
 //
 // Retries. Reads, and requests the server reports as not done
 // (FailedPrecondition), are retried until the context ends or the attempts
-// run out. Put and Delete are idempotent in effect and are also retried
-// after an ambiguous failure (a lost connection, a leader change after the
-// write was appended); a retried Put may advance the revision twice.
-// CompareAndSwap is never retried after an ambiguous failure: it returns
-// ErrAmbiguous and the caller decides.
+// run out. Writes (Put, Delete, CompareAndSwap) are retried only while they
+// certainly were not applied; after an ambiguous failure (a lost
+// connection, a leader change after the write was appended) they return
+// ErrAmbiguous and the caller decides. Resending a put that may have
+// applied is not safe: if a concurrent writer's put landed between the two
+// copies, the second copy would bring the old value back.
 package client
 
 import (

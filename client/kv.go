@@ -65,6 +65,12 @@ func writeOpts(g uint64, opts []WriteOption) (writeOptions, error) {
 // Put sets key to value and returns the group revision of the write.
 // Keys are 1..4096 bytes, values up to 1 MiB. The client does not retain
 // key or value. See WithLease.
+//
+// Put is retried only while it certainly was not applied (not leader, not
+// sent). Once an attempt may have been applied, Put returns ErrAmbiguous
+// instead of sending it again: a second copy applied after a concurrent
+// writer's put would bring the old value back, which no linearizable
+// history allows. Read the key to learn the outcome.
 func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption) (uint64, error) {
 	if err := checkKV(key, value); err != nil {
 		return 0, err
@@ -76,7 +82,7 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption
 	}
 	var rev uint64
 	var bkey, bvalue []byte // copies for the batch stream, made once
-	err = c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
+	err = c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
 		if b := c.batcher(cc); b != nil {
 			if bkey == nil {
 				buf := make([]byte, len(key)+len(value))
@@ -147,8 +153,8 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (KeyVa
 	return out, nil
 }
 
-// Delete removes key and reports whether it existed. Retried like Put: if
-// a first attempt applied, the retry reports false.
+// Delete removes key and reports whether it existed. Retried like Put:
+// only while it certainly was not applied, else ErrAmbiguous.
 func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	if err := checkKV(key, nil); err != nil {
 		return false, err
@@ -156,7 +162,7 @@ func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	g := c.GroupOf(key)
 	deleted := false
 	var bkey []byte // a copy for the batch stream, made once
-	err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
+	err := c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
 		if b := c.batcher(cc); b != nil {
 			if bkey == nil {
 				bkey = append([]byte(nil), key...)
