@@ -228,30 +228,7 @@ func envInt(name string, def int) int {
 // round-robin over the groups, each with one proposal in flight.
 func BenchmarkPropose(b *testing.B) {
 	proposers := envInt("FLOTILLA_BENCH_PROPOSERS", 1024)
-	for _, groups := range []int{1, 48, 1000} {
-		for _, size := range []int{16, 256} {
-			// One cluster per sub-benchmark, shared by its runs of growing
-			// b.N, stopped when the sub-benchmark ends.
-			var c *benchCluster
-			dir := b.TempDir()
-			b.Run(fmt.Sprintf("groups=%d/bytes=%d", groups, size), func(b *testing.B) {
-				if c == nil {
-					b.StopTimer()
-					c = newBenchCluster(b, dir, groups)
-					if err := c.elect(time.Minute); err != nil {
-						b.Fatal(err)
-					}
-					b.StartTimer()
-				}
-				b.ReportAllocs()
-				b.ResetTimer()
-				runProposers(b, c, proposers, size)
-			})
-			if c != nil {
-				c.close()
-			}
-		}
-	}
+	benchMatrix(b, func(b *testing.B, c *benchCluster, size int) { runProposers(b, c, proposers, size) })
 }
 
 // BenchmarkProposePipelined is BenchmarkPropose with a lighter driver: one
@@ -260,6 +237,13 @@ func BenchmarkPropose(b *testing.B) {
 // goroutine wake-ups do not dominate what is measured.
 func BenchmarkProposePipelined(b *testing.B) {
 	window := envInt("FLOTILLA_BENCH_WINDOW", 128)
+	benchMatrix(b, func(b *testing.B, c *benchCluster, size int) { runPipelined(b, c, window, size) })
+}
+
+// benchMatrix runs drive for 1, 48 and 1000 groups and 16 and 256-byte
+// payloads, on one cluster per sub-benchmark: built and led on its first
+// run, shared by its runs of growing b.N, stopped when it ends.
+func benchMatrix(b *testing.B, drive func(*testing.B, *benchCluster, int)) {
 	for _, groups := range []int{1, 48, 1000} {
 		for _, size := range []int{16, 256} {
 			var c *benchCluster
@@ -275,7 +259,7 @@ func BenchmarkProposePipelined(b *testing.B) {
 				}
 				b.ReportAllocs()
 				b.ResetTimer()
-				runPipelined(b, c, window, size)
+				drive(b, c, size)
 			})
 			if c != nil {
 				c.close()
