@@ -189,16 +189,24 @@ func TestKilledHolderReplacedWithinTTL(t *testing.T) {
 	h.check(t)
 }
 
-// waitCandidates waits until election e has n candidates.
-func waitCandidates(t *testing.T, e *client.Election, n int) {
+// waitState waits until election e's state passes check.
+func waitState(t *testing.T, e *client.Election, what string, check func(client.ElectionState) error) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d candidates", n), func() error {
+	waitFor(t, 10*time.Second, what, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		st, err := e.Leader(ctx)
 		if err != nil {
 			return err
 		}
+		return check(st)
+	})
+}
+
+// waitCandidates waits until election e has n candidates.
+func waitCandidates(t *testing.T, e *client.Election, n int) {
+	t.Helper()
+	waitState(t, e, fmt.Sprintf("%d candidates", n), func(st client.ElectionState) error {
 		if st.Candidates != n {
 			return fmt.Errorf("%d candidates", st.Candidates)
 		}
@@ -424,15 +432,10 @@ func TestObserveEveryChange(t *testing.T) {
 	h.check(t)
 }
 
+// waitHolder waits until lease holds election e.
 func waitHolder(t *testing.T, e *client.Election, lease uint64) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("lease %d holds", lease), func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		st, err := e.Leader(ctx)
-		if err != nil {
-			return err
-		}
+	waitState(t, e, fmt.Sprintf("lease %d holds", lease), func(st client.ElectionState) error {
 		if st.Lease != lease {
 			return fmt.Errorf("held by %d", st.Lease)
 		}

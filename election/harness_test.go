@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/testutil"
 	"github.com/flotilla/flotilla/server"
 )
 
@@ -154,23 +155,8 @@ func (c *cluster) client(bh *blackhole) *client.Client {
 	return cl
 }
 
-// waitFor polls cond every 10ms until it returns nil or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tk := time.NewTicker(10 * time.Millisecond)
-	defer tk.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, d, err)
-		}
-		<-tk.C
-	}
-}
+// waitFor is testutil.WaitFor.
+var waitFor = testutil.WaitFor
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
