@@ -62,12 +62,34 @@ func (s *StateMachine) attachment(r pebble.Reader, key []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
+// anyAttached reports whether r holds any key of the group attached to a
+// lease.
+func (s *StateMachine) anyAttached(r pebble.Reader) (bool, error) {
+	lo, hi := s.kindBounds(kindAttached)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return false, err
+	}
+	found := it.First()
+	if err := it.Close(); err != nil {
+		return false, err
+	}
+	return found, nil
+}
+
 // setAttachment attaches key to lease (0: detaches it) through b.
 func (s *StateMachine) setAttachment(b *pebble.Batch, key []byte, lease uint64) error {
-	old, err := s.attachment(b, key)
-	if err != nil || old == lease {
-		return err
+	var old uint64
+	if s.mayAttach {
+		var err error
+		if old, err = s.attachment(b, key); err != nil {
+			return err
+		}
 	}
+	if old == lease {
+		return nil
+	}
+	s.mayAttach = true
 	if old != 0 {
 		if err := b.Delete(s.leaseKeysKey(old, key), nil); err != nil {
 			return err

@@ -248,3 +248,43 @@ func TestAttachmentRangesDoNotOverlap(t *testing.T) {
 	apply(t, g2, 3, Command{Op: OpLeaseRevoke, Lease: l2})
 	mustMiss(t, g2, "b")
 }
+
+// A state machine that skips attachment lookups while its group has no
+// attached key must still see the attachments it starts with, after a
+// restart or a restore: a put without a lease detaches the key there too,
+// so revoking the lease leaves it alone.
+func TestDetachAfterRestartAndRestore(t *testing.T) {
+	fs := vfs.NewMem()
+	db := openDB(t, fs)
+	sm, _ := New(db, 3)
+	l := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	apply(t, sm, 2, Command{Op: OpPut, Key: []byte("a"), Value: []byte("1"), Lease: l})
+	var snap bytes.Buffer
+	if err := sm.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	db = openDB(t, fs)
+	defer db.Close()
+	again, err := New(db, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, again, 3, Command{Op: OpPut, Key: []byte("a"), Value: []byte("2")})
+	apply(t, again, 4, Command{Op: OpLeaseRevoke, Lease: l})
+	mustFind(t, again, "a", "2")
+
+	db2 := openDB(t, vfs.NewMem())
+	defer db2.Close()
+	fresh, _ := New(db2, 3)
+	if fresh.mayAttach {
+		t.Fatal("an empty group claims attached keys")
+	}
+	if err := fresh.Restore(bytes.NewReader(snap.Bytes()), 2); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, fresh, 3, Command{Op: OpPut, Key: []byte("a"), Value: []byte("2")})
+	apply(t, fresh, 4, Command{Op: OpLeaseRevoke, Lease: l})
+	mustFind(t, fresh, "a", "2")
+}

@@ -46,6 +46,12 @@ type StateMachine struct {
 	applied  atomic.Uint64
 	revision atomic.Uint64
 
+	// mayAttach: the group may hold a key attached to a lease. While it
+	// is false, a put or delete needs no lookup of the key's attachment
+	// (the common case of a group never used with leases). Owned by the
+	// worker (set by New, Apply and Restore); never wrongly false.
+	mayAttach bool
+
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
 }
@@ -73,6 +79,9 @@ func New(db *pebble.DB, group uint64) (*StateMachine, error) {
 		return nil, fmt.Errorf("kv: group %d: load leases: %w", group, err)
 	}
 	s.setLeases(leases, nil)
+	if s.mayAttach, err = s.anyAttached(db); err != nil {
+		return nil, fmt.Errorf("kv: group %d: look for attached keys: %w", group, err)
+	}
 	v, closer, err := db.Get(s.metaKey())
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -444,6 +453,10 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	if err != nil {
 		return err
 	}
+	mayAttach, err := s.anyAttached(b)
+	if err != nil {
+		return err
+	}
 	if err := b.Set(s.metaKey(), metaValue(index, rev), nil); err != nil {
 		return err
 	}
@@ -452,6 +465,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	}
 	s.applied.Store(index)
 	s.revision.Store(rev)
+	s.mayAttach = mayAttach
 	s.setLeases(leases, nil)
 	s.publish(nil, true)
 	return nil

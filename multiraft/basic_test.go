@@ -1,7 +1,12 @@
 package multiraft_test
 
 import (
+	"errors"
+	"fmt"
+	"slices"
 	"testing"
+
+	"github.com/flotilla/flotilla/multiraft"
 
 	"github.com/flotilla/flotilla/multiraft/mrtest"
 )
@@ -58,4 +63,40 @@ func TestElectionAndReplication(t *testing.T) {
 		}
 	}
 	t.Log("\n" + c.Status())
+}
+
+// TestProposeFunc: the callback form reports each outcome exactly once:
+// results of applied commands, and an immediate failure before
+// ProposeFunc returns.
+func TestProposeFunc(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
+	must(t, c.Campaign(1, 1))
+	must(t, c.TickStable(1))
+	type outcome struct {
+		res string
+		err error
+	}
+	got := map[int][]outcome{}
+	for i := range 20 {
+		c.Hosts[1].ProposeFunc(1, fmt.Appendf(nil, "set k %d", i), func(res []byte, err error) {
+			got[i] = append(got[i], outcome{string(res), err})
+		})
+	}
+	must(t, c.TickStable(2))
+	for i := range 20 {
+		// The test KV answers a set with the key's previous value.
+		want := []outcome{{res: fmt.Sprint(i - 1)}}
+		if i == 0 {
+			want[0].res = ""
+		}
+		if !slices.Equal(got[i], want) {
+			t.Fatalf("proposal %d: outcomes %v, want %v", i, got[i], want)
+		}
+	}
+	var calls int
+	var failure error
+	c.Hosts[1].ProposeFunc(99, []byte("set k x"), func(_ []byte, err error) { calls, failure = calls+1, err })
+	if calls != 1 || !errors.Is(failure, multiraft.ErrGroupNotFound) {
+		t.Fatalf("unknown group: %d calls, error %v; want 1 call with ErrGroupNotFound", calls, failure)
+	}
 }

@@ -79,12 +79,17 @@ type proposal struct {
 	data      []byte               // key(8) + command, for a normal entry
 	cc        *raftpb.ConfChangeV2 // for a membership change
 	startTick uint64
-	done      chan struct{}
+	done      chan struct{} // closed by finish, unless cb is set
+	cb        func([]byte, error)
 	result    []byte
 	err       error
 }
 
 func (p *proposal) finish(res []byte, err error) {
+	if p.cb != nil {
+		p.cb(res, err)
+		return
+	}
 	p.result, p.err = res, err
 	close(p.done)
 }

@@ -574,6 +574,21 @@ func (h *Host) ProposeAsync(group uint64, cmd []byte) Future {
 	return Future{p}
 }
 
+// ProposeFunc proposes cmd to group like ProposeAsync, but hands the
+// outcome to done instead of a Future, which saves a goroutine and a
+// channel per proposal for callers that gather many outcomes (a server
+// answering a stream of writes). done is called exactly once, with the
+// state machine's result (owned by done) or one of ProposeAsync's errors.
+// It runs on a scheduler worker, or on the caller's goroutine before
+// ProposeFunc returns when the proposal fails at once. It must not block
+// and must not call the Host: the worker that runs it is applying the
+// group (seed 001: the engine never waits on its consumer). cmd is copied.
+func (h *Host) ProposeFunc(group uint64, cmd []byte, done func(result []byte, err error)) {
+	data := make([]byte, 8+len(cmd))
+	copy(data[8:], cmd)
+	h.submit(group, &proposal{data: data, cb: done})
+}
+
 func (h *Host) submit(group uint64, p *proposal) {
 	p.key = h.keyBase + h.nextKey.Add(1)
 	if p.cc != nil {

@@ -19,21 +19,25 @@ const maxBatchResults = 1024
 // maxBatchInFlight bounds the ops of one Batch stream in flight at once.
 // Past it the handler stops taking requests, so the stream's receive stalls
 // and gRPC flow control pushes back on the client, instead of one client
-// queueing any number of proposals and goroutines.
+// queueing any number of proposals.
 const maxBatchInFlight = 4096
 
-// Batch serves a stream of write batches. Each op runs as its own unary
-// request would (same checks, forwarding, proposal and metrics), on its
-// own goroutine, so ops of one batch propose together and complete
-// independently. Answers are sent as they complete, whatever is ready at
-// once in one message.
+// Batch serves a stream of write batches. Each op gets the answer its
+// unary RPC would give (same checks, forwarding, proposal, metrics).
+//
+// A put or delete of a group with a local replica is proposed with
+// ProposeFunc: its outcome is queued by the engine's worker, and sendLoop
+// answers everything queued at once in one message. So the writes that one
+// engine cycle applies go back in one message per stream, with no
+// goroutine per op. Every other op (forwarded, or failing a check) runs its
+// unary path on its own goroutine and queues its answer the same way.
 //
 // Goroutines: the handler's (receives, starts ops), recvLoop (one Recv at a
 // time, so that the handler can also watch for shutdown), sendLoop (the
-// only sender on the stream), and one per op in flight. The handler
-// returns once every op it started has answered (or been dropped with the
-// stream): ops are bounded by the engine's request timeout and by the
-// stream's context.
+// only sender on the stream), and one per op on the unary path. When the
+// client closes its side, the handler answers every op in flight first
+// (engine proposals end within the engine's request timeout); when the
+// stream fails or the node drains, answers still to come are dropped.
 func (k *kvService) Batch(stream api.KV_BatchServer) error {
 	sctx := stream.Context()
 	// Ops run on a context that ends with the stream but carries none of
@@ -44,9 +48,10 @@ func (k *kvService) Batch(stream api.KV_BatchServer) error {
 	stopAfter := context.AfterFunc(sctx, cancel)
 	defer stopAfter()
 
-	results := make(chan *api.BatchResult, maxBatchResults)
+	q := &batchQueue{ready: make(chan struct{}, 1)}
+	stopSend := make(chan struct{})
 	sendDone := make(chan error, 1)
-	go func() { sendDone <- k.sendLoop(stream, results) }()
+	go func() { sendDone <- k.sendLoop(stream, q, stopSend) }()
 
 	reqs := make(chan *api.BatchRequest)
 	recvErr := make(chan error, 1)
@@ -66,9 +71,15 @@ func (k *kvService) Batch(stream api.KV_BatchServer) error {
 		}
 	}()
 
-	var ops sync.WaitGroup
-	var err error
+	var answered sync.WaitGroup // every op, until its answer is queued
+	var unary sync.WaitGroup    // ops on the unary path (bounded by ctx)
 	inflight := make(chan struct{}, maxBatchInFlight)
+	done := func(d batchDone) {
+		q.push(d)
+		<-inflight // never blocks: the op holds a token
+		answered.Done()
+	}
+	var err error
 loop:
 	for {
 		select {
@@ -83,11 +94,14 @@ loop:
 					err = status.Error(codes.Unavailable, "server: node shutting down; retry on another node")
 					break loop
 				}
-				ops.Add(1)
+				answered.Add(1)
+				if k.proposeLocal(op, done) {
+					continue
+				}
+				unary.Add(1)
 				go func() {
-					defer ops.Done()
-					results <- k.batchOp(ctx, op)
-					<-inflight
+					defer unary.Done()
+					done(batchDone{res: k.batchOp(ctx, op)})
 				}()
 			}
 		case err = <-recvErr:
@@ -100,43 +114,170 @@ loop:
 			break loop
 		}
 	}
-	ops.Wait()
-	close(results)
+	if err == nil {
+		answered.Wait()
+	} else {
+		cancel()
+		q.close()
+	}
+	unary.Wait()
+	close(stopSend)
 	if serr := <-sendDone; err == nil {
 		err = serr
 	}
 	return err
 }
 
-// sendLoop sends results until the channel is closed, several to a message
-// when more than one is ready. After a failed Send it keeps draining, so
-// that no op blocks, and returns the error.
-func (k *kvService) sendLoop(stream api.KV_BatchServer, results <-chan *api.BatchResult) error {
-	var err error
-	for r := range results {
-		if err != nil {
-			continue
-		}
-		resp := &api.BatchResponse{Results: make([]*api.BatchResult, 1, 8)}
-		resp.Results[0] = r
-	drain:
-		for len(resp.Results) < maxBatchResults {
-			select {
-			case r, ok := <-results:
-				if !ok {
-					break drain
-				}
-				resp.Results = append(resp.Results, r)
-			default:
-				break drain
-			}
-		}
-		err = stream.Send(resp)
+// proposeLocal proposes a put or delete of a local group with an outcome
+// callback that calls done. It returns false, having done nothing, for
+// any op that must take its unary path (another node's group, or a check
+// that fails there with the unary error).
+func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
+	var cmd kv.Command
+	var claimed, lease, leaseG uint64
+	switch o := op.Op.(type) {
+	case *api.BatchOp_Put:
+		cmd = kv.Command{Op: kv.OpPut, Key: o.Put.GetKey(), Value: o.Put.GetValue(), Lease: o.Put.GetLease()}
+		claimed, lease, leaseG = o.Put.GetGroup(), o.Put.GetLease(), o.Put.GetLeaseGroup()
+	case *api.BatchOp_Delete:
+		cmd = kv.Command{Op: kv.OpDelete, Key: o.Delete.GetKey()}
+		claimed = o.Delete.GetGroup()
+	default:
+		return false
 	}
-	return err
+	g, err := k.group(cmd.Key, claimed)
+	if err != nil || leaseGroup(g, lease, leaseG) != nil || !k.local(g) {
+		return false
+	}
+	b, err := cmd.Encode()
+	if err != nil {
+		return false
+	}
+	id, put := op.Id, cmd.Op == kv.OpPut
+	k.s.host.ProposeFunc(g, b, func(out []byte, err error) {
+		done(batchDone{id: id, g: g, put: put, lease: lease, out: out, err: err})
+	})
+	return true
 }
 
-// batchOp runs one op and returns its answer.
+// batchDone is one op's outcome: a finished answer (res), or the engine's
+// outcome of a local put or delete, turned into an answer by sendLoop.
+type batchDone struct {
+	res   *api.BatchResult
+	id, g uint64
+	put   bool
+	lease uint64
+	out   []byte
+	err   error
+}
+
+// batchQueue hands outcomes to a stream's sendLoop. push is called by
+// engine workers and op goroutines and never blocks; mu is a leaf.
+type batchQueue struct {
+	mu struct {
+		sync.Mutex
+		done   []batchDone
+		closed bool // the stream ended: drop what comes
+	}
+	ready chan struct{} // capacity 1: wakes sendLoop
+}
+
+func (q *batchQueue) push(d batchDone) {
+	q.mu.Lock()
+	if q.mu.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.mu.done = append(q.mu.done, d)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take swaps the queued outcomes with buf (emptied) and returns them.
+func (q *batchQueue) take(buf []batchDone) []batchDone {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.mu.done
+	q.mu.done = buf[:0]
+	return out
+}
+
+func (q *batchQueue) close() {
+	q.mu.Lock()
+	q.mu.closed = true
+	q.mu.Unlock()
+}
+
+// sendLoop answers what is queued, all of it in one message (up to
+// maxBatchResults each), until stop is closed and the queue is empty.
+// After a failed Send it keeps taking (and dropping) outcomes and returns
+// the error.
+func (k *kvService) sendLoop(stream api.KV_BatchServer, q *batchQueue, stop <-chan struct{}) error {
+	var err error
+	var spare []batchDone
+	send := func() {
+		all := q.take(spare)
+		for ds := all; len(ds) > 0 && err == nil; {
+			n := min(len(ds), maxBatchResults)
+			resp := &api.BatchResponse{Results: make([]*api.BatchResult, n)}
+			for i := range n {
+				resp.Results[i] = k.answer(ds[i])
+			}
+			err = stream.Send(resp)
+			ds = ds[n:]
+		}
+		clear(all)
+		spare = all[:0]
+	}
+	for {
+		select {
+		case <-q.ready:
+			send()
+		case <-stop:
+			send()
+			return err
+		}
+	}
+}
+
+// answer turns an outcome into the op's answer, counting it as its unary
+// RPC would.
+func (k *kvService) answer(d batchDone) *api.BatchResult {
+	if d.res != nil {
+		return d.res
+	}
+	method := "delete"
+	if d.put {
+		method = "put"
+	}
+	var r kv.Result
+	err := d.err
+	if err != nil {
+		err = k.s.rpcError(context.Background(), d.g, err, true)
+	} else if r, err = kv.DecodeResult(d.out); err != nil {
+		err = status.Error(codes.Internal, err.Error())
+	} else if d.put && r.LeaseMissing {
+		err = leaseNotFound(d.g, d.lease)
+	}
+	k.s.count(method, err)
+	res := &api.BatchResult{Id: d.id}
+	switch {
+	case err != nil:
+		st := status.Convert(err)
+		res.Code, res.Message = uint32(st.Code()), st.Message()
+		res.Leader = k.s.leaderOf(d.g)
+	case d.put:
+		res.Response = &api.BatchResult_Put{Put: &api.PutResponse{Header: k.header(d.g), Revision: r.Revision}}
+	default:
+		res.Response = &api.BatchResult_Delete{Delete: &api.DeleteResponse{Header: k.header(d.g), Deleted: r.OK, Revision: r.Revision}}
+	}
+	return res
+}
+
+// batchOp runs one op on its unary path and returns its answer.
 func (k *kvService) batchOp(ctx context.Context, op *api.BatchOp) *api.BatchResult {
 	res := &api.BatchResult{Id: op.Id}
 	var key []byte
