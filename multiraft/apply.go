@@ -156,8 +156,18 @@ func (g *group) applyEntries(ents []raftpb.Entry, w *worker) bool {
 			if len(e.Data) < 8 {
 				break // the empty entry of a new leader, or a dropped change
 			}
-			cmds = append(cmds, Command{Index: e.Index, Data: e.Data[8:]})
-			keys = append(keys, binary.BigEndian.Uint64(e.Data))
+			if !isPacked(e.Data) {
+				cmds = append(cmds, Command{Index: e.Index, Data: e.Data[8:]})
+				keys = append(keys, binary.BigEndian.Uint64(e.Data))
+				break
+			}
+			if err := unpack(e.Data, func(key uint64, cmd []byte) {
+				cmds = append(cmds, Command{Index: e.Index, Data: cmd})
+				keys = append(keys, key)
+			}); err != nil {
+				g.h.fatal(fmt.Errorf("group %d: entry %d: %w", g.id, e.Index, err))
+				return false
+			}
 		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
 			if !flush() || !g.applyConfChange(e, w.batch) {
 				return false

@@ -67,7 +67,8 @@ func TestElectionAndReplication(t *testing.T) {
 
 // TestProposeFunc: the callback form reports each outcome exactly once:
 // results of applied commands, and an immediate failure before
-// ProposeFunc returns.
+// ProposeFunc returns. Commands proposed in one step are packed into one
+// entry and still applied one by one, in order.
 func TestProposeFunc(t *testing.T) {
 	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
 	must(t, c.Campaign(1, 1))
@@ -77,12 +78,20 @@ func TestProposeFunc(t *testing.T) {
 		err error
 	}
 	got := map[int][]outcome{}
+	before, err := c.Hosts[1].GroupStatus(1)
+	must(t, err)
 	for i := range 20 {
 		c.Hosts[1].ProposeFunc(1, fmt.Appendf(nil, "set k %d", i), func(res []byte, err error) {
 			got[i] = append(got[i], outcome{string(res), err})
 		})
 	}
-	must(t, c.TickStable(2))
+	must(t, c.Stabilize())
+	// Proposed in one step, the 20 commands share one log entry.
+	after, err := c.Hosts[1].GroupStatus(1)
+	must(t, err)
+	if after.Commit != before.Commit+1 {
+		t.Fatalf("20 proposals took commit from %d to %d, want one entry", before.Commit, after.Commit)
+	}
 	for i := range 20 {
 		// The test KV answers a set with the key's previous value.
 		want := []outcome{{res: fmt.Sprint(i - 1)}}

@@ -230,9 +230,10 @@ func (g *group) propose(props []*proposal) {
 		for n < len(props) && props[n].cc == nil {
 			n++
 		}
-		ents := make([]raftpb.Entry, n)
-		for i, p := range props[:n] {
-			ents[i].Data = p.data
+		datas := packEntries(props[:n], nil)
+		ents := make([]raftpb.Entry, len(datas))
+		for i, d := range datas {
+			ents[i].Data = d
 		}
 		err := g.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: g.h.cfg.NodeID, Entries: ents})
 		for _, p := range props[:n] {

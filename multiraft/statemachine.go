@@ -4,7 +4,8 @@ import "io"
 
 // Command is one committed command handed to StateMachine.Apply.
 type Command struct {
-	// Index is the command's raft log index; it grows strictly.
+	// Index is the command's raft log index. It never decreases; commands
+	// proposed together may share one entry, and so one index.
 	Index uint64
 	// Data is the command as proposed. It is valid only during the Apply
 	// call: copy what must outlive it.

@@ -5,6 +5,7 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
 )
 
@@ -146,8 +147,9 @@ func (nw *network) hashBatch(from, to uint64, batch []transport.Envelope) {
 		for j := range m.Entries {
 			e := &m.Entries[j]
 			var h uint64
-			if e.Type == raftpb.EntryNormal && len(e.Data) >= 8 {
-				h = cmdHash(e.Data[8:])
+			if e.Type == raftpb.EntryNormal {
+				// A packed entry's hash chains its commands' hashes.
+				_ = multiraft.EntryCommands(e.Data, func(cmd []byte) { h = h*31 + cmdHash(cmd) })
 			}
 			s.record("ent", e.Index, e.Term, uint64(e.Type), h)
 		}

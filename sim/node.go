@@ -209,7 +209,8 @@ func (n *node) close() {
 }
 
 // recSM wraps the kv state machine and tells the simulation what each
-// replica applied, to check that no index is applied with two commands.
+// replica applied, to check that no log position is applied with two
+// commands.
 type recSM struct {
 	*kv.StateMachine
 	s     *sim
@@ -222,8 +223,17 @@ func (r *recSM) Apply(cmds []multiraft.Command) error {
 	if err := r.StateMachine.Apply(cmds); err != nil {
 		return err
 	}
+	// Commands packed into one entry share its index: each is identified
+	// by the index and its place among them (one Apply call holds a whole
+	// entry).
+	var sub uint64
 	for i := range cmds {
-		r.s.noteApply(r.node, r.group, cmds[i].Index, cmdHash(cmds[i].Data))
+		if i > 0 && cmds[i].Index == cmds[i-1].Index {
+			sub++
+		} else {
+			sub = 0
+		}
+		r.s.noteApply(r.node, r.group, cmds[i].Index, sub, cmdHash(cmds[i].Data))
 	}
 	return nil
 }

@@ -359,10 +359,11 @@ type sim struct {
 	stopClients bool
 	healed      bool
 
-	// applied maps group → index → hash of the command applied there, over
-	// every replica and incarnation.
+	// applied maps group → position (index<<16 | place in the entry) →
+	// hash of the command applied there, over every replica and
+	// incarnation.
 	applied map[uint64]map[uint64]uint64
-	// cmdIndex maps group → command hash → the index it was applied at.
+	// cmdIndex maps group → command hash → the position it was applied at.
 	cmdIndex    map[uint64]map[uint64]uint64
 	dupReported map[uint64]bool
 	// leaders maps (group, term) → the leader seen in that term.
@@ -587,20 +588,22 @@ func (s *sim) upNodes() []uint64 {
 	return out
 }
 
-// noteApply records that node applied cmd at index of group.
-func (s *sim) noteApply(node, group, index, h uint64) {
+// noteApply records that node applied cmd (hash h) as command sub of
+// the entry at index of group.
+func (s *sim) noteApply(node, group, index, sub, h uint64) {
+	pos := index<<16 | sub // a packed entry holds far fewer than 1<<16
 	m := s.applied[group]
-	if prev, ok := m[index]; ok && prev != h {
-		s.violation("group %d index %d applied with different commands (node %d differs)", group, index, node)
+	if prev, ok := m[pos]; ok && prev != h {
+		s.violation("group %d index %d command %d applied with different commands (node %d differs)", group, index, sub, node)
 	}
-	m[index] = h
+	m[pos] = h
 	// Every command the workload proposes is unique and proposed once.
 	at := s.cmdIndex[group]
-	if i, ok := at[h]; !ok {
-		at[h] = index
-	} else if i != index && !s.dupReported[h] {
+	if p, ok := at[h]; !ok {
+		at[h] = pos
+	} else if p != pos && !s.dupReported[h] {
 		s.dupReported[h] = true
-		s.violation("group %d: one command applied at indexes %d and %d (node %d)", group, i, index, node)
+		s.violation("group %d: one command applied at indexes %d.%d and %d.%d (node %d)", group, p>>16, p&0xffff, index, sub, node)
 	}
 }
 

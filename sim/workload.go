@@ -189,7 +189,11 @@ func (c *client) invoke(node uint64, in Input, final bool) {
 		p.cmd = b
 		p.fut = n.host.ProposeAsync(group, b)
 	}
-	n.drain()
+	// Half the time the node runs at its next event instead (a delivery or
+	// a tick), so that requests pile up and proposals share an entry.
+	if s.rng.IntN(2) == 0 {
+		n.drain()
+	}
 	s.after(s.cfg.RequestTimeout, func() { c.timeout(p) })
 }
 

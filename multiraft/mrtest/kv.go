@@ -40,7 +40,8 @@ func (k *KV) Apply(cmds []multiraft.Command) error {
 	defer k.mu.Unlock()
 	for i := range cmds {
 		c := &cmds[i]
-		if c.Index <= k.mu.applied {
+		// Commands packed into one entry share its index.
+		if c.Index < k.mu.applied || (c.Index == k.mu.applied && i == 0) {
 			return fmt.Errorf("mrtest: index %d applied after %d", c.Index, k.mu.applied)
 		}
 		f := strings.SplitN(string(c.Data), " ", 3)
