@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,7 @@ type benchFlags struct {
 	conns     int
 	noBatch   bool
 	out       string
+	cpuprof   string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -69,9 +71,10 @@ func newBenchOpCmd(op string) *cobra.Command {
 	f.DurationVar(&bf.duration, "duration", 10*time.Second, "how long to run")
 	f.IntVar(&bf.valueSize, "value-size", 128, "value size in bytes (put; 0..1048576)")
 	f.IntVar(&bf.keys, "keys", 1000, "number of distinct keys (1..100000000)")
-	f.IntVar(&bf.conns, "conns", 8, "client connections per node the clients share (1..clients)")
+	f.IntVar(&bf.conns, "conns", 1, "client connections per node the clients share (1..clients); more connections mean smaller batches")
 	f.BoolVar(&bf.noBatch, "no-batch", false, "send each request as its own RPC instead of over the nodes' Batch streams")
 	f.StringVarP(&bf.out, "write-out", "w", "table", "output format: table or json")
+	f.StringVar(&bf.cpuprof, "cpuprofile", "", "write a CPU profile of this load generator to `file` (for go tool pprof)")
 	return cmd
 }
 
@@ -94,6 +97,17 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 	eps, err := bf.cf.list()
 	if err != nil {
 		return err
+	}
+	if bf.cpuprof != "" {
+		f, err := os.Create(bf.cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := bench(cmd.Context(), eps, op, bf, os.Stderr)
 	if err != nil {

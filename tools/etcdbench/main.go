@@ -1,0 +1,220 @@
+// Command etcdbench is a load generator for etcd that runs the same loop as
+// Flotilla's `flotilla bench put` (cmd/flotilla/bench.go), so the two systems
+// can be compared with the same workload shape (BENCHMARKS.md, "KV service vs
+// etcd"). It lives in its own module to keep etcd's client out of Flotilla's
+// go.mod.
+//
+// Usage:
+//
+//	etcdbench --endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 \
+//	  --clients 256 --conns 1 --value-size 256 --keys 1000 --duration 15s -w json
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// result has the fields, names and meaning of bench.go's benchResult.
+type result struct {
+	Op        string  `json:"op"`
+	Ops       uint64  `json:"ops"`
+	Errors    uint64  `json:"errors"`
+	Seconds   float64 `json:"seconds"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50Ms     float64 `json:"p50_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+	Clients   int     `json:"clients"`
+	ValueSize int     `json:"value_size"`
+	Keys      int     `json:"keys"`
+}
+
+type config struct {
+	endpoints []string
+	clients   int
+	conns     int
+	valueSize int
+	keys      int
+	duration  time.Duration
+	out       string
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if err == flag.ErrHelp {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "etcdbench:", err)
+		os.Exit(2)
+	}
+	res, err := run(context.Background(), cfg, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "etcdbench:", err)
+		os.Exit(1)
+	}
+	if cfg.out == "json" {
+		if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+			fmt.Fprintln(os.Stderr, "etcdbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	fmt.Printf("bench %s: %d ops, %d errors in %.1fs: %.0f ops/s, p50 %.2f ms, p99 %.2f ms\n",
+		res.Op, res.Ops, res.Errors, res.Seconds, res.OpsPerSec, res.P50Ms, res.P99Ms)
+}
+
+func parseFlags(args []string) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("etcdbench", flag.ContinueOnError)
+	fs.SetOutput(os.Stderr)
+	endpoints := fs.String("endpoints", "127.0.0.1:2379", "client addresses of the etcd members, comma separated (HOST:PORT)")
+	fs.IntVar(&cfg.clients, "clients", 16, "concurrent clients (1..10000)")
+	fs.IntVar(&cfg.conns, "conns", 1, "etcd clients (connections) the clients share (1..10000; at most --clients are made)")
+	fs.IntVar(&cfg.valueSize, "value-size", 128, "value size in bytes (0..1048576)")
+	fs.IntVar(&cfg.keys, "keys", 1000, "number of distinct keys (1..100000000)")
+	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to run")
+	fs.StringVar(&cfg.out, "write-out", "table", "output format: table or json")
+	fs.StringVar(&cfg.out, "w", "table", "shorthand for --write-out")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	for _, e := range strings.Split(*endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			cfg.endpoints = append(cfg.endpoints, e)
+		}
+	}
+	switch {
+	case len(cfg.endpoints) == 0:
+		return cfg, fmt.Errorf("--endpoints is empty; want HOST:PORT[,HOST:PORT...]")
+	case cfg.clients < 1 || cfg.clients > 10000:
+		return cfg, fmt.Errorf("--clients %d outside 1..10000", cfg.clients)
+	case cfg.conns < 1 || cfg.conns > 10000:
+		return cfg, fmt.Errorf("--conns %d outside 1..10000", cfg.conns)
+	case cfg.duration <= 0:
+		return cfg, fmt.Errorf("--duration must be positive")
+	case cfg.valueSize < 0 || cfg.valueSize > 1<<20:
+		return cfg, fmt.Errorf("--value-size %d outside 0..1048576", cfg.valueSize)
+	case cfg.keys < 1 || cfg.keys > 100000000:
+		return cfg, fmt.Errorf("--keys %d outside 1..100000000", cfg.keys)
+	case cfg.out != "table" && cfg.out != "json":
+		return cfg, fmt.Errorf("-w %q: want one of table, json", cfg.out)
+	}
+	return cfg, nil
+}
+
+// run puts for cfg.duration and returns the figures, writing a progress line
+// to progress once a second.
+func run(ctx context.Context, cfg config, progress io.Writer) (result, error) {
+	// A few etcd clients share the load; each has its own connection(s) and
+	// balances over all the endpoints.
+	n := min(cfg.clients, cfg.conns)
+	clients := make([]*clientv3.Client, 0, n)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := clientv3.New(clientv3.Config{
+			Endpoints:   cfg.endpoints,
+			DialTimeout: 5 * time.Second,
+			Context:     ctx,
+			Logger:      zap.NewNop(),
+		})
+		if err != nil {
+			return result{}, fmt.Errorf("connecting to %s: %w", strings.Join(cfg.endpoints, ","), err)
+		}
+		clients = append(clients, c)
+	}
+	b := make([]byte, cfg.valueSize)
+	for i := range b {
+		b[i] = 'a' + byte(i%26)
+	}
+	value := string(b)
+
+	var ops, errs atomic.Uint64
+	lats := make([][]time.Duration, cfg.clients)
+	start := time.Now()
+	rctx, cancel := context.WithDeadline(ctx, start.Add(cfg.duration))
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range cfg.clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := clients[i%len(clients)]
+			rng := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
+			for rctx.Err() == nil {
+				key := fmt.Sprintf("bench-%08d", rng.IntN(cfg.keys))
+				t0 := time.Now()
+				_, err := c.Put(rctx, key, value)
+				if rctx.Err() != nil {
+					return // cut by the deadline: neither an op nor an error
+				}
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				lats[i] = append(lats[i], time.Since(t0))
+				ops.Add(1)
+			}
+		}()
+	}
+
+	done := make(chan struct{})
+	var pwg sync.WaitGroup
+	pwg.Add(1)
+	go func() {
+		defer pwg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprintln(progress)
+				return
+			case <-t.C:
+				el := time.Since(start).Seconds()
+				fmt.Fprintf(progress, "\rbench put: %4.0fs  %d ops  %.0f ops/s  %d errors ", el, ops.Load(), float64(ops.Load())/el, errs.Load())
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	pwg.Wait()
+	elapsed := time.Since(start).Seconds()
+
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[min(len(all)-1, int(p*float64(len(all))))]) / float64(time.Millisecond)
+	}
+	return result{
+		Op: "put", Ops: ops.Load(), Errors: errs.Load(), Seconds: elapsed,
+		OpsPerSec: float64(ops.Load()) / elapsed, P50Ms: pct(0.50), P99Ms: pct(0.99),
+		Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys,
+	}, nil
+}

@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Side-by-side put benchmark: a 3-member etcd 3.4 cluster driven by
+# tools/etcdbench, then a 3-node Flotilla cluster driven by `flotilla bench
+# put`, with the same workload shape, for ROUNDS alternating rounds, each on a
+# fresh cluster and data directory (BENCHMARKS.md, "KV service vs etcd").
+#
+# Usage: tools/kvcompare.sh [ROUNDS] [DURATION]      (defaults: 3 15s)
+#
+# Environment overrides (defaults in brackets):
+#   CLIENTS [256]  VALUE_SIZE [256]  KEYS [1000]  CONNS [1]  GROUPS [16]
+#   WORKDIR [/tmp/kvcompare]  ETCD3_SH [<repo>/../shared/peers/etcd3.sh]
+# Note: bash ignores `GROUPS=32 cmd` (GROUPS is a bash special variable), so
+# pass it as `env GROUPS=32 tools/kvcompare.sh`, or use FLOTILLA_GROUPS=32.
+#
+# Per run it reports ops/s, p50 and p99 (from the load generator's JSON), and
+# CPU per op: user+sys of the three server processes (/proc/PID/stat, read
+# just before they are stopped, so it includes their start-up) and of the load
+# generator (cutime+cstime of a wrapper shell that waited for it), each
+# divided by the run's ops.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { echo "kvcompare: $*" >&2; exit 1; }
+
+case ${1:-} in -h|--help) usage; exit 0 ;; esac
+(( $# <= 2 )) || { usage >&2; exit 2; }
+
+ROUNDS=${1:-3}
+DURATION=${2:-15s}
+CLIENTS=${CLIENTS:-256}
+VALUE_SIZE=${VALUE_SIZE:-256}
+KEYS=${KEYS:-1000}
+CONNS=${CONNS:-1}
+# $GROUPS is bash's list of the user's group IDs; read the environment's.
+NGROUPS=${FLOTILLA_GROUPS:-$(printenv GROUPS || true)}
+NGROUPS=${NGROUPS:-16}
+WORKDIR=${WORKDIR:-/tmp/kvcompare}
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+ETCD3_SH=${ETCD3_SH:-$SCRIPT_DIR/../../shared/peers/etcd3.sh}
+
+for v in ROUNDS CLIENTS KEYS CONNS NGROUPS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "${v/#NGROUPS/GROUPS}=${!v}: want a positive integer"
+done
+[[ $VALUE_SIZE =~ ^[0-9]+$ ]] || die "VALUE_SIZE=$VALUE_SIZE: want a non-negative integer"
+[[ -x $ETCD3_SH ]] || die "etcd3.sh not found or not executable at $ETCD3_SH (set ETCD3_SH)"
+for c in go curl python3 timeout; do
+  command -v "$c" >/dev/null || die "$c is required but not on PATH"
+done
+
+# Seconds in a Go duration such as 15s, 1m30s or 500ms.
+DUR_SECS=$(python3 - "$DURATION" <<'PY'
+import re, sys
+s = sys.argv[1]
+units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", s)
+if not parts or "".join(n + u for n, u in parts) != s:
+    sys.exit(1)
+t = sum(float(n) * units[u] for n, u in parts)
+if t <= 0:
+    sys.exit(1)
+print(t)
+PY
+) || die "DURATION=$DURATION: want a positive Go duration such as 15s or 1m"
+# The load generator gets this long (run + connect + slack) before it is killed.
+BENCH_LIMIT=$(python3 -c "import math,sys; print(math.ceil(float(sys.argv[1])) + 120)" "$DUR_SECS")
+
+CLK_TCK=$(getconf CLK_TCK)
+ETCD_EPS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+FLO_EPS=127.0.0.1:47379,127.0.0.2:47379,127.0.0.3:47379
+FLO_CLUSTER=1=127.0.0.1:47380,2=127.0.0.2:47380,3=127.0.0.3:47380
+
+NODE_PIDS=()
+BENCH_PID=
+ETCD_UP=
+
+# --- clean-up -----------------------------------------------------------------
+
+# wait_gone TIMEOUT PID...: wait until the processes have exited (SIGKILL after
+# TIMEOUT seconds); reaps them when they are this shell's children.
+wait_gone() {
+  local limit=$1 p left; shift
+  for ((t = 0; t < limit * 10; t++)); do
+    left=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for p in "$@"; do
+    if kill -0 "$p" 2>/dev/null; then
+      echo "kvcompare: pid $p still running after ${limit}s; killing it" >&2
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+    wait "$p" 2>/dev/null || true
+  done
+}
+
+etcd_pids() {
+  local i
+  for i in 1 2 3; do
+    [[ -f $WORKDIR/etcd/e$i.pid ]] && cat "$WORKDIR/etcd/e$i.pid"
+  done
+  return 0
+}
+
+stop_etcd() {
+  local pids
+  pids=$(etcd_pids)
+  "$ETCD3_SH" stop "$WORKDIR/etcd" || true
+  # shellcheck disable=SC2086
+  [[ -z $pids ]] || wait_gone 15 $pids
+  ETCD_UP=
+}
+
+stop_nodes() {
+  ((${#NODE_PIDS[@]})) || return 0
+  kill -TERM "${NODE_PIDS[@]}" 2>/dev/null || true
+  wait_gone 20 "${NODE_PIDS[@]}"
+  NODE_PIDS=()
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n $BENCH_PID ]]; then
+    kill -TERM "$BENCH_PID" 2>/dev/null || true
+    wait_gone 5 "$BENCH_PID"
+  fi
+  stop_nodes
+  [[ -z $ETCD_UP ]] || stop_etcd
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo; echo "kvcompare: interrupted" >&2; exit 130' INT
+trap 'echo "kvcompare: terminated" >&2; exit 143' TERM
+
+# --- helpers --------------------------------------------------------------------
+
+# cpu_ticks PID...: utime+stime of the processes, in clock ticks.
+cpu_ticks() {
+  local p stat rest sum=0 f
+  for p in "$@"; do
+    stat=$(<"/proc/$p/stat") || die "process $p is gone; cannot read its CPU time"
+    rest=${stat##*) }             # fields from 3 (state) on; comm may hold spaces
+    read -r -a f <<<"$rest"
+    sum=$((sum + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+  done
+  echo "$sum"
+}
+
+# port_busy HOST PORT: true if something accepts connections there.
+port_busy() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+
+check_free() {
+  local hp
+  for hp in "$@"; do
+    ! port_busy "${hp%:*}" "${hp##*:}" ||
+      die "$hp is already in use (another cluster running?); stop it first"
+  done
+}
+
+# run_bench NAME OUT CPU CMD...: run the load generator in the background (so
+# that signals reach the traps), its JSON to OUT and its CPU ticks (children's
+# utime+stime of the wrapper shell that waited for it) to CPU.
+run_bench() {
+  local name=$1 out=$2 cpu=$3 rc=0; shift 3
+  bash -c 'out=$1 cpu=$2 limit=$3; shift 3
+    timeout --kill-after=10 "$limit" "$@" >"$out" & t=$!
+    trap "kill -TERM $t 2>/dev/null; wait $t; exit 143" TERM   # pass a stop on
+    rc=0; wait "$t" || rc=$?
+    read -r stat </proc/$$/stat; rest=${stat##*) }; read -r -a f <<<"$rest"
+    echo $((f[13] + f[14])) >"$cpu"   # fields 16 (cutime) and 17 (cstime)
+    exit "$rc"' kvcompare-bench "$out" "$cpu" "$BENCH_LIMIT" "$@" &
+  BENCH_PID=$!
+  wait "$BENCH_PID" || rc=$?
+  BENCH_PID=
+  ((rc == 0)) || die "$name failed (exit status $rc); its stdout is in $out"
+  python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$out" 2>/dev/null ||
+    die "$name did not write JSON to $out: $(head -c 300 "$out")"
+}
+
+RESULTS=$WORKDIR/results.tsv
+
+# record SYSTEM ROUND JSON SERVER_TICKS CLIENT_TICKS: append a run, print it.
+record() {
+  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"
+  python3 - "$CLK_TCK" "$@" <<'PY'
+import json, sys
+tck, system, rnd, path, srv, cli = sys.argv[1:]
+r = json.load(open(path))
+ops = r["ops"]
+per = lambda t: int(t) / int(tck) * 1e6 / ops if ops else float("nan")
+print(f"{system:<8} round {rnd}: {r['ops_per_sec']:8.0f} ops/s  p50 {r['p50_ms']:6.2f} ms  "
+      f"p99 {r['p99_ms']:7.2f} ms  CPU µs/op: servers {per(srv):5.0f}  client {per(cli):5.0f}"
+      f"  ({ops} ops, {r['errors']} errors)")
+PY
+}
+
+# --- build ------------------------------------------------------------------------
+
+mkdir -p "$WORKDIR"
+: >"$RESULTS"
+echo "kvcompare: $ROUNDS round(s) of $DURATION; clients $CLIENTS, conns $CONNS, value size $VALUE_SIZE, keys $KEYS, flotilla groups $NGROUPS"
+echo "kvcompare: workdir $WORKDIR; start load: $(uptime)"
+echo "kvcompare: building flotilla and etcdbench"
+for b in flotilla etcdbench; do
+  [[ ! -d $WORKDIR/$b ]] || die "$WORKDIR/$b is a directory; remove it (the binary is built there)"
+done
+(cd "$REPO" && go build -o "$WORKDIR/flotilla" ./cmd/flotilla) || die "building flotilla failed"
+(cd "$REPO/tools/etcdbench" && go build -o "$WORKDIR/etcdbench" .) || die "building etcdbench failed"
+
+# --- rounds ---------------------------------------------------------------------
+
+run_etcd() {
+  local r=$1 out=$WORKDIR/etcd-r$1.json pids srv
+  echo "== round $r/$ROUNDS: etcd"
+  check_free 127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793 127.0.0.1:23801 127.0.0.1:23802 127.0.0.1:23803
+  ETCD_UP=1
+  "$ETCD3_SH" start "$WORKDIR/etcd" || die "etcd3.sh start failed (logs in $WORKDIR/etcd)"
+  pids=$(etcd_pids)
+  [[ $(wc -w <<<"$pids") == 3 ]] || die "expected 3 etcd pid files in $WORKDIR/etcd"
+  run_bench etcdbench "$out" "$WORKDIR/etcd-r$r.cpu" "$WORKDIR/etcdbench" \
+    --endpoints "$ETCD_EPS" --clients "$CLIENTS" --conns "$CONNS" \
+    --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json
+  # shellcheck disable=SC2086
+  srv=$(cpu_ticks $pids)
+  stop_etcd
+  rm -rf "$WORKDIR/etcd"
+  record etcd "$r" "$out" "$srv" "$(<"$WORKDIR/etcd-r$r.cpu")"
+}
+
+run_flotilla() {
+  local r=$1 out=$WORKDIR/flotilla-r$1.json data=$WORKDIR/flotilla-data i ok srv
+  echo "== round $r/$ROUNDS: flotilla"
+  check_free 127.0.0.{1,2,3}:47379 127.0.0.{1,2,3}:47380 127.0.0.{1,2,3}:47381
+  rm -rf "$data"; mkdir -p "$data"
+  for i in 1 2 3; do
+    "$WORKDIR/flotilla" start --id "$i" --data-dir "$data/d$i" --groups "$NGROUPS" \
+      --initial-cluster "$FLO_CLUSTER" --peer-addr "127.0.0.$i:47380" \
+      --client-addr "127.0.0.$i:47379" --http-addr "127.0.0.$i:47381" \
+      --log-level warn >"$data/n$i.log" 2>&1 &
+    NODE_PIDS+=($!)
+  done
+  for ((t = 0; ; t++)); do
+    for i in 1 2 3; do
+      kill -0 "${NODE_PIDS[i-1]}" 2>/dev/null ||
+        die "flotilla node $i exited during start-up; $data/n$i.log ends: $(tail -n 5 "$data/n$i.log")"
+    done
+    ok=0
+    for i in 1 2 3; do
+      curl -sf -o /dev/null --max-time 1 "http://127.0.0.$i:47381/readyz" && ok=$((ok + 1))
+    done
+    ((ok == 3)) && break
+    ((t < 60)) || die "flotilla nodes not ready after 30 s (logs: $data/n{1,2,3}.log)"
+    sleep 0.5
+  done
+  sleep 2
+  run_bench "flotilla bench put" "$out" "$WORKDIR/flotilla-r$r.cpu" "$WORKDIR/flotilla" bench put \
+    --endpoints "$FLO_EPS" --clients "$CLIENTS" --conns "$CONNS" \
+    --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json
+  srv=$(cpu_ticks "${NODE_PIDS[@]}")
+  stop_nodes
+  rm -rf "$data"
+  record flotilla "$r" "$out" "$srv" "$(<"$WORKDIR/flotilla-r$r.cpu")"
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  run_etcd "$r"
+  run_flotilla "$r"
+done
+
+# --- summary --------------------------------------------------------------------
+
+echo
+echo "kvcompare: end load: $(uptime)"
+python3 - "$RESULTS" "$CLK_TCK" <<'PY'
+import json, statistics, sys
+path, tck = sys.argv[1], int(sys.argv[2])
+runs = []
+for line in open(path):
+    system, rnd, out, srv, cli = line.rstrip("\n").split("\t")
+    r = json.load(open(out))
+    ops = r["ops"]
+    us = lambda t: int(t) / tck * 1e6 / ops if ops else float("nan")
+    runs.append(dict(system=system, round=int(rnd), ops_s=r["ops_per_sec"], p50=r["p50_ms"],
+                     p99=r["p99_ms"], srv=us(srv), cli=us(cli), ops=ops, errors=r["errors"]))
+
+print(f"{'system':<9}{'round':>5}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'srv µs/op':>11}{'cli µs/op':>11}{'errors':>8}")
+for x in runs:
+    print(f"{x['system']:<9}{x['round']:>5}{x['ops_s']:>10.0f}{x['p50']:>9.2f}{x['p99']:>9.2f}"
+          f"{x['srv']:>11.0f}{x['cli']:>11.0f}{x['errors']:>8}")
+print()
+med = statistics.median
+for system in ("etcd", "flotilla"):
+    xs = [x for x in runs if x["system"] == system]
+    if xs:
+        print(f"{system:<9} median of {len(xs)}: {med(x['ops_s'] for x in xs):.0f} ops/s "
+              f"(runs {', '.join('%.0f' % x['ops_s'] for x in xs)}), "
+              f"p50 {med(x['p50'] for x in xs):.2f} ms, p99 {med(x['p99'] for x in xs):.2f} ms, "
+              f"CPU µs/op {med(x['srv'] for x in xs):.0f} + {med(x['cli'] for x in xs):.0f}")
+by = {(x["system"], x["round"]): x for x in runs}
+ratios = []
+for rnd in sorted({x["round"] for x in runs}):
+    e, f = by.get(("etcd", rnd)), by.get(("flotilla", rnd))
+    if e and f and e["ops_s"] > 0:
+        ratios.append(f["ops_s"] / e["ops_s"])
+if ratios:
+    print(f"flotilla/etcd ops/s per round: {', '.join('%.2f' % q for q in ratios)} (median {med(ratios):.2f}x)")
+PY
