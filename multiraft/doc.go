@@ -35,4 +35,8 @@
 // The Handler methods the transport calls take only Host.mu (read) and the
 // leaf locks, so transport feedback can never wait for a group's owner
 // (seed 000).
+//
+// ProposeFunc callbacks run on a worker with no lock held; they must not
+// block or call the Host (seed 001), so a consumer that gathers outcomes
+// queues them under its own leaf lock and wakes its own goroutine.
 package multiraft
