@@ -109,3 +109,28 @@ func TestProposeFunc(t *testing.T) {
 		t.Fatalf("unknown group: %d calls, error %v; want 1 call with ErrGroupNotFound", calls, failure)
 	}
 }
+
+// TestDisableProposalForwarding: with forwarding off, a follower fails a
+// proposal at once with ErrDropped (known not applied) instead of handing
+// it to a leader that could drop it unseen; the leader still takes it.
+// With forwarding on (the default), the same proposal is applied.
+func TestDisableProposalForwarding(t *testing.T) {
+	for _, off := range []bool{true, false} {
+		c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1, DisableProposalForwarding: off})
+		must(t, c.Campaign(1, 1))
+		must(t, c.TickStable(1))
+		var calls int
+		var got error
+		c.Hosts[3].ProposeFunc(1, []byte("set a 1"), func(_ []byte, err error) { calls, got = calls+1, err })
+		must(t, c.TickStable(2))
+		switch {
+		case off && (calls != 1 || !errors.Is(got, multiraft.ErrDropped)):
+			t.Fatalf("forwarding off: follower proposal: %d outcomes, error %v; want ErrDropped", calls, got)
+		case !off && (calls != 1 || got != nil):
+			t.Fatalf("forwarding on: follower proposal: %d outcomes, error %v; want applied", calls, got)
+		}
+		if _, err := c.Propose(1, 1, "set b 1"); err != nil {
+			t.Fatalf("forwarding off=%v: leader proposal: %v", off, err)
+		}
+	}
+}

@@ -43,6 +43,14 @@ type Config struct {
 	DisableCheckQuorum bool
 	// DisablePreVote turns PreVote off (on by default).
 	DisablePreVote bool
+	// DisableProposalForwarding makes a follower fail a proposal at once
+	// with ErrDropped (its outcome known: not applied) instead of
+	// forwarding it to the leader through raft. A leader drops a forwarded
+	// proposal silently (during a leadership transfer, or once deposed), and
+	// the proposer learns nothing until RequestTimeoutTicks, then only
+	// ErrAmbiguous. A caller that routes writes to the leader itself wants
+	// this. Default false: followers forward.
+	DisableProposalForwarding bool
 
 	// Workers is the number of scheduler workers. Default GOMAXPROCS; limits
 	// 1 to 256. Ignored in Manual mode.

@@ -452,6 +452,7 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 		MaxInflightMsgs:           h.cfg.MaxInflightMsgs,
 		CheckQuorum:               !h.cfg.DisableCheckQuorum,
 		PreVote:                   !h.cfg.DisablePreVote,
+		DisableProposalForwarding: h.cfg.DisableProposalForwarding,
 		Logger:                    newRaftLogger(h.log.With("group", id)),
 	})
 	if err != nil {

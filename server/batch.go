@@ -130,8 +130,8 @@ loop:
 
 // proposeLocal proposes a put or delete of a local group with an outcome
 // callback that calls done. It returns false, having done nothing, for
-// any op that must take its unary path (another node's group, or a check
-// that fails there with the unary error).
+// any op that must take its unary path (a write for another node, or a
+// check that fails there with the unary error).
 func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
 	var cmd kv.Command
 	var claimed, lease, leaseG uint64
@@ -146,7 +146,7 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
 		return false
 	}
 	g, err := k.group(cmd.Key, claimed)
-	if err != nil || leaseGroup(g, lease, leaseG) != nil || !k.local(g) {
+	if err != nil || leaseGroup(g, lease, leaseG) != nil || k.s.writeElsewhere(context.Background(), g) {
 		return false
 	}
 	b, err := cmd.Encode()

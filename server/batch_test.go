@@ -14,6 +14,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/testutil"
 	"github.com/flotilla/flotilla/kv"
 )
 
@@ -159,5 +160,56 @@ func TestShutdownEndsBatchStreams(t *testing.T) {
 	delete(c.nodes, 3)
 	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("stream after shutdown: %v, want Unavailable", err)
+	}
+}
+
+// TestFollowerForwardsWritesToLeader: a write sent to a follower, unary or
+// over a Batch stream, is proposed on the leader (the answer's header names
+// the node that proposed it), so a leader that drops it does so visibly:
+// followers do not forward proposals through raft.
+func TestFollowerForwardsWritesToLeader(t *testing.T) {
+	c := startCluster(t, 3, 4)
+	ctx := ctxT(t)
+	key := []byte("fwd-a")
+	g := kv.GroupOf(key, 4)
+	var leader, follower uint64
+	testutil.WaitFor(t, 10*time.Second, "a leader of the key's group", func() error {
+		l, _, _ := c.nodes[1].host.Leader(g)
+		if l == 0 {
+			return fmt.Errorf("group %d has no leader", g)
+		}
+		leader = l
+		return nil
+	})
+	for id := range c.nodes {
+		if id != leader {
+			follower = id
+			break
+		}
+	}
+	r, err := rawKV(t, c.nodes[follower].ClientAddr()).Put(ctx, &api.PutRequest{Key: key, Value: []byte("1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Header.GetNode() != leader {
+		t.Fatalf("unary put via follower %d answered by node %d, want the leader %d", follower, r.Header.GetNode(), leader)
+	}
+	stream, err := rawKV(t, c.nodes[follower].ClientAddr()).Batch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&api.BatchRequest{Ops: []*api.BatchOp{{Id: 1, Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: key, Value: []byte("2")}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.CloseSend()
+	if len(resp.Results) != 1 || resp.Results[0].GetCode() != 0 {
+		t.Fatalf("batch put via follower: %v", resp.Results)
+	}
+	if n := resp.Results[0].GetPut().GetHeader().GetNode(); n != leader {
+		t.Fatalf("batch put via follower %d answered by node %d, want the leader %d", follower, n, leader)
 	}
 }

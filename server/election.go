@@ -57,7 +57,7 @@ func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantReq
 	if err := kv.CheckTTL(ttl); err != nil {
 		return nil, e.s.count("lease_grant", status.Error(codes.InvalidArgument, err.Error()))
 	}
-	if _, ok := e.s.sms[g]; !ok {
+	if e.s.writeElsewhere(ctx, g) {
 		return forwardElection(ctx, e.s, g, "lease_grant", func(ctx context.Context, c api.ElectionClient) (*api.LeaseGrantResponse, error) {
 			return c.LeaseGrant(ctx, req)
 		})
@@ -78,7 +78,7 @@ func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeR
 	if req.Id == 0 {
 		return nil, e.s.count("lease_revoke", status.Error(codes.InvalidArgument, "server: lease 0"))
 	}
-	if _, ok := e.s.sms[g]; !ok {
+	if e.s.writeElsewhere(ctx, g) {
 		return forwardElection(ctx, e.s, g, "lease_revoke", func(ctx context.Context, c api.ElectionClient) (*api.LeaseRevokeResponse, error) {
 			return c.LeaseRevoke(ctx, req)
 		})
@@ -205,7 +205,7 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 	if req.Lease == 0 {
 		return nil, e.s.count("campaign", status.Error(codes.InvalidArgument, "server: campaign needs a lease"))
 	}
-	if _, ok := e.s.sms[g]; !ok {
+	if e.s.writeElsewhere(ctx, g) {
 		req.Group = g
 		return forwardElection(ctx, e.s, g, "campaign", func(ctx context.Context, c api.ElectionClient) (*api.CampaignResponse, error) {
 			return c.Campaign(ctx, req)
@@ -231,7 +231,7 @@ func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*
 	if req.Lease == 0 {
 		return nil, e.s.count("resign", status.Error(codes.InvalidArgument, "server: resign needs a lease"))
 	}
-	if _, ok := e.s.sms[g]; !ok {
+	if e.s.writeElsewhere(ctx, g) {
 		req.Group = g
 		return forwardElection(ctx, e.s, g, "resign", func(ctx context.Context, c api.ElectionClient) (*api.ResignResponse, error) {
 			return c.Resign(ctx, req)

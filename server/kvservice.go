@@ -64,6 +64,27 @@ func (k *kvService) header(g uint64) *api.Header {
 	return &api.Header{Group: g, Leader: k.s.leaderOf(g), Node: k.s.cfg.NodeID}
 }
 
+// writeElsewhere reports whether a write for group g must go to another
+// node: this node has no replica of g, or it has one but another node is
+// the known leader (and the request was not forwarded here already). Writes
+// are proposed on the leader only, so that their outcome is always known
+// (DisableProposalForwarding); a write that is proposed here while this
+// node is not the leader fails at once, retryable, with the leader hint.
+func (s *Server) writeElsewhere(ctx context.Context, g uint64) bool {
+	if _, ok := s.sms[g]; !ok {
+		return true
+	}
+	l, _, _ := s.host.Leader(g)
+	return l != 0 && l != s.cfg.NodeID && !forwardedIn(ctx)
+}
+
+// forwardedIn reports whether the request in ctx was forwarded by another
+// node.
+func forwardedIn(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	return ok && len(md.Get(mdForwarded)) > 0
+}
+
 func (k *kvService) local(g uint64) bool {
 	_, ok := k.s.sms[g]
 	return ok
@@ -97,7 +118,7 @@ func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutRespo
 	if err != nil {
 		return nil, k.s.count("put", err)
 	}
-	if !k.local(g) {
+	if k.s.writeElsewhere(ctx, g) {
 		req.Group = g
 		return forward(ctx, k.s, g, "put", func(ctx context.Context, c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
 	}
@@ -117,7 +138,7 @@ func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.De
 	if err != nil {
 		return nil, k.s.count("delete", err)
 	}
-	if !k.local(g) {
+	if k.s.writeElsewhere(ctx, g) {
 		req.Group = g
 		return forward(ctx, k.s, g, "delete", func(ctx context.Context, c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
 	}
@@ -137,7 +158,7 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 	if err != nil {
 		return nil, k.s.count("cas", err)
 	}
-	if !k.local(g) {
+	if k.s.writeElsewhere(ctx, g) {
 		req.Group = g
 		return forward(ctx, k.s, g, "cas", func(ctx context.Context, c api.KVClient) (*api.CompareAndSwapResponse, error) {
 			return c.CompareAndSwap(ctx, req)
@@ -335,7 +356,7 @@ func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) 
 // outgoing metadata), so the receiver answers itself instead of forwarding
 // again. A request that was itself forwarded is refused here.
 func (s *Server) forwardTo(ctx context.Context, g uint64) (*grpc.ClientConn, context.Context, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(mdForwarded)) > 0 {
+	if forwardedIn(ctx) {
 		return nil, nil, s.notHosted(ctx, g)
 	}
 	target := s.leaderOf(g)
@@ -343,7 +364,8 @@ func (s *Server) forwardTo(ctx context.Context, g uint64) (*grpc.ClientConn, con
 	if target == 0 || !alive[target] {
 		target = 0
 		for _, r := range Replicas(g, s.nodes) {
-			if alive[r] {
+			// Not to this node: a write is here because another node leads.
+			if alive[r] && r != s.cfg.NodeID {
 				target = r
 				break
 			}

@@ -189,8 +189,12 @@ func New(cfg Config) (s *Server, err error) {
 		HeartbeatTicks: cfg.HeartbeatTicks,
 		DisableSync:    cfg.DisableSync,
 		Workers:        cfg.Workers,
-		Logger:         s.log,
-		Registerer:     s.reg,
+		// Writes reach raft on the leader only (writeElsewhere): a follower
+		// fails a stray proposal at once instead of forwarding it to a
+		// leader that may drop it unseen, which made a write ambiguous.
+		DisableProposalForwarding: true,
+		Logger:                    s.log,
+		Registerer:                s.reg,
 	})
 	if err != nil {
 		return s, fmt.Errorf("server: %w", err)

@@ -36,6 +36,8 @@ type Options struct {
 	CompactionOverhead uint64
 	// Logger; default discards.
 	Logger *slog.Logger
+	// DisableProposalForwarding as in multiraft.Config.
+	DisableProposalForwarding bool
 }
 
 // Cluster is a set of Hosts on one in-memory network. Not safe for
@@ -121,6 +123,8 @@ func (c *Cluster) start(id uint64) error {
 		SnapshotEntries:    c.Opts.SnapshotEntries,
 		CompactionOverhead: c.Opts.CompactionOverhead,
 		Logger:             c.Opts.Logger,
+
+		DisableProposalForwarding: c.Opts.DisableProposalForwarding,
 	})
 	if err != nil {
 		return err
