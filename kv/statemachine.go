@@ -124,6 +124,18 @@ func metaValue(applied, revision uint64) []byte {
 	return v
 }
 
+var _ multiraft.Syncer = (*StateMachine)(nil)
+
+// Sync implements multiraft.Syncer: Apply commits without sync (the log
+// can redo it), and this syncs Pebble's WAL, which holds every apply so
+// far, before the engine truncates the log behind them.
+func (s *StateMachine) Sync() error {
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("kv: group %d: sync: %w", s.group, err)
+	}
+	return nil
+}
+
 // AppliedIndex implements multiraft.StateMachine.
 func (s *StateMachine) AppliedIndex() uint64 { return s.applied.Load() }
 

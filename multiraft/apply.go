@@ -88,7 +88,11 @@ func (g *group) applyReady(rd *raft.Ready, w *worker) (LeaderEvent, bool, bool) 
 		}
 		g.transfers = keep
 	}
-	if g.applied-g.snapIndex >= g.h.cfg.SnapshotEntries {
+	if sy, ok := g.sm.(Syncer); ok {
+		if g.applied-g.snapIndex >= g.h.cfg.TruncateEntries && !g.truncateLog(sy, w.batch) {
+			return LeaderEvent{}, false, false
+		}
+	} else if g.applied-g.snapIndex >= g.h.cfg.SnapshotEntries {
 		if !g.takeSnapshot(w.batch) {
 			return LeaderEvent{}, false, false
 		}
@@ -217,6 +221,41 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 	// then raft counts the change as unapplied and would turn a second
 	// change into an empty entry.
 	g.releaseAfterAdvance = true
+	return true
+}
+
+// syncedState is the data of a persisted snapshot that holds no state: the
+// state machine (a Syncer) had made everything up to its index durable
+// itself when it was written. It never leaves the node: followers get
+// snapshots built by snapshot().
+const syncedState = "flotilla: state machine synced"
+
+// truncateLog truncates the log at the applied index once the state
+// machine has made it durable (see Syncer); false if the Host failed.
+func (g *group) truncateLog(sy Syncer, b storage.Batch) bool {
+	if err := sy.Sync(); err != nil {
+		g.h.fatal(fmt.Errorf("group %d: sync state machine at %d: %w", g.id, g.applied, err))
+		return false
+	}
+	term, err := g.log.Term(g.applied)
+	if err != nil {
+		g.h.fatal(fmt.Errorf("group %d: term of applied index %d: %w", g.id, g.applied, err))
+		return false
+	}
+	// The conf state is the one at the applied index: every change up to
+	// it has been applied, none after it.
+	b.SetSnapshot(g.id, raftpb.Snapshot{
+		Data: []byte(syncedState),
+		Metadata: raftpb.SnapshotMetadata{
+			Index:     g.applied,
+			Term:      term,
+			ConfState: storage.CloneConf(g.log.cs),
+		},
+	})
+	g.snapIndex = g.applied
+	if g.snapIndex > g.h.cfg.CompactionOverhead {
+		g.log.compact(g.snapIndex - g.h.cfg.CompactionOverhead)
+	}
 	return true
 }
 

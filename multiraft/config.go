@@ -77,6 +77,10 @@ type Config struct {
 	// state machine and the truncation of the log behind it. Default 10000;
 	// limits 10 to 1<<30.
 	SnapshotEntries uint64
+	// TruncateEntries is, for a state machine that implements Syncer, how
+	// many applied entries trigger a truncation of the log (without a
+	// snapshot). Default 500; limits 10 to SnapshotEntries.
+	TruncateEntries uint64
 	// CompactionOverhead is how many entries behind a snapshot stay in
 	// memory so that slightly lagging followers need no snapshot. Default
 	// 2000; at most SnapshotEntries.
@@ -130,6 +134,9 @@ func (c *Config) setDefaults() {
 	def64(&c.MaxUncommittedBytes, 64<<20)
 	def(&c.MaxInboxMsgs, 4096)
 	def64(&c.SnapshotEntries, 10000)
+	if c.TruncateEntries == 0 {
+		c.TruncateEntries = min(500, c.SnapshotEntries)
+	}
 	if c.CompactionOverhead == 0 {
 		c.CompactionOverhead = min(2000, c.SnapshotEntries)
 	}
@@ -170,6 +177,8 @@ func (c *Config) validate() error {
 		return bad("MaxInboxMsgs %d outside 16..1<<20", c.MaxInboxMsgs)
 	case c.SnapshotEntries < 10 || c.SnapshotEntries > 1<<30:
 		return bad("SnapshotEntries %d outside 10..1<<30", c.SnapshotEntries)
+	case c.TruncateEntries < 10 || c.TruncateEntries > c.SnapshotEntries:
+		return bad("TruncateEntries %d outside 10..SnapshotEntries (%d)", c.TruncateEntries, c.SnapshotEntries)
 	case c.CompactionOverhead > c.SnapshotEntries:
 		return bad("CompactionOverhead %d > SnapshotEntries %d", c.CompactionOverhead, c.SnapshotEntries)
 	case c.RequestTimeoutTicks < c.ElectionTicks:

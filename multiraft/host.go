@@ -423,6 +423,17 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 		return s, nil
 	}
 	applied := sm.AppliedIndex()
+	if string(st.Snapshot.Data) == syncedState && applied < snapMeta.Index {
+		// The state machine synced everything up to the truncation point
+		// before it was written; what lies between its last command and
+		// that point holds no command (empty entries, membership changes,
+		// which the conf state has).
+		if _, ok := sm.(Syncer); !ok {
+			return fmt.Errorf("%w: group %d: the log was truncated for a state machine that syncs itself, and this one does not",
+				ErrInvalidRequest, id)
+		}
+		applied = snapMeta.Index
+	}
 	if applied < snapMeta.Index {
 		if err := sm.Restore(bytes.NewReader(st.Snapshot.Data), snapMeta.Index); err != nil {
 			return fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, snapMeta.Index, err)

@@ -45,3 +45,19 @@ type StateMachine interface {
 	// from the last snapshot. Called once, when the group starts.
 	AppliedIndex() uint64
 }
+
+// Syncer is implemented by a state machine that keeps its applied state in
+// durable storage of its own (its AppliedIndex survives a restart). For
+// such a group the engine truncates the log every Config.TruncateEntries
+// applied entries without taking a snapshot: it calls Sync, then persists
+// only the truncation point (index, term, membership). A follower that
+// needs the truncated entries still gets a snapshot, built when asked. Far
+// cheaper than snapshots for a large state, and the log stays short, so
+// log entries are mostly deleted before the store writes them out again
+// (flushes and compactions, BENCHMARKS.md).
+type Syncer interface {
+	// Sync makes the effect of every command applied so far durable. It is
+	// called by the worker that holds the group, between Apply calls. An
+	// error is fatal.
+	Sync() error
+}

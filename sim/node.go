@@ -218,6 +218,14 @@ type recSM struct {
 	group uint64
 }
 
+// Sync implements multiraft.Syncer, unless the planted bug skips it.
+func (r *recSM) Sync() error {
+	if r.s.cfg.Bug == BugTruncateUnsynced {
+		return nil
+	}
+	return r.StateMachine.Sync()
+}
+
 // Apply implements multiraft.StateMachine.
 func (r *recSM) Apply(cmds []multiraft.Command) error {
 	if err := r.StateMachine.Apply(cmds); err != nil {

@@ -118,6 +118,10 @@ const (
 	// (multiraft.Config.DisableSync): votes and acknowledgements promise
 	// durability the store does not have.
 	BugAckBeforeSync
+	// BugTruncateUnsynced truncates the log without syncing the state
+	// machine first (its Sync does nothing): after a crash the state
+	// machine lacks commands the log no longer holds.
+	BugTruncateUnsynced
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -226,7 +230,7 @@ func (c *Config) validate() error {
 		return bad("TickInterval %v < 1ms", c.TickInterval)
 	case c.RequestTimeout < c.TickInterval:
 		return bad("RequestTimeout %v < TickInterval", c.RequestTimeout)
-	case c.Bug < BugNone || c.Bug > BugAckBeforeSync:
+	case c.Bug < BugNone || c.Bug > BugTruncateUnsynced:
 		return bad("unknown Bug %d", c.Bug)
 	}
 	return nil

@@ -117,6 +117,14 @@ func TestTeethAckBeforeSync(t *testing.T) {
 		func(r *Result) bool { return r.Failed() })
 }
 
+// TestTeethTruncateUnsynced truncates logs behind state machine writes
+// that were never synced: crashes must show up as diverging replicas or a
+// lost write.
+func TestTeethTruncateUnsynced(t *testing.T) {
+	findFailure(t, Config{Bug: BugTruncateUnsynced, Faults: FaultCrash | FaultFailPoint | FaultDelay}, 30,
+		func(r *Result) bool { return r.Failed() })
+}
+
 // TestTeethDuplicateProposals lets the network duplicate forwarded
 // proposals, which raft appends twice: the double apply must be reported.
 func TestTeethDuplicateProposals(t *testing.T) {
