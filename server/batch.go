@@ -243,38 +243,39 @@ func (k *kvService) sendLoop(stream api.KV_BatchServer, q *batchQueue, stop <-ch
 	}
 }
 
-// answer turns an outcome into the op's answer, counting it as its unary
-// RPC would.
+// answer turns an outcome into the op's answer, as its unary RPC would
+// (same response, error status and count).
 func (k *kvService) answer(d batchDone) *api.BatchResult {
 	if d.res != nil {
 		return d.res
 	}
-	method := "delete"
-	if d.put {
-		method = "put"
-	}
-	var r kv.Result
-	err := d.err
-	if err != nil {
-		err = k.s.rpcError(context.Background(), d.g, err, true)
-	} else if r, err = kv.DecodeResult(d.out); err != nil {
-		err = status.Error(codes.Internal, err.Error())
-	} else if d.put && r.LeaseMissing {
-		err = leaseNotFound(d.g, d.lease)
-	}
-	k.s.count(method, err)
 	res := &api.BatchResult{Id: d.id}
-	switch {
-	case err != nil:
-		st := status.Convert(err)
-		res.Code, res.Message = uint32(st.Code()), st.Message()
-		res.Leader = k.s.leaderOf(d.g)
-	case d.put:
-		res.Response = &api.BatchResult_Put{Put: &api.PutResponse{Header: k.header(d.g), Revision: r.Revision}}
-	default:
-		res.Response = &api.BatchResult_Delete{Delete: &api.DeleteResponse{Header: k.header(d.g), Deleted: r.OK, Revision: r.Revision}}
+	r, err := k.s.outcome(context.Background(), d.g, d.out, d.err)
+	if d.put {
+		var resp *api.PutResponse
+		if resp, err = k.putAnswer(d.g, d.lease, r, err); err == nil {
+			res.Response = &api.BatchResult_Put{Put: resp}
+		}
+	} else {
+		var resp *api.DeleteResponse
+		if resp, err = k.deleteAnswer(d.g, r, err); err == nil {
+			res.Response = &api.BatchResult_Delete{Delete: resp}
+		}
+	}
+	if err != nil {
+		k.setError(res, d.g, err)
 	}
 	return res
+}
+
+// setError puts err's status into res, with group g's leader as the hint
+// (g 0: no hint).
+func (k *kvService) setError(res *api.BatchResult, g uint64, err error) {
+	st := status.Convert(err)
+	res.Code, res.Message = uint32(st.Code()), st.Message()
+	if g != 0 {
+		res.Leader = k.s.leaderOf(g)
+	}
 }
 
 // batchOp runs one op on its unary path and returns its answer.
@@ -299,11 +300,11 @@ func (k *kvService) batchOp(ctx context.Context, op *api.BatchOp) *api.BatchResu
 		err = status.Error(codes.Unimplemented, "server: unknown batch op")
 	}
 	if err != nil {
-		st := status.Convert(err)
-		res.Code, res.Message = uint32(st.Code()), st.Message()
+		var g uint64
 		if kv.CheckKey(key) == nil {
-			res.Leader = k.s.leaderOf(kv.GroupOf(key, k.s.cfg.Groups))
+			g = kv.GroupOf(key, k.s.cfg.Groups)
 		}
+		k.setError(res, g, err)
 	}
 	return res
 }

@@ -123,8 +123,14 @@ func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutRespo
 		return forward(ctx, k.s, g, "put", func(ctx context.Context, c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
 	}
 	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease})
+	return k.putAnswer(g, req.Lease, res, err)
+}
+
+// putAnswer turns the outcome of a put proposed on group g into the
+// answer, and counts it.
+func (k *kvService) putAnswer(g, lease uint64, res kv.Result, err error) (*api.PutResponse, error) {
 	if err == nil && res.LeaseMissing {
-		err = leaseNotFound(g, req.Lease)
+		err = leaseNotFound(g, lease)
 	}
 	if err != nil {
 		return nil, k.s.count("put", err)
@@ -143,6 +149,12 @@ func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.De
 		return forward(ctx, k.s, g, "delete", func(ctx context.Context, c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
 	}
 	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpDelete, Key: req.Key})
+	return k.deleteAnswer(g, res, err)
+}
+
+// deleteAnswer turns the outcome of a delete proposed on group g into the
+// answer, and counts it.
+func (k *kvService) deleteAnswer(g uint64, res kv.Result, err error) (*api.DeleteResponse, error) {
 	if err != nil {
 		return nil, k.s.count("delete", err)
 	}
@@ -294,6 +306,12 @@ func (s *Server) propose(ctx context.Context, g uint64, cmd kv.Command) (kv.Resu
 		return kv.Result{}, status.Error(codes.InvalidArgument, err.Error())
 	}
 	out, err := s.host.Propose(ctx, g, b)
+	return s.outcome(ctx, g, out, err)
+}
+
+// outcome decodes the engine's outcome of a write to group g, mapping its
+// error to a gRPC status (see rpcError).
+func (s *Server) outcome(ctx context.Context, g uint64, out []byte, err error) (kv.Result, error) {
 	if err != nil {
 		return kv.Result{}, s.rpcError(ctx, g, err, true)
 	}
