@@ -9,14 +9,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/loadgen"
 )
 
 // benchResult is the JSON of `bench -w json`; its field names are a
@@ -122,8 +120,9 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 	return nil
 }
 
-// bench runs the workload and returns its figures, writing a progress
-// line to progress once a second.
+// bench runs the workload with loadgen (the loop tools/etcdbench runs
+// too) and returns its figures, writing a progress line to progress once a
+// second.
 func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progress io.Writer) (benchResult, error) {
 	// A few clients share the load: each has its own connections.
 	nconn := min(bf.clients, bf.conns)
@@ -144,79 +143,21 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
 	}
-	var ops, errs atomic.Uint64
-	lats := make([][]time.Duration, bf.clients)
-	start := time.Now()
-	deadline := start.Add(bf.duration)
-	rctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	var wg sync.WaitGroup
-	for i := range bf.clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := clients[i%len(clients)]
-			rng := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
-			for rctx.Err() == nil {
-				key := fmt.Appendf(nil, "bench-%08d", rng.IntN(bf.keys))
-				t0 := time.Now()
-				var err error
-				if op == "put" {
-					_, err = c.Put(rctx, key, value)
-				} else {
-					_, err = c.Get(rctx, key)
-					if errors.Is(err, client.ErrKeyNotFound) {
-						err = nil
-					}
-				}
-				if rctx.Err() != nil {
-					return // cut by the deadline: neither an op nor an error
-				}
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				lats[i] = append(lats[i], time.Since(t0))
-				ops.Add(1)
-			}
-		}()
-	}
-	done := make(chan struct{})
-	var pwg sync.WaitGroup
-	pwg.Add(1)
-	go func() { // progressLoop
-		defer pwg.Done()
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				fmt.Fprintln(progress)
-				return
-			case <-t.C:
-				el := time.Since(start).Seconds()
-				fmt.Fprintf(progress, "\rbench %s: %4.0fs  %d ops  %.0f ops/s  %d errors ", op, el, ops.Load(), float64(ops.Load())/el, errs.Load())
-			}
+	r := loadgen.Run(ctx, bf.clients, bf.duration, "bench "+op, progress, func(ctx context.Context, i int, rng *rand.Rand) error {
+		c := clients[i%len(clients)]
+		key := fmt.Appendf(nil, "bench-%08d", rng.IntN(bf.keys))
+		if op == "put" {
+			_, err := c.Put(ctx, key, value)
+			return err
 		}
-	}()
-	wg.Wait()
-	close(done)
-	pwg.Wait()
-	elapsed := time.Since(start).Seconds()
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	pct := func(p float64) float64 {
-		if len(all) == 0 {
-			return 0
+		if _, err := c.Get(ctx, key); err != nil && !errors.Is(err, client.ErrKeyNotFound) {
+			return err
 		}
-		return float64(all[min(len(all)-1, int(p*float64(len(all))))]) / float64(time.Millisecond)
-	}
+		return nil
+	})
 	return benchResult{
-		Op: op, Ops: ops.Load(), Errors: errs.Load(), Seconds: elapsed,
-		OpsPerSec: float64(ops.Load()) / elapsed, P50Ms: pct(0.50), P99Ms: pct(0.99),
+		Op: op, Ops: r.Ops, Errors: r.Errors, Seconds: r.Seconds,
+		OpsPerSec: r.OpsPerSec, P50Ms: r.P50Ms, P99Ms: r.P99Ms,
 		Clients: bf.clients, ValueSize: bf.valueSize, Keys: bf.keys,
 	}, nil
 }

@@ -1,8 +1,8 @@
 // Command etcdbench is a load generator for etcd that runs the same loop as
-// Flotilla's `flotilla bench put` (cmd/flotilla/bench.go), so the two systems
-// can be compared with the same workload shape (BENCHMARKS.md, "KV service vs
-// etcd"). It lives in its own module to keep etcd's client out of Flotilla's
-// go.mod.
+// Flotilla's `flotilla bench put` (package loadgen, which both use), so the
+// two systems are compared with the same workload shape (BENCHMARKS.md, "KV
+// service vs etcd"). It lives in its own module to keep etcd's client out of
+// Flotilla's go.mod; it takes loadgen from this checkout (replace ../..).
 //
 // Usage:
 //
@@ -18,13 +18,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flotilla/flotilla/loadgen"
 	"go.uber.org/zap"
 )
 
@@ -148,73 +147,13 @@ func run(ctx context.Context, cfg config, progress io.Writer) (result, error) {
 		b[i] = 'a' + byte(i%26)
 	}
 	value := string(b)
-
-	var ops, errs atomic.Uint64
-	lats := make([][]time.Duration, cfg.clients)
-	start := time.Now()
-	rctx, cancel := context.WithDeadline(ctx, start.Add(cfg.duration))
-	defer cancel()
-	var wg sync.WaitGroup
-	for i := range cfg.clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := clients[i%len(clients)]
-			rng := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
-			for rctx.Err() == nil {
-				key := fmt.Sprintf("bench-%08d", rng.IntN(cfg.keys))
-				t0 := time.Now()
-				_, err := c.Put(rctx, key, value)
-				if rctx.Err() != nil {
-					return // cut by the deadline: neither an op nor an error
-				}
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				lats[i] = append(lats[i], time.Since(t0))
-				ops.Add(1)
-			}
-		}()
-	}
-
-	done := make(chan struct{})
-	var pwg sync.WaitGroup
-	pwg.Add(1)
-	go func() {
-		defer pwg.Done()
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				fmt.Fprintln(progress)
-				return
-			case <-t.C:
-				el := time.Since(start).Seconds()
-				fmt.Fprintf(progress, "\rbench put: %4.0fs  %d ops  %.0f ops/s  %d errors ", el, ops.Load(), float64(ops.Load())/el, errs.Load())
-			}
-		}
-	}()
-	wg.Wait()
-	close(done)
-	pwg.Wait()
-	elapsed := time.Since(start).Seconds()
-
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	pct := func(p float64) float64 {
-		if len(all) == 0 {
-			return 0
-		}
-		return float64(all[min(len(all)-1, int(p*float64(len(all))))]) / float64(time.Millisecond)
-	}
+	r := loadgen.Run(ctx, cfg.clients, cfg.duration, "bench put", progress, func(ctx context.Context, i int, rng *rand.Rand) error {
+		_, err := clients[i%len(clients)].Put(ctx, fmt.Sprintf("bench-%08d", rng.IntN(cfg.keys)), value)
+		return err
+	})
 	return result{
-		Op: "put", Ops: ops.Load(), Errors: errs.Load(), Seconds: elapsed,
-		OpsPerSec: float64(ops.Load()) / elapsed, P50Ms: pct(0.50), P99Ms: pct(0.99),
+		Op: "put", Ops: r.Ops, Errors: r.Errors, Seconds: r.Seconds,
+		OpsPerSec: r.OpsPerSec, P50Ms: r.P50Ms, P99Ms: r.P99Ms,
 		Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys,
 	}, nil
 }

@@ -1,0 +1,74 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestRunCountsOpsErrorsAndLatency: every op is counted once as an op or
+// an error, latencies are measured on successes only, and each client gets
+// its own stream of random choices.
+func TestRunCountsOpsErrorsAndLatency(t *testing.T) {
+	var calls atomic.Uint64
+	seen := make([]map[int]bool, 4)
+	for i := range seen {
+		seen[i] = map[int]bool{}
+	}
+	var out bytes.Buffer
+	r := Run(context.Background(), 4, 1200*time.Millisecond, "bench test", &out, func(ctx context.Context, c int, rng *rand.Rand) error {
+		n := calls.Add(1)
+		seen[c][rng.IntN(1000)] = true
+		if n%4 == 0 {
+			return errors.New("planted failure")
+		}
+		select { // a request that takes a while, cut by the deadline at the end
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	if r.Ops == 0 || r.Errors == 0 {
+		t.Fatalf("ops %d errors %d: both kinds were planted", r.Ops, r.Errors)
+	}
+	if got := r.Ops + r.Errors; got > calls.Load() || calls.Load()-got > 4 {
+		t.Fatalf("%d ops + %d errors from %d calls: at most the 4 cut by the deadline go uncounted", r.Ops, r.Errors, calls.Load())
+	}
+	if r.P50Ms < 1 || r.P99Ms < r.P50Ms {
+		t.Fatalf("p50 %.3f ms, p99 %.3f ms: each success took at least 1 ms", r.P50Ms, r.P99Ms)
+	}
+	for c := range seen {
+		if len(seen[c]) < 2 {
+			t.Fatalf("client %d drew %d distinct values", c, len(seen[c]))
+		}
+	}
+	if !strings.Contains(out.String(), "bench test:") {
+		t.Fatalf("no progress line in %q", out.String())
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	ms := func(n ...int) []time.Duration {
+		var d []time.Duration
+		for _, x := range n {
+			d = append(d, time.Duration(x)*time.Millisecond)
+		}
+		return d
+	}
+	if p := percentile(nil, 0.5); p != 0 {
+		t.Fatalf("empty: %v", p)
+	}
+	s := ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	if p50, p99 := percentile(s, 0.5), percentile(s, 0.99); p50 != 6 || p99 != 10 {
+		t.Fatalf("p50 %v p99 %v, want 6 and 10", p50, p99)
+	}
+}
