@@ -25,11 +25,28 @@ type Op func(ctx context.Context, client int, rng *rand.Rand) error
 
 // Result is what a run measured. Latencies are of successful ops only.
 type Result struct {
-	Ops, Errors uint64
-	Seconds     float64
-	OpsPerSec   float64
-	P50Ms       float64
-	P99Ms       float64
+	Ops       uint64  `json:"ops"`
+	Errors    uint64  `json:"errors"`
+	Seconds   float64 `json:"seconds"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50Ms     float64 `json:"p50_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+}
+
+// Report is a run's result with its workload, as `flotilla bench -w json`
+// prints it: the JSON field names are a contract (DESIGN.md).
+type Report struct {
+	Op string `json:"op"`
+	Result
+	Clients   int `json:"clients"`
+	ValueSize int `json:"value_size"`
+	Keys      int `json:"keys"`
+}
+
+// String is the report as one table line.
+func (r Report) String() string {
+	return fmt.Sprintf("bench %s: %d ops, %d errors in %.1fs: %.0f ops/s, p50 %.2f ms, p99 %.2f ms",
+		r.Op, r.Ops, r.Errors, r.Seconds, r.OpsPerSec, r.P50Ms, r.P99Ms)
 }
 
 // Run runs op from clients goroutines for d (or until ctx ends) and

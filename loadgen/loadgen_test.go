@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"strings"
@@ -70,5 +71,18 @@ func TestPercentile(t *testing.T) {
 	s := ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 	if p50, p99 := percentile(s, 0.5), percentile(s, 0.99); p50 != 6 || p99 != 10 {
 		t.Fatalf("p50 %v p99 %v, want 6 and 10", p50, p99)
+	}
+}
+
+// TestReportJSON: the field names and order of `bench -w json` are a
+// contract (DESIGN.md).
+func TestReportJSON(t *testing.T) {
+	b, err := json.Marshal(Report{Op: "put", Result: Result{Ops: 1, Errors: 2, Seconds: 3, OpsPerSec: 4, P50Ms: 5, P99Ms: 6}, Clients: 7, ValueSize: 8, Keys: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"op":"put","ops":1,"errors":2,"seconds":3,"ops_per_sec":4,"p50_ms":5,"p99_ms":6,"clients":7,"value_size":8,"keys":9}`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
 	}
 }

@@ -17,21 +17,6 @@ import (
 	"github.com/flotilla/flotilla/loadgen"
 )
 
-// benchResult is the JSON of `bench -w json`; its field names are a
-// contract (DESIGN.md).
-type benchResult struct {
-	Op        string  `json:"op"`
-	Ops       uint64  `json:"ops"`
-	Errors    uint64  `json:"errors"`
-	Seconds   float64 `json:"seconds"`
-	OpsPerSec float64 `json:"ops_per_sec"`
-	P50Ms     float64 `json:"p50_ms"`
-	P99Ms     float64 `json:"p99_ms"`
-	Clients   int     `json:"clients"`
-	ValueSize int     `json:"value_size"`
-	Keys      int     `json:"keys"`
-}
-
 type benchFlags struct {
 	cf        clientFlags
 	clients   int
@@ -115,15 +100,14 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 	if bf.out == "json" {
 		return json.NewEncoder(w).Encode(res)
 	}
-	fmt.Fprintf(w, "bench %s: %d ops, %d errors in %.1fs: %.0f ops/s, p50 %.2f ms, p99 %.2f ms\n",
-		op, res.Ops, res.Errors, res.Seconds, res.OpsPerSec, res.P50Ms, res.P99Ms)
-	return nil
+	_, err = fmt.Fprintln(w, res)
+	return err
 }
 
 // bench runs the workload with loadgen (the loop tools/etcdbench runs
 // too) and returns its figures, writing a progress line to progress once a
 // second.
-func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progress io.Writer) (benchResult, error) {
+func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progress io.Writer) (loadgen.Report, error) {
 	// A few clients share the load: each has its own connections.
 	nconn := min(bf.clients, bf.conns)
 	clients := make([]*client.Client, 0, nconn)
@@ -135,7 +119,7 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 	for range nconn {
 		c, err := client.New(ctx, client.Config{Endpoints: eps, DisableBatch: bf.noBatch}, client.WithMaxAttempts(3))
 		if err != nil {
-			return benchResult{}, err
+			return loadgen.Report{}, err
 		}
 		clients = append(clients, c)
 	}
@@ -155,9 +139,5 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 		}
 		return nil
 	})
-	return benchResult{
-		Op: op, Ops: r.Ops, Errors: r.Errors, Seconds: r.Seconds,
-		OpsPerSec: r.OpsPerSec, P50Ms: r.P50Ms, P99Ms: r.P99Ms,
-		Clients: bf.clients, ValueSize: bf.valueSize, Keys: bf.keys,
-	}, nil
+	return loadgen.Report{Op: op, Result: r, Clients: bf.clients, ValueSize: bf.valueSize, Keys: bf.keys}, nil
 }

@@ -27,20 +27,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// result has the fields, names and meaning of bench.go's benchResult.
-type result struct {
-	Op        string  `json:"op"`
-	Ops       uint64  `json:"ops"`
-	Errors    uint64  `json:"errors"`
-	Seconds   float64 `json:"seconds"`
-	OpsPerSec float64 `json:"ops_per_sec"`
-	P50Ms     float64 `json:"p50_ms"`
-	P99Ms     float64 `json:"p99_ms"`
-	Clients   int     `json:"clients"`
-	ValueSize int     `json:"value_size"`
-	Keys      int     `json:"keys"`
-}
-
 type config struct {
 	endpoints []string
 	clients   int
@@ -72,8 +58,7 @@ func main() {
 		}
 		return
 	}
-	fmt.Printf("bench %s: %d ops, %d errors in %.1fs: %.0f ops/s, p50 %.2f ms, p99 %.2f ms\n",
-		res.Op, res.Ops, res.Errors, res.Seconds, res.OpsPerSec, res.P50Ms, res.P99Ms)
+	fmt.Println(res)
 }
 
 func parseFlags(args []string) (config, error) {
@@ -120,7 +105,7 @@ func parseFlags(args []string) (config, error) {
 
 // run puts for cfg.duration and returns the figures, writing a progress line
 // to progress once a second.
-func run(ctx context.Context, cfg config, progress io.Writer) (result, error) {
+func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, error) {
 	// A few etcd clients share the load; each has its own connection(s) and
 	// balances over all the endpoints.
 	n := min(cfg.clients, cfg.conns)
@@ -138,7 +123,7 @@ func run(ctx context.Context, cfg config, progress io.Writer) (result, error) {
 			Logger:      zap.NewNop(),
 		})
 		if err != nil {
-			return result{}, fmt.Errorf("connecting to %s: %w", strings.Join(cfg.endpoints, ","), err)
+			return loadgen.Report{}, fmt.Errorf("connecting to %s: %w", strings.Join(cfg.endpoints, ","), err)
 		}
 		clients = append(clients, c)
 	}
@@ -151,9 +136,5 @@ func run(ctx context.Context, cfg config, progress io.Writer) (result, error) {
 		_, err := clients[i%len(clients)].Put(ctx, fmt.Sprintf("bench-%08d", rng.IntN(cfg.keys)), value)
 		return err
 	})
-	return result{
-		Op: "put", Ops: r.Ops, Errors: r.Errors, Seconds: r.Seconds,
-		OpsPerSec: r.OpsPerSec, P50Ms: r.P50Ms, P99Ms: r.P99Ms,
-		Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys,
-	}, nil
+	return loadgen.Report{Op: "put", Result: r, Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys}, nil
 }
