@@ -98,7 +98,15 @@ func TestPutGetDeleteCAS(t *testing.T) {
 	if found, _ := get(t, other, "b"); found {
 		t.Fatal("group 8 sees group 7's key")
 	}
-	// Applied index and revision survive a reopen.
+	// Applied index and revision survive a reopen once synced; before, the
+	// reopened group is as of its last write to Pebble (the CAS at 4,
+	// which wrote the held put), and the log replays the rest.
+	if early, err := New(db, 7); err != nil || early.AppliedIndex() != 4 || early.Revision() != 3 {
+		t.Fatalf("reopened unsynced: applied %d revision %d err %v, want 4 and 3", early.AppliedIndex(), early.Revision(), err)
+	}
+	if err := sm.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	again, err := New(db, 7)
 	if err != nil {
 		t.Fatal(err)

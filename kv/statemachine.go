@@ -31,10 +31,10 @@ var snapKinds = []byte{kindData, kindLease, kindElection, kindAttached, kindLeas
 // StateMachine is the KV state of one group, kept in a Pebble database
 // shared with the raft logs and the other groups.
 //
-// Apply, Snapshot, Restore and AppliedIndex are called by the engine's
-// worker that holds the group, one at a time. Query may run concurrently
-// with them: it reads Pebble only, and a Pebble batch becomes visible to
-// readers all at once.
+// Apply, Snapshot, Restore, Sync and AppliedIndex are called by the
+// engine's worker that holds the group, one at a time. Query may run
+// concurrently with them: it reads the held writes under their lock and
+// Pebble, whose batches become visible to readers all at once.
 type StateMachine struct {
 	db     *pebble.DB
 	group  uint64
@@ -52,17 +52,40 @@ type StateMachine struct {
 	// worker (set by New, Apply and Restore); never wrongly false.
 	mayAttach bool
 
+	// dirty holds applied puts and deletes not yet in Pebble (dirty.go).
+	dirty dirtySet
+	// persisted is the applied index Pebble has. Owned by the worker.
+	persisted uint64
+	// stage collects one Apply's writes before they are made visible; kept
+	// to reuse its array. Owned by the worker.
+	stage []dirtyWrite
+
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
 }
 
 var _ multiraft.StateMachine = (*StateMachine)(nil)
 
+// Option configures New.
+type Option func(*StateMachine)
+
+// WithHoldBudget makes the state machine hold applied writes against b,
+// shared with others (default: a budget of DefaultHoldBytes of its own).
+func WithHoldBudget(b *HoldBudget) Option {
+	return func(s *StateMachine) { s.dirty.budget = b }
+}
+
 // New returns the state machine of group, loading its applied index and
 // revision from db. The caller keeps owning db and closes it after the
 // engine stopped.
-func New(db *pebble.DB, group uint64) (*StateMachine, error) {
+func New(db *pebble.DB, group uint64, opts ...Option) (*StateMachine, error) {
 	s := &StateMachine{db: db, group: group}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.dirty.budget == nil {
+		s.dirty.budget = NewHoldBudget(DefaultHoldBytes)
+	}
 	s.prefix[0] = kindData
 	binary.BigEndian.PutUint64(s.prefix[1:], group)
 	// The group's keys end where the next group's begin. (Bumping the kind
@@ -95,6 +118,7 @@ func New(db *pebble.DB, group uint64) (*StateMachine, error) {
 	}
 	s.applied.Store(binary.BigEndian.Uint64(v))
 	s.revision.Store(binary.BigEndian.Uint64(v[8:]))
+	s.persisted = s.applied.Load()
 	return s, nil
 }
 
@@ -126,10 +150,14 @@ func metaValue(applied, revision uint64) []byte {
 
 var _ multiraft.Syncer = (*StateMachine)(nil)
 
-// Sync implements multiraft.Syncer: Apply commits without sync (the log
-// can redo it), and this syncs Pebble's WAL, which holds every apply so
-// far, before the engine truncates the log behind them.
+// Sync implements multiraft.Syncer: Apply holds writes in memory or
+// commits them without sync (the log can redo them); this writes what is
+// held and syncs Pebble's WAL, which then holds every apply so far, before
+// the engine truncates the log behind them.
 func (s *StateMachine) Sync() error {
+	if err := s.flush(); err != nil {
+		return err
+	}
 	if err := s.db.LogData(nil, pebble.Sync); err != nil {
 		return fmt.Errorf("kv: group %d: sync: %w", s.group, err)
 	}
@@ -155,9 +183,44 @@ func getFrom(r pebble.Reader, k []byte) (found bool, rev uint64, val []byte, err
 	return true, binary.BigEndian.Uint64(v), bytes.Clone(v[8:]), nil
 }
 
-// Apply implements multiraft.StateMachine. Data and applied index go in one
-// batch.
+// flush writes the held writes to Pebble with the applied index, in one
+// batch, without sync. Called by the worker.
+func (s *StateMachine) flush() error {
+	applied := s.applied.Load()
+	if s.dirty.empty() && s.persisted == applied {
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := s.dirty.writeTo(b, s.prefix[:]); err != nil {
+		return err
+	}
+	if err := b.Set(s.metaKey(), metaValue(applied, s.revision.Load()), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("kv: group %d: commit held writes: %w", s.group, err)
+	}
+	// Pebble and the held writes agree until reset: readers see the same
+	// state through either.
+	s.dirty.reset()
+	s.persisted = applied
+	return nil
+}
+
+// Apply implements multiraft.StateMachine. Plain puts and deletes are held
+// in memory (dirtySet); any other command first writes what is held, then
+// goes in one Pebble batch with its data and the applied index.
 func (s *StateMachine) Apply(cmds []multiraft.Command) error {
+	if len(cmds) == 0 {
+		return nil
+	}
+	if s.holdable(cmds) {
+		return s.applyHeld(cmds)
+	}
+	if err := s.flush(); err != nil {
+		return err
+	}
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
 	rev := s.revision.Load()
@@ -236,15 +299,13 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		res.Revision = rev
 		c.Result = res.encode()
 	}
-	if len(cmds) == 0 {
-		return nil
-	}
 	if err := b.Set(s.metaKey(), metaValue(last, rev), nil); err != nil {
 		return err
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("kv: group %d: commit apply: %w", s.group, err)
 	}
+	s.persisted = last
 	s.applied.Store(last)
 	s.revision.Store(rev)
 	if fx.leases != nil {
@@ -254,6 +315,75 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		s.publish(fx.elections, false)
 	}
 	return nil
+}
+
+// holdable reports whether every command is a well-formed put or delete
+// that touches no lease, in a group where no key is attached to one: such
+// commands only write data keys, and may be held (applyHeld).
+func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
+	if s.mayAttach || s.dirty.budget.limit == 0 {
+		return false
+	}
+	for i := range cmds {
+		cmd, err := decodeCommand(cmds[i].Data)
+		if err != nil || (cmd.Op != OpPut && cmd.Op != OpDelete) || cmd.Lease != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// applyHeld applies holdable commands into the dirty set, and writes it out
+// once it is full.
+func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
+	rev := s.revision.Load()
+	st := s.stage[:0]
+	for i := range cmds {
+		c := &cmds[i]
+		cmd, _ := decodeCommand(c.Data) // holdable checked it
+		res := Result{OK: true}
+		switch cmd.Op {
+		case OpPut:
+			rev++
+			st = append(st, dirtyWrite{key: string(cmd.Key), stored: stored(rev, cmd.Value)})
+		case OpDelete:
+			found, err := s.heldFound(st, cmd.Key)
+			if err != nil {
+				return err
+			}
+			if found {
+				rev++
+				st = append(st, dirtyWrite{key: string(cmd.Key)})
+			}
+			res.OK = found
+		}
+		res.Revision = rev
+		c.Result = res.encode()
+	}
+	s.dirty.apply(st)
+	clear(st) // drop the references the array would keep
+	s.stage = st[:0]
+	s.revision.Store(rev)
+	s.applied.Store(cmds[len(cmds)-1].Index)
+	if s.dirty.full() {
+		return s.flush()
+	}
+	return nil
+}
+
+// heldFound reports whether key exists as of the writes staged so far:
+// the latest of staged, held, then Pebble.
+func (s *StateMachine) heldFound(staged []dirtyWrite, key []byte) (bool, error) {
+	for i := len(staged) - 1; i >= 0; i-- {
+		if staged[i].key == string(key) {
+			return staged[i].stored != nil, nil
+		}
+	}
+	if v, ok := s.dirty.lookupLocked(key); ok {
+		return v != nil, nil
+	}
+	found, _, _, err := getFrom(s.db, s.dataKey(key))
+	return found, err
 }
 
 // leaseMissing reports whether a put or CAS names a lease (not 0) that
@@ -280,7 +410,7 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	}
 	switch q[0] {
 	case 'g':
-		found, rev, val, err := getFrom(s.db, s.dataKey(q[1:]))
+		found, rev, val, err := s.get(q[1:])
 		if err != nil {
 			return nil, err
 		}
@@ -309,13 +439,29 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])
 }
 
+// get reads a data key: the held write if there is one, else Pebble.
+func (s *StateMachine) get(key []byte) (found bool, rev uint64, val []byte, err error) {
+	v, held := s.dirty.get(key)
+	if !held {
+		// Anything flushed since the lookup is in Pebble by now: a flush
+		// commits before it forgets.
+		return getFrom(s.db, s.dataKey(key))
+	}
+	if v == nil {
+		return false, 0, nil, nil
+	}
+	return true, binary.BigEndian.Uint64(v), bytes.Clone(v[8:]), nil
+}
+
 func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
 	lower := s.dataKey(prefix)
 	upper := s.upper[:]
 	if len(prefix) > 0 {
 		upper = prefixEnd(lower)
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	held, it, err := s.dirty.view(prefix, func() (*pebble.Iterator, error) {
+		return s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -323,19 +469,42 @@ func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
 	var body []byte
 	n := 0
 	more := false
-	for it.First(); it.Valid(); it.Next() {
+	// Merge Pebble's keys with the held writes, which win on a tie.
+	for valid := it.First(); ; {
+		var key, v []byte
+		fromPebble := false
+		switch {
+		case len(held) > 0 && (!valid || held[0].key <= string(it.Key()[prefixLen:])):
+			if valid && held[0].key == string(it.Key()[prefixLen:]) {
+				valid = it.Next()
+			}
+			key, v = []byte(held[0].key), held[0].stored
+			held = held[1:]
+			if v == nil {
+				continue // deleted
+			}
+		case valid:
+			key, v, fromPebble = it.Key()[prefixLen:], it.Value(), true
+		default:
+			key = nil
+		}
+		if key == nil {
+			break
+		}
 		if n == limit {
 			more = true
 			break
 		}
-		v := it.Value()
 		if len(v) < 8 {
-			return nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, it.Key())
+			return nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, key)
 		}
-		body = appendBytes(body, it.Key()[prefixLen:])
+		body = appendBytes(body, key)
 		body = binary.BigEndian.AppendUint64(body, binary.BigEndian.Uint64(v))
 		body = appendBytes(body, v[8:])
 		n++
+		if fromPebble {
+			valid = it.Next() // key and v are Pebble's until then
+		}
 	}
 	if err := it.Error(); err != nil {
 		return nil, err
@@ -367,6 +536,9 @@ func prefixEnd(p []byte) []byte {
 // Snapshot implements multiraft.StateMachine: the revision, then every
 // key with its stored value.
 func (s *StateMachine) Snapshot(w io.Writer) error {
+	if err := s.flush(); err != nil {
+		return err
+	}
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString(snapMagic)
 	var hdr [8]byte
@@ -410,6 +582,11 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		return fmt.Errorf("%w: snapshot magic %q", ErrCorrupt, hdr[:len(snapMagic)])
 	}
 	rev := binary.BigEndian.Uint64(hdr[len(snapMagic):])
+	// Out with the held writes first: replacing Pebble's state under them
+	// would show readers a mix of the two.
+	if err := s.flush(); err != nil {
+		return err
+	}
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
 	for _, kind := range snapKinds {
@@ -475,6 +652,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("kv: group %d: commit restore: %w", s.group, err)
 	}
+	s.persisted = index
 	s.applied.Store(index)
 	s.revision.Store(rev)
 	s.mayAttach = mayAttach

@@ -239,14 +239,21 @@ func (s *Server) listen() error {
 // group with persisted state restarts from it (no bootstrap); a fresh one
 // is bootstrapped with its replica set, and its preferred leader
 // campaigns at once so that leaders start spread over the nodes.
+// holdBytes bounds the applied writes a node holds in memory before
+// writing them to Pebble (kv.HoldBudget): 64 MiB.
+const holdBytes = 64 << 20
+
 func (s *Server) startGroups() error {
 	db := s.store.DB()
+	// One budget for the node's held writes (kv/dirty.go), whatever the
+	// number of groups.
+	hold := kv.NewHoldBudget(holdBytes)
 	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
 		reps := Replicas(g, s.nodes)
 		if !slices.Contains(reps, s.cfg.NodeID) {
 			continue
 		}
-		sm, err := kv.New(db, g)
+		sm, err := kv.New(db, g, kv.WithHoldBudget(hold))
 		if err != nil {
 			return err
 		}

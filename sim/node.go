@@ -39,6 +39,8 @@ type node struct {
 	store *storage.Mem
 	fs    *vfs.MemFS
 	db    *pebble.DB
+	// sms are the groups' state machines of the running incarnation.
+	sms map[uint64]*kv.StateMachine
 
 	// armed is the failure point this node dies at, after armedHits more
 	// passes; "" when none.
@@ -88,9 +90,11 @@ func (n *node) start() error {
 		return fmt.Errorf("sim: node %d: %w", n.id, err)
 	}
 	n.host = h
+	n.sms = make(map[uint64]*kv.StateMachine)
 	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
 		sm, err := kv.New(db, g)
 		if err == nil {
+			n.sms[g] = sm
 			err = h.StartGroup(g, s.ids, &recSM{StateMachine: sm, s: s, node: n.id, group: g})
 		}
 		if err != nil {
