@@ -248,7 +248,25 @@ type Result struct {
 }
 
 func (r Result) encode() []byte {
-	b := make([]byte, 0, 24+len(r.Current)+len(r.Err))
+	return r.appendTo(make([]byte, 0, r.size()))
+}
+
+// size is the length of r encoded.
+func (r Result) size() int {
+	return 8 + 1 + 8 + uvarintLen(uint64(len(r.Current))) + len(r.Current) +
+		uvarintLen(uint64(len(r.Err))) + len(r.Err) + 8 + 8
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for ; x >= 0x80; x >>= 7 {
+		n++
+	}
+	return n
+}
+
+// appendTo appends r encoded to b.
+func (r Result) appendTo(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, r.Revision)
 	flags := byte(0)
 	if r.OK {

@@ -209,3 +209,26 @@ func TestGroupOf(t *testing.T) {
 		t.Fatalf("keys reached %d of 8 groups", len(seen))
 	}
 }
+
+// TestResultSize: size is exact (encode allocates once, and applyHeld
+// slices one buffer by it), and results round-trip.
+func TestResultSize(t *testing.T) {
+	for _, r := range []Result{
+		{},
+		{Revision: 1 << 60, OK: true},
+		{Found: true, Current: bytes.Repeat([]byte{'c'}, 200), CurrentRevision: 9},
+		{Err: string(bytes.Repeat([]byte{'e'}, 20000)), Lease: 3, Token: 4},
+	} {
+		b := r.encode()
+		if len(b) != r.size() || cap(b) != r.size() {
+			t.Fatalf("size %d, encoded %d bytes (cap %d)", r.size(), len(b), cap(b))
+		}
+		if r.Err != "" {
+			continue // decodes to an error
+		}
+		got, err := DecodeResult(b)
+		if err != nil || got.Revision != r.Revision || got.OK != r.OK || !bytes.Equal(got.Current, r.Current) || got.Token != r.Token {
+			t.Fatalf("round trip of %+v: %+v, %v", r, got, err)
+		}
+	}
+}

@@ -338,6 +338,9 @@ func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
 func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 	rev := s.revision.Load()
 	st := s.stage[:0]
+	// Every result here has the same size: one allocation holds them all.
+	resSize := Result{}.size()
+	results := make([]byte, 0, resSize*len(cmds))
 	for i := range cmds {
 		c := &cmds[i]
 		cmd, _ := decodeCommand(c.Data) // holdable checked it
@@ -358,7 +361,9 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 			res.OK = found
 		}
 		res.Revision = rev
-		c.Result = res.encode()
+		n := len(results)
+		results = res.appendTo(results)
+		c.Result = results[n:len(results):len(results)]
 	}
 	s.dirty.apply(st)
 	clear(st) // drop the references the array would keep

@@ -131,6 +131,11 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 	var received interface{ Inc() }
 	var snap snapAssembly
 	var taken uint64 // messages delivered on this stream, for acks
+	var pacer *ackPacer
+	if lane == kindRaft {
+		pacer = t.startAckPacer(ss)
+		defer pacer.stop()
+	}
 	for {
 		if err := ss.RecvMsg(f); err != nil {
 			if err == io.EOF {
@@ -169,7 +174,11 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 				return status.Error(codes.Unavailable, ErrClosed.Error())
 			}
 			f.envs = nil
-			if err := t.sendAck(ss, from, f.seq, f.stamp, taken); err != nil {
+			if pacer != nil {
+				if err := pacer.note(from, f.seq, f.stamp, taken); err != nil {
+					return err
+				}
+			} else if err := t.sendAck(ss, from, f.seq, f.stamp, taken); err != nil {
 				return err
 			}
 		case kindMust:
