@@ -123,3 +123,16 @@ func percentile(sorted []time.Duration, p float64) float64 {
 	}
 	return float64(sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]) / float64(time.Millisecond)
 }
+
+// AppendKey appends the benchmark key of number n (0 ≤ n < 10^8) to dst:
+// "bench-" and n in 8 zero-padded digits, the same keys as
+// fmt.Sprintf("bench-%08d", n) without fmt's cost on every op, which was
+// a tenth of the load generator's CPU.
+func AppendKey(dst []byte, n int) []byte {
+	dst = append(dst, "bench-00000000"...)
+	for i := len(dst) - 1; n > 0 && i >= len(dst)-8; i-- {
+		dst[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return dst
+}

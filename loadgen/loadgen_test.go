@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync/atomic"
@@ -84,5 +85,13 @@ func TestReportJSON(t *testing.T) {
 	want := `{"op":"put","ops":1,"errors":2,"seconds":3,"ops_per_sec":4,"p50_ms":5,"p99_ms":6,"clients":7,"value_size":8,"keys":9}`
 	if string(b) != want {
 		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+}
+
+func TestAppendKey(t *testing.T) {
+	for _, n := range []int{0, 7, 10, 999, 12345678, 99999999} {
+		if got, want := string(AppendKey([]byte("x"), n)), "x"+fmt.Sprintf("bench-%08d", n); got != want {
+			t.Fatalf("AppendKey(%d) = %q, want %q", n, got, want)
+		}
 	}
 }

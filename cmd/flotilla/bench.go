@@ -127,9 +127,12 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
 	}
+	// One key buffer per load client: Put and Get do not keep the key.
+	keys := make([][]byte, bf.clients)
 	r := loadgen.Run(ctx, bf.clients, bf.duration, "bench "+op, progress, func(ctx context.Context, i int, rng *rand.Rand) error {
 		c := clients[i%len(clients)]
-		key := fmt.Appendf(nil, "bench-%08d", rng.IntN(bf.keys))
+		key := loadgen.AppendKey(keys[i][:0], rng.IntN(bf.keys))
+		keys[i] = key
 		if op == "put" {
 			_, err := c.Put(ctx, key, value)
 			return err

@@ -133,7 +133,7 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 	}
 	value := string(b)
 	r := loadgen.Run(ctx, cfg.clients, cfg.duration, "bench put", progress, func(ctx context.Context, i int, rng *rand.Rand) error {
-		_, err := clients[i%len(clients)].Put(ctx, fmt.Sprintf("bench-%08d", rng.IntN(cfg.keys)), value)
+		_, err := clients[i%len(clients)].Put(ctx, string(loadgen.AppendKey(nil, rng.IntN(cfg.keys))), value)
 		return err
 	})
 	return loadgen.Report{Op: "put", Result: r, Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys}, nil
