@@ -22,7 +22,8 @@ const maxAckInterval = 2 * time.Millisecond
 // The heartbeat lane keeps one ack per frame: its stamps measure RTT.
 //
 // note is called by the stream's handler; loop, the only sender on the
-// stream, runs until stop, which the handler calls before it returns.
+// stream, runs until stop, which the handler calls before it returns, or
+// until the transport closes.
 type ackPacer struct {
 	t        *GRPCTransport
 	ss       grpc.ServerStream
@@ -30,6 +31,10 @@ type ackPacer struct {
 	wake     chan struct{} // capacity 1: a note since loop last looked
 	quit     chan struct{}
 	done     chan struct{}
+	// closing ends loop when the transport closes, so that Close, which
+	// waits for every goLoop, does not wait for a stream that a gRPC
+	// server it does not own keeps open.
+	closing <-chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -47,6 +52,9 @@ func (t *GRPCTransport) startAckPacer(ss grpc.ServerStream) *ackPacer {
 		wake:     make(chan struct{}, 1),
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
+	}
+	if t.ctx != nil {
+		a.closing = t.ctx.Done()
 	}
 	t.goLoop("ackPacer", a.loop)
 	return a
@@ -83,6 +91,8 @@ func (a *ackPacer) loop() {
 		case <-a.quit:
 			a.flush()
 			return
+		case <-a.closing:
+			return
 		}
 		if !a.flush() {
 			return
@@ -92,6 +102,8 @@ func (a *ackPacer) loop() {
 		case <-pace.C:
 		case <-a.quit:
 			a.flush()
+			return
+		case <-a.closing:
 			return
 		}
 	}

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -78,4 +79,15 @@ func TestAckPacerInterval(t *testing.T) {
 	if a.interval > tr.cfg.WriteTimeout/8 {
 		t.Fatalf("interval %v with WriteTimeout %v", a.interval, tr.cfg.WriteTimeout)
 	}
+}
+
+// TestAckPacerEndsWithTransport: the pacer of a stream that stays open
+// ends when the transport closes, so Close does not wait for the stream.
+func TestAckPacerEndsWithTransport(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := &GRPCTransport{ctx: ctx, cfg: GRPCConfig{WriteTimeout: time.Hour}}
+	a := tr.startAckPacer(&ackStream{sent: make(chan struct{}, 1)})
+	cancel()
+	tr.wg.Wait() // the pacer's goLoop ends without stop
+	a.stop()     // and the handler's stop still returns
 }
