@@ -56,9 +56,11 @@ type StateMachine struct {
 	dirty dirtySet
 	// persisted is the applied index Pebble has. Owned by the worker.
 	persisted uint64
-	// stage collects one Apply's writes before they are made visible; kept
-	// to reuse its array. Owned by the worker.
-	stage []dirtyWrite
+	// stage collects one Apply's writes before they are made visible, and
+	// decoded its commands (they point into the commands' data); both kept
+	// to reuse their arrays. Owned by the worker.
+	stage   []dirtyWrite
+	decoded []Command
 
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
@@ -319,16 +321,19 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 
 // holdable reports whether every command is a well-formed put or delete
 // that touches no lease, in a group where no key is attached to one: such
-// commands only write data keys, and may be held (applyHeld).
+// commands only write data keys, and may be held (applyHeld). It leaves
+// them decoded in s.decoded.
 func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
 	if s.mayAttach || s.dirty.budget.limit == 0 {
 		return false
 	}
+	s.decoded = s.decoded[:0]
 	for i := range cmds {
 		cmd, err := decodeCommand(cmds[i].Data)
 		if err != nil || (cmd.Op != OpPut && cmd.Op != OpDelete) || cmd.Lease != 0 {
 			return false
 		}
+		s.decoded = append(s.decoded, cmd)
 	}
 	return true
 }
@@ -342,8 +347,7 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 	resSize := Result{}.size()
 	results := make([]byte, 0, resSize*len(cmds))
 	for i := range cmds {
-		c := &cmds[i]
-		cmd, _ := decodeCommand(c.Data) // holdable checked it
+		c, cmd := &cmds[i], &s.decoded[i]
 		res := Result{OK: true}
 		switch cmd.Op {
 		case OpPut:
@@ -366,8 +370,9 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 		c.Result = results[n:len(results):len(results)]
 	}
 	s.dirty.apply(st)
-	clear(st) // drop the references the array would keep
+	clear(st) // drop the references the arrays would keep
 	s.stage = st[:0]
+	clear(s.decoded)
 	s.revision.Store(rev)
 	s.applied.Store(cmds[len(cmds)-1].Index)
 	if s.dirty.full() {
