@@ -144,6 +144,15 @@ func (d *dirtySet) reset() {
 // an earlier write of another. newIter must not block (opening a Pebble
 // iterator reads no file).
 func (d *dirtySet) view(prefix []byte, newIter func() (*pebble.Iterator, error)) ([]dirtyWrite, *pebble.Iterator, error) {
+	held, it, err := d.collect(prefix, newIter)
+	// Sorted after the unlock: held is a copy, and Apply waits for the lock.
+	slices.SortFunc(held, func(a, b dirtyWrite) int { return strings.Compare(a.key, b.key) })
+	return held, it, err
+}
+
+// collect is view's part under the read lock, which it takes: the held
+// writes under prefix, unsorted, and the iterator.
+func (d *dirtySet) collect(prefix []byte, newIter func() (*pebble.Iterator, error)) ([]dirtyWrite, *pebble.Iterator, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	var held []dirtyWrite
@@ -152,7 +161,6 @@ func (d *dirtySet) view(prefix []byte, newIter func() (*pebble.Iterator, error))
 			held = append(held, dirtyWrite{key: k, stored: v})
 		}
 	}
-	slices.SortFunc(held, func(a, b dirtyWrite) int { return strings.Compare(a.key, b.key) })
 	it, err := newIter()
 	return held, it, err
 }
