@@ -8,7 +8,7 @@ import (
 
 	"github.com/flotilla/flotilla/multiraft"
 
-	"github.com/flotilla/flotilla/multiraft/mrtest"
+	"github.com/flotilla/flotilla/internal/mrtest"
 )
 
 func newCluster(t *testing.T, o mrtest.Options) *mrtest.Cluster {

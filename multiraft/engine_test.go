@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/flotilla/flotilla/multiraft"
-	"github.com/flotilla/flotilla/multiraft/mrtest"
+	"github.com/flotilla/flotilla/internal/mrtest"
 	"github.com/flotilla/flotilla/transport"
 )
 

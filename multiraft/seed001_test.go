@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/multiraft"
-	"github.com/flotilla/flotilla/multiraft/mrtest"
+	"github.com/flotilla/flotilla/internal/mrtest"
 	"github.com/flotilla/flotilla/storage"
 	"github.com/flotilla/flotilla/transport"
 )

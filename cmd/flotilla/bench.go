@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flotilla/flotilla/client"
-	"github.com/flotilla/flotilla/loadgen"
+	"github.com/flotilla/flotilla/internal/loadgen"
 )
 
 type benchFlags struct {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/flotilla/flotilla/sim"
-	"github.com/flotilla/flotilla/sim/live"
+	"github.com/flotilla/flotilla/internal/sim"
+	"github.com/flotilla/flotilla/internal/sim/live"
 )
 
 // chaosFlags are the flags of `flotilla chaos`.

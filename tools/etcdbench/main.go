@@ -23,7 +23,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/flotilla/flotilla/loadgen"
+	"github.com/flotilla/flotilla/internal/loadgen"
 	"go.uber.org/zap"
 )
 

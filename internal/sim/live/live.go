@@ -28,9 +28,9 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"github.com/flotilla/flotilla/chaos"
+	"github.com/flotilla/flotilla/internal/chaos"
 	"github.com/flotilla/flotilla/client"
-	"github.com/flotilla/flotilla/sim"
+	"github.com/flotilla/flotilla/internal/sim"
 )
 
 // Sentinel errors.
