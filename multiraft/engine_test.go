@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/internal/mrtest"
+	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
 )
 

@@ -7,8 +7,8 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 
-	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/internal/mrtest"
+	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/internal/mrtest"
+	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/storage"
 	"github.com/flotilla/flotilla/transport"
 )

@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/internal/mrtest"
+	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
 )
 

@@ -28,8 +28,8 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"github.com/flotilla/flotilla/internal/chaos"
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/chaos"
 	"github.com/flotilla/flotilla/internal/sim"
 )
 
