@@ -1,0 +1,364 @@
+package multiraft
+
+// The request API: proposals, reads, leadership, membership, status.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+func (h *Host) lookup(id uint64) (*group, error) {
+	if h.isStopped() {
+		return nil, h.stoppedErr()
+	}
+	h.mu.RLock()
+	g := h.mu.groups[id]
+	h.mu.RUnlock()
+	if g == nil {
+		return nil, fmt.Errorf("%w: %d", ErrGroupNotFound, id)
+	}
+	return g, nil
+}
+
+// Future is the result of an asynchronous proposal.
+type Future struct{ p *proposal }
+
+// Done is closed once the result is known.
+func (f Future) Done() <-chan struct{} { return f.p.done }
+
+// Result returns the state machine's result and error; valid once Done is
+// closed. The caller owns the result.
+func (f Future) Result() ([]byte, error) { return f.p.result, f.p.err }
+
+// ProposeAsync proposes cmd to group and returns at once. The Future
+// completes with the state machine's result once the command is applied on
+// this node, or with ErrNoLeader, ErrDropped, ErrAmbiguous,
+// ErrGroupRemoved or ErrStopped. cmd is copied.
+func (h *Host) ProposeAsync(group uint64, cmd []byte) Future {
+	data := make([]byte, 8+len(cmd))
+	copy(data[8:], cmd)
+	p := &proposal{data: data, done: make(chan struct{})}
+	h.submit(group, p)
+	return Future{p}
+}
+
+// ProposeFunc proposes cmd to group like ProposeAsync, but hands the
+// outcome to done instead of a Future, which saves a goroutine and a
+// channel per proposal for callers that gather many outcomes (a server
+// answering a stream of writes). done is called exactly once, with the
+// state machine's result (owned by done) or one of ProposeAsync's errors.
+// It runs on a scheduler worker, or on the caller's goroutine before
+// ProposeFunc returns when the proposal fails at once. It must not block
+// and must not call the Host: the worker that runs it is applying the
+// group (seed 001: the engine never waits on its consumer). cmd is copied.
+func (h *Host) ProposeFunc(group uint64, cmd []byte, done func(result []byte, err error)) {
+	data := make([]byte, 8+len(cmd))
+	copy(data[8:], cmd)
+	h.submit(group, &proposal{data: data, cb: done})
+}
+
+func (h *Host) submit(group uint64, p *proposal) {
+	p.key = h.keyBase + h.nextKey.Add(1)
+	if p.key == 0 { // 0 marks a packed entry
+		p.key = h.keyBase + h.nextKey.Add(1)
+	}
+	if p.cc != nil {
+		var ctx [8]byte
+		binary.BigEndian.PutUint64(ctx[:], p.key)
+		p.cc.Context = ctx[:]
+	} else {
+		binary.BigEndian.PutUint64(p.data, p.key)
+	}
+	g, err := h.lookup(group)
+	if err != nil {
+		p.finish(nil, err)
+		return
+	}
+	g.in.Lock()
+	if g.in.closed {
+		g.in.Unlock()
+		p.finish(nil, fmt.Errorf("%w: %d", ErrGroupRemoved, group))
+		return
+	}
+	g.in.props = append(g.in.props, p)
+	g.in.Unlock()
+	h.sched.enqueue(group)
+}
+
+// Propose proposes cmd to group and waits for the state machine's result.
+// It returns ctx's error if ctx ends first (the command may still apply),
+// or one of the errors of ProposeAsync.
+func (h *Host) Propose(ctx context.Context, group uint64, cmd []byte) ([]byte, error) {
+	f := h.ProposeAsync(group, cmd)
+	select {
+	case <-f.p.done:
+		return f.p.result, f.p.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// ReadFuture is the result of an asynchronous read.
+type ReadFuture struct {
+	r     *readReq
+	g     *group
+	query []byte
+}
+
+// Done is closed once the read index is confirmed and applied locally (or
+// the read failed).
+func (f ReadFuture) Done() <-chan struct{} { return f.r.done }
+
+// Result runs the query against the state machine; valid once Done is
+// closed. Errors as Read.
+func (f ReadFuture) Result() ([]byte, error) {
+	if f.r.err != nil {
+		return nil, f.r.err
+	}
+	return f.g.sm.Query(f.query)
+}
+
+// ReadAsync starts a linearizable read of group and returns at once; see
+// Read.
+func (h *Host) ReadAsync(group uint64, query []byte) ReadFuture {
+	r := &readReq{done: make(chan struct{})}
+	fail := func(err error) ReadFuture {
+		r.err = err
+		close(r.done)
+		return ReadFuture{r: r}
+	}
+	g, err := h.lookup(group)
+	if err != nil {
+		return fail(err)
+	}
+	g.in.Lock()
+	if g.in.closed {
+		g.in.Unlock()
+		return fail(fmt.Errorf("%w: %d", ErrGroupRemoved, group))
+	}
+	g.in.reads = append(g.in.reads, r)
+	g.in.Unlock()
+	h.sched.enqueue(group)
+	return ReadFuture{r: r, g: g, query: query}
+}
+
+// Read answers query on group's state machine linearizably: it waits until
+// this replica has applied everything committed before the call (ReadIndex,
+// batched with the other reads of the group), then calls Query on the
+// caller's goroutine. Errors: ctx's, ErrNoLeader, ErrLeaderChanged,
+// ErrTimeout (all safe to retry), ErrGroupNotFound, ErrStopped, or Query's.
+func (h *Host) Read(ctx context.Context, group uint64, query []byte) ([]byte, error) {
+	f := h.ReadAsync(group, query)
+	select {
+	case <-f.Done():
+		return f.Result()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// QueryLocal answers query from this replica's state without any check:
+// a serializable, possibly stale read.
+func (h *Host) QueryLocal(group uint64, query []byte) ([]byte, error) {
+	g, err := h.lookup(group)
+	if err != nil {
+		return nil, err
+	}
+	return g.sm.Query(query)
+}
+
+// TransferLeadership asks the group's leader (which must be this node) to
+// hand leadership to node to, and waits until this node sees to as leader.
+// Errors: ctx's, ErrTimeout, ErrGroupNotFound, ErrGroupRemoved, ErrStopped.
+func (h *Host) TransferLeadership(ctx context.Context, group, to uint64) error {
+	g, err := h.lookup(group)
+	if err != nil {
+		return err
+	}
+	if to == 0 {
+		return fmt.Errorf("%w: transfer to node 0", ErrInvalidRequest)
+	}
+	t := &transfer{to: to, done: make(chan error, 1)}
+	g.in.Lock()
+	if g.in.closed {
+		g.in.Unlock()
+		return fmt.Errorf("%w: %d", ErrGroupRemoved, group)
+	}
+	g.in.transfers = append(g.in.transfers, t)
+	g.in.Unlock()
+	h.sched.enqueue(group)
+	select {
+	case err := <-t.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ChangeKind is a kind of membership change.
+type ChangeKind int
+
+const (
+	// AddVoter adds a voting member.
+	AddVoter ChangeKind = iota
+	// AddLearner adds a non-voting member that receives the log.
+	AddLearner
+	// PromoteLearner makes a learner a voter.
+	PromoteLearner
+	// RemoveMember removes a voter or learner.
+	RemoveMember
+)
+
+// ChangeMembership proposes one membership change to group (a ConfChangeV2)
+// and waits until it is applied on this node. Proposals that arrive while
+// it is pending are held and proposed after it applies. Errors as Propose.
+func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKind, node uint64) error {
+	f := h.ChangeMembershipAsync(group, kind, node)
+	select {
+	case <-f.Done():
+		_, err := f.Result()
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ChangeMembershipAsync is ChangeMembership without the wait.
+func (h *Host) ChangeMembershipAsync(group uint64, kind ChangeKind, node uint64) Future {
+	p := &proposal{done: make(chan struct{})}
+	var t raftpb.ConfChangeType
+	switch kind {
+	case AddVoter, PromoteLearner:
+		t = raftpb.ConfChangeAddNode
+	case AddLearner:
+		t = raftpb.ConfChangeAddLearnerNode
+	case RemoveMember:
+		t = raftpb.ConfChangeRemoveNode
+	default:
+		p.finish(nil, fmt.Errorf("%w: change kind %d", ErrInvalidRequest, kind))
+		return Future{p}
+	}
+	if node == 0 {
+		p.finish(nil, fmt.Errorf("%w: membership change for node 0", ErrInvalidRequest))
+		return Future{p}
+	}
+	p.cc = &raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: t, NodeID: node}}}
+	h.submit(group, p)
+	return Future{p}
+}
+
+// Campaign makes this node's replica of group start an election now,
+// instead of waiting for its election timeout. Used to place leaders (the
+// node spreads them at start) and by deterministic tests.
+func (h *Host) Campaign(group uint64) error {
+	g, err := h.lookup(group)
+	if err != nil {
+		return err
+	}
+	g.in.Lock()
+	g.in.campaign = true
+	g.in.Unlock()
+	h.sched.enqueue(group)
+	return nil
+}
+
+// ForgetLeader makes this node's follower replica of group forget its
+// leader, so that it grants a pre-vote at once instead of waiting out the
+// leader's lease. For when the leader is known to be gone (its process was
+// killed) and by deterministic tests.
+func (h *Host) ForgetLeader(group uint64) error {
+	g, err := h.lookup(group)
+	if err != nil {
+		return err
+	}
+	g.in.Lock()
+	g.in.forget = true
+	g.in.Unlock()
+	h.sched.enqueue(group)
+	return nil
+}
+
+// EventsCollapsed counts leader events that slow subscribers did not see
+// one by one (their mailbox was collapsed to the latest state per group).
+func (h *Host) EventsCollapsed() uint64 { return h.hub.collapsed.Load() }
+
+// Subscribe returns a subscription to leader changes of every group. Its
+// first batch holds the current leader of every group that has one. The
+// engine never waits for a subscriber: one that falls behind gets the
+// latest state per group with Skipped set. Close it when done.
+func (h *Host) Subscribe() *Subscription { return h.hub.subscribe() }
+
+// GroupStatus describes one local replica.
+type GroupStatus struct {
+	ID       uint64
+	Leader   uint64
+	Term     uint64
+	Commit   uint64
+	Applied  uint64
+	Role     string
+	Voters   []uint64
+	Learners []uint64
+}
+
+// Status returns the status of every local replica, by group ID.
+func (h *Host) Status() []GroupStatus {
+	h.mu.RLock()
+	gs := make([]*group, 0, len(h.mu.ids))
+	for _, id := range h.mu.ids {
+		gs = append(gs, h.mu.groups[id])
+	}
+	h.mu.RUnlock()
+	out := make([]GroupStatus, 0, len(gs))
+	for _, g := range gs {
+		out = append(out, g.status())
+	}
+	return out
+}
+
+// GroupStatus returns the status of one local replica.
+func (h *Host) GroupStatus(id uint64) (GroupStatus, error) {
+	g, err := h.lookup(id)
+	if err != nil {
+		return GroupStatus{}, err
+	}
+	return g.status(), nil
+}
+
+func (g *group) status() GroupStatus {
+	s := GroupStatus{
+		ID:      g.id,
+		Leader:  g.st.lead.Load(),
+		Term:    g.st.term.Load(),
+		Commit:  g.st.commit.Load(),
+		Applied: g.st.applied.Load(),
+		Role:    raft.StateType(g.st.role.Load()).String(),
+	}
+	if v := g.st.voters.Load(); v != nil {
+		s.Voters = *v
+	}
+	if l := g.st.learners.Load(); l != nil {
+		s.Learners = *l
+	}
+	return s
+}
+
+// Leader returns the group's leader as this replica knows it (0 if none)
+// and its term.
+func (h *Host) Leader(group uint64) (leader, term uint64, err error) {
+	g, err := h.lookup(group)
+	if err != nil {
+		return 0, 0, err
+	}
+	return g.st.lead.Load(), g.st.term.Load(), nil
+}
+
+// Groups returns the IDs of the local replicas, ascending.
+func (h *Host) Groups() []uint64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return append([]uint64(nil), h.mu.ids...)
+}

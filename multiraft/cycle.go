@@ -1,0 +1,170 @@
+package multiraft
+
+// One cycle of a worker over the groups it holds: the Ready cycle.
+
+import (
+	"fmt"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/flotilla/flotilla/storage"
+	"github.com/flotilla/flotilla/transport"
+)
+
+// worker is the scratch state of one scheduler worker. Owned by it.
+type worker struct {
+	batch   storage.Batch
+	ids     []uint64
+	readies []readyGroup
+	early   []transport.Envelope
+	late    []transport.Envelope
+	cmds    []Command
+	keys    []uint64
+	events  []LeaderEvent
+	again   []uint64
+}
+
+type readyGroup struct {
+	g  *group
+	rd raft.Ready
+}
+
+func (h *Host) newWorker() *worker { return &worker{batch: h.store.NewBatch()} }
+
+// processCycle runs one cycle for the groups a worker holds: step inputs,
+// persist all Readys with one batch and one sync, send, apply, advance.
+func (h *Host) processCycle(w *worker, ids []uint64) {
+	w.readies = w.readies[:0]
+	h.mu.RLock()
+	for _, id := range ids {
+		if g := h.mu.groups[id]; g != nil {
+			w.readies = append(w.readies, readyGroup{g: g})
+		}
+	}
+	h.mu.RUnlock()
+	n := 0
+	for _, r := range w.readies {
+		r.g.handleInputs()
+		if !r.g.stopped && r.g.rn.HasReady() {
+			r.rd = r.g.rn.Ready()
+			w.readies[n] = r
+			n++
+		}
+	}
+	w.readies = w.readies[:n]
+	if n == 0 {
+		return
+	}
+
+	// 1. Persist. A leader's appends leave before its own write (Raft
+	// thesis 10.2.1); everything else waits for the sync, because votes and
+	// acknowledgements promise durability.
+	w.early, w.late = w.early[:0], w.late[:0]
+	for i := range w.readies {
+		g, rd := w.readies[i].g, &w.readies[i].rd
+		g.noteState(rd)
+		if !raft.IsEmptySnap(rd.Snapshot) {
+			w.batch.SetSnapshot(g.id, rd.Snapshot)
+			w.batch.SetConfState(g.id, rd.Snapshot.Metadata.ConfState, rd.Snapshot.Metadata.Index)
+		}
+		if len(rd.Entries) > 0 {
+			w.batch.Append(g.id, rd.Entries, g.log.lastIndex())
+		}
+		if !raft.IsEmptyHardState(rd.HardState) {
+			w.batch.SetHardState(g.id, rd.HardState)
+		}
+		for _, m := range rd.Messages {
+			e := transport.Envelope{Group: g.id, Msg: m}
+			if m.Type == raftpb.MsgApp || m.Type == raftpb.MsgSnap {
+				w.early = append(w.early, e)
+			} else {
+				w.late = append(w.late, e)
+			}
+		}
+	}
+	if len(w.early) > 0 {
+		h.tr.Send(w.early)
+	}
+	if !w.batch.Empty() {
+		if h.failAt(FailBeforePersist) {
+			return
+		}
+		if err := w.batch.Commit(!h.cfg.DisableSync); err != nil {
+			h.fatal(fmt.Errorf("persist raft state: %w", err))
+			return
+		}
+		h.metrics.syncs.Add(1)
+		if h.failAt(FailAfterPersist) {
+			return
+		}
+	}
+	for i := range w.readies {
+		g, rd := w.readies[i].g, &w.readies[i].rd
+		if !raft.IsEmptySnap(rd.Snapshot) {
+			g.log.applySnapshot(rd.Snapshot.Metadata)
+		}
+		g.log.append(rd.Entries)
+		if !raft.IsEmptyHardState(rd.HardState) {
+			g.log.hs = rd.HardState
+		}
+	}
+
+	// 2. Send the rest. The transport never blocks.
+	if len(w.late) > 0 {
+		if h.failAt(FailBeforeSend) {
+			return
+		}
+		h.tr.Send(w.late)
+	}
+	clear(w.early)
+	clear(w.late)
+
+	// 3. Apply, then advance.
+	if h.failAt(FailBeforeApply) {
+		return
+	}
+	w.events = w.events[:0]
+	for i := range w.readies {
+		g, rd := w.readies[i].g, &w.readies[i].rd
+		ev, ok, alive := g.applyReady(rd, w)
+		if !alive {
+			return
+		}
+		if ok {
+			w.events = append(w.events, ev)
+		}
+	}
+	if !w.batch.Empty() {
+		if err := w.batch.Commit(false); err != nil {
+			h.fatal(fmt.Errorf("persist applied state: %w", err))
+			return
+		}
+	}
+	if h.failAt(FailAfterApply) {
+		return
+	}
+	w.again = w.again[:0]
+	for i := range w.readies {
+		g := w.readies[i].g
+		g.rn.Advance(w.readies[i].rd)
+		if g.releaseAfterAdvance {
+			g.releaseAfterAdvance = false
+			g.releaseHeld()
+		}
+		if g.rn.HasReady() {
+			w.again = append(w.again, g.id)
+		}
+		w.readies[i] = readyGroup{}
+	}
+	if len(w.again) > 0 {
+		h.sched.enqueueAll(w.again)
+	}
+	if len(w.events) > 0 {
+		h.metrics.leaderChanges.Add(float64(len(w.events)))
+		h.hub.publish(w.events)
+		// publish keeps no reference to the slice's backing array past the
+		// call except through subscriber mailboxes, which copy.
+		w.events = nil
+	}
+}

@@ -1,0 +1,72 @@
+package multiraft
+
+// transport.Handler: what the transport hands the Host. Nothing here blocks
+// or waits for a group's owner (seed 000).
+
+import (
+	"github.com/flotilla/flotilla/transport"
+)
+
+// HandleBatch implements transport.Handler: messages go to their groups'
+// inboxes. Never blocks; a full inbox drops (raft retransmits).
+func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
+	var ids []uint64
+	var dropped int
+	h.mu.RLock()
+	var g *group
+	for i := range batch {
+		e := &batch[i]
+		if g == nil || g.id != e.Group {
+			if g != nil {
+				g.in.Unlock()
+			}
+			g = h.mu.groups[e.Group]
+			if g == nil {
+				dropped++
+				continue
+			}
+			g.in.Lock()
+			if n := len(ids); n == 0 || ids[n-1] != g.id {
+				ids = append(ids, g.id)
+			}
+		}
+		if len(g.in.msgs) >= h.cfg.MaxInboxMsgs || g.in.closed {
+			dropped++
+			continue
+		}
+		g.in.msgs = append(g.in.msgs, e.Msg)
+	}
+	if g != nil {
+		g.in.Unlock()
+	}
+	h.mu.RUnlock()
+	if dropped > 0 {
+		h.metrics.inboxDropped.Add(float64(dropped))
+	}
+	h.sched.enqueueAll(ids)
+}
+
+// ReportUnreachable implements transport.Handler. The report is recorded
+// under a leaf lock and handed to every group on the next tick by the
+// group's owner, never applied here (seed 000).
+func (h *Host) ReportUnreachable(to uint64) {
+	h.feedback.Lock()
+	h.feedback.unreachable[to] = struct{}{}
+	h.feedback.Unlock()
+}
+
+// ReportSnapshot implements transport.Handler: recorded in the group's
+// inbox, applied by its owner.
+func (h *Host) ReportSnapshot(group, to uint64, ok bool) {
+	h.mu.RLock()
+	g := h.mu.groups[group]
+	if g != nil {
+		g.in.Lock()
+		g.in.snaps = append(g.in.snaps, snapReport{to: to, ok: ok})
+		g.in.Unlock()
+	}
+	h.mu.RUnlock()
+	if g != nil {
+		h.sched.enqueue(group)
+	}
+}

@@ -1,0 +1,211 @@
+package multiraft
+
+// Starting, stopping and removing a group's replica.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sort"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// StartGroup starts the replica of group id on this node with state
+// machine sm. If the store has state for the group, the group restarts
+// from it and members is ignored. Otherwise members (node IDs) is the
+// group's initial membership; every initial member must be started with the
+// same list. A node joining an existing group passes no members and waits
+// for the leader to send it the log after ChangeMembership added it.
+func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
+	if id == 0 {
+		return fmt.Errorf("%w: group ID 0", ErrInvalidRequest)
+	}
+	if sm == nil {
+		return fmt.Errorf("%w: nil StateMachine", ErrInvalidRequest)
+	}
+	if h.isStopped() {
+		return ErrStopped
+	}
+	h.mu.RLock()
+	_, exists := h.mu.groups[id]
+	closing := h.mu.closing
+	h.mu.RUnlock()
+	if closing {
+		return ErrStopped
+	}
+	if exists {
+		return fmt.Errorf("%w: %d", ErrGroupExists, id)
+	}
+	st, err := h.store.Load(id)
+	if err != nil {
+		return fmt.Errorf("multiraft: load group %d: %w", id, err)
+	}
+	fresh := raft.IsEmptyHardState(st.HardState) && len(st.Entries) == 0 &&
+		raft.IsEmptySnap(st.Snapshot) && len(st.ConfState.Voters) == 0 && len(st.ConfState.Learners) == 0
+	if fresh {
+		st.ConfState = raftpb.ConfState{Voters: append([]uint64(nil), members...)}
+		b := h.store.NewBatch()
+		b.SetConfState(id, st.ConfState, 0)
+		err := b.Commit(true)
+		b.Close()
+		if err != nil {
+			return fmt.Errorf("multiraft: bootstrap group %d: %w", id, err)
+		}
+	}
+	snapMeta := st.Snapshot.Metadata
+	g := &group{
+		id:        id,
+		h:         h,
+		sm:        sm,
+		log:       newMemLog(snapMeta.Index, snapMeta.Term),
+		snapIndex: snapMeta.Index,
+		confIndex: max(st.ConfIndex, snapMeta.Index),
+		proposals: make(map[uint64]*proposal),
+		reads:     make(map[uint64]*readBatch),
+	}
+	g.log.hs = st.HardState
+	g.log.cs = st.ConfState
+	if st.ConfIndex < snapMeta.Index {
+		g.log.cs = snapMeta.ConfState
+	}
+	g.log.append(st.Entries)
+	g.log.snapshot = func() (raftpb.Snapshot, error) {
+		s, err := g.snapshot()
+		if err != nil {
+			// The state machine could not read its own state: as on any
+			// storage error on the raft path, stop loudly.
+			h.fatal(fmt.Errorf("snapshot for a follower: %w", err))
+			return raftpb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
+		}
+		return s, nil
+	}
+	applied := sm.AppliedIndex()
+	if string(st.Snapshot.Data) == syncedState && applied < snapMeta.Index {
+		// The state machine synced everything up to the truncation point
+		// before it was written; what lies between its last command and
+		// that point holds no command (empty entries, membership changes,
+		// which the conf state has).
+		if _, ok := sm.(Syncer); !ok {
+			return fmt.Errorf("%w: group %d: the log was truncated for a state machine that syncs itself, and this one does not",
+				ErrInvalidRequest, id)
+		}
+		applied = snapMeta.Index
+	}
+	if applied < snapMeta.Index {
+		if err := sm.Restore(bytes.NewReader(st.Snapshot.Data), snapMeta.Index); err != nil {
+			return fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, snapMeta.Index, err)
+		}
+		applied = snapMeta.Index
+	}
+	if applied > st.HardState.Commit && applied > snapMeta.Index {
+		return fmt.Errorf("%w: group %d: state machine applied index %d is past the log's commit index %d",
+			ErrInvalidRequest, id, applied, st.HardState.Commit)
+	}
+	g.applied = applied
+	g.term, g.commit = st.HardState.Term, st.HardState.Commit
+	// raft replays from the last persisted membership change, not from the
+	// state machine's applied index: a change the state machine has passed
+	// may not have reached the conf state before a crash. applyEntries
+	// skips the commands the state machine already has.
+	raftApplied := min(applied, max(g.confIndex, snapMeta.Index))
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        h.cfg.NodeID,
+		ElectionTick:              h.cfg.ElectionTicks,
+		HeartbeatTick:             h.cfg.HeartbeatTicks,
+		Storage:                   g.log,
+		Applied:                   raftApplied,
+		MaxSizePerMsg:             h.cfg.MaxSizePerMsg,
+		MaxCommittedSizePerReady:  h.cfg.MaxSizePerMsg * 4,
+		MaxUncommittedEntriesSize: h.cfg.MaxUncommittedBytes,
+		MaxInflightMsgs:           h.cfg.MaxInflightMsgs,
+		CheckQuorum:               !h.cfg.DisableCheckQuorum,
+		PreVote:                   !h.cfg.DisablePreVote,
+		DisableProposalForwarding: h.cfg.DisableProposalForwarding,
+		Logger:                    newRaftLogger(h.log.With("group", id)),
+	})
+	if err != nil {
+		return fmt.Errorf("multiraft: group %d: %w", id, err)
+	}
+	g.rn = rn
+	g.role = raft.StateFollower
+	g.publishStatus()
+	g.publishConf()
+
+	h.mu.Lock()
+	if h.mu.closing {
+		h.mu.Unlock()
+		return ErrStopped
+	}
+	if _, ok := h.mu.groups[id]; ok {
+		h.mu.Unlock()
+		return fmt.Errorf("%w: %d", ErrGroupExists, id)
+	}
+	h.mu.groups[id] = g
+	i := sort.Search(len(h.mu.ids), func(i int) bool { return h.mu.ids[i] >= id })
+	h.mu.ids = append(h.mu.ids, 0)
+	copy(h.mu.ids[i+1:], h.mu.ids[i:])
+	h.mu.ids[i] = id
+	h.mu.Unlock()
+	h.metrics.groupAdded(g.role)
+	h.sched.enqueue(id)
+	return nil
+}
+
+// StopGroup stops the local replica of group id, keeping its data, and
+// waits until it stopped. Pending requests fail with ErrGroupRemoved.
+func (h *Host) StopGroup(ctx context.Context, id uint64) error {
+	return h.stopGroup(ctx, id, false)
+}
+
+// RemoveGroup stops the local replica of group id and deletes its raft
+// state. The state machine's own data is the caller's to delete.
+func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
+	return h.stopGroup(ctx, id, true)
+}
+
+func (h *Host) stopGroup(ctx context.Context, id uint64, remove bool) error {
+	g, err := h.lookup(id)
+	if err != nil {
+		return err
+	}
+	req := &stopReq{remove: remove, done: make(chan struct{})}
+	g.in.Lock()
+	if g.in.closed || g.in.stop != nil {
+		g.in.Unlock()
+		return fmt.Errorf("%w: %d", ErrGroupRemoved, id)
+	}
+	g.in.stop = req
+	g.in.Unlock()
+	h.sched.enqueue(id)
+	select {
+	case <-req.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-h.stopped:
+		return ErrStopped
+	}
+}
+
+// removeGroup forgets g. Called by g's owner from shutdown.
+func (h *Host) removeGroup(g *group, remove bool) {
+	h.mu.Lock()
+	if h.mu.groups[g.id] == g {
+		delete(h.mu.groups, g.id)
+		i := sort.Search(len(h.mu.ids), func(i int) bool { return h.mu.ids[i] >= g.id })
+		h.mu.ids = append(h.mu.ids[:i], h.mu.ids[i+1:]...)
+	}
+	h.mu.Unlock()
+	h.metrics.groupRemoved(g.role)
+	h.hub.forget(g.id)
+	if remove {
+		b := h.store.NewBatch()
+		b.DeleteGroup(g.id)
+		if err := b.Commit(!h.cfg.DisableSync); err != nil {
+			h.fatal(fmt.Errorf("delete group %d: %w", g.id, err))
+		}
+		b.Close()
+	}
+}
