@@ -62,10 +62,7 @@ func (h *Host) ProposeFunc(group uint64, cmd []byte, done func(result []byte, er
 }
 
 func (h *Host) submit(group uint64, p *proposal) {
-	p.key = h.keyBase + h.nextKey.Add(1)
-	if p.key == 0 { // 0 marks a packed entry
-		p.key = h.keyBase + h.nextKey.Add(1)
-	}
+	p.key = h.newKey()
 	if p.cc != nil {
 		var ctx [8]byte
 		binary.BigEndian.PutUint64(ctx[:], p.key)

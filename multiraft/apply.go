@@ -56,10 +56,10 @@ func (g *group) applyReady(rd *raft.Ready, w *worker) (LeaderEvent, bool, bool) 
 		}
 	}
 	for _, rs := range rd.ReadStates {
-		if len(rs.RequestCtx) != 8 {
+		k, ok := readKey(g.h.cfg.NodeID, rs.RequestCtx)
+		if !ok {
 			continue
 		}
-		k := binary.BigEndian.Uint64(rs.RequestCtx)
 		if b, ok := g.reads[k]; ok {
 			delete(g.reads, k)
 			b.index = rs.Index

@@ -40,9 +40,8 @@ type group struct {
 	// releaseAfterAdvance: a conf change applied in the current Ready; the
 	// held proposals go to raft once it is advanced.
 	releaseAfterAdvance bool
-	reads               map[uint64]*readBatch
+	reads               map[uint64]*readBatch // by the key in their request context
 	readWaiting         []*readBatch
-	nextRead            uint64
 	transfers           []*transfer
 	stopped             bool
 
@@ -256,11 +255,32 @@ func (g *group) readIndex(reads []*readReq) {
 		}
 		return
 	}
-	g.nextRead++
-	var ctx [8]byte
-	binary.BigEndian.PutUint64(ctx[:], g.nextRead)
-	g.reads[g.nextRead] = &readBatch{startTick: g.ticks, reqs: reads}
-	g.rn.ReadIndex(ctx[:])
+	key := g.h.newKey()
+	g.reads[key] = &readBatch{startTick: g.ticks, reqs: reads}
+	g.rn.ReadIndex(readContext(g.h.cfg.NodeID, key))
+}
+
+// readContext is the request context of a ReadIndex round: this node's ID,
+// then a key unique to this Host incarnation (Host.newKey). The leader keys
+// pending rounds by their context and silently drops a request whose
+// context is already pending, from whichever replica it came; so a context
+// must never be shared by two replicas (hence the node ID), nor reused after
+// a restart or a group's restart (hence the Host's random key base and one
+// counter for all its groups).
+func readContext(node, key uint64) []byte {
+	ctx := make([]byte, 16)
+	binary.BigEndian.PutUint64(ctx, node)
+	binary.BigEndian.PutUint64(ctx[8:], key)
+	return ctx
+}
+
+// readKey returns the key of a ReadIndex context made by readContext on
+// node, or false for a context of another node or shape.
+func readKey(node uint64, ctx []byte) (uint64, bool) {
+	if len(ctx) != 16 || binary.BigEndian.Uint64(ctx) != node {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(ctx[8:]), true
 }
 
 // expire fails requests that waited longer than RequestTimeoutTicks.

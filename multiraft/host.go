@@ -25,6 +25,10 @@ type Host struct {
 	hub      *eventHub
 	metrics  *metrics
 
+	// keyBase and nextKey make the keys of proposals and ReadIndex rounds
+	// (newKey): random high bits per Host incarnation, so that a restarted
+	// node never reuses a key its previous life left in a log or in a
+	// leader's pending reads.
 	keyBase uint64
 	nextKey atomic.Uint64
 
@@ -94,6 +98,16 @@ func NewHost(cfg Config) (*Host, error) {
 	h.wg.Add(1)
 	go h.tickLoop()
 	return h, nil
+}
+
+// newKey returns a key unique to this Host incarnation, never 0 (0 marks a
+// packed entry).
+func (h *Host) newKey() uint64 {
+	for {
+		if k := h.keyBase + h.nextKey.Add(1); k != 0 {
+			return k
+		}
+	}
 }
 
 // NodeID returns the Host's node ID.

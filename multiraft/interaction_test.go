@@ -23,6 +23,7 @@ import (
 //	tick [n=K]                       tick K times, stabilizing after each
 //	propose node=N group=G           the input is the command
 //	read node=N group=G key=K
+//	read-many nodes=(A,B,...) group=G key=K   reads started at once, no ticks
 //	link from=A to=B state=ok|blackhole|cut
 //	isolate node=N state=ok|blackhole|cut
 //	forget-leader node=N group=G     the follower forgets its leader
@@ -90,6 +91,28 @@ func TestInteraction(t *testing.T) {
 				d.ScanArgs(t, "key", &key)
 				v, err := c.Read(u(d, "node"), u(d, "group"), key)
 				return errOr(fmt.Sprintf("%s=%q\n", key, v), err)
+			case "read-many":
+				var key string
+				var nodes []string
+				d.ScanArgs(t, "key", &key)
+				d.ScanArgs(t, "nodes", &nodes)
+				var ids []uint64
+				for _, n := range nodes {
+					var id uint64
+					if _, err := fmt.Sscan(n, &id); err != nil {
+						d.Fatalf(t, "bad node %q", n)
+					}
+					ids = append(ids, id)
+				}
+				vals, err := c.ReadMany(ids, u(d, "group"), key)
+				if err != nil {
+					return errOr("", err)
+				}
+				var out string
+				for i, id := range ids {
+					out += fmt.Sprintf("n%d: %s=%s\n", id, key, vals[i])
+				}
+				return out
 			case "link", "isolate":
 				var st string
 				d.ScanArgs(t, "state", &st)

@@ -267,6 +267,36 @@ func (c *Cluster) Read(node, group uint64, key string) (string, error) {
 	return "", errors.New("mrtest: read did not complete within 100 ticks")
 }
 
+// ReadMany starts a linearizable read of key on each of nodes at once,
+// then delivers messages until nothing moves, without ticking. It returns
+// each node's value, or "pending" for a read that has not completed: a
+// read round that the leader dropped would complete only by timing out,
+// many ticks later.
+func (c *Cluster) ReadMany(nodes []uint64, group uint64, key string) ([]string, error) {
+	fs := make([]multiraft.ReadFuture, len(nodes))
+	for i, n := range nodes {
+		fs[i] = c.Hosts[n].ReadAsync(group, []byte(key))
+	}
+	if err := c.Stabilize(); err != nil {
+		return nil, err
+	}
+	out := make([]string, len(nodes))
+	for i, f := range fs {
+		select {
+		case <-f.Done():
+			v, err := f.Result()
+			if err != nil {
+				out[i] = "error: " + err.Error()
+			} else {
+				out[i] = fmt.Sprintf("%q", v)
+			}
+		default:
+			out[i] = "pending"
+		}
+	}
+	return out, nil
+}
+
 // Crash stops node without flushing, drops its unsynced writes and its
 // state machines.
 func (c *Cluster) Crash(node uint64) {
