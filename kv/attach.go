@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/flotilla/flotilla/internal/keys"
+
 	"github.com/cockroachdb/pebble/v2"
 )
 
@@ -26,8 +28,8 @@ import (
 // its key does.
 
 const (
-	kindAttached  = 'A'
-	kindLeaseKeys = 'K'
+	kindAttached  = byte(keys.Attached)
+	kindLeaseKeys = byte(keys.LeaseKeys)
 )
 
 func (s *StateMachine) attachedKey(key []byte) []byte {
@@ -150,7 +152,7 @@ func EncodeAttachedQuery(key []byte) ([]byte, error) {
 	if err := CheckKey(key); err != nil {
 		return nil, err
 	}
-	return append([]byte{'A'}, key...), nil
+	return append([]byte{byte(QueryAttached)}, key...), nil
 }
 
 // DecodeAttachedQuery parses the answer to an attachment query: the lease

@@ -2,7 +2,7 @@
 // raft group, all of them keeping their data in the node's Pebble database,
 // next to the raft logs, under prefixes of their own.
 //
-// Layout (storage uses 'l', 'h', 'c' and 's'):
+// Layout (kinds registered in internal/keys, next to storage's):
 //
 //	'k' group(8) key   → revision(8) value
 //	'a' group(8)       → applied index(8) revision(8)
@@ -12,6 +12,7 @@
 //	'A' group(8) key   → lease(8): the lease the key is attached to
 //	'K' group(8) lease(8) key → nothing: the keys attached to a lease
 //	                     (see attach.go)
+//	'S' group(8) session(8) → a client session's record (see session.go)
 //
 // Every Apply writes its data and the new applied index in one Pebble batch,
 // so after a crash the group replays only the entries past what is durable.

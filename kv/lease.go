@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla/flotilla/internal/keys"
+
 	"github.com/cockroachdb/pebble/v2"
 )
 
@@ -38,8 +40,8 @@ const (
 )
 
 const (
-	kindLease    = 'L'
-	kindElection = 'E'
+	kindLease    = byte(keys.Lease)
+	kindElection = byte(keys.Election)
 )
 
 // CheckTTL returns an error wrapping ErrInvalid unless ttl is within
@@ -354,7 +356,7 @@ func electionResult(e Election, lease uint64, ok bool) Result {
 
 // EncodeLeaseQuery returns the query that looks up lease id.
 func EncodeLeaseQuery(id uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte{'l'}, id)
+	return binary.BigEndian.AppendUint64([]byte{byte(QueryLease)}, id)
 }
 
 // DecodeLeaseQuery parses the answer to a lease query.
@@ -370,7 +372,7 @@ func EncodeElectionQuery(name []byte) ([]byte, error) {
 	if err := CheckKey(name); err != nil {
 		return nil, err
 	}
-	return append([]byte{'e'}, name...), nil
+	return append([]byte{byte(QueryElection)}, name...), nil
 }
 
 func (s *StateMachine) queryLease(q []byte) ([]byte, error) {

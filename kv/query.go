@@ -5,6 +5,25 @@ import (
 	"fmt"
 )
 
+// QueryKind is the first byte of a query: what it asks. The Encode
+// functions write it; StateMachine.Query dispatches on it.
+type QueryKind byte
+
+// Query kinds.
+const (
+	// QueryGet reads one key (EncodeGet).
+	QueryGet QueryKind = 'g'
+	// QueryScan lists keys by prefix (EncodeScan).
+	QueryScan QueryKind = 's'
+	// QueryLease reads a lease's TTL (EncodeLeaseQuery).
+	QueryLease QueryKind = 'l'
+	// QueryElection reads an election (EncodeElectionQuery).
+	QueryElection QueryKind = 'e'
+	// QueryAttached reads the lease a key is attached to
+	// (EncodeAttachedQuery).
+	QueryAttached QueryKind = 'A'
+)
+
 // KeyValue is one key as a query returns it. The caller owns the slices.
 type KeyValue struct {
 	Key      []byte
@@ -17,7 +36,7 @@ func EncodeGet(key []byte) ([]byte, error) {
 	if err := CheckKey(key); err != nil {
 		return nil, err
 	}
-	return append([]byte{'g'}, key...), nil
+	return append([]byte{byte(QueryGet)}, key...), nil
 }
 
 // DecodeGet parses the answer to a get query.
@@ -44,7 +63,7 @@ func EncodeScan(prefix []byte, limit int) ([]byte, error) {
 	if len(prefix) > MaxKeySize {
 		return nil, fmt.Errorf("%w: prefix of %d bytes exceeds the limit of %d", ErrInvalid, len(prefix), MaxKeySize)
 	}
-	q := []byte{'s'}
+	q := []byte{byte(QueryScan)}
 	q = binary.AppendUvarint(q, uint64(limit))
 	return append(q, prefix...), nil
 }

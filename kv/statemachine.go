@@ -10,14 +10,16 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/flotilla/flotilla/internal/keys"
+
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/flotilla/flotilla/multiraft"
 )
 
 const (
-	kindData    = 'k'
-	kindApplied = 'a'
+	kindData    = byte(keys.Data)
+	kindApplied = byte(keys.Applied)
 	prefixLen   = 9
 	snapMagic1  = "FKV1" // data keys only
 	snapMagic   = "FKV2" // every kind: kind byte, key, value
@@ -418,8 +420,8 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	if len(q) < 1 {
 		return nil, ErrBadCommand
 	}
-	switch q[0] {
-	case 'g':
+	switch QueryKind(q[0]) {
+	case QueryGet:
 		found, rev, val, err := s.get(q[1:])
 		if err != nil {
 			return nil, err
@@ -432,18 +434,18 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 		}
 		out = binary.BigEndian.AppendUint64(out, rev)
 		return append(out, val...), nil
-	case 's':
+	case QueryScan:
 		r := reader{b: q[1:]}
 		limit := r.uvarint()
 		if r.err || limit == 0 || limit > MaxScanLimit {
 			return nil, fmt.Errorf("%w: scan limit", ErrBadCommand)
 		}
 		return s.scan(r.b, int(limit))
-	case 'l':
+	case QueryLease:
 		return s.queryLease(q[1:])
-	case 'e':
+	case QueryElection:
 		return s.queryElection(q[1:])
-	case 'A':
+	case QueryAttached:
 		return s.queryAttached(q[1:])
 	}
 	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])

@@ -1,8 +1,12 @@
 package storage
 
-import "encoding/binary"
+import (
+	"encoding/binary"
 
-// Key layout. The kind byte comes first so that the log entries of all
+	"github.com/flotilla/flotilla/internal/keys"
+)
+
+// Key layout (kinds registered in internal/keys). The kind byte comes first so that the log entries of all
 // groups sit together, apart from the small per-group records, and so that
 // listing groups scans only the conf-state records.
 //
@@ -11,10 +15,10 @@ import "encoding/binary"
 //	'c' group(8)           → confIndex(8) raftpb.ConfState
 //	's' group(8)           → raftpb.Snapshot
 const (
-	kindLog       = 'l'
-	kindHardState = 'h'
-	kindConfState = 'c'
-	kindSnapshot  = 's'
+	kindLog       = byte(keys.RaftLog)
+	kindHardState = byte(keys.RaftHardState)
+	kindConfState = byte(keys.RaftConfState)
+	kindSnapshot  = byte(keys.RaftSnapshot)
 
 	groupKeyLen = 9
 	logKeyLen   = 17
