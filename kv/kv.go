@@ -143,7 +143,26 @@ type Command struct {
 	// TTL is the time to live of OpLeaseGrant, in whole milliseconds
 	// (MinLeaseTTL..MaxLeaseTTL).
 	TTL time.Duration
+	// Session, Seq and Acked place the command in a client session, for
+	// exactly-once apply (session.go): the session's ID (0: none), the
+	// write's sequence number, and the lowest number of the session the
+	// client has not had answered in this group. Register creates the
+	// session in the group if it has none.
+	Session, Seq, Acked uint64
+	Register            bool
+	// Time is the proposer's clock in unix milliseconds (0: none): the
+	// group's clock, which expires sessions, is the latest of them.
+	Time int64
 }
+
+// Command flag bits, after the value.
+const (
+	flagExpectAbsent = 1 << iota
+	flagSession      // a session block follows Expected
+	flagRegister
+	flagTime // a time follows the session block (or Expected)
+	flagsKnown = flagExpectAbsent | flagSession | flagRegister | flagTime
+)
 
 // Encode returns the command's wire form after checking its limits.
 func (c Command) Encode() ([]byte, error) {
@@ -160,6 +179,12 @@ func (c Command) Encode() ([]byte, error) {
 	if err := CheckValue(c.Expected); err != nil {
 		return nil, err
 	}
+	if c.Time < 0 {
+		return nil, fmt.Errorf("%w: negative time %d", ErrInvalid, c.Time)
+	}
+	if c.Session == 0 && (c.Seq != 0 || c.Acked != 0 || c.Register) {
+		return nil, fmt.Errorf("%w: a sequence number without a session", ErrInvalid)
+	}
 	switch c.Op {
 	case OpPut, OpDelete, OpCAS:
 	case OpLeaseGrant:
@@ -173,16 +198,33 @@ func (c Command) Encode() ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
-	b := make([]byte, 0, 1+3*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected))
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected)+8+3*binary.MaxVarintLen64)
 	b = append(b, byte(c.Op))
 	b = appendBytes(b, c.Key)
 	b = appendBytes(b, c.Value)
 	flag := byte(0)
 	if c.ExpectAbsent {
-		flag = 1
+		flag |= flagExpectAbsent
+	}
+	if c.Session != 0 {
+		flag |= flagSession
+	}
+	if c.Register {
+		flag |= flagRegister
+	}
+	if c.Time != 0 {
+		flag |= flagTime
 	}
 	b = append(b, flag)
 	b = appendBytes(b, c.Expected)
+	if c.Session != 0 {
+		b = binary.BigEndian.AppendUint64(b, c.Session)
+		b = binary.AppendUvarint(b, c.Seq)
+		b = binary.AppendUvarint(b, c.Acked)
+	}
+	if c.Time != 0 {
+		b = binary.AppendUvarint(b, uint64(c.Time))
+	}
 	switch {
 	case c.Op.hasLease():
 		b = binary.BigEndian.AppendUint64(b, c.Lease)
@@ -207,6 +249,20 @@ func decodeCommand(b []byte) (Command, error) {
 	c.Value = r.bytes()
 	flag := r.byte()
 	c.Expected = r.bytes()
+	if flag&flagSession != 0 {
+		if c.Session = r.uint64(); c.Session == 0 {
+			r.err = true
+		}
+		c.Seq = r.uvarint()
+		c.Acked = r.uvarint()
+	}
+	c.Register = flag&flagRegister != 0
+	if flag&flagTime != 0 {
+		t := r.uvarint()
+		if c.Time = int64(t); c.Time <= 0 {
+			r.err = true
+		}
+	}
 	switch {
 	case c.Op.hasLease():
 		c.Lease = r.uint64()
@@ -216,10 +272,10 @@ func decodeCommand(b []byte) (Command, error) {
 			r.err = true
 		}
 	}
-	if r.err || len(r.b) != 0 || flag > 1 || c.Op < OpPut || c.Op > OpResign {
+	if r.err || len(r.b) != 0 || flag&^flagsKnown != 0 || (c.Register && c.Session == 0) || c.Op < OpPut || c.Op > OpResign {
 		return Command{}, ErrBadCommand
 	}
-	c.ExpectAbsent = flag == 1
+	c.ExpectAbsent = flag&flagExpectAbsent != 0
 	return c, nil
 }
 
@@ -246,6 +302,14 @@ type Result struct {
 	// LeaseMissing: a put or CAS named a lease the group does not have;
 	// nothing was written (see ErrLeaseNotFound).
 	LeaseMissing bool
+	// SessionUnknown: the command's session does not exist in the group
+	// (never registered there, or expired) and the command did not
+	// register it; nothing was written. Resend it with Register.
+	SessionUnknown bool
+	// SessionStale: the command's sequence number is below its session's
+	// floor: the client had already had it answered or given it up. Nothing
+	// was written.
+	SessionStale bool
 }
 
 func (r Result) encode() []byte {
@@ -279,6 +343,12 @@ func (r Result) appendTo(b []byte) []byte {
 	if r.LeaseMissing {
 		flags |= 4
 	}
+	if r.SessionUnknown {
+		flags |= 8
+	}
+	if r.SessionStale {
+		flags |= 16
+	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint64(b, r.CurrentRevision)
 	b = appendBytes(b, r.Current)
@@ -304,7 +374,11 @@ func DecodeResult(b []byte) (Result, error) {
 	if r.err || len(r.b) != 0 {
 		return Result{}, fmt.Errorf("%w: result", ErrCorrupt)
 	}
+	if flags&^31 != 0 {
+		return Result{}, fmt.Errorf("%w: result flags %#x", ErrCorrupt, flags)
+	}
 	res.OK, res.Found, res.LeaseMissing = flags&1 != 0, flags&2 != 0, flags&4 != 0
+	res.SessionUnknown, res.SessionStale = flags&8 != 0, flags&16 != 0
 	if len(msg) > 0 {
 		res.Err = string(msg)
 		return res, fmt.Errorf("%w: %s", ErrBadCommand, msg)
@@ -325,6 +399,16 @@ type reader struct {
 
 func (r *reader) uvarint() uint64 {
 	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = true
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	v, n := binary.Varint(r.b)
 	if n <= 0 {
 		r.err = true
 		return 0

@@ -28,7 +28,7 @@ const (
 // snapKinds are the kinds of record a snapshot holds.
 // Adding a kind keeps older snapshots readable (they hold none of it);
 // a node without the kind refuses a snapshot that has it.
-var snapKinds = []byte{kindData, kindLease, kindElection, kindAttached, kindLeaseKeys}
+var snapKinds = []byte{kindData, kindLease, kindElection, kindAttached, kindLeaseKeys, byte(keys.Session)}
 
 // StateMachine is the KV state of one group, kept in a Pebble database
 // shared with the raft logs and the other groups.
@@ -66,6 +66,10 @@ type StateMachine struct {
 
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
+
+	// sessions are the client sessions of the group (session.go). Owned by
+	// the worker.
+	sessions sessionTable
 }
 
 var _ multiraft.StateMachine = (*StateMachine)(nil)
@@ -84,6 +88,7 @@ func WithHoldBudget(b *HoldBudget) Option {
 // engine stopped.
 func New(db *pebble.DB, group uint64, opts ...Option) (*StateMachine, error) {
 	s := &StateMachine{db: db, group: group}
+	s.sessions.init()
 	for _, o := range opts {
 		o(s)
 	}
@@ -108,6 +113,9 @@ func New(db *pebble.DB, group uint64, opts ...Option) (*StateMachine, error) {
 	s.setLeases(leases, nil)
 	if s.mayAttach, err = s.anyAttached(db); err != nil {
 		return nil, fmt.Errorf("kv: group %d: look for attached keys: %w", group, err)
+	}
+	if err := s.sessions.load(db, group); err != nil {
+		return nil, fmt.Errorf("kv: group %d: load sessions: %w", group, err)
 	}
 	v, closer, err := db.Get(s.metaKey())
 	switch {
@@ -199,6 +207,9 @@ func (s *StateMachine) flush() error {
 	if err := s.dirty.writeTo(b, s.prefix[:]); err != nil {
 		return err
 	}
+	if err := s.sessions.writeTo(b, s.group); err != nil {
+		return err
+	}
 	if err := b.Set(s.metaKey(), metaValue(applied, s.revision.Load()), nil); err != nil {
 		return err
 	}
@@ -236,6 +247,10 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		cmd, err := decodeCommand(c.Data)
 		if err != nil {
 			c.Result = Result{Revision: rev, Err: err.Error()}.encode()
+			continue
+		}
+		if res, skip := s.sessions.check(&cmd); skip {
+			c.Result = res
 			continue
 		}
 		k := s.dataKey(cmd.Key)
@@ -302,6 +317,10 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		}
 		res.Revision = rev
 		c.Result = res.encode()
+		s.sessions.record(&cmd, c.Result)
+	}
+	if err := s.sessions.writeTo(b, s.group); err != nil {
+		return err
 	}
 	if err := b.Set(s.metaKey(), metaValue(last, rev), nil); err != nil {
 		return err
@@ -350,6 +369,10 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 	results := make([]byte, 0, resSize*len(cmds))
 	for i := range cmds {
 		c, cmd := &cmds[i], &s.decoded[i]
+		if prev, skip := s.sessions.check(cmd); skip {
+			c.Result = prev
+			continue
+		}
 		res := Result{OK: true}
 		switch cmd.Op {
 		case OpPut:
@@ -370,6 +393,7 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 		n := len(results)
 		results = res.appendTo(results)
 		c.Result = results[n:len(results):len(results)]
+		s.sessions.record(cmd, c.Result)
 	}
 	s.dirty.apply(st)
 	clear(st) // drop the references the arrays would keep
@@ -656,6 +680,9 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	}
 	mayAttach, err := s.anyAttached(b)
 	if err != nil {
+		return err
+	}
+	if err := s.sessions.load(b, s.group); err != nil {
 		return err
 	}
 	if err := b.Set(s.metaKey(), metaValue(index, rev), nil); err != nil {
