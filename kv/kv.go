@@ -160,7 +160,7 @@ const (
 	flagExpectAbsent = 1 << iota
 	flagSession      // a session block follows Expected
 	flagRegister
-	flagTime // a time follows the session block (or Expected)
+	flagTime   // a time follows the session block (or Expected)
 	flagsKnown = flagExpectAbsent | flagSession | flagRegister | flagTime
 )
 
