@@ -260,8 +260,10 @@ func (g *group) readIndex(reads []*readReq) {
 	g.rn.ReadIndex(readContext(g.h.cfg.NodeID, key))
 }
 
-// readContext is the request context of a ReadIndex round: this node's ID,
-// then a key unique to this Host incarnation (Host.newKey). The leader keys
+// readContext is the request context of a ReadIndex round: a key unique to
+// this Host incarnation (Host.newKey), then this node's ID. (The key comes
+// first, like a proposal's: the simulation hashes what follows the first 8
+// bytes of entries, and must not see the random key.) The leader keys
 // pending rounds by their context and silently drops a request whose
 // context is already pending, from whichever replica it came; so a context
 // must never be shared by two replicas (hence the node ID), nor reused after
@@ -269,18 +271,18 @@ func (g *group) readIndex(reads []*readReq) {
 // counter for all its groups).
 func readContext(node, key uint64) []byte {
 	ctx := make([]byte, 16)
-	binary.BigEndian.PutUint64(ctx, node)
-	binary.BigEndian.PutUint64(ctx[8:], key)
+	binary.BigEndian.PutUint64(ctx, key)
+	binary.BigEndian.PutUint64(ctx[8:], node)
 	return ctx
 }
 
 // readKey returns the key of a ReadIndex context made by readContext on
 // node, or false for a context of another node or shape.
 func readKey(node uint64, ctx []byte) (uint64, bool) {
-	if len(ctx) != 16 || binary.BigEndian.Uint64(ctx) != node {
+	if len(ctx) != 16 || binary.BigEndian.Uint64(ctx[8:]) != node {
 		return 0, false
 	}
-	return binary.BigEndian.Uint64(ctx[8:]), true
+	return binary.BigEndian.Uint64(ctx), true
 }
 
 // expire fails requests that waited longer than RequestTimeoutTicks.
