@@ -38,7 +38,11 @@ type Header struct {
 	// leader is the group's leader as the answering node knows it (0: none).
 	Leader uint64 `protobuf:"varint,2,opt,name=leader,proto3" json:"leader,omitempty"`
 	// node is the answering node.
-	Node          uint64 `protobuf:"varint,3,opt,name=node,proto3" json:"node,omitempty"`
+	Node uint64 `protobuf:"varint,3,opt,name=node,proto3" json:"node,omitempty"`
+	// term is the raft term of the leader named in leader, as the answering
+	// node knows it: a client keeps the leader it heard of in the highest
+	// term.
+	Term          uint64 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -94,6 +98,92 @@ func (x *Header) GetNode() uint64 {
 	return 0
 }
 
+func (x *Header) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+// Session places a write in a client session, so that the cluster applies
+// it exactly once however often it is delivered (kv/session.go). A client
+// numbers its writes; a write resent with the same session and seq gets the
+// first result instead of applying again.
+type Session struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the client's session, random and not 0 (0: no session).
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// seq is the write's number in the session.
+	Seq uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	// acked: the client has had an answer for (or given up) every write of
+	// the session to this group numbered below acked.
+	Acked uint64 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
+	// register creates the session in the group if the group has none; a
+	// write of a session the group does not have, without register, is
+	// refused unapplied (FailedPrecondition, "kv: session unknown").
+	Register      bool `protobuf:"varint,4,opt,name=register,proto3" json:"register,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Session) Reset() {
+	*x = Session{}
+	mi := &file_flotilla_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Session) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Session) ProtoMessage() {}
+
+func (x *Session) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Session.ProtoReflect.Descriptor instead.
+func (*Session) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Session) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Session) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Session) GetAcked() uint64 {
+	if x != nil {
+		return x.Acked
+	}
+	return 0
+}
+
+func (x *Session) GetRegister() bool {
+	if x != nil {
+		return x.Register
+	}
+	return false
+}
+
 type KeyValue struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -107,7 +197,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -119,7 +209,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -132,7 +222,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -178,14 +268,15 @@ type PutRequest struct {
 	// lease_group, if set, is the group that granted lease; it must be the
 	// key's group (else InvalidArgument). Lease IDs are unique only within
 	// their group, so clients that know it should send it.
-	LeaseGroup    uint64 `protobuf:"varint,5,opt,name=lease_group,json=leaseGroup,proto3" json:"lease_group,omitempty"`
+	LeaseGroup    uint64   `protobuf:"varint,5,opt,name=lease_group,json=leaseGroup,proto3" json:"lease_group,omitempty"`
+	Session       *Session `protobuf:"bytes,6,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +288,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +301,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -248,6 +339,13 @@ func (x *PutRequest) GetLeaseGroup() uint64 {
 	return 0
 }
 
+func (x *PutRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type PutResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -259,7 +357,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +369,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +382,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -312,7 +410,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +422,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +435,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -372,7 +470,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +482,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +495,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -425,13 +523,14 @@ type DeleteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Group         uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	Session       *Session               `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +542,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +555,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -473,6 +572,13 @@ func (x *DeleteRequest) GetGroup() uint64 {
 	return 0
 }
 
+func (x *DeleteRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type DeleteResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -484,7 +590,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +602,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +615,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -543,15 +649,16 @@ type CompareAndSwapRequest struct {
 	Value        []byte `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
 	Group        uint64 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`
 	// lease and lease_group: as in PutRequest, applied if the swap happens.
-	Lease         uint64 `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
-	LeaseGroup    uint64 `protobuf:"varint,7,opt,name=lease_group,json=leaseGroup,proto3" json:"lease_group,omitempty"`
+	Lease         uint64   `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
+	LeaseGroup    uint64   `protobuf:"varint,7,opt,name=lease_group,json=leaseGroup,proto3" json:"lease_group,omitempty"`
+	Session       *Session `protobuf:"bytes,8,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +670,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +683,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -628,6 +735,13 @@ func (x *CompareAndSwapRequest) GetLeaseGroup() uint64 {
 	return 0
 }
 
+func (x *CompareAndSwapRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type CompareAndSwapResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Header    *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -641,7 +755,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +767,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +780,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -711,7 +825,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +837,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +850,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -778,7 +892,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +904,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +917,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -833,7 +947,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +959,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +972,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -912,7 +1026,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1038,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1051,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -1002,7 +1116,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1128,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1141,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -1073,7 +1187,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1199,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1212,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_proto_rawDescGZIP(), []int{16}
 }
 
 type ClusterMapResponse struct {
@@ -1115,7 +1229,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1241,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1254,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -1179,7 +1293,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1305,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1318,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_proto_rawDescGZIP(), []int{18}
 }
 
 type NodeStatusResponse struct {
@@ -1219,7 +1333,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1345,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1358,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -1285,7 +1399,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1411,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1424,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -1338,7 +1452,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1464,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1477,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -1385,14 +1499,15 @@ type LeaseGrantRequest struct {
 	// group is the lease's group (1..groups).
 	Group uint64 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
 	// ttl_ms is the time to live in milliseconds (100 .. 86400000).
-	TtlMs         int64 `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	TtlMs         int64    `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Session       *Session `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1519,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1532,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -1434,6 +1549,13 @@ func (x *LeaseGrantRequest) GetTtlMs() int64 {
 	return 0
 }
 
+func (x *LeaseGrantRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type LeaseGrantResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -1446,7 +1568,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1580,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1593,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -1499,13 +1621,14 @@ type LeaseRevokeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
 	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Session       *Session               `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1640,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1653,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -1547,6 +1670,13 @@ func (x *LeaseRevokeRequest) GetId() uint64 {
 	return 0
 }
 
+func (x *LeaseRevokeRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type LeaseRevokeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -1557,7 +1687,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1699,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1712,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -1612,7 +1742,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1754,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1767,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -1675,7 +1805,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1817,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1830,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -1748,7 +1878,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1890,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1903,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -1804,7 +1934,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1946,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1959,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -1884,7 +2014,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2026,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2039,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -1974,14 +2104,15 @@ type CampaignRequest struct {
 	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	Lease uint64                 `protobuf:"varint,3,opt,name=lease,proto3" json:"lease,omitempty"`
 	// group, if set, must be the name's group.
-	Group         uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	Group         uint64   `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	Session       *Session `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2124,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2137,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -2037,6 +2168,13 @@ func (x *CampaignRequest) GetGroup() uint64 {
 	return 0
 }
 
+func (x *CampaignRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type CampaignResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -2050,7 +2188,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2200,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2213,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -2111,13 +2249,14 @@ type ResignRequest struct {
 	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Lease         uint64                 `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
 	Group         uint64                 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	Session       *Session               `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2268,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2281,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -2166,6 +2305,13 @@ func (x *ResignRequest) GetGroup() uint64 {
 	return 0
 }
 
+func (x *ResignRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type ResignResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -2179,7 +2325,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2337,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2350,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -2238,7 +2384,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2396,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2409,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -2290,7 +2436,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2448,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2461,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -2342,7 +2488,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2500,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2513,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -2397,7 +2543,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2555,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2568,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -2448,7 +2594,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2606,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2619,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -2500,7 +2646,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2658,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2671,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -2585,7 +2731,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2743,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2756,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -2641,7 +2787,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +2799,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +2812,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -2742,16 +2888,22 @@ var File_flotilla_proto protoreflect.FileDescriptor
 
 const file_flotilla_proto_rawDesc = "" +
 	"\n" +
-	"\x0eflotilla.proto\x12\vflotilla.v1\"J\n" +
+	"\x0eflotilla.proto\x12\vflotilla.v1\"^\n" +
 	"\x06Header\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\x04R\x04node\"d\n" +
+	"\x04node\x18\x03 \x01(\x04R\x04node\x12\x12\n" +
+	"\x04term\x18\x04 \x01(\x04R\x04term\"]\n" +
+	"\aSession\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05acked\x18\x03 \x01(\x04R\x05acked\x12\x1a\n" +
+	"\bregister\x18\x04 \x01(\bR\bregister\"d\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05group\x18\x04 \x01(\x04R\x05group\"\x81\x01\n" +
+	"\x05group\x18\x04 \x01(\x04R\x05group\"\xb1\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -2759,7 +2911,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05group\x18\x03 \x01(\x04R\x05group\x12\x14\n" +
 	"\x05lease\x18\x04 \x01(\x04R\x05lease\x12\x1f\n" +
 	"\vlease_group\x18\x05 \x01(\x04R\n" +
-	"leaseGroup\"V\n" +
+	"leaseGroup\x12.\n" +
+	"\asession\x18\x06 \x01(\v2\x14.flotilla.v1.SessionR\asession\"V\n" +
 	"\vPutResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"X\n" +
@@ -2771,14 +2924,15 @@ const file_flotilla_proto_rawDesc = "" +
 	"\vGetResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12%\n" +
-	"\x02kv\x18\x03 \x01(\v2\x15.flotilla.v1.KeyValueR\x02kv\"7\n" +
+	"\x02kv\x18\x03 \x01(\v2\x15.flotilla.v1.KeyValueR\x02kv\"g\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05group\x18\x02 \x01(\x04R\x05group\"s\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\x12.\n" +
+	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"s\n" +
 	"\x0eDeleteResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\bR\adeleted\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xcd\x01\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xfd\x01\n" +
 	"\x15CompareAndSwapRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1a\n" +
 	"\bexpected\x18\x02 \x01(\fR\bexpected\x12#\n" +
@@ -2787,7 +2941,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05group\x18\x05 \x01(\x04R\x05group\x12\x14\n" +
 	"\x05lease\x18\x06 \x01(\x04R\x05lease\x12\x1f\n" +
 	"\vlease_group\x18\a \x01(\x04R\n" +
-	"leaseGroup\"\xaa\x01\n" +
+	"leaseGroup\x12.\n" +
+	"\asession\x18\b \x01(\v2\x14.flotilla.v1.SessionR\asession\"\xaa\x01\n" +
 	"\x16CompareAndSwapResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12\x14\n" +
@@ -2843,17 +2998,19 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\"i\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
-	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\"@\n" +
+	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\"p\n" +
 	"\x11LeaseGrantRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x15\n" +
-	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\"h\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12.\n" +
+	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"h\n" +
 	"\x12LeaseGrantResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x15\n" +
-	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\":\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\"j\n" +
 	"\x12LeaseRevokeRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"\\\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12.\n" +
+	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"\\\n" +
 	"\x13LeaseRevokeResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x18\n" +
 	"\arevoked\x18\x02 \x01(\bR\arevoked\"O\n" +
@@ -2886,22 +3043,24 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05group\x18\a \x01(\x04R\x05group\x12\x1e\n" +
 	"\n" +
 	"candidates\x18\b \x01(\rR\n" +
-	"candidates\"g\n" +
+	"candidates\"\x97\x01\n" +
 	"\x0fCampaignRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
 	"\x05lease\x18\x03 \x01(\x04R\x05lease\x12\x14\n" +
-	"\x05group\x18\x04 \x01(\x04R\x05group\"\xac\x01\n" +
+	"\x05group\x18\x04 \x01(\x04R\x05group\x12.\n" +
+	"\asession\x18\x05 \x01(\v2\x14.flotilla.v1.SessionR\asession\"\xac\x01\n" +
 	"\x10CampaignResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1f\n" +
 	"\vlease_found\x18\x02 \x01(\bR\n" +
 	"leaseFound\x12\x18\n" +
 	"\aelected\x18\x03 \x01(\bR\aelected\x120\n" +
-	"\x05state\x18\x04 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\"O\n" +
+	"\x05state\x18\x04 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\"\x7f\n" +
 	"\rResignRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
 	"\x05lease\x18\x02 \x01(\x04R\x05lease\x12\x14\n" +
-	"\x05group\x18\x03 \x01(\x04R\x05group\"\x8b\x01\n" +
+	"\x05group\x18\x03 \x01(\x04R\x05group\x12.\n" +
+	"\asession\x18\x04 \x01(\v2\x14.flotilla.v1.SessionR\asession\"\x8b\x01\n" +
 	"\x0eResignResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1a\n" +
 	"\bresigned\x18\x02 \x01(\bR\bresigned\x120\n" +
@@ -2973,122 +3132,130 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 	return file_flotilla_proto_rawDescData
 }
 
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_flotilla_proto_goTypes = []any{
 	(*Header)(nil),                  // 0: flotilla.v1.Header
-	(*KeyValue)(nil),                // 1: flotilla.v1.KeyValue
-	(*PutRequest)(nil),              // 2: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 3: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 4: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 5: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 6: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 7: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 8: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 9: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 10: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 11: flotilla.v1.ScanResponse
-	(*NodeInfo)(nil),                // 12: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 13: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 14: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 15: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 16: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 17: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 18: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 19: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 20: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 21: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 22: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 23: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 24: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 25: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 26: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 27: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 28: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 29: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 30: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 31: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 32: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 33: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 34: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 35: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 36: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 37: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 38: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 39: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 40: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 41: flotilla.v1.BatchResult
+	(*Session)(nil),                 // 1: flotilla.v1.Session
+	(*KeyValue)(nil),                // 2: flotilla.v1.KeyValue
+	(*PutRequest)(nil),              // 3: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 4: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 5: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 6: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 7: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 8: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 9: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 10: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 11: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 12: flotilla.v1.ScanResponse
+	(*NodeInfo)(nil),                // 13: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 14: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 15: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 16: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 17: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 18: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 19: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 20: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 21: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 22: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 23: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 24: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 25: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 26: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 27: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 28: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 29: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 30: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 31: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 32: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 33: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 34: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 35: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 36: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 37: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 38: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 39: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 40: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 41: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 42: flotilla.v1.BatchResult
 }
 var file_flotilla_proto_depIdxs = []int32{
-	0,  // 0: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	0,  // 1: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	1,  // 2: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	0,  // 3: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	0,  // 4: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	1,  // 5: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	1,  // 6: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	12, // 7: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	13, // 8: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	12, // 9: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	13, // 10: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	14, // 11: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	12, // 12: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	13, // 13: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	0,  // 14: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	0,  // 15: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	0,  // 16: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	0,  // 17: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	0,  // 18: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	29, // 19: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	0,  // 20: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	29, // 21: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	0,  // 22: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	29, // 23: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	29, // 24: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	39, // 25: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	2,  // 26: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	6,  // 27: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	41, // 28: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	3,  // 29: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	7,  // 30: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	2,  // 31: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	4,  // 32: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	6,  // 33: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	8,  // 34: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	10, // 35: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	38, // 36: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	15, // 37: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	17, // 38: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	21, // 39: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	23, // 40: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	25, // 41: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	27, // 42: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	30, // 43: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	32, // 44: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	34, // 45: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	36, // 46: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	19, // 47: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	3,  // 48: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	5,  // 49: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	7,  // 50: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	9,  // 51: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	11, // 52: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	40, // 53: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	16, // 54: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	18, // 55: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	22, // 56: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	24, // 57: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	26, // 58: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	28, // 59: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	31, // 60: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	33, // 61: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	35, // 62: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	37, // 63: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	20, // 64: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	48, // [48:65] is the sub-list for method output_type
-	31, // [31:48] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	1,  // 0: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	0,  // 1: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	0,  // 2: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	2,  // 3: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	1,  // 4: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	0,  // 5: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	1,  // 6: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	0,  // 7: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	2,  // 8: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	2,  // 9: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	13, // 10: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	14, // 11: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	13, // 12: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	14, // 13: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	15, // 14: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	13, // 15: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	14, // 16: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	1,  // 17: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	0,  // 18: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	1,  // 19: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	0,  // 20: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	0,  // 21: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	0,  // 22: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	1,  // 23: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	0,  // 24: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	30, // 25: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	1,  // 26: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	0,  // 27: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	30, // 28: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	0,  // 29: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	30, // 30: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	30, // 31: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	40, // 32: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	3,  // 33: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	7,  // 34: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	42, // 35: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	4,  // 36: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	8,  // 37: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	3,  // 38: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	5,  // 39: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	7,  // 40: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	9,  // 41: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	11, // 42: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	39, // 43: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	16, // 44: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	18, // 45: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	22, // 46: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	24, // 47: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	26, // 48: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	28, // 49: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	31, // 50: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	33, // 51: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	35, // 52: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	37, // 53: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	20, // 54: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	4,  // 55: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	6,  // 56: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	8,  // 57: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	10, // 58: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	12, // 59: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	41, // 60: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	17, // 61: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	19, // 62: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	23, // 63: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	25, // 64: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	27, // 65: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	29, // 66: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	32, // 67: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	34, // 68: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	36, // 69: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	38, // 70: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	21, // 71: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	55, // [55:72] is the sub-list for method output_type
+	38, // [38:55] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -3096,11 +3263,11 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[39].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[40].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 	}
-	file_flotilla_proto_msgTypes[41].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[42].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 	}
@@ -3110,7 +3277,7 @@ func file_flotilla_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -137,10 +137,10 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
 	var claimed, lease, leaseG uint64
 	switch o := op.Op.(type) {
 	case *api.BatchOp_Put:
-		cmd = kv.Command{Op: kv.OpPut, Key: o.Put.GetKey(), Value: o.Put.GetValue(), Lease: o.Put.GetLease()}
+		cmd = withSession(kv.Command{Op: kv.OpPut, Key: o.Put.GetKey(), Value: o.Put.GetValue(), Lease: o.Put.GetLease()}, o.Put.GetSession())
 		claimed, lease, leaseG = o.Put.GetGroup(), o.Put.GetLease(), o.Put.GetLeaseGroup()
 	case *api.BatchOp_Delete:
-		cmd = kv.Command{Op: kv.OpDelete, Key: o.Delete.GetKey()}
+		cmd = withSession(kv.Command{Op: kv.OpDelete, Key: o.Delete.GetKey()}, o.Delete.GetSession())
 		claimed = o.Delete.GetGroup()
 	default:
 		return false
@@ -149,7 +149,7 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
 	if err != nil || leaseGroup(g, lease, leaseG) != nil || k.s.writeElsewhere(context.Background(), g) {
 		return false
 	}
-	b, err := cmd.Encode()
+	b, err := encode(cmd)
 	if err != nil {
 		return false
 	}

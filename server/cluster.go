@@ -219,11 +219,18 @@ func (s *Server) groupInfos() []*api.GroupInfo {
 
 // leaderOf returns the group's leader as this node knows it.
 func (s *Server) leaderOf(g uint64) uint64 {
+	l, _ := s.leaderTerm(g)
+	return l
+}
+
+// leaderTerm returns the group's leader as this node knows it, and the
+// term in which it leads: from the local replica, else from the peer that
+// reported the highest term.
+func (s *Server) leaderTerm(g uint64) (leader, term uint64) {
 	if _, ok := s.sms[g]; ok {
-		l, _, _ := s.host.Leader(g)
-		return l
+		l, t, _ := s.host.Leader(g)
+		return l, t
 	}
-	var leader, term uint64
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	for _, v := range s.peers.views {
@@ -233,7 +240,13 @@ func (s *Server) leaderOf(g uint64) uint64 {
 			}
 		}
 	}
-	return leader
+	return leader, term
+}
+
+// header is the header of an answer about group g.
+func (s *Server) header(g uint64) *api.Header {
+	l, t := s.leaderTerm(g)
+	return &api.Header{Group: g, Leader: l, Term: t, Node: s.cfg.NodeID}
 }
 
 // clientAddrOf returns a node's client address, if known.

@@ -44,9 +44,7 @@ func (e *electionService) nameGroup(name []byte, claimed uint64) (uint64, error)
 	return e.s.checkGroup(kv.GroupOf(name, e.s.cfg.Groups), claimed)
 }
 
-func (e *electionService) header(g uint64) *api.Header {
-	return &api.Header{Group: g, Leader: e.s.leaderOf(g), Node: e.s.cfg.NodeID}
-}
+
 
 func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantRequest) (*api.LeaseGrantResponse, error) {
 	g, err := e.leaseGroup(req.Group)
@@ -62,12 +60,12 @@ func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantReq
 			return c.LeaseGrant(ctx, req)
 		})
 	}
-	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpLeaseGrant, TTL: ttl})
+	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpLeaseGrant, TTL: ttl}, req.Session))
 	if err != nil {
 		return nil, e.s.count("lease_grant", err)
 	}
 	e.s.count("lease_grant", nil)
-	return &api.LeaseGrantResponse{Header: e.header(g), Id: res.Lease, TtlMs: req.TtlMs}, nil
+	return &api.LeaseGrantResponse{Header: e.s.header(g), Id: res.Lease, TtlMs: req.TtlMs}, nil
 }
 
 func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeRequest) (*api.LeaseRevokeResponse, error) {
@@ -83,12 +81,12 @@ func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeR
 			return c.LeaseRevoke(ctx, req)
 		})
 	}
-	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id})
+	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id}, req.Session))
 	if err != nil {
 		return nil, e.s.count("lease_revoke", err)
 	}
 	e.s.count("lease_revoke", nil)
-	return &api.LeaseRevokeResponse{Header: e.header(g), Revoked: res.OK}, nil
+	return &api.LeaseRevokeResponse{Header: e.s.header(g), Revoked: res.OK}, nil
 }
 
 func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTimeToLiveRequest) (*api.LeaseTimeToLiveResponse, error) {
@@ -109,7 +107,7 @@ func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTim
 	if err != nil {
 		return nil, e.s.count("lease_ttl", status.Error(codes.Internal, err.Error()))
 	}
-	resp := &api.LeaseTimeToLiveResponse{Header: e.header(g), Found: found, TtlMs: ttl.Milliseconds(), RemainingMs: -1}
+	resp := &api.LeaseTimeToLiveResponse{Header: e.s.header(g), Found: found, TtlMs: ttl.Milliseconds(), RemainingMs: -1}
 	if rem, ok := e.s.lessor.Remaining(g, req.Id); ok && found {
 		resp.RemainingMs = rem.Milliseconds()
 	}
@@ -177,7 +175,7 @@ func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAlive
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	resp := &api.LeaseKeepAliveResponse{Header: e.header(g), Id: req.Id, Seq: req.Seq}
+	resp := &api.LeaseKeepAliveResponse{Header: e.s.header(g), Id: req.Id, Seq: req.Seq}
 	if !found {
 		return resp, nil
 	}
@@ -211,7 +209,7 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 			return c.Campaign(ctx, req)
 		})
 	}
-	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease})
+	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease}, req.Session))
 	if err != nil {
 		return nil, e.s.count("campaign", err)
 	}
@@ -219,7 +217,7 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 		return nil, e.s.count("campaign", status.Error(codes.ResourceExhausted, res.Err))
 	}
 	e.s.count("campaign", nil)
-	return &api.CampaignResponse{Header: e.header(g), LeaseFound: res.OK, Elected: res.OK && res.Found,
+	return &api.CampaignResponse{Header: e.s.header(g), LeaseFound: res.OK, Elected: res.OK && res.Found,
 		State: resultState(req.Name, g, res)}, nil
 }
 
@@ -237,12 +235,12 @@ func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*
 			return c.Resign(ctx, req)
 		})
 	}
-	res, err := e.s.propose(ctx, g, kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease})
+	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease}, req.Session))
 	if err != nil {
 		return nil, e.s.count("resign", err)
 	}
 	e.s.count("resign", nil)
-	return &api.ResignResponse{Header: e.header(g), Resigned: res.OK, State: resultState(req.Name, g, res)}, nil
+	return &api.ResignResponse{Header: e.s.header(g), Resigned: res.OK, State: resultState(req.Name, g, res)}, nil
 }
 
 func (e *electionService) Leader(ctx context.Context, req *api.LeaderRequest) (*api.LeaderResponse, error) {
@@ -261,7 +259,7 @@ func (e *electionService) Leader(ctx context.Context, req *api.LeaderRequest) (*
 		return nil, e.s.count("leader", err)
 	}
 	e.s.count("leader", nil)
-	return &api.LeaderResponse{Header: e.header(g), State: st}, nil
+	return &api.LeaderResponse{Header: e.s.header(g), State: st}, nil
 }
 
 func (e *electionService) readState(ctx context.Context, g uint64, name []byte) (*api.ElectionState, error) {
@@ -450,7 +448,7 @@ func (s *Server) expireLeases(pending []pendingExpiry) []pendingExpiry {
 				s.lessor.Done(g, id)
 				continue
 			}
-			b, err := kv.Command{Op: kv.OpLeaseExpire, Lease: id}.Encode()
+			b, err := encode(kv.Command{Op: kv.OpLeaseExpire, Lease: id})
 			if err != nil {
 				s.lessor.Done(g, id)
 				continue

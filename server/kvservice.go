@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -28,6 +29,17 @@ const (
 	// mdForwarded marks a request one node forwarded to another, so that a
 	// request is forwarded at most once.
 	mdForwarded = "flotilla-forwarded"
+)
+
+// Messages that start the status of a refused session write (clients look
+// for them).
+const (
+	// MsgSessionUnknown starts the FailedPrecondition of a write whose
+	// session the group does not have: resend it with register.
+	MsgSessionUnknown = "kv: session unknown"
+	// MsgSessionStale starts the Aborted of a write numbered below its
+	// session's floor.
+	MsgSessionStale = "kv: session stale"
 )
 
 // kvService implements api.KVServer. Writes are proposed on the local
@@ -60,9 +72,7 @@ func (s *Server) checkGroup(g, claimed uint64) (uint64, error) {
 	return claimed, nil
 }
 
-func (k *kvService) header(g uint64) *api.Header {
-	return &api.Header{Group: g, Leader: k.s.leaderOf(g), Node: k.s.cfg.NodeID}
-}
+
 
 // writeElsewhere reports whether a write for group g must go to another
 // node: this node has no replica of g, or it has one but another node is
@@ -122,7 +132,7 @@ func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutRespo
 		req.Group = g
 		return forward(ctx, k.s, g, "put", func(ctx context.Context, c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
 	}
-	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease})
+	res, err := k.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease}, req.Session))
 	return k.putAnswer(g, req.Lease, res, err)
 }
 
@@ -136,7 +146,7 @@ func (k *kvService) putAnswer(g, lease uint64, res kv.Result, err error) (*api.P
 		return nil, k.s.count("put", err)
 	}
 	k.s.count("put", nil)
-	return &api.PutResponse{Header: k.header(g), Revision: res.Revision}, nil
+	return &api.PutResponse{Header: k.s.header(g), Revision: res.Revision}, nil
 }
 
 func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.DeleteResponse, error) {
@@ -148,7 +158,7 @@ func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.De
 		req.Group = g
 		return forward(ctx, k.s, g, "delete", func(ctx context.Context, c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
 	}
-	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpDelete, Key: req.Key})
+	res, err := k.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpDelete, Key: req.Key}, req.Session))
 	return k.deleteAnswer(g, res, err)
 }
 
@@ -159,7 +169,7 @@ func (k *kvService) deleteAnswer(g uint64, res kv.Result, err error) (*api.Delet
 		return nil, k.s.count("delete", err)
 	}
 	k.s.count("delete", nil)
-	return &api.DeleteResponse{Header: k.header(g), Deleted: res.OK, Revision: res.Revision}, nil
+	return &api.DeleteResponse{Header: k.s.header(g), Deleted: res.OK, Revision: res.Revision}, nil
 }
 
 func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapRequest) (*api.CompareAndSwapResponse, error) {
@@ -176,8 +186,8 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 			return c.CompareAndSwap(ctx, req)
 		})
 	}
-	res, err := k.s.propose(ctx, g, kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
-		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent, Lease: req.Lease})
+	res, err := k.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
+		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent, Lease: req.Lease}, req.Session))
 	if err == nil && res.LeaseMissing {
 		err = leaseNotFound(g, req.Lease)
 	}
@@ -185,7 +195,7 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 		return nil, k.s.count("cas", err)
 	}
 	k.s.count("cas", nil)
-	resp := &api.CompareAndSwapResponse{Header: k.header(g), Succeeded: res.OK, Found: res.Found}
+	resp := &api.CompareAndSwapResponse{Header: k.s.header(g), Succeeded: res.OK, Found: res.Found}
 	if res.Found {
 		resp.Current = &api.KeyValue{Key: req.Key, Value: res.Current, Revision: res.CurrentRevision, Group: g}
 	}
@@ -214,7 +224,7 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 		return nil, k.s.count("get", status.Error(codes.Internal, err.Error()))
 	}
 	k.s.count("get", nil)
-	resp := &api.GetResponse{Header: k.header(g), Found: found}
+	resp := &api.GetResponse{Header: k.s.header(g), Found: found}
 	if found {
 		resp.Kv = &api.KeyValue{Key: req.Key, Value: item.Value, Revision: item.Revision, Group: g}
 	}
@@ -299,9 +309,25 @@ func (k *kvService) scanGroup(ctx context.Context, g uint64, q []byte, req *api.
 	return kvs, more, nil
 }
 
+// withSession places cmd in the client session sess (nil: none).
+func withSession(cmd kv.Command, sess *api.Session) kv.Command {
+	if sess != nil && sess.Id != 0 {
+		cmd.Session, cmd.Seq, cmd.Acked, cmd.Register = sess.Id, sess.Seq, sess.Acked, sess.Register
+	}
+	return cmd
+}
+
+// encode stamps cmd with this node's clock, the proposer's time that drives
+// session expiry (kv/session.go), and encodes it. Called on the node that
+// proposes.
+func encode(cmd kv.Command) ([]byte, error) {
+	cmd.Time = time.Now().UnixMilli()
+	return cmd.Encode()
+}
+
 // propose proposes cmd to local group g and decodes the result.
 func (s *Server) propose(ctx context.Context, g uint64, cmd kv.Command) (kv.Result, error) {
-	b, err := cmd.Encode()
+	b, err := encode(cmd)
 	if err != nil {
 		return kv.Result{}, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -316,8 +342,16 @@ func (s *Server) outcome(ctx context.Context, g uint64, out []byte, err error) (
 		return kv.Result{}, s.rpcError(ctx, g, err, true)
 	}
 	res, err := kv.DecodeResult(out)
-	if err != nil {
+	switch {
+	case err != nil:
 		return kv.Result{}, status.Error(codes.Internal, err.Error())
+	case res.SessionUnknown:
+		// Not applied: the client registers its session and resends.
+		return kv.Result{}, status.Errorf(codes.FailedPrecondition, "%s: group %d has no such session (expired, or never registered); nothing written", MsgSessionUnknown, g)
+	case res.SessionStale:
+		// Not applied now; the client had given this write up, so it may
+		// or may not have applied before.
+		return kv.Result{}, status.Errorf(codes.Aborted, "%s: group %d: the session's writes up to this one were acknowledged or given up; not applied now", MsgSessionStale, g)
 	}
 	return res, nil
 }
