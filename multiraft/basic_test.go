@@ -124,8 +124,8 @@ func TestDisableProposalForwarding(t *testing.T) {
 		c.Hosts[3].ProposeFunc(1, []byte("set a 1"), func(_ []byte, err error) { calls, got = calls+1, err })
 		must(t, c.TickStable(2))
 		switch {
-		case off && (calls != 1 || !errors.Is(got, multiraft.ErrDropped)):
-			t.Fatalf("forwarding off: follower proposal: %d outcomes, error %v; want ErrDropped", calls, got)
+		case off && (calls != 1 || !errors.Is(got, multiraft.ErrNotLeader)):
+			t.Fatalf("forwarding off: follower proposal: %d outcomes, error %v; want ErrNotLeader", calls, got)
 		case !off && (calls != 1 || got != nil):
 			t.Fatalf("forwarding on: follower proposal: %d outcomes, error %v; want applied", calls, got)
 		}

@@ -94,6 +94,21 @@ type Config struct {
 	// benchmarks that measure something else; never in production.
 	DisableSync bool
 
+	// LivenessTicks is how long, in ticks, this node may go without
+	// hearing anything from a peer before it counts the peer as down
+	// (PeerDown; liveness.go). A follower whose leader is down forgets it
+	// and one chosen survivor campaigns at once, instead of every group
+	// waiting out its election timeout. A leader sends each follower a
+	// heartbeat every HeartbeatTicks, so a live leader is never silent that
+	// long. Default: the larger of ElectionTicks/2, 3*HeartbeatTicks and
+	// 300ms worth of ticks (a floor that keeps very short ticks from
+	// mistaking a scheduling hiccup for a death; Manual mode has no wall
+	// clock and uses the others). Limits 2*HeartbeatTicks to 1000.
+	LivenessTicks int
+	// DisableFailover turns off the liveness failover above: groups then
+	// wait for raft's own election timeout. PeerDown still reports.
+	DisableFailover bool
+
 	// Manual runs no goroutine: the caller drives the Host with Tick and
 	// Process. For deterministic tests and simulation.
 	Manual bool
@@ -141,6 +156,12 @@ func (c *Config) setDefaults() {
 		c.CompactionOverhead = min(2000, c.SnapshotEntries)
 	}
 	def(&c.RequestTimeoutTicks, 10*c.ElectionTicks)
+	if c.LivenessTicks == 0 {
+		c.LivenessTicks = max(c.ElectionTicks/2, 3*c.HeartbeatTicks)
+		if !c.Manual {
+			c.LivenessTicks = max(c.LivenessTicks, int((livenessFloor+c.TickInterval-1)/c.TickInterval))
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -183,6 +204,8 @@ func (c *Config) validate() error {
 		return bad("CompactionOverhead %d > SnapshotEntries %d", c.CompactionOverhead, c.SnapshotEntries)
 	case c.RequestTimeoutTicks < c.ElectionTicks:
 		return bad("RequestTimeoutTicks %d < ElectionTicks %d", c.RequestTimeoutTicks, c.ElectionTicks)
+	case c.LivenessTicks < 2*c.HeartbeatTicks || c.LivenessTicks > 1000:
+		return bad("LivenessTicks %d outside 2*HeartbeatTicks (%d)..1000", c.LivenessTicks, 2*c.HeartbeatTicks)
 	}
 	return nil
 }

@@ -152,6 +152,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			g.releaseAfterAdvance = false
 			g.releaseHeld()
 		}
+		g.releaseTransferHeld()
 		if g.rn.HasReady() {
 			w.again = append(w.again, g.id)
 		}

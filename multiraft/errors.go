@@ -18,9 +18,14 @@ var (
 	ErrGroupRemoved = errors.New("multiraft: group removed")
 	// ErrNoLeader: the group has no known leader right now. Safe to retry.
 	ErrNoLeader = errors.New("multiraft: no leader")
-	// ErrDropped: raft refused the proposal (leadership transfer under way,
-	// or too many uncommitted bytes). It was not appended; safe to retry.
+	// ErrDropped: raft refused the proposal (too many uncommitted bytes).
+	// It was not appended; safe to retry.
 	ErrDropped = errors.New("multiraft: proposal dropped")
+	// ErrNotLeader: this replica is not the group's leader, and proposals
+	// are not forwarded (Config.DisableProposalForwarding), or leadership
+	// moved away while the proposal was held for a transfer. It was not
+	// appended; send it to the leader (Leader names it, if known).
+	ErrNotLeader = errors.New("multiraft: not the leader")
 	// ErrAmbiguous: the proposal was appended but its outcome is unknown
 	// (leader changed or the request timed out); it may or may not apply.
 	ErrAmbiguous = errors.New("multiraft: proposal outcome unknown")

@@ -43,7 +43,15 @@ type group struct {
 	reads               map[uint64]*readBatch // by the key in their request context
 	readWaiting         []*readBatch
 	transfers           []*transfer
-	stopped             bool
+	// transferHeld: proposals that arrived while this leader was handing
+	// leadership away (raft drops them then); proposed again if the
+	// transfer fails, failed with ErrNotLeader (not appended) once
+	// another node leads.
+	transferHeld []*proposal
+	// failoverFrom is the leader that liveness found down (liveness.go),
+	// failoverTick when this replica last acted on it.
+	failoverFrom, failoverTick uint64
+	stopped                    bool
 
 	in struct {
 		sync.Mutex
@@ -169,6 +177,9 @@ func (g *group) handleInputs() {
 			g.expire()
 		}
 	}
+	if ticks > 0 {
+		g.checkLiveness()
+	}
 	if forget {
 		_ = g.rn.ForgetLeader()
 	}
@@ -199,6 +210,7 @@ func (g *group) handleInputs() {
 	if len(reads) > 0 {
 		g.readIndex(reads)
 	}
+	g.releaseTransferHeld()
 }
 
 // propose hands proposals to raft; consecutive commands go in one step.
@@ -215,7 +227,10 @@ func (g *group) propose(props []*proposal) {
 			props = props[1:]
 			p.startTick = g.ticks
 			if err := g.rn.ProposeConfChange(*p.cc); err != nil {
-				p.finish(nil, ErrDropped)
+				if g.holdForTransfer(props[:1]) {
+					continue
+				}
+				p.finish(nil, g.dropErr())
 				continue
 			}
 			g.proposals[p.key] = p
@@ -235,15 +250,68 @@ func (g *group) propose(props []*proposal) {
 			ents[i].Data = d
 		}
 		err := g.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: g.h.cfg.NodeID, Entries: ents})
+		if err != nil && g.holdForTransfer(props[:n]) {
+			props = props[n:]
+			continue
+		}
 		for _, p := range props[:n] {
 			if err != nil {
-				p.finish(nil, ErrDropped)
+				p.finish(nil, g.dropErr())
 				continue
 			}
 			p.startTick = g.ticks
 			g.proposals[p.key] = p
 		}
 		props = props[n:]
+	}
+}
+
+// dropErr is the error of a proposal raft refused: ErrNotLeader on a
+// follower (proposals are not forwarded), else ErrDropped. It asks raft,
+// not g.role: raft's state moves within a cycle (a vote steps a leader
+// down) before the cycle's Ready updates g.role.
+func (g *group) dropErr() error {
+	if g.rn.BasicStatus().RaftState != raft.StateLeader {
+		return ErrNotLeader
+	}
+	return ErrDropped
+}
+
+// holdForTransfer holds props if raft refused them because this leader is
+// handing leadership away (seed 001's rule for conf changes, applied to
+// transfers: a request that arrives during a planned move is not failed).
+// releaseTransferHeld decides their fate once the transfer ends.
+func (g *group) holdForTransfer(props []*proposal) bool {
+	if st := g.rn.BasicStatus(); st.RaftState != raft.StateLeader || st.LeadTransferee == raft.None {
+		return false
+	}
+	for _, p := range props {
+		p.startTick = g.ticks
+	}
+	g.transferHeld = append(g.transferHeld, props...)
+	return true
+}
+
+// releaseTransferHeld settles the proposals held over a transfer once it
+// is over: proposed again if this node still leads (the transfer failed),
+// failed with ErrNotLeader once another node leads (never appended: the
+// caller sends them there), kept while the group has no leader. Called by
+// the owner after each Ready and tick.
+func (g *group) releaseTransferHeld() {
+	if len(g.transferHeld) == 0 {
+		return
+	}
+	st := g.rn.BasicStatus() // raft's state now, not as of the last Ready
+	switch {
+	case st.RaftState == raft.StateLeader && st.LeadTransferee == raft.None:
+		held := g.transferHeld
+		g.transferHeld = nil
+		g.propose(held)
+	case st.Lead != 0 && st.Lead != g.h.cfg.NodeID:
+		for _, p := range g.transferHeld {
+			p.finish(nil, ErrNotLeader)
+		}
+		g.transferHeld = nil
 	}
 }
 
@@ -294,6 +362,17 @@ func (g *group) expire() {
 			delete(g.proposals, k)
 			p.finish(nil, ErrAmbiguous)
 		}
+	}
+	if len(g.transferHeld) > 0 {
+		keep := g.transferHeld[:0]
+		for _, p := range g.transferHeld {
+			if old(p.startTick) {
+				p.finish(nil, ErrNoLeader) // never appended
+			} else {
+				keep = append(keep, p)
+			}
+		}
+		g.transferHeld = keep
 	}
 	if g.confPending && old(g.confSince) {
 		// The change was lost (raft dropped it, or leadership moved): stop
@@ -356,6 +435,10 @@ func (g *group) shutdown(err error, remove bool) {
 		p.finish(nil, err)
 	}
 	g.held = nil
+	for _, p := range g.transferHeld {
+		p.finish(nil, err)
+	}
+	g.transferHeld = nil
 	for k, b := range g.reads {
 		delete(g.reads, k)
 		b.finish(err)

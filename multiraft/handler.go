@@ -10,6 +10,7 @@ import (
 // HandleBatch implements transport.Handler: messages go to their groups'
 // inboxes. Never blocks; a full inbox drops (raft retransmits).
 func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
+	h.live.note(from)
 	var ids []uint64
 	var dropped int
 	h.mu.RLock()

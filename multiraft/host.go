@@ -38,6 +38,7 @@ type Host struct {
 	wg       sync.WaitGroup
 	err      atomic.Pointer[error]
 	manualW  *worker // the worker of Manual mode, used by Process
+	live     liveness
 
 	mu struct {
 		sync.RWMutex
@@ -70,6 +71,7 @@ func NewHost(cfg Config) (*Host, error) {
 	}
 	h.metrics = newMetrics(cfg.Registerer)
 	h.metrics.registerHubMetrics(cfg.Registerer, h.hub)
+	h.live.init()
 	h.mu.groups = make(map[uint64]*group)
 	h.feedback.unreachable = make(map[uint64]struct{})
 	h.store = cfg.Store

@@ -1,7 +1,9 @@
 package multiraft_test
 
 import (
+	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -18,7 +20,7 @@ import (
 //
 // Commands:
 //
-//	cluster nodes=N groups=G [snapshot-entries=S]
+//	cluster nodes=N groups=G [snapshot-entries=S] [failover=off] [forwarding=off]
 //	campaign node=N group=G
 //	tick [n=K]                       tick K times, stabilizing after each
 //	propose node=N group=G           the input is the command
@@ -30,14 +32,22 @@ import (
 //	crash node=N / restart node=N
 //	report-unreachable node=N peer=P
 //	events node=N                    leader events since the last call
+//	transfer node=N group=G to=M       starts a leadership transfer, no wait
+//	propose-async node=N group=G name=X   the input is the command; no wait
+//	outcome name=X                   pending, or the result of propose-async X
 //	status
 func TestInteraction(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		var c *mrtest.Cluster
 		subs := map[uint64]*multiraft.Subscription{}
+		futures := map[string]multiraft.Future{}
+		var transfers []chan error
 		defer func() {
 			if c != nil {
 				c.Close()
+			}
+			for _, done := range transfers {
+				<-done // Close failed whatever was left
 			}
 		}()
 		u := func(d *datadriven.TestData, key string) uint64 {
@@ -58,6 +68,15 @@ func TestInteraction(t *testing.T) {
 				if d.HasArg("snapshot-entries") {
 					o.SnapshotEntries = u(d, "snapshot-entries")
 				}
+				off := func(key string) bool {
+					var v string
+					if d.HasArg(key) {
+						d.ScanArgs(t, key, &v)
+					}
+					return v == "off"
+				}
+				o.DisableFailover = off("failover")
+				o.DisableProposalForwarding = off("forwarding")
 				var err error
 				c, err = mrtest.NewCluster(o)
 				if err != nil {
@@ -91,6 +110,34 @@ func TestInteraction(t *testing.T) {
 				d.ScanArgs(t, "key", &key)
 				v, err := c.Read(u(d, "node"), u(d, "group"), key)
 				return errOr(fmt.Sprintf("%s=%q\n", key, v), err)
+			case "transfer":
+				h, g, to := c.Hosts[u(d, "node")], u(d, "group"), u(d, "to")
+				done := make(chan error, 1)
+				transfers = append(transfers, done)
+				go func() { done <- h.TransferLeadership(context.Background(), g, to) }()
+				// The request is in the group's inbox once the call has
+				// queued it; Process would race the goroutine, so wait for
+				// the inbox by polling the Host (no raft step runs here).
+				for !h.HasWork(g) {
+					runtime.Gosched()
+				}
+				return "started\n"
+			case "propose-async":
+				var name string
+				d.ScanArgs(t, "name", &name)
+				futures[name] = c.Hosts[u(d, "node")].ProposeAsync(u(d, "group"), []byte(strings.TrimSpace(d.Input)))
+				return "ok\n"
+			case "outcome":
+				var name string
+				d.ScanArgs(t, "name", &name)
+				f := futures[name]
+				select {
+				case <-f.Done():
+					res, err := f.Result()
+					return errOr(fmt.Sprintf("applied, previous value %q\n", res), err)
+				default:
+					return "pending\n"
+				}
 			case "read-many":
 				var key string
 				var nodes []string

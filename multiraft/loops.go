@@ -72,6 +72,7 @@ func (h *Host) Process() int {
 // tick sends the heartbeats coalesced during the last tick, hands pending
 // transport feedback to the groups, and queues a tick for every group.
 func (h *Host) tick(ids []uint64) []uint64 {
+	h.live.ticks.Add(1)
 	h.tr.FlushHeartbeats()
 	var unreachable []uint64
 	h.feedback.Lock()

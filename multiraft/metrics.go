@@ -16,7 +16,9 @@ type metrics struct {
 	// unreachableApplied counts peer-unreachable reports handed to raft by
 	// group owners (one per group per report).
 	unreachableApplied atomic.Uint64
-	roles              [4]atomic.Int64 // by raft.StateType
+	// failovers counts leaders forgotten because liveness found them down.
+	failovers atomic.Uint64
+	roles     [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,6 +43,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				Help: "Synced storage batches written by the scheduler (one per cycle with raft writes).",
 			}, func() float64 { return float64(m.syncs.Load()) }),
 			&roleCollector{m: m, desc: roles},
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_failovers_total",
+				Help: "Times a local follower forgot its leader because nothing was heard from the leader's node for the liveness timeout (then the chosen survivor campaigns).",
+			}, func() float64 { return float64(m.failovers.Load()) }),
 		)
 	}
 	return m

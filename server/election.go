@@ -44,8 +44,6 @@ func (e *electionService) nameGroup(name []byte, claimed uint64) (uint64, error)
 	return e.s.checkGroup(kv.GroupOf(name, e.s.cfg.Groups), claimed)
 }
 
-
-
 func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantRequest) (*api.LeaseGrantResponse, error) {
 	g, err := e.leaseGroup(req.Group)
 	if err != nil {

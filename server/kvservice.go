@@ -72,8 +72,6 @@ func (s *Server) checkGroup(g, claimed uint64) (uint64, error) {
 	return claimed, nil
 }
 
-
-
 // writeElsewhere reports whether a write for group g must go to another
 // node: this node has no replica of g, or it has one but another node is
 // the known leader (and the request was not forwarded here already). Writes

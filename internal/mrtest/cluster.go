@@ -38,6 +38,9 @@ type Options struct {
 	Logger *slog.Logger
 	// DisableProposalForwarding as in multiraft.Config.
 	DisableProposalForwarding bool
+	// DisableFailover as in multiraft.Config: groups whose leader went
+	// silent wait for raft's election timeout.
+	DisableFailover bool
 }
 
 // Cluster is a set of Hosts on one in-memory network. Not safe for
@@ -125,6 +128,7 @@ func (c *Cluster) start(id uint64) error {
 		Logger:             c.Opts.Logger,
 
 		DisableProposalForwarding: c.Opts.DisableProposalForwarding,
+		DisableFailover:           c.Opts.DisableFailover,
 	})
 	if err != nil {
 		return err
