@@ -1,0 +1,155 @@
+package multiraft
+
+// Node liveness and failover.
+//
+// A frozen or dead node leads its groups until each follower's election
+// timeout runs out, 1 to 2 election timeouts (raft randomizes them), and
+// with CheckQuorum a follower refuses votes while it thinks its leader
+// lives. For a client, every group the node led is unavailable for that
+// long. But the node's silence is visible much sooner, and once for all of
+// its groups: a leader sends every follower a heartbeat each HeartbeatTicks
+// (coalesced per node pair), so a peer this node has heard nothing from for
+// LivenessTicks is down.
+//
+// Failover. On each tick, a follower whose leader is down forgets it
+// (raft's ForgetLeader: a leaderless follower grants pre-votes at once),
+// and the one survivor chosen for the group campaigns, again every
+// failoverRetryTicks while the group has no leader: the live voters other
+// than the down leader, in ID order, indexed by the group ID (so a dead
+// node's groups spread over the survivors, and the survivors agree without
+// talking). With PreVote, a campaign that does not win a quorum of
+// pre-votes changes no term. So a one-way black hole from a live leader to
+// one follower (seed 002) costs nothing: that follower forgets and may
+// campaign, but the other followers still hear the leader and refuse their
+// pre-votes (they are in the leader's lease), and the leader keeps its
+// term. A leader is never deposed by liveness; only a quorum that lost it
+// elects another.
+//
+// What "heard" means is any message batch from the peer (HandleBatch):
+// heartbeats, appends, responses. It is kept in ticks of this Host, so the
+// failover is as deterministic as the rest of the engine (Manual mode, the
+// simulation).
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+)
+
+// livenessFloor is the shortest wall-clock silence counted as a death
+// when ticks are very short (Config.LivenessTicks).
+const livenessFloor = 300 * time.Millisecond
+
+// failoverRetryTicks spaces the chosen survivor's campaigns while its
+// group has no leader.
+const failoverRetryTicks = 2
+
+// liveness records, per peer, the tick at which this Host last heard from
+// it. heard is copy-on-write: HandleBatch reads it with no lock; mu (a
+// leaf) serializes adding a peer.
+type liveness struct {
+	ticks atomic.Int64 // ticks since the Host started
+	heard atomic.Pointer[map[uint64]*atomic.Int64]
+	mu    sync.Mutex
+}
+
+func (l *liveness) init() { l.heard.Store(&map[uint64]*atomic.Int64{}) }
+
+// note records that a message batch came from peer now.
+func (l *liveness) note(peer uint64) {
+	if at := (*l.heard.Load())[peer]; at != nil {
+		at.Store(l.ticks.Load())
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := *l.heard.Load()
+	if at := m[peer]; at != nil {
+		at.Store(l.ticks.Load())
+		return
+	}
+	next := make(map[uint64]*atomic.Int64, len(m)+1)
+	for k, v := range m {
+		next[k] = v
+	}
+	at := &atomic.Int64{}
+	at.Store(l.ticks.Load())
+	next[peer] = at
+	l.heard.Store(&next)
+}
+
+// silent returns for how many ticks peer has been silent, and false if it
+// was never heard from since this Host started (nothing to judge by).
+func (l *liveness) silent(peer uint64) (int64, bool) {
+	at := (*l.heard.Load())[peer]
+	if at == nil {
+		return 0, false
+	}
+	return l.ticks.Load() - at.Load(), true
+}
+
+// PeerDown reports whether this node has heard nothing from node id for
+// Config.LivenessTicks or longer. A node never heard from since this Host
+// started is not reported down. This node itself is never down.
+func (h *Host) PeerDown(id uint64) bool {
+	if id == h.cfg.NodeID {
+		return false
+	}
+	n, ok := h.live.silent(id)
+	return ok && n >= int64(h.cfg.LivenessTicks)
+}
+
+// Failovers counts the times a local follower forgot a leader that
+// liveness found down.
+func (h *Host) Failovers() uint64 { return h.metrics.failovers.Load() }
+
+// checkLiveness is the failover step of a group on a tick. Called by the
+// owner after the tick's Tick calls. (See the top of this file.)
+func (g *group) checkLiveness() {
+	h := g.h
+	if h.cfg.DisableFailover {
+		return
+	}
+	if g.failoverFrom != 0 && !h.PeerDown(g.failoverFrom) {
+		g.failoverFrom = 0 // it came back, or a leader was found
+	}
+	lead := g.lead // raft's own view changes with the next Ready
+	if g.role == raft.StateFollower && lead != 0 && lead != h.cfg.NodeID && h.PeerDown(lead) {
+		g.failoverFrom, g.failoverTick = lead, g.ticks-failoverRetryTicks
+		lead = 0
+		_ = g.rn.ForgetLeader()
+		h.metrics.failovers.Add(1)
+		h.log.Info("leader not heard from; forgetting it", "group", g.id, "term", g.term, "leader", g.failoverFrom,
+			"silent_ticks", h.cfg.LivenessTicks)
+	}
+	if g.failoverFrom == 0 || lead != 0 || g.ticks-g.failoverTick < failoverRetryTicks {
+		return
+	}
+	if g.role != raft.StateFollower && g.role != raft.StatePreCandidate {
+		return
+	}
+	if g.chosenSurvivor() == h.cfg.NodeID {
+		g.failoverTick = g.ticks
+		_ = g.rn.Campaign()
+	}
+}
+
+// chosenSurvivor returns the voter that campaigns for the group when its
+// leader is down: among the voters this node thinks live, in ID order, the
+// one at the group ID's position (0: none).
+func (g *group) chosenSurvivor() uint64 {
+	var live []uint64
+	for _, v := range g.log.cs.Voters {
+		if v != g.failoverFrom && !g.h.PeerDown(v) {
+			live = append(live, v)
+		}
+	}
+	if len(live) == 0 {
+		return 0
+	}
+	slices.Sort(live)
+	return live[g.id%uint64(len(live))]
+}
