@@ -25,12 +25,15 @@ const maxBatchInFlight = 4096
 // Batch serves a stream of write batches. Each op gets the answer its
 // unary RPC would give (same checks, forwarding, proposal, metrics).
 //
-// A put or delete of a group with a local replica is proposed with
+// A put or delete of a group this node leads is proposed with
 // ProposeFunc: its outcome is queued by the engine's worker, and sendLoop
 // answers everything queued at once in one message. So the writes that one
 // engine cycle applies go back in one message per stream, with no
-// goroutine per op. Every other op (forwarded, or failing a check) runs its
-// unary path on its own goroutine and queues its answer the same way.
+// goroutine per op. Every other op (another node leads, no leader yet, or a
+// check fails) runs its unary path on its own goroutine, which waits for a
+// leader or forwards (route.go), and queues its answer the same way. So
+// does an op whose proposal raft refused unappended because leadership
+// moved (a transfer): it is routed again, never answered "dropped".
 //
 // Goroutines: the handler's (receives, starts ops), recvLoop (one Recv at a
 // time, so that the handler can also watch for shutdown), sendLoop (the
@@ -72,12 +75,21 @@ func (k *kvService) Batch(stream api.KV_BatchServer) error {
 	}()
 
 	var answered sync.WaitGroup // every op, until its answer is queued
-	var unary sync.WaitGroup    // ops on the unary path (bounded by ctx)
+	var unary opGroup           // ops on the unary path (bounded by ctx)
 	inflight := make(chan struct{}, maxBatchInFlight)
 	done := func(d batchDone) {
 		q.push(d)
 		<-inflight // never blocks: the op holds a token
 		answered.Done()
+	}
+	// viaUnary runs op's unary path on a goroutine of its own. Called by
+	// the handler, and by engine workers (from a ProposeFunc callback, which
+	// must not block: spawning does not).
+	viaUnary := func(op *api.BatchOp) {
+		if !unary.spawn(func() { done(batchDone{res: k.batchOp(ctx, op)}) }) {
+			// The stream is over: nobody reads the answer.
+			done(batchDone{res: &api.BatchResult{Id: op.Id, Code: uint32(codes.Canceled)}})
+		}
 	}
 	var err error
 loop:
@@ -95,14 +107,9 @@ loop:
 					break loop
 				}
 				answered.Add(1)
-				if k.proposeLocal(op, done) {
-					continue
+				if !k.proposeLocal(op, done, viaUnary) {
+					viaUnary(op)
 				}
-				unary.Add(1)
-				go func() {
-					defer unary.Done()
-					done(batchDone{res: k.batchOp(ctx, op)})
-				}()
 			}
 		case err = <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -120,7 +127,7 @@ loop:
 		cancel()
 		q.close()
 	}
-	unary.Wait()
+	unary.closeAndWait()
 	close(stopSend)
 	if serr := <-sendDone; err == nil {
 		err = serr
@@ -128,11 +135,12 @@ loop:
 	return err
 }
 
-// proposeLocal proposes a put or delete of a local group with an outcome
-// callback that calls done. It returns false, having done nothing, for
-// any op that must take its unary path (a write for another node, or a
-// check that fails there with the unary error).
-func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
+// proposeLocal proposes a put or delete of a group this node leads, with an
+// outcome callback that calls done, or reroute if raft refused the proposal
+// unappended (leadership moved meanwhile). It returns false, having done
+// nothing, for any op that must take its unary path (another node leads,
+// no leader yet, or a check that fails there with the unary error).
+func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute func(*api.BatchOp)) bool {
 	var cmd kv.Command
 	var claimed, lease, leaseG uint64
 	switch o := op.Op.(type) {
@@ -146,7 +154,10 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
 		return false
 	}
 	g, err := k.group(cmd.Key, claimed)
-	if err != nil || leaseGroup(g, lease, leaseG) != nil || k.s.writeElsewhere(context.Background(), g) {
+	if err != nil || leaseGroup(g, lease, leaseG) != nil || !k.local(g) {
+		return false
+	}
+	if l, _, _ := k.s.host.Leader(g); l != k.s.cfg.NodeID {
 		return false
 	}
 	b, err := encode(cmd)
@@ -155,9 +166,46 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone)) bool {
 	}
 	id, put := op.Id, cmd.Op == kv.OpPut
 	k.s.host.ProposeFunc(g, b, func(out []byte, err error) {
+		if err != nil && notAppended(err) {
+			k.s.metrics.reroutes.Inc()
+			reroute(op)
+			return
+		}
 		done(batchDone{id: id, g: g, put: put, lease: lease, out: out, err: err})
 	})
 	return true
+}
+
+// opGroup runs a stream's unary-path ops on goroutines of their own, and
+// lets the stream's handler stop new ones and wait for the running ones.
+// mu is a leaf, held only to start a goroutine.
+type opGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// spawn runs fn on a new goroutine, or returns false once closed.
+func (o *opGroup) spawn(fn func()) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return false
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// closeAndWait refuses new goroutines and waits for the running ones.
+func (o *opGroup) closeAndWait() {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+	o.wg.Wait()
 }
 
 // batchDone is one op's outcome: a finished answer (res), or the engine's

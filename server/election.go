@@ -53,12 +53,15 @@ func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantReq
 	if err := kv.CheckTTL(ttl); err != nil {
 		return nil, e.s.count("lease_grant", status.Error(codes.InvalidArgument, err.Error()))
 	}
-	if e.s.writeElsewhere(ctx, g) {
-		return forwardElection(ctx, e.s, g, "lease_grant", func(ctx context.Context, c api.ElectionClient) (*api.LeaseGrantResponse, error) {
-			return c.LeaseGrant(ctx, req)
+	var fwd *api.LeaseGrantResponse
+	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpLeaseGrant, TTL: ttl}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewElectionClient(cc).LeaseGrant(ctx, req)
+			return err
 		})
+	if forwarded {
+		return fwd, e.s.count("lease_grant", err)
 	}
-	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpLeaseGrant, TTL: ttl}, req.Session))
 	if err != nil {
 		return nil, e.s.count("lease_grant", err)
 	}
@@ -74,12 +77,15 @@ func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeR
 	if req.Id == 0 {
 		return nil, e.s.count("lease_revoke", status.Error(codes.InvalidArgument, "server: lease 0"))
 	}
-	if e.s.writeElsewhere(ctx, g) {
-		return forwardElection(ctx, e.s, g, "lease_revoke", func(ctx context.Context, c api.ElectionClient) (*api.LeaseRevokeResponse, error) {
-			return c.LeaseRevoke(ctx, req)
+	var fwd *api.LeaseRevokeResponse
+	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewElectionClient(cc).LeaseRevoke(ctx, req)
+			return err
 		})
+	if forwarded {
+		return fwd, e.s.count("lease_revoke", err)
 	}
-	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id}, req.Session))
 	if err != nil {
 		return nil, e.s.count("lease_revoke", err)
 	}
@@ -93,8 +99,8 @@ func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTim
 		return nil, e.s.count("lease_ttl", err)
 	}
 	if _, ok := e.s.sms[g]; !ok {
-		return forwardElection(ctx, e.s, g, "lease_ttl", func(ctx context.Context, c api.ElectionClient) (*api.LeaseTimeToLiveResponse, error) {
-			return c.LeaseTimeToLive(ctx, req)
+		return forward(ctx, e.s, g, "lease_ttl", func(ctx context.Context, cc *grpc.ClientConn) (*api.LeaseTimeToLiveResponse, error) {
+			return api.NewElectionClient(cc).LeaseTimeToLive(ctx, req)
 		})
 	}
 	out, err := e.s.query(ctx, g, kv.EncodeLeaseQuery(req.Id), false)
@@ -201,13 +207,16 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 	if req.Lease == 0 {
 		return nil, e.s.count("campaign", status.Error(codes.InvalidArgument, "server: campaign needs a lease"))
 	}
-	if e.s.writeElsewhere(ctx, g) {
-		req.Group = g
-		return forwardElection(ctx, e.s, g, "campaign", func(ctx context.Context, c api.ElectionClient) (*api.CampaignResponse, error) {
-			return c.Campaign(ctx, req)
+	req.Group = g
+	var fwd *api.CampaignResponse
+	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewElectionClient(cc).Campaign(ctx, req)
+			return err
 		})
+	if forwarded {
+		return fwd, e.s.count("campaign", err)
 	}
-	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease}, req.Session))
 	if err != nil {
 		return nil, e.s.count("campaign", err)
 	}
@@ -227,13 +236,16 @@ func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*
 	if req.Lease == 0 {
 		return nil, e.s.count("resign", status.Error(codes.InvalidArgument, "server: resign needs a lease"))
 	}
-	if e.s.writeElsewhere(ctx, g) {
-		req.Group = g
-		return forwardElection(ctx, e.s, g, "resign", func(ctx context.Context, c api.ElectionClient) (*api.ResignResponse, error) {
-			return c.Resign(ctx, req)
+	req.Group = g
+	var fwd *api.ResignResponse
+	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewElectionClient(cc).Resign(ctx, req)
+			return err
 		})
+	if forwarded {
+		return fwd, e.s.count("resign", err)
 	}
-	res, err := e.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease}, req.Session))
 	if err != nil {
 		return nil, e.s.count("resign", err)
 	}
@@ -248,8 +260,8 @@ func (e *electionService) Leader(ctx context.Context, req *api.LeaderRequest) (*
 	}
 	if _, ok := e.s.sms[g]; !ok {
 		req.Group = g
-		return forwardElection(ctx, e.s, g, "leader", func(ctx context.Context, c api.ElectionClient) (*api.LeaderResponse, error) {
-			return c.Leader(ctx, req)
+		return forward(ctx, e.s, g, "leader", func(ctx context.Context, cc *grpc.ClientConn) (*api.LeaderResponse, error) {
+			return api.NewElectionClient(cc).Leader(ctx, req)
 		})
 	}
 	st, err := e.readState(ctx, g, req.Name)
@@ -345,18 +357,6 @@ func resultState(name []byte, g uint64, res kv.Result) *api.ElectionState {
 		st.HasLeader, st.Value, st.Lease, st.Token = true, res.Current, res.Lease, res.Token
 	}
 	return st
-}
-
-// forwardElection sends an election request for group g, which has no
-// local replica, to a node that has one (see forwardTo). call must use the
-// context it is given: it carries the forwarded mark.
-func forwardElection[R any](ctx context.Context, s *Server, g uint64, method string, call func(context.Context, api.ElectionClient) (*R, error)) (*R, error) {
-	conn, fctx, err := s.forwardTo(ctx, g)
-	if err != nil {
-		return nil, s.count(method, err)
-	}
-	resp, err := call(fctx, api.NewElectionClient(conn))
-	return resp, s.count(method, err)
 }
 
 // electionTimeout is the group election timeout: the bound on one

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -12,7 +11,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -72,27 +70,6 @@ func (s *Server) checkGroup(g, claimed uint64) (uint64, error) {
 	return claimed, nil
 }
 
-// writeElsewhere reports whether a write for group g must go to another
-// node: this node has no replica of g, or it has one but another node is
-// the known leader (and the request was not forwarded here already). Writes
-// are proposed on the leader only, so that their outcome is always known
-// (DisableProposalForwarding); a write that is proposed here while this
-// node is not the leader fails at once, retryable, with the leader hint.
-func (s *Server) writeElsewhere(ctx context.Context, g uint64) bool {
-	if _, ok := s.sms[g]; !ok {
-		return true
-	}
-	l, _, _ := s.host.Leader(g)
-	return l != 0 && l != s.cfg.NodeID && !forwardedIn(ctx)
-}
-
-// forwardedIn reports whether the request in ctx was forwarded by another
-// node.
-func forwardedIn(ctx context.Context) bool {
-	md, ok := metadata.FromIncomingContext(ctx)
-	return ok && len(md.Get(mdForwarded)) > 0
-}
-
 func (k *kvService) local(g uint64) bool {
 	_, ok := k.s.sms[g]
 	return ok
@@ -126,11 +103,16 @@ func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutRespo
 	if err != nil {
 		return nil, k.s.count("put", err)
 	}
-	if k.s.writeElsewhere(ctx, g) {
-		req.Group = g
-		return forward(ctx, k.s, g, "put", func(ctx context.Context, c api.KVClient) (*api.PutResponse, error) { return c.Put(ctx, req) })
+	req.Group = g
+	var fwd *api.PutResponse
+	res, forwarded, err := k.s.write(ctx, g, withSession(kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewKVClient(cc).Put(ctx, req)
+			return err
+		})
+	if forwarded {
+		return fwd, k.s.count("put", err)
 	}
-	res, err := k.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease}, req.Session))
 	return k.putAnswer(g, req.Lease, res, err)
 }
 
@@ -152,11 +134,16 @@ func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.De
 	if err != nil {
 		return nil, k.s.count("delete", err)
 	}
-	if k.s.writeElsewhere(ctx, g) {
-		req.Group = g
-		return forward(ctx, k.s, g, "delete", func(ctx context.Context, c api.KVClient) (*api.DeleteResponse, error) { return c.Delete(ctx, req) })
+	req.Group = g
+	var fwd *api.DeleteResponse
+	res, forwarded, err := k.s.write(ctx, g, withSession(kv.Command{Op: kv.OpDelete, Key: req.Key}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewKVClient(cc).Delete(ctx, req)
+			return err
+		})
+	if forwarded {
+		return fwd, k.s.count("delete", err)
 	}
-	res, err := k.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpDelete, Key: req.Key}, req.Session))
 	return k.deleteAnswer(g, res, err)
 }
 
@@ -178,14 +165,17 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 	if err != nil {
 		return nil, k.s.count("cas", err)
 	}
-	if k.s.writeElsewhere(ctx, g) {
-		req.Group = g
-		return forward(ctx, k.s, g, "cas", func(ctx context.Context, c api.KVClient) (*api.CompareAndSwapResponse, error) {
-			return c.CompareAndSwap(ctx, req)
+	req.Group = g
+	var fwd *api.CompareAndSwapResponse
+	res, forwarded, err := k.s.write(ctx, g, withSession(kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
+		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent, Lease: req.Lease}, req.Session),
+		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			fwd, err = api.NewKVClient(cc).CompareAndSwap(ctx, req)
+			return err
 		})
+	if forwarded {
+		return fwd, k.s.count("cas", err)
 	}
-	res, err := k.s.propose(ctx, g, withSession(kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
-		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent, Lease: req.Lease}, req.Session))
 	if err == nil && res.LeaseMissing {
 		err = leaseNotFound(g, req.Lease)
 	}
@@ -207,7 +197,9 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 	}
 	if !k.local(g) {
 		req.Group = g
-		return forward(ctx, k.s, g, "get", func(ctx context.Context, c api.KVClient) (*api.GetResponse, error) { return c.Get(ctx, req) })
+		return forward(ctx, k.s, g, "get", func(ctx context.Context, cc *grpc.ClientConn) (*api.GetResponse, error) {
+			return api.NewKVClient(cc).Get(ctx, req)
+		})
 	}
 	q, err := kv.EncodeGet(req.Key)
 	if err != nil {
@@ -286,7 +278,9 @@ func (k *kvService) Scan(ctx context.Context, req *api.ScanRequest) (*api.ScanRe
 func (k *kvService) scanGroup(ctx context.Context, g uint64, q []byte, req *api.ScanRequest) ([]*api.KeyValue, bool, error) {
 	if !k.local(g) {
 		sub := &api.ScanRequest{Prefix: req.Prefix, Limit: req.Limit, Serializable: req.Serializable, Group: g}
-		resp, err := forward(ctx, k.s, g, "scan", func(ctx context.Context, c api.KVClient) (*api.ScanResponse, error) { return c.Scan(ctx, sub) })
+		resp, err := forward(ctx, k.s, g, "scan", func(ctx context.Context, cc *grpc.ClientConn) (*api.ScanResponse, error) {
+			return api.NewKVClient(cc).Scan(ctx, sub)
+		})
 		if err != nil {
 			return nil, false, err
 		}
@@ -323,16 +317,6 @@ func encode(cmd kv.Command) ([]byte, error) {
 	return cmd.Encode()
 }
 
-// propose proposes cmd to local group g and decodes the result.
-func (s *Server) propose(ctx context.Context, g uint64, cmd kv.Command) (kv.Result, error) {
-	b, err := encode(cmd)
-	if err != nil {
-		return kv.Result{}, status.Error(codes.InvalidArgument, err.Error())
-	}
-	out, err := s.host.Propose(ctx, g, b)
-	return s.outcome(ctx, g, out, err)
-}
-
 // outcome decodes the engine's outcome of a write to group g, mapping its
 // error to a gRPC status (see rpcError).
 func (s *Server) outcome(ctx context.Context, g uint64, out []byte, err error) (kv.Result, error) {
@@ -355,19 +339,30 @@ func (s *Server) outcome(ctx context.Context, g uint64, out []byte, err error) (
 }
 
 // query runs q on local group g: linearizably (ReadIndex) unless
-// serializable.
+// serializable. A linearizable read first waits for a usable leader
+// (awaitLeader), and is tried again if the leader changed under it.
 func (s *Server) query(ctx context.Context, g uint64, q []byte, serializable bool) ([]byte, error) {
-	var out []byte
-	var err error
 	if serializable {
-		out, err = s.host.QueryLocal(g, q)
-	} else {
-		out, err = s.host.Read(ctx, g, q)
+		out, err := s.host.QueryLocal(g, q)
+		if err != nil {
+			return nil, s.rpcError(ctx, g, err, false)
+		}
+		return out, nil
 	}
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		if _, err := s.awaitLeader(ctx, g); err != nil {
+			return nil, err
+		}
+		out, err := s.host.Read(ctx, g, q)
+		switch {
+		case err == nil:
+			return out, nil
+		case attempt < maxReroutes && (errors.Is(err, multiraft.ErrLeaderChanged) || errors.Is(err, multiraft.ErrNoLeader)):
+			s.metrics.reroutes.Inc()
+			continue
+		}
 		return nil, s.rpcError(ctx, g, err, false)
 	}
-	return out, nil
 }
 
 // rpcError maps an engine error to a gRPC status. FailedPrecondition
@@ -380,7 +375,7 @@ func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) 
 	}
 	switch {
 	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped),
-		errors.Is(err, multiraft.ErrLeaderChanged):
+		errors.Is(err, multiraft.ErrNotLeader), errors.Is(err, multiraft.ErrLeaderChanged):
 		return status.Errorf(codes.FailedPrecondition, "server: group %d: %v (not applied; retry)", g, err)
 	case errors.Is(err, multiraft.ErrTimeout) && !write:
 		return status.Errorf(codes.FailedPrecondition, "server: group %d: %v (retry)", g, err)
@@ -398,74 +393,4 @@ func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) 
 		return status.Errorf(codes.Canceled, "server: group %d: %v", g, err)
 	}
 	return status.Errorf(codes.Internal, "server: group %d: %v", g, err)
-}
-
-// forwardTo picks the node to forward a request for group g to, which has
-// no local replica here: the leader if known, else the first live replica.
-// It returns a connection to that node and ctx marked as forwarded (as
-// outgoing metadata), so the receiver answers itself instead of forwarding
-// again. A request that was itself forwarded is refused here.
-func (s *Server) forwardTo(ctx context.Context, g uint64) (*grpc.ClientConn, context.Context, error) {
-	if forwardedIn(ctx) {
-		return nil, nil, s.notHosted(ctx, g)
-	}
-	target := s.leaderOf(g)
-	alive := s.aliveNodes()
-	if target == 0 || !alive[target] {
-		target = 0
-		for _, r := range Replicas(g, s.nodes) {
-			// Not to this node: a write is here because another node leads.
-			if alive[r] && r != s.cfg.NodeID {
-				target = r
-				break
-			}
-		}
-	}
-	addr := ""
-	if target != 0 {
-		addr = s.clientAddrOf(target)
-	}
-	if addr == "" {
-		return nil, nil, s.notHosted(ctx, g)
-	}
-	conn, err := s.forwardConn(addr)
-	if err != nil {
-		return nil, nil, status.Errorf(codes.Unavailable, "server: forward to node %d: %v", target, err)
-	}
-	return conn, metadata.AppendToOutgoingContext(ctx, mdForwarded, strconv.FormatUint(s.cfg.NodeID, 10)), nil
-}
-
-// forward sends a KV request for group g to a node that has a replica (see
-// forwardTo). call must use the context it is given: it carries the
-// forwarded mark.
-func forward[R any](ctx context.Context, s *Server, g uint64, method string, call func(context.Context, api.KVClient) (*R, error)) (*R, error) {
-	conn, fctx, err := s.forwardTo(ctx, g)
-	if err != nil {
-		return nil, s.count(method, err)
-	}
-	resp, err := call(fctx, api.NewKVClient(conn))
-	return resp, s.count(method, err)
-}
-
-func (s *Server) notHosted(ctx context.Context, g uint64) error {
-	if l := s.leaderOf(g); l != 0 {
-		_ = grpc.SetTrailer(ctx, metadata.Pairs(MDLeader, strconv.FormatUint(l, 10)))
-	}
-	return status.Errorf(codes.FailedPrecondition, "%v; ask one of nodes %v", errNotHosted(g), Replicas(g, s.nodes))
-}
-
-func (s *Server) forwardConn(addr string) (*grpc.ClientConn, error) {
-	s.fwd.Lock()
-	defer s.fwd.Unlock()
-	if c := s.fwd.conns[addr]; c != nil {
-		return c, nil
-	}
-	// grpc.NewClient does not connect; it is safe under the leaf lock.
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)))
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
-	}
-	s.fwd.conns[addr] = c
-	return c, nil
 }

@@ -6,8 +6,10 @@ import (
 )
 
 type serverMetrics struct {
-	requests  *prometheus.CounterVec
-	transfers *prometheus.CounterVec
+	requests    *prometheus.CounterVec
+	transfers   *prometheus.CounterVec
+	leaderWaits prometheus.Counter
+	reroutes    prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -20,8 +22,16 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 			Name: "flotilla_server_leadership_transfers_total",
 			Help: "Leadership transfers started by this node, by reason (balance, shutdown) and outcome.",
 		}, []string{"reason", "outcome"}),
+		leaderWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_server_leader_waits_total",
+			Help: "Requests that waited at this node for their group to have a live leader (none known, or its node silent).",
+		}),
+		reroutes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_server_reroutes_total",
+			Help: "Requests routed again because raft refused their proposal unappended or their read's leader changed (leadership moved).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.transfers)
+	reg.MustRegister(m.requests, m.transfers, m.leaderWaits, m.reroutes)
 	return m
 }
 

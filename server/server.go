@@ -15,9 +15,12 @@
 //	watchLoop          stops the node when the Host fails
 //	leaseLoop          takes over the leases of groups this node comes to
 //	                   lead and proposes the expiry of overdue ones
+//	leaderWatchLoop    wakes requests waiting for their group's leader
+//	                   (route.go)
 //
-// Lock order: Server.peers.mu and Server.fwd.mu are leaves; neither is
-// held across an RPC, a raft call or any other blocking step.
+// Lock order: Server.peers.mu, Server.fwd.mu, leaderWatch.mu and a Batch
+// stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
+// RPC, a raft call or any other blocking step.
 package server
 
 import (
@@ -66,6 +69,9 @@ type Server struct {
 	peerSrv, clientSrv          *grpc.Server
 	httpSrv                     *http.Server
 
+	ctx       context.Context // cancelled when the loops must stop (with stopc)
+	cancel    context.CancelFunc
+	leaders   *leaderWatch  // wakes requests waiting for a leader (route.go)
 	stopc     chan struct{} // closed when the loops must stop
 	draining  chan struct{} // closed when Shutdown begins: Batch streams end
 	stopOnce  sync.Once
@@ -126,7 +132,9 @@ func New(cfg Config) (s *Server, err error) {
 		httpLis:   cfg.HTTPListener,
 		peerConns: make(map[uint64]*grpc.ClientConn),
 		lessor:    election.NewLessor(nil),
+		leaders:   newLeaderWatch(),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.peers.views = make(map[uint64]*peerView)
 	s.fwd.conns = make(map[string]*grpc.ClientConn)
 	defer func() {
@@ -189,7 +197,7 @@ func New(cfg Config) (s *Server, err error) {
 		HeartbeatTicks: cfg.HeartbeatTicks,
 		DisableSync:    cfg.DisableSync,
 		Workers:        cfg.Workers,
-		// Writes reach raft on the leader only (writeElsewhere): a follower
+		// Writes reach raft on the leader only (route.go): a follower
 		// fails a stray proposal at once instead of forwarding it to a
 		// leader that may drop it unseen, which made a write ambiguous.
 		DisableProposalForwarding: true,
@@ -282,6 +290,7 @@ func (s *Server) Start() {
 	}
 	s.goLoop(s.watchLoop)
 	s.goLoop(s.leaseLoop)
+	s.goLoop(s.leaderWatchLoop)
 	s.log.Info("node started", "cluster", fmt.Sprintf("%x", s.clusterID), "groups", s.cfg.Groups,
 		"local_groups", len(s.sms), "peer_addr", s.cfg.PeerAddr, "client_addr", s.cfg.ClientAddr,
 		"http_addr", s.cfg.HTTPAddr)
@@ -331,7 +340,12 @@ func (s *Server) isStopping() bool {
 	}
 }
 
-func (s *Server) halt() { s.stopOnce.Do(func() { close(s.stopc) }) }
+func (s *Server) halt() {
+	s.stopOnce.Do(func() {
+		close(s.stopc)
+		s.cancel()
+	})
+}
 
 // Stopping is closed when the node begins to stop on its own (a failed
 // listener or Host) or because Stop or Shutdown was called.
