@@ -22,6 +22,10 @@ import (
 // answer); with one call at a time it is one message each way, like a
 // unary RPC. Each call keeps its own outcome, retries and leader hint. A
 // node that does not serve Batch (Unimplemented) gets unary RPCs.
+//
+// Calls are asynchronous (start): their outcome is handed to a callback,
+// so that a request can hedge while a call is out (do.go) without a
+// goroutine per call.
 
 // maxBatchOps bounds the ops sent in one BatchRequest.
 const maxBatchOps = 512
@@ -80,14 +84,21 @@ type batcher struct {
 	unsupported atomic.Bool
 }
 
+// batchCall is one op in flight. done is called exactly once, by the
+// sender or the stream's receiver; it must not block.
 type batchCall struct {
-	op    *api.BatchOp
-	reply chan batchReply // buffered 1: the receiver never waits
+	op   *api.BatchOp
+	done func(*api.BatchResult, error)
 }
 
-type batchReply struct {
-	res *api.BatchResult
-	err error
+// finish hands a call its answer: the result, or the error status its
+// unary RPC would have returned, with the leader hint.
+func (c *batchCall) finish(r *api.BatchResult) {
+	if r.Code != uint32(codes.OK) {
+		c.done(nil, &hintError{st: status.New(codes.Code(r.Code), r.Message), leader: r.Leader})
+		return
+	}
+	c.done(r, nil)
 }
 
 // batchStream is one open Batch stream.
@@ -100,36 +111,26 @@ type batchStream struct {
 	pend   map[uint64]*batchCall
 }
 
-// call queues op and waits for its answer or ctx. op is marshalled later
-// by sendLoop, possibly after call returned: its byte slices must not be
-// changed afterwards (Put and Delete pass copies).
-func (b *batcher) call(ctx context.Context, op *api.BatchOp) (*api.BatchResult, error) {
+// start queues op; done gets its answer (the result, or the error its
+// unary RPC would have returned) exactly once, from the sender or the
+// stream's receiver, and must not block. It returns false, having done
+// nothing, if the node does not serve Batch: use the unary RPC. op is
+// marshalled later by sendLoop: neither it nor its byte slices may change
+// afterwards, and each attempt needs an op of its own (sendLoop sets its
+// Id). start waits only while the queue is full, until ctx ends.
+func (b *batcher) start(ctx context.Context, op *api.BatchOp, done func(*api.BatchResult, error)) bool {
 	if b.unsupported.Load() {
-		return nil, errNoBatch
+		return false
 	}
-	bc := &batchCall{op: op, reply: make(chan batchReply, 1)}
+	bc := &batchCall{op: op, done: done}
 	select {
 	case b.calls <- bc:
 	case <-b.stop:
-		return nil, status.Error(codes.Canceled, "client: closed")
+		done(nil, status.Error(codes.Canceled, "client: closed"))
 	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+		done(nil, status.FromContextError(ctx.Err()).Err())
 	}
-	select {
-	case r := <-bc.reply:
-		if r.err != nil {
-			return nil, r.err
-		}
-		if r.res.Code != uint32(codes.OK) {
-			return nil, &hintError{st: status.New(codes.Code(r.res.Code), r.res.Message), leader: r.res.Leader}
-		}
-		return r.res, nil
-	case <-b.stop:
-		// Closed while queued or in flight: the answer may never come.
-		return nil, status.Error(codes.Canceled, "client: closed")
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
-	}
+	return true
 }
 
 func (b *batcher) sendLoop() {
@@ -138,6 +139,15 @@ func (b *batcher) sendLoop() {
 	defer func() {
 		if st != nil {
 			st.cancel()
+		}
+		// Calls queued but never sent fail.
+		for {
+			select {
+			case c := <-b.calls:
+				c.done(nil, status.Error(codes.Canceled, "client: closed"))
+			default:
+				return
+			}
 		}
 	}()
 	calls := make([]*batchCall, 0, 64)
@@ -166,9 +176,15 @@ func (b *batcher) sendLoop() {
 		if st == nil {
 			var err error
 			if st, err = b.open(); err != nil {
-				for _, c := range calls {
-					c.reply <- batchReply{err: err}
+				if err == errNoBatch {
+					// Answered as Unimplemented: the caller's next attempt
+					// takes the unary RPC.
+					err = status.Error(codes.Unavailable, "client: node does not serve Batch; retrying without it")
 				}
+				for _, c := range calls {
+					c.done(nil, err)
+				}
+				clear(calls)
 				continue
 			}
 		}
@@ -186,7 +202,7 @@ func (b *batcher) sendLoop() {
 		st.mu.Unlock()
 		if err != nil {
 			for _, c := range calls {
-				c.reply <- batchReply{err: err}
+				c.done(nil, err)
 			}
 			st.cancel()
 			st = nil
@@ -237,20 +253,30 @@ func (st *batchStream) recvLoop(b *batcher) {
 			pend := st.pend
 			st.pend = nil
 			st.mu.Unlock()
+			if err == errNoBatch {
+				err = status.Error(codes.Unavailable, "client: node does not serve Batch; retrying without it")
+			}
 			for _, c := range pend {
-				c.reply <- batchReply{err: err}
+				c.done(nil, err)
 			}
 			st.cancel()
 			return
 		}
+		// Take the calls under the lock; run their callbacks without it.
+		ready := resp.Results[:0]
+		calls := make([]*batchCall, 0, len(resp.Results))
 		st.mu.Lock()
 		for _, r := range resp.Results {
 			if c := st.pend[r.Id]; c != nil {
 				delete(st.pend, r.Id)
-				c.reply <- batchReply{res: r}
+				ready = append(ready, r)
+				calls = append(calls, c)
 			}
 		}
 		st.mu.Unlock()
+		for i, c := range calls {
+			c.finish(ready[i])
+		}
 	}
 }
 

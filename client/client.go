@@ -2,32 +2,45 @@
 //
 // A Client learns the cluster map (nodes, their client addresses, group
 // count and leaders) from any endpoint it is given, hashes each key to its
-// group and sends the request to the group's leader, caching leaders and
-// following the hints servers return. Every node accepts every request, so
-// a stale cache costs a hop, never correctness.
+// group and sends the request to the group's leader, caching leaders (by
+// term) and learning them from every answer. Every node accepts every
+// request, so a stale cache costs a hop, never correctness.
 //
-// Retries. Reads, and requests the server reports as not done
-// (FailedPrecondition), are retried until the context ends or the attempts
-// run out. Writes (Put, Delete, CompareAndSwap) are retried only while they
-// certainly were not applied; after an ambiguous failure (a lost
-// connection, a leader change after the write was appended) they return
-// ErrAmbiguous and the caller decides. Resending a put that may have
-// applied is not safe: if a concurrent writer's put landed between the two
-// copies, the second copy would bring the old value back.
+// Exactly once. Every write belongs to the client's session (a random ID
+// drawn by New) and carries a sequence number; the group applies a write
+// once however often it arrives and answers a repeat with the first result
+// (kv/session.go). So the client retries writes, like reads, on timeouts,
+// leader changes and lost connections, for as long as the caller's context
+// allows (Config.RequestTimeout when it has no deadline). ErrAmbiguous
+// remains only when that deadline ends with a write's outcome unknown.
+//
+// One slow node costs only itself (failure.go). An attempt that has had no
+// answer for longer than the node usually takes (its hedge delay, derived
+// from the latencies it answered with) is hedged: the same request goes to
+// another node, which routes it to the group's live leader, and the first
+// answer wins. A node that stops answering is marked suspect: requests go
+// around it and a background probe lets it back in once it answers again.
+// gRPC keepalives close connections to nodes that vanished.
 package client
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/kv"
@@ -40,10 +53,14 @@ var (
 	ErrClosed = errors.New("client: closed")
 	// ErrNoEndpoints: Config.Endpoints is empty.
 	ErrNoEndpoints = errors.New("client: no endpoints")
-	// ErrUnavailable: no node could serve the request within the attempts
-	// allowed (the cluster is down, partitioned, or electing).
+	// ErrUnavailable: no node could serve the request before its deadline
+	// or within the attempts allowed (the cluster is down, partitioned, or
+	// electing). A write that ends so was certainly not applied; one that
+	// may have been ends with ErrAmbiguous instead.
 	ErrUnavailable = errors.New("client: cluster unavailable")
-	// ErrAmbiguous: a CompareAndSwap may or may not have been applied.
+	// ErrAmbiguous: the request's deadline ended while a write's outcome
+	// was unknown: it may or may not have been applied (it will not be
+	// applied later: its session refuses late copies).
 	ErrAmbiguous = errors.New("client: outcome unknown")
 	// ErrInvalidArgument: the request is malformed (empty or oversized
 	// key, oversized value, bad limit). Retrying cannot help.
@@ -70,15 +87,42 @@ type Config struct {
 	Endpoints []string
 	// DialTimeout bounds learning the cluster map in New. Default 5s.
 	DialTimeout time.Duration
-	// AttemptTimeout bounds one attempt of a request when the caller's
-	// context has a later deadline or none. Default 5s.
+	// RequestTimeout bounds a request whose context has no deadline, from
+	// its first attempt to its answer, retries and hedges included.
+	// Default 30s. A write is never retried later than kv.SessionTTL/2
+	// after its first attempt, whatever the context (its session must
+	// outlive its retries).
+	RequestTimeout time.Duration
+	// AttemptTimeout caps one attempt on one node. Default 5s. An attempt
+	// that is merely slow is hedged long before (HedgeDelayMin).
 	AttemptTimeout time.Duration
-	// MaxAttempts bounds the attempts of one request. Default 10; at
-	// least 1.
+	// HedgeDelayMin and HedgeDelayMax bound a node's hedge delay: how long
+	// an attempt waits for that node's answer before the same request is
+	// also sent to another node. The delay is the node's smoothed latency
+	// plus four times its deviation (as TCP's retransmission timeout), so
+	// a healthy node's slow tail is rarely hedged. Defaults 50ms and 1s.
+	HedgeDelayMin, HedgeDelayMax time.Duration
+	// MaxAttempts bounds the attempts of one request (hedges included);
+	// 0, the default, bounds them by the request's deadline only.
 	MaxAttempts int
-	// BackoffBase is the wait after the first failed attempt; it doubles
-	// up to BackoffMax. Defaults 20ms and 1s.
+	// BackoffBase is the wait before retrying after a failed attempt when
+	// no other attempt is outstanding; it doubles up to BackoffMax, and is
+	// skipped when the answer named another leader. Defaults 10ms and
+	// 250ms.
 	BackoffBase, BackoffMax time.Duration
+	// ProbeInterval is how often a suspect node (one that stopped
+	// answering) is probed; it is used again once a probe answers.
+	// Default 100ms; each probe is bounded by AttemptTimeout.
+	ProbeInterval time.Duration
+	// KeepaliveTime and KeepaliveTimeout: gRPC keepalive pings on every
+	// connection, so that a connection to a node that vanished without a
+	// reset is closed. Defaults 10s (gRPC's minimum) and 3s.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+	// DisableFailover turns off hedging, node suspicion and probes: one
+	// attempt at a time, each waiting up to AttemptTimeout. The client
+	// before failover detection behaved so; tests use it as the naive
+	// control.
+	DisableFailover bool
 	// Logger receives debug logs of retries. Default: discard.
 	Logger *slog.Logger
 	// Dialer, if set, opens the client's connections instead of the
@@ -89,6 +133,32 @@ type Config struct {
 	DisableBatch bool
 }
 
+func (cfg *Config) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&cfg.DialTimeout, 5*time.Second)
+	def(&cfg.RequestTimeout, 30*time.Second)
+	def(&cfg.AttemptTimeout, 5*time.Second)
+	def(&cfg.HedgeDelayMin, 50*time.Millisecond)
+	def(&cfg.HedgeDelayMax, time.Second)
+	cfg.HedgeDelayMax = max(cfg.HedgeDelayMax, cfg.HedgeDelayMin)
+	def(&cfg.BackoffBase, 10*time.Millisecond)
+	def(&cfg.BackoffMax, 250*time.Millisecond)
+	cfg.BackoffMax = max(cfg.BackoffMax, cfg.BackoffBase)
+	def(&cfg.ProbeInterval, 100*time.Millisecond)
+	def(&cfg.KeepaliveTime, 10*time.Second)
+	def(&cfg.KeepaliveTimeout, 3*time.Second)
+	if cfg.MaxAttempts < 0 {
+		cfg.MaxAttempts = 0
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
 // Option changes a Config.
 type Option func(*Config)
 
@@ -97,6 +167,9 @@ func WithDialTimeout(d time.Duration) Option { return func(c *Config) { c.DialTi
 
 // WithAttemptTimeout sets Config.AttemptTimeout.
 func WithAttemptTimeout(d time.Duration) Option { return func(c *Config) { c.AttemptTimeout = d } }
+
+// WithRequestTimeout sets Config.RequestTimeout.
+func WithRequestTimeout(d time.Duration) Option { return func(c *Config) { c.RequestTimeout = d } }
 
 // WithMaxAttempts sets Config.MaxAttempts.
 func WithMaxAttempts(n int) Option { return func(c *Config) { c.MaxAttempts = n } }
@@ -118,12 +191,28 @@ type KeyValue struct {
 	Group    uint64
 }
 
+// leaderInfo is a group's leader as the client knows it, and the term it
+// was heard of in (0: unknown).
+type leaderInfo struct{ id, term uint64 }
+
 // Client talks to one cluster. Safe for concurrent use; Close it when
 // done.
+//
+// Goroutines: probeLoop (failure.go), one sender per Batch stream and one
+// receiver per open stream (batch.go), a keep-alive loop per Lease, and
+// one goroutine per unary attempt in flight.
+//
+// Lock order: Client.mu, session.mu, health.mu and batchers.mu are leaves,
+// never held across an RPC or a channel operation that can wait.
 type Client struct {
-	cfg   Config
-	log   *slog.Logger
-	batch batchers
+	cfg     Config
+	log     *slog.Logger
+	batch   batchers
+	session session
+	health  health
+	stop    chan struct{} // closed by Close
+	loops   sync.WaitGroup
+	hedges  atomic.Uint64 // attempts sent as hedges
 
 	mu struct {
 		sync.Mutex
@@ -131,9 +220,9 @@ type Client struct {
 		clusterID uint64
 		groups    int
 		addrs     map[uint64]string // node ID → client address
-		leaders   map[uint64]uint64 // group → leader node
+		leaders   map[uint64]leaderInfo
 		conns     map[string]*grpc.ClientConn
-		next      int                 // round robin over endpoints when no leader is known
+		next      int                 // round robin over nodes when no leader is known
 		leases    map[*Lease]struct{} // leases whose keep-alives run
 	}
 }
@@ -152,27 +241,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 			return nil, fmt.Errorf("%w: empty endpoint in %q", ErrInvalidArgument, cfg.Endpoints)
 		}
 	}
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = 5 * time.Second
-	}
-	if cfg.AttemptTimeout <= 0 {
-		cfg.AttemptTimeout = 5 * time.Second
-	}
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = 10
-	}
-	if cfg.BackoffBase <= 0 {
-		cfg.BackoffBase = 20 * time.Millisecond
-	}
-	if cfg.BackoffMax < cfg.BackoffBase {
-		cfg.BackoffMax = max(time.Second, cfg.BackoffBase)
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	c := &Client{cfg: cfg, log: cfg.Logger}
+	cfg.setDefaults()
+	c := &Client{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
+	c.session.init(newSessionID())
+	c.health.init()
 	c.mu.addrs = make(map[uint64]string)
-	c.mu.leaders = make(map[uint64]uint64)
+	c.mu.leaders = make(map[uint64]leaderInfo)
 	c.mu.conns = make(map[string]*grpc.ClientConn)
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
@@ -180,8 +254,34 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 		c.Close()
 		return nil, err
 	}
+	if !cfg.DisableFailover {
+		c.loops.Add(1)
+		go c.probeLoop()
+	}
 	return c, nil
 }
+
+// newSessionID draws the client's session ID: random, never 0.
+func newSessionID() uint64 {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(fmt.Sprintf("client: no randomness for a session ID: %v", err))
+		}
+		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}
+
+// Hedges returns how many attempts the client sent as hedges: an earlier
+// attempt of the same request had gone unanswered for its node's hedge
+// delay.
+func (c *Client) Hedges() uint64 { return c.hedges.Load() }
+
+// Session returns the ID of the client's session: every write it sends
+// carries it.
+func (c *Client) Session() uint64 { return c.session.id }
 
 // Close releases the client's connections. Requests in flight fail.
 func (c *Client) Close() error {
@@ -196,10 +296,12 @@ func (c *Client) Close() error {
 	leases := c.mu.leases
 	c.mu.leases = nil
 	c.mu.Unlock()
+	close(c.stop)
 	for l := range leases {
 		l.halt(ErrClosed)
 	}
 	c.batch.close()
+	c.loops.Wait()
 	for _, cc := range conns {
 		cc.Close()
 	}
@@ -222,6 +324,11 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(64<<20),
 			grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                c.cfg.KeepaliveTime,
+			Timeout:             c.cfg.KeepaliveTimeout,
+			PermitWithoutStream: true,
+		}),
 	}
 	if c.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
@@ -240,8 +347,8 @@ func (c *Client) candidates() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := append([]string(nil), c.cfg.Endpoints...)
-	for _, a := range c.mu.addrs {
-		if a != "" {
+	for _, id := range sortedKeys(c.mu.addrs) {
+		if a := c.mu.addrs[id]; a != "" && !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}
@@ -272,6 +379,9 @@ func (c *Client) refresh(ctx context.Context) error {
 	return fmt.Errorf("%w: no endpoint answered: %w", ErrUnavailable, errors.Join(errs...))
 }
 
+// apply takes a node's cluster map: addresses, and the leaders it names
+// in terms at least as recent as the client's (a node that was frozen
+// answers with what it believed before).
 func (c *Client) apply(m *api.ClusterMapResponse) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -283,27 +393,25 @@ func (c *Client) apply(m *api.ClusterMapResponse) {
 		}
 	}
 	for _, g := range m.GroupInfos {
-		if g.Leader != 0 {
-			c.mu.leaders[g.Id] = g.Leader
-		} else {
-			delete(c.mu.leaders, g.Id)
-		}
+		c.noteLeaderLocked(g.Id, g.Leader, g.Term)
 	}
 }
 
 // ClusterMap asks one node for the cluster map and updates the client's
 // view with it.
 func (c *Client) ClusterMap(ctx context.Context) (*api.ClusterMapResponse, error) {
-	var out *api.ClusterMapResponse
-	err := c.do(ctx, 0, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		m, err := api.NewClusterClient(cc).ClusterMap(ctx, &api.ClusterMapRequest{}, opts...)
-		if err == nil {
-			c.apply(m)
-			out = m
-		}
-		return 0, err
+	v, err := c.do(ctx, 0, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			m, err := api.NewClusterClient(cc).ClusterMap(ctx, &api.ClusterMapRequest{}, opts...)
+			return m, nil, err
+		})
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	m := v.(*api.ClusterMapResponse)
+	c.apply(m)
+	return m, nil
 }
 
 // Groups returns the cluster's number of data groups.
@@ -316,29 +424,76 @@ func (c *Client) Groups() int {
 // GroupOf returns the group that holds key.
 func (c *Client) GroupOf(key []byte) uint64 { return kv.GroupOf(key, c.Groups()) }
 
-// target returns the address for a request to group g (0: any node) on
-// attempt n: the cached leader first, then the endpoints round robin.
-func (c *Client) target(g uint64, attempt int) string {
+// target returns the address for attempt n of a request to group g (0:
+// any node), for the streams (keep-alives, observers) that pick their own
+// node: the cached leader, else the nodes in turn, suspects last.
+func (c *Client) target(g uint64, n int) string {
+	avoid := map[string]bool{}
+	if n%3 == 2 {
+		// Every third attempt goes around the cached leader, in case the
+		// cache is wrong and nothing says so.
+		avoid[c.leaderAddr(g)] = true
+	}
+	if a := c.pick(g, n, nil, avoid); a != "" {
+		return a
+	}
+	return c.cfg.Endpoints[n%len(c.cfg.Endpoints)]
+}
+
+// pick chooses the node for an attempt of a request to group g (0: any
+// node), n being the request's attempt count: the cached leader, unless it
+// is suspect, busy (an attempt of this request is outstanding there) or to
+// be avoided (it failed this request); else the nodes in turn, healthy ones
+// before avoided ones before suspect ones. Cluster-wide questions (g 0) go
+// to the endpoints the caller named first, in order. "" if every node is
+// busy.
+func (c *Client) pick(g uint64, n int, busy, avoid map[string]bool) string {
+	ok := func(a string, allowAvoided, allowSuspect bool) bool {
+		return a != "" && !busy[a] && (allowAvoided || !avoid[a]) && (allowSuspect || !c.health.suspect(a))
+	}
+	if g != 0 {
+		if a := c.leaderAddr(g); ok(a, false, false) {
+			return a
+		}
+	} else if n < len(c.cfg.Endpoints) && ok(c.cfg.Endpoints[n], false, false) {
+		return c.cfg.Endpoints[n]
+	}
+	all := c.candidates()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if g != 0 && attempt%3 != 2 {
-		if l := c.mu.leaders[g]; l != 0 {
-			if a := c.mu.addrs[l]; a != "" {
+	c.mu.next++
+	start := c.mu.next
+	c.mu.Unlock()
+	for pass := 0; pass < 3; pass++ {
+		for i := range all {
+			if a := all[(start+i)%len(all)]; ok(a, pass >= 1, pass >= 2) {
 				return a
 			}
 		}
 	}
-	if g == 0 && attempt < len(c.cfg.Endpoints) {
-		// Cluster-wide questions go to the endpoints the caller named
-		// first, in order: their answer is what the caller asked for.
-		return c.cfg.Endpoints[attempt]
+	return ""
+}
+
+// leaderAddr returns the client address of group g's cached leader, "" if
+// none is known.
+func (c *Client) leaderAddr(g uint64) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l := c.mu.leaders[g]; l.id != 0 {
+		return c.mu.addrs[l.id]
 	}
-	all := append([]string(nil), c.cfg.Endpoints...)
-	for _, id := range sortedKeys(c.mu.addrs) {
-		all = append(all, c.mu.addrs[id])
+	return ""
+}
+
+// nodeOf returns the ID of the node at client address addr (0: unknown).
+func (c *Client) nodeOf(addr string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, a := range c.mu.addrs {
+		if a == addr {
+			return id
+		}
 	}
-	c.mu.next++
-	return all[c.mu.next%len(all)]
+	return 0
 }
 
 func sortedKeys(m map[uint64]string) []uint64 {
@@ -346,23 +501,35 @@ func sortedKeys(m map[uint64]string) []uint64 {
 	for k := range m {
 		out = append(out, k)
 	}
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j] < out[j-1]; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	slices.SortFunc(out, cmp.Compare)
 	return out
 }
 
-func (c *Client) noteLeader(g, leader uint64) {
+// noteLeader learns group g's leader from an answer: with its term, it
+// replaces a leader of an older term; without (term 0, a hint), it
+// replaces whatever is cached. leader 0 with a term forgets the cached
+// leader of that term or older.
+func (c *Client) noteLeader(g, leader, term uint64) {
 	if g == 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if leader == 0 {
+	c.noteLeaderLocked(g, leader, term)
+}
+
+func (c *Client) noteLeaderLocked(g, leader, term uint64) {
+	cur := c.mu.leaders[g]
+	switch {
+	case term != 0 && term < cur.term:
+		return // older news
+	case leader == 0 && term == 0:
+		return // a hint that names nobody says nothing
+	case leader == 0:
 		delete(c.mu.leaders, g)
-	} else {
-		c.mu.leaders[g] = leader
+	case term == 0:
+		c.mu.leaders[g] = leaderInfo{id: leader, term: cur.term}
+	default:
+		c.mu.leaders[g] = leaderInfo{id: leader, term: term}
 	}
 }

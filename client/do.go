@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/kv"
 )
 
@@ -19,19 +22,62 @@ import (
 // server.MDLeader).
 const mdLeader = "flotilla-leader"
 
-// rpcFunc makes one attempt on conn cc. It returns the group leader the
-// answer names (0 if none) and the RPC error. opts must be passed to the
-// RPC: they collect the trailer.
-type rpcFunc func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error)
+// Messages that start the status of a refused session write (see
+// server.MsgSessionUnknown and MsgSessionStale).
+const (
+	msgSessionUnknown = "kv: session unknown"
+	msgSessionStale   = "kv: session stale"
+)
+
+// maxOutstanding bounds the attempts of one request in flight at once: the
+// first and up to two hedges.
+const maxOutstanding = 3
+
+// answer is the outcome of one attempt.
+type answer struct {
+	addr string    // where it went
+	sent time.Time // when
+	val  any       // the response, when err is nil
+	// leader and term: the group's leader as the answer names it (header
+	// or hint; term 0 for a hint).
+	leader, term uint64
+	err          error
+}
+
+// attemptFunc starts one attempt of a request on cc and calls done exactly
+// once with its outcome (val, leader, term, err), from any goroutine. done
+// never blocks. Attempts of one request may run at the same time: an
+// attemptFunc must not write state that another attempt reads; it hands
+// its response back in answer.val.
+type attemptFunc func(ctx context.Context, cc *grpc.ClientConn, done func(answer))
+
+// unary runs a unary RPC as an attempt, on a goroutine of its own. call
+// must pass opts to the RPC (they collect the leader hint) and return the
+// response's header, if it has one.
+func unary(ctx context.Context, done func(answer), call func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error)) {
+	go func() {
+		var md metadata.MD
+		v, h, err := call(ctx, grpc.Trailer(&md))
+		a := answer{val: v, err: err}
+		switch {
+		case h != nil:
+			a.leader, a.term = h.Leader, h.Term
+		case err != nil:
+			a.leader = leaderHint(md)
+		}
+		done(a)
+	}()
+}
 
 // outcome classifies a failed attempt.
 type outcome int
 
 const (
-	fatal       outcome = iota // return the error
-	retry                      // not done: try again, elsewhere if possible
-	ambiguous                  // may have been applied
-	unreachable                // the node did not answer; may have been applied unless notSent
+	fatal          outcome = iota // return the error
+	retry                         // not done: try again, elsewhere if possible
+	ambiguous                     // may have been applied; a session write may be sent again
+	unreachable                   // the node did not answer; may have been applied unless notSent
+	sessionUnknown                // the group does not have the session: register and resend
 )
 
 func classify(err error) (outcome, error) {
@@ -48,8 +94,14 @@ func classify(err error) (outcome, error) {
 		}
 		return fatal, fmt.Errorf("%w: %s", ErrGroupNotFound, st.Message())
 	case codes.FailedPrecondition:
+		if strings.HasPrefix(st.Message(), msgSessionUnknown) {
+			return sessionUnknown, fmt.Errorf("%w: %s", ErrNotLeader, st.Message())
+		}
 		return retry, fmt.Errorf("%w: %s", ErrNotLeader, st.Message())
 	case codes.Aborted:
+		if strings.HasPrefix(st.Message(), msgSessionStale) {
+			return fatal, fmt.Errorf("%w: %s", ErrAmbiguous, st.Message())
+		}
 		return ambiguous, fmt.Errorf("%w: %s", ErrAmbiguous, st.Message())
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		return unreachable, err
@@ -59,7 +111,7 @@ func classify(err error) (outcome, error) {
 
 // notSent reports whether a transport failure happened before the request
 // left the client (gRPC fails such RPCs at once while the connection is
-// down), so that even a non-idempotent request may be retried.
+// down).
 func notSent(err error) bool {
 	if status.Code(err) != codes.Unavailable {
 		return false
@@ -73,74 +125,200 @@ func notSent(err error) bool {
 	return false
 }
 
-// do runs call against the node serving group g (0: any node) until it
-// succeeds, fails for good, or the attempts or ctx run out. idempotent
-// says whether a request that may have been applied may be sent again.
-func (c *Client) do(ctx context.Context, g uint64, idempotent bool, call rpcFunc) error {
-	backoff := c.cfg.BackoffBase
+// do runs a request to group g (0: any node) until an attempt succeeds,
+// one fails for good, or the request's deadline ends: ctx's, else
+// RequestTimeout from now; a write's never later than kv.SessionTTL/2
+// from now. It returns the successful attempt's answer.val.
+//
+// Attempts. The first goes to the node pick chooses (the cached leader).
+// An attempt unanswered for its node's hedge delay is hedged: the request
+// goes to another node too (up to maxOutstanding at once), and the node is
+// suspect unless it answered something else meanwhile. A failed attempt is
+// retried at once on the leader its answer named, else after a backoff,
+// around the nodes that failed it. Writes carry their session (start
+// builds the request with it), so a write may be retried however it
+// failed. A write whose deadline ends while an attempt's outcome is unknown
+// returns ErrAmbiguous.
+func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc) (any, error) {
+	now := time.Now()
+	deadline := now.Add(c.cfg.RequestTimeout)
+	if d, ok := ctx.Deadline(); ok {
+		deadline = d
+	}
+	if limit := now.Add(kv.SessionTTL / 2); write && deadline.After(limit) {
+		deadline = limit
+	}
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel() // ends the attempts still out
+
+	failover := !c.cfg.DisableFailover
+	results := make(chan answer, maxOutstanding) // each attempt sends once; at most maxOutstanding out
+	busy := make(map[string]bool)                // nodes with an attempt out
+	sentAt := make(map[string]time.Time)         // when
+	avoid := make(map[string]bool)               // nodes that failed this request
+	attempts := 0
 	var last error
-	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
-		if attempt > 0 {
-			if err := wait(ctx, backoff); err != nil {
-				return c.ctxErr(err, last, false)
+	unknown := false // a write attempt whose outcome is unknown
+	backoff := c.cfg.BackoffBase
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	timerSet, hedging := false, false // what the timer is for: a hedge, else a retry
+
+	arm := func(d time.Duration, hedge bool) {
+		if timerSet {
+			timer.Stop()
+			select {
+			case <-timer.C:
+			default:
 			}
-			backoff = min(2*backoff, c.cfg.BackoffMax)
 		}
-		addr := c.target(g, attempt)
+		timer.Reset(d)
+		timerSet, hedging = true, hedge
+	}
+	// launch starts an attempt on a node with none of this request's
+	// attempts out; false if there is none, or the attempts ran out.
+	launch := func() bool {
+		if c.cfg.MaxAttempts > 0 && attempts >= c.cfg.MaxAttempts {
+			return false
+		}
+		addr := c.pick(g, attempts, busy, avoid)
+		if addr == "" {
+			return false
+		}
 		cc, err := c.conn(addr)
 		if err != nil {
-			return err
+			last = err
+			return false
 		}
-		var md metadata.MD
-		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		hint, err := call(actx, cc, grpc.Trailer(&md))
-		cancel()
-		if err == nil {
-			c.noteLeader(g, hint)
-			return nil
+		attempts++
+		sent := time.Now()
+		busy[addr], sentAt[addr] = true, sent
+		actx, acancel := context.WithTimeout(rctx, c.cfg.AttemptTimeout)
+		start(actx, cc, func(a answer) {
+			acancel()
+			a.addr, a.sent = addr, sent
+			results <- a
+		})
+		if failover && len(busy) < maxOutstanding {
+			arm(c.health.hedgeDelay(addr, c.cfg.HedgeDelayMin, c.cfg.HedgeDelayMax), true)
 		}
-		if ctx.Err() != nil {
-			return c.ctxErr(ctx.Err(), err, !idempotent && !notSent(err))
-		}
-		kind, cerr := classify(err)
-		last = fmt.Errorf("%s: %w", addr, cerr)
-		c.log.Debug("client: attempt failed", "group", g, "attempt", attempt, "addr", addr, "err", err)
-		switch kind {
-		case fatal:
-			return cerr
-		case ambiguous:
-			if !idempotent {
-				return cerr
+		return true
+	}
+	end := func(cause error) error {
+		switch {
+		case write && (unknown || len(busy) > 0):
+			return fmt.Errorf("%w: %w (last error: %v)", ErrAmbiguous, cause, last)
+		case ctx.Err() != nil:
+			if last != nil {
+				return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
 			}
-		case unreachable:
-			if !idempotent && !notSent(err) {
-				return fmt.Errorf("%w: %s: %v", ErrAmbiguous, addr, err)
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: %d attempts: %w", ErrUnavailable, attempts, cmpErr(last, cause))
+	}
+
+	if !launch() {
+		return nil, end(errNoNode)
+	}
+	for {
+		select {
+		case a := <-results:
+			delete(busy, a.addr)
+			if a.err == nil {
+				if failover {
+					c.health.answered(a.addr, a.sent)
+				}
+				c.noteLeader(g, a.leader, a.term)
+				return a.val, nil
 			}
-		}
-		hint = leaderHint(md)
-		if hint == 0 {
-			hint = batchHint(err)
-		}
-		c.noteLeader(g, hint)
-		if attempt%3 == 2 {
-			rctx, rcancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-			_ = c.refresh(rctx)
-			rcancel()
+			kind, cerr := classify(a.err)
+			if failover {
+				if kind == unreachable {
+					if rctx.Err() == nil {
+						c.health.unreachable(a.addr)
+					}
+				} else {
+					c.health.answered(a.addr, a.sent) // it answered, if only with an error
+				}
+			}
+			last = fmt.Errorf("%s: %w", a.addr, cerr)
+			c.log.Debug("client: attempt failed", "group", g, "attempt", attempts, "addr", a.addr, "err", a.err)
+			switch kind {
+			case fatal:
+				return nil, cerr
+			case sessionUnknown:
+				c.session.unknown(g) // the next attempt registers; nothing was written
+			case ambiguous:
+				unknown = unknown || write
+				avoid[a.addr] = true
+			case unreachable:
+				unknown = unknown || (write && !notSent(a.err))
+				avoid[a.addr] = true
+			case retry:
+				if a.leader == 0 || a.leader == c.nodeOf(a.addr) {
+					avoid[a.addr] = true
+				}
+			}
+			c.noteLeader(g, a.leader, a.term)
+			if rctx.Err() != nil {
+				return nil, end(rctx.Err())
+			}
+			if len(busy) > 0 {
+				continue // another attempt is out: wait for it (or its hedge)
+			}
+			// Retry now if the answer named another live leader or asked
+			// for registration, else after a backoff.
+			if kind == sessionUnknown || (a.leader != 0 && a.leader != c.nodeOf(a.addr) && !c.health.suspect(c.leaderAddr(g))) {
+				if launch() {
+					continue
+				}
+			}
+			if c.cfg.MaxAttempts > 0 && attempts >= c.cfg.MaxAttempts {
+				return nil, end(errNoNode)
+			}
+			arm(jitter(backoff), false)
+			backoff = min(2*backoff, c.cfg.BackoffMax)
+		case <-timer.C:
+			timerSet = false
+			if hedging {
+				for addr := range busy {
+					c.health.slow(addr, sentAt[addr])
+				}
+				if launch() {
+					c.hedges.Add(1)
+				} else if len(busy) == 0 {
+					return nil, end(errNoNode)
+				}
+				continue
+			}
+			if len(avoid) >= len(c.candidates()) {
+				clear(avoid) // every node failed once: start over
+			}
+			if !launch() && len(busy) == 0 {
+				return nil, end(errNoNode)
+			}
+		case <-rctx.Done():
+			return nil, end(rctx.Err())
+		case <-c.stop:
+			return nil, ErrClosed
 		}
 	}
-	return fmt.Errorf("%w: %d attempts: %w", ErrUnavailable, c.cfg.MaxAttempts, last)
 }
 
-// ctxErr reports the caller's context ending; a non-idempotent request in
-// flight at that moment may have been applied.
-func (c *Client) ctxErr(err, last error, inFlight bool) error {
-	if inFlight {
-		return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+// errNoNode: no node left to try.
+var errNoNode = errors.New("no node to try")
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
 	}
-	if last != nil {
-		return fmt.Errorf("%w (last error: %v)", err, last)
-	}
-	return err
+	return b
+}
+
+// jitter returns d ± 20%.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }
 
 func leaderHint(md metadata.MD) uint64 {

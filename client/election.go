@@ -154,18 +154,16 @@ func (e *Election) Campaign(ctx context.Context, lease *Lease, value []byte) (Le
 
 // campaign sends the campaign request (retried: it is idempotent).
 func (e *Election) campaign(ctx context.Context, lease *Lease, value []byte) (ElectionState, bool, error) {
-	var resp *api.CampaignResponse
-	err := e.c.do(ctx, e.group, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		r, err := api.NewElectionClient(cc).Campaign(ctx, &api.CampaignRequest{Name: e.name, Value: value, Lease: lease.ID(), Group: e.group}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		resp = r
-		return r.Header.GetLeader(), nil
+	v, err := e.c.write(ctx, e.group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewElectionClient(cc).Campaign(ctx, &api.CampaignRequest{Name: e.name, Value: value, Lease: lease.ID(), Group: e.group, Session: sess}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
 	if err != nil {
 		return ElectionState{}, false, err
 	}
+	resp := v.(*api.CampaignResponse)
 	if !resp.LeaseFound {
 		return ElectionState{}, false, fmt.Errorf("%w: lease %d is gone on the cluster", ErrLeaseLost, lease.ID())
 	}
@@ -209,12 +207,11 @@ func (e *Election) Resign(ctx context.Context) error {
 	if lease == nil {
 		return nil
 	}
-	err := e.c.do(ctx, e.group, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		r, err := api.NewElectionClient(cc).Resign(ctx, &api.ResignRequest{Name: e.name, Lease: lease.ID(), Group: e.group}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		return r.Header.GetLeader(), nil
+	_, err := e.c.write(ctx, e.group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewElectionClient(cc).Resign(ctx, &api.ResignRequest{Name: e.name, Lease: lease.ID(), Group: e.group, Session: sess}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
 	if err != nil {
 		return err
@@ -230,18 +227,16 @@ func (e *Election) Resign(ctx context.Context) error {
 // Leader returns the election's current state, read linearizably, or an
 // error wrapping ErrNoLeader when nobody holds it.
 func (e *Election) Leader(ctx context.Context) (ElectionState, error) {
-	var st ElectionState
-	err := e.c.do(ctx, e.group, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		r, err := api.NewElectionClient(cc).Leader(ctx, &api.LeaderRequest{Name: e.name, Group: e.group}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		st = stateOf(r.State)
-		return r.Header.GetLeader(), nil
+	v, err := e.c.do(ctx, e.group, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewElectionClient(cc).Leader(ctx, &api.LeaderRequest{Name: e.name, Group: e.group}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
 	if err != nil {
 		return ElectionState{}, err
 	}
+	st := stateOf(v.(*api.LeaderResponse).State)
 	if !st.HasLeader {
 		return st, fmt.Errorf("%w: %q", ErrNoLeader, e.name)
 	}
@@ -375,7 +370,7 @@ func (o *Observer) observeLoop() {
 				first = false
 				attempt, backoff = 0, c.cfg.BackoffBase
 			}
-			c.noteLeader(o.e.group, leaderHint(stream.Trailer()))
+			c.noteLeader(o.e.group, leaderHint(stream.Trailer()), 0)
 		}
 		if o.ctx.Err() != nil {
 			o.fail(o.ctx.Err())

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc"
@@ -62,15 +64,50 @@ func writeOpts(g uint64, opts []WriteOption) (writeOptions, error) {
 	return wo, nil
 }
 
+// write runs a write to group g in the client's session: every attempt
+// builds its request with the session block it is given (same sequence
+// number, the current floor, and register until the group has the
+// session). See do for the retries.
+func (c *Client) write(ctx context.Context, g uint64, attempt func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer))) (any, error) {
+	seq := c.session.begin(g)
+	v, err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
+		attempt(ctx, cc, c.session.ref(g, seq), done)
+	})
+	// Any answer the group gave through its state machine shows that it
+	// has the session.
+	c.session.end(g, seq, err == nil || errors.Is(err, ErrLeaseNotFound))
+	return v, err
+}
+
+// sendBatchable sends op over cc's Batch stream when the node serves it,
+// else the unary call; either way done gets the response that resp picks
+// out of a batch result (or the unary call returns) and its header.
+func (c *Client) sendBatchable(ctx context.Context, cc *grpc.ClientConn, done func(answer), op *api.BatchOp,
+	resp func(*api.BatchResult) (any, *api.Header), call func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error)) {
+	if b := c.batcher(cc); b != nil && b.start(ctx, op, func(r *api.BatchResult, err error) {
+		a := answer{err: err}
+		if err != nil {
+			a.leader = batchHint(err)
+		} else {
+			var h *api.Header
+			a.val, h = resp(r)
+			a.leader, a.term = h.GetLeader(), h.GetTerm()
+		}
+		done(a)
+	}) {
+		return
+	}
+	unary(ctx, done, call)
+}
+
 // Put sets key to value and returns the group revision of the write.
 // Keys are 1..4096 bytes, values up to 1 MiB. The client does not retain
 // key or value. See WithLease.
 //
-// Put is retried only while it certainly was not applied (not leader, not
-// sent). Once an attempt may have been applied, Put returns ErrAmbiguous
-// instead of sending it again: a second copy applied after a concurrent
-// writer's put would bring the old value back, which no linearizable
-// history allows. Read the key to learn the outcome.
+// Put is applied exactly once however often it is retried (client
+// sessions): it returns an error only for a bad request or when its
+// deadline ends first, ErrAmbiguous if an attempt's outcome was then
+// unknown.
 func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption) (uint64, error) {
 	if err := checkKV(key, value); err != nil {
 		return 0, err
@@ -80,35 +117,24 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption
 	if err != nil {
 		return 0, err
 	}
-	var rev uint64
-	var bkey, bvalue []byte // copies for the batch stream, made once
-	err = c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		if b := c.batcher(cc); b != nil {
-			if bkey == nil {
-				buf := make([]byte, len(key)+len(value))
-				bkey, bvalue = buf[:len(key):len(key)], buf[len(key):]
-				copy(bkey, key)
-				copy(bvalue, value)
-			}
-			r, err := b.call(ctx, &api.BatchOp{Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: bkey, Value: bvalue, Group: g,
-				Lease: wo.lease, LeaseGroup: wo.leaseGroup}}})
-			if err != errNoBatch {
-				if err != nil {
-					return 0, err
-				}
-				rev = r.GetPut().GetRevision()
-				return r.GetPut().GetHeader().GetLeader(), nil
-			}
-		}
-		r, err := api.NewKVClient(cc).Put(ctx, &api.PutRequest{Key: key, Value: value, Group: g,
-			Lease: wo.lease, LeaseGroup: wo.leaseGroup}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		rev = r.Revision
-		return r.Header.GetLeader(), nil
+	// One copy for every attempt: attempts may outlive the call.
+	buf := make([]byte, len(key)+len(value))
+	bkey, bvalue := buf[:len(key):len(key)], buf[len(key):]
+	copy(bkey, key)
+	copy(bvalue, value)
+	v, err := c.write(ctx, g, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		req := &api.PutRequest{Key: bkey, Value: bvalue, Group: g, Lease: wo.lease, LeaseGroup: wo.leaseGroup, Session: sess}
+		c.sendBatchable(ctx, cc, done, &api.BatchOp{Op: &api.BatchOp_Put{Put: req}},
+			func(r *api.BatchResult) (any, *api.Header) { return r.GetPut(), r.GetPut().GetHeader() },
+			func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+				r, err := api.NewKVClient(cc).Put(ctx, req, opts...)
+				return r, r.GetHeader(), err
+			})
 	})
-	return rev, err
+	if err != nil {
+		return 0, err
+	}
+	return v.(*api.PutResponse).GetRevision(), nil
 }
 
 // ReadOption changes how Get and Scan read.
@@ -131,67 +157,53 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (KeyVa
 		o(&ro)
 	}
 	g := c.GroupOf(key)
-	var out KeyValue
-	found := false
-	err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		r, err := api.NewKVClient(cc).Get(ctx, &api.GetRequest{Key: key, Serializable: ro.serializable, Group: g}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		found = r.Found
-		if r.Found {
-			out = KeyValue{Key: r.Kv.Key, Value: r.Kv.Value, Revision: r.Kv.Revision, Group: r.Kv.Group}
-		}
-		return r.Header.GetLeader(), nil
+	key = bytes.Clone(key) // attempts may outlive the call
+	v, err := c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewKVClient(cc).Get(ctx, &api.GetRequest{Key: key, Serializable: ro.serializable, Group: g}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
 	if err != nil {
 		return KeyValue{}, err
 	}
-	if !found {
+	r := v.(*api.GetResponse)
+	if !r.Found {
 		return KeyValue{}, fmt.Errorf("%w: %q", ErrKeyNotFound, key)
 	}
-	return out, nil
+	return KeyValue{Key: r.Kv.Key, Value: r.Kv.Value, Revision: r.Kv.Revision, Group: r.Kv.Group}, nil
 }
 
-// Delete removes key and reports whether it existed. Retried like Put:
-// only while it certainly was not applied, else ErrAmbiguous.
+// Delete removes key and reports whether it existed. Applied exactly once,
+// retried like Put.
 func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	if err := checkKV(key, nil); err != nil {
 		return false, err
 	}
 	g := c.GroupOf(key)
-	deleted := false
-	var bkey []byte // a copy for the batch stream, made once
-	err := c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		if b := c.batcher(cc); b != nil {
-			if bkey == nil {
-				bkey = append([]byte(nil), key...)
-			}
-			r, err := b.call(ctx, &api.BatchOp{Op: &api.BatchOp_Delete{Delete: &api.DeleteRequest{Key: bkey, Group: g}}})
-			if err != errNoBatch {
-				if err != nil {
-					return 0, err
-				}
-				deleted = r.GetDelete().GetDeleted()
-				return r.GetDelete().GetHeader().GetLeader(), nil
-			}
-		}
-		r, err := api.NewKVClient(cc).Delete(ctx, &api.DeleteRequest{Key: key, Group: g}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		deleted = r.Deleted
-		return r.Header.GetLeader(), nil
+	bkey := bytes.Clone(key) // attempts may outlive the call
+	v, err := c.write(ctx, g, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		req := &api.DeleteRequest{Key: bkey, Group: g, Session: sess}
+		c.sendBatchable(ctx, cc, done, &api.BatchOp{Op: &api.BatchOp_Delete{Delete: req}},
+			func(r *api.BatchResult) (any, *api.Header) { return r.GetDelete(), r.GetDelete().GetHeader() },
+			func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+				r, err := api.NewKVClient(cc).Delete(ctx, req, opts...)
+				return r, r.GetHeader(), err
+			})
 	})
-	return deleted, err
+	if err != nil {
+		return false, err
+	}
+	return v.(*api.DeleteResponse).GetDeleted(), nil
 }
 
 // CompareAndSwap sets key to value if its current value equals expected;
 // a nil expected requires the key to be absent (an empty non-nil slice
 // requires an empty value). It returns whether it swapped and the key's
-// value afterwards (found false: absent). It is never retried once it may
-// have been applied: ErrAmbiguous says the outcome is unknown. With
-// WithLease, a swap attaches the key to the lease (see Put).
+// value afterwards (found false: absent). Applied exactly once, retried
+// like Put: a retry of a swap that applied gets the first outcome, never a
+// second comparison. With WithLease, a swap attaches the key to the lease
+// (see Put).
 func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte, wopts ...WriteOption) (swapped bool, current KeyValue, found bool, err error) {
 	if err := checkKV(key, value); err != nil {
 		return false, KeyValue{}, false, err
@@ -204,20 +216,24 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte
 	if err != nil {
 		return false, KeyValue{}, false, err
 	}
-	err = c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		r, err := api.NewKVClient(cc).CompareAndSwap(ctx, &api.CompareAndSwapRequest{
-			Key: key, Expected: expected, ExpectAbsent: expected == nil, Value: value, Group: g,
-			Lease: wo.lease, LeaseGroup: wo.leaseGroup}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		swapped, found = r.Succeeded, r.Found
-		if r.Found {
-			current = KeyValue{Key: r.Current.Key, Value: r.Current.Value, Revision: r.Current.Revision, Group: r.Current.Group}
-		}
-		return r.Header.GetLeader(), nil
+	absent := expected == nil
+	key, expected, value = bytes.Clone(key), bytes.Clone(expected), bytes.Clone(value)
+	v, err := c.write(ctx, g, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewKVClient(cc).CompareAndSwap(ctx, &api.CompareAndSwapRequest{
+				Key: key, Expected: expected, ExpectAbsent: absent, Value: value, Group: g,
+				Lease: wo.lease, LeaseGroup: wo.leaseGroup, Session: sess}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
-	return swapped, current, found, err
+	if err != nil {
+		return false, KeyValue{}, false, err
+	}
+	r := v.(*api.CompareAndSwapResponse)
+	if r.Found {
+		current = KeyValue{Key: r.Current.Key, Value: r.Current.Value, Revision: r.Current.Revision, Group: r.Current.Group}
+	}
+	return r.Succeeded, current, r.Found, nil
 }
 
 // Scan returns up to limit keys starting with prefix, from every group,
@@ -231,19 +247,20 @@ func (c *Client) Scan(ctx context.Context, prefix []byte, limit int, opts ...Rea
 	for _, o := range opts {
 		o(&ro)
 	}
-	var out []KeyValue
-	more := false
-	err := c.do(ctx, 0, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Prefix: prefix, Limit: uint32(limit), Serializable: ro.serializable}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		out = out[:0]
-		for _, k := range r.Kvs {
-			out = append(out, KeyValue{Key: k.Key, Value: k.Value, Revision: k.Revision, Group: k.Group})
-		}
-		more = r.More
-		return 0, nil
+	prefix = bytes.Clone(prefix)
+	v, err := c.do(ctx, 0, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Prefix: prefix, Limit: uint32(limit), Serializable: ro.serializable}, opts...)
+			return r, nil, err
+		})
 	})
-	return out, more, err
+	if err != nil {
+		return nil, false, err
+	}
+	r := v.(*api.ScanResponse)
+	out := make([]KeyValue, 0, len(r.Kvs))
+	for _, k := range r.Kvs {
+		out = append(out, KeyValue{Key: k.Key, Value: k.Value, Revision: k.Revision, Group: k.Group})
+	}
+	return out, r.More, nil
 }

@@ -110,20 +110,20 @@ func (c *Client) Grant(ctx context.Context, group uint64, ttl time.Duration) (*L
 		return nil, fmt.Errorf("%w: group %d; the cluster has groups 1..%d", ErrGroupNotFound, group, c.Groups())
 	}
 	ttl = ttl.Truncate(time.Millisecond)
+	// The lease's TTL starts on the cluster when the grant applies, after
+	// the first attempt left (a retried grant applies once): count the
+	// local deadline from before it.
 	sent := time.Now()
-	var id uint64
-	err := c.do(ctx, group, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		sent = time.Now()
-		resp, err := api.NewElectionClient(cc).LeaseGrant(ctx, &api.LeaseGrantRequest{Group: group, TtlMs: ttl.Milliseconds()}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		id = resp.Id
-		return resp.Header.GetLeader(), nil
+	v, err := c.write(ctx, group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewElectionClient(cc).LeaseGrant(ctx, &api.LeaseGrantRequest{Group: group, TtlMs: ttl.Milliseconds(), Session: sess}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
 	if err != nil {
 		return nil, err
 	}
+	id := v.(*api.LeaseGrantResponse).GetId()
 	l := &Lease{c: c, id: id, group: group, ttl: ttl, stop: make(chan struct{}), loopDone: make(chan struct{})}
 	l.ctx, l.cancel = context.WithCancelCause(context.Background())
 	l.loopCtx, l.loopCancel = context.WithCancel(context.Background())
@@ -173,13 +173,13 @@ func (c *Client) untrack(l *Lease) {
 // is already gone succeeds.
 func (l *Lease) Revoke(ctx context.Context) error {
 	l.halt(ErrLeaseReleased)
-	return l.c.do(ctx, l.group, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		resp, err := api.NewElectionClient(cc).LeaseRevoke(ctx, &api.LeaseRevokeRequest{Group: l.group, Id: l.id}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		return resp.Header.GetLeader(), nil
+	_, err := l.c.write(ctx, l.group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewElectionClient(cc).LeaseRevoke(ctx, &api.LeaseRevokeRequest{Group: l.group, Id: l.id, Session: sess}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
+	return err
 }
 
 // Close stops the keep-alives without revoking: the cluster expires the
@@ -203,18 +203,21 @@ func (l *Lease) halt(cause error) {
 // answering node leads its group, how long it has left by that node's
 // clock (-1 if unknown).
 func (l *Lease) TimeToLive(ctx context.Context) (found bool, remaining time.Duration, err error) {
-	err = l.c.do(ctx, l.group, true, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) (uint64, error) {
-		resp, err := api.NewElectionClient(cc).LeaseTimeToLive(ctx, &api.LeaseTimeToLiveRequest{Group: l.group, Id: l.id}, opts...)
-		if err != nil {
-			return 0, err
-		}
-		found, remaining = resp.Found, time.Duration(resp.RemainingMs)*time.Millisecond
-		if resp.RemainingMs < 0 {
-			remaining = -1
-		}
-		return resp.Header.GetLeader(), nil
+	v, err := l.c.do(ctx, l.group, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
+		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewElectionClient(cc).LeaseTimeToLive(ctx, &api.LeaseTimeToLiveRequest{Group: l.group, Id: l.id}, opts...)
+			return r, r.GetHeader(), err
+		})
 	})
-	return found, remaining, err
+	if err != nil {
+		return false, 0, err
+	}
+	resp := v.(*api.LeaseTimeToLiveResponse)
+	found, remaining = resp.Found, time.Duration(resp.RemainingMs)*time.Millisecond
+	if resp.RemainingMs < 0 {
+		remaining = -1
+	}
+	return found, remaining, nil
 }
 
 // keepAliveLoop renews the lease until it is lost or stopped. It owns
@@ -330,7 +333,7 @@ func (l *Lease) runStream(attempt int, interval time.Duration, lost *time.Timer)
 			l.renewals.Add(1)
 			renewed = true
 		case err := <-errc:
-			l.c.noteLeader(l.group, leaderHint(stream.Trailer()))
+			l.c.noteLeader(l.group, leaderHint(stream.Trailer()), 0)
 			l.c.log.Debug("client: keep-alive stream ended", "lease", l.id, "group", l.group, "addr", addr, "err", err)
 			return nil, renewed
 		}

@@ -39,6 +39,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/election"
@@ -215,6 +216,9 @@ func New(cfg Config) (s *Server, err error) {
 	s.clientSrv = grpc.NewServer(
 		grpc.MaxRecvMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10),
 		grpc.MaxSendMsgSize(64<<20),
+		// Clients ping every 10s (their keepalive finds a frozen node's
+		// connection dead); allow it even between calls.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	api.RegisterKVServer(s.clientSrv, &kvService{s: s})
 	api.RegisterClusterServer(s.clientSrv, &clusterService{s: s})
