@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"time"
 )
@@ -10,27 +11,44 @@ import (
 // every BalanceInterval it hands leaderships it holds beyond
 // ceil(groups/live nodes) to live replicas below that share. Each node only
 // gives away what it leads, so no two nodes fight over a group.
+//
+// Live means healthy now: answering discovery, heard from by raft within
+// the liveness timeout (multiraft Host.PeerDown) and reached by the
+// transport recently. A leadership never goes to a node that is not. And
+// the balancer holds still while the live set moves: it acts only once
+// the set has been the same for BalanceSettle, so a node that dies, or
+// freezes and comes back, costs no other group its leader (seed 002's
+// promise, kept through the balancer), and a flapping node causes no
+// thrash.
 func (s *Server) balanceLoop() {
 	t := time.NewTicker(s.cfg.BalanceInterval)
 	defer t.Stop()
+	var live map[uint64]bool
+	var since time.Time
 	for {
 		select {
 		case <-s.stopc:
 			return
 		case <-t.C:
-			s.balanceOnce()
+		}
+		now := s.reachableNodes()
+		if !maps.Equal(now, live) {
+			live, since = now, time.Now()
+			continue
+		}
+		if time.Since(since) >= s.cfg.BalanceSettle {
+			s.balanceOnce(live)
 		}
 	}
 }
 
 type move struct{ group, to uint64 }
 
-func (s *Server) balanceOnce() {
+func (s *Server) balanceOnce(alive map[uint64]bool) {
 	if s.shutting.Load() {
 		return
 	}
 	groups := s.groupInfos()
-	alive := s.reachableNodes()
 	counts := make(map[uint64]int)
 	for _, g := range groups {
 		if g.Leader != 0 {
@@ -48,6 +66,9 @@ func (s *Server) balanceOnce() {
 	var plan []move
 	for _, g := range groups {
 		if counts[me] <= target {
+			break
+		}
+		if !alive[me] {
 			break
 		}
 		if g.Leader != me {

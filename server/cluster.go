@@ -170,15 +170,21 @@ func (s *Server) aliveNodes() map[uint64]bool {
 	return out
 }
 
-// reachableNodes returns the live nodes that the raft transport also
-// reached recently: a node can answer discovery yet be black-holed for
-// raft, and handing it a leadership would only fail.
+// reachableNodes returns the live nodes that raft also hears from (not
+// down by the Host's liveness) and that the raft transport reached
+// recently: a node can answer discovery yet be black-holed for raft, and
+// handing it a leadership would only fail.
 func (s *Server) reachableNodes() map[uint64]bool {
 	alive := s.aliveNodes()
 	recent := 3 * time.Duration(s.cfg.ElectionTicks) * s.cfg.TickInterval
 	for _, p := range s.tr.Stats() {
 		if !p.LastContact.IsZero() && time.Since(p.LastContact) > recent {
 			delete(alive, p.To)
+		}
+	}
+	for id := range alive {
+		if s.host.PeerDown(id) {
+			delete(alive, id)
 		}
 	}
 	return alive

@@ -67,6 +67,11 @@ type Config struct {
 	// than its share of groups and hands some away. Default 2s; negative
 	// disables balancing.
 	BalanceInterval time.Duration
+	// BalanceSettle is how long the set of live nodes must stay the same
+	// before the node hands leaderships away: a node that died or froze,
+	// or came back, moves no other group's leader for this long (its own
+	// groups fail over by themselves). Default 10s; 0 or more.
+	BalanceSettle time.Duration
 	// DiscoveryInterval is how often the node asks its peers for their
 	// addresses and leaders. Default 1s; limits 10ms..1m.
 	DiscoveryInterval time.Duration
@@ -180,6 +185,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.BalanceInterval == 0 {
 		c.BalanceInterval = 2 * time.Second
+	}
+	if c.BalanceSettle == 0 {
+		c.BalanceSettle = 10 * time.Second
 	}
 	if c.DiscoveryInterval == 0 {
 		c.DiscoveryInterval = time.Second

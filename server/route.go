@@ -178,11 +178,14 @@ func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 				return kv.Result{}, false, err
 			}
 			if l != s.cfg.NodeID {
-				conn, fctx, err := s.forwardToNode(ctx, l)
-				if err != nil {
-					return kv.Result{}, false, err
+				// A session write may be sent again: give the forward up if
+				// its leader goes silent or is replaced, and route anew.
+				err, gaveUp := s.forwardWatched(ctx, g, l, cmd.Session != 0 && attempt < maxReroutes, remote)
+				if gaveUp {
+					s.metrics.reroutes.Inc()
+					continue
 				}
-				return kv.Result{}, true, remote(fctx, conn)
+				return kv.Result{}, true, err
 			}
 		}
 		out, err := s.host.Propose(ctx, g, b)
@@ -192,6 +195,42 @@ func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 		}
 		res, err := s.outcome(ctx, g, out, err)
 		return res, false, err
+	}
+}
+
+// forwardWatched forwards a request of group g to its leader l (see
+// forwardToNode) and waits for the answer. If mayGiveUp, it watches l while
+// it waits: once l's node is down (liveness) or the group has another
+// leader, it cancels the forward and reports gaveUp, so that the caller
+// routes the request again instead of waiting on a node that will not
+// answer (a frozen leader keeps its connections open). Only a request that
+// may be delivered twice may be given up: a session write.
+func (s *Server) forwardWatched(ctx context.Context, g, l uint64, mayGiveUp bool,
+	remote func(context.Context, *grpc.ClientConn) error) (err error, gaveUp bool) {
+	conn, fctx, err := s.forwardToNode(ctx, l)
+	if err != nil {
+		return err, false
+	}
+	if !mayGiveUp {
+		return remote(fctx, conn), false
+	}
+	fctx, cancel := context.WithCancel(fctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- remote(fctx, conn) }() // ends when fctx does
+	t := time.NewTicker(s.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err, false
+		case <-t.C:
+			if now := s.leaderOf(g); s.host.PeerDown(l) || (now != 0 && now != l) {
+				cancel()
+				<-done
+				return nil, true
+			}
+		}
 	}
 }
 

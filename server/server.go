@@ -73,6 +73,7 @@ type Server struct {
 	ctx       context.Context // cancelled when the loops must stop (with stopc)
 	cancel    context.CancelFunc
 	leaders   *leaderWatch  // wakes requests waiting for a leader (route.go)
+	freezer   freezer       // holds requests while frozen (freeze.go)
 	stopc     chan struct{} // closed when the loops must stop
 	draining  chan struct{} // closed when Shutdown begins: Batch streams end
 	stopOnce  sync.Once
@@ -171,7 +172,8 @@ func New(cfg Config) (s *Server, err error) {
 		Registerer: s.reg,
 		Logger:     s.log,
 	}
-	s.peerSrv = grpc.NewServer(transport.ServerOptions(tcfg)...)
+	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg),
+		grpc.ChainUnaryInterceptor(s.freezer.unary), grpc.ChainStreamInterceptor(s.freezer.stream))...)
 	tcfg.Server = s.peerSrv
 	if s.tr, err = transport.NewGRPC(tcfg); err != nil {
 		return s, fmt.Errorf("server: transport: %w", err)
@@ -219,6 +221,7 @@ func New(cfg Config) (s *Server, err error) {
 		// Clients ping every 10s (their keepalive finds a frozen node's
 		// connection dead); allow it even between calls.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(s.freezer.unary), grpc.ChainStreamInterceptor(s.freezer.stream),
 	)
 	api.RegisterKVServer(s.clientSrv, &kvService{s: s})
 	api.RegisterClusterServer(s.clientSrv, &clusterService{s: s})

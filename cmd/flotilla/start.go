@@ -17,16 +17,16 @@ import (
 
 func newStartCmd() *cobra.Command {
 	var (
-		id                             uint64
-		dataDir, peerAddr, clientAddr  string
-		httpAddr, initialCluster       string
-		groups                         int
-		tick                           time.Duration
-		electionTicks, heartbeatTicks  int
-		logLevel                       string
-		balanceInterval, shutdownGrace time.Duration
-		noSync                         bool
-		workers                        int
+		id                                            uint64
+		dataDir, peerAddr, clientAddr                 string
+		httpAddr, initialCluster                      string
+		groups                                        int
+		tick                                          time.Duration
+		electionTicks, heartbeatTicks                 int
+		logLevel                                      string
+		balanceInterval, balanceSettle, shutdownGrace time.Duration
+		noSync                                        bool
+		workers                                       int
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
@@ -61,6 +61,7 @@ leaderships away, flushes storage and exits 0.`,
 				ElectionTicks:   electionTicks,
 				HeartbeatTicks:  heartbeatTicks,
 				BalanceInterval: balanceInterval,
+				BalanceSettle:   balanceSettle,
 				DisableSync:     noSync,
 				Workers:         workers,
 				Logger:          log,
@@ -104,6 +105,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.IntVar(&heartbeatTicks, "heartbeat-ticks", 1, "heartbeat interval, in ticks")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&balanceInterval, "balance-interval", 2*time.Second, "how often to hand away leaderships beyond this node's share; negative disables")
+	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")

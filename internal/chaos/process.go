@@ -39,6 +39,8 @@ type ProcConfig struct {
 	// leadership moves only when a test makes it (the nodes still spread
 	// leaders at bootstrap).
 	Balance time.Duration
+	// BalanceSettle is --balance-settle. Default 0: the node's default.
+	BalanceSettle time.Duration
 	// NoSync passes --unsafe-no-fsync. Not with SIGKILL: a killed node may
 	// then come back without raft state it had acknowledged. Default off
 	// (fsync on).
@@ -210,6 +212,9 @@ func (c *ProcCluster) spawn(p *Proc) (*exec.Cmd, chan struct{}, error) {
 		"--initial-cluster", c.initial, "--groups", fmt.Sprint(c.cfg.Groups),
 		"--tick", c.cfg.Tick.String(), "--election-ticks", fmt.Sprint(c.cfg.ElectionTicks),
 		"--balance-interval=" + c.cfg.Balance.String()}
+	if c.cfg.BalanceSettle > 0 {
+		args = append(args, "--balance-settle="+c.cfg.BalanceSettle.String())
+	}
 	if c.cfg.NoSync {
 		args = append(args, "--unsafe-no-fsync")
 	}

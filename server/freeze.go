@@ -1,0 +1,106 @@
+package server
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// Freeze makes the node behave, to everyone else, like a process stopped
+// with SIGSTOP: it neither sends nor receives raft traffic (every peer link
+// black-holed both ways, as transport.Faults.Partition does), and every
+// client request, discovery request and open stream hangs, its connection
+// open, until Thaw or until the caller gives up. Unlike SIGSTOP the node's
+// own clock and raft loop keep running. For the demo's pause and for tests
+// of gray failures; Thaw undoes it. Safe to call more than once.
+func (s *Server) Freeze() {
+	others := make([]uint64, 0, len(s.nodes))
+	for _, id := range s.nodes {
+		if id != s.cfg.NodeID {
+			others = append(others, id)
+		}
+	}
+	s.tr.Faults().Partition([]uint64{s.cfg.NodeID}, others)
+	s.freezer.set(true)
+}
+
+// Thaw undoes Freeze.
+func (s *Server) Thaw() {
+	s.freezer.set(false)
+	s.tr.Faults().Heal()
+}
+
+// freezer holds requests while the node is frozen. Lock order: mu is a
+// leaf.
+type freezer struct {
+	mu     sync.Mutex
+	frozen bool
+	thawed chan struct{} // closed at Thaw; replaced at Freeze
+}
+
+func (f *freezer) set(on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case on && !f.frozen:
+		f.frozen, f.thawed = true, make(chan struct{})
+	case !on && f.frozen:
+		f.frozen = false
+		close(f.thawed)
+	}
+}
+
+// wait returns at once unless the node is frozen; then it waits until it
+// thaws or ctx ends.
+func (f *freezer) wait(ctx context.Context) error {
+	f.mu.Lock()
+	frozen, thawed := f.frozen, f.thawed
+	f.mu.Unlock()
+	if !frozen {
+		return nil
+	}
+	select {
+	case <-thawed:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// unary holds a unary call while the node is frozen.
+func (f *freezer) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// stream holds a stream, and every message it sends or receives, while the
+// node is frozen.
+func (f *freezer) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := f.wait(ss.Context()); err != nil {
+		return err
+	}
+	return handler(srv, frozenStream{ss, f})
+}
+
+type frozenStream struct {
+	grpc.ServerStream
+	f *freezer
+}
+
+func (s frozenStream) SendMsg(m any) error {
+	if err := s.f.wait(s.Context()); err != nil {
+		return err
+	}
+	return s.ServerStream.SendMsg(m)
+}
+
+func (s frozenStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return s.f.wait(s.Context())
+}
