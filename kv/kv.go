@@ -237,6 +237,17 @@ func (c Command) Encode() ([]byte, error) {
 	return b, nil
 }
 
+// CommandSession returns the session and sequence number of an encoded
+// command, and false if it has none or does not decode. For tools that
+// watch applied commands (the simulation).
+func CommandSession(b []byte) (session, seq uint64, ok bool) {
+	c, err := decodeCommand(b)
+	if err != nil || c.Session == 0 {
+		return 0, 0, false
+	}
+	return c.Session, c.Seq, true
+}
+
 // decodeCommand parses a command; the slices alias b.
 func decodeCommand(b []byte) (Command, error) {
 	var c Command

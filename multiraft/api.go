@@ -170,30 +170,42 @@ func (h *Host) QueryLocal(group uint64, query []byte) ([]byte, error) {
 
 // TransferLeadership asks the group's leader (which must be this node) to
 // hand leadership to node to, and waits until this node sees to as leader.
-// Errors: ctx's, ErrTimeout, ErrGroupNotFound, ErrGroupRemoved, ErrStopped.
+// Proposals that reach this leader meanwhile are held, not dropped, and
+// proposed again if the transfer fails, or failed with ErrNotLeader (never
+// appended) once another node leads. Errors: ctx's, ErrTimeout,
+// ErrGroupNotFound, ErrGroupRemoved, ErrStopped.
 func (h *Host) TransferLeadership(ctx context.Context, group, to uint64) error {
-	g, err := h.lookup(group)
-	if err != nil {
-		return err
-	}
-	if to == 0 {
-		return fmt.Errorf("%w: transfer to node 0", ErrInvalidRequest)
-	}
-	t := &transfer{to: to, done: make(chan error, 1)}
-	g.in.Lock()
-	if g.in.closed {
-		g.in.Unlock()
-		return fmt.Errorf("%w: %d", ErrGroupRemoved, group)
-	}
-	g.in.transfers = append(g.in.transfers, t)
-	g.in.Unlock()
-	h.sched.enqueue(group)
 	select {
-	case err := <-t.done:
+	case err := <-h.TransferLeadershipAsync(group, to):
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// TransferLeadershipAsync is TransferLeadership without the wait: the
+// channel (buffered) receives the outcome once.
+func (h *Host) TransferLeadershipAsync(group, to uint64) <-chan error {
+	done := make(chan error, 1)
+	g, err := h.lookup(group)
+	if err == nil && to == 0 {
+		err = fmt.Errorf("%w: transfer to node 0", ErrInvalidRequest)
+	}
+	if err != nil {
+		done <- err
+		return done
+	}
+	t := &transfer{to: to, done: done}
+	g.in.Lock()
+	if g.in.closed {
+		g.in.Unlock()
+		done <- fmt.Errorf("%w: %d", ErrGroupRemoved, group)
+		return done
+	}
+	g.in.transfers = append(g.in.transfers, t)
+	g.in.Unlock()
+	h.sched.enqueue(group)
+	return done
 }
 
 // ChangeKind is a kind of membership change.

@@ -129,15 +129,8 @@ func (s *sim) check() {
 	if len(r.Violations) == 0 {
 		s.checkReplicas()
 	}
-	final := make(map[uint64]map[uint64]bool)
-	for g, m := range s.applied {
-		final[g] = make(map[uint64]bool, len(m))
-		for _, h := range m {
-			final[g][h] = true
-		}
-	}
 	for _, a := range s.acked {
-		if !final[a[0]][a[1]] {
+		if _, ok := s.effects[a.group][[2]uint64{a.session, a.seq}]; !ok {
 			r.LostAcks++
 		}
 	}

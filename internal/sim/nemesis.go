@@ -12,7 +12,7 @@ func (s *sim) nemesis() {
 	}
 	defer s.after(s.between(100*time.Millisecond, 700*time.Millisecond), s.nemesis)
 	var kinds []Faults
-	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign} {
+	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer} {
 		if s.cfg.Faults&f != 0 {
 			kinds = append(kinds, f)
 		}
@@ -103,7 +103,61 @@ func (s *sim) nemesis() {
 		if err := n.host.Campaign(g); err == nil {
 			n.drain()
 		}
+	case FaultPause:
+		up := s.upNodes()
+		if len(up) == 0 {
+			return
+		}
+		n := s.nodes[up[s.rng.IntN(len(up))]]
+		if n.paused {
+			return
+		}
+		s.res.Faults++
+		n.pause()
+		inc := n.inc
+		s.after(dur, func() {
+			if n.inc == inc {
+				n.resume()
+			}
+		})
+	case FaultTransfer:
+		g := uint64(1 + s.rng.IntN(s.cfg.Groups))
+		for _, id := range s.upNodes() {
+			n := s.nodes[id]
+			if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {
+				continue
+			}
+			to := s.ids[s.rng.IntN(len(s.ids))]
+			if to == id {
+				return
+			}
+			s.res.Faults++
+			s.res.Transfers++
+			s.record("transfer", g, id, to)
+			_ = n.host.TransferLeadershipAsync(g, to) // its outcome does not matter
+			n.drain()
+			return
+		}
 	}
+}
+
+// duplicateRequest proposes a copy of a client's write (its encoded
+// command b, of group g) again, later, at a random running node, as a
+// retried, duplicated or delayed request would arrive. Nobody waits for
+// its result.
+func (s *sim) duplicateRequest(g uint64, b []byte) {
+	s.res.Faults++
+	s.res.RequestDups++
+	s.after(s.between(0, 800*time.Millisecond), func() {
+		up := s.upNodes()
+		if len(up) == 0 {
+			return
+		}
+		n := s.nodes[up[s.rng.IntN(len(up))]]
+		s.record("reqdup", n.id, g, cmdHash(b))
+		_ = n.host.ProposeAsync(g, b)
+		n.drain()
+	})
 }
 
 // pair returns two distinct node IDs, or the same one in a 1-node cluster.

@@ -87,7 +87,10 @@ func (nw *network) send(src *simTransport, to uint64, batch []transport.Envelope
 		return
 	}
 	nw.schedule(src, to, batch)
-	if nw.dupP > 0 && s.rng.Float64() < nw.dupP && (s.cfg.DuplicateProposals || !hasProposal(batch)) {
+	// Duplicates include forwarded proposals (MsgProp), which raft appends
+	// as often as they arrive: client sessions make the copies apply
+	// nothing.
+	if nw.dupP > 0 && s.rng.Float64() < nw.dupP {
 		s.record("dup", from, to, uint64(len(batch)))
 		nw.schedule(src, to, cloneBatch(batch))
 	}
@@ -112,11 +115,19 @@ func (nw *network) schedule(src *simTransport, to uint64, batch []transport.Enve
 			nw.failSnapshots(src, to, batch)
 			return
 		}
-		nw.hashBatch(from, to, batch)
-		s.res.Delivered++
-		dst.host.HandleBatch(from, batch)
-		dst.drain()
-		src.reportSnapshots(to, batch, true)
+		deliver := func() {
+			nw.hashBatch(from, to, batch)
+			s.res.Delivered++
+			dst.host.HandleBatch(from, batch)
+			dst.drain()
+			src.reportSnapshots(to, batch, true)
+		}
+		if dst.paused {
+			// A frozen process's socket buffers hold what reaches it.
+			dst.held = append(dst.held, deliver)
+			return
+		}
+		deliver()
 	})
 }
 
@@ -154,16 +165,6 @@ func (nw *network) hashBatch(from, to uint64, batch []transport.Envelope) {
 			s.record("ent", e.Index, e.Term, uint64(e.Type), h)
 		}
 	}
-}
-
-// hasProposal reports whether batch holds a forwarded proposal (MsgProp).
-func hasProposal(batch []transport.Envelope) bool {
-	for i := range batch {
-		if batch[i].Msg.Type == raftpb.MsgProp {
-			return true
-		}
-	}
-	return false
 }
 
 func boolU(b bool) uint64 {

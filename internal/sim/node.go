@@ -32,6 +32,10 @@ type node struct {
 
 	up        bool
 	inc       uint64 // incarnation, bumped by every crash
+	// paused: frozen by FaultPause; held are the deliveries that reached
+	// it meanwhile, made when it resumes.
+	paused bool
+	held   []func()
 	tickEvery time.Duration
 
 	host  *multiraft.Host
@@ -92,7 +96,11 @@ func (n *node) start() error {
 	n.host = h
 	n.sms = make(map[uint64]*kv.StateMachine)
 	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
-		sm, err := kv.New(db, g)
+		var opts []kv.Option
+		if s.cfg.Bug == BugNoDedup {
+			opts = append(opts, kv.WithoutDedup())
+		}
+		sm, err := kv.New(db, g, opts...)
 		if err == nil {
 			n.sms[g] = sm
 			err = h.StartGroup(g, s.ids, &recSM{StateMachine: sm, s: s, node: n.id, group: g})
@@ -130,7 +138,7 @@ func (n *node) failPoint(name string) error {
 
 // tickLoop ticks the node and schedules the next tick.
 func (n *node) tickLoop() {
-	if n.up {
+	if n.up && !n.paused {
 		n.host.Tick()
 		n.drain()
 	}
@@ -140,7 +148,7 @@ func (n *node) tickLoop() {
 // drain runs the Host's cycles until it has nothing left to do, then checks
 // its leaders.
 func (n *node) drain() {
-	if !n.up {
+	if !n.up || n.paused {
 		return
 	}
 	for i := 0; i < 10000 && n.host.Process() > 0; i++ {
@@ -148,6 +156,32 @@ func (n *node) drain() {
 	if n.host.Err() == nil {
 		n.s.noteLeaders(n)
 	}
+}
+
+// pause freezes the node (FaultPause): no ticks, no processing; messages
+// to it wait in held.
+func (n *node) pause() {
+	n.s.record("pause", n.id)
+	n.s.res.Pauses++
+	n.paused = true
+}
+
+// resume thaws the node: it gets what arrived meanwhile, in order, then
+// runs.
+func (n *node) resume() {
+	if !n.paused {
+		return
+	}
+	n.s.record("resume", n.id, uint64(len(n.held)))
+	n.paused = false
+	held := n.held
+	n.held = nil
+	for _, deliver := range held {
+		if n.up {
+			deliver()
+		}
+	}
+	n.drain()
 }
 
 // crash kills the node: the Host stops where it is (pending requests fail
@@ -161,7 +195,9 @@ func (n *node) crash(why string) {
 	s.record("crash", n.id, uint64(len(why)))
 	s.res.Crashes++
 	n.up = false
+	n.paused, n.held = false, nil
 	n.inc++
+	s.res.Failovers += int(n.host.Failovers())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -198,6 +234,7 @@ func (n *node) scheduleRestart() {
 // close releases the node for good at the end of the run.
 func (n *node) close() {
 	if n.host != nil {
+		n.s.res.Failovers += int(n.host.Failovers())
 		n.host.Stop()
 		n.host = nil
 	}
@@ -245,7 +282,7 @@ func (r *recSM) Apply(cmds []multiraft.Command) error {
 		} else {
 			sub = 0
 		}
-		r.s.noteApply(r.node, r.group, cmds[i].Index, sub, cmdHash(cmds[i].Data))
+		r.s.noteApply(r.node, r.group, cmds[i].Index, sub, cmds[i].Data, cmds[i].Result)
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flotilla/flotilla/kv"
 )
 
 // Sentinel errors.
@@ -51,10 +53,24 @@ const (
 	FaultFailPoint
 	// FaultCampaign makes a random replica start an election.
 	FaultCampaign
+	// FaultPause freezes a node for a while, as SIGSTOP does: it neither
+	// ticks nor processes, messages to it wait (they arrive when it
+	// resumes), and requests sent to it hang.
+	FaultPause
+	// FaultTransfer makes a group's leader hand leadership to another
+	// replica (Host.TransferLeadershipAsync): proposals that arrive
+	// meanwhile are held, then proposed again or refused unappended.
+	FaultTransfer
+	// FaultRequestDup delivers client writes twice: a copy of a write is
+	// proposed again, later (up to 800ms), at a random node, as a
+	// retried, duplicated or delayed request would be. Sessions make the
+	// copy apply nothing (kv/session.go).
+	FaultRequestDup
 
 	// AllFaults is every fault kind.
 	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
-		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign
+		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign |
+		FaultPause | FaultTransfer | FaultRequestDup
 )
 
 var faultNames = []struct {
@@ -64,10 +80,12 @@ var faultNames = []struct {
 	{FaultDrop, "drop"}, {FaultDelay, "delay"}, {FaultDuplicate, "duplicate"},
 	{FaultPartition, "partition"}, {FaultBlackHole, "blackhole"}, {FaultCrash, "crash"},
 	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
+	{FaultPause, "pause"}, {FaultTransfer, "transfer"}, {FaultRequestDup, "reqdup"},
 }
 
 // ParseFaults parses a comma-separated list of fault names (drop, delay,
-// duplicate, partition, blackhole, crash, failpoint, campaign, or all).
+// duplicate, partition, blackhole, crash, failpoint, campaign, pause,
+// transfer, reqdup, or all).
 func ParseFaults(s string) (Faults, error) {
 	var f Faults
 	for _, part := range strings.Split(s, ",") {
@@ -122,6 +140,9 @@ const (
 	// machine first (its Sync does nothing): after a crash the state
 	// machine lacks commands the log no longer holds.
 	BugTruncateUnsynced
+	// BugNoDedup turns the state machines' session dedup off
+	// (kv.WithoutDedup): a write delivered twice applies twice.
+	BugNoDedup
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -160,12 +181,6 @@ type Config struct {
 	Faults Faults
 	// NoFaults turns every fault off.
 	NoFaults bool
-	// DuplicateProposals lets FaultDuplicate duplicate batches holding a
-	// forwarded proposal (MsgProp) too. Off by default: raft's forwarded
-	// proposals are not idempotent — a duplicated MsgProp is appended and
-	// applied twice — and the real transports (gRPC streams) deliver each
-	// message at most once. The simulation reports such double applies.
-	DuplicateProposals bool
 	// Bug plants a known bug (see Bug).
 	Bug Bug
 	// CheckTimeout bounds the linearizability check. Default 10s of wall
@@ -230,7 +245,7 @@ func (c *Config) validate() error {
 		return bad("TickInterval %v < 1ms", c.TickInterval)
 	case c.RequestTimeout < c.TickInterval:
 		return bad("RequestTimeout %v < TickInterval", c.RequestTimeout)
-	case c.Bug < BugNone || c.Bug > BugTruncateUnsynced:
+	case c.Bug < BugNone || c.Bug > BugNoDedup:
 		return bad("unknown Bug %d", c.Bug)
 	}
 	return nil
@@ -260,6 +275,15 @@ type Result struct {
 	LostAcks int `json:"lost_acks"`
 	// FailPoints counts crashes at an engine failure point.
 	FailPoints int `json:"fail_points"`
+	// Pauses, Transfers and RequestDups count those faults; Failovers the
+	// leaders that replicas forgot because liveness found them down;
+	// Deduped the copies of session writes that applied nothing (answered
+	// with the first result, or refused as stale).
+	Pauses      int `json:"pauses"`
+	Transfers   int `json:"transfers"`
+	RequestDups int `json:"request_dups"`
+	Failovers   int `json:"failovers"`
+	Deduped     int `json:"deduped"`
 	// History is the checked history.
 	History []Op `json:"-"`
 	// Violations lists the safety violations found, if any.
@@ -367,14 +391,24 @@ type sim struct {
 	// hash of the command applied there, over every replica and
 	// incarnation.
 	applied map[uint64]map[uint64]uint64
-	// cmdIndex maps group → command hash → the position it was applied at.
+	// cmdIndex maps group → command hash → the position it was applied at,
+	// for commands without a session.
 	cmdIndex    map[uint64]map[uint64]uint64
 	dupReported map[uint64]bool
+	// effects maps group → (session, seq) → the first applied copy of a
+	// session write that took effect.
+	effects map[uint64]map[[2]uint64]effect
 	// leaders maps (group, term) → the leader seen in that term.
 	leaders map[[2]uint64]uint64
-	// acked lists acknowledged writes: group and command hash.
-	acked [][2]uint64
+	// acked lists acknowledged writes.
+	acked []ackedWrite
 }
+
+// effect is where a session write took effect, and its result's hash.
+type effect struct{ pos, result uint64 }
+
+// ackedWrite is an acknowledged write: its group and session identity.
+type ackedWrite struct{ group, session, seq uint64 }
 
 func newSim(cfg Config) *sim {
 	s := &sim{
@@ -387,6 +421,7 @@ func newSim(cfg Config) *sim {
 		leaders:     make(map[[2]uint64]uint64),
 		cmdIndex:    make(map[uint64]map[uint64]uint64),
 		dupReported: make(map[uint64]bool),
+		effects:     make(map[uint64]map[[2]uint64]effect),
 	}
 	s.net = newNetwork(s)
 	s.nodes = make([]*node, cfg.Nodes+1)
@@ -397,6 +432,7 @@ func newSim(cfg Config) *sim {
 	for g := uint64(1); g <= uint64(cfg.Groups); g++ {
 		s.applied[g] = make(map[uint64]uint64)
 		s.cmdIndex[g] = make(map[uint64]uint64)
+		s.effects[g] = make(map[[2]uint64]effect)
 	}
 	return s
 }
@@ -513,6 +549,7 @@ func (s *sim) heal() {
 	for _, id := range s.ids {
 		n := s.nodes[id]
 		n.armed = ""
+		n.resume()
 		if !n.up {
 			n.restart()
 		}
@@ -592,16 +629,43 @@ func (s *sim) upNodes() []uint64 {
 	return out
 }
 
-// noteApply records that node applied cmd (hash h) as command sub of
-// the entry at index of group.
-func (s *sim) noteApply(node, group, index, sub, h uint64) {
+// noteApply records that node applied cmd as command sub of the entry at
+// index of group, with result res.
+//
+// A session write may be in the log several times (a client retry, a
+// duplicated request), but must take effect once: every copy after the
+// first that took effect must answer with the first's result (dedup) or
+// be refused as stale or of an unknown session. A command without a
+// session is proposed once and must be applied at one position.
+func (s *sim) noteApply(node, group, index, sub uint64, cmd, res []byte) {
+	h := cmdHash(cmd)
 	pos := index<<16 | sub // a packed entry holds far fewer than 1<<16
 	m := s.applied[group]
 	if prev, ok := m[pos]; ok && prev != h {
 		s.violation("group %d index %d command %d applied with different commands (node %d differs)", group, index, sub, node)
 	}
 	m[pos] = h
-	// Every command the workload proposes is unique and proposed once.
+	if sess, seq, ok := kv.CommandSession(cmd); ok {
+		if r, err := kv.DecodeResult(res); err == nil && (r.SessionUnknown || r.SessionStale) {
+			if r.SessionStale && node == s.ids[0] {
+				s.res.Deduped++
+			}
+			return // refused: no effect
+		}
+		key, rh := [2]uint64{sess, seq}, cmdHash(res)
+		e, seen := s.effects[group][key]
+		switch {
+		case !seen:
+			s.effects[group][key] = effect{pos: pos, result: rh}
+		case e.pos != pos && e.result == rh && node == s.ids[0]:
+			s.res.Deduped++ // counted on one replica
+		case e.pos != pos && e.result != rh && !s.dupReported[h]:
+			s.dupReported[h] = true
+			s.violation("group %d: write (session %d, seq %d) took effect twice: at %d.%d and %d.%d (node %d)",
+				group, sess, seq, e.pos>>16, e.pos&0xffff, index, sub, node)
+		}
+		return
+	}
 	at := s.cmdIndex[group]
 	if p, ok := at[h]; !ok {
 		at[h] = pos

@@ -57,6 +57,7 @@ func TestSeeds(t *testing.T) {
 		n = 50
 	}
 	var unknown, ops, faults, crashes, fps int
+	var total Result
 	for seed := uint64(0); seed < uint64(n); seed++ {
 		r := run(t, Config{Seed: seed})
 		if r.Failed() {
@@ -69,6 +70,16 @@ func TestSeeds(t *testing.T) {
 		faults += r.Faults
 		crashes += r.Crashes
 		fps += r.FailPoints
+		total.Pauses += r.Pauses
+		total.Transfers += r.Transfers
+		total.RequestDups += r.RequestDups
+		total.Failovers += r.Failovers
+		total.Deduped += r.Deduped
+	}
+	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
+		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
+	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 {
+		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
 		n, ops, faults, crashes, fps, unknown)
@@ -125,11 +136,32 @@ func TestTeethTruncateUnsynced(t *testing.T) {
 		func(r *Result) bool { return r.Failed() })
 }
 
-// TestTeethDuplicateProposals lets the network duplicate forwarded
-// proposals, which raft appends twice: the double apply must be reported.
-func TestTeethDuplicateProposals(t *testing.T) {
-	findFailure(t, Config{DuplicateProposals: true, Faults: FaultDuplicate}, 30,
+// TestTeethNoDedup turns the state machines' session dedup off while the
+// nemesis delivers client writes twice (a later copy at another node) and
+// the network duplicates batches, forwarded proposals included: a write
+// that takes effect twice must be reported (by the double-effect check or
+// as a non-linearizable history). With dedup on, TestSeeds runs the same
+// faults clean.
+func TestTeethNoDedup(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugNoDedup, Faults: FaultRequestDup | FaultDuplicate}, 30,
 		func(r *Result) bool { return r.Failed() })
+	t.Logf("caught by: linearizable=%s, %d violations", r.Linearizable, len(r.Violations))
+}
+
+// TestDedupUnderDuplicates: the same faults as TestTeethNoDedup with dedup
+// on find nothing, and the copies did reach the cluster.
+func TestDedupUnderDuplicates(t *testing.T) {
+	var faults int
+	for seed := uint64(0); seed < 30; seed++ {
+		r := run(t, Config{Seed: seed, Faults: FaultRequestDup | FaultDuplicate})
+		if r.Failed() {
+			t.Fatalf("seed %d failed: %s", seed, describe(r))
+		}
+		faults += r.Faults
+	}
+	if faults == 0 {
+		t.Fatal("no request was duplicated: the nemesis is broken")
+	}
 }
 
 // TestNoFaults: a clean run is linearizable and loses nothing.

@@ -72,20 +72,34 @@ const NeverReturned = int64(1) << 62
 
 type history struct{ ops []Op }
 
+// maxWriteAttempts bounds the attempts of one write: its first, and its
+// retries after a timeout or a refusal.
+const maxWriteAttempts = 4
+
 // pendingOp is a client's request in flight.
 type pendingOp struct {
-	op       Op
-	group    uint64
-	cmd      []byte
-	fut      multiraft.Future
-	rfut     multiraft.ReadFuture
-	read     bool
-	deadline time.Duration
-	final    bool
+	op      Op
+	group   uint64
+	cmd     kv.Command // a write's command; its session fields fixed
+	fut     multiraft.Future
+	rfut    multiraft.ReadFuture
+	read    bool
+	final   bool
+	seq     uint64 // a write's sequence number in the client's session
+	attempt int    // attempts made so far
+	out     bool   // a write's attempt is waiting for its future
+	// maybeApplied: an earlier attempt's outcome is unknown.
+	maybeApplied bool
 }
 
 // client is one simulated client: one request at a time, with a think time
 // between them. Owned by the simulation goroutine.
+//
+// Writes belong to the client's session, like the Go client's: each has a
+// sequence number, and is resent with it after a timeout or a refusal, up
+// to maxWriteAttempts, to a random node each time (the state machine
+// applies it once). With one request at a time, the floor it reports is
+// the write's own number.
 type client struct {
 	s         *sim
 	id        int
@@ -94,7 +108,14 @@ type client struct {
 	finalDone bool
 	// seen is the last value this client saw per key ("" with absent).
 	seen map[string]*Output
+	// seq numbers the session's writes; registered: the groups that have
+	// answered a write of the session.
+	seq        uint64
+	registered map[uint64]bool
 }
+
+// session is the client's session ID: never 0.
+func (c *client) session() uint64 { return uint64(c.id) + 1 }
 
 func (s *sim) keyName(i int) string { return fmt.Sprintf("k%d", i) }
 
@@ -153,14 +174,28 @@ func (c *client) invoke(node uint64, in Input, final bool) {
 	group := kv.GroupOf([]byte(in.Key), s.cfg.Groups)
 	s.clock++
 	p := &pendingOp{
-		op:       Op{Client: c.id, In: in, Call: s.clock, Node: node},
-		group:    group,
-		deadline: s.now + s.cfg.RequestTimeout,
-		final:    final,
+		op:    Op{Client: c.id, In: in, Call: s.clock, Node: node},
+		group: group,
+		final: final,
 	}
 	s.record("invoke", uint64(c.id), uint64(in.Kind), node, group)
 	c.pending = p
-	if in.Kind == OpGet {
+	if in.Kind != OpGet {
+		cmd := kv.Command{Key: []byte(in.Key), Value: []byte(in.Value)}
+		if in.Kind == OpPut {
+			cmd.Op = kv.OpPut
+		} else {
+			cmd.Op = kv.OpCAS
+			cmd.Expected = []byte(in.Expected)
+			cmd.ExpectAbsent = in.ExpectAbsent
+		}
+		c.seq++
+		p.seq = c.seq
+		p.cmd = cmd
+		c.propose(p, node)
+		return
+	}
+	{
 		q, err := kv.EncodeGet([]byte(in.Key))
 		if err != nil {
 			panic(err) // keys are generated valid
@@ -173,28 +208,72 @@ func (c *client) invoke(node uint64, in Input, final bool) {
 			return
 		}
 		p.rfut = n.host.ReadAsync(group, q)
-	} else {
-		cmd := kv.Command{Key: []byte(in.Key), Value: []byte(in.Value)}
-		if in.Kind == OpPut {
-			cmd.Op = kv.OpPut
-		} else {
-			cmd.Op = kv.OpCAS
-			cmd.Expected = []byte(in.Expected)
-			cmd.ExpectAbsent = in.ExpectAbsent
-		}
-		b, err := cmd.Encode()
-		if err != nil {
-			panic(err)
-		}
-		p.cmd = b
-		p.fut = n.host.ProposeAsync(group, b)
 	}
 	// Half the time the node runs at its next event instead (a delivery or
 	// a tick), so that requests pile up and proposals share an entry.
 	if s.rng.IntN(2) == 0 {
 		n.drain()
 	}
-	s.after(s.cfg.RequestTimeout, func() { c.timeout(p) })
+	s.after(s.cfg.RequestTimeout, func() { c.timeout(p, 0) })
+}
+
+// propose sends attempt p.attempt+1 of write p to node, stamped with the
+// simulated clock, registering the session unless the group has it.
+func (c *client) propose(p *pendingOp, node uint64) {
+	s := c.s
+	if c.registered == nil {
+		c.registered = make(map[uint64]bool)
+	}
+	p.attempt++
+	p.op.Node = node
+	cmd := p.cmd
+	cmd.Session, cmd.Seq, cmd.Acked = c.session(), p.seq, p.seq
+	cmd.Register = !c.registered[p.group]
+	cmd.Time = int64(s.now/time.Millisecond) + 1
+	b, err := cmd.Encode()
+	if err != nil {
+		panic(err) // the workload makes valid commands
+	}
+	n := s.nodes[node]
+	p.fut, p.out = n.host.ProposeAsync(p.group, b), true
+	if s.cfg.Faults&FaultRequestDup != 0 && s.rng.IntN(4) == 0 {
+		// A copy the client does not wait for may apply whatever its own
+		// attempts say: the write can no longer be dropped as not made.
+		p.maybeApplied = true
+		s.duplicateRequest(p.group, b)
+	}
+	if s.rng.IntN(2) == 0 {
+		n.drain()
+	}
+	attempt := p.attempt
+	s.after(s.cfg.RequestTimeout, func() { c.timeout(p, attempt) })
+}
+
+// retry sends write p again, to a random running node, after a short
+// pause; once its attempts are spent it ends, unknown if an attempt may
+// have applied and dropped from the history if none did.
+func (c *client) retry(p *pendingOp) {
+	s := c.s
+	if p.attempt >= maxWriteAttempts {
+		if p.maybeApplied {
+			c.done(&Output{Unknown: true})
+		} else {
+			c.done(nil)
+		}
+		return
+	}
+	s.record("retry", uint64(c.id), p.seq, uint64(p.attempt))
+	s.after(s.between(5*time.Millisecond, 50*time.Millisecond), func() {
+		if c.pending != p {
+			return
+		}
+		up := s.upNodes()
+		if len(up) == 0 {
+			c.retry(p)
+			return
+		}
+		c.propose(p, up[s.rng.IntN(len(up))])
+	})
 }
 
 // poll completes the pending request if its future is done.
@@ -212,32 +291,49 @@ func (c *client) poll() {
 		}
 		return
 	}
+	if !p.out {
+		return // between attempts
+	}
 	select {
 	case <-p.fut.Done():
 	default:
 		return
 	}
 	res, err := p.fut.Result()
+	p.out = false
 	switch {
 	case err == nil:
 		r, derr := kv.DecodeResult(res)
-		if derr != nil {
+		switch {
+		case derr != nil:
 			c.s.violation("client %d: bad result: %v", c.id, derr)
 			c.done(nil)
 			return
+		case r.SessionUnknown:
+			// Not applied: the group lacks the session. Register it.
+			c.registered[p.group] = false
+			c.retry(p)
+			return
+		case r.SessionStale:
+			c.s.violation("client %d: write %d refused as stale while the client waited for it", c.id, p.seq)
+			c.done(&Output{Unknown: true})
+			return
 		}
+		c.registered[p.group] = true
 		out := Output{OK: r.OK}
 		if p.op.In.Kind == OpCAS && !r.OK {
 			out.Found, out.Value = r.Found, string(r.Current)
 		}
-		c.s.acked = append(c.s.acked, [2]uint64{p.group, cmdHash(p.cmd)})
+		c.s.acked = append(c.s.acked, ackedWrite{group: p.group, session: c.session(), seq: p.seq})
 		c.done(&out)
-	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped):
-		// Never appended: as if the request was not made.
-		c.done(nil)
+	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped), errors.Is(err, multiraft.ErrNotLeader):
+		// Never appended: try again elsewhere.
+		c.retry(p)
 	default:
-		// ErrAmbiguous, ErrStopped, ErrGroupRemoved: it may apply.
-		c.done(&Output{Unknown: true})
+		// ErrAmbiguous, ErrStopped, ErrGroupRemoved: it may apply; the
+		// session makes a resend safe.
+		p.maybeApplied = true
+		c.retry(p)
 	}
 }
 
@@ -255,17 +351,23 @@ func (c *client) finishRead(out []byte, err error) {
 	c.done(&Output{Found: found, Value: string(kvv.Value)})
 }
 
-// timeout gives up on p if it is still pending: a read is dropped from the
-// history, a write's outcome becomes unknown.
-func (c *client) timeout(p *pendingOp) {
+// timeout ends attempt of p if it is still the one waiting: a read is
+// dropped from the history; a write may have applied, and is sent again
+// (retry).
+func (c *client) timeout(p *pendingOp, attempt int) {
 	if c.pending != p {
 		return
 	}
 	if p.read {
 		c.done(nil)
-	} else {
-		c.done(&Output{Unknown: true})
+		return
 	}
+	if attempt != p.attempt || !p.out {
+		return // a later attempt is out, or this one ended
+	}
+	p.maybeApplied = true
+	p.out = false
+	c.retry(p)
 }
 
 // done ends the pending request: out nil drops it from the history (it
