@@ -8,7 +8,7 @@
 #
 # Environment overrides (defaults in brackets):
 #   CLIENTS [256]  VALUE_SIZE [256]  KEYS [1000]  CONNS [1]  GROUPS [16]
-#   WORKDIR [/tmp/kvcompare]  ETCD3_SH [<repo>/../shared/peers/etcd3.sh]
+#   WORKDIR [/tmp/kvcompare]  ETCD3_SH [tools/etcd3.sh]
 # Note: bash ignores `GROUPS=32 cmd` (GROUPS is a bash special variable), so
 # pass it as `env GROUPS=32 tools/kvcompare.sh`, or use FLOTILLA_GROUPS=32.
 #
@@ -38,7 +38,7 @@ WORKDIR=${WORKDIR:-/tmp/kvcompare}
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-ETCD3_SH=${ETCD3_SH:-$SCRIPT_DIR/../../shared/peers/etcd3.sh}
+ETCD3_SH=${ETCD3_SH:-$SCRIPT_DIR/etcd3.sh}
 
 for v in ROUNDS CLIENTS KEYS CONNS NGROUPS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "${v/#NGROUPS/GROUPS}=${!v}: want a positive integer"

@@ -9,9 +9,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/client"
 	"github.com/flotilla/flotilla/internal/loadgen"
@@ -43,7 +46,19 @@ func newBenchOpCmd(op string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   op,
 		Short: fmt.Sprintf("Run concurrent %ss for a while and report ops/s and latency", op),
-		Args:  cobra.NoArgs,
+		Long: fmt.Sprintf(`Run concurrent %[1]ss for a while and report ops/s and latency.
+
+--clients closed-loop clients each keep one %[1]s in flight for --duration,
+through the Go client with its default retry policy. Once a second a progress
+line on stderr shows that second's ops/s and errors, then the running totals.
+
+-w json prints one object: op, ops, errors, seconds, ops_per_sec, p50_ms,
+p99_ms (of successful ops), clients, value_size, keys, then
+errors_by_kind ({kind: count}: ambiguous, unavailable, timeout, ...; {} when
+there were none) and per_second ([{"t":1,"ops":N,"errors":E}, ...]: the ops
+and errors completed in each second of the run, t=1 being the first; a
+second with no ops is a stall).`, op),
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd, op, &bf)
 		},
@@ -117,7 +132,9 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 		}
 	}()
 	for range nconn {
-		c, err := client.New(ctx, client.Config{Endpoints: eps, DisableBatch: bf.noBatch}, client.WithMaxAttempts(3))
+		// The client's default retry policy: bench measures what an
+		// application using the client would see.
+		c, err := client.New(ctx, client.Config{Endpoints: eps, DisableBatch: bf.noBatch})
 		if err != nil {
 			return loadgen.Report{}, err
 		}
@@ -129,7 +146,8 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 	}
 	// One key buffer per load client: Put and Get do not keep the key.
 	keys := make([][]byte, bf.clients)
-	r := loadgen.Run(ctx, bf.clients, bf.duration, "bench "+op, progress, func(ctx context.Context, i int, rng *rand.Rand) error {
+	o := loadgen.Options{Clients: bf.clients, Duration: bf.duration, Label: "bench " + op, Progress: progress, Classify: benchErrorKind}
+	r := loadgen.Run(ctx, o, func(ctx context.Context, i int, rng *rand.Rand) error {
 		c := clients[i%len(clients)]
 		key := loadgen.AppendKey(keys[i][:0], rng.IntN(bf.keys))
 		keys[i] = key
@@ -143,4 +161,60 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 		return nil
 	})
 	return loadgen.Report{Op: op, Result: r, Clients: bf.clients, ValueSize: bf.valueSize, Keys: bf.keys}, nil
+}
+
+// benchErrorKind names the kind of a failed op's error in the report's
+// errors_by_kind. The client's sentinel errors come first, in this order
+// (the first that errors.Is finds wins: an ErrUnavailable that wraps the
+// last attempt's ErrNotLeader is "unavailable", an ErrAmbiguous that wraps
+// the context's end is "ambiguous"); add new sentinels to the switch.
+// Then the context's end, then a gRPC status code ("internal",
+// "resource_exhausted"). A sentinel the switch does not know yet still
+// gets its own words: "client: session expired: ..." is
+// "session_expired". Anything else is "other".
+func benchErrorKind(err error) string {
+	switch {
+	case errors.Is(err, client.ErrAmbiguous):
+		return "ambiguous"
+	case errors.Is(err, client.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, client.ErrNotLeader):
+		return "not_leader"
+	case errors.Is(err, client.ErrInvalidArgument):
+		return "invalid_argument"
+	case errors.Is(err, client.ErrClosed):
+		return "closed"
+	case errors.Is(err, client.ErrKeyNotFound):
+		return "key_not_found"
+	case errors.Is(err, client.ErrGroupNotFound):
+		return "group_not_found"
+	case errors.Is(err, client.ErrLeaseNotFound):
+		return "lease_not_found"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.DeadlineExceeded:
+			return "timeout"
+		case codes.Canceled:
+			return "canceled"
+		}
+		return loadgen.SnakeCase(st.Code().String())
+	}
+	// The client's errors read "client: <what>: <detail>" (a sentinel
+	// wrapped with detail, or a status the client did not map, as
+	// "client: Internal: ..."). Take <what> if it is a few plain words,
+	// so that the kinds stay few.
+	if rest, ok := strings.CutPrefix(err.Error(), "client: "); ok {
+		what, _, _ := strings.Cut(rest, ":")
+		if len(what) <= 32 && strings.Count(what, " ") < 4 && strings.TrimLeft(what, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ") == "" {
+			if kind := loadgen.SnakeCase(what); kind != "" {
+				return kind
+			}
+		}
+	}
+	return "other"
 }

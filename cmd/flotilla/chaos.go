@@ -22,6 +22,7 @@ type chaosFlags struct {
 	nodes        int
 	groups       int
 	keys         int
+	keyOps       int
 	duration     time.Duration
 	clients      int
 	nemesis      string
@@ -52,7 +53,25 @@ while injecting faults (blackhole and partition need root and iptables;
 kill is SIGKILL and restart; pause is SIGSTOP and SIGCONT; transfer turns
 on the nodes' leader balancer, which moves leaders with
 TransferLeadership), heals, and checks. The history and porcupine's HTML
-rendering are written under --out.`,
+rendering are written under --out.
+
+Independent keys (without --sim): --keys keys are in use at once, but each
+takes at most --key-ops operations; then it is retired and a fresh key takes
+its place. Each key's history is checked on its own, bounded by
+--check-timeout, so that a long run stays checkable. The verdict
+("linearizable" in -w json) is true, false (some key's history is not
+linearizable; illegal_keys names them), or "unknown" when no key is illegal
+but some key's check ran out of its bound (unknown_keys names them).
+
+Exit status, with or without --sim:
+  0  every key (every seed) checked out linearizable, no lost acknowledged write
+  1  a violation: a history that is not linearizable, a lost acknowledged
+     write, or (--sim) any other safety violation; also any error that
+     kept the run from finishing (bad flags, a cluster that never got ready)
+  3  no violation, but some check ran out of --check-timeout: a key whose
+     check is unknown, or (--sim) a seed whose check is unknown; such a run
+     proves nothing about that key or seed. Raise --check-timeout, or lower
+     --key-ops.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(f.output, "json", "table"); err != nil {
@@ -70,12 +89,13 @@ rendering are written under --out.`,
 	fl.Uint64Var(&f.seed, "seed", 0, "first seed (--sim), or the seed of the fault schedule")
 	fl.IntVar(&f.nodes, "nodes", 3, "number of nodes")
 	fl.IntVar(&f.groups, "groups", 16, "number of raft groups (--sim default 2)")
-	fl.IntVar(&f.keys, "keys", 8, "number of keys of the workload (--sim default 3)")
+	fl.IntVar(&f.keys, "keys", 8, "number of keys in use at once (--sim default 3)")
+	fl.IntVar(&f.keyOps, "key-ops", 300, "operations per key before it is retired for a fresh one, 1 to 10000 (not with --sim)")
 	fl.DurationVar(&f.duration, "duration", 30*time.Second, "length of the faulty phase (--sim: simulated, default 2s per seed)")
 	fl.IntVar(&f.clients, "clients", 16, "concurrent clients (--sim default 4)")
 	fl.StringVar(&f.nemesis, "nemesis", "blackhole,partition,kill,pause,transfer", "faults to inject, comma separated (--sim default all)")
 	fl.StringVar(&f.out, "out", "", "directory for histories and visualizations (default: a new temporary directory)")
-	fl.DurationVar(&f.checkTimeout, "check-timeout", time.Minute, "bound on the linearizability check (per seed with --sim, default 10s)")
+	fl.DurationVar(&f.checkTimeout, "check-timeout", 10*time.Second, "bound on the linearizability check of each key (of each seed with --sim)")
 	fl.StringVarP(&f.output, "write-out", "w", "table", "output format: json or table")
 	return cmd
 }
@@ -85,7 +105,11 @@ type simSummary struct {
 	Seeds        int      `json:"seeds"`
 	Failed       int      `json:"failed"`
 	FailingSeeds []uint64 `json:"failing_seeds"`
+	// Unknown counts the seeds whose linearizability check ran out of
+	// --check-timeout (a seed that also failed otherwise is in both
+	// lists); UnknownSeeds lists them.
 	Unknown      int      `json:"unknown"`
+	UnknownSeeds []uint64 `json:"unknown_seeds"`
 	Ops          int      `json:"ops"`
 	Faults       int      `json:"faults"`
 	SimSeconds   float64  `json:"sim_seconds"`
@@ -147,12 +171,15 @@ func runChaosSim(cmd *cobra.Command, f *chaosFlags) error {
 	if f.seeds < 1 {
 		return fmt.Errorf("--seeds must be at least 1")
 	}
+	if changed("key-ops") {
+		return fmt.Errorf("--key-ops applies only without --sim")
+	}
 	cfg.VisualizeDir = f.out
 	if cfg.VisualizeDir == "" {
 		cfg.VisualizeDir = os.TempDir()
 	}
 	start := time.Now()
-	sum := simSummary{FailingSeeds: []uint64{}}
+	sum := simSummary{FailingSeeds: []uint64{}, UnknownSeeds: []uint64{}}
 	stderr := cmd.ErrOrStderr()
 	lastProgress := start
 	for i := 0; i < f.seeds; i++ {
@@ -170,6 +197,8 @@ func runChaosSim(cmd *cobra.Command, f *chaosFlags) error {
 		sum.SimSeconds += r.SimTime.Seconds()
 		if r.Linearizable == "unknown" {
 			sum.Unknown++
+			sum.UnknownSeeds = append(sum.UnknownSeeds, r.Seed)
+			fmt.Fprintf(stderr, "seed %d UNKNOWN: the linearizability check of %d ops ran out of %v\n", r.Seed, r.Ops, cfg.CheckTimeout)
 		}
 		if r.Failed() {
 			sum.Failed++
@@ -200,13 +229,16 @@ func runChaosSim(cmd *cobra.Command, f *chaosFlags) error {
 		}
 	} else {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "SEEDS\tFAILED\tUNKNOWN\tOPS\tFAULTS\tSIM SECONDS\tWALL SECONDS\tFAILING SEEDS\n")
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%v\n", sum.Seeds, sum.Failed, sum.Unknown, sum.Ops,
-			sum.Faults, sum.SimSeconds, sum.WallSeconds, sum.FailingSeeds)
+		fmt.Fprintf(tw, "SEEDS\tFAILED\tUNKNOWN\tOPS\tFAULTS\tSIM SECONDS\tWALL SECONDS\tFAILING SEEDS\tUNKNOWN SEEDS\n")
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%v\t%v\n", sum.Seeds, sum.Failed, sum.Unknown, sum.Ops,
+			sum.Faults, sum.SimSeconds, sum.WallSeconds, sum.FailingSeeds, sum.UnknownSeeds)
 		tw.Flush()
 	}
 	if sum.Failed > 0 {
-		return &exitError{code: 1, err: fmt.Errorf("chaos: %d of %d seeds failed: %v", sum.Failed, sum.Seeds, sum.FailingSeeds)}
+		return &exitError{code: live.StatusViolation, err: fmt.Errorf("chaos: %d of %d seeds failed: %v", sum.Failed, sum.Seeds, sum.FailingSeeds)}
+	}
+	if sum.Unknown > 0 {
+		return &exitError{code: live.StatusUnknown, err: fmt.Errorf("chaos: %d of %d seeds unknown (check ran out of %v): %v", sum.Unknown, sum.Seeds, cfg.CheckTimeout, sum.UnknownSeeds)}
 	}
 	return nil
 }
@@ -222,6 +254,7 @@ func runChaosLive(cmd *cobra.Command, f *chaosFlags) error {
 		Nodes:        f.nodes,
 		Groups:       f.groups,
 		Keys:         f.keys,
+		KeyOps:       f.keyOps,
 		Clients:      f.clients,
 		Duration:     f.duration,
 		Nemesis:      f.nemesis,
@@ -242,12 +275,29 @@ func runChaosLive(cmd *cobra.Command, f *chaosFlags) error {
 		}
 	} else {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "OPS\tAMBIGUOUS\tFAULTS\tLINEARIZABLE\tLOST ACKS\tHISTORY\n")
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%s\n", res.Ops, res.Ambiguous, res.Faults, res.Linearizable, res.LostAcks, res.History)
+		fmt.Fprintf(tw, "OPS\tAMBIGUOUS\tFAULTS\tKEYS\tLINEARIZABLE\tILLEGAL KEYS\tUNKNOWN KEYS\tLOST ACKS\tHISTORY\n")
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%v\t%s\t%s\t%d\t%s\n", res.Ops, res.Ambiguous, res.Faults, res.KeysChecked,
+			res.Linearizable, keyList(res.KeysIllegal, res.IllegalKeys), keyList(res.KeysUnknown, res.UnknownKeys), res.LostAcks, res.History)
 		tw.Flush()
 	}
-	if res.Linearizable == "illegal" || res.LostAcks > 0 {
-		return &exitError{code: 1, err: fmt.Errorf("chaos: linearizable=%s lost_acks=%d; see %s", res.Linearizable, res.LostAcks, res.Visualization)}
+	switch res.Status() {
+	case live.StatusViolation:
+		return &exitError{code: live.StatusViolation, err: fmt.Errorf("chaos: linearizable=%v, illegal keys %s, lost_acks=%d; see %s",
+			res.Linearizable, keyList(res.KeysIllegal, res.IllegalKeys), res.LostAcks, res.Visualization)}
+	case live.StatusUnknown:
+		return &exitError{code: live.StatusUnknown, err: fmt.Errorf("chaos: linearizable=unknown: the check of %s of %d keys ran out of %v; see %s",
+			keyList(res.KeysUnknown, res.UnknownKeys), res.KeysChecked, cfg.CheckTimeout, res.Visualization)}
 	}
 	return nil
+}
+
+// keyList is n and the names of keys for the table: "0", or "2 (k1.0 k3.4)".
+func keyList(n int, keys []string) string {
+	if n == 0 {
+		return "0"
+	}
+	if len(keys) > 5 {
+		keys = append(keys[:5:5], "…")
+	}
+	return fmt.Sprintf("%d (%s)", n, strings.Join(keys, " "))
 }

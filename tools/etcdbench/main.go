@@ -3,6 +3,9 @@
 // two systems are compared with the same workload shape (BENCHMARKS.md, "KV
 // service vs etcd"). It lives in its own module to keep etcd's client out of
 // Flotilla's go.mod; it takes loadgen from this checkout (replace ../..).
+// -w json prints the same object as `flotilla bench put -w json`
+// (loadgen.Report: errors_by_kind names etcd's errors by their gRPC code,
+// see errorKind; per_second is the run second by second).
 //
 // Usage:
 //
@@ -13,6 +16,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,7 +25,10 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/internal/loadgen"
 	"go.uber.org/zap"
@@ -132,9 +139,42 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 		b[i] = 'a' + byte(i%26)
 	}
 	value := string(b)
-	r := loadgen.Run(ctx, cfg.clients, cfg.duration, "bench put", progress, func(ctx context.Context, i int, rng *rand.Rand) error {
+	o := loadgen.Options{Clients: cfg.clients, Duration: cfg.duration, Label: "bench put", Progress: progress, Classify: errorKind}
+	r := loadgen.Run(ctx, o, func(ctx context.Context, i int, rng *rand.Rand) error {
 		_, err := clients[i%len(clients)].Put(ctx, string(loadgen.AppendKey(nil, rng.IntN(cfg.keys))), value)
 		return err
 	})
 	return loadgen.Report{Op: "put", Result: r, Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys}, nil
+}
+
+// errorKind names the kind of a failed put's error in the report's
+// errors_by_kind, as `flotilla bench` does where the two systems' errors
+// mean the same: the context's end is "timeout" or "canceled", and an etcd
+// server error (rpctypes.EtcdError: "etcdserver: no leader", "request
+// timed out", ...) or a gRPC status is its code in snake_case
+// ("unavailable", "resource_exhausted"; a DeadlineExceeded or Canceled
+// code is "timeout" or "canceled"). Anything else is "other".
+func errorKind(err error) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	var code codes.Code
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	} else if st, ok := status.FromError(err); ok {
+		code = st.Code()
+	} else {
+		return "other"
+	}
+	switch code {
+	case codes.DeadlineExceeded:
+		return "timeout"
+	case codes.Canceled:
+		return "canceled"
+	}
+	return loadgen.SnakeCase(code.String())
 }

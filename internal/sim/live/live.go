@@ -4,12 +4,21 @@
 // the recorded history for linearizability with the same porcupine model
 // as the simulation, and counts lost acknowledged writes.
 //
+// Independent keys, as in Jepsen: the workload keeps Config.Keys keys in
+// use at once, but each key takes at most Config.KeyOps operations; then it
+// is retired and a fresh key (a new name, never used before) takes its
+// slot. Every key's history is checked on its own (sim.CheckKeys) with its
+// own time bound, so a long run makes many small checks instead of a few
+// huge ones that porcupine cannot finish, and a check that does run out
+// names its key.
+//
 // Unlike the simulation it is not deterministic: the seed fixes the fault
 // schedule and the workload's choices, not the timing.
 //
-// Goroutines: one per client and one nemesis, all joined before Run
-// returns. Locks: Run's history mutex is a leaf, never held across a
-// request or a fault.
+// Goroutines: one per client and one nemesis, joined before the final
+// reads; then up to Clients final readers, joined before the check.
+// Locks: Run's history mutex and key mutex are leaves, never held across
+// a request or a fault, nor together.
 package live
 
 import (
@@ -51,8 +60,16 @@ type Config struct {
 	Dir string
 	// Nodes, Groups: the cluster. Defaults 3 and 16.
 	Nodes, Groups int
-	// Keys, Clients: the workload. Defaults 8 and 16.
+	// Keys is the number of keys in use at once, Clients the number of
+	// concurrent clients. Defaults 8 and 16.
 	Keys, Clients int
+	// KeyOps is how many operations one key takes before it is retired
+	// and a fresh key replaces it, so that each key's history stays small
+	// enough for porcupine to check within CheckTimeout. Default 300; 1
+	// to 10000. (Porcupine's search grows exponentially with the number
+	// of operations of one key that overlap in time; 16 clients over 8
+	// keys of 300 operations each check in milliseconds per key.)
+	KeyOps int
 	// Duration is the length of the faulty phase. Default 30s.
 	Duration time.Duration
 	// Nemesis lists the faults: blackhole, partition (both need root and
@@ -61,7 +78,8 @@ type Config struct {
 	Nemesis string
 	// Seed fixes the fault schedule and the workload's random choices.
 	Seed uint64
-	// CheckTimeout bounds the linearizability check. Default 1 minute.
+	// CheckTimeout bounds the linearizability check of each key; a key
+	// whose check runs out is "unknown". Default 10s.
 	CheckTimeout time.Duration
 	// RequestTimeout bounds one client request. Default 2s.
 	RequestTimeout time.Duration
@@ -78,18 +96,62 @@ type Result struct {
 	Faults int `json:"faults"`
 	// FaultLog lists the injected faults with their start time.
 	FaultLog []string `json:"fault_log"`
-	// Linearizable is "ok", "illegal" or "unknown" (the check timed out).
-	Linearizable string `json:"linearizable"`
+	// Linearizable is the verdict on the whole history: in JSON true,
+	// false (some key's history is not linearizable), or "unknown" (no
+	// key is illegal but some key's check ran out of CheckTimeout).
+	Linearizable sim.Verdict `json:"linearizable"`
+	// KeysChecked is the number of keys whose histories were checked
+	// (each separately); MaxKeyOps the most operations any one of them
+	// had, final read included.
+	KeysChecked int `json:"keys_checked"`
+	MaxKeyOps   int `json:"max_key_ops"`
+	// KeysIllegal counts the keys whose history is not linearizable and
+	// IllegalKeys names them; KeysUnknown and UnknownKeys the same for
+	// keys whose check ran out of its bound.
+	KeysIllegal int      `json:"keys_illegal"`
+	IllegalKeys []string `json:"illegal_keys"`
+	KeysUnknown int      `json:"keys_unknown"`
+	UnknownKeys []string `json:"unknown_keys"`
+	// CheckSeconds is the wall time of the linearizability checks.
+	CheckSeconds float64 `json:"check_seconds"`
 	// LostAcks counts acknowledged writes that the final reads show were
 	// lost: a key whose final value was written before an acknowledged
 	// write to it began.
 	LostAcks int `json:"lost_acks"`
-	// History is the path of the recorded history (JSON), Visualization
-	// that of porcupine's HTML rendering of it.
-	History       string  `json:"history"`
-	Visualization string  `json:"visualization"`
-	Dir           string  `json:"dir"`
-	Seconds       float64 `json:"seconds"`
+	// History is the path of the recorded history (JSON). Visualization
+	// is that of porcupine's HTML rendering: of the first illegal key,
+	// else of the first unknown key, else of the whole history. Each
+	// illegal or unknown key (up to 20) also gets its own rendering,
+	// listed in KeyVisualizations.
+	History           string   `json:"history"`
+	Visualization     string   `json:"visualization"`
+	KeyVisualizations []string `json:"key_visualizations,omitempty"`
+	Dir               string   `json:"dir"`
+	Seconds           float64  `json:"seconds"`
+}
+
+// Exit statuses of `flotilla chaos`, from Result.Status.
+const (
+	// StatusOK: every key linearizable, no lost acknowledged write.
+	StatusOK = 0
+	// StatusViolation: some key's history is not linearizable, or an
+	// acknowledged write was lost.
+	StatusViolation = 1
+	// StatusUnknown: no violation found, but some key's check ran out of
+	// its bound, so the run proves nothing about that key.
+	StatusUnknown = 3
+)
+
+// Status is the exit status the result calls for: StatusViolation,
+// StatusUnknown or StatusOK.
+func (r *Result) Status() int {
+	switch {
+	case r.Linearizable == sim.VerdictIllegal || r.LostAcks > 0:
+		return StatusViolation
+	case r.Linearizable != sim.VerdictOK:
+		return StatusUnknown
+	}
+	return StatusOK
 }
 
 func (c *Config) setDefaults() error {
@@ -105,6 +167,9 @@ func (c *Config) setDefaults() error {
 	if c.Clients == 0 {
 		c.Clients = 16
 	}
+	if c.KeyOps == 0 {
+		c.KeyOps = 300
+	}
 	if c.Duration == 0 {
 		c.Duration = 30 * time.Second
 	}
@@ -112,7 +177,7 @@ func (c *Config) setDefaults() error {
 		c.Nemesis = "blackhole,partition,kill,pause,transfer"
 	}
 	if c.CheckTimeout == 0 {
-		c.CheckTimeout = time.Minute
+		c.CheckTimeout = 10 * time.Second
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 2 * time.Second
@@ -127,8 +192,10 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("%w: Nodes %d outside 1..9", ErrInvalidConfig, c.Nodes)
 	case c.Keys < 1 || c.Clients < 1 || c.Clients > 1024:
 		return fmt.Errorf("%w: Keys %d and Clients %d must be positive (Clients at most 1024)", ErrInvalidConfig, c.Keys, c.Clients)
-	case c.Duration < 0:
-		return fmt.Errorf("%w: negative Duration", ErrInvalidConfig)
+	case c.KeyOps < 1 || c.KeyOps > 10000:
+		return fmt.Errorf("%w: KeyOps %d outside 1..10000", ErrInvalidConfig, c.KeyOps)
+	case c.Duration < 0 || c.CheckTimeout < 0:
+		return fmt.Errorf("%w: negative Duration or CheckTimeout", ErrInvalidConfig)
 	}
 	for _, n := range strings.Split(c.Nemesis, ",") {
 		switch strings.TrimSpace(n) {
@@ -152,6 +219,44 @@ type run struct {
 		ops    []sim.Op
 		failed int
 	}
+
+	// keys hands out key names: slot i of cfg.Keys is in generation
+	// gen[i] and has issued issued[i] operations on it.
+	keys struct {
+		sync.Mutex
+		gen, issued []int
+		// used lists every key handed out, in order.
+		used []string
+	}
+}
+
+func keyName(slot, gen int) string { return fmt.Sprintf("k%d.%d", slot, gen) }
+
+// takeKey returns the key of slot for one more operation, retiring the
+// slot's key for a fresh one once it has taken cfg.KeyOps operations.
+func (r *run) takeKey(slot int) string {
+	r.keys.Lock()
+	defer r.keys.Unlock()
+	if r.keys.gen == nil {
+		r.keys.gen = make([]int, r.cfg.Keys)
+		r.keys.issued = make([]int, r.cfg.Keys)
+	}
+	if r.keys.issued[slot] >= r.cfg.KeyOps {
+		r.keys.gen[slot]++
+		r.keys.issued[slot] = 0
+	}
+	if r.keys.issued[slot] == 0 {
+		r.keys.used = append(r.keys.used, keyName(slot, r.keys.gen[slot]))
+	}
+	r.keys.issued[slot]++
+	return keyName(slot, r.keys.gen[slot])
+}
+
+// usedKeys returns every key handed out so far.
+func (r *run) usedKeys() []string {
+	r.keys.Lock()
+	defer r.keys.Unlock()
+	return append([]string(nil), r.keys.used...)
 }
 
 func (r *run) now() int64 { return int64(time.Since(r.start)) }
@@ -252,7 +357,7 @@ func (r *run) client(ctx context.Context, cl *client.Client, id int) {
 	var seen *sim.Output
 	lastKey := ""
 	for ctx.Err() == nil {
-		key := fmt.Sprintf("k%d", rng.IntN(r.cfg.Keys))
+		key := r.takeKey(rng.IntN(r.cfg.Keys))
 		if key != lastKey {
 			seen = nil
 		}
@@ -427,17 +532,34 @@ func (r *run) heal() {
 	}
 }
 
-// finalReads reads every key until one linearizable read of each
-// succeeds (bounded), so the history ends with the cluster's final state.
+// finalReads reads every key ever used, retired ones included, until one
+// linearizable read of each succeeds (bounded), so that each key's
+// history ends with the cluster's final state of it. Up to cfg.Clients
+// readers share the keys; the read of key i is made as client
+// cfg.Clients+i.
 func (r *run) finalReads(ctx context.Context, cl *client.Client) {
-	for k := 0; k < r.cfg.Keys; k++ {
-		in := sim.Input{Kind: sim.OpGet, Key: fmt.Sprintf("k%d", k)}
-		for attempt := 0; attempt < 20 && ctx.Err() == nil; attempt++ {
-			if _, ok := r.do(ctx, cl, r.cfg.Clients+k, in); ok {
-				break
+	keys := r.usedKeys()
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(r.cfg.Clients, len(keys)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range next {
+				in := sim.Input{Kind: sim.OpGet, Key: keys[k]}
+				for attempt := 0; attempt < 20 && ctx.Err() == nil; attempt++ {
+					if _, ok := r.do(ctx, cl, r.cfg.Clients+k, in); ok {
+						break
+					}
+				}
 			}
-		}
+		}()
 	}
+	for k := range keys {
+		next <- k
+	}
+	close(next)
+	wg.Wait()
 }
 
 // check counts lost acknowledgements, runs porcupine and writes the
@@ -454,20 +576,59 @@ func (r *run) check(res *Result) {
 		}
 	}
 	res.LostAcks = LostAcks(ops, r.cfg.Clients)
-	var info porcupine.LinearizationInfo
-	res.Linearizable, info = sim.CheckHistory(ops, r.cfg.CheckTimeout)
 	res.History = filepath.Join(r.cfg.Dir, "history.json")
 	if b, err := json.Marshal(ops); err == nil {
 		if err := os.WriteFile(res.History, b, 0o644); err != nil {
 			r.logf("write history: %v", err)
 		}
 	}
-	res.Visualization = filepath.Join(r.cfg.Dir, "history.html")
-	if err := porcupine.VisualizePath(sim.RegisterModel, info, res.Visualization); err != nil {
-		r.logf("write visualization: %v", err)
-		res.Visualization = ""
+	start := time.Now()
+	kc := sim.CheckKeys(ops, r.cfg.CheckTimeout)
+	res.CheckSeconds = time.Since(start).Seconds()
+	res.Linearizable = kc.Linearizable
+	res.KeysChecked = len(kc.Keys)
+	res.KeysIllegal, res.IllegalKeys = len(kc.Illegal), kc.Illegal
+	res.KeysUnknown, res.UnknownKeys = len(kc.Unknown), kc.Unknown
+	// Draw each illegal key, then each unknown one (up to 20 in all).
+	verdicts := map[string]sim.KeyVerdict{}
+	for _, kv := range kc.Keys {
+		res.MaxKeyOps = max(res.MaxKeyOps, kv.Ops)
+		verdicts[kv.Key] = kv
 	}
-	r.logf("%d ops (%d ambiguous), %d faults: linearizable=%s lost_acks=%d", res.Ops, res.Ambiguous, res.Faults, res.Linearizable, res.LostAcks)
+	for _, k := range append(append([]string(nil), kc.Illegal...), kc.Unknown...) {
+		if len(res.KeyVisualizations) >= 20 {
+			break
+		}
+		kv := verdicts[k]
+		path := filepath.Join(r.cfg.Dir, "key-"+k+".html")
+		if err := porcupine.VisualizePath(sim.RegisterModel, kv.Info, path); err != nil {
+			r.logf("write visualization of key %s: %v", k, err)
+			continue
+		}
+		r.logf("key %s: linearizable=%v after %v, %d ops; see %s", k, kv.Linearizable, kv.Elapsed.Round(time.Millisecond), kv.Ops, path)
+		res.KeyVisualizations = append(res.KeyVisualizations, path)
+	}
+	switch {
+	case len(res.KeyVisualizations) > 0:
+		res.Visualization = res.KeyVisualizations[0]
+	case res.Linearizable == sim.VerdictOK:
+		// Every key checked out: draw the whole history, all keys side by
+		// side. Each key's check is known to finish quickly, so checking
+		// them again together for the drawing is cheap; the bound is only
+		// a guard (a drawing cut short is still a valid drawing).
+		pops := make([]porcupine.Operation, len(ops))
+		for i, o := range ops {
+			pops[i] = porcupine.Operation{ClientId: o.Client, Input: o.In, Output: o.Out, Call: o.Call, Return: o.Return}
+		}
+		_, info := porcupine.CheckOperationsVerbose(sim.RegisterModel, pops, r.cfg.CheckTimeout)
+		res.Visualization = filepath.Join(r.cfg.Dir, "history.html")
+		if err := porcupine.VisualizePath(sim.RegisterModel, info, res.Visualization); err != nil {
+			r.logf("write visualization: %v", err)
+			res.Visualization = ""
+		}
+	}
+	r.logf("%d ops (%d ambiguous), %d faults, %d keys (at most %d ops each) checked in %.1fs: linearizable=%v (%d keys illegal, %d unknown), lost_acks=%d",
+		res.Ops, res.Ambiguous, res.Faults, res.KeysChecked, res.MaxKeyOps, res.CheckSeconds, res.Linearizable, res.KeysIllegal, res.KeysUnknown, res.LostAcks)
 }
 
 // LostAcks counts acknowledged writes that the final reads prove lost.

@@ -2,9 +2,14 @@ package live
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,9 +20,12 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// TestLive runs a short real-process chaos run: three `flotilla start`
+// TestLive runs a short real-process chaos run with the defaults of
+// `flotilla chaos` (16 clients, 8 keys at a time, 300 operations per key,
+// 16 groups) but a shorter faulty phase: three `flotilla start`
 // processes, kills and pauses (and, as root with iptables, black holes and
-// partitions), then the checks.
+// partitions), then the checks. The check must reach a verdict (true),
+// and keys must have been retired along the way.
 func TestLive(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -28,18 +36,25 @@ func TestLive(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	res, err := Run(ctx, Config{
-		Binary: bin, Dir: filepath.Join(dir, "run"), Groups: 4, Clients: 4, Keys: 4,
-		Duration: 8 * time.Second, Seed: 1, Progress: testWriter{t},
-	})
+	cfg := Config{Binary: bin, Dir: filepath.Join(dir, "run"), Duration: 10 * time.Second, Seed: 1, Progress: testWriter{t}}
+	res, err := Run(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%+v", res)
-	if res.Linearizable != "ok" || res.LostAcks != 0 {
-		t.Fatalf("linearizable=%s lost_acks=%d; see %s", res.Linearizable, res.LostAcks, res.Visualization)
+	const keys, keyOps = 8, 300 // the defaults
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", b)
+	if res.Linearizable != sim.VerdictOK || res.LostAcks != 0 || res.Status() != StatusOK {
+		t.Fatalf("linearizable=%v (illegal %q, unknown %q) lost_acks=%d status=%d; see %s",
+			res.Linearizable, res.IllegalKeys, res.UnknownKeys, res.LostAcks, res.Status(), res.Visualization)
+	}
+	if !strings.Contains(string(b), `"linearizable":true,`) {
+		t.Fatalf("verdict is not the JSON boolean true: %s", b)
 	}
 	if res.Ops < 100 || res.Faults == 0 {
 		t.Fatalf("run too small: %d ops, %d faults", res.Ops, res.Faults)
@@ -47,6 +62,83 @@ func TestLive(t *testing.T) {
 	for _, p := range []string{res.History, res.Visualization} {
 		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
 			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	// The history itself: more distinct keys than are in use at once,
+	// none with more than its bound of operations (plus the final read).
+	hb, err := os.ReadFile(res.History)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []sim.Op
+	if err := json.Unmarshal(hb, &ops); err != nil {
+		t.Fatal(err)
+	}
+	perKey := map[string]int{}
+	for _, o := range ops {
+		perKey[o.In.Key]++
+	}
+	if len(ops) != res.Ops || len(perKey) != res.KeysChecked || res.KeysIllegal != 0 || res.KeysUnknown != 0 {
+		t.Fatalf("history has %d ops over %d keys; result says %d ops, %d keys checked, %d illegal, %d unknown",
+			len(ops), len(perKey), res.Ops, res.KeysChecked, res.KeysIllegal, res.KeysUnknown)
+	}
+	if len(perKey) <= keys {
+		t.Fatalf("%d ops over only %d keys: no key was retired after %d ops", len(ops), len(perKey), keyOps)
+	}
+	most := 0
+	for k, n := range perKey {
+		if n > keyOps+1 {
+			t.Fatalf("key %s has %d ops, bound %d", k, n, keyOps)
+		}
+		most = max(most, n)
+	}
+	if most != res.MaxKeyOps {
+		t.Fatalf("max_key_ops %d, history's largest key has %d", res.MaxKeyOps, most)
+	}
+}
+
+// TestTakeKey: each slot's key takes KeyOps operations, then a fresh key
+// replaces it; every key handed out is listed once, in order.
+func TestTakeKey(t *testing.T) {
+	r := &run{cfg: Config{Keys: 2, KeyOps: 3}}
+	var got []string
+	for _, slot := range []int{0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0} {
+		got = append(got, r.takeKey(slot))
+	}
+	want := []string{"k0.0", "k1.0", "k0.0", "k0.0", "k0.1", "k1.0", "k1.0", "k1.1", "k0.1", "k0.1", "k0.2", "k0.2"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("keys %q, want %q", got, want)
+	}
+	if used := r.usedKeys(); !reflect.DeepEqual(used, []string{"k0.0", "k1.0", "k0.1", "k1.1", "k0.2"}) {
+		t.Fatalf("used %q", used)
+	}
+}
+
+// TestStatus: a violation (an illegal key or a lost acknowledged write)
+// exits 1, an unknown verdict 3, a verdict of true 0; the JSON verdict is
+// a boolean or "unknown".
+func TestStatus(t *testing.T) {
+	for _, c := range []struct {
+		res    Result
+		status int
+		json   string
+	}{
+		{Result{Linearizable: sim.VerdictOK}, StatusOK, `true`},
+		{Result{Linearizable: sim.VerdictIllegal, KeysIllegal: 1, IllegalKeys: []string{"k1.0"}}, StatusViolation, `false`},
+		{Result{Linearizable: sim.VerdictOK, LostAcks: 1}, StatusViolation, `true`},
+		{Result{Linearizable: sim.VerdictUnknown, LostAcks: 2}, StatusViolation, `"unknown"`},
+		{Result{Linearizable: sim.VerdictUnknown, KeysUnknown: 1, UnknownKeys: []string{"k0.3"}}, StatusUnknown, `"unknown"`},
+		{Result{}, StatusUnknown, `"unknown"`},
+	} {
+		if got := c.res.Status(); got != c.status {
+			t.Errorf("%+v: status %d, want %d", c.res, got, c.status)
+		}
+		b, err := json.Marshal(&c.res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf(`"linearizable":%s,`, c.json); !strings.Contains(string(b), want) {
+			t.Errorf("%s lacks %s", b, want)
 		}
 	}
 }
@@ -89,5 +181,10 @@ func TestConfig(t *testing.T) {
 	}
 	if _, err := Run(context.Background(), Config{Binary: "x", Nemesis: "flood"}); err == nil {
 		t.Fatal("unknown nemesis accepted")
+	}
+	for _, n := range []int{-1, 10001} {
+		if _, err := Run(context.Background(), Config{Binary: "x", KeyOps: n}); !errors.Is(err, ErrInvalidConfig) {
+			t.Fatalf("KeyOps %d: %v", n, err)
+		}
 	}
 }
