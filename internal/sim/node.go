@@ -30,12 +30,12 @@ type node struct {
 	s  *sim
 	id uint64
 
-	up        bool
-	inc       uint64 // incarnation, bumped by every crash
+	up  bool
+	inc uint64 // incarnation, bumped by every crash
 	// paused: frozen by FaultPause; held are the deliveries that reached
 	// it meanwhile, made when it resumes.
-	paused bool
-	held   []func()
+	paused    bool
+	held      []func()
 	tickEvery time.Duration
 
 	host  *multiraft.Host
