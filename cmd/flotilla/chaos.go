@@ -44,8 +44,9 @@ With --sim it runs the deterministic simulation (package sim) over --seeds
 seeds starting at --seed: the whole cluster in one goroutine under a
 simulated clock. Replaying one seed (--seeds 1 --seed S) reproduces it
 exactly. Faults (--nemesis): drop, delay, duplicate, partition, blackhole,
-crash (alias kill), failpoint, campaign (alias transfer), pause (a full
-partition of one side), or all (the default with --sim).
+crash (alias kill), failpoint, campaign, pause (a node frozen as by SIGSTOP),
+transfer (leadership transfers), reqdup (client writes delivered twice, the
+copy later and elsewhere), or all (the default with --sim).
 
 Without --sim it starts --nodes real 'flotilla start' processes on
 127.0.0.1..N, drives the workload through the Go client for --duration
@@ -126,10 +127,6 @@ func simFaults(s string) (sim.Faults, error) {
 		switch p = strings.TrimSpace(p); p {
 		case "kill":
 			p = "crash"
-		case "transfer":
-			p = "campaign"
-		case "pause":
-			p = "partition"
 		}
 		parts = append(parts, p)
 	}

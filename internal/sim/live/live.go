@@ -301,6 +301,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	pc, err := chaos.StartProcCluster(chaos.ProcConfig{
 		Binary: cfg.Binary, Dir: cfg.Dir, Nodes: cfg.Nodes, Groups: cfg.Groups, Balance: balance,
+		// Moves as soon as a fault has passed, so that leadership transfers
+		// happen while the workload runs.
+		BalanceSettle: time.Second,
 	})
 	if err != nil {
 		return nil, err
