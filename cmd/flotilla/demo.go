@@ -244,7 +244,7 @@ const demoHelp = `commands:
   status            nodes, groups, links
   leaders           which node leads each group
   cut A B           drop all traffic between nodes A and B (both ways)
-  pause N           black-hole node N: it neither sends nor answers (seed 002)
+  pause N           freeze node N: it neither sends nor answers, connections stay open
   resume N          undo pause N
   heal              remove every fault
   quit              stop the cluster and exit`
@@ -361,22 +361,17 @@ func (d *demo) exec(ctx context.Context, f []string) error {
 			return err
 		}
 		if f[0] == "pause" {
-			var others []uint64
-			for id := range d.nodes {
-				if id != n {
-					others = append(others, id)
-				}
-			}
-			d.nodes[n].Faults().Partition([]uint64{n}, others)
+			d.nodes[n].Freeze()
 			d.paused[n] = true
-			fmt.Fprintf(d.out, "node %d black-holed; its groups elect new leaders, the others stay put (try: leaders)\n", n)
+			fmt.Fprintf(d.out, "node %d frozen (as by SIGSTOP: connections open, nothing answers); its groups fail over, the others stay put, clients go around it (try: leaders, put)\n", n)
 		} else {
-			d.nodes[n].Faults().Heal()
+			d.nodes[n].Thaw()
 			delete(d.paused, n)
 			fmt.Fprintf(d.out, "node %d back\n", n)
 		}
 	case "heal":
 		for id, s := range d.nodes {
+			s.Thaw()
 			s.Faults().Heal()
 			delete(d.paused, id)
 		}

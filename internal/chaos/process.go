@@ -270,6 +270,32 @@ func (c *ProcCluster) Kill(id uint64) error {
 	return err
 }
 
+// Terminate stops node id with SIGTERM (a graceful stop: it hands its
+// leaderships away, drains and exits) and waits until it is gone, at most
+// bound; then it kills it.
+func (c *ProcCluster) Terminate(id uint64, bound time.Duration) error {
+	p := c.Proc(id)
+	c.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	if cmd == nil {
+		c.mu.Unlock()
+		return fmt.Errorf("chaos: node %d not running", id)
+	}
+	err := cmd.Process.Signal(syscall.SIGTERM)
+	p.cmd, p.paused = nil, false
+	c.mu.Unlock()
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-exited:
+	case <-t.C:
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("chaos: node %d did not exit within %v of SIGTERM", id, bound)
+	}
+	return err
+}
+
 // running returns the nodes that run and are not paused.
 func (c *ProcCluster) running() []*Proc {
 	c.mu.Lock()

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/client"
 )
 
 // The real-process tests: three `flotilla start` processes on 127.0.0.1,
@@ -304,4 +306,67 @@ func lastColon(s string) int {
 		}
 	}
 	return -1
+}
+
+// TestProcFrozenNodeClientWritesGoOn is the frozen node at the client, on
+// real processes: the node leading the most groups is stopped with SIGSTOP
+// (its TCP connections stay open and silent) for 4s while 16 clients put
+// through the Go client. With the default client no put fails, the frozen
+// node's groups are led again within the fault, no other group changes
+// leader or term, and every whole second from 2s into the fault on has
+// completed puts. The same run repeats the fault under a naive client (no
+// hedging or suspicion: one attempt at a time, up to 5s each): its clients
+// all end up waiting on the frozen node, and some second of that window
+// has no completed put.
+func TestProcFrozenNodeClientWritesGoOn(t *testing.T) {
+	bin := flotillaBinary(t)
+	c, err := StartProcCluster(ProcConfig{Binary: bin, Dir: t.TempDir(), Groups: 16, Tick: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			for _, id := range c.IDs() {
+				t.Logf("node %d log tail:\n%s", id, c.LogTail(id, 3000))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const bound = 2 * time.Second // failover: liveness (500ms) + election, with slack
+	run := func(name string, cfg client.Config) (*FaultReport, []int) {
+		r, err := RunFaultLoad(ctx, c, FaultLoadConfig{Fault: FaultSIGSTOP, Clients: 16, ValueSize: 64, Keys: 10000,
+			Before: 3 * time.Second, Hold: 4 * time.Second, After: time.Second, Client: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stalled []int
+		for _, s := range r.Load.PerSecond {
+			if float64(s.T-1) >= r.FaultAt+bound.Seconds() && float64(s.T) <= r.FaultAt+r.HoldSeconds && s.Ops == 0 {
+				stalled = append(stalled, s.T)
+			}
+		}
+		t.Logf("%s client: node %d frozen at %.1fs for %.1fs: %d ops, %d errors %v; healthy %.0f ops/s, frozen %.0f ops/s (%.2fx); victim's %d groups led again after %.0f ms; %d other groups changed; seconds with no put: %v; %d hedges",
+			name, r.Victim, r.FaultAt, r.HoldSeconds, r.Load.Ops, r.Load.Errors, r.Load.ErrorsByKind, r.HealthyOpsPerSec,
+			r.FaultOpsPerSec, r.Ratio, r.VictimGroups, r.FailoverMs, r.OtherGroupsChanged, stalled, r.Hedges)
+		return r, stalled
+	}
+	r, stalled := run("default", client.Config{})
+	switch {
+	case r.Load.Errors > 0:
+		t.Errorf("%d puts failed: %v", r.Load.Errors, r.Load.ErrorsByKind)
+	case len(stalled) > 0:
+		t.Errorf("no put completed in seconds %v of the freeze", stalled)
+	case r.VictimGroups == 0 || r.FailoverMs < 0:
+		t.Errorf("the frozen node led %d groups, led again after %v ms", r.VictimGroups, r.FailoverMs)
+	case r.OtherGroupsChanged > 0:
+		t.Errorf("groups the frozen node did not lead changed: %v", r.Changed)
+	}
+	if _, err := c.WaitLed(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, stalled := run("naive", client.Config{DisableFailover: true, AttemptTimeout: 5 * time.Second}); len(stalled) == 0 {
+		t.Error("the naive client's puts went on through the freeze too: this test cannot tell failover from none")
+	}
 }
