@@ -6,7 +6,8 @@ package transport
 // AddPeer and RemovePeer, Send, Stats, drop logging, the call gate);
 // grpc_peer.go, one peer (its queues, heartbeat coalescing, feedback to the
 // Handler); grpc_stream.go, the client streams of the lanes (open, send,
-// recv, settle, backoff); grpc_lanes.go, the lane loops; grpc_server.go, the
+// recv, settle, backoff); grpc_lanes.go, the lane loops; grpc_redial.go,
+// ending the backoff toward a peer that is back; grpc_server.go, the
 // receiving side; grpc_config.go, the configuration. The lock order, the
 // goroutine inventory and the ownership rules below hold for all of them.
 //
@@ -34,10 +35,15 @@ package transport
 //	snapshotLoop      per peer: streams snapshots in chunks, reports outcome
 //	mustLoop          per peer: writes must-deliver frames, waits for acks,
 //	                  retries until acked
+//	probeLoop         per peer: while a lane backs off and the connection is
+//	                  down, probes the peer and resets the backoff when it
+//	                  answers (grpc_redial.go)
 //
 // Ownership. Queued messages belong to the transport from Send until written
-// or dropped. A lane's stream and backoff state belong to its loop alone.
-// Counters are atomics, read by Stats and the drop logger.
+// or dropped. A lane's stream and backoff state belong to its loop alone;
+// others only signal a reset of the backoff (an atomic channel swap and a
+// close, grpc_redial.go) and read the end of its wait from an atomic the loop
+// publishes. Counters are atomics, read by Stats and the drop logger.
 
 import (
 	"cmp"
@@ -92,6 +98,8 @@ type GRPCTransport struct {
 	gate    callGate                             // Handler calls from server handlers
 
 	rejectedTotal atomic.Uint64
+
+	resetOff resetSwitches // tests only: parts of the backoff reset turned off
 
 	mu struct {
 		sync.Mutex

@@ -50,7 +50,7 @@ func (p *grpcPeer) writeBatch(desc *grpc.StreamDesc, s **stream, bo *laneBackoff
 			p.reportUnreachable()
 			return false
 		}
-		st, err := p.openStream(desc)
+		st, err := p.openStream(desc, bo.redial)
 		if err != nil {
 			bo.fail()
 			p.drop(p.m.dropUnreachable, n)
@@ -123,7 +123,7 @@ func (p *grpcPeer) raftSendLoop() {
 			s.close()
 		}
 	}()
-	bo := p.newBackoff()
+	bo := p.newBackoff(kindRaft)
 	f := p.newFrame(kindRaft)
 	var next Envelope
 	have := false
@@ -168,7 +168,7 @@ func (p *grpcPeer) heartbeatLoop() {
 			s.close()
 		}
 	}()
-	bo := p.newBackoff()
+	bo := p.newBackoff(kindHeartbeat)
 	f := p.newFrame(kindHeartbeat)
 	for {
 		select {
@@ -265,7 +265,7 @@ func (p *grpcPeer) checkAck(ack *frame) error {
 // snapshotLoop sends snapshots one at a time, each on a stream of its own,
 // and reports every outcome.
 func (p *grpcPeer) snapshotLoop() {
-	bo := p.newBackoff()
+	bo := p.newBackoff(kindSnapshot)
 	for {
 		select {
 		case <-p.ctx.Done():
@@ -308,7 +308,7 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 		p.drop(p.m.dropTooLarge, 1)
 		return false
 	}
-	s, err := p.openStream(&snapshotStreamDesc)
+	s, err := p.openStream(&snapshotStreamDesc, bo.redial)
 	if err != nil {
 		bo.fail()
 		p.drop(p.m.dropUnreachable, 1)
@@ -373,7 +373,7 @@ func (p *grpcPeer) mustLoop() {
 			s.close()
 		}
 	}()
-	bo := p.newBackoff()
+	bo := p.newBackoff(kindMust)
 	f := p.newFrame(kindMust)
 	ack := &frame{}
 	var pending []mustMsg
@@ -428,11 +428,11 @@ func (p *grpcPeer) mustLoop() {
 			continue
 		}
 		if s == nil {
-			if !p.waitFor(bo.left()) {
+			if !p.waitBackoff(&bo) {
 				continue
 			}
 			var err error
-			if s, err = p.openStream(&mustStreamDesc); err != nil {
+			if s, err = p.openStream(&mustStreamDesc, bo.redial); err != nil {
 				s = nil
 				bo.fail()
 				p.reportUnreachable()

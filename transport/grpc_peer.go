@@ -29,11 +29,20 @@ type grpcPeer struct {
 	stopF context.CancelFunc
 	m     peerMetrics
 
-	raftQ    chan Envelope
-	snapQ    chan Envelope
-	mustQ    chan mustMsg
-	hbWake   chan struct{} // capacity 1
-	snapWake chan struct{} // capacity 1
+	raftQ     chan Envelope
+	snapQ     chan Envelope
+	mustQ     chan mustMsg
+	hbWake    chan struct{} // capacity 1
+	snapWake  chan struct{} // capacity 1
+	probeWake chan struct{} // capacity 1; poked by a lane's backoff when it fails
+
+	// resets is the reset signal of the lanes' backoff (see laneBackoff and
+	// resetBackoff): a channel that is closed, and replaced, by each reset.
+	resets atomic.Pointer[chan struct{}]
+	// backoffUntil holds, per lane (indexed by frameKind), the end of the
+	// lane's backoff in unix nanos, 0 when it is not waiting; written only by
+	// the lane's loop.
+	backoffUntil [kindMust + 1]atomic.Int64
 
 	sent        atomic.Uint64
 	dropped     atomic.Uint64
@@ -55,20 +64,24 @@ func (t *GRPCTransport) newPeerLocked(id uint64, addr string) (*grpcPeer, error)
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(t.ctx)
-	return &grpcPeer{
-		t:        t,
-		id:       id,
-		addr:     addr,
-		conn:     conn,
-		ctx:      ctx,
-		stopF:    cancel,
-		m:        t.metrics.forPeer(id),
-		raftQ:    make(chan Envelope, t.cfg.QueueCap),
-		snapQ:    make(chan Envelope, t.cfg.SnapshotQueueCap),
-		mustQ:    make(chan mustMsg, t.cfg.MustQueueCap),
-		hbWake:   make(chan struct{}, 1),
-		snapWake: make(chan struct{}, 1),
-	}, nil
+	p := &grpcPeer{
+		t:         t,
+		id:        id,
+		addr:      addr,
+		conn:      conn,
+		ctx:       ctx,
+		stopF:     cancel,
+		m:         t.metrics.forPeer(id),
+		raftQ:     make(chan Envelope, t.cfg.QueueCap),
+		snapQ:     make(chan Envelope, t.cfg.SnapshotQueueCap),
+		mustQ:     make(chan mustMsg, t.cfg.MustQueueCap),
+		hbWake:    make(chan struct{}, 1),
+		snapWake:  make(chan struct{}, 1),
+		probeWake: make(chan struct{}, 1),
+	}
+	reset := make(chan struct{})
+	p.resets.Store(&reset)
+	return p, nil
 }
 
 // startLocked starts the peer's lane loops. Caller holds t.mu.
@@ -77,6 +90,9 @@ func (p *grpcPeer) startLocked() {
 	p.t.goLoop("heartbeatLoop", p.heartbeatLoop)
 	p.t.goLoop("snapshotLoop", p.snapshotLoop)
 	p.t.goLoop("mustLoop", p.mustLoop)
+	if !p.t.resetOff.probe {
+		p.t.goLoop("probeLoop", p.probeLoop)
+	}
 }
 
 // stop cancels the peer's loops and closes its connection. It does not wait:

@@ -26,15 +26,38 @@ import (
 )
 
 // laneBackoff spaces out attempts to reopen a failed lane: the wait doubles
-// from BackoffBase to BackoffMax, jittered by ±20%. Owned by one loop.
+// from BackoffBase to BackoffMax, jittered by ±20%. Owned by one loop: no
+// other goroutine reads or writes its fields.
+//
+// A reset of the peer's backoff (grpcPeer.resetBackoff, when the peer has
+// shown it is up) ends the wait. The reset closes the channel that resets
+// points to and stores a new one; the loop notices the change the next time
+// it calls left (and waitBackoff wakes on the close), drops its wait and
+// sets redial, so that the next open waits for the connection instead of
+// failing fast while gRPC reconnects. Only a reset after the lane's last
+// success counts. The loop publishes the end of its wait in pub, for the
+// probe and for tests.
 type laneBackoff struct {
 	base, max time.Duration
 	cur       time.Duration
 	until     time.Time
+	redial    bool // a reset ended the wait; cleared by the next outcome
+
+	resets *atomic.Pointer[chan struct{}] // the peer's reset signal
+	seen   *chan struct{}                 // *resets as of the last success or noticed reset
+	pub    *atomic.Int64                  // until in unix nanos; 0: not waiting
+	wake   chan struct{}                  // the peer's probeWake, poked by fail
 }
 
-func (p *grpcPeer) newBackoff() laneBackoff {
-	return laneBackoff{base: p.t.cfg.BackoffBase, max: p.t.cfg.BackoffMax}
+func (p *grpcPeer) newBackoff(lane frameKind) laneBackoff {
+	return laneBackoff{
+		base:   p.t.cfg.BackoffBase,
+		max:    p.t.cfg.BackoffMax,
+		resets: &p.resets,
+		seen:   p.resets.Load(),
+		pub:    &p.backoffUntil[lane],
+		wake:   p.probeWake,
+	}
 }
 
 func (b *laneBackoff) fail() {
@@ -45,12 +68,57 @@ func (b *laneBackoff) fail() {
 	}
 	j := time.Duration(float64(b.cur) * (0.8 + 0.4*rand.Float64()))
 	b.until = time.Now().Add(j)
+	b.redial = false
+	b.pub.Store(b.until.UnixNano())
+	poke(b.wake)
 }
 
-func (b *laneBackoff) ok() { b.cur, b.until = 0, time.Time{} }
+func (b *laneBackoff) ok() {
+	b.seen = b.resets.Load()
+	if b.cur != 0 {
+		b.cur, b.until, b.redial = 0, time.Time{}, false
+		b.pub.Store(0)
+	}
+}
 
-// left is how long until the next attempt is allowed.
-func (b *laneBackoff) left() time.Duration { return time.Until(b.until) }
+// left is how long until the next attempt is allowed: 0 once the wait is
+// over or the peer's backoff has been reset since the lane last looked.
+func (b *laneBackoff) left() time.Duration {
+	if r := b.resets.Load(); r != b.seen {
+		b.seen = r
+		if b.cur != 0 {
+			b.cur, b.until, b.redial = 0, time.Time{}, true
+			b.pub.Store(0)
+		}
+		return 0
+	}
+	return time.Until(b.until)
+}
+
+// waitBackoff waits until bo allows the next attempt, which a reset of the
+// peer's backoff ends at once; false if the peer stopped.
+func (p *grpcPeer) waitBackoff(bo *laneBackoff) bool {
+	for {
+		d := bo.left()
+		if d <= 0 {
+			return p.ctx.Err() == nil
+		}
+		// bo.seen is the signal current when left looked: the next reset
+		// closes exactly this channel, so none is missed.
+		p.waitReset(d, *bo.seen)
+	}
+}
+
+// waitReset waits d, until reset is closed, or until the peer stops.
+func (p *grpcPeer) waitReset(d time.Duration, reset <-chan struct{}) {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+	case <-reset:
+	case <-p.ctx.Done():
+	}
+}
 
 // Errors of the client side of a stream.
 var (
@@ -82,10 +150,14 @@ type stream struct {
 	}
 }
 
-func (p *grpcPeer) openStream(desc *grpc.StreamDesc) (*stream, error) {
+// openStream opens a stream of desc's lane within DialTimeout. With
+// waitReady (the first attempt after a reset of the backoff) it waits for
+// the connection to come up instead of failing at once while gRPC is still
+// reconnecting.
+func (p *grpcPeer) openStream(desc *grpc.StreamDesc, waitReady bool) (*stream, error) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	timer := time.AfterFunc(p.t.cfg.DialTimeout, cancel)
-	cs, err := p.conn.NewStream(ctx, desc, "/"+peerServiceName+"/"+desc.StreamName)
+	cs, err := p.conn.NewStream(ctx, desc, "/"+peerServiceName+"/"+desc.StreamName, grpc.WaitForReady(waitReady))
 	if !timer.Stop() {
 		cancel()
 		return nil, errOpenTimeout
