@@ -59,6 +59,7 @@ const (
 	DefaultDialTimeout          = 5 * time.Second
 	DefaultBackoffBase          = 100 * time.Millisecond
 	DefaultBackoffMax           = 5 * time.Second
+	DefaultProbeInterval        = 250 * time.Millisecond
 	DefaultKeepaliveTime        = 10 * time.Second
 	DefaultKeepaliveTimeout     = 5 * time.Second
 	DefaultDropLogInterval      = 10 * time.Second
@@ -144,11 +145,20 @@ type GRPCConfig struct {
 	DialTimeout time.Duration
 	// BackoffBase is the first wait before reopening a failed lane; each
 	// failure doubles it up to BackoffMax, each wait is jittered by ±20%.
-	// Default 100ms; limits [1ms, BackoffMax].
+	// gRPC's connect backoff uses the same base and cap. Both waits end at
+	// once when the peer shows it is up (see ProbeInterval). Default 100ms;
+	// limits [1ms, BackoffMax].
 	BackoffBase time.Duration
 	// BackoffMax caps the reconnect backoff. Default 5s; limits
 	// [BackoffBase, 10m].
 	BackoffMax time.Duration
+	// ProbeInterval is the interval between probes of a peer toward which a
+	// lane backs off while the connection to it is down; there are no probes
+	// otherwise. A probe is a dial that waits, for at most
+	// min(ProbeInterval, DialTimeout), for the peer's gRPC server to greet
+	// it. A peer that answers, like one that opens a stream to this node,
+	// ends the backoff toward it at once. Default 250ms; limits [10ms, 1m].
+	ProbeInterval time.Duration
 	// KeepaliveTime is the interval of gRPC keepalive pings on an idle
 	// connection; the server accepts pings as often as KeepaliveTime/2.
 	// Default 10s; limits [10s, 1h] (gRPC raises anything below 10s).
@@ -221,6 +231,7 @@ func (c GRPCConfig) withDefaults() (GRPCConfig, error) {
 		checkRange("WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout, 10*time.Millisecond, 5*time.Minute),
 		checkRange("DialTimeout", &c.DialTimeout, DefaultDialTimeout, 10*time.Millisecond, 5*time.Minute),
 		checkRange("BackoffMax", &c.BackoffMax, DefaultBackoffMax, time.Millisecond, 10*time.Minute),
+		checkRange("ProbeInterval", &c.ProbeInterval, DefaultProbeInterval, 10*time.Millisecond, time.Minute),
 		checkRange("KeepaliveTime", &c.KeepaliveTime, DefaultKeepaliveTime, MinKeepaliveTime, time.Hour),
 		checkRange("KeepaliveTimeout", &c.KeepaliveTimeout, DefaultKeepaliveTimeout, 10*time.Millisecond, 10*time.Minute),
 		checkRange("DropLogInterval", &c.DropLogInterval, DefaultDropLogInterval, 10*time.Millisecond, time.Hour),

@@ -9,7 +9,9 @@ package transport
 // flotilla_transport_messages_rejected_total{reason} and ends its stream
 // with an error status whose message starts "transport: rejected"; the
 // stream is never left half-read, because gRPC has read the whole frame
-// before the handler looks at it.
+// before the handler looks at it. The first accepted frame of a stream shows
+// that its sender is up, and ends this node's backoff toward it
+// (grpc_redial.go).
 
 import (
 	"errors"
@@ -132,6 +134,7 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 	var snap snapAssembly
 	var taken uint64 // messages delivered on this stream, for acks
 	var pacer *ackPacer
+	announced := false // peerUp called
 	if lane == kindRaft {
 		pacer = t.startAckPacer(ss)
 		defer pacer.stop()
@@ -165,6 +168,11 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 		hs := t.handler.Load()
 		if hs == nil {
 			return status.Error(codes.Unavailable, "transport: not started")
+		}
+		if !announced {
+			// Proof that the peer is up: stop backing off toward it.
+			announced = true
+			t.peerUp(from)
 		}
 		received.Inc()
 		switch lane {
