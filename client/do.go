@@ -140,15 +140,21 @@ func notSent(err error) bool {
 // failed. A write whose deadline ends while an attempt's outcome is unknown
 // returns ErrAmbiguous.
 func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc) (any, error) {
+	// The request ends with ctx, or at its own cap if that comes first
+	// (no timer of its own for ctx's deadline: the caller must see ctx end
+	// first, not a twin timer a moment earlier).
 	now := time.Now()
-	deadline := now.Add(c.cfg.RequestTimeout)
-	if d, ok := ctx.Deadline(); ok {
-		deadline = d
+	limit := now.Add(c.cfg.RequestTimeout)
+	if cap := now.Add(kv.SessionTTL / 2); write && cap.Before(limit) {
+		limit = cap
 	}
-	if limit := now.Add(kv.SessionTTL / 2); write && deadline.After(limit) {
-		deadline = limit
+	var rctx context.Context
+	var cancel context.CancelFunc
+	if d, ok := ctx.Deadline(); ok && !d.After(limit) {
+		rctx, cancel = context.WithCancel(ctx)
+	} else {
+		rctx, cancel = context.WithDeadline(ctx, limit)
 	}
-	rctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel() // ends the attempts still out
 
 	failover := !c.cfg.DisableFailover
