@@ -100,7 +100,9 @@ func (c *cluster) leadersOf(nodes ...uint64) map[uint64][2]uint64 {
 // detection) and requires it to fail the same assertion: its workers all
 // end up waiting on the frozen node.
 func TestFrozenNodeClientWritesGoOn(t *testing.T) {
-	c := startCluster(t, 3, 12)
+	// The balancer holds still through the freeze (it would wait for the
+	// live set to settle anyway; this makes sure).
+	c := startClusterWith(t, 3, 12, func(cfg *Config) { cfg.BalanceSettle = time.Minute })
 	const (
 		workers = 16
 		freeze  = 3 * time.Second
