@@ -82,8 +82,9 @@ type FaultReport struct {
 	// Changed lists them.
 	OtherGroupsChanged int      `json:"other_groups_changed"`
 	Changed            []string `json:"changed,omitempty"`
-	// LeaderChanges counts, over the whole load, the groups' leader changes
-	// the survivors saw (for a balancer round: its transfers).
+	// LeaderChanges counts the groups' leader changes the survivors saw
+	// from the fault to the end of the load (for a balancer round: its
+	// transfers).
 	LeaderChanges int `json:"leader_changes"`
 	// Hedges is how many hedged attempts the client sent.
 	Hedges uint64 `json:"hedges"`
@@ -324,14 +325,25 @@ func analyzeLeaders(r *FaultReport, views []leaderView, victim uint64, faultAt, 
 	if base.groups == nil {
 		return
 	}
-	prev := base.groups
+	// A change is a new leader, seen after another one (a poll may catch
+	// the group between them, with no leader).
+	last := map[uint64]uint64{}
+	for g, lt := range base.groups {
+		last[g] = lt[0]
+	}
 	for _, v := range views {
+		if v.at.Before(base.at) {
+			continue
+		}
 		for g, lt := range v.groups {
-			if p, ok := prev[g]; ok && lt[0] != 0 && p[0] != 0 && lt[0] != p[0] {
+			if lt[0] == 0 {
+				continue
+			}
+			if l := last[g]; l != 0 && l != lt[0] {
 				r.LeaderChanges++
 			}
+			last[g] = lt[0]
 		}
-		prev = v.groups
 	}
 	victimGroups := map[uint64]bool{}
 	for g, lt := range base.groups {
