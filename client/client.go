@@ -400,8 +400,8 @@ func (c *Client) apply(m *api.ClusterMapResponse) {
 // ClusterMap asks one node for the cluster map and updates the client's
 // view with it.
 func (c *Client) ClusterMap(ctx context.Context) (*api.ClusterMapResponse, error) {
-	v, err := c.do(ctx, 0, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			m, err := api.NewClusterClient(cc).ClusterMap(ctx, &api.ClusterMapRequest{}, opts...)
 			return m, nil, err
 		})
@@ -428,11 +428,11 @@ func (c *Client) GroupOf(key []byte) uint64 { return kv.GroupOf(key, c.Groups())
 // any node), for the streams (keep-alives, observers) that pick their own
 // node: the cached leader, else the nodes in turn, suspects last.
 func (c *Client) target(g uint64, n int) string {
-	avoid := map[string]bool{}
+	var avoid []string
 	if n%3 == 2 {
 		// Every third attempt goes around the cached leader, in case the
 		// cache is wrong and nothing says so.
-		avoid[c.leaderAddr(g)] = true
+		avoid = []string{c.leaderAddr(g)}
 	}
 	if a := c.pick(g, n, nil, avoid); a != "" {
 		return a
@@ -447,9 +447,10 @@ func (c *Client) target(g uint64, n int) string {
 // before avoided ones before suspect ones. Cluster-wide questions (g 0) go
 // to the endpoints the caller named first, in order. "" if every node is
 // busy.
-func (c *Client) pick(g uint64, n int, busy, avoid map[string]bool) string {
+func (c *Client) pick(g uint64, n int, busy, avoid []string) string {
 	ok := func(a string, allowAvoided, allowSuspect bool) bool {
-		return a != "" && !busy[a] && (allowAvoided || !avoid[a]) && (allowSuspect || !c.health.suspect(a))
+		return a != "" && !slices.Contains(busy, a) && (allowAvoided || !slices.Contains(avoid, a)) &&
+			(allowSuspect || !c.health.suspect(a))
 	}
 	if g != 0 {
 		if a := c.leaderAddr(g); ok(a, false, false) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,18 +45,67 @@ type answer struct {
 	err          error
 }
 
+// attempt is what an attemptFunc starts an attempt with.
+type attempt struct {
+	// ctx is the caller's context: enough for work that ends with the
+	// call itself (queueing an op on a Batch stream).
+	ctx context.Context
+	req *request
+}
+
+// rpcContext returns the context of an RPC of the attempt: it ends with
+// the request (once do returns, an attempt still out is abandoned) and
+// within AttemptTimeout. Call it before handing the attempt to another
+// goroutine.
+func (at attempt) rpcContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(at.req.context(), at.req.c.cfg.AttemptTimeout)
+}
+
+// request is one call of do. Its context is made on demand (most attempts
+// go over a Batch stream and need none of their own). Owned by do's
+// goroutine.
+type request struct {
+	c      *Client
+	parent context.Context
+	limit  time.Time // the request's cap (RequestTimeout; a write's SessionTTL/2)
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (r *request) context() context.Context {
+	if r.ctx == nil {
+		if d, ok := r.parent.Deadline(); ok && !d.After(r.limit) {
+			r.ctx, r.cancel = context.WithCancel(r.parent)
+		} else {
+			r.ctx, r.cancel = context.WithDeadline(r.parent, r.limit)
+		}
+	}
+	return r.ctx
+}
+
+func (r *request) end() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+}
+
+// over reports whether the request's time is up.
+func (r *request) over() bool { return r.parent.Err() != nil || !time.Now().Before(r.limit) }
+
 // attemptFunc starts one attempt of a request on cc and calls done exactly
 // once with its outcome (val, leader, term, err), from any goroutine. done
 // never blocks. Attempts of one request may run at the same time: an
 // attemptFunc must not write state that another attempt reads; it hands
-// its response back in answer.val.
-type attemptFunc func(ctx context.Context, cc *grpc.ClientConn, done func(answer))
+// its response back in answer.val. It is called on do's goroutine.
+type attemptFunc func(at attempt, cc *grpc.ClientConn, done func(answer))
 
 // unary runs a unary RPC as an attempt, on a goroutine of its own. call
 // must pass opts to the RPC (they collect the leader hint) and return the
 // response's header, if it has one.
-func unary(ctx context.Context, done func(answer), call func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error)) {
+func unary(at attempt, done func(answer), call func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error)) {
+	ctx, cancel := at.rpcContext()
 	go func() {
+		defer cancel()
 		var md metadata.MD
 		v, h, err := call(ctx, grpc.Trailer(&md))
 		a := answer{val: v, err: err}
@@ -144,43 +194,47 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 	// (no timer of its own for ctx's deadline: the caller must see ctx end
 	// first, not a twin timer a moment earlier).
 	now := time.Now()
-	limit := now.Add(c.cfg.RequestTimeout)
-	if cap := now.Add(kv.SessionTTL / 2); write && cap.Before(limit) {
-		limit = cap
+	req := &request{c: c, parent: ctx, limit: now.Add(c.cfg.RequestTimeout)}
+	if cap := now.Add(kv.SessionTTL / 2); write && cap.Before(req.limit) {
+		req.limit = cap
 	}
-	var rctx context.Context
-	var cancel context.CancelFunc
-	if d, ok := ctx.Deadline(); ok && !d.After(limit) {
-		rctx, cancel = context.WithCancel(ctx)
-	} else {
-		rctx, cancel = context.WithDeadline(ctx, limit)
+	defer req.end() // abandons the attempts still out
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !ok || d.After(req.limit) {
+		t := time.NewTimer(time.Until(req.limit))
+		defer t.Stop()
+		expired = t.C
 	}
-	defer cancel() // ends the attempts still out
 
 	failover := !c.cfg.DisableFailover
 	results := make(chan answer, maxOutstanding) // each attempt sends once; at most maxOutstanding out
-	busy := make(map[string]bool)                // nodes with an attempt out
-	sentAt := make(map[string]time.Time)         // when
-	avoid := make(map[string]bool)               // nodes that failed this request
+	var busy, avoid []string                     // nodes with an attempt out; nodes that failed this request
+	var sentAt [maxOutstanding]time.Time          // when each busy node's attempt left, by position
 	attempts := 0
 	var last error
 	unknown := false // a write attempt whose outcome is unknown
 	backoff := c.cfg.BackoffBase
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	timerSet, hedging := false, false // what the timer is for: a hedge, else a retry
-
-	arm := func(d time.Duration, hedge bool) {
-		if timerSet {
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	hedging := false // what the timer is for: a hedge, else a retry
+	defer func() {
+		if timer != nil {
 			timer.Stop()
-			select {
-			case <-timer.C:
-			default:
-			}
 		}
-		timer.Reset(d)
-		timerSet, hedging = true, hedge
+	}()
+	arm := func(d time.Duration, hedge bool) {
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d) // (Go 1.23 timers: no stale value to drain)
+		}
+		timerC, hedging = timer.C, hedge
+	}
+	removeBusy := func(addr string) {
+		if i := slices.Index(busy, addr); i >= 0 {
+			busy = slices.Delete(busy, i, i+1)
+			copy(sentAt[i:], sentAt[i+1:])
+		}
 	}
 	// launch starts an attempt on a node with none of this request's
 	// attempts out; false if there is none, or the attempts ran out.
@@ -199,10 +253,9 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 		}
 		attempts++
 		sent := time.Now()
-		busy[addr], sentAt[addr] = true, sent
-		actx, acancel := context.WithTimeout(rctx, c.cfg.AttemptTimeout)
-		start(actx, cc, func(a answer) {
-			acancel()
+		sentAt[len(busy)] = sent
+		busy = append(busy, addr)
+		start(attempt{ctx: ctx, req: req}, cc, func(a answer) {
 			a.addr, a.sent = addr, sent
 			results <- a
 		})
@@ -230,7 +283,7 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 	for {
 		select {
 		case a := <-results:
-			delete(busy, a.addr)
+			removeBusy(a.addr)
 			if a.err == nil {
 				if failover {
 					c.health.answered(a.addr, a.sent)
@@ -241,7 +294,7 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			kind, cerr := classify(a.err)
 			if failover {
 				if kind == unreachable {
-					if rctx.Err() == nil {
+					if !req.over() {
 						c.health.unreachable(a.addr)
 					}
 				} else {
@@ -250,25 +303,26 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			}
 			last = fmt.Errorf("%s: %w", a.addr, cerr)
 			c.log.Debug("client: attempt failed", "group", g, "attempt", attempts, "addr", a.addr, "err", a.err)
+			fails := true
 			switch kind {
 			case fatal:
 				return nil, cerr
 			case sessionUnknown:
 				c.session.unknown(g) // the next attempt registers; nothing was written
+				fails = false
 			case ambiguous:
 				unknown = unknown || write
-				avoid[a.addr] = true
 			case unreachable:
 				unknown = unknown || (write && !notSent(a.err))
-				avoid[a.addr] = true
 			case retry:
-				if a.leader == 0 || a.leader == c.nodeOf(a.addr) {
-					avoid[a.addr] = true
-				}
+				fails = a.leader == 0 || a.leader == c.nodeOf(a.addr)
+			}
+			if fails && !slices.Contains(avoid, a.addr) {
+				avoid = append(avoid, a.addr)
 			}
 			c.noteLeader(g, a.leader, a.term)
-			if rctx.Err() != nil {
-				return nil, end(rctx.Err())
+			if req.over() {
+				return nil, end(errDeadline)
 			}
 			if len(busy) > 0 {
 				continue // another attempt is out: wait for it (or its hedge)
@@ -285,11 +339,11 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			}
 			arm(jitter(backoff), false)
 			backoff = min(2*backoff, c.cfg.BackoffMax)
-		case <-timer.C:
-			timerSet = false
+		case <-timerC:
+			timerC = nil
 			if hedging {
-				for addr := range busy {
-					c.health.slow(addr, sentAt[addr])
+				for i, addr := range busy {
+					c.health.slow(addr, sentAt[i])
 				}
 				if launch() {
 					c.hedges.Add(1)
@@ -299,18 +353,23 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 				continue
 			}
 			if len(avoid) >= len(c.candidates()) {
-				clear(avoid) // every node failed once: start over
+				avoid = avoid[:0] // every node failed once: start over
 			}
 			if !launch() && len(busy) == 0 {
 				return nil, end(errNoNode)
 			}
-		case <-rctx.Done():
-			return nil, end(rctx.Err())
+		case <-ctx.Done():
+			return nil, end(ctx.Err())
+		case <-expired:
+			return nil, end(errDeadline)
 		case <-c.stop:
 			return nil, ErrClosed
 		}
 	}
 }
+
+// errDeadline: the request's own cap (RequestTimeout) ended it.
+var errDeadline = errors.New("request timeout")
 
 // errNoNode: no node left to try.
 var errNoNode = errors.New("no node to try")

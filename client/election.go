@@ -154,8 +154,8 @@ func (e *Election) Campaign(ctx context.Context, lease *Lease, value []byte) (Le
 
 // campaign sends the campaign request (retried: it is idempotent).
 func (e *Election) campaign(ctx context.Context, lease *Lease, value []byte) (ElectionState, bool, error) {
-	v, err := e.c.write(ctx, e.group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := e.c.write(ctx, e.group, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewElectionClient(cc).Campaign(ctx, &api.CampaignRequest{Name: e.name, Value: value, Lease: lease.ID(), Group: e.group, Session: sess}, opts...)
 			return r, r.GetHeader(), err
 		})
@@ -207,8 +207,8 @@ func (e *Election) Resign(ctx context.Context) error {
 	if lease == nil {
 		return nil
 	}
-	_, err := e.c.write(ctx, e.group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	_, err := e.c.write(ctx, e.group, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewElectionClient(cc).Resign(ctx, &api.ResignRequest{Name: e.name, Lease: lease.ID(), Group: e.group, Session: sess}, opts...)
 			return r, r.GetHeader(), err
 		})
@@ -227,8 +227,8 @@ func (e *Election) Resign(ctx context.Context) error {
 // Leader returns the election's current state, read linearizably, or an
 // error wrapping ErrNoLeader when nobody holds it.
 func (e *Election) Leader(ctx context.Context) (ElectionState, error) {
-	v, err := e.c.do(ctx, e.group, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := e.c.do(ctx, e.group, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewElectionClient(cc).Leader(ctx, &api.LeaderRequest{Name: e.name, Group: e.group}, opts...)
 			return r, r.GetHeader(), err
 		})

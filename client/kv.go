@@ -68,10 +68,10 @@ func writeOpts(g uint64, opts []WriteOption) (writeOptions, error) {
 // builds its request with the session block it is given (same sequence
 // number, the current floor, and register until the group has the
 // session). See do for the retries.
-func (c *Client) write(ctx context.Context, g uint64, attempt func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer))) (any, error) {
+func (c *Client) write(ctx context.Context, g uint64, start func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer))) (any, error) {
 	seq := c.session.begin(g)
-	v, err := c.do(ctx, g, true, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
-		attempt(ctx, cc, c.session.ref(g, seq), done)
+	v, err := c.do(ctx, g, true, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		start(at, cc, c.session.ref(g, seq), done)
 	})
 	// Any answer the group gave through its state machine shows that it
 	// has the session.
@@ -82,9 +82,9 @@ func (c *Client) write(ctx context.Context, g uint64, attempt func(ctx context.C
 // sendBatchable sends op over cc's Batch stream when the node serves it,
 // else the unary call; either way done gets the response that resp picks
 // out of a batch result (or the unary call returns) and its header.
-func (c *Client) sendBatchable(ctx context.Context, cc *grpc.ClientConn, done func(answer), op *api.BatchOp,
+func (c *Client) sendBatchable(at attempt, cc *grpc.ClientConn, done func(answer), op *api.BatchOp,
 	resp func(*api.BatchResult) (any, *api.Header), call func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error)) {
-	if b := c.batcher(cc); b != nil && b.start(ctx, op, func(r *api.BatchResult, err error) {
+	if b := c.batcher(cc); b != nil && b.start(at.ctx, op, func(r *api.BatchResult, err error) {
 		a := answer{err: err}
 		if err != nil {
 			a.leader = batchHint(err)
@@ -97,7 +97,7 @@ func (c *Client) sendBatchable(ctx context.Context, cc *grpc.ClientConn, done fu
 	}) {
 		return
 	}
-	unary(ctx, done, call)
+	unary(at, done, call)
 }
 
 // Put sets key to value and returns the group revision of the write.
@@ -122,9 +122,9 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption
 	bkey, bvalue := buf[:len(key):len(key)], buf[len(key):]
 	copy(bkey, key)
 	copy(bvalue, value)
-	v, err := c.write(ctx, g, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+	v, err := c.write(ctx, g, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
 		req := &api.PutRequest{Key: bkey, Value: bvalue, Group: g, Lease: wo.lease, LeaseGroup: wo.leaseGroup, Session: sess}
-		c.sendBatchable(ctx, cc, done, &api.BatchOp{Op: &api.BatchOp_Put{Put: req}},
+		c.sendBatchable(at, cc, done, &api.BatchOp{Op: &api.BatchOp_Put{Put: req}},
 			func(r *api.BatchResult) (any, *api.Header) { return r.GetPut(), r.GetPut().GetHeader() },
 			func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 				r, err := api.NewKVClient(cc).Put(ctx, req, opts...)
@@ -158,8 +158,8 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (KeyVa
 	}
 	g := c.GroupOf(key)
 	key = bytes.Clone(key) // attempts may outlive the call
-	v, err := c.do(ctx, g, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := c.do(ctx, g, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewKVClient(cc).Get(ctx, &api.GetRequest{Key: key, Serializable: ro.serializable, Group: g}, opts...)
 			return r, r.GetHeader(), err
 		})
@@ -182,9 +182,9 @@ func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	}
 	g := c.GroupOf(key)
 	bkey := bytes.Clone(key) // attempts may outlive the call
-	v, err := c.write(ctx, g, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+	v, err := c.write(ctx, g, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
 		req := &api.DeleteRequest{Key: bkey, Group: g, Session: sess}
-		c.sendBatchable(ctx, cc, done, &api.BatchOp{Op: &api.BatchOp_Delete{Delete: req}},
+		c.sendBatchable(at, cc, done, &api.BatchOp{Op: &api.BatchOp_Delete{Delete: req}},
 			func(r *api.BatchResult) (any, *api.Header) { return r.GetDelete(), r.GetDelete().GetHeader() },
 			func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 				r, err := api.NewKVClient(cc).Delete(ctx, req, opts...)
@@ -218,8 +218,8 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte
 	}
 	absent := expected == nil
 	key, expected, value = bytes.Clone(key), bytes.Clone(expected), bytes.Clone(value)
-	v, err := c.write(ctx, g, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := c.write(ctx, g, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewKVClient(cc).CompareAndSwap(ctx, &api.CompareAndSwapRequest{
 				Key: key, Expected: expected, ExpectAbsent: absent, Value: value, Group: g,
 				Lease: wo.lease, LeaseGroup: wo.leaseGroup, Session: sess}, opts...)
@@ -248,8 +248,8 @@ func (c *Client) Scan(ctx context.Context, prefix []byte, limit int, opts ...Rea
 		o(&ro)
 	}
 	prefix = bytes.Clone(prefix)
-	v, err := c.do(ctx, 0, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Prefix: prefix, Limit: uint32(limit), Serializable: ro.serializable}, opts...)
 			return r, nil, err
 		})

@@ -114,8 +114,8 @@ func (c *Client) Grant(ctx context.Context, group uint64, ttl time.Duration) (*L
 	// the first attempt left (a retried grant applies once): count the
 	// local deadline from before it.
 	sent := time.Now()
-	v, err := c.write(ctx, group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := c.write(ctx, group, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewElectionClient(cc).LeaseGrant(ctx, &api.LeaseGrantRequest{Group: group, TtlMs: ttl.Milliseconds(), Session: sess}, opts...)
 			return r, r.GetHeader(), err
 		})
@@ -173,8 +173,8 @@ func (c *Client) untrack(l *Lease) {
 // is already gone succeeds.
 func (l *Lease) Revoke(ctx context.Context) error {
 	l.halt(ErrLeaseReleased)
-	_, err := l.c.write(ctx, l.group, func(ctx context.Context, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	_, err := l.c.write(ctx, l.group, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewElectionClient(cc).LeaseRevoke(ctx, &api.LeaseRevokeRequest{Group: l.group, Id: l.id, Session: sess}, opts...)
 			return r, r.GetHeader(), err
 		})
@@ -203,8 +203,8 @@ func (l *Lease) halt(cause error) {
 // answering node leads its group, how long it has left by that node's
 // clock (-1 if unknown).
 func (l *Lease) TimeToLive(ctx context.Context) (found bool, remaining time.Duration, err error) {
-	v, err := l.c.do(ctx, l.group, false, func(ctx context.Context, cc *grpc.ClientConn, done func(answer)) {
-		unary(ctx, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+	v, err := l.c.do(ctx, l.group, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			r, err := api.NewElectionClient(cc).LeaseTimeToLive(ctx, &api.LeaseTimeToLiveRequest{Group: l.group, Id: l.id}, opts...)
 			return r, r.GetHeader(), err
 		})
