@@ -209,7 +209,7 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 	failover := !c.cfg.DisableFailover
 	results := make(chan answer, maxOutstanding) // each attempt sends once; at most maxOutstanding out
 	var busy, avoid []string                     // nodes with an attempt out; nodes that failed this request
-	var sentAt [maxOutstanding]time.Time          // when each busy node's attempt left, by position
+	var sentAt [maxOutstanding]time.Time         // when each busy node's attempt left, by position
 	attempts := 0
 	var last error
 	unknown := false // a write attempt whose outcome is unknown
