@@ -356,25 +356,38 @@ func (c *Client) candidates() []string {
 }
 
 // refresh learns the cluster map from the first candidate that answers.
+// It asks them all at once: one frozen endpoint must not hold New up for
+// an attempt timeout.
 func (c *Client) refresh(ctx context.Context) error {
-	var errs []error
-	for _, addr := range c.candidates() {
+	cands := c.candidates()
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+	defer cancel() // the slower answers are not needed
+	type result struct {
+		m   *api.ClusterMapResponse
+		err error
+	}
+	results := make(chan result, len(cands))
+	for _, addr := range cands {
 		cc, err := c.conn(addr)
 		if err != nil {
 			return err
 		}
-		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		m, err := api.NewClusterClient(cc).ClusterMap(actx, &api.ClusterMapRequest{})
-		cancel()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %v", addr, err))
-			if ctx.Err() != nil {
-				break
+		go func() {
+			m, err := api.NewClusterClient(cc).ClusterMap(ctx, &api.ClusterMapRequest{})
+			if err != nil {
+				err = fmt.Errorf("%s: %v", addr, err)
 			}
-			continue
+			results <- result{m, err}
+		}()
+	}
+	var errs []error
+	for range cands {
+		r := <-results
+		if r.err == nil {
+			c.apply(r.m)
+			return nil
 		}
-		c.apply(m)
-		return nil
+		errs = append(errs, r.err)
 	}
 	return fmt.Errorf("%w: no endpoint answered: %w", ErrUnavailable, errors.Join(errs...))
 }
