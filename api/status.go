@@ -1,7 +1,7 @@
 package api
 
 // Status is the JSON document of `flotilla status -w json` and of a node's
-// /debug/raft page. Field names are a contract (DESIGN.md): they may be
+// /debug/raft page. Field names are a contract (docs/design.md): they may be
 // extended, never renamed or removed.
 type Status struct {
 	// ClusterID identifies the cluster.

@@ -1,6 +1,6 @@
 package transport
 
-// The seed failures of DESIGN.md, each run against the gRPC transport (which
+// The seed failures of docs/failures.md, each run against the gRPC transport (which
 // must pass) and against a deliberately naive version of the part that
 // guards against it (which must fail). A guard that cannot fail guards
 // nothing.

@@ -7,7 +7,7 @@
 // retransmits). Handler methods record under a leaf lock and return.
 //
 // Lanes. Each peer has separate lanes so that one kind of traffic never
-// waits behind another (DESIGN.md, law 5):
+// waits behind another (docs/design.md, law 5):
 //   - heartbeats: MsgHeartbeat and MsgHeartbeatResp with an empty Context,
 //     coalesced per peer and flushed by FlushHeartbeats once per tick;
 //   - raft: every other message, batched by the per-peer sender;

@@ -1,5 +1,5 @@
 // Command flotilla runs a Flotilla node and talks to a Flotilla cluster.
-// One file per command; flags are contracts (DESIGN.md): each also reads
+// One file per command; flags are contracts (docs/design.md): each also reads
 // FLOTILLA_<FLAG> from the environment, and a flag given on the command
 // line beats the environment.
 package main

@@ -1,5 +1,5 @@
 // Package chaos runs Flotilla clusters under faults and checks that they
-// keep their promises: the seed failures of DESIGN.md at cluster level, in
+// keep their promises: the seed failures of docs/failures.md at cluster level, in
 // one process over real gRPC sockets and across real processes with real
 // packets dropped by iptables.
 //

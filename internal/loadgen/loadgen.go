@@ -79,7 +79,7 @@ type Second struct {
 
 // Report is a run's result with its workload, as `flotilla bench -w json`
 // prints it: the JSON field names and their order are a contract
-// (DESIGN.md): op, ops, errors, seconds, ops_per_sec, p50_ms, p99_ms,
+// (docs/design.md): op, ops, errors, seconds, ops_per_sec, p50_ms, p99_ms,
 // clients, value_size, keys, errors_by_kind (always an object, {} when
 // there were no errors), per_second (always an array). See MarshalJSON.
 type Report struct {

@@ -233,7 +233,7 @@ func TestPercentile(t *testing.T) {
 }
 
 // TestReportJSON: the field names and order of `bench -w json` are a
-// contract (DESIGN.md); errors_by_kind and per_second come last, and are
+// contract (docs/design.md); errors_by_kind and per_second come last, and are
 // never null.
 func TestReportJSON(t *testing.T) {
 	r := Report{Op: "put", Result: Result{Ops: 1, Errors: 2, Seconds: 3, OpsPerSec: 4, P50Ms: 5, P99Ms: 6,
