@@ -442,3 +442,50 @@ func TestSlowSubscriberSkipsToLatest(t *testing.T) {
 		t.Fatalf("mailbox holds %d events, cap 1024", len(b.Events))
 	}
 }
+
+// TestConfChangeHeldOverTransfer: a membership change, alone or followed by
+// a proposal, that reaches a leader handing leadership away is held like a
+// proposal: each gets exactly one outcome once the transfer is over (here
+// the transfer completes, so both fail with ErrNotLeader, unappended). An
+// earlier version held the proposal after the change in its place, which
+// panicked on a change alone and finished the proposal twice.
+func TestConfChangeHeldOverTransfer(t *testing.T) {
+	for _, withPut := range []bool{false, true} {
+		c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1, DisableProposalForwarding: true})
+		must(t, c.Campaign(1, 1))
+		h := c.Hosts[1]
+		tr := h.TransferLeadershipAsync(1, 2)
+		h.Process() // the transfer starts; its MsgTimeoutNow is not delivered yet
+		var outcomes []int
+		var errs []error
+		cc := h.ChangeMembershipAsync(1, multiraft.AddLearner, 4)
+		var put multiraft.Future
+		n := 1
+		if withPut {
+			put = h.ProposeAsync(1, []byte("set x 1"))
+			n = 2
+		}
+		h.Process()
+		must(t, c.TickStable(40))
+		for i, f := range []multiraft.Future{cc, put}[:n] {
+			select {
+			case <-f.Done():
+				_, err := f.Result()
+				outcomes = append(outcomes, i)
+				errs = append(errs, err)
+			default:
+			}
+		}
+		if len(outcomes) != n {
+			t.Fatalf("withPut=%v: %d of %d requests finished", withPut, len(outcomes), n)
+		}
+		for _, err := range errs {
+			if !errors.Is(err, multiraft.ErrNotLeader) {
+				t.Errorf("withPut=%v: outcome %v, want ErrNotLeader (held, then refused unappended)", withPut, err)
+			}
+		}
+		if err := <-tr; err != nil {
+			t.Errorf("transfer: %v", err)
+		}
+	}
+}

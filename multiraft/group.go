@@ -227,7 +227,7 @@ func (g *group) propose(props []*proposal) {
 			props = props[1:]
 			p.startTick = g.ticks
 			if err := g.rn.ProposeConfChange(*p.cc); err != nil {
-				if g.holdForTransfer(props[:1]) {
+				if g.holdForTransfer([]*proposal{p}) {
 					continue
 				}
 				p.finish(nil, g.dropErr())
