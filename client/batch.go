@@ -30,9 +30,6 @@ import (
 // maxBatchOps bounds the ops sent in one BatchRequest.
 const maxBatchOps = 512
 
-// errNoBatch: the node does not serve Batch; use the unary RPC.
-var errNoBatch = errors.New("client: batch not served")
-
 // batchers holds one batcher per connection. Lock order: batchers.mu is a
 // leaf, taken after Client.mu is released.
 type batchers struct {
@@ -114,23 +111,27 @@ type batchStream struct {
 // start queues op; done gets its answer (the result, or the error its
 // unary RPC would have returned) exactly once, from the sender or the
 // stream's receiver, and must not block. It returns false, having done
-// nothing, if the node does not serve Batch: use the unary RPC. op is
+// nothing, if the node does not serve Batch or its queue is full (a node
+// whose stream stalls, say): use the unary RPC then. It never waits. op is
 // marshalled later by sendLoop: neither it nor its byte slices may change
 // afterwards, and each attempt needs an op of its own (sendLoop sets its
-// Id). start waits only while the queue is full, until ctx ends.
-func (b *batcher) start(ctx context.Context, op *api.BatchOp, done func(*api.BatchResult, error)) bool {
+// Id).
+func (b *batcher) start(op *api.BatchOp, done func(*api.BatchResult, error)) bool {
 	if b.unsupported.Load() {
 		return false
 	}
-	bc := &batchCall{op: op, done: done}
 	select {
-	case b.calls <- bc:
 	case <-b.stop:
 		done(nil, status.Error(codes.Canceled, "client: closed"))
-	case <-ctx.Done():
-		done(nil, status.FromContextError(ctx.Err()).Err())
+		return true
+	default:
 	}
-	return true
+	select {
+	case b.calls <- &batchCall{op: op, done: done}:
+		return true
+	default:
+		return false
+	}
 }
 
 func (b *batcher) sendLoop() {
@@ -176,11 +177,6 @@ func (b *batcher) sendLoop() {
 		if st == nil {
 			var err error
 			if st, err = b.open(); err != nil {
-				if err == errNoBatch {
-					// Answered as Unimplemented: the caller's next attempt
-					// takes the unary RPC.
-					err = status.Error(codes.Unavailable, "client: node does not serve Batch; retrying without it")
-				}
 				for _, c := range calls {
 					c.done(nil, err)
 				}
@@ -231,11 +227,13 @@ func (b *batcher) open() (*batchStream, error) {
 	return st, nil
 }
 
-// noteErr remembers that the node does not serve Batch.
+// noteErr remembers that the node does not serve Batch, and turns that
+// answer into a refusal the request retries (its next attempts take the
+// unary RPC: start returns false from now on).
 func (b *batcher) noteErr(err error) error {
 	if status.Code(err) == codes.Unimplemented {
 		b.unsupported.Store(true)
-		return errNoBatch
+		return status.Error(codes.FailedPrecondition, "client: node does not serve Batch; not applied, retrying without it")
 	}
 	return err
 }
@@ -253,9 +251,6 @@ func (st *batchStream) recvLoop(b *batcher) {
 			pend := st.pend
 			st.pend = nil
 			st.mu.Unlock()
-			if err == errNoBatch {
-				err = status.Error(codes.Unavailable, "client: node does not serve Batch; retrying without it")
-			}
 			for _, c := range pend {
 				c.done(nil, err)
 			}

@@ -58,9 +58,11 @@ var (
 	// electing). A write that ends so was certainly not applied; one that
 	// may have been ends with ErrAmbiguous instead.
 	ErrUnavailable = errors.New("client: cluster unavailable")
-	// ErrAmbiguous: the request's deadline ended while a write's outcome
-	// was unknown: it may or may not have been applied (it will not be
-	// applied later: its session refuses late copies).
+	// ErrAmbiguous: the request's deadline ended (or the client closed)
+	// while a write's outcome was unknown: it may or may not have been
+	// applied, and an attempt already in a log may still apply later. (A
+	// copy that arrives after a later write of the session to the same
+	// group is refused: the group's floor has passed it.)
 	ErrAmbiguous = errors.New("client: outcome unknown")
 	// ErrInvalidArgument: the request is malformed (empty or oversized
 	// key, oversized value, bad limit). Retrying cannot help.
@@ -119,9 +121,9 @@ type Config struct {
 	// reset is closed. Defaults 10s (gRPC's minimum) and 3s.
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	// DisableFailover turns off hedging, node suspicion and probes: one
-	// attempt at a time, each waiting up to AttemptTimeout. The client
-	// before failover detection behaved so; tests use it as the naive
-	// control.
+	// attempt at a time, the next only after the last went unanswered for
+	// AttemptTimeout (or failed). The client before failover detection
+	// behaved so; tests use it as the naive control.
 	DisableFailover bool
 	// Logger receives debug logs of retries. Default: discard.
 	Logger *slog.Logger
@@ -519,30 +521,34 @@ func sortedKeys(m map[uint64]string) []uint64 {
 	return out
 }
 
-// noteLeader learns group g's leader from an answer: with its term, it
-// replaces a leader of an older term; without (term 0, a hint), it
-// replaces whatever is cached. leader 0 with a term forgets the cached
-// leader of that term or older.
-func (c *Client) noteLeader(g, leader, term uint64) {
+// noteLeader learns group g's leader from an answer of node from (0:
+// unknown): with its term, it replaces a leader of an older term, and
+// leader 0 forgets the cached leader of that term or older. A hint without
+// a term (a refusal's trailer) replaces the cache only when it has no
+// leader, or its leader is the node that just refused: otherwise a node
+// with a stale view could displace a newer leader.
+func (c *Client) noteLeader(g, leader, term, from uint64) {
 	if g == 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if term == 0 {
+		if cur := c.mu.leaders[g]; leader != 0 && (cur.id == 0 || cur.id == from) {
+			c.mu.leaders[g] = leaderInfo{id: leader, term: cur.term}
+		}
+		return
+	}
 	c.noteLeaderLocked(g, leader, term)
 }
 
 func (c *Client) noteLeaderLocked(g, leader, term uint64) {
 	cur := c.mu.leaders[g]
 	switch {
-	case term != 0 && term < cur.term:
-		return // older news
-	case leader == 0 && term == 0:
-		return // a hint that names nobody says nothing
+	case term == 0 || term < cur.term:
+		return // older news, or nothing to order it by
 	case leader == 0:
 		delete(c.mu.leaders, g)
-	case term == 0:
-		c.mu.leaders[g] = leaderInfo{id: leader, term: cur.term}
 	default:
 		c.mu.leaders[g] = leaderInfo{id: leader, term: term}
 	}

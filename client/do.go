@@ -45,13 +45,10 @@ type answer struct {
 	err          error
 }
 
-// attempt is what an attemptFunc starts an attempt with.
-type attempt struct {
-	// ctx is the caller's context: enough for work that ends with the
-	// call itself (queueing an op on a Batch stream).
-	ctx context.Context
-	req *request
-}
+// attempt is what an attemptFunc starts an attempt with: its request.
+// Queueing an op on a Batch stream needs nothing else; an RPC takes its
+// context from rpcContext.
+type attempt struct{ req *request }
 
 // rpcContext returns the context of an RPC of the attempt: it ends with
 // the request (once do returns, an attempt still out is abandoned) and
@@ -255,12 +252,18 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 		sent := time.Now()
 		sentAt[len(busy)] = sent
 		busy = append(busy, addr)
-		start(attempt{ctx: ctx, req: req}, cc, func(a answer) {
+		start(attempt{req: req}, cc, func(a answer) {
 			a.addr, a.sent = addr, sent
 			results <- a
 		})
-		if failover && len(busy) < maxOutstanding {
+		switch {
+		case len(busy) >= maxOutstanding:
+		case failover:
 			arm(c.health.hedgeDelay(addr, c.cfg.HedgeDelayMin, c.cfg.HedgeDelayMax), true)
+		default:
+			// Without failover detection an attempt is given up only after
+			// AttemptTimeout (its answer is still taken if it comes).
+			arm(c.cfg.AttemptTimeout, true)
 		}
 		return true
 	}
@@ -288,7 +291,7 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 				if failover {
 					c.health.answered(a.addr, a.sent)
 				}
-				c.noteLeader(g, a.leader, a.term)
+				c.noteLeader(g, a.leader, a.term, c.nodeOf(a.addr))
 				return a.val, nil
 			}
 			kind, cerr := classify(a.err)
@@ -320,7 +323,7 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			if fails && !slices.Contains(avoid, a.addr) {
 				avoid = append(avoid, a.addr)
 			}
-			c.noteLeader(g, a.leader, a.term)
+			c.noteLeader(g, a.leader, a.term, c.nodeOf(a.addr))
 			if req.over() {
 				return nil, end(errDeadline)
 			}
@@ -342,11 +345,18 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 		case <-timerC:
 			timerC = nil
 			if hedging {
-				for i, addr := range busy {
-					c.health.slow(addr, sentAt[i])
+				if failover {
+					for i, addr := range busy {
+						c.health.slow(addr, sentAt[i])
+					}
+				} else {
+					// The attempt out timed out: its outcome is unknown.
+					unknown = unknown || write
 				}
 				if launch() {
-					c.hedges.Add(1)
+					if failover {
+						c.hedges.Add(1)
+					}
 				} else if len(busy) == 0 {
 					return nil, end(errNoNode)
 				}
@@ -363,6 +373,9 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 		case <-expired:
 			return nil, end(errDeadline)
 		case <-c.stop:
+			if write && (unknown || len(busy) > 0) {
+				return nil, fmt.Errorf("%w: %w", ErrAmbiguous, ErrClosed)
+			}
 			return nil, ErrClosed
 		}
 	}

@@ -370,7 +370,7 @@ func (o *Observer) observeLoop() {
 				first = false
 				attempt, backoff = 0, c.cfg.BackoffBase
 			}
-			c.noteLeader(o.e.group, leaderHint(stream.Trailer()), 0)
+			c.noteLeader(o.e.group, leaderHint(stream.Trailer()), 0, 0)
 		}
 		if o.ctx.Err() != nil {
 			o.fail(o.ctx.Err())

@@ -84,7 +84,7 @@ func (c *Client) write(ctx context.Context, g uint64, start func(at attempt, cc 
 // out of a batch result (or the unary call returns) and its header.
 func (c *Client) sendBatchable(at attempt, cc *grpc.ClientConn, done func(answer), op *api.BatchOp,
 	resp func(*api.BatchResult) (any, *api.Header), call func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error)) {
-	if b := c.batcher(cc); b != nil && b.start(at.ctx, op, func(r *api.BatchResult, err error) {
+	if b := c.batcher(cc); b != nil && b.start(op, func(r *api.BatchResult, err error) {
 		a := answer{err: err}
 		if err != nil {
 			a.leader = batchHint(err)

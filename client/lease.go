@@ -333,7 +333,7 @@ func (l *Lease) runStream(attempt int, interval time.Duration, lost *time.Timer)
 			l.renewals.Add(1)
 			renewed = true
 		case err := <-errc:
-			l.c.noteLeader(l.group, leaderHint(stream.Trailer()), 0)
+			l.c.noteLeader(l.group, leaderHint(stream.Trailer()), 0, 0)
 			l.c.log.Debug("client: keep-alive stream ended", "lease", l.id, "group", l.group, "addr", addr, "err", err)
 			return nil, renewed
 		}

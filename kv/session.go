@@ -1,9 +1,9 @@
 package kv
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -49,11 +49,27 @@ import (
 // there, by the group's clock.
 const SessionTTL = 10 * time.Minute
 
-// MaxSessionResults bounds the results one session keeps in one group: a
-// client with more writes unanswered in one group than this loses the
-// oldest (their retries are refused as stale, so the client reports them
-// ambiguous) instead of growing the group's memory without end.
-const MaxSessionResults = 100000
+// Bounds on what sessions keep, so that a client cannot grow a group's
+// memory, its snapshots or its restart without end. Past a bound the oldest
+// goes: a session's oldest results (their retries are then refused as
+// stale, and the client reports them ambiguous), or the session touched
+// least recently (its next write is refused as unknown, and registers it
+// again; a retry of a write it had applied but not had answered would then
+// apply twice, so the bound is far above what a client needs).
+const (
+	// MaxSessionResults bounds the results one session keeps in one group.
+	MaxSessionResults = 100000
+	// MaxSessionBytes bounds the bytes of the results one session keeps
+	// in one group (a failed CAS's result holds the key's value); it
+	// bounds the session's stored record too.
+	MaxSessionBytes = 8 << 20
+	// MaxSessions bounds the sessions of one group.
+	MaxSessions = 100000
+)
+
+// sessionRecordLimit is the largest stored session record: its results,
+// plus the sequence numbers and lengths that frame them.
+const sessionRecordLimit = MaxSessionBytes + MaxValueSize + 64 + MaxSessionResults*20
 
 // sweepEvery is how far the clock moves between two sweeps for expired
 // sessions.
@@ -65,8 +81,48 @@ type sessionRec struct {
 	floor uint64
 	// touched: the group clock (ms) of its last write.
 	touched int64
-	// results of applied writes at or above floor, by sequence number.
-	results map[uint64][]byte
+	// results of applied writes at or above floor, ascending by sequence
+	// number (a client's writes mostly apply in order, so record appends);
+	// bytes is the sum of their lengths.
+	results []seqResult
+	bytes   int
+}
+
+type seqResult struct {
+	seq uint64
+	res []byte
+}
+
+// find returns the position of seq in r.results, and whether it is there.
+func (r *sessionRec) find(seq uint64) (int, bool) {
+	return slices.BinarySearchFunc(r.results, seq, func(e seqResult, seq uint64) int { return cmp.Compare(e.seq, seq) })
+}
+
+// add keeps the result of seq (not there yet), then drops the oldest while
+// the session is over its bounds.
+func (r *sessionRec) add(seq uint64, res []byte) {
+	i, _ := r.find(seq)
+	r.results = slices.Insert(r.results, i, seqResult{seq, res})
+	r.bytes += len(res)
+	n := 0
+	for len(r.results)-n > MaxSessionResults || (r.bytes > MaxSessionBytes && len(r.results)-n > 1) {
+		r.bytes -= len(r.results[n].res)
+		n++
+	}
+	if n > 0 {
+		r.floor = r.results[n-1].seq + 1
+		r.results = slices.Delete(r.results, 0, n)
+	}
+}
+
+// forget raises the floor to floor and drops the results below it.
+func (r *sessionRec) forget(floor uint64) {
+	r.floor = floor
+	i, _ := r.find(floor)
+	for _, e := range r.results[:i] {
+		r.bytes -= len(e.res)
+	}
+	r.results = slices.Delete(r.results, 0, i)
 }
 
 // sessionTable is the sessions of one group. Owned by the worker that
@@ -132,7 +188,10 @@ func (t *sessionTable) check(cmd *Command) (res []byte, skip bool) {
 		if !cmd.Register {
 			return Result{SessionUnknown: true}.encode(), true
 		}
-		r = &sessionRec{floor: cmd.Acked, results: make(map[uint64][]byte)}
+		if len(t.m) >= MaxSessions {
+			t.evictOldest()
+		}
+		r = &sessionRec{floor: cmd.Acked}
 		t.m[cmd.Session] = r
 	}
 	r.touched = t.clock
@@ -143,10 +202,24 @@ func (t *sessionTable) check(cmd *Command) (res []byte, skip bool) {
 	if cmd.Seq < r.floor {
 		return Result{SessionStale: true}.encode(), true
 	}
-	if prev, ok := r.results[cmd.Seq]; ok {
-		return prev, true
+	if i, ok := r.find(cmd.Seq); ok {
+		return r.results[i].res, true
 	}
 	return nil, false
+}
+
+// evictOldest drops the session touched least recently (ties: the lowest
+// ID, so that every replica drops the same one).
+func (t *sessionTable) evictOldest() {
+	var oldest uint64
+	var at int64
+	for id, r := range t.m {
+		if oldest == 0 || r.touched < at || (r.touched == at && id < oldest) {
+			oldest, at = id, r.touched
+		}
+	}
+	delete(t.m, oldest)
+	t.touch(oldest)
 }
 
 // record keeps the result of cmd, which check let apply. res is copied.
@@ -154,21 +227,7 @@ func (t *sessionTable) record(cmd *Command, res []byte) {
 	if cmd.Session == 0 || t.off {
 		return
 	}
-	r := t.m[cmd.Session]
-	r.results[cmd.Seq] = append([]byte(nil), res...)
-	if len(r.results) > MaxSessionResults {
-		r.forget(slices.Min(slices.Collect(maps.Keys(r.results))) + 1)
-	}
-}
-
-// forget raises the floor to floor and drops the results below it.
-func (r *sessionRec) forget(floor uint64) {
-	r.floor = floor
-	for seq := range r.results {
-		if seq < floor {
-			delete(r.results, seq)
-		}
-	}
+	t.m[cmd.Session].add(cmd.Seq, append([]byte(nil), res...))
 }
 
 // sessionKey is the key of session id's record in group g.
@@ -184,27 +243,29 @@ func (r *sessionRec) encode() []byte {
 	b := binary.AppendUvarint(nil, r.floor)
 	b = binary.AppendVarint(b, r.touched)
 	b = binary.AppendUvarint(b, uint64(len(r.results)))
-	for _, seq := range slices.Sorted(maps.Keys(r.results)) {
-		b = binary.AppendUvarint(b, seq)
-		b = appendBytes(b, r.results[seq])
+	for _, e := range r.results {
+		b = binary.AppendUvarint(b, e.seq)
+		b = appendBytes(b, e.res)
 	}
 	return b
 }
 
 func decodeSession(b []byte) (*sessionRec, error) {
 	r := reader{b: b}
-	rec := &sessionRec{floor: r.uvarint(), touched: r.varint(), results: make(map[uint64][]byte)}
+	rec := &sessionRec{floor: r.uvarint(), touched: r.varint()}
 	count := r.uvarint()
 	if r.err || count > MaxSessionResults {
 		return nil, fmt.Errorf("%w: session record", ErrCorrupt)
 	}
+	rec.results = make([]seqResult, 0, count)
 	for range count {
 		seq := r.uvarint()
 		res := r.bytes()
-		if r.err {
+		if r.err || (len(rec.results) > 0 && seq <= rec.results[len(rec.results)-1].seq) {
 			return nil, fmt.Errorf("%w: session record", ErrCorrupt)
 		}
-		rec.results[seq] = append([]byte(nil), res...)
+		rec.results = append(rec.results, seqResult{seq, append([]byte(nil), res...)})
+		rec.bytes += len(res)
 	}
 	if len(r.b) != 0 {
 		return nil, fmt.Errorf("%w: session record trailing bytes", ErrCorrupt)

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -210,5 +211,55 @@ func TestSessionCommandEncoding(t *testing.T) {
 	plain[1+1+1+1] |= 0x80 // op, key len, key, value len: the flag byte
 	if _, err := decodeCommand(plain); err == nil {
 		t.Error("a command with an unknown flag decoded")
+	}
+}
+
+// TestSessionBoundsAndBigResults: results as large as a value (a CAS
+// answers with the key's value) stay restorable from a snapshot, and a
+// session over MaxSessionBytes drops its oldest results: their retries are
+// then refused as stale (the client reports them ambiguous), never applied
+// twice.
+func TestSessionBoundsAndBigResults(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	src, err := New(db, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ms = 1_700_000_000_000
+	big := bytes.Repeat([]byte("x"), 600<<10)
+	// Write 1 stays unanswered (the floor stays 1); writes 2.. are CAS that
+	// apply and answer with their 600 KiB values.
+	cas := func(i int, seq uint64) Command {
+		return sessionWrite(Command{Op: OpCAS, Key: fmt.Appendf(nil, "k%d", i), ExpectAbsent: true, Value: big}, 42, seq, 1, seq == 2, ms)
+	}
+	n := MaxSessionBytes/len(big) + 3
+	for i := range n {
+		if r := apply(t, src, uint64(i+1), cas(i, uint64(i+2))); !r.OK {
+			t.Fatalf("CAS %d: %+v", i, r)
+		}
+	}
+	var snap bytes.Buffer
+	if err := src.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	db2 := openDB(t, vfs.NewMem())
+	defer db2.Close()
+	dst, err := New(db2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Restore(bytes.NewReader(snap.Bytes()), uint64(n)); err != nil {
+		t.Fatalf("a follower cannot restore a snapshot with big session results: %v", err)
+	}
+	for name, sm := range map[string]*StateMachine{"leader": src, "restored": dst} {
+		// The first CAS's result was dropped to stay under the bound: its
+		// retry is stale. The last one's is kept: its retry is answered.
+		if r := apply(t, sm, uint64(n+1), cas(0, 2)); !r.SessionStale {
+			t.Errorf("%s: retry of the oldest CAS: %+v, want stale", name, r)
+		}
+		if r := apply(t, sm, uint64(n+2), cas(n-1, uint64(n+1))); !r.OK || r.SessionStale || len(r.Current) != len(big) {
+			t.Errorf("%s: retry of the newest CAS: OK=%v stale=%v, want its first answer", name, r.OK, r.SessionStale)
+		}
 	}
 }

@@ -631,12 +631,12 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 			return err
 		}
 	}
-	readChunk := func() ([]byte, error) {
+	readChunk := func(limit uint64) ([]byte, error) {
 		n, err := binary.ReadUvarint(br)
 		if err != nil {
 			return nil, err
 		}
-		if n > MaxKeySize+MaxValueSize+8 {
+		if n > limit {
 			return nil, fmt.Errorf("%w: snapshot record of %d bytes", ErrCorrupt, n)
 		}
 		v := make([]byte, n)
@@ -658,14 +658,18 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 			}
 			kind = c
 		}
-		k, err := readChunk()
+		k, err := readChunk(MaxKeySize + 8)
 		if err == io.EOF && magic == snapMagic1 {
 			break
 		}
 		if err != nil {
 			return fmt.Errorf("%w: snapshot key: %v", ErrCorrupt, err)
 		}
-		v, err := readChunk()
+		limit := uint64(MaxKeySize + MaxValueSize + 8)
+		if kind == byte(keys.Session) {
+			limit = sessionRecordLimit // a session's results (session.go)
+		}
+		v, err := readChunk(limit)
 		if err != nil {
 			return fmt.Errorf("%w: snapshot value: %v", ErrCorrupt, err)
 		}

@@ -106,7 +106,10 @@ type Config struct {
 	// clock and uses the others). Limits 2*HeartbeatTicks to 1000.
 	LivenessTicks int
 	// DisableFailover turns off the liveness failover above: groups then
-	// wait for raft's own election timeout. PeerDown still reports.
+	// wait for raft's own election timeout. PeerDown still reports. The
+	// failover is also off when DisablePreVote or DisableCheckQuorum is
+	// set: without them a follower that merely cannot hear a live leader
+	// would depose it.
 	DisableFailover bool
 
 	// Manual runs no goroutine: the caller drives the Host with Tick and

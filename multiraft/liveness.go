@@ -22,13 +22,19 @@ package multiraft
 // one follower (seed 002) costs nothing: that follower forgets and may
 // campaign, but the other followers still hear the leader and refuse their
 // pre-votes (they are in the leader's lease), and the leader keeps its
-// term. A leader is never deposed by liveness; only a quorum that lost it
-// elects another.
+// term. A leader is deposed only when a quorum of its followers stopped
+// hearing it. The price: a leader that stalls for the liveness timeout (a
+// long GC pause, an fsync stall, a starved process) loses its groups at
+// that timeout instead of at the election timeout. The failover is off
+// unless PreVote and CheckQuorum are both on, which it relies on.
 //
 // What "heard" means is any message batch from the peer (HandleBatch):
-// heartbeats, appends, responses. It is kept in ticks of this Host, so the
-// failover is as deterministic as the rest of the engine (Manual mode, the
-// simulation).
+// heartbeats, appends, responses, and the ping every node sends every peer
+// each tick (transport.Transport.FlushHeartbeats) — followers of a group
+// never message each other, and without the pings two live followers
+// would count each other down and both campaign. It is kept in ticks of
+// this Host, so the failover is as deterministic as the rest of the engine
+// (Manual mode, the simulation).
 
 import (
 	"slices"
@@ -110,7 +116,7 @@ func (h *Host) Failovers() uint64 { return h.metrics.failovers.Load() }
 // owner after the tick's Tick calls. (See the top of this file.)
 func (g *group) checkLiveness() {
 	h := g.h
-	if h.cfg.DisableFailover {
+	if h.cfg.DisableFailover || h.cfg.DisablePreVote || h.cfg.DisableCheckQuorum {
 		return
 	}
 	if g.failoverFrom != 0 && !h.PeerDown(g.failoverFrom) {

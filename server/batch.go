@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -15,6 +16,10 @@ import (
 
 // maxBatchResults bounds the answers sent in one BatchResponse.
 const maxBatchResults = 1024
+
+// batchOpTimeout bounds an op of a Batch stream that takes its unary path:
+// the Go client's default RequestTimeout, past which nobody waits for it.
+const batchOpTimeout = 30 * time.Second
 
 // maxBatchInFlight bounds the ops of one Batch stream in flight at once.
 // Past it the handler stops taking requests, so the stream's receive stalls
@@ -86,7 +91,14 @@ func (k *kvService) Batch(stream api.KV_BatchServer) error {
 	// the handler, and by engine workers (from a ProposeFunc callback, which
 	// must not block: spawning does not).
 	viaUnary := func(op *api.BatchOp) {
-		if !unary.spawn(func() { done(batchDone{res: k.batchOp(ctx, op)}) }) {
+		if !unary.spawn(func() {
+			// Bounded like a client's request, so that an op cannot hold
+			// its token forever (a forward without a session to a frozen
+			// node, say).
+			octx, cancel := context.WithTimeout(ctx, batchOpTimeout)
+			defer cancel()
+			done(batchDone{res: k.batchOp(octx, op)})
+		}) {
 			// The stream is over: nobody reads the answer.
 			done(batchDone{res: &api.BatchResult{Id: op.Id, Code: uint32(codes.Canceled)}})
 		}
@@ -166,7 +178,7 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute 
 	}
 	id, put := op.Id, cmd.Op == kv.OpPut
 	k.s.host.ProposeFunc(g, b, func(out []byte, err error) {
-		if err != nil && notAppended(err) {
+		if err != nil && leaderMoved(err) {
 			k.s.metrics.reroutes.Inc()
 			reroute(op)
 			return

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
@@ -32,35 +33,36 @@ func (s *Server) Thaw() {
 	s.tr.Faults().Heal()
 }
 
-// freezer holds requests while the node is frozen. Lock order: mu is a
-// leaf.
+// freezer holds requests while the node is frozen. Every request and
+// stream message checks it, so the check is one atomic load; mu (a leaf)
+// only serializes Freeze and Thaw.
 type freezer struct {
 	mu     sync.Mutex
-	frozen bool
-	thawed chan struct{} // closed at Thaw; replaced at Freeze
+	thawed atomic.Pointer[chan struct{}] // nil unless frozen; closed at Thaw
 }
 
 func (f *freezer) set(on bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	cur := f.thawed.Load()
 	switch {
-	case on && !f.frozen:
-		f.frozen, f.thawed = true, make(chan struct{})
-	case !on && f.frozen:
-		f.frozen = false
-		close(f.thawed)
+	case on && cur == nil:
+		ch := make(chan struct{})
+		f.thawed.Store(&ch)
+	case !on && cur != nil:
+		f.thawed.Store(nil)
+		close(*cur)
 	}
 }
 
 // wait returns at once unless the node is frozen; then it waits until it
 // thaws or ctx ends.
 func (f *freezer) wait(ctx context.Context) error {
-	f.mu.Lock()
-	frozen, thawed := f.frozen, f.thawed
-	f.mu.Unlock()
-	if !frozen {
+	p := f.thawed.Load()
+	if p == nil {
 		return nil
 	}
+	thawed := *p
 	select {
 	case <-thawed:
 		return nil

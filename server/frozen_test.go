@@ -91,9 +91,12 @@ func (c *cluster) leadersOf(nodes ...uint64) map[uint64][2]uint64 {
 // connections stay open and nothing answers, as under SIGSTOP) costs the
 // clients only itself. With the default client, puts of keys of every
 // group go on through the freeze: after the failover bound (the liveness
-// timeout plus an election, with slack for a loaded machine) no 300 ms
-// passes without a completed put, no put fails, and no group the frozen
-// node did not lead changes leader or term.
+// timeout plus an election, with ample slack for a loaded machine) no
+// second passes without a completed put, no put fails, and no group the
+// frozen node did not lead changes leader or term. (The bound and the gap
+// are far from what is measured, about 250ms, so a slow CI machine does
+// not fail the test; the naive client below stalls for its whole 5s
+// attempt.)
 //
 // The same run freezes another node under a naive client (no hedging, no
 // suspicion: one attempt at a time, up to 5s, the client before failover
@@ -105,9 +108,9 @@ func TestFrozenNodeClientWritesGoOn(t *testing.T) {
 	c := startClusterWith(t, 3, 12, func(cfg *Config) { cfg.BalanceSettle = time.Minute })
 	const (
 		workers = 16
-		freeze  = 3 * time.Second
-		bound   = 1500 * time.Millisecond // failover: 300ms liveness + election + slack
-		gap     = 300 * time.Millisecond
+		freeze  = 4 * time.Second
+		bound   = 2 * time.Second // failover: 300ms liveness + election, with ample slack for a loaded machine
+		gap     = time.Second
 	)
 	leading := func() uint64 {
 		counts := map[uint64]int{}

@@ -17,10 +17,13 @@ package server
 //     elected (awaitLeader), then goes there. Only then is it answered "no
 //     leader yet" (FailedPrecondition), which the client retries.
 //   - A proposal that raft refused unappended because leadership moved (a
-//     transfer completed, the leader was deposed: ErrNotLeader, ErrNoLeader,
-//     ErrDropped) is routed again to the new leader, up to maxReroutes
-//     times. Writes carry client sessions (kv/session.go), so even a
-//     forward whose outcome is unknown may be sent again by the client.
+//     transfer completed, the leader was deposed: ErrNotLeader, ErrNoLeader)
+//     is routed again to the new leader, up to maxReroutes times.
+//   - A forwarded session write whose target goes silent (liveness) or
+//     stops leading is given up and routed again: writes carry client
+//     sessions (kv/session.go), so a second copy applies nothing. After
+//     maxReroutes the write is answered Unavailable (the client retries).
+//     A write without a session is forwarded once and waited for.
 //
 // A request forwarded here by another node is served here or refused with
 // the leader hint, never forwarded again: a request crosses at most one
@@ -37,6 +40,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -103,6 +107,9 @@ func (s *Server) usableLeader(g uint64) uint64 {
 // leader, and returns it. It gives up after leaderWait with a
 // FailedPrecondition "no leader yet", or when ctx ends or the node stops.
 func (s *Server) awaitLeader(ctx context.Context, g uint64) (uint64, error) {
+	if l := s.usableLeader(g); l != 0 {
+		return l, nil // the common case: no wait, no lock
+	}
 	var deadline time.Time
 	for {
 		ch := s.leaders.changed() // before the check: no change is missed
@@ -116,7 +123,7 @@ func (s *Server) awaitLeader(ctx context.Context, g uint64) (uint64, error) {
 		}
 		left := deadline.Sub(now)
 		if left <= 0 {
-			return 0, s.noLeaderYet(ctx, g)
+			return 0, s.noLeaderYet(g)
 		}
 		// Liveness changes (a leader's node found down) come with no
 		// event: look again every tick.
@@ -137,7 +144,7 @@ func (s *Server) awaitLeader(ctx context.Context, g uint64) (uint64, error) {
 
 // noLeaderYet is the answer to a request whose group found no usable
 // leader within leaderWait. Not done: the client retries.
-func (s *Server) noLeaderYet(ctx context.Context, g uint64) error {
+func (s *Server) noLeaderYet(g uint64) error {
 	l := s.leaderOf(g)
 	why := "no leader yet"
 	if l != 0 {
@@ -146,11 +153,12 @@ func (s *Server) noLeaderYet(ctx context.Context, g uint64) error {
 	return status.Errorf(codes.FailedPrecondition, "server: group %d: %s (not applied; retry)", g, why)
 }
 
-// notAppended reports whether an engine error says a proposal was refused
-// before it was appended to the log, so that it may go elsewhere.
-func notAppended(err error) bool {
-	return errors.Is(err, multiraft.ErrNotLeader) || errors.Is(err, multiraft.ErrNoLeader) ||
-		errors.Is(err, multiraft.ErrDropped)
+// leaderMoved reports whether an engine error says a proposal was refused
+// unappended because this node does not lead (any more), so that it may go
+// to the leader. (ErrDropped, a full uncommitted log, is not: sending the
+// proposal straight back to the same leader would only add to its load.)
+func leaderMoved(err error) bool {
+	return errors.Is(err, multiraft.ErrNotLeader) || errors.Is(err, multiraft.ErrNoLeader)
 }
 
 // write runs cmd, a write of group g, on the group's leader. Here, if this
@@ -160,12 +168,22 @@ func notAppended(err error) bool {
 // carries the forwarded mark): remote's error, forwarded true.
 func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 	remote func(context.Context, *grpc.ClientConn) error) (res kv.Result, forwarded bool, err error) {
+	// A session write may be sent again: a forward whose target goes
+	// silent or is replaced is given up and routed anew.
+	mayGiveUp := cmd.Session != 0
 	if _, ok := s.sms[g]; !ok {
-		conn, fctx, err := s.forwardTo(ctx, g)
-		if err != nil {
-			return kv.Result{}, false, err
+		for attempt := 0; attempt <= maxReroutes; attempt++ {
+			to, err := s.forwardTarget(ctx, g)
+			if err != nil {
+				return kv.Result{}, false, err
+			}
+			err, gaveUp := s.forwardWatched(ctx, g, to, false, mayGiveUp, remote)
+			if !gaveUp {
+				return kv.Result{}, true, err
+			}
+			s.metrics.reroutes.Inc()
 		}
-		return kv.Result{}, true, remote(fctx, conn)
+		return kv.Result{}, false, s.unresponsive(g)
 	}
 	b, err := encode(cmd)
 	if err != nil {
@@ -178,9 +196,10 @@ func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 				return kv.Result{}, false, err
 			}
 			if l != s.cfg.NodeID {
-				// A session write may be sent again: give the forward up if
-				// its leader goes silent or is replaced, and route anew.
-				err, gaveUp := s.forwardWatched(ctx, g, l, cmd.Session != 0 && attempt < maxReroutes, remote)
+				if attempt > maxReroutes {
+					return kv.Result{}, false, s.unresponsive(g)
+				}
+				err, gaveUp := s.forwardWatched(ctx, g, l, true, mayGiveUp, remote)
 				if gaveUp {
 					s.metrics.reroutes.Inc()
 					continue
@@ -189,7 +208,7 @@ func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 			}
 		}
 		out, err := s.host.Propose(ctx, g, b)
-		if err != nil && notAppended(err) && !forwardedIn(ctx) && attempt < maxReroutes {
+		if err != nil && leaderMoved(err) && !forwardedIn(ctx) && attempt < maxReroutes {
 			s.metrics.reroutes.Inc()
 			continue
 		}
@@ -198,14 +217,21 @@ func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 	}
 }
 
-// forwardWatched forwards a request of group g to its leader l (see
-// forwardToNode) and waits for the answer. If mayGiveUp, it watches l while
-// it waits: once l's node is down (liveness) or the group has another
-// leader, it cancels the forward and reports gaveUp, so that the caller
-// routes the request again instead of waiting on a node that will not
-// answer (a frozen leader keeps its connections open). Only a request that
-// may be delivered twice may be given up: a session write.
-func (s *Server) forwardWatched(ctx context.Context, g, l uint64, mayGiveUp bool,
+// unresponsive is the answer to a session write whose forwards were given
+// up maxReroutes times: not known to be applied; the client resends it.
+func (s *Server) unresponsive(g uint64) error {
+	return status.Errorf(codes.Unavailable, "server: group %d: its leader did not answer forwarded writes; retry", g)
+}
+
+// forwardWatched forwards a request of group g to node l (its leader, or a
+// replica when this node has none; see forwardToNode) and waits for the
+// answer. If mayGiveUp, it watches l while it waits: once l's node is down
+// (liveness) or, l being the leader, the group has another known leader,
+// it cancels the forward and reports gaveUp, so that the caller routes the request again instead
+// of waiting on a node that will not answer (a frozen leader keeps its
+// connections open). Only a request that may be delivered twice may be
+// given up: a session write.
+func (s *Server) forwardWatched(ctx context.Context, g, l uint64, leader, mayGiveUp bool,
 	remote func(context.Context, *grpc.ClientConn) error) (err error, gaveUp bool) {
 	conn, fctx, err := s.forwardToNode(ctx, l)
 	if err != nil {
@@ -225,7 +251,7 @@ func (s *Server) forwardWatched(ctx context.Context, g, l uint64, mayGiveUp bool
 		case err := <-done:
 			return err, false
 		case <-t.C:
-			if now := s.leaderOf(g); s.host.PeerDown(l) || (now != 0 && now != l) {
+			if s.host.PeerDown(l) || (leader && s.leaderOf(g) != 0 && s.leaderOf(g) != l) {
 				cancel()
 				<-done
 				return nil, true
@@ -257,11 +283,21 @@ func (s *Server) forwardToNode(ctx context.Context, id uint64) (*grpc.ClientConn
 }
 
 // forwardTo picks the node to forward a request for group g to, which has
-// no local replica here: the leader if known and live, else the first live
-// replica. A request that was itself forwarded is refused here.
+// no local replica here (forwardTarget), and returns a connection to it.
 func (s *Server) forwardTo(ctx context.Context, g uint64) (*grpc.ClientConn, context.Context, error) {
+	target, err := s.forwardTarget(ctx, g)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.forwardToNode(ctx, target)
+}
+
+// forwardTarget picks the node to forward a request for group g to, which
+// has no local replica here: the leader if known and live, else the first
+// live replica. A request that was itself forwarded is refused here.
+func (s *Server) forwardTarget(ctx context.Context, g uint64) (uint64, error) {
 	if forwardedIn(ctx) {
-		return nil, nil, s.notHosted(ctx, g)
+		return 0, s.notHosted(ctx, g)
 	}
 	target := s.leaderOf(g)
 	alive := s.aliveNodes()
@@ -276,9 +312,9 @@ func (s *Server) forwardTo(ctx context.Context, g uint64) (*grpc.ClientConn, con
 		}
 	}
 	if target == 0 || s.clientAddrOf(target) == "" {
-		return nil, nil, s.notHosted(ctx, g)
+		return 0, s.notHosted(ctx, g)
 	}
-	return s.forwardToNode(ctx, target)
+	return target, nil
 }
 
 // forward sends a request for group g, which has no local replica, to a
@@ -307,7 +343,10 @@ func (s *Server) forwardConn(addr string) (*grpc.ClientConn, error) {
 		return c, nil
 	}
 	// grpc.NewClient does not connect; it is safe under the leaf lock.
+	// Keepalives close a connection to a node that vanished without a reset
+	// (gRPC's minimum interval; the client listener permits it).
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 3 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)

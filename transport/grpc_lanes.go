@@ -181,10 +181,15 @@ func (p *grpcPeer) heartbeatLoop() {
 		case <-p.hbWake:
 		}
 		p.mu.Lock()
-		batch := p.mu.hbReady
-		p.mu.hbReady = nil
+		batch, ping := p.mu.hbReady, p.mu.ping
+		p.mu.hbReady, p.mu.ping = nil, false
 		p.mu.Unlock()
 		if len(batch) == 0 {
+			if ping {
+				// An empty frame: the peer learns this node is alive.
+				p.writeBatch(&heartbeatStreamDesc, &s, &bo, f)
+				p.m.pings.Inc()
+			}
 			continue
 		}
 		for i := 0; i < len(batch); {

@@ -54,6 +54,7 @@ type grpcPeer struct {
 		hbPending  []Envelope // queued since the last flush
 		hbReady    []Envelope // flushed, not yet taken by heartbeatLoop
 		hbSpare    []Envelope // a drained buffer for reuse
+		ping       bool       // an empty frame is due (flushHeartbeats)
 		snapFailed []uint64   // groups whose snapshot was dropped by Send
 	}
 }
@@ -122,7 +123,12 @@ func (p *grpcPeer) queueHeartbeat(e *Envelope) {
 func (p *grpcPeer) flushHeartbeats() {
 	p.mu.Lock()
 	if len(p.mu.hbPending) == 0 {
+		// Nothing to coalesce: the lane carries an empty frame, a ping, so
+		// that the peer hears from this node every tick even when no
+		// group here leads (Transport.FlushHeartbeats).
+		p.mu.ping = true
 		p.mu.Unlock()
+		poke(p.hbWake)
 		return
 	}
 	stale := len(p.mu.hbReady)

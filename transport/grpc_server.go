@@ -237,9 +237,7 @@ func (t *GRPCTransport) deliver(hs *handlers, from uint64, envs []Envelope) bool
 		return false
 	}
 	defer t.gate.leave()
-	if len(envs) > 0 {
-		hs.h.HandleBatch(from, envs)
-	}
+	hs.h.HandleBatch(from, envs) // an empty heartbeat frame is a ping
 	return true
 }
 

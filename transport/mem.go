@@ -180,6 +180,7 @@ type memPeer struct {
 		sync.Mutex
 		queue      []Envelope
 		heartbeats []Envelope
+		ping       bool // an empty batch is due (FlushHeartbeats)
 	}
 }
 
@@ -283,6 +284,8 @@ func (t *MemTransport) FlushHeartbeats() {
 		if len(p.mu.heartbeats) > 0 {
 			p.mu.queue = append(p.mu.queue, p.mu.heartbeats...)
 			p.mu.heartbeats = p.mu.heartbeats[:0]
+		} else if len(p.mu.queue) == 0 {
+			p.mu.ping = true
 		}
 		p.mu.Unlock()
 		p.poke()
@@ -312,10 +315,10 @@ func (t *MemTransport) sendLoop(p *memPeer) {
 // handlers run.
 func (t *MemTransport) deliver(p *memPeer) int {
 	p.mu.Lock()
-	batch := p.mu.queue
-	p.mu.queue = nil
+	batch, ping := p.mu.queue, p.mu.ping
+	p.mu.queue, p.mu.ping = nil, false
 	p.mu.Unlock()
-	if len(batch) == 0 {
+	if len(batch) == 0 && !ping {
 		return 0
 	}
 	h := t.handler.Load()
@@ -336,9 +339,9 @@ func (t *MemTransport) deliver(p *memPeer) int {
 				}
 			}
 		}
-		return len(batch)
+		return max(len(batch), 1)
 	}
-	(*dh).HandleBatch(t.id, batch)
+	(*dh).HandleBatch(t.id, batch) // empty: a ping
 	p.sent.Add(uint64(len(batch)))
 	p.last.Store(time.Now().UnixNano())
 	if h != nil {
@@ -348,7 +351,7 @@ func (t *MemTransport) deliver(p *memPeer) int {
 			}
 		}
 	}
-	return len(batch)
+	return max(len(batch), 1) // a ping counts as one
 }
 
 func (t *MemTransport) isClosed() bool {

@@ -12,6 +12,7 @@ type grpcMetrics struct {
 	dropped         *prometheus.CounterVec // {to, reason}
 	hbBatches       *prometheus.CounterVec // {to}
 	hbCoalesced     *prometheus.CounterVec // {to}
+	pings           *prometheus.CounterVec // {to}
 	sent            *prometheus.CounterVec // {to}
 	sentBytes       *prometheus.CounterVec // {to}
 	rejected        *prometheus.CounterVec // {reason}
@@ -34,6 +35,10 @@ func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
 		hbCoalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flotilla_transport_heartbeats_coalesced_total",
 			Help: "Heartbeats and heartbeat responses sent inside coalesced batches.",
+		}, []string{"to"}),
+		pings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flotilla_transport_pings_sent_total",
+			Help: "Empty heartbeat frames written to a peer: a tick with no heartbeat for it still tells it this node is alive.",
 		}, []string{"to"}),
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flotilla_transport_messages_sent_total",
@@ -68,6 +73,7 @@ func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
 		m.dropped = registerOrExisting(reg, m.dropped)
 		m.hbBatches = registerOrExisting(reg, m.hbBatches)
 		m.hbCoalesced = registerOrExisting(reg, m.hbCoalesced)
+		m.pings = registerOrExisting(reg, m.pings)
 		m.sent = registerOrExisting(reg, m.sent)
 		m.sentBytes = registerOrExisting(reg, m.sentBytes)
 		m.rejected = registerOrExisting(reg, m.rejected)
@@ -104,6 +110,7 @@ type peerMetrics struct {
 	dropRejected    prometheus.Counter
 	hbBatches       prometheus.Counter
 	hbCoalesced     prometheus.Counter
+	pings           prometheus.Counter
 	sent            prometheus.Counter
 	sentBytes       prometheus.Counter
 	unreachable     prometheus.Counter
@@ -123,6 +130,7 @@ func (m *grpcMetrics) forPeer(id uint64) peerMetrics {
 		dropRejected:    m.dropped.WithLabelValues(to, DropRejected),
 		hbBatches:       m.hbBatches.WithLabelValues(to),
 		hbCoalesced:     m.hbCoalesced.WithLabelValues(to),
+		pings:           m.pings.WithLabelValues(to),
 		sent:            m.sent.WithLabelValues(to),
 		sentBytes:       m.sentBytes.WithLabelValues(to),
 		unreachable:     m.unreachable.WithLabelValues(to),

@@ -44,7 +44,8 @@ type Envelope struct {
 // and return. They must not call back into the Transport.
 type Handler interface {
 	// HandleBatch delivers messages received from node from. The handler
-	// takes ownership of batch and of everything it references.
+	// takes ownership of batch and of everything it references. An empty
+	// batch is a ping: node from is alive (FlushHeartbeats).
 	HandleBatch(from uint64, batch []Envelope)
 	// ReportUnreachable says that messages to node to were dropped because
 	// the peer could not be reached (dial failed, write deadline, broken
@@ -68,7 +69,11 @@ type Transport interface {
 	// slice, which the caller may reuse once Send returns.
 	Send(batch []Envelope)
 	// FlushHeartbeats sends the heartbeats queued since the last call as one
-	// batch per peer. The engine calls it once per tick. It never blocks.
+	// batch per peer, and an empty batch (a ping) to every peer it has none
+	// for: so every peer hears from this node once per tick, whatever the
+	// groups do, which is what the engine's node liveness counts on
+	// (followers of a group never message each other). The engine calls it
+	// once per tick. It never blocks.
 	FlushHeartbeats()
 	// AddPeer tells the transport how to reach node id. Adding a known peer
 	// with a new address replaces the address.

@@ -248,10 +248,13 @@ func (t *simTransport) FlushHeartbeats() {
 	if t.closed {
 		return
 	}
-	for _, to := range sortedKeys(t.hb) {
-		if b := t.hb[to]; len(b) > 0 {
-			t.nw.send(t, to, b)
+	// Every other node hears from this one each tick: its heartbeats, or
+	// an empty batch, a ping (transport.Transport.FlushHeartbeats).
+	for _, to := range t.nw.s.ids {
+		if to == t.n.id {
+			continue
 		}
+		t.nw.send(t, to, t.hb[to])
 	}
 	clear(t.hb)
 }
