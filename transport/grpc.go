@@ -152,11 +152,17 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 			PermitWithoutStream: true,
 		}),
 		grpc.WithConnectParams(grpc.ConnectParams{
+			// gRPC's own redial of a dead peer stays short, so that a peer
+			// that comes back is connected again within connectBackoffMax
+			// (a dial every half second to a dead peer costs nothing).
+			// Resetting it instead (ClientConn.ResetConnectBackoff) races
+			// in gRPC v1.85 with its own creation of subconnections: it
+			// iterates a map it copied the reference of under its lock.
 			Backoff: backoff.Config{
-				BaseDelay:  c.BackoffBase,
+				BaseDelay:  min(c.BackoffBase, connectBackoffMax),
 				Multiplier: 2,
 				Jitter:     0.2,
-				MaxDelay:   c.BackoffMax,
+				MaxDelay:   min(c.BackoffMax, connectBackoffMax),
 			},
 			MinConnectTimeout: c.DialTimeout,
 		}),
@@ -182,6 +188,10 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 	}
 	return t, nil
 }
+
+// connectBackoffMax caps gRPC's connect backoff toward a peer (see
+// NewGRPC): half a second, well inside an election timeout.
+const connectBackoffMax = 500 * time.Millisecond
 
 // sourceIP returns the IP of the host part of addr, nil for an empty or
 // unspecified host.

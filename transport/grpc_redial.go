@@ -3,10 +3,10 @@ package transport
 // Redialling a peer that comes back.
 //
 // While a peer is down, each lane toward it backs off (laneBackoff, up to
-// BackoffMax) and so does gRPC's connect backoff (up to the same). Left
-// alone, a peer that restarts would wait out whatever is left of both before
-// this node redials it. Evidence that the peer is up ends both waits at once
-// (resetBackoff):
+// BackoffMax); gRPC's own connect backoff stays under connectBackoffMax
+// (NewGRPC). Left alone, a peer that restarts would wait out what is left
+// of its lanes' backoff before this node sends it anything. Evidence that
+// the peer is up ends the lanes' waits at once (resetBackoff):
 //
 //   - inbound: the first accepted frame of any stream the peer opens to this
 //     node (serveStream calls peerUp);
@@ -17,12 +17,11 @@ package transport
 //     still backs off, as seen by probeLoop.
 //
 // A reset neither blocks nor touches a loop's state. It swaps in a new reset
-// channel and closes the old one (an atomic swap and a close, no lock), and
-// calls ClientConn.ResetConnectBackoff, which takes gRPC's internal locks
-// only briefly and does no I/O. Each lane's loop notices the reset itself
-// (laneBackoff.left; waitBackoff wakes on the close) and reopens with
-// WaitForReady, so that its first attempt waits for gRPC's reconnect instead
-// of failing fast and backing off again.
+// channel and closes the old one (an atomic swap and a close, no lock).
+// Each lane's loop notices the reset itself (laneBackoff.left; waitBackoff
+// wakes on the close) and reopens with WaitForReady, so that its first
+// attempt waits for gRPC's reconnect (at most connectBackoffMax away)
+// instead of failing fast and backing off again.
 //
 // A probe does not reset a peer whose connection is up: lanes that back off
 // over a working connection (frames rejected, acks missing from a paused
@@ -47,7 +46,6 @@ type resetSwitches struct {
 	inbound bool // an inbound stream does not reset
 	probe   bool // no probeLoop
 	lanes   bool // a reset leaves the lanes' backoff alone
-	conn    bool // a reset leaves gRPC's connect backoff alone
 }
 
 // http2FrameSettings is the type of an HTTP/2 SETTINGS frame (RFC 9113
@@ -65,16 +63,12 @@ func (t *GRPCTransport) peerUp(from uint64) {
 	}
 }
 
-// resetBackoff ends the backoff of every lane toward p and gRPC's connect
-// backoff toward it. Safe from any goroutine; it takes no lock of ours and
-// does not block.
+// resetBackoff ends the backoff of every lane toward p. Safe from any
+// goroutine; it takes no lock of ours and does not block.
 func (p *grpcPeer) resetBackoff(why string) {
 	if !p.t.resetOff.lanes {
 		next := make(chan struct{})
 		close(*p.resets.Swap(&next))
-	}
-	if !p.t.resetOff.conn {
-		p.conn.ResetConnectBackoff()
 	}
 	p.t.cfg.Logger.Debug("transport: peer is up, backoff reset", "to", p.id, "why", why)
 }
