@@ -30,6 +30,401 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PeerProposeRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Group     uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	// command is an encoded kv.Command.
+	Command       []byte `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerProposeRequest) Reset() {
+	*x = PeerProposeRequest{}
+	mi := &file_flotilla_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerProposeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerProposeRequest) ProtoMessage() {}
+
+func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerProposeRequest.ProtoReflect.Descriptor instead.
+func (*PeerProposeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PeerProposeRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *PeerProposeRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *PeerProposeRequest) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+type PeerProposeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// result is the encoded kv.Result.
+	Result        []byte `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerProposeResponse) Reset() {
+	*x = PeerProposeResponse{}
+	mi := &file_flotilla_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerProposeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerProposeResponse) ProtoMessage() {}
+
+func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerProposeResponse.ProtoReflect.Descriptor instead.
+func (*PeerProposeResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PeerProposeResponse) GetResult() []byte {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+type ReplicaStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId     uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Group         uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStateRequest) Reset() {
+	*x = ReplicaStateRequest{}
+	mi := &file_flotilla_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStateRequest) ProtoMessage() {}
+
+func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStateRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaStateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReplicaStateRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *ReplicaStateRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type ReplicaStateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// descriptor is the encoded kv.Descriptor (empty: not initialized).
+	Descriptor_   []byte `protobuf:"bytes,1,opt,name=descriptor,proto3" json:"descriptor,omitempty"`
+	Applied       uint64 `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStateResponse) Reset() {
+	*x = ReplicaStateResponse{}
+	mi := &file_flotilla_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStateResponse) ProtoMessage() {}
+
+func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStateResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaStateResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ReplicaStateResponse) GetDescriptor_() []byte {
+	if x != nil {
+		return x.Descriptor_
+	}
+	return nil
+}
+
+func (x *ReplicaStateResponse) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+type SplitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRequest) Reset() {
+	*x = SplitRequest{}
+	mi := &file_flotilla_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRequest) ProtoMessage() {}
+
+func (x *SplitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
+func (*SplitRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SplitRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type SplitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Left          *RangeInfo             `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *RangeInfo             `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitResponse) Reset() {
+	*x = SplitResponse{}
+	mi := &file_flotilla_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitResponse) ProtoMessage() {}
+
+func (x *SplitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
+func (*SplitResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SplitResponse) GetLeft() *RangeInfo {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitResponse) GetRight() *RangeInfo {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
+type MergeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeRequest) Reset() {
+	*x = MergeRequest{}
+	mi := &file_flotilla_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeRequest) ProtoMessage() {}
+
+func (x *MergeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
+func (*MergeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *MergeRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type MergeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merged        *RangeInfo             `protobuf:"bytes,1,opt,name=merged,proto3" json:"merged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeResponse) Reset() {
+	*x = MergeResponse{}
+	mi := &file_flotilla_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeResponse) ProtoMessage() {}
+
+func (x *MergeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
+func (*MergeResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MergeResponse) GetMerged() *RangeInfo {
+	if x != nil {
+		return x.Merged
+	}
+	return nil
+}
+
 // Header comes with every KV answer.
 type Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -49,7 +444,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_flotilla_proto_msgTypes[0]
+	mi := &file_flotilla_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -61,7 +456,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[0]
+	mi := &file_flotilla_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -74,7 +469,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{0}
+	return file_flotilla_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Header) GetGroup() uint64 {
@@ -128,7 +523,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +535,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +548,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Session) GetId() uint64 {
@@ -197,7 +592,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +604,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +617,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -276,7 +671,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +683,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +696,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -357,7 +752,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +764,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +777,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -410,7 +805,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -422,7 +817,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -435,7 +830,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -470,7 +865,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +877,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +890,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -530,7 +925,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +937,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +950,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -590,7 +985,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +997,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +1010,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -658,7 +1053,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +1065,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +1078,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -755,7 +1150,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +1162,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +1175,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -812,20 +1207,27 @@ func (x *CompareAndSwapResponse) GetCurrent() *KeyValue {
 }
 
 type ScanRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Prefix []byte                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prefix, if set, scans the keys that start with it; start and end
+	// must then be empty.
+	Prefix []byte `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	// limit bounds the answer; 0 means 1000, at most 10000.
 	Limit        uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	Serializable bool   `protobuf:"varint,3,opt,name=serializable,proto3" json:"serializable,omitempty"`
-	// group, if set, scans only that group.
-	Group         uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	// group is unused (kept for compatibility): a scan reads every range
+	// of its span.
+	Group uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	// start and end: the span [start, end); empty start is the beginning
+	// of the keyspace, empty end its end.
+	Start         []byte `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
+	End           []byte `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1239,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1252,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -881,18 +1283,34 @@ func (x *ScanRequest) GetGroup() uint64 {
 	return 0
 }
 
+func (x *ScanRequest) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *ScanRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
 type ScanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kvs   []*KeyValue            `protobuf:"bytes,1,rep,name=kvs,proto3" json:"kvs,omitempty"`
-	// more: the limit cut the answer short.
-	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	// more: the answer stops before the end of the span; go on from
+	// resume_key.
+	More          bool   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	ResumeKey     []byte `protobuf:"bytes,3,opt,name=resume_key,json=resumeKey,proto3" json:"resume_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1322,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1335,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -934,6 +1352,371 @@ func (x *ScanResponse) GetMore() bool {
 	return false
 }
 
+func (x *ScanResponse) GetResumeKey() []byte {
+	if x != nil {
+		return x.ResumeKey
+	}
+	return nil
+}
+
+type DeleteRangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	// end: empty is the end of the keyspace.
+	End []byte `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	// group, if set, is the range the client believes holds the span.
+	Group         uint64   `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	Session       *Session `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRangeRequest) Reset() {
+	*x = DeleteRangeRequest{}
+	mi := &file_flotilla_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRangeRequest) ProtoMessage() {}
+
+func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeleteRangeRequest) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *DeleteRangeRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *DeleteRangeRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *DeleteRangeRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+type DeleteRangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Deleted       uint64                 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Revision      uint64                 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRangeResponse) Reset() {
+	*x = DeleteRangeResponse{}
+	mi := &file_flotilla_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRangeResponse) ProtoMessage() {}
+
+func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteRangeResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *DeleteRangeResponse) GetDeleted() uint64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+func (x *DeleteRangeResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type RangesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key: the first range returned holds it (empty: from the beginning).
+	Key []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// limit bounds the answer; 0 means 1000, at most 10000.
+	Limit uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// stats asks for each range's bytes and load (slower: every node is
+	// asked).
+	Stats         bool `protobuf:"varint,3,opt,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangesRequest) Reset() {
+	*x = RangesRequest{}
+	mi := &file_flotilla_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangesRequest) ProtoMessage() {}
+
+func (x *RangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
+func (*RangesRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RangesRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RangesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *RangesRequest) GetStats() bool {
+	if x != nil {
+		return x.Stats
+	}
+	return false
+}
+
+type RangesResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Ranges []*RangeInfo           `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// more: there are ranges after the last one; ask again from its end.
+	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangesResponse) Reset() {
+	*x = RangesResponse{}
+	mi := &file_flotilla_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangesResponse) ProtoMessage() {}
+
+func (x *RangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
+func (*RangesResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RangesResponse) GetRanges() []*RangeInfo {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *RangesResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+type RangeInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// start: empty is the beginning of the keyspace; end: empty is its end.
+	Start      []byte   `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	End        []byte   `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	Replicas   []uint64 `protobuf:"varint,4,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	Generation uint64   `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	Leader     uint64   `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	Term       uint64   `protobuf:"varint,7,opt,name=term,proto3" json:"term,omitempty"`
+	// bytes: the approximate size of the range's data on disk.
+	Bytes uint64 `protobuf:"varint,8,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// ops_per_sec: requests per second served by the range recently.
+	OpsPerSec     float64 `protobuf:"fixed64,9,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeInfo) Reset() {
+	*x = RangeInfo{}
+	mi := &file_flotilla_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeInfo) ProtoMessage() {}
+
+func (x *RangeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
+func (*RangeInfo) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RangeInfo) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetReplicas() []uint64 {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetOpsPerSec() float64 {
+	if x != nil {
+		return x.OpsPerSec
+	}
+	return 0
+}
+
 type NodeInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -947,7 +1730,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1742,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1755,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -1019,14 +1802,22 @@ type GroupInfo struct {
 	Commit   uint64                 `protobuf:"varint,5,opt,name=commit,proto3" json:"commit,omitempty"`
 	Applied  uint64                 `protobuf:"varint,6,opt,name=applied,proto3" json:"applied,omitempty"`
 	// role is the reporting replica's role (StateLeader, StateFollower, ...).
-	Role          string `protobuf:"bytes,7,opt,name=role,proto3" json:"role,omitempty"`
+	Role string `protobuf:"bytes,7,opt,name=role,proto3" json:"role,omitempty"`
+	// The range's descriptor as the reporting replica applied it.
+	Start      []byte `protobuf:"bytes,8,opt,name=start,proto3" json:"start,omitempty"`
+	End        []byte `protobuf:"bytes,9,opt,name=end,proto3" json:"end,omitempty"`
+	Generation uint64 `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
+	// bytes and ops_per_sec: the range's size and recent load, as the
+	// reporting replica sees them (see RangeInfo).
+	Bytes         uint64  `protobuf:"varint,11,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	OpsPerSec     float64 `protobuf:"fixed64,12,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1829,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1842,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -1103,6 +1894,41 @@ func (x *GroupInfo) GetRole() string {
 	return ""
 }
 
+func (x *GroupInfo) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *GroupInfo) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *GroupInfo) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GroupInfo) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *GroupInfo) GetOpsPerSec() float64 {
+	if x != nil {
+		return x.OpsPerSec
+	}
+	return 0
+}
+
 type PeerStats struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	From          uint64                 `protobuf:"varint,1,opt,name=from,proto3" json:"from,omitempty"`
@@ -1116,7 +1942,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1954,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1967,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -1187,7 +2013,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +2025,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,14 +2038,14 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_proto_rawDescGZIP(), []int{29}
 }
 
 type ClusterMapResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	// groups is the number of data groups; their IDs are 1..groups and a key
-	// belongs to group fnv1a64(key) mod groups + 1.
+	// groups is the number of ranges the cluster was started with (the
+	// ranges now are in group_infos, and in the meta index: Ranges).
 	Groups        uint32       `protobuf:"varint,2,opt,name=groups,proto3" json:"groups,omitempty"`
 	Nodes         []*NodeInfo  `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	GroupInfos    []*GroupInfo `protobuf:"bytes,4,rep,name=group_infos,json=groupInfos,proto3" json:"group_infos,omitempty"`
@@ -1229,7 +2055,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +2067,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +2080,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -1293,7 +2119,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +2131,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +2144,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
 }
 
 type NodeStatusResponse struct {
@@ -1333,7 +2159,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +2171,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +2184,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -1399,7 +2225,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +2237,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +2250,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -1452,7 +2278,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +2290,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +2303,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -1496,8 +2322,10 @@ func (x *InfoResponse) GetGroups() []*GroupInfo {
 
 type LeaseGrantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// group is the lease's group (1..groups).
+	// group is the range to grant the lease in; with key set instead, the
+	// range that holds key.
 	Group uint64 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Key   []byte `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
 	// ttl_ms is the time to live in milliseconds (100 .. 86400000).
 	TtlMs         int64    `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
 	Session       *Session `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
@@ -1507,7 +2335,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +2347,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +2360,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -1540,6 +2368,13 @@ func (x *LeaseGrantRequest) GetGroup() uint64 {
 		return x.Group
 	}
 	return 0
+}
+
+func (x *LeaseGrantRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
 }
 
 func (x *LeaseGrantRequest) GetTtlMs() int64 {
@@ -1559,7 +2394,8 @@ func (x *LeaseGrantRequest) GetSession() *Session {
 type LeaseGrantResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	// id is unique within the group: the group revision that granted it.
+	// id is unique in the cluster: the granting range's ID in its high 32
+	// bits.
 	Id            uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
 	TtlMs         int64  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1568,7 +2404,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +2416,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +2429,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -1628,7 +2464,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +2476,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +2489,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -1687,7 +2523,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +2535,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +2548,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -1742,7 +2578,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2590,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2603,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -1805,7 +2641,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +2653,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +2666,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -1878,7 +2714,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2726,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2739,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -1934,7 +2770,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2782,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2795,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -2014,7 +2850,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2862,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2875,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -2112,7 +2948,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2960,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2973,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -2188,7 +3024,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +3036,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +3049,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -2256,7 +3092,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +3104,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +3117,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -2325,7 +3161,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +3173,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +3186,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -2384,7 +3220,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +3232,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +3245,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -2436,7 +3272,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +3284,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +3297,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -2488,7 +3324,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +3336,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +3349,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -2543,7 +3379,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +3391,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +3404,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -2594,7 +3430,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +3442,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +3455,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -2646,7 +3482,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +3494,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +3507,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -2731,7 +3567,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +3579,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +3592,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -2787,7 +3623,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +3635,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +3648,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -2888,7 +3724,32 @@ var File_flotilla_proto protoreflect.FileDescriptor
 
 const file_flotilla_proto_rawDesc = "" +
 	"\n" +
-	"\x0eflotilla.proto\x12\vflotilla.v1\"^\n" +
+	"\x0eflotilla.proto\x12\vflotilla.v1\"c\n" +
+	"\x12PeerProposeRequest\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\x12\x18\n" +
+	"\acommand\x18\x03 \x01(\fR\acommand\"-\n" +
+	"\x13PeerProposeResponse\x12\x16\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result\"J\n" +
+	"\x13ReplicaStateRequest\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\"P\n" +
+	"\x14ReplicaStateResponse\x12\x1e\n" +
+	"\n" +
+	"descriptor\x18\x01 \x01(\fR\n" +
+	"descriptor\x12\x18\n" +
+	"\aapplied\x18\x02 \x01(\x04R\aapplied\" \n" +
+	"\fSplitRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\"i\n" +
+	"\rSplitResponse\x12*\n" +
+	"\x04left\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x04left\x12,\n" +
+	"\x05right\x18\x02 \x01(\v2\x16.flotilla.v1.RangeInfoR\x05right\" \n" +
+	"\fMergeRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\"?\n" +
+	"\rMergeResponse\x12.\n" +
+	"\x06merged\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x06merged\"^\n" +
 	"\x06Header\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -2947,22 +3808,54 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12\x14\n" +
 	"\x05found\x18\x03 \x01(\bR\x05found\x12/\n" +
-	"\acurrent\x18\x04 \x01(\v2\x15.flotilla.v1.KeyValueR\acurrent\"u\n" +
+	"\acurrent\x18\x04 \x01(\v2\x15.flotilla.v1.KeyValueR\acurrent\"\x9d\x01\n" +
 	"\vScanRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\fR\x06prefix\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\"\n" +
 	"\fserializable\x18\x03 \x01(\bR\fserializable\x12\x14\n" +
-	"\x05group\x18\x04 \x01(\x04R\x05group\"K\n" +
+	"\x05group\x18\x04 \x01(\x04R\x05group\x12\x14\n" +
+	"\x05start\x18\x05 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x06 \x01(\fR\x03end\"j\n" +
 	"\fScanResponse\x12'\n" +
 	"\x03kvs\x18\x01 \x03(\v2\x15.flotilla.v1.KeyValueR\x03kvs\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more\"\x8b\x01\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\x12\x1d\n" +
+	"\n" +
+	"resume_key\x18\x03 \x01(\fR\tresumeKey\"\x82\x01\n" +
+	"\x12DeleteRangeRequest\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\x04R\x05group\x12.\n" +
+	"\asession\x18\x04 \x01(\v2\x14.flotilla.v1.SessionR\asession\"x\n" +
+	"\x13DeleteRangeResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x18\n" +
+	"\adeleted\x18\x02 \x01(\x04R\adeleted\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"M\n" +
+	"\rRangesRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x14\n" +
+	"\x05stats\x18\x03 \x01(\bR\x05stats\"T\n" +
+	"\x0eRangesResponse\x12.\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x16.flotilla.v1.RangeInfoR\x06ranges\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"\xe1\x01\n" +
+	"\tRangeInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12\x1a\n" +
+	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x05 \x01(\x04R\n" +
+	"generation\x12\x16\n" +
+	"\x06leader\x18\x06 \x01(\x04R\x06leader\x12\x12\n" +
+	"\x04term\x18\a \x01(\x04R\x04term\x12\x14\n" +
+	"\x05bytes\x18\b \x01(\x04R\x05bytes\x12\x1e\n" +
+	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\"\x8b\x01\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1f\n" +
 	"\vclient_addr\x18\x03 \x01(\tR\n" +
 	"clientAddr\x12\x1b\n" +
 	"\thttp_addr\x18\x04 \x01(\tR\bhttpAddr\x12\x14\n" +
-	"\x05alive\x18\x05 \x01(\bR\x05alive\"\xa9\x01\n" +
+	"\x05alive\x18\x05 \x01(\bR\x05alive\"\xa7\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -2970,7 +3863,15 @@ const file_flotilla_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x16\n" +
 	"\x06commit\x18\x05 \x01(\x04R\x06commit\x12\x18\n" +
 	"\aapplied\x18\x06 \x01(\x04R\aapplied\x12\x12\n" +
-	"\x04role\x18\a \x01(\tR\x04role\"z\n" +
+	"\x04role\x18\a \x01(\tR\x04role\x12\x14\n" +
+	"\x05start\x18\b \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\t \x01(\fR\x03end\x12\x1e\n" +
+	"\n" +
+	"generation\x18\n" +
+	" \x01(\x04R\n" +
+	"generation\x12\x14\n" +
+	"\x05bytes\x18\v \x01(\x04R\x05bytes\x12\x1e\n" +
+	"\vops_per_sec\x18\f \x01(\x01R\topsPerSec\"z\n" +
 	"\tPeerStats\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\x04R\x02to\x12\x1b\n" +
@@ -2998,9 +3899,10 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\"i\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
-	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\"p\n" +
+	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\"\x82\x01\n" +
 	"\x11LeaseGrantRequest\x12\x14\n" +
-	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x15\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\fR\x03key\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12.\n" +
 	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"h\n" +
 	"\x12LeaseGrantResponse\x12+\n" +
@@ -3094,19 +3996,23 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x03put\x18\x05 \x01(\v2\x18.flotilla.v1.PutResponseH\x00R\x03put\x125\n" +
 	"\x06delete\x18\x06 \x01(\v2\x1b.flotilla.v1.DeleteResponseH\x00R\x06deleteB\n" +
 	"\n" +
-	"\bresponse2\x97\x03\n" +
+	"\bresponse2\xe9\x03\n" +
 	"\x02KV\x128\n" +
 	"\x03Put\x12\x17.flotilla.v1.PutRequest\x1a\x18.flotilla.v1.PutResponse\x128\n" +
 	"\x03Get\x12\x17.flotilla.v1.GetRequest\x1a\x18.flotilla.v1.GetResponse\x12A\n" +
 	"\x06Delete\x12\x1a.flotilla.v1.DeleteRequest\x1a\x1b.flotilla.v1.DeleteResponse\x12Y\n" +
 	"\x0eCompareAndSwap\x12\".flotilla.v1.CompareAndSwapRequest\x1a#.flotilla.v1.CompareAndSwapResponse\x12;\n" +
-	"\x04Scan\x12\x18.flotilla.v1.ScanRequest\x1a\x19.flotilla.v1.ScanResponse\x12B\n" +
-	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x012\xa7\x01\n" +
+	"\x04Scan\x12\x18.flotilla.v1.ScanRequest\x1a\x19.flotilla.v1.ScanResponse\x12P\n" +
+	"\vDeleteRange\x12\x1f.flotilla.v1.DeleteRangeRequest\x1a .flotilla.v1.DeleteRangeResponse\x12B\n" +
+	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x012\xea\x02\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
 	"\n" +
-	"NodeStatus\x12\x1e.flotilla.v1.NodeStatusRequest\x1a\x1f.flotilla.v1.NodeStatusResponse2\xff\x04\n" +
+	"NodeStatus\x12\x1e.flotilla.v1.NodeStatusRequest\x1a\x1f.flotilla.v1.NodeStatusResponse\x12A\n" +
+	"\x06Ranges\x12\x1a.flotilla.v1.RangesRequest\x1a\x1b.flotilla.v1.RangesResponse\x12>\n" +
+	"\x05Split\x12\x19.flotilla.v1.SplitRequest\x1a\x1a.flotilla.v1.SplitResponse\x12>\n" +
+	"\x05Merge\x12\x19.flotilla.v1.MergeRequest\x1a\x1a.flotilla.v1.MergeResponse2\xff\x04\n" +
 	"\bElection\x12M\n" +
 	"\n" +
 	"LeaseGrant\x12\x1e.flotilla.v1.LeaseGrantRequest\x1a\x1f.flotilla.v1.LeaseGrantResponse\x12P\n" +
@@ -3116,9 +4022,11 @@ const file_flotilla_proto_rawDesc = "" +
 	"\bCampaign\x12\x1c.flotilla.v1.CampaignRequest\x1a\x1d.flotilla.v1.CampaignResponse\x12A\n" +
 	"\x06Resign\x12\x1a.flotilla.v1.ResignRequest\x1a\x1b.flotilla.v1.ResignResponse\x12A\n" +
 	"\x06Leader\x12\x1a.flotilla.v1.LeaderRequest\x1a\x1b.flotilla.v1.LeaderResponse\x12F\n" +
-	"\aObserve\x12\x1b.flotilla.v1.ObserveRequest\x1a\x1c.flotilla.v1.ObserveResponse0\x012C\n" +
+	"\aObserve\x12\x1b.flotilla.v1.ObserveRequest\x1a\x1c.flotilla.v1.ObserveResponse0\x012\xe6\x01\n" +
 	"\x04Peer\x12;\n" +
-	"\x04Info\x12\x18.flotilla.v1.InfoRequest\x1a\x19.flotilla.v1.InfoResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
+	"\x04Info\x12\x18.flotilla.v1.InfoRequest\x1a\x19.flotilla.v1.InfoResponse\x12L\n" +
+	"\aPropose\x12\x1f.flotilla.v1.PeerProposeRequest\x1a .flotilla.v1.PeerProposeResponse\x12S\n" +
+	"\fReplicaState\x12 .flotilla.v1.ReplicaStateRequest\x1a!.flotilla.v1.ReplicaStateResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
 
 var (
 	file_flotilla_proto_rawDescOnce sync.Once
@@ -3132,130 +4040,161 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 	return file_flotilla_proto_rawDescData
 }
 
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_flotilla_proto_goTypes = []any{
-	(*Header)(nil),                  // 0: flotilla.v1.Header
-	(*Session)(nil),                 // 1: flotilla.v1.Session
-	(*KeyValue)(nil),                // 2: flotilla.v1.KeyValue
-	(*PutRequest)(nil),              // 3: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 4: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 5: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 6: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 7: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 8: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 9: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 10: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 11: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 12: flotilla.v1.ScanResponse
-	(*NodeInfo)(nil),                // 13: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 14: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 15: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 16: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 17: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 18: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 19: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 20: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 21: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 22: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 23: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 24: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 25: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 26: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 27: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 28: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 29: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 30: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 31: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 32: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 33: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 34: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 35: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 36: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 37: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 38: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 39: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 40: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 41: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 42: flotilla.v1.BatchResult
+	(*PeerProposeRequest)(nil),      // 0: flotilla.v1.PeerProposeRequest
+	(*PeerProposeResponse)(nil),     // 1: flotilla.v1.PeerProposeResponse
+	(*ReplicaStateRequest)(nil),     // 2: flotilla.v1.ReplicaStateRequest
+	(*ReplicaStateResponse)(nil),    // 3: flotilla.v1.ReplicaStateResponse
+	(*SplitRequest)(nil),            // 4: flotilla.v1.SplitRequest
+	(*SplitResponse)(nil),           // 5: flotilla.v1.SplitResponse
+	(*MergeRequest)(nil),            // 6: flotilla.v1.MergeRequest
+	(*MergeResponse)(nil),           // 7: flotilla.v1.MergeResponse
+	(*Header)(nil),                  // 8: flotilla.v1.Header
+	(*Session)(nil),                 // 9: flotilla.v1.Session
+	(*KeyValue)(nil),                // 10: flotilla.v1.KeyValue
+	(*PutRequest)(nil),              // 11: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 12: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 13: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 14: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 15: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 16: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 17: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 18: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 19: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 20: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 21: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 22: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 23: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 24: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 25: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 26: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 27: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 28: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 29: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 30: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 31: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 32: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 33: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 34: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 35: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 36: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 37: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 38: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 39: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 40: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 41: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 42: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 43: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 44: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 45: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 46: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 47: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 48: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 49: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 50: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 51: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 52: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 53: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 54: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 55: flotilla.v1.BatchResult
 }
 var file_flotilla_proto_depIdxs = []int32{
-	1,  // 0: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	0,  // 1: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	0,  // 2: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	2,  // 3: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	1,  // 4: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	0,  // 5: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	1,  // 6: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	0,  // 7: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	2,  // 8: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	2,  // 9: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	13, // 10: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	14, // 11: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	13, // 12: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	14, // 13: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	15, // 14: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	13, // 15: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	14, // 16: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	1,  // 17: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	0,  // 18: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	1,  // 19: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	0,  // 20: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	0,  // 21: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	0,  // 22: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	1,  // 23: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	0,  // 24: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	30, // 25: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	1,  // 26: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	0,  // 27: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	30, // 28: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	0,  // 29: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	30, // 30: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	30, // 31: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	40, // 32: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	3,  // 33: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	7,  // 34: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	42, // 35: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	4,  // 36: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	8,  // 37: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	3,  // 38: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	5,  // 39: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	7,  // 40: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	9,  // 41: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	11, // 42: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	39, // 43: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	16, // 44: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	18, // 45: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	22, // 46: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	24, // 47: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	26, // 48: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	28, // 49: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	31, // 50: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	33, // 51: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	35, // 52: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	37, // 53: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	20, // 54: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	4,  // 55: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	6,  // 56: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	8,  // 57: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	10, // 58: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	12, // 59: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	41, // 60: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	17, // 61: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	19, // 62: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	23, // 63: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	25, // 64: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	27, // 65: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	29, // 66: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	32, // 67: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	34, // 68: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	36, // 69: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	38, // 70: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	21, // 71: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	55, // [55:72] is the sub-list for method output_type
-	38, // [38:55] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	25, // 0: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	25, // 1: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	25, // 2: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	9,  // 3: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	8,  // 4: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	8,  // 5: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	10, // 6: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	9,  // 7: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	8,  // 8: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	9,  // 9: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	8,  // 10: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	10, // 11: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	10, // 12: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	9,  // 13: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	8,  // 14: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	25, // 15: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	26, // 16: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	27, // 17: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	26, // 18: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	27, // 19: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	28, // 20: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	26, // 21: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	27, // 22: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	9,  // 23: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	8,  // 24: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	9,  // 25: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	8,  // 26: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	8,  // 27: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	8,  // 28: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	9,  // 29: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	8,  // 30: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	43, // 31: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	9,  // 32: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	8,  // 33: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	43, // 34: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	8,  // 35: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	43, // 36: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	43, // 37: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	53, // 38: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	11, // 39: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	15, // 40: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	55, // 41: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	12, // 42: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	16, // 43: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	11, // 44: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	13, // 45: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	15, // 46: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	17, // 47: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	19, // 48: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	21, // 49: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	52, // 50: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	29, // 51: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	31, // 52: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	23, // 53: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	4,  // 54: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	6,  // 55: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	35, // 56: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	37, // 57: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	39, // 58: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	41, // 59: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	44, // 60: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	46, // 61: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	48, // 62: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	50, // 63: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	33, // 64: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	0,  // 65: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	2,  // 66: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	12, // 67: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	14, // 68: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	16, // 69: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	18, // 70: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	20, // 71: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	22, // 72: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	54, // 73: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	30, // 74: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	32, // 75: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	24, // 76: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	5,  // 77: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	7,  // 78: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	36, // 79: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	38, // 80: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	40, // 81: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	42, // 82: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	45, // 83: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	47, // 84: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	49, // 85: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	51, // 86: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	34, // 87: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	1,  // 88: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	3,  // 89: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	67, // [67:90] is the sub-list for method output_type
+	44, // [44:67] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -3263,11 +4202,11 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[40].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[53].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 	}
-	file_flotilla_proto_msgTypes[42].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[55].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 	}
@@ -3277,7 +4216,7 @@ func file_flotilla_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

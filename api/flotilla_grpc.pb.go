@@ -33,6 +33,7 @@ const (
 	KV_Delete_FullMethodName         = "/flotilla.v1.KV/Delete"
 	KV_CompareAndSwap_FullMethodName = "/flotilla.v1.KV/CompareAndSwap"
 	KV_Scan_FullMethodName           = "/flotilla.v1.KV/Scan"
+	KV_DeleteRange_FullMethodName    = "/flotilla.v1.KV/DeleteRange"
 	KV_Batch_FullMethodName          = "/flotilla.v1.KV/Batch"
 )
 
@@ -40,9 +41,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// KV is the key-value service, served on a node's client address. Every
-// node accepts every request: a node that does not lead the key's group
-// forwards it, so routing is an optimisation, never a requirement.
+// KV is the key-value service, served on a node's client address. The
+// keyspace is ordered and cut into ranges (contiguous spans, each a raft
+// group); a request's "group" is the ID of the range the client believes
+// holds its key. Every node accepts every request: a node routes it by its
+// key to the range that holds it (its own replica, or another node's), so
+// a client's routing is an optimisation, never a requirement.
 type KVClient interface {
 	// Put sets a key. Idempotent in effect: repeating it leaves the same value.
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*PutResponse, error)
@@ -52,8 +56,15 @@ type KVClient interface {
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// CompareAndSwap sets a key only if its current value is the expected one.
 	CompareAndSwap(ctx context.Context, in *CompareAndSwapRequest, opts ...grpc.CallOption) (*CompareAndSwapResponse, error)
-	// Scan lists keys with a prefix across every group, merged in key order.
+	// Scan lists keys in key order: those of [start, end), or those with a
+	// prefix. It reads the ranges of the span one after another, up to the
+	// limit, and returns a resume key to continue from.
 	Scan(ctx context.Context, in *ScanRequest, opts ...grpc.CallOption) (*ScanResponse, error)
+	// DeleteRange deletes the keys of [start, end), which must lie in one
+	// range (atomic there); a span over several ranges is answered
+	// FailedPrecondition with the ranges in the flotilla-ranges-bin trailer,
+	// and the client sends one request per range.
+	DeleteRange(ctx context.Context, in *DeleteRangeRequest, opts ...grpc.CallOption) (*DeleteRangeResponse, error)
 	// Batch carries many writes on one stream: the client sends whatever
 	// requests are waiting as one BatchRequest, the node answers each op as
 	// it completes, several answers to a message. Ops are independent: each
@@ -120,6 +131,16 @@ func (c *kVClient) Scan(ctx context.Context, in *ScanRequest, opts ...grpc.CallO
 	return out, nil
 }
 
+func (c *kVClient) DeleteRange(ctx context.Context, in *DeleteRangeRequest, opts ...grpc.CallOption) (*DeleteRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteRangeResponse)
+	err := c.cc.Invoke(ctx, KV_DeleteRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *kVClient) Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchRequest, BatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Batch_FullMethodName, cOpts...)
@@ -137,9 +158,12 @@ type KV_BatchClient = grpc.BidiStreamingClient[BatchRequest, BatchResponse]
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
 //
-// KV is the key-value service, served on a node's client address. Every
-// node accepts every request: a node that does not lead the key's group
-// forwards it, so routing is an optimisation, never a requirement.
+// KV is the key-value service, served on a node's client address. The
+// keyspace is ordered and cut into ranges (contiguous spans, each a raft
+// group); a request's "group" is the ID of the range the client believes
+// holds its key. Every node accepts every request: a node routes it by its
+// key to the range that holds it (its own replica, or another node's), so
+// a client's routing is an optimisation, never a requirement.
 type KVServer interface {
 	// Put sets a key. Idempotent in effect: repeating it leaves the same value.
 	Put(context.Context, *PutRequest) (*PutResponse, error)
@@ -149,8 +173,15 @@ type KVServer interface {
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// CompareAndSwap sets a key only if its current value is the expected one.
 	CompareAndSwap(context.Context, *CompareAndSwapRequest) (*CompareAndSwapResponse, error)
-	// Scan lists keys with a prefix across every group, merged in key order.
+	// Scan lists keys in key order: those of [start, end), or those with a
+	// prefix. It reads the ranges of the span one after another, up to the
+	// limit, and returns a resume key to continue from.
 	Scan(context.Context, *ScanRequest) (*ScanResponse, error)
+	// DeleteRange deletes the keys of [start, end), which must lie in one
+	// range (atomic there); a span over several ranges is answered
+	// FailedPrecondition with the ranges in the flotilla-ranges-bin trailer,
+	// and the client sends one request per range.
+	DeleteRange(context.Context, *DeleteRangeRequest) (*DeleteRangeResponse, error)
 	// Batch carries many writes on one stream: the client sends whatever
 	// requests are waiting as one BatchRequest, the node answers each op as
 	// it completes, several answers to a message. Ops are independent: each
@@ -181,6 +212,9 @@ func (UnimplementedKVServer) CompareAndSwap(context.Context, *CompareAndSwapRequ
 }
 func (UnimplementedKVServer) Scan(context.Context, *ScanRequest) (*ScanResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Scan not implemented")
+}
+func (UnimplementedKVServer) DeleteRange(context.Context, *DeleteRangeRequest) (*DeleteRangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteRange not implemented")
 }
 func (UnimplementedKVServer) Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Batch not implemented")
@@ -296,6 +330,24 @@ func _KV_Scan_Handler(srv interface{}, ctx context.Context, dec func(interface{}
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_DeleteRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).DeleteRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_DeleteRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).DeleteRange(ctx, req.(*DeleteRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KV_Batch_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(KVServer).Batch(&grpc.GenericServerStream[BatchRequest, BatchResponse]{ServerStream: stream})
 }
@@ -330,6 +382,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Scan",
 			Handler:    _KV_Scan_Handler,
 		},
+		{
+			MethodName: "DeleteRange",
+			Handler:    _KV_DeleteRange_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -345,6 +401,9 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 const (
 	Cluster_ClusterMap_FullMethodName = "/flotilla.v1.Cluster/ClusterMap"
 	Cluster_NodeStatus_FullMethodName = "/flotilla.v1.Cluster/NodeStatus"
+	Cluster_Ranges_FullMethodName     = "/flotilla.v1.Cluster/Ranges"
+	Cluster_Split_FullMethodName      = "/flotilla.v1.Cluster/Split"
+	Cluster_Merge_FullMethodName      = "/flotilla.v1.Cluster/Merge"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -358,6 +417,17 @@ type ClusterClient interface {
 	ClusterMap(ctx context.Context, in *ClusterMapRequest, opts ...grpc.CallOption) (*ClusterMapResponse, error)
 	// NodeStatus returns this node's own view: its replicas and its links.
 	NodeStatus(ctx context.Context, in *NodeStatusRequest, opts ...grpc.CallOption) (*NodeStatusResponse, error)
+	// Ranges returns the ranges in key order from the one holding key, as
+	// the meta index records them, with their leaders (and, with stats, the
+	// size and load reported by each range's replicas).
+	Ranges(ctx context.Context, in *RangesRequest, opts ...grpc.CallOption) (*RangesResponse, error)
+	// Split splits the range that holds key at key (key becomes the start
+	// of a new range) and returns both halves. A key that already starts a
+	// range is InvalidArgument.
+	Split(ctx context.Context, in *SplitRequest, opts ...grpc.CallOption) (*SplitResponse, error)
+	// Merge merges the range that holds key with the range after it, and
+	// returns the merged range.
+	Merge(ctx context.Context, in *MergeRequest, opts ...grpc.CallOption) (*MergeResponse, error)
 }
 
 type clusterClient struct {
@@ -388,6 +458,36 @@ func (c *clusterClient) NodeStatus(ctx context.Context, in *NodeStatusRequest, o
 	return out, nil
 }
 
+func (c *clusterClient) Ranges(ctx context.Context, in *RangesRequest, opts ...grpc.CallOption) (*RangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RangesResponse)
+	err := c.cc.Invoke(ctx, Cluster_Ranges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) Split(ctx context.Context, in *SplitRequest, opts ...grpc.CallOption) (*SplitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SplitResponse)
+	err := c.cc.Invoke(ctx, Cluster_Split_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) Merge(ctx context.Context, in *MergeRequest, opts ...grpc.CallOption) (*MergeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MergeResponse)
+	err := c.cc.Invoke(ctx, Cluster_Merge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -399,6 +499,17 @@ type ClusterServer interface {
 	ClusterMap(context.Context, *ClusterMapRequest) (*ClusterMapResponse, error)
 	// NodeStatus returns this node's own view: its replicas and its links.
 	NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error)
+	// Ranges returns the ranges in key order from the one holding key, as
+	// the meta index records them, with their leaders (and, with stats, the
+	// size and load reported by each range's replicas).
+	Ranges(context.Context, *RangesRequest) (*RangesResponse, error)
+	// Split splits the range that holds key at key (key becomes the start
+	// of a new range) and returns both halves. A key that already starts a
+	// range is InvalidArgument.
+	Split(context.Context, *SplitRequest) (*SplitResponse, error)
+	// Merge merges the range that holds key with the range after it, and
+	// returns the merged range.
+	Merge(context.Context, *MergeRequest) (*MergeResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -414,6 +525,15 @@ func (UnimplementedClusterServer) ClusterMap(context.Context, *ClusterMapRequest
 }
 func (UnimplementedClusterServer) NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeStatus not implemented")
+}
+func (UnimplementedClusterServer) Ranges(context.Context, *RangesRequest) (*RangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ranges not implemented")
+}
+func (UnimplementedClusterServer) Split(context.Context, *SplitRequest) (*SplitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Split not implemented")
+}
+func (UnimplementedClusterServer) Merge(context.Context, *MergeRequest) (*MergeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Merge not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -472,6 +592,60 @@ func _Cluster_NodeStatus_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_Ranges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Ranges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Ranges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Ranges(ctx, req.(*RangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_Split_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SplitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Split(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Split_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Split(ctx, req.(*SplitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_Merge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MergeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Merge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Merge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Merge(ctx, req.(*MergeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -486,6 +660,18 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NodeStatus",
 			Handler:    _Cluster_NodeStatus_Handler,
+		},
+		{
+			MethodName: "Ranges",
+			Handler:    _Cluster_Ranges_Handler,
+		},
+		{
+			MethodName: "Split",
+			Handler:    _Cluster_Split_Handler,
+		},
+		{
+			MethodName: "Merge",
+			Handler:    _Cluster_Merge_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -508,9 +694,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Election is the lease and leader-election service, served on a node's
-// client address. A lease and the elections it campaigns in live in one
-// group: the group of the election's name (fnv1a64(name) mod groups + 1).
-// Expiry is decided by that group's leader; see package election.
+// client address. An election lives in the range that holds its name (a
+// key); a lease lives in the range that granted it, and after that range
+// splits in both halves. Expiry is decided by each range's leader; see
+// package election.
 type ElectionClient interface {
 	// LeaseGrant creates a lease with a TTL in a group.
 	LeaseGrant(ctx context.Context, in *LeaseGrantRequest, opts ...grpc.CallOption) (*LeaseGrantResponse, error)
@@ -643,9 +830,10 @@ type Election_ObserveClient = grpc.ServerStreamingClient[ObserveResponse]
 // for forward compatibility.
 //
 // Election is the lease and leader-election service, served on a node's
-// client address. A lease and the elections it campaigns in live in one
-// group: the group of the election's name (fnv1a64(name) mod groups + 1).
-// Expiry is decided by that group's leader; see package election.
+// client address. An election lives in the range that holds its name (a
+// key); a lease lives in the range that granted it, and after that range
+// splits in both halves. Expiry is decided by each range's leader; see
+// package election.
 type ElectionServer interface {
 	// LeaseGrant creates a lease with a TTL in a group.
 	LeaseGrant(context.Context, *LeaseGrantRequest) (*LeaseGrantResponse, error)
@@ -901,7 +1089,9 @@ var Election_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Peer_Info_FullMethodName = "/flotilla.v1.Peer/Info"
+	Peer_Info_FullMethodName         = "/flotilla.v1.Peer/Info"
+	Peer_Propose_FullMethodName      = "/flotilla.v1.Peer/Propose"
+	Peer_ReplicaState_FullMethodName = "/flotilla.v1.Peer/ReplicaState"
 )
 
 // PeerClient is the client API for Peer service.
@@ -912,6 +1102,13 @@ const (
 // nodes learn each other's client and http addresses from the cluster.
 type PeerClient interface {
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
+	// Propose proposes an internal command (a split, a meta index update)
+	// on the answering node, which must lead the group: FailedPrecondition
+	// with the flotilla-leader trailer otherwise.
+	Propose(ctx context.Context, in *PeerProposeRequest, opts ...grpc.CallOption) (*PeerProposeResponse, error)
+	// ReplicaState returns the answering node's replica of a group: its
+	// descriptor and applied index (NotFound: none).
+	ReplicaState(ctx context.Context, in *ReplicaStateRequest, opts ...grpc.CallOption) (*ReplicaStateResponse, error)
 }
 
 type peerClient struct {
@@ -932,6 +1129,26 @@ func (c *peerClient) Info(ctx context.Context, in *InfoRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *peerClient) Propose(ctx context.Context, in *PeerProposeRequest, opts ...grpc.CallOption) (*PeerProposeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PeerProposeResponse)
+	err := c.cc.Invoke(ctx, Peer_Propose_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) ReplicaState(ctx context.Context, in *ReplicaStateRequest, opts ...grpc.CallOption) (*ReplicaStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaStateResponse)
+	err := c.cc.Invoke(ctx, Peer_ReplicaState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -940,6 +1157,13 @@ func (c *peerClient) Info(ctx context.Context, in *InfoRequest, opts ...grpc.Cal
 // nodes learn each other's client and http addresses from the cluster.
 type PeerServer interface {
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
+	// Propose proposes an internal command (a split, a meta index update)
+	// on the answering node, which must lead the group: FailedPrecondition
+	// with the flotilla-leader trailer otherwise.
+	Propose(context.Context, *PeerProposeRequest) (*PeerProposeResponse, error)
+	// ReplicaState returns the answering node's replica of a group: its
+	// descriptor and applied index (NotFound: none).
+	ReplicaState(context.Context, *ReplicaStateRequest) (*ReplicaStateResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -952,6 +1176,12 @@ type UnimplementedPeerServer struct{}
 
 func (UnimplementedPeerServer) Info(context.Context, *InfoRequest) (*InfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Info not implemented")
+}
+func (UnimplementedPeerServer) Propose(context.Context, *PeerProposeRequest) (*PeerProposeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Propose not implemented")
+}
+func (UnimplementedPeerServer) ReplicaState(context.Context, *ReplicaStateRequest) (*ReplicaStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaState not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -992,6 +1222,42 @@ func _Peer_Info_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Propose_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PeerProposeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Propose(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Propose_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Propose(ctx, req.(*PeerProposeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Peer_ReplicaState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).ReplicaState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_ReplicaState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).ReplicaState(ctx, req.(*ReplicaStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1002,6 +1268,14 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Info",
 			Handler:    _Peer_Info_Handler,
+		},
+		{
+			MethodName: "Propose",
+			Handler:    _Peer_Propose_Handler,
+		},
+		{
+			MethodName: "ReplicaState",
+			Handler:    _Peer_ReplicaState_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

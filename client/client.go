@@ -24,6 +24,7 @@
 package client
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -67,6 +68,10 @@ var (
 	// ErrInvalidArgument: the request is malformed (empty or oversized
 	// key, oversized value, bad limit). Retrying cannot help.
 	ErrInvalidArgument = errors.New("client: invalid argument")
+	// ErrRangeChanged: a request's range does not hold its key or span
+	// (it split or merged): look the ranges up again. DeleteRange handles
+	// it by itself.
+	ErrRangeChanged = errors.New("client: range changed")
 	// ErrGroupNotFound: the request named a group the cluster does not
 	// have.
 	ErrGroupNotFound = errors.New("client: group not found")
@@ -212,9 +217,11 @@ type Client struct {
 	batch   batchers
 	session session
 	health  health
-	stop    chan struct{} // closed by Close
-	loops   sync.WaitGroup
-	hedges  atomic.Uint64 // attempts sent as hedges
+	// ranges caches range descriptors: where keys are (kv.RangeCache).
+	ranges kv.RangeCache
+	stop   chan struct{} // closed by Close
+	loops  sync.WaitGroup
+	hedges atomic.Uint64 // attempts sent as hedges
 
 	mu struct {
 		sync.Mutex
@@ -409,6 +416,9 @@ func (c *Client) apply(m *api.ClusterMapResponse) {
 	}
 	for _, g := range m.GroupInfos {
 		c.noteLeaderLocked(g.Id, g.Leader, g.Term)
+		if len(g.Replicas) > 0 && g.Generation > 0 {
+			c.ranges.Insert(kv.Descriptor{ID: g.Id, Start: g.Start, End: g.End, Replicas: g.Replicas, Generation: g.Generation})
+		}
 	}
 }
 
@@ -436,8 +446,80 @@ func (c *Client) Groups() int {
 	return c.mu.groups
 }
 
-// GroupOf returns the group that holds key.
-func (c *Client) GroupOf(key []byte) uint64 { return kv.GroupOf(key, c.Groups()) }
+// GroupOf returns the range that holds key as the client's range cache
+// has it (0: not cached; RangeOf asks the cluster).
+func (c *Client) GroupOf(key []byte) uint64 {
+	if d, ok := c.ranges.Lookup(key); ok {
+		return d.ID
+	}
+	return 0
+}
+
+// RangeOf returns the range that holds key, from the client's range cache
+// or else from the cluster's meta index.
+func (c *Client) RangeOf(ctx context.Context, key []byte) (kv.Descriptor, error) {
+	if d, ok := c.ranges.Lookup(key); ok {
+		return d, nil
+	}
+	if err := c.lookupRanges(ctx, key); err != nil {
+		return kv.Descriptor{}, err
+	}
+	if d, ok := c.ranges.Lookup(key); ok {
+		return d, nil
+	}
+	return kv.Descriptor{}, fmt.Errorf("%w: the meta index has no range for %q", ErrUnavailable, key)
+}
+
+// rangeOf returns the range of key for routing a request: 0 if it cannot
+// be learned now (any node routes the request by its key anyway).
+func (c *Client) rangeOf(ctx context.Context, key []byte) uint64 {
+	d, err := c.RangeOf(ctx, key)
+	if err != nil {
+		c.log.Debug("client: range lookup failed", "key", key, "err", err)
+		return 0
+	}
+	return d.ID
+}
+
+// descriptorOf returns the range of key from the cache or the cluster.
+func (c *Client) descriptorOf(ctx context.Context, key []byte) (kv.Descriptor, bool) {
+	d, err := c.RangeOf(ctx, key)
+	return d, err == nil
+}
+
+// rangePrefetch is how many descriptors one lookup asks for.
+const rangePrefetch = 64
+
+// lookupRanges reads descriptors from the meta index, from the range that
+// holds key on, into the cache.
+func (c *Client) lookupRanges(ctx context.Context, key []byte) error {
+	rs, _, err := c.Ranges(ctx, key, rangePrefetch, false)
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		c.ranges.Insert(kv.Descriptor{ID: r.Id, Start: r.Start, End: r.End, Replicas: r.Replicas, Generation: r.Generation})
+		c.noteLeader(r.Id, r.Leader, r.Term, 0)
+	}
+	return nil
+}
+
+// Ranges returns up to limit ranges (0: 1000) in key order from the one
+// that holds key, as the meta index records them, with their leaders, and
+// with stats their sizes and loads; more says there are ranges after them.
+func (c *Client) Ranges(ctx context.Context, key []byte, limit int, stats bool) ([]*api.RangeInfo, bool, error) {
+	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewClusterClient(cc).Ranges(ctx, &api.RangesRequest{Key: key, Limit: uint32(limit), Stats: stats}, opts...)
+			return r, nil, err
+		})
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	r := v.(*api.RangesResponse)
+	return r.Ranges, r.More, nil
+}
 
 // target returns the address for attempt n of a request to group g (0:
 // any node), for the streams (keep-alives, observers) that pick their own
@@ -552,4 +634,44 @@ func (c *Client) noteLeaderLocked(g, leader, term uint64) {
 	default:
 		c.mu.leaders[g] = leaderInfo{id: leader, term: term}
 	}
+}
+
+// Split splits the range that holds key at key and returns both halves.
+func (c *Client) Split(ctx context.Context, key []byte) (left, right *api.RangeInfo, err error) {
+	if err := kv.CheckKey(key); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	key = bytes.Clone(key)
+	v, err := c.do(ctx, c.rangeOf(ctx, key), false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewClusterClient(cc).Split(ctx, &api.SplitRequest{Key: key}, opts...)
+			return r, nil, err
+		})
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	r := v.(*api.SplitResponse)
+	for _, ri := range []*api.RangeInfo{r.Left, r.Right} {
+		c.ranges.Insert(kv.Descriptor{ID: ri.Id, Start: ri.Start, End: ri.End, Replicas: ri.Replicas, Generation: ri.Generation})
+	}
+	return r.Left, r.Right, nil
+}
+
+// Merge merges the range that holds key with the range after it and
+// returns the merged range.
+func (c *Client) Merge(ctx context.Context, key []byte) (*api.RangeInfo, error) {
+	key = bytes.Clone(key)
+	v, err := c.do(ctx, c.rangeOf(ctx, key), false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewClusterClient(cc).Merge(ctx, &api.MergeRequest{Key: key}, opts...)
+			return r, nil, err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := v.(*api.MergeResponse).Merged
+	c.ranges.Insert(kv.Descriptor{ID: m.Id, Start: m.Start, End: m.End, Replicas: m.Replicas, Generation: m.Generation})
+	return m, nil
 }

@@ -24,10 +24,14 @@ import (
 const mdLeader = "flotilla-leader"
 
 // Messages that start the status of a refused session write (see
-// server.MsgSessionUnknown and MsgSessionStale).
+// server.MsgSessionUnknown and MsgSessionStale), and of a request whose
+// range does not hold its key (server.MsgKeyMismatch), which carries the
+// ranges the node knows in the mdRanges trailer.
 const (
 	msgSessionUnknown = "kv: session unknown"
 	msgSessionStale   = "kv: session stale"
+	msgKeyMismatch    = "kv: key not in range"
+	mdRanges          = "flotilla-ranges-bin"
 )
 
 // maxOutstanding bounds the attempts of one request in flight at once: the
@@ -42,7 +46,9 @@ type answer struct {
 	// leader and term: the group's leader as the answer names it (header
 	// or hint; term 0 for a hint).
 	leader, term uint64
-	err          error
+	// ranges: descriptors a refusal carried (mdRanges).
+	ranges []kv.Descriptor
+	err    error
 }
 
 // attempt is what an attemptFunc starts an attempt with: its request.
@@ -111,6 +117,7 @@ func unary(at attempt, done func(answer), call func(ctx context.Context, opts ..
 			a.leader, a.term = h.Leader, h.Term
 		case err != nil:
 			a.leader = leaderHint(md)
+			a.ranges = rangesHint(md)
 		}
 		done(a)
 	}()
@@ -125,6 +132,7 @@ const (
 	ambiguous                     // may have been applied; a session write may be sent again
 	unreachable                   // the node did not answer; may have been applied unless notSent
 	sessionUnknown                // the group does not have the session: register and resend
+	mismatch                      // the range does not hold the key: look it up again, resend
 )
 
 func classify(err error) (outcome, error) {
@@ -143,6 +151,9 @@ func classify(err error) (outcome, error) {
 	case codes.FailedPrecondition:
 		if strings.HasPrefix(st.Message(), msgSessionUnknown) {
 			return sessionUnknown, fmt.Errorf("%w: %s", ErrNotLeader, st.Message())
+		}
+		if strings.HasPrefix(st.Message(), msgKeyMismatch) {
+			return mismatch, fmt.Errorf("%w: %s", ErrRangeChanged, st.Message())
 		}
 		return retry, fmt.Errorf("%w: %s", ErrNotLeader, st.Message())
 	case codes.Aborted:
@@ -313,6 +324,12 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			case sessionUnknown:
 				c.session.unknown(g) // the next attempt registers; nothing was written
 				fails = false
+			case mismatch:
+				// Nothing was done. The node routes by key: the next
+				// attempt finds the range, and the cache learns it.
+				c.ranges.Evict(g, ^uint64(0))
+				c.ranges.Insert(a.ranges...)
+				fails = false
 			case ambiguous:
 				unknown = unknown || write
 			case unreachable:
@@ -332,7 +349,7 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			}
 			// Retry now if the answer named another live leader or asked
 			// for registration, else after a backoff.
-			if kind == sessionUnknown || (a.leader != 0 && a.leader != c.nodeOf(a.addr) && !c.health.suspect(c.leaderAddr(g))) {
+			if kind == sessionUnknown || kind == mismatch || (a.leader != 0 && a.leader != c.nodeOf(a.addr) && !c.health.suspect(c.leaderAddr(g))) {
 				if launch() {
 					continue
 				}
@@ -397,6 +414,16 @@ func cmpErr(a, b error) error {
 // jitter returns d ± 20%.
 func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// rangesHint returns the descriptors a refusal carried.
+func rangesHint(md metadata.MD) []kv.Descriptor {
+	for _, v := range md.Get(mdRanges) {
+		if ds, err := kv.DecodeDescriptors([]byte(v)); err == nil {
+			return ds
+		}
+	}
+	return nil
 }
 
 func leaderHint(md metadata.MD) uint64 {

@@ -98,6 +98,8 @@ func (c *Client) Election(name string) (*Election, error) {
 	if err := kv.CheckKey([]byte(name)); err != nil {
 		return nil, fmt.Errorf("%w: election name: %v", ErrInvalidArgument, err)
 	}
+	// group is a routing hint (0 if the range is not cached yet): every
+	// node routes by the name.
 	return &Election{c: c, name: []byte(name), group: c.GroupOf([]byte(name))}, nil
 }
 
@@ -112,10 +114,6 @@ func (e *Election) Name() string { return string(e.name) }
 // request was sent, it withdraws the candidate (best effort; Resign
 // retries it).
 func (e *Election) Campaign(ctx context.Context, lease *Lease, value []byte) (Leadership, error) {
-	if lease.Group() != e.group {
-		return Leadership{}, fmt.Errorf("%w: lease %d is in group %d, election %q in group %d; use GrantFor",
-			ErrInvalidArgument, lease.ID(), lease.Group(), e.name, e.group)
-	}
 	if err := kv.CheckValue(value); err != nil {
 		return Leadership{}, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}

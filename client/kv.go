@@ -31,11 +31,13 @@ type writeOptions struct {
 
 // WithLease attaches the key to lease l: the cluster deletes the key when
 // the lease is revoked or expires (its keep-alives stopped for a TTL).
-// The lease must live in the key's group: grant it with
-// GrantFor(ctx, key, ttl). A lease of another group fails with
-// ErrInvalidArgument, one that is gone with ErrLeaseNotFound; nothing is
-// written then. A later Put of the key without WithLease, or a Delete,
-// detaches it. A nil l attaches to nothing.
+// The lease must live in the key's range: grant it with
+// GrantFor(ctx, key, ttl) (a lease granted for a key covers the keys of
+// the range that held it then, and of both halves after that range
+// splits). A lease the key's range does not have fails with
+// ErrLeaseNotFound; nothing is written then. A later Put of the key
+// without WithLease, or a Delete, detaches it. A nil l attaches to
+// nothing.
 func WithLease(l *Lease) WriteOption {
 	return func(o *writeOptions) {
 		if l != nil {
@@ -45,21 +47,17 @@ func WithLease(l *Lease) WriteOption {
 }
 
 // WithLeaseID is WithLease for a lease known by ID only (kept alive by
-// another process, say): group is the group that granted it, or 0 to
-// assume the key's group.
+// another process, say): group is the range that granted it, or 0.
 func WithLeaseID(group, id uint64) WriteOption {
 	return func(o *writeOptions) { o.lease, o.leaseGroup = id, group }
 }
 
-// writeOpts applies opts to a write of a key of group g.
+// writeOpts applies opts to a write of a key of range g. (Whether the
+// range has the lease is the range's to say: ErrLeaseNotFound.)
 func writeOpts(g uint64, opts []WriteOption) (writeOptions, error) {
 	var wo writeOptions
 	for _, o := range opts {
 		o(&wo)
-	}
-	if wo.lease != 0 && wo.leaseGroup != 0 && wo.leaseGroup != g {
-		return wo, fmt.Errorf("%w: lease %d lives in group %d, the key in group %d; grant the lease with GrantFor(ctx, key, ttl)",
-			ErrInvalidArgument, wo.lease, wo.leaseGroup, g)
 	}
 	return wo, nil
 }
@@ -69,7 +67,7 @@ func writeOpts(g uint64, opts []WriteOption) (writeOptions, error) {
 // number, the current floor, and register until the group has the
 // session). See do for the retries.
 func (c *Client) write(ctx context.Context, g uint64, start func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer))) (any, error) {
-	seq := c.session.begin(g)
+	seq := c.session.begin()
 	v, err := c.do(ctx, g, true, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		start(at, cc, c.session.ref(g, seq), done)
 	})
@@ -112,7 +110,7 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption
 	if err := checkKV(key, value); err != nil {
 		return 0, err
 	}
-	g := c.GroupOf(key)
+	g := c.rangeOf(ctx, key)
 	wo, err := writeOpts(g, opts)
 	if err != nil {
 		return 0, err
@@ -156,7 +154,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (KeyVa
 	for _, o := range opts {
 		o(&ro)
 	}
-	g := c.GroupOf(key)
+	g := c.rangeOf(ctx, key)
 	key = bytes.Clone(key) // attempts may outlive the call
 	v, err := c.do(ctx, g, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
@@ -180,7 +178,7 @@ func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	if err := checkKV(key, nil); err != nil {
 		return false, err
 	}
-	g := c.GroupOf(key)
+	g := c.rangeOf(ctx, key)
 	bkey := bytes.Clone(key) // attempts may outlive the call
 	v, err := c.write(ctx, g, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
 		req := &api.DeleteRequest{Key: bkey, Group: g, Session: sess}
@@ -211,7 +209,7 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte
 	if err := checkKV(key, expected); err != nil {
 		return false, KeyValue{}, false, err
 	}
-	g := c.GroupOf(key)
+	g := c.rangeOf(ctx, key)
 	wo, err := writeOpts(g, wopts)
 	if err != nil {
 		return false, KeyValue{}, false, err
@@ -236,31 +234,89 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte
 	return r.Succeeded, current, r.Found, nil
 }
 
-// Scan returns up to limit keys starting with prefix, from every group,
-// in key order; more says the limit cut the list short. limit 0 means
-// 1000; at most 10000.
+// Scan returns up to limit keys starting with prefix, in key order; more
+// says the limit cut the list short (ScanRange continues from a resume
+// key). limit 0 means 1000; at most 10000.
 func (c *Client) Scan(ctx context.Context, prefix []byte, limit int, opts ...ReadOption) ([]KeyValue, bool, error) {
+	kvs, resume, err := c.ScanRange(ctx, prefix, kv.PrefixEnd(prefix), limit, opts...)
+	return kvs, len(resume) > 0, err
+}
+
+// ScanRange returns up to limit keys of [start, end) in key order (empty
+// start: from the beginning of the keyspace; empty end: to its end), and
+// the key to continue from (empty: the span is done). It reads only the
+// ranges of the span, one after another. limit 0 means 1000; at most
+// 10000.
+func (c *Client) ScanRange(ctx context.Context, start, end []byte, limit int, opts ...ReadOption) ([]KeyValue, []byte, error) {
 	if limit < 0 || limit > kv.MaxScanLimit {
-		return nil, false, fmt.Errorf("%w: limit %d outside 0..%d", ErrInvalidArgument, limit, kv.MaxScanLimit)
+		return nil, nil, fmt.Errorf("%w: limit %d outside 0..%d", ErrInvalidArgument, limit, kv.MaxScanLimit)
+	}
+	if _, err := kv.EncodeScan(start, end, limit); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
 	var ro readOptions
 	for _, o := range opts {
 		o(&ro)
 	}
-	prefix = bytes.Clone(prefix)
-	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+	start, end = bytes.Clone(start), bytes.Clone(end)
+	g := c.rangeOf(ctx, start)
+	v, err := c.do(ctx, g, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-			r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Prefix: prefix, Limit: uint32(limit), Serializable: ro.serializable}, opts...)
+			r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Start: start, End: end, Limit: uint32(limit), Serializable: ro.serializable}, opts...)
 			return r, nil, err
 		})
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, nil, err
 	}
 	r := v.(*api.ScanResponse)
 	out := make([]KeyValue, 0, len(r.Kvs))
 	for _, k := range r.Kvs {
 		out = append(out, KeyValue{Key: k.Key, Value: k.Value, Revision: k.Revision, Group: k.Group})
 	}
-	return out, r.More, nil
+	return out, r.ResumeKey, nil
+}
+
+// DeleteRange deletes every key of [start, end) (empty end: to the end of
+// the keyspace) and returns how many it deleted. It deletes range by range:
+// atomically within each range, not across them. Each range's delete is
+// applied exactly once, retried like Put.
+func (c *Client) DeleteRange(ctx context.Context, start, end []byte) (uint64, error) {
+	if _, err := (kv.Command{Op: kv.OpDeleteRange, Key: start, End: end}).Encode(); err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	start, end = bytes.Clone(start), bytes.Clone(end)
+	var total uint64
+	at := start
+	for changed := 0; ; {
+		d, ok := c.descriptorOf(ctx, at)
+		if !ok {
+			return total, fmt.Errorf("%w: no range known for %q", ErrUnavailable, at)
+		}
+		sub := end
+		if len(d.End) > 0 && (len(end) == 0 || bytes.Compare(d.End, end) < 0) {
+			sub = d.End
+		}
+		v, err := c.write(ctx, d.ID, func(at2 attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+			unary(at2, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+				r, err := api.NewKVClient(cc).DeleteRange(ctx, &api.DeleteRangeRequest{Start: at, End: sub, Group: d.ID, Session: sess}, opts...)
+				return r, r.GetHeader(), err
+			})
+		})
+		if errors.Is(err, ErrRangeChanged) && changed < 10 {
+			// The range split or merged under the client's cache: look
+			// the span up again.
+			changed++
+			c.ranges.Evict(d.ID, d.Generation)
+			continue
+		}
+		if err != nil {
+			return total, err
+		}
+		total += v.(*api.DeleteRangeResponse).GetDeleted()
+		if len(sub) == 0 || (len(end) > 0 && bytes.Equal(sub, end)) {
+			return total, nil
+		}
+		at = sub
+	}
 }

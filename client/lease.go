@@ -100,23 +100,33 @@ func (l *Lease) Deadline() time.Time { return time.Unix(0, l.deadline.Load()) }
 func (l *Lease) Renewals() uint64 { return l.renewals.Load() }
 
 // Grant grants a lease of ttl (whole milliseconds, kv.MinLeaseTTL ..
-// kv.MaxLeaseTTL) in group and starts its keep-alives. An election can
-// use only a lease of its own group: use GrantFor for that.
+// kv.MaxLeaseTTL) in range group and starts its keep-alives. An election,
+// or a key, can use only a lease of its own range: use GrantFor for that.
 func (c *Client) Grant(ctx context.Context, group uint64, ttl time.Duration) (*Lease, error) {
+	if group == 0 {
+		return nil, fmt.Errorf("%w: range 0", ErrGroupNotFound)
+	}
+	return c.grant(ctx, group, nil, ttl)
+}
+
+// grant grants a lease in range group, or with key set in the range that
+// holds key.
+func (c *Client) grant(ctx context.Context, group uint64, key []byte, ttl time.Duration) (*Lease, error) {
 	if err := kv.CheckTTL(ttl); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	if group == 0 || int(group) > c.Groups() {
-		return nil, fmt.Errorf("%w: group %d; the cluster has groups 1..%d", ErrGroupNotFound, group, c.Groups())
+	route := group
+	if key != nil {
+		route = c.rangeOf(ctx, key)
 	}
 	ttl = ttl.Truncate(time.Millisecond)
 	// The lease's TTL starts on the cluster when the grant applies, after
 	// the first attempt left (a retried grant applies once): count the
 	// local deadline from before it.
 	sent := time.Now()
-	v, err := c.write(ctx, group, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
+	v, err := c.write(ctx, route, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-			r, err := api.NewElectionClient(cc).LeaseGrant(ctx, &api.LeaseGrantRequest{Group: group, TtlMs: ttl.Milliseconds(), Session: sess}, opts...)
+			r, err := api.NewElectionClient(cc).LeaseGrant(ctx, &api.LeaseGrantRequest{Group: group, Key: key, TtlMs: ttl.Milliseconds(), Session: sess}, opts...)
 			return r, r.GetHeader(), err
 		})
 	})
@@ -124,6 +134,7 @@ func (c *Client) Grant(ctx context.Context, group uint64, ttl time.Duration) (*L
 		return nil, err
 	}
 	id := v.(*api.LeaseGrantResponse).GetId()
+	group = v.(*api.LeaseGrantResponse).GetHeader().GetGroup()
 	l := &Lease{c: c, id: id, group: group, ttl: ttl, stop: make(chan struct{}), loopDone: make(chan struct{})}
 	l.ctx, l.cancel = context.WithCancelCause(context.Background())
 	l.loopCtx, l.loopCancel = context.WithCancel(context.Background())
@@ -137,14 +148,15 @@ func (c *Client) Grant(ctx context.Context, group uint64, ttl time.Duration) (*L
 	return l, nil
 }
 
-// GrantFor grants a lease of ttl in the group of name: the lease an
-// election of that name can use, or a key of that name (Put with
-// WithLease). Keys of other groups cannot attach to it.
+// GrantFor grants a lease of ttl in the range that holds name: the lease
+// an election of that name can use, or a key of that name (Put with
+// WithLease), or any key of that range. Keys of other ranges cannot
+// attach to it.
 func (c *Client) GrantFor(ctx context.Context, name string, ttl time.Duration) (*Lease, error) {
 	if err := kv.CheckKey([]byte(name)); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	return c.Grant(ctx, c.GroupOf([]byte(name)), ttl)
+	return c.grant(ctx, 0, []byte(name), ttl)
 }
 
 // track registers a lease so that Close stops it; false if closed.

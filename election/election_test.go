@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/client"
-	"github.com/flotilla/flotilla/kv"
 )
 
 // candidate is one campaigning process: its client, lease and election.
@@ -468,7 +467,11 @@ func TestLeaderChangeAndRestartKeepHolder(t *testing.T) {
 	pollWG.Add(1)
 	go pollLeader(pctx, &pollWG, c.client(nil), name, h, 100)
 
-	g := kv.GroupOf([]byte(name), c.groups)
+	rd, err := c.client(nil).RangeOf(ctx, []byte(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := rd.ID
 	start := time.Now()
 	for i := 0; i < 3; i++ {
 		from := c.leaderOf(g)

@@ -23,10 +23,17 @@ func TestLeasedKeyDeletedWhenLeaseEnds(t *testing.T) {
 	if _, err := cl.Put(ctx, []byte(key), []byte("10.0.0.1"), client.WithLease(lease)); err != nil {
 		t.Fatal(err)
 	}
-	// A key of the same group without the lease, which must stay.
+	rangeOf := func(k string) uint64 {
+		d, err := cl.RangeOf(ctx, []byte(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.ID
+	}
+	// A key of the same range without the lease, which must stay.
 	plain := ""
 	for i := 0; plain == ""; i++ {
-		if k := fmt.Sprint("plain-", i); cl.GroupOf([]byte(k)) == lease.Group() {
+		if k := fmt.Sprintf("%xplain-%d", i%16, i); rangeOf(k) == lease.Group() {
 			plain = k
 		}
 	}
@@ -34,18 +41,18 @@ func TestLeasedKeyDeletedWhenLeaseEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Refusals: a lease of another group, an unknown lease.
+	// Refusals: a lease of another range, an unknown lease.
 	other := ""
 	for i := 0; other == ""; i++ {
-		if k := fmt.Sprint("other-", i); cl.GroupOf([]byte(k)) != lease.Group() {
+		if k := fmt.Sprintf("%xother-%d", i%16, i); rangeOf(k) != lease.Group() {
 			other = k
 		}
 	}
-	if _, err := cl.Put(ctx, []byte(other), []byte("x"), client.WithLease(lease)); !errors.Is(err, client.ErrInvalidArgument) {
-		t.Fatalf("put with another group's lease: %v", err)
+	if _, err := cl.Put(ctx, []byte(other), []byte("x"), client.WithLease(lease)); !errors.Is(err, client.ErrLeaseNotFound) {
+		t.Fatalf("put with another range's lease: %v", err)
 	}
-	if _, err := cl.Put(ctx, []byte(other), []byte("x"), client.WithLeaseID(lease.Group(), lease.ID())); !errors.Is(err, client.ErrInvalidArgument) {
-		t.Fatalf("put with another group's lease ID: %v", err)
+	if _, err := cl.Put(ctx, []byte(other), []byte("x"), client.WithLeaseID(lease.Group(), lease.ID())); !errors.Is(err, client.ErrLeaseNotFound) {
+		t.Fatalf("put with another range's lease ID: %v", err)
 	}
 	if _, err := cl.Put(ctx, []byte(key+"/x"), []byte("x"), client.WithLeaseID(0, 1<<60)); !errors.Is(err, client.ErrLeaseNotFound) {
 		t.Fatalf("put with an unknown lease: %v", err)

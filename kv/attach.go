@@ -5,47 +5,31 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/flotilla/flotilla/internal/keys"
-
 	"github.com/cockroachdb/pebble/v2"
 )
 
 // Keys attached to leases.
 //
 // A put or CAS that carries a lease attaches its key to that lease, which
-// must exist in the key's group (a lease lives in one group, and its ID
-// is a revision of that group, so an ID names a lease only within its
-// group). Revoking or expiring the lease deletes every key attached to
-// it, in the same apply and at the revision of the revoke. A put or CAS
-// without a lease, or a delete, detaches the key.
+// must exist in the key's range (a range holds the leases it granted and
+// copies of those of the range it split from). Revoking or expiring the
+// lease deletes every key of the range attached to it, in the same apply
+// and at the revision of the revoke. A put or CAS without a lease, or a
+// delete, detaches the key.
 //
 // Two indexes, written together in the apply's batch, hold it:
 //
-//	'A' group(8) key          → lease(8)   what a put or delete detaches
-//	'K' group(8) lease(8) key → (empty)    what a revoke deletes
+//	'A' key                   → lease(8)   what a put or delete detaches
+//	'K' range(8) lease(8) key → (empty)    what a revoke deletes
 //
-// Both are part of the group's snapshot. An attachment exists only while
+// Both are part of the range's snapshot. An attachment exists only while
 // its key does.
 
-const (
-	kindAttached  = byte(keys.Attached)
-	kindLeaseKeys = byte(keys.LeaseKeys)
-)
-
-func (s *StateMachine) attachedKey(key []byte) []byte {
-	k := make([]byte, prefixLen, prefixLen+len(key))
-	k[0] = kindAttached
-	binary.BigEndian.PutUint64(k[1:], s.group)
-	return append(k, key...)
-}
+func attachedKey(key []byte) []byte { return globalKey(kindAttached, key) }
 
 // leaseKeysPrefix returns the prefix of the keys attached to lease.
 func (s *StateMachine) leaseKeysPrefix(lease uint64) []byte {
-	k := make([]byte, prefixLen+8, prefixLen+8+64)
-	k[0] = kindLeaseKeys
-	binary.BigEndian.PutUint64(k[1:], s.group)
-	binary.BigEndian.PutUint64(k[prefixLen:], lease)
-	return k
+	return binary.BigEndian.AppendUint64(localKey(kindLeaseKeys, s.id, 8+64), lease)
 }
 
 func (s *StateMachine) leaseKeysKey(lease uint64, key []byte) []byte {
@@ -54,7 +38,7 @@ func (s *StateMachine) leaseKeysKey(lease uint64, key []byte) []byte {
 
 // attachment returns the lease key is attached to (0: none).
 func (s *StateMachine) attachment(r pebble.Reader, key []byte) (uint64, error) {
-	v, ok, err := getRaw(r, s.attachedKey(key))
+	v, ok, err := getRaw(r, attachedKey(key))
 	if err != nil || !ok {
 		return 0, err
 	}
@@ -64,10 +48,10 @@ func (s *StateMachine) attachment(r pebble.Reader, key []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
-// anyAttached reports whether r holds any key of the group attached to a
+// anyAttached reports whether r holds any key of the range attached to a
 // lease.
 func (s *StateMachine) anyAttached(r pebble.Reader) (bool, error) {
-	lo, hi := s.kindBounds(kindAttached)
+	lo, hi := localBounds(kindLeaseKeys, s.id)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return false, err
@@ -98,9 +82,9 @@ func (s *StateMachine) setAttachment(b *pebble.Batch, key []byte, lease uint64) 
 		}
 	}
 	if lease == 0 {
-		return b.Delete(s.attachedKey(key), nil)
+		return b.Delete(attachedKey(key), nil)
 	}
-	if err := b.Set(s.attachedKey(key), binary.BigEndian.AppendUint64(nil, lease), nil); err != nil {
+	if err := b.Set(attachedKey(key), binary.BigEndian.AppendUint64(nil, lease), nil); err != nil {
 		return err
 	}
 	return b.Set(s.leaseKeysKey(lease, key), nil, nil)
@@ -127,10 +111,10 @@ func (s *StateMachine) deleteAttached(b *pebble.Batch, lease uint64) (int, error
 		return 0, err
 	}
 	for _, key := range keys {
-		if err := b.Delete(s.dataKey(key), nil); err != nil {
+		if err := b.Delete(dataKey(key), nil); err != nil {
 			return 0, err
 		}
-		if err := b.Delete(s.attachedKey(key), nil); err != nil {
+		if err := b.Delete(attachedKey(key), nil); err != nil {
 			return 0, err
 		}
 		if err := b.Delete(s.leaseKeysKey(lease, key), nil); err != nil {
@@ -138,6 +122,41 @@ func (s *StateMachine) deleteAttached(b *pebble.Batch, lease uint64) (int, error
 		}
 	}
 	return len(keys), nil
+}
+
+// detachSpan detaches every key of [start, end) attached to a lease,
+// through b.
+func (s *StateMachine) detachSpan(b *pebble.Batch, start, end []byte) error {
+	lo, hi := globalBounds(kindAttached, start, end)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return err
+	}
+	type att struct {
+		key   []byte
+		lease uint64
+	}
+	var atts []att
+	for it.First(); it.Valid(); it.Next() {
+		if len(it.Value()) != 8 {
+			it.Close()
+			return fmt.Errorf("%w: attachment of key %x", ErrCorrupt, it.Key())
+		}
+		atts = append(atts, att{bytes.Clone(it.Key()[1:]), binary.BigEndian.Uint64(it.Value())})
+	}
+	err = it.Error()
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	for _, a := range atts {
+		if err := b.Delete(s.leaseKeysKey(a.lease, a.key), nil); err != nil {
+			return err
+		}
+	}
+	return b.DeleteRange(lo, hi, nil)
 }
 
 // leaseExists reports whether lease exists, through r.

@@ -41,7 +41,7 @@ type dirtyWrite struct {
 	stored []byte
 }
 
-// dirtySet holds the group's data keys written by applied puts and deletes
+// dirtySet holds the range's data keys written by applied puts and deletes
 // that are not in Pebble yet: the state is Pebble with these on top.
 //
 // Why: every key written to Pebble is an insert in its memtable's skiplist,
@@ -138,26 +138,26 @@ func (d *dirtySet) reset() {
 	d.bytes = 0
 }
 
-// view returns the held writes of keys starting with prefix, in key order,
-// and an iterator from newIter, both as of one instant: a flush between
-// the two would otherwise let a scan see a later write of one key next to
-// an earlier write of another. newIter must not block (opening a Pebble
-// iterator reads no file).
-func (d *dirtySet) view(prefix []byte, newIter func() (*pebble.Iterator, error)) ([]dirtyWrite, *pebble.Iterator, error) {
-	held, it, err := d.collect(prefix, newIter)
+// view returns the held writes of keys in [start, end) (end empty: to the
+// end of the keyspace), in key order, and an iterator from newIter, both as
+// of one instant: a flush between the two would otherwise let a scan see a
+// later write of one key next to an earlier write of another. newIter must
+// not block (opening a Pebble iterator reads no file).
+func (d *dirtySet) view(start, end []byte, newIter func() (*pebble.Iterator, error)) ([]dirtyWrite, *pebble.Iterator, error) {
+	held, it, err := d.collect(start, end, newIter)
 	// Sorted after the unlock: held is a copy, and Apply waits for the lock.
 	slices.SortFunc(held, func(a, b dirtyWrite) int { return strings.Compare(a.key, b.key) })
 	return held, it, err
 }
 
 // collect is view's part under the read lock, which it takes: the held
-// writes under prefix, unsorted, and the iterator.
-func (d *dirtySet) collect(prefix []byte, newIter func() (*pebble.Iterator, error)) ([]dirtyWrite, *pebble.Iterator, error) {
+// writes in the span, unsorted, and the iterator.
+func (d *dirtySet) collect(start, end []byte, newIter func() (*pebble.Iterator, error)) ([]dirtyWrite, *pebble.Iterator, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	var held []dirtyWrite
 	for k, v := range d.mu.m {
-		if strings.HasPrefix(k, string(prefix)) {
+		if k >= string(start) && (len(end) == 0 || k < string(end)) {
 			held = append(held, dirtyWrite{key: k, stored: v})
 		}
 	}

@@ -1,30 +1,35 @@
 // Package kv is Flotilla's key-value state machine: one StateMachine per
-// raft group, all of them keeping their data in the node's Pebble database,
-// next to the raft logs, under prefixes of their own.
+// range (a raft group serving a span of the ordered keyspace), all of them
+// keeping their data in the node's Pebble database, next to the raft logs.
 //
-// Layout (kinds registered in internal/keys, next to storage's):
+// Layout (kinds registered in internal/keys, next to storage's). User data
+// is keyed by the user key alone, so that a split or merge moves no data;
+// what belongs to a range itself is keyed by its ID:
 //
-//	'k' group(8) key   → revision(8) value
-//	'a' group(8)       → applied index(8) revision(8)
-//	'L' group(8) id(8) → lease: TTL in ms(8), then the election names
+//	'k' key            → revision(8) value
+//	'A' key            → lease(8): the lease the key is attached to
+//	'E' name           → election record (see lease.go)
+//	'a' range(8)       → applied index(8) revision(8) leases granted(8)
+//	'D' range(8)       → the range's descriptor (descriptor.go)
+//	'L' range(8) id(8) → lease: TTL in ms(8), then the election names
 //	                     it campaigns in (see lease.go)
-//	'E' group(8) name  → election record (see lease.go)
-//	'A' group(8) key   → lease(8): the lease the key is attached to
-//	'K' group(8) lease(8) key → nothing: the keys attached to a lease
+//	'K' range(8) lease(8) key → nothing: the keys attached to a lease
 //	                     (see attach.go)
-//	'S' group(8) session(8) → a client session's record (see session.go)
+//	'S' range(8) session(8) → a client session's record (see session.go)
+//	'M' range(8) end   → a range's descriptor, in the meta range (meta.go)
+//	'I' range(8)       → the next range ID, in the meta range
 //
 // Every Apply writes its data and the new applied index in one Pebble batch,
-// so after a crash the group replays only the entries past what is durable.
+// so after a crash the range replays only the entries past what is durable.
 // Apply commits without sync: the raft log is synced before anything is
 // applied, so a write lost here is replayed from the log.
 package kv
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"time"
 )
 
@@ -52,23 +57,19 @@ var (
 	// command that cannot be decoded is answered with an error result, not
 	// a failure of Apply, so one bad proposal cannot stop a node.
 	ErrBadCommand = errors.New("kv: malformed command")
-	// ErrLeaseNotFound: a put or CAS named a lease its group does not
+	// ErrLeaseNotFound: a put or CAS named a lease its range does not
 	// have (never granted there, expired or revoked). Nothing was
 	// written. Servers start the message of such a refusal with this
 	// error's text, so that clients can tell it from other NotFounds.
 	ErrLeaseNotFound = errors.New("kv: lease not found")
+	// ErrKeyMismatch: a query named a key (or a span) the range does not
+	// hold (any more): it split or merged since the caller looked it up.
+	// Nothing was read; look the key up again.
+	ErrKeyMismatch = errors.New("kv: key not in range")
+	// ErrUninitialized: the replica has no state yet (it waits for a
+	// snapshot).
+	ErrUninitialized = errors.New("kv: range replica not initialized")
 )
-
-// GroupOf returns the group (1..groups) that holds key: FNV-1a (64 bit) of
-// the key, modulo groups, plus one. Clients and servers must agree on it.
-func GroupOf(key []byte, groups int) uint64 {
-	if groups <= 0 {
-		return 0
-	}
-	h := fnv.New64a()
-	h.Write(key)
-	return h.Sum64()%uint64(groups) + 1
-}
 
 // CheckKey returns an error wrapping ErrInvalid if key is empty or longer
 // than MaxKeySize.
@@ -118,6 +119,20 @@ const (
 	OpCampaign
 	// OpResign withdraws Lease from election Key; a no-op if absent.
 	OpResign
+	// OpDeleteRange deletes every key in [Key, End) (End empty: to the end
+	// of the keyspace), which must lie in the range, at one revision;
+	// Result.Count says how many.
+	OpDeleteRange
+	// OpMetaUpdate, in the meta range only, records the descriptors
+	// encoded in Value (EncodeDescriptors) in the meta index (meta.go).
+	OpMetaUpdate
+	// OpAllocRangeID, in the meta range only, allocates a range ID:
+	// Result.Count.
+	OpAllocRangeID
+	// OpSplit splits the range at Key (SplitCommand, split.go).
+	OpSplit
+
+	opLast = OpSplit
 )
 
 // hasLease reports whether an op carries the lease and TTL fields.
@@ -126,8 +141,13 @@ func (o Op) hasLease() bool { return o >= OpLeaseGrant && o <= OpResign }
 // canAttach reports whether an op may attach its key to a lease.
 func (o Op) canAttach() bool { return o == OpPut || o == OpCAS }
 
-// needsKey reports whether an op names a key (or an election).
+// needsKey reports whether an op names a key (or an election), which its
+// range must hold.
 func (o Op) needsKey() bool { return o <= OpCAS || o == OpCampaign || o == OpResign }
+
+// NeedsKey reports whether an op names a key (or an election name), which
+// its range must hold.
+func (o Op) NeedsKey() bool { return o.needsKey() }
 
 // Command is one write. Encode it with Encode and propose the bytes.
 type Command struct {
@@ -137,6 +157,9 @@ type Command struct {
 	// Expected is the value a CAS requires; ExpectAbsent requires no value.
 	Expected     []byte
 	ExpectAbsent bool
+	// End is the end of OpDeleteRange's span (empty: the end of the
+	// keyspace).
+	End []byte
 	// Lease is the lease of a lease or election op, or the lease a put or
 	// CAS attaches its key to (0: none).
 	Lease uint64
@@ -161,7 +184,8 @@ const (
 	flagSession      // a session block follows Expected
 	flagRegister
 	flagTime   // a time follows the session block (or Expected)
-	flagsKnown = flagExpectAbsent | flagSession | flagRegister | flagTime
+	flagEnd    // an end key follows the time (or what precedes it)
+	flagsKnown = flagExpectAbsent | flagSession | flagRegister | flagTime | flagEnd
 )
 
 // Encode returns the command's wire form after checking its limits.
@@ -179,6 +203,9 @@ func (c Command) Encode() ([]byte, error) {
 	if err := CheckValue(c.Expected); err != nil {
 		return nil, err
 	}
+	if len(c.End) > MaxKeySize {
+		return nil, fmt.Errorf("%w: end key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.End), MaxKeySize)
+	}
 	if c.Time < 0 {
 		return nil, fmt.Errorf("%w: negative time %d", ErrInvalid, c.Time)
 	}
@@ -195,10 +222,23 @@ func (c Command) Encode() ([]byte, error) {
 		if c.Lease == 0 {
 			return nil, fmt.Errorf("%w: lease 0", ErrInvalid)
 		}
+	case OpDeleteRange:
+		if len(c.End) > 0 && bytes.Compare(c.Key, c.End) >= 0 {
+			return nil, fmt.Errorf("%w: delete range %s is empty", ErrInvalid, SpanString(c.Key, c.End))
+		}
+	case OpMetaUpdate:
+		if _, err := DecodeDescriptors(c.Value); err != nil {
+			return nil, fmt.Errorf("%w: meta update: %v", ErrInvalid, err)
+		}
+	case OpAllocRangeID:
+	case OpSplit:
+		if err := CheckKey(c.Key); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
-	b := make([]byte, 0, 1+3*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected)+8+3*binary.MaxVarintLen64)
+	b := make([]byte, 0, 1+4*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected)+len(c.End)+8+3*binary.MaxVarintLen64)
 	b = append(b, byte(c.Op))
 	b = appendBytes(b, c.Key)
 	b = appendBytes(b, c.Value)
@@ -215,6 +255,9 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Time != 0 {
 		flag |= flagTime
 	}
+	if len(c.End) > 0 {
+		flag |= flagEnd
+	}
 	b = append(b, flag)
 	b = appendBytes(b, c.Expected)
 	if c.Session != 0 {
@@ -224,6 +267,9 @@ func (c Command) Encode() ([]byte, error) {
 	}
 	if c.Time != 0 {
 		b = binary.AppendUvarint(b, uint64(c.Time))
+	}
+	if len(c.End) > 0 {
+		b = appendBytes(b, c.End)
 	}
 	switch {
 	case c.Op.hasLease():
@@ -274,6 +320,11 @@ func decodeCommand(b []byte) (Command, error) {
 			r.err = true
 		}
 	}
+	if flag&flagEnd != 0 {
+		if c.End = r.bytes(); len(c.End) == 0 {
+			r.err = true
+		}
+	}
 	switch {
 	case c.Op.hasLease():
 		c.Lease = r.uint64()
@@ -283,7 +334,7 @@ func decodeCommand(b []byte) (Command, error) {
 			r.err = true
 		}
 	}
-	if r.err || len(r.b) != 0 || flag&^flagsKnown != 0 || (c.Register && c.Session == 0) || c.Op < OpPut || c.Op > OpResign {
+	if r.err || len(r.b) != 0 || flag&^flagsKnown != 0 || (c.Register && c.Session == 0) || c.Op < OpPut || c.Op > opLast {
 		return Command{}, ErrBadCommand
 	}
 	c.ExpectAbsent = flag&flagExpectAbsent != 0
@@ -321,6 +372,14 @@ type Result struct {
 	// floor: the client had already had it answered or given it up. Nothing
 	// was written.
 	SessionStale bool
+	// KeyMismatch: the command's key (or span) is not in the range any
+	// more (it split or merged since the proposer looked it up), or the
+	// range is frozen for a merge. Nothing was written: look the key up
+	// again and send the command to the range that holds it.
+	KeyMismatch bool
+	// Count: the keys OpDeleteRange deleted; the range ID OpAllocRangeID
+	// allocated.
+	Count uint64
 }
 
 func (r Result) encode() []byte {
@@ -330,7 +389,7 @@ func (r Result) encode() []byte {
 // size is the length of r encoded.
 func (r Result) size() int {
 	return 8 + 1 + 8 + uvarintLen(uint64(len(r.Current))) + len(r.Current) +
-		uvarintLen(uint64(len(r.Err))) + len(r.Err) + 8 + 8
+		uvarintLen(uint64(len(r.Err))) + len(r.Err) + 8 + 8 + uvarintLen(r.Count)
 }
 
 func uvarintLen(x uint64) int {
@@ -360,13 +419,16 @@ func (r Result) appendTo(b []byte) []byte {
 	if r.SessionStale {
 		flags |= 16
 	}
+	if r.KeyMismatch {
+		flags |= 32
+	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint64(b, r.CurrentRevision)
 	b = appendBytes(b, r.Current)
 	b = appendBytes(b, []byte(r.Err))
 	b = binary.BigEndian.AppendUint64(b, r.Lease)
 	b = binary.BigEndian.AppendUint64(b, r.Token)
-	return b
+	return binary.AppendUvarint(b, r.Count)
 }
 
 // DecodeResult parses the result bytes of an applied command. A result
@@ -382,14 +444,15 @@ func DecodeResult(b []byte) (Result, error) {
 	msg := r.bytes()
 	res.Lease = r.uint64()
 	res.Token = r.uint64()
+	res.Count = r.uvarint()
 	if r.err || len(r.b) != 0 {
 		return Result{}, fmt.Errorf("%w: result", ErrCorrupt)
 	}
-	if flags&^31 != 0 {
+	if flags&^63 != 0 {
 		return Result{}, fmt.Errorf("%w: result flags %#x", ErrCorrupt, flags)
 	}
 	res.OK, res.Found, res.LeaseMissing = flags&1 != 0, flags&2 != 0, flags&4 != 0
-	res.SessionUnknown, res.SessionStale = flags&8 != 0, flags&16 != 0
+	res.SessionUnknown, res.SessionStale, res.KeyMismatch = flags&8 != 0, flags&16 != 0, flags&32 != 0
 	if len(msg) > 0 {
 		res.Err = string(msg)
 		return res, fmt.Errorf("%w: %s", ErrBadCommand, msg)

@@ -10,18 +10,19 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla/flotilla/internal/keys"
-
 	"github.com/cockroachdb/pebble/v2"
 )
 
 // Leases and elections in the state machine.
 //
-// A lease lives in one group: its ID is the group revision that granted
-// it, so (group, ID) names it. The state machine keeps only what is
-// replicated: the lease's TTL and the elections it campaigns in. It keeps
-// no deadline: when a lease expires is decided by the group's leader (see
-// package election), which proposes OpLeaseExpire.
+// A lease lives in a range: the range that granted it, and after a split
+// both halves (each keeps a copy, so that keys attached to it on either
+// side stay attached). Its ID is unique in the cluster: the granting
+// range's ID in the high 32 bits, the range's count of grants in the low
+// 32 (LeaseID). The state machine keeps only what is replicated: the
+// lease's TTL and the elections it campaigns in. It keeps no deadline:
+// when a lease expires is decided by the range's leader (see package
+// election), which proposes OpLeaseExpire.
 //
 // An election is a queue of candidates, oldest first; the first is the
 // leader. Its record holds the fencing token of the leader, the group
@@ -39,10 +40,8 @@ const (
 	MaxCandidates = 10000
 )
 
-const (
-	kindLease    = byte(keys.Lease)
-	kindElection = byte(keys.Election)
-)
+// LeaseID returns the ID of the seq'th lease granted by range rangeID.
+func LeaseID(rangeID, seq uint64) uint64 { return rangeID<<32 | seq&0xffffffff }
 
 // CheckTTL returns an error wrapping ErrInvalid unless ttl is within
 // MinLeaseTTL..MaxLeaseTTL.
@@ -150,32 +149,10 @@ func decodeLease(b []byte) (leaseRec, error) {
 }
 
 func (s *StateMachine) leaseKey(id uint64) []byte {
-	k := make([]byte, prefixLen+8)
-	k[0] = kindLease
-	binary.BigEndian.PutUint64(k[1:], s.group)
-	binary.BigEndian.PutUint64(k[prefixLen:], id)
-	return k
+	return binary.BigEndian.AppendUint64(localKey(kindLease, s.id, 8), id)
 }
 
-func (s *StateMachine) electionKey(name []byte) []byte {
-	k := make([]byte, prefixLen, prefixLen+len(name))
-	k[0] = kindElection
-	binary.BigEndian.PutUint64(k[1:], s.group)
-	return append(k, name...)
-}
-
-// kindBounds returns the key range of one kind of this group.
-func (s *StateMachine) kindBounds(kind byte) (lower, upper []byte) {
-	lower = make([]byte, prefixLen)
-	lower[0] = kind
-	binary.BigEndian.PutUint64(lower[1:], s.group)
-	// The range ends where the next group's keys of this kind begin, never
-	// at the next kind: that would take in every later group.
-	if upper = prefixEnd(lower); len(upper) != prefixLen {
-		upper = []byte{kind + 1} // the largest group ID: nothing follows it
-	}
-	return lower, upper
-}
+func electionKey(name []byte) []byte { return globalKey(kindElection, name) }
 
 func getRaw(r pebble.Reader, k []byte) ([]byte, bool, error) {
 	v, closer, err := r.Get(k)
@@ -199,7 +176,7 @@ func (s *StateMachine) loadLease(r pebble.Reader, id uint64) (leaseRec, bool, er
 }
 
 func (s *StateMachine) loadElection(r pebble.Reader, name []byte) (Election, error) {
-	v, ok, err := getRaw(r, s.electionKey(name))
+	v, ok, err := getRaw(r, electionKey(name))
 	if err != nil || !ok {
 		return Election{}, err
 	}
@@ -211,6 +188,7 @@ func (s *StateMachine) loadElection(r pebble.Reader, name []byte) (Election, err
 type effects struct {
 	leases    map[uint64]time.Duration // 0: deleted
 	elections map[string]Election
+	split     *[2]Descriptor // a split applied: left, right
 }
 
 func (f *effects) lease(id uint64, ttl time.Duration) {
@@ -232,7 +210,11 @@ func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx 
 	switch cmd.Op {
 	case OpLeaseGrant:
 		*rev++
-		id := *rev
+		s.leaseSeq++
+		if s.leaseSeq&0xffffffff == 0 {
+			s.leaseSeq++ // after 2^32 grants the count wraps; 0 is no lease
+		}
+		id := LeaseID(s.id, s.leaseSeq)
 		if err := b.Set(s.leaseKey(id), leaseRec{ttl: cmd.TTL}.encode(), nil); err != nil {
 			return Result{}, err
 		}
@@ -257,7 +239,7 @@ func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx 
 				return Result{}, err
 			}
 			if e, changed := withdraw(e, cmd.Lease, *rev); changed {
-				if err := b.Set(s.electionKey(name), e.encode(), nil); err != nil {
+				if err := b.Set(electionKey(name), e.encode(), nil); err != nil {
 					return Result{}, err
 				}
 				fx.election(name, e)
@@ -294,7 +276,7 @@ func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx 
 		}
 		if changed {
 			e.ModRevision = *rev
-			if err := b.Set(s.electionKey(cmd.Key), e.encode(), nil); err != nil {
+			if err := b.Set(electionKey(cmd.Key), e.encode(), nil); err != nil {
 				return Result{}, err
 			}
 			fx.election(cmd.Key, e)
@@ -315,7 +297,7 @@ func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx 
 		e, changed := withdraw(e, cmd.Lease, *rev+1)
 		if changed {
 			*rev++
-			if err := b.Set(s.electionKey(cmd.Key), e.encode(), nil); err != nil {
+			if err := b.Set(electionKey(cmd.Key), e.encode(), nil); err != nil {
 				return Result{}, err
 			}
 			fx.election(cmd.Key, e)
@@ -442,7 +424,7 @@ func (s *StateMachine) setLeases(all map[uint64]time.Duration, changes map[uint6
 
 // loadLeases reads every lease of the group from r.
 func (s *StateMachine) loadLeases(r pebble.Reader) (map[uint64]time.Duration, error) {
-	lo, hi := s.kindBounds(kindLease)
+	lo, hi := localBounds(kindLease, s.id)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return nil, err
@@ -451,10 +433,10 @@ func (s *StateMachine) loadLeases(r pebble.Reader) (map[uint64]time.Duration, er
 	out := make(map[uint64]time.Duration)
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
-		if len(k) != prefixLen+8 || len(it.Value()) < 8 {
+		if len(k) != localLen+8 || len(it.Value()) < 8 {
 			return nil, fmt.Errorf("%w: lease key %x", ErrCorrupt, k)
 		}
-		out[binary.BigEndian.Uint64(k[prefixLen:])] = time.Duration(binary.BigEndian.Uint64(it.Value())) * time.Millisecond
+		out[binary.BigEndian.Uint64(k[localLen:])] = time.Duration(binary.BigEndian.Uint64(it.Value())) * time.Millisecond
 	}
 	return out, it.Error()
 }

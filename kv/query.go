@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -22,6 +23,11 @@ const (
 	// QueryAttached reads the lease a key is attached to
 	// (EncodeAttachedQuery).
 	QueryAttached QueryKind = 'A'
+	// QueryDescriptor reads the range's descriptor (EncodeDescriptorQuery).
+	QueryDescriptor QueryKind = 'd'
+	// QueryMeta reads the meta index, in the meta range
+	// (EncodeMetaQuery).
+	QueryMeta QueryKind = 'm'
 )
 
 // KeyValue is one key as a query returns it. The caller owns the slices.
@@ -50,32 +56,37 @@ func DecodeGet(b []byte) (found bool, kv KeyValue, err error) {
 	return true, KeyValue{Revision: binary.BigEndian.Uint64(b[1:]), Value: b[9:]}, nil
 }
 
-// EncodeScan returns the query that lists up to limit keys starting with
-// prefix (every key if prefix is empty), in key order. limit 0 means
-// DefaultScanLimit; at most MaxScanLimit.
-func EncodeScan(prefix []byte, limit int) ([]byte, error) {
+// EncodeScan returns the query that lists up to limit keys of [start, end)
+// (end empty: to the end of the keyspace) in key order, from the range
+// that holds start. limit 0 means DefaultScanLimit; at most MaxScanLimit.
+func EncodeScan(start, end []byte, limit int) ([]byte, error) {
 	if limit == 0 {
 		limit = DefaultScanLimit
 	}
 	if limit < 0 || limit > MaxScanLimit {
 		return nil, fmt.Errorf("%w: scan limit %d outside 1..%d", ErrInvalid, limit, MaxScanLimit)
 	}
-	if len(prefix) > MaxKeySize {
-		return nil, fmt.Errorf("%w: prefix of %d bytes exceeds the limit of %d", ErrInvalid, len(prefix), MaxKeySize)
+	if len(start) > MaxKeySize || len(end) > MaxKeySize+1 {
+		return nil, fmt.Errorf("%w: scan bound exceeds %d bytes", ErrInvalid, MaxKeySize)
+	}
+	if len(end) > 0 && bytes.Compare(start, end) >= 0 {
+		return nil, fmt.Errorf("%w: scan span %s is empty", ErrInvalid, SpanString(start, end))
 	}
 	q := []byte{byte(QueryScan)}
 	q = binary.AppendUvarint(q, uint64(limit))
-	return append(q, prefix...), nil
+	q = appendBytes(q, start)
+	return appendBytes(q, end), nil
 }
 
-// DecodeScan parses the answer to a scan query; more says the limit cut it
-// short.
-func DecodeScan(b []byte) (kvs []KeyValue, more bool, err error) {
+// DecodeScan parses the answer to a scan query: the keys, in order, and
+// where to go on from: the key after the last one when the limit cut the
+// list short, the range's end when the range ends before the span does,
+// empty when the span is done.
+func DecodeScan(b []byte) (kvs []KeyValue, resume []byte, err error) {
 	r := reader{b: b}
-	flag := r.byte()
 	n := r.uvarint()
-	if r.err || flag > 1 || n > MaxScanLimit {
-		return nil, false, fmt.Errorf("%w: scan answer", ErrCorrupt)
+	if r.err || n > MaxScanLimit {
+		return nil, nil, fmt.Errorf("%w: scan answer", ErrCorrupt)
 	}
 	kvs = make([]KeyValue, 0, n)
 	for i := uint64(0); i < n; i++ {
@@ -83,12 +94,27 @@ func DecodeScan(b []byte) (kvs []KeyValue, more bool, err error) {
 		rev := r.uint64()
 		v := r.bytes()
 		if r.err {
-			return nil, false, fmt.Errorf("%w: scan answer", ErrCorrupt)
+			return nil, nil, fmt.Errorf("%w: scan answer", ErrCorrupt)
 		}
 		kvs = append(kvs, KeyValue{Key: k, Value: v, Revision: rev})
 	}
-	if len(r.b) != 0 {
-		return nil, false, fmt.Errorf("%w: scan answer trailing bytes", ErrCorrupt)
+	resume = r.bytes()
+	if r.err || len(r.b) != 0 {
+		return nil, nil, fmt.Errorf("%w: scan answer trailing bytes", ErrCorrupt)
 	}
-	return kvs, flag == 1, nil
+	return kvs, resume, nil
+}
+
+// EncodeDescriptorQuery returns the query that reads the range's
+// descriptor; decode the answer with DecodeDescriptor.
+func EncodeDescriptorQuery() []byte { return []byte{byte(QueryDescriptor)} }
+
+// EncodeMetaQuery returns the query, for the meta range, that reads up to
+// limit (1..MaxMetaUpdate) descriptors of the meta index in key order,
+// from the one whose span holds key; decode the answer with
+// DecodeDescriptors.
+func EncodeMetaQuery(key []byte, limit int) []byte {
+	q := []byte{byte(QueryMeta)}
+	q = binary.AppendUvarint(q, uint64(min(max(limit, 1), MaxMetaUpdate)))
+	return appendBytes(q, key)
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-
-	"github.com/flotilla/flotilla/internal/keys"
 )
 
 // Client sessions: exactly-once writes (the Raft dissertation, §6.3).
@@ -230,13 +228,9 @@ func (t *sessionTable) record(cmd *Command, res []byte) {
 	t.m[cmd.Session].add(cmd.Seq, append([]byte(nil), res...))
 }
 
-// sessionKey is the key of session id's record in group g.
+// sessionKey is the key of session id's record in range g.
 func sessionKey(g, id uint64) []byte {
-	k := make([]byte, prefixLen+8)
-	k[0] = byte(keys.Session)
-	binary.BigEndian.PutUint64(k[1:], g)
-	binary.BigEndian.PutUint64(k[prefixLen:], id)
-	return k
+	return binary.BigEndian.AppendUint64(localKey(kindSession, g, 8), id)
 }
 
 func (r *sessionRec) encode() []byte {
@@ -314,11 +308,7 @@ func (t *sessionTable) load(r pebble.Reader, g uint64) error {
 	t.init()
 	t.off = off
 	t.clock, t.lastSweep = 0, 0
-	lo := sessionKey(g, 0)
-	hi := prefixEnd(lo[:prefixLen])
-	if hi == nil {
-		hi = []byte{byte(keys.Session) + 1}
-	}
+	lo, hi := localBounds(kindSession, g)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return err
@@ -326,10 +316,10 @@ func (t *sessionTable) load(r pebble.Reader, g uint64) error {
 	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
-		if len(k) != prefixLen+8 {
+		if len(k) != localLen+8 {
 			return fmt.Errorf("%w: session key %x", ErrCorrupt, k)
 		}
-		id := binary.BigEndian.Uint64(k[prefixLen:])
+		id := binary.BigEndian.Uint64(k[localLen:])
 		if id == 0 {
 			if t.clock, t.lastSweep, err = decodeClock(it.Value()); err != nil {
 				return err

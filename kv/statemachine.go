@@ -1,16 +1,11 @@
 package kv
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"slices"
 	"sync/atomic"
-
-	"github.com/flotilla/flotilla/internal/keys"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -18,39 +13,36 @@ import (
 )
 
 const (
-	kindData    = byte(keys.Data)
-	kindApplied = byte(keys.Applied)
-	prefixLen   = 9
-	snapMagic1  = "FKV1" // data keys only
-	snapMagic   = "FKV2" // every kind: kind byte, key, value
+	snapMagic = "FKV3" // header, descriptor, then records (snapshot.go)
 )
 
-// snapKinds are the kinds of record a snapshot holds.
-// Adding a kind keeps older snapshots readable (they hold none of it);
-// a node without the kind refuses a snapshot that has it.
-var snapKinds = []byte{kindData, kindLease, kindElection, kindAttached, kindLeaseKeys, byte(keys.Session)}
-
-// StateMachine is the KV state of one group, kept in a Pebble database
-// shared with the raft logs and the other groups.
+// StateMachine is the KV state of one range's replica, kept in a Pebble
+// database shared with the raft logs and the other ranges.
 //
 // Apply, Snapshot, Restore, Sync and AppliedIndex are called by the
-// engine's worker that holds the group, one at a time. Query may run
+// engine's worker that holds the range, one at a time. Query may run
 // concurrently with them: it reads the held writes under their lock and
 // Pebble, whose batches become visible to readers all at once.
 type StateMachine struct {
-	db     *pebble.DB
-	group  uint64
-	prefix [prefixLen]byte
-	upper  [prefixLen]byte
+	db *pebble.DB
+	id uint64
+
+	// desc is the range's descriptor as applied; nil until the replica
+	// is initialized (bootstrapped, or restored from a snapshot). Written
+	// by the owning worker, read by anyone.
+	desc atomic.Pointer[Descriptor]
 
 	// applied and revision are written by the owning worker and read by
 	// anyone (status pages).
 	applied  atomic.Uint64
 	revision atomic.Uint64
+	// leaseSeq counts the leases the range granted (lease IDs, lease.go).
+	// Owned by the worker.
+	leaseSeq uint64
 
-	// mayAttach: the group may hold a key attached to a lease. While it
+	// mayAttach: the range may hold a key attached to a lease. While it
 	// is false, a put or delete needs no lookup of the key's attachment
-	// (the common case of a group never used with leases). Owned by the
+	// (the common case of a range never used with leases). Owned by the
 	// worker (set by New, Apply and Restore); never wrongly false.
 	mayAttach bool
 
@@ -67,9 +59,21 @@ type StateMachine struct {
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
 
-	// sessions are the client sessions of the group (session.go). Owned by
+	// sessions are the client sessions of the range (session.go). Owned by
 	// the worker.
 	sessions sessionTable
+
+	// onDescriptor, if set, is called after the descriptor changed
+	// (WithDescriptorHook); onSplit after a split (WithSplitHook); gate
+	// decides whether a snapshot may be taken now (WithSnapshotGate).
+	onDescriptor func(id uint64)
+	onSplit      func(left, right Descriptor)
+	gate         func(d *Descriptor) bool
+
+	// ops counts applied commands and answered queries; written the bytes
+	// applied puts wrote; sampler keeps keys of recent requests (stats.go).
+	ops, written atomic.Uint64
+	sampler      loadSampler
 }
 
 var _ multiraft.StateMachine = (*StateMachine)(nil)
@@ -83,11 +87,28 @@ func WithHoldBudget(b *HoldBudget) Option {
 	return func(s *StateMachine) { s.dirty.budget = b }
 }
 
-// New returns the state machine of group, loading its applied index and
-// revision from db. The caller keeps owning db and closes it after the
-// engine stopped.
-func New(db *pebble.DB, group uint64, opts ...Option) (*StateMachine, error) {
-	s := &StateMachine{db: db, group: group}
+// WithDescriptorHook makes the state machine call fn with its range ID
+// whenever the descriptor it applied changes: a restore, a split, a merge.
+// fn runs on the worker that applies the range, after the change is
+// visible; it must not block and must not call the engine.
+func WithDescriptorHook(fn func(id uint64)) Option {
+	return func(s *StateMachine) { s.onDescriptor = fn }
+}
+
+// descriptorChanged runs the descriptor hook, if any.
+func (s *StateMachine) descriptorChanged() {
+	if s.onDescriptor != nil {
+		s.onDescriptor(s.id)
+	}
+}
+
+// New returns the state machine of range id's replica, loading its state
+// from db: a replica that has none is uninitialized (Descriptor returns
+// false) until a snapshot restores it. The caller keeps owning db and
+// closes it after the engine stopped.
+func New(db *pebble.DB, id uint64, opts ...Option) (*StateMachine, error) {
+	s := &StateMachine{db: db, id: id}
+	s.sampler.rng = id*0x9e3779b97f4a7c15 | 1
 	s.sessions.init()
 	for _, o := range opts {
 		o(s)
@@ -95,68 +116,74 @@ func New(db *pebble.DB, group uint64, opts ...Option) (*StateMachine, error) {
 	if s.dirty.budget == nil {
 		s.dirty.budget = NewHoldBudget(DefaultHoldBytes)
 	}
-	s.prefix[0] = kindData
-	binary.BigEndian.PutUint64(s.prefix[1:], group)
-	// The group's keys end where the next group's begin. (Bumping the kind
-	// byte instead would take in every later group: Restore's range delete
-	// would wipe them, as the simulation found.)
-	s.upper = s.prefix
-	if end := prefixEnd(s.prefix[:]); len(end) == prefixLen {
-		copy(s.upper[:], end)
-	} else {
-		s.upper[0]++ // the largest group ID: nothing follows it
+	if err := s.load(db); err != nil {
+		return nil, fmt.Errorf("kv: range %d: %w", id, err)
 	}
-	leases, err := s.loadLeases(db)
-	if err != nil {
-		return nil, fmt.Errorf("kv: group %d: load leases: %w", group, err)
-	}
-	s.setLeases(leases, nil)
-	if s.mayAttach, err = s.anyAttached(db); err != nil {
-		return nil, fmt.Errorf("kv: group %d: look for attached keys: %w", group, err)
-	}
-	if err := s.sessions.load(db, group); err != nil {
-		return nil, fmt.Errorf("kv: group %d: load sessions: %w", group, err)
-	}
-	v, closer, err := db.Get(s.metaKey())
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		return s, nil
-	case err != nil:
-		return nil, fmt.Errorf("kv: group %d: load applied index: %w", group, err)
-	}
-	defer closer.Close()
-	if len(v) != 16 {
-		return nil, fmt.Errorf("%w: group %d: applied record of %d bytes", ErrCorrupt, group, len(v))
-	}
-	s.applied.Store(binary.BigEndian.Uint64(v))
-	s.revision.Store(binary.BigEndian.Uint64(v[8:]))
-	s.persisted = s.applied.Load()
 	return s, nil
 }
 
-// Group returns the group ID.
-func (s *StateMachine) Group() uint64 { return s.group }
+// load reads the replica's state from r (the database, or a restore's
+// batch), except what the caller sets from elsewhere.
+func (s *StateMachine) load(r pebble.Reader) error {
+	d, ok, err := loadDescriptor(r, s.id)
+	if err != nil {
+		return fmt.Errorf("load descriptor: %w", err)
+	}
+	if ok {
+		s.desc.Store(&d)
+	}
+	leases, err := s.loadLeases(r)
+	if err != nil {
+		return fmt.Errorf("load leases: %w", err)
+	}
+	s.setLeases(leases, nil)
+	if s.mayAttach, err = s.anyAttached(r); err != nil {
+		return fmt.Errorf("look for attached keys: %w", err)
+	}
+	if err := s.sessions.load(r, s.id); err != nil {
+		return fmt.Errorf("load sessions: %w", err)
+	}
+	v, ok, err := getRaw(r, s.appliedKey())
+	switch {
+	case err != nil:
+		return fmt.Errorf("load applied index: %w", err)
+	case !ok:
+		s.applied.Store(0)
+		s.revision.Store(0)
+		s.leaseSeq = 0
+	case len(v) != 24:
+		return fmt.Errorf("%w: applied record of %d bytes", ErrCorrupt, len(v))
+	default:
+		s.applied.Store(binary.BigEndian.Uint64(v))
+		s.revision.Store(binary.BigEndian.Uint64(v[8:]))
+		s.leaseSeq = binary.BigEndian.Uint64(v[16:])
+	}
+	s.persisted = s.applied.Load()
+	return nil
+}
 
-// Revision returns the group's revision: the number of writes applied.
+// RangeID returns the range's ID.
+func (s *StateMachine) RangeID() uint64 { return s.id }
+
+// Descriptor returns the range's descriptor as this replica applied it;
+// false if the replica is not initialized yet. The caller must not modify
+// it.
+func (s *StateMachine) Descriptor() (*Descriptor, bool) {
+	d := s.desc.Load()
+	return d, d != nil
+}
+
+// Revision returns the range's revision: the number of writes applied.
 func (s *StateMachine) Revision() uint64 { return s.revision.Load() }
 
-func (s *StateMachine) metaKey() []byte {
-	k := make([]byte, prefixLen)
-	k[0] = kindApplied
-	binary.BigEndian.PutUint64(k[1:], s.group)
-	return k
-}
+func (s *StateMachine) appliedKey() []byte { return localKey(kindApplied, s.id, 0) }
 
-func (s *StateMachine) dataKey(key []byte) []byte {
-	k := make([]byte, 0, prefixLen+len(key))
-	k = append(k, s.prefix[:]...)
-	return append(k, key...)
-}
-
-func metaValue(applied, revision uint64) []byte {
-	v := make([]byte, 16)
+// appliedValue is the applied record: index, revision, leases granted.
+func (s *StateMachine) appliedValue(applied, revision uint64) []byte {
+	v := make([]byte, 24)
 	binary.BigEndian.PutUint64(v, applied)
 	binary.BigEndian.PutUint64(v[8:], revision)
+	binary.BigEndian.PutUint64(v[16:], s.leaseSeq)
 	return v
 }
 
@@ -171,7 +198,7 @@ func (s *StateMachine) Sync() error {
 		return err
 	}
 	if err := s.db.LogData(nil, pebble.Sync); err != nil {
-		return fmt.Errorf("kv: group %d: sync: %w", s.group, err)
+		return fmt.Errorf("kv: range %d: sync: %w", s.id, err)
 	}
 	return nil
 }
@@ -204,17 +231,17 @@ func (s *StateMachine) flush() error {
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := s.dirty.writeTo(b, s.prefix[:]); err != nil {
+	if err := s.dirty.writeTo(b, []byte{kindData}); err != nil {
 		return err
 	}
-	if err := s.sessions.writeTo(b, s.group); err != nil {
+	if err := s.sessions.writeTo(b, s.id); err != nil {
 		return err
 	}
-	if err := b.Set(s.metaKey(), metaValue(applied, s.revision.Load()), nil); err != nil {
+	if err := b.Set(s.appliedKey(), s.appliedValue(applied, s.revision.Load()), nil); err != nil {
 		return err
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("kv: group %d: commit held writes: %w", s.group, err)
+		return fmt.Errorf("kv: range %d: commit held writes: %w", s.id, err)
 	}
 	// Pebble and the held writes agree until reset: readers see the same
 	// state through either.
@@ -230,8 +257,13 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if len(cmds) == 0 {
 		return nil
 	}
+	desc := s.desc.Load()
+	if desc == nil {
+		return fmt.Errorf("%w: range %d: a command at index %d", ErrUninitialized, s.id, cmds[0].Index)
+	}
+	s.ops.Add(uint64(len(cmds)))
 	if s.holdable(cmds) {
-		return s.applyHeld(cmds)
+		return s.applyHeld(cmds, desc)
 	}
 	if err := s.flush(); err != nil {
 		return err
@@ -253,80 +285,46 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 			c.Result = res
 			continue
 		}
-		k := s.dataKey(cmd.Key)
+		// After the session check: a retry of a write this range applied
+		// before it split gets its first result, wherever the key is now.
+		if !s.holds(desc, &cmd) {
+			c.Result = Result{Revision: rev, KeyMismatch: true}.encode()
+			continue
+		}
+		if cmd.Op.needsKey() {
+			s.sampler.sample(cmd.Key)
+		}
 		var res Result
-		switch cmd.Op {
-		case OpPut:
-			if missing, err := s.leaseMissing(b, cmd.Lease); err != nil {
-				return err
-			} else if missing {
-				res = Result{LeaseMissing: true}
-				break
-			}
-			rev++
-			if err := b.Set(k, stored(rev, cmd.Value), nil); err != nil {
+		if cmd.Op == OpSplit {
+			var left *Descriptor
+			if res, left, err = s.applySplit(b, desc, &cmd, rev, &fx); err != nil {
 				return err
 			}
-			if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
-				return err
+			if left != nil {
+				desc = left // the commands after it see the new span
 			}
-			res = Result{OK: true}
-		case OpDelete:
-			found, _, _, err := getFrom(b, k)
-			if err != nil {
-				return err
-			}
-			if found {
-				rev++
-				if err := b.Delete(k, nil); err != nil {
-					return err
-				}
-				if err := s.setAttachment(b, cmd.Key, 0); err != nil {
-					return err
-				}
-			}
-			res = Result{OK: found}
-		case OpCAS:
-			if missing, err := s.leaseMissing(b, cmd.Lease); err != nil {
-				return err
-			} else if missing {
-				res = Result{LeaseMissing: true}
-				break
-			}
-			found, curRev, cur, err := getFrom(b, k)
-			if err != nil {
-				return err
-			}
-			match := (cmd.ExpectAbsent && !found) || (!cmd.ExpectAbsent && found && bytes.Equal(cur, cmd.Expected))
-			if match {
-				rev++
-				if err := b.Set(k, stored(rev, cmd.Value), nil); err != nil {
-					return err
-				}
-				if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
-					return err
-				}
-				res = Result{OK: true, Found: true, Current: cmd.Value, CurrentRevision: rev}
-			} else {
-				res = Result{Found: found, Current: cur, CurrentRevision: curRev}
-			}
-		default:
-			if res, err = s.applyLease(b, cmd, &rev, &fx); err != nil {
-				return err
-			}
+		} else if res, err = s.applyOne(b, desc, &cmd, &rev, &fx); err != nil {
+			return err
 		}
 		res.Revision = rev
 		c.Result = res.encode()
 		s.sessions.record(&cmd, c.Result)
 	}
-	if err := s.sessions.writeTo(b, s.group); err != nil {
+	if err := s.sessions.writeTo(b, s.id); err != nil {
 		return err
 	}
-	if err := b.Set(s.metaKey(), metaValue(last, rev), nil); err != nil {
+	if err := b.Set(s.appliedKey(), s.appliedValue(last, rev), nil); err != nil {
 		return err
+	}
+	shrunk := desc != s.desc.Load()
+	if shrunk {
+		// Before the commit: from now on queries for keys the range gave
+		// away are refused here. After it, this replica of the other half
+		// could apply writes a read here would then miss.
+		s.desc.Store(desc)
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("kv: group %d: commit apply: %w", s.group, err)
+		return fmt.Errorf("kv: range %d: commit apply: %w", s.id, err)
 	}
 	s.persisted = last
 	s.applied.Store(last)
@@ -337,7 +335,131 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if fx.elections != nil {
 		s.publish(fx.elections, false)
 	}
+	if shrunk {
+		s.descriptorChanged()
+		// Elections whose names left the span are watched elsewhere now:
+		// every watcher reads its election again.
+		s.publish(nil, true)
+	}
+	if fx.split != nil && s.onSplit != nil {
+		s.onSplit(fx.split[0], fx.split[1])
+	}
 	return nil
+}
+
+// holds reports whether the range holds what cmd names: its key, or its
+// span. Commands of the meta range's own make sense in the meta range only.
+func (s *StateMachine) holds(desc *Descriptor, cmd *Command) bool {
+	switch {
+	case cmd.Op.needsKey():
+		return desc.Contains(cmd.Key)
+	case cmd.Op == OpDeleteRange:
+		return desc.ContainsSpan(cmd.Key, cmd.End)
+	case cmd.Op == OpMetaUpdate, cmd.Op == OpAllocRangeID:
+		return s.id == MetaRangeID
+	case cmd.Op == OpSplit:
+		return desc.Contains(cmd.Key)
+	}
+	return true
+}
+
+// applyOne applies one command, which the range holds, through b.
+func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command, rev *uint64, fx *effects) (Result, error) {
+	k := dataKey(cmd.Key)
+	switch cmd.Op {
+	case OpPut:
+		if missing, err := s.leaseMissing(b, cmd.Lease); err != nil || missing {
+			return Result{LeaseMissing: missing}, err
+		}
+		s.written.Add(uint64(len(cmd.Key) + len(cmd.Value)))
+		*rev++
+		if err := b.Set(k, stored(*rev, cmd.Value), nil); err != nil {
+			return Result{}, err
+		}
+		if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
+			return Result{}, err
+		}
+		return Result{OK: true}, nil
+	case OpDelete:
+		found, _, _, err := getFrom(b, k)
+		if err != nil || !found {
+			return Result{}, err
+		}
+		*rev++
+		if err := b.Delete(k, nil); err != nil {
+			return Result{}, err
+		}
+		if err := s.setAttachment(b, cmd.Key, 0); err != nil {
+			return Result{}, err
+		}
+		return Result{OK: true}, nil
+	case OpCAS:
+		if missing, err := s.leaseMissing(b, cmd.Lease); err != nil || missing {
+			return Result{LeaseMissing: missing}, err
+		}
+		found, curRev, cur, err := getFrom(b, k)
+		if err != nil {
+			return Result{}, err
+		}
+		if !((cmd.ExpectAbsent && !found) || (!cmd.ExpectAbsent && found && bytes.Equal(cur, cmd.Expected))) {
+			return Result{Found: found, Current: cur, CurrentRevision: curRev}, nil
+		}
+		*rev++
+		if err := b.Set(k, stored(*rev, cmd.Value), nil); err != nil {
+			return Result{}, err
+		}
+		if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
+			return Result{}, err
+		}
+		return Result{OK: true, Found: true, Current: cmd.Value, CurrentRevision: *rev}, nil
+	case OpDeleteRange:
+		n, err := s.deleteRange(b, cmd.Key, cmd.End, *rev+1)
+		if err != nil {
+			return Result{}, err
+		}
+		if n > 0 {
+			*rev++
+		}
+		return Result{OK: n > 0, Count: n}, nil
+	case OpMetaUpdate:
+		ds, err := DecodeDescriptors(cmd.Value)
+		if err != nil {
+			return Result{Err: err.Error()}, nil
+		}
+		n, err := s.applyMetaUpdate(b, ds)
+		return Result{OK: n > 0, Count: n}, err
+	case OpAllocRangeID:
+		id, err := allocRangeID(b)
+		return Result{OK: true, Count: id}, err
+	}
+	return s.applyLease(b, *cmd, rev, fx)
+}
+
+// deleteRange deletes every key in [start, end) through b, with their
+// attachments, and returns how many it deleted.
+func (s *StateMachine) deleteRange(b *pebble.Batch, start, end []byte, rev uint64) (uint64, error) {
+	lo, hi := globalBounds(kindData, start, end)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	err = it.Error()
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	if s.mayAttach {
+		if err := s.detachSpan(b, start, end); err != nil {
+			return 0, err
+		}
+	}
+	return n, b.DeleteRange(lo, hi, nil)
 }
 
 // holdable reports whether every command is a well-formed put or delete
@@ -361,7 +483,7 @@ func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
 
 // applyHeld applies holdable commands into the dirty set, and writes it out
 // once it is full.
-func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
+func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) error {
 	rev := s.revision.Load()
 	st := s.stage[:0]
 	// Every result here has the same size: one allocation holds them all.
@@ -373,11 +495,20 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command) error {
 			c.Result = prev
 			continue
 		}
+		s.sampler.sample(cmd.Key)
 		res := Result{OK: true}
+		if !desc.Contains(cmd.Key) {
+			res = Result{KeyMismatch: true, Revision: rev}
+			n := len(results)
+			results = res.appendTo(results)
+			c.Result = results[n:len(results):len(results)]
+			continue
+		}
 		switch cmd.Op {
 		case OpPut:
 			rev++
 			st = append(st, dirtyWrite{key: string(cmd.Key), stored: stored(rev, cmd.Value)})
+			s.written.Add(uint64(len(cmd.Key) + len(cmd.Value)))
 		case OpDelete:
 			found, err := s.heldFound(st, cmd.Key)
 			if err != nil {
@@ -418,7 +549,7 @@ func (s *StateMachine) heldFound(staged []dirtyWrite, key []byte) (bool, error) 
 	if v, ok := s.dirty.lookupLocked(key); ok {
 		return v != nil, nil
 	}
-	found, _, _, err := getFrom(s.db, s.dataKey(key))
+	found, _, _, err := getFrom(s.db, dataKey(key))
 	return found, err
 }
 
@@ -439,14 +570,30 @@ func stored(rev uint64, value []byte) []byte {
 	return v
 }
 
-// Query implements multiraft.StateMachine; see EncodeGet and EncodeScan.
+// Query implements multiraft.StateMachine; see the Encode functions of
+// query.go. A query for a key (or a span) the range does not hold fails
+// with ErrKeyMismatch; any query of an uninitialized replica with
+// ErrUninitialized.
 func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	if len(q) < 1 {
 		return nil, ErrBadCommand
 	}
+	desc := s.desc.Load()
+	if desc == nil {
+		return nil, fmt.Errorf("%w: range %d", ErrUninitialized, s.id)
+	}
+	s.ops.Add(1)
+	mismatch := func(key []byte) error {
+		return fmt.Errorf("%w: %q is not in %v", ErrKeyMismatch, key, desc)
+	}
 	switch QueryKind(q[0]) {
 	case QueryGet:
-		found, rev, val, err := s.get(q[1:])
+		key := q[1:]
+		if !desc.Contains(key) {
+			return nil, mismatch(key)
+		}
+		s.sampler.sample(key)
+		found, rev, val, err := s.get(key)
 		if err != nil {
 			return nil, err
 		}
@@ -461,16 +608,43 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	case QueryScan:
 		r := reader{b: q[1:]}
 		limit := r.uvarint()
-		if r.err || limit == 0 || limit > MaxScanLimit {
-			return nil, fmt.Errorf("%w: scan limit", ErrBadCommand)
+		start, end := r.bytes(), r.bytes()
+		if r.err || len(r.b) != 0 || limit == 0 || limit > MaxScanLimit {
+			return nil, fmt.Errorf("%w: scan query", ErrBadCommand)
 		}
-		return s.scan(r.b, int(limit))
+		if !desc.Contains(start) {
+			return nil, mismatch(start)
+		}
+		return s.scan(desc, start, end, int(limit))
 	case QueryLease:
 		return s.queryLease(q[1:])
 	case QueryElection:
+		if !desc.Contains(q[1:]) {
+			return nil, mismatch(q[1:])
+		}
 		return s.queryElection(q[1:])
 	case QueryAttached:
+		if !desc.Contains(q[1:]) {
+			return nil, mismatch(q[1:])
+		}
 		return s.queryAttached(q[1:])
+	case QueryDescriptor:
+		return desc.Encode(), nil
+	case QueryMeta:
+		if s.id != MetaRangeID {
+			return nil, fmt.Errorf("%w: range %d is not the meta range", ErrBadCommand, s.id)
+		}
+		r := reader{b: q[1:]}
+		limit := r.uvarint()
+		key := r.bytes()
+		if r.err || len(r.b) != 0 || limit == 0 || limit > MaxMetaUpdate {
+			return nil, fmt.Errorf("%w: meta query", ErrBadCommand)
+		}
+		ds, err := metaRecords(s.db, key, int(limit))
+		if err != nil {
+			return nil, err
+		}
+		return EncodeDescriptors(ds), nil
 	}
 	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])
 }
@@ -481,7 +655,7 @@ func (s *StateMachine) get(key []byte) (found bool, rev uint64, val []byte, err 
 	if !held {
 		// Anything flushed since the lookup is in Pebble by now: a flush
 		// commits before it forgets.
-		return getFrom(s.db, s.dataKey(key))
+		return getFrom(s.db, dataKey(key))
 	}
 	if v == nil {
 		return false, 0, nil, nil
@@ -489,13 +663,17 @@ func (s *StateMachine) get(key []byte) (found bool, rev uint64, val []byte, err 
 	return true, binary.BigEndian.Uint64(v), bytes.Clone(v[8:]), nil
 }
 
-func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
-	lower := s.dataKey(prefix)
-	upper := s.upper[:]
-	if len(prefix) > 0 {
-		upper = prefixEnd(lower)
+// scan lists up to limit keys of [start, end) ∩ the range's span, which
+// holds start (see DecodeScan for the answer).
+func (s *StateMachine) scan(desc *Descriptor, start, end []byte, limit int) ([]byte, error) {
+	// Stop at the range's end if it comes first: the caller goes on from
+	// there in the next range.
+	stop, resume := end, []byte(nil)
+	if len(desc.End) > 0 && (len(end) == 0 || bytes.Compare(desc.End, end) < 0) {
+		stop, resume = desc.End, desc.End
 	}
-	held, it, err := s.dirty.view(prefix, func() (*pebble.Iterator, error) {
+	lower, upper := globalBounds(kindData, start, stop)
+	held, it, err := s.dirty.view(start, stop, func() (*pebble.Iterator, error) {
 		return s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	})
 	if err != nil {
@@ -504,14 +682,15 @@ func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
 	defer it.Close()
 	var body []byte
 	n := 0
+	var lastKey []byte
 	more := false
 	// Merge Pebble's keys with the held writes, which win on a tie.
 	for valid := it.First(); ; {
 		var key, v []byte
 		fromPebble := false
 		switch {
-		case len(held) > 0 && (!valid || held[0].key <= string(it.Key()[prefixLen:])):
-			if valid && held[0].key == string(it.Key()[prefixLen:]) {
+		case len(held) > 0 && (!valid || held[0].key <= string(it.Key()[1:])):
+			if valid && held[0].key == string(it.Key()[1:]) {
 				valid = it.Next()
 			}
 			key, v = []byte(held[0].key), held[0].stored
@@ -520,7 +699,7 @@ func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
 				continue // deleted
 			}
 		case valid:
-			key, v, fromPebble = it.Key()[prefixLen:], it.Value(), true
+			key, v, fromPebble = it.Key()[1:], it.Value(), true
 		default:
 			key = nil
 		}
@@ -537,6 +716,7 @@ func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
 		body = appendBytes(body, key)
 		body = binary.BigEndian.AppendUint64(body, binary.BigEndian.Uint64(v))
 		body = appendBytes(body, v[8:])
+		lastKey = append(lastKey[:0], key...)
 		n++
 		if fromPebble {
 			valid = it.Next() // key and v are Pebble's until then
@@ -545,161 +725,12 @@ func (s *StateMachine) scan(prefix []byte, limit int) ([]byte, error) {
 	if err := it.Error(); err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, 1+binary.MaxVarintLen64+len(body))
 	if more {
-		out = append(out, 1)
-	} else {
-		out = append(out, 0)
+		resume = append(lastKey, 0) // the key right after the last one
 	}
+	out := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(body)+len(resume))
 	out = binary.AppendUvarint(out, uint64(n))
-	return append(out, body...), nil
-}
-
-// prefixEnd returns the smallest key greater than every key with prefix p,
-// or nil when there is none. p always starts with the data kind byte, so
-// it is never all 0xff.
-func prefixEnd(p []byte) []byte {
-	end := bytes.Clone(p)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] < 0xff {
-			end[i]++
-			return end[:i+1]
-		}
-	}
-	return nil
-}
-
-// Snapshot implements multiraft.StateMachine: the revision, then every
-// key with its stored value.
-func (s *StateMachine) Snapshot(w io.Writer) error {
-	if err := s.flush(); err != nil {
-		return err
-	}
-	bw := bufio.NewWriterSize(w, 64<<10)
-	bw.WriteString(snapMagic)
-	var hdr [8]byte
-	binary.BigEndian.PutUint64(hdr[:], s.revision.Load())
-	bw.Write(hdr[:])
-	var buf []byte
-	for _, kind := range snapKinds {
-		lo, hi := s.kindBounds(kind)
-		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-		if err != nil {
-			return err
-		}
-		for it.First(); it.Valid(); it.Next() {
-			buf = append(buf[:0], kind)
-			buf = appendBytes(buf, it.Key()[prefixLen:])
-			buf = appendBytes(buf, it.Value())
-			if _, err := bw.Write(buf); err != nil {
-				it.Close()
-				return err
-			}
-		}
-		err = it.Error()
-		it.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return bw.Flush()
-}
-
-// Restore implements multiraft.StateMachine: the group's data is replaced
-// in one batch together with the applied index.
-func (s *StateMachine) Restore(r io.Reader, index uint64) error {
-	br := bufio.NewReaderSize(r, 64<<10)
-	hdr := make([]byte, len(snapMagic)+8)
-	if _, err := io.ReadFull(br, hdr); err != nil {
-		return fmt.Errorf("%w: snapshot header: %v", ErrCorrupt, err)
-	}
-	magic := string(hdr[:len(snapMagic)])
-	if magic != snapMagic && magic != snapMagic1 {
-		return fmt.Errorf("%w: snapshot magic %q", ErrCorrupt, hdr[:len(snapMagic)])
-	}
-	rev := binary.BigEndian.Uint64(hdr[len(snapMagic):])
-	// Out with the held writes first: replacing Pebble's state under them
-	// would show readers a mix of the two.
-	if err := s.flush(); err != nil {
-		return err
-	}
-	b := s.db.NewIndexedBatch()
-	defer b.Close()
-	for _, kind := range snapKinds {
-		lo, hi := s.kindBounds(kind)
-		if err := b.DeleteRange(lo, hi, nil); err != nil {
-			return err
-		}
-	}
-	readChunk := func(limit uint64) ([]byte, error) {
-		n, err := binary.ReadUvarint(br)
-		if err != nil {
-			return nil, err
-		}
-		if n > limit {
-			return nil, fmt.Errorf("%w: snapshot record of %d bytes", ErrCorrupt, n)
-		}
-		v := make([]byte, n)
-		_, err = io.ReadFull(br, v)
-		return v, err
-	}
-	for {
-		kind := byte(kindData)
-		if magic == snapMagic {
-			c, err := br.ReadByte()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("%w: snapshot kind: %v", ErrCorrupt, err)
-			}
-			if !slices.Contains(snapKinds, c) {
-				return fmt.Errorf("%w: snapshot record kind %q", ErrCorrupt, c)
-			}
-			kind = c
-		}
-		k, err := readChunk(MaxKeySize + 8)
-		if err == io.EOF && magic == snapMagic1 {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%w: snapshot key: %v", ErrCorrupt, err)
-		}
-		limit := uint64(MaxKeySize + MaxValueSize + 8)
-		if kind == byte(keys.Session) {
-			limit = sessionRecordLimit // a session's results (session.go)
-		}
-		v, err := readChunk(limit)
-		if err != nil {
-			return fmt.Errorf("%w: snapshot value: %v", ErrCorrupt, err)
-		}
-		lo, _ := s.kindBounds(kind)
-		if err := b.Set(append(lo, k...), v, nil); err != nil {
-			return err
-		}
-	}
-	leases, err := s.loadLeases(b)
-	if err != nil {
-		return err
-	}
-	mayAttach, err := s.anyAttached(b)
-	if err != nil {
-		return err
-	}
-	if err := s.sessions.load(b, s.group); err != nil {
-		return err
-	}
-	if err := b.Set(s.metaKey(), metaValue(index, rev), nil); err != nil {
-		return err
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("kv: group %d: commit restore: %w", s.group, err)
-	}
-	s.persisted = index
-	s.applied.Store(index)
-	s.revision.Store(rev)
-	s.mayAttach = mayAttach
-	s.setLeases(leases, nil)
-	s.publish(nil, true)
-	return nil
+	out = append(out, body...)
+	out = appendBytes(out, resume)
+	return out, nil
 }

@@ -123,6 +123,13 @@ type Config struct {
 	// For fault-injection tests and simulation; nil in production. It runs
 	// on a worker goroutine and must not block or call into the Host.
 	FailPoint func(name string) error
+	// UnknownGroup, if set, is called with a group ID and the sending node
+	// when raft messages arrive for a group this Host does not run (they
+	// are dropped): the caller may decide to start a replica (a range made
+	// by a split the node has not applied, or a replica added to it). It
+	// runs on the transport's receiving goroutine, at most once per group
+	// per second, and must not block or call into the Host.
+	UnknownGroup func(group, from uint64)
 	// Logger receives the Host's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the Host's metrics; nil registers none.

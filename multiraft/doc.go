@@ -29,6 +29,7 @@
 //
 //	Host.mu < group.in.mu
 //	Host.feedback.mu            (leaf)
+//	Host.unknown.mu             (leaf; released before Config.UnknownGroup)
 //	scheduler.mu                (leaf)
 //	eventHub.mu < Subscription.mu
 //

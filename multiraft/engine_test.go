@@ -377,9 +377,10 @@ func TestTransferLeadership(t *testing.T) {
 	sub := h.Subscribe()
 	defer sub.Close()
 	drain(t, sub)
-	done := make(chan error, 1)
-	go func() { done <- h.TransferLeadership(context.Background(), 1, 3) }()
-	// The call blocks its caller: drive the cluster until it returns.
+	// The request is queued before the call returns (a goroutine calling
+	// TransferLeadership might not have queued it yet when the ticks below
+	// ran out, on a loaded machine): drive the cluster until it is done.
+	done := h.TransferLeadershipAsync(1, 3)
 	for i := 0; i < 50; i++ {
 		must(t, c.TickStable(1))
 		select {

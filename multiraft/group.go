@@ -186,10 +186,20 @@ func (g *group) handleInputs() {
 	if campaign {
 		_ = g.rn.Campaign()
 	}
+	gate, gated := g.sm.(SnapshotGate)
 	for i := range msgs {
+		m := &msgs[i]
+		if gated && m.Type == raftpb.MsgSnap && m.Snapshot != nil && m.Snapshot.Metadata.Index > g.commit &&
+			!gate.AcceptSnapshot(m.Snapshot.Data) {
+			// Not now: the leader's transport reports the snapshot sent,
+			// raft probes this follower again after a heartbeat, and sends
+			// it again.
+			g.h.metrics.snapshotsRefused.Add(1)
+			continue
+		}
 		// Errors here are messages from removed or unknown peers, or stale
 		// responses: raft ignores them, and so do we.
-		_ = g.rn.Step(msgs[i])
+		_ = g.rn.Step(*m)
 	}
 	for _, t := range transfers {
 		t.startTick = g.ticks

@@ -11,7 +11,7 @@ import (
 // inboxes. Never blocks; a full inbox drops (raft retransmits).
 func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 	h.live.note(from)
-	var ids []uint64
+	var ids, unknown []uint64
 	var dropped int
 	h.mu.RLock()
 	var g *group
@@ -24,6 +24,7 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 			g = h.mu.groups[e.Group]
 			if g == nil {
 				dropped++
+				unknown = append(unknown, e.Group)
 				continue
 			}
 			g.in.Lock()
@@ -45,6 +46,39 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 		h.metrics.inboxDropped.Add(float64(dropped))
 	}
 	h.sched.enqueueAll(ids)
+	if len(unknown) > 0 && h.cfg.UnknownGroup != nil {
+		h.reportUnknown(unknown, from)
+	}
+}
+
+// reportUnknown hands unknown groups to Config.UnknownGroup, each at most
+// once per election timeout (a leader probes an absent replica every
+// heartbeat). Time is the Host's tick count, so the simulation replays it.
+func (h *Host) reportUnknown(groups []uint64, from uint64) {
+	now, every := h.live.ticks.Load(), int64(h.cfg.ElectionTicks)
+	h.unknown.Lock()
+	if h.unknown.seen == nil {
+		h.unknown.seen = make(map[uint64]int64)
+	}
+	var report []uint64
+	for _, g := range groups {
+		if last, ok := h.unknown.seen[g]; ok && now-last < every {
+			continue
+		}
+		h.unknown.seen[g] = now
+		report = append(report, g)
+	}
+	if len(h.unknown.seen) > 4096 {
+		for g, last := range h.unknown.seen {
+			if now-last >= every {
+				delete(h.unknown.seen, g)
+			}
+		}
+	}
+	h.unknown.Unlock()
+	for _, g := range report {
+		h.cfg.UnknownGroup(g, from)
+	}
 }
 
 // ReportUnreachable implements transport.Handler. The report is recorded

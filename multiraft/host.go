@@ -50,6 +50,12 @@ type Host struct {
 		sync.Mutex
 		unreachable map[uint64]struct{}
 	}
+	// unknown: when each unknown group was last reported (tick), to rate
+	// limit Config.UnknownGroup. A leaf lock.
+	unknown struct {
+		sync.Mutex
+		seen map[uint64]int64
+	}
 }
 
 // NewHost validates cfg, opens the store and starts the Host's goroutines

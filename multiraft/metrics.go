@@ -18,6 +18,9 @@ type metrics struct {
 	unreachableApplied atomic.Uint64
 	// failovers counts leaders forgotten because liveness found them down.
 	failovers atomic.Uint64
+	// snapshotsRefused counts snapshots a state machine refused for now
+	// (SnapshotGate).
+	snapshotsRefused atomic.Uint64
 	roles     [4]atomic.Int64 // by raft.StateType
 }
 
@@ -43,6 +46,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				Help: "Synced storage batches written by the scheduler (one per cycle with raft writes).",
 			}, func() float64 { return float64(m.syncs.Load()) }),
 			&roleCollector{m: m, desc: roles},
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_snapshots_refused_total",
+				Help: "Snapshots a local replica refused for now, because another local replica still holds part of their span (the leader sends them again).",
+			}, func() float64 { return float64(m.snapshotsRefused.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "flotilla_raft_failovers_total",
 				Help: "Times a local follower forgot its leader because nothing was heard from the leader's node for the liveness timeout (then the chosen survivor campaigns).",
@@ -105,3 +112,7 @@ func roleName(r raft.StateType) string {
 		return "follower"
 	}
 }
+
+// SnapshotsRefused returns how many snapshots local state machines refused
+// for now (SnapshotGate).
+func (h *Host) SnapshotsRefused() uint64 { return h.metrics.snapshotsRefused.Load() }

@@ -10,6 +10,8 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/flotilla/flotilla/storage"
 )
 
 // StartGroup starts the replica of group id on this node with state
@@ -17,7 +19,10 @@ import (
 // from it and members is ignored. Otherwise members (node IDs) is the
 // group's initial membership; every initial member must be started with the
 // same list. A node joining an existing group passes no members and waits
-// for the leader to send it the log after ChangeMembership added it.
+// for the leader to send it the log (or a snapshot) after ChangeMembership
+// added it. A new group whose state machine already holds state
+// (AppliedIndex above 0, a Syncer: a range made by a split) starts its log
+// after that index, at term InitialTerm, on every initial member alike.
 func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	if id == 0 {
 		return fmt.Errorf("%w: group ID 0", ErrInvalidRequest)
@@ -42,9 +47,21 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	if err != nil {
 		return fmt.Errorf("multiraft: load group %d: %w", id, err)
 	}
-	fresh := raft.IsEmptyHardState(st.HardState) && len(st.Entries) == 0 &&
-		raft.IsEmptySnap(st.Snapshot) && len(st.ConfState.Voters) == 0 && len(st.ConfState.Learners) == 0
-	if fresh {
+	// No log, no snapshot, no membership: the replica starts now. (A
+	// hard state alone is an empty replica that voted while it waited for
+	// its first snapshot.)
+	empty := len(st.Entries) == 0 && raft.IsEmptySnap(st.Snapshot) &&
+		len(st.ConfState.Voters) == 0 && len(st.ConfState.Learners) == 0
+	fresh := empty && raft.IsEmptyHardState(st.HardState)
+	if at := sm.AppliedIndex(); empty && at > 0 && len(members) > 0 {
+		// The state machine already holds the state at index at, made
+		// by another group's command (a split creates its right half so:
+		// package ranges). Every replica starts the same way: its log
+		// begins after at, whose entry has term InitialTerm.
+		if err := h.startAt(id, at, members, &st); err != nil {
+			return err
+		}
+	} else if fresh {
 		st.ConfState = raftpb.ConfState{Voters: append([]uint64(nil), members...)}
 		b := h.store.NewBatch()
 		b.SetConfState(id, st.ConfState, 0)
@@ -150,6 +167,37 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	h.mu.Unlock()
 	h.metrics.groupAdded(g.role)
 	h.sched.enqueue(id)
+	return nil
+}
+
+// InitialTerm is the term of the entry at the applied index of a group
+// started from a state machine that already holds state (see StartGroup).
+const InitialTerm = 5
+
+// startAt writes the raft state of a group whose state machine starts at
+// index at, with voters members, and sets st to it: its log is truncated at
+// at (term InitialTerm), as if it had applied and synced that far. A hard
+// state the replica already had (a vote cast while it was empty) is kept
+// if its term is later.
+func (h *Host) startAt(id, at uint64, members []uint64, st *storage.GroupState) error {
+	cs := raftpb.ConfState{Voters: append([]uint64(nil), members...)}
+	hs := raftpb.HardState{Term: InitialTerm, Commit: at}
+	if st.HardState.Term > InitialTerm {
+		hs.Term, hs.Vote = st.HardState.Term, st.HardState.Vote
+	}
+	snap := raftpb.Snapshot{
+		Data:     []byte(syncedState),
+		Metadata: raftpb.SnapshotMetadata{Index: at, Term: InitialTerm, ConfState: cs},
+	}
+	b := h.store.NewBatch()
+	defer b.Close()
+	b.SetSnapshot(id, snap)
+	b.SetConfState(id, cs, at)
+	b.SetHardState(id, hs)
+	if err := b.Commit(true); err != nil {
+		return fmt.Errorf("multiraft: start group %d at %d: %w", id, at, err)
+	}
+	st.HardState, st.ConfState, st.ConfIndex, st.Snapshot = hs, cs, at, snap
 	return nil
 }
 

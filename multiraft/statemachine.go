@@ -61,3 +61,13 @@ type Syncer interface {
 	// error is fatal.
 	Sync() error
 }
+
+// SnapshotGate is implemented by a state machine that may refuse a
+// snapshot for now (a range whose span another replica on the node still
+// holds: package ranges). AcceptSnapshot is called by the worker that holds
+// the group with the data of a snapshot raft would restore, before raft
+// sees it; false drops the message, and the leader sends the snapshot
+// again later. It must not block and must not retain data.
+type SnapshotGate interface {
+	AcceptSnapshot(data []byte) bool
+}

@@ -74,7 +74,7 @@ func (s *Server) balanceOnce(alive map[uint64]bool) {
 		if g.Leader != me {
 			continue
 		}
-		if _, local := s.sms[g.Id]; !local {
+		if !s.local(g.Id) {
 			continue
 		}
 		var dest uint64

@@ -154,21 +154,24 @@ loop:
 // no leader yet, or a check that fails there with the unary error).
 func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute func(*api.BatchOp)) bool {
 	var cmd kv.Command
-	var claimed, lease, leaseG uint64
+	var lease uint64
 	switch o := op.Op.(type) {
 	case *api.BatchOp_Put:
 		cmd = withSession(kv.Command{Op: kv.OpPut, Key: o.Put.GetKey(), Value: o.Put.GetValue(), Lease: o.Put.GetLease()}, o.Put.GetSession())
-		claimed, lease, leaseG = o.Put.GetGroup(), o.Put.GetLease(), o.Put.GetLeaseGroup()
+		lease = o.Put.GetLease()
 	case *api.BatchOp_Delete:
 		cmd = withSession(kv.Command{Op: kv.OpDelete, Key: o.Delete.GetKey()}, o.Delete.GetSession())
-		claimed = o.Delete.GetGroup()
 	default:
 		return false
 	}
-	g, err := k.group(cmd.Key, claimed)
-	if err != nil || leaseGroup(g, lease, leaseG) != nil || !k.local(g) {
+	if kv.CheckKey(cmd.Key) != nil {
 		return false
 	}
+	r := k.s.ranges.Lookup(cmd.Key)
+	if r == nil {
+		return false
+	}
+	g := r.ID
 	if l, _, _ := k.s.host.Leader(g); l != k.s.cfg.NodeID {
 		return false
 	}
@@ -182,6 +185,15 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute 
 			k.s.metrics.reroutes.Inc()
 			reroute(op)
 			return
+		}
+		if err == nil {
+			if res, derr := kv.DecodeResult(out); derr == nil && res.KeyMismatch {
+				// The range split or merged under the write (nothing was
+				// written): the unary path routes it by key again.
+				k.s.metrics.reroutes.Inc()
+				reroute(op)
+				return
+			}
 		}
 		done(batchDone{id: id, g: g, put: put, lease: lease, out: out, err: err})
 	})
@@ -362,7 +374,9 @@ func (k *kvService) batchOp(ctx context.Context, op *api.BatchOp) *api.BatchResu
 	if err != nil {
 		var g uint64
 		if kv.CheckKey(key) == nil {
-			g = kv.GroupOf(key, k.s.cfg.Groups)
+			if r := k.s.ranges.Lookup(key); r != nil {
+				g = r.ID
+			}
 		}
 		k.setError(res, g, err)
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
 	"github.com/flotilla/flotilla/internal/testutil"
-	"github.com/flotilla/flotilla/kv"
 )
 
 // TestBatchStream drives the Batch RPC by hand: each op gets its own
@@ -28,12 +27,12 @@ func TestBatchStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := []byte("batch-a")
-	wrong := kv.GroupOf(key, 4)%4 + 1
+	key, other := []byte("batch-a"), []byte("0batch-b")
+	wrong := initialRange(4, other)%4 + 1
 	ops := []*api.BatchOp{
 		{Id: 1, Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: key, Value: []byte("1")}}},
 		{Id: 2, Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: nil, Value: []byte("x")}}},
-		{Id: 3, Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: key, Value: []byte("x"), Group: wrong}}},
+		{Id: 3, Op: &api.BatchOp_Put{Put: &api.PutRequest{Key: other, Value: []byte("3"), Group: wrong}}},
 		{Id: 4, Op: &api.BatchOp_Delete{Delete: &api.DeleteRequest{Key: []byte("batch-absent")}}},
 		{Id: 5},
 	}
@@ -56,7 +55,8 @@ func TestBatchStream(t *testing.T) {
 			got[r.Id] = r
 		}
 	}
-	want := map[uint64]codes.Code{1: codes.OK, 2: codes.InvalidArgument, 3: codes.InvalidArgument, 4: codes.OK, 5: codes.Unimplemented}
+	// Op 3 names the wrong range: the node routes it by its key anyway.
+	want := map[uint64]codes.Code{1: codes.OK, 2: codes.InvalidArgument, 3: codes.OK, 4: codes.OK, 5: codes.Unimplemented}
 	if len(got) != len(want) {
 		t.Fatalf("got %d answers, want %d: %v", len(got), len(want), got)
 	}
@@ -65,7 +65,7 @@ func TestBatchStream(t *testing.T) {
 			t.Errorf("op %d: code %v (%q), want %v", id, codes.Code(r.GetCode()), r.GetMessage(), code)
 		}
 	}
-	if p := got[1].GetPut(); p == nil || p.Revision == 0 || p.Header.GetGroup() != kv.GroupOf(key, 4) {
+	if p := got[1].GetPut(); p == nil || p.Revision == 0 || p.Header.GetGroup() != initialRange(4, key) {
 		t.Errorf("put answer %v", got[1])
 	}
 	if d := got[4].GetDelete(); d == nil || d.Deleted {
@@ -74,6 +74,13 @@ func TestBatchStream(t *testing.T) {
 	r, err := rawKV(t, c.nodes[2].ClientAddr()).Get(ctx, &api.GetRequest{Key: key})
 	if err != nil || !r.Found || string(r.Kv.Value) != "1" {
 		t.Fatalf("get after batch put: %v %v", r, err)
+	}
+	if p := got[3].GetPut(); p.GetHeader().GetGroup() != initialRange(4, other) {
+		t.Errorf("put with a wrong range claim answered by range %d, not the key's %d", p.GetHeader().GetGroup(), initialRange(4, other))
+	}
+	r, err = rawKV(t, c.nodes[3].ClientAddr()).Get(ctx, &api.GetRequest{Key: other})
+	if err != nil || !r.Found || string(r.Kv.Value) != "3" {
+		t.Fatalf("get after a put with a wrong range claim: %v %v", r, err)
 	}
 }
 
@@ -171,7 +178,7 @@ func TestFollowerForwardsWritesToLeader(t *testing.T) {
 	c := startCluster(t, 3, 4)
 	ctx := ctxT(t)
 	key := []byte("fwd-a")
-	g := kv.GroupOf(key, 4)
+	g := initialRange(4, key)
 	var leader, follower uint64
 	testutil.WaitFor(t, 10*time.Second, "a leader of the key's group", func() error {
 		l, _, _ := c.nodes[1].host.Leader(g)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // peerDialOptions dial peers from the host of this node's peer address, as
@@ -58,15 +59,20 @@ func (s *Server) localGroups() []*api.GroupInfo {
 	sts := s.host.Status()
 	out := make([]*api.GroupInfo, 0, len(sts))
 	for _, st := range sts {
-		out = append(out, &api.GroupInfo{
-			Id:       st.ID,
-			Leader:   st.Leader,
-			Term:     st.Term,
-			Replicas: Replicas(st.ID, s.nodes),
-			Commit:   st.Commit,
-			Applied:  st.Applied,
-			Role:     st.Role,
-		})
+		gi := &api.GroupInfo{
+			Id:      st.ID,
+			Leader:  st.Leader,
+			Term:    st.Term,
+			Commit:  st.Commit,
+			Applied: st.Applied,
+			Role:    st.Role,
+		}
+		if r, ok := s.ranges.Get(st.ID); ok {
+			if d, ok := r.Descriptor(); ok {
+				gi.Replicas, gi.Start, gi.End, gi.Generation = d.Replicas, d.Start, d.End, d.Generation
+			}
+		}
+		out = append(out, gi)
 	}
 	return out
 }
@@ -190,10 +196,11 @@ func (s *Server) reachableNodes() map[uint64]bool {
 	return alive
 }
 
-// groupInfos returns every data group, from the local replica when there
-// is one, else from the peer replica that reported the highest term.
+// groupInfos returns every range this node knows of, by ID: from the
+// local replica when there is one, else from the peer replica that
+// reported the highest term.
 func (s *Server) groupInfos() []*api.GroupInfo {
-	best := make(map[uint64]*api.GroupInfo, s.cfg.Groups)
+	best := make(map[uint64]*api.GroupInfo)
 	for _, g := range s.localGroups() {
 		best[g.Id] = g
 	}
@@ -203,7 +210,7 @@ func (s *Server) groupInfos() []*api.GroupInfo {
 			continue
 		}
 		for _, g := range v.groups {
-			if _, local := s.sms[g.Id]; local {
+			if s.local(g.Id) {
 				continue
 			}
 			if b := best[g.Id]; b == nil || g.Term > b.Term || (g.Term == b.Term && g.Leader != 0 && b.Leader == 0) {
@@ -212,14 +219,11 @@ func (s *Server) groupInfos() []*api.GroupInfo {
 		}
 	}
 	s.peers.Unlock()
-	out := make([]*api.GroupInfo, 0, s.cfg.Groups)
-	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
-		if b := best[g]; b != nil {
-			out = append(out, b)
-		} else {
-			out = append(out, &api.GroupInfo{Id: g, Replicas: Replicas(g, s.nodes)})
-		}
+	out := make([]*api.GroupInfo, 0, len(best))
+	for _, b := range best {
+		out = append(out, b)
 	}
+	slices.SortFunc(out, func(a, b *api.GroupInfo) int { return cmp.Compare(a.Id, b.Id) })
 	return out
 }
 
@@ -233,7 +237,7 @@ func (s *Server) leaderOf(g uint64) uint64 {
 // term in which it leads: from the local replica, else from the peer that
 // reported the highest term.
 func (s *Server) leaderTerm(g uint64) (leader, term uint64) {
-	if _, ok := s.sms[g]; ok {
+	if s.local(g) {
 		l, t, _ := s.host.Leader(g)
 		return l, t
 	}
@@ -329,8 +333,65 @@ func (s *Server) Status() api.Status {
 	return st
 }
 
-// errNotHosted is returned for a group this node holds no replica of and
+// errNotHosted is returned for a range this node holds no replica of and
 // cannot forward.
 func errNotHosted(g uint64) error {
-	return fmt.Errorf("server: group %d has no replica on this node", g)
+	return fmt.Errorf("server: range %d has no replica on this node", g)
+}
+
+// Ranges answers from the meta index (metaLookup), with each range's
+// leader as this node knows it, and with req.Stats the size and load its
+// replicas reported.
+func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*api.RangesResponse, error) {
+	limit := int(req.Limit)
+	switch {
+	case limit == 0:
+		limit = 1000
+	case limit > 10000:
+		return nil, c.s.count("ranges", status.Errorf(codes.InvalidArgument, "server: ranges limit %d over 10000", limit))
+	}
+	resp := &api.RangesResponse{}
+	key := req.Key
+	for len(resp.Ranges) < limit {
+		ds, err := c.s.metaLookup(ctx, key, min(limit-len(resp.Ranges), kv.MaxMetaUpdate))
+		if err != nil {
+			return nil, c.s.count("ranges", err)
+		}
+		for _, d := range ds {
+			resp.Ranges = append(resp.Ranges, c.s.rangeInfo(d, req.Stats))
+		}
+		if len(ds) == 0 || len(ds[len(ds)-1].End) == 0 {
+			break
+		}
+		key = ds[len(ds)-1].End
+	}
+	if n := len(resp.Ranges); n > 0 && len(resp.Ranges[n-1].End) > 0 {
+		resp.More = true
+	}
+	return resp, c.s.count("ranges", nil)
+}
+
+// rangeInfo describes range d with what this node knows of it: its leader,
+// and with stats, its size and load from the local replica or the peer
+// reports.
+func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
+	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Generation: d.Generation}
+	ri.Leader, ri.Term = s.leaderTerm(d.ID)
+	if !stats {
+		return ri
+	}
+	if r, ok := s.ranges.Get(d.ID); ok {
+		ri.Bytes, ri.OpsPerSec = s.rangeStats(r)
+		return ri
+	}
+	s.peers.Lock()
+	defer s.peers.Unlock()
+	for _, v := range s.peers.views {
+		for _, gi := range v.groups {
+			if gi.Id == d.ID && gi.Leader == ri.Leader && (gi.Bytes > 0 || gi.OpsPerSec > 0) {
+				ri.Bytes, ri.OpsPerSec = gi.Bytes, gi.OpsPerSec
+			}
+		}
+	}
+	return ri
 }

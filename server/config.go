@@ -23,6 +23,15 @@ var (
 	ErrStopped = errors.New("server: stopped")
 )
 
+// Defaults of the range settings.
+const (
+	// DefaultRangeMaxBytes is --range-max-bytes' default.
+	DefaultRangeMaxBytes = 64 << 20
+	// DefaultRangeSplitLoad is --range-split-load's default, in requests
+	// per second.
+	DefaultRangeSplitLoad = 2500
+)
+
 // Limits.
 const (
 	// MaxGroups is the most data groups a cluster may have.
@@ -53,9 +62,25 @@ type Config struct {
 	// a data directory written under another ID is refused. Required;
 	// parse --initial-cluster with ParseInitialCluster.
 	InitialCluster map[uint64]string
-	// Groups is the number of data groups (IDs 1..Groups). Required;
-	// limits 1..MaxGroups.
+	// Groups is the number of ranges a new cluster starts with (IDs
+	// 1..Groups, cutting the hex keyspace evenly: kv.InitialSplits).
+	// Required; limits 1..MaxGroups. Ranges split and merge from there.
 	Groups int
+
+	// RangeMaxBytes: a range whose data passes it splits in two. Default
+	// 64 MiB; limits 4 KiB..64 GiB; negative disables size-based splits.
+	RangeMaxBytes int64
+	// RangeMinBytes: two neighbouring ranges whose data is below it, and
+	// that are cold, merge. Default RangeMaxBytes/4; 0 or more, below
+	// RangeMaxBytes; negative disables merges.
+	RangeMinBytes int64
+	// RangeSplitLoad: a range that serves more requests per second than
+	// this for two ticks of the range queue (500ms each) splits where its
+	// load halves. Default 2500; negative disables load-based splits.
+	RangeSplitLoad float64
+	// RangeTick is how often the node looks at its ranges: load samples,
+	// splits and merges, meta repair. Default 500ms; limits 10ms..1m.
+	RangeTick time.Duration
 
 	// TickInterval is the raft tick. Default 100ms; limits 1ms..10s.
 	TickInterval time.Duration
@@ -192,6 +217,18 @@ func (c *Config) setDefaults() {
 	if c.DiscoveryInterval == 0 {
 		c.DiscoveryInterval = time.Second
 	}
+	if c.RangeMaxBytes == 0 {
+		c.RangeMaxBytes = DefaultRangeMaxBytes
+	}
+	if c.RangeMinBytes == 0 && c.RangeMaxBytes > 0 {
+		c.RangeMinBytes = c.RangeMaxBytes / 4
+	}
+	if c.RangeSplitLoad == 0 {
+		c.RangeSplitLoad = DefaultRangeSplitLoad
+	}
+	if c.RangeTick == 0 {
+		c.RangeTick = 500 * time.Millisecond
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -237,6 +274,15 @@ func (c *Config) validate() error {
 	}
 	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
 		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
+	}
+	if c.RangeMaxBytes > 0 && (c.RangeMaxBytes < 4<<10 || c.RangeMaxBytes > 64<<30) {
+		return bad("--range-max-bytes %d outside 4KiB..64GiB", c.RangeMaxBytes)
+	}
+	if c.RangeMaxBytes > 0 && c.RangeMinBytes >= c.RangeMaxBytes {
+		return bad("--range-min-bytes %d must be below --range-max-bytes %d", c.RangeMinBytes, c.RangeMaxBytes)
+	}
+	if c.RangeTick < 10*time.Millisecond || c.RangeTick > time.Minute {
+		return bad("range tick %v outside 10ms..1m", c.RangeTick)
 	}
 	return nil
 }

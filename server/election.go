@@ -27,25 +27,34 @@ type electionService struct {
 	s *Server
 }
 
-// leaseGroup checks a lease request's group.
+// leaseGroup checks a lease request's range: one this node knows.
 func (e *electionService) leaseGroup(g uint64) (uint64, error) {
 	if g == 0 {
-		return 0, status.Error(codes.InvalidArgument, "server: a lease request needs its group")
+		return 0, status.Error(codes.InvalidArgument, "server: a lease request needs its range (group)")
 	}
-	return e.s.checkGroup(0, g)
+	if !e.s.local(g) && len(e.s.replicasOf(g)) == 0 {
+		return 0, errRangeNotFound(g)
+	}
+	return g, nil
 }
 
-// nameGroup returns the group of an election name after checking the
-// client's view of it.
-func (e *electionService) nameGroup(name []byte, claimed uint64) (uint64, error) {
+// nameGroup returns the range that holds an election's name.
+func (e *electionService) nameGroup(ctx context.Context, name []byte) (uint64, error) {
 	if err := kv.CheckKey(name); err != nil {
 		return 0, status.Error(codes.InvalidArgument, "server: election name: "+err.Error())
 	}
-	return e.s.checkGroup(kv.GroupOf(name, e.s.cfg.Groups), claimed)
+	return e.s.keyRange(ctx, name)
 }
 
 func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantRequest) (*api.LeaseGrantResponse, error) {
-	g, err := e.leaseGroup(req.Group)
+	var g uint64
+	var err error
+	if len(req.Key) > 0 {
+		g, err = e.nameGroup(ctx, req.Key)
+		req.Group, req.Key = g, nil // forwarded: to this range, wherever the key goes meanwhile
+	} else {
+		g, err = e.leaseGroup(req.Group)
+	}
 	if err != nil {
 		return nil, e.s.count("lease_grant", err)
 	}
@@ -54,7 +63,7 @@ func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantReq
 		return nil, e.s.count("lease_grant", status.Error(codes.InvalidArgument, err.Error()))
 	}
 	var fwd *api.LeaseGrantResponse
-	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpLeaseGrant, TTL: ttl}, req.Session),
+	res, forwarded, err := e.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpLeaseGrant, TTL: ttl}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewElectionClient(cc).LeaseGrant(ctx, req)
 			return err
@@ -78,7 +87,7 @@ func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeR
 		return nil, e.s.count("lease_revoke", status.Error(codes.InvalidArgument, "server: lease 0"))
 	}
 	var fwd *api.LeaseRevokeResponse
-	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id}, req.Session),
+	res, forwarded, err := e.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpLeaseRevoke, Lease: req.Id}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewElectionClient(cc).LeaseRevoke(ctx, req)
 			return err
@@ -98,7 +107,7 @@ func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTim
 	if err != nil {
 		return nil, e.s.count("lease_ttl", err)
 	}
-	if _, ok := e.s.sms[g]; !ok {
+	if !e.s.local(g) {
 		return forward(ctx, e.s, g, "lease_ttl", func(ctx context.Context, cc *grpc.ClientConn) (*api.LeaseTimeToLiveResponse, error) {
 			return api.NewElectionClient(cc).LeaseTimeToLive(ctx, req)
 		})
@@ -152,7 +161,7 @@ func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAlive
 	if err != nil {
 		return nil, err
 	}
-	sm, ok := e.s.sms[g]
+	r, ok := e.s.ranges.Get(g)
 	if !ok {
 		return nil, e.s.notHosted(ctx, g)
 	}
@@ -186,7 +195,7 @@ func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAlive
 	if lead2, term2, _ := e.s.host.Leader(g); lead2 != lead || term2 != term {
 		return nil, notLeader()
 	}
-	if leases, v := sm.Leases(e.s.lessorVersion(g)); leases != nil {
+	if leases, v := r.SM.Leases(e.s.lessorVersion(g)); leases != nil {
 		e.s.lessor.Sync(g, leases, v)
 	}
 	switch err := e.s.lessor.Renew(g, term, req.Id, received, ttl); {
@@ -200,7 +209,7 @@ func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAlive
 }
 
 func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest) (*api.CampaignResponse, error) {
-	g, err := e.nameGroup(req.Name, req.Group)
+	g, err := e.nameGroup(ctx, req.Name)
 	if err != nil {
 		return nil, e.s.count("campaign", err)
 	}
@@ -209,7 +218,7 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 	}
 	req.Group = g
 	var fwd *api.CampaignResponse
-	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease}, req.Session),
+	res, forwarded, err := e.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpCampaign, Key: req.Name, Value: req.Value, Lease: req.Lease}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewElectionClient(cc).Campaign(ctx, req)
 			return err
@@ -229,7 +238,7 @@ func (e *electionService) Campaign(ctx context.Context, req *api.CampaignRequest
 }
 
 func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*api.ResignResponse, error) {
-	g, err := e.nameGroup(req.Name, req.Group)
+	g, err := e.nameGroup(ctx, req.Name)
 	if err != nil {
 		return nil, e.s.count("resign", err)
 	}
@@ -238,7 +247,7 @@ func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*
 	}
 	req.Group = g
 	var fwd *api.ResignResponse
-	res, forwarded, err := e.s.write(ctx, g, withSession(kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease}, req.Session),
+	res, forwarded, err := e.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpResign, Key: req.Name, Lease: req.Lease}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewElectionClient(cc).Resign(ctx, req)
 			return err
@@ -254,11 +263,11 @@ func (e *electionService) Resign(ctx context.Context, req *api.ResignRequest) (*
 }
 
 func (e *electionService) Leader(ctx context.Context, req *api.LeaderRequest) (*api.LeaderResponse, error) {
-	g, err := e.nameGroup(req.Name, req.Group)
+	g, err := e.nameGroup(ctx, req.Name)
 	if err != nil {
 		return nil, e.s.count("leader", err)
 	}
-	if _, ok := e.s.sms[g]; !ok {
+	if !e.s.local(g) {
 		req.Group = g
 		return forward(ctx, e.s, g, "leader", func(ctx context.Context, cc *grpc.ClientConn) (*api.LeaderResponse, error) {
 			return api.NewElectionClient(cc).Leader(ctx, req)
@@ -294,15 +303,15 @@ func (e *electionService) readState(ctx context.Context, g uint64, name []byte) 
 // revision are dropped, so none is sent twice or out of order.
 func (e *electionService) Observe(req *api.ObserveRequest, stream api.Election_ObserveServer) error {
 	ctx := stream.Context()
-	g, err := e.nameGroup(req.Name, req.Group)
+	g, err := e.nameGroup(ctx, req.Name)
 	if err != nil {
 		return e.s.count("observe", err)
 	}
-	sm, ok := e.s.sms[g]
+	r, ok := e.s.ranges.Get(g)
 	if !ok {
 		return e.s.count("observe", e.s.notHosted(ctx, g))
 	}
-	w := sm.WatchElection(req.Name)
+	w := r.SM.WatchElection(req.Name)
 	defer w.Close()
 	var last uint64
 	read := func(skipped bool) error {
@@ -394,10 +403,11 @@ func (s *Server) leaseLoop() {
 			return
 		}
 		for _, ev := range b.Events {
-			sm := s.sms[ev.Group]
-			if sm == nil {
+			r, ok := s.ranges.Get(ev.Group)
+			if !ok {
 				continue
 			}
+			sm := r.SM
 			if ev.Leader == s.cfg.NodeID {
 				leases, v := sm.Leases(0)
 				s.lessor.Lead(ev.Group, ev.Term, leases, v)
@@ -433,10 +443,11 @@ func (s *Server) expireLeases(pending []pendingExpiry) []pendingExpiry {
 	}
 	pending = keep
 	for g, v := range s.lessor.Leading() {
-		sm := s.sms[g]
-		if sm == nil {
+		r, ok := s.ranges.Get(g)
+		if !ok {
 			continue
 		}
+		sm := r.SM
 		if leases, nv := sm.Leases(v); leases != nil {
 			s.lessor.Sync(g, leases, nv)
 		}

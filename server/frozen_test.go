@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/loadgen"
 )
 
 // clientLoad runs closed-loop puts of random keys through cl from workers
@@ -30,8 +31,8 @@ func startClientLoad(cl *client.Client, workers int) *clientLoad {
 			defer l.wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
 			for ctx.Err() == nil {
-				key := fmt.Sprintf("frozen-%d", rng.IntN(10000))
-				_, err := cl.Put(ctx, []byte(key), []byte("v"))
+				key := loadgen.AppendKey(nil, rng.IntN(10000)) // spread over every range
+				_, err := cl.Put(ctx, key, []byte("v"))
 				if ctx.Err() != nil {
 					return // cut by the end of the load, not an error
 				}

@@ -1,12 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -29,6 +26,10 @@ const (
 	mdForwarded = "flotilla-forwarded"
 )
 
+// errMismatch is what query returns when the range does not hold the key
+// asked about: keyQuery routes the query again.
+var errMismatch = status.Error(codes.FailedPrecondition, MsgKeyMismatch)
+
 // Messages that start the status of a refused session write (clients look
 // for them).
 const (
@@ -40,72 +41,31 @@ const (
 	MsgSessionStale = "kv: session stale"
 )
 
-// kvService implements api.KVServer. Writes are proposed on the local
-// replica, reads use ReadIndex on it: raft forwards both to the leader,
-// so any node with a replica can answer. A node without a replica forwards
-// the request once to a node that has one.
+// kvService implements api.KVServer. Requests are routed by key
+// (ranges.go): a write goes to its range's leader (route.go), a read is
+// answered by the local replica with ReadIndex. A node without a replica
+// of the key's range forwards the request once to a node that has one.
 type kvService struct {
 	api.UnimplementedKVServer
 	s *Server
-}
-
-// group returns the key's group after checking the client's view of it.
-func (k *kvService) group(key []byte, claimed uint64) (uint64, error) {
-	if err := kv.CheckKey(key); err != nil {
-		return 0, status.Error(codes.InvalidArgument, err.Error())
-	}
-	return k.s.checkGroup(kv.GroupOf(key, k.s.cfg.Groups), claimed)
-}
-
-func (s *Server) checkGroup(g, claimed uint64) (uint64, error) {
-	if claimed == 0 {
-		return g, nil
-	}
-	if claimed > uint64(s.cfg.Groups) {
-		return 0, status.Errorf(codes.NotFound, "server: group %d does not exist; the cluster has groups 1..%d", claimed, s.cfg.Groups)
-	}
-	if g != 0 && claimed != g {
-		return 0, status.Errorf(codes.InvalidArgument, "server: the key belongs to group %d, not %d; does the client know the cluster has %d groups?", g, claimed, s.cfg.Groups)
-	}
-	return claimed, nil
-}
-
-func (k *kvService) local(g uint64) bool {
-	_, ok := k.s.sms[g]
-	return ok
-}
-
-// leaseGroup checks that a lease a key attaches to (0: none) was granted
-// in the key's group g: leases are per group, and an ID names a lease only
-// within its group.
-func leaseGroup(g, lease, leaseGroup uint64) error {
-	if lease != 0 && leaseGroup != 0 && leaseGroup != g {
-		return status.Errorf(codes.InvalidArgument,
-			"server: lease %d of group %d cannot hold a key of group %d; grant the lease in the key's group (client: GrantFor with the key)",
-			lease, leaseGroup, g)
-	}
-	return nil
 }
 
 // leaseNotFound is the error of a put or CAS whose lease group g does not
 // have. Its message starts with kv.ErrLeaseNotFound's text, which clients
 // look for.
 func leaseNotFound(g, lease uint64) error {
-	return status.Errorf(codes.NotFound, "%v: lease %d in group %d (expired, revoked, or granted in another group); nothing written",
+	return status.Errorf(codes.NotFound, "%v: lease %d in range %d (expired, revoked, or granted in a range that does not hold the key); nothing written",
 		kv.ErrLeaseNotFound, lease, g)
 }
 
 func (k *kvService) Put(ctx context.Context, req *api.PutRequest) (*api.PutResponse, error) {
-	g, err := k.group(req.Key, req.Group)
-	if err == nil {
-		err = leaseGroup(g, req.Lease, req.LeaseGroup)
-	}
+	g, err := k.s.keyRange(ctx, req.Key)
 	if err != nil {
 		return nil, k.s.count("put", err)
 	}
 	req.Group = g
 	var fwd *api.PutResponse
-	res, forwarded, err := k.s.write(ctx, g, withSession(kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease}, req.Session),
+	res, forwarded, err := k.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpPut, Key: req.Key, Value: req.Value, Lease: req.Lease}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewKVClient(cc).Put(ctx, req)
 			return err
@@ -130,13 +90,13 @@ func (k *kvService) putAnswer(g, lease uint64, res kv.Result, err error) (*api.P
 }
 
 func (k *kvService) Delete(ctx context.Context, req *api.DeleteRequest) (*api.DeleteResponse, error) {
-	g, err := k.group(req.Key, req.Group)
+	g, err := k.s.keyRange(ctx, req.Key)
 	if err != nil {
 		return nil, k.s.count("delete", err)
 	}
 	req.Group = g
 	var fwd *api.DeleteResponse
-	res, forwarded, err := k.s.write(ctx, g, withSession(kv.Command{Op: kv.OpDelete, Key: req.Key}, req.Session),
+	res, forwarded, err := k.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpDelete, Key: req.Key}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewKVClient(cc).Delete(ctx, req)
 			return err
@@ -158,16 +118,13 @@ func (k *kvService) deleteAnswer(g uint64, res kv.Result, err error) (*api.Delet
 }
 
 func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapRequest) (*api.CompareAndSwapResponse, error) {
-	g, err := k.group(req.Key, req.Group)
-	if err == nil {
-		err = leaseGroup(g, req.Lease, req.LeaseGroup)
-	}
+	g, err := k.s.keyRange(ctx, req.Key)
 	if err != nil {
 		return nil, k.s.count("cas", err)
 	}
 	req.Group = g
 	var fwd *api.CompareAndSwapResponse
-	res, forwarded, err := k.s.write(ctx, g, withSession(kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
+	res, forwarded, err := k.s.write(ctx, &g, withSession(kv.Command{Op: kv.OpCAS, Key: req.Key, Value: req.Value,
 		Expected: req.Expected, ExpectAbsent: req.ExpectAbsent, Lease: req.Lease}, req.Session),
 		func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 			fwd, err = api.NewKVClient(cc).CompareAndSwap(ctx, req)
@@ -191,11 +148,11 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *api.CompareAndSwapR
 }
 
 func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetResponse, error) {
-	g, err := k.group(req.Key, req.Group)
+	g, err := k.s.keyRange(ctx, req.Key)
 	if err != nil {
 		return nil, k.s.count("get", err)
 	}
-	if !k.local(g) {
+	if !k.s.local(g) {
 		req.Group = g
 		return forward(ctx, k.s, g, "get", func(ctx context.Context, cc *grpc.ClientConn) (*api.GetResponse, error) {
 			return api.NewKVClient(cc).Get(ctx, req)
@@ -205,7 +162,7 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 	if err != nil {
 		return nil, k.s.count("get", status.Error(codes.InvalidArgument, err.Error()))
 	}
-	out, err := k.s.query(ctx, g, q, req.Serializable)
+	out, err := k.s.keyQuery(ctx, &g, req.Key, q, req.Serializable)
 	if err != nil {
 		return nil, k.s.count("get", err)
 	}
@@ -221,84 +178,108 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 	return resp, nil
 }
 
+// maxScanRanges bounds the ranges one Scan call reads; the answer then
+// carries a resume key.
+const maxScanRanges = 256
+
 func (k *kvService) Scan(ctx context.Context, req *api.ScanRequest) (*api.ScanResponse, error) {
+	start, end := req.Start, req.End
+	if len(req.Prefix) > 0 {
+		if len(start) > 0 || len(end) > 0 {
+			return nil, k.s.count("scan", status.Error(codes.InvalidArgument, "server: a scan takes a prefix or a span, not both"))
+		}
+		start, end = req.Prefix, kv.PrefixEnd(req.Prefix)
+	}
 	limit := int(req.Limit)
-	q, err := kv.EncodeScan(req.Prefix, limit)
-	if err != nil {
+	if _, err := kv.EncodeScan(start, end, limit); err != nil {
 		return nil, k.s.count("scan", status.Error(codes.InvalidArgument, err.Error()))
 	}
 	if limit == 0 {
 		limit = kv.DefaultScanLimit
 	}
-	groups := make([]uint64, 0, k.s.cfg.Groups)
-	if req.Group != 0 {
-		g, err := k.s.checkGroup(0, req.Group)
+	resp := &api.ScanResponse{}
+	at := start
+	for n := 0; ; n++ {
+		if n == maxScanRanges || len(resp.Kvs) == limit {
+			resp.More, resp.ResumeKey = true, at
+			break
+		}
+		kvs, resume, err := k.scanRange(ctx, at, end, limit-len(resp.Kvs), req.Serializable)
 		if err != nil {
 			return nil, k.s.count("scan", err)
 		}
-		groups = append(groups, g)
-	} else {
-		for g := uint64(1); g <= uint64(k.s.cfg.Groups); g++ {
-			groups = append(groups, g)
+		resp.Kvs = append(resp.Kvs, kvs...)
+		if len(resume) == 0 {
+			break
 		}
-	}
-	type part struct {
-		kvs  []*api.KeyValue
-		more bool
-		err  error
-	}
-	parts := make([]part, len(groups))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	for i, g := range groups {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			parts[i].kvs, parts[i].more, parts[i].err = k.scanGroup(ctx, g, q, req)
-		}()
-	}
-	wg.Wait()
-	resp := &api.ScanResponse{}
-	for _, p := range parts {
-		if p.err != nil {
-			return nil, k.s.count("scan", p.err)
-		}
-		resp.Kvs = append(resp.Kvs, p.kvs...)
-		resp.More = resp.More || p.more
-	}
-	slices.SortFunc(resp.Kvs, func(a, b *api.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
-	if len(resp.Kvs) > limit {
-		resp.Kvs, resp.More = resp.Kvs[:limit], true
+		at = resume
 	}
 	k.s.count("scan", nil)
 	return resp, nil
 }
 
-func (k *kvService) scanGroup(ctx context.Context, g uint64, q []byte, req *api.ScanRequest) ([]*api.KeyValue, bool, error) {
-	if !k.local(g) {
-		sub := &api.ScanRequest{Prefix: req.Prefix, Limit: req.Limit, Serializable: req.Serializable, Group: g}
-		resp, err := forward(ctx, k.s, g, "scan", func(ctx context.Context, cc *grpc.ClientConn) (*api.ScanResponse, error) {
+// scanRange reads up to limit keys of [at, end) from the range that holds
+// at, and returns where to go on from (empty: the span is done).
+func (k *kvService) scanRange(ctx context.Context, at, end []byte, limit int, serializable bool) ([]*api.KeyValue, []byte, error) {
+	g, local, err := k.s.rangeOf(ctx, at)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !local {
+		sub := &api.ScanRequest{Start: at, End: end, Limit: uint32(limit), Serializable: serializable}
+		resp, err := forward(ctx, k.s, g, "scan_forward", func(ctx context.Context, cc *grpc.ClientConn) (*api.ScanResponse, error) {
 			return api.NewKVClient(cc).Scan(ctx, sub)
 		})
 		if err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
-		return resp.Kvs, resp.More, nil
+		return resp.Kvs, resp.ResumeKey, nil
 	}
-	out, err := k.s.query(ctx, g, q, req.Serializable)
+	q, err := kv.EncodeScan(at, end, limit)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	items, more, err := kv.DecodeScan(out)
+	out, err := k.s.keyQuery(ctx, &g, at, q, serializable)
 	if err != nil {
-		return nil, false, status.Error(codes.Internal, err.Error())
+		return nil, nil, err
+	}
+	items, resume, err := kv.DecodeScan(out)
+	if err != nil {
+		return nil, nil, status.Error(codes.Internal, err.Error())
 	}
 	kvs := make([]*api.KeyValue, len(items))
 	for i, it := range items {
 		kvs[i] = &api.KeyValue{Key: it.Key, Value: it.Value, Revision: it.Revision, Group: g}
 	}
-	return kvs, more, nil
+	return kvs, resume, nil
+}
+
+func (k *kvService) DeleteRange(ctx context.Context, req *api.DeleteRangeRequest) (*api.DeleteRangeResponse, error) {
+	cmd := withSession(kv.Command{Op: kv.OpDeleteRange, Key: req.Start, End: req.End}, req.Session)
+	if _, err := cmd.Encode(); err != nil {
+		return nil, k.s.count("delete_range", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	g, _, err := k.s.rangeOf(ctx, req.Start)
+	if err != nil {
+		return nil, k.s.count("delete_range", err)
+	}
+	if d, ok := k.s.descriptor(g); ok && !d.ContainsSpan(req.Start, req.End) {
+		return nil, k.s.count("delete_range", k.s.keyMismatch(ctx, g, req.Start))
+	}
+	req.Group = g
+	var fwd *api.DeleteRangeResponse
+	res, forwarded, err := k.s.write(ctx, &g, cmd, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		fwd, err = api.NewKVClient(cc).DeleteRange(ctx, req)
+		return err
+	})
+	if forwarded {
+		return fwd, k.s.count("delete_range", err)
+	}
+	if err != nil {
+		return nil, k.s.count("delete_range", err)
+	}
+	k.s.count("delete_range", nil)
+	return &api.DeleteRangeResponse{Header: k.s.header(g), Deleted: res.Count, Revision: res.Revision}, nil
 }
 
 // withSession places cmd in the client session sess (nil: none).
@@ -330,6 +311,8 @@ func (s *Server) outcome(ctx context.Context, g uint64, out []byte, err error) (
 	case res.SessionUnknown:
 		// Not applied: the client registers its session and resends.
 		return kv.Result{}, status.Errorf(codes.FailedPrecondition, "%s: group %d has no such session (expired, or never registered); nothing written", MsgSessionUnknown, g)
+	case res.KeyMismatch:
+		return res, nil // the caller routes the write again
 	case res.SessionStale:
 		// Not applied now; the client had given this write up, so it may
 		// or may not have applied before.
@@ -365,6 +348,25 @@ func (s *Server) query(ctx context.Context, g uint64, q []byte, serializable boo
 	}
 }
 
+// keyQuery runs q, a query about key, on *g's local replica (see query).
+// If the range turned out not to hold key (it split or merged), the query
+// is routed again by key, here if this node holds the new range, and *g is
+// set to it; else it is answered with keyMismatch.
+func (s *Server) keyQuery(ctx context.Context, g *uint64, key, q []byte, serializable bool) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		out, err := s.query(ctx, *g, q, serializable)
+		if !errors.Is(err, errMismatch) {
+			return out, err
+		}
+		if ng, local, lerr := s.rangeOf(ctx, key); lerr == nil && local && ng != *g && attempt < maxReroutes {
+			s.metrics.reroutes.Inc()
+			*g = ng
+			continue
+		}
+		return nil, s.keyMismatch(ctx, *g, key)
+	}
+}
+
 // rpcError maps an engine error to a gRPC status. FailedPrecondition
 // always means "not done, safe to retry (elsewhere)", with the leader hint
 // in the MDLeader trailer; Aborted means the outcome of a write is
@@ -387,6 +389,10 @@ func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) 
 		return status.Errorf(codes.Unavailable, "server: group %d: %v", g, err)
 	case errors.Is(err, kv.ErrInvalid), errors.Is(err, kv.ErrBadCommand):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, kv.ErrKeyMismatch):
+		return errMismatch
+	case errors.Is(err, kv.ErrUninitialized):
+		return status.Errorf(codes.Unavailable, "server: range %d: %v (retry)", g, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Errorf(codes.DeadlineExceeded, "server: group %d: %v", g, err)
 	case errors.Is(err, context.Canceled):

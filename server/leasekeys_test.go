@@ -27,17 +27,17 @@ func TestPutWithLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unary.Close()
-	lease, err := cl.GrantFor(ctx, "svc/a", 5*time.Second)
+	lease, err := cl.GrantFor(ctx, "5svc/a", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lease.Close()
 	g := lease.Group()
-	var keys []string // keys of the lease's group
-	other := ""       // a key of another group
+	var keys []string // keys of the lease's range
+	other := ""       // a key of another range
 	for i := 0; len(keys) < 3 || other == ""; i++ {
-		k := fmt.Sprint("svc/", i)
-		if kv.GroupOf([]byte(k), 4) == g {
+		k := fmt.Sprintf("%xsvc/%d", i%16, i)
+		if initialRange(4, []byte(k)) == g {
 			keys = append(keys, k)
 		} else if other == "" {
 			other = k
@@ -53,16 +53,20 @@ func TestPutWithLease(t *testing.T) {
 		t.Fatalf("CAS: %v %v", ok, err)
 	}
 
-	// Every node refuses a lease of another group and an unknown lease.
+	// Every node refuses a lease the key's range does not have (granted
+	// in another range) and an unknown lease, and writes nothing.
 	for id, s := range c.nodes {
 		kvc := rawKV(t, s.ClientAddr())
 		_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte(other), Value: []byte("x"), Lease: lease.ID(), LeaseGroup: g})
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "GrantFor") {
-			t.Fatalf("node %d, lease of another group: %v", id, err)
+		if status.Code(err) != codes.NotFound || !strings.HasPrefix(status.Convert(err).Message(), kv.ErrLeaseNotFound.Error()) {
+			t.Fatalf("node %d, lease of another range: %v", id, err)
 		}
 		_, err = kvc.CompareAndSwap(ctx, &api.CompareAndSwapRequest{Key: []byte(other), ExpectAbsent: true, Value: []byte("x"), Lease: lease.ID(), LeaseGroup: g})
-		if status.Code(err) != codes.InvalidArgument {
-			t.Fatalf("node %d, CAS with a lease of another group: %v", id, err)
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("node %d, CAS with a lease of another range: %v", id, err)
+		}
+		if r, err := kvc.Get(ctx, &api.GetRequest{Key: []byte(other)}); err != nil || r.Found {
+			t.Fatalf("node %d: a refused write wrote %v (%v)", id, r, err)
 		}
 		_, err = kvc.Put(ctx, &api.PutRequest{Key: []byte(keys[0]), Value: []byte("x"), Lease: 1 << 60})
 		if status.Code(err) != codes.NotFound || !strings.HasPrefix(status.Convert(err).Message(), kv.ErrLeaseNotFound.Error()) {

@@ -17,23 +17,36 @@ type meta struct {
 	NodeID         uint64 `json:"node_id"`
 	InitialCluster string `json:"initial_cluster"`
 	Groups         int    `json:"groups"`
+	// Layout is the version of the database's layout (layoutRanges);
+	// absent in directories of the hashed groups that came before ranges.
+	Layout int `json:"layout,omitempty"`
 }
 
-// checkMeta reads the meta file of dir. If there is none, it writes want
-// (durably: temp file, fsync, rename, fsync of dir) and reports fresh. If
-// there is one that differs from want, it returns ErrOtherCluster.
+// layoutRanges is the database layout of ranges (internal/keys): user data
+// keyed by user key. Directories written before it hold data under group
+// prefixes, which this version cannot read.
+const layoutRanges = 2
+
+// checkMeta reads the meta file of dir. If there is none, it reports fresh:
+// the caller bootstraps the node, then writes the file (writeMeta), so that
+// a crash in between bootstraps again. If there is one that differs from
+// want, it returns ErrOtherCluster.
 func checkMeta(dir string, want meta) (fresh bool, err error) {
 	path := filepath.Join(dir, metaFile)
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return true, writeMeta(dir, want)
+		return true, nil
 	case err != nil:
 		return false, fmt.Errorf("server: read %s: %w", path, err)
 	}
 	var got meta
 	if err := json.Unmarshal(b, &got); err != nil {
 		return false, fmt.Errorf("%w: %s is not a Flotilla meta file: %v", ErrOtherCluster, path, err)
+	}
+	if got.Layout != want.Layout {
+		return false, fmt.Errorf("%w: %s holds data in layout %d (hashed groups, before ranges); this version reads layout %d only: "+
+			"start the node with a new --data-dir (the old data is not converted)", ErrOtherCluster, dir, got.Layout, want.Layout)
 	}
 	if got.ClusterID != want.ClusterID {
 		return false, fmt.Errorf("%w: %s was created for cluster %x (--initial-cluster %s, --groups %d), "+
@@ -47,6 +60,8 @@ func checkMeta(dir string, want meta) (fresh bool, err error) {
 	return false, nil
 }
 
+// writeMeta writes m as dir's meta file, durably: temp file, fsync,
+// rename, fsync of dir.
 func writeMeta(dir string, m meta) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {

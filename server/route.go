@@ -161,45 +161,37 @@ func leaderMoved(err error) bool {
 	return errors.Is(err, multiraft.ErrNotLeader) || errors.Is(err, multiraft.ErrNoLeader)
 }
 
-// write runs cmd, a write of group g, on the group's leader. Here, if this
-// node leads (or the request was forwarded here): the result and its error
-// as a gRPC status, forwarded false. Elsewhere by remote, which must send
-// the request with the context and connection it is given (the context
-// carries the forwarded mark): remote's error, forwarded true.
-func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
+// write runs cmd, a write of range *g, on the range's leader. Here, if
+// this node leads (or the request was forwarded here): the result and its
+// error as a gRPC status, forwarded false. Elsewhere by remote, which must
+// send the request with the context and connection it is given (the
+// context carries the forwarded mark): remote's error, forwarded true. A
+// write whose range turned out not to hold its key (a split or merge
+// raced with it: nothing was written) is routed again by its key, and *g
+// is set to the range that took it.
+func (s *Server) write(ctx context.Context, g *uint64, cmd kv.Command,
 	remote func(context.Context, *grpc.ClientConn) error) (res kv.Result, forwarded bool, err error) {
 	// A session write may be sent again: a forward whose target goes
 	// silent or is replaced is given up and routed anew.
 	mayGiveUp := cmd.Session != 0
-	if _, ok := s.sms[g]; !ok {
-		for attempt := 0; attempt <= maxReroutes; attempt++ {
-			to, err := s.forwardTarget(ctx, g)
-			if err != nil {
-				return kv.Result{}, false, err
-			}
-			err, gaveUp := s.forwardWatched(ctx, g, to, false, mayGiveUp, remote)
-			if !gaveUp {
-				return kv.Result{}, true, err
-			}
-			s.metrics.reroutes.Inc()
-		}
-		return kv.Result{}, false, s.unresponsive(g)
-	}
 	b, err := encode(cmd)
 	if err != nil {
 		return kv.Result{}, false, status.Error(codes.InvalidArgument, err.Error())
 	}
 	for attempt := 0; ; attempt++ {
+		if !s.local(*g) {
+			return s.writeRemote(ctx, *g, mayGiveUp, remote)
+		}
 		if !forwardedIn(ctx) {
-			l, err := s.awaitLeader(ctx, g)
+			l, err := s.awaitLeader(ctx, *g)
 			if err != nil {
 				return kv.Result{}, false, err
 			}
 			if l != s.cfg.NodeID {
 				if attempt > maxReroutes {
-					return kv.Result{}, false, s.unresponsive(g)
+					return kv.Result{}, false, s.unresponsive(*g)
 				}
-				err, gaveUp := s.forwardWatched(ctx, g, l, true, mayGiveUp, remote)
+				err, gaveUp := s.forwardWatched(ctx, *g, l, true, mayGiveUp, remote)
 				if gaveUp {
 					s.metrics.reroutes.Inc()
 					continue
@@ -207,14 +199,42 @@ func (s *Server) write(ctx context.Context, g uint64, cmd kv.Command,
 				return kv.Result{}, true, err
 			}
 		}
-		out, err := s.host.Propose(ctx, g, b)
+		out, err := s.host.Propose(ctx, *g, b)
 		if err != nil && leaderMoved(err) && !forwardedIn(ctx) && attempt < maxReroutes {
 			s.metrics.reroutes.Inc()
 			continue
 		}
-		res, err := s.outcome(ctx, g, out, err)
+		res, err := s.outcome(ctx, *g, out, err)
+		if err == nil && res.KeyMismatch {
+			if cmd.Op.NeedsKey() && attempt < maxReroutes {
+				if ng, _, lerr := s.rangeOf(ctx, cmd.Key); lerr == nil && ng != *g {
+					s.metrics.reroutes.Inc()
+					*g = ng
+					continue
+				}
+			}
+			return kv.Result{}, false, s.keyMismatch(ctx, *g, cmd.Key)
+		}
 		return res, false, err
 	}
+}
+
+// writeRemote forwards a write of range g, which has no replica here, to a
+// node that has one (see forwardWatched).
+func (s *Server) writeRemote(ctx context.Context, g uint64, mayGiveUp bool,
+	remote func(context.Context, *grpc.ClientConn) error) (kv.Result, bool, error) {
+	for attempt := 0; attempt <= maxReroutes; attempt++ {
+		to, err := s.forwardTarget(ctx, g)
+		if err != nil {
+			return kv.Result{}, false, err
+		}
+		err, gaveUp := s.forwardWatched(ctx, g, to, false, mayGiveUp, remote)
+		if !gaveUp {
+			return kv.Result{}, true, err
+		}
+		s.metrics.reroutes.Inc()
+	}
+	return kv.Result{}, false, s.unresponsive(g)
 }
 
 // unresponsive is the answer to a session write whose forwards were given
@@ -303,7 +323,7 @@ func (s *Server) forwardTarget(ctx context.Context, g uint64) (uint64, error) {
 	alive := s.aliveNodes()
 	if target == 0 || !alive[target] || s.host.PeerDown(target) {
 		target = 0
-		for _, r := range Replicas(g, s.nodes) {
+		for _, r := range s.replicasOf(g) {
 			// Not to this node: a write is here because another node leads.
 			if alive[r] && r != s.cfg.NodeID && !s.host.PeerDown(r) {
 				target = r
@@ -333,7 +353,7 @@ func (s *Server) notHosted(ctx context.Context, g uint64) error {
 	if l := s.leaderOf(g); l != 0 {
 		_ = grpc.SetTrailer(ctx, metadata.Pairs(MDLeader, strconv.FormatUint(l, 10)))
 	}
-	return status.Errorf(codes.FailedPrecondition, "%v; ask one of nodes %v", errNotHosted(g), Replicas(g, s.nodes))
+	return status.Errorf(codes.FailedPrecondition, "%v; ask one of nodes %v", errNotHosted(g), s.replicasOf(g))
 }
 
 func (s *Server) forwardConn(addr string) (*grpc.ClientConn, error) {

@@ -17,6 +17,8 @@
 //	                   lead and proposes the expiry of overdue ones
 //	leaderWatchLoop    wakes requests waiting for their group's leader
 //	                   (route.go)
+//	rangeLoop          the ranges' work: split hooks, splits, the split
+//	                   queue and meta repair (internal/ranges, Store.Run)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
@@ -31,7 +33,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/election"
+	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/storage"
@@ -59,10 +61,16 @@ type Server struct {
 	reg       *prometheus.Registry
 	metrics   *serverMetrics
 
-	store *storage.Pebble
-	tr    *transport.GRPCTransport
-	host  *multiraft.Host
-	sms   map[uint64]*kv.StateMachine // local replicas; read-only after New
+	store  *storage.Pebble
+	tr     *transport.GRPCTransport
+	host   *multiraft.Host
+	ranges *ranges.Store // the local replicas of ranges
+	// rangesReady is ranges once it exists, for the Host's hooks, which
+	// may run before (the transport starts with the Host).
+	rangesReady atomic.Pointer[ranges.Store]
+	// cache holds the descriptors of ranges this node learned from the
+	// meta index, to route requests for keys it holds no replica of.
+	cache kv.RangeCache
 
 	lessor *election.Lessor // lease deadlines of the groups this node leads
 
@@ -125,7 +133,6 @@ func New(cfg Config) (s *Server, err error) {
 		clusterID: ClusterID(cfg.InitialCluster, cfg.Groups),
 		nodes:     sortedIDs(cfg.InitialCluster),
 		reg:       prometheus.NewRegistry(),
-		sms:       make(map[uint64]*kv.StateMachine),
 		stopc:     make(chan struct{}),
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
@@ -150,12 +157,15 @@ func New(cfg Config) (s *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return s, fmt.Errorf("server: data dir: %w", err)
 	}
-	if _, err := checkMeta(cfg.DataDir, meta{
+	dirMeta := meta{
 		ClusterID:      s.clusterID,
 		NodeID:         cfg.NodeID,
 		InitialCluster: FormatInitialCluster(cfg.InitialCluster),
 		Groups:         cfg.Groups,
-	}); err != nil {
+		Layout:         layoutRanges,
+	}
+	fresh, err := checkMeta(cfg.DataDir, dirMeta)
+	if err != nil {
 		return s, err
 	}
 	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{}); err != nil {
@@ -204,15 +214,25 @@ func New(cfg Config) (s *Server, err error) {
 		// fails a stray proposal at once instead of forwarding it to a
 		// leader that may drop it unseen, which made a write ambiguous.
 		DisableProposalForwarding: true,
-		Logger:                    s.log,
-		Registerer:                s.reg,
+		UnknownGroup: func(g, from uint64) {
+			if st := s.rangesReady.Load(); st != nil {
+				st.UnknownGroup(g, from)
+			}
+		},
+		Logger:     s.log,
+		Registerer: s.reg,
 	})
 	if err != nil {
 		return s, fmt.Errorf("server: %w", err)
 	}
 	s.host = host
-	if err := s.startGroups(); err != nil {
+	if err := s.startRanges(fresh); err != nil {
 		return s, err
+	}
+	if fresh {
+		if err := writeMeta(cfg.DataDir, dirMeta); err != nil {
+			return s, err
+		}
 	}
 
 	s.clientSrv = grpc.NewServer(
@@ -250,35 +270,61 @@ func (s *Server) listen() error {
 	return nil
 }
 
-// startGroups starts the local replica of every group this node holds. A
-// group with persisted state restarts from it (no bootstrap); a fresh one
-// is bootstrapped with its replica set, and its preferred leader
-// campaigns at once so that leaders start spread over the nodes.
 // holdBytes bounds the applied writes a node holds in memory before
 // writing them to Pebble (kv.HoldBudget): 64 MiB.
 const holdBytes = 64 << 20
 
-func (s *Server) startGroups() error {
-	db := s.store.DB()
-	// One budget for the node's held writes (kv/dirty.go), whatever the
-	// number of groups.
-	hold := kv.NewHoldBudget(holdBytes)
-	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
-		reps := Replicas(g, s.nodes)
-		if !slices.Contains(reps, s.cfg.NodeID) {
+// startRanges starts the local replica of every range this node holds. A
+// new node (fresh: its data directory was just made) first bootstraps its
+// replicas of the cluster's initial ranges (ranges.InitialRanges), and the
+// preferred leader of each campaigns at once so that leaders start spread
+// over the nodes. After a restart the node starts what its database holds:
+// the ranges splits and merges made are not the initial ones.
+func (s *Server) startRanges(fresh bool) error {
+	cfg := ranges.Config{
+		NodeID: s.cfg.NodeID,
+		DB:     s.store.DB(),
+		Host:   s.host,
+		// One budget for the node's held writes (kv/dirty.go), whatever
+		// the number of ranges.
+		Options:   []kv.Option{kv.WithHoldBudget(kv.NewHoldBudget(holdBytes))},
+		Env:       rangeEnv{s},
+		MaxBytes:  max(s.cfg.RangeMaxBytes, 0),
+		MinBytes:  max(s.cfg.RangeMinBytes, 0),
+		SplitLoad: max(s.cfg.RangeSplitLoad, 0),
+		// Two raft ticks: the other replicas apply the split by then.
+		CampaignRetry: 2 * s.cfg.TickInterval,
+		Fatal: func(err error) {
+			s.serveErr.CompareAndSwap(nil, &err)
+			s.log.Error("ranges failed, stopping", "err", err)
+			s.halt()
+		},
+		Logger: s.log,
+	}
+	if cfg.MaxBytes == 0 {
+		cfg.MinBytes = 0
+	}
+	st, err := ranges.Open(cfg)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.ranges = st
+	s.rangesReady.Store(st)
+	if !fresh {
+		return nil
+	}
+	initial := ranges.InitialRanges(s.cfg.Groups, func(id uint64) []uint64 { return Replicas(id, s.nodes) })
+	if err := st.Bootstrap(initial); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.cache.Insert(initial...)
+	for _, d := range initial {
+		if d.Replicas[0] != s.cfg.NodeID {
 			continue
 		}
-		sm, err := kv.New(db, g, kv.WithHoldBudget(hold))
-		if err != nil {
-			return err
-		}
-		if err := s.host.StartGroup(g, reps, sm); err != nil {
-			return fmt.Errorf("server: start group %d: %w", g, err)
-		}
-		s.sms[g] = sm
-		if st, err := s.host.GroupStatus(g); err == nil && st.Term == 0 && reps[0] == s.cfg.NodeID {
-			if err := s.host.Campaign(g); err != nil {
-				return fmt.Errorf("server: campaign group %d: %w", g, err)
+		if gs, err := s.host.GroupStatus(d.ID); err == nil && gs.Term == 0 {
+			if err := s.host.Campaign(d.ID); err != nil {
+				return fmt.Errorf("server: campaign range %d: %w", d.ID, err)
 			}
 		}
 	}
@@ -298,8 +344,9 @@ func (s *Server) Start() {
 	s.goLoop(s.watchLoop)
 	s.goLoop(s.leaseLoop)
 	s.goLoop(s.leaderWatchLoop)
-	s.log.Info("node started", "cluster", fmt.Sprintf("%x", s.clusterID), "groups", s.cfg.Groups,
-		"local_groups", len(s.sms), "peer_addr", s.cfg.PeerAddr, "client_addr", s.cfg.ClientAddr,
+	s.goLoop(func() { s.ranges.Run(s.stopc, s.cfg.RangeTick) }) // rangeLoop
+	s.log.Info("node started", "cluster", fmt.Sprintf("%x", s.clusterID), "initial_ranges", s.cfg.Groups,
+		"local_ranges", len(s.ranges.Replicas()), "peer_addr", s.cfg.PeerAddr, "client_addr", s.cfg.ClientAddr,
 		"http_addr", s.cfg.HTTPAddr)
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/internal/testutil"
 	"github.com/flotilla/flotilla/kv"
 )
@@ -168,6 +169,27 @@ func rawKV(t *testing.T, addr string) api.KVClient {
 	return api.NewKVClient(cc)
 }
 
+func rawElection(t *testing.T, addr string) api.ElectionClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return api.NewElectionClient(cc)
+}
+
+// initialRange returns the range that holds key in a cluster bootstrapped
+// with n ranges (ranges.InitialRanges), before any split or merge.
+func initialRange(n int, key []byte) uint64 {
+	for _, d := range ranges.InitialRanges(n, func(uint64) []uint64 { return []uint64{1} }) {
+		if d.Contains(key) {
+			return d.ID
+		}
+	}
+	return 0
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	t.Cleanup(cancel)
@@ -235,17 +257,20 @@ func TestBadRequests(t *testing.T) {
 			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte("k"), Value: make([]byte, kv.MaxValueSize+1)})
 			return err
 		}, codes.InvalidArgument},
-		{"group that does not exist", func() error {
-			_, err := kvc.Get(ctx, &api.GetRequest{Key: []byte("k"), Group: 99})
+		{"lease of a range that does not exist", func() error {
+			_, err := rawElection(t, c.nodes[1].ClientAddr()).LeaseRevoke(ctx, &api.LeaseRevokeRequest{Group: 99, Id: 1})
 			return err
 		}, codes.NotFound},
-		{"scan of a group that does not exist", func() error {
-			_, err := kvc.Scan(ctx, &api.ScanRequest{Group: 5})
+		{"scan with a prefix and a span", func() error {
+			_, err := kvc.Scan(ctx, &api.ScanRequest{Prefix: []byte("a"), Start: []byte("a")})
 			return err
-		}, codes.NotFound},
-		{"wrong group for key", func() error {
-			g := kv.GroupOf([]byte("k"), 4)%4 + 1
-			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte("k"), Group: g})
+		}, codes.InvalidArgument},
+		{"scan of an empty span", func() error {
+			_, err := kvc.Scan(ctx, &api.ScanRequest{Start: []byte("b"), End: []byte("a")})
+			return err
+		}, codes.InvalidArgument},
+		{"delete of an empty span", func() error {
+			_, err := kvc.DeleteRange(ctx, &api.DeleteRangeRequest{Start: []byte("b"), End: []byte("b")})
 			return err
 		}, codes.InvalidArgument},
 		{"scan limit", func() error {
@@ -411,9 +436,9 @@ func TestFourNodesForward(t *testing.T) {
 	// Find a key whose group has no replica on node 4 and ask node 4.
 	var key []byte
 	for i := 0; key == nil; i++ {
-		k := fmt.Appendf(nil, "fwd-%d", i)
-		g := kv.GroupOf(k, 4)
-		if _, local := c.nodes[4].sms[g]; !local {
+		k := fmt.Appendf(nil, "%x-fwd-%d", i%16, i)
+		g := initialRange(4, k)
+		if !c.nodes[4].local(g) {
 			key = k
 		}
 	}
@@ -425,7 +450,7 @@ func TestFourNodesForward(t *testing.T) {
 	if err != nil || !r.Found || string(r.Kv.Value) != "via 4" {
 		t.Fatalf("forwarded get: %v %v", r, err)
 	}
-	sr, err := kvc.Scan(ctx, &api.ScanRequest{Prefix: []byte("fwd-")})
+	sr, err := kvc.Scan(ctx, &api.ScanRequest{Prefix: key})
 	if err != nil || len(sr.Kvs) != 1 {
 		t.Fatalf("scan from node 4: %v %v", sr, err)
 	}
@@ -435,7 +460,7 @@ func TestFourNodesForward(t *testing.T) {
 	if _, err := kvc.Get(marked, &api.GetRequest{Key: key}); err == nil {
 		t.Fatal("node 4 forwarded a request that was already forwarded")
 	}
-	conn, fctx, err := c.nodes[4].forwardTo(ctx, kv.GroupOf(key, 4))
+	conn, fctx, err := c.nodes[4].forwardTo(ctx, initialRange(4, key))
 	if err != nil || conn == nil {
 		t.Fatalf("forwardTo: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +28,8 @@ func newStartCmd() *cobra.Command {
 		balanceInterval, balanceSettle, shutdownGrace time.Duration
 		noSync                                        bool
 		workers                                       int
+		rangeMax, rangeMin                            string
+		splitLoad                                     float64
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
@@ -48,6 +51,16 @@ leaderships away, flushes storage and exits 0.`,
 			if err != nil {
 				return err
 			}
+			maxBytes, err := parseSize("--range-max-bytes", rangeMax)
+			if err != nil {
+				return err
+			}
+			minBytes := int64(0)
+			if rangeMin != "" {
+				if minBytes, err = parseSize("--range-min-bytes", rangeMin); err != nil {
+					return err
+				}
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			s, err := server.New(server.Config{
 				NodeID:          id,
@@ -64,6 +77,9 @@ leaderships away, flushes storage and exits 0.`,
 				BalanceSettle:   balanceSettle,
 				DisableSync:     noSync,
 				Workers:         workers,
+				RangeMaxBytes:   maxBytes,
+				RangeMinBytes:   minBytes,
+				RangeSplitLoad:  loadFlag(splitLoad),
 				Logger:          log,
 			})
 			if err != nil {
@@ -99,7 +115,10 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&clientAddr, "client-addr", "", "HOST:PORT of the gRPC client API (required)")
 	f.StringVar(&httpAddr, "http-addr", "", "HOST:PORT of /metrics, /healthz, /readyz, /debug/raft, /debug/pprof (required)")
 	f.StringVar(&initialCluster, "initial-cluster", "", "every node's peer address: 1=HOST:PORT,2=HOST:PORT,... (required)")
-	f.IntVar(&groups, "groups", 16, "number of raft groups the keys are spread over")
+	f.IntVar(&groups, "groups", 16, "number of ranges a new cluster starts with, cutting the hex keyspace evenly (they split and merge from there)")
+	f.StringVar(&rangeMax, "range-max-bytes", "64MiB", "a range whose data passes this size splits (B, KiB, MiB, GiB; 0: never by size)")
+	f.StringVar(&rangeMin, "range-min-bytes", "", "neighbouring cold ranges both below this size merge (default: a quarter of --range-max-bytes; 0: never)")
+	f.Float64Var(&splitLoad, "range-split-load", 2500, "a range serving more requests per second than this splits where its load halves (0: never by load)")
 	f.DurationVar(&tick, "tick", 100*time.Millisecond, "raft tick interval")
 	f.IntVar(&electionTicks, "election-ticks", 10, "election timeout, in ticks")
 	f.IntVar(&heartbeatTicks, "heartbeat-ticks", 1, "heartbeat interval, in ticks")
@@ -110,6 +129,41 @@ leaderships away, flushes storage and exits 0.`,
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
 	return cmd
+}
+
+// loadFlag maps --range-split-load to the server's setting: 0 (off) is
+// negative there, where 0 means the default.
+func loadFlag(v float64) float64 {
+	if v <= 0 {
+		return -1
+	}
+	return v
+}
+
+// parseSize parses a size with an optional unit: B, KiB, MiB or GiB (KB,
+// MB and GB are taken as the same). "0" means 0, which the caller turns
+// into "off".
+func parseSize(flag, s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%s %q: want a size such as 64MiB, 512KiB or 1048576", flag, s)
+	}
+	if n == 0 {
+		return -1, nil // off
+	}
+	return n * mult, nil
 }
 
 func parseLevel(s string) (slog.Level, error) {

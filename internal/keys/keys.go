@@ -1,17 +1,23 @@
 // Package keys is the one registry of the kinds of key in a node's Pebble
-// database. The raft logs (package storage) and every group's state machine
-// (package kv) share that database; the first byte of every key is its
-// kind, so two owners can never write the same key as long as each kind
-// here has one owner. TestKindsDisjoint checks it.
+// database. The raft logs (package storage) and every range's state
+// machine (package kv) share that database; the first byte of every key is
+// its kind, so two owners can never write the same key as long as each
+// kind here has one owner. TestKindsDisjoint checks it.
 //
-// A kind is followed by the group ID (8 bytes, big-endian) and then by the
-// rest of the layout given with it.
+// Two shapes of key (docs/design.md, "The range model"):
+//
+//   - Range-local kinds: the kind, the range (raft group) ID, 8 bytes
+//     big-endian, then the rest of the layout given with the kind. A range
+//     owns exactly the keys under its ID; removing a replica deletes them.
+//   - Global kinds: the kind, then a user key. The range whose span holds
+//     the user key owns the key, whichever range that is at the time: a
+//     split or merge moves no such key, it only moves the boundary.
 package keys
 
 // Kind is the first byte of a key.
 type Kind byte
 
-// Kinds of the raft storage (package storage).
+// Kinds of the raft storage (package storage). All range-local.
 const (
 	// RaftLog: group(8) index(8) → raftpb.Entry.
 	RaftLog Kind = 'l'
@@ -23,46 +29,65 @@ const (
 	RaftSnapshot Kind = 's'
 )
 
-// Kinds of the KV state machine (package kv).
+// Global kinds of the KV state machine (package kv): keyed by user key.
 const (
-	// Data: group(8) key → revision(8) value.
+	// Data: key → revision(8) value.
 	Data Kind = 'k'
-	// Applied: group(8) → applied index(8) revision(8).
-	Applied Kind = 'a'
-	// Lease: group(8) id(8) → TTL in ms(8), then the elections it
-	// campaigns in.
-	Lease Kind = 'L'
-	// Election: group(8) name → election record.
-	Election Kind = 'E'
-	// Attached: group(8) key → lease(8), the lease the key is attached to.
+	// Attached: key → lease(8), the lease the key is attached to.
 	Attached Kind = 'A'
-	// LeaseKeys: group(8) lease(8) key → nothing, the keys attached to a
-	// lease.
-	LeaseKeys Kind = 'K'
-	// Session: group(8) session(8) → a client session's record in the
-	// group (session 0: the group's session clock).
-	Session Kind = 'S'
+	// Election: name → election record (an election's name is a key of
+	// the keyspace: it lives in the range that holds that key).
+	Election Kind = 'E'
 )
 
-// Registered describes one kind: who owns it.
+// Range-local kinds of the KV state machine (package kv).
+const (
+	// Applied: range(8) → applied index(8) revision(8) lease counter(8).
+	Applied Kind = 'a'
+	// Descriptor: range(8) → the range's descriptor (kv.Descriptor): its
+	// span, replicas and generation, replicated with the range.
+	Descriptor Kind = 'D'
+	// Lease: range(8) id(8) → TTL in ms(8), then the elections it
+	// campaigns in.
+	Lease Kind = 'L'
+	// LeaseKeys: range(8) lease(8) key → nothing, the keys of the range
+	// attached to a lease.
+	LeaseKeys Kind = 'K'
+	// Session: range(8) session(8) → a client session's record in the
+	// range (session 0: the range's session clock).
+	Session Kind = 'S'
+	// Meta: range(8) end → the descriptor of the range whose span ends
+	// at end (kv.MetaEnd encodes end). Only the meta range (range 1)
+	// holds these: the index of every range.
+	Meta Kind = 'M'
+	// RangeIDs: range(8) → the next range ID to allocate. Only the meta
+	// range holds it.
+	RangeIDs Kind = 'I'
+)
+
+// Registered describes one kind: who owns it and its shape.
 type Registered struct {
-	Kind  Kind
-	Owner string // the package that writes it
-	Name  string
+	Kind   Kind
+	Owner  string // the package that writes it
+	Name   string
+	Global bool // keyed by user key, not by range ID
 }
 
 // All lists every kind, for the disjointness test and for tools that walk a
 // database.
 var All = []Registered{
-	{RaftLog, "storage", "raft log entry"},
-	{RaftHardState, "storage", "raft hard state"},
-	{RaftConfState, "storage", "raft conf state"},
-	{RaftSnapshot, "storage", "raft snapshot"},
-	{Data, "kv", "user data"},
-	{Applied, "kv", "applied index and revision"},
-	{Lease, "kv", "lease"},
-	{Election, "kv", "election"},
-	{Attached, "kv", "key's lease"},
-	{LeaseKeys, "kv", "lease's keys"},
-	{Session, "kv", "client session"},
+	{RaftLog, "storage", "raft log entry", false},
+	{RaftHardState, "storage", "raft hard state", false},
+	{RaftConfState, "storage", "raft conf state", false},
+	{RaftSnapshot, "storage", "raft snapshot", false},
+	{Data, "kv", "user data", true},
+	{Attached, "kv", "key's lease", true},
+	{Election, "kv", "election", true},
+	{Applied, "kv", "applied index and revision", false},
+	{Descriptor, "kv", "range descriptor", false},
+	{Lease, "kv", "lease", false},
+	{LeaseKeys, "kv", "lease's keys", false},
+	{Session, "kv", "client session", false},
+	{Meta, "kv", "meta index record", false},
+	{RangeIDs, "kv", "range ID allocator", false},
 }

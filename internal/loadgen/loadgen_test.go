@@ -264,10 +264,34 @@ func TestReportJSON(t *testing.T) {
 	}
 }
 
+// TestAppendKey: keys are 16 hex digits, distinct for distinct numbers,
+// and spread evenly over the first hex digit (what the initial ranges
+// cut): no digit gets more than 1.5 times its share of 64k keys.
 func TestAppendKey(t *testing.T) {
-	for _, n := range []int{0, 7, 10, 999, 12345678, 99999999} {
-		if got, want := string(AppendKey([]byte("x"), n)), "x"+fmt.Sprintf("bench-%08d", n); got != want {
-			t.Fatalf("AppendKey(%d) = %q, want %q", n, got, want)
+	seen := map[string]bool{}
+	var first [16]int
+	const n = 1 << 16
+	for i := range n {
+		k := string(AppendKey([]byte("x"), i))
+		if len(k) != 17 || k[0] != 'x' {
+			t.Fatalf("AppendKey(%d) = %q", i, k)
+		}
+		if want := "x" + fmt.Sprintf("%016x", mix(uint64(i))); k != want {
+			t.Fatalf("AppendKey(%d) = %q, want %q", i, k, want)
+		}
+		if seen[k] {
+			t.Fatalf("AppendKey(%d) = %q repeats an earlier key", i, k)
+		}
+		seen[k] = true
+		d := strings.IndexByte("0123456789abcdef", k[1])
+		if d < 0 {
+			t.Fatalf("AppendKey(%d) = %q: not hex", i, k)
+		}
+		first[d]++
+	}
+	for d, c := range first {
+		if c > n/16*3/2 {
+			t.Fatalf("first digit %x has %d of %d keys", d, c, n)
 		}
 	}
 }

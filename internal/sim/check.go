@@ -164,7 +164,12 @@ func (s *sim) checkReplicas() {
 			// The live state machine: Pebble alone may lag behind it (writes
 			// held in memory, kv/dirty.go). The run is over, so nothing
 			// else calls it.
-			sm := n.sms[g]
+			r, ok := n.ranges.Get(g)
+			if !ok {
+				s.violation("node %d has no replica of group %d", id, g)
+				continue
+			}
+			sm := r.SM
 			var buf bytes.Buffer
 			if err := sm.Snapshot(&buf); err != nil {
 				s.violation("node %d group %d snapshot: %v", id, g, err)

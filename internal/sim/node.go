@@ -7,6 +7,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/storage"
@@ -43,8 +44,11 @@ type node struct {
 	store *storage.Mem
 	fs    *vfs.MemFS
 	db    *pebble.DB
-	// sms are the groups' state machines of the running incarnation.
-	sms map[uint64]*kv.StateMachine
+	// ranges are the node's range replicas in the running incarnation.
+	ranges *ranges.Store
+	// bootstrapped: the node wrote its initial ranges (in its first
+	// incarnation; a restart starts what the database holds).
+	bootstrapped bool
 
 	// armed is the failure point this node dies at, after armedHits more
 	// passes; "" when none.
@@ -94,28 +98,35 @@ func (n *node) start() error {
 		return fmt.Errorf("sim: node %d: %w", n.id, err)
 	}
 	n.host = h
-	n.sms = make(map[uint64]*kv.StateMachine)
-	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
-		var opts []kv.Option
-		if s.cfg.Bug == BugNoDedup {
-			opts = append(opts, kv.WithoutDedup())
-		}
-		sm, err := kv.New(db, g, opts...)
-		if err == nil {
-			n.sms[g] = sm
-			err = h.StartGroup(g, s.ids, &recSM{StateMachine: sm, s: s, node: n.id, group: g})
-		}
-		if err != nil {
-			// A replica that cannot restart from what it persisted is a
-			// finding (for example, state lost to a planted bug).
-			s.violation("node %d group %d cannot start at %v: %v", n.id, g, s.now, err)
-			h.Stop()
-			n.tr.Close()
-			db.Close()
-			n.host, n.db = nil, nil
-			return nil
-		}
+	var opts []kv.Option
+	if s.cfg.Bug == BugNoDedup {
+		opts = append(opts, kv.WithoutDedup())
 	}
+	st, err := ranges.Open(ranges.Config{
+		NodeID:  n.id,
+		DB:      db,
+		Host:    h,
+		Options: opts,
+		Wrap: func(sm *kv.StateMachine) multiraft.StateMachine {
+			return &recSM{StateMachine: sm, s: s, node: n.id, group: sm.RangeID()}
+		},
+		Logger: s.logger,
+	})
+	if err == nil && !n.bootstrapped {
+		err = st.Bootstrap(ranges.InitialRanges(s.cfg.Groups, func(uint64) []uint64 { return s.ids }))
+		n.bootstrapped = err == nil
+	}
+	if err != nil {
+		// A replica that cannot restart from what it persisted is a
+		// finding (for example, state lost to a planted bug).
+		s.violation("node %d cannot start its ranges at %v: %v", n.id, s.now, err)
+		h.Stop()
+		n.tr.Close()
+		db.Close()
+		n.host, n.db = nil, nil
+		return nil
+	}
+	n.ranges = st
 	n.up = true
 	n.drain()
 	return nil
@@ -206,7 +217,7 @@ func (n *node) crash(why string) {
 		s.violation("node %d: close pebble: %v", n.id, err)
 	}
 	n.fs = crashed
-	n.host, n.tr, n.db = nil, nil, nil
+	n.host, n.tr, n.db, n.ranges = nil, nil, nil, nil
 }
 
 // restart starts a crashed node again.

@@ -117,7 +117,10 @@ type client struct {
 // session is the client's session ID: never 0.
 func (c *client) session() uint64 { return uint64(c.id) + 1 }
 
-func (s *sim) keyName(i int) string { return fmt.Sprintf("k%d", i) }
+// keyName is the workload's key i: two hex digits spread over the
+// keyspace (as kv.InitialSplits cuts it), so that every range has keys,
+// then i.
+func (s *sim) keyName(i int) string { return fmt.Sprintf("%02x.%d", i*256/s.cfg.Keys, i) }
 
 // next issues the client's next request, unless the workload stopped.
 func (c *client) next() {
@@ -171,7 +174,10 @@ func (c *client) next() {
 func (c *client) invoke(node uint64, in Input, final bool) {
 	s := c.s
 	n := s.nodes[node]
-	group := kv.GroupOf([]byte(in.Key), s.cfg.Groups)
+	var group uint64
+	if r := n.ranges.Lookup([]byte(in.Key)); r != nil {
+		group = r.ID
+	}
 	s.clock++
 	p := &pendingOp{
 		op:    Op{Client: c.id, In: in, Call: s.clock, Node: node},

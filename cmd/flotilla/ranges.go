@@ -1,0 +1,242 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// rangeJSON is one range of `flotilla ranges -w json`: start "" is the
+// beginning of the keyspace, end "" its end.
+type rangeJSON struct {
+	ID        uint64   `json:"id"`
+	Start     string   `json:"start"`
+	End       string   `json:"end"`
+	Replicas  []uint64 `json:"replicas"`
+	Leader    uint64   `json:"leader"`
+	Bytes     uint64   `json:"bytes"`
+	OpsPerSec float64  `json:"ops_per_sec"`
+}
+
+func newRangesCmd() *cobra.Command {
+	var cf clientFlags
+	var output string
+	cmd := &cobra.Command{
+		Use:   "ranges",
+		Short: "List the ranges (spans of the keyspace) with their replicas, leaders, sizes and loads",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output, "json", "table"); err != nil {
+				return err
+			}
+			cl, ctx, cancel, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer cl.Close()
+			out := []rangeJSON{}
+			var key []byte
+			for {
+				rs, more, err := cl.Ranges(ctx, key, 1000, true)
+				if err != nil {
+					return err
+				}
+				for _, r := range rs {
+					out = append(out, rangeJSON{ID: r.Id, Start: string(r.Start), End: string(r.End),
+						Replicas: r.Replicas, Leader: r.Leader, Bytes: r.Bytes, OpsPerSec: r.OpsPerSec})
+				}
+				if !more || len(rs) == 0 {
+					break
+				}
+				key = rs[len(rs)-1].End
+			}
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				b, err := json.Marshal(map[string]any{"ranges": out})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "%s\n", b)
+				return nil
+			}
+			tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTART\tEND\tREPLICAS\tLEADER\tBYTES\tOPS/S")
+			for _, r := range out {
+				end := fmt.Sprintf("%q", r.End)
+				if r.End == "" {
+					end = "∞"
+				}
+				reps := make([]string, len(r.Replicas))
+				for i, n := range r.Replicas {
+					reps[i] = fmt.Sprint(n)
+				}
+				fmt.Fprintf(tw, "%d\t%q\t%s\t%s\t%d\t%d\t%.1f\n", r.ID, r.Start, end, strings.Join(reps, ","), r.Leader, r.Bytes, r.OpsPerSec)
+			}
+			return tw.Flush()
+		},
+	}
+	cf.register(cmd)
+	cmd.Flags().StringVarP(&output, "write-out", "w", "table", "output format: table or json")
+	return cmd
+}
+
+// scanJSON is the answer of `flotilla scan -w json` (docs/design.md,
+// contracts).
+type scanJSON struct {
+	KVs []kvJSON `json:"kvs"`
+	// More: the limit cut the list short; Next continues it (--from).
+	More bool   `json:"more"`
+	Next string `json:"next,omitempty"`
+}
+
+type kvJSON struct {
+	Key      string `json:"key"`
+	Value    string `json:"value"`
+	Revision uint64 `json:"revision"`
+	Range    uint64 `json:"range"`
+}
+
+func newScanCmd() *cobra.Command {
+	var cf clientFlags
+	var output, prefix, from, to string
+	var limit int
+	var serializable bool
+	cmd := &cobra.Command{
+		Use:   "scan (--prefix P | [--from A] [--to B]) [--limit N]",
+		Short: "List keys in order: those with a prefix, or those of [--from, --to)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output, "json", "table"); err != nil {
+				return err
+			}
+			if prefix != "" && (from != "" || to != "") {
+				return fmt.Errorf("--prefix cannot go with --from or --to")
+			}
+			if limit < 1 {
+				return fmt.Errorf("--limit %d: want 1 or more", limit)
+			}
+			start, end := []byte(from), []byte(to)
+			if prefix != "" {
+				start, end = []byte(prefix), kv.PrefixEnd([]byte(prefix))
+			}
+			if len(end) > 0 && string(start) >= string(end) {
+				return fmt.Errorf("--from %q is not below --to %q", from, to)
+			}
+			cl, ctx, cancel, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer cl.Close()
+			res := scanJSON{KVs: []kvJSON{}}
+			at := start
+			for len(res.KVs) < limit {
+				kvs, resume, err := cl.ScanRange(ctx, at, end, min(limit-len(res.KVs), kv.MaxScanLimit), readOpts(serializable)...)
+				if err != nil {
+					return err
+				}
+				for _, k := range kvs {
+					res.KVs = append(res.KVs, kvJSON{Key: string(k.Key), Value: string(k.Value), Revision: k.Revision, Range: k.Group})
+				}
+				if len(resume) == 0 {
+					at = nil
+					break
+				}
+				at = resume
+			}
+			if at != nil {
+				res.More, res.Next = true, string(at)
+			}
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				b, err := json.Marshal(res)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "%s\n", b)
+				return nil
+			}
+			for _, k := range res.KVs {
+				fmt.Fprintf(w, "%s\t%s\n", k.Key, k.Value)
+			}
+			if res.More {
+				fmt.Fprintf(cmd.ErrOrStderr(), "(more: continue with --from %q)\n", res.Next)
+			}
+			return nil
+		},
+	}
+	cf.register(cmd)
+	cmd.Flags().StringVarP(&output, "write-out", "w", "table", "output format: table or json")
+	cmd.Flags().StringVar(&prefix, "prefix", "", "list the keys that start with this prefix")
+	cmd.Flags().StringVar(&from, "from", "", "first key of the span (default: the beginning of the keyspace)")
+	cmd.Flags().StringVar(&to, "to", "", "end of the span, exclusive (default: the end of the keyspace)")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "the most keys to list")
+	cmd.Flags().BoolVar(&serializable, "serializable", false, "read from the answering replicas without confirming with the leaders (may be stale)")
+	return cmd
+}
+
+// readOpts returns the read options of --serializable.
+func readOpts(serializable bool) []client.ReadOption {
+	if serializable {
+		return []client.ReadOption{client.Serializable()}
+	}
+	return nil
+}
+
+func newSplitCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "split KEY",
+		Short: "Split the range that holds KEY at KEY (KEY starts a new range)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, cancel, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer cl.Close()
+			left, right, err := cl.Split(ctx, []byte(args[0]))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "OK: range %d %s, range %d %s\n", left.Id, kv.SpanString(left.Start, left.End),
+				right.Id, kv.SpanString(right.Start, right.End))
+			return nil
+		},
+	}
+	cf.register(cmd)
+	return cmd
+}
+
+func newMergeCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "merge KEY",
+		Short: "Merge the range that holds KEY with the range after it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, cancel, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer cl.Close()
+			m, err := cl.Merge(ctx, []byte(args[0]))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "OK: range %d %s\n", m.Id, kv.SpanString(m.Start, m.End))
+			return nil
+		},
+	}
+	cf.register(cmd)
+	return cmd
+}

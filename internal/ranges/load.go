@@ -1,0 +1,88 @@
+package ranges
+
+import (
+	"math"
+	"sync"
+	"time"
+)
+
+// loadHalfLife is how fast a range's reported load follows a change: the
+// rate is an exponentially weighted average of the samples with this
+// half-life. (The split queue decides on the last sample alone, over
+// several ticks in a row: a new range has no history to wait out.)
+const loadHalfLife = 2 * time.Second
+
+// loadTracker turns each replica's count of applied commands and answered
+// queries (kv.StateMachine.Ops) into a rate. mu is a leaf.
+type loadTracker struct {
+	mu    sync.Mutex
+	byID  map[uint64]*loadStat
+	clock time.Time
+}
+
+type loadStat struct {
+	ops  uint64  // the count at the last sample
+	rate float64 // ops per second, smoothed
+	last float64 // ops per second over the last sample's interval
+}
+
+// SampleLoad takes a sample of every replica's load at now: call it about
+// every second (the server's loop, the simulation's clock).
+func (s *Store) SampleLoad(now time.Time) {
+	reps := s.Replicas()
+	t := &s.load
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byID == nil {
+		t.byID = make(map[uint64]*loadStat)
+	}
+	dt := now.Sub(t.clock).Seconds()
+	first := t.clock.IsZero()
+	t.clock = now
+	seen := make(map[uint64]bool, len(reps))
+	for _, r := range reps {
+		seen[r.ID] = true
+		ops := r.SM.Ops()
+		st := t.byID[r.ID]
+		if st == nil {
+			t.byID[r.ID] = &loadStat{ops: ops}
+			continue
+		}
+		if !first && dt > 0 {
+			sample := float64(ops-st.ops) / dt
+			w := 1 - pow2(-dt/loadHalfLife.Seconds())
+			st.rate += w * (sample - st.rate)
+			st.last = sample
+		}
+		st.ops = ops
+	}
+	for id := range t.byID {
+		if !seen[id] {
+			delete(t.byID, id)
+		}
+	}
+}
+
+// Load returns range id's recent load on this replica, in operations per
+// second (0 before two samples).
+func (s *Store) Load(id uint64) float64 {
+	s.load.mu.Lock()
+	defer s.load.mu.Unlock()
+	if st := s.load.byID[id]; st != nil {
+		return st.rate
+	}
+	return 0
+}
+
+// pow2 returns 2^x, for the smoothing weight.
+func pow2(x float64) float64 { return math.Exp2(x) }
+
+// recentLoad returns range id's load over the last sample's interval.
+func (s *Store) recentLoad(id uint64) float64 {
+	s.load.mu.Lock()
+	defer s.load.mu.Unlock()
+	if st := s.load.byID[id]; st != nil {
+		return st.last
+	}
+	return 0
+}

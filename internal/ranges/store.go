@@ -1,0 +1,399 @@
+// Package ranges keeps a node's ranges: the replicas of the ranges the
+// node holds, each a raft group on the node's multiraft Host with a kv
+// StateMachine, found by key. It starts them from what the node's database
+// holds, bootstraps a new cluster's initial ranges, and answers which local
+// replica holds a key.
+//
+// The range model and its protocols are in docs/design.md ("The range
+// model").
+package ranges
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+)
+
+// ErrConfig wraps every refusal of a Config.
+var ErrConfig = errors.New("ranges: invalid config")
+
+// Config configures a Store.
+type Config struct {
+	// NodeID is this node's ID. Required.
+	NodeID uint64
+	// DB is the node's Pebble database, shared with the Host's storage.
+	// Required; the caller closes it after the Host stopped.
+	DB *pebble.DB
+	// Host runs the ranges' raft groups. Required.
+	Host *multiraft.Host
+	// Options are given to every kv.StateMachine the Store creates (a
+	// shared hold budget, say).
+	Options []kv.Option
+	// Wrap, if set, wraps each state machine before it is handed to the
+	// Host (the simulation records what replicas apply).
+	Wrap func(*kv.StateMachine) multiraft.StateMachine
+	// Env connects the Store to the rest of the node (env.go). Required
+	// for splits, merges and replica creation; without it the Store only
+	// starts and finds replicas.
+	Env Env
+
+	// MaxBytes: a range whose data passes it splits. 0 splits no range
+	// by size. The server's default is 64 MiB (--range-max-bytes).
+	MaxBytes int64
+	// MinBytes: neighbouring ranges both below it may merge. 0 merges
+	// none.
+	MinBytes int64
+	// SplitLoad: a range that serves more requests per second than this
+	// (smoothed) for SplitLoadTicks ticks in a row splits by load. 0 turns
+	// load-based splitting off.
+	SplitLoad float64
+	// SplitLoadTicks: how many ticks in a row a range must be over
+	// SplitLoad. Default 2.
+	SplitLoadTicks int
+	// CampaignRetry: how long a node that campaigned for a range a split
+	// made waits for a leader before it campaigns again. Default 200ms;
+	// a few raft ticks.
+	CampaignRetry time.Duration
+	// MetaRepairTicks: every this many ticks the leader of each range
+	// checks that the meta index holds its descriptor. Default 5; negative
+	// turns the repair off.
+	MetaRepairTicks int
+	// LoseMetaUpdates makes the Store skip every meta index update and
+	// repair: a planted bug for the simulation, which must catch it.
+	LoseMetaUpdates bool
+
+	// Fatal is called when the Store cannot go on (a range made by a split
+	// cannot start): the node must stop. Default: log and panic.
+	Fatal func(error)
+	// Logger receives the Store's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.NodeID == 0:
+		return fmt.Errorf("%w: node ID 0", ErrConfig)
+	case c.DB == nil || c.Host == nil:
+		return fmt.Errorf("%w: DB and Host are required", ErrConfig)
+	case c.MaxBytes < 0 || c.MinBytes < 0 || c.SplitLoad < 0:
+		return fmt.Errorf("%w: negative size or load threshold", ErrConfig)
+	case c.MaxBytes > 0 && c.MinBytes >= c.MaxBytes:
+		return fmt.Errorf("%w: range min bytes %d not below max bytes %d", ErrConfig, c.MinBytes, c.MaxBytes)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.SplitLoadTicks == 0 {
+		c.SplitLoadTicks = 2
+	}
+	if c.MetaRepairTicks == 0 {
+		c.MetaRepairTicks = 5
+	}
+	if c.CampaignRetry == 0 {
+		c.CampaignRetry = 200 * time.Millisecond
+	}
+}
+
+// Replica is this node's replica of one range.
+type Replica struct {
+	ID uint64
+	SM *kv.StateMachine
+}
+
+// Descriptor returns the replica's descriptor as applied here; false for a
+// replica that waits for its first snapshot.
+func (r *Replica) Descriptor() (*kv.Descriptor, bool) { return r.SM.Descriptor() }
+
+// Store is one node's set of range replicas. Safe for concurrent use.
+//
+// Work that hooks and callbacks hand over runs on the Store's loop, one
+// task at a time (env.go): Run in the server, RunPending in the
+// simulation.
+//
+// Lock order: mu, tasks.mu and load.mu are leaves; none is held across a
+// call into the Host or the Env.
+type Store struct {
+	cfg Config
+	log *slog.Logger
+	env Env
+
+	mu struct {
+		sync.RWMutex
+		replicas map[uint64]*Replica
+		// busy: ranges splitting or merging from this node.
+		busy map[uint64]bool
+	}
+	tasks   tasks
+	metrics storeMetrics
+	// Owned by the loop.
+	ticks uint64
+	queue map[uint64]*queueState
+	// index is the initialized replicas sorted by the start of their span,
+	// rebuilt whenever a descriptor changes (copy on write); readers take
+	// no lock. It may lag a change by a moment: Lookup checks what it finds.
+	index atomic.Pointer[[]*Replica]
+
+	load loadTracker
+}
+
+// Open returns the Store of the node and starts a replica of every range
+// the database has state for.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	s := &Store{cfg: cfg, log: cfg.Logger, env: cfg.Env}
+	s.tasks.wake = make(chan struct{}, 1)
+	s.mu.replicas = make(map[uint64]*Replica)
+	s.mu.busy = make(map[uint64]bool)
+	s.index.Store(&[]*Replica{})
+	ds, err := kv.LocalDescriptors(cfg.DB)
+	if err != nil {
+		return nil, fmt.Errorf("ranges: list local ranges: %w", err)
+	}
+	for i := range ds {
+		if _, err := s.start(ds[i].ID, ds[i].Replicas); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Bootstrap creates the replicas this node holds of a new cluster's
+// initial ranges, all (which must tile the keyspace) in key order, and
+// starts them. It does nothing for a range that already has state here.
+func (s *Store) Bootstrap(all []kv.Descriptor) error {
+	for i := range all {
+		d := &all[i]
+		if !d.HasReplica(s.cfg.NodeID) {
+			continue
+		}
+		if _, ok := s.Get(d.ID); ok {
+			continue
+		}
+		if err := kv.Bootstrap(s.cfg.DB, *d, all); err != nil {
+			return fmt.Errorf("ranges: bootstrap range %d: %w", d.ID, err)
+		}
+		if _, err := s.start(d.ID, d.Replicas); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// InitialRanges returns the descriptors of a new cluster of n ranges
+// (kv.InitialSplits) whose replicas are given by replicas.
+func InitialRanges(n int, replicas func(id uint64) []uint64) []kv.Descriptor {
+	splits := kv.InitialSplits(n)
+	out := make([]kv.Descriptor, 0, n)
+	var start []byte
+	for i := 0; i < n; i++ {
+		var end []byte
+		if i < len(splits) {
+			end = splits[i]
+		}
+		id := uint64(i + 1)
+		out = append(out, kv.Descriptor{ID: id, Start: start, End: end, Replicas: replicas(id), Generation: 1})
+		start = end
+	}
+	return out
+}
+
+// start opens range id's state machine and starts its group: with
+// members, a range that has state here (or the initial state of a split);
+// without, an empty replica that waits for a snapshot.
+func (s *Store) start(id uint64, members []uint64) (*Replica, error) {
+	opts := append(slices.Clone(s.cfg.Options),
+		kv.WithDescriptorHook(s.descriptorChanged),
+		kv.WithSplitHook(func(left, right kv.Descriptor) { s.enqueue(func() { s.onSplit(left, right) }) }),
+		kv.WithSnapshotGate(func(d *kv.Descriptor) bool { return s.acceptSnapshot(id, d) }))
+	sm, err := kv.New(s.cfg.DB, id, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := sm.Descriptor(); ok && members == nil {
+		// It has state after all: a split here made it (and its hook has
+		// not started it yet). Start it as the split would.
+		members = d.Replicas
+	}
+	var wrapped multiraft.StateMachine = sm
+	if s.cfg.Wrap != nil {
+		wrapped = s.cfg.Wrap(sm)
+	}
+	// Known to the Store (Lookup) only once the Host runs it: a request
+	// routed to it before would find no group.
+	if err := s.cfg.Host.StartGroup(id, members, wrapped); err != nil {
+		return nil, fmt.Errorf("ranges: start range %d: %w", id, err)
+	}
+	r := &Replica{ID: id, SM: sm}
+	s.mu.Lock()
+	s.mu.replicas[id] = r
+	s.mu.Unlock()
+	s.reindex()
+	return r, nil
+}
+
+// descriptorChanged is every state machine's descriptor hook: a replica's
+// span changed (or it was initialized). Called on the replica's worker; it
+// must not block.
+func (s *Store) descriptorChanged(id uint64) { s.reindex() }
+
+// reindex rebuilds the index of initialized replicas by span.
+func (s *Store) reindex() {
+	s.mu.RLock()
+	idx := make([]*Replica, 0, len(s.mu.replicas))
+	for _, r := range s.mu.replicas {
+		if _, ok := r.SM.Descriptor(); ok {
+			idx = append(idx, r)
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(idx, func(a, b *Replica) int {
+		da, _ := a.SM.Descriptor()
+		db, _ := b.SM.Descriptor()
+		return bytes.Compare(da.Start, db.Start)
+	})
+	s.index.Store(&idx)
+}
+
+// Lookup returns the local replica whose span holds key, as applied here;
+// nil if none does.
+func (s *Store) Lookup(key []byte) *Replica {
+	idx := *s.index.Load()
+	i, _ := slices.BinarySearchFunc(idx, key, func(r *Replica, k []byte) int {
+		d, _ := r.SM.Descriptor()
+		if bytes.Compare(d.Start, k) <= 0 {
+			return -1
+		}
+		return 1
+	})
+	if i > 0 {
+		if d, _ := idx[i-1].SM.Descriptor(); d.Contains(key) {
+			return idx[i-1]
+		}
+	}
+	// The index lags a descriptor change: look at every replica.
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, r := range s.mu.replicas {
+		if d, ok := r.SM.Descriptor(); ok && d.Contains(key) {
+			return r
+		}
+	}
+	return nil
+}
+
+// Get returns the local replica of range id.
+func (s *Store) Get(id uint64) (*Replica, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.mu.replicas[id]
+	return r, ok
+}
+
+// Replicas returns every local replica, by ascending range ID.
+func (s *Store) Replicas() []*Replica {
+	s.mu.RLock()
+	out := make([]*Replica, 0, len(s.mu.replicas))
+	for _, r := range s.mu.replicas {
+		out = append(out, r)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Replica) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Overlapping returns the local initialized replicas whose spans intersect
+// [start, end), in key order.
+func (s *Store) Overlapping(start, end []byte) []*Replica {
+	var out []*Replica
+	for _, r := range *s.index.Load() {
+		if d, ok := r.SM.Descriptor(); ok && d.Overlaps(start, end) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// fatal reports an error the node cannot go on from.
+func (s *Store) fatal(err error) {
+	if s.cfg.Fatal != nil {
+		s.cfg.Fatal(err)
+		return
+	}
+	s.log.Error("ranges: fatal", "err", err)
+	panic(err)
+}
+
+// acceptSnapshot is every replica's snapshot gate (kv.WithSnapshotGate):
+// range id may take a snapshot of span d only if no other initialized
+// replica here holds any of d's span. Such a replica is one of a range
+// that d's range split from and that has not applied the split here yet:
+// it still holds (and may still write) keys the snapshot brings, so the
+// snapshot waits until it applied the split (from its log, or from a
+// snapshot of its own that shrinks it). Called on id's worker.
+func (s *Store) acceptSnapshot(id uint64, d *kv.Descriptor) bool {
+	for _, r := range s.Overlapping(d.Start, d.End) {
+		if r.ID != id {
+			s.log.Debug("snapshot refused for now: another local replica holds part of its span",
+				"group", id, "snapshot", d.String(), "holder", r.ID)
+			return false
+		}
+	}
+	return true
+}
+
+// UnknownGroup is the Host's multiraft.Config.UnknownGroup: raft messages
+// came from node from for range id, which has no replica here. If from's
+// replica of id lists this node and no replica here holds any of its span,
+// an empty replica is started: it gets the range's state from a snapshot.
+// (A node that has not applied a split yet still holds the new range's
+// span and makes its replica itself when it applies it.) Never blocks.
+func (s *Store) UnknownGroup(id, from uint64) {
+	if s.env == nil {
+		return
+	}
+	s.enqueue(func() {
+		if _, ok := s.Get(id); ok {
+			return
+		}
+		s.env.PeerDescriptor(from, id, callback2(s, func(d kv.Descriptor, ok bool) {
+			if !ok || !d.HasReplica(s.cfg.NodeID) {
+				return
+			}
+			if _, ok := s.Get(id); ok {
+				return
+			}
+			if len(s.Overlapping(d.Start, d.End)) > 0 {
+				return // a replica here still holds part of it: see above
+			}
+			s.log.Info("starting an empty replica for a snapshot", "group", id, "from", from, "desc", d.String())
+			if _, err := s.start(id, nil); err != nil {
+				s.log.Warn("start empty replica", "group", id, "err", err)
+			}
+		}))
+	})
+}

@@ -1,0 +1,194 @@
+package kv
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// A range's snapshot:
+//
+//	"FKV3" revision(8) leases granted(8) descriptor(bytes)
+//	then records: kind(1) key(bytes) value(bytes)
+//
+// Records of the range-local kinds (localKinds) carry their key after the
+// kind and range ID; records of the global kinds (globalKinds) carry their
+// user key, and only those in the range's span are in it.
+
+// Snapshot implements multiraft.StateMachine: the range's state at the
+// applied index.
+func (s *StateMachine) Snapshot(w io.Writer) error {
+	desc := s.desc.Load()
+	if desc == nil {
+		return fmt.Errorf("%w: range %d: snapshot", ErrUninitialized, s.id)
+	}
+	if err := s.flush(); err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString(snapMagic)
+	var hdr [16]byte
+	binary.BigEndian.PutUint64(hdr[:], s.revision.Load())
+	binary.BigEndian.PutUint64(hdr[8:], s.leaseSeq)
+	bw.Write(hdr[:])
+	bw.Write(appendBytes(nil, desc.Encode()))
+	var buf []byte
+	emit := func(kind byte, lo, hi []byte, skip int) error {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			return err
+		}
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			buf = append(buf[:0], kind)
+			buf = appendBytes(buf, it.Key()[skip:])
+			buf = appendBytes(buf, it.Value())
+			if _, err := bw.Write(buf); err != nil {
+				return err
+			}
+		}
+		return it.Error()
+	}
+	for _, kind := range localKinds {
+		lo, hi := localBounds(kind, s.id)
+		if err := emit(kind, lo, hi, localLen); err != nil {
+			return err
+		}
+	}
+	for _, kind := range globalKinds {
+		lo, hi := globalBounds(kind, desc.Start, desc.End)
+		if err := emit(kind, lo, hi, 1); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// Restore implements multiraft.StateMachine: the range's state is replaced
+// in one batch together with the applied index. The data of the span the
+// replica held before is deleted with it: what the snapshot's span holds
+// comes from the snapshot, and what the old span held outside it belongs to
+// other ranges now, whose replicas here restore it from their own
+// snapshots (package ranges makes sure no other replica here holds any of
+// it: ranges.Store.AcceptSnapshot).
+func (s *StateMachine) Restore(r io.Reader, index uint64) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	hdr := make([]byte, len(snapMagic)+16)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		return fmt.Errorf("%w: snapshot header: %v", ErrCorrupt, err)
+	}
+	if magic := string(hdr[:len(snapMagic)]); magic != snapMagic {
+		return fmt.Errorf("%w: snapshot magic %q", ErrCorrupt, magic)
+	}
+	rev := binary.BigEndian.Uint64(hdr[len(snapMagic):])
+	leaseSeq := binary.BigEndian.Uint64(hdr[len(snapMagic)+8:])
+	readChunk := func(limit uint64) ([]byte, error) {
+		n, err := binary.ReadUvarint(br)
+		if err != nil {
+			return nil, err
+		}
+		if n > limit {
+			return nil, fmt.Errorf("%w: snapshot record of %d bytes", ErrCorrupt, n)
+		}
+		v := make([]byte, n)
+		_, err = io.ReadFull(br, v)
+		return v, err
+	}
+	db, err := readChunk(1 << 20)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot descriptor: %v", ErrCorrupt, err)
+	}
+	desc, err := DecodeDescriptor(db)
+	if err != nil {
+		return err
+	}
+	if desc.ID != s.id {
+		return fmt.Errorf("%w: snapshot of range %d restored into range %d", ErrCorrupt, desc.ID, s.id)
+	}
+	// Out with the held writes first: replacing Pebble's state under them
+	// would show readers a mix of the two.
+	if err := s.flush(); err != nil {
+		return err
+	}
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	for _, kind := range localKinds {
+		lo, hi := localBounds(kind, s.id)
+		if err := b.DeleteRange(lo, hi, nil); err != nil {
+			return err
+		}
+	}
+	spans := []*Descriptor{&desc}
+	if old := s.desc.Load(); old != nil {
+		spans = append(spans, old)
+	}
+	for _, d := range spans {
+		for _, kind := range globalKinds {
+			lo, hi := globalBounds(kind, d.Start, d.End)
+			if err := b.DeleteRange(lo, hi, nil); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		kind, err := br.ReadByte()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: snapshot kind: %v", ErrCorrupt, err)
+		}
+		local := slices.Contains(localKinds, kind)
+		if !local && !slices.Contains(globalKinds, kind) {
+			return fmt.Errorf("%w: snapshot record kind %q", ErrCorrupt, kind)
+		}
+		k, err := readChunk(MaxKeySize + 16)
+		if err != nil {
+			return fmt.Errorf("%w: snapshot key: %v", ErrCorrupt, err)
+		}
+		limit := uint64(MaxKeySize + MaxValueSize + 8)
+		switch kind {
+		case kindSession:
+			limit = sessionRecordLimit // a session's results (session.go)
+		case kindElection:
+			limit = 64 << 20 // up to MaxCandidates candidates with values
+		}
+		v, err := readChunk(limit)
+		if err != nil {
+			return fmt.Errorf("%w: snapshot value: %v", ErrCorrupt, err)
+		}
+		var key []byte
+		if local {
+			key = append(localKey(kind, s.id, len(k)), k...)
+		} else {
+			if !desc.Contains(k) {
+				return fmt.Errorf("%w: snapshot of %v holds key %q", ErrCorrupt, &desc, k)
+			}
+			key = globalKey(kind, k)
+		}
+		if err := b.Set(key, v, nil); err != nil {
+			return err
+		}
+	}
+	if err := b.Set(localKey(kindDescriptor, s.id, 0), desc.Encode(), nil); err != nil {
+		return err
+	}
+	s.leaseSeq = leaseSeq
+	if err := b.Set(s.appliedKey(), s.appliedValue(index, rev), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("kv: range %d: commit restore: %w", s.id, err)
+	}
+	// Readers see the new descriptor and index only once the state is in.
+	if err := s.load(s.db); err != nil {
+		return err
+	}
+	s.descriptorChanged()
+	s.publish(nil, true)
+	return nil
+}

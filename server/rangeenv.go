@@ -1,0 +1,258 @@
+package server
+
+// The node's side of its ranges (internal/ranges): the Env through which
+// the Store proposes splits and meta updates wherever the ranges' leaders
+// are, the peer RPCs that carry them, and the operators' Split and Merge.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/ranges"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// envTimeout bounds one internal proposal or question to a peer.
+const envTimeout = 10 * time.Second
+
+// rangeEnv is the Server as the Store's ranges.Env.
+type rangeEnv struct{ s *Server }
+
+var _ ranges.Env = rangeEnv{}
+
+func (e rangeEnv) Now() time.Time { return time.Now() }
+
+func (e rangeEnv) After(d time.Duration, fn func()) { time.AfterFunc(d, fn) }
+
+// Propose proposes cmd on range id's leader: here with ProposeFunc if this
+// node leads, else through the leader's Peer.Propose, following leader
+// hints a few times.
+func (e rangeEnv) Propose(id uint64, cmd []byte, done func([]byte, error)) {
+	s := e.s
+	if s.local(id) {
+		if l, _, _ := s.host.Leader(id); l == s.cfg.NodeID {
+			s.host.ProposeFunc(id, cmd, done)
+			return
+		}
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)
+		defer cancel()
+		done(s.proposeRemote(ctx, id, cmd))
+	}()
+}
+
+// proposeRemote proposes cmd on range id's leader, wherever it is.
+func (s *Server) proposeRemote(ctx context.Context, id uint64, cmd []byte) ([]byte, error) {
+	var last error
+	for attempt := 0; attempt < 2*maxReroutes; attempt++ {
+		l := s.usableLeader(id)
+		if l == 0 && s.local(id) {
+			var err error
+			if l, err = s.awaitLeader(ctx, id); err != nil {
+				return nil, err
+			}
+		}
+		if l == 0 {
+			for _, r := range s.replicasOf(id) {
+				if r != s.cfg.NodeID && !s.host.PeerDown(r) {
+					l = r
+					break
+				}
+			}
+		}
+		if l == s.cfg.NodeID {
+			out, err := s.host.Propose(ctx, id, cmd)
+			if err == nil || !leaderMoved(err) {
+				return out, err
+			}
+			last = err
+			continue
+		}
+		conn := s.peerConns[l]
+		if conn == nil {
+			return nil, fmt.Errorf("server: range %d: no leader to propose to", id)
+		}
+		var md metadata.MD
+		resp, err := api.NewPeerClient(conn).Propose(ctx, &api.PeerProposeRequest{ClusterId: s.clusterID, Group: id, Command: cmd}, grpc.Trailer(&md))
+		if err == nil {
+			return resp.Result, nil
+		}
+		last = err
+		if status.Code(err) != codes.FailedPrecondition || ctx.Err() != nil {
+			return nil, err
+		}
+		if err := wait(ctx, s.cfg.TickInterval); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("server: range %d: no leader took the proposal: %w", id, last)
+}
+
+// wait waits d or until ctx ends.
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PeerDescriptor asks node for its replica of range id.
+func (e rangeEnv) PeerDescriptor(node, id uint64, done func(kv.Descriptor, bool)) {
+	s := e.s
+	conn := s.peerConns[node]
+	if conn == nil {
+		done(kv.Descriptor{}, false)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)
+		defer cancel()
+		resp, err := api.NewPeerClient(conn).ReplicaState(ctx, &api.ReplicaStateRequest{ClusterId: s.clusterID, Group: id})
+		if err != nil || len(resp.Descriptor_) == 0 {
+			done(kv.Descriptor{}, false)
+			return
+		}
+		d, err := kv.DecodeDescriptor(resp.Descriptor_)
+		done(d, err == nil)
+	}()
+}
+
+// Meta reads the meta index (metaLookup).
+func (e rangeEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
+	s := e.s
+	if s.local(kv.MetaRangeID) {
+		ds, err := s.metaLookup(s.ctx, key, limit)
+		done(ds, err)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)
+		defer cancel()
+		done(s.metaLookup(ctx, key, limit))
+	}()
+}
+
+// Propose serves Peer.Propose: an internal command from another node's
+// Store, proposed here if this node leads the group.
+func (p *peerService) Propose(ctx context.Context, req *api.PeerProposeRequest) (*api.PeerProposeResponse, error) {
+	s := p.s
+	if req.ClusterId != s.clusterID {
+		return nil, status.Errorf(codes.FailedPrecondition, "server: node %d belongs to cluster %x, not %x", s.cfg.NodeID, s.clusterID, req.ClusterId)
+	}
+	if !s.local(req.Group) {
+		return nil, s.notHosted(ctx, req.Group)
+	}
+	if l, _, _ := s.host.Leader(req.Group); l != s.cfg.NodeID {
+		if l != 0 {
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(MDLeader, strconv.FormatUint(l, 10)))
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "server: node %d does not lead range %d", s.cfg.NodeID, req.Group)
+	}
+	out, err := s.host.Propose(ctx, req.Group, req.Command)
+	if err != nil {
+		return nil, s.rpcError(ctx, req.Group, err, true)
+	}
+	return &api.PeerProposeResponse{Result: out}, nil
+}
+
+// ReplicaState serves Peer.ReplicaState.
+func (p *peerService) ReplicaState(ctx context.Context, req *api.ReplicaStateRequest) (*api.ReplicaStateResponse, error) {
+	s := p.s
+	if req.ClusterId != s.clusterID {
+		return nil, status.Errorf(codes.FailedPrecondition, "server: node %d belongs to cluster %x, not %x", s.cfg.NodeID, s.clusterID, req.ClusterId)
+	}
+	r, ok := s.ranges.Get(req.Group)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "%v", errNotHosted(req.Group))
+	}
+	resp := &api.ReplicaStateResponse{Applied: r.SM.AppliedIndex()}
+	if d, ok := r.Descriptor(); ok {
+		resp.Descriptor_ = d.Encode()
+	}
+	return resp, nil
+}
+
+// Split serves Cluster.Split: on the node that leads the key's range
+// (forwarded there if need be), the Store splits it.
+func (c *clusterService) Split(ctx context.Context, req *api.SplitRequest) (*api.SplitResponse, error) {
+	s := c.s
+	if err := kv.CheckKey(req.Key); err != nil {
+		return nil, s.count("split", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	g, local, err := s.rangeOf(ctx, req.Key)
+	if err != nil {
+		return nil, s.count("split", err)
+	}
+	l, err := s.leaderFor(ctx, g, local)
+	if err != nil {
+		return nil, s.count("split", err)
+	}
+	if l != s.cfg.NodeID {
+		if forwardedIn(ctx) {
+			return nil, s.count("split", status.Errorf(codes.FailedPrecondition, "server: range %d: node %d does not lead it (retry)", g, s.cfg.NodeID))
+		}
+		conn, fctx, err := s.forwardToNode(ctx, l)
+		if err != nil {
+			return nil, s.count("split", err)
+		}
+		resp, err := api.NewClusterClient(conn).Split(fctx, req)
+		return resp, s.count("split", err)
+	}
+	type result struct {
+		left, right kv.Descriptor
+		err         error
+	}
+	ch := make(chan result, 1)
+	s.ranges.Split(g, req.Key, func(left, right kv.Descriptor, err error) { ch <- result{left, right, err} })
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, s.count("split", splitError(r.err))
+		}
+		return &api.SplitResponse{Left: s.rangeInfo(r.left, false), Right: s.rangeInfo(r.right, false)}, s.count("split", nil)
+	case <-ctx.Done():
+		return nil, s.count("split", status.FromContextError(ctx.Err()).Err())
+	}
+}
+
+// leaderFor returns the leader of range g: waiting for one if it has a
+// replica here, else as the peers report it.
+func (s *Server) leaderFor(ctx context.Context, g uint64, local bool) (uint64, error) {
+	if local {
+		return s.awaitLeader(ctx, g)
+	}
+	if l := s.usableLeader(g); l != 0 {
+		return l, nil
+	}
+	return 0, status.Errorf(codes.Unavailable, "server: range %d has no known leader yet; retry", g)
+}
+
+// splitError maps a Store error to a status.
+func splitError(err error) error {
+	switch {
+	case errors.Is(err, kv.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ranges.ErrBusy), errors.Is(err, ranges.ErrNotLocal):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
+
+// Merge serves Cluster.Merge.
+func (c *clusterService) Merge(ctx context.Context, req *api.MergeRequest) (*api.MergeResponse, error) {
+	return nil, c.s.count("merge", status.Error(codes.Unimplemented, "server: merges are not implemented yet"))
+}
