@@ -3,6 +3,7 @@ package kv
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func mustMiss(t *testing.T, sm *StateMachine, key string) {
 func TestPutWithLeaseRevokeDeletesKeys(t *testing.T) {
 	for _, op := range []Op{OpLeaseRevoke, OpLeaseExpire} {
 		db := openDB(t, vfs.NewMem())
-		sm, _ := New(db, 1)
+		sm := openRange(t, db, 1, "", "")
 		l := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 		other := apply(t, sm, 2, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 		if r := apply(t, sm, 3, Command{Op: OpPut, Key: []byte("a"), Value: []byte("1"), Lease: l}); !r.OK || r.LeaseMissing {
@@ -79,7 +80,7 @@ func TestPutWithLeaseRevokeDeletesKeys(t *testing.T) {
 func TestPutWithUnknownLeaseWritesNothing(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	sm, _ := New(db, 1)
+	sm := openRange(t, db, 1, "", "")
 	apply(t, sm, 1, Command{Op: OpPut, Key: []byte("a"), Value: []byte("old")})
 	rev := sm.Revision()
 	r := apply(t, sm, 2, Command{Op: OpPut, Key: []byte("a"), Value: []byte("new"), Lease: 99})
@@ -103,7 +104,7 @@ func TestPutWithUnknownLeaseWritesNothing(t *testing.T) {
 func TestPutWithoutLeaseOrDeleteDetaches(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	sm, _ := New(db, 1)
+	sm := openRange(t, db, 1, "", "")
 	l := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	l2 := apply(t, sm, 2, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	apply(t, sm, 3, Command{Op: OpPut, Key: []byte("a"), Value: []byte("1"), Lease: l})
@@ -129,7 +130,7 @@ func TestPutWithoutLeaseOrDeleteDetaches(t *testing.T) {
 func TestAttachmentsSurviveSnapshotAndRestart(t *testing.T) {
 	fs := vfs.NewMem()
 	db := openDB(t, fs)
-	src, _ := New(db, 2)
+	src := openRange(t, db, 2, "", "")
 	l := apply(t, src, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	apply(t, src, 2, Command{Op: OpPut, Key: []byte("a"), Value: []byte("1"), Lease: l})
 	apply(t, src, 3, Command{Op: OpPut, Key: []byte("b"), Value: []byte("2")})
@@ -140,7 +141,7 @@ func TestAttachmentsSurviveSnapshotAndRestart(t *testing.T) {
 
 	db2 := openDB(t, vfs.NewMem())
 	defer db2.Close()
-	dst, _ := New(db2, 2)
+	dst := openRange(t, db2, 2, "", "")
 	// State the snapshot replaces: an attachment of a lease it lacks.
 	stale := apply(t, dst, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	apply(t, dst, 2, Command{Op: OpPut, Key: []byte("z"), Value: []byte("stale"), Lease: stale})
@@ -175,30 +176,61 @@ func TestAttachmentsSurviveSnapshotAndRestart(t *testing.T) {
 	mustMiss(t, again, "a")
 }
 
-// A snapshot written before keys could attach to leases (FKV2 with data,
-// leases and elections only) still restores.
-func TestRestoreOlderSnapshot(t *testing.T) {
+// A snapshot built by hand in the documented format (snapshot.go) with
+// data and a lease but no attachment records restores, and its header's
+// lease count sets the ID of the next grant. A snapshot of the format
+// before ranges (FKV2) is refused.
+func TestRestoreHandBuiltSnapshot(t *testing.T) {
+	lease := LeaseID(1, 6)
+	desc := rangeDesc(1, "", "")
 	var snap []byte
 	snap = append(snap, snapMagic...)
-	snap = binary.BigEndian.AppendUint64(snap, 7)
+	snap = binary.BigEndian.AppendUint64(snap, 7) // revision
+	snap = binary.BigEndian.AppendUint64(snap, 6) // leases granted
+	snap = appendBytes(snap, desc.Encode())
 	snap = append(snap, kindData)
 	snap = appendBytes(snap, []byte("k"))
 	snap = appendBytes(snap, stored(5, []byte("v")))
 	snap = append(snap, kindLease)
-	snap = appendBytes(snap, binary.BigEndian.AppendUint64(nil, 6))
+	snap = appendBytes(snap, binary.BigEndian.AppendUint64(nil, lease))
 	snap = appendBytes(snap, leaseRec{ttl: time.Second}.encode())
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	sm, _ := New(db, 1)
+	sm, err := New(db, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := sm.Restore(bytes.NewReader(snap), 7); err != nil {
 		t.Fatal(err)
 	}
+	if d, ok := sm.Descriptor(); !ok || !d.Equal(&desc) {
+		t.Fatalf("restored descriptor %v, want %v", d, &desc)
+	}
 	mustFind(t, sm, "k", "v")
-	if r := apply(t, sm, 8, Command{Op: OpPut, Key: []byte("k2"), Value: []byte("x"), Lease: 6}); !r.OK {
+	if r := apply(t, sm, 8, Command{Op: OpPut, Key: []byte("k2"), Value: []byte("x"), Lease: lease}); !r.OK {
 		t.Fatalf("put with the restored lease: %+v", r)
 	}
-	apply(t, sm, 9, Command{Op: OpLeaseRevoke, Lease: 6})
+	if r := apply(t, sm, 9, Command{Op: OpLeaseGrant, TTL: time.Second}); r.Lease != LeaseID(1, 7) {
+		t.Fatalf("grant after a snapshot of 6 grants: lease %#x, want %#x", r.Lease, LeaseID(1, 7))
+	}
+	apply(t, sm, 10, Command{Op: OpLeaseRevoke, Lease: lease})
 	mustMiss(t, sm, "k2")
+	mustFind(t, sm, "k", "v")
+
+	old := append([]byte("FKV2"), snap[len(snapMagic):]...)
+	if err := sm.Restore(bytes.NewReader(old), 11); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("FKV2 snapshot: %v, want ErrCorrupt", err)
+	}
+	// A snapshot whose data lies outside its descriptor's span is corrupt.
+	narrow := rangeDesc(1, "m", "")
+	bad := append([]byte(snapMagic), make([]byte, 16)...)
+	bad = appendBytes(bad, narrow.Encode())
+	bad = append(bad, kindData)
+	bad = appendBytes(bad, []byte("k"))
+	bad = appendBytes(bad, stored(1, []byte("v")))
+	if err := sm.Restore(bytes.NewReader(bad), 11); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("snapshot of [m, ∞) holding k: %v, want ErrCorrupt", err)
+	}
 	mustFind(t, sm, "k", "v")
 }
 
@@ -223,30 +255,42 @@ func TestPutEncodingCompatible(t *testing.T) {
 	}
 }
 
-// One group's restore leaves another group's attachments alone.
+// One range's restore leaves another range's attachments alone (two
+// ranges of disjoint spans in one database).
 func TestAttachmentRangesDoNotOverlap(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	g1, _ := New(db, 1)
-	g2, _ := New(db, 2)
+	g1 := openRange(t, db, 1, "", "b")
+	g2 := openRange(t, db, 2, "b", "")
+	l1 := apply(t, g1, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	apply(t, g1, 2, Command{Op: OpPut, Key: []byte("a"), Value: []byte("one"), Lease: l1})
 	l2 := apply(t, g2, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	apply(t, g2, 2, Command{Op: OpPut, Key: []byte("b"), Value: []byte("two"), Lease: l2})
+	if l1 == l2 {
+		t.Fatalf("ranges 1 and 2 granted the same lease ID %#x", l1)
+	}
 	var snap bytes.Buffer
 	if err := g1.Snapshot(&snap); err != nil {
 		t.Fatal(err)
 	}
-	if err := g1.Restore(bytes.NewReader(snap.Bytes()), 1); err != nil {
+	if err := g1.Restore(bytes.NewReader(snap.Bytes()), 2); err != nil {
 		t.Fatal(err)
 	}
 	if attached(t, g2, "b") != l2 {
-		t.Fatal("group 2 lost its attachment to group 1's restore")
+		t.Fatal("range 2 lost its attachment to range 1's restore")
 	}
-	// The same lease ID in group 1 is another lease: it does not exist there.
-	if r := apply(t, g1, 2, Command{Op: OpPut, Key: []byte("a"), Value: []byte("x"), Lease: l2}); !r.LeaseMissing {
-		t.Fatalf("group 1 accepted group 2's lease: %+v", r)
+	if attached(t, g1, "a") != l1 {
+		t.Fatal("range 1 lost its attachment to its own restore")
+	}
+	// Range 2's lease does not exist in range 1.
+	if r := apply(t, g1, 3, Command{Op: OpPut, Key: []byte("a"), Value: []byte("x"), Lease: l2}); !r.LeaseMissing {
+		t.Fatalf("range 1 accepted range 2's lease: %+v", r)
 	}
 	apply(t, g2, 3, Command{Op: OpLeaseRevoke, Lease: l2})
 	mustMiss(t, g2, "b")
+	mustFind(t, g1, "a", "one")
+	apply(t, g1, 4, Command{Op: OpLeaseRevoke, Lease: l1})
+	mustMiss(t, g1, "a")
 }
 
 // A state machine that skips attachment lookups while its group has no
@@ -256,7 +300,7 @@ func TestAttachmentRangesDoNotOverlap(t *testing.T) {
 func TestDetachAfterRestartAndRestore(t *testing.T) {
 	fs := vfs.NewMem()
 	db := openDB(t, fs)
-	sm, _ := New(db, 3)
+	sm := openRange(t, db, 3, "", "")
 	l := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	apply(t, sm, 2, Command{Op: OpPut, Key: []byte("a"), Value: []byte("1"), Lease: l})
 	var snap bytes.Buffer
@@ -277,9 +321,12 @@ func TestDetachAfterRestartAndRestore(t *testing.T) {
 
 	db2 := openDB(t, vfs.NewMem())
 	defer db2.Close()
-	fresh, _ := New(db2, 3)
+	fresh, err := New(db2, 3) // uninitialized: it waits for a snapshot
+	if err != nil {
+		t.Fatal(err)
+	}
 	if fresh.mayAttach {
-		t.Fatal("an empty group claims attached keys")
+		t.Fatal("an empty range claims attached keys")
 	}
 	if err := fresh.Restore(bytes.NewReader(snap.Bytes()), 2); err != nil {
 		t.Fatal(err)

@@ -15,9 +15,11 @@ import (
 	"github.com/flotilla/flotilla/multiraft"
 )
 
-func scanAll(t *testing.T, sm *StateMachine, prefix string, limit int) ([]KeyValue, bool) {
+// scan lists up to limit keys of [start, end) from sm ("" end: to the end
+// of the keyspace), and where to resume.
+func scan(t *testing.T, sm *StateMachine, start, end string, limit int) ([]KeyValue, []byte) {
 	t.Helper()
-	q, err := EncodeScan([]byte(prefix), limit)
+	q, err := EncodeScan(bs(start), bs(end), limit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,11 +27,26 @@ func scanAll(t *testing.T, sm *StateMachine, prefix string, limit int) ([]KeyVal
 	if err != nil {
 		t.Fatal(err)
 	}
-	kvs, more, err := DecodeScan(out)
+	kvs, resume, err := DecodeScan(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kvs, more
+	return kvs, resume
+}
+
+// scanPrefix lists up to limit keys with prefix from sm.
+func scanPrefix(t *testing.T, sm *StateMachine, prefix string, limit int) ([]KeyValue, []byte) {
+	t.Helper()
+	return scan(t, sm, prefix, string(PrefixEnd([]byte(prefix))), limit)
+}
+
+// keysOf returns the keys of kvs, for messages and comparisons.
+func keysOf(kvs []KeyValue) []string {
+	out := make([]string, 0, len(kvs))
+	for _, kv := range kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out
 }
 
 // applyAll applies cmds in one Apply, at the indexes after *index.
@@ -56,10 +73,7 @@ func TestHeldWritesMatchModel(t *testing.T) {
 	fs := vfs.NewMem()
 	db := openDB(t, fs)
 	defer db.Close()
-	sm, err := New(db, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sm := openRange(t, db, 3, "", "")
 	rng := rand.New(rand.NewPCG(1, 2))
 	model := map[string]string{}
 	keys := []string{"a", "ab", "abc", "b", "ba", "c", "cc", "d"}
@@ -107,7 +121,7 @@ func TestHeldWritesMatchModel(t *testing.T) {
 		}
 		for _, prefix := range []string{"", "a", "b", "c", "x"} {
 			limit := 1 + rng.IntN(len(keys)+1)
-			kvs, more := scanAll(t, sm, prefix, limit)
+			kvs, resume := scanPrefix(t, sm, prefix, limit)
 			var want []string
 			for k := range model {
 				if len(k) >= len(prefix) && k[:len(prefix)] == prefix {
@@ -124,8 +138,14 @@ func TestHeldWritesMatchModel(t *testing.T) {
 					t.Fatalf("step %d: scan %q: %q = %q, model %q", step, prefix, kv.Key, kv.Value, model[string(kv.Key)])
 				}
 			}
-			if !slices.Equal(got, want) || more != wantMore {
-				t.Fatalf("step %d: scan %q limit %d = %q more %v, want %q more %v", step, prefix, limit, got, more, want, wantMore)
+			// The range holds the whole keyspace: the scan resumes only
+			// when the limit cut it short, right after its last key.
+			var wantResume []byte
+			if wantMore {
+				wantResume = append([]byte(want[len(want)-1]), 0)
+			}
+			if !slices.Equal(got, want) || !bytes.Equal(resume, wantResume) {
+				t.Fatalf("step %d: scan %q limit %d = %q resume %q, want %q resume %q", step, prefix, limit, got, resume, want, wantResume)
 			}
 		}
 	}
@@ -163,10 +183,7 @@ func TestHeldWritesVisibleAtOnce(t *testing.T) {
 	fs := vfs.NewMem()
 	db := openDB(t, fs)
 	defer db.Close()
-	sm, err := New(db, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sm := openRange(t, db, 1, "", "")
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	var scans atomic.Int64
@@ -176,7 +193,7 @@ func TestHeldWritesVisibleAtOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for !stop.Load() {
-				q, _ := EncodeScan(nil, 10)
+				q, _ := EncodeScan(nil, nil, 10)
 				out, err := sm.Query(q)
 				if err != nil {
 					errs <- err
@@ -217,28 +234,27 @@ func TestHeldWritesVisibleAtOnce(t *testing.T) {
 	}
 }
 
-// TestHoldBudgetSharedByGroups: groups sharing a budget never leave it
-// spent after an Apply (the group that spends it writes out what it holds),
-// and a budget of 0 holds nothing.
+// TestHoldBudgetSharedByGroups: ranges sharing a budget (and a database,
+// with disjoint spans) never leave it spent after an Apply (the range that
+// spends it writes out what it holds), and a budget of 0 holds nothing.
 func TestHoldBudgetSharedByGroups(t *testing.T) {
 	fs := vfs.NewMem()
 	db := openDB(t, fs)
 	defer db.Close()
 	const limit = 4000
 	budget := NewHoldBudget(limit)
+	// Range g serves the keys that start with prefix[g-1].
+	spans := [][2]string{{"", "b"}, {"b", "c"}, {"c", "x"}}
+	prefix := []string{"a", "b", "c"}
 	var sms []*StateMachine
 	for g := uint64(1); g <= 3; g++ {
-		sm, err := New(db, g, WithHoldBudget(budget))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sms = append(sms, sm)
+		sms = append(sms, openRange(t, db, g, spans[g-1][0], spans[g-1][1], WithHoldBudget(budget)))
 	}
 	writeOuts := 0
 	for i := 0; i < 300; i++ {
 		sm := sms[i%3]
 		before := sm.dirty.bytes
-		r := apply(t, sm, uint64(i/3+1), Command{Op: OpPut, Key: []byte(fmt.Sprint("k", i)), Value: bytes.Repeat([]byte{'v'}, 100)})
+		r := apply(t, sm, uint64(i/3+1), Command{Op: OpPut, Key: []byte(fmt.Sprint(prefix[i%3], "k", i)), Value: bytes.Repeat([]byte{'v'}, 100)})
 		if !r.OK {
 			t.Fatalf("put %d: %+v", i, r)
 		}
@@ -246,11 +262,11 @@ func TestHoldBudgetSharedByGroups(t *testing.T) {
 			writeOuts++
 		}
 		if used := budget.Used(); used > limit || used < 0 {
-			t.Fatalf("after put %d the groups hold %d bytes, budget %d", i, used, limit)
+			t.Fatalf("after put %d the ranges hold %d bytes, budget %d", i, used, limit)
 		}
 	}
 	if writeOuts == 0 {
-		t.Fatal("the budget never made a group write out")
+		t.Fatal("the budget never made a range write out")
 	}
 	for _, sm := range sms {
 		if err := sm.Sync(); err != nil {
@@ -258,14 +274,17 @@ func TestHoldBudgetSharedByGroups(t *testing.T) {
 		}
 	}
 	if used := budget.Used(); used != 0 {
-		t.Fatalf("%d bytes still accounted after every group synced", used)
+		t.Fatalf("%d bytes still accounted after every range synced", used)
+	}
+	// Each range sees its 100 keys, and no other range's.
+	for g, sm := range sms {
+		if kvs, _ := scan(t, sm, spans[g][0], "", MaxScanLimit); len(kvs) != 100 {
+			t.Fatalf("range %d scans %d keys, want its 100", g+1, len(kvs))
+		}
 	}
 
-	off, err := New(db, 9, WithHoldBudget(NewHoldBudget(0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(t, off, 1, Command{Op: OpPut, Key: []byte("k"), Value: []byte("v")})
+	off := openRange(t, db, 9, "x", "", WithHoldBudget(NewHoldBudget(0)))
+	apply(t, off, 1, Command{Op: OpPut, Key: []byte("xk"), Value: []byte("v")})
 	if !off.dirty.empty() {
 		t.Fatal("a budget of 0 held a write")
 	}

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"time"
 
@@ -28,13 +29,13 @@ func election(t *testing.T, sm *StateMachine, name string) Election {
 func TestLeaseElectionQueueTokensAndExpiry(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	sm, _ := New(db, 2)
+	sm := openRange(t, db, 2, "", "")
 	w := sm.WatchElection([]byte("e"))
 	defer w.Close()
 	a := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	b := apply(t, sm, 2, Command{Op: OpLeaseGrant, TTL: 2 * time.Second}).Lease
-	if a == 0 || b == 0 || a == b {
-		t.Fatalf("lease IDs %d %d", a, b)
+	if a != LeaseID(2, 1) || b != LeaseID(2, 2) {
+		t.Fatalf("lease IDs %#x %#x, want %#x %#x", a, b, LeaseID(2, 1), LeaseID(2, 2))
 	}
 	if leases, _ := sm.Leases(0); leases[a] != time.Second || leases[b] != 2*time.Second {
 		t.Fatalf("lease table %v", leases)
@@ -71,7 +72,10 @@ func TestLeaseElectionQueueTokensAndExpiry(t *testing.T) {
 	}
 	db2 := openDB(t, vfs.NewMem())
 	defer db2.Close()
-	dst, _ := New(db2, 2)
+	dst, err := New(db2, 2) // uninitialized: it waits for a snapshot
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := dst.Restore(bytes.NewReader(snap.Bytes()), 7); err != nil {
 		t.Fatal(err)
 	}
@@ -108,30 +112,58 @@ func TestLeaseElectionQueueTokensAndExpiry(t *testing.T) {
 	}
 }
 
-// Leases and elections of one group survive another group's restore.
+// Leases and elections of one range survive another range's restore (two
+// ranges of disjoint spans in one database).
 func TestLeaseRangesDoNotOverlap(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	g1, _ := New(db, 1)
-	g2, _ := New(db, 2)
+	g1 := openRange(t, db, 1, "", "b")
+	g2 := openRange(t, db, 2, "b", "")
 	l1 := apply(t, g1, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	apply(t, g1, 2, Command{Op: OpCampaign, Key: []byte("a-election"), Value: []byte("one"), Lease: l1})
 	l2 := apply(t, g2, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
 	apply(t, g2, 2, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("two"), Lease: l2})
+	if l1 != LeaseID(1, 1) || l2 != LeaseID(2, 1) {
+		t.Fatalf("lease IDs %#x %#x, want %#x %#x", l1, l2, LeaseID(1, 1), LeaseID(2, 1))
+	}
 	var snap bytes.Buffer
 	if err := g1.Snapshot(&snap); err != nil {
 		t.Fatal(err)
 	}
-	if err := g1.Restore(bytes.NewReader(snap.Bytes()), 1); err != nil {
+	if bytes.Contains(snap.Bytes(), []byte("two")) {
+		t.Fatal("range 1's snapshot holds range 2's election")
+	}
+	if err := g1.Restore(bytes.NewReader(snap.Bytes()), 2); err != nil {
 		t.Fatal(err)
 	}
 	if leases, _ := g1.Leases(0); len(leases) != 1 || leases[l1] != time.Second {
-		t.Fatalf("group 1 leases %v", leases)
+		t.Fatalf("range 1 leases %v", leases)
 	}
-	g2b, _ := New(db, 2)
-	if leases, _ := g2b.Leases(0); len(leases) != 1 {
-		t.Fatalf("group 2 leases after group 1's restore: %v", leases)
+	if e := election(t, g1, "a-election"); len(e.Candidates) != 1 || e.Candidates[0].Lease != l1 {
+		t.Fatalf("range 1 election after its restore: %+v", e)
 	}
-	if e := election(t, g2, "e"); len(e.Candidates) != 1 {
-		t.Fatalf("group 2 election after group 1's restore: %+v", e)
+	g2b, err := New(db, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leases, _ := g2b.Leases(0); len(leases) != 1 || leases[l2] != time.Second {
+		t.Fatalf("range 2 leases after range 1's restore: %v", leases)
+	}
+	if e := election(t, g2, "e"); len(e.Candidates) != 1 || e.Candidates[0].Lease != l2 {
+		t.Fatalf("range 2 election after range 1's restore: %+v", e)
+	}
+	// An election is in the range that holds its name.
+	if q, _ := EncodeElectionQuery([]byte("e")); true {
+		if _, err := g1.Query(q); !errors.Is(err, ErrKeyMismatch) {
+			t.Fatalf("range 1 read election e of range 2: %v, want ErrKeyMismatch", err)
+		}
+	}
+	// Revoking range 2's lease leaves range 1's election alone.
+	apply(t, g2, 3, Command{Op: OpLeaseRevoke, Lease: l2})
+	if e := election(t, g2, "e"); len(e.Candidates) != 0 {
+		t.Fatalf("range 2 election after revoke: %+v", e)
+	}
+	if e := election(t, g1, "a-election"); len(e.Candidates) != 1 {
+		t.Fatalf("range 1 election after range 2's revoke: %+v", e)
 	}
 }

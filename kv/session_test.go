@@ -37,10 +37,7 @@ func TestSessionDedupAcrossSnapshotAndRestart(t *testing.T) {
 			}
 			fs := vfs.NewMem()
 			db := openDB(t, fs)
-			sm, err := New(db, 3, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sm := openRange(t, db, 3, "", "", opts...)
 			const ms = 1_700_000_000_000
 			put := func(key, value string) Command { return Command{Op: OpPut, Key: []byte(key), Value: []byte(value)} }
 			first := sessionWrite(put("k", "v1"), 42, 1, 1, true, ms)
@@ -132,10 +129,7 @@ func TestSessionDedupAcrossSnapshotAndRestart(t *testing.T) {
 func TestSessionUnknownStaleAndExpiry(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	sm, err := New(db, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sm := openRange(t, db, 1, "", "")
 	const ms = 1_700_000_000_000
 	put := func(v string) Command { return Command{Op: OpPut, Key: []byte("k"), Value: []byte(v)} }
 	if r := apply(t, sm, 1, sessionWrite(put("a"), 9, 1, 1, false, ms)); !r.SessionUnknown || r.OK {
@@ -222,10 +216,7 @@ func TestSessionCommandEncoding(t *testing.T) {
 func TestSessionBoundsAndBigResults(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
-	src, err := New(db, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := openRange(t, db, 2, "", "")
 	const ms = 1_700_000_000_000
 	big := bytes.Repeat([]byte("x"), 600<<10)
 	// Write 1 stays unanswered (the floor stays 1); writes 2.. are CAS that

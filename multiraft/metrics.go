@@ -21,7 +21,7 @@ type metrics struct {
 	// snapshotsRefused counts snapshots a state machine refused for now
 	// (SnapshotGate).
 	snapshotsRefused atomic.Uint64
-	roles     [4]atomic.Int64 // by raft.StateType
+	roles            [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
