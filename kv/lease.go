@@ -206,7 +206,7 @@ func (f *effects) election(name []byte, e Election) {
 }
 
 // applyLease applies one lease or election command through batch b.
-func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx *effects) (Result, error) {
+func (s *StateMachine) applyLease(b *pebble.Batch, desc *Descriptor, cmd Command, rev *uint64, fx *effects) (Result, error) {
 	switch cmd.Op {
 	case OpLeaseGrant:
 		*rev++
@@ -234,6 +234,11 @@ func (s *StateMachine) applyLease(b *pebble.Batch, cmd Command, rev *uint64, fx 
 			return Result{}, err
 		}
 		for _, name := range l.names {
+			if !desc.Contains(name) {
+				// Another range holds it now (a split copied the lease
+				// and its names): its own copy of the lease withdraws.
+				continue
+			}
 			e, err := s.loadElection(b, name)
 			if err != nil {
 				return Result{}, err

@@ -66,7 +66,9 @@ func EncodeScan(start, end []byte, limit int) ([]byte, error) {
 	if limit < 0 || limit > MaxScanLimit {
 		return nil, fmt.Errorf("%w: scan limit %d outside 1..%d", ErrInvalid, limit, MaxScanLimit)
 	}
-	if len(start) > MaxKeySize || len(end) > MaxKeySize+1 {
+	// A resume key is the last key read and a zero byte: one longer than
+	// the longest key.
+	if len(start) > MaxKeySize+1 || len(end) > MaxKeySize+1 {
 		return nil, fmt.Errorf("%w: scan bound exceeds %d bytes", ErrInvalid, MaxKeySize)
 	}
 	if len(end) > 0 && bytes.Compare(start, end) >= 0 {

@@ -84,7 +84,7 @@ func (c *RangeCache) insertLocked(d *Descriptor) {
 	}
 	hi := lo
 	for hi < len(ds) && ds[hi].Overlaps(d.Start, d.End) {
-		if ds[hi].Generation > d.Generation || (ds[hi].Generation == d.Generation && ds[hi].ID == d.ID) {
+		if ds[hi].Generation >= d.Generation {
 			return // as recent or more: keep what is cached
 		}
 		hi++

@@ -74,7 +74,16 @@ type StateMachine struct {
 	// applied puts wrote; sampler keeps keys of recent requests (stats.go).
 	ops, written atomic.Uint64
 	sampler      loadSampler
+
+	// noSpanCheck: the planted bug WithoutSpanChecks.
+	noSpanCheck bool
 }
+
+// WithoutSpanChecks makes the state machine serve keys outside its span:
+// after a split both halves serve the keys the left one gave away. The
+// planted bug the simulation proves its checks against; never use it in a
+// real node.
+func WithoutSpanChecks() Option { return func(s *StateMachine) { s.noSpanCheck = true } }
 
 var _ multiraft.StateMachine = (*StateMachine)(nil)
 
@@ -350,6 +359,9 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 // holds reports whether the range holds what cmd names: its key, or its
 // span. Commands of the meta range's own make sense in the meta range only.
 func (s *StateMachine) holds(desc *Descriptor, cmd *Command) bool {
+	if s.noSpanCheck && cmd.Op.needsKey() {
+		return true
+	}
 	switch {
 	case cmd.Op.needsKey():
 		return desc.Contains(cmd.Key)
@@ -432,7 +444,7 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		id, err := allocRangeID(b)
 		return Result{OK: true, Count: id}, err
 	}
-	return s.applyLease(b, *cmd, rev, fx)
+	return s.applyLease(b, desc, *cmd, rev, fx)
 }
 
 // deleteRange deletes every key in [start, end) through b, with their
@@ -497,7 +509,7 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) err
 		}
 		s.sampler.sample(cmd.Key)
 		res := Result{OK: true}
-		if !desc.Contains(cmd.Key) {
+		if !desc.Contains(cmd.Key) && !s.noSpanCheck {
 			res = Result{KeyMismatch: true, Revision: rev}
 			n := len(results)
 			results = res.appendTo(results)
@@ -589,7 +601,7 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	switch QueryKind(q[0]) {
 	case QueryGet:
 		key := q[1:]
-		if !desc.Contains(key) {
+		if !desc.Contains(key) && !s.noSpanCheck {
 			return nil, mismatch(key)
 		}
 		s.sampler.sample(key)
