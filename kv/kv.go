@@ -294,6 +294,21 @@ func CommandSession(b []byte) (session, seq uint64, ok bool) {
 	return c.Session, c.Seq, true
 }
 
+// Internal reports whether an encoded command is one of the ranges' own
+// (a split, a meta index update, an ID allocation), which the Store may
+// propose more than once: each is idempotent or guarded, unlike a client
+// write without a session. For tools that watch applied commands.
+func Internal(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	switch Op(b[0]) {
+	case OpSplit, OpMetaUpdate, OpAllocRangeID:
+		return true
+	}
+	return false
+}
+
 // decodeCommand parses a command; the slices alias b.
 func decodeCommand(b []byte) (Command, error) {
 	var c Command

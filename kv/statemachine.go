@@ -332,7 +332,14 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		// could apply writes a read here would then miss.
 		s.desc.Store(desc)
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	// A split syncs: the new range's raft log will start at its initial
+	// index (multiraft.StartGroup) on the promise that its state is
+	// durable; a crash must not leave the raft state without it.
+	sync := pebble.NoSync
+	if fx.split != nil {
+		sync = pebble.Sync
+	}
+	if err := b.Commit(sync); err != nil {
 		return fmt.Errorf("kv: range %d: commit apply: %w", s.id, err)
 	}
 	s.persisted = last

@@ -7,7 +7,13 @@ type storeMetrics struct {
 	splits      atomic.Uint64
 	merges      atomic.Uint64
 	metaRepairs atomic.Uint64
+	// emptyReplicas: replicas started empty for a snapshot (UnknownGroup).
+	emptyReplicas atomic.Uint64
 }
+
+// EmptyReplicas returns how many replicas this node started empty, to
+// receive a snapshot (a range made by a split the node had not applied).
+func (s *Store) EmptyReplicas() uint64 { return s.metrics.emptyReplicas.Load() }
 
 // Splits returns how many splits this node coordinated.
 func (s *Store) Splits() uint64 { return s.metrics.splits.Load() }

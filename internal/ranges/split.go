@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
 )
 
 // Splitting (docs/design.md, "Splits"). The protocol, from the node that
@@ -26,6 +27,20 @@ import (
 //
 // A crash between 1 and 2 leaves an unused ID; between 2 and 3, the repair.
 // A split proposed twice applies once: it names the generation it expects.
+
+// The Store's failure points (Config.FailPoint).
+const (
+	// FailSplitAllocated: the new range's ID is allocated, the split not
+	// proposed.
+	FailSplitAllocated = "split-allocated"
+	// FailSplitApplied: the split applied, the meta index not updated.
+	FailSplitApplied = "split-applied"
+)
+
+// failAt reports whether the failure point name fires.
+func (s *Store) failAt(name string) bool {
+	return s.cfg.FailPoint != nil && s.cfg.FailPoint(name) != nil
+}
 
 // ErrBusy: the range is already splitting or merging.
 var ErrBusy = errors.New("ranges: range busy")
@@ -83,6 +98,10 @@ func (s *Store) split(id uint64, key []byte, why string, done func(left, right k
 			return
 		}
 		newID := res.Count
+		if s.failAt(FailSplitAllocated) {
+			finish(kv.Descriptor{}, kv.Descriptor{}, fmt.Errorf("ranges: split of range %d: failure point %s", id, FailSplitAllocated))
+			return
+		}
 		cmd, err := kv.SplitCommand(&d, key, newID)
 		if err != nil {
 			finish(kv.Descriptor{}, kv.Descriptor{}, err)
@@ -107,6 +126,10 @@ func (s *Store) split(id uint64, key []byte, why string, done func(left, right k
 			s.log.Info("range split", "group", id, "new_group", right.ID, "key", fmt.Sprintf("%q", key), "why", why,
 				"left", left.String(), "right", right.String())
 			s.metrics.splits.Add(1)
+			if s.failAt(FailSplitApplied) {
+				finish(kv.Descriptor{}, kv.Descriptor{}, fmt.Errorf("ranges: split of range %d: failure point %s", id, FailSplitApplied))
+				return
+			}
 			s.updateMeta([]kv.Descriptor{left, right})
 			finish(left, right, nil)
 		})
@@ -170,6 +193,9 @@ func (s *Store) onSplit(left, right kv.Descriptor) {
 	s.load.forget(left.ID)
 	if _, ok := s.Get(right.ID); !ok {
 		if _, err := s.start(right.ID, right.Replicas); err != nil {
+			if errors.Is(err, multiraft.ErrStopped) {
+				return // the node is stopping; it starts the range when it restarts
+			}
 			s.fatal(fmt.Errorf("ranges: start range %d made by a split of range %d: %w", right.ID, left.ID, err))
 			return
 		}

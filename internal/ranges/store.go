@@ -71,6 +71,12 @@ type Config struct {
 	// LoseMetaUpdates makes the Store skip every meta index update and
 	// repair: a planted bug for the simulation, which must catch it.
 	LoseMetaUpdates bool
+	// FailPoint, if set, is called between the steps of a split and a
+	// merge with the step's name (FailSplitAllocated, ...); an error ends
+	// the operation there, as if the node died (the simulation then
+	// crashes it). Nil in production. Called on the Store's loop; must not
+	// block.
+	FailPoint func(name string) error
 
 	// Fatal is called when the Store cannot go on (a range made by a split
 	// cannot start): the node must stop. Default: log and panic.
@@ -393,7 +399,9 @@ func (s *Store) UnknownGroup(id, from uint64) {
 			s.log.Info("starting an empty replica for a snapshot", "group", id, "from", from, "desc", d.String())
 			if _, err := s.start(id, nil); err != nil {
 				s.log.Warn("start empty replica", "group", id, "err", err)
+				return
 			}
+			s.metrics.emptyReplicas.Add(1)
 		}))
 	})
 }

@@ -128,9 +128,10 @@ func (s *sim) check() {
 	r.History = s.hist.ops
 	if len(r.Violations) == 0 {
 		s.checkReplicas()
+		s.checkRanges()
 	}
 	for _, a := range s.acked {
-		if _, ok := s.effects[a.group][[2]uint64{a.session, a.seq}]; !ok {
+		if _, ok := s.effects[[2]uint64{a.session, a.seq}]; !ok {
 			r.LostAcks++
 		}
 	}
@@ -153,7 +154,7 @@ func (s *sim) check() {
 // checkReplicas compares, group by group, every replica's applied index and
 // state machine contents once the run converged.
 func (s *sim) checkReplicas() {
-	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+	for _, g := range s.rangeIDs() {
 		var ref []byte
 		var refApplied uint64
 		for i, id := range s.ids {

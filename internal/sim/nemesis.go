@@ -12,7 +12,7 @@ func (s *sim) nemesis() {
 	}
 	defer s.after(s.between(100*time.Millisecond, 700*time.Millisecond), s.nemesis)
 	var kinds []Faults
-	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer} {
+	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit} {
 		if s.cfg.Faults&f != 0 {
 			kinds = append(kinds, f)
 		}
@@ -81,7 +81,11 @@ func (s *sim) nemesis() {
 			return
 		}
 		n := s.nodes[up[s.rng.IntN(len(up))]]
-		n.armed = failPoints[s.rng.IntN(len(failPoints))]
+		points := failPoints
+		if s.cfg.Faults&FaultSplit != 0 {
+			points = append(append([]string(nil), failPoints...), storeFailPoints...)
+		}
+		n.armed = points[s.rng.IntN(len(points))]
 		n.armedHits = s.rng.IntN(20)
 		s.res.Faults++
 		s.record("arm", n.id, uint64(n.armedHits))
@@ -97,7 +101,8 @@ func (s *sim) nemesis() {
 			return
 		}
 		n := s.nodes[up[s.rng.IntN(len(up))]]
-		g := uint64(1 + s.rng.IntN(s.cfg.Groups))
+		gs := s.rangeIDs()
+		g := gs[s.rng.IntN(len(gs))]
 		s.res.Faults++
 		s.record("campaign", n.id, g)
 		if err := n.host.Campaign(g); err == nil {
@@ -120,8 +125,11 @@ func (s *sim) nemesis() {
 				n.resume()
 			}
 		})
+	case FaultSplit:
+		s.splitNemesis()
 	case FaultTransfer:
-		g := uint64(1 + s.rng.IntN(s.cfg.Groups))
+		gs := s.rangeIDs()
+		g := gs[s.rng.IntN(len(gs))]
 		for _, id := range s.upNodes() {
 			n := s.nodes[id]
 			if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -89,8 +90,13 @@ func (n *node) start() error {
 		SnapshotEntries:    s.cfg.SnapshotEntries,
 		CompactionOverhead: s.cfg.SnapshotEntries / 2,
 		DisableSync:        s.cfg.Bug == BugAckBeforeSync,
-		Logger:             s.logger,
+		Logger:             s.logger.With("node", n.id),
 		FailPoint:          n.failPoint,
+		UnknownGroup: func(g, from uint64) {
+			if n.ranges != nil {
+				n.ranges.UnknownGroup(g, from)
+			}
+		},
 	})
 	if err != nil {
 		db.Close()
@@ -99,8 +105,11 @@ func (n *node) start() error {
 	}
 	n.host = h
 	var opts []kv.Option
-	if s.cfg.Bug == BugNoDedup {
+	switch s.cfg.Bug {
+	case BugNoDedup:
 		opts = append(opts, kv.WithoutDedup())
+	case BugSplitBothServe:
+		opts = append(opts, kv.WithoutSpanChecks())
 	}
 	st, err := ranges.Open(ranges.Config{
 		NodeID:  n.id,
@@ -110,7 +119,15 @@ func (n *node) start() error {
 		Wrap: func(sm *kv.StateMachine) multiraft.StateMachine {
 			return &recSM{StateMachine: sm, s: s, node: n.id, group: sm.RangeID()}
 		},
-		Logger: s.logger,
+		Env:             simEnv{n},
+		SplitLoad:       s.splitLoad,
+		CampaignRetry:   2 * s.cfg.TickInterval,
+		LoseMetaUpdates: s.cfg.Bug == BugLoseMetaUpdate,
+		FailPoint:       n.failPoint,
+		Fatal: func(err error) {
+			s.violation("node %d: ranges failed: %v", n.id, err)
+		},
+		Logger: s.logger.With("node", n.id),
 	})
 	if err == nil && !n.bootstrapped {
 		err = st.Bootstrap(ranges.InitialRanges(s.cfg.Groups, func(uint64) []uint64 { return s.ids }))
@@ -144,6 +161,16 @@ func (n *node) failPoint(name string) error {
 	n.armed = ""
 	n.s.res.FailPoints++
 	n.s.record("failpoint-fire", n.id)
+	if slices.Contains(storeFailPoints, name) {
+		// The Store stops the operation there; the node dies with it.
+		inc := n.inc
+		n.s.after(0, func() {
+			if n.inc == inc && n.up {
+				n.crash("failpoint " + name)
+				n.scheduleRestart()
+			}
+		})
+	}
 	return ErrCrashPoint
 }
 
@@ -156,13 +183,23 @@ func (n *node) tickLoop() {
 	n.s.after(n.tickEvery, n.tickLoop)
 }
 
-// drain runs the Host's cycles until it has nothing left to do, then checks
-// its leaders.
+// drain runs the Host's cycles and the Store's tasks until neither has
+// anything left to do, then checks its leaders.
 func (n *node) drain() {
 	if !n.up || n.paused {
 		return
 	}
-	for i := 0; i < 10000 && n.host.Process() > 0; i++ {
+	for i := 0; i < 10000; i++ {
+		worked := n.host.Process()
+		if n.up && n.ranges != nil && n.host.Err() == nil {
+			worked += n.ranges.RunPending()
+		}
+		if worked == 0 || !n.up {
+			break
+		}
+	}
+	if !n.up {
+		return
 	}
 	if n.host.Err() == nil {
 		n.s.noteLeaders(n)
@@ -209,6 +246,8 @@ func (n *node) crash(why string) {
 	n.paused, n.held = false, nil
 	n.inc++
 	s.res.Failovers += int(n.host.Failovers())
+	s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
+	s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -246,6 +285,10 @@ func (n *node) scheduleRestart() {
 func (n *node) close() {
 	if n.host != nil {
 		n.s.res.Failovers += int(n.host.Failovers())
+		n.s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
+		if n.ranges != nil {
+			n.s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
+		}
 		n.host.Stop()
 		n.host = nil
 	}

@@ -66,11 +66,17 @@ const (
 	// retried, duplicated or delayed request would be. Sessions make the
 	// copy apply nothing (kv/session.go).
 	FaultRequestDup
+	// FaultSplit splits a range at a random key of the workload (from the
+	// node that leads it, as an operator's split would), and makes ranges
+	// that serve more than a few requests per second split by load. The
+	// clients learn of splits only when a range answers that it does not
+	// hold a key: their range caches go stale.
+	FaultSplit
 
 	// AllFaults is every fault kind.
 	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
 		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign |
-		FaultPause | FaultTransfer | FaultRequestDup
+		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit
 )
 
 var faultNames = []struct {
@@ -81,11 +87,12 @@ var faultNames = []struct {
 	{FaultPartition, "partition"}, {FaultBlackHole, "blackhole"}, {FaultCrash, "crash"},
 	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
 	{FaultPause, "pause"}, {FaultTransfer, "transfer"}, {FaultRequestDup, "reqdup"},
+	{FaultSplit, "split"},
 }
 
 // ParseFaults parses a comma-separated list of fault names (drop, delay,
 // duplicate, partition, blackhole, crash, failpoint, campaign, pause,
-// transfer, reqdup, or all).
+// transfer, reqdup, split, or all).
 func ParseFaults(s string) (Faults, error) {
 	var f Faults
 	for _, part := range strings.Split(s, ",") {
@@ -143,6 +150,15 @@ const (
 	// BugNoDedup turns the state machines' session dedup off
 	// (kv.WithoutDedup): a write delivered twice applies twice.
 	BugNoDedup
+	// BugSplitBothServe lets a range serve keys outside its span
+	// (kv.WithoutSpanChecks): after a split, both halves serve the keys
+	// the left one gave away, to clients whose caches are stale.
+	BugSplitBothServe
+	// BugLoseMetaUpdate loses every meta index update after a split, and
+	// its repair (ranges.Config.LoseMetaUpdates).
+	BugLoseMetaUpdate
+
+	bugLast = BugLoseMetaUpdate
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -245,7 +261,7 @@ func (c *Config) validate() error {
 		return bad("TickInterval %v < 1ms", c.TickInterval)
 	case c.RequestTimeout < c.TickInterval:
 		return bad("RequestTimeout %v < TickInterval", c.RequestTimeout)
-	case c.Bug < BugNone || c.Bug > BugNoDedup:
+	case c.Bug < BugNone || c.Bug > bugLast:
 		return bad("unknown Bug %d", c.Bug)
 	}
 	return nil
@@ -284,6 +300,18 @@ type Result struct {
 	RequestDups int `json:"request_dups"`
 	Failovers   int `json:"failovers"`
 	Deduped     int `json:"deduped"`
+	// Splits counts completed splits; SnapshotsRefused the snapshots a
+	// replica refused because another local replica still held part of
+	// their span (a snapshot that crossed a split); Mismatches the
+	// requests a range refused because it no longer held their key (a
+	// client with stale descriptors).
+	Splits           int `json:"splits"`
+	SnapshotsRefused int `json:"snapshots_refused"`
+	Mismatches       int `json:"mismatches"`
+	// EmptyReplicas counts replicas a node started empty, to receive a
+	// snapshot, for a range made by a split it had not applied (it got a
+	// snapshot of the left half from after the split).
+	EmptyReplicas int `json:"empty_replicas"`
 	// History is the checked history.
 	History []Op `json:"-"`
 	// Violations lists the safety violations found, if any.
@@ -395,17 +423,22 @@ type sim struct {
 	// for commands without a session.
 	cmdIndex    map[uint64]map[uint64]uint64
 	dupReported map[uint64]bool
-	// effects maps group → (session, seq) → the first applied copy of a
-	// session write that took effect.
-	effects map[uint64]map[[2]uint64]effect
+	// effects maps (session, seq) → the first applied copy of a session
+	// write that took effect, in whichever range (a write retried after a
+	// split may reach the other half, whose copy of the session knows it).
+	effects map[[2]uint64]effect
 	// leaders maps (group, term) → the leader seen in that term.
 	leaders map[[2]uint64]uint64
 	// acked lists acknowledged writes.
 	acked []ackedWrite
+	// splitLoad is the run's load threshold for splits (requests per
+	// second, 0: none), drawn from the seed.
+	splitLoad float64
 }
 
-// effect is where a session write took effect, and its result's hash.
-type effect struct{ pos, result uint64 }
+// effect is where a session write took effect (range, position), and its
+// result's hash.
+type effect struct{ group, pos, result uint64 }
 
 // ackedWrite is an acknowledged write: its group and session identity.
 type ackedWrite struct{ group, session, seq uint64 }
@@ -415,24 +448,22 @@ func newSim(cfg Config) *sim {
 		cfg:         cfg,
 		rng:         rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)),
 		res:         &Result{Seed: cfg.Seed},
-		logger:      slog.New(slog.DiscardHandler),
+		logger:      debugLogger,
 		trace:       fnv.New64a(),
 		applied:     make(map[uint64]map[uint64]uint64),
 		leaders:     make(map[[2]uint64]uint64),
 		cmdIndex:    make(map[uint64]map[uint64]uint64),
 		dupReported: make(map[uint64]bool),
-		effects:     make(map[uint64]map[[2]uint64]effect),
+		effects:     make(map[[2]uint64]effect),
 	}
 	s.net = newNetwork(s)
+	if cfg.Faults&FaultSplit != 0 && s.rng.IntN(2) == 0 {
+		s.splitLoad = float64(20 + s.rng.IntN(80))
+	}
 	s.nodes = make([]*node, cfg.Nodes+1)
 	for id := uint64(1); id <= uint64(cfg.Nodes); id++ {
 		s.ids = append(s.ids, id)
 		s.nodes[id] = newNode(s, id)
-	}
-	for g := uint64(1); g <= uint64(cfg.Groups); g++ {
-		s.applied[g] = make(map[uint64]uint64)
-		s.cmdIndex[g] = make(map[uint64]uint64)
-		s.effects[g] = make(map[[2]uint64]effect)
 	}
 	return s
 }
@@ -492,6 +523,7 @@ func (s *sim) run() (err error) {
 		// Each node's clock runs at its own rate (±5%) and phase.
 		n.tickEvery = s.cfg.TickInterval + time.Duration(s.rng.Int64N(int64(s.cfg.TickInterval)/10+1)) - s.cfg.TickInterval/20
 		s.at(s.between(0, s.cfg.TickInterval), n.tickLoop)
+		s.at(s.between(0, rangeTick), n.rangeTickLoop)
 	}
 	s.net.configure()
 	for i := 0; i < s.cfg.Clients; i++ {
@@ -501,6 +533,9 @@ func (s *sim) run() (err error) {
 	}
 	if s.cfg.Faults&^(FaultDrop|FaultDelay|FaultDuplicate) != 0 {
 		s.after(s.between(100*time.Millisecond, 500*time.Millisecond), s.nemesis)
+	}
+	if s.cfg.Faults&FaultSplit != 0 {
+		s.after(s.between(50*time.Millisecond, 300*time.Millisecond), s.splitLoop)
 	}
 	healAt := s.cfg.Duration
 	s.at(healAt, s.heal)
@@ -522,7 +557,11 @@ func (s *sim) run() (err error) {
 	}
 	s.res.SimTime = s.now
 	if !converged {
-		s.violation("replicas did not converge within %v after healing: %s", s.cfg.HealTimeout, s.describe())
+		if s.allUp() && !s.metaConverged() {
+			s.violation("the meta index did not come to record the ranges within %v after healing: %s", s.cfg.HealTimeout, s.describeMeta())
+		} else {
+			s.violation("replicas did not converge within %v after healing: %s", s.cfg.HealTimeout, s.describe())
+		}
 	}
 	return nil
 }
@@ -561,14 +600,23 @@ func (s *sim) heal() {
 }
 
 // quiet reports whether the run can end: healed, final reads done, no
-// client waiting, and every group converged on every node.
+// client waiting, every group converged on every node, and the meta index
+// records every range.
 func (s *sim) quiet() bool {
 	for _, c := range s.clients {
 		if c.pending != nil || !c.finalDone {
 			return false
 		}
 	}
-	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+	for _, id := range s.ids {
+		if !s.nodes[id].up {
+			return false
+		}
+	}
+	if !s.metaConverged() {
+		return false
+	}
+	for _, g := range s.rangeIDs() {
 		var applied, commit, lead uint64
 		for i, id := range s.ids {
 			n := s.nodes[id]
@@ -592,7 +640,7 @@ func (s *sim) quiet() bool {
 
 func (s *sim) describe() string {
 	var b strings.Builder
-	for g := uint64(1); g <= uint64(s.cfg.Groups); g++ {
+	for _, g := range s.rangeIDs() {
 		fmt.Fprintf(&b, "g%d:", g)
 		for _, id := range s.ids {
 			n := s.nodes[id]
@@ -641,6 +689,10 @@ func (s *sim) noteApply(node, group, index, sub uint64, cmd, res []byte) {
 	h := cmdHash(cmd)
 	pos := index<<16 | sub // a packed entry holds far fewer than 1<<16
 	m := s.applied[group]
+	if m == nil {
+		m = make(map[uint64]uint64)
+		s.applied[group] = m
+	}
 	if prev, ok := m[pos]; ok && prev != h {
 		s.violation("group %d index %d command %d applied with different commands (node %d differs)", group, index, sub, node)
 	}
@@ -652,21 +704,35 @@ func (s *sim) noteApply(node, group, index, sub uint64, cmd, res []byte) {
 			}
 			return // refused: no effect
 		}
+		if r, err := kv.DecodeResult(res); err == nil && r.KeyMismatch {
+			return // refused: the range does not hold the key
+		}
 		key, rh := [2]uint64{sess, seq}, cmdHash(res)
-		e, seen := s.effects[group][key]
+		e, seen := s.effects[key]
+		same := e.group == group && e.pos == pos
 		switch {
 		case !seen:
-			s.effects[group][key] = effect{pos: pos, result: rh}
-		case e.pos != pos && e.result == rh && node == s.ids[0]:
+			s.effects[key] = effect{group: group, pos: pos, result: rh}
+		case !same && e.result == rh && node == s.ids[0]:
 			s.res.Deduped++ // counted on one replica
-		case e.pos != pos && e.result != rh && !s.dupReported[h]:
+		case !same && e.result != rh && !s.dupReported[h]:
 			s.dupReported[h] = true
-			s.violation("group %d: write (session %d, seq %d) took effect twice: at %d.%d and %d.%d (node %d)",
-				group, sess, seq, e.pos>>16, e.pos&0xffff, index, sub, node)
+			s.violation("write (session %d, seq %d) took effect twice: in group %d at %d.%d and in group %d at %d.%d (node %d)",
+				sess, seq, e.group, e.pos>>16, e.pos&0xffff, group, index, sub, node)
 		}
 		return
 	}
+	if kv.Internal(cmd) {
+		// The Store's own commands may be proposed twice (a retried meta
+		// update, a repair racing an update): each is idempotent or
+		// guarded by the generation it expects.
+		return
+	}
 	at := s.cmdIndex[group]
+	if at == nil {
+		at = make(map[uint64]uint64)
+		s.cmdIndex[group] = at
+	}
 	if p, ok := at[h]; !ok {
 		at[h] = pos
 	} else if p != pos && !s.dupReported[h] {
@@ -712,3 +778,7 @@ func sortedKeys[V any](m map[uint64]V) []uint64 {
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// debugLogger is the runs' logger: discarded, unless a debugging test sets
+// it.
+var debugLogger = slog.New(slog.DiscardHandler)

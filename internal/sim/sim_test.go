@@ -2,6 +2,7 @@ package sim
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -75,10 +76,17 @@ func TestSeeds(t *testing.T) {
 		total.RequestDups += r.RequestDups
 		total.Failovers += r.Failovers
 		total.Deduped += r.Deduped
+		total.Splits += r.Splits
+		total.SnapshotsRefused += r.SnapshotsRefused
+		total.Mismatches += r.Mismatches
+		total.EmptyReplicas += r.EmptyReplicas
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
-	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 {
+	t.Logf("%d splits, %d replicas started empty for a snapshot after missing a split, %d snapshots refused while a replica still held their span, %d requests refused by a range that no longer held their key",
+		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
+	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
+		total.Splits == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
@@ -162,6 +170,28 @@ func TestDedupUnderDuplicates(t *testing.T) {
 	if faults == 0 {
 		t.Fatal("no request was duplicated: the nemesis is broken")
 	}
+}
+
+// TestTeethSplitBothServe lets ranges serve keys outside their spans
+// (kv.WithoutSpanChecks): after a split both halves serve the keys the
+// left one gave away, to clients whose range caches are stale. The history
+// must come out non-linearizable (a write to one half, a read of the other
+// that misses it). With the span checks, TestSeeds runs the same faults
+// clean.
+func TestTeethSplitBothServe(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugSplitBothServe, Faults: FaultSplit | FaultDelay, Keys: 4}, 300,
+		func(r *Result) bool { return r.Linearizable == "illegal" || r.Failed() })
+	t.Logf("caught by: linearizable=%s, %d violations", r.Linearizable, len(r.Violations))
+}
+
+// TestTeethLoseMetaUpdate loses every meta index update after a split, and
+// its repair: the meta index must be found not to record the ranges once
+// the run heals (or the run never converges).
+func TestTeethLoseMetaUpdate(t *testing.T) {
+	findFailure(t, Config{Bug: BugLoseMetaUpdate, Faults: FaultSplit | FaultDelay}, 300,
+		func(r *Result) bool {
+			return slices.ContainsFunc(r.Violations, func(v string) bool { return strings.Contains(v, "meta index") })
+		})
 }
 
 // TestNoFaults: a clean run is linearizable and loses nothing.

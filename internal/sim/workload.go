@@ -90,6 +90,8 @@ type pendingOp struct {
 	out     bool   // a write's attempt is waiting for its future
 	// maybeApplied: an earlier attempt's outcome is unknown.
 	maybeApplied bool
+	// mismatches: attempts refused because the range did not hold the key.
+	mismatches int
 }
 
 // client is one simulated client: one request at a time, with a think time
@@ -112,6 +114,39 @@ type client struct {
 	// answered a write of the session.
 	seq        uint64
 	registered map[uint64]bool
+	// cache is the client's range cache: it learns descriptors from a
+	// node's meta index, and forgets one when its range refuses a key. So
+	// after splits it sends requests to ranges that gave the key away.
+	cache kv.RangeCache
+}
+
+// maxMismatches bounds how often one request is routed again because its
+// range did not hold its key.
+const maxMismatches = 8
+
+// route returns the range the client believes holds key, learning from
+// node's meta index what it does not know (0: none yet). After a few
+// refusals it asks the node's own replicas, as a server routing by key
+// does: the meta index may lag a split.
+func (c *client) route(node uint64, key string, refusals int) uint64 {
+	n := c.s.nodes[node]
+	if refusals > 2 {
+		if r := n.ranges.Lookup([]byte(key)); r != nil {
+			d, _ := r.Descriptor()
+			c.cache.Insert(d.Clone())
+			return r.ID
+		}
+	}
+	if d, ok := c.cache.Lookup([]byte(key)); ok {
+		return d.ID
+	}
+	if ds, err := n.meta([]byte(key), 4); err == nil {
+		c.cache.Insert(ds...)
+	}
+	if d, ok := c.cache.Lookup([]byte(key)); ok {
+		return d.ID
+	}
+	return 0
 }
 
 // session is the client's session ID: never 0.
@@ -174,10 +209,7 @@ func (c *client) next() {
 func (c *client) invoke(node uint64, in Input, final bool) {
 	s := c.s
 	n := s.nodes[node]
-	var group uint64
-	if r := n.ranges.Lookup([]byte(in.Key)); r != nil {
-		group = r.ID
-	}
+	group := c.route(node, in.Key, 0)
 	s.clock++
 	p := &pendingOp{
 		op:    Op{Client: c.id, In: in, Call: s.clock, Node: node},
@@ -232,6 +264,7 @@ func (c *client) propose(p *pendingOp, node uint64) {
 	}
 	p.attempt++
 	p.op.Node = node
+	p.group = c.route(node, p.op.In.Key, p.mismatches)
 	cmd := p.cmd
 	cmd.Session, cmd.Seq, cmd.Acked = c.session(), p.seq, p.seq
 	cmd.Register = !c.registered[p.group]
@@ -324,6 +357,16 @@ func (c *client) poll() {
 			c.s.violation("client %d: write %d refused as stale while the client waited for it", c.id, p.seq)
 			c.done(&Output{Unknown: true})
 			return
+		case r.KeyMismatch:
+			// Not applied: the range gave the key away. Look it up again.
+			c.s.res.Mismatches++
+			c.cache.Evict(p.group, ^uint64(0))
+			p.mismatches++
+			if p.mismatches <= maxMismatches {
+				p.attempt-- // not an attempt that may have applied
+			}
+			c.retry(p)
+			return
 		}
 		c.registered[p.group] = true
 		out := Output{OK: r.OK}
@@ -332,7 +375,8 @@ func (c *client) poll() {
 		}
 		c.s.acked = append(c.s.acked, ackedWrite{group: p.group, session: c.session(), seq: p.seq})
 		c.done(&out)
-	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped), errors.Is(err, multiraft.ErrNotLeader):
+	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped), errors.Is(err, multiraft.ErrNotLeader),
+		errors.Is(err, multiraft.ErrGroupNotFound):
 		// Never appended: try again elsewhere.
 		c.retry(p)
 	default:
@@ -344,6 +388,12 @@ func (c *client) poll() {
 }
 
 func (c *client) finishRead(out []byte, err error) {
+	if errors.Is(err, kv.ErrKeyMismatch) {
+		// The range gave the key away: the read is dropped, and the
+		// client looks the key up again next time.
+		c.s.res.Mismatches++
+		c.cache.Evict(c.pending.group, ^uint64(0))
+	}
 	if err != nil {
 		c.done(nil)
 		return
