@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/kv"
@@ -299,7 +303,15 @@ func (c *Client) DeleteRange(ctx context.Context, start, end []byte) (uint64, er
 		}
 		v, err := c.write(ctx, d.ID, func(at2 attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
 			unary(at2, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-				r, err := api.NewKVClient(cc).DeleteRange(ctx, &api.DeleteRangeRequest{Start: at, End: sub, Group: d.ID, Session: sess}, opts...)
+				var md metadata.MD
+				r, err := api.NewKVClient(cc).DeleteRange(ctx, &api.DeleteRangeRequest{Start: at, End: sub, Group: d.ID, Session: sess},
+					append(opts, grpc.Trailer(&md))...)
+				if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), msgKeyMismatch) {
+					// The span is not one range's any more: learn the
+					// ranges the node knows, and cut the span again.
+					c.ranges.Insert(rangesHint(md)...)
+					return nil, nil, fmt.Errorf("%w: %s", ErrRangeChanged, st.Message())
+				}
 				return r, r.GetHeader(), err
 			})
 		})

@@ -30,6 +30,11 @@ type Descriptor struct {
 	// the higher generation is the more recent (the meta index relies on
 	// it).
 	Generation uint64
+	// Sticky: the boundary at Start was placed by an operator (a split
+	// they asked for) or by the bootstrap (the initial ranges), not by
+	// the size or load of the data. The merge queue does not undo it; an
+	// operator's merge does.
+	Sticky bool
 }
 
 // MaxReplicas bounds a descriptor's replica list.
@@ -60,13 +65,13 @@ func (d *Descriptor) ContainsSpan(start, end []byte) bool {
 // Equal reports whether two descriptors are the same.
 func (d *Descriptor) Equal(o *Descriptor) bool {
 	return d.ID == o.ID && d.Generation == o.Generation && bytes.Equal(d.Start, o.Start) &&
-		bytes.Equal(d.End, o.End) && slices.Equal(d.Replicas, o.Replicas)
+		bytes.Equal(d.End, o.End) && slices.Equal(d.Replicas, o.Replicas) && d.Sticky == o.Sticky
 }
 
 // Clone returns a deep copy.
 func (d *Descriptor) Clone() Descriptor {
 	return Descriptor{ID: d.ID, Start: bytes.Clone(d.Start), End: bytes.Clone(d.End),
-		Replicas: slices.Clone(d.Replicas), Generation: d.Generation}
+		Replicas: slices.Clone(d.Replicas), Generation: d.Generation, Sticky: d.Sticky}
 }
 
 // HasReplica reports whether node holds a replica.
@@ -126,7 +131,11 @@ func (d *Descriptor) appendTo(b []byte) []byte {
 	for _, r := range d.Replicas {
 		b = binary.AppendUvarint(b, r)
 	}
-	return b
+	var flags byte
+	if d.Sticky {
+		flags |= 1
+	}
+	return append(b, flags)
 }
 
 // DecodeDescriptor parses a stored descriptor.
@@ -155,6 +164,11 @@ func (r *reader) descriptor() Descriptor {
 	for i := range d.Replicas {
 		d.Replicas[i] = r.uvarint()
 	}
+	flags := r.byte()
+	if flags&^1 != 0 {
+		r.err = true
+	}
+	d.Sticky = flags&1 != 0
 	if !r.err && d.check() != nil {
 		r.err = true
 	}

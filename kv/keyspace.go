@@ -21,6 +21,7 @@ const (
 	kindSession    = byte(keys.Session)
 	kindMeta       = byte(keys.Meta)
 	kindRangeIDs   = byte(keys.RangeIDs)
+	kindFrozen     = byte(keys.Frozen)
 
 	// localLen is the length of a range-local key's prefix: kind, range.
 	localLen = 9
@@ -28,10 +29,12 @@ const (
 
 // localKinds are the range-local kinds a range's snapshot carries (the
 // applied record and the descriptor travel in its header); globalKinds the
-// global ones, within the range's span.
+// global ones, within the range's span. allLocalKinds is every range-local
+// kind of package kv: what removing a replica deletes.
 var (
-	localKinds  = []byte{kindLease, kindLeaseKeys, kindSession, kindMeta, kindRangeIDs}
-	globalKinds = []byte{kindData, kindAttached, kindElection}
+	localKinds    = []byte{kindLease, kindLeaseKeys, kindSession, kindMeta, kindRangeIDs, kindFrozen}
+	globalKinds   = []byte{kindData, kindAttached, kindElection}
+	allLocalKinds = append([]byte{kindApplied, kindDescriptor}, localKinds...)
 )
 
 // localKey returns kind, range, then room for extra more bytes.

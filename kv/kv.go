@@ -131,8 +131,12 @@ const (
 	OpAllocRangeID
 	// OpSplit splits the range at Key (SplitCommand, split.go).
 	OpSplit
+	// OpFreeze freezes the range for a merge (FreezeCommand, merge.go).
+	OpFreeze
+	// OpMerge merges a frozen range into this one (MergeCommand).
+	OpMerge
 
-	opLast = OpSplit
+	opLast = OpMerge
 )
 
 // hasLease reports whether an op carries the lease and TTL fields.
@@ -235,6 +239,7 @@ func (c Command) Encode() ([]byte, error) {
 		if err := CheckKey(c.Key); err != nil {
 			return nil, err
 		}
+	case OpFreeze, OpMerge:
 	default:
 		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
@@ -303,7 +308,7 @@ func Internal(b []byte) bool {
 		return false
 	}
 	switch Op(b[0]) {
-	case OpSplit, OpMetaUpdate, OpAllocRangeID:
+	case OpSplit, OpMetaUpdate, OpAllocRangeID, OpFreeze, OpMerge:
 		return true
 	}
 	return false

@@ -188,7 +188,9 @@ func (s *StateMachine) loadElection(r pebble.Reader, name []byte) (Election, err
 type effects struct {
 	leases    map[uint64]time.Duration // 0: deleted
 	elections map[string]Election
-	split     *[2]Descriptor // a split applied: left, right
+	splits    [][2]Descriptor // splits applied, in order: left, right
+	frozen    *frozenRec     // a freeze applied
+	merged    *Descriptor    // a merge applied: the merged descriptor
 }
 
 func (f *effects) lease(id uint64, ttl time.Duration) {

@@ -1200,7 +1200,7 @@ func TestScanResumeAfterLargestKey(t *testing.T) {
 func split(t *testing.T, sm *StateMachine, index *uint64, key string, newID uint64) (left, right Descriptor, rhs *StateMachine) {
 	t.Helper()
 	d, _ := sm.Descriptor()
-	c, err := SplitCommand(d, []byte(key), newID)
+	c, err := SplitCommand(d, []byte(key), newID, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1267,13 +1267,13 @@ func TestSplitSessionRetry(t *testing.T) {
 	}
 	// The same split again: m is not in the range any more.
 	old := rangeDesc(2, "", "")
-	c, _ := SplitCommand(&old, []byte("m"), 5)
+	c, _ := SplitCommand(&old, []byte("m"), 5, false)
 	if r := applyResults(t, sm, &index, c)[0]; !r.KeyMismatch || r.OK {
 		t.Fatalf("a repeated split: %+v", r)
 	}
 	// A split proposed against the old descriptor: nothing applies, and
 	// the result says what the descriptor is now.
-	c, _ = SplitCommand(&old, []byte("f"), 6)
+	c, _ = SplitCommand(&old, []byte("f"), 6, false)
 	cur, _ := sm.Descriptor()
 	if now, _, ok, err := SplitResult(applyResults(t, sm, &index, c)[0]); ok || err != nil || !now.Equal(cur) {
 		t.Fatalf("a stale split: ok=%v %v, descriptor %v, want %v", ok, err, &now, cur)

@@ -43,7 +43,8 @@ const RangeInitialIndex = 10
 
 // SplitCommand returns the command that splits range desc at key into desc
 // and a new range newID. key must be inside desc's span and not its start.
-func SplitCommand(desc *Descriptor, key []byte, newID uint64) (Command, error) {
+// sticky marks the new boundary as an operator's (Descriptor.Sticky).
+func SplitCommand(desc *Descriptor, key []byte, newID uint64, sticky bool) (Command, error) {
 	if err := CheckKey(key); err != nil {
 		return Command{}, err
 	}
@@ -55,15 +56,21 @@ func SplitCommand(desc *Descriptor, key []byte, newID uint64) (Command, error) {
 	}
 	v := binary.BigEndian.AppendUint64(nil, newID)
 	v = binary.AppendUvarint(v, desc.Generation)
+	if sticky {
+		v = append(v, 1)
+	} else {
+		v = append(v, 0)
+	}
 	return Command{Op: OpSplit, Key: key, Value: v}, nil
 }
 
 // decodeSplit parses a split command's parameters.
-func decodeSplit(cmd *Command) (newID, gen uint64, ok bool) {
+func decodeSplit(cmd *Command) (newID, gen uint64, sticky, ok bool) {
 	r := reader{b: cmd.Value}
 	newID = r.uint64()
 	gen = r.uvarint()
-	return newID, gen, !r.err && len(r.b) == 0 && newID != 0
+	flag := r.byte()
+	return newID, gen, flag == 1, !r.err && len(r.b) == 0 && newID != 0 && flag <= 1
 }
 
 // SplitResult parses the result of an applied split: the descriptors after
@@ -83,10 +90,13 @@ func SplitResult(res Result) (left, right Descriptor, ok bool, err error) {
 }
 
 // WithSplitHook makes the state machine call fn with the two descriptors
-// after each split it applies (the Store starts the right-hand range). fn
-// runs on the worker that applies the range, after the split is durable
-// in the batch's commit; it must not block and must not call the engine.
-func WithSplitHook(fn func(left, right Descriptor)) Option {
+// of each split it applies, twice: with committed false just before the
+// split's batch commits (the right-hand range's state is about to exist:
+// the Store counts its span as held from then on), and with committed true
+// once it is durable (the Store starts the right-hand range's replica). fn
+// runs on the worker that applies the range; it must not block and must
+// not call the engine.
+func WithSplitHook(fn func(left, right Descriptor, committed bool)) Option {
 	return func(s *StateMachine) { s.onSplit = fn }
 }
 
@@ -94,7 +104,7 @@ func WithSplitHook(fn func(left, right Descriptor)) Option {
 // descriptor (the caller makes it current after the commit) and records
 // the split in fx.
 func (s *StateMachine) applySplit(b *pebble.Batch, desc *Descriptor, cmd *Command, rev uint64, fx *effects) (Result, *Descriptor, error) {
-	newID, gen, ok := decodeSplit(cmd)
+	newID, gen, sticky, ok := decodeSplit(cmd)
 	if !ok {
 		return Result{Err: "malformed split"}, nil, nil
 	}
@@ -105,7 +115,7 @@ func (s *StateMachine) applySplit(b *pebble.Batch, desc *Descriptor, cmd *Comman
 	left.End = bytes.Clone(cmd.Key)
 	left.Generation++
 	right := Descriptor{ID: newID, Start: bytes.Clone(cmd.Key), End: bytes.Clone(desc.End),
-		Replicas: append([]uint64(nil), desc.Replicas...), Generation: desc.Generation + 1}
+		Replicas: append([]uint64(nil), desc.Replicas...), Generation: desc.Generation + 1, Sticky: sticky}
 	if err := b.Set(localKey(kindDescriptor, s.id, 0), left.Encode(), nil); err != nil {
 		return Result{}, nil, err
 	}
@@ -116,13 +126,13 @@ func (s *StateMachine) applySplit(b *pebble.Batch, desc *Descriptor, cmd *Comman
 		// come from anything but this split (ranges.Store makes no
 		// replica of a span another replica here holds), so it is this
 		// split's, replayed. Leave it.
-		fx.split = &[2]Descriptor{left, right}
+		fx.splits = append(fx.splits, [2]Descriptor{left, right})
 		return Result{OK: true, Current: EncodeDescriptors([]Descriptor{left, right})}, &left, nil
 	}
 	if err := s.writeRHS(b, &right, cmd.Key, rev); err != nil {
 		return Result{}, nil, err
 	}
-	fx.split = &[2]Descriptor{left, right}
+	fx.splits = append(fx.splits, [2]Descriptor{left, right})
 	return Result{OK: true, Current: EncodeDescriptors([]Descriptor{left, right})}, &left, nil
 }
 

@@ -67,7 +67,7 @@ type StateMachine struct {
 	// (WithDescriptorHook); onSplit after a split (WithSplitHook); gate
 	// decides whether a snapshot may be taken now (WithSnapshotGate).
 	onDescriptor func(id uint64)
-	onSplit      func(left, right Descriptor)
+	onSplit      func(left, right Descriptor, committed bool)
 	gate         func(d *Descriptor) bool
 
 	// ops counts applied commands and answered queries; written the bytes
@@ -77,6 +77,12 @@ type StateMachine struct {
 
 	// noSpanCheck: the planted bug WithoutSpanChecks.
 	noSpanCheck bool
+
+	// frozen is the freeze record once the range is frozen for a merge
+	// (merge.go); destroyed is set when the replica is being removed.
+	// Written by the worker (destroyed by anyone), read by anyone.
+	frozen    atomic.Pointer[frozenRec]
+	destroyed atomic.Bool
 }
 
 // WithoutSpanChecks makes the state machine serve keys outside its span:
@@ -140,6 +146,15 @@ func (s *StateMachine) load(r pebble.Reader) error {
 	}
 	if ok {
 		s.desc.Store(&d)
+	}
+	f, frozen, err := loadFrozen(r, s.id)
+	if err != nil {
+		return fmt.Errorf("load freeze record: %w", err)
+	}
+	if frozen {
+		s.frozen.Store(&f)
+	} else {
+		s.frozen.Store(nil)
 	}
 	leases, err := s.loadLeases(r)
 	if err != nil {
@@ -235,7 +250,7 @@ func getFrom(r pebble.Reader, k []byte) (found bool, rev uint64, val []byte, err
 // batch, without sync. Called by the worker.
 func (s *StateMachine) flush() error {
 	applied := s.applied.Load()
-	if s.dirty.empty() && s.persisted == applied {
+	if (s.dirty.empty() && s.persisted == applied) || s.destroyed.Load() {
 		return nil
 	}
 	b := s.db.NewBatch()
@@ -266,6 +281,12 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if len(cmds) == 0 {
 		return nil
 	}
+	if s.destroyed.Load() {
+		for i := range cmds {
+			cmds[i].Result = Result{KeyMismatch: true}.encode()
+		}
+		return nil
+	}
 	desc := s.desc.Load()
 	if desc == nil {
 		return fmt.Errorf("%w: range %d: a command at index %d", ErrUninitialized, s.id, cmds[0].Index)
@@ -290,6 +311,14 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 			c.Result = Result{Revision: rev, Err: err.Error()}.encode()
 			continue
 		}
+		if fx.frozen != nil || s.frozen.Load() != nil {
+			// Frozen for a merge (perhaps by a freeze earlier in this
+			// batch): nothing applies, not even to the session table, so
+			// that every replica's state stays as of the freeze, which
+			// the merge takes in.
+			c.Result = Result{Revision: rev, KeyMismatch: true}.encode()
+			continue
+		}
 		if res, skip := s.sessions.check(&cmd); skip {
 			c.Result = res
 			continue
@@ -304,7 +333,8 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 			s.sampler.sample(cmd.Key)
 		}
 		var res Result
-		if cmd.Op == OpSplit {
+		switch cmd.Op {
+		case OpSplit:
 			var left *Descriptor
 			if res, left, err = s.applySplit(b, desc, &cmd, rev, &fx); err != nil {
 				return err
@@ -312,8 +342,22 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 			if left != nil {
 				desc = left // the commands after it see the new span
 			}
-		} else if res, err = s.applyOne(b, desc, &cmd, &rev, &fx); err != nil {
-			return err
+		case OpFreeze:
+			if res, err = s.applyFreeze(b, desc, &cmd, c.Index, &fx); err != nil {
+				return err
+			}
+		case OpMerge:
+			var merged *Descriptor
+			if res, merged, err = s.applyMerge(b, desc, &cmd, &rev, &fx); err != nil {
+				return err
+			}
+			if merged != nil {
+				desc = merged // the commands after it see the new span
+			}
+		default:
+			if res, err = s.applyOne(b, desc, &cmd, &rev, &fx); err != nil {
+				return err
+			}
 		}
 		res.Revision = rev
 		c.Result = res.encode()
@@ -325,7 +369,13 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if err := b.Set(s.appliedKey(), s.appliedValue(last, rev), nil); err != nil {
 		return err
 	}
-	shrunk := desc != s.desc.Load()
+	if s.onSplit != nil {
+		for _, sp := range fx.splits {
+			s.onSplit(sp[0], sp[1], false)
+		}
+	}
+	old := s.desc.Load()
+	shrunk := desc != old && old.ContainsSpan(desc.Start, desc.End)
 	if shrunk {
 		// Before the commit: from now on queries for keys the range gave
 		// away are refused here. After it, this replica of the other half
@@ -334,9 +384,12 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	}
 	// A split syncs: the new range's raft log will start at its initial
 	// index (multiraft.StartGroup) on the promise that its state is
-	// durable; a crash must not leave the raft state without it.
+	// durable; a crash must not leave the raft state without it. A
+	// freeze syncs: a merge reads the frozen state from disk on every
+	// node once each replica applied it. A merge syncs: the merged
+	// replica is then removed.
 	sync := pebble.NoSync
-	if fx.split != nil {
+	if len(fx.splits) > 0 || fx.frozen != nil || fx.merged != nil {
 		sync = pebble.Sync
 	}
 	if err := b.Commit(sync); err != nil {
@@ -351,14 +404,23 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if fx.elections != nil {
 		s.publish(fx.elections, false)
 	}
-	if shrunk {
+	if fx.frozen != nil {
+		s.frozen.Store(fx.frozen)
+	}
+	if desc != old && !shrunk {
+		// After the commit: the span grows only once its data is in.
+		s.desc.Store(desc)
+	}
+	if shrunk || fx.frozen != nil || fx.merged != nil {
 		s.descriptorChanged()
 		// Elections whose names left the span are watched elsewhere now:
 		// every watcher reads its election again.
 		s.publish(nil, true)
 	}
-	if fx.split != nil && s.onSplit != nil {
-		s.onSplit(fx.split[0], fx.split[1])
+	if s.onSplit != nil {
+		for _, sp := range fx.splits {
+			s.onSplit(sp[0], sp[1], true)
+		}
 	}
 	return nil
 }
@@ -366,6 +428,9 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 // holds reports whether the range holds what cmd names: its key, or its
 // span. Commands of the meta range's own make sense in the meta range only.
 func (s *StateMachine) holds(desc *Descriptor, cmd *Command) bool {
+	if s.frozen.Load() != nil {
+		return false // frozen for a merge: nothing applies any more
+	}
 	if s.noSpanCheck && cmd.Op.needsKey() {
 		return true
 	}
@@ -486,7 +551,7 @@ func (s *StateMachine) deleteRange(b *pebble.Batch, start, end []byte, rev uint6
 // commands only write data keys, and may be held (applyHeld). It leaves
 // them decoded in s.decoded.
 func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
-	if s.mayAttach || s.dirty.budget.limit == 0 {
+	if s.mayAttach || s.dirty.budget.limit == 0 || s.frozen.Load() != nil {
 		return false
 	}
 	s.decoded = s.decoded[:0]
@@ -605,10 +670,13 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	mismatch := func(key []byte) error {
 		return fmt.Errorf("%w: %q is not in %v", ErrKeyMismatch, key, desc)
 	}
+	// Frozen for a merge, or removed: the range serves no key.
+	serving := s.frozen.Load() == nil && !s.destroyed.Load()
+	holds := func(key []byte) bool { return serving && (desc.Contains(key) || s.noSpanCheck) }
 	switch QueryKind(q[0]) {
 	case QueryGet:
 		key := q[1:]
-		if !desc.Contains(key) && !s.noSpanCheck {
+		if !holds(key) {
 			return nil, mismatch(key)
 		}
 		s.sampler.sample(key)
@@ -631,19 +699,19 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 		if r.err || len(r.b) != 0 || limit == 0 || limit > MaxScanLimit {
 			return nil, fmt.Errorf("%w: scan query", ErrBadCommand)
 		}
-		if !desc.Contains(start) {
+		if !serving || !desc.Contains(start) {
 			return nil, mismatch(start)
 		}
 		return s.scan(desc, start, end, int(limit))
 	case QueryLease:
 		return s.queryLease(q[1:])
 	case QueryElection:
-		if !desc.Contains(q[1:]) {
+		if !serving || !desc.Contains(q[1:]) {
 			return nil, mismatch(q[1:])
 		}
 		return s.queryElection(q[1:])
 	case QueryAttached:
-		if !desc.Contains(q[1:]) {
+		if !serving || !desc.Contains(q[1:]) {
 			return nil, mismatch(q[1:])
 		}
 		return s.queryAttached(q[1:])

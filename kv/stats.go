@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -110,25 +111,23 @@ const loadSampleSize = 128
 // leaf. The random source is seeded by the range ID, so that the
 // simulation replays.
 type loadSampler struct {
+	seen atomic.Uint64 // requests offered; every eighth is looked at
 	mu   sync.Mutex
-	keys [][]byte
-	seen uint64
-	rng  uint64
+	keys [][]byte // guarded by mu
+	rng  uint64   // guarded by mu
+	took uint64   // keys looked at since the reset; guarded by mu
 }
 
 // sample offers key. Every eighth request only is looked at: a sample of
-// the sample, cheap on the apply path.
+// the sample, cheap on the apply path (one atomic add for the others).
 func (l *loadSampler) sample(key []byte) {
-	if len(key) == 0 {
+	if len(key) == 0 || l.seen.Add(1)%8 != 0 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seen++
-	if l.seen%8 != 0 {
-		return
-	}
-	n := l.seen / 8
+	l.took++
+	n := l.took
 	if len(l.keys) < loadSampleSize {
 		l.keys = append(l.keys, append([]byte(nil), key...))
 		return
@@ -149,7 +148,7 @@ func (s *StateMachine) LoadSplitKey() ([]byte, bool) {
 	l := &s.sampler
 	l.mu.Lock()
 	keys := l.keys
-	l.keys, l.seen = nil, 0
+	l.keys, l.took = nil, 0
 	l.mu.Unlock()
 	desc := s.desc.Load()
 	if desc == nil || len(keys) < 8 {

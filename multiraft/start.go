@@ -213,20 +213,41 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 	return h.stopGroup(ctx, id, true)
 }
 
-func (h *Host) stopGroup(ctx context.Context, id uint64, remove bool) error {
+// RemoveGroupAsync is RemoveGroup without the wait: it asks the group's
+// owner to stop it and delete its raft state, and returns a channel closed
+// once that is done. For callers that must not block on a worker (one that
+// drives a Manual Host itself, say).
+func (h *Host) RemoveGroupAsync(id uint64) (<-chan struct{}, error) {
+	req, err := h.requestStop(id, true)
+	if err != nil {
+		return nil, err
+	}
+	return req.done, nil
+}
+
+// requestStop hands group id's owner a stop request.
+func (h *Host) requestStop(id uint64, remove bool) (*stopReq, error) {
 	g, err := h.lookup(id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req := &stopReq{remove: remove, done: make(chan struct{})}
 	g.in.Lock()
 	if g.in.closed || g.in.stop != nil {
 		g.in.Unlock()
-		return fmt.Errorf("%w: %d", ErrGroupRemoved, id)
+		return nil, fmt.Errorf("%w: %d", ErrGroupRemoved, id)
 	}
 	g.in.stop = req
 	g.in.Unlock()
 	h.sched.enqueue(id)
+	return req, nil
+}
+
+func (h *Host) stopGroup(ctx context.Context, id uint64, remove bool) error {
+	req, err := h.requestStop(id, remove)
+	if err != nil {
+		return err
+	}
 	select {
 	case <-req.done:
 		return nil

@@ -131,6 +131,35 @@ func (e rangeEnv) PeerDescriptor(node, id uint64, done func(kv.Descriptor, bool)
 	}()
 }
 
+// ReplicaApplied asks node (this one too) for its replica's applied index.
+func (e rangeEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
+	s := e.s
+	if node == s.cfg.NodeID {
+		r, ok := s.ranges.Get(id)
+		if !ok {
+			done(0, false)
+			return
+		}
+		done(r.SM.AppliedIndex(), true)
+		return
+	}
+	conn := s.peerConns[node]
+	if conn == nil {
+		done(0, false)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)
+		defer cancel()
+		resp, err := api.NewPeerClient(conn).ReplicaState(ctx, &api.ReplicaStateRequest{ClusterId: s.clusterID, Group: id})
+		if err != nil {
+			done(0, false)
+			return
+		}
+		done(resp.Applied, true)
+	}()
+}
+
 // Meta reads the meta index (metaLookup).
 func (e rangeEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
 	s := e.s
@@ -252,7 +281,46 @@ func splitError(err error) error {
 	return status.Error(codes.Unavailable, err.Error())
 }
 
-// Merge serves Cluster.Merge.
+// Merge serves Cluster.Merge: on the node that leads the key's range
+// (forwarded there if need be), the Store merges it with the range after
+// it.
 func (c *clusterService) Merge(ctx context.Context, req *api.MergeRequest) (*api.MergeResponse, error) {
-	return nil, c.s.count("merge", status.Error(codes.Unimplemented, "server: merges are not implemented yet"))
+	s := c.s
+	if err := kv.CheckKey(req.Key); err != nil {
+		return nil, s.count("merge", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	g, local, err := s.rangeOf(ctx, req.Key)
+	if err != nil {
+		return nil, s.count("merge", err)
+	}
+	l, err := s.leaderFor(ctx, g, local)
+	if err != nil {
+		return nil, s.count("merge", err)
+	}
+	if l != s.cfg.NodeID {
+		if forwardedIn(ctx) {
+			return nil, s.count("merge", status.Errorf(codes.FailedPrecondition, "server: range %d: node %d does not lead it (retry)", g, s.cfg.NodeID))
+		}
+		conn, fctx, err := s.forwardToNode(ctx, l)
+		if err != nil {
+			return nil, s.count("merge", err)
+		}
+		resp, err := api.NewClusterClient(conn).Merge(fctx, req)
+		return resp, s.count("merge", err)
+	}
+	type result struct {
+		d   kv.Descriptor
+		err error
+	}
+	ch := make(chan result, 1)
+	s.ranges.Merge(g, func(d kv.Descriptor, err error) { ch <- result{d, err} })
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, s.count("merge", splitError(r.err))
+		}
+		return &api.MergeResponse{Merged: s.rangeInfo(r.d, false)}, s.count("merge", nil)
+	case <-ctx.Done():
+		return nil, s.count("merge", status.FromContextError(ctx.Err()).Err())
+	}
 }

@@ -85,7 +85,11 @@ func (c *cluster) config(id uint64) Config {
 		BalanceInterval:   200 * time.Millisecond,
 		BalanceSettle:     500 * time.Millisecond,
 		DisableSync:       true,
-		Logger:            quietLogger(),
+		// Ranges split only in the tests that ask for it: a split under
+		// a test's load would move leaders the test watches.
+		RangeMaxBytes:  -1,
+		RangeSplitLoad: -1,
+		Logger:         quietLogger(),
 	}
 }
 

@@ -63,6 +63,10 @@ const (
 	// RangeIDs: range(8) → the next range ID to allocate. Only the meta
 	// range holds it.
 	RangeIDs Kind = 'I'
+	// Frozen: range(8) → into(8) freeze index(8) merged(1): the range
+	// is frozen to be merged into range into (it applies nothing more);
+	// merged once the merge applied here (the replica is then removed).
+	Frozen Kind = 'F'
 )
 
 // Registered describes one kind: who owns it and its shape.
@@ -90,4 +94,5 @@ var All = []Registered{
 	{Session, "kv", "client session", false},
 	{Meta, "kv", "meta index record", false},
 	{RangeIDs, "kv", "range ID allocator", false},
+	{Frozen, "kv", "range frozen for a merge", false},
 }

@@ -20,6 +20,9 @@ type Env interface {
 	// PeerDescriptor asks node for the descriptor of its replica of range
 	// id; ok false if it has no initialized one or did not answer.
 	PeerDescriptor(node, id uint64, done func(d kv.Descriptor, ok bool))
+	// ReplicaApplied asks node (this node too) for the applied index of
+	// its replica of range id; ok false if it has none or did not answer.
+	ReplicaApplied(node, id uint64, done func(applied uint64, ok bool))
 	// Meta reads up to limit descriptors of the meta index from the one
 	// holding key (a serializable read is enough: a cache).
 	Meta(key []byte, limit int, done func(ds []kv.Descriptor, err error))

@@ -42,8 +42,72 @@ func (s *Store) Tick() {
 		}
 		s.checkSplit(r, d)
 	}
-	if s.cfg.MetaRepairTicks > 0 && s.ticks%uint64(s.cfg.MetaRepairTicks) == 0 && !s.cfg.LoseMetaUpdates {
-		s.repairMeta()
+	if s.cfg.MinBytes > 0 {
+		s.checkMerges()
+	}
+	if s.cfg.MetaRepairTicks > 0 && s.ticks%uint64(s.cfg.MetaRepairTicks) == 0 {
+		s.finishMerges()
+		if !s.cfg.LoseMetaUpdates {
+			s.repairMeta()
+		}
+	}
+}
+
+// mergeCooldownTicks: a range merges no sooner than this many ticks after
+// it split (or was made by a split), so that a split by load is not undone
+// while its load settles.
+const mergeCooldownTicks = 20
+
+// checkMerges merges each range this node leads with its right neighbour
+// when both are small (under MinBytes, and under MaxBytes/2 together) and
+// cold (under a tenth of SplitLoad), have the same replicas, have not
+// split lately, and the boundary between them was not placed by an
+// operator or the bootstrap (Descriptor.Sticky).
+func (s *Store) checkMerges() {
+	coldBelow := s.cfg.SplitLoad / 10
+	if coldBelow == 0 {
+		coldBelow = 100
+	}
+	small := func(r *Replica) (uint64, bool) {
+		st := s.queueState(r.ID)
+		if s.ticks-st.born < mergeCooldownTicks || s.Load(r.ID) >= coldBelow {
+			return 0, false
+		}
+		n, err := r.SM.SpanBytes()
+		return n, err == nil && n < uint64(s.cfg.MinBytes)
+	}
+	for _, l := range s.Replicas() {
+		ld, ok := l.Descriptor()
+		if !ok || len(ld.End) == 0 || !s.leads(l.ID) {
+			continue
+		}
+		if _, _, frozen := l.SM.Frozen(); frozen {
+			continue
+		}
+		r := s.startingAt(ld.End)
+		if r == nil {
+			continue
+		}
+		rd, _ := r.Descriptor()
+		if !ld.SameReplicas(rd) || rd.Sticky {
+			continue
+		}
+		lb, lok := small(l)
+		if !lok {
+			continue
+		}
+		rb, rok := small(r)
+		if !rok || (s.cfg.MaxBytes > 0 && lb+rb >= uint64(s.cfg.MaxBytes)/2) {
+			continue
+		}
+		id := l.ID
+		why := fmt.Sprintf("sizes %d and %d < %d, cold", lb, rb, s.cfg.MinBytes)
+		s.merge(id, why, func(_ kv.Descriptor, err error) {
+			if err != nil {
+				s.log.Debug("automatic merge did not happen", "group", id, "why", why, "err", err)
+			}
+		})
+		return // one at a time: the neighbours changed
 	}
 }
 
@@ -101,6 +165,7 @@ type queueState struct {
 	written  uint64 // WrittenBytes at the last measurement
 	bytes    uint64 // the last measurement
 	hot      int    // ticks in a row over SplitLoad
+	born     uint64 // the tick of its last split (or of its making)
 }
 
 func (s *Store) queueState(id uint64) *queueState {
@@ -109,7 +174,7 @@ func (s *Store) queueState(id uint64) *queueState {
 	}
 	st := s.queue[id]
 	if st == nil {
-		st = &queueState{}
+		st = &queueState{born: s.ticks}
 		s.queue[id] = st
 	}
 	return st

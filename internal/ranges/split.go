@@ -35,6 +35,10 @@ const (
 	FailSplitAllocated = "split-allocated"
 	// FailSplitApplied: the split applied, the meta index not updated.
 	FailSplitApplied = "split-applied"
+	// FailMergeFrozen: the right-hand range is frozen, not merged.
+	FailMergeFrozen = "merge-frozen"
+	// FailMergeApplied: the merge applied, the meta index not updated.
+	FailMergeApplied = "merge-applied"
 )
 
 // failAt reports whether the failure point name fires.
@@ -48,8 +52,9 @@ var ErrBusy = errors.New("ranges: range busy")
 // ErrNotLocal: this node has no initialized replica of the range.
 var ErrNotLocal = errors.New("ranges: no local replica")
 
-// Split splits range id at key (nil: the key that halves its data) and
-// calls done (on the Store's loop) with the two halves, or an error.
+// Split splits range id at key (nil: the key that halves its data), as an
+// operator asks (the new boundary is sticky: the merge queue leaves it),
+// and calls done (on the Store's loop) with the two halves, or an error.
 func (s *Store) Split(id uint64, key []byte, done func(left, right kv.Descriptor, err error)) {
 	s.enqueue(func() { s.split(id, key, "admin", done) })
 }
@@ -79,7 +84,8 @@ func (s *Store) split(id uint64, key []byte, why string, done func(left, right k
 		}
 		key = k
 	}
-	if _, err := kv.SplitCommand(desc, key, id+1); err != nil {
+	sticky := why == "admin"
+	if _, err := kv.SplitCommand(desc, key, id+1, sticky); err != nil {
 		fail(err)
 		return
 	}
@@ -102,7 +108,7 @@ func (s *Store) split(id uint64, key []byte, why string, done func(left, right k
 			finish(kv.Descriptor{}, kv.Descriptor{}, fmt.Errorf("ranges: split of range %d: failure point %s", id, FailSplitAllocated))
 			return
 		}
-		cmd, err := kv.SplitCommand(&d, key, newID)
+		cmd, err := kv.SplitCommand(&d, key, newID, sticky)
 		if err != nil {
 			finish(kv.Descriptor{}, kv.Descriptor{}, err)
 			return
@@ -191,6 +197,8 @@ func (s *Store) updateMeta(ds []kv.Descriptor) {
 // has a leader at once instead of after an election timeout.
 func (s *Store) onSplit(left, right kv.Descriptor) {
 	s.load.forget(left.ID)
+	s.queueState(left.ID).born = s.ticks
+	s.queueState(right.ID).born = s.ticks
 	if _, ok := s.Get(right.ID); !ok {
 		if _, err := s.start(right.ID, right.Replicas); err != nil {
 			if errors.Is(err, multiraft.ErrStopped) {
@@ -200,6 +208,9 @@ func (s *Store) onSplit(left, right kv.Descriptor) {
 			return
 		}
 	}
+	s.mu.Lock()
+	delete(s.mu.announced, right.ID)
+	s.mu.Unlock()
 	if l, _, err := s.cfg.Host.Leader(left.ID); err == nil && l == s.cfg.NodeID {
 		s.campaign(right.ID, left.ID, 0)
 	}

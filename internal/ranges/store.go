@@ -71,6 +71,9 @@ type Config struct {
 	// LoseMetaUpdates makes the Store skip every meta index update and
 	// repair: a planted bug for the simulation, which must catch it.
 	LoseMetaUpdates bool
+	// SkipMergeWait makes a merge skip its wait for the right-hand range's
+	// replicas to apply the freeze: a planted bug for the simulation.
+	SkipMergeWait bool
 	// FailPoint, if set, is called between the steps of a split and a
 	// merge with the step's name (FailSplitAllocated, ...); an error ends
 	// the operation there, as if the node died (the simulation then
@@ -142,6 +145,10 @@ type Store struct {
 		replicas map[uint64]*Replica
 		// busy: ranges splitting or merging from this node.
 		busy map[uint64]bool
+		// announced: ranges a split here made, whose replicas are not
+		// started yet (onSplit does): their spans are held here already
+		// (holding), though no replica serves them yet.
+		announced map[uint64]kv.Descriptor
 	}
 	tasks   tasks
 	metrics storeMetrics
@@ -167,7 +174,26 @@ func Open(cfg Config) (*Store, error) {
 	s.tasks.wake = make(chan struct{}, 1)
 	s.mu.replicas = make(map[uint64]*Replica)
 	s.mu.busy = make(map[uint64]bool)
+	s.mu.announced = make(map[uint64]kv.Descriptor)
 	s.index.Store(&[]*Replica{})
+	// Replicas merged into another range whose removal a stop cut short:
+	// remove them now.
+	merged, err := kv.MergedReplicas(cfg.DB)
+	if err != nil {
+		return nil, fmt.Errorf("ranges: list merged replicas: %w", err)
+	}
+	for _, id := range merged {
+		b := cfg.Host.Store().NewBatch()
+		b.DeleteGroup(id)
+		err := b.Commit(true)
+		b.Close()
+		if err == nil {
+			err = kv.DestroyReplica(cfg.DB, id)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ranges: remove merged replica of range %d: %w", id, err)
+		}
+	}
 	ds, err := kv.LocalDescriptors(cfg.DB)
 	if err != nil {
 		return nil, fmt.Errorf("ranges: list local ranges: %w", err)
@@ -214,7 +240,7 @@ func InitialRanges(n int, replicas func(id uint64) []uint64) []kv.Descriptor {
 			end = splits[i]
 		}
 		id := uint64(i + 1)
-		out = append(out, kv.Descriptor{ID: id, Start: start, End: end, Replicas: replicas(id), Generation: 1})
+		out = append(out, kv.Descriptor{ID: id, Start: start, End: end, Replicas: replicas(id), Generation: 1, Sticky: i > 0})
 		start = end
 	}
 	return out
@@ -226,7 +252,13 @@ func InitialRanges(n int, replicas func(id uint64) []uint64) []kv.Descriptor {
 func (s *Store) start(id uint64, members []uint64) (*Replica, error) {
 	opts := append(slices.Clone(s.cfg.Options),
 		kv.WithDescriptorHook(s.descriptorChanged),
-		kv.WithSplitHook(func(left, right kv.Descriptor) { s.enqueue(func() { s.onSplit(left, right) }) }),
+		kv.WithSplitHook(func(left, right kv.Descriptor, committed bool) {
+			if !committed {
+				s.announce(right)
+				return
+			}
+			s.enqueue(func() { s.onSplit(left, right) })
+		}),
 		kv.WithSnapshotGate(func(d *kv.Descriptor) bool { return s.acceptSnapshot(id, d) }))
 	sm, err := kv.New(s.cfg.DB, id, opts...)
 	if err != nil {
@@ -250,6 +282,9 @@ func (s *Store) start(id uint64, members []uint64) (*Replica, error) {
 	s.mu.Lock()
 	s.mu.replicas[id] = r
 	s.mu.Unlock()
+	// A range made here by a split may supersede a replica that merged
+	// away before this node applied the merge (blockers).
+	s.enqueue(func() { s.reconcile(id) })
 	s.reindex()
 	return r, nil
 }
@@ -257,24 +292,110 @@ func (s *Store) start(id uint64, members []uint64) (*Replica, error) {
 // descriptorChanged is every state machine's descriptor hook: a replica's
 // span changed (or it was initialized). Called on the replica's worker; it
 // must not block.
-func (s *Store) descriptorChanged(id uint64) { s.reindex() }
+func (s *Store) descriptorChanged(id uint64) {
+	s.reindex()
+	s.enqueue(func() { s.reconcile(id) })
+}
 
-// reindex rebuilds the index of initialized replicas by span.
+// reindex rebuilds the index of initialized replicas by span. A replica
+// another replica here supersedes (blockers) is left out: it merged away,
+// and is being removed.
 func (s *Store) reindex() {
 	s.mu.RLock()
-	idx := make([]*Replica, 0, len(s.mu.replicas))
+	all := make([]*Replica, 0, len(s.mu.replicas))
 	for _, r := range s.mu.replicas {
 		if _, ok := r.SM.Descriptor(); ok {
-			idx = append(idx, r)
+			all = append(all, r)
 		}
 	}
 	s.mu.RUnlock()
+	idx := make([]*Replica, 0, len(all))
+	for _, r := range all {
+		if s.supersededIn(r, all) == nil {
+			idx = append(idx, r)
+		}
+	}
 	slices.SortFunc(idx, func(a, b *Replica) int {
 		da, _ := a.SM.Descriptor()
 		db, _ := b.SM.Descriptor()
 		return bytes.Compare(da.Start, db.Start)
 	})
 	s.index.Store(&idx)
+}
+
+// supersededIn returns the replica of all whose descriptor supersedes r
+// (blockers), if any: r is then obsolete here (merged away).
+func (s *Store) supersededIn(r *Replica, all []*Replica) *Replica {
+	for _, o := range all {
+		if od, ok := o.Descriptor(); ok && o != r && replicaSupersedes(od, r) {
+			return o
+		}
+	}
+	return nil
+}
+
+// reconcile removes the replicas here that range id's replica supersedes
+// (blockers): a range merged into it, or one its snapshot subsumed
+// (acceptSnapshot). Runs on the loop.
+func (s *Store) reconcile(id uint64) {
+	owner, ok := s.Get(id)
+	if !ok {
+		return
+	}
+	od, ok := owner.Descriptor()
+	if !ok {
+		return
+	}
+	for _, r := range s.Replicas() {
+		if r.ID != id && replicaSupersedes(od, r) {
+			s.destroy(r, fmt.Sprintf("range %d supersedes it (%v)", id, od))
+		}
+	}
+}
+
+// destroy removes replica r from the node: it stops applying, the Host
+// removes its group and raft state, then its own state is deleted (not the
+// data of its span, which the range that holds it now owns).
+func (s *Store) destroy(r *Replica, why string) {
+	s.mu.Lock()
+	if s.mu.replicas[r.ID] != r {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.mu.replicas, r.ID)
+	s.mu.Unlock()
+	s.reindex()
+	r.SM.Destroy()
+	s.log.Info("removing replica", "group", r.ID, "why", why)
+	done, err := s.cfg.Host.RemoveGroupAsync(r.ID)
+	if err != nil {
+		s.log.Warn("remove replica", "group", r.ID, "err", err)
+		return
+	}
+	s.afterDone(done, func() {
+		if err := kv.DestroyReplica(s.cfg.DB, r.ID); err != nil {
+			s.fatal(fmt.Errorf("ranges: delete the state of range %d's removed replica: %w", r.ID, err))
+		}
+	})
+}
+
+// afterDone runs fn on the loop once done is closed, looking every
+// CampaignRetry (the loop must not wait on the Host: in the simulation it
+// drives the Host itself).
+func (s *Store) afterDone(done <-chan struct{}, fn func()) {
+	select {
+	case <-done:
+		fn()
+	default:
+		if s.env == nil {
+			go func() {
+				<-done
+				s.enqueue(fn)
+			}()
+			return
+		}
+		s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.afterDone(done, fn) }) })
+	}
 }
 
 // Lookup returns the local replica whose span holds key, as applied here;
@@ -293,15 +414,18 @@ func (s *Store) Lookup(key []byte) *Replica {
 			return idx[i-1]
 		}
 	}
-	// The index lags a descriptor change: look at every replica.
+	// The index lags a descriptor change: look at every replica, and take
+	// the latest generation that holds the key.
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	var best *Replica
+	var gen uint64
 	for _, r := range s.mu.replicas {
-		if d, ok := r.SM.Descriptor(); ok && d.Contains(key) {
-			return r
+		if d, ok := r.SM.Descriptor(); ok && d.Contains(key) && (best == nil || d.Generation > gen) {
+			best, gen = r, d.Generation
 		}
 	}
-	return nil
+	return best
 }
 
 // Get returns the local replica of range id.
@@ -362,22 +486,99 @@ func (s *Store) fatal(err error) {
 // snapshot waits until it applied the split (from its log, or from a
 // snapshot of its own that shrinks it). Called on id's worker.
 func (s *Store) acceptSnapshot(id uint64, d *kv.Descriptor) bool {
-	for _, r := range s.Overlapping(d.Start, d.End) {
-		if r.ID != id {
-			s.log.Debug("snapshot refused for now: another local replica holds part of its span",
-				"group", id, "snapshot", d.String(), "holder", r.ID)
-			return false
-		}
+	if b := s.blockers(id, d); len(b) > 0 {
+		s.log.Debug("snapshot refused for now: another local replica holds part of its span",
+			"group", id, "snapshot", d.String(), "holder", b[0].id)
+		return false
 	}
 	return true
 }
 
+// holder is a range whose span a replica here holds: a started replica's
+// (r set), or one a split here announced and has not started yet.
+type holder struct {
+	id     uint64
+	desc   *kv.Descriptor
+	frozen bool
+	r      *Replica
+}
+
+// blockers returns the ranges here, other than range id, that hold part of
+// span d and that d's range has not superseded. A range here is superseded
+// by d (a later generation that shares a key with it) when it merged away:
+// d holds all of its span (it merged into d's range, directly or before
+// d's range split), or it is frozen (a frozen range only merges, so a
+// later descriptor of one of its keys means the merge happened). Either
+// way the merge waited for this replica to apply its freeze, so it writes
+// nothing more; reconcile removes it once a replica here has superseded
+// it. Any other range here still holds (and may still write) part of d's
+// span: it has not applied a split that d's range came from, or has not
+// started the range such a split made, and d's state must wait.
+func (s *Store) blockers(id uint64, d *kv.Descriptor) []holder {
+	var out []holder
+	for _, h := range s.holding(d.Start, d.End) {
+		if h.id != id && !supersedes(d, h.desc, h.frozen) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// supersedes reports whether descriptor d supersedes a replica with
+// descriptor rd, frozen or not, which shares a key with it (see blockers).
+func supersedes(d, rd *kv.Descriptor, frozen bool) bool {
+	if rd.Generation >= d.Generation || !d.Overlaps(rd.Start, rd.End) {
+		return false
+	}
+	return frozen || d.ContainsSpan(rd.Start, rd.End)
+}
+
+// replicaSupersedes is supersedes for a started replica.
+func replicaSupersedes(d *kv.Descriptor, r *Replica) bool {
+	rd, ok := r.Descriptor()
+	if !ok {
+		return false
+	}
+	_, _, frozen := r.SM.Frozen()
+	return supersedes(d, rd, frozen)
+}
+
+// holding returns the ranges whose spans a replica here holds, or a split
+// here announced, that intersect [start, end), stale ones included.
+func (s *Store) holding(start, end []byte) []holder {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []holder
+	for _, r := range s.mu.replicas {
+		if d, ok := r.SM.Descriptor(); ok && d.Overlaps(start, end) {
+			_, _, frozen := r.SM.Frozen()
+			out = append(out, holder{id: r.ID, desc: d, frozen: frozen, r: r})
+		}
+	}
+	for id, d := range s.mu.announced {
+		if _, started := s.mu.replicas[id]; !started && d.Overlaps(start, end) {
+			out = append(out, holder{id: id, desc: &d})
+		}
+	}
+	return out
+}
+
+// announce records that a split here is about to make range d (kv's
+// split hook, before the split commits; on the worker: it must not
+// block).
+func (s *Store) announce(d kv.Descriptor) {
+	s.mu.Lock()
+	s.mu.announced[d.ID] = d
+	s.mu.Unlock()
+}
+
 // UnknownGroup is the Host's multiraft.Config.UnknownGroup: raft messages
 // came from node from for range id, which has no replica here. If from's
-// replica of id lists this node and no replica here holds any of its span,
-// an empty replica is started: it gets the range's state from a snapshot.
-// (A node that has not applied a split yet still holds the new range's
-// span and makes its replica itself when it applies it.) Never blocks.
+// replica of id lists this node and no replica here holds any of its span
+// (but replicas it subsumed: blockers), an empty replica is started: it
+// gets the range's state from a snapshot. (A node that has not applied a
+// split yet still holds the new range's span and makes its replica itself
+// when it applies it.) Never blocks.
 func (s *Store) UnknownGroup(id, from uint64) {
 	if s.env == nil {
 		return
@@ -393,7 +594,7 @@ func (s *Store) UnknownGroup(id, from uint64) {
 			if _, ok := s.Get(id); ok {
 				return
 			}
-			if len(s.Overlapping(d.Start, d.End)) > 0 {
+			if len(s.blockers(id, &d)) > 0 {
 				return // a replica here still holds part of it: see above
 			}
 			s.log.Info("starting an empty replica for a snapshot", "group", id, "from", from, "desc", d.String())

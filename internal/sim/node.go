@@ -123,6 +123,7 @@ func (n *node) start() error {
 		SplitLoad:       s.splitLoad,
 		CampaignRetry:   2 * s.cfg.TickInterval,
 		LoseMetaUpdates: s.cfg.Bug == BugLoseMetaUpdate,
+		SkipMergeWait:   s.cfg.Bug == BugMergeNoWait,
 		FailPoint:       n.failPoint,
 		Fatal: func(err error) {
 			s.violation("node %d: ranges failed: %v", n.id, err)

@@ -43,7 +43,7 @@ func (e simEnv) After(d time.Duration, fn func()) {
 
 // reach reports whether a message from a to b gets through now.
 func (s *sim) reach(a, b uint64) bool {
-	return a == b || (!s.net.isBlocked(a, b) && s.nodes[b].up && !s.nodes[b].paused)
+	return s.nodes[b].up && s.nodes[b].ranges != nil && !s.nodes[b].paused && (a == b || !s.net.isBlocked(a, b))
 }
 
 // Propose finds the node whose replica leads range id and proposes there,
@@ -111,6 +111,24 @@ func (e simEnv) PeerDescriptor(node, id uint64, done func(kv.Descriptor, bool)) 
 	})
 }
 
+// ReplicaApplied asks node's replica of range id its applied index,
+// across the network.
+func (e simEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
+	n, s := e.n, e.n.s
+	s.after(s.net.delay(n.id, node)+s.net.delay(node, n.id), func() {
+		if !s.reach(n.id, node) || !s.reach(node, n.id) {
+			done(0, false)
+			return
+		}
+		r, ok := s.nodes[node].ranges.Get(id)
+		if !ok {
+			done(0, false)
+			return
+		}
+		done(r.SM.AppliedIndex(), true)
+	})
+}
+
 // Meta reads the node's own replica of the meta range (every node has one
 // in the simulation), as the server does when it has one.
 func (e simEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
@@ -133,7 +151,7 @@ func (n *node) meta(key []byte, limit int) ([]kv.Descriptor, error) {
 
 // storeFailPoints are the Store's steps the nemesis may crash a node
 // between (ranges.Config.FailPoint).
-var storeFailPoints = []string{ranges.FailSplitAllocated, ranges.FailSplitApplied}
+var storeFailPoints = []string{ranges.FailSplitAllocated, ranges.FailSplitApplied, ranges.FailMergeFrozen, ranges.FailMergeApplied}
 
 // rangeTickLoop ticks the node's Store every rangeTick.
 func (n *node) rangeTickLoop() {
@@ -147,14 +165,47 @@ func (n *node) rangeTickLoop() {
 // rangeTick is the simulated Store's tick.
 const rangeTick = 100 * time.Millisecond
 
-// splitLoop splits a range now and then through the faulty phase, besides
-// the nemesis's other faults.
+// splitLoop splits or merges a range now and then through the faulty
+// phase, besides the nemesis's other faults.
 func (s *sim) splitLoop() {
 	if s.healed || s.now >= s.cfg.Duration {
 		return
 	}
-	s.splitNemesis()
+	if s.cfg.Faults&FaultMerge != 0 && (s.cfg.Faults&FaultSplit == 0 || s.rng.IntN(2) == 0) {
+		s.mergeNemesis()
+	} else if s.cfg.Faults&FaultSplit != 0 {
+		s.splitNemesis()
+	}
 	s.after(s.between(50*time.Millisecond, 400*time.Millisecond), s.splitLoop)
+}
+
+// mergeNemesis merges a random range with the next one, from the node that
+// leads it.
+func (s *sim) mergeNemesis() {
+	key := []byte(s.keyName(s.rng.IntN(s.cfg.Keys)))
+	for _, id := range s.upNodes() {
+		n := s.nodes[id]
+		if n.paused {
+			continue
+		}
+		r := n.ranges.Lookup(key)
+		if r == nil {
+			continue
+		}
+		if l, _, err := n.host.Leader(r.ID); err != nil || l != id {
+			continue
+		}
+		s.res.Faults++
+		s.record("merge", id, r.ID)
+		n.ranges.Merge(r.ID, func(d kv.Descriptor, err error) {
+			if err == nil {
+				s.res.Merges++
+				s.record("merge-done", d.ID)
+			}
+		})
+		n.drain()
+		return
+	}
 }
 
 // splitNemesis splits a random range, from the node that leads it, at a

@@ -72,11 +72,15 @@ const (
 	// clients learn of splits only when a range answers that it does not
 	// hold a key: their range caches go stale.
 	FaultSplit
+	// FaultMerge merges a range with the next one now and then (from the
+	// node that leads it, as an operator's merge would), racing with
+	// leader changes, transfers, crashes and the splits.
+	FaultMerge
 
 	// AllFaults is every fault kind.
 	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
 		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign |
-		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit
+		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit | FaultMerge
 )
 
 var faultNames = []struct {
@@ -87,12 +91,12 @@ var faultNames = []struct {
 	{FaultPartition, "partition"}, {FaultBlackHole, "blackhole"}, {FaultCrash, "crash"},
 	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
 	{FaultPause, "pause"}, {FaultTransfer, "transfer"}, {FaultRequestDup, "reqdup"},
-	{FaultSplit, "split"},
+	{FaultSplit, "split"}, {FaultMerge, "merge"},
 }
 
 // ParseFaults parses a comma-separated list of fault names (drop, delay,
 // duplicate, partition, blackhole, crash, failpoint, campaign, pause,
-// transfer, reqdup, split, or all).
+// transfer, reqdup, split, merge, or all).
 func ParseFaults(s string) (Faults, error) {
 	var f Faults
 	for _, part := range strings.Split(s, ",") {
@@ -157,8 +161,11 @@ const (
 	// BugLoseMetaUpdate loses every meta index update after a split, and
 	// its repair (ranges.Config.LoseMetaUpdates).
 	BugLoseMetaUpdate
+	// BugMergeNoWait merges a frozen range without waiting for its
+	// replicas to apply the freeze (ranges.Config.SkipMergeWait).
+	BugMergeNoWait
 
-	bugLast = BugLoseMetaUpdate
+	bugLast = BugMergeNoWait
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -306,6 +313,7 @@ type Result struct {
 	// requests a range refused because it no longer held their key (a
 	// client with stale descriptors).
 	Splits           int `json:"splits"`
+	Merges           int `json:"merges"`
 	SnapshotsRefused int `json:"snapshots_refused"`
 	Mismatches       int `json:"mismatches"`
 	// EmptyReplicas counts replicas a node started empty, to receive a
@@ -438,7 +446,10 @@ type sim struct {
 
 // effect is where a session write took effect (range, position), and its
 // result's hash.
-type effect struct{ group, pos, result uint64 }
+type effect struct {
+	group, pos, result uint64
+	res                []byte // the result, for the report
+}
 
 // ackedWrite is an acknowledged write: its group and session identity.
 type ackedWrite struct{ group, session, seq uint64 }
@@ -534,7 +545,7 @@ func (s *sim) run() (err error) {
 	if s.cfg.Faults&^(FaultDrop|FaultDelay|FaultDuplicate) != 0 {
 		s.after(s.between(100*time.Millisecond, 500*time.Millisecond), s.nemesis)
 	}
-	if s.cfg.Faults&FaultSplit != 0 {
+	if s.cfg.Faults&(FaultSplit|FaultMerge) != 0 {
 		s.after(s.between(50*time.Millisecond, 300*time.Millisecond), s.splitLoop)
 	}
 	healAt := s.cfg.Duration
@@ -556,6 +567,9 @@ func (s *sim) run() (err error) {
 		}
 	}
 	s.res.SimTime = s.now
+	if !converged && debugHook != nil {
+		debugHook(s)
+	}
 	if !converged {
 		if s.allUp() && !s.metaConverged() {
 			s.violation("the meta index did not come to record the ranges within %v after healing: %s", s.cfg.HealTimeout, s.describeMeta())
@@ -573,6 +587,11 @@ func (s *sim) afterEvent() {
 	for _, id := range s.ids {
 		n := s.nodes[id]
 		if n.up && n.host.Err() != nil {
+			if err := n.host.Err(); !errors.Is(err, ErrCrashPoint) {
+				// The engine stopped on an error of its own (a state
+				// machine that could not apply a command): a finding.
+				s.violation("node %d stopped at %v: %v", id, s.now, err)
+			}
 			n.crash("failpoint")
 			s.pollClients()
 			n.scheduleRestart()
@@ -653,7 +672,18 @@ func (s *sim) describe() string {
 				fmt.Fprintf(&b, " n%d=%v", id, err)
 				continue
 			}
-			fmt.Fprintf(&b, " n%d[lead=%d term=%d commit=%d applied=%d]", id, st.Leader, st.Term, st.Commit, st.Applied)
+			fmt.Fprintf(&b, " n%d[lead=%d term=%d commit=%d applied=%d", id, st.Leader, st.Term, st.Commit, st.Applied)
+			if r, ok := n.ranges.Get(g); ok {
+				if d, ok := r.Descriptor(); ok {
+					fmt.Fprintf(&b, " %v", d)
+				} else {
+					b.WriteString(" empty")
+				}
+				if into, at, frozen := r.SM.Frozen(); frozen {
+					fmt.Fprintf(&b, " frozen into %d at %d", into, at)
+				}
+			}
+			b.WriteString("]")
 		}
 		b.WriteString("; ")
 	}
@@ -712,13 +742,15 @@ func (s *sim) noteApply(node, group, index, sub uint64, cmd, res []byte) {
 		same := e.group == group && e.pos == pos
 		switch {
 		case !seen:
-			s.effects[key] = effect{group: group, pos: pos, result: rh}
+			s.effects[key] = effect{group: group, pos: pos, result: rh, res: append([]byte(nil), res...)}
 		case !same && e.result == rh && node == s.ids[0]:
 			s.res.Deduped++ // counted on one replica
 		case !same && e.result != rh && !s.dupReported[h]:
 			s.dupReported[h] = true
-			s.violation("write (session %d, seq %d) took effect twice: in group %d at %d.%d and in group %d at %d.%d (node %d)",
-				sess, seq, e.group, e.pos>>16, e.pos&0xffff, group, index, sub, node)
+			first, _ := kv.DecodeResult(e.res)
+			second, _ := kv.DecodeResult(res)
+			s.violation("write (session %d, seq %d) took effect twice: in group %d at %d.%d (%+v) and in group %d at %d.%d (%+v) (node %d)",
+				sess, seq, e.group, e.pos>>16, e.pos&0xffff, first, group, index, sub, second, node)
 		}
 		return
 	}
@@ -779,6 +811,9 @@ func sortedKeys[V any](m map[uint64]V) []uint64 {
 	return out
 }
 
-// debugLogger is the runs' logger: discarded, unless a debugging test sets
+// debugLogger is the runs' logger: discarded, unless TestReplaySeed sets
 // it.
 var debugLogger = slog.New(slog.DiscardHandler)
+
+// debugHook, if set by TestReplaySeed, sees a run that did not converge.
+var debugHook func(*sim)

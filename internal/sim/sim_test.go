@@ -77,16 +77,18 @@ func TestSeeds(t *testing.T) {
 		total.Failovers += r.Failovers
 		total.Deduped += r.Deduped
 		total.Splits += r.Splits
+		total.Merges += r.Merges
 		total.SnapshotsRefused += r.SnapshotsRefused
 		total.Mismatches += r.Mismatches
 		total.EmptyReplicas += r.EmptyReplicas
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
+	t.Logf("%d merges", total.Merges)
 	t.Logf("%d splits, %d replicas started empty for a snapshot after missing a split, %d snapshots refused while a replica still held their span, %d requests refused by a range that no longer held their key",
 		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
-		total.Splits == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 {
+		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
@@ -192,6 +194,18 @@ func TestTeethLoseMetaUpdate(t *testing.T) {
 		func(r *Result) bool {
 			return slices.ContainsFunc(r.Violations, func(v string) bool { return strings.Contains(v, "meta index") })
 		})
+}
+
+// TestTeethMergeNoWait merges a frozen range without waiting for its
+// replicas to apply the freeze: a replica that lags (cut off, paused,
+// crashed) cannot take the right-hand range in the way the others did, and
+// the run must report it (its node stops on the inconsistency, the
+// replicas diverge, or the history is not linearizable). With the wait,
+// TestSeeds runs the same faults clean.
+func TestTeethMergeNoWait(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugMergeNoWait, Faults: FaultMerge | FaultDelay | FaultPartition | FaultPause}, 300,
+		func(r *Result) bool { return r.Failed() })
+	t.Logf("caught by: linearizable=%s, %d violations", r.Linearizable, len(r.Violations))
 }
 
 // TestNoFaults: a clean run is linearizable and loses nothing.

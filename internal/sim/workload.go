@@ -375,9 +375,12 @@ func (c *client) poll() {
 		}
 		c.s.acked = append(c.s.acked, ackedWrite{group: p.group, session: c.session(), seq: p.seq})
 		c.done(&out)
-	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped), errors.Is(err, multiraft.ErrNotLeader),
-		errors.Is(err, multiraft.ErrGroupNotFound):
+	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped), errors.Is(err, multiraft.ErrNotLeader):
 		// Never appended: try again elsewhere.
+		c.retry(p)
+	case errors.Is(err, multiraft.ErrGroupNotFound):
+		// No such range here (it merged away): look the key up again.
+		c.cache.Evict(p.group, ^uint64(0))
 		c.retry(p)
 	default:
 		// ErrAmbiguous, ErrStopped, ErrGroupRemoved: it may apply; the
@@ -388,7 +391,7 @@ func (c *client) poll() {
 }
 
 func (c *client) finishRead(out []byte, err error) {
-	if errors.Is(err, kv.ErrKeyMismatch) {
+	if errors.Is(err, kv.ErrKeyMismatch) || errors.Is(err, multiraft.ErrGroupNotFound) || errors.Is(err, kv.ErrUninitialized) {
 		// The range gave the key away: the read is dropped, and the
 		// client looks the key up again next time.
 		c.s.res.Mismatches++

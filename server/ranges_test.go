@@ -1,0 +1,300 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/loadgen"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// tiles checks that rs, in order, tile the keyspace.
+func tiles(rs []*api.RangeInfo) error {
+	var at []byte
+	for i, r := range rs {
+		if !bytes.Equal(r.Start, at) {
+			return fmt.Errorf("range %d starts at %q, the one before ends at %q", r.Id, r.Start, at)
+		}
+		if len(r.End) == 0 && i != len(rs)-1 {
+			return fmt.Errorf("range %d ends the keyspace but is not last", r.Id)
+		}
+		at = r.End
+	}
+	if len(rs) == 0 || len(at) != 0 {
+		return fmt.Errorf("the ranges do not reach the end of the keyspace")
+	}
+	return nil
+}
+
+// TestSizeSplitsTileAndScan: a cluster started with one range and a 1 MiB
+// range size takes 20,000 puts of 1 KiB values and splits by size into 8
+// ranges or more; the meta index and every node's replicas tile the
+// keyspace with them, and a scan in pages of 1000 returns every key once,
+// in order.
+func TestSizeSplitsTileAndScan(t *testing.T) {
+	c := startClusterWith(t, 3, 1, func(cfg *Config) {
+		cfg.RangeMaxBytes = 1 << 20
+		cfg.RangeTick = 50 * time.Millisecond
+	})
+	cl := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const n, workers = 20000, 32
+	value := bytes.Repeat([]byte("v"), 1024)
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				if _, err := cl.Put(ctx, loadgen.AppendKey(nil, i), value); err != nil {
+					errs <- fmt.Errorf("put %d: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var rs []*api.RangeInfo
+	waitFor(t, time.Minute, "8 ranges or more, recorded in the meta index", func() error {
+		var err error
+		if rs, _, err = cl.Ranges(ctx, nil, 10000, false); err != nil {
+			return err
+		}
+		if err := tiles(rs); err != nil {
+			return err
+		}
+		if len(rs) < 8 {
+			return fmt.Errorf("%d ranges", len(rs))
+		}
+		return nil
+	})
+	t.Logf("%d puts of 1 KiB made %d ranges", n, len(rs))
+	// Every node holds the same ranges, and they tile the keyspace.
+	waitFor(t, 30*time.Second, "every node's replicas match the meta index", func() error {
+		for id, s := range c.nodes {
+			var local []*api.RangeInfo
+			for _, r := range s.ranges.Overlapping(nil, nil) {
+				d, _ := r.Descriptor()
+				local = append(local, &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End})
+			}
+			if err := tiles(local); err != nil {
+				return fmt.Errorf("node %d: %v", id, err)
+			}
+			if len(local) != len(rs) {
+				return fmt.Errorf("node %d holds %d ranges, the meta index %d", id, len(local), len(rs))
+			}
+			for i := range local {
+				if local[i].Id != rs[i].Id || !bytes.Equal(local[i].Start, rs[i].Start) || !bytes.Equal(local[i].End, rs[i].End) {
+					return fmt.Errorf("node %d: range %d %s, meta index %d %s", id, local[i].Id, kv.SpanString(local[i].Start, local[i].End),
+						rs[i].Id, kv.SpanString(rs[i].Start, rs[i].End))
+				}
+			}
+		}
+		return nil
+	})
+	// A paginated scan returns every key once, in order.
+	var got [][]byte
+	var at []byte
+	for pages := 0; ; pages++ {
+		if pages > n/1000+10 {
+			t.Fatalf("scan did not end after %d pages", pages)
+		}
+		kvs, resume, err := cl.ScanRange(ctx, at, nil, 1000)
+		if err != nil {
+			t.Fatalf("scan page %d from %q: %v", pages, at, err)
+		}
+		for _, k := range kvs {
+			if !bytes.Equal(k.Value, value) {
+				t.Fatalf("key %q has a value of %d bytes", k.Key, len(k.Value))
+			}
+			got = append(got, k.Key)
+		}
+		if len(resume) == 0 {
+			break
+		}
+		at = resume
+	}
+	want := make([][]byte, n)
+	for i := range n {
+		want[i] = loadgen.AppendKey(nil, i)
+	}
+	slices.SortFunc(want, bytes.Compare)
+	if len(got) != n {
+		t.Fatalf("scan returned %d keys, want %d", len(got), n)
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("scan key %d is %q, want %q", i, got[i], want[i])
+		}
+	}
+}
+
+// TestSplitRoutesStaleClients: an operator's split (the API's Split) cuts
+// a range in two on every node; a client whose range cache predates the
+// split, and a request naming the old range, still reach the key's new
+// range; scans and range deletes across the boundary see both halves.
+func TestSplitRoutesStaleClients(t *testing.T) {
+	c := startCluster(t, 3, 2) // ranges ["", "80") and ["80", ∞)
+	ctx := ctxT(t)
+	stale := c.client()
+	for _, k := range []string{"1a", "3b", "5c", "7d"} {
+		if _, err := stale.Put(ctx, []byte(k), []byte("v"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := stale.RangeOf(ctx, []byte("5c"))
+	if err != nil || before.ID != 1 {
+		t.Fatalf("range of 5c before the split: %v %v", before, err)
+	}
+	admin := c.client()
+	left, right, err := admin.Split(ctx, []byte("4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left.Id != 1 || string(left.End) != "4" || string(right.Start) != "4" || string(right.End) != "80" || right.Id == 1 {
+		t.Fatalf("split answered %v and %v", left, right)
+	}
+	// Splitting at a range's start is refused.
+	if _, _, err := admin.Split(ctx, []byte("4")); err == nil {
+		t.Fatal("a split at a range's first key was accepted")
+	}
+	// Every node applied it (its replicas of both halves).
+	waitFor(t, 10*time.Second, "both halves on every node", func() error {
+		for id, s := range c.nodes {
+			r := s.ranges.Lookup([]byte("5c"))
+			if r == nil || r.ID != right.Id {
+				return fmt.Errorf("node %d: 5c in %v", id, r)
+			}
+		}
+		return nil
+	})
+	// The stale client still believes 5c is in range 1, and is served.
+	if d, _ := stale.RangeOf(ctx, []byte("5c")); d.ID != 1 {
+		t.Fatalf("the client's cache was refreshed behind the test's back: %v", d)
+	}
+	if _, err := stale.Put(ctx, []byte("5c"), []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if kv, err := stale.Get(ctx, []byte("5c")); err != nil || string(kv.Value) != "after" || kv.Group != right.Id {
+		t.Fatalf("get 5c through a stale cache: %+v %v", kv, err)
+	}
+	// A raw request naming the old range is routed to the new one.
+	r, err := rawKV(t, c.nodes[2].ClientAddr()).Get(ctx, &api.GetRequest{Key: []byte("7d"), Group: 1})
+	if err != nil || !r.Found || r.Header.Group != right.Id {
+		t.Fatalf("get naming the old range: %v %v", r, err)
+	}
+	// A scan across the boundary sees both halves, in order.
+	kvs, resume, err := stale.ScanRange(ctx, []byte("1"), []byte("8"), 0)
+	if err != nil || len(resume) != 0 || len(kvs) != 4 || string(kvs[1].Key) != "3b" || string(kvs[2].Key) != "5c" {
+		t.Fatalf("scan across the split: %v %q %v", kvs, resume, err)
+	}
+	if kvs[1].Group != 1 || kvs[2].Group != right.Id {
+		t.Fatalf("scan answered by ranges %d and %d", kvs[1].Group, kvs[2].Group)
+	}
+	// A range delete across the boundary deletes on both sides.
+	n, err := stale.DeleteRange(ctx, []byte("3"), []byte("6"))
+	if err != nil || n != 2 {
+		t.Fatalf("delete range across the split: %d %v", n, err)
+	}
+	kvs, _, err = admin.ScanRange(ctx, nil, nil, 0)
+	if err != nil || len(kvs) != 2 || string(kvs[0].Key) != "1a" || string(kvs[1].Key) != "7d" {
+		t.Fatalf("after the delete: %v %v", kvs, err)
+	}
+	// The meta index records both halves.
+	waitFor(t, 10*time.Second, "the meta index records the split", func() error {
+		rs, _, err := admin.Ranges(ctx, nil, 100, false)
+		if err != nil {
+			return err
+		}
+		if err := tiles(rs); err != nil {
+			return err
+		}
+		if len(rs) != 3 {
+			return fmt.Errorf("%d ranges in the meta index", len(rs))
+		}
+		return nil
+	})
+	_ = client.ErrRangeChanged
+}
+
+// TestMergeRejoinsRanges: an operator's merge (the API's Merge) of two
+// neighbouring ranges leaves one range holding both spans on every node:
+// the right one's replicas are removed, every key stays readable through
+// a client whose cache still has the right range, and the meta index
+// records the merged range. A merge of the last range is refused.
+func TestMergeRejoinsRanges(t *testing.T) {
+	c := startCluster(t, 3, 2) // ranges ["", "80") and ["80", ∞)
+	ctx := ctxT(t)
+	cl := c.client()
+	keys := []string{"10", "7f", "80", "9a", "f0"}
+	for _, k := range keys {
+		if _, err := cl.Put(ctx, []byte(k), []byte("v"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := cl.RangeOf(ctx, []byte("9a")); err != nil || d.ID != 2 {
+		t.Fatalf("range of 9a: %v %v", d, err)
+	}
+	admin := c.client()
+	if _, err := admin.Merge(ctx, []byte("f0")); err == nil {
+		t.Fatal("a merge of the last range was accepted")
+	}
+	m, err := admin.Merge(ctx, []byte("10"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Id != 1 || len(m.Start) != 0 || len(m.End) != 0 || m.Generation != 2 {
+		t.Fatalf("merged range %v", m)
+	}
+	waitFor(t, 10*time.Second, "range 2 removed from every node", func() error {
+		for id, s := range c.nodes {
+			if s.local(2) {
+				return fmt.Errorf("node %d still has range 2", id)
+			}
+			if r := s.ranges.Lookup([]byte("9a")); r == nil || r.ID != 1 {
+				return fmt.Errorf("node %d: 9a in %v", id, r)
+			}
+		}
+		return nil
+	})
+	for _, k := range keys {
+		kv, err := cl.Get(ctx, []byte(k)) // cl's cache still has range 2
+		if err != nil || string(kv.Value) != "v"+k || kv.Group != 1 {
+			t.Fatalf("get %s after the merge: %+v %v", k, kv, err)
+		}
+	}
+	if _, err := cl.Put(ctx, []byte("9b"), []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the meta index records the merge", func() error {
+		rs, _, err := admin.Ranges(ctx, nil, 100, false)
+		if err != nil {
+			return err
+		}
+		if len(rs) != 1 || rs[0].Id != 1 {
+			return fmt.Errorf("meta index: %v", rs)
+		}
+		return nil
+	})
+	// Split again, where the old boundary was: a new range, with a new ID.
+	_, right, err := admin.Split(ctx, []byte("80"))
+	if err != nil || right.Id == 2 || right.Id == 1 {
+		t.Fatalf("split after the merge: %v %v", right, err)
+	}
+	if kv, err := cl.Get(ctx, []byte("9b")); err != nil || kv.Group != right.Id {
+		t.Fatalf("9b after the second split: %+v %v", kv, err)
+	}
+}
