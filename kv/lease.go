@@ -189,8 +189,8 @@ type effects struct {
 	leases    map[uint64]time.Duration // 0: deleted
 	elections map[string]Election
 	splits    [][2]Descriptor // splits applied, in order: left, right
-	frozen    *frozenRec     // a freeze applied
-	merged    *Descriptor    // a merge applied: the merged descriptor
+	frozen    *frozenRec      // a freeze applied
+	merged    *Descriptor     // a merge applied: the merged descriptor
 }
 
 func (f *effects) lease(id uint64, ttl time.Duration) {
