@@ -2396,8 +2396,12 @@ type LeaseGrantResponse struct {
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
 	// id is unique in the cluster: the granting range's ID in its high 32
 	// bits.
-	Id            uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
-	TtlMs         int64  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Id    uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	TtlMs int64  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	// home_key: the range that holds it holds the lease, whatever splits and
+	// merges follow (the granting range's start). Send it with the lease's
+	// other requests.
+	HomeKey       []byte `protobuf:"bytes,4,opt,name=home_key,json=homeKey,proto3" json:"home_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2453,11 +2457,21 @@ func (x *LeaseGrantResponse) GetTtlMs() int64 {
 	return 0
 }
 
+func (x *LeaseGrantResponse) GetHomeKey() []byte {
+	if x != nil {
+		return x.HomeKey
+	}
+	return nil
+}
+
 type LeaseRevokeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
-	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
-	Session       *Session               `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Group   uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id      uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Session *Session               `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	// key, if set, is the lease's home key: the request goes to the range
+	// that holds it (group is then a hint).
+	Key           []byte `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2509,6 +2523,13 @@ func (x *LeaseRevokeRequest) GetId() uint64 {
 func (x *LeaseRevokeRequest) GetSession() *Session {
 	if x != nil {
 		return x.Session
+	}
+	return nil
+}
+
+func (x *LeaseRevokeRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -2569,6 +2590,8 @@ type LeaseKeepAliveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Group uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
 	Id    uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// key, if set, is the lease's home key (see LeaseRevokeRequest).
+	Key []byte `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
 	// seq is echoed in the answer, so the client can tell which request an
 	// answer is for (it counts the TTL from when it sent that request).
 	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -2618,6 +2641,13 @@ func (x *LeaseKeepAliveRequest) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *LeaseKeepAliveRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
 }
 
 func (x *LeaseKeepAliveRequest) GetSeq() uint64 {
@@ -2705,9 +2735,11 @@ func (x *LeaseKeepAliveResponse) GetTtlMs() int64 {
 }
 
 type LeaseTimeToLiveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
-	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id    uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// key, if set, is the lease's home key (see LeaseRevokeRequest).
+	Key           []byte `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2754,6 +2786,13 @@ func (x *LeaseTimeToLiveRequest) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *LeaseTimeToLiveRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
 }
 
 type LeaseTimeToLiveResponse struct {
@@ -3904,31 +3943,35 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x10\n" +
 	"\x03key\x18\x04 \x01(\fR\x03key\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12.\n" +
-	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"h\n" +
+	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"\x83\x01\n" +
 	"\x12LeaseGrantResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x15\n" +
-	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\"j\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\x12\x19\n" +
+	"\bhome_key\x18\x04 \x01(\fR\ahomeKey\"|\n" +
 	"\x12LeaseRevokeRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12.\n" +
-	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\"\\\n" +
+	"\asession\x18\x03 \x01(\v2\x14.flotilla.v1.SessionR\asession\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\fR\x03key\"\\\n" +
 	"\x13LeaseRevokeResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x18\n" +
-	"\arevoked\x18\x02 \x01(\bR\arevoked\"O\n" +
+	"\arevoked\x18\x02 \x01(\bR\arevoked\"a\n" +
 	"\x15LeaseKeepAliveRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\fR\x03key\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x94\x01\n" +
 	"\x16LeaseKeepAliveResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05found\x18\x04 \x01(\bR\x05found\x12\x15\n" +
-	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\">\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\"P\n" +
 	"\x16LeaseTimeToLiveRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"\x96\x01\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\"\x96\x01\n" +
 	"\x17LeaseTimeToLiveResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12\x15\n" +

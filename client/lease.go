@@ -50,7 +50,11 @@ type Lease struct {
 	c     *Client
 	id    uint64
 	group uint64
-	ttl   time.Duration
+	// home is the lease's home key: the range that holds it holds the
+	// lease, whatever splits and merges follow (kv/lease.go). Empty for a
+	// lease of range 1.
+	home []byte
+	ttl  time.Duration
 
 	ctx    context.Context // cancelled, with a cause, when the lease ends
 	cancel context.CancelCauseFunc
@@ -65,7 +69,7 @@ type Lease struct {
 	loopDone   chan struct{} // closed when keepAliveLoop returned
 }
 
-// ID returns the lease ID (unique within its group).
+// ID returns the lease ID (unique in the cluster).
 func (l *Lease) ID() uint64 { return l.id }
 
 // Group returns the group that holds the lease.
@@ -135,7 +139,8 @@ func (c *Client) grant(ctx context.Context, group uint64, key []byte, ttl time.D
 	}
 	id := v.(*api.LeaseGrantResponse).GetId()
 	group = v.(*api.LeaseGrantResponse).GetHeader().GetGroup()
-	l := &Lease{c: c, id: id, group: group, ttl: ttl, stop: make(chan struct{}), loopDone: make(chan struct{})}
+	l := &Lease{c: c, id: id, group: group, home: v.(*api.LeaseGrantResponse).GetHomeKey(), ttl: ttl,
+		stop: make(chan struct{}), loopDone: make(chan struct{})}
 	l.ctx, l.cancel = context.WithCancelCause(context.Background())
 	l.loopCtx, l.loopCancel = context.WithCancel(context.Background())
 	l.deadline.Store(sent.Add(localTTL(ttl)).UnixNano())
@@ -187,7 +192,7 @@ func (l *Lease) Revoke(ctx context.Context) error {
 	l.halt(ErrLeaseReleased)
 	_, err := l.c.write(ctx, l.group, func(at attempt, cc *grpc.ClientConn, sess *api.Session, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-			r, err := api.NewElectionClient(cc).LeaseRevoke(ctx, &api.LeaseRevokeRequest{Group: l.group, Id: l.id, Session: sess}, opts...)
+			r, err := api.NewElectionClient(cc).LeaseRevoke(ctx, &api.LeaseRevokeRequest{Group: l.group, Id: l.id, Session: sess, Key: l.home}, opts...)
 			return r, r.GetHeader(), err
 		})
 	})
@@ -217,7 +222,7 @@ func (l *Lease) halt(cause error) {
 func (l *Lease) TimeToLive(ctx context.Context) (found bool, remaining time.Duration, err error) {
 	v, err := l.c.do(ctx, l.group, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-			r, err := api.NewElectionClient(cc).LeaseTimeToLive(ctx, &api.LeaseTimeToLiveRequest{Group: l.group, Id: l.id}, opts...)
+			r, err := api.NewElectionClient(cc).LeaseTimeToLive(ctx, &api.LeaseTimeToLiveRequest{Group: l.group, Id: l.id, Key: l.home}, opts...)
 			return r, r.GetHeader(), err
 		})
 	})
@@ -303,7 +308,7 @@ func (l *Lease) runStream(attempt int, interval time.Duration, lost *time.Timer)
 	send := func() error {
 		seq++
 		sent[seq] = time.Now() // before the request leaves: the client's TTL starts here
-		return stream.Send(&api.LeaseKeepAliveRequest{Group: l.group, Id: l.id, Seq: seq})
+		return stream.Send(&api.LeaseKeepAliveRequest{Group: l.group, Id: l.id, Seq: seq, Key: l.home})
 	}
 	if err := send(); err != nil {
 		return nil, false

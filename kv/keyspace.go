@@ -22,6 +22,7 @@ const (
 	kindMeta       = byte(keys.Meta)
 	kindRangeIDs   = byte(keys.RangeIDs)
 	kindFrozen     = byte(keys.Frozen)
+	kindRevoked    = byte(keys.Revoked)
 
 	// localLen is the length of a range-local key's prefix: kind, range.
 	localLen = 9
@@ -32,7 +33,7 @@ const (
 // global ones, within the range's span. allLocalKinds is every range-local
 // kind of package kv: what removing a replica deletes.
 var (
-	localKinds    = []byte{kindLease, kindLeaseKeys, kindSession, kindMeta, kindRangeIDs, kindFrozen}
+	localKinds    = []byte{kindLease, kindLeaseKeys, kindSession, kindMeta, kindRangeIDs, kindFrozen, kindRevoked}
 	globalKinds   = []byte{kindData, kindAttached, kindElection}
 	allLocalKinds = append([]byte{kindApplied, kindDescriptor}, localKinds...)
 )

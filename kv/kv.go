@@ -135,12 +135,15 @@ const (
 	OpFreeze
 	// OpMerge merges a frozen range into this one (MergeCommand).
 	OpMerge
+	// OpRevoked forgets the revocation record of Lease: its stubs are
+	// revoked (lease.go).
+	OpRevoked
 
-	opLast = OpMerge
+	opLast = OpRevoked
 )
 
 // hasLease reports whether an op carries the lease and TTL fields.
-func (o Op) hasLease() bool { return o >= OpLeaseGrant && o <= OpResign }
+func (o Op) hasLease() bool { return (o >= OpLeaseGrant && o <= OpResign) || o == OpRevoked }
 
 // canAttach reports whether an op may attach its key to a lease.
 func (o Op) canAttach() bool { return o == OpPut || o == OpCAS }
@@ -240,6 +243,10 @@ func (c Command) Encode() ([]byte, error) {
 			return nil, err
 		}
 	case OpFreeze, OpMerge:
+	case OpRevoked:
+		if c.Lease == 0 {
+			return nil, fmt.Errorf("%w: lease 0", ErrInvalid)
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
@@ -308,7 +315,7 @@ func Internal(b []byte) bool {
 		return false
 	}
 	switch Op(b[0]) {
-	case OpSplit, OpMetaUpdate, OpAllocRangeID, OpFreeze, OpMerge:
+	case OpSplit, OpMetaUpdate, OpAllocRangeID, OpFreeze, OpMerge, OpRevoked:
 		return true
 	}
 	return false

@@ -15,14 +15,29 @@ import (
 
 // Leases and elections in the state machine.
 //
-// A lease lives in a range: the range that granted it, and after a split
-// both halves (each keeps a copy, so that keys attached to it on either
-// side stay attached). Its ID is unique in the cluster: the granting
+// A lease lives in the range that granted it, its owner: the one whose
+// leader decides when it expires (see package election), and which
+// proposes OpLeaseExpire. Its ID is unique in the cluster: the granting
 // range's ID in the high 32 bits, the range's count of grants in the low
-// 32 (LeaseID). The state machine keeps only what is replicated: the
-// lease's TTL and the elections it campaigns in. It keeps no deadline:
-// when a lease expires is decided by the range's leader (see package
-// election), which proposes OpLeaseExpire.
+// 32 (LeaseID). Its home key is the start of the owner's span at the
+// grant: whatever splits and merges follow, the range that holds the home
+// key holds the lease (a split keeps the start in its left half, which
+// keeps the lease; a merge takes the right range's lease into the left
+// range, which then holds its start). Clients address the lease by it.
+//
+// A split leaves the right half a stub of each lease: a record that the
+// lease exists, so that keys of that half stay attached to it and its
+// candidacies there stand, but that the right half never expires. When
+// the owner revokes or expires the lease it keeps a revocation record
+// ('R') until its leader has revoked every stub in the ranges that
+// overlap the lease's span at the grant (package ranges); then the stubs'
+// keys are deleted and their candidacies withdrawn. So an election held
+// across a split keeps one holder: a candidate in the right half is
+// elected after the holder's lease ends, only once the owner says so.
+//
+// The state machine keeps only what is replicated: the lease's TTL, its
+// span, whether it is a stub, and the elections it campaigns in. It keeps
+// no deadline.
 //
 // An election is a queue of candidates, oldest first; the first is the
 // leader. Its record holds the fencing token of the leader, the group
@@ -122,14 +137,25 @@ func DecodeElection(b []byte) (Election, error) {
 	return e, nil
 }
 
-// leaseRec is the stored form of a lease.
+// leaseRec is the stored form of a lease: TTL in ms(8), flags(1), the
+// span of its owner at the grant, then the elections it campaigns in.
 type leaseRec struct {
-	ttl   time.Duration
-	names [][]byte // elections it campaigns in
+	ttl time.Duration
+	// stub: a split's copy; the range does not own the lease (see above).
+	stub       bool
+	start, end []byte   // the owner's span at the grant; start is the home key
+	names      [][]byte // elections it campaigns in
 }
 
 func (l leaseRec) encode() []byte {
 	b := binary.BigEndian.AppendUint64(nil, uint64(l.ttl/time.Millisecond))
+	if l.stub {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = appendBytes(b, l.start)
+	b = appendBytes(b, l.end)
 	for _, n := range l.names {
 		b = appendBytes(b, n)
 	}
@@ -139,13 +165,22 @@ func (l leaseRec) encode() []byte {
 func decodeLease(b []byte) (leaseRec, error) {
 	r := reader{b: b}
 	l := leaseRec{ttl: time.Duration(r.uint64()) * time.Millisecond}
+	flags := r.byte()
+	l.stub = flags&1 != 0
+	l.start, l.end = bytes.Clone(r.bytes()), bytes.Clone(r.bytes())
 	for !r.err && len(r.b) > 0 {
 		l.names = append(l.names, bytes.Clone(r.bytes()))
 	}
-	if r.err {
+	if r.err || flags&^1 != 0 {
 		return leaseRec{}, fmt.Errorf("%w: lease record", ErrCorrupt)
 	}
 	return l, nil
+}
+
+// revocationKey is the key of the owner's record that stubs of lease id
+// remain to be revoked: → the lease's span (start, end).
+func (s *StateMachine) revocationKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64(localKey(kindRevoked, s.id, 8), id)
 }
 
 func (s *StateMachine) leaseKey(id uint64) []byte {
@@ -217,16 +252,24 @@ func (s *StateMachine) applyLease(b *pebble.Batch, desc *Descriptor, cmd Command
 			s.leaseSeq++ // after 2^32 grants the count wraps; 0 is no lease
 		}
 		id := LeaseID(s.id, s.leaseSeq)
-		if err := b.Set(s.leaseKey(id), leaseRec{ttl: cmd.TTL}.encode(), nil); err != nil {
+		rec := leaseRec{ttl: cmd.TTL, start: bytes.Clone(desc.Start), end: bytes.Clone(desc.End)}
+		if err := b.Set(s.leaseKey(id), rec.encode(), nil); err != nil {
 			return Result{}, err
 		}
 		fx.lease(id, cmd.TTL)
-		return Result{OK: true, Lease: id}, nil
+		// Current carries the lease's home key (see above).
+		return Result{OK: true, Lease: id, Found: true, Current: rec.start}, nil
 
 	case OpLeaseRevoke, OpLeaseExpire:
+		// Current carries the range's descriptor: a revocation of stubs
+		// checks that it reached the ranges it meant (package ranges).
+		cur := EncodeDescriptors([]Descriptor{*desc})
 		l, found, err := s.loadLease(b, cmd.Lease)
 		if err != nil || !found {
-			return Result{}, err
+			return Result{Current: cur}, err
+		}
+		if cmd.Op == OpLeaseExpire && l.stub {
+			return Result{Current: cur}, nil // only the owner expires a lease
 		}
 		*rev++
 		if err := b.Delete(s.leaseKey(cmd.Lease), nil); err != nil {
@@ -234,6 +277,14 @@ func (s *StateMachine) applyLease(b *pebble.Batch, desc *Descriptor, cmd Command
 		}
 		if _, err := s.deleteAttached(b, cmd.Lease); err != nil {
 			return Result{}, err
+		}
+		if !l.stub && (len(l.end) == 0 || !desc.ContainsSpan(l.start, l.end)) {
+			// The owner ends it: the stubs in the rest of its span go too
+			// (package ranges revokes them, then OpRevoked forgets this).
+			v := appendBytes(appendBytes(nil, l.start), l.end)
+			if err := b.Set(s.revocationKey(cmd.Lease), v, nil); err != nil {
+				return Result{}, err
+			}
 		}
 		for _, name := range l.names {
 			if !desc.Contains(name) {
@@ -253,7 +304,7 @@ func (s *StateMachine) applyLease(b *pebble.Batch, desc *Descriptor, cmd Command
 			}
 		}
 		fx.lease(cmd.Lease, 0)
-		return Result{OK: true}, nil
+		return Result{OK: true, Current: cur}, nil
 
 	case OpCampaign:
 		l, found, err := s.loadLease(b, cmd.Lease)
@@ -439,11 +490,45 @@ func (s *StateMachine) loadLeases(r pebble.Reader) (map[uint64]time.Duration, er
 	defer it.Close()
 	out := make(map[uint64]time.Duration)
 	for it.First(); it.Valid(); it.Next() {
-		k := it.Key()
-		if len(k) != localLen+8 || len(it.Value()) < 8 {
+		k, v := it.Key(), it.Value()
+		if len(k) != localLen+8 || len(v) < 9 {
 			return nil, fmt.Errorf("%w: lease key %x", ErrCorrupt, k)
 		}
-		out[binary.BigEndian.Uint64(k[localLen:])] = time.Duration(binary.BigEndian.Uint64(it.Value())) * time.Millisecond
+		if v[8]&1 != 0 {
+			continue // a stub: its owner decides when it ends
+		}
+		out[binary.BigEndian.Uint64(k[localLen:])] = time.Duration(binary.BigEndian.Uint64(v)) * time.Millisecond
+	}
+	return out, it.Error()
+}
+
+// Revocation is a lease the range revoked or expired whose stubs in other
+// ranges remain to be revoked: those of the ranges that overlap
+// [Start, End), the span of its owner at the grant (End empty: to the end
+// of the keyspace).
+type Revocation struct {
+	Lease      uint64
+	Start, End []byte
+}
+
+// Revocations returns the range's pending revocations, as applied here.
+// Safe from any goroutine.
+func (s *StateMachine) Revocations() ([]Revocation, error) {
+	lo, hi := localBounds(kindRevoked, s.id)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []Revocation
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		r := reader{b: it.Value()}
+		start, end := r.bytes(), r.bytes()
+		if len(k) != localLen+8 || r.err || len(r.b) != 0 {
+			return nil, fmt.Errorf("%w: revocation record %x", ErrCorrupt, k)
+		}
+		out = append(out, Revocation{Lease: binary.BigEndian.Uint64(k[localLen:]), Start: bytes.Clone(start), End: bytes.Clone(end)})
 	}
 	return out, it.Error()
 }

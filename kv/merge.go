@@ -24,7 +24,8 @@ import (
 //     the freeze (the coordinator asks each: package ranges): every LHS
 //     replica takes its own node's replica of the RHS, final and on disk,
 //     into the LHS in one synced batch: its span, leases (a lease in both
-//     is one lease, copied by a split), client sessions (merged: the union
+//     is one lease, a split's stub of the other; the merged one owns it if
+//     either did), its pending lease revocations, client sessions (merged: the union
 //     of their results, the higher floor), the lease-key index, and the
 //     higher revision. It marks the RHS replica merged; the node then
 //     removes it (ranges.Store).
@@ -187,6 +188,9 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 	if err := copyLocal(b, kindLeaseKeys, rhs.ID, s.id, nil); err != nil {
 		return Result{}, nil, err
 	}
+	if err := copyLocal(b, kindRevoked, rhs.ID, s.id, nil); err != nil {
+		return Result{}, nil, err
+	}
 	if _, err := s.anyAttached(b); err == nil {
 		s.mayAttach = true // the RHS may have had some: look them up from now on
 	}
@@ -257,12 +261,15 @@ func (s *StateMachine) mergeLeases(b *pebble.Batch, from uint64, fx *effects) er
 					mine.names = append(mine.names, n)
 				}
 			}
+			mine.stub = mine.stub && l.rec.stub // one of them may own it
 			l.rec = mine
 		}
 		if err := b.Set(s.leaseKey(l.id), l.rec.encode(), nil); err != nil {
 			return err
 		}
-		fx.lease(l.id, l.rec.ttl)
+		if !l.rec.stub {
+			fx.lease(l.id, l.rec.ttl)
+		}
 	}
 	return nil
 }

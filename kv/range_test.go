@@ -1283,32 +1283,47 @@ func TestSplitSessionRetry(t *testing.T) {
 	}
 }
 
-// TestSplitLeaseHalves: after a split both halves hold a copy of a lease;
-// revoking it in one half deletes that half's attached keys and withdraws
-// it from that half's elections, and leaves the other half's alone (the
-// other half still has the lease).
+// TestSplitLeaseHalves: after a split the left half owns the lease and the
+// right half holds a stub of it (its keys stay attached, its candidacies
+// stand, but it never expires it there); revoking the stub deletes that
+// half's attached keys and withdraws it from that half's elections only;
+// the owner's revoke leaves a revocation record (its stubs elsewhere must
+// go too) until OpRevoked.
 func TestSplitLeaseHalves(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	defer db.Close()
 	sm := openRange(t, db, 2, "", "")
 	var index uint64
-	l := applyResults(t, sm, &index, Command{Op: OpLeaseGrant, TTL: time.Second})[0].Lease
+	grant := applyResults(t, sm, &index, Command{Op: OpLeaseGrant, TTL: time.Second})[0]
+	l := grant.Lease
+	if !grant.Found || len(grant.Current) != 0 {
+		t.Fatalf("grant's home key %q (found %v), want the range's start", grant.Current, grant.Found)
+	}
 	applyResults(t, sm, &index,
 		Command{Op: OpPut, Key: []byte("a"), Value: []byte("left"), Lease: l},
 		Command{Op: OpPut, Key: []byte("z"), Value: []byte("right"), Lease: l},
 		Command{Op: OpCampaign, Key: []byte("a-elect"), Value: []byte("left"), Lease: l},
 		Command{Op: OpCampaign, Key: []byte("z-elect"), Value: []byte("right"), Lease: l})
 	_, _, rhs := split(t, sm, &index, "m", 5)
-	for _, h := range []*StateMachine{sm, rhs} {
-		if leases, _ := h.Leases(0); leases[l] != time.Second {
-			t.Fatalf("range %d has no copy of the lease: %v", h.RangeID(), leases)
-		}
+	if leases, _ := sm.Leases(0); leases[l] != time.Second {
+		t.Fatalf("the owner lost the lease: %v", leases)
+	}
+	if leases, _ := rhs.Leases(0); len(leases) != 0 {
+		t.Fatalf("the right half owns leases (it would expire them): %v", leases)
+	}
+	out, err := rhs.Query(EncodeLeaseQuery(l))
+	if found, ttl, err2 := DecodeLeaseQuery(out); err != nil || err2 != nil || !found || ttl != time.Second {
+		t.Fatalf("the right half has no stub of the lease: %v %v %v", found, err, err2)
 	}
 	if attached(t, sm, "a") != l || attached(t, rhs, "z") != l {
 		t.Fatal("attachments lost in the split")
 	}
 	before := election(t, sm, "a-elect")
 	rindex := uint64(RangeInitialIndex)
+	// The right half never expires its stub.
+	applyResults(t, rhs, &rindex, Command{Op: OpLeaseExpire, Lease: l})
+	mustFind(t, rhs, "z", "right")
+	// The owner's revocation reaches it (package ranges proposes it).
 	applyResults(t, rhs, &rindex, Command{Op: OpLeaseRevoke, Lease: l})
 	mustMiss(t, rhs, "z")
 	mustFind(t, sm, "a", "left")
@@ -1316,12 +1331,22 @@ func TestSplitLeaseHalves(t *testing.T) {
 		t.Fatalf("right-hand election after the revoke there: %+v", e)
 	}
 	if e := election(t, sm, "a-elect"); !reflect.DeepEqual(e, before) {
-		t.Fatalf("BUG (kv/lease.go OpLeaseRevoke): revoking the lease in the right-hand range (ID 5) rewrote the left-hand range's election a-elect, "+
-			"whose lease copy still lives there: %+v, was %+v", e, before)
+		t.Fatalf("revoking the stub in the right-hand range rewrote the left-hand range's election a-elect: %+v, was %+v", e, before)
 	}
-	applyResults(t, sm, &index, Command{Op: OpLeaseRevoke, Lease: l})
+	if revs, err := rhs.Revocations(); err != nil || len(revs) != 0 {
+		t.Fatalf("a stub's revoke left revocations: %v %v", revs, err)
+	}
+	applyResults(t, sm, &index, Command{Op: OpLeaseExpire, Lease: l})
 	mustMiss(t, sm, "a")
 	if e := election(t, sm, "a-elect"); len(e.Candidates) != 0 {
-		t.Fatalf("left-hand election after the revoke there: %+v", e)
+		t.Fatalf("left-hand election after the expiry there: %+v", e)
+	}
+	revs, err := sm.Revocations()
+	if err != nil || len(revs) != 1 || revs[0].Lease != l || len(revs[0].Start) != 0 || len(revs[0].End) != 0 {
+		t.Fatalf("the owner's revocation record: %+v %v", revs, err)
+	}
+	applyResults(t, sm, &index, Command{Op: OpRevoked, Lease: l})
+	if revs, err := sm.Revocations(); err != nil || len(revs) != 0 {
+		t.Fatalf("after OpRevoked: %+v %v", revs, err)
 	}
 }

@@ -18,10 +18,11 @@ import (
 //   - creates the right-hand side (RHS), range NewID, [key, End) with the
 //     same replicas and generation: its descriptor, its applied record at
 //     RangeInitialIndex with the LHS's revision (so revisions stay
-//     monotonic per key), a copy of every lease (keys on both sides stay
-//     attached), a copy of every client session (a retry of a write the
-//     LHS applied before the split gets its first result from the RHS
-//     too), and the lease-keys index entries of keys at or after key;
+//     monotonic per key), a stub of every lease (keys on both sides stay
+//     attached; the LHS keeps owning the lease: lease.go), a copy of every
+//     client session (a retry of a write the LHS applied before the split
+//     gets its first result from the RHS too), and the lease-keys index
+//     entries of keys at or after key;
 //   - moves no user data: data is keyed by user key, and the RHS owns
 //     [key, End) from now on.
 //
@@ -149,8 +150,8 @@ func (s *StateMachine) writeRHS(b *pebble.Batch, right *Descriptor, key []byte, 
 	if err := b.Set(localKey(kindApplied, id, 0), applied, nil); err != nil {
 		return err
 	}
-	// Leases: a copy of each.
-	if err := copyLocal(b, kindLease, s.id, id, nil); err != nil {
+	// Leases: a stub of each (lease.go).
+	if err := s.stubLeases(b, id); err != nil {
 		return err
 	}
 	// Sessions: the in-memory table is the truth (the batch may not have
@@ -173,6 +174,42 @@ func (s *StateMachine) writeRHS(b *pebble.Batch, right *Descriptor, key []byte, 
 		}
 		return true, false
 	})
+}
+
+// stubLeases writes into range id a stub of every lease of this range.
+func (s *StateMachine) stubLeases(b *pebble.Batch, id uint64) error {
+	lo, hi := localBounds(kindLease, s.id)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return err
+	}
+	type stub struct {
+		key []byte
+		rec leaseRec
+	}
+	var stubs []stub
+	for it.First(); it.Valid(); it.Next() {
+		rec, err := decodeLease(it.Value())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		rec.stub = true
+		stubs = append(stubs, stub{append(localKey(kindLease, id, 8), it.Key()[localLen:]...), rec})
+	}
+	err = it.Error()
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	for _, st := range stubs {
+		if err := b.Set(st.key, st.rec.encode(), nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // copyLocal copies the range-local keys of one kind from range from to

@@ -515,6 +515,8 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 	case OpAllocRangeID:
 		id, err := allocRangeID(b)
 		return Result{OK: true, Count: id}, err
+	case OpRevoked:
+		return Result{OK: true}, b.Delete(s.revocationKey(cmd.Lease), nil)
 	}
 	return s.applyLease(b, desc, *cmd, rev, fx)
 }

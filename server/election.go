@@ -38,6 +38,17 @@ func (e *electionService) leaseGroup(g uint64) (uint64, error) {
 	return g, nil
 }
 
+// leaseRange returns the range of a lease request: the range that holds the
+// lease's home key when it is given (the lease's owner, whatever splits and
+// merges happened: kv/lease.go), else the group named. (A home key is
+// empty for a lease of range 1, which never goes away.)
+func (e *electionService) leaseRange(ctx context.Context, group uint64, key []byte) (uint64, error) {
+	if len(key) > 0 {
+		return e.nameGroup(ctx, key)
+	}
+	return e.leaseGroup(group)
+}
+
 // nameGroup returns the range that holds an election's name.
 func (e *electionService) nameGroup(ctx context.Context, name []byte) (uint64, error) {
 	if err := kv.CheckKey(name); err != nil {
@@ -75,11 +86,11 @@ func (e *electionService) LeaseGrant(ctx context.Context, req *api.LeaseGrantReq
 		return nil, e.s.count("lease_grant", err)
 	}
 	e.s.count("lease_grant", nil)
-	return &api.LeaseGrantResponse{Header: e.s.header(g), Id: res.Lease, TtlMs: req.TtlMs}, nil
+	return &api.LeaseGrantResponse{Header: e.s.header(g), Id: res.Lease, TtlMs: req.TtlMs, HomeKey: res.Current}, nil
 }
 
 func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeRequest) (*api.LeaseRevokeResponse, error) {
-	g, err := e.leaseGroup(req.Group)
+	g, err := e.leaseRange(ctx, req.Group, req.Key)
 	if err != nil {
 		return nil, e.s.count("lease_revoke", err)
 	}
@@ -103,7 +114,7 @@ func (e *electionService) LeaseRevoke(ctx context.Context, req *api.LeaseRevokeR
 }
 
 func (e *electionService) LeaseTimeToLive(ctx context.Context, req *api.LeaseTimeToLiveRequest) (*api.LeaseTimeToLiveResponse, error) {
-	g, err := e.leaseGroup(req.Group)
+	g, err := e.leaseRange(ctx, req.Group, req.Key)
 	if err != nil {
 		return nil, e.s.count("lease_ttl", err)
 	}
@@ -157,7 +168,7 @@ func (e *electionService) LeaseKeepAlive(stream api.Election_LeaseKeepAliveServe
 }
 
 func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAliveRequest, received time.Time) (*api.LeaseKeepAliveResponse, error) {
-	g, err := e.leaseGroup(req.Group)
+	g, err := e.leaseRange(ctx, req.Group, req.Key)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -227,7 +228,6 @@ func TestSplitRoutesStaleClients(t *testing.T) {
 		}
 		return nil
 	})
-	_ = client.ErrRangeChanged
 }
 
 // TestMergeRejoinsRanges: an operator's merge (the API's Merge) of two
@@ -297,4 +297,100 @@ func TestMergeRejoinsRanges(t *testing.T) {
 	if kv, err := cl.Get(ctx, []byte("9b")); err != nil || kv.Group != right.Id {
 		t.Fatalf("9b after the second split: %+v %v", kv, err)
 	}
+}
+
+// TestLeaseAcrossSplit: a lease granted by a range that then splits still
+// holds the keys and the election of both halves, and only its owner (the
+// left half) ends it: while keep-alives run, the right half neither
+// deletes its keys nor elects another candidate, however long; once they
+// stop, the owner expires the lease and the right half, told by the
+// owner's leader, deletes its keys and elects the next candidate, after
+// the holder's lease has ended for its client. An election held across a
+// split keeps exactly one holder.
+func TestLeaseAcrossSplit(t *testing.T) {
+	c := startClusterWith(t, 3, 1, func(cfg *Config) { cfg.RangeTick = 50 * time.Millisecond })
+	ctx := ctxT(t)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	a, b := c.client(), c.client()
+	const ttl = time.Second
+	la, err := a.GrantFor(ctx, "a-holder", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"akey", "zkey"} {
+		if _, err := a.Put(ctx, []byte(k), []byte("up"), client.WithLease(la)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ea, _ := a.Election("zelect")
+	held, err := ea.Campaign(ctx, la, []byte("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.GrantFor(ctx, "zelect", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	eb, _ := b.Election("zelect")
+	bElected := make(chan time.Time, 1)
+	go func() {
+		if _, err := eb.Campaign(ctx, lb, []byte("b")); err == nil {
+			bElected <- time.Now()
+		}
+	}()
+	// Split between the lease's home ("" to "a-holder") and the election.
+	if _, right, err := a.Split(ctx, []byte("m")); err != nil || string(right.Start) != "m" {
+		t.Fatalf("split: %v %v", right, err)
+	}
+	// Three TTLs with keep-alives: the right half keeps the holder.
+	for end := time.Now().Add(3 * ttl); time.Now().Before(end); {
+		select {
+		case <-bElected:
+			t.Fatal("the right half elected another candidate while the holder's keep-alives ran")
+		case <-time.After(100 * time.Millisecond):
+		}
+		st, err := eb.Leader(ctx)
+		if err != nil || st.Lease != la.ID() {
+			t.Fatalf("right-hand election led by %v (%v), want lease %d", st, err, la.ID())
+		}
+		if kv, err := b.Get(ctx, []byte("zkey")); err != nil || string(kv.Value) != "up" {
+			t.Fatalf("zkey in the right half: %v %v", kv, err)
+		}
+	}
+	if err := held.Context().Err(); err != nil {
+		t.Fatalf("the holder lost the election: %v", err)
+	}
+	// The holder stops renewing: its lease ends for it first, then the
+	// owner expires it, then the right half elects b.
+	la.Close()
+	lost := time.Now()
+	var electedAt time.Time
+	select {
+	case electedAt = <-bElected:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the right half never elected the next candidate")
+	}
+	if electedAt.Before(lost) || held.Context().Err() == nil {
+		t.Fatal("the next candidate was elected before the holder's lease ended for its client")
+	}
+	waitFor(t, 10*time.Second, "both halves' keys deleted", func() error {
+		for _, k := range []string{"akey", "zkey"} {
+			if _, err := b.Get(ctx, []byte(k)); !errors.Is(err, client.ErrKeyNotFound) {
+				return fmt.Errorf("%s: %v", k, err)
+			}
+		}
+		return nil
+	})
+	// The owner forgot its revocation once the stub was gone.
+	waitFor(t, 10*time.Second, "the owner's revocation record forgotten", func() error {
+		for id, s := range c.nodes {
+			r, _ := s.ranges.Get(1)
+			if revs, err := r.SM.Revocations(); err != nil || len(revs) != 0 {
+				return fmt.Errorf("node %d: %v %v", id, revs, err)
+			}
+		}
+		return nil
+	})
 }

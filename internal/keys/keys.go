@@ -67,6 +67,10 @@ const (
 	// is frozen to be merged into range into (it applies nothing more);
 	// merged once the merge applied here (the replica is then removed).
 	Frozen Kind = 'F'
+	// Revoked: range(8) lease(8) → the lease's span at the grant: the
+	// owner revoked or expired the lease and its stubs in other ranges
+	// remain to be revoked.
+	Revoked Kind = 'R'
 )
 
 // Registered describes one kind: who owns it and its shape.
@@ -95,4 +99,5 @@ var All = []Registered{
 	{Meta, "kv", "meta index record", false},
 	{RangeIDs, "kv", "range ID allocator", false},
 	{Frozen, "kv", "range frozen for a merge", false},
+	{Revoked, "kv", "revoked lease's stubs to revoke", false},
 }

@@ -47,6 +47,7 @@ func (s *Store) Tick() {
 	}
 	if s.cfg.MetaRepairTicks > 0 && s.ticks%uint64(s.cfg.MetaRepairTicks) == 0 {
 		s.finishMerges()
+		s.propagateRevocations()
 		if !s.cfg.LoseMetaUpdates {
 			s.repairMeta()
 		}

@@ -153,8 +153,9 @@ type Store struct {
 	tasks   tasks
 	metrics storeMetrics
 	// Owned by the loop.
-	ticks uint64
-	queue map[uint64]*queueState
+	ticks    uint64
+	queue    map[uint64]*queueState
+	revoking map[[2]uint64]bool // (owner range, lease) revocations under way
 	// index is the initialized replicas sorted by the start of their span,
 	// rebuilt whenever a descriptor changes (copy on write); readers take
 	// no lock. It may lag a change by a moment: Lookup checks what it finds.
