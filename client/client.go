@@ -217,11 +217,13 @@ type Client struct {
 	batch   batchers
 	session session
 	health  health
-	// ranges caches range descriptors: where keys are (kv.RangeCache).
-	ranges kv.RangeCache
-	stop   chan struct{} // closed by Close
-	loops  sync.WaitGroup
-	hedges atomic.Uint64 // attempts sent as hedges
+	// ranges caches range descriptors: where keys are (kv.RangeCache);
+	// lookups (capacity 1) lets one lookup of the meta index run at a time.
+	ranges  kv.RangeCache
+	lookups chan struct{}
+	stop    chan struct{} // closed by Close
+	loops   sync.WaitGroup
+	hedges  atomic.Uint64 // attempts sent as hedges
 
 	mu struct {
 		sync.Mutex
@@ -253,6 +255,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 	cfg.setDefaults()
 	c := &Client{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
 	c.session.init(newSessionID())
+	c.lookups = make(chan struct{}, 1)
 	c.health.init()
 	c.mu.addrs = make(map[uint64]string)
 	c.mu.leaders = make(map[uint64]leaderInfo)
@@ -458,6 +461,17 @@ func (c *Client) GroupOf(key []byte) uint64 {
 // RangeOf returns the range that holds key, from the client's range cache
 // or else from the cluster's meta index.
 func (c *Client) RangeOf(ctx context.Context, key []byte) (kv.Descriptor, error) {
+	if d, ok := c.ranges.Lookup(key); ok {
+		return d, nil
+	}
+	// One lookup at a time: the requests that missed together (a range
+	// evicted under load) wait for it instead of each asking the cluster.
+	select {
+	case c.lookups <- struct{}{}:
+	case <-ctx.Done():
+		return kv.Descriptor{}, ctx.Err()
+	}
+	defer func() { <-c.lookups }()
 	if d, ok := c.ranges.Lookup(key); ok {
 		return d, nil
 	}

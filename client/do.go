@@ -44,8 +44,9 @@ type answer struct {
 	sent time.Time // when
 	val  any       // the response, when err is nil
 	// leader and term: the group's leader as the answer names it (header
-	// or hint; term 0 for a hint).
-	leader, term uint64
+	// or hint; term 0 for a hint). group: the range that answered (from
+	// the header; 0 if none).
+	leader, term, group uint64
 	// ranges: descriptors a refusal carried (mdRanges).
 	ranges []kv.Descriptor
 	err    error
@@ -114,7 +115,7 @@ func unary(at attempt, done func(answer), call func(ctx context.Context, opts ..
 		a := answer{val: v, err: err}
 		switch {
 		case h != nil:
-			a.leader, a.term = h.Leader, h.Term
+			a.leader, a.term, a.group = h.Leader, h.Term, h.Group
 		case err != nil:
 			a.leader = leaderHint(md)
 			a.ranges = rangesHint(md)
@@ -301,6 +302,14 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			if a.err == nil {
 				if failover {
 					c.health.answered(a.addr, a.sent)
+				}
+				if a.group != 0 && g != 0 && a.group != g {
+					// The node routed the request to another range than
+					// the cache said (it split or merged): the cache
+					// learns the key's range at the next lookup.
+					c.ranges.Evict(g, ^uint64(0))
+					c.noteLeader(a.group, a.leader, a.term, c.nodeOf(a.addr))
+					return a.val, nil
 				}
 				c.noteLeader(g, a.leader, a.term, c.nodeOf(a.addr))
 				return a.val, nil

@@ -93,7 +93,7 @@ func (c *Client) sendBatchable(at attempt, cc *grpc.ClientConn, done func(answer
 		} else {
 			var h *api.Header
 			a.val, h = resp(r)
-			a.leader, a.term = h.GetLeader(), h.GetTerm()
+			a.leader, a.term, a.group = h.GetLeader(), h.GetTerm(), h.GetGroup()
 		}
 		done(a)
 	}) {

@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"os"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla/flotilla/transport"
 )
 
 // Splits.
@@ -277,13 +281,32 @@ func (s *StateMachine) AcceptSnapshot(data []byte) bool {
 	return s.gate(&d)
 }
 
-// SnapshotDescriptor returns the descriptor a snapshot's data carries.
+// SnapshotDescriptor returns the descriptor a snapshot's data carries: the
+// data itself, or the file a transport received it into
+// (transport.FileMarker).
 func SnapshotDescriptor(data []byte) (Descriptor, error) {
+	if path, ok := transport.SnapshotFile(data); ok {
+		f, err := os.Open(path)
+		if err != nil {
+			return Descriptor{}, err
+		}
+		defer f.Close()
+		head := make([]byte, len(snapMagic)+16+binary.MaxVarintLen64+2*MaxKeySize+64+MaxReplicas*binary.MaxVarintLen64)
+		n, err := io.ReadFull(f, head)
+		if err != nil && err != io.ErrUnexpectedEOF {
+			return Descriptor{}, err
+		}
+		data = head[:n]
+	}
 	if len(data) < len(snapMagic)+16 || string(data[:len(snapMagic)]) != snapMagic {
 		return Descriptor{}, fmt.Errorf("%w: snapshot header", ErrCorrupt)
 	}
 	r := reader{b: data[len(snapMagic)+16:]}
-	db := r.bytes()
+	n := r.uvarint()
+	if r.err || n > uint64(len(r.b)) {
+		return Descriptor{}, fmt.Errorf("%w: snapshot descriptor", ErrCorrupt)
+	}
+	db := r.b[:n]
 	if r.err {
 		return Descriptor{}, fmt.Errorf("%w: snapshot descriptor", ErrCorrupt)
 	}

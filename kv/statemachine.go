@@ -83,6 +83,8 @@ type StateMachine struct {
 	// Written by the worker (destroyed by anyone), read by anyone.
 	frozen    atomic.Pointer[frozenRec]
 	destroyed atomic.Bool
+	// restoring: a Restore is under way (queries wait it out).
+	restoring atomic.Bool
 }
 
 // WithoutSpanChecks makes the state machine serve keys outside its span:
@@ -665,7 +667,7 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 		return nil, ErrBadCommand
 	}
 	desc := s.desc.Load()
-	if desc == nil {
+	if desc == nil || s.restoring.Load() {
 		return nil, fmt.Errorf("%w: range %d", ErrUninitialized, s.id)
 	}
 	s.ops.Add(1)

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"os"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/flotilla/flotilla/storage"
+	"github.com/flotilla/flotilla/transport"
 )
 
 // noteSoftState records leadership and term changes from a Ready, before
@@ -41,12 +43,20 @@ func (g *group) noteState(rd *raft.Ready) {
 // redone from the log after a crash. It returns the leader event to publish,
 // if any, and false if the Host failed.
 func (g *group) applyReady(rd *raft.Ready, w *worker) (LeaderEvent, bool, bool) {
+	restored, _ := transport.SnapshotFile(rd.Snapshot.Data)
+	for _, f := range g.snapFiles {
+		if f != restored {
+			os.Remove(f) // a received snapshot raft did not take
+		}
+	}
+	g.snapFiles = g.snapFiles[:0]
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		meta := rd.Snapshot.Metadata
-		if err := g.sm.Restore(bytes.NewReader(rd.Snapshot.Data), meta.Index); err != nil {
+		if err := restore(g.sm, &rd.Snapshot); err != nil {
 			g.h.fatal(fmt.Errorf("group %d: restore snapshot at %d: %w", g.id, meta.Index, err))
 			return LeaderEvent{}, false, false
 		}
+		g.h.metrics.snapshotsRestored.Add(1)
 		g.applied, g.snapIndex, g.confIndex = meta.Index, meta.Index, meta.Index
 		g.publishConf()
 	}
@@ -278,11 +288,22 @@ func (g *group) takeSnapshot(b storage.Batch) bool {
 
 // snapshot captures the state machine at the applied index. It is also the
 // memLog's snapshot source: raft calls it (on the owner) when a follower
-// needs entries that were compacted away.
+// needs entries that were compacted away: then a state machine that can
+// stream its state (SnapshotOpener) gives a stream marker instead
+// (snapstream.go).
 func (g *group) snapshot() (raftpb.Snapshot, error) {
+	return g.snapshotFor(false)
+}
+
+// snapshotFor is snapshot; forFollower allows a stream marker.
+func (g *group) snapshotFor(forFollower bool) (raftpb.Snapshot, error) {
 	term, err := g.log.Term(g.applied)
 	if err != nil {
 		return raftpb.Snapshot{}, fmt.Errorf("group %d: term of applied index %d: %w", g.id, g.applied, err)
+	}
+	_, durable := g.sm.(Syncer)
+	if op, ok := g.sm.(SnapshotOpener); ok && durable && forFollower {
+		return g.openStream(op, raftpb.SnapshotMetadata{Index: g.applied, Term: term, ConfState: storage.CloneConf(g.log.cs)})
 	}
 	var buf bytes.Buffer
 	if err := g.sm.Snapshot(&buf); err != nil {

@@ -31,6 +31,8 @@
 //	Host.feedback.mu            (leaf)
 //	Host.unknown.mu             (leaf; released before Config.UnknownGroup)
 //	scheduler.mu                (leaf)
+//	Host.streams.mu             (leaf; snapshot streams, snapstream.go)
+//	Host.live.mu                (leaf; adds a peer to the liveness table)
 //	eventHub.mu < Subscription.mu
 //
 // The Handler methods the transport calls take only Host.mu (read) and the

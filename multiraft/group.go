@@ -2,9 +2,11 @@ package multiraft
 
 import (
 	"encoding/binary"
+	"os"
 	"sync"
 	"sync/atomic"
 
+	"github.com/flotilla/flotilla/transport"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -52,6 +54,9 @@ type group struct {
 	// failoverTick when this replica last acted on it.
 	failoverFrom, failoverTick uint64
 	stopped                    bool
+	// snapFiles: received snapshots (transport.FileMarker) stepped since
+	// the last Ready; applyReady removes those raft did not take.
+	snapFiles []string
 
 	in struct {
 		sync.Mutex
@@ -189,13 +194,25 @@ func (g *group) handleInputs() {
 	gate, gated := g.sm.(SnapshotGate)
 	for i := range msgs {
 		m := &msgs[i]
+		var file string
+		if m.Type == raftpb.MsgSnap && m.Snapshot != nil {
+			file, _ = transport.SnapshotFile(m.Snapshot.Data)
+		}
 		if gated && m.Type == raftpb.MsgSnap && m.Snapshot != nil && m.Snapshot.Metadata.Index > g.commit &&
 			!gate.AcceptSnapshot(m.Snapshot.Data) {
 			// Not now: the leader's transport reports the snapshot sent,
 			// raft probes this follower again after a heartbeat, and sends
 			// it again.
 			g.h.metrics.snapshotsRefused.Add(1)
+			if file != "" {
+				os.Remove(file)
+			}
 			continue
+		}
+		if file != "" {
+			// Raft takes it (it is then restored, and removed by restore)
+			// or ignores it: applyReady removes it then.
+			g.snapFiles = append(g.snapFiles, file)
 		}
 		// Errors here are messages from removed or unknown peers, or stale
 		// responses: raft ignores them, and so do we.
@@ -424,9 +441,16 @@ func (g *group) shutdown(err error, remove bool) {
 	g.stopped = true
 	g.in.Lock()
 	g.in.closed = true
-	props, reads, transfers := g.in.props, g.in.reads, g.in.transfers
+	props, reads, transfers, msgs := g.in.props, g.in.reads, g.in.transfers, g.in.msgs
 	g.in.props, g.in.reads, g.in.transfers, g.in.msgs = nil, nil, nil, nil
 	g.in.Unlock()
+	for i := range msgs {
+		releaseSnapshot(&msgs[i])
+	}
+	for _, f := range g.snapFiles {
+		os.Remove(f)
+	}
+	g.snapFiles = nil
 	for _, p := range props {
 		p.finish(nil, err)
 	}

@@ -25,6 +25,7 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 			if g == nil {
 				dropped++
 				unknown = append(unknown, e.Group)
+				releaseSnapshot(&e.Msg)
 				continue
 			}
 			g.in.Lock()
@@ -34,6 +35,7 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 		}
 		if len(g.in.msgs) >= h.cfg.MaxInboxMsgs || g.in.closed {
 			dropped++
+			releaseSnapshot(&e.Msg)
 			continue
 		}
 		g.in.msgs = append(g.in.msgs, e.Msg)

@@ -50,6 +50,8 @@ type Host struct {
 		sync.Mutex
 		unreachable map[uint64]struct{}
 	}
+	// streams: snapshot streams opened for the transport (snapstream.go).
+	streams snapStreams
 	// unknown: when each unknown group was last reported (tick), to rate
 	// limit Config.UnknownGroup. A leaf lock.
 	unknown struct {
@@ -211,6 +213,7 @@ func (h *Host) Stop() {
 	for _, g := range gs {
 		g.shutdown(h.stoppedErr(), false)
 	}
+	h.closeStreams()
 	h.hub.closeAll()
 	if h.ownStore {
 		if err := h.store.Close(); err != nil {

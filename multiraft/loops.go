@@ -74,6 +74,7 @@ func (h *Host) Process() int {
 func (h *Host) tick(ids []uint64) []uint64 {
 	h.live.ticks.Add(1)
 	h.tr.FlushHeartbeats()
+	h.expireStreams()
 	var unreachable []uint64
 	h.feedback.Lock()
 	for id := range h.feedback.unreachable {

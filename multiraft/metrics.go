@@ -21,7 +21,10 @@ type metrics struct {
 	// snapshotsRefused counts snapshots a state machine refused for now
 	// (SnapshotGate).
 	snapshotsRefused atomic.Uint64
-	roles            [4]atomic.Int64 // by raft.StateType
+	// snapshotsRestored counts snapshots restored into a state machine
+	// (received from a leader, or left to restore at a start).
+	snapshotsRestored atomic.Uint64
+	roles             [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,6 +53,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				Name: "flotilla_raft_snapshots_refused_total",
 				Help: "Snapshots a local replica refused for now, because another local replica still holds part of their span (the leader sends them again).",
 			}, func() float64 { return float64(m.snapshotsRefused.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_snapshots_restored_total",
+				Help: "Snapshots restored into a local replica's state machine.",
+			}, func() float64 { return float64(m.snapshotsRestored.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "flotilla_raft_failovers_total",
 				Help: "Times a local follower forgot its leader because nothing was heard from the leader's node for the liveness timeout (then the chosen survivor campaigns).",
@@ -116,3 +123,7 @@ func roleName(r raft.StateType) string {
 // SnapshotsRefused returns how many snapshots local state machines refused
 // for now (SnapshotGate).
 func (h *Host) SnapshotsRefused() uint64 { return h.metrics.snapshotsRefused.Load() }
+
+// SnapshotsRestored returns how many snapshots were restored into local
+// state machines.
+func (h *Host) SnapshotsRestored() uint64 { return h.metrics.snapshotsRestored.Load() }

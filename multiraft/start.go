@@ -3,7 +3,6 @@ package multiraft
 // Starting, stopping and removing a group's replica.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -89,7 +88,7 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	}
 	g.log.append(st.Entries)
 	g.log.snapshot = func() (raftpb.Snapshot, error) {
-		s, err := g.snapshot()
+		s, err := g.snapshotFor(true)
 		if err != nil {
 			// The state machine could not read its own state: as on any
 			// storage error on the raft path, stop loudly.
@@ -111,7 +110,7 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 		applied = snapMeta.Index
 	}
 	if applied < snapMeta.Index {
-		if err := sm.Restore(bytes.NewReader(st.Snapshot.Data), snapMeta.Index); err != nil {
+		if err := restore(sm, &st.Snapshot); err != nil {
 			return fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, snapMeta.Index, err)
 		}
 		applied = snapMeta.Index

@@ -105,6 +105,12 @@ type Config struct {
 	// Workers is the number of raft scheduler workers (multiraft
 	// Config.Workers). 0: the engine's default.
 	Workers int
+	// SnapshotEntries is how many applied entries of a range trigger a
+	// snapshot and the truncation of its log (multiraft
+	// Config.SnapshotEntries): a replica further behind than that catches
+	// up by snapshot. Entries; 0: the engine's default (10000); at least
+	// 10.
+	SnapshotEntries uint64
 
 	// PeerListener, ClientListener and HTTPListener, if set, are used
 	// instead of listening on the corresponding address (the demo and tests

@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,12 +176,18 @@ func New(cfg Config) (s *Server, err error) {
 		return s, err
 	}
 
+	// Received snapshots are written here (transport/snapshot.go).
+	snapDir := filepath.Join(cfg.DataDir, "snapshots")
+	if err := os.MkdirAll(snapDir, 0o755); err != nil {
+		return s, fmt.Errorf("server: snapshot dir: %w", err)
+	}
 	tcfg := transport.GRPCConfig{
-		NodeID:     cfg.NodeID,
-		ClusterID:  s.clusterID,
-		PeerAddr:   cfg.PeerAddr,
-		Registerer: s.reg,
-		Logger:     s.log,
+		NodeID:      cfg.NodeID,
+		ClusterID:   s.clusterID,
+		PeerAddr:    cfg.PeerAddr,
+		SnapshotDir: snapDir,
+		Registerer:  s.reg,
+		Logger:      s.log,
 	}
 	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg),
 		grpc.ChainUnaryInterceptor(s.freezer.unary), grpc.ChainStreamInterceptor(s.freezer.stream))...)
@@ -202,14 +209,15 @@ func New(cfg Config) (s *Server, err error) {
 	}
 
 	host, err := multiraft.NewHost(multiraft.Config{
-		NodeID:         cfg.NodeID,
-		Store:          s.store,
-		Transport:      s.tr,
-		TickInterval:   cfg.TickInterval,
-		ElectionTicks:  cfg.ElectionTicks,
-		HeartbeatTicks: cfg.HeartbeatTicks,
-		DisableSync:    cfg.DisableSync,
-		Workers:        cfg.Workers,
+		NodeID:          cfg.NodeID,
+		Store:           s.store,
+		Transport:       s.tr,
+		TickInterval:    cfg.TickInterval,
+		ElectionTicks:   cfg.ElectionTicks,
+		HeartbeatTicks:  cfg.HeartbeatTicks,
+		DisableSync:     cfg.DisableSync,
+		Workers:         cfg.Workers,
+		SnapshotEntries: cfg.SnapshotEntries,
 		// Writes reach raft on the leader only (route.go): a follower
 		// fails a stray proposal at once instead of forwarding it to a
 		// leader that may drop it unseen, which made a write ambiguous.
@@ -228,6 +236,11 @@ func New(cfg Config) (s *Server, err error) {
 	s.host = host
 	if err := s.startRanges(fresh); err != nil {
 		return s, err
+	}
+	// The ranges have restored the received snapshots they still needed;
+	// what is left there a stop cut short. Nothing arrives before Start.
+	if err := transport.CleanSnapshotDir(snapDir); err != nil {
+		return s, fmt.Errorf("server: snapshot dir: %w", err)
 	}
 	if fresh {
 		if err := writeMeta(cfg.DataDir, dirMeta); err != nil {

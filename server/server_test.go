@@ -121,6 +121,19 @@ func (c *cluster) stopAll() {
 	}
 }
 
+// shutdown shuts node id down gracefully (its leaders hand over) and waits
+// until the others lead every group.
+func (c *cluster) shutdown(id uint64) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.nodes[id].Shutdown(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	delete(c.nodes, id)
+	c.waitLeaders()
+}
+
 // waitFor is testutil.WaitFor.
 var waitFor = testutil.WaitFor
 
@@ -383,13 +396,7 @@ func TestRestartCatchesUpAndShutdownMovesLeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Graceful shutdown of node 1 leaves no group led by it.
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if err := c.nodes[1].Shutdown(sctx); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	delete(c.nodes, 1)
-	c.waitLeaders()
+	c.shutdown(1)
 	for i := range 20 {
 		if _, err := cl.Put(ctx, fmt.Appendf(nil, "during/%d", i), []byte("x")); err != nil {
 			t.Fatal(err)

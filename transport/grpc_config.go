@@ -130,8 +130,14 @@ type GRPCConfig struct {
 	// Default 1 MiB; limits [4 KiB, MaxFrameSize-1 KiB].
 	SnapshotChunkSize int
 	// MaxSnapshotSize bounds an encoded MsgSnap, in bytes. Default 1 GiB;
-	// limits [SnapshotChunkSize, 1<<40].
+	// limits [SnapshotChunkSize, 1<<40]. (A streamed snapshot's message is
+	// small; its state may reach 1 TiB: snapshot.go.)
 	MaxSnapshotSize int64
+	// SnapshotDir is where the state of streamed snapshots being received
+	// is written: one file per snapshot, handed to the engine with the
+	// message (FileMarker), which removes it once restored. Must exist.
+	// Empty: the state is received in memory and delivered whole.
+	SnapshotDir string
 
 	// WriteTimeout bounds every write to a stream, and how long a stream
 	// with unacked frames may go without an ack (raft and heartbeat lanes),

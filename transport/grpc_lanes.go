@@ -313,6 +313,23 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 		p.drop(p.m.dropTooLarge, 1)
 		return false
 	}
+	// A streamed snapshot's state comes from the engine, read as it is
+	// sent (snapshot.go): opened before anything is sent, so that a
+	// failure leaves the receiver nothing half done.
+	var state io.ReadCloser
+	if token, ok := StreamToken(e.Msg.Snapshot.Data); ok {
+		src, _ := p.t.handler.Load().h.(SnapshotSource)
+		if src == nil {
+			p.drop(p.m.dropTooLarge, 1)
+			return false
+		}
+		if state, err = src.OpenSnapshot(e.Group, token); err != nil {
+			p.t.cfg.Logger.Warn("transport: cannot open a snapshot to send", "group", e.Group, "to", p.id, "err", err)
+			p.drop(p.m.dropTooLarge, 1)
+			return false
+		}
+		defer state.Close()
+	}
 	s, err := p.openStream(&snapshotStreamDesc, bo.redial)
 	if err != nil {
 		bo.fail()
@@ -335,6 +352,32 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 			return false
 		}
 		bytes += len(f.chunk)
+	}
+	if state != nil {
+		// The state, chunk by chunk (total 0), one buffer for all: the
+		// sender holds one chunk at a time.
+		buf := make([]byte, chunk)
+		f.total = 0
+		for off := uint64(0); ; {
+			n, rerr := io.ReadFull(state, buf)
+			if n > 0 {
+				f.offset, f.chunk = off, buf[:n]
+				if err := s.sendRecv(f, p.t.cfg.WriteTimeout); err != nil {
+					p.failSnapshot(bo, err)
+					return false
+				}
+				off += uint64(n)
+				bytes += n
+			}
+			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+				break
+			}
+			if rerr != nil {
+				p.t.cfg.Logger.Warn("transport: cannot read a snapshot to send", "group", e.Group, "to", p.id, "err", rerr)
+				p.drop(p.m.dropTooLarge, 1)
+				return false
+			}
+		}
 	}
 	if err := s.cs.CloseSend(); err != nil {
 		p.failSnapshot(bo, err)

@@ -14,10 +14,15 @@ package transport
 // (grpc_redial.go).
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
@@ -132,7 +137,8 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 	var from uint64
 	var received interface{ Inc() }
 	var snap snapAssembly
-	var taken uint64 // messages delivered on this stream, for acks
+	defer snap.discard() // a streamed snapshot's partial state, if the stream fails
+	var taken uint64     // messages delivered on this stream, for acks
 	var pacer *ackPacer
 	announced := false // peerUp called
 	if lane == kindRaft {
@@ -142,6 +148,10 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 	for {
 		if err := ss.RecvMsg(f); err != nil {
 			if err == io.EOF {
+				if lane == kindSnapshot && snap.data != nil {
+					// The end of a streamed snapshot's state.
+					return t.finishStreamed(ss, &snap, from)
+				}
 				if lane == kindSnapshot && snap.started {
 					return t.rejectStatus(RejectMalformed, codes.InvalidArgument,
 						"snapshot ended after %d of %d bytes", len(snap.buf), snap.total)
@@ -205,6 +215,14 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 				return err
 			}
 		case kindSnapshot:
+			if snap.data != nil {
+				// The state of a streamed snapshot, after its message.
+				if err := t.addData(&snap, f); err != nil {
+					snap.discard()
+					return err
+				}
+				continue
+			}
 			done, err := t.addChunk(&snap, f)
 			if err != nil {
 				return err
@@ -216,10 +234,19 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 			if err := env[0].Msg.Unmarshal(snap.buf); err != nil {
 				return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad snapshot message")
 			}
+			group := snap.group
 			snap = snapAssembly{}
-			if env[0].Msg.To != t.id || env[0].Msg.Type != raftpb.MsgSnap {
+			if env[0].Msg.To != t.id || env[0].Msg.Type != raftpb.MsgSnap || env[0].Msg.Snapshot == nil {
 				return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
 					"%v for node %d reached node %d", env[0].Msg.Type, env[0].Msg.To, t.id)
+			}
+			if _, streamed := StreamToken(env[0].Msg.Snapshot.Data); streamed {
+				// Its state follows: into a file (or memory), then the
+				// message goes up with it (finishStreamed).
+				if err := t.startStreamed(&snap, group, env[0]); err != nil {
+					return err
+				}
+				continue
 			}
 			if !t.deliver(hs, from, env) {
 				return status.Error(codes.Unavailable, ErrClosed.Error())
@@ -246,13 +273,130 @@ func (t *GRPCTransport) sendAck(ss grpc.ServerStream, to, seq, stamp, count uint
 	return ss.SendMsg(&ack)
 }
 
-// snapAssembly collects the chunks of one snapshot. Owned by its stream's
-// handler.
+// snapAssembly collects the chunks of one snapshot: its message, then for
+// a streamed snapshot its state (data set). Owned by its stream's handler.
 type snapAssembly struct {
 	started bool
 	group   uint64
 	total   uint64
 	buf     []byte
+
+	// A streamed snapshot's state: written to data (a file in the
+	// snapshot directory, path; or memory), written bytes so far.
+	env     Envelope
+	data    io.Writer
+	file    *os.File
+	path    string
+	mem     *bytes.Buffer
+	written uint64
+}
+
+// discard drops a streamed snapshot's partial state.
+func (a *snapAssembly) discard() {
+	if a.file != nil {
+		a.file.Close()
+		os.Remove(a.path)
+		a.file = nil
+	}
+	a.data = nil
+}
+
+// snapshotSuffix marks the files of snapshots still being received.
+const snapshotSuffix = ".recv"
+
+// startStreamed begins receiving the state of env's streamed snapshot.
+func (t *GRPCTransport) startStreamed(a *snapAssembly, group uint64, env Envelope) error {
+	*a = snapAssembly{started: true, group: group, env: env}
+	if t.cfg.SnapshotDir == "" {
+		a.mem = &bytes.Buffer{}
+		a.data = a.mem
+		return nil
+	}
+	f, err := os.CreateTemp(t.cfg.SnapshotDir, fmt.Sprintf("g%d-*%s", group, snapshotSuffix))
+	if err != nil {
+		t.cfg.Logger.Warn("transport: cannot receive a snapshot", "group", group, "err", err)
+		return status.Errorf(codes.Unavailable, "transport: snapshot file: %v", err)
+	}
+	a.file, a.path = f, f.Name()
+	a.data = bufio.NewWriterSize(f, 1<<20)
+	return nil
+}
+
+// addData writes one chunk of a streamed snapshot's state.
+func (t *GRPCTransport) addData(a *snapAssembly, f *frame) error {
+	if f.group != a.group || f.total != 0 || f.offset != a.written || len(f.chunk) == 0 {
+		return t.rejectStatus(RejectMalformed, codes.InvalidArgument,
+			"snapshot data at %d (+%d), have %d", f.offset, len(f.chunk), a.written)
+	}
+	if a.written+uint64(len(f.chunk)) > maxSnapshotData {
+		return t.rejectStatus(RejectOversize, codes.ResourceExhausted, "snapshot data over %d bytes", uint64(maxSnapshotData))
+	}
+	if _, err := a.data.Write(f.chunk); err != nil {
+		return status.Errorf(codes.Unavailable, "transport: write snapshot: %v", err)
+	}
+	a.written += uint64(len(f.chunk))
+	return nil
+}
+
+// maxSnapshotData bounds a streamed snapshot's state: 1 TiB.
+const maxSnapshotData = 1 << 40
+
+// finishStreamed makes a streamed snapshot's state durable and delivers its
+// message with it (a file marker, or the state itself), then acks.
+func (t *GRPCTransport) finishStreamed(ss grpc.ServerStream, a *snapAssembly, from uint64) error {
+	env := []Envelope{a.env}
+	snap := *env[0].Msg.Snapshot
+	if a.mem != nil {
+		snap.Data = a.mem.Bytes()
+	} else {
+		err := a.data.(*bufio.Writer).Flush()
+		if err == nil {
+			err = a.file.Sync()
+		}
+		if cerr := a.file.Close(); err == nil {
+			err = cerr
+		}
+		a.file = nil
+		final := strings.TrimSuffix(a.path, snapshotSuffix)
+		if err == nil {
+			err = os.Rename(a.path, final)
+		}
+		if err != nil {
+			os.Remove(a.path)
+			return status.Errorf(codes.Unavailable, "transport: store snapshot: %v", err)
+		}
+		snap.Data = FileMarker(final)
+	}
+	env[0].Msg.Snapshot = &snap
+	*a = snapAssembly{}
+	hs := t.handler.Load()
+	if hs == nil || !t.deliver(hs, from, env) {
+		if path, ok := SnapshotFile(snap.Data); ok {
+			os.Remove(path)
+		}
+		return status.Error(codes.Unavailable, ErrClosed.Error())
+	}
+	return t.sendAck(ss, from, 1, 0, 0)
+}
+
+// CleanSnapshotDir removes every file from dir: snapshots whose receipt a
+// stop cut short, and delivered ones no group took before the stop. Call
+// it before the transport serves, once the engine has started the groups
+// stored on disk: a group whose stored snapshot is still to be restored
+// restores it when it starts, and removes its file then (multiraft).
+func CleanSnapshotDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // addChunk appends the chunk in f; done when the snapshot is complete.

@@ -226,6 +226,18 @@ func (t *simTransport) Send(batch []transport.Envelope) {
 	var order []uint64
 	for _, e := range batch {
 		to := e.Msg.To
+		if m := &e.Msg; m.Type == raftpb.MsgSnap && m.Snapshot != nil {
+			// A streamed snapshot travels whole: its state, read from
+			// this node now, as the real transport reads it when it sends.
+			data, err := transport.Materialize(t.h, e.Group, m.Snapshot.Data)
+			if err != nil {
+				t.nw.s.violation("node %d: read a snapshot of group %d to send: %v", t.n.id, e.Group, err)
+				continue
+			}
+			snap := *m.Snapshot
+			snap.Data = data
+			m.Snapshot = &snap
+		}
 		if transport.IsHeartbeat(&e.Msg) {
 			t.hb[to] = append(t.hb[to], e)
 			continue
