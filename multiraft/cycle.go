@@ -64,6 +64,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 	for i := range w.readies {
 		g, rd := w.readies[i].g, &w.readies[i].rd
 		g.noteState(rd)
+		g.checkConfAppended(rd.Entries)
 		if !raft.IsEmptySnap(rd.Snapshot) {
 			w.batch.SetSnapshot(g.id, rd.Snapshot)
 			w.batch.SetConfState(g.id, rd.Snapshot.Metadata.ConfState, rd.Snapshot.Metadata.Index)
@@ -153,6 +154,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			g.releaseHeld()
 		}
 		g.releaseTransferHeld()
+		g.retryConf()
 		if g.rn.HasReady() {
 			w.again = append(w.again, g.id)
 		}

@@ -39,6 +39,16 @@ type group struct {
 	held        []*proposal
 	confPending bool
 	confSince   uint64 // tick at which confPending was set
+	// confCheck: the key of a membership change this leader just handed
+	// to raft. The next Ready shows whether raft appended it, or replaced
+	// it with an empty entry because its previous change, or the log of
+	// an earlier term, was not applied yet (checkConfAppended).
+	confCheck uint64
+	// confRetry: a membership change raft replaced so; it is proposed
+	// again once the group has applied through confRetryAt, the index of
+	// the entry that replaced it (retryConf). The held proposals wait.
+	confRetry   *proposal
+	confRetryAt uint64
 	// releaseAfterAdvance: a conf change applied in the current Ready; the
 	// held proposals go to raft once it is advanced.
 	releaseAfterAdvance bool
@@ -262,6 +272,9 @@ func (g *group) propose(props []*proposal) {
 			}
 			g.proposals[p.key] = p
 			g.confPending, g.confSince = true, g.ticks
+			if g.rn.BasicStatus().RaftState == raft.StateLeader {
+				g.confCheck = p.key
+			}
 			// Whatever follows waits until the change applies (seed 001):
 			// raft would turn a second pending change into an empty entry.
 			g.held = append(g.held, props...)
@@ -401,6 +414,10 @@ func (g *group) expire() {
 		}
 		g.transferHeld = keep
 	}
+	if p := g.confRetry; p != nil && old(p.startTick) {
+		g.confRetry = nil
+		p.finish(nil, ErrDropped) // never appended
+	}
 	if g.confPending && old(g.confSince) {
 		// The change was lost (raft dropped it, or leadership moved): stop
 		// holding the others.
@@ -421,6 +438,47 @@ func (g *group) expire() {
 		}
 	}
 	g.transfers = keep
+}
+
+// checkConfAppended looks in the entries of the Ready that follows a
+// membership change this leader proposed for the change itself. If raft
+// put an empty entry in its place, the change is not pending: it waits in
+// confRetry, and the proposals held behind it keep waiting, for a few
+// round trips instead of the request timeout. Called by the owner.
+func (g *group) checkConfAppended(ents []raftpb.Entry) {
+	key := g.confCheck
+	if key == 0 {
+		return
+	}
+	g.confCheck = 0
+	for i := range ents {
+		if e := &ents[i]; e.Type == raftpb.EntryConfChangeV2 {
+			var cc raftpb.ConfChangeV2
+			if cc.Unmarshal(e.Data) == nil && len(cc.Context) >= 8 && binary.BigEndian.Uint64(cc.Context) == key {
+				return // appended: pending until it applies
+			}
+		}
+	}
+	p, ok := g.proposals[key]
+	if !ok || len(ents) == 0 {
+		return
+	}
+	delete(g.proposals, key)
+	g.confRetry, g.confRetryAt = p, ents[len(ents)-1].Index
+}
+
+// retryConf proposes a refused membership change again once the group
+// has applied past the entry that replaced it: raft counts its previous
+// change as applied then. Called by the owner after Advance.
+func (g *group) retryConf() {
+	p := g.confRetry
+	if p == nil || g.applied < g.confRetryAt {
+		return
+	}
+	g.confRetry = nil
+	start := p.startTick
+	g.propose([]*proposal{p})
+	p.startTick = start // the request timeout counts from the first try
 }
 
 func (g *group) releaseHeld() {
@@ -446,6 +504,10 @@ func (g *group) shutdown(err error, remove bool) {
 	g.in.Unlock()
 	for i := range msgs {
 		releaseSnapshot(&msgs[i])
+	}
+	if g.confRetry != nil {
+		props = append(props, g.confRetry)
+		g.confRetry = nil
 	}
 	for _, f := range g.snapFiles {
 		os.Remove(f)

@@ -34,13 +34,22 @@ import (
 //	events node=N                    leader events since the last call
 //	transfer node=N group=G to=M       starts a leadership transfer, no wait
 //	propose-async node=N group=G name=X   the input is the command; no wait
-//	outcome name=X                   pending, or the result of propose-async X
+//	outcome name=X                   pending, or the result of propose-async
+//	                                 or change-async X
+//	campaign node=N group=G rounds=K   campaigns, then K rounds instead of
+//	                                 stabilizing
+//	process [n=K]                    K rounds of processing and delivery, no tick
+//	add-node node=N                  a new node, with every group empty
+//	change-async node=N group=G op=add-learner|add-voter|promote|remove target=M name=X
+//	                                 proposes a membership change; no wait
+//	membership node=N group=G        the group's voters and learners on node N
 //	status
 func TestInteraction(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		var c *mrtest.Cluster
 		subs := map[uint64]*multiraft.Subscription{}
 		futures := map[string]multiraft.Future{}
+		changes := map[string]multiraft.Future{}
 		var transfers []chan error
 		defer func() {
 			if c != nil {
@@ -87,8 +96,47 @@ func TestInteraction(t *testing.T) {
 				}
 				return c.Status()
 			case "campaign":
-				err := c.Campaign(u(d, "node"), u(d, "group"))
-				return errOr(c.Status(), err)
+				if !d.HasArg("rounds") {
+					err := c.Campaign(u(d, "node"), u(d, "group"))
+					return errOr(c.Status(), err)
+				}
+				if err := c.Hosts[u(d, "node")].Campaign(u(d, "group")); err != nil {
+					return errOr("", err)
+				}
+				for range u(d, "rounds") {
+					c.Process()
+				}
+				return c.Status()
+			case "process":
+				n := uint64(1)
+				if d.HasArg("n") {
+					n = u(d, "n")
+				}
+				for range n {
+					c.Process()
+				}
+				return c.Status()
+			case "add-node":
+				n := u(d, "node")
+				if err := c.AddNode(n); err != nil {
+					return errOr("", err)
+				}
+				subs[n] = c.Hosts[n].Subscribe()
+				return c.Status()
+			case "change-async":
+				var name, op string
+				d.ScanArgs(t, "name", &name)
+				d.ScanArgs(t, "op", &op)
+				kind, ok := map[string]multiraft.ChangeKind{"add-learner": multiraft.AddLearner,
+					"add-voter": multiraft.AddVoter, "promote": multiraft.PromoteLearner, "remove": multiraft.RemoveMember}[op]
+				if !ok {
+					d.Fatalf(t, "unknown op %q", op)
+				}
+				changes[name] = c.Hosts[u(d, "node")].ChangeMembershipAsync(u(d, "group"), kind, u(d, "target"))
+				return "ok\n"
+			case "membership":
+				st, err := c.Hosts[u(d, "node")].GroupStatus(u(d, "group"))
+				return errOr(fmt.Sprintf("voters %v learners %v\n", st.Voters, st.Learners), err)
 			case "forget-leader":
 				if err := c.Hosts[u(d, "node")].ForgetLeader(u(d, "group")); err != nil {
 					return errOr("", err)
@@ -130,10 +178,16 @@ func TestInteraction(t *testing.T) {
 			case "outcome":
 				var name string
 				d.ScanArgs(t, "name", &name)
-				f := futures[name]
+				f, change := changes[name]
+				if !change {
+					f = futures[name]
+				}
 				select {
 				case <-f.Done():
 					res, err := f.Result()
+					if change {
+						return errOr("applied\n", err)
+					}
 					return errOr(fmt.Sprintf("applied, previous value %q\n", res), err)
 				default:
 					return "pending\n"

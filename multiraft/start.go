@@ -60,14 +60,14 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 		if err := h.startAt(id, at, members, &st); err != nil {
 			return err
 		}
-	} else if fresh {
-		st.ConfState = raftpb.ConfState{Voters: append([]uint64(nil), members...)}
-		b := h.store.NewBatch()
-		b.SetConfState(id, st.ConfState, 0)
-		err := b.Commit(true)
-		b.Close()
-		if err != nil {
-			return fmt.Errorf("multiraft: bootstrap group %d: %w", id, err)
+	} else if fresh && len(members) > 0 {
+		// A new group: its membership is a snapshot at index 1 that holds
+		// no state, and its log begins at 2. A node added later gets that
+		// membership in a snapshot; from a log that began at 1 it would
+		// apply the first change on an empty configuration, and raft
+		// panics ("removed all voters"): TestJoinYoungGroup.
+		if err := h.writeStart(id, bootIndex, BootTerm, bootState, members, &st); err != nil {
+			return err
 		}
 	}
 	snapMeta := st.Snapshot.Metadata
@@ -98,6 +98,10 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 		return s, nil
 	}
 	applied := sm.AppliedIndex()
+	if string(st.Snapshot.Data) == bootState && applied < snapMeta.Index {
+		// Nothing lies at or below the boot index.
+		applied = snapMeta.Index
+	}
 	if string(st.Snapshot.Data) == syncedState && applied < snapMeta.Index {
 		// The state machine synced everything up to the truncation point
 		// before it was written; what lies between its last command and
@@ -173,20 +177,39 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 // started from a state machine that already holds state (see StartGroup).
 const InitialTerm = 5
 
+// The start of a new group (StartGroup): a snapshot at bootIndex, term
+// BootTerm, whose data is bootState: it holds no state, only the initial
+// membership. It never leaves the node: a follower that needs it gets a
+// snapshot built by snapshot().
+const (
+	bootIndex = 1
+	bootState = "flotilla: initial membership"
+)
+
+// BootTerm is the term of a group started with its initial members: a
+// group still at BootTerm has held no election.
+const BootTerm = 1
+
 // startAt writes the raft state of a group whose state machine starts at
 // index at, with voters members, and sets st to it: its log is truncated at
-// at (term InitialTerm), as if it had applied and synced that far. A hard
-// state the replica already had (a vote cast while it was empty) is kept
-// if its term is later.
+// at (term InitialTerm), as if it had applied and synced that far.
 func (h *Host) startAt(id, at uint64, members []uint64, st *storage.GroupState) error {
+	return h.writeStart(id, at, InitialTerm, syncedState, members, st)
+}
+
+// writeStart writes the raft state of a group whose log begins after
+// index at, of term term, described by a snapshot with data and the
+// membership members, and sets st to it. A hard state the replica already
+// had (a vote cast while it was empty) is kept if its term is later.
+func (h *Host) writeStart(id, at, term uint64, data string, members []uint64, st *storage.GroupState) error {
 	cs := raftpb.ConfState{Voters: append([]uint64(nil), members...)}
-	hs := raftpb.HardState{Term: InitialTerm, Commit: at}
-	if st.HardState.Term > InitialTerm {
+	hs := raftpb.HardState{Term: term, Commit: at}
+	if st.HardState.Term > term {
 		hs.Term, hs.Vote = st.HardState.Term, st.HardState.Vote
 	}
 	snap := raftpb.Snapshot{
-		Data:     []byte(syncedState),
-		Metadata: raftpb.SnapshotMetadata{Index: at, Term: InitialTerm, ConfState: cs},
+		Data:     []byte(data),
+		Metadata: raftpb.SnapshotMetadata{Index: at, Term: term, ConfState: cs},
 	}
 	b := h.store.NewBatch()
 	defer b.Close()

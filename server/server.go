@@ -335,7 +335,7 @@ func (s *Server) startRanges(fresh bool) error {
 		if d.Replicas[0] != s.cfg.NodeID {
 			continue
 		}
-		if gs, err := s.host.GroupStatus(d.ID); err == nil && gs.Term == 0 {
+		if gs, err := s.host.GroupStatus(d.ID); err == nil && gs.Term <= multiraft.BootTerm {
 			if err := s.host.Campaign(d.ID); err != nil {
 				return fmt.Errorf("server: campaign range %d: %w", d.ID, err)
 			}

@@ -9,6 +9,10 @@
 # Environment overrides (defaults in brackets):
 #   CLIENTS [256]  VALUE_SIZE [256]  KEYS [1000]  CONNS [1]  GROUPS [16]
 #   WORKDIR [/tmp/kvcompare]  ETCD3_SH [tools/etcd3.sh]
+#   BASELINE [none]: a git revision of this repository. Each round then also
+#     runs Flotilla built at that revision ("baseline"), before or after the
+#     working tree's (alternately), and the summary gives flotilla/baseline
+#     per round: the cost or gain of a change, measured in the same spell.
 # Note: bash ignores `GROUPS=32 cmd` (GROUPS is a bash special variable), so
 # pass it as `env GROUPS=32 tools/kvcompare.sh`, or use FLOTILLA_GROUPS=32.
 #
@@ -35,6 +39,7 @@ CONNS=${CONNS:-1}
 NGROUPS=${FLOTILLA_GROUPS:-$(printenv GROUPS || true)}
 NGROUPS=${NGROUPS:-16}
 WORKDIR=${WORKDIR:-/tmp/kvcompare}
+BASELINE=${BASELINE:-}
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -209,6 +214,14 @@ for b in flotilla etcdbench; do
 done
 (cd "$REPO" && go build -o "$WORKDIR/flotilla" ./cmd/flotilla) || die "building flotilla failed"
 (cd "$REPO/tools/etcdbench" && go build -o "$WORKDIR/etcdbench" .) || die "building etcdbench failed"
+if [[ -n $BASELINE ]]; then
+  rev=$(git -C "$REPO" rev-parse --verify --quiet "$BASELINE^{commit}") || die "BASELINE=$BASELINE: not a revision of $REPO"
+  echo "kvcompare: building the baseline flotilla at $rev"
+  rm -rf "$WORKDIR/baseline-src" && mkdir -p "$WORKDIR/baseline-src"
+  git -C "$REPO" archive "$rev" | tar -x -C "$WORKDIR/baseline-src" || die "extracting $BASELINE failed"
+  (cd "$WORKDIR/baseline-src" && go build -o "$WORKDIR/flotilla-baseline" ./cmd/flotilla) || die "building the baseline failed"
+  rm -rf "$WORKDIR/baseline-src"
+fi
 
 # --- rounds ---------------------------------------------------------------------
 
@@ -230,13 +243,16 @@ run_etcd() {
   record etcd "$r" "$out" "$srv" "$(<"$WORKDIR/etcd-r$r.cpu")"
 }
 
+# run_flotilla ROUND [LABEL BINARY]: one round of Flotilla (default: the
+# working tree's build, labelled flotilla).
 run_flotilla() {
-  local r=$1 out=$WORKDIR/flotilla-r$1.json data=$WORKDIR/flotilla-data i ok srv
-  echo "== round $r/$ROUNDS: flotilla"
+  local r=$1 label=${2:-flotilla} bin=${3:-$WORKDIR/flotilla}
+  local out=$WORKDIR/$label-r$1.json data=$WORKDIR/flotilla-data i ok srv
+  echo "== round $r/$ROUNDS: $label"
   check_free 127.0.0.{1,2,3}:47379 127.0.0.{1,2,3}:47380 127.0.0.{1,2,3}:47381
   rm -rf "$data"; mkdir -p "$data"
   for i in 1 2 3; do
-    "$WORKDIR/flotilla" start --id "$i" --data-dir "$data/d$i" --groups "$NGROUPS" \
+    "$bin" start --id "$i" --data-dir "$data/d$i" --groups "$NGROUPS" \
       --initial-cluster "$FLO_CLUSTER" --peer-addr "127.0.0.$i:47380" \
       --client-addr "127.0.0.$i:47379" --http-addr "127.0.0.$i:47381" \
       --log-level warn >"$data/n$i.log" 2>&1 &
@@ -256,18 +272,26 @@ run_flotilla() {
     sleep 0.5
   done
   sleep 2
-  run_bench "flotilla bench put" "$out" "$WORKDIR/flotilla-r$r.cpu" "$WORKDIR/flotilla" bench put \
+  run_bench "flotilla bench put" "$out" "$WORKDIR/$label-r$r.cpu" "$bin" bench put \
     --endpoints "$FLO_EPS" --clients "$CLIENTS" --conns "$CONNS" \
     --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json
   srv=$(cpu_ticks "${NODE_PIDS[@]}")
   stop_nodes
   rm -rf "$data"
-  record flotilla "$r" "$out" "$srv" "$(<"$WORKDIR/flotilla-r$r.cpu")"
+  record "$label" "$r" "$out" "$srv" "$(<"$WORKDIR/$label-r$r.cpu")"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
   run_etcd "$r"
-  run_flotilla "$r"
+  if [[ -z $BASELINE ]]; then
+    run_flotilla "$r"
+  elif ((r % 2)); then
+    run_flotilla "$r" baseline "$WORKDIR/flotilla-baseline"
+    run_flotilla "$r"
+  else
+    run_flotilla "$r"
+    run_flotilla "$r" baseline "$WORKDIR/flotilla-baseline"
+  fi
 done
 
 # --- summary --------------------------------------------------------------------
@@ -292,7 +316,7 @@ for x in runs:
           f"{x['srv']:>11.0f}{x['cli']:>11.0f}{x['errors']:>8}")
 print()
 med = statistics.median
-for system in ("etcd", "flotilla"):
+for system in ("etcd", "baseline", "flotilla"):
     xs = [x for x in runs if x["system"] == system]
     if xs:
         print(f"{system:<9} median of {len(xs)}: {med(x['ops_s'] for x in xs):.0f} ops/s "
@@ -300,11 +324,12 @@ for system in ("etcd", "flotilla"):
               f"p50 {med(x['p50'] for x in xs):.2f} ms, p99 {med(x['p99'] for x in xs):.2f} ms, "
               f"CPU µs/op {med(x['srv'] for x in xs):.0f} + {med(x['cli'] for x in xs):.0f}")
 by = {(x["system"], x["round"]): x for x in runs}
-ratios = []
-for rnd in sorted({x["round"] for x in runs}):
-    e, f = by.get(("etcd", rnd)), by.get(("flotilla", rnd))
-    if e and f and e["ops_s"] > 0:
-        ratios.append(f["ops_s"] / e["ops_s"])
-if ratios:
-    print(f"flotilla/etcd ops/s per round: {', '.join('%.2f' % q for q in ratios)} (median {med(ratios):.2f}x)")
+for num, den in (("flotilla", "etcd"), ("baseline", "etcd"), ("flotilla", "baseline")):
+    ratios = []
+    for rnd in sorted({x["round"] for x in runs}):
+        a, b = by.get((num, rnd)), by.get((den, rnd))
+        if a and b and b["ops_s"] > 0:
+            ratios.append(a["ops_s"] / b["ops_s"])
+    if ratios:
+        print(f"{num}/{den} ops/s per round: {', '.join('%.2f' % q for q in ratios)} (median {med(ratios):.2f}x)")
 PY
