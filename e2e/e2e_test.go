@@ -176,6 +176,21 @@ func run(t *testing.T, env []string, args ...string) result {
 	return r
 }
 
+// waitLed waits until each of the cluster's first groups ranges has a
+// leader, as the running nodes see it.
+func (c *procCluster) waitLed(t *testing.T, groups int) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "every range led", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := status(ctx, c.endpoints(0))
+		if err != nil {
+			return err
+		}
+		return allLed(st, groups, 0)
+	})
+}
+
 // status gathers the cluster status through the given endpoints.
 func status(ctx context.Context, eps []string) (api.Status, error) {
 	cl, err := client.New(ctx, client.Config{Endpoints: eps}, client.WithMaxAttempts(2))

@@ -70,15 +70,7 @@ func (p *bgProc) wait(t *testing.T, d time.Duration) int {
 func TestElectCLI(t *testing.T) {
 	c := newProcCluster(t, 4)
 	eps := strings.Join(c.endpoints(0), ",")
-	waitFor(t, 30*time.Second, "every group led", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		st, err := status(ctx, c.endpoints(0))
-		if err != nil {
-			return err
-		}
-		return allLed(st, 4, 0)
-	})
+	c.waitLed(t, 4)
 	if r := run(t, nil, "elect", "lock", "--leader", "--endpoints", eps); r.code != 3 {
 		t.Fatalf("--leader with no holder: exit %d, want 3; %s", r.code, r.stderr)
 	}

@@ -91,9 +91,12 @@ func newRangesCmd() *cobra.Command {
 // contracts).
 type scanJSON struct {
 	KVs []kvJSON `json:"kvs"`
-	// More: the limit cut the list short; Next continues it (--from).
-	More bool   `json:"more"`
-	Next string `json:"next,omitempty"`
+	// More: the limit cut the list short. After, the last key listed,
+	// continues it (--after); Next is the key the next page starts at
+	// (--from, when it is printable: it may end in a zero byte).
+	More  bool   `json:"more"`
+	After string `json:"after,omitempty"`
+	Next  string `json:"next,omitempty"`
 }
 
 type kvJSON struct {
@@ -105,11 +108,11 @@ type kvJSON struct {
 
 func newScanCmd() *cobra.Command {
 	var cf clientFlags
-	var output, prefix, from, to string
+	var output, prefix, from, to, after string
 	var limit int
 	var serializable bool
 	cmd := &cobra.Command{
-		Use:   "scan (--prefix P | [--from A] [--to B]) [--limit N]",
+		Use:   "scan (--prefix P | [--from A] [--to B]) [--after K] [--limit N]",
 		Short: "List keys in order: those with a prefix, or those of [--from, --to)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -125,6 +128,15 @@ func newScanCmd() *cobra.Command {
 			start, end := []byte(from), []byte(to)
 			if prefix != "" {
 				start, end = []byte(prefix), kv.PrefixEnd([]byte(prefix))
+			}
+			if cmd.Flags().Changed("after") {
+				// The first key after K is K followed by a zero byte.
+				if next := append([]byte(after), 0); string(next) > string(start) {
+					start = next
+				}
+				if len(end) > 0 && string(start) >= string(end) {
+					return fmt.Errorf("--after %q: nothing of the span lies after it", after)
+				}
 			}
 			if len(end) > 0 && string(start) >= string(end) {
 				return fmt.Errorf("--from %q is not below --to %q", from, to)
@@ -153,6 +165,9 @@ func newScanCmd() *cobra.Command {
 			}
 			if at != nil {
 				res.More, res.Next = true, string(at)
+				if n := len(res.KVs); n > 0 {
+					res.After = res.KVs[n-1].Key
+				}
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {
@@ -167,7 +182,7 @@ func newScanCmd() *cobra.Command {
 				fmt.Fprintf(w, "%s\t%s\n", k.Key, k.Value)
 			}
 			if res.More {
-				fmt.Fprintf(cmd.ErrOrStderr(), "(more: continue with --from %q)\n", res.Next)
+				fmt.Fprintf(cmd.ErrOrStderr(), "(more: continue with --after %q)\n", res.After)
 			}
 			return nil
 		},
@@ -177,6 +192,7 @@ func newScanCmd() *cobra.Command {
 	cmd.Flags().StringVar(&prefix, "prefix", "", "list the keys that start with this prefix")
 	cmd.Flags().StringVar(&from, "from", "", "first key of the span (default: the beginning of the keyspace)")
 	cmd.Flags().StringVar(&to, "to", "", "end of the span, exclusive (default: the end of the keyspace)")
+	cmd.Flags().StringVar(&after, "after", "", "list only keys after this one: continue a listing from the last key it printed")
 	cmd.Flags().IntVar(&limit, "limit", 1000, "the most keys to list")
 	cmd.Flags().BoolVar(&serializable, "serializable", false, "read from the answering replicas without confirming with the leaders (may be stale)")
 	return cmd
