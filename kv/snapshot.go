@@ -184,8 +184,8 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	if err := s.flush(); err != nil {
 		return err
 	}
-	s.restoring.Store(true)
-	defer s.restoring.Store(false)
+	s.restore.Lock()
+	defer s.restore.Unlock()
 	b := s.db.NewBatch()
 	defer func() { b.Close() }()
 	for _, kind := range localKinds {
@@ -246,6 +246,9 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 			return err
 		}
 		if b.Len() >= restoreBatchBytes {
+			// From here until the last batch commits, the range holds
+			// part of each state: if the restore fails, no query may run.
+			s.restoreFailed.Store(true)
 			if err := b.Commit(pebble.NoSync); err != nil {
 				return fmt.Errorf("kv: range %d: commit restore: %w", s.id, err)
 			}
@@ -267,6 +270,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	if err := s.load(s.db); err != nil {
 		return err
 	}
+	s.restoreFailed.Store(false)
 	s.descriptorChanged()
 	s.publish(nil, true)
 	return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -83,8 +84,13 @@ type StateMachine struct {
 	// Written by the worker (destroyed by anyone), read by anyone.
 	frozen    atomic.Pointer[frozenRec]
 	destroyed atomic.Bool
-	// restoring: a Restore is under way (queries wait it out).
-	restoring atomic.Bool
+	// restore: Restore holds it (write) while it replaces the state, in
+	// several Pebble batches; queries hold it (read) while they read, and
+	// fail with ErrUninitialized rather than wait for a restore, so that
+	// none sees a mix of the old state and the new. restoreFailed: the
+	// last Restore failed part way (the node stops); queries fail.
+	restore       sync.RWMutex
+	restoreFailed atomic.Bool
 }
 
 // WithoutSpanChecks makes the state machine serve keys outside its span:
@@ -666,8 +672,12 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 	if len(q) < 1 {
 		return nil, ErrBadCommand
 	}
+	if !s.restore.TryRLock() {
+		return nil, fmt.Errorf("%w: range %d: restoring a snapshot", ErrUninitialized, s.id)
+	}
+	defer s.restore.RUnlock()
 	desc := s.desc.Load()
-	if desc == nil || s.restoring.Load() {
+	if desc == nil || s.restoreFailed.Load() {
 		return nil, fmt.Errorf("%w: range %d", ErrUninitialized, s.id)
 	}
 	s.ops.Add(1)

@@ -286,16 +286,17 @@ func (g *group) takeSnapshot(b storage.Batch) bool {
 	return true
 }
 
-// snapshot captures the state machine at the applied index. It is also the
-// memLog's snapshot source: raft calls it (on the owner) when a follower
-// needs entries that were compacted away: then a state machine that can
-// stream its state (SnapshotOpener) gives a stream marker instead
-// (snapstream.go).
+// snapshot captures the state machine at the applied index, whole: for
+// the snapshot the node keeps itself (takeSnapshot).
 func (g *group) snapshot() (raftpb.Snapshot, error) {
 	return g.snapshotFor(false)
 }
 
-// snapshotFor is snapshot; forFollower allows a stream marker.
+// snapshotFor is snapshot; forFollower allows a stream marker. With
+// forFollower it is the memLog's snapshot source: raft calls it (on the
+// owner) when a follower needs entries that were compacted away, and a
+// state machine that can stream its state (SnapshotOpener) gives a stream
+// marker instead of its state (snapstream.go).
 func (g *group) snapshotFor(forFollower bool) (raftpb.Snapshot, error) {
 	term, err := g.log.Term(g.applied)
 	if err != nil {

@@ -77,6 +77,11 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 		}
 		for _, m := range rd.Messages {
 			e := transport.Envelope{Group: g.id, Msg: m}
+			if m.Type == raftpb.MsgSnap && m.Snapshot != nil {
+				if token, ok := transport.StreamToken(m.Snapshot.Data); ok {
+					h.streamSent(g.id, token, m.To)
+				}
+			}
 			if m.Type == raftpb.MsgApp || m.Type == raftpb.MsgSnap {
 				w.early = append(w.early, e)
 			} else {

@@ -158,6 +158,9 @@ func (g *group) handleInputs() {
 
 	if stop != nil {
 		// What was drained with the stop request fails with the rest.
+		for i := range msgs {
+			releaseSnapshot(&msgs[i])
+		}
 		for _, p := range props {
 			p.finish(nil, ErrGroupRemoved)
 		}
@@ -417,6 +420,7 @@ func (g *group) expire() {
 	if p := g.confRetry; p != nil && old(p.startTick) {
 		g.confRetry = nil
 		p.finish(nil, ErrDropped) // never appended
+		g.releaseHeld()
 	}
 	if g.confPending && old(g.confSince) {
 		// The change was lost (raft dropped it, or leadership moved): stop
@@ -464,6 +468,8 @@ func (g *group) checkConfAppended(ents []raftpb.Entry) {
 		return
 	}
 	delete(g.proposals, key)
+	// Invariant: one change is in raft or in confRetry at a time (the
+	// others are held while confPending), so confRetry is empty here.
 	g.confRetry, g.confRetryAt = p, ents[len(ents)-1].Index
 }
 
@@ -479,9 +485,18 @@ func (g *group) retryConf() {
 	start := p.startTick
 	g.propose([]*proposal{p})
 	p.startTick = start // the request timeout counts from the first try
+	if _, pending := g.proposals[p.key]; !pending && g.confRetry == nil {
+		g.releaseHeld() // it failed (no leader now): the rest need not wait
+	}
 }
 
+// releaseHeld ends the wait for a pending membership change and proposes
+// what was held behind it, unless the change waits in confRetry: then it
+// is still pending, and whatever followed it still waits for it.
 func (g *group) releaseHeld() {
+	if g.confRetry != nil {
+		return
+	}
 	g.confPending = false
 	held := g.held
 	g.held = nil
@@ -509,10 +524,17 @@ func (g *group) shutdown(err error, remove bool) {
 		props = append(props, g.confRetry)
 		g.confRetry = nil
 	}
-	for _, f := range g.snapFiles {
-		os.Remove(f)
+	if remove {
+		// Stepped snapshots: raft's storage may name one already (a stop
+		// between persisting a Ready and applying it), so only a removed
+		// group's go; the next start's clean-up takes the others
+		// (StoredSnapshotFile).
+		for _, f := range g.snapFiles {
+			os.Remove(f)
+		}
 	}
 	g.snapFiles = nil
+	g.h.closeGroupStreams(g.id)
 	for _, p := range props {
 		p.finish(nil, err)
 	}

@@ -4,6 +4,8 @@ package multiraft
 // or waits for a group's owner (seed 000).
 
 import (
+	"os"
+
 	"github.com/flotilla/flotilla/transport"
 )
 
@@ -13,6 +15,7 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 	h.live.note(from)
 	var ids, unknown []uint64
 	var dropped int
+	var files []string // of dropped snapshots: removed once unlocked
 	h.mu.RLock()
 	var g *group
 	for i := range batch {
@@ -25,7 +28,7 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 			if g == nil {
 				dropped++
 				unknown = append(unknown, e.Group)
-				releaseSnapshot(&e.Msg)
+				files = appendSnapshotFile(files, &e.Msg)
 				continue
 			}
 			g.in.Lock()
@@ -35,7 +38,7 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 		}
 		if len(g.in.msgs) >= h.cfg.MaxInboxMsgs || g.in.closed {
 			dropped++
-			releaseSnapshot(&e.Msg)
+			files = appendSnapshotFile(files, &e.Msg)
 			continue
 		}
 		g.in.msgs = append(g.in.msgs, e.Msg)
@@ -44,6 +47,9 @@ func (h *Host) HandleBatch(from uint64, batch []transport.Envelope) {
 		g.in.Unlock()
 	}
 	h.mu.RUnlock()
+	for _, f := range files {
+		os.Remove(f)
+	}
 	if dropped > 0 {
 		h.metrics.inboxDropped.Add(float64(dropped))
 	}

@@ -9,6 +9,7 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/flotilla/flotilla/storage"
 	"github.com/flotilla/flotilla/transport"
 )
 
@@ -28,7 +29,10 @@ import (
 // OpenSnapshot is called by the worker that holds the group, at the
 // applied index; the stream may be read later, from another goroutine, and
 // must show the state as of the call whatever is applied meanwhile. Its
-// format is Snapshot's: Restore reads either. The engine closes it.
+// format is Snapshot's: Restore reads either. Its holder closes it: the
+// transport once it has read it, the engine if it goes unread (expired,
+// superseded by a newer snapshot for the same follower, or its group
+// stopped).
 type SnapshotOpener interface {
 	OpenSnapshot() (io.ReadCloser, error)
 }
@@ -46,6 +50,7 @@ type snapStreams struct {
 
 type snapStream struct {
 	group uint64
+	to    uint64 // the follower it is for; 0 until its MsgSnap leaves
 	r     io.ReadCloser
 	at    int64 // tick opened
 }
@@ -82,6 +87,47 @@ func (h *Host) OpenSnapshot(group, token uint64) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("%w: no snapshot stream %x of group %d (expired?)", ErrInvalidRequest, token, group)
 	}
 	return s.r, nil
+}
+
+// streamSent records that the MsgSnap of stream token left for follower
+// to, and closes the older streams of the group for that follower that
+// the transport has not read: raft asks for a new snapshot whenever the
+// last one failed (a transport that drops a snapshot never reads its
+// stream), so each unread one is superseded by the next. Called by the
+// owner, in the Ready cycle.
+func (h *Host) streamSent(group, token, to uint64) {
+	var stale []io.ReadCloser
+	h.streams.mu.Lock()
+	if s, ok := h.streams.m[token]; ok {
+		s.to = to
+		h.streams.m[token] = s
+		for t, o := range h.streams.m {
+			if t != token && o.group == group && o.to == to {
+				stale = append(stale, o.r)
+				delete(h.streams.m, t)
+			}
+		}
+	}
+	h.streams.mu.Unlock()
+	for _, r := range stale {
+		r.Close()
+	}
+}
+
+// closeGroupStreams closes the unread streams of a group that stops.
+func (h *Host) closeGroupStreams(group uint64) {
+	var stale []io.ReadCloser
+	h.streams.mu.Lock()
+	for t, s := range h.streams.m {
+		if s.group == group {
+			stale = append(stale, s.r)
+			delete(h.streams.m, t)
+		}
+	}
+	h.streams.mu.Unlock()
+	for _, r := range stale {
+		r.Close()
+	}
 }
 
 // expireStreams closes the streams nobody read in time. Called by tick.
@@ -130,14 +176,36 @@ func openSnapshotData(data []byte) (io.ReadCloser, string, error) {
 
 // releaseSnapshot removes the file of a received snapshot (m a MsgSnap
 // with a file marker) that will not be stepped: dropped, or its group
-// gone.
+// gone. It does I/O: never with a lock held.
 func releaseSnapshot(m *raftpb.Message) {
+	for _, f := range appendSnapshotFile(nil, m) {
+		os.Remove(f)
+	}
+}
+
+// appendSnapshotFile appends the file of m's received snapshot, if m is a
+// MsgSnap with a file marker.
+func appendSnapshotFile(files []string, m *raftpb.Message) []string {
 	if m.Type != raftpb.MsgSnap || m.Snapshot == nil {
-		return
+		return files
 	}
 	if path, ok := transport.SnapshotFile(m.Snapshot.Data); ok {
-		os.Remove(path)
+		files = append(files, path)
 	}
+	return files
+}
+
+// StoredSnapshotFile returns the file of a received snapshot that group's
+// raft state in store names: the group restores from it when it starts
+// (until the restore is durable), so it must not be removed before. For
+// clean-ups at start-up (transport.CleanSnapshotDir). An unreadable store
+// answers ok with an empty path: keep what might be needed.
+func StoredSnapshotFile(store storage.Store, group uint64) (path string, ok bool) {
+	st, err := store.Load(group)
+	if err != nil {
+		return "", true
+	}
+	return transport.SnapshotFile(st.Snapshot.Data)
 }
 
 // restore restores sm from snap's state at its index. A state the

@@ -237,9 +237,14 @@ func New(cfg Config) (s *Server, err error) {
 	if err := s.startRanges(fresh); err != nil {
 		return s, err
 	}
-	// The ranges have restored the received snapshots they still needed;
-	// what is left there a stop cut short. Nothing arrives before Start.
-	if err := transport.CleanSnapshotDir(snapDir); err != nil {
+	// Received snapshots a stop cut short, or that no range took, go;
+	// one a range's raft state names stays: that range restores it when it
+	// starts (now, or when the range is started later: ranges.Store
+	// UnknownGroup). Nothing arrives before Start.
+	if err := transport.CleanSnapshotDir(snapDir, func(group uint64, path string) bool {
+		stored, ok := multiraft.StoredSnapshotFile(s.store, group)
+		return ok && (stored == "" || filepath.Base(stored) == filepath.Base(path))
+	}); err != nil {
 		return s, fmt.Errorf("server: snapshot dir: %w", err)
 	}
 	if fresh {

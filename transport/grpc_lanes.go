@@ -383,8 +383,10 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 		p.failSnapshot(bo, err)
 		return false
 	}
+	// The receiver syncs the state before it acks: allow for that, at a
+	// disk's pace (32 MiB/s at the least).
 	ack := &frame{}
-	if err := s.recv(ack, p.t.cfg.WriteTimeout); err != nil {
+	if err := s.recv(ack, p.t.cfg.WriteTimeout+time.Duration(bytes>>25)*time.Second); err != nil {
 		p.failSnapshot(bo, err)
 		return false
 	}

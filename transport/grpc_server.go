@@ -187,6 +187,11 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 		received.Inc()
 		switch lane {
 		case kindRaft, kindHeartbeat:
+			for i := range f.envs {
+				if carriesMarker(&f.envs[i].Msg) {
+					return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "a snapshot marker outside the snapshot lane")
+				}
+			}
 			taken += uint64(len(f.envs))
 			if !t.deliver(hs, from, f.envs) {
 				return status.Error(codes.Unavailable, ErrClosed.Error())
@@ -239,6 +244,12 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 			if env[0].Msg.To != t.id || env[0].Msg.Type != raftpb.MsgSnap || env[0].Msg.Snapshot == nil {
 				return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
 					"%v for node %d reached node %d", env[0].Msg.Type, env[0].Msg.To, t.id)
+			}
+			if _, ok := SnapshotFile(env[0].Msg.Snapshot.Data); ok {
+				// Only this receiver names files (finishStreamed): a
+				// peer's file marker would make the engine open, and
+				// remove, a file of its choosing.
+				return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "a snapshot file marker from a peer")
 			}
 			if _, streamed := StreamToken(env[0].Msg.Snapshot.Data); streamed {
 				// Its state follows: into a file (or memory), then the
@@ -328,15 +339,32 @@ func (t *GRPCTransport) addData(a *snapAssembly, f *frame) error {
 		return t.rejectStatus(RejectMalformed, codes.InvalidArgument,
 			"snapshot data at %d (+%d), have %d", f.offset, len(f.chunk), a.written)
 	}
-	if a.written+uint64(len(f.chunk)) > maxSnapshotData {
-		return t.rejectStatus(RejectOversize, codes.ResourceExhausted, "snapshot data over %d bytes", uint64(maxSnapshotData))
+	limit := uint64(maxSnapshotData)
+	if a.mem != nil {
+		limit = uint64(t.cfg.MaxSnapshotSize) // held in memory
+	}
+	if a.written+uint64(len(f.chunk)) > limit {
+		return t.rejectStatus(RejectOversize, codes.ResourceExhausted, "snapshot data over %d bytes", limit)
 	}
 	if _, err := a.data.Write(f.chunk); err != nil {
 		return status.Errorf(codes.Unavailable, "transport: write snapshot: %v", err)
 	}
+	before := a.written
 	a.written += uint64(len(f.chunk))
+	if a.file != nil && before/writeBackEvery != a.written/writeBackEvery {
+		// Start writing the file back as it grows, without waiting, so
+		// that the sync before the ack has little left to do.
+		if err := a.data.(*bufio.Writer).Flush(); err != nil {
+			return status.Errorf(codes.Unavailable, "transport: write snapshot: %v", err)
+		}
+		startWriteBack(a.file)
+	}
 	return nil
 }
+
+// writeBackEvery: the writeback of a streamed snapshot's file is started
+// each time this many more bytes have been received.
+const writeBackEvery = 32 << 20
 
 // maxSnapshotData bounds a streamed snapshot's state: 1 TiB.
 const maxSnapshotData = 1 << 40
@@ -361,6 +389,11 @@ func (t *GRPCTransport) finishStreamed(ss grpc.ServerStream, a *snapAssembly, fr
 		if err == nil {
 			err = os.Rename(a.path, final)
 		}
+		if err == nil {
+			// The engine stores the file's name in raft's storage: the
+			// rename must survive a power loss too.
+			err = syncDir(t.cfg.SnapshotDir)
+		}
 		if err != nil {
 			os.Remove(a.path)
 			return status.Errorf(codes.Unavailable, "transport: store snapshot: %v", err)
@@ -379,21 +412,42 @@ func (t *GRPCTransport) finishStreamed(ss grpc.ServerStream, a *snapAssembly, fr
 	return t.sendAck(ss, from, 1, 0, 0)
 }
 
-// CleanSnapshotDir removes every file from dir: snapshots whose receipt a
-// stop cut short, and delivered ones no group took before the stop. Call
-// it before the transport serves, once the engine has started the groups
-// stored on disk: a group whose stored snapshot is still to be restored
-// restores it when it starts, and removes its file then (multiraft).
-func CleanSnapshotDir(dir string) error {
+// syncDir makes the entries of directory dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// CleanSnapshotDir removes from dir the files of snapshots whose receipt a
+// stop cut short, and the delivered ones for which keep (given the file's
+// group and path) is false: keep those that a group's stored raft snapshot
+// names, which the group restores from (and then removes) when it starts,
+// however late that is. Call it before the transport serves.
+func CleanSnapshotDir(dir string, keep func(group uint64, path string) bool) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
-		if e.Type().IsRegular() {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
-				return err
+		if !e.Type().IsRegular() {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		var group uint64
+		if !strings.HasSuffix(e.Name(), snapshotSuffix) {
+			if _, err := fmt.Sscanf(e.Name(), "g%d-", &group); err == nil && keep(group, path) {
+				continue
 			}
+		}
+		if err := os.Remove(path); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -343,16 +343,25 @@ func (t *MemTransport) deliver(p *memPeer) int {
 	}
 	if h != nil {
 		// Streamed snapshots go whole: their state, read from the sender.
+		// One whose stream cannot be read (expired, the sender stopping)
+		// is dropped and reported failed, as the gRPC transport does.
+		keep := batch[:0]
 		for i := range batch {
 			if m := &batch[i].Msg; m.Type == raftpb.MsgSnap && m.Snapshot != nil {
 				data, err := Materialize(*h, batch[i].Group, m.Snapshot.Data)
 				if err != nil {
-					data = nil // restores nothing: the receiver refuses it loudly
+					p.dropped.Add(1)
+					(*h).ReportSnapshot(batch[i].Group, p.to, false)
+					continue
 				}
 				snap := *m.Snapshot
 				snap.Data = data
 				m.Snapshot = &snap
 			}
+			keep = append(keep, batch[i])
+		}
+		if batch = keep; len(batch) == 0 && !ping {
+			return 1
 		}
 	}
 	(*dh).HandleBatch(t.id, batch) // empty: a ping

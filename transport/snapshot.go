@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // errNoSource: a stream marker reached a transport whose handler has no
@@ -57,6 +59,17 @@ func SnapshotFile(data []byte) (path string, ok bool) {
 		return "", false
 	}
 	return string(data[len(fileMarkerPrefix):]), true
+}
+
+// carriesMarker reports whether m is a MsgSnap whose data is a stream or
+// file marker: only the snapshot lane carries those, and a received one
+// only as a stream marker (the receiver makes the file marker itself).
+func carriesMarker(m *raftpb.Message) bool {
+	if m.Type != raftpb.MsgSnap || m.Snapshot == nil {
+		return false
+	}
+	d := m.Snapshot.Data
+	return bytes.HasPrefix(d, []byte(streamMarkerPrefix)) || bytes.HasPrefix(d, []byte(fileMarkerPrefix))
 }
 
 // SnapshotSource is implemented by a Handler whose MsgSnaps may carry a

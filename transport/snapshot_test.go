@@ -5,6 +5,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -105,17 +106,38 @@ func TestStreamedSnapshot(t *testing.T) {
 	if !src.until(wait, func() bool { return len(src.mu.snaps) == 2 }) || src.mu.snaps[1] != (snapReport{43, 2, false}) {
 		t.Fatalf("snapshot reports %+v, want a failure for group 43", src.mu.snaps)
 	}
+	// A peer cannot name a file to the engine (which would open it, and
+	// remove it): a file marker from a peer is refused, delivered never.
+	victim := filepath.Join(t.TempDir(), "precious")
+	os.WriteFile(victim, []byte("not a snapshot"), 0o644)
+	forged := snap
+	forged.Snapshot = &raftpb.Snapshot{Data: FileMarker(victim), Metadata: raftpb.SnapshotMetadata{Index: 12, Term: 3}}
+	a.Send([]Envelope{{Group: 44, Msg: forged}})
+	if !src.until(wait, func() bool { return len(src.mu.snaps) == 3 }) || src.mu.snaps[2] != (snapReport{44, 2, false}) {
+		t.Fatalf("snapshot reports %+v, want a failure for group 44", src.mu.snaps)
+	}
+	if n := len(rb.messagesLocked()); n != 1 {
+		t.Fatalf("node 2 got %d messages, want only the first snapshot", n)
+	}
+	if !carriesMarker(&forged) || carriesMarker(&raftpb.Message{Type: raftpb.MsgApp}) {
+		t.Fatal("carriesMarker")
+	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Fatalf("snapshot dir holds %d files, want the one delivered", len(entries))
 	}
 	// At a start, files of receipts a stop cut short and delivered ones
-	// no group took are removed.
+	// no group needs are removed; those a group still needs stay.
 	os.WriteFile(dir+"/g9-1"+snapshotSuffix, []byte("partial"), 0o644)
-	if err := CleanSnapshotDir(dir); err != nil {
+	os.WriteFile(dir+"/g7-2", []byte("stale"), 0o644)
+	var asked []uint64
+	if err := CleanSnapshotDir(dir, func(group uint64, p string) bool {
+		asked = append(asked, group)
+		return p == path
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if entries, _ = os.ReadDir(dir); len(entries) != 0 {
-		t.Fatalf("after the clean-up: %v", entries)
+	if entries, _ = os.ReadDir(dir); len(entries) != 1 || dir+"/"+entries[0].Name() != path {
+		t.Fatalf("after the clean-up: %v (asked about groups %v)", entries, asked)
 	}
 }
