@@ -212,3 +212,64 @@ func FuzzSnapshotMarker(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSnapshotChunks: the assembly of a snapshot message from the chunk
+// frames a peer sends (addChunk). Whatever totals and offsets the frames
+// claim, the receiver allocates in proportion to the bytes that arrived
+// (a claimed total of a gigabyte does not make it allocate one), never
+// takes a chunk out of place, and completes exactly the message sent.
+func FuzzSnapshotChunks(f *testing.F) {
+	for _, chunks := range [][]string{{"message"}, {"mes", "sa", "ge"}, {"me", "ss"}} {
+		var b []byte
+		total, offset := 0, 0
+		for _, c := range chunks {
+			total += len(c)
+		}
+		for _, c := range chunks {
+			b = binary.BigEndian.AppendUint64(b, 3) // group
+			b = binary.BigEndian.AppendUint64(b, uint64(total))
+			b = binary.BigEndian.AppendUint64(b, uint64(offset))
+			b = append(b, byte(len(c)))
+			b = append(b, c...)
+			offset += len(c)
+		}
+		testutil.AddSeeds(f, b)
+	}
+	// A first chunk that claims a total of a gigabyte.
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 'x'})
+	tr, _ := newNode(f, testConfig(1, "127.0.0.1"), false)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		in := testutil.NewFuzzInput(b)
+		var a snapAssembly
+		var sent []byte
+		for i := 0; ; i++ {
+			fr := &frame{kind: kindSnapshot, group: in.Uint64() % 4, total: in.Uint64(), offset: in.Uint64(), chunk: in.Bytes(255)}
+			if fr.chunk == nil && i > 0 {
+				return
+			}
+			var done bool
+			var err error
+			before := a // CheckAlloc may run the chunk twice: from the same state
+			testutil.CheckAlloc(t, "addChunk", testutil.DecodeAllocLimit(len(b))+snapshotPrealloc, func() {
+				a = before
+				done, err = tr.addChunk(&a, fr)
+			})
+			if err != nil {
+				return // the stream ends
+			}
+			if fr.offset != uint64(len(sent)) {
+				t.Fatalf("chunk at %d taken after %d bytes", fr.offset, len(sent))
+			}
+			sent = append(sent, fr.chunk...)
+			if !bytes.Equal(a.buf, sent) || uint64(len(sent)) > a.total {
+				t.Fatalf("assembled %q of %d, sent %q", a.buf, a.total, sent)
+			}
+			if done != (uint64(len(sent)) == a.total) {
+				t.Fatalf("done %v with %d of %d bytes", done, len(sent), a.total)
+			}
+			if done {
+				return
+			}
+		}
+	})
+}

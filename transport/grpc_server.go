@@ -422,6 +422,13 @@ func CleanSnapshotDir(dir string) error {
 	return nil
 }
 
+// snapshotPrealloc bounds what a snapshot message's first chunk makes
+// the receiver allocate: the buffer grows past it only as chunks arrive,
+// so a peer that claims a total of a gigabyte and sends a byte costs a
+// megabyte, not the total. Snapshot messages are small (the state streams
+// after them), so this is rarely outgrown.
+const snapshotPrealloc = 1 << 20
+
 // addChunk appends the chunk in f; done when the snapshot is complete.
 func (t *GRPCTransport) addChunk(a *snapAssembly, f *frame) (done bool, err error) {
 	if !a.started {
@@ -433,7 +440,7 @@ func (t *GRPCTransport) addChunk(a *snapAssembly, f *frame) (done bool, err erro
 				"snapshot of %d bytes, limit %d", f.total, t.cfg.MaxSnapshotSize)
 		}
 		*a = snapAssembly{started: true, group: f.group, total: f.total,
-			buf: make([]byte, 0, min(f.total, 64<<20))}
+			buf: make([]byte, 0, min(f.total, snapshotPrealloc))}
 	}
 	if f.group != a.group || f.total != a.total || f.offset != uint64(len(a.buf)) ||
 		uint64(len(f.chunk)) > a.total-uint64(len(a.buf)) || len(f.chunk) == 0 {
