@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of the module (each FuzzXxx of any package's tests:
-# the decoders of what a node reads from the network or its disk) with
-# `go test -fuzz` for FUZZTIME, one target at a time, and stops at the first
-# that fails. go test saves the failing input under the package's
+# the decoders of what a node reads from the network or its disk) under Go's
+# fuzzer for FUZZTIME, one target at a time, and stops at the first that
+# fails. The fuzzer saves a failing input under the package's
 # testdata/fuzz/FuzzXxx/; fix the bug and commit the input there, so that
 # every plain `go test` runs it from then on. CI runs this with a short
 # FUZZTIME (.ci/run); run it longer by hand to search further.
@@ -22,24 +22,39 @@ FUZZTIME=${1:-10s}
 PARALLEL=${PARALLEL:-2}
 cd "$(dirname "$0")/.."
 
-# go test -list names the targets; it is asked only about the packages
-# whose tests mention one, so that it builds a few test binaries, not all.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cache=$(go env GOCACHE)/fuzz
+
+# The packages whose tests define a target. Each is built once, with the
+# fuzzer's instrumentation (go test -c -fuzz), and its test binary lists
+# its targets (as go test -list '^Fuzz' would) and runs them: go test
+# -fuzz would link the binary again for every target.
 mapfile -t dirs < <(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r -n1 dirname | sort -u)
 (( ${#dirs[@]} > 0 )) || die "no fuzz targets found"
-# -list prints a package's matching names, then "ok <package> <time>".
-mapfile -t targets < <(go test -list '^Fuzz' "${dirs[@]}" |
-	awk '/^Fuzz/ { names[n++] = $1; next } /^ok/ { for (i = 0; i < n; i++) print $2, names[i]; n = 0 }')
-(( ${#targets[@]} > 0 )) || die "go test -list found no fuzz targets in ${dirs[*]}"
+targets=()
+for dir in "${dirs[@]}"; do
+	bin=$work/$(echo "${dir#./}" | tr / _).test
+	go test -c -fuzz=. -o "$bin" "$dir"
+	pkg=$(go list -f '{{.ImportPath}}' "$dir")
+	for name in $("$bin" -test.list '^Fuzz'); do
+		targets+=("$dir $pkg $name")
+	done
+done
+(( ${#targets[@]} > 0 )) || die "no fuzz targets listed in ${dirs[*]}"
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log=$work/log
 start=$SECONDS
 for i in "${!targets[@]}"; do
-	pkg=${targets[$i]% *}
-	name=${targets[$i]#* }
-	echo "fuzz: [$((i + 1))/${#targets[@]}] $name ($pkg) for $FUZZTIME"
+	read -r dir pkg name <<<"${targets[$i]}"
+	bin=$work/$(echo "${dir#./}" | tr / _).test
+	echo "fuzz: [$((i + 1))/${#targets[@]}] $name ($dir) for $FUZZTIME"
 	status=0
-	go test -run '^$' -fuzz "^$name\$" -fuzztime "$FUZZTIME" -parallel "$PARALLEL" "$pkg" 2>&1 | tee "$log" || status=$?
+	# From the package's directory, where its testdata is; with go test's
+	# cache of interesting inputs.
+	(cd "$dir" && "$bin" -test.run='^$' -test.fuzz="^$name\$" -test.fuzztime="$FUZZTIME" \
+		-test.parallel="$PARALLEL" -test.paniconexit0 \
+		-test.fuzzcachedir="$cache/$pkg") 2>&1 | tee "$log" || status=$?
 	(( status == 0 )) && continue
 	# Go's fuzzing coordinator (up to 1.26) may fail a target whose time
 	# ran out while a worker was busy, with nothing but "context deadline
@@ -49,6 +64,6 @@ for i in "${!targets[@]}"; do
 		echo "fuzz: $name: Go's fuzztime deadline race (go.dev/issue/75804), no failing input; counted as passed"
 		continue
 	fi
-	die "$name ($pkg) failed; a failing input found is in the package's testdata/fuzz/$name/"
+	die "$name ($dir) failed; a failing input found is in $dir/testdata/fuzz/$name/"
 done
 echo "fuzz: ${#targets[@]} targets passed, $FUZZTIME each, in $((SECONDS - start))s"
