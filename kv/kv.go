@@ -195,60 +195,75 @@ const (
 	flagsKnown = flagExpectAbsent | flagSession | flagRegister | flagTime | flagEnd
 )
 
-// Encode returns the command's wire form after checking its limits.
-func (c Command) Encode() ([]byte, error) {
+// check returns an error wrapping ErrInvalid for a command no proposer
+// may send: Encode refuses it, and decodeCommand too, so that a committed
+// entry the proposer's own checks would have refused (written by a buggy
+// or hostile leader, or torn on disk) is answered with an error instead of
+// applied: an empty span to delete, a TTL out of bounds.
+func (c *Command) check() error {
 	if c.Op.needsKey() {
 		if err := CheckKey(c.Key); err != nil {
-			return nil, err
+			return err
 		}
 	} else if len(c.Key) > MaxKeySize {
-		return nil, fmt.Errorf("%w: key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.Key), MaxKeySize)
+		return fmt.Errorf("%w: key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.Key), MaxKeySize)
 	}
 	if err := CheckValue(c.Value); err != nil {
-		return nil, err
+		return err
 	}
 	if err := CheckValue(c.Expected); err != nil {
-		return nil, err
+		return err
 	}
 	if len(c.End) > MaxKeySize {
-		return nil, fmt.Errorf("%w: end key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.End), MaxKeySize)
+		return fmt.Errorf("%w: end key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.End), MaxKeySize)
 	}
 	if c.Time < 0 {
-		return nil, fmt.Errorf("%w: negative time %d", ErrInvalid, c.Time)
+		return fmt.Errorf("%w: negative time %d", ErrInvalid, c.Time)
+	}
+	if c.TTL < 0 || c.TTL > MaxLeaseTTL {
+		return fmt.Errorf("%w: TTL %v outside 0..%v", ErrInvalid, c.TTL, MaxLeaseTTL)
 	}
 	if c.Session == 0 && (c.Seq != 0 || c.Acked != 0 || c.Register) {
-		return nil, fmt.Errorf("%w: a sequence number without a session", ErrInvalid)
+		return fmt.Errorf("%w: a sequence number without a session", ErrInvalid)
 	}
 	switch c.Op {
 	case OpPut, OpDelete, OpCAS:
 	case OpLeaseGrant:
 		if err := CheckTTL(c.TTL); err != nil {
-			return nil, err
+			return err
 		}
 	case OpLeaseRevoke, OpLeaseExpire, OpCampaign, OpResign:
 		if c.Lease == 0 {
-			return nil, fmt.Errorf("%w: lease 0", ErrInvalid)
+			return fmt.Errorf("%w: lease 0", ErrInvalid)
 		}
 	case OpDeleteRange:
 		if len(c.End) > 0 && bytes.Compare(c.Key, c.End) >= 0 {
-			return nil, fmt.Errorf("%w: delete range %s is empty", ErrInvalid, SpanString(c.Key, c.End))
+			return fmt.Errorf("%w: delete range %s is empty", ErrInvalid, SpanString(c.Key, c.End))
 		}
 	case OpMetaUpdate:
 		if _, err := DecodeDescriptors(c.Value); err != nil {
-			return nil, fmt.Errorf("%w: meta update: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: meta update: %v", ErrInvalid, err)
 		}
 	case OpAllocRangeID:
 	case OpSplit:
 		if err := CheckKey(c.Key); err != nil {
-			return nil, err
+			return err
 		}
 	case OpFreeze, OpMerge:
 	case OpRevoked:
 		if c.Lease == 0 {
-			return nil, fmt.Errorf("%w: lease 0", ErrInvalid)
+			return fmt.Errorf("%w: lease 0", ErrInvalid)
 		}
 	default:
-		return nil, fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
+		return fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
+	}
+	return nil
+}
+
+// Encode returns the command's wire form after checking its limits.
+func (c Command) Encode() ([]byte, error) {
+	if err := c.check(); err != nil {
+		return nil, err
 	}
 	b := make([]byte, 0, 1+4*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected)+len(c.End)+8+3*binary.MaxVarintLen64)
 	b = append(b, byte(c.Op))
@@ -355,7 +370,13 @@ func decodeCommand(b []byte) (Command, error) {
 	switch {
 	case c.Op.hasLease():
 		c.Lease = r.uint64()
-		c.TTL = time.Duration(r.uvarint()) * time.Millisecond
+		// Bounded before it is multiplied: a larger count of ms would
+		// wrap around to a TTL that encodes to another count.
+		if ms := r.uvarint(); ms <= uint64(MaxLeaseTTL/time.Millisecond) {
+			c.TTL = time.Duration(ms) * time.Millisecond
+		} else {
+			r.err = true
+		}
 	case c.Op.canAttach() && len(r.b) > 0:
 		if c.Lease = r.uint64(); c.Lease == 0 {
 			r.err = true
@@ -365,6 +386,9 @@ func decodeCommand(b []byte) (Command, error) {
 		return Command{}, ErrBadCommand
 	}
 	c.ExpectAbsent = flag&flagExpectAbsent != 0
+	if err := c.check(); err != nil {
+		return Command{}, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
 	return c, nil
 }
 

@@ -18,7 +18,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func openDB(t *testing.T, fs vfs.FS) *pebble.DB {
+func openDB(t testing.TB, fs vfs.FS) *pebble.DB {
 	t.Helper()
 	db, err := pebble.Open("db", &pebble.Options{FS: fs})
 	if err != nil {
@@ -49,7 +49,7 @@ const fillerLeft, fillerRight = 1_000_001, 1_000_002
 // openRange bootstraps range id's replica over [start, end) in db and
 // opens its state machine. The meta range (1) gets an index that tiles the
 // keyspace: its own span, and filler ranges before and after it.
-func openRange(t *testing.T, db *pebble.DB, id uint64, start, end string, opts ...Option) *StateMachine {
+func openRange(t testing.TB, db *pebble.DB, id uint64, start, end string, opts ...Option) *StateMachine {
 	t.Helper()
 	d := rangeDesc(id, start, end)
 	var all []Descriptor
@@ -75,7 +75,7 @@ func openRange(t *testing.T, db *pebble.DB, id uint64, start, end string, opts .
 	return sm
 }
 
-func apply(t *testing.T, sm *StateMachine, index uint64, c Command) Result {
+func apply(t testing.TB, sm *StateMachine, index uint64, c Command) Result {
 	t.Helper()
 	b, err := c.Encode()
 	if err != nil {

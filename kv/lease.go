@@ -109,6 +109,10 @@ func (e Election) encode() []byte {
 	return b
 }
 
+// minCandidate is the size of the smallest candidate of an election
+// record: its lease and revision, and its value's length (a byte).
+const minCandidate = 8 + 8 + 1
+
 // DecodeElection parses an election record or the answer to an election
 // query.
 func DecodeElection(b []byte) (Election, error) {
@@ -117,7 +121,9 @@ func DecodeElection(b []byte) (Election, error) {
 	e.ModRevision = r.uint64()
 	e.Token = r.uint64()
 	n := r.uvarint()
-	if r.err || n > MaxCandidates {
+	// A candidate takes at least minCandidate bytes: a count the record
+	// cannot hold is refused before anything is allocated for it.
+	if r.err || n > MaxCandidates || n > uint64(len(r.b)/minCandidate) {
 		return Election{}, fmt.Errorf("%w: election record", ErrCorrupt)
 	}
 	e.Candidates = make([]Candidate, 0, n)
@@ -164,7 +170,13 @@ func (l leaseRec) encode() []byte {
 
 func decodeLease(b []byte) (leaseRec, error) {
 	r := reader{b: b}
-	l := leaseRec{ttl: time.Duration(r.uint64()) * time.Millisecond}
+	// Every lease was granted with a TTL of at most MaxLeaseTTL; a larger
+	// count of ms would wrap around when multiplied.
+	ms := r.uint64()
+	if ms > uint64(MaxLeaseTTL/time.Millisecond) {
+		return leaseRec{}, fmt.Errorf("%w: lease record TTL of %d ms", ErrCorrupt, ms)
+	}
+	l := leaseRec{ttl: time.Duration(ms) * time.Millisecond}
 	flags := r.byte()
 	l.stub = flags&1 != 0
 	l.start, l.end = bytes.Clone(r.bytes()), bytes.Clone(r.bytes())
@@ -401,7 +413,9 @@ func EncodeLeaseQuery(id uint64) []byte {
 
 // DecodeLeaseQuery parses the answer to a lease query.
 func DecodeLeaseQuery(b []byte) (found bool, ttl time.Duration, err error) {
-	if len(b) != 9 || b[0] > 1 {
+	// A TTL over MaxLeaseTTL no lease has; as a count of ms it would wrap
+	// around when multiplied.
+	if len(b) != 9 || b[0] > 1 || binary.BigEndian.Uint64(b[1:]) > uint64(MaxLeaseTTL/time.Millisecond) {
 		return false, 0, fmt.Errorf("%w: lease answer", ErrCorrupt)
 	}
 	return b[0] == 1, time.Duration(binary.BigEndian.Uint64(b[1:])) * time.Millisecond, nil
@@ -423,11 +437,17 @@ func (s *StateMachine) queryLease(q []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return encodeLeaseAnswer(found, l.ttl), nil
+}
+
+// encodeLeaseAnswer returns the answer to a lease query: found(1), TTL in
+// ms(8).
+func encodeLeaseAnswer(found bool, ttl time.Duration) []byte {
 	out := []byte{0}
 	if found {
 		out[0] = 1
 	}
-	return binary.BigEndian.AppendUint64(out, uint64(l.ttl/time.Millisecond)), nil
+	return binary.BigEndian.AppendUint64(out, uint64(ttl/time.Millisecond))
 }
 
 func (s *StateMachine) queryElection(name []byte) ([]byte, error) {

@@ -56,6 +56,24 @@ func MergeCommand(lhs, rhs *Descriptor, freezeIndex uint64) Command {
 	return Command{Op: OpMerge, Value: v}
 }
 
+// decodeFreeze parses the value of a freeze command (FreezeCommand): the
+// generation it expects of the range, and the range it merges into.
+func decodeFreeze(v []byte) (gen, into uint64, ok bool) {
+	r := reader{b: v}
+	gen, into = r.uvarint(), r.uint64()
+	return gen, into, !r.err && len(r.b) == 0 && into != 0
+}
+
+// decodeMerge parses the value of a merge command (MergeCommand): the
+// generation it expects of the LHS, the RHS's freeze index and its
+// descriptor.
+func decodeMerge(v []byte) (lgen, freeze uint64, rhs Descriptor, ok bool) {
+	r := reader{b: v}
+	lgen, freeze = r.uvarint(), r.uvarint()
+	rhs = r.descriptor()
+	return lgen, freeze, rhs, !r.err && len(r.b) == 0
+}
+
 // FreezeResult parses the result of a freeze: the index it applied at and
 // the frozen range's descriptor; ok false if it did not apply (the range
 // changed, or is frozen already: index then says where, 0 if not frozen).
@@ -115,9 +133,8 @@ func (s *StateMachine) Frozen() (into, index uint64, frozen bool) {
 
 // applyFreeze applies OpFreeze at index through b.
 func (s *StateMachine) applyFreeze(b *pebble.Batch, desc *Descriptor, cmd *Command, index uint64, fx *effects) (Result, error) {
-	r := reader{b: cmd.Value}
-	gen, into := r.uvarint(), r.uint64()
-	if r.err || len(r.b) != 0 || into == 0 || into == s.id {
+	gen, into, ok := decodeFreeze(cmd.Value)
+	if !ok || into == s.id {
 		return Result{Err: "malformed freeze"}, nil
 	}
 	cur := EncodeDescriptors([]Descriptor{*desc})
@@ -139,10 +156,8 @@ func (s *StateMachine) applyFreeze(b *pebble.Batch, desc *Descriptor, cmd *Comma
 // RHS into the LHS (see the comment at the top). It returns the merged
 // descriptor, or nil if the merge does not apply.
 func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Command, rev *uint64, fx *effects) (Result, *Descriptor, error) {
-	r := reader{b: cmd.Value}
-	lgen, freeze := r.uvarint(), r.uvarint()
-	rhs := r.descriptor()
-	if r.err || len(r.b) != 0 {
+	lgen, freeze, rhs, ok := decodeMerge(cmd.Value)
+	if !ok {
 		return Result{Err: "malformed merge"}, nil, nil
 	}
 	refuse := Result{Current: EncodeDescriptors([]Descriptor{*desc})}

@@ -77,11 +77,18 @@ func EncodeDescriptors(ds []Descriptor) []byte {
 	return b
 }
 
+// minDescriptor is the size of the smallest encoded descriptor: a byte
+// each for its ID, generation, the lengths of its bounds, its count of
+// replicas, one replica and its flags.
+const minDescriptor = 7
+
 // DecodeDescriptors parses EncodeDescriptors' output.
 func DecodeDescriptors(b []byte) ([]Descriptor, error) {
 	r := reader{b: b}
 	n := r.uvarint()
-	if r.err || n > MaxMetaUpdate*16 {
+	// A descriptor takes at least minDescriptor bytes: a count the list
+	// cannot hold is refused before anything is allocated for it.
+	if r.err || n > MaxMetaUpdate*16 || n > uint64(len(r.b)/minDescriptor) {
 		return nil, fmt.Errorf("%w: descriptor list", ErrCorrupt)
 	}
 	out := make([]Descriptor, 0, n)

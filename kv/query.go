@@ -45,6 +45,19 @@ func EncodeGet(key []byte) ([]byte, error) {
 	return append([]byte{byte(QueryGet)}, key...), nil
 }
 
+// encodeGetAnswer returns the answer to a get query: found(1) revision(8)
+// value.
+func encodeGetAnswer(found bool, rev uint64, val []byte) []byte {
+	out := make([]byte, 0, 9+len(val))
+	if found {
+		out = append(out, 1)
+	} else {
+		out = append(out, 0)
+	}
+	out = binary.BigEndian.AppendUint64(out, rev)
+	return append(out, val...)
+}
+
 // DecodeGet parses the answer to a get query.
 func DecodeGet(b []byte) (found bool, kv KeyValue, err error) {
 	if len(b) < 9 || b[0] > 1 {
@@ -80,6 +93,26 @@ func EncodeScan(start, end []byte, limit int) ([]byte, error) {
 	return appendBytes(q, end), nil
 }
 
+// appendScanEntry appends one key of a scan answer to body.
+func appendScanEntry(body, key []byte, rev uint64, value []byte) []byte {
+	body = appendBytes(body, key)
+	body = binary.BigEndian.AppendUint64(body, rev)
+	return appendBytes(body, value)
+}
+
+// minScanEntry is the size of the smallest key of a scan answer: the
+// lengths of its key and value (a byte each) and its revision.
+const minScanEntry = 1 + 8 + 1
+
+// encodeScanAnswer returns the answer to a scan query: the count of keys,
+// their entries (appendScanEntry) and the resume key.
+func encodeScanAnswer(n int, body, resume []byte) []byte {
+	out := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(body)+len(resume))
+	out = binary.AppendUvarint(out, uint64(n))
+	out = append(out, body...)
+	return appendBytes(out, resume)
+}
+
 // DecodeScan parses the answer to a scan query: the keys, in order, and
 // where to go on from: the key after the last one when the limit cut the
 // list short, the range's end when the range ends before the span does,
@@ -87,7 +120,9 @@ func EncodeScan(start, end []byte, limit int) ([]byte, error) {
 func DecodeScan(b []byte) (kvs []KeyValue, resume []byte, err error) {
 	r := reader{b: b}
 	n := r.uvarint()
-	if r.err || n > MaxScanLimit {
+	// Each key takes at least minScanEntry bytes: a count the answer
+	// cannot hold is refused before anything is allocated for it.
+	if r.err || n > MaxScanLimit || n > uint64(len(r.b)/minScanEntry) {
 		return nil, nil, fmt.Errorf("%w: scan answer", ErrCorrupt)
 	}
 	kvs = make([]KeyValue, 0, n)

@@ -248,7 +248,10 @@ func decodeSession(b []byte) (*sessionRec, error) {
 	r := reader{b: b}
 	rec := &sessionRec{floor: r.uvarint(), touched: r.varint()}
 	count := r.uvarint()
-	if r.err || count > MaxSessionResults {
+	// A result takes at least two bytes (its sequence number and length):
+	// a count the record cannot hold is refused before anything is
+	// allocated for it.
+	if r.err || count > MaxSessionResults || count > uint64(len(r.b)/2) {
 		return nil, fmt.Errorf("%w: session record", ErrCorrupt)
 	}
 	rec.results = make([]seqResult, 0, count)

@@ -135,6 +135,9 @@ func writeSnapshot(w io.Writer, r pebble.Reader, id uint64, desc *Descriptor, re
 // with it (TestStreamedSnapshotFlat).
 const restoreBatchBytes = 1 << 20
 
+// restoreReadBytes is how much a restore reads of a record at a time.
+const restoreReadBytes = 64 << 10
+
 // Restore implements multiraft.StateMachine: the range's state is replaced
 // by the snapshot's, in batches of restoreBatchBytes, the applied index and
 // descriptor in the last: a crash in between leaves the old applied index,
@@ -164,9 +167,20 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		if n > limit {
 			return nil, fmt.Errorf("%w: snapshot record of %d bytes", ErrCorrupt, n)
 		}
-		v := make([]byte, n)
-		_, err = io.ReadFull(br, v)
-		return v, err
+		// The buffer grows with the bytes that arrive, not with the
+		// length read: a torn or hostile snapshot of a few bytes could
+		// otherwise make every restore allocate up to the limit (64 MiB).
+		v := make([]byte, 0, min(n, restoreReadBytes))
+		for uint64(len(v)) < n {
+			k := int(min(n-uint64(len(v)), restoreReadBytes))
+			v = slices.Grow(v, k)
+			got, err := io.ReadFull(br, v[len(v):len(v)+k])
+			v = v[:len(v)+got]
+			if err != nil {
+				return nil, err
+			}
+		}
+		return v, nil
 	}
 	db, err := readChunk(1 << 20)
 	if err != nil {

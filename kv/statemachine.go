@@ -698,14 +698,7 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := make([]byte, 0, 9+len(val))
-		if found {
-			out = append(out, 1)
-		} else {
-			out = append(out, 0)
-		}
-		out = binary.BigEndian.AppendUint64(out, rev)
-		return append(out, val...), nil
+		return encodeGetAnswer(found, rev, val), nil
 	case QueryScan:
 		r := reader{b: q[1:]}
 		limit := r.uvarint()
@@ -814,9 +807,7 @@ func (s *StateMachine) scan(desc *Descriptor, start, end []byte, limit int) ([]b
 		if len(v) < 8 {
 			return nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, key)
 		}
-		body = appendBytes(body, key)
-		body = binary.BigEndian.AppendUint64(body, binary.BigEndian.Uint64(v))
-		body = appendBytes(body, v[8:])
+		body = appendScanEntry(body, key, binary.BigEndian.Uint64(v), v[8:])
 		lastKey = append(lastKey[:0], key...)
 		n++
 		if fromPebble {
@@ -829,9 +820,5 @@ func (s *StateMachine) scan(desc *Descriptor, start, end []byte, limit int) ([]b
 	if more {
 		resume = append(lastKey, 0) // the key right after the last one
 	}
-	out := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(body)+len(resume))
-	out = binary.AppendUvarint(out, uint64(n))
-	out = append(out, body...)
-	out = appendBytes(out, resume)
-	return out, nil
+	return encodeScanAnswer(n, body, resume), nil
 }

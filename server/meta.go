@@ -40,30 +40,36 @@ func checkMeta(dir string, want meta) (fresh bool, err error) {
 	case err != nil:
 		return false, fmt.Errorf("server: read %s: %w", path, err)
 	}
+	return false, compareMeta(dir, path, b, want)
+}
+
+// compareMeta checks b, the contents of dir's meta file at path, against
+// want; ErrOtherCluster if it is not a meta file or another node's.
+func compareMeta(dir, path string, b []byte, want meta) error {
 	var got meta
 	if err := json.Unmarshal(b, &got); err != nil {
-		return false, fmt.Errorf("%w: %s is not a Flotilla meta file: %v", ErrOtherCluster, path, err)
+		return fmt.Errorf("%w: %s is not a Flotilla meta file: %v", ErrOtherCluster, path, err)
 	}
 	if got.Layout != want.Layout {
-		return false, fmt.Errorf("%w: %s holds data in layout %d (hashed groups, before ranges); this version reads layout %d only: "+
+		return fmt.Errorf("%w: %s holds data in layout %d (hashed groups, before ranges); this version reads layout %d only: "+
 			"start the node with a new --data-dir (the old data is not converted)", ErrOtherCluster, dir, got.Layout, want.Layout)
 	}
 	if got.ClusterID != want.ClusterID {
-		return false, fmt.Errorf("%w: %s was created for cluster %x (--initial-cluster %s, --groups %d), "+
+		return fmt.Errorf("%w: %s was created for cluster %x (--initial-cluster %s, --groups %d), "+
 			"not cluster %x (--initial-cluster %s, --groups %d); use another --data-dir or the original flags",
 			ErrOtherCluster, dir, got.ClusterID, got.InitialCluster, got.Groups,
 			want.ClusterID, want.InitialCluster, want.Groups)
 	}
 	if got.NodeID != want.NodeID {
-		return false, fmt.Errorf("%w: %s belongs to node %d, not node %d", ErrOtherCluster, dir, got.NodeID, want.NodeID)
+		return fmt.Errorf("%w: %s belongs to node %d, not node %d", ErrOtherCluster, dir, got.NodeID, want.NodeID)
 	}
-	return false, nil
+	return nil
 }
 
 // writeMeta writes m as dir's meta file, durably: temp file, fsync,
 // rename, fsync of dir.
 func writeMeta(dir string, m meta) error {
-	b, err := json.MarshalIndent(m, "", "  ")
+	b, err := encodeMeta(m)
 	if err != nil {
 		return err
 	}
@@ -72,7 +78,7 @@ func writeMeta(dir string, m meta) error {
 		return fmt.Errorf("server: write meta: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
+	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
 		return fmt.Errorf("server: write meta: %w", err)
 	}
@@ -92,4 +98,10 @@ func writeMeta(dir string, m meta) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// encodeMeta returns the contents of a meta file holding m.
+func encodeMeta(m meta) ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	return append(b, '\n'), err
 }

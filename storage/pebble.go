@@ -124,6 +124,12 @@ func (p *Pebble) Load(group uint64) (GroupState, error) {
 		if err := e.Unmarshal(it.Value()); err != nil {
 			return s, fmt.Errorf("%w: entry %x: %v", ErrCorrupt, it.Key(), err)
 		}
+		// An entry is stored under its own index. One under another
+		// could be one the snapshot covers, or out of order, which raft
+		// would take for the log.
+		if k := it.Key(); len(k) != logKeyLen || binary.BigEndian.Uint64(k[9:]) != e.Index {
+			return s, fmt.Errorf("%w: entry %d stored under key %x", ErrCorrupt, e.Index, k)
+		}
 		if n := len(s.Entries); n > 0 && s.Entries[n-1].Index+1 != e.Index {
 			return s, fmt.Errorf("%w: group %d: log gap after index %d", ErrCorrupt, group, s.Entries[n-1].Index)
 		}

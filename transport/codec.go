@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 
+	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 )
@@ -238,6 +239,57 @@ func (r *reader) count(minSize int) int {
 	return int(n)
 }
 
+// minMsgSize is the size of the smallest encoded raftpb.Message: raftpb
+// writes each of its scalar fields, even when zero, so no message is
+// shorter than an empty one.
+var minMsgSize = (&raftpb.Message{}).Size()
+
+// responsesField is the field number of raftpb.Message.Responses.
+const responsesField = 14
+
+// peerMessage checks the top-level fields of an encoded raftpb.Message
+// before it is decoded: they must be well formed, and none may be
+// Responses. Raft fills in Responses only in the messages it hands its
+// own storage thread, never in one to a peer; and decoding them costs a
+// whole Message (over 150 bytes) for every two bytes of input, so a
+// frame of them would make the receiver allocate a hundred times its
+// size.
+func peerMessage(b []byte) bool {
+	for len(b) > 0 {
+		key, n := binary.Uvarint(b)
+		if n <= 0 || key>>3 == responsesField {
+			return false
+		}
+		b = b[n:]
+		switch key & 7 {
+		case 0: // varint
+			if _, n = binary.Uvarint(b); n <= 0 {
+				return false
+			}
+			b = b[n:]
+		case 1: // 64-bit
+			if len(b) < 8 {
+				return false
+			}
+			b = b[8:]
+		case 2: // length-delimited
+			l, n := binary.Uvarint(b)
+			if n <= 0 || l > uint64(len(b)-n) {
+				return false
+			}
+			b = b[n+int(l):]
+		case 5: // 32-bit
+			if len(b) < 4 {
+				return false
+			}
+			b = b[4:]
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // decodeHeader parses the header of f.raw into f and returns a reader
 // positioned at the body.
 func (f *frame) decodeHeader() (*reader, error) {
@@ -261,7 +313,10 @@ func (f *frame) decodeBody(r *reader, maxMsg int) error {
 	case kindRaft, kindHeartbeat:
 		f.seq = r.uvarint()
 		f.stamp = r.uvarint()
-		n := r.count(2)
+		// Each message takes its group and length (a byte each) and at
+		// least minMsgSize bytes: a count the frame cannot hold is
+		// refused before an Envelope (170 bytes) is allocated for each.
+		n := r.count(2 + minMsgSize)
 		if r.err != nil {
 			return r.err
 		}
@@ -271,6 +326,9 @@ func (f *frame) decodeBody(r *reader, maxMsg int) error {
 			b := r.bytes(r.uvarint(), maxMsg)
 			if r.err != nil {
 				return r.err
+			}
+			if len(b) < minMsgSize || !peerMessage(b) {
+				return errMalformed
 			}
 			if err := f.envs[i].Msg.Unmarshal(b); err != nil {
 				return errMalformed

@@ -236,21 +236,14 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 				continue
 			}
 			env := []Envelope{{Group: snap.group}}
-			if err := env[0].Msg.Unmarshal(snap.buf); err != nil {
-				return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad snapshot message")
+			if err := decodeSnapshotMessage(&env[0].Msg, snap.buf, t.id); err != nil {
+				if errors.Is(err, errMalformed) {
+					return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad snapshot message: %v", err)
+				}
+				return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition, "%v", err)
 			}
 			group := snap.group
 			snap = snapAssembly{}
-			if env[0].Msg.To != t.id || env[0].Msg.Type != raftpb.MsgSnap || env[0].Msg.Snapshot == nil {
-				return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
-					"%v for node %d reached node %d", env[0].Msg.Type, env[0].Msg.To, t.id)
-			}
-			if _, ok := SnapshotFile(env[0].Msg.Snapshot.Data); ok {
-				// Only this receiver names files (finishStreamed): a
-				// peer's file marker would make the engine open, and
-				// remove, a file of its choosing.
-				return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "a snapshot file marker from a peer")
-			}
 			if _, streamed := StreamToken(env[0].Msg.Snapshot.Data); streamed {
 				// Its state follows: into a file (or memory), then the
 				// message goes up with it (finishStreamed).
@@ -267,6 +260,30 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 			}
 		}
 	}
+}
+
+// decodeSnapshotMessage decodes into m the MsgSnap of an assembled
+// snapshot sent to node id. A message that does not decode, or whose data
+// is a file marker, is errMalformed: file markers are made by the
+// receiving transport alone (for a streamed snapshot's state, which it
+// wrote), and the engine reads the file a marker names and then removes
+// it, so one from the wire would let a peer have any file of this node
+// read as a snapshot and deleted. A message of another type or for
+// another node is another error.
+func decodeSnapshotMessage(m *raftpb.Message, buf []byte, id uint64) error {
+	if !peerMessage(buf) {
+		return fmt.Errorf("%w: not a message from a peer", errMalformed)
+	}
+	if err := m.Unmarshal(buf); err != nil {
+		return fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	if m.To != id || m.Type != raftpb.MsgSnap || m.Snapshot == nil {
+		return fmt.Errorf("%v for node %d reached node %d", m.Type, m.To, id)
+	}
+	if _, file := SnapshotFile(m.Snapshot.Data); file {
+		return fmt.Errorf("%w: a snapshot file marker from the wire", errMalformed)
+	}
+	return nil
 }
 
 // deliver hands envs to the Handler unless the transport is closing.
@@ -453,6 +470,13 @@ func CleanSnapshotDir(dir string, keep func(group uint64, path string) bool) err
 	return nil
 }
 
+// snapshotPrealloc bounds what a snapshot message's first chunk makes
+// the receiver allocate: the buffer grows past it only as chunks arrive,
+// so a peer that claims a total of a gigabyte and sends a byte costs a
+// megabyte, not the total. Snapshot messages are small (the state streams
+// after them), so this is rarely outgrown.
+const snapshotPrealloc = 1 << 20
+
 // addChunk appends the chunk in f; done when the snapshot is complete.
 func (t *GRPCTransport) addChunk(a *snapAssembly, f *frame) (done bool, err error) {
 	if !a.started {
@@ -464,7 +488,7 @@ func (t *GRPCTransport) addChunk(a *snapAssembly, f *frame) (done bool, err erro
 				"snapshot of %d bytes, limit %d", f.total, t.cfg.MaxSnapshotSize)
 		}
 		*a = snapAssembly{started: true, group: f.group, total: f.total,
-			buf: make([]byte, 0, min(f.total, 64<<20))}
+			buf: make([]byte, 0, min(f.total, snapshotPrealloc))}
 	}
 	if f.group != a.group || f.total != a.total || f.offset != uint64(len(a.buf)) ||
 		uint64(len(f.chunk)) > a.total-uint64(len(a.buf)) || len(f.chunk) == 0 {
