@@ -116,6 +116,13 @@ func newLeaderWithUnapplied(t *testing.T, c *mrtest.Cluster, commit func() multi
 	default:
 		t.Fatalf("node 1 did not commit\n%s", c.Status())
 	}
+	crashAndElectNode2(t, c)
+}
+
+// crashAndElectNode2 crashes node 1 and makes node 2 the leader of group
+// 1, driving the cluster no further than that.
+func crashAndElectNode2(t *testing.T, c *mrtest.Cluster) {
+	t.Helper()
 	c.Crash(1)
 	must(t, c.Hosts[2].ForgetLeader(1))
 	must(t, c.Hosts[3].ForgetLeader(1))
@@ -199,18 +206,7 @@ func TestTwoRefusedChangesBothApply(t *testing.T) {
 		c.Process()
 	}
 	c.Net.HealAll()
-	c.Crash(1)
-	must(t, c.Hosts[2].ForgetLeader(1))
-	must(t, c.Hosts[3].ForgetLeader(1))
-	must(t, c.Hosts[2].Campaign(1))
-	for i := 0; ; i++ {
-		if l, _, _ := c.Hosts[2].Leader(1); l == 2 {
-			break
-		}
-		if i == 100 || c.Process() == 0 {
-			t.Fatalf("node 2 did not win\n%s", c.Status())
-		}
-	}
+	crashAndElectNode2(t, c)
 	h := c.Hosts[2]
 	order := completionOrder(c, []string{"change(5)", "change(6)"}, []multiraft.Future{
 		h.ChangeMembershipAsync(1, multiraft.AddLearner, 5),
