@@ -311,9 +311,8 @@ func (s *Store) reindex() {
 	}
 	s.mu.RUnlock()
 	idx := make([]*Replica, 0, len(all))
-	hs := s.holding(nil, nil)
 	for _, r := range all {
-		if s.supersededIn(r, all, hs) == nil {
+		if s.supersededIn(r, all) == nil {
 			idx = append(idx, r)
 		}
 	}
@@ -327,9 +326,9 @@ func (s *Store) reindex() {
 
 // supersededIn returns the replica of all whose descriptor supersedes r
 // (blockers), if any: r is then obsolete here (merged away).
-func (s *Store) supersededIn(r *Replica, all []*Replica, hs []holder) *Replica {
+func (s *Store) supersededIn(r *Replica, all []*Replica) *Replica {
 	for _, o := range all {
-		if od, ok := o.Descriptor(); ok && o != r && replicaSupersedes(o.ID, od, r, hs) {
+		if od, ok := o.Descriptor(); ok && o != r && replicaSupersedes(od, r) {
 			return o
 		}
 	}
@@ -348,9 +347,8 @@ func (s *Store) reconcile(id uint64) {
 	if !ok {
 		return
 	}
-	hs := s.holding(nil, nil)
 	for _, r := range s.Replicas() {
-		if r.ID != id && replicaSupersedes(id, od, r, hs) {
+		if r.ID != id && replicaSupersedes(od, r) {
 			s.destroy(r, fmt.Sprintf("range %d supersedes it (%v)", id, od))
 		}
 	}
@@ -519,9 +517,8 @@ type holder struct {
 // started the range such a split made, and d's state must wait.
 func (s *Store) blockers(id uint64, d *kv.Descriptor) []holder {
 	var out []holder
-	all := s.holding(nil, nil)
 	for _, h := range s.holding(d.Start, d.End) {
-		if h.id != id && !supersededHere(id, d, h.desc, h.frozen, all) {
+		if h.id != id && !supersedes(d, h.desc, h.frozen) {
 			out = append(out, h)
 		}
 	}
@@ -537,43 +534,14 @@ func supersedes(d, rd *kv.Descriptor, frozen bool) bool {
 	return frozen || d.ContainsSpan(rd.Start, rd.End)
 }
 
-// supersededHere is supersedes, on this node (all: holding(nil, nil)), for
-// range id's descriptor d: a frozen replica the range merged away is not
-// superseded yet while a replica here may still apply that merge from its
-// log (mergePending): the merge reads this node's replica of the frozen
-// range (kv applyMerge), and the merged range holds its span until it
-// applied whatever later split made d's range.
-func supersededHere(id uint64, d, rd *kv.Descriptor, frozen bool, all []holder) bool {
-	return supersedes(d, rd, frozen) && !(frozen && mergePending(id, d, rd, all))
-}
-
-// mergePending reports whether a replica here (all), other than range id,
-// may still merge the frozen range of descriptor rd from its log: it ends
-// where rd starts (a frozen range merges into the range that ends where it
-// starts), and d does not supersede it too (then it goes with rd: neither
-// applies anything more). A frozen one may itself still be merged into
-// its left neighbour, which then ends where rd starts.
-func mergePending(id uint64, d, rd *kv.Descriptor, all []holder) bool {
-	for _, o := range all {
-		if o.id == id || o.id == rd.ID || len(o.desc.End) == 0 || !bytes.Equal(o.desc.End, rd.Start) {
-			continue
-		}
-		if !supersededHere(id, d, o.desc, o.frozen, all) {
-			return true
-		}
-	}
-	return false
-}
-
-// replicaSupersedes is supersededHere for a started replica r and range
-// id's descriptor d.
-func replicaSupersedes(id uint64, d *kv.Descriptor, r *Replica, all []holder) bool {
+// replicaSupersedes is supersedes for a started replica.
+func replicaSupersedes(d *kv.Descriptor, r *Replica) bool {
 	rd, ok := r.Descriptor()
 	if !ok {
 		return false
 	}
 	_, _, frozen := r.SM.Frozen()
-	return supersededHere(id, d, rd, frozen, all)
+	return supersedes(d, rd, frozen)
 }
 
 // holding returns the ranges whose spans a replica here holds, or a split

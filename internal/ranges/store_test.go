@@ -407,31 +407,3 @@ func TestUnknownGroup(t *testing.T) {
 		t.Fatal("range 7 started over range 1's span")
 	}
 }
-
-// TestFrozenReplicaWaitsForLocalMerge: seed 9400. A frozen range's
-// replica is not superseded by a later range that shares a key with it
-// while a replica here still ends where it starts (it has the merge in its
-// log still to apply, and the merge reads the frozen replica).
-func TestFrozenReplicaWaitsForLocalMerge(t *testing.T) {
-	lhs := &kv.Descriptor{ID: 1, End: []byte("80"), Generation: 1}
-	rhs := &kv.Descriptor{ID: 2, Start: []byte("80"), Generation: 1}
-	r4 := &kv.Descriptor{ID: 4, Start: []byte("a7"), Generation: 4}
-	all := []holder{{id: 1, desc: lhs}, {id: 2, desc: rhs, frozen: true}}
-	if supersededHere(4, r4, rhs, true, all) {
-		t.Fatal("range 4 superseded the frozen range 2 while range 1 here has not merged it")
-	}
-	// Range 1 here took a snapshot from after the merge and split.
-	lhs2 := &kv.Descriptor{ID: 1, End: []byte("25"), Generation: 3}
-	all[0].desc = lhs2
-	if !supersededHere(4, r4, rhs, true, all) {
-		t.Fatal("range 4 did not supersede the frozen range 2 once no replica here can merge it")
-	}
-	if !supersededHere(1, &kv.Descriptor{ID: 1, Generation: 2}, rhs, true, []holder{{id: 2, desc: rhs, frozen: true}}) {
-		t.Fatal("the merged range 1 did not supersede range 2")
-	}
-	// A descriptor that holds both the pending merger and the frozen range
-	// supersedes both.
-	if !supersededHere(9, &kv.Descriptor{ID: 9, Generation: 5}, rhs, true, []holder{{id: 1, desc: lhs}, {id: 2, desc: rhs, frozen: true}}) {
-		t.Fatal("a range holding both did not supersede the frozen range")
-	}
-}
