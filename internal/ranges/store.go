@@ -347,9 +347,24 @@ func (s *Store) reconcile(id uint64) {
 	if !ok {
 		return
 	}
+	all := s.holding(nil, nil)
 	for _, r := range s.Replicas() {
-		if r.ID != id && replicaSupersedes(od, r) {
+		if r.ID != id && replicaSupersededHere(id, od, r, all) {
 			s.destroy(r, fmt.Sprintf("range %d supersedes it (%v)", id, od))
+		}
+	}
+	// A frozen replica kept for a merge here (mergePending) goes once no
+	// replica here may apply that merge any more: the change that made
+	// it so may be another range's (the merger's snapshot past it).
+	for _, r := range s.Replicas() {
+		if _, _, frozen := r.SM.Frozen(); !frozen || r.ID == id {
+			continue
+		}
+		for _, h := range all {
+			if h.r != nil && h.id != r.ID && replicaSupersededHere(h.id, h.desc, r, all) {
+				s.destroy(r, fmt.Sprintf("range %d supersedes it (%v)", h.id, h.desc))
+				break
+			}
 		}
 	}
 }
@@ -517,8 +532,9 @@ type holder struct {
 // started the range such a split made, and d's state must wait.
 func (s *Store) blockers(id uint64, d *kv.Descriptor) []holder {
 	var out []holder
+	all := s.holding(nil, nil)
 	for _, h := range s.holding(d.Start, d.End) {
-		if h.id != id && !supersedes(d, h.desc, h.frozen) {
+		if h.id != id && !supersededHere(id, d, h.desc, h.frozen, all) {
 			out = append(out, h)
 		}
 	}
@@ -532,6 +548,68 @@ func supersedes(d, rd *kv.Descriptor, frozen bool) bool {
 		return false
 	}
 	return frozen || d.ContainsSpan(rd.Start, rd.End)
+}
+
+// supersededHere is supersedes on this node (all: holding(nil, nil)) for
+// range id's descriptor d, but for one case: a frozen replica whose merge a
+// replica here may still apply from its log (mergePending) is kept. That
+// merge reads it (kv applyMerge), and the merged range holds its span until
+// it applies the splits that d's range came from: until then d's state
+// waits, as for any range that has not applied a split of d's span yet.
+func supersededHere(id uint64, d, rd *kv.Descriptor, frozen bool, all []holder) bool {
+	return supersedes(d, rd, frozen) && !(frozen && mergePending(id, d, rd, all))
+}
+
+// mergePending reports whether a replica here (all), other than range id's,
+// may still merge the frozen range of descriptor rd, which d supersedes:
+// one that ends where rd starts (a frozen range merges into the range that
+// ends where it starts) and has not applied that merge (pastMerge). One
+// that d supersedes too is left out (it merged away as well, and applies
+// nothing more), but for one frozen itself, whose own merge into its left
+// neighbour may still be pending: that neighbour then merges rd.
+func mergePending(id uint64, d, rd *kv.Descriptor, all []holder) bool {
+	for _, o := range all {
+		if o.id == id || o.id == rd.ID || len(o.desc.End) == 0 || !bytes.Equal(o.desc.End, rd.Start) {
+			continue
+		}
+		if !pastMerge(o.desc, d, rd, all) && !supersededHere(id, d, o.desc, o.frozen, all) {
+			return true
+		}
+	}
+	return false
+}
+
+// pastMerge reports whether descriptor o, which ends where the frozen
+// range of descriptor rd starts, is as of or after rd's merge. Every
+// descriptor that shares a key with rd and has a later generation (d, and
+// any such one here) is as of or after the merge (a frozen range only
+// merges), so its generation is at least the merged one, which is above
+// that of every descriptor of the range that ends where rd starts as of
+// before the merge (generations only grow along a key's ranges). So o is
+// past the merge if its generation is no lower than such a descriptor's.
+// (If no such descriptor here is old enough to tell, o is taken to be
+// before it: the replica waits for its range to catch up, which only
+// delays.)
+func pastMerge(o, d, rd *kv.Descriptor, all []holder) bool {
+	if o.Generation >= d.Generation {
+		return true
+	}
+	for _, h := range all {
+		if h.id != rd.ID && h.desc.Generation > rd.Generation && h.desc.Generation <= o.Generation && h.desc.Overlaps(rd.Start, rd.End) {
+			return true
+		}
+	}
+	return false
+}
+
+// replicaSupersededHere is supersededHere for a started replica r.
+func replicaSupersededHere(id uint64, d *kv.Descriptor, r *Replica, all []holder) bool {
+	rd, ok := r.Descriptor()
+	if !ok {
+		return false
+	}
+	_, _, frozen := r.SM.Frozen()
+	return supersededHere(id, d, rd, frozen, all)
 }
 
 // replicaSupersedes is supersedes for a started replica.

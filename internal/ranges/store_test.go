@@ -407,3 +407,78 @@ func TestUnknownGroup(t *testing.T) {
 		t.Fatal("range 7 started over range 1's span")
 	}
 }
+
+// TestFrozenReplicaKeptForLocalMerge: simulation seed 9400 and the seeds
+// a first fix of it broke (3442: a merge undone by a split at the same
+// key). A frozen range's replica is not superseded by a later range that
+// shares a key with it while a replica here that ends where it starts has
+// not applied the merge (the merge reads the frozen replica), and is
+// superseded once that replica is as of or after the merge.
+func TestFrozenReplicaKeptForLocalMerge(t *testing.T) {
+	d := func(id uint64, start, end string, gen uint64) *kv.Descriptor {
+		var s, e []byte
+		if start != "" {
+			s = []byte(start)
+		}
+		if end != "" {
+			e = []byte(end)
+		}
+		return &kv.Descriptor{ID: id, Start: s, End: e, Generation: gen}
+	}
+	// Seed 9400: range 2 frozen here, range 1 here has its merge (and the
+	// splits that made ranges 3 and 4) in its log still.
+	lhs, rhs := d(1, "", "80", 1), d(2, "80", "", 1)
+	r4 := d(4, "a7", "", 4)
+	all := []holder{{id: 1, desc: lhs}, {id: 2, desc: rhs, frozen: true}}
+	if supersededHere(4, r4, rhs, true, all) {
+		t.Fatal("range 4 superseded the frozen range 2 while range 1 here has not merged it")
+	}
+	// Range 1 took a snapshot from after the merge and a split at "25".
+	all[0].desc = d(1, "", "25", 3)
+	if !supersededHere(4, r4, rhs, true, all) {
+		t.Fatal("range 4 did not supersede the frozen range 2 once no replica here ends where it starts")
+	}
+	// The merged range supersedes it.
+	if !supersededHere(1, d(1, "", "", 2), rhs, true, []holder{{id: 2, desc: rhs, frozen: true}}) {
+		t.Fatal("the merged range 1 did not supersede range 2")
+	}
+
+	// Seed 3442: range 6 frozen here, merged into range 3 (g5), which
+	// split again at the same key into range 3 (g6) and range 8 (g6);
+	// range 3 here took a snapshot from after that. It ends where range 6
+	// starts, but has merged it: range 8 supersedes range 6.
+	r3, r6, r8 := d(3, "00.0", "55.1", 6), d(6, "55.1", "7d", 4), d(8, "55.1", "7d", 6)
+	all = []holder{{id: 3, desc: r3}, {id: 6, desc: r6, frozen: true}}
+	if !supersededHere(8, r8, r6, true, all) {
+		t.Fatal("range 8 did not supersede the frozen range 6: range 3 here is past the merge")
+	}
+	// A later range made by splitting range 8 (g7) tells nothing alone...
+	r9 := d(9, "60", "7d", 7)
+	if supersededHere(9, r9, r6, true, all) {
+		t.Fatal("range 9 (g7) superseded range 6 with nothing here to show range 3 (g6) is past the merge")
+	}
+	// ... but range 8's replica here (g6) does.
+	all = append(all, holder{id: 8, desc: r8})
+	if !supersededHere(9, r9, r6, true, all) {
+		t.Fatal("range 9 did not supersede range 6 though range 8 here (g6) shows range 3 (g6) is past the merge")
+	}
+	// Range 3 here before the merge (g4) is not past it.
+	all[0].desc = d(3, "00.0", "55.1", 4)
+	if supersededHere(9, r9, r6, true, all[:2]) {
+		t.Fatal("range 9 superseded range 6 while range 3 here has not merged it")
+	}
+
+	// A chain: range 2 frozen, to merge into range 1; range 5 frozen, to
+	// merge into range 2's merger. Range 7 holds both spans: range 1 here
+	// has both merges to apply.
+	c1, c2, c5 := d(1, "", "40", 1), d(2, "40", "80", 1), d(5, "80", "", 1)
+	chain := []holder{{id: 1, desc: c1}, {id: 2, desc: c2, frozen: true}, {id: 5, desc: c5, frozen: true}}
+	r7 := d(7, "30", "", 5)
+	if supersededHere(7, r7, c5, true, chain) || supersededHere(7, r7, c2, true, chain) {
+		t.Fatal("range 7 superseded a frozen range of a chain that range 1 here has still to merge")
+	}
+	chain[0].desc = d(1, "", "30", 5)
+	if !supersededHere(7, r7, c5, true, chain) || !supersededHere(7, r7, c2, true, chain) {
+		t.Fatal("range 7 did not supersede the frozen ranges of a chain range 1 here is past")
+	}
+}
