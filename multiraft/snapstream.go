@@ -116,29 +116,24 @@ func (h *Host) streamSent(group, token, to uint64) {
 
 // closeGroupStreams closes the unread streams of a group that stops.
 func (h *Host) closeGroupStreams(group uint64) {
-	var stale []io.ReadCloser
-	h.streams.mu.Lock()
-	for t, s := range h.streams.m {
-		if s.group == group {
-			stale = append(stale, s.r)
-			delete(h.streams.m, t)
-		}
-	}
-	h.streams.mu.Unlock()
-	for _, r := range stale {
-		r.Close()
-	}
+	h.closeStreamsWhere(func(s snapStream) bool { return s.group == group })
 }
 
 // expireStreams closes the streams nobody read in time. Called by tick.
 func (h *Host) expireStreams() {
 	now := h.live.ticks.Load()
-	h.streams.mu.Lock()
+	h.closeStreamsWhere(func(s snapStream) bool { return now-s.at > streamTTLTicks })
+}
+
+// closeStreamsWhere closes the unread streams for which drop is true,
+// after unlocking (a Close waits for the stream's writer).
+func (h *Host) closeStreamsWhere(drop func(snapStream) bool) {
 	var stale []io.ReadCloser
-	for token, s := range h.streams.m {
-		if now-s.at > streamTTLTicks {
+	h.streams.mu.Lock()
+	for t, s := range h.streams.m {
+		if drop(s) {
 			stale = append(stale, s.r)
-			delete(h.streams.m, token)
+			delete(h.streams.m, t)
 		}
 	}
 	h.streams.mu.Unlock()

@@ -173,9 +173,18 @@ func (s *Store) proposeMerge(lhs, rhs *kv.Descriptor, index uint64, finish func(
 	})
 }
 
-// finishMerges merges the frozen right neighbour of a range this node
-// leads whose merge did not finish (its coordinator died). Called by Tick.
-func (s *Store) finishMerges() {
+// neighbours is a range this node leads and is not frozen (l), and the
+// range here that starts where it ends (r), with their descriptors: a
+// pair that may merge.
+type neighbours struct {
+	l, r   *Replica
+	ld, rd *kv.Descriptor
+}
+
+// ledNeighbours returns the pairs of neighbours whose left range this node
+// leads and has not frozen.
+func (s *Store) ledNeighbours() []neighbours {
+	var out []neighbours
 	for _, l := range s.Replicas() {
 		ld, ok := l.Descriptor()
 		if !ok || len(ld.End) == 0 || !s.leads(l.ID) {
@@ -184,15 +193,23 @@ func (s *Store) finishMerges() {
 		if _, _, frozen := l.SM.Frozen(); frozen {
 			continue
 		}
-		r := s.startingAt(ld.End)
-		if r == nil {
-			continue
+		if r := s.startingAt(ld.End); r != nil {
+			rd, _ := r.Descriptor()
+			out = append(out, neighbours{l: l, r: r, ld: ld, rd: rd})
 		}
+	}
+	return out
+}
+
+// finishMerges merges the frozen right neighbour of a range this node
+// leads whose merge did not finish (its coordinator died). Called by Tick.
+func (s *Store) finishMerges() {
+	for _, p := range s.ledNeighbours() {
+		l, r, ld, rd := p.l, p.r, p.ld, p.rd
 		_, index, frozen := r.SM.Frozen()
 		if !frozen {
 			continue
 		}
-		rd, _ := r.Descriptor()
 		if !ld.SameReplicas(rd) || !s.begin(l.ID) {
 			continue
 		}

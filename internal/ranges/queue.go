@@ -77,19 +77,8 @@ func (s *Store) checkMerges() {
 		n, err := r.SM.SpanBytes()
 		return n, err == nil && n < uint64(s.cfg.MinBytes)
 	}
-	for _, l := range s.Replicas() {
-		ld, ok := l.Descriptor()
-		if !ok || len(ld.End) == 0 || !s.leads(l.ID) {
-			continue
-		}
-		if _, _, frozen := l.SM.Frozen(); frozen {
-			continue
-		}
-		r := s.startingAt(ld.End)
-		if r == nil {
-			continue
-		}
-		rd, _ := r.Descriptor()
+	for _, p := range s.ledNeighbours() {
+		l, r, ld, rd := p.l, p.r, p.ld, p.rd
 		if !ld.SameReplicas(rd) || rd.Sticky {
 			continue
 		}

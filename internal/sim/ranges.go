@@ -183,18 +183,7 @@ func (s *sim) splitLoop() {
 // leads it.
 func (s *sim) mergeNemesis() {
 	key := []byte(s.keyName(s.rng.IntN(s.cfg.Keys)))
-	for _, id := range s.upNodes() {
-		n := s.nodes[id]
-		if n.paused {
-			continue
-		}
-		r := n.ranges.Lookup(key)
-		if r == nil {
-			continue
-		}
-		if l, _, err := n.host.Leader(r.ID); err != nil || l != id {
-			continue
-		}
+	if id, n, r := s.leaderOfKey(key); r != nil {
 		s.res.Faults++
 		s.record("merge", id, r.ID)
 		n.ranges.Merge(r.ID, func(d kv.Descriptor, err error) {
@@ -204,7 +193,6 @@ func (s *sim) mergeNemesis() {
 			}
 		})
 		n.drain()
-		return
 	}
 }
 
@@ -215,18 +203,7 @@ func (s *sim) splitNemesis() {
 	if s.rng.IntN(2) == 0 {
 		key = []byte(fmt.Sprintf("%02x", s.rng.IntN(256)))
 	}
-	for _, id := range s.upNodes() {
-		n := s.nodes[id]
-		if n.paused {
-			continue
-		}
-		r := n.ranges.Lookup(key)
-		if r == nil {
-			continue
-		}
-		if l, _, err := n.host.Leader(r.ID); err != nil || l != id {
-			continue
-		}
+	if id, n, r := s.leaderOfKey(key); r != nil {
 		s.res.Faults++
 		s.record("split", id, r.ID, cmdHash(key))
 		n.ranges.Split(r.ID, key, func(left, right kv.Descriptor, err error) {
@@ -236,8 +213,27 @@ func (s *sim) splitNemesis() {
 			}
 		})
 		n.drain()
-		return
 	}
+}
+
+// leaderOfKey returns the first running, unpaused node that leads the
+// range of key as its replica there sees it, with that replica; a nil
+// replica if none does.
+func (s *sim) leaderOfKey(key []byte) (uint64, *node, *ranges.Replica) {
+	for _, id := range s.upNodes() {
+		n := s.nodes[id]
+		if n.paused {
+			continue
+		}
+		r := n.ranges.Lookup(key)
+		if r == nil {
+			continue
+		}
+		if l, _, err := n.host.Leader(r.ID); err == nil && l == id {
+			return id, n, r
+		}
+	}
+	return 0, nil, nil
 }
 
 // rangeIDs returns every range any running node has a replica of.
