@@ -30,6 +30,1094 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Permission_Kind int32
+
+const (
+	Permission_KEY      Permission_Kind = 0
+	Permission_ELECTION Permission_Kind = 1
+)
+
+// Enum value maps for Permission_Kind.
+var (
+	Permission_Kind_name = map[int32]string{
+		0: "KEY",
+		1: "ELECTION",
+	}
+	Permission_Kind_value = map[string]int32{
+		"KEY":      0,
+		"ELECTION": 1,
+	}
+)
+
+func (x Permission_Kind) Enum() *Permission_Kind {
+	p := new(Permission_Kind)
+	*p = x
+	return p
+}
+
+func (x Permission_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Permission_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_proto_enumTypes[0].Descriptor()
+}
+
+func (Permission_Kind) Type() protoreflect.EnumType {
+	return &file_flotilla_proto_enumTypes[0]
+}
+
+func (x Permission_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Permission_Kind.Descriptor instead.
+func (Permission_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{17, 0}
+}
+
+type UserAddRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// no_token: the user authenticates by certificate only.
+	NoToken       bool `protobuf:"varint,2,opt,name=no_token,json=noToken,proto3" json:"no_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserAddRequest) Reset() {
+	*x = UserAddRequest{}
+	mi := &file_flotilla_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserAddRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserAddRequest) ProtoMessage() {}
+
+func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserAddRequest.ProtoReflect.Descriptor instead.
+func (*UserAddRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *UserAddRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UserAddRequest) GetNoToken() bool {
+	if x != nil {
+		return x.NoToken
+	}
+	return false
+}
+
+type UserAddResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// token authenticates the user (gRPC metadata "authorization: Bearer
+	// TOKEN"); empty with no_token.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserAddResponse) Reset() {
+	*x = UserAddResponse{}
+	mi := &file_flotilla_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserAddResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserAddResponse) ProtoMessage() {}
+
+func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserAddResponse.ProtoReflect.Descriptor instead.
+func (*UserAddResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UserAddResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+func (x *UserAddResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type UserDeleteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserDeleteRequest) Reset() {
+	*x = UserDeleteRequest{}
+	mi := &file_flotilla_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserDeleteRequest) ProtoMessage() {}
+
+func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserDeleteRequest.ProtoReflect.Descriptor instead.
+func (*UserDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UserDeleteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type UserDeleteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserDeleteResponse) Reset() {
+	*x = UserDeleteResponse{}
+	mi := &file_flotilla_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserDeleteResponse) ProtoMessage() {}
+
+func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserDeleteResponse.ProtoReflect.Descriptor instead.
+func (*UserDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{3}
+}
+
+type UserRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserRoleRequest) Reset() {
+	*x = UserRoleRequest{}
+	mi := &file_flotilla_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserRoleRequest) ProtoMessage() {}
+
+func (x *UserRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserRoleRequest.ProtoReflect.Descriptor instead.
+func (*UserRoleRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UserRoleRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *UserRoleRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type UserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserResponse) Reset() {
+	*x = UserResponse{}
+	mi := &file_flotilla_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserResponse) ProtoMessage() {}
+
+func (x *UserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserResponse.ProtoReflect.Descriptor instead.
+func (*UserResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UserResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type UserListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserListRequest) Reset() {
+	*x = UserListRequest{}
+	mi := &file_flotilla_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserListRequest) ProtoMessage() {}
+
+func (x *UserListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserListRequest.ProtoReflect.Descriptor instead.
+func (*UserListRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{6}
+}
+
+type UserListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []*User                `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserListResponse) Reset() {
+	*x = UserListResponse{}
+	mi := &file_flotilla_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserListResponse) ProtoMessage() {}
+
+func (x *UserListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserListResponse.ProtoReflect.Descriptor instead.
+func (*UserListResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UserListResponse) GetUsers() []*User {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+type User struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Roles []string               `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	// has_token: the user may authenticate with a token.
+	HasToken      bool `protobuf:"varint,3,opt,name=has_token,json=hasToken,proto3" json:"has_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *User) Reset() {
+	*x = User{}
+	mi := &file_flotilla_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *User) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*User) ProtoMessage() {}
+
+func (x *User) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use User.ProtoReflect.Descriptor instead.
+func (*User) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *User) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *User) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *User) GetHasToken() bool {
+	if x != nil {
+		return x.HasToken
+	}
+	return false
+}
+
+type RoleAddRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleAddRequest) Reset() {
+	*x = RoleAddRequest{}
+	mi := &file_flotilla_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleAddRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleAddRequest) ProtoMessage() {}
+
+func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleAddRequest.ProtoReflect.Descriptor instead.
+func (*RoleAddRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RoleAddRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RoleDeleteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleDeleteRequest) Reset() {
+	*x = RoleDeleteRequest{}
+	mi := &file_flotilla_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleDeleteRequest) ProtoMessage() {}
+
+func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleDeleteRequest.ProtoReflect.Descriptor instead.
+func (*RoleDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RoleDeleteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RoleDeleteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleDeleteResponse) Reset() {
+	*x = RoleDeleteResponse{}
+	mi := &file_flotilla_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleDeleteResponse) ProtoMessage() {}
+
+func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleDeleteResponse.ProtoReflect.Descriptor instead.
+func (*RoleDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{11}
+}
+
+type RolePermissionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Permission    *Permission            `protobuf:"bytes,2,opt,name=permission,proto3" json:"permission,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolePermissionRequest) Reset() {
+	*x = RolePermissionRequest{}
+	mi := &file_flotilla_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolePermissionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolePermissionRequest) ProtoMessage() {}
+
+func (x *RolePermissionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolePermissionRequest.ProtoReflect.Descriptor instead.
+func (*RolePermissionRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RolePermissionRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RolePermissionRequest) GetPermission() *Permission {
+	if x != nil {
+		return x.Permission
+	}
+	return nil
+}
+
+type RoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          *Role                  `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleResponse) Reset() {
+	*x = RoleResponse{}
+	mi := &file_flotilla_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleResponse) ProtoMessage() {}
+
+func (x *RoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleResponse.ProtoReflect.Descriptor instead.
+func (*RoleResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RoleResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+type RoleListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleListRequest) Reset() {
+	*x = RoleListRequest{}
+	mi := &file_flotilla_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleListRequest) ProtoMessage() {}
+
+func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleListRequest.ProtoReflect.Descriptor instead.
+func (*RoleListRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{14}
+}
+
+type RoleListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Roles         []*Role                `protobuf:"bytes,1,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleListResponse) Reset() {
+	*x = RoleListResponse{}
+	mi := &file_flotilla_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleListResponse) ProtoMessage() {}
+
+func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleListResponse.ProtoReflect.Descriptor instead.
+func (*RoleListResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RoleListResponse) GetRoles() []*Role {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+type Role struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Permissions   []*Permission          `protobuf:"bytes,2,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Role) Reset() {
+	*x = Role{}
+	mi := &file_flotilla_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Role) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Role) ProtoMessage() {}
+
+func (x *Role) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Role.ProtoReflect.Descriptor instead.
+func (*Role) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Role) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Role) GetPermissions() []*Permission {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+// Permission grants read and/or write on every key (or election name) that
+// starts with prefix; an empty prefix covers all of its kind.
+type Permission struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          Permission_Kind        `protobuf:"varint,1,opt,name=kind,proto3,enum=flotilla.v1.Permission_Kind" json:"kind,omitempty"`
+	Prefix        []byte                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Read          bool                   `protobuf:"varint,3,opt,name=read,proto3" json:"read,omitempty"`
+	Write         bool                   `protobuf:"varint,4,opt,name=write,proto3" json:"write,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Permission) Reset() {
+	*x = Permission{}
+	mi := &file_flotilla_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Permission) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Permission) ProtoMessage() {}
+
+func (x *Permission) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Permission.ProtoReflect.Descriptor instead.
+func (*Permission) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Permission) GetKind() Permission_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Permission_KEY
+}
+
+func (x *Permission) GetPrefix() []byte {
+	if x != nil {
+		return x.Prefix
+	}
+	return nil
+}
+
+func (x *Permission) GetRead() bool {
+	if x != nil {
+		return x.Read
+	}
+	return false
+}
+
+func (x *Permission) GetWrite() bool {
+	if x != nil {
+		return x.Write
+	}
+	return false
+}
+
+type WhoAmIRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIRequest) Reset() {
+	*x = WhoAmIRequest{}
+	mi := &file_flotilla_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIRequest) ProtoMessage() {}
+
+func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
+func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{18}
+}
+
+type WhoAmIResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Roles []string               `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	// how: "certificate", "token", "node" or "insecure".
+	How           string `protobuf:"bytes,3,opt,name=how,proto3" json:"how,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIResponse) Reset() {
+	*x = WhoAmIResponse{}
+	mi := &file_flotilla_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIResponse) ProtoMessage() {}
+
+func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
+func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WhoAmIResponse) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *WhoAmIResponse) GetHow() string {
+	if x != nil {
+		return x.How
+	}
+	return ""
+}
+
+type AuthRecordsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// linearizable: read through the range's leader (a read index), not
+	// the replica's state as it stands.
+	Linearizable  bool `protobuf:"varint,2,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthRecordsRequest) Reset() {
+	*x = AuthRecordsRequest{}
+	mi := &file_flotilla_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthRecordsRequest) ProtoMessage() {}
+
+func (x *AuthRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthRecordsRequest.ProtoReflect.Descriptor instead.
+func (*AuthRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AuthRecordsRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *AuthRecordsRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
+}
+
+type AuthRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// answer is the meta range's answer to kv.EncodeAuthQuery.
+	Answer        []byte `protobuf:"bytes,1,opt,name=answer,proto3" json:"answer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthRecordsResponse) Reset() {
+	*x = AuthRecordsResponse{}
+	mi := &file_flotilla_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthRecordsResponse) ProtoMessage() {}
+
+func (x *AuthRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthRecordsResponse.ProtoReflect.Descriptor instead.
+func (*AuthRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AuthRecordsResponse) GetAnswer() []byte {
+	if x != nil {
+		return x.Answer
+	}
+	return nil
+}
+
 type PeerProposeRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
@@ -42,7 +1130,7 @@ type PeerProposeRequest struct {
 
 func (x *PeerProposeRequest) Reset() {
 	*x = PeerProposeRequest{}
-	mi := &file_flotilla_proto_msgTypes[0]
+	mi := &file_flotilla_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -54,7 +1142,7 @@ func (x *PeerProposeRequest) String() string {
 func (*PeerProposeRequest) ProtoMessage() {}
 
 func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[0]
+	mi := &file_flotilla_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -67,7 +1155,7 @@ func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProposeRequest.ProtoReflect.Descriptor instead.
 func (*PeerProposeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{0}
+	return file_flotilla_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PeerProposeRequest) GetClusterId() uint64 {
@@ -101,7 +1189,7 @@ type PeerProposeResponse struct {
 
 func (x *PeerProposeResponse) Reset() {
 	*x = PeerProposeResponse{}
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +1201,7 @@ func (x *PeerProposeResponse) String() string {
 func (*PeerProposeResponse) ProtoMessage() {}
 
 func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +1214,7 @@ func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProposeResponse.ProtoReflect.Descriptor instead.
 func (*PeerProposeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PeerProposeResponse) GetResult() []byte {
@@ -146,7 +1234,7 @@ type ReplicaStateRequest struct {
 
 func (x *ReplicaStateRequest) Reset() {
 	*x = ReplicaStateRequest{}
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -158,7 +1246,7 @@ func (x *ReplicaStateRequest) String() string {
 func (*ReplicaStateRequest) ProtoMessage() {}
 
 func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -171,7 +1259,7 @@ func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReplicaStateRequest) GetClusterId() uint64 {
@@ -199,7 +1287,7 @@ type ReplicaStateResponse struct {
 
 func (x *ReplicaStateResponse) Reset() {
 	*x = ReplicaStateResponse{}
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +1299,7 @@ func (x *ReplicaStateResponse) String() string {
 func (*ReplicaStateResponse) ProtoMessage() {}
 
 func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +1312,7 @@ func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStateResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReplicaStateResponse) GetDescriptor_() []byte {
@@ -250,7 +1338,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +1350,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +1363,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -295,7 +1383,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +1395,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +1408,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SplitResponse) GetLeft() *RangeInfo {
@@ -346,7 +1434,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +1446,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +1459,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MergeRequest) GetKey() []byte {
@@ -390,7 +1478,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +1490,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +1503,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MergeResponse) GetMerged() *RangeInfo {
@@ -444,7 +1532,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +1544,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +1557,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Header) GetGroup() uint64 {
@@ -523,7 +1611,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +1623,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +1636,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Session) GetId() uint64 {
@@ -592,7 +1680,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +1692,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +1705,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -671,7 +1759,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +1771,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +1784,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -752,7 +1840,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1852,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1865,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -805,7 +1893,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1905,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1918,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -865,7 +1953,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1965,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1978,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -925,7 +2013,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +2025,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +2038,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -985,7 +2073,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +2085,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +2098,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -1053,7 +2141,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +2153,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +2166,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -1150,7 +2238,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +2250,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +2263,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -1227,7 +2315,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +2327,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +2340,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -1310,7 +2398,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +2410,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +2423,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -1373,7 +2461,7 @@ type DeleteRangeRequest struct {
 
 func (x *DeleteRangeRequest) Reset() {
 	*x = DeleteRangeRequest{}
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +2473,7 @@ func (x *DeleteRangeRequest) String() string {
 func (*DeleteRangeRequest) ProtoMessage() {}
 
 func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +2486,7 @@ func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteRangeRequest) GetStart() []byte {
@@ -1440,7 +2528,7 @@ type DeleteRangeResponse struct {
 
 func (x *DeleteRangeResponse) Reset() {
 	*x = DeleteRangeResponse{}
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +2540,7 @@ func (x *DeleteRangeResponse) String() string {
 func (*DeleteRangeResponse) ProtoMessage() {}
 
 func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +2553,7 @@ func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeleteRangeResponse) GetHeader() *Header {
@@ -1504,7 +2592,7 @@ type RangesRequest struct {
 
 func (x *RangesRequest) Reset() {
 	*x = RangesRequest{}
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +2604,7 @@ func (x *RangesRequest) String() string {
 func (*RangesRequest) ProtoMessage() {}
 
 func (x *RangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +2617,7 @@ func (x *RangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
 func (*RangesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RangesRequest) GetKey() []byte {
@@ -1564,7 +2652,7 @@ type RangesResponse struct {
 
 func (x *RangesResponse) Reset() {
 	*x = RangesResponse{}
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +2664,7 @@ func (x *RangesResponse) String() string {
 func (*RangesResponse) ProtoMessage() {}
 
 func (x *RangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +2677,7 @@ func (x *RangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
 func (*RangesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RangesResponse) GetRanges() []*RangeInfo {
@@ -1626,7 +2714,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +2726,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +2739,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeInfo) GetId() uint64 {
@@ -1730,7 +2818,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +2830,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +2843,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -1817,7 +2905,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1829,7 +2917,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1842,7 +2930,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -1942,7 +3030,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +3042,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +3055,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -2013,7 +3101,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +3113,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +3126,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 type ClusterMapResponse struct {
@@ -2055,7 +3143,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2067,7 +3155,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,7 +3168,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -2119,7 +3207,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +3219,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +3232,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 type NodeStatusResponse struct {
@@ -2159,7 +3247,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +3259,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +3272,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -2225,7 +3313,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +3325,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +3338,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -2278,7 +3366,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +3378,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +3391,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -2335,7 +3423,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +3435,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +3448,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -2408,7 +3496,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +3508,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +3521,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -2478,7 +3566,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +3578,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +3591,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -2544,7 +3632,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +3644,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +3657,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -2601,7 +3689,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +3701,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +3714,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -2671,7 +3759,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2683,7 +3771,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2696,7 +3784,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -2746,7 +3834,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2758,7 +3846,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2771,7 +3859,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -2809,7 +3897,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2821,7 +3909,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2834,7 +3922,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -2889,7 +3977,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +3989,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +4002,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{43}
+	return file_flotilla_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -2987,7 +4075,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +4087,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +4100,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{44}
+	return file_flotilla_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -3063,7 +4151,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +4163,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +4176,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{45}
+	return file_flotilla_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -3131,7 +4219,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3143,7 +4231,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3156,7 +4244,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{46}
+	return file_flotilla_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -3200,7 +4288,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3212,7 +4300,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3225,7 +4313,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{47}
+	return file_flotilla_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -3259,7 +4347,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3271,7 +4359,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3284,7 +4372,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{48}
+	return file_flotilla_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -3311,7 +4399,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3323,7 +4411,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3336,7 +4424,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{49}
+	return file_flotilla_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -3363,7 +4451,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3375,7 +4463,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3388,7 +4476,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{50}
+	return file_flotilla_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -3418,7 +4506,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3430,7 +4518,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3443,7 +4531,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{51}
+	return file_flotilla_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -3469,7 +4557,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3481,7 +4569,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3494,7 +4582,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{52}
+	return file_flotilla_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -3521,7 +4609,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3533,7 +4621,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3546,7 +4634,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{53}
+	return file_flotilla_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -3606,7 +4694,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3618,7 +4706,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3631,7 +4719,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{54}
+	return file_flotilla_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -3662,7 +4750,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3674,7 +4762,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3687,7 +4775,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{55}
+	return file_flotilla_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -3763,7 +4851,66 @@ var File_flotilla_proto protoreflect.FileDescriptor
 
 const file_flotilla_proto_rawDesc = "" +
 	"\n" +
-	"\x0eflotilla.proto\x12\vflotilla.v1\"c\n" +
+	"\x0eflotilla.proto\x12\vflotilla.v1\"?\n" +
+	"\x0eUserAddRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bno_token\x18\x02 \x01(\bR\anoToken\"N\n" +
+	"\x0fUserAddResponse\x12%\n" +
+	"\x04user\x18\x01 \x01(\v2\x11.flotilla.v1.UserR\x04user\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"'\n" +
+	"\x11UserDeleteRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12UserDeleteResponse\"9\n" +
+	"\x0fUserRoleRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\"5\n" +
+	"\fUserResponse\x12%\n" +
+	"\x04user\x18\x01 \x01(\v2\x11.flotilla.v1.UserR\x04user\"\x11\n" +
+	"\x0fUserListRequest\";\n" +
+	"\x10UserListResponse\x12'\n" +
+	"\x05users\x18\x01 \x03(\v2\x11.flotilla.v1.UserR\x05users\"M\n" +
+	"\x04User\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x1b\n" +
+	"\thas_token\x18\x03 \x01(\bR\bhasToken\"$\n" +
+	"\x0eRoleAddRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"'\n" +
+	"\x11RoleDeleteRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12RoleDeleteResponse\"d\n" +
+	"\x15RolePermissionRequest\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x127\n" +
+	"\n" +
+	"permission\x18\x02 \x01(\v2\x17.flotilla.v1.PermissionR\n" +
+	"permission\"5\n" +
+	"\fRoleResponse\x12%\n" +
+	"\x04role\x18\x01 \x01(\v2\x11.flotilla.v1.RoleR\x04role\"\x11\n" +
+	"\x0fRoleListRequest\";\n" +
+	"\x10RoleListResponse\x12'\n" +
+	"\x05roles\x18\x01 \x03(\v2\x11.flotilla.v1.RoleR\x05roles\"U\n" +
+	"\x04Role\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
+	"\vpermissions\x18\x02 \x03(\v2\x17.flotilla.v1.PermissionR\vpermissions\"\x9f\x01\n" +
+	"\n" +
+	"Permission\x120\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1c.flotilla.v1.Permission.KindR\x04kind\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\fR\x06prefix\x12\x12\n" +
+	"\x04read\x18\x03 \x01(\bR\x04read\x12\x14\n" +
+	"\x05write\x18\x04 \x01(\bR\x05write\"\x1d\n" +
+	"\x04Kind\x12\a\n" +
+	"\x03KEY\x10\x00\x12\f\n" +
+	"\bELECTION\x10\x01\"\x0f\n" +
+	"\rWhoAmIRequest\"L\n" +
+	"\x0eWhoAmIResponse\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
+	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x10\n" +
+	"\x03how\x18\x03 \x01(\tR\x03how\"W\n" +
+	"\x12AuthRecordsRequest\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\"\n" +
+	"\flinearizable\x18\x02 \x01(\bR\flinearizable\"-\n" +
+	"\x13AuthRecordsResponse\x12\x16\n" +
+	"\x06answer\x18\x01 \x01(\fR\x06answer\"c\n" +
 	"\x12PeerProposeRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x14\n" +
@@ -4065,11 +5212,28 @@ const file_flotilla_proto_rawDesc = "" +
 	"\bCampaign\x12\x1c.flotilla.v1.CampaignRequest\x1a\x1d.flotilla.v1.CampaignResponse\x12A\n" +
 	"\x06Resign\x12\x1a.flotilla.v1.ResignRequest\x1a\x1b.flotilla.v1.ResignResponse\x12A\n" +
 	"\x06Leader\x12\x1a.flotilla.v1.LeaderRequest\x1a\x1b.flotilla.v1.LeaderResponse\x12F\n" +
-	"\aObserve\x12\x1b.flotilla.v1.ObserveRequest\x1a\x1c.flotilla.v1.ObserveResponse0\x012\xe6\x01\n" +
+	"\aObserve\x12\x1b.flotilla.v1.ObserveRequest\x1a\x1c.flotilla.v1.ObserveResponse0\x012\xa8\x06\n" +
+	"\x04Auth\x12D\n" +
+	"\aUserAdd\x12\x1b.flotilla.v1.UserAddRequest\x1a\x1c.flotilla.v1.UserAddResponse\x12M\n" +
+	"\n" +
+	"UserDelete\x12\x1e.flotilla.v1.UserDeleteRequest\x1a\x1f.flotilla.v1.UserDeleteResponse\x12D\n" +
+	"\tUserGrant\x12\x1c.flotilla.v1.UserRoleRequest\x1a\x19.flotilla.v1.UserResponse\x12E\n" +
+	"\n" +
+	"UserRevoke\x12\x1c.flotilla.v1.UserRoleRequest\x1a\x19.flotilla.v1.UserResponse\x12G\n" +
+	"\bUserList\x12\x1c.flotilla.v1.UserListRequest\x1a\x1d.flotilla.v1.UserListResponse\x12A\n" +
+	"\aRoleAdd\x12\x1b.flotilla.v1.RoleAddRequest\x1a\x19.flotilla.v1.RoleResponse\x12M\n" +
+	"\n" +
+	"RoleDelete\x12\x1e.flotilla.v1.RoleDeleteRequest\x1a\x1f.flotilla.v1.RoleDeleteResponse\x12J\n" +
+	"\tRoleGrant\x12\".flotilla.v1.RolePermissionRequest\x1a\x19.flotilla.v1.RoleResponse\x12K\n" +
+	"\n" +
+	"RoleRevoke\x12\".flotilla.v1.RolePermissionRequest\x1a\x19.flotilla.v1.RoleResponse\x12G\n" +
+	"\bRoleList\x12\x1c.flotilla.v1.RoleListRequest\x1a\x1d.flotilla.v1.RoleListResponse\x12A\n" +
+	"\x06WhoAmI\x12\x1a.flotilla.v1.WhoAmIRequest\x1a\x1b.flotilla.v1.WhoAmIResponse2\xb8\x02\n" +
 	"\x04Peer\x12;\n" +
 	"\x04Info\x12\x18.flotilla.v1.InfoRequest\x1a\x19.flotilla.v1.InfoResponse\x12L\n" +
 	"\aPropose\x12\x1f.flotilla.v1.PeerProposeRequest\x1a .flotilla.v1.PeerProposeResponse\x12S\n" +
-	"\fReplicaState\x12 .flotilla.v1.ReplicaStateRequest\x1a!.flotilla.v1.ReplicaStateResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
+	"\fReplicaState\x12 .flotilla.v1.ReplicaStateRequest\x1a!.flotilla.v1.ReplicaStateResponse\x12P\n" +
+	"\vAuthRecords\x12\x1f.flotilla.v1.AuthRecordsRequest\x1a .flotilla.v1.AuthRecordsResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
 
 var (
 	file_flotilla_proto_rawDescOnce sync.Once
@@ -4083,161 +5247,217 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 	return file_flotilla_proto_rawDescData
 }
 
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_flotilla_proto_goTypes = []any{
-	(*PeerProposeRequest)(nil),      // 0: flotilla.v1.PeerProposeRequest
-	(*PeerProposeResponse)(nil),     // 1: flotilla.v1.PeerProposeResponse
-	(*ReplicaStateRequest)(nil),     // 2: flotilla.v1.ReplicaStateRequest
-	(*ReplicaStateResponse)(nil),    // 3: flotilla.v1.ReplicaStateResponse
-	(*SplitRequest)(nil),            // 4: flotilla.v1.SplitRequest
-	(*SplitResponse)(nil),           // 5: flotilla.v1.SplitResponse
-	(*MergeRequest)(nil),            // 6: flotilla.v1.MergeRequest
-	(*MergeResponse)(nil),           // 7: flotilla.v1.MergeResponse
-	(*Header)(nil),                  // 8: flotilla.v1.Header
-	(*Session)(nil),                 // 9: flotilla.v1.Session
-	(*KeyValue)(nil),                // 10: flotilla.v1.KeyValue
-	(*PutRequest)(nil),              // 11: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 12: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 13: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 14: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 15: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 16: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 17: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 18: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 19: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 20: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 21: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 22: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 23: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 24: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 25: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 26: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 27: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 28: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 29: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 30: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 31: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 32: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 33: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 34: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 35: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 36: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 37: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 38: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 39: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 40: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 41: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 42: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 43: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 44: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 45: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 46: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 47: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 48: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 49: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 50: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 51: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 52: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 53: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 54: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 55: flotilla.v1.BatchResult
+	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
+	(*UserAddRequest)(nil),          // 1: flotilla.v1.UserAddRequest
+	(*UserAddResponse)(nil),         // 2: flotilla.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),       // 3: flotilla.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),      // 4: flotilla.v1.UserDeleteResponse
+	(*UserRoleRequest)(nil),         // 5: flotilla.v1.UserRoleRequest
+	(*UserResponse)(nil),            // 6: flotilla.v1.UserResponse
+	(*UserListRequest)(nil),         // 7: flotilla.v1.UserListRequest
+	(*UserListResponse)(nil),        // 8: flotilla.v1.UserListResponse
+	(*User)(nil),                    // 9: flotilla.v1.User
+	(*RoleAddRequest)(nil),          // 10: flotilla.v1.RoleAddRequest
+	(*RoleDeleteRequest)(nil),       // 11: flotilla.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),      // 12: flotilla.v1.RoleDeleteResponse
+	(*RolePermissionRequest)(nil),   // 13: flotilla.v1.RolePermissionRequest
+	(*RoleResponse)(nil),            // 14: flotilla.v1.RoleResponse
+	(*RoleListRequest)(nil),         // 15: flotilla.v1.RoleListRequest
+	(*RoleListResponse)(nil),        // 16: flotilla.v1.RoleListResponse
+	(*Role)(nil),                    // 17: flotilla.v1.Role
+	(*Permission)(nil),              // 18: flotilla.v1.Permission
+	(*WhoAmIRequest)(nil),           // 19: flotilla.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 20: flotilla.v1.WhoAmIResponse
+	(*AuthRecordsRequest)(nil),      // 21: flotilla.v1.AuthRecordsRequest
+	(*AuthRecordsResponse)(nil),     // 22: flotilla.v1.AuthRecordsResponse
+	(*PeerProposeRequest)(nil),      // 23: flotilla.v1.PeerProposeRequest
+	(*PeerProposeResponse)(nil),     // 24: flotilla.v1.PeerProposeResponse
+	(*ReplicaStateRequest)(nil),     // 25: flotilla.v1.ReplicaStateRequest
+	(*ReplicaStateResponse)(nil),    // 26: flotilla.v1.ReplicaStateResponse
+	(*SplitRequest)(nil),            // 27: flotilla.v1.SplitRequest
+	(*SplitResponse)(nil),           // 28: flotilla.v1.SplitResponse
+	(*MergeRequest)(nil),            // 29: flotilla.v1.MergeRequest
+	(*MergeResponse)(nil),           // 30: flotilla.v1.MergeResponse
+	(*Header)(nil),                  // 31: flotilla.v1.Header
+	(*Session)(nil),                 // 32: flotilla.v1.Session
+	(*KeyValue)(nil),                // 33: flotilla.v1.KeyValue
+	(*PutRequest)(nil),              // 34: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 35: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 36: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 37: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 38: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 39: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 40: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 41: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 42: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 43: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 44: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 45: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 46: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 47: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 48: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 49: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 50: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 51: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 52: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 53: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 54: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 55: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 56: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 57: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 58: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 59: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 60: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 61: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 62: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 63: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 64: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 65: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 66: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 67: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 68: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 69: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 70: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 71: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 72: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 73: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 74: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 75: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 76: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 77: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 78: flotilla.v1.BatchResult
 }
 var file_flotilla_proto_depIdxs = []int32{
-	25, // 0: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	25, // 1: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	25, // 2: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
-	9,  // 3: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	8,  // 4: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	8,  // 5: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	10, // 6: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	9,  // 7: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	8,  // 8: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	9,  // 9: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	8,  // 10: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	10, // 11: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	10, // 12: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	9,  // 13: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	8,  // 14: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	25, // 15: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	26, // 16: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	27, // 17: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	26, // 18: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	27, // 19: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	28, // 20: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	26, // 21: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	27, // 22: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	9,  // 23: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	8,  // 24: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	9,  // 25: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	8,  // 26: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	8,  // 27: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	8,  // 28: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	9,  // 29: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	8,  // 30: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	43, // 31: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	9,  // 32: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	8,  // 33: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	43, // 34: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	8,  // 35: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	43, // 36: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	43, // 37: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	53, // 38: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	11, // 39: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	15, // 40: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	55, // 41: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	12, // 42: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	16, // 43: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	11, // 44: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	13, // 45: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	15, // 46: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	17, // 47: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	19, // 48: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	21, // 49: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	52, // 50: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	29, // 51: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	31, // 52: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	23, // 53: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
-	4,  // 54: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
-	6,  // 55: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
-	35, // 56: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	37, // 57: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	39, // 58: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	41, // 59: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	44, // 60: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	46, // 61: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	48, // 62: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	50, // 63: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	33, // 64: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	0,  // 65: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	2,  // 66: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	12, // 67: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	14, // 68: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	16, // 69: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	18, // 70: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	20, // 71: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	22, // 72: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	54, // 73: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	30, // 74: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	32, // 75: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	24, // 76: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	5,  // 77: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	7,  // 78: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	36, // 79: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	38, // 80: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	40, // 81: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	42, // 82: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	45, // 83: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	47, // 84: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	49, // 85: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	51, // 86: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	34, // 87: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	1,  // 88: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	3,  // 89: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	67, // [67:90] is the sub-list for method output_type
-	44, // [44:67] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	9,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
+	9,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
+	9,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
+	18, // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
+	17, // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
+	17, // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
+	18, // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
+	0,  // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
+	48, // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	48, // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	48, // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	32, // 11: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	31, // 12: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	31, // 13: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	33, // 14: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	32, // 15: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	31, // 16: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	32, // 17: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	31, // 18: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	33, // 19: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	33, // 20: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	32, // 21: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	31, // 22: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	48, // 23: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	49, // 24: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	50, // 25: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	49, // 26: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	50, // 27: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	51, // 28: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	49, // 29: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	50, // 30: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	32, // 31: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	31, // 32: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	32, // 33: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	31, // 34: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	31, // 35: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	31, // 36: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	32, // 37: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	31, // 38: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	66, // 39: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	32, // 40: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	31, // 41: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	66, // 42: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	31, // 43: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	66, // 44: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	66, // 45: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	76, // 46: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	34, // 47: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	38, // 48: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	78, // 49: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	35, // 50: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	39, // 51: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	34, // 52: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	36, // 53: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	38, // 54: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	40, // 55: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	42, // 56: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	44, // 57: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	75, // 58: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	52, // 59: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	54, // 60: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	46, // 61: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	27, // 62: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	29, // 63: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	58, // 64: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	60, // 65: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	62, // 66: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	64, // 67: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	67, // 68: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	69, // 69: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	71, // 70: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	73, // 71: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	1,  // 72: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
+	3,  // 73: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
+	5,  // 74: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
+	5,  // 75: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
+	7,  // 76: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
+	10, // 77: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
+	11, // 78: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
+	13, // 79: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
+	13, // 80: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
+	15, // 81: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
+	19, // 82: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
+	56, // 83: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	23, // 84: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	25, // 85: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	21, // 86: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	35, // 87: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	37, // 88: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	39, // 89: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	41, // 90: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	43, // 91: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	45, // 92: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	77, // 93: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	53, // 94: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	55, // 95: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	47, // 96: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	28, // 97: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	30, // 98: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	59, // 99: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	61, // 100: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	63, // 101: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	65, // 102: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	68, // 103: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	70, // 104: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	72, // 105: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	74, // 106: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	2,  // 107: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	4,  // 108: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	6,  // 109: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	6,  // 110: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	8,  // 111: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	14, // 112: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	12, // 113: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	14, // 114: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	14, // 115: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	16, // 116: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	20, // 117: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	57, // 118: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	24, // 119: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	26, // 120: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	22, // 121: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	87, // [87:122] is the sub-list for method output_type
+	52, // [52:87] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -4245,11 +5465,11 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[53].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[75].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 	}
-	file_flotilla_proto_msgTypes[55].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[77].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 	}
@@ -4258,13 +5478,14 @@ func file_flotilla_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   56,
+			NumEnums:      1,
+			NumMessages:   78,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_flotilla_proto_goTypes,
 		DependencyIndexes: file_flotilla_proto_depIdxs,
+		EnumInfos:         file_flotilla_proto_enumTypes,
 		MessageInfos:      file_flotilla_proto_msgTypes,
 	}.Build()
 	File_flotilla_proto = out.File

@@ -1089,9 +1089,532 @@ var Election_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	Auth_UserAdd_FullMethodName    = "/flotilla.v1.Auth/UserAdd"
+	Auth_UserDelete_FullMethodName = "/flotilla.v1.Auth/UserDelete"
+	Auth_UserGrant_FullMethodName  = "/flotilla.v1.Auth/UserGrant"
+	Auth_UserRevoke_FullMethodName = "/flotilla.v1.Auth/UserRevoke"
+	Auth_UserList_FullMethodName   = "/flotilla.v1.Auth/UserList"
+	Auth_RoleAdd_FullMethodName    = "/flotilla.v1.Auth/RoleAdd"
+	Auth_RoleDelete_FullMethodName = "/flotilla.v1.Auth/RoleDelete"
+	Auth_RoleGrant_FullMethodName  = "/flotilla.v1.Auth/RoleGrant"
+	Auth_RoleRevoke_FullMethodName = "/flotilla.v1.Auth/RoleRevoke"
+	Auth_RoleList_FullMethodName   = "/flotilla.v1.Auth/RoleList"
+	Auth_WhoAmI_FullMethodName     = "/flotilla.v1.Auth/WhoAmI"
+)
+
+// AuthClient is the client API for Auth service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Auth manages the users and roles that authorise clients, served on a
+// node's client address. The tables are replicated by the meta range; every
+// node enforces them (docs/security.md). Only an admin (the root user, or a
+// user granted the root role) may call anything but WhoAmI. A node started
+// with --insecure authorises everything and refuses these calls with
+// FailedPrecondition.
+type AuthClient interface {
+	// UserAdd creates a user and returns its token (once: the node keeps only
+	// its hash). A user that exists is AlreadyExists.
+	UserAdd(ctx context.Context, in *UserAddRequest, opts ...grpc.CallOption) (*UserAddResponse, error)
+	// UserDelete deletes a user; a missing one is NotFound.
+	UserDelete(ctx context.Context, in *UserDeleteRequest, opts ...grpc.CallOption) (*UserDeleteResponse, error)
+	// UserGrant gives a user a role (which must exist); UserRevoke takes it
+	// away. Both are idempotent and return the user.
+	UserGrant(ctx context.Context, in *UserRoleRequest, opts ...grpc.CallOption) (*UserResponse, error)
+	UserRevoke(ctx context.Context, in *UserRoleRequest, opts ...grpc.CallOption) (*UserResponse, error)
+	// UserList lists the users in name order.
+	UserList(ctx context.Context, in *UserListRequest, opts ...grpc.CallOption) (*UserListResponse, error)
+	// RoleAdd creates a role without permissions; one that exists is
+	// AlreadyExists.
+	RoleAdd(ctx context.Context, in *RoleAddRequest, opts ...grpc.CallOption) (*RoleResponse, error)
+	// RoleDelete deletes a role (users that named it lose what it granted).
+	RoleDelete(ctx context.Context, in *RoleDeleteRequest, opts ...grpc.CallOption) (*RoleDeleteResponse, error)
+	// RoleGrant adds a permission to a role; RoleRevoke removes the
+	// permission with the same kind and prefix. Both return the role.
+	RoleGrant(ctx context.Context, in *RolePermissionRequest, opts ...grpc.CallOption) (*RoleResponse, error)
+	RoleRevoke(ctx context.Context, in *RolePermissionRequest, opts ...grpc.CallOption) (*RoleResponse, error)
+	// RoleList lists the roles in name order.
+	RoleList(ctx context.Context, in *RoleListRequest, opts ...grpc.CallOption) (*RoleListResponse, error)
+	// WhoAmI names the caller as this node authenticated it, and its roles.
+	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
+}
+
+type authClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewAuthClient(cc grpc.ClientConnInterface) AuthClient {
+	return &authClient{cc}
+}
+
+func (c *authClient) UserAdd(ctx context.Context, in *UserAddRequest, opts ...grpc.CallOption) (*UserAddResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UserAddResponse)
+	err := c.cc.Invoke(ctx, Auth_UserAdd_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) UserDelete(ctx context.Context, in *UserDeleteRequest, opts ...grpc.CallOption) (*UserDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UserDeleteResponse)
+	err := c.cc.Invoke(ctx, Auth_UserDelete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) UserGrant(ctx context.Context, in *UserRoleRequest, opts ...grpc.CallOption) (*UserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UserResponse)
+	err := c.cc.Invoke(ctx, Auth_UserGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) UserRevoke(ctx context.Context, in *UserRoleRequest, opts ...grpc.CallOption) (*UserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UserResponse)
+	err := c.cc.Invoke(ctx, Auth_UserRevoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) UserList(ctx context.Context, in *UserListRequest, opts ...grpc.CallOption) (*UserListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UserListResponse)
+	err := c.cc.Invoke(ctx, Auth_UserList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) RoleAdd(ctx context.Context, in *RoleAddRequest, opts ...grpc.CallOption) (*RoleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoleResponse)
+	err := c.cc.Invoke(ctx, Auth_RoleAdd_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) RoleDelete(ctx context.Context, in *RoleDeleteRequest, opts ...grpc.CallOption) (*RoleDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoleDeleteResponse)
+	err := c.cc.Invoke(ctx, Auth_RoleDelete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) RoleGrant(ctx context.Context, in *RolePermissionRequest, opts ...grpc.CallOption) (*RoleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoleResponse)
+	err := c.cc.Invoke(ctx, Auth_RoleGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) RoleRevoke(ctx context.Context, in *RolePermissionRequest, opts ...grpc.CallOption) (*RoleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoleResponse)
+	err := c.cc.Invoke(ctx, Auth_RoleRevoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) RoleList(ctx context.Context, in *RoleListRequest, opts ...grpc.CallOption) (*RoleListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoleListResponse)
+	err := c.cc.Invoke(ctx, Auth_RoleList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WhoAmIResponse)
+	err := c.cc.Invoke(ctx, Auth_WhoAmI_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AuthServer is the server API for Auth service.
+// All implementations must embed UnimplementedAuthServer
+// for forward compatibility.
+//
+// Auth manages the users and roles that authorise clients, served on a
+// node's client address. The tables are replicated by the meta range; every
+// node enforces them (docs/security.md). Only an admin (the root user, or a
+// user granted the root role) may call anything but WhoAmI. A node started
+// with --insecure authorises everything and refuses these calls with
+// FailedPrecondition.
+type AuthServer interface {
+	// UserAdd creates a user and returns its token (once: the node keeps only
+	// its hash). A user that exists is AlreadyExists.
+	UserAdd(context.Context, *UserAddRequest) (*UserAddResponse, error)
+	// UserDelete deletes a user; a missing one is NotFound.
+	UserDelete(context.Context, *UserDeleteRequest) (*UserDeleteResponse, error)
+	// UserGrant gives a user a role (which must exist); UserRevoke takes it
+	// away. Both are idempotent and return the user.
+	UserGrant(context.Context, *UserRoleRequest) (*UserResponse, error)
+	UserRevoke(context.Context, *UserRoleRequest) (*UserResponse, error)
+	// UserList lists the users in name order.
+	UserList(context.Context, *UserListRequest) (*UserListResponse, error)
+	// RoleAdd creates a role without permissions; one that exists is
+	// AlreadyExists.
+	RoleAdd(context.Context, *RoleAddRequest) (*RoleResponse, error)
+	// RoleDelete deletes a role (users that named it lose what it granted).
+	RoleDelete(context.Context, *RoleDeleteRequest) (*RoleDeleteResponse, error)
+	// RoleGrant adds a permission to a role; RoleRevoke removes the
+	// permission with the same kind and prefix. Both return the role.
+	RoleGrant(context.Context, *RolePermissionRequest) (*RoleResponse, error)
+	RoleRevoke(context.Context, *RolePermissionRequest) (*RoleResponse, error)
+	// RoleList lists the roles in name order.
+	RoleList(context.Context, *RoleListRequest) (*RoleListResponse, error)
+	// WhoAmI names the caller as this node authenticated it, and its roles.
+	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
+	mustEmbedUnimplementedAuthServer()
+}
+
+// UnimplementedAuthServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedAuthServer struct{}
+
+func (UnimplementedAuthServer) UserAdd(context.Context, *UserAddRequest) (*UserAddResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UserAdd not implemented")
+}
+func (UnimplementedAuthServer) UserDelete(context.Context, *UserDeleteRequest) (*UserDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UserDelete not implemented")
+}
+func (UnimplementedAuthServer) UserGrant(context.Context, *UserRoleRequest) (*UserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UserGrant not implemented")
+}
+func (UnimplementedAuthServer) UserRevoke(context.Context, *UserRoleRequest) (*UserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UserRevoke not implemented")
+}
+func (UnimplementedAuthServer) UserList(context.Context, *UserListRequest) (*UserListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UserList not implemented")
+}
+func (UnimplementedAuthServer) RoleAdd(context.Context, *RoleAddRequest) (*RoleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RoleAdd not implemented")
+}
+func (UnimplementedAuthServer) RoleDelete(context.Context, *RoleDeleteRequest) (*RoleDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RoleDelete not implemented")
+}
+func (UnimplementedAuthServer) RoleGrant(context.Context, *RolePermissionRequest) (*RoleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RoleGrant not implemented")
+}
+func (UnimplementedAuthServer) RoleRevoke(context.Context, *RolePermissionRequest) (*RoleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RoleRevoke not implemented")
+}
+func (UnimplementedAuthServer) RoleList(context.Context, *RoleListRequest) (*RoleListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RoleList not implemented")
+}
+func (UnimplementedAuthServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WhoAmI not implemented")
+}
+func (UnimplementedAuthServer) mustEmbedUnimplementedAuthServer() {}
+func (UnimplementedAuthServer) testEmbeddedByValue()              {}
+
+// UnsafeAuthServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to AuthServer will
+// result in compilation errors.
+type UnsafeAuthServer interface {
+	mustEmbedUnimplementedAuthServer()
+}
+
+func RegisterAuthServer(s grpc.ServiceRegistrar, srv AuthServer) {
+	// If the following call panics, it indicates UnimplementedAuthServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Auth_ServiceDesc, srv)
+}
+
+func _Auth_UserAdd_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UserAddRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).UserAdd(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_UserAdd_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).UserAdd(ctx, req.(*UserAddRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_UserDelete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UserDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).UserDelete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_UserDelete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).UserDelete(ctx, req.(*UserDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_UserGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UserRoleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).UserGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_UserGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).UserGrant(ctx, req.(*UserRoleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_UserRevoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UserRoleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).UserRevoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_UserRevoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).UserRevoke(ctx, req.(*UserRoleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_UserList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UserListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).UserList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_UserList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).UserList(ctx, req.(*UserListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_RoleAdd_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoleAddRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).RoleAdd(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_RoleAdd_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).RoleAdd(ctx, req.(*RoleAddRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_RoleDelete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoleDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).RoleDelete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_RoleDelete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).RoleDelete(ctx, req.(*RoleDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_RoleGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolePermissionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).RoleGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_RoleGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).RoleGrant(ctx, req.(*RolePermissionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_RoleRevoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolePermissionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).RoleRevoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_RoleRevoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).RoleRevoke(ctx, req.(*RolePermissionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_RoleList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoleListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).RoleList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_RoleList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).RoleList(ctx, req.(*RoleListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Auth_WhoAmI_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WhoAmIRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServer).WhoAmI(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Auth_WhoAmI_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServer).WhoAmI(ctx, req.(*WhoAmIRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Auth_ServiceDesc is the grpc.ServiceDesc for Auth service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Auth_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "flotilla.v1.Auth",
+	HandlerType: (*AuthServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "UserAdd",
+			Handler:    _Auth_UserAdd_Handler,
+		},
+		{
+			MethodName: "UserDelete",
+			Handler:    _Auth_UserDelete_Handler,
+		},
+		{
+			MethodName: "UserGrant",
+			Handler:    _Auth_UserGrant_Handler,
+		},
+		{
+			MethodName: "UserRevoke",
+			Handler:    _Auth_UserRevoke_Handler,
+		},
+		{
+			MethodName: "UserList",
+			Handler:    _Auth_UserList_Handler,
+		},
+		{
+			MethodName: "RoleAdd",
+			Handler:    _Auth_RoleAdd_Handler,
+		},
+		{
+			MethodName: "RoleDelete",
+			Handler:    _Auth_RoleDelete_Handler,
+		},
+		{
+			MethodName: "RoleGrant",
+			Handler:    _Auth_RoleGrant_Handler,
+		},
+		{
+			MethodName: "RoleRevoke",
+			Handler:    _Auth_RoleRevoke_Handler,
+		},
+		{
+			MethodName: "RoleList",
+			Handler:    _Auth_RoleList_Handler,
+		},
+		{
+			MethodName: "WhoAmI",
+			Handler:    _Auth_WhoAmI_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "flotilla.proto",
+}
+
+const (
 	Peer_Info_FullMethodName         = "/flotilla.v1.Peer/Info"
 	Peer_Propose_FullMethodName      = "/flotilla.v1.Peer/Propose"
 	Peer_ReplicaState_FullMethodName = "/flotilla.v1.Peer/ReplicaState"
+	Peer_AuthRecords_FullMethodName  = "/flotilla.v1.Peer/AuthRecords"
 )
 
 // PeerClient is the client API for Peer service.
@@ -1109,6 +1632,9 @@ type PeerClient interface {
 	// ReplicaState returns the answering node's replica of a group: its
 	// descriptor and applied index (NotFound: none).
 	ReplicaState(ctx context.Context, in *ReplicaStateRequest, opts ...grpc.CallOption) (*ReplicaStateResponse, error)
+	// AuthRecords returns the user and role tables from the answering
+	// node's replica of the meta range (NotFound: none there).
+	AuthRecords(ctx context.Context, in *AuthRecordsRequest, opts ...grpc.CallOption) (*AuthRecordsResponse, error)
 }
 
 type peerClient struct {
@@ -1149,6 +1675,16 @@ func (c *peerClient) ReplicaState(ctx context.Context, in *ReplicaStateRequest, 
 	return out, nil
 }
 
+func (c *peerClient) AuthRecords(ctx context.Context, in *AuthRecordsRequest, opts ...grpc.CallOption) (*AuthRecordsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthRecordsResponse)
+	err := c.cc.Invoke(ctx, Peer_AuthRecords_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -1164,6 +1700,9 @@ type PeerServer interface {
 	// ReplicaState returns the answering node's replica of a group: its
 	// descriptor and applied index (NotFound: none).
 	ReplicaState(context.Context, *ReplicaStateRequest) (*ReplicaStateResponse, error)
+	// AuthRecords returns the user and role tables from the answering
+	// node's replica of the meta range (NotFound: none there).
+	AuthRecords(context.Context, *AuthRecordsRequest) (*AuthRecordsResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -1182,6 +1721,9 @@ func (UnimplementedPeerServer) Propose(context.Context, *PeerProposeRequest) (*P
 }
 func (UnimplementedPeerServer) ReplicaState(context.Context, *ReplicaStateRequest) (*ReplicaStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplicaState not implemented")
+}
+func (UnimplementedPeerServer) AuthRecords(context.Context, *AuthRecordsRequest) (*AuthRecordsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuthRecords not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -1258,6 +1800,24 @@ func _Peer_ReplicaState_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_AuthRecords_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthRecordsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).AuthRecords(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_AuthRecords_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).AuthRecords(ctx, req.(*AuthRecordsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1276,6 +1836,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplicaState",
 			Handler:    _Peer_ReplicaState_Handler,
+		},
+		{
+			MethodName: "AuthRecords",
+			Handler:    _Peer_AuthRecords_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

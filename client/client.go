@@ -28,6 +28,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -40,7 +41,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/flotilla/flotilla/api"
@@ -85,6 +85,13 @@ var (
 	// group and named (or could not name) the leader. Retried internally;
 	// seen only wrapped in ErrUnavailable.
 	ErrNotLeader = errors.New("client: not leader")
+	// ErrPermissionDenied: the caller's roles do not grant what the request
+	// needs; the message names the missing permission. Nothing was written.
+	ErrPermissionDenied = errors.New("client: permission denied")
+	// ErrUnauthenticated: the cluster could not tell who the client is (no
+	// certificate and no token, an unknown token), or the two sides'
+	// certificates do not verify (another CA, not a node's certificate).
+	ErrUnauthenticated = errors.New("client: unauthenticated")
 )
 
 // Config configures a Client. Zero values take the documented defaults.
@@ -135,6 +142,14 @@ type Config struct {
 	// Dialer, if set, opens the client's connections instead of the
 	// default TCP dialer (proxies, tests that cut a client off).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// TLS, if set, secures every connection (LoadTLS builds it from a
+	// certs directory). Nil: plaintext, for a cluster started with
+	// --insecure.
+	TLS *tls.Config
+	// Token, if set, authenticates the client as the user it was issued to
+	// (flotilla user add prints it), for a client without a certificate of
+	// its own. It is sent with every request, and only over TLS.
+	Token string
 	// DisableBatch sends every Put and Delete as its own unary RPC
 	// instead of over the node's Batch stream (batch.go).
 	DisableBatch bool
@@ -331,8 +346,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc := c.mu.conns[addr]; cc != nil {
 		return cc, nil
 	}
-	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	opts := append(c.cfg.transportCredentials(),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(64<<20),
 			grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)),
@@ -341,7 +355,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 			Timeout:             c.cfg.KeepaliveTimeout,
 			PermitWithoutStream: true,
 		}),
-	}
+	)
 	if c.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
 	}
@@ -387,7 +401,7 @@ func (c *Client) refresh(ctx context.Context) error {
 		go func() {
 			m, err := api.NewClusterClient(cc).ClusterMap(ctx, &api.ClusterMapRequest{})
 			if err != nil {
-				err = fmt.Errorf("%s: %v", addr, err)
+				err = fmt.Errorf("%s: %w", addr, err)
 			}
 			results <- result{m, err}
 		}()
@@ -400,6 +414,11 @@ func (c *Client) refresh(ctx context.Context) error {
 			return nil
 		}
 		errs = append(errs, r.err)
+		if o, err := classify(errors.Unwrap(r.err)); o == fatal &&
+			(errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrPermissionDenied)) {
+			// No retry mends a refused certificate or token.
+			return fmt.Errorf("%w (%v)", err, r.err)
+		}
 	}
 	return fmt.Errorf("%w: no endpoint answered: %w", ErrUnavailable, errors.Join(errs...))
 }

@@ -162,7 +162,16 @@ func classify(err error) (outcome, error) {
 			return fatal, fmt.Errorf("%w: %s", ErrAmbiguous, st.Message())
 		}
 		return ambiguous, fmt.Errorf("%w: %s", ErrAmbiguous, st.Message())
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+	case codes.PermissionDenied:
+		return fatal, fmt.Errorf("%w: %s", ErrPermissionDenied, st.Message())
+	case codes.Unauthenticated:
+		return fatal, fmt.Errorf("%w: %s", ErrUnauthenticated, st.Message())
+	case codes.Unavailable:
+		if certificateRefused(st.Message()) {
+			return fatal, fmt.Errorf("%w: %s", ErrUnauthenticated, st.Message())
+		}
+		return unreachable, err
+	case codes.DeadlineExceeded, codes.Canceled:
 		return unreachable, err
 	}
 	return fatal, fmt.Errorf("client: %s: %s", st.Code(), st.Message())
@@ -454,4 +463,12 @@ func wait(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// certificateRefused reports whether a connection failed because a
+// certificate did not verify (on either side), which no retry can mend;
+// a handshake cut short by the network (EOF, reset) is not one.
+func certificateRefused(msg string) bool {
+	return strings.Contains(msg, "authentication handshake failed") &&
+		(strings.Contains(msg, "x509:") || strings.Contains(msg, "certs:") || strings.Contains(msg, "tls: "))
 }

@@ -71,6 +71,9 @@ type procCluster struct {
 	nodes   map[uint64]*node
 	initial string
 	groups  int
+	// certsDir, if set, starts the nodes with --certs-dir (mutual TLS and
+	// roles); empty: --insecure.
+	certsDir string
 }
 
 func newProcCluster(t *testing.T, groups int) *procCluster {
@@ -106,6 +109,11 @@ func (c *procCluster) start(id uint64) {
 		"--peer-addr", n.peer, "--client-addr", n.clientAddr, "--http-addr", n.httpAddr,
 		"--initial-cluster", c.initial, "--groups", fmt.Sprint(c.groups),
 		"--tick", "20ms", "--election-ticks", "10", "--balance-interval", "500ms")
+	if c.certsDir != "" {
+		n.cmd.Args = append(n.cmd.Args, "--certs-dir", c.certsDir)
+	} else {
+		n.cmd.Args = append(n.cmd.Args, "--insecure")
+	}
 	n.cmd.Stderr = n.stderr
 	if err := n.cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -340,7 +348,7 @@ func TestBadInput(t *testing.T) {
 	peer, cli, http := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
 	start := func(extra ...string) []string {
 		return append([]string{"start", "--id", "1", "--data-dir", filepath.Join(dir, "d"), "--peer-addr", peer,
-			"--client-addr", cli, "--http-addr", http, "--initial-cluster", "1=" + peer, "--groups", "2", "--tick", "10ms"}, extra...)
+			"--client-addr", cli, "--http-addr", http, "--initial-cluster", "1=" + peer, "--groups", "2", "--tick", "10ms", "--insecure"}, extra...)
 	}
 	cases := []struct {
 		name string
@@ -356,6 +364,8 @@ func TestBadInput(t *testing.T) {
 		{"wrong initial cluster", nil, start("--initial-cluster", "1=nohostport"), "initial-cluster"},
 		{"id not in cluster", nil, start("--id", "4"), "not in --initial-cluster"},
 		{"bad groups", nil, start("--groups", "0"), "--groups"},
+		{"no certs and not insecure", nil, start()[:len(start())-1], "no --certs-dir"},
+		{"certs dir without certs", nil, start("--insecure=false", "--certs-dir", dir), "--certs-dir"},
 		{"bad env", []string{"FLOTILLA_GROUPS=many"}, []string{"start"}, "FLOTILLA_GROUPS"},
 		{"bad output", nil, []string{"status", "-w", "yaml", "--endpoints", cli}, "-w"},
 		{"bad bench clients", nil, []string{"bench", "put", "--clients", "0"}, "--clients"},

@@ -64,6 +64,7 @@ func (c *cluster) start(id uint64, peer net.Listener) {
 	c.t.Helper()
 	host, _, _ := net.SplitHostPort(c.initial[id])
 	s, err := server.New(server.Config{
+		Insecure:          true,
 		NodeID:            id,
 		DataDir:           filepath.Join(c.dir, fmt.Sprint(id)),
 		PeerAddr:          c.initial[id],

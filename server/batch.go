@@ -119,6 +119,12 @@ loop:
 					break loop
 				}
 				answered.Add(1)
+				if err := k.s.check(sctx, batchOpRequest(op)); err != nil {
+					res := &api.BatchResult{Id: op.Id}
+					k.setError(res, 0, err)
+					done(batchDone{res: res})
+					continue
+				}
 				if !k.proposeLocal(op, done, viaUnary) {
 					viaUnary(op)
 				}
@@ -381,4 +387,16 @@ func (k *kvService) batchOp(ctx context.Context, op *api.BatchOp) *api.BatchResu
 		k.setError(res, g, err)
 	}
 	return res
+}
+
+// batchOpRequest returns the request an op carries, for its permission
+// check (needOf).
+func batchOpRequest(op *api.BatchOp) any {
+	switch o := op.Op.(type) {
+	case *api.BatchOp_Put:
+		return o.Put
+	case *api.BatchOp_Delete:
+		return o.Delete
+	}
+	return nil
 }

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
@@ -30,7 +29,6 @@ func peerDialOptions(peerAddr string) []grpc.DialOption {
 	}
 	d := &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// A peer that was down is retried soon after it comes back, so
 		// its addresses are learned within a second or two.
 		grpc.WithConnectParams(grpc.ConnectParams{

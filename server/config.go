@@ -112,6 +112,31 @@ type Config struct {
 	// 10.
 	SnapshotEntries uint64
 
+	// CertsDir holds the cluster's CA certificate (ca.crt) and this node's
+	// certificate and key (node.<ID>.crt, node.<ID>.key: flotilla cert
+	// create-node). With it every listener serves mutual TLS, a peer must
+	// present the certificate of the node it claims to be, and clients are
+	// authorised by their roles (docs/security.md). Exactly one of CertsDir
+	// and Insecure is required.
+	CertsDir string
+	// Insecure serves every listener in plaintext and authorises every
+	// request: for a trusted network only (tests, the demo on loopback).
+	Insecure bool
+	// CertReloadInterval is how often the certificate files are checked for
+	// change; a changed set that loads and verifies is used by every later
+	// handshake (a bad one is logged and the old set kept). Default 10s;
+	// limits 10ms..1h.
+	CertReloadInterval time.Duration
+	// AuthRefresh is how often the node reloads the user and role tables
+	// from the meta range: the longest a change of them takes to reach
+	// this node. Default 1s; limits 10ms..1m.
+	AuthRefresh time.Duration
+	// MaxConnStreams bounds the requests (gRPC streams) one connection to
+	// the client listener may have in flight; a client past it waits on its
+	// side, so a flood from one connection slows that connection only.
+	// Default 1024; limits 1..1<<20.
+	MaxConnStreams int
+
 	// PeerListener, ClientListener and HTTPListener, if set, are used
 	// instead of listening on the corresponding address (the demo and tests
 	// listen on port 0 first to learn free ports). The server closes them.
@@ -235,6 +260,15 @@ func (c *Config) setDefaults() {
 	if c.RangeTick == 0 {
 		c.RangeTick = 500 * time.Millisecond
 	}
+	if c.CertReloadInterval == 0 {
+		c.CertReloadInterval = 10 * time.Second
+	}
+	if c.AuthRefresh == 0 {
+		c.AuthRefresh = time.Second
+	}
+	if c.MaxConnStreams == 0 {
+		c.MaxConnStreams = 1024
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -289,6 +323,21 @@ func (c *Config) validate() error {
 	}
 	if c.RangeTick < 10*time.Millisecond || c.RangeTick > time.Minute {
 		return bad("range tick %v outside 10ms..1m", c.RangeTick)
+	}
+	if (c.CertsDir == "") == !c.Insecure {
+		if c.Insecure {
+			return bad("--certs-dir and --insecure exclude each other")
+		}
+		return bad("no --certs-dir: give the directory of the cluster's certificates (flotilla cert), or --insecure to serve plaintext to anyone who can connect")
+	}
+	if c.CertReloadInterval < 10*time.Millisecond || c.CertReloadInterval > time.Hour {
+		return bad("certificate reload interval %v outside 10ms..1h", c.CertReloadInterval)
+	}
+	if c.AuthRefresh < 10*time.Millisecond || c.AuthRefresh > time.Minute {
+		return bad("auth refresh %v outside 10ms..1m", c.AuthRefresh)
+	}
+	if c.MaxConnStreams < 1 || c.MaxConnStreams > 1<<20 {
+		return bad("--max-conn-streams %d outside 1..%d", c.MaxConnStreams, 1<<20)
 	}
 	return nil
 }

@@ -39,7 +39,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -365,7 +364,7 @@ func (s *Server) forwardConn(addr string) (*grpc.ClientConn, error) {
 	// grpc.NewClient does not connect; it is safe under the leaf lock.
 	// Keepalives close a connection to a node that vanished without a reset
 	// (gRPC's minimum interval; the client listener permits it).
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err := grpc.NewClient(addr, s.sec.nodeDial(),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 3 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(kv.MaxValueSize+kv.MaxKeySize+64<<10)))
 	if err != nil {

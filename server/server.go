@@ -19,6 +19,8 @@
 //	                   (route.go)
 //	rangeLoop          the ranges' work: split hooks, splits, the split
 //	                   queue and meta repair (internal/ranges, Store.Run)
+//	authLoop           rereads the user and role tables (authservice.go)
+//	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
@@ -45,6 +47,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/election"
+	"github.com/flotilla/flotilla/internal/auth"
 	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
@@ -74,6 +77,9 @@ type Server struct {
 	cache kv.RangeCache
 
 	lessor *election.Lessor // lease deadlines of the groups this node leads
+
+	sec     *security                   // TLS material (security.go)
+	authTab atomic.Pointer[auth.Tables] // users and roles last loaded (authservice.go)
 
 	peerLis, clientLis, httpLis net.Listener
 	peerSrv, clientSrv          *grpc.Server
@@ -169,6 +175,9 @@ func New(cfg Config) (s *Server, err error) {
 	if err != nil {
 		return s, err
 	}
+	if s.sec, err = newSecurity(&s.cfg); err != nil {
+		return s, err
+	}
 	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{}); err != nil {
 		return s, err
 	}
@@ -186,10 +195,13 @@ func New(cfg Config) (s *Server, err error) {
 		ClusterID:   s.clusterID,
 		PeerAddr:    cfg.PeerAddr,
 		SnapshotDir: snapDir,
+		TLS:         s.sec.peerTLS(),
+		CheckPeer:   s.sec.checkPeer(),
+		CheckPeer:   s.checkPeer,
 		Registerer:  s.reg,
 		Logger:      s.log,
 	}
-	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg),
+	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg), s.sec.peerServerOption(),
 		grpc.ChainUnaryInterceptor(s.freezer.unary), grpc.ChainStreamInterceptor(s.freezer.stream))...)
 	tcfg.Server = s.peerSrv
 	if s.tr, err = transport.NewGRPC(tcfg); err != nil {
@@ -201,7 +213,7 @@ func New(cfg Config) (s *Server, err error) {
 			continue
 		}
 		s.tr.AddPeer(id, cfg.InitialCluster[id])
-		conn, err := grpc.NewClient(cfg.InitialCluster[id], peerDialOptions(cfg.PeerAddr)...)
+		conn, err := grpc.NewClient(cfg.InitialCluster[id], append(peerDialOptions(cfg.PeerAddr), s.sec.peerDial(id))...)
 		if err != nil {
 			return s, fmt.Errorf("server: peer %d: %w", id, err)
 		}
@@ -259,12 +271,18 @@ func New(cfg Config) (s *Server, err error) {
 		// Clients ping every 10s (their keepalive finds a frozen node's
 		// connection dead); allow it even between calls.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.freezer.unary), grpc.ChainStreamInterceptor(s.freezer.stream),
+		// Per connection: a client past it waits on its own side (a flood
+		// from one connection slows that connection only).
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxConnStreams)),
+		s.sec.clientServerOption(),
+		grpc.ChainUnaryInterceptor(s.freezer.unary, s.authUnary), grpc.ChainStreamInterceptor(s.freezer.stream, s.authStream),
 	)
 	api.RegisterKVServer(s.clientSrv, &kvService{s: s})
+	api.RegisterAuthServer(s.clientSrv, &authService{s: s})
 	api.RegisterClusterServer(s.clientSrv, &clusterService{s: s})
 	api.RegisterElectionServer(s.clientSrv, &electionService{s: s})
-	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.httpSrv = &http.Server{Handler: s.sec.httpGuard(s.httpHandler()), ReadHeaderTimeout: 10 * time.Second}
+	s.httpLis = s.sec.httpListener(s.httpLis)
 	return s, nil
 }
 
@@ -363,6 +381,8 @@ func (s *Server) Start() {
 	s.goLoop(s.leaseLoop)
 	s.goLoop(s.leaderWatchLoop)
 	s.goLoop(func() { s.ranges.Run(s.stopc, s.cfg.RangeTick) }) // rangeLoop
+	s.goLoop(s.authLoop)
+	s.goLoop(func() { s.sec.run(s.stopc, s.cfg.CertReloadInterval) }) // certReloadLoop
 	s.log.Info("node started", "cluster", fmt.Sprintf("%x", s.clusterID), "initial_ranges", s.cfg.Groups,
 		"local_ranges", len(s.ranges.Replicas()), "peer_addr", s.cfg.PeerAddr, "client_addr", s.cfg.ClientAddr,
 		"http_addr", s.cfg.HTTPAddr)

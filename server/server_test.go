@@ -80,6 +80,7 @@ func (c *cluster) config(id uint64) Config {
 		HTTPAddr:          "127.0.0.1:0",
 		InitialCluster:    c.initial,
 		Groups:            c.groups,
+		Insecure:          true,
 		TickInterval:      20 * time.Millisecond,
 		DiscoveryInterval: 100 * time.Millisecond,
 		BalanceInterval:   200 * time.Millisecond,
@@ -336,7 +337,7 @@ func TestConfigAndDataDirRefused(t *testing.T) {
 	base := Config{
 		NodeID: 1, DataDir: dir, PeerAddr: "127.0.0.1:0", ClientAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		InitialCluster: map[uint64]string{1: "127.0.0.1:0"}, Groups: 2, Logger: quietLogger(),
-		TickInterval: 10 * time.Millisecond,
+		TickInterval: 10 * time.Millisecond, Insecure: true,
 	}
 	bad := map[string]func(c *Config){
 		"no id":           func(c *Config) { c.NodeID = 0 },
@@ -346,6 +347,9 @@ func TestConfigAndDataDirRefused(t *testing.T) {
 		"bad client addr": func(c *Config) { c.ClientAddr = "nope" },
 		"zero groups":     func(c *Config) { c.Groups = 0 },
 		"too many groups": func(c *Config) { c.Groups = MaxGroups + 1 },
+		"no security":     func(c *Config) { c.Insecure = false },
+		"both security":   func(c *Config) { c.CertsDir = dir },
+		"missing certs":   func(c *Config) { c.Insecure, c.CertsDir = false, dir },
 	}
 	for name, mut := range bad {
 		cfg := base

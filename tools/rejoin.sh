@@ -106,7 +106,7 @@ ENDPOINTS=${CLIENT[1]},${CLIENT[2]},${CLIENT[3]}
 start_node() {
 	local i=$1
 	"$BIN" start --id "$i" --data-dir "$TMP/data/$i" --groups "$RAFT_GROUPS" --initial-cluster "$CLUSTER" \
-		--peer-addr "${PEER[i]}" --client-addr "${CLIENT[i]}" --http-addr "${HTTP[i]}" \
+		--peer-addr "${PEER[i]}" --client-addr "${CLIENT[i]}" --http-addr "${HTTP[i]}" --insecure \
 		>>"$TMP/node$i.log" 2>&1 &
 	PIDS[i]=$!
 }

@@ -62,7 +62,7 @@ run() {
   for i in 1 2 3; do
     "$BIN" start --id $i --data-dir "$d/n$i" --groups "$groups" --initial-cluster $CLUSTER \
       --peer-addr 127.0.0.$i:48380 --client-addr 127.0.0.$i:48379 --http-addr 127.0.0.$i:48381 \
-      --range-split-load "$SPLIT_LOAD" > "$d/n$i.log" 2>&1 &
+      --range-split-load "$SPLIT_LOAD" --insecure > "$d/n$i.log" 2>&1 &
     PIDS+=($!)
   done
   for ((t = 0; t < 120; t++)); do

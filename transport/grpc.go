@@ -61,7 +61,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -144,7 +144,6 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 	t.mu.peers = make(map[uint64]*grpcPeer)
 	t.peers.Store(&map[uint64]*grpcPeer{})
 	t.dialOps = []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(t.dial),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                c.KeepaliveTime,
@@ -181,7 +180,11 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 			return nil, fmt.Errorf("transport: listen on %s: %w", c.ListenAddr, err)
 		}
 		t.lis = lis
-		t.srv = grpc.NewServer(ServerOptions(c)...)
+		opts := ServerOptions(c)
+		if c.ServerTLS != nil {
+			opts = append(opts, grpc.Creds(credentials.NewTLS(c.ServerTLS)))
+		}
+		t.srv = grpc.NewServer(opts...)
 		t.srv.RegisterService(&peerServiceDesc, t)
 	} else {
 		c.Server.RegisterService(&peerServiceDesc, t)

@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +45,9 @@ const (
 	RejectOversize  = "oversize"
 	RejectMalformed = "malformed"
 	RejectNoMust    = "no_must_handler"
+	// RejectIdentity: the sender's certificate does not name the node its
+	// frames claim to come from (GRPCConfig.CheckPeer).
+	RejectIdentity = "identity"
 )
 
 // Defaults and limits of GRPCConfig. A zero field takes its default.
@@ -98,6 +103,25 @@ type GRPCConfig struct {
 	// ServerOptions(cfg) so that keepalive enforcement and the frame size
 	// limit match. Exactly one of ListenAddr and Server must be set.
 	Server *grpc.Server
+
+	// TLS, if set, returns the TLS configuration for dialling peer id (its
+	// own certificate, and the check that the peer's certificate names
+	// node id); it is called once per peer, when the peer is added. Nil:
+	// plaintext. The peer service's listener is the caller's: serve it
+	// with matching server credentials (grpc.Creds on Server).
+	TLS func(id uint64) *tls.Config
+	// ServerTLS, if set with ListenAddr, makes the transport's own server
+	// serve TLS with it (it should require and verify client certificates:
+	// CheckPeer then reads them). Ignored with Server, whose credentials
+	// are the caller's. Nil: plaintext.
+	ServerTLS *tls.Config
+	// CheckPeer, if set, is called with the context of every inbound
+	// stream once its first frame names the sending node; an error ends
+	// the stream with PermissionDenied and counts a rejection (reason
+	// "identity"). The server uses it to check that the sender's
+	// certificate names that node. Called on the stream's handler
+	// goroutine; it must not block.
+	CheckPeer func(ctx context.Context, from uint64) error
 
 	// Registerer receives the transport's metrics. Nil: not registered.
 	// Registering twice in one registry reuses the existing collectors.

@@ -12,22 +12,27 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // grpcPeer is one peer node: its connection, its lane queues and loops.
 type grpcPeer struct {
-	t     *GRPCTransport
-	id    uint64
-	addr  string
-	conn  *grpc.ClientConn
-	ctx   context.Context // cancelled by stop
-	stopF context.CancelFunc
-	m     peerMetrics
+	t    *GRPCTransport
+	id   uint64
+	addr string
+	conn *grpc.ClientConn
+	// tlsCfg secures the connection and the probes (nil: plaintext).
+	tlsCfg *tls.Config
+	ctx    context.Context // cancelled by stop
+	stopF  context.CancelFunc
+	m      peerMetrics
 
 	raftQ     chan Envelope
 	snapQ     chan Envelope
@@ -60,7 +65,13 @@ type grpcPeer struct {
 }
 
 func (t *GRPCTransport) newPeerLocked(id uint64, addr string) (*grpcPeer, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, t.dialOps...)
+	var tlsCfg *tls.Config
+	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	if t.cfg.TLS != nil {
+		tlsCfg = t.cfg.TLS(id)
+		creds = grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+addr, append(t.dialOps, creds)...)
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +81,7 @@ func (t *GRPCTransport) newPeerLocked(id uint64, addr string) (*grpcPeer, error)
 		id:        id,
 		addr:      addr,
 		conn:      conn,
+		tlsCfg:    tlsCfg,
 		ctx:       ctx,
 		stopF:     cancel,
 		m:         t.metrics.forPeer(id),

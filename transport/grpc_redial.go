@@ -143,7 +143,8 @@ func (p *grpcPeer) probeStep(down *bool) bool {
 
 // probe reports whether a gRPC server answers at p.addr within d: it dials
 // from the local peer host and reads the header of the first frame the
-// server sends unasked, its HTTP/2 SETTINGS. A kernel that completes the
+// server sends unasked, its HTTP/2 SETTINGS (with TLS: that the server
+// completes the TLS handshake). A kernel that completes the
 // handshake for a process that is paused, or not serving yet, does not
 // count. The server sees the connection end before the client preface, which
 // it treats as a health check and does not log.
@@ -159,6 +160,12 @@ func (p *grpcPeer) probe(d time.Duration) bool {
 		stop()
 		_ = c.Close()
 	}()
+	return p.probeGreeting(ctx, c)
+}
+
+// readSettings reports whether the first frame read from c is an HTTP/2
+// SETTINGS frame, then half-closes c.
+func readSettings(c net.Conn) bool {
 	var h [9]byte // length (3), type, flags, stream ID (4)
 	if _, err := io.ReadFull(c, h[:]); err != nil {
 		return false

@@ -167,6 +167,11 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 			return err
 		}
 		if from == 0 {
+			if check := t.cfg.CheckPeer; check != nil {
+				if err := check(ss.Context(), f.from); err != nil {
+					return t.rejectStatus(RejectIdentity, codes.PermissionDenied, "%v", err)
+				}
+			}
 			from = f.from
 			received = t.metrics.receivedBatches.WithLabelValues(strconv.FormatUint(from, 10), lane.String())
 		} else if f.from != from {

@@ -92,7 +92,7 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 	if err := checkOutput(bf.out, "table", "json"); err != nil {
 		return err
 	}
-	eps, err := bf.cf.list()
+	ccfg, err := bf.cf.config()
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,7 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	res, err := bench(cmd.Context(), eps, op, bf, os.Stderr)
+	res, err := bench(cmd.Context(), ccfg, op, bf, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -122,7 +122,7 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 // bench runs the workload with loadgen (the loop tools/etcdbench runs
 // too) and returns its figures, writing a progress line to progress once a
 // second.
-func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progress io.Writer) (loadgen.Report, error) {
+func bench(ctx context.Context, ccfg client.Config, op string, bf *benchFlags, progress io.Writer) (loadgen.Report, error) {
 	// A few clients share the load: each has its own connections.
 	nconn := min(bf.clients, bf.conns)
 	clients := make([]*client.Client, 0, nconn)
@@ -134,7 +134,9 @@ func bench(ctx context.Context, eps []string, op string, bf *benchFlags, progres
 	for range nconn {
 		// The client's default retry policy: bench measures what an
 		// application using the client would see.
-		c, err := client.New(ctx, client.Config{Endpoints: eps, DisableBatch: bf.noBatch})
+		cfg := ccfg
+		cfg.DisableBatch = bf.noBatch
+		c, err := client.New(ctx, cfg)
 		if err != nil {
 			return loadgen.Report{}, err
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/certs"
 	"github.com/flotilla/flotilla/server"
 )
 
@@ -60,7 +61,7 @@ func runDemo(ctx context.Context, in io.Reader, out io.Writer) (err error) {
 	if err := d.start(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "Started %d nodes with %d groups; data in %s\n", demoNodes, demoGroups, dir)
+	fmt.Fprintf(out, "Started %d nodes with %d groups over mutual TLS; data and certificates in %s\n", demoNodes, demoGroups, dir)
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := d.waitLeaders(wctx); err != nil {
@@ -70,7 +71,11 @@ func runDemo(ctx context.Context, in io.Reader, out io.Writer) (err error) {
 	for id := uint64(1); id <= demoNodes; id++ {
 		eps = append(eps, d.nodes[id].ClientAddr())
 	}
-	d.cl, err = client.New(wctx, client.Config{Endpoints: eps}, client.WithAttemptTimeout(2*time.Second))
+	tlsCfg, err := client.LoadTLS(d.certsDir(), "root")
+	if err != nil {
+		return err
+	}
+	d.cl, err = client.New(wctx, client.Config{Endpoints: eps, TLS: tlsCfg}, client.WithAttemptTimeout(2*time.Second))
 	if err != nil {
 		return err
 	}
@@ -85,7 +90,29 @@ func runDemo(ctx context.Context, in io.Reader, out io.Writer) (err error) {
 	return nil
 }
 
+// certsDir is where the demo's own CA and certificates are.
+func (d *demo) certsDir() string { return filepath.Join(d.baseDir, "certs") }
+
+// makeCerts makes the demo's CA, a certificate for each node (on
+// 127.0.0.1) and one for the root client: the demo runs secure, like a
+// real cluster.
+func (d *demo) makeCerts() error {
+	o := certs.Options{Dir: d.certsDir()}
+	if err := certs.CreateCA(o); err != nil {
+		return err
+	}
+	for id := uint64(1); id <= demoNodes; id++ {
+		if err := certs.CreateNode(o, id, []string{"127.0.0.1", "localhost"}); err != nil {
+			return err
+		}
+	}
+	return certs.CreateClient(o, "root")
+}
+
 func (d *demo) start() error {
+	if err := d.makeCerts(); err != nil {
+		return err
+	}
 	lis := make([][3]net.Listener, demoNodes+1)
 	initial := map[uint64]string{}
 	closeAll := func() {
@@ -123,6 +150,7 @@ func (d *demo) start() error {
 			ClientListener:    lis[id][1],
 			HTTPListener:      lis[id][2],
 			DisableSync:       true,
+			CertsDir:          d.certsDir(),
 			Logger:            log,
 		})
 		if err != nil {

@@ -60,14 +60,14 @@ elect NAME --observe prints each change of the election as it happens.`,
 			if cf.timeout <= 0 {
 				return errors.New("--timeout must be positive")
 			}
-			eps, err := cf.list()
+			ccfg, err := cf.config()
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			dctx, cancel := context.WithTimeout(ctx, cf.timeout)
-			cl, err := client.New(dctx, client.Config{Endpoints: eps})
+			cl, err := client.New(dctx, ccfg)
 			cancel()
 			if err != nil {
 				return err

@@ -30,13 +30,17 @@ func newStartCmd() *cobra.Command {
 		workers                                       int
 		rangeMax, rangeMin                            string
 		splitLoad                                     float64
+		certsDir                                      string
+		insecure                                      bool
+		maxConnStreams                                int
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
 		Short: "Run a node",
 		Long: `Run a node. A fresh --data-dir bootstraps the node's replicas of --groups
 groups from --initial-cluster; a restart with the same --data-dir resumes, and a
-data directory of another cluster is refused. SIGTERM or SIGINT hands this node's
+data directory of another cluster is refused. It needs --certs-dir (mutual TLS,
+authorised clients) or, on a trusted network, --insecure. SIGTERM or SIGINT hands this node's
 leaderships away, flushes storage and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -80,6 +84,9 @@ leaderships away, flushes storage and exits 0.`,
 				RangeMaxBytes:   maxBytes,
 				RangeMinBytes:   minBytes,
 				RangeSplitLoad:  loadFlag(splitLoad),
+				CertsDir:        certsDir,
+				Insecure:        insecure,
+				MaxConnStreams:  maxConnStreams,
 				Logger:          log,
 			})
 			if err != nil {
@@ -127,6 +134,9 @@ leaderships away, flushes storage and exits 0.`,
 	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
+	f.StringVar(&certsDir, "certs-dir", "", "directory of the cluster's CA and this node's certificate (flotilla cert); every listener then serves mutual TLS and clients are authorised by role")
+	f.BoolVar(&insecure, "insecure", false, "serve plaintext and authorise every request (no --certs-dir): for a trusted network only")
+	f.IntVar(&maxConnStreams, "max-conn-streams", 1024, "requests one client connection may have in flight; more wait at the client")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
 	return cmd
 }

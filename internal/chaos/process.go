@@ -211,7 +211,9 @@ func (c *ProcCluster) spawn(p *Proc) (*exec.Cmd, chan struct{}, error) {
 		"--peer-addr", p.PeerAddr, "--client-addr", p.ClientAddr, "--http-addr", p.HTTPAddr,
 		"--initial-cluster", c.initial, "--groups", fmt.Sprint(c.cfg.Groups),
 		"--tick", c.cfg.Tick.String(), "--election-ticks", fmt.Sprint(c.cfg.ElectionTicks),
-		"--balance-interval=" + c.cfg.Balance.String()}
+		"--balance-interval=" + c.cfg.Balance.String(),
+		// The chaos harness tests faults, not security: it says so.
+		"--insecure"}
 	if c.cfg.BalanceSettle > 0 {
 		args = append(args, "--balance-settle="+c.cfg.BalanceSettle.String())
 	}

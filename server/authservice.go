@@ -1,0 +1,493 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/auth"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// The user and role tables live in the meta range (kv's auth records,
+// keyed by auth.UserKey and auth.RoleKey). Every node keeps the tables it
+// last read in s.authTab and rereads them every Config.AuthRefresh
+// (authLoop), and at once after a change it made; so a change reaches
+// every node within AuthRefresh. Changes are compare-and-set on the record
+// as read, so two admins changing one user at once both take effect.
+
+// emptyTables authorise nothing but root and nodes: what a node knows
+// before it first reads the tables.
+var emptyTables = auth.NewTables(nil, nil)
+
+// authTables returns the tables this node last loaded.
+func (s *Server) authTables() *auth.Tables {
+	if t := s.authTab.Load(); t != nil {
+		return t
+	}
+	return emptyTables
+}
+
+// isAdmin reports whether user may manage users and roles.
+func isAdmin(t *auth.Tables, user string) bool {
+	if user == auth.RootUser {
+		return true
+	}
+	u, ok := t.User(user)
+	return ok && slices.Contains(u.Roles, auth.RootRole)
+}
+
+// authRecords reads the auth records of the meta range: from this node's
+// replica if it has one, else from a node that has.
+func (s *Server) authRecords(ctx context.Context, linearizable bool) ([]kv.KeyValue, error) {
+	q := kv.EncodeAuthQuery()
+	if s.local(kv.MetaRangeID) {
+		var out []byte
+		var err error
+		if linearizable {
+			out, err = s.host.Read(ctx, kv.MetaRangeID, q)
+		} else {
+			out, err = s.host.QueryLocal(kv.MetaRangeID, q)
+		}
+		if err == nil {
+			return kv.DecodeAuthRecords(out)
+		}
+		if !errors.Is(err, kv.ErrUninitialized) {
+			return nil, s.rpcError(ctx, kv.MetaRangeID, err, false)
+		}
+	}
+	var last error = fmt.Errorf("server: no replica of the meta range to read the auth tables from")
+	for _, r := range s.replicasOf(kv.MetaRangeID) {
+		conn := s.peerConns[r]
+		if conn == nil || s.host.PeerDown(r) {
+			continue
+		}
+		resp, err := api.NewPeerClient(conn).AuthRecords(ctx, &api.AuthRecordsRequest{ClusterId: s.clusterID, Linearizable: linearizable})
+		if err != nil {
+			last = err
+			continue
+		}
+		return kv.DecodeAuthRecords(resp.Answer)
+	}
+	return nil, last
+}
+
+// AuthRecords serves Peer.AuthRecords.
+func (p *peerService) AuthRecords(ctx context.Context, req *api.AuthRecordsRequest) (*api.AuthRecordsResponse, error) {
+	s := p.s
+	if req.ClusterId != s.clusterID {
+		return nil, status.Errorf(codes.FailedPrecondition, "server: node %d belongs to cluster %x, not %x", s.cfg.NodeID, s.clusterID, req.ClusterId)
+	}
+	if !s.local(kv.MetaRangeID) {
+		return nil, status.Errorf(codes.NotFound, "%v", errNotHosted(kv.MetaRangeID))
+	}
+	q := kv.EncodeAuthQuery()
+	var out []byte
+	var err error
+	if req.Linearizable {
+		out, err = s.host.Read(ctx, kv.MetaRangeID, q)
+	} else {
+		out, err = s.host.QueryLocal(kv.MetaRangeID, q)
+	}
+	if err != nil {
+		return nil, s.rpcError(ctx, kv.MetaRangeID, err, false)
+	}
+	return &api.AuthRecordsResponse{Answer: out}, nil
+}
+
+// loadAuth reads the tables and makes them this node's.
+func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables, error) {
+	recs, err := s.authRecords(ctx, linearizable)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([][]byte, len(recs))
+	vals := make([][]byte, len(recs))
+	for i, r := range recs {
+		keys[i], vals[i] = r.Key, r.Value
+	}
+	t, err := auth.Load(keys, vals)
+	if err != nil {
+		return nil, err
+	}
+	s.authTab.Store(t)
+	return t, nil
+}
+
+// authLoop rereads the user and role tables every AuthRefresh. A failed
+// read keeps the tables the node has (logged once per failure streak).
+func (s *Server) authLoop() {
+	if s.sec.insecure {
+		return
+	}
+	t := time.NewTicker(s.cfg.AuthRefresh)
+	defer t.Stop()
+	failing := false
+	for {
+		ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.AuthRefresh, time.Second))
+		_, err := s.loadAuth(ctx, false)
+		cancel()
+		if err != nil && !failing && !s.isStopping() {
+			s.log.Warn("reading the user and role tables failed; keeping the last ones", "err", err)
+		}
+		failing = err != nil
+		select {
+		case <-s.stopc:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// authService serves the Auth API.
+type authService struct {
+	api.UnimplementedAuthServer
+	s *Server
+}
+
+// errAuthConflict: a record changed between its read and its write.
+var errAuthConflict = errors.New("server: auth record changed concurrently")
+
+// authWriteAttempts bounds the read-modify-write rounds of one change.
+const authWriteAttempts = 20
+
+// admin checks the caller of an Auth call.
+func (a *authService) admin(ctx context.Context, what string) error {
+	if a.s.sec.insecure {
+		return status.Error(codes.FailedPrecondition, "server: this node runs with --insecure: it has no users or roles (start it with --certs-dir)")
+	}
+	return a.s.requireAdmin(ctx, what)
+}
+
+// change applies fn to the current tables and writes the one record it
+// returns (nil value: delete), compare-and-set on what was read; it
+// retries when another change came first. The tables are reloaded after.
+func (a *authService) change(ctx context.Context, fn func(t *auth.Tables) (key, value []byte, err error)) (*auth.Tables, error) {
+	s := a.s
+	for attempt := 0; attempt < authWriteAttempts; attempt++ {
+		recs, err := s.authRecords(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		t, err := tablesOf(recs)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "server: auth tables: %v", err)
+		}
+		key, value, err := fn(t)
+		if err != nil {
+			return nil, err
+		}
+		var old []byte
+		for _, r := range recs {
+			if bytes.Equal(r.Key, key) {
+				old = r.Value
+			}
+		}
+		cmd := kv.Command{Op: kv.OpAuthPut, Key: key, Value: value, Expected: old, ExpectAbsent: old == nil}
+		if value == nil {
+			cmd = kv.Command{Op: kv.OpAuthDelete, Key: key, Expected: old}
+		}
+		enc, err := cmd.Encode()
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+		}
+		out, err := s.proposeRemote(ctx, kv.MetaRangeID, enc)
+		if err != nil {
+			return nil, err
+		}
+		res, err := kv.DecodeResult(out)
+		if err != nil {
+			return nil, err
+		}
+		if res.Err != "" {
+			return nil, status.Errorf(codes.FailedPrecondition, "server: %s", res.Err)
+		}
+		if res.OK {
+			t, err := s.loadAuth(ctx, true)
+			if err != nil {
+				return nil, err
+			}
+			return t, nil
+		}
+		if err := wait(ctx, s.cfg.TickInterval); err != nil {
+			return nil, err
+		}
+	}
+	return nil, status.Errorf(codes.Aborted, "%v; gave up after %d attempts", errAuthConflict, authWriteAttempts)
+}
+
+// tablesOf builds tables from records.
+func tablesOf(recs []kv.KeyValue) (*auth.Tables, error) {
+	keys := make([][]byte, len(recs))
+	vals := make([][]byte, len(recs))
+	for i, r := range recs {
+		keys[i], vals[i] = r.Key, r.Value
+	}
+	return auth.Load(keys, vals)
+}
+
+func badName(what, name string) error {
+	if err := auth.ValidName(name); err != nil {
+		return status.Errorf(codes.InvalidArgument, "server: %s name %q: %v", what, name, err)
+	}
+	return nil
+}
+
+func userOut(u auth.User) *api.User {
+	return &api.User{Name: u.Name, Roles: slices.Clone(u.Roles), HasToken: u.TokenHash != [32]byte{}}
+}
+
+func roleOut(r auth.Role) *api.Role {
+	out := &api.Role{Name: r.Name}
+	for _, p := range r.Perms {
+		kind := api.Permission_KEY
+		if p.Kind == auth.KindElection {
+			kind = api.Permission_ELECTION
+		}
+		out.Permissions = append(out.Permissions, &api.Permission{Kind: kind, Prefix: slices.Clone(p.Prefix),
+			Read: p.Access&auth.Read != 0, Write: p.Access&auth.Write != 0})
+	}
+	return out
+}
+
+func (a *authService) UserAdd(ctx context.Context, req *api.UserAddRequest) (*api.UserAddResponse, error) {
+	if err := a.admin(ctx, "user add"); err != nil {
+		return nil, err
+	}
+	if err := badName("user", req.Name); err != nil {
+		return nil, err
+	}
+	u := auth.User{Name: req.Name}
+	var token string
+	if !req.NoToken {
+		var err error
+		if token, err = auth.NewToken(); err != nil {
+			return nil, status.Errorf(codes.Internal, "server: token: %v", err)
+		}
+		u.TokenHash = auth.HashToken(token)
+	}
+	_, err := a.change(ctx, func(t *auth.Tables) ([]byte, []byte, error) {
+		if _, ok := t.User(req.Name); ok {
+			return nil, nil, status.Errorf(codes.AlreadyExists, "server: user %q exists", req.Name)
+		}
+		rec, err := auth.EncodeUser(u)
+		return auth.UserKey(u.Name), rec, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.UserAddResponse{User: userOut(u), Token: token}, nil
+}
+
+func (a *authService) UserDelete(ctx context.Context, req *api.UserDeleteRequest) (*api.UserDeleteResponse, error) {
+	if err := a.admin(ctx, "user delete"); err != nil {
+		return nil, err
+	}
+	_, err := a.change(ctx, func(t *auth.Tables) ([]byte, []byte, error) {
+		if _, ok := t.User(req.Name); !ok {
+			return nil, nil, status.Errorf(codes.NotFound, "server: no user %q", req.Name)
+		}
+		return auth.UserKey(req.Name), nil, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.UserDeleteResponse{}, nil
+}
+
+// userRoles changes the roles of a user.
+func (a *authService) userRoles(ctx context.Context, what string, req *api.UserRoleRequest, grant bool) (*api.UserResponse, error) {
+	if err := a.admin(ctx, what); err != nil {
+		return nil, err
+	}
+	var out auth.User
+	_, err := a.change(ctx, func(t *auth.Tables) ([]byte, []byte, error) {
+		u, ok := t.User(req.User)
+		if !ok {
+			return nil, nil, status.Errorf(codes.NotFound, "server: no user %q", req.User)
+		}
+		if _, ok := t.Role(req.Role); grant && !ok && req.Role != auth.RootRole {
+			return nil, nil, status.Errorf(codes.NotFound, "server: no role %q", req.Role)
+		}
+		roles := slices.DeleteFunc(slices.Clone(u.Roles), func(r string) bool { return r == req.Role })
+		if grant {
+			roles = append(roles, req.Role)
+			slices.Sort(roles)
+		}
+		u.Roles = roles
+		out = u
+		rec, err := auth.EncodeUser(u)
+		return auth.UserKey(u.Name), rec, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.UserResponse{User: userOut(out)}, nil
+}
+
+func (a *authService) UserGrant(ctx context.Context, req *api.UserRoleRequest) (*api.UserResponse, error) {
+	return a.userRoles(ctx, "user grant", req, true)
+}
+
+func (a *authService) UserRevoke(ctx context.Context, req *api.UserRoleRequest) (*api.UserResponse, error) {
+	return a.userRoles(ctx, "user revoke", req, false)
+}
+
+func (a *authService) UserList(ctx context.Context, _ *api.UserListRequest) (*api.UserListResponse, error) {
+	if err := a.admin(ctx, "user list"); err != nil {
+		return nil, err
+	}
+	t, err := a.s.loadAuth(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.UserListResponse{}
+	for _, u := range t.Users() {
+		resp.Users = append(resp.Users, userOut(u))
+	}
+	return resp, nil
+}
+
+func (a *authService) RoleAdd(ctx context.Context, req *api.RoleAddRequest) (*api.RoleResponse, error) {
+	if err := a.admin(ctx, "role add"); err != nil {
+		return nil, err
+	}
+	if err := badName("role", req.Name); err != nil {
+		return nil, err
+	}
+	r := auth.Role{Name: req.Name}
+	_, err := a.change(ctx, func(t *auth.Tables) ([]byte, []byte, error) {
+		if _, ok := t.Role(req.Name); ok || req.Name == auth.RootRole {
+			return nil, nil, status.Errorf(codes.AlreadyExists, "server: role %q exists", req.Name)
+		}
+		rec, err := auth.EncodeRole(r)
+		return auth.RoleKey(r.Name), rec, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.RoleResponse{Role: roleOut(r)}, nil
+}
+
+func (a *authService) RoleDelete(ctx context.Context, req *api.RoleDeleteRequest) (*api.RoleDeleteResponse, error) {
+	if err := a.admin(ctx, "role delete"); err != nil {
+		return nil, err
+	}
+	_, err := a.change(ctx, func(t *auth.Tables) ([]byte, []byte, error) {
+		if _, ok := t.Role(req.Name); !ok {
+			return nil, nil, status.Errorf(codes.NotFound, "server: no role %q", req.Name)
+		}
+		return auth.RoleKey(req.Name), nil, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.RoleDeleteResponse{}, nil
+}
+
+// permissionOf converts an API permission; InvalidArgument if it grants
+// nothing or is malformed.
+func permissionOf(p *api.Permission) (auth.Permission, error) {
+	if p == nil {
+		return auth.Permission{}, status.Error(codes.InvalidArgument, "server: no permission given")
+	}
+	out := auth.Permission{Kind: auth.KindKey, Prefix: slices.Clone(p.Prefix)}
+	switch p.Kind {
+	case api.Permission_KEY:
+	case api.Permission_ELECTION:
+		out.Kind = auth.KindElection
+	default:
+		return out, status.Errorf(codes.InvalidArgument, "server: unknown permission kind %v", p.Kind)
+	}
+	if p.Read {
+		out.Access |= auth.Read
+	}
+	if p.Write {
+		out.Access |= auth.Write
+	}
+	if err := out.Validate(); err != nil {
+		return out, status.Errorf(codes.InvalidArgument, "server: permission: %v", err)
+	}
+	return out, nil
+}
+
+// rolePerms changes the permissions of a role: a grant adds p (replacing
+// the role's permission of the same kind and prefix), a revoke removes it.
+func (a *authService) rolePerms(ctx context.Context, what string, req *api.RolePermissionRequest, grant bool) (*api.RoleResponse, error) {
+	if err := a.admin(ctx, what); err != nil {
+		return nil, err
+	}
+	if !grant && req.Permission != nil && !req.Permission.Read && !req.Permission.Write {
+		// A revoke names the permission by kind and prefix only.
+		req.Permission.Read = true
+	}
+	p, err := permissionOf(req.Permission)
+	if err != nil {
+		return nil, err
+	}
+	var out auth.Role
+	_, err = a.change(ctx, func(t *auth.Tables) ([]byte, []byte, error) {
+		r, ok := t.Role(req.Role)
+		if !ok {
+			return nil, nil, status.Errorf(codes.NotFound, "server: no role %q", req.Role)
+		}
+		perms := slices.DeleteFunc(slices.Clone(r.Perms), func(q auth.Permission) bool {
+			return q.Kind == p.Kind && bytes.Equal(q.Prefix, p.Prefix)
+		})
+		if grant {
+			perms = append(perms, p)
+		} else if len(perms) == len(r.Perms) {
+			return nil, nil, status.Errorf(codes.NotFound, "server: role %q has no %v permission on prefix %q", req.Role, p.Kind, p.Prefix)
+		}
+		r.Perms = perms
+		out = r
+		rec, err := auth.EncodeRole(r)
+		return auth.RoleKey(r.Name), rec, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.RoleResponse{Role: roleOut(out)}, nil
+}
+
+func (a *authService) RoleGrant(ctx context.Context, req *api.RolePermissionRequest) (*api.RoleResponse, error) {
+	return a.rolePerms(ctx, "role grant", req, true)
+}
+
+func (a *authService) RoleRevoke(ctx context.Context, req *api.RolePermissionRequest) (*api.RoleResponse, error) {
+	return a.rolePerms(ctx, "role revoke", req, false)
+}
+
+func (a *authService) RoleList(ctx context.Context, _ *api.RoleListRequest) (*api.RoleListResponse, error) {
+	if err := a.admin(ctx, "role list"); err != nil {
+		return nil, err
+	}
+	t, err := a.s.loadAuth(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.RoleListResponse{}
+	for _, r := range t.Roles() {
+		resp.Roles = append(resp.Roles, roleOut(r))
+	}
+	return resp, nil
+}
+
+func (a *authService) WhoAmI(ctx context.Context, _ *api.WhoAmIRequest) (*api.WhoAmIResponse, error) {
+	id, ok := identityOf(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "server: request not authenticated")
+	}
+	resp := &api.WhoAmIResponse{User: id.user, How: id.how}
+	if u, ok := a.s.authTables().User(id.user); ok {
+		resp.Roles = slices.Clone(u.Roles)
+	}
+	return resp, nil
+}

@@ -1,0 +1,264 @@
+package server
+
+import (
+	"context"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/auth"
+	"github.com/flotilla/flotilla/internal/certs"
+)
+
+// Authentication and authorisation of client requests (docs/security.md).
+//
+// Every request on the client listener passes authUnary or authStream,
+// which name the caller (authenticate) and check the permission the
+// request needs (needOf) against the user and role tables the node last
+// loaded (authCache). A node's own requests (forwarded from another node,
+// which checked them) carry a node certificate and are allowed everything.
+
+// MDAuthorization is the gRPC metadata key of a client's token:
+// "authorization: Bearer TOKEN".
+const MDAuthorization = "authorization"
+
+// Ways a caller was authenticated (WhoAmI's how).
+const (
+	howCertificate = "certificate"
+	howToken       = "token"
+	howNode        = "node"
+	howInsecure    = "insecure"
+)
+
+// identity is an authenticated caller.
+type identity struct {
+	user string // the user name; for a node, "node.<ID>"
+	how  string // how* above
+	node uint64 // the node, for howNode
+}
+
+// all reports whether the caller may do anything without a check: a node,
+// or anyone on an insecure node.
+func (id identity) all() bool { return id.how == howNode || id.how == howInsecure }
+
+type identityKey struct{}
+
+// identityOf returns the identity authUnary or authStream put in ctx.
+func identityOf(ctx context.Context) (identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(identity)
+	return id, ok
+}
+
+// authenticate names the caller of a request on the client listener: a
+// verified certificate (a node's or a client user's), else a token in the
+// request's metadata. Unauthenticated if neither.
+func (s *Server) authenticate(ctx context.Context) (identity, error) {
+	if s.sec.insecure {
+		return identity{user: auth.RootUser, how: howInsecure}, nil
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			if leaf := verifiedLeaf(&ti.State); leaf != nil {
+				if id, ok := certs.NodeID(leaf); ok {
+					return identity{user: leaf.Subject.CommonName, how: howNode, node: id}, nil
+				}
+				if name, ok := certs.ClientName(leaf); ok {
+					return s.knownUser(identity{user: name, how: howCertificate})
+				}
+				return identity{}, status.Error(codes.Unauthenticated, "server: the client certificate is neither a node's nor a client user's")
+			}
+		}
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for _, v := range md.Get(MDAuthorization) {
+			tok, ok := strings.CutPrefix(v, "Bearer ")
+			if !ok {
+				continue
+			}
+			if s.authTab.Load() == nil {
+				return identity{}, errAuthNotLoaded
+			}
+			if user, ok := s.authTables().UserByToken(strings.TrimSpace(tok)); ok {
+				return identity{user: user, how: howToken}, nil
+			}
+			return identity{}, status.Error(codes.Unauthenticated, "server: unknown or revoked token")
+		}
+	}
+	return identity{}, status.Error(codes.Unauthenticated, "server: no client certificate and no token: present a certificate of the cluster's CA (flotilla cert create-client) or a user's token")
+}
+
+// errAuthNotLoaded: the node has not read the user tables since it
+// started; the client retries (elsewhere, or here a moment later).
+var errAuthNotLoaded = status.Error(codes.Unavailable, "server: this node has not loaded the user tables yet; retry")
+
+// knownUser returns id if its user exists (root always does): a
+// certificate of a deleted user still verifies, but names nobody.
+func (s *Server) knownUser(id identity) (identity, error) {
+	if id.user == auth.RootUser {
+		return id, nil
+	}
+	t := s.authTab.Load()
+	if t == nil {
+		return identity{}, errAuthNotLoaded
+	}
+	if _, ok := t.User(id.user); !ok {
+		return identity{}, status.Errorf(codes.Unauthenticated, "server: user %q of the client certificate does not exist", id.user)
+	}
+	return id, nil
+}
+
+// authorize checks that the caller in ctx may do what need describes; a
+// denial is PermissionDenied naming the missing permission.
+func (s *Server) authorize(ctx context.Context, need auth.Need) error {
+	id, ok := identityOf(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "server: request not authenticated")
+	}
+	if id.all() {
+		return nil
+	}
+	if err := s.authTables().Check(id.user, need); err != nil {
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	return nil
+}
+
+// requireAdmin checks that the caller is an admin: root, or a user with
+// the root role.
+func (s *Server) requireAdmin(ctx context.Context, what string) error {
+	id, ok := identityOf(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "server: request not authenticated")
+	}
+	if id.all() || isAdmin(s.authTables(), id.user) {
+		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "server: %s needs an admin (user root, or a user with role root); %q is not one", what, id.user)
+}
+
+// need is what a request needs: a permission, admin rights, or only an
+// authenticated caller.
+type need struct {
+	perm  *auth.Need
+	admin string // non-empty: admin rights, for this operation
+}
+
+func keyNeed(a auth.Access, key []byte) need {
+	return need{perm: &auth.Need{Kind: auth.KindKey, Access: a, Key: key}}
+}
+
+func spanNeed(a auth.Access, start, end []byte) need {
+	return need{perm: &auth.Need{Kind: auth.KindKey, Access: a, Key: start, End: end, Span: true}}
+}
+
+func electionNeed(a auth.Access, name []byte) need {
+	return need{perm: &auth.Need{Kind: auth.KindElection, Access: a, Key: name}}
+}
+
+// needOf returns what a request message needs. Requests it does not list
+// (cluster maps, leases, WhoAmI) need only an authenticated caller; the
+// Auth service checks admin rights itself, Batch checks each op (batch.go).
+func needOf(req any) need {
+	switch r := req.(type) {
+	case *api.PutRequest:
+		return keyNeed(auth.Write, r.GetKey())
+	case *api.DeleteRequest:
+		return keyNeed(auth.Write, r.GetKey())
+	case *api.CompareAndSwapRequest:
+		return keyNeed(auth.ReadWrite, r.GetKey())
+	case *api.GetRequest:
+		return keyNeed(auth.Read, r.GetKey())
+	case *api.ScanRequest:
+		if len(r.GetPrefix()) > 0 {
+			return spanNeed(auth.Read, r.GetPrefix(), prefixEnd(r.GetPrefix()))
+		}
+		return spanNeed(auth.Read, r.GetStart(), r.GetEnd())
+	case *api.DeleteRangeRequest:
+		return spanNeed(auth.Write, r.GetStart(), r.GetEnd())
+	case *api.CampaignRequest:
+		return electionNeed(auth.Write, r.GetName())
+	case *api.ResignRequest:
+		return electionNeed(auth.Write, r.GetName())
+	case *api.LeaderRequest:
+		return electionNeed(auth.Read, r.GetName())
+	case *api.ObserveRequest:
+		return electionNeed(auth.Read, r.GetName())
+	case *api.SplitRequest:
+		return need{admin: "split"}
+	case *api.MergeRequest:
+		return need{admin: "merge"}
+	}
+	return need{}
+}
+
+// prefixEnd returns the first key after every key with prefix p; nil (the
+// end of the keyspace) if there is none.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+// check checks what req needs against the caller in ctx.
+func (s *Server) check(ctx context.Context, req any) error {
+	n := needOf(req)
+	switch {
+	case n.admin != "":
+		return s.requireAdmin(ctx, n.admin)
+	case n.perm != nil:
+		return s.authorize(ctx, *n.perm)
+	}
+	return nil
+}
+
+// authUnary authenticates and authorises a unary request of the client
+// listener.
+func (s *Server) authUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx = context.WithValue(ctx, identityKey{}, id)
+	if err := s.check(ctx, req); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// authStream authenticates a stream of the client listener and checks
+// every message it receives (Batch checks each of its ops instead).
+func (s *Server) authStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	id, err := s.authenticate(ss.Context())
+	if err != nil {
+		return err
+	}
+	return handler(srv, &authedStream{ServerStream: ss, s: s, ctx: context.WithValue(ss.Context(), identityKey{}, id)})
+}
+
+// authedStream carries the caller's identity in its context and checks
+// each received message.
+type authedStream struct {
+	grpc.ServerStream
+	s   *Server
+	ctx context.Context
+}
+
+func (a *authedStream) Context() context.Context { return a.ctx }
+
+func (a *authedStream) RecvMsg(m any) error {
+	if err := a.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return a.s.check(a.ctx, m)
+}
