@@ -15,7 +15,7 @@ import (
 // LoadTLS returns the TLS configuration of a client of a cluster whose
 // certificates are in certsDir (flotilla cert): it trusts the cluster's CA
 // (ca.crt), accepts only servers that hold a node certificate of it, and
-// presents user's client certificate (client.USER.crt and .key). With user
+// presents user's client certificate (client-USER.crt and .key). With user
 // "" it presents none: the client then authenticates with Config.Token.
 // The files are read once; a long-lived client that must follow rotated
 // certificates creates a new Client. Errors wrap ErrInvalidArgument.

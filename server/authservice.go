@@ -108,12 +108,7 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	if err != nil {
 		return nil, err
 	}
-	keys := make([][]byte, len(recs))
-	vals := make([][]byte, len(recs))
-	for i, r := range recs {
-		keys[i], vals[i] = r.Key, r.Value
-	}
-	t, err := auth.Load(keys, vals)
+	t, err := tablesOf(recs)
 	if err != nil {
 		return nil, err
 	}
@@ -225,12 +220,13 @@ func (a *authService) change(ctx context.Context, fn func(t *auth.Tables) (key, 
 
 // tablesOf builds tables from records.
 func tablesOf(recs []kv.KeyValue) (*auth.Tables, error) {
-	keys := make([][]byte, len(recs))
-	vals := make([][]byte, len(recs))
-	for i, r := range recs {
-		keys[i], vals[i] = r.Key, r.Value
-	}
-	return auth.Load(keys, vals)
+	return auth.Load(func(yield func(key, value []byte) bool) {
+		for _, r := range recs {
+			if !yield(r.Key, r.Value) {
+				return
+			}
+		}
+	})
 }
 
 func badName(what, name string) error {

@@ -113,7 +113,7 @@ type Config struct {
 	SnapshotEntries uint64
 
 	// CertsDir holds the cluster's CA certificate (ca.crt) and this node's
-	// certificate and key (node.<ID>.crt, node.<ID>.key: flotilla cert
+	// certificate and key (node-<ID>.crt, node-<ID>.key: flotilla cert
 	// create-node). With it every listener serves mutual TLS, a peer must
 	// present the certificate of the node it claims to be, and clients are
 	// authorised by their roles (docs/security.md). Exactly one of CertsDir

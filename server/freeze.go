@@ -39,6 +39,7 @@ func (s *Server) Thaw() {
 type freezer struct {
 	mu     sync.Mutex
 	thawed atomic.Pointer[chan struct{}] // nil unless frozen; closed at Thaw
+	held   atomic.Int64                  // requests and stream messages waiting now
 }
 
 func (f *freezer) set(on bool) {
@@ -63,6 +64,8 @@ func (f *freezer) wait(ctx context.Context) error {
 		return nil
 	}
 	thawed := *p
+	f.held.Add(1)
+	defer f.held.Add(-1)
 	select {
 	case <-thawed:
 		return nil

@@ -115,7 +115,7 @@ func (sec *security) httpGuard(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !openPaths[r.URL.Path] && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		if !openPaths[r.URL.Path] && verifiedLeaf(r.TLS) == nil {
 			http.Error(w, "a client certificate of the cluster's CA is required for "+r.URL.Path, http.StatusUnauthorized)
 			return
 		}
@@ -132,11 +132,13 @@ func (sec *security) run(stop <-chan struct{}, interval time.Duration) {
 	sec.src.Run(stop, interval)
 }
 
-// verifiedLeaf returns the verified leaf certificate of a TLS connection's
-// state, nil if the peer presented none.
+// verifiedLeaf returns the leaf certificate a TLS connection's peer
+// presented, nil if none. It is verified: certs.Source's configurations
+// check the chain in the handshake themselves (in VerifyConnection, so
+// VerifiedChains stays empty) and fail it for a bad one.
 func verifiedLeaf(st *tls.ConnectionState) *x509.Certificate {
-	if st == nil || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+	if st == nil || len(st.PeerCertificates) == 0 {
 		return nil
 	}
-	return st.VerifiedChains[0][0]
+	return st.PeerCertificates[0]
 }

@@ -197,7 +197,6 @@ func New(cfg Config) (s *Server, err error) {
 		SnapshotDir: snapDir,
 		TLS:         s.sec.peerTLS(),
 		CheckPeer:   s.sec.checkPeer(),
-		CheckPeer:   s.checkPeer,
 		Registerer:  s.reg,
 		Logger:      s.log,
 	}

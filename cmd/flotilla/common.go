@@ -25,7 +25,7 @@ func (c *clientFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&c.endpoints, "endpoints", "127.0.0.1:2379", "client addresses of some nodes, comma separated")
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 10*time.Second, "how long the command may take")
 	cmd.Flags().StringVar(&c.certsDir, "certs-dir", "", "directory with the cluster's ca.crt and the client certificate of --user (a cluster started with --certs-dir)")
-	cmd.Flags().StringVar(&c.user, "user", "root", "the user whose certificate (client.USER.crt) the command presents")
+	cmd.Flags().StringVar(&c.user, "user", "root", "the user whose certificate (client-USER.crt) the command presents")
 	cmd.Flags().StringVar(&c.token, "token", "", "authenticate with this user token (flotilla user add) instead of a client certificate; needs --certs-dir for ca.crt")
 	cmd.Flags().BoolVar(&c.insecure, "insecure", false, "talk plaintext to a cluster started with --insecure (the default without --certs-dir)")
 }
