@@ -59,6 +59,11 @@ func seedCommands(t testing.TB) []Command {
 		FreezeCommand(&right, 3),
 		MergeCommand(&seedDescriptor, &right, 12),
 		{Op: OpRevoked, Lease: 77},
+		AuthPut([]byte("u/alice"), []byte("record"), nil, false),
+		sessionWrite(AuthPut([]byte("u/alice"), []byte("new"), nil, true), 9, 2, 1, false, 6),
+		AuthPut([]byte("r/admin"), []byte("new"), []byte("old"), false),
+		AuthDelete([]byte("u/alice"), nil),
+		sessionWrite(AuthDelete([]byte("r/admin"), []byte("new")), 9, 3, 2, false, 7),
 	}
 }
 
@@ -266,6 +271,44 @@ func FuzzScanAnswer(f *testing.F) {
 		}
 		a.resume = in.Bytes(16)
 		scanCodec.RoundTrip(t, a)
+	})
+}
+
+// encodeAuth encodes an auth answer with the state machine's encoder:
+// the revision of the first record (0 if none).
+func encodeAuth(kvs []KeyValue) []byte {
+	var body []byte
+	var rev uint64
+	for i, kv := range kvs {
+		if i == 0 {
+			rev = kv.Revision
+		}
+		body = appendBytes(appendBytes(body, kv.Key), kv.Value)
+	}
+	return encodeAuthAnswer(rev, len(kvs), body)
+}
+
+var authCodec = testutil.Codec[[]KeyValue]{Decode: DecodeAuthRecords, Encode: encodeAuth, Clean: corrupt}
+
+// FuzzAuthAnswer: DecodeAuthRecords, the server's reading of the auth
+// table.
+func FuzzAuthAnswer(f *testing.F) {
+	kvs := []KeyValue{{Key: []byte("r/admin"), Value: []byte("role"), Revision: 9}, {Key: []byte("u/alice"), Value: []byte("user"), Revision: 9}}
+	testutil.AddSeeds(f, encodeAuth(kvs), encodeAuth(kvs[1:]), encodeAuth(nil))
+	// A count the answer cannot hold.
+	f.Add(encodeAuthAnswer(1, MaxAuthRecords, nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		authCodec.Check(t, b)
+		// Built from the input: records in key order, at one revision,
+		// come back.
+		in := testutil.NewFuzzInput(b)
+		rev := in.Uint64()
+		var kvs []KeyValue
+		for range in.Small(8) {
+			k := append([]byte{byte(len(kvs))}, in.Bytes(16)...)
+			kvs = append(kvs, KeyValue{Key: k, Value: append([]byte{'r'}, in.Bytes(32)...), Revision: rev})
+		}
+		authCodec.RoundTrip(t, kvs)
 	})
 }
 
@@ -522,7 +565,7 @@ func openFuzzDB(t testing.TB) *pebble.DB {
 
 // filledRange returns a range holding one of everything a snapshot
 // carries: data, a lease with an attached key, an election, a session, a
-// pending revocation.
+// pending revocation; the meta range auth records too.
 func filledRange(t testing.TB, id uint64, start, end string) *StateMachine {
 	db := openFuzzDB(t)
 	t.Cleanup(func() { db.Close() })
@@ -534,6 +577,10 @@ func filledRange(t testing.TB, id uint64, start, end string) *StateMachine {
 	apply(t, sm, 5, sessionWrite(Command{Op: OpPut, Key: []byte(start + "c"), Value: []byte("3")}, 42, 1, 1, true, 1_700_000_000_000))
 	other := apply(t, sm, 6, Command{Op: OpLeaseGrant, TTL: time.Minute}).Lease
 	apply(t, sm, 7, Command{Op: OpLeaseRevoke, Lease: other})
+	if id == MetaRangeID {
+		apply(t, sm, 8, AuthPut([]byte("u/alice"), []byte("record"), nil, true))
+		apply(t, sm, 9, AuthPut([]byte("r/admin"), []byte("role"), nil, true))
+	}
 	return sm
 }
 
@@ -601,7 +648,7 @@ func FuzzRestore(f *testing.F) {
 }
 
 // queryAll reads all of sm that queries reach: every key (scanned, then
-// each read), its elections, attachments and leases. Each answer must
+// each read), its elections, attachments and leases, its auth table. Each answer must
 // decode; a failure must be a clean one.
 func queryAll(t *testing.T, sm *StateMachine) {
 	t.Helper()
@@ -634,6 +681,7 @@ func queryAll(t *testing.T, sm *StateMachine) {
 	if _, err := sm.Revocations(); err != nil && !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("revocations: %v", err)
 	}
+	checkAnswer(t, sm, EncodeAuthQuery())
 }
 
 // checkAnswer runs query q on sm: it fails as a query may (a malformed
@@ -680,6 +728,11 @@ func checkAnswer(t *testing.T, sm *StateMachine, q []byte) {
 		if ds, err = DecodeDescriptors(out); err == nil && (len(ds) == 0 || uint64(len(ds)) > MaxMetaUpdate) {
 			t.Fatalf("meta query %x answers %d descriptors", q, len(ds))
 		}
+	case QueryAuth:
+		var kvs []KeyValue
+		if kvs, err = DecodeAuthRecords(out); err == nil && sm.RangeID() != MetaRangeID {
+			t.Fatalf("range %d answers an auth query with %d records", sm.RangeID(), len(kvs))
+		}
 	default:
 		t.Fatalf("query %x of unknown kind answered", q)
 	}
@@ -699,7 +752,7 @@ func FuzzQuery(f *testing.F) {
 	election, _ := EncodeElectionQuery([]byte("e"))
 	attached, _ := EncodeAttachedQuery([]byte("b"))
 	testutil.AddSeeds(f, get, scan, scanAll, election, attached, EncodeLeaseQuery(LeaseID(MetaRangeID, 1)),
-		EncodeDescriptorQuery(), EncodeMetaQuery(nil, 10), EncodeMetaQuery([]byte("q"), 1))
+		EncodeDescriptorQuery(), EncodeMetaQuery(nil, 10), EncodeMetaQuery([]byte("q"), 1), EncodeAuthQuery())
 	f.Fuzz(func(t *testing.T, q []byte) {
 		if len(q) == 0 {
 			if _, err := sm.Query(q); !errors.Is(err, ErrBadCommand) {

@@ -23,6 +23,7 @@ const (
 	kindRangeIDs   = byte(keys.RangeIDs)
 	kindFrozen     = byte(keys.Frozen)
 	kindRevoked    = byte(keys.Revoked)
+	kindAuth       = byte(keys.Auth)
 
 	// localLen is the length of a range-local key's prefix: kind, range.
 	localLen = 9
@@ -33,7 +34,7 @@ const (
 // global ones, within the range's span. allLocalKinds is every range-local
 // kind of package kv: what removing a replica deletes.
 var (
-	localKinds    = []byte{kindLease, kindLeaseKeys, kindSession, kindMeta, kindRangeIDs, kindFrozen, kindRevoked}
+	localKinds    = []byte{kindLease, kindLeaseKeys, kindSession, kindMeta, kindRangeIDs, kindFrozen, kindRevoked, kindAuth}
 	globalKinds   = []byte{kindData, kindAttached, kindElection}
 	allLocalKinds = append([]byte{kindApplied, kindDescriptor}, localKinds...)
 )

@@ -18,6 +18,7 @@
 //	'S' range(8) session(8) → a client session's record (see session.go)
 //	'M' range(8) end   → a range's descriptor, in the meta range (meta.go)
 //	'I' range(8)       → the next range ID, in the meta range
+//	'U' range(8) key   → an auth record, in the meta range (auth.go)
 //
 // Every Apply writes its data and the new applied index in one Pebble batch,
 // so after a crash the range replays only the entries past what is durable.
@@ -30,6 +31,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -69,6 +71,12 @@ var (
 	// ErrUninitialized: the replica has no state yet (it waits for a
 	// snapshot).
 	ErrUninitialized = errors.New("kv: range replica not initialized")
+	// ErrAuthFull: an OpAuthPut would take the auth table past
+	// MaxAuthRecords or MaxAuthBytes; nothing was written. Its result
+	// carries an error (Result.Err starts with this error's text), which
+	// DecodeResult returns wrapping both ErrBadCommand, as for every error
+	// result, and ErrAuthFull.
+	ErrAuthFull = errors.New("kv: auth table full")
 )
 
 // CheckKey returns an error wrapping ErrInvalid if key is empty or longer
@@ -138,8 +146,17 @@ const (
 	// OpRevoked forgets the revocation record of Lease: its stubs are
 	// revoked (lease.go).
 	OpRevoked
+	// OpAuthPut, in the meta range only, sets the auth record Key to
+	// Value, if Key has no record (ExpectAbsent), if its record is
+	// Expected (Expected not empty), or unconditionally (neither); see
+	// AuthPut and auth.go.
+	OpAuthPut
+	// OpAuthDelete, in the meta range only, deletes the auth record Key,
+	// if it is Expected (Expected not empty) or unconditionally; see
+	// AuthDelete.
+	OpAuthDelete
 
-	opLast = OpRevoked
+	opLast = OpAuthDelete
 )
 
 // hasLease reports whether an op carries the lease and TTL fields.
@@ -254,6 +271,8 @@ func (c *Command) check() error {
 		if c.Lease == 0 {
 			return fmt.Errorf("%w: lease 0", ErrInvalid)
 		}
+	case OpAuthPut, OpAuthDelete:
+		return c.checkAuth()
 	default:
 		return fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
@@ -265,6 +284,11 @@ func (c Command) Encode() ([]byte, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
+	return c.encode(), nil
+}
+
+// encode returns the command's wire form, unchecked.
+func (c Command) encode() []byte {
 	b := make([]byte, 0, 1+4*binary.MaxVarintLen32+1+len(c.Key)+len(c.Value)+len(c.Expected)+len(c.End)+8+3*binary.MaxVarintLen64)
 	b = append(b, byte(c.Op))
 	b = appendBytes(b, c.Key)
@@ -307,7 +331,7 @@ func (c Command) Encode() ([]byte, error) {
 		// existed still decode (as lease 0).
 		b = binary.BigEndian.AppendUint64(b, c.Lease)
 	}
-	return b, nil
+	return b
 }
 
 // CommandSession returns the session and sequence number of an encoded
@@ -397,9 +421,12 @@ type Result struct {
 	// Revision is the group's revision after the command (unchanged if the
 	// command wrote nothing).
 	Revision uint64
-	// OK: a CAS swapped, a delete removed something. Always true for a put.
+	// OK: a CAS swapped, a delete removed something, an OpAuthPut or
+	// OpAuthDelete applied. Always true for a put.
 	OK bool
-	// Found, Current: the key's value after the command (CAS only).
+	// Found, Current: the key's value after the command (CAS only). For
+	// an OpAuthPut or OpAuthDelete whose condition failed: whether the
+	// record exists, and the record.
 	Found   bool
 	Current []byte
 	// CurrentRevision is the revision of Current.
@@ -506,6 +533,9 @@ func DecodeResult(b []byte) (Result, error) {
 	res.SessionUnknown, res.SessionStale, res.KeyMismatch = flags&8 != 0, flags&16 != 0, flags&32 != 0
 	if len(msg) > 0 {
 		res.Err = string(msg)
+		if rest, full := strings.CutPrefix(res.Err, ErrAuthFull.Error()); full {
+			return res, fmt.Errorf("%w: %w%s", ErrBadCommand, ErrAuthFull, rest)
+		}
 		return res, fmt.Errorf("%w: %s", ErrBadCommand, msg)
 	}
 	return res, nil

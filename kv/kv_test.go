@@ -77,6 +77,17 @@ func openRange(t testing.TB, db *pebble.DB, id uint64, start, end string, opts .
 
 func apply(t testing.TB, sm *StateMachine, index uint64, c Command) Result {
 	t.Helper()
+	res, err := applyRaw(t, sm, index, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// applyRaw applies c at index and returns its result and the error
+// DecodeResult gives it (an error result's).
+func applyRaw(t testing.TB, sm *StateMachine, index uint64, c Command) (Result, error) {
+	t.Helper()
 	b, err := c.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -85,11 +96,7 @@ func apply(t testing.TB, sm *StateMachine, index uint64, c Command) Result {
 	if err := sm.Apply(cmds); err != nil {
 		t.Fatal(err)
 	}
-	res, err := DecodeResult(cmds[0].Result)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
+	return DecodeResult(cmds[0].Result)
 }
 
 func get(t *testing.T, sm *StateMachine, key string) (bool, KeyValue) {

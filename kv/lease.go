@@ -238,6 +238,7 @@ type effects struct {
 	splits    [][2]Descriptor // splits applied, in order: left, right
 	frozen    *frozenRec      // a freeze applied
 	merged    *Descriptor     // a merge applied: the merged descriptor
+	auth      authSize        // the change of the auth table's size
 }
 
 func (f *effects) lease(id uint64, ttl time.Duration) {

@@ -28,6 +28,9 @@ const (
 	// QueryMeta reads the meta index, in the meta range
 	// (EncodeMetaQuery).
 	QueryMeta QueryKind = 'm'
+	// QueryAuth reads the whole auth table, in the meta range
+	// (EncodeAuthQuery, auth.go).
+	QueryAuth QueryKind = 'u'
 )
 
 // KeyValue is one key as a query returns it. The caller owns the slices.

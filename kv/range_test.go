@@ -140,6 +140,8 @@ func TestKeyMismatchWritesNothing(t *testing.T) {
 		"delete everything":  {Op: OpDeleteRange},
 		"meta update":        {Op: OpMetaUpdate, Value: EncodeDescriptors([]Descriptor{rangeDesc(4, "c", "p")})},
 		"alloc range ID":     {Op: OpAllocRangeID},
+		"auth put":           AuthPut([]byte("u/alice"), []byte("wrong"), nil, false),
+		"auth delete":        AuthDelete([]byte("u/alice"), nil),
 	} {
 		r := applyResults(t, sm, &index, c)[0]
 		if !r.KeyMismatch || r.OK || r.Found || r.Count != 0 || r.Revision != rev || sm.Revision() != rev {
@@ -219,6 +221,9 @@ func TestQueryKeyMismatch(t *testing.T) {
 	}
 	if err := queryErr(sm, EncodeMetaQuery(nil, 1), nil); !errors.Is(err, ErrBadCommand) {
 		t.Errorf("meta query of range 4: %v, want ErrBadCommand", err)
+	}
+	if err := queryErr(sm, EncodeAuthQuery(), nil); !errors.Is(err, ErrBadCommand) {
+		t.Errorf("auth query of range 4: %v, want ErrBadCommand", err)
 	}
 	out, err := sm.Query(EncodeDescriptorQuery())
 	if err != nil {

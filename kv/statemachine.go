@@ -63,6 +63,9 @@ type StateMachine struct {
 	// sessions are the client sessions of the range (session.go). Owned by
 	// the worker.
 	sessions sessionTable
+	// auth is the size of the range's auth table as applied (auth.go;
+	// empty but in the meta range). Owned by the worker.
+	auth authSize
 
 	// onDescriptor, if set, is called after the descriptor changed
 	// (WithDescriptorHook); onSplit after a split (WithSplitHook); gate
@@ -174,6 +177,9 @@ func (s *StateMachine) load(r pebble.Reader) error {
 	}
 	if err := s.sessions.load(r, s.id); err != nil {
 		return fmt.Errorf("load sessions: %w", err)
+	}
+	if s.auth, err = loadAuthSize(r, s.id); err != nil {
+		return fmt.Errorf("load auth table: %w", err)
 	}
 	v, ok, err := getRaw(r, s.appliedKey())
 	switch {
@@ -415,6 +421,8 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if fx.frozen != nil {
 		s.frozen.Store(fx.frozen)
 	}
+	s.auth.records += fx.auth.records
+	s.auth.bytes += fx.auth.bytes
 	if desc != old && !shrunk {
 		// After the commit: the span grows only once its data is in.
 		s.desc.Store(desc)
@@ -447,7 +455,7 @@ func (s *StateMachine) holds(desc *Descriptor, cmd *Command) bool {
 		return desc.Contains(cmd.Key)
 	case cmd.Op == OpDeleteRange:
 		return desc.ContainsSpan(cmd.Key, cmd.End)
-	case cmd.Op == OpMetaUpdate, cmd.Op == OpAllocRangeID:
+	case cmd.Op == OpMetaUpdate, cmd.Op == OpAllocRangeID, cmd.Op == OpAuthPut, cmd.Op == OpAuthDelete:
 		return s.id == MetaRangeID
 	case cmd.Op == OpSplit:
 		return desc.Contains(cmd.Key)
@@ -525,6 +533,8 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		return Result{OK: true, Count: id}, err
 	case OpRevoked:
 		return Result{OK: true}, b.Delete(s.revocationKey(cmd.Lease), nil)
+	case OpAuthPut, OpAuthDelete:
+		return s.applyAuth(b, cmd, rev, fx)
 	}
 	return s.applyLease(b, desc, *cmd, rev, fx)
 }
@@ -739,6 +749,19 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 			return nil, err
 		}
 		return EncodeDescriptors(ds), nil
+	case QueryAuth:
+		if s.id != MetaRangeID {
+			return nil, fmt.Errorf("%w: range %d is not the meta range", ErrBadCommand, s.id)
+		}
+		if len(q) != 1 {
+			return nil, fmt.Errorf("%w: auth query", ErrBadCommand)
+		}
+		if !serving {
+			// Removed: its table may be gone already, which must not
+			// read as an empty one.
+			return nil, fmt.Errorf("%w: range %d serves nothing here", ErrKeyMismatch, s.id)
+		}
+		return s.queryAuth()
 	}
 	return nil, fmt.Errorf("%w: query kind %q", ErrBadCommand, q[0])
 }

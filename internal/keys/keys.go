@@ -71,6 +71,10 @@ const (
 	// owner revoked or expired the lease and its stubs in other ranges
 	// remain to be revoked.
 	Revoked Kind = 'R'
+	// Auth: range(8) key → record: the auth table, opaque records (the
+	// server's users and roles) that kv stores and never interprets. Only
+	// the meta range holds these.
+	Auth Kind = 'U'
 )
 
 // Registered describes one kind: who owns it and its shape.
@@ -100,4 +104,5 @@ var All = []Registered{
 	{RangeIDs, "kv", "range ID allocator", false},
 	{Frozen, "kv", "range frozen for a merge", false},
 	{Revoked, "kv", "revoked lease's stubs to revoke", false},
+	{Auth, "kv", "auth record", false},
 }
