@@ -116,6 +116,45 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	return t, nil
 }
 
+// authRecheckMin is the least time between two rereads of the tables that
+// a refusal forces (recheckAuth): a flood of refused requests rereads them
+// at most 50 times a second.
+const authRecheckMin = 20 * time.Millisecond
+
+// recheckAuth rereads the tables, linearizably, before a request is
+// refused for a user, token or permission this node does not know: a
+// change made through another node is then in force here at once, not
+// only after the next AuthRefresh. One reread at a time (the others wait
+// for it), and none if the last was under authRecheckMin ago. It returns
+// the tables to decide with.
+func (s *Server) recheckAuth(ctx context.Context) *auth.Tables {
+	s.authLoad.Lock()
+	if time.Since(s.authLoad.at) < authRecheckMin {
+		s.authLoad.Unlock()
+		return s.authTables()
+	}
+	if ch := s.authLoad.running; ch != nil {
+		s.authLoad.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		return s.authTables()
+	}
+	ch := make(chan struct{})
+	s.authLoad.running = ch
+	s.authLoad.Unlock()
+	_, err := s.loadAuth(ctx, true)
+	s.authLoad.Lock()
+	s.authLoad.running = nil
+	if err == nil {
+		s.authLoad.at = time.Now()
+	}
+	s.authLoad.Unlock()
+	close(ch)
+	return s.authTables()
+}
+
 // authLoop rereads the user and role tables every AuthRefresh. A failed
 // read keeps the tables the node has (logged once per failure streak).
 func (s *Server) authLoop() {
@@ -185,9 +224,9 @@ func (a *authService) change(ctx context.Context, fn func(t *auth.Tables) (key, 
 				old = r.Value
 			}
 		}
-		cmd := kv.Command{Op: kv.OpAuthPut, Key: key, Value: value, Expected: old, ExpectAbsent: old == nil}
+		cmd := kv.AuthPut(key, value, old, old == nil)
 		if value == nil {
-			cmd = kv.Command{Op: kv.OpAuthDelete, Key: key, Expected: old}
+			cmd = kv.AuthDelete(key, old)
 		}
 		enc, err := cmd.Encode()
 		if err != nil {
@@ -198,8 +237,11 @@ func (a *authService) change(ctx context.Context, fn func(t *auth.Tables) (key, 
 			return nil, err
 		}
 		res, err := kv.DecodeResult(out)
+		if errors.Is(err, kv.ErrAuthFull) {
+			return nil, status.Errorf(codes.ResourceExhausted, "server: %v", err)
+		}
 		if err != nil {
-			return nil, err
+			return nil, status.Errorf(codes.Internal, "server: auth change: %v", err)
 		}
 		if res.Err != "" {
 			return nil, status.Errorf(codes.FailedPrecondition, "server: %s", res.Err)

@@ -69,7 +69,7 @@ func (s *Server) authenticate(ctx context.Context) (identity, error) {
 					return identity{user: leaf.Subject.CommonName, how: howNode, node: id}, nil
 				}
 				if name, ok := certs.ClientName(leaf); ok {
-					return s.knownUser(identity{user: name, how: howCertificate})
+					return s.knownUser(ctx, identity{user: name, how: howCertificate})
 				}
 				return identity{}, status.Error(codes.Unauthenticated, "server: the client certificate is neither a node's nor a client user's")
 			}
@@ -84,7 +84,11 @@ func (s *Server) authenticate(ctx context.Context) (identity, error) {
 			if s.authTab.Load() == nil {
 				return identity{}, errAuthNotLoaded
 			}
-			if user, ok := s.authTables().UserByToken(strings.TrimSpace(tok)); ok {
+			tok = strings.TrimSpace(tok)
+			if user, ok := s.authTables().UserByToken(tok); ok {
+				return identity{user: user, how: howToken}, nil
+			}
+			if user, ok := s.recheckAuth(ctx).UserByToken(tok); ok {
 				return identity{user: user, how: howToken}, nil
 			}
 			return identity{}, status.Error(codes.Unauthenticated, "server: unknown or revoked token")
@@ -99,7 +103,7 @@ var errAuthNotLoaded = status.Error(codes.Unavailable, "server: this node has no
 
 // knownUser returns id if its user exists (root always does): a
 // certificate of a deleted user still verifies, but names nobody.
-func (s *Server) knownUser(id identity) (identity, error) {
+func (s *Server) knownUser(ctx context.Context, id identity) (identity, error) {
 	if id.user == auth.RootUser {
 		return id, nil
 	}
@@ -107,7 +111,10 @@ func (s *Server) knownUser(id identity) (identity, error) {
 	if t == nil {
 		return identity{}, errAuthNotLoaded
 	}
-	if _, ok := t.User(id.user); !ok {
+	if _, ok := t.User(id.user); ok {
+		return id, nil
+	}
+	if _, ok := s.recheckAuth(ctx).User(id.user); !ok {
 		return identity{}, status.Errorf(codes.Unauthenticated, "server: user %q of the client certificate does not exist", id.user)
 	}
 	return id, nil
@@ -123,7 +130,10 @@ func (s *Server) authorize(ctx context.Context, need auth.Need) error {
 	if id.all() {
 		return nil
 	}
-	if err := s.authTables().Check(id.user, need); err != nil {
+	if s.authTables().Check(id.user, need) == nil {
+		return nil
+	}
+	if err := s.recheckAuth(ctx).Check(id.user, need); err != nil {
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	return nil
@@ -136,7 +146,7 @@ func (s *Server) requireAdmin(ctx context.Context, what string) error {
 	if !ok {
 		return status.Error(codes.Unauthenticated, "server: request not authenticated")
 	}
-	if id.all() || isAdmin(s.authTables(), id.user) {
+	if id.all() || isAdmin(s.authTables(), id.user) || isAdmin(s.recheckAuth(ctx), id.user) {
 		return nil
 	}
 	return status.Errorf(codes.PermissionDenied, "server: %s needs an admin (user root, or a user with role root); %q is not one", what, id.user)

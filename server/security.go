@@ -35,6 +35,7 @@ func newSecurity(cfg *Config) (*security, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --certs-dir: %v", ErrConfig, err)
 	}
+	src.SetLogger(cfg.Logger.With("node", cfg.NodeID))
 	return &security{src: src}, nil
 }
 

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/flotilla/flotilla/api"
@@ -176,7 +174,11 @@ func TestSecureRoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the deleted user's token is refused", func() error {
-		if _, err := secureClient(c, dir, "", token, false); !errors.Is(err, client.ErrUnauthenticated) {
+		cl, err := secureClient(c, dir, "", token, false)
+		if err == nil {
+			cl.Close()
+		}
+		if !errors.Is(err, client.ErrUnauthenticated) {
 			return fmt.Errorf("token of a deleted user: %v", err)
 		}
 		return nil
@@ -213,11 +215,15 @@ func TestSecureRefusals(t *testing.T) {
 
 	// Another CA.
 	other := makeCerts(t, 0)
-	if _, err := secureClient(c, other, "root", "", false); err == nil {
+	if cl, err := secureClient(c, other, "root", "", false); err == nil {
+		cl.Close()
 		t.Fatal("a client of another CA was served")
 	}
 	// No certificate and no token.
-	if _, err := secureClient(c, dir, "", "", false); !errors.Is(err, client.ErrUnauthenticated) {
+	if cl, err := secureClient(c, dir, "", "", false); !errors.Is(err, client.ErrUnauthenticated) {
+		if err == nil {
+			cl.Close()
+		}
 		t.Fatalf("a client without certificate or token: %v", err)
 	}
 	root := mustClient(t, c, dir, "root", "", false)
@@ -256,10 +262,13 @@ func TestSecureRefusals(t *testing.T) {
 			t.Errorf("GET %s (client cert %v): %d %v; want %d", tc.path, tc.cfg == rootTLS, code, err, tc.want)
 		}
 	}
-	hc := &http.Client{Timeout: 5 * time.Second}
-	if resp, err := hc.Get("http://" + c.nodes[1].HTTPAddr() + "/healthz"); err == nil && resp.StatusCode == 200 {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	if resp, err := hc.Get("http://" + c.nodes[1].HTTPAddr() + "/healthz"); err == nil {
 		resp.Body.Close()
-		t.Error("plain HTTP served")
+		if resp.StatusCode == 200 {
+			t.Error("plain HTTP served")
+		}
 	}
 }
 
@@ -374,6 +383,3 @@ func TestConnStreamsLimit(t *testing.T) {
 		c.stopAll()
 	}
 }
-
-var _ = credentials.NewTLS
-var _ = x509.ParseCertificate

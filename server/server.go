@@ -22,7 +22,8 @@
 //	authLoop           rereads the user and role tables (authservice.go)
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
-// Lock order: Server.peers.mu, Server.fwd.mu, leaderWatch.mu and a Batch
+// Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
+// leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
 package server
@@ -80,6 +81,12 @@ type Server struct {
 
 	sec     *security                   // TLS material (security.go)
 	authTab atomic.Pointer[auth.Tables] // users and roles last loaded (authservice.go)
+	// authLoad single-flights the rereads a refusal forces (recheckAuth).
+	authLoad struct {
+		sync.Mutex
+		running chan struct{} // closed when the reread in progress ends; nil if none
+		at      time.Time     // when the last forced reread succeeded
+	}
 
 	peerLis, clientLis, httpLis net.Listener
 	peerSrv, clientSrv          *grpc.Server
@@ -280,7 +287,8 @@ func New(cfg Config) (s *Server, err error) {
 	api.RegisterAuthServer(s.clientSrv, &authService{s: s})
 	api.RegisterClusterServer(s.clientSrv, &clusterService{s: s})
 	api.RegisterElectionServer(s.clientSrv, &electionService{s: s})
-	s.httpSrv = &http.Server{Handler: s.sec.httpGuard(s.httpHandler()), ReadHeaderTimeout: 10 * time.Second}
+	s.httpSrv = &http.Server{Handler: s.sec.httpGuard(s.httpHandler()), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	s.httpLis = s.sec.httpListener(s.httpLis)
 	return s, nil
 }
