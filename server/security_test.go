@@ -118,7 +118,7 @@ func TestSecureRoles(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, user, token, how string
-		noBatch               bool
+		noBatch                bool
 	}{
 		{"certificate, batch", "alice", "", "certificate", false},
 		{"certificate, unary", "alice", "", "certificate", true},
