@@ -33,6 +33,7 @@ func newStartCmd() *cobra.Command {
 		certsDir                                      string
 		insecure                                      bool
 		maxConnStreams                                int
+		certReload, authRefresh                       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
@@ -67,27 +68,29 @@ leaderships away, flushes storage and exits 0.`,
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			s, err := server.New(server.Config{
-				NodeID:          id,
-				DataDir:         dataDir,
-				PeerAddr:        peerAddr,
-				ClientAddr:      clientAddr,
-				HTTPAddr:        httpAddr,
-				InitialCluster:  ic,
-				Groups:          groups,
-				TickInterval:    tick,
-				ElectionTicks:   electionTicks,
-				HeartbeatTicks:  heartbeatTicks,
-				BalanceInterval: balanceInterval,
-				BalanceSettle:   balanceSettle,
-				DisableSync:     noSync,
-				Workers:         workers,
-				RangeMaxBytes:   maxBytes,
-				RangeMinBytes:   minBytes,
-				RangeSplitLoad:  loadFlag(splitLoad),
-				CertsDir:        certsDir,
-				Insecure:        insecure,
-				MaxConnStreams:  maxConnStreams,
-				Logger:          log,
+				NodeID:             id,
+				DataDir:            dataDir,
+				PeerAddr:           peerAddr,
+				ClientAddr:         clientAddr,
+				HTTPAddr:           httpAddr,
+				InitialCluster:     ic,
+				Groups:             groups,
+				TickInterval:       tick,
+				ElectionTicks:      electionTicks,
+				HeartbeatTicks:     heartbeatTicks,
+				BalanceInterval:    balanceInterval,
+				BalanceSettle:      balanceSettle,
+				DisableSync:        noSync,
+				Workers:            workers,
+				RangeMaxBytes:      maxBytes,
+				RangeMinBytes:      minBytes,
+				RangeSplitLoad:     loadFlag(splitLoad),
+				CertsDir:           certsDir,
+				Insecure:           insecure,
+				MaxConnStreams:     maxConnStreams,
+				CertReloadInterval: certReload,
+				AuthRefresh:        authRefresh,
+				Logger:             log,
 			})
 			if err != nil {
 				return err
@@ -136,6 +139,8 @@ leaderships away, flushes storage and exits 0.`,
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
 	f.StringVar(&certsDir, "certs-dir", "", "directory of the cluster's CA and this node's certificate (flotilla cert); every listener then serves mutual TLS and clients are authorised by role")
 	f.BoolVar(&insecure, "insecure", false, "serve plaintext and authorise every request (no --certs-dir): for a trusted network only")
+	f.DurationVar(&certReload, "cert-reload-interval", 10*time.Second, "how often the certificate files are checked for change (10ms..1h); a changed, valid set serves the next handshakes")
+	f.DurationVar(&authRefresh, "auth-refresh", time.Second, "how often the user and role tables are reread (10ms..1m)")
 	f.IntVar(&maxConnStreams, "max-conn-streams", 1024, "requests one client connection may have in flight; more wait at the client")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
 	return cmd
