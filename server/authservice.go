@@ -102,8 +102,13 @@ func (p *peerService) AuthRecords(ctx context.Context, req *api.AuthRecordsReque
 	return &api.AuthRecordsResponse{Answer: out}, nil
 }
 
-// loadAuth reads the tables and makes them this node's.
+// loadAuth reads the tables and makes them this node's. A plain read
+// (authLoop's) that a linearizable reread overtook is dropped: it may
+// predate what the reread saw.
 func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables, error) {
+	s.authLoad.Lock()
+	before := s.authLoad.finished
+	s.authLoad.Unlock()
 	recs, err := s.authRecords(ctx, linearizable)
 	if err != nil {
 		return nil, err
@@ -112,46 +117,48 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	if err != nil {
 		return nil, err
 	}
-	s.authTab.Store(t)
+	s.authLoad.Lock()
+	if linearizable || s.authLoad.finished == before {
+		s.authTab.Store(t)
+	}
+	s.authLoad.Unlock()
 	return t, nil
 }
 
-// authRecheckMin is the least time between two rereads of the tables that
-// a refusal forces (recheckAuth): a flood of refused requests rereads them
-// at most 50 times a second.
-const authRecheckMin = 20 * time.Millisecond
-
 // recheckAuth rereads the tables, linearizably, before a request is
 // refused for a user, token or permission this node does not know: a
-// change made through another node is then in force here at once, not
-// only after the next AuthRefresh. One reread at a time (the others wait
-// for it), and none if the last was under authRecheckMin ago. It returns
-// the tables to decide with.
+// change made through another node is in force here as soon as it is
+// committed, not only after the next AuthRefresh. The reread must start
+// after the call (one already running may have read too early); callers
+// share rereads, and one runs at a time, so a flood of refused requests
+// costs one reread of the meta range per round trip, not one each. It
+// returns the tables to decide with (the old ones if the reread fails).
 func (s *Server) recheckAuth(ctx context.Context) *auth.Tables {
 	s.authLoad.Lock()
-	if time.Since(s.authLoad.at) < authRecheckMin {
-		s.authLoad.Unlock()
-		return s.authTables()
-	}
-	if ch := s.authLoad.running; ch != nil {
-		s.authLoad.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
+	target := s.authLoad.started + 1
+	for s.authLoad.finished < target {
+		if ch := s.authLoad.running; ch != nil {
+			s.authLoad.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return s.authTables()
+			}
+			s.authLoad.Lock()
+			continue
 		}
-		return s.authTables()
+		ch := make(chan struct{})
+		s.authLoad.running = ch
+		s.authLoad.started++
+		seq := s.authLoad.started
+		s.authLoad.Unlock()
+		_, _ = s.loadAuth(ctx, true)
+		s.authLoad.Lock()
+		s.authLoad.running = nil
+		s.authLoad.finished = seq
+		close(ch)
 	}
-	ch := make(chan struct{})
-	s.authLoad.running = ch
 	s.authLoad.Unlock()
-	_, err := s.loadAuth(ctx, true)
-	s.authLoad.Lock()
-	s.authLoad.running = nil
-	if err == nil {
-		s.authLoad.at = time.Now()
-	}
-	s.authLoad.Unlock()
-	close(ch)
 	return s.authTables()
 }
 

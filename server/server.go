@@ -84,8 +84,8 @@ type Server struct {
 	// authLoad single-flights the rereads a refusal forces (recheckAuth).
 	authLoad struct {
 		sync.Mutex
-		running chan struct{} // closed when the reread in progress ends; nil if none
-		at      time.Time     // when the last forced reread succeeded
+		running           chan struct{} // closed when the reread in progress ends; nil if none
+		started, finished uint64        // rereads started; the last one finished
 	}
 
 	peerLis, clientLis, httpLis net.Listener

@@ -27,7 +27,7 @@ func (c *clientFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&c.certsDir, "certs-dir", "", "directory with the cluster's ca.crt and the client certificate of --user (a cluster started with --certs-dir)")
 	cmd.Flags().StringVar(&c.user, "user", "root", "the user whose certificate (client-USER.crt) the command presents")
 	cmd.Flags().StringVar(&c.token, "token", "", "authenticate with this user token (flotilla user add) instead of a client certificate; needs --certs-dir for ca.crt")
-	cmd.Flags().BoolVar(&c.insecure, "insecure", false, "talk plaintext to a cluster started with --insecure (the default without --certs-dir)")
+	cmd.Flags().BoolVar(&c.insecure, "insecure", false, "talk plaintext to a cluster started with --insecure (the default without --certs-dir; overrides it)")
 }
 
 // config returns the client configuration the flags describe.
@@ -38,8 +38,9 @@ func (c *clientFlags) config() (client.Config, error) {
 	}
 	cfg := client.Config{Endpoints: eps}
 	switch {
-	case c.insecure && c.certsDir != "":
-		return cfg, fmt.Errorf("--insecure and --certs-dir exclude each other")
+	case c.insecure:
+		// Wins over a --certs-dir from the environment (FLOTILLA_CERTS_DIR).
+		return cfg, nil
 	case c.certsDir == "" && c.token != "":
 		return cfg, fmt.Errorf("--token needs --certs-dir (the cluster's ca.crt): a token is only sent over TLS")
 	case c.certsDir == "":
