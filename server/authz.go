@@ -14,6 +14,7 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/auth"
 	"github.com/flotilla/flotilla/internal/certs"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // Authentication and authorisation of client requests (docs/security.md).
@@ -186,7 +187,7 @@ func needOf(req any) need {
 		return keyNeed(auth.Read, r.GetKey())
 	case *api.ScanRequest:
 		if len(r.GetPrefix()) > 0 {
-			return spanNeed(auth.Read, r.GetPrefix(), prefixEnd(r.GetPrefix()))
+			return spanNeed(auth.Read, r.GetPrefix(), kv.PrefixEnd(r.GetPrefix()))
 		}
 		return spanNeed(auth.Read, r.GetStart(), r.GetEnd())
 	case *api.DeleteRangeRequest:
@@ -205,19 +206,6 @@ func needOf(req any) need {
 		return need{admin: "merge"}
 	}
 	return need{}
-}
-
-// prefixEnd returns the first key after every key with prefix p; nil (the
-// end of the keyspace) if there is none.
-func prefixEnd(p []byte) []byte {
-	end := append([]byte(nil), p...)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] < 0xff {
-			end[i]++
-			return end[:i+1]
-		}
-	}
-	return nil
 }
 
 // check checks what req needs against the caller in ctx.
