@@ -59,4 +59,25 @@ func TestClassify(t *testing.T) {
 	if notSent(status.Error(codes.Unavailable, "error reading from server: EOF")) {
 		t.Error("a broken stream counts as not sent")
 	}
+	// Connection failures, as gRPC words them: a certificate refused by
+	// either side is final, a connection the network broke is not.
+	for msg, refused := range map[string]bool{
+		// The client refuses the node's certificate (another CA).
+		`connection error: desc = "transport: authentication handshake failed: certs: peer certificate \"node.2\": x509: certificate signed by unknown authority"`: true,
+		// The node refuses the client's certificate: under TLS 1.3 its
+		// alert arrives after the client's handshake, on the first read.
+		`connection error: desc = "error reading server preface: remote error: tls: bad certificate"`:      true,
+		`connection error: desc = "error reading server preface: remote error: tls: certificate required"`: true,
+		`connection error: desc = "error reading server preface: EOF"`:                                     false,
+		`connection error: desc = "transport: authentication handshake failed: EOF"`:                       false,
+		`write tcp 127.0.0.1:36844->127.0.0.1:34939: write: broken pipe`:                                   false,
+	} {
+		kind, err := classify(status.Error(codes.Unavailable, msg))
+		if refused && (kind != fatal || !errors.Is(err, ErrUnauthenticated)) {
+			t.Errorf("%s: %v %v; want fatal ErrUnauthenticated", msg, kind, err)
+		}
+		if !refused && kind != unreachable {
+			t.Errorf("%s: %v %v; want unreachable", msg, kind, err)
+		}
+	}
 }

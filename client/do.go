@@ -467,8 +467,15 @@ func wait(ctx context.Context, d time.Duration) error {
 
 // certificateRefused reports whether a connection failed because a
 // certificate did not verify (on either side), which no retry can mend;
-// a handshake cut short by the network (EOF, reset) is not one.
+// a handshake cut short by the network (EOF, reset) is not one. The
+// server's refusal of the client's certificate is a TLS alert that, under
+// TLS 1.3, arrives after the client's side of the handshake has finished:
+// gRPC reports it on reading the server's preface, not as a failed
+// handshake.
 func certificateRefused(msg string) bool {
+	if strings.Contains(msg, "remote error: tls: ") && strings.Contains(msg, "certificate") {
+		return true // bad, unknown, expired, ... certificate; certificate required
+	}
 	return strings.Contains(msg, "authentication handshake failed") &&
 		(strings.Contains(msg, "x509:") || strings.Contains(msg, "certs:") || strings.Contains(msg, "tls: "))
 }

@@ -74,10 +74,19 @@ type procCluster struct {
 	// certsDir, if set, starts the nodes with --certs-dir (mutual TLS and
 	// roles); empty: --insecure.
 	certsDir string
+	// startArgs are added to every node's start command.
+	startArgs []string
 }
 
+// newProcCluster starts an --insecure 3-node cluster of groups ranges.
 func newProcCluster(t *testing.T, groups int) *procCluster {
-	c := &procCluster{t: t, nodes: map[uint64]*node{}, groups: groups}
+	return launch(t, &procCluster{groups: groups})
+}
+
+// launch picks the addresses of c's three nodes and starts them, as c's
+// groups, certsDir and startArgs say; it stops them at cleanup.
+func launch(t *testing.T, c *procCluster) *procCluster {
+	c.t, c.nodes = t, map[uint64]*node{}
 	dir := t.TempDir()
 	var parts []string
 	for id := uint64(1); id <= 3; id++ {
@@ -114,6 +123,7 @@ func (c *procCluster) start(id uint64) {
 	} else {
 		n.cmd.Args = append(n.cmd.Args, "--insecure")
 	}
+	n.cmd.Args = append(n.cmd.Args, c.startArgs...)
 	n.cmd.Stderr = n.stderr
 	if err := n.cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -163,7 +173,13 @@ type result struct {
 
 func run(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return runFor(t, 60*time.Second, env, args...)
+}
+
+// runFor is run with the command killed after d (exit code -1).
+func runFor(t *testing.T, d time.Duration, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -191,7 +207,7 @@ func (c *procCluster) waitLed(t *testing.T, groups int) {
 	waitFor(t, 30*time.Second, "every range led", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		st, err := status(ctx, c.endpoints(0))
+		st, err := c.status(ctx, c.endpoints(0))
 		if err != nil {
 			return err
 		}
@@ -199,9 +215,26 @@ func (c *procCluster) waitLed(t *testing.T, groups int) {
 	})
 }
 
+// config returns the configuration of a client of c through eps: root's
+// certificate if c is secure.
+func (c *procCluster) config(eps []string) (client.Config, error) {
+	cfg := client.Config{Endpoints: eps}
+	if c.certsDir != "" {
+		var err error
+		if cfg.TLS, err = client.LoadTLS(c.certsDir, "root"); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
 // status gathers the cluster status through the given endpoints.
-func status(ctx context.Context, eps []string) (api.Status, error) {
-	cl, err := client.New(ctx, client.Config{Endpoints: eps}, client.WithMaxAttempts(2))
+func (c *procCluster) status(ctx context.Context, eps []string) (api.Status, error) {
+	cfg, err := c.config(eps)
+	if err != nil {
+		return api.Status{}, err
+	}
+	cl, err := client.New(ctx, cfg, client.WithMaxAttempts(2))
 	if err != nil {
 		return api.Status{}, err
 	}
@@ -229,7 +262,7 @@ func TestThreeProcessesKillAndRestart(t *testing.T) {
 	defer cancel()
 	waitFor(t, 30*time.Second, "cluster up", func() error {
 		for _, ep := range c.endpoints(0) {
-			st, err := status(ctx, []string{ep})
+			st, err := c.status(ctx, []string{ep})
 			if err != nil {
 				return err
 			}
@@ -285,7 +318,7 @@ func TestThreeProcessesKillAndRestart(t *testing.T) {
 	c.kill(victim)
 	survivors := c.endpoints(victim)
 	waitFor(t, 30*time.Second, "every group led by a survivor", func() error {
-		st, err := status(ctx, survivors)
+		st, err := c.status(ctx, survivors)
 		if err != nil {
 			return err
 		}

@@ -129,7 +129,7 @@ func newCertCreateNodeCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create-node NODE-ID HOST... --certs-dir DIR",
 		Short: "Create node NODE-ID's certificate and key, signed by the CA",
-		Long: `Create node NODE-ID's certificate and key (node.NODE-ID.crt and .key), signed
+		Long: `Create node NODE-ID's certificate and key (node-NODE-ID.crt and .key), signed
 by the CA of --certs-dir. Its identity is the node ID. The HOSTs (DNS names or IP
 addresses, without ports: those of its --peer-addr, --client-addr and
 --http-addr) are written into it for tools that check host names; Flotilla

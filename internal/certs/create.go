@@ -69,7 +69,7 @@ func CreateCA(o Options) error {
 
 // CreateNode makes node id's key and certificate, signed by the CA of o
 // (Dir/ca.crt and Dir/ca.key or o.CAKeyPath), and writes them to
-// Dir/node.<id>.crt and .key. The certificate's identity is the subject
+// Dir/node-<id>.crt and .key. The certificate's identity is the subject
 // common name "node.<id>" and the URI SAN "flotilla://node/<id>"; hosts
 // (at least one: DNS names, or IP addresses, without ports) become its DNS
 // and IP SANs. It is good for TLS servers and clients. Errors wrap ErrCerts:
@@ -111,7 +111,7 @@ func CreateNode(o Options, id uint64, hosts []string) error {
 }
 
 // CreateClient makes client user name's key and certificate, signed by the
-// CA of o, and writes them to Dir/client.<name>.crt and .key. The
+// CA of o, and writes them to Dir/client-<name>.crt and .key. The
 // certificate's subject common name is name; it is good for TLS clients
 // only. Errors wrap ErrCerts: a name ValidName refuses, a missing,
 // mismatched or expired CA, or an existing file without o.Overwrite (then

@@ -38,7 +38,7 @@ type certSet struct {
 }
 
 // NewNodeSource loads node id's certificate set from dir: ca.crt and
-// node.<id>.crt and .key. It fails (ErrCerts) if a file is missing or does
+// node-<id>.crt and .key. It fails (ErrCerts) if a file is missing or does
 // not parse, if the key does not match the certificate, if the certificate
 // does not verify against ca.crt for both TLS servers and clients now
 // (wrong CA, expired), or if it is not node id's (NodeID).
@@ -50,7 +50,7 @@ func NewNodeSource(dir string, id uint64) (*Source, error) {
 }
 
 // NewClientSource loads a client's certificate set from dir: ca.crt and,
-// if name is not "", client.<name>.crt and .key (the user name is only a
+// if name is not "", client-<name>.crt and .key (the user name is only a
 // name: "root" is not special here). With name "" the client has no
 // certificate of its own (it authenticates otherwise, by a token) and only
 // verifies the nodes. It fails (ErrCerts) like NewNodeSource, if ValidName
