@@ -295,7 +295,11 @@ func (c *Client) DeleteRange(ctx context.Context, start, end []byte) (uint64, er
 	for changed := 0; ; {
 		d, ok := c.descriptorOf(ctx, at)
 		if !ok {
-			return total, fmt.Errorf("%w: no range known for %q", ErrUnavailable, at)
+			// No range known (the meta index unreachable, or a user who
+			// may not read the range's bounds: they are keys): send the
+			// whole rest; the node routes it by its start and, if it
+			// spans ranges, answers with them.
+			d = kv.Descriptor{}
 		}
 		sub := end
 		if len(d.End) > 0 && (len(end) == 0 || bytes.Compare(d.End, end) < 0) {

@@ -35,15 +35,6 @@ func (s *Server) authTables() *auth.Tables {
 	return emptyTables
 }
 
-// isAdmin reports whether user may manage users and roles.
-func isAdmin(t *auth.Tables, user string) bool {
-	if user == auth.RootUser {
-		return true
-	}
-	u, ok := t.User(user)
-	return ok && slices.Contains(u.Roles, auth.RootRole)
-}
-
 // authRecords reads the auth records of the meta range: from this node's
 // replica if it has one, else from a node that has.
 func (s *Server) authRecords(ctx context.Context, linearizable bool) ([]kv.KeyValue, error) {
@@ -107,7 +98,7 @@ func (p *peerService) AuthRecords(ctx context.Context, req *api.AuthRecordsReque
 // predate what the reread saw.
 func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables, error) {
 	s.authLoad.Lock()
-	before := s.authLoad.finished
+	before := s.authLoad.linGen
 	s.authLoad.Unlock()
 	recs, err := s.authRecords(ctx, linearizable)
 	if err != nil {
@@ -118,12 +109,40 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 		return nil, err
 	}
 	s.authLoad.Lock()
-	if linearizable || s.authLoad.finished == before {
+	if linearizable {
+		s.authLoad.linGen++
+	}
+	if linearizable || s.authLoad.linGen == before {
 		s.authTab.Store(t)
+		s.authAt.Store(time.Now().UnixNano())
 	}
 	s.authLoad.Unlock()
 	return t, nil
 }
+
+// authStale is how old the tables may grow (every reread failing: the meta
+// range unreachable, this node cut off) before this node stops trusting
+// them for anyone but root and the nodes: a revoked user must not keep
+// its rights on a node that cannot learn of the revocation.
+func (s *Server) authStale() time.Duration { return max(10*s.cfg.AuthRefresh, 10*time.Second) }
+
+// authFresh refuses, as Unavailable (the client tries another node), a
+// request while this node's tables are older than authStale and a reread
+// fails.
+func (s *Server) authFresh(ctx context.Context) error {
+	age := func() time.Duration { return time.Duration(time.Now().UnixNano() - s.authAt.Load()) }
+	if age() < s.authStale() {
+		return nil
+	}
+	s.recheckAuth(ctx)
+	if a := age(); a >= s.authStale() {
+		return status.Errorf(codes.Unavailable, "server: node %d could not read the user tables for %v; ask another node", s.cfg.NodeID, a.Round(time.Second))
+	}
+	return nil
+}
+
+// authRecheckTimeout bounds one reread recheckAuth runs.
+const authRecheckTimeout = 5 * time.Second
 
 // recheckAuth rereads the tables, linearizably, before a request is
 // refused for a user, token or permission this node does not know: a
@@ -152,7 +171,11 @@ func (s *Server) recheckAuth(ctx context.Context) *auth.Tables {
 		s.authLoad.started++
 		seq := s.authLoad.started
 		s.authLoad.Unlock()
-		_, _ = s.loadAuth(ctx, true)
+		// The node's context, not the caller's: the waiters share this
+		// reread, and one caller giving up must not cut it short.
+		lctx, cancel := context.WithTimeout(s.ctx, authRecheckTimeout)
+		_, _ = s.loadAuth(lctx, true)
+		cancel()
 		s.authLoad.Lock()
 		s.authLoad.running = nil
 		s.authLoad.finished = seq

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -67,6 +69,11 @@ func (s *Server) authenticate(ctx context.Context) (identity, error) {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 			if leaf := verifiedLeaf(&ti.State); leaf != nil {
 				if id, ok := certs.NodeID(leaf); ok {
+					// Only a member: a node certificate of the same CA for
+					// another cluster's or a retired node names no one here.
+					if !slices.Contains(s.nodes, id) {
+						return identity{}, status.Errorf(codes.Unauthenticated, "server: node %d is not a member of this cluster", id)
+					}
 					return identity{user: leaf.Subject.CommonName, how: howNode, node: id}, nil
 				}
 				if name, ok := certs.ClientName(leaf); ok {
@@ -86,11 +93,16 @@ func (s *Server) authenticate(ctx context.Context) (identity, error) {
 				return identity{}, errAuthNotLoaded
 			}
 			tok = strings.TrimSpace(tok)
-			if user, ok := s.authTables().UserByToken(tok); ok {
-				return identity{user: user, how: howToken}, nil
+			t := s.authTables()
+			if user, ok := t.UserByToken(tok); ok {
+				return s.fresh(ctx, identity{user: user, how: howToken})
 			}
-			if user, ok := s.recheckAuth(ctx).UserByToken(tok); ok {
-				return identity{user: user, how: howToken}, nil
+			if !s.knownBadToken(tok, t) {
+				t = s.recheckAuth(ctx)
+				if user, ok := t.UserByToken(tok); ok {
+					return s.fresh(ctx, identity{user: user, how: howToken})
+				}
+				s.noteBadToken(tok, t)
 			}
 			return identity{}, status.Error(codes.Unauthenticated, "server: unknown or revoked token")
 		}
@@ -112,13 +124,46 @@ func (s *Server) knownUser(ctx context.Context, id identity) (identity, error) {
 	if t == nil {
 		return identity{}, errAuthNotLoaded
 	}
-	if _, ok := t.User(id.user); ok {
-		return id, nil
+	if t.HasUser(id.user) {
+		return s.fresh(ctx, id)
 	}
-	if _, ok := s.recheckAuth(ctx).User(id.user); !ok {
+	if !s.recheckAuth(ctx).HasUser(id.user) {
 		return identity{}, status.Errorf(codes.Unauthenticated, "server: user %q of the client certificate does not exist", id.user)
 	}
 	return id, nil
+}
+
+// fresh returns id unless this node's tables are too old to trust
+// (authFresh).
+func (s *Server) fresh(ctx context.Context, id identity) (identity, error) {
+	if err := s.authFresh(ctx); err != nil {
+		return identity{}, err
+	}
+	return id, nil
+}
+
+// maxBadTokens bounds the unknown tokens remembered; past it the memory
+// starts over.
+const maxBadTokens = 4096
+
+// knownBadToken reports whether tok was already found unknown in tables
+// t: a client that repeats a bad token (or a stranger who sends random
+// ones) then costs no reread of the meta range.
+func (s *Server) knownBadToken(tok string, t *auth.Tables) bool {
+	h := auth.HashToken(tok)
+	s.badTokens.Lock()
+	defer s.badTokens.Unlock()
+	return s.badTokens.m[h] == t
+}
+
+func (s *Server) noteBadToken(tok string, t *auth.Tables) {
+	h := auth.HashToken(tok)
+	s.badTokens.Lock()
+	defer s.badTokens.Unlock()
+	if s.badTokens.m == nil || len(s.badTokens.m) >= maxBadTokens {
+		s.badTokens.m = make(map[[32]byte]*auth.Tables)
+	}
+	s.badTokens.m[h] = t
 }
 
 // authorize checks that the caller in ctx may do what need describes; a
@@ -147,17 +192,43 @@ func (s *Server) requireAdmin(ctx context.Context, what string) error {
 	if !ok {
 		return status.Error(codes.Unauthenticated, "server: request not authenticated")
 	}
-	if id.all() || isAdmin(s.authTables(), id.user) || isAdmin(s.recheckAuth(ctx), id.user) {
+	if id.all() || s.authTables().IsAdmin(id.user) || s.recheckAuth(ctx).IsAdmin(id.user) {
 		return nil
 	}
 	return status.Errorf(codes.PermissionDenied, "server: %s needs an admin (user root, or a user with role root); %q is not one", what, id.user)
 }
 
+// boundsVisible reports whether the caller in ctx may learn a range's
+// bounds: they are keys of the data (a split picks one), so a user sees
+// only those it may read (an empty bound, an end of the keyspace, is no
+// key). Nodes and admins see all.
+func (s *Server) boundsVisible(ctx context.Context, start, end []byte) bool {
+	id, ok := identityOf(ctx)
+	if !ok {
+		return false
+	}
+	if id.all() {
+		return true
+	}
+	t := s.authTables()
+	if t.IsAdmin(id.user) {
+		return true
+	}
+	for _, k := range [][]byte{start, end} {
+		if len(k) > 0 && t.Check(id.user, auth.Need{Kind: auth.KindKey, Access: auth.Read, Key: k}) != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // need is what a request needs: a permission, admin rights, or only an
-// authenticated caller.
+// authenticated caller (open).
 type need struct {
 	perm  *auth.Need
 	admin string // non-empty: admin rights, for this operation
+	open  bool   // an authenticated caller is enough
+	deny  string // non-empty: a request type nothing here knows
 }
 
 func keyNeed(a auth.Access, key []byte) need {
@@ -172,11 +243,20 @@ func electionNeed(a auth.Access, name []byte) need {
 	return need{perm: &auth.Need{Kind: auth.KindElection, Access: a, Key: name}}
 }
 
-// needOf returns what a request message needs. Requests it does not list
-// (cluster maps, leases, WhoAmI) need only an authenticated caller; the
-// Auth service checks admin rights itself, Batch checks each op (batch.go).
+// needOf returns what a request message needs. The cluster map, the range
+// list (filtered: boundsVisible), leases and WhoAmI need only an
+// authenticated caller; the Auth service checks admin rights itself, and
+// Batch checks each of its ops (batch.go). A request type it does not list
+// is refused: a new RPC is closed until it is given its permission here.
 func needOf(req any) need {
 	switch r := req.(type) {
+	case *api.ClusterMapRequest, *api.RangesRequest, *api.WhoAmIRequest, *api.BatchRequest,
+		*api.LeaseGrantRequest, *api.LeaseRevokeRequest, *api.LeaseKeepAliveRequest, *api.LeaseTimeToLiveRequest,
+		*api.UserAddRequest, *api.UserDeleteRequest, *api.UserRoleRequest, *api.UserListRequest,
+		*api.RoleAddRequest, *api.RoleDeleteRequest, *api.RolePermissionRequest, *api.RoleListRequest:
+		return need{open: true}
+	case *api.NodeStatusRequest:
+		return need{admin: "node status"}
 	case *api.PutRequest:
 		return keyNeed(auth.Write, r.GetKey())
 	case *api.DeleteRequest:
@@ -205,13 +285,18 @@ func needOf(req any) need {
 	case *api.MergeRequest:
 		return need{admin: "merge"}
 	}
-	return need{}
+	return need{deny: fmt.Sprintf("%T", req)}
 }
 
 // check checks what req needs against the caller in ctx.
 func (s *Server) check(ctx context.Context, req any) error {
 	n := needOf(req)
 	switch {
+	case n.deny != "":
+		if id, ok := identityOf(ctx); ok && id.all() {
+			return nil
+		}
+		return status.Errorf(codes.PermissionDenied, "server: %s is not open to clients", n.deny)
 	case n.admin != "":
 		return s.requireAdmin(ctx, n.admin)
 	case n.perm != nil:
@@ -244,12 +329,15 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerI
 	return handler(srv, &authedStream{ServerStream: ss, s: s, ctx: context.WithValue(ss.Context(), identityKey{}, id)})
 }
 
-// authedStream carries the caller's identity in its context and checks
-// each received message.
+// authedStream carries the caller's identity in its context, checks each
+// received message, and checks the caller again before each message it
+// sends: a stream that outlives its user's permission (an Observe, a
+// lease's keep-alives) ends when the permission or the user goes.
 type authedStream struct {
 	grpc.ServerStream
-	s   *Server
-	ctx context.Context
+	s    *Server
+	ctx  context.Context
+	last any // the last request received, whose permission each send needs
 }
 
 func (a *authedStream) Context() context.Context { return a.ctx }
@@ -258,5 +346,35 @@ func (a *authedStream) RecvMsg(m any) error {
 	if err := a.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return a.s.check(a.ctx, m)
+	if err := a.s.check(a.ctx, m); err != nil {
+		return err
+	}
+	a.last = m
+	return nil
+}
+
+func (a *authedStream) SendMsg(m any) error {
+	if err := a.s.stillAuthorized(a.ctx, a.last); err != nil {
+		return err
+	}
+	return a.ServerStream.SendMsg(m)
+}
+
+// stillAuthorized checks, for a long-lived stream, that its caller still
+// exists and may still do what req (its last request; nil: none yet)
+// asked. A Batch stream's ops are checked one by one instead.
+func (s *Server) stillAuthorized(ctx context.Context, req any) error {
+	id, ok := identityOf(ctx)
+	if !ok || id.all() || id.user == auth.RootUser {
+		return nil
+	}
+	if !s.authTables().HasUser(id.user) {
+		if !s.recheckAuth(ctx).HasUser(id.user) {
+			return status.Errorf(codes.Unauthenticated, "server: user %q no longer exists", id.user)
+		}
+	}
+	if _, batch := req.(*api.BatchRequest); req == nil || batch {
+		return nil
+	}
+	return s.check(ctx, req)
 }

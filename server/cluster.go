@@ -288,11 +288,19 @@ type clusterService struct {
 }
 
 func (c *clusterService) ClusterMap(ctx context.Context, _ *api.ClusterMapRequest) (*api.ClusterMapResponse, error) {
+	gis := c.s.groupInfos()
+	for _, gi := range gis {
+		if !c.s.boundsVisible(ctx, gi.Start, gi.End) {
+			// Routing by leader still works; the client learns the span
+			// from nowhere (the node routes by key).
+			gi.Start, gi.End, gi.Replicas, gi.Generation = nil, nil, nil, 0
+		}
+	}
 	return &api.ClusterMapResponse{
 		ClusterId:  c.s.clusterID,
 		Groups:     uint32(c.s.cfg.Groups),
 		Nodes:      c.s.nodeInfos(),
-		GroupInfos: c.s.groupInfos(),
+		GroupInfos: gis,
 	}, nil
 }
 
@@ -356,7 +364,9 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 			return nil, c.s.count("ranges", err)
 		}
 		for _, d := range ds {
-			resp.Ranges = append(resp.Ranges, c.s.rangeInfo(d, req.Stats))
+			if c.s.boundsVisible(ctx, d.Start, d.End) {
+				resp.Ranges = append(resp.Ranges, c.s.rangeInfo(d, req.Stats))
+			}
 		}
 		if len(ds) == 0 || len(ds[len(ds)-1].End) == 0 {
 			break

@@ -7,11 +7,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/internal/certs"
 	"github.com/flotilla/flotilla/transport"
@@ -70,12 +74,20 @@ func (sec *security) peerDial(id uint64) grpc.DialOption {
 }
 
 // checkPeer is the transport's CheckPeer (nil: any claim is taken, with
-// --insecure): a stream's certificate must be the node's its frames claim.
-func (sec *security) checkPeer() func(context.Context, uint64) error {
+// --insecure): a stream's certificate must be the node's its frames claim,
+// and that node a member of the cluster (a node certificate of the same CA
+// for another node ID, a retired or a foreign node, is refused).
+func (sec *security) checkPeer(members []uint64) func(context.Context, uint64) error {
 	if sec.insecure {
 		return nil
 	}
-	return transport.TLSPeerCheck(certs.NodeID)
+	same := transport.TLSPeerCheck(certs.NodeID)
+	return func(ctx context.Context, from uint64) error {
+		if !slices.Contains(members, from) {
+			return fmt.Errorf("node %d is not a member of this cluster", from)
+		}
+		return same(ctx, from)
+	}
 }
 
 // peerTLS is the transport's per-peer TLS configuration (nil: plaintext).
@@ -142,4 +154,31 @@ func verifiedLeaf(st *tls.ConnectionState) *x509.Certificate {
 		return nil
 	}
 	return st.PeerCertificates[0]
+}
+
+// peerMember returns the unary interceptor of the peer listener's own
+// services (discovery, internal proposals, replica state, auth records):
+// the caller's certificate must be a member node's (the handshake already
+// required a node certificate of the CA). The raft transport's streams
+// are checked by checkPeer. Nil with --insecure.
+func (sec *security) peerMember(members []uint64) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !sec.insecure {
+			p, ok := peer.FromContext(ctx)
+			var leaf *x509.Certificate
+			if ok {
+				if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+					leaf = verifiedLeaf(&ti.State)
+				}
+			}
+			id, isNode := uint64(0), false
+			if leaf != nil {
+				id, isNode = certs.NodeID(leaf)
+			}
+			if !isNode || !slices.Contains(members, id) {
+				return nil, status.Errorf(codes.PermissionDenied, "server: %s is for the cluster's nodes only", info.FullMethod)
+			}
+		}
+		return handler(ctx, req)
+	}
 }

@@ -12,7 +12,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
@@ -413,4 +416,224 @@ func TestNewUserKnownAtOnce(t *testing.T) {
 			cl.Close()
 		}
 	}
+}
+
+type bearerToken string
+
+func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearerToken) RequireTransportSecurity() bool { return true }
+
+func tlsConn(t *testing.T, addr string, cfg *tls.Config, token string) *grpc.ClientConn {
+	t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerToken(token)))
+	}
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// TestForeignNodeCertRefused: a node certificate of the cluster's CA for a
+// node that is not a member (another cluster sharing the CA, a retired
+// node) is no node here: the client listener refuses it (a review found
+// it allowed everything, admin included) and so do the peer listener's
+// services (internal proposals among them).
+func TestForeignNodeCertRefused(t *testing.T) {
+	dir := makeCerts(t, 3)
+	if err := certs.CreateNode(certs.Options{Dir: dir}, 99, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	c := startSecure(t, 3, dir, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	src, err := certs.NewNodeSource(dir, 99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := src.ClientConfig(certs.RequireNode(0))
+
+	// The peer listener's services.
+	peer := tlsConn(t, c.nodes[1].PeerAddr(), cfg, "")
+	_, err = api.NewPeerClient(peer).Info(ctx, &api.InfoRequest{ClusterId: c.nodes[1].ClusterID(), From: 99})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Peer.Info from node 99 (not a member): %v", err)
+	}
+	_, err = api.NewPeerClient(peer).Propose(ctx, &api.PeerProposeRequest{ClusterId: c.nodes[1].ClusterID(), Group: 1})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Peer.Propose from node 99 (not a member): %v", err)
+	}
+
+	// The client listener.
+	cc := tlsConn(t, c.nodes[1].ClientAddr(), cfg, "")
+	if who, err := api.NewAuthClient(cc).WhoAmI(ctx, &api.WhoAmIRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("WhoAmI as node 99 (not a member): %v %v", who, err)
+	}
+	_, err = api.NewKVClient(cc).Put(ctx, &api.PutRequest{Key: []byte("secret/x"), Value: []byte("owned")})
+	if status.Code(err) == codes.OK {
+		t.Errorf("node 99, not a member of the cluster, wrote secret/x")
+	}
+	_, err = api.NewAuthClient(cc).UserAdd(ctx, &api.UserAddRequest{Name: "mallory"})
+	if status.Code(err) == codes.OK {
+		t.Errorf("node 99, not a member of the cluster, added a user")
+	}
+}
+
+// TestRangeBoundsHidden: range bounds are keys of the data (a split, by
+// size or load, picks one), so a user sees only the ranges whose bounds it
+// may read: a user with no role does not learn a secret key from the
+// range list or the cluster map (a review found it did), and an admin
+// sees every range.
+func TestRangeBoundsHidden(t *testing.T) {
+	dir := makeCerts(t, 3)
+	c := startSecure(t, 3, dir, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	root := mustClient(t, c, dir, "root", "", false)
+	secret := []byte("secret/payroll/alice=250000")
+	if _, err := root.Put(ctx, secret, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := root.Split(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	_, token, err := root.UserAdd(ctx, "nobody", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := mustClient(t, c, dir, "", token, true)
+	if _, err := nobody.Get(ctx, secret); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("get as nobody: %v", err)
+	}
+	rs, _, err := nobody.Ranges(ctx, nil, 100, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if string(r.Start) == string(secret) || string(r.End) == string(secret) {
+			t.Errorf("user nobody (no roles) reads the key %q off range %d's bounds", secret, r.Id)
+		}
+	}
+	m, err := nobody.ClusterMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range m.GroupInfos {
+		if string(g.Start) == string(secret) || string(g.End) == string(secret) {
+			t.Errorf("user nobody reads the key %q off the cluster map's range %d", secret, g.Id)
+		}
+	}
+	all, _, err := root.Ranges(ctx, nil, 100, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := false
+	for _, r := range all {
+		seen = seen || string(r.Start) == string(secret)
+	}
+	if !seen {
+		t.Fatal("root does not see the range that starts at the split key: the test shows nothing")
+	}
+}
+
+// TestObserveEndsOnRevoke: an Observe stream opened while the user could
+// read the election ends once the user is deleted: the caller is checked
+// before every message a stream sends (a review found the stream went on
+// delivering, checked only at its first message).
+func TestObserveEndsOnRevoke(t *testing.T) {
+	dir := makeCerts(t, 3)
+	c := startSecure(t, 3, dir, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	root := mustClient(t, c, dir, "root", "", false)
+	if _, err := root.RoleAdd(ctx, "obs"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.RoleGrant(ctx, "obs", &api.Permission{Kind: api.Permission_ELECTION, Prefix: []byte("e"), Read: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, token, err := root.UserAdd(ctx, "alice", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.UserGrant(ctx, "alice", "obs"); err != nil {
+		t.Fatal(err)
+	}
+	rootTLS, err := client.LoadTLS(dir, "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon, err := client.LoadTLS(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every node holds every range (3 nodes, 3 replicas): talk to node 1.
+	addr := c.nodes[1].ClientAddr()
+	rel := api.NewElectionClient(tlsConn(t, addr, rootTLS, ""))
+	ael := api.NewElectionClient(tlsConn(t, addr, anon, token))
+	name := []byte("e1")
+	var lease uint64
+	waitFor(t, 10*time.Second, "lease granted", func() error {
+		g, err := rel.LeaseGrant(ctx, &api.LeaseGrantRequest{Key: name, TtlMs: 60000})
+		if err != nil {
+			return err
+		}
+		lease = g.Id
+		return nil
+	})
+	waitFor(t, 10*time.Second, "campaign", func() error {
+		_, err := rel.Campaign(ctx, &api.CampaignRequest{Name: name, Value: []byte("v1"), Lease: lease})
+		return err
+	})
+	var obs api.Election_ObserveClient
+	waitFor(t, 10*time.Second, "alice observes", func() error {
+		o, err := ael.Observe(ctx, &api.ObserveRequest{Name: name})
+		if err != nil {
+			return err
+		}
+		if _, err := o.Recv(); err != nil {
+			return err
+		}
+		obs = o
+		return nil
+	})
+
+	if _, err := root.UserRevoke(ctx, "alice", "obs"); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.UserDelete(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "node 1 refuses alice", func() error {
+		if _, err := ael.Leader(ctx, &api.LeaderRequest{Name: name}); status.Code(err) != codes.Unauthenticated {
+			return fmt.Errorf("Leader as deleted alice: %v", err)
+		}
+		return nil
+	})
+	if _, err := rel.Resign(ctx, &api.ResignRequest{Name: name, Lease: lease}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		m, err := obs.Recv()
+		if err == nil {
+			err = fmt.Errorf("received %v", m)
+			got <- err
+			return
+		}
+		got <- nil
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Errorf("deleted user alice's Observe stream still delivers: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+	}
+	cancel()
 }

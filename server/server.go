@@ -23,6 +23,7 @@
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
+// Server.badTokens.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -86,6 +87,15 @@ type Server struct {
 		sync.Mutex
 		running           chan struct{} // closed when the reread in progress ends; nil if none
 		started, finished uint64        // rereads started; the last one finished
+		linGen            uint64        // linearizable loads stored (a plain load older than one is dropped)
+	}
+	authAt atomic.Int64 // unix nanos when tables were last stored
+	// badTokens remembers tokens the tables named nobody in, with the
+	// tables that said so, so that repeating an unknown token forces no
+	// reread until the tables change (authz.go). A leaf lock.
+	badTokens struct {
+		sync.Mutex
+		m map[[32]byte]*auth.Tables
 	}
 
 	peerLis, clientLis, httpLis net.Listener
@@ -203,12 +213,12 @@ func New(cfg Config) (s *Server, err error) {
 		PeerAddr:    cfg.PeerAddr,
 		SnapshotDir: snapDir,
 		TLS:         s.sec.peerTLS(),
-		CheckPeer:   s.sec.checkPeer(),
+		CheckPeer:   s.sec.checkPeer(s.nodes),
 		Registerer:  s.reg,
 		Logger:      s.log,
 	}
 	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg), s.sec.peerServerOption(),
-		grpc.ChainUnaryInterceptor(s.freezer.unary), grpc.ChainStreamInterceptor(s.freezer.stream))...)
+		grpc.ChainUnaryInterceptor(s.freezer.unary, s.sec.peerMember(s.nodes)), grpc.ChainStreamInterceptor(s.freezer.stream))...)
 	tcfg.Server = s.peerSrv
 	if s.tr, err = transport.NewGRPC(tcfg); err != nil {
 		return s, fmt.Errorf("server: transport: %w", err)

@@ -112,6 +112,17 @@ func (t *GRPCTransport) checkFrame(lane frameKind, f *frame) error {
 	return nil
 }
 
+// checkSender refuses a raft message that claims another sender than the
+// node whose stream carries it: a node speaks only for itself (with TLS,
+// CheckPeer tied the stream to the sender's certificate, and this ties
+// every message to the stream).
+func (t *GRPCTransport) checkSender(m *raftpb.Message, from uint64) error {
+	if m.From != from {
+		return t.rejectStatus(RejectIdentity, codes.PermissionDenied, "node %d sent a message from node %d", from, m.From)
+	}
+	return nil
+}
+
 // blackHole holds a stream whose sender is ingress-blocked: nothing is read
 // or answered until the sender gives up (its deadline cancels the stream),
 // the transport closes, or the fault is lifted.
@@ -196,6 +207,9 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 				if carriesMarker(&f.envs[i].Msg) {
 					return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "a snapshot marker outside the snapshot lane")
 				}
+				if err := t.checkSender(&f.envs[i].Msg, from); err != nil {
+					return err
+				}
 			}
 			taken += uint64(len(f.envs))
 			if !t.deliver(hs, from, f.envs) {
@@ -246,6 +260,9 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 					return t.rejectStatus(RejectMalformed, codes.InvalidArgument, "bad snapshot message: %v", err)
 				}
 				return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition, "%v", err)
+			}
+			if err := t.checkSender(&env[0].Msg, from); err != nil {
+				return err
 			}
 			group := snap.group
 			snap = snapAssembly{}

@@ -177,6 +177,23 @@ func loadRecord(k, v []byte, seen map[string]bool, users *[]User, roles *[]Role)
 	return nil
 }
 
+// HasUser reports whether user name exists (RootUser always does). It
+// allocates nothing: for the request path.
+func (t *Tables) HasUser(name string) bool {
+	_, ok := t.byName[name]
+	return ok || name == RootUser
+}
+
+// IsAdmin reports whether user name may manage users and roles: RootUser,
+// or a user granted RootRole. It allocates nothing.
+func (t *Tables) IsAdmin(name string) bool {
+	if name == RootUser {
+		return true
+	}
+	e, ok := t.byName[name]
+	return ok && e.admin
+}
+
 // User returns the user named name, and whether it is in t (RootUser is
 // only if it has a record). The result is a copy the caller owns.
 func (t *Tables) User(name string) (User, bool) {

@@ -236,3 +236,23 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("the zero hash authenticates %q", name)
 	}
 }
+
+// TestHasUserIsAdmin: the allocation-free lookups of the request path
+// agree with User.
+func TestHasUserIsAdmin(t *testing.T) {
+	tb := NewTables([]User{{Name: "alice", Roles: []string{"app"}}, {Name: "boss", Roles: []string{RootRole}}}, nil)
+	for _, tc := range []struct {
+		name       string
+		has, admin bool
+	}{{"alice", true, false}, {"boss", true, true}, {RootUser, true, true}, {"nobody", false, false}} {
+		if got := tb.HasUser(tc.name); got != tc.has {
+			t.Errorf("HasUser(%q) = %v", tc.name, got)
+		}
+		if got := tb.IsAdmin(tc.name); got != tc.admin {
+			t.Errorf("IsAdmin(%q) = %v", tc.name, got)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { tb.HasUser("alice"); tb.IsAdmin("boss") }); n != 0 {
+		t.Errorf("%v allocations", n)
+	}
+}
