@@ -158,6 +158,14 @@ func TestSecureRoles(t *testing.T) {
 		if !errors.Is(err, client.ErrPermissionDenied) {
 			t.Fatalf("%s: a non-admin added a role: %v", tc.name, err)
 		}
+		if _, _, err := cl.Split(ctx, []byte("app/m")); !errors.Is(err, client.ErrPermissionDenied) {
+			t.Fatalf("%s: a non-admin split a range: %v", tc.name, err)
+		}
+		_, err = cl.DeleteRange(ctx, []byte("a"), []byte("z"))
+		denied("delete a..z", err, "no write permission on span")
+		if _, err := cl.DeleteRange(ctx, []byte("app/zz"), []byte("app0")); err != nil {
+			t.Fatalf("%s: delete-range inside app/: %v", tc.name, err)
+		}
 	}
 	if _, err := root.Get(ctx, []byte("secret/new")); !errors.Is(err, client.ErrKeyNotFound) {
 		t.Fatalf("a denied put wrote: %v", err)
