@@ -311,6 +311,8 @@ type GroupStatus struct {
 	Role     string
 	Voters   []uint64
 	Learners []uint64
+	// Quiesced: the replica does not tick (quiesce.go).
+	Quiesced bool
 }
 
 // Status returns the status of every local replica, by group ID.
@@ -339,12 +341,13 @@ func (h *Host) GroupStatus(id uint64) (GroupStatus, error) {
 
 func (g *group) status() GroupStatus {
 	s := GroupStatus{
-		ID:      g.id,
-		Leader:  g.st.lead.Load(),
-		Term:    g.st.term.Load(),
-		Commit:  g.st.commit.Load(),
-		Applied: g.st.applied.Load(),
-		Role:    raft.StateType(g.st.role.Load()).String(),
+		ID:       g.id,
+		Leader:   g.st.lead.Load(),
+		Term:     g.st.term.Load(),
+		Commit:   g.st.commit.Load(),
+		Applied:  g.st.applied.Load(),
+		Role:     raft.StateType(g.st.role.Load()).String(),
+		Quiesced: g.st.quiesced.Load(),
 	}
 	if v := g.st.voters.Load(); v != nil {
 		s.Voters = *v

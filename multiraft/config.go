@@ -111,6 +111,21 @@ type Config struct {
 	// set: without them a follower that merely cannot hear a live leader
 	// would depose it.
 	DisableFailover bool
+	// Quiesce lets an idle group stop ticking (quiesce.go): a leader with
+	// nothing in flight, whose live followers all hold its last entry and
+	// a quorum of whose voters are live, tells its followers so and stops
+	// ticking the group; they stop too. Anything for the group wakes it;
+	// liveness wakes the groups of a node that goes down (or comes back).
+	// Needs the failover (PreVote, CheckQuorum, not DisableFailover): a
+	// quiesced follower learns that its leader died from liveness only.
+	// Off by default.
+	Quiesce bool
+	// QuiesceIgnoringLiveness and QuiesceWithLaggards are planted bugs, for
+	// the tests and the simulation to show that their checks catch them;
+	// never set otherwise. The first leaves a quiesced group asleep when
+	// liveness finds its leader's node down; the second lets a leader
+	// quiesce while a live follower lacks its last entry.
+	QuiesceIgnoringLiveness, QuiesceWithLaggards bool
 
 	// Manual runs no goroutine: the caller drives the Host with Tick and
 	// Process. For deterministic tests and simulation.
@@ -214,6 +229,8 @@ func (c *Config) validate() error {
 		return bad("CompactionOverhead %d > SnapshotEntries %d", c.CompactionOverhead, c.SnapshotEntries)
 	case c.RequestTimeoutTicks < c.ElectionTicks:
 		return bad("RequestTimeoutTicks %d < ElectionTicks %d", c.RequestTimeoutTicks, c.ElectionTicks)
+	case c.Quiesce && (c.DisableFailover || c.DisablePreVote || c.DisableCheckQuorum):
+		return bad("Quiesce needs the liveness failover (PreVote, CheckQuorum, no DisableFailover)")
 	case c.LivenessTicks < 2*c.HeartbeatTicks || c.LivenessTicks > 1000:
 		return bad("LivenessTicks %d outside 2*HeartbeatTicks (%d)..1000", c.LivenessTicks, 2*c.HeartbeatTicks)
 	}

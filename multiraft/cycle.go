@@ -50,6 +50,9 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			r.rd = r.g.rn.Ready()
 			w.readies[n] = r
 			n++
+		} else if len(r.g.outbox) > 0 {
+			h.tr.Send(r.g.outbox)
+			r.g.outbox = r.g.outbox[:0]
 		}
 	}
 	w.readies = w.readies[:n]
@@ -88,6 +91,9 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 				w.late = append(w.late, e)
 			}
 		}
+		w.late = append(w.late, g.outbox...)
+		clear(g.outbox)
+		g.outbox = g.outbox[:0]
 	}
 	if len(w.early) > 0 {
 		h.tr.Send(w.early)

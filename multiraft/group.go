@@ -1,6 +1,7 @@
 package multiraft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"sync"
@@ -64,6 +65,14 @@ type group struct {
 	// failoverTick when this replica last acted on it.
 	failoverFrom, failoverTick uint64
 	stopped                    bool
+	// quiesced: the group does not tick (quiesce.go), since it quiesced
+	// under quietLeader. Set and cleared by the owner through Host.quiesce
+	// and Host.unquiesce, under Host.quiet.mu.
+	quiesced    bool
+	quietLeader uint64
+	// outbox: messages of this node's own making (quiesce heartbeats) to
+	// send after the group's Ready messages of the current cycle.
+	outbox []transport.Envelope
 	// snapFiles: received snapshots (transport.FileMarker) stepped since
 	// the last Ready; applyReady removes those raft did not take.
 	snapFiles []string
@@ -81,12 +90,14 @@ type group struct {
 		campaign    bool
 		forget      bool
 		closed      bool
+		wake        bool // liveness wakes the quiesced group (quiesce.go)
 	}
 
 	st struct {
 		lead, term, commit, applied atomic.Uint64
 		role                        atomic.Int32
 		voters, learners            atomic.Pointer[[]uint64]
+		quiesced                    atomic.Bool
 	}
 }
 
@@ -150,11 +161,34 @@ func (g *group) handleInputs() {
 	g.in.Lock()
 	msgs, props, reads, transfers := g.in.msgs, g.in.props, g.in.reads, g.in.transfers
 	ticks, unreachable, snaps, stop := g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop
-	campaign, forget := g.in.campaign, g.in.forget
+	campaign, forget, wake := g.in.campaign, g.in.forget, g.in.wake
 	g.in.msgs, g.in.props, g.in.reads, g.in.transfers = nil, nil, nil, nil
 	g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop = 0, nil, nil, nil
-	g.in.campaign, g.in.forget = false, false
+	g.in.campaign, g.in.forget, g.in.wake = false, false, false
 	g.in.Unlock()
+
+	// Quiescence (quiesce.go): what in this round wakes the group, and
+	// whether it brings a quiesce heartbeat to follow.
+	local := len(props) > 0 || len(reads) > 0 || len(transfers) > 0 || campaign || forget || len(snaps) > 0 || wake
+	wakes, byLeader := local, false
+	var quiet *raftpb.Message
+	if g.h.cfg.Quiesce {
+		for i := range msgs {
+			m := &msgs[i]
+			switch {
+			case m.Type == raftpb.MsgHeartbeat && bytes.Equal(m.Context, quiesceCtx):
+				quiet = m
+			case !g.benign(m):
+				wakes = true
+				byLeader = byLeader || m.From == g.lead
+			}
+		}
+	} else {
+		wakes = wakes || len(msgs) > 0
+	}
+	if g.quiesced && wakes && stop == nil {
+		g.wake(byLeader && !local)
+	}
 
 	if stop != nil {
 		// What was drained with the stop request fails with the rest.
@@ -251,6 +285,12 @@ func (g *group) handleInputs() {
 		g.readIndex(reads)
 	}
 	g.releaseTransferHeld()
+	switch {
+	case quiet != nil && !wakes:
+		g.maybeQuiesceFollower(quiet)
+	case ticks > 0 && !wakes:
+		g.maybeQuiesce()
+	}
 }
 
 // propose hands proposals to raft; consecutive commands go in one step.

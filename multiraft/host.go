@@ -46,7 +46,14 @@ type Host struct {
 		ids     []uint64 // sorted group IDs, for deterministic ticking
 		closing bool
 	}
-	feedback struct {
+	// act: the groups that tick; quiet: the quiesced ones by leader
+	// (quiesce.go).
+	act   activeSet
+	quiet quietIndex
+	// tickScratch is tick's copy of the active set (one tick at a time:
+	// the tick loop, or Tick in Manual mode).
+	tickScratch []*group
+	feedback    struct {
 		sync.Mutex
 		unreachable map[uint64]struct{}
 	}

@@ -84,16 +84,18 @@ func (h *Host) tick(ids []uint64) []uint64 {
 	h.feedback.Unlock()
 	sort.Slice(unreachable, func(i, j int) bool { return unreachable[i] < unreachable[j] })
 
-	h.mu.RLock()
-	ids = append(ids, h.mu.ids...)
-	for _, id := range ids {
-		g := h.mu.groups[id]
+	// Only the active groups tick: a quiesced one costs nothing here
+	// (quiesce.go); liveness wakes those that must wake.
+	ids = h.wakeOnLiveness(ids)
+	h.tickScratch = h.act.snapshot(h.tickScratch[:0])
+	for _, g := range h.tickScratch {
 		g.in.Lock()
 		g.in.ticks++
 		g.in.unreachable = append(g.in.unreachable, unreachable...)
 		g.in.Unlock()
+		ids = append(ids, g.id)
 	}
-	h.mu.RUnlock()
+	clear(h.tickScratch)
 	h.sched.enqueueAll(ids)
 	return ids
 }

@@ -24,7 +24,10 @@ type metrics struct {
 	// snapshotsRestored counts snapshots restored into a state machine
 	// (received from a leader, or left to restore at a start).
 	snapshotsRestored atomic.Uint64
-	roles             [4]atomic.Int64 // by raft.StateType
+	// quiesces and wakes count local replicas quiescing and waking
+	// (quiesce.go).
+	quiesces, wakes atomic.Uint64
+	roles           [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,6 +61,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				Help: "Snapshots restored into a local replica's state machine.",
 			}, func() float64 { return float64(m.snapshotsRestored.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_quiesces_total",
+				Help: "Times a local replica quiesced: an idle group that stopped ticking.",
+			}, func() float64 { return float64(m.quiesces.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_wakes_total",
+				Help: "Times a quiesced local replica woke (a message, a request, or liveness).",
+			}, func() float64 { return float64(m.wakes.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "flotilla_raft_failovers_total",
 				Help: "Times a local follower forgot its leader because nothing was heard from the leader's node for the liveness timeout (then the chosen survivor campaigns).",
 			}, func() float64 { return float64(m.failovers.Load()) }),
@@ -88,6 +99,13 @@ func (m *metrics) groupRemoved(r raft.StateType) { m.roles[r].Add(-1) }
 // UnreachableReportsApplied returns how many peer-unreachable reports the
 // groups' owners have handed to raft (one per group per report).
 func (h *Host) UnreachableReportsApplied() uint64 { return h.metrics.unreachableApplied.Load() }
+
+// Quiesces and Wakes return how many times local replicas quiesced and
+// woke.
+func (h *Host) Quiesces() uint64 { return h.metrics.quiesces.Load() }
+
+// Wakes: see Quiesces.
+func (h *Host) Wakes() uint64 { return h.metrics.wakes.Load() }
 
 // Syncs returns how many synced storage batches the Host has written.
 func (h *Host) Syncs() uint64 { return h.metrics.syncs.Load() }

@@ -168,6 +168,7 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	copy(h.mu.ids[i+1:], h.mu.ids[i:])
 	h.mu.ids[i] = id
 	h.mu.Unlock()
+	h.act.add(g)
 	h.metrics.groupAdded(g.role)
 	h.sched.enqueue(id)
 	return nil
@@ -289,6 +290,10 @@ func (h *Host) removeGroup(g *group, remove bool) {
 		h.mu.ids = append(h.mu.ids[:i], h.mu.ids[i+1:]...)
 	}
 	h.mu.Unlock()
+	h.quiet.mu.Lock()
+	h.unquiesceLocked(g)
+	h.quiet.mu.Unlock()
+	h.act.remove(g)
 	h.metrics.groupRemoved(g.role)
 	h.hub.forget(g.id)
 	if remove {

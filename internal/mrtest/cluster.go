@@ -41,6 +41,9 @@ type Options struct {
 	// DisableFailover as in multiraft.Config: groups whose leader went
 	// silent wait for raft's election timeout.
 	DisableFailover bool
+	// Quiesce as in multiraft.Config: idle groups stop ticking; the
+	// planted bugs as there too.
+	Quiesce, QuiesceIgnoringLiveness, QuiesceWithLaggards bool
 }
 
 // Cluster is a set of Hosts on one in-memory network. Not safe for
@@ -129,6 +132,9 @@ func (c *Cluster) start(id uint64) error {
 
 		DisableProposalForwarding: c.Opts.DisableProposalForwarding,
 		DisableFailover:           c.Opts.DisableFailover,
+		Quiesce:                   c.Opts.Quiesce,
+		QuiesceIgnoringLiveness:   c.Opts.QuiesceIgnoringLiveness,
+		QuiesceWithLaggards:       c.Opts.QuiesceWithLaggards,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,358 @@
+package multiraft
+
+// Quiescence: an idle group costs nothing per tick (Config.Quiesce).
+//
+// The rule. On a tick, a leader quiesces its group when nothing is in
+// flight (no proposal, read, transfer or membership change waiting), its
+// log is committed and applied through its last entry, the configuration
+// is not joint, every follower that node liveness counts live has
+// acknowledged that last entry, and a quorum of the voters (itself
+// included) is live. It sends each follower a quiesce heartbeat (a
+// MsgHeartbeat whose context is quiesceCtx, committing the last entry) and
+// leaves the active set: the tick walks only active groups, so a quiesced
+// group gets no tick, no timer, no heartbeat and no map lookup. A follower
+// that steps a quiesce heartbeat from its leader, at the leader's term,
+// with its own log committed through that same last entry and nothing of
+// its own to do, quiesces too (its election timer, reset by that
+// heartbeat, stops). A follower that does not match stays active and is
+// caught up by the leader on its next message.
+//
+// Waking. Anything for the group wakes it: a message other than a quiesce
+// heartbeat or its response, a proposal, a read, a transfer, a campaign, a
+// membership change, a snapshot report. A follower woken by anything but
+// its leader sends its leader a heartbeat response, which wakes the leader
+// (so a follower that will want heartbeats gets them before its election
+// timer runs out). Node liveness (liveness.go) does the rest, on every
+// tick and only for the nodes whose state changed: when a node goes down,
+// every quiesced group it leads wakes here (its followers then forget it
+// and elect, as for an active group: the failover); when any node goes
+// down or comes back, every quiesced group this node leads wakes (a node
+// back from a partition may be behind, and is caught up; a node that lost
+// its followers steps down).
+//
+// Partitions. A quiesced leader cut off from its followers is a leader in
+// name only: it serves nothing without waking, since every read is a
+// ReadIndex round and every write a proposal, and both need a quorum's
+// answer after the wake. Its followers' liveness counts its node down and
+// they elect a new leader; on its side liveness counts the followers down,
+// wakes the group, and CheckQuorum steps it down within an election
+// timeout of ticks. So no range stays led on both sides for longer than the
+// liveness timeout plus an election timeout, and neither side's leader
+// serves anything stale meanwhile. A leader does not quiesce without a live
+// quorum, so it keeps ticking (and steps down) when cut off.
+//
+// Lock order: Host.quiet.mu, then Host.act.mu or a group's in.mu. Both are
+// held only for bookkeeping, never across a raft call.
+
+import (
+	"bytes"
+	"cmp"
+	"slices"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/flotilla/flotilla/transport"
+)
+
+// quiesceCtx is the context of a quiesce heartbeat and of its response
+// (raft echoes it). A ReadIndex context is 16 bytes (readContext), so the
+// two never meet; a leader's raft finds no pending read for it and ignores
+// the response's acknowledgement.
+var quiesceCtx = []byte("flotilla.quiesce")
+
+// isQuiesce reports whether m is a quiesce heartbeat or its response.
+func isQuiesce(m *raftpb.Message) bool {
+	return (m.Type == raftpb.MsgHeartbeat || m.Type == raftpb.MsgHeartbeatResp) && bytes.Equal(m.Context, quiesceCtx)
+}
+
+// activeSet holds the groups that tick: every group but the quiesced, in
+// group ID order (the order the tick queues them in, as before quiescence:
+// the simulation replays it). A change costs a move of the active groups
+// only, which are few when many are quiesced.
+type activeSet struct {
+	mu struct {
+		sync.Mutex
+		gs []*group
+	}
+}
+
+// add makes g tick. Idempotent.
+func (a *activeSet) add(g *group) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	i, found := slices.BinarySearchFunc(a.mu.gs, g.id, byID)
+	if !found {
+		a.mu.gs = slices.Insert(a.mu.gs, i, g)
+	}
+}
+
+// remove stops g ticking. Idempotent.
+func (a *activeSet) remove(g *group) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if i, found := slices.BinarySearchFunc(a.mu.gs, g.id, byID); found && a.mu.gs[i] == g {
+		a.mu.gs = slices.Delete(a.mu.gs, i, i+1)
+	}
+}
+
+func byID(g *group, id uint64) int { return cmp.Compare(g.id, id) }
+
+// snapshot appends the active groups to gs.
+func (a *activeSet) snapshot(gs []*group) []*group {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append(gs, a.mu.gs...)
+}
+
+// quietIndex holds the quiesced groups by the leader they quiesced under,
+// and the liveness each node had at the last tick, to wake the right
+// groups when it changes.
+type quietIndex struct {
+	mu struct {
+		sync.Mutex
+		byLeader map[uint64]map[uint64]*group
+		n        int
+		down     map[uint64]bool // peers found down at the last tick
+	}
+}
+
+// Quiesced returns how many local replicas are quiesced.
+func (h *Host) Quiesced() int {
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	return h.quiet.mu.n
+}
+
+// quiesce takes g out of the active set under leader. It refuses (false)
+// when leader is another node that liveness counts down: that node's
+// groups were woken at the tick that found it down, and g must not miss
+// it. Called by g's owner.
+func (h *Host) quiesce(g *group, leader uint64) bool {
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	if leader != h.cfg.NodeID && h.PeerDown(leader) {
+		return false
+	}
+	if h.quiet.mu.byLeader == nil {
+		h.quiet.mu.byLeader = make(map[uint64]map[uint64]*group)
+	}
+	m := h.quiet.mu.byLeader[leader]
+	if m == nil {
+		m = make(map[uint64]*group)
+		h.quiet.mu.byLeader[leader] = m
+	}
+	m[g.id] = g
+	h.quiet.mu.n++
+	h.act.remove(g)
+	g.quiesced, g.quietLeader = true, leader
+	g.st.quiesced.Store(true)
+	return true
+}
+
+// unquiesce puts g back in the active set. Called by g's owner (or by
+// removeGroup for a stopped one).
+func (h *Host) unquiesce(g *group) {
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	h.unquiesceLocked(g)
+	if !g.stopped {
+		h.act.add(g)
+	}
+}
+
+func (h *Host) unquiesceLocked(g *group) {
+	if !g.quiesced {
+		return
+	}
+	if m := h.quiet.mu.byLeader[g.quietLeader]; m != nil {
+		delete(m, g.id)
+		if len(m) == 0 {
+			delete(h.quiet.mu.byLeader, g.quietLeader)
+		}
+	}
+	h.quiet.mu.n--
+	g.quiesced, g.quietLeader = false, 0
+	g.st.quiesced.Store(false)
+}
+
+// wakeOnLiveness wakes the quiesced groups liveness says must wake (see
+// the top of this file): it compares each peer's state with the last
+// tick's. Called by tick, after the tick count moved. It returns the woken
+// groups' IDs, appended to ids, for the scheduler.
+func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
+	if !h.cfg.Quiesce {
+		return ids
+	}
+	heard := *h.live.heard.Load()
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	if h.quiet.mu.down == nil {
+		h.quiet.mu.down = make(map[uint64]bool)
+	}
+	changed := false
+	for peer := range heard {
+		down := h.PeerDown(peer)
+		if down == h.quiet.mu.down[peer] {
+			continue
+		}
+		h.quiet.mu.down[peer] = down
+		changed = true
+		if down && !h.cfg.QuiesceIgnoringLiveness {
+			ids = h.wakeLocked(peer, ids)
+		}
+	}
+	if changed {
+		ids = h.wakeLocked(h.cfg.NodeID, ids)
+	}
+	return ids
+}
+
+// wakeLocked marks every group quiesced under leader for waking (its owner
+// wakes it when it next runs) and appends their IDs to ids.
+func (h *Host) wakeLocked(leader uint64, ids []uint64) []uint64 {
+	for id, g := range h.quiet.mu.byLeader[leader] {
+		g.in.Lock()
+		g.in.wake = true
+		g.in.Unlock()
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// maybeQuiesce quiesces g if it is a leader that may (see the rule at the
+// top of this file). Called by the owner on a tick, with nothing else to
+// do in this round of inputs.
+func (g *group) maybeQuiesce() {
+	h := g.h
+	if !h.cfg.Quiesce || g.quiesced || g.stopped {
+		return
+	}
+	if len(g.proposals) > 0 || len(g.held) > 0 || g.confPending || g.confRetry != nil || g.confCheck != 0 ||
+		len(g.reads) > 0 || len(g.readWaiting) > 0 || len(g.transfers) > 0 || len(g.transferHeld) > 0 {
+		return
+	}
+	st := g.rn.BasicStatus()
+	if st.RaftState != raft.StateLeader || st.LeadTransferee != raft.None || st.Commit != g.applied {
+		return
+	}
+	cs := &g.log.cs
+	if len(cs.VotersOutgoing) > 0 {
+		return
+	}
+	var last uint64
+	behind := false
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id == h.cfg.NodeID {
+			last = pr.Match
+		}
+	})
+	if last != st.Commit {
+		return
+	}
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id != h.cfg.NodeID && pr.Match != last && !h.PeerDown(id) && !h.cfg.QuiesceWithLaggards {
+			behind = true
+		}
+	})
+	if behind {
+		return
+	}
+	live := 0
+	for _, v := range cs.Voters {
+		if v == h.cfg.NodeID || !h.PeerDown(v) {
+			live++
+		}
+	}
+	if live < len(cs.Voters)/2+1 {
+		return
+	}
+	var out []transport.Envelope
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id == h.cfg.NodeID {
+			return
+		}
+		out = append(out, transport.Envelope{Group: g.id, Msg: raftpb.Message{
+			Type: raftpb.MsgHeartbeat, From: h.cfg.NodeID, To: id, Term: st.Term,
+			// As raft's own heartbeats: never past what the follower holds.
+			Commit:  min(pr.Match, st.Commit),
+			Context: quiesceCtx,
+		}})
+	})
+	if !h.quiesce(g, h.cfg.NodeID) {
+		return
+	}
+	h.metrics.quiesces.Add(1)
+	// Sent after this cycle's Ready (processCycle): a follower quiesces
+	// only if the quiesce heartbeat is the last it gets, and the tick may
+	// have made raft send an ordinary one.
+	g.outbox = append(g.outbox, out...)
+}
+
+// maybeQuiesceFollower quiesces a follower whose last input was m, a
+// quiesce heartbeat, if it matches: from the leader raft follows, at its
+// term, committing this replica's last entry. Called by the owner after
+// stepping the round's messages, with nothing else to do in the round.
+func (g *group) maybeQuiesceFollower(m *raftpb.Message) {
+	if g.quiesced || g.stopped {
+		return
+	}
+	st := g.rn.BasicStatus()
+	if st.RaftState != raft.StateFollower || st.Lead != m.From || st.Term != m.Term || st.Commit != m.Commit {
+		return
+	}
+	// The round held only quiesce messages, so raft appended nothing
+	// beyond what is persisted.
+	if g.log.lastIndex() != m.Commit {
+		return
+	}
+	if g.h.quiesce(g, m.From) {
+		g.h.metrics.quiesces.Add(1)
+	}
+}
+
+// wake takes g out of quiescence for the inputs of this round. A follower
+// woken by anything but its leader asks the leader to wake too.
+func (g *group) wake(byLeader bool) {
+	h := g.h
+	h.unquiesce(g)
+	h.metrics.wakes.Add(1)
+	st := g.rn.BasicStatus()
+	if byLeader || st.RaftState != raft.StateFollower || st.Lead == raft.None || st.Lead == h.cfg.NodeID {
+		return
+	}
+	h.tr.Send([]transport.Envelope{{Group: g.id, Msg: raftpb.Message{
+		Type: raftpb.MsgHeartbeatResp, From: h.cfg.NodeID, To: st.Lead, Term: st.Term,
+	}}})
+}
+
+// benign reports whether m may reach a quiesced group without waking it
+// (it is stepped all the same): a heartbeat of its leader at its term
+// (the two lanes of a transport may deliver the leader's last ordinary
+// heartbeat after its quiesce heartbeat; a read's heartbeat is answered
+// without waking: only its leader needs to be awake for the read), or, at
+// a leader, the response of a follower that holds the leader's last entry.
+// A quiesce heartbeat's response is one of those.
+func (g *group) benign(m *raftpb.Message) bool {
+	switch m.Type {
+	case raftpb.MsgHeartbeat:
+		return m.From == g.lead && m.Term == g.term
+	case raftpb.MsgHeartbeatResp:
+		if g.lead != g.h.cfg.NodeID || m.Term != g.term {
+			return false
+		}
+		var last, match uint64
+		g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+			switch id {
+			case g.h.cfg.NodeID:
+				last = pr.Match
+			case m.From:
+				match = pr.Match
+			}
+		})
+		return match == last
+	}
+	return false
+}
