@@ -124,7 +124,8 @@ type Config struct {
 	// the tests and the simulation to show that their checks catch them;
 	// never set otherwise. The first leaves a quiesced group asleep when
 	// liveness finds its leader's node down; the second lets a leader
-	// quiesce while a live follower lacks its last entry.
+	// quiesce, and stay quiesced, while a live follower lacks its last
+	// entry.
 	QuiesceIgnoringLiveness, QuiesceWithLaggards bool
 
 	// Manual runs no goroutine: the caller drives the Host with Tick and

@@ -85,7 +85,7 @@ func NewHost(cfg Config) (*Host, error) {
 		stopped: make(chan struct{}),
 	}
 	h.metrics = newMetrics(cfg.Registerer)
-	h.metrics.registerHubMetrics(cfg.Registerer, h.hub)
+	h.metrics.registerHubMetrics(cfg.Registerer, h.hub, h)
 	h.live.init()
 	h.mu.groups = make(map[uint64]*group)
 	h.feedback.unreachable = make(map[uint64]struct{})

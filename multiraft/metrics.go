@@ -77,14 +77,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// registerHubMetrics exports the event hub's counter; called once by
-// NewHost after both exist.
-func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub) {
+// registerHubMetrics exports the event hub's counter and the count of
+// quiesced replicas; called once by NewHost after both exist.
+func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub, h *Host) {
 	if reg != nil {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "flotilla_raft_leader_events_collapsed_total",
 			Help: "Leader events a slow subscriber did not see one by one: its mailbox was collapsed to the latest state per group.",
-		}, func() float64 { return float64(hub.collapsed.Load()) }))
+		}, func() float64 { return float64(hub.collapsed.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "flotilla_raft_quiesced_groups",
+				Help: "Local replicas that are quiesced: idle, not ticking.",
+			}, func() float64 { return float64(h.Quiesced()) }))
 	}
 }
 

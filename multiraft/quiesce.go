@@ -352,7 +352,7 @@ func (g *group) benign(m *raftpb.Message) bool {
 				match = pr.Match
 			}
 		})
-		return match == last
+		return match == last || g.h.cfg.QuiesceWithLaggards
 	}
 	return false
 }

@@ -100,6 +100,10 @@ type Config struct {
 	// DiscoveryInterval is how often the node asks its peers for their
 	// addresses and leaders. Default 1s; limits 10ms..1m.
 	DiscoveryInterval time.Duration
+	// DisableQuiesce keeps every range ticking and heartbeating even when
+	// idle (multiraft Config.Quiesce, on by default: an idle range costs
+	// nothing per tick).
+	DisableQuiesce bool
 	// DisableSync turns off fsync of raft writes: only for demos and tests.
 	DisableSync bool
 	// Workers is the number of raft scheduler workers (multiraft

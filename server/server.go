@@ -250,6 +250,7 @@ func New(cfg Config) (s *Server, err error) {
 		// fails a stray proposal at once instead of forwarding it to a
 		// leader that may drop it unseen, which made a write ambiguous.
 		DisableProposalForwarding: true,
+		Quiesce:                   !cfg.DisableQuiesce,
 		UnknownGroup: func(g, from uint64) {
 			if st := s.rangesReady.Load(); st != nil {
 				st.UnknownGroup(g, from)

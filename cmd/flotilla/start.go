@@ -26,7 +26,7 @@ func newStartCmd() *cobra.Command {
 		electionTicks, heartbeatTicks                 int
 		logLevel                                      string
 		balanceInterval, balanceSettle, shutdownGrace time.Duration
-		noSync                                        bool
+		noSync, noQuiesce                             bool
 		workers                                       int
 		rangeMax, rangeMin                            string
 		splitLoad                                     float64
@@ -142,6 +142,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.DurationVar(&certReload, "cert-reload-interval", 10*time.Second, "how often the certificate files are checked for change (10ms..1h); a changed, valid set serves the next handshakes")
 	f.DurationVar(&authRefresh, "auth-refresh", time.Second, "how often the user and role tables are reread (10ms..1m)")
 	f.IntVar(&maxConnStreams, "max-conn-streams", 1024, "requests one client connection may have in flight; more wait at the client")
+	f.BoolVar(&noQuiesce, "no-quiesce", false, "keep idle ranges ticking and heartbeating (by default an idle range quiesces: it costs nothing until something happens)")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
 	return cmd
 }

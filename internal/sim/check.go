@@ -192,3 +192,44 @@ func (s *sim) checkReplicas() {
 		}
 	}
 }
+
+// checkFailover checks, as a paused node resumes, that the others took
+// over its ranges: in a run whose only fault is pauses (so nothing else
+// stands in the way), once the node has been paused, and a majority of the
+// others running, for longer than the liveness timeout plus two election
+// timeouts (with a margin for the nodes' clock rates), every range must
+// have a leader other than the paused node, as each running node sees it.
+// Idle ranges are quiesced (nobody ticks them): only node liveness can wake
+// their followers.
+func (s *sim) checkFailover(paused *node, since time.Duration) {
+	if s.cfg.Faults != FaultPause {
+		return
+	}
+	liveness := max(s.cfg.ElectionTicks/2, 3*s.cfg.HeartbeatTicks)
+	bound := time.Duration(liveness+2*s.cfg.ElectionTicks) * s.cfg.TickInterval * 6 / 5
+	var others []*node
+	for _, id := range s.ids {
+		n := s.nodes[id]
+		if n == paused || !n.up || n.paused {
+			continue
+		}
+		others = append(others, n)
+		since = max(since, n.runningSince)
+	}
+	if len(others) <= len(s.ids)/2 || s.now-since < bound {
+		return
+	}
+	for _, g := range s.rangeIDs() {
+		for _, n := range others {
+			st, err := n.host.GroupStatus(g)
+			if err != nil {
+				continue
+			}
+			if st.Leader == 0 || st.Leader == paused.id {
+				s.violation("range %d: node %d sees leader %d %v after node %d paused and the others all ran (bound %v): %s",
+					g, n.id, st.Leader, s.now-since, paused.id, bound, s.describe())
+				return
+			}
+		}
+	}
+}

@@ -119,9 +119,10 @@ func (s *sim) nemesis() {
 		}
 		s.res.Faults++
 		n.pause()
-		inc := n.inc
+		inc, start := n.inc, s.now
 		s.after(dur, func() {
-			if n.inc == inc {
+			if n.inc == inc && n.paused {
+				s.checkFailover(n, start)
 				n.resume()
 			}
 		})

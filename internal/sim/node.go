@@ -39,6 +39,8 @@ type node struct {
 	paused    bool
 	held      []func()
 	tickEvery time.Duration
+	// runningSince: when the node last resumed or started (checkFailover).
+	runningSince time.Duration
 
 	host  *multiraft.Host
 	tr    *simTransport
@@ -90,8 +92,11 @@ func (n *node) start() error {
 		SnapshotEntries:    s.cfg.SnapshotEntries,
 		CompactionOverhead: s.cfg.SnapshotEntries / 2,
 		DisableSync:        s.cfg.Bug == BugAckBeforeSync,
-		Logger:             s.logger.With("node", n.id),
-		FailPoint:          n.failPoint,
+		// Idle ranges quiesce, under every fault (multiraft/quiesce.go).
+		Quiesce:                 true,
+		QuiesceIgnoringLiveness: s.cfg.Bug == BugQuiesceIgnoreLiveness,
+		Logger:                  s.logger.With("node", n.id),
+		FailPoint:               n.failPoint,
 		UnknownGroup: func(g, from uint64) {
 			if n.ranges != nil {
 				n.ranges.UnknownGroup(g, from)
@@ -223,6 +228,7 @@ func (n *node) resume() {
 	}
 	n.s.record("resume", n.id, uint64(len(n.held)))
 	n.paused = false
+	n.runningSince = n.s.now
 	held := n.held
 	n.held = nil
 	for _, deliver := range held {
@@ -247,6 +253,8 @@ func (n *node) crash(why string) {
 	n.paused, n.held = false, nil
 	n.inc++
 	s.res.Failovers += int(n.host.Failovers())
+	s.res.Quiesces += int(n.host.Quiesces())
+	s.res.Wakes += int(n.host.Wakes())
 	s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
 	s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
 	n.host.Stop()
@@ -286,6 +294,8 @@ func (n *node) scheduleRestart() {
 func (n *node) close() {
 	if n.host != nil {
 		n.s.res.Failovers += int(n.host.Failovers())
+		n.s.res.Quiesces += int(n.host.Quiesces())
+		n.s.res.Wakes += int(n.host.Wakes())
 		n.s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
 		if n.ranges != nil {
 			n.s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())

@@ -164,8 +164,12 @@ const (
 	// BugMergeNoWait merges a frozen range without waiting for its
 	// replicas to apply the freeze (ranges.Config.SkipMergeWait).
 	BugMergeNoWait
+	// BugQuiesceIgnoreLiveness leaves quiesced followers asleep when
+	// liveness finds their leader down
+	// (multiraft.Config.QuiesceIgnoringLiveness).
+	BugQuiesceIgnoreLiveness
 
-	bugLast = BugMergeNoWait
+	bugLast = BugQuiesceIgnoreLiveness
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -307,6 +311,10 @@ type Result struct {
 	RequestDups int `json:"request_dups"`
 	Failovers   int `json:"failovers"`
 	Deduped     int `json:"deduped"`
+	// Quiesces and Wakes count replicas that quiesced (stopped ticking,
+	// idle) and woke again.
+	Quiesces int `json:"quiesces"`
+	Wakes    int `json:"wakes"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the
@@ -673,6 +681,9 @@ func (s *sim) describe() string {
 				continue
 			}
 			fmt.Fprintf(&b, " n%d[lead=%d term=%d commit=%d applied=%d", id, st.Leader, st.Term, st.Commit, st.Applied)
+			if st.Quiesced {
+				b.WriteString(" quiesced")
+			}
 			if r, ok := n.ranges.Get(g); ok {
 				if d, ok := r.Descriptor(); ok {
 					fmt.Fprintf(&b, " %v", d)

@@ -91,6 +91,8 @@ func TestSeeds(t *testing.T) {
 		total.Transfers += r.Transfers
 		total.RequestDups += r.RequestDups
 		total.Failovers += r.Failovers
+		total.Quiesces += r.Quiesces
+		total.Wakes += r.Wakes
 		total.Deduped += r.Deduped
 		total.Splits += r.Splits
 		total.Merges += r.Merges
@@ -100,11 +102,12 @@ func TestSeeds(t *testing.T) {
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
-	t.Logf("%d merges", total.Merges)
+	t.Logf("%d merges; %d replicas quiesced, %d woke", total.Merges, total.Quiesces, total.Wakes)
 	t.Logf("%d splits, %d replicas started empty for a snapshot after missing a split, %d snapshots refused while a replica still held their span, %d requests refused by a range that no longer held their key",
 		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
-		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 {
+		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 ||
+		total.Quiesces == 0 || total.Wakes == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
@@ -222,6 +225,31 @@ func TestTeethMergeNoWait(t *testing.T) {
 	r := findFailure(t, Config{Bug: BugMergeNoWait, Faults: FaultMerge | FaultDelay | FaultPartition | FaultPause}, 300,
 		func(r *Result) bool { return r.Failed() })
 	t.Logf("caught by: linearizable=%s, %d violations", r.Linearizable, len(r.Violations))
+}
+
+// TestPausesFailOver: under pauses alone (8 ranges, 2 keys: most ranges
+// idle), every range a paused node led is
+// led by the others once the pause outlasts the liveness timeout plus two
+// election timeouts, though idle ranges are quiesced and tick nowhere
+// (checkFailover); and TestTeethQuiesceIgnoreLiveness shows the check
+// catches followers that do not wake when liveness finds their leader
+// down.
+func TestPausesFailOver(t *testing.T) {
+	for seed := uint64(0); seed < 100; seed++ {
+		r := run(t, Config{Seed: seed, Faults: FaultPause, Groups: 8, Keys: 2})
+		if r.Failed() {
+			t.Fatalf("seed %d failed: %s", seed, describe(r))
+		}
+	}
+}
+
+// TestTeethQuiesceIgnoreLiveness plants quiesced followers that ignore
+// liveness: a paused leader's idle ranges stay leaderless until it resumes
+// (a range the workload touches wakes anyway: a request wakes it).
+func TestTeethQuiesceIgnoreLiveness(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugQuiesceIgnoreLiveness, Faults: FaultPause, Groups: 8, Keys: 2}, 100,
+		func(r *Result) bool { return r.Failed() })
+	t.Logf("caught by: %v", r.Violations)
 }
 
 // TestNoFaults: a clean run is linearizable and loses nothing.

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Idle ranges, measured (BENCHMARKS.md, "Quiescence"): starts 3 local nodes
+# with --groups RANGES and reports, as one JSON object on stdout:
+#   start_s          seconds from the start until every range is led
+#   quiesced_s       seconds from the start until every replica is quiesced
+#                    (null with --no-quiesce)
+#   cpu_pct          CPU of each node over SECONDS of idleness, in % of one core
+#   rss_mib          RSS of each node, MiB; rss_per_replica_kib: RSS / replicas
+#   heap_mib         Go heap in use of each node (go_memstats_heap_inuse_bytes)
+#   failover_kill_s  seconds from kill -9 of node 1 until nodes 2 and 3 lead
+#                    every range (node 1 led a third of them)
+#   failover_stop_s  the same with node 1 SIGSTOPped instead (a fresh cluster)
+# Progress goes to stderr.
+#
+# Usage: tools/idlebench.sh [RANGES] [SECONDS]     (defaults: 10000 30)
+#
+# Environment overrides (defaults in brackets):
+#   QUIESCE [1]   0 starts the nodes with --no-quiesce (the baseline)
+#   FAILOVER [1]  0 skips the two failover measurements
+#   WORKDIR [/tmp/idlebench]
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { echo "idlebench: $*" >&2; exit 1; }
+case ${1:-} in -h|--help) usage; exit 0 ;; esac
+(( $# <= 2 )) || { usage >&2; exit 2; }
+
+RANGES=${1:-10000}
+SECONDS_IDLE=${2:-30}
+QUIESCE=${QUIESCE:-1}
+FAILOVER=${FAILOVER:-1}
+WORKDIR=${WORKDIR:-/tmp/idlebench}
+for v in RANGES SECONDS_IDLE; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
+done
+((RANGES <= 100000)) || die "RANGES=$RANGES: at most 100000"
+for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+BIN=$WORKDIR/flotilla
+CLUSTER=1=127.0.0.1:49380,2=127.0.0.2:49380,3=127.0.0.3:49380
+TICKS=$(getconf CLK_TCK)
+declare -A PID
+EXTRA=()
+((QUIESCE)) || EXTRA=(--no-quiesce)
+
+stop() {
+  for i in "${!PID[@]}"; do kill -CONT "${PID[$i]}" 2>/dev/null || true; kill -KILL "${PID[$i]}" 2>/dev/null || true; done
+  for i in "${!PID[@]}"; do wait "${PID[$i]}" 2>/dev/null || true; done
+  PID=()
+}
+trap 'stop' EXIT
+
+mkdir -p "$WORKDIR"
+echo "idlebench: building flotilla" >&2
+(cd "$REPO" && go build -o "$BIN" ./cmd/flotilla)
+
+# metric NODE NAME: the sum of the samples of metric NAME on node NODE.
+metric() {
+  curl -sf --max-time 2 "http://127.0.0.$1:49381/metrics" |
+    awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d\n", s }'
+}
+
+# leaders NODES...: the ranges the given nodes lead, summed.
+leaders() {
+  local s=0 i v
+  for i in "$@"; do
+    v=$(curl -sf --max-time 2 "http://127.0.0.$i:49381/metrics" | awk '$1 == "flotilla_raft_groups{role=\"leader\"}" { print $2 }') || v=0
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
+
+now() { date +%s.%N; }
+since() { python3 -c "print(round($(now) - $1, 2))"; }
+
+# start_cluster TAG: fresh data, three nodes; sets PID.
+start_cluster() {
+  local d=$WORKDIR/$1 i
+  rm -rf "$d"; mkdir -p "$d"
+  for i in 1 2 3; do
+    "$BIN" start --id "$i" --data-dir "$d/n$i" --groups "$RANGES" --initial-cluster "$CLUSTER" \
+      --peer-addr "127.0.0.$i:49380" --client-addr "127.0.0.$i:49379" --http-addr "127.0.0.$i:49381" \
+      --insecure --log-level warn "${EXTRA[@]}" >"$d/n$i.log" 2>&1 &
+    PID[$i]=$!
+  done
+}
+
+# wait_led NODES...: until the given nodes lead every range; prints the
+# seconds it took from T0, or dies after 600 s.
+wait_led() {
+  local t0=$1; shift
+  while :; do
+    (($(leaders "$@") >= RANGES)) && { since "$t0"; return; }
+    (($(python3 -c "print(int($(now) - $t0))") < 600)) || die "ranges not all led after 600 s"
+    sleep 0.1
+  done
+}
+
+cpu() { awk -v t="$TICKS" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
+rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+
+echo "idlebench: $RANGES ranges on 3 nodes (quiesce=$QUIESCE)" >&2
+t0=$(now)
+start_cluster idle
+start_s=$(wait_led "$t0" 1 2 3)
+echo "idlebench: every range led after ${start_s}s" >&2
+quiesced_s=null
+if ((QUIESCE)); then
+  while :; do
+    q=0
+    for i in 1 2 3; do q=$((q + $(metric "$i" flotilla_raft_quiesced_groups))); done
+    ((q >= 3 * RANGES)) && break
+    (($(python3 -c "print(int($(now) - $t0))") < 900)) || die "only $q of $((3 * RANGES)) replicas quiesced after 900 s"
+    sleep 0.5
+  done
+  quiesced_s=$(since "$t0")
+  echo "idlebench: every replica quiesced after ${quiesced_s}s" >&2
+fi
+sleep 5 # let the start's garbage collection settle
+declare -A c0
+for i in 1 2 3; do c0[$i]=$(cpu "${PID[$i]}"); done
+sleep "$SECONDS_IDLE"
+cpu_pct=() rss_mib=() heap_mib=() per=()
+for i in 1 2 3; do
+  c1=$(cpu "${PID[$i]}")
+  cpu_pct+=("$(python3 -c "print(round(100 * ($c1 - ${c0[$i]}) / $SECONDS_IDLE, 2))")")
+  r=$(rss "${PID[$i]}")
+  rss_mib+=("$(python3 -c "print(round($r / 1024, 1))")")
+  per+=("$(python3 -c "print(round($r / $RANGES, 2))")")
+  heap_mib+=("$(python3 -c "print(round($(metric "$i" go_memstats_heap_inuse_bytes) / 1048576, 1))")")
+done
+echo "idlebench: idle for ${SECONDS_IDLE}s: CPU % of a core ${cpu_pct[*]}; RSS MiB ${rss_mib[*]}" >&2
+
+failover() { # SIGNAL: seconds until nodes 2 and 3 lead every range
+  local sig=$1 t
+  t=$(now)
+  kill "-$sig" "${PID[1]}"
+  wait_led "$t" 2 3
+}
+kill_s=null stop_s=null
+if ((FAILOVER)); then
+  kill_s=$(failover KILL)
+  echo "idlebench: kill -9 of node 1: every range led by 2 and 3 after ${kill_s}s" >&2
+  stop
+  t0=$(now)
+  start_cluster stop
+  wait_led "$t0" 1 2 3 >/dev/null
+  if ((QUIESCE)); then
+    while :; do
+      q=0
+      for i in 1 2 3; do q=$((q + $(metric "$i" flotilla_raft_quiesced_groups))); done
+      ((q >= 3 * RANGES)) && break
+      sleep 0.5
+    done
+  fi
+  stop_s=$(failover STOP)
+  echo "idlebench: SIGSTOP of node 1: every range led by 2 and 3 after ${stop_s}s" >&2
+fi
+join() { local IFS=,; echo "$*"; }
+cat <<EOF
+{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s}
+EOF
