@@ -63,6 +63,10 @@ import (
 // the response's acknowledgement.
 var quiesceCtx = []byte("flotilla.quiesce")
 
+// wakeCtx marks the heartbeat response a woken follower sends its leader
+// to wake it (wake): unlike an ordinary response, it is never benign.
+var wakeCtx = []byte("flotilla.wake")
+
 // isQuiesce reports whether m is a quiesce heartbeat or its response.
 func isQuiesce(m *raftpb.Message) bool {
 	return (m.Type == raftpb.MsgHeartbeat || m.Type == raftpb.MsgHeartbeatResp) && bytes.Equal(m.Context, quiesceCtx)
@@ -324,7 +328,7 @@ func (g *group) wake(byLeader bool) {
 		return
 	}
 	h.tr.Send([]transport.Envelope{{Group: g.id, Msg: raftpb.Message{
-		Type: raftpb.MsgHeartbeatResp, From: h.cfg.NodeID, To: st.Lead, Term: st.Term,
+		Type: raftpb.MsgHeartbeatResp, From: h.cfg.NodeID, To: st.Lead, Term: st.Term, Context: wakeCtx,
 	}}})
 }
 
@@ -340,7 +344,7 @@ func (g *group) benign(m *raftpb.Message) bool {
 	case raftpb.MsgHeartbeat:
 		return m.From == g.lead && m.Term == g.term
 	case raftpb.MsgHeartbeatResp:
-		if g.lead != g.h.cfg.NodeID || m.Term != g.term {
+		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) {
 			return false
 		}
 		var last, match uint64

@@ -315,3 +315,34 @@ func TestQuiesceWaitsForLaggard(t *testing.T) {
 		})
 	}
 }
+
+// TestQuiescedOneWayBlackHole: seed 002's scenario with quiesced groups.
+// Node 2 stops hearing node 1, the leader of quiesced group 4 (one way:
+// node 1 still hears node 2). Node 2's liveness wakes its replica, which
+// forgets node 1 and, the survivor chosen for group 4, asks for pre-votes;
+// they wake the others (the leader too, since node 1 still hears node 2),
+// node 3 refuses (it hears its leader), and over five election timeouts
+// the term of group 4 never moves. (TestSeed002 and its naive control in
+// internal/chaos run the same fault on active groups.)
+func TestQuiescedOneWayBlackHole(t *testing.T) {
+	c := quietCluster(t, mrtest.Options{Groups: 6})
+	before, _ := c.Hosts[1].GroupStatus(4)
+	c.Net.SetLink(1, 2, transport.LinkCut)
+	for range 50 {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []uint64{1, 3} {
+		st, err := c.Hosts[id].GroupStatus(4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Term != before.Term || st.Leader != 1 {
+			t.Fatalf("node %d: group 4 at term %d led by %d, was term %d led by 1\n%s", id, st.Term, st.Leader, before.Term, c.Status())
+		}
+	}
+	if v, err := c.Propose(1, 4, "set k after"); err != nil {
+		t.Fatalf("write through the leader after the black hole: %q %v", v, err)
+	}
+}

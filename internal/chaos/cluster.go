@@ -68,6 +68,12 @@ type Config struct {
 	DisableSync bool
 	// Naive runs every node on NaiveTransport, the serial blocking sender.
 	Naive bool
+	// Quiesce lets idle groups quiesce (multiraft.Config.Quiesce).
+	Quiesce bool
+	// IdleGroups is how many of the groups (the last ones) the tests'
+	// load leaves alone (LoadGroups), so that they go idle and, with
+	// Quiesce, quiesce. Default 0; less than Groups.
+	IdleGroups int
 	// NaiveQueue is the must-deliver lane capacity of a naive node, in
 	// messages: how many unacknowledged messages to one peer make Send
 	// block. Default 8; limits 1..4096.
@@ -107,6 +113,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("%w: Nodes %d outside 1..%d", ErrBadConfig, c.Nodes, MaxNodes)
 	case c.Groups < 1 || c.Groups > 100000:
 		return fmt.Errorf("%w: Groups %d outside 1..100000", ErrBadConfig, c.Groups)
+	case c.IdleGroups < 0 || c.IdleGroups >= c.Groups:
+		return fmt.Errorf("%w: IdleGroups %d outside 0..Groups-1", ErrBadConfig, c.IdleGroups)
 	case c.Dir == "":
 		return fmt.Errorf("%w: Dir is required", ErrBadConfig)
 	case c.TickInterval < time.Millisecond || c.TickInterval > time.Second:
@@ -216,6 +224,7 @@ func NewCluster(cfg Config) (c *Cluster, err error) {
 			TickInterval:  cfg.TickInterval,
 			ElectionTicks: cfg.ElectionTicks,
 			DisableSync:   cfg.DisableSync,
+			Quiesce:       cfg.Quiesce,
 			Logger:        cfg.Logger,
 		})
 		if err != nil {
@@ -259,6 +268,10 @@ func (c *Cluster) Groups() []uint64 {
 	}
 	return gs
 }
+
+// LoadGroups returns the group IDs a load should write to: all but the
+// IdleGroups last ones.
+func (c *Cluster) LoadGroups() []uint64 { return c.Groups()[:c.cfg.Groups-c.cfg.IdleGroups] }
 
 // ElectionTimeout is the configured election timeout (TickInterval *
 // ElectionTicks). Raft randomizes each follower's timeout in [1, 2) times

@@ -3,8 +3,11 @@ package chaos
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testutil"
 )
 
 // The in-process cluster tests: real gRPC over loopback, Pebble stores,
@@ -96,12 +99,23 @@ func runFault(t *testing.T, c *Cluster, window time.Duration, baseline bool, exe
 	var r faultRun
 	r.window = window
 	r.before = placeLeaders(t, c, 1)
-	load, err := StartLoad(c, LoadConfig{Groups: c.Groups(), Workers: 16, OpTimeout: 2 * c.MaxElectionTimeout()})
+	load, err := StartLoad(c, LoadConfig{Groups: c.LoadGroups(), Workers: 16, OpTimeout: 2 * c.MaxElectionTimeout()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(load.Stop)
 	waitAcks(t, load, 50, 30*time.Second)
+	if c.cfg.Quiesce && c.cfg.IdleGroups > 0 {
+		// The idle groups quiesce on every node before the fault.
+		testutil.WaitFor(t, 30*time.Second, "idle groups quiesced", func() error {
+			for _, n := range c.Nodes() {
+				if q := n.Host.Quiesced(); q < c.cfg.IdleGroups {
+					return fmt.Errorf("node %d: %d quiesced, want %d", n.ID, q, c.cfg.IdleGroups)
+				}
+			}
+			return nil
+		})
+	}
 	if baseline {
 		start := time.Now()
 		hold(window)
@@ -276,13 +290,24 @@ func TestSeed002LeaderSurvivesAsymmetricSilentDrop(t *testing.T) {
 
 // TestSeed000ReportUnreachableHeartbeatsKeepLeader: node 1 leads every
 // group; its circuit to node 2 opens (every dial refused, so its transport
-// reports node 2 unreachable to every group) for two of the longest
+// reports node 2 unreachable to every active group) for two of the longest
 // randomized election timeouts. Node 1 must stay leader of every group at
-// the same term: heartbeats to node 3 go on. The naive serial sender waits
-// on node 2 and starves node 3.
+// the same term: heartbeats to node 3 go on. Half the groups are idle and
+// quiesced (the Flotilla run): they too keep their leader and term. The
+// naive serial sender waits on node 2 and starves node 3.
 func TestSeed000ReportUnreachableHeartbeatsKeepLeader(t *testing.T) {
 	scenario := func(t *testing.T, naive bool) (faultRun, *Cluster, *Load, uint64) {
-		c := newTestCluster(t, 3, naive)
+		var c *Cluster
+		if naive {
+			c = newTestCluster(t, 3, true)
+		} else {
+			var err error
+			c, err = NewCluster(Config{Nodes: 3, Dir: t.TempDir(), DisableSync: true, Quiesce: true, IdleGroups: DefaultGroups / 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+		}
 		window := 2 * c.MaxElectionTimeout()
 		var reports uint64
 		r, load := runFault(t, c, window, false, []uint64{2},
