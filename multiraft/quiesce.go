@@ -226,6 +226,14 @@ func (h *Host) wakeLocked(leader uint64, ids []uint64) []uint64 {
 	return ids
 }
 
+// idle reports whether the replica waits for nothing: no proposal, read,
+// transfer or membership change of its own in flight (each of those needs
+// ticks to time out, and a quiesced replica gets none).
+func (g *group) idle() bool {
+	return len(g.proposals) == 0 && len(g.held) == 0 && !g.confPending && g.confRetry == nil && g.confCheck == 0 &&
+		len(g.reads) == 0 && len(g.readWaiting) == 0 && len(g.transfers) == 0 && len(g.transferHeld) == 0
+}
+
 // maybeQuiesce quiesces g if it is a leader that may (see the rule at the
 // top of this file). Called by the owner on a tick, with nothing else to
 // do in this round of inputs.
@@ -234,8 +242,7 @@ func (g *group) maybeQuiesce() {
 	if !h.cfg.Quiesce || g.quiesced || g.stopped {
 		return
 	}
-	if len(g.proposals) > 0 || len(g.held) > 0 || g.confPending || g.confRetry != nil || g.confCheck != 0 ||
-		len(g.reads) > 0 || len(g.readWaiting) > 0 || len(g.transfers) > 0 || len(g.transferHeld) > 0 {
+	if !g.idle() {
 		return
 	}
 	st := g.rn.BasicStatus()
@@ -300,7 +307,7 @@ func (g *group) maybeQuiesce() {
 // term, committing this replica's last entry. Called by the owner after
 // stepping the round's messages, with nothing else to do in the round.
 func (g *group) maybeQuiesceFollower(m *raftpb.Message) {
-	if g.quiesced || g.stopped {
+	if g.quiesced || g.stopped || !g.idle() {
 		return
 	}
 	st := g.rn.BasicStatus()
