@@ -245,8 +245,14 @@ if [[ -n $BASELINE ]]; then
 fi
 
 # has_insecure BINARY: true if BINARY's `start` takes --insecure (builds from
-# before it start plaintext without a flag, and refuse unknown flags).
-has_insecure() { "$1" start --help 2>/dev/null | grep -q -- --insecure; }
+# before it start plaintext without a flag, and refuse unknown flags). The
+# help is read whole first: grep -q quits at its match, and under pipefail
+# the help's writer dying of SIGPIPE would fail the pipe.
+has_insecure() {
+  local help
+  help=$("$1" start --help 2>/dev/null) || true
+  grep -q -- --insecure <<<"$help"
+}
 has_insecure "$WORKDIR/flotilla" || die "the built flotilla's start has no --insecure"
 
 # make_certs DIR: a fresh CA, node certificates 1-3 and client root's in DIR.
