@@ -23,9 +23,9 @@
 #     `flotilla bench put` signs in as root with --certs-dir, etcd's members
 #     (the same node certificates, ETCD3_CERTS_DIR) demand client
 #     certificates and talk mutual TLS to each other, and etcdbench presents
-#     root's. both runs each system plaintext and with TLS in every round
-#     (etcd, etcd-tls, flotilla, flotilla-tls; each pair in the other order
-#     in even rounds), and the summary gives the ratios per round: what TLS
+#     root's. TLS=both runs each system plaintext and with TLS in every
+#     round (etcd, etcd-tls, flotilla, flotilla-tls; each pair in the other
+#     order in even rounds), and the summary gives the ratios per round: what TLS
 #     costs, measured in the same spell.
 # Note: bash ignores `GROUPS=32 cmd` (GROUPS is a bash special variable), so
 # pass it as `env GROUPS=32 tools/kvcompare.sh`, or use FLOTILLA_GROUPS=32.
