@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -335,10 +336,16 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerI
 // lease's keep-alives) ends when the permission or the user goes.
 type authedStream struct {
 	grpc.ServerStream
-	s    *Server
-	ctx  context.Context
-	last any // the last request received, whose permission each send needs
+	s   *Server
+	ctx context.Context
+	// last is the last request received whose permission each send needs
+	// (nil while none does). RecvMsg and SendMsg may run on two goroutines
+	// (a Batch stream's receive and send loops).
+	last atomic.Pointer[sentReq]
 }
+
+// sentReq holds a request for authedStream.last.
+type sentReq struct{ req any }
 
 func (a *authedStream) Context() context.Context { return a.ctx }
 
@@ -349,20 +356,27 @@ func (a *authedStream) RecvMsg(m any) error {
 	if err := a.s.check(a.ctx, m); err != nil {
 		return err
 	}
-	a.last = m
+	if n := needOf(m); n.perm != nil || n.admin != "" {
+		a.last.Store(&sentReq{req: m})
+	}
 	return nil
 }
 
 func (a *authedStream) SendMsg(m any) error {
-	if err := a.s.stillAuthorized(a.ctx, a.last); err != nil {
+	var req any
+	if p := a.last.Load(); p != nil {
+		req = p.req
+	}
+	if err := a.s.stillAuthorized(a.ctx, req); err != nil {
 		return err
 	}
 	return a.ServerStream.SendMsg(m)
 }
 
 // stillAuthorized checks, for a long-lived stream, that its caller still
-// exists and may still do what req (its last request; nil: none yet)
-// asked. A Batch stream's ops are checked one by one instead.
+// exists and may still do what req (its last request that needs a
+// permission; nil: none) asked. A Batch stream's ops are checked one by
+// one instead.
 func (s *Server) stillAuthorized(ctx context.Context, req any) error {
 	id, ok := identityOf(ctx)
 	if !ok || id.all() || id.user == auth.RootUser {
@@ -373,7 +387,7 @@ func (s *Server) stillAuthorized(ctx context.Context, req any) error {
 			return status.Errorf(codes.Unauthenticated, "server: user %q no longer exists", id.user)
 		}
 	}
-	if _, batch := req.(*api.BatchRequest); req == nil || batch {
+	if req == nil {
 		return nil
 	}
 	return s.check(ctx, req)

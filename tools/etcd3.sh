@@ -19,7 +19,22 @@
 #
 # Environment: ETCD3_START_WAIT [30] seconds to wait for a healthy cluster;
 # ETCD3_STOP_WAIT [15] seconds to wait for the members to exit on SIGTERM
-# before they are killed.
+# before they are killed; ETCD3_CERTS_DIR [none]: run with TLS (below).
+#
+# TLS: with ETCD3_CERTS_DIR=CERTS, start serves clients on https and requires
+# a client certificate of the CA (--client-cert-auth), and the members talk to
+# each other over mutual TLS. CERTS is laid out as `flotilla cert` writes it:
+# ca.crt, and node-N.crt and node-N.key for member eN (N = 1, 2, 3), used as
+# both its server and its client certificate (they hold ServerAuth and
+# ClientAuth). Every node-N.crt must name the IP address 127.0.0.1, where all
+# members listen: a member checks the certificate of the member it dials
+# against the address it dials, and a member's peer listener checks the
+# certificate of a member dialing in against that member's source address,
+# which is 127.0.0.1 on loopback. So make them with, for example,
+#   flotilla cert create-node 2 127.0.0.2 127.0.0.1 --certs-dir CERTS
+# (start checks this with openssl, if it is on PATH). Clients then need
+# --cacert CERTS/ca.crt and a certificate and key of the CA (etcdctl --cert,
+# --key; tools/etcdbench the same flags). stop needs no certificates.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -31,6 +46,7 @@ CLIENT_HOST=127.0.0.1
 client_port() { echo $((23790 + $1)); }
 peer_port() { echo $((23800 + $1)); }
 ENDPOINTS=$CLIENT_HOST:23791,$CLIENT_HOST:23792,$CLIENT_HOST:23793
+CERTS_DIR=${ETCD3_CERTS_DIR:-}
 START_WAIT=${ETCD3_START_WAIT:-30}
 STOP_WAIT=${ETCD3_STOP_WAIT:-15}
 [[ $START_WAIT =~ ^[1-9][0-9]*$ ]] || die "ETCD3_START_WAIT=$START_WAIT: want a positive number of seconds"
@@ -139,9 +155,41 @@ log_tails() {
   done
 }
 
+# check_certs: CERTS_DIR holds what TLS needs (header), as an absolute path.
+check_certs() {
+  local i f
+  [[ -d $CERTS_DIR ]] || die "ETCD3_CERTS_DIR=$CERTS_DIR: not a directory"
+  CERTS_DIR=$(CDPATH='' cd -- "$CERTS_DIR" && pwd)
+  for f in ca.crt node-{1,2,3}.crt node-{1,2,3}.key; do
+    [[ -r $CERTS_DIR/$f ]] || die "ETCD3_CERTS_DIR: $CERTS_DIR/$f is missing (make it with flotilla cert)"
+  done
+  command -v openssl >/dev/null || return 0
+  for i in "${MEMBERS[@]}"; do
+    openssl x509 -noout -in "$CERTS_DIR/node-$i.crt" -checkip "$CLIENT_HOST" 2>/dev/null |
+      grep -q 'does match' ||
+      die "$CERTS_DIR/node-$i.crt does not name IP $CLIENT_HOST, where every member listens; etcd would refuse it (make it with: flotilla cert create-node $i ... $CLIENT_HOST)"
+  done
+}
+
+# tls_flags N: the TLS flags of member N (none without CERTS_DIR).
+tls_flags() {
+  [[ -n $CERTS_DIR ]] || return 0
+  local c=$CERTS_DIR
+  printf '%s\n' --cert-file "$c/node-$1.crt" --key-file "$c/node-$1.key" \
+    --client-cert-auth --trusted-ca-file "$c/ca.crt" \
+    --peer-cert-file "$c/node-$1.crt" --peer-key-file "$c/node-$1.key" \
+    --peer-client-cert-auth --peer-trusted-ca-file "$c/ca.crt"
+}
+
 start() {
-  local dir=$1 i p pid version cluster="" deadline ok
+  local dir=$1 i p pid version cluster="" deadline ok scheme=http tls=() ctl=()
   ensure_etcd
+  if [[ -n $CERTS_DIR ]]; then
+    check_certs
+    scheme=https
+    # etcdctl's health check presents member 1's certificate (ClientAuth).
+    ctl=(--cacert "$CERTS_DIR/ca.crt" --cert "$CERTS_DIR/node-1.crt" --key "$CERTS_DIR/node-1.key")
+  fi
   version=$(etcd --version 2>/dev/null | awk '/^etcd Version:/ {print $3}')
   [[ $version == 3.4.* ]] ||
     echo "etcd3.sh: warning: etcd ${version:-of unknown version} is not 3.4; the benchmarks were taken on 3.4" >&2
@@ -160,7 +208,7 @@ start() {
 
   for i in "${MEMBERS[@]}"; do
     rm -rf "${dir:?}/e$i" "$dir/e$i.log" "$dir/e$i.pid"
-    cluster+="${cluster:+,}e$i=http://$CLIENT_HOST:$(peer_port "$i")"
+    cluster+="${cluster:+,}e$i=$scheme://$CLIENT_HOST:$(peer_port "$i")"
   done
   # Whatever ends start before the cluster is healthy (an error, ^C) stops
   # the members it started. Until they have exec'd, the children are not yet
@@ -169,11 +217,13 @@ start() {
   trap 'stop_pids ${STARTED[@]+"${STARTED[@]}"} 2>/dev/null || true
         for i in "${MEMBERS[@]}"; do rm -f "$START_DIR/e$i.pid"; done' EXIT
   for i in "${MEMBERS[@]}"; do
+    mapfile -t tls < <(tls_flags "$i")
     etcd --name "e$i" --data-dir "$dir/e$i" \
-      --listen-client-urls "http://$CLIENT_HOST:$(client_port "$i")" \
-      --advertise-client-urls "http://$CLIENT_HOST:$(client_port "$i")" \
-      --listen-peer-urls "http://$CLIENT_HOST:$(peer_port "$i")" \
-      --initial-advertise-peer-urls "http://$CLIENT_HOST:$(peer_port "$i")" \
+      --listen-client-urls "$scheme://$CLIENT_HOST:$(client_port "$i")" \
+      --advertise-client-urls "$scheme://$CLIENT_HOST:$(client_port "$i")" \
+      --listen-peer-urls "$scheme://$CLIENT_HOST:$(peer_port "$i")" \
+      --initial-advertise-peer-urls "$scheme://$CLIENT_HOST:$(peer_port "$i")" \
+      ${tls[@]+"${tls[@]}"} \
       --initial-cluster "$cluster" --initial-cluster-state new \
       --initial-cluster-token flotilla-etcd3 \
       --quota-backend-bytes $((8 << 30)) \
@@ -192,7 +242,7 @@ $(log_tails "$dir")"
     done
     ok=1
     ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" --dial-timeout=1s --command-timeout=2s \
-      endpoint health >/dev/null 2>&1 || ok=0
+      ${ctl[@]+"${ctl[@]}"} endpoint health >/dev/null 2>&1 || ok=0
     ((ok)) && break
     if ((SECONDS >= deadline)); then
       die "cluster not healthy after ${START_WAIT}s; stopping it
@@ -201,7 +251,7 @@ $(log_tails "$dir")"
     sleep 0.2
   done
   trap - EXIT
-  echo "etcd3.sh: etcd ${version:-?} cluster healthy: clients $ENDPOINTS; data, logs and pids in $dir"
+  echo "etcd3.sh: etcd ${version:-?} cluster healthy: clients $ENDPOINTS${CERTS_DIR:+ (TLS, certificates of $CERTS_DIR)}; data, logs and pids in $dir"
 }
 
 # --- main -------------------------------------------------------------------------

@@ -13,6 +13,20 @@
 #     runs Flotilla built at that revision ("baseline"), before or after the
 #     working tree's (alternately), and the summary gives flotilla/baseline
 #     per round: the cost or gain of a change, measured in the same spell.
+#     A baseline older than --insecure (its `start --help` does not name it)
+#     is started without it. BASELINE is plaintext only: refused with TLS.
+#   TLS [0]: 0 runs both systems plaintext (Flotilla with --insecure). 1 runs
+#     both with TLS ("etcd-tls", "flotilla-tls"): the script makes a CA, a
+#     certificate for each node (IP 127.0.0.N, and 127.0.0.1, which etcd
+#     needs: tools/etcd3.sh) and one for client user root in WORKDIR/certs
+#     with the built `flotilla cert`; Flotilla's nodes start with --certs-dir,
+#     `flotilla bench put` signs in as root with --certs-dir, etcd's members
+#     (the same node certificates, ETCD3_CERTS_DIR) demand client
+#     certificates and talk mutual TLS to each other, and etcdbench presents
+#     root's. TLS=both runs each system plaintext and with TLS in every
+#     round (etcd, etcd-tls, flotilla, flotilla-tls; each pair in the other
+#     order in even rounds), and the summary gives the ratios per round: what TLS
+#     costs, measured in the same spell.
 # Note: bash ignores `GROUPS=32 cmd` (GROUPS is a bash special variable), so
 # pass it as `env GROUPS=32 tools/kvcompare.sh`, or use FLOTILLA_GROUPS=32.
 #
@@ -40,6 +54,7 @@ NGROUPS=${FLOTILLA_GROUPS:-$(printenv GROUPS || true)}
 NGROUPS=${NGROUPS:-16}
 WORKDIR=${WORKDIR:-/tmp/kvcompare}
 BASELINE=${BASELINE:-}
+TLS=${TLS:-0}
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -49,6 +64,12 @@ for v in ROUNDS CLIENTS KEYS CONNS NGROUPS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "${v/#NGROUPS/GROUPS}=${!v}: want a positive integer"
 done
 [[ $VALUE_SIZE =~ ^[0-9]+$ ]] || die "VALUE_SIZE=$VALUE_SIZE: want a non-negative integer"
+case $TLS in
+  0 | 1 | both) ;;
+  *) die "TLS=$TLS: want 0, 1 or both" ;;
+esac
+[[ -z $BASELINE || $TLS == 0 ]] ||
+  die "BASELINE and TLS=$TLS exclude each other: the baseline is measured plaintext only (older builds have no --certs-dir)"
 [[ -x $ETCD3_SH ]] || die "etcd3.sh not found or not executable at $ETCD3_SH (set ETCD3_SH)"
 for c in go curl python3 timeout; do
   command -v "$c" >/dev/null || die "$c is required but not on PATH"
@@ -196,7 +217,7 @@ tck, system, rnd, path, srv, cli = sys.argv[1:]
 r = json.load(open(path))
 ops = r["ops"]
 per = lambda t: int(t) / int(tck) * 1e6 / ops if ops else float("nan")
-print(f"{system:<8} round {rnd}: {r['ops_per_sec']:8.0f} ops/s  p50 {r['p50_ms']:6.2f} ms  "
+print(f"{system:<12} round {rnd}: {r['ops_per_sec']:8.0f} ops/s  p50 {r['p50_ms']:6.2f} ms  "
       f"p99 {r['p99_ms']:7.2f} ms  CPU µs/op: servers {per(srv):5.0f}  client {per(cli):5.0f}"
       f"  ({ops} ops, {r['errors']} errors)")
 PY
@@ -223,39 +244,88 @@ if [[ -n $BASELINE ]]; then
   rm -rf "$WORKDIR/baseline-src"
 fi
 
+# has_insecure BINARY: true if BINARY's `start` takes --insecure (builds from
+# before it start plaintext without a flag, and refuse unknown flags). The
+# help is read whole first: grep -q quits at its match, and under pipefail
+# the help's writer dying of SIGPIPE would fail the pipe.
+has_insecure() {
+  local help
+  help=$("$1" start --help 2>/dev/null) || true
+  grep -q -- --insecure <<<"$help"
+}
+has_insecure "$WORKDIR/flotilla" || die "the built flotilla's start has no --insecure"
+
+# make_certs DIR: a fresh CA, node certificates 1-3 and client root's in DIR.
+# Node N's names 127.0.0.N, where Flotilla's node N listens, and 127.0.0.1,
+# where all of etcd's members listen (tools/etcd3.sh says why etcd needs it).
+make_certs() {
+  local dir=$1 i hosts
+  rm -rf "$dir"
+  "$WORKDIR/flotilla" cert create-ca --certs-dir "$dir" || return
+  for i in 1 2 3; do
+    hosts=(127.0.0.$i)
+    ((i == 1)) || hosts+=(127.0.0.1)
+    "$WORKDIR/flotilla" cert create-node "$i" "${hosts[@]}" --certs-dir "$dir" || return
+  done
+  "$WORKDIR/flotilla" cert create-client root --certs-dir "$dir"
+}
+
+CERTS=$WORKDIR/certs
+if [[ $TLS != 0 ]]; then
+  echo "kvcompare: making a CA and certificates in $CERTS"
+  make_certs "$CERTS" >/dev/null || die "flotilla cert failed to make the certificates in $CERTS"
+fi
+
 # --- rounds ---------------------------------------------------------------------
 
+# run_etcd ROUND [tls]: one round of etcd, plaintext ("etcd") or with TLS
+# ("etcd-tls").
 run_etcd() {
-  local r=$1 out=$WORKDIR/etcd-r$1.json pids srv
-  echo "== round $r/$ROUNDS: etcd"
+  local r=$1 label=etcd pids srv sec=() cert=()
+  [[ ${2:-} != tls ]] || label=etcd-tls
+  local out=$WORKDIR/$label-r$1.json
+  echo "== round $r/$ROUNDS: $label"
   check_free 127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793 127.0.0.1:23801 127.0.0.1:23802 127.0.0.1:23803
+  if [[ $label == etcd-tls ]]; then
+    sec=(ETCD3_CERTS_DIR="$CERTS")
+    cert=(--cacert "$CERTS/ca.crt" --cert "$CERTS/client-root.crt" --key "$CERTS/client-root.key")
+  fi
   ETCD_UP=1
-  "$ETCD3_SH" start "$WORKDIR/etcd" || die "etcd3.sh start failed (logs in $WORKDIR/etcd)"
+  env ${sec[@]+"${sec[@]}"} "$ETCD3_SH" start "$WORKDIR/etcd" || die "etcd3.sh start failed (logs in $WORKDIR/etcd)"
   pids=$(etcd_pids)
   [[ $(wc -w <<<"$pids") == 3 ]] || die "expected 3 etcd pid files in $WORKDIR/etcd"
-  run_bench etcdbench "$out" "$WORKDIR/etcd-r$r.cpu" "$WORKDIR/etcdbench" \
+  run_bench etcdbench "$out" "$WORKDIR/$label-r$r.cpu" "$WORKDIR/etcdbench" \
     --endpoints "$ETCD_EPS" --clients "$CLIENTS" --conns "$CONNS" \
-    --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json
+    --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json \
+    ${cert[@]+"${cert[@]}"}
   # shellcheck disable=SC2086
   srv=$(cpu_ticks $pids)
   stop_etcd
   rm -rf "$WORKDIR/etcd"
-  record etcd "$r" "$out" "$srv" "$(<"$WORKDIR/etcd-r$r.cpu")"
+  record "$label" "$r" "$out" "$srv" "$(<"$WORKDIR/$label-r$r.cpu")"
 }
 
 # run_flotilla ROUND [LABEL BINARY]: one round of Flotilla (default: the
-# working tree's build, labelled flotilla).
+# working tree's build, labelled flotilla). Label flotilla-tls runs it with
+# TLS (--certs-dir), anything else plaintext (--insecure, if BINARY knows it).
 run_flotilla() {
   local r=$1 label=${2:-flotilla} bin=${3:-$WORKDIR/flotilla}
   local out=$WORKDIR/$label-r$1.json data=$WORKDIR/flotilla-data i ok srv
+  local sec=() cli=() scheme=http curlca=()
   echo "== round $r/$ROUNDS: $label"
   check_free 127.0.0.{1,2,3}:47379 127.0.0.{1,2,3}:47380 127.0.0.{1,2,3}:47381
+  if [[ $label == flotilla-tls ]]; then
+    sec=(--certs-dir "$CERTS") cli=(--certs-dir "$CERTS" --user root)
+    scheme=https curlca=(--cacert "$CERTS/ca.crt")
+  elif has_insecure "$bin"; then
+    sec=(--insecure)
+  fi
   rm -rf "$data"; mkdir -p "$data"
   for i in 1 2 3; do
     "$bin" start --id "$i" --data-dir "$data/d$i" --groups "$NGROUPS" \
       --initial-cluster "$FLO_CLUSTER" --peer-addr "127.0.0.$i:47380" \
       --client-addr "127.0.0.$i:47379" --http-addr "127.0.0.$i:47381" \
-      --log-level warn >"$data/n$i.log" 2>&1 &
+      ${sec[@]+"${sec[@]}"} --log-level warn >"$data/n$i.log" 2>&1 &
     NODE_PIDS+=($!)
   done
   for ((t = 0; ; t++)); do
@@ -265,7 +335,7 @@ run_flotilla() {
     done
     ok=0
     for i in 1 2 3; do
-      curl -sf -o /dev/null --max-time 1 "http://127.0.0.$i:47381/readyz" && ok=$((ok + 1))
+      curl -sf -o /dev/null --max-time 1 ${curlca[@]+"${curlca[@]}"} "$scheme://127.0.0.$i:47381/readyz" && ok=$((ok + 1))
     done
     ((ok == 3)) && break
     ((t < 60)) || die "flotilla nodes not ready after 30 s (logs: $data/n{1,2,3}.log)"
@@ -274,7 +344,8 @@ run_flotilla() {
   sleep 2
   run_bench "flotilla bench put" "$out" "$WORKDIR/$label-r$r.cpu" "$bin" bench put \
     --endpoints "$FLO_EPS" --clients "$CLIENTS" --conns "$CONNS" \
-    --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json
+    --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json \
+    ${cli[@]+"${cli[@]}"}
   srv=$(cpu_ticks "${NODE_PIDS[@]}")
   stop_nodes
   rm -rf "$data"
@@ -282,13 +353,28 @@ run_flotilla() {
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
-  run_etcd "$r"
-  if [[ -z $BASELINE ]]; then
+  if [[ $TLS == 1 ]]; then
+    run_etcd "$r" tls
+    run_flotilla "$r" flotilla-tls
+  elif [[ $TLS == both ]] && ((r % 2)); then
+    run_etcd "$r"
+    run_etcd "$r" tls
+    run_flotilla "$r"
+    run_flotilla "$r" flotilla-tls
+  elif [[ $TLS == both ]]; then
+    run_etcd "$r" tls
+    run_etcd "$r"
+    run_flotilla "$r" flotilla-tls
+    run_flotilla "$r"
+  elif [[ -z $BASELINE ]]; then
+    run_etcd "$r"
     run_flotilla "$r"
   elif ((r % 2)); then
+    run_etcd "$r"
     run_flotilla "$r" baseline "$WORKDIR/flotilla-baseline"
     run_flotilla "$r"
   else
+    run_etcd "$r"
     run_flotilla "$r"
     run_flotilla "$r" baseline "$WORKDIR/flotilla-baseline"
   fi
@@ -310,21 +396,23 @@ for line in open(path):
     runs.append(dict(system=system, round=int(rnd), ops_s=r["ops_per_sec"], p50=r["p50_ms"],
                      p99=r["p99_ms"], srv=us(srv), cli=us(cli), ops=ops, errors=r["errors"]))
 
-print(f"{'system':<9}{'round':>5}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'srv µs/op':>11}{'cli µs/op':>11}{'errors':>8}")
+print(f"{'system':<13}{'round':>5}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'srv µs/op':>11}{'cli µs/op':>11}{'errors':>8}")
 for x in runs:
-    print(f"{x['system']:<9}{x['round']:>5}{x['ops_s']:>10.0f}{x['p50']:>9.2f}{x['p99']:>9.2f}"
+    print(f"{x['system']:<13}{x['round']:>5}{x['ops_s']:>10.0f}{x['p50']:>9.2f}{x['p99']:>9.2f}"
           f"{x['srv']:>11.0f}{x['cli']:>11.0f}{x['errors']:>8}")
 print()
 med = statistics.median
-for system in ("etcd", "baseline", "flotilla"):
+for system in ("etcd", "etcd-tls", "baseline", "flotilla", "flotilla-tls"):
     xs = [x for x in runs if x["system"] == system]
     if xs:
-        print(f"{system:<9} median of {len(xs)}: {med(x['ops_s'] for x in xs):.0f} ops/s "
+        print(f"{system:<13} median of {len(xs)}: {med(x['ops_s'] for x in xs):.0f} ops/s "
               f"(runs {', '.join('%.0f' % x['ops_s'] for x in xs)}), "
               f"p50 {med(x['p50'] for x in xs):.2f} ms, p99 {med(x['p99'] for x in xs):.2f} ms, "
-              f"CPU µs/op {med(x['srv'] for x in xs):.0f} + {med(x['cli'] for x in xs):.0f}")
+              f"CPU µs/op {med(x['srv'] for x in xs):.0f} + {med(x['cli'] for x in xs):.0f}, "
+              f"errors {sum(x['errors'] for x in xs)} in {sum(1 for x in xs if x['errors'])} run(s)")
 by = {(x["system"], x["round"]): x for x in runs}
-for num, den in (("flotilla", "etcd"), ("baseline", "etcd"), ("flotilla", "baseline")):
+for num, den in (("flotilla", "etcd"), ("baseline", "etcd"), ("flotilla", "baseline"),
+                 ("flotilla-tls", "etcd-tls"), ("flotilla-tls", "flotilla"), ("etcd-tls", "etcd")):
     ratios = []
     for rnd in sorted({x["round"] for x in runs}):
         a, b = by.get((num, rnd)), by.get((den, rnd))

@@ -7,14 +7,22 @@
 // (loadgen.Report: errors_by_kind names etcd's errors by their gRPC code,
 // see errorKind; per_second is the run second by second).
 //
+// With --cacert it talks TLS to the members (tools/etcd3.sh with
+// ETCD3_CERTS_DIR), checking their certificates against that CA, and with
+// --cert and --key it presents a client certificate, as etcd's
+// --client-cert-auth demands; the flags are named as etcdctl's.
+//
 // Usage:
 //
 //	etcdbench --endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 \
 //	  --clients 256 --conns 1 --value-size 256 --keys 1000 --duration 15s -w json
+//	  [--cacert CERTS/ca.crt --cert CERTS/client-root.crt --key CERTS/client-root.key]
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -42,6 +50,9 @@ type config struct {
 	keys      int
 	duration  time.Duration
 	out       string
+	// tls is nil for plaintext, else the client's TLS configuration
+	// (--cacert, --cert, --key).
+	tls *tls.Config
 }
 
 func main() {
@@ -80,6 +91,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to run")
 	fs.StringVar(&cfg.out, "write-out", "table", "output format: table or json")
 	fs.StringVar(&cfg.out, "w", "table", "shorthand for --write-out")
+	cacert := fs.String("cacert", "", "PEM file of the CA that signed the members' certificates: talk TLS (default: plaintext)")
+	cert := fs.String("cert", "", "PEM file of the client certificate to present (with --key; needs --cacert)")
+	key := fs.String("key", "", "PEM file of the key of --cert")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -107,7 +121,41 @@ func parseFlags(args []string) (config, error) {
 	case cfg.out != "table" && cfg.out != "json":
 		return cfg, fmt.Errorf("-w %q: want one of table, json", cfg.out)
 	}
-	return cfg, nil
+	var err error
+	cfg.tls, err = loadTLS(*cacert, *cert, *key)
+	return cfg, err
+}
+
+// loadTLS returns the TLS configuration of the flags: nil when cacert is
+// empty (plaintext), else one that trusts only the CAs in cacert and, when
+// cert and key are given, presents that pair. It fails if a file cannot be
+// read or parsed, or if the flags are given in an incomplete combination.
+func loadTLS(cacert, cert, key string) (*tls.Config, error) {
+	switch {
+	case cacert == "" && (cert != "" || key != ""):
+		return nil, fmt.Errorf("--cert and --key need --cacert")
+	case (cert == "") != (key == ""):
+		return nil, fmt.Errorf("--cert and --key go together")
+	case cacert == "":
+		return nil, nil
+	}
+	pem, err := os.ReadFile(cacert)
+	if err != nil {
+		return nil, fmt.Errorf("--cacert: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--cacert %s: no PEM certificate in it", cacert)
+	}
+	c := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert/--key: %w", err)
+		}
+		c.Certificates = []tls.Certificate{pair}
+	}
+	return c, nil
 }
 
 // run puts for cfg.duration and returns the figures, writing a progress line
@@ -128,6 +176,7 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 			DialTimeout: 5 * time.Second,
 			Context:     ctx,
 			Logger:      zap.NewNop(),
+			TLS:         cfg.tls,
 		})
 		if err != nil {
 			return loadgen.Report{}, fmt.Errorf("connecting to %s: %w", strings.Join(cfg.endpoints, ","), err)
