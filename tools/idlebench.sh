@@ -10,6 +10,9 @@
 #   failover_kill_s  seconds from kill -9 of node 1 until nodes 2 and 3 lead
 #                    every range (node 1 led a third of them)
 #   failover_stop_s  the same with node 1 SIGSTOPped instead (a fresh cluster)
+#   light            under LIGHT_RATE puts/s over all the ranges (flotilla
+#                    bench put --rate) for SECONDS: node 1's heartbeat
+#                    batches per peer per second, and heartbeats per batch
 # Progress goes to stderr.
 #
 # Usage: tools/idlebench.sh [RANGES] [SECONDS]     (defaults: 10000 30)
@@ -17,6 +20,7 @@
 # Environment overrides (defaults in brackets):
 #   QUIESCE [1]   0 starts the nodes with --no-quiesce (the baseline)
 #   FAILOVER [1]  0 skips the two failover measurements
+#   LIGHT_RATE [100]  puts/s of the light load (0 skips it)
 #   WORKDIR [/tmp/idlebench]
 set -euo pipefail
 
@@ -29,6 +33,7 @@ RANGES=${1:-10000}
 SECONDS_IDLE=${2:-30}
 QUIESCE=${QUIESCE:-1}
 FAILOVER=${FAILOVER:-1}
+LIGHT_RATE=${LIGHT_RATE:-100}
 WORKDIR=${WORKDIR:-/tmp/idlebench}
 for v in RANGES SECONDS_IDLE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
@@ -133,6 +138,23 @@ for i in 1 2 3; do
 done
 echo "idlebench: idle for ${SECONDS_IDLE}s: CPU % of a core ${cpu_pct[*]}; RSS MiB ${rss_mib[*]}" >&2
 
+# hb: node 1's heartbeat batches and coalesced heartbeats sent, all peers.
+hb() { echo "$(metric 1 flotilla_transport_heartbeat_batches_sent_total) $(metric 1 flotilla_transport_heartbeats_coalesced_total)"; }
+light=null
+if [[ $LIGHT_RATE != 0 ]]; then
+  read -r b0 h0 <<<"$(hb)"
+  "$BIN" bench put --endpoints 127.0.0.1:49379,127.0.0.2:49379,127.0.0.3:49379 --insecure --rate "$LIGHT_RATE" \
+    --clients 8 --keys 100000 --duration "${SECONDS_IDLE}s" -w json >"$WORKDIR/light.json" 2>"$WORKDIR/light.log"
+  read -r b1 h1 <<<"$(hb)"
+  light=$(python3 -c "
+import json
+r = json.load(open('$WORKDIR/light.json'))
+b, h = $b1 - $b0, $h1 - $h0
+print(json.dumps({'rate': $LIGHT_RATE, 'ops': r['ops'], 'errors': r['errors'], 'p99_ms': r['p99_ms'],
+  'batches_per_peer_per_s': round(b / 2 / $SECONDS_IDLE, 1), 'heartbeats_per_batch': round(h / b, 2) if b else 0}))")
+  echo "idlebench: light load: $light" >&2
+fi
+
 failover() { # SIGNAL: seconds until nodes 2 and 3 lead every range
   local sig=$1 t
   t=$(now)
@@ -160,5 +182,5 @@ if ((FAILOVER)); then
 fi
 join() { local IFS=,; echo "$*"; }
 cat <<EOF
-{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s}
+{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s,"light":$light}
 EOF

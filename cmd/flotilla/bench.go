@@ -27,6 +27,7 @@ type benchFlags struct {
 	valueSize int
 	keys      int
 	conns     int
+	rate      float64
 	noBatch   bool
 	out       string
 	cpuprof   string
@@ -69,6 +70,7 @@ second with no ops is a stall).`, op),
 	f.DurationVar(&bf.duration, "duration", 10*time.Second, "how long to run")
 	f.IntVar(&bf.valueSize, "value-size", 128, "value size in bytes (put; 0..1048576)")
 	f.IntVar(&bf.keys, "keys", 1000, "number of distinct keys (1..100000000)")
+	f.Float64Var(&bf.rate, "rate", 0, "ops per second over all clients, spread evenly (0: as fast as the clients go)")
 	f.IntVar(&bf.conns, "conns", 1, "client connections per node the clients share (1..clients); more connections mean smaller batches")
 	f.BoolVar(&bf.noBatch, "no-batch", false, "send each request as its own RPC instead of over the nodes' Batch streams")
 	f.StringVarP(&bf.out, "write-out", "w", "table", "output format: table or json")
@@ -88,6 +90,8 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 		return fmt.Errorf("--keys %d outside 1..100000000", bf.keys)
 	case bf.conns < 1 || bf.conns > 10000:
 		return fmt.Errorf("--conns %d outside 1..10000", bf.conns)
+	case bf.rate < 0 || bf.rate > 1e6:
+		return fmt.Errorf("--rate %v outside 0..1000000", bf.rate)
 	}
 	if err := checkOutput(bf.out, "table", "json"); err != nil {
 		return err
@@ -148,7 +152,7 @@ func bench(ctx context.Context, ccfg client.Config, op string, bf *benchFlags, p
 	}
 	// One key buffer per load client: Put and Get do not keep the key.
 	keys := make([][]byte, bf.clients)
-	o := loadgen.Options{Clients: bf.clients, Duration: bf.duration, Label: "bench " + op, Progress: progress, Classify: benchErrorKind}
+	o := loadgen.Options{Clients: bf.clients, Duration: bf.duration, Label: "bench " + op, Progress: progress, Classify: benchErrorKind, Rate: bf.rate}
 	r := loadgen.Run(ctx, o, func(ctx context.Context, i int, rng *rand.Rand) error {
 		c := clients[i%len(clients)]
 		key := loadgen.AppendKey(keys[i][:0], rng.IntN(bf.keys))

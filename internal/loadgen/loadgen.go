@@ -48,6 +48,10 @@ type Options struct {
 	// called from every client's goroutine, concurrently. nil, or an empty
 	// answer: DefaultKind.
 	Classify func(error) string
+	// Rate caps the ops started per second over all clients (0: no cap,
+	// each client starts its next op as soon as the last ends). The ops are
+	// spread evenly over each second; a client waits for its turn.
+	Rate float64
 }
 
 // Result is what a run measured. Latencies are of successful ops only.
@@ -153,6 +157,29 @@ func Run(ctx context.Context, o Options, op Op) Result {
 	rctx, cancel := context.WithDeadline(ctx, start.Add(o.Duration))
 	defer cancel()
 	var wg sync.WaitGroup
+	var turns chan struct{} // with a Rate: one per op allowed to start
+	if o.Rate > 0 {
+		turns = make(chan struct{})
+		wg.Add(1)
+		go func() { // paceLoop
+			defer wg.Done()
+			t := time.NewTicker(time.Duration(float64(time.Second) / o.Rate))
+			defer t.Stop()
+			for {
+				select {
+				case <-rctx.Done():
+					return
+				case <-t.C:
+				}
+				select {
+				case turns <- struct{}{}:
+				case <-rctx.Done():
+					return
+				case <-t.C: // every client busy: this turn is lost
+				}
+			}
+		}()
+	}
 	for i := range o.Clients {
 		wg.Add(1)
 		go func() { // clientLoop
@@ -161,6 +188,13 @@ func Run(ctx context.Context, o Options, op Op) Result {
 			t := tally{kinds: map[string]uint64{}}
 			defer func() { tallies[i] = t }()
 			for rctx.Err() == nil {
+				if turns != nil {
+					select {
+					case <-turns:
+					case <-rctx.Done():
+						return
+					}
+				}
 				t0 := time.Now()
 				err := op(rctx, i, rng)
 				done := time.Now()

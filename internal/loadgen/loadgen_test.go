@@ -295,3 +295,18 @@ func TestAppendKey(t *testing.T) {
 		}
 	}
 }
+
+// TestRunRate: with a Rate, eight clients of instant ops start no more
+// ops than the rate allows over the run (the pacer's ticks bound them),
+// and some do start. Without it they start thousands.
+func TestRunRate(t *testing.T) {
+	instant := func(context.Context, int, *rand.Rand) error { return nil }
+	r := Run(context.Background(), Options{Clients: 8, Duration: 500 * time.Millisecond, Rate: 40}, instant)
+	if r.Ops == 0 || r.Ops > 20 {
+		t.Fatalf("rate 40/s for 0.5s: %d ops, want 1..20", r.Ops)
+	}
+	free := Run(context.Background(), Options{Clients: 8, Duration: 100 * time.Millisecond}, instant)
+	if free.Ops <= 20 {
+		t.Fatalf("no rate: only %d ops in 0.1s", free.Ops)
+	}
+}
