@@ -58,10 +58,11 @@ import (
 )
 
 // quiesceCtx is the context of a quiesce heartbeat and of its response
-// (raft echoes it). A ReadIndex context is 16 bytes (readContext), so the
-// two never meet; a leader's raft finds no pending read for it and ignores
-// the response's acknowledgement.
-var quiesceCtx = []byte("flotilla.quiesce")
+// (raft echoes it); the transport coalesces them like other heartbeats. A
+// ReadIndex context is 16 bytes (readContext), so the two never meet; a
+// leader's raft finds no pending read for it and ignores the response's
+// acknowledgement.
+var quiesceCtx = transport.QuiesceContext
 
 // wakeCtx marks the heartbeat response a woken follower sends its leader
 // to wake it (wake): unlike an ordinary response, it is never benign.

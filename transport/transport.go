@@ -22,6 +22,7 @@
 package transport
 
 import (
+	"bytes"
 	"errors"
 	"time"
 
@@ -121,8 +122,16 @@ var (
 	ErrUnknownPeer = errors.New("transport: unknown peer")
 )
 
+// QuiesceContext is the context of the heartbeat with which a leader
+// quiesces its group, and of the responses (multiraft/quiesce.go). They
+// travel coalesced like any heartbeat: a node that quiesces thousands of
+// groups at once sends one batch per peer, not thousands of messages.
+var QuiesceContext = []byte("flotilla.quiesce")
+
 // IsHeartbeat reports whether m travels on the coalesced heartbeat lane:
-// heartbeats and their responses that are not part of a ReadIndex round.
+// heartbeats and their responses that are not part of a ReadIndex round
+// (an empty context, or QuiesceContext).
 func IsHeartbeat(m *raftpb.Message) bool {
-	return (m.Type == raftpb.MsgHeartbeat || m.Type == raftpb.MsgHeartbeatResp) && len(m.Context) == 0
+	return (m.Type == raftpb.MsgHeartbeat || m.Type == raftpb.MsgHeartbeatResp) &&
+		(len(m.Context) == 0 || bytes.Equal(m.Context, QuiesceContext))
 }
