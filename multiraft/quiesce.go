@@ -41,12 +41,14 @@ package multiraft
 // serves anything stale meanwhile. A leader does not quiesce without a live
 // quorum, so it keeps ticking (and steps down) when cut off.
 //
-// Lock order: Host.quiet.mu, then Host.act.mu or a group's in.mu. Both are
-// held only for bookkeeping, never across a raft call.
+// Lock order: Host.quiet.mu, then Host.act.mu or a group's in.mu; Host.mu,
+// then Host.act.mu (StartGroup). They are held only for bookkeeping, never
+// across a raft call.
 
 import (
 	"bytes"
 	"cmp"
+	"maps"
 	"slices"
 	"sync"
 
@@ -121,7 +123,17 @@ type quietIndex struct {
 		byLeader map[uint64]map[uint64]*group
 		n        int
 		down     map[uint64]bool // peers found down at the last tick
+		// epoch counts the ticks at which some peer's liveness changed: a
+		// leader quiesces only if it did not change during its checks.
+		epoch uint64
 	}
+}
+
+// livenessEpoch returns the count of liveness changes so far (quiesce).
+func (h *Host) livenessEpoch() uint64 {
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	return h.quiet.mu.epoch
 }
 
 // Quiesced returns how many local replicas are quiesced.
@@ -132,13 +144,20 @@ func (h *Host) Quiesced() int {
 }
 
 // quiesce takes g out of the active set under leader. It refuses (false)
-// when leader is another node that liveness counts down: that node's
+// when leader is another node that liveness counts down (that node's
 // groups were woken at the tick that found it down, and g must not miss
-// it. Called by g's owner.
-func (h *Host) quiesce(g *group, leader uint64) bool {
+// it), or, for this node's own leadership, when liveness changed since
+// epoch (livenessEpoch, read before the leader's checks). Called by g's
+// owner.
+func (h *Host) quiesce(g *group, leader, epoch uint64) bool {
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
 	if leader != h.cfg.NodeID && h.PeerDown(leader) {
+		return false
+	}
+	if leader == h.cfg.NodeID && epoch != h.quiet.mu.epoch {
+		// Liveness changed since the leader's checks (the tick runs
+		// alongside the workers): they may not hold any more.
 		return false
 	}
 	if h.quiet.mu.byLeader == nil {
@@ -198,7 +217,9 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 		h.quiet.mu.down = make(map[uint64]bool)
 	}
 	changed := false
-	for peer := range heard {
+	// In ID order, and the woken groups too (wakeLocked): the simulation
+	// replays the order groups are queued in.
+	for _, peer := range slices.Sorted(maps.Keys(heard)) {
 		down := h.PeerDown(peer)
 		if down == h.quiet.mu.down[peer] {
 			continue
@@ -210,6 +231,7 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 		}
 	}
 	if changed {
+		h.quiet.mu.epoch++
 		ids = h.wakeLocked(h.cfg.NodeID, ids)
 	}
 	return ids
@@ -218,7 +240,9 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 // wakeLocked marks every group quiesced under leader for waking (its owner
 // wakes it when it next runs) and appends their IDs to ids.
 func (h *Host) wakeLocked(leader uint64, ids []uint64) []uint64 {
-	for id, g := range h.quiet.mu.byLeader[leader] {
+	m := h.quiet.mu.byLeader[leader]
+	for _, id := range slices.Sorted(maps.Keys(m)) {
+		g := m[id]
 		g.in.Lock()
 		g.in.wake = true
 		g.in.Unlock()
@@ -246,6 +270,7 @@ func (g *group) maybeQuiesce() {
 	if !g.idle() {
 		return
 	}
+	epoch := h.livenessEpoch()
 	st := g.rn.BasicStatus()
 	if st.RaftState != raft.StateLeader || st.LeadTransferee != raft.None || st.Commit != g.applied {
 		return
@@ -293,7 +318,7 @@ func (g *group) maybeQuiesce() {
 			Context: quiesceCtx,
 		}})
 	})
-	if !h.quiesce(g, h.cfg.NodeID) {
+	if !h.quiesce(g, h.cfg.NodeID, epoch) {
 		return
 	}
 	h.metrics.quiesces.Add(1)
@@ -320,7 +345,7 @@ func (g *group) maybeQuiesceFollower(m *raftpb.Message) {
 	if g.log.lastIndex() != m.Commit {
 		return
 	}
-	if g.h.quiesce(g, m.From) {
+	if g.h.quiesce(g, m.From, 0) {
 		g.h.metrics.quiesces.Add(1)
 	}
 }

@@ -162,13 +162,15 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 		h.mu.Unlock()
 		return fmt.Errorf("%w: %d", ErrGroupExists, id)
 	}
+	// Active before anything can reach it (a quiesce heartbeat arriving
+	// in between would quiesce a group the tick then still walks).
+	h.act.add(g)
 	h.mu.groups[id] = g
 	i := sort.Search(len(h.mu.ids), func(i int) bool { return h.mu.ids[i] >= id })
 	h.mu.ids = append(h.mu.ids, 0)
 	copy(h.mu.ids[i+1:], h.mu.ids[i:])
 	h.mu.ids[i] = id
 	h.mu.Unlock()
-	h.act.add(g)
 	h.metrics.groupAdded(g.role)
 	h.sched.enqueue(id)
 	return nil
