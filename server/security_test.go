@@ -311,10 +311,11 @@ func TestCertRotation(t *testing.T) {
 	if err := certs.CreateNode(certs.Options{Dir: dir, Overwrite: true}, 1, []string{"127.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := x509Serial(dir, certs.NodeCert(1))
+	src, err := certs.NewNodeSource(dir, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
+	fresh := src.Leaf().SerialNumber.String()
 	if fresh == before {
 		t.Fatal("the new certificate has the old serial")
 	}
@@ -330,15 +331,6 @@ func TestCertRotation(t *testing.T) {
 	if _, err := root.Put(ctx, []byte("after-rotation"), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func x509Serial(dir, name string) (string, error) {
-	src, err := certs.NewNodeSource(dir, 1)
-	if err != nil {
-		return "", err
-	}
-	_ = name
-	return src.Leaf().SerialNumber.String(), nil
 }
 
 // TestConnStreamsLimit: with --max-conn-streams 2, a connection that
@@ -626,22 +618,12 @@ func TestObserveEndsOnRevoke(t *testing.T) {
 	if _, err := rel.Resign(ctx, &api.ResignRequest{Name: name, Lease: lease}); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan error, 1)
-	go func() {
-		m, err := obs.Recv()
-		if err == nil {
-			err = fmt.Errorf("received %v", m)
-			got <- err
-			return
-		}
-		got <- nil
-	}()
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Errorf("deleted user alice's Observe stream still delivers: %v", err)
-		}
-	case <-time.After(5 * time.Second):
+	// The stream must end (its next send finds the user gone), not just
+	// fall silent: Recv returns, bounded by ctx.
+	if m, err := obs.Recv(); err == nil {
+		t.Errorf("deleted user alice's Observe stream still delivers: received %v", m)
+	} else if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("deleted user alice's Observe stream ended with %v, want Unauthenticated", err)
 	}
 	cancel()
 }
