@@ -220,18 +220,34 @@ func allocRangeID(b *pebble.Batch) (uint64, error) {
 // this state is the range's state before its first log entry. It does
 // nothing if the replica already has a descriptor.
 func Bootstrap(db *pebble.DB, d Descriptor, all []Descriptor) error {
-	if err := d.check(); err != nil {
-		return err
-	}
-	if _, ok, err := loadDescriptor(db, d.ID); err != nil || ok {
-		return err
-	}
+	return BootstrapMany(db, []Descriptor{d}, all)
+}
+
+// BootstrapMany is Bootstrap for each of ds, in one batch with one sync
+// (a node bootstrapping 10,000 ranges synced 10,000 times). On error
+// nothing is written.
+func BootstrapMany(db *pebble.DB, ds []Descriptor, all []Descriptor) error {
 	b := db.NewIndexedBatch()
 	defer b.Close()
-	if err := b.Set(localKey(kindDescriptor, d.ID, 0), d.Encode(), nil); err != nil {
-		return err
-	}
-	if d.ID == MetaRangeID {
+	n := 0
+	for i := range ds {
+		d := &ds[i]
+		if err := d.check(); err != nil {
+			return err
+		}
+		if _, ok, err := loadDescriptor(b, d.ID); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		n++
+		if err := b.Set(localKey(kindDescriptor, d.ID, 0), d.Encode(), nil); err != nil {
+			return err
+		}
+		if d.ID != MetaRangeID {
+			continue
+		}
 		if err := checkTiling(all); err != nil {
 			return err
 		}
@@ -245,6 +261,9 @@ func Bootstrap(db *pebble.DB, d Descriptor, all []Descriptor) error {
 		if err := b.Set(localKey(kindRangeIDs, MetaRangeID, 0), binary.BigEndian.AppendUint64(nil, maxID+1), nil); err != nil {
 			return err
 		}
+	}
+	if n == 0 {
+		return nil
 	}
 	return b.Commit(pebble.Sync)
 }
