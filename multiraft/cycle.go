@@ -52,7 +52,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			n++
 		} else if len(r.g.outbox) > 0 {
 			h.tr.Send(r.g.outbox)
-			r.g.outbox = r.g.outbox[:0]
+			r.g.outbox = nil // rare (quiesce heartbeats): no buffer kept per group
 		}
 	}
 	w.readies = w.readies[:n]
@@ -92,8 +92,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			}
 		}
 		w.late = append(w.late, g.outbox...)
-		clear(g.outbox)
-		g.outbox = g.outbox[:0]
+		g.outbox = nil // rare (quiesce heartbeats): no buffer kept per group
 	}
 	if len(w.early) > 0 {
 		h.tr.Send(w.early)

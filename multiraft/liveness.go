@@ -59,6 +59,9 @@ const failoverRetryTicks = 2
 type liveness struct {
 	ticks atomic.Int64 // ticks since the Host started
 	heard atomic.Pointer[map[uint64]*atomic.Int64]
+	// first is the tick at which the first peer was heard from (valid
+	// once heard holds a peer): when this node joined the others.
+	first atomic.Int64
 	mu    sync.Mutex
 }
 
@@ -84,6 +87,9 @@ func (l *liveness) note(peer uint64) {
 	at := &atomic.Int64{}
 	at.Store(l.ticks.Load())
 	next[peer] = at
+	if len(m) == 0 {
+		l.first.Store(at.Load())
+	}
 	l.heard.Store(&next)
 }
 

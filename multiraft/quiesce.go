@@ -160,6 +160,13 @@ func (h *Host) quiesce(g *group, leader, epoch uint64) bool {
 		// alongside the workers): they may not hold any more.
 		return false
 	}
+	h.quiesceLocked(g, leader)
+	h.act.remove(g)
+	return true
+}
+
+// quiesceLocked records g as quiesced under leader. h.quiet.mu is held.
+func (h *Host) quiesceLocked(g *group, leader uint64) {
 	if h.quiet.mu.byLeader == nil {
 		h.quiet.mu.byLeader = make(map[uint64]map[uint64]*group)
 	}
@@ -170,10 +177,8 @@ func (h *Host) quiesce(g *group, leader, epoch uint64) bool {
 	}
 	m[g.id] = g
 	h.quiet.mu.n++
-	h.act.remove(g)
 	g.quiesced, g.quietLeader = true, leader
 	g.st.quiesced.Store(true)
-	return true
 }
 
 // unquiesce puts g back in the active set. Called by g's owner (or by
@@ -185,6 +190,38 @@ func (h *Host) unquiesce(g *group) {
 	if !g.stopped {
 		h.act.add(g)
 	}
+}
+
+// bootQuiet reports whether new groups may start quiesced under their
+// expected leader (GroupStart.Leader): quiescence and the liveness
+// failover that wakes them are both on.
+func (h *Host) bootQuiet() bool {
+	return h.cfg.Quiesce && !h.cfg.DisableFailover && !h.cfg.DisablePreVote && !h.cfg.DisableCheckQuorum
+}
+
+// quiesceNew quiesces new group g under leader before it is published
+// (StartGroups): no owner runs it yet.
+func (h *Host) quiesceNew(g *group, leader uint64) {
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	h.quiesceLocked(g, leader)
+}
+
+// unquiesceUnpublished undoes quiesceNew for a group whose start failed.
+func (h *Host) unquiesceUnpublished(g *group) {
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	h.unquiesceLocked(g)
+}
+
+// bootGraceTicks is how long after this Host first heard from a peer
+// another peer never heard from counts as down for the groups quiesced
+// under it at their start (GroupStart.Leader): the liveness timeout plus an
+// election timeout, for it to start and campaign. Counted from the first
+// peer heard, not from this Host's start: a node starting many ranges
+// takes a while before it serves its peers, and so do the others.
+func (h *Host) bootGraceTicks() int64 {
+	return int64(h.cfg.LivenessTicks + h.cfg.ElectionTicks)
 }
 
 func (h *Host) unquiesceLocked(g *group) {
@@ -233,6 +270,24 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 	if changed {
 		h.quiet.mu.epoch++
 		ids = h.wakeLocked(h.cfg.NodeID, ids)
+	}
+	// Groups started quiesced under a peer never heard from (StartGroups)
+	// wake once the grace is over: that node may never come. Only groups
+	// started so are quiesced under a peer not heard from (quiesce needs a
+	// message from the leader), and this wakes each of them once.
+	if len(heard) == 0 || h.live.ticks.Load()-h.live.first.Load() < h.bootGraceTicks() {
+		return ids
+	}
+	unheard := false
+	for leader := range h.quiet.mu.byLeader {
+		unheard = unheard || (leader != h.cfg.NodeID && heard[leader] == nil)
+	}
+	if unheard {
+		for _, leader := range slices.Sorted(maps.Keys(h.quiet.mu.byLeader)) {
+			if leader != h.cfg.NodeID && heard[leader] == nil {
+				ids = h.wakeLocked(leader, ids)
+			}
+		}
 	}
 	return ids
 }

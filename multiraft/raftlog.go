@@ -11,13 +11,19 @@ import (
 // changes) goes to Debug, so a healthy cluster stays quiet at Info; its
 // warnings and errors keep their level. Panic and Fatal keep raft's
 // contract: they do not return.
-type raftLogger struct{ l *slog.Logger }
+type raftLogger struct {
+	l     *slog.Logger
+	group uint64
+}
 
-func newRaftLogger(l *slog.Logger) *raftLogger { return &raftLogger{l: l} }
+// newRaftLogger returns group's raft logger. The group is added to each
+// record rather than bound with With: a bound logger per group cost about
+// 200 bytes of each of 10,000 idle replicas.
+func newRaftLogger(l *slog.Logger, group uint64) *raftLogger { return &raftLogger{l: l, group: group} }
 
 func (r *raftLogger) log(level slog.Level, msg string) {
 	if r.l.Enabled(context.Background(), level) {
-		r.l.Log(context.Background(), level, msg)
+		r.l.Log(context.Background(), level, msg, "group", r.group)
 	}
 }
 

@@ -26,11 +26,22 @@ func (h *Host) StartGroup(id uint64, members []uint64, sm StateMachine) error {
 	return h.StartGroups([]GroupStart{{ID: id, Members: members, SM: sm}})
 }
 
-// GroupStart is one group for StartGroups: the arguments of StartGroup.
+// GroupStart is one group for StartGroups: the arguments of StartGroup,
+// and the node expected to lead a new group.
 type GroupStart struct {
 	ID      uint64
 	Members []uint64
 	SM      StateMachine
+	// Leader, if not 0 and not this node, is the member expected to lead
+	// the group, which campaigns as it starts (Campaign). A new group's
+	// replica here then starts quiesced under it (with Config.Quiesce and
+	// failover on): it runs no election timer while the leader campaigns,
+	// any message wakes it, and liveness wakes it if that node goes down
+	// or is never heard from (bootGraceTicks). Without it, 100,000 new
+	// groups all ran election timers at once, and their elections crowded
+	// each other out for minutes (BENCHMARKS.md, "Quiescence"). Ignored
+	// for a group that has state here.
+	Leader uint64
 }
 
 // StartGroups is StartGroup for many groups: the start state of the new
@@ -46,6 +57,11 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	b := h.store.NewBatch()
 	defer b.Close()
 	staged := false
+	type quietStart struct {
+		g      *group
+		leader uint64
+	}
+	var quiet []quietStart
 	seen := make(map[uint64]bool, len(gs))
 	groups := make([]*group, 0, len(gs))
 	for i := range gs {
@@ -59,14 +75,24 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 		}
 		staged = staged || wrote
 		groups = append(groups, g)
+		if l := gs[i].Leader; l != 0 && l != h.cfg.NodeID && wrote && g.term == BootTerm && h.bootQuiet() {
+			quiet = append(quiet, quietStart{g, l})
+		}
 	}
 	if staged {
 		if err := b.Commit(true); err != nil {
 			return fmt.Errorf("multiraft: write the start of %d groups: %w", len(gs), err)
 		}
 	}
+	// Quiesced before they are published: nothing reaches them before.
+	for _, q := range quiet {
+		h.quiesceNew(q.g, q.leader)
+	}
 	for i, g := range groups {
 		if err := h.publishGroup(g); err != nil {
+			for _, q := range quiet {
+				h.unquiesceUnpublished(q.g)
+			}
 			if i > 0 {
 				// Some run already: the Host is closing (or a caller
 				// raced a StartGroup of the same ID), and they stop
@@ -198,7 +224,7 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		CheckQuorum:               !h.cfg.DisableCheckQuorum,
 		PreVote:                   !h.cfg.DisablePreVote,
 		DisableProposalForwarding: h.cfg.DisableProposalForwarding,
-		Logger:                    newRaftLogger(h.log.With("group", id)),
+		Logger:                    newRaftLogger(h.log, id),
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("multiraft: group %d: %w", id, err)
@@ -225,8 +251,11 @@ func (h *Host) publishGroup(g *group) error {
 		return fmt.Errorf("%w: %d", ErrGroupExists, id)
 	}
 	// Active before anything can reach it (a quiesce heartbeat arriving
-	// in between would quiesce a group the tick then still walks).
-	h.act.add(g)
+	// in between would quiesce a group the tick then still walks), unless
+	// it starts quiesced (StartGroups).
+	if !g.quiesced {
+		h.act.add(g)
+	}
 	h.mu.groups[id] = g
 	i := sort.Search(len(h.mu.ids), func(i int) bool { return h.mu.ids[i] >= id })
 	h.mu.ids = append(h.mu.ids, 0)

@@ -44,6 +44,10 @@ type Options struct {
 	// Quiesce as in multiraft.Config: idle groups stop ticking; the
 	// planted bugs as there too.
 	Quiesce, QuiesceIgnoringLiveness, QuiesceWithLaggards bool
+	// BootLeader, if set, names each new group's expected leader
+	// (multiraft.GroupStart.Leader): the other replicas start quiesced
+	// under it. Nodes start their groups with one StartGroups call.
+	BootLeader func(group uint64) uint64
 }
 
 // Cluster is a set of Hosts on one in-memory network. Not safe for
@@ -145,14 +149,17 @@ func (c *Cluster) start(id uint64) error {
 	if c.joined[id] {
 		initial = nil
 	}
+	starts := make([]multiraft.GroupStart, 0, c.Opts.Groups)
 	for g := uint64(1); g <= uint64(c.Opts.Groups); g++ {
 		sm := NewKV()
 		c.SMs[id][g] = sm
-		if err := h.StartGroup(g, initial, sm); err != nil {
-			return err
+		st := multiraft.GroupStart{ID: g, Members: initial, SM: sm}
+		if c.Opts.BootLeader != nil {
+			st.Leader = c.Opts.BootLeader(g)
 		}
+		starts = append(starts, st)
 	}
-	return nil
+	return h.StartGroups(starts)
 }
 
 // AddNode starts a new node that joins every group empty; it takes part

@@ -15,17 +15,23 @@ import (
 // A failure, or a range that changed, leaves the record for the next
 // round.
 
-// propagateRevocations runs one round for every range this node leads.
-// Called by Tick.
-func (s *Store) propagateRevocations() {
-	for _, r := range s.Replicas() {
-		if !s.leads(r.ID) {
+// propagateRevocations runs one round for every range of win this node
+// leads. Called by Tick.
+func (s *Store) propagateRevocations(win []*Replica) {
+	for _, r := range win {
+		// A replica found without records is not read again (a scan of
+		// its records) until it applied something.
+		applied := r.SM.AppliedIndex()
+		if applied == r.scan.noRevocationsAt || !s.leads(r.ID) {
 			continue
 		}
 		revs, err := r.SM.Revocations()
 		if err != nil {
 			s.log.Warn("read lease revocations", "group", r.ID, "err", err)
 			continue
+		}
+		if len(revs) == 0 {
+			r.scan.noRevocationsAt = applied
 		}
 		for _, rev := range revs {
 			key := [2]uint64{r.ID, rev.Lease}

@@ -27,7 +27,9 @@ type loadStat struct {
 }
 
 // SampleLoad takes a sample of every replica's load at now: call it about
-// every second (the server's loop, the simulation's clock).
+// every second (the server's loop, the simulation's clock). Loop only. An
+// idle replica (no operation since the last sample, and no rate left) costs
+// one atomic load.
 func (s *Store) SampleLoad(now time.Time) {
 	reps := s.Replicas()
 	t := &s.load
@@ -39,29 +41,49 @@ func (s *Store) SampleLoad(now time.Time) {
 	dt := now.Sub(t.clock).Seconds()
 	first := t.clock.IsZero()
 	t.clock = now
-	seen := make(map[uint64]bool, len(reps))
 	for _, r := range reps {
-		seen[r.ID] = true
 		ops := r.SM.Ops()
-		st := t.byID[r.ID]
+		st := r.load
 		if st == nil {
-			t.byID[r.ID] = &loadStat{ops: ops}
-			continue
+			if st = t.byID[r.ID]; st == nil {
+				st = &loadStat{ops: ops}
+				t.byID[r.ID] = st
+				r.load = st
+				continue
+			}
+			r.load = st
+		}
+		if ops == st.ops && st.rate == 0 && st.last == 0 {
+			continue // the sample would change nothing
 		}
 		if !first && dt > 0 {
 			sample := float64(ops-st.ops) / dt
 			w := 1 - pow2(-dt/loadHalfLife.Seconds())
 			st.rate += w * (sample - st.rate)
 			st.last = sample
+			if sample == 0 && st.rate < minLoad {
+				st.rate = 0 // decayed away: the replica is idle again
+			}
 		}
 		st.ops = ops
 	}
-	for id := range t.byID {
-		if !seen[id] {
-			delete(t.byID, id)
+	if len(t.byID) > len(reps) {
+		// Replicas went away: forget their samples.
+		seen := make(map[uint64]bool, len(reps))
+		for _, r := range reps {
+			seen[r.ID] = true
+		}
+		for id := range t.byID {
+			if !seen[id] {
+				delete(t.byID, id)
+			}
 		}
 	}
 }
+
+// minLoad is the rate, in operations per second, below which an idle
+// replica's decaying load counts as none.
+const minLoad = 1e-3
 
 // Load returns range id's recent load on this replica, in operations per
 // second (0 before two samples).

@@ -181,11 +181,11 @@ type neighbours struct {
 	ld, rd *kv.Descriptor
 }
 
-// ledNeighbours returns the pairs of neighbours whose left range this node
-// leads and has not frozen.
-func (s *Store) ledNeighbours() []neighbours {
+// ledNeighbours returns the pairs of neighbours whose left range, one of
+// win, this node leads and has not frozen.
+func (s *Store) ledNeighbours(win []*Replica) []neighbours {
 	var out []neighbours
-	for _, l := range s.Replicas() {
+	for _, l := range win {
 		ld, ok := l.Descriptor()
 		if !ok || len(ld.End) == 0 || !s.leads(l.ID) {
 			continue
@@ -201,10 +201,11 @@ func (s *Store) ledNeighbours() []neighbours {
 	return out
 }
 
-// finishMerges merges the frozen right neighbour of a range this node
-// leads whose merge did not finish (its coordinator died). Called by Tick.
-func (s *Store) finishMerges() {
-	for _, p := range s.ledNeighbours() {
+// finishMerges merges the frozen right neighbour of a range of win this
+// node leads whose merge did not finish (its coordinator died). Called by
+// Tick.
+func (s *Store) finishMerges(win []*Replica) {
+	for _, p := range s.ledNeighbours(win) {
 		l, r, ld, rd := p.l, p.r, p.ld, p.rd
 		_, index, frozen := r.SM.Frozen()
 		if !frozen {

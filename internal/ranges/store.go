@@ -122,6 +122,13 @@ func (c *Config) setDefaults() {
 type Replica struct {
 	ID uint64
 	SM *kv.StateMachine
+
+	// Owned by the Store's loop: the split queue's state (queueState),
+	// the load sample (load.go; written under load.mu), and what the
+	// periodic scans last found (scanState).
+	q    *queueState
+	load *loadStat
+	scan scanState
 }
 
 // Descriptor returns the replica's descriptor as applied here; false for a
@@ -154,9 +161,15 @@ type Store struct {
 	tasks   tasks
 	metrics storeMetrics
 	// Owned by the loop.
-	ticks    uint64
-	queue    map[uint64]*queueState
-	revoking map[[2]uint64]bool // (owner range, lease) revocations under way
+	ticks uint64
+	// mergeScan, repairScan: where the next window of the merge scan and
+	// of the repair scans starts in Replicas (window).
+	mergeScan, repairScan int
+	queue                 map[uint64]*queueState
+	revoking              map[[2]uint64]bool // (owner range, lease) revocations under way
+	// order is every replica by ascending ID (Replicas), replaced under
+	// mu.Lock whenever one starts or goes; readers take no lock.
+	order atomic.Pointer[[]*Replica]
 	// index is the initialized replicas sorted by the start of their span,
 	// rebuilt whenever a descriptor changes (copy on write); readers take
 	// no lock. It may lag a change by a moment: Lookup checks what it finds.
@@ -180,6 +193,7 @@ func Open(cfg Config) (*Store, error) {
 	s.mu.busy = make(map[uint64]bool)
 	s.mu.announced = make(map[uint64]kv.Descriptor)
 	s.index.Store(&[]*Replica{})
+	s.order.Store(&[]*Replica{})
 	// Replicas merged into another range whose removal a stop cut short:
 	// remove them now.
 	merged, err := kv.MergedReplicas(cfg.DB)
@@ -204,7 +218,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	starts := make([]replicaStart, len(ds))
 	for i := range ds {
-		starts[i] = replicaStart{ds[i].ID, ds[i].Replicas}
+		starts[i] = replicaStart{id: ds[i].ID, members: ds[i].Replicas}
 	}
 	if _, err := s.startReplicas(starts); err != nil {
 		return nil, err
@@ -233,7 +247,9 @@ func (s *Store) Bootstrap(all []kv.Descriptor) error {
 	}
 	starts := make([]replicaStart, len(mine))
 	for i := range mine {
-		starts[i] = replicaStart{mine[i].ID, mine[i].Replicas}
+		// The first replica is the preferred leader, which campaigns
+		// at once (the server does); the others wait for it quiesced.
+		starts[i] = replicaStart{mine[i].ID, mine[i].Replicas, mine[i].Replicas[0]}
 	}
 	if _, err := s.startReplicas(starts); err != nil {
 		return err
@@ -264,7 +280,7 @@ func InitialRanges(n int, replicas func(id uint64) []uint64) []kv.Descriptor {
 // members, a range that has state here (or the initial state of a split);
 // without, an empty replica that waits for a snapshot.
 func (s *Store) start(id uint64, members []uint64) (*Replica, error) {
-	rs, err := s.startReplicas([]replicaStart{{id, members}})
+	rs, err := s.startReplicas([]replicaStart{{id: id, members: members}})
 	if err != nil {
 		return nil, err
 	}
@@ -294,6 +310,7 @@ func (s *Store) started() {
 type replicaStart struct {
 	id      uint64
 	members []uint64
+	leader  uint64 // multiraft.GroupStart.Leader
 }
 
 // startReplicas is start for each of rs without the reindex and reconcile
@@ -328,7 +345,7 @@ func (s *Store) startReplicas(rs []replicaStart) ([]*Replica, error) {
 			wrapped = s.cfg.Wrap(sm)
 		}
 		out[i] = &Replica{ID: id, SM: sm}
-		gs[i] = multiraft.GroupStart{ID: id, Members: members, SM: wrapped}
+		gs[i] = multiraft.GroupStart{ID: id, Members: members, SM: wrapped, Leader: st.leader}
 	}
 	// Known to the Store (Lookup) only once the Host runs them: a request
 	// routed to one before would find no group.
@@ -342,8 +359,20 @@ func (s *Store) startReplicas(rs []replicaStart) ([]*Replica, error) {
 	for _, r := range out {
 		s.mu.replicas[r.ID] = r
 	}
+	s.reorderLocked()
 	s.mu.Unlock()
 	return out, nil
+}
+
+// reorderLocked rebuilds order from mu.replicas. s.mu must be held for
+// writing.
+func (s *Store) reorderLocked() {
+	order := make([]*Replica, 0, len(s.mu.replicas))
+	for _, r := range s.mu.replicas {
+		order = append(order, r)
+	}
+	slices.SortFunc(order, func(a, b *Replica) int { return cmp.Compare(a.ID, b.ID) })
+	s.order.Store(&order)
 }
 
 // descriptorChanged is every state machine's descriptor hook: a replica's
@@ -488,6 +517,7 @@ func (s *Store) destroy(r *Replica, why string) {
 		return
 	}
 	delete(s.mu.replicas, r.ID)
+	s.reorderLocked()
 	s.mu.Unlock()
 	s.reindex()
 	r.SM.Destroy()
@@ -561,24 +591,10 @@ func (s *Store) Get(id uint64) (*Replica, bool) {
 	return r, ok
 }
 
-// Replicas returns every local replica, by ascending range ID.
+// Replicas returns every local replica, by ascending range ID. The slice
+// is shared: the caller must not modify it.
 func (s *Store) Replicas() []*Replica {
-	s.mu.RLock()
-	out := make([]*Replica, 0, len(s.mu.replicas))
-	for _, r := range s.mu.replicas {
-		out = append(out, r)
-	}
-	s.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Replica) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
-	return out
+	return *s.order.Load()
 }
 
 // Overlapping returns the local initialized replicas whose spans intersect

@@ -1,0 +1,108 @@
+package multiraft_test
+
+import (
+	"testing"
+
+	"github.com/flotilla/flotilla/internal/mrtest"
+)
+
+// bootLeader spreads the expected leaders of new groups over three nodes.
+func bootLeader(g uint64) uint64 { return (g-1)%3 + 1 }
+
+// startQuiet starts 30 new groups with quiescence on; with expected
+// leaders (bootLeader) if boot, and runs the start's cycles.
+func startQuiet(t *testing.T, boot bool) *mrtest.Cluster {
+	t.Helper()
+	o := mrtest.Options{Groups: 30, Quiesce: true}
+	if boot {
+		o.BootLeader = bootLeader
+	}
+	c, err := mrtest.NewCluster(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.Stabilize(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestBootQuietStart: new groups whose expected leader is another node
+// start quiesced there, so a tick processes only the expected leaders'
+// replicas (30 of 90: the control without expected leaders processes all
+// 90), and once each expected leader campaigns, every group is led by it
+// after a single election (term 2), its followers woken by the campaign.
+func TestBootQuietStart(t *testing.T) {
+	c := startQuiet(t, true)
+	for _, id := range c.Nodes() {
+		if q := c.Hosts[id].Quiesced(); q != 20 {
+			t.Fatalf("node %d: %d replicas quiesced at start, want 20 (the groups it is not expected to lead)", id, q)
+		}
+	}
+	if n := tickCount(t, c); n != 30 {
+		t.Fatalf("a tick processed %d replicas, want the 30 expected leaders'", n)
+	}
+	ctl := startQuiet(t, false)
+	if n := tickCount(t, ctl); n != 90 {
+		t.Fatalf("control: a tick processed %d replicas, want all 90", n)
+	}
+
+	for g := uint64(1); g <= 30; g++ {
+		if err := c.Campaign(bootLeader(g), g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for g := uint64(1); g <= 30; g++ {
+		if l := c.Leader(g); l != bootLeader(g) {
+			t.Fatalf("group %d led by %d, want %d:\n%s", g, l, bootLeader(g), c.Status())
+		}
+		for _, id := range c.Nodes() {
+			if _, term, err := c.Hosts[id].Leader(g); err != nil || term != 2 {
+				t.Fatalf("group %d on node %d: term %d (%v), want 2: one election", g, id, term, err)
+			}
+		}
+	}
+}
+
+// TestBootQuietLeaderNeverComes: node 1, expected to lead a third of the
+// new groups, never runs. Its groups stay quiesced on nodes 2 and 3 through
+// the grace (the liveness timeout plus an election timeout from the first
+// peer heard), then wake, and 2 and 3 elect leaders for them (within ten
+// election timeouts: two candidates of a new group may split their votes).
+func TestBootQuietLeaderNeverComes(t *testing.T) {
+	c := startQuiet(t, true)
+	c.Crash(1)
+	mine := func() int { // node 1's groups led by 2 or 3
+		n := 0
+		for g := uint64(1); g <= 30; g += 3 {
+			if l := c.Leader(g); l == 2 || l == 3 {
+				n++
+			}
+		}
+		return n
+	}
+	// The defaults of mrtest: ElectionTicks 10, LivenessTicks
+	// max(10/2, 3*1) = 5; nodes 2 and 3 hear each other at the first tick.
+	const grace = 5 + 10
+	for i := 1; i < grace; i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []uint64{2, 3} {
+			if q := c.Hosts[id].Quiesced(); q < 10 {
+				t.Fatalf("tick %d: node %d has %d replicas quiesced, want node 1's 10 still waiting", i, id, q)
+			}
+		}
+	}
+	for i := grace; i <= grace+10*10; i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+		if mine() == 10 {
+			t.Logf("node 1's groups led by 2 and 3 after %d ticks", i)
+			return
+		}
+	}
+	t.Fatalf("only %d of node 1's 10 groups led after %d ticks:\n%s", mine(), grace+10*10, c.Status())
+}
