@@ -21,8 +21,12 @@ var (
 // gives every lease of the group a full TTL from that moment (Lead), then
 // each keep-alive it confirms pushes a lease's deadline to a full TTL from
 // when the keep-alive was received (Renew). Once a deadline has passed
-// the lease cannot be renewed (Renew fails with ErrExpired) and Expired
-// hands it to the caller, who proposes its expiry.
+// the lease cannot be renewed (Renew fails with ErrExpired) and Due (or
+// Expired, for one group) hands it to the caller, who proposes its expiry.
+//
+// Only groups with leases cost anything: Due looks at the groups that
+// have at least one lease, and at none of them until the earliest
+// deadline it knows of has passed.
 //
 // The Lessor has no goroutines and reads time only through the clock it
 // was given. Safe for concurrent use; its mutex is a leaf and is never
@@ -31,6 +35,20 @@ type Lessor struct {
 	now func() time.Time
 	mu  sync.Mutex
 	gs  map[uint64]*groupLeases
+	// leased holds the groups of gs that have at least one lease.
+	leased map[uint64]*groupLeases
+	// due is no later than the deadline of any lease of leased whose
+	// expiry is not in flight (zero: there is none). Renewals only push
+	// deadlines, so it stays a lower bound until Due recomputes it.
+	due time.Time
+	// walked counts the groups Due looked at (tests).
+	walked uint64
+}
+
+// Expiry names a lease whose deadline passed (Due): the caller proposes
+// its expiry if this node still leads Group in Term.
+type Expiry struct {
+	Group, Term, Lease uint64
 }
 
 type groupLeases struct {
@@ -46,7 +64,24 @@ func NewLessor(now func() time.Time) *Lessor {
 	if now == nil {
 		now = time.Now
 	}
-	return &Lessor{now: now, gs: make(map[uint64]*groupLeases)}
+	return &Lessor{now: now, gs: make(map[uint64]*groupLeases), leased: make(map[uint64]*groupLeases)}
+}
+
+// noteDeadline lowers l.due to d. l.mu is held.
+func (l *Lessor) noteDeadline(d time.Time) {
+	if l.due.IsZero() || d.Before(l.due) {
+		l.due = d
+	}
+}
+
+// noteLeases keeps g, group's record, in l.leased while it has a lease.
+// l.mu is held.
+func (l *Lessor) noteLeases(group uint64, g *groupLeases) {
+	if len(g.deadlines) > 0 {
+		l.leased[group] = g
+	} else {
+		delete(l.leased, group)
+	}
 }
 
 // Lead records that this node leads group in term, and gives every lease
@@ -65,8 +100,10 @@ func (l *Lessor) Lead(group, term uint64, leases map[uint64]time.Duration, versi
 	for id, ttl := range leases {
 		g.deadlines[id] = now.Add(ttl)
 		g.ttls[id] = ttl
+		l.noteDeadline(g.deadlines[id])
 	}
 	l.gs[group] = g
+	l.noteLeases(group, g)
 }
 
 // StepDown forgets group's deadlines: this node no longer leads it.
@@ -74,10 +111,12 @@ func (l *Lessor) StepDown(group uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.gs, group)
+	delete(l.leased, group)
 }
 
 // Leading returns the groups this node leads, with the version of the
-// lease table each was last synced with.
+// lease table each was last synced with. It allocates a map of every
+// group led; to ask about one group, use Version.
 func (l *Lessor) Leading() map[uint64]uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -86,6 +125,18 @@ func (l *Lessor) Leading() map[uint64]uint64 {
 		out[id] = g.version
 	}
 	return out
+}
+
+// Version returns the version of group's lease table this Lessor last
+// synced with (Lead, Sync); ok is false when this node does not lead
+// group.
+func (l *Lessor) Version(group uint64) (version uint64, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if g := l.gs[group]; g != nil {
+		return g.version, true
+	}
+	return 0, false
 }
 
 // Sync brings group's leases in line with the applied lease table:
@@ -104,6 +155,7 @@ func (l *Lessor) Sync(group uint64, leases map[uint64]time.Duration, version uin
 		if _, ok := g.deadlines[id]; !ok {
 			g.deadlines[id] = now.Add(ttl)
 			g.ttls[id] = ttl
+			l.noteDeadline(g.deadlines[id])
 		}
 	}
 	for id := range g.deadlines {
@@ -113,6 +165,7 @@ func (l *Lessor) Sync(group uint64, leases map[uint64]time.Duration, version uin
 			delete(g.expiring, id)
 		}
 	}
+	l.noteLeases(group, g)
 }
 
 // Renew pushes lease id's deadline to received+ttl, where received is
@@ -179,14 +232,48 @@ func (l *Lessor) Expired(group uint64) (term uint64, ids []uint64) {
 	return g.term, ids
 }
 
+// Due appends to buf every lease of the groups this node leads whose
+// deadline has passed and whose expiry is not already in flight, marks
+// them in flight and returns buf, which the caller owns. The caller
+// proposes each expiry and calls Done for each when the proposal ends.
+// Groups without leases cost nothing, and while no deadline has passed
+// Due looks at no group at all.
+func (l *Lessor) Due(buf []Expiry) []Expiry {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.due.IsZero() || !now.After(l.due) {
+		return buf
+	}
+	// Past the bound: collect what is due and find the next bound.
+	l.due = time.Time{}
+	for group, g := range l.leased {
+		l.walked++
+		for id, d := range g.deadlines {
+			switch {
+			case g.expiring[id]:
+			case now.After(d):
+				g.expiring[id] = true
+				buf = append(buf, Expiry{Group: group, Term: g.term, Lease: id})
+			default:
+				l.noteDeadline(d)
+			}
+		}
+	}
+	return buf
+}
+
 // Done ends the in-flight expiry of lease id. If the proposal failed and
-// the lease still exists, the next Expired offers it again; it can never
-// be renewed in between, its deadline having passed.
+// the lease still exists, the next Due (or Expired) offers it again; it
+// can never be renewed in between, its deadline having passed.
 func (l *Lessor) Done(group, id uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if g := l.gs[group]; g != nil {
+	if g := l.gs[group]; g != nil && g.expiring[id] {
 		delete(g.expiring, id)
+		if d, ok := g.deadlines[id]; ok {
+			l.noteDeadline(d)
+		}
 	}
 }
 
@@ -196,7 +283,7 @@ func (l *Lessor) NextDeadline() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var next time.Time
-	for _, g := range l.gs {
+	for _, g := range l.leased {
 		for _, d := range g.deadlines {
 			if next.IsZero() || d.Before(next) {
 				next = d

@@ -2,6 +2,7 @@ package election_test
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -62,5 +63,99 @@ func TestLessorTakeoverRenewExpire(t *testing.T) {
 	}
 	if err := l.Renew(g, 4, 5, clk.now(), ttl); !errors.Is(err, election.ErrExpired) {
 		t.Fatalf("renewing a deleted lease: %v", err)
+	}
+}
+
+// dueIDs returns the leases Due offers, sorted.
+func dueIDs(l *election.Lessor) []uint64 {
+	var ids []uint64
+	for _, e := range l.Due(nil) {
+		ids = append(ids, e.Lease)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Due looks only at groups with leases, and at none before a deadline
+// passed; it offers an overdue lease once, again after Done, never after
+// StepDown.
+func TestLessorDueCostsOnlyLeasedGroups(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	l := election.NewLessor(clk.now)
+	const ttl = time.Second
+	for g := uint64(1); g <= 1000; g++ {
+		l.Lead(g, 2, nil, 1)
+	}
+	clk.advance(time.Hour)
+	if got := l.Due(nil); len(got) != 0 || l.Walked() != 0 {
+		t.Fatalf("1000 groups without leases: due %v, %d groups walked", got, l.Walked())
+	}
+	// A lease in group 7 (granted, then synced) and one in group 9 (held
+	// at takeover).
+	l.Sync(7, map[uint64]time.Duration{70: ttl}, 2)
+	l.StepDown(9)
+	l.Lead(9, 3, map[uint64]time.Duration{90: 2 * ttl}, 5)
+	clk.advance(ttl)
+	if got := l.Due(nil); len(got) != 0 || l.Walked() != 0 {
+		t.Fatalf("before any deadline: due %v, %d groups walked", got, l.Walked())
+	}
+	clk.advance(time.Millisecond)
+	if got := l.Due(nil); len(got) != 1 || got[0] != (election.Expiry{Group: 7, Term: 2, Lease: 70}) || l.Walked() != 2 {
+		t.Fatalf("after 70's deadline: due %v, %d groups walked, want [{7 2 70}] and 2", got, l.Walked())
+	}
+	// Offered once: until 90's deadline Due walks nothing again.
+	if got := l.Due(nil); len(got) != 0 || l.Walked() != 2 {
+		t.Fatalf("expiry in flight: due %v, %d groups walked", got, l.Walked())
+	}
+	// A failed proposal: offered again at once.
+	l.Done(7, 70)
+	if got := dueIDs(l); !slices.Equal(got, []uint64{70}) {
+		t.Fatalf("after Done: due %v, want [70]", got)
+	}
+	// A renewal of 90 pushes its deadline; Due walks once more when the
+	// old deadline passes, and offers nothing.
+	if err := l.Renew(9, 3, 90, clk.now(), 2*ttl); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(ttl)
+	walked := l.Walked()
+	if got := l.Due(nil); len(got) != 0 || l.Walked() != walked+2 {
+		t.Fatalf("renewed lease: due %v, %d groups walked, want 2 more than %d", got, l.Walked(), walked)
+	}
+	if got := l.Due(nil); len(got) != 0 || l.Walked() != walked+2 {
+		t.Fatalf("renewed lease, again: due %v, %d groups walked", got, l.Walked())
+	}
+	// The expiry of 70 applied: the synced table drops it, and group 7
+	// costs nothing any more.
+	l.Done(7, 70)
+	l.Sync(7, map[uint64]time.Duration{}, 3)
+	clk.advance(ttl + time.Millisecond)
+	if got := dueIDs(l); !slices.Equal(got, []uint64{90}) || l.Walked() != walked+3 {
+		t.Fatalf("after 90's deadline: due %v, %d groups walked, want [90] and %d", got, l.Walked(), walked+3)
+	}
+	// StepDown forgets the group, and an expiry in flight with it.
+	l.StepDown(9)
+	l.Done(9, 90)
+	clk.advance(time.Hour)
+	walked = l.Walked()
+	if got := l.Due(nil); len(got) != 0 || l.Walked() != walked {
+		t.Fatalf("after StepDown: due %v, %d groups walked, want none and %d", got, l.Walked(), walked)
+	}
+	if _, ok := l.Version(9); ok {
+		t.Fatal("Version of a group stepped down from")
+	}
+	if v, ok := l.Version(7); !ok || v != 3 {
+		t.Fatalf("Version(7) = %d %v, want 3 true", v, ok)
+	}
+	// A new leader's takeover gives a full TTL, even to a lease the old
+	// leader found overdue.
+	l.Lead(9, 4, map[uint64]time.Duration{90: ttl}, 6)
+	clk.advance(ttl)
+	if got := l.Due(nil); len(got) != 0 {
+		t.Fatalf("within a TTL of the takeover: due %v", got)
+	}
+	clk.advance(time.Millisecond)
+	if got := dueIDs(l); !slices.Equal(got, []uint64{90}) {
+		t.Fatalf("a TTL after the takeover: due %v, want [90]", got)
 	}
 }

@@ -167,3 +167,56 @@ func TestLeaseRangesDoNotOverlap(t *testing.T) {
 		t.Fatalf("range 1 election after range 2's revoke: %+v", e)
 	}
 }
+
+// The lease hook runs after each applied change of the lease table and
+// after a restore, never for other commands or for the table New loads,
+// and without the table's lock held (it reads the table itself).
+func TestLeaseHook(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	var calls []uint64
+	var seen uint64 // the table's version the last call saw
+	var sm *StateMachine
+	hook := WithLeaseHook(func(id uint64) {
+		calls = append(calls, id)
+		_, seen = sm.Leases(0)
+	})
+	sm = openRange(t, db, 3, "", "", hook)
+	if len(calls) != 0 {
+		t.Fatalf("hook ran %v on New", calls)
+	}
+	check := func(what string, want int) {
+		t.Helper()
+		if len(calls) != want {
+			t.Fatalf("%s: hook ran %d times, want %d", what, len(calls), want)
+		}
+		if want > 0 {
+			if _, v := sm.Leases(0); calls[want-1] != 3 || seen != v {
+				t.Fatalf("%s: hook for range %d saw version %d, table is at %d", what, calls[want-1], seen, v)
+			}
+		}
+	}
+	a := apply(t, sm, 1, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	check("grant", 1)
+	apply(t, sm, 2, Command{Op: OpPut, Key: []byte("k"), Value: []byte("v")})
+	apply(t, sm, 3, Command{Op: OpCampaign, Key: []byte("e"), Value: []byte("A"), Lease: a})
+	check("put and campaign", 1)
+	b := apply(t, sm, 4, Command{Op: OpLeaseGrant, TTL: time.Second}).Lease
+	apply(t, sm, 5, Command{Op: OpLeaseRevoke, Lease: b})
+	check("grant and revoke", 3)
+	apply(t, sm, 6, Command{Op: OpLeaseExpire, Lease: a})
+	check("expire", 4)
+	if leases, _ := sm.Leases(0); len(leases) != 0 {
+		t.Fatalf("leases left: %v", leases)
+	}
+
+	var snap bytes.Buffer
+	if err := sm.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	calls = calls[:0]
+	if err := sm.Restore(bytes.NewReader(snap.Bytes()), 6); err != nil {
+		t.Fatal(err)
+	}
+	check("restore", 1)
+}

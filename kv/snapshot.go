@@ -286,6 +286,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	}
 	s.restoreFailed.Store(false)
 	s.descriptorChanged()
+	s.leasesChanged()
 	s.publish(nil, true)
 	return nil
 }

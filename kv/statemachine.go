@@ -68,9 +68,11 @@ type StateMachine struct {
 	auth authSize
 
 	// onDescriptor, if set, is called after the descriptor changed
-	// (WithDescriptorHook); onSplit after a split (WithSplitHook); gate
+	// (WithDescriptorHook); onLeases after the lease table changed
+	// (WithLeaseHook); onSplit after a split (WithSplitHook); gate
 	// decides whether a snapshot may be taken now (WithSnapshotGate).
 	onDescriptor func(id uint64)
+	onLeases     func(id uint64)
 	onSplit      func(left, right Descriptor, committed bool)
 	gate         func(d *Descriptor) bool
 
@@ -125,6 +127,25 @@ func WithDescriptorHook(fn func(id uint64)) Option {
 func (s *StateMachine) descriptorChanged() {
 	if s.onDescriptor != nil {
 		s.onDescriptor(s.id)
+	}
+}
+
+// WithLeaseHook makes the state machine call fn with its range ID after
+// its lease table (Leases) changed: an applied grant, revocation, expiry,
+// split or merge that changed it, or a restore. A caller that keeps a
+// copy of the table (Leases' since argument) needs to read it again only
+// for the ranges fn named; one call may stand for several changes. fn is
+// not called for the table New loads. fn runs on the worker that applies
+// the range, after the new table is visible to Leases and without the
+// table's lock held; it must not block and must not call the engine.
+func WithLeaseHook(fn func(id uint64)) Option {
+	return func(s *StateMachine) { s.onLeases = fn }
+}
+
+// leasesChanged runs the lease hook, if any.
+func (s *StateMachine) leasesChanged() {
+	if s.onLeases != nil {
+		s.onLeases(s.id)
 	}
 }
 
@@ -414,6 +435,7 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	s.revision.Store(rev)
 	if fx.leases != nil {
 		s.setLeases(nil, fx.leases)
+		s.leasesChanged()
 	}
 	if fx.elections != nil {
 		s.publish(fx.elections, false)

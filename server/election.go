@@ -206,8 +206,12 @@ func (e *electionService) keepAlive(ctx context.Context, req *api.LeaseKeepAlive
 	if lead2, term2, _ := e.s.host.Leader(g); lead2 != lead || term2 != term {
 		return nil, notLeader()
 	}
-	if leases, v := r.SM.Leases(e.s.lessorVersion(g)); leases != nil {
+	v, _ := e.s.lessor.Version(g)
+	if leases, v := r.SM.Leases(v); leases != nil {
 		e.s.lessor.Sync(g, leases, v)
+		// The lease loop may have synced a newer table meanwhile, which
+		// this Sync undid: it syncs again at its next tick.
+		e.s.leaseExp.leasesChanged(g)
 	}
 	switch err := e.s.lessor.Renew(g, term, req.Id, received, ttl); {
 	case errors.Is(err, election.ErrNotLeading):
@@ -385,17 +389,10 @@ func (s *Server) electionTimeout() time.Duration {
 	return time.Duration(s.cfg.ElectionTicks) * s.cfg.TickInterval
 }
 
-func (s *Server) lessorVersion(g uint64) uint64 { return s.lessor.Leading()[g] }
-
-// pendingExpiry is an expiry proposal in flight.
-type pendingExpiry struct {
-	group, lease uint64
-	f            multiraft.Future
-}
-
 // leaseLoop keeps the Lessor in step with this node's group leaderships
-// and proposes the expiry of leases whose deadline passed. It is the only
-// goroutine that calls Lead, StepDown and Expired.
+// and, each tick, with the lease tables that changed, and proposes the
+// expiry of leases whose deadline passed (leaseExpiry). It is the only
+// goroutine that calls Lead, StepDown, Due and Expired.
 //
 // Takeover: when this node becomes leader of a group (multiraft's leader
 // event, published only once the leader committed an entry of its term),
@@ -404,7 +401,6 @@ func (s *Server) leaseLoop() {
 	sub := s.host.Subscribe()
 	defer sub.Close()
 	interval := s.cfg.TickInterval
-	var pending []pendingExpiry
 	next := time.Now().Add(interval)
 	for !s.isStopping() {
 		ctx, cancel := context.WithDeadline(context.Background(), next)
@@ -431,50 +427,34 @@ func (s *Server) leaseLoop() {
 			continue
 		}
 		next = time.Now().Add(interval)
-		pending = s.expireLeases(pending)
+		s.leaseExp.tick()
 	}
 }
 
-// expireLeases proposes the expiry of every lease past its deadline in a
-// group this node leads, and collects finished proposals.
-func (s *Server) expireLeases(pending []pendingExpiry) []pendingExpiry {
-	keep := pending[:0]
-	for _, p := range pending {
-		select {
-		case <-p.f.Done():
-			if _, err := p.f.Result(); err != nil {
-				s.log.Debug("lease expiry not applied; will retry", "group", p.group, "lease", p.lease, "err", err)
-			} else {
-				s.log.Info("lease expired", "group", p.group, "lease", p.lease)
+// newLeaseExpiry returns the lease loop's expiry state over s's Lessor,
+// ranges and Host.
+func (s *Server) newLeaseExpiry() *leaseExpiry {
+	return &leaseExpiry{
+		lessor: s.lessor,
+		self:   s.cfg.NodeID,
+		log:    s.log,
+		table: func(g uint64) (leaseTable, bool) {
+			r, ok := s.ranges.Get(g)
+			if !ok {
+				return nil, false
 			}
-			s.lessor.Done(p.group, p.lease)
-		default:
-			keep = append(keep, p)
-		}
-	}
-	pending = keep
-	for g, v := range s.lessor.Leading() {
-		r, ok := s.ranges.Get(g)
-		if !ok {
-			continue
-		}
-		sm := r.SM
-		if leases, nv := sm.Leases(v); leases != nil {
-			s.lessor.Sync(g, leases, nv)
-		}
-		term, ids := s.lessor.Expired(g)
-		for _, id := range ids {
-			if lead, t, _ := s.host.Leader(g); lead != s.cfg.NodeID || t != term {
-				s.lessor.Done(g, id)
-				continue
-			}
-			b, err := encode(kv.Command{Op: kv.OpLeaseExpire, Lease: id})
+			return r.SM, true
+		},
+		leader: func(g uint64) (uint64, uint64) {
+			lead, term, _ := s.host.Leader(g)
+			return lead, term
+		},
+		expire: func(g, lease uint64) (proposal, error) {
+			b, err := encode(kv.Command{Op: kv.OpLeaseExpire, Lease: lease})
 			if err != nil {
-				s.lessor.Done(g, id)
-				continue
+				return nil, err
 			}
-			pending = append(pending, pendingExpiry{group: g, lease: id, f: s.host.ProposeAsync(g, b)})
-		}
+			return s.host.ProposeAsync(g, b), nil
+		},
 	}
-	return pending
 }

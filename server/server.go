@@ -23,7 +23,7 @@
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
-// Server.badTokens.mu,
+// Server.badTokens.mu, the lease loop's groupSet.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -79,6 +79,9 @@ type Server struct {
 	cache kv.RangeCache
 
 	lessor *election.Lessor // lease deadlines of the groups this node leads
+	// leaseExp is the lease loop's expiry state; the ranges' lease hook
+	// feeds it (kv.WithLeaseHook).
+	leaseExp *leaseExpiry
 
 	sec     *security                   // TLS material (security.go)
 	authTab atomic.Pointer[auth.Tables] // users and roles last loaded (authservice.go)
@@ -167,6 +170,7 @@ func New(cfg Config) (s *Server, err error) {
 		lessor:    election.NewLessor(nil),
 		leaders:   newLeaderWatch(),
 	}
+	s.leaseExp = s.newLeaseExpiry()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.peers.views = make(map[uint64]*peerView)
 	s.fwd.conns = make(map[string]*grpc.ClientConn)
@@ -341,7 +345,8 @@ func (s *Server) startRanges(fresh bool) error {
 		Host:   s.host,
 		// One budget for the node's held writes (kv/dirty.go), whatever
 		// the number of ranges.
-		Options:   []kv.Option{kv.WithHoldBudget(kv.NewHoldBudget(holdBytes))},
+		// The lease loop syncs only the groups whose lease table changed.
+		Options:   []kv.Option{kv.WithHoldBudget(kv.NewHoldBudget(holdBytes)), kv.WithLeaseHook(s.leaseExp.leasesChanged)},
 		Env:       rangeEnv{s},
 		MaxBytes:  max(s.cfg.RangeMaxBytes, 0),
 		MinBytes:  max(s.cfg.RangeMinBytes, 0),
