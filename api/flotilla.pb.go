@@ -3304,9 +3304,13 @@ func (x *NodeStatusResponse) GetPeers() []*PeerStats {
 }
 
 type InfoRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterId     uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	From          uint64                 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	From      uint64                 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	// known_version is the version of the last answer from this node that
+	// the asker holds the groups of (InfoResponse.version); 0 for none: the
+	// answer then carries every group.
+	KnownVersion  uint64 `protobuf:"varint,3,opt,name=known_version,json=knownVersion,proto3" json:"known_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3355,11 +3359,28 @@ func (x *InfoRequest) GetFrom() uint64 {
 	return 0
 }
 
+func (x *InfoRequest) GetKnownVersion() uint64 {
+	if x != nil {
+		return x.KnownVersion
+	}
+	return 0
+}
+
 type InfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  *NodeInfo              `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	// groups are the answering node's local replicas.
-	Groups        []*GroupInfo `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// groups are the answering node's local replicas; empty when unchanged.
+	Groups []*GroupInfo `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// version identifies the answering node's groups as this answer
+	// describes them: opaque, compared for equality only, new with each
+	// start of the node. Send it back as known_version. 0 (an answer from a
+	// node that does not version its groups, or one whose groups were not
+	// all ready to describe): send 0 next time.
+	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// unchanged: the groups are still those of known_version, so groups is
+	// empty and the asker keeps the ones it holds. False (as from a node
+	// that does not version its groups): groups holds them all.
+	Unchanged     bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3406,6 +3427,20 @@ func (x *InfoResponse) GetGroups() []*GroupInfo {
 		return x.Groups
 	}
 	return nil
+}
+
+func (x *InfoResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *InfoResponse) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
 }
 
 type LeaseGrantRequest struct {
@@ -5078,14 +5113,17 @@ const file_flotilla_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12)\n" +
 	"\x04node\x18\x02 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
 	"\x06groups\x18\x03 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12,\n" +
-	"\x05peers\x18\x04 \x03(\v2\x16.flotilla.v1.PeerStatsR\x05peers\"@\n" +
+	"\x05peers\x18\x04 \x03(\v2\x16.flotilla.v1.PeerStatsR\x05peers\"e\n" +
 	"\vInfoRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
-	"\x04from\x18\x02 \x01(\x04R\x04from\"i\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\x12#\n" +
+	"\rknown_version\x18\x03 \x01(\x04R\fknownVersion\"\xa1\x01\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
-	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\"\x82\x01\n" +
+	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1c\n" +
+	"\tunchanged\x18\x04 \x01(\bR\tunchanged\"\x82\x01\n" +
 	"\x11LeaseGrantRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x10\n" +
 	"\x03key\x18\x04 \x01(\fR\x03key\x12\x15\n" +

@@ -330,6 +330,34 @@ func (h *Host) Status() []GroupStatus {
 	return out
 }
 
+// StatusVersion returns a node-wide counter of changes to what Status
+// reports, for callers that poll Status and want to skip an unchanged one.
+// Every change moves it just after the change is visible in Status. So a
+// caller that reads the version, then calls Status, holds a status that
+// every later change moves the version past: while StatusVersion still
+// returns the value read, the status held is current (but for Quiesced,
+// which it does not cover, and for a change being published at that very
+// moment, which moves it right after). Read it before Status, never
+// after. Reading it costs one atomic load.
+//
+// It moves (by one or more; its values mean nothing but equality) when:
+//   - a group starts (StartGroup, StartGroups, a restart) or is removed
+//     or stopped;
+//   - a replica's Leader, Term, Commit, Applied or Role changes, as
+//     published after each processing cycle;
+//   - a replica's Voters or Learners are published: a membership change
+//     applied, a snapshot restored, the group started.
+//
+// Quiescing and waking alone do not move it (Quiesced is not covered):
+// a liveness change wakes many groups without changing their status.
+// Idle ticks of a settled group, quiesced or not, move nothing it covers
+// (heartbeats carry no new commit), so the counter stays put while
+// nothing happens. Anything a state machine applies moves Applied, so a
+// caller that pairs Status with state read from the state machines (a
+// range's descriptor) after reading the version sees that state change
+// too. It starts at 0 with each Host and is not persisted.
+func (h *Host) StatusVersion() uint64 { return h.statusVersion.Load() }
+
 // GroupStatus returns the status of one local replica.
 func (h *Host) GroupStatus(id uint64) (GroupStatus, error) {
 	g, err := h.lookup(id)

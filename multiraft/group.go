@@ -612,18 +612,33 @@ func (g *group) shutdown(err error, remove bool) {
 	g.h.removeGroup(g, remove)
 }
 
+// publishStatus publishes the replica's leader, term, commit, applied
+// index and role (Host.Status) and bumps the Host's status version if any
+// of them changed. Called by g's owner, the only writer of g.st (and by
+// publishGroup before anyone can read it).
 func (g *group) publishStatus() {
+	if g.st.lead.Load() == g.lead && g.st.term.Load() == g.term && g.st.commit.Load() == g.commit &&
+		g.st.applied.Load() == g.applied && g.st.role.Load() == int32(g.role) {
+		return
+	}
 	g.st.lead.Store(g.lead)
 	g.st.term.Store(g.term)
 	g.st.commit.Store(g.commit)
 	g.st.applied.Store(g.applied)
 	g.st.role.Store(int32(g.role))
+	// After the stores: a reader that saw the new version sees the new
+	// status (Host.StatusVersion).
+	g.h.statusVersion.Add(1)
 }
 
+// publishConf publishes the replica's voters and learners and bumps the
+// Host's status version. Called by g's owner when the membership changed
+// (a conf change applied, a snapshot restored) and by publishGroup.
 func (g *group) publishConf() {
 	cs := g.log.cs
 	v := append([]uint64(nil), cs.Voters...)
 	l := append([]uint64(nil), cs.Learners...)
 	g.st.voters.Store(&v)
 	g.st.learners.Store(&l)
+	g.h.statusVersion.Add(1)
 }

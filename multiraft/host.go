@@ -31,6 +31,8 @@ type Host struct {
 	// leader's pending reads.
 	keyBase uint64
 	nextKey atomic.Uint64
+	// statusVersion: see StatusVersion.
+	statusVersion atomic.Uint64
 
 	stopc    chan struct{}
 	stopOnce sync.Once

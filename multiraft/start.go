@@ -262,6 +262,7 @@ func (h *Host) publishGroup(g *group) error {
 	copy(h.mu.ids[i+1:], h.mu.ids[i:])
 	h.mu.ids[i] = id
 	h.mu.Unlock()
+	h.statusVersion.Add(1) // after the group is in Status
 	h.metrics.groupAdded(g.role)
 	h.sched.enqueue(id)
 	return nil
@@ -378,6 +379,7 @@ func (h *Host) removeGroup(g *group, remove bool) {
 		h.mu.ids = append(h.mu.ids[:i], h.mu.ids[i+1:]...)
 	}
 	h.mu.Unlock()
+	h.statusVersion.Add(1) // after the group left Status
 	h.quiet.mu.Lock()
 	h.unquiesceLocked(g)
 	h.quiet.mu.Unlock()

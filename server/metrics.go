@@ -10,6 +10,10 @@ type serverMetrics struct {
 	transfers   *prometheus.CounterVec
 	leaderWaits prometheus.Counter
 	reroutes    prometheus.Counter
+	// discovery: the Peer.Info answers this node gave, by whether they
+	// carried its groups ("all") or said they were unchanged.
+	discovery                        *prometheus.CounterVec
+	discoveryAll, discoveryUnchanged prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -30,8 +34,13 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 			Name: "flotilla_server_reroutes_total",
 			Help: "Requests routed again because raft refused their proposal unappended or their read's leader changed (leadership moved).",
 		}),
+		discovery: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flotilla_server_discovery_answers_total",
+			Help: "Discovery (Peer.Info) answers this node gave, by groups: all (every local replica described) or unchanged (the asker holds them as they are).",
+		}, []string{"groups"}),
 	}
-	reg.MustRegister(m.requests, m.transfers, m.leaderWaits, m.reroutes)
+	m.discoveryAll, m.discoveryUnchanged = m.discovery.WithLabelValues("all"), m.discovery.WithLabelValues("unchanged")
+	reg.MustRegister(m.requests, m.transfers, m.leaderWaits, m.reroutes, m.discovery)
 	return m
 }
 

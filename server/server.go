@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -63,9 +64,13 @@ type Server struct {
 	cfg       Config
 	log       *slog.Logger
 	clusterID uint64
-	nodes     []uint64 // every node ID, ascending
-	reg       *prometheus.Registry
-	metrics   *serverMetrics
+	// infoBase: random per start, so that the versions of this node's
+	// groups in discovery answers (groupsVersion) are not those of its
+	// previous life, which its peers may still hold.
+	infoBase uint64
+	nodes    []uint64 // every node ID, ascending
+	reg      *prometheus.Registry
+	metrics  *serverMetrics
 
 	store  *storage.Pebble
 	tr     *transport.GRPCTransport
@@ -133,8 +138,14 @@ type Server struct {
 type peerView struct {
 	info   *api.NodeInfo
 	groups []*api.GroupInfo
-	lastOK time.Time
-	ok     bool
+	// version is the peer's version of groups (InfoResponse.version); 0:
+	// ask for all of them.
+	version uint64
+	// unchanged counts the answers in a row that said groups were
+	// unchanged.
+	unchanged int
+	lastOK    time.Time
+	ok        bool
 }
 
 // New checks cfg and the data directory, opens storage, creates the
@@ -158,6 +169,7 @@ func New(cfg Config) (s *Server, err error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.NodeID),
 		clusterID: ClusterID(cfg.InitialCluster, cfg.Groups),
+		infoBase:  rand.Uint64(),
 		nodes:     sortedIDs(cfg.InitialCluster),
 		reg:       prometheus.NewRegistry(),
 		stopc:     make(chan struct{}),
