@@ -32,6 +32,9 @@ type StatusGroup struct {
 	Replicas []uint64 `json:"replicas"`
 	Commit   uint64   `json:"commit"`
 	Applied  uint64   `json:"applied"`
+	// Quiesced: this replica is quiesced (it does not tick); omitted
+	// when not.
+	Quiesced bool `json:"quiesced,omitempty"`
 }
 
 // StatusPeer is one directed link between two nodes.

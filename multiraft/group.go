@@ -189,6 +189,24 @@ func (g *group) handleInputs() {
 	if g.quiesced && wakes && stop == nil {
 		g.wake(byLeader && !local)
 	}
+	// A quiesce heartbeat may come with its sender's ordinary heartbeats
+	// at its term, which wake a replica that lost its leader (a follower
+	// that missed the leader's last quiesce heartbeat, timed out and asks
+	// for pre-votes, which wake the leader): stepped, they make it that
+	// leader's follower again, and it may quiesce in this same round.
+	// Without this it never did: each pre-vote woke the leader, whose
+	// heartbeat and quiesce heartbeat then came together again (30 of
+	// 10,000 ranges stayed awake so, BENCHMARKS.md "Quiescence").
+	quietOK := quiet != nil && !local
+	if quietOK && wakes {
+		for i := range msgs {
+			m := &msgs[i]
+			if m != quiet && !g.benign(m) && (m.Type != raftpb.MsgHeartbeat || m.From != quiet.From || m.Term != quiet.Term) {
+				quietOK = false
+				break
+			}
+		}
+	}
 
 	if stop != nil {
 		// What was drained with the stop request fails with the rest.
@@ -286,7 +304,7 @@ func (g *group) handleInputs() {
 	}
 	g.releaseTransferHeld()
 	switch {
-	case quiet != nil && !wakes:
+	case quietOK:
 		g.maybeQuiesceFollower(quiet)
 	case ticks > 0 && !wakes:
 		g.maybeQuiesce()

@@ -346,3 +346,46 @@ func TestQuiescedOneWayBlackHole(t *testing.T) {
 		t.Fatalf("write through the leader after the black hole: %q %v", v, err)
 	}
 }
+
+// TestQuiesceMissedByFollower: node 3 misses the quiesce heartbeat of
+// group 1's leader (a dropped message). It stays awake, times out, and its
+// pre-votes wake the leader, whose next heartbeat and quiesce heartbeat
+// come to it together: it must quiesce then. Before the fix it took the
+// leader's ordinary heartbeat for a waking message, never quiesced, and
+// woke the leader every election timeout for good.
+func TestQuiesceMissedByFollower(t *testing.T) {
+	c := quietCluster(t, mrtest.Options{Groups: 3})
+	if _, err := c.Propose(1, 1, "set k2 v2"); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.SetLink(1, 3, transport.LinkBlackHole)
+	for i := 0; ; i++ {
+		if i == 3 {
+			t.Fatalf("the leader of group 1 did not quiesce:\n%s", c.Status())
+		}
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := c.Hosts[1].GroupStatus(1); st.Quiesced {
+			break
+		}
+	}
+	// Quiesce heartbeats leave with the next tick's coalesced batch.
+	if err := c.TickStable(1); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.HealAll()
+	if st, _ := c.Hosts[3].GroupStatus(1); st.Quiesced {
+		t.Fatal("node 3 quiesced group 1 although the quiesce heartbeat was dropped: the test cannot tell")
+	}
+	for i := 1; i <= 60; i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+		if allQuiesced(c, 3) {
+			t.Logf("every replica quiesced %d ticks after the heal", i)
+			return
+		}
+	}
+	t.Fatalf("not every replica quiesced 60 ticks after the heal:\n%s", c.Status())
+}

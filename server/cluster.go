@@ -391,9 +391,16 @@ func (s *Server) Status() api.Status {
 			ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr, HTTPAddr: n.HttpAddr, Alive: n.Alive,
 		})
 	}
+	quiesced := make(map[uint64]bool)
+	for _, gs := range s.host.Status() {
+		if gs.Quiesced {
+			quiesced[gs.ID] = true
+		}
+	}
 	for _, g := range s.localGroups() {
 		st.Groups = append(st.Groups, api.StatusGroup{
 			ID: g.Id, Leader: g.Leader, Term: g.Term, Replicas: g.Replicas, Commit: g.Commit, Applied: g.Applied,
+			Quiesced: quiesced[g.Id],
 		})
 	}
 	for _, p := range s.peerStats() {

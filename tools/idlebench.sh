@@ -7,6 +7,9 @@
 #   cpu_pct          CPU of each node over SECONDS of idleness, in % of one core
 #   rss_mib          RSS of each node, MiB; rss_per_replica_kib: RSS / replicas
 #   heap_mib         Go heap in use of each node (go_memstats_heap_inuse_bytes)
+#   live_kib_per_replica  the live heap after a forced collection
+#                    (go_memstats_heap_alloc_bytes after /debug/pprof/heap?gc=1)
+#                    over the node's replicas, in KiB
 #   failover_kill_s  seconds from kill -9 of node 1 until nodes 2 and 3 lead
 #                    every range (node 1 led a third of them)
 #   failover_stop_s  the same with node 1 SIGSTOPped instead (a fresh cluster)
@@ -127,7 +130,7 @@ sleep 5 # let the start's garbage collection settle
 declare -A c0
 for i in 1 2 3; do c0[$i]=$(cpu "${PID[$i]}"); done
 sleep "$SECONDS_IDLE"
-cpu_pct=() rss_mib=() heap_mib=() per=()
+cpu_pct=() rss_mib=() heap_mib=() per=() live=()
 for i in 1 2 3; do
   c1=$(cpu "${PID[$i]}")
   cpu_pct+=("$(python3 -c "print(round(100 * ($c1 - ${c0[$i]}) / $SECONDS_IDLE, 2))")")
@@ -135,6 +138,8 @@ for i in 1 2 3; do
   rss_mib+=("$(python3 -c "print(round($r / 1024, 1))")")
   per+=("$(python3 -c "print(round($r / $RANGES, 2))")")
   heap_mib+=("$(python3 -c "print(round($(metric "$i" go_memstats_heap_inuse_bytes) / 1048576, 1))")")
+  curl -sf --max-time 10 "http://127.0.0.$i:49381/debug/pprof/heap?gc=1" >/dev/null
+  live+=("$(python3 -c "print(round($(metric "$i" go_memstats_heap_alloc_bytes) / 1024 / $RANGES, 2))")")
 done
 echo "idlebench: idle for ${SECONDS_IDLE}s: CPU % of a core ${cpu_pct[*]}; RSS MiB ${rss_mib[*]}" >&2
 
@@ -182,5 +187,5 @@ if ((FAILOVER)); then
 fi
 join() { local IFS=,; echo "$*"; }
 cat <<EOF
-{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s,"light":$light}
+{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"live_kib_per_replica":[$(join "${live[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s,"light":$light}
 EOF
