@@ -73,8 +73,11 @@ type StateMachine struct {
 	// decides whether a snapshot may be taken now (WithSnapshotGate).
 	onDescriptor func(id uint64)
 	onLeases     func(id uint64)
-	onSplit      func(left, right Descriptor, committed bool)
-	gate         func(d *Descriptor) bool
+	onActive     func(id uint64)
+	// active: the activity hook ran since Quiet (WithActivityHook).
+	active  atomic.Bool
+	onSplit func(left, right Descriptor, committed bool)
+	gate    func(d *Descriptor) bool
 
 	// ops counts applied commands and answered queries; written the bytes
 	// applied puts wrote; sampler keeps keys of recent requests (stats.go).
@@ -121,6 +124,27 @@ func WithHoldBudget(b *HoldBudget) Option {
 // visible; it must not block and must not call the engine.
 func WithDescriptorHook(fn func(id uint64)) Option {
 	return func(s *StateMachine) { s.onDescriptor = fn }
+}
+
+// WithActivityHook makes the state machine call fn with its range ID the
+// first time it applies commands or answers a query after Quiet (or after
+// it was made): its Ops and WrittenBytes may have moved since. fn runs on
+// the applying or querying goroutine and must not block. Package ranges
+// samples the load of only the replicas it names, not of every idle one.
+func WithActivityHook(fn func(id uint64)) Option {
+	return func(s *StateMachine) { s.onActive = fn }
+}
+
+// Quiet rearms the activity hook: the next command or query calls it
+// again. Call it before reading Ops and WrittenBytes, so that nothing after
+// the read goes unreported.
+func (s *StateMachine) Quiet() { s.active.Store(false) }
+
+// touch runs the activity hook once per Quiet.
+func (s *StateMachine) touch() {
+	if s.onActive != nil && !s.active.Load() && s.active.CompareAndSwap(false, true) {
+		s.onActive(s.id)
+	}
 }
 
 // descriptorChanged runs the descriptor hook, if any.
@@ -327,6 +351,7 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		return fmt.Errorf("%w: range %d: a command at index %d", ErrUninitialized, s.id, cmds[0].Index)
 	}
 	s.ops.Add(uint64(len(cmds)))
+	s.touch()
 	if s.holdable(cmds) {
 		return s.applyHeld(cmds, desc)
 	}
@@ -713,6 +738,7 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: range %d", ErrUninitialized, s.id)
 	}
 	s.ops.Add(1)
+	s.touch()
 	mismatch := func(key []byte) error {
 		return fmt.Errorf("%w: %q is not in %v", ErrKeyMismatch, key, desc)
 	}

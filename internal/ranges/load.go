@@ -26,12 +26,11 @@ type loadStat struct {
 	last float64 // ops per second over the last sample's interval
 }
 
-// SampleLoad takes a sample of every replica's load at now: call it about
-// every second (the server's loop, the simulation's clock). Loop only. An
-// idle replica (no operation since the last sample, and no rate left) costs
-// one atomic load.
-func (s *Store) SampleLoad(now time.Time) {
-	reps := s.Replicas()
+// sampleLoad takes a sample at now of the load of reps, the replicas the
+// tick walks (walkSet): every replica whose count moved since its last
+// sample is one, and one whose rate has not decayed to nothing stays one.
+// Loop only.
+func (s *Store) sampleLoad(now time.Time, reps []*Replica) {
 	t := &s.load
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -67,10 +66,10 @@ func (s *Store) SampleLoad(now time.Time) {
 		}
 		st.ops = ops
 	}
-	if len(t.byID) > len(reps) {
+	if all := s.Replicas(); len(t.byID) > len(all) {
 		// Replicas went away: forget their samples.
-		seen := make(map[uint64]bool, len(reps))
-		for _, r := range reps {
+		seen := make(map[uint64]bool, len(all))
+		for _, r := range all {
 			seen[r.ID] = true
 		}
 		for id := range t.byID {

@@ -2,7 +2,9 @@ package ranges
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/flotilla/flotilla/kv"
@@ -29,19 +31,26 @@ import (
 // Tick runs the periodic work: call it every Config.TickInterval on the
 // Store's loop (Run does; the simulation calls it from its clock).
 //
-// Its cost follows what changed, not how many ranges there are: a replica
-// that wrote little since it was measured and had no load costs two atomic
-// loads (splitIdle), and the scans that must look at every range (merges,
-// and every MetaRepairTicks the repairs) look at scanBudget replicas per
-// tick, in turn. At 10,000 idle ranges a tick walking them all cost about
-// 6 % of a core per node (BENCHMARKS.md, "Quiescence").
+// Its cost follows what changed, not how many ranges there are: it looks
+// at the replicas that applied or answered something since the last tick
+// (kv.WithActivityHook), until their load decays, and the scans that must
+// look at every range (a window of the split checks, merges, and every
+// MetaRepairTicks the repairs) look at scanBudget replicas per tick, in
+// turn. At 10,000 idle ranges a tick walking them all cost about 6 % of a
+// core per node, and reading two counters of each still about 1 %
+// (BENCHMARKS.md, "Quiescence").
 func (s *Store) Tick() {
 	now := s.env.Now()
-	s.SampleLoad(now)
 	s.ticks++
 	all := s.Replicas()
-	for _, r := range all {
-		if s.splitIdle(r) || !s.leads(r.ID) {
+	walk := s.walkSet(all)
+	s.sampleLoad(now, walk)
+	for _, r := range walk {
+		if s.splitIdle(r) {
+			continue
+		}
+		if !s.leads(r.ID) {
+			r.q.notLedAt = s.ticks
 			continue
 		}
 		d, ok := r.Descriptor()
@@ -50,6 +59,7 @@ func (s *Store) Tick() {
 		}
 		s.checkSplit(r, d)
 	}
+	s.settle()
 	if s.cfg.MinBytes > 0 {
 		s.checkMerges(window(&s.mergeScan, all))
 	}
@@ -61,6 +71,56 @@ func (s *Store) Tick() {
 			s.repairMeta(win)
 		}
 	}
+}
+
+// walkSet adds to the walk the replicas active since the last tick (their
+// activity hook rearmed before their counters are read) and this tick's
+// window of all, and returns it in ID order (the simulation replays it).
+// Loop only.
+func (s *Store) walkSet(all []*Replica) []*Replica {
+	s.active.Lock()
+	ids := s.active.ids
+	s.active.ids = nil
+	s.active.Unlock()
+	for _, id := range ids {
+		if r, ok := s.Get(id); ok {
+			r.SM.Quiet()
+			s.addWalk(r)
+		}
+	}
+	for _, r := range window(&s.splitScan, all) {
+		s.addWalk(r)
+	}
+	slices.SortFunc(s.walk, func(a, b *Replica) int { return cmp.Compare(a.ID, b.ID) })
+	return s.walk
+}
+
+func (s *Store) addWalk(r *Replica) {
+	if !r.walked {
+		r.walked = true
+		s.walk = append(s.walk, r)
+	}
+}
+
+// settle drops from the walk the replicas with nothing left to watch: no
+// load (its decay done), no count of hot ticks, measured or led elsewhere.
+// Any later activity puts them back (touched). Loop only.
+func (s *Store) settle() {
+	keep := s.walk[:0]
+	for _, r := range s.walk {
+		if cur, ok := s.Get(r.ID); !ok || cur != r {
+			r.walked = false // removed
+			continue
+		}
+		busy := r.load != nil && (r.load.rate != 0 || r.load.last != 0)
+		if busy || (r.q != nil && r.q.hot != 0) || !s.splitIdle(r) {
+			keep = append(keep, r)
+			continue
+		}
+		r.walked = false
+	}
+	clear(s.walk[len(keep):])
+	s.walk = keep
 }
 
 // scanBudget is how many replicas a periodic scan looks at per tick: all
@@ -98,6 +158,11 @@ type scanState struct {
 	metaGen uint64
 }
 
+// leadRecheckTicks: a replica that was not measured because another node
+// led it is asked about again after this many ticks (so a range this node
+// comes to lead is first measured within 8 ticks).
+const leadRecheckTicks = 8
+
 // splitIdle reports whether checkSplit would do nothing for r: it was
 // measured and has written less than MaxBytes/8 since, and has no load
 // above SplitLoad nor a count of hot ticks to reset. Loop only.
@@ -107,7 +172,11 @@ func (s *Store) splitIdle(r *Replica) bool {
 		q = s.queueState(r.ID)
 		r.q = q
 	}
-	if s.cfg.MaxBytes > 0 && (!q.measured || r.SM.WrittenBytes()-q.written >= uint64(s.cfg.MaxBytes)/8) {
+	// A replica not measured yet is one another node led when last asked
+	// (within leadRecheckTicks: asking the Host is a map lookup, for each
+	// of thousands of followers every tick), or one to measure now.
+	known := q.measured || (q.notLedAt != 0 && s.ticks-q.notLedAt < leadRecheckTicks)
+	if s.cfg.MaxBytes > 0 && (!known || r.SM.WrittenBytes()-q.written >= uint64(s.cfg.MaxBytes)/8) {
 		return false
 	}
 	if s.cfg.SplitLoad > 0 && (q.hot != 0 || (r.load != nil && r.load.last > s.cfg.SplitLoad)) {
@@ -218,6 +287,7 @@ type queueState struct {
 	bytes    uint64 // the last measurement
 	hot      int    // ticks in a row over SplitLoad
 	born     uint64 // the tick of its last split (or of its making)
+	notLedAt uint64 // the tick it was last found led by another node (0: never)
 }
 
 func (s *Store) queueState(id uint64) *queueState {

@@ -129,6 +129,16 @@ type Replica struct {
 	q    *queueState
 	load *loadStat
 	scan scanState
+	// walked: the replica is in Store.walk.
+	walked bool
+}
+
+// touched is every state machine's activity hook: range id applied or
+// answered something. Called on the replica's worker; it does not block.
+func (s *Store) touched(id uint64) {
+	s.active.Lock()
+	s.active.ids = append(s.active.ids, id)
+	s.active.Unlock()
 }
 
 // Descriptor returns the replica's descriptor as applied here; false for a
@@ -141,7 +151,7 @@ func (r *Replica) Descriptor() (*kv.Descriptor, bool) { return r.SM.Descriptor()
 // task at a time (env.go): Run in the server, RunPending in the
 // simulation.
 //
-// Lock order: indexMu before mu; mu, tasks.mu and load.mu are leaves; none is held across a
+// Lock order: indexMu before mu; mu, active, tasks.mu and load.mu are leaves; none is held across a
 // call into the Host or the Env.
 type Store struct {
 	cfg Config
@@ -162,11 +172,12 @@ type Store struct {
 	metrics storeMetrics
 	// Owned by the loop.
 	ticks uint64
-	// mergeScan, repairScan: where the next window of the merge scan and
-	// of the repair scans starts in Replicas (window).
-	mergeScan, repairScan int
-	queue                 map[uint64]*queueState
-	revoking              map[[2]uint64]bool // (owner range, lease) revocations under way
+	// mergeScan, repairScan, splitScan: where the next window of the
+	// merge scan, the repair scans and the split checks starts in Replicas
+	// (window).
+	mergeScan, repairScan, splitScan int
+	queue                            map[uint64]*queueState
+	revoking                         map[[2]uint64]bool // (owner range, lease) revocations under way
 	// order is every replica by ascending ID (Replicas), replaced under
 	// mu.Lock whenever one starts or goes; readers take no lock.
 	order atomic.Pointer[[]*Replica]
@@ -176,6 +187,15 @@ type Store struct {
 	index atomic.Pointer[[]*Replica]
 	// indexMu serializes rebuilds of index (reindex); held across mu.
 	indexMu sync.Mutex
+	// active: the ranges whose replicas applied or answered something
+	// since the loop last looked (kv.WithActivityHook); mu is a leaf.
+	active struct {
+		sync.Mutex
+		ids []uint64
+	}
+	// walk is the replicas the tick looks at (queue.go), owned by the
+	// loop: those active lately, until their load decayed to nothing.
+	walk []*Replica
 
 	load loadTracker
 }
@@ -323,6 +343,7 @@ func (s *Store) startReplicas(rs []replicaStart) ([]*Replica, error) {
 		id, members := st.id, st.members
 		opts := append(slices.Clone(s.cfg.Options),
 			kv.WithDescriptorHook(s.descriptorChanged),
+			kv.WithActivityHook(s.touched),
 			kv.WithSplitHook(func(left, right kv.Descriptor, committed bool) {
 				if !committed {
 					s.announce(right)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -480,5 +481,32 @@ func TestFrozenReplicaKeptForLocalMerge(t *testing.T) {
 	chain[0].desc = d(1, "", "30", 5)
 	if !supersededHere(7, r7, c5, true, chain) || !supersededHere(7, r7, c2, true, chain) {
 		t.Fatal("range 7 did not supersede the frozen ranges of a chain range 1 here is past")
+	}
+}
+
+// TestTickWalksActiveReplicas: once every replica was measured (one pass
+// of windows), an idle tick leaves nothing in the walk, and a write puts
+// its range (alone, beside the tick's window) back in it. The split check
+// of each of 10,000 idle ranges every tick cost 1 % of a core per node.
+func TestTickWalksActiveReplicas(t *testing.T) {
+	n := newNode(t, 3*scanBudget)
+	n.s.cfg.MaxBytes = 1 << 20
+	for range 6 {
+		n.s.Tick()
+		n.drain()
+	}
+	for _, r := range n.s.Replicas() {
+		if r.q == nil || !r.q.measured {
+			t.Fatalf("range %d not measured after a pass of windows", r.ID)
+		}
+	}
+	if len(n.s.walk) != 0 {
+		t.Fatalf("%d replicas left in the walk of an idle node", len(n.s.walk))
+	}
+	n.put("7f00")
+	r := n.s.Lookup([]byte("7f00"))
+	walk := n.s.walkSet(n.s.Replicas())
+	if !slices.Contains(walk, r) || len(walk) > scanBudget+1 {
+		t.Fatalf("walk of %d replicas (range %d in it: %v), want the written range and one window", len(walk), r.ID, slices.Contains(walk, r))
 	}
 }
