@@ -200,11 +200,17 @@ func (h *Host) bootQuiet() bool {
 }
 
 // quiesceNew quiesces new group g under leader before it is published
-// (StartGroups): no owner runs it yet.
-func (h *Host) quiesceNew(g *group, leader uint64) {
+// (StartGroups): no owner runs it yet. It refuses (false) if liveness
+// counts leader down: that change was seen before g existed, and nothing
+// would wake g.
+func (h *Host) quiesceNew(g *group, leader uint64) bool {
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
+	if h.quiet.mu.down[leader] || h.PeerDown(leader) {
+		return false
+	}
 	h.quiesceLocked(g, leader)
+	return true
 }
 
 // unquiesceUnpublished undoes quiesceNew for a group whose start failed.
@@ -274,7 +280,8 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 	// Groups started quiesced under a peer never heard from (StartGroups)
 	// wake once the grace is over: that node may never come. Only groups
 	// started so are quiesced under a peer not heard from (quiesce needs a
-	// message from the leader), and this wakes each of them once.
+	// message from the leader); they are marked each tick until their
+	// owner ran them.
 	if len(heard) == 0 || h.live.ticks.Load()-h.live.first.Load() < h.bootGraceTicks() {
 		return ids
 	}

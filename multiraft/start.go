@@ -57,11 +57,8 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	b := h.store.NewBatch()
 	defer b.Close()
 	staged := false
-	type quietStart struct {
-		g      *group
-		leader uint64
-	}
-	var quiet []quietStart
+	// quietUnder[i]: the leader groups[i] starts quiesced under (0: none).
+	quietUnder := make([]uint64, 0, len(gs))
 	seen := make(map[uint64]bool, len(gs))
 	groups := make([]*group, 0, len(gs))
 	for i := range gs {
@@ -75,23 +72,23 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 		}
 		staged = staged || wrote
 		groups = append(groups, g)
+		var under uint64
 		if l := gs[i].Leader; l != 0 && l != h.cfg.NodeID && wrote && g.term == BootTerm && h.bootQuiet() {
-			quiet = append(quiet, quietStart{g, l})
+			under = l
 		}
+		quietUnder = append(quietUnder, under)
 	}
 	if staged {
 		if err := b.Commit(true); err != nil {
 			return fmt.Errorf("multiraft: write the start of %d groups: %w", len(gs), err)
 		}
 	}
-	// Quiesced before they are published: nothing reaches them before.
-	for _, q := range quiet {
-		h.quiesceNew(q.g, q.leader)
-	}
 	for i, g := range groups {
+		// Quiesced before it is published: nothing reaches it before.
+		quiesced := quietUnder[i] != 0 && h.quiesceNew(g, quietUnder[i])
 		if err := h.publishGroup(g); err != nil {
-			for _, q := range quiet {
-				h.unquiesceUnpublished(q.g)
+			if quiesced {
+				h.unquiesceUnpublished(g) // this one only: the others run
 			}
 			if i > 0 {
 				// Some run already: the Host is closing (or a caller

@@ -59,12 +59,15 @@ func (s *Server) balanceLoop() {
 }
 
 // viewVersions appends to buf the versions of what this node knows of
-// every node's replicas: its own Host's StatusVersion, then each peer's
+// every node's replicas: its own Host's StatusVersion and the count of
+// replicas its range store holds, then each peer's
 // discovery version in node order. ok is false if a peer's is unknown
 // (its view is missing or stale): the caller must not take the view as
 // unchanged.
 func (s *Server) viewVersions(buf []uint64) (_ []uint64, ok bool) {
-	buf = append(buf, s.host.StatusVersion())
+	// The replicas the range store holds, too: one joins it just after
+	// the Host started it (and moved the version).
+	buf = append(buf, s.host.StatusVersion(), uint64(len(s.ranges.Replicas())))
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	for _, id := range s.nodes {

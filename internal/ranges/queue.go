@@ -50,7 +50,11 @@ func (s *Store) Tick() {
 			continue
 		}
 		if !s.leads(r.ID) {
+			// Led elsewhere: what it wrote is that leader's to measure,
+			// from here on (else a former leader's replica would stay
+			// in the walk for good).
 			r.q.notLedAt = s.ticks
+			r.q.written = r.SM.WrittenBytes()
 			continue
 		}
 		d, ok := r.Descriptor()
@@ -59,18 +63,68 @@ func (s *Store) Tick() {
 		}
 		s.checkSplit(r, d)
 	}
-	s.settle()
 	if s.cfg.MinBytes > 0 {
 		s.checkMerges(window(&s.mergeScan, all))
 	}
 	if s.cfg.MetaRepairTicks > 0 && s.ticks%uint64(s.cfg.MetaRepairTicks) == 0 {
 		win := window(&s.repairScan, all)
-		s.finishMerges(win)
-		s.propagateRevocations(win)
+		// Unfinished merges and lease revocations come from something
+		// applied (a freeze, a revocation), so the replicas walked are
+		// looked at too, not only the window: at 10,000 ranges a pass of
+		// windows takes 20 repair rounds.
+		recent := s.withWalk(win)
+		s.finishMerges(s.withLeftNeighbours(recent))
+		s.propagateRevocations(recent)
 		if !s.cfg.LoseMetaUpdates {
 			s.repairMeta(win)
 		}
 	}
+	s.settle()
+}
+
+// withWalk returns win and the replicas of the walk, without repeats, in
+// ID order. Loop only.
+func (s *Store) withWalk(win []*Replica) []*Replica {
+	if len(s.walk) == 0 {
+		return win
+	}
+	out := slices.Clone(win)
+	for _, r := range s.walk {
+		if _, found := slices.BinarySearchFunc(win, r.ID, func(a *Replica, id uint64) int { return cmp.Compare(a.ID, id) }); !found {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Replica) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// withLeftNeighbours returns rs and, for each frozen replica of rs, the
+// replica here that ends where it starts (finishMerges looks at the pairs
+// whose left range it leads), without repeats, in ID order. Loop only.
+func (s *Store) withLeftNeighbours(rs []*Replica) []*Replica {
+	var lefts []*Replica
+	idx := *s.index.Load()
+	for _, r := range rs {
+		d, ok := r.Descriptor()
+		if _, _, frozen := r.SM.Frozen(); !ok || !frozen || len(d.Start) == 0 {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(idx, d.Start, func(o *Replica, k []byte) int {
+			od, _ := o.Descriptor()
+			return bytes.Compare(od.Start, k)
+		})
+		if i > 0 {
+			if ld, ok := idx[i-1].Descriptor(); ok && bytes.Equal(ld.End, d.Start) {
+				lefts = append(lefts, idx[i-1])
+			}
+		}
+	}
+	if len(lefts) == 0 {
+		return rs
+	}
+	out := append(slices.Clone(rs), lefts...)
+	slices.SortFunc(out, func(a, b *Replica) int { return cmp.Compare(a.ID, b.ID) })
+	return slices.CompactFunc(out, func(a, b *Replica) bool { return a == b })
 }
 
 // walkSet adds to the walk the replicas active since the last tick (their
@@ -153,14 +207,21 @@ type scanState struct {
 	// which moves the index.
 	noRevocationsAt uint64
 	// metaGen: the generation of the descriptor the meta index was last
-	// found to hold as it is (0: not known). A range's own descriptor
-	// changes only with its generation.
-	metaGen uint64
+	// found to hold as it is (0: not known), at tick metaAt. A range's
+	// own descriptor changes only with its generation, and the index only
+	// replaces a record by one of a later generation; it is checked again
+	// after metaRecheckTicks all the same.
+	metaGen, metaAt uint64
 }
 
+// metaRecheckTicks: how long a meta record found right is trusted (1,200
+// ticks: 10 minutes at the default RangeTick).
+const metaRecheckTicks = 1200
+
 // leadRecheckTicks: a replica that was not measured because another node
-// led it is asked about again after this many ticks (so a range this node
-// comes to lead is first measured within 8 ticks).
+// led it is asked about again after this many ticks when it is walked (an
+// idle range this node comes to lead is measured when it next applies
+// something, or when the window reaches it).
 const leadRecheckTicks = 8
 
 // splitIdle reports whether checkSplit would do nothing for r: it was
@@ -312,7 +373,8 @@ func (s *Store) repairMeta(win []*Replica) {
 	var mine []check
 	for _, r := range win {
 		d, ok := r.Descriptor()
-		if !ok || r.scan.metaGen == d.Generation || !s.leads(r.ID) {
+		recent := r.scan.metaGen == d.Generation && s.ticks-r.scan.metaAt < metaRecheckTicks
+		if !ok || recent || !s.leads(r.ID) {
 			continue
 		}
 		mine = append(mine, check{r, d.Clone()})
@@ -324,7 +386,7 @@ func (s *Store) repairMeta(win []*Replica) {
 				return
 			}
 			if len(ds) == 1 && sameSpan(&ds[0], &d) {
-				r.scan.metaGen = d.Generation
+				r.scan.metaGen, r.scan.metaAt = d.Generation, s.ticks
 				return
 			}
 			s.log.Info("meta index lacks a range; recording it", "group", d.ID, "desc", d.String())
