@@ -373,8 +373,11 @@ func (s *Store) repairMeta(win []*Replica) {
 	var mine []check
 	for _, r := range win {
 		d, ok := r.Descriptor()
+		if !ok {
+			continue
+		}
 		recent := r.scan.metaGen == d.Generation && s.ticks-r.scan.metaAt < metaRecheckTicks
-		if !ok || recent || !s.leads(r.ID) {
+		if recent || !s.leads(r.ID) {
 			continue
 		}
 		mine = append(mine, check{r, d.Clone()})
