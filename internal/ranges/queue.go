@@ -68,15 +68,15 @@ func (s *Store) Tick() {
 	}
 	if s.cfg.MetaRepairTicks > 0 && s.ticks%uint64(s.cfg.MetaRepairTicks) == 0 {
 		win := window(&s.repairScan, all)
-		// Unfinished merges and lease revocations come from something
-		// applied (a freeze, a revocation), so the replicas walked are
-		// looked at too, not only the window: at 10,000 ranges a pass of
-		// windows takes 20 repair rounds.
+		// Unfinished merges, lease revocations and lost meta updates come
+		// with something applied (a freeze, a revocation, a split), so the
+		// replicas walked are looked at too, not only the window: at
+		// 10,000 ranges a pass of windows takes 20 repair rounds.
 		recent := s.withWalk(win)
 		s.finishMerges(s.withLeftNeighbours(recent))
 		s.propagateRevocations(recent)
 		if !s.cfg.LoseMetaUpdates {
-			s.repairMeta(win)
+			s.repairMeta(recent)
 		}
 	}
 	s.settle()
