@@ -37,19 +37,21 @@ type GroupStart struct {
 	// replica here then starts quiesced under it (with Config.Quiesce and
 	// failover on): it runs no election timer while the leader campaigns,
 	// any message wakes it, and liveness wakes it if that node goes down
-	// or is never heard from (bootGraceTicks). Without it, 100,000 new
-	// groups all ran election timers at once, and their elections crowded
-	// each other out for minutes (BENCHMARKS.md, "Quiescence"). Ignored
-	// for a group that has state here.
+	// or is never heard from (bootGraceTicks). Without it, every replica
+	// of 10,000 new groups ran an election timer while their leaders
+	// campaigned (BENCHMARKS.md, "Quiescence"). Ignored for a group that
+	// has state here.
 	Leader uint64
 }
 
 // StartGroups is StartGroup for many groups: the start state of the new
 // ones is written in one batch with one sync, and the groups run only once
-// it is durable. On error no group of gs was started (the state written
-// for new ones is kept, and a retry starts from it). A node starting
-// 10,000 ranges synced 10,000 times one by one: about 2 ms each on this
-// machine's disk, most of its start (BENCHMARKS.md, "Quiescence").
+// it is durable. If preparing or writing fails, no group of gs was started
+// (state already written for new ones is kept, and a retry starts from
+// it); if publishing fails part way (the Host closing, or a concurrent
+// StartGroup of one of the IDs), the groups before it run and the error
+// says how many. Started one by one, each with its own sync, 10,000 ranges
+// took minutes (BENCHMARKS.md, "Quiescence").
 func (h *Host) StartGroups(gs []GroupStart) error {
 	if h.isStopped() {
 		return ErrStopped
