@@ -16,6 +16,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
 )
 
 // peerDialOptions dial peers from the host of this node's peer address, as
@@ -55,15 +56,15 @@ func (s *Server) selfInfo() *api.NodeInfo {
 
 // localGroups describes every local replica.
 func (s *Server) localGroups() []*api.GroupInfo {
-	gs, _ := s.describeGroups()
+	gs, _ := s.describeGroups(s.host.Status())
 	return gs
 }
 
-// describeGroups describes every local replica. complete is false when a
-// replica the Host runs is not in the range store (it is being started or
-// removed), so its descriptor is missing for now.
-func (s *Server) describeGroups() (gs []*api.GroupInfo, complete bool) {
-	sts := s.host.Status()
+// describeGroups describes the local replicas of sts (Host.Status), in
+// its order. complete is false when a replica the Host runs is not in the
+// range store (it is being started or removed), so its descriptor is
+// missing for now.
+func (s *Server) describeGroups(sts []multiraft.GroupStatus) (gs []*api.GroupInfo, complete bool) {
 	out := make([]*api.GroupInfo, 0, len(sts))
 	complete = true
 	for _, st := range sts {
@@ -124,7 +125,7 @@ func (p *peerService) Info(ctx context.Context, req *api.InfoRequest) (*api.Info
 		p.s.metrics.discoveryUnchanged.Inc()
 		return resp, nil
 	}
-	gs, complete := p.s.describeGroups()
+	gs, complete := p.s.describeGroups(p.s.host.Status())
 	resp.Groups = gs
 	if complete {
 		resp.Version = v
@@ -391,16 +392,12 @@ func (s *Server) Status() api.Status {
 			ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr, HTTPAddr: n.HttpAddr, Alive: n.Alive,
 		})
 	}
-	quiesced := make(map[uint64]bool)
-	for _, gs := range s.host.Status() {
-		if gs.Quiesced {
-			quiesced[gs.ID] = true
-		}
-	}
-	for _, g := range s.localGroups() {
+	sts := s.host.Status()
+	gs, _ := s.describeGroups(sts)
+	for i, g := range gs {
 		st.Groups = append(st.Groups, api.StatusGroup{
 			ID: g.Id, Leader: g.Leader, Term: g.Term, Replicas: g.Replicas, Commit: g.Commit, Applied: g.Applied,
-			Quiesced: quiesced[g.Id],
+			Quiesced: sts[i].Quiesced,
 		})
 	}
 	for _, p := range s.peerStats() {
