@@ -29,30 +29,27 @@ func startQuiet(t *testing.T, boot bool) *mrtest.Cluster {
 	return c
 }
 
-// TestBootQuietStart: new groups whose expected leader is another node
-// start quiesced there, so a tick processes only the expected leaders'
-// replicas (30 of 90: the control without expected leaders processes all
-// 90), and once each expected leader campaigns, every group is led by it
-// after a single election (term 2), its followers woken by the campaign.
+// TestBootQuietStart: every replica of new groups with expected leaders
+// starts quiesced: the expected leaders' wait for their turn to campaign
+// (startcampaign.go), the others wait for them. So before the first tick
+// no replica runs an election timer, and a tick processes none of them
+// (the control without expected leaders processes all 90). At the first
+// tick each expected leader campaigns, and every group is led by it after
+// a single election (term 2), its followers woken by the campaign.
 func TestBootQuietStart(t *testing.T) {
 	c := startQuiet(t, true)
 	for _, id := range c.Nodes() {
-		if q := c.Hosts[id].Quiesced(); q != 20 {
-			t.Fatalf("node %d: %d replicas quiesced at start, want 20 (the groups it is not expected to lead)", id, q)
+		if q, w := c.Hosts[id].Quiesced(), c.Hosts[id].StartCampaignsWaiting(); q != 30 || w != 10 {
+			t.Fatalf("node %d at start: %d replicas quiesced, %d waiting to campaign; want 30 and its 10", id, q, w)
 		}
-	}
-	if n := tickCount(t, c); n != 30 {
-		t.Fatalf("a tick processed %d replicas, want the 30 expected leaders'", n)
 	}
 	ctl := startQuiet(t, false)
 	if n := tickCount(t, ctl); n != 90 {
 		t.Fatalf("control: a tick processed %d replicas, want all 90", n)
 	}
 
-	for g := uint64(1); g <= 30; g++ {
-		if err := c.Campaign(bootLeader(g), g); err != nil {
-			t.Fatal(err)
-		}
+	if err := c.TickStable(1); err != nil {
+		t.Fatal(err)
 	}
 	for g := uint64(1); g <= 30; g++ {
 		if l := c.Leader(g); l != bootLeader(g) {
@@ -62,6 +59,11 @@ func TestBootQuietStart(t *testing.T) {
 			if _, term, err := c.Hosts[id].Leader(g); err != nil || term != 2 {
 				t.Fatalf("group %d on node %d: term %d (%v), want 2: one election", g, id, term, err)
 			}
+		}
+	}
+	for _, id := range c.Nodes() {
+		if w := c.Hosts[id].StartCampaignsWaiting(); w != 0 {
+			t.Fatalf("node %d: %d groups still waiting to campaign", id, w)
 		}
 	}
 }

@@ -91,6 +91,9 @@ type group struct {
 		forget      bool
 		closed      bool
 		wake        bool // liveness wakes the quiesced group (quiesce.go)
+		// requeue: its start campaign found no leader in time; it waits
+		// for another turn if nothing else woke it (startcampaign.go).
+		requeue bool
 	}
 
 	st struct {
@@ -161,10 +164,10 @@ func (g *group) handleInputs() {
 	g.in.Lock()
 	msgs, props, reads, transfers := g.in.msgs, g.in.props, g.in.reads, g.in.transfers
 	ticks, unreachable, snaps, stop := g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop
-	campaign, forget, wake := g.in.campaign, g.in.forget, g.in.wake
+	campaign, forget, wake, requeue := g.in.campaign, g.in.forget, g.in.wake, g.in.requeue
 	g.in.msgs, g.in.props, g.in.reads, g.in.transfers = nil, nil, nil, nil
 	g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop = 0, nil, nil, nil
-	g.in.campaign, g.in.forget, g.in.wake = false, false, false
+	g.in.campaign, g.in.forget, g.in.wake, g.in.requeue = false, false, false, false
 	g.in.Unlock()
 
 	// Quiescence (quiesce.go): what in this round wakes the group, and
@@ -279,6 +282,9 @@ func (g *group) handleInputs() {
 			// or ignores it: applyReady removes it then.
 			g.snapFiles = append(g.snapFiles, file)
 		}
+		if g.forgetsLeader(m) {
+			_ = g.rn.ForgetLeader()
+		}
 		// Errors here are messages from removed or unknown peers, or stale
 		// responses: raft ignores them, and so do we.
 		_ = g.rn.Step(*m)
@@ -306,6 +312,8 @@ func (g *group) handleInputs() {
 	switch {
 	case quietOK:
 		g.maybeQuiesceFollower(quiet)
+	case requeue && !wakes:
+		g.maybeRequeueStart()
 	case ticks > 0 && !wakes:
 		g.maybeQuiesce()
 	}

@@ -87,6 +87,7 @@ func (h *Host) tick(ids []uint64) []uint64 {
 	// Only the active groups tick: a quiesced one costs nothing here
 	// (quiesce.go); liveness wakes those that must wake.
 	ids = h.wakeOnLiveness(ids)
+	ids = h.paceStartCampaigns(ids)
 	h.tickScratch = h.act.snapshot(h.tickScratch[:0])
 	for _, g := range h.tickScratch {
 		g.in.Lock()

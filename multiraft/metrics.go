@@ -27,7 +27,13 @@ type metrics struct {
 	// quiesces and wakes count local replicas quiescing and waking
 	// (quiesce.go).
 	quiesces, wakes atomic.Uint64
-	roles           [4]atomic.Int64 // by raft.StateType
+	// startWaiting is how many new groups wait for their turn to
+	// campaign (startcampaign.go), as of the last tick.
+	startWaiting atomic.Int64
+	// startRequeues counts start campaigns that found no leader in time
+	// and went back to the queue.
+	startRequeues atomic.Uint64
+	roles        [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -68,6 +74,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				Name: "flotilla_raft_wakes_total",
 				Help: "Times a quiesced local replica woke (a message, a request, or liveness).",
 			}, func() float64 { return float64(m.wakes.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "flotilla_raft_start_campaigns_waiting",
+				Help: "New local replicas this node is to lead that wait for their turn to campaign (Config.MaxStartCampaigns campaign at once).",
+			}, func() float64 { return float64(m.startWaiting.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_start_campaign_requeues_total",
+				Help: "Start campaigns that found no leader within two election timeouts and went back to the queue (their followers' node was not serving yet).",
+			}, func() float64 { return float64(m.startRequeues.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "flotilla_raft_failovers_total",
 				Help: "Times a local follower forgot its leader because nothing was heard from the leader's node for the liveness timeout (then the chosen survivor campaigns).",

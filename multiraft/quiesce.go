@@ -126,6 +126,12 @@ type quietIndex struct {
 		// epoch counts the ticks at which some peer's liveness changed: a
 		// leader quiesces only if it did not change during its checks.
 		epoch uint64
+		// startQ holds the new groups this node is to lead that wait for
+		// their turn to campaign, in start order; starting, those that
+		// campaigned and have no leader yet, with the tick they did
+		// (startcampaign.go).
+		startQ   []*group
+		starting map[*group]int64
 	}
 }
 
@@ -200,12 +206,17 @@ func (h *Host) bootQuiet() bool {
 }
 
 // quiesceNew quiesces new group g under leader before it is published
-// (StartGroups): no owner runs it yet. It refuses (false) if liveness
+// (StartGroups): no owner runs it yet. If leader is this node, g waits for
+// its turn to campaign (startcampaign.go). Otherwise it refuses (false) if liveness
 // counts leader down: that change was seen before g existed, and nothing
 // would wake g.
 func (h *Host) quiesceNew(g *group, leader uint64) bool {
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
+	if leader == h.cfg.NodeID {
+		h.quiesceToLeadLocked(g)
+		return true
+	}
 	if h.quiet.mu.down[leader] || h.PeerDown(leader) {
 		return false
 	}

@@ -32,15 +32,17 @@ type GroupStart struct {
 	ID      uint64
 	Members []uint64
 	SM      StateMachine
-	// Leader, if not 0 and not this node, is the member expected to lead
-	// the group, which campaigns as it starts (Campaign). A new group's
-	// replica here then starts quiesced under it (with Config.Quiesce and
-	// failover on): it runs no election timer while the leader campaigns,
-	// any message wakes it, and liveness wakes it if that node goes down
-	// or is never heard from (bootGraceTicks). Without it, every replica
-	// of 10,000 new groups ran an election timer while their leaders
-	// campaigned (BENCHMARKS.md, "Quiescence"). Ignored for a group that
-	// has state here.
+	// Leader, if not 0, is the member expected to lead a new group.
+	// Ignored for a group that has state here. If it is this node, the
+	// replica campaigns as it starts: at once without Config.Quiesce;
+	// with it, when its turn comes (Config.MaxStartCampaigns campaign at
+	// once, startcampaign.go), running no election timer until then. If it
+	// is another node, the replica here starts quiesced under it (with
+	// Config.Quiesce and failover on): it runs no election timer while
+	// the leader campaigns, any message wakes it, and liveness wakes it if
+	// that node goes down or is never heard from (bootGraceTicks). Without
+	// it, every replica of 10,000 new groups ran an election timer while
+	// their leaders campaigned (BENCHMARKS.md, "Quiescence").
 	Leader uint64
 }
 
@@ -75,8 +77,15 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 		staged = staged || wrote
 		groups = append(groups, g)
 		var under uint64
-		if l := gs[i].Leader; l != 0 && l != h.cfg.NodeID && wrote && g.term == BootTerm && h.bootQuiet() {
-			under = l
+		if l := gs[i].Leader; l != 0 && wrote && g.term == BootTerm {
+			switch {
+			case l == h.cfg.NodeID && h.bootQuiet():
+				under = l // waits for its turn to campaign
+			case l == h.cfg.NodeID:
+				g.in.campaign = true // unpublished: no lock needed yet
+			case h.bootQuiet():
+				under = l
+			}
 		}
 		quietUnder = append(quietUnder, under)
 	}
@@ -85,6 +94,8 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 			return fmt.Errorf("multiraft: write the start of %d groups: %w", len(gs), err)
 		}
 	}
+	var toLead []*group // published, waiting for their turn to campaign
+	defer func() { h.queueStartCampaigns(toLead) }()
 	for i, g := range groups {
 		// Quiesced before it is published: nothing reaches it before.
 		quiesced := quietUnder[i] != 0 && h.quiesceNew(g, quietUnder[i])
@@ -99,6 +110,9 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 				return fmt.Errorf("multiraft: %d of %d groups started: %w", i, len(groups), err)
 			}
 			return err
+		}
+		if quiesced && quietUnder[i] == h.cfg.NodeID {
+			toLead = append(toLead, g)
 		}
 	}
 	return nil

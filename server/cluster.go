@@ -134,6 +134,14 @@ func (p *peerService) Info(ctx context.Context, req *api.InfoRequest) (*api.Info
 	return resp, nil
 }
 
+// maxInfoBytes bounds a discovery answer (Peer.Info) this node accepts:
+// 512 MiB. A full answer with 100,000 ranges was past gRPC's default of
+// 4 MiB: every answer failed, the peers never
+// learned each other's leaders, and each node described all of its
+// replicas every second for nothing: 39% of a core per node, idle
+// (BENCHMARKS.md, "Quiescence").
+const maxInfoBytes = 512 << 20
+
 // discoveryLoop asks every peer for its addresses and the leaders of its
 // replicas, every DiscoveryInterval, all peers in parallel.
 func (s *Server) discoveryLoop() {
@@ -170,7 +178,7 @@ func (s *Server) discoverOnce() {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			resp, err := api.NewPeerClient(conn).Info(ctx, req, grpc.WaitForReady(true))
+			resp, err := api.NewPeerClient(conn).Info(ctx, req, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxInfoBytes))
 			answers <- answer{id, resp, err}
 		}()
 	}
@@ -187,9 +195,12 @@ func (s *Server) discoverOnce() {
 		case a.err != nil:
 			// The groups and their version stay: the next answer may
 			// still say they are unchanged.
-			v.ok = false
+			if !v.failing {
+				s.log.Warn("discovery: peer did not answer", "peer", a.id, "err", a.err)
+			}
+			v.ok, v.failing = false, true
 		case a.resp.Unchanged:
-			v.ok, v.lastOK, v.info = true, now, a.resp.Node
+			v.ok, v.failing, v.lastOK, v.info = true, false, now, a.resp.Node
 			v.unchanged++
 			if a.resp.Version != known[a.id] {
 				// Unchanged from a version not held here: keep what is
@@ -197,7 +208,7 @@ func (s *Server) discoverOnce() {
 				v.version = 0
 			}
 		default:
-			v.ok, v.lastOK, v.info, v.groups, v.version = true, now, a.resp.Node, a.resp.Groups, a.resp.Version
+			v.ok, v.failing, v.lastOK, v.info, v.groups, v.version = true, false, now, a.resp.Node, a.resp.Groups, a.resp.Version
 			v.unchanged = 0
 		}
 		s.peers.Unlock()

@@ -146,6 +146,8 @@ type peerView struct {
 	unchanged int
 	lastOK    time.Time
 	ok        bool
+	// failing: the last answer was an error, already logged.
+	failing bool
 }
 
 // New checks cfg and the data directory, opens storage, creates the
@@ -388,17 +390,9 @@ func (s *Server) startRanges(fresh bool) error {
 	if err := st.Bootstrap(initial); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	// Each range's first replica campaigns as its Host starts it
+	// (multiraft.GroupStart.Leader; paced: startcampaign.go).
 	s.cache.Insert(initial...)
-	for _, d := range initial {
-		if d.Replicas[0] != s.cfg.NodeID {
-			continue
-		}
-		if gs, err := s.host.GroupStatus(d.ID); err == nil && gs.Term <= multiraft.BootTerm {
-			if err := s.host.Campaign(d.ID); err != nil {
-				return fmt.Errorf("server: campaign range %d: %w", d.ID, err)
-			}
-		}
-	}
 	return nil
 }
 

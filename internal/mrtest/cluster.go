@@ -48,6 +48,11 @@ type Options struct {
 	// (multiraft.GroupStart.Leader): the other replicas start quiesced
 	// under it. Nodes start their groups with one StartGroups call.
 	BootLeader func(group uint64) uint64
+	// MaxStartCampaigns as in multiraft.Config.
+	MaxStartCampaigns int
+	// QueueCap as in transport.MemOptions: each peer lane's capacity in
+	// messages (more in one delivery round are dropped). Default 4096.
+	QueueCap int
 }
 
 // Cluster is a set of Hosts on one in-memory network. Not safe for
@@ -94,7 +99,7 @@ func NewCluster(o Options) (*Cluster, error) {
 	}
 	c := &Cluster{
 		Opts:   o,
-		Net:    transport.NewMemNetwork(transport.MemOptions{Manual: true}),
+		Net:    transport.NewMemNetwork(transport.MemOptions{Manual: true, QueueCap: o.QueueCap}),
 		Hosts:  make(map[uint64]*multiraft.Host),
 		Stores: make(map[uint64]*storage.Mem),
 		SMs:    make(map[uint64]map[uint64]*KV),
@@ -139,6 +144,7 @@ func (c *Cluster) start(id uint64) error {
 		Quiesce:                   c.Opts.Quiesce,
 		QuiesceIgnoringLiveness:   c.Opts.QuiesceIgnoringLiveness,
 		QuiesceWithLaggards:       c.Opts.QuiesceWithLaggards,
+		MaxStartCampaigns:         c.Opts.MaxStartCampaigns,
 	})
 	if err != nil {
 		return err

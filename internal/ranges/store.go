@@ -268,7 +268,8 @@ func (s *Store) Bootstrap(all []kv.Descriptor) error {
 	starts := make([]replicaStart, len(mine))
 	for i := range mine {
 		// The first replica is the preferred leader, which campaigns
-		// at once (the server does); the others wait for it quiesced.
+		// as it starts (paced by the Host); the others wait for it
+		// quiesced.
 		starts[i] = replicaStart{mine[i].ID, mine[i].Replicas, mine[i].Replicas[0]}
 	}
 	if _, err := s.startReplicas(starts); err != nil {

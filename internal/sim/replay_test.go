@@ -11,7 +11,7 @@ import (
 // on stderr and the event trace in $SIM_TRACE (default
 // /tmp/simtrace.txt), to debug a failing seed:
 //
-//	SIM_SEED=1620 [SIM_FAULTS=split,merge] go test -run TestReplaySeed -v ./internal/sim
+//	SIM_SEED=1620 [SIM_FAULTS=split,merge] [SIM_GROUPS=8 SIM_KEYS=2] go test -run TestReplaySeed -v ./internal/sim
 //
 // Skipped unless SIM_SEED is set.
 func TestReplaySeed(t *testing.T) {
@@ -35,7 +35,10 @@ func TestReplaySeed(t *testing.T) {
 	debugLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	debugHook = func(s *sim) { t.Log(s.describeMeta()) }
 	defer func() { debugLogger, debugHook = slog.New(slog.DiscardHandler), nil }()
-	r := run(t, Config{Seed: seed, Faults: f, Trace: tr})
+	cfg := Config{Seed: seed, Faults: f, Trace: tr}
+	cfg.Groups, _ = strconv.Atoi(os.Getenv("SIM_GROUPS"))
+	cfg.Keys, _ = strconv.Atoi(os.Getenv("SIM_KEYS"))
+	r := run(t, cfg)
 	for _, v := range r.Violations {
 		t.Log(v)
 	}
