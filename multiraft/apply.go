@@ -254,7 +254,7 @@ func (g *group) truncateLog(sy Syncer, b storage.Batch) bool {
 	}
 	// The conf state is the one at the applied index: every change up to
 	// it has been applied, none after it.
-	b.SetSnapshot(g.id, raftpb.Snapshot{
+	b.SetSnapshotKeepLog(g.id, raftpb.Snapshot{
 		Data: []byte(syncedState),
 		Metadata: raftpb.SnapshotMetadata{
 			Index:     g.applied,
@@ -263,27 +263,36 @@ func (g *group) truncateLog(sy Syncer, b storage.Batch) bool {
 		},
 	})
 	g.snapIndex = g.applied
-	if g.snapIndex > g.h.cfg.CompactionOverhead {
-		g.log.compact(g.snapIndex - g.h.cfg.CompactionOverhead)
-	}
+	g.compactLog(b)
 	return true
 }
 
 // takeSnapshot snapshots the state machine at the applied index, saves it,
-// and truncates the log behind it, keeping CompactionOverhead entries in
-// memory for followers that lag a little.
+// and truncates the log behind it (compactLog).
 func (g *group) takeSnapshot(b storage.Batch) bool {
 	snap, err := g.snapshot()
 	if err != nil {
 		g.h.fatal(err)
 		return false
 	}
-	b.SetSnapshot(g.id, snap)
+	b.SetSnapshotKeepLog(g.id, snap)
 	g.snapIndex = snap.Metadata.Index
-	if g.snapIndex > g.h.cfg.CompactionOverhead {
-		g.log.compact(g.snapIndex - g.h.cfg.CompactionOverhead)
-	}
+	g.compactLog(b)
 	return true
+}
+
+// compactLog truncates the log behind the snapshot just saved at
+// snapIndex, in memory (the log's terms, the entry cache) and in the store
+// (through b), keeping CompactionOverhead entries for followers that lag a
+// little: the snapshot was saved with SetSnapshotKeepLog, and they stay
+// readable on disk.
+func (g *group) compactLog(b storage.Batch) {
+	if g.snapIndex <= g.h.cfg.CompactionOverhead {
+		return
+	}
+	keep := g.snapIndex - g.h.cfg.CompactionOverhead
+	g.log.compact(keep)
+	b.Truncate(g.id, keep+1)
 }
 
 // snapshot captures the state machine at the applied index, whole: for

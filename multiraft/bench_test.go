@@ -5,6 +5,7 @@ package multiraft_test
 //
 //	go test -run '^$' -bench BenchmarkPropose -benchtime 100000x -count 5 -timeout 30m ./multiraft/
 //	FLOTILLA_IDLE=1 go test -run TestIdleCost -v -count 1 ./multiraft/
+//	go test -run '^$' -bench BenchmarkIdleGroupHeap -benchtime 1x -count 3 ./multiraft/
 //
 // Knobs for diagnosis (never needed for the figures in BENCHMARKS.md):
 // FLOTILLA_BENCH_PROPOSERS (default 1024), FLOTILLA_BENCH_NOSYNC=1 (fsync
@@ -72,6 +73,13 @@ type benchCluster struct {
 
 func newBenchCluster(tb testing.TB, dir string, groups int) *benchCluster {
 	tb.Helper()
+	return newBenchClusterWith(tb, dir, groups, nil)
+}
+
+// newBenchClusterWith is newBenchCluster with the hosts' configs changed
+// by config, if not nil.
+func newBenchClusterWith(tb testing.TB, dir string, groups int, config func(*multiraft.Config)) *benchCluster {
+	tb.Helper()
 	const nodes = 3
 	c := &benchCluster{
 		net:     transport.NewMemNetwork(transport.MemOptions{}),
@@ -87,14 +95,18 @@ func newBenchCluster(tb testing.TB, dir string, groups int) *benchCluster {
 			}
 		}
 		c.trs = append(c.trs, tr)
-		h, err := multiraft.NewHost(multiraft.Config{
+		cfg := multiraft.Config{
 			NodeID:    id,
 			DataDir:   filepath.Join(dir, fmt.Sprintf("n%d", id)),
 			Transport: tr,
 			Logger:    slog.New(slog.DiscardHandler),
 			// Diagnostics only: what the engine does when fsync is free.
 			DisableSync: os.Getenv("FLOTILLA_BENCH_NOSYNC") != "",
-		})
+		}
+		if config != nil {
+			config(&cfg)
+		}
+		h, err := multiraft.NewHost(cfg)
 		if err != nil {
 			c.close()
 			tb.Fatal(err)
@@ -451,4 +463,107 @@ func TestIdleCost(t *testing.T) {
 	t.Logf("heap in use: base %.1f MiB, with groups %.1f MiB; %.0f bytes per replica (%.0f per group)",
 		float64(base)/(1<<20), float64(inuse)/(1<<20), delta/float64(3*groups), delta/float64(groups))
 	t.Logf("synced batches: %.1f/s (all hosts)", float64(syncs)/wall.Seconds())
+}
+
+// BenchmarkIdleGroupHeap measures the live heap of an idle replica that
+// has written: a 3-replica cluster in one process (automatic mode,
+// Pebble, fsync off, quiescence on) with FLOTILLA_HEAP_GROUPS groups
+// (default 2,000), leaders spread, FLOTILLA_HEAP_ENTRIES proposals of 64
+// bytes (default 1) made to each group one after the other, applied by
+// every replica, and every replica quiesced. It reports HeapInuse after
+// two GCs, minus a baseline taken with the three Hosts and their stores
+// open, per replica; and the bytes the entry caches hold, per replica
+// (part of the former). FLOTILLA_HEAP_CACHE_BYTES sets
+// Config.EntryCacheBytes (default its default). One op is one whole run:
+// use -benchtime 1x.
+func BenchmarkIdleGroupHeap(b *testing.B) {
+	groups := envInt("FLOTILLA_HEAP_GROUPS", 2000)
+	entries := envInt("FLOTILLA_HEAP_ENTRIES", 1)
+	cacheBytes := int64(envInt("FLOTILLA_HEAP_CACHE_BYTES", 0))
+	for range b.N {
+		perReplica, cache := idleGroupHeap(b, groups, entries, cacheBytes)
+		b.ReportMetric(perReplica, "heap-B/replica")
+		b.ReportMetric(cache, "cache-B/replica")
+	}
+}
+
+func idleGroupHeap(b *testing.B, groups, entries int, cacheBytes int64) (perReplica, cache float64) {
+	b.StopTimer()
+	defer b.StartTimer()
+	c := newBenchClusterWith(b, b.TempDir(), 0, func(cfg *multiraft.Config) {
+		cfg.Quiesce = true
+		cfg.DisableSync = true
+		cfg.EntryCacheBytes = cacheBytes
+	})
+	defer c.close()
+	base := heapInuse()
+	c.groups = groups
+	c.leaders = make([]atomic.Int32, groups)
+	if err := c.startGroups([]uint64{1, 2, 3}); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.elect(5 * time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	payload := make([]byte, 64)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				g := uint64(next.Add(1))
+				if g > uint64(groups) {
+					return
+				}
+				for range entries {
+					if _, err := c.leader(g).Propose(context.Background(), g, payload); err != nil {
+						b.Errorf("group %d: %v", g, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Every replica applied what its leader did, and quiesced.
+	deadline := time.Now().Add(time.Minute)
+	for !idleEverywhere(c) {
+		if time.Now().After(deadline) {
+			b.Fatal("replicas did not apply and quiesce within a minute")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	inuse := heapInuse()
+	var cached int64
+	for _, h := range c.hosts {
+		cached += h.EntryCache().Bytes
+	}
+	replicas := float64(3 * groups)
+	return (float64(inuse) - float64(base)) / replicas, float64(cached) / replicas
+}
+
+// idleEverywhere reports whether every replica of every group has applied
+// its leader's applied index and quiesced.
+func idleEverywhere(c *benchCluster) bool {
+	for _, h := range c.hosts {
+		if h.Quiesced() != c.groups {
+			return false
+		}
+	}
+	for g := uint64(1); g <= uint64(c.groups); g++ {
+		want, err := c.leader(g).GroupStatus(g)
+		if err != nil {
+			return false
+		}
+		for _, h := range c.hosts {
+			if s, err := h.GroupStatus(g); err != nil || s.Applied != want.Applied {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -81,10 +81,24 @@ type Config struct {
 	// many applied entries trigger a truncation of the log (without a
 	// snapshot). Default 500; limits 10 to SnapshotEntries.
 	TruncateEntries uint64
-	// CompactionOverhead is how many entries behind a snapshot stay in
-	// memory so that slightly lagging followers need no snapshot. Default
-	// 2000; at most SnapshotEntries.
+	// CompactionOverhead is how many entries behind a snapshot stay in the
+	// log (on disk, and in the entry cache while they fit) so that slightly
+	// lagging followers need no snapshot. Default 2000; at most
+	// SnapshotEntries.
 	CompactionOverhead uint64
+	// EntryCacheBytes is the budget, in bytes, of the Host's cache of raft
+	// log entries, shared by all its groups (entrycache.go): each entry
+	// counts its data's capacity plus 48 bytes. A group keeps only its
+	// log's terms in memory; raft reads entries the cache lacks back from
+	// the store. Default 16 MiB: the entries raft reads are the recent
+	// ones, between their append and their application or their
+	// acknowledgement by the followers, and 16 MiB holds about a second of
+	// the fastest writes measured (BENCHMARKS.md, Engine: 68k proposals/s
+	// of 256 bytes on 3 nodes), four times what one Ready may apply
+	// (4 MiB), at half the store's block cache. Limits 1 KiB to 1 TiB; -1
+	// turns the cache off (every read goes to the store; for tests and
+	// measurements).
+	EntryCacheBytes int64
 	// RequestTimeoutTicks is how long, in ticks, a proposal, read or
 	// leadership transfer may wait before it fails (ErrAmbiguous for
 	// proposals, ErrTimeout otherwise). Default 10 election timeouts;
@@ -194,6 +208,9 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.RequestTimeoutTicks, 10*c.ElectionTicks)
 	def(&c.MaxStartCampaigns, 128)
+	if c.EntryCacheBytes == 0 {
+		c.EntryCacheBytes = 16 << 20
+	}
 	if c.LivenessTicks == 0 {
 		c.LivenessTicks = max(c.ElectionTicks/2, 3*c.HeartbeatTicks)
 		if !c.Manual {
@@ -240,6 +257,8 @@ func (c *Config) validate() error {
 		return bad("TruncateEntries %d outside 10..SnapshotEntries (%d)", c.TruncateEntries, c.SnapshotEntries)
 	case c.CompactionOverhead > c.SnapshotEntries:
 		return bad("CompactionOverhead %d > SnapshotEntries %d", c.CompactionOverhead, c.SnapshotEntries)
+	case c.EntryCacheBytes != -1 && (c.EntryCacheBytes < 1<<10 || c.EntryCacheBytes > 1<<40):
+		return bad("EntryCacheBytes %d outside 1KiB..1TiB (or -1: off)", c.EntryCacheBytes)
 	case c.RequestTimeoutTicks < c.ElectionTicks:
 		return bad("RequestTimeoutTicks %d < ElectionTicks %d", c.RequestTimeoutTicks, c.ElectionTicks)
 	case c.Quiesce && (c.DisableFailover || c.DisablePreVote || c.DisableCheckQuorum):

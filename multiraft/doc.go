@@ -14,7 +14,9 @@
 // one worker holds a group at a time and is the only goroutine that touches
 // its raft state. Per cycle a worker, for all the groups it holds:
 //
-//  1. steps inbox contents into each RawNode and collects the Readys;
+//  1. steps inbox contents into each RawNode and collects the Readys (raft
+//     reads log entries from the Host's entry cache, or the store on a
+//     miss: memlog.go, entrycache.go);
 //  2. sends the leaders' appends, then writes all entries and hard states
 //     in one storage batch with one sync;
 //  3. sends the other messages (the transport never blocks);
@@ -33,6 +35,9 @@
 //	scheduler.mu                (leaf)
 //	Host.streams.mu             (leaf; snapshot streams, snapstream.go)
 //	Host.live.mu                (leaf; adds a peer to the liveness table)
+//	entryCache.mu               (leaf; the node-wide entry cache, entrycache.go:
+//	                             taken by workers inside raft calls, and
+//	                             under Host.mu by publishGroup)
 //	eventHub.mu < Subscription.mu
 //
 // The Handler methods the transport calls take only Host.mu (read) and the

@@ -310,6 +310,8 @@ func TestConfigValidation(t *testing.T) {
 		{NodeID: 1, Transport: tr, DataDir: "x", ElectionTicks: 1, HeartbeatTicks: 1},
 		{NodeID: 1, Transport: tr, DataDir: "x", SnapshotEntries: 5},
 		{NodeID: 1, Transport: tr, DataDir: "x", Workers: 1000},
+		{NodeID: 1, Transport: tr, DataDir: "x", EntryCacheBytes: 100},
+		{NodeID: 1, Transport: tr, DataDir: "x", EntryCacheBytes: -2},
 	} {
 		if _, err := multiraft.NewHost(cfg); !errors.Is(err, multiraft.ErrInvalidConfig) {
 			t.Errorf("config %+v: %v, want ErrInvalidConfig", cfg, err)

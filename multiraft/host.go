@@ -24,6 +24,10 @@ type Host struct {
 	sched    *scheduler
 	hub      *eventHub
 	metrics  *metrics
+	// entries is the node-wide cache of log entries; logSrc points the
+	// groups' memLogs at it and at the store (memlog.go).
+	entries *entryCache
+	logSrc  logSource
 
 	// keyBase and nextKey make the keys of proposals and ReadIndex rounds
 	// (newKey): random high bits per Host incarnation, so that a restarted
@@ -99,6 +103,9 @@ func NewHost(cfg Config) (*Host, error) {
 		}
 		h.store, h.ownStore = st, true
 	}
+	h.entries = newEntryCache(cfg.EntryCacheBytes)
+	h.logSrc = logSource{cache: h.entries, store: h.store, fatal: h.fatal}
+	h.metrics.registerEntryCache(cfg.Registerer, h.entries)
 	if err := h.tr.Start(h); err != nil {
 		if h.ownStore {
 			h.store.Close()

@@ -33,7 +33,7 @@ type metrics struct {
 	// startRequeues counts start campaigns that found no leader in time
 	// and went back to the queue.
 	startRequeues atomic.Uint64
-	roles        [4]atomic.Int64 // by raft.StateType
+	roles         [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -106,6 +106,32 @@ func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub, h
 	}
 }
 
+// registerEntryCache exports the entry cache's figures; called once by
+// NewHost.
+func (m *metrics) registerEntryCache(reg prometheus.Registerer, c *entryCache) {
+	if reg == nil {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "flotilla_raft_entry_cache_hits_total",
+			Help: "Reads of raft log entries (by raft, to apply or to send them) that the node's entry cache answered.",
+		}, func() float64 { return float64(c.hits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "flotilla_raft_entry_cache_misses_total",
+			Help: "Reads of raft log entries that went, at least in part, to the store.",
+		}, func() float64 { return float64(c.misses.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flotilla_raft_entry_cache_bytes",
+			Help: "Bytes the node's entry cache holds (entry data plus a fixed size per entry), within its budget.",
+		}, func() float64 { return float64(c.bytes.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flotilla_raft_entry_cache_entries",
+			Help: "Raft log entries the node's entry cache holds.",
+		}, func() float64 { return float64(c.entries.Load()) }),
+	)
+}
+
 func (m *metrics) roleChange(from, to raft.StateType) {
 	m.roles[from].Add(-1)
 	m.roles[to].Add(1)
@@ -124,6 +150,25 @@ func (h *Host) Quiesces() uint64 { return h.metrics.quiesces.Load() }
 
 // Wakes: see Quiesces.
 func (h *Host) Wakes() uint64 { return h.metrics.wakes.Load() }
+
+// EntryCacheStats are the figures of a Host's entry cache (see
+// Config.EntryCacheBytes).
+type EntryCacheStats struct {
+	// Hits and Misses count raft's reads of log entries that the cache
+	// answered, and those that went, at least in part, to the store.
+	Hits, Misses uint64
+	// Bytes and Entries are what the cache holds now; Bytes counts each
+	// entry's data capacity plus 48 bytes.
+	Bytes, Entries int64
+}
+
+// EntryCache returns the figures of the Host's entry cache. They are read
+// one by one, without a lock: taken while workers run, they need not agree
+// with each other exactly.
+func (h *Host) EntryCache() EntryCacheStats {
+	c := h.entries
+	return EntryCacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Bytes: c.bytes.Load(), Entries: c.entries.Load()}
+}
 
 // Syncs returns how many synced storage batches the Host has written.
 func (h *Host) Syncs() uint64 { return h.metrics.syncs.Load() }

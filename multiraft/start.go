@@ -65,15 +65,17 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	quietUnder := make([]uint64, 0, len(gs))
 	seen := make(map[uint64]bool, len(gs))
 	groups := make([]*group, 0, len(gs))
+	warm := make([][]raftpb.Entry, 0, len(gs))
 	for i := range gs {
 		if seen[gs[i].ID] {
 			return fmt.Errorf("%w: %d", ErrGroupExists, gs[i].ID)
 		}
 		seen[gs[i].ID] = true
-		g, wrote, err := h.prepareGroup(gs[i].ID, gs[i].Members, gs[i].SM, b)
+		g, wrote, ents, err := h.prepareGroup(gs[i].ID, gs[i].Members, gs[i].SM, b)
 		if err != nil {
 			return err
 		}
+		warm = append(warm, ents)
 		staged = staged || wrote
 		groups = append(groups, g)
 		var under uint64
@@ -99,7 +101,7 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	for i, g := range groups {
 		// Quiesced before it is published: nothing reaches it before.
 		quiesced := quietUnder[i] != 0 && h.quiesceNew(g, quietUnder[i])
-		if err := h.publishGroup(g); err != nil {
+		if err := h.publishGroup(g, warm[i]); err != nil {
 			if quiesced {
 				h.unquiesceUnpublished(g) // this one only: the others run
 			}
@@ -120,27 +122,28 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 
 // prepareGroup builds the replica of group id without running it, and
 // stages in b the start state of a new group (wrote: b must be committed
-// before the group runs).
-func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b storage.Batch) (g *group, wrote bool, err error) {
+// before the group runs). warm are loaded entries for the entry cache
+// (publishGroup).
+func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b storage.Batch) (g *group, wrote bool, warm []raftpb.Entry, err error) {
 	if id == 0 {
-		return nil, false, fmt.Errorf("%w: group ID 0", ErrInvalidRequest)
+		return nil, false, nil, fmt.Errorf("%w: group ID 0", ErrInvalidRequest)
 	}
 	if sm == nil {
-		return nil, false, fmt.Errorf("%w: nil StateMachine", ErrInvalidRequest)
+		return nil, false, nil, fmt.Errorf("%w: nil StateMachine", ErrInvalidRequest)
 	}
 	h.mu.RLock()
 	_, exists := h.mu.groups[id]
 	closing := h.mu.closing
 	h.mu.RUnlock()
 	if closing {
-		return nil, false, ErrStopped
+		return nil, false, nil, ErrStopped
 	}
 	if exists {
-		return nil, false, fmt.Errorf("%w: %d", ErrGroupExists, id)
+		return nil, false, nil, fmt.Errorf("%w: %d", ErrGroupExists, id)
 	}
 	st, err := h.store.Load(id)
 	if err != nil {
-		return nil, false, fmt.Errorf("multiraft: load group %d: %w", id, err)
+		return nil, false, nil, fmt.Errorf("multiraft: load group %d: %w", id, err)
 	}
 	// No log, no snapshot, no membership: the replica starts now. (A
 	// hard state alone is an empty replica that voted while it waited for
@@ -169,7 +172,7 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		id:        id,
 		h:         h,
 		sm:        sm,
-		log:       newMemLog(snapMeta.Index, snapMeta.Term),
+		log:       newMemLog(id, &h.logSrc, snapMeta.Index, snapMeta.Term),
 		snapIndex: snapMeta.Index,
 		confIndex: max(st.ConfIndex, snapMeta.Index),
 		proposals: make(map[uint64]*proposal),
@@ -180,7 +183,7 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 	if st.ConfIndex < snapMeta.Index {
 		g.log.cs = snapMeta.ConfState
 	}
-	g.log.append(st.Entries)
+	loaded := g.log.record(st.Entries)
 	g.log.snapshot = func() (raftpb.Snapshot, error) {
 		s, err := g.snapshotFor(true)
 		if err != nil {
@@ -202,19 +205,19 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		// that point holds no command (empty entries, membership changes,
 		// which the conf state has).
 		if _, ok := sm.(Syncer); !ok {
-			return nil, false, fmt.Errorf("%w: group %d: the log was truncated for a state machine that syncs itself, and this one does not",
+			return nil, false, nil, fmt.Errorf("%w: group %d: the log was truncated for a state machine that syncs itself, and this one does not",
 				ErrInvalidRequest, id)
 		}
 		applied = snapMeta.Index
 	}
 	if applied < snapMeta.Index {
 		if err := restore(sm, &st.Snapshot); err != nil {
-			return nil, false, fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, snapMeta.Index, err)
+			return nil, false, nil, fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, snapMeta.Index, err)
 		}
 		applied = snapMeta.Index
 	}
 	if applied > st.HardState.Commit && applied > snapMeta.Index {
-		return nil, false, fmt.Errorf("%w: group %d: state machine applied index %d is past the log's commit index %d",
+		return nil, false, nil, fmt.Errorf("%w: group %d: state machine applied index %d is past the log's commit index %d",
 			ErrInvalidRequest, id, applied, st.HardState.Commit)
 	}
 	g.applied = applied
@@ -224,6 +227,14 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 	// may not have reached the conf state before a crash. applyEntries
 	// skips the commands the state machine already has.
 	raftApplied := min(applied, max(g.confIndex, snapMeta.Index))
+	// The loaded entries raft hands back at once, to be applied again, go
+	// into the cache as the group is published: they are in memory now,
+	// and would be read again otherwise. The others were applied; they
+	// wait on disk for a follower that needs them (their terms are in the
+	// log). Many groups starting together fill the cache and evict each
+	// other's oldest: a group's first Ready then reads them back, as it
+	// would without the cache.
+	warm = loaded[sort.Search(len(loaded), func(i int) bool { return loaded[i].Index > raftApplied }):]
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        h.cfg.NodeID,
 		ElectionTick:              h.cfg.ElectionTicks,
@@ -240,16 +251,16 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		Logger:                    newRaftLogger(h.log, id),
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("multiraft: group %d: %w", id, err)
+		return nil, false, nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
 	g.rn = rn
 	g.role = raft.StateFollower
-	return g, wrote, nil
+	return g, wrote, warm, nil
 }
 
 // publishGroup runs a group prepareGroup built, whose start state is
-// durable.
-func (h *Host) publishGroup(g *group) error {
+// durable, and caches the entries warm of its log.
+func (h *Host) publishGroup(g *group, warm []raftpb.Entry) error {
 	id := g.id
 	g.publishStatus()
 	g.publishConf()
@@ -269,6 +280,11 @@ func (h *Host) publishGroup(g *group) error {
 	if !g.quiesced {
 		h.act.add(g)
 	}
+	// Cached before the group is visible, so that no worker appends to its
+	// log meanwhile; and only by the Host's one replica of id (a replica
+	// that lost a race to start could put entries older than the
+	// winner's).
+	h.entries.put(id, warm)
 	h.mu.groups[id] = g
 	i := sort.Search(len(h.mu.ids), func(i int) bool { return h.mu.ids[i] >= id })
 	h.mu.ids = append(h.mu.ids, 0)
@@ -385,6 +401,9 @@ func (h *Host) stopGroup(ctx context.Context, id uint64, remove bool) error {
 
 // removeGroup forgets g. Called by g's owner from shutdown.
 func (h *Host) removeGroup(g *group, remove bool) {
+	// Before g leaves the map: a replica of the same group started once it
+	// has left may cache entries already (publishGroup).
+	h.entries.drop(g.id)
 	h.mu.Lock()
 	if h.mu.groups[g.id] == g {
 		delete(h.mu.groups, g.id)

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"math"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -110,6 +111,14 @@ func FuzzLoad(f *testing.F) {
 		}
 		if n := len(st.Entries); n > 0 && st.Entries[0].Index <= st.Snapshot.Metadata.Index {
 			t.Fatalf("loaded entries %d..%d, after the snapshot at %d", st.Entries[0].Index, st.Entries[n-1].Index, st.Snapshot.Metadata.Index)
+		}
+		// Entries reads the log Load returned back the same.
+		if n := len(st.Entries); n > 0 {
+			lo, hi := st.Entries[0].Index, st.Entries[n-1].Index+1
+			es, err := p.Entries(group, lo, hi, math.MaxUint64)
+			if err != nil || !testutil.Same(es, st.Entries) {
+				t.Fatalf("Load's entries %d..%d read back as %+v, %v", lo, hi-1, es, err)
+			}
 		}
 		p2, err := OpenPebble("db", PebbleOptions{FS: vfs.NewMem()})
 		if err != nil {

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"fmt"
 	"sort"
 	"sync"
 
@@ -112,6 +113,34 @@ func (m *Mem) Load(group uint64) (GroupState, error) {
 	return s, nil
 }
 
+// Entries implements Store.
+func (m *Mem) Entries(group, lo, hi, maxBytes uint64) ([]raftpb.Entry, error) {
+	if lo >= hi {
+		return nil, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.mu.live[group]
+	if g == nil {
+		return nil, fmt.Errorf("%w: group %d index %d", ErrEntryMissing, group, lo)
+	}
+	out := make([]raftpb.Entry, 0, min(hi-lo, 64))
+	var size uint64
+	for i := lo; i < hi; i++ {
+		e, ok := g.log[i]
+		if !ok {
+			return nil, fmt.Errorf("%w: group %d index %d", ErrEntryMissing, group, i)
+		}
+		n := uint64(e.Size())
+		if len(out) > 0 && size+n > maxBytes {
+			break
+		}
+		out = append(out, cloneEntry(e))
+		size += n
+	}
+	return out, nil
+}
+
 // NewBatch implements Store.
 func (m *Mem) NewBatch() Batch { return &memBatch{m: m} }
 
@@ -168,17 +197,14 @@ func (b *memBatch) SetConfState(group uint64, cs raftpb.ConfState, index uint64)
 }
 
 func (b *memBatch) SetSnapshot(group uint64, snap raftpb.Snapshot) {
+	b.SetSnapshotKeepLog(group, snap)
+	b.Truncate(group, snap.Metadata.Index+1)
+}
+
+func (b *memBatch) SetSnapshotKeepLog(group uint64, snap raftpb.Snapshot) {
 	snap.Data = append([]byte(nil), snap.Data...)
 	snap.Metadata.ConfState = CloneConf(snap.Metadata.ConfState)
-	b.ops = append(b.ops, func(gs map[uint64]*memGroup) {
-		g := groupOf(gs, group)
-		g.snap = snap
-		for i := range g.log {
-			if i <= snap.Metadata.Index {
-				delete(g.log, i)
-			}
-		}
-	})
+	b.ops = append(b.ops, func(gs map[uint64]*memGroup) { groupOf(gs, group).snap = snap })
 }
 
 func (b *memBatch) Truncate(group uint64, before uint64) {

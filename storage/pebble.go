@@ -138,6 +138,56 @@ func (p *Pebble) Load(group uint64) (GroupState, error) {
 	return s, it.Error()
 }
 
+// Entries implements Store. It scans the group's log keys from lo, so a
+// read costs one seek plus the entries returned.
+func (p *Pebble) Entries(group, lo, hi, maxBytes uint64) ([]raftpb.Entry, error) {
+	if lo >= hi {
+		return nil, nil
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{
+		LowerBound: logKey(group, lo),
+		UpperBound: logKey(group, hi),
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	out := make([]raftpb.Entry, 0, min(hi-lo, 64))
+	var size uint64
+	next := lo
+	for it.First(); it.Valid(); it.Next() {
+		k, v := it.Key(), it.Value()
+		if len(k) != logKeyLen {
+			return nil, fmt.Errorf("%w: key %x", ErrCorrupt, k)
+		}
+		if i := binary.BigEndian.Uint64(k[9:]); i != next {
+			return nil, fmt.Errorf("%w: group %d index %d", ErrEntryMissing, group, next)
+		}
+		// The stored value is the entry's encoding: its length is the
+		// entry's Size.
+		if len(out) > 0 && size+uint64(len(v)) > maxBytes {
+			return out, nil
+		}
+		var e raftpb.Entry
+		if err := e.Unmarshal(v); err != nil { // copies Data out of v
+			return nil, fmt.Errorf("%w: entry %x: %v", ErrCorrupt, k, err)
+		}
+		if e.Index != next {
+			return nil, fmt.Errorf("%w: entry %d stored under key %x", ErrCorrupt, e.Index, k)
+		}
+		out = append(out, e)
+		size += uint64(len(v))
+		next++
+	}
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	if next < hi {
+		return nil, fmt.Errorf("%w: group %d index %d", ErrEntryMissing, group, next)
+	}
+	return out, nil
+}
+
 // NewBatch implements Store.
 func (p *Pebble) NewBatch() Batch { return &pebbleBatch{db: p.db, b: p.db.NewBatch()} }
 
@@ -183,8 +233,12 @@ func (b *pebbleBatch) SetConfState(group uint64, cs raftpb.ConfState, index uint
 }
 
 func (b *pebbleBatch) SetSnapshot(group uint64, snap raftpb.Snapshot) {
-	b.setMsg(kindSnapshot, group, snap.Size(), snap.MarshalToSizedBuffer)
+	b.SetSnapshotKeepLog(group, snap)
 	b.Truncate(group, snap.Metadata.Index+1)
+}
+
+func (b *pebbleBatch) SetSnapshotKeepLog(group uint64, snap raftpb.Snapshot) {
+	b.setMsg(kindSnapshot, group, snap.Size(), snap.MarshalToSizedBuffer)
 }
 
 func (b *pebbleBatch) Truncate(group uint64, before uint64) {

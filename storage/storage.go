@@ -2,9 +2,11 @@
 // that the engine can write the entries and hard states of every group that
 // is ready in one cycle with one batch and one sync (group commit).
 //
-// The engine keeps the recent tail of each group's log in memory and reads
-// from here only at start-up; the store is therefore write-mostly, and its
-// layout is chosen for cheap appends and range deletes.
+// The engine keeps only the terms of each group's log in memory, and the
+// recent entries of all groups in one node-wide cache of bounded size; it
+// reads entries back from here (Store.Entries) when the cache misses them,
+// and whole groups at start-up. The store is write-mostly, and its layout is
+// chosen for cheap appends, range deletes and scans of one group's log.
 //
 // Two implementations: Pebble (durable, for nodes) and Mem (a map, for the
 // deterministic harness and simulation, able to lose unsynced writes on a
@@ -23,6 +25,10 @@ var (
 	ErrClosed = errors.New("storage: closed")
 	// ErrCorrupt is returned when persisted data cannot be decoded.
 	ErrCorrupt = errors.New("storage: corrupt data")
+	// ErrEntryMissing is returned by Store.Entries when an index in the
+	// range it reads holds no entry: truncated, deleted with a snapshot or
+	// a conflicting append, or never written.
+	ErrEntryMissing = errors.New("storage: log entry missing")
 )
 
 // GroupState is everything persisted for one group.
@@ -52,6 +58,23 @@ type Store interface {
 	// persisted returns a zero GroupState and no error. The caller owns the
 	// returned slices.
 	Load(group uint64) (GroupState, error)
+	// Entries returns the group's log entries with indexes in [lo, hi), in
+	// order: the first (lo) even if it is larger than maxBytes, then as
+	// many of the next as fit with it in maxBytes (their encoded sizes,
+	// raftpb.Entry.Size, summed). lo >= hi returns no entry and no error.
+	// It reads what committed batches wrote, synced or not; an entry a
+	// concurrent Commit writes or deletes may or may not be seen.
+	//
+	// If an index in [lo, hi) holds no entry, and no entry before it
+	// stopped the read at maxBytes, it returns an error wrapping
+	// ErrEntryMissing, naming the group and the index, and no entries; an
+	// undecodable entry gives ErrCorrupt. Entries covered by a
+	// snapshot saved with SetSnapshotKeepLog stay readable until
+	// truncated, though Load no longer returns them.
+	//
+	// The caller owns the returned slice and the entries' Data: nothing
+	// aliases the store's buffers.
+	Entries(group, lo, hi, maxBytes uint64) ([]raftpb.Entry, error)
 	// NewBatch returns an empty batch. Batches are not safe for concurrent
 	// use; each worker uses its own.
 	NewBatch() Batch
@@ -74,6 +97,11 @@ type Batch interface {
 	// SetSnapshot saves snap (metadata and data) and deletes every log entry
 	// at or below snap.Metadata.Index.
 	SetSnapshot(group uint64, snap raftpb.Snapshot)
+	// SetSnapshotKeepLog saves snap like SetSnapshot but deletes no log
+	// entry: the entries it covers stay readable with Store.Entries (for
+	// followers that lag a little) until the caller deletes them with
+	// Truncate. Load returns only the entries after the snapshot.
+	SetSnapshotKeepLog(group uint64, snap raftpb.Snapshot)
 	// Truncate deletes the group's log entries with index < before.
 	Truncate(group uint64, before uint64)
 	// DeleteGroup deletes everything of the group.
