@@ -35,6 +35,19 @@ func (h *Host) newWorker() *worker { return &worker{batch: h.store.NewBatch()} }
 // processCycle runs one cycle for the groups a worker holds: step inputs,
 // persist all Readys with one batch and one sync, send, apply, advance.
 func (h *Host) processCycle(w *worker, ids []uint64) {
+	defer func() {
+		// A storage error on the raft path stops the Host (fatal), and the
+		// log then answers raft with nothing (memLog.Entries), which some
+		// of raft's paths take for a broken log and panic on (a campaign
+		// scanning the unapplied entries). That panic ends the cycle of a
+		// Host already stopping; any other is a bug and goes on.
+		if r := recover(); r != nil {
+			if h.err.Load() == nil {
+				panic(r)
+			}
+			h.log.Error("multiraft: cycle ended by a panic after a fatal error", "panic", r)
+		}
+	}()
 	w.readies = w.readies[:0]
 	h.mu.RLock()
 	for _, id := range ids {

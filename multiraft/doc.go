@@ -30,6 +30,10 @@
 // can wait, I/O, fsync, or a call into user code or the transport.
 //
 //	Host.mu < group.in.mu
+//	Host.mu < Host.act.mu        (publishGroup makes a group active)
+//	Host.quiet.mu < group.in.mu, Host.quiet.mu < Host.act.mu
+//	                            (quiescence and paced start campaigns:
+//	                             quiesce.go, startcampaign.go)
 //	Host.feedback.mu            (leaf)
 //	Host.unknown.mu             (leaf; released before Config.UnknownGroup)
 //	scheduler.mu                (leaf)

@@ -5,6 +5,7 @@ package multiraft
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 
 	"go.etcd.io/raft/v3"
@@ -71,6 +72,10 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 			return fmt.Errorf("%w: %d", ErrGroupExists, gs[i].ID)
 		}
 		seen[gs[i].ID] = true
+		if l := gs[i].Leader; l != 0 && len(gs[i].Members) > 0 && !slices.Contains(gs[i].Members, l) {
+			return fmt.Errorf("%w: group %d: expected leader %d is not among its members %v",
+				ErrInvalidRequest, gs[i].ID, l, gs[i].Members)
+		}
 		g, wrote, ents, err := h.prepareGroup(gs[i].ID, gs[i].Members, gs[i].SM, b)
 		if err != nil {
 			return err

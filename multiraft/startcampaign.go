@@ -36,7 +36,12 @@ package multiraft
 // Ticks drive it, like everything else in the engine, so the simulation
 // replays it (its nodes bootstrap their ranges through StartGroups).
 
-import "go.etcd.io/raft/v3"
+import (
+	"cmp"
+	"slices"
+
+	"go.etcd.io/raft/v3"
+)
 
 // startWaiting reports whether g waits for its turn to campaign. Called
 // with h.quiet.mu held.
@@ -76,17 +81,24 @@ func (h *Host) paceStartCampaigns(ids []uint64) []uint64 {
 	}
 	now := h.live.ticks.Load()
 	giveUp := 2 * int64(h.cfg.ElectionTicks)
+	var gaveUp []*group
 	for g, at := range q.starting {
 		switch {
 		case g.st.lead.Load() != raft.None:
 			delete(q.starting, g)
 		case now-at >= giveUp:
 			delete(q.starting, g)
-			g.in.Lock()
-			g.in.requeue = true // its owner decides (maybeRequeueStart)
-			g.in.Unlock()
-			ids = append(ids, g.id)
+			gaveUp = append(gaveUp, g)
 		}
+	}
+	// In ID order: their owners requeue them in the order they are
+	// queued, which the simulation must replay (the map's order is random).
+	slices.SortFunc(gaveUp, func(a, b *group) int { return cmp.Compare(a.id, b.id) })
+	for _, g := range gaveUp {
+		g.in.Lock()
+		g.in.requeue = true // its owner decides (maybeRequeueStart)
+		g.in.Unlock()
+		ids = append(ids, g.id)
 	}
 	if q.starting == nil {
 		q.starting = make(map[*group]int64, h.cfg.MaxStartCampaigns)

@@ -1,9 +1,13 @@
 package multiraft_test
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/flotilla/flotilla/internal/mrtest"
+	"github.com/flotilla/flotilla/multiraft"
 )
 
 // startPaced starts 60 new groups on 3 nodes, each node expected to lead
@@ -185,4 +189,62 @@ func TestStartCampaignRequeued(t *testing.T) {
 		}
 	}
 	t.Fatalf("not every group led 200 ticks after nodes 2 and 3 came back:\n%s", c.Status())
+}
+
+// TestStartRequeueOrderDeterministic: two runs of the same paced
+// start must campaign the same groups at the same ticks (the simulation
+// replays the order groups are queued in). paceStartCampaigns walks the
+// starting set, a map, to requeue the campaigns that gave up, and appends
+// their IDs to the tick's IDs in map order; the owners then requeue them
+// (maybeRequeueStart) in the order they run, so the queue's order, and
+// which groups campaign at later ticks, differs from run to run.
+func TestStartRequeueOrderDeterministic(t *testing.T) {
+	trace := func() string {
+		c := startPaced(t, 7, 4096)
+		c.Crash(2)
+		c.Crash(3)
+		var b strings.Builder
+		for k := 1; k <= 200; k++ {
+			if err := c.TickStable(1); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&b, "%d:", k)
+			for g := uint64(1); g <= 60; g += 3 {
+				if st, err := c.Hosts[1].GroupStatus(g); err == nil && !st.Quiesced {
+					fmt.Fprintf(&b, " %d", g)
+				}
+			}
+			b.WriteString("\n")
+		}
+		return b.String()
+	}
+	first := trace()
+	for run := 2; run <= 6; run++ {
+		if got := trace(); got != first {
+			a, b := strings.Split(first, "\n"), strings.Split(got, "\n")
+			for i := range a {
+				if a[i] != b[i] {
+					t.Fatalf("run %d campaigns differently from run 1 at tick %s vs %s", run, b[i], a[i])
+				}
+			}
+		}
+	}
+}
+
+// TestStartGroupsLeaderNotMember: an expected leader outside the group's
+// members is refused, and nothing starts (it could never campaign, and its
+// turn would come back forever).
+func TestStartGroupsLeaderNotMember(t *testing.T) {
+	c, err := mrtest.NewCluster(mrtest.Options{Groups: 1, Quiesce: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Hosts[1].StartGroups([]multiraft.GroupStart{{ID: 9, Members: []uint64{1, 2, 3}, SM: mrtest.NewKV(), Leader: 4}})
+	if !errors.Is(err, multiraft.ErrInvalidRequest) {
+		t.Fatalf("StartGroups with leader 4 outside members 1,2,3: %v, want ErrInvalidRequest", err)
+	}
+	if _, err := c.Hosts[1].GroupStatus(9); err == nil {
+		t.Fatal("group 9 started anyway")
+	}
 }

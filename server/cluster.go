@@ -195,8 +195,9 @@ func (s *Server) discoverOnce() {
 		case a.err != nil:
 			// The groups and their version stay: the next answer may
 			// still say they are unchanged.
-			if !v.failing {
+			if code := status.Code(a.err); !v.failing || code != v.failCode {
 				s.log.Warn("discovery: peer did not answer", "peer", a.id, "err", a.err)
+				v.failCode = code
 			}
 			v.ok, v.failing = false, true
 		case a.resp.Unchanged:

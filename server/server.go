@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/flotilla/flotilla/api"
@@ -146,8 +147,10 @@ type peerView struct {
 	unchanged int
 	lastOK    time.Time
 	ok        bool
-	// failing: the last answer was an error, already logged.
-	failing bool
+	// failing: the last answer was an error, already logged; failCode,
+	// its gRPC code (another code is logged again).
+	failing  bool
+	failCode codes.Code
 }
 
 // New checks cfg and the data directory, opens storage, creates the
@@ -349,8 +352,9 @@ const holdBytes = 64 << 20
 // startRanges starts the local replica of every range this node holds. A
 // new node (fresh: its data directory was just made) first bootstraps its
 // replicas of the cluster's initial ranges (ranges.InitialRanges), and the
-// preferred leader of each campaigns at once so that leaders start spread
-// over the nodes. After a restart the node starts what its database holds:
+// preferred leader of each campaigns as its Host starts it (paced:
+// multiraft.Config.MaxStartCampaigns) so that leaders start spread over
+// the nodes. After a restart the node starts what its database holds:
 // the ranges splits and merges made are not the initial ones.
 func (s *Server) startRanges(fresh bool) error {
 	cfg := ranges.Config{

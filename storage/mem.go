@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 
@@ -198,7 +199,7 @@ func (b *memBatch) SetConfState(group uint64, cs raftpb.ConfState, index uint64)
 
 func (b *memBatch) SetSnapshot(group uint64, snap raftpb.Snapshot) {
 	b.SetSnapshotKeepLog(group, snap)
-	b.Truncate(group, snap.Metadata.Index+1)
+	b.Truncate(group, math.MaxUint64) // the whole log: see Batch.SetSnapshot
 }
 
 func (b *memBatch) SetSnapshotKeepLog(group uint64, snap raftpb.Snapshot) {

@@ -234,7 +234,7 @@ func (b *pebbleBatch) SetConfState(group uint64, cs raftpb.ConfState, index uint
 
 func (b *pebbleBatch) SetSnapshot(group uint64, snap raftpb.Snapshot) {
 	b.SetSnapshotKeepLog(group, snap)
-	b.Truncate(group, snap.Metadata.Index+1)
+	b.Truncate(group, math.MaxUint64) // the whole log: see Batch.SetSnapshot
 }
 
 func (b *pebbleBatch) SetSnapshotKeepLog(group uint64, snap raftpb.Snapshot) {

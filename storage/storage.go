@@ -94,8 +94,11 @@ type Batch interface {
 	SetHardState(group uint64, hs raftpb.HardState)
 	// SetConfState saves the membership as of log index index.
 	SetConfState(group uint64, cs raftpb.ConfState, index uint64)
-	// SetSnapshot saves snap (metadata and data) and deletes every log entry
-	// at or below snap.Metadata.Index.
+	// SetSnapshot saves snap (metadata and data) and deletes the group's
+	// whole log: raft drops every entry it had when it restores a snapshot,
+	// those past the snapshot's index too (a follower's conflicting tail;
+	// kept, a restart loaded them as the log's tail, with terms below the
+	// snapshot's). Entries appended after it in the same batch stay.
 	SetSnapshot(group uint64, snap raftpb.Snapshot)
 	// SetSnapshotKeepLog saves snap like SetSnapshot but deletes no log
 	// entry: the entries it covers stay readable with Store.Entries (for

@@ -81,12 +81,22 @@ func TestStoreRoundTrip(t *testing.T) {
 			if got, want := indexes(st.Entries), "3/1 4/1 5/1 6/2 7/2 "; got != want {
 				t.Fatalf("after truncate: %q, want %q", got, want)
 			}
+			// A snapshot replaces the whole log; what is appended after it
+			// in the same batch stays.
 			b.SetSnapshot(7, raftpb.Snapshot{Data: []byte("state"), Metadata: raftpb.SnapshotMetadata{
 				Index: 5, Term: 1, ConfState: raftpb.ConfState{Voters: []uint64{1, 2}}}})
 			commit(t, b)
 			st, _ = s.Load(7)
+			if got := indexes(st.Entries); got != "" {
+				t.Fatalf("after snapshot: %q, want no entry (the log past it goes too)", got)
+			}
+			b.SetSnapshot(7, raftpb.Snapshot{Data: []byte("state"), Metadata: raftpb.SnapshotMetadata{
+				Index: 5, Term: 1, ConfState: raftpb.ConfState{Voters: []uint64{1, 2}}}})
+			b.Append(7, []raftpb.Entry{{Index: 6, Term: 2}, {Index: 7, Term: 2}}, 5)
+			commit(t, b)
+			st, _ = s.Load(7)
 			if got, want := indexes(st.Entries), "6/2 7/2 "; got != want {
-				t.Fatalf("after snapshot: %q, want %q", got, want)
+				t.Fatalf("after snapshot and append: %q, want %q", got, want)
 			}
 			if string(st.Snapshot.Data) != "state" || st.Snapshot.Metadata.Index != 5 {
 				t.Fatalf("snapshot %+v", st.Snapshot)
@@ -275,11 +285,17 @@ func TestStoreEntries(t *testing.T) {
 			missing(7, 2, 5, 2)
 			expect(3, 8, "3/1 4/1 5/1 6/2 7/2 ")
 
-			// A snapshot deletes what it covers; one that keeps the log
-			// leaves it to a truncation.
+			// A snapshot deletes the whole log (raft drops a conflicting
+			// tail past it too); what the same batch appends after it
+			// stays. One that keeps the log leaves it to a truncation.
 			b.SetSnapshot(7, raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: 4, Term: 1}})
 			commit(t, b)
 			missing(7, 3, 6, 3)
+			missing(7, 5, 8, 5)
+			b.SetSnapshot(7, raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: 4, Term: 1}})
+			b.Append(7, ents(5, 5, 1), 4)
+			b.Append(7, ents(6, 7, 2), 5)
+			commit(t, b)
 			missing(7, 4, 6, 4)
 			expect(5, 8, "5/1 6/2 7/2 ")
 			b.Append(7, ents(8, 9, 2), 7)
