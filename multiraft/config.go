@@ -148,9 +148,10 @@ type Config struct {
 	// Only with Quiesce (the groups waiting their turn are quiesced).
 	// Default 128; limits 1 to 1<<20. With 512, 3 nodes starting 100,000
 	// ranges together on 2 vCPUs lost leaders as fast as they elected
-	// them in 2 of 3 runs (a starved follower answers late, its leader
+	// them in 5 of 6 tries (a starved follower answers late, its leader
 	// steps down, and the woken groups load the machine further); with
-	// 128 every range was led in 45 s (BENCHMARKS.md, "Quiescence").
+	// 128 every range was led in 45–49 s in 5 of 7 (BENCHMARKS.md,
+	// "Quiescence").
 	MaxStartCampaigns int
 
 	// Manual runs no goroutine: the caller drives the Host with Tick and

@@ -80,6 +80,16 @@ leaders() {
   echo "$s"
 }
 
+# state: per node, the ranges led, the replicas quiesced and the new ranges
+# waiting for their turn to campaign (for a run that did not settle).
+state() {
+  local i
+  for i in 1 2 3; do
+    printf 'node %d: led %d quiesced %d waiting %d; ' "$i" "$(leaders "$i")" \
+      "$(metric "$i" flotilla_raft_quiesced_groups)" "$(metric "$i" flotilla_raft_start_campaigns_waiting)"
+  done
+}
+
 now() { date +%s.%N; }
 since() { python3 -c "print(round($(now) - $1, 2))"; }
 
@@ -101,7 +111,7 @@ wait_led() {
   local t0=$1; shift
   while :; do
     (($(leaders "$@") >= RANGES)) && { since "$t0"; return; }
-    (($(python3 -c "print(int($(now) - $t0))") < 600)) || die "ranges not all led after 600 s"
+    (($(python3 -c "print(int($(now) - $t0))") < 600)) || die "ranges not all led after 600 s: $(state)"
     sleep 0.1
   done
 }
