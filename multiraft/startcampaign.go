@@ -17,21 +17,17 @@ package multiraft
 // liveness never wakes it, and its followers wait quiesced under this node
 // (StartGroups). Each tick, the Host drops from the campaigning set the
 // groups that have a leader (any leader) or campaigned two election
-// timeouts ago (they run on their own since: a campaign wakes a group),
-// and campaigns for the next groups of the queue, in start order, until
-// the set is full again. A group whose campaign found no leader within two
-// election timeouts (its followers' node not serving yet: it is still
-// starting its own ranges, and the pre-votes were dropped) goes back to
-// the end of the queue, quiesced again, unless something else woke it
-// meanwhile, or its campaign moved its term (a candidate runs on its own
-// timer). A waiting group that anything else woke (a message from a
-// follower that gave up on this node, a proposal, a removal) is skipped:
-// it runs already. So at most MaxStartCampaigns groups of the start run
-// at once, whatever the peers do, and the pace follows the machine: a slow
-// node campaigns fewer groups per tick, and nothing is dropped. (Without
-// the requeue, 100,000 ranges on 3 nodes that started together woke
-// every group whose pre-votes hit a node still starting, and their
-// election timers took the machine.)
+// timeouts ago, and campaigns for the next groups of the queue, in start
+// order, until the set is full again. A group whose campaign found no
+// leader within two election timeouts (its followers' node not serving
+// yet: it is still starting its own ranges, and the pre-votes were
+// dropped) goes back to the end of the queue, quiesced again, unless
+// something else woke it meanwhile, or its campaign moved its term (a
+// candidate runs on its own timer). A waiting group that anything else
+// woke (a message from a follower that gave up on this node, a proposal, a
+// removal) is skipped: it runs already. So at most MaxStartCampaigns
+// groups of the start run at once per node, whatever the peers do, and the
+// pace follows the machine: a slow node campaigns fewer groups per tick.
 //
 // Ticks drive it, like everything else in the engine, so the simulation
 // replays it (its nodes bootstrap their ranges through StartGroups).
