@@ -96,8 +96,11 @@ func (l *memLog) termOf(i uint64) uint64 {
 // A store that fails the read stops the Host (fatal) and Entries returns
 // no entry and no error. raft v3.6 panics on any error from Entries when
 // it collects committed entries (ErrCompacted is taken only when sending
-// to a follower), but takes a short result for its size limit: nothing
-// is applied or sent, and the halted Host runs no further cycle.
+// to a follower), but takes a short result there for its size limit:
+// nothing is applied or sent, and the halted Host runs no further cycle.
+// Elsewhere raft panics on the empty answer (a campaign scanning the
+// unapplied entries for a membership change); processCycle ends that
+// panic, since the Host is stopping (TestEntriesReadErrorStopsHostWithoutPanic).
 func (l *memLog) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	if lo <= l.index {
 		return nil, raft.ErrCompacted
