@@ -18,6 +18,13 @@ func startQuiet(t *testing.T, boot bool) *mrtest.Cluster {
 	if boot {
 		o.BootLeader = bootLeader
 	}
+	return startStable(t, o)
+}
+
+// startStable starts a cluster of o, closed when the test ends, and runs
+// its start's cycles.
+func startStable(t *testing.T, o mrtest.Options) *mrtest.Cluster {
+	t.Helper()
 	c, err := mrtest.NewCluster(o)
 	if err != nil {
 		t.Fatal(err)

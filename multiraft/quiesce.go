@@ -171,17 +171,21 @@ func (h *Host) quiesce(g *group, leader, epoch uint64) bool {
 	return true
 }
 
-// quiesceLocked records g as quiesced under leader. h.quiet.mu is held.
+// quiesceLocked records g as quiesced under leader. Under raft.None (a
+// group waiting for its turn to campaign, startcampaign.go) it is in no
+// byLeader set: liveness never wakes it. h.quiet.mu is held.
 func (h *Host) quiesceLocked(g *group, leader uint64) {
-	if h.quiet.mu.byLeader == nil {
-		h.quiet.mu.byLeader = make(map[uint64]map[uint64]*group)
+	if leader != raft.None {
+		if h.quiet.mu.byLeader == nil {
+			h.quiet.mu.byLeader = make(map[uint64]map[uint64]*group)
+		}
+		m := h.quiet.mu.byLeader[leader]
+		if m == nil {
+			m = make(map[uint64]*group)
+			h.quiet.mu.byLeader[leader] = m
+		}
+		m[g.id] = g
 	}
-	m := h.quiet.mu.byLeader[leader]
-	if m == nil {
-		m = make(map[uint64]*group)
-		h.quiet.mu.byLeader[leader] = m
-	}
-	m[g.id] = g
 	h.quiet.mu.n++
 	g.quiesced, g.quietLeader = true, leader
 	g.st.quiesced.Store(true)
@@ -214,7 +218,7 @@ func (h *Host) quiesceNew(g *group, leader uint64) bool {
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
 	if leader == h.cfg.NodeID {
-		h.quiesceToLeadLocked(g)
+		h.quiesceLocked(g, raft.None) // waits for its turn to campaign
 		return true
 	}
 	if h.quiet.mu.down[leader] || h.PeerDown(leader) {

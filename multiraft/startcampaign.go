@@ -43,24 +43,20 @@ import (
 // with h.quiet.mu held.
 func startWaiting(g *group) bool { return g.quiesced && g.quietLeader == raft.None }
 
-// quiesceToLeadLocked quiesces new group g, which this node is to lead,
-// to wait for its turn to campaign: under no leader, and in no byLeader
-// set (liveness must never wake it). h.quiet.mu is held; g is not
-// published yet.
-func (h *Host) quiesceToLeadLocked(g *group) {
-	h.quiet.mu.n++
-	g.quiesced, g.quietLeader = true, raft.None
-	g.st.quiesced.Store(true)
-}
-
-// queueStartCampaigns queues the published groups gs, quiesced by
-// quiesceToLeadLocked, for their campaigns.
+// queueStartCampaigns queues the published groups gs, quiesced under no
+// leader by quiesceNew, for their campaigns.
 func (h *Host) queueStartCampaigns(gs []*group) {
 	if len(gs) == 0 {
 		return
 	}
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
+	h.queueStartLocked(gs...)
+}
+
+// queueStartLocked appends gs to the queue of start campaigns.
+// h.quiet.mu is held.
+func (h *Host) queueStartLocked(gs ...*group) {
 	h.quiet.mu.startQ = append(h.quiet.mu.startQ, gs...)
 	h.metrics.startWaiting.Store(int64(len(h.quiet.mu.startQ)))
 }
@@ -138,10 +134,9 @@ func (g *group) maybeRequeueStart() {
 	}
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
-	h.quiesceToLeadLocked(g)
+	h.quiesceLocked(g, raft.None)
 	h.act.remove(g)
-	h.quiet.mu.startQ = append(h.quiet.mu.startQ, g)
-	h.metrics.startWaiting.Store(int64(len(h.quiet.mu.startQ)))
+	h.queueStartLocked(g)
 	h.metrics.startRequeues.Add(1)
 }
 

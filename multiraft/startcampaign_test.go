@@ -15,16 +15,8 @@ import (
 // lanes of queueCap messages per delivery round.
 func startPaced(t *testing.T, max, queueCap int) *mrtest.Cluster {
 	t.Helper()
-	c, err := mrtest.NewCluster(mrtest.Options{Groups: 60, Quiesce: true, BootLeader: bootLeader,
+	return startStable(t, mrtest.Options{Groups: 60, Quiesce: true, BootLeader: bootLeader,
 		MaxStartCampaigns: max, QueueCap: queueCap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	if err := c.Stabilize(); err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 // ledBy counts the groups node leads at term 2 (one election), and those

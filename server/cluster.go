@@ -195,13 +195,13 @@ func (s *Server) discoverOnce() {
 		case a.err != nil:
 			// The groups and their version stay: the next answer may
 			// still say they are unchanged.
-			if code := status.Code(a.err); !v.failing || code != v.failCode {
+			if code := status.Code(a.err); code != v.failCode {
 				s.log.Warn("discovery: peer did not answer", "peer", a.id, "err", a.err)
 				v.failCode = code
 			}
-			v.ok, v.failing = false, true
+			v.ok = false
 		case a.resp.Unchanged:
-			v.ok, v.failing, v.lastOK, v.info = true, false, now, a.resp.Node
+			v.ok, v.failCode, v.lastOK, v.info = true, codes.OK, now, a.resp.Node
 			v.unchanged++
 			if a.resp.Version != known[a.id] {
 				// Unchanged from a version not held here: keep what is
@@ -209,7 +209,7 @@ func (s *Server) discoverOnce() {
 				v.version = 0
 			}
 		default:
-			v.ok, v.failing, v.lastOK, v.info, v.groups, v.version = true, false, now, a.resp.Node, a.resp.Groups, a.resp.Version
+			v.ok, v.failCode, v.lastOK, v.info, v.groups, v.version = true, codes.OK, now, a.resp.Node, a.resp.Groups, a.resp.Version
 			v.unchanged = 0
 		}
 		s.peers.Unlock()

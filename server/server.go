@@ -147,9 +147,8 @@ type peerView struct {
 	unchanged int
 	lastOK    time.Time
 	ok        bool
-	// failing: the last answer was an error, already logged; failCode,
-	// its gRPC code (another code is logged again).
-	failing  bool
+	// failCode is the gRPC code of the last answer's error, already
+	// logged (another code is logged again); codes.OK after an answer.
 	failCode codes.Code
 }
 
