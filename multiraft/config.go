@@ -153,6 +153,24 @@ type Config struct {
 	// 128 every range was led in 45–49 s in 5 of 7 (BENCHMARKS.md,
 	// "Quiescence").
 	MaxStartCampaigns int
+	// MaxCatchUps bounds how many quiesced groups this node leads it wakes
+	// at once to catch up a node that came back and lacks their last
+	// entries; the next waits its turn until an earlier one quiesced
+	// again, or for two election timeouts (catchup.go). Only with
+	// Quiesce. Default 128; limits 1 to 1<<20.
+	MaxCatchUps int
+
+	// Unannounced keeps the node silent toward its peers until Announce:
+	// the Host sends them no ping and flushes no coalesced heartbeat on
+	// its ticks, so their liveness (liveness.go) does not count it live
+	// while it is still starting its groups and serves nothing. Messages
+	// its groups send go out all the same. Why: a node restarting with
+	// 10,000 ranges pinged its peers 1 to 2 s before it could answer for
+	// any range; their leaders, counting it live and behind, could not
+	// quiesce what the clients wrote, and clients got 3 to 12 % of the
+	// healthy rate (BENCHMARKS.md, "At the client, with 10,000 ranges").
+	// Default false: announced from the start.
+	Unannounced bool
 
 	// Manual runs no goroutine: the caller drives the Host with Tick and
 	// Process. For deterministic tests and simulation.
@@ -209,6 +227,7 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.RequestTimeoutTicks, 10*c.ElectionTicks)
 	def(&c.MaxStartCampaigns, 128)
+	def(&c.MaxCatchUps, 128)
 	if c.EntryCacheBytes == 0 {
 		c.EntryCacheBytes = 16 << 20
 	}
@@ -266,6 +285,8 @@ func (c *Config) validate() error {
 		return bad("Quiesce needs the liveness failover (PreVote, CheckQuorum, no DisableFailover)")
 	case c.MaxStartCampaigns < 1 || c.MaxStartCampaigns > 1<<20:
 		return bad("MaxStartCampaigns %d outside 1..1<<20", c.MaxStartCampaigns)
+	case c.MaxCatchUps < 1 || c.MaxCatchUps > 1<<20:
+		return bad("MaxCatchUps %d outside 1..1<<20", c.MaxCatchUps)
 	case c.LivenessTicks < 2*c.HeartbeatTicks || c.LivenessTicks > 1000:
 		return bad("LivenessTicks %d outside 2*HeartbeatTicks (%d)..1000", c.LivenessTicks, 2*c.HeartbeatTicks)
 	}

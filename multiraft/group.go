@@ -79,11 +79,12 @@ type group struct {
 
 	in struct {
 		sync.Mutex
-		msgs        []raftpb.Message
-		props       []*proposal
-		reads       []*readReq
-		transfers   []*transfer
-		ticks       int
+		msgs      []raftpb.Message
+		props     []*proposal
+		reads     []*readReq
+		transfers []*transfer
+		// tick: a tick waits. Ticks coalesce (loops.go, tick).
+		tick        bool
 		unreachable []uint64
 		snaps       []snapReport
 		stop        *stopReq
@@ -163,10 +164,10 @@ type stopReq struct {
 func (g *group) handleInputs() {
 	g.in.Lock()
 	msgs, props, reads, transfers := g.in.msgs, g.in.props, g.in.reads, g.in.transfers
-	ticks, unreachable, snaps, stop := g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop
+	tick, unreachable, snaps, stop := g.in.tick, g.in.unreachable, g.in.snaps, g.in.stop
 	campaign, forget, wake, requeue := g.in.campaign, g.in.forget, g.in.wake, g.in.requeue
 	g.in.msgs, g.in.props, g.in.reads, g.in.transfers = nil, nil, nil, nil
-	g.in.ticks, g.in.unreachable, g.in.snaps, g.in.stop = 0, nil, nil, nil
+	g.in.tick, g.in.unreachable, g.in.snaps, g.in.stop = false, nil, nil, nil
 	g.in.campaign, g.in.forget, g.in.wake, g.in.requeue = false, false, false, false
 	g.in.Unlock()
 
@@ -243,14 +244,12 @@ func (g *group) handleInputs() {
 		}
 		g.rn.ReportSnapshot(s.to, st)
 	}
-	for i := 0; i < ticks; i++ {
+	if tick {
 		g.rn.Tick()
 		g.ticks++
 		if g.ticks%uint64(g.h.cfg.ElectionTicks) == 0 {
 			g.expire()
 		}
-	}
-	if ticks > 0 {
 		g.checkLiveness()
 	}
 	if forget {
@@ -314,7 +313,7 @@ func (g *group) handleInputs() {
 		g.maybeQuiesceFollower(quiet)
 	case requeue && !wakes:
 		g.maybeRequeueStart()
-	case ticks > 0 && !wakes:
+	case tick && !wakes:
 		g.maybeQuiesce()
 	}
 }

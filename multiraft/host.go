@@ -37,6 +37,9 @@ type Host struct {
 	nextKey atomic.Uint64
 	// statusVersion: see StatusVersion.
 	statusVersion atomic.Uint64
+	// announced: the node pings its peers each tick (Config.Unannounced,
+	// Announce).
+	announced atomic.Bool
 
 	stopc    chan struct{}
 	stopOnce sync.Once
@@ -93,6 +96,7 @@ func NewHost(cfg Config) (*Host, error) {
 	h.metrics = newMetrics(cfg.Registerer)
 	h.metrics.registerHubMetrics(cfg.Registerer, h.hub, h)
 	h.live.init()
+	h.announced.Store(!cfg.Unannounced)
 	h.mu.groups = make(map[uint64]*group)
 	h.feedback.unreachable = make(map[uint64]struct{})
 	h.store = cfg.Store

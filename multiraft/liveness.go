@@ -104,6 +104,11 @@ func (l *liveness) silent(peer uint64) (int64, bool) {
 	return l.ticks.Load() - at.Load(), true
 }
 
+// Announce makes a Host started with Config.Unannounced ping its peers,
+// and flush its coalesced heartbeats, from its next tick on: call it once
+// the node serves. Idempotent; safe from any goroutine.
+func (h *Host) Announce() { h.announced.Store(true) }
+
 // PeerDown reports whether this node has heard nothing from node id for
 // Config.LivenessTicks or longer. A node never heard from since this Host
 // started is not reported down. This node itself is never down.

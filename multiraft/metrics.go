@@ -33,7 +33,14 @@ type metrics struct {
 	// startRequeues counts start campaigns that found no leader in time
 	// and went back to the queue.
 	startRequeues atomic.Uint64
-	roles         [4]atomic.Int64 // by raft.StateType
+	// catchUpWaiting is how many quiesced groups led here wait for their
+	// turn to wake and catch up a node that came back (catchup.go), as of
+	// the last tick.
+	catchUpWaiting atomic.Int64
+	// ticksCoalesced counts ticks a group did not get because its owner
+	// had not run its last one yet (tick).
+	ticksCoalesced atomic.Uint64
+	roles          [4]atomic.Int64 // by raft.StateType
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -82,6 +89,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				Name: "flotilla_raft_start_campaign_requeues_total",
 				Help: "Start campaigns that found no leader within two election timeouts and went back to the queue (their followers' node was not serving yet).",
 			}, func() float64 { return float64(m.startRequeues.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "flotilla_raft_catch_ups_waiting",
+				Help: "Quiesced groups led here that a node which came back lacks entries of, waiting for their turn to wake and catch it up (Config.MaxCatchUps at once).",
+			}, func() float64 { return float64(m.catchUpWaiting.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "flotilla_raft_ticks_coalesced_total",
+				Help: "Ticks a local replica did not get because it had not run its previous one yet: the node is behind, and its groups' clocks run slow.",
+			}, func() float64 { return float64(m.ticksCoalesced.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "flotilla_raft_failovers_total",
 				Help: "Times a local follower forgot its leader because nothing was heard from the leader's node for the liveness timeout (then the chosen survivor campaigns).",

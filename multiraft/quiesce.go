@@ -25,10 +25,11 @@ package multiraft
 // timer runs out). Node liveness (liveness.go) does the rest, on every
 // tick and only for the nodes whose state changed: when a node goes down,
 // every quiesced group it leads wakes here (its followers then forget it
-// and elect, as for an active group: the failover); when any node goes
-// down or comes back, every quiesced group this node leads wakes (a node
-// back from a partition may be behind, and is caught up; a node that lost
-// its followers steps down).
+// and elect, as for an active group: the failover), and so does every
+// quiesced group this node leads (a leader that lost its followers steps
+// down); when a node comes back, the quiesced groups this node leads wake
+// a few at a time, those it lacks entries of first, and catch it up
+// (catchup.go).
 //
 // Partitions. A quiesced leader cut off from its followers is a leader in
 // name only: it serves nothing without waking, since every read is a
@@ -132,6 +133,13 @@ type quietIndex struct {
 		// (startcampaign.go).
 		startQ   []*group
 		starting map[*group]int64
+		// lagging holds, by node, the groups quiesced under this node
+		// while that node was down and behind; catchUpQ, those of nodes
+		// that came back, waiting for their turn to wake; catchingUp,
+		// those woken for it, with the tick they were (catchup.go).
+		lagging    map[uint64]map[uint64]*group
+		catchUpQ   []*group
+		catchingUp map[*group]int64
 	}
 }
 
@@ -153,9 +161,10 @@ func (h *Host) Quiesced() int {
 // when leader is another node that liveness counts down (that node's
 // groups were woken at the tick that found it down, and g must not miss
 // it), or, for this node's own leadership, when liveness changed since
-// epoch (livenessEpoch, read before the leader's checks). Called by g's
-// owner.
-func (h *Host) quiesce(g *group, leader, epoch uint64) bool {
+// epoch (livenessEpoch, read before the leader's checks), or a node of
+// lagging (the followers down and behind) is not yet recorded down
+// (laggingLocked). Called by g's owner.
+func (h *Host) quiesce(g *group, leader, epoch uint64, lagging []uint64) bool {
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
 	if leader != h.cfg.NodeID && h.PeerDown(leader) {
@@ -164,6 +173,9 @@ func (h *Host) quiesce(g *group, leader, epoch uint64) bool {
 	if leader == h.cfg.NodeID && epoch != h.quiet.mu.epoch {
 		// Liveness changed since the leader's checks (the tick runs
 		// alongside the workers): they may not hold any more.
+		return false
+	}
+	if !h.laggingLocked(g, lagging) {
 		return false
 	}
 	h.quiesceLocked(g, leader)
@@ -255,6 +267,9 @@ func (h *Host) unquiesceLocked(g *group) {
 			delete(h.quiet.mu.byLeader, g.quietLeader)
 		}
 	}
+	if g.quietLeader == h.cfg.NodeID {
+		h.unlagLocked(g)
+	}
 	h.quiet.mu.n--
 	g.quiesced, g.quietLeader = false, 0
 	g.st.quiesced.Store(false)
@@ -274,7 +289,7 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 	if h.quiet.mu.down == nil {
 		h.quiet.mu.down = make(map[uint64]bool)
 	}
-	changed := false
+	changed, wakeOwn := false, false
 	// In ID order, and the woken groups too (wakeLocked): the simulation
 	// replays the order groups are queued in.
 	for _, peer := range slices.Sorted(maps.Keys(heard)) {
@@ -284,12 +299,20 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 		}
 		h.quiet.mu.down[peer] = down
 		changed = true
-		if down && !h.cfg.QuiesceIgnoringLiveness {
-			ids = h.wakeLocked(peer, ids)
+		switch {
+		case down:
+			wakeOwn = true
+			if !h.cfg.QuiesceIgnoringLiveness {
+				ids = h.wakeLocked(peer, ids)
+			}
+		default:
+			h.queueCatchUpLocked(peer)
 		}
 	}
 	if changed {
 		h.quiet.mu.epoch++
+	}
+	if wakeOwn {
 		ids = h.wakeLocked(h.cfg.NodeID, ids)
 	}
 	// Groups started quiesced under a peer never heard from (StartGroups)
@@ -366,8 +389,14 @@ func (g *group) maybeQuiesce() {
 	if last != st.Commit {
 		return
 	}
+	var lagging []uint64 // followers down and behind: caught up when back (catchup.go)
 	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
-		if id != h.cfg.NodeID && pr.Match != last && !h.PeerDown(id) && !h.cfg.QuiesceWithLaggards {
+		if id == h.cfg.NodeID || pr.Match == last || h.cfg.QuiesceWithLaggards {
+			return
+		}
+		if h.PeerDown(id) {
+			lagging = append(lagging, id)
+		} else {
 			behind = true
 		}
 	})
@@ -395,7 +424,7 @@ func (g *group) maybeQuiesce() {
 			Context: quiesceCtx,
 		}})
 	})
-	if !h.quiesce(g, h.cfg.NodeID, epoch) {
+	if !h.quiesce(g, h.cfg.NodeID, epoch, lagging) {
 		return
 	}
 	h.metrics.quiesces.Add(1)
@@ -422,7 +451,7 @@ func (g *group) maybeQuiesceFollower(m *raftpb.Message) {
 	if g.log.lastIndex() != m.Commit {
 		return
 	}
-	if g.h.quiesce(g, m.From, 0) {
+	if g.h.quiesce(g, m.From, 0, nil) {
 		g.h.metrics.quiesces.Add(1)
 	}
 }

@@ -95,24 +95,10 @@ func (h *Host) paceStartCampaigns(ids []uint64) []uint64 {
 	if q.starting == nil {
 		q.starting = make(map[*group]int64, h.cfg.MaxStartCampaigns)
 	}
-	n := 0
-	for n < len(q.startQ) && len(q.starting) < h.cfg.MaxStartCampaigns {
-		g := q.startQ[n]
-		q.startQ[n] = nil
-		n++
-		if !startWaiting(g) {
-			continue // woken by something else: it runs on its own
-		}
-		g.in.Lock()
-		g.in.campaign = true // the owner wakes it (a campaign wakes)
-		g.in.Unlock()
-		q.starting[g] = now
-		ids = append(ids, g.id)
-	}
-	q.startQ = q.startQ[n:]
-	if len(q.startQ) == 0 {
-		q.startQ = nil // the start's backing array goes
-	}
+	// A group woken by something else runs on its own. The owner of the
+	// others wakes them (a campaign wakes).
+	ids = popPaced(&q.startQ, q.starting, h.cfg.MaxStartCampaigns, now, ids, startWaiting,
+		func(g *group) { g.in.campaign = true })
 	h.metrics.startWaiting.Store(int64(len(q.startQ)))
 	return ids
 }

@@ -271,6 +271,9 @@ func New(cfg Config) (s *Server, err error) {
 		// leader that may drop it unseen, which made a write ambiguous.
 		DisableProposalForwarding: true,
 		Quiesce:                   !cfg.DisableQuiesce,
+		// Announced by Start, once the node serves: its peers do not
+		// count it live while it starts its ranges.
+		Unannounced: true,
 		UnknownGroup: func(g, from uint64) {
 			if st := s.rangesReady.Load(); st != nil {
 				st.UnknownGroup(g, from)
@@ -405,6 +408,7 @@ func (s *Server) Start() {
 	s.goLoop(func() { s.serveLoop("peer", func() error { return s.peerSrv.Serve(s.peerLis) }) })
 	s.goLoop(func() { s.serveLoop("client", func() error { return s.clientSrv.Serve(s.clientLis) }) })
 	s.goLoop(func() { s.serveLoop("http", func() error { return s.httpSrv.Serve(s.httpLis) }) })
+	s.host.Announce()
 	s.goLoop(s.discoveryLoop)
 	if s.cfg.BalanceInterval > 0 {
 		s.goLoop(s.balanceLoop)

@@ -48,8 +48,11 @@ type Options struct {
 	// (multiraft.GroupStart.Leader): the other replicas start quiesced
 	// under it. Nodes start their groups with one StartGroups call.
 	BootLeader func(group uint64) uint64
-	// MaxStartCampaigns as in multiraft.Config.
-	MaxStartCampaigns int
+	// MaxStartCampaigns and MaxCatchUps as in multiraft.Config.
+	MaxStartCampaigns, MaxCatchUps int
+	// Unannounced as in multiraft.Config: the nodes ping no peer until
+	// their Host's Announce.
+	Unannounced bool
 	// QueueCap as in transport.MemOptions: each peer lane's capacity in
 	// messages (more in one delivery round are dropped). Default 4096.
 	QueueCap int
@@ -145,6 +148,8 @@ func (c *Cluster) start(id uint64) error {
 		QuiesceIgnoringLiveness:   c.Opts.QuiesceIgnoringLiveness,
 		QuiesceWithLaggards:       c.Opts.QuiesceWithLaggards,
 		MaxStartCampaigns:         c.Opts.MaxStartCampaigns,
+		MaxCatchUps:               c.Opts.MaxCatchUps,
+		Unannounced:               c.Opts.Unannounced,
 	})
 	if err != nil {
 		return err
