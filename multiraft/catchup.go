@@ -81,14 +81,23 @@ func (h *Host) queueCatchUpLocked(p uint64) {
 	q := &h.quiet.mu
 	lag := q.lagging[p]
 	delete(q.lagging, p)
+	// Once each: another node may have come back at this tick.
+	queued := make(map[*group]bool, len(q.catchUpQ))
+	for _, g := range q.catchUpQ {
+		queued[g] = true
+	}
+	add := func(g *group) {
+		if !queued[g] {
+			queued[g] = true
+			q.catchUpQ = append(q.catchUpQ, g)
+		}
+	}
 	for _, id := range slices.Sorted(maps.Keys(lag)) {
-		q.catchUpQ = append(q.catchUpQ, lag[id])
+		add(lag[id])
 	}
 	own := q.byLeader[h.cfg.NodeID]
 	for _, id := range slices.Sorted(maps.Keys(own)) {
-		if lag[id] == nil {
-			q.catchUpQ = append(q.catchUpQ, own[id])
-		}
+		add(own[id])
 	}
 	h.metrics.catchUpWaiting.Store(int64(len(q.catchUpQ)))
 }
@@ -106,7 +115,12 @@ func (h *Host) paceCatchUps(ids []uint64) []uint64 {
 	now := h.live.ticks.Load()
 	giveUp := 2 * int64(h.cfg.ElectionTicks)
 	for g, at := range q.catchingUp {
-		if g.quiesced || g.st.lead.Load() != h.cfg.NodeID || now-at >= giveUp {
+		// Still quiesced with its wake pending: its owner has not run it
+		// yet (a busy node), and it keeps its slot.
+		g.in.Lock()
+		pending := g.in.wake
+		g.in.Unlock()
+		if (g.quiesced && !pending) || g.st.lead.Load() != h.cfg.NodeID || now-at >= giveUp {
 			delete(q.catchingUp, g)
 		}
 	}
@@ -155,4 +169,13 @@ func popPaced(queue *[]*group, set map[*group]int64, max int, now int64, ids []u
 	}
 	*queue = q
 	return ids
+}
+
+// dropCatchUpsLocked empties the catch-up queue and set: every group led
+// here is being woken at once (a node went down). h.quiet.mu is held.
+func (h *Host) dropCatchUpsLocked() {
+	clear(h.quiet.mu.catchUpQ)
+	h.quiet.mu.catchUpQ = nil
+	clear(h.quiet.mu.catchingUp)
+	h.metrics.catchUpWaiting.Store(0)
 }

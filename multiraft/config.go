@@ -129,7 +129,8 @@ type Config struct {
 	// nothing in flight, whose live followers all hold its last entry and
 	// a quorum of whose voters are live, tells its followers so and stops
 	// ticking the group; they stop too. Anything for the group wakes it;
-	// liveness wakes the groups of a node that goes down (or comes back).
+	// liveness wakes the groups of a node that goes down, and those led
+	// here, paced, when a node comes back (MaxCatchUps).
 	// Needs the failover (PreVote, CheckQuorum, not DisableFailover): a
 	// quiesced follower learns that its leader died from liveness only.
 	// Off by default.
@@ -154,17 +155,19 @@ type Config struct {
 	// "Quiescence").
 	MaxStartCampaigns int
 	// MaxCatchUps bounds how many quiesced groups this node leads it wakes
-	// at once to catch up a node that came back and lacks their last
-	// entries; the next waits its turn until an earlier one quiesced
-	// again, or for two election timeouts (catchup.go). Only with
-	// Quiesce. Default 128; limits 1 to 1<<20.
+	// at once when a node comes back, those that node lacks entries of
+	// first; the next waits its turn until an earlier one quiesced again,
+	// or for two election timeouts (catchup.go). Only with Quiesce.
+	// Default 128; limits 1 to 1<<20.
 	MaxCatchUps int
 
-	// Unannounced keeps the node silent toward its peers until Announce:
+	// Unannounced keeps the node quiet toward its peers until Announce:
 	// the Host sends them no ping and flushes no coalesced heartbeat on
-	// its ticks, so their liveness (liveness.go) does not count it live
-	// while it is still starting its groups and serves nothing. Messages
-	// its groups send go out all the same. Why: a node restarting with
+	// its ticks (the coalesced ones wait in the transport, up to its
+	// per-peer bound, and go out with the first flush), so their liveness
+	// (liveness.go) does not count it live while it is still starting its
+	// groups and serves nothing. Other messages of its groups (a
+	// campaign's, an append's) go out at once, and do count. Why: a node restarting with
 	// 10,000 ranges pinged its peers 1 to 2 s before it could answer for
 	// any range; their leaders, counting it live and behind, could not
 	// quiesce what the clients wrote, and clients got 3 to 12 % of the

@@ -314,6 +314,7 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 	}
 	if wakeOwn {
 		ids = h.wakeLocked(h.cfg.NodeID, ids)
+		h.dropCatchUpsLocked()
 	}
 	// Groups started quiesced under a peer never heard from (StartGroups)
 	// wake once the grace is over: that node may never come. Only groups
