@@ -300,6 +300,12 @@ func loadDescriptor(r pebble.Reader, id uint64) (Descriptor, bool, error) {
 	return d, err == nil, err
 }
 
+// LocalDescriptor returns the descriptor of range id's replica in db,
+// and false if db holds none.
+func LocalDescriptor(db *pebble.DB, id uint64) (Descriptor, bool, error) {
+	return loadDescriptor(db, id)
+}
+
 // LocalDescriptors returns the descriptor of every range with a replica
 // in db, by ascending ID: the ranges a node restarts.
 func LocalDescriptors(db *pebble.DB) ([]Descriptor, error) {

@@ -240,11 +240,57 @@ func Open(cfg Config) (*Store, error) {
 	for i := range ds {
 		starts[i] = replicaStart{id: ds[i].ID, members: ds[i].Replicas}
 	}
+	pending, err := s.pendingRestores(ds)
+	if err != nil {
+		return nil, err
+	}
+	starts = append(starts, pending...)
 	if _, err := s.startReplicas(starts); err != nil {
 		return nil, err
 	}
 	s.started()
 	return s, nil
+}
+
+// pendingRestores returns the ranges whose raft state here holds a
+// snapshot that names this node but that have no descriptor here (ds):
+// raft recorded the snapshot, and the node stopped before the range's
+// restore of it was durable. They start with the others, and restore it
+// then. Left unstarted until their leader's next message (UnknownGroup),
+// they held no span meanwhile, a newer range was started over part of
+// theirs, and their restore and replay then wrote their older keys over
+// its own (the simulation, seed 290 with two catch-ups at once: see
+// leftBlockers).
+func (s *Store) pendingRestores(ds []kv.Descriptor) ([]replicaStart, error) {
+	store := s.cfg.Host.Store()
+	groups, err := store.Groups()
+	if err != nil {
+		return nil, fmt.Errorf("ranges: list raft groups: %w", err)
+	}
+	have := make(map[uint64]bool, len(ds))
+	for i := range ds {
+		have[ds[i].ID] = true
+	}
+	var out []replicaStart
+	for _, g := range groups {
+		if have[g] {
+			continue
+		}
+		st, err := store.Load(g)
+		if err != nil {
+			return nil, fmt.Errorf("ranges: load raft state of range %d: %w", g, err)
+		}
+		if len(st.Snapshot.Data) == 0 {
+			continue
+		}
+		d, err := kv.SnapshotDescriptor(st.Snapshot.Data)
+		if err != nil || d.ID != g || !d.HasReplica(s.cfg.NodeID) {
+			continue
+		}
+		s.log.Info("starting a range to restore the snapshot its raft state holds", "group", g, "desc", d.String())
+		out = append(out, replicaStart{id: g})
+	}
+	return out, nil
 }
 
 // Bootstrap creates the replicas this node holds of a new cluster's
@@ -798,6 +844,31 @@ func (s *Store) announce(d kv.Descriptor) {
 	s.mu.Unlock()
 }
 
+// leftBlockers returns the replicas here that hold part of the span of
+// what range id left on this node's disk, not running (a crash came
+// between raft's record of a snapshot or entries and the range's own
+// descriptor): its descriptor, or the snapshot its raft state still has
+// to restore. Started, the replica would restore that state and apply its
+// log from there, writing into that older, wider span, over a newer
+// range's keys. The simulation found it (seed 290 with two catch-ups at
+// once): a node back from a crash started range 7 for a snapshot, then
+// range 4 from its raft state at the index before 4 split 7 off, and range
+// 4's replay of writes of its old span overwrote range 7's newer values.
+// A replica that is refused so stays unstarted while the other holds the
+// span; its range is left a replica short here, never wrong.
+func (s *Store) leftBlockers(id uint64) []holder {
+	var out []holder
+	if ld, ok, err := kv.LocalDescriptor(s.cfg.DB, id); err == nil && ok {
+		out = append(out, s.blockers(id, &ld)...)
+	}
+	if st, err := s.cfg.Host.Store().Load(id); err == nil && len(st.Snapshot.Data) > 0 {
+		if sd, err := kv.SnapshotDescriptor(st.Snapshot.Data); err == nil {
+			out = append(out, s.blockers(id, &sd)...)
+		}
+	}
+	return out
+}
+
 // UnknownGroup is the Host's multiraft.Config.UnknownGroup: raft messages
 // came from node from for range id, which has no replica here. If from's
 // replica of id lists this node and no replica here holds any of its span
@@ -822,6 +893,11 @@ func (s *Store) UnknownGroup(id, from uint64) {
 			}
 			if len(s.blockers(id, &d)) > 0 {
 				return // a replica here still holds part of it: see above
+			}
+			if b := s.leftBlockers(id); len(b) > 0 {
+				s.log.Debug("not starting a replica whose state here overlaps another's", "group", id,
+					"overlaps", b[0].id, "desc", b[0].desc.String())
+				return
 			}
 			s.log.Info("starting an empty replica for a snapshot", "group", id, "from", from, "desc", d.String())
 			if _, err := s.start(id, nil); err != nil {
