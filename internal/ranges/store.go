@@ -167,6 +167,9 @@ type Store struct {
 		// started yet (onSplit does): their spans are held here already
 		// (holding), though no replica serves them yet.
 		announced map[uint64]kv.Descriptor
+		// leftRefused: ranges UnknownGroup refused for what they left
+		// here (leftBlockers), logged once.
+		leftRefused map[uint64]bool
 	}
 	tasks   tasks
 	metrics storeMetrics
@@ -212,6 +215,7 @@ func Open(cfg Config) (*Store, error) {
 	s.mu.replicas = make(map[uint64]*Replica)
 	s.mu.busy = make(map[uint64]bool)
 	s.mu.announced = make(map[uint64]kv.Descriptor)
+	s.mu.leftRefused = make(map[uint64]bool)
 	s.index.Store(&[]*Replica{})
 	s.order.Store(&[]*Replica{})
 	// Replicas merged into another range whose removal a stop cut short:
@@ -256,11 +260,12 @@ func Open(cfg Config) (*Store, error) {
 // snapshot that names this node but that have no descriptor here (ds):
 // raft recorded the snapshot, and the node stopped before the range's
 // restore of it was durable. They start with the others, and restore it
-// then. Left unstarted until their leader's next message (UnknownGroup),
-// they held no span meanwhile, a newer range was started over part of
-// theirs, and their restore and replay then wrote their older keys over
-// its own (the simulation, seed 290 with two catch-ups at once: see
-// leftBlockers).
+// then, unless a range of a generation at least theirs holds part of
+// their span. Left unstarted until their leader's next message
+// (UnknownGroup), they held no span meanwhile, a newer range was started
+// over part of theirs, and their restore and replay then wrote their
+// older keys over its own (the simulation, seed 290 with two catch-ups
+// at once: see leftBlockers).
 func (s *Store) pendingRestores(ds []kv.Descriptor) ([]replicaStart, error) {
 	store := s.cfg.Host.Store()
 	groups, err := store.Groups()
@@ -285,6 +290,22 @@ func (s *Store) pendingRestores(ds []kv.Descriptor) ([]replicaStart, error) {
 		}
 		d, err := kv.SnapshotDescriptor(st.Snapshot.Data)
 		if err != nil || d.ID != g || !d.HasReplica(s.cfg.NodeID) {
+			continue
+		}
+		// Its restore is not gated (multiraft.SnapshotGate gates received
+		// snapshots): if a range here of its generation or a later one
+		// holds part of its span, the restore would write older keys over
+		// that range's, and it stays unstarted (UnknownGroup refuses it
+		// too: leftBlockers). A range of an earlier generation over its
+		// span (one that has not applied the splits it came from) does
+		// not stop it: it started so before, through UnknownGroup, and
+		// the simulation's seed 290 needs it to start (left unstarted,
+		// the ranges split off later hold its span, and it never starts).
+		if i := slices.IndexFunc(ds, func(o kv.Descriptor) bool {
+			return o.Overlaps(d.Start, d.End) && o.Generation >= d.Generation
+		}); i >= 0 {
+			s.log.Warn("not starting a range whose raft state holds a snapshot over another range's span",
+				"group", g, "desc", d.String(), "overlaps", ds[i].String())
 			continue
 		}
 		s.log.Info("starting a range to restore the snapshot its raft state holds", "group", g, "desc", d.String())
@@ -844,7 +865,8 @@ func (s *Store) announce(d kv.Descriptor) {
 	s.mu.Unlock()
 }
 
-// leftBlockers returns the replicas here that hold part of the span of
+// leftBlockers returns the ranges here (replicas, and splits announced)
+// that hold part of the span of
 // what range id left on this node's disk, not running (a crash came
 // between raft's record of a snapshot or entries and the range's own
 // descriptor): its descriptor, or the snapshot its raft state still has
@@ -854,8 +876,10 @@ func (s *Store) announce(d kv.Descriptor) {
 // once): a node back from a crash started range 7 for a snapshot, then
 // range 4 from its raft state at the index before 4 split 7 off, and range
 // 4's replay of writes of its old span overwrote range 7's newer values.
-// A replica that is refused so stays unstarted while the other holds the
-// span; its range is left a replica short here, never wrong.
+// A replica refused so is never started here while the other range holds
+// the span (nothing discards what it left: this node may have
+// acknowledged entries of that log): its range stays a replica short
+// here, never wrong. Errors reading what it left count as nothing left.
 func (s *Store) leftBlockers(id uint64) []holder {
 	var out []holder
 	if ld, ok, err := kv.LocalDescriptor(s.cfg.DB, id); err == nil && ok {
@@ -872,10 +896,11 @@ func (s *Store) leftBlockers(id uint64) []holder {
 // UnknownGroup is the Host's multiraft.Config.UnknownGroup: raft messages
 // came from node from for range id, which has no replica here. If from's
 // replica of id lists this node and no replica here holds any of its span
-// (but replicas it subsumed: blockers), an empty replica is started: it
-// gets the range's state from a snapshot. (A node that has not applied a
-// split yet still holds the new range's span and makes its replica itself
-// when it applies it.) Never blocks.
+// (but replicas it subsumed: blockers), nor any of the span of what the
+// range left here (leftBlockers), an empty replica is started: it gets the
+// range's state from a snapshot. (A node that has not applied a split yet
+// still holds the new range's span and makes its replica itself when it
+// applies it.) Never blocks.
 func (s *Store) UnknownGroup(id, from uint64) {
 	if s.env == nil {
 		return
@@ -895,8 +920,14 @@ func (s *Store) UnknownGroup(id, from uint64) {
 				return // a replica here still holds part of it: see above
 			}
 			if b := s.leftBlockers(id); len(b) > 0 {
-				s.log.Debug("not starting a replica whose state here overlaps another's", "group", id,
-					"overlaps", b[0].id, "desc", b[0].desc.String())
+				s.mu.Lock()
+				first := !s.mu.leftRefused[id]
+				s.mu.leftRefused[id] = true
+				s.mu.Unlock()
+				if first {
+					s.log.Warn("not starting a replica whose state here overlaps another range's span: the range stays a replica short here",
+						"group", id, "overlaps", b[0].id, "desc", b[0].desc.String())
+				}
 				return
 			}
 			s.log.Info("starting an empty replica for a snapshot", "group", id, "from", from, "desc", d.String())

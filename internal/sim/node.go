@@ -99,11 +99,9 @@ func (n *node) start() error {
 		// of its entries back from the store (entrycache.go) under every
 		// fault; even seeds with the default, where it rarely does.
 		EntryCacheBytes: int64(s.cfg.Seed%2) * 4 << 10,
-		// Seeds 1 and 2 mod 3 wake one or two groups at a time to catch
-		// up a node that came back (multiraft/catchup.go), so that the
-		// pace binds with the simulation's few ranges; the others run
-		// the default. (Seed 290 at 2 found ranges.Store.pendingRestores.)
-		MaxCatchUps: []int{128, 1, 2}[s.cfg.Seed%3],
+		// Config.MaxCatchUps (seed 290 at 2 found the bug that
+		// ranges.Store.pendingRestores mends).
+		MaxCatchUps: s.maxCatchUps(),
 		Logger:      s.logger.With("node", n.id),
 		FailPoint:   n.failPoint,
 		UnknownGroup: func(g, from uint64) {
