@@ -31,6 +31,7 @@ package multiraft
 // Foreground writes wake their groups at once, whatever the queue.
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 )
@@ -81,25 +82,24 @@ func (h *Host) queueCatchUpLocked(p uint64) {
 	q := &h.quiet.mu
 	lag := q.lagging[p]
 	delete(q.lagging, p)
-	// Once each: another node may have come back at this tick.
-	queued := make(map[*group]bool, len(q.catchUpQ))
-	for _, g := range q.catchUpQ {
-		queued[g] = true
-	}
-	add := func(g *group) {
-		if !queued[g] {
-			queued[g] = true
-			q.catchUpQ = append(q.catchUpQ, g)
-		}
-	}
 	for _, id := range slices.Sorted(maps.Keys(lag)) {
-		add(lag[id])
+		h.addCatchUpLocked(lag[id])
 	}
 	own := q.byLeader[h.cfg.NodeID]
 	for _, id := range slices.Sorted(maps.Keys(own)) {
-		add(own[id])
+		h.addCatchUpLocked(own[id])
 	}
 	h.metrics.catchUpWaiting.Store(int64(len(q.catchUpQ)))
+}
+
+// addCatchUpLocked appends g to the catch-up queue unless it is in it
+// already (another node came back at the same tick, or g's follower said
+// hello: restart.go). h.quiet.mu is held.
+func (h *Host) addCatchUpLocked(g *group) {
+	if !g.catchUpQueued {
+		g.catchUpQueued = true
+		h.quiet.mu.catchUpQ = append(h.quiet.mu.catchUpQ, g)
+	}
 }
 
 // paceCatchUps wakes the next groups of the catch-up queue (see the top
@@ -113,22 +113,22 @@ func (h *Host) paceCatchUps(ids []uint64) []uint64 {
 		return ids
 	}
 	now := h.live.ticks.Load()
-	giveUp := 2 * int64(h.cfg.ElectionTicks)
-	for g, at := range q.catchingUp {
+	sweepPaced(q.catchingUp, now, 2*int64(h.cfg.ElectionTicks), func(g *group) bool {
 		// Still quiesced with its wake pending: its owner has not run it
 		// yet (a busy node), and it keeps its slot.
 		g.in.Lock()
 		pending := g.in.wake
 		g.in.Unlock()
-		if (g.quiesced && !pending) || g.st.lead.Load() != h.cfg.NodeID || now-at >= giveUp {
-			delete(q.catchingUp, g)
-		}
-	}
+		return (g.quiesced && !pending) || g.st.lead.Load() != h.cfg.NodeID
+	})
 	if q.catchingUp == nil {
 		q.catchingUp = make(map[*group]int64, h.cfg.MaxCatchUps)
 	}
 	ids = popPaced(&q.catchUpQ, q.catchingUp, h.cfg.MaxCatchUps, now, ids,
-		func(g *group) bool { return g.quiesced && g.quietLeader == h.cfg.NodeID },
+		func(g *group) bool {
+			g.catchUpQueued = false // popped
+			return g.quiesced && g.quietLeader == h.cfg.NodeID
+		},
 		func(g *group) { g.in.wake = true })
 	h.metrics.catchUpWaiting.Store(int64(len(q.catchUpQ)))
 	return ids
@@ -174,8 +174,31 @@ func popPaced(queue *[]*group, set map[*group]int64, max int, now int64, ids []u
 // dropCatchUpsLocked empties the catch-up queue and set: every group led
 // here is being woken at once (a node went down). h.quiet.mu is held.
 func (h *Host) dropCatchUpsLocked() {
+	for _, g := range h.quiet.mu.catchUpQ {
+		g.catchUpQueued = false
+	}
 	clear(h.quiet.mu.catchUpQ)
 	h.quiet.mu.catchUpQ = nil
 	clear(h.quiet.mu.catchingUp)
 	h.metrics.catchUpWaiting.Store(0)
+}
+
+// sweepPaced drops from set (a paced set of tick's: start campaigns,
+// catch-ups, hellos) the groups done reports finished, and those that
+// entered it giveUp ticks or more before now; it returns the latter, in
+// ID order (their owners act on them in the order they are queued, which
+// the simulation must replay: the map's order is random). h.quiet.mu is
+// held.
+func sweepPaced(set map[*group]int64, now, giveUp int64, done func(*group) bool) (gaveUp []*group) {
+	for g, at := range set {
+		switch {
+		case done(g):
+			delete(set, g)
+		case now-at >= giveUp:
+			delete(set, g)
+			gaveUp = append(gaveUp, g)
+		}
+	}
+	slices.SortFunc(gaveUp, func(a, b *group) int { return cmp.Compare(a.id, b.id) })
+	return gaveUp
 }

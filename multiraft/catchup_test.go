@@ -9,15 +9,18 @@ import (
 )
 
 // TestCatchUpPaced: node 3 of 30 quiesced groups crashes; node 1 takes
-// writes in 6 of the 10 groups it leads, which quiesce again with node 3
-// behind. When node 3 is back, node 1 queues the groups it leads (its 10,
-// and those of node 3 it took over) for a catch-up and wakes at most
-// MaxCatchUps (2) of them at once, those node 3 lacks entries of first;
-// node 3 catches up on all 6, and every replica quiesces again. The
-// control, unpaced, wakes them all at once.
+// writes in 6 of the 10 groups it led from the start, which quiesce again
+// with node 3 behind. When node 3 is back, node 1 wakes the groups it
+// leads a few at a time to catch node 3 up: of those 10, never more than
+// MaxCatchUps (2) are awake at once, and none of the 4 node 3 lacks
+// nothing of wakes before each of the 6 has; node 3 catches up on all 6,
+// and every replica quiesces again. (Node 3's restart wakes no group of
+// those 10: its replicas restart quiesced and say hello, restart.go.)
+// The control, unpaced, has all 10 awake at once.
 func TestCatchUpPaced(t *testing.T) {
 	const groups = 30
-	written := []uint64{13, 16, 19, 22, 25, 28} // led by node 1, as are 1..10
+	written := []uint64{13, 16, 19, 22, 25, 28}
+	untouched := []uint64{1, 4, 7, 10}
 	for _, bound := range []int{2, 1 << 20} {
 		t.Run(fmt.Sprintf("max=%d", bound), func(t *testing.T) {
 			c := quietCluster(t, mrtest.Options{Groups: groups, MaxCatchUps: bound})
@@ -38,33 +41,35 @@ func TestCatchUpPaced(t *testing.T) {
 			if c.Hosts[1].Quiesced() != groups {
 				t.Fatalf("node 1 did not quiesce with node 3 down:\n%s", c.Status())
 			}
-			led := len(leadersOn(c, groups, 1)) // its 10, and some of node 3's
 			if err := c.Restart(3); err != nil {
 				t.Fatal(err)
 			}
-			// Node 1 hears node 3 on its first tick, and sees it back on
-			// the next.
-			for range 2 {
-				if err := c.TickStable(1); err != nil {
-					t.Fatal(err)
+			awake := func(gs []uint64) (n int, which []uint64) {
+				for _, g := range gs {
+					if st, _ := c.Hosts[1].GroupStatus(g); !st.Quiesced {
+						n++
+						which = append(which, g)
+					}
 				}
+				return n, which
 			}
-			want := led - min(bound, led)
-			if n := c.Hosts[1].CatchUpsWaiting(); n != want {
-				t.Fatalf("node 3 back: %d of node 1's groups wait for their catch-up, want %d", n, want)
-			}
-			// Node 3 holds every entry of 1, 4, 7 and 10: by ID alone they
-			// would wake first; it lacks entries of the 6 written and of
-			// those node 1 took over from it (their new term's first).
-			for _, g := range []uint64{1, 4, 7, 10} {
-				if st, _ := c.Hosts[1].GroupStatus(g); !st.Quiesced && bound == 2 {
-					t.Fatalf("group %d, which node 3 lacks nothing of, woke before those it lags on", g)
-				}
-			}
-			caughtUp := -1
+			most, caughtUp := 0, -1
+			seen := map[uint64]bool{}
 			for i := 1; i <= 100 && caughtUp < 0; i++ {
 				if err := c.TickStable(1); err != nil {
 					t.Fatal(err)
+				}
+				n, which := awake(append(append([]uint64(nil), written...), untouched...))
+				most = max(most, n)
+				for _, g := range which {
+					seen[g] = true
+				}
+				if bound == 2 {
+					for _, g := range untouched {
+						if seen[g] && len(seen) < len(written)+1 {
+							t.Fatalf("tick %d: group %d, which node 3 lacks nothing of, woke before every group it lags on did (awake so far: %v)", i, g, seen)
+						}
+					}
 				}
 				done := allQuiesced(c, groups) && c.Hosts[1].CatchUpsWaiting() == 0
 				for _, g := range written {
@@ -76,10 +81,15 @@ func TestCatchUpPaced(t *testing.T) {
 					caughtUp = i
 				}
 			}
-			if caughtUp < 0 {
+			switch {
+			case caughtUp < 0:
 				t.Fatalf("node 3 did not catch up within 100 ticks:\n%s", c.Status())
+			case bound == 2 && most > 2:
+				t.Fatalf("%d of node 1's 10 groups awake at once, bound 2", most)
+			case bound > 2 && most != 10:
+				t.Fatalf("control: unpaced, %d of node 1's 10 groups awake at once, want 10: the bound is not what the test measures", most)
 			}
-			t.Logf("caught up, every replica quiesced, %d ticks after node 1 saw node 3 back", caughtUp)
+			t.Logf("caught up, every replica quiesced, %d ticks after the restart; at most %d of the 10 awake at once", caughtUp, most)
 		})
 	}
 }
@@ -153,5 +163,69 @@ func TestUnannounced(t *testing.T) {
 	c.Hosts[3].Announce()
 	if n := tick(); n != 6 {
 		t.Fatalf("all announced: %d batches in a tick, want 6 pings", n)
+	}
+}
+
+// TestRestartStartsQuiet: a node of 30 quiesced groups restarts. Its
+// replicas start quiesced: under the voter they last voted for (the 20
+// it follows), or waiting their turn to campaign (the 10 it led); none
+// runs an election timer. With at most 4 hellos and campaigns at once,
+// each of the 20 learns its leader from the leader's answer to its hello,
+// which wakes no group on the leaders' nodes (they hold every entry of
+// it). Every replica then knows its leader, no term moved in the 20, and
+// every replica is quiesced again.
+func TestRestartStartsQuiet(t *testing.T) {
+	const groups = 30
+	c := quietCluster(t, mrtest.Options{Groups: groups, MaxStartCampaigns: 4})
+	before := map[uint64]uint64{}
+	for g := uint64(1); g <= groups; g++ {
+		st, _ := c.Hosts[1].GroupStatus(g)
+		before[g] = st.Term
+	}
+	c.Crash(2)
+	if err := c.Restart(2); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Hosts[2].Quiesced(); n != groups {
+		t.Fatalf("restarted, node 2 has %d of %d replicas quiesced", n, groups)
+	}
+	w1, w3 := c.Hosts[1].Wakes(), c.Hosts[3].Wakes()
+	learned := func() int {
+		n := 0
+		for g := uint64(1); g <= groups; g++ {
+			if st, _ := c.Hosts[2].GroupStatus(g); st.Leader != 0 {
+				n++
+			}
+		}
+		return n
+	}
+	for i := 0; i < 3 && learned() < 20; i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The 20 node 2 follows learn their leader in 20/4 = 5 ticks at most;
+	// node 2's own 10 campaigns wake their leaders (up to 4 a tick).
+	for i := 0; i < 60 && !(allQuiesced(c, groups) && learned() == groups); i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !allQuiesced(c, groups) || learned() != groups {
+		t.Fatalf("%d of node 2's replicas know their leader, want all; all quiesced: %v\n%s", learned(), allQuiesced(c, groups), c.Status())
+	}
+	for g := uint64(1); g <= groups; g++ {
+		if (g-1)%3+1 == 2 {
+			continue // node 2 led it: its campaign may move the term
+		}
+		st, _ := c.Hosts[2].GroupStatus(g)
+		if l := c.Leader(g); l != (g-1)%3+1 || st.Term != before[g] {
+			t.Errorf("group %d: leader %d term %d after the restart, want %d term %d", g, l, st.Term, (g-1)%3+1, before[g])
+		}
+	}
+	// Only the 10 groups node 2 led woke (its campaigns' pre-votes), once
+	// on each node: not one of the 20 it follows.
+	if n1, n3 := c.Hosts[1].Wakes()-w1, c.Hosts[3].Wakes()-w3; n1 > 10 || n3 > 10 {
+		t.Fatalf("node 2's restart woke %d groups on node 1 and %d on node 3, want at most the 10 it led", n1, n3)
 	}
 }

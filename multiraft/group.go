@@ -70,6 +70,9 @@ type group struct {
 	// and Host.unquiesce, under Host.quiet.mu.
 	quiesced    bool
 	quietLeader uint64
+	// catchUpQueued: g is in Host.quiet.mu.catchUpQ (catchup.go). Under
+	// Host.quiet.mu.
+	catchUpQueued bool
 	// outbox: messages of this node's own making (quiesce heartbeats) to
 	// send after the group's Ready messages of the current cycle.
 	outbox []transport.Envelope
@@ -95,6 +98,10 @@ type group struct {
 		// requeue: its start campaign found no leader in time; it waits
 		// for another turn if nothing else woke it (startcampaign.go).
 		requeue bool
+		// hello: a replica restarted quiesced under the voter it last
+		// voted for asks it for a heartbeat, to learn its leader
+		// (restart.go).
+		hello bool
 	}
 
 	st struct {
@@ -165,10 +172,10 @@ func (g *group) handleInputs() {
 	g.in.Lock()
 	msgs, props, reads, transfers := g.in.msgs, g.in.props, g.in.reads, g.in.transfers
 	tick, unreachable, snaps, stop := g.in.tick, g.in.unreachable, g.in.snaps, g.in.stop
-	campaign, forget, wake, requeue := g.in.campaign, g.in.forget, g.in.wake, g.in.requeue
+	campaign, forget, wake, requeue, hello := g.in.campaign, g.in.forget, g.in.wake, g.in.requeue, g.in.hello
 	g.in.msgs, g.in.props, g.in.reads, g.in.transfers = nil, nil, nil, nil
 	g.in.tick, g.in.unreachable, g.in.snaps, g.in.stop = false, nil, nil, nil
-	g.in.campaign, g.in.forget, g.in.wake, g.in.requeue = false, false, false, false
+	g.in.campaign, g.in.forget, g.in.wake, g.in.requeue, g.in.hello = false, false, false, false, false
 	g.in.Unlock()
 
 	// Quiescence (quiesce.go): what in this round wakes the group, and
@@ -308,6 +315,10 @@ func (g *group) handleInputs() {
 		g.readIndex(reads)
 	}
 	g.releaseTransferHeld()
+	if hello {
+		g.sayHello()
+	}
+	g.answerHellos(msgs)
 	switch {
 	case quietOK:
 		g.maybeQuiesceFollower(quiet)

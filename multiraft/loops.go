@@ -91,6 +91,7 @@ func (h *Host) tick(ids []uint64) []uint64 {
 	ids = h.wakeOnLiveness(ids)
 	ids = h.paceCatchUps(ids)
 	ids = h.paceStartCampaigns(ids)
+	ids = h.paceHellos(ids)
 	// A group whose last tick its owner has not run yet gets no second
 	// one: ticks coalesce, so an overloaded node's groups run slow clocks
 	// instead of running several ticks in a row, ahead of the messages

@@ -140,6 +140,11 @@ type quietIndex struct {
 		lagging    map[uint64]map[uint64]*group
 		catchUpQ   []*group
 		catchingUp map[*group]int64
+		// helloQ holds the replicas restarted quiesced that wait for
+		// their turn to ask for a heartbeat; helloing, those that asked,
+		// with the tick they did (restart.go).
+		helloQ   []*group
+		helloing map[*group]int64
 	}
 }
 
@@ -483,9 +488,28 @@ func (g *group) benign(m *raftpb.Message) bool {
 	switch m.Type {
 	case raftpb.MsgHeartbeat:
 		return m.From == g.lead && m.Term == g.term
+	case raftpb.MsgApp: // (a replica restarted quiesced knows its leader by quietLeader only)
+		// An empty append of its leader that this replica's log already
+		// ends at: raft probes a follower so when it answers a heartbeat
+		// while its progress is in the probe state (after the follower's
+		// node was down), and a restarted replica's hello is such an
+		// answer (restart.go).
+		from := m.From == g.lead || (g.lead == raft.None && g.quiesced && m.From == g.quietLeader)
+		if !from || m.Term != g.term || len(m.Entries) != 0 || m.Index != g.log.lastIndex() {
+			return false
+		}
+		t, err := g.log.Term(m.Index)
+		return err == nil && t == m.LogTerm
+	case raftpb.MsgAppResp:
+		// The answer to that probe: the follower holds the leader's last
+		// entry.
+		return g.lead == g.h.cfg.NodeID && m.Term == g.term && !m.Reject && m.Index == g.log.lastIndex()
 	case raftpb.MsgHeartbeatResp:
 		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) {
 			return false
+		}
+		if bytes.Equal(m.Context, helloCtx) {
+			return true // answered, and its follower caught up paced (answerHellos)
 		}
 		var last, match uint64
 		g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {

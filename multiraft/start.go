@@ -43,7 +43,9 @@ type GroupStart struct {
 	// the leader campaigns, any message wakes it, and liveness wakes it if
 	// that node goes down or is never heard from (bootGraceTicks). Without
 	// it, every replica of 10,000 new groups ran an election timer while
-	// their leaders campaigned (BENCHMARKS.md, "Quiescence").
+	// their leaders campaigned (BENCHMARKS.md, "Quiescence"). A group that
+	// has state here starts quiesced too, under the voter it last voted
+	// for (restart.go).
 	Leader uint64
 }
 
@@ -64,6 +66,7 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	staged := false
 	// quietUnder[i]: the leader groups[i] starts quiesced under (0: none).
 	quietUnder := make([]uint64, 0, len(gs))
+	restarted := make(map[*group]bool) // started from state here, quiesced under restartLeader
 	seen := make(map[uint64]bool, len(gs))
 	groups := make([]*group, 0, len(gs))
 	warm := make([][]raftpb.Entry, 0, len(gs))
@@ -93,6 +96,9 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 			case h.bootQuiet():
 				under = l
 			}
+		} else if !wrote && h.bootQuiet() {
+			under = g.restartLeader()
+			restarted[g] = true
 		}
 		quietUnder = append(quietUnder, under)
 	}
@@ -101,8 +107,12 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 			return fmt.Errorf("multiraft: write the start of %d groups: %w", len(gs), err)
 		}
 	}
-	var toLead []*group // published, waiting for their turn to campaign
-	defer func() { h.queueStartCampaigns(toLead) }()
+	var toLead []*group  // published, waiting for their turn to campaign
+	var toHello []*group // restarted, quiesced under a voter to ask for a heartbeat
+	defer func() {
+		h.queueStartCampaigns(toLead)
+		h.queueHellos(toHello)
+	}()
 	for i, g := range groups {
 		// Quiesced before it is published: nothing reaches it before.
 		quiesced := quietUnder[i] != 0 && h.quiesceNew(g, quietUnder[i])
@@ -118,8 +128,11 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 			}
 			return err
 		}
-		if quiesced && quietUnder[i] == h.cfg.NodeID {
+		switch {
+		case quiesced && quietUnder[i] == h.cfg.NodeID:
 			toLead = append(toLead, g)
+		case quiesced && restarted[g]:
+			toHello = append(toHello, g)
 		}
 	}
 	return nil

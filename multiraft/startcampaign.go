@@ -33,9 +33,6 @@ package multiraft
 // replays it (its nodes bootstrap their ranges through StartGroups).
 
 import (
-	"cmp"
-	"slices"
-
 	"go.etcd.io/raft/v3"
 )
 
@@ -72,20 +69,8 @@ func (h *Host) paceStartCampaigns(ids []uint64) []uint64 {
 		return ids
 	}
 	now := h.live.ticks.Load()
-	giveUp := 2 * int64(h.cfg.ElectionTicks)
-	var gaveUp []*group
-	for g, at := range q.starting {
-		switch {
-		case g.st.lead.Load() != raft.None:
-			delete(q.starting, g)
-		case now-at >= giveUp:
-			delete(q.starting, g)
-			gaveUp = append(gaveUp, g)
-		}
-	}
-	// In ID order: their owners requeue them in the order they are
-	// queued, which the simulation must replay (the map's order is random).
-	slices.SortFunc(gaveUp, func(a, b *group) int { return cmp.Compare(a.id, b.id) })
+	gaveUp := sweepPaced(q.starting, now, 2*int64(h.cfg.ElectionTicks),
+		func(g *group) bool { return g.st.lead.Load() != raft.None })
 	for _, g := range gaveUp {
 		g.in.Lock()
 		g.in.requeue = true // its owner decides (maybeRequeueStart)
