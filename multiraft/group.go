@@ -291,9 +291,15 @@ func (g *group) handleInputs() {
 		if g.forgetsLeader(m) {
 			_ = g.rn.ForgetLeader()
 		}
+		if g.laggingHello(m) {
+			continue // answered, and caught up paced (answerHellos)
+		}
 		// Errors here are messages from removed or unknown peers, or stale
 		// responses: raft ignores them, and so do we.
 		_ = g.rn.Step(*m)
+	}
+	if quiet != nil {
+		g.followQuiet(quiet)
 	}
 	for _, t := range transfers {
 		t.startTick = g.ticks

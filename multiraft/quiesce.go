@@ -483,7 +483,10 @@ func (g *group) wake(byLeader bool) {
 // heartbeat after its quiesce heartbeat; a read's heartbeat is answered
 // without waking: only its leader needs to be awake for the read), or, at
 // a leader, the response of a follower that holds the leader's last entry.
-// A quiesce heartbeat's response is one of those.
+// A quiesce heartbeat's response is one of those. Also: a restarted
+// replica's hello (restart.go), and the empty append raft probes a
+// follower with, and its answer, when the follower's log ends at the
+// leader's last entry.
 func (g *group) benign(m *raftpb.Message) bool {
 	switch m.Type {
 	case raftpb.MsgHeartbeat:
@@ -505,11 +508,16 @@ func (g *group) benign(m *raftpb.Message) bool {
 		// entry.
 		return g.lead == g.h.cfg.NodeID && m.Term == g.term && !m.Reject && m.Index == g.log.lastIndex()
 	case raftpb.MsgHeartbeatResp:
+		if isHello(m) && g.lead == raft.None && g.quiesced && g.quietLeader == raft.None {
+			return true // waiting its turn to campaign (startcampaign.go): asked again later
+		}
 		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) {
 			return false
 		}
-		if bytes.Equal(m.Context, helloCtx) {
-			return true // answered, and its follower caught up paced (answerHellos)
+		if isHello(m) || bytes.Equal(m.Context, quiesceCtx) {
+			// Answered, or an answer; a follower that lacks entries is
+			// caught up paced (laggingHello).
+			return true
 		}
 		var last, match uint64
 		g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {

@@ -17,16 +17,23 @@ package multiraft
 // itself (it led, or campaigned), it waits its turn to campaign
 // (startcampaign.go): a leader elected meanwhile refuses the pre-vote,
 // and the pre-vote wakes that leader, which heartbeats it. Otherwise it
-// waits its turn to say hello: each tick, while fewer than
-// Config.MaxStartCampaigns hellos wait for an answer, the next replica
+// waits its turn to say hello: each tick once the node is announced
+// (Config.Unannounced), while fewer than Config.MaxStartCampaigns hellos
+// wait for an answer (a budget of its own, beside the start campaigns'),
+// the next replica
 // sends the voter it is quiesced under a heartbeat response whose context
 // is helloCtx. A quiesced leader at the hello's term answers with a quiesce
 // heartbeat without waking (answerHellos), and the replica learns its
 // leader from it and stays quiesced; if the replica lacks entries, the
-// leader queues the range for a paced catch-up (catchup.go). A leader at
-// another term wakes (the replica then learns the new term from its
-// heartbeats); a voter that is not the leader wakes and wakes its own
-// leader, which then heartbeats every follower. A hello unanswered after
+// leader does not step the hello (laggingHello) and queues the range for
+// a paced catch-up (catchup.go). A leader at another term wakes (the
+// replica then learns the new term from its heartbeats); a voter that is
+// not the leader wakes and wakes its own leader, whose next heartbeat,
+// or quiesce heartbeat, the replica follows (followQuiet re-indexes it
+// under that leader). A replica waiting its turn to campaign takes a
+// hello without waking, and answers none. A hello that a removed voter
+// never answers is sent again every two election timeouts, for as long
+// as the replica waits (a cost, not a fault: liveness still wakes it). A hello unanswered after
 // two election timeouts is sent again, until the replica knows its leader
 // or wakes. Liveness wakes the replica as any quiesced follower if the
 // voter it is quiesced under goes down, or is never heard from.
@@ -78,6 +85,9 @@ func (h *Host) queueHellos(gs []*group) {
 // paceHellos sends the next hellos (see the top of this file) and appends
 // the groups' IDs to ids, for the scheduler. Called by tick.
 func (h *Host) paceHellos(ids []uint64) []uint64 {
+	if !h.announced.Load() {
+		return ids // the node does not serve yet (Config.Unannounced)
+	}
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
 	q := &h.quiet.mu
@@ -106,13 +116,75 @@ func (g *group) sayHello() {
 	}}})
 }
 
+// isHello reports whether m is a restarted replica's hello.
+func isHello(m *raftpb.Message) bool {
+	return m.Type == raftpb.MsgHeartbeatResp && bytes.Equal(m.Context, helloCtx)
+}
+
+// progressOf returns the match of follower id, and this leader's own
+// (its last entry). Called by the owner.
+func (g *group) progressOf(id uint64) (match, last uint64) {
+	g.rn.WithProgress(func(pid uint64, _ raft.ProgressType, pr tracker.Progress) {
+		switch pid {
+		case id:
+			match = pr.Match
+		case g.h.cfg.NodeID:
+			last = pr.Match
+		}
+	})
+	return match, last
+}
+
+// laggingHello reports whether m, at this quiesced leader's term, is the
+// hello of a follower that lacks entries, or that follower's answer to
+// the quiesce heartbeat answerHellos sent it: it is not stepped, and the
+// range is queued for a paced catch-up (catchup.go). Stepped, raft would
+// send the follower its missing entries (or a snapshot) at once, which
+// wakes it, and its answers wake this leader: every range a restarted
+// node lags on would wake at once. Called by the owner.
+func (g *group) laggingHello(m *raftpb.Message) bool {
+	if m.Type != raftpb.MsgHeartbeatResp || !(isHello(m) || bytes.Equal(m.Context, quiesceCtx)) ||
+		!g.quiesced || g.lead != g.h.cfg.NodeID || m.Term != g.term {
+		return false
+	}
+	match, last := g.progressOf(m.From)
+	if match == last {
+		return false
+	}
+	h := g.h
+	h.quiet.mu.Lock()
+	h.addCatchUpLocked(g)
+	h.metrics.catchUpWaiting.Store(int64(len(h.quiet.mu.catchUpQ)))
+	h.quiet.mu.Unlock()
+	return true
+}
+
+// followQuiet re-indexes a quiesced replica under the sender of the
+// quiesce heartbeat quiet, just stepped, if raft now follows that sender
+// and the replica was quiesced under another node (a restarted replica
+// whose vote went to a candidate that lost, restart.go): liveness must
+// wake it if that node goes down, not if the other one does. Called by
+// the owner.
+func (g *group) followQuiet(quiet *raftpb.Message) {
+	if !g.quiesced || quiet.From == g.quietLeader {
+		return
+	}
+	if st := g.rn.BasicStatus(); st.RaftState != raft.StateFollower || st.Lead != quiet.From {
+		return
+	}
+	h := g.h
+	h.quiet.mu.Lock()
+	defer h.quiet.mu.Unlock()
+	if g.quiesced && !h.PeerDown(quiet.From) {
+		h.unquiesceLocked(g)
+		h.quiesceLocked(g, quiet.From)
+	}
+}
+
 // answerHellos answers the hellos in msgs at this quiesced leader's term
 // (which did not wake it: benign) with a quiesce heartbeat, which commits
-// no more than the follower holds; if the follower lacks entries, it queues
-// the group for a paced catch-up (catchup.go) instead of waking it: a
-// restarted node's hellos, up to Config.MaxStartCampaigns at once, would
-// otherwise wake every range it lags on at once. Called by the owner after
-// stepping msgs.
+// no more than the follower holds (laggingHello queued the catch-up of a
+// follower that lacks entries). Called by the owner after stepping msgs.
 func (g *group) answerHellos(msgs []raftpb.Message) {
 	h := g.h
 	if !g.quiesced || g.lead != h.cfg.NodeID {
@@ -120,27 +192,13 @@ func (g *group) answerHellos(msgs []raftpb.Message) {
 	}
 	for i := range msgs {
 		m := &msgs[i]
-		if m.Type != raftpb.MsgHeartbeatResp || !bytes.Equal(m.Context, helloCtx) || m.Term != g.term {
+		if !isHello(m) || m.Term != g.term {
 			continue
 		}
-		var match, last uint64
-		g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
-			switch id {
-			case m.From:
-				match = pr.Match
-			case h.cfg.NodeID:
-				last = pr.Match
-			}
-		})
+		match, _ := g.progressOf(m.From)
 		g.outbox = append(g.outbox, transport.Envelope{Group: g.id, Msg: raftpb.Message{
 			Type: raftpb.MsgHeartbeat, From: h.cfg.NodeID, To: m.From, Term: g.term,
 			Commit: min(match, g.commit), Context: quiesceCtx,
 		}})
-		if match != last {
-			h.quiet.mu.Lock()
-			h.addCatchUpLocked(g)
-			h.metrics.catchUpWaiting.Store(int64(len(h.quiet.mu.catchUpQ)))
-			h.quiet.mu.Unlock()
-		}
 	}
 }
