@@ -17,9 +17,11 @@ package multiraft
 // node (maybeQuiesce; only once the tick has recorded that node down, so
 // that its return is seen). When that node comes back, its lagging groups
 // are queued first, then every other quiesced group led here (the node
-// may have lost a replica: queueCatchUpLocked). A node that goes down
-// still wakes every group led here at once (quiesce.go: a leader that lost
-// its quorum must step down at once).
+// may have lost a replica: queueCatchUpLocked). A restarted follower's
+// hello, or its answer, queues its range too if it lacks entries
+// (laggingHello, restart.go). A node that goes down still wakes every
+// group led here at once, and empties the queue (quiesce.go: a leader that
+// lost its quorum must step down at once).
 //
 // How. Each tick, the Host drops from the catching-up set the groups
 // that quiesced again, lost their leadership, or woke two election
