@@ -141,10 +141,6 @@ func (h *Host) paceCatchUps(ids []uint64) []uint64 {
 // tick.
 func (h *Host) CatchUpsWaiting() int { return int(h.metrics.catchUpWaiting.Load()) }
 
-// TicksCoalesced returns how many ticks local replicas did not get
-// because they had not run their previous one yet (tick).
-func (h *Host) TicksCoalesced() uint64 { return h.metrics.ticksCoalesced.Load() }
-
 // popPaced moves groups from the front of *queue into set (at tick now)
 // until set holds max. A group that ready rejects (something else woke
 // it: it runs on its own) is dropped; each other one is marked under its

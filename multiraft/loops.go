@@ -120,3 +120,7 @@ func (h *Host) tick(ids []uint64) []uint64 {
 	h.sched.enqueueAll(ids)
 	return ids
 }
+
+// TicksCoalesced returns how many ticks local replicas did not get
+// because they had not run their previous one yet (tick).
+func (h *Host) TicksCoalesced() uint64 { return h.metrics.ticksCoalesced.Load() }

@@ -15,7 +15,9 @@ package multiraft
 // with its own log committed through that same last entry and nothing of
 // its own to do, quiesces too (its election timer, reset by that
 // heartbeat, stops). A follower that does not match stays active and is
-// caught up by the leader on its next message.
+// caught up by the leader on its next message. One exception: a replica
+// restarted from its state starts quiesced (restart.go) and may stay so
+// behind its leader, whose paced catch-up (catchup.go) then reaches it.
 //
 // Waking. Anything for the group wakes it: a message other than a quiesce
 // heartbeat or its response, a proposal, a read, a transfer, a campaign, a

@@ -66,7 +66,9 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	staged := false
 	// quietUnder[i]: the leader groups[i] starts quiesced under (0: none).
 	quietUnder := make([]uint64, 0, len(gs))
-	restarted := make(map[*group]bool) // started from state here, quiesced under restartLeader
+	// restarted[i]: groups[i] starts from its state here, quiesced under
+	// restartLeader (it says hello: restart.go).
+	restarted := make([]bool, 0, len(gs))
 	seen := make(map[uint64]bool, len(gs))
 	groups := make([]*group, 0, len(gs))
 	warm := make([][]raftpb.Entry, 0, len(gs))
@@ -98,9 +100,9 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 			}
 		} else if !wrote && h.bootQuiet() {
 			under = g.restartLeader()
-			restarted[g] = true
 		}
 		quietUnder = append(quietUnder, under)
+		restarted = append(restarted, !wrote)
 	}
 	if staged {
 		if err := b.Commit(true); err != nil {
@@ -131,7 +133,7 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 		switch {
 		case quiesced && quietUnder[i] == h.cfg.NodeID:
 			toLead = append(toLead, g)
-		case quiesced && restarted[g]:
+		case quiesced && restarted[i]:
 			toHello = append(toHello, g)
 		}
 	}

@@ -102,6 +102,9 @@ func (n *node) start() error {
 		// Config.MaxCatchUps (seed 290 at 2 found the bug that
 		// ranges.Store.pendingRestores mends).
 		MaxCatchUps: s.maxCatchUps(),
+		// As the server: announced once the node's ranges are started
+		// (below), so hellos and pings wait for them under every fault.
+		Unannounced: true,
 		Logger:      s.logger.With("node", n.id),
 		FailPoint:   n.failPoint,
 		UnknownGroup: func(g, from uint64) {
@@ -157,6 +160,7 @@ func (n *node) start() error {
 		return nil
 	}
 	n.ranges = st
+	h.Announce()
 	n.up = true
 	n.drain()
 	return nil
