@@ -1,6 +1,9 @@
 package multiraft
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // scheduler hands groups that have work to workers, one worker per group at
 // a time (CockroachDB's raft scheduler is the model). A group enqueued while
@@ -10,7 +13,9 @@ import "sync"
 // scheduler.mu is a leaf lock; cond waits on it.
 type scheduler struct {
 	cond *sync.Cond
-	mu   struct {
+	// wakes counts the signals and broadcasts to workers (tests).
+	wakes atomic.Uint64
+	mu    struct {
 		sync.Mutex
 		queue   []uint64 // FIFO; head is queue[head]
 		head    int
@@ -39,25 +44,43 @@ func (s *scheduler) enqueue(id uint64) {
 		s.mu.state[id] = st | schedQueued
 		if st&schedProcessing == 0 {
 			s.mu.queue = append(s.mu.queue, id)
+			s.wakes.Add(1)
 			s.cond.Signal()
 		}
 	}
 	s.mu.Unlock()
 }
 
-// enqueueAll is enqueue for many groups under one lock acquisition.
+// enqueueAll is enqueue for many groups under one lock acquisition. It
+// wakes workers only for groups it put in the queue: every tick and every
+// peer's ping call it, mostly with nothing, and a broadcast for nothing woke
+// every worker three times a tick on an idle node (120 wakeups a second of
+// an idle node's 330, in a 5 s execution trace; BENCHMARKS.md, "The idle
+// floor").
 func (s *scheduler) enqueueAll(ids []uint64) {
+	if len(ids) == 0 {
+		return
+	}
 	s.mu.Lock()
+	added := 0
 	for _, id := range ids {
 		st := s.mu.state[id]
 		if st&schedQueued == 0 {
 			s.mu.state[id] = st | schedQueued
 			if st&schedProcessing == 0 {
 				s.mu.queue = append(s.mu.queue, id)
+				added++
 			}
 		}
 	}
-	s.cond.Broadcast()
+	switch {
+	case added == 1:
+		s.wakes.Add(1)
+		s.cond.Signal()
+	case added > 1:
+		s.wakes.Add(1)
+		s.cond.Broadcast()
+	}
 	s.mu.Unlock()
 }
 
@@ -103,6 +126,7 @@ func (s *scheduler) done(ids []uint64) {
 		}
 	}
 	if requeued {
+		s.wakes.Add(1)
 		s.cond.Broadcast()
 	}
 	s.mu.Unlock()

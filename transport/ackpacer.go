@@ -19,7 +19,8 @@ const maxAckInterval = 2 * time.Millisecond
 // receiving side wakes the sender's ackLoop too. The first ack after a
 // quiet spell leaves at once; the ones after it wait out the interval,
 // which stays far below WriteTimeout (the sender's deadline for acks).
-// The heartbeat lane keeps one ack per frame: its stamps measure RTT.
+// The heartbeat lane acks each heartbeat batch (its stamps measure RTT)
+// and pings at most every pingAckInterval.
 //
 // note is called by the stream's handler; loop, the only sender on the
 // stream, runs until stop, which the handler calls before it returns, or

@@ -84,7 +84,9 @@ type GRPCTransport struct {
 	faults  *Faults
 	metrics *grpcMetrics
 	epoch   time.Time
-	dialOps []grpc.DialOption
+	// acksSent counts the acks this node's streams sent (tests).
+	acksSent atomic.Uint64
+	dialOps  []grpc.DialOption
 
 	lis net.Listener // own listener, or nil when registered on cfg.Server
 	srv *grpc.Server // own server, or nil
@@ -171,6 +173,8 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 			grpc.MaxCallSendMsgSize(c.maxRecvSize()),
 		),
 		grpc.WithSharedWriteBuffer(true),
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow),
 		grpc.WithIdleTimeout(0),
 	}
 	if c.ListenAddr != "" {

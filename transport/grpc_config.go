@@ -75,6 +75,20 @@ const (
 	// frameSlack is the room a frame needs beyond its largest message for
 	// the frame header and per-message prefixes.
 	frameSlack = 1 << 10
+
+	// streamWindow and connWindow are the HTTP/2 flow-control windows of
+	// the peer connections, per stream and per connection, in bytes. They
+	// are fixed on purpose: a window gRPC sizes itself (its BDP estimator,
+	// on when no window is set) sends a PING on the first data frame after
+	// each estimate, and the peer answers it. With every node pinging every
+	// peer each tick, that tripled the writes of an idle node: strace
+	// counted 100 writes/s on node 1 of 3 with every range quiesced, of
+	// which 20 were the pings themselves (BENCHMARKS.md, "The idle
+	// floor"). 4 MiB per stream and 16 MiB per connection are what the
+	// estimator grows to on loopback and a LAN; they bound what one peer
+	// may buffer here.
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
 )
 
 // GRPCConfig configures a GRPCTransport. A zero numeric or duration field
@@ -299,6 +313,8 @@ func ServerOptions(cfg GRPCConfig) []grpc.ServerOption {
 			Timeout: c.KeepaliveTimeout,
 		}),
 		grpc.MaxRecvMsgSize(c.maxRecvSize()),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
 		grpc.WaitForHandlers(true),
 	}
 }

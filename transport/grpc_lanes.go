@@ -170,7 +170,8 @@ func (p *grpcPeer) raftSendLoop() {
 }
 
 // heartbeatLoop writes each flushed heartbeat batch as one frame on the
-// heartbeat stream, which nothing else uses. The peer acks every frame; a
+// heartbeat stream, which nothing else uses. The peer acks every batch,
+// and pings at most every pingAckInterval (grpc_server.go); a
 // frame unacked for WriteTimeout marks the stream dead (see writeBatch).
 func (p *grpcPeer) heartbeatLoop() {
 	var s *stream

@@ -33,6 +33,8 @@ type grpcPeer struct {
 	ctx    context.Context // cancelled by stop
 	stopF  context.CancelFunc
 	m      peerMetrics
+	// opened counts the streams opened to the peer, on every lane (tests).
+	opened atomic.Uint64
 
 	raftQ     chan Envelope
 	snapQ     chan Envelope

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
@@ -151,7 +152,8 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 	defer snap.discard() // a streamed snapshot's partial state, if the stream fails
 	var taken uint64     // messages delivered on this stream, for acks
 	var pacer *ackPacer
-	announced := false // peerUp called
+	announced := false    // peerUp called
+	var lastAck time.Time // of the heartbeat lane's last ack
 	if lane == kindRaft {
 		pacer = t.startAckPacer(ss)
 		defer pacer.stop()
@@ -211,17 +213,24 @@ func (t *GRPCTransport) serveStream(lane frameKind, ss grpc.ServerStream) error 
 					return err
 				}
 			}
+			ping := len(f.envs) == 0
 			taken += uint64(len(f.envs))
 			if !t.deliver(hs, from, f.envs) {
 				return status.Error(codes.Unavailable, ErrClosed.Error())
 			}
 			f.envs = nil
-			if pacer != nil {
+			switch {
+			case pacer != nil:
 				if err := pacer.note(from, f.seq, f.stamp, taken); err != nil {
 					return err
 				}
-			} else if err := t.sendAck(ss, from, f.seq, f.stamp, taken); err != nil {
-				return err
+			case ping && time.Since(lastAck) < t.pingAckInterval():
+				// Not every ping needs its ack (pingAckInterval).
+			default:
+				if err := t.sendAck(ss, from, f.seq, f.stamp, taken); err != nil {
+					return err
+				}
+				lastAck = time.Now()
 			}
 		case kindMust:
 			if hs.must == nil {
@@ -318,8 +327,26 @@ func (t *GRPCTransport) deliver(hs *handlers, from uint64, envs []Envelope) bool
 	return true
 }
 
+// maxPingAckInterval bounds the wait of a ping's ack; see pingAckInterval.
+const maxPingAckInterval = 250 * time.Millisecond
+
+// pingAckInterval is how long the heartbeat lane may leave pings (empty
+// frames) unacked: acks are cumulative, so the next ack stands for the pings
+// before it, and a stream's deadline for acks is WriteTimeout, of which
+// this is at most an eighth. Heartbeat batches are acked each, and their
+// stamps measure the RTT.
+//
+// Why: every node pings every peer each tick, so on an idle node acking
+// each ping was a third of the socket writes and of the goroutine wakeups
+// (the ack's write here, its read and ackLoop at the sender; BENCHMARKS.md,
+// "The idle floor").
+func (t *GRPCTransport) pingAckInterval() time.Duration {
+	return min(maxPingAckInterval, t.cfg.WriteTimeout/8)
+}
+
 func (t *GRPCTransport) sendAck(ss grpc.ServerStream, to, seq, stamp, count uint64) error {
 	ack := frame{kind: kindAck, clusterID: t.cfg.ClusterID, from: t.id, to: to, seq: seq, stamp: stamp, count: count}
+	t.acksSent.Add(1)
 	return ss.SendMsg(&ack)
 }
 

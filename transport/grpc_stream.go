@@ -166,6 +166,7 @@ func (p *grpcPeer) openStream(desc *grpc.StreamDesc, waitReady bool) (*stream, e
 		cancel()
 		return nil, err
 	}
+	p.opened.Add(1)
 	return &stream{cs: cs, cancel: cancel, timer: timer}, nil
 }
 

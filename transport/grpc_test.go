@@ -255,6 +255,39 @@ func TestHeartbeatCoalescing(t *testing.T) {
 	_ = c
 }
 
+// TestPingAcksSparse shows the heartbeat lane leaving most pings unacked
+// (pingAckInterval) and still acking often enough that a stream carrying
+// nothing but pings is never taken for a black hole: over four times the
+// ack deadline (WriteTimeout), node 1 opens one heartbeat stream to node 2.
+// With no ack for pings at all, the stream fails every WriteTimeout.
+func TestPingAcksSparse(t *testing.T) {
+	a, _ := newNode(t, testConfig(1, "127.0.0.1"), true)
+	b, rb := newNode(t, testConfig(2, "127.0.0.1"), true)
+	mesh(a, b)
+	until := time.Now().Add(4 * a.cfg.WriteTimeout)
+	pings := 0
+	for time.Now().Before(until) {
+		a.FlushHeartbeats()
+		pings++
+		time.Sleep(2 * time.Millisecond)
+	}
+	if !rb.until(wait, func() bool { return len(rb.mu.batches) >= pings/2 }) {
+		t.Fatalf("node 2 got %d of %d pings", len(rb.mu.batches), pings)
+	}
+	rb.mu.Lock()
+	got := len(rb.mu.batches)
+	rb.mu.Unlock()
+	acks := b.acksSent.Load()
+	// One ack per pingAckInterval (WriteTimeout/8), so about 32 here; one
+	// per ping would be several hundred.
+	if acks == 0 || acks > uint64(got)/4 {
+		t.Errorf("node 2 acked %d of %d pings, want between 1 and a quarter", acks, got)
+	}
+	if n := a.peer(2).opened.Load(); n != 1 {
+		t.Errorf("node 1 opened %d streams to node 2, want 1 (the heartbeat stream, never failed)", n)
+	}
+}
+
 // TestHeartbeatLaneIndependent shows that heartbeats do not wait behind bulk
 // traffic: with the receiver stuck on a raft batch and the raft stream
 // blocked in flow control, heartbeat batches still arrive.
