@@ -119,6 +119,14 @@ type Config struct {
 	// mistaking a scheduling hiccup for a death; Manual mode has no wall
 	// clock and uses the others). Limits 2*HeartbeatTicks to 1000.
 	LivenessTicks int
+	// LivenessStretch is the most the liveness timeout grows to while this
+	// node is behind, as a multiple of LivenessTicks: each tick that fires
+	// a whole TickInterval late (its goroutines wait for a CPU) stretches
+	// it by one LivenessTicks, and each LivenessTicks of ticks on time
+	// shrinks it by one (liveness.go, "An overloaded node"). An overloaded
+	// node reads its peers' pings late and would count live peers down.
+	// Default 4; 1 turns the stretch off; limits 1..16.
+	LivenessStretch int
 	// DisableFailover turns off the liveness failover above: groups then
 	// wait for raft's own election timeout. PeerDown still reports. The
 	// failover is also off when DisablePreVote or DisableCheckQuorum is
@@ -231,6 +239,7 @@ func (c *Config) setDefaults() {
 	def(&c.RequestTimeoutTicks, 10*c.ElectionTicks)
 	def(&c.MaxStartCampaigns, 128)
 	def(&c.MaxCatchUps, 128)
+	def(&c.LivenessStretch, 4)
 	if c.EntryCacheBytes == 0 {
 		c.EntryCacheBytes = 16 << 20
 	}
@@ -292,6 +301,8 @@ func (c *Config) validate() error {
 		return bad("MaxCatchUps %d outside 1..1<<20", c.MaxCatchUps)
 	case c.LivenessTicks < 2*c.HeartbeatTicks || c.LivenessTicks > 1000:
 		return bad("LivenessTicks %d outside 2*HeartbeatTicks (%d)..1000", c.LivenessTicks, 2*c.HeartbeatTicks)
+	case c.LivenessStretch < 1 || c.LivenessStretch > 16:
+		return bad("LivenessStretch %d outside 1..16", c.LivenessStretch)
 	}
 	return nil
 }

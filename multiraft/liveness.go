@@ -28,6 +28,22 @@ package multiraft
 // that timeout instead of at the election timeout. The failover is off
 // unless PreVote and CheckQuorum are both on, which it relies on.
 //
+// An overloaded node. A node whose tick fires a whole interval late (its
+// goroutines wait for a CPU) reads its peers' pings late too, and would
+// count live peers down: then every range it follows under them wakes and
+// campaigns, which loads every node more. Starting 100,000 ranges on 3
+// nodes of one 2-vCPU machine fell into that loop (50,000 failovers in 5
+// minutes, and no settling; BENCHMARKS.md, "100,000 ranges again"). So
+// the timeout stretches while this node is behind, by one LivenessTicks
+// for each late tick, up to Config.LivenessStretch times, and shrinks by
+// one for each LivenessTicks of ticks on time (the "local health" of
+// SWIM's Lifeguard extension, which memberlist uses). The price: a peer
+// that dies while this node is overloaded is found later, by up to
+// LivenessStretch-1 liveness timeouts. Coalesced group ticks (tick) are
+// not the signal: they are routine under client load, and with them
+// failover under load took 3.2-3.9 s instead of 1.2 s (BENCHMARKS.md,
+// "An overloaded node's liveness").
+//
 // What "heard" means is any message batch from the peer (HandleBatch):
 // heartbeats, appends, responses, and the ping every node sends every peer
 // each tick (transport.Transport.FlushHeartbeats) — followers of a group
@@ -63,10 +79,36 @@ type liveness struct {
 	// first is the tick at which the first peer was heard from (valid
 	// once heard holds a peer): when this node joined the others.
 	first atomic.Int64
-	mu    sync.Mutex
+	// stretch is the factor of LivenessTicks a peer must be silent for to
+	// be down, 1..Config.LivenessStretch (see "An overloaded node").
+	// Written by the tick alone (judge); calm counts the ticks kept up
+	// since it last moved.
+	stretch atomic.Int64
+	calm    int
+	mu      sync.Mutex
 }
 
-func (l *liveness) init() { l.heard.Store(&map[uint64]*atomic.Int64{}) }
+func (l *liveness) init() {
+	l.heard.Store(&map[uint64]*atomic.Int64{})
+	l.stretch.Store(1)
+}
+
+// judge moves the stretch at a tick: up by one if the tick came late,
+// down by one after every period ticks on time; within 1..most. Only the
+// tick calls it.
+func (l *liveness) judge(behind bool, period, most int64) {
+	s := l.stretch.Load()
+	switch {
+	case behind:
+		l.calm = 0
+		l.stretch.Store(min(s+1, most))
+	case s > 1:
+		if l.calm++; int64(l.calm) >= period {
+			l.calm = 0
+			l.stretch.Store(s - 1)
+		}
+	}
+}
 
 // note records that a message batch came from peer now.
 func (l *liveness) note(peer uint64) {
@@ -110,15 +152,21 @@ func (l *liveness) silent(peer uint64) (int64, bool) {
 func (h *Host) Announce() { h.announced.Store(true) }
 
 // PeerDown reports whether this node has heard nothing from node id for
-// Config.LivenessTicks or longer. A node never heard from since this Host
+// Config.LivenessTicks or longer, times the stretch while this node is
+// behind (LivenessStretch). A node never heard from since this Host
 // started is not reported down. This node itself is never down.
 func (h *Host) PeerDown(id uint64) bool {
 	if id == h.cfg.NodeID {
 		return false
 	}
 	n, ok := h.live.silent(id)
-	return ok && n >= int64(h.cfg.LivenessTicks)
+	return ok && n >= int64(h.cfg.LivenessTicks)*h.live.stretch.Load()
 }
+
+// LivenessStretch returns the factor by which the liveness timeout is
+// stretched now: 1 while this node keeps up, up to
+// Config.LivenessStretch while it is behind.
+func (h *Host) LivenessStretch() int { return int(h.live.stretch.Load()) }
 
 // Failovers counts the times a local follower forgot a leader that
 // liveness found down.

@@ -30,12 +30,18 @@ func (h *Host) tickLoop() {
 	t := time.NewTicker(h.cfg.TickInterval)
 	defer t.Stop()
 	var ids []uint64
+	last := time.Now()
 	for {
 		select {
 		case <-h.stopc:
 			return
-		case <-t.C:
-			ids = h.tick(ids[:0])
+		case now := <-t.C:
+			// A tick taken a whole interval late, or after the ticker
+			// dropped one, says this loop waited that long for a CPU: the
+			// node is behind (liveness.go, "An overloaded node").
+			late := now.Sub(last) >= 2*h.cfg.TickInterval || time.Since(now) >= h.cfg.TickInterval
+			last = now
+			ids = h.tick(ids[:0], late)
 		}
 	}
 }
@@ -46,7 +52,19 @@ func (h *Host) Tick() {
 	if !h.cfg.Manual {
 		panic("multiraft: Tick outside Manual mode")
 	}
-	h.tick(nil)
+	h.tick(nil, false)
+}
+
+// TickLate is Tick for a tick that came a whole interval late or more, as
+// the automatic mode's ticker delivers one when its loop waited that long
+// for a CPU: the node counts as behind (Config.LivenessStretch). Only in
+// Manual mode; the simulation ticks a node so when it resumes from a
+// pause.
+func (h *Host) TickLate() {
+	if !h.cfg.Manual {
+		panic("multiraft: TickLate outside Manual mode")
+	}
+	h.tick(nil, true)
 }
 
 // Process runs one cycle over every group that has work, on the caller's
@@ -71,8 +89,9 @@ func (h *Host) Process() int {
 
 // tick sends the heartbeats coalesced during the last tick, hands pending
 // transport feedback to the groups, and queues a tick for every group.
-func (h *Host) tick(ids []uint64) []uint64 {
+func (h *Host) tick(ids []uint64, late bool) []uint64 {
 	h.live.ticks.Add(1)
+	h.live.judge(late, int64(h.cfg.LivenessTicks), int64(h.cfg.LivenessStretch))
 	if h.announced.Load() {
 		h.tr.FlushHeartbeats()
 	}

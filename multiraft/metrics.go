@@ -106,8 +106,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// registerHubMetrics exports the event hub's counter and the count of
-// quiesced replicas; called once by NewHost after both exist.
+// registerHubMetrics exports the event hub's counter, the count of
+// quiesced replicas and the liveness stretch; called once by NewHost after
+// they exist.
 func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub, h *Host) {
 	if reg != nil {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -117,7 +118,11 @@ func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub, h
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "flotilla_raft_quiesced_groups",
 				Help: "Local replicas that are quiesced: idle, not ticking.",
-			}, func() float64 { return float64(h.Quiesced()) }))
+			}, func() float64 { return float64(h.Quiesced()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "flotilla_raft_liveness_stretch",
+				Help: "The factor by which the liveness timeout is stretched now: 1 while this node keeps up, more while it is behind (its groups' ticks coalesce or its tick runs late), up to Config.LivenessStretch.",
+			}, func() float64 { return float64(h.LivenessStretch()) }))
 	}
 }
 

@@ -48,8 +48,9 @@ type Options struct {
 	// (multiraft.GroupStart.Leader): the other replicas start quiesced
 	// under it. Nodes start their groups with one StartGroups call.
 	BootLeader func(group uint64) uint64
-	// MaxStartCampaigns and MaxCatchUps as in multiraft.Config.
-	MaxStartCampaigns, MaxCatchUps int
+	// MaxStartCampaigns, MaxCatchUps and LivenessStretch as in
+	// multiraft.Config.
+	MaxStartCampaigns, MaxCatchUps, LivenessStretch int
 	// Unannounced as in multiraft.Config: the nodes ping no peer until
 	// their Host's Announce.
 	Unannounced bool
@@ -149,6 +150,7 @@ func (c *Cluster) start(id uint64) error {
 		QuiesceWithLaggards:       c.Opts.QuiesceWithLaggards,
 		MaxStartCampaigns:         c.Opts.MaxStartCampaigns,
 		MaxCatchUps:               c.Opts.MaxCatchUps,
+		LivenessStretch:           c.Opts.LivenessStretch,
 		Unannounced:               c.Opts.Unannounced,
 	})
 	if err != nil {

@@ -39,6 +39,8 @@ type node struct {
 	paused    bool
 	held      []func()
 	tickEvery time.Duration
+	// late: its next tick is the first since it resumed (TickLate).
+	late bool
 	// runningSince: when the node last resumed or started (checkFailover).
 	runningSince time.Duration
 
@@ -194,7 +196,14 @@ func (n *node) failPoint(name string) error {
 // tickLoop ticks the node and schedules the next tick.
 func (n *node) tickLoop() {
 	if n.up && !n.paused {
-		n.host.Tick()
+		if n.late {
+			// Its first tick after a pause: a real node's ticker fires
+			// late then (multiraft.Config.LivenessStretch).
+			n.late = false
+			n.host.TickLate()
+		} else {
+			n.host.Tick()
+		}
 		n.drain()
 	}
 	n.s.after(n.tickEvery, n.tickLoop)
@@ -239,6 +248,7 @@ func (n *node) resume() {
 	}
 	n.s.record("resume", n.id, uint64(len(n.held)))
 	n.paused = false
+	n.late = true
 	n.runningSince = n.s.now
 	held := n.held
 	n.held = nil
