@@ -39,7 +39,15 @@ package multiraft
 // one for each LivenessTicks of ticks on time (the "local health" of
 // SWIM's Lifeguard extension, which memberlist uses). The price: a peer
 // that dies while this node is overloaded is found later, by up to
-// LivenessStretch-1 liveness timeouts. Coalesced group ticks (tick) are
+// LivenessStretch-1 liveness timeouts of this node's ticks (more in wall
+// time: a late ticker drops ticks). A peer found down stays down until it
+// is heard from: a stretch that grows does not revive it. A stretched
+// node also counts a dead follower live for longer, so a leader may
+// quiesce with a dead follower among those holding its last entry (it
+// steps down once it counts it down, as before), and nodes with
+// different stretches may choose different survivors for a 5-voter
+// group (raft's election timeout is then the fallback). Coalesced group
+// ticks (tick) are
 // not the signal: they are routine under client load, and with them
 // failover under load took 3.2-3.9 s instead of 1.2 s (BENCHMARKS.md,
 // "An overloaded node's liveness").
@@ -75,7 +83,7 @@ const failoverRetryTicks = 2
 // leaf) serializes adding a peer.
 type liveness struct {
 	ticks atomic.Int64 // ticks since the Host started
-	heard atomic.Pointer[map[uint64]*atomic.Int64]
+	heard atomic.Pointer[map[uint64]*peerLive]
 	// first is the tick at which the first peer was heard from (valid
 	// once heard holds a peer): when this node joined the others.
 	first atomic.Int64
@@ -88,8 +96,19 @@ type liveness struct {
 	mu      sync.Mutex
 }
 
+// peerLive is what liveness knows of one peer.
+type peerLive struct {
+	at atomic.Int64 // the tick at which it was last heard from
+	// downMark is at+1 once the peer was found down with nothing heard
+	// since: it stays down until it is heard from, whatever the stretch
+	// does meanwhile (a stretch that grows must not bring a silent peer
+	// back to life, which would undo its failover and, when the stretch
+	// shrinks again, wake every range this node leads a second time).
+	downMark atomic.Int64
+}
+
 func (l *liveness) init() {
-	l.heard.Store(&map[uint64]*atomic.Int64{})
+	l.heard.Store(&map[uint64]*peerLive{})
 	l.stretch.Store(1)
 }
 
@@ -112,26 +131,26 @@ func (l *liveness) judge(behind bool, period, most int64) {
 
 // note records that a message batch came from peer now.
 func (l *liveness) note(peer uint64) {
-	if at := (*l.heard.Load())[peer]; at != nil {
-		at.Store(l.ticks.Load())
+	if p := (*l.heard.Load())[peer]; p != nil {
+		p.at.Store(l.ticks.Load())
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	m := *l.heard.Load()
-	if at := m[peer]; at != nil {
-		at.Store(l.ticks.Load())
+	if p := m[peer]; p != nil {
+		p.at.Store(l.ticks.Load())
 		return
 	}
-	next := make(map[uint64]*atomic.Int64, len(m)+1)
+	next := make(map[uint64]*peerLive, len(m)+1)
 	for k, v := range m {
 		next[k] = v
 	}
-	at := &atomic.Int64{}
-	at.Store(l.ticks.Load())
-	next[peer] = at
+	p := &peerLive{}
+	p.at.Store(l.ticks.Load())
+	next[peer] = p
 	if len(m) == 0 {
-		l.first.Store(at.Load())
+		l.first.Store(p.at.Load())
 	}
 	l.heard.Store(&next)
 }
@@ -139,11 +158,29 @@ func (l *liveness) note(peer uint64) {
 // silent returns for how many ticks peer has been silent, and false if it
 // was never heard from since this Host started (nothing to judge by).
 func (l *liveness) silent(peer uint64) (int64, bool) {
-	at := (*l.heard.Load())[peer]
-	if at == nil {
+	p := (*l.heard.Load())[peer]
+	if p == nil {
 		return 0, false
 	}
-	return l.ticks.Load() - at.Load(), true
+	return l.ticks.Load() - p.at.Load(), true
+}
+
+// down reports whether peer is down: silent for limit ticks times the
+// stretch, or found down before and not heard from since (downMark).
+func (l *liveness) down(peer uint64, limit int64) bool {
+	p := (*l.heard.Load())[peer]
+	if p == nil {
+		return false
+	}
+	at := p.at.Load()
+	if p.downMark.Load() == at+1 {
+		return true
+	}
+	if l.ticks.Load()-at < limit*l.stretch.Load() {
+		return false
+	}
+	p.downMark.Store(at + 1)
+	return true
 }
 
 // Announce makes a Host started with Config.Unannounced ping its peers,
@@ -153,14 +190,15 @@ func (h *Host) Announce() { h.announced.Store(true) }
 
 // PeerDown reports whether this node has heard nothing from node id for
 // Config.LivenessTicks or longer, times the stretch while this node is
-// behind (LivenessStretch). A node never heard from since this Host
-// started is not reported down. This node itself is never down.
+// behind (LivenessStretch); a peer found down stays down until it is
+// heard from, even if the stretch grows meanwhile. A node never heard
+// from since this Host started is not reported down. This node itself is
+// never down.
 func (h *Host) PeerDown(id uint64) bool {
 	if id == h.cfg.NodeID {
 		return false
 	}
-	n, ok := h.live.silent(id)
-	return ok && n >= int64(h.cfg.LivenessTicks)*h.live.stretch.Load()
+	return h.live.down(id, int64(h.cfg.LivenessTicks))
 }
 
 // LivenessStretch returns the factor by which the liveness timeout is
@@ -188,8 +226,9 @@ func (g *group) checkLiveness() {
 		lead = 0
 		_ = g.rn.ForgetLeader()
 		h.metrics.failovers.Add(1)
+		silent, _ := h.live.silent(g.failoverFrom)
 		h.log.Info("leader not heard from; forgetting it", "group", g.id, "term", g.term, "leader", g.failoverFrom,
-			"silent_ticks", h.cfg.LivenessTicks)
+			"silent_ticks", silent)
 	}
 	if g.failoverFrom == 0 || lead != 0 || g.ticks-g.failoverTick < failoverRetryTicks {
 		return

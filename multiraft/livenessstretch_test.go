@@ -55,3 +55,44 @@ func TestLivenessStretchesWhileBehind(t *testing.T) {
 		})
 	}
 }
+
+// TestLivenessDownStaysDown: a peer found down stays down until it is
+// heard from, even when this node falls behind right after and its
+// stretched timeout (4 liveness timeouts) exceeds the peer's silence.
+// Revived so, the peer's ranges would stop their failover, and when the
+// stretch shrank again this node would wake every range it leads a second
+// time. Heard from again, the peer is live at once.
+func TestLivenessDownStaysDown(t *testing.T) {
+	const liveness = 5 // Manual mode: ElectionTicks/2
+	c := newCluster(t, mrtest.Options{Groups: 3})
+	for g := uint64(1); g <= 3; g++ {
+		if err := c.Campaign(g, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := c.Hosts[1]
+	c.Crash(2)
+	for i := 0; i < liveness; i++ {
+		h.Tick()
+	}
+	if !h.PeerDown(2) {
+		t.Fatalf("node 2 not down after %d silent ticks", liveness)
+	}
+	for i := 1; i <= 3; i++ {
+		h.TickLate()
+		if !h.PeerDown(2) {
+			t.Fatalf("node 2 live again after %d late ticks (stretch %d), unheard", i, h.LivenessStretch())
+		}
+	}
+	if err := c.Restart(2); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3 && h.PeerDown(2); i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h.PeerDown(2) {
+		t.Fatal("node 2 still down after it was heard from")
+	}
+}

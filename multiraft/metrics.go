@@ -121,7 +121,7 @@ func (m *metrics) registerHubMetrics(reg prometheus.Registerer, hub *eventHub, h
 			}, func() float64 { return float64(h.Quiesced()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "flotilla_raft_liveness_stretch",
-				Help: "The factor by which the liveness timeout is stretched now: 1 while this node keeps up, more while it is behind (its groups' ticks coalesce or its tick runs late), up to Config.LivenessStretch.",
+				Help: "The factor by which the liveness timeout is stretched now: 1 while this node keeps up, more while it is behind (its tick fires a whole interval late), up to Config.LivenessStretch.",
 			}, func() float64 { return float64(h.LivenessStretch()) }))
 	}
 }

@@ -17,11 +17,13 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
+	"github.com/flotilla/flotilla/transport"
 )
 
 // peerDialOptions dial peers from the host of this node's peer address, as
 // the raft transport does, so a firewall rule on one directed link cuts
-// discovery and raft alike.
+// discovery and raft alike; and with the peer connections' fixed
+// flow-control windows (transport.WindowDialOptions).
 func peerDialOptions(peerAddr string) []grpc.DialOption {
 	var local net.Addr
 	if host, _, err := net.SplitHostPort(peerAddr); err == nil {
@@ -30,7 +32,7 @@ func peerDialOptions(peerAddr string) []grpc.DialOption {
 		}
 	}
 	d := &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
-	return []grpc.DialOption{
+	return append(transport.WindowDialOptions(),
 		// A peer that was down is retried soon after it comes back, so
 		// its addresses are learned within a second or two.
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -40,7 +42,7 @@ func peerDialOptions(peerAddr string) []grpc.DialOption {
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", addr)
 		}),
-	}
+	)
 }
 
 // selfInfo describes this node.

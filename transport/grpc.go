@@ -173,10 +173,9 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 			grpc.MaxCallSendMsgSize(c.maxRecvSize()),
 		),
 		grpc.WithSharedWriteBuffer(true),
-		grpc.WithInitialWindowSize(streamWindow),
-		grpc.WithInitialConnWindowSize(connWindow),
 		grpc.WithIdleTimeout(0),
 	}
+	t.dialOps = append(t.dialOps, WindowDialOptions()...)
 	if c.ListenAddr != "" {
 		lis, err := net.Listen("tcp", c.ListenAddr)
 		if err != nil {

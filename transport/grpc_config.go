@@ -84,9 +84,12 @@ const (
 	// peer each tick, that tripled the writes of an idle node: strace
 	// counted 100 writes/s on node 1 of 3 with every range quiesced, of
 	// which 20 were the pings themselves (BENCHMARKS.md, "The idle
-	// floor"). 4 MiB per stream and 16 MiB per connection are what the
-	// estimator grows to on loopback and a LAN; they bound what one peer
-	// may buffer here.
+	// floor"). The connection's window is the estimator's ceiling (16
+	// MiB), and bounds what one peer may have buffered here. A stream gets
+	// a quarter of it, so that one lane (a snapshot, a burst of appends)
+	// cannot take the whole window from the heartbeat lane. The price: a
+	// lane moves at most 4 MiB per round trip, 80 MiB/s at 50 ms (plenty
+	// on a LAN; a limit across a WAN).
 	streamWindow = 4 << 20
 	connWindow   = 16 << 20
 )
@@ -292,9 +295,22 @@ func (c GRPCConfig) withDefaults() (GRPCConfig, error) {
 // maxRecvSize is the largest gRPC message a receiver accepts.
 func (c *GRPCConfig) maxRecvSize() int { return c.MaxFrameSize + frameSlack }
 
+// WindowDialOptions returns the dial options that give a connection to a
+// peer's server the peer connections' fixed flow-control windows
+// (streamWindow), for the node's other clients of its peers' servers
+// (discovery): without them gRPC's estimator pings the peer after every
+// call.
+func WindowDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow),
+	}
+}
+
 // ServerOptions returns the gRPC server options the peer service needs:
 // keepalive parameters and an enforcement policy that match the clients'
-// keepalive pings, and a receive limit that fits the largest frame. Use them
+// keepalive pings, a receive limit that fits the largest frame, and the
+// fixed flow-control windows (streamWindow). Use them
 // when creating the *grpc.Server passed as GRPCConfig.Server. cfg gets its
 // defaults filled in; an invalid cfg gets the defaults' options.
 func ServerOptions(cfg GRPCConfig) []grpc.ServerOption {
