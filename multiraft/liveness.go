@@ -47,10 +47,9 @@ package multiraft
 // steps down once it counts it down, as before), and nodes with
 // different stretches may choose different survivors for a 5-voter
 // group (raft's election timeout is then the fallback). Coalesced group
-// ticks (tick) are
-// not the signal: they are routine under client load, and with them
-// failover under load took 3.2-3.9 s instead of 1.2 s (BENCHMARKS.md,
-// "An overloaded node's liveness").
+// ticks (tick) are not the signal: they are routine under client load,
+// and with them failover under load took 3.2-3.9 s instead of 1.2 s
+// (BENCHMARKS.md, "An overloaded node's liveness").
 //
 // What "heard" means is any message batch from the peer (HandleBatch):
 // heartbeats, appends, responses, and the ping every node sends every peer
@@ -107,6 +106,18 @@ type peerLive struct {
 	downMark atomic.Int64
 }
 
+// heardAt moves at forward to tick: never back, so that a note preempted
+// between reading the tick and storing it cannot bring back an older tick
+// (and with it a downMark set since).
+func (p *peerLive) heardAt(tick int64) {
+	for {
+		old := p.at.Load()
+		if tick <= old || p.at.CompareAndSwap(old, tick) {
+			return
+		}
+	}
+}
+
 func (l *liveness) init() {
 	l.heard.Store(&map[uint64]*peerLive{})
 	l.stretch.Store(1)
@@ -132,14 +143,14 @@ func (l *liveness) judge(behind bool, period, most int64) {
 // note records that a message batch came from peer now.
 func (l *liveness) note(peer uint64) {
 	if p := (*l.heard.Load())[peer]; p != nil {
-		p.at.Store(l.ticks.Load())
+		p.heardAt(l.ticks.Load())
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	m := *l.heard.Load()
 	if p := m[peer]; p != nil {
-		p.at.Store(l.ticks.Load())
+		p.heardAt(l.ticks.Load())
 		return
 	}
 	next := make(map[uint64]*peerLive, len(m)+1)

@@ -88,8 +88,11 @@ func (h *Host) Process() int {
 // tick sends the heartbeats coalesced during the last tick, hands pending
 // transport feedback to the groups, and queues a tick for every group.
 func (h *Host) tick(ids []uint64, late bool) []uint64 {
-	h.live.ticks.Add(1)
+	// The stretch moves before the tick count: a PeerDown between the two
+	// would otherwise judge the new count by the old stretch, and a peer
+	// found down stays down until heard (liveness.down).
 	h.live.judge(late, int64(h.cfg.LivenessTicks), int64(h.cfg.LivenessStretch))
+	h.live.ticks.Add(1)
 	if h.announced.Load() {
 		h.tr.FlushHeartbeats()
 	}

@@ -175,7 +175,9 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 		grpc.WithSharedWriteBuffer(true),
 		grpc.WithIdleTimeout(0),
 	}
-	t.dialOps = append(t.dialOps, WindowDialOptions()...)
+	// Clipped: each peer appends its credentials to a copy, not to spare
+	// room shared with the others.
+	t.dialOps = slices.Clip(append(t.dialOps, WindowDialOptions()...))
 	if c.ListenAddr != "" {
 		lis, err := net.Listen("tcp", c.ListenAddr)
 		if err != nil {
