@@ -1,0 +1,6 @@
+//go:build !race
+
+package sim
+
+// raceEnabled: the tests run under the race detector (TestSeeds).
+const raceEnabled = false
