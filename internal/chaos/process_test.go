@@ -314,10 +314,10 @@ func lastColon(s string) int {
 // through the Go client. With the default client no put fails, the frozen
 // node's groups are led again within the fault, no other group changes
 // leader or term, and every whole second from 2s into the fault on has
-// completed puts. The same run repeats the fault under a naive client (no
-// hedging or suspicion: one attempt at a time, up to 5s each): its clients
-// all end up waiting on the frozen node, and some second of that window
-// has no completed put.
+// completed puts, at least a tenth of the healthy rate. The same run
+// repeats the fault under a naive client (no hedging or suspicion: one
+// attempt at a time, up to 5s each): its clients end up waiting on the
+// frozen node, and some second of that window completes less than that.
 func TestProcFrozenNodeClientWritesGoOn(t *testing.T) {
 	bin := flotillaBinary(t)
 	c, err := StartProcCluster(ProcConfig{Binary: bin, Dir: t.TempDir(), Groups: 16, Tick: 100 * time.Millisecond})
@@ -341,13 +341,18 @@ func TestProcFrozenNodeClientWritesGoOn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A stalled second completes under a tenth of the healthy rate:
+		// the naive client's clients do not all wait on the frozen node
+		// (a request sent to a live node waits there for the new leader
+		// and is served), so its freeze once kept 6 puts a second of
+		// 2,966 and had no second with none.
 		var stalled []int
 		for _, s := range r.Load.PerSecond {
-			if float64(s.T-1) >= r.FaultAt+bound.Seconds() && float64(s.T) <= r.FaultAt+r.HoldSeconds && s.Ops == 0 {
+			if float64(s.T-1) >= r.FaultAt+bound.Seconds() && float64(s.T) <= r.FaultAt+r.HoldSeconds && float64(s.Ops) < r.HealthyOpsPerSec/10 {
 				stalled = append(stalled, s.T)
 			}
 		}
-		t.Logf("%s client: node %d frozen at %.1fs for %.1fs: %d ops, %d errors %v; healthy %.0f ops/s, frozen %.0f ops/s (%.2fx); victim's %d groups led again after %.0f ms; %d other groups changed; seconds with no put: %v; %d hedges",
+		t.Logf("%s client: node %d frozen at %.1fs for %.1fs: %d ops, %d errors %v; healthy %.0f ops/s, frozen %.0f ops/s (%.2fx); victim's %d groups led again after %.0f ms; %d other groups changed; stalled seconds: %v; %d hedges",
 			name, r.Victim, r.FaultAt, r.HoldSeconds, r.Load.Ops, r.Load.Errors, r.Load.ErrorsByKind, r.HealthyOpsPerSec,
 			r.FaultOpsPerSec, r.Ratio, r.VictimGroups, r.FailoverMs, r.OtherGroupsChanged, stalled, r.Hedges)
 		return r, stalled
@@ -357,7 +362,7 @@ func TestProcFrozenNodeClientWritesGoOn(t *testing.T) {
 	case r.Load.Errors > 0:
 		t.Errorf("%d puts failed: %v", r.Load.Errors, r.Load.ErrorsByKind)
 	case len(stalled) > 0:
-		t.Errorf("no put completed in seconds %v of the freeze", stalled)
+		t.Errorf("under a tenth of the healthy rate in seconds %v of the freeze", stalled)
 	case r.VictimGroups == 0 || r.FailoverMs < 0:
 		t.Errorf("the frozen node led %d groups, led again after %v ms", r.VictimGroups, r.FailoverMs)
 	case r.OtherGroupsChanged > 0:
@@ -367,6 +372,6 @@ func TestProcFrozenNodeClientWritesGoOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, stalled := run("naive", client.Config{DisableFailover: true, AttemptTimeout: 5 * time.Second}); len(stalled) == 0 {
-		t.Error("the naive client's puts went on through the freeze too: this test cannot tell failover from none")
+		t.Error("the naive client's puts went on at a tenth of the healthy rate or more through the freeze too: this test cannot tell failover from none")
 	}
 }
