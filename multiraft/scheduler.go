@@ -44,8 +44,7 @@ func (s *scheduler) enqueue(id uint64) {
 		s.mu.state[id] = st | schedQueued
 		if st&schedProcessing == 0 {
 			s.mu.queue = append(s.mu.queue, id)
-			s.wakes.Add(1)
-			s.cond.Signal()
+			s.wakeLocked(false)
 		}
 	}
 	s.mu.Unlock()
@@ -73,13 +72,8 @@ func (s *scheduler) enqueueAll(ids []uint64) {
 			}
 		}
 	}
-	switch {
-	case added == 1:
-		s.wakes.Add(1)
-		s.cond.Signal()
-	case added > 1:
-		s.wakes.Add(1)
-		s.cond.Broadcast()
+	if added > 0 {
+		s.wakeLocked(added > 1)
 	}
 	s.mu.Unlock()
 }
@@ -126,10 +120,19 @@ func (s *scheduler) done(ids []uint64) {
 		}
 	}
 	if requeued {
-		s.wakes.Add(1)
-		s.cond.Broadcast()
+		s.wakeLocked(true)
 	}
 	s.mu.Unlock()
+}
+
+// wakeLocked wakes one waiting worker, or all of them. s.mu is held.
+func (s *scheduler) wakeLocked(all bool) {
+	s.wakes.Add(1)
+	if all {
+		s.cond.Broadcast()
+	} else {
+		s.cond.Signal()
+	}
 }
 
 // pending reports how many groups wait in the queue.
