@@ -76,6 +76,177 @@ func (Permission_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_flotilla_proto_rawDescGZIP(), []int{17, 0}
 }
 
+type Compare_Target int32
+
+const (
+	Compare_TARGET_UNSPECIFIED Compare_Target = 0
+	Compare_VALUE              Compare_Target = 1
+	Compare_VERSION            Compare_Target = 2
+	Compare_CREATE             Compare_Target = 3
+	Compare_MOD                Compare_Target = 4
+)
+
+// Enum value maps for Compare_Target.
+var (
+	Compare_Target_name = map[int32]string{
+		0: "TARGET_UNSPECIFIED",
+		1: "VALUE",
+		2: "VERSION",
+		3: "CREATE",
+		4: "MOD",
+	}
+	Compare_Target_value = map[string]int32{
+		"TARGET_UNSPECIFIED": 0,
+		"VALUE":              1,
+		"VERSION":            2,
+		"CREATE":             3,
+		"MOD":                4,
+	}
+)
+
+func (x Compare_Target) Enum() *Compare_Target {
+	p := new(Compare_Target)
+	*p = x
+	return p
+}
+
+func (x Compare_Target) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Compare_Target) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_proto_enumTypes[1].Descriptor()
+}
+
+func (Compare_Target) Type() protoreflect.EnumType {
+	return &file_flotilla_proto_enumTypes[1]
+}
+
+func (x Compare_Target) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Compare_Target.Descriptor instead.
+func (Compare_Target) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{33, 0}
+}
+
+type Compare_Result int32
+
+const (
+	Compare_RESULT_UNSPECIFIED Compare_Result = 0
+	Compare_EQUAL              Compare_Result = 1
+	Compare_NOT_EQUAL          Compare_Result = 2
+	Compare_LESS               Compare_Result = 3
+	Compare_GREATER            Compare_Result = 4
+)
+
+// Enum value maps for Compare_Result.
+var (
+	Compare_Result_name = map[int32]string{
+		0: "RESULT_UNSPECIFIED",
+		1: "EQUAL",
+		2: "NOT_EQUAL",
+		3: "LESS",
+		4: "GREATER",
+	}
+	Compare_Result_value = map[string]int32{
+		"RESULT_UNSPECIFIED": 0,
+		"EQUAL":              1,
+		"NOT_EQUAL":          2,
+		"LESS":               3,
+		"GREATER":            4,
+	}
+)
+
+func (x Compare_Result) Enum() *Compare_Result {
+	p := new(Compare_Result)
+	*p = x
+	return p
+}
+
+func (x Compare_Result) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Compare_Result) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_proto_enumTypes[2].Descriptor()
+}
+
+func (Compare_Result) Type() protoreflect.EnumType {
+	return &file_flotilla_proto_enumTypes[2]
+}
+
+func (x Compare_Result) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Compare_Result.Descriptor instead.
+func (Compare_Result) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{33, 1}
+}
+
+type TxnOp_Kind int32
+
+const (
+	TxnOp_KIND_UNSPECIFIED TxnOp_Kind = 0
+	TxnOp_PUT              TxnOp_Kind = 1
+	TxnOp_DELETE           TxnOp_Kind = 2
+	// DELETE_RANGE deletes [key, end) (end empty: to the end of the
+	// keyspace).
+	TxnOp_DELETE_RANGE TxnOp_Kind = 3
+	TxnOp_GET          TxnOp_Kind = 4
+	// SCAN reads up to limit keys of [key, end) (0: 1000, at most 1000).
+	TxnOp_SCAN TxnOp_Kind = 5
+)
+
+// Enum value maps for TxnOp_Kind.
+var (
+	TxnOp_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "PUT",
+		2: "DELETE",
+		3: "DELETE_RANGE",
+		4: "GET",
+		5: "SCAN",
+	}
+	TxnOp_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"PUT":              1,
+		"DELETE":           2,
+		"DELETE_RANGE":     3,
+		"GET":              4,
+		"SCAN":             5,
+	}
+)
+
+func (x TxnOp_Kind) Enum() *TxnOp_Kind {
+	p := new(TxnOp_Kind)
+	*p = x
+	return p
+}
+
+func (x TxnOp_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TxnOp_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_proto_enumTypes[3].Descriptor()
+}
+
+func (TxnOp_Kind) Type() protoreflect.EnumType {
+	return &file_flotilla_proto_enumTypes[3]
+}
+
+func (x TxnOp_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TxnOp_Kind.Descriptor instead.
+func (TxnOp_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{34, 0}
+}
+
 type UserAddRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1671,11 +1842,16 @@ type KeyValue struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	// revision is the group's revision of the write that set this value.
-	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
-	Group         uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// revision is the group's revision of the write that set this value
+	// (its mod revision).
+	Revision uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Group    uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
+	// create_revision is the group's revision of the put that created the
+	// key; version counts its puts since (1 for that put).
+	CreateRevision uint64 `protobuf:"varint,5,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	Version        uint64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *KeyValue) Reset() {
@@ -1736,6 +1912,416 @@ func (x *KeyValue) GetGroup() uint64 {
 	return 0
 }
 
+func (x *KeyValue) GetCreateRevision() uint64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *KeyValue) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Compare is one condition of a transaction: the key's target, compared
+// by result with value (target VALUE) or number (the others). A key that
+// does not exist has version and revisions 0, and fails every VALUE
+// compare.
+type Compare struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Target        Compare_Target         `protobuf:"varint,2,opt,name=target,proto3,enum=flotilla.v1.Compare_Target" json:"target,omitempty"`
+	Result        Compare_Result         `protobuf:"varint,3,opt,name=result,proto3,enum=flotilla.v1.Compare_Result" json:"result,omitempty"`
+	Value         []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	Number        uint64                 `protobuf:"varint,5,opt,name=number,proto3" json:"number,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Compare) Reset() {
+	*x = Compare{}
+	mi := &file_flotilla_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Compare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Compare) ProtoMessage() {}
+
+func (x *Compare) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Compare.ProtoReflect.Descriptor instead.
+func (*Compare) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Compare) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Compare) GetTarget() Compare_Target {
+	if x != nil {
+		return x.Target
+	}
+	return Compare_TARGET_UNSPECIFIED
+}
+
+func (x *Compare) GetResult() Compare_Result {
+	if x != nil {
+		return x.Result
+	}
+	return Compare_RESULT_UNSPECIFIED
+}
+
+func (x *Compare) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *Compare) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+// TxnOp is one op of a transaction's branch. Two writes of one branch may
+// not touch the same key.
+type TxnOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  TxnOp_Kind             `protobuf:"varint,1,opt,name=kind,proto3,enum=flotilla.v1.TxnOp_Kind" json:"kind,omitempty"`
+	Key   []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	End   []byte                 `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	// value and lease: of a PUT (lease as in PutRequest).
+	Value         []byte `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	Lease         uint64 `protobuf:"varint,5,opt,name=lease,proto3" json:"lease,omitempty"`
+	Limit         uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOp) Reset() {
+	*x = TxnOp{}
+	mi := &file_flotilla_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOp) ProtoMessage() {}
+
+func (x *TxnOp) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
+func (*TxnOp) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *TxnOp) GetKind() TxnOp_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return TxnOp_KIND_UNSPECIFIED
+}
+
+func (x *TxnOp) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnOp) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *TxnOp) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *TxnOp) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *TxnOp) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type TxnRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Compares []*Compare             `protobuf:"bytes,1,rep,name=compares,proto3" json:"compares,omitempty"`
+	Success  []*TxnOp               `protobuf:"bytes,2,rep,name=success,proto3" json:"success,omitempty"`
+	Failure  []*TxnOp               `protobuf:"bytes,3,rep,name=failure,proto3" json:"failure,omitempty"`
+	Session  *Session               `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	// group, if set, is the range the client believes holds the keys.
+	Group         uint64 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRequest) Reset() {
+	*x = TxnRequest{}
+	mi := &file_flotilla_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRequest) ProtoMessage() {}
+
+func (x *TxnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
+func (*TxnRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *TxnRequest) GetCompares() []*Compare {
+	if x != nil {
+		return x.Compares
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetSuccess() []*TxnOp {
+	if x != nil {
+		return x.Success
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetFailure() []*TxnOp {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+// TxnOpResponse is the outcome of one op of the branch that applied, in
+// order: a GET's key (found; more: its value would have passed the 2 MiB
+// a transaction's reads return, and kvs holds its revisions only), a
+// SCAN's keys (more: the limit or that bound cut them), the keys a DELETE
+// or DELETE_RANGE deleted.
+type TxnOpResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          TxnOp_Kind             `protobuf:"varint,1,opt,name=kind,proto3,enum=flotilla.v1.TxnOp_Kind" json:"kind,omitempty"`
+	Found         bool                   `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
+	Kvs           []*KeyValue            `protobuf:"bytes,3,rep,name=kvs,proto3" json:"kvs,omitempty"`
+	More          bool                   `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
+	Deleted       uint64                 `protobuf:"varint,5,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOpResponse) Reset() {
+	*x = TxnOpResponse{}
+	mi := &file_flotilla_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOpResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOpResponse) ProtoMessage() {}
+
+func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOpResponse.ProtoReflect.Descriptor instead.
+func (*TxnOpResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *TxnOpResponse) GetKind() TxnOp_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return TxnOp_KIND_UNSPECIFIED
+}
+
+func (x *TxnOpResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *TxnOpResponse) GetKvs() []*KeyValue {
+	if x != nil {
+		return x.Kvs
+	}
+	return nil
+}
+
+func (x *TxnOpResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *TxnOpResponse) GetDeleted() uint64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+type TxnResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// succeeded: the compares held and the success ops applied.
+	Succeeded bool `protobuf:"varint,2,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	// revision is the group's revision after the transaction (the
+	// revision of every write of it).
+	Revision      uint64           `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Responses     []*TxnOpResponse `protobuf:"bytes,4,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResponse) Reset() {
+	*x = TxnResponse{}
+	mi := &file_flotilla_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResponse) ProtoMessage() {}
+
+func (x *TxnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
+func (*TxnResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *TxnResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TxnResponse) GetSucceeded() bool {
+	if x != nil {
+		return x.Succeeded
+	}
+	return false
+}
+
+func (x *TxnResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnResponse) GetResponses() []*TxnOpResponse {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
 type PutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1759,7 +2345,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +2357,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +2370,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -1840,7 +2426,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2438,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2451,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -1893,7 +2479,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2491,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2504,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -1953,7 +2539,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2551,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2564,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -2013,7 +2599,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2611,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2624,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -2073,7 +2659,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2671,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2684,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -2141,7 +2727,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2153,7 +2739,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2166,7 +2752,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -2238,7 +2824,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2836,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2849,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -2315,7 +2901,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2913,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2926,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -2398,7 +2984,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2996,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +3009,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -2461,7 +3047,7 @@ type DeleteRangeRequest struct {
 
 func (x *DeleteRangeRequest) Reset() {
 	*x = DeleteRangeRequest{}
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2473,7 +3059,7 @@ func (x *DeleteRangeRequest) String() string {
 func (*DeleteRangeRequest) ProtoMessage() {}
 
 func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2486,7 +3072,7 @@ func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{43}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeleteRangeRequest) GetStart() []byte {
@@ -2528,7 +3114,7 @@ type DeleteRangeResponse struct {
 
 func (x *DeleteRangeResponse) Reset() {
 	*x = DeleteRangeResponse{}
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +3126,7 @@ func (x *DeleteRangeResponse) String() string {
 func (*DeleteRangeResponse) ProtoMessage() {}
 
 func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +3139,7 @@ func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{44}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DeleteRangeResponse) GetHeader() *Header {
@@ -2592,7 +3178,7 @@ type RangesRequest struct {
 
 func (x *RangesRequest) Reset() {
 	*x = RangesRequest{}
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +3190,7 @@ func (x *RangesRequest) String() string {
 func (*RangesRequest) ProtoMessage() {}
 
 func (x *RangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +3203,7 @@ func (x *RangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
 func (*RangesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{45}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RangesRequest) GetKey() []byte {
@@ -2652,7 +3238,7 @@ type RangesResponse struct {
 
 func (x *RangesResponse) Reset() {
 	*x = RangesResponse{}
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +3250,7 @@ func (x *RangesResponse) String() string {
 func (*RangesResponse) ProtoMessage() {}
 
 func (x *RangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +3263,7 @@ func (x *RangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
 func (*RangesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{46}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RangesResponse) GetRanges() []*RangeInfo {
@@ -2714,7 +3300,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +3312,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +3325,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{47}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RangeInfo) GetId() uint64 {
@@ -2818,7 +3404,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +3416,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +3429,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{48}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -2905,7 +3491,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +3503,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +3516,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{49}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -3030,7 +3616,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3042,7 +3628,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3055,7 +3641,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{50}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -3101,7 +3687,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3699,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3712,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{51}
+	return file_flotilla_proto_rawDescGZIP(), []int{56}
 }
 
 type ClusterMapResponse struct {
@@ -3143,7 +3729,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3155,7 +3741,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3168,7 +3754,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{52}
+	return file_flotilla_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -3207,7 +3793,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3219,7 +3805,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3232,7 +3818,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{53}
+	return file_flotilla_proto_rawDescGZIP(), []int{58}
 }
 
 type NodeStatusResponse struct {
@@ -3247,7 +3833,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3259,7 +3845,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3272,7 +3858,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{54}
+	return file_flotilla_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -3317,7 +3903,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3915,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3928,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{55}
+	return file_flotilla_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -3387,7 +3973,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3399,7 +3985,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3412,7 +3998,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{56}
+	return file_flotilla_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -3458,7 +4044,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3470,7 +4056,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3483,7 +4069,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{57}
+	return file_flotilla_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -3531,7 +4117,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3543,7 +4129,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3556,7 +4142,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{58}
+	return file_flotilla_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -3601,7 +4187,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3613,7 +4199,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3626,7 +4212,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{59}
+	return file_flotilla_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -3667,7 +4253,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3679,7 +4265,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3692,7 +4278,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{60}
+	return file_flotilla_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -3724,7 +4310,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +4322,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +4335,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{61}
+	return file_flotilla_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -3794,7 +4380,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3806,7 +4392,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3819,7 +4405,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{62}
+	return file_flotilla_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -3869,7 +4455,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3881,7 +4467,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3894,7 +4480,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{63}
+	return file_flotilla_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -3932,7 +4518,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3944,7 +4530,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3957,7 +4543,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{64}
+	return file_flotilla_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -4012,7 +4598,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4024,7 +4610,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4037,7 +4623,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{65}
+	return file_flotilla_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -4110,7 +4696,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4122,7 +4708,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4135,7 +4721,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{66}
+	return file_flotilla_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -4186,7 +4772,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4198,7 +4784,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4211,7 +4797,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{67}
+	return file_flotilla_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -4254,7 +4840,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4266,7 +4852,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4279,7 +4865,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{68}
+	return file_flotilla_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -4323,7 +4909,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4335,7 +4921,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4348,7 +4934,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{69}
+	return file_flotilla_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -4382,7 +4968,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4394,7 +4980,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4407,7 +4993,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{70}
+	return file_flotilla_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -4434,7 +5020,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4446,7 +5032,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4459,7 +5045,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{71}
+	return file_flotilla_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -4486,7 +5072,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4498,7 +5084,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4511,7 +5097,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{72}
+	return file_flotilla_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -4541,7 +5127,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4553,7 +5139,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4566,7 +5152,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{73}
+	return file_flotilla_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -4592,7 +5178,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4604,7 +5190,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4617,7 +5203,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{74}
+	return file_flotilla_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -4637,6 +5223,7 @@ type BatchOp struct {
 	//
 	//	*BatchOp_Put
 	//	*BatchOp_Delete
+	//	*BatchOp_Txn
 	Op            isBatchOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4644,7 +5231,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4656,7 +5243,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4669,7 +5256,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{75}
+	return file_flotilla_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -4704,6 +5291,15 @@ func (x *BatchOp) GetDelete() *DeleteRequest {
 	return nil
 }
 
+func (x *BatchOp) GetTxn() *TxnRequest {
+	if x != nil {
+		if x, ok := x.Op.(*BatchOp_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 type isBatchOp_Op interface {
 	isBatchOp_Op()
 }
@@ -4716,9 +5312,15 @@ type BatchOp_Delete struct {
 	Delete *DeleteRequest `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
 }
 
+type BatchOp_Txn struct {
+	Txn *TxnRequest `protobuf:"bytes,4,opt,name=txn,proto3,oneof"`
+}
+
 func (*BatchOp_Put) isBatchOp_Op() {}
 
 func (*BatchOp_Delete) isBatchOp_Op() {}
+
+func (*BatchOp_Txn) isBatchOp_Op() {}
 
 type BatchResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -4729,7 +5331,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4741,7 +5343,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4754,7 +5356,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{76}
+	return file_flotilla_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -4778,6 +5380,7 @@ type BatchResult struct {
 	//
 	//	*BatchResult_Put
 	//	*BatchResult_Delete
+	//	*BatchResult_Txn
 	Response      isBatchResult_Response `protobuf_oneof:"response"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4785,7 +5388,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4797,7 +5400,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4810,7 +5413,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{77}
+	return file_flotilla_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -4866,6 +5469,15 @@ func (x *BatchResult) GetDelete() *DeleteResponse {
 	return nil
 }
 
+func (x *BatchResult) GetTxn() *TxnResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchResult_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 type isBatchResult_Response interface {
 	isBatchResult_Response()
 }
@@ -4878,9 +5490,15 @@ type BatchResult_Delete struct {
 	Delete *DeleteResponse `protobuf:"bytes,6,opt,name=delete,proto3,oneof"`
 }
 
+type BatchResult_Txn struct {
+	Txn *TxnResponse `protobuf:"bytes,7,opt,name=txn,proto3,oneof"`
+}
+
 func (*BatchResult_Put) isBatchResult_Response() {}
 
 func (*BatchResult_Delete) isBatchResult_Response() {}
+
+func (*BatchResult_Txn) isBatchResult_Response() {}
 
 var File_flotilla_proto protoreflect.FileDescriptor
 
@@ -4980,12 +5598,66 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05acked\x18\x03 \x01(\x04R\x05acked\x12\x1a\n" +
-	"\bregister\x18\x04 \x01(\bR\bregister\"d\n" +
+	"\bregister\x18\x04 \x01(\bR\bregister\"\xa7\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05group\x18\x04 \x01(\x04R\x05group\"\xb1\x01\n" +
+	"\x05group\x18\x04 \x01(\x04R\x05group\x12'\n" +
+	"\x0fcreate_revision\x18\x05 \x01(\x04R\x0ecreateRevision\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\x04R\aversion\"\xd5\x02\n" +
+	"\aCompare\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x123\n" +
+	"\x06target\x18\x02 \x01(\x0e2\x1b.flotilla.v1.Compare.TargetR\x06target\x123\n" +
+	"\x06result\x18\x03 \x01(\x0e2\x1b.flotilla.v1.Compare.ResultR\x06result\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\fR\x05value\x12\x16\n" +
+	"\x06number\x18\x05 \x01(\x04R\x06number\"M\n" +
+	"\x06Target\x12\x16\n" +
+	"\x12TARGET_UNSPECIFIED\x10\x00\x12\t\n" +
+	"\x05VALUE\x10\x01\x12\v\n" +
+	"\aVERSION\x10\x02\x12\n" +
+	"\n" +
+	"\x06CREATE\x10\x03\x12\a\n" +
+	"\x03MOD\x10\x04\"Q\n" +
+	"\x06Result\x12\x16\n" +
+	"\x12RESULT_UNSPECIFIED\x10\x00\x12\t\n" +
+	"\x05EQUAL\x10\x01\x12\r\n" +
+	"\tNOT_EQUAL\x10\x02\x12\b\n" +
+	"\x04LESS\x10\x03\x12\v\n" +
+	"\aGREATER\x10\x04\"\xf2\x01\n" +
+	"\x05TxnOp\x12+\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x17.flotilla.v1.TxnOp.KindR\x04kind\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\fR\x05value\x12\x14\n" +
+	"\x05lease\x18\x05 \x01(\x04R\x05lease\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit\"V\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\a\n" +
+	"\x03PUT\x10\x01\x12\n" +
+	"\n" +
+	"\x06DELETE\x10\x02\x12\x10\n" +
+	"\fDELETE_RANGE\x10\x03\x12\a\n" +
+	"\x03GET\x10\x04\x12\b\n" +
+	"\x04SCAN\x10\x05\"\xe0\x01\n" +
+	"\n" +
+	"TxnRequest\x120\n" +
+	"\bcompares\x18\x01 \x03(\v2\x14.flotilla.v1.CompareR\bcompares\x12,\n" +
+	"\asuccess\x18\x02 \x03(\v2\x12.flotilla.v1.TxnOpR\asuccess\x12,\n" +
+	"\afailure\x18\x03 \x03(\v2\x12.flotilla.v1.TxnOpR\afailure\x12.\n" +
+	"\asession\x18\x04 \x01(\v2\x14.flotilla.v1.SessionR\asession\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\x04R\x05group\"\xa9\x01\n" +
+	"\rTxnOpResponse\x12+\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x17.flotilla.v1.TxnOp.KindR\x04kind\x12\x14\n" +
+	"\x05found\x18\x02 \x01(\bR\x05found\x12'\n" +
+	"\x03kvs\x18\x03 \x03(\v2\x15.flotilla.v1.KeyValueR\x03kvs\x12\x12\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\x12\x18\n" +
+	"\adeleted\x18\x05 \x01(\x04R\adeleted\"\xae\x01\n" +
+	"\vTxnResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1c\n" +
+	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\x128\n" +
+	"\tresponses\x18\x04 \x03(\v2\x1a.flotilla.v1.TxnOpResponseR\tresponses\"\xb1\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -5208,23 +5880,25 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05state\x18\x01 \x01(\v2\x1a.flotilla.v1.ElectionStateR\x05state\x12\x18\n" +
 	"\askipped\x18\x02 \x01(\bR\askipped\"6\n" +
 	"\fBatchRequest\x12&\n" +
-	"\x03ops\x18\x01 \x03(\v2\x14.flotilla.v1.BatchOpR\x03ops\"\x82\x01\n" +
+	"\x03ops\x18\x01 \x03(\v2\x14.flotilla.v1.BatchOpR\x03ops\"\xaf\x01\n" +
 	"\aBatchOp\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
 	"\x03put\x18\x02 \x01(\v2\x17.flotilla.v1.PutRequestH\x00R\x03put\x124\n" +
-	"\x06delete\x18\x03 \x01(\v2\x1a.flotilla.v1.DeleteRequestH\x00R\x06deleteB\x04\n" +
+	"\x06delete\x18\x03 \x01(\v2\x1a.flotilla.v1.DeleteRequestH\x00R\x06delete\x12+\n" +
+	"\x03txn\x18\x04 \x01(\v2\x17.flotilla.v1.TxnRequestH\x00R\x03txnB\x04\n" +
 	"\x02op\"C\n" +
 	"\rBatchResponse\x122\n" +
-	"\aresults\x18\x01 \x03(\v2\x18.flotilla.v1.BatchResultR\aresults\"\xd4\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.flotilla.v1.BatchResultR\aresults\"\x82\x02\n" +
 	"\vBatchResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
 	"\x06leader\x18\x04 \x01(\x04R\x06leader\x12,\n" +
 	"\x03put\x18\x05 \x01(\v2\x18.flotilla.v1.PutResponseH\x00R\x03put\x125\n" +
-	"\x06delete\x18\x06 \x01(\v2\x1b.flotilla.v1.DeleteResponseH\x00R\x06deleteB\n" +
+	"\x06delete\x18\x06 \x01(\v2\x1b.flotilla.v1.DeleteResponseH\x00R\x06delete\x12,\n" +
+	"\x03txn\x18\a \x01(\v2\x18.flotilla.v1.TxnResponseH\x00R\x03txnB\n" +
 	"\n" +
-	"\bresponse2\xe9\x03\n" +
+	"\bresponse2\xa3\x04\n" +
 	"\x02KV\x128\n" +
 	"\x03Put\x12\x17.flotilla.v1.PutRequest\x1a\x18.flotilla.v1.PutResponse\x128\n" +
 	"\x03Get\x12\x17.flotilla.v1.GetRequest\x1a\x18.flotilla.v1.GetResponse\x12A\n" +
@@ -5232,7 +5906,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x0eCompareAndSwap\x12\".flotilla.v1.CompareAndSwapRequest\x1a#.flotilla.v1.CompareAndSwapResponse\x12;\n" +
 	"\x04Scan\x12\x18.flotilla.v1.ScanRequest\x1a\x19.flotilla.v1.ScanResponse\x12P\n" +
 	"\vDeleteRange\x12\x1f.flotilla.v1.DeleteRangeRequest\x1a .flotilla.v1.DeleteRangeResponse\x12B\n" +
-	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x012\xea\x02\n" +
+	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x01\x128\n" +
+	"\x03Txn\x12\x17.flotilla.v1.TxnRequest\x1a\x18.flotilla.v1.TxnResponse2\xea\x02\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
@@ -5285,217 +5960,240 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 	return file_flotilla_proto_rawDescData
 }
 
-var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
+var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_flotilla_proto_goTypes = []any{
 	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
-	(*UserAddRequest)(nil),          // 1: flotilla.v1.UserAddRequest
-	(*UserAddResponse)(nil),         // 2: flotilla.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),       // 3: flotilla.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),      // 4: flotilla.v1.UserDeleteResponse
-	(*UserRoleRequest)(nil),         // 5: flotilla.v1.UserRoleRequest
-	(*UserResponse)(nil),            // 6: flotilla.v1.UserResponse
-	(*UserListRequest)(nil),         // 7: flotilla.v1.UserListRequest
-	(*UserListResponse)(nil),        // 8: flotilla.v1.UserListResponse
-	(*User)(nil),                    // 9: flotilla.v1.User
-	(*RoleAddRequest)(nil),          // 10: flotilla.v1.RoleAddRequest
-	(*RoleDeleteRequest)(nil),       // 11: flotilla.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),      // 12: flotilla.v1.RoleDeleteResponse
-	(*RolePermissionRequest)(nil),   // 13: flotilla.v1.RolePermissionRequest
-	(*RoleResponse)(nil),            // 14: flotilla.v1.RoleResponse
-	(*RoleListRequest)(nil),         // 15: flotilla.v1.RoleListRequest
-	(*RoleListResponse)(nil),        // 16: flotilla.v1.RoleListResponse
-	(*Role)(nil),                    // 17: flotilla.v1.Role
-	(*Permission)(nil),              // 18: flotilla.v1.Permission
-	(*WhoAmIRequest)(nil),           // 19: flotilla.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 20: flotilla.v1.WhoAmIResponse
-	(*AuthRecordsRequest)(nil),      // 21: flotilla.v1.AuthRecordsRequest
-	(*AuthRecordsResponse)(nil),     // 22: flotilla.v1.AuthRecordsResponse
-	(*PeerProposeRequest)(nil),      // 23: flotilla.v1.PeerProposeRequest
-	(*PeerProposeResponse)(nil),     // 24: flotilla.v1.PeerProposeResponse
-	(*ReplicaStateRequest)(nil),     // 25: flotilla.v1.ReplicaStateRequest
-	(*ReplicaStateResponse)(nil),    // 26: flotilla.v1.ReplicaStateResponse
-	(*SplitRequest)(nil),            // 27: flotilla.v1.SplitRequest
-	(*SplitResponse)(nil),           // 28: flotilla.v1.SplitResponse
-	(*MergeRequest)(nil),            // 29: flotilla.v1.MergeRequest
-	(*MergeResponse)(nil),           // 30: flotilla.v1.MergeResponse
-	(*Header)(nil),                  // 31: flotilla.v1.Header
-	(*Session)(nil),                 // 32: flotilla.v1.Session
-	(*KeyValue)(nil),                // 33: flotilla.v1.KeyValue
-	(*PutRequest)(nil),              // 34: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 35: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 36: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 37: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 38: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 39: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 40: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 41: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 42: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 43: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 44: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 45: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 46: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 47: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 48: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 49: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 50: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 51: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 52: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 53: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 54: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 55: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 56: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 57: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 58: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 59: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 60: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 61: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 62: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 63: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 64: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 65: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 66: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 67: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 68: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 69: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 70: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 71: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 72: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 73: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 74: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 75: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 76: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 77: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 78: flotilla.v1.BatchResult
+	(Compare_Target)(0),             // 1: flotilla.v1.Compare.Target
+	(Compare_Result)(0),             // 2: flotilla.v1.Compare.Result
+	(TxnOp_Kind)(0),                 // 3: flotilla.v1.TxnOp.Kind
+	(*UserAddRequest)(nil),          // 4: flotilla.v1.UserAddRequest
+	(*UserAddResponse)(nil),         // 5: flotilla.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),       // 6: flotilla.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),      // 7: flotilla.v1.UserDeleteResponse
+	(*UserRoleRequest)(nil),         // 8: flotilla.v1.UserRoleRequest
+	(*UserResponse)(nil),            // 9: flotilla.v1.UserResponse
+	(*UserListRequest)(nil),         // 10: flotilla.v1.UserListRequest
+	(*UserListResponse)(nil),        // 11: flotilla.v1.UserListResponse
+	(*User)(nil),                    // 12: flotilla.v1.User
+	(*RoleAddRequest)(nil),          // 13: flotilla.v1.RoleAddRequest
+	(*RoleDeleteRequest)(nil),       // 14: flotilla.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),      // 15: flotilla.v1.RoleDeleteResponse
+	(*RolePermissionRequest)(nil),   // 16: flotilla.v1.RolePermissionRequest
+	(*RoleResponse)(nil),            // 17: flotilla.v1.RoleResponse
+	(*RoleListRequest)(nil),         // 18: flotilla.v1.RoleListRequest
+	(*RoleListResponse)(nil),        // 19: flotilla.v1.RoleListResponse
+	(*Role)(nil),                    // 20: flotilla.v1.Role
+	(*Permission)(nil),              // 21: flotilla.v1.Permission
+	(*WhoAmIRequest)(nil),           // 22: flotilla.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 23: flotilla.v1.WhoAmIResponse
+	(*AuthRecordsRequest)(nil),      // 24: flotilla.v1.AuthRecordsRequest
+	(*AuthRecordsResponse)(nil),     // 25: flotilla.v1.AuthRecordsResponse
+	(*PeerProposeRequest)(nil),      // 26: flotilla.v1.PeerProposeRequest
+	(*PeerProposeResponse)(nil),     // 27: flotilla.v1.PeerProposeResponse
+	(*ReplicaStateRequest)(nil),     // 28: flotilla.v1.ReplicaStateRequest
+	(*ReplicaStateResponse)(nil),    // 29: flotilla.v1.ReplicaStateResponse
+	(*SplitRequest)(nil),            // 30: flotilla.v1.SplitRequest
+	(*SplitResponse)(nil),           // 31: flotilla.v1.SplitResponse
+	(*MergeRequest)(nil),            // 32: flotilla.v1.MergeRequest
+	(*MergeResponse)(nil),           // 33: flotilla.v1.MergeResponse
+	(*Header)(nil),                  // 34: flotilla.v1.Header
+	(*Session)(nil),                 // 35: flotilla.v1.Session
+	(*KeyValue)(nil),                // 36: flotilla.v1.KeyValue
+	(*Compare)(nil),                 // 37: flotilla.v1.Compare
+	(*TxnOp)(nil),                   // 38: flotilla.v1.TxnOp
+	(*TxnRequest)(nil),              // 39: flotilla.v1.TxnRequest
+	(*TxnOpResponse)(nil),           // 40: flotilla.v1.TxnOpResponse
+	(*TxnResponse)(nil),             // 41: flotilla.v1.TxnResponse
+	(*PutRequest)(nil),              // 42: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 43: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 44: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 45: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 46: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 47: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 48: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 49: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 50: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 51: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 52: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 53: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 54: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 55: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 56: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 57: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 58: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 59: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 60: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 61: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 62: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 63: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 64: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 65: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 66: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 67: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 68: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 69: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 70: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 71: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 72: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 73: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 74: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 75: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 76: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 77: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 78: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 79: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 80: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 81: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 82: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 83: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 84: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 85: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 86: flotilla.v1.BatchResult
 }
 var file_flotilla_proto_depIdxs = []int32{
-	9,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
-	9,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
-	9,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
-	18, // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
-	17, // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
-	17, // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
-	18, // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
-	0,  // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
-	48, // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	48, // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	48, // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
-	32, // 11: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	31, // 12: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	31, // 13: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	33, // 14: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	32, // 15: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	31, // 16: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	32, // 17: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	31, // 18: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	33, // 19: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	33, // 20: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	32, // 21: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	31, // 22: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	48, // 23: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	49, // 24: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	50, // 25: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	49, // 26: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	50, // 27: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	51, // 28: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	49, // 29: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	50, // 30: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	32, // 31: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	31, // 32: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	32, // 33: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	31, // 34: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	31, // 35: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	31, // 36: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	32, // 37: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	31, // 38: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	66, // 39: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	32, // 40: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	31, // 41: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	66, // 42: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	31, // 43: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	66, // 44: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	66, // 45: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	76, // 46: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	34, // 47: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	38, // 48: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	78, // 49: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	35, // 50: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	39, // 51: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	34, // 52: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	36, // 53: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	38, // 54: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	40, // 55: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	42, // 56: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	44, // 57: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	75, // 58: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	52, // 59: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	54, // 60: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	46, // 61: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
-	27, // 62: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
-	29, // 63: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
-	58, // 64: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	60, // 65: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	62, // 66: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	64, // 67: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	67, // 68: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	69, // 69: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	71, // 70: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	73, // 71: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	1,  // 72: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
-	3,  // 73: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
-	5,  // 74: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
-	5,  // 75: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
-	7,  // 76: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
-	10, // 77: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
-	11, // 78: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
-	13, // 79: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
-	13, // 80: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
-	15, // 81: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
-	19, // 82: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
-	56, // 83: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	23, // 84: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	25, // 85: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	21, // 86: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
-	35, // 87: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	37, // 88: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	39, // 89: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	41, // 90: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	43, // 91: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	45, // 92: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	77, // 93: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	53, // 94: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	55, // 95: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	47, // 96: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	28, // 97: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	30, // 98: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	59, // 99: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	61, // 100: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	63, // 101: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	65, // 102: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	68, // 103: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	70, // 104: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	72, // 105: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	74, // 106: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	2,  // 107: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
-	4,  // 108: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
-	6,  // 109: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
-	6,  // 110: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
-	8,  // 111: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
-	14, // 112: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
-	12, // 113: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
-	14, // 114: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
-	14, // 115: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
-	16, // 116: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
-	20, // 117: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
-	57, // 118: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	24, // 119: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	26, // 120: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	22, // 121: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
-	87, // [87:122] is the sub-list for method output_type
-	52, // [52:87] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	12,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
+	12,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
+	12,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
+	21,  // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
+	20,  // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
+	20,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
+	21,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
+	0,   // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
+	56,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	56,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	56,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	1,   // 11: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
+	2,   // 12: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
+	3,   // 13: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
+	37,  // 14: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
+	38,  // 15: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
+	38,  // 16: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
+	35,  // 17: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
+	3,   // 18: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
+	36,  // 19: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
+	34,  // 20: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
+	40,  // 21: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
+	35,  // 22: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	34,  // 23: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	34,  // 24: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	36,  // 25: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	35,  // 26: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	34,  // 27: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	35,  // 28: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	34,  // 29: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	36,  // 30: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	36,  // 31: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	35,  // 32: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	34,  // 33: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	56,  // 34: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	57,  // 35: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	58,  // 36: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	57,  // 37: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	58,  // 38: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	59,  // 39: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	57,  // 40: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	58,  // 41: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	35,  // 42: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	34,  // 43: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	35,  // 44: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	34,  // 45: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	34,  // 46: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	34,  // 47: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	35,  // 48: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	34,  // 49: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	74,  // 50: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	35,  // 51: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	34,  // 52: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	74,  // 53: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	34,  // 54: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	74,  // 55: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	74,  // 56: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	84,  // 57: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	42,  // 58: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	46,  // 59: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	39,  // 60: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
+	86,  // 61: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	43,  // 62: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	47,  // 63: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	41,  // 64: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
+	42,  // 65: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	44,  // 66: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	46,  // 67: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	48,  // 68: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	50,  // 69: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	52,  // 70: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	83,  // 71: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	39,  // 72: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
+	60,  // 73: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	62,  // 74: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	54,  // 75: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	30,  // 76: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	32,  // 77: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	66,  // 78: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	68,  // 79: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	70,  // 80: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	72,  // 81: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	75,  // 82: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	77,  // 83: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	79,  // 84: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	81,  // 85: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	4,   // 86: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
+	6,   // 87: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
+	8,   // 88: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
+	8,   // 89: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
+	10,  // 90: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
+	13,  // 91: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
+	14,  // 92: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
+	16,  // 93: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
+	16,  // 94: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
+	18,  // 95: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
+	22,  // 96: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
+	64,  // 97: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	26,  // 98: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	28,  // 99: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	24,  // 100: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	43,  // 101: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	45,  // 102: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	47,  // 103: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	49,  // 104: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	51,  // 105: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	53,  // 106: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	85,  // 107: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	41,  // 108: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
+	61,  // 109: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	63,  // 110: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	55,  // 111: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	31,  // 112: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	33,  // 113: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	67,  // 114: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	69,  // 115: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	71,  // 116: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	73,  // 117: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	76,  // 118: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	78,  // 119: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	80,  // 120: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	82,  // 121: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	5,   // 122: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	7,   // 123: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	9,   // 124: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	9,   // 125: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	11,  // 126: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	17,  // 127: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	15,  // 128: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	17,  // 129: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	17,  // 130: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	19,  // 131: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	23,  // 132: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	65,  // 133: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	27,  // 134: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	29,  // 135: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	25,  // 136: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	101, // [101:137] is the sub-list for method output_type
+	65,  // [65:101] is the sub-list for method input_type
+	65,  // [65:65] is the sub-list for extension type_name
+	65,  // [65:65] is the sub-list for extension extendee
+	0,   // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -5503,21 +6201,23 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[75].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[80].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
+		(*BatchOp_Txn)(nil),
 	}
-	file_flotilla_proto_msgTypes[77].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[82].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
+		(*BatchResult_Txn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   78,
+			NumEnums:      4,
+			NumMessages:   83,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -35,6 +35,7 @@ const (
 	KV_Scan_FullMethodName           = "/flotilla.v1.KV/Scan"
 	KV_DeleteRange_FullMethodName    = "/flotilla.v1.KV/DeleteRange"
 	KV_Batch_FullMethodName          = "/flotilla.v1.KV/Batch"
+	KV_Txn_FullMethodName            = "/flotilla.v1.KV/Txn"
 )
 
 // KVClient is the client API for KV service.
@@ -71,6 +72,12 @@ type KVClient interface {
 	// has its own outcome, as if sent by its own RPC. It saves the per-RPC
 	// cost (HTTP/2 stream, headers, one write per answer) under load.
 	Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchRequest, BatchResponse], error)
+	// Txn applies a transaction: if every compare holds, the success ops,
+	// else the failure ops; atomically and linearizably. Every key and span
+	// it names must lie in one range: one that spans ranges is refused
+	// (InvalidArgument, "kv: transaction spans ranges", naming them) with
+	// nothing applied. See kv/txn.go for the limits.
+	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
 }
 
 type kVClient struct {
@@ -154,6 +161,16 @@ func (c *kVClient) Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.Bid
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KV_BatchClient = grpc.BidiStreamingClient[BatchRequest, BatchResponse]
 
+func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TxnResponse)
+	err := c.cc.Invoke(ctx, KV_Txn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -188,6 +205,12 @@ type KVServer interface {
 	// has its own outcome, as if sent by its own RPC. It saves the per-RPC
 	// cost (HTTP/2 stream, headers, one write per answer) under load.
 	Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error
+	// Txn applies a transaction: if every compare holds, the success ops,
+	// else the failure ops; atomically and linearizably. Every key and span
+	// it names must lie in one range: one that spans ranges is refused
+	// (InvalidArgument, "kv: transaction spans ranges", naming them) with
+	// nothing applied. See kv/txn.go for the limits.
+	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -218,6 +241,9 @@ func (UnimplementedKVServer) DeleteRange(context.Context, *DeleteRangeRequest) (
 }
 func (UnimplementedKVServer) Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Batch not implemented")
+}
+func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -355,6 +381,24 @@ func _KV_Batch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KV_BatchServer = grpc.BidiStreamingServer[BatchRequest, BatchResponse]
 
+func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TxnRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).Txn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_Txn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).Txn(ctx, req.(*TxnRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -385,6 +429,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteRange",
 			Handler:    _KV_DeleteRange_Handler,
+		},
+		{
+			MethodName: "Txn",
+			Handler:    _KV_Txn_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

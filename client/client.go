@@ -81,6 +81,10 @@ var (
 	// the key's group does not have (expired, revoked, or never granted
 	// there). Nothing was written.
 	ErrLeaseNotFound = errors.New("client: lease not found")
+	// ErrTxnSpansRanges: the keys of a transaction lie in more than one
+	// range (the message names them); nothing was applied. It wraps in
+	// ErrInvalidArgument too.
+	ErrTxnSpansRanges = errors.New("client: transaction spans ranges")
 	// ErrNotLeader: the node asked could not serve the request for its
 	// group and named (or could not name) the leader. Retried internally;
 	// seen only wrapped in ErrUnavailable.
@@ -207,10 +211,22 @@ func WithLogger(l *slog.Logger) Option { return func(c *Config) { c.Logger = l }
 // KeyValue is a key with its value and the group revision that wrote it.
 // The caller owns the slices.
 type KeyValue struct {
-	Key      []byte
-	Value    []byte
-	Revision uint64
-	Group    uint64
+	Key   []byte
+	Value []byte
+	// Revision is the range revision of the write that set Value (its mod
+	// revision); CreateRevision, that of the put that created the key;
+	// Version, the puts since (1 for the creating put). CompareAndSwap's
+	// current value carries Revision only (the others are 0).
+	Revision       uint64
+	Group          uint64
+	CreateRevision uint64
+	Version        uint64
+}
+
+// keyValue is kv as the API gave it.
+func keyValue(kv *api.KeyValue) KeyValue {
+	return KeyValue{Key: kv.GetKey(), Value: kv.GetValue(), Revision: kv.GetRevision(), Group: kv.GetGroup(),
+		CreateRevision: kv.GetCreateRevision(), Version: kv.GetVersion()}
 }
 
 // leaderInfo is a group's leader as the client knows it, and the term it

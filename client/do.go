@@ -31,6 +31,7 @@ const (
 	msgSessionUnknown = "kv: session unknown"
 	msgSessionStale   = "kv: session stale"
 	msgKeyMismatch    = "kv: key not in range"
+	msgTxnSpansRanges = "kv: transaction spans ranges"
 	mdRanges          = "flotilla-ranges-bin"
 )
 
@@ -143,6 +144,9 @@ func classify(err error) (outcome, error) {
 	}
 	switch st.Code() {
 	case codes.InvalidArgument, codes.ResourceExhausted, codes.OutOfRange:
+		if strings.HasPrefix(st.Message(), msgTxnSpansRanges) {
+			return fatal, fmt.Errorf("%w: %w: %s", ErrInvalidArgument, ErrTxnSpansRanges, st.Message())
+		}
 		return fatal, fmt.Errorf("%w: %s", ErrInvalidArgument, st.Message())
 	case codes.NotFound:
 		if strings.HasPrefix(st.Message(), kv.ErrLeaseNotFound.Error()) {

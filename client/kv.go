@@ -173,7 +173,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (KeyVa
 	if !r.Found {
 		return KeyValue{}, fmt.Errorf("%w: %q", ErrKeyNotFound, key)
 	}
-	return KeyValue{Key: r.Kv.Key, Value: r.Kv.Value, Revision: r.Kv.Revision, Group: r.Kv.Group}, nil
+	return keyValue(r.Kv), nil
 }
 
 // Delete removes key and reports whether it existed. Applied exactly once,
@@ -233,7 +233,7 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected, value []byte
 	}
 	r := v.(*api.CompareAndSwapResponse)
 	if r.Found {
-		current = KeyValue{Key: r.Current.Key, Value: r.Current.Value, Revision: r.Current.Revision, Group: r.Current.Group}
+		current = keyValue(r.Current)
 	}
 	return r.Succeeded, current, r.Found, nil
 }
@@ -276,7 +276,7 @@ func (c *Client) ScanRange(ctx context.Context, start, end []byte, limit int, op
 	r := v.(*api.ScanResponse)
 	out := make([]KeyValue, 0, len(r.Kvs))
 	for _, k := range r.Kvs {
-		out = append(out, KeyValue{Key: k.Key, Value: k.Value, Revision: k.Revision, Group: k.Group})
+		out = append(out, keyValue(k))
 	}
 	return out, r.ResumeKey, nil
 }

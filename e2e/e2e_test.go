@@ -179,9 +179,16 @@ func run(t *testing.T, env []string, args ...string) result {
 // runFor is run with the command killed after d (exit code -1).
 func runFor(t *testing.T, d time.Duration, env []string, args ...string) result {
 	t.Helper()
+	return runIn(t, d, "", env, args...)
+}
+
+// runIn is runFor with stdin read from in.
+func runIn(t *testing.T, d time.Duration, in string, env []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = strings.NewReader(in)
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -190,7 +190,8 @@ func TestRestoreHandBuiltSnapshot(t *testing.T) {
 	snap = appendBytes(snap, desc.Encode())
 	snap = append(snap, kindData)
 	snap = appendBytes(snap, []byte("k"))
-	snap = appendBytes(snap, stored(5, []byte("v")))
+	v := stored(5, []byte("v"), false, storedMeta{})
+	snap = appendBytes(snap, v)
 	snap = append(snap, kindLease)
 	snap = appendBytes(snap, binary.BigEndian.AppendUint64(nil, lease))
 	snap = appendBytes(snap, leaseRec{ttl: time.Second}.encode())
@@ -227,7 +228,7 @@ func TestRestoreHandBuiltSnapshot(t *testing.T) {
 	bad = appendBytes(bad, narrow.Encode())
 	bad = append(bad, kindData)
 	bad = appendBytes(bad, []byte("k"))
-	bad = appendBytes(bad, stored(1, []byte("v")))
+	bad = appendBytes(bad, v)
 	if err := sm.Restore(bytes.NewReader(bad), 11); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("snapshot of [m, ∞) holding k: %v, want ErrCorrupt", err)
 	}

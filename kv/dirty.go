@@ -35,7 +35,7 @@ func (b *HoldBudget) Used() int64 { return b.used.Load() }
 const dirtyOverhead = 64
 
 // dirtyWrite is one applied write of a data key: the value as stored in
-// Pebble (revision, then value), or nil for a delete.
+// Pebble (stored.go: revisions, then value), or nil for a delete.
 type dirtyWrite struct {
 	key    string
 	stored []byte

@@ -64,12 +64,59 @@ func seedCommands(t testing.TB) []Command {
 		AuthPut([]byte("r/admin"), []byte("new"), []byte("old"), false),
 		AuthDelete([]byte("u/alice"), nil),
 		sessionWrite(AuthDelete([]byte("r/admin"), []byte("new")), 9, 3, 2, false, 7),
+		TxnCommand(Txn{}),
+		sessionWrite(TxnCommand(Txn{
+			Compares: []Compare{{Key: []byte("a"), Target: CompareValue, Op: CompareEqual, Value: []byte("1")}, {Key: []byte("b"), Target: CompareModRevision, Op: CompareLess, Number: 9}},
+			Then:     []TxnOp{{Kind: TxnPut, Key: []byte("a"), Value: []byte("2"), Lease: 5}, {Kind: TxnDeleteRange, Key: []byte("c"), End: []byte("d")}},
+			Else:     []TxnOp{{Kind: TxnGet, Key: []byte("a")}, {Kind: TxnScan, Key: []byte("a"), End: []byte("z"), Limit: 3}, {Kind: TxnDelete, Key: []byte("e")}},
+		}), 9, 4, 3, false, 8),
 	}
+}
+
+// txnFrom builds a transaction from fuzz input: any target, operator and
+// op kind (and some that do not exist).
+func txnFrom(in *testutil.FuzzInput) *Txn {
+	t := &Txn{}
+	for n := in.Small(3); n > 0; n-- {
+		c := Compare{Key: in.Bytes(8), Target: CompareTarget(in.Small(6)), Op: CompareOp(in.Small(6))}
+		if c.Target == CompareValue {
+			c.Value = in.Bytes(8)
+		} else {
+			c.Number = in.Uint64()
+		}
+		t.Compares = append(t.Compares, c)
+	}
+	for _, ops := range []*[]TxnOp{&t.Then, &t.Else} {
+		for n := in.Small(3); n > 0; n-- {
+			op := TxnOp{Kind: TxnOpKind(in.Small(7)), Key: in.Bytes(8)}
+			switch op.Kind {
+			case TxnPut:
+				op.Value, op.Lease = in.Bytes(8), in.Uint64()
+			case TxnScan:
+				op.End, op.Limit = in.Bytes(8), in.Small(MaxTxnScanLimit+2)
+			case TxnDeleteRange:
+				op.End = in.Bytes(8)
+			}
+			*ops = append(*ops, op)
+		}
+	}
+	return t
 }
 
 // sent is what of c its encoding carries: the TTL only of lease ops, the
 // lease only of lease ops and of the writes that attach a key.
 func sent(c Command) Command {
+	if c.Op == OpTxn {
+		// Encode writes the transaction, decoded from Value if not given.
+		if c.Txn == nil {
+			t, err := decodeTxn(c.Value)
+			if err != nil {
+				return c
+			}
+			c.Txn = t
+		}
+		c.Value = c.Txn.encode()
+	}
 	if !c.Op.hasLease() {
 		c.TTL = 0
 		if !c.Op.canAttach() {
@@ -99,6 +146,10 @@ func commandFrom(in *testutil.FuzzInput) Command {
 	}
 	if c.Op == OpMetaUpdate && in.Bool() {
 		c.Value = EncodeDescriptors(descriptorsFrom(in))
+	}
+	if c.Op == OpTxn && in.Bool() {
+		c.Key, c.Expected, c.End, c.ExpectAbsent = nil, nil, nil, false
+		c.Txn = txnFrom(in)
 	}
 	return c
 }
@@ -153,7 +204,20 @@ func resultFrom(in *testutil.FuzzInput) Result {
 	return Result{Revision: in.Uint64(), OK: in.Bool(), Found: in.Bool(), Current: in.Bytes(64),
 		CurrentRevision: in.Uint64(), Err: string(in.Bytes(16)), Lease: in.Uint64(), Token: in.Uint64(),
 		LeaseMissing: in.Bool(), SessionUnknown: in.Bool(), SessionStale: in.Bool(), KeyMismatch: in.Bool(),
-		Count: in.Uint64()}
+		Count: in.Uint64(), TxnOps: txnOpsFrom(in)}
+}
+
+// txnOpsFrom builds a transaction's results from fuzz input.
+func txnOpsFrom(in *testutil.FuzzInput) []TxnOpResult {
+	var ops []TxnOpResult
+	for n := in.Small(3); n > 0; n-- {
+		op := TxnOpResult{Kind: TxnOpKind(1 + in.Small(int(TxnScan))), Found: in.Bool(), More: in.Bool(), Count: in.Uint64()}
+		for m := in.Small(3); m > 0; m-- {
+			op.KVs = append(op.KVs, KeyValue{Key: in.Bytes(8), Value: in.Bytes(8), Revision: in.Uint64(), CreateRevision: in.Uint64(), Version: in.Uint64()})
+		}
+		ops = append(ops, op)
+	}
+	return ops
 }
 
 // checkResult fails t unless r encodes, in exactly r.size() bytes, to
@@ -182,6 +246,7 @@ func FuzzResult(f *testing.F) {
 		{Err: "kv: malformed command"},
 		{Lease: LeaseID(2, 5), Token: 11, KeyMismatch: true, SessionStale: true, SessionUnknown: true, LeaseMissing: true},
 		{Count: 1 << 40, Current: EncodeDescriptors([]Descriptor{seedDescriptor})},
+		{Revision: 12, OK: true, TxnOps: []TxnOpResult{{Kind: TxnPut}, {Kind: TxnGet, Found: true, KVs: []KeyValue{{Key: []byte("a"), Value: []byte("1"), Revision: 12, CreateRevision: 3, Version: 4}}}, {Kind: TxnScan, More: true}, {Kind: TxnDeleteRange, Count: 7}}},
 	} {
 		testutil.AddSeeds(f, r.encode())
 	}
@@ -213,29 +278,34 @@ var getCodec = testutil.Codec[getAnswer]{
 		found, kv, err := DecodeGet(b)
 		return getAnswer{found, kv}, err
 	},
-	Encode: func(a getAnswer) []byte { return encodeGetAnswer(a.found, a.kv.Revision, a.kv.Value) },
+	Encode: func(a getAnswer) []byte { return encodeGetAnswer(a.found, metaOf(a.kv), a.kv.Value) },
 	Clean:  corrupt,
 }
 
 // FuzzGetAnswer: DecodeGet, the client's reading of a get's answer.
 func FuzzGetAnswer(f *testing.F) {
-	testutil.AddSeeds(f, encodeGetAnswer(true, 12, []byte("value")), encodeGetAnswer(false, 0, nil), encodeGetAnswer(true, 1, nil))
+	testutil.AddSeeds(f, encodeGetAnswer(true, storedMeta{12, 3, 4}, []byte("value")), encodeGetAnswer(false, storedMeta{}, nil), encodeGetAnswer(true, storedMeta{1, 1, 1}, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		getCodec.Check(t, b)
 		in := testutil.NewFuzzInput(b)
 		if in.Bool() {
-			getCodec.RoundTrip(t, getAnswer{true, KeyValue{Revision: in.Uint64(), Value: in.Bytes(64)}})
+			getCodec.RoundTrip(t, getAnswer{true, KeyValue{Revision: in.Uint64(), CreateRevision: in.Uint64(), Version: in.Uint64(), Value: in.Bytes(64)}})
 		} else {
 			getCodec.RoundTrip(t, getAnswer{})
 		}
 	})
 }
 
+// metaOf returns the revisions of kv as the state machine keeps them.
+func metaOf(kv KeyValue) storedMeta {
+	return storedMeta{Mod: kv.Revision, Create: kv.CreateRevision, Version: kv.Version}
+}
+
 // encodeScan encodes a scan answer with the state machine's encoder.
 func encodeScan(kvs []KeyValue, resume []byte) []byte {
 	var body []byte
 	for _, kv := range kvs {
-		body = appendScanEntry(body, kv.Key, kv.Revision, kv.Value)
+		body = appendScanEntry(body, kv.Key, metaOf(kv), kv.Value)
 	}
 	return encodeScanAnswer(len(kvs), body, resume)
 }
@@ -257,7 +327,7 @@ var scanCodec = testutil.Codec[scanAnswer]{
 
 // FuzzScanAnswer: DecodeScan, the client's reading of a scan's answer.
 func FuzzScanAnswer(f *testing.F) {
-	kvs := []KeyValue{{Key: []byte("a"), Value: []byte("1"), Revision: 3}, {Key: []byte("b"), Revision: 4}}
+	kvs := []KeyValue{{Key: []byte("a"), Value: []byte("1"), Revision: 3, CreateRevision: 2, Version: 2}, {Key: []byte("b"), Revision: 4, CreateRevision: 4, Version: 1}}
 	testutil.AddSeeds(f, encodeScan(kvs, []byte("b\x00")), encodeScan(kvs[:1], nil), encodeScan(nil, []byte("m")))
 	// A count the answer cannot hold: refused before anything is
 	// allocated for it.
@@ -267,7 +337,7 @@ func FuzzScanAnswer(f *testing.F) {
 		in := testutil.NewFuzzInput(b)
 		a := scanAnswer{kvs: make([]KeyValue, in.Small(8))}
 		for i := range a.kvs {
-			a.kvs[i] = KeyValue{Key: in.Bytes(16), Value: in.Bytes(32), Revision: in.Uint64()}
+			a.kvs[i] = KeyValue{Key: in.Bytes(16), Value: in.Bytes(32), Revision: in.Uint64(), CreateRevision: in.Uint64(), Version: in.Uint64()}
 		}
 		a.resume = in.Bytes(16)
 		scanCodec.RoundTrip(t, a)

@@ -6,7 +6,7 @@
 // is keyed by the user key alone, so that a split or merge moves no data;
 // what belongs to a range itself is keyed by its ID:
 //
-//	'k' key            → revision(8) value
+//	'k' key            → mod revision(8) create revision, version (uvarints) value: stored.go
 //	'A' key            → lease(8): the lease the key is attached to
 //	'E' name           → election record (see lease.go)
 //	'a' range(8)       → applied index(8) revision(8) leases granted(8)
@@ -155,8 +155,12 @@ const (
 	// if it is Expected (Expected not empty) or unconditionally; see
 	// AuthDelete.
 	OpAuthDelete
+	// OpTxn applies the transaction Txn (txn.go), encoded in Value;
+	// Result.OK says whether its compares held, Result.TxnOps holds the
+	// results of the branch that applied.
+	OpTxn
 
-	opLast = OpAuthDelete
+	opLast = OpTxn
 )
 
 // hasLease reports whether an op carries the lease and TTL fields.
@@ -200,6 +204,9 @@ type Command struct {
 	// Time is the proposer's clock in unix milliseconds (0: none): the
 	// group's clock, which expires sessions, is the latest of them.
 	Time int64
+	// Txn is OpTxn's transaction, decoded from Value (TxnCommand sets
+	// both).
+	Txn *Txn
 }
 
 // Command flag bits, after the value.
@@ -225,7 +232,11 @@ func (c *Command) check() error {
 	} else if len(c.Key) > MaxKeySize {
 		return fmt.Errorf("%w: key of %d bytes exceeds the limit of %d", ErrInvalid, len(c.Key), MaxKeySize)
 	}
-	if err := CheckValue(c.Value); err != nil {
+	if c.Op == OpTxn {
+		if len(c.Value) > MaxTxnSize {
+			return fmt.Errorf("%w: transaction of %d bytes exceeds the limit of %d", ErrInvalid, len(c.Value), MaxTxnSize)
+		}
+	} else if err := CheckValue(c.Value); err != nil {
 		return err
 	}
 	if err := CheckValue(c.Expected); err != nil {
@@ -273,6 +284,14 @@ func (c *Command) check() error {
 		}
 	case OpAuthPut, OpAuthDelete:
 		return c.checkAuth()
+	case OpTxn:
+		if c.Txn == nil {
+			return fmt.Errorf("%w: a transaction command without its transaction", ErrInvalid)
+		}
+		if len(c.Key) > 0 || len(c.Expected) > 0 || len(c.End) > 0 || c.ExpectAbsent {
+			return fmt.Errorf("%w: a transaction takes no key, expected value or end of its own", ErrInvalid)
+		}
+		return c.Txn.check()
 	default:
 		return fmt.Errorf("%w: unknown op %d", ErrInvalid, c.Op)
 	}
@@ -281,6 +300,17 @@ func (c *Command) check() error {
 
 // Encode returns the command's wire form after checking its limits.
 func (c Command) Encode() ([]byte, error) {
+	if c.Op == OpTxn {
+		// The transaction is what counts; Value is its encoding.
+		if c.Txn == nil {
+			t, err := decodeTxn(c.Value)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+			}
+			c.Txn = t
+		}
+		c.Value = c.Txn.encode()
+	}
 	if err := c.check(); err != nil {
 		return nil, err
 	}
@@ -410,6 +440,18 @@ func decodeCommand(b []byte) (Command, error) {
 		return Command{}, ErrBadCommand
 	}
 	c.ExpectAbsent = flag&flagExpectAbsent != 0
+	if c.Op == OpTxn {
+		t, err := decodeTxn(c.Value)
+		if err != nil {
+			return Command{}, err
+		}
+		// Canonical, as Encode writes it: what applies is exactly what
+		// a proposer could have sent.
+		if !bytes.Equal(t.encode(), c.Value) {
+			return Command{}, fmt.Errorf("%w: transaction not in its canonical form", ErrBadCommand)
+		}
+		c.Txn = t
+	}
 	if err := c.check(); err != nil {
 		return Command{}, fmt.Errorf("%w: %v", ErrBadCommand, err)
 	}
@@ -458,6 +500,9 @@ type Result struct {
 	// Count: the keys OpDeleteRange deleted; the range ID OpAllocRangeID
 	// allocated.
 	Count uint64
+	// TxnOps: the results of the ops of the branch an OpTxn applied (OK
+	// says which: Then if true).
+	TxnOps []TxnOpResult
 }
 
 func (r Result) encode() []byte {
@@ -466,8 +511,12 @@ func (r Result) encode() []byte {
 
 // size is the length of r encoded.
 func (r Result) size() int {
-	return 8 + 1 + 8 + uvarintLen(uint64(len(r.Current))) + len(r.Current) +
+	n := 8 + 1 + 8 + uvarintLen(uint64(len(r.Current))) + len(r.Current) +
 		uvarintLen(uint64(len(r.Err))) + len(r.Err) + 8 + 8 + uvarintLen(r.Count)
+	if len(r.TxnOps) > 0 {
+		n += txnOpsSize(r.TxnOps)
+	}
+	return n
 }
 
 func uvarintLen(x uint64) int {
@@ -500,13 +549,20 @@ func (r Result) appendTo(b []byte) []byte {
 	if r.KeyMismatch {
 		flags |= 32
 	}
+	if len(r.TxnOps) > 0 {
+		flags |= 64
+	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint64(b, r.CurrentRevision)
 	b = appendBytes(b, r.Current)
 	b = appendBytes(b, []byte(r.Err))
 	b = binary.BigEndian.AppendUint64(b, r.Lease)
 	b = binary.BigEndian.AppendUint64(b, r.Token)
-	return binary.AppendUvarint(b, r.Count)
+	b = binary.AppendUvarint(b, r.Count)
+	if len(r.TxnOps) > 0 {
+		b = appendTxnOps(b, r.TxnOps)
+	}
+	return b
 }
 
 // DecodeResult parses the result bytes of an applied command. A result
@@ -523,10 +579,15 @@ func DecodeResult(b []byte) (Result, error) {
 	res.Lease = r.uint64()
 	res.Token = r.uint64()
 	res.Count = r.uvarint()
+	if flags&64 != 0 {
+		if res.TxnOps = r.readTxnOps(); len(res.TxnOps) == 0 {
+			r.err = true
+		}
+	}
 	if r.err || len(r.b) != 0 {
 		return Result{}, fmt.Errorf("%w: result", ErrCorrupt)
 	}
-	if flags&^63 != 0 {
+	if flags&^127 != 0 {
 		return Result{}, fmt.Errorf("%w: result flags %#x", ErrCorrupt, flags)
 	}
 	res.OK, res.Found, res.LeaseMissing = flags&1 != 0, flags&2 != 0, flags&4 != 0

@@ -35,9 +35,14 @@ const (
 
 // KeyValue is one key as a query returns it. The caller owns the slices.
 type KeyValue struct {
-	Key      []byte
-	Value    []byte
-	Revision uint64
+	Key   []byte
+	Value []byte
+	// Revision is the range revision of the write that set Value (its mod
+	// revision); CreateRevision, that of the put that created the key;
+	// Version, the puts since (1 for the creating put). See stored.go.
+	Revision       uint64
+	CreateRevision uint64
+	Version        uint64
 }
 
 // EncodeGet returns the query that reads key.
@@ -48,28 +53,48 @@ func EncodeGet(key []byte) ([]byte, error) {
 	return append([]byte{byte(QueryGet)}, key...), nil
 }
 
-// encodeGetAnswer returns the answer to a get query: found(1) revision(8)
-// value.
-func encodeGetAnswer(found bool, rev uint64, val []byte) []byte {
-	out := make([]byte, 0, 9+len(val))
-	if found {
-		out = append(out, 1)
-	} else {
-		out = append(out, 0)
+// encodeGetAnswer returns the answer to a get query: found(1), then if
+// found the mod revision(8), create revision and version (uvarints), and
+// the value.
+func encodeGetAnswer(found bool, m storedMeta, val []byte) []byte {
+	if !found {
+		return []byte{0}
 	}
-	out = binary.BigEndian.AppendUint64(out, rev)
+	out := make([]byte, 0, 9+2*binary.MaxVarintLen64+len(val))
+	out = append(out, 1)
+	out = appendMeta(out, m)
 	return append(out, val...)
 }
 
-// DecodeGet parses the answer to a get query.
+// appendMeta appends m as a get or scan answer carries it.
+func appendMeta(b []byte, m storedMeta) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Mod)
+	b = binary.AppendUvarint(b, m.Create)
+	return binary.AppendUvarint(b, m.Version)
+}
+
+// readMeta reads what appendMeta appended into kv.
+func (r *reader) readMeta(kv *KeyValue) {
+	kv.Revision = r.uint64()
+	kv.CreateRevision = r.uvarint()
+	kv.Version = r.uvarint()
+}
+
+// DecodeGet parses the answer to a get query. The value aliases b.
 func DecodeGet(b []byte) (found bool, kv KeyValue, err error) {
-	if len(b) < 9 || b[0] > 1 {
-		return false, KeyValue{}, fmt.Errorf("%w: get answer", ErrCorrupt)
-	}
-	if b[0] == 0 {
+	if len(b) == 1 && b[0] == 0 {
 		return false, KeyValue{}, nil
 	}
-	return true, KeyValue{Revision: binary.BigEndian.Uint64(b[1:]), Value: b[9:]}, nil
+	if len(b) < 1 || b[0] != 1 {
+		return false, KeyValue{}, fmt.Errorf("%w: get answer", ErrCorrupt)
+	}
+	r := reader{b: b[1:]}
+	r.readMeta(&kv)
+	if r.err {
+		return false, KeyValue{}, fmt.Errorf("%w: get answer", ErrCorrupt)
+	}
+	kv.Value = r.b
+	return true, kv, nil
 }
 
 // EncodeScan returns the query that lists up to limit keys of [start, end)
@@ -97,15 +122,16 @@ func EncodeScan(start, end []byte, limit int) ([]byte, error) {
 }
 
 // appendScanEntry appends one key of a scan answer to body.
-func appendScanEntry(body, key []byte, rev uint64, value []byte) []byte {
+func appendScanEntry(body, key []byte, m storedMeta, value []byte) []byte {
 	body = appendBytes(body, key)
-	body = binary.BigEndian.AppendUint64(body, rev)
+	body = appendMeta(body, m)
 	return appendBytes(body, value)
 }
 
 // minScanEntry is the size of the smallest key of a scan answer: the
-// lengths of its key and value (a byte each) and its revision.
-const minScanEntry = 1 + 8 + 1
+// lengths of its key and value (a byte each), its revision, create
+// revision and version (a byte each at least).
+const minScanEntry = 1 + 8 + 1 + 1 + 1
 
 // encodeScanAnswer returns the answer to a scan query: the count of keys,
 // their entries (appendScanEntry) and the resume key.
@@ -130,13 +156,13 @@ func DecodeScan(b []byte) (kvs []KeyValue, resume []byte, err error) {
 	}
 	kvs = make([]KeyValue, 0, n)
 	for i := uint64(0); i < n; i++ {
-		k := r.bytes()
-		rev := r.uint64()
-		v := r.bytes()
+		kv := KeyValue{Key: r.bytes()}
+		r.readMeta(&kv)
+		kv.Value = r.bytes()
 		if r.err {
 			return nil, nil, fmt.Errorf("%w: scan answer", ErrCorrupt)
 		}
-		kvs = append(kvs, KeyValue{Key: k, Value: v, Revision: rev})
+		kvs = append(kvs, kv)
 	}
 	resume = r.bytes()
 	if r.err || len(r.b) != 0 {

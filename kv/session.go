@@ -65,9 +65,11 @@ const (
 	MaxSessions = 100000
 )
 
-// sessionRecordLimit is the largest stored session record: its results,
-// plus the sequence numbers and lengths that frame them.
-const sessionRecordLimit = MaxSessionBytes + MaxValueSize + 64 + MaxSessionResults*20
+// sessionRecordLimit is the largest stored session record: its results
+// (MaxSessionBytes, passed by at most one result: a failed CAS's holds a
+// value, a transaction's at most maxTxnResultBytes), plus the sequence
+// numbers and lengths that frame them.
+const sessionRecordLimit = MaxSessionBytes + max(MaxValueSize+64, maxTxnResultBytes) + MaxSessionResults*20
 
 // sweepEvery is how far the clock moves between two sweeps for expired
 // sessions.

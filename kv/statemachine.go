@@ -289,20 +289,39 @@ func (s *StateMachine) Sync() error {
 // AppliedIndex implements multiraft.StateMachine.
 func (s *StateMachine) AppliedIndex() uint64 { return s.applied.Load() }
 
-// getFrom reads key through r (the database or an indexed batch).
-func getFrom(r pebble.Reader, k []byte) (found bool, rev uint64, val []byte, err error) {
+// getFrom reads key through r (the database or an indexed batch); the
+// value is a copy.
+func getFrom(r pebble.Reader, k []byte) (found bool, m storedMeta, val []byte, err error) {
+	return readStored(r, k, true)
+}
+
+// metaFrom reads the revisions of key through r, not its value.
+func metaFrom(r pebble.Reader, k []byte) (found bool, m storedMeta, err error) {
+	found, m, _, err = readStored(r, k, false)
+	return found, m, err
+}
+
+// readStored reads key through r: its revisions, and a copy of its value
+// if withValue.
+func readStored(r pebble.Reader, k []byte, withValue bool) (found bool, m storedMeta, val []byte, err error) {
 	v, closer, err := r.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return false, 0, nil, nil
+		return false, storedMeta{}, nil, nil
 	}
 	if err != nil {
-		return false, 0, nil, err
+		return false, storedMeta{}, nil, err
 	}
 	defer closer.Close()
-	if len(v) < 8 {
-		return false, 0, nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, k)
+	m, val, err = decodeStored(v)
+	if err != nil {
+		return false, storedMeta{}, nil, fmt.Errorf("%w (key %x)", err, k)
 	}
-	return true, binary.BigEndian.Uint64(v), bytes.Clone(v[8:]), nil
+	if withValue {
+		val = bytes.Clone(val)
+	} else {
+		val = nil
+	}
+	return true, m, val, nil
 }
 
 // flush writes the held writes to Pebble with the applied index, in one
@@ -391,6 +410,10 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		}
 		if cmd.Op.needsKey() {
 			s.sampler.sample(cmd.Key)
+		} else if cmd.Op == OpTxn {
+			if sp := cmd.Txn.Spans(); len(sp) > 0 {
+				s.sampler.sample(sp[0][0]) // load splits see transactions too
+			}
 		}
 		var res Result
 		switch cmd.Op {
@@ -506,6 +529,8 @@ func (s *StateMachine) holds(desc *Descriptor, cmd *Command) bool {
 		return s.id == MetaRangeID
 	case cmd.Op == OpSplit:
 		return desc.Contains(cmd.Key)
+	case cmd.Op == OpTxn:
+		return s.noSpanCheck || holdsTxn(desc, cmd.Txn)
 	}
 	return true
 }
@@ -520,7 +545,7 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		}
 		s.written.Add(uint64(len(cmd.Key) + len(cmd.Value)))
 		*rev++
-		if err := b.Set(k, stored(*rev, cmd.Value), nil); err != nil {
+		if err := s.putData(b, cmd.Key, cmd.Value, *rev); err != nil {
 			return Result{}, err
 		}
 		if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
@@ -528,7 +553,7 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		}
 		return Result{OK: true}, nil
 	case OpDelete:
-		found, _, _, err := getFrom(b, k)
+		found, _, err := metaFrom(b, k)
 		if err != nil || !found {
 			return Result{}, err
 		}
@@ -544,15 +569,15 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		if missing, err := s.leaseMissing(b, cmd.Lease); err != nil || missing {
 			return Result{LeaseMissing: missing}, err
 		}
-		found, curRev, cur, err := getFrom(b, k)
+		found, cur, curVal, err := getFrom(b, k)
 		if err != nil {
 			return Result{}, err
 		}
-		if !((cmd.ExpectAbsent && !found) || (!cmd.ExpectAbsent && found && bytes.Equal(cur, cmd.Expected))) {
-			return Result{Found: found, Current: cur, CurrentRevision: curRev}, nil
+		if !((cmd.ExpectAbsent && !found) || (!cmd.ExpectAbsent && found && bytes.Equal(curVal, cmd.Expected))) {
+			return Result{Found: found, Current: curVal, CurrentRevision: cur.Mod}, nil
 		}
 		*rev++
-		if err := b.Set(k, stored(*rev, cmd.Value), nil); err != nil {
+		if err := s.putData(b, cmd.Key, cmd.Value, *rev); err != nil {
 			return Result{}, err
 		}
 		if err := s.setAttachment(b, cmd.Key, cmd.Lease); err != nil {
@@ -582,6 +607,8 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		return Result{OK: true}, b.Delete(s.revocationKey(cmd.Lease), nil)
 	case OpAuthPut, OpAuthDelete:
 		return s.applyAuth(b, cmd, rev, fx)
+	case OpTxn:
+		return s.applyTxn(b, cmd.Txn, rev)
 	}
 	return s.applyLease(b, desc, *cmd, rev, fx)
 }
@@ -655,16 +682,16 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) err
 			c.Result = results[n:len(results):len(results)]
 			continue
 		}
+		found, prev, err := s.heldMeta(st, cmd.Key)
+		if err != nil {
+			return fmt.Errorf("kv: range %d: key %q: %w", s.id, cmd.Key, err)
+		}
 		switch cmd.Op {
 		case OpPut:
 			rev++
-			st = append(st, dirtyWrite{key: string(cmd.Key), stored: stored(rev, cmd.Value)})
+			st = append(st, dirtyWrite{key: string(cmd.Key), stored: stored(rev, cmd.Value, found, prev)})
 			s.written.Add(uint64(len(cmd.Key) + len(cmd.Value)))
 		case OpDelete:
-			found, err := s.heldFound(st, cmd.Key)
-			if err != nil {
-				return err
-			}
 			if found {
 				rev++
 				st = append(st, dirtyWrite{key: string(cmd.Key)})
@@ -689,19 +716,29 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) err
 	return nil
 }
 
-// heldFound reports whether key exists as of the writes staged so far:
-// the latest of staged, held, then Pebble.
-func (s *StateMachine) heldFound(staged []dirtyWrite, key []byte) (bool, error) {
+// heldMeta returns whether key exists, and its revisions, as of the
+// writes staged so far: the latest of staged, held, then Pebble.
+func (s *StateMachine) heldMeta(staged []dirtyWrite, key []byte) (bool, storedMeta, error) {
 	for i := len(staged) - 1; i >= 0; i-- {
 		if staged[i].key == string(key) {
-			return staged[i].stored != nil, nil
+			return metaOfStored(staged[i].stored)
 		}
 	}
 	if v, ok := s.dirty.lookupLocked(key); ok {
-		return v != nil, nil
+		return metaOfStored(v)
 	}
-	found, _, _, err := getFrom(s.db, dataKey(key))
-	return found, err
+	return metaFrom(s.db, dataKey(key))
+}
+
+// putData sets user key key to value at revision rev through b, keeping
+// its create revision and counting its version (stored.go).
+func (s *StateMachine) putData(b *pebble.Batch, key, value []byte, rev uint64) error {
+	k := dataKey(key)
+	found, prev, err := metaFrom(b, k)
+	if err != nil {
+		return fmt.Errorf("kv: range %d: key %q: %w", s.id, key, err)
+	}
+	return b.Set(k, stored(rev, value, found, prev), nil)
 }
 
 // leaseMissing reports whether a put or CAS names a lease (not 0) that
@@ -712,13 +749,6 @@ func (s *StateMachine) leaseMissing(r pebble.Reader, lease uint64) (bool, error)
 	}
 	ok, err := s.leaseExists(r, lease)
 	return !ok, err
-}
-
-func stored(rev uint64, value []byte) []byte {
-	v := make([]byte, 8+len(value))
-	binary.BigEndian.PutUint64(v, rev)
-	copy(v[8:], value)
-	return v
 }
 
 // Query implements multiraft.StateMachine; see the Encode functions of
@@ -752,11 +782,11 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 			return nil, mismatch(key)
 		}
 		s.sampler.sample(key)
-		found, rev, val, err := s.get(key)
+		found, m, val, err := s.get(key)
 		if err != nil {
 			return nil, err
 		}
-		return encodeGetAnswer(found, rev, val), nil
+		return encodeGetAnswer(found, m, val), nil
 	case QueryScan:
 		r := reader{b: q[1:]}
 		limit := r.uvarint()
@@ -815,7 +845,7 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 }
 
 // get reads a data key: the held write if there is one, else Pebble.
-func (s *StateMachine) get(key []byte) (found bool, rev uint64, val []byte, err error) {
+func (s *StateMachine) get(key []byte) (found bool, m storedMeta, val []byte, err error) {
 	v, held := s.dirty.get(key)
 	if !held {
 		// Anything flushed since the lookup is in Pebble by now: a flush
@@ -823,9 +853,12 @@ func (s *StateMachine) get(key []byte) (found bool, rev uint64, val []byte, err 
 		return getFrom(s.db, dataKey(key))
 	}
 	if v == nil {
-		return false, 0, nil, nil
+		return false, storedMeta{}, nil, nil
 	}
-	return true, binary.BigEndian.Uint64(v), bytes.Clone(v[8:]), nil
+	if m, val, err = decodeStored(v); err != nil {
+		return false, storedMeta{}, nil, fmt.Errorf("%w (key %x)", err, key)
+	}
+	return true, m, bytes.Clone(val), nil
 }
 
 // scan lists up to limit keys of [start, end) ∩ the range's span, which
@@ -875,10 +908,11 @@ func (s *StateMachine) scan(desc *Descriptor, start, end []byte, limit int) ([]b
 			more = true
 			break
 		}
-		if len(v) < 8 {
-			return nil, fmt.Errorf("%w: value of key %x", ErrCorrupt, key)
+		m, val, err := decodeStored(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w (key %x)", err, key)
 		}
-		body = appendScanEntry(body, key, binary.BigEndian.Uint64(v), v[8:])
+		body = appendScanEntry(body, key, m, val)
 		lastKey = append(lastKey[:0], key...)
 		n++
 		if fromPebble {

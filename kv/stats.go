@@ -84,9 +84,9 @@ func (s *StateMachine) walk(fn func(key []byte, size int) bool) error {
 			if h.stored == nil {
 				continue // deleted
 			}
-			key, size = []byte(h.key), len(h.key)+len(h.stored)-8
+			key, size = []byte(h.key), len(h.key)+valueLen(h.stored)
 		case valid:
-			key, size = it.Key()[1:], len(it.Key())-1+len(it.Value())-8
+			key, size = it.Key()[1:], len(it.Key())-1+valueLen(it.Value())
 			if !fn(key, size) {
 				return nil
 			}

@@ -70,6 +70,13 @@ type group struct {
 	// and Host.unquiesce, under Host.quiet.mu.
 	quiesced    bool
 	quietLeader uint64
+	// leaderQuiet: this follower's leader, leaderQuietLead at term
+	// leaderQuietTerm, quiesced while the follower waited for something
+	// of its own (leaderQuiesced, quiesce.go): it stays active, but raft's
+	// election timer stops while it follows that leader in that term.
+	// Owner only.
+	leaderQuiet                      bool
+	leaderQuietLead, leaderQuietTerm uint64
 	// catchUpQueued: g is in Host.quiet.mu.catchUpQ (catchup.go). Under
 	// Host.quiet.mu.
 	catchUpQueued bool
@@ -252,7 +259,9 @@ func (g *group) handleInputs() {
 		g.rn.ReportSnapshot(s.to, st)
 	}
 	if tick {
-		g.rn.Tick()
+		if !g.behindQuietLeader() {
+			g.rn.Tick()
+		}
 		g.ticks++
 		if g.ticks%uint64(g.h.cfg.ElectionTicks) == 0 {
 			g.expire()
@@ -290,6 +299,13 @@ func (g *group) handleInputs() {
 		}
 		if g.forgetsLeader(m) {
 			_ = g.rn.ForgetLeader()
+		}
+		if g.leaderQuiet && m.From == g.lead && m.Type != raftpb.MsgHeartbeat && !g.benign(m) {
+			// The leader woke: it appends, or hands over. (Not an empty
+			// append at this replica's last entry: a quiesced leader
+			// probes with those, and they may come after its quiesce
+			// heartbeat, on the other lane.)
+			g.leaderQuiet = false
 		}
 		if g.laggingHello(m) {
 			continue // answered, and caught up paced (answerHellos)

@@ -27,6 +27,9 @@ type metrics struct {
 	// quiesces and wakes count local replicas quiescing and waking
 	// (quiesce.go).
 	quiesces, wakes atomic.Uint64
+	// leaderQuiet counts followers whose leader quiesced while they
+	// waited for something of their own (leaderQuiesced).
+	leaderQuiet atomic.Uint64
 	// startWaiting is how many new groups wait for their turn to
 	// campaign (startcampaign.go), as of the last tick.
 	startWaiting atomic.Int64
@@ -170,6 +173,11 @@ func (h *Host) Quiesces() uint64 { return h.metrics.quiesces.Load() }
 
 // Wakes: see Quiesces.
 func (h *Host) Wakes() uint64 { return h.metrics.wakes.Load() }
+
+// LeaderQuietFollowers counts the times a local follower's leader
+// quiesced while the follower waited for something of its own, so that
+// its election timer stopped (quiesce.go, leaderQuiesced).
+func (h *Host) LeaderQuietFollowers() uint64 { return h.metrics.leaderQuiet.Load() }
 
 // EntryCacheStats are the figures of a Host's entry cache (see
 // Config.EntryCacheBytes).

@@ -1,10 +1,12 @@
 package multiraft_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 
 	"github.com/flotilla/flotilla/internal/mrtest"
+	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
 )
 
@@ -388,4 +390,60 @@ func TestQuiesceMissedByFollower(t *testing.T) {
 		}
 	}
 	t.Fatalf("not every replica quiesced 60 ticks after the heal:\n%s", c.Status())
+}
+
+// TestFollowerWaitingBehindQuiescedLeader: a follower whose forwarded
+// proposal never reached its leader stays awake to time it out, behind a
+// leader that quiesced. Its election timer must stop as a quiesced
+// follower's does: before, it timed out every election timeout, asked for
+// pre-votes (refused: the other follower is in the leader's lease), woke
+// the leader, and showed no leader each time, until the proposal expired
+// 10 election timeouts later. Once the proposal expires, it quiesces.
+func TestFollowerWaitingBehindQuiescedLeader(t *testing.T) {
+	c := quietCluster(t, mrtest.Options{Groups: 1})
+	h2 := c.Hosts[2]
+	// The proposal and the wake that goes with it are lost on the way.
+	c.Net.SetLink(2, 1, transport.LinkBlackHole)
+	f := h2.ProposeAsync(1, []byte("set k w"))
+	if err := c.Stabilize(); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.SetLink(2, 1, transport.LinkOK)
+	// Node 2 times out once behind its quiesced leader (nothing told the
+	// leader it wants heartbeats), its pre-vote wakes the leader, which
+	// quiesces again and tells node 2 so.
+	ticks := 0
+	for ; ticks < 60 && h2.LeaderQuietFollowers() == 0; ticks++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h2.LeaderQuietFollowers() == 0 {
+		t.Fatalf("node 2 never learned that its leader quiesced while it waited:\n%s", c.Status())
+	}
+	// From then on it follows node 1 on every tick, until its proposal
+	// expires (10 election timeouts after it was made).
+	for ; ticks < 120; ticks++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+		st, err := h2.GroupStatus(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader != 1 {
+			t.Fatalf("tick %d: node 2 sees leader %d behind its quiesced leader (it campaigned):\n%s", ticks, st.Leader, c.Status())
+		}
+	}
+	select {
+	case <-f.Done():
+		if _, err := f.Result(); !errors.Is(err, multiraft.ErrAmbiguous) {
+			t.Fatalf("the lost proposal ended with %v, want ErrAmbiguous", err)
+		}
+	default:
+		t.Fatal("the lost proposal did not expire within 120 ticks")
+	}
+	if !allQuiesced(c, 1) {
+		t.Fatalf("node 2 did not quiesce once its proposal expired:\n%s", c.Status())
+	}
 }

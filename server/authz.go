@@ -226,22 +226,55 @@ func (s *Server) boundsVisible(ctx context.Context, start, end []byte) bool {
 // need is what a request needs: a permission, admin rights, or only an
 // authenticated caller (open).
 type need struct {
-	perm  *auth.Need
-	admin string // non-empty: admin rights, for this operation
-	open  bool   // an authenticated caller is enough
-	deny  string // non-empty: a request type nothing here knows
+	perms []auth.Need // every one is needed
+	admin string      // non-empty: admin rights, for this operation
+	open  bool        // an authenticated caller is enough
+	deny  string      // non-empty: a request type nothing here knows
 }
 
 func keyNeed(a auth.Access, key []byte) need {
-	return need{perm: &auth.Need{Kind: auth.KindKey, Access: a, Key: key}}
+	return need{perms: []auth.Need{keyPerm(a, key)}}
+}
+
+func keyPerm(a auth.Access, key []byte) auth.Need {
+	return auth.Need{Kind: auth.KindKey, Access: a, Key: key}
 }
 
 func spanNeed(a auth.Access, start, end []byte) need {
-	return need{perm: &auth.Need{Kind: auth.KindKey, Access: a, Key: start, End: end, Span: true}}
+	return need{perms: []auth.Need{spanPerm(a, start, end)}}
+}
+
+func spanPerm(a auth.Access, start, end []byte) auth.Need {
+	return auth.Need{Kind: auth.KindKey, Access: a, Key: start, End: end, Span: true}
+}
+
+// txnNeed is what a transaction needs: to read the keys it compares and
+// reads, to write those it writes.
+func txnNeed(r *api.TxnRequest) need {
+	var n need
+	for _, c := range r.GetCompares() {
+		n.perms = append(n.perms, keyPerm(auth.Read, c.GetKey()))
+	}
+	for _, op := range append(slices.Clip(r.GetSuccess()), r.GetFailure()...) {
+		switch op.GetKind() {
+		case api.TxnOp_PUT, api.TxnOp_DELETE:
+			n.perms = append(n.perms, keyPerm(auth.Write, op.GetKey()))
+		case api.TxnOp_DELETE_RANGE:
+			n.perms = append(n.perms, spanPerm(auth.Write, op.GetKey(), op.GetEnd()))
+		case api.TxnOp_SCAN:
+			n.perms = append(n.perms, spanPerm(auth.Read, op.GetKey(), op.GetEnd()))
+		default:
+			n.perms = append(n.perms, keyPerm(auth.Read, op.GetKey()))
+		}
+	}
+	if len(n.perms) == 0 {
+		n.open = true // names no key: nothing to check
+	}
+	return n
 }
 
 func electionNeed(a auth.Access, name []byte) need {
-	return need{perm: &auth.Need{Kind: auth.KindElection, Access: a, Key: name}}
+	return need{perms: []auth.Need{{Kind: auth.KindElection, Access: a, Key: name}}}
 }
 
 // needOf returns what a request message needs. The cluster map, the range
@@ -273,6 +306,8 @@ func needOf(req any) need {
 		return spanNeed(auth.Read, r.GetStart(), r.GetEnd())
 	case *api.DeleteRangeRequest:
 		return spanNeed(auth.Write, r.GetStart(), r.GetEnd())
+	case *api.TxnRequest:
+		return txnNeed(r)
 	case *api.CampaignRequest:
 		return electionNeed(auth.Write, r.GetName())
 	case *api.ResignRequest:
@@ -300,8 +335,12 @@ func (s *Server) check(ctx context.Context, req any) error {
 		return status.Errorf(codes.PermissionDenied, "server: %s is not open to clients", n.deny)
 	case n.admin != "":
 		return s.requireAdmin(ctx, n.admin)
-	case n.perm != nil:
-		return s.authorize(ctx, *n.perm)
+	case len(n.perms) > 0:
+		for _, p := range n.perms {
+			if err := s.authorize(ctx, p); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -356,7 +395,7 @@ func (a *authedStream) RecvMsg(m any) error {
 	if err := a.s.check(a.ctx, m); err != nil {
 		return err
 	}
-	if n := needOf(m); n.perm != nil || n.admin != "" {
+	if n := needOf(m); len(n.perms) > 0 || n.admin != "" {
 		a.last.Store(&sentReq{req: m})
 	}
 	return nil

@@ -161,21 +161,49 @@ loop:
 func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute func(*api.BatchOp)) bool {
 	var cmd kv.Command
 	var lease uint64
+	var spans [][2][]byte // a transaction's: all in the key's range
+	kind := batchPut
 	switch o := op.Op.(type) {
 	case *api.BatchOp_Put:
 		cmd = withSession(kv.Command{Op: kv.OpPut, Key: o.Put.GetKey(), Value: o.Put.GetValue(), Lease: o.Put.GetLease()}, o.Put.GetSession())
 		lease = o.Put.GetLease()
 	case *api.BatchOp_Delete:
 		cmd = withSession(kv.Command{Op: kv.OpDelete, Key: o.Delete.GetKey()}, o.Delete.GetSession())
+		kind = batchDelete
+	case *api.BatchOp_Txn:
+		t, err := TxnFromAPI(o.Txn)
+		if err != nil {
+			return false
+		}
+		if spans = t.Spans(); len(spans) == 0 {
+			return false
+		}
+		cmd = withSession(kv.TxnCommand(t), o.Txn.GetSession())
+		kind = batchTxn
 	default:
 		return false
 	}
-	if kv.CheckKey(cmd.Key) != nil {
+	key := cmd.Key
+	if kind == batchTxn {
+		key = spans[0][0]
+	}
+	if kv.CheckKey(key) != nil {
 		return false
 	}
-	r := k.s.ranges.Lookup(cmd.Key)
+	r := k.s.ranges.Lookup(key)
 	if r == nil {
 		return false
+	}
+	if kind == batchTxn {
+		d, ok := r.Descriptor()
+		if !ok {
+			return false
+		}
+		for _, sp := range spans {
+			if !d.ContainsSpan(sp[0], sp[1]) {
+				return false // the unary path names the ranges, or routes it
+			}
+		}
 	}
 	g := r.ID
 	if l, _, _ := k.s.host.Leader(g); l != k.s.cfg.NodeID {
@@ -185,7 +213,7 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute 
 	if err != nil {
 		return false
 	}
-	id, put := op.Id, cmd.Op == kv.OpPut
+	id := op.Id
 	k.s.host.ProposeFunc(g, b, func(out []byte, err error) {
 		if err != nil && leaderMoved(err) {
 			k.s.metrics.reroutes.Inc()
@@ -201,7 +229,7 @@ func (k *kvService) proposeLocal(op *api.BatchOp, done func(batchDone), reroute 
 				return
 			}
 		}
-		done(batchDone{id: id, g: g, put: put, lease: lease, out: out, err: err})
+		done(batchDone{id: id, g: g, kind: kind, lease: lease, out: out, err: err})
 	})
 	return true
 }
@@ -239,15 +267,25 @@ func (o *opGroup) closeAndWait() {
 }
 
 // batchDone is one op's outcome: a finished answer (res), or the engine's
-// outcome of a local put or delete, turned into an answer by sendLoop.
+// outcome of a local put, delete or transaction, turned into an answer by
+// sendLoop.
 type batchDone struct {
 	res   *api.BatchResult
 	id, g uint64
-	put   bool
+	kind  batchKind
 	lease uint64
 	out   []byte
 	err   error
 }
+
+// batchKind is the kind of a batch op proposed locally.
+type batchKind uint8
+
+const (
+	batchPut batchKind = iota
+	batchDelete
+	batchTxn
+)
 
 // batchQueue hands outcomes to a stream's sendLoop. push is called by
 // engine workers and op goroutines and never blocks; mu is a leaf.
@@ -329,12 +367,18 @@ func (k *kvService) answer(d batchDone) *api.BatchResult {
 	}
 	res := &api.BatchResult{Id: d.id}
 	r, err := k.s.outcome(context.Background(), d.g, d.out, d.err)
-	if d.put {
+	switch d.kind {
+	case batchPut:
 		var resp *api.PutResponse
 		if resp, err = k.putAnswer(d.g, d.lease, r, err); err == nil {
 			res.Response = &api.BatchResult_Put{Put: resp}
 		}
-	} else {
+	case batchTxn:
+		var resp *api.TxnResponse
+		if resp, err = k.txnAnswer(d.g, r, err); err == nil {
+			res.Response = &api.BatchResult_Txn{Txn: resp}
+		}
+	default:
 		var resp *api.DeleteResponse
 		if resp, err = k.deleteAnswer(d.g, r, err); err == nil {
 			res.Response = &api.BatchResult_Delete{Delete: resp}
@@ -374,6 +418,16 @@ func (k *kvService) batchOp(ctx context.Context, op *api.BatchOp) *api.BatchResu
 		if resp, err = k.Delete(ctx, o.Delete); err == nil {
 			res.Response = &api.BatchResult_Delete{Delete: resp}
 		}
+	case *api.BatchOp_Txn:
+		if t, terr := TxnFromAPI(o.Txn); terr == nil {
+			if spans := t.Spans(); len(spans) > 0 {
+				key = spans[0][0]
+			}
+		}
+		var resp *api.TxnResponse
+		if resp, err = k.Txn(ctx, o.Txn); err == nil {
+			res.Response = &api.BatchResult_Txn{Txn: resp}
+		}
 	default:
 		err = status.Error(codes.Unimplemented, "server: unknown batch op")
 	}
@@ -397,6 +451,8 @@ func batchOpRequest(op *api.BatchOp) any {
 		return o.Put
 	case *api.BatchOp_Delete:
 		return o.Delete
+	case *api.BatchOp_Txn:
+		return o.Txn
 	}
 	return nil
 }

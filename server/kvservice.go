@@ -173,7 +173,8 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 	k.s.count("get", nil)
 	resp := &api.GetResponse{Header: k.s.header(g), Found: found}
 	if found {
-		resp.Kv = &api.KeyValue{Key: req.Key, Value: item.Value, Revision: item.Revision, Group: g}
+		item.Key = req.Key
+		resp.Kv = apiKeyValue(item, g)
 	}
 	return resp, nil
 }
@@ -249,7 +250,7 @@ func (k *kvService) scanRange(ctx context.Context, at, end []byte, limit int, se
 	}
 	kvs := make([]*api.KeyValue, len(items))
 	for i, it := range items {
-		kvs[i] = &api.KeyValue{Key: it.Key, Value: it.Value, Revision: it.Revision, Group: g}
+		kvs[i] = apiKeyValue(it, g)
 	}
 	return kvs, resume, nil
 }

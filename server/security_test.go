@@ -20,6 +20,7 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
 	"github.com/flotilla/flotilla/internal/certs"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // makeCerts writes a CA, node certificates for nodes 1..n on 127.0.0.1 and
@@ -163,6 +164,16 @@ func TestSecureRoles(t *testing.T) {
 		}
 		_, err = cl.DeleteRange(ctx, []byte("a"), []byte("z"))
 		denied("delete a..z", err, "no write permission on span")
+		// A transaction needs to read what it compares and reads, and to
+		// write what it writes.
+		put := kv.TxnOp{Kind: kv.TxnPut, Key: []byte(key), Value: []byte("t")}
+		_, err = cl.Txn(ctx, kv.Txn{Compares: []kv.Compare{{Key: []byte("secret/s"), Target: kv.CompareVersion, Op: kv.CompareEqual}}, Then: []kv.TxnOp{put}})
+		denied("txn comparing secret/s", err, `no read permission on key "secret/s"`)
+		_, err = cl.Txn(ctx, kv.Txn{Then: []kv.TxnOp{put}, Else: []kv.TxnOp{{Kind: kv.TxnDelete, Key: []byte("secret/s")}}})
+		denied("txn deleting secret/s in its else", err, `no write permission on key "secret/s"`)
+		if res, err := cl.Txn(ctx, kv.Txn{Compares: []kv.Compare{{Key: []byte(key), Target: kv.CompareValue, Op: kv.CompareEqual, Value: []byte("v")}}, Then: []kv.TxnOp{put}}); err != nil || !res.Succeeded {
+			t.Fatalf("%s: txn inside app/: %+v %v", tc.name, res, err)
+		}
 		if _, err := cl.DeleteRange(ctx, []byte("app/zz"), []byte("app0")); err != nil {
 			t.Fatalf("%s: delete-range inside app/: %v", tc.name, err)
 		}

@@ -8,6 +8,9 @@
 #
 # Environment overrides (defaults in brackets):
 #   CLIENTS [256]  VALUE_SIZE [256]  KEYS [1000]  CONNS [1]  GROUPS [16]
+#   OP [put]: put, or txn: a two-key compare-and-swap (if key K holds the
+#     value, put it in K and K+"/2", else the same), `flotilla bench txn`
+#     and `etcdbench --op txn`. A BASELINE must know `bench txn` for OP=txn.
 #   WORKDIR [/tmp/kvcompare]  ETCD3_SH [tools/etcd3.sh]
 #   BASELINE [none]: a git revision of this repository. Each round then also
 #     runs Flotilla built at that revision ("baseline"), before or after the
@@ -46,6 +49,7 @@ case ${1:-} in -h|--help) usage; exit 0 ;; esac
 ROUNDS=${1:-3}
 DURATION=${2:-15s}
 CLIENTS=${CLIENTS:-256}
+OP=${OP:-put}
 VALUE_SIZE=${VALUE_SIZE:-256}
 KEYS=${KEYS:-1000}
 CONNS=${CONNS:-1}
@@ -63,6 +67,7 @@ ETCD3_SH=${ETCD3_SH:-$SCRIPT_DIR/etcd3.sh}
 for v in ROUNDS CLIENTS KEYS CONNS NGROUPS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "${v/#NGROUPS/GROUPS}=${!v}: want a positive integer"
 done
+[[ $OP == put || $OP == txn ]] || die "OP=$OP: want put or txn"
 [[ $VALUE_SIZE =~ ^[0-9]+$ ]] || die "VALUE_SIZE=$VALUE_SIZE: want a non-negative integer"
 case $TLS in
   0 | 1 | both) ;;
@@ -295,7 +300,7 @@ run_etcd() {
   pids=$(etcd_pids)
   [[ $(wc -w <<<"$pids") == 3 ]] || die "expected 3 etcd pid files in $WORKDIR/etcd"
   run_bench etcdbench "$out" "$WORKDIR/$label-r$r.cpu" "$WORKDIR/etcdbench" \
-    --endpoints "$ETCD_EPS" --clients "$CLIENTS" --conns "$CONNS" \
+    --op "$OP" --endpoints "$ETCD_EPS" --clients "$CLIENTS" --conns "$CONNS" \
     --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json \
     ${cert[@]+"${cert[@]}"}
   # shellcheck disable=SC2086
@@ -342,7 +347,7 @@ run_flotilla() {
     sleep 0.5
   done
   sleep 2
-  run_bench "flotilla bench put" "$out" "$WORKDIR/$label-r$r.cpu" "$bin" bench put \
+  run_bench "flotilla bench $OP" "$out" "$WORKDIR/$label-r$r.cpu" "$bin" bench "$OP" \
     --endpoints "$FLO_EPS" --clients "$CLIENTS" --conns "$CONNS" \
     --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json \
     ${cli[@]+"${cli[@]}"}

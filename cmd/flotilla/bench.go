@@ -18,6 +18,7 @@ import (
 
 	"github.com/flotilla/flotilla/client"
 	"github.com/flotilla/flotilla/internal/loadgen"
+	"github.com/flotilla/flotilla/kv"
 )
 
 type benchFlags struct {
@@ -36,9 +37,9 @@ type benchFlags struct {
 func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure throughput and latency (put, get)",
+		Short: "Measure throughput and latency (put, get, txn)",
 	}
-	cmd.AddCommand(newBenchOpCmd("put"), newBenchOpCmd("get"))
+	cmd.AddCommand(newBenchOpCmd("put"), newBenchOpCmd("get"), newBenchOpCmd("txn"))
 	return cmd
 }
 
@@ -48,6 +49,10 @@ func newBenchOpCmd(op string) *cobra.Command {
 		Use:   op,
 		Short: fmt.Sprintf("Run concurrent %ss for a while and report ops/s and latency", op),
 		Long: fmt.Sprintf(`Run concurrent %[1]ss for a while and report ops/s and latency.
+
+A txn is a two-key compare-and-swap: if key K holds the bench's value, put it
+in K and in K+"/2", else the same (so it writes either way); tools/etcdbench
+--op txn sends etcd the same transaction.
 
 --clients closed-loop clients each keep one %[1]s in flight for --duration,
 through the Go client with its default retry policy. Once a second a progress
@@ -152,13 +157,26 @@ func bench(ctx context.Context, ccfg client.Config, op string, bf *benchFlags, p
 	}
 	// One key buffer per load client: Put and Get do not keep the key.
 	keys := make([][]byte, bf.clients)
+	var pairs [][]byte // txn: each client's second key
+	if op == "txn" {
+		pairs = make([][]byte, bf.clients)
+	}
 	o := loadgen.Options{Clients: bf.clients, Duration: bf.duration, Label: "bench " + op, Progress: progress, Classify: benchErrorKind, Rate: bf.rate}
 	r := loadgen.Run(ctx, o, func(ctx context.Context, i int, rng *rand.Rand) error {
 		c := clients[i%len(clients)]
 		key := loadgen.AppendKey(keys[i][:0], rng.IntN(bf.keys))
 		keys[i] = key
-		if op == "put" {
+		switch op {
+		case "put":
 			_, err := c.Put(ctx, key, value)
+			return err
+		case "txn":
+			pairs[i] = append(append(pairs[i][:0], key...), "/2"...)
+			puts := []kv.TxnOp{{Kind: kv.TxnPut, Key: key, Value: value}, {Kind: kv.TxnPut, Key: pairs[i], Value: value}}
+			_, err := c.Txn(ctx, kv.Txn{
+				Compares: []kv.Compare{{Key: key, Target: kv.CompareValue, Op: kv.CompareEqual, Value: value}},
+				Then:     puts, Else: puts,
+			})
 			return err
 		}
 		if _, err := c.Get(ctx, key); err != nil && !errors.Is(err, client.ErrKeyNotFound) {
@@ -186,6 +204,8 @@ func benchErrorKind(err error) string {
 		return "unavailable"
 	case errors.Is(err, client.ErrNotLeader):
 		return "not_leader"
+	case errors.Is(err, client.ErrTxnSpansRanges): // before ErrInvalidArgument, which it wraps
+		return "txn_spans_ranges"
 	case errors.Is(err, client.ErrInvalidArgument):
 		return "invalid_argument"
 	case errors.Is(err, client.ErrClosed):

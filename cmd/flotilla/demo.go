@@ -269,6 +269,9 @@ const demoHelp = `commands:
   put KEY VALUE     write a key
   get KEY           read a key (linearizable)
   del KEY           delete a key
+  txn               a transaction: compares, then-ops, else-ops, each ended by a
+                    blank line (see flotilla txn --help), e.g.
+                      value("a") = "1"   ⏎ ⏎   put a 2   ⏎ ⏎   get a   ⏎ ⏎
   status            nodes, groups, links
   leaders           which node leads each group
   cut A B           drop all traffic between nodes A and B (both ways)
@@ -293,10 +296,43 @@ func (d *demo) shell(ctx context.Context, in io.Reader) {
 		if f[0] == "quit" || f[0] == "exit" {
 			return
 		}
+		if f[0] == "txn" {
+			if err := d.txn(ctx, sc); err != nil {
+				fmt.Fprintf(d.out, "error: %v\n", err)
+			}
+			continue
+		}
 		if err := d.exec(ctx, f); err != nil {
 			fmt.Fprintf(d.out, "error: %v\n", err)
 		}
 	}
+}
+
+// txn reads a transaction's three sections from sc, prompting for each,
+// and applies it.
+func (d *demo) txn(ctx context.Context, sc *bufio.Scanner) error {
+	var sections [3][]string
+	for i, prompt := range []string{"compares", "then", "else"} {
+		fmt.Fprintf(d.out, "%s (a blank line ends them):\n", prompt)
+		for sc.Scan() {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" {
+				break
+			}
+			sections[i] = append(sections[i], line)
+		}
+	}
+	t, err := txnOf(sections)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := d.cl.Txn(rctx, t)
+	if err != nil {
+		return err
+	}
+	return printTxn(d.out, res, false)
 }
 
 func (d *demo) node(s string) (uint64, error) {

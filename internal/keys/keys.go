@@ -31,7 +31,8 @@ const (
 
 // Global kinds of the KV state machine (package kv): keyed by user key.
 const (
-	// Data: key → revision(8) value.
+	// Data: key → mod revision(8), create revision and version
+	// (uvarints), value (kv/stored.go).
 	Data Kind = 'k'
 	// Attached: key → lease(8), the lease the key is attached to.
 	Attached Kind = 'A'

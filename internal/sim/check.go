@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -16,17 +17,44 @@ type regState struct {
 	Value string
 }
 
+// pairState is the model's state of a key pair: a key and its partner
+// (PartnerSuffix), which transactions write together.
+type pairState struct{ Key, Partner regState }
+
+// PartnerSuffix makes a workload key's partner: key+PartnerSuffix. A
+// transaction (OpTxn) names the key and writes both; gets, puts and CASes
+// name either. The suffix sorts below every character of workload keys,
+// so the nemesis's splits (at workload keys, or at two hex digits) never
+// cut a pair. A load split may (at the median key of recent requests,
+// which may be a partner): the pair's transactions are then refused
+// (KeyMismatch, nothing applied) and end dropped from the history.
+const PartnerSuffix = "'"
+
+// Register returns the key whose pair key holds: key itself, or the key
+// whose partner it is. Histories are partitioned by it.
+func Register(key string) string { return strings.TrimSuffix(key, PartnerSuffix) }
+
+// reg returns the register of pair st that key names.
+func (st *pairState) reg(key string) *regState {
+	if strings.HasSuffix(key, PartnerSuffix) {
+		return &st.Partner
+	}
+	return &st.Key
+}
+
 // RegisterModel is the porcupine model of the workload: one register per
-// key (histories are partitioned by key) with get, put and
-// compare-and-swap. Inputs are Input, outputs Output. A write with an
-// unknown outcome may take effect or not; since its Return is
-// NeverReturned, "not" is the same as taking effect after everything else.
+// key, in pairs (histories are partitioned by pair) with get, put,
+// compare-and-swap, and a transaction that swaps both keys of a pair at
+// once if the first holds the expected value, else reads both. Inputs are
+// Input, outputs Output. A write with an unknown outcome may take effect
+// or not; since its Return is NeverReturned, "not" is the same as taking
+// effect after everything else.
 var RegisterModel = porcupine.Model{
 	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
 		byKey := map[string][]porcupine.Operation{}
 		var keys []string
 		for _, op := range h {
-			k := op.Input.(Input).Key
+			k := Register(op.Input.(Input).Key)
 			if _, ok := byKey[k]; !ok {
 				keys = append(keys, k)
 			}
@@ -38,19 +66,25 @@ var RegisterModel = porcupine.Model{
 		}
 		return out
 	},
-	Init: func() any { return regState{} },
+	Init: func() any { return pairState{} },
 	Step: func(state, input, output any) (bool, any) {
-		st, in, out := state.(regState), input.(Input), output.(Output)
+		st, in, out := state.(pairState), input.(Input), output.(Output)
+		r := st.reg(in.Key)
 		switch in.Kind {
 		case OpGet:
-			return out.Found == st.Found && out.Value == st.Value, st
+			return out.Found == r.Found && out.Value == r.Value, st
 		case OpPut:
-			return true, regState{Found: true, Value: in.Value}
-		case OpCAS:
-			match := (in.ExpectAbsent && !st.Found) || (!in.ExpectAbsent && st.Found && st.Value == in.Expected)
+			next := st
+			*next.reg(in.Key) = regState{Found: true, Value: in.Value}
+			return true, next
+		case OpCAS, OpTxn:
+			match := (in.ExpectAbsent && !r.Found) || (!in.ExpectAbsent && r.Found && r.Value == in.Expected)
 			next := st
 			if match {
-				next = regState{Found: true, Value: in.Value}
+				*next.reg(in.Key) = regState{Found: true, Value: in.Value}
+				if in.Kind == OpTxn {
+					next.Partner = regState{Found: true, Value: in.Value}
+				}
 			}
 			if out.Unknown {
 				return true, next
@@ -58,7 +92,10 @@ var RegisterModel = porcupine.Model{
 			if out.OK != match {
 				return false, st
 			}
-			if !match && (out.Found != st.Found || out.Value != st.Value) {
+			if !match && (out.Found != r.Found || out.Value != r.Value) {
+				return false, st
+			}
+			if !match && in.Kind == OpTxn && (out.Found2 != st.Partner.Found || out.Value2 != st.Partner.Value) {
 				return false, st
 			}
 			return true, next
@@ -72,34 +109,43 @@ var RegisterModel = porcupine.Model{
 			switch {
 			case in.Kind == OpPut:
 				res = "ok"
-			case in.Kind == OpCAS && out.OK:
+			case (in.Kind == OpCAS || in.Kind == OpTxn) && out.OK:
 				res = "swapped"
 			case !out.Found:
 				res = "absent"
 			default:
 				res = fmt.Sprintf("%q", out.Value)
 			}
+			if in.Kind == OpTxn && !out.OK {
+				res += ", " + describeReg(regState{Found: out.Found2, Value: out.Value2})
+			}
+		}
+		exp := fmt.Sprintf("%q", in.Expected)
+		if in.ExpectAbsent {
+			exp = "absent"
 		}
 		switch in.Kind {
 		case OpGet:
 			return fmt.Sprintf("get(%s) → %s", in.Key, res)
 		case OpPut:
 			return fmt.Sprintf("put(%s, %s) → %s", in.Key, in.Value, res)
+		case OpTxn:
+			return fmt.Sprintf("txn(%s=%s ? %s,%s%s←%s : get both) → %s", in.Key, exp, in.Key, in.Key, PartnerSuffix, in.Value, res)
 		default:
-			exp := fmt.Sprintf("%q", in.Expected)
-			if in.ExpectAbsent {
-				exp = "absent"
-			}
 			return fmt.Sprintf("cas(%s, %s→%s) → %s", in.Key, exp, in.Value, res)
 		}
 	},
 	DescribeState: func(state any) string {
-		st := state.(regState)
-		if !st.Found {
-			return "absent"
-		}
-		return fmt.Sprintf("%q", st.Value)
+		st := state.(pairState)
+		return describeReg(st.Key) + ", " + describeReg(st.Partner)
 	},
+}
+
+func describeReg(r regState) string {
+	if !r.Found {
+		return "absent"
+	}
+	return fmt.Sprintf("%q", r.Value)
 }
 
 // CheckHistory checks ops for linearizability under RegisterModel within

@@ -25,10 +25,12 @@
 //     restarts, crashes at a named persistence boundary of the engine
 //     (multiraft.Config.FailPoint), and forced elections.
 //   - Clients. A register workload (put, get, compare-and-swap over a few
-//     keys) through Host.ProposeAsync and Host.ReadAsync, recorded as a
-//     history with invoke and return order.
+//     keys, each with a partner key, and transactions that swap a key and
+//     its partner together if the key holds what the client expects, else
+//     read both) through Host.ProposeAsync and Host.ReadAsync, recorded as
+//     a history with invoke and return order.
 //
-// Checks, per seed: the history is linearizable per key (porcupine, with a
+// Checks, per seed: the history is linearizable per key pair (porcupine, with a
 // timeout: Result.Linearizable is "unknown" when it runs out); at most one
 // leader per term per group; no log index is applied with two different
 // commands on any replicas; every acknowledged write is in the applied log

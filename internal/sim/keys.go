@@ -126,7 +126,7 @@ func checkKeys(ops []Op, timeout time.Duration, check checkFunc) KeysCheck {
 	var order []string
 	byKey := map[string][]porcupine.Operation{}
 	for _, o := range ops {
-		k := o.In.Key
+		k := Register(o.In.Key)
 		if _, ok := byKey[k]; !ok {
 			order = append(order, k)
 		}

@@ -168,8 +168,13 @@ const (
 	// liveness finds their leader down
 	// (multiraft.Config.QuiesceIgnoringLiveness).
 	BugQuiesceIgnoreLiveness
+	// BugTxnNonAtomic applies a transaction's then-branch in two writes:
+	// the first key by the transaction, the second by a put the client
+	// sends once the first is acknowledged, as a client-side "transaction"
+	// over a plain KV store would.
+	BugTxnNonAtomic
 
-	bugLast = BugQuiesceIgnoreLiveness
+	bugLast = BugTxnNonAtomic
 )
 
 // Config configures one simulation run. Zero values take the defaults.

@@ -172,6 +172,16 @@ func TestTeethStaleReads(t *testing.T) {
 	}
 }
 
+// TestTeethTxnNonAtomic plants transactions whose then-branch applies in
+// two writes (the partner's put sent once the first is acknowledged):
+// porcupine must find a non-linearizable history, a read seeing the pair
+// half swapped. With the branch in one entry, TestSeeds runs the same
+// transactions clean.
+func TestTeethTxnNonAtomic(t *testing.T) {
+	findFailure(t, Config{Bug: BugTxnNonAtomic}, 30,
+		func(r *Result) bool { return r.Linearizable == "illegal" })
+}
+
 // TestTeethAckBeforeSync plants raft writes acknowledged without fsync:
 // crashes must then show up as a safety violation (two leaders in a term,
 // a lost acknowledged write, diverging replicas or a raft panic).

@@ -17,6 +17,10 @@ const (
 	OpGet OpKind = iota
 	OpPut
 	OpCAS
+	// OpTxn is a transaction (kv.Txn) on Key and its partner (Register):
+	// if Key holds Expected (or nothing, with ExpectAbsent), put Value in
+	// both, else read both.
+	OpTxn
 )
 
 func (k OpKind) String() string {
@@ -27,6 +31,8 @@ func (k OpKind) String() string {
 		return "put"
 	case OpCAS:
 		return "cas"
+	case OpTxn:
+		return "txn"
 	}
 	return fmt.Sprintf("op%d", uint8(k))
 }
@@ -48,9 +54,13 @@ type Output struct {
 	Unknown bool `json:"unknown,omitempty"`
 	// OK: a CAS swapped.
 	OK bool `json:"ok,omitempty"`
-	// Found, Value: what a get read, or the value a failed CAS saw.
-	Found bool   `json:"found,omitempty"`
-	Value string `json:"value,omitempty"`
+	// Found, Value: what a get read, or the value a failed CAS or
+	// transaction saw; Found2, Value2: what a failed transaction read of
+	// the partner.
+	Found  bool   `json:"found,omitempty"`
+	Value  string `json:"value,omitempty"`
+	Found2 bool   `json:"found2,omitempty"`
+	Value2 string `json:"value2,omitempty"`
 }
 
 // Op is one operation of a history. Call and Return order invocations and
@@ -92,6 +102,9 @@ type pendingOp struct {
 	maybeApplied bool
 	// mismatches: attempts refused because the range did not hold the key.
 	mismatches int
+	// partnerLater: under BugTxnNonAtomic, the partner's put is still to
+	// be sent once the transaction is acknowledged.
+	partnerLater bool
 }
 
 // client is one simulated client: one request at a time, with a think time
@@ -174,19 +187,25 @@ func (c *client) next() {
 	node := up[s.rng.IntN(len(up))]
 	key := s.keyName(s.rng.IntN(s.cfg.Keys))
 	in := Input{Key: key}
-	switch r := s.rng.IntN(10); {
-	case r < 4:
+	switch r := s.rng.IntN(20); {
+	case r < 8:
 		in.Kind = OpGet
-	case r < 7:
+	case r < 14:
 		in.Kind = OpPut
-	default:
+	case r < 18:
 		in.Kind = OpCAS
+	default:
+		in.Kind = OpTxn
+	}
+	if in.Kind != OpTxn && s.rng.IntN(2) == 0 {
+		in.Key += PartnerSuffix
+		key = in.Key
 	}
 	if in.Kind != OpGet {
 		c.n++
 		in.Value = fmt.Sprintf("c%d.%d", c.id, c.n)
 	}
-	if in.Kind == OpCAS {
+	if in.Kind == OpCAS || in.Kind == OpTxn {
 		seen := c.seen[key]
 		switch {
 		case seen == nil || s.rng.IntN(5) == 0:
@@ -220,12 +239,15 @@ func (c *client) invoke(node uint64, in Input, final bool) {
 	c.pending = p
 	if in.Kind != OpGet {
 		cmd := kv.Command{Key: []byte(in.Key), Value: []byte(in.Value)}
-		if in.Kind == OpPut {
+		switch in.Kind {
+		case OpPut:
 			cmd.Op = kv.OpPut
-		} else {
+		case OpCAS:
 			cmd.Op = kv.OpCAS
 			cmd.Expected = []byte(in.Expected)
 			cmd.ExpectAbsent = in.ExpectAbsent
+		case OpTxn:
+			cmd = c.txnCommand(in, p)
 		}
 		c.seq++
 		p.seq = c.seq
@@ -253,6 +275,52 @@ func (c *client) invoke(node uint64, in Input, final bool) {
 		n.drain()
 	}
 	s.after(s.cfg.RequestTimeout, func() { c.timeout(p, 0) })
+}
+
+// txnCommand returns the transaction of in: compare Key (its value, or
+// its absence by create revision or version), then put both keys, else
+// get both. Under BugTxnNonAtomic it puts Key only, and p sends the
+// partner's put once it is acknowledged.
+func (c *client) txnCommand(in Input, p *pendingOp) kv.Command {
+	key, partner := []byte(in.Key), []byte(in.Key+PartnerSuffix)
+	cmp := kv.Compare{Key: key, Target: kv.CompareValue, Op: kv.CompareEqual, Value: []byte(in.Expected)}
+	if in.ExpectAbsent {
+		cmp = kv.Compare{Key: key, Target: kv.CompareCreateRevision, Op: kv.CompareEqual}
+		if c.s.rng.IntN(2) == 0 {
+			cmp.Target = kv.CompareVersion
+		}
+	}
+	t := kv.Txn{
+		Compares: []kv.Compare{cmp},
+		Then:     []kv.TxnOp{{Kind: kv.TxnPut, Key: key, Value: []byte(in.Value)}, {Kind: kv.TxnPut, Key: partner, Value: []byte(in.Value)}},
+		Else:     []kv.TxnOp{{Kind: kv.TxnGet, Key: key}, {Kind: kv.TxnGet, Key: partner}},
+	}
+	if c.s.cfg.Bug == BugTxnNonAtomic {
+		t.Then = t.Then[:1]
+		p.partnerLater = true
+	}
+	return kv.TxnCommand(t)
+}
+
+// putPartnerLater sends the partner's put of transaction p, acknowledged
+// but applied to its key only (BugTxnNonAtomic), as a write of its own,
+// after a pause.
+func (c *client) putPartnerLater(p *pendingOp) {
+	s := c.s
+	p.partnerLater = false
+	p.cmd = kv.Command{Op: kv.OpPut, Key: []byte(p.op.In.Key + PartnerSuffix), Value: []byte(p.op.In.Value)}
+	c.seq++
+	p.seq, p.attempt, p.maybeApplied, p.mismatches = c.seq, 0, false, 0
+	s.after(s.between(5*time.Millisecond, 50*time.Millisecond), func() {
+		if c.pending != p {
+			return
+		}
+		if up := s.upNodes(); len(up) > 0 {
+			c.propose(p, up[s.rng.IntN(len(up))])
+			return
+		}
+		c.retry(p)
+	})
 }
 
 // propose sends attempt p.attempt+1 of write p to node, stamped with the
@@ -373,7 +441,25 @@ func (c *client) poll() {
 		if p.op.In.Kind == OpCAS && !r.OK {
 			out.Found, out.Value = r.Found, string(r.Current)
 		}
+		if p.op.In.Kind == OpTxn && !r.OK && p.cmd.Op == kv.OpTxn {
+			if len(r.TxnOps) != 2 {
+				c.s.violation("client %d: transaction's else-branch gave %d results, want 2", c.id, len(r.TxnOps))
+				c.done(nil)
+				return
+			}
+			a, b := r.TxnOps[0], r.TxnOps[1]
+			if a.Found {
+				out.Found, out.Value = true, string(a.KVs[0].Value)
+			}
+			if b.Found {
+				out.Found2, out.Value2 = true, string(b.KVs[0].Value)
+			}
+		}
 		c.s.acked = append(c.s.acked, ackedWrite{group: p.group, session: c.session(), seq: p.seq})
+		if p.partnerLater && r.OK {
+			c.putPartnerLater(p)
+			return
+		}
 		c.done(&out)
 	case errors.Is(err, multiraft.ErrNoLeader), errors.Is(err, multiraft.ErrDropped), errors.Is(err, multiraft.ErrNotLeader):
 		// Never appended: try again elsewhere.
@@ -444,10 +530,17 @@ func (c *client) done(out *Output) {
 		} else {
 			s.clock++
 			op.Return = s.clock
-			if op.In.Kind == OpGet || (op.In.Kind == OpCAS && !out.OK) {
+			switch {
+			case op.In.Kind == OpTxn && out.OK:
+				c.seen[op.In.Key] = &Output{Found: true, Value: op.In.Value}
+				c.seen[op.In.Key+PartnerSuffix] = &Output{Found: true, Value: op.In.Value}
+			case op.In.Kind == OpTxn:
+				c.seen[op.In.Key] = &Output{Found: out.Found, Value: out.Value}
+				c.seen[op.In.Key+PartnerSuffix] = &Output{Found: out.Found2, Value: out.Value2}
+			case op.In.Kind == OpGet || (op.In.Kind == OpCAS && !out.OK):
 				o := *out
 				c.seen[op.In.Key] = &o
-			} else {
+			default:
 				c.seen[op.In.Key] = &Output{Found: true, Value: op.In.Value}
 			}
 		}
@@ -489,8 +582,12 @@ func (c *client) finalRead() {
 	if c.seen == nil {
 		c.seen = make(map[string]*Output)
 	}
-	for k := c.id; k < s.cfg.Keys; k += s.cfg.Clients {
-		key := s.keyName(k)
+	// Every key and its partner.
+	for k := c.id; k < 2*s.cfg.Keys; k += s.cfg.Clients {
+		key := s.keyName(k / 2)
+		if k%2 == 1 {
+			key += PartnerSuffix
+		}
 		if c.finalOK(key) {
 			continue
 		}

@@ -44,6 +44,9 @@ import (
 
 type config struct {
 	endpoints []string
+	// op is put or txn (a two-key compare-and-swap, as `flotilla bench
+	// txn` sends).
+	op        string
 	clients   int
 	conns     int
 	valueSize int
@@ -84,6 +87,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("etcdbench", flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	endpoints := fs.String("endpoints", "127.0.0.1:2379", "client addresses of the etcd members, comma separated (HOST:PORT)")
+	fs.StringVar(&cfg.op, "op", "put", `put, or txn: if key K holds the value, put it in K and K+"/2", else the same`)
 	fs.IntVar(&cfg.clients, "clients", 16, "concurrent clients (1..10000)")
 	fs.IntVar(&cfg.conns, "conns", 1, "etcd clients (connections) the clients share (1..10000; at most --clients are made)")
 	fs.IntVar(&cfg.valueSize, "value-size", 128, "value size in bytes (0..1048576)")
@@ -118,6 +122,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("--value-size %d outside 0..1048576", cfg.valueSize)
 	case cfg.keys < 1 || cfg.keys > 100000000:
 		return cfg, fmt.Errorf("--keys %d outside 1..100000000", cfg.keys)
+	case cfg.op != "put" && cfg.op != "txn":
+		return cfg, fmt.Errorf("--op %q: want put or txn", cfg.op)
 	case cfg.out != "table" && cfg.out != "json":
 		return cfg, fmt.Errorf("-w %q: want one of table, json", cfg.out)
 	}
@@ -158,7 +164,7 @@ func loadTLS(cacert, cert, key string) (*tls.Config, error) {
 	return c, nil
 }
 
-// run puts for cfg.duration and returns the figures, writing a progress line
+// run puts (or runs transactions) for cfg.duration and returns the figures, writing a progress line
 // to progress once a second.
 func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, error) {
 	// A few etcd clients share the load; each has its own connection(s) and
@@ -188,12 +194,19 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 		b[i] = 'a' + byte(i%26)
 	}
 	value := string(b)
-	o := loadgen.Options{Clients: cfg.clients, Duration: cfg.duration, Label: "bench put", Progress: progress, Classify: errorKind}
+	o := loadgen.Options{Clients: cfg.clients, Duration: cfg.duration, Label: "bench " + cfg.op, Progress: progress, Classify: errorKind}
 	r := loadgen.Run(ctx, o, func(ctx context.Context, i int, rng *rand.Rand) error {
-		_, err := clients[i%len(clients)].Put(ctx, string(loadgen.AppendKey(nil, rng.IntN(cfg.keys))), value)
+		c := clients[i%len(clients)]
+		key := string(loadgen.AppendKey(nil, rng.IntN(cfg.keys)))
+		if cfg.op == "txn" {
+			puts := []clientv3.Op{clientv3.OpPut(key, value), clientv3.OpPut(key+"/2", value)}
+			_, err := c.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", value)).Then(puts...).Else(puts...).Commit()
+			return err
+		}
+		_, err := c.Put(ctx, key, value)
 		return err
 	})
-	return loadgen.Report{Op: "put", Result: r, Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys}, nil
+	return loadgen.Report{Op: cfg.op, Result: r, Clients: cfg.clients, ValueSize: cfg.valueSize, Keys: cfg.keys}, nil
 }
 
 // errorKind names the kind of a failed put's error in the report's
