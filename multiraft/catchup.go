@@ -19,9 +19,9 @@ package multiraft
 // are queued first, then every other quiesced group led here (the node
 // may have lost a replica: queueCatchUpLocked). A restarted follower's
 // hello, or its answer, queues its range too if it lacks entries
-// (laggingHello, restart.go). A node that goes down still wakes every
-// group led here at once, and empties the queue (quiesce.go: a leader that
-// lost its quorum must step down at once).
+// (laggingHello, restart.go). A node that goes down wakes at once only
+// the groups led here that it leaves without a live quorum (they must step
+// down: wakeLostQuorumLocked); the queue stays as it is.
 //
 // How. Each tick, the Host drops from the catching-up set the groups
 // that quiesced again, lost their leadership, or woke two election
@@ -167,18 +167,6 @@ func popPaced(queue *[]*group, set map[*group]int64, max int, now int64, ids []u
 	}
 	*queue = q
 	return ids
-}
-
-// dropCatchUpsLocked empties the catch-up queue and set: every group led
-// here is being woken at once (a node went down). h.quiet.mu is held.
-func (h *Host) dropCatchUpsLocked() {
-	for _, g := range h.quiet.mu.catchUpQ {
-		g.catchUpQueued = false
-	}
-	clear(h.quiet.mu.catchUpQ)
-	h.quiet.mu.catchUpQ = nil
-	clear(h.quiet.mu.catchingUp)
-	h.metrics.catchUpWaiting.Store(0)
 }
 
 // sweepPaced drops from set (a paced set of tick's: start campaigns,

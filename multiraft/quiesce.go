@@ -31,8 +31,9 @@ package multiraft
 // tick and only for the nodes whose state changed: when a node goes down,
 // every quiesced group it leads wakes here (its followers then forget it
 // and elect, as for an active group: the failover), and so does every
-// quiesced group this node leads (a leader that lost its followers steps
-// down); when a node comes back, the quiesced groups this node leads wake
+// quiesced group this node leads that no longer has a quorum counted live
+// (it steps down; wakeLostQuorumLocked); when a node comes back, the
+// quiesced groups this node leads wake
 // a few at a time, those it lacks entries of first, and catch it up
 // (catchup.go).
 //
@@ -324,8 +325,7 @@ func (h *Host) wakeOnLiveness(ids []uint64) []uint64 {
 		h.quiet.mu.epoch++
 	}
 	if wakeOwn {
-		ids = h.wakeLocked(h.cfg.NodeID, ids)
-		h.dropCatchUpsLocked()
+		ids = h.wakeLostQuorumLocked(ids)
 	}
 	// Groups started quiesced under a peer never heard from (StartGroups)
 	// wake once the grace is over: that node may never come. Only groups
@@ -361,6 +361,48 @@ func (h *Host) wakeLocked(leader uint64, ids []uint64) []uint64 {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// wakeLostQuorumLocked marks for waking every group quiesced under this
+// node whose voters counted live are no longer a quorum (a peer went
+// down), and appends their IDs to ids: such a leader must wake to step
+// down (the partition rule at the top of this file). The others sleep on:
+// they still have a quorum, and nothing of theirs changed. Waking every
+// group led here whenever any peer went down (as this did before) made a
+// peer's flap cost a wake of every range this node leads: with 100,000
+// ranges on 3 nodes, one peer counted down for a moment while all were
+// idle woke 60,000 of node 1's replicas (BENCHMARKS.md, "An overloaded
+// node's liveness"). Groups queued for a catch-up stay queued. h.quiet.mu
+// is held.
+func (h *Host) wakeLostQuorumLocked(ids []uint64) []uint64 {
+	m := h.quiet.mu.byLeader[h.cfg.NodeID]
+	for _, id := range slices.Sorted(maps.Keys(m)) {
+		g := m[id]
+		if h.liveQuorum(g) {
+			continue
+		}
+		g.in.Lock()
+		g.in.wake = true
+		g.in.Unlock()
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// liveQuorum reports whether a quorum of g's voters (as last published) is
+// counted live here. A quiesced group has no joint configuration.
+func (h *Host) liveQuorum(g *group) bool {
+	vp := g.st.voters.Load()
+	if vp == nil {
+		return false
+	}
+	live := 0
+	for _, v := range *vp {
+		if !h.PeerDown(v) {
+			live++
+		}
+	}
+	return live > len(*vp)/2
 }
 
 // idle reports whether the replica waits for nothing: no proposal, read,

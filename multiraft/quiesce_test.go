@@ -447,3 +447,61 @@ func TestFollowerWaitingBehindQuiescedLeader(t *testing.T) {
 		t.Fatalf("node 2 did not quiesce once its proposal expired:\n%s", c.Status())
 	}
 }
+
+// TestPeerDownWakesOnlyLeadersWithoutQuorum: when node 3 goes down, the
+// quiesced groups it led wake on nodes 1 and 2 and fail over, but the
+// groups node 1 leads sleep on: each still has a quorum counted live
+// (nodes 1 and 2), and nothing of theirs changed. Before, every group led
+// here woke whenever any peer went down, so a peer's flap woke every range
+// this node leads. When node 2 goes down too, node 1's groups have no
+// quorum left, wake, and step down (the partition rule).
+func TestPeerDownWakesOnlyLeadersWithoutQuorum(t *testing.T) {
+	const groups = 12
+	c := quietCluster(t, mrtest.Options{Groups: groups})
+	own := leadersOn(c, groups, 1)
+	if len(own) != groups/3 {
+		t.Fatalf("node 1 leads %d groups, want %d", len(own), groups/3)
+	}
+	h := c.Hosts[1]
+	asleep := func(when string) {
+		t.Helper()
+		for _, g := range own {
+			st, err := h.GroupStatus(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !st.Quiesced || st.Leader != 1 {
+				t.Errorf("%s: group %d (led by node 1, quorum live) woke: quiesced %v, leader %d", when, g, st.Quiesced, st.Leader)
+			}
+		}
+	}
+	c.Crash(3)
+	for i := 0; i < 20 && !h.PeerDown(3); i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !h.PeerDown(3) {
+		t.Fatal("node 1 never counted node 3 down")
+	}
+	asleep("the tick node 3 went down")
+	if took := ticksUntilLed(t, c, groups, 3, 2*10); took < 0 {
+		t.Fatalf("node 3's groups not led again:\n%s", c.Status())
+	}
+	asleep("once node 3's groups were led again")
+	c.Crash(2)
+	for i := 0; i < 3*10; i++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range own {
+		st, err := h.GroupStatus(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader == 1 {
+			t.Errorf("group %d: node 1 still leads it with nodes 2 and 3 down (quiesced %v)", g, st.Quiesced)
+		}
+	}
+}
