@@ -40,6 +40,7 @@ import (
 	"github.com/flotilla/flotilla/client"
 	"github.com/flotilla/flotilla/internal/chaos"
 	"github.com/flotilla/flotilla/internal/sim"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // Sentinel errors.
@@ -246,7 +247,8 @@ func (r *run) takeKey(slot int) string {
 		r.keys.issued[slot] = 0
 	}
 	if r.keys.issued[slot] == 0 {
-		r.keys.used = append(r.keys.used, keyName(slot, r.keys.gen[slot]))
+		k := keyName(slot, r.keys.gen[slot])
+		r.keys.used = append(r.keys.used, k, k+sim.PartnerSuffix)
 	}
 	r.keys.issued[slot]++
 	return keyName(slot, r.keys.gen[slot])
@@ -366,19 +368,26 @@ func (r *run) client(ctx context.Context, cl *client.Client, id int) {
 		}
 		lastKey = key
 		in := sim.Input{Key: key}
-		switch x := rng.IntN(10); {
-		case x < 4:
+		switch x := rng.IntN(20); {
+		case x < 8:
 			in.Kind = sim.OpGet
-		case x < 7:
+		case x < 14:
 			in.Kind = sim.OpPut
-		default:
+		case x < 18:
 			in.Kind = sim.OpCAS
+		default:
+			in.Kind = sim.OpTxn // on key and its partner (sim.Register)
+		}
+		if in.Kind != sim.OpTxn && rng.IntN(2) == 0 {
+			in.Key += sim.PartnerSuffix // seen is the key's only
+			seen = nil
+			lastKey = ""
 		}
 		if in.Kind != sim.OpGet {
 			n++
 			in.Value = fmt.Sprintf("c%d.%d", id, n)
 		}
-		if in.Kind == sim.OpCAS {
+		if in.Kind == sim.OpCAS || in.Kind == sim.OpTxn {
 			if seen == nil || !seen.Found {
 				in.ExpectAbsent = true
 			} else {
@@ -386,8 +395,8 @@ func (r *run) client(ctx context.Context, cl *client.Client, id int) {
 			}
 		}
 		out, ok := r.do(ctx, cl, id, in)
-		if ok && !out.Unknown {
-			if in.Kind == sim.OpGet || (in.Kind == sim.OpCAS && !out.OK) {
+		if ok && !out.Unknown && in.Key == key {
+			if in.Kind == sim.OpGet || ((in.Kind == sim.OpCAS || in.Kind == sim.OpTxn) && !out.OK) {
 				seen = &out
 			} else {
 				seen = &sim.Output{Found: true, Value: in.Value}
@@ -428,6 +437,8 @@ func (r *run) do(ctx context.Context, cl *client.Client, id int, in sim.Input) (
 		if err == nil && !out.OK {
 			out.Found, out.Value = found, string(cur.Value)
 		}
+	case sim.OpTxn:
+		out, err = r.txn(rctx, cl, in)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -445,6 +456,38 @@ func (r *run) do(ctx context.Context, cl *client.Client, id int, in sim.Input) (
 	op.Out = out
 	r.mu.ops = append(r.mu.ops, op)
 	return out, true
+}
+
+// txn runs in's transaction, as the simulation's workload does: if Key
+// holds Expected (or nothing: create revision 0), put Value in Key and its
+// partner, else read both.
+func (r *run) txn(ctx context.Context, cl *client.Client, in sim.Input) (sim.Output, error) {
+	key, partner := []byte(in.Key), []byte(in.Key+sim.PartnerSuffix)
+	cmp := kv.Compare{Key: key, Target: kv.CompareValue, Op: kv.CompareEqual, Value: []byte(in.Expected)}
+	if in.ExpectAbsent {
+		cmp = kv.Compare{Key: key, Target: kv.CompareCreateRevision, Op: kv.CompareEqual}
+	}
+	res, err := cl.Txn(ctx, kv.Txn{
+		Compares: []kv.Compare{cmp},
+		Then:     []kv.TxnOp{{Kind: kv.TxnPut, Key: key, Value: []byte(in.Value)}, {Kind: kv.TxnPut, Key: partner, Value: []byte(in.Value)}},
+		Else:     []kv.TxnOp{{Kind: kv.TxnGet, Key: key}, {Kind: kv.TxnGet, Key: partner}},
+	})
+	if err != nil {
+		return sim.Output{}, err
+	}
+	out := sim.Output{OK: res.Succeeded}
+	if !res.Succeeded {
+		if len(res.Ops) != 2 {
+			return sim.Output{}, fmt.Errorf("live: the else-branch gave %d results, want 2", len(res.Ops))
+		}
+		if a := res.Ops[0]; a.Found {
+			out.Found, out.Value = true, string(a.KVs[0].Value)
+		}
+		if b := res.Ops[1]; b.Found {
+			out.Found2, out.Value2 = true, string(b.KVs[0].Value)
+		}
+	}
+	return out, nil
 }
 
 // nemesis injects faults on a seeded schedule until ctx ends, healing each
@@ -649,6 +692,9 @@ func LostAcks(ops []sim.Op, finalFrom int) int {
 			final[o.In.Key] = o.Out
 		case o.In.Kind == sim.OpPut && !o.Out.Unknown, o.In.Kind == sim.OpCAS && !o.Out.Unknown && o.Out.OK:
 			writes[o.In.Key] = append(writes[o.In.Key], o)
+		case o.In.Kind == sim.OpTxn && !o.Out.Unknown && o.Out.OK:
+			writes[o.In.Key] = append(writes[o.In.Key], o)
+			writes[o.In.Key+sim.PartnerSuffix] = append(writes[o.In.Key+sim.PartnerSuffix], o)
 		}
 	}
 	keys := make([]string, 0, len(final))
@@ -662,7 +708,8 @@ func LostAcks(ops []sim.Op, finalFrom int) int {
 		var wroteAt int64 = -1
 		if f.Found {
 			for _, o := range ops {
-				if o.In.Kind != sim.OpGet && o.In.Key == k && o.In.Value == f.Value {
+				wrote := o.In.Key == k || (o.In.Kind == sim.OpTxn && o.In.Key+sim.PartnerSuffix == k)
+				if o.In.Kind != sim.OpGet && wrote && o.In.Value == f.Value {
 					wroteAt = o.Return
 				}
 			}
