@@ -86,6 +86,11 @@ func TestInteraction(t *testing.T) {
 				}
 				o.DisableFailover = off("failover")
 				o.DisableProposalForwarding = off("forwarding")
+				if d.HasArg("quiesce") {
+					var v string
+					d.ScanArgs(t, "quiesce", &v)
+					o.Quiesce = v == "on"
+				}
 				var err error
 				c, err = mrtest.NewCluster(o)
 				if err != nil {
@@ -255,6 +260,31 @@ func TestInteraction(t *testing.T) {
 				return out
 			case "status":
 				return c.Status()
+			case "quiet":
+				// Which replicas of group are quiesced; how often the
+				// node's replicas (of any group) woke, and how often a
+				// follower's leader quiesced while it waited for something
+				// of its own (its election timer stopped).
+				g := u(d, "group")
+				var out string
+				for _, n := range c.Nodes() {
+					h := c.Hosts[n]
+					if h == nil {
+						out += fmt.Sprintf("n%d down\n", n)
+						continue
+					}
+					st, err := h.GroupStatus(g)
+					if err != nil {
+						return errOr("", err)
+					}
+					state := "awake"
+					if st.Quiesced {
+						state = "quiesced"
+					}
+					out += fmt.Sprintf("n%d %s; this node's replicas woke %d times, waited behind a quiesced leader %d times\n",
+						n, state, h.Wakes(), h.LeaderQuietFollowers())
+				}
+				return out
 			default:
 				d.Fatalf(t, "unknown command %q", d.Cmd)
 				return ""
