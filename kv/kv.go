@@ -441,14 +441,11 @@ func decodeCommand(b []byte) (Command, error) {
 	}
 	c.ExpectAbsent = flag&flagExpectAbsent != 0
 	if c.Op == OpTxn {
+		// Read strictly, so that Value is exactly what Encode writes for
+		// the transaction.
 		t, err := decodeTxn(c.Value)
 		if err != nil {
 			return Command{}, err
-		}
-		// Canonical, as Encode writes it: what applies is exactly what
-		// a proposer could have sent.
-		if !bytes.Equal(t.encode(), c.Value) {
-			return Command{}, fmt.Errorf("%w: transaction not in its canonical form", ErrBadCommand)
 		}
 		c.Txn = t
 	}
@@ -607,15 +604,18 @@ func appendBytes(b, v []byte) []byte {
 	return append(b, v...)
 }
 
-// reader decodes the little formats of this package; err latches.
+// reader decodes the little formats of this package; err latches. A
+// strict reader also refuses a uvarint longer than it needs to be, so that
+// a format read strictly has one encoding of each value (decodeTxn).
 type reader struct {
-	b   []byte
-	err bool
+	b      []byte
+	err    bool
+	strict bool
 }
 
 func (r *reader) uvarint() uint64 {
 	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
+	if n <= 0 || (r.strict && n != uvarintLen(v)) {
 		r.err = true
 		return 0
 	}

@@ -411,8 +411,8 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		if cmd.Op.needsKey() {
 			s.sampler.sample(cmd.Key)
 		} else if cmd.Op == OpTxn {
-			if sp := cmd.Txn.Spans(); len(sp) > 0 {
-				s.sampler.sample(sp[0][0]) // load splits see transactions too
+			if k := cmd.Txn.firstKey(); k != nil {
+				s.sampler.sample(k) // load splits see transactions too
 			}
 		}
 		var res Result

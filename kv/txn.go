@@ -321,8 +321,10 @@ func (t *Txn) encode() []byte {
 }
 
 // decodeTxn parses a transaction's wire form, unchecked; slices alias b.
+// It reads strictly (minimal uvarints): a transaction has one encoding,
+// the one encode writes.
 func decodeTxn(b []byte) (*Txn, error) {
-	r := reader{b: b}
+	r := reader{b: b, strict: true}
 	t := &Txn{}
 	n := r.uvarint()
 	// Each compare and op takes at least 3 bytes: a count b cannot hold
@@ -371,12 +373,34 @@ func decodeTxn(b []byte) (*Txn, error) {
 
 // holdsTxn reports whether the range holds every key and span of t.
 func holdsTxn(desc *Descriptor, t *Txn) bool {
-	for _, sp := range t.Spans() {
-		if !desc.ContainsSpan(sp[0], sp[1]) {
+	for _, c := range t.Compares {
+		if !desc.Contains(c.Key) {
 			return false
 		}
 	}
+	for _, ops := range [][]TxnOp{t.Then, t.Else} {
+		for i := range ops {
+			op := &ops[i]
+			if (op.Kind.spans() && !desc.ContainsSpan(op.Key, op.End)) || (!op.Kind.spans() && !desc.Contains(op.Key)) {
+				return false
+			}
+		}
+	}
 	return true
+}
+
+// firstKey returns the first key t names (nil: none), without
+// allocating: what load sampling sees of it.
+func (t *Txn) firstKey() []byte {
+	switch {
+	case len(t.Compares) > 0:
+		return t.Compares[0].Key
+	case len(t.Then) > 0:
+		return t.Then[0].Key
+	case len(t.Else) > 0:
+		return t.Else[0].Key
+	}
+	return nil
 }
 
 // compare reports whether c holds for a key found (or not) with meta m

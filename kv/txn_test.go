@@ -260,6 +260,14 @@ func TestTxnRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(*c.Txn, txn) {
 		t.Fatalf("decoded %+v, want %+v", *c.Txn, txn)
 	}
+	// One encoding per transaction: a count written in two bytes where
+	// one does is refused (the empty transaction is 0 0 0).
+	if _, err := decodeTxn([]byte{0, 0, 0}); err != nil {
+		t.Fatalf("the empty transaction: %v", err)
+	}
+	if _, err := decodeTxn([]byte{0x80, 0, 0, 0}); !errors.Is(err, ErrBadCommand) {
+		t.Fatalf("a count of 0 in two bytes: %v, want ErrBadCommand", err)
+	}
 }
 
 // TestTxnReadsBounded: the reads of one transaction return at most
