@@ -608,7 +608,7 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 	case OpAuthPut, OpAuthDelete:
 		return s.applyAuth(b, cmd, rev, fx)
 	case OpTxn:
-		return s.applyTxn(b, cmd.Txn, rev)
+		return applyTxn(batchView{s, b}, cmd.Txn, rev)
 	}
 	return s.applyLease(b, desc, *cmd, rev, fx)
 }
@@ -641,7 +641,8 @@ func (s *StateMachine) deleteRange(b *pebble.Batch, start, end []byte, rev uint6
 }
 
 // holdable reports whether every command is a well-formed put or delete
-// that touches no lease, in a group where no key is attached to one: such
+// that touches no lease, or a transaction of such puts and deletes and of
+// gets (holdableTxn), in a group where no key is attached to one: such
 // commands only write data keys, and may be held (applyHeld). It leaves
 // them decoded in s.decoded.
 func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
@@ -651,7 +652,10 @@ func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
 	s.decoded = s.decoded[:0]
 	for i := range cmds {
 		cmd, err := decodeCommand(cmds[i].Data)
-		if err != nil || (cmd.Op != OpPut && cmd.Op != OpDelete) || cmd.Lease != 0 {
+		if err != nil || cmd.Lease != 0 {
+			return false
+		}
+		if cmd.Op != OpPut && cmd.Op != OpDelete && (cmd.Op != OpTxn || !holdableTxn(cmd.Txn)) {
 			return false
 		}
 		s.decoded = append(s.decoded, cmd)
@@ -664,13 +668,34 @@ func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
 func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) error {
 	rev := s.revision.Load()
 	st := s.stage[:0]
-	// Every result here has the same size: one allocation holds them all.
+	// Every result of a put or delete has the same size: one allocation
+	// holds them all (a transaction's may grow it).
 	resSize := Result{}.size()
 	results := make([]byte, 0, resSize*len(cmds))
 	for i := range cmds {
 		c, cmd := &cmds[i], &s.decoded[i]
 		if prev, skip := s.sessions.check(cmd); skip {
 			c.Result = prev
+			continue
+		}
+		if cmd.Op == OpTxn {
+			if k := cmd.Txn.firstKey(); k != nil {
+				s.sampler.sample(k)
+			}
+			res := Result{KeyMismatch: true}
+			if s.noSpanCheck || holdsTxn(desc, cmd.Txn) {
+				var err error
+				if res, err = applyTxn(heldView{s, &st}, cmd.Txn, &rev); err != nil {
+					return fmt.Errorf("kv: range %d: %w", s.id, err)
+				}
+			}
+			res.Revision = rev
+			n := len(results)
+			results = res.appendTo(results)
+			c.Result = results[n:len(results):len(results)]
+			if !res.KeyMismatch {
+				s.sessions.record(cmd, c.Result)
+			}
 			continue
 		}
 		s.sampler.sample(cmd.Key)

@@ -441,14 +441,28 @@ func cmpUint(a, b uint64) int {
 	return 0
 }
 
-// applyTxn applies transaction t through b: the compares, then the branch
+// txnView is where a transaction reads and writes: a Pebble batch
+// (batchView), or the held writes (heldView, for a transaction of puts,
+// deletes and gets only: holdableTxn). Values returned are the caller's.
+type txnView interface {
+	get(key []byte) (found bool, m storedMeta, val []byte, err error)
+	// leaseMissing reports whether lease (not 0) is missing.
+	leaseMissing(lease uint64) (bool, error)
+	put(key, value []byte, lease, rev uint64) error
+	del(key []byte) (bool, error)
+	deleteRange(start, end []byte, rev uint64) (uint64, error)
+	scan(op TxnOp, readBytes *int) ([]KeyValue, bool, error)
+}
+
+// applyTxn applies transaction t through v: the compares, then the branch
 // they choose. Nothing of it is written if a put names a lease the range
-// does not have (Result.LeaseMissing). Called by Apply.
-func (s *StateMachine) applyTxn(b *pebble.Batch, t *Txn, rev *uint64) (Result, error) {
+// does not have (Result.LeaseMissing). Called by Apply (through a batch)
+// and applyHeld.
+func applyTxn(v txnView, t *Txn, rev *uint64) (Result, error) {
 	ok := true
 	for i := range t.Compares {
 		c := &t.Compares[i]
-		found, m, val, err := getFrom(b, dataKey(c.Key))
+		found, m, val, err := v.get(c.Key)
 		if err != nil {
 			return Result{}, err
 		}
@@ -462,8 +476,8 @@ func (s *StateMachine) applyTxn(b *pebble.Batch, t *Txn, rev *uint64) (Result, e
 		ops = t.Else
 	}
 	for _, op := range ops {
-		if op.Kind == TxnPut {
-			if missing, err := s.leaseMissing(b, op.Lease); err != nil || missing {
+		if op.Kind == TxnPut && op.Lease != 0 {
+			if missing, err := v.leaseMissing(op.Lease); err != nil || missing {
 				return Result{LeaseMissing: missing}, err
 			}
 		}
@@ -476,36 +490,26 @@ func (s *StateMachine) applyTxn(b *pebble.Batch, t *Txn, rev *uint64) (Result, e
 		out := TxnOpResult{Kind: op.Kind}
 		switch op.Kind {
 		case TxnPut:
-			s.written.Add(uint64(len(op.Key) + len(op.Value)))
-			if err := s.putData(b, op.Key, op.Value, next); err != nil {
-				return Result{}, err
-			}
-			if err := s.setAttachment(b, op.Key, op.Lease); err != nil {
+			if err := v.put(op.Key, op.Value, op.Lease, next); err != nil {
 				return Result{}, err
 			}
 			wrote = true
 		case TxnDelete:
-			found, _, err := metaFrom(b, dataKey(op.Key))
+			found, err := v.del(op.Key)
 			if err != nil {
 				return Result{}, err
 			}
 			if found {
-				if err := b.Delete(dataKey(op.Key), nil); err != nil {
-					return Result{}, err
-				}
-				if err := s.setAttachment(b, op.Key, 0); err != nil {
-					return Result{}, err
-				}
 				out.Count, wrote = 1, true
 			}
 		case TxnDeleteRange:
-			n, err := s.deleteRange(b, op.Key, op.End, next)
+			n, err := v.deleteRange(op.Key, op.End, next)
 			if err != nil {
 				return Result{}, err
 			}
 			out.Count, wrote = n, wrote || n > 0
 		case TxnGet:
-			found, m, val, err := getFrom(b, dataKey(op.Key))
+			found, m, val, err := v.get(op.Key)
 			if err != nil {
 				return Result{}, err
 			}
@@ -521,7 +525,7 @@ func (s *StateMachine) applyTxn(b *pebble.Batch, t *Txn, rev *uint64) (Result, e
 			}
 		case TxnScan:
 			var err error
-			if out.KVs, out.More, err = scanBatch(b, op, &readBytes); err != nil {
+			if out.KVs, out.More, err = v.scan(op, &readBytes); err != nil {
 				return Result{}, err
 			}
 		}
@@ -531,6 +535,130 @@ func (s *StateMachine) applyTxn(b *pebble.Batch, t *Txn, rev *uint64) (Result, e
 		*rev = next
 	}
 	return res, nil
+}
+
+// batchView is a transaction's view through an indexed Pebble batch.
+type batchView struct {
+	s *StateMachine
+	b *pebble.Batch
+}
+
+func (v batchView) get(key []byte) (bool, storedMeta, []byte, error) {
+	return getFrom(v.b, dataKey(key))
+}
+
+func (v batchView) leaseMissing(lease uint64) (bool, error) { return v.s.leaseMissing(v.b, lease) }
+
+func (v batchView) put(key, value []byte, lease, rev uint64) error {
+	v.s.written.Add(uint64(len(key) + len(value)))
+	if err := v.s.putData(v.b, key, value, rev); err != nil {
+		return err
+	}
+	return v.s.setAttachment(v.b, key, lease)
+}
+
+func (v batchView) del(key []byte) (bool, error) {
+	found, _, err := metaFrom(v.b, dataKey(key))
+	if err != nil || !found {
+		return false, err
+	}
+	if err := v.b.Delete(dataKey(key), nil); err != nil {
+		return false, err
+	}
+	return true, v.s.setAttachment(v.b, key, 0)
+}
+
+func (v batchView) deleteRange(start, end []byte, rev uint64) (uint64, error) {
+	return v.s.deleteRange(v.b, start, end, rev)
+}
+
+func (v batchView) scan(op TxnOp, readBytes *int) ([]KeyValue, bool, error) {
+	return scanBatch(v.b, op, readBytes)
+}
+
+// holdableTxn reports whether transaction t may apply to the held writes
+// (applyHeld): its ops are puts without a lease, deletes and gets. A scan
+// or a delete-range reads or writes a span, which the held writes do not
+// index for the apply path; a lease attaches keys in Pebble.
+func holdableTxn(t *Txn) bool {
+	for _, ops := range [][]TxnOp{t.Then, t.Else} {
+		for i := range ops {
+			switch op := &ops[i]; op.Kind {
+			case TxnPut:
+				if op.Lease != 0 {
+					return false
+				}
+			case TxnDelete, TxnGet:
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// heldView is a transaction's view of the held writes (applyHeld): the
+// writes staged in this round of commands, then the held ones, then
+// Pebble. It stages its writes in *staged.
+type heldView struct {
+	s      *StateMachine
+	staged *[]dirtyWrite
+}
+
+func (v heldView) get(key []byte) (bool, storedMeta, []byte, error) {
+	st := *v.staged
+	for i := len(st) - 1; i >= 0; i-- {
+		if st[i].key == string(key) {
+			return decodeHeld(st[i].stored, key)
+		}
+	}
+	if sv, ok := v.s.dirty.lookupLocked(key); ok {
+		return decodeHeld(sv, key)
+	}
+	return getFrom(v.s.db, dataKey(key))
+}
+
+// decodeHeld decodes a held write (nil: a delete); the value is a copy.
+func decodeHeld(sv, key []byte) (bool, storedMeta, []byte, error) {
+	if sv == nil {
+		return false, storedMeta{}, nil, nil
+	}
+	m, val, err := decodeStored(sv)
+	if err != nil {
+		return false, storedMeta{}, nil, fmt.Errorf("%w (key %x)", err, key)
+	}
+	return true, m, bytes.Clone(val), nil
+}
+
+func (v heldView) leaseMissing(uint64) (bool, error) {
+	return false, fmt.Errorf("%w: a held transaction with a lease", ErrCorrupt) // holdableTxn refuses it
+}
+
+func (v heldView) put(key, value []byte, _, rev uint64) error {
+	found, prev, err := v.s.heldMeta(*v.staged, key)
+	if err != nil {
+		return err
+	}
+	*v.staged = append(*v.staged, dirtyWrite{key: string(key), stored: stored(rev, value, found, prev)})
+	v.s.written.Add(uint64(len(key) + len(value)))
+	return nil
+}
+
+func (v heldView) del(key []byte) (bool, error) {
+	found, _, err := v.s.heldMeta(*v.staged, key)
+	if err != nil || !found {
+		return false, err
+	}
+	*v.staged = append(*v.staged, dirtyWrite{key: string(key)})
+	return true, nil
+}
+
+func (v heldView) deleteRange([]byte, []byte, uint64) (uint64, error) {
+	return 0, fmt.Errorf("%w: a held transaction with a delete-range", ErrCorrupt) // holdableTxn refuses it
+}
+
+func (v heldView) scan(TxnOp, *int) ([]KeyValue, bool, error) {
+	return nil, false, fmt.Errorf("%w: a held transaction with a scan", ErrCorrupt) // holdableTxn refuses it
 }
 
 // scanBatch reads the keys of scan op through b, adding their bytes to
