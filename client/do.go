@@ -342,6 +342,16 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			fails := true
 			switch kind {
 			case fatal:
+				if write && (unknown || len(busy) > 0) && !errors.Is(cerr, ErrLeaseNotFound) {
+					// A node refused this attempt before proposing it
+					// (bad argument, permission, a transaction's keys
+					// over several ranges after a split), but an earlier
+					// attempt may have applied, or one is still out. (A
+					// refusal of the range itself, ErrLeaseNotFound,
+					// answers for the write: through the session, a
+					// write that applied would have its first result.)
+					return nil, fmt.Errorf("%w: %v; an earlier attempt's outcome is unknown", ErrAmbiguous, cerr)
+				}
 				return nil, cerr
 			case sessionUnknown:
 				c.session.unknown(g) // the next attempt registers; nothing was written

@@ -47,7 +47,7 @@ func TestVersionsAndCreateRevisions(t *testing.T) {
 	if found, kv := get(t, sm, "a"); !found || !reflect.DeepEqual(kv, want) {
 		t.Fatalf("get a after delete and put: %v %+v, want %+v", found, kv, want)
 	}
-	q, err := EncodeScan(nil, []byte("m"), 0)
+	q, err := EncodeScan(nil, []byte("k6"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,78 +313,109 @@ func TestTxnReadsBounded(t *testing.T) {
 }
 
 // TestTxnHeldAgrees: the same commands (puts, deletes, transactions held
-// in memory and transactions through Pebble) applied to a range that
-// holds plain writes and to one that does not give the same results and
-// the same state, revisions and versions included.
+// in memory and transactions through Pebble, some in a client session and
+// some sent twice, some naming keys outside the range), applied in rounds
+// of 1 to 4 to a range that holds plain writes and to one that does not,
+// give the same results and the same state, revisions and versions
+// included, after each round.
 func TestTxnHeldAgrees(t *testing.T) {
-	held := txnRange(t)
-	db := openDB(t, vfs.NewMem())
-	t.Cleanup(func() { db.Close() })
-	plain := openRange(t, db, 7, "", "m", WithHoldBudget(NewHoldBudget(0))) // holds nothing
+	var sms [2]*StateMachine
+	for i, budget := range []int64{1 << 20, 0} { // held, plain
+		db := openDB(t, vfs.NewMem())
+		t.Cleanup(func() { db.Close() })
+		sms[i] = openRange(t, db, 7, "", "k6", WithHoldBudget(NewHoldBudget(budget)))
+	}
+	held := sms[0]
 	rng := rand.New(rand.NewPCG(7, 11))
-	key := func() []byte { return []byte(fmt.Sprintf("k%d", rng.IntN(6))) }
+	key := func() []byte { return []byte(fmt.Sprintf("k%d", rng.IntN(7))) } // k6 is not the range's
 	val := func() []byte { return []byte(fmt.Sprintf("v%d", rng.IntN(4))) }
-	for i := uint64(1); i <= 600; i++ {
-		var c Command
+	next := func(i uint64) Command {
 		switch rng.IntN(6) {
 		case 0:
-			c = Command{Op: OpPut, Key: key(), Value: val()}
+			return Command{Op: OpPut, Key: key(), Value: val()}
 		case 1:
-			c = Command{Op: OpDelete, Key: key()}
-		default:
-			var txn Txn
-			for range rng.IntN(3) {
-				cmp := Compare{Key: key(), Target: CompareTarget(1 + rng.IntN(4)), Op: CompareOp(1 + rng.IntN(4))}
-				if cmp.Target == CompareValue {
-					cmp.Value = val()
-				} else {
-					cmp.Number = uint64(rng.IntN(int(i) + 2))
-				}
-				txn.Compares = append(txn.Compares, cmp)
-			}
-			for _, ops := range []*[]TxnOp{&txn.Then, &txn.Else} {
-				used := map[string]bool{}
-				for range rng.IntN(4) {
-					op := TxnOp{Kind: []TxnOpKind{TxnPut, TxnDelete, TxnGet, TxnGet}[rng.IntN(4)], Key: key()}
-					if op.Kind != TxnGet && used[string(op.Key)] {
-						continue // one write per key and branch
-					}
-					if op.Kind == TxnPut {
-						op.Value = val()
-					}
-					if op.Kind != TxnGet {
-						used[string(op.Key)] = true
-					}
-					*ops = append(*ops, op)
-				}
-			}
-			if rng.IntN(5) == 0 {
-				txn.Then = append(txn.Then, TxnOp{Kind: TxnScan, Key: []byte("k"), End: []byte("l")}) // not holdable
-			}
-			c = TxnCommand(txn)
+			return Command{Op: OpDelete, Key: key()}
 		}
-		b, err := c.Encode()
-		if err != nil {
-			t.Fatalf("command %d: %v", i, err)
+		var txn Txn
+		for range rng.IntN(3) {
+			cmp := Compare{Key: key(), Target: CompareTarget(1 + rng.IntN(4)), Op: CompareOp(1 + rng.IntN(4))}
+			if cmp.Target == CompareValue {
+				cmp.Value = val()
+			} else {
+				cmp.Number = uint64(rng.IntN(int(i) + 2))
+			}
+			txn.Compares = append(txn.Compares, cmp)
 		}
-		var out [2][]byte
-		for j, sm := range []*StateMachine{held, plain} {
-			cmds := []multiraft.Command{{Index: i, Data: b}}
+		for _, ops := range []*[]TxnOp{&txn.Then, &txn.Else} {
+			used := map[string]bool{}
+			for range rng.IntN(4) {
+				op := TxnOp{Kind: []TxnOpKind{TxnPut, TxnDelete, TxnGet, TxnGet}[rng.IntN(4)], Key: key()}
+				if op.Kind != TxnGet && used[string(op.Key)] {
+					continue // one write per key and branch
+				}
+				if op.Kind == TxnPut {
+					op.Value = val()
+				}
+				if op.Kind != TxnGet {
+					used[string(op.Key)] = true
+				}
+				*ops = append(*ops, op)
+			}
+		}
+		if rng.IntN(5) == 0 {
+			txn.Then = append(txn.Then, TxnOp{Kind: TxnScan, Key: []byte("k"), End: []byte("k6")}) // not holdable
+		}
+		return TxnCommand(txn)
+	}
+	var seq uint64
+	index := uint64(0)
+	for round := 1; round <= 300; round++ {
+		var batch [][]byte
+		acked := seq + 1
+		for range 1 + rng.IntN(4) {
+			c := next(index)
+			if rng.IntN(3) == 0 {
+				seq++
+				c = sessionWrite(c, 42, seq, acked, seq == 1, 1000)
+			}
+			b, err := c.Encode()
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			batch = append(batch, b)
+			if c.Session != 0 && rng.IntN(4) == 0 {
+				batch = append(batch, b) // sent twice: the copy gets the first result
+			}
+		}
+		var out [2][][]byte
+		for j, sm := range sms {
+			cmds := make([]multiraft.Command, len(batch))
+			for k, b := range batch {
+				cmds[k] = multiraft.Command{Index: index + 1 + uint64(k), Data: b}
+			}
 			if err := sm.Apply(cmds); err != nil {
 				t.Fatal(err)
 			}
-			out[j] = cmds[0].Result
+			for _, c := range cmds {
+				out[j] = append(out[j], c.Result)
+			}
 		}
-		if !bytes.Equal(out[0], out[1]) {
-			r0, _ := DecodeResult(out[0])
-			r1, _ := DecodeResult(out[1])
-			t.Fatalf("command %d (%v): held %+v, through Pebble %+v", i, c.Op, r0, r1)
+		index += uint64(len(batch))
+		for k := range batch {
+			if !bytes.Equal(out[0][k], out[1][k]) {
+				r0, _ := DecodeResult(out[0][k])
+				r1, _ := DecodeResult(out[1][k])
+				t.Fatalf("round %d, command %d: held %+v, through Pebble %+v", round, k, r0, r1)
+			}
 		}
-		// The states, revisions and versions included, after each.
-		if a, b := scanAll(t, held), scanAll(t, plain); !bytes.Equal(a, b) {
-			t.Fatalf("command %d (%v): held state %q, through Pebble %q", i, c.Op, a, b)
+		if a, b := scanAll(t, sms[0]), scanAll(t, sms[1]); !bytes.Equal(a, b) {
+			t.Fatalf("round %d: held state %q, through Pebble %q", round, a, b)
 		}
-		if i%50 == 0 {
+		if sms[0].Revision() != sms[1].Revision() || sms[0].AppliedIndex() != sms[1].AppliedIndex() {
+			t.Fatalf("round %d: revision %d and applied %d held, %d and %d through Pebble", round,
+				sms[0].Revision(), sms[0].AppliedIndex(), sms[1].Revision(), sms[1].AppliedIndex())
+		}
+		if round%25 == 0 {
 			if err := held.flush(); err != nil {
 				t.Fatal(err)
 			}
@@ -392,10 +423,11 @@ func TestTxnHeldAgrees(t *testing.T) {
 	}
 }
 
-// scanAll returns the answer to a scan of range 7's whole span.
+// scanAll returns the answer to a scan of [, k6), range 7's whole span in
+// TestTxnHeldAgrees.
 func scanAll(t *testing.T, sm *StateMachine) []byte {
 	t.Helper()
-	q, err := EncodeScan(nil, []byte("m"), 0)
+	q, err := EncodeScan(nil, []byte("k6"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

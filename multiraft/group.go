@@ -77,6 +77,9 @@ type group struct {
 	// Owner only.
 	leaderQuiet                      bool
 	leaderQuietLead, leaderQuietTerm uint64
+	// holdAwake: a leader does not quiesce before this tick (of g.ticks):
+	// a follower told it that it forgot it (forgotCtx). Owner only.
+	holdAwake uint64
 	// catchUpQueued: g is in Host.quiet.mu.catchUpQ (catchup.go). Under
 	// Host.quiet.mu.
 	catchUpQueued bool
@@ -299,6 +302,11 @@ func (g *group) handleInputs() {
 		}
 		if g.forgetsLeader(m) {
 			_ = g.rn.ForgetLeader()
+		}
+		if m.Type == raftpb.MsgHeartbeatResp && bytes.Equal(m.Context, forgotCtx) && g.role == raft.StateLeader {
+			// A follower forgot this leader (pokeOldLeader): stay awake
+			// for CheckQuorum to judge whether the followers still hear it.
+			g.holdAwake = g.ticks + 2*uint64(g.h.cfg.ElectionTicks)
 		}
 		if g.leaderQuiet && m.From == g.lead && m.Type != raftpb.MsgHeartbeat && !g.benign(m) {
 			// The leader woke: it appends, or hands over. (Not an empty

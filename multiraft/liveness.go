@@ -67,6 +67,8 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/flotilla/flotilla/transport"
 )
 
 // livenessFloor is the shortest wall-clock silence counted as a death
@@ -236,6 +238,7 @@ func (g *group) checkLiveness() {
 		g.failoverFrom, g.failoverTick = lead, g.ticks-failoverRetryTicks
 		lead = 0
 		_ = g.rn.ForgetLeader()
+		g.pokeOldLeader()
 		h.metrics.failovers.Add(1)
 		silent, _ := h.live.silent(g.failoverFrom)
 		h.log.Info("leader not heard from; forgetting it", "group", g.id, "term", g.term, "leader", g.failoverFrom,
@@ -247,10 +250,32 @@ func (g *group) checkLiveness() {
 	if g.role != raft.StateFollower && g.role != raft.StatePreCandidate {
 		return
 	}
+	g.failoverTick = g.ticks
+	g.pokeOldLeader()
 	if g.chosenSurvivor() == h.cfg.NodeID {
-		g.failoverTick = g.ticks
 		_ = g.rn.Campaign()
 	}
+}
+
+// pokeOldLeader sends the leader this follower forgot (failoverFrom) a
+// wake message, on forgetting it and every failoverRetryTicks while the
+// group has no leader. The leader's node may be live but cut off one way:
+// this node stopped hearing it while it still hears this node. If its
+// replica is quiesced, nothing else may wake it (a node that goes down
+// wakes only the ranges led there that it leaves without a live quorum,
+// and this node still counts live there): woken, it finds it has no
+// quorum answering it (CheckQuorum) and steps down, which keeps the
+// partition rule's bound (quiesce.go). The leader stays awake for it two
+// election timeouts (holdAwake): it would otherwise quiesce again at once,
+// as it counts this follower live and holding its last entry.
+func (g *group) pokeOldLeader() {
+	h := g.h
+	if !h.cfg.Quiesce || g.failoverFrom == 0 {
+		return
+	}
+	h.tr.Send([]transport.Envelope{{Group: g.id, Msg: raftpb.Message{
+		Type: raftpb.MsgHeartbeatResp, From: h.cfg.NodeID, To: g.failoverFrom, Term: g.term, Context: forgotCtx,
+	}}})
 }
 
 // forgetsLeader reports whether m tells this follower that its leader

@@ -43,7 +43,10 @@ package multiraft
 // answer after the wake. Its followers' liveness counts its node down and
 // they elect a new leader; on its side liveness counts the followers down,
 // wakes the group, and CheckQuorum steps it down within an election
-// timeout of ticks. So no range stays led on both sides for longer than the
+// timeout of ticks. Cut off one way (it still hears a follower that no
+// longer hears it), it may count a quorum live and sleep on: that
+// follower, forgetting it, wakes it (pokeOldLeader, forgotCtx), and it
+// stays awake two election timeouts (holdAwake) for CheckQuorum. So no range stays led on both sides for longer than the
 // liveness timeout plus an election timeout, and neither side's leader
 // serves anything stale meanwhile. A leader does not quiesce without a live
 // quorum, so it keeps ticking (and steps down) when cut off.
@@ -76,6 +79,13 @@ var quiesceCtx = transport.QuiesceContext
 // wakeCtx marks the heartbeat response a woken follower sends its leader
 // to wake it (wake): unlike an ordinary response, it is never benign.
 var wakeCtx = []byte("flotilla.wake")
+
+// forgotCtx marks the heartbeat response a follower sends the leader it
+// forgot because liveness counts its node down (pokeOldLeader): it wakes
+// the leader, which then stays awake two election timeouts (holdAwake),
+// long enough for CheckQuorum to step it down if its followers no longer
+// hear it. Never benign.
+var forgotCtx = []byte("flotilla.forgot")
 
 // isQuiesce reports whether m is a quiesce heartbeat or its response.
 func isQuiesce(m *raftpb.Message) bool {
@@ -432,7 +442,7 @@ func (g *group) maybeQuiesce() {
 		}
 		return
 	}
-	if !g.idle() {
+	if !g.idle() || g.ticks < g.holdAwake {
 		return
 	}
 	epoch := h.livenessEpoch()
@@ -608,7 +618,7 @@ func (g *group) benign(m *raftpb.Message) bool {
 		if isHello(m) && g.lead == raft.None && g.quiesced && g.quietLeader == raft.None {
 			return true // waiting its turn to campaign (startcampaign.go): asked again later
 		}
-		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) {
+		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) || bytes.Equal(m.Context, forgotCtx) {
 			return false
 		}
 		if isHello(m) || bytes.Equal(m.Context, quiesceCtx) {

@@ -505,3 +505,34 @@ func TestPeerDownWakesOnlyLeadersWithoutQuorum(t *testing.T) {
 		}
 	}
 }
+
+// TestQuiescedLeaderCutOffOneWay: node 1 leads quiesced group 1 and can
+// send to nobody (1→2 and 1→3 cut), and node 3 cannot send to it; only
+// 2→1 works. Node 1 still hears node 2, so it counts a quorum of group
+// 1's voters live and does not wake it when node 3 goes down; nodes 2 and
+// 3 elect node 3 (group 1's chosen survivor). Node 2, forgetting node 1,
+// sends it a wake message (and again while it has no leader): node 1's
+// replica wakes, finds no quorum answering it, and steps down within the
+// partition rule's bound. Without that message it stayed leader for as
+// long as the partition lasted.
+func TestQuiescedLeaderCutOffOneWay(t *testing.T) {
+	c := quietCluster(t, mrtest.Options{Groups: 1})
+	for _, l := range [][2]uint64{{1, 2}, {1, 3}, {3, 1}} {
+		c.Net.SetLink(l[0], l[1], transport.LinkBlackHole)
+	}
+	h1 := c.Hosts[1]
+	for tick := 1; tick <= 5+2*10+5; tick++ {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := h1.GroupStatus(1); err != nil {
+			t.Fatal(err)
+		} else if st.Leader != 1 {
+			if got := c.Leader(1); got != 3 {
+				t.Fatalf("tick %d: node 1 stepped down, but the others elected %d, want 3:\n%s", tick, got, c.Status())
+			}
+			return
+		}
+	}
+	t.Fatalf("node 1 still leads group 1 after the liveness timeout and two election timeouts, cut off from both followers:\n%s", c.Status())
+}

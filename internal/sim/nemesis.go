@@ -130,6 +130,9 @@ func (s *sim) nemesis() {
 		s.splitNemesis()
 	case FaultTransfer:
 		gs := s.rangeIDs()
+		if len(gs) == 0 {
+			break // every node is down
+		}
 		g := gs[s.rng.IntN(len(gs))]
 		for _, id := range s.upNodes() {
 			n := s.nodes[id]
