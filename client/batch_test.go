@@ -2,12 +2,15 @@ package client
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
 )
@@ -63,5 +66,46 @@ func TestBatchFallsBackToUnary(t *testing.T) {
 	}
 	if !c.batcher(cc).unsupported.Load() {
 		t.Error("the batcher did not note that Batch is not served")
+	}
+}
+
+// refusesAfterUnknown answers a first Put with an unknown outcome, then
+// refuses the retry before proposing it (as a node does for a transaction
+// whose keys a split put in two ranges meanwhile).
+type refusesAfterUnknown struct {
+	unaryOnly
+}
+
+func (r *refusesAfterUnknown) Put(context.Context, *api.PutRequest) (*api.PutResponse, error) {
+	if r.puts.Add(1) == 1 {
+		return nil, status.Error(codes.Aborted, "server: group 1: multiraft: proposal outcome unknown")
+	}
+	return nil, status.Error(codes.InvalidArgument, "kv: transaction spans ranges 1, 2")
+}
+
+// TestRefusalAfterUnknownOutcomeIsAmbiguous: a write whose first attempt
+// may have applied ends ErrAmbiguous, not with the refusal of its retry,
+// which says nothing of the first attempt.
+func TestRefusalAfterUnknownOutcomeIsAmbiguous(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	u := &refusesAfterUnknown{unaryOnly{addr: l.Addr().String()}}
+	api.RegisterKVServer(srv, u)
+	api.RegisterClusterServer(srv, u)
+	go srv.Serve(l)
+	defer srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := New(ctx, Config{Endpoints: []string{u.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Put(ctx, []byte("k"), []byte("v"))
+	if !errors.Is(err, ErrAmbiguous) || errors.Is(err, ErrInvalidArgument) || u.puts.Load() != 2 {
+		t.Fatalf("after %d attempts: %v, want ErrAmbiguous (not ErrInvalidArgument)", u.puts.Load(), err)
 	}
 }
