@@ -62,8 +62,11 @@ type group struct {
 	// another node leads.
 	transferHeld []*proposal
 	// failoverFrom is the leader that liveness found down (liveness.go),
-	// failoverTick when this replica last acted on it.
+	// failoverTick when this replica last acted on it; pokes, how many
+	// times it told that leader so (pokeOldLeader), the last at pokeTick.
 	failoverFrom, failoverTick uint64
+	pokes                      int
+	pokeTick                   uint64
 	stopped                    bool
 	// quiesced: the group does not tick (quiesce.go), since it quiesced
 	// under quietLeader. Set and cleared by the owner through Host.quiesce
@@ -303,9 +306,11 @@ func (g *group) handleInputs() {
 		if g.forgetsLeader(m) {
 			_ = g.rn.ForgetLeader()
 		}
-		if m.Type == raftpb.MsgHeartbeatResp && bytes.Equal(m.Context, forgotCtx) && g.role == raft.StateLeader {
-			// A follower forgot this leader (pokeOldLeader): stay awake
-			// for CheckQuorum to judge whether the followers still hear it.
+		if m.Type == raftpb.MsgHeartbeatResp && bytes.Equal(m.Context, forgotCtx) && g.role == raft.StateLeader &&
+			m.Term == g.term && !g.h.liveQuorumWithout(g, m.From) {
+			// A follower forgot this leader (pokeOldLeader), and the
+			// others it counts live are no quorum: stay awake for
+			// CheckQuorum to judge whether the followers still hear it.
 			g.holdAwake = g.ticks + 2*uint64(g.h.cfg.ElectionTicks)
 		}
 		if g.leaderQuiet && m.From == g.lead && m.Type != raftpb.MsgHeartbeat && !g.benign(m) {

@@ -236,43 +236,58 @@ func (g *group) checkLiveness() {
 	lead := g.lead // raft's own view changes with the next Ready
 	if g.role == raft.StateFollower && lead != 0 && lead != h.cfg.NodeID && h.PeerDown(lead) {
 		g.failoverFrom, g.failoverTick = lead, g.ticks-failoverRetryTicks
+		g.pokes, g.pokeTick = 0, 0
 		lead = 0
 		_ = g.rn.ForgetLeader()
-		g.pokeOldLeader()
 		h.metrics.failovers.Add(1)
 		silent, _ := h.live.silent(g.failoverFrom)
 		h.log.Info("leader not heard from; forgetting it", "group", g.id, "term", g.term, "leader", g.failoverFrom,
 			"silent_ticks", silent)
 	}
-	if g.failoverFrom == 0 || lead != 0 || g.ticks-g.failoverTick < failoverRetryTicks {
+	if g.failoverFrom == 0 || lead != 0 {
+		return
+	}
+	g.pokeOldLeader()
+	if g.ticks-g.failoverTick < failoverRetryTicks {
 		return
 	}
 	if g.role != raft.StateFollower && g.role != raft.StatePreCandidate {
 		return
 	}
-	g.failoverTick = g.ticks
-	g.pokeOldLeader()
 	if g.chosenSurvivor() == h.cfg.NodeID {
+		g.failoverTick = g.ticks
 		_ = g.rn.Campaign()
 	}
 }
 
+// maxPokes bounds the wake messages a follower sends the leader it forgot
+// (pokeOldLeader), an election timeout apart: enough for a lost one, few
+// enough that a lasting one-way cut (the leader unheard here, this node
+// heard there) costs the leader nothing after them.
+const maxPokes = 3
+
 // pokeOldLeader sends the leader this follower forgot (failoverFrom) a
-// wake message, on forgetting it and every failoverRetryTicks while the
-// group has no leader. The leader's node may be live but cut off one way:
-// this node stopped hearing it while it still hears this node. If its
-// replica is quiesced, nothing else may wake it (a node that goes down
-// wakes only the ranges led there that it leaves without a live quorum,
-// and this node still counts live there): woken, it finds it has no
-// quorum answering it (CheckQuorum) and steps down, which keeps the
-// partition rule's bound (quiesce.go). The leader stays awake for it two
-// election timeouts (holdAwake): it would otherwise quiesce again at once,
-// as it counts this follower live and holding its last entry.
+// message saying so (forgotCtx) on forgetting it, and again every election
+// timeout while the group has no leader, maxPokes in all. The leader's node
+// may be live but cut off one way: this node stopped hearing it while it
+// still hears this node. If its replica is quiesced, nothing else may wake
+// it (a node that goes down wakes only the ranges led there that it leaves
+// without a live quorum, and this node still counts live there). The
+// leader wakes for it only if, without this follower, the voters it
+// counts live are no longer a quorum (benign); it then stays awake two
+// election timeouts (holdAwake), and CheckQuorum steps it down once the
+// pokes stop, which keeps the partition rule's bound near the liveness
+// timeout plus two election timeouts (quiesce.go). They travel on the
+// coalesced heartbeat lane, droppable: a node whose ranges all fail over
+// at once sends one batch per peer, not one message per range.
 func (g *group) pokeOldLeader() {
 	h := g.h
-	if !h.cfg.Quiesce || g.failoverFrom == 0 {
+	if !h.cfg.Quiesce || g.failoverFrom == 0 || g.pokes >= maxPokes ||
+		(g.pokes > 0 && g.ticks-g.pokeTick < uint64(h.cfg.ElectionTicks)) {
 		return
 	}
+	g.pokes++
+	g.pokeTick = g.ticks
 	h.tr.Send([]transport.Envelope{{Group: g.id, Msg: raftpb.Message{
 		Type: raftpb.MsgHeartbeatResp, From: h.cfg.NodeID, To: g.failoverFrom, Term: g.term, Context: forgotCtx,
 	}}})

@@ -45,8 +45,10 @@ package multiraft
 // wakes the group, and CheckQuorum steps it down within an election
 // timeout of ticks. Cut off one way (it still hears a follower that no
 // longer hears it), it may count a quorum live and sleep on: that
-// follower, forgetting it, wakes it (pokeOldLeader, forgotCtx), and it
-// stays awake two election timeouts (holdAwake) for CheckQuorum. So no range stays led on both sides for longer than the
+// follower, forgetting it, tells it so (pokeOldLeader, forgotCtx), and if
+// the others are no quorum it wakes and stays awake two election timeouts
+// (holdAwake) for CheckQuorum, which steps it down within two election
+// timeouts of the last poke. So no range stays led on both sides for longer than the
 // liveness timeout plus an election timeout, and neither side's leader
 // serves anything stale meanwhile. A leader does not quiesce without a live
 // quorum, so it keeps ticking (and steps down) when cut off.
@@ -81,11 +83,12 @@ var quiesceCtx = transport.QuiesceContext
 var wakeCtx = []byte("flotilla.wake")
 
 // forgotCtx marks the heartbeat response a follower sends the leader it
-// forgot because liveness counts its node down (pokeOldLeader): it wakes
-// the leader, which then stays awake two election timeouts (holdAwake),
+// forgot because liveness counts its node down (pokeOldLeader). It wakes
+// a quiesced leader that, without that follower, counts no quorum live
+// (benign); the leader then stays awake two election timeouts (holdAwake),
 // long enough for CheckQuorum to step it down if its followers no longer
-// hear it. Never benign.
-var forgotCtx = []byte("flotilla.forgot")
+// hear it. Anywhere else it is benign.
+var forgotCtx = transport.ForgotContext
 
 // isQuiesce reports whether m is a quiesce heartbeat or its response.
 func isQuiesce(m *raftpb.Message) bool {
@@ -401,14 +404,18 @@ func (h *Host) wakeLostQuorumLocked(ids []uint64) []uint64 {
 
 // liveQuorum reports whether a quorum of g's voters (as last published) is
 // counted live here. A quiesced group has no joint configuration.
-func (h *Host) liveQuorum(g *group) bool {
+func (h *Host) liveQuorum(g *group) bool { return h.liveQuorumWithout(g, raft.None) }
+
+// liveQuorumWithout is liveQuorum not counting voter except (raft.None:
+// none): the voter that told this leader it forgot it (forgotCtx).
+func (h *Host) liveQuorumWithout(g *group, except uint64) bool {
 	vp := g.st.voters.Load()
 	if vp == nil {
 		return false
 	}
 	live := 0
 	for _, v := range *vp {
-		if !h.PeerDown(v) {
+		if v != except && !h.PeerDown(v) {
 			live++
 		}
 	}
@@ -615,10 +622,13 @@ func (g *group) benign(m *raftpb.Message) bool {
 		// entry.
 		return g.lead == g.h.cfg.NodeID && m.Term == g.term && !m.Reject && m.Index == g.log.lastIndex()
 	case raftpb.MsgHeartbeatResp:
+		if bytes.Equal(m.Context, forgotCtx) {
+			return g.lead != g.h.cfg.NodeID || m.Term != g.term || g.h.liveQuorumWithout(g, m.From)
+		}
 		if isHello(m) && g.lead == raft.None && g.quiesced && g.quietLeader == raft.None {
 			return true // waiting its turn to campaign (startcampaign.go): asked again later
 		}
-		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) || bytes.Equal(m.Context, forgotCtx) {
+		if g.lead != g.h.cfg.NodeID || m.Term != g.term || bytes.Equal(m.Context, wakeCtx) {
 			return false
 		}
 		if isHello(m) || bytes.Equal(m.Context, quiesceCtx) {

@@ -536,3 +536,26 @@ func TestQuiescedLeaderCutOffOneWay(t *testing.T) {
 	}
 	t.Fatalf("node 1 still leads group 1 after the liveness timeout and two election timeouts, cut off from both followers:\n%s", c.Status())
 }
+
+// TestOneWayCutLeavesLeaderQuiet: only 1→2 is cut. Node 2 forgets node 1
+// and tells it so (pokeOldLeader), a bounded number of times; node 1
+// still counts a quorum live without node 2 (nodes 1 and 3), so the pokes
+// neither wake nor hold its replica, which stays quiesced and leading.
+// (Pokes every two ticks that held the leader awake would keep every
+// range such a cut touches awake for as long as it lasts.)
+func TestOneWayCutLeavesLeaderQuiet(t *testing.T) {
+	c := quietCluster(t, mrtest.Options{Groups: 1})
+	c.Net.SetLink(1, 2, transport.LinkBlackHole)
+	for range 60 {
+		if err := c.TickStable(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.Hosts[1].GroupStatus(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Quiesced || st.Leader != 1 {
+		t.Fatalf("node 1 after 60 ticks cut off from node 2 only: quiesced %v, leader %d, want quiesced and leading:\n%s", st.Quiesced, st.Leader, c.Status())
+	}
+}

@@ -8,8 +8,9 @@
 //
 // Lanes. Each peer has separate lanes so that one kind of traffic never
 // waits behind another (docs/design.md, law 5):
-//   - heartbeats: MsgHeartbeat and MsgHeartbeatResp with an empty Context,
-//     coalesced per peer and flushed by FlushHeartbeats once per tick;
+//   - heartbeats: MsgHeartbeat and MsgHeartbeatResp with an empty Context
+//     (or QuiesceContext, ForgotContext), coalesced per peer and flushed by
+//     FlushHeartbeats once per tick;
 //   - raft: every other message, batched by the per-peer sender;
 //   - snapshots: MsgSnap, sent on a stream of their own, with the outcome
 //     reported through Handler.ReportSnapshot.
@@ -128,10 +129,16 @@ var (
 // groups at once sends one batch per peer, not thousands of messages.
 var QuiesceContext = []byte("flotilla.quiesce")
 
+// ForgotContext is the context of the heartbeat response with which a
+// follower tells a leader that it forgot it, liveness having counted its
+// node down (multiraft/liveness.go, pokeOldLeader). Coalesced too: when a
+// node's ranges all fail over at once, each survivor sends one batch.
+var ForgotContext = []byte("flotilla.forgot")
+
 // IsHeartbeat reports whether m travels on the coalesced heartbeat lane:
 // heartbeats and their responses that are not part of a ReadIndex round
-// (an empty context, or QuiesceContext).
+// (an empty context, QuiesceContext or ForgotContext).
 func IsHeartbeat(m *raftpb.Message) bool {
 	return (m.Type == raftpb.MsgHeartbeat || m.Type == raftpb.MsgHeartbeatResp) &&
-		(len(m.Context) == 0 || bytes.Equal(m.Context, QuiesceContext))
+		(len(m.Context) == 0 || bytes.Equal(m.Context, QuiesceContext) || bytes.Equal(m.Context, ForgotContext))
 }
