@@ -623,7 +623,12 @@ func (g *group) benign(m *raftpb.Message) bool {
 		return g.lead == g.h.cfg.NodeID && m.Term == g.term && !m.Reject && m.Index == g.log.lastIndex()
 	case raftpb.MsgHeartbeatResp:
 		if bytes.Equal(m.Context, forgotCtx) {
-			return g.lead != g.h.cfg.NodeID || m.Term != g.term || g.h.liveQuorumWithout(g, m.From)
+			// At a later term it wakes the replica, which raft makes a
+			// follower of that term (a quorum elected someone else).
+			if m.Term != g.term {
+				return m.Term < g.term
+			}
+			return g.lead != g.h.cfg.NodeID || g.h.liveQuorumWithout(g, m.From)
 		}
 		if isHello(m) && g.lead == raft.None && g.quiesced && g.quietLeader == raft.None {
 			return true // waiting its turn to campaign (startcampaign.go): asked again later
