@@ -34,26 +34,39 @@ func (u *unaryOnly) Put(context.Context, *api.PutRequest) (*api.PutResponse, err
 	return &api.PutResponse{Header: &api.Header{Group: 1, Leader: 1, Node: 1}, Revision: uint64(n)}, nil
 }
 
-// TestBatchFallsBackToUnary: against a node without Batch, Put uses the
-// unary RPC and later calls skip the stream.
-func TestBatchFallsBackToUnary(t *testing.T) {
+// fakeNode serves srv (a KV and Cluster server) on a loopback port, sets
+// *addr to the port's address (before serving: ClusterMap names it), and
+// returns a client of it and a context, both ended with the test.
+func fakeNode(t *testing.T, srv interface {
+	api.KVServer
+	api.ClusterServer
+}, addr *string) (*Client, context.Context) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	u := &unaryOnly{addr: l.Addr().String()}
-	api.RegisterKVServer(srv, u)
-	api.RegisterClusterServer(srv, u)
-	go srv.Serve(l)
-	defer srv.Stop()
+	*addr = l.Addr().String()
+	gs := grpc.NewServer()
+	api.RegisterKVServer(gs, srv)
+	api.RegisterClusterServer(gs, srv)
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := New(ctx, Config{Endpoints: []string{u.addr}})
+	t.Cleanup(cancel)
+	c, err := New(ctx, Config{Endpoints: []string{*addr}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c, ctx
+}
+
+// TestBatchFallsBackToUnary: against a node without Batch, Put uses the
+// unary RPC and later calls skip the stream.
+func TestBatchFallsBackToUnary(t *testing.T) {
+	u := &unaryOnly{}
+	c, ctx := fakeNode(t, u, &u.addr)
 	for i := 1; i <= 3; i++ {
 		rev, err := c.Put(ctx, []byte("k"), []byte("v"))
 		if err != nil || rev != uint64(i) {
@@ -87,24 +100,9 @@ func (r *refusesAfterUnknown) Put(context.Context, *api.PutRequest) (*api.PutRes
 // may have applied ends ErrAmbiguous, not with the refusal of its retry,
 // which says nothing of the first attempt.
 func TestRefusalAfterUnknownOutcomeIsAmbiguous(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	u := &refusesAfterUnknown{unaryOnly{addr: l.Addr().String()}}
-	api.RegisterKVServer(srv, u)
-	api.RegisterClusterServer(srv, u)
-	go srv.Serve(l)
-	defer srv.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := New(ctx, Config{Endpoints: []string{u.addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, err = c.Put(ctx, []byte("k"), []byte("v"))
+	u := &refusesAfterUnknown{}
+	c, ctx := fakeNode(t, u, &u.addr)
+	_, err := c.Put(ctx, []byte("k"), []byte("v"))
 	if !errors.Is(err, ErrAmbiguous) || errors.Is(err, ErrInvalidArgument) || u.puts.Load() != 2 {
 		t.Fatalf("after %d attempts: %v, want ErrAmbiguous (not ErrInvalidArgument)", u.puts.Load(), err)
 	}

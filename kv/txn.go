@@ -282,9 +282,10 @@ func checkDisjointWrites(ops []TxnOp) error {
 }
 
 // TxnCommand returns the command that applies t (add a session with the
-// Session fields). Encode checks it.
+// Session fields). Encode checks it and writes t into Value (once: a
+// proposer encodes each command one time).
 func TxnCommand(t Txn) Command {
-	return Command{Op: OpTxn, Value: t.encode(), Txn: &t}
+	return Command{Op: OpTxn, Txn: &t}
 }
 
 // encode returns t's wire form: the compares, then each branch.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -125,7 +126,7 @@ func txnRanges(spans [][2][]byte, lookup func(at, end []byte) ([]kv.Descriptor, 
 			return nil, err
 		}
 		for _, d := range in {
-			if len(ds) < maxTxnRangesNamed && !containsRange(ds, d.ID) {
+			if len(ds) < maxTxnRangesNamed && !slices.ContainsFunc(ds, func(e kv.Descriptor) bool { return e.ID == d.ID }) {
 				ds = append(ds, d)
 			}
 		}
@@ -153,15 +154,6 @@ func (s *Server) metaSpan(ctx context.Context, start, end []byte) ([]kv.Descript
 		return nil, status.Errorf(codes.Unavailable, "server: the meta index has no range for %q yet; retry", start)
 	}
 	return out, nil
-}
-
-func containsRange(ds []kv.Descriptor, id uint64) bool {
-	for _, d := range ds {
-		if d.ID == id {
-			return true
-		}
-	}
-	return false
 }
 
 // TxnFromAPI converts a transaction request to package kv's form; it
