@@ -247,6 +247,52 @@ func (TxnOp_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_flotilla_proto_rawDescGZIP(), []int{34, 0}
 }
 
+type WatchEvent_Type int32
+
+const (
+	WatchEvent_PUT    WatchEvent_Type = 0
+	WatchEvent_DELETE WatchEvent_Type = 1
+)
+
+// Enum value maps for WatchEvent_Type.
+var (
+	WatchEvent_Type_name = map[int32]string{
+		0: "PUT",
+		1: "DELETE",
+	}
+	WatchEvent_Type_value = map[string]int32{
+		"PUT":    0,
+		"DELETE": 1,
+	}
+)
+
+func (x WatchEvent_Type) Enum() *WatchEvent_Type {
+	p := new(WatchEvent_Type)
+	*p = x
+	return p
+}
+
+func (x WatchEvent_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchEvent_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_proto_enumTypes[4].Descriptor()
+}
+
+func (WatchEvent_Type) Type() protoreflect.EnumType {
+	return &file_flotilla_proto_enumTypes[4]
+}
+
+func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchEvent_Type.Descriptor instead.
+func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{84, 0}
+}
+
 type UserAddRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2469,10 +2515,15 @@ func (x *PutResponse) GetRevision() uint64 {
 }
 
 type GetRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Serializable  bool                   `protobuf:"varint,2,opt,name=serializable,proto3" json:"serializable,omitempty"`
-	Group         uint64                 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Key          []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Serializable bool                   `protobuf:"varint,2,opt,name=serializable,proto3" json:"serializable,omitempty"`
+	Group        uint64                 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	// revision, if not 0, reads the key as of that revision of its range.
+	// Below the range's history floor the read fails with OutOfRange ("...
+	// has been compacted ..."), and above the range's revision too ("... not
+	// reached yet").
+	Revision      uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2524,6 +2575,13 @@ func (x *GetRequest) GetSerializable() bool {
 func (x *GetRequest) GetGroup() uint64 {
 	if x != nil {
 		return x.Group
+	}
+	return 0
+}
+
+func (x *GetRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
 	}
 	return 0
 }
@@ -2893,8 +2951,11 @@ type ScanRequest struct {
 	Group uint64 `protobuf:"varint,4,opt,name=group,proto3" json:"group,omitempty"`
 	// start and end: the span [start, end); empty start is the beginning
 	// of the keyspace, empty end its end.
-	Start         []byte `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
-	End           []byte `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
+	Start []byte `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
+	End   []byte `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
+	// revision, if not 0, reads each range of the span as of that revision
+	// (see GetRequest.revision).
+	Revision      uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2969,6 +3030,13 @@ func (x *ScanRequest) GetEnd() []byte {
 		return x.End
 	}
 	return nil
+}
+
+func (x *ScanRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type ScanResponse struct {
@@ -5500,6 +5568,259 @@ func (*BatchResult_Delete) isBatchResult_Response() {}
 
 func (*BatchResult_Txn) isBatchResult_Response() {}
 
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to watch: key alone (one key), prefix, or the span [start, end)
+	// (empty end: to the end of the keyspace). Exactly one of the three.
+	Key    []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Prefix []byte `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Start  []byte `protobuf:"bytes,3,opt,name=start,proto3" json:"start,omitempty"`
+	End    []byte `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	// start_revision: deliver the writes at or above it; 0: from now.
+	StartRevision uint64 `protobuf:"varint,5,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	// resume_token, if set, resumes a watch from a response's token (what
+	// to watch and from where are the token's; leave the others empty).
+	ResumeToken []byte `protobuf:"bytes,6,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	// prev_kv: each event carries the key's previous value.
+	PrevKv bool `protobuf:"varint,7,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	// progress_interval_ms: an idle watch gets a response without events
+	// (progress = true) this often. 0: every 10 s; at least 50.
+	ProgressIntervalMs uint32 `protobuf:"varint,8,opt,name=progress_interval_ms,json=progressIntervalMs,proto3" json:"progress_interval_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_flotilla_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *WatchRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetPrefix() []byte {
+	if x != nil {
+		return x.Prefix
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetStartRevision() uint64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetResumeToken() []byte {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetPrevKv() bool {
+	if x != nil {
+		return x.PrevKv
+	}
+	return false
+}
+
+func (x *WatchRequest) GetProgressIntervalMs() uint32 {
+	if x != nil {
+		return x.ProgressIntervalMs
+	}
+	return 0
+}
+
+type WatchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=flotilla.v1.WatchEvent_Type" json:"type,omitempty"`
+	// kv: the key as the write left it; for a delete, its key and the
+	// delete's revision only.
+	Kv *KeyValue `protobuf:"bytes,2,opt,name=kv,proto3" json:"kv,omitempty"`
+	// prev_kv: the key before the write, if asked for and it had a value.
+	PrevKv        *KeyValue `protobuf:"bytes,3,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_flotilla_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *WatchEvent) GetType() WatchEvent_Type {
+	if x != nil {
+		return x.Type
+	}
+	return WatchEvent_PUT
+}
+
+func (x *WatchEvent) GetKv() *KeyValue {
+	if x != nil {
+		return x.Kv
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetPrevKv() *KeyValue {
+	if x != nil {
+		return x.PrevKv
+	}
+	return nil
+}
+
+type WatchResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// events, in revision order for each key; a response never holds part
+	// of a revision's writes.
+	Events []*WatchEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// resume_token resumes the watch right after these events.
+	ResumeToken []byte `protobuf:"bytes,3,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	// revision: every write of the watched span at or below it, in each of
+	// its ranges, has been delivered.
+	Revision uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// progress: a progress notification (no events).
+	Progress      bool `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_flotilla_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *WatchResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetEvents() []*WatchEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetResumeToken() []byte {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetProgress() bool {
+	if x != nil {
+		return x.Progress
+	}
+	return false
+}
+
 var File_flotilla_proto protoreflect.FileDescriptor
 
 const file_flotilla_proto_rawDesc = "" +
@@ -5669,12 +5990,13 @@ const file_flotilla_proto_rawDesc = "" +
 	"\asession\x18\x06 \x01(\v2\x14.flotilla.v1.SessionR\asession\"V\n" +
 	"\vPutResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"X\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"t\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\"\n" +
 	"\fserializable\x18\x02 \x01(\bR\fserializable\x12\x14\n" +
-	"\x05group\x18\x03 \x01(\x04R\x05group\"w\n" +
+	"\x05group\x18\x03 \x01(\x04R\x05group\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x04R\brevision\"w\n" +
 	"\vGetResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12%\n" +
@@ -5701,14 +6023,15 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12\x14\n" +
 	"\x05found\x18\x03 \x01(\bR\x05found\x12/\n" +
-	"\acurrent\x18\x04 \x01(\v2\x15.flotilla.v1.KeyValueR\acurrent\"\x9d\x01\n" +
+	"\acurrent\x18\x04 \x01(\v2\x15.flotilla.v1.KeyValueR\acurrent\"\xb9\x01\n" +
 	"\vScanRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\fR\x06prefix\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\"\n" +
 	"\fserializable\x18\x03 \x01(\bR\fserializable\x12\x14\n" +
 	"\x05group\x18\x04 \x01(\x04R\x05group\x12\x14\n" +
 	"\x05start\x18\x05 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x06 \x01(\fR\x03end\"j\n" +
+	"\x03end\x18\x06 \x01(\fR\x03end\x12\x1a\n" +
+	"\brevision\x18\a \x01(\x04R\brevision\"j\n" +
 	"\fScanResponse\x12'\n" +
 	"\x03kvs\x18\x01 \x03(\v2\x15.flotilla.v1.KeyValueR\x03kvs\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12\x1d\n" +
@@ -5898,7 +6221,31 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x06delete\x18\x06 \x01(\v2\x1b.flotilla.v1.DeleteResponseH\x00R\x06delete\x12,\n" +
 	"\x03txn\x18\a \x01(\v2\x18.flotilla.v1.TxnResponseH\x00R\x03txnB\n" +
 	"\n" +
-	"\bresponse2\xa3\x04\n" +
+	"\bresponse\"\xf5\x01\n" +
+	"\fWatchRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\fR\x06prefix\x12\x14\n" +
+	"\x05start\x18\x03 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\fR\x03end\x12%\n" +
+	"\x0estart_revision\x18\x05 \x01(\x04R\rstartRevision\x12!\n" +
+	"\fresume_token\x18\x06 \x01(\fR\vresumeToken\x12\x17\n" +
+	"\aprev_kv\x18\a \x01(\bR\x06prevKv\x120\n" +
+	"\x14progress_interval_ms\x18\b \x01(\rR\x12progressIntervalMs\"\xb2\x01\n" +
+	"\n" +
+	"WatchEvent\x120\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1c.flotilla.v1.WatchEvent.TypeR\x04type\x12%\n" +
+	"\x02kv\x18\x02 \x01(\v2\x15.flotilla.v1.KeyValueR\x02kv\x12.\n" +
+	"\aprev_kv\x18\x03 \x01(\v2\x15.flotilla.v1.KeyValueR\x06prevKv\"\x1b\n" +
+	"\x04Type\x12\a\n" +
+	"\x03PUT\x10\x00\x12\n" +
+	"\n" +
+	"\x06DELETE\x10\x01\"\xc8\x01\n" +
+	"\rWatchResponse\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12/\n" +
+	"\x06events\x18\x02 \x03(\v2\x17.flotilla.v1.WatchEventR\x06events\x12!\n" +
+	"\fresume_token\x18\x03 \x01(\fR\vresumeToken\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x04R\brevision\x12\x1a\n" +
+	"\bprogress\x18\x05 \x01(\bR\bprogress2\xe5\x04\n" +
 	"\x02KV\x128\n" +
 	"\x03Put\x12\x17.flotilla.v1.PutRequest\x1a\x18.flotilla.v1.PutResponse\x128\n" +
 	"\x03Get\x12\x17.flotilla.v1.GetRequest\x1a\x18.flotilla.v1.GetResponse\x12A\n" +
@@ -5907,7 +6254,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04Scan\x12\x18.flotilla.v1.ScanRequest\x1a\x19.flotilla.v1.ScanResponse\x12P\n" +
 	"\vDeleteRange\x12\x1f.flotilla.v1.DeleteRangeRequest\x1a .flotilla.v1.DeleteRangeResponse\x12B\n" +
 	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x01\x128\n" +
-	"\x03Txn\x12\x17.flotilla.v1.TxnRequest\x1a\x18.flotilla.v1.TxnResponse2\xea\x02\n" +
+	"\x03Txn\x12\x17.flotilla.v1.TxnRequest\x1a\x18.flotilla.v1.TxnResponse\x12@\n" +
+	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xea\x02\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
@@ -5960,240 +6308,251 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 	return file_flotilla_proto_rawDescData
 }
 
-var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_flotilla_proto_goTypes = []any{
 	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
 	(Compare_Target)(0),             // 1: flotilla.v1.Compare.Target
 	(Compare_Result)(0),             // 2: flotilla.v1.Compare.Result
 	(TxnOp_Kind)(0),                 // 3: flotilla.v1.TxnOp.Kind
-	(*UserAddRequest)(nil),          // 4: flotilla.v1.UserAddRequest
-	(*UserAddResponse)(nil),         // 5: flotilla.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),       // 6: flotilla.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),      // 7: flotilla.v1.UserDeleteResponse
-	(*UserRoleRequest)(nil),         // 8: flotilla.v1.UserRoleRequest
-	(*UserResponse)(nil),            // 9: flotilla.v1.UserResponse
-	(*UserListRequest)(nil),         // 10: flotilla.v1.UserListRequest
-	(*UserListResponse)(nil),        // 11: flotilla.v1.UserListResponse
-	(*User)(nil),                    // 12: flotilla.v1.User
-	(*RoleAddRequest)(nil),          // 13: flotilla.v1.RoleAddRequest
-	(*RoleDeleteRequest)(nil),       // 14: flotilla.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),      // 15: flotilla.v1.RoleDeleteResponse
-	(*RolePermissionRequest)(nil),   // 16: flotilla.v1.RolePermissionRequest
-	(*RoleResponse)(nil),            // 17: flotilla.v1.RoleResponse
-	(*RoleListRequest)(nil),         // 18: flotilla.v1.RoleListRequest
-	(*RoleListResponse)(nil),        // 19: flotilla.v1.RoleListResponse
-	(*Role)(nil),                    // 20: flotilla.v1.Role
-	(*Permission)(nil),              // 21: flotilla.v1.Permission
-	(*WhoAmIRequest)(nil),           // 22: flotilla.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 23: flotilla.v1.WhoAmIResponse
-	(*AuthRecordsRequest)(nil),      // 24: flotilla.v1.AuthRecordsRequest
-	(*AuthRecordsResponse)(nil),     // 25: flotilla.v1.AuthRecordsResponse
-	(*PeerProposeRequest)(nil),      // 26: flotilla.v1.PeerProposeRequest
-	(*PeerProposeResponse)(nil),     // 27: flotilla.v1.PeerProposeResponse
-	(*ReplicaStateRequest)(nil),     // 28: flotilla.v1.ReplicaStateRequest
-	(*ReplicaStateResponse)(nil),    // 29: flotilla.v1.ReplicaStateResponse
-	(*SplitRequest)(nil),            // 30: flotilla.v1.SplitRequest
-	(*SplitResponse)(nil),           // 31: flotilla.v1.SplitResponse
-	(*MergeRequest)(nil),            // 32: flotilla.v1.MergeRequest
-	(*MergeResponse)(nil),           // 33: flotilla.v1.MergeResponse
-	(*Header)(nil),                  // 34: flotilla.v1.Header
-	(*Session)(nil),                 // 35: flotilla.v1.Session
-	(*KeyValue)(nil),                // 36: flotilla.v1.KeyValue
-	(*Compare)(nil),                 // 37: flotilla.v1.Compare
-	(*TxnOp)(nil),                   // 38: flotilla.v1.TxnOp
-	(*TxnRequest)(nil),              // 39: flotilla.v1.TxnRequest
-	(*TxnOpResponse)(nil),           // 40: flotilla.v1.TxnOpResponse
-	(*TxnResponse)(nil),             // 41: flotilla.v1.TxnResponse
-	(*PutRequest)(nil),              // 42: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 43: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 44: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 45: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 46: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 47: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 48: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 49: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 50: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 51: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 52: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 53: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 54: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 55: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 56: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 57: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 58: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 59: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 60: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 61: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 62: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 63: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 64: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 65: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 66: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 67: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 68: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 69: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 70: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 71: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 72: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 73: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 74: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 75: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 76: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 77: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 78: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 79: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 80: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 81: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 82: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 83: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 84: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 85: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 86: flotilla.v1.BatchResult
+	(WatchEvent_Type)(0),            // 4: flotilla.v1.WatchEvent.Type
+	(*UserAddRequest)(nil),          // 5: flotilla.v1.UserAddRequest
+	(*UserAddResponse)(nil),         // 6: flotilla.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),       // 7: flotilla.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),      // 8: flotilla.v1.UserDeleteResponse
+	(*UserRoleRequest)(nil),         // 9: flotilla.v1.UserRoleRequest
+	(*UserResponse)(nil),            // 10: flotilla.v1.UserResponse
+	(*UserListRequest)(nil),         // 11: flotilla.v1.UserListRequest
+	(*UserListResponse)(nil),        // 12: flotilla.v1.UserListResponse
+	(*User)(nil),                    // 13: flotilla.v1.User
+	(*RoleAddRequest)(nil),          // 14: flotilla.v1.RoleAddRequest
+	(*RoleDeleteRequest)(nil),       // 15: flotilla.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),      // 16: flotilla.v1.RoleDeleteResponse
+	(*RolePermissionRequest)(nil),   // 17: flotilla.v1.RolePermissionRequest
+	(*RoleResponse)(nil),            // 18: flotilla.v1.RoleResponse
+	(*RoleListRequest)(nil),         // 19: flotilla.v1.RoleListRequest
+	(*RoleListResponse)(nil),        // 20: flotilla.v1.RoleListResponse
+	(*Role)(nil),                    // 21: flotilla.v1.Role
+	(*Permission)(nil),              // 22: flotilla.v1.Permission
+	(*WhoAmIRequest)(nil),           // 23: flotilla.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 24: flotilla.v1.WhoAmIResponse
+	(*AuthRecordsRequest)(nil),      // 25: flotilla.v1.AuthRecordsRequest
+	(*AuthRecordsResponse)(nil),     // 26: flotilla.v1.AuthRecordsResponse
+	(*PeerProposeRequest)(nil),      // 27: flotilla.v1.PeerProposeRequest
+	(*PeerProposeResponse)(nil),     // 28: flotilla.v1.PeerProposeResponse
+	(*ReplicaStateRequest)(nil),     // 29: flotilla.v1.ReplicaStateRequest
+	(*ReplicaStateResponse)(nil),    // 30: flotilla.v1.ReplicaStateResponse
+	(*SplitRequest)(nil),            // 31: flotilla.v1.SplitRequest
+	(*SplitResponse)(nil),           // 32: flotilla.v1.SplitResponse
+	(*MergeRequest)(nil),            // 33: flotilla.v1.MergeRequest
+	(*MergeResponse)(nil),           // 34: flotilla.v1.MergeResponse
+	(*Header)(nil),                  // 35: flotilla.v1.Header
+	(*Session)(nil),                 // 36: flotilla.v1.Session
+	(*KeyValue)(nil),                // 37: flotilla.v1.KeyValue
+	(*Compare)(nil),                 // 38: flotilla.v1.Compare
+	(*TxnOp)(nil),                   // 39: flotilla.v1.TxnOp
+	(*TxnRequest)(nil),              // 40: flotilla.v1.TxnRequest
+	(*TxnOpResponse)(nil),           // 41: flotilla.v1.TxnOpResponse
+	(*TxnResponse)(nil),             // 42: flotilla.v1.TxnResponse
+	(*PutRequest)(nil),              // 43: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 44: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 45: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 46: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 47: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 48: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 49: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 50: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 51: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 52: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 53: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 54: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 55: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 56: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 57: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 58: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 59: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 60: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 61: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 62: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 63: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 64: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 65: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 66: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 67: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 68: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 69: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 70: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 71: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 72: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 73: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 74: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 75: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 76: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 77: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 78: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 79: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 80: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 81: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 82: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 83: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 84: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 85: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 86: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 87: flotilla.v1.BatchResult
+	(*WatchRequest)(nil),            // 88: flotilla.v1.WatchRequest
+	(*WatchEvent)(nil),              // 89: flotilla.v1.WatchEvent
+	(*WatchResponse)(nil),           // 90: flotilla.v1.WatchResponse
 }
 var file_flotilla_proto_depIdxs = []int32{
-	12,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
-	12,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
-	12,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
-	21,  // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
-	20,  // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
-	20,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
-	21,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
+	13,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
+	13,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
+	13,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
+	22,  // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
+	21,  // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
+	21,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
+	22,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
 	0,   // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
-	56,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	56,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	56,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	57,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	57,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	57,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
 	1,   // 11: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
 	2,   // 12: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
 	3,   // 13: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
-	37,  // 14: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
-	38,  // 15: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
-	38,  // 16: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
-	35,  // 17: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
+	38,  // 14: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
+	39,  // 15: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
+	39,  // 16: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
+	36,  // 17: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
 	3,   // 18: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
-	36,  // 19: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
-	34,  // 20: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
-	40,  // 21: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
-	35,  // 22: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	34,  // 23: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	34,  // 24: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	36,  // 25: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	35,  // 26: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	34,  // 27: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	35,  // 28: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	34,  // 29: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	36,  // 30: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	36,  // 31: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	35,  // 32: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	34,  // 33: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	56,  // 34: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	57,  // 35: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	58,  // 36: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	57,  // 37: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	58,  // 38: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	59,  // 39: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	57,  // 40: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	58,  // 41: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	35,  // 42: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	34,  // 43: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	35,  // 44: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	34,  // 45: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	34,  // 46: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	34,  // 47: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	35,  // 48: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	34,  // 49: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	74,  // 50: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	35,  // 51: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	34,  // 52: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	74,  // 53: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	34,  // 54: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	74,  // 55: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	74,  // 56: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	84,  // 57: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	42,  // 58: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	46,  // 59: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	39,  // 60: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
-	86,  // 61: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	43,  // 62: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	47,  // 63: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	41,  // 64: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
-	42,  // 65: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	44,  // 66: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	46,  // 67: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	48,  // 68: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	50,  // 69: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	52,  // 70: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	83,  // 71: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	39,  // 72: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
-	60,  // 73: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	62,  // 74: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	54,  // 75: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
-	30,  // 76: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
-	32,  // 77: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
-	66,  // 78: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	68,  // 79: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	70,  // 80: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	72,  // 81: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	75,  // 82: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	77,  // 83: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	79,  // 84: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	81,  // 85: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	4,   // 86: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
-	6,   // 87: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
-	8,   // 88: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
-	8,   // 89: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
-	10,  // 90: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
-	13,  // 91: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
-	14,  // 92: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
-	16,  // 93: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
-	16,  // 94: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
-	18,  // 95: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
-	22,  // 96: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
-	64,  // 97: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	26,  // 98: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	28,  // 99: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	24,  // 100: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
-	43,  // 101: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	45,  // 102: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	47,  // 103: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	49,  // 104: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	51,  // 105: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	53,  // 106: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	85,  // 107: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	41,  // 108: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
-	61,  // 109: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	63,  // 110: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	55,  // 111: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	31,  // 112: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	33,  // 113: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	67,  // 114: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	69,  // 115: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	71,  // 116: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	73,  // 117: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	76,  // 118: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	78,  // 119: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	80,  // 120: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	82,  // 121: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	5,   // 122: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
-	7,   // 123: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
-	9,   // 124: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
-	9,   // 125: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
-	11,  // 126: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
-	17,  // 127: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
-	15,  // 128: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
-	17,  // 129: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
-	17,  // 130: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
-	19,  // 131: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
-	23,  // 132: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
-	65,  // 133: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	27,  // 134: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	29,  // 135: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	25,  // 136: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
-	101, // [101:137] is the sub-list for method output_type
-	65,  // [65:101] is the sub-list for method input_type
-	65,  // [65:65] is the sub-list for extension type_name
-	65,  // [65:65] is the sub-list for extension extendee
-	0,   // [0:65] is the sub-list for field type_name
+	37,  // 19: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
+	35,  // 20: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
+	41,  // 21: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
+	36,  // 22: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	35,  // 23: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	35,  // 24: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	37,  // 25: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	36,  // 26: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	35,  // 27: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	36,  // 28: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	35,  // 29: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	37,  // 30: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	37,  // 31: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	36,  // 32: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	35,  // 33: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	57,  // 34: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	58,  // 35: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	59,  // 36: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	58,  // 37: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	59,  // 38: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	60,  // 39: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	58,  // 40: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	59,  // 41: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	36,  // 42: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	35,  // 43: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	36,  // 44: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	35,  // 45: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	35,  // 46: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	35,  // 47: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	36,  // 48: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	35,  // 49: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	75,  // 50: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	36,  // 51: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	35,  // 52: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	75,  // 53: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	35,  // 54: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	75,  // 55: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	75,  // 56: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	85,  // 57: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	43,  // 58: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	47,  // 59: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	40,  // 60: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
+	87,  // 61: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	44,  // 62: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	48,  // 63: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	42,  // 64: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
+	4,   // 65: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
+	37,  // 66: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
+	37,  // 67: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
+	35,  // 68: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
+	89,  // 69: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
+	43,  // 70: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	45,  // 71: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	47,  // 72: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	49,  // 73: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	51,  // 74: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	53,  // 75: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	84,  // 76: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	40,  // 77: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
+	88,  // 78: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
+	61,  // 79: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	63,  // 80: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	55,  // 81: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	31,  // 82: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	33,  // 83: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	67,  // 84: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	69,  // 85: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	71,  // 86: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	73,  // 87: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	76,  // 88: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	78,  // 89: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	80,  // 90: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	82,  // 91: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	5,   // 92: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
+	7,   // 93: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
+	9,   // 94: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
+	9,   // 95: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
+	11,  // 96: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
+	14,  // 97: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
+	15,  // 98: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
+	17,  // 99: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
+	17,  // 100: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
+	19,  // 101: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
+	23,  // 102: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
+	65,  // 103: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	27,  // 104: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	29,  // 105: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	25,  // 106: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	44,  // 107: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	46,  // 108: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	48,  // 109: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	50,  // 110: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	52,  // 111: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	54,  // 112: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	86,  // 113: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	42,  // 114: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
+	90,  // 115: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
+	62,  // 116: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	64,  // 117: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	56,  // 118: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	32,  // 119: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	34,  // 120: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	68,  // 121: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	70,  // 122: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	72,  // 123: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	74,  // 124: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	77,  // 125: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	79,  // 126: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	81,  // 127: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	83,  // 128: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	6,   // 129: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	8,   // 130: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	10,  // 131: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	10,  // 132: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	12,  // 133: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	18,  // 134: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	16,  // 135: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	18,  // 136: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	18,  // 137: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	20,  // 138: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	24,  // 139: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	66,  // 140: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	28,  // 141: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	30,  // 142: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	26,  // 143: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	107, // [107:144] is the sub-list for method output_type
+	70,  // [70:107] is the sub-list for method input_type
+	70,  // [70:70] is the sub-list for extension type_name
+	70,  // [70:70] is the sub-list for extension extendee
+	0,   // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -6216,8 +6575,8 @@ func file_flotilla_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   83,
+			NumEnums:      5,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -36,6 +36,7 @@ const (
 	KV_DeleteRange_FullMethodName    = "/flotilla.v1.KV/DeleteRange"
 	KV_Batch_FullMethodName          = "/flotilla.v1.KV/Batch"
 	KV_Txn_FullMethodName            = "/flotilla.v1.KV/Txn"
+	KV_Watch_FullMethodName          = "/flotilla.v1.KV/Watch"
 )
 
 // KVClient is the client API for KV service.
@@ -78,6 +79,14 @@ type KVClient interface {
 	// (InvalidArgument, "kv: transaction spans ranges", naming them) with
 	// nothing applied. See kv/txn.go for the limits.
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
+	// Watch streams the writes of a key, a prefix or a span, from a revision,
+	// from now, or from a resume token, across ranges, from this node's
+	// replicas (followers too). Each response carries a resume token: a
+	// Watch from it, on any node, delivers exactly the writes after that
+	// response's events. A watch whose history is gone ends with OutOfRange
+	// ("... has been compacted: its history is kept from revision F on"):
+	// the watcher must start again from a fresh read. See kv/watch.go.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
 }
 
 type kVClient struct {
@@ -171,6 +180,25 @@ func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOpt
 	return out, nil
 }
 
+func (c *kVClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[1], KV_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_WatchClient = grpc.ServerStreamingClient[WatchResponse]
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -211,6 +239,14 @@ type KVServer interface {
 	// (InvalidArgument, "kv: transaction spans ranges", naming them) with
 	// nothing applied. See kv/txn.go for the limits.
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
+	// Watch streams the writes of a key, a prefix or a span, from a revision,
+	// from now, or from a resume token, across ranges, from this node's
+	// replicas (followers too). Each response carries a resume token: a
+	// Watch from it, on any node, delivers exactly the writes after that
+	// response's events. A watch whose history is gone ends with OutOfRange
+	// ("... has been compacted: its history is kept from revision F on"):
+	// the watcher must start again from a fresh read. See kv/watch.go.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -244,6 +280,9 @@ func (UnimplementedKVServer) Batch(grpc.BidiStreamingServer[BatchRequest, BatchR
 }
 func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
+}
+func (UnimplementedKVServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -399,6 +438,17 @@ func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{})
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(KVServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_WatchServer = grpc.ServerStreamingServer[WatchResponse]
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -441,6 +491,11 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _KV_Batch_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Watch",
+			Handler:       _KV_Watch_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "flotilla.proto",

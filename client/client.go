@@ -85,6 +85,13 @@ var (
 	// range (the message names them); nothing was applied. It wraps in
 	// ErrInvalidArgument too.
 	ErrTxnSpansRanges = errors.New("client: transaction spans ranges")
+	// ErrCompacted: a read or watch asked for a revision whose history is
+	// no longer kept; the message says from which revision on it is. A
+	// watcher must start again from a fresh read.
+	ErrCompacted = errors.New("client: revision compacted")
+	// ErrFutureRevision: a read asked for a revision its range has not
+	// reached.
+	ErrFutureRevision = errors.New("client: revision not reached")
 	// ErrNotLeader: the node asked could not serve the request for its
 	// group and named (or could not name) the leader. Retried internally;
 	// seen only wrapped in ErrUnavailable.

@@ -143,7 +143,15 @@ func classify(err error) (outcome, error) {
 		return fatal, err
 	}
 	switch st.Code() {
-	case codes.InvalidArgument, codes.ResourceExhausted, codes.OutOfRange:
+	case codes.OutOfRange:
+		switch {
+		case strings.Contains(st.Message(), "has been compacted"):
+			return fatal, fmt.Errorf("%w: %s", ErrCompacted, st.Message())
+		case strings.Contains(st.Message(), kv.ErrFutureRevision.Error()):
+			return fatal, fmt.Errorf("%w: %s", ErrFutureRevision, st.Message())
+		}
+		return fatal, fmt.Errorf("%w: %s", ErrInvalidArgument, st.Message())
+	case codes.InvalidArgument, codes.ResourceExhausted:
 		if strings.HasPrefix(st.Message(), msgTxnSpansRanges) {
 			return fatal, fmt.Errorf("%w: %w: %s", ErrInvalidArgument, ErrTxnSpansRanges, st.Message())
 		}

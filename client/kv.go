@@ -142,7 +142,17 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...WriteOption
 // ReadOption changes how Get and Scan read.
 type ReadOption func(*readOptions)
 
-type readOptions struct{ serializable bool }
+type readOptions struct {
+	serializable bool
+	revision     uint64
+}
+
+// AtRevision makes a read see the keys as of revision rev of their ranges
+// (see kv/history.go): the latest write of each key at or before it. A
+// revision whose history a range no longer keeps fails with ErrCompacted,
+// whose message says from which revision on it does; one a range has not
+// reached fails with ErrFutureRevision.
+func AtRevision(rev uint64) ReadOption { return func(o *readOptions) { o.revision = rev } }
 
 // Serializable lets the answering replica serve the read from its own
 // state, which may be stale, instead of confirming it with the leader.
@@ -162,7 +172,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (KeyVa
 	key = bytes.Clone(key) // attempts may outlive the call
 	v, err := c.do(ctx, g, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-			r, err := api.NewKVClient(cc).Get(ctx, &api.GetRequest{Key: key, Serializable: ro.serializable, Group: g}, opts...)
+			r, err := api.NewKVClient(cc).Get(ctx, &api.GetRequest{Key: key, Serializable: ro.serializable, Group: g, Revision: ro.revision}, opts...)
 			return r, r.GetHeader(), err
 		})
 	})
@@ -266,7 +276,7 @@ func (c *Client) ScanRange(ctx context.Context, start, end []byte, limit int, op
 	g := c.rangeOf(ctx, start)
 	v, err := c.do(ctx, g, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
-			r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Start: start, End: end, Limit: uint32(limit), Serializable: ro.serializable}, opts...)
+			r, err := api.NewKVClient(cc).Scan(ctx, &api.ScanRequest{Start: start, End: end, Limit: uint32(limit), Serializable: ro.serializable, Revision: ro.revision}, opts...)
 			return r, nil, err
 		})
 	})

@@ -404,6 +404,7 @@ func TestBadInput(t *testing.T) {
 		{"wrong initial cluster", nil, start("--initial-cluster", "1=nohostport"), "initial-cluster"},
 		{"id not in cluster", nil, start("--id", "4"), "not in --initial-cluster"},
 		{"bad groups", nil, start("--groups", "0"), "--groups"},
+		{"bad history retention", nil, start("--history-retention", "5ms"), "--history-retention"},
 		{"no certs and not insecure", nil, start()[:len(start())-1], "no --certs-dir"},
 		{"certs dir without certs", nil, start("--insecure=false", "--certs-dir", dir), "--certs-dir"},
 		{"bad env", []string{"FLOTILLA_GROUPS=many"}, []string{"start"}, "FLOTILLA_GROUPS"},

@@ -92,7 +92,7 @@ func (s *StateMachine) setAttachment(b *pebble.Batch, key []byte, lease uint64) 
 
 // deleteAttached deletes, through b, every key attached to lease and the
 // attachments. It returns how many keys it deleted.
-func (s *StateMachine) deleteAttached(b *pebble.Batch, lease uint64) (int, error) {
+func (s *StateMachine) deleteAttached(b *pebble.Batch, lease, rev uint64) (int, error) {
 	lo := s.leaseKeysPrefix(lease)
 	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
 	if err != nil {
@@ -112,6 +112,9 @@ func (s *StateMachine) deleteAttached(b *pebble.Batch, lease uint64) (int, error
 	}
 	for _, key := range keys {
 		if err := b.Delete(dataKey(key), nil); err != nil {
+			return 0, err
+		}
+		if err := s.recordWrite(b, key, rev, nil); err != nil {
 			return 0, err
 		}
 		if err := b.Delete(attachedKey(key), nil); err != nil {

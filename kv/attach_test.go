@@ -187,6 +187,7 @@ func TestRestoreHandBuiltSnapshot(t *testing.T) {
 	snap = append(snap, snapMagic...)
 	snap = binary.BigEndian.AppendUint64(snap, 7) // revision
 	snap = binary.BigEndian.AppendUint64(snap, 6) // leases granted
+	snap = binary.BigEndian.AppendUint64(snap, 0) // history floor
 	snap = appendBytes(snap, desc.Encode())
 	snap = append(snap, kindData)
 	snap = appendBytes(snap, []byte("k"))
@@ -224,7 +225,7 @@ func TestRestoreHandBuiltSnapshot(t *testing.T) {
 	}
 	// A snapshot whose data lies outside its descriptor's span is corrupt.
 	narrow := rangeDesc(1, "m", "")
-	bad := append([]byte(snapMagic), make([]byte, 16)...)
+	bad := append([]byte(snapMagic), make([]byte, 24)...)
 	bad = appendBytes(bad, narrow.Encode())
 	bad = append(bad, kindData)
 	bad = appendBytes(bad, []byte("k"))

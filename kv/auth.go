@@ -191,7 +191,7 @@ func EncodeAuthQuery() []byte { return []byte{byte(QueryAuth)} }
 func (s *StateMachine) queryAuth() ([]byte, error) {
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	_, rev, err := loadApplied(snap, s.id)
+	_, rev, _, err := loadApplied(snap, s.id)
 	if err != nil {
 		return nil, err
 	}

@@ -58,6 +58,9 @@ type dirtySet struct {
 	mu struct {
 		sync.RWMutex
 		m map[string][]byte
+		// hist are the history records of the held writes (history.go),
+		// in the order applied.
+		hist []histWrite
 	}
 	// bytes accounts m against budget. Owned by the worker.
 	bytes  int64
@@ -78,8 +81,9 @@ func (d *dirtySet) get(key []byte) (stored []byte, ok bool) {
 	return d.lookupLocked(key)
 }
 
-// apply makes writes visible, all at once. Called by the owning worker.
-func (d *dirtySet) apply(writes []dirtyWrite) {
+// apply makes writes and their history records visible, all at once.
+// Called by the owning worker.
+func (d *dirtySet) apply(writes []dirtyWrite, hist []histWrite) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.mu.m == nil {
@@ -93,6 +97,12 @@ func (d *dirtySet) apply(writes []dirtyWrite) {
 		d.mu.m[w.key] = w.stored
 		d.bytes += int64(len(w.key) + len(w.stored) + dirtyOverhead)
 	}
+	for _, h := range hist {
+		// The stored value is the one the data write holds: only the
+		// record's own bytes count.
+		d.bytes += int64(len(h.key) + dirtyOverhead)
+	}
+	d.mu.hist = append(d.mu.hist, hist...)
 	d.budget.used.Add(d.bytes - before)
 }
 
@@ -100,9 +110,10 @@ func (d *dirtySet) apply(writes []dirtyWrite) {
 func (d *dirtySet) full() bool { return d.budget.used.Load() > d.budget.limit }
 
 // empty reports whether nothing is held. Called by the owning worker.
-func (d *dirtySet) empty() bool { return len(d.mu.m) == 0 }
+func (d *dirtySet) empty() bool { return len(d.mu.m) == 0 && len(d.mu.hist) == 0 }
 
-// writeTo adds every held write to b, each key under prefix. Called by the
+// writeTo adds every held write to b, each key under prefix, and their
+// history records. Called by the
 // owning worker.
 func (d *dirtySet) writeTo(b *pebble.Batch, prefix []byte) error {
 	for k, v := range d.mu.m {
@@ -121,6 +132,15 @@ func (d *dirtySet) writeTo(b *pebble.Batch, prefix []byte) error {
 			return err
 		}
 	}
+	for _, h := range d.mu.hist {
+		v := h.stored
+		if v == nil {
+			v = []byte{}
+		}
+		if err := b.Set(histKey([]byte(h.key), h.rev), v, nil); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -133,6 +153,12 @@ func (d *dirtySet) reset() {
 		d.mu.m = nil // let a burst's buckets go
 	} else {
 		clear(d.mu.m)
+	}
+	if cap(d.mu.hist) > 4096 {
+		d.mu.hist = nil
+	} else {
+		clear(d.mu.hist)
+		d.mu.hist = d.mu.hist[:0]
 	}
 	d.budget.used.Add(-d.bytes)
 	d.bytes = 0
@@ -159,6 +185,22 @@ func (d *dirtySet) collect(start, end []byte, newIter func() (*pebble.Iterator, 
 	for k, v := range d.mu.m {
 		if k >= string(start) && (len(end) == 0 || k < string(end)) {
 			held = append(held, dirtyWrite{key: k, stored: v})
+		}
+	}
+	it, err := newIter()
+	return held, it, err
+}
+
+// historyView returns the held history records of the keys in [start, end)
+// (end empty: to the end of the keyspace), in the order applied, and an
+// iterator from newIter, both as of one instant (see view).
+func (d *dirtySet) historyView(start, end []byte, newIter func() (*pebble.Iterator, error)) ([]histWrite, *pebble.Iterator, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var held []histWrite
+	for _, h := range d.mu.hist {
+		if h.key >= string(start) && (len(end) == 0 || h.key < string(end)) {
+			held = append(held, h)
 		}
 	}
 	it, err := newIter()

@@ -13,6 +13,7 @@ import (
 const (
 	kindData       = byte(keys.Data)
 	kindAttached   = byte(keys.Attached)
+	kindHistory    = byte(keys.History)
 	kindElection   = byte(keys.Election)
 	kindApplied    = byte(keys.Applied)
 	kindDescriptor = byte(keys.Descriptor)

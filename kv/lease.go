@@ -288,7 +288,7 @@ func (s *StateMachine) applyLease(b *pebble.Batch, desc *Descriptor, cmd Command
 		if err := b.Delete(s.leaseKey(cmd.Lease), nil); err != nil {
 			return Result{}, err
 		}
-		if _, err := s.deleteAttached(b, cmd.Lease); err != nil {
+		if _, err := s.deleteAttached(b, cmd.Lease, *rev); err != nil {
 			return Result{}, err
 		}
 		if !l.stub && (len(l.end) == 0 || !desc.ContainsSpan(l.start, l.end)) {

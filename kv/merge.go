@@ -174,7 +174,7 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 	if err != nil {
 		return Result{}, nil, err
 	}
-	applied, rrev, err := loadApplied(b, rhs.ID)
+	applied, rrev, rfloor, err := loadApplied(b, rhs.ID)
 	if err != nil {
 		return Result{}, nil, err
 	}
@@ -210,6 +210,9 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 		s.mayAttach = true // the RHS may have had some: look them up from now on
 	}
 	*rev = max(*rev, rrev)
+	// The merged range keeps the history both halves kept: from the
+	// higher floor on.
+	s.floor.Store(max(s.floor.Load(), rfloor))
 	// The RHS replica here is merged: the node removes it, and does not
 	// start it again after a restart.
 	f.merged = true
@@ -223,16 +226,17 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 	return Result{OK: true, Current: EncodeDescriptors([]Descriptor{merged})}, &merged, nil
 }
 
-// loadApplied reads range id's applied index and revision.
-func loadApplied(r pebble.Reader, id uint64) (applied, rev uint64, err error) {
+// loadApplied reads range id's applied index, revision and history floor.
+func loadApplied(r pebble.Reader, id uint64) (applied, rev, floor uint64, err error) {
 	v, ok, err := getRaw(r, localKey(kindApplied, id, 0))
 	if err != nil || !ok {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	if len(v) != 24 {
-		return 0, 0, fmt.Errorf("%w: applied record of range %d", ErrCorrupt, id)
+	if len(v) != 24 && len(v) != 32 {
+		return 0, 0, 0, fmt.Errorf("%w: applied record of range %d", ErrCorrupt, id)
 	}
-	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), nil
+	floor, _ = appliedFloor(v)
+	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), floor, nil
 }
 
 // mergeLeases takes the leases of range from into this range: a lease both

@@ -31,6 +31,10 @@ const (
 	// QueryAuth reads the whole auth table, in the meta range
 	// (EncodeAuthQuery, auth.go).
 	QueryAuth QueryKind = 'u'
+	// QueryGetAt reads one key as of a past revision (EncodeGetAt).
+	QueryGetAt QueryKind = 'G'
+	// QueryScanAt lists keys as of a past revision (EncodeScanAt).
+	QueryScanAt QueryKind = 'S'
 )
 
 // KeyValue is one key as a query returns it. The caller owns the slices.
@@ -51,6 +55,35 @@ func EncodeGet(key []byte) ([]byte, error) {
 		return nil, err
 	}
 	return append([]byte{byte(QueryGet)}, key...), nil
+}
+
+// EncodeGetAt returns the query that reads key as of revision rev (at least
+// 1) of the range that holds it; the answer decodes with DecodeGet. It fails
+// with a *CompactedError below the range's history floor, and with
+// ErrFutureRevision above its revision.
+func EncodeGetAt(key []byte, rev uint64) ([]byte, error) {
+	if err := CheckKey(key); err != nil {
+		return nil, err
+	}
+	if rev == 0 {
+		return nil, fmt.Errorf("%w: revision 0", ErrInvalid)
+	}
+	q := binary.BigEndian.AppendUint64([]byte{byte(QueryGetAt)}, rev)
+	return append(q, key...), nil
+}
+
+// EncodeScanAt is EncodeScan as of revision rev (at least 1); see
+// EncodeGetAt for its errors.
+func EncodeScanAt(start, end []byte, limit int, rev uint64) ([]byte, error) {
+	if rev == 0 {
+		return nil, fmt.Errorf("%w: revision 0", ErrInvalid)
+	}
+	q, err := EncodeScan(start, end, limit)
+	if err != nil {
+		return nil, err
+	}
+	q[0] = byte(QueryScanAt)
+	return binary.BigEndian.AppendUint64(q, rev), nil
 }
 
 // encodeGetAnswer returns the answer to a get query: found(1), then if

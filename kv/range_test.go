@@ -433,7 +433,7 @@ func mustMissRaw(t *testing.T, db *pebble.DB, keys ...string) {
 // the range would be had it that descriptor.
 func reshapeSnapshot(t *testing.T, snap []byte, d Descriptor) []byte {
 	t.Helper()
-	hdr := len(snapMagic) + 16
+	hdr := snapHeaderLen
 	out := append([]byte(nil), snap[:hdr]...)
 	r := reader{b: snap[hdr:]}
 	r.bytes() // the old descriptor
@@ -442,6 +442,9 @@ func reshapeSnapshot(t *testing.T, snap []byte, d Descriptor) []byte {
 		kind := r.byte()
 		k, v := r.bytes(), r.bytes()
 		if slices.Contains(globalKinds, kind) && !d.Contains(k) {
+			continue
+		}
+		if uk, _, ok := parseHistKey(append([]byte{kind}, k...)); ok && kind == kindHistory && !d.Contains(uk) {
 			continue
 		}
 		out = append(out, kind)

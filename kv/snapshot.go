@@ -12,12 +12,14 @@ import (
 
 // A range's snapshot:
 //
-//	"FKV3" revision(8) leases granted(8) descriptor(bytes)
+//	"FKV4" revision(8) leases granted(8) history floor(8) descriptor(bytes)
 //	then records: kind(1) key(bytes) value(bytes)
 //
 // Records of the range-local kinds (localKinds) carry their key after the
 // kind and range ID; records of the global kinds (globalKinds) carry their
-// user key, and only those in the range's span are in it.
+// user key, and only those in the range's span are in it; history records
+// (history.go) carry their key after the kind, and only those of user keys
+// in the span are in it.
 
 // Snapshot implements multiraft.StateMachine: the range's state at the
 // applied index.
@@ -29,7 +31,7 @@ func (s *StateMachine) Snapshot(w io.Writer) error {
 	if err := s.flush(); err != nil {
 		return err
 	}
-	return writeSnapshot(w, s.db, s.id, desc, s.revision.Load(), s.leaseSeq)
+	return writeSnapshot(w, s.db, s.id, desc, s.revision.Load(), s.leaseSeq, s.floorWord())
 }
 
 // OpenSnapshot implements multiraft.SnapshotOpener: the range's state at
@@ -45,7 +47,7 @@ func (s *StateMachine) OpenSnapshot() (io.ReadCloser, error) {
 		return nil, err
 	}
 	return &snapshotStream{db: s.db, id: s.id, desc: desc.Clone(), rev: s.revision.Load(), leaseSeq: s.leaseSeq,
-		snap: s.db.NewSnapshot()}, nil
+		floor: s.floorWord(), snap: s.db.NewSnapshot()}, nil
 }
 
 // snapshotStream is a range's snapshot read from a Pebble snapshot: its
@@ -56,6 +58,7 @@ type snapshotStream struct {
 	id            uint64
 	desc          Descriptor
 	rev, leaseSeq uint64
+	floor         uint64 // with histKept
 	snap          *pebble.Snapshot
 
 	pr   *io.PipeReader
@@ -68,7 +71,7 @@ func (st *snapshotStream) Read(p []byte) (int, error) {
 		st.pr, st.done = pr, make(chan struct{})
 		go func() { // snapshotWriter: one per snapshot being sent
 			defer close(st.done)
-			err := writeSnapshot(pw, st.snap, st.id, &st.desc, st.rev, st.leaseSeq)
+			err := writeSnapshot(pw, st.snap, st.id, &st.desc, st.rev, st.leaseSeq, st.floor)
 			st.snap.Close()
 			pw.CloseWithError(err)
 		}()
@@ -87,12 +90,13 @@ func (st *snapshotStream) Close() error {
 }
 
 // writeSnapshot writes range id's snapshot, as r holds it, to w.
-func writeSnapshot(w io.Writer, r pebble.Reader, id uint64, desc *Descriptor, rev, leaseSeq uint64) error {
+func writeSnapshot(w io.Writer, r pebble.Reader, id uint64, desc *Descriptor, rev, leaseSeq, floor uint64) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString(snapMagic)
-	var hdr [16]byte
+	var hdr [24]byte
 	binary.BigEndian.PutUint64(hdr[:], rev)
 	binary.BigEndian.PutUint64(hdr[8:], leaseSeq)
+	binary.BigEndian.PutUint64(hdr[16:], floor)
 	bw.Write(hdr[:])
 	bw.Write(appendBytes(nil, desc.Encode()))
 	var buf []byte
@@ -124,6 +128,10 @@ func writeSnapshot(w io.Writer, r pebble.Reader, id uint64, desc *Descriptor, re
 			return err
 		}
 	}
+	lo, hi := histBounds(desc.Start, desc.End)
+	if err := emit(kindHistory, lo, hi, 1); err != nil {
+		return err
+	}
 	return bw.Flush()
 }
 
@@ -150,7 +158,7 @@ const restoreReadBytes = 64 << 10
 // holds any of it: ranges.Store.AcceptSnapshot).
 func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	br := bufio.NewReaderSize(r, 64<<10)
-	hdr := make([]byte, len(snapMagic)+16)
+	hdr := make([]byte, snapHeaderLen)
 	if _, err := io.ReadFull(br, hdr); err != nil {
 		return fmt.Errorf("%w: snapshot header: %v", ErrCorrupt, err)
 	}
@@ -159,6 +167,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	}
 	rev := binary.BigEndian.Uint64(hdr[len(snapMagic):])
 	leaseSeq := binary.BigEndian.Uint64(hdr[len(snapMagic)+8:])
+	floor := binary.BigEndian.Uint64(hdr[len(snapMagic)+16:])
 	readChunk := func(limit uint64) ([]byte, error) {
 		n, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -219,6 +228,10 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 				return err
 			}
 		}
+		lo, hi := histBounds(d.Start, d.End)
+		if err := b.DeleteRange(lo, hi, nil); err != nil {
+			return err
+		}
 	}
 	for {
 		kind, err := br.ReadByte()
@@ -229,10 +242,10 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 			return fmt.Errorf("%w: snapshot kind: %v", ErrCorrupt, err)
 		}
 		local := slices.Contains(localKinds, kind)
-		if !local && !slices.Contains(globalKinds, kind) {
+		if !local && !slices.Contains(globalKinds, kind) && kind != kindHistory {
 			return fmt.Errorf("%w: snapshot record kind %q", ErrCorrupt, kind)
 		}
-		k, err := readChunk(MaxKeySize + 16)
+		k, err := readChunk(2*MaxKeySize + 16) // a history key escapes its bytes
 		if err != nil {
 			return fmt.Errorf("%w: snapshot key: %v", ErrCorrupt, err)
 		}
@@ -248,9 +261,16 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 			return fmt.Errorf("%w: snapshot value: %v", ErrCorrupt, err)
 		}
 		var key []byte
-		if local {
+		switch {
+		case local:
 			key = append(localKey(kind, s.id, len(k)), k...)
-		} else {
+		case kind == kindHistory:
+			key = append([]byte{kind}, k...)
+			uk, _, ok := parseHistKey(key)
+			if !ok || !desc.Contains(uk) {
+				return fmt.Errorf("%w: snapshot of %v holds history key %x", ErrCorrupt, &desc, k)
+			}
+		default:
 			if !desc.Contains(k) {
 				return fmt.Errorf("%w: snapshot of %v holds key %q", ErrCorrupt, &desc, k)
 			}
@@ -274,7 +294,9 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		return err
 	}
 	s.leaseSeq = leaseSeq
-	if err := b.Set(s.appliedKey(), s.appliedValue(index, rev), nil); err != nil {
+	// The sender's floor, and whether it kept history (then this replica
+	// keeps it too, or fills it in below).
+	if err := b.Set(s.appliedKey(), encodeApplied(index, rev, leaseSeq, min(floor&^histKept, rev)|floor&histKept), nil); err != nil {
 		return err
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
@@ -285,6 +307,11 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		return err
 	}
 	s.restoreFailed.Store(false)
+	s.hist.cursor, s.hist.marks = nil, nil
+	if err := s.backfillHistory(); err != nil {
+		return err
+	}
+	s.feed.reset(rev) // watchers read what they lack from the history
 	s.descriptorChanged()
 	s.leasesChanged()
 	s.publish(nil, true)

@@ -148,9 +148,9 @@ func (s *StateMachine) writeRHS(b *pebble.Batch, right *Descriptor, key []byte, 
 	if err := b.Set(localKey(kindDescriptor, id, 0), right.Encode(), nil); err != nil {
 		return err
 	}
-	applied := make([]byte, 24)
-	binary.BigEndian.PutUint64(applied, RangeInitialIndex)
-	binary.BigEndian.PutUint64(applied[8:], rev)
+	// The right half keeps the left's history floor: the history of its
+	// keys is the same records.
+	applied := encodeApplied(RangeInitialIndex, rev, 0, s.floorWord())
 	if err := b.Set(localKey(kindApplied, id, 0), applied, nil); err != nil {
 		return err
 	}
@@ -291,17 +291,17 @@ func SnapshotDescriptor(data []byte) (Descriptor, error) {
 			return Descriptor{}, err
 		}
 		defer f.Close()
-		head := make([]byte, len(snapMagic)+16+binary.MaxVarintLen64+2*MaxKeySize+64+MaxReplicas*binary.MaxVarintLen64)
+		head := make([]byte, snapHeaderLen+binary.MaxVarintLen64+2*MaxKeySize+64+MaxReplicas*binary.MaxVarintLen64)
 		n, err := io.ReadFull(f, head)
 		if err != nil && err != io.ErrUnexpectedEOF {
 			return Descriptor{}, err
 		}
 		data = head[:n]
 	}
-	if len(data) < len(snapMagic)+16 || string(data[:len(snapMagic)]) != snapMagic {
+	if len(data) < snapHeaderLen || string(data[:len(snapMagic)]) != snapMagic {
 		return Descriptor{}, fmt.Errorf("%w: snapshot header", ErrCorrupt)
 	}
-	r := reader{b: data[len(snapMagic)+16:]}
+	r := reader{b: data[snapHeaderLen:]}
 	n := r.uvarint()
 	if r.err || n > uint64(len(r.b)) {
 		return Descriptor{}, fmt.Errorf("%w: snapshot descriptor", ErrCorrupt)

@@ -14,7 +14,9 @@ import (
 )
 
 const (
-	snapMagic = "FKV3" // header, descriptor, then records (snapshot.go)
+	snapMagic = "FKV4" // header, descriptor, then records (snapshot.go)
+	// snapHeaderLen: the magic, revision, leases granted, history floor.
+	snapHeaderLen = len(snapMagic) + 24
 )
 
 // StateMachine is the KV state of one range's replica, kept in a Pebble
@@ -59,6 +61,13 @@ type StateMachine struct {
 
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
+
+	// hist is the history's state (history.go), owned by the worker; floor
+	// the history floor, written by the worker, read by anyone. feed is
+	// the live feed of writes for watches (feed.go).
+	hist  history
+	floor atomic.Uint64
+	feed  feed
 
 	// sessions are the client sessions of the range (session.go). Owned by
 	// the worker.
@@ -179,6 +188,7 @@ func (s *StateMachine) leasesChanged() {
 // closes it after the engine stopped.
 func New(db *pebble.DB, id uint64, opts ...Option) (*StateMachine, error) {
 	s := &StateMachine{db: db, id: id}
+	s.hist.retention = Retention{Revisions: DefaultHistoryRevisions}
 	s.sampler.rng = id*0x9e3779b97f4a7c15 | 1
 	s.sessions.init()
 	for _, o := range opts {
@@ -188,6 +198,9 @@ func New(db *pebble.DB, id uint64, opts ...Option) (*StateMachine, error) {
 		s.dirty.budget = NewHoldBudget(DefaultHoldBytes)
 	}
 	if err := s.load(db); err != nil {
+		return nil, fmt.Errorf("kv: range %d: %w", id, err)
+	}
+	if err := s.backfillHistory(); err != nil {
 		return nil, fmt.Errorf("kv: range %d: %w", id, err)
 	}
 	return s, nil
@@ -231,15 +244,22 @@ func (s *StateMachine) load(r pebble.Reader) error {
 	case err != nil:
 		return fmt.Errorf("load applied index: %w", err)
 	case !ok:
+		// Nothing applied yet (a range just bootstrapped): no value lacks
+		// its history record.
 		s.applied.Store(0)
 		s.revision.Store(0)
+		s.floor.Store(0)
 		s.leaseSeq = 0
-	case len(v) != 24:
+		s.hist.complete = true
+	case len(v) != 24 && len(v) != 32:
 		return fmt.Errorf("%w: applied record of %d bytes", ErrCorrupt, len(v))
 	default:
 		s.applied.Store(binary.BigEndian.Uint64(v))
 		s.revision.Store(binary.BigEndian.Uint64(v[8:]))
 		s.leaseSeq = binary.BigEndian.Uint64(v[16:])
+		floor, kept := appliedFloor(v)
+		s.floor.Store(floor)
+		s.hist.complete = kept
 	}
 	s.persisted = s.applied.Load()
 	return nil
@@ -261,13 +281,31 @@ func (s *StateMachine) Revision() uint64 { return s.revision.Load() }
 
 func (s *StateMachine) appliedKey() []byte { return localKey(kindApplied, s.id, 0) }
 
-// appliedValue is the applied record: index, revision, leases granted.
+// appliedValue is the applied record: index, revision, leases granted,
+// history floor (history.go).
 func (s *StateMachine) appliedValue(applied, revision uint64) []byte {
-	v := make([]byte, 24)
+	return encodeApplied(applied, revision, s.leaseSeq, s.floorWord())
+}
+
+func encodeApplied(applied, revision, leaseSeq, floor uint64) []byte {
+	v := make([]byte, 32)
 	binary.BigEndian.PutUint64(v, applied)
 	binary.BigEndian.PutUint64(v[8:], revision)
-	binary.BigEndian.PutUint64(v[16:], s.leaseSeq)
+	binary.BigEndian.PutUint64(v[16:], leaseSeq)
+	binary.BigEndian.PutUint64(v[24:], floor)
 	return v
+}
+
+// appliedFloor returns the history floor of applied record v, and whether
+// the range kept history (every value then has its history record:
+// history.go). A record written before history existed has neither: no
+// revision before its own is kept.
+func appliedFloor(v []byte) (floor uint64, kept bool) {
+	if len(v) < 32 {
+		return binary.BigEndian.Uint64(v[8:]), false
+	}
+	w := binary.BigEndian.Uint64(v[24:])
+	return w &^ histKept, w&histKept != 0
 }
 
 var _ multiraft.Syncer = (*StateMachine)(nil)
@@ -338,6 +376,11 @@ func (s *StateMachine) flush() error {
 	}
 	if err := s.sessions.writeTo(b, s.id); err != nil {
 		return err
+	}
+	if desc := s.desc.Load(); desc != nil {
+		if err := s.sweep(b, desc); err != nil {
+			return fmt.Errorf("kv: range %d: sweep history: %w", s.id, err)
+		}
 	}
 	if err := b.Set(s.appliedKey(), s.appliedValue(applied, s.revision.Load()), nil); err != nil {
 		return err
@@ -449,6 +492,10 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if err := s.sessions.writeTo(b, s.id); err != nil {
 		return err
 	}
+	s.raiseFloor(rev)
+	if err := s.sweep(b, desc); err != nil {
+		return fmt.Errorf("kv: range %d: sweep history: %w", s.id, err)
+	}
 	if err := b.Set(s.appliedKey(), s.appliedValue(last, rev), nil); err != nil {
 		return err
 	}
@@ -481,6 +528,7 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	s.persisted = last
 	s.applied.Store(last)
 	s.revision.Store(rev)
+	s.publishHistory(rev)
 	if fx.leases != nil {
 		s.setLeases(nil, fx.leases)
 		s.leasesChanged()
@@ -497,7 +545,13 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		// After the commit: the span grows only once its data is in.
 		s.desc.Store(desc)
 	}
+	if fx.merged != nil {
+		// The ring lacks the writes of the keys the merge brought in, made
+		// in the other range: watchers read those from the history.
+		s.feed.reset(rev)
+	}
 	if shrunk || fx.frozen != nil || fx.merged != nil {
+		s.feed.wake()
 		s.descriptorChanged()
 		// Elections whose names left the span are watched elsewhere now:
 		// every watcher reads its election again.
@@ -561,6 +615,9 @@ func (s *StateMachine) applyOne(b *pebble.Batch, desc *Descriptor, cmd *Command,
 		if err := b.Delete(k, nil); err != nil {
 			return Result{}, err
 		}
+		if err := s.recordWrite(b, cmd.Key, *rev, nil); err != nil {
+			return Result{}, err
+		}
 		if err := s.setAttachment(b, cmd.Key, 0); err != nil {
 			return Result{}, err
 		}
@@ -622,10 +679,13 @@ func (s *StateMachine) deleteRange(b *pebble.Batch, start, end []byte, rev uint6
 		return 0, err
 	}
 	var n uint64
-	for it.First(); it.Valid(); it.Next() {
+	for it.First(); it.Valid() && err == nil; it.Next() {
 		n++
+		err = s.recordWrite(b, it.Key()[1:], rev, nil)
 	}
-	err = it.Error()
+	if err == nil {
+		err = it.Error()
+	}
 	if cerr := it.Close(); err == nil {
 		err = cerr
 	}
@@ -714,12 +774,15 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) err
 		switch cmd.Op {
 		case OpPut:
 			rev++
-			st = append(st, dirtyWrite{key: string(cmd.Key), stored: stored(rev, cmd.Value, found, prev)})
+			sv := stored(rev, cmd.Value, found, prev)
+			st = append(st, dirtyWrite{key: string(cmd.Key), stored: sv})
+			_ = s.recordWrite(nil, cmd.Key, rev, sv) // without a batch: cannot fail
 			s.written.Add(uint64(len(cmd.Key) + len(cmd.Value)))
 		case OpDelete:
 			if found {
 				rev++
 				st = append(st, dirtyWrite{key: string(cmd.Key)})
+				_ = s.recordWrite(nil, cmd.Key, rev, nil)
 			}
 			res.OK = found
 		}
@@ -729,12 +792,14 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) err
 		c.Result = results[n:len(results):len(results)]
 		s.sessions.record(cmd, c.Result)
 	}
-	s.dirty.apply(st)
+	s.dirty.apply(st, s.held())
 	clear(st) // drop the references the arrays would keep
 	s.stage = st[:0]
 	clear(s.decoded)
 	s.revision.Store(rev)
 	s.applied.Store(cmds[len(cmds)-1].Index)
+	s.raiseFloor(rev)
+	s.publishHistory(rev)
 	if s.dirty.full() {
 		return s.flush()
 	}
@@ -763,7 +828,11 @@ func (s *StateMachine) putData(b *pebble.Batch, key, value []byte, rev uint64) e
 	if err != nil {
 		return fmt.Errorf("kv: range %d: key %q: %w", s.id, key, err)
 	}
-	return b.Set(k, stored(rev, value, found, prev), nil)
+	sv := stored(rev, value, found, prev)
+	if err := b.Set(k, sv, nil); err != nil {
+		return err
+	}
+	return s.recordWrite(b, key, rev, sv)
 }
 
 // leaseMissing reports whether a put or CAS names a lease (not 0) that
@@ -812,15 +881,44 @@ func (s *StateMachine) Query(q []byte) ([]byte, error) {
 			return nil, err
 		}
 		return encodeGetAnswer(found, m, val), nil
-	case QueryScan:
+	case QueryGetAt:
+		if len(q) < 9 {
+			return nil, fmt.Errorf("%w: get query", ErrBadCommand)
+		}
+		rev, key := binary.BigEndian.Uint64(q[1:]), q[9:]
+		if !holds(key) {
+			return nil, mismatch(key)
+		}
+		if cur := s.revision.Load(); rev > cur {
+			return nil, s.checkRevision(rev, 0, cur)
+		}
+		s.sampler.sample(key)
+		found, m, val, err := s.getAt(key, rev)
+		if err != nil {
+			return nil, err
+		}
+		return encodeGetAnswer(found, m, val), nil
+	case QueryScan, QueryScanAt:
 		r := reader{b: q[1:]}
 		limit := r.uvarint()
 		start, end := r.bytes(), r.bytes()
+		var rev uint64
+		if QueryKind(q[0]) == QueryScanAt {
+			if rev = r.uint64(); rev == 0 {
+				r.err = true
+			}
+		}
 		if r.err || len(r.b) != 0 || limit == 0 || limit > MaxScanLimit {
 			return nil, fmt.Errorf("%w: scan query", ErrBadCommand)
 		}
 		if !serving || !desc.Contains(start) {
 			return nil, mismatch(start)
+		}
+		if rev > 0 {
+			if cur := s.revision.Load(); rev > cur {
+				return nil, s.checkRevision(rev, 0, cur)
+			}
+			return s.scanAt(desc, start, end, int(limit), rev)
 		}
 		return s.scan(desc, start, end, int(limit))
 	case QueryLease:

@@ -450,7 +450,7 @@ type txnView interface {
 	// leaseMissing reports whether lease (not 0) is missing.
 	leaseMissing(lease uint64) (bool, error)
 	put(key, value []byte, lease, rev uint64) error
-	del(key []byte) (bool, error)
+	del(key []byte, rev uint64) (bool, error)
 	deleteRange(start, end []byte, rev uint64) (uint64, error)
 	scan(op TxnOp, readBytes *int) ([]KeyValue, bool, error)
 }
@@ -496,7 +496,7 @@ func applyTxn(v txnView, t *Txn, rev *uint64) (Result, error) {
 			}
 			wrote = true
 		case TxnDelete:
-			found, err := v.del(op.Key)
+			found, err := v.del(op.Key, next)
 			if err != nil {
 				return Result{}, err
 			}
@@ -558,12 +558,15 @@ func (v batchView) put(key, value []byte, lease, rev uint64) error {
 	return v.s.setAttachment(v.b, key, lease)
 }
 
-func (v batchView) del(key []byte) (bool, error) {
+func (v batchView) del(key []byte, rev uint64) (bool, error) {
 	found, _, err := metaFrom(v.b, dataKey(key))
 	if err != nil || !found {
 		return false, err
 	}
 	if err := v.b.Delete(dataKey(key), nil); err != nil {
+		return false, err
+	}
+	if err := v.s.recordWrite(v.b, key, rev, nil); err != nil {
 		return false, err
 	}
 	return true, v.s.setAttachment(v.b, key, 0)
@@ -640,17 +643,20 @@ func (v heldView) put(key, value []byte, _, rev uint64) error {
 	if err != nil {
 		return err
 	}
-	*v.staged = append(*v.staged, dirtyWrite{key: string(key), stored: stored(rev, value, found, prev)})
+	sv := stored(rev, value, found, prev)
+	*v.staged = append(*v.staged, dirtyWrite{key: string(key), stored: sv})
+	_ = v.s.recordWrite(nil, key, rev, sv) // without a batch: cannot fail
 	v.s.written.Add(uint64(len(key) + len(value)))
 	return nil
 }
 
-func (v heldView) del(key []byte) (bool, error) {
+func (v heldView) del(key []byte, rev uint64) (bool, error) {
 	found, _, err := v.s.heldMeta(*v.staged, key)
 	if err != nil || !found {
 		return false, err
 	}
 	*v.staged = append(*v.staged, dirtyWrite{key: string(key)})
+	_ = v.s.recordWrite(nil, key, rev, nil)
 	return true, nil
 }
 

@@ -306,6 +306,12 @@ func needOf(req any) need {
 		return spanNeed(auth.Read, r.GetStart(), r.GetEnd())
 	case *api.DeleteRangeRequest:
 		return spanNeed(auth.Write, r.GetStart(), r.GetEnd())
+	case *api.WatchRequest:
+		start, end, err := watchSpan(r)
+		if err != nil {
+			return need{} // refused by the handler, which says why
+		}
+		return spanNeed(auth.Read, start, end)
 	case *api.TxnRequest:
 		return txnNeed(r)
 	case *api.CampaignRequest:

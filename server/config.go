@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flotilla/flotilla/kv"
 )
 
 // Sentinel errors. Check them with errors.Is.
@@ -78,6 +80,12 @@ type Config struct {
 	// this for two ticks of the range queue (500ms each) splits where its
 	// load halves. Default 2500; negative disables load-based splits.
 	RangeSplitLoad float64
+	// HistoryRetention: how much history of its writes each range keeps,
+	// for reads at past revisions and watches (kv.Retention: a count of
+	// revisions, or an age of 1s or more). Zero value: the last
+	// kv.DefaultHistoryRevisions (10,000) revisions; kv.NoHistory keeps
+	// none.
+	HistoryRetention kv.Retention
 	// RangeTick is how often the node looks at its ranges: load samples,
 	// splits and merges, meta repair. Default 500ms; limits 10ms..1m.
 	RangeTick time.Duration
@@ -263,6 +271,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RangeTick == 0 {
 		c.RangeTick = 500 * time.Millisecond
+	}
+	if c.HistoryRetention == (kv.Retention{}) {
+		c.HistoryRetention = kv.Retention{Revisions: kv.DefaultHistoryRevisions}
 	}
 	if c.CertReloadInterval == 0 {
 		c.CertReloadInterval = 10 * time.Second

@@ -159,6 +159,9 @@ func (k *kvService) Get(ctx context.Context, req *api.GetRequest) (*api.GetRespo
 		})
 	}
 	q, err := kv.EncodeGet(req.Key)
+	if req.Revision > 0 {
+		q, err = kv.EncodeGetAt(req.Key, req.Revision)
+	}
 	if err != nil {
 		return nil, k.s.count("get", status.Error(codes.InvalidArgument, err.Error()))
 	}
@@ -205,7 +208,7 @@ func (k *kvService) Scan(ctx context.Context, req *api.ScanRequest) (*api.ScanRe
 			resp.More, resp.ResumeKey = true, at
 			break
 		}
-		kvs, resume, err := k.scanRange(ctx, at, end, limit-len(resp.Kvs), req.Serializable)
+		kvs, resume, err := k.scanRange(ctx, at, end, limit-len(resp.Kvs), req.Serializable, req.Revision)
 		if err != nil {
 			return nil, k.s.count("scan", err)
 		}
@@ -221,13 +224,13 @@ func (k *kvService) Scan(ctx context.Context, req *api.ScanRequest) (*api.ScanRe
 
 // scanRange reads up to limit keys of [at, end) from the range that holds
 // at, and returns where to go on from (empty: the span is done).
-func (k *kvService) scanRange(ctx context.Context, at, end []byte, limit int, serializable bool) ([]*api.KeyValue, []byte, error) {
+func (k *kvService) scanRange(ctx context.Context, at, end []byte, limit int, serializable bool, rev uint64) ([]*api.KeyValue, []byte, error) {
 	g, local, err := k.s.rangeOf(ctx, at)
 	if err != nil {
 		return nil, nil, err
 	}
 	if !local {
-		sub := &api.ScanRequest{Start: at, End: end, Limit: uint32(limit), Serializable: serializable}
+		sub := &api.ScanRequest{Start: at, End: end, Limit: uint32(limit), Serializable: serializable, Revision: rev}
 		resp, err := forward(ctx, k.s, g, "scan_forward", func(ctx context.Context, cc *grpc.ClientConn) (*api.ScanResponse, error) {
 			return api.NewKVClient(cc).Scan(ctx, sub)
 		})
@@ -237,6 +240,9 @@ func (k *kvService) scanRange(ctx context.Context, at, end []byte, limit int, se
 		return resp.Kvs, resp.ResumeKey, nil
 	}
 	q, err := kv.EncodeScan(at, end, limit)
+	if rev > 0 {
+		q, err = kv.EncodeScanAt(at, end, limit, rev)
+	}
 	if err != nil {
 		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -390,6 +396,8 @@ func (s *Server) rpcError(ctx context.Context, g uint64, err error, write bool) 
 		return status.Errorf(codes.Unavailable, "server: group %d: %v", g, err)
 	case errors.Is(err, kv.ErrInvalid), errors.Is(err, kv.ErrBadCommand):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, kv.ErrCompacted), errors.Is(err, kv.ErrFutureRevision):
+		return status.Error(codes.OutOfRange, err.Error())
 	case errors.Is(err, kv.ErrKeyMismatch):
 		return errMismatch
 	case errors.Is(err, kv.ErrUninitialized):

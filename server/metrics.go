@@ -14,6 +14,10 @@ type serverMetrics struct {
 	// carried its groups ("all") or said they were unchanged.
 	discovery                        *prometheus.CounterVec
 	discoveryAll, discoveryUnchanged prometheus.Counter
+	// watchers: the Watch streams open on this node; watchEvents: the
+	// events they sent.
+	watchers    prometheus.Gauge
+	watchEvents prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -38,9 +42,17 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 			Name: "flotilla_server_discovery_answers_total",
 			Help: "Discovery (Peer.Info) answers this node gave, by groups: all (every local replica described) or unchanged (the asker holds them as they are).",
 		}, []string{"groups"}),
+		watchers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flotilla_watchers",
+			Help: "Watch streams open on this node.",
+		}),
+		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_watch_events_total",
+			Help: "Events this node's Watch streams sent.",
+		}),
 	}
 	m.discoveryAll, m.discoveryUnchanged = m.discovery.WithLabelValues("all"), m.discovery.WithLabelValues("unchanged")
-	reg.MustRegister(m.requests, m.transfers, m.leaderWaits, m.reroutes, m.discovery)
+	reg.MustRegister(m.requests, m.transfers, m.leaderWaits, m.reroutes, m.discovery, m.watchers, m.watchEvents)
 	return m
 }
 

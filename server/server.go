@@ -366,7 +366,8 @@ func (s *Server) startRanges(fresh bool) error {
 		// One budget for the node's held writes (kv/dirty.go), whatever
 		// the number of ranges.
 		// The lease loop syncs only the groups whose lease table changed.
-		Options:   []kv.Option{kv.WithHoldBudget(kv.NewHoldBudget(holdBytes)), kv.WithLeaseHook(s.leaseExp.leasesChanged)},
+		Options: []kv.Option{kv.WithHoldBudget(kv.NewHoldBudget(holdBytes)), kv.WithLeaseHook(s.leaseExp.leasesChanged),
+			kv.WithHistory(s.cfg.HistoryRetention)},
 		Env:       rangeEnv{s},
 		MaxBytes:  max(s.cfg.RangeMaxBytes, 0),
 		MinBytes:  max(s.cfg.RangeMinBytes, 0),

@@ -11,6 +11,10 @@
 #   OP [put]: put, or txn: a two-key compare-and-swap (if key K holds the
 #     value, put it in K and K+"/2", else the same), `flotilla bench txn`
 #     and `etcdbench --op txn`. A BASELINE must know `bench txn` for OP=txn.
+#     Or watch: WATCHERS [1000] watchers of one prefix while the clients put
+#     under it, RATE [10000] puts/s in all (`flotilla bench watch`,
+#     `etcdbench --op watch`); ops/s is then events delivered per second,
+#     p50/p99 the delivery latency, CPU per op per delivered event.
 #   WORKDIR [/tmp/kvcompare]  ETCD3_SH [tools/etcd3.sh]
 #   BASELINE [none]: a git revision of this repository. Each round then also
 #     runs Flotilla built at that revision ("baseline"), before or after the
@@ -67,7 +71,15 @@ ETCD3_SH=${ETCD3_SH:-$SCRIPT_DIR/etcd3.sh}
 for v in ROUNDS CLIENTS KEYS CONNS NGROUPS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "${v/#NGROUPS/GROUPS}=${!v}: want a positive integer"
 done
-[[ $OP == put || $OP == txn ]] || die "OP=$OP: want put or txn"
+[[ $OP == put || $OP == txn || $OP == watch ]] || die "OP=$OP: want put, txn or watch"
+WATCHERS=${WATCHERS:-1000}
+RATE=${RATE:-10000}
+OP_ARGS=()
+if [[ $OP == watch ]]; then
+  [[ $WATCHERS =~ ^[1-9][0-9]*$ ]] || die "WATCHERS=$WATCHERS: want a positive integer"
+  [[ $RATE =~ ^[0-9]+$ ]] || die "RATE=$RATE: want a non-negative integer"
+  OP_ARGS=(--watchers "$WATCHERS" --rate "$RATE")
+fi
 [[ $VALUE_SIZE =~ ^[0-9]+$ ]] || die "VALUE_SIZE=$VALUE_SIZE: want a non-negative integer"
 case $TLS in
   0 | 1 | both) ;;
@@ -302,7 +314,7 @@ run_etcd() {
   run_bench etcdbench "$out" "$WORKDIR/$label-r$r.cpu" "$WORKDIR/etcdbench" \
     --op "$OP" --endpoints "$ETCD_EPS" --clients "$CLIENTS" --conns "$CONNS" \
     --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json \
-    ${cert[@]+"${cert[@]}"}
+    ${OP_ARGS[@]+"${OP_ARGS[@]}"} ${cert[@]+"${cert[@]}"}
   # shellcheck disable=SC2086
   srv=$(cpu_ticks $pids)
   stop_etcd
@@ -350,7 +362,7 @@ run_flotilla() {
   run_bench "flotilla bench $OP" "$out" "$WORKDIR/$label-r$r.cpu" "$bin" bench "$OP" \
     --endpoints "$FLO_EPS" --clients "$CLIENTS" --conns "$CONNS" \
     --value-size "$VALUE_SIZE" --keys "$KEYS" --duration "$DURATION" -w json \
-    ${cli[@]+"${cli[@]}"}
+    ${OP_ARGS[@]+"${OP_ARGS[@]}"} ${cli[@]+"${cli[@]}"}
   srv=$(cpu_ticks "${NODE_PIDS[@]}")
   stop_nodes
   rm -rf "$data"

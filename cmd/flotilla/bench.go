@@ -32,14 +32,15 @@ type benchFlags struct {
 	noBatch   bool
 	out       string
 	cpuprof   string
+	watchers  int
 }
 
 func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure throughput and latency (put, get, txn)",
+		Short: "Measure throughput and latency (put, get, txn, watch)",
 	}
-	cmd.AddCommand(newBenchOpCmd("put"), newBenchOpCmd("get"), newBenchOpCmd("txn"))
+	cmd.AddCommand(newBenchOpCmd("put"), newBenchOpCmd("get"), newBenchOpCmd("txn"), newBenchOpCmd("watch"))
 	return cmd
 }
 
@@ -53,6 +54,14 @@ func newBenchOpCmd(op string) *cobra.Command {
 A txn is a two-key compare-and-swap: if key K holds the bench's value, put it
 in K and in K+"/2", else the same (so it writes either way); tools/etcdbench
 --op txn sends etcd the same transaction.
+
+watch starts --watchers watchers of the prefix "w/" (spread over the nodes),
+then --clients clients put keys under it, together --rate puts per second
+(default 10000), each value carrying its send time. The report counts
+deliveries: ops is the events the watchers got, ops_per_sec those per second,
+p50_ms and p99_ms the delivery latency (put sent to event received), errors
+the failed puts; a summary line on stderr gives the puts and the deliveries
+missing. tools/etcdbench --op watch does the same against etcd.
 
 --clients closed-loop clients each keep one %[1]s in flight for --duration,
 through the Go client with its default retry policy. Once a second a progress
@@ -80,6 +89,10 @@ second with no ops is a stall).`, op),
 	f.BoolVar(&bf.noBatch, "no-batch", false, "send each request as its own RPC instead of over the nodes' Batch streams")
 	f.StringVarP(&bf.out, "write-out", "w", "table", "output format: table or json")
 	f.StringVar(&bf.cpuprof, "cpuprofile", "", "write a CPU profile of this load generator to `file` (for go tool pprof)")
+	if op == "watch" {
+		f.IntVar(&bf.watchers, "watchers", 1000, "watchers of the prefix (1..100000)")
+		f.Lookup("rate").DefValue, bf.rate = "10000", 10000
+	}
 	return cmd
 }
 
@@ -97,6 +110,10 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 		return fmt.Errorf("--conns %d outside 1..10000", bf.conns)
 	case bf.rate < 0 || bf.rate > 1e6:
 		return fmt.Errorf("--rate %v outside 0..1000000", bf.rate)
+	case op == "watch" && (bf.watchers < 1 || bf.watchers > 100000):
+		return fmt.Errorf("--watchers %d outside 1..100000", bf.watchers)
+	case op == "watch" && bf.valueSize < 8:
+		return fmt.Errorf("--value-size %d: a watch benchmark's value holds its send time, at least 8 bytes", bf.valueSize)
 	}
 	if err := checkOutput(bf.out, "table", "json"); err != nil {
 		return err
@@ -134,6 +151,9 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 func bench(ctx context.Context, ccfg client.Config, op string, bf *benchFlags, progress io.Writer) (loadgen.Report, error) {
 	// A few clients share the load: each has its own connections.
 	nconn := min(bf.clients, bf.conns)
+	if op == "watch" {
+		nconn = max(bf.conns, len(ccfg.Endpoints)) // a client per node at least: the watchers spread
+	}
 	clients := make([]*client.Client, 0, nconn)
 	defer func() {
 		for _, c := range clients {
@@ -145,11 +165,19 @@ func bench(ctx context.Context, ccfg client.Config, op string, bf *benchFlags, p
 		// application using the client would see.
 		cfg := ccfg
 		cfg.DisableBatch = bf.noBatch
+		if op == "watch" {
+			// Client i's first endpoint is node i's: a watch goes there.
+			n := len(clients) % len(ccfg.Endpoints)
+			cfg.Endpoints = append(append([]string(nil), ccfg.Endpoints[n:]...), ccfg.Endpoints[:n]...)
+		}
 		c, err := client.New(ctx, cfg)
 		if err != nil {
 			return loadgen.Report{}, err
 		}
 		clients = append(clients, c)
+	}
+	if op == "watch" {
+		return benchWatch(ctx, clients, bf, progress)
 	}
 	value := make([]byte, bf.valueSize)
 	for i := range value {
@@ -243,4 +271,43 @@ func benchErrorKind(err error) string {
 		}
 	}
 	return "other"
+}
+
+// benchWatch runs the watch benchmark (loadgen.RunWatch) with the Go
+// client: watcher i watches through clients[i%len(clients)], whose first
+// endpoints differ, so that the watchers spread over the nodes.
+func benchWatch(ctx context.Context, clients []*client.Client, bf *benchFlags, progress io.Writer) (loadgen.Report, error) {
+	o := loadgen.WatchOptions{Watchers: bf.watchers, Clients: bf.clients, Rate: bf.rate, Duration: bf.duration,
+		Keys: bf.keys, ValueSize: bf.valueSize, Label: "bench watch", Progress: progress, Classify: benchErrorKind}
+	start := func(ctx context.Context, i int, observe func([]byte)) error {
+		w, err := clients[i%len(clients)].Watch(ctx, client.WatchSpec{Prefix: []byte(loadgen.WatchPrefix), Progress: 100 * time.Millisecond})
+		if err != nil {
+			return err
+		}
+		// Live once the first response (a progress notification) came:
+		// the server has set the watch up.
+		if _, err := w.Next(ctx); err != nil {
+			w.Close()
+			return err
+		}
+		go func() { // benchWatcher: one per watcher, until ctx ends
+			defer w.Close()
+			for {
+				r, err := w.Next(ctx)
+				if err != nil {
+					return
+				}
+				for _, e := range r.Events {
+					observe(e.KV.Value)
+				}
+			}
+		}()
+		return nil
+	}
+	put := func(ctx context.Context, i int, key, value []byte) error {
+		_, err := clients[i%len(clients)].Put(ctx, key, value)
+		return err
+	}
+	rep, _, err := loadgen.RunWatch(ctx, o, start, put)
+	return rep, err
 }

@@ -67,7 +67,9 @@ but some key's check ran out of its bound (unknown_keys names them).
 Exit status, with or without --sim:
   0  every key (every seed) checked out linearizable, no lost acknowledged write
   1  a violation: a history that is not linearizable, a lost acknowledged
-     write, or (--sim) any other safety violation; also any error that
+     write, a watcher whose events differ from a fresh watch's (two watchers
+     follow every key from revision 1 through the faults, resuming on other
+     nodes), or (--sim) any other safety violation; also any error that
      kept the run from finishing (bad flags, a cluster that never got ready)
   3  no violation, but some check ran out of --check-timeout: a key whose
      check is unknown, or (--sim) a seed whose check is unknown; such a run
@@ -272,15 +274,20 @@ func runChaosLive(cmd *cobra.Command, f *chaosFlags) error {
 		}
 	} else {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "OPS\tAMBIGUOUS\tFAULTS\tKEYS\tLINEARIZABLE\tILLEGAL KEYS\tUNKNOWN KEYS\tLOST ACKS\tHISTORY\n")
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%v\t%s\t%s\t%d\t%s\n", res.Ops, res.Ambiguous, res.Faults, res.KeysChecked,
-			res.Linearizable, keyList(res.KeysIllegal, res.IllegalKeys), keyList(res.KeysUnknown, res.UnknownKeys), res.LostAcks, res.History)
+		fmt.Fprintf(tw, "OPS\tAMBIGUOUS\tFAULTS\tKEYS\tLINEARIZABLE\tILLEGAL KEYS\tUNKNOWN KEYS\tLOST ACKS\tWATCH EVENTS\tWATCH VIOLATIONS\tHISTORY\n")
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%v\t%s\t%s\t%d\t%d\t%d\t%s\n", res.Ops, res.Ambiguous, res.Faults, res.KeysChecked,
+			res.Linearizable, keyList(res.KeysIllegal, res.IllegalKeys), keyList(res.KeysUnknown, res.UnknownKeys), res.LostAcks,
+			res.WatchEvents, len(res.WatchViolations), res.History)
 		tw.Flush()
 	}
 	switch res.Status() {
 	case live.StatusViolation:
-		return &exitError{code: live.StatusViolation, err: fmt.Errorf("chaos: linearizable=%v, illegal keys %s, lost_acks=%d; see %s",
-			res.Linearizable, keyList(res.KeysIllegal, res.IllegalKeys), res.LostAcks, res.Visualization)}
+		first := ""
+		if len(res.WatchViolations) > 0 {
+			first = "; the first watch violation: " + res.WatchViolations[0]
+		}
+		return &exitError{code: live.StatusViolation, err: fmt.Errorf("chaos: linearizable=%v, illegal keys %s, lost_acks=%d, %d watch violations%s; see %s",
+			res.Linearizable, keyList(res.KeysIllegal, res.IllegalKeys), res.LostAcks, len(res.WatchViolations), first, res.Visualization)}
 	case live.StatusUnknown:
 		return &exitError{code: live.StatusUnknown, err: fmt.Errorf("chaos: linearizable=unknown: the check of %s of %d keys ran out of %v; see %s",
 			keyList(res.KeysUnknown, res.UnknownKeys), res.KeysChecked, cfg.CheckTimeout, res.Visualization)}

@@ -43,11 +43,27 @@ commands from stdin (type help). End of input stops the cluster.`,
 }
 
 type demo struct {
-	out     io.Writer
+	out     io.Writer // safe for concurrent use: watches print from their goroutines
 	nodes   map[uint64]*server.Server
 	cl      *client.Client
 	paused  map[uint64]bool
 	baseDir string
+	// watches are the shell's watches by prefix, each printed by a
+	// demoWatch goroutine that wg tracks.
+	watches map[string]*client.Watcher
+	wg      sync.WaitGroup
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func runDemo(ctx context.Context, in io.Reader, out io.Writer) (err error) {
@@ -56,8 +72,10 @@ func runDemo(ctx context.Context, in io.Reader, out io.Writer) (err error) {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	d := &demo{out: out, nodes: map[uint64]*server.Server{}, paused: map[uint64]bool{}, baseDir: dir}
+	d := &demo{out: &lockedWriter{w: out}, nodes: map[uint64]*server.Server{}, paused: map[uint64]bool{}, baseDir: dir,
+		watches: map[string]*client.Watcher{}}
 	defer d.stop()
+	defer d.unwatchAll()
 	if err := d.start(); err != nil {
 		return err
 	}
@@ -269,6 +287,9 @@ const demoHelp = `commands:
   put KEY VALUE     write a key
   get KEY           read a key (linearizable)
   del KEY           delete a key
+  get KEY REV       read a key as of revision REV of its range
+  watch PREFIX      print the writes of keys under PREFIX as they happen (* for all)
+  unwatch PREFIX    stop that watch
   txn               a transaction: compares, then-ops, else-ops, each ended by a
                     blank line (see flotilla txn --help), e.g.
                       value("a") = "1"   ⏎ ⏎   put a 2   ⏎ ⏎   get a   ⏎ ⏎
@@ -365,10 +386,18 @@ func (d *demo) exec(ctx context.Context, f []string) error {
 		}
 		fmt.Fprintf(d.out, "OK (group %d, revision %d)\n", d.cl.GroupOf([]byte(f[1])), rev)
 	case "get":
-		if err := want(1, "get KEY"); err != nil {
-			return err
+		if len(f) != 2 && len(f) != 3 {
+			return fmt.Errorf("usage: get KEY [REVISION]")
 		}
-		kv, err := d.cl.Get(rctx, []byte(f[1]))
+		var opts []client.ReadOption
+		if len(f) == 3 {
+			rev, err := strconv.ParseUint(f[2], 10, 64)
+			if err != nil || rev == 0 {
+				return fmt.Errorf("revision %q: want a positive integer", f[2])
+			}
+			opts = append(opts, client.AtRevision(rev))
+		}
+		kv, err := d.cl.Get(rctx, []byte(f[1]), opts...)
 		if errors.Is(err, client.ErrKeyNotFound) {
 			fmt.Fprintln(d.out, "(not found)")
 			return nil
@@ -386,6 +415,21 @@ func (d *demo) exec(ctx context.Context, f []string) error {
 			return err
 		}
 		fmt.Fprintf(d.out, "deleted: %v\n", ok)
+	case "watch":
+		if err := want(1, "watch PREFIX (* for every key)"); err != nil {
+			return err
+		}
+		return d.watch(ctx, f[1])
+	case "unwatch":
+		if err := want(1, "unwatch PREFIX"); err != nil {
+			return err
+		}
+		w, ok := d.watches[f[1]]
+		if !ok {
+			return fmt.Errorf("no watch on %q", f[1])
+		}
+		delete(d.watches, f[1])
+		w.Close()
 	case "status":
 		d.status(ctx)
 	case "leaders":
@@ -444,4 +488,53 @@ func (d *demo) exec(ctx context.Context, f []string) error {
 		return fmt.Errorf("unknown command %q; type help", f[0])
 	}
 	return nil
+}
+
+// watch starts a watch of the keys under prefix ("*": every key) that
+// prints their writes.
+func (d *demo) watch(ctx context.Context, prefix string) error {
+	if _, ok := d.watches[prefix]; ok {
+		return fmt.Errorf("already watching %q", prefix)
+	}
+	spec := client.WatchSpec{Prefix: []byte(prefix), PrevKV: true}
+	if prefix == "*" {
+		spec.Prefix = nil
+	}
+	w, err := d.cl.Watch(ctx, spec)
+	if err != nil {
+		return err
+	}
+	d.watches[prefix] = w
+	d.wg.Add(1)
+	go d.demoWatch(ctx, prefix, w)
+	fmt.Fprintf(d.out, "watching %q: its writes print as they happen (unwatch %s to stop)\n", prefix, prefix)
+	return nil
+}
+
+// demoWatch prints a watch's events until it is closed.
+func (d *demo) demoWatch(ctx context.Context, prefix string, w *client.Watcher) {
+	defer d.wg.Done()
+	for {
+		r, err := w.Next(ctx)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				fmt.Fprintf(d.out, "[watch %s] ended: %v\n", prefix, err)
+			}
+			return
+		}
+		for _, ev := range r.Events {
+			var b strings.Builder
+			_ = printWatchEvent(&b, ev, nil, false)
+			fmt.Fprintf(d.out, "[watch %s] %s", prefix, b.String())
+		}
+	}
+}
+
+// unwatchAll stops every watch of the shell.
+func (d *demo) unwatchAll() {
+	for p, w := range d.watches {
+		w.Close()
+		delete(d.watches, p)
+	}
+	d.wg.Wait()
 }

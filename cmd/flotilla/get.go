@@ -11,6 +11,7 @@ import (
 func newGetCmd() *cobra.Command {
 	var cf clientFlags
 	var serializable bool
+	var rev uint64
 	cmd := &cobra.Command{
 		Use:   "get KEY",
 		Short: "Read a key (linearizable unless --serializable); exits 1 if it has no value",
@@ -26,6 +27,9 @@ func newGetCmd() *cobra.Command {
 			if serializable {
 				opts = append(opts, client.Serializable())
 			}
+			if rev > 0 {
+				opts = append(opts, client.AtRevision(rev))
+			}
 			kv, err := cl.Get(ctx, []byte(args[0]), opts...)
 			if err != nil {
 				return err
@@ -35,6 +39,7 @@ func newGetCmd() *cobra.Command {
 		},
 	}
 	cf.register(cmd)
+	cmd.Flags().Uint64Var(&rev, "rev", 0, "read the key as of this revision of its range (0: now); fails with \"compacted\" before the history kept")
 	cmd.Flags().BoolVar(&serializable, "serializable", false, "read from the answering replica without confirming with the leader (may be stale)")
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/server"
 )
 
@@ -30,6 +31,7 @@ func newStartCmd() *cobra.Command {
 		workers                                       int
 		rangeMax, rangeMin                            string
 		splitLoad                                     float64
+		historyRetention                              string
 		certsDir                                      string
 		insecure                                      bool
 		maxConnStreams                                int
@@ -66,6 +68,10 @@ leaderships away, flushes storage and exits 0.`,
 					return err
 				}
 			}
+			retention, err := kv.ParseRetention(historyRetention)
+			if err != nil {
+				return fmt.Errorf("--history-retention: %w", err)
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			s, err := server.New(server.Config{
 				NodeID:             id,
@@ -86,6 +92,7 @@ leaderships away, flushes storage and exits 0.`,
 				RangeMaxBytes:      maxBytes,
 				RangeMinBytes:      minBytes,
 				RangeSplitLoad:     loadFlag(splitLoad),
+				HistoryRetention:   retention,
 				CertsDir:           certsDir,
 				Insecure:           insecure,
 				MaxConnStreams:     maxConnStreams,
@@ -129,6 +136,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.IntVar(&groups, "groups", 16, "number of ranges a new cluster starts with, cutting the hex keyspace evenly (they split and merge from there)")
 	f.StringVar(&rangeMax, "range-max-bytes", "64MiB", "a range whose data passes this size splits (B, KiB, MiB, GiB; 0: never by size)")
 	f.StringVar(&rangeMin, "range-min-bytes", "", "neighbouring cold ranges both below this size merge (default: a quarter of --range-max-bytes; 0: never)")
+	f.StringVar(&historyRetention, "history-retention", "10000", "how much history each range keeps for reads at past revisions and watches: a count of revisions (10000), an age (1h), or 0 for none")
 	f.Float64Var(&splitLoad, "range-split-load", 2500, "a range serving more requests per second than this splits where its load halves (0: never by load)")
 	f.DurationVar(&tick, "tick", 100*time.Millisecond, "raft tick interval")
 	f.IntVar(&electionTicks, "election-ticks", 10, "election timeout, in ticks")

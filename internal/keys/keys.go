@@ -36,6 +36,10 @@ const (
 	Data Kind = 'k'
 	// Attached: key → lease(8), the lease the key is attached to.
 	Attached Kind = 'A'
+	// History: escaped key (0x00 → 0x00 0xff), 0x00 0x01, revision(8) →
+	// the stored value the write set (as Data holds it), or nothing for a
+	// delete: the key's past values (kv/history.go).
+	History Kind = 'H'
 	// Election: name → election record (an election's name is a key of
 	// the keyspace: it lives in the range that holds that key).
 	Election Kind = 'E'
@@ -95,6 +99,7 @@ var All = []Registered{
 	{RaftSnapshot, "storage", "raft snapshot", false},
 	{Data, "kv", "user data", true},
 	{Attached, "kv", "key's lease", true},
+	{History, "kv", "key's past values", true},
 	{Election, "kv", "election", true},
 	{Applied, "kv", "applied index and revision", false},
 	{Descriptor, "kv", "range descriptor", false},

@@ -486,18 +486,7 @@ func (s *Store) reindex() (overlaps [][]*Replica) {
 	// the replicas' workers) the later one's view is the one stored.
 	s.indexMu.Lock()
 	defer s.indexMu.Unlock()
-	type spanned struct {
-		r *Replica
-		d *kv.Descriptor
-	}
-	s.mu.RLock()
-	all := make([]spanned, 0, len(s.mu.replicas))
-	for _, r := range s.mu.replicas {
-		if d, ok := r.SM.Descriptor(); ok {
-			all = append(all, spanned{r, d})
-		}
-	}
-	s.mu.RUnlock()
+	all := s.initialized()
 	slices.SortFunc(all, func(a, b spanned) int {
 		if c := bytes.Compare(a.d.Start, b.d.Start); c != 0 {
 			return c
@@ -696,6 +685,51 @@ func (s *Store) Overlapping(start, end []byte) []*Replica {
 		}
 	}
 	return out
+}
+
+// Covering is Overlapping from every replica rather than the index, which
+// lags a descriptor change (a split's right half, a merge) by up to a turn
+// of the Store's loop: in key order, and of two replicas that start at one
+// key the later generation first. For watches, which must find every part
+// of their span; it walks every replica.
+func (s *Store) Covering(start, end []byte) []*Replica {
+	var found []spanned
+	for _, sp := range s.initialized() {
+		if sp.d.Overlaps(start, end) {
+			found = append(found, sp)
+		}
+	}
+	slices.SortFunc(found, func(a, b spanned) int {
+		if c := bytes.Compare(a.d.Start, b.d.Start); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.d.Generation, a.d.Generation)
+	})
+	out := make([]*Replica, len(found))
+	for i, f := range found {
+		out[i] = f.r
+	}
+	return out
+}
+
+// spanned is a replica with its descriptor.
+type spanned struct {
+	r *Replica
+	d *kv.Descriptor
+}
+
+// initialized returns the initialized replicas with their descriptors, in
+// no set order.
+func (s *Store) initialized() []spanned {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	all := make([]spanned, 0, len(s.mu.replicas))
+	for _, r := range s.mu.replicas {
+		if d, ok := r.SM.Descriptor(); ok {
+			all = append(all, spanned{r, d})
+		}
+	}
+	return all
 }
 
 // fatal reports an error the node cannot go on from.

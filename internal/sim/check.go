@@ -176,6 +176,9 @@ func (s *sim) check() {
 		s.checkReplicas()
 		s.checkRanges()
 	}
+	if len(r.Violations) == 0 {
+		s.checkWatches()
+	}
 	for _, a := range s.acked {
 		if _, ok := s.effects[[2]uint64{a.session, a.seq}]; !ok {
 			r.LostAcks++

@@ -173,8 +173,12 @@ const (
 	// sends once the first is acknowledged, as a client-side "transaction"
 	// over a plain KV store would.
 	BugTxnNonAtomic
+	// BugWatchDropAtLeaderChange makes a watch resumed from a token lose
+	// the first event it reads (kv.WatchOptions.PlantedSkipOnResume); the
+	// simulation's watchers resume at every leader change.
+	BugWatchDropAtLeaderChange
 
-	bugLast = BugTxnNonAtomic
+	bugLast = BugWatchDropAtLeaderChange
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -333,6 +337,10 @@ type Result struct {
 	Merges           int `json:"merges"`
 	SnapshotsRefused int `json:"snapshots_refused"`
 	Mismatches       int `json:"mismatches"`
+	// WatchEvents counts the events the watchers got; WatchMoves the times
+	// they resumed from a token on another node (watch.go).
+	WatchEvents int `json:"watch_events"`
+	WatchMoves  int `json:"watch_moves"`
 	// EmptyReplicas counts replicas a node started empty, to receive a
 	// snapshot, for a range made by a split it had not applied (it got a
 	// snapshot of the left half from after the split).
@@ -454,8 +462,14 @@ type sim struct {
 	effects map[[2]uint64]effect
 	// leaders maps (group, term) → the leader seen in that term.
 	leaders map[[2]uint64]uint64
-	// acked lists acknowledged writes.
-	acked []ackedWrite
+	// acked lists acknowledged writes; ackedPuts the values they wrote.
+	acked     []ackedWrite
+	ackedPuts []ackedPut
+	// watchers follow the keyspace (watch.go); leaderEpoch counts the
+	// leaders seen first in a term, the last of them on node lastLeader.
+	watchers    []*watcher
+	leaderEpoch int
+	lastLeader  uint64
 	// splitLoad is the run's load threshold for splits (requests per
 	// second, 0: none), drawn from the seed.
 	splitLoad float64
@@ -554,6 +568,7 @@ func (s *sim) run() (err error) {
 		s.at(s.between(0, rangeTick), n.rangeTickLoop)
 	}
 	s.net.configure()
+	s.startWatchers()
 	for i := 0; i < s.cfg.Clients; i++ {
 		c := &client{s: s, id: i}
 		s.clients = append(s.clients, c)
@@ -801,8 +816,13 @@ func (s *sim) noteLeaders(n *node) {
 			continue
 		}
 		k := [2]uint64{st.ID, st.Term}
-		if prev, ok := s.leaders[k]; ok && prev != n.id {
+		prev, ok := s.leaders[k]
+		if ok && prev != n.id {
 			s.violation("group %d term %d has two leaders: %d and %d", st.ID, st.Term, prev, n.id)
+		}
+		if !ok {
+			s.leaderEpoch++
+			s.lastLeader = n.id
 		}
 		s.leaders[k] = n.id
 	}

@@ -182,6 +182,22 @@ func TestTeethTxnNonAtomic(t *testing.T) {
 		func(r *Result) bool { return r.Linearizable == "illegal" })
 }
 
+// TestTeethWatchDropAtLeaderChange plants a resume that loses one event:
+// the watchers resume at every leader change, and the watch check must
+// find a watcher missing an event. With resumes exact, TestSeeds runs the
+// same watchers clean.
+func TestTeethWatchDropAtLeaderChange(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugWatchDropAtLeaderChange}, 30, func(r *Result) bool {
+		for _, v := range r.Violations {
+			if strings.Contains(v, "watcher") {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("caught: %s", r.Violations[0])
+}
+
 // TestTeethAckBeforeSync plants raft writes acknowledged without fsync:
 // crashes must then show up as a safety violation (two leaders in a term,
 // a lost acknowledged write, diverging replicas or a raft panic).

@@ -456,6 +456,7 @@ func (c *client) poll() {
 			}
 		}
 		c.s.acked = append(c.s.acked, ackedWrite{group: p.group, session: c.session(), seq: p.seq})
+		c.notePuts(p, r)
 		if p.partnerLater && r.OK {
 			c.putPartnerLater(p)
 			return
@@ -620,4 +621,22 @@ func (c *client) finalOK(key string) bool {
 		}
 	}
 	return false
+}
+
+// notePuts records the values an acknowledged write wrote, for the watch
+// check.
+func (c *client) notePuts(p *pendingOp, r kv.Result) {
+	if !r.OK {
+		return
+	}
+	switch p.cmd.Op {
+	case kv.OpPut, kv.OpCAS:
+		c.s.ackedPuts = append(c.s.ackedPuts, ackedPut{key: string(p.cmd.Key), value: string(p.cmd.Value), rev: r.Revision})
+	case kv.OpTxn:
+		for _, op := range p.cmd.Txn.Then {
+			if op.Kind == kv.TxnPut {
+				c.s.ackedPuts = append(c.s.ackedPuts, ackedPut{key: string(op.Key), value: string(op.Value), rev: r.Revision})
+			}
+		}
+	}
 }

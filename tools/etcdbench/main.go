@@ -53,6 +53,9 @@ type config struct {
 	keys      int
 	duration  time.Duration
 	out       string
+	// watchers and rate: --op watch (loadgen.RunWatch).
+	watchers int
+	rate     float64
 	// tls is nil for plaintext, else the client's TLS configuration
 	// (--cacert, --cert, --key).
 	tls *tls.Config
@@ -87,7 +90,9 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("etcdbench", flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	endpoints := fs.String("endpoints", "127.0.0.1:2379", "client addresses of the etcd members, comma separated (HOST:PORT)")
-	fs.StringVar(&cfg.op, "op", "put", `put, or txn: if key K holds the value, put it in K and K+"/2", else the same`)
+	fs.StringVar(&cfg.op, "op", "put", `put; txn: if key K holds the value, put it in K and K+"/2", else the same; or watch: --watchers watch the prefix "w/" while --clients put under it at --rate (flotilla bench watch)`)
+	fs.IntVar(&cfg.watchers, "watchers", 1000, "--op watch: watchers of the prefix (1..100000)")
+	fs.Float64Var(&cfg.rate, "rate", 10000, "--op watch: puts per second over all clients (0: as fast as they go)")
 	fs.IntVar(&cfg.clients, "clients", 16, "concurrent clients (1..10000)")
 	fs.IntVar(&cfg.conns, "conns", 1, "etcd clients (connections) the clients share (1..10000; at most --clients are made)")
 	fs.IntVar(&cfg.valueSize, "value-size", 128, "value size in bytes (0..1048576)")
@@ -122,8 +127,14 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("--value-size %d outside 0..1048576", cfg.valueSize)
 	case cfg.keys < 1 || cfg.keys > 100000000:
 		return cfg, fmt.Errorf("--keys %d outside 1..100000000", cfg.keys)
-	case cfg.op != "put" && cfg.op != "txn":
-		return cfg, fmt.Errorf("--op %q: want put or txn", cfg.op)
+	case cfg.op != "put" && cfg.op != "txn" && cfg.op != "watch":
+		return cfg, fmt.Errorf("--op %q: want put, txn or watch", cfg.op)
+	case cfg.op == "watch" && (cfg.watchers < 1 || cfg.watchers > 100000):
+		return cfg, fmt.Errorf("--watchers %d outside 1..100000", cfg.watchers)
+	case cfg.op == "watch" && cfg.valueSize < 8:
+		return cfg, fmt.Errorf("--value-size %d: a watch benchmark's value holds its send time, at least 8 bytes", cfg.valueSize)
+	case cfg.rate < 0:
+		return cfg, fmt.Errorf("--rate must not be negative")
 	case cfg.out != "table" && cfg.out != "json":
 		return cfg, fmt.Errorf("-w %q: want one of table, json", cfg.out)
 	}
@@ -170,6 +181,9 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 	// A few etcd clients share the load; each has its own connection(s) and
 	// balances over all the endpoints.
 	n := min(cfg.clients, cfg.conns)
+	if cfg.op == "watch" {
+		n = max(cfg.conns, len(cfg.endpoints)) // a client per member at least: the watchers spread
+	}
 	clients := make([]*clientv3.Client, 0, n)
 	defer func() {
 		for _, c := range clients {
@@ -177,8 +191,13 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 		}
 	}()
 	for range n {
+		eps := cfg.endpoints
+		if cfg.op == "watch" {
+			// Client i talks to member i only: its watch stream goes there.
+			eps = []string{cfg.endpoints[len(clients)%len(cfg.endpoints)]}
+		}
 		c, err := clientv3.New(clientv3.Config{
-			Endpoints:   cfg.endpoints,
+			Endpoints:   eps,
 			DialTimeout: 5 * time.Second,
 			Context:     ctx,
 			Logger:      zap.NewNop(),
@@ -188,6 +207,9 @@ func run(ctx context.Context, cfg config, progress io.Writer) (loadgen.Report, e
 			return loadgen.Report{}, fmt.Errorf("connecting to %s: %w", strings.Join(cfg.endpoints, ","), err)
 		}
 		clients = append(clients, c)
+	}
+	if cfg.op == "watch" {
+		return runWatch(ctx, cfg, clients, progress)
 	}
 	b := make([]byte, cfg.valueSize)
 	for i := range b {
@@ -239,4 +261,37 @@ func errorKind(err error) string {
 		return "canceled"
 	}
 	return loadgen.SnakeCase(code.String())
+}
+
+// runWatch is the watch benchmark (loadgen.RunWatch) against etcd: watcher
+// i watches the prefix through clients[i%len(clients)] (etcd multiplexes
+// a client's watchers on one stream), live once etcd confirmed it
+// (WithCreatedNotify).
+func runWatch(ctx context.Context, cfg config, clients []*clientv3.Client, progress io.Writer) (loadgen.Report, error) {
+	o := loadgen.WatchOptions{Watchers: cfg.watchers, Clients: cfg.clients, Rate: cfg.rate, Duration: cfg.duration,
+		Keys: cfg.keys, ValueSize: cfg.valueSize, Label: "bench watch", Progress: progress, Classify: errorKind}
+	start := func(ctx context.Context, i int, observe func([]byte)) error {
+		ch := clients[i%len(clients)].Watch(ctx, loadgen.WatchPrefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+		first, ok := <-ch
+		if !ok {
+			return fmt.Errorf("watch closed before it was created")
+		}
+		if err := first.Err(); err != nil {
+			return err
+		}
+		go func() { // one per watcher, until ctx ends
+			for r := range ch {
+				for _, e := range r.Events {
+					observe(e.Kv.Value)
+				}
+			}
+		}()
+		return nil
+	}
+	put := func(ctx context.Context, i int, key, value []byte) error {
+		_, err := clients[i%len(clients)].Put(ctx, string(key), string(value))
+		return err
+	}
+	rep, _, err := loadgen.RunWatch(ctx, o, start, put)
+	return rep, err
 }

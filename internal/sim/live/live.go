@@ -86,6 +86,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Progress, if set, receives progress lines.
 	Progress io.Writer
+	// Watchers is the number of watchers of every key from revision 1
+	// (watch.go). Default 2; negative: none.
+	Watchers int
 }
 
 // Result is the outcome of a live run.
@@ -129,6 +132,12 @@ type Result struct {
 	KeyVisualizations []string `json:"key_visualizations,omitempty"`
 	Dir               string   `json:"dir"`
 	Seconds           float64  `json:"seconds"`
+	// WatchEvents counts the events the watchers got; WatchResumes the
+	// times one went on from its token on another node; WatchViolations
+	// what the watch check found (watch.go).
+	WatchEvents     int      `json:"watch_events"`
+	WatchResumes    int      `json:"watch_resumes"`
+	WatchViolations []string `json:"watch_violations,omitempty"`
 }
 
 // Exit statuses of `flotilla chaos`, from Result.Status.
@@ -147,7 +156,7 @@ const (
 // StatusUnknown or StatusOK.
 func (r *Result) Status() int {
 	switch {
-	case r.Linearizable == sim.VerdictIllegal || r.LostAcks > 0:
+	case r.Linearizable == sim.VerdictIllegal || r.LostAcks > 0 || len(r.WatchViolations) > 0:
 		return StatusViolation
 	case r.Linearizable != sim.VerdictOK:
 		return StatusUnknown
@@ -164,6 +173,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Keys == 0 {
 		c.Keys = 8
+	}
+	if c.Watchers == 0 {
+		c.Watchers = 2
 	}
 	if c.Clients == 0 {
 		c.Clients = 16
@@ -327,6 +339,33 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer cl.Close()
 
 	res := &Result{Dir: cfg.Dir}
+	watchCtx, stopWatches := context.WithCancel(ctx)
+	var watchers []*liveWatcher
+	var watchClients []*client.Client
+	defer func() {
+		stopWatches()
+		for _, w := range watchers {
+			<-w.done
+		}
+		for _, c := range watchClients {
+			c.Close()
+		}
+	}()
+	for i := 0; i < cfg.Watchers; i++ {
+		// Each watcher starts on another node (its client's first
+		// endpoint), so that the faults hit the nodes serving some.
+		rot := append(append([]string(nil), eps[(i+1)%len(eps):]...), eps[:(i+1)%len(eps)]...)
+		wcl, err := client.New(ctx, client.Config{Endpoints: rot, AttemptTimeout: cfg.RequestTimeout / 2})
+		if err != nil {
+			return nil, err
+		}
+		watchClients = append(watchClients, wcl)
+		w, err := startWatcher(watchCtx, wcl)
+		if err != nil {
+			return nil, err
+		}
+		watchers = append(watchers, w)
+	}
 	wctx, stop := context.WithTimeout(ctx, cfg.Duration)
 	defer stop()
 	var wg sync.WaitGroup
@@ -350,6 +389,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("%w after healing: %v", ErrNotReady, err)
 	}
 	r.finalReads(ctx, cl)
+	if len(watchers) > 0 {
+		r.checkWatches(ctx, cl, watchers, res)
+	}
 	r.check(res)
 	res.Seconds = time.Since(r.start).Seconds()
 	return res, nil
