@@ -80,13 +80,22 @@ type Watcher struct {
 	cancel context.CancelFunc
 	queue  chan WatchResponse
 	done   chan struct{} // closed when watchLoop returned
-	mu     struct {
+	// ready is closed once the first response is queued, or the watch
+	// failed before it (readyOnce).
+	ready     chan struct{}
+	readyOnce sync.Once
+	mu        struct {
 		sync.Mutex
-		err error
+		err     error
+		started bool // a response was queued
 	}
 }
 
-// Watch starts a watch until ctx ends or Close.
+// Watch starts a watch until ctx ends or Close. It returns once a node has
+// set the watch up: every write acknowledged after Watch returns is
+// delivered (a watch from now starts then). Its first response is that
+// node's answer, without events (Progress), whose Token resumes the watch
+// from its start.
 func (c *Client) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) {
 	n := 0
 	for _, set := range []bool{len(spec.Key) > 0, len(spec.Prefix) > 0, len(spec.Start) > 0 || len(spec.End) > 0, len(spec.Token) > 0} {
@@ -107,9 +116,23 @@ func (c *Client) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) {
 			return nil, err
 		}
 	}
-	w := &Watcher{c: c, spec: spec, queue: make(chan WatchResponse, watchMailbox), done: make(chan struct{})}
+	w := &Watcher{c: c, spec: spec, queue: make(chan WatchResponse, watchMailbox), done: make(chan struct{}), ready: make(chan struct{})}
 	w.ctx, w.cancel = context.WithCancel(ctx)
 	go w.watchLoop()
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+	}
+	w.mu.Lock()
+	started, err := w.mu.started, w.mu.err
+	w.mu.Unlock()
+	if !started {
+		w.Close()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -149,6 +172,7 @@ func (w *Watcher) watchLoop() {
 		w.mu.Lock()
 		w.mu.err = err
 		w.mu.Unlock()
+		w.readyOnce.Do(func() { close(w.ready) })
 	}
 	// A stream silent for three progress intervals is given up, and the
 	// watch goes on elsewhere: its node may be frozen or cut off, with the
@@ -191,6 +215,10 @@ func (w *Watcher) watchLoop() {
 					fail(w.ctx.Err())
 					return
 				}
+				w.mu.Lock()
+				w.mu.started = true
+				w.mu.Unlock()
+				w.readyOnce.Do(func() { close(w.ready) })
 				watchdog.Reset(silence)
 				// From now on the watch resumes after this response.
 				req = &api.WatchRequest{ResumeToken: r.ResumeToken, PrevKv: req.PrevKv, ProgressIntervalMs: req.ProgressIntervalMs}

@@ -10,15 +10,13 @@ import (
 
 // watchLine is one line of `flotilla watch -w json`.
 type watchLine struct {
-	Type        string `json:"type"`
-	Key         string `json:"key"`
-	Value       string `json:"value"`
-	Revision    uint64 `json:"revision"`
-	Version     uint64 `json:"version"`
-	ResumeToken string `json:"resume_token"`
-	PrevKV      *struct {
-		Value string `json:"value"`
-	} `json:"prev_kv"`
+	Type        string  `json:"type"`
+	Key         string  `json:"key"`
+	Value       string  `json:"value"`
+	Revision    uint64  `json:"revision"`
+	Version     uint64  `json:"version"`
+	ResumeToken string  `json:"resume_token"`
+	PrevValue   *string `json:"prev_value"`
 }
 
 // `flotilla watch` prints one JSON object per write: from a revision, over
@@ -35,12 +33,12 @@ func TestWatchCLI(t *testing.T) {
 		if r := run(t, nil, "put", k, fmt.Sprint(i), "--endpoints", eps); r.code != 0 {
 			t.Fatalf("put: %s", r.stderr)
 		}
-		want = append(want, fmt.Sprintf("PUT %s=%d", k, i))
+		want = append(want, fmt.Sprintf("put %s=%d", k, i))
 	}
 	if r := run(t, nil, "del", "7/b", "--endpoints", eps); r.code != 0 {
 		t.Fatalf("del: %s", r.stderr)
 	}
-	want = append(want, "DELETE 7/b=")
+	want = append(want, "delete 7/b=")
 	watch := func(args ...string) []watchLine {
 		t.Helper()
 		r := runFor(t, 60*time.Second, nil, append([]string{"watch", "-w", "json", "--endpoints", eps}, args...)...)
@@ -76,8 +74,8 @@ func TestWatchCLI(t *testing.T) {
 	var token string
 	for i, l := range lines {
 		if l.Key == "3/a" && l.Value == "3" {
-			if l.PrevKV == nil || l.PrevKV.Value != "2" {
-				t.Fatalf("3/a=3 printed previous value %+v, want 2", l.PrevKV)
+			if l.PrevValue == nil || *l.PrevValue != "2" {
+				t.Fatalf("3/a=3 printed previous value %v, want 2", l.PrevValue)
 			}
 		}
 		if l.ResumeToken != "" && i < len(lines)-1 && token == "" {

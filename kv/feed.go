@@ -111,6 +111,13 @@ func (f *feed) reset(rev uint64) {
 	f.wakeLocked()
 }
 
+// changes returns the channel closed at the next change.
+func (f *feed) changes() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.changed
+}
+
 // wake wakes the watchers (the descriptor changed).
 func (f *feed) wake() {
 	f.mu.Lock()

@@ -222,13 +222,13 @@ func (s *StateMachine) Retention() Retention { return s.hist.retention }
 // history record: through b if not nil, else for the held writes (they
 // take s.hist.staged in dirtySet.apply). Called by the worker.
 func (s *StateMachine) recordWrite(b *pebble.Batch, key []byte, rev uint64, stored []byte) error {
+	// Staged whether or not the range is watched now: a watcher that
+	// registers before the revision is stored expects them published
+	// (feed.publish).
+	s.hist.staged = append(s.hist.staged, histWrite{key: string(key), rev: rev, stored: stored})
 	if s.hist.retention.Off() {
-		if s.feed.watched() {
-			s.hist.staged = append(s.hist.staged, histWrite{key: string(key), rev: rev, stored: stored})
-		}
 		return nil
 	}
-	s.hist.staged = append(s.hist.staged, histWrite{key: string(key), rev: rev, stored: stored})
 	s.hist.owed++
 	if b == nil {
 		return nil
@@ -560,7 +560,13 @@ func (s *StateMachine) backfillHistory() error {
 		return nil
 	}
 	// The floor moves to the present: the past before it was not kept.
+	// Records left from a time the range kept history are stale (deletes
+	// made since wrote none): out with them.
 	s.floor.Store(s.revision.Load())
+	hlo, hhi := histBounds(desc.Start, desc.End)
+	if err := s.db.DeleteRange(hlo, hhi, pebble.NoSync); err != nil {
+		return err
+	}
 	lo, hi := globalBounds(kindData, desc.Start, desc.End)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {

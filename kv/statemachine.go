@@ -541,14 +541,16 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	}
 	s.auth.records += fx.auth.records
 	s.auth.bytes += fx.auth.bytes
+	if fx.merged != nil {
+		// The ring lacks the writes of the keys the merge brought in, made
+		// in the other range: watchers read those from the history. Before
+		// the span grows: a watch that plans on the merged span must not
+		// find them missing from a ring that claims to have them.
+		s.feed.reset(rev)
+	}
 	if desc != old && !shrunk {
 		// After the commit: the span grows only once its data is in.
 		s.desc.Store(desc)
-	}
-	if fx.merged != nil {
-		// The ring lacks the writes of the keys the merge brought in, made
-		// in the other range: watchers read those from the history.
-		s.feed.reset(rev)
 	}
 	if shrunk || fx.frozen != nil || fx.merged != nil {
 		s.feed.wake()

@@ -136,6 +136,20 @@ func NewWatch(src Replicas, opts WatchOptions) (*Watch, error) {
 	return w, nil
 }
 
+// Start plans the watch, waiting for the replicas of its span to be here
+// (a split's right half not started yet) if it must: from then on it has
+// its revisions (a watch from now, its start) and Token says where it is.
+func (w *Watch) Start(ctx context.Context) error {
+	if !w.needsPlan() {
+		return nil
+	}
+	return w.plan(ctx)
+}
+
+// Current returns a batch without events: the watch's token and progress
+// as of now.
+func (w *Watch) Current() WatchBatch { return w.batch(nil) }
+
 // Close unregisters the watch from the feeds it reads.
 func (w *Watch) Close() {
 	for sm := range w.feeds {
@@ -261,10 +275,10 @@ func (w *Watch) Next(ctx context.Context, progress time.Duration) (WatchBatch, e
 		switch {
 		case err != nil:
 			return WatchBatch{}, err
-		case stale:
-			continue
 		case len(events) > 0:
 			return w.batch(events), nil
+		case stale:
+			continue
 		}
 		if err := waitAny(ctx, waits, timer); err != nil {
 			if errors.Is(err, errProgress) {
@@ -294,7 +308,7 @@ func (w *Watch) Poll() (WatchBatch, error) {
 		switch {
 		case err != nil:
 			return WatchBatch{}, err
-		case stale:
+		case stale && len(events) == 0:
 			continue
 		}
 		return w.batch(events), nil
@@ -312,25 +326,25 @@ func (w *Watch) needsPlan() bool {
 }
 
 // read reads each piece on from its revision, up to a batch of events in
-// all; stale if a piece's replica changed its span meanwhile (what it read
-// may miss writes of keys it gave away: plan and read again). waits are
-// the feeds' channels to wait on when there is nothing.
+// all. stale: a piece's replica changed its span while it was read (what
+// it read may miss writes of keys it gave away); the events of the pieces
+// read before it stand, and the caller plans again. waits are the feeds'
+// channels to wait on when there is nothing.
 func (w *Watch) read() (events []WatchEvent, waits []<-chan struct{}, stale bool, err error) {
 	for i := range w.pieces {
 		p := &w.pieces[i]
-		recs, upto, changed, err := p.read(w.opts.Batch - len(events))
+		evs, upto, changed, err := p.read(w.opts.Batch-len(events), w.opts.PrevKV)
 		if err != nil {
 			return nil, nil, false, err
 		}
+		if testHookPieceRead != nil {
+			testHookPieceRead(i)
+		}
 		if p.stale() {
-			return nil, nil, true, nil
+			return events, waits, true, nil
 		}
 		waits = append(waits, changed)
-		for _, r := range recs {
-			ev, err := p.event(r, w.opts.PrevKV)
-			if err != nil {
-				return nil, nil, false, err
-			}
+		for _, ev := range evs {
 			if w.skip > 0 {
 				w.skip-- // the planted bug: this event is lost
 				continue
@@ -386,19 +400,45 @@ func waitAny(ctx context.Context, chans []<-chan struct{}, timer <-chan time.Tim
 	return nil
 }
 
-// read returns the records of the piece above its revision: from the feed,
+// read returns the events of the piece above its revision: from the feed,
 // or the history if the feed no longer has them; at most limit of them, but
 // never part of a revision; and the revision up to which they are
-// complete.
-func (p *piece) read(limit int) ([]histWrite, uint64, <-chan struct{}, error) {
+// complete. While the replica restores a snapshot it returns none (upto
+// is the piece's revision): its state is half old, half new; the restore
+// changes the descriptor, and the watch plans again.
+func (p *piece) read(limit int, prevKV bool) ([]WatchEvent, uint64, <-chan struct{}, error) {
 	sm := p.sm
-	recs, upto, ok, changed := sm.feed.since(p.start, p.end, p.rev, max(limit, 1))
-	if ok {
-		return recs, upto, changed, nil
+	if !sm.restore.TryRLock() {
+		return nil, p.rev, sm.feed.changes(), nil
 	}
+	defer sm.restore.RUnlock()
+	if sm.restoreFailed.Load() {
+		return nil, 0, nil, fmt.Errorf("%w: range %d: a restore failed", ErrUninitialized, sm.id)
+	}
+	recs, upto, ok, changed := sm.feed.since(p.start, p.end, p.rev, max(limit, 1))
+	if !ok {
+		var err error
+		if recs, upto, err = p.readHistory(limit); err != nil {
+			return nil, 0, changed, err
+		}
+	}
+	evs := make([]WatchEvent, len(recs))
+	for i, r := range recs {
+		ev, err := p.event(r, prevKV)
+		if err != nil {
+			return nil, 0, changed, err
+		}
+		evs[i] = ev
+	}
+	return evs, upto, changed, nil
+}
+
+// readHistory is read from the history. Called with the restore lock held.
+func (p *piece) readHistory(limit int) ([]histWrite, uint64, error) {
+	sm := p.sm
 	current := sm.revision.Load()
 	if sm.hist.retention.Off() {
-		return nil, 0, changed, &CompactedError{Range: sm.id, Revision: p.rev + 1, Floor: current}
+		return nil, 0, &CompactedError{Range: sm.id, Revision: p.rev + 1, Floor: current}
 	}
 	hs, err := sm.readHistory(p.start, p.end, p.rev, ^uint64(0)>>1, current, false)
 	if err != nil {
@@ -406,9 +446,9 @@ func (p *piece) read(limit int) ([]histWrite, uint64, <-chan struct{}, error) {
 		if errors.As(err, &ce) {
 			ce.Revision = p.rev + 1
 		}
-		return nil, 0, changed, err
+		return nil, 0, err
 	}
-	upto = current
+	upto := current
 	slices.SortStableFunc(hs, func(a, b histRecord) int { return cmpUint(a.rev, b.rev) })
 	if len(hs) > 0 {
 		upto = max(upto, hs[len(hs)-1].rev)
@@ -421,10 +461,10 @@ func (p *piece) read(limit int) ([]histWrite, uint64, <-chan struct{}, error) {
 		}
 		out = append(out, histWrite{key: string(h.key), rev: h.rev, stored: h.stored})
 	}
-	return out, upto, changed, nil
+	return out, upto, nil
 }
 
-// event returns the event of record r.
+// event returns the event of record r. Called with the restore lock held.
 func (p *piece) event(r histWrite, prevKV bool) (WatchEvent, error) {
 	ev := WatchEvent{KV: KeyValue{Key: []byte(r.key), Revision: r.rev}}
 	if r.stored == nil {
@@ -500,6 +540,9 @@ func decodeToken(b []byte) ([]piece, error) {
 	return ps, nil
 }
 
+// testHookPieceRead, if set (by tests), runs after each piece is read.
+var testHookPieceRead func(piece int)
+
 // spanMinEnd returns the lower of two span ends (empty: the end of the
 // keyspace).
 func spanMinEnd(a, b []byte) []byte {
@@ -521,4 +564,16 @@ func WatchTokenSpan(token []byte) (start, end []byte, err error) {
 		return nil, nil, err
 	}
 	return ps[0].start, ps[len(ps)-1].end, nil
+}
+
+// Ranges returns the IDs of the ranges the watch reads now (as of its last
+// plan).
+func (w *Watch) Ranges() []uint64 {
+	var ids []uint64
+	for _, p := range w.pieces {
+		if p.sm != nil && !slices.Contains(ids, p.sm.id) {
+			ids = append(ids, p.sm.id)
+		}
+	}
+	return ids
 }

@@ -540,22 +540,37 @@ func TestQuiescedLeaderCutOffOneWay(t *testing.T) {
 // TestOneWayCutLeavesLeaderQuiet: only 1→2 is cut. Node 2 forgets node 1
 // and tells it so (pokeOldLeader), a bounded number of times; node 1
 // still counts a quorum live without node 2 (nodes 1 and 3), so the pokes
-// neither wake nor hold its replica, which stays quiesced and leading.
-// (Pokes every two ticks that held the leader awake would keep every
-// range such a cut touches awake for as long as it lasts.)
+// neither wake nor hold its replica, which keeps leading and stays
+// quiesced most of the time. (Node 2 goes on asking for pre-votes each
+// election timeout, and each request wakes node 1's replica for the few
+// ticks it takes to quiesce again: which ticks those are depends on node
+// 2's randomized timeout, so the test counts quiesced ticks rather than
+// look at one.) Pokes every two ticks that held the leader awake would
+// keep every range such a cut touches awake for as long as it lasts.
 func TestOneWayCutLeavesLeaderQuiet(t *testing.T) {
 	c := quietCluster(t, mrtest.Options{Groups: 1})
 	c.Net.SetLink(1, 2, transport.LinkBlackHole)
-	for range 60 {
+	quiet := 0
+	for tick := 1; tick <= 90; tick++ {
 		if err := c.TickStable(1); err != nil {
 			t.Fatal(err)
 		}
+		if tick <= 30 {
+			continue // the liveness timeout and node 2's forgetting
+		}
+		st, err := c.Hosts[1].GroupStatus(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader != 1 {
+			t.Fatalf("tick %d: node 1 cut off from node 2 only lost the lead:\n%s", tick, c.Status())
+		}
+		if st.Quiesced {
+			quiet++
+		}
 	}
-	st, err := c.Hosts[1].GroupStatus(1)
-	if err != nil {
-		t.Fatal(err)
+	if quiet < 30 {
+		t.Fatalf("node 1 cut off from node 2 only was quiesced %d of 60 ticks, want most:\n%s", quiet, c.Status())
 	}
-	if !st.Quiesced || st.Leader != 1 {
-		t.Fatalf("node 1 after 60 ticks cut off from node 2 only: quiesced %v, leader %d, want quiesced and leading:\n%s", st.Quiesced, st.Leader, c.Status())
-	}
+	t.Logf("quiesced %d of 60 ticks", quiet)
 }

@@ -133,6 +133,11 @@ type Server struct {
 		conns map[string]*grpc.ClientConn
 	}
 	peerConns map[uint64]*grpc.ClientConn // discovery clients; read-only after New
+
+	// watchIgnoreLeaders: watches go on whether their ranges have a leader
+	// here or not. The naive watch of TestWatchLeavesCutOffNode's negative
+	// control; set only by tests, before Start.
+	watchIgnoreLeaders bool
 }
 
 // peerView is what this node last learned from one peer.

@@ -20,6 +20,12 @@ const (
 	defaultProgressInterval = 10 * time.Second
 	// minProgressInterval bounds how often a watch may ask to.
 	minProgressInterval = 50 * time.Millisecond
+	// watchLeaderCheck is how often an idle watch checks that its ranges
+	// have a leader here (watchLeaders).
+	watchLeaderCheck = time.Second
+	// watchLeaderlessTimeouts: a watch ends when one of its ranges has had
+	// no leader here for this many election timeouts.
+	watchLeaderlessTimeouts = 3
 )
 
 // watchSpan returns the span a watch request names; InvalidArgument if it
@@ -91,33 +97,89 @@ func (k *kvService) Watch(req *api.WatchRequest, stream api.KV_WatchServer) erro
 	k.s.metrics.watchers.Inc()
 	defer k.s.metrics.watchers.Dec()
 	ctx := stream.Context()
-	for {
-		b, err := w.Next(ctx, progress)
-		if err != nil {
+	// The first response, at once: the watch is set up (a watch from now
+	// starts here), and its token resumes it from there.
+	if err := w.Start(ctx); err != nil {
+		return k.s.count("watch", watchError(err))
+	}
+	// Between events the watch looks at least once a second whether its
+	// ranges still have a leader here, and sends progress at its own pace.
+	check := min(progress, watchLeaderCheck)
+	var lastSent time.Time
+	leaderless := map[uint64]time.Time{}
+	for b := w.Current(); ; {
+		if len(b.Events) > 0 || time.Since(lastSent) >= progress {
+			if err := k.sendWatch(stream, b); err != nil {
+				return err
+			}
+			lastSent = time.Now()
+		}
+		var err error
+		if b, err = w.Next(ctx, check); err != nil {
 			return k.s.count("watch", watchError(err))
 		}
-		resp := &api.WatchResponse{
-			Header:      &api.Header{Node: k.s.cfg.NodeID},
-			Events:      make([]*api.WatchEvent, len(b.Events)),
-			ResumeToken: b.Token,
-			Revision:    b.Revision,
-			Progress:    len(b.Events) == 0,
-		}
-		for i, ev := range b.Events {
-			e := &api.WatchEvent{Kv: apiKeyValue(ev.KV, 0)}
-			if ev.Delete {
-				e.Type = api.WatchEvent_DELETE
+		if len(b.Events) == 0 {
+			if err := k.s.watchLeaders(w.Ranges(), leaderless); err != nil {
+				return k.s.count("watch", err)
 			}
-			if ev.Prev != nil {
-				e.PrevKv = apiKeyValue(*ev.Prev, 0)
-			}
-			resp.Events[i] = e
 		}
-		if err := stream.Send(resp); err != nil {
-			return err
-		}
-		k.s.metrics.watchEvents.Add(float64(len(b.Events)))
 	}
+}
+
+// sendWatch sends one batch of a watch.
+func (k *kvService) sendWatch(stream api.KV_WatchServer, b kv.WatchBatch) error {
+	resp := &api.WatchResponse{
+		Header:      &api.Header{Node: k.s.cfg.NodeID},
+		Events:      make([]*api.WatchEvent, len(b.Events)),
+		ResumeToken: b.Token,
+		Revision:    b.Revision,
+		Progress:    len(b.Events) == 0,
+	}
+	for i, ev := range b.Events {
+		e := &api.WatchEvent{Kv: apiKeyValue(ev.KV, 0)}
+		if ev.Delete {
+			e.Type = api.WatchEvent_DELETE
+		}
+		if ev.Prev != nil {
+			e.PrevKv = apiKeyValue(*ev.Prev, 0)
+		}
+		resp.Events[i] = e
+	}
+	if err := stream.Send(resp); err != nil {
+		return err
+	}
+	k.s.metrics.watchEvents.Add(float64(len(b.Events)))
+	return nil
+}
+
+// watchLeaders ends a watch (Unavailable) when one of its ranges has had
+// no leader on this node for watchLeaderlessTimeouts election timeouts:
+// the node is cut off from the others, or they lost their quorum. Its
+// replicas would go on serving a watch that sees no new write, with
+// progress notifications that look healthy, for as long as the cut lasts;
+// the client goes on from its token on another node instead. since holds
+// when each range was first seen without a leader.
+func (s *Server) watchLeaders(ranges []uint64, since map[uint64]time.Time) error {
+	if s.watchIgnoreLeaders {
+		return nil // the naive watch of the negative control
+	}
+	bound := time.Duration(watchLeaderlessTimeouts*s.cfg.ElectionTicks) * s.cfg.TickInterval
+	now := time.Now()
+	for _, g := range ranges {
+		if s.leaderOf(g) != 0 {
+			delete(since, g)
+			continue
+		}
+		t, ok := since[g]
+		if !ok {
+			since[g] = now
+			continue
+		}
+		if now.Sub(t) >= bound {
+			return status.Errorf(codes.Unavailable, "server: range %d has had no leader on node %d for %v (watch from another node)", g, s.cfg.NodeID, now.Sub(t).Round(time.Millisecond))
+		}
+	}
+	return nil
 }
 
 // watchError maps a watch's error to a gRPC status: OutOfRange when its

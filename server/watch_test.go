@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -219,6 +220,10 @@ func TestWatchCompactedAndReadBelowFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	// The first response says the watch is set up; then it fails.
+	if r, err := w.Next(ctx); err != nil || !r.Progress {
+		t.Fatalf("watch from 2: first response %+v %v, want the set-up answer", r, err)
+	}
 	if _, err := w.Next(ctx); !errors.Is(err, client.ErrCompacted) {
 		t.Fatalf("watch from 2: %v, want ErrCompacted", err)
 	}
@@ -227,8 +232,83 @@ func TestWatchCompactedAndReadBelowFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w2.Close()
+	if _, err := w2.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
 	r, err := w2.Next(ctx)
 	if err != nil || len(r.Events) == 0 || r.Events[0].KV.Revision != 55 || r.Events[0].Prev == nil || string(r.Events[0].Prev.Value) != "53" {
 		t.Fatalf("watch from 55 with prev_kv: %+v %v, want the put at 55 after 53", r, err)
+	}
+}
+
+// TestWatchLeavesCutOffNode: a watch served by a node cut off from the
+// others (its links dropped both ways, its process alive and answering)
+// moves: the node ends it once its range has had no leader there for three
+// election timeouts, and the client goes on from its token on another
+// node, getting every write. The negative control, in the same run: a
+// node that keeps serving the watch regardless (the naive server) leaves
+// its watcher stalled with healthy-looking progress for as long as the cut
+// lasts.
+func TestWatchLeavesCutOffNode(t *testing.T) {
+	for _, naive := range []bool{false, true} {
+		t.Run(map[bool]string{false: "leader check", true: "naive"}[naive], func(t *testing.T) {
+			c := startCluster(t, 3, 1)
+			ctx := ctxT(t)
+			c.nodes[3].watchIgnoreLeaders = naive
+			writer := c.client()
+			// The watcher's client tries node 3 first.
+			wcl, err := client.New(ctx, client.Config{Endpoints: []string{c.nodes[3].ClientAddr(), c.nodes[1].ClientAddr(), c.nodes[2].ClientAddr()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer wcl.Close()
+			w, err := wcl.Watch(ctx, client.WatchSpec{Prefix: []byte("c/"), Progress: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			if r, err := w.Next(ctx); err != nil || r.Node != 3 {
+				t.Fatalf("first response %+v %v, want one from node 3", r, err)
+			}
+			for _, other := range []uint64{1, 2} {
+				c.nodes[3].Faults().SetEgressDropped(other, true)
+				c.nodes[other].Faults().SetEgressDropped(3, true)
+			}
+			defer func() {
+				for _, other := range []uint64{1, 2} {
+					c.nodes[3].Faults().SetEgressDropped(other, false)
+					c.nodes[other].Faults().SetEgressDropped(3, false)
+				}
+			}()
+			for i := 0; i < 5; i++ {
+				if _, err := writer.Put(ctx, []byte(fmt.Sprintf("c/%d", i)), []byte("v")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Every put is acknowledged: the watcher has 5 s to get them,
+			// eight times the leaderless bound (3 election timeouts of
+			// 200 ms here).
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			got, from := 0, uint64(0)
+			for got < 5 {
+				r, err := w.Next(wctx)
+				if err != nil {
+					break
+				}
+				got += len(r.Events)
+				if len(r.Events) > 0 {
+					from = r.Node
+				}
+			}
+			switch {
+			case !naive && got != 5:
+				t.Fatalf("the watcher got %d of 5 writes made while its node was cut off", got)
+			case !naive && from == 3:
+				t.Fatalf("the writes came from node 3, which was cut off")
+			case naive && got != 0:
+				t.Fatalf("negative control: the naive node's watcher got %d writes; the test would not tell", got)
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -19,11 +20,11 @@ const watchUsage = `Prints the writes of a key, a prefix or the whole keyspace a
 until interrupted (or --count events). Each event is one line: with -w json one
 JSON object per line,
 
-  {"type":"PUT","key":"a","value":"1","revision":7,"create_revision":7,"version":1}
-  {"type":"DELETE","key":"a","revision":9,"resume_token":"AQE..."}
+  {"type":"put","key":"a","value":"1","revision":7,"create_revision":7,"version":1}
+  {"type":"delete","key":"a","revision":9,"resume_token":"AQE..."}
 
-with "prev_kv" when --prev-kv is given, and "resume_token" on the last event of
-each batch the server sent: --resume TOKEN on any node prints exactly the
+with "prev_value" and "prev_revision" when --prev-kv is given and the key had
+a value, and "resume_token" on the last event of each batch the server sent: --resume TOKEN on any node prints exactly the
 events after it. Keys and values print as strings (JSON-escaped).
 
 --rev R starts at revision R of each range (every write at or after it);
@@ -120,32 +121,29 @@ func newWatchCmd() *cobra.Command {
 	return cmd
 }
 
-// watchKV is a key as flotilla watch prints it.
-type watchKV struct {
-	Key            string `json:"key"`
-	Value          string `json:"value,omitempty"`
-	Revision       uint64 `json:"revision"`
-	CreateRevision uint64 `json:"create_revision,omitempty"`
-	Version        uint64 `json:"version,omitempty"`
-}
-
-// watchLine is one line of flotilla watch -w json.
+// watchLine is one line of flotilla watch -w json (docs/design.md,
+// "Contracts").
 type watchLine struct {
-	Type string `json:"type"`
-	watchKV
-	PrevKV      *watchKV `json:"prev_kv,omitempty"`
-	ResumeToken string   `json:"resume_token,omitempty"`
+	Type           string  `json:"type"` // put or delete
+	Key            string  `json:"key"`
+	Value          string  `json:"value,omitempty"`
+	Revision       uint64  `json:"revision"`
+	CreateRevision uint64  `json:"create_revision,omitempty"`
+	Version        uint64  `json:"version,omitempty"`
+	PrevValue      *string `json:"prev_value,omitempty"`
+	PrevRevision   uint64  `json:"prev_revision,omitempty"`
+	ResumeToken    string  `json:"resume_token,omitempty"`
 }
 
 func printWatchEvent(out io.Writer, ev client.WatchEvent, token []byte, asJSON bool) error {
-	line := watchLine{Type: "PUT", watchKV: watchKV{Key: string(ev.KV.Key), Value: string(ev.KV.Value),
-		Revision: ev.KV.Revision, CreateRevision: ev.KV.CreateRevision, Version: ev.KV.Version}}
+	line := watchLine{Type: "put", Key: string(ev.KV.Key), Value: string(ev.KV.Value),
+		Revision: ev.KV.Revision, CreateRevision: ev.KV.CreateRevision, Version: ev.KV.Version}
 	if ev.Delete {
-		line.Type = "DELETE"
+		line.Type = "delete"
 	}
 	if ev.Prev != nil {
-		line.PrevKV = &watchKV{Key: string(ev.Prev.Key), Value: string(ev.Prev.Value), Revision: ev.Prev.Revision,
-			CreateRevision: ev.Prev.CreateRevision, Version: ev.Prev.Version}
+		v := string(ev.Prev.Value)
+		line.PrevValue, line.PrevRevision = &v, ev.Prev.Revision
 	}
 	if token != nil {
 		line.ResumeToken = base64.StdEncoding.EncodeToString(token)
@@ -158,13 +156,13 @@ func printWatchEvent(out io.Writer, ev client.WatchEvent, token []byte, asJSON b
 		_, err = fmt.Fprintf(out, "%s\n", b)
 		return err
 	}
-	s := fmt.Sprintf("%s %s", line.Type, line.Key)
+	s := fmt.Sprintf("%s %s", strings.ToUpper(line.Type), line.Key)
 	if !ev.Delete {
 		s += " " + line.Value
 	}
 	s += fmt.Sprintf(" (revision %d)", line.Revision)
-	if line.PrevKV != nil {
-		s += fmt.Sprintf(" (was %s)", line.PrevKV.Value)
+	if line.PrevValue != nil {
+		s += fmt.Sprintf(" (was %s)", *line.PrevValue)
 	}
 	_, err := fmt.Fprintln(out, s)
 	return err

@@ -227,6 +227,28 @@ func (s *sim) checkWatches() {
 		s.violation("reference watch on node %d: %v", ref, err)
 		return
 	}
+	// Independently of the history: each key's last event is its value now
+	// (a put of it at its mod revision), or a delete if it has none; and a
+	// key with a value has events.
+	final, err := finalState(s.nodes[ref])
+	if err != nil {
+		s.violation("reading node %d's state: %v", ref, err)
+		return
+	}
+	for k, evs := range want {
+		last := evs[len(evs)-1]
+		cur, ok := final[k]
+		if (ok && last != cur) || (!ok && !last.del) {
+			s.violation("key %q: its last event on node %d is %v, but its state is %v (found %v)", k, ref, last, cur, ok)
+			return
+		}
+	}
+	for k, cur := range final {
+		if _, ok := want[k]; !ok {
+			s.violation("key %q holds %v on node %d, but has no event", k, cur, ref)
+			return
+		}
+	}
 	for _, a := range s.ackedPuts {
 		if !slices.Contains(want[a.key], watchRec{rev: a.rev, value: a.value}) {
 			s.violation("acknowledged write %q=%q at revision %d missing from the history of node %d: %v", a.key, a.value, a.rev, ref, want[a.key])
@@ -261,4 +283,42 @@ func (s *sim) checkWatches() {
 		s.res.WatchMoves += w.moves
 		w.w.Close()
 	}
+}
+
+// finalState reads every key a node's replicas hold, as a watch event of
+// its last write would show it.
+func finalState(n *node) (map[string]watchRec, error) {
+	out := map[string]watchRec{}
+	for _, rep := range n.ranges.Covering(nil, nil) {
+		d, ok := rep.SM.Descriptor()
+		if !ok {
+			continue
+		}
+		start := d.Start
+		for {
+			q, err := kv.EncodeScan(start, d.End, kv.MaxScanLimit)
+			if err != nil {
+				return nil, err
+			}
+			ans, err := rep.SM.Query(q)
+			if errors.Is(err, kv.ErrKeyMismatch) {
+				break // frozen or superseded: another replica serves the span
+			}
+			if err != nil {
+				return nil, err
+			}
+			kvs, resume, err := kv.DecodeScan(ans)
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range kvs {
+				out[string(e.Key)] = watchRec{rev: e.Revision, value: string(e.Value)}
+			}
+			if len(resume) == 0 || (len(d.End) > 0 && string(resume) >= string(d.End)) {
+				break
+			}
+			start = resume
+		}
+	}
+	return out, nil
 }
