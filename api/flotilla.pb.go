@@ -5750,8 +5750,12 @@ type WatchResponse struct {
 	// revision: every write of the watched span at or below it, in each of
 	// its ranges, has been delivered.
 	Revision uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
-	// progress: a progress notification (no events).
-	Progress      bool `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	// progress: a progress notification (no events): every write of the
+	// span up to now has been delivered.
+	Progress bool `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	// created: the watch's first response, at once, without events: the
+	// node has set the watch up; its token resumes it from its start.
+	Created       bool `protobuf:"varint,6,opt,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5817,6 +5821,13 @@ func (x *WatchResponse) GetRevision() uint64 {
 func (x *WatchResponse) GetProgress() bool {
 	if x != nil {
 		return x.Progress
+	}
+	return false
+}
+
+func (x *WatchResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
 	}
 	return false
 }
@@ -6239,13 +6250,14 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04Type\x12\a\n" +
 	"\x03PUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x01\"\xc8\x01\n" +
+	"\x06DELETE\x10\x01\"\xe2\x01\n" +
 	"\rWatchResponse\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.flotilla.v1.HeaderR\x06header\x12/\n" +
 	"\x06events\x18\x02 \x03(\v2\x17.flotilla.v1.WatchEventR\x06events\x12!\n" +
 	"\fresume_token\x18\x03 \x01(\fR\vresumeToken\x12\x1a\n" +
 	"\brevision\x18\x04 \x01(\x04R\brevision\x12\x1a\n" +
-	"\bprogress\x18\x05 \x01(\bR\bprogress2\xe5\x04\n" +
+	"\bprogress\x18\x05 \x01(\bR\bprogress\x12\x18\n" +
+	"\acreated\x18\x06 \x01(\bR\acreated2\xe5\x04\n" +
 	"\x02KV\x128\n" +
 	"\x03Put\x12\x17.flotilla.v1.PutRequest\x1a\x18.flotilla.v1.PutResponse\x128\n" +
 	"\x03Get\x12\x17.flotilla.v1.GetRequest\x1a\x18.flotilla.v1.GetResponse\x12A\n" +

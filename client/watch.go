@@ -47,8 +47,12 @@ type WatchResponse struct {
 	// Revision: every write of the span at or below it, in each of its
 	// ranges, has been delivered.
 	Revision uint64
-	// Progress: a progress notification, without events.
+	// Progress: a progress notification, without events: every write of
+	// the span up to now has been delivered.
 	Progress bool
+	// Created: the watch's first response, without events: a node has set
+	// the watch up (Token resumes it from its start).
+	Created bool
 	// Node is the node that served it.
 	Node uint64
 }
@@ -94,7 +98,7 @@ type Watcher struct {
 // Watch starts a watch until ctx ends or Close. It returns once a node has
 // set the watch up: every write acknowledged after Watch returns is
 // delivered (a watch from now starts then). Its first response is that
-// node's answer, without events (Progress), whose Token resumes the watch
+// node's answer, without events (Created), whose Token resumes the watch
 // from its start.
 func (c *Client) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) {
 	n := 0
@@ -245,7 +249,7 @@ func (w *Watcher) watchLoop() {
 }
 
 func watchResponse(r *api.WatchResponse) WatchResponse {
-	out := WatchResponse{Token: bytes.Clone(r.ResumeToken), Revision: r.Revision, Progress: r.Progress,
+	out := WatchResponse{Token: bytes.Clone(r.ResumeToken), Revision: r.Revision, Progress: r.Progress, Created: r.Created,
 		Node: r.GetHeader().GetNode(), Events: make([]WatchEvent, len(r.Events))}
 	for i, e := range r.Events {
 		ev := WatchEvent{Delete: e.Type == api.WatchEvent_DELETE, KV: keyValue(e.Kv)}

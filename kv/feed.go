@@ -42,8 +42,18 @@ type feed struct {
 	}
 }
 
-// watched reports whether Apply must publish.
-func (f *feed) watched() bool { return f.watchers.Load() > 0 }
+// watchFeed returns the range's feed, made on first use (by a watch).
+func (s *StateMachine) watchFeed() *feed {
+	if f := s.feedp.Load(); f != nil {
+		return f
+	}
+	s.feedp.CompareAndSwap(nil, new(feed))
+	return s.feedp.Load()
+}
+
+// watched reports whether Apply must publish: f is not nil (a watch made
+// it) and has watchers.
+func (f *feed) watched() bool { return f != nil && f.watchers.Load() > 0 }
 
 // register adds a watcher; rev is the range's revision, read after the
 // watcher is counted (see publish).
@@ -99,8 +109,12 @@ func (f *feed) publish(recs []histWrite, rev uint64) {
 }
 
 // reset empties the ring at revision rev: the state was replaced (a
-// snapshot), and watchers read what they lack from the history.
+// snapshot), and watchers read what they lack from the history. A nil f
+// (no watch ever) has nothing to reset.
 func (f *feed) reset(rev uint64) {
+	if f == nil {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.mu.ring != nil {
@@ -118,8 +132,11 @@ func (f *feed) changes() <-chan struct{} {
 	return f.mu.changed
 }
 
-// wake wakes the watchers (the descriptor changed).
+// wake wakes the watchers (the descriptor changed); nil f: none.
 func (f *feed) wake() {
+	if f == nil {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.wakeLocked()

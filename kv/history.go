@@ -528,8 +528,8 @@ func (s *StateMachine) held() []histWrite {
 // forgets them. Called by the worker once they are visible and the
 // revision rev stored.
 func (s *StateMachine) publishHistory(rev uint64) {
-	if s.feed.watched() {
-		s.feed.publish(s.hist.staged, rev)
+	if f := s.feedp.Load(); f.watched() {
+		f.publish(s.hist.staged, rev)
 	}
 	clear(s.hist.staged)
 	s.hist.staged = s.hist.staged[:0]

@@ -311,7 +311,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 	if err := s.backfillHistory(); err != nil {
 		return err
 	}
-	s.feed.reset(rev) // watchers read what they lack from the history
+	s.feedp.Load().reset(rev) // watchers read what they lack from the history
 	s.descriptorChanged()
 	s.leasesChanged()
 	s.publish(nil, true)

@@ -63,11 +63,12 @@ type StateMachine struct {
 	hub    watchHub   // election watchers
 
 	// hist is the history's state (history.go), owned by the worker; floor
-	// the history floor, written by the worker, read by anyone. feed is
-	// the live feed of writes for watches (feed.go).
+	// the history floor, written by the worker, read by anyone. feedp is
+	// the live feed of writes for watches (feed.go), made by the first
+	// watch of the range (an idle replica carries a pointer, not a feed).
 	hist  history
 	floor atomic.Uint64
-	feed  feed
+	feedp atomic.Pointer[feed]
 
 	// sessions are the client sessions of the range (session.go). Owned by
 	// the worker.
@@ -546,14 +547,14 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		// in the other range: watchers read those from the history. Before
 		// the span grows: a watch that plans on the merged span must not
 		// find them missing from a ring that claims to have them.
-		s.feed.reset(rev)
+		s.feedp.Load().reset(rev)
 	}
 	if desc != old && !shrunk {
 		// After the commit: the span grows only once its data is in.
 		s.desc.Store(desc)
 	}
 	if shrunk || fx.frozen != nil || fx.merged != nil {
-		s.feed.wake()
+		s.feedp.Load().wake()
 		s.descriptorChanged()
 		// Elections whose names left the span are watched elsewhere now:
 		// every watcher reads its election again.

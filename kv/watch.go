@@ -153,7 +153,7 @@ func (w *Watch) Current() WatchBatch { return w.batch(nil) }
 // Close unregisters the watch from the feeds it reads.
 func (w *Watch) Close() {
 	for sm := range w.feeds {
-		sm.feed.unregister()
+		sm.watchFeed().unregister()
 	}
 	clear(w.feeds)
 }
@@ -206,7 +206,7 @@ func (w *Watch) planOnce() (bool, error) {
 			}
 			end := spanMinEnd(d.End, p.end)
 			if !w.feeds[sm] {
-				sm.feed.register(sm.Revision)
+				sm.watchFeed().register(sm.Revision)
 				w.feeds[sm] = true
 			}
 			used[sm] = true
@@ -227,7 +227,7 @@ func (w *Watch) planOnce() (bool, error) {
 	}
 	for sm := range w.feeds {
 		if !used[sm] {
-			sm.feed.unregister()
+			sm.watchFeed().unregister()
 			delete(w.feeds, sm)
 		}
 	}
@@ -409,13 +409,13 @@ func waitAny(ctx context.Context, chans []<-chan struct{}, timer <-chan time.Tim
 func (p *piece) read(limit int, prevKV bool) ([]WatchEvent, uint64, <-chan struct{}, error) {
 	sm := p.sm
 	if !sm.restore.TryRLock() {
-		return nil, p.rev, sm.feed.changes(), nil
+		return nil, p.rev, sm.watchFeed().changes(), nil
 	}
 	defer sm.restore.RUnlock()
 	if sm.restoreFailed.Load() {
 		return nil, 0, nil, fmt.Errorf("%w: range %d: a restore failed", ErrUninitialized, sm.id)
 	}
-	recs, upto, ok, changed := sm.feed.since(p.start, p.end, p.rev, max(limit, 1))
+	recs, upto, ok, changed := sm.watchFeed().since(p.start, p.end, p.rev, max(limit, 1))
 	if !ok {
 		var err error
 		if recs, upto, err = p.readHistory(limit); err != nil {

@@ -105,35 +105,41 @@ func (k *kvService) Watch(req *api.WatchRequest, stream api.KV_WatchServer) erro
 	// Between events the watch looks at least once a second whether its
 	// ranges still have a leader here, and sends progress at its own pace.
 	check := min(progress, watchLeaderCheck)
-	var lastSent time.Time
 	leaderless := map[uint64]time.Time{}
-	for b := w.Current(); ; {
-		if len(b.Events) > 0 || time.Since(lastSent) >= progress {
-			if err := k.sendWatch(stream, b); err != nil {
-				return err
-			}
-			lastSent = time.Now()
-		}
-		var err error
-		if b, err = w.Next(ctx, check); err != nil {
+	if err := k.sendWatch(stream, w.Current(), true); err != nil {
+		return err
+	}
+	lastSent := time.Now()
+	for {
+		b, err := w.Next(ctx, check)
+		if err != nil {
 			return k.s.count("watch", watchError(err))
 		}
 		if len(b.Events) == 0 {
 			if err := k.s.watchLeaders(w.Ranges(), leaderless); err != nil {
 				return k.s.count("watch", err)
 			}
+			if time.Since(lastSent) < progress {
+				continue
+			}
 		}
+		if err := k.sendWatch(stream, b, false); err != nil {
+			return err
+		}
+		lastSent = time.Now()
 	}
 }
 
-// sendWatch sends one batch of a watch.
-func (k *kvService) sendWatch(stream api.KV_WatchServer, b kv.WatchBatch) error {
+// sendWatch sends one batch of a watch: its first (created), or events, or
+// a progress notification.
+func (k *kvService) sendWatch(stream api.KV_WatchServer, b kv.WatchBatch, created bool) error {
 	resp := &api.WatchResponse{
 		Header:      &api.Header{Node: k.s.cfg.NodeID},
 		Events:      make([]*api.WatchEvent, len(b.Events)),
 		ResumeToken: b.Token,
 		Revision:    b.Revision,
-		Progress:    len(b.Events) == 0,
+		Progress:    len(b.Events) == 0 && !created,
+		Created:     created,
 	}
 	for i, ev := range b.Events {
 		e := &api.WatchEvent{Kv: apiKeyValue(ev.KV, 0)}

@@ -71,9 +71,9 @@ func TestWatchAcrossRangesNodesAndSplits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	// The first response is a progress notification: the watch is live.
-	if r, err := w.Next(ctx); err != nil || !r.Progress || r.Node != 3 {
-		t.Fatalf("first response %+v %v, want progress from node 3", r, err)
+	// The first response says the watch is set up, on node 3.
+	if r, err := w.Next(ctx); err != nil || !r.Created || r.Node != 3 {
+		t.Fatalf("first response %+v %v, want the set-up answer of node 3", r, err)
 	}
 	want := map[string][]string{}
 	put := func(key, val string) uint64 {
@@ -221,7 +221,7 @@ func TestWatchCompactedAndReadBelowFloor(t *testing.T) {
 	}
 	defer w.Close()
 	// The first response says the watch is set up; then it fails.
-	if r, err := w.Next(ctx); err != nil || !r.Progress {
+	if r, err := w.Next(ctx); err != nil || !r.Created {
 		t.Fatalf("watch from 2: first response %+v %v, want the set-up answer", r, err)
 	}
 	if _, err := w.Next(ctx); !errors.Is(err, client.ErrCompacted) {

@@ -123,17 +123,15 @@ func (r *run) checkWatches(ctx context.Context, cl *client.Client, ws []*liveWat
 		res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("reference watch: %v", err))
 		return
 	}
-	defer func() {
-		ref.w.Close()
-		<-ref.done
-	}()
-	if err := ref.current(ctx, since); err != nil {
+	err = ref.current(ctx, since)
+	// Stopped before its events are read: its goroutine writes them.
+	ref.w.Close()
+	<-ref.done
+	if err != nil {
 		res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("reference watch: %v", err))
 		return
 	}
-	ref.mu.Lock()
 	want := ref.mu.events
-	ref.mu.Unlock()
 	r.mu.Lock()
 	ops := append([]sim.Op(nil), r.mu.ops...)
 	r.mu.Unlock()
