@@ -45,6 +45,8 @@ type ProcConfig struct {
 	// then come back without raft state it had acknowledged. Default off
 	// (fsync on).
 	NoSync bool
+	// HistoryRetention is --history-retention ("": the node's default).
+	HistoryRetention string
 }
 
 func (c *ProcConfig) setDefaults() error {
@@ -219,6 +221,9 @@ func (c *ProcCluster) spawn(p *Proc) (*exec.Cmd, chan struct{}, error) {
 	}
 	if c.cfg.NoSync {
 		args = append(args, "--unsafe-no-fsync")
+	}
+	if c.cfg.HistoryRetention != "" {
+		args = append(args, "--history-retention="+c.cfg.HistoryRetention)
 	}
 	cmd := exec.Command(c.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
