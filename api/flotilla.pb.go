@@ -5742,8 +5742,9 @@ func (x *WatchEvent) GetPrevKv() *KeyValue {
 type WatchResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	// events, in revision order for each key; a response never holds part
-	// of a revision's writes.
+	// events, in revision order for each key; a response holds all of a
+	// revision's writes in one range (but for a transaction whose keys the
+	// watch reads in two pieces of a merged range, which may come in two).
 	Events []*WatchEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
 	// resume_token resumes the watch right after these events.
 	ResumeToken []byte `protobuf:"bytes,3,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
@@ -5751,7 +5752,7 @@ type WatchResponse struct {
 	// its ranges, has been delivered.
 	Revision uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
 	// progress: a progress notification (no events): every write of the
-	// span up to now has been delivered.
+	// span that this node has applied has been delivered.
 	Progress bool `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
 	// created: the watch's first response, at once, without events: the
 	// node has set the watch up; its token resumes it from its start.

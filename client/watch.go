@@ -38,7 +38,9 @@ type WatchEvent struct {
 }
 
 // WatchResponse is one batch of a watch: events in revision order for each
-// key, and never part of a revision's writes.
+// key. A revision's writes in one range come in one batch, but for a
+// transaction whose keys the watch holds in two pieces (a range that merged
+// under it), whose writes may come in two.
 type WatchResponse struct {
 	Events []WatchEvent
 	// Token resumes the watch right after Events (WatchSpec.Token), on any
@@ -48,7 +50,8 @@ type WatchResponse struct {
 	// ranges, has been delivered.
 	Revision uint64
 	// Progress: a progress notification, without events: every write of
-	// the span up to now has been delivered.
+	// the span that the serving node (Node) has applied has been delivered
+	// (a follower may lag the leader).
 	Progress bool
 	// Created: the watch's first response, without events: a node has set
 	// the watch up (Token resumes it from its start).
@@ -96,10 +99,11 @@ type Watcher struct {
 }
 
 // Watch starts a watch until ctx ends or Close. It returns once a node has
-// set the watch up: every write acknowledged after Watch returns is
+// set the watch up: every write that begins after Watch returns is
 // delivered (a watch from now starts then). Its first response is that
 // node's answer, without events (Created), whose Token resumes the watch
-// from its start.
+// from its start; a reconnect to another node brings another Created
+// response, with the token the watch resumed from.
 func (c *Client) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) {
 	n := 0
 	for _, set := range []bool{len(spec.Key) > 0, len(spec.Prefix) > 0, len(spec.Start) > 0 || len(spec.End) > 0, len(spec.Token) > 0} {
@@ -226,7 +230,12 @@ func (w *Watcher) watchLoop() {
 				watchdog.Reset(silence)
 				// From now on the watch resumes after this response.
 				req = &api.WatchRequest{ResumeToken: r.ResumeToken, PrevKv: req.PrevKv, ProgressIntervalMs: req.ProgressIntervalMs}
-				attempt, backoff = 0, c.cfg.BackoffBase
+				// The backoff starts over, but not the choice of node: a
+				// node that answers and then ends the watch (cut off from
+				// the others: no leader there) must not get it again and
+				// again. attempt only grows, so the watch goes round the
+				// nodes.
+				backoff = c.cfg.BackoffBase
 			}
 		}
 		watchdog.Stop()

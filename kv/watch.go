@@ -40,9 +40,10 @@ type WatchEvent struct {
 
 // WatchBatch is what one Next returns.
 type WatchBatch struct {
-	// Events in revision order for each key (the events of one range come
-	// in revision order; those of different ranges in no set order). A
-	// batch never holds part of a revision.
+	// Events in revision order for each key (the events of one piece come
+	// in revision order; those of different pieces in no set order). A
+	// batch never holds part of a revision's writes in one piece (a
+	// transaction over two pieces of a merged range may come in two).
 	Events []WatchEvent
 	// Token resumes the watch right after Events (ResumeWatch).
 	Token []byte
@@ -334,14 +335,16 @@ func (w *Watch) read() (events []WatchEvent, waits []<-chan struct{}, stale bool
 	for i := range w.pieces {
 		p := &w.pieces[i]
 		evs, upto, changed, err := p.read(w.opts.Batch-len(events), w.opts.PrevKV)
-		if err != nil {
-			return nil, nil, false, err
-		}
 		if testHookPieceRead != nil {
 			testHookPieceRead(i)
 		}
 		if p.stale() {
+			// Whatever it read or failed with: its replica changed
+			// under it (removed, restored, split). Plan again.
 			return events, waits, true, nil
+		}
+		if err != nil {
+			return nil, nil, false, err
 		}
 		waits = append(waits, changed)
 		for _, ev := range evs {

@@ -112,29 +112,90 @@ func (lw *liveWatcher) current(ctx context.Context, since time.Time) error {
 	}
 }
 
+// events returns a copy of the watcher's events.
+func (lw *liveWatcher) events() map[string][]liveEvent {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	out := make(map[string][]liveEvent, len(lw.mu.events))
+	for k, evs := range lw.mu.events {
+		out[k] = slices.Clone(evs)
+	}
+	return out
+}
+
 // checkWatches compares the watchers' events with a fresh watch's, and
-// looks for every acknowledged write among them.
+// looks for every acknowledged write among them. A progress notification
+// says a watch has what its node applied, and a node may lag: until a
+// deadline, a difference is looked at again after the next one.
 func (r *run) checkWatches(ctx context.Context, cl *client.Client, ws []*liveWatcher, res *Result) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	since := time.Now()
 	ref, err := startWatcher(ctx, cl)
 	if err != nil {
 		res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("reference watch: %v", err))
 		return
 	}
-	err = ref.current(ctx, since)
-	// Stopped before its events are read: its goroutine writes them.
-	ref.w.Close()
-	<-ref.done
-	if err != nil {
-		res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("reference watch: %v", err))
-		return
-	}
-	want := ref.mu.events
+	defer func() {
+		ref.w.Close()
+		<-ref.done
+	}()
 	r.mu.Lock()
 	ops := append([]sim.Op(nil), r.mu.ops...)
 	r.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	var violations []string
+	for {
+		since := time.Now()
+		violations = violations[:0]
+		if err := ref.current(ctx, since); err != nil {
+			violations = append(violations, fmt.Sprintf("reference watch: %v", err))
+			break
+		}
+		want := ref.events()
+		violations = append(violations, missingAcks(ops, want)...)
+		for i, w := range ws {
+			if err := w.current(ctx, since); err != nil {
+				violations = append(violations, fmt.Sprintf("watcher %d: %v", i, err))
+				continue
+			}
+			got := w.events()
+			w.mu.Lock()
+			nodes := slices.Clone(w.mu.nodes)
+			w.mu.Unlock()
+			for k, evs := range want {
+				if !slices.Equal(got[k], evs) {
+					violations = append(violations, fmt.Sprintf("watcher %d (served by nodes %v): key %q got %v, want %v", i, nodes, k, got[k], evs))
+				}
+			}
+			for k, evs := range got {
+				if _, ok := want[k]; !ok {
+					violations = append(violations, fmt.Sprintf("watcher %d: events %v of key %q, which has none", i, evs, k))
+				}
+			}
+		}
+		if len(violations) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	res.WatchViolations = append(res.WatchViolations, violations...)
+	for _, w := range ws {
+		for _, evs := range w.events() {
+			res.WatchEvents += len(evs)
+		}
+		w.mu.Lock()
+		res.WatchResumes += len(w.mu.nodes) - 1
+		w.mu.Unlock()
+	}
+	if len(res.WatchViolations) > 0 {
+		r.logf("watch check: %d violations; the first: %s", len(res.WatchViolations), res.WatchViolations[0])
+	} else {
+		r.logf("watch check: %d watchers got %d events, resumed on another node %d times, each exactly the writes of a fresh watch", len(ws), res.WatchEvents, res.WatchResumes)
+	}
+}
+
+// missingAcks lists the acknowledged writes of ops missing from want.
+func missingAcks(ops []sim.Op, want map[string][]liveEvent) []string {
+	var out []string
 	for _, o := range ops {
 		acked := o.Return != sim.NeverReturned && !o.Out.Unknown
 		if !acked || o.In.Kind == sim.OpGet || ((o.In.Kind == sim.OpCAS || o.In.Kind == sim.OpTxn) && !o.Out.OK) {
@@ -146,33 +207,9 @@ func (r *run) checkWatches(ctx context.Context, cl *client.Client, ws []*liveWat
 		}
 		for _, k := range keys {
 			if !slices.ContainsFunc(want[k], func(e liveEvent) bool { return !e.del && e.value == o.In.Value }) {
-				res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("acknowledged write %q=%q missing from a fresh watch's events: %v", k, o.In.Value, want[k]))
+				out = append(out, fmt.Sprintf("acknowledged write %q=%q missing from a fresh watch's events: %v", k, o.In.Value, want[k]))
 			}
 		}
 	}
-	for i, w := range ws {
-		if err := w.current(ctx, since); err != nil {
-			res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("watcher %d: %v", i, err))
-			continue
-		}
-		w.mu.Lock()
-		for k, evs := range want {
-			if !slices.Equal(w.mu.events[k], evs) {
-				res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("watcher %d (served by nodes %v): key %q got %v, want %v", i, w.mu.nodes, k, w.mu.events[k], evs))
-			}
-		}
-		for k, evs := range w.mu.events {
-			res.WatchEvents += len(evs)
-			if _, ok := want[k]; !ok {
-				res.WatchViolations = append(res.WatchViolations, fmt.Sprintf("watcher %d: events %v of key %q, which has none", i, evs, k))
-			}
-		}
-		res.WatchResumes += len(w.mu.nodes) - 1
-		w.mu.Unlock()
-	}
-	if len(res.WatchViolations) > 0 {
-		r.logf("watch check: %d violations; the first: %s", len(res.WatchViolations), res.WatchViolations[0])
-	} else {
-		r.logf("watch check: %d watchers got %d events, resumed on another node %d times, each exactly the writes of a fresh watch", len(ws), res.WatchEvents, res.WatchResumes)
-	}
+	return out
 }
