@@ -729,3 +729,45 @@ func TestWatchPieceStaleAfterOthersRead(t *testing.T) {
 	}
 	sameEvents(t, got, want, "a piece stale after the one before it was read")
 }
+
+// TestHistoryRetentionByAge: with a retention of one minute, the floor is
+// the revision of a minute ago (to within a sixteenth of it: the marks'
+// spacing), and reads from there on still see the past.
+func TestHistoryRetentionByAge(t *testing.T) {
+	now := time.Unix(1000, 0)
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	sm := openRange(t, db, 2, "", "", WithHistory(Retention{Age: time.Minute}), WithClock(func() time.Time { return now }))
+	var index uint64
+	revAt := map[int]uint64{} // second → revision after that second's put
+	for sec := 0; sec <= 180; sec++ {
+		r := apply(t, sm, index+1, Command{Op: OpPut, Key: bs("k0"), Value: fmt.Appendf(nil, "s%d", sec)})
+		index++
+		revAt[sec] = r.Revision
+		now = now.Add(time.Second)
+	}
+	// At second 180 the floor is the revision of a mark at most 60+4
+	// seconds old and at least 60: between the puts of seconds 116 and 120.
+	f := sm.Floor()
+	if f < revAt[116] || f > revAt[120] {
+		t.Fatalf("floor %d with a one-minute retention at second 180; want the revision of second 116..120 (%d..%d)", f, revAt[116], revAt[120])
+	}
+	got, err := readAt(sm, revAt[121])
+	if err != nil || got["k0"] != "s121" {
+		t.Fatalf("read at second 121's revision: %v %v", got, err)
+	}
+	if _, err := readAt(sm, revAt[100]); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("read at second 100's revision, past the retention: %v, want ErrCompacted", err)
+	}
+	if _, err := ParseRetention("1h"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"5ms", "-3", "soon", ""} {
+		if _, err := ParseRetention(bad); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("ParseRetention(%q): %v, want ErrInvalid", bad, err)
+		}
+	}
+	if r, err := ParseRetention("0"); err != nil || !r.Off() {
+		t.Fatalf("ParseRetention(0): %v %v, want no history", r, err)
+	}
+}
