@@ -45,10 +45,10 @@ type WatchBatch struct {
 	// batch never holds part of a revision's writes in one piece (a
 	// transaction over two pieces of a merged range may come in two).
 	Events []WatchEvent
-	// Token resumes the watch right after Events (ResumeWatch).
+	// Token resumes the watch right after Events (WatchOptions.Token).
 	Token []byte
-	// Revisions are the pieces' revisions: the watch is complete up to
-	// them (progress). Their minimum is Revision.
+	// Revision is the lowest of the pieces' revisions: every write of the
+	// span at or below it has been delivered.
 	Revision uint64
 }
 
