@@ -218,7 +218,7 @@ func TestSecureCluster(t *testing.T) {
 				{Group: 1, Msg: raftpb.Message{Type: raftpb.MsgVote, From: 3, To: 1, Term: 1 << 20, LogTerm: 1 << 20, Index: 1 << 30}},
 				{Group: 1, Msg: raftpb.Message{Type: raftpb.MsgHeartbeat, From: 3, To: 1, Term: 1 << 20}},
 			})
-			rogue.FlushHeartbeats()
+			rogue.FlushHeartbeats(true)
 			n, err := identityRejections(rootTLS, n1)
 			if err != nil {
 				return err

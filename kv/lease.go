@@ -485,16 +485,21 @@ func (s *StateMachine) Leases(since uint64) (map[uint64]time.Duration, uint64) {
 	return out, s.leases.version
 }
 
-func (s *StateMachine) setLeases(all map[uint64]time.Duration, changes map[uint64]time.Duration) {
+// setLeases replaces the table with all if replace (nil: no lease), then
+// applies changes (a TTL of 0 deletes).
+func (s *StateMachine) setLeases(replace bool, all map[uint64]time.Duration, changes map[uint64]time.Duration) {
 	s.leases.mu.Lock()
 	defer s.leases.mu.Unlock()
-	if all != nil {
+	if replace {
 		s.leases.ttl = all
 	}
 	for id, ttl := range changes {
 		if ttl == 0 {
 			delete(s.leases.ttl, id)
 		} else {
+			if s.leases.ttl == nil {
+				s.leases.ttl = make(map[uint64]time.Duration)
+			}
 			s.leases.ttl[id] = ttl
 		}
 	}
@@ -509,7 +514,9 @@ func (s *StateMachine) loadLeases(r pebble.Reader) (map[uint64]time.Duration, er
 		return nil, err
 	}
 	defer it.Close()
-	out := make(map[uint64]time.Duration)
+	// Made on the first lease: most ranges have none (an empty map is
+	// 48 bytes of every idle replica).
+	var out map[uint64]time.Duration
 	for it.First(); it.Valid(); it.Next() {
 		k, v := it.Key(), it.Value()
 		if len(k) != localLen+8 || len(v) < 9 {
@@ -517,6 +524,9 @@ func (s *StateMachine) loadLeases(r pebble.Reader) (map[uint64]time.Duration, er
 		}
 		if v[8]&1 != 0 {
 			continue // a stub: its owner decides when it ends
+		}
+		if out == nil {
+			out = make(map[uint64]time.Duration)
 		}
 		out[binary.BigEndian.Uint64(k[localLen:])] = time.Duration(binary.BigEndian.Uint64(v)) * time.Millisecond
 	}

@@ -311,7 +311,7 @@ func (s *StateMachine) mergeSessions(b *pebble.Batch, from uint64) error {
 	for id, rec := range other.m {
 		mine := t.m[id]
 		if mine == nil {
-			t.m[id] = rec
+			t.put(id, rec)
 			t.touch(id)
 			continue
 		}
@@ -327,7 +327,7 @@ func (s *StateMachine) mergeSessions(b *pebble.Batch, from uint64) error {
 				}
 			}
 		}
-		t.m[id] = merged
+		t.put(id, merged)
 		t.touch(id)
 	}
 	return nil

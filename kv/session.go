@@ -145,12 +145,28 @@ type sessionTable struct {
 // against. Never use it in a real node.
 func WithoutDedup() Option { return func(s *StateMachine) { s.sessions.off = true } }
 
+// init empties the table. Its maps are made on the first write (put,
+// touch): most ranges never see a session, and two empty maps were about
+// 100 bytes of every idle replica (BENCHMARKS.md, "Quiescence: memory per
+// idle replica").
 func (t *sessionTable) init() {
-	t.m = make(map[uint64]*sessionRec)
-	t.dirty = make(map[uint64]struct{})
+	t.m, t.dirty = nil, nil
 }
 
-func (t *sessionTable) touch(id uint64) { t.dirty[id] = struct{}{} }
+func (t *sessionTable) touch(id uint64) {
+	if t.dirty == nil {
+		t.dirty = make(map[uint64]struct{})
+	}
+	t.dirty[id] = struct{}{}
+}
+
+// put sets session id's record.
+func (t *sessionTable) put(id uint64, r *sessionRec) {
+	if t.m == nil {
+		t.m = make(map[uint64]*sessionRec)
+	}
+	t.m[id] = r
+}
 
 // advance moves the clock to ms if later, and expires sessions idle for
 // SessionTTL once the clock has moved sweepEvery since the last sweep.
@@ -192,7 +208,7 @@ func (t *sessionTable) check(cmd *Command) (res []byte, skip bool) {
 			t.evictOldest()
 		}
 		r = &sessionRec{floor: cmd.Acked}
-		t.m[cmd.Session] = r
+		t.put(cmd.Session, r)
 	}
 	r.touched = t.clock
 	t.touch(cmd.Session)
@@ -335,7 +351,7 @@ func (t *sessionTable) load(r pebble.Reader, g uint64) error {
 		if err != nil {
 			return err
 		}
-		t.m[id] = rec
+		t.put(id, rec)
 	}
 	return it.Error()
 }

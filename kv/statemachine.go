@@ -230,7 +230,7 @@ func (s *StateMachine) load(r pebble.Reader) error {
 	if err != nil {
 		return fmt.Errorf("load leases: %w", err)
 	}
-	s.setLeases(leases, nil)
+	s.setLeases(true, leases, nil)
 	if s.mayAttach, err = s.anyAttached(r); err != nil {
 		return fmt.Errorf("look for attached keys: %w", err)
 	}
@@ -531,7 +531,7 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	s.revision.Store(rev)
 	s.publishHistory(rev)
 	if fx.leases != nil {
-		s.setLeases(nil, fx.leases)
+		s.setLeases(false, nil, fx.leases)
 		s.leasesChanged()
 	}
 	if fx.elections != nil {

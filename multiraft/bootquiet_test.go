@@ -93,7 +93,8 @@ func TestBootQuietLeaderNeverComes(t *testing.T) {
 		return n
 	}
 	// The defaults of mrtest: ElectionTicks 10, LivenessTicks
-	// max(10/2, 3*1) = 5; nodes 2 and 3 hear each other at the first tick.
+	// max(10/2, 3*1) = 5, PingTicks 2; nodes 2 and 3 ping each other at
+	// the first tick.
 	const grace = 5 + 10
 	for i := 1; i < grace; i++ {
 		if err := c.TickStable(1); err != nil {

@@ -137,7 +137,7 @@ func TestTicksCoalesce(t *testing.T) {
 
 // TestUnannounced: nodes started Unannounced send their peers nothing
 // while their groups have nothing to say, whatever the ticks; once
-// announced, each pings every peer on every tick.
+// announced, each pings every peer every PingTicks (2 here).
 func TestUnannounced(t *testing.T) {
 	c, err := mrtest.NewCluster(mrtest.Options{Groups: 1, Unannounced: true, Quiesce: true})
 	if err != nil {
@@ -156,13 +156,24 @@ func TestUnannounced(t *testing.T) {
 		}
 	}
 	c.Hosts[2].Announce()
-	if n := tick(); n != 2 {
-		t.Fatalf("node 2 announced: %d batches in a tick, want its 2 pings", n)
+	if n := tick() + tick(); n != 2 {
+		t.Fatalf("node 2 announced: %d batches in two ticks, want its 2 pings", n)
 	}
 	c.Hosts[1].Announce()
 	c.Hosts[3].Announce()
-	if n := tick(); n != 6 {
-		t.Fatalf("all announced: %d batches in a tick, want 6 pings", n)
+	if n := tick() + tick(); n != 6 {
+		t.Fatalf("all announced: %d batches in two ticks, want 6 pings", n)
+	}
+	// Two pings per liveness timeout keep idle peers live.
+	for range 50 { // ten liveness timeouts
+		tick()
+	}
+	for id, h := range c.Hosts {
+		for p := range c.Hosts {
+			if p != id && h.PeerDown(p) {
+				t.Fatalf("node %d counts its idle peer %d down", id, p)
+			}
+		}
 	}
 }
 

@@ -119,6 +119,14 @@ type Config struct {
 	// mistaking a scheduling hiccup for a death; Manual mode has no wall
 	// clock and uses the others). Limits 2*HeartbeatTicks to 1000.
 	LivenessTicks int
+	// PingTicks is how often, in ticks, this node pings each peer it has
+	// no heartbeat for (Transport.FlushHeartbeats): what keeps it live to
+	// its peers while no group between them is active. Default
+	// LivenessTicks/2 (at least 1): two pings per liveness timeout, so one
+	// late ping does not count this node down. Limits 1..LivenessTicks/2.
+	// Why not every tick: the pings and their acks were a fifth of an idle
+	// node's CPU (BENCHMARKS.md, "Quiescence: the idle floor").
+	PingTicks int
 	// LivenessStretch is the most the liveness timeout grows to while this
 	// node is behind, as a multiple of LivenessTicks: each tick that fires
 	// a whole TickInterval late (its goroutines wait for a CPU) stretches
@@ -249,6 +257,9 @@ func (c *Config) setDefaults() {
 			c.LivenessTicks = max(c.LivenessTicks, int((livenessFloor+c.TickInterval-1)/c.TickInterval))
 		}
 	}
+	if c.PingTicks == 0 {
+		c.PingTicks = max(1, c.LivenessTicks/2)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -301,6 +312,8 @@ func (c *Config) validate() error {
 		return bad("MaxCatchUps %d outside 1..1<<20", c.MaxCatchUps)
 	case c.LivenessTicks < 2*c.HeartbeatTicks || c.LivenessTicks > 1000:
 		return bad("LivenessTicks %d outside 2*HeartbeatTicks (%d)..1000", c.LivenessTicks, 2*c.HeartbeatTicks)
+	case c.PingTicks < 1 || c.PingTicks > max(1, c.LivenessTicks/2):
+		return bad("PingTicks %d outside 1..LivenessTicks/2 (%d)", c.PingTicks, max(1, c.LivenessTicks/2))
 	case c.LivenessStretch < 1 || c.LivenessStretch > 16:
 		return bad("LivenessStretch %d outside 1..16", c.LivenessStretch)
 	}

@@ -169,6 +169,38 @@ func (s *Subscription) Next(ctx context.Context) (LeaderBatch, error) {
 	}
 }
 
+// Ready returns a channel that receives when events may be waiting, for a
+// loop that waits on other channels too: after a receive, TryNext takes
+// the events (there may be none: a receive can be spurious). Next and
+// Ready share the channel; one goroutine uses a Subscription.
+func (s *Subscription) Ready() <-chan struct{} { return s.notify }
+
+// Wake makes Ready receive once more, for a loop that took events and must
+// look again (TryNext) before it waits.
+func (s *Subscription) Wake() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// TryNext returns the events that arrived since the last call, without
+// waiting: ok is false when there are none. It returns ErrStopped once the
+// subscription is closed and drained. The caller owns the batch.
+func (s *Subscription) TryNext() (b LeaderBatch, ok bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.mu.events) > 0 {
+		b = LeaderBatch{Events: s.mu.events, Skipped: s.mu.skipped}
+		s.mu.events, s.mu.skipped = nil, false
+		return b, true, nil
+	}
+	if s.mu.closed {
+		return LeaderBatch{}, false, ErrStopped
+	}
+	return LeaderBatch{}, false, nil
+}
+
 // Close ends the subscription. Next returns ErrStopped afterwards.
 func (s *Subscription) Close() {
 	s.hub.mu.Lock()

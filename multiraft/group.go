@@ -36,7 +36,7 @@ type group struct {
 	published LeaderEvent
 	ticks     uint64
 
-	proposals   map[uint64]*proposal
+	proposals   map[uint64]*proposal // nil until the first (track); nil again when quiesced
 	held        []*proposal
 	confPending bool
 	confSince   uint64 // tick at which confPending was set
@@ -53,7 +53,7 @@ type group struct {
 	// releaseAfterAdvance: a conf change applied in the current Ready; the
 	// held proposals go to raft once it is advanced.
 	releaseAfterAdvance bool
-	reads               map[uint64]*readBatch // by the key in their request context
+	reads               map[uint64]*readBatch // by the key in their request context; nil until the first, and when quiesced
 	readWaiting         []*readBatch
 	transfers           []*transfer
 	// transferHeld: proposals that arrived while this leader was handing
@@ -384,7 +384,7 @@ func (g *group) propose(props []*proposal) {
 				p.finish(nil, g.dropErr())
 				continue
 			}
-			g.proposals[p.key] = p
+			g.track(p)
 			g.confPending, g.confSince = true, g.ticks
 			if g.rn.BasicStatus().RaftState == raft.StateLeader {
 				g.confCheck = p.key
@@ -414,7 +414,7 @@ func (g *group) propose(props []*proposal) {
 				continue
 			}
 			p.startTick = g.ticks
-			g.proposals[p.key] = p
+			g.track(p)
 		}
 		props = props[n:]
 	}
@@ -478,6 +478,9 @@ func (g *group) readIndex(reads []*readReq) {
 		return
 	}
 	key := g.h.newKey()
+	if g.reads == nil {
+		g.reads = make(map[uint64]*readBatch)
+	}
 	g.reads[key] = &readBatch{startTick: g.ticks, reqs: reads}
 	g.rn.ReadIndex(readContext(g.h.cfg.NodeID, key))
 }
@@ -712,4 +715,15 @@ func (g *group) publishConf() {
 	g.st.voters.Store(&v)
 	g.st.learners.Store(&l)
 	g.h.statusVersion.Add(1)
+}
+
+// track records p as proposed, until it applies or expires. The map is
+// made on the first proposal: an idle replica that never proposed keeps
+// none (two empty maps, proposals and reads, were about 100 bytes of each
+// idle replica; BENCHMARKS.md, "Quiescence: memory per idle replica").
+func (g *group) track(p *proposal) {
+	if g.proposals == nil {
+		g.proposals = make(map[uint64]*proposal)
+	}
+	g.proposals[p.key] = p
 }

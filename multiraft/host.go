@@ -37,9 +37,11 @@ type Host struct {
 	nextKey atomic.Uint64
 	// statusVersion: see StatusVersion.
 	statusVersion atomic.Uint64
-	// announced: the node pings its peers each tick (Config.Unannounced,
-	// Announce).
+	// announced: the node pings its peers (Config.Unannounced, Announce).
 	announced atomic.Bool
+	// lastPing is the tick (live.ticks) of the last ping; owned by the
+	// tick (Host.tick).
+	lastPing int64
 
 	stopc    chan struct{}
 	stopOnce sync.Once

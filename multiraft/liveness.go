@@ -53,7 +53,8 @@ package multiraft
 //
 // What "heard" means is any message batch from the peer (HandleBatch):
 // heartbeats, appends, responses, and the ping every node sends every peer
-// each tick (transport.Transport.FlushHeartbeats) — followers of a group
+// it has no heartbeat for every PingTicks, twice per liveness timeout
+// (transport.Transport.FlushHeartbeats) — followers of a group
 // never message each other, and without the pings two live followers
 // would count each other down and both campaign. It is kept in ticks of
 // this Host, so the failover is as deterministic as the rest of the engine
@@ -196,8 +197,9 @@ func (l *liveness) down(peer uint64, limit int64) bool {
 	return true
 }
 
-// Announce makes a Host started with Config.Unannounced ping its peers,
-// and flush its coalesced heartbeats, from its next tick on: call it once
+// Announce makes a Host started with Config.Unannounced ping its peers
+// (every PingTicks, the first at its next tick), and flush its coalesced
+// heartbeats, from its next tick on: call it once
 // the node serves. Idempotent; safe from any goroutine.
 func (h *Host) Announce() { h.announced.Store(true) }
 

@@ -92,9 +92,17 @@ func (h *Host) tick(ids []uint64, late bool) []uint64 {
 	// would otherwise judge the new count by the old stretch, and a peer
 	// found down stays down until heard (liveness.down).
 	h.live.judge(late, int64(h.cfg.LivenessTicks), int64(h.cfg.LivenessStretch))
-	h.live.ticks.Add(1)
+	n := h.live.ticks.Add(1)
 	if h.announced.Load() {
-		h.tr.FlushHeartbeats()
+		// A ping every PingTicks ticks, the first at once, and on every
+		// late tick: an overloaded node's ticker drops ticks, and pings
+		// spaced in the ticks it runs would reach its peers further apart
+		// than their liveness timeout (liveness.go, "An overloaded node").
+		ping := late || n-h.lastPing >= int64(h.cfg.PingTicks)
+		if ping {
+			h.lastPing = n
+		}
+		h.tr.FlushHeartbeats(ping)
 	}
 	h.expireStreams()
 	var unreachable []uint64

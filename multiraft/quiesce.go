@@ -204,6 +204,16 @@ func (h *Host) quiesce(g *group, leader, epoch uint64, lagging []uint64) bool {
 	}
 	h.quiesceLocked(g, leader)
 	h.act.remove(g)
+	// A quiesced replica has nothing in flight; maps grown by a burst
+	// keep their buckets when emptied, so they go (made again on use).
+	// Here, not in quiesceLocked: the owner runs this, and only the
+	// owner touches them.
+	if len(g.proposals) == 0 {
+		g.proposals = nil
+	}
+	if len(g.reads) == 0 {
+		g.reads = nil
+	}
 	return true
 }
 

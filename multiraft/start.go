@@ -195,8 +195,6 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		log:       newMemLog(id, &h.logSrc, snapMeta.Index, snapMeta.Term),
 		snapIndex: snapMeta.Index,
 		confIndex: max(st.ConfIndex, snapMeta.Index),
-		proposals: make(map[uint64]*proposal),
-		reads:     make(map[uint64]*readBatch),
 	}
 	g.log.hs = st.HardState
 	g.log.cs = st.ConfState

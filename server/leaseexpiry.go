@@ -29,6 +29,9 @@ type leaseExpiry struct {
 	// dirty holds the groups whose lease table changed since the last
 	// tick (kv.WithLeaseHook); the appliers add, tick drains.
 	dirty groupSet
+	// wake (capacity 1) wakes the lease loop when dirty gained a group:
+	// a loop with nothing to tick for sleeps (leaseLoop).
+	wake chan struct{}
 
 	// Owned by the lease loop.
 	pending []pendingExpiry
@@ -58,7 +61,21 @@ type pendingExpiry struct {
 
 // leasesChanged is the state machines' lease hook (kv.WithLeaseHook):
 // the next tick syncs group id if this node leads it.
-func (x *leaseExpiry) leasesChanged(id uint64) { x.dirty.add(id) }
+// It never blocks (it runs on the apply path).
+func (x *leaseExpiry) leasesChanged(id uint64) {
+	x.dirty.add(id)
+	select {
+	case x.wake <- struct{}{}:
+	default:
+	}
+}
+
+// busy reports whether the next tick may have work: an expiry in flight
+// to collect, a lease table changed, or a lease held in a group led here
+// (whose deadline may pass). Only the lease loop calls it.
+func (x *leaseExpiry) busy() bool {
+	return len(x.pending) > 0 || !x.dirty.empty() || x.lessor.Leased()
+}
 
 // tick collects the expiry proposals that ended (a failed one is offered
 // again), syncs the led groups whose lease table changed, and proposes the
@@ -129,6 +146,13 @@ func (s *groupSet) add(id uint64) {
 		s.m = make(map[uint64]struct{})
 	}
 	s.m[id] = struct{}{}
+}
+
+// empty reports whether the set holds no ID.
+func (s *groupSet) empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m) == 0
 }
 
 // drain appends the set's IDs to buf, empties the set and returns buf.

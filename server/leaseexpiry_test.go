@@ -206,42 +206,34 @@ func TestLeaseTickRenewedLeaseLives(t *testing.T) {
 	}
 }
 
-// End to end: ticks of idle nodes read no lease table; a lease lives
-// while kept alive and is expired once its keep-alives stop; then the
-// nodes are idle again.
+// End to end: the lease loops of idle nodes stop ticking (they read no
+// lease table); a lease lives while kept alive and is expired once its
+// keep-alives stop; then the loops stop again. The loop that ticked every
+// TickInterval for nothing fails idle: its ticks never stop.
 func TestLeaseExpiryIdleAndExpire(t *testing.T) {
 	c := startCluster(t, 3, 12)
 	ctx := ctxT(t)
 	cl := c.client()
-	// ticked waits until every node's lease loop ticked n more times.
-	ticked := func(n uint64) {
+	// idle waits until no node's lease loop ticks or reads a lease table
+	// for 10 tick intervals in a row.
+	idle := func(what string) {
 		t.Helper()
-		from := map[uint64]uint64{}
-		for id, s := range c.nodes {
-			from[id] = s.leaseExp.ticks.Load()
-		}
-		waitFor(t, 10*time.Second, fmt.Sprintf("%d lease ticks", n), func() error {
+		quiet := 10 * 20 * time.Millisecond // the cluster's TickInterval
+		waitFor(t, 10*time.Second, what+": lease loops idle", func() error {
+			before := map[uint64][2]uint64{}
 			for id, s := range c.nodes {
-				if got := s.leaseExp.ticks.Load() - from[id]; got < n {
-					return fmt.Errorf("node %d ticked %d times", id, got)
+				before[id] = [2]uint64{s.leaseExp.ticks.Load(), s.leaseExp.synced.Load()}
+			}
+			time.Sleep(quiet)
+			for id, s := range c.nodes {
+				now := [2]uint64{s.leaseExp.ticks.Load(), s.leaseExp.synced.Load()}
+				if now != before[id] {
+					return fmt.Errorf("node %d ticked %d times and read %d lease tables in %v",
+						id, now[0]-before[id][0], now[1]-before[id][1], quiet)
 				}
 			}
 			return nil
 		})
-	}
-	idle := func(what string) {
-		t.Helper()
-		ticked(2) // changes already applied are synced
-		before := map[uint64]uint64{}
-		for id, s := range c.nodes {
-			before[id] = s.leaseExp.synced.Load()
-		}
-		ticked(10)
-		for id, s := range c.nodes {
-			if n := s.leaseExp.synced.Load() - before[id]; n != 0 {
-				t.Fatalf("%s: node %d read %d lease tables in 10 idle ticks", what, id, n)
-			}
-		}
 	}
 	idle("after start")
 

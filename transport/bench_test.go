@@ -69,7 +69,7 @@ func BenchmarkSendBlackHoledPeer(b *testing.B) {
 			lat = append(lat, d)
 		}
 		if i%64 == 63 {
-			l.FlushHeartbeats() // a tick now and then, as the engine would
+			l.FlushHeartbeats(true) // a tick now and then, as the engine would
 		}
 	}
 	b.StopTimer()

@@ -415,9 +415,9 @@ func (t *GRPCTransport) Send(batch []Envelope) {
 }
 
 // FlushHeartbeats implements Transport.
-func (t *GRPCTransport) FlushHeartbeats() {
+func (t *GRPCTransport) FlushHeartbeats(ping bool) {
 	for _, p := range *t.peers.Load() {
-		p.flushHeartbeats()
+		p.flushHeartbeats(ping)
 	}
 }
 

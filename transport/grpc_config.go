@@ -81,7 +81,7 @@ const (
 	// are fixed on purpose: a window gRPC sizes itself (its BDP estimator,
 	// on when no window is set) sends a PING on the first data frame after
 	// each estimate, and the peer answers it. With every node pinging every
-	// peer each tick, that tripled the writes of an idle node: strace
+	// peer each tick (then; every multiraft PingTicks since), that tripled the writes of an idle node: strace
 	// counted 100 writes/s on node 1 of 3 with every range quiesced, of
 	// which 20 were the pings themselves (BENCHMARKS.md, "The idle
 	// floor"). The connection's window is the estimator's ceiling (16

@@ -134,12 +134,16 @@ func (p *grpcPeer) queueHeartbeat(e *Envelope) {
 	p.mu.Unlock()
 }
 
-func (p *grpcPeer) flushHeartbeats() {
+func (p *grpcPeer) flushHeartbeats(ping bool) {
 	p.mu.Lock()
 	if len(p.mu.hbPending) == 0 {
-		// Nothing to coalesce: the lane carries an empty frame, a ping, so
-		// that the peer hears from this node every tick even when no
+		// Nothing to coalesce: if asked, the lane carries an empty frame,
+		// a ping, so that the peer hears from this node even when no
 		// group here leads (Transport.FlushHeartbeats).
+		if !ping {
+			p.mu.Unlock()
+			return
+		}
 		p.mu.ping = true
 		p.mu.Unlock()
 		poke(p.hbWake)

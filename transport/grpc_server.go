@@ -336,7 +336,8 @@ const maxPingAckInterval = 250 * time.Millisecond
 // this is at most an eighth. Heartbeat batches are acked each, and their
 // stamps measure the RTT.
 //
-// Why: every node pings every peer each tick, so on an idle node acking
+// Why: every node pings every peer it has no heartbeat for (then each
+// tick; every PingTicks since), so on an idle node acking
 // each ping was a third of the socket writes and of the goroutine wakeups
 // (the ack's write here, its read and ackLoop at the sender; BENCHMARKS.md,
 // "The idle floor").

@@ -200,7 +200,7 @@ func TestHeartbeatCoalescing(t *testing.T) {
 		if rb.count(func(*Envelope) bool { return true }) != 0 && tick == 1 {
 			t.Fatal("heartbeats sent before FlushHeartbeats")
 		}
-		a.FlushHeartbeats()
+		a.FlushHeartbeats(true)
 		for _, r := range []*recorder{rb, rc} {
 			if !r.until(wait, func() bool { return len(r.mu.batches) == int(tick) }) {
 				t.Fatalf("tick %d: no heartbeat batch", tick)
@@ -267,7 +267,7 @@ func TestPingAcksSparse(t *testing.T) {
 	until := time.Now().Add(4 * a.cfg.WriteTimeout)
 	pings := 0
 	for time.Now().Before(until) {
-		a.FlushHeartbeats()
+		a.FlushHeartbeats(true)
 		pings++
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -329,7 +329,7 @@ func TestHeartbeatLaneIndependent(t *testing.T) {
 	}
 	for tick := uint64(1); tick <= 5; tick++ {
 		a.Send([]Envelope{{Group: 1, Msg: hb(1, 2, tick)}})
-		a.FlushHeartbeats()
+		a.FlushHeartbeats(true)
 		select {
 		case got := <-hbs:
 			if got != tick {
@@ -424,7 +424,7 @@ func TestRejects(t *testing.T) {
 		b, rb := newNode(t, testConfig(2, "127.0.0.1"), true)
 		a.AddPeer(3, b.Addr()) // node 3's address points at node 2
 		a.Send([]Envelope{{Group: 1, Msg: hb(1, 3, 1)}})
-		a.FlushHeartbeats()
+		a.FlushHeartbeats(true)
 		waitCounter(t, b, "rejected", RejectWrongNode)
 		if rb.count(func(*Envelope) bool { return true }) != 0 {
 			t.Fatal("misaddressed message delivered")
@@ -517,7 +517,7 @@ func TestRedialAfterPeerRestart(t *testing.T) {
 	defer tick.Stop()
 	for ra.unreachableCount(2) == 0 {
 		a.Send([]Envelope{{Group: 1, Msg: hb(1, 2, 1)}, {Group: 1, Msg: app(1, 2, 5, nil)}})
-		a.FlushHeartbeats()
+		a.FlushHeartbeats(true)
 		select {
 		case <-tick.C:
 		case <-time.After(wait):
@@ -646,7 +646,7 @@ func TestFaultHooks(t *testing.T) {
 		deadline := time.After(wait)
 		for ra.unreachableCount(2) == unreach {
 			a.Send([]Envelope{{Group: 1, Msg: hb(1, 2, 1)}})
-			a.FlushHeartbeats()
+			a.FlushHeartbeats(true)
 			select {
 			case <-tick.C:
 			case <-deadline:
@@ -794,7 +794,7 @@ func TestSendMust(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 	a.Send([]Envelope{{Group: 1, Msg: app(1, 2, 1, nil)}}) // no panic
-	a.FlushHeartbeats()
+	a.FlushHeartbeats(true)
 }
 
 // TestRemovePeerAndClose shows RemovePeer forgetting a peer and Close

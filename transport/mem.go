@@ -278,13 +278,13 @@ const memMaxHeartbeats = 1 << 17
 func (t *MemTransport) DroppedAfterClose() uint64 { return t.closedDrops.Load() }
 
 // FlushHeartbeats implements Transport.
-func (t *MemTransport) FlushHeartbeats() {
+func (t *MemTransport) FlushHeartbeats(ping bool) {
 	for _, p := range t.sortedPeers() {
 		p.mu.Lock()
 		if len(p.mu.heartbeats) > 0 {
 			p.mu.queue = append(p.mu.queue, p.mu.heartbeats...)
 			p.mu.heartbeats = p.mu.heartbeats[:0]
-		} else if len(p.mu.queue) == 0 {
+		} else if len(p.mu.queue) == 0 && ping {
 			p.mu.ping = true
 		}
 		p.mu.Unlock()

@@ -132,7 +132,7 @@ func TestSeed002BlackHoledFollowerDoesNotStarveHealthyOne(t *testing.T) {
 	const ticks = 30
 	for tick := uint64(1); tick <= ticks; tick++ {
 		batch := tickBatch(tick)
-		if ok, _ := returnsWithin(wait, func() { l.Send(batch); l.FlushHeartbeats() }); !ok {
+		if ok, _ := returnsWithin(wait, func() { l.Send(batch); l.FlushHeartbeats(true) }); !ok {
 			t.Fatalf("tick %d: Send blocked behind the black-holed follower", tick)
 		}
 		if !rf2.until(wait, gotHeartbeat(rf2, tick)) {
@@ -151,7 +151,7 @@ func TestSeed002BlackHoledFollowerDoesNotStarveHealthyOne(t *testing.T) {
 	for rl.unreachableCount(2) == 0 {
 		tick++
 		l.Send(tickBatch(tick))
-		l.FlushHeartbeats()
+		l.FlushHeartbeats(true)
 		select {
 		case <-tk.C:
 		case <-deadline:
@@ -307,7 +307,7 @@ func TestSeed003MustDeliverBothWaysWithFullBuffers(t *testing.T) {
 		other := 3 - tr.ID()
 		if ok, _ := returnsWithin(wait, func() {
 			tr.Send([]Envelope{{Group: 9, Msg: hb(tr.ID(), other, 1)}})
-			tr.FlushHeartbeats()
+			tr.FlushHeartbeats(true)
 			_ = tr.Stats()
 			tr.AddPeer(7, "127.0.0.1:1")
 			tr.RemovePeer(7)
@@ -473,7 +473,7 @@ func TestSeed000UnreachableReportsNeverTakeGroupLock(t *testing.T) {
 		tick++
 		ok, _ := returnsWithin(wait, func() {
 			l.Send([]Envelope{{Group: 1, Msg: hb(1, 2, tick)}, {Group: 1, Msg: hb(1, 3, tick)}})
-			l.FlushHeartbeats()
+			l.FlushHeartbeats(true)
 		})
 		return ok && rf.until(wait, gotTick(tick))
 	}

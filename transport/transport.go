@@ -71,12 +71,13 @@ type Transport interface {
 	// slice, which the caller may reuse once Send returns.
 	Send(batch []Envelope)
 	// FlushHeartbeats sends the heartbeats queued since the last call as one
-	// batch per peer, and an empty batch (a ping) to every peer it has none
-	// for: so every peer hears from this node once per tick, whatever the
-	// groups do, which is what the engine's node liveness counts on
-	// (followers of a group never message each other). The engine calls it
-	// once per tick. It never blocks.
-	FlushHeartbeats()
+	// batch per peer and, if ping, an empty batch (a ping) to every peer it
+	// has none for: so every peer hears from this node every few ticks,
+	// whatever the groups do, which is what the engine's node liveness
+	// counts on (followers of a group never message each other). The
+	// engine calls it once per tick, with ping every PingTicks ticks
+	// (multiraft.Config). It never blocks.
+	FlushHeartbeats(ping bool)
 	// AddPeer tells the transport how to reach node id. Adding a known peer
 	// with a new address replaces the address.
 	AddPeer(id uint64, addr string)

@@ -85,7 +85,7 @@ func (n *NaiveTransport) Send(batch []transport.Envelope) {
 func (n *NaiveTransport) Blocked() int64 { return n.blocked.Load() }
 
 // FlushHeartbeats implements transport.Transport; Send already sent them.
-func (n *NaiveTransport) FlushHeartbeats() {}
+func (n *NaiveTransport) FlushHeartbeats(bool) {}
 
 // AddPeer implements transport.Transport.
 func (n *NaiveTransport) AddPeer(id uint64, addr string) { n.g.AddPeer(id, addr) }

@@ -35,7 +35,7 @@ type nopTransport struct{}
 
 func (nopTransport) Start(transport.Handler) error { return nil }
 func (nopTransport) Send([]transport.Envelope)     {}
-func (nopTransport) FlushHeartbeats()              {}
+func (nopTransport) FlushHeartbeats(bool)          {}
 func (nopTransport) AddPeer(uint64, string)        {}
 func (nopTransport) RemovePeer(uint64)             {}
 func (nopTransport) Stats() []transport.PeerStats  { return nil }

@@ -256,14 +256,15 @@ func (t *simTransport) Send(batch []transport.Envelope) {
 }
 
 // FlushHeartbeats implements transport.Transport.
-func (t *simTransport) FlushHeartbeats() {
+func (t *simTransport) FlushHeartbeats(ping bool) {
 	if t.closed {
 		return
 	}
-	// Every other node hears from this one each tick: its heartbeats, or
-	// an empty batch, a ping (transport.Transport.FlushHeartbeats).
+	// Every other node hears from this one every PingTicks: its
+	// heartbeats, or if ping, an empty batch, a ping
+	// (transport.Transport.FlushHeartbeats).
 	for _, to := range t.nw.s.ids {
-		if to == t.n.id {
+		if to == t.n.id || (len(t.hb[to]) == 0 && !ping) {
 			continue
 		}
 		t.nw.send(t, to, t.hb[to])
