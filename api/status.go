@@ -45,3 +45,55 @@ type StatusPeer struct {
 	Sent     uint64 `json:"sent"`
 	Dropped  uint64 `json:"dropped"`
 }
+
+// NodeList is what `flotilla node list -w json` prints: every node of the
+// cluster, its state and what it holds.
+type NodeList struct {
+	Nodes []NodeListEntry `json:"nodes"`
+}
+
+// Node states (NodeListEntry.State).
+const (
+	// NodeLive: the node answered.
+	NodeLive = "live"
+	// NodeSuspect: the node did not answer. Until gossip and --dead-after
+	// come (the node states dead, decommissioning and removed with them),
+	// a node that does not answer is suspect, however long it has been.
+	NodeSuspect = "suspect"
+)
+
+// NodeListEntry is one node of a NodeList. Replicas counts the ranges it
+// holds a replica of, Leaders those it leads, as the cluster's best
+// informed replicas report them.
+type NodeListEntry struct {
+	ID         uint64 `json:"id"`
+	PeerAddr   string `json:"peer_addr"`
+	ClientAddr string `json:"client_addr"`
+	HTTPAddr   string `json:"http_addr"`
+	State      string `json:"state"`
+	Replicas   int    `json:"replicas"`
+	Leaders    int    `json:"leaders"`
+}
+
+// NodeListOf derives the node list from a status document.
+func NodeListOf(st Status) NodeList {
+	replicas, leaders := map[uint64]int{}, map[uint64]int{}
+	for _, g := range st.Groups {
+		for _, r := range g.Replicas {
+			replicas[r]++
+		}
+		if g.Leader != 0 {
+			leaders[g.Leader]++
+		}
+	}
+	out := NodeList{Nodes: make([]NodeListEntry, 0, len(st.Nodes))}
+	for _, n := range st.Nodes {
+		state := NodeSuspect
+		if n.Alive {
+			state = NodeLive
+		}
+		out.Nodes = append(out.Nodes, NodeListEntry{ID: n.ID, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
+			HTTPAddr: n.HTTPAddr, State: state, Replicas: replicas[n.ID], Leaders: leaders[n.ID]})
+	}
+	return out
+}

@@ -224,7 +224,12 @@ const (
 
 // ChangeMembership proposes one membership change to group (a ConfChangeV2)
 // and waits until it is applied on this node. Proposals that arrive while
-// it is pending are held and proposed after it applies. Errors as Propose.
+// it is pending are held and proposed after it applies. Only the leader
+// proposes one: on another replica it fails with ErrNotLeader (never
+// forwarded). A change raft would panic on, or that does not match its
+// kind (removing a node that is not a member or the last voter, promoting
+// a node that is no member, adding a voter as a learner) fails with
+// ErrInvalidRequest and changes nothing. Other errors as Propose.
 func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKind, node uint64) error {
 	f := h.ChangeMembershipAsync(group, kind, node)
 	select {
@@ -256,6 +261,7 @@ func (h *Host) ChangeMembershipAsync(group uint64, kind ChangeKind, node uint64)
 		return Future{p}
 	}
 	p.cc = &raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: t, NodeID: node}}}
+	p.promote = kind == PromoteLearner
 	h.submit(group, p)
 	return Future{p}
 }

@@ -22,9 +22,10 @@ var (
 	// It was not appended; safe to retry.
 	ErrDropped = errors.New("multiraft: proposal dropped")
 	// ErrNotLeader: this replica is not the group's leader, and proposals
-	// are not forwarded (Config.DisableProposalForwarding), or leadership
-	// moved away while the proposal was held for a transfer. It was not
-	// appended; send it to the leader (Leader names it, if known).
+	// are not forwarded (Config.DisableProposalForwarding; membership
+	// changes never are), or leadership moved away while the proposal was
+	// held for a transfer. It was not appended; send it to the leader
+	// (Leader names it, if known).
 	ErrNotLeader = errors.New("multiraft: not the leader")
 	// ErrAmbiguous: the proposal was appended but its outcome is unknown
 	// (leader changed or the request timed out); it may or may not apply.
@@ -36,7 +37,8 @@ var (
 	// Config.RequestTimeoutTicks.
 	ErrTimeout = errors.New("multiraft: request timed out")
 	// ErrInvalidRequest: the request itself is malformed (say, a membership
-	// change for node 0).
+	// change for node 0), or makes no sense for the group as it is (a
+	// membership change checkChange refuses: removing the last voter).
 	ErrInvalidRequest = errors.New("multiraft: invalid request")
 )
 

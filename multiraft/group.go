@@ -3,7 +3,9 @@ package multiraft
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -135,6 +137,7 @@ type proposal struct {
 	key       uint64
 	data      []byte               // key(8) + command, for a normal entry
 	cc        *raftpb.ConfChangeV2 // for a membership change
+	promote   bool                 // cc is a PromoteLearner (checkChange)
 	startTick uint64
 	done      chan struct{} // closed by finish, unless cb is set
 	cb        func([]byte, error)
@@ -377,6 +380,33 @@ func (g *group) propose(props []*proposal) {
 		if p.cc != nil {
 			props = props[1:]
 			p.startTick = g.ticks
+			if g.rn.BasicStatus().RaftState != raft.StateLeader {
+				// Only a leader proposes a membership change. A follower
+				// would forward it, and could not see whether the leader
+				// appended it or raft replaced it by an empty entry (a
+				// leader with an unapplied change in its log, a new one
+				// included): it would hold every later proposal of the
+				// group until the change expired as ambiguous, 10 s by
+				// default (TestForwardedConfChangeRefused).
+				p.finish(nil, ErrNotLeader)
+				continue
+			}
+			if err := checkChange(g.log.cs, p.cc, p.promote); err != nil {
+				if last := g.log.lastIndex(); g.applied < last {
+					// The log holds entries not applied yet (a new
+					// leader's inherited tail, say), a change among them
+					// maybe: the configuration this change applies to
+					// may not be g.log.cs. raft would refuse the change
+					// now anyway; check it again once applied through
+					// them (retryConf), the rest held behind it.
+					g.confRetry, g.confRetryAt = p, last
+					g.confPending, g.confSince = true, g.ticks
+					g.held = append(g.held, props...)
+					return
+				}
+				p.finish(nil, err)
+				continue
+			}
 			if err := g.rn.ProposeConfChange(*p.cc); err != nil {
 				if g.holdForTransfer([]*proposal{p}) {
 					continue
@@ -386,9 +416,7 @@ func (g *group) propose(props []*proposal) {
 			}
 			g.track(p)
 			g.confPending, g.confSince = true, g.ticks
-			if g.rn.BasicStatus().RaftState == raft.StateLeader {
-				g.confCheck = p.key
-			}
+			g.confCheck = p.key
 			// Whatever follows waits until the change applies (seed 001):
 			// raft would turn a second pending change into an empty entry.
 			g.held = append(g.held, props...)
@@ -726,4 +754,40 @@ func (g *group) track(p *proposal) {
 		g.proposals = make(map[uint64]*proposal)
 	}
 	g.proposals[p.key] = p
+}
+
+// checkChange refuses a membership change that raft would accept and then
+// panic on as every replica applies it (leaving no voter), or that would
+// do something else than its kind says: removing a node that is not a
+// member, promoting a node that is no member (raft would add it as a
+// voter with no log, where the caller meant a learner that caught up; a
+// voter's promotion changes nothing and passes), or adding as a learner a
+// node that votes (a demotion). raft checks none of these when a change
+// is proposed; a change that panics at apply stays in the log, and the
+// node would crash again at every start. cs is the last applied
+// configuration: the one the change applies to when nothing is left to
+// apply (propose checks again later otherwise), the leader proposing one
+// change at a time (the rest are held).
+func checkChange(cs raftpb.ConfState, cc *raftpb.ConfChangeV2, promote bool) error {
+	for _, c := range cc.Changes {
+		voter, learner := slices.Contains(cs.Voters, c.NodeID), slices.Contains(cs.Learners, c.NodeID)
+		switch c.Type {
+		case raftpb.ConfChangeRemoveNode:
+			if !voter && !learner {
+				return fmt.Errorf("%w: remove node %d, which is not a member (voters %v, learners %v)", ErrInvalidRequest, c.NodeID, cs.Voters, cs.Learners)
+			}
+			if voter && len(cs.Voters) == 1 {
+				return fmt.Errorf("%w: remove node %d, the last voter", ErrInvalidRequest, c.NodeID)
+			}
+		case raftpb.ConfChangeAddNode:
+			if promote && !learner && !voter {
+				return fmt.Errorf("%w: promote node %d, which is not a learner (learners %v)", ErrInvalidRequest, c.NodeID, cs.Learners)
+			}
+		case raftpb.ConfChangeAddLearnerNode:
+			if voter {
+				return fmt.Errorf("%w: add node %d as a learner: it is a voter", ErrInvalidRequest, c.NodeID)
+			}
+		}
+	}
+	return nil
 }

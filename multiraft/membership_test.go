@@ -98,6 +98,46 @@ func TestConfChangeRefusedByNewLeader(t *testing.T) {
 	t.Logf("the change completed after %d ticks", ticks)
 }
 
+// A follower refuses a membership change (ErrNotLeader) instead of
+// forwarding it: the leader it would go to may replace it by an empty
+// entry (here a new leader with an unapplied entry in its log), which the
+// follower cannot see. It then held every later proposal of the group
+// until the change expired as ambiguous (100 ticks here). Now the change
+// fails at once and the write proposed after it commits.
+func TestForwardedConfChangeRefused(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
+	electAll(t, c)
+	newLeaderWithUnapplied(t, c, func() multiraft.Future { return c.Hosts[1].ProposeAsync(1, []byte("set a 1")) })
+	// Node 3 learns that 2 leads; its acknowledgement is not delivered
+	// yet, so 2 has not applied "set a 1" (raft counts it as a pending
+	// change).
+	for i := 0; ; i++ {
+		if l, _, _ := c.Hosts[3].Leader(1); l == 2 {
+			break
+		}
+		if i == 20 {
+			t.Fatalf("node 3 did not learn that 2 leads\n%s", c.Status())
+		}
+		c.Net.Deliver()
+		c.Hosts[3].Process()
+	}
+	if v := c.SMs[2][1].Get("a"); v != "" {
+		t.Fatalf("node 2 applied a=%q already: the test needs an unapplied entry", v)
+	}
+	cc := c.Hosts[3].ChangeMembershipAsync(1, multiraft.AddLearner, 4)
+	w := c.Hosts[3].ProposeAsync(1, []byte("set b 2"))
+	c.Hosts[3].Process()
+	if _, err := awaitChange(t, c, w, 20); err != nil {
+		t.Fatalf("a write proposed after a follower's membership change: %v (held behind it)\n%s", err, c.Status())
+	}
+	if _, err := awaitChange(t, c, cc, 1); !errors.Is(err, multiraft.ErrNotLeader) {
+		t.Fatalf("a follower's membership change: %v, want ErrNotLeader", err)
+	}
+	if st, _ := c.Hosts[2].GroupStatus(1); len(st.Learners) != 0 {
+		t.Fatalf("learners %v: the follower's change applied", st.Learners)
+	}
+}
+
 // newLeaderWithUnapplied makes node 2 the leader of group 1 while its log
 // holds what node 1 committed last (set up by commit, which node 1 commits
 // with node 3 only) unapplied: raft counts that as a pending change.
@@ -191,9 +231,15 @@ func TestRefusedChangeKeepsItsPlace(t *testing.T) {
 func TestTwoRefusedChangesBothApply(t *testing.T) {
 	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
 	electAll(t, c)
-	// The old term's tail: a forwarded change and 6 MiB of writes, so that
-	// the new leader applies it over two Readys.
-	c.Hosts[3].ChangeMembershipAsync(1, multiraft.AddLearner, 4) // forwarded to 1
+	// The old term's tail: a change that node 3 forwarded, and 6 MiB of
+	// writes, so that the new leader applies it over two Readys. The
+	// engine forwards no change, so node 3's forward is made by hand, as
+	// raft would send it.
+	cc, err := (&raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeAddLearnerNode, NodeID: 4}}}).Marshal()
+	must(t, err)
+	c.Hosts[1].HandleBatch(3, []transport.Envelope{{Group: 1, Msg: raftpb.Message{
+		Type: raftpb.MsgProp, From: 3, To: 1, Entries: []raftpb.Entry{{Type: raftpb.EntryConfChangeV2, Data: cc}},
+	}}})
 	c.Process()
 	c.Net.SetLink(2, 1, transport.LinkBlackHole)
 	c.Net.SetLink(3, 1, transport.LinkBlackHole)
@@ -302,5 +348,96 @@ func TestStoredSnapshotFileSurvivesCleanUp(t *testing.T) {
 	must(t, h2.StartGroup(1, nil, sm))
 	if v := sm.Get("kept"); v != "yes" {
 		t.Fatalf("restored kept=%q", v)
+	}
+}
+
+// A membership change raft would accept and then panic on at apply (the
+// last voter removed), or that does not match its kind, is refused with
+// ErrInvalidRequest and changes nothing; the group keeps committing.
+func TestMembershipChangeChecked(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
+	electAll(t, c)
+	l := c.Leader(1)
+	h := c.Hosts[l]
+	var others []uint64
+	for id := uint64(1); id <= 3; id++ {
+		if id != l {
+			others = append(others, id)
+		}
+	}
+	for _, bad := range []struct {
+		kind multiraft.ChangeKind
+		node uint64
+	}{
+		{multiraft.RemoveMember, 9},       // not a member
+		{multiraft.PromoteLearner, 4},     // not a learner
+		{multiraft.AddLearner, others[0]}, // a voter
+	} {
+		if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, bad.kind, bad.node), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
+			t.Fatalf("change %v of node %d: %v, want ErrInvalidRequest", bad.kind, bad.node, err)
+		}
+	}
+	for _, id := range others {
+		if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.RemoveMember, id), 50); err != nil {
+			t.Fatalf("remove node %d: %v\n%s", id, err, c.Status())
+		}
+	}
+	if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.RemoveMember, l), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
+		t.Fatalf("remove the last voter: %v, want ErrInvalidRequest", err)
+	}
+	if _, err := c.Propose(l, 1, "set still here"); err != nil {
+		t.Fatalf("a write after the refused changes: %v", err)
+	}
+	if st, _ := h.GroupStatus(1); fmt.Sprint(st.Voters) != fmt.Sprintf("[%d]", l) {
+		t.Fatalf("voters %v, want [%d]", st.Voters, l)
+	}
+}
+
+// A leader that removes itself steps down once the change applies, and
+// the remaining voters elect one of themselves; the removed node does not
+// keep leading as a non-member.
+func TestRemovedLeaderStepsDown(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
+	electAll(t, c)
+	l := c.Leader(1)
+	if _, err := awaitChange(t, c, c.Hosts[l].ChangeMembershipAsync(1, multiraft.RemoveMember, l), 50); err != nil {
+		t.Fatalf("remove the leader, node %d: %v\n%s", l, err, c.Status())
+	}
+	if st, _ := c.Hosts[l].GroupStatus(1); st.Role == "StateLeader" {
+		t.Fatalf("node %d still leads after applying its removal: %+v", l, st)
+	}
+	for i := 0; ; i++ {
+		if nl := c.Leader(1); nl != 0 && nl != l {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("no leader among the remaining voters after %d ticks\n%s", i, c.Status())
+		}
+		c.Tick()
+		must(t, c.Stabilize())
+	}
+	if _, err := c.Propose(c.Leader(1), 1, "set after removal yes"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A change checked against a configuration a new leader has not applied
+// yet is not refused for it: node 1 adds learner 4 and applies it (the
+// caller is told it is done), then node 2 leads with that change in its
+// log, unapplied, and is asked to remove learner 4. Checked against the
+// configuration node 2 had applied, 4 is no member; the engine checks it
+// again once node 2 applied its log, and the removal applies.
+func TestChangeCheckedAfterInheritedTail(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
+	electAll(t, c)
+	newLeaderWithUnapplied(t, c, func() multiraft.Future { return c.Hosts[1].ChangeMembershipAsync(1, multiraft.AddLearner, 4) })
+	if st, _ := c.Hosts[2].GroupStatus(1); len(st.Learners) != 0 {
+		t.Fatalf("node 2 applied the change already: learners %v", st.Learners)
+	}
+	if _, err := awaitChange(t, c, c.Hosts[2].ChangeMembershipAsync(1, multiraft.RemoveMember, 4), 20); err != nil {
+		t.Fatalf("remove learner 4 on the new leader: %v\n%s", err, c.Status())
+	}
+	if st, _ := c.Hosts[2].GroupStatus(1); len(st.Learners) != 0 || fmt.Sprint(st.Voters) != "[1 2 3]" {
+		t.Fatalf("voters %v learners %v, want [1 2 3] and none", st.Voters, st.Learners)
 	}
 }

@@ -266,7 +266,13 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		CheckQuorum:               !h.cfg.DisableCheckQuorum,
 		PreVote:                   !h.cfg.DisablePreVote,
 		DisableProposalForwarding: h.cfg.DisableProposalForwarding,
-		Logger:                    newRaftLogger(h.log, id),
+		// A leader that applies its own removal stops leading at once
+		// rather than lead a group it is no member of. The group then
+		// waits out an election timeout (the node is alive: no liveness
+		// failover), so a caller that moves a leader's replica hands
+		// the leadership away first.
+		StepDownOnRemoval: true,
+		Logger:            newRaftLogger(h.log, id),
 	})
 	if err != nil {
 		return nil, false, nil, fmt.Errorf("multiraft: group %d: %w", id, err)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
@@ -169,9 +170,12 @@ func (s *Server) discoverOnce() {
 	// The versions of the groups held, read before asking: this loop is
 	// the only writer of the views.
 	known := make(map[uint64]uint64, len(s.peerConns))
+	removals := s.ranges.Removals()
 	s.peers.Lock()
 	for id, v := range s.peers.views {
-		known[id] = v.version
+		if v.removals == removals {
+			known[id] = v.version
+		}
 	}
 	s.peers.Unlock()
 	answers := make(chan answer, len(s.peerConns))
@@ -211,11 +215,38 @@ func (s *Server) discoverOnce() {
 				v.version = 0
 			}
 		default:
-			v.ok, v.failCode, v.lastOK, v.info, v.groups, v.version = true, codes.OK, now, a.resp.Node, a.resp.Groups, a.resp.Version
+			v.ok, v.failCode, v.lastOK, v.info, v.version = true, codes.OK, now, a.resp.Node, a.resp.Version
+			v.groups, v.removals = s.notHeld(a.resp.Groups), removals
 			v.unchanged = 0
 		}
 		s.peers.Unlock()
 	}
+}
+
+// hasDescriptor reports whether replica r is initialized (has its range's
+// descriptor).
+func hasDescriptor(r *ranges.Replica) bool {
+	_, ok := r.Descriptor()
+	return ok
+}
+
+// notHeld returns those of gs (in place) whose range this node holds no
+// initialized replica of (peerView.groups).
+func (s *Server) notHeld(gs []*api.GroupInfo) []*api.GroupInfo {
+	out := gs[:0]
+	for _, g := range gs {
+		// A local replica with no descriptor yet (an empty one waiting
+		// for its first snapshot) answers nothing: the peers' reports
+		// of its range stay.
+		if r, ok := s.ranges.Get(g.Id); !ok || !hasDescriptor(r) {
+			out = append(out, g)
+		}
+	}
+	clear(gs[len(out):])
+	if len(out) == 0 {
+		return nil // not even the answer's array of pointers stays
+	}
+	return slices.Clone(out)
 }
 
 // nodeInfos returns every node of the cluster with what is known of it.

@@ -68,6 +68,13 @@ type Config struct {
 	// 1..Groups, cutting the hex keyspace evenly: kv.InitialSplits).
 	// Required; limits 1..MaxGroups. Ranges split and merge from there.
 	Groups int
+	// Replicas is how many voters each range of a new cluster has, on as
+	// many distinct nodes (all of them when the cluster has fewer).
+	// Default 3; 1, 3, 5 or 7 (an even count survives no more failures
+	// than the odd one below it, and costs a replica more). Part of the
+	// cluster's identity with InitialCluster and Groups: every node must
+	// be started with the same.
+	Replicas int
 
 	// RangeMaxBytes: a range whose data passes it splits in two. Default
 	// 64 MiB; limits 4 KiB..64 GiB; negative disables size-based splits.
@@ -232,9 +239,16 @@ func sortedIDs(m map[uint64]string) []uint64 {
 // ClusterID derives the cluster's ID from its initial membership and group
 // count: FNV-1a of the normalised --initial-cluster and the group count.
 // Never 0.
-func ClusterID(initial map[uint64]string, groups int) uint64 {
+//
+// replicas is the replication factor (Config.Replicas); the default, 3,
+// leaves the ID as it was before the factor could be chosen, so data
+// directories written then still start.
+func ClusterID(initial map[uint64]string, groups, replicas int) uint64 {
 	h := fnv.New64a()
 	fmt.Fprintf(h, "flotilla/v1;groups=%d;%s", groups, FormatInitialCluster(initial))
+	if replicas != DefaultReplicas {
+		fmt.Fprintf(h, ";replicas=%d", replicas)
+	}
 	if id := h.Sum64(); id != 0 {
 		return id
 	}
@@ -242,6 +256,9 @@ func ClusterID(initial map[uint64]string, groups int) uint64 {
 }
 
 func (c *Config) setDefaults() {
+	if c.Replicas == 0 {
+		c.Replicas = DefaultReplicas
+	}
 	if c.TickInterval == 0 {
 		c.TickInterval = 100 * time.Millisecond
 	}
@@ -327,6 +344,11 @@ func (c *Config) validate() error {
 	if c.Groups < 1 || c.Groups > MaxGroups {
 		return bad("--groups %d outside 1..%d", c.Groups, MaxGroups)
 	}
+	switch c.Replicas {
+	case 1, 3, 5, 7:
+	default:
+		return bad("--replicas %d: want 1, 3, 5 or 7", c.Replicas)
+	}
 	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
 		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
 	}
@@ -357,20 +379,20 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// ReplicationFactor is how many replicas each group has (fewer when the
-// cluster has fewer nodes).
-const ReplicationFactor = 3
+// DefaultReplicas is the default of Config.Replicas.
+const DefaultReplicas = 3
 
-// Replicas returns the nodes holding group g: every node of a cluster of
-// up to three, otherwise three consecutive nodes in ID order starting at
-// node index (g-1) mod n. The first is the group's preferred leader, so
+// Replicas returns the nodes holding group g in a cluster of nodes with
+// replication factor factor: every node of a cluster of up to factor
+// nodes, otherwise factor consecutive nodes in ID order starting at node
+// index (g-1) mod n. The first is the group's preferred leader, so
 // preferred leaders spread evenly over the nodes.
-func Replicas(g uint64, nodes []uint64) []uint64 {
+func Replicas(g uint64, nodes []uint64, factor int) []uint64 {
 	n := len(nodes)
-	if n == 0 || g == 0 {
+	if n == 0 || g == 0 || factor < 1 {
 		return nil
 	}
-	r := min(n, ReplicationFactor)
+	r := min(n, factor)
 	start := int((g - 1) % uint64(n))
 	out := make([]uint64, r)
 	for i := range r {

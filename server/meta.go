@@ -17,6 +17,9 @@ type meta struct {
 	NodeID         uint64 `json:"node_id"`
 	InitialCluster string `json:"initial_cluster"`
 	Groups         int    `json:"groups"`
+	// Replicas is --replicas; absent (0) means the default, 3, as in
+	// directories written before the flag.
+	Replicas int `json:"replicas,omitempty"`
 	// Layout is the version of the database's layout (layoutRanges);
 	// absent in directories of the hashed groups that came before ranges.
 	Layout int `json:"layout,omitempty"`
@@ -55,15 +58,23 @@ func compareMeta(dir, path string, b []byte, want meta) error {
 			"start the node with a new --data-dir (the old data is not converted)", ErrOtherCluster, dir, got.Layout, want.Layout)
 	}
 	if got.ClusterID != want.ClusterID {
-		return fmt.Errorf("%w: %s was created for cluster %x (--initial-cluster %s, --groups %d), "+
-			"not cluster %x (--initial-cluster %s, --groups %d); use another --data-dir or the original flags",
-			ErrOtherCluster, dir, got.ClusterID, got.InitialCluster, got.Groups,
-			want.ClusterID, want.InitialCluster, want.Groups)
+		return fmt.Errorf("%w: %s was created for cluster %x (--initial-cluster %s, --groups %d, --replicas %d), "+
+			"not cluster %x (--initial-cluster %s, --groups %d, --replicas %d); use another --data-dir or the original flags",
+			ErrOtherCluster, dir, got.ClusterID, got.InitialCluster, got.Groups, replicasOrDefault(got.Replicas),
+			want.ClusterID, want.InitialCluster, want.Groups, replicasOrDefault(want.Replicas))
 	}
 	if got.NodeID != want.NodeID {
 		return fmt.Errorf("%w: %s belongs to node %d, not node %d", ErrOtherCluster, dir, got.NodeID, want.NodeID)
 	}
 	return nil
+}
+
+// replicasOrDefault is a meta file's replicas, the default when absent.
+func replicasOrDefault(n int) int {
+	if n == 0 {
+		return DefaultReplicas
+	}
+	return n
 }
 
 // writeMeta writes m as dir's meta file, durably: temp file, fsync,

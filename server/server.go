@@ -142,8 +142,17 @@ type Server struct {
 
 // peerView is what this node last learned from one peer.
 type peerView struct {
-	info   *api.NodeInfo
+	info *api.NodeInfo
+	// groups are the peer's replicas of the ranges this node held none of
+	// when they were stored: every reader looks at the local replica of a
+	// range first, and a copy per peer of every range held here too was
+	// about 0.5 KiB of each replica's heap (two peers, BENCHMARKS.md,
+	// "Quiescence: memory per idle replica").
 	groups []*api.GroupInfo
+	// removals is the range store's Removals when groups were stored: once
+	// this node lost a replica, the next round asks for everything again
+	// (that range may be among those left out).
+	removals uint64
 	// version is the peer's version of groups (InfoResponse.version); 0:
 	// ask for all of them.
 	version uint64
@@ -177,7 +186,7 @@ func New(cfg Config) (s *Server, err error) {
 	s = &Server{
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.NodeID),
-		clusterID: ClusterID(cfg.InitialCluster, cfg.Groups),
+		clusterID: ClusterID(cfg.InitialCluster, cfg.Groups, cfg.Replicas),
 		infoBase:  rand.Uint64(),
 		nodes:     sortedIDs(cfg.InitialCluster),
 		reg:       prometheus.NewRegistry(),
@@ -212,6 +221,9 @@ func New(cfg Config) (s *Server, err error) {
 		InitialCluster: FormatInitialCluster(cfg.InitialCluster),
 		Groups:         cfg.Groups,
 		Layout:         layoutRanges,
+	}
+	if cfg.Replicas != DefaultReplicas {
+		dirMeta.Replicas = cfg.Replicas
 	}
 	fresh, err := checkMeta(cfg.DataDir, dirMeta)
 	if err != nil {
@@ -398,7 +410,7 @@ func (s *Server) startRanges(fresh bool) error {
 	if !fresh {
 		return nil
 	}
-	initial := ranges.InitialRanges(s.cfg.Groups, func(id uint64) []uint64 { return Replicas(id, s.nodes) })
+	initial := ranges.InitialRanges(s.cfg.Groups, func(id uint64) []uint64 { return Replicas(id, s.nodes, s.cfg.Replicas) })
 	if err := st.Bootstrap(initial); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}

@@ -22,7 +22,7 @@ func newStartCmd() *cobra.Command {
 		id                                            uint64
 		dataDir, peerAddr, clientAddr                 string
 		httpAddr, initialCluster                      string
-		groups                                        int
+		groups, replicas                              int
 		tick                                          time.Duration
 		electionTicks, heartbeatTicks                 int
 		logLevel                                      string
@@ -81,6 +81,7 @@ leaderships away, flushes storage and exits 0.`,
 				HTTPAddr:           httpAddr,
 				InitialCluster:     ic,
 				Groups:             groups,
+				Replicas:           replicas,
 				TickInterval:       tick,
 				ElectionTicks:      electionTicks,
 				HeartbeatTicks:     heartbeatTicks,
@@ -134,6 +135,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&httpAddr, "http-addr", "", "HOST:PORT of /metrics, /healthz, /readyz, /debug/raft, /debug/pprof (required)")
 	f.StringVar(&initialCluster, "initial-cluster", "", "every node's peer address: 1=HOST:PORT,2=HOST:PORT,... (required)")
 	f.IntVar(&groups, "groups", 16, "number of ranges a new cluster starts with, cutting the hex keyspace evenly (they split and merge from there)")
+	f.IntVar(&replicas, "replicas", server.DefaultReplicas, "voters of each range of a new cluster, on as many nodes (1, 3, 5 or 7; every node of a smaller cluster); every node must be started with the same")
 	f.StringVar(&rangeMax, "range-max-bytes", "64MiB", "a range whose data passes this size splits (B, KiB, MiB, GiB; 0: never by size)")
 	f.StringVar(&rangeMin, "range-min-bytes", "", "neighbouring cold ranges both below this size merge (default: a quarter of --range-max-bytes; 0: never)")
 	f.StringVar(&historyRetention, "history-retention", "10000", "how much history each range keeps for reads at past revisions and watches: a count of revisions (10000), an age (1h), or 0 for none")

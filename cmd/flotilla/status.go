@@ -20,31 +20,39 @@ func newStatusCmd() *cobra.Command {
 		Short: "Show nodes, groups and links, gathered from every node",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(out, "table", "json"); err != nil {
-				return err
-			}
-			cl, ctx, cancel, err := cf.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer cl.Close()
-			st, err := cl.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if out == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			}
-			printStatus(cmd.OutOrStdout(), st)
-			return nil
+			return writeStatus(cmd, &cf, out, func(st api.Status) api.Status { return st }, printStatus)
 		},
 	}
 	cf.register(cmd)
 	cmd.Flags().StringVarP(&out, "write-out", "w", "table", "output format: table or json")
 	return cmd
+}
+
+// writeStatus gathers the cluster's status (client.Status) and writes
+// what doc makes of it, as indented JSON with -w json, else as table
+// does: the body of status and node list.
+func writeStatus[T any](cmd *cobra.Command, cf *clientFlags, out string, doc func(api.Status) T, table func(io.Writer, T)) error {
+	if err := checkOutput(out, "table", "json"); err != nil {
+		return err
+	}
+	cl, ctx, cancel, err := cf.connect(cmd)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer cl.Close()
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return err
+	}
+	d := doc(st)
+	if out == "json" {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		return enc.Encode(d)
+	}
+	table(cmd.OutOrStdout(), d)
+	return nil
 }
 
 // printStatus writes st as three tables.

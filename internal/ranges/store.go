@@ -184,6 +184,8 @@ type Store struct {
 	// order is every replica by ascending ID (Replicas), replaced under
 	// mu.Lock whenever one starts or goes; readers take no lock.
 	order atomic.Pointer[[]*Replica]
+	// removals counts the replicas destroyed (Removals).
+	removals atomic.Uint64
 	// index is the initialized replicas sorted by the start of their span,
 	// rebuilt whenever a descriptor changes (copy on write); readers take
 	// no lock. It may lag a change by a moment: Lookup checks what it finds.
@@ -606,6 +608,12 @@ func (s *Store) reconcile(id uint64) {
 	}
 }
 
+// Removals counts the replicas removed from this node so far: a reader
+// that keeps what it knows of only the ranges this node does not hold
+// (the server's views of its peers) sees from it that the set shrank, and
+// that it must learn again of the ranges it lost. Safe from any goroutine.
+func (s *Store) Removals() uint64 { return s.removals.Load() }
+
 // destroy removes replica r from the node: it stops applying, the Host
 // removes its group and raft state, then its own state is deleted (not the
 // data of its span, which the range that holds it now owns).
@@ -617,6 +625,7 @@ func (s *Store) destroy(r *Replica, why string) {
 	}
 	delete(s.mu.replicas, r.ID)
 	s.reorderLocked()
+	s.removals.Add(1)
 	s.mu.Unlock()
 	s.reindex()
 	r.SM.Destroy()

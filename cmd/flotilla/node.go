@@ -1,0 +1,51 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla/flotilla/api"
+)
+
+func newNodeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "The cluster's nodes",
+	}
+	cmd.AddCommand(newNodeListCmd())
+	return cmd
+}
+
+func newNodeListCmd() *cobra.Command {
+	var cf clientFlags
+	var out string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the nodes: addresses, state (live or suspect), replicas and leaders held",
+		Long: `List every node of the cluster with its addresses, its state and the
+ranges it holds a replica of and leads. A node that answers is live; one
+that does not is suspect.
+
+-w json prints {"nodes":[{"id","peer_addr","client_addr","http_addr","state","replicas","leaders"}]}.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return writeStatus(cmd, &cf, out, api.NodeListOf, printNodeList)
+		},
+	}
+	cf.register(cmd)
+	cmd.Flags().StringVarP(&out, "write-out", "w", "table", "output format: table or json")
+	return cmd
+}
+
+// printNodeList writes nl as a table.
+func printNodeList(w io.Writer, nl api.NodeList) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "NODE\tSTATE\tREPLICAS\tLEADERS\tPEER\tCLIENT\tHTTP\n")
+	for _, n := range nl.Nodes {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\n", n.ID, n.State, n.Replicas, n.Leaders, n.PeerAddr, n.ClientAddr, n.HTTPAddr)
+	}
+	tw.Flush()
+}
