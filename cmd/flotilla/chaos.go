@@ -46,7 +46,9 @@ simulated clock. Replaying one seed (--seeds 1 --seed S) reproduces it
 exactly. Faults (--nemesis): drop, delay, duplicate, partition, blackhole,
 crash (alias kill), failpoint, campaign, pause (a node frozen as by SIGSTOP),
 transfer (leadership transfers), reqdup (client writes delivered twice, the
-copy later and elsewhere), or all (the default with --sim).
+copy later and elsewhere), split, merge, membership (a range's leader adds
+a learner on a node that does not exist, or removes it; --sim only), or
+all (the default with --sim).
 
 Without --sim it starts --nodes real 'flotilla start' processes on
 127.0.0.1..N, drives the workload through the Go client for --duration

@@ -1,7 +1,10 @@
 package sim
 
 import (
+	"slices"
 	"time"
+
+	"github.com/flotilla/flotilla/multiraft"
 )
 
 // nemesis injects one fault chosen among the enabled kinds, and schedules
@@ -12,7 +15,7 @@ func (s *sim) nemesis() {
 	}
 	defer s.after(s.between(100*time.Millisecond, 700*time.Millisecond), s.nemesis)
 	var kinds []Faults
-	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit} {
+	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit, FaultMembership} {
 		if s.cfg.Faults&f != 0 {
 			kinds = append(kinds, f)
 		}
@@ -128,17 +131,11 @@ func (s *sim) nemesis() {
 		})
 	case FaultSplit:
 		s.splitNemesis()
+	case FaultMembership:
+		s.membershipNemesis()
 	case FaultTransfer:
-		gs := s.rangeIDs()
-		if len(gs) == 0 {
-			break // every node is down
-		}
-		g := gs[s.rng.IntN(len(gs))]
-		for _, id := range s.upNodes() {
-			n := s.nodes[id]
-			if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {
-				continue
-			}
+		if g, n, ok := s.randomLed(); ok {
+			id := n.id
 			to := s.ids[s.rng.IntN(len(s.ids))]
 			if to == id {
 				return
@@ -201,4 +198,62 @@ func (s *sim) blockFor(links [][2]uint64, d time.Duration, what string) {
 			s.net.unblock(l[0], l[1])
 		}
 	})
+}
+
+// randomLed picks a range at random and returns it with the first running,
+// unpaused node that leads it as its replica there sees it; ok is false if
+// none does (or every node is down).
+func (s *sim) randomLed() (g uint64, n *node, ok bool) {
+	gs := s.rangeIDs()
+	if len(gs) == 0 {
+		return 0, nil, false // every node is down
+	}
+	g = gs[s.rng.IntN(len(gs))]
+	for _, id := range s.upNodes() {
+		n := s.nodes[id]
+		if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {
+			continue
+		}
+		return g, n, true
+	}
+	return g, nil, false
+}
+
+// ghostNode is the node FaultMembership adds as a learner: no node of the
+// simulation (at most 9), so every message to it is lost, as the real
+// transport drops those to an unknown peer.
+const ghostNode = 100
+
+// membershipNemesis has a range's leader add ghostNode as a learner, or
+// remove it if it is one (FaultMembership). Nobody waits for the outcome:
+// a change refused (no longer the leader, or checked against a
+// configuration not yet applied) or dropped is part of what is tested.
+func (s *sim) membershipNemesis() {
+	g, n, ok := s.randomLed()
+	if !ok {
+		return
+	}
+	if st, err := n.host.GroupStatus(g); err == nil {
+		kind, what := multiraft.AddLearner, "add-learner"
+		if slices.Contains(st.Learners, ghostNode) {
+			kind, what = multiraft.RemoveMember, "remove"
+		}
+		s.res.Faults++
+		s.res.MembershipChanges++
+		s.record("membership-"+what, g, n.id, ghostNode)
+		f := n.host.ChangeMembershipAsync(g, kind, ghostNode)
+		n.drain()
+		// Its outcome does not matter to the checks, but a run in which
+		// none applies has not tested them (TestSeeds counts).
+		s.after(time.Second, func() {
+			select {
+			case <-f.Done():
+				if _, err := f.Result(); err == nil {
+					s.res.MembershipApplied++
+				}
+			default:
+			}
+		})
+		return
+	}
 }

@@ -76,11 +76,19 @@ const (
 	// node that leads it, as an operator's merge would), racing with
 	// leader changes, transfers, crashes and the splits.
 	FaultMerge
+	// FaultMembership changes a range's membership now and then: its
+	// leader adds a learner on a node that does not exist (ghostNode), or
+	// removes it again. Membership changes race with leader changes,
+	// crashes, pauses, partitions, splits and merges, and the proposals
+	// behind each wait for it (the engine holds them); the learner,
+	// never reached, keeps its range's leader sending and snapshotting.
+	FaultMembership
 
 	// AllFaults is every fault kind.
 	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
 		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign |
-		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit | FaultMerge
+		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit | FaultMerge |
+		FaultMembership
 )
 
 var faultNames = []struct {
@@ -91,12 +99,12 @@ var faultNames = []struct {
 	{FaultPartition, "partition"}, {FaultBlackHole, "blackhole"}, {FaultCrash, "crash"},
 	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
 	{FaultPause, "pause"}, {FaultTransfer, "transfer"}, {FaultRequestDup, "reqdup"},
-	{FaultSplit, "split"}, {FaultMerge, "merge"},
+	{FaultSplit, "split"}, {FaultMerge, "merge"}, {FaultMembership, "membership"},
 }
 
 // ParseFaults parses a comma-separated list of fault names (drop, delay,
 // duplicate, partition, blackhole, crash, failpoint, campaign, pause,
-// transfer, reqdup, split, merge, or all).
+// transfer, reqdup, split, merge, membership, or all).
 func ParseFaults(s string) (Faults, error) {
 	var f Faults
 	for _, part := range strings.Split(s, ",") {
@@ -328,6 +336,11 @@ type Result struct {
 	// idle) and woke again.
 	Quiesces int `json:"quiesces"`
 	Wakes    int `json:"wakes"`
+	// MembershipChanges counts the changes FaultMembership asked for
+	// (each may have been refused or dropped), MembershipApplied those
+	// applied within a second.
+	MembershipChanges int `json:"membership_changes"`
+	MembershipApplied int `json:"membership_applied"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the
