@@ -39,8 +39,8 @@ type Host struct {
 	statusVersion atomic.Uint64
 	// announced: the node pings its peers (Config.Unannounced, Announce).
 	announced atomic.Bool
-	// lastPing is the tick (live.ticks) of the last ping; owned by the
-	// tick (Host.tick).
+	// lastPing is the tick (live.ticks) of the last ping, 0 before the
+	// first; owned by the tick (Host.tick).
 	lastPing int64
 
 	stopc    chan struct{}

@@ -98,7 +98,7 @@ func (h *Host) tick(ids []uint64, late bool) []uint64 {
 		// late tick: an overloaded node's ticker drops ticks, and pings
 		// spaced in the ticks it runs would reach its peers further apart
 		// than their liveness timeout (liveness.go, "An overloaded node").
-		ping := late || n-h.lastPing >= int64(h.cfg.PingTicks)
+		ping := late || h.lastPing == 0 || n-h.lastPing >= int64(h.cfg.PingTicks)
 		if ping {
 			h.lastPing = n
 		}
