@@ -27,17 +27,26 @@ func TestNodeListCLI(t *testing.T) {
 		}
 		return nl
 	}
-	nl := list(c.endpoints(0))
-	replicas, leaders := 0, 0
-	for _, n := range nl.Nodes {
-		if n.State != api.NodeLive || n.ClientAddr == "" || n.PeerAddr == "" {
-			t.Fatalf("node %+v: want live, with its addresses", n)
+	// Until the node asked has learned every node's client address (its
+	// discovery, once a second), the others are suspect to it.
+	var nl api.NodeList
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		nl = list(c.endpoints(0))
+		replicas, leaders, live := 0, 0, 0
+		for _, n := range nl.Nodes {
+			if n.State == api.NodeLive && n.ClientAddr != "" && n.PeerAddr != "" {
+				live++
+			}
+			replicas += n.Replicas
+			leaders += n.Leaders
 		}
-		replicas += n.Replicas
-		leaders += n.Leaders
-	}
-	if len(nl.Nodes) != 3 || replicas != 12 || leaders != 4 {
-		t.Fatalf("%d nodes holding %d replicas and %d leaders, want 3, 12, 4: %+v", len(nl.Nodes), replicas, leaders, nl)
+		if len(nl.Nodes) == 3 && live == 3 && replicas == 12 && leaders == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d nodes (%d live with their addresses) holding %d replicas and %d leaders, want 3, 3, 12, 4: %+v",
+				len(nl.Nodes), live, replicas, leaders, nl)
+		}
 	}
 	if r := run(t, nil, "node", "list", "--endpoints", strings.Join(c.endpoints(0), ",")); r.code != 0 ||
 		!strings.Contains(r.stdout, "NODE") || strings.Count(r.stdout, " live ") != 3 {
