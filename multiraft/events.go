@@ -121,10 +121,7 @@ func (s *Subscription) deliver(evs []LeaderEvent, cap int) int {
 		dropped = n - len(s.mu.events)
 	}
 	s.mu.Unlock()
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
+	s.Wake()
 	return dropped
 }
 
@@ -149,17 +146,8 @@ func collapse(evs []LeaderEvent) []LeaderEvent {
 // the subscription is closed and drained.
 func (s *Subscription) Next(ctx context.Context) (LeaderBatch, error) {
 	for {
-		s.mu.Lock()
-		if len(s.mu.events) > 0 {
-			b := LeaderBatch{Events: s.mu.events, Skipped: s.mu.skipped}
-			s.mu.events, s.mu.skipped = nil, false
-			s.mu.Unlock()
-			return b, nil
-		}
-		closed := s.mu.closed
-		s.mu.Unlock()
-		if closed {
-			return LeaderBatch{}, ErrStopped
+		if b, ok, err := s.TryNext(); ok || err != nil {
+			return b, err
 		}
 		select {
 		case <-s.notify:
@@ -175,8 +163,9 @@ func (s *Subscription) Next(ctx context.Context) (LeaderBatch, error) {
 // Ready share the channel; one goroutine uses a Subscription.
 func (s *Subscription) Ready() <-chan struct{} { return s.notify }
 
-// Wake makes Ready receive once more, for a loop that took events and must
-// look again (TryNext) before it waits.
+// Wake makes Ready receive once more (at most one wake is pending): what
+// a delivery or the close does, and what a loop that took events and must
+// look again (TryNext) before it waits does. Never blocks.
 func (s *Subscription) Wake() {
 	select {
 	case s.notify <- struct{}{}:
@@ -217,10 +206,7 @@ func (s *Subscription) closeLocked() {
 		return
 	}
 	s.mu.closed = true
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
+	s.Wake()
 }
 
 func sortEvents(evs []LeaderEvent) {

@@ -191,6 +191,12 @@ func (s *Server) discoverOnce() {
 	now := time.Now()
 	for range s.peerConns {
 		a := <-answers
+		// Filtered before the lock: a full answer holds every range of
+		// the peer, and readers of the views wait on the lock.
+		var groups []*api.GroupInfo
+		if a.err == nil && !a.resp.Unchanged {
+			groups = s.notHeld(a.resp.Groups)
+		}
 		s.peers.Lock()
 		v := s.peers.views[a.id]
 		if v == nil {
@@ -216,7 +222,7 @@ func (s *Server) discoverOnce() {
 			}
 		default:
 			v.ok, v.failCode, v.lastOK, v.info, v.version = true, codes.OK, now, a.resp.Node, a.resp.Version
-			v.groups, v.removals = s.notHeld(a.resp.Groups), removals
+			v.groups, v.removals = groups, removals
 			v.unchanged = 0
 		}
 		s.peers.Unlock()
