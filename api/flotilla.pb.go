@@ -128,7 +128,7 @@ func (x Compare_Target) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Target.Descriptor instead.
 func (Compare_Target) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{35, 0}
 }
 
 type Compare_Result int32
@@ -183,7 +183,7 @@ func (x Compare_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Result.Descriptor instead.
 func (Compare_Result) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33, 1}
+	return file_flotilla_proto_rawDescGZIP(), []int{35, 1}
 }
 
 type TxnOp_Kind int32
@@ -244,7 +244,7 @@ func (x TxnOp_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TxnOp_Kind.Descriptor instead.
 func (TxnOp_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{36, 0}
 }
 
 type WatchEvent_Type int32
@@ -290,7 +290,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{84, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{86, 0}
 }
 
 type UserAddRequest struct {
@@ -1442,9 +1442,13 @@ func (x *PeerProposeResponse) GetResult() []byte {
 }
 
 type ReplicaStateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterId     uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Group         uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Group     uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	// removed_by, if set, is the asking node's ID: it removed the answering
+	// node's replica of the group (a replica move), and the answerer checks
+	// back with it before it removes its replica (ranges.Store.CheckRemoved).
+	RemovedBy     uint64 `protobuf:"varint,3,opt,name=removed_by,json=removedBy,proto3" json:"removed_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1489,6 +1493,13 @@ func (x *ReplicaStateRequest) GetClusterId() uint64 {
 func (x *ReplicaStateRequest) GetGroup() uint64 {
 	if x != nil {
 		return x.Group
+	}
+	return 0
+}
+
+func (x *ReplicaStateRequest) GetRemovedBy() uint64 {
+	if x != nil {
+		return x.RemovedBy
 	}
 	return 0
 }
@@ -1730,6 +1741,110 @@ func (x *MergeResponse) GetMerged() *RangeInfo {
 	return nil
 }
 
+type MoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	From          uint64                 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            uint64                 `protobuf:"varint,3,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveRequest) Reset() {
+	*x = MoveRequest{}
+	mi := &file_flotilla_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveRequest) ProtoMessage() {}
+
+func (x *MoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveRequest.ProtoReflect.Descriptor instead.
+func (*MoveRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *MoveRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *MoveRequest) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *MoveRequest) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+type MoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         *RangeInfo             `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveResponse) Reset() {
+	*x = MoveResponse{}
+	mi := &file_flotilla_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveResponse) ProtoMessage() {}
+
+func (x *MoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveResponse.ProtoReflect.Descriptor instead.
+func (*MoveResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *MoveResponse) GetRange() *RangeInfo {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
 // Header comes with every KV answer.
 type Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1749,7 +1864,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1876,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1889,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Header) GetGroup() uint64 {
@@ -1828,7 +1943,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1955,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1968,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Session) GetId() uint64 {
@@ -1902,7 +2017,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2029,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2042,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -1989,7 +2104,7 @@ type Compare struct {
 
 func (x *Compare) Reset() {
 	*x = Compare{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2116,7 @@ func (x *Compare) String() string {
 func (*Compare) ProtoMessage() {}
 
 func (x *Compare) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2129,7 @@ func (x *Compare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compare.ProtoReflect.Descriptor instead.
 func (*Compare) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Compare) GetKey() []byte {
@@ -2069,7 +2184,7 @@ type TxnOp struct {
 
 func (x *TxnOp) Reset() {
 	*x = TxnOp{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2196,7 @@ func (x *TxnOp) String() string {
 func (*TxnOp) ProtoMessage() {}
 
 func (x *TxnOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2209,7 @@ func (x *TxnOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
 func (*TxnOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TxnOp) GetKind() TxnOp_Kind {
@@ -2153,7 +2268,7 @@ type TxnRequest struct {
 
 func (x *TxnRequest) Reset() {
 	*x = TxnRequest{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2280,7 @@ func (x *TxnRequest) String() string {
 func (*TxnRequest) ProtoMessage() {}
 
 func (x *TxnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2293,7 @@ func (x *TxnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
 func (*TxnRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TxnRequest) GetCompares() []*Compare {
@@ -2234,7 +2349,7 @@ type TxnOpResponse struct {
 
 func (x *TxnOpResponse) Reset() {
 	*x = TxnOpResponse{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2361,7 @@ func (x *TxnOpResponse) String() string {
 func (*TxnOpResponse) ProtoMessage() {}
 
 func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2374,7 @@ func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOpResponse.ProtoReflect.Descriptor instead.
 func (*TxnOpResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TxnOpResponse) GetKind() TxnOp_Kind {
@@ -2312,7 +2427,7 @@ type TxnResponse struct {
 
 func (x *TxnResponse) Reset() {
 	*x = TxnResponse{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2439,7 @@ func (x *TxnResponse) String() string {
 func (*TxnResponse) ProtoMessage() {}
 
 func (x *TxnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2452,7 @@ func (x *TxnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
 func (*TxnResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TxnResponse) GetHeader() *Header {
@@ -2391,7 +2506,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2518,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2531,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -2472,7 +2587,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2599,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2612,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -2530,7 +2645,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2542,7 +2657,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2555,7 +2670,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -2597,7 +2712,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2724,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2737,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -2657,7 +2772,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2784,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2797,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -2717,7 +2832,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +2844,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +2857,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{43}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -2785,7 +2900,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +2912,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2810,7 +2925,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{44}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -2882,7 +2997,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3009,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3022,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{45}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -2962,7 +3077,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2974,7 +3089,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2987,7 +3102,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{46}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -3052,7 +3167,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3179,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3192,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{47}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -3115,7 +3230,7 @@ type DeleteRangeRequest struct {
 
 func (x *DeleteRangeRequest) Reset() {
 	*x = DeleteRangeRequest{}
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3242,7 @@ func (x *DeleteRangeRequest) String() string {
 func (*DeleteRangeRequest) ProtoMessage() {}
 
 func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3255,7 @@ func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{48}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DeleteRangeRequest) GetStart() []byte {
@@ -3182,7 +3297,7 @@ type DeleteRangeResponse struct {
 
 func (x *DeleteRangeResponse) Reset() {
 	*x = DeleteRangeResponse{}
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3194,7 +3309,7 @@ func (x *DeleteRangeResponse) String() string {
 func (*DeleteRangeResponse) ProtoMessage() {}
 
 func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3207,7 +3322,7 @@ func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{49}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *DeleteRangeResponse) GetHeader() *Header {
@@ -3246,7 +3361,7 @@ type RangesRequest struct {
 
 func (x *RangesRequest) Reset() {
 	*x = RangesRequest{}
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3258,7 +3373,7 @@ func (x *RangesRequest) String() string {
 func (*RangesRequest) ProtoMessage() {}
 
 func (x *RangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3271,7 +3386,7 @@ func (x *RangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
 func (*RangesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{50}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RangesRequest) GetKey() []byte {
@@ -3306,7 +3421,7 @@ type RangesResponse struct {
 
 func (x *RangesResponse) Reset() {
 	*x = RangesResponse{}
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3318,7 +3433,7 @@ func (x *RangesResponse) String() string {
 func (*RangesResponse) ProtoMessage() {}
 
 func (x *RangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3331,7 +3446,7 @@ func (x *RangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
 func (*RangesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{51}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RangesResponse) GetRanges() []*RangeInfo {
@@ -3361,14 +3476,16 @@ type RangeInfo struct {
 	// bytes: the approximate size of the range's data on disk.
 	Bytes uint64 `protobuf:"varint,8,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// ops_per_sec: requests per second served by the range recently.
-	OpsPerSec     float64 `protobuf:"fixed64,9,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	OpsPerSec float64 `protobuf:"fixed64,9,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	// learners: those of replicas that do not vote yet (being added).
+	Learners      []uint64 `protobuf:"varint,10,rep,packed,name=learners,proto3" json:"learners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3380,7 +3497,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3393,7 +3510,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{52}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RangeInfo) GetId() uint64 {
@@ -3459,6 +3576,13 @@ func (x *RangeInfo) GetOpsPerSec() float64 {
 	return 0
 }
 
+func (x *RangeInfo) GetLearners() []uint64 {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
+}
+
 type NodeInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -3472,7 +3596,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3484,7 +3608,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3497,7 +3621,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{53}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -3559,7 +3683,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3571,7 +3695,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3584,7 +3708,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{54}
+	return file_flotilla_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -3684,7 +3808,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3696,7 +3820,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3709,7 +3833,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{55}
+	return file_flotilla_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -3755,7 +3879,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3767,7 +3891,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3780,7 +3904,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{56}
+	return file_flotilla_proto_rawDescGZIP(), []int{58}
 }
 
 type ClusterMapResponse struct {
@@ -3797,7 +3921,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3809,7 +3933,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3822,7 +3946,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{57}
+	return file_flotilla_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -3861,7 +3985,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3873,7 +3997,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3886,7 +4010,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{58}
+	return file_flotilla_proto_rawDescGZIP(), []int{60}
 }
 
 type NodeStatusResponse struct {
@@ -3901,7 +4025,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3913,7 +4037,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3926,7 +4050,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{59}
+	return file_flotilla_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -3971,7 +4095,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3983,7 +4107,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3996,7 +4120,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{60}
+	return file_flotilla_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -4041,7 +4165,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4053,7 +4177,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4066,7 +4190,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{61}
+	return file_flotilla_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -4112,7 +4236,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4124,7 +4248,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4137,7 +4261,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{62}
+	return file_flotilla_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -4185,7 +4309,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4197,7 +4321,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4210,7 +4334,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{63}
+	return file_flotilla_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -4255,7 +4379,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4267,7 +4391,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4280,7 +4404,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{64}
+	return file_flotilla_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -4321,7 +4445,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4333,7 +4457,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4346,7 +4470,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{65}
+	return file_flotilla_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -4378,7 +4502,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4390,7 +4514,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4403,7 +4527,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{66}
+	return file_flotilla_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -4448,7 +4572,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4460,7 +4584,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4473,7 +4597,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{67}
+	return file_flotilla_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -4523,7 +4647,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4535,7 +4659,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4548,7 +4672,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{68}
+	return file_flotilla_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -4586,7 +4710,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4598,7 +4722,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4611,7 +4735,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{69}
+	return file_flotilla_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -4666,7 +4790,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4678,7 +4802,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4691,7 +4815,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{70}
+	return file_flotilla_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -4764,7 +4888,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4776,7 +4900,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4789,7 +4913,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{71}
+	return file_flotilla_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -4840,7 +4964,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4852,7 +4976,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4865,7 +4989,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{72}
+	return file_flotilla_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -4908,7 +5032,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4920,7 +5044,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4933,7 +5057,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{73}
+	return file_flotilla_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -4977,7 +5101,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4989,7 +5113,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5002,7 +5126,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{74}
+	return file_flotilla_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -5036,7 +5160,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5048,7 +5172,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5061,7 +5185,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{75}
+	return file_flotilla_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -5088,7 +5212,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5100,7 +5224,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5113,7 +5237,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{76}
+	return file_flotilla_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -5140,7 +5264,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5152,7 +5276,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5165,7 +5289,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{77}
+	return file_flotilla_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -5195,7 +5319,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5207,7 +5331,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5220,7 +5344,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{78}
+	return file_flotilla_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -5246,7 +5370,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5258,7 +5382,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5271,7 +5395,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{79}
+	return file_flotilla_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -5299,7 +5423,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5311,7 +5435,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5324,7 +5448,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{80}
+	return file_flotilla_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -5399,7 +5523,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5411,7 +5535,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5424,7 +5548,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{81}
+	return file_flotilla_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -5456,7 +5580,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5468,7 +5592,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5481,7 +5605,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{82}
+	return file_flotilla_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -5592,7 +5716,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5604,7 +5728,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5617,7 +5741,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{83}
+	return file_flotilla_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -5690,7 +5814,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5702,7 +5826,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5715,7 +5839,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{84}
+	return file_flotilla_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -5763,7 +5887,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5775,7 +5899,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5788,7 +5912,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{85}
+	return file_flotilla_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *WatchResponse) GetHeader() *Header {
@@ -5903,11 +6027,13 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05group\x18\x02 \x01(\x04R\x05group\x12\x18\n" +
 	"\acommand\x18\x03 \x01(\fR\acommand\"-\n" +
 	"\x13PeerProposeResponse\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\fR\x06result\"J\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result\"i\n" +
 	"\x13ReplicaStateRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x14\n" +
-	"\x05group\x18\x02 \x01(\x04R\x05group\"P\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\x12\x1d\n" +
+	"\n" +
+	"removed_by\x18\x03 \x01(\x04R\tremovedBy\"P\n" +
 	"\x14ReplicaStateResponse\x12\x1e\n" +
 	"\n" +
 	"descriptor\x18\x01 \x01(\fR\n" +
@@ -5921,7 +6047,13 @@ const file_flotilla_proto_rawDesc = "" +
 	"\fMergeRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\"?\n" +
 	"\rMergeResponse\x12.\n" +
-	"\x06merged\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x06merged\"^\n" +
+	"\x06merged\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x06merged\"C\n" +
+	"\vMoveRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\x04R\x02to\"<\n" +
+	"\fMoveResponse\x12,\n" +
+	"\x05range\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x05range\"^\n" +
 	"\x06Header\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -6064,7 +6196,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05stats\x18\x03 \x01(\bR\x05stats\"T\n" +
 	"\x0eRangesResponse\x12.\n" +
 	"\x06ranges\x18\x01 \x03(\v2\x16.flotilla.v1.RangeInfoR\x06ranges\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more\"\xe1\x01\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"\xfd\x01\n" +
 	"\tRangeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
@@ -6076,7 +6208,9 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x06leader\x18\x06 \x01(\x04R\x06leader\x12\x12\n" +
 	"\x04term\x18\a \x01(\x04R\x04term\x12\x14\n" +
 	"\x05bytes\x18\b \x01(\x04R\x05bytes\x12\x1e\n" +
-	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\"\x8b\x01\n" +
+	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12\x1a\n" +
+	"\blearners\x18\n" +
+	" \x03(\x04R\blearners\"\x8b\x01\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1f\n" +
@@ -6268,7 +6402,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\vDeleteRange\x12\x1f.flotilla.v1.DeleteRangeRequest\x1a .flotilla.v1.DeleteRangeResponse\x12B\n" +
 	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x01\x128\n" +
 	"\x03Txn\x12\x17.flotilla.v1.TxnRequest\x1a\x18.flotilla.v1.TxnResponse\x12@\n" +
-	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xea\x02\n" +
+	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xa7\x03\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
@@ -6276,7 +6410,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"NodeStatus\x12\x1e.flotilla.v1.NodeStatusRequest\x1a\x1f.flotilla.v1.NodeStatusResponse\x12A\n" +
 	"\x06Ranges\x12\x1a.flotilla.v1.RangesRequest\x1a\x1b.flotilla.v1.RangesResponse\x12>\n" +
 	"\x05Split\x12\x19.flotilla.v1.SplitRequest\x1a\x1a.flotilla.v1.SplitResponse\x12>\n" +
-	"\x05Merge\x12\x19.flotilla.v1.MergeRequest\x1a\x1a.flotilla.v1.MergeResponse2\xff\x04\n" +
+	"\x05Merge\x12\x19.flotilla.v1.MergeRequest\x1a\x1a.flotilla.v1.MergeResponse\x12;\n" +
+	"\x04Move\x12\x18.flotilla.v1.MoveRequest\x1a\x19.flotilla.v1.MoveResponse2\xff\x04\n" +
 	"\bElection\x12M\n" +
 	"\n" +
 	"LeaseGrant\x12\x1e.flotilla.v1.LeaseGrantRequest\x1a\x1f.flotilla.v1.LeaseGrantResponse\x12P\n" +
@@ -6322,7 +6457,7 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 }
 
 var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
 var file_flotilla_proto_goTypes = []any{
 	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
 	(Compare_Target)(0),             // 1: flotilla.v1.Compare.Target
@@ -6359,62 +6494,64 @@ var file_flotilla_proto_goTypes = []any{
 	(*SplitResponse)(nil),           // 32: flotilla.v1.SplitResponse
 	(*MergeRequest)(nil),            // 33: flotilla.v1.MergeRequest
 	(*MergeResponse)(nil),           // 34: flotilla.v1.MergeResponse
-	(*Header)(nil),                  // 35: flotilla.v1.Header
-	(*Session)(nil),                 // 36: flotilla.v1.Session
-	(*KeyValue)(nil),                // 37: flotilla.v1.KeyValue
-	(*Compare)(nil),                 // 38: flotilla.v1.Compare
-	(*TxnOp)(nil),                   // 39: flotilla.v1.TxnOp
-	(*TxnRequest)(nil),              // 40: flotilla.v1.TxnRequest
-	(*TxnOpResponse)(nil),           // 41: flotilla.v1.TxnOpResponse
-	(*TxnResponse)(nil),             // 42: flotilla.v1.TxnResponse
-	(*PutRequest)(nil),              // 43: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 44: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 45: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 46: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 47: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 48: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 49: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 50: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 51: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 52: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 53: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 54: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 55: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 56: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 57: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 58: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 59: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 60: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 61: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 62: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 63: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 64: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 65: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 66: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 67: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 68: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 69: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 70: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 71: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 72: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 73: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 74: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 75: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 76: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 77: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 78: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 79: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 80: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 81: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 82: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 83: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 84: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 85: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 86: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 87: flotilla.v1.BatchResult
-	(*WatchRequest)(nil),            // 88: flotilla.v1.WatchRequest
-	(*WatchEvent)(nil),              // 89: flotilla.v1.WatchEvent
-	(*WatchResponse)(nil),           // 90: flotilla.v1.WatchResponse
+	(*MoveRequest)(nil),             // 35: flotilla.v1.MoveRequest
+	(*MoveResponse)(nil),            // 36: flotilla.v1.MoveResponse
+	(*Header)(nil),                  // 37: flotilla.v1.Header
+	(*Session)(nil),                 // 38: flotilla.v1.Session
+	(*KeyValue)(nil),                // 39: flotilla.v1.KeyValue
+	(*Compare)(nil),                 // 40: flotilla.v1.Compare
+	(*TxnOp)(nil),                   // 41: flotilla.v1.TxnOp
+	(*TxnRequest)(nil),              // 42: flotilla.v1.TxnRequest
+	(*TxnOpResponse)(nil),           // 43: flotilla.v1.TxnOpResponse
+	(*TxnResponse)(nil),             // 44: flotilla.v1.TxnResponse
+	(*PutRequest)(nil),              // 45: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 46: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 47: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 48: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 49: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 50: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 51: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 52: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 53: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 54: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 55: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 56: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 57: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 58: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 59: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 60: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 61: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 62: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 63: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 64: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 65: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 66: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 67: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 68: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 69: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 70: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 71: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 72: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 73: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 74: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 75: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 76: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 77: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 78: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 79: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 80: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 81: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 82: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 83: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 84: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 85: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 86: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 87: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 88: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 89: flotilla.v1.BatchResult
+	(*WatchRequest)(nil),            // 90: flotilla.v1.WatchRequest
+	(*WatchEvent)(nil),              // 91: flotilla.v1.WatchEvent
+	(*WatchResponse)(nil),           // 92: flotilla.v1.WatchResponse
 }
 var file_flotilla_proto_depIdxs = []int32{
 	13,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
@@ -6425,147 +6562,150 @@ var file_flotilla_proto_depIdxs = []int32{
 	21,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
 	22,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
 	0,   // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
-	57,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	57,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	57,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
-	1,   // 11: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
-	2,   // 12: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
-	3,   // 13: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
-	38,  // 14: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
-	39,  // 15: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
-	39,  // 16: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
-	36,  // 17: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
-	3,   // 18: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
-	37,  // 19: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
-	35,  // 20: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
-	41,  // 21: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
-	36,  // 22: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	35,  // 23: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	35,  // 24: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	37,  // 25: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	36,  // 26: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	35,  // 27: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	36,  // 28: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	35,  // 29: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	37,  // 30: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	37,  // 31: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	36,  // 32: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	35,  // 33: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	57,  // 34: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	58,  // 35: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	59,  // 36: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	58,  // 37: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	59,  // 38: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	60,  // 39: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	58,  // 40: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	59,  // 41: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	36,  // 42: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	35,  // 43: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	36,  // 44: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	35,  // 45: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	35,  // 46: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	35,  // 47: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	36,  // 48: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	35,  // 49: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	75,  // 50: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	36,  // 51: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	35,  // 52: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	75,  // 53: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	35,  // 54: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	75,  // 55: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	75,  // 56: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	85,  // 57: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	43,  // 58: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	47,  // 59: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	40,  // 60: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
-	87,  // 61: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	44,  // 62: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	48,  // 63: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	42,  // 64: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
-	4,   // 65: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
-	37,  // 66: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
-	37,  // 67: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
-	35,  // 68: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
-	89,  // 69: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
-	43,  // 70: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	45,  // 71: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	47,  // 72: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	49,  // 73: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	51,  // 74: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	53,  // 75: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	84,  // 76: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	40,  // 77: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
-	88,  // 78: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
-	61,  // 79: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	63,  // 80: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	55,  // 81: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
-	31,  // 82: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
-	33,  // 83: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
-	67,  // 84: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	69,  // 85: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	71,  // 86: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	73,  // 87: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	76,  // 88: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	78,  // 89: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	80,  // 90: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	82,  // 91: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	5,   // 92: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
-	7,   // 93: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
-	9,   // 94: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
-	9,   // 95: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
-	11,  // 96: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
-	14,  // 97: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
-	15,  // 98: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
-	17,  // 99: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
-	17,  // 100: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
-	19,  // 101: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
-	23,  // 102: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
-	65,  // 103: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	27,  // 104: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	29,  // 105: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	25,  // 106: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
-	44,  // 107: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	46,  // 108: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	48,  // 109: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	50,  // 110: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	52,  // 111: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	54,  // 112: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	86,  // 113: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	42,  // 114: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
-	90,  // 115: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
-	62,  // 116: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	64,  // 117: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	56,  // 118: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	32,  // 119: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	34,  // 120: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	68,  // 121: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	70,  // 122: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	72,  // 123: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	74,  // 124: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	77,  // 125: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	79,  // 126: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	81,  // 127: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	83,  // 128: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	6,   // 129: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
-	8,   // 130: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
-	10,  // 131: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
-	10,  // 132: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
-	12,  // 133: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
-	18,  // 134: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
-	16,  // 135: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
-	18,  // 136: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
-	18,  // 137: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
-	20,  // 138: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
-	24,  // 139: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
-	66,  // 140: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	28,  // 141: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	30,  // 142: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	26,  // 143: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
-	107, // [107:144] is the sub-list for method output_type
-	70,  // [70:107] is the sub-list for method input_type
-	70,  // [70:70] is the sub-list for extension type_name
-	70,  // [70:70] is the sub-list for extension extendee
-	0,   // [0:70] is the sub-list for field type_name
+	59,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	59,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	59,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	59,  // 11: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
+	1,   // 12: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
+	2,   // 13: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
+	3,   // 14: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
+	40,  // 15: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
+	41,  // 16: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
+	41,  // 17: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
+	38,  // 18: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
+	3,   // 19: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
+	39,  // 20: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
+	37,  // 21: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
+	43,  // 22: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
+	38,  // 23: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	37,  // 24: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	37,  // 25: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	39,  // 26: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	38,  // 27: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	37,  // 28: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	38,  // 29: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	37,  // 30: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	39,  // 31: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	39,  // 32: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	38,  // 33: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	37,  // 34: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	59,  // 35: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	60,  // 36: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	61,  // 37: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	60,  // 38: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	61,  // 39: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	62,  // 40: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	60,  // 41: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	61,  // 42: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	38,  // 43: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	37,  // 44: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	38,  // 45: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	37,  // 46: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	37,  // 47: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	37,  // 48: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	38,  // 49: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	37,  // 50: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	77,  // 51: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	38,  // 52: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	37,  // 53: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	77,  // 54: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	37,  // 55: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	77,  // 56: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	77,  // 57: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	87,  // 58: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	45,  // 59: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	49,  // 60: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	42,  // 61: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
+	89,  // 62: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	46,  // 63: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	50,  // 64: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	44,  // 65: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
+	4,   // 66: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
+	39,  // 67: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
+	39,  // 68: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
+	37,  // 69: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
+	91,  // 70: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
+	45,  // 71: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	47,  // 72: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	49,  // 73: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	51,  // 74: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	53,  // 75: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	55,  // 76: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	86,  // 77: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	42,  // 78: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
+	90,  // 79: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
+	63,  // 80: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	65,  // 81: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	57,  // 82: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	31,  // 83: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	33,  // 84: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	35,  // 85: flotilla.v1.Cluster.Move:input_type -> flotilla.v1.MoveRequest
+	69,  // 86: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	71,  // 87: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	73,  // 88: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	75,  // 89: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	78,  // 90: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	80,  // 91: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	82,  // 92: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	84,  // 93: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	5,   // 94: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
+	7,   // 95: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
+	9,   // 96: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
+	9,   // 97: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
+	11,  // 98: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
+	14,  // 99: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
+	15,  // 100: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
+	17,  // 101: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
+	17,  // 102: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
+	19,  // 103: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
+	23,  // 104: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
+	67,  // 105: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	27,  // 106: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	29,  // 107: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	25,  // 108: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	46,  // 109: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	48,  // 110: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	50,  // 111: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	52,  // 112: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	54,  // 113: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	56,  // 114: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	88,  // 115: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	44,  // 116: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
+	92,  // 117: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
+	64,  // 118: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	66,  // 119: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	58,  // 120: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	32,  // 121: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	34,  // 122: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	36,  // 123: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
+	70,  // 124: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	72,  // 125: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	74,  // 126: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	76,  // 127: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	79,  // 128: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	81,  // 129: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	83,  // 130: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	85,  // 131: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	6,   // 132: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	8,   // 133: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	10,  // 134: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	10,  // 135: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	12,  // 136: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	18,  // 137: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	16,  // 138: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	18,  // 139: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	18,  // 140: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	20,  // 141: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	24,  // 142: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	68,  // 143: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	28,  // 144: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	30,  // 145: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	26,  // 146: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	109, // [109:147] is the sub-list for method output_type
+	71,  // [71:109] is the sub-list for method input_type
+	71,  // [71:71] is the sub-list for extension type_name
+	71,  // [71:71] is the sub-list for extension extendee
+	0,   // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -6573,12 +6713,12 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[80].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[82].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 		(*BatchOp_Txn)(nil),
 	}
-	file_flotilla_proto_msgTypes[82].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[84].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 		(*BatchResult_Txn)(nil),
@@ -6589,7 +6729,7 @@ func file_flotilla_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   86,
+			NumMessages:   88,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -507,6 +507,7 @@ const (
 	Cluster_Ranges_FullMethodName     = "/flotilla.v1.Cluster/Ranges"
 	Cluster_Split_FullMethodName      = "/flotilla.v1.Cluster/Split"
 	Cluster_Merge_FullMethodName      = "/flotilla.v1.Cluster/Merge"
+	Cluster_Move_FullMethodName       = "/flotilla.v1.Cluster/Move"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -531,6 +532,14 @@ type ClusterClient interface {
 	// Merge merges the range that holds key with the range after it, and
 	// returns the merged range.
 	Merge(ctx context.Context, in *MergeRequest, opts ...grpc.CallOption) (*MergeResponse, error)
+	// Move moves the replica of the range that holds key from node `from`
+	// to node `to` (a learner on `to`, its catch-up, its promotion, then
+	// the removal of `from`'s replica) and returns the range. from 0 only
+	// adds a replica; to 0 only removes one. InvalidArgument for a node
+	// that is not in the cluster, a move onto a node that holds a replica
+	// or off one that holds none; FailedPrecondition while a split, merge
+	// or other move of the range is under way.
+	Move(ctx context.Context, in *MoveRequest, opts ...grpc.CallOption) (*MoveResponse, error)
 }
 
 type clusterClient struct {
@@ -591,6 +600,16 @@ func (c *clusterClient) Merge(ctx context.Context, in *MergeRequest, opts ...grp
 	return out, nil
 }
 
+func (c *clusterClient) Move(ctx context.Context, in *MoveRequest, opts ...grpc.CallOption) (*MoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveResponse)
+	err := c.cc.Invoke(ctx, Cluster_Move_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -613,6 +632,14 @@ type ClusterServer interface {
 	// Merge merges the range that holds key with the range after it, and
 	// returns the merged range.
 	Merge(context.Context, *MergeRequest) (*MergeResponse, error)
+	// Move moves the replica of the range that holds key from node `from`
+	// to node `to` (a learner on `to`, its catch-up, its promotion, then
+	// the removal of `from`'s replica) and returns the range. from 0 only
+	// adds a replica; to 0 only removes one. InvalidArgument for a node
+	// that is not in the cluster, a move onto a node that holds a replica
+	// or off one that holds none; FailedPrecondition while a split, merge
+	// or other move of the range is under way.
+	Move(context.Context, *MoveRequest) (*MoveResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -637,6 +664,9 @@ func (UnimplementedClusterServer) Split(context.Context, *SplitRequest) (*SplitR
 }
 func (UnimplementedClusterServer) Merge(context.Context, *MergeRequest) (*MergeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Merge not implemented")
+}
+func (UnimplementedClusterServer) Move(context.Context, *MoveRequest) (*MoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Move not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -749,6 +779,24 @@ func _Cluster_Merge_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_Move_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Move(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Move_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Move(ctx, req.(*MoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -775,6 +823,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Merge",
 			Handler:    _Cluster_Merge_Handler,
+		},
+		{
+			MethodName: "Move",
+			Handler:    _Cluster_Move_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -714,6 +714,33 @@ func (c *Client) Split(ctx context.Context, key []byte) (left, right *api.RangeI
 	return r.Left, r.Right, nil
 }
 
+// Move moves the replica of the range that holds key from node from to
+// node to, and returns the range with its new replicas. from 0 only adds
+// a replica on to; to 0 only removes the one on from. It returns once the
+// move is done: the new replica caught up and votes, and the old one is
+// out. ErrInvalidArgument for a node outside the cluster or no node.
+func (c *Client) Move(ctx context.Context, key []byte, from, to uint64) (*api.RangeInfo, error) {
+	if err := kv.CheckKey(key); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	if from == to {
+		return nil, fmt.Errorf("%w: a move from node %d to node %d", ErrInvalidArgument, from, to)
+	}
+	key = bytes.Clone(key)
+	v, err := c.do(ctx, c.rangeOf(ctx, key), false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewClusterClient(cc).Move(ctx, &api.MoveRequest{Key: key, From: from, To: to}, opts...)
+			return r, nil, err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := v.(*api.MoveResponse).Range
+	c.ranges.Insert(kv.Descriptor{ID: m.Id, Start: m.Start, End: m.End, Replicas: m.Replicas, Learners: m.Learners, Generation: m.Generation})
+	return m, nil
+}
+
 // Merge merges the range that holds key with the range after it and
 // returns the merged range.
 func (c *Client) Merge(ctx context.Context, key []byte) (*api.RangeInfo, error) {

@@ -76,6 +76,8 @@ type procCluster struct {
 	certsDir string
 	// startArgs are added to every node's start command.
 	startArgs []string
+	// size is the number of nodes; 0 means 3.
+	size int
 }
 
 // newProcCluster starts an --insecure 3-node cluster of groups ranges.
@@ -83,13 +85,17 @@ func newProcCluster(t *testing.T, groups int) *procCluster {
 	return launch(t, &procCluster{groups: groups})
 }
 
-// launch picks the addresses of c's three nodes and starts them, as c's
-// groups, certsDir and startArgs say; it stops them at cleanup.
+// launch picks the addresses of c's nodes (size, 3 by default) and starts
+// them, as c's groups, certsDir and startArgs say; it stops them at
+// cleanup.
 func launch(t *testing.T, c *procCluster) *procCluster {
 	c.t, c.nodes = t, map[uint64]*node{}
 	dir := t.TempDir()
 	var parts []string
-	for id := uint64(1); id <= 3; id++ {
+	if c.size == 0 {
+		c.size = 3
+	}
+	for id := uint64(1); id <= uint64(c.size); id++ {
 		host := fmt.Sprintf("127.0.0.%d", id)
 		n := &node{id: id, peer: freeAddr(t, host), clientAddr: freeAddr(t, host), httpAddr: freeAddr(t, host),
 			dataDir: filepath.Join(dir, fmt.Sprint(id))}
@@ -155,7 +161,7 @@ func (c *procCluster) term(id uint64) error {
 
 func (c *procCluster) endpoints(except uint64) []string {
 	var eps []string
-	for id := uint64(1); id <= 3; id++ {
+	for id := uint64(1); id <= uint64(len(c.nodes)); id++ {
 		if id != except {
 			eps = append(eps, c.nodes[id].clientAddr)
 		}

@@ -24,6 +24,10 @@ type Descriptor struct {
 	End []byte
 	// Replicas are the nodes that hold a replica, preferred leader first.
 	Replicas []uint64
+	// Learners are those of Replicas that do not vote yet: replicas being
+	// added (a move), catching up. A range with learners neither splits
+	// nor merges (replicas.go).
+	Learners []uint64
 	// Generation grows with every split and merge: both halves of a split
 	// of generation g get g+1, a merge of g1 and g2 gets max(g1, g2)+1.
 	// So of two descriptors that ever covered a common key, the one with
@@ -65,23 +69,28 @@ func (d *Descriptor) ContainsSpan(start, end []byte) bool {
 // Equal reports whether two descriptors are the same.
 func (d *Descriptor) Equal(o *Descriptor) bool {
 	return d.ID == o.ID && d.Generation == o.Generation && bytes.Equal(d.Start, o.Start) &&
-		bytes.Equal(d.End, o.End) && slices.Equal(d.Replicas, o.Replicas) && d.Sticky == o.Sticky
+		bytes.Equal(d.End, o.End) && slices.Equal(d.Replicas, o.Replicas) && slices.Equal(d.Learners, o.Learners) && d.Sticky == o.Sticky
 }
 
 // Clone returns a deep copy.
 func (d *Descriptor) Clone() Descriptor {
 	return Descriptor{ID: d.ID, Start: bytes.Clone(d.Start), End: bytes.Clone(d.End),
-		Replicas: slices.Clone(d.Replicas), Generation: d.Generation, Sticky: d.Sticky}
+		Replicas: slices.Clone(d.Replicas), Learners: slices.Clone(d.Learners), Generation: d.Generation, Sticky: d.Sticky}
 }
 
 // HasReplica reports whether node holds a replica.
 func (d *Descriptor) HasReplica(node uint64) bool { return slices.Contains(d.Replicas, node) }
 
 // SameReplicas reports whether two descriptors have the same replica set,
-// in any order.
+// in any order, and the same learners.
 func (d *Descriptor) SameReplicas(o *Descriptor) bool {
-	if len(d.Replicas) != len(o.Replicas) {
+	if len(d.Replicas) != len(o.Replicas) || len(d.Learners) != len(o.Learners) {
 		return false
+	}
+	for _, l := range d.Learners {
+		if !slices.Contains(o.Learners, l) {
+			return false
+		}
 	}
 	for _, r := range d.Replicas {
 		if !o.HasReplica(r) {
@@ -112,6 +121,13 @@ func (d *Descriptor) check() error {
 		return fmt.Errorf("%w: descriptor %v: start not below end", ErrInvalid, d)
 	case len(d.Replicas) == 0 || len(d.Replicas) > MaxReplicas:
 		return fmt.Errorf("%w: descriptor %v with %d replicas", ErrInvalid, d, len(d.Replicas))
+	case len(d.Learners) >= len(d.Replicas):
+		return fmt.Errorf("%w: descriptor %v: learners %v and no voter", ErrInvalid, d, d.Learners)
+	}
+	for _, l := range d.Learners {
+		if !d.HasReplica(l) {
+			return fmt.Errorf("%w: descriptor %v: learner %d is not a replica", ErrInvalid, d, l)
+		}
 	}
 	return nil
 }
@@ -135,7 +151,17 @@ func (d *Descriptor) appendTo(b []byte) []byte {
 	if d.Sticky {
 		flags |= 1
 	}
-	return append(b, flags)
+	if len(d.Learners) > 0 {
+		flags |= 2
+	}
+	b = append(b, flags)
+	if len(d.Learners) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(d.Learners)))
+		for _, l := range d.Learners {
+			b = binary.AppendUvarint(b, l)
+		}
+	}
+	return b
 }
 
 // DecodeDescriptor parses a stored descriptor.
@@ -165,10 +191,21 @@ func (r *reader) descriptor() Descriptor {
 		d.Replicas[i] = r.uvarint()
 	}
 	flags := r.byte()
-	if flags&^1 != 0 {
+	if flags&^3 != 0 {
 		r.err = true
 	}
 	d.Sticky = flags&1 != 0
+	if flags&2 != 0 {
+		n := r.uvarint()
+		if r.err || n == 0 || n > MaxReplicas {
+			r.err = true
+			return Descriptor{}
+		}
+		d.Learners = make([]uint64, n)
+		for i := range d.Learners {
+			d.Learners[i] = r.uvarint()
+		}
+	}
 	if !r.err && d.check() != nil {
 		r.err = true
 	}

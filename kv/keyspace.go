@@ -25,6 +25,7 @@ const (
 	kindFrozen     = byte(keys.Frozen)
 	kindRevoked    = byte(keys.Revoked)
 	kindAuth       = byte(keys.Auth)
+	kindTombstone  = byte(keys.Tombstone)
 
 	// localLen is the length of a range-local key's prefix: kind, range.
 	localLen = 9

@@ -141,7 +141,9 @@ func (s *StateMachine) applyFreeze(b *pebble.Batch, desc *Descriptor, cmd *Comma
 	if f := s.frozen.Load(); f != nil {
 		return Result{Count: f.index, Current: cur}, nil
 	}
-	if gen != desc.Generation {
+	if gen != desc.Generation || len(desc.Learners) > 0 {
+		// Changed since the merge was planned, or being added to: a
+		// learner might never apply the freeze (replicas.go).
 		return Result{Current: cur}, nil
 	}
 	f := frozenRec{into: into, index: index}
@@ -161,7 +163,7 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 		return Result{Err: "malformed merge"}, nil, nil
 	}
 	refuse := Result{Current: EncodeDescriptors([]Descriptor{*desc})}
-	if lgen != desc.Generation || len(desc.End) == 0 || !bytes.Equal(desc.End, rhs.Start) || rhs.ID == s.id || !desc.SameReplicas(&rhs) {
+	if lgen != desc.Generation || len(desc.End) == 0 || !bytes.Equal(desc.End, rhs.Start) || rhs.ID == s.id || !desc.SameReplicas(&rhs) || len(desc.Learners) > 0 {
 		return refuse, nil, nil
 	}
 	// This node's replica of the RHS, as of its freeze: on disk (the

@@ -329,6 +329,7 @@ func TestDescriptorEncoding(t *testing.T) {
 	ds := []Descriptor{
 		{ID: 1, End: []byte("g"), Replicas: []uint64{3, 1, 2}, Generation: 0},
 		{ID: 1 << 40, Start: []byte("g"), Replicas: []uint64{7}, Generation: 1 << 50},
+		{ID: 9, Start: []byte("a"), Replicas: []uint64{1, 2, 4}, Learners: []uint64{4}, Generation: 3, Sticky: true},
 	}
 	for i := range ds {
 		got, err := DecodeDescriptor(ds[i].Encode())
@@ -337,11 +338,19 @@ func TestDescriptorEncoding(t *testing.T) {
 		}
 	}
 	got, err := DecodeDescriptors(EncodeDescriptors(ds))
-	if err != nil || len(got) != 2 || !got[0].Equal(&ds[0]) || !got[1].Equal(&ds[1]) {
+	if err != nil || len(got) != 3 || !got[0].Equal(&ds[0]) || !got[1].Equal(&ds[1]) || !got[2].Equal(&ds[2]) {
 		t.Fatalf("list round trip: %v %v", got, err)
 	}
 	enc := ds[0].Encode()
-	for _, b := range [][]byte{nil, enc[:len(enc)-1], append(bytes.Clone(enc), 0)} {
+	bad := [][]byte{nil, enc[:len(enc)-1], append(bytes.Clone(enc), 0)}
+	// A learner that is no replica, and learners only.
+	for _, d := range []Descriptor{
+		{ID: 9, Replicas: []uint64{1, 2}, Learners: []uint64{3}},
+		{ID: 9, Replicas: []uint64{1}, Learners: []uint64{1}},
+	} {
+		bad = append(bad, d.Encode())
+	}
+	for _, b := range bad {
 		if _, err := DecodeDescriptor(b); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("decoded %x: %v", b, err)
 		}

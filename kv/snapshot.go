@@ -222,14 +222,7 @@ func (s *StateMachine) Restore(r io.Reader, index uint64) error {
 		spans = append(spans, old)
 	}
 	for _, d := range spans {
-		for _, kind := range globalKinds {
-			lo, hi := globalBounds(kind, d.Start, d.End)
-			if err := b.DeleteRange(lo, hi, nil); err != nil {
-				return err
-			}
-		}
-		lo, hi := histBounds(d.Start, d.End)
-		if err := b.DeleteRange(lo, hi, nil); err != nil {
+		if err := deleteSpanData(b, d.Start, d.End); err != nil {
 			return err
 		}
 	}

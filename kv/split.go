@@ -113,7 +113,9 @@ func (s *StateMachine) applySplit(b *pebble.Batch, desc *Descriptor, cmd *Comman
 	if !ok {
 		return Result{Err: "malformed split"}, nil, nil
 	}
-	if gen != desc.Generation || !desc.Contains(cmd.Key) || bytes.Equal(cmd.Key, desc.Start) || newID == s.id {
+	// A range with learners does not split: the new range's group would
+	// start with them as voters (its members are the descriptor's).
+	if gen != desc.Generation || !desc.Contains(cmd.Key) || bytes.Equal(cmd.Key, desc.Start) || newID == s.id || len(desc.Learners) > 0 {
 		return Result{Current: EncodeDescriptors([]Descriptor{*desc})}, nil, nil
 	}
 	left := desc.Clone()
@@ -291,7 +293,7 @@ func SnapshotDescriptor(data []byte) (Descriptor, error) {
 			return Descriptor{}, err
 		}
 		defer f.Close()
-		head := make([]byte, snapHeaderLen+binary.MaxVarintLen64+2*MaxKeySize+64+MaxReplicas*binary.MaxVarintLen64)
+		head := make([]byte, snapHeaderLen+binary.MaxVarintLen64+2*MaxKeySize+64+2*MaxReplicas*binary.MaxVarintLen64) // learners too
 		n, err := io.ReadFull(f, head)
 		if err != nil && err != io.ErrUnexpectedEOF {
 			return Descriptor{}, err

@@ -94,8 +94,9 @@ type StateMachine struct {
 	ops, written atomic.Uint64
 	sampler      loadSampler
 
-	// noSpanCheck: the planted bug WithoutSpanChecks.
-	noSpanCheck bool
+	// noSpanCheck: the planted bug WithoutSpanChecks; noMembership:
+	// WithoutMembershipRecord.
+	noSpanCheck, noMembership bool
 
 	// frozen is the freeze record once the range is frozen for a merge
 	// (merge.go); destroyed is set when the replica is being removed.
@@ -116,6 +117,13 @@ type StateMachine struct {
 // planted bug the simulation proves its checks against; never use it in a
 // real node.
 func WithoutSpanChecks() Option { return func(s *StateMachine) { s.noSpanCheck = true } }
+
+// WithoutMembershipRecord makes the state machine take every membership
+// change without writing it into the descriptor: the range's replicas as
+// the descriptor lists them part from its raft configuration. The planted
+// bug the simulation proves its checks against (a removed replica never
+// learns it is out); never use it in a real node.
+func WithoutMembershipRecord() Option { return func(s *StateMachine) { s.noMembership = true } }
 
 var _ multiraft.StateMachine = (*StateMachine)(nil)
 

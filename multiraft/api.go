@@ -3,6 +3,7 @@ package multiraft
 // The request API: proposals, reads, leadership, membership, status.
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -64,9 +65,7 @@ func (h *Host) ProposeFunc(group uint64, cmd []byte, done func(result []byte, er
 func (h *Host) submit(group uint64, p *proposal) {
 	p.key = h.newKey()
 	if p.cc != nil {
-		var ctx [8]byte
-		binary.BigEndian.PutUint64(ctx[:], p.key)
-		p.cc.Context = ctx[:]
+		p.cc.Context = changeContext(p.key, p.kind, p.ccData)
 	} else {
 		binary.BigEndian.PutUint64(p.data, p.key)
 	}
@@ -209,7 +208,7 @@ func (h *Host) TransferLeadershipAsync(group, to uint64) <-chan error {
 }
 
 // ChangeKind is a kind of membership change.
-type ChangeKind int
+type ChangeKind uint8
 
 const (
 	// AddVoter adds a voting member.
@@ -222,6 +221,16 @@ const (
 	RemoveMember
 )
 
+// Change is one membership change: what ChangeMembershipWith proposes and
+// MembershipApplier.ApplyMembership sees.
+type Change struct {
+	Kind ChangeKind
+	Node uint64
+}
+
+// MaxChangeData bounds the data of ChangeMembershipWith, in bytes.
+const MaxChangeData = 4 << 10
+
 // ChangeMembership proposes one membership change to group (a ConfChangeV2)
 // and waits until it is applied on this node. Proposals that arrive while
 // it is pending are held and proposed after it applies. Only the leader
@@ -229,9 +238,19 @@ const (
 // forwarded). A change raft would panic on, or that does not match its
 // kind (removing a node that is not a member or the last voter, promoting
 // a node that is no member, adding a voter as a learner) fails with
-// ErrInvalidRequest and changes nothing. Other errors as Propose.
+// ErrInvalidRequest and changes nothing. A change the group's state
+// machine refuses as it applies (MembershipApplier) fails with
+// ErrChangeRefused and changes nothing. Other errors as Propose.
 func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKind, node uint64) error {
-	f := h.ChangeMembershipAsync(group, kind, node)
+	return h.ChangeMembershipWith(ctx, group, Change{Kind: kind, Node: node}, nil)
+}
+
+// ChangeMembershipWith is ChangeMembership with data for the state
+// machine: a MembershipApplier receives it with the change as every
+// replica applies it (say, the version of the group's membership record
+// the change was planned on). data is copied.
+func (h *Host) ChangeMembershipWith(ctx context.Context, group uint64, ch Change, data []byte) error {
+	f := h.ChangeMembershipAsync(group, ch, data)
 	select {
 	case <-f.Done():
 		_, err := f.Result()
@@ -241,11 +260,11 @@ func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKi
 	}
 }
 
-// ChangeMembershipAsync is ChangeMembership without the wait.
-func (h *Host) ChangeMembershipAsync(group uint64, kind ChangeKind, node uint64) Future {
+// ChangeMembershipAsync is ChangeMembershipWith without the wait.
+func (h *Host) ChangeMembershipAsync(group uint64, ch Change, data []byte) Future {
 	p := &proposal{done: make(chan struct{})}
 	var t raftpb.ConfChangeType
-	switch kind {
+	switch ch.Kind {
 	case AddVoter, PromoteLearner:
 		t = raftpb.ConfChangeAddNode
 	case AddLearner:
@@ -253,15 +272,20 @@ func (h *Host) ChangeMembershipAsync(group uint64, kind ChangeKind, node uint64)
 	case RemoveMember:
 		t = raftpb.ConfChangeRemoveNode
 	default:
-		p.finish(nil, fmt.Errorf("%w: change kind %d", ErrInvalidRequest, kind))
+		p.finish(nil, fmt.Errorf("%w: change kind %d", ErrInvalidRequest, ch.Kind))
 		return Future{p}
 	}
-	if node == 0 {
+	if ch.Node == 0 {
 		p.finish(nil, fmt.Errorf("%w: membership change for node 0", ErrInvalidRequest))
 		return Future{p}
 	}
-	p.cc = &raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: t, NodeID: node}}}
-	p.promote = kind == PromoteLearner
+	if len(data) > MaxChangeData {
+		p.finish(nil, fmt.Errorf("%w: %d bytes of change data, over %d", ErrInvalidRequest, len(data), MaxChangeData))
+		return Future{p}
+	}
+	p.cc = &raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{{Type: t, NodeID: ch.Node}}}
+	p.promote = ch.Kind == PromoteLearner
+	p.kind, p.ccData = ch.Kind, bytes.Clone(data)
 	h.submit(group, p)
 	return Future{p}
 }

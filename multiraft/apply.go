@@ -211,6 +211,18 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 		}
 		cc, ctx = c, c.Context
 	}
+	key, ch, data, single := decodeChange(cc, ctx)
+	refused := false
+	if ma, ok := g.sm.(MembershipApplier); ok && single {
+		take, err := ma.ApplyMembership(e.Index, ch, data)
+		if err != nil {
+			g.h.fatal(fmt.Errorf("group %d: state machine applying membership change at %d: %w", g.id, e.Index, err))
+			return false
+		}
+		if !take {
+			cc, refused = refusedChange, true
+		}
+	}
 	// A change at or below confIndex is already part of the persisted conf
 	// state (a restart replays it); applying it twice could fail.
 	if e.Index > g.confIndex {
@@ -220,10 +232,11 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 		b.SetConfState(g.id, *cs, e.Index)
 		g.publishConf()
 	}
-	if len(ctx) >= 8 {
-		k := binary.BigEndian.Uint64(ctx)
-		if p, ok := g.proposals[k]; ok {
-			delete(g.proposals, k)
+	if p, ok := g.proposals[key]; ok && len(ctx) >= 8 {
+		delete(g.proposals, key)
+		if refused {
+			p.finish(nil, fmt.Errorf("%w: %v of node %d in group %d", ErrChangeRefused, ch.Kind, ch.Node, g.id))
+		} else {
 			p.finish(nil, nil)
 		}
 	}

@@ -35,9 +35,9 @@ func TestProposalsHeldOverConfChange(t *testing.T) {
 	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
 	electAll(t, c)
 	h := c.Hosts[1]
-	f1 := h.ChangeMembershipAsync(1, multiraft.AddLearner, 4)
+	f1 := h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 4}, nil)
 	p := h.ProposeAsync(1, []byte("set k v"))
-	f2 := h.ChangeMembershipAsync(1, multiraft.AddLearner, 5)
+	f2 := h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 5}, nil)
 	// One cycle on the leader: the first change goes to raft, the rest is
 	// held, so the leader's log grows by exactly one entry.
 	before, _ := h.GroupStatus(1)
@@ -332,7 +332,7 @@ func TestMembershipChanges(t *testing.T) {
 	must(t, c.AddNode(4))
 	change := func(kind multiraft.ChangeKind, node uint64) {
 		t.Helper()
-		f := c.Hosts[1].ChangeMembershipAsync(1, kind, node)
+		f := c.Hosts[1].ChangeMembershipAsync(1, multiraft.Change{Kind: kind, Node: node}, nil)
 		for i := 0; i < 50; i++ {
 			must(t, c.TickStable(1))
 			select {
@@ -461,7 +461,7 @@ func TestConfChangeHeldOverTransfer(t *testing.T) {
 		h.Process() // the transfer starts; its MsgTimeoutNow is not delivered yet
 		var outcomes []int
 		var errs []error
-		cc := h.ChangeMembershipAsync(1, multiraft.AddLearner, 4)
+		cc := h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 4}, nil)
 		var put multiraft.Future
 		n := 1
 		if withPut {

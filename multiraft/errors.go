@@ -40,6 +40,10 @@ var (
 	// change for node 0), or makes no sense for the group as it is (a
 	// membership change checkChange refuses: removing the last voter).
 	ErrInvalidRequest = errors.New("multiraft: invalid request")
+	// ErrChangeRefused: the group's state machine refused a membership
+	// change as every replica applied it (MembershipApplier); the
+	// membership is unchanged.
+	ErrChangeRefused = errors.New("multiraft: membership change refused by the state machine")
 )
 
 // Failure points: the names Config.FailPoint is called with, one per

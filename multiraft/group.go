@@ -138,6 +138,8 @@ type proposal struct {
 	data      []byte               // key(8) + command, for a normal entry
 	cc        *raftpb.ConfChangeV2 // for a membership change
 	promote   bool                 // cc is a PromoteLearner (checkChange)
+	kind      ChangeKind           // cc's kind, and what goes with it
+	ccData    []byte               // (changeContext)
 	startTick uint64
 	done      chan struct{} // closed by finish, unless cb is set
 	cb        func([]byte, error)
@@ -179,9 +181,18 @@ type transfer struct {
 }
 
 type stopReq struct {
-	remove bool
+	remove removal
 	done   chan struct{}
 }
+
+// removal is what stopping a group does to its raft state.
+type removal uint8
+
+const (
+	keepState      removal = iota // StopGroup: all of it stays
+	deleteState                   // RemoveGroup: all of it goes
+	deleteKeepVote                // RemoveReplicaAsync: all but term and vote
+)
 
 // handleInputs drains the inbox into the RawNode. Called by the owner.
 func (g *group) handleInputs() {
@@ -649,7 +660,7 @@ func (g *group) releaseHeld() {
 
 // shutdown fails every request and marks the group stopped. Called by the
 // owner (or by Host.Stop once no worker runs).
-func (g *group) shutdown(err error, remove bool) {
+func (g *group) shutdown(err error, remove removal) {
 	if g.stopped {
 		return
 	}
@@ -666,7 +677,7 @@ func (g *group) shutdown(err error, remove bool) {
 		props = append(props, g.confRetry)
 		g.confRetry = nil
 	}
-	if remove {
+	if remove != keepState {
 		// Stepped snapshots: raft's storage may name one already (a stop
 		// between persisting a Ready and applying it), so only a removed
 		// group's go; the next start's clean-up takes the others

@@ -233,7 +233,7 @@ func (h *Host) Stop() {
 	}
 	h.mu.RUnlock()
 	for _, g := range gs {
-		g.shutdown(h.stoppedErr(), false)
+		g.shutdown(h.stoppedErr(), keepState)
 	}
 	h.closeStreams()
 	h.hub.closeAll()

@@ -137,8 +137,22 @@ func TestInteraction(t *testing.T) {
 				if !ok {
 					d.Fatalf(t, "unknown op %q", op)
 				}
-				changes[name] = c.Hosts[u(d, "node")].ChangeMembershipAsync(u(d, "group"), kind, u(d, "target"))
+				var data []byte
+				if d.HasArg("data") {
+					var v string
+					d.ScanArgs(t, "data", &v)
+					data = []byte(v)
+				}
+				changes[name] = c.Hosts[u(d, "node")].ChangeMembershipAsync(u(d, "group"), multiraft.Change{Kind: kind, Node: u(d, "target")}, data)
 				return "ok\n"
+			case "applied-changes":
+				// The membership changes node's state machine of group
+				// saw (mrtest.KV is a MembershipApplier).
+				var b strings.Builder
+				for _, ch := range c.SMs[u(d, "node")][u(d, "group")].Changes() {
+					fmt.Fprintf(&b, "index %d: %v node %d data %q taken %v\n", ch.Index, ch.Change.Kind, ch.Change.Node, ch.Data, ch.Taken)
+				}
+				return b.String()
 			case "membership":
 				st, err := c.Hosts[u(d, "node")].GroupStatus(u(d, "group"))
 				return errOr(fmt.Sprintf("voters %v learners %v\n", st.Voters, st.Learners), err)

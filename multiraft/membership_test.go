@@ -49,7 +49,7 @@ func TestJoinYoungGroup(t *testing.T) {
 		kind multiraft.ChangeKind
 		node uint64
 	}{{multiraft.AddLearner, 4}, {multiraft.PromoteLearner, 4}, {multiraft.RemoveMember, 3}} {
-		if _, err := awaitChange(t, c, c.Hosts[1].ChangeMembershipAsync(1, step.kind, step.node), 50); err != nil {
+		if _, err := awaitChange(t, c, c.Hosts[1].ChangeMembershipAsync(1, multiraft.Change{Kind: step.kind, Node: step.node}, nil), 50); err != nil {
 			t.Fatalf("change %v node %d: %v\n%s", step.kind, step.node, err, c.Status())
 		}
 	}
@@ -82,7 +82,7 @@ func TestConfChangeRefusedByNewLeader(t *testing.T) {
 	if v := c.SMs[2][1].Get("a"); v != "" {
 		t.Fatalf("node 2 applied a=%q already: the test needs an unapplied entry", v)
 	}
-	cc := c.Hosts[2].ChangeMembershipAsync(1, multiraft.AddLearner, 4)
+	cc := c.Hosts[2].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 4}, nil)
 	w := c.Hosts[2].ProposeAsync(1, []byte("set b 2"))
 	ticks, err := awaitChange(t, c, cc, 20)
 	if err != nil {
@@ -124,7 +124,7 @@ func TestForwardedConfChangeRefused(t *testing.T) {
 	if v := c.SMs[2][1].Get("a"); v != "" {
 		t.Fatalf("node 2 applied a=%q already: the test needs an unapplied entry", v)
 	}
-	cc := c.Hosts[3].ChangeMembershipAsync(1, multiraft.AddLearner, 4)
+	cc := c.Hosts[3].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 4}, nil)
 	w := c.Hosts[3].ProposeAsync(1, []byte("set b 2"))
 	c.Hosts[3].Process()
 	if _, err := awaitChange(t, c, w, 20); err != nil {
@@ -208,15 +208,17 @@ func completionOrder(c *mrtest.Cluster, names []string, fs []multiraft.Future) [
 func TestRefusedChangeKeepsItsPlace(t *testing.T) {
 	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
 	electAll(t, c)
-	newLeaderWithUnapplied(t, c, func() multiraft.Future { return c.Hosts[1].ChangeMembershipAsync(1, multiraft.AddLearner, 4) })
+	newLeaderWithUnapplied(t, c, func() multiraft.Future {
+		return c.Hosts[1].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 4}, nil)
+	})
 	if st, _ := c.Hosts[2].GroupStatus(1); len(st.Learners) != 0 {
 		t.Fatalf("node 2 applied the old change already: %v", st.Learners)
 	}
 	h := c.Hosts[2]
 	order := completionOrder(c, []string{"change(5)", "write", "change(6)"}, []multiraft.Future{
-		h.ChangeMembershipAsync(1, multiraft.AddLearner, 5),
+		h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 5}, nil),
 		h.ProposeAsync(1, []byte("set b 2")),
-		h.ChangeMembershipAsync(1, multiraft.AddLearner, 6),
+		h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 6}, nil),
 	})
 	if fmt.Sprint(order) != "[change(5):<nil> write:<nil> change(6):<nil>]" {
 		t.Fatalf("completion order %v, want change(5), write, change(6), all applied", order)
@@ -255,8 +257,8 @@ func TestTwoRefusedChangesBothApply(t *testing.T) {
 	crashAndElectNode2(t, c)
 	h := c.Hosts[2]
 	order := completionOrder(c, []string{"change(5)", "change(6)"}, []multiraft.Future{
-		h.ChangeMembershipAsync(1, multiraft.AddLearner, 5),
-		h.ChangeMembershipAsync(1, multiraft.AddLearner, 6),
+		h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 5}, nil),
+		h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 6}, nil),
 	})
 	if fmt.Sprint(order) != "[change(5):<nil> change(6):<nil>]" {
 		t.Fatalf("completion order %v, want change(5), change(6), both applied", order)
@@ -373,16 +375,16 @@ func TestMembershipChangeChecked(t *testing.T) {
 		{multiraft.PromoteLearner, 4},     // not a learner
 		{multiraft.AddLearner, others[0]}, // a voter
 	} {
-		if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, bad.kind, bad.node), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
+		if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.Change{Kind: bad.kind, Node: bad.node}, nil), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
 			t.Fatalf("change %v of node %d: %v, want ErrInvalidRequest", bad.kind, bad.node, err)
 		}
 	}
 	for _, id := range others {
-		if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.RemoveMember, id), 50); err != nil {
+		if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.RemoveMember, Node: id}, nil), 50); err != nil {
 			t.Fatalf("remove node %d: %v\n%s", id, err, c.Status())
 		}
 	}
-	if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.RemoveMember, l), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
+	if _, err := awaitChange(t, c, h.ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.RemoveMember, Node: l}, nil), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
 		t.Fatalf("remove the last voter: %v, want ErrInvalidRequest", err)
 	}
 	if _, err := c.Propose(l, 1, "set still here"); err != nil {
@@ -400,7 +402,7 @@ func TestRemovedLeaderStepsDown(t *testing.T) {
 	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
 	electAll(t, c)
 	l := c.Leader(1)
-	if _, err := awaitChange(t, c, c.Hosts[l].ChangeMembershipAsync(1, multiraft.RemoveMember, l), 50); err != nil {
+	if _, err := awaitChange(t, c, c.Hosts[l].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.RemoveMember, Node: l}, nil), 50); err != nil {
 		t.Fatalf("remove the leader, node %d: %v\n%s", l, err, c.Status())
 	}
 	if st, _ := c.Hosts[l].GroupStatus(1); st.Role == "StateLeader" {
@@ -430,14 +432,120 @@ func TestRemovedLeaderStepsDown(t *testing.T) {
 func TestChangeCheckedAfterInheritedTail(t *testing.T) {
 	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
 	electAll(t, c)
-	newLeaderWithUnapplied(t, c, func() multiraft.Future { return c.Hosts[1].ChangeMembershipAsync(1, multiraft.AddLearner, 4) })
+	newLeaderWithUnapplied(t, c, func() multiraft.Future {
+		return c.Hosts[1].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.AddLearner, Node: 4}, nil)
+	})
 	if st, _ := c.Hosts[2].GroupStatus(1); len(st.Learners) != 0 {
 		t.Fatalf("node 2 applied the change already: learners %v", st.Learners)
 	}
-	if _, err := awaitChange(t, c, c.Hosts[2].ChangeMembershipAsync(1, multiraft.RemoveMember, 4), 20); err != nil {
+	if _, err := awaitChange(t, c, c.Hosts[2].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.RemoveMember, Node: 4}, nil), 20); err != nil {
 		t.Fatalf("remove learner 4 on the new leader: %v\n%s", err, c.Status())
 	}
 	if st, _ := c.Hosts[2].GroupStatus(1); len(st.Learners) != 0 || fmt.Sprint(st.Voters) != "[1 2 3]" {
 		t.Fatalf("voters %v learners %v, want [1 2 3] and none", st.Voters, st.Learners)
 	}
+}
+
+// A state machine that keeps its own record of the membership
+// (MembershipApplier) sees every change as it applies, with the data its
+// proposer gave, and may refuse it: then every replica applies an empty
+// change in its place, the membership stays, the proposer gets
+// ErrChangeRefused, and the group goes on (a write after it is not held).
+// mrtest.KV refuses a change whose data is RefuseChange.
+func TestStateMachineRefusesChange(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 1})
+	electAll(t, c)
+	must(t, c.AddNode(4))
+	l := c.Leader(1)
+	ask := func(kind multiraft.ChangeKind, data string) error {
+		t.Helper()
+		_, err := awaitChange(t, c, c.Hosts[l].ChangeMembershipAsync(1, multiraft.Change{Kind: kind, Node: 4}, []byte(data)), 50)
+		return err
+	}
+	if err := ask(multiraft.AddLearner, mrtest.RefuseChange); !errors.Is(err, multiraft.ErrChangeRefused) {
+		t.Fatalf("refused change: %v, want ErrChangeRefused", err)
+	}
+	for _, id := range []uint64{1, 2, 3} {
+		if st, _ := c.Hosts[id].GroupStatus(1); len(st.Learners) != 0 || fmt.Sprint(st.Voters) != "[1 2 3]" {
+			t.Fatalf("node %d after a refused change: voters %v learners %v", id, st.Voters, st.Learners)
+		}
+	}
+	if _, err := c.Propose(l, 1, "set after refused"); err != nil {
+		t.Fatalf("a write after a refused change: %v", err)
+	}
+	if err := ask(multiraft.AddLearner, "plan 7"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ask(multiraft.PromoteLearner, "plan 8"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"add-learner 4 refuse false", "add-learner 4 plan 7 true", "promote 4 plan 8 true"}
+	var idx []uint64
+	for _, id := range []uint64{1, 2, 3} {
+		got := c.SMs[id][1].Changes()
+		var s []string
+		for _, ch := range got {
+			s = append(s, fmt.Sprintf("%v %d %s %v", ch.Change.Kind, ch.Change.Node, ch.Data, ch.Taken))
+		}
+		if strings.Join(s, "|") != strings.Join(want, "|") {
+			t.Fatalf("node %d saw changes %q, want %q", id, s, want)
+		}
+		if idx == nil {
+			for _, ch := range got {
+				idx = append(idx, ch.Index)
+			}
+		} else if got[0].Index != idx[0] || got[2].Index != idx[2] {
+			t.Fatalf("node %d saw the changes at other indexes than node 1: %v vs %v", id, got, idx)
+		}
+	}
+	if st, _ := c.Hosts[l].GroupStatus(1); fmt.Sprint(st.Voters) != "[1 2 3 4]" {
+		t.Fatalf("voters %v after the promotion, want [1 2 3 4]", st.Voters)
+	}
+	// Too much data is refused before raft sees it.
+	big := make([]byte, multiraft.MaxChangeData+1)
+	if _, err := awaitChange(t, c, c.Hosts[l].ChangeMembershipAsync(1, multiraft.Change{Kind: multiraft.RemoveMember, Node: 4}, big), 5); !errors.Is(err, multiraft.ErrInvalidRequest) {
+		t.Fatalf("oversized change data: %v, want ErrInvalidRequest", err)
+	}
+}
+
+// A replica removed with RemoveReplicaAsync keeps its term and vote, and
+// nothing else: started again it is empty at that term, so it neither
+// votes twice in a term nor takes a leader of a term it had left behind
+// (RemoveGroupAsync keeps nothing: the negative control).
+func TestRemoveReplicaKeepsVote(t *testing.T) {
+	c := newCluster(t, mrtest.Options{Nodes: 3, Groups: 2})
+	electAll(t, c)
+	if _, err := c.Propose(c.Leader(1), 1, "set a 1"); err != nil {
+		t.Fatal(err)
+	}
+	h := c.Hosts[2]
+	for _, g := range []uint64{1, 2} {
+		before, err := h.Store().Load(g)
+		must(t, err)
+		remove := h.RemoveReplicaAsync
+		if g == 2 {
+			remove = h.RemoveGroupAsync
+		}
+		done, err := remove(g)
+		must(t, err)
+		for range 10 {
+			c.Process()
+		}
+		<-done
+		after, err := h.Store().Load(g)
+		must(t, err)
+		want := raftpb.HardState{Term: before.HardState.Term, Vote: before.HardState.Vote}
+		if g == 2 {
+			want = raftpb.HardState{}
+		}
+		if after.HardState != want || len(after.Entries) != 0 || len(after.ConfState.Voters) != 0 || after.Snapshot.Metadata.Index != 0 {
+			t.Fatalf("group %d after removal: hard state %+v (want %+v), %d entries, conf %v, snapshot at %d",
+				g, after.HardState, want, len(after.Entries), after.ConfState, after.Snapshot.Metadata.Index)
+		}
+		if before.HardState.Term < 2 || before.HardState.Commit == 0 {
+			t.Fatalf("group %d: nothing to keep: %+v", g, before.HardState)
+		}
+	}
+	// Started again, the kept replica is an empty one at its old term.
+	must(t, h.StartGroup(1, nil, mrtest.NewKV()))
 }

@@ -369,13 +369,13 @@ func (h *Host) writeStart(b storage.Batch, id, at, term uint64, data string, mem
 // StopGroup stops the local replica of group id, keeping its data, and
 // waits until it stopped. Pending requests fail with ErrGroupRemoved.
 func (h *Host) StopGroup(ctx context.Context, id uint64) error {
-	return h.stopGroup(ctx, id, false)
+	return h.stopGroup(ctx, id, keepState)
 }
 
 // RemoveGroup stops the local replica of group id and deletes its raft
 // state. The state machine's own data is the caller's to delete.
 func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
-	return h.stopGroup(ctx, id, true)
+	return h.stopGroup(ctx, id, deleteState)
 }
 
 // RemoveGroupAsync is RemoveGroup without the wait: it asks the group's
@@ -383,7 +383,22 @@ func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
 // once that is done. For callers that must not block on a worker (one that
 // drives a Manual Host itself, say).
 func (h *Host) RemoveGroupAsync(id uint64) (<-chan struct{}, error) {
-	req, err := h.requestStop(id, true)
+	req, err := h.requestStop(id, deleteState)
+	if err != nil {
+		return nil, err
+	}
+	return req.done, nil
+}
+
+// RemoveReplicaAsync is RemoveGroupAsync for a replica that may start on
+// this node again (its group removed the node, and may add it back): all
+// its raft state goes but its term and vote, which stay as the hard state
+// of an empty replica. raft knows a replica by its node's ID alone: one
+// started here again from nothing could vote twice in a term, or take a
+// stale leader of a term the removed replica had left behind. Started
+// again, the replica is empty at that term.
+func (h *Host) RemoveReplicaAsync(id uint64) (<-chan struct{}, error) {
+	req, err := h.requestStop(id, deleteKeepVote)
 	if err != nil {
 		return nil, err
 	}
@@ -391,7 +406,7 @@ func (h *Host) RemoveGroupAsync(id uint64) (<-chan struct{}, error) {
 }
 
 // requestStop hands group id's owner a stop request.
-func (h *Host) requestStop(id uint64, remove bool) (*stopReq, error) {
+func (h *Host) requestStop(id uint64, remove removal) (*stopReq, error) {
 	g, err := h.lookup(id)
 	if err != nil {
 		return nil, err
@@ -408,7 +423,7 @@ func (h *Host) requestStop(id uint64, remove bool) (*stopReq, error) {
 	return req, nil
 }
 
-func (h *Host) stopGroup(ctx context.Context, id uint64, remove bool) error {
+func (h *Host) stopGroup(ctx context.Context, id uint64, remove removal) error {
 	req, err := h.requestStop(id, remove)
 	if err != nil {
 		return err
@@ -424,7 +439,7 @@ func (h *Host) stopGroup(ctx context.Context, id uint64, remove bool) error {
 }
 
 // removeGroup forgets g. Called by g's owner from shutdown.
-func (h *Host) removeGroup(g *group, remove bool) {
+func (h *Host) removeGroup(g *group, remove removal) {
 	// Before g leaves the map: a replica of the same group started once it
 	// has left may cache entries already (publishGroup).
 	h.entries.drop(g.id)
@@ -442,9 +457,13 @@ func (h *Host) removeGroup(g *group, remove bool) {
 	h.act.remove(g)
 	h.metrics.groupRemoved(g.role)
 	h.hub.forget(g.id)
-	if remove {
+	if remove != keepState {
 		b := h.store.NewBatch()
 		b.DeleteGroup(g.id)
+		if hs := g.log.hs; remove == deleteKeepVote && (hs.Term != 0 || hs.Vote != 0) {
+			// Its commit goes: the log that backed it is gone.
+			b.SetHardState(g.id, raftpb.HardState{Term: hs.Term, Vote: hs.Vote})
+		}
 		if err := b.Commit(!h.cfg.DisableSync); err != nil {
 			h.fatal(fmt.Errorf("delete group %d: %w", g.id, err))
 		}

@@ -71,3 +71,23 @@ type Syncer interface {
 type SnapshotGate interface {
 	AcceptSnapshot(data []byte) bool
 }
+
+// MembershipApplier is implemented by a state machine that keeps a record
+// of its group's membership (package kv: the range descriptor's replicas)
+// and so must change it in the same apply as raft's configuration, or
+// refuse the change.
+//
+// ApplyMembership is called by the worker that holds the group, between
+// Apply calls, for each committed membership change at index, with the
+// data its proposer gave ChangeMembershipWith (nil if none; valid only
+// during the call). It returns whether the change takes effect. On false,
+// every replica applies an empty change to raft instead (raft skips a
+// change for node 0), the membership stays as it was, and the proposer
+// gets ErrChangeRefused; so the answer must follow from the replicated
+// state alone. A node that crashed after the state machine saw a change
+// and before the engine persisted its configuration replays it: the call
+// comes again with an index the state machine has applied, and must give
+// the same answer. An error is fatal: the Host stops.
+type MembershipApplier interface {
+	ApplyMembership(index uint64, ch Change, data []byte) (bool, error)
+}

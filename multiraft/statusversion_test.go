@@ -116,7 +116,7 @@ func TestStatusVersion(t *testing.T) {
 			}
 			v = requireMoved(t, c, v, "a leader change in group 1")
 
-			f := c.Hosts[3].ChangeMembershipAsync(3, multiraft.RemoveMember, 2)
+			f := c.Hosts[3].ChangeMembershipAsync(3, multiraft.Change{Kind: multiraft.RemoveMember, Node: 2}, nil)
 			for i := 0; i < 20 && !isDone(f); i++ {
 				if err := c.TickStable(1); err != nil {
 					t.Fatal(err)

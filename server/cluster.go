@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla/flotilla/api"
-	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
@@ -195,7 +194,7 @@ func (s *Server) discoverOnce() {
 		// the peer, and readers of the views wait on the lock.
 		var groups []*api.GroupInfo
 		if a.err == nil && !a.resp.Unchanged {
-			groups = s.notHeld(a.resp.Groups)
+			groups = s.notHeld(a.id, a.resp.Groups)
 		}
 		s.peers.Lock()
 		v := s.peers.views[a.id]
@@ -229,23 +228,29 @@ func (s *Server) discoverOnce() {
 	}
 }
 
-// hasDescriptor reports whether replica r is initialized (has its range's
-// descriptor).
-func hasDescriptor(r *ranges.Replica) bool {
-	_, ok := r.Descriptor()
-	return ok
-}
-
-// notHeld returns those of gs (in place) whose range this node holds no
-// initialized replica of (peerView.groups).
-func (s *Server) notHeld(gs []*api.GroupInfo) []*api.GroupInfo {
+// notHeld returns those of gs, peer's report, (in place) whose range this
+// node holds no initialized replica of (peerView.groups). A range held
+// here that peer reports at a higher generation without this node may
+// have lost its replica here to a move whose news did not come: the Store
+// checks with peer (CheckRemoved).
+func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
 	out := gs[:0]
 	for _, g := range gs {
 		// A local replica with no descriptor yet (an empty one waiting
 		// for its first snapshot) answers nothing: the peers' reports
 		// of its range stay.
-		if r, ok := s.ranges.Get(g.Id); !ok || !hasDescriptor(r) {
+		r, ok := s.ranges.Get(g.Id)
+		if !ok {
 			out = append(out, g)
+			continue
+		}
+		d, ok := r.Descriptor()
+		if !ok {
+			out = append(out, g)
+			continue
+		}
+		if len(g.Replicas) > 0 && g.Generation > d.Generation && !slices.Contains(g.Replicas, s.cfg.NodeID) {
+			s.ranges.CheckRemoved(g.Id, peer)
 		}
 	}
 	clear(gs[len(out):])
@@ -507,7 +512,7 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 // and with stats, its size and load from the local replica or the peer
 // reports.
 func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
-	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Generation: d.Generation}
+	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation}
 	ri.Leader, ri.Term = s.leaderTerm(d.ID)
 	if !stats {
 		return ri

@@ -131,6 +131,40 @@ func (e rangeEnv) PeerDescriptor(node, id uint64, done func(kv.Descriptor, bool)
 	}()
 }
 
+// PeerHolds asks node whether it holds an initialized replica of range id.
+func (e rangeEnv) PeerHolds(node, id uint64, done func(holds, answered bool)) {
+	s := e.s
+	if node == s.cfg.NodeID {
+		r, ok := s.ranges.Get(id)
+		done(ok && hasDescriptor(r), true)
+		return
+	}
+	conn := s.peerConns[node]
+	if conn == nil {
+		done(false, false)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)
+		defer cancel()
+		resp, err := api.NewPeerClient(conn).ReplicaState(ctx, &api.ReplicaStateRequest{ClusterId: s.clusterID, Group: id})
+		switch {
+		case status.Code(err) == codes.NotFound:
+			done(false, true)
+		case err != nil:
+			done(false, false)
+		default:
+			done(len(resp.Descriptor_) > 0, true)
+		}
+	}()
+}
+
+// hasDescriptor reports whether replica r is initialized.
+func hasDescriptor(r *ranges.Replica) bool {
+	_, ok := r.Descriptor()
+	return ok
+}
+
 // ReplicaApplied asks node (this one too) for its replica's applied index.
 func (e rangeEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 	s := e.s
@@ -157,6 +191,24 @@ func (e rangeEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 			return
 		}
 		done(resp.Applied, true)
+	}()
+}
+
+// Removed tells node that its replica of range id was removed here
+// (Peer.ReplicaState with removed_by); best effort.
+func (e rangeEnv) Removed(node, id uint64) {
+	s := e.s
+	conn := s.peerConns[node]
+	if conn == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)
+		defer cancel()
+		_, err := api.NewPeerClient(conn).ReplicaState(ctx, &api.ReplicaStateRequest{ClusterId: s.clusterID, Group: id, RemovedBy: s.cfg.NodeID})
+		if err != nil {
+			s.log.Debug("telling a node its replica was removed", "peer", node, "group", id, "err", err)
+		}
 	}()
 }
 
@@ -207,6 +259,9 @@ func (p *peerService) ReplicaState(ctx context.Context, req *api.ReplicaStateReq
 	r, ok := s.ranges.Get(req.Group)
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "%v", errNotHosted(req.Group))
+	}
+	if req.RemovedBy != 0 {
+		s.ranges.CheckRemoved(req.Group, req.RemovedBy)
 	}
 	resp := &api.ReplicaStateResponse{Applied: r.SM.AppliedIndex()}
 	if d, ok := r.Descriptor(); ok {

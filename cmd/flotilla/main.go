@@ -65,7 +65,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newStartCmd(), newPutCmd(), newGetCmd(), newDelCmd(), newStatusCmd(), newBenchCmd(), newDemoCmd(), newChaosCmd(), newElectCmd(), newRangesCmd(), newScanCmd(), newSplitCmd(), newMergeCmd(), newUserCmd(), newRoleCmd(), newTxnCmd(), newWatchCmd(), newNodeCmd())
+	root.AddCommand(newStartCmd(), newPutCmd(), newGetCmd(), newDelCmd(), newStatusCmd(), newBenchCmd(), newDemoCmd(), newChaosCmd(), newElectCmd(), newRangesCmd(), newScanCmd(), newSplitCmd(), newMergeCmd(), newMoveCmd(), newUserCmd(), newRoleCmd(), newTxnCmd(), newWatchCmd(), newNodeCmd())
 	root.AddCommand(newCertCmd())
 	return root
 }

@@ -15,7 +15,7 @@ func newNodeCmd() *cobra.Command {
 		Use:   "node",
 		Short: "The cluster's nodes",
 	}
-	cmd.AddCommand(newNodeListCmd())
+	cmd.AddCommand(newNodeListCmd(), newNodeDrainCmd())
 	return cmd
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -254,5 +255,43 @@ func newMergeCmd() *cobra.Command {
 		},
 	}
 	cf.register(cmd)
+	return cmd
+}
+
+func newMoveCmd() *cobra.Command {
+	var cf clientFlags
+	var from, to uint64
+	cmd := &cobra.Command{
+		Use:   "move KEY --from N --to M",
+		Short: "Move the replica of the range that holds KEY from node N to node M",
+		Long: `Move the replica of the range that holds KEY from node N to node M: M gets
+a learner replica, which catches up (a snapshot) and is promoted to a
+voter; then N's replica is removed, with its data. The range keeps
+serving throughout. --from 0 only adds a replica on M; --to 0 only
+removes N's.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if from == 0 && to == 0 {
+				return fmt.Errorf("give --from, --to or both")
+			}
+			cl, ctx, cancel, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer cl.Close()
+			r, err := cl.Move(ctx, []byte(args[0]), from, to)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "OK: range %d %s on nodes %v\n", r.Id, kv.SpanString(r.Start, r.End), r.Replicas)
+			return nil
+		},
+	}
+	cmd.Flags().Uint64Var(&from, "from", 0, "the node whose replica leaves (0: none)")
+	cmd.Flags().Uint64Var(&to, "to", 0, "the node that gets a replica (0: none)")
+	cf.register(cmd)
+	cf.timeout = 2 * time.Minute // a snapshot to send
+	cmd.Flags().Lookup("timeout").DefValue = cf.timeout.String()
 	return cmd
 }

@@ -80,6 +80,12 @@ const (
 	// server's users and roles) that kv stores and never interprets. Only
 	// the meta range holds these.
 	Auth Kind = 'U'
+	// Tombstone: range(8) → generation(8): the range's replica here was
+	// removed (a replica move) by a descriptor of that generation; no
+	// replica of the range starts here again from a descriptor of that
+	// generation or older (kv/replicas.go). Not a replica's state: removing
+	// a replica keeps it.
+	Tombstone Kind = 'T'
 )
 
 // Registered describes one kind: who owns it and its shape.
@@ -111,4 +117,5 @@ var All = []Registered{
 	{Frozen, "kv", "range frozen for a merge", false},
 	{Revoked, "kv", "revoked lease's stubs to revoke", false},
 	{Auth, "kv", "auth record", false},
+	{Tombstone, "kv", "removed replica's tombstone", false},
 }

@@ -22,7 +22,40 @@ type KV struct {
 		// log lists every applied command index, to check that nothing is
 		// applied twice or skipped.
 		log []uint64
+		// changes lists the membership changes applied (ApplyMembership).
+		changes []AppliedChange
 	}
+}
+
+// AppliedChange is a membership change as KV applied it.
+type AppliedChange struct {
+	Index  uint64
+	Change multiraft.Change
+	Data   string
+	Taken  bool
+}
+
+var _ multiraft.MembershipApplier = (*KV)(nil)
+
+// RefuseChange is the change data for which KV refuses a membership
+// change (ApplyMembership).
+const RefuseChange = "refuse"
+
+// ApplyMembership implements multiraft.MembershipApplier: it records the
+// change (Changes) and refuses it if its data is RefuseChange.
+func (k *KV) ApplyMembership(index uint64, ch multiraft.Change, data []byte) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	take := string(data) != RefuseChange
+	k.mu.changes = append(k.mu.changes, AppliedChange{Index: index, Change: ch, Data: string(data), Taken: take})
+	return take, nil
+}
+
+// Changes returns the membership changes applied so far, in order.
+func (k *KV) Changes() []AppliedChange {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return append([]AppliedChange(nil), k.mu.changes...)
 }
 
 var _ multiraft.StateMachine = (*KV)(nil)

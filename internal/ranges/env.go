@@ -20,9 +20,17 @@ type Env interface {
 	// PeerDescriptor asks node for the descriptor of its replica of range
 	// id; ok false if it has no initialized one or did not answer.
 	PeerDescriptor(node, id uint64, done func(d kv.Descriptor, ok bool))
+	// PeerHolds asks node whether it holds an initialized replica of
+	// range id: answered false if it did not answer (holds is then
+	// meaningless).
+	PeerHolds(node, id uint64, done func(holds, answered bool))
 	// ReplicaApplied asks node (this node too) for the applied index of
 	// its replica of range id; ok false if it has none or did not answer.
 	ReplicaApplied(node, id uint64, done func(applied uint64, ok bool))
+	// Removed tells node, best effort, that its replica of range id was
+	// removed (a replica move): it checks with this node before it
+	// removes anything (Store.CheckRemoved).
+	Removed(node, id uint64)
 	// Meta reads up to limit descriptors of the meta index from the one
 	// holding key (a serializable read is enough: a cache).
 	Meta(key []byte, limit int, done func(ds []kv.Descriptor, err error))

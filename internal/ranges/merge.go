@@ -64,6 +64,14 @@ func (s *Store) merge(id uint64, why string, done func(kv.Descriptor, error)) {
 			kv.ErrInvalid, id, rd.ID, ld.Replicas, rd.Replicas))
 		return
 	}
+	if n := len(ld.Learners) + len(rd.Learners); n > 0 {
+		// A replica being added (a move) must catch up first: every
+		// replica of the RHS applies the freeze before the merge, and a
+		// learner that never does (its node died) would hold the frozen
+		// RHS, which never thaws, until it came back.
+		fail(fmt.Errorf("%w: ranges %d and %d have %d learners; a merge waits until they are voters or gone", ErrBusy, id, rd.ID, n))
+		return
+	}
 	if !s.begin(id) {
 		fail(fmt.Errorf("%w: range %d", ErrBusy, id))
 		return
@@ -211,7 +219,11 @@ func (s *Store) finishMerges(win []*Replica) {
 		if !frozen {
 			continue
 		}
-		if !ld.SameReplicas(rd) || !s.begin(l.ID) {
+		if !ld.SameReplicas(rd) {
+			s.alignForMerge(ld, rd)
+			continue
+		}
+		if !s.begin(l.ID) {
 			continue
 		}
 		if !s.begin(rd.ID) {

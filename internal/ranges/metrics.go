@@ -9,7 +9,14 @@ type storeMetrics struct {
 	metaRepairs atomic.Uint64
 	// emptyReplicas: replicas started empty for a snapshot (UnknownGroup).
 	emptyReplicas atomic.Uint64
+	// movedAway: replicas removed because their range left this node (a
+	// replica move), with their span's data.
+	movedAway atomic.Uint64
 }
+
+// MovedAway returns how many replicas this node removed because their
+// range no longer had a replica here (a replica move).
+func (s *Store) MovedAway() uint64 { return s.metrics.movedAway.Load() }
 
 // EmptyReplicas returns how many replicas this node started empty, to
 // receive a snapshot (a range made by a split the node had not applied).

@@ -78,6 +78,7 @@ func (s *Store) Tick() {
 		if !s.cfg.LoseMetaUpdates {
 			s.repairMeta(recent)
 		}
+		s.checkLeaderless(win)
 	}
 	s.settle()
 }

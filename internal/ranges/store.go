@@ -23,6 +23,7 @@ import (
 
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // ErrConfig wraps every refusal of a Config.
@@ -170,6 +171,10 @@ type Store struct {
 		// leftRefused: ranges UnknownGroup refused for what they left
 		// here (leftBlockers), logged once.
 		leftRefused map[uint64]bool
+		// removing: ranges whose replica here is being removed, until its
+		// state is deleted: UnknownGroup starts none meanwhile (the
+		// deletion would take the new replica's state with it).
+		removing map[uint64]bool
 	}
 	tasks   tasks
 	metrics storeMetrics
@@ -218,6 +223,7 @@ func Open(cfg Config) (*Store, error) {
 	s.mu.busy = make(map[uint64]bool)
 	s.mu.announced = make(map[uint64]kv.Descriptor)
 	s.mu.leftRefused = make(map[uint64]bool)
+	s.mu.removing = make(map[uint64]bool)
 	s.index.Store(&[]*Replica{})
 	s.order.Store(&[]*Replica{})
 	// Replicas merged into another range whose removal a stop cut short:
@@ -242,6 +248,9 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ranges: list local ranges: %w", err)
 	}
+	if ds, err = s.finishRemovals(ds); err != nil {
+		return nil, err
+	}
 	starts := make([]replicaStart, len(ds))
 	for i := range ds {
 		starts[i] = replicaStart{id: ds[i].ID, members: ds[i].Replicas}
@@ -256,6 +265,58 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.started()
 	return s, nil
+}
+
+// finishRemovals finishes the removals of moved replicas that a stop cut
+// short: a replica of ds whose tombstone is at least as new as its
+// descriptor (destroyMoved writes it first) loses its raft state but its
+// term and vote, and its own state, as destroyMoved would have done. It
+// returns the rest of ds. Started instead, the replica would have its
+// raft log made up again from its state machine's applied index, at a
+// term no leader used, and a commit index that misleads its leader (the
+// simulation found a leader stuck sending it the same entries).
+func (s *Store) finishRemovals(ds []kv.Descriptor) ([]kv.Descriptor, error) {
+	out := ds[:0:0]
+	for i := range ds {
+		d := &ds[i]
+		tomb, ok, err := kv.Tombstone(s.cfg.DB, d.ID)
+		if err != nil {
+			return nil, fmt.Errorf("ranges: tombstone of range %d: %w", d.ID, err)
+		}
+		if !ok || tomb < d.Generation {
+			out = append(out, *d)
+			continue
+		}
+		s.log.Info("finishing the removal of a moved replica", "group", d.ID, "desc", d.String(), "removed_by", tomb)
+		if err := s.dropRaftState(d.ID); err != nil {
+			return nil, err
+		}
+		keep := slices.ContainsFunc(ds, func(o kv.Descriptor) bool { return o.ID != d.ID && o.Overlaps(d.Start, d.End) })
+		if err := kv.DestroyMovedReplica(s.cfg.DB, d, tomb, keep); err != nil {
+			return nil, fmt.Errorf("ranges: remove the moved replica of range %d: %w", d.ID, err)
+		}
+	}
+	return out, nil
+}
+
+// dropRaftState deletes range id's raft state here but its term and vote
+// (multiraft.Host.RemoveReplicaAsync), for a replica that is not running.
+func (s *Store) dropRaftState(id uint64) error {
+	st := s.cfg.Host.Store()
+	gs, err := st.Load(id)
+	if err != nil {
+		return fmt.Errorf("ranges: load raft state of range %d: %w", id, err)
+	}
+	b := st.NewBatch()
+	defer b.Close()
+	b.DeleteGroup(id)
+	if hs := gs.HardState; hs.Term != 0 || hs.Vote != 0 {
+		b.SetHardState(id, raftpb.HardState{Term: hs.Term, Vote: hs.Vote})
+	}
+	if err := b.Commit(true); err != nil {
+		return fmt.Errorf("ranges: delete raft state of range %d: %w", id, err)
+	}
+	return nil
 }
 
 // pendingRestores returns the ranges whose raft state here holds a
@@ -292,6 +353,18 @@ func (s *Store) pendingRestores(ds []kv.Descriptor) ([]replicaStart, error) {
 		}
 		d, err := kv.SnapshotDescriptor(st.Snapshot.Data)
 		if err != nil || d.ID != g || !d.HasReplica(s.cfg.NodeID) {
+			continue
+		}
+		if tomb, ok, err := kv.Tombstone(s.cfg.DB, g); err != nil {
+			return nil, fmt.Errorf("ranges: tombstone of range %d: %w", g, err)
+		} else if ok && d.Generation <= tomb {
+			// A snapshot of the range from before this node's replica
+			// was removed: never restored (UnknownGroup's rule), and
+			// gone, so that a replica moved back starts empty.
+			s.log.Info("dropping a removed replica's snapshot", "group", g, "desc", d.String(), "removed_by", tomb)
+			if err := s.dropRaftState(g); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		// Its restore is not gated (multiraft.SnapshotGate gates received
@@ -570,6 +643,11 @@ func (s *Store) reconcile(id uint64) {
 	if !ok {
 		return
 	}
+	if !od.HasReplica(s.cfg.NodeID) {
+		// This replica applied its own removal (a replica move).
+		s.destroyMoved(owner, fmt.Sprintf("removed from the range (%v)", od), od.Generation)
+		return
+	}
 	all := s.holding(nil, nil)
 	// Only a replica that shares a key with od can be superseded by it;
 	// and only a frozen one is kept for a merge. Both in ID order (the
@@ -618,27 +696,69 @@ func (s *Store) Removals() uint64 { return s.removals.Load() }
 // removes its group and raft state, then its own state is deleted (not the
 // data of its span, which the range that holds it now owns).
 func (s *Store) destroy(r *Replica, why string) {
+	s.remove(r, why, false, func() error { return kv.DestroyReplica(s.cfg.DB, r.ID) })
+}
+
+// destroyMoved removes replica r, which left this node (a replica move)
+// by the descriptor of generation removedBy, as destroy does, and its
+// span's data too unless a range here holds part of it by then; it leaves
+// a tombstone (kv.DestroyMovedReplica) that UnknownGroup heeds.
+func (s *Store) destroyMoved(r *Replica, why string, removedBy uint64) {
+	d, ok := r.Descriptor()
+	if !ok {
+		s.destroy(r, why)
+		return
+	}
+	span := d.Clone()
+	// The tombstone first: a stop between the raft state's removal and
+	// the state machine's must not start the replica again (Open).
+	if err := kv.WriteTombstone(s.cfg.DB, r.ID, removedBy); err != nil {
+		s.fatal(fmt.Errorf("ranges: record the removal of range %d's replica: %w", r.ID, err))
+		return
+	}
+	s.metrics.movedAway.Add(1)
+	s.remove(r, why, true, func() error {
+		return kv.DestroyMovedReplica(s.cfg.DB, &span, removedBy, len(s.holding(span.Start, span.End)) > 0)
+	})
+}
+
+// remove takes replica r out of the Store and the Host, then runs clean
+// (on the loop) to delete its state. mayReturn: the range may come back
+// to this node (a replica move), and the Host keeps the replica's term
+// and vote (multiraft.Host.RemoveReplicaAsync).
+func (s *Store) remove(r *Replica, why string, mayReturn bool, clean func() error) {
 	s.mu.Lock()
 	if s.mu.replicas[r.ID] != r {
 		s.mu.Unlock()
 		return
 	}
 	delete(s.mu.replicas, r.ID)
+	s.mu.removing[r.ID] = true
 	s.reorderLocked()
 	s.removals.Add(1)
 	s.mu.Unlock()
 	s.reindex()
 	r.SM.Destroy()
 	s.log.Info("removing replica", "group", r.ID, "why", why)
-	done, err := s.cfg.Host.RemoveGroupAsync(r.ID)
+	removeAsync := s.cfg.Host.RemoveGroupAsync
+	if mayReturn {
+		removeAsync = s.cfg.Host.RemoveReplicaAsync
+	}
+	done, err := removeAsync(r.ID)
 	if err != nil {
 		s.log.Warn("remove replica", "group", r.ID, "err", err)
+		s.mu.Lock()
+		delete(s.mu.removing, r.ID)
+		s.mu.Unlock()
 		return
 	}
 	s.afterDone(done, func() {
-		if err := kv.DestroyReplica(s.cfg.DB, r.ID); err != nil {
+		if err := clean(); err != nil {
 			s.fatal(fmt.Errorf("ranges: delete the state of range %d's removed replica: %w", r.ID, err))
 		}
+		s.mu.Lock()
+		delete(s.mu.removing, r.ID)
+		s.mu.Unlock()
 	})
 }
 
@@ -957,31 +1077,44 @@ func (s *Store) leftBlockers(id uint64) []holder {
 	return out
 }
 
+// isRemoving reports whether range id's replica here is being removed.
+func (s *Store) isRemoving(id uint64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.removing[id]
+}
+
 // UnknownGroup is the Host's multiraft.Config.UnknownGroup: raft messages
 // came from node from for range id, which has no replica here. If from's
 // replica of id lists this node and no replica here holds any of its span
 // (but replicas it subsumed: blockers), nor any of the span of what the
-// range left here (leftBlockers), an empty replica is started: it gets the
-// range's state from a snapshot. (A node that has not applied a split yet
-// still holds the new range's span and makes its replica itself when it
-// applies it.) Never blocks.
+// range left here (leftBlockers), and the range's replica here was not
+// removed by a descriptor as new as from's (kv.Tombstone), an empty
+// replica is started: it gets the range's state from a snapshot. (A node
+// that has not applied a split yet still holds the new range's span and
+// makes its replica itself when it applies it.) Never blocks.
 func (s *Store) UnknownGroup(id, from uint64) {
 	if s.env == nil {
 		return
 	}
 	s.enqueue(func() {
-		if _, ok := s.Get(id); ok {
+		if _, ok := s.Get(id); ok || s.isRemoving(id) {
 			return
 		}
 		s.env.PeerDescriptor(from, id, callback2(s, func(d kv.Descriptor, ok bool) {
 			if !ok || !d.HasReplica(s.cfg.NodeID) {
 				return
 			}
-			if _, ok := s.Get(id); ok {
+			if _, ok := s.Get(id); ok || s.isRemoving(id) {
 				return
 			}
 			if len(s.blockers(id, &d)) > 0 {
 				return // a replica here still holds part of it: see above
+			}
+			if gen, ok, err := kv.Tombstone(s.cfg.DB, id); err != nil || (ok && d.Generation <= gen) {
+				// Removed from here by a descriptor at least as new as
+				// the one that asks for it: see kv.DestroyMovedReplica.
+				return
 			}
 			if b := s.leftBlockers(id); len(b) > 0 {
 				s.mu.Lock()

@@ -71,6 +71,10 @@ func (e *testEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 	}
 	done(r.SM.AppliedIndex(), true)
 }
+func (e *testEnv) Removed(node, id uint64) {}
+func (e *testEnv) PeerHolds(node, id uint64, done func(bool, bool)) {
+	e.PeerDescriptor(node, id, func(_ kv.Descriptor, ok bool) { done(ok, true) })
+}
 func (e *testEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
 	r, ok := (*e.store).Get(kv.MetaRangeID)
 	if !ok {

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 )
 
@@ -15,7 +16,7 @@ func (s *sim) nemesis() {
 	}
 	defer s.after(s.between(100*time.Millisecond, 700*time.Millisecond), s.nemesis)
 	var kinds []Faults
-	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit, FaultMembership} {
+	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit, FaultMembership, FaultMove} {
 		if s.cfg.Faults&f != 0 {
 			kinds = append(kinds, f)
 		}
@@ -133,6 +134,8 @@ func (s *sim) nemesis() {
 		s.splitNemesis()
 	case FaultMembership:
 		s.membershipNemesis()
+	case FaultMove:
+		s.moveNemesis()
 	case FaultTransfer:
 		if g, n, ok := s.randomLed(); ok {
 			id := n.id
@@ -241,7 +244,7 @@ func (s *sim) membershipNemesis() {
 		s.res.Faults++
 		s.res.MembershipChanges++
 		s.record("membership-"+what, g, n.id, ghostNode)
-		f := n.host.ChangeMembershipAsync(g, kind, ghostNode)
+		f := n.host.ChangeMembershipAsync(g, multiraft.Change{Kind: kind, Node: ghostNode}, nil)
 		n.drain()
 		// Its outcome does not matter to the checks, but a run in which
 		// none applies has not tested them (TestSeeds counts).
@@ -256,4 +259,81 @@ func (s *sim) membershipNemesis() {
 		})
 		return
 	}
+}
+
+// moveNemesis has a range's leader move one of its replicas
+// (FaultMove): if the range has a replica on every node, one of them
+// (the leader's own, maybe) is removed; otherwise one is added on a node
+// that lacks it. Nobody waits for the outcome: a move cut short by a
+// crash, a pause or a partition is part of what is tested.
+func (s *sim) moveNemesis() {
+	g, n, ok := s.randomLed()
+	if !ok {
+		return
+	}
+	r, ok := n.ranges.Get(g)
+	if !ok {
+		return
+	}
+	d, ok := r.Descriptor()
+	if !ok {
+		return
+	}
+	var from, to uint64
+	var missing []uint64
+	for _, id := range s.ids {
+		if !d.HasReplica(id) {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		to = missing[s.rng.IntN(len(missing))]
+	} else {
+		from = s.ids[s.rng.IntN(len(s.ids))]
+	}
+	s.res.Faults++
+	s.startMove(n, g, from, to)
+}
+
+// startMove asks node n's Store to move range g's replica, and counts it.
+func (s *sim) startMove(n *node, g, from, to uint64) {
+	s.res.Moves++
+	s.record("move", g, n.id, from, to)
+	n.ranges.Move(g, from, to, func(_ kv.Descriptor, err error) {
+		if err == nil {
+			s.res.MovesDone++
+		}
+	})
+	n.drain()
+}
+
+// replicate gives every range a replica on every node again after
+// healing, from each range's leader, one move at a time per range, and
+// looks again every 200ms until the run ends: what an allocator does
+// after a node's return.
+func (s *sim) replicate() {
+	for _, g := range s.rangeIDs() {
+		for _, id := range s.upNodes() {
+			n := s.nodes[id]
+			if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {
+				continue
+			}
+			r, ok := n.ranges.Get(g)
+			if !ok {
+				break
+			}
+			d, ok := r.Descriptor()
+			if !ok {
+				break
+			}
+			for _, to := range s.ids {
+				if !d.HasReplica(to) || slices.Contains(d.Learners, to) {
+					s.startMove(n, g, 0, to)
+					break
+				}
+			}
+			break
+		}
+	}
+	s.after(200*time.Millisecond, s.replicate)
 }

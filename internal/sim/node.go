@@ -127,6 +127,8 @@ func (n *node) start() error {
 		opts = append(opts, kv.WithoutDedup())
 	case BugSplitBothServe:
 		opts = append(opts, kv.WithoutSpanChecks())
+	case BugMoveUncoupled:
+		opts = append(opts, kv.WithoutMembershipRecord())
 	}
 	st, err := ranges.Open(ranges.Config{
 		NodeID:  n.id,
@@ -278,6 +280,7 @@ func (n *node) crash(why string) {
 	s.res.Wakes += int(n.host.Wakes())
 	s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
 	s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
+	s.res.MovedAway += int(n.ranges.MovedAway())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -320,6 +323,7 @@ func (n *node) close() {
 		n.s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
 		if n.ranges != nil {
 			n.s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
+			n.s.res.MovedAway += int(n.ranges.MovedAway())
 		}
 		n.host.Stop()
 		n.host = nil

@@ -41,8 +41,13 @@ func (e simEnv) After(d time.Duration, fn func()) {
 	})
 }
 
-// reach reports whether a message from a to b gets through now.
+// reach reports whether a message from a to b gets through now. A node
+// that does not exist (the membership fault's ghost, which descriptors
+// list while it is a learner) is never reached.
 func (s *sim) reach(a, b uint64) bool {
+	if b >= uint64(len(s.nodes)) || s.nodes[b] == nil {
+		return false
+	}
 	return s.nodes[b].up && s.nodes[b].ranges != nil && !s.nodes[b].paused && (a == b || !s.net.isBlocked(a, b))
 }
 
@@ -108,6 +113,39 @@ func (e simEnv) PeerDescriptor(node, id uint64, done func(kv.Descriptor, bool)) 
 			return
 		}
 		done(d.Clone(), true)
+	})
+}
+
+// PeerHolds asks node, across the network, whether it holds an
+// initialized replica of range id.
+func (e simEnv) PeerHolds(node, id uint64, done func(holds, answered bool)) {
+	n, s := e.n, e.n.s
+	s.after(s.net.delay(n.id, node)+s.net.delay(node, n.id), func() {
+		if !s.reach(n.id, node) || !s.reach(node, n.id) {
+			done(false, false)
+			return
+		}
+		r, ok := s.nodes[node].ranges.Get(id)
+		if !ok {
+			done(false, true)
+			return
+		}
+		_, ok = r.Descriptor()
+		done(ok, true)
+	})
+}
+
+// Removed tells node, across the network, that its replica of range id
+// was removed; lost if the network drops it.
+func (e simEnv) Removed(node, id uint64) {
+	n, s := e.n, e.n.s
+	s.after(s.net.delay(n.id, node), func() {
+		if !s.reach(n.id, node) {
+			return
+		}
+		m := s.nodes[node]
+		m.ranges.CheckRemoved(id, n.id)
+		m.drain()
 	})
 }
 

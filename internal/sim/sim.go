@@ -83,12 +83,21 @@ const (
 	// behind each wait for it (the engine holds them); the learner,
 	// never reached, keeps its range's leader sending and snapshotting.
 	FaultMembership
+	// FaultMove moves a range's replicas (ranges.Store.Move, from the
+	// node that leads it): it removes one node's replica (the leader's
+	// too: it hands the leadership over first), or adds one back on a
+	// node that lacks it (a learner, its catch-up by snapshot, its
+	// promotion). Moves race with every other fault; a node that lost a
+	// replica while away learns it from the mover or from the range's
+	// other replicas once it finds no leader. After healing, every range
+	// gets a replica on every node again (replicate).
+	FaultMove
 
 	// AllFaults is every fault kind.
 	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
 		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign |
 		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit | FaultMerge |
-		FaultMembership
+		FaultMembership | FaultMove
 )
 
 var faultNames = []struct {
@@ -100,11 +109,12 @@ var faultNames = []struct {
 	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
 	{FaultPause, "pause"}, {FaultTransfer, "transfer"}, {FaultRequestDup, "reqdup"},
 	{FaultSplit, "split"}, {FaultMerge, "merge"}, {FaultMembership, "membership"},
+	{FaultMove, "move"},
 }
 
 // ParseFaults parses a comma-separated list of fault names (drop, delay,
 // duplicate, partition, blackhole, crash, failpoint, campaign, pause,
-// transfer, reqdup, split, merge, membership, or all).
+// transfer, reqdup, split, merge, membership, move, or all).
 func ParseFaults(s string) (Faults, error) {
 	var f Faults
 	for _, part := range strings.Split(s, ",") {
@@ -185,8 +195,13 @@ const (
 	// the first event it reads (kv.WatchOptions.PlantedSkipOnResume); the
 	// simulation's watchers resume at every leader change.
 	BugWatchDropAtLeaderChange
+	// BugMoveUncoupled changes a range's raft configuration without its
+	// descriptor (kv.WithoutMembershipRecord): a replica moved off a node
+	// is never known there to be out, and a node that lacks one is never
+	// known to.
+	BugMoveUncoupled
 
-	bugLast = BugWatchDropAtLeaderChange
+	bugLast = BugMoveUncoupled
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -341,6 +356,13 @@ type Result struct {
 	// applied within a second.
 	MembershipChanges int `json:"membership_changes"`
 	MembershipApplied int `json:"membership_applied"`
+	// Moves counts the replica moves FaultMove and the post-heal
+	// replication asked for; MovesDone those that finished.
+	Moves     int `json:"moves"`
+	MovesDone int `json:"moves_done"`
+	// MovedAway counts the replicas nodes removed, with their span's
+	// data, because their range left the node.
+	MovedAway int `json:"moved_away"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the
@@ -659,6 +681,9 @@ func (s *sim) heal() {
 	}
 	s.stopClients = true
 	s.healed = true
+	if s.cfg.Faults&FaultMove != 0 {
+		s.after(s.cfg.TickInterval*time.Duration(3*s.cfg.ElectionTicks), s.replicate)
+	}
 	// Final reads: once the cluster has a leader again, read every key.
 	s.after(s.cfg.TickInterval*time.Duration(3*s.cfg.ElectionTicks), s.finalReads)
 }

@@ -72,10 +72,18 @@ func TestDeterminism(t *testing.T) {
 //	      range over part of the span of a range its raft state had yet to
 //	      restore a snapshot of, which then wrote its older keys over the
 //	      newer range's (ranges.Store.pendingRestores).
+//	1062, 4900, 8128: replica moves (FaultMove) as they were being built:
+//	      a removed node's empty replica voting with no log (the
+//	      tombstone), a removal cut short by a crash whose replica started
+//	      again with a made-up log (Store.finishRemovals), and a learner
+//	      added while its node still held a replica from before its
+//	      removal (Store.moveStep's PeerHolds). The code around them has
+//	      changed the runs since; they stay as more coverage of moves.
 //
 // They run with the catch-up pace they failed with (9400 and 3442 before
 // Config.MaxCatchUps existed: the default).
-var regressionSeeds = []Config{{Seed: 9400, MaxCatchUps: 128}, {Seed: 3442, MaxCatchUps: 128}, {Seed: 290, MaxCatchUps: 2}}
+var regressionSeeds = []Config{{Seed: 9400, MaxCatchUps: 128}, {Seed: 3442, MaxCatchUps: 128}, {Seed: 290, MaxCatchUps: 2},
+	{Seed: 1062}, {Seed: 4900}, {Seed: 8128}}
 
 // TestSeeds runs the simulation over 500 seeds (50 with -short, 150 under
 // the race detector) and the regression seeds, every fault on, and
@@ -124,6 +132,9 @@ func TestSeeds(t *testing.T) {
 		total.EmptyReplicas += r.EmptyReplicas
 		total.MembershipChanges += r.MembershipChanges
 		total.MembershipApplied += r.MembershipApplied
+		total.Moves += r.Moves
+		total.MovesDone += r.MovesDone
+		total.MovedAway += r.MovedAway
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
@@ -131,9 +142,11 @@ func TestSeeds(t *testing.T) {
 		total.Merges, total.Quiesces, total.Wakes, total.MembershipChanges, total.MembershipApplied)
 	t.Logf("%d splits, %d replicas started empty for a snapshot after missing a split, %d snapshots refused while a replica still held their span, %d requests refused by a range that no longer held their key",
 		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
+	t.Logf("%d replica moves asked, %d finished; %d replicas removed from a node their range left",
+		total.Moves, total.MovesDone, total.MovedAway)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
 		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 ||
-		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 {
+		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
@@ -277,6 +290,19 @@ func TestTeethMergeNoWait(t *testing.T) {
 	r := findFailure(t, Config{Bug: BugMergeNoWait, Faults: FaultMerge | FaultDelay | FaultPartition | FaultPause}, 300,
 		func(r *Result) bool { return r.Failed() })
 	t.Logf("caught by: linearizable=%s, %d violations", r.Linearizable, len(r.Violations))
+}
+
+// TestTeethMoveUncoupled changes ranges' raft configurations without their
+// descriptors: a node whose replica was moved off keeps it, stale, and
+// the range is never given back a replica there, so the run must report
+// that the replicas never converge. With the coupling, TestSeeds runs the
+// same faults clean.
+func TestTeethMoveUncoupled(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugMoveUncoupled, Faults: FaultMove | FaultDelay}, 100,
+		func(r *Result) bool {
+			return slices.ContainsFunc(r.Violations, func(v string) bool { return strings.Contains(v, "did not converge") })
+		})
+	t.Logf("caught by: %d violations", len(r.Violations))
 }
 
 // TestPausesFailOver: under pauses alone (8 ranges, 2 keys: most ranges

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/kv"
+)
+
+func newNodeDrainCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "drain N",
+		Short: "Move every replica off node N, onto the live nodes that hold the fewest",
+		Long: `Move every replica off node N, one range at a time, each onto the live node
+that holds the fewest replicas among those without one of that range (a
+learner there, its catch-up, its promotion, then the removal of N's
+replica and its data). The ranges keep serving throughout. Each move is
+printed as it is done; the command ends once N holds no replica, and
+fails if a range has no node to go to.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var node uint64
+			if _, err := fmt.Sscan(args[0], &node); err != nil || node == 0 {
+				return fmt.Errorf("node %q: want a node ID", args[0])
+			}
+			cl, ctx, cancel, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer cl.Close()
+			return drain(ctx, cl, node, cmd.OutOrStdout())
+		},
+	}
+	cf.register(cmd)
+	cf.timeout = 30 * time.Minute // a drain moves many ranges
+	cmd.Flags().Lookup("timeout").DefValue = cf.timeout.String()
+	return cmd
+}
+
+// drain moves every replica off node, printing each move to w.
+func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) error {
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return err
+	}
+	var live []uint64
+	known := false
+	for _, n := range api.NodeListOf(st).Nodes {
+		known = known || n.ID == node
+		if n.ID != node && n.State == api.NodeLive {
+			live = append(live, n.ID)
+		}
+	}
+	if !known {
+		return fmt.Errorf("node %d is not in the cluster", node)
+	}
+	moved, start := 0, time.Now()
+	// Ranges may split or merge meanwhile: list again until none is left.
+	for pass := 0; ; pass++ {
+		all, err := allRanges(ctx, cl)
+		if err != nil {
+			return err
+		}
+		count := map[uint64]int{}
+		var todo []*api.RangeInfo
+		for _, r := range all {
+			for _, n := range r.Replicas {
+				count[n]++
+			}
+			if slices.Contains(r.Replicas, node) {
+				todo = append(todo, r)
+			}
+		}
+		if len(todo) == 0 {
+			fmt.Fprintf(w, "node %d holds no replica: %d moved in %v\n", node, moved, time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if pass == 5 {
+			return fmt.Errorf("node %d still holds %d replicas after %d passes", node, len(todo), pass)
+		}
+		fmt.Fprintf(w, "draining node %d: %d ranges to move\n", node, len(todo))
+		for i, r := range todo {
+			to := uint64(0)
+			for _, n := range live {
+				if !slices.Contains(r.Replicas, n) && (to == 0 || count[n] < count[to]) {
+					to = n
+				}
+			}
+			if to == 0 {
+				return fmt.Errorf("range %d %s: no live node without a replica of it to move to (live %v)", r.Id, kv.SpanString(r.Start, r.End), live)
+			}
+			t0 := time.Now()
+			if _, err := cl.Move(ctx, keyIn(r), node, to); err != nil {
+				return fmt.Errorf("range %d %s: move from node %d to node %d: %w", r.Id, kv.SpanString(r.Start, r.End), node, to, err)
+			}
+			count[to]++
+			moved++
+			fmt.Fprintf(w, "moved range %d %s from node %d to node %d in %v (%d/%d)\n",
+				r.Id, kv.SpanString(r.Start, r.End), node, to, time.Since(t0).Round(time.Millisecond), i+1, len(todo))
+		}
+	}
+}
+
+// allRanges lists every range.
+func allRanges(ctx context.Context, cl *client.Client) ([]*api.RangeInfo, error) {
+	var out []*api.RangeInfo
+	var key []byte
+	for {
+		rs, more, err := cl.Ranges(ctx, key, 1000, false)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs...)
+		if !more || len(rs) == 0 {
+			return out, nil
+		}
+		key = rs[len(rs)-1].End
+	}
+}
+
+// keyIn returns a key of range r (its start; the smallest key for the
+// first range, whose start is empty).
+func keyIn(r *api.RangeInfo) []byte {
+	if len(r.Start) == 0 {
+		return []byte{0}
+	}
+	return bytes.Clone(r.Start)
+}

@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/client"
+)
+
+// `flotilla node drain` and `flotilla move` on real processes: 4 nodes,
+// 8 ranges of 3 replicas. Draining node 4 leaves no range with a replica
+// there, every key written before reads back, and writes made during the
+// drain all succeed; a move puts a replica back on node 4; a move naming
+// a node outside the cluster is refused.
+func TestDrainAndMoveCLI(t *testing.T) {
+	c := launch(t, &procCluster{groups: 8, size: 4, startArgs: []string{"--replicas", "3"}})
+	c.waitLed(t, 8)
+	eps := strings.Join(c.endpoints(0), ",")
+	cfg, err := c.config(c.endpoints(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl, err := client.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	keys := make([]string, 64)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%02x-key", i*4)
+		if _, err := cl.Put(ctx, []byte(keys[i]), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Writes go on during the drain.
+	stop, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := cl.Put(ctx, []byte(fmt.Sprintf("%02x-during", i%256)), []byte(fmt.Sprint(i))); err != nil {
+				done <- fmt.Errorf("write %d during the drain: %w", i, err)
+				return
+			}
+		}
+	}()
+	r := run(t, nil, "node", "drain", "4", "--endpoints", eps)
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if r.code != 0 || !strings.Contains(r.stdout, "node 4 holds no replica") || !strings.Contains(r.stdout, "moved range") {
+		t.Fatalf("node drain 4 exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("drain:\n%s", r.stdout)
+	type rangesJSON struct {
+		Ranges []struct {
+			ID       uint64   `json:"id"`
+			Replicas []uint64 `json:"replicas"`
+		} `json:"ranges"`
+	}
+	ranges := func() rangesJSON {
+		t.Helper()
+		r := run(t, nil, "ranges", "-w", "json", "--endpoints", eps)
+		var out rangesJSON
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &out) != nil {
+			t.Fatalf("ranges exited %d: %s%s", r.code, r.stdout, r.stderr)
+		}
+		return out
+	}
+	for _, rg := range ranges().Ranges {
+		if slices.Contains(rg.Replicas, 4) || len(rg.Replicas) != 3 {
+			t.Fatalf("after the drain range %d is on %v", rg.ID, rg.Replicas)
+		}
+	}
+	for _, k := range keys {
+		if kv, err := cl.Get(ctx, []byte(k)); err != nil || string(kv.Value) != "v" {
+			t.Fatalf("get %s after the drain: %q %v", k, kv.Value, err)
+		}
+	}
+	// A replica back on node 4.
+	r = run(t, nil, "move", keys[0], "--from", "1", "--to", "4", "--endpoints", eps)
+	if r.code != 0 || !strings.Contains(r.stdout, "OK: range") {
+		t.Fatalf("move exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if kv, err := cl.Get(ctx, []byte(keys[0])); err != nil || string(kv.Value) != "v" {
+		t.Fatalf("get %s after the move: %q %v", keys[0], kv.Value, err)
+	}
+	r = run(t, nil, "move", keys[0], "--from", "9", "--to", "4", "--endpoints", eps)
+	if r.code == 0 || !strings.Contains(r.stderr, "not in the cluster") {
+		t.Fatalf("a move from node 9 exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -1,0 +1,363 @@
+package ranges
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
+)
+
+// Moving a replica (docs/design.md, "Replica moves"). From the node that
+// leads the range, one raft membership change at a time, each planned on
+// the descriptor it saw (kv.EncodeChangePlan: a change that raced another
+// is refused, and the move looks again):
+//
+//  1. add the new node as a learner, once it answers that it holds no
+//     replica of the range (one left from before a removal it never
+//     learned of goes first: Env.Removed): its node starts an empty replica
+//     when the leader's first message comes (UnknownGroup), and gets a
+//     snapshot;
+//  2. wait until the learner has applied what the leader had when it was
+//     added (Env.ReplicaApplied): the learner then holds the range's state
+//     at a generation at least that of its addition;
+//  3. promote it to a voter;
+//  4. remove the old node's replica. If this node is the one leaving, it
+//     hands the leadership to the new voter first, and the move ends with
+//     ErrHandedOff: the caller asks the new leader to finish it;
+//  5. tell the old node (Env.Removed), which checks with this node and
+//     removes its replica and its span's data (CheckRemoved). A node that
+//     applies its own removal removes it at once (reconcile).
+//
+// Every step looks at the descriptor and the raft configuration afresh,
+// so a move that stopped half way (its node died) is finished by asking
+// again; a move of from 0 only adds a replica, and one to 0 only removes.
+//
+// Step 2 is what makes the removal check of step 5 safe without replica
+// IDs: a voter's replica has applied the generation that added it, so a
+// descriptor of a higher generation that does not list the node was made
+// after the node voted in it, and the node is out.
+
+// ErrHandedOff: the move's remaining step is the removal of this node's
+// replica, and this node handed the range's leadership to another replica
+// to let it do it. Ask the range's new leader to finish the move.
+var ErrHandedOff = errors.New("ranges: leadership handed off; ask the new leader to finish the move")
+
+// ErrNotLeader: this node does not lead the range (moves start at the
+// leader).
+var ErrNotLeader = errors.New("ranges: not the range's leader")
+
+// moveCatchUpFor bounds how long a move waits for a learner to catch up.
+const moveCatchUpFor = time.Minute
+
+// move is one move under way; owned by the loop.
+type move struct {
+	id, from, to uint64
+	why          string
+	forMerge     bool
+	deadline     time.Time
+	// caughtUpAt: the leader's applied index when the learner was found
+	// added; the learner must reach it before its promotion.
+	caughtUpAt uint64
+	done       func(kv.Descriptor, error)
+}
+
+// Move moves range id's replica on node from to node to, as above, and
+// calls done on the Store's loop with the range's descriptor at the end
+// or an error: ErrNotLeader (ask the leader), ErrHandedOff (ask the new
+// leader), ErrBusy (a split, merge or move of the range is under way
+// here, or a merge into it waits), ErrNotLocal, multiraft errors
+// (ErrInvalidRequest for a move raft could not make). from 0 only adds a
+// replica on to; to 0 only removes the one on from.
+func (s *Store) Move(id, from, to uint64, done func(kv.Descriptor, error)) {
+	s.enqueue(func() { s.startMove(id, from, to, "admin", false, done) })
+}
+
+// startMove runs on the loop. forMerge: the move gives the range the
+// replicas of a range frozen for a merge into it (alignForMerge), which
+// other moves must wait for.
+func (s *Store) startMove(id, from, to uint64, why string, forMerge bool, done func(kv.Descriptor, error)) {
+	switch {
+	case from == 0 && to == 0, from == to:
+		done(kv.Descriptor{}, fmt.Errorf("%w: move of range %d from node %d to node %d", kv.ErrInvalid, id, from, to))
+		return
+	case !s.begin(id):
+		done(kv.Descriptor{}, fmt.Errorf("%w: range %d", ErrBusy, id))
+		return
+	}
+	m := &move{id: id, from: from, to: to, why: why, forMerge: forMerge, deadline: s.env.Now().Add(moveCatchUpFor)}
+	m.done = func(d kv.Descriptor, err error) {
+		s.end(id)
+		if err == nil {
+			s.log.Info("replica move done", "group", id, "from", from, "to", to, "why", why, "desc", d.String())
+		}
+		done(d, err)
+	}
+	s.moveStep(m)
+}
+
+// moveStep takes the move's next step from what the range is now. Loop
+// only.
+func (s *Store) moveStep(m *move) {
+	fail := func(err error) { m.done(kv.Descriptor{}, err) }
+	r, ok := s.Get(m.id)
+	if !ok {
+		fail(fmt.Errorf("%w: range %d", ErrNotLocal, m.id))
+		return
+	}
+	d, ok := r.Descriptor()
+	if !ok {
+		fail(fmt.Errorf("%w: range %d is not initialized here", ErrNotLocal, m.id))
+		return
+	}
+	if !s.leads(m.id) {
+		fail(fmt.Errorf("%w: range %d", ErrNotLeader, m.id))
+		return
+	}
+	if _, _, frozen := r.SM.Frozen(); frozen || (!m.forMerge && s.mergeWaits(d)) {
+		fail(fmt.Errorf("%w: range %d: a merge is under way", ErrBusy, m.id))
+		return
+	}
+	plan := kv.EncodeChangePlan(d.Generation)
+	switch {
+	case m.to != 0 && !d.HasReplica(m.to):
+		// The node must not hold a replica of the range left from before
+		// its removal (one that never learned of it): raft knows replicas
+		// by node, and would take that replica's acknowledgements for the
+		// learner's; once it is removed (CheckRemoved), a replica started
+		// empty would get a commit index past its log, and raft panics
+		// (the simulation, seed 8128). So the old one goes first.
+		s.env.PeerHolds(m.to, m.id, callback2(s, func(holds, answered bool) {
+			switch {
+			case answered && !holds:
+				s.change(m, multiraft.AddLearner, m.to, plan)
+			case s.env.Now().After(m.deadline):
+				fail(fmt.Errorf("%w: range %d: node %d still holds a replica of it from before its removal, or does not answer",
+					ErrBusy, m.id, m.to))
+			default:
+				if holds {
+					s.env.Removed(m.to, m.id)
+				}
+				s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.moveStep(m) }) })
+			}
+		}))
+	case m.to != 0 && slices.Contains(d.Learners, m.to):
+		if m.caughtUpAt == 0 {
+			m.caughtUpAt = max(r.SM.AppliedIndex(), 1)
+		}
+		s.env.ReplicaApplied(m.to, m.id, callback2(s, func(applied uint64, ok bool) {
+			switch {
+			case ok && applied >= m.caughtUpAt:
+				s.change(m, multiraft.PromoteLearner, m.to, plan)
+			case s.env.Now().After(m.deadline):
+				fail(fmt.Errorf("%w: range %d: node %d's learner did not catch up within %v (applied %d, want %d)",
+					multiraft.ErrTimeout, m.id, m.to, moveCatchUpFor, applied, m.caughtUpAt))
+			default:
+				s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.moveStep(m) }) })
+			}
+		}))
+	case m.from != 0 && d.HasReplica(m.from):
+		if m.from == s.cfg.NodeID {
+			s.handOff(m, d)
+			return
+		}
+		s.change(m, multiraft.RemoveMember, m.from, plan)
+	default:
+		// Done. The meta index gets the final descriptor before the
+		// caller hears of it, so that a listing after the move shows it
+		// (should the update fail, the range's leader repairs the index).
+		final := d.Clone()
+		s.propose(kv.MetaRangeID, kv.Command{Op: kv.OpMetaUpdate, Value: kv.EncodeDescriptors([]kv.Descriptor{final})}, func(_ kv.Result, err error) {
+			if err != nil {
+				s.log.Info("replica move: meta index update failed; the range's leader will repair it", "group", m.id, "err", err)
+			}
+			m.done(final, nil)
+		})
+	}
+}
+
+// change makes one membership change of the move, records the new
+// descriptor in the meta index, tells a removed node, and takes the next
+// step. Loop only.
+func (s *Store) change(m *move, kind multiraft.ChangeKind, node uint64, plan []byte) {
+	f := s.cfg.Host.ChangeMembershipAsync(m.id, multiraft.Change{Kind: kind, Node: node}, plan)
+	s.afterDone(f.Done(), func() {
+		_, err := f.Result()
+		switch {
+		case errors.Is(err, multiraft.ErrChangeRefused):
+			// The range changed under the plan (another move, a split):
+			// look again.
+			s.log.Info("replica move: change refused; looking again", "group", m.id, "kind", kind, "node", node)
+		case err != nil:
+			m.done(kv.Descriptor{}, err)
+			return
+		default:
+			s.log.Info("replica move: change applied", "group", m.id, "kind", kind, "node", node, "why", m.why)
+			if r, ok := s.Get(m.id); ok {
+				if d, ok := r.Descriptor(); ok {
+					s.updateMeta([]kv.Descriptor{d.Clone()})
+				}
+			}
+			if kind == multiraft.RemoveMember {
+				s.env.Removed(node, m.id)
+			}
+		}
+		s.moveStep(m)
+	})
+}
+
+// handOff hands the range's leadership from this node, which is to leave
+// it, to another voter: the move's new node if it votes, else another.
+// Loop only.
+func (s *Store) handOff(m *move, d *kv.Descriptor) {
+	votes := func(n uint64) bool { return n != 0 && d.HasReplica(n) && !slices.Contains(d.Learners, n) }
+	to := uint64(0)
+	if votes(m.to) {
+		to = m.to
+	} else {
+		for _, v := range d.Replicas {
+			if v != s.cfg.NodeID && votes(v) {
+				to = v
+				break
+			}
+		}
+	}
+	if to == 0 {
+		m.done(kv.Descriptor{}, fmt.Errorf("%w: range %d: no other voter to hand the leadership to", multiraft.ErrInvalidRequest, m.id))
+		return
+	}
+	s.afterErr(s.cfg.Host.TransferLeadershipAsync(m.id, to), func(err error) {
+		if err != nil {
+			m.done(kv.Descriptor{}, err)
+			return
+		}
+		m.done(kv.Descriptor{}, fmt.Errorf("%w: range %d: to node %d", ErrHandedOff, m.id, to))
+	})
+}
+
+// afterErr runs fn on the loop with the error res delivers, looking every
+// CampaignRetry (afterDone).
+func (s *Store) afterErr(res <-chan error, fn func(error)) {
+	select {
+	case err := <-res:
+		fn(err)
+	default:
+		if s.env == nil {
+			go func() {
+				err := <-res
+				s.enqueue(func() { fn(err) })
+			}()
+			return
+		}
+		s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.afterErr(res, fn) }) })
+	}
+}
+
+// mergeWaits reports whether a range frozen for a merge into range d
+// waits here: the merge takes it in only while both have the same
+// replicas, so d's must not change until it did. Loop only.
+func (s *Store) mergeWaits(d *kv.Descriptor) bool {
+	if len(d.End) == 0 {
+		return false
+	}
+	r := s.startingAt(d.End)
+	if r == nil {
+		return false
+	}
+	into, _, frozen := r.SM.Frozen()
+	return frozen && into == d.ID
+}
+
+// alignForMerge moves one replica of range l, which this node leads, to
+// make its replicas those of its right neighbour r, frozen for a merge
+// into it: the merge needs both on the same nodes, and r's cannot change
+// any more (it applies nothing). A move of l that raced the merge, or a
+// membership change made without the Store, leaves them apart; this puts
+// them together again, one move per call (Tick calls again). Loop only.
+func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
+	var extra, missing uint64
+	for _, n := range ld.Replicas {
+		if !rd.HasReplica(n) {
+			extra = n
+			break
+		}
+	}
+	for _, n := range rd.Replicas {
+		if !ld.HasReplica(n) {
+			missing = n
+			break
+		}
+	}
+	if extra == 0 && missing == 0 {
+		return
+	}
+	id := ld.ID
+	s.log.Info("moving a replica so that a frozen range can merge", "group", id, "frozen_group", rd.ID, "from", extra, "to", missing)
+	s.startMove(id, extra, missing, "align for a merge", true, func(_ kv.Descriptor, err error) {
+		if err != nil {
+			s.log.Debug("aligning for a merge did not finish yet", "group", id, "err", err)
+		}
+	})
+}
+
+// checkLeaderless asks, for each replica of win that knows no leader, one
+// of its range's other replicas whether it was removed (CheckRemoved): a
+// replica removed while its node was away (a crash, a partition) hears
+// of it from no one, and campaigns in vain. A different replica is asked
+// each round. Loop only.
+func (s *Store) checkLeaderless(win []*Replica) {
+	round := s.ticks / uint64(max(s.cfg.MetaRepairTicks, 1))
+	for _, r := range win {
+		if l, _, err := s.cfg.Host.Leader(r.ID); err != nil || l != 0 {
+			continue
+		}
+		d, ok := r.Descriptor()
+		if !ok {
+			continue
+		}
+		var others []uint64
+		for _, n := range d.Replicas {
+			if n != s.cfg.NodeID {
+				others = append(others, n)
+			}
+		}
+		if len(others) > 0 {
+			s.CheckRemoved(r.ID, others[round%uint64(len(others))])
+		}
+	}
+}
+
+// CheckRemoved asks node whether range id still has a replica here: if
+// node's replica has a higher generation whose replicas leave this node
+// out, this node's replica was removed and never applied its removal
+// (the leader stops sending to a removed node), and it goes with its
+// span's data (see the top). A node that removed this one's replica calls
+// it (Env.Removed), and the server when a peer reports such a range.
+// Never blocks.
+func (s *Store) CheckRemoved(id, node uint64) {
+	if s.env == nil {
+		return
+	}
+	s.enqueue(func() {
+		r, ok := s.Get(id)
+		if !ok {
+			return
+		}
+		d, ok := r.Descriptor()
+		if !ok || !d.HasReplica(s.cfg.NodeID) {
+			return
+		}
+		gen := d.Generation
+		s.env.PeerDescriptor(node, id, callback2(s, func(pd kv.Descriptor, ok bool) {
+			if !ok || pd.Generation <= gen || pd.HasReplica(s.cfg.NodeID) {
+				return
+			}
+			if cur, ok := s.Get(id); !ok || cur != r {
+				return
+			}
+			s.destroyMoved(r, fmt.Sprintf("removed from the range (%v on node %d)", pd.String(), node), pd.Generation)
+		}))
+	})
+}

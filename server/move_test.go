@@ -1,0 +1,149 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/kv"
+)
+
+// A replica moves between nodes with the range serving: on a 4-node
+// cluster with 3 replicas per range, a follower's replica moves to the
+// node without one, then the leader's replica moves (it hands the
+// leadership over first). After each move the range's descriptor lists
+// the new nodes, the node that left holds neither the replica nor the
+// span's data, the node that came serves it, and every write acknowledged
+// during the moves reads back, with none refused.
+func TestMoveReplica(t *testing.T) {
+	c := startClusterWith(t, 4, 4, func(cfg *Config) { cfg.Replicas = 3 })
+	cl := c.client()
+	ctx := ctxT(t)
+	key := []byte("c0")
+	g := initialRange(4, key)
+	d, ok := c.nodes[1].descriptor(g)
+	if !ok {
+		t.Fatalf("no descriptor of range %d", g)
+	}
+	for i := range 50 {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("%s%03d", key, i)), []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Writes go on through both moves.
+	var (
+		mu    sync.Mutex
+		acked = map[string]string{}
+		errs  []error
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k, v := fmt.Sprintf("%sw%05d", key, i), fmt.Sprint(i)
+			wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := cl.Put(wctx, []byte(k), []byte(v))
+			cancel()
+			mu.Lock()
+			if err != nil {
+				errs = append(errs, err)
+			} else {
+				acked[k] = v
+			}
+			mu.Unlock()
+		}
+	}()
+
+	leader := func() uint64 {
+		l, _ := c.nodes[d.Replicas[0]].leaderTerm(g)
+		return l
+	}
+	waitFor(t, 10*time.Second, "range led", func() error {
+		if leader() == 0 {
+			return errors.New("no leader")
+		}
+		return nil
+	})
+	spare := uint64(0)
+	for id := uint64(1); id <= 4; id++ {
+		if !d.HasReplica(id) {
+			spare = id
+		}
+	}
+	move := func(from, to uint64) {
+		t.Helper()
+		mctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		r, err := cl.Move(mctx, key, from, to)
+		if err != nil {
+			t.Fatalf("move %d → %d: %v", from, to, err)
+		}
+		if slices.Contains(r.Replicas, from) || !slices.Contains(r.Replicas, to) || len(r.Replicas) != 3 || len(r.Learners) != 0 {
+			t.Fatalf("move %d → %d: range now on %v (learners %v)", from, to, r.Replicas, r.Learners)
+		}
+		// The node that left lets go of the replica and the span's data.
+		waitFor(t, 10*time.Second, "the old replica gone", func() error {
+			if _, ok := c.nodes[from].ranges.Get(g); ok {
+				return fmt.Errorf("node %d still has range %d", from, g)
+			}
+			if n, err := kv.SpanKeys(c.nodes[from].store.DB(), d.Start, d.End); err != nil || n != 0 {
+				return fmt.Errorf("node %d still has %d records of the span (%v)", from, n, err)
+			}
+			return nil
+		})
+		if r, ok := c.nodes[to].ranges.Get(g); !ok {
+			t.Fatalf("node %d has no replica of range %d", to, g)
+		} else if rd, ok := r.Descriptor(); !ok || !rd.HasReplica(to) {
+			t.Fatalf("node %d's replica of range %d: %v", to, g, rd)
+		}
+	}
+	follower := uint64(0)
+	for _, n := range d.Replicas {
+		if n != leader() {
+			follower = n
+			break
+		}
+	}
+	move(follower, spare)
+	time.Sleep(200 * time.Millisecond) // writes between the moves
+	l := leader()
+	move(l, follower)
+	if nl := leader(); nl == l {
+		t.Fatalf("node %d left range %d but still leads it", l, g)
+	}
+	close(stop)
+	wg.Wait()
+
+	if len(errs) > 0 {
+		t.Fatalf("%d writes failed during the moves, first: %v", len(errs), errs[0])
+	}
+	if len(acked) == 0 {
+		t.Fatal("no write went through during the moves")
+	}
+	for k, v := range acked {
+		got, err := cl.Get(ctx, []byte(k))
+		if err != nil || string(got.Value) != v {
+			t.Fatalf("get %s: %q %v, want %q", k, got.Value, err, v)
+		}
+	}
+	for i := range 50 {
+		k := fmt.Sprintf("%s%03d", key, i)
+		got, err := cl.Get(ctx, []byte(k))
+		if err != nil || string(got.Value) != "before" {
+			t.Fatalf("get %s: %v %v", k, got, err)
+		}
+	}
+	t.Logf("%d writes acknowledged during two moves", len(acked))
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# A node drained under load, measured (BENCHMARKS.md, "Draining a node
+# under load"): for ROUNDS rounds, each on a fresh cluster of 4 local
+# nodes started with --replicas 3 (every range on 3 of the 4), it writes
+# with `flotilla bench put` in back-to-back one-second runs, and after
+# WARM of them runs `flotilla node drain 4`, which moves every replica off
+# node 4 onto the other three. It reports per round: the throughput of
+# each second before the drain (its median is the baseline) and during
+# it, the lowest second during the drain against the baseline, the
+# drain's duration and moves, the bench errors, and the replicas left on
+# node 4 (from `flotilla ranges -w json`: must be 0).
+#
+# Usage: tools/drainbench.sh [ROUNDS]      (default 3)
+#
+# Environment overrides (defaults in brackets):
+#   RANGES [16]  CLIENTS [32]  VALUE_SIZE [256]  KEYS [100000]  WARM [8]
+#   WORKDIR [/tmp/drainbench]
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { echo "drainbench: $*" >&2; exit 1; }
+case ${1:-} in -h|--help) usage; exit 0 ;; esac
+(( $# <= 1 )) || { usage >&2; exit 2; }
+
+ROUNDS=${1:-3}
+RANGES=${RANGES:-16}
+CLIENTS=${CLIENTS:-32}
+VALUE_SIZE=${VALUE_SIZE:-256}
+KEYS=${KEYS:-100000}
+WARM=${WARM:-8}
+WORKDIR=${WORKDIR:-/tmp/drainbench}
+for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
+done
+for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+BIN=$WORKDIR/flotilla
+PIDS=()
+BENCH=""
+
+stop() {
+  [[ -n $BENCH ]] && { kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""; }
+  ((${#PIDS[@]})) || return 0
+  kill -TERM "${PIDS[@]}" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do
+    for ((t = 0; t < 200; t++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+trap 'stop' EXIT
+
+mkdir -p "$WORKDIR"
+echo "drainbench: building flotilla" >&2
+(cd "$REPO" && go build -o "$BIN" ./cmd/flotilla)
+
+N=4
+CLUSTER="" EPS=""
+for ((i = 1; i <= N; i++)); do
+  CLUSTER+="${CLUSTER:+,}$i=127.0.0.$i:51380"
+  EPS+="${EPS:+,}127.0.0.$i:51379"
+done
+
+# bench_loop OUT: one-second bench runs, one JSON line each, until killed.
+bench_loop() {
+  while :; do
+    "$BIN" bench put --endpoints "$EPS" --clients "$CLIENTS" --duration 1s --value-size "$VALUE_SIZE" \
+      --keys "$KEYS" -w json 2>/dev/null | python3 -c '
+import json, sys, time
+b = json.load(sys.stdin); b["t"] = time.time(); print(json.dumps(b), flush=True)' >> "$1" || echo '{"failed":true}' >> "$1"
+  done
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  d=$WORKDIR/r$r
+  rm -rf "$d"; mkdir -p "$d"
+  for ((i = 1; i <= N; i++)); do
+    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 --initial-cluster "$CLUSTER" \
+      --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
+      --insecure > "$d/n$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for ((t = 0; t < 120; t++)); do
+    ok=0
+    for ((i = 1; i <= N; i++)); do curl -sf -o /dev/null --max-time 1 http://127.0.0.$i:51381/readyz && ok=$((ok + 1)); done
+    ((ok == N)) && break
+    sleep 0.5
+  done
+  ((ok == N)) || die "round $r: the cluster did not become ready (logs in $d)"
+  echo "drainbench: round $r: bench put in 1s runs; drain of node 4 after $WARM of them" >&2
+  bench_loop "$d/bench.jsonl" &
+  BENCH=$!
+  while (( $( { wc -l < "$d/bench.jsonl"; } 2>/dev/null || echo 0) < WARM )); do sleep 0.2; done
+  t0=$(date +%s.%N)
+  "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
+  t1=$(date +%s.%N)
+  sleep 3 # seconds after the drain
+  kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""
+  "$BIN" ranges -w json --endpoints "$EPS" > "$d/ranges.json" || die "round $r: ranges failed"
+  stop
+  python3 - "$d" "$r" "$t0" "$t1" <<'PY'
+import json, statistics, sys
+d, r, t0, t1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+runs = [json.loads(l) for l in open(f"{d}/bench.jsonl")]
+failed = sum(1 for b in runs if b.get("failed"))
+runs = [b for b in runs if not b.get("failed")]
+# A run ends at b["t"] and lasted b["seconds"]: before the drain if it
+# ended before t0, during it if it overlapped [t0, t1].
+before = [b["ops_per_sec"] for b in runs if b["t"] <= t0][1:]  # the first warms the cluster up
+during = [b["ops_per_sec"] for b in runs if b["t"] - b["seconds"] < t1 and b["t"] > t0]
+base = statistics.median(before)
+left = sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
+moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
+print(json.dumps({
+    "round": r, "drain_seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
+    "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
+    "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
+    "bench_errors": sum(b["errors"] for b in runs), "bench_runs_failed": failed,
+}))
+PY
+done
