@@ -21,6 +21,9 @@ type StatusNode struct {
 	ClientAddr string `json:"client_addr"`
 	HTTPAddr   string `json:"http_addr"`
 	Alive      bool   `json:"alive"`
+	// Dead: the node did not answer, and the node the CLI asked has not
+	// reached it for its --dead-after; omitted when not.
+	Dead bool `json:"dead,omitempty"`
 }
 
 // StatusGroup is one raft group, as its leader (or the best informed
@@ -56,10 +59,12 @@ type NodeList struct {
 const (
 	// NodeLive: the node answered.
 	NodeLive = "live"
-	// NodeSuspect: the node did not answer. Until gossip and --dead-after
-	// come (the node states dead, decommissioning and removed with them),
-	// a node that does not answer is suspect, however long it has been.
+	// NodeSuspect: the node did not answer, not for --dead-after yet.
 	NodeSuspect = "suspect"
+	// NodeDead: the node did not answer, and has not been reached for
+	// --dead-after: its replicas move to live nodes. (Decommissioning and
+	// removed come with decommissioning.)
+	NodeDead = "dead"
 )
 
 // NodeListEntry is one node of a NodeList. Replicas counts the ranges it
@@ -89,8 +94,11 @@ func NodeListOf(st Status) NodeList {
 	out := NodeList{Nodes: make([]NodeListEntry, 0, len(st.Nodes))}
 	for _, n := range st.Nodes {
 		state := NodeSuspect
-		if n.Alive {
+		switch {
+		case n.Alive:
 			state = NodeLive
+		case n.Dead:
+			state = NodeDead
 		}
 		out.Nodes = append(out.Nodes, NodeListEntry{ID: n.ID, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
 			HTTPAddr: n.HTTPAddr, State: state, Replicas: replicas[n.ID], Leaders: leaders[n.ID]})

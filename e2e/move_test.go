@@ -94,6 +94,15 @@ func TestDrainAndMoveCLI(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "OK: range") {
 		t.Fatalf("move exited %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	back := 0
+	for _, rg := range ranges().Ranges {
+		if slices.Contains(rg.Replicas, 4) {
+			back++
+		}
+	}
+	if back != 1 {
+		t.Fatalf("after the move back, %d ranges have a replica on node 4, want 1", back)
+	}
 	if kv, err := cl.Get(ctx, []byte(keys[0])); err != nil || string(kv.Value) != "v" {
 		t.Fatalf("get %s after the move: %q %v", keys[0], kv.Value, err)
 	}

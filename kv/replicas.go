@@ -45,14 +45,17 @@ func decodeChangePlan(data []byte) (gen uint64, ok bool) {
 // the descriptor with the replica added (to Learners too, for a learner),
 // promoted (out of Learners) or removed, at the next generation (the meta
 // index keeps the newer record of a range by its generation), synced with
-// the applied index (also written for a refused change). A change
-// replayed after a crash (at an index applied here) is answered from the
-// descriptor: it took effect if the descriptor shows it.
+// the applied index (also written for a refused change). It refuses a
+// voter added as a learner (raft would demote it). A change replayed
+// after a crash (at an index applied here: the last one, the engine
+// persists the configuration right after) is answered from the
+// descriptor: it took effect if the descriptor shows it (for a change
+// that changed nothing either answer has the same outcome).
 func (s *StateMachine) ApplyMembership(index uint64, ch multiraft.Change, data []byte) (bool, error) {
 	desc := s.desc.Load()
-	if desc == nil || s.destroyed.Load() || s.noMembership {
+	if desc == nil || s.noMembership {
 		// No state to keep in step: an empty replica is restored from a
-		// snapshot that holds the descriptor, and a destroyed one is gone.
+		// snapshot that holds the descriptor.
 		return true, nil
 	}
 	if index <= s.applied.Load() {
@@ -98,7 +101,15 @@ func (s *StateMachine) ApplyMembership(index uint64, ch multiraft.Change, data [
 	if ch.Kind != multiraft.RemoveMember && !next.HasReplica(ch.Node) {
 		take = false // MaxReplicas
 	}
+	if ch.Kind == multiraft.AddLearner && desc.HasReplica(ch.Node) && !slices.Contains(desc.Learners, ch.Node) {
+		take = false // a demotion: raft would make the voter a learner
+	}
 	changed = changed && take
+	if s.destroyed.Load() {
+		// Being removed from this node: the answer stands, the record
+		// goes with the replica.
+		return take, nil
+	}
 	if changed {
 		next.Generation++
 	}

@@ -213,7 +213,8 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 	}
 	key, ch, data, single := decodeChange(cc, ctx)
 	refused := false
-	if ma, ok := g.sm.(MembershipApplier); ok && single {
+	ma, applier := g.sm.(MembershipApplier)
+	if applier && single {
 		take, err := ma.ApplyMembership(e.Index, ch, data)
 		if err != nil {
 			g.h.fatal(fmt.Errorf("group %d: state machine applying membership change at %d: %w", g.id, e.Index, err))
@@ -230,6 +231,21 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 		g.log.cs = *cs
 		g.confIndex = e.Index
 		b.SetConfState(g.id, *cs, e.Index)
+		if applier {
+			// Durable now, not with the cycle: the state machine synced
+			// its record of this change, and a crash must leave at most
+			// this one change for a replay to ask it about again (the
+			// record shows the last change exactly; a later one would
+			// hide this one's answer: MembershipApplier).
+			nb := g.h.store.NewBatch()
+			nb.SetConfState(g.id, *cs, e.Index)
+			err := nb.Commit(!g.h.cfg.DisableSync)
+			nb.Close()
+			if err != nil {
+				g.h.fatal(fmt.Errorf("group %d: persist the membership at %d: %w", g.id, e.Index, err))
+				return false
+			}
+		}
 		g.publishConf()
 	}
 	if p, ok := g.proposals[key]; ok && len(ctx) >= 8 {

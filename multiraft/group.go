@@ -82,6 +82,8 @@ type group struct {
 	// Owner only.
 	leaderQuiet                      bool
 	leaderQuietLead, leaderQuietTerm uint64
+	// noVoteEmpty: GroupStart.NoVoteWhileEmpty. Set at start.
+	noVoteEmpty bool
 	// holdAwake: a leader does not quiesce before this tick (of g.ticks):
 	// a follower told it that it forgot it (forgotCtx). Owner only.
 	holdAwake uint64
@@ -336,6 +338,9 @@ func (g *group) handleInputs() {
 		}
 		if g.laggingHello(m) {
 			continue // answered, and caught up paced (answerHellos)
+		}
+		if g.noVoteEmpty && (m.Type == raftpb.MsgVote || m.Type == raftpb.MsgPreVote) && g.log.lastIndex() == 0 {
+			continue // GroupStart.NoVoteWhileEmpty
 		}
 		// Errors here are messages from removed or unknown peers, or stale
 		// responses: raft ignores them, and so do we.

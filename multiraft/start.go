@@ -47,6 +47,16 @@ type GroupStart struct {
 	// has state here starts quiesced too, under the voter it last voted
 	// for (restart.go).
 	Leader uint64
+	// NoVoteWhileEmpty: while the replica has no log and no snapshot it
+	// answers no vote or pre-vote request. For a replica of a group that
+	// removed this node before and may have added it back (package
+	// ranges): raft knows replicas by node, and an empty replica would
+	// grant its vote to any candidate, one still counting this node as a
+	// voter of a configuration the group has left included, which could
+	// then win with it and overwrite committed entries. Added back, the
+	// node is a learner until it caught up (it has a snapshot by then),
+	// and a learner's vote is never needed.
+	NoVoteWhileEmpty bool
 }
 
 // StartGroups is StartGroup for many groups: the start state of the new
@@ -85,6 +95,7 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 		if err != nil {
 			return err
 		}
+		g.noVoteEmpty = gs[i].NoVoteWhileEmpty
 		warm = append(warm, ents)
 		staged = staged || wrote
 		groups = append(groups, g)

@@ -84,10 +84,12 @@ type SnapshotGate interface {
 // every replica applies an empty change to raft instead (raft skips a
 // change for node 0), the membership stays as it was, and the proposer
 // gets ErrChangeRefused; so the answer must follow from the replicated
-// state alone. A node that crashed after the state machine saw a change
-// and before the engine persisted its configuration replays it: the call
-// comes again with an index the state machine has applied, and must give
-// the same answer. An error is fatal: the Host stops.
+// state alone. The engine persists the configuration right after each
+// call, so a node that crashed between the two replays one change at
+// most, the last the state machine saw: the call comes again with an
+// index the state machine has applied, and must give the same answer (or
+// one with the same outcome: a change that changes nothing). An error is
+// fatal: the Host stops.
 type MembershipApplier interface {
 	ApplyMembership(index uint64, ch Change, data []byte) (bool, error)
 }

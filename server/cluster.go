@@ -263,6 +263,10 @@ func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
 // nodeInfos returns every node of the cluster with what is known of it.
 func (s *Server) nodeInfos() []*api.NodeInfo {
 	out := make([]*api.NodeInfo, 0, len(s.nodes))
+	var dead map[uint64]bool
+	if p := s.dead.Load(); p != nil {
+		dead = *p
+	}
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	for _, id := range s.nodes {
@@ -277,6 +281,7 @@ func (s *Server) nodeInfos() []*api.NodeInfo {
 			}
 			n.Alive = v.ok
 		}
+		n.Dead = dead[id] && !n.Alive
 		out = append(out, n)
 	}
 	return out

@@ -112,6 +112,17 @@ type Config struct {
 	// or came back, moves no other group's leader for this long (its own
 	// groups fail over by themselves). Default 10s; 0 or more.
 	BalanceSettle time.Duration
+	// DeadAfter is how long a node must stay unreachable before it is
+	// dead: each range this node leads that has a replica on a dead node
+	// moves that replica to a live node (up-replication; deadLoop). A node
+	// that returns sooner keeps its replicas and catches up. Default 5m;
+	// 1s..24h, or negative: never (no up-replication).
+	DeadAfter time.Duration
+	// MoveCatchUp is how long a replica move waits for the new replica to
+	// catch up before it undoes its addition, and how long a new replica
+	// left by a move cut short may wait before the range's leader
+	// finishes or undoes it. Default 1m; 1s..1h.
+	MoveCatchUp time.Duration
 	// DiscoveryInterval is how often the node asks its peers for their
 	// addresses and leaders. Default 1s; limits 10ms..1m.
 	DiscoveryInterval time.Duration
@@ -277,6 +288,12 @@ func (c *Config) setDefaults() {
 	if c.DiscoveryInterval == 0 {
 		c.DiscoveryInterval = time.Second
 	}
+	if c.DeadAfter == 0 {
+		c.DeadAfter = DefaultDeadAfter
+	}
+	if c.MoveCatchUp == 0 {
+		c.MoveCatchUp = time.Minute
+	}
 	if c.RangeMaxBytes == 0 {
 		c.RangeMaxBytes = DefaultRangeMaxBytes
 	}
@@ -352,6 +369,12 @@ func (c *Config) validate() error {
 	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
 		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
 	}
+	if c.MoveCatchUp < time.Second || c.MoveCatchUp > time.Hour {
+		return bad("move catch-up %v outside 1s..1h", c.MoveCatchUp)
+	}
+	if c.DeadAfter > 0 && (c.DeadAfter < time.Second || c.DeadAfter > 24*time.Hour) {
+		return bad("--dead-after %v outside 1s..24h (negative: never)", c.DeadAfter)
+	}
 	if c.RangeMaxBytes > 0 && (c.RangeMaxBytes < 4<<10 || c.RangeMaxBytes > 64<<30) {
 		return bad("--range-max-bytes %d outside 4KiB..64GiB", c.RangeMaxBytes)
 	}
@@ -378,6 +401,9 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// DefaultDeadAfter is the default of Config.DeadAfter (--dead-after).
+const DefaultDeadAfter = 5 * time.Minute
 
 // DefaultReplicas is the default of Config.Replicas.
 const DefaultReplicas = 3

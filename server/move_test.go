@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
 )
 
 // A replica moves between nodes with the range serving: on a 4-node
@@ -66,9 +67,15 @@ func TestMoveReplica(t *testing.T) {
 		}
 	}()
 
+	// holders are the range's replicas now; the leader as they see it.
+	holders := slices.Clone(d.Replicas)
 	leader := func() uint64 {
-		l, _ := c.nodes[d.Replicas[0]].leaderTerm(g)
-		return l
+		for _, n := range holders {
+			if l, _, err := c.nodes[n].Host().Leader(g); err == nil && l != 0 {
+				return l
+			}
+		}
+		return 0
 	}
 	waitFor(t, 10*time.Second, "range led", func() error {
 		if leader() == 0 {
@@ -108,6 +115,11 @@ func TestMoveReplica(t *testing.T) {
 		} else if rd, ok := r.Descriptor(); !ok || !rd.HasReplica(to) {
 			t.Fatalf("node %d's replica of range %d: %v", to, g, rd)
 		}
+		// The node that came holds the span's data (its snapshot).
+		if n, err := kv.SpanKeys(c.nodes[to].store.DB(), d.Start, d.End); err != nil || n < 50 {
+			t.Fatalf("node %d holds %d records of the span (%v), want the 50 written before", to, n, err)
+		}
+		holders = r.Replicas
 	}
 	follower := uint64(0)
 	for _, n := range d.Replicas {
@@ -146,4 +158,58 @@ func TestMoveReplica(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes acknowledged during two moves", len(acked))
+}
+
+// A learner that no move owns (here added straight through the engine,
+// as a move cut short by its node's death leaves one) on a node that is
+// down would keep its range from splitting for ever (kv refuses:
+// TestLearnerBlocksSplitAndFreeze); the range's leader removes it again
+// once it has waited MoveCatchUp, and the range splits.
+func TestLeftoverLearnerFinished(t *testing.T) {
+	c := startClusterWith(t, 4, 4, func(cfg *Config) { cfg.Replicas = 3; cfg.MoveCatchUp = time.Second })
+	cl := c.client()
+	ctx := ctxT(t)
+	key := []byte("c0")
+	g := initialRange(4, key)
+	d, _ := c.nodes[1].descriptor(g)
+	spare := uint64(0)
+	for id := uint64(1); id <= 4; id++ {
+		if !d.HasReplica(id) {
+			spare = id
+		}
+	}
+	if err := c.nodes[spare].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, spare)
+	var l uint64
+	waitFor(t, 10*time.Second, "range led", func() error {
+		if l, _ = c.nodes[d.Replicas[0]].leaderTerm(g); l == 0 || c.nodes[l] == nil {
+			return errors.New("no leader")
+		}
+		return nil
+	})
+	if err := c.nodes[l].Host().ChangeMembership(ctx, g, multiraft.AddLearner, spare); err != nil {
+		t.Fatal(err)
+	}
+	learners := func() []uint64 {
+		r, ok := c.nodes[l].ranges.Get(g)
+		if !ok {
+			return nil
+		}
+		rd, _ := r.Descriptor()
+		return rd.Learners
+	}
+	if got := learners(); !slices.Equal(got, []uint64{spare}) {
+		t.Fatalf("learners %v after adding node %d", got, spare)
+	}
+	waitFor(t, 20*time.Second, "the learner removed", func() error {
+		if got := learners(); len(got) > 0 {
+			return fmt.Errorf("learners %v", got)
+		}
+		return nil
+	})
+	if _, _, err := cl.Split(ctx, []byte("c8")); err != nil {
+		t.Fatalf("split once the learner is gone: %v", err)
+	}
 }

@@ -12,6 +12,8 @@
 //	discoveryLoop      asks every peer for its addresses and leaders
 //	balanceLoop        hands leaderships away while this node leads more
 //	                   than its share
+//	deadLoop           moves the replicas of the ranges it leads off nodes
+//	                   dead for --dead-after (dead.go)
 //	watchLoop          stops the node when the Host fails
 //	leaseLoop          takes over the leases of groups this node comes to
 //	                   lead and proposes the expiry of overdue ones
@@ -23,7 +25,7 @@
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
-// Server.badTokens.mu, the lease loop's groupSet.mu,
+// Server.badTokens.mu, the lease loop's groupSet.mu, deadMoves.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -80,6 +82,9 @@ type Server struct {
 	// rangesReady is ranges once it exists, for the Host's hooks, which
 	// may run before (the transport starts with the Host).
 	rangesReady atomic.Pointer[ranges.Store]
+	// dead is the set of nodes deadLoop found dead on its last pass (nil
+	// map: none); read by nodeInfos.
+	dead atomic.Pointer[map[uint64]bool]
 	// cache holds the descriptors of ranges this node learned from the
 	// meta index, to route requests for keys it holds no replica of.
 	cache kv.RangeCache
@@ -391,6 +396,7 @@ func (s *Server) startRanges(fresh bool) error {
 		SplitLoad: max(s.cfg.RangeSplitLoad, 0),
 		// Two raft ticks: the other replicas apply the split by then.
 		CampaignRetry: 2 * s.cfg.TickInterval,
+		MoveCatchUp:   s.cfg.MoveCatchUp,
 		Fatal: func(err error) {
 			s.serveErr.CompareAndSwap(nil, &err)
 			s.log.Error("ranges failed, stopping", "err", err)
@@ -430,6 +436,9 @@ func (s *Server) Start() {
 	s.goLoop(s.discoveryLoop)
 	if s.cfg.BalanceInterval > 0 {
 		s.goLoop(s.balanceLoop)
+	}
+	if s.cfg.DeadAfter > 0 {
+		s.goLoop(s.deadLoop)
 	}
 	s.goLoop(s.watchLoop)
 	s.goLoop(s.leaseLoop)

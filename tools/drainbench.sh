@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# A node drained under load, measured (BENCHMARKS.md, "Draining a node
-# under load"): for ROUNDS rounds, each on a fresh cluster of 4 local
-# nodes started with --replicas 3 (every range on 3 of the 4), it writes
-# with `flotilla bench put` in back-to-back one-second runs, and after
-# WARM of them runs `flotilla node drain 4`, which moves every replica off
-# node 4 onto the other three. It reports per round: the throughput of
-# each second before the drain (its median is the baseline) and during
-# it, the lowest second during the drain against the baseline, the
-# drain's duration and moves, the bench errors, and the replicas left on
-# node 4 (from `flotilla ranges -w json`: must be 0).
+# A node drained, or killed for good, under load, measured (BENCHMARKS.md,
+# "Draining a node under load" and "A node killed for good"): for ROUNDS
+# rounds, each on a fresh cluster of 4 local nodes started with
+# --replicas 3 (every range on 3 of the 4), it writes with `flotilla bench
+# put` in back-to-back one-second runs, and after WARM of them:
+#   MODE=drain  runs `flotilla node drain 4`, which moves every replica
+#               off node 4 onto the other three;
+#   MODE=kill   kills node 4 (SIGKILL) and waits until no range lists it
+#               and every range has 3 replicas again: the nodes up-
+#               replicate once node 4 has been down for --dead-after
+#               (DEAD_AFTER).
+# It reports per round: the throughput of each second before (its median
+# is the baseline) and during the drain or the wait, the lowest second
+# against the baseline, how long the drain or the wait took (from the
+# kill), the bench errors, and the replicas left on node 4 (from `flotilla
+# ranges -w json`: must be 0).
 #
 # Usage: tools/drainbench.sh [ROUNDS]      (default 3)
 #
 # Environment overrides (defaults in brackets):
-#   RANGES [16]  CLIENTS [32]  VALUE_SIZE [256]  KEYS [100000]  WARM [8]
-#   WORKDIR [/tmp/drainbench]
+#   MODE [drain]  DEAD_AFTER [30s]  RANGES [16]  CLIENTS [32]
+#   VALUE_SIZE [256]  KEYS [100000]  WARM [8]  WORKDIR [/tmp/drainbench]
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -23,6 +29,8 @@ case ${1:-} in -h|--help) usage; exit 0 ;; esac
 (( $# <= 1 )) || { usage >&2; exit 2; }
 
 ROUNDS=${1:-3}
+MODE=${MODE:-drain}
+DEAD_AFTER=${DEAD_AFTER:-30s}
 RANGES=${RANGES:-16}
 CLIENTS=${CLIENTS:-32}
 VALUE_SIZE=${VALUE_SIZE:-256}
@@ -32,6 +40,7 @@ WORKDIR=${WORKDIR:-/tmp/drainbench}
 for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
 done
+[[ $MODE == drain || $MODE == kill ]] || die "MODE=$MODE: want drain or kill"
 for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,11 +67,20 @@ echo "drainbench: building flotilla" >&2
 (cd "$REPO" && go build -o "$BIN" ./cmd/flotilla)
 
 N=4
-CLUSTER="" EPS=""
+CLUSTER="" EPS="" LIVE=""
 for ((i = 1; i <= N; i++)); do
   CLUSTER+="${CLUSTER:+,}$i=127.0.0.$i:51380"
   EPS+="${EPS:+,}127.0.0.$i:51379"
+  ((i < N)) && LIVE+="${LIVE:+,}127.0.0.$i:51379"
 done
+
+# healed: no range lists node 4, and every range has 3 replicas.
+healed() {
+  "$BIN" ranges -w json --endpoints "$LIVE" --timeout 5s 2>/dev/null | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["ranges"]
+sys.exit(0 if rs and all(4 not in r["replicas"] and len(r["replicas"]) == 3 for r in rs) else 1)'
+}
 
 # bench_loop OUT: one-second bench runs, one JSON line each, until killed.
 bench_loop() {
@@ -78,7 +96,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   d=$WORKDIR/r$r
   rm -rf "$d"; mkdir -p "$d"
   for ((i = 1; i <= N; i++)); do
-    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 --initial-cluster "$CLUSTER" \
+    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 --dead-after "$DEAD_AFTER" --initial-cluster "$CLUSTER" \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
       --insecure > "$d/n$i.log" 2>&1 &
     PIDS+=($!)
@@ -90,20 +108,27 @@ for ((r = 1; r <= ROUNDS; r++)); do
     sleep 0.5
   done
   ((ok == N)) || die "round $r: the cluster did not become ready (logs in $d)"
-  echo "drainbench: round $r: bench put in 1s runs; drain of node 4 after $WARM of them" >&2
+  echo "drainbench: round $r: bench put in 1s runs; $MODE of node 4 after $WARM of them" >&2
   bench_loop "$d/bench.jsonl" &
   BENCH=$!
   while (( $( { wc -l < "$d/bench.jsonl"; } 2>/dev/null || echo 0) < WARM )); do sleep 0.2; done
   t0=$(date +%s.%N)
-  "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
+  if [[ $MODE == drain ]]; then
+    "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
+  else
+    kill -KILL "${PIDS[3]}"
+    : > "$d/drain.out"
+    for ((t = 0; t < 600; t++)); do healed && break; sleep 1; done
+    healed || die "round $r: not healed 600 s after the kill (logs in $d)"
+  fi
   t1=$(date +%s.%N)
   sleep 3 # seconds after the drain
   kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""
-  "$BIN" ranges -w json --endpoints "$EPS" > "$d/ranges.json" || die "round $r: ranges failed"
+  "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
   stop
-  python3 - "$d" "$r" "$t0" "$t1" <<'PY'
+  python3 - "$d" "$r" "$t0" "$t1" "$MODE" <<'PY'
 import json, statistics, sys
-d, r, t0, t1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+d, r, t0, t1, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 runs = [json.loads(l) for l in open(f"{d}/bench.jsonl")]
 failed = sum(1 for b in runs if b.get("failed"))
 runs = [b for b in runs if not b.get("failed")]
@@ -115,7 +140,7 @@ base = statistics.median(before)
 left = sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
 moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
 print(json.dumps({
-    "round": r, "drain_seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
+    "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
     "bench_errors": sum(b["errors"] for b in runs), "bench_runs_failed": failed,

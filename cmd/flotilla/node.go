@@ -24,10 +24,11 @@ func newNodeListCmd() *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List the nodes: addresses, state (live or suspect), replicas and leaders held",
+		Short: "List the nodes: addresses, state (live, suspect or dead), replicas and leaders held",
 		Long: `List every node of the cluster with its addresses, its state and the
 ranges it holds a replica of and leads. A node that answers is live; one
-that does not is suspect.
+that does not is suspect, and dead once the node asked has not reached it
+for its --dead-after (its replicas then move to live nodes).
 
 -w json prints {"nodes":[{"id","peer_addr","client_addr","http_addr","state","replicas","leaders"}]}.`,
 		Args: cobra.NoArgs,

@@ -19,23 +19,23 @@ import (
 
 func newStartCmd() *cobra.Command {
 	var (
-		id                                            uint64
-		dataDir, peerAddr, clientAddr                 string
-		httpAddr, initialCluster                      string
-		groups, replicas                              int
-		tick                                          time.Duration
-		electionTicks, heartbeatTicks                 int
-		logLevel                                      string
-		balanceInterval, balanceSettle, shutdownGrace time.Duration
-		noSync, noQuiesce                             bool
-		workers                                       int
-		rangeMax, rangeMin                            string
-		splitLoad                                     float64
-		historyRetention                              string
-		certsDir                                      string
-		insecure                                      bool
-		maxConnStreams                                int
-		certReload, authRefresh                       time.Duration
+		id                                                       uint64
+		dataDir, peerAddr, clientAddr                            string
+		httpAddr, initialCluster                                 string
+		groups, replicas                                         int
+		tick                                                     time.Duration
+		electionTicks, heartbeatTicks                            int
+		logLevel                                                 string
+		balanceInterval, balanceSettle, shutdownGrace, deadAfter time.Duration
+		noSync, noQuiesce                                        bool
+		workers                                                  int
+		rangeMax, rangeMin                                       string
+		splitLoad                                                float64
+		historyRetention                                         string
+		certsDir                                                 string
+		insecure                                                 bool
+		maxConnStreams                                           int
+		certReload, authRefresh                                  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
@@ -87,6 +87,7 @@ leaderships away, flushes storage and exits 0.`,
 				HeartbeatTicks:     heartbeatTicks,
 				BalanceInterval:    balanceInterval,
 				BalanceSettle:      balanceSettle,
+				DeadAfter:          deadAfter,
 				DisableSync:        noSync,
 				DisableQuiesce:     noQuiesce,
 				Workers:            workers,
@@ -146,6 +147,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&balanceInterval, "balance-interval", 2*time.Second, "how often to hand away leaderships beyond this node's share; negative disables")
 	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
+	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long a node must stay unreachable before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
 	f.StringVar(&certsDir, "certs-dir", "", "directory of the cluster's CA and this node's certificate (flotilla cert); every listener then serves mutual TLS and clients are authorised by role")

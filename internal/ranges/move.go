@@ -49,9 +49,6 @@ var ErrHandedOff = errors.New("ranges: leadership handed off; ask the new leader
 // leader).
 var ErrNotLeader = errors.New("ranges: not the range's leader")
 
-// moveCatchUpFor bounds how long a move waits for a learner to catch up.
-const moveCatchUpFor = time.Minute
-
 // move is one move under way; owned by the loop.
 type move struct {
 	id, from, to uint64
@@ -61,6 +58,10 @@ type move struct {
 	// caughtUpAt: the leader's applied index when the learner was found
 	// added; the learner must reach it before its promotion.
 	caughtUpAt uint64
+	// abort: the learner did not catch up in time; the move removes it
+	// (rolledBack: asked once) and ends with this error.
+	abort      error
+	rolledBack bool
 	done       func(kv.Descriptor, error)
 }
 
@@ -72,13 +73,14 @@ type move struct {
 // (ErrInvalidRequest for a move raft could not make). from 0 only adds a
 // replica on to; to 0 only removes the one on from.
 func (s *Store) Move(id, from, to uint64, done func(kv.Descriptor, error)) {
-	s.enqueue(func() { s.startMove(id, from, to, "admin", false, done) })
+	s.enqueue(func() { s.startMove(id, from, to, "admin", false, time.Time{}, done) })
 }
 
 // startMove runs on the loop. forMerge: the move gives the range the
 // replicas of a range frozen for a merge into it (alignForMerge), which
-// other moves must wait for.
-func (s *Store) startMove(id, from, to uint64, why string, forMerge bool, done func(kv.Descriptor, error)) {
+// other moves must wait for. deadline bounds the wait for the learner to
+// catch up (zero: Config.MoveCatchUp from now).
+func (s *Store) startMove(id, from, to uint64, why string, forMerge bool, deadline time.Time, done func(kv.Descriptor, error)) {
 	switch {
 	case from == 0 && to == 0, from == to:
 		done(kv.Descriptor{}, fmt.Errorf("%w: move of range %d from node %d to node %d", kv.ErrInvalid, id, from, to))
@@ -87,7 +89,10 @@ func (s *Store) startMove(id, from, to uint64, why string, forMerge bool, done f
 		done(kv.Descriptor{}, fmt.Errorf("%w: range %d", ErrBusy, id))
 		return
 	}
-	m := &move{id: id, from: from, to: to, why: why, forMerge: forMerge, deadline: s.env.Now().Add(moveCatchUpFor)}
+	if deadline.IsZero() {
+		deadline = s.env.Now().Add(s.cfg.MoveCatchUp)
+	}
+	m := &move{id: id, from: from, to: to, why: why, forMerge: forMerge, deadline: deadline}
 	m.done = func(d kv.Descriptor, err error) {
 		s.end(id)
 		if err == nil {
@@ -121,6 +126,15 @@ func (s *Store) moveStep(m *move) {
 		return
 	}
 	plan := kv.EncodeChangePlan(d.Generation)
+	if m.abort != nil {
+		if m.to != 0 && slices.Contains(d.Learners, m.to) && !m.rolledBack {
+			m.rolledBack = true
+			s.change(m, multiraft.RemoveMember, m.to, plan)
+			return
+		}
+		fail(m.abort)
+		return
+	}
 	switch {
 	case m.to != 0 && !d.HasReplica(m.to):
 		// The node must not hold a replica of the range left from before
@@ -152,8 +166,11 @@ func (s *Store) moveStep(m *move) {
 			case ok && applied >= m.caughtUpAt:
 				s.change(m, multiraft.PromoteLearner, m.to, plan)
 			case s.env.Now().After(m.deadline):
-				fail(fmt.Errorf("%w: range %d: node %d's learner did not catch up within %v (applied %d, want %d)",
-					multiraft.ErrTimeout, m.id, m.to, moveCatchUpFor, applied, m.caughtUpAt))
+				// Roll back: a learner left behind would keep the range
+				// from splitting and merging.
+				m.abort = fmt.Errorf("%w: range %d: node %d's learner did not catch up within %v (applied %d, want %d); removed again",
+					multiraft.ErrTimeout, m.id, m.to, s.cfg.MoveCatchUp, applied, m.caughtUpAt)
+				s.moveStep(m)
 			default:
 				s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.moveStep(m) }) })
 			}
@@ -285,7 +302,9 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 		}
 	}
 	for _, n := range rd.Replicas {
-		if !ld.HasReplica(n) {
+		// A learner of l (a move cut short) votes in r: it must be
+		// promoted (a frozen range has no learners: kv refuses the freeze).
+		if !ld.HasReplica(n) || slices.Contains(ld.Learners, n) {
 			missing = n
 			break
 		}
@@ -295,11 +314,50 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 	}
 	id := ld.ID
 	s.log.Info("moving a replica so that a frozen range can merge", "group", id, "frozen_group", rd.ID, "from", extra, "to", missing)
-	s.startMove(id, extra, missing, "align for a merge", true, func(_ kv.Descriptor, err error) {
+	s.startMove(id, extra, missing, "align for a merge", true, time.Time{}, func(_ kv.Descriptor, err error) {
 		if err != nil {
 			s.log.Debug("aligning for a merge did not finish yet", "group", id, "err", err)
 		}
 	})
+}
+
+// finishLearners finishes the adds of learners left by moves cut short
+// (their node died, or lost the lead), in the ranges of win this node
+// leads: a range with a learner neither splits nor merges. A learner this
+// node has seen for Config.MoveCatchUp is promoted if it caught up, and
+// removed again if not. (Younger ones may belong to a move under way on
+// another node.) Loop only.
+func (s *Store) finishLearners(win []*Replica) {
+	now := s.env.Now()
+	for _, r := range win {
+		d, ok := r.Descriptor()
+		if !ok || !s.leads(r.ID) {
+			continue
+		}
+		if len(d.Learners) == 0 {
+			if st := s.queue[r.ID]; st != nil {
+				st.learnerSince = time.Time{}
+			}
+			continue
+		}
+		st := s.queueState(r.ID)
+		if st.learnerSince.IsZero() {
+			st.learnerSince = now
+		}
+		s.mu.RLock()
+		busy := s.mu.busy[r.ID]
+		s.mu.RUnlock()
+		if busy || now.Sub(st.learnerSince) < s.cfg.MoveCatchUp {
+			continue
+		}
+		st.learnerSince = now
+		id, l := r.ID, d.Learners[0]
+		s.startMove(id, 0, l, "finish a learner left by a move", false, now, func(_ kv.Descriptor, err error) {
+			if err != nil {
+				s.log.Info("finishing a learner left by a move did not succeed", "group", id, "learner", l, "err", err)
+			}
+		})
+	}
 }
 
 // checkLeaderless asks, for each replica of win that knows no leader, one
@@ -346,7 +404,12 @@ func (s *Store) CheckRemoved(id, node uint64) {
 			return
 		}
 		d, ok := r.Descriptor()
-		if !ok || !d.HasReplica(s.cfg.NodeID) {
+		if !ok {
+			return
+		}
+		if !d.HasReplica(s.cfg.NodeID) {
+			// It applied its own removal: reconcile removes it, or has.
+			s.reconcile(id)
 			return
 		}
 		gen := d.Generation

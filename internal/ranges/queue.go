@@ -79,6 +79,7 @@ func (s *Store) Tick() {
 			s.repairMeta(recent)
 		}
 		s.checkLeaderless(win)
+		s.finishLearners(win)
 	}
 	s.settle()
 }
@@ -350,6 +351,9 @@ type queueState struct {
 	hot      int    // ticks in a row over SplitLoad
 	born     uint64 // the tick of its last split (or of its making)
 	notLedAt uint64 // the tick it was last found led by another node (0: never)
+	// learnerSince: when this node, leading, first saw the range's
+	// current learners (zero: none); finishLearners.
+	learnerSince time.Time
 }
 
 func (s *Store) queueState(id uint64) *queueState {

@@ -66,6 +66,11 @@ type Config struct {
 	// made waits for a leader before it campaigns again. Default 200ms;
 	// a few raft ticks.
 	CampaignRetry time.Duration
+	// MoveCatchUp: how long a replica move waits for its learner to catch
+	// up before it removes it again, and how long a learner no move here
+	// owns may stay before the range's leader finishes it
+	// (finishLearners). Default 1m.
+	MoveCatchUp time.Duration
 	// MetaRepairTicks: every this many ticks the leader of each range
 	// checks that the meta index holds its descriptor. Default 5; negative
 	// turns the repair off.
@@ -116,6 +121,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CampaignRetry == 0 {
 		c.CampaignRetry = 200 * time.Millisecond
+	}
+	if c.MoveCatchUp == 0 {
+		c.MoveCatchUp = time.Minute
 	}
 }
 
@@ -171,10 +179,11 @@ type Store struct {
 		// leftRefused: ranges UnknownGroup refused for what they left
 		// here (leftBlockers), logged once.
 		leftRefused map[uint64]bool
-		// removing: ranges whose replica here is being removed, until its
-		// state is deleted: UnknownGroup starts none meanwhile (the
-		// deletion would take the new replica's state with it).
-		removing map[uint64]bool
+		// removing: ranges whose replica here is being removed, with
+		// their spans, until its state is deleted: UnknownGroup starts no
+		// replica of them, nor of a range over part of their spans,
+		// meanwhile (the deletion would take its state with it).
+		removing map[uint64]kv.Descriptor
 	}
 	tasks   tasks
 	metrics storeMetrics
@@ -223,7 +232,7 @@ func Open(cfg Config) (*Store, error) {
 	s.mu.busy = make(map[uint64]bool)
 	s.mu.announced = make(map[uint64]kv.Descriptor)
 	s.mu.leftRefused = make(map[uint64]bool)
-	s.mu.removing = make(map[uint64]bool)
+	s.mu.removing = make(map[uint64]kv.Descriptor)
 	s.index.Store(&[]*Replica{})
 	s.order.Store(&[]*Replica{})
 	// Replicas merged into another range whose removal a stop cut short:
@@ -269,30 +278,49 @@ func Open(cfg Config) (*Store, error) {
 
 // finishRemovals finishes the removals of moved replicas that a stop cut
 // short: a replica of ds whose tombstone is at least as new as its
-// descriptor (destroyMoved writes it first) loses its raft state but its
+// descriptor (destroyMoved writes it first), or whose descriptor leaves
+// this node out (it applied its removal), loses its raft state but its
 // term and vote, and its own state, as destroyMoved would have done. It
 // returns the rest of ds. Started instead, the replica would have its
 // raft log made up again from its state machine's applied index, at a
 // term no leader used, and a commit index that misleads its leader (the
 // simulation found a leader stuck sending it the same entries).
 func (s *Store) finishRemovals(ds []kv.Descriptor) ([]kv.Descriptor, error) {
-	out := ds[:0:0]
+	var out []kv.Descriptor
+	type removed struct {
+		d   *kv.Descriptor
+		gen uint64
+	}
+	var gone []removed
 	for i := range ds {
 		d := &ds[i]
 		tomb, ok, err := kv.Tombstone(s.cfg.DB, d.ID)
 		if err != nil {
 			return nil, fmt.Errorf("ranges: tombstone of range %d: %w", d.ID, err)
 		}
-		if !ok || tomb < d.Generation {
+		switch {
+		case ok && tomb >= d.Generation:
+			gone = append(gone, removed{d, tomb})
+		case !d.HasReplica(s.cfg.NodeID):
+			// It applied its own removal (the descriptor is synced with
+			// it) and the node stopped before destroyMoved wrote the
+			// tombstone.
+			gone = append(gone, removed{d, d.Generation})
+		default:
 			out = append(out, *d)
-			continue
 		}
-		s.log.Info("finishing the removal of a moved replica", "group", d.ID, "desc", d.String(), "removed_by", tomb)
+	}
+	for _, g := range gone {
+		d := g.d
+		s.log.Info("finishing the removal of a moved replica", "group", d.ID, "desc", d.String(), "removed_by", g.gen)
+		if err := kv.WriteTombstone(s.cfg.DB, d.ID, g.gen); err != nil {
+			return nil, fmt.Errorf("ranges: record the removal of range %d's replica: %w", d.ID, err)
+		}
 		if err := s.dropRaftState(d.ID); err != nil {
 			return nil, err
 		}
-		keep := slices.ContainsFunc(ds, func(o kv.Descriptor) bool { return o.ID != d.ID && o.Overlaps(d.Start, d.End) })
-		if err := kv.DestroyMovedReplica(s.cfg.DB, d, tomb, keep); err != nil {
+		keep := slices.ContainsFunc(out, func(o kv.Descriptor) bool { return o.Overlaps(d.Start, d.End) })
+		if err := kv.DestroyMovedReplica(s.cfg.DB, d, g.gen, keep); err != nil {
 			return nil, fmt.Errorf("ranges: remove the moved replica of range %d: %w", d.ID, err)
 		}
 	}
@@ -412,7 +440,7 @@ func (s *Store) Bootstrap(all []kv.Descriptor) error {
 		// The first replica is the preferred leader, which campaigns
 		// as it starts (paced by the Host); the others wait for it
 		// quiesced.
-		starts[i] = replicaStart{mine[i].ID, mine[i].Replicas, mine[i].Replicas[0]}
+		starts[i] = replicaStart{id: mine[i].ID, members: mine[i].Replicas, leader: mine[i].Replicas[0]}
 	}
 	if _, err := s.startReplicas(starts); err != nil {
 		return err
@@ -464,7 +492,13 @@ func InitialRanges(n int, replicas func(id uint64) []uint64) []kv.Descriptor {
 // members, a range that has state here (or the initial state of a split);
 // without, an empty replica that waits for a snapshot.
 func (s *Store) start(id uint64, members []uint64) (*Replica, error) {
-	rs, err := s.startReplicas([]replicaStart{{id: id, members: members}})
+	return s.startWith(replicaStart{id: id, members: members})
+}
+
+// startWith is start for rs.
+func (s *Store) startWith(rs0 replicaStart) (*Replica, error) {
+	id := rs0.id
+	rs, err := s.startReplicas([]replicaStart{rs0})
 	if err != nil {
 		return nil, err
 	}
@@ -495,6 +529,7 @@ type replicaStart struct {
 	id      uint64
 	members []uint64
 	leader  uint64 // multiraft.GroupStart.Leader
+	noVote  bool   // multiraft.GroupStart.NoVoteWhileEmpty
 }
 
 // startReplicas is start for each of rs without the reindex and reconcile
@@ -530,7 +565,7 @@ func (s *Store) startReplicas(rs []replicaStart) ([]*Replica, error) {
 			wrapped = s.cfg.Wrap(sm)
 		}
 		out[i] = &Replica{ID: id, SM: sm}
-		gs[i] = multiraft.GroupStart{ID: id, Members: members, SM: wrapped, Leader: st.leader}
+		gs[i] = multiraft.GroupStart{ID: id, Members: members, SM: wrapped, Leader: st.leader, NoVoteWhileEmpty: st.noVote}
 	}
 	// Known to the Store (Lookup) only once the Host runs them: a request
 	// routed to one before would find no group.
@@ -733,7 +768,11 @@ func (s *Store) remove(r *Replica, why string, mayReturn bool, clean func() erro
 		return
 	}
 	delete(s.mu.replicas, r.ID)
-	s.mu.removing[r.ID] = true
+	var span kv.Descriptor
+	if d, ok := r.Descriptor(); ok {
+		span = d.Clone()
+	}
+	s.mu.removing[r.ID] = span
 	s.reorderLocked()
 	s.removals.Add(1)
 	s.mu.Unlock()
@@ -900,6 +939,10 @@ func (s *Store) fatal(err error) {
 // snapshot waits until it applied the split (from its log, or from a
 // snapshot of its own that shrinks it). Called on id's worker.
 func (s *Store) acceptSnapshot(id uint64, d *kv.Descriptor) bool {
+	if s.removingOverlaps(d) {
+		s.log.Debug("snapshot refused for now: a replica being removed here holds part of its span", "group", id, "snapshot", d.String())
+		return false
+	}
 	if b := s.blockers(id, d); len(b) > 0 {
 		s.log.Debug("snapshot refused for now: another local replica holds part of its span",
 			"group", id, "snapshot", d.String(), "holder", b[0].id)
@@ -1081,7 +1124,21 @@ func (s *Store) leftBlockers(id uint64) []holder {
 func (s *Store) isRemoving(id uint64) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.mu.removing[id]
+	_, ok := s.mu.removing[id]
+	return ok
+}
+
+// removingOverlaps reports whether a replica being removed here held any
+// of d's span.
+func (s *Store) removingOverlaps(d *kv.Descriptor) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, rd := range s.mu.removing {
+		if rd.ID != 0 && rd.Overlaps(d.Start, d.End) {
+			return true
+		}
+	}
+	return false
 }
 
 // UnknownGroup is the Host's multiraft.Config.UnknownGroup: raft messages
@@ -1111,10 +1168,14 @@ func (s *Store) UnknownGroup(id, from uint64) {
 			if len(s.blockers(id, &d)) > 0 {
 				return // a replica here still holds part of it: see above
 			}
-			if gen, ok, err := kv.Tombstone(s.cfg.DB, id); err != nil || (ok && d.Generation <= gen) {
+			gen, tomb, err := kv.Tombstone(s.cfg.DB, id)
+			if err != nil || (tomb && d.Generation <= gen) {
 				// Removed from here by a descriptor at least as new as
 				// the one that asks for it: see kv.DestroyMovedReplica.
 				return
+			}
+			if s.removingOverlaps(&d) {
+				return // a replica removed from here still owns that span's data until it is deleted
 			}
 			if b := s.leftBlockers(id); len(b) > 0 {
 				s.mu.Lock()
@@ -1128,7 +1189,8 @@ func (s *Store) UnknownGroup(id, from uint64) {
 				return
 			}
 			s.log.Info("starting an empty replica for a snapshot", "group", id, "from", from, "desc", d.String())
-			if _, err := s.start(id, nil); err != nil {
+			// Moved back here (a tombstone): no vote while empty.
+			if _, err := s.startWith(replicaStart{id: id, noVote: tomb}); err != nil {
 				s.log.Warn("start empty replica", "group", id, "err", err)
 				return
 			}
