@@ -49,8 +49,10 @@ func decodeChangePlan(data []byte) (gen uint64, ok bool) {
 // voter added as a learner (raft would demote it). A change replayed
 // after a crash (at an index applied here: the last one, the engine
 // persists the configuration right after) is answered from the
-// descriptor: it took effect if the descriptor shows it (for a change
-// that changed nothing either answer has the same outcome).
+// descriptor: it took effect if the descriptor shows it (a learner added
+// is in Learners, a voter added or promoted is in Replicas and not in
+// Learners, a node removed is in neither); for a change that changed
+// nothing either answer has the same outcome.
 func (s *StateMachine) ApplyMembership(index uint64, ch multiraft.Change, data []byte) (bool, error) {
 	desc := s.desc.Load()
 	if desc == nil || s.noMembership {
@@ -62,7 +64,9 @@ func (s *StateMachine) ApplyMembership(index uint64, ch multiraft.Change, data [
 		learner := slices.Contains(desc.Learners, ch.Node)
 		switch ch.Kind {
 		case multiraft.AddLearner:
-			return desc.HasReplica(ch.Node), nil
+			// Not HasReplica: a refused demotion of a voter would replay
+			// as taken, and demote it on this replica alone.
+			return learner, nil
 		case multiraft.AddVoter, multiraft.PromoteLearner:
 			return desc.HasReplica(ch.Node) && !learner, nil
 		case multiraft.RemoveMember:

@@ -132,9 +132,12 @@ func TestMoveReplica(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // writes between the moves
 	l := leader()
 	move(l, follower)
-	if nl := leader(); nl == l {
-		t.Fatalf("node %d left range %d but still leads it", l, g)
-	}
+	waitFor(t, 10*time.Second, "a new leader", func() error {
+		if nl := leader(); nl == 0 || nl == l {
+			return fmt.Errorf("range %d led by %d after node %d left it", g, nl, l)
+		}
+		return nil
+	})
 	close(stop)
 	wg.Wait()
 

@@ -397,6 +397,7 @@ func (s *Server) startRanges(fresh bool) error {
 		// Two raft ticks: the other replicas apply the split by then.
 		CampaignRetry: 2 * s.cfg.TickInterval,
 		MoveCatchUp:   s.cfg.MoveCatchUp,
+		Replicas:      s.cfg.Replicas,
 		Fatal: func(err error) {
 			s.serveErr.CompareAndSwap(nil, &err)
 			s.log.Error("ranges failed, stopping", "err", err)

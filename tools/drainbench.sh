@@ -41,6 +41,8 @@ for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
 done
 [[ $MODE == drain || $MODE == kill ]] || die "MODE=$MODE: want drain or kill"
+DEADFLAG=()
+[[ $MODE == kill ]] && DEADFLAG=(--dead-after "$DEAD_AFTER")
 for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -85,7 +87,7 @@ sys.exit(0 if rs and all(4 not in r["replicas"] and len(r["replicas"]) == 3 for 
 # bench_loop OUT: one-second bench runs, one JSON line each, until killed.
 bench_loop() {
   while :; do
-    "$BIN" bench put --endpoints "$EPS" --clients "$CLIENTS" --duration 1s --value-size "$VALUE_SIZE" \
+    "$BIN" bench put --endpoints "$LIVE" --clients "$CLIENTS" --duration 1s --value-size "$VALUE_SIZE" \
       --keys "$KEYS" -w json 2>/dev/null | python3 -c '
 import json, sys, time
 b = json.load(sys.stdin); b["t"] = time.time(); print(json.dumps(b), flush=True)' >> "$1" || echo '{"failed":true}' >> "$1"
@@ -96,7 +98,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   d=$WORKDIR/r$r
   rm -rf "$d"; mkdir -p "$d"
   for ((i = 1; i <= N; i++)); do
-    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 --dead-after "$DEAD_AFTER" --initial-cluster "$CLUSTER" \
+    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 ${DEADFLAG[@]+"${DEADFLAG[@]}"} --initial-cluster "$CLUSTER" \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
       --insecure > "$d/n$i.log" 2>&1 &
     PIDS+=($!)
@@ -127,8 +129,18 @@ for ((r = 1; r <= ROUNDS; r++)); do
   "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
   stop
   python3 - "$d" "$r" "$t0" "$t1" "$MODE" <<'PY'
-import json, statistics, sys
+import datetime, glob, json, re, statistics, sys
 d, r, t0, t1, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+# Kill mode: the first move off the dead node, from the nodes' logs.
+tm = None
+for f in glob.glob(f"{d}/n*.log"):
+    for l in open(f, errors="replace"):
+        if "moving a replica off a dead node" in l:
+            m = re.match(r"time=(\S+)", l)
+            if m:
+                t = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+                tm = t if tm is None else min(tm, t)
+            break
 runs = [json.loads(l) for l in open(f"{d}/bench.jsonl")]
 failed = sum(1 for b in runs if b.get("failed"))
 runs = [b for b in runs if not b.get("failed")]
@@ -136,6 +148,7 @@ runs = [b for b in runs if not b.get("failed")]
 # ended before t0, during it if it overlapped [t0, t1].
 before = [b["ops_per_sec"] for b in runs if b["t"] <= t0][1:]  # the first warms the cluster up
 during = [b["ops_per_sec"] for b in runs if b["t"] - b["seconds"] < t1 and b["t"] > t0]
+moving = [b["ops_per_sec"] for b in runs if tm is not None and b["t"] - b["seconds"] < t1 and b["t"] > tm]
 base = statistics.median(before)
 left = sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
 moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
@@ -143,6 +156,9 @@ print(json.dumps({
     "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
+    "first_move_after_kill": round(tm - t0, 2) if tm is not None else None,
+    "moving_ops_per_sec": [round(x) for x in moving],
+    "lowest_moving_second_vs_baseline": round(min(moving) / base, 2) if moving else None,
     "bench_errors": sum(b["errors"] for b in runs), "bench_runs_failed": failed,
 }))
 PY

@@ -324,17 +324,19 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 // finishLearners finishes the adds of learners left by moves cut short
 // (their node died, or lost the lead), in the ranges of win this node
 // leads: a range with a learner neither splits nor merges. A learner this
-// node has seen for Config.MoveCatchUp is promoted if it caught up, and
-// removed again if not. (Younger ones may belong to a move under way on
-// another node.) Loop only.
+// node has seen for Config.MoveCatchUp is promoted if it caught up and
+// its range has fewer voters than Config.Replicas, and removed again
+// otherwise. (Younger ones may belong to a move under way on another
+// node.) Loop only.
 func (s *Store) finishLearners(win []*Replica) {
 	now := s.env.Now()
 	for _, r := range win {
 		d, ok := r.Descriptor()
-		if !ok || !s.leads(r.ID) {
+		if !ok {
 			continue
 		}
-		if len(d.Learners) == 0 {
+		if len(d.Learners) == 0 || !s.leads(r.ID) {
+			// Counted again from when this node leads it with one.
 			if st := s.queue[r.ID]; st != nil {
 				st.learnerSince = time.Time{}
 			}
@@ -352,7 +354,16 @@ func (s *Store) finishLearners(win []*Replica) {
 		}
 		st.learnerSince = now
 		id, l := r.ID, d.Learners[0]
-		s.startMove(id, 0, l, "finish a learner left by a move", false, now, func(_ kv.Descriptor, err error) {
+		from, to, why := uint64(0), l, "promote a learner left by a move"
+		if voters := len(d.Replicas) - len(d.Learners); s.cfg.Replicas > 0 && voters >= s.cfg.Replicas {
+			// The range has its voters (the move's other half, the
+			// removal, happened or another move filled it): the learner
+			// goes.
+			from, to, why = l, 0, "remove a learner left by a move"
+		}
+		// A few looks at its progress, not a whole MoveCatchUp again.
+		deadline := now.Add(5 * s.cfg.CampaignRetry)
+		s.startMove(id, from, to, why, false, deadline, func(_ kv.Descriptor, err error) {
 			if err != nil {
 				s.log.Info("finishing a learner left by a move did not succeed", "group", id, "learner", l, "err", err)
 			}

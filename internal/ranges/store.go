@@ -66,6 +66,10 @@ type Config struct {
 	// made waits for a leader before it campaigns again. Default 200ms;
 	// a few raft ticks.
 	CampaignRetry time.Duration
+	// Replicas is the replication factor: a learner left by a move cut
+	// short is promoted only while its range has fewer voters
+	// (finishLearners), else removed. 0: no bound.
+	Replicas int
 	// MoveCatchUp: how long a replica move waits for its learner to catch
 	// up before it removes it again, and how long a learner no move here
 	// owns may stay before the range's leader finishes it
