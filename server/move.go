@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/ranges"
@@ -53,7 +52,7 @@ func (c *clusterService) Move(ctx context.Context, req *api.MoveRequest) (*api.M
 			// This node leaves the range: the new leader removes it.
 			// One more hop even for a forwarded request: the new leader
 			// is not the node leaving, so it does not hand off again.
-			nl, err := s.awaitOtherLeader(ctx, g)
+			nl, err := s.awaitLeaderBut(ctx, g, s.cfg.NodeID)
 			if err != nil {
 				return nil, s.count("move", err)
 			}
@@ -93,26 +92,6 @@ func (s *Server) checkMove(from, to uint64) error {
 		}
 	}
 	return nil
-}
-
-// awaitOtherLeader waits until range g, whose replica here handed its
-// leadership away, has a leader that is not this node.
-func (s *Server) awaitOtherLeader(ctx context.Context, g uint64) (uint64, error) {
-	for {
-		ch := s.leaders.changed() // before the check: no change is missed
-		if l := s.usableLeader(g); l != 0 && l != s.cfg.NodeID {
-			return l, nil
-		}
-		t := time.NewTimer(s.cfg.TickInterval)
-		select {
-		case <-ch:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return 0, status.FromContextError(ctx.Err()).Err()
-		}
-		t.Stop()
-	}
 }
 
 // moveError maps a Store or engine error of a move to a status.

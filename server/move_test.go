@@ -129,7 +129,18 @@ func TestMoveReplica(t *testing.T) {
 		}
 	}
 	move(follower, spare)
-	time.Sleep(200 * time.Millisecond) // writes between the moves
+	// Writes between the moves.
+	mu.Lock()
+	before := len(acked)
+	mu.Unlock()
+	waitFor(t, 10*time.Second, "writes between the moves", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(acked) < before+20 {
+			return fmt.Errorf("%d writes acknowledged since the first move", len(acked)-before)
+		}
+		return nil
+	})
 	l := leader()
 	move(l, follower)
 	waitFor(t, 10*time.Second, "a new leader", func() error {

@@ -106,13 +106,18 @@ func (s *Server) usableLeader(g uint64) uint64 {
 // leader, and returns it. It gives up after leaderWait with a
 // FailedPrecondition "no leader yet", or when ctx ends or the node stops.
 func (s *Server) awaitLeader(ctx context.Context, g uint64) (uint64, error) {
-	if l := s.usableLeader(g); l != 0 {
+	return s.awaitLeaderBut(ctx, g, 0)
+}
+
+// awaitLeaderBut is awaitLeader for a leader other than node not (0: any).
+func (s *Server) awaitLeaderBut(ctx context.Context, g, not uint64) (uint64, error) {
+	if l := s.usableLeader(g); l != 0 && l != not {
 		return l, nil // the common case: no wait, no lock
 	}
 	var deadline time.Time
 	for {
 		ch := s.leaders.changed() // before the check: no change is missed
-		if l := s.usableLeader(g); l != 0 {
+		if l := s.usableLeader(g); l != 0 && l != not {
 			return l, nil
 		}
 		now := time.Now()

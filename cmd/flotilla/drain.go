@@ -67,7 +67,7 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 	moved, start := 0, time.Now()
 	// Ranges may split or merge meanwhile: list again until none is left.
 	for pass := 0; ; pass++ {
-		all, err := allRanges(ctx, cl)
+		all, err := allRanges(ctx, cl, false)
 		if err != nil {
 			return err
 		}
@@ -111,12 +111,12 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 	}
 }
 
-// allRanges lists every range.
-func allRanges(ctx context.Context, cl *client.Client) ([]*api.RangeInfo, error) {
+// allRanges lists every range, with their sizes and loads if stats.
+func allRanges(ctx context.Context, cl *client.Client, stats bool) ([]*api.RangeInfo, error) {
 	var out []*api.RangeInfo
 	var key []byte
 	for {
-		rs, more, err := cl.Ranges(ctx, key, 1000, false)
+		rs, more, err := cl.Ranges(ctx, key, 1000, stats)
 		if err != nil {
 			return nil, err
 		}

@@ -42,21 +42,14 @@ func newRangesCmd() *cobra.Command {
 			}
 			defer cancel()
 			defer cl.Close()
+			rs, err := allRanges(ctx, cl, true)
+			if err != nil {
+				return err
+			}
 			out := []rangeJSON{}
-			var key []byte
-			for {
-				rs, more, err := cl.Ranges(ctx, key, 1000, true)
-				if err != nil {
-					return err
-				}
-				for _, r := range rs {
-					out = append(out, rangeJSON{ID: r.Id, Start: string(r.Start), End: string(r.End),
-						Replicas: r.Replicas, Leader: r.Leader, Bytes: r.Bytes, OpsPerSec: r.OpsPerSec})
-				}
-				if !more || len(rs) == 0 {
-					break
-				}
-				key = rs[len(rs)-1].End
+			for _, r := range rs {
+				out = append(out, rangeJSON{ID: r.Id, Start: string(r.Start), End: string(r.End),
+					Replicas: r.Replicas, Leader: r.Leader, Bytes: r.Bytes, OpsPerSec: r.OpsPerSec})
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {

@@ -12,7 +12,14 @@ type storeMetrics struct {
 	// movedAway: replicas removed because their range left this node (a
 	// replica move), with their span's data.
 	movedAway atomic.Uint64
+	// leftovers: learners left by moves cut short that finishLearners
+	// took up.
+	leftovers atomic.Uint64
 }
+
+// Leftovers returns how many learners left by moves cut short this node
+// took up (promoted or removed again).
+func (s *Store) Leftovers() uint64 { return s.metrics.leftovers.Load() }
 
 // MovedAway returns how many replicas this node removed because their
 // range no longer had a replica here (a replica move).

@@ -249,31 +249,13 @@ func (s *Store) handOff(m *move, d *kv.Descriptor) {
 		m.done(kv.Descriptor{}, fmt.Errorf("%w: range %d: no other voter to hand the leadership to", multiraft.ErrInvalidRequest, m.id))
 		return
 	}
-	s.afterErr(s.cfg.Host.TransferLeadershipAsync(m.id, to), func(err error) {
+	afterRecv(s, s.cfg.Host.TransferLeadershipAsync(m.id, to), func(err error) {
 		if err != nil {
 			m.done(kv.Descriptor{}, err)
 			return
 		}
 		m.done(kv.Descriptor{}, fmt.Errorf("%w: range %d: to node %d", ErrHandedOff, m.id, to))
 	})
-}
-
-// afterErr runs fn on the loop with the error res delivers, looking every
-// CampaignRetry (afterDone).
-func (s *Store) afterErr(res <-chan error, fn func(error)) {
-	select {
-	case err := <-res:
-		fn(err)
-	default:
-		if s.env == nil {
-			go func() {
-				err := <-res
-				s.enqueue(func() { fn(err) })
-			}()
-			return
-		}
-		s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.afterErr(res, fn) }) })
-	}
 }
 
 // mergeWaits reports whether a range frozen for a merge waits here to be
@@ -371,6 +353,7 @@ func (s *Store) finishLearners(win []*Replica) {
 		}
 		// A few looks at its progress, not a whole MoveCatchUp again.
 		deadline := now.Add(5 * s.cfg.CampaignRetry)
+		s.metrics.leftovers.Add(1)
 		s.startMove(id, from, to, why, false, deadline, func(_ kv.Descriptor, err error) {
 			if err != nil {
 				s.log.Info("finishing a learner left by a move did not succeed", "group", id, "learner", l, "err", err)

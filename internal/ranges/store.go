@@ -805,22 +805,27 @@ func (s *Store) remove(r *Replica, why string, mayReturn bool, clean func() erro
 	})
 }
 
-// afterDone runs fn on the loop once done is closed, looking every
-// CampaignRetry (the loop must not wait on the Host: in the simulation it
-// drives the Host itself).
+// afterDone runs fn on the loop once done is closed (afterRecv).
 func (s *Store) afterDone(done <-chan struct{}, fn func()) {
+	afterRecv(s, done, func(struct{}) { fn() })
+}
+
+// afterRecv runs fn on s's loop with what ch delivers (or its zero value
+// once ch is closed), looking every CampaignRetry: the loop must not wait
+// on the Host (in the simulation it drives the Host itself).
+func afterRecv[T any](s *Store, ch <-chan T, fn func(T)) {
 	select {
-	case <-done:
-		fn()
+	case v := <-ch:
+		fn(v)
 	default:
 		if s.env == nil {
 			go func() {
-				<-done
-				s.enqueue(fn)
+				v := <-ch
+				s.enqueue(func() { fn(v) })
 			}()
 			return
 		}
-		s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { s.afterDone(done, fn) }) })
+		s.env.After(s.cfg.CampaignRetry, func() { s.enqueue(func() { afterRecv(s, ch, fn) }) })
 	}
 }
 

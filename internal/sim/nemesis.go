@@ -212,14 +212,20 @@ func (s *sim) randomLed() (g uint64, n *node, ok bool) {
 		return 0, nil, false // every node is down
 	}
 	g = gs[s.rng.IntN(len(gs))]
+	n = s.ledBy(g)
+	return g, n, n != nil
+}
+
+// ledBy returns the first running, unpaused node that leads range g as
+// its replica there sees it; nil if none does.
+func (s *sim) ledBy(g uint64) *node {
 	for _, id := range s.upNodes() {
 		n := s.nodes[id]
-		if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {
-			continue
+		if l, _, err := n.host.Leader(g); err == nil && l == id && !n.paused {
+			return n
 		}
-		return g, n, true
 	}
-	return g, nil, false
+	return nil
 }
 
 // ghostNode is the node FaultMembership adds as a learner: no node of the
@@ -313,26 +319,23 @@ func (s *sim) startMove(n *node, g, from, to uint64) {
 // after a node's return.
 func (s *sim) replicate() {
 	for _, g := range s.rangeIDs() {
-		for _, id := range s.upNodes() {
-			n := s.nodes[id]
-			if l, _, err := n.host.Leader(g); err != nil || l != id || n.paused {
-				continue
-			}
-			r, ok := n.ranges.Get(g)
-			if !ok {
+		n := s.ledBy(g)
+		if n == nil {
+			continue
+		}
+		r, ok := n.ranges.Get(g)
+		if !ok {
+			continue
+		}
+		d, ok := r.Descriptor()
+		if !ok {
+			continue
+		}
+		for _, to := range s.ids {
+			if !d.HasReplica(to) || slices.Contains(d.Learners, to) {
+				s.startMove(n, g, 0, to)
 				break
 			}
-			d, ok := r.Descriptor()
-			if !ok {
-				break
-			}
-			for _, to := range s.ids {
-				if !d.HasReplica(to) || slices.Contains(d.Learners, to) {
-					s.startMove(n, g, 0, to)
-					break
-				}
-			}
-			break
 		}
 	}
 	s.after(200*time.Millisecond, s.replicate)

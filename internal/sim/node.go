@@ -61,6 +61,9 @@ type node struct {
 	armedHits int
 }
 
+// simMoveCatchUp is ranges.Config.MoveCatchUp in the simulation.
+const simMoveCatchUp = 500 * time.Millisecond
+
 func newNode(s *sim, id uint64) *node {
 	return &node{s: s, id: id, store: storage.NewMem(), fs: vfs.NewCrashableMem()}
 }
@@ -138,9 +141,13 @@ func (n *node) start() error {
 		Wrap: func(sm *kv.StateMachine) multiraft.StateMachine {
 			return &recSM{StateMachine: sm, s: s, node: n.id, group: sm.RangeID()}
 		},
-		Env:             simEnv{n},
-		SplitLoad:       s.splitLoad,
-		CampaignRetry:   2 * s.cfg.TickInterval,
+		Env:           simEnv{n},
+		SplitLoad:     s.splitLoad,
+		CampaignRetry: 2 * s.cfg.TickInterval,
+		// Short, so that moves roll back and learners left by moves cut
+		// short are finished (finishLearners) within a run's faults.
+		MoveCatchUp:     simMoveCatchUp,
+		Replicas:        len(s.ids),
 		LoseMetaUpdates: s.cfg.Bug == BugLoseMetaUpdate,
 		SkipMergeWait:   s.cfg.Bug == BugMergeNoWait,
 		FailPoint:       n.failPoint,
@@ -281,6 +288,7 @@ func (n *node) crash(why string) {
 	s.res.SnapshotsRefused += int(n.host.SnapshotsRefused())
 	s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
 	s.res.MovedAway += int(n.ranges.MovedAway())
+	s.res.Leftovers += int(n.ranges.Leftovers())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -324,6 +332,7 @@ func (n *node) close() {
 		if n.ranges != nil {
 			n.s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
 			n.s.res.MovedAway += int(n.ranges.MovedAway())
+			n.s.res.Leftovers += int(n.ranges.Leftovers())
 		}
 		n.host.Stop()
 		n.host = nil

@@ -363,6 +363,9 @@ type Result struct {
 	// MovedAway counts the replicas nodes removed, with their span's
 	// data, because their range left the node.
 	MovedAway int `json:"moved_away"`
+	// Leftovers counts the learners left by moves cut short that a
+	// range's leader took up (ranges.Store.finishLearners).
+	Leftovers int `json:"leftovers"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the

@@ -138,6 +138,7 @@ func TestSeeds(t *testing.T) {
 		total.Moves += r.Moves
 		total.MovesDone += r.MovesDone
 		total.MovedAway += r.MovedAway
+		total.Leftovers += r.Leftovers
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
@@ -145,11 +146,11 @@ func TestSeeds(t *testing.T) {
 		total.Merges, total.Quiesces, total.Wakes, total.MembershipChanges, total.MembershipApplied)
 	t.Logf("%d splits, %d replicas started empty for a snapshot after missing a split, %d snapshots refused while a replica still held their span, %d requests refused by a range that no longer held their key",
 		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
-	t.Logf("%d replica moves asked, %d finished; %d replicas removed from a node their range left",
-		total.Moves, total.MovesDone, total.MovedAway)
+	t.Logf("%d replica moves asked, %d finished; %d replicas removed from a node their range left; %d learners left by moves cut short taken up",
+		total.Moves, total.MovesDone, total.MovedAway, total.Leftovers)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
 		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 ||
-		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 {
+		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 || total.Leftovers == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
