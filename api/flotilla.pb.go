@@ -128,7 +128,7 @@ func (x Compare_Target) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Target.Descriptor instead.
 func (Compare_Target) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{37, 0}
 }
 
 type Compare_Result int32
@@ -183,7 +183,7 @@ func (x Compare_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Result.Descriptor instead.
 func (Compare_Result) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35, 1}
+	return file_flotilla_proto_rawDescGZIP(), []int{37, 1}
 }
 
 type TxnOp_Kind int32
@@ -244,7 +244,7 @@ func (x TxnOp_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TxnOp_Kind.Descriptor instead.
 func (TxnOp_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{38, 0}
 }
 
 type WatchEvent_Type int32
@@ -290,7 +290,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{86, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{88, 0}
 }
 
 type UserAddRequest struct {
@@ -1845,6 +1845,106 @@ func (x *MoveResponse) GetRange() *RangeInfo {
 	return nil
 }
 
+type DecommissionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint64                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecommissionRequest) Reset() {
+	*x = DecommissionRequest{}
+	mi := &file_flotilla_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecommissionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecommissionRequest) ProtoMessage() {}
+
+func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
+func (*DecommissionRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DecommissionRequest) GetNode() uint64 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+type DecommissionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state is "decommissioning" or "removed".
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// replicas counts the ranges with a replica or a learner on the node,
+	// by its own answer and by the meta index, the answering node's replicas
+	// and the live nodes' reports; 0 once it is removed.
+	Replicas      uint32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecommissionResponse) Reset() {
+	*x = DecommissionResponse{}
+	mi := &file_flotilla_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecommissionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecommissionResponse) ProtoMessage() {}
+
+func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
+func (*DecommissionResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DecommissionResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DecommissionResponse) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
 // Header comes with every KV answer.
 type Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1864,7 +1964,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +1976,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +1989,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Header) GetGroup() uint64 {
@@ -1943,7 +2043,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2055,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2068,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Session) GetId() uint64 {
@@ -2017,7 +2117,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2129,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2142,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -2104,7 +2204,7 @@ type Compare struct {
 
 func (x *Compare) Reset() {
 	*x = Compare{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2216,7 @@ func (x *Compare) String() string {
 func (*Compare) ProtoMessage() {}
 
 func (x *Compare) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2229,7 @@ func (x *Compare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compare.ProtoReflect.Descriptor instead.
 func (*Compare) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Compare) GetKey() []byte {
@@ -2184,7 +2284,7 @@ type TxnOp struct {
 
 func (x *TxnOp) Reset() {
 	*x = TxnOp{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2296,7 @@ func (x *TxnOp) String() string {
 func (*TxnOp) ProtoMessage() {}
 
 func (x *TxnOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2309,7 @@ func (x *TxnOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
 func (*TxnOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TxnOp) GetKind() TxnOp_Kind {
@@ -2268,7 +2368,7 @@ type TxnRequest struct {
 
 func (x *TxnRequest) Reset() {
 	*x = TxnRequest{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2380,7 @@ func (x *TxnRequest) String() string {
 func (*TxnRequest) ProtoMessage() {}
 
 func (x *TxnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2393,7 @@ func (x *TxnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
 func (*TxnRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TxnRequest) GetCompares() []*Compare {
@@ -2349,7 +2449,7 @@ type TxnOpResponse struct {
 
 func (x *TxnOpResponse) Reset() {
 	*x = TxnOpResponse{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2461,7 @@ func (x *TxnOpResponse) String() string {
 func (*TxnOpResponse) ProtoMessage() {}
 
 func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2474,7 @@ func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOpResponse.ProtoReflect.Descriptor instead.
 func (*TxnOpResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TxnOpResponse) GetKind() TxnOp_Kind {
@@ -2427,7 +2527,7 @@ type TxnResponse struct {
 
 func (x *TxnResponse) Reset() {
 	*x = TxnResponse{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2539,7 @@ func (x *TxnResponse) String() string {
 func (*TxnResponse) ProtoMessage() {}
 
 func (x *TxnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2552,7 @@ func (x *TxnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
 func (*TxnResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TxnResponse) GetHeader() *Header {
@@ -2506,7 +2606,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2618,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +2631,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -2587,7 +2687,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2699,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2712,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -2645,7 +2745,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2757,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2770,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -2712,7 +2812,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2824,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2837,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{43}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -2772,7 +2872,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2784,7 +2884,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2797,7 +2897,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{44}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -2832,7 +2932,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +2944,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +2957,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{45}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -2900,7 +3000,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +3012,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3025,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{46}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -2997,7 +3097,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3009,7 +3109,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3022,7 +3122,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{47}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -3077,7 +3177,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3089,7 +3189,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3102,7 +3202,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{48}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -3167,7 +3267,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3279,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3292,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{49}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -3230,7 +3330,7 @@ type DeleteRangeRequest struct {
 
 func (x *DeleteRangeRequest) Reset() {
 	*x = DeleteRangeRequest{}
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3242,7 +3342,7 @@ func (x *DeleteRangeRequest) String() string {
 func (*DeleteRangeRequest) ProtoMessage() {}
 
 func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3255,7 +3355,7 @@ func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{50}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeleteRangeRequest) GetStart() []byte {
@@ -3297,7 +3397,7 @@ type DeleteRangeResponse struct {
 
 func (x *DeleteRangeResponse) Reset() {
 	*x = DeleteRangeResponse{}
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3309,7 +3409,7 @@ func (x *DeleteRangeResponse) String() string {
 func (*DeleteRangeResponse) ProtoMessage() {}
 
 func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3322,7 +3422,7 @@ func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{51}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeleteRangeResponse) GetHeader() *Header {
@@ -3361,7 +3461,7 @@ type RangesRequest struct {
 
 func (x *RangesRequest) Reset() {
 	*x = RangesRequest{}
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3373,7 +3473,7 @@ func (x *RangesRequest) String() string {
 func (*RangesRequest) ProtoMessage() {}
 
 func (x *RangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3386,7 +3486,7 @@ func (x *RangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
 func (*RangesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{52}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RangesRequest) GetKey() []byte {
@@ -3421,7 +3521,7 @@ type RangesResponse struct {
 
 func (x *RangesResponse) Reset() {
 	*x = RangesResponse{}
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3433,7 +3533,7 @@ func (x *RangesResponse) String() string {
 func (*RangesResponse) ProtoMessage() {}
 
 func (x *RangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3446,7 +3546,7 @@ func (x *RangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
 func (*RangesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{53}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RangesResponse) GetRanges() []*RangeInfo {
@@ -3485,7 +3585,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3497,7 +3597,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3510,7 +3610,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{54}
+	return file_flotilla_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RangeInfo) GetId() uint64 {
@@ -3592,14 +3692,18 @@ type NodeInfo struct {
 	Alive      bool                   `protobuf:"varint,5,opt,name=alive,proto3" json:"alive,omitempty"`
 	// dead: the answering node has not reached this one for its
 	// --dead-after (it moves the replicas there of the ranges it leads).
-	Dead          bool `protobuf:"varint,6,opt,name=dead,proto3" json:"dead,omitempty"`
+	Dead bool `protobuf:"varint,6,opt,name=dead,proto3" json:"dead,omitempty"`
+	// membership is "decommissioning" or "removed" for a node leaving or
+	// gone from the cluster (`flotilla node decommission`), as the
+	// answering node last read the meta range; empty for a member.
+	Membership    string `protobuf:"bytes,7,opt,name=membership,proto3" json:"membership,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3611,7 +3715,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3624,7 +3728,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{55}
+	return file_flotilla_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -3669,6 +3773,13 @@ func (x *NodeInfo) GetDead() bool {
 	return false
 }
 
+func (x *NodeInfo) GetMembership() string {
+	if x != nil {
+		return x.Membership
+	}
+	return ""
+}
+
 type GroupInfo struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -3693,7 +3804,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3705,7 +3816,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3718,7 +3829,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{56}
+	return file_flotilla_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -3818,7 +3929,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +3941,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +3954,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{57}
+	return file_flotilla_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -3889,7 +4000,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3901,7 +4012,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3914,7 +4025,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{58}
+	return file_flotilla_proto_rawDescGZIP(), []int{60}
 }
 
 type ClusterMapResponse struct {
@@ -3931,7 +4042,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3943,7 +4054,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3956,7 +4067,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{59}
+	return file_flotilla_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -3995,7 +4106,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4007,7 +4118,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4020,7 +4131,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{60}
+	return file_flotilla_proto_rawDescGZIP(), []int{62}
 }
 
 type NodeStatusResponse struct {
@@ -4035,7 +4146,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4047,7 +4158,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4060,7 +4171,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{61}
+	return file_flotilla_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -4105,7 +4216,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4117,7 +4228,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4130,7 +4241,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{62}
+	return file_flotilla_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -4168,14 +4279,17 @@ type InfoResponse struct {
 	// unchanged: the groups are still those of known_version, so groups is
 	// empty and the asker keeps the ones it holds. False (as from a node
 	// that does not version its groups): groups holds them all.
-	Unchanged     bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	Unchanged bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	// removed: the asking node was removed from the cluster (decommissioned);
+	// nothing else is answered, and the asker must stop.
+	Removed       bool `protobuf:"varint,5,opt,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4187,7 +4301,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4200,7 +4314,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{63}
+	return file_flotilla_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -4231,6 +4345,13 @@ func (x *InfoResponse) GetUnchanged() bool {
 	return false
 }
 
+func (x *InfoResponse) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
 type LeaseGrantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// group is the range to grant the lease in; with key set instead, the
@@ -4246,7 +4367,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4258,7 +4379,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4271,7 +4392,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{64}
+	return file_flotilla_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -4319,7 +4440,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4331,7 +4452,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4344,7 +4465,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{65}
+	return file_flotilla_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -4389,7 +4510,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4401,7 +4522,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4414,7 +4535,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{66}
+	return file_flotilla_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -4455,7 +4576,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4467,7 +4588,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4480,7 +4601,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{67}
+	return file_flotilla_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -4512,7 +4633,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4524,7 +4645,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4537,7 +4658,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{68}
+	return file_flotilla_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -4582,7 +4703,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4594,7 +4715,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4607,7 +4728,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{69}
+	return file_flotilla_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -4657,7 +4778,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4669,7 +4790,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4682,7 +4803,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{70}
+	return file_flotilla_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -4720,7 +4841,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4732,7 +4853,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4745,7 +4866,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{71}
+	return file_flotilla_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -4800,7 +4921,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4812,7 +4933,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4825,7 +4946,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{72}
+	return file_flotilla_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -4898,7 +5019,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4910,7 +5031,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4923,7 +5044,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{73}
+	return file_flotilla_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -4974,7 +5095,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4986,7 +5107,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4999,7 +5120,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{74}
+	return file_flotilla_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -5042,7 +5163,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5054,7 +5175,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5067,7 +5188,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{75}
+	return file_flotilla_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -5111,7 +5232,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5123,7 +5244,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5136,7 +5257,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{76}
+	return file_flotilla_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -5170,7 +5291,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5182,7 +5303,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5195,7 +5316,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{77}
+	return file_flotilla_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -5222,7 +5343,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5234,7 +5355,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5247,7 +5368,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{78}
+	return file_flotilla_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -5274,7 +5395,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5286,7 +5407,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5299,7 +5420,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{79}
+	return file_flotilla_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -5329,7 +5450,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5341,7 +5462,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5354,7 +5475,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{80}
+	return file_flotilla_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -5380,7 +5501,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5392,7 +5513,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5405,7 +5526,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{81}
+	return file_flotilla_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -5433,7 +5554,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5445,7 +5566,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5458,7 +5579,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{82}
+	return file_flotilla_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -5533,7 +5654,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5545,7 +5666,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5558,7 +5679,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{83}
+	return file_flotilla_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -5590,7 +5711,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5602,7 +5723,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5615,7 +5736,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{84}
+	return file_flotilla_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -5726,7 +5847,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5738,7 +5859,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5751,7 +5872,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{85}
+	return file_flotilla_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -5824,7 +5945,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_flotilla_proto_msgTypes[86]
+	mi := &file_flotilla_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5836,7 +5957,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[86]
+	mi := &file_flotilla_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5849,7 +5970,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{86}
+	return file_flotilla_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -5897,7 +6018,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[87]
+	mi := &file_flotilla_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5909,7 +6030,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[87]
+	mi := &file_flotilla_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5922,7 +6043,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{87}
+	return file_flotilla_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *WatchResponse) GetHeader() *Header {
@@ -6063,7 +6184,12 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\x12\x0e\n" +
 	"\x02to\x18\x03 \x01(\x04R\x02to\"<\n" +
 	"\fMoveResponse\x12,\n" +
-	"\x05range\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x05range\"^\n" +
+	"\x05range\x18\x01 \x01(\v2\x16.flotilla.v1.RangeInfoR\x05range\")\n" +
+	"\x13DecommissionRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\x04R\x04node\"H\n" +
+	"\x14DecommissionResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1a\n" +
+	"\breplicas\x18\x02 \x01(\rR\breplicas\"^\n" +
 	"\x06Header\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -6220,7 +6346,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05bytes\x18\b \x01(\x04R\x05bytes\x12\x1e\n" +
 	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12\x1a\n" +
 	"\blearners\x18\n" +
-	" \x03(\x04R\blearners\"\x9f\x01\n" +
+	" \x03(\x04R\blearners\"\xbf\x01\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1f\n" +
@@ -6228,7 +6354,10 @@ const file_flotilla_proto_rawDesc = "" +
 	"clientAddr\x12\x1b\n" +
 	"\thttp_addr\x18\x04 \x01(\tR\bhttpAddr\x12\x14\n" +
 	"\x05alive\x18\x05 \x01(\bR\x05alive\x12\x12\n" +
-	"\x04dead\x18\x06 \x01(\bR\x04dead\"\xa7\x02\n" +
+	"\x04dead\x18\x06 \x01(\bR\x04dead\x12\x1e\n" +
+	"\n" +
+	"membership\x18\a \x01(\tR\n" +
+	"membership\"\xa7\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -6270,12 +6399,13 @@ const file_flotilla_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\x12#\n" +
-	"\rknown_version\x18\x03 \x01(\x04R\fknownVersion\"\xa1\x01\n" +
+	"\rknown_version\x18\x03 \x01(\x04R\fknownVersion\"\xbb\x01\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
 	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1c\n" +
-	"\tunchanged\x18\x04 \x01(\bR\tunchanged\"\x82\x01\n" +
+	"\tunchanged\x18\x04 \x01(\bR\tunchanged\x12\x18\n" +
+	"\aremoved\x18\x05 \x01(\bR\aremoved\"\x82\x01\n" +
 	"\x11LeaseGrantRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x10\n" +
 	"\x03key\x18\x04 \x01(\fR\x03key\x12\x15\n" +
@@ -6413,7 +6543,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\vDeleteRange\x12\x1f.flotilla.v1.DeleteRangeRequest\x1a .flotilla.v1.DeleteRangeResponse\x12B\n" +
 	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x01\x128\n" +
 	"\x03Txn\x12\x17.flotilla.v1.TxnRequest\x1a\x18.flotilla.v1.TxnResponse\x12@\n" +
-	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xa7\x03\n" +
+	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xfc\x03\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
@@ -6422,7 +6552,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x06Ranges\x12\x1a.flotilla.v1.RangesRequest\x1a\x1b.flotilla.v1.RangesResponse\x12>\n" +
 	"\x05Split\x12\x19.flotilla.v1.SplitRequest\x1a\x1a.flotilla.v1.SplitResponse\x12>\n" +
 	"\x05Merge\x12\x19.flotilla.v1.MergeRequest\x1a\x1a.flotilla.v1.MergeResponse\x12;\n" +
-	"\x04Move\x12\x18.flotilla.v1.MoveRequest\x1a\x19.flotilla.v1.MoveResponse2\xff\x04\n" +
+	"\x04Move\x12\x18.flotilla.v1.MoveRequest\x1a\x19.flotilla.v1.MoveResponse\x12S\n" +
+	"\fDecommission\x12 .flotilla.v1.DecommissionRequest\x1a!.flotilla.v1.DecommissionResponse2\xff\x04\n" +
 	"\bElection\x12M\n" +
 	"\n" +
 	"LeaseGrant\x12\x1e.flotilla.v1.LeaseGrantRequest\x1a\x1f.flotilla.v1.LeaseGrantResponse\x12P\n" +
@@ -6468,7 +6599,7 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 }
 
 var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
 var file_flotilla_proto_goTypes = []any{
 	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
 	(Compare_Target)(0),             // 1: flotilla.v1.Compare.Target
@@ -6507,62 +6638,64 @@ var file_flotilla_proto_goTypes = []any{
 	(*MergeResponse)(nil),           // 34: flotilla.v1.MergeResponse
 	(*MoveRequest)(nil),             // 35: flotilla.v1.MoveRequest
 	(*MoveResponse)(nil),            // 36: flotilla.v1.MoveResponse
-	(*Header)(nil),                  // 37: flotilla.v1.Header
-	(*Session)(nil),                 // 38: flotilla.v1.Session
-	(*KeyValue)(nil),                // 39: flotilla.v1.KeyValue
-	(*Compare)(nil),                 // 40: flotilla.v1.Compare
-	(*TxnOp)(nil),                   // 41: flotilla.v1.TxnOp
-	(*TxnRequest)(nil),              // 42: flotilla.v1.TxnRequest
-	(*TxnOpResponse)(nil),           // 43: flotilla.v1.TxnOpResponse
-	(*TxnResponse)(nil),             // 44: flotilla.v1.TxnResponse
-	(*PutRequest)(nil),              // 45: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 46: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 47: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 48: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 49: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 50: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 51: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 52: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 53: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 54: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 55: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 56: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 57: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 58: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 59: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 60: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 61: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 62: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 63: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 64: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 65: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 66: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 67: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 68: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 69: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 70: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 71: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 72: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 73: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 74: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 75: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 76: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 77: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 78: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 79: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 80: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 81: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 82: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 83: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 84: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 85: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 86: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 87: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 88: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 89: flotilla.v1.BatchResult
-	(*WatchRequest)(nil),            // 90: flotilla.v1.WatchRequest
-	(*WatchEvent)(nil),              // 91: flotilla.v1.WatchEvent
-	(*WatchResponse)(nil),           // 92: flotilla.v1.WatchResponse
+	(*DecommissionRequest)(nil),     // 37: flotilla.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),    // 38: flotilla.v1.DecommissionResponse
+	(*Header)(nil),                  // 39: flotilla.v1.Header
+	(*Session)(nil),                 // 40: flotilla.v1.Session
+	(*KeyValue)(nil),                // 41: flotilla.v1.KeyValue
+	(*Compare)(nil),                 // 42: flotilla.v1.Compare
+	(*TxnOp)(nil),                   // 43: flotilla.v1.TxnOp
+	(*TxnRequest)(nil),              // 44: flotilla.v1.TxnRequest
+	(*TxnOpResponse)(nil),           // 45: flotilla.v1.TxnOpResponse
+	(*TxnResponse)(nil),             // 46: flotilla.v1.TxnResponse
+	(*PutRequest)(nil),              // 47: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 48: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 49: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 50: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 51: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 52: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 53: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 54: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 55: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 56: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 57: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 58: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 59: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 60: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 61: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 62: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 63: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 64: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 65: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 66: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 67: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 68: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 69: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 70: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 71: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 72: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 73: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 74: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 75: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 76: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 77: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 78: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 79: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 80: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 81: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 82: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 83: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 84: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 85: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 86: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 87: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 88: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 89: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 90: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 91: flotilla.v1.BatchResult
+	(*WatchRequest)(nil),            // 92: flotilla.v1.WatchRequest
+	(*WatchEvent)(nil),              // 93: flotilla.v1.WatchEvent
+	(*WatchResponse)(nil),           // 94: flotilla.v1.WatchResponse
 }
 var file_flotilla_proto_depIdxs = []int32{
 	13,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
@@ -6573,147 +6706,149 @@ var file_flotilla_proto_depIdxs = []int32{
 	21,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
 	22,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
 	0,   // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
-	59,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	59,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	59,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
-	59,  // 11: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
+	61,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	61,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	61,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	61,  // 11: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
 	1,   // 12: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
 	2,   // 13: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
 	3,   // 14: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
-	40,  // 15: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
-	41,  // 16: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
-	41,  // 17: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
-	38,  // 18: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
+	42,  // 15: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
+	43,  // 16: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
+	43,  // 17: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
+	40,  // 18: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
 	3,   // 19: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
-	39,  // 20: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
-	37,  // 21: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
-	43,  // 22: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
-	38,  // 23: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	37,  // 24: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	37,  // 25: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	39,  // 26: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	38,  // 27: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	37,  // 28: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	38,  // 29: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	37,  // 30: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	39,  // 31: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	39,  // 32: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	38,  // 33: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	37,  // 34: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	59,  // 35: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	60,  // 36: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	61,  // 37: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	60,  // 38: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	61,  // 39: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	62,  // 40: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	60,  // 41: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	61,  // 42: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	38,  // 43: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	37,  // 44: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	38,  // 45: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	37,  // 46: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	37,  // 47: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	37,  // 48: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	38,  // 49: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	37,  // 50: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	77,  // 51: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	38,  // 52: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	37,  // 53: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	77,  // 54: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	37,  // 55: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	77,  // 56: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	77,  // 57: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	87,  // 58: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	45,  // 59: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	49,  // 60: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	42,  // 61: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
-	89,  // 62: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	46,  // 63: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	50,  // 64: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	44,  // 65: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
+	41,  // 20: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
+	39,  // 21: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
+	45,  // 22: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
+	40,  // 23: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	39,  // 24: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	39,  // 25: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	41,  // 26: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	40,  // 27: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	39,  // 28: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	40,  // 29: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	39,  // 30: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	41,  // 31: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	41,  // 32: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	40,  // 33: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	39,  // 34: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	61,  // 35: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	62,  // 36: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	63,  // 37: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	62,  // 38: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	63,  // 39: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	64,  // 40: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	62,  // 41: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	63,  // 42: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	40,  // 43: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	39,  // 44: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	40,  // 45: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	39,  // 46: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	39,  // 47: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	39,  // 48: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	40,  // 49: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	39,  // 50: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	79,  // 51: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	40,  // 52: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	39,  // 53: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	79,  // 54: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	39,  // 55: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	79,  // 56: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	79,  // 57: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	89,  // 58: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	47,  // 59: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	51,  // 60: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	44,  // 61: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
+	91,  // 62: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	48,  // 63: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	52,  // 64: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	46,  // 65: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
 	4,   // 66: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
-	39,  // 67: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
-	39,  // 68: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
-	37,  // 69: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
-	91,  // 70: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
-	45,  // 71: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	47,  // 72: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	49,  // 73: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	51,  // 74: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	53,  // 75: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	55,  // 76: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	86,  // 77: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	42,  // 78: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
-	90,  // 79: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
-	63,  // 80: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	65,  // 81: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	57,  // 82: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	41,  // 67: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
+	41,  // 68: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
+	39,  // 69: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
+	93,  // 70: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
+	47,  // 71: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	49,  // 72: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	51,  // 73: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	53,  // 74: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	55,  // 75: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	57,  // 76: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	88,  // 77: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	44,  // 78: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
+	92,  // 79: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
+	65,  // 80: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	67,  // 81: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	59,  // 82: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
 	31,  // 83: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
 	33,  // 84: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
 	35,  // 85: flotilla.v1.Cluster.Move:input_type -> flotilla.v1.MoveRequest
-	69,  // 86: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	71,  // 87: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	73,  // 88: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	75,  // 89: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	78,  // 90: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	80,  // 91: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	82,  // 92: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	84,  // 93: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	5,   // 94: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
-	7,   // 95: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
-	9,   // 96: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
-	9,   // 97: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
-	11,  // 98: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
-	14,  // 99: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
-	15,  // 100: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
-	17,  // 101: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
-	17,  // 102: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
-	19,  // 103: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
-	23,  // 104: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
-	67,  // 105: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	27,  // 106: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	29,  // 107: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	25,  // 108: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
-	46,  // 109: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	48,  // 110: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	50,  // 111: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	52,  // 112: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	54,  // 113: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	56,  // 114: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	88,  // 115: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	44,  // 116: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
-	92,  // 117: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
-	64,  // 118: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	66,  // 119: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	58,  // 120: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	32,  // 121: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	34,  // 122: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	36,  // 123: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
-	70,  // 124: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	72,  // 125: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	74,  // 126: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	76,  // 127: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	79,  // 128: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	81,  // 129: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	83,  // 130: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	85,  // 131: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	6,   // 132: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
-	8,   // 133: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
-	10,  // 134: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
-	10,  // 135: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
-	12,  // 136: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
-	18,  // 137: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
-	16,  // 138: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
-	18,  // 139: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
-	18,  // 140: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
-	20,  // 141: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
-	24,  // 142: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
-	68,  // 143: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	28,  // 144: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	30,  // 145: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	26,  // 146: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
-	109, // [109:147] is the sub-list for method output_type
-	71,  // [71:109] is the sub-list for method input_type
+	37,  // 86: flotilla.v1.Cluster.Decommission:input_type -> flotilla.v1.DecommissionRequest
+	71,  // 87: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	73,  // 88: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	75,  // 89: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	77,  // 90: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	80,  // 91: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	82,  // 92: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	84,  // 93: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	86,  // 94: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	5,   // 95: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
+	7,   // 96: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
+	9,   // 97: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
+	9,   // 98: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
+	11,  // 99: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
+	14,  // 100: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
+	15,  // 101: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
+	17,  // 102: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
+	17,  // 103: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
+	19,  // 104: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
+	23,  // 105: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
+	69,  // 106: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	27,  // 107: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	29,  // 108: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	25,  // 109: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	48,  // 110: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	50,  // 111: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	52,  // 112: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	54,  // 113: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	56,  // 114: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	58,  // 115: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	90,  // 116: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	46,  // 117: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
+	94,  // 118: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
+	66,  // 119: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	68,  // 120: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	60,  // 121: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	32,  // 122: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	34,  // 123: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	36,  // 124: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
+	38,  // 125: flotilla.v1.Cluster.Decommission:output_type -> flotilla.v1.DecommissionResponse
+	72,  // 126: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	74,  // 127: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	76,  // 128: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	78,  // 129: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	81,  // 130: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	83,  // 131: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	85,  // 132: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	87,  // 133: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	6,   // 134: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	8,   // 135: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	10,  // 136: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	10,  // 137: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	12,  // 138: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	18,  // 139: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	16,  // 140: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	18,  // 141: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	18,  // 142: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	20,  // 143: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	24,  // 144: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	70,  // 145: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	28,  // 146: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	30,  // 147: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	26,  // 148: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	110, // [110:149] is the sub-list for method output_type
+	71,  // [71:110] is the sub-list for method input_type
 	71,  // [71:71] is the sub-list for extension type_name
 	71,  // [71:71] is the sub-list for extension extendee
 	0,   // [0:71] is the sub-list for field type_name
@@ -6724,12 +6859,12 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[82].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[84].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 		(*BatchOp_Txn)(nil),
 	}
-	file_flotilla_proto_msgTypes[84].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[86].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 		(*BatchResult_Txn)(nil),
@@ -6740,7 +6875,7 @@ func file_flotilla_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   88,
+			NumMessages:   90,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

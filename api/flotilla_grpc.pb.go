@@ -502,12 +502,13 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Cluster_ClusterMap_FullMethodName = "/flotilla.v1.Cluster/ClusterMap"
-	Cluster_NodeStatus_FullMethodName = "/flotilla.v1.Cluster/NodeStatus"
-	Cluster_Ranges_FullMethodName     = "/flotilla.v1.Cluster/Ranges"
-	Cluster_Split_FullMethodName      = "/flotilla.v1.Cluster/Split"
-	Cluster_Merge_FullMethodName      = "/flotilla.v1.Cluster/Merge"
-	Cluster_Move_FullMethodName       = "/flotilla.v1.Cluster/Move"
+	Cluster_ClusterMap_FullMethodName   = "/flotilla.v1.Cluster/ClusterMap"
+	Cluster_NodeStatus_FullMethodName   = "/flotilla.v1.Cluster/NodeStatus"
+	Cluster_Ranges_FullMethodName       = "/flotilla.v1.Cluster/Ranges"
+	Cluster_Split_FullMethodName        = "/flotilla.v1.Cluster/Split"
+	Cluster_Merge_FullMethodName        = "/flotilla.v1.Cluster/Merge"
+	Cluster_Move_FullMethodName         = "/flotilla.v1.Cluster/Move"
+	Cluster_Decommission_FullMethodName = "/flotilla.v1.Cluster/Decommission"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -536,10 +537,21 @@ type ClusterClient interface {
 	// to node `to` (a learner on `to`, its catch-up, its promotion, then
 	// the removal of `from`'s replica) and returns the range. from 0 only
 	// adds a replica; to 0 only removes one. InvalidArgument for a node
-	// that is not in the cluster, a move onto a node that holds a replica
-	// or off one that holds none; FailedPrecondition while a split, merge
+	// that is not in the cluster, a move onto a node that holds a replica,
+	// is decommissioning or was removed, or off one that holds none; FailedPrecondition while a split, merge
 	// or other move of the range is under way.
 	Move(ctx context.Context, in *MoveRequest, opts ...grpc.CallOption) (*MoveResponse, error)
+	// Decommission starts or continues the decommissioning of a node: it is
+	// marked decommissioning (the mark is kept in the meta range), no
+	// replica moves onto it, and the leaders of its ranges move their
+	// replicas off it; once none is left there (and every node had the time
+	// to read the mark), a later call marks it removed, and the other nodes
+	// refuse it from then on. Call it again to
+	// follow the drain: each call answers the node's state and how many
+	// replicas it still holds. InvalidArgument for a node outside the
+	// cluster, and when too few nodes would be left for the replication
+	// factor.
+	Decommission(ctx context.Context, in *DecommissionRequest, opts ...grpc.CallOption) (*DecommissionResponse, error)
 }
 
 type clusterClient struct {
@@ -610,6 +622,16 @@ func (c *clusterClient) Move(ctx context.Context, in *MoveRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *clusterClient) Decommission(ctx context.Context, in *DecommissionRequest, opts ...grpc.CallOption) (*DecommissionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecommissionResponse)
+	err := c.cc.Invoke(ctx, Cluster_Decommission_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -636,10 +658,21 @@ type ClusterServer interface {
 	// to node `to` (a learner on `to`, its catch-up, its promotion, then
 	// the removal of `from`'s replica) and returns the range. from 0 only
 	// adds a replica; to 0 only removes one. InvalidArgument for a node
-	// that is not in the cluster, a move onto a node that holds a replica
-	// or off one that holds none; FailedPrecondition while a split, merge
+	// that is not in the cluster, a move onto a node that holds a replica,
+	// is decommissioning or was removed, or off one that holds none; FailedPrecondition while a split, merge
 	// or other move of the range is under way.
 	Move(context.Context, *MoveRequest) (*MoveResponse, error)
+	// Decommission starts or continues the decommissioning of a node: it is
+	// marked decommissioning (the mark is kept in the meta range), no
+	// replica moves onto it, and the leaders of its ranges move their
+	// replicas off it; once none is left there (and every node had the time
+	// to read the mark), a later call marks it removed, and the other nodes
+	// refuse it from then on. Call it again to
+	// follow the drain: each call answers the node's state and how many
+	// replicas it still holds. InvalidArgument for a node outside the
+	// cluster, and when too few nodes would be left for the replication
+	// factor.
+	Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -667,6 +700,9 @@ func (UnimplementedClusterServer) Merge(context.Context, *MergeRequest) (*MergeR
 }
 func (UnimplementedClusterServer) Move(context.Context, *MoveRequest) (*MoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Move not implemented")
+}
+func (UnimplementedClusterServer) Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Decommission not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -797,6 +833,24 @@ func _Cluster_Move_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_Decommission_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecommissionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Decommission(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Decommission_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Decommission(ctx, req.(*DecommissionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -827,6 +881,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Move",
 			Handler:    _Cluster_Move_Handler,
+		},
+		{
+			MethodName: "Decommission",
+			Handler:    _Cluster_Decommission_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

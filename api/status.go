@@ -24,6 +24,10 @@ type StatusNode struct {
 	// Dead: the node did not answer, and the node the CLI asked has not
 	// reached it for its --dead-after; omitted when not.
 	Dead bool `json:"dead,omitempty"`
+	// Membership is NodeDecommissioning or NodeRemoved for a node that is
+	// leaving or has left the cluster (`flotilla node decommission`);
+	// omitted for a member.
+	Membership string `json:"membership,omitempty"`
 }
 
 // StatusGroup is one raft group, as its leader (or the best informed
@@ -62,9 +66,14 @@ const (
 	// NodeSuspect: the node did not answer, not for --dead-after yet.
 	NodeSuspect = "suspect"
 	// NodeDead: the node did not answer, and has not been reached for
-	// --dead-after: its replicas move to live nodes. (Decommissioning and
-	// removed come with decommissioning.)
+	// --dead-after: its replicas move to live nodes.
 	NodeDead = "dead"
+	// NodeDecommissioning: `flotilla node decommission` is moving the
+	// node's replicas off it; nothing moves onto it.
+	NodeDecommissioning = "decommissioning"
+	// NodeRemoved: the node was decommissioned: it holds no replica, and
+	// the other nodes refuse it if it comes back.
+	NodeRemoved = "removed"
 )
 
 // NodeListEntry is one node of a NodeList. Replicas counts the ranges it
@@ -95,6 +104,8 @@ func NodeListOf(st Status) NodeList {
 	for _, n := range st.Nodes {
 		state := NodeSuspect
 		switch {
+		case n.Membership == NodeRemoved || n.Membership == NodeDecommissioning:
+			state = n.Membership
 		case n.Alive:
 			state = NodeLive
 		case n.Dead:

@@ -741,6 +741,28 @@ func (c *Client) Move(ctx context.Context, key []byte, from, to uint64) (*api.Ra
 	return m, nil
 }
 
+// Decommission starts, or follows, the decommissioning of node: it answers
+// the node's state (api.NodeDecommissioning, then api.NodeRemoved) and how
+// many replicas the meta index still lists on it. Call it until the state
+// is removed; each call is idempotent. A node outside the cluster is
+// ErrInvalidArgument.
+func (c *Client) Decommission(ctx context.Context, node uint64) (state string, replicas int, err error) {
+	if node == 0 {
+		return "", 0, fmt.Errorf("%w: node 0", ErrInvalidArgument)
+	}
+	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewClusterClient(cc).Decommission(ctx, &api.DecommissionRequest{Node: node}, opts...)
+			return r, nil, err
+		})
+	})
+	if err != nil {
+		return "", 0, err
+	}
+	r := v.(*api.DecommissionResponse)
+	return r.State, int(r.Replicas), nil
+}
+
 // Merge merges the range that holds key with the range after it and
 // returns the merged range.
 func (c *Client) Merge(ctx context.Context, key []byte) (*api.RangeInfo, error) {

@@ -21,7 +21,7 @@ func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	answers := make([]*api.NodeStatusResponse, len(m.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range m.Nodes {
-		if n.ClientAddr == "" {
+		if n.ClientAddr == "" || n.Membership == api.NodeRemoved {
 			continue
 		}
 		wg.Add(1)
@@ -47,7 +47,7 @@ func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	for i, n := range m.Nodes {
 		r := answers[i]
 		st.Nodes = append(st.Nodes, api.StatusNode{ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
-			HTTPAddr: n.HttpAddr, Alive: r != nil, Dead: r == nil && n.Dead})
+			HTTPAddr: n.HttpAddr, Alive: r != nil, Dead: r == nil && n.Dead, Membership: n.Membership})
 		if r == nil {
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
 )
 
@@ -16,7 +17,10 @@ import (
 // 8 ranges of 3 replicas. Draining node 4 leaves no range with a replica
 // there, every key written before reads back, and writes made during the
 // drain all succeed; a move puts a replica back on node 4; a move naming
-// a node outside the cluster is refused.
+// a node outside the cluster is refused. Then `flotilla node decommission`
+// moves that replica off again and removes node 4: it exits, is listed
+// removed, and exits again when started on its data; decommissioning one
+// of the 3 nodes left is refused.
 func TestDrainAndMoveCLI(t *testing.T) {
 	c := launch(t, &procCluster{groups: 8, size: 4, startArgs: []string{"--replicas", "3"}})
 	c.waitLed(t, 8)
@@ -109,5 +113,53 @@ func TestDrainAndMoveCLI(t *testing.T) {
 	r = run(t, nil, "move", keys[0], "--from", "9", "--to", "4", "--endpoints", eps)
 	if r.code == 0 || !strings.Contains(r.stderr, "not in the cluster") {
 		t.Fatalf("a move from node 9 exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// Decommission node 4 (it holds one replica again): its replica moves
+	// off, it is listed removed, and the node exits with an error.
+	r = run(t, nil, "node", "decommission", "4", "--endpoints", eps)
+	if r.code != 0 || !strings.Contains(r.stdout, "node 4 decommissioning: 1 replicas left") || !strings.Contains(r.stdout, "node 4 removed in") {
+		t.Fatalf("node decommission 4 exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("decommission:\n%s", r.stdout)
+	select {
+	case err := <-c.nodes[4].exited:
+		c.nodes[4].cmd = nil
+		if err == nil || !strings.Contains(c.nodes[4].stderr.String(), "removed from the cluster") {
+			t.Fatalf("removed node 4 exited with %v:\n%s", err, c.nodes[4].stderr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("node 4 still runs 30s after its removal")
+	}
+	for _, rg := range ranges().Ranges {
+		if slices.Contains(rg.Replicas, 4) || len(rg.Replicas) != 3 {
+			t.Fatalf("after the decommission range %d is on %v", rg.ID, rg.Replicas)
+		}
+	}
+	r = run(t, nil, "node", "list", "-w", "json", "--endpoints", eps)
+	var list api.NodeList
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &list) != nil {
+		t.Fatalf("node list exited %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, n := range list.Nodes {
+		if want := map[bool]string{true: api.NodeRemoved, false: api.NodeLive}[n.ID == 4]; n.State != want {
+			t.Fatalf("node %d listed %q after the decommission, want %q:\n%s", n.ID, n.State, want, r.stdout)
+		}
+	}
+	// Started again on its data, it is refused and exits.
+	c.start(4)
+	select {
+	case err := <-c.nodes[4].exited:
+		c.nodes[4].cmd = nil
+		if err == nil || !strings.Contains(c.nodes[4].stderr.String(), "removed from the cluster") {
+			t.Fatalf("removed node 4 started again exited with %v:\n%s", err, c.nodes[4].stderr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("removed node 4 runs again")
+	}
+	// Three nodes left for 3 replicas: no more.
+	r = run(t, nil, "node", "decommission", "3", "--endpoints", eps)
+	if r.code == 0 || !strings.Contains(r.stderr, "would leave 2 live nodes") {
+		t.Fatalf("node decommission 3 exited %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

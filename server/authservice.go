@@ -104,6 +104,8 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	if err != nil {
 		return nil, err
 	}
+	_, states := s.membershipOf(recs)
+	s.mergeMembership(states) // they only move forward: no older read undoes a newer
 	t, err := tablesOf(recs)
 	if err != nil {
 		return nil, err
@@ -185,12 +187,11 @@ func (s *Server) recheckAuth(ctx context.Context) *auth.Tables {
 	return s.authTables()
 }
 
-// authLoop rereads the user and role tables every AuthRefresh. A failed
-// read keeps the tables the node has (logged once per failure streak).
+// authLoop rereads the user and role tables, and the nodes' membership
+// records (decommission.go), every AuthRefresh; with --insecure only the
+// membership records matter. A failed read keeps what the node has
+// (logged once per failure streak).
 func (s *Server) authLoop() {
-	if s.sec.insecure {
-		return
-	}
 	t := time.NewTicker(s.cfg.AuthRefresh)
 	defer t.Stop()
 	failing := false
@@ -199,7 +200,7 @@ func (s *Server) authLoop() {
 		_, err := s.loadAuth(ctx, false)
 		cancel()
 		if err != nil && !failing && !s.isStopping() {
-			s.log.Warn("reading the user and role tables failed; keeping the last ones", "err", err)
+			s.log.Warn("reading the user and role tables and the membership records failed; keeping the last ones", "err", err)
 		}
 		failing = err != nil
 		select {
@@ -290,10 +291,14 @@ func (a *authService) change(ctx context.Context, fn func(t *auth.Tables) (key, 
 	return nil, status.Errorf(codes.Aborted, "%v; gave up after %d attempts", errAuthConflict, authWriteAttempts)
 }
 
-// tablesOf builds tables from records.
+// tablesOf builds tables from records (the user and role records: the
+// nodes' membership records share the table).
 func tablesOf(recs []kv.KeyValue) (*auth.Tables, error) {
 	return auth.Load(func(yield func(key, value []byte) bool) {
 		for _, r := range recs {
+			if isNodeRecord(r.Key) {
+				continue
+			}
 			if !yield(r.Key, r.Value) {
 				return
 			}

@@ -326,6 +326,8 @@ func needOf(req any) need {
 		return need{admin: "split"}
 	case *api.MergeRequest:
 		return need{admin: "merge"}
+	case *api.DecommissionRequest:
+		return need{admin: "decommission"}
 	}
 	return need{deny: fmt.Sprintf("%T", req)}
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/flotilla/flotilla/api"
 )
 
 // balanceLoop keeps this node from leading more than its share of groups:
@@ -36,6 +38,9 @@ func (s *Server) balanceLoop() {
 		case <-t.C:
 		}
 		now := s.reachableNodes()
+		for id := range s.leavingNodes() {
+			delete(now, id) // a node decommissioning is handed no leadership
+		}
 		if !maps.Equal(now, live) {
 			live, since = now, time.Now()
 			continue
@@ -71,7 +76,7 @@ func (s *Server) viewVersions(buf []uint64) (_ []uint64, ok bool) {
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	for _, id := range s.nodes {
-		if id == s.cfg.NodeID {
+		if id == s.cfg.NodeID || s.membership(id) == api.NodeRemoved {
 			continue
 		}
 		v := s.peers.views[id]

@@ -120,6 +120,9 @@ func (p *peerService) Info(ctx context.Context, req *api.InfoRequest) (*api.Info
 		return nil, status.Errorf(codes.FailedPrecondition, "server: node %d belongs to cluster %x, not %x",
 			p.s.cfg.NodeID, p.s.clusterID, req.ClusterId)
 	}
+	if p.s.membership(req.From) == api.NodeRemoved {
+		return &api.InfoResponse{Removed: true}, nil
+	}
 	resp := &api.InfoResponse{Node: p.s.selfInfo()}
 	v := p.s.groupsVersion()
 	if v != 0 && req.KnownVersion == v {
@@ -178,7 +181,12 @@ func (s *Server) discoverOnce() {
 	}
 	s.peers.Unlock()
 	answers := make(chan answer, len(s.peerConns))
+	asked := 0
 	for id, conn := range s.peerConns {
+		if s.membership(id) == api.NodeRemoved {
+			continue // it holds nothing, and is refused
+		}
+		asked++
 		req := &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID, KnownVersion: known[id]}
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -188,8 +196,19 @@ func (s *Server) discoverOnce() {
 		}()
 	}
 	now := time.Now()
-	for range s.peerConns {
+	s.peers.Lock()
+	for id := range s.peers.views {
+		if s.membership(id) == api.NodeRemoved {
+			delete(s.peers.views, id) // not asked any more: not alive, not waited for
+		}
+	}
+	s.peers.Unlock()
+	for range asked {
 		a := <-answers
+		if a.err == nil && a.resp.Removed {
+			s.removedFromCluster(a.id)
+			continue
+		}
 		// Filtered before the lock: a full answer holds every range of
 		// the peer, and readers of the views wait on the lock.
 		var groups []*api.GroupInfo
@@ -271,7 +290,9 @@ func (s *Server) nodeInfos() []*api.NodeInfo {
 	defer s.peers.Unlock()
 	for _, id := range s.nodes {
 		if id == s.cfg.NodeID {
-			out = append(out, s.selfInfo())
+			n := s.selfInfo()
+			n.Membership = s.membership(id)
+			out = append(out, n)
 			continue
 		}
 		n := &api.NodeInfo{Id: id, PeerAddr: s.cfg.InitialCluster[id]}
@@ -282,6 +303,7 @@ func (s *Server) nodeInfos() []*api.NodeInfo {
 			n.Alive = v.ok
 		}
 		n.Dead = dead[id] && !n.Alive
+		n.Membership = s.membership(id)
 		out = append(out, n)
 	}
 	return out

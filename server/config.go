@@ -114,7 +114,7 @@ type Config struct {
 	BalanceSettle time.Duration
 	// DeadAfter is how long a node must stay unreachable before it is
 	// dead: each range this node leads that has a replica on a dead node
-	// moves that replica to a live node (up-replication; deadLoop). A node
+	// moves that replica to a live node (up-replication; evacuateLoop). A node
 	// that returns sooner keeps its replicas and catches up. Default 5m;
 	// 1s..24h, or negative: never (no up-replication).
 	DeadAfter time.Duration

@@ -1,22 +1,24 @@
 package server
 
 import (
+	"errors"
 	"maps"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 )
 
-// maxDeadMoves bounds the replica moves off dead nodes this node makes at
+// maxDeadMoves bounds the replica moves off leaving nodes this node makes at
 // once: each sends a snapshot, and up-replication must not starve the
 // foreground writes (seed 002: nor delay a heartbeat).
 const maxDeadMoves = 2
 
-// deadMoves is the set of ranges deadLoop is moving replicas of, and
+// deadMoves is the set of ranges evacuateLoop is moving replicas of, and
 // when those whose last move failed may be tried again. mu is a leaf:
-// deadLoop reads them, and the moves' callbacks (on the range store's
+// evacuateLoop reads them, and the moves' callbacks (on the range store's
 // loop) write them.
 type deadMoves struct {
 	mu      sync.Mutex
@@ -24,24 +26,28 @@ type deadMoves struct {
 	retryAt map[uint64]time.Time
 }
 
-// deadRetry is how long a range whose move off a dead node failed waits
+// deadRetry is how long a range whose move off a leaving node failed waits
 // before another: a range that cannot move now (frozen for a merge, its
 // leadership moving) must not take the moves' slots from the others on
 // every pass.
 const deadRetry = 10 * time.Second
 
-// deadLoop up-replicates the ranges of dead nodes: a node unreachable for
-// Config.DeadAfter is dead, and every range this node leads that has a
-// replica there moves it to the live node with the fewest replicas among
-// those without one of that range (ranges.Store.Move), at most
-// maxDeadMoves at a time; a live learner left by a move cut short takes
-// the dead replica's place instead, and a dead learner only goes. A range
-// whose move fails waits deadRetry. A range frozen for a merge with a
-// replica on the dead node cannot move (it applies nothing) nor merge
-// (every replica must apply the freeze first) until that node returns. A node that comes back sooner is left alone;
-// one that comes back later finds its replicas removed (the discovery's
-// CheckRemoved). Started by Start when DeadAfter is positive.
-func (s *Server) deadLoop() {
+// evacuateLoop moves replicas off the nodes that are leaving: those
+// dead (unreachable for Config.DeadAfter, if positive) and those
+// decommissioning (decommission.go). Every range this node leads that has
+// a replica on a leaving node moves it to the member with the fewest
+// replicas among the live ones without one of that range
+// (ranges.Store.Move), at most maxDeadMoves at a time; a live member's
+// learner left by a move cut short takes the leaving replica's place
+// instead, and a leaving learner only goes. A range whose move fails
+// waits deadRetry; one whose leadership this node handed away (it is the
+// node leaving) is the new leader's to move. A range frozen for a merge
+// with a replica on a dead node cannot move (it applies nothing) nor
+// merge (every replica must apply the freeze first) until that node
+// returns. A dead node that comes back sooner is left alone; one that
+// comes back later finds its replicas removed (the discovery's
+// CheckRemoved). Started by Start.
+func (s *Server) evacuateLoop() {
 	t := time.NewTicker(max(s.cfg.DiscoveryInterval, time.Second))
 	defer t.Stop()
 	downSince := map[uint64]time.Time{}
@@ -54,31 +60,37 @@ func (s *Server) deadLoop() {
 		}
 		now := time.Now()
 		live := s.reachableNodes()
-		var dead []uint64
+		members := s.leavingNodes()
+		var leaving []uint64
+		set := map[uint64]bool{}
 		for _, id := range s.nodes {
 			switch {
-			case id == s.cfg.NodeID || live[id]:
+			case members[id] != "":
+				leaving = append(leaving, id)
+				delete(downSince, id)
+				continue
+			case s.cfg.DeadAfter <= 0 || id == s.cfg.NodeID || live[id]:
 				delete(downSince, id)
 			case downSince[id].IsZero():
 				downSince[id] = now
 			case now.Sub(downSince[id]) >= s.cfg.DeadAfter:
-				dead = append(dead, id)
+				leaving = append(leaving, id)
+				set[id] = true
 			}
 		}
-		set := make(map[uint64]bool, len(dead))
-		for _, id := range dead {
-			set[id] = true
-		}
 		s.dead.Store(&set)
-		if len(dead) > 0 {
-			s.moveOffDead(dead, live, dm)
+		if len(leaving) > 0 {
+			for id := range members {
+				delete(live, id) // no replica moves onto a leaving node
+			}
+			s.moveOffDead(leaving, live, dm)
 		}
 	}
 }
 
-// moveOffDead starts the moves of one deadLoop pass, up to maxDeadMoves
-// under way.
-func (s *Server) moveOffDead(dead []uint64, live map[uint64]bool, dm *deadMoves) {
+// moveOffDead starts the moves of one evacuateLoop pass off the leaving
+// nodes leaving, onto the members live, up to maxDeadMoves under way.
+func (s *Server) moveOffDead(leaving []uint64, live map[uint64]bool, dm *deadMoves) {
 	now := time.Now()
 	dm.mu.Lock()
 	busy := maps.Clone(dm.moving)
@@ -94,12 +106,10 @@ func (s *Server) moveOffDead(dead []uint64, live map[uint64]bool, dm *deadMoves)
 	if len(busy) >= maxDeadMoves {
 		return
 	}
-	count := map[uint64]int{}
-	for _, g := range s.groupInfos() {
-		for _, n := range g.Replicas {
-			count[n]++
-		}
-	}
+	// The replica counts, for the choice of targets: taken once a range
+	// to move is found (it walks every range this node knows of; a pass
+	// finds none most of the time: a removed node stays leaving for good).
+	var count map[uint64]int
 	for _, r := range s.ranges.Replicas() {
 		if len(busy) >= maxDeadMoves {
 			return
@@ -108,19 +118,31 @@ func (s *Server) moveOffDead(dead []uint64, live map[uint64]bool, dm *deadMoves)
 		if !ok || busy[r.ID] || waiting[r.ID] {
 			continue
 		}
-		i := slices.IndexFunc(d.Replicas, func(n uint64) bool { return slices.Contains(dead, n) })
+		i := slices.IndexFunc(d.Replicas, func(n uint64) bool { return slices.Contains(leaving, n) })
 		if i < 0 {
 			continue
 		}
 		if l, _, err := s.host.Leader(r.ID); err != nil || l != s.cfg.NodeID {
 			continue
 		}
+		if count == nil {
+			count = map[uint64]int{}
+			for _, g := range s.groupInfos() {
+				for _, n := range g.Replicas {
+					count[n]++
+				}
+			}
+		}
 		from, to := d.Replicas[i], uint64(0)
 		switch {
 		case slices.Contains(d.Learners, from):
-			// A dead learner (a move cut short): it only goes.
+			// A leaving learner (a move cut short): it only goes.
+		case s.memberVoters(d, leaving) >= s.cfg.Replicas:
+			// Enough voters without it: it only goes. (A move whose
+			// leader handed the leadership away, as the node leaving,
+			// promoted its new replica before: this finishes it.)
 		case slices.ContainsFunc(d.Learners, func(n uint64) bool { return live[n] }):
-			// A live learner (a move cut short) takes the dead one's
+			// A live learner (a move cut short) takes the leaving one's
 			// place: a new one would make the range one voter too many.
 			to = d.Learners[slices.IndexFunc(d.Learners, func(n uint64) bool { return live[n] })]
 		default:
@@ -141,19 +163,34 @@ func (s *Server) moveOffDead(dead []uint64, live map[uint64]bool, dm *deadMoves)
 		dm.moving[r.ID] = true
 		dm.mu.Unlock()
 		id := r.ID
-		s.log.Info("moving a replica off a dead node", "group", id, "from", from, "to", to, "desc", d.String())
+		s.log.Info("moving a replica off a leaving node", "group", id, "from", from, "to", to, "desc", d.String())
 		s.ranges.Move(id, from, to, func(nd kv.Descriptor, err error) {
+			handedOff := errors.Is(err, ranges.ErrHandedOff) // the new leader moves it
 			dm.mu.Lock()
 			delete(dm.moving, id)
-			if err != nil {
+			if err != nil && !handedOff {
 				dm.retryAt[id] = time.Now().Add(deadRetry)
 			}
 			dm.mu.Unlock()
-			if err != nil {
-				s.log.Info("moving a replica off a dead node did not finish; trying again later", "group", id, "from", from, "to", to, "err", err, "after", deadRetry)
-				return
+			switch {
+			case handedOff:
+				s.log.Info("handed the leadership away to move this node's replica off it", "group", id)
+			case err != nil:
+				s.log.Info("moving a replica off a leaving node did not finish; trying again later", "group", id, "from", from, "to", to, "err", err, "after", deadRetry)
+			default:
+				s.log.Info("replica moved off a leaving node", "group", id, "from", from, "to", to, "desc", nd.String())
 			}
-			s.log.Info("replica moved off a dead node", "group", id, "from", from, "to", to, "desc", nd.String())
 		})
 	}
+}
+
+// memberVoters counts the voters of d on nodes not leaving.
+func (s *Server) memberVoters(d *kv.Descriptor, leaving []uint64) int {
+	n := 0
+	for _, r := range d.Replicas {
+		if !slices.Contains(d.Learners, r) && !slices.Contains(leaving, r) {
+			n++
+		}
+	}
+	return n
 }

@@ -78,7 +78,7 @@ func (s *Server) forwardMove(ctx context.Context, node uint64, req *api.MoveRequ
 }
 
 // checkMove refuses a move that names a node outside the cluster, or no
-// node, or the same node twice.
+// node, or the same node twice, or onto a node decommissioning or removed.
 func (s *Server) checkMove(from, to uint64) error {
 	switch {
 	case from == 0 && to == 0:
@@ -90,6 +90,9 @@ func (s *Server) checkMove(from, to uint64) error {
 		if n != 0 && !slices.Contains(s.nodes, n) {
 			return status.Errorf(codes.InvalidArgument, "server: node %d is not in the cluster (nodes %v)", n, s.nodes)
 		}
+	}
+	if m := s.membership(to); to != 0 && m != "" {
+		return status.Errorf(codes.InvalidArgument, "server: node %d is %s: no replica moves onto it", to, m)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,35 +36,7 @@ func TestMoveReplica(t *testing.T) {
 	}
 
 	// Writes go on through both moves.
-	var (
-		mu    sync.Mutex
-		acked = map[string]string{}
-		errs  []error
-	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			k, v := fmt.Sprintf("%sw%05d", key, i), fmt.Sprint(i)
-			wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_, err := cl.Put(wctx, []byte(k), []byte(v))
-			cancel()
-			mu.Lock()
-			if err != nil {
-				errs = append(errs, err)
-			} else {
-				acked[k] = v
-			}
-			mu.Unlock()
-		}
-	}()
+	w := startWriter(cl, func(i int) string { return fmt.Sprintf("%sw%05d", key, i) })
 
 	// holders are the range's replicas now; the leader as they see it.
 	holders := slices.Clone(d.Replicas)
@@ -129,18 +100,7 @@ func TestMoveReplica(t *testing.T) {
 		}
 	}
 	move(follower, spare)
-	// Writes between the moves.
-	mu.Lock()
-	before := len(acked)
-	mu.Unlock()
-	waitFor(t, 10*time.Second, "writes between the moves", func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(acked) < before+20 {
-			return fmt.Errorf("%d writes acknowledged since the first move", len(acked)-before)
-		}
-		return nil
-	})
+	w.waitMore(t, 20, "writes between the moves")
 	l := leader()
 	move(l, follower)
 	waitFor(t, 10*time.Second, "a new leader", func() error {
@@ -149,15 +109,7 @@ func TestMoveReplica(t *testing.T) {
 		}
 		return nil
 	})
-	close(stop)
-	wg.Wait()
-
-	if len(errs) > 0 {
-		t.Fatalf("%d writes failed during the moves, first: %v", len(errs), errs[0])
-	}
-	if len(acked) == 0 {
-		t.Fatal("no write went through during the moves")
-	}
+	acked := w.halt(t)
 	for k, v := range acked {
 		got, err := cl.Get(ctx, []byte(k))
 		if err != nil || string(got.Value) != v {

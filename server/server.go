@@ -12,8 +12,8 @@
 //	discoveryLoop      asks every peer for its addresses and leaders
 //	balanceLoop        hands leaderships away while this node leads more
 //	                   than its share
-//	deadLoop           moves the replicas of the ranges it leads off nodes
-//	                   dead for --dead-after (dead.go)
+//	evacuateLoop       moves the replicas of the ranges it leads off nodes
+//	                   dead for --dead-after or decommissioning (dead.go)
 //	watchLoop          stops the node when the Host fails
 //	leaseLoop          takes over the leases of groups this node comes to
 //	                   lead and proposes the expiry of overdue ones
@@ -21,11 +21,12 @@
 //	                   (route.go)
 //	rangeLoop          the ranges' work: split hooks, splits, the split
 //	                   queue and meta repair (internal/ranges, Store.Run)
-//	authLoop           rereads the user and role tables (authservice.go)
+//	authLoop           rereads the user and role tables and the nodes'
+//	                   membership records (authservice.go)
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
-// Server.badTokens.mu, the lease loop's groupSet.mu, deadMoves.mu,
+// Server.badTokens.mu, Server.membersMu, the lease loop's groupSet.mu, deadMoves.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -82,9 +83,17 @@ type Server struct {
 	// rangesReady is ranges once it exists, for the Host's hooks, which
 	// may run before (the transport starts with the Host).
 	rangesReady atomic.Pointer[ranges.Store]
-	// dead is the set of nodes deadLoop found dead on its last pass (nil
+	// dead is the set of nodes evacuateLoop found dead on its last pass (nil
 	// map: none); read by nodeInfos.
 	dead atomic.Pointer[map[uint64]bool]
+	// members holds the nodes decommissioning or removed, with their
+	// state, as last read from the meta range (decommission.go); nil map:
+	// none. Replaced whole under membersMu (a leaf), read without it.
+	members   atomic.Pointer[map[uint64]string]
+	membersMu sync.Mutex
+	// membersSeen: when this node first knew each node in members to be
+	// leaving (membershipSettled). Guarded by membersMu.
+	membersSeen map[uint64]time.Time
 	// cache holds the descriptors of ranges this node learned from the
 	// meta index, to route requests for keys it holds no replica of.
 	cache kv.RangeCache
@@ -438,9 +447,7 @@ func (s *Server) Start() {
 	if s.cfg.BalanceInterval > 0 {
 		s.goLoop(s.balanceLoop)
 	}
-	if s.cfg.DeadAfter > 0 {
-		s.goLoop(s.deadLoop)
-	}
+	s.goLoop(s.evacuateLoop)
 	s.goLoop(s.watchLoop)
 	s.goLoop(s.leaseLoop)
 	s.goLoop(s.leaderWatchLoop)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# A node drained, or killed for good, under load, measured (BENCHMARKS.md,
-# "Draining a node under load" and "A node killed for good"): for ROUNDS
+# A node drained, decommissioned, or killed for good, under load, measured
+# (BENCHMARKS.md, "Draining a node under load", "Decommissioning a node"
+# and "A node killed for good"): for ROUNDS
 # rounds, each on a fresh cluster of 4 local nodes started with
 # --replicas 3 (every range on 3 of the 4), it writes with `flotilla bench
 # put` in back-to-back one-second runs, and after WARM of them:
 #   MODE=drain  runs `flotilla node drain 4`, which moves every replica
 #               off node 4 onto the other three;
+#   MODE=decommission  runs `flotilla node decommission 4`: the leaders of
+#               node 4's ranges move its replicas off, then it is removed
+#               (and exits);
 #   MODE=kill   kills node 4 (SIGKILL) and waits until no range lists it
 #               and every range has 3 replicas again: the nodes up-
 #               replicate once node 4 has been down for --dead-after
@@ -40,7 +44,7 @@ WORKDIR=${WORKDIR:-/tmp/drainbench}
 for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
 done
-[[ $MODE == drain || $MODE == kill ]] || die "MODE=$MODE: want drain or kill"
+[[ $MODE == drain || $MODE == kill || $MODE == decommission ]] || die "MODE=$MODE: want drain, decommission or kill"
 DEADFLAG=()
 [[ $MODE == kill ]] && DEADFLAG=(--dead-after "$DEAD_AFTER")
 for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
@@ -117,6 +121,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   t0=$(date +%s.%N)
   if [[ $MODE == drain ]]; then
     "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
+  elif [[ $MODE == decommission ]]; then
+    "$BIN" node decommission 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: decommission failed: $(cat "$d/drain.out")"
+    grep -q "removed from the cluster" "$d/n4.log" || { sleep 3; grep -q "removed from the cluster" "$d/n4.log"; } ||
+      die "round $r: node 4 did not stop after its removal (logs in $d)"
   else
     kill -KILL "${PIDS[3]}"
     : > "$d/drain.out"
@@ -131,11 +139,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
   python3 - "$d" "$r" "$t0" "$t1" "$MODE" <<'PY'
 import datetime, glob, json, re, statistics, sys
 d, r, t0, t1, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-# Kill mode: the first move off the dead node, from the nodes' logs.
+# The first move off node 4, from the nodes' logs.
 tm = None
 for f in glob.glob(f"{d}/n*.log"):
     for l in open(f, errors="replace"):
-        if "moving a replica off a dead node" in l:
+        if "moving a replica off a leaving node" in l:
             m = re.match(r"time=(\S+)", l)
             if m:
                 t = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
@@ -152,11 +160,14 @@ moving = [b["ops_per_sec"] for b in runs if tm is not None and b["t"] - b["secon
 base = statistics.median(before)
 left = sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
 moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
+m = re.search(r"it held (\d+) replicas when", open(f"{d}/drain.out").read())
+if m:
+    moves = int(m.group(1))
 print(json.dumps({
     "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
-    "first_move_after_kill": round(tm - t0, 2) if tm is not None else None,
+    "first_move": round(tm - t0, 2) if tm is not None else None,
     "moving_ops_per_sec": [round(x) for x in moving],
     "lowest_moving_second_vs_baseline": round(min(moving) / base, 2) if moving else None,
     "bench_errors": sum(b["errors"] for b in runs), "bench_runs_failed": failed,

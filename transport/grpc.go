@@ -101,6 +101,10 @@ type GRPCTransport struct {
 
 	rejectedTotal atomic.Uint64
 
+	// refused is the set of nodes whose frames are refused (Refuse); nil
+	// or absent: none. Copy on write under mu.
+	refused atomic.Pointer[map[uint64]bool]
+
 	resetOff resetSwitches // tests only: parts of the backoff reset turned off
 
 	mu struct {
@@ -326,7 +330,7 @@ func (t *GRPCTransport) AddPeer(id uint64, addr string) {
 		return
 	}
 	t.mu.Lock()
-	if t.mu.closed {
+	if t.mu.closed || t.isRefused(id) {
 		t.mu.Unlock()
 		return
 	}
@@ -364,6 +368,33 @@ func (t *GRPCTransport) RemovePeer(id uint64) {
 	if p != nil {
 		p.stop()
 	}
+}
+
+// Refuse refuses node id from now on: every stream it opens to this node
+// is ended at its first frame (PermissionDenied, counted as
+// RejectRemoved), and this node stops sending to it (RemovePeer). For a
+// node removed from the cluster: it may come back with its old identity
+// and data, and must not take part. It cannot be undone.
+func (t *GRPCTransport) Refuse(id uint64) {
+	t.mu.Lock()
+	old := t.refused.Load()
+	if old == nil || !(*old)[id] {
+		m := map[uint64]bool{id: true}
+		if old != nil {
+			for n := range *old {
+				m[n] = true
+			}
+		}
+		t.refused.Store(&m)
+	}
+	t.mu.Unlock()
+	t.RemovePeer(id)
+}
+
+// isRefused reports whether Refuse refused node id.
+func (t *GRPCTransport) isRefused(id uint64) bool {
+	m := t.refused.Load()
+	return m != nil && (*m)[id]
 }
 
 // publishLocked publishes a copy of mu.peers for the lock-free readers.

@@ -48,6 +48,9 @@ const (
 	// RejectIdentity: the sender's certificate does not name the node its
 	// frames claim to come from (GRPCConfig.CheckPeer).
 	RejectIdentity = "identity"
+	// RejectRemoved: the sender was removed from the cluster
+	// (GRPCTransport.Refuse).
+	RejectRemoved = "removed"
 )
 
 // Defaults and limits of GRPCConfig. A zero field takes its default.

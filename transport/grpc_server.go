@@ -86,6 +86,9 @@ func (t *GRPCTransport) checkFrame(lane frameKind, f *frame) error {
 		return t.rejectStatus(RejectClusterID, codes.FailedPrecondition,
 			"cluster %d, this node is in cluster %d", f.clusterID, t.cfg.ClusterID)
 	}
+	if t.isRefused(f.from) {
+		return t.rejectStatus(RejectRemoved, codes.PermissionDenied, "node %d was removed from the cluster", f.from)
+	}
 	if f.to != t.id {
 		return t.rejectStatus(RejectWrongNode, codes.FailedPrecondition,
 			"frame for node %d reached node %d", f.to, t.id)

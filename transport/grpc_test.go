@@ -419,6 +419,27 @@ func TestRejects(t *testing.T) {
 			t.Fatal("rejected message delivered")
 		}
 	})
+	t.Run("removed node", func(t *testing.T) {
+		a, _ := newNode(t, testConfig(1, "127.0.0.1"), true)
+		b, rb := newNode(t, testConfig(2, "127.0.0.1"), true)
+		mesh(a, b)
+		a.Send([]Envelope{{Group: 1, Msg: app(1, 2, 1, nil)}})
+		if !rb.until(wait, func() bool { return len(rb.messagesLocked()) == 1 }) {
+			t.Fatal("message before the refusal not delivered")
+		}
+		b.Refuse(1)
+		b.AddPeer(1, a.Addr()) // refused: not added back
+		if b.peer(1) != nil {
+			t.Fatal("a refused node was added back as a peer")
+		}
+		for i := uint64(2); i < 5; i++ {
+			a.Send([]Envelope{{Group: 1, Msg: app(1, 2, i, nil)}})
+		}
+		waitCounter(t, b, "rejected", RejectRemoved)
+		if n := rb.count(func(*Envelope) bool { return true }); n != 1 {
+			t.Fatalf("%d messages delivered, want only the one before the refusal", n)
+		}
+	})
 	t.Run("wrong node", func(t *testing.T) {
 		a, _ := newNode(t, testConfig(1, "127.0.0.1"), true)
 		b, rb := newNode(t, testConfig(2, "127.0.0.1"), true)

@@ -27,24 +27,32 @@ replica and its data). The ranges keep serving throughout. Each move is
 printed as it is done; the command ends once N holds no replica, and
 fails if a range has no node to go to.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var node uint64
-			if _, err := fmt.Sscan(args[0], &node); err != nil || node == 0 {
-				return fmt.Errorf("node %q: want a node ID", args[0])
-			}
-			cl, ctx, cancel, err := cf.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer cl.Close()
-			return drain(ctx, cl, node, cmd.OutOrStdout())
-		},
+		RunE: onNode(&cf, func(ctx context.Context, cl *client.Client, node uint64, w io.Writer) error {
+			return drain(ctx, cl, node, w)
+		}),
 	}
 	cf.register(cmd)
 	cf.timeout = 30 * time.Minute // a drain moves many ranges
 	cmd.Flags().Lookup("timeout").DefValue = cf.timeout.String()
 	return cmd
+}
+
+// onNode returns the RunE of a command whose argument is a node ID: it
+// connects as cf says and runs fn with the node.
+func onNode(cf *clientFlags, fn func(ctx context.Context, cl *client.Client, node uint64, w io.Writer) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		var node uint64
+		if _, err := fmt.Sscan(args[0], &node); err != nil || node == 0 {
+			return fmt.Errorf("node %q: want a node ID", args[0])
+		}
+		cl, ctx, cancel, err := cf.connect(cmd)
+		if err != nil {
+			return err
+		}
+		defer cancel()
+		defer cl.Close()
+		return fn(ctx, cl, node, cmd.OutOrStdout())
+	}
 }
 
 // drain moves every replica off node, printing each move to w.

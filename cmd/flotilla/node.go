@@ -15,7 +15,7 @@ func newNodeCmd() *cobra.Command {
 		Use:   "node",
 		Short: "The cluster's nodes",
 	}
-	cmd.AddCommand(newNodeListCmd(), newNodeDrainCmd())
+	cmd.AddCommand(newNodeListCmd(), newNodeDrainCmd(), newNodeDecommissionCmd())
 	return cmd
 }
 

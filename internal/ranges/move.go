@@ -238,9 +238,13 @@ func (s *Store) handOff(m *move, d *kv.Descriptor) {
 	if votes(m.to) {
 		to = m.to
 	} else {
+		// Another voter, one the Host hears from if there is one: a
+		// transfer to a node that is down fails, and would be tried again.
 		for _, v := range d.Replicas {
-			if v != s.cfg.NodeID && votes(v) {
+			if v != s.cfg.NodeID && votes(v) && (to == 0 || !s.cfg.Host.PeerDown(v)) {
 				to = v
+			}
+			if to != 0 && !s.cfg.Host.PeerDown(to) {
 				break
 			}
 		}

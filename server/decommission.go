@@ -1,0 +1,327 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// Decommissioning (`flotilla node decommission N`).
+//
+// The nodes' membership is kept in the meta range, among the server's
+// records (kv's auth table, which kv stores and never interprets), as one
+// record, membershipKey, that lists every node leaving or gone: a line
+// "ID STATE" each, STATE api.NodeDecommissioning or api.NodeRemoved, in
+// ID order. A node not listed is a member. One record for all, written
+// compare-and-set, so that a change is decided on the states of all the
+// nodes as they are (two decommissions at once cannot both pass the check
+// of the nodes left). A node's state only moves forward (none,
+// decommissioning, removed), so of two reads the later state is always
+// the right one, and a node merges what it reads into what it knows
+// (mergeMembership) rather than replacing it. Every node rereads the
+// record with the user and role tables (authLoop, every
+// Config.AuthRefresh), so a change reaches every node within that.
+//
+// What the states do:
+//   - decommissioning: no replica moves onto the node (checkMove,
+//     evacuateLoop's choice of targets), no leadership is handed to it
+//     (balanceLoop), and the leader of each range with a replica there
+//     moves it to a member (evacuateLoop);
+//   - removed: the node holds no replica. Every other node refuses it: the
+//     raft transport ends its streams (transport.GRPCTransport.Refuse) and
+//     discovery answers it only that it was removed, upon which it stops
+//     with ErrRemoved (so `flotilla start` exits 1). Its ID is never given
+//     back.
+//
+// Cluster.Decommission marks the node decommissioning; a later call marks
+// it removed once every node has had the time to read the mark
+// (membershipSettle, so no node still moves a replica onto it) and no
+// replica is left there: by the node's own answer if it answers, and by
+// the meta index, this node's replicas and the live nodes' reports. The
+// CLI calls it until then, printing the count it answers.
+
+// membershipKey is the key of the membership record. User and role
+// records start with "u/" and "r/" (auth.UserKey, auth.RoleKey); every
+// key under "n/" is the nodes' (tablesOf skips them).
+const membershipKey = "n/membership"
+
+// ErrRemoved: this node was removed from the cluster (decommissioned) and
+// may not take part again.
+var ErrRemoved = errors.New("server: this node was removed from the cluster")
+
+// isNodeRecord reports whether a server record is the nodes' rather than
+// the user and role tables'.
+func isNodeRecord(key []byte) bool { return bytes.HasPrefix(key, []byte("n/")) }
+
+// membershipRank orders the states: a node's state only moves up.
+func membershipRank(state string) int {
+	switch state {
+	case api.NodeDecommissioning:
+		return 1
+	case api.NodeRemoved:
+		return 2
+	}
+	return 0
+}
+
+// membershipOf returns the membership record among recs (nil if none) and
+// the states it lists. A line it cannot read (a state from a newer
+// version) is logged and skipped: the user and role tables, read with it,
+// must still load.
+func (s *Server) membershipOf(recs []kv.KeyValue) (raw []byte, states map[uint64]string) {
+	states = map[uint64]string{}
+	for _, r := range recs {
+		if string(r.Key) != membershipKey {
+			continue
+		}
+		raw = r.Value
+		for _, line := range strings.Split(strings.TrimSpace(string(r.Value)), "\n") {
+			id, st, ok := strings.Cut(line, " ")
+			n, err := strconv.ParseUint(id, 10, 64)
+			if !ok || err != nil || n == 0 || membershipRank(st) == 0 {
+				s.log.Warn("skipping a membership line this version cannot read", "line", line)
+				continue
+			}
+			states[n] = st
+		}
+	}
+	return raw, states
+}
+
+// encodeMembership returns the membership record listing states.
+func encodeMembership(states map[uint64]string) []byte {
+	var b []byte
+	for _, id := range slices.Sorted(maps.Keys(states)) {
+		b = fmt.Appendf(b, "%d %s\n", id, states[id])
+	}
+	return b
+}
+
+// membership returns node id's state as this node last read it: "" (a
+// member), api.NodeDecommissioning or api.NodeRemoved.
+func (s *Server) membership(id uint64) string {
+	if m := s.members.Load(); m != nil {
+		return (*m)[id]
+	}
+	return ""
+}
+
+// leavingNodes returns the nodes decommissioning or removed.
+func (s *Server) leavingNodes() map[uint64]string {
+	if m := s.members.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+// mergeMembership takes in states read from the meta range: each node's
+// state moves up, never down (a plain read may be older than what this
+// node knows). A node newly removed is refused from then on; if it is this
+// node, it stops with ErrRemoved.
+func (s *Server) mergeMembership(states map[uint64]string) {
+	s.membersMu.Lock()
+	old := s.leavingNodes()
+	var next map[uint64]string
+	var removed []uint64
+	for id, st := range states {
+		if membershipRank(st) <= membershipRank(old[id]) {
+			continue
+		}
+		if s.membersSeen == nil {
+			s.membersSeen = map[uint64]time.Time{}
+		}
+		if _, ok := s.membersSeen[id]; !ok {
+			s.membersSeen[id] = time.Now()
+		}
+		if next == nil {
+			next = maps.Clone(old)
+			if next == nil {
+				next = map[uint64]string{}
+			}
+		}
+		next[id] = st
+		if st == api.NodeRemoved {
+			removed = append(removed, id)
+		}
+		s.log.Info("node membership changed", "member", id, "state", st)
+	}
+	if next != nil {
+		s.members.Store(&next)
+	}
+	s.membersMu.Unlock()
+	for _, id := range removed {
+		if id == s.cfg.NodeID {
+			s.removedFromCluster(s.cfg.NodeID)
+			continue
+		}
+		s.tr.Refuse(id)
+	}
+}
+
+// removedFromCluster stops this node: by (a record or) node by's word, it
+// was removed from the cluster.
+func (s *Server) removedFromCluster(by uint64) {
+	err := fmt.Errorf("%w (decommissioned; told by node %d): node %d may not come back", ErrRemoved, by, s.cfg.NodeID)
+	if s.serveErr.CompareAndSwap(nil, &err) {
+		s.log.Error("this node was removed from the cluster, stopping", "err", err)
+	}
+	s.halt()
+}
+
+// Decommission serves Cluster.Decommission (see the api and the comment at
+// the top of this file).
+func (c *clusterService) Decommission(ctx context.Context, req *api.DecommissionRequest) (*api.DecommissionResponse, error) {
+	s := c.s
+	resp, err := s.decommission(ctx, req.Node)
+	return resp, s.count("decommission", err)
+}
+
+func (s *Server) decommission(ctx context.Context, node uint64) (*api.DecommissionResponse, error) {
+	if !slices.Contains(s.nodes, node) {
+		return nil, status.Errorf(codes.InvalidArgument, "server: node %d is not in the cluster (nodes %v)", node, s.nodes)
+	}
+	for attempt := 0; attempt < authWriteAttempts; attempt++ {
+		recs, err := s.authRecords(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		raw, states := s.membershipOf(recs)
+		s.mergeMembership(states)
+		next := maps.Clone(states)
+		switch states[node] {
+		case api.NodeRemoved:
+			return &api.DecommissionResponse{State: api.NodeRemoved}, nil
+		case "":
+			var dead map[uint64]bool
+			if p := s.dead.Load(); p != nil {
+				dead = *p
+			}
+			members := 0
+			for _, n := range s.nodes {
+				if n != node && states[n] == "" && !dead[n] {
+					members++
+				}
+			}
+			if members < s.cfg.Replicas {
+				return nil, status.Errorf(codes.InvalidArgument,
+					"server: decommissioning node %d would leave %d live nodes for a replication factor of %d", node, members, s.cfg.Replicas)
+			}
+			next[node] = api.NodeDecommissioning
+		default:
+			n, err := s.replicasOn(ctx, node)
+			if err != nil {
+				return nil, err
+			}
+			if n > 0 || !s.membershipSettled(node) {
+				return &api.DecommissionResponse{State: api.NodeDecommissioning, Replicas: uint32(n)}, nil
+			}
+			next[node] = api.NodeRemoved
+		}
+		cmd := kv.AuthPut([]byte(membershipKey), encodeMembership(next), raw, raw == nil)
+		enc, err := cmd.Encode()
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		out, err := s.proposeRemote(ctx, kv.MetaRangeID, enc)
+		if err != nil {
+			return nil, err
+		}
+		res, err := kv.DecodeResult(out)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "server: membership record: %v", err)
+		}
+		if res.Err != "" {
+			return nil, status.Errorf(codes.FailedPrecondition, "server: %s", res.Err)
+		}
+		if res.OK {
+			s.log.Info("node membership recorded", "member", node, "state", next[node])
+			s.mergeMembership(map[uint64]string{node: next[node]})
+		}
+		// Read again: a new state (ours, or another caller's) is acted on
+		// from what the record says.
+	}
+	return nil, status.Errorf(codes.Aborted, "server: the membership record kept changing; gave up after %d attempts", authWriteAttempts)
+}
+
+// membershipSettled reports whether this node has known node to be
+// decommissioning for membershipSettle: long enough for every node to
+// have read it (each rereads it every AuthRefresh, taken to be the same on
+// every node), so that none still moves a replica onto it.
+func (s *Server) membershipSettled(node uint64) bool {
+	s.membersMu.Lock()
+	at, ok := s.membersSeen[node]
+	s.membersMu.Unlock()
+	return ok && time.Since(at) >= 3*s.cfg.AuthRefresh+time.Second
+}
+
+// replicasOn counts the ranges with a replica (or a learner) on node: by
+// the node's own answer (Peer.Info, all its replicas) when it answers, and
+// by the meta index, this node's replicas and the latest reports of the
+// other live nodes (a move onto the node shows in the range's descriptor
+// before the meta index). A dead node's last report is not counted: its
+// replicas there were removed without it, and should one still be listed
+// after it is removed, the evacuation moves it off.
+func (s *Server) replicasOn(ctx context.Context, node uint64) (int, error) {
+	on := map[uint64]bool{}
+	if node == s.cfg.NodeID {
+		for _, g := range s.localGroups() {
+			on[g.Id] = true
+		}
+	} else if conn := s.peerConns[node]; conn != nil && !s.host.PeerDown(node) {
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := api.NewPeerClient(conn).Info(ictx, &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID}, grpc.MaxCallRecvMsgSize(maxInfoBytes))
+		cancel()
+		if err == nil {
+			for _, g := range resp.Groups {
+				on[g.Id] = true
+			}
+		}
+	}
+	var key []byte
+	for {
+		ds, err := s.metaLookup(ctx, key, kv.MaxMetaUpdate)
+		if err != nil {
+			return 0, err
+		}
+		for _, d := range ds {
+			if d.HasReplica(node) {
+				on[d.ID] = true
+			}
+		}
+		if len(ds) == 0 || len(ds[len(ds)-1].End) == 0 {
+			break
+		}
+		key = ds[len(ds)-1].End
+	}
+	for _, r := range s.ranges.Replicas() {
+		if d, ok := r.Descriptor(); ok && d.HasReplica(node) {
+			on[d.ID] = true
+		}
+	}
+	s.peers.Lock()
+	for _, v := range s.peers.views {
+		if !v.ok {
+			continue
+		}
+		for _, g := range v.groups {
+			if slices.Contains(g.Replicas, node) {
+				on[g.Id] = true
+			}
+		}
+	}
+	s.peers.Unlock()
+	return len(on), nil
+}
