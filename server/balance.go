@@ -24,11 +24,22 @@ import (
 // promise, kept through the balancer), and a flapping node causes no
 // thrash.
 func (s *Server) balanceLoop() {
-	t := time.NewTicker(s.cfg.BalanceInterval)
+	s.settledLoop(s.cfg.BalanceInterval, nil, func(live map[uint64]bool) bool { return s.balanceOnce(live) > 0 })
+}
+
+// settledLoop runs pass every interval, over the live members (reachable,
+// not leaving), once that set has stayed the same for BalanceSettle and
+// ready (if set) holds. A pass that did nothing (pass returns false), over
+// a view (viewVersions) and a set that have not changed since, would do
+// nothing again: it is skipped. (Each pass walks every range; at 10,000
+// idle ranges that was a third of the node's idle CPU.) It returns when
+// the node stops. The loop of balanceLoop and rebalanceLoop.
+func (s *Server) settledLoop(interval time.Duration, ready func() bool, pass func(live map[uint64]bool) bool) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	var live map[uint64]bool
 	var since time.Time
-	// seen and seenLive: the view of the last pass (viewVersions).
+	// seen and seenLive: the view of the last pass that did nothing.
 	var seen []uint64
 	var seenLive map[uint64]bool
 	for {
@@ -39,25 +50,21 @@ func (s *Server) balanceLoop() {
 		}
 		now := s.reachableNodes()
 		for id := range s.leavingNodes() {
-			delete(now, id) // a node decommissioning is handed no leadership
+			delete(now, id) // a node leaving is handed no leadership, nor replica
 		}
 		if !maps.Equal(now, live) {
 			live, since = now, time.Now()
 			continue
 		}
-		if time.Since(since) < s.cfg.BalanceSettle {
+		if time.Since(since) < s.cfg.BalanceSettle || (ready != nil && !ready()) {
 			continue
 		}
-		// A pass that planned no move, over a view that has not changed
-		// since, would find nothing again: skip it. (Each pass walks every
-		// range; at 10,000 idle ranges that was a third of the node's
-		// idle CPU.)
 		v, ok := s.viewVersions(nil)
 		if ok && seen != nil && slices.Equal(v, seen) && maps.Equal(live, seenLive) {
 			continue
 		}
 		seen, seenLive = nil, nil
-		if s.balanceOnce(live) == 0 && ok {
+		if !pass(live) && ok {
 			seen, seenLive = v, live
 		}
 	}

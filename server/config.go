@@ -118,6 +118,13 @@ type Config struct {
 	// that returns sooner keeps its replicas and catches up. Default 5m;
 	// 1s..24h, or negative: never (no up-replication).
 	DeadAfter time.Duration
+	// RebalanceInterval is how often the node that leads the meta range
+	// checks the replica counts of the live members and, while two differ
+	// by 2 or more, moves one replica from the node holding the most to
+	// the one holding the fewest (rebalanceLoop; one move at a time in the
+	// cluster). 0 or negative: off, the default (a `flotilla node drain`
+	// would be undone by it); else 100ms..1h.
+	RebalanceInterval time.Duration
 	// MoveCatchUp is how long a replica move waits for the new replica to
 	// catch up before it undoes its addition, and how long a new replica
 	// left by a move cut short may wait before the range's leader
@@ -371,6 +378,9 @@ func (c *Config) validate() error {
 	}
 	if c.MoveCatchUp < time.Second || c.MoveCatchUp > time.Hour {
 		return bad("move catch-up %v outside 1s..1h", c.MoveCatchUp)
+	}
+	if c.RebalanceInterval > 0 && (c.RebalanceInterval < 100*time.Millisecond || c.RebalanceInterval > time.Hour) {
+		return bad("--rebalance-interval %v outside 100ms..1h (0: off)", c.RebalanceInterval)
 	}
 	if c.DeadAfter > 0 && (c.DeadAfter < time.Second || c.DeadAfter > 24*time.Hour) {
 		return bad("--dead-after %v outside 1s..24h (negative: never)", c.DeadAfter)

@@ -290,21 +290,14 @@ func (s *Server) replicasOn(ctx context.Context, node uint64) (int, error) {
 			}
 		}
 	}
-	var key []byte
-	for {
-		ds, err := s.metaLookup(ctx, key, kv.MaxMetaUpdate)
-		if err != nil {
-			return 0, err
+	ds, err := s.allDescriptors(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, d := range ds {
+		if d.HasReplica(node) {
+			on[d.ID] = true
 		}
-		for _, d := range ds {
-			if d.HasReplica(node) {
-				on[d.ID] = true
-			}
-		}
-		if len(ds) == 0 || len(ds[len(ds)-1].End) == 0 {
-			break
-		}
-		key = ds[len(ds)-1].End
 	}
 	for _, r := range s.ranges.Replicas() {
 		if d, ok := r.Descriptor(); ok && d.HasReplica(node) {

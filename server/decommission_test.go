@@ -9,7 +9,6 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
-	"github.com/flotilla/flotilla/kv"
 )
 
 // Decommissioning node 4 of 4 (3 replicas per range, no dead-node moves)
@@ -95,7 +94,7 @@ func TestDecommission(t *testing.T) {
 	for g := uint64(1); g <= 4; g++ {
 		d, ok := c.nodes[1].descriptor(g)
 		if ok && !d.HasReplica(4) {
-			_, err := cl.Move(ctx, keyOf(&d), 0, 4)
+			_, err := cl.Move(ctx, keyOfRange(&d), 0, 4)
 			if !errors.Is(err, client.ErrInvalidArgument) {
 				t.Fatalf("move of range %d onto decommissioning node 4: %v, want invalid argument", g, err)
 			}
@@ -171,14 +170,6 @@ func TestDecommission(t *testing.T) {
 	if _, _, err := cl.Decommission(ctx, 3); !errors.Is(err, client.ErrInvalidArgument) {
 		t.Fatalf("decommission of node 3 of 3: %v, want invalid argument", err)
 	}
-}
-
-// keyOf returns a key of range d.
-func keyOf(d *kv.Descriptor) []byte {
-	if len(d.Start) == 0 {
-		return []byte{0}
-	}
-	return d.Start
 }
 
 // Two decommissions at once, through two nodes, of 4 nodes with 3

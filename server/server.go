@@ -14,6 +14,8 @@
 //	                   than its share
 //	evacuateLoop       moves the replicas of the ranges it leads off nodes
 //	                   dead for --dead-after or decommissioning (dead.go)
+//	rebalanceLoop      on the meta range's leader, evens out the members'
+//	                   replica counts (rebalance.go; --rebalance-interval)
 //	watchLoop          stops the node when the Host fails
 //	leaseLoop          takes over the leases of groups this node comes to
 //	                   lead and proposes the expiry of overdue ones
@@ -448,6 +450,9 @@ func (s *Server) Start() {
 		s.goLoop(s.balanceLoop)
 	}
 	s.goLoop(s.evacuateLoop)
+	if s.cfg.RebalanceInterval > 0 {
+		s.goLoop(s.rebalanceLoop)
+	}
 	s.goLoop(s.watchLoop)
 	s.goLoop(s.leaseLoop)
 	s.goLoop(s.leaderWatchLoop)

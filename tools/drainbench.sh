@@ -10,6 +10,11 @@
 #   MODE=decommission  runs `flotilla node decommission 4`: the leaders of
 #               node 4's ranges move its replicas off, then it is removed
 #               (and exits);
+#   MODE=rebalance  before the bench, drains node 4 and restarts every
+#               node with --rebalance-interval 1s (--balance-settle 20s);
+#               then waits until the rebalancer evened the replica counts
+#               out (within 1): an empty node filled, as after a node
+#               joins;
 #   MODE=kill   kills node 4 (SIGKILL) and waits until no range lists it
 #               and every range has 3 replicas again: the nodes up-
 #               replicate once node 4 has been down for --dead-after
@@ -44,7 +49,7 @@ WORKDIR=${WORKDIR:-/tmp/drainbench}
 for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
 done
-[[ $MODE == drain || $MODE == kill || $MODE == decommission ]] || die "MODE=$MODE: want drain, decommission or kill"
+[[ $MODE == drain || $MODE == kill || $MODE == decommission || $MODE == rebalance ]] || die "MODE=$MODE: want drain, decommission, kill or rebalance"
 DEADFLAG=()
 [[ $MODE == kill ]] && DEADFLAG=(--dead-after "$DEAD_AFTER")
 for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
@@ -98,13 +103,14 @@ b = json.load(sys.stdin); b["t"] = time.time(); print(json.dumps(b), flush=True)
   done
 }
 
-for ((r = 1; r <= ROUNDS; r++)); do
-  d=$WORKDIR/r$r
-  rm -rf "$d"; mkdir -p "$d"
+# start_nodes DIR [FLAG...]: starts the N nodes on DIR's data (logs
+# appended) with the extra flags, and waits until they are ready.
+start_nodes() {
+  local d=$1; shift
   for ((i = 1; i <= N; i++)); do
     "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 ${DEADFLAG[@]+"${DEADFLAG[@]}"} --initial-cluster "$CLUSTER" \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
-      --insecure > "$d/n$i.log" 2>&1 &
+      --insecure "$@" >> "$d/n$i.log" 2>&1 &
     PIDS+=($!)
   done
   for ((t = 0; t < 120; t++)); do
@@ -114,6 +120,32 @@ for ((r = 1; r <= ROUNDS; r++)); do
     sleep 0.5
   done
   ((ok == N)) || die "round $r: the cluster did not become ready (logs in $d)"
+}
+
+# balanced: every range has 3 replicas and no learner, and the nodes'
+# replica counts differ by at most 1.
+balanced() {
+  "$BIN" ranges -w json --endpoints "$EPS" --timeout 5s 2>/dev/null | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["ranges"]
+c = {n: 0 for n in range(1, '"$N"' + 1)}
+for r in rs:
+    for n in r["replicas"]:
+        c[n] += 1
+sys.exit(0 if rs and all(len(r["replicas"]) == 3 and not r.get("learners") for r in rs) and max(c.values()) - min(c.values()) <= 1 else 1)'
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  d=$WORKDIR/r$r
+  rm -rf "$d"; mkdir -p "$d"
+  start_nodes "$d"
+  if [[ $MODE == rebalance ]]; then
+    # Node 4 emptied, then every node restarted with the rebalancer on
+    # (settling for 20 s, so that the bench's warm-up comes first).
+    "$BIN" node drain 4 --endpoints "$EPS" > "$d/emptied.out" 2>&1 || die "round $r: drain failed: $(cat "$d/emptied.out")"
+    stop
+    start_nodes "$d" --rebalance-interval 1s --balance-settle 20s
+  fi
   echo "drainbench: round $r: bench put in 1s runs; $MODE of node 4 after $WARM of them" >&2
   bench_loop "$d/bench.jsonl" &
   BENCH=$!
@@ -121,6 +153,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   t0=$(date +%s.%N)
   if [[ $MODE == drain ]]; then
     "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
+  elif [[ $MODE == rebalance ]]; then
+    : > "$d/drain.out"
+    for ((t = 0; t < 600; t++)); do balanced && break; sleep 1; done
+    balanced || die "round $r: not balanced 600 s after the restart (logs in $d)"
   elif [[ $MODE == decommission ]]; then
     "$BIN" node decommission 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: decommission failed: $(cat "$d/drain.out")"
     grep -q "removed from the cluster" "$d/n4.log" || { sleep 3; grep -q "removed from the cluster" "$d/n4.log"; } ||
@@ -143,7 +179,7 @@ d, r, t0, t1, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sy
 tm = None
 for f in glob.glob(f"{d}/n*.log"):
     for l in open(f, errors="replace"):
-        if "moving a replica off a leaving node" in l:
+        if "moving a replica off a leaving node" in l or 'msg="rebalancing a replica" ' in l:
             m = re.match(r"time=(\S+)", l)
             if m:
                 t = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
@@ -163,8 +199,15 @@ moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
 m = re.search(r"it held (\d+) replicas when", open(f"{d}/drain.out").read())
 if m:
     moves = int(m.group(1))
+counts = {}
+for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
+    for n in rg["replicas"]:
+        counts[n] = counts.get(n, 0) + 1
+if mode == "rebalance":
+    moves = sum(sum(1 for l in open(f) if 'msg="rebalancing a replica" ' in l) for f in glob.glob(f"{d}/n*.log"))
 print(json.dumps({
     "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
+    "replicas_per_node": [counts.get(n, 0) for n in sorted(counts)],
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
     "first_move": round(tm - t0, 2) if tm is not None else None,

@@ -55,8 +55,11 @@ Without --sim it starts --nodes real 'flotilla start' processes on
 while injecting faults (blackhole and partition need root and iptables;
 kill is SIGKILL and restart; pause is SIGSTOP and SIGCONT; transfer turns
 on the nodes' leader balancer, which moves leaders with
-TransferLeadership), heals, and checks. The history and porcupine's HTML
-rendering are written under --out.
+TransferLeadership; lose, with --nodes 4 or 5, kills one node for good a
+quarter into the run, on nodes started with --replicas 3, --dead-after 3s
+and merges off, and after healing waits until its ranges are up-replicated
+onto the others), heals, and checks. The history and porcupine's HTML rendering are
+written under --out.
 
 Independent keys (without --sim): --keys keys are in use at once, but each
 takes at most --key-ops operations; then it is retired and a fresh key takes

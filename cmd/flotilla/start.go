@@ -27,6 +27,7 @@ func newStartCmd() *cobra.Command {
 		electionTicks, heartbeatTicks                            int
 		logLevel                                                 string
 		balanceInterval, balanceSettle, shutdownGrace, deadAfter time.Duration
+		rebalance                                                time.Duration
 		noSync, noQuiesce                                        bool
 		workers                                                  int
 		rangeMax, rangeMin                                       string
@@ -88,6 +89,7 @@ leaderships away, flushes storage and exits 0.`,
 				BalanceInterval:    balanceInterval,
 				BalanceSettle:      balanceSettle,
 				DeadAfter:          deadAfter,
+				RebalanceInterval:  rebalance,
 				DisableSync:        noSync,
 				DisableQuiesce:     noQuiesce,
 				Workers:            workers,
@@ -147,6 +149,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&balanceInterval, "balance-interval", 2*time.Second, "how often to hand away leaderships beyond this node's share; negative disables")
 	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
+	f.DurationVar(&rebalance, "rebalance-interval", 0, "how often the meta range's leader evens out the replica counts of the live nodes, one move at a time (100ms..1h; 0: off)")
 	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long a node must stay unreachable before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")

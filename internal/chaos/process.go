@@ -47,6 +47,8 @@ type ProcConfig struct {
 	NoSync bool
 	// HistoryRetention is --history-retention ("": the node's default).
 	HistoryRetention string
+	// Args are more `flotilla start` flags, added to every node's.
+	Args []string
 }
 
 func (c *ProcConfig) setDefaults() error {
@@ -225,6 +227,7 @@ func (c *ProcCluster) spawn(p *Proc) (*exec.Cmd, chan struct{}, error) {
 	if c.cfg.HistoryRetention != "" {
 		args = append(args, "--history-retention="+c.cfg.HistoryRetention)
 	}
+	args = append(args, c.cfg.Args...)
 	cmd := exec.Command(c.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -301,6 +304,13 @@ func (c *ProcCluster) Terminate(id uint64, bound time.Duration) error {
 		return fmt.Errorf("chaos: node %d did not exit within %v of SIGTERM", id, bound)
 	}
 	return err
+}
+
+// Running reports whether node id's process runs (paused or not).
+func (c *ProcCluster) Running(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.procs[id-1].cmd != nil
 }
 
 // running returns the nodes that run and are not paused.

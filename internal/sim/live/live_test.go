@@ -30,12 +30,7 @@ func TestLive(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "flotilla")
-	build := exec.Command("go", "build", "-o", bin, "github.com/flotilla/flotilla/cmd/flotilla")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	dir, bin := buildBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := Config{Binary: bin, Dir: filepath.Join(dir, "run"), Duration: 10 * time.Second, Seed: 1, Progress: testWriter{t}}
@@ -97,6 +92,52 @@ func TestLive(t *testing.T) {
 	if most != res.MaxKeyOps {
 		t.Fatalf("max_key_ops %d, history's largest key has %d", res.MaxKeyOps, most)
 	}
+}
+
+// TestLiveLose: 4 real nodes with 3 replicas per range; a quarter into the
+// faulty phase one node is killed for good while others are killed and
+// paused and come back; the nodes up-replicate its ranges onto the three
+// left (--dead-after 2s), the run waits until every range has 3 replicas
+// without it, and the history is linearizable with no acknowledged write
+// lost (the final reads read every key back).
+func TestLiveLose(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	dir, bin := buildBinary(t)
+	if _, err := Run(context.Background(), Config{Binary: bin, Nodes: 3, Nemesis: "lose"}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("lose on 3 nodes: %v, want ErrInvalidConfig", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := Config{Binary: bin, Dir: filepath.Join(dir, "run"), Nodes: 4, Groups: 8, Duration: 12 * time.Second, Seed: 2,
+		Nemesis: "lose,kill,pause", DeadAfter: 2 * time.Second, Watchers: -1, Progress: testWriter{t}}
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(res)
+	t.Logf("%s", b)
+	if res.Linearizable != sim.VerdictOK || res.LostAcks != 0 || res.Status() != StatusOK {
+		t.Fatalf("linearizable=%v (illegal %q, unknown %q) lost_acks=%d status=%d; see %s",
+			res.Linearizable, res.IllegalKeys, res.UnknownKeys, res.LostAcks, res.Status(), res.Visualization)
+	}
+	if res.LostNode == 0 || res.UpReplicatedAfter <= 0 || res.Ops < 100 {
+		t.Fatalf("lost node %d, up-replicated after %.1fs, %d ops", res.LostNode, res.UpReplicatedAfter, res.Ops)
+	}
+}
+
+// buildBinary builds the flotilla binary into a new temporary directory,
+// and returns the directory and the binary's path.
+func buildBinary(t *testing.T) (dir, bin string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin = filepath.Join(dir, "flotilla")
+	build := exec.Command("go", "build", "-o", bin, "github.com/flotilla/flotilla/cmd/flotilla")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return dir, bin
 }
 
 // TestTakeKey: each slot's key takes KeyOps operations, then a fresh key

@@ -1,0 +1,228 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/kv"
+)
+
+// rebalanceLoop evens out the replica counts of the live members
+// (Config.RebalanceInterval; started by Start when it is positive). Every
+// interval, on the node that leads the meta range, with every member
+// (not dead, not leaving) reachable and the set of them unchanged for
+// BalanceSettle, and no move under way anywhere (no range has a learner):
+// first, a range with more voters than Config.Replicas on members loses
+// the one on the member holding the most replicas (a move cut short after
+// its promotion leaves one too many; nothing else removes it); else, if
+// two members' counts differ by 2 or more, it moves one replica of a range
+// from the member holding the most to the one holding the fewest, among
+// the ranges where that is a move (pickRebalance), and waits for the move
+// (Cluster.Move's path: forwarded to the range's leader, which hands its
+// leadership away first if it is the one leaving). A range whose move
+// failed waits deadRetry before it is picked again, so that one range that
+// cannot move (frozen for a merge) does not hold the others. One decider
+// and one move at a time, as long as the meta range has one leader (two
+// nodes that both see themselves leading it for a moment may pick the same
+// move, which the range's leader then makes once): the counts, from the
+// meta index, are those the last move left, and no two nodes chase each
+// other's moves. The leaderships follow by balanceLoop, which hands them
+// to the members that lead less than their share. Nodes dead or leaving
+// are neither sources nor targets: evacuateLoop moves their replicas; a
+// member down, not yet dead, holds the rebalancer until it is back or
+// dead.
+func (s *Server) rebalanceLoop() {
+	rb := &rebalancer{retryAt: map[uint64]time.Time{}}
+	s.settledLoop(s.cfg.RebalanceInterval, s.leadsMeta, func(live map[uint64]bool) bool { return s.rebalanceOnce(live, rb) })
+}
+
+// rebalancer is rebalanceLoop's state: when each range whose move failed
+// may be picked again. Owned by the loop.
+type rebalancer struct {
+	retryAt map[uint64]time.Time
+}
+
+// leadsMeta reports whether this node leads the meta range.
+func (s *Server) leadsMeta() bool {
+	l, _, err := s.host.Leader(kv.MetaRangeID)
+	return err == nil && l == s.cfg.NodeID
+}
+
+// rebalanceOnce makes at most one move (rebalanceLoop), and waits for it.
+// It reports whether it tried one.
+func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
+	var dead map[uint64]bool
+	if p := s.dead.Load(); p != nil {
+		dead = *p
+	}
+	var members []uint64
+	for _, n := range s.nodes {
+		switch {
+		case s.membership(n) != "" || dead[n]:
+		case !live[n]:
+			return false // a member down: its replicas are not to be counted as gone, nor added to
+		default:
+			members = append(members, n)
+		}
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	ds, err := s.allDescriptors(ctx)
+	cancel()
+	if err != nil {
+		return true // not known to be balanced
+	}
+	count := map[uint64]int{}
+	for _, d := range ds {
+		if len(d.Learners) > 0 {
+			return true // a move under way: the counts are about to change
+		}
+		for _, r := range d.Replicas {
+			count[r]++
+		}
+	}
+	now := time.Now()
+	for id, at := range rb.retryAt {
+		if !now.Before(at) {
+			delete(rb.retryAt, id)
+		}
+	}
+	waiting := func(id uint64) bool { _, ok := rb.retryAt[id]; return ok }
+	from, to, d := pickTrim(members, count, ds, s.cfg.Replicas, waiting)
+	if d == nil {
+		from, to, d = pickRebalance(members, count, ds, waiting)
+	}
+	if d == nil {
+		return len(rb.retryAt) > 0 // a range waiting may move later: not balanced
+	}
+	s.log.Info("rebalancing a replica", "group", d.ID, "from", from, "to", to, "from_replicas", count[from], "to_replicas", count[to])
+	if !s.rebalanceMove(d, from, to) {
+		rb.retryAt[d.ID] = time.Now().Add(deadRetry)
+	}
+	return true
+}
+
+// rebalanceMove makes the move of range d from node from to node to
+// (to 0: only the removal), asking again while it is cut short, and
+// reports whether it finished.
+func (s *Server) rebalanceMove(d *kv.Descriptor, from, to uint64) bool {
+	ctx, cancel := context.WithTimeout(s.ctx, 2*s.cfg.MoveCatchUp)
+	defer cancel()
+	c := &clusterService{s: s}
+	req := &api.MoveRequest{Key: keyOfRange(d), From: from, To: to}
+	// A move cut short (its range's leadership moved: the balancer hands
+	// leaderships to the node that gains replicas) is finished by asking
+	// again, at once: left as it is, its learner would hold every later
+	// pass (a range has a learner) until the range's leader removes it,
+	// MoveCatchUp later (a minute by default; measured: a 1-minute stall
+	// in each of the first rebalancing runs). It is asked again only while
+	// this node still decides, and while the range still has a replica on
+	// from or to: a move whose source went meanwhile (another move) would
+	// only add a replica.
+	for attempt := 1; ; attempt++ {
+		_, err := c.Move(ctx, req)
+		if err == nil {
+			return true
+		}
+		code := status.Code(err)
+		if attempt == rebalanceAttempts || (code != codes.FailedPrecondition && code != codes.Unavailable) || !s.leadsMeta() {
+			s.log.Info("rebalancing a replica did not finish; trying again later", "group", d.ID, "from", from, "to", to, "attempts", attempt, "err", err)
+			return false
+		}
+		if nd, ok := s.descriptor(d.ID); ok && !nd.HasReplica(from) && (to == 0 || !nd.HasReplica(to)) {
+			s.log.Info("rebalancing a replica: the range changed under the move; leaving it", "group", d.ID, "from", from, "to", to, "desc", nd.String())
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// rebalanceAttempts bounds the tries of one rebalancing move.
+const rebalanceAttempts = 10
+
+// pickTrim chooses a range of ds with more than replicas voters on
+// members, none waiting, and the voter to remove: the one on the member
+// holding the most replicas. nil: none.
+func pickTrim(members []uint64, count map[uint64]int, ds []kv.Descriptor, replicas int, waiting func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
+	for k := range ds {
+		if waiting(ds[k].ID) {
+			continue
+		}
+		var on []uint64
+		for _, r := range ds[k].Replicas {
+			if slices.Contains(members, r) && !slices.Contains(ds[k].Learners, r) {
+				on = append(on, r)
+			}
+		}
+		if len(on) <= replicas {
+			continue
+		}
+		from = on[0]
+		for _, r := range on[1:] {
+			if count[r] > count[from] {
+				from = r
+			}
+		}
+		return from, 0, &ds[k]
+	}
+	return 0, 0, nil
+}
+
+// pickRebalance chooses a move that evens out count over members: from
+// the member holding the most replicas to the one holding the fewest, if
+// they differ by 2 or more, of the first range of ds (in key order) with
+// a voter on the first and no replica on the second, and not waiting;
+// else the next pair. nil: balanced, or no range to move.
+func pickRebalance(members []uint64, count map[uint64]int, ds []kv.Descriptor, waiting func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
+	byCount := slices.Clone(members)
+	slices.SortStableFunc(byCount, func(a, b uint64) int { return count[a] - count[b] })
+	for i := len(byCount) - 1; i > 0; i-- {
+		for j := 0; j < i; j++ {
+			hi, lo := byCount[i], byCount[j]
+			if count[hi]-count[lo] < 2 {
+				break
+			}
+			for k := range ds {
+				if !waiting(ds[k].ID) && ds[k].HasReplica(hi) && !ds[k].HasReplica(lo) {
+					return hi, lo, &ds[k]
+				}
+			}
+		}
+	}
+	return 0, 0, nil
+}
+
+// allDescriptors returns every range's descriptor from the meta index, in
+// key order.
+func (s *Server) allDescriptors(ctx context.Context) ([]kv.Descriptor, error) {
+	var out []kv.Descriptor
+	var key []byte
+	for {
+		ds, err := s.metaLookup(ctx, key, kv.MaxMetaUpdate)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ds...)
+		if len(ds) == 0 || len(ds[len(ds)-1].End) == 0 {
+			return out, nil
+		}
+		key = ds[len(ds)-1].End
+	}
+}
+
+// keyOfRange returns a key of range d: its start, or the smallest key
+// for the first range (whose start is empty).
+func keyOfRange(d *kv.Descriptor) []byte {
+	if len(d.Start) == 0 {
+		return []byte{0}
+	}
+	return d.Start
+}

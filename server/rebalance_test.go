@@ -1,0 +1,183 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/kv"
+)
+
+// pickRebalance moves from the member holding the most to the one holding
+// the fewest, only while they differ by 2 or more, and only a range
+// that has a voter on the first and no replica on the second.
+func TestPickRebalance(t *testing.T) {
+	d := func(id uint64, replicas ...uint64) kv.Descriptor {
+		return kv.Descriptor{ID: id, Replicas: replicas}
+	}
+	for _, tc := range []struct {
+		name     string
+		members  []uint64
+		count    map[uint64]int
+		ds       []kv.Descriptor
+		from, to uint64
+		rng      uint64 // 0: no move
+	}{
+		{"balanced", []uint64{1, 2, 3}, map[uint64]int{1: 2, 2: 1, 3: 2}, []kv.Descriptor{d(1, 1, 3), d(2, 1, 2, 3)}, 0, 0, 0},
+		{"empty node", []uint64{1, 2, 3, 4}, map[uint64]int{1: 2, 2: 2, 3: 2}, []kv.Descriptor{d(1, 1, 2, 3), d(2, 1, 2, 3)}, 3, 4, 1},
+		{"first range has both", []uint64{1, 2}, map[uint64]int{1: 3, 2: 1}, []kv.Descriptor{d(1, 1, 2), d(2, 1), d(3, 1)}, 1, 2, 2},
+		{"next pair", []uint64{1, 2, 3}, map[uint64]int{1: 4, 2: 2, 3: 1}, []kv.Descriptor{d(1, 1, 3), d(2, 1, 3), d(3, 1, 3), d(4, 1, 2, 3)}, 1, 2, 1},
+		{"nothing to move", []uint64{1, 2}, map[uint64]int{1: 2, 2: 0}, []kv.Descriptor{d(1, 1, 2)}, 0, 0, 0},
+		{"the only candidate waits", []uint64{1, 2}, map[uint64]int{1: 3, 2: 1}, []kv.Descriptor{d(7, 1), d(2, 1, 2)}, 0, 0, 0},
+		{"a waiting range is skipped", []uint64{1, 2}, map[uint64]int{1: 3, 2: 1}, []kv.Descriptor{d(7, 1), d(2, 1)}, 1, 2, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from, to, got := pickRebalance(tc.members, tc.count, tc.ds, func(id uint64) bool { return id == 7 })
+			if tc.rng == 0 {
+				if got != nil {
+					t.Fatalf("moved range %d from %d to %d, want no move", got.ID, from, to)
+				}
+				return
+			}
+			if got == nil || got.ID != tc.rng || from != tc.from || to != tc.to {
+				t.Fatalf("got %v from %d to %d, want range %d from %d to %d", got, from, to, tc.rng, tc.from, tc.to)
+			}
+		})
+	}
+}
+
+// pickTrim takes a voter off a range with more than the replication
+// factor on members, the one on the member holding the most, and skips
+// the voters on nodes that are not members and waiting ranges.
+func TestPickTrim(t *testing.T) {
+	ds := []kv.Descriptor{
+		{ID: 1, Replicas: []uint64{1, 2, 3}},
+		{ID: 2, Replicas: []uint64{1, 2, 3, 9}},                        // 9 is not a member: 3 voters on members
+		{ID: 3, Replicas: []uint64{1, 2, 3, 4}},                        // waiting
+		{ID: 4, Replicas: []uint64{1, 2, 3, 4}, Learners: []uint64{4}}, // a learner is no voter
+		{ID: 5, Replicas: []uint64{1, 2, 3, 4}},
+	}
+	count := map[uint64]int{1: 5, 2: 5, 3: 7, 4: 3}
+	from, to, d := pickTrim([]uint64{1, 2, 3, 4}, count, ds, 3, func(id uint64) bool { return id == 3 })
+	if d == nil || d.ID != 5 || from != 3 || to != 0 {
+		t.Fatalf("got %v from %d to %d, want range 5's voter on node 3 removed", d, from, to)
+	}
+	if _, _, d := pickTrim([]uint64{1, 2, 3, 4}, count, ds[:4], 3, func(id uint64) bool { return id == 3 }); d != nil {
+		t.Fatalf("trimmed range %d, want none", d.ID)
+	}
+}
+
+// A node emptied by moves gets its share back once the nodes run with a
+// rebalance interval: 4 nodes, 8 ranges of 3 replicas; node 4's 6
+// replicas are moved to nodes 1-3 (8, 8, 8, 0), then every node is
+// restarted with --rebalance-interval, and the rebalancer moves replicas
+// back until every node holds 6, with every range at 3 voters, no
+// learner, every key reading back, and the leaderships spread (at most 2
+// of the 8 per node).
+func TestRebalance(t *testing.T) {
+	c := startClusterWith(t, 4, 8, func(cfg *Config) { cfg.Replicas = 3; cfg.DeadAfter = -1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := c.client()
+	for i := range 64 {
+		if _, err := cl.Put(ctx, fmt.Appendf(nil, "%02x-k", i*4), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts := func() (map[uint64]int, []kv.Descriptor, error) {
+		var s *Server
+		for _, n := range c.nodes {
+			s = n
+			break
+		}
+		ds, err := s.allDescriptors(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		count := map[uint64]int{}
+		for _, d := range ds {
+			for _, r := range d.Replicas {
+				count[r]++
+			}
+		}
+		return count, ds, nil
+	}
+	_, ds, err := counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ds {
+		if !ds[i].HasReplica(4) {
+			continue
+		}
+		to := uint64(1)
+		for to <= 3 && ds[i].HasReplica(to) {
+			to++
+		}
+		if _, err := cl.Move(ctx, keyOfRange(&ds[i]), 4, to); err != nil {
+			t.Fatalf("move of range %d off node 4: %v", ds[i].ID, err)
+		}
+	}
+	if count, _, err := counts(); err != nil || count[4] != 0 {
+		t.Fatalf("after the moves node 4 holds %d replicas (%v)", count[4], err)
+	}
+
+	c.stopAll()
+	c.tweak = func(cfg *Config) {
+		cfg.Replicas = 3
+		cfg.DeadAfter = -1
+		cfg.RebalanceInterval = 100 * time.Millisecond
+	}
+	for id := uint64(1); id <= 4; id++ {
+		c.start(id, nil)
+	}
+	c.waitLeaders()
+	cl = c.client() // the client addresses are new
+	start := time.Now()
+	waitFor(t, 90*time.Second, "every node at 6 replicas", func() error {
+		count, ds, err := counts()
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			if len(d.Replicas) != 3 || len(d.Learners) != 0 {
+				return fmt.Errorf("range %d on %v, learners %v", d.ID, d.Replicas, d.Learners)
+			}
+		}
+		for id := uint64(1); id <= 4; id++ {
+			if count[id] != 6 {
+				return fmt.Errorf("replica counts %v", count)
+			}
+		}
+		return nil
+	})
+	t.Logf("balanced %v after the restart", time.Since(start).Round(time.Millisecond))
+	waitFor(t, 30*time.Second, "leaderships spread", func() error {
+		leads := map[uint64]int{}
+		_, ds, err := counts()
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			l, _, err := c.nodes[d.Replicas[0]].Host().Leader(d.ID)
+			if err != nil || l == 0 || !slices.Contains(d.Replicas, l) {
+				return fmt.Errorf("range %d: leader %d (%v)", d.ID, l, err)
+			}
+			leads[l]++
+		}
+		for id, n := range leads {
+			if n > 2 {
+				return fmt.Errorf("node %d leads %d ranges (%v)", id, n, leads)
+			}
+		}
+		return nil
+	})
+	for i := range 64 {
+		k := fmt.Appendf(nil, "%02x-k", i*4)
+		if kv, err := cl.Get(ctx, k); err != nil || string(kv.Value) != "v" {
+			t.Fatalf("get %s: %q %v", k, kv.Value, err)
+		}
+	}
+}
