@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/transport"
 )
 
 // Sentinel errors. Check them with errors.Is.
@@ -168,6 +169,14 @@ type Config struct {
 	// from the meta range: the longest a change of them takes to reach
 	// this node. Default 1s; limits 10ms..1m.
 	AuthRefresh time.Duration
+	// SnapshotRate bounds the snapshot data this node sends (replica
+	// moves, replicas catching up), in bytes per second over all its
+	// peers, so that moves do not starve the foreground writes. Default
+	// DefaultSnapshotRate (64 MiB/s); at least 1 MiB/s; negative: no bound.
+	SnapshotRate int64
+	// MaxSnapshotsInFlight bounds the snapshots this node sends at once,
+	// over all its peers. Default 2; 1..64.
+	MaxSnapshotsInFlight int
 	// MaxConnStreams bounds the requests (gRPC streams) one connection to
 	// the client listener may have in flight; a client past it waits on its
 	// side, so a flood from one connection slows that connection only.
@@ -322,6 +331,12 @@ func (c *Config) setDefaults() {
 	if c.AuthRefresh == 0 {
 		c.AuthRefresh = time.Second
 	}
+	if c.SnapshotRate == 0 {
+		c.SnapshotRate = DefaultSnapshotRate
+	}
+	if c.MaxSnapshotsInFlight == 0 {
+		c.MaxSnapshotsInFlight = transport.DefaultMaxSnapshotsInFlight
+	}
 	if c.MaxConnStreams == 0 {
 		c.MaxConnStreams = 1024
 	}
@@ -406,11 +421,22 @@ func (c *Config) validate() error {
 	if c.AuthRefresh < 10*time.Millisecond || c.AuthRefresh > time.Minute {
 		return bad("auth refresh %v outside 10ms..1m", c.AuthRefresh)
 	}
+	if c.SnapshotRate > 0 && c.SnapshotRate < 1<<20 {
+		return bad("--snapshot-rate %d B/s under 1MiB (negative: no bound)", c.SnapshotRate)
+	}
+	if c.MaxSnapshotsInFlight < 1 || c.MaxSnapshotsInFlight > 64 {
+		return bad("--snapshots-in-flight %d outside 1..64", c.MaxSnapshotsInFlight)
+	}
 	if c.MaxConnStreams < 1 || c.MaxConnStreams > 1<<20 {
 		return bad("--max-conn-streams %d outside 1..%d", c.MaxConnStreams, 1<<20)
 	}
 	return nil
 }
+
+// DefaultSnapshotRate is the default of Config.SnapshotRate
+// (--snapshot-rate): 64 MiB/s, a quarter to a half of what one SSD
+// writes, so that snapshots leave room for the writes of the ranges.
+const DefaultSnapshotRate = 64 << 20
 
 // DefaultDeadAfter is the default of Config.DeadAfter (--dead-after).
 const DefaultDeadAfter = 5 * time.Minute

@@ -265,10 +265,13 @@ func New(cfg Config) (s *Server, err error) {
 		ClusterID:   s.clusterID,
 		PeerAddr:    cfg.PeerAddr,
 		SnapshotDir: snapDir,
-		TLS:         s.sec.peerTLS(),
-		CheckPeer:   s.sec.checkPeer(s.nodes),
-		Registerer:  s.reg,
-		Logger:      s.log,
+		// No bound below 0 (the transport's 0).
+		SnapshotRate:         max(cfg.SnapshotRate, 0),
+		MaxSnapshotsInFlight: cfg.MaxSnapshotsInFlight,
+		TLS:                  s.sec.peerTLS(),
+		CheckPeer:            s.sec.checkPeer(s.nodes),
+		Registerer:           s.reg,
+		Logger:               s.log,
 	}
 	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg), s.sec.peerServerOption(),
 		grpc.ChainUnaryInterceptor(s.freezer.unary, s.sec.peerMember(s.nodes)), grpc.ChainStreamInterceptor(s.freezer.stream))...)

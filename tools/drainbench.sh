@@ -30,6 +30,11 @@
 # Environment overrides (defaults in brackets):
 #   MODE [drain]  DEAD_AFTER [30s]  RANGES [16]  CLIENTS [32]
 #   VALUE_SIZE [256]  KEYS [100000]  WARM [8]  WORKDIR [/tmp/drainbench]
+#   PRELOAD [0]  seconds of `bench put` of 4 KiB values over 200,000 keys
+#                before the measured runs, so that the ranges (and their
+#                snapshots) are large
+#   START_FLAGS [""]  more `flotilla start` flags for every node (e.g.
+#                "--snapshot-rate 0")
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -45,7 +50,10 @@ CLIENTS=${CLIENTS:-32}
 VALUE_SIZE=${VALUE_SIZE:-256}
 KEYS=${KEYS:-100000}
 WARM=${WARM:-8}
+PRELOAD=${PRELOAD:-0}
+read -r -a EXTRA <<< "${START_FLAGS:-}"
 WORKDIR=${WORKDIR:-/tmp/drainbench}
+[[ $PRELOAD =~ ^[0-9]+$ ]] || die "PRELOAD=$PRELOAD: want a number of seconds"
 for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
 done
@@ -110,7 +118,7 @@ start_nodes() {
   for ((i = 1; i <= N; i++)); do
     "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 ${DEADFLAG[@]+"${DEADFLAG[@]}"} --initial-cluster "$CLUSTER" \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
-      --insecure "$@" >> "$d/n$i.log" 2>&1 &
+      --insecure ${EXTRA[@]+"${EXTRA[@]}"} "$@" >> "$d/n$i.log" 2>&1 &
     PIDS+=($!)
   done
   for ((t = 0; t < 120; t++)); do
@@ -147,6 +155,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
     start_nodes "$d" --rebalance-interval 1s --balance-settle 20s
   fi
   echo "drainbench: round $r: bench put in 1s runs; $MODE of node 4 after $WARM of them" >&2
+  if ((PRELOAD > 0)); then
+    "$BIN" bench put --endpoints "$LIVE" --clients "$CLIENTS" --duration "${PRELOAD}s" --value-size 4096 \
+      --keys 200000 -w json > "$d/preload.json" 2>&1 || die "round $r: preload failed: $(cat "$d/preload.json")"
+  fi
   bench_loop "$d/bench.jsonl" &
   BENCH=$!
   while (( $( { wc -l < "$d/bench.jsonl"; } 2>/dev/null || echo 0) < WARM )); do sleep 0.2; done

@@ -14,7 +14,7 @@ package transport
 // Lock order (acquire left before right, never the reverse):
 //
 //	GRPCTransport.mu < grpcPeer.mu
-//	callGate.mu, Faults.mu, stream.mu: leaves, never held with another lock
+//	callGate.mu, Faults.mu, stream.mu, snapPacer.mu: leaves, never held with another lock
 //
 // No lock is held across a blocking step: a channel operation that can wait,
 // network I/O (stream writes, reads, dials), or a Handler call. Every
@@ -101,6 +101,15 @@ type GRPCTransport struct {
 
 	rejectedTotal atomic.Uint64
 
+	// snapSlots holds a token per snapshot being sent (cap
+	// MaxSnapshotsInFlight); snapPace paces their bytes (nil: no
+	// SnapshotRate). snappace.go. snapInFlight and snapInFlightMax count
+	// the snapshots being sent, and the most at once (tests).
+	snapSlots       chan struct{}
+	snapPace        *snapPacer
+	snapInFlight    atomic.Int64
+	snapInFlightMax atomic.Int64
+
 	// refused is the set of nodes whose frames are refused (Refuse); nil
 	// or absent: none. Copy on write under mu.
 	refused atomic.Pointer[map[uint64]bool]
@@ -136,6 +145,9 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 		faults:  newFaults(c.NodeID),
 		metrics: newGRPCMetrics(c.Registerer),
 		epoch:   time.Now(),
+		// A burst of one chunk: the first chunk of a snapshot goes at once.
+		snapSlots: make(chan struct{}, c.MaxSnapshotsInFlight),
+		snapPace:  newSnapPacer(c.SnapshotRate, c.SnapshotChunkSize),
 	}
 	srcAddr := c.PeerAddr
 	if srcAddr == "" {

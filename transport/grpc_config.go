@@ -58,6 +58,7 @@ const (
 	DefaultQueueCap             = 4096
 	DefaultMaxPendingHeartbeats = 16384
 	DefaultSnapshotQueueCap     = 4
+	DefaultMaxSnapshotsInFlight = 2
 	DefaultMustQueueCap         = 256
 	DefaultMaxFrameSize         = 8 << 20
 	DefaultMaxMessageSize       = 4 << 20
@@ -177,6 +178,15 @@ type GRPCConfig struct {
 	// limits [SnapshotChunkSize, 1<<40]. (A streamed snapshot's message is
 	// small; its state may reach 1 TiB: snapshot.go.)
 	MaxSnapshotSize int64
+	// MaxSnapshotsInFlight bounds the snapshots this node sends at once,
+	// over all its peers (snappace.go). Default 2; limits [1, 64].
+	MaxSnapshotsInFlight int
+	// SnapshotRate bounds the snapshot data this node sends, in bytes per
+	// second over all its peers (snappace.go); one chunk beyond the rate
+	// may go at once.
+	// Default 0: no bound; else at least SnapshotChunkSize (so that a
+	// stream waits at most a second between chunks).
+	SnapshotRate int64
 	// SnapshotDir is where the state of streamed snapshots being received
 	// is written: one file per snapshot, handed to the engine with the
 	// message (FileMarker), which removes it once restored. Must exist.
@@ -278,6 +288,7 @@ func (c GRPCConfig) withDefaults() (GRPCConfig, error) {
 	}
 	errs = []error{
 		checkRange("MaxSnapshotSize", &c.MaxSnapshotSize, DefaultMaxSnapshotSize, int64(c.SnapshotChunkSize), 1<<40),
+		checkRange("MaxSnapshotsInFlight", &c.MaxSnapshotsInFlight, DefaultMaxSnapshotsInFlight, 1, 64),
 		checkRange("WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout, 10*time.Millisecond, 5*time.Minute),
 		checkRange("DialTimeout", &c.DialTimeout, DefaultDialTimeout, 10*time.Millisecond, 5*time.Minute),
 		checkRange("BackoffMax", &c.BackoffMax, DefaultBackoffMax, time.Millisecond, 10*time.Minute),
@@ -291,6 +302,11 @@ func (c GRPCConfig) withDefaults() (GRPCConfig, error) {
 	}
 	if err := checkRange("BackoffBase", &c.BackoffBase, min(DefaultBackoffBase, c.BackoffMax), time.Millisecond, c.BackoffMax); err != nil {
 		return c, err
+	}
+	if c.SnapshotRate != 0 {
+		if err := checkRange("SnapshotRate", &c.SnapshotRate, 0, int64(c.SnapshotChunkSize), 1<<40); err != nil {
+			return c, err
+		}
 	}
 	return c, nil
 }

@@ -328,6 +328,14 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 		p.drop(p.m.dropTooLarge, 1)
 		return false
 	}
+	// One of the node's snapshot slots (snappace.go), held until the ack;
+	// taken before a streamed snapshot's state is opened, which the engine
+	// closes if it is not read for a while.
+	if !p.t.takeSnapshotSlot(p.ctx) {
+		p.drop(p.m.dropClosed, 1)
+		return false
+	}
+	defer p.t.releaseSnapshotSlot()
 	// A streamed snapshot's state comes from the engine, read as it is
 	// sent (snapshot.go): opened before anything is sent, so that a
 	// failure leaves the receiver nothing half done.
@@ -360,6 +368,10 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 	for off := 0; off < len(data); off += chunk {
 		f.offset = uint64(off)
 		f.chunk = data[off:min(off+chunk, len(data))]
+		if !p.t.paceSnapshot(p.ctx, len(f.chunk)) {
+			p.drop(p.m.dropClosed, 1)
+			return false
+		}
 		// gRPC flow control holds the write until the receiver has room; the
 		// deadline bounds that wait per chunk.
 		if err := s.sendRecv(f, p.t.cfg.WriteTimeout); err != nil {
@@ -377,6 +389,10 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 			n, rerr := io.ReadFull(state, buf)
 			if n > 0 {
 				f.offset, f.chunk = off, buf[:n]
+				if !p.t.paceSnapshot(p.ctx, n) {
+					p.drop(p.m.dropClosed, 1)
+					return false
+				}
 				if err := s.sendRecv(f, p.t.cfg.WriteTimeout); err != nil {
 					p.failSnapshot(bo, err)
 					return false

@@ -20,6 +20,7 @@ type grpcMetrics struct {
 	snapshotsSent   *prometheus.CounterVec // {to, outcome}
 	mustDelivered   *prometheus.CounterVec // {to}
 	receivedBatches *prometheus.CounterVec // {from, lane}
+	snapshotWaits   *prometheus.CounterVec // {reason}
 }
 
 func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
@@ -68,6 +69,10 @@ func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
 			Name: "flotilla_transport_frames_received_total",
 			Help: "Frames received from a peer, by lane.",
 		}, []string{"from", "lane"}),
+		snapshotWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flotilla_transport_snapshot_wait_seconds_total",
+			Help: "Seconds snapshots waited before or while sending, by reason: slot (MaxSnapshotsInFlight), rate (SnapshotRate).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		m.dropped = registerOrExisting(reg, m.dropped)
@@ -81,6 +86,7 @@ func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
 		m.snapshotsSent = registerOrExisting(reg, m.snapshotsSent)
 		m.mustDelivered = registerOrExisting(reg, m.mustDelivered)
 		m.receivedBatches = registerOrExisting(reg, m.receivedBatches)
+		m.snapshotWaits = registerOrExisting(reg, m.snapshotWaits)
 	}
 	return m
 }

@@ -28,6 +28,8 @@ func newStartCmd() *cobra.Command {
 		logLevel                                                 string
 		balanceInterval, balanceSettle, shutdownGrace, deadAfter time.Duration
 		rebalance                                                time.Duration
+		snapshotRate                                             string
+		snapshotsInFlight                                        int
 		noSync, noQuiesce                                        bool
 		workers                                                  int
 		rangeMax, rangeMin                                       string
@@ -69,40 +71,49 @@ leaderships away, flushes storage and exits 0.`,
 					return err
 				}
 			}
+			snapRate, err := parseSize("--snapshot-rate", snapshotRate)
+			if err != nil {
+				return err
+			}
+			if snapRate == 0 {
+				snapRate = -1 // no bound (the Config's 0 is its default)
+			}
 			retention, err := kv.ParseRetention(historyRetention)
 			if err != nil {
 				return fmt.Errorf("--history-retention: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			s, err := server.New(server.Config{
-				NodeID:             id,
-				DataDir:            dataDir,
-				PeerAddr:           peerAddr,
-				ClientAddr:         clientAddr,
-				HTTPAddr:           httpAddr,
-				InitialCluster:     ic,
-				Groups:             groups,
-				Replicas:           replicas,
-				TickInterval:       tick,
-				ElectionTicks:      electionTicks,
-				HeartbeatTicks:     heartbeatTicks,
-				BalanceInterval:    balanceInterval,
-				BalanceSettle:      balanceSettle,
-				DeadAfter:          deadAfter,
-				RebalanceInterval:  rebalance,
-				DisableSync:        noSync,
-				DisableQuiesce:     noQuiesce,
-				Workers:            workers,
-				RangeMaxBytes:      maxBytes,
-				RangeMinBytes:      minBytes,
-				RangeSplitLoad:     loadFlag(splitLoad),
-				HistoryRetention:   retention,
-				CertsDir:           certsDir,
-				Insecure:           insecure,
-				MaxConnStreams:     maxConnStreams,
-				CertReloadInterval: certReload,
-				AuthRefresh:        authRefresh,
-				Logger:             log,
+				NodeID:               id,
+				DataDir:              dataDir,
+				PeerAddr:             peerAddr,
+				ClientAddr:           clientAddr,
+				HTTPAddr:             httpAddr,
+				InitialCluster:       ic,
+				Groups:               groups,
+				Replicas:             replicas,
+				TickInterval:         tick,
+				ElectionTicks:        electionTicks,
+				HeartbeatTicks:       heartbeatTicks,
+				BalanceInterval:      balanceInterval,
+				BalanceSettle:        balanceSettle,
+				DeadAfter:            deadAfter,
+				RebalanceInterval:    rebalance,
+				SnapshotRate:         snapRate,
+				MaxSnapshotsInFlight: snapshotsInFlight,
+				DisableSync:          noSync,
+				DisableQuiesce:       noQuiesce,
+				Workers:              workers,
+				RangeMaxBytes:        maxBytes,
+				RangeMinBytes:        minBytes,
+				RangeSplitLoad:       loadFlag(splitLoad),
+				HistoryRetention:     retention,
+				CertsDir:             certsDir,
+				Insecure:             insecure,
+				MaxConnStreams:       maxConnStreams,
+				CertReloadInterval:   certReload,
+				AuthRefresh:          authRefresh,
+				Logger:               log,
 			})
 			if err != nil {
 				return err
@@ -149,6 +160,8 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&balanceInterval, "balance-interval", 2*time.Second, "how often to hand away leaderships beyond this node's share; negative disables")
 	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
+	f.StringVar(&snapshotRate, "snapshot-rate", "64MiB", "snapshot data this node sends per second, over all its peers (B, KiB, MiB, GiB; at least 1MiB; 0: no bound)")
+	f.IntVar(&snapshotsInFlight, "snapshots-in-flight", 2, "snapshots this node sends at once, over all its peers (1..64)")
 	f.DurationVar(&rebalance, "rebalance-interval", 0, "how often the meta range's leader evens out the replica counts of the live nodes, one move at a time (100ms..1h; 0: off)")
 	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long a node must stay unreachable before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
