@@ -17,9 +17,11 @@ import (
 // interval, on the node that leads the meta range, with every member
 // (not dead, not leaving) reachable and the set of them unchanged for
 // BalanceSettle, and no move under way anywhere (no range has a learner):
-// first, a range with more voters than Config.Replicas on members loses
-// the one on the member holding the most replicas (a move cut short after
-// its promotion leaves one too many; nothing else removes it); else, if
+// first, a range whose voters on members have been more or fewer than
+// Config.Replicas for twice MoveCatchUp is repaired: one too many loses the
+// voter on the member holding the most replicas (a move cut short after
+// its promotion leaves one; nothing else removes it), one too few gains a
+// replica on the member holding the fewest (pickRepair); else, if
 // two members' counts differ by 2 or more, it moves one replica of a range
 // from the member holding the most to the one holding the fewest, among
 // the ranges where that is a move (pickRebalance), and waits for the move
@@ -37,7 +39,7 @@ import (
 // member down, not yet dead, holds the rebalancer until it is back or
 // dead.
 func (s *Server) rebalanceLoop() {
-	rb := &rebalancer{retryAt: map[uint64]time.Time{}}
+	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}}
 	s.settledLoop(s.cfg.RebalanceInterval, s.leadsMeta, func(live map[uint64]bool) bool { return s.rebalanceOnce(live, rb) })
 }
 
@@ -45,6 +47,9 @@ func (s *Server) rebalanceLoop() {
 // may be picked again. Owned by the loop.
 type rebalancer struct {
 	retryAt map[uint64]time.Time
+	// offSince: when each range was first seen (and since always) with
+	// more or fewer voters on members than Config.Replicas.
+	offSince map[uint64]time.Time
 }
 
 // leadsMeta reports whether this node leads the meta range.
@@ -92,12 +97,36 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 		}
 	}
 	waiting := func(id uint64) bool { _, ok := rb.retryAt[id]; return ok }
-	from, to, d := pickTrim(members, count, ds, s.cfg.Replicas, waiting)
+	// A range off its replication factor is repaired only once it has
+	// been so for twice MoveCatchUp: a move under way passes through a
+	// state with one voter too many (promoted, not yet removed) that no
+	// learner shows, and trimmed then by a second decider (the meta
+	// range's leadership moving) it ended at 2 voters, with the move's own
+	// removal (server.TestRebalance under -race, once in CI).
+	off := map[uint64]bool{}
+	for _, d := range ds {
+		if n := votersOn(&d, members); n != s.cfg.Replicas {
+			off[d.ID] = true
+			if _, ok := rb.offSince[d.ID]; !ok {
+				rb.offSince[d.ID] = now
+			}
+		}
+	}
+	for id := range rb.offSince {
+		if !off[id] {
+			delete(rb.offSince, id)
+		}
+	}
+	settled := func(id uint64) bool {
+		at, ok := rb.offSince[id]
+		return ok && now.Sub(at) >= 2*s.cfg.MoveCatchUp && !waiting(id)
+	}
+	from, to, d := pickRepair(members, count, ds, s.cfg.Replicas, settled)
 	if d == nil {
 		from, to, d = pickRebalance(members, count, ds, waiting)
 	}
 	if d == nil {
-		return len(rb.retryAt) > 0 // a range waiting may move later: not balanced
+		return len(rb.retryAt) > 0 || len(rb.offSince) > 0 // a range waiting may move later: not balanced
 	}
 	s.log.Info("rebalancing a replica", "group", d.ID, "from", from, "to", to, "from_replicas", count[from], "to_replicas", count[to])
 	if !s.rebalanceMove(d, from, to) {
@@ -133,7 +162,7 @@ func (s *Server) rebalanceMove(d *kv.Descriptor, from, to uint64) bool {
 			s.log.Info("rebalancing a replica did not finish; trying again later", "group", d.ID, "from", from, "to", to, "attempts", attempt, "err", err)
 			return false
 		}
-		if nd, ok := s.descriptor(d.ID); ok && !nd.HasReplica(from) && (to == 0 || !nd.HasReplica(to)) {
+		if nd, ok := s.descriptor(d.ID); ok && from != 0 && !nd.HasReplica(from) && (to == 0 || !nd.HasReplica(to)) {
 			s.log.Info("rebalancing a replica: the range changed under the move; leaving it", "group", d.ID, "from", from, "to", to, "desc", nd.String())
 			return false
 		}
@@ -148,30 +177,39 @@ func (s *Server) rebalanceMove(d *kv.Descriptor, from, to uint64) bool {
 // rebalanceAttempts bounds the tries of one rebalancing move.
 const rebalanceAttempts = 10
 
-// pickTrim chooses a range of ds with more than replicas voters on
-// members, none waiting, and the voter to remove: the one on the member
-// holding the most replicas. nil: none.
-func pickTrim(members []uint64, count map[uint64]int, ds []kv.Descriptor, replicas int, waiting func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
+// votersOn counts d's voters on members.
+func votersOn(d *kv.Descriptor, members []uint64) int {
+	n := 0
+	for _, r := range d.Replicas {
+		if slices.Contains(members, r) && !slices.Contains(d.Learners, r) {
+			n++
+		}
+	}
+	return n
+}
+
+// pickRepair chooses a range of ds, among those ready, whose voters on
+// members are not replicas in number, and the move that repairs it: one
+// too many loses the voter on the member holding the most replicas; one
+// too few gains a replica on the member holding the fewest among those
+// without one. nil: none.
+func pickRepair(members []uint64, count map[uint64]int, ds []kv.Descriptor, replicas int, ready func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
 	for k := range ds {
-		if waiting(ds[k].ID) {
+		n := votersOn(&ds[k], members)
+		if n == replicas || !ready(ds[k].ID) {
 			continue
 		}
-		var on []uint64
-		for _, r := range ds[k].Replicas {
-			if slices.Contains(members, r) && !slices.Contains(ds[k].Learners, r) {
-				on = append(on, r)
-			}
-		}
-		if len(on) <= replicas {
-			continue
-		}
-		from = on[0]
-		for _, r := range on[1:] {
-			if count[r] > count[from] {
+		for _, r := range members {
+			switch {
+			case n > replicas && ds[k].HasReplica(r) && !slices.Contains(ds[k].Learners, r) && (from == 0 || count[r] > count[from]):
 				from = r
+			case n < replicas && !ds[k].HasReplica(r) && (to == 0 || count[r] < count[to]):
+				to = r
 			}
 		}
-		return from, 0, &ds[k]
+		if from != 0 || to != 0 {
+			return from, to, &ds[k]
+		}
 	}
 	return 0, 0, nil
 }

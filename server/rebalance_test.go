@@ -48,24 +48,41 @@ func TestPickRebalance(t *testing.T) {
 	}
 }
 
-// pickTrim takes a voter off a range with more than the replication
-// factor on members, the one on the member holding the most, and skips
-// the voters on nodes that are not members and waiting ranges.
-func TestPickTrim(t *testing.T) {
-	ds := []kv.Descriptor{
-		{ID: 1, Replicas: []uint64{1, 2, 3}},
-		{ID: 2, Replicas: []uint64{1, 2, 3, 9}},                        // 9 is not a member: 3 voters on members
-		{ID: 3, Replicas: []uint64{1, 2, 3, 4}},                        // waiting
-		{ID: 4, Replicas: []uint64{1, 2, 3, 4}, Learners: []uint64{4}}, // a learner is no voter
-		{ID: 5, Replicas: []uint64{1, 2, 3, 4}},
-	}
+// pickRepair takes a voter off a range with more than the replication
+// factor on members (the one on the member holding the most), adds one to
+// a range with fewer (on the member holding the fewest without one), and
+// skips voters on nodes that are not members, learners, and ranges not
+// ready.
+func TestPickRepair(t *testing.T) {
+	members := []uint64{1, 2, 3, 4}
 	count := map[uint64]int{1: 5, 2: 5, 3: 7, 4: 3}
-	from, to, d := pickTrim([]uint64{1, 2, 3, 4}, count, ds, 3, func(id uint64) bool { return id == 3 })
-	if d == nil || d.ID != 5 || from != 3 || to != 0 {
-		t.Fatalf("got %v from %d to %d, want range 5's voter on node 3 removed", d, from, to)
-	}
-	if _, _, d := pickTrim([]uint64{1, 2, 3, 4}, count, ds[:4], 3, func(id uint64) bool { return id == 3 }); d != nil {
-		t.Fatalf("trimmed range %d, want none", d.ID)
+	notReady := func(id uint64) bool { return id != 3 }
+	for _, tc := range []struct {
+		name     string
+		ds       []kv.Descriptor
+		from, to uint64
+		rng      uint64 // 0: none
+	}{
+		{"balanced", []kv.Descriptor{{ID: 1, Replicas: []uint64{1, 2, 3}}}, 0, 0, 0},
+		{"a non-member's voter does not count", []kv.Descriptor{{ID: 2, Replicas: []uint64{1, 2, 3, 9}}}, 0, 0, 0},
+		{"not ready", []kv.Descriptor{{ID: 3, Replicas: []uint64{1, 2, 3, 4}}}, 0, 0, 0},
+		{"a learner is no voter", []kv.Descriptor{{ID: 4, Replicas: []uint64{1, 2, 3, 4}, Learners: []uint64{4}}}, 0, 0, 0},
+		{"one too many", []kv.Descriptor{{ID: 5, Replicas: []uint64{1, 2, 3, 4}}}, 3, 0, 5},
+		{"one too few", []kv.Descriptor{{ID: 6, Replicas: []uint64{2, 3}}}, 0, 4, 6},
+		{"one too few, a learner there", []kv.Descriptor{{ID: 7, Replicas: []uint64{1, 2, 4}, Learners: []uint64{4}}}, 0, 3, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from, to, d := pickRepair(members, count, tc.ds, 3, notReady)
+			if tc.rng == 0 {
+				if d != nil {
+					t.Fatalf("repaired range %d from %d to %d, want none", d.ID, from, to)
+				}
+				return
+			}
+			if d == nil || d.ID != tc.rng || from != tc.from || to != tc.to {
+				t.Fatalf("got %v from %d to %d, want range %d from %d to %d", d, from, to, tc.rng, tc.from, tc.to)
+			}
+		})
 	}
 }
 
@@ -129,6 +146,7 @@ func TestRebalance(t *testing.T) {
 		cfg.Replicas = 3
 		cfg.DeadAfter = -1
 		cfg.RebalanceInterval = 100 * time.Millisecond
+		cfg.MoveCatchUp = 2 * time.Second // a range off its replication factor is repaired after 4 s
 	}
 	for id := uint64(1); id <= 4; id++ {
 		c.start(id, nil)

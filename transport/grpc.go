@@ -145,7 +145,7 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 		faults:  newFaults(c.NodeID),
 		metrics: newGRPCMetrics(c.Registerer),
 		epoch:   time.Now(),
-		// A burst of one chunk: the first chunk of a snapshot goes at once.
+		// A burst of one chunk beyond the rate, for the whole node.
 		snapSlots: make(chan struct{}, c.MaxSnapshotsInFlight),
 		snapPace:  newSnapPacer(c.SnapshotRate, c.SnapshotChunkSize),
 	}

@@ -183,9 +183,11 @@ type GRPCConfig struct {
 	MaxSnapshotsInFlight int
 	// SnapshotRate bounds the snapshot data this node sends, in bytes per
 	// second over all its peers (snappace.go); one chunk beyond the rate
-	// may go at once.
-	// Default 0: no bound; else at least SnapshotChunkSize (so that a
-	// stream waits at most a second between chunks).
+	// may go at once. Default 0: no bound; else at least SnapshotChunkSize
+	// (a lone stream then waits at most a second between chunks; k
+	// streams share the rate). A snapshot queued behind others waits for
+	// them: at a low rate, a large range's snapshot holds its peers' for
+	// its size over the rate.
 	SnapshotRate int64
 	// SnapshotDir is where the state of streamed snapshots being received
 	// is written: one file per snapshot, handed to the engine with the

@@ -328,14 +328,6 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 		p.drop(p.m.dropTooLarge, 1)
 		return false
 	}
-	// One of the node's snapshot slots (snappace.go), held until the ack;
-	// taken before a streamed snapshot's state is opened, which the engine
-	// closes if it is not read for a while.
-	if !p.t.takeSnapshotSlot(p.ctx) {
-		p.drop(p.m.dropClosed, 1)
-		return false
-	}
-	defer p.t.releaseSnapshotSlot()
 	// A streamed snapshot's state comes from the engine, read as it is
 	// sent (snapshot.go): opened before anything is sent, so that a
 	// failure leaves the receiver nothing half done.
@@ -353,6 +345,15 @@ func (p *grpcPeer) sendSnapshot(bo *laneBackoff, e *Envelope) bool {
 		}
 		defer state.Close()
 	}
+	// One of the node's snapshot slots (snappace.go), held until the ack.
+	// Taken after the state is opened: the engine closes a stream nobody
+	// opened for a while (600 ticks), and a wait for a slot must not use
+	// that time up.
+	if !p.takeSnapshotSlot() {
+		p.drop(p.m.dropClosed, 1)
+		return false
+	}
+	defer p.t.releaseSnapshotSlot()
 	s, err := p.openStream(&snapshotStreamDesc, bo.redial)
 	if err != nil {
 		bo.fail()

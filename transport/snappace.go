@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 )
@@ -18,8 +19,9 @@ import (
 //     token bucket that lets one chunk beyond the rate go at once and then
 //     keeps the average rate (snapPacer).
 
-// snapPacer paces snapshot bytes at rate bytes per second, allowing a
-// burst of burst bytes. A generic cell rate algorithm: tat is the time at
+// snapPacer paces snapshot bytes at rate bytes per second, letting burst
+// bytes beyond the rate go at once (after an idle spell, burst bytes and
+// the next send). A generic cell rate algorithm: tat is the time at
 // which the bytes already let through would have gone at exactly the rate;
 // a send waits until tat is no more than the burst's time ahead of now.
 // mu is a leaf.
@@ -48,7 +50,8 @@ func (p *snapPacer) reserve(now time.Time, n int) time.Duration {
 		p.tat = now
 	}
 	wait := p.tat.Sub(now) - p.burst
-	p.tat = p.tat.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
+	// Rounded up: truncated, the schedule would run a little fast.
+	p.tat = p.tat.Add(time.Duration(math.Ceil(float64(n) / p.rate * float64(time.Second))))
 	return max(wait, 0)
 }
 
@@ -72,18 +75,29 @@ func (p *snapPacer) wait(ctx context.Context, n int) bool {
 	}
 }
 
-// takeSnapshotSlot waits for one of the MaxSnapshotsInFlight slots, or
-// ctx's end (false). The caller gives it back with releaseSnapshotSlot.
-func (t *GRPCTransport) takeSnapshotSlot(ctx context.Context) bool {
+// takeSnapshotSlot waits for one of the node's MaxSnapshotsInFlight
+// slots, or the peer's end (false). Meanwhile it goes on reporting the
+// snapshots dropped from this peer's full lane (snapWake), as the lane's
+// loop does when idle: their groups must not wait for another peer's
+// transfer to end to learn of it. The caller gives the slot back with
+// releaseSnapshotSlot.
+func (p *grpcPeer) takeSnapshotSlot() bool {
+	t := p.t
 	select {
 	case t.snapSlots <- struct{}{}:
 	default:
 		start := time.Now()
-		select {
-		case t.snapSlots <- struct{}{}:
-			t.metrics.snapshotWaits.WithLabelValues("slot").Add(time.Since(start).Seconds())
-		case <-ctx.Done():
-			return false
+		defer func() { t.metrics.snapshotWaits.WithLabelValues("slot").Add(time.Since(start).Seconds()) }()
+	wait:
+		for {
+			select {
+			case t.snapSlots <- struct{}{}:
+				break wait
+			case <-p.snapWake:
+				p.reportSnapFailures()
+			case <-p.ctx.Done():
+				return false
+			}
 		}
 	}
 	n := t.snapInFlight.Add(1)
@@ -109,8 +123,6 @@ func (t *GRPCTransport) paceSnapshot(ctx context.Context, n int) bool {
 	}
 	start := time.Now()
 	ok := t.snapPace.wait(ctx, n)
-	if d := time.Since(start); d > time.Millisecond {
-		t.metrics.snapshotWaits.WithLabelValues("rate").Add(d.Seconds())
-	}
+	t.metrics.snapshotWaits.WithLabelValues("rate").Add(time.Since(start).Seconds())
 	return ok
 }

@@ -75,8 +75,8 @@ leaderships away, flushes storage and exits 0.`,
 			if err != nil {
 				return err
 			}
-			if snapRate == 0 {
-				snapRate = -1 // no bound (the Config's 0 is its default)
+			if snapshotsInFlight < 1 {
+				return fmt.Errorf("--snapshots-in-flight %d: want 1..64", snapshotsInFlight)
 			}
 			retention, err := kv.ParseRetention(historyRetention)
 			if err != nil {
