@@ -103,9 +103,10 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 	// learner shows, and trimmed then by a second decider (the meta
 	// range's leadership moving) it ended at 2 voters, with the move's own
 	// removal (server.TestRebalance under -race, once in CI).
+	want := min(s.cfg.Replicas, len(members)) // a smaller cluster has a replica on every node
 	off := map[uint64]bool{}
 	for _, d := range ds {
-		if n := votersOn(&d, members); n != s.cfg.Replicas {
+		if n := votersOn(&d, members); n != want {
 			off[d.ID] = true
 			if _, ok := rb.offSince[d.ID]; !ok {
 				rb.offSince[d.ID] = now
@@ -121,7 +122,7 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 		at, ok := rb.offSince[id]
 		return ok && now.Sub(at) >= 2*s.cfg.MoveCatchUp && !waiting(id)
 	}
-	from, to, d := pickRepair(members, count, ds, s.cfg.Replicas, settled)
+	from, to, d := pickRepair(members, count, ds, want, settled)
 	if d == nil {
 		from, to, d = pickRebalance(members, count, ds, waiting)
 	}
