@@ -87,3 +87,55 @@ func TestSnapshotsInFlight(t *testing.T) {
 		}
 	})
 }
+
+// A snapshot lane waiting for a slot still reports the snapshots dropped
+// from it: node 1 has one slot, held for some 3 s by a paced snapshot to
+// node 2; node 3's lane (room for one) takes one snapshot, which waits for
+// the slot, and drops the next two, whose failures must be reported long
+// before the slot frees (not only once node 2's transfer ends).
+func TestSnapshotSlotWaitReportsDrops(t *testing.T) {
+	const chunk = 64 << 10
+	cfg := testConfig(1, "127.0.0.1")
+	cfg.SnapshotChunkSize = chunk
+	cfg.MaxSnapshotsInFlight = 1
+	cfg.SnapshotRate = 4 * chunk
+	cfg.SnapshotQueueCap = 1
+	a, ra := newNode(t, cfg, true)
+	b, _ := newNode(t, testConfig(2, "127.0.0.1"), true)
+	c, _ := newNode(t, testConfig(3, "127.0.0.1"), true)
+	mesh(a, b, c)
+	snap := func(to uint64, size int) raftpb.Message {
+		return raftpb.Message{Type: raftpb.MsgSnap, From: 1, To: to, Term: 1,
+			Snapshot: &raftpb.Snapshot{Data: bytes.Repeat([]byte("x"), size), Metadata: raftpb.SnapshotMetadata{Index: 10, Term: 1}}}
+	}
+	a.Send([]Envelope{{Group: 1, Msg: snap(2, 14*chunk)}}) // 14 chunks at 4 a second: 3 s
+	for deadline := time.Now().Add(10 * time.Second); a.snapInFlight.Load() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first snapshot did not take the slot")
+		}
+	}
+	start := time.Now()
+	for g := uint64(2); g <= 5; g++ {
+		a.Send([]Envelope{{Group: g, Msg: snap(3, chunk/2)}})
+	}
+	// Group 2 is in node 3's lane, waiting for the slot; group 3 fills the
+	// lane; 4 and 5 are dropped at once and must be reported.
+	failed := func() int {
+		n := 0
+		for _, r := range ra.mu.snaps {
+			if !r.ok {
+				n++
+			}
+		}
+		return n
+	}
+	if !ra.until(time.Minute, func() bool { return failed() >= 2 }) {
+		t.Fatalf("snapshot reports %+v", ra.mu.snaps)
+	}
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Fatalf("the dropped snapshots were reported after %v, while the slot was held (about 3 s)", took)
+	}
+	if !ra.until(time.Minute, func() bool { return len(ra.mu.snaps) == 5 }) {
+		t.Fatalf("snapshot reports %+v", ra.mu.snaps)
+	}
+}
