@@ -137,7 +137,7 @@ func (s *Server) moveOffDead(leaving []uint64, live map[uint64]bool, dm *deadMov
 		switch {
 		case slices.Contains(d.Learners, from):
 			// A leaving learner (a move cut short): it only goes.
-		case s.memberVoters(d, leaving) >= s.cfg.Replicas:
+		case votersWhere(d, func(n uint64) bool { return !slices.Contains(leaving, n) }) >= s.cfg.Replicas:
 			// Enough voters without it: it only goes. (A move whose
 			// leader handed the leadership away, as the node leaving,
 			// promoted its new replica before: this finishes it.)
@@ -182,15 +182,4 @@ func (s *Server) moveOffDead(leaving []uint64, live map[uint64]bool, dm *deadMov
 			}
 		})
 	}
-}
-
-// memberVoters counts the voters of d on nodes not leaving.
-func (s *Server) memberVoters(d *kv.Descriptor, leaving []uint64) int {
-	n := 0
-	for _, r := range d.Replicas {
-		if !slices.Contains(d.Learners, r) && !slices.Contains(leaving, r) {
-			n++
-		}
-	}
-	return n
 }

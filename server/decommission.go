@@ -156,12 +156,17 @@ func (s *Server) mergeMembership(states map[uint64]string) {
 		if st == api.NodeRemoved {
 			removed = append(removed, id)
 		}
-		s.log.Info("node membership changed", "member", id, "state", st)
 	}
 	if next != nil {
 		s.members.Store(&next)
 	}
 	s.membersMu.Unlock()
+	// Logged with no lock held (law 1: a log write is I/O).
+	for id, st := range next {
+		if st != old[id] {
+			s.log.Info("node membership changed", "member", id, "state", st)
+		}
+	}
 	for _, id := range removed {
 		if id == s.cfg.NodeID {
 			s.removedFromCluster(s.cfg.NodeID)

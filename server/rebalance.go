@@ -178,15 +178,20 @@ func (s *Server) rebalanceMove(d *kv.Descriptor, from, to uint64) bool {
 // rebalanceAttempts bounds the tries of one rebalancing move.
 const rebalanceAttempts = 10
 
-// votersOn counts d's voters on members.
-func votersOn(d *kv.Descriptor, members []uint64) int {
+// votersWhere counts d's voters on the nodes keep holds for.
+func votersWhere(d *kv.Descriptor, keep func(node uint64) bool) int {
 	n := 0
 	for _, r := range d.Replicas {
-		if slices.Contains(members, r) && !slices.Contains(d.Learners, r) {
+		if keep(r) && !slices.Contains(d.Learners, r) {
 			n++
 		}
 	}
 	return n
+}
+
+// votersOn counts d's voters on members.
+func votersOn(d *kv.Descriptor, members []uint64) int {
+	return votersWhere(d, func(n uint64) bool { return slices.Contains(members, n) })
 }
 
 // pickRepair chooses a range of ds, among those ready, whose voters on
