@@ -223,50 +223,79 @@ func Bootstrap(db *pebble.DB, d Descriptor, all []Descriptor) error {
 	return BootstrapMany(db, []Descriptor{d}, all)
 }
 
-// BootstrapMany is Bootstrap for each of ds, in one batch with one sync
-// (a node bootstrapping 10,000 ranges synced 10,000 times). On error
-// nothing is written.
+// BootstrapMany is Bootstrap for each of ds, in batches of at most
+// bootstrapChunk records with a sync each (a node bootstrapping 10,000
+// ranges synced 10,000 times). A descriptor already written is skipped.
+// An invalid descriptor fails before anything is written; a failed write
+// may leave some ranges written, and a retry writes the others: each
+// range's descriptor is one record, and the meta range's descriptor is
+// written after its index, so that a meta range found written has all of
+// it.
 func BootstrapMany(db *pebble.DB, ds []Descriptor, all []Descriptor) error {
-	b := db.NewIndexedBatch()
-	defer b.Close()
-	n := 0
 	for i := range ds {
-		d := &ds[i]
-		if err := d.check(); err != nil {
+		if err := ds[i].check(); err != nil {
 			return err
 		}
+		if ds[i].ID == MetaRangeID {
+			if err := checkTiling(all); err != nil {
+				return err
+			}
+		}
+	}
+	b := db.NewIndexedBatch()
+	defer func() { b.Close() }()
+	staged := 0
+	set := func(key, value []byte) error {
+		if err := b.Set(key, value, nil); err != nil {
+			return err
+		}
+		if staged++; staged < bootstrapChunk {
+			return nil
+		}
+		staged = 0
+		if err := b.Commit(pebble.Sync); err != nil {
+			return err
+		}
+		b.Close()
+		b = db.NewIndexedBatch()
+		return nil
+	}
+	for i := range ds {
+		d := &ds[i]
 		if _, ok, err := loadDescriptor(b, d.ID); err != nil || ok {
 			if err != nil {
 				return err
 			}
 			continue
 		}
-		n++
-		if err := b.Set(localKey(kindDescriptor, d.ID, 0), d.Encode(), nil); err != nil {
-			return err
-		}
-		if d.ID != MetaRangeID {
-			continue
-		}
-		if err := checkTiling(all); err != nil {
-			return err
-		}
-		var maxID uint64
-		for i := range all {
-			maxID = max(maxID, all[i].ID)
-			if err := b.Set(metaEnd(all[i].End), all[i].Encode(), nil); err != nil {
+		if d.ID == MetaRangeID {
+			var maxID uint64
+			for i := range all {
+				maxID = max(maxID, all[i].ID)
+				if err := set(metaEnd(all[i].End), all[i].Encode()); err != nil {
+					return err
+				}
+			}
+			if err := set(localKey(kindRangeIDs, MetaRangeID, 0), binary.BigEndian.AppendUint64(nil, maxID+1)); err != nil {
 				return err
 			}
 		}
-		if err := b.Set(localKey(kindRangeIDs, MetaRangeID, 0), binary.BigEndian.AppendUint64(nil, maxID+1), nil); err != nil {
+		if err := set(localKey(kindDescriptor, d.ID, 0), d.Encode()); err != nil {
 			return err
 		}
 	}
-	if n == 0 {
+	if b.Empty() {
 		return nil
 	}
 	return b.Commit(pebble.Sync)
 }
+
+// bootstrapChunk is the most records BootstrapMany writes in one batch. A
+// batch past half of Pebble's memtable goes in as a "flushable batch",
+// which Pebble kept in memory after it was flushed (the bootstrap of
+// 10,000 ranges in one batch held 1.3 MB of heap for good; BENCHMARKS.md,
+// "Quiescence: memory per replica"). A record is about 0.1 KiB.
+const bootstrapChunk = 4096
 
 // checkTiling checks that ds, in order, tile the keyspace.
 func checkTiling(ds []Descriptor) error {

@@ -25,6 +25,54 @@ type worker struct {
 	again   []uint64
 }
 
+// reuse empties a worker's buffer for the next cycle, or lets it go if a
+// burst grew it (past 1024 items) and the last cycle used under a quarter
+// of it: 10,000 ranges electing at a node's start grew the workers'
+// buffers to 1.4 MB, kept for good once they quiesced (BENCHMARKS.md,
+// "Quiescence: memory per replica").
+func reuse[T any](s []T) []T {
+	if cap(s) > 1024 && len(s) < cap(s)/4 {
+		return nil
+	}
+	clear(s)
+	return s[:0]
+}
+
+// idleKeep is the most items an idle worker keeps room for in a buffer
+// its last cycle used under a quarter of (reuse). A raft.Ready is about
+// 0.3 KiB: the four workers of a node that started 10,000 ranges kept
+// 1.4 MB for nothing once they quiesced (BENCHMARKS.md, "Quiescence:
+// memory per replica"). Under a steady load the cycles use what they
+// keep, and nothing is let go.
+const idleKeep = 256
+
+func oversized(n, c int) bool { return c > idleKeep && n < c/4 }
+
+// grown reports whether trim would let go of a buffer. The lengths are
+// those of the last cycle (processCycle empties the buffers at the start
+// of the next).
+func (w *worker) grown() bool {
+	return oversized(len(w.readies), cap(w.readies)) || oversized(len(w.early), cap(w.early)) ||
+		oversized(len(w.late), cap(w.late)) || oversized(len(w.ids), cap(w.ids))
+}
+
+// trim lets go of the buffers a burst grew and the last cycle did not
+// use; the worker is idle.
+func (w *worker) trim() {
+	if oversized(len(w.readies), cap(w.readies)) {
+		w.readies = nil
+	}
+	if oversized(len(w.early), cap(w.early)) {
+		w.early = nil
+	}
+	if oversized(len(w.late), cap(w.late)) {
+		w.late = nil
+	}
+	if oversized(len(w.ids), cap(w.ids)) {
+		w.ids = nil
+	}
+}
+
 type readyGroup struct {
 	g  *group
 	rd raft.Ready
@@ -48,7 +96,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 			h.log.Error("multiraft: cycle ended by a panic after a fatal error", "panic", r)
 		}
 	}()
-	w.readies = w.readies[:0]
+	w.readies = reuse(w.readies)
 	h.mu.RLock()
 	for _, id := range ids {
 		if g := h.mu.groups[id]; g != nil {
@@ -76,7 +124,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 	// 1. Persist. A leader's appends leave before its own write (Raft
 	// thesis 10.2.1); everything else waits for the sync, because votes and
 	// acknowledgements promise durability.
-	w.early, w.late = w.early[:0], w.late[:0]
+	w.early, w.late = reuse(w.early), reuse(w.late)
 	for i := range w.readies {
 		g, rd := w.readies[i].g, &w.readies[i].rd
 		g.noteState(rd)
@@ -148,7 +196,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 	if h.failAt(FailBeforeApply) {
 		return
 	}
-	w.events = w.events[:0]
+	w.events = reuse(w.events)
 	for i := range w.readies {
 		g, rd := w.readies[i].g, &w.readies[i].rd
 		ev, ok, alive := g.applyReady(rd, w)
@@ -168,7 +216,7 @@ func (h *Host) processCycle(w *worker, ids []uint64) {
 	if h.failAt(FailAfterApply) {
 		return
 	}
-	w.again = w.again[:0]
+	w.again = reuse(w.again)
 	for i := range w.readies {
 		g := w.readies[i].g
 		g.rn.Advance(w.readies[i].rd)

@@ -13,7 +13,17 @@ import (
 func (h *Host) workerLoop(w *worker) {
 	defer h.wg.Done()
 	for {
-		ids := h.sched.next(w.ids[:0], h.cfg.MaxGroupsPerCycle, true)
+		var ids []uint64
+		if w.grown() {
+			// Let go of a burst's buffers once there is no work: kept,
+			// they would stay with an idle worker (reuse).
+			if ids = h.sched.next(w.ids[:0], h.cfg.MaxGroupsPerCycle, false); len(ids) == 0 {
+				w.trim()
+			}
+		}
+		if len(ids) == 0 {
+			ids = h.sched.next(w.ids[:0], h.cfg.MaxGroupsPerCycle, true)
+		}
 		if ids == nil {
 			w.batch.Close()
 			return

@@ -60,10 +60,10 @@ type GroupStart struct {
 }
 
 // StartGroups is StartGroup for many groups: the start state of the new
-// ones is written in one batch with one sync, and the groups run only once
-// it is durable. If preparing or writing fails, no group of gs was started
-// (state already written for new ones is kept, and a retry starts from
-// it); if publishing fails part way (the Host closing, or a concurrent
+// ones is written in batches of startChunk groups (each group's state in
+// one), a sync each, and the groups run only once it is durable. If
+// preparing or writing fails, no group of gs was started (state already
+// written for new ones is kept, and a retry starts from it); if publishing fails part way (the Host closing, or a concurrent
 // StartGroup of one of the IDs), the groups before it run and the error
 // says how many. Started one by one, each with its own sync, 10,000 ranges
 // took minutes (BENCHMARKS.md, "Quiescence").
@@ -82,6 +82,7 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	seen := make(map[uint64]bool, len(gs))
 	groups := make([]*group, 0, len(gs))
 	warm := make([][]raftpb.Entry, 0, len(gs))
+	chunked := 0 // groups prepared into b since its last commit
 	for i := range gs {
 		if seen[gs[i].ID] {
 			return fmt.Errorf("%w: %d", ErrGroupExists, gs[i].ID)
@@ -90,6 +91,12 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 		if l := gs[i].Leader; l != 0 && len(gs[i].Members) > 0 && !slices.Contains(gs[i].Members, l) {
 			return fmt.Errorf("%w: group %d: expected leader %d is not among its members %v",
 				ErrInvalidRequest, gs[i].ID, l, gs[i].Members)
+		}
+		if chunked++; chunked > startChunk && !b.Empty() {
+			if err := b.Commit(true); err != nil {
+				return fmt.Errorf("multiraft: write the start of %d groups: %w", len(gs), err)
+			}
+			chunked = 1
 		}
 		g, wrote, ents, err := h.prepareGroup(gs[i].ID, gs[i].Members, gs[i].SM, b)
 		if err != nil {
@@ -150,6 +157,14 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 	}
 	return nil
 }
+
+// startChunk is the most groups StartGroups stages in one batch. A batch
+// past half of Pebble's memtable goes in as a "flushable batch", which
+// Pebble kept in memory after it was flushed: the start of 10,000 groups
+// in one batch held 4 MB of heap for good, 0.4 KiB per idle replica
+// (BENCHMARKS.md, "Quiescence: memory per replica"). A group's start
+// state is about 0.3 KiB, so 512 of them stay far below that.
+const startChunk = 512
 
 // prepareGroup builds the replica of group id without running it, and
 // stages in b the start state of a new group (wrote: b must be committed

@@ -47,6 +47,7 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 		MemTableSize: o.MemTableBytes,
 		Logger:       quietLogger{},
 	}
+	opts.Experimental.CompactionScheduler = newCompactionScheduler()
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)

@@ -11,6 +11,10 @@
 // Two implementations: Pebble (durable, for nodes) and Mem (a map, for the
 // deterministic harness and simulation, able to lose unsynced writes on a
 // simulated crash).
+//
+// Goroutines: Pebble's own, and one of this package per open Pebble store,
+// the compaction scheduler's grantLoop (compactsched.go), which the
+// store's Close stops.
 package storage
 
 import (

@@ -201,6 +201,17 @@ func (p *grpcPeer) heartbeatLoop() {
 				// An empty frame: the peer learns this node is alive.
 				p.writeBatch(&heartbeatStreamDesc, &s, &bo, f)
 				p.m.pings.Inc()
+				// No heartbeat to send: the lane is idle, and lets go of
+				// what a burst grew (shrink), which it would otherwise
+				// keep until its next batch.
+				if shrink(0, cap(f.envs)) {
+					f.envs, f.sizes = nil, nil
+				}
+				p.mu.Lock()
+				if shrink(0, cap(p.mu.hbSpare)) {
+					p.mu.hbSpare = nil
+				}
+				p.mu.Unlock()
 			}
 			continue
 		}

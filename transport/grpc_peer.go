@@ -144,6 +144,9 @@ func (p *grpcPeer) flushHeartbeats(ping bool) {
 			p.mu.Unlock()
 			return
 		}
+		if shrink(0, cap(p.mu.hbPending)) {
+			p.mu.hbPending = nil // idle: let go of a burst's buffer
+		}
 		p.mu.ping = true
 		p.mu.Unlock()
 		poke(p.hbWake)

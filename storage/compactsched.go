@@ -1,0 +1,162 @@
+package storage
+
+import (
+	"context"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// regrantInterval is how often the compaction scheduler looks for a
+// compaction Pebble wants and was refused, when nothing else made it look.
+// Pebble's own scheduler looks every 100 ms: ten wakes a second of an idle
+// node, a tenth of the goroutine wakes of a node with 10,000 quiesced
+// ranges (BENCHMARKS.md, "Quiescence: the idle floor"). A refused
+// compaction is also granted when a running one ends (Done) and when the
+// number allowed grows (UpdateGetAllowedWithoutPermission), so the period
+// only bounds the wait of a case neither covers.
+const regrantInterval = time.Second
+
+// compactionScheduler is the pebble.CompactionScheduler of a store: it
+// lets as many compactions run at once as the DB allows without
+// permission (GetAllowedWithoutPermission), like Pebble's default, with
+// the slower regrant above.
+//
+// Locks: mu is taken after any lock of Pebble's DB (Pebble may call
+// TrySchedule holding its own); DB methods other than
+// GetAllowedWithoutPermission are called without mu held.
+//
+// Goroutines: grantLoop, started by Register and stopped by Unregister.
+type compactionScheduler struct {
+	db    pebble.DBForCompaction
+	poke  chan struct{}
+	stop  chan struct{}
+	ended chan struct{}
+
+	mu struct {
+		sync.Mutex
+		// running counts the compactions granted and not Done.
+		running int
+		// closed: Unregister ran; nothing more is granted.
+		closed bool
+		// granting: a grant is calling into the DB (without mu); one at a
+		// time, and Unregister waits for it (idle signals its end).
+		granting bool
+		idle     *sync.Cond
+	}
+}
+
+var (
+	_ pebble.CompactionScheduler   = (*compactionScheduler)(nil)
+	_ pebble.CompactionGrantHandle = (*compactionScheduler)(nil)
+)
+
+func newCompactionScheduler() *compactionScheduler {
+	s := &compactionScheduler{
+		poke:  make(chan struct{}, 1),
+		stop:  make(chan struct{}),
+		ended: make(chan struct{}),
+	}
+	s.mu.idle = sync.NewCond(&s.mu.Mutex)
+	return s
+}
+
+// Register implements pebble.CompactionScheduler. Pebble calls it once,
+// when the DB opened.
+func (s *compactionScheduler) Register(_ int, db pebble.DBForCompaction) {
+	s.db = db
+	go pprof.Do(context.Background(), pprof.Labels("flotilla.storage", "grantLoop"), func(context.Context) { s.grantLoop() })
+}
+
+// Unregister implements pebble.CompactionScheduler: it stops grantLoop and
+// waits for a grant under way. Pebble calls it once, as the DB closes.
+func (s *compactionScheduler) Unregister() {
+	close(s.stop)
+	<-s.ended
+	s.mu.Lock()
+	s.mu.closed = true
+	for s.mu.granting {
+		s.mu.idle.Wait()
+	}
+	s.mu.Unlock()
+}
+
+// TrySchedule implements pebble.CompactionScheduler: a compaction may
+// start if fewer than the DB allows run.
+func (s *compactionScheduler) TrySchedule() (bool, pebble.CompactionGrantHandle) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed || s.mu.running >= s.db.GetAllowedWithoutPermission() {
+		return false, nil
+	}
+	s.mu.running++
+	return true, s
+}
+
+// UpdateGetAllowedWithoutPermission implements pebble.CompactionScheduler:
+// the number allowed may have grown, so grantLoop looks now.
+func (s *compactionScheduler) UpdateGetAllowedWithoutPermission() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Started, MeasureCPU and CumulativeStats implement
+// pebble.CompactionGrantHandle; this scheduler paces nothing.
+func (s *compactionScheduler) Started()                                          {}
+func (s *compactionScheduler) MeasureCPU(pebble.CompactionGoroutineKind)         {}
+func (s *compactionScheduler) CumulativeStats(pebble.CompactionGrantHandleStats) {}
+
+// Done implements pebble.CompactionGrantHandle: a compaction ended, and
+// its slot goes to one that waits. Pebble calls it holding no lock.
+func (s *compactionScheduler) Done() {
+	s.mu.Lock()
+	s.mu.running--
+	s.mu.Unlock()
+	s.grant()
+}
+
+// grant starts waiting compactions while fewer than the DB allows run.
+func (s *compactionScheduler) grant() {
+	s.mu.Lock()
+	if s.mu.closed || s.mu.granting {
+		// One that grants already will see the slot this caller saw.
+		// (It may have just found nothing waiting; the next regrant
+		// looks again.)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.granting = true
+	for !s.mu.closed && s.mu.running < s.db.GetAllowedWithoutPermission() {
+		s.mu.Unlock()
+		waiting, _ := s.db.GetWaitingCompaction()
+		accepted := waiting && s.db.Schedule(s)
+		s.mu.Lock()
+		if !accepted {
+			break
+		}
+		s.mu.running++
+	}
+	s.mu.granting = false
+	s.mu.idle.Broadcast()
+	s.mu.Unlock()
+}
+
+// grantLoop grants every regrantInterval, and when poked, until Unregister.
+func (s *compactionScheduler) grantLoop() {
+	defer close(s.ended)
+	t := time.NewTicker(regrantInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		case <-s.poke:
+		}
+		s.grant()
+	}
+}
