@@ -292,9 +292,10 @@ func BootstrapMany(db *pebble.DB, ds []Descriptor, all []Descriptor) error {
 
 // bootstrapChunk is the most records BootstrapMany writes in one batch. A
 // batch past half of Pebble's memtable goes in as a "flushable batch",
-// which Pebble kept in memory after it was flushed (the bootstrap of
-// 10,000 ranges in one batch held 1.3 MB of heap for good; BENCHMARKS.md,
-// "Quiescence: memory per replica"). A record is about 0.1 KiB.
+// which Pebble kept in memory after it was flushed (the bootstrap of 10,000
+// ranges in one batch held 1.3 MB of heap for good; BENCHMARKS.md,
+// "Quiescence: the idle floor and memory, later"). A record is about 0.1
+// KiB.
 const bootstrapChunk = 4096
 
 // checkTiling checks that ds, in order, tile the keyspace.

@@ -102,7 +102,7 @@ func SplitResult(res Result) (left, right Descriptor, ok bool, err error) {
 // runs on the worker that applies the range; it must not block and must
 // not call the engine.
 func WithSplitHook(fn func(left, right Descriptor, committed bool)) Option {
-	return func(s *StateMachine) { s.onSplit = fn }
+	return func(s *StateMachine) { s.own().Split = fn }
 }
 
 // applySplit applies OpSplit through b; on success it returns the new LHS
@@ -268,19 +268,19 @@ func copyLocal(b *pebble.Batch, kind byte, from, to uint64, filter func(suffix [
 // Store refuses one whose span another local replica still holds. accept
 // runs on the worker that holds the range; it must not block.
 func WithSnapshotGate(accept func(d *Descriptor) bool) Option {
-	return func(s *StateMachine) { s.gate = accept }
+	return func(s *StateMachine) { s.own().SnapshotGate = func(_ uint64, d *Descriptor) bool { return accept(d) } }
 }
 
 // AcceptSnapshot implements multiraft.SnapshotGate.
 func (s *StateMachine) AcceptSnapshot(data []byte) bool {
-	if s.gate == nil {
+	if s.hooks == nil || s.hooks.SnapshotGate == nil {
 		return true
 	}
 	d, err := SnapshotDescriptor(data)
 	if err != nil {
 		return true // Restore reports it, loudly
 	}
-	return s.gate(&d)
+	return s.hooks.SnapshotGate(s.id, &d)
 }
 
 // SnapshotDescriptor returns the descriptor a snapshot's data carries: the

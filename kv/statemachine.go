@@ -53,11 +53,6 @@ type StateMachine struct {
 	dirty dirtySet
 	// persisted is the applied index Pebble has. Owned by the worker.
 	persisted uint64
-	// stage collects one Apply's writes before they are made visible, and
-	// decoded its commands (they point into the commands' data); both kept
-	// to reuse their arrays. Owned by the worker.
-	stage   []dirtyWrite
-	decoded []Command
 
 	leases leaseTable // leases as applied, for the leader's expiry loop
 	hub    watchHub   // election watchers
@@ -77,17 +72,13 @@ type StateMachine struct {
 	// empty but in the meta range). Owned by the worker.
 	auth authSize
 
-	// onDescriptor, if set, is called after the descriptor changed
-	// (WithDescriptorHook); onLeases after the lease table changed
-	// (WithLeaseHook); onSplit after a split (WithSplitHook); gate
-	// decides whether a snapshot may be taken now (WithSnapshotGate).
-	onDescriptor func(id uint64)
-	onLeases     func(id uint64)
-	onActive     func(id uint64)
+	// hooks are the calls to the owner (Hooks); nil: none. Shared by
+	// every replica of a node (WithHooks) unless ownHooks: a With...Hook
+	// option made a copy of its own.
+	hooks    *Hooks
+	ownHooks bool
 	// active: the activity hook ran since Quiet (WithActivityHook).
-	active  atomic.Bool
-	onSplit func(left, right Descriptor, committed bool)
-	gate    func(d *Descriptor) bool
+	active atomic.Bool
 
 	// ops counts applied commands and answered queries; written the bytes
 	// applied puts wrote; sampler keeps keys of recent requests (stats.go).
@@ -136,12 +127,70 @@ func WithHoldBudget(b *HoldBudget) Option {
 	return func(s *StateMachine) { s.dirty.budget = b }
 }
 
+// Hooks are the state machine's calls to its owner, each described by the
+// option that sets it alone (WithDescriptorHook, WithLeaseHook,
+// WithActivityHook, WithSplitHook, WithSnapshotGate). A nil field is not
+// called. One Hooks value may serve every state machine of a node
+// (WithHooks): an idle replica then carries a pointer, where its own five
+// closures were 0.1 KiB of it (BENCHMARKS.md, "Quiescence: the idle floor
+// and memory, later"). The state machines never modify it, and nobody may
+// once it is in use.
+type Hooks struct {
+	Descriptor   func(id uint64)
+	Leases       func(id uint64)
+	Active       func(id uint64)
+	Split        func(left, right Descriptor, committed bool)
+	SnapshotGate func(id uint64, d *Descriptor) bool
+}
+
+// WithHooks makes the state machine call h's hooks. h is shared, not
+// copied; a With...Hook option after it changes a copy of this state
+// machine's own, and one before it is kept where h has no such hook (in
+// a copy of its own).
+func WithHooks(h *Hooks) Option {
+	return func(s *StateMachine) {
+		if !s.ownHooks {
+			s.hooks = h
+			return
+		}
+		own, merged := s.hooks, *h
+		if merged.Descriptor == nil {
+			merged.Descriptor = own.Descriptor
+		}
+		if merged.Leases == nil {
+			merged.Leases = own.Leases
+		}
+		if merged.Active == nil {
+			merged.Active = own.Active
+		}
+		if merged.Split == nil {
+			merged.Split = own.Split
+		}
+		if merged.SnapshotGate == nil {
+			merged.SnapshotGate = own.SnapshotGate
+		}
+		*own = merged
+	}
+}
+
+// own returns hooks of s's own to set one in (a copy of the shared ones).
+func (s *StateMachine) own() *Hooks {
+	if !s.ownHooks {
+		h := &Hooks{}
+		if s.hooks != nil {
+			*h = *s.hooks
+		}
+		s.hooks, s.ownHooks = h, true
+	}
+	return s.hooks
+}
+
 // WithDescriptorHook makes the state machine call fn with its range ID
 // whenever the descriptor it applied changes: a restore, a split, a merge.
 // fn runs on the worker that applies the range, after the change is
 // visible; it must not block and must not call the engine.
 func WithDescriptorHook(fn func(id uint64)) Option {
-	return func(s *StateMachine) { s.onDescriptor = fn }
+	return func(s *StateMachine) { s.own().Descriptor = fn }
 }
 
 // WithActivityHook makes the state machine call fn with its range ID the
@@ -150,7 +199,7 @@ func WithDescriptorHook(fn func(id uint64)) Option {
 // the applying or querying goroutine and must not block. Package ranges
 // samples the load of only the replicas it names, not of every idle one.
 func WithActivityHook(fn func(id uint64)) Option {
-	return func(s *StateMachine) { s.onActive = fn }
+	return func(s *StateMachine) { s.own().Active = fn }
 }
 
 // Quiet rearms the activity hook: the next command or query calls it
@@ -160,15 +209,15 @@ func (s *StateMachine) Quiet() { s.active.Store(false) }
 
 // touch runs the activity hook once per Quiet.
 func (s *StateMachine) touch() {
-	if s.onActive != nil && !s.active.Load() && s.active.CompareAndSwap(false, true) {
-		s.onActive(s.id)
+	if s.hooks != nil && s.hooks.Active != nil && !s.active.Load() && s.active.CompareAndSwap(false, true) {
+		s.hooks.Active(s.id)
 	}
 }
 
 // descriptorChanged runs the descriptor hook, if any.
 func (s *StateMachine) descriptorChanged() {
-	if s.onDescriptor != nil {
-		s.onDescriptor(s.id)
+	if s.hooks != nil && s.hooks.Descriptor != nil {
+		s.hooks.Descriptor(s.id)
 	}
 }
 
@@ -181,13 +230,13 @@ func (s *StateMachine) descriptorChanged() {
 // the range, after the new table is visible to Leases and without the
 // table's lock held; it must not block and must not call the engine.
 func WithLeaseHook(fn func(id uint64)) Option {
-	return func(s *StateMachine) { s.onLeases = fn }
+	return func(s *StateMachine) { s.own().Leases = fn }
 }
 
 // leasesChanged runs the lease hook, if any.
 func (s *StateMachine) leasesChanged() {
-	if s.onLeases != nil {
-		s.onLeases(s.id)
+	if s.hooks != nil && s.hooks.Leases != nil {
+		s.hooks.Leases(s.id)
 	}
 }
 
@@ -423,8 +472,9 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	}
 	s.ops.Add(uint64(len(cmds)))
 	s.touch()
-	if s.holdable(cmds) {
-		return s.applyHeld(cmds, desc)
+	if sc := s.holdable(cmds); sc != nil {
+		defer sc.release()
+		return s.applyHeld(cmds, desc, sc)
 	}
 	if err := s.flush(); err != nil {
 		return err
@@ -508,9 +558,9 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 	if err := b.Set(s.appliedKey(), s.appliedValue(last, rev), nil); err != nil {
 		return err
 	}
-	if s.onSplit != nil {
+	if s.hooks != nil && s.hooks.Split != nil {
 		for _, sp := range fx.splits {
-			s.onSplit(sp[0], sp[1], false)
+			s.hooks.Split(sp[0], sp[1], false)
 		}
 	}
 	old := s.desc.Load()
@@ -568,9 +618,9 @@ func (s *StateMachine) Apply(cmds []multiraft.Command) error {
 		// every watcher reads its election again.
 		s.publish(nil, true)
 	}
-	if s.onSplit != nil {
+	if s.hooks != nil && s.hooks.Split != nil {
 		for _, sp := range fx.splits {
-			s.onSplit(sp[0], sp[1], true)
+			s.hooks.Split(sp[0], sp[1], true)
 		}
 	}
 	return nil
@@ -711,40 +761,69 @@ func (s *StateMachine) deleteRange(b *pebble.Batch, start, end []byte, rev uint6
 	return n, b.DeleteRange(lo, hi, nil)
 }
 
-// holdable reports whether every command is a well-formed put or delete
-// that touches no lease, or a transaction of such puts and deletes and of
-// gets (holdableTxn), in a group where no key is attached to one: such
-// commands only write data keys, and may be held (applyHeld). It leaves
-// them decoded in s.decoded.
-func (s *StateMachine) holdable(cmds []multiraft.Command) bool {
-	if s.mayAttach || s.dirty.budget.limit == 0 || s.frozen.Load() != nil {
-		return false
-	}
-	s.decoded = s.decoded[:0]
-	for i := range cmds {
-		cmd, err := decodeCommand(cmds[i].Data)
-		if err != nil || cmd.Lease != 0 {
-			return false
-		}
-		if cmd.Op != OpPut && cmd.Op != OpDelete && (cmd.Op != OpTxn || !holdableTxn(cmd.Txn)) {
-			return false
-		}
-		s.decoded = append(s.decoded, cmd)
-	}
-	return true
+// applyScratch is the working memory of one held apply (holdable,
+// applyHeld): from a pool, where each replica kept its own, 48 bytes of an
+// idle one and the arrays of its largest apply (BENCHMARKS.md, "Quiescence:
+// the idle floor and memory, later").
+type applyScratch struct {
+	// decoded are the commands (they point into the commands' data);
+	// stage collects the apply's writes before they are made visible.
+	decoded []Command
+	stage   []dirtyWrite
 }
 
-// applyHeld applies holdable commands into the dirty set, and writes it out
-// once it is full.
-func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) error {
+var scratchPool = sync.Pool{New: func() any { return new(applyScratch) }}
+
+// release empties sc and puts it back in the pool; an array a burst grew
+// large goes, not kept for the next apply.
+func (sc *applyScratch) release() {
+	// Drop the references the arrays would keep, to their capacity: an
+	// apply that failed part way did not hand its stage back.
+	clear(sc.decoded[:cap(sc.decoded)])
+	clear(sc.stage[:cap(sc.stage)])
+	sc.decoded, sc.stage = sc.decoded[:0], sc.stage[:0]
+	if cap(sc.decoded) > 1024 {
+		sc.decoded = nil
+	}
+	if cap(sc.stage) > 1024 {
+		sc.stage = nil
+	}
+	scratchPool.Put(sc)
+}
+
+// holdable returns, decoded in a scratch, the commands if every one is a
+// well-formed put or delete that touches no lease, or a transaction of
+// such puts and deletes and of gets (holdableTxn), in a group where no key
+// is attached to one: such commands only write data keys, and may be held
+// (applyHeld). Otherwise nil. The caller releases the scratch.
+func (s *StateMachine) holdable(cmds []multiraft.Command) *applyScratch {
+	if s.mayAttach || s.dirty.budget.limit == 0 || s.frozen.Load() != nil {
+		return nil
+	}
+	sc := scratchPool.Get().(*applyScratch)
+	for i := range cmds {
+		cmd, err := decodeCommand(cmds[i].Data)
+		if err != nil || cmd.Lease != 0 ||
+			(cmd.Op != OpPut && cmd.Op != OpDelete && (cmd.Op != OpTxn || !holdableTxn(cmd.Txn))) {
+			sc.release()
+			return nil
+		}
+		sc.decoded = append(sc.decoded, cmd)
+	}
+	return sc
+}
+
+// applyHeld applies holdable commands, decoded in sc, into the dirty set,
+// and writes it out once it is full.
+func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor, sc *applyScratch) error {
 	rev := s.revision.Load()
-	st := s.stage[:0]
+	st := sc.stage[:0]
 	// Every result of a put or delete has the same size: one allocation
 	// holds them all (a transaction's may grow it).
 	resSize := Result{}.size()
 	results := make([]byte, 0, resSize*len(cmds))
 	for i := range cmds {
-		c, cmd := &cmds[i], &s.decoded[i]
+		c, cmd := &cmds[i], &sc.decoded[i]
 		if prev, skip := s.sessions.check(cmd); skip {
 			c.Result = prev
 			continue
@@ -804,9 +883,7 @@ func (s *StateMachine) applyHeld(cmds []multiraft.Command, desc *Descriptor) err
 		s.sessions.record(cmd, c.Result)
 	}
 	s.dirty.apply(st, s.held())
-	clear(st) // drop the references the arrays would keep
-	s.stage = st[:0]
-	clear(s.decoded)
+	sc.stage = st // release clears it
 	s.revision.Store(rev)
 	s.applied.Store(cmds[len(cmds)-1].Index)
 	s.raiseFloor(rev)

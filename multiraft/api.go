@@ -333,12 +333,14 @@ func (h *Host) Subscribe() *Subscription { return h.hub.subscribe() }
 
 // GroupStatus describes one local replica.
 type GroupStatus struct {
-	ID       uint64
-	Leader   uint64
-	Term     uint64
-	Commit   uint64
-	Applied  uint64
-	Role     string
+	ID      uint64
+	Leader  uint64
+	Term    uint64
+	Commit  uint64
+	Applied uint64
+	Role    string
+	// Voters and Learners are shared with other groups and calls: read
+	// them, never modify them.
 	Voters   []uint64
 	Learners []uint64
 	// Quiesced: the replica does not tick (quiesce.go).

@@ -27,9 +27,9 @@ type worker struct {
 
 // reuse empties a worker's buffer for the next cycle, or lets it go if a
 // burst grew it (past 1024 items) and the last cycle used under a quarter
-// of it: 10,000 ranges electing at a node's start grew the workers'
-// buffers to 1.4 MB, kept for good once they quiesced (BENCHMARKS.md,
-// "Quiescence: memory per replica").
+// of it: 10,000 ranges electing at a node's start grew the workers' buffers
+// to 1.4 MB, kept for good once they quiesced (BENCHMARKS.md, "Quiescence:
+// the idle floor and memory, later").
 func reuse[T any](s []T) []T {
 	if cap(s) > 1024 && len(s) < cap(s)/4 {
 		return nil
@@ -38,11 +38,11 @@ func reuse[T any](s []T) []T {
 	return s[:0]
 }
 
-// idleKeep is the most items an idle worker keeps room for in a buffer
-// its last cycle used under a quarter of (reuse). A raft.Ready is about
-// 0.3 KiB: the four workers of a node that started 10,000 ranges kept
-// 1.4 MB for nothing once they quiesced (BENCHMARKS.md, "Quiescence:
-// memory per replica"). Under a steady load the cycles use what they
+// idleKeep is the most items an idle worker keeps room for in a buffer its
+// last cycle used under a quarter of (reuse). A raft.Ready is about 0.3
+// KiB: the four workers of a node that started 10,000 ranges kept 1.4 MB
+// for nothing once they quiesced (BENCHMARKS.md, "Quiescence: the idle
+// floor and memory, later"). Under a steady load the cycles use what they
 // keep, and nothing is let go.
 const idleKeep = 256
 

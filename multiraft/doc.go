@@ -42,6 +42,8 @@
 //	entryCache.mu               (leaf; the node-wide entry cache, entrycache.go:
 //	                             taken by workers inside raft calls, and
 //	                             under Host.mu by publishGroup)
+//	Host.confSets.mu            (leaf; interned membership lists,
+//	                             confsets.go)
 //	eventHub.mu < Subscription.mu
 //
 // The Handler methods the transport calls take only Host.mu (read) and the

@@ -38,10 +38,9 @@ type group struct {
 	published LeaderEvent
 	ticks     uint64
 
-	proposals   map[uint64]*proposal // nil until the first (track); nil again when quiesced
-	held        []*proposal
-	confPending bool
-	confSince   uint64 // tick at which confPending was set
+	proposals map[uint64]*proposal // nil until the first (track); nil again when quiesced
+	held      []*proposal
+	confSince uint64 // tick at which confPending was set
 	// confCheck: the key of a membership change this leader just handed
 	// to raft. The next Ready shows whether raft appended it, or replaced
 	// it with an empty entry because its previous change, or the log of
@@ -52,12 +51,9 @@ type group struct {
 	// the entry that replaced it (retryConf). The held proposals wait.
 	confRetry   *proposal
 	confRetryAt uint64
-	// releaseAfterAdvance: a conf change applied in the current Ready; the
-	// held proposals go to raft once it is advanced.
-	releaseAfterAdvance bool
-	reads               map[uint64]*readBatch // by the key in their request context; nil until the first, and when quiesced
-	readWaiting         []*readBatch
-	transfers           []*transfer
+	reads       map[uint64]*readBatch // by the key in their request context; nil until the first, and when quiesced
+	readWaiting []*readBatch
+	transfers   []*transfer
 	// transferHeld: proposals that arrived while this leader was handing
 	// leadership away (raft drops them then); proposed again if the
 	// transfer fails, failed with ErrNotLeader (not appended) once
@@ -69,27 +65,13 @@ type group struct {
 	failoverFrom, failoverTick uint64
 	pokes                      int
 	pokeTick                   uint64
-	stopped                    bool
-	// quiesced: the group does not tick (quiesce.go), since it quiesced
-	// under quietLeader. Set and cleared by the owner through Host.quiesce
-	// and Host.unquiesce, under Host.quiet.mu.
-	quiesced    bool
+	// quietLeader: see quiesced.
 	quietLeader uint64
-	// leaderQuiet: this follower's leader, leaderQuietLead at term
-	// leaderQuietTerm, quiesced while the follower waited for something
-	// of its own (leaderQuiesced, quiesce.go): it stays active, but raft's
-	// election timer stops while it follows that leader in that term.
-	// Owner only.
-	leaderQuiet                      bool
+	// leaderQuietLead, leaderQuietTerm: see leaderQuiet.
 	leaderQuietLead, leaderQuietTerm uint64
-	// noVoteEmpty: GroupStart.NoVoteWhileEmpty. Set at start.
-	noVoteEmpty bool
 	// holdAwake: a leader does not quiesce before this tick (of g.ticks):
 	// a follower told it that it forgot it (forgotCtx). Owner only.
 	holdAwake uint64
-	// catchUpQueued: g is in Host.quiet.mu.catchUpQ (catchup.go). Under
-	// Host.quiet.mu.
-	catchUpQueued bool
 	// outbox: messages of this node's own making (quiesce heartbeats) to
 	// send after the group's Ready messages of the current cycle.
 	outbox []transport.Envelope
@@ -97,21 +79,47 @@ type group struct {
 	// the last Ready; applyReady removes those raft did not take.
 	snapFiles []string
 
+	// The flags, together: a bool between two words takes a word (they
+	// were 48 of the struct's 680 bytes; BENCHMARKS.md, "Quiescence:
+	// memory per replica").
+	//
+	// confPending: a membership change is in raft (confSince).
+	confPending bool
+	// releaseAfterAdvance: a conf change applied in the current Ready; the
+	// held proposals go to raft once it is advanced.
+	releaseAfterAdvance bool
+	stopped             bool
+	// quiesced: the group does not tick (quiesce.go), since it quiesced
+	// under quietLeader. Set and cleared by the owner through Host.quiesce
+	// and Host.unquiesce, under Host.quiet.mu.
+	quiesced bool
+	// leaderQuiet: this follower's leader, leaderQuietLead at term
+	// leaderQuietTerm, quiesced while the follower waited for something
+	// of its own (leaderQuiesced, quiesce.go): it stays active, but raft's
+	// election timer stops while it follows that leader in that term.
+	// Owner only.
+	leaderQuiet bool
+	// noVoteEmpty: GroupStart.NoVoteWhileEmpty. Set at start.
+	noVoteEmpty bool
+	// catchUpQueued: g is in Host.quiet.mu.catchUpQ (catchup.go). Under
+	// Host.quiet.mu.
+	catchUpQueued bool
+
 	in struct {
 		sync.Mutex
-		msgs      []raftpb.Message
-		props     []*proposal
-		reads     []*readReq
-		transfers []*transfer
-		// tick: a tick waits. Ticks coalesce (loops.go, tick).
-		tick        bool
+		msgs        []raftpb.Message
+		props       []*proposal
+		reads       []*readReq
+		transfers   []*transfer
 		unreachable []uint64
 		snaps       []snapReport
 		stop        *stopReq
-		campaign    bool
-		forget      bool
-		closed      bool
-		wake        bool // liveness wakes the quiesced group (quiesce.go)
+		// tick: a tick waits. Ticks coalesce (loops.go, tick).
+		tick     bool
+		campaign bool
+		forget   bool
+		closed   bool
+		wake     bool // liveness wakes the quiesced group (quiesce.go)
 		// requeue: its start campaign found no leader in time; it waits
 		// for another turn if nothing else woke it (startcampaign.go).
 		requeue bool
@@ -754,10 +762,8 @@ func (g *group) publishStatus() {
 // (a conf change applied, a snapshot restored) and by publishGroup.
 func (g *group) publishConf() {
 	cs := g.log.cs
-	v := append([]uint64(nil), cs.Voters...)
-	l := append([]uint64(nil), cs.Learners...)
-	g.st.voters.Store(&v)
-	g.st.learners.Store(&l)
+	g.st.voters.Store(g.h.confSets.intern(cs.Voters))
+	g.st.learners.Store(g.h.confSets.intern(cs.Learners))
 	g.h.statusVersion.Add(1)
 }
 

@@ -28,6 +28,8 @@ type Host struct {
 	// groups' memLogs at it and at the store (memlog.go).
 	entries *entryCache
 	logSrc  logSource
+	// confSets interns the groups' published voters and learners.
+	confSets confSets
 
 	// keyBase and nextKey make the keys of proposals and ReadIndex rounds
 	// (newKey): random high bits per Host incarnation, so that a restarted

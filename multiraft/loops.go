@@ -6,6 +6,8 @@ package multiraft
 import (
 	"sort"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/phase"
 )
 
 // workerLoop takes groups that have work and processes them, one cycle at
@@ -37,7 +39,7 @@ func (h *Host) workerLoop(w *worker) {
 // tickLoop ticks every group once per TickInterval.
 func (h *Host) tickLoop() {
 	defer h.wg.Done()
-	t := time.NewTicker(h.cfg.TickInterval)
+	t := phase.NewTicker(h.cfg.TickInterval)
 	defer t.Stop()
 	var ids []uint64
 	for {
@@ -45,6 +47,7 @@ func (h *Host) tickLoop() {
 		case <-h.stopc:
 			return
 		case now := <-t.C:
+			t.Next()
 			// A tick taken a whole interval after it fired says this loop
 			// waited that long for a CPU: the node is behind (liveness.go,
 			// "An overloaded node"). The ticker drops the ticks it could

@@ -37,8 +37,10 @@ type memLog struct {
 	terms []termRun
 	id    uint64
 	src   *logSource
-	// snapshot produces a snapshot of the group's current applied state.
-	snapshot func() (raftpb.Snapshot, error)
+	// owner is the group whose state Snapshot produces; nil in tests of
+	// the log alone. (A method of the group, not a closure: 24 bytes less
+	// per replica.)
+	owner *group
 }
 
 // termRun says that the entries from index on, up to the next run, have
@@ -157,11 +159,19 @@ func (l *memLog) check(read []raftpb.Entry, lo, hi uint64) error {
 	return nil
 }
 
+// Snapshot produces a snapshot of the group's current applied state. A
+// state machine that cannot read its own state stops the Host, as any
+// storage error on the raft path does.
 func (l *memLog) Snapshot() (raftpb.Snapshot, error) {
-	if l.snapshot == nil {
+	if l.owner == nil {
 		return raftpb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
 	}
-	return l.snapshot()
+	s, err := l.owner.snapshotFor(true)
+	if err != nil {
+		l.src.fatal(fmt.Errorf("snapshot for a follower: %w", err))
+		return raftpb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s, nil
 }
 
 // append adds entries, which the store holds already, replacing any

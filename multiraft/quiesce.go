@@ -189,6 +189,37 @@ func (h *Host) Quiesced() int {
 // lagging (the followers down and behind) is not yet recorded down
 // (laggingLocked). Called by g's owner.
 func (h *Host) quiesce(g *group, leader, epoch uint64, lagging []uint64) bool {
+	if !h.quiesceUnder(g, leader, epoch, lagging) {
+		return false
+	}
+	if len(lagging) == 0 && g.applied >= g.log.lastIndex() {
+		// This replica applied every entry it holds and (a leader) every
+		// follower holds them too: none is read again but from the store
+		// (by a replica that lost its log, a new one, or this one leading
+		// later a follower that is behind), so the cache lets them go. A
+		// quiesced replica's entries were 0.15 KiB of its memory
+		// (BENCHMARKS.md, "Quiescence: the idle floor and memory, later").
+		// With a lagging follower they stay, for its catch-up; and a
+		// follower that quiesced before it applied keeps those it is about
+		// to apply.
+		h.logSrc.cache.drop(g.id)
+	}
+	// A quiesced replica has nothing in flight; maps grown by a burst
+	// keep their buckets when emptied, so they go (made again on use).
+	// Here, not in quiesceLocked: the owner runs this, and only the
+	// owner touches them.
+	if len(g.proposals) == 0 {
+		g.proposals = nil
+	}
+	if len(g.reads) == 0 {
+		g.reads = nil
+	}
+	return true
+}
+
+// quiesceUnder is quiesce's part under h.quiet.mu: it checks liveness and
+// the lagging followers, and records g as quiesced.
+func (h *Host) quiesceUnder(g *group, leader, epoch uint64, lagging []uint64) bool {
 	h.quiet.mu.Lock()
 	defer h.quiet.mu.Unlock()
 	if leader != h.cfg.NodeID && h.PeerDown(leader) {
@@ -204,16 +235,6 @@ func (h *Host) quiesce(g *group, leader, epoch uint64, lagging []uint64) bool {
 	}
 	h.quiesceLocked(g, leader)
 	h.act.remove(g)
-	// A quiesced replica has nothing in flight; maps grown by a burst
-	// keep their buckets when emptied, so they go (made again on use).
-	// Here, not in quiesceLocked: the owner runs this, and only the
-	// owner touches them.
-	if len(g.proposals) == 0 {
-		g.proposals = nil
-	}
-	if len(g.reads) == 0 {
-		g.reads = nil
-	}
 	return true
 }
 

@@ -63,10 +63,11 @@ type GroupStart struct {
 // ones is written in batches of startChunk groups (each group's state in
 // one), a sync each, and the groups run only once it is durable. If
 // preparing or writing fails, no group of gs was started (state already
-// written for new ones is kept, and a retry starts from it); if publishing fails part way (the Host closing, or a concurrent
-// StartGroup of one of the IDs), the groups before it run and the error
-// says how many. Started one by one, each with its own sync, 10,000 ranges
-// took minutes (BENCHMARKS.md, "Quiescence").
+// written for new ones is kept, and a retry starts from it); if
+// publishing fails part way (the Host closing, or a concurrent StartGroup
+// of one of the IDs), the groups before it run and the error says how
+// many. Started one by one, each with its own sync, 10,000 ranges took
+// minutes (BENCHMARKS.md, "Quiescence").
 func (h *Host) StartGroups(gs []GroupStart) error {
 	if h.isStopped() {
 		return ErrStopped
@@ -160,10 +161,10 @@ func (h *Host) StartGroups(gs []GroupStart) error {
 
 // startChunk is the most groups StartGroups stages in one batch. A batch
 // past half of Pebble's memtable goes in as a "flushable batch", which
-// Pebble kept in memory after it was flushed: the start of 10,000 groups
-// in one batch held 4 MB of heap for good, 0.4 KiB per idle replica
-// (BENCHMARKS.md, "Quiescence: memory per replica"). A group's start
-// state is about 0.3 KiB, so 512 of them stay far below that.
+// Pebble kept in memory after it was flushed: the start of 10,000 groups in
+// one batch held 4 MB of heap for good, 0.4 KiB per idle replica
+// (BENCHMARKS.md, "Quiescence: the idle floor and memory, later"). A
+// group's start state is about 0.3 KiB, so 512 of them stay far below that.
 const startChunk = 512
 
 // prepareGroup builds the replica of group id without running it, and
@@ -228,16 +229,7 @@ func (h *Host) prepareGroup(id uint64, members []uint64, sm StateMachine, b stor
 		g.log.cs = snapMeta.ConfState
 	}
 	loaded := g.log.record(st.Entries)
-	g.log.snapshot = func() (raftpb.Snapshot, error) {
-		s, err := g.snapshotFor(true)
-		if err != nil {
-			// The state machine could not read its own state: as on any
-			// storage error on the raft path, stop loudly.
-			h.fatal(fmt.Errorf("snapshot for a follower: %w", err))
-			return raftpb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
-		}
-		return s, nil
-	}
+	g.log.owner = g
 	applied := sm.AppliedIndex()
 	if string(st.Snapshot.Data) == bootState && applied < snapMeta.Index {
 		// Nothing lies at or below the boot index.
@@ -377,7 +369,11 @@ func (h *Host) startAt(b storage.Batch, id, at uint64, members []uint64, st *sto
 // had (a vote cast while it was empty) is kept if its term is later. The
 // caller commits b, synced, before the group runs.
 func (h *Host) writeStart(b storage.Batch, id, at, term uint64, data string, members []uint64, st *storage.GroupState) {
-	cs := raftpb.ConfState{Voters: append([]uint64(nil), members...)}
+	// The voters are the interned list (confsets.go), which the group's
+	// published list shares while it is in use (a collection between the
+	// two may make a second copy): the log's conf state keeps it, and is
+	// only ever replaced, never modified in place.
+	cs := raftpb.ConfState{Voters: *h.confSets.intern(members)}
 	hs := raftpb.HardState{Term: term, Commit: at}
 	if st.HardState.Term > term {
 		hs.Term, hs.Vote = st.HardState.Term, st.HardState.Vote

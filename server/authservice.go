@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/auth"
+	"github.com/flotilla/flotilla/internal/phase"
 	"github.com/flotilla/flotilla/kv"
 )
 
@@ -192,7 +193,7 @@ func (s *Server) recheckAuth(ctx context.Context) *auth.Tables {
 // membership records matter. A failed read keeps what the node has
 // (logged once per failure streak).
 func (s *Server) authLoop() {
-	t := time.NewTicker(s.cfg.AuthRefresh)
+	t := phase.NewTicker(s.cfg.AuthRefresh)
 	defer t.Stop()
 	failing := false
 	for {
@@ -207,6 +208,7 @@ func (s *Server) authLoop() {
 		case <-s.stopc:
 			return
 		case <-t.C:
+			t.Next()
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/phase"
 )
 
 // balanceLoop keeps this node from leading more than its share of groups:
@@ -35,7 +36,7 @@ func (s *Server) balanceLoop() {
 // idle ranges that was a third of the node's idle CPU.) It returns when
 // the node stops. The loop of balanceLoop and rebalanceLoop.
 func (s *Server) settledLoop(interval time.Duration, ready func() bool, pass func(live map[uint64]bool) bool) {
-	t := time.NewTicker(interval)
+	t := phase.NewTicker(interval)
 	defer t.Stop()
 	var live map[uint64]bool
 	var since time.Time
@@ -47,6 +48,7 @@ func (s *Server) settledLoop(interval time.Duration, ready func() bool, pass fun
 		case <-s.stopc:
 			return
 		case <-t.C:
+			t.Next()
 		}
 		now := s.reachableNodes()
 		for id := range s.leavingNodes() {

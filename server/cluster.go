@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/phase"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
 	"github.com/flotilla/flotilla/transport"
@@ -150,7 +151,7 @@ const maxInfoBytes = 512 << 20
 // discoveryLoop asks every peer for its addresses and the leaders of its
 // replicas, every DiscoveryInterval, all peers in parallel.
 func (s *Server) discoveryLoop() {
-	t := time.NewTicker(s.cfg.DiscoveryInterval)
+	t := phase.NewTicker(s.cfg.DiscoveryInterval)
 	defer t.Stop()
 	for {
 		s.discoverOnce()
@@ -158,6 +159,7 @@ func (s *Server) discoveryLoop() {
 		case <-s.stopc:
 			return
 		case <-t.C:
+			t.Next()
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla/flotilla/internal/phase"
 	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 )
@@ -48,7 +49,7 @@ const deadRetry = 10 * time.Second
 // comes back later finds its replicas removed (the discovery's
 // CheckRemoved). Started by Start.
 func (s *Server) evacuateLoop() {
-	t := time.NewTicker(max(s.cfg.DiscoveryInterval, time.Second))
+	t := phase.NewTicker(max(s.cfg.DiscoveryInterval, time.Second))
 	defer t.Stop()
 	downSince := map[uint64]time.Time{}
 	dm := &deadMoves{moving: map[uint64]bool{}, retryAt: map[uint64]time.Time{}}
@@ -57,6 +58,7 @@ func (s *Server) evacuateLoop() {
 		case <-s.stopc:
 			return
 		case <-t.C:
+			t.Next()
 		}
 		now := time.Now()
 		live := s.reachableNodes()

@@ -7,16 +7,18 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla/flotilla/internal/phase"
 )
 
 // regrantInterval is how often the compaction scheduler looks for a
 // compaction Pebble wants and was refused, when nothing else made it look.
 // Pebble's own scheduler looks every 100 ms: ten wakes a second of an idle
 // node, a tenth of the goroutine wakes of a node with 10,000 quiesced
-// ranges (BENCHMARKS.md, "Quiescence: the idle floor"). A refused
-// compaction is also granted when a running one ends (Done) and when the
-// number allowed grows (UpdateGetAllowedWithoutPermission), so the period
-// only bounds the wait of a case neither covers.
+// ranges (BENCHMARKS.md, "Quiescence: the idle floor and memory, later"). A
+// refused compaction is also granted when a running one ends (Done) and
+// when the number allowed grows (UpdateGetAllowedWithoutPermission), so the
+// period only bounds the wait of a case neither covers.
 const regrantInterval = time.Second
 
 // compactionScheduler is the pebble.CompactionScheduler of a store: it
@@ -30,10 +32,13 @@ const regrantInterval = time.Second
 //
 // Goroutines: grantLoop, started by Register and stopped by Unregister.
 type compactionScheduler struct {
-	db    pebble.DBForCompaction
-	poke  chan struct{}
-	stop  chan struct{}
-	ended chan struct{}
+	db pebble.DBForCompaction
+	// registered: Register ran (grantLoop runs). Written by Register,
+	// read by abandon, both on the goroutine of pebble.Open.
+	registered bool
+	poke       chan struct{}
+	stop       chan struct{}
+	ended      chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -67,6 +72,7 @@ func newCompactionScheduler() *compactionScheduler {
 // when the DB opened.
 func (s *compactionScheduler) Register(_ int, db pebble.DBForCompaction) {
 	s.db = db
+	s.registered = true
 	go pprof.Do(context.Background(), pprof.Labels("flotilla.storage", "grantLoop"), func(context.Context) { s.grantLoop() })
 }
 
@@ -81,6 +87,16 @@ func (s *compactionScheduler) Unregister() {
 		s.mu.idle.Wait()
 	}
 	s.mu.Unlock()
+}
+
+// abandon stops the scheduler of a DB that failed to open: Pebble calls
+// Register part way through Open, and does not call Unregister if Open
+// fails after it. Called on the goroutine that called pebble.Open, after
+// it returned.
+func (s *compactionScheduler) abandon() {
+	if s.registered {
+		s.Unregister()
+	}
 }
 
 // TrySchedule implements pebble.CompactionScheduler: a compaction may
@@ -120,12 +136,16 @@ func (s *compactionScheduler) Done() {
 }
 
 // grant starts waiting compactions while fewer than the DB allows run.
+// One grant at a time: a caller waits for the one under way, then looks
+// itself (that one may have found nothing waiting just before this
+// caller's slot freed; returning at once, the slot would wait for the next
+// regrant). Pebble never calls Done or TrySchedule from inside Schedule.
 func (s *compactionScheduler) grant() {
 	s.mu.Lock()
-	if s.mu.closed || s.mu.granting {
-		// One that grants already will see the slot this caller saw.
-		// (It may have just found nothing waiting; the next regrant
-		// looks again.)
+	for s.mu.granting && !s.mu.closed {
+		s.mu.idle.Wait()
+	}
+	if s.mu.closed {
 		s.mu.Unlock()
 		return
 	}
@@ -148,13 +168,14 @@ func (s *compactionScheduler) grant() {
 // grantLoop grants every regrantInterval, and when poked, until Unregister.
 func (s *compactionScheduler) grantLoop() {
 	defer close(s.ended)
-	t := time.NewTicker(regrantInterval)
+	t := phase.NewTicker(regrantInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
+			t.Next()
 		case <-s.poke:
 		}
 		s.grant()

@@ -47,9 +47,11 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 		MemTableSize: o.MemTableBytes,
 		Logger:       quietLogger{},
 	}
-	opts.Experimental.CompactionScheduler = newCompactionScheduler()
+	sched := newCompactionScheduler()
+	opts.Experimental.CompactionScheduler = sched
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
+		sched.abandon()
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
 	return &Pebble{db: db}, nil

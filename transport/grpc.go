@@ -63,6 +63,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/flotilla/flotilla/internal/phase"
 )
 
 // MustHandler is implemented by a Handler that accepts must-deliver messages
@@ -523,7 +525,7 @@ func (t *GRPCTransport) Stats() []PeerStats {
 func (t *GRPCTransport) Rejected() uint64 { return t.rejectedTotal.Load() }
 
 func (t *GRPCTransport) dropLogLoop() {
-	tick := time.NewTicker(t.cfg.DropLogInterval)
+	tick := phase.NewTicker(t.cfg.DropLogInterval)
 	defer tick.Stop()
 	logged := make(map[*grpcPeer]uint64)
 	var rejected uint64
@@ -532,6 +534,7 @@ func (t *GRPCTransport) dropLogLoop() {
 		case <-t.ctx.Done():
 			return
 		case <-tick.C:
+			tick.Next()
 		}
 		peers := *t.peers.Load()
 		for p := range logged {

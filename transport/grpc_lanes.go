@@ -125,6 +125,14 @@ func resetEnvs(f *frame) {
 // of a 10,000-range node's heap.
 func shrink(n, c int) bool { return c > 1024 && n < c/4 }
 
+// idleKeep is the most envelopes an idle heartbeat lane keeps room for (a
+// lane is idle when it pings: it has no heartbeat to send). An Envelope is
+// about 0.2 KiB: the start of 10,000 ranges left two peers' lanes holding 1
+// MB (BENCHMARKS.md, "Quiescence: the idle floor and memory, later"). A
+// ping comes only after a tick with no heartbeat, so a busy lane keeps its
+// buffers.
+const idleKeep = 256
+
 // raftSendLoop drains the raft lane: everything queued goes out in one frame
 // per write (up to MaxFrameSize).
 func (p *grpcPeer) raftSendLoop() {
@@ -202,13 +210,13 @@ func (p *grpcPeer) heartbeatLoop() {
 				p.writeBatch(&heartbeatStreamDesc, &s, &bo, f)
 				p.m.pings.Inc()
 				// No heartbeat to send: the lane is idle, and lets go of
-				// what a burst grew (shrink), which it would otherwise
-				// keep until its next batch.
-				if shrink(0, cap(f.envs)) {
+				// what a burst grew, which it would otherwise keep until
+				// its next batch (idleKeep).
+				if cap(f.envs) > idleKeep {
 					f.envs, f.sizes = nil, nil
 				}
 				p.mu.Lock()
-				if shrink(0, cap(p.mu.hbSpare)) {
+				if cap(p.mu.hbSpare) > idleKeep {
 					p.mu.hbSpare = nil
 				}
 				p.mu.Unlock()

@@ -144,7 +144,7 @@ func (p *grpcPeer) flushHeartbeats(ping bool) {
 			p.mu.Unlock()
 			return
 		}
-		if shrink(0, cap(p.mu.hbPending)) {
+		if cap(p.mu.hbPending) > idleKeep {
 			p.mu.hbPending = nil // idle: let go of a burst's buffer
 		}
 		p.mu.ping = true

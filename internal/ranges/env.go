@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla/flotilla/internal/phase"
 	"github.com/flotilla/flotilla/kv"
 )
 
@@ -83,7 +84,7 @@ func (s *Store) RunPending() int {
 // Run is the Store's loop (the server's rangeLoop): it runs queued tasks as
 // they come and Tick every interval, until stop is closed.
 func (s *Store) Run(stop <-chan struct{}, interval time.Duration) {
-	t := time.NewTicker(interval)
+	t := phase.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -92,6 +93,7 @@ func (s *Store) Run(stop <-chan struct{}, interval time.Duration) {
 		case <-s.tasks.wake:
 			s.RunPending()
 		case <-t.C:
+			t.Next()
 			s.RunPending()
 			s.Tick()
 			s.RunPending()

@@ -426,7 +426,7 @@ func (s *Store) CheckRemoved(id, node uint64) {
 			if cur, ok := s.Get(id); !ok || cur != r {
 				return
 			}
-			s.destroyMoved(r, fmt.Sprintf("removed from the range (%v on node %d)", pd.String(), node), pd.Generation)
+			s.destroyMoved(r, fmt.Sprintf("removed from the range (%v on node %d)", pd.String(), node), &pd)
 		}))
 	})
 }

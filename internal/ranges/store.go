@@ -39,8 +39,19 @@ type Config struct {
 	// Host runs the ranges' raft groups. Required.
 	Host *multiraft.Host
 	// Options are given to every kv.StateMachine the Store creates (a
-	// shared hold budget, say).
+	// shared hold budget, say). A hook among them (kv.WithLeaseHook)
+	// makes every replica carry a copy of the Store's hooks (kv.WithHooks)
+	// of its own: give the lease hook as LeaseHook.
 	Options []kv.Option
+	// LeaseHook, if set, is every state machine's lease hook
+	// (kv.WithLeaseHook).
+	LeaseHook func(id uint64)
+	// MovedAway, if set, is called on the Store's loop with the
+	// descriptor that took a replica off this node (a move), as the Store
+	// removes it: the node can still tell where the range went (the
+	// server's range cache holds no range with a replica here). It must
+	// not block.
+	MovedAway func(d kv.Descriptor)
 	// Wrap, if set, wraps each state machine before it is handed to the
 	// Host (the simulation records what replicas apply).
 	Wrap func(*kv.StateMachine) multiraft.StateMachine
@@ -170,6 +181,9 @@ type Store struct {
 	cfg Config
 	log *slog.Logger
 	env Env
+	// hooks are every replica's state machine hooks (kv.WithHooks); set
+	// by Open, read-only after.
+	hooks *kv.Hooks
 
 	mu struct {
 		sync.RWMutex
@@ -231,6 +245,19 @@ func Open(cfg Config) (*Store, error) {
 	}
 	cfg.setDefaults()
 	s := &Store{cfg: cfg, log: cfg.Logger, env: cfg.Env}
+	s.hooks = &kv.Hooks{
+		Descriptor: s.descriptorChanged,
+		Leases:     cfg.LeaseHook,
+		Active:     s.touched,
+		Split: func(left, right kv.Descriptor, committed bool) {
+			if !committed {
+				s.announce(right)
+				return
+			}
+			s.enqueue(func() { s.onSplit(left, right) })
+		},
+		SnapshotGate: s.acceptSnapshot,
+	}
 	s.tasks.wake = make(chan struct{}, 1)
 	s.mu.replicas = make(map[uint64]*Replica)
 	s.mu.busy = make(map[uint64]bool)
@@ -544,17 +571,7 @@ func (s *Store) startReplicas(rs []replicaStart) ([]*Replica, error) {
 	gs := make([]multiraft.GroupStart, len(rs))
 	for i, st := range rs {
 		id, members := st.id, st.members
-		opts := append(slices.Clone(s.cfg.Options),
-			kv.WithDescriptorHook(s.descriptorChanged),
-			kv.WithActivityHook(s.touched),
-			kv.WithSplitHook(func(left, right kv.Descriptor, committed bool) {
-				if !committed {
-					s.announce(right)
-					return
-				}
-				s.enqueue(func() { s.onSplit(left, right) })
-			}),
-			kv.WithSnapshotGate(func(d *kv.Descriptor) bool { return s.acceptSnapshot(id, d) }))
+		opts := append(slices.Clone(s.cfg.Options), kv.WithHooks(s.hooks))
 		sm, err := kv.New(s.cfg.DB, id, opts...)
 		if err != nil {
 			return nil, err
@@ -684,7 +701,7 @@ func (s *Store) reconcile(id uint64) {
 	}
 	if !od.HasReplica(s.cfg.NodeID) {
 		// This replica applied its own removal (a replica move).
-		s.destroyMoved(owner, fmt.Sprintf("removed from the range (%v)", od), od.Generation)
+		s.destroyMoved(owner, fmt.Sprintf("removed from the range (%v)", od), od)
 		return
 	}
 	all := s.holding(nil, nil)
@@ -739,10 +756,11 @@ func (s *Store) destroy(r *Replica, why string) {
 }
 
 // destroyMoved removes replica r, which left this node (a replica move)
-// by the descriptor of generation removedBy, as destroy does, and its
-// span's data too unless a range here holds part of it by then; it leaves
-// a tombstone (kv.DestroyMovedReplica) that UnknownGroup heeds.
-func (s *Store) destroyMoved(r *Replica, why string, removedBy uint64) {
+// by the descriptor by, as destroy does, and its span's data too unless a
+// range here holds part of it by then; it leaves a tombstone
+// (kv.DestroyMovedReplica) that UnknownGroup heeds.
+func (s *Store) destroyMoved(r *Replica, why string, by *kv.Descriptor) {
+	removedBy := by.Generation
 	d, ok := r.Descriptor()
 	if !ok {
 		s.destroy(r, why)
@@ -756,6 +774,9 @@ func (s *Store) destroyMoved(r *Replica, why string, removedBy uint64) {
 		return
 	}
 	s.metrics.movedAway.Add(1)
+	if s.cfg.MovedAway != nil {
+		s.cfg.MovedAway(by.Clone())
+	}
 	s.remove(r, why, true, func() error {
 		return kv.DestroyMovedReplica(s.cfg.DB, &span, removedBy, len(s.holding(span.Start, span.End)) > 0)
 	})
