@@ -127,8 +127,8 @@ func shrink(n, c int) bool { return c > 1024 && n < c/4 }
 
 // idleKeep is the most envelopes an idle heartbeat lane keeps room for (a
 // lane is idle when it pings: it has no heartbeat to send). An Envelope is
-// about 0.2 KiB: the start of 10,000 ranges left two peers' lanes holding 1
-// MB (BENCHMARKS.md, "Quiescence: the idle floor and memory, later"). A
+// about 0.2 KiB: the start of 10,000 ranges left two peers' lanes holding
+// 1 MB (BENCHMARKS.md, "Quiescence: the idle floor and memory, later"). A
 // ping comes only after a tick with no heartbeat, so a busy lane keeps its
 // buffers.
 const idleKeep = 256

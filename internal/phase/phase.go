@@ -42,13 +42,12 @@ func delayFrom(now time.Time, period, origin time.Duration) time.Duration {
 	return period - time.Duration(r)
 }
 
-// Ticker delivers the time on C at the multiples of its period (since the
-// origin). Like a
-// time.Ticker it drops the ticks a slow receiver misses, but it is armed
-// anew by Next after each receive, for the next multiple after that
-// moment: so it never drifts from the others, and a receiver late by a
-// whole period gets the next multiple, not a tick at once. Not safe for
-// concurrent use; the loop that receives owns it.
+// Ticker delivers the time on C at the multiples of its period since the
+// origin. Like a time.Ticker it drops the ticks a slow receiver misses,
+// but it is armed anew by Next after each receive, for the next multiple
+// after that moment: so it never drifts from the others, and a receiver
+// late by a whole period gets the next multiple, not a tick at once. Not
+// safe for concurrent use; the loop that receives owns it.
 type Ticker struct {
 	C      <-chan time.Time
 	t      *time.Timer
