@@ -25,52 +25,50 @@ type worker struct {
 	again   []uint64
 }
 
-// reuse empties a worker's buffer for the next cycle, or lets it go if a
-// burst grew it (past 1024 items) and the last cycle used under a quarter
-// of it: 10,000 ranges electing at a node's start grew the workers' buffers
-// to 1.4 MB, kept for good once they quiesced (BENCHMARKS.md, "Quiescence:
-// the idle floor and memory, later").
+// oversized reports whether a buffer of capacity c whose last use held n
+// items is let go rather than kept: it grew past keep items and that use
+// took under a quarter of it. A raft.Ready is about 0.3 KiB: 10,000
+// ranges electing at a node's start grew the four workers' buffers to
+// 1.4 MB, kept for good once they quiesced (BENCHMARKS.md, "Quiescence:
+// the idle floor and memory, later"). Under a steady load the cycles use
+// what they keep, and nothing is let go.
+func oversized(n, c, keep int) bool { return c > keep && n < c/4 }
+
+// cycleKeep is the size past which a worker lets a buffer go after a
+// cycle that used under a quarter of it (reuse); idleKeep the same once
+// the worker is idle (trim).
+const cycleKeep, idleKeep = 1024, 256
+
+// reuse empties a worker's buffer for the next cycle, or lets it go if
+// oversized (cycleKeep) after its last cycle.
 func reuse[T any](s []T) []T {
-	if cap(s) > 1024 && len(s) < cap(s)/4 {
+	if oversized(len(s), cap(s), cycleKeep) {
 		return nil
 	}
 	clear(s)
 	return s[:0]
 }
 
-// idleKeep is the most items an idle worker keeps room for in a buffer its
-// last cycle used under a quarter of (reuse). A raft.Ready is about 0.3
-// KiB: the four workers of a node that started 10,000 ranges kept 1.4 MB
-// for nothing once they quiesced (BENCHMARKS.md, "Quiescence: the idle
-// floor and memory, later"). Under a steady load the cycles use what they
-// keep, and nothing is let go.
-const idleKeep = 256
-
-func oversized(n, c int) bool { return c > idleKeep && n < c/4 }
+// trimmed returns s, or nil if an idle worker lets it go (idleKeep).
+func trimmed[T any](s []T) []T {
+	if oversized(len(s), cap(s), idleKeep) {
+		return nil
+	}
+	return s
+}
 
 // grown reports whether trim would let go of a buffer. The lengths are
 // those of the last cycle (processCycle empties the buffers at the start
 // of the next).
 func (w *worker) grown() bool {
-	return oversized(len(w.readies), cap(w.readies)) || oversized(len(w.early), cap(w.early)) ||
-		oversized(len(w.late), cap(w.late)) || oversized(len(w.ids), cap(w.ids))
+	return oversized(len(w.readies), cap(w.readies), idleKeep) || oversized(len(w.early), cap(w.early), idleKeep) ||
+		oversized(len(w.late), cap(w.late), idleKeep) || oversized(len(w.ids), cap(w.ids), idleKeep)
 }
 
 // trim lets go of the buffers a burst grew and the last cycle did not
 // use; the worker is idle.
 func (w *worker) trim() {
-	if oversized(len(w.readies), cap(w.readies)) {
-		w.readies = nil
-	}
-	if oversized(len(w.early), cap(w.early)) {
-		w.early = nil
-	}
-	if oversized(len(w.late), cap(w.late)) {
-		w.late = nil
-	}
-	if oversized(len(w.ids), cap(w.ids)) {
-		w.ids = nil
-	}
+	w.readies, w.early, w.late, w.ids = trimmed(w.readies), trimmed(w.early), trimmed(w.late), trimmed(w.ids)
 }
 
 type readyGroup struct {

@@ -35,15 +35,7 @@ func TestPickRebalance(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			from, to, got := pickRebalance(tc.members, tc.count, tc.ds, func(id uint64) bool { return id == 7 })
-			if tc.rng == 0 {
-				if got != nil {
-					t.Fatalf("moved range %d from %d to %d, want no move", got.ID, from, to)
-				}
-				return
-			}
-			if got == nil || got.ID != tc.rng || from != tc.from || to != tc.to {
-				t.Fatalf("got %v from %d to %d, want range %d from %d to %d", got, from, to, tc.rng, tc.from, tc.to)
-			}
+			checkPick(t, from, to, got, tc.from, tc.to, tc.rng)
 		})
 	}
 }
@@ -56,7 +48,7 @@ func TestPickRebalance(t *testing.T) {
 func TestPickRepair(t *testing.T) {
 	members := []uint64{1, 2, 3, 4}
 	count := map[uint64]int{1: 5, 2: 5, 3: 7, 4: 3}
-	notReady := func(id uint64) bool { return id != 3 }
+	ready := func(id uint64) bool { return id != 3 }
 	for _, tc := range []struct {
 		name     string
 		ds       []kv.Descriptor
@@ -72,17 +64,24 @@ func TestPickRepair(t *testing.T) {
 		{"one too few, a learner there", []kv.Descriptor{{ID: 7, Replicas: []uint64{1, 2, 4}, Learners: []uint64{4}}}, 0, 3, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			from, to, d := pickRepair(members, count, tc.ds, 3, notReady)
-			if tc.rng == 0 {
-				if d != nil {
-					t.Fatalf("repaired range %d from %d to %d, want none", d.ID, from, to)
-				}
-				return
-			}
-			if d == nil || d.ID != tc.rng || from != tc.from || to != tc.to {
-				t.Fatalf("got %v from %d to %d, want range %d from %d to %d", d, from, to, tc.rng, tc.from, tc.to)
-			}
+			from, to, d := pickRepair(members, count, tc.ds, 3, ready)
+			checkPick(t, from, to, d, tc.from, tc.to, tc.rng)
 		})
+	}
+}
+
+// checkPick fails t unless a pick chose range rng (0: none) from node
+// wantFrom to node wantTo.
+func checkPick(t *testing.T, from, to uint64, d *kv.Descriptor, wantFrom, wantTo, rng uint64) {
+	t.Helper()
+	if rng == 0 {
+		if d != nil {
+			t.Fatalf("picked range %d from %d to %d, want none", d.ID, from, to)
+		}
+		return
+	}
+	if d == nil || d.ID != rng || from != wantFrom || to != wantTo {
+		t.Fatalf("got %v from %d to %d, want range %d from %d to %d", d, from, to, rng, wantFrom, wantTo)
 	}
 }
 

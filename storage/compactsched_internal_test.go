@@ -8,6 +8,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/flotilla/flotilla/internal/testutil"
 )
 
 // fakeCompactionDB is a pebble.DBForCompaction whose allowance and waiting
@@ -135,11 +137,10 @@ func TestPebbleCompacts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for p.db.Metrics().Compact.Count == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no compaction after 12 flushes and 30 s: L0 holds %d files", p.db.Metrics().Levels[0].TablesCount)
+	testutil.WaitFor(t, 30*time.Second, "a compaction after 12 flushes", func() error {
+		if m := p.db.Metrics(); m.Compact.Count == 0 {
+			return fmt.Errorf("none yet; L0 holds %d files", m.Levels[0].TablesCount)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
