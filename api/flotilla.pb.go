@@ -73,7 +73,7 @@ func (x Permission_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Permission_Kind.Descriptor instead.
 func (Permission_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{17, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{19, 0}
 }
 
 type Compare_Target int32
@@ -128,7 +128,7 @@ func (x Compare_Target) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Target.Descriptor instead.
 func (Compare_Target) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{41, 0}
 }
 
 type Compare_Result int32
@@ -183,7 +183,7 @@ func (x Compare_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Result.Descriptor instead.
 func (Compare_Result) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37, 1}
+	return file_flotilla_proto_rawDescGZIP(), []int{41, 1}
 }
 
 type TxnOp_Kind int32
@@ -244,7 +244,7 @@ func (x TxnOp_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TxnOp_Kind.Descriptor instead.
 func (TxnOp_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{42, 0}
 }
 
 type WatchEvent_Type int32
@@ -290,7 +290,114 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{88, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{92, 0}
+}
+
+type SetDrainedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint64                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	Drained       bool                   `protobuf:"varint,2,opt,name=drained,proto3" json:"drained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainedRequest) Reset() {
+	*x = SetDrainedRequest{}
+	mi := &file_flotilla_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainedRequest) ProtoMessage() {}
+
+func (x *SetDrainedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainedRequest.ProtoReflect.Descriptor instead.
+func (*SetDrainedRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetDrainedRequest) GetNode() uint64 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *SetDrainedRequest) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+type SetDrainedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// drained lists every node marked drained after the change.
+	Drained []uint64 `protobuf:"varint,1,rep,packed,name=drained,proto3" json:"drained,omitempty"`
+	// settle_ms: how long after this answer every node has read the
+	// record (three of the nodes' --auth-refresh and a second).
+	SettleMs      uint64 `protobuf:"varint,2,opt,name=settle_ms,json=settleMs,proto3" json:"settle_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainedResponse) Reset() {
+	*x = SetDrainedResponse{}
+	mi := &file_flotilla_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainedResponse) ProtoMessage() {}
+
+func (x *SetDrainedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainedResponse.ProtoReflect.Descriptor instead.
+func (*SetDrainedResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetDrainedResponse) GetDrained() []uint64 {
+	if x != nil {
+		return x.Drained
+	}
+	return nil
+}
+
+func (x *SetDrainedResponse) GetSettleMs() uint64 {
+	if x != nil {
+		return x.SettleMs
+	}
+	return 0
 }
 
 type UserAddRequest struct {
@@ -304,7 +411,7 @@ type UserAddRequest struct {
 
 func (x *UserAddRequest) Reset() {
 	*x = UserAddRequest{}
-	mi := &file_flotilla_proto_msgTypes[0]
+	mi := &file_flotilla_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +423,7 @@ func (x *UserAddRequest) String() string {
 func (*UserAddRequest) ProtoMessage() {}
 
 func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[0]
+	mi := &file_flotilla_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +436,7 @@ func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddRequest.ProtoReflect.Descriptor instead.
 func (*UserAddRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{0}
+	return file_flotilla_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UserAddRequest) GetName() string {
@@ -358,7 +465,7 @@ type UserAddResponse struct {
 
 func (x *UserAddResponse) Reset() {
 	*x = UserAddResponse{}
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +477,7 @@ func (x *UserAddResponse) String() string {
 func (*UserAddResponse) ProtoMessage() {}
 
 func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[1]
+	mi := &file_flotilla_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +490,7 @@ func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddResponse.ProtoReflect.Descriptor instead.
 func (*UserAddResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UserAddResponse) GetUser() *User {
@@ -409,7 +516,7 @@ type UserDeleteRequest struct {
 
 func (x *UserDeleteRequest) Reset() {
 	*x = UserDeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +528,7 @@ func (x *UserDeleteRequest) String() string {
 func (*UserDeleteRequest) ProtoMessage() {}
 
 func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[2]
+	mi := &file_flotilla_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +541,7 @@ func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteRequest.ProtoReflect.Descriptor instead.
 func (*UserDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UserDeleteRequest) GetName() string {
@@ -452,7 +559,7 @@ type UserDeleteResponse struct {
 
 func (x *UserDeleteResponse) Reset() {
 	*x = UserDeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +571,7 @@ func (x *UserDeleteResponse) String() string {
 func (*UserDeleteResponse) ProtoMessage() {}
 
 func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[3]
+	mi := &file_flotilla_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +584,7 @@ func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteResponse.ProtoReflect.Descriptor instead.
 func (*UserDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_proto_rawDescGZIP(), []int{5}
 }
 
 type UserRoleRequest struct {
@@ -490,7 +597,7 @@ type UserRoleRequest struct {
 
 func (x *UserRoleRequest) Reset() {
 	*x = UserRoleRequest{}
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +609,7 @@ func (x *UserRoleRequest) String() string {
 func (*UserRoleRequest) ProtoMessage() {}
 
 func (x *UserRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[4]
+	mi := &file_flotilla_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +622,7 @@ func (x *UserRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserRoleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UserRoleRequest) GetUser() string {
@@ -541,7 +648,7 @@ type UserResponse struct {
 
 func (x *UserResponse) Reset() {
 	*x = UserResponse{}
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +660,7 @@ func (x *UserResponse) String() string {
 func (*UserResponse) ProtoMessage() {}
 
 func (x *UserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[5]
+	mi := &file_flotilla_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +673,7 @@ func (x *UserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserResponse.ProtoReflect.Descriptor instead.
 func (*UserResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UserResponse) GetUser() *User {
@@ -584,7 +691,7 @@ type UserListRequest struct {
 
 func (x *UserListRequest) Reset() {
 	*x = UserListRequest{}
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +703,7 @@ func (x *UserListRequest) String() string {
 func (*UserListRequest) ProtoMessage() {}
 
 func (x *UserListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[6]
+	mi := &file_flotilla_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +716,7 @@ func (x *UserListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListRequest.ProtoReflect.Descriptor instead.
 func (*UserListRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_proto_rawDescGZIP(), []int{8}
 }
 
 type UserListResponse struct {
@@ -621,7 +728,7 @@ type UserListResponse struct {
 
 func (x *UserListResponse) Reset() {
 	*x = UserListResponse{}
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +740,7 @@ func (x *UserListResponse) String() string {
 func (*UserListResponse) ProtoMessage() {}
 
 func (x *UserListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[7]
+	mi := &file_flotilla_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +753,7 @@ func (x *UserListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListResponse.ProtoReflect.Descriptor instead.
 func (*UserListResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UserListResponse) GetUsers() []*User {
@@ -668,7 +775,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +787,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[8]
+	mi := &file_flotilla_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +800,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *User) GetName() string {
@@ -726,7 +833,7 @@ type RoleAddRequest struct {
 
 func (x *RoleAddRequest) Reset() {
 	*x = RoleAddRequest{}
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +845,7 @@ func (x *RoleAddRequest) String() string {
 func (*RoleAddRequest) ProtoMessage() {}
 
 func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[9]
+	mi := &file_flotilla_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +858,7 @@ func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddRequest.ProtoReflect.Descriptor instead.
 func (*RoleAddRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RoleAddRequest) GetName() string {
@@ -770,7 +877,7 @@ type RoleDeleteRequest struct {
 
 func (x *RoleDeleteRequest) Reset() {
 	*x = RoleDeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +889,7 @@ func (x *RoleDeleteRequest) String() string {
 func (*RoleDeleteRequest) ProtoMessage() {}
 
 func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[10]
+	mi := &file_flotilla_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +902,7 @@ func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteRequest.ProtoReflect.Descriptor instead.
 func (*RoleDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RoleDeleteRequest) GetName() string {
@@ -813,7 +920,7 @@ type RoleDeleteResponse struct {
 
 func (x *RoleDeleteResponse) Reset() {
 	*x = RoleDeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +932,7 @@ func (x *RoleDeleteResponse) String() string {
 func (*RoleDeleteResponse) ProtoMessage() {}
 
 func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[11]
+	mi := &file_flotilla_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +945,7 @@ func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteResponse.ProtoReflect.Descriptor instead.
 func (*RoleDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_proto_rawDescGZIP(), []int{13}
 }
 
 type RolePermissionRequest struct {
@@ -851,7 +958,7 @@ type RolePermissionRequest struct {
 
 func (x *RolePermissionRequest) Reset() {
 	*x = RolePermissionRequest{}
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +970,7 @@ func (x *RolePermissionRequest) String() string {
 func (*RolePermissionRequest) ProtoMessage() {}
 
 func (x *RolePermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[12]
+	mi := &file_flotilla_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +983,7 @@ func (x *RolePermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolePermissionRequest.ProtoReflect.Descriptor instead.
 func (*RolePermissionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RolePermissionRequest) GetRole() string {
@@ -902,7 +1009,7 @@ type RoleResponse struct {
 
 func (x *RoleResponse) Reset() {
 	*x = RoleResponse{}
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1021,7 @@ func (x *RoleResponse) String() string {
 func (*RoleResponse) ProtoMessage() {}
 
 func (x *RoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[13]
+	mi := &file_flotilla_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1034,7 @@ func (x *RoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleResponse.ProtoReflect.Descriptor instead.
 func (*RoleResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RoleResponse) GetRole() *Role {
@@ -945,7 +1052,7 @@ type RoleListRequest struct {
 
 func (x *RoleListRequest) Reset() {
 	*x = RoleListRequest{}
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1064,7 @@ func (x *RoleListRequest) String() string {
 func (*RoleListRequest) ProtoMessage() {}
 
 func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[14]
+	mi := &file_flotilla_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1077,7 @@ func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListRequest.ProtoReflect.Descriptor instead.
 func (*RoleListRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_proto_rawDescGZIP(), []int{16}
 }
 
 type RoleListResponse struct {
@@ -982,7 +1089,7 @@ type RoleListResponse struct {
 
 func (x *RoleListResponse) Reset() {
 	*x = RoleListResponse{}
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1101,7 @@ func (x *RoleListResponse) String() string {
 func (*RoleListResponse) ProtoMessage() {}
 
 func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[15]
+	mi := &file_flotilla_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1114,7 @@ func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListResponse.ProtoReflect.Descriptor instead.
 func (*RoleListResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RoleListResponse) GetRoles() []*Role {
@@ -1027,7 +1134,7 @@ type Role struct {
 
 func (x *Role) Reset() {
 	*x = Role{}
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1146,7 @@ func (x *Role) String() string {
 func (*Role) ProtoMessage() {}
 
 func (x *Role) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[16]
+	mi := &file_flotilla_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1159,7 @@ func (x *Role) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Role.ProtoReflect.Descriptor instead.
 func (*Role) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Role) GetName() string {
@@ -1083,7 +1190,7 @@ type Permission struct {
 
 func (x *Permission) Reset() {
 	*x = Permission{}
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1202,7 @@ func (x *Permission) String() string {
 func (*Permission) ProtoMessage() {}
 
 func (x *Permission) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[17]
+	mi := &file_flotilla_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1215,7 @@ func (x *Permission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Permission.ProtoReflect.Descriptor instead.
 func (*Permission) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Permission) GetKind() Permission_Kind {
@@ -1147,7 +1254,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1266,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[18]
+	mi := &file_flotilla_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1279,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_proto_rawDescGZIP(), []int{20}
 }
 
 type WhoAmIResponse struct {
@@ -1187,7 +1294,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1306,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[19]
+	mi := &file_flotilla_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1319,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WhoAmIResponse) GetUser() string {
@@ -1236,6 +1343,178 @@ func (x *WhoAmIResponse) GetHow() string {
 	return ""
 }
 
+type JoinRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_id: the ID wanted; 0 lets the cluster choose (--insecure only).
+	NodeId uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// peer_addr: where the other nodes reach the new node.
+	PeerAddr string `protobuf:"bytes,2,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	// nonce: random, kept in the new node's data directory from before its
+	// first ask until it has its ID, so that an ask repeated (its answer
+	// lost) gets the same ID, and a node that lost its data cannot come
+	// back under its old ID with none of its raft state. Not 0.
+	Nonce uint64 `protobuf:"varint,3,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// groups and replicas: the cluster's bootstrap flags the new node was
+	// given (0: any); InvalidArgument if they are not the cluster's.
+	Groups        uint32 `protobuf:"varint,4,opt,name=groups,proto3" json:"groups,omitempty"`
+	Replicas      uint32 `protobuf:"varint,5,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_flotilla_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *JoinRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetPeerAddr() string {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetNonce() uint64 {
+	if x != nil {
+		return x.Nonce
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetGroups() uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+type JoinResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	NodeId    uint64                 `protobuf:"varint,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// groups, replicas and initial_cluster: the cluster's bootstrap flags
+	// (its identity, with cluster_id).
+	Groups         uint32 `protobuf:"varint,3,opt,name=groups,proto3" json:"groups,omitempty"`
+	Replicas       uint32 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	InitialCluster string `protobuf:"bytes,5,opt,name=initial_cluster,json=initialCluster,proto3" json:"initial_cluster,omitempty"`
+	// nodes: the peer address of every node that joined after the
+	// bootstrap, this one included.
+	Nodes         map[uint64]string `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_flotilla_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *JoinResponse) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *JoinResponse) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *JoinResponse) GetGroups() uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return 0
+}
+
+func (x *JoinResponse) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *JoinResponse) GetInitialCluster() string {
+	if x != nil {
+		return x.InitialCluster
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetNodes() map[uint64]string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 type AuthRecordsRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
@@ -1248,7 +1527,7 @@ type AuthRecordsRequest struct {
 
 func (x *AuthRecordsRequest) Reset() {
 	*x = AuthRecordsRequest{}
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1539,7 @@ func (x *AuthRecordsRequest) String() string {
 func (*AuthRecordsRequest) ProtoMessage() {}
 
 func (x *AuthRecordsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[20]
+	mi := &file_flotilla_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1552,7 @@ func (x *AuthRecordsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRecordsRequest.ProtoReflect.Descriptor instead.
 func (*AuthRecordsRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AuthRecordsRequest) GetClusterId() uint64 {
@@ -1300,7 +1579,7 @@ type AuthRecordsResponse struct {
 
 func (x *AuthRecordsResponse) Reset() {
 	*x = AuthRecordsResponse{}
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1591,7 @@ func (x *AuthRecordsResponse) String() string {
 func (*AuthRecordsResponse) ProtoMessage() {}
 
 func (x *AuthRecordsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[21]
+	mi := &file_flotilla_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1604,7 @@ func (x *AuthRecordsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRecordsResponse.ProtoReflect.Descriptor instead.
 func (*AuthRecordsResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AuthRecordsResponse) GetAnswer() []byte {
@@ -1347,7 +1626,7 @@ type PeerProposeRequest struct {
 
 func (x *PeerProposeRequest) Reset() {
 	*x = PeerProposeRequest{}
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1638,7 @@ func (x *PeerProposeRequest) String() string {
 func (*PeerProposeRequest) ProtoMessage() {}
 
 func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1651,7 @@ func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProposeRequest.ProtoReflect.Descriptor instead.
 func (*PeerProposeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PeerProposeRequest) GetClusterId() uint64 {
@@ -1406,7 +1685,7 @@ type PeerProposeResponse struct {
 
 func (x *PeerProposeResponse) Reset() {
 	*x = PeerProposeResponse{}
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1697,7 @@ func (x *PeerProposeResponse) String() string {
 func (*PeerProposeResponse) ProtoMessage() {}
 
 func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1710,7 @@ func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProposeResponse.ProtoReflect.Descriptor instead.
 func (*PeerProposeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PeerProposeResponse) GetResult() []byte {
@@ -1455,7 +1734,7 @@ type ReplicaStateRequest struct {
 
 func (x *ReplicaStateRequest) Reset() {
 	*x = ReplicaStateRequest{}
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1746,7 @@ func (x *ReplicaStateRequest) String() string {
 func (*ReplicaStateRequest) ProtoMessage() {}
 
 func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1759,7 @@ func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReplicaStateRequest) GetClusterId() uint64 {
@@ -1515,7 +1794,7 @@ type ReplicaStateResponse struct {
 
 func (x *ReplicaStateResponse) Reset() {
 	*x = ReplicaStateResponse{}
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1806,7 @@ func (x *ReplicaStateResponse) String() string {
 func (*ReplicaStateResponse) ProtoMessage() {}
 
 func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1819,7 @@ func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStateResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReplicaStateResponse) GetDescriptor_() []byte {
@@ -1566,7 +1845,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1857,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1870,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -1611,7 +1890,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1902,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1915,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SplitResponse) GetLeft() *RangeInfo {
@@ -1662,7 +1941,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1953,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1966,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MergeRequest) GetKey() []byte {
@@ -1706,7 +1985,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1997,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +2010,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MergeResponse) GetMerged() *RangeInfo {
@@ -1752,7 +2031,7 @@ type MoveRequest struct {
 
 func (x *MoveRequest) Reset() {
 	*x = MoveRequest{}
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +2043,7 @@ func (x *MoveRequest) String() string {
 func (*MoveRequest) ProtoMessage() {}
 
 func (x *MoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +2056,7 @@ func (x *MoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRequest.ProtoReflect.Descriptor instead.
 func (*MoveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MoveRequest) GetKey() []byte {
@@ -1810,7 +2089,7 @@ type MoveResponse struct {
 
 func (x *MoveResponse) Reset() {
 	*x = MoveResponse{}
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +2101,7 @@ func (x *MoveResponse) String() string {
 func (*MoveResponse) ProtoMessage() {}
 
 func (x *MoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +2114,7 @@ func (x *MoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveResponse.ProtoReflect.Descriptor instead.
 func (*MoveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MoveResponse) GetRange() *RangeInfo {
@@ -1854,7 +2133,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +2145,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +2158,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DecommissionRequest) GetNode() uint64 {
@@ -1903,7 +2182,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1915,7 +2194,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1928,7 +2207,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DecommissionResponse) GetState() string {
@@ -1964,7 +2243,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2255,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2268,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Header) GetGroup() uint64 {
@@ -2043,7 +2322,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2334,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2347,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Session) GetId() uint64 {
@@ -2117,7 +2396,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2408,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2421,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -2204,7 +2483,7 @@ type Compare struct {
 
 func (x *Compare) Reset() {
 	*x = Compare{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2495,7 @@ func (x *Compare) String() string {
 func (*Compare) ProtoMessage() {}
 
 func (x *Compare) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2508,7 @@ func (x *Compare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compare.ProtoReflect.Descriptor instead.
 func (*Compare) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Compare) GetKey() []byte {
@@ -2284,7 +2563,7 @@ type TxnOp struct {
 
 func (x *TxnOp) Reset() {
 	*x = TxnOp{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2575,7 @@ func (x *TxnOp) String() string {
 func (*TxnOp) ProtoMessage() {}
 
 func (x *TxnOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2588,7 @@ func (x *TxnOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
 func (*TxnOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TxnOp) GetKind() TxnOp_Kind {
@@ -2368,7 +2647,7 @@ type TxnRequest struct {
 
 func (x *TxnRequest) Reset() {
 	*x = TxnRequest{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2659,7 @@ func (x *TxnRequest) String() string {
 func (*TxnRequest) ProtoMessage() {}
 
 func (x *TxnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2672,7 @@ func (x *TxnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
 func (*TxnRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TxnRequest) GetCompares() []*Compare {
@@ -2449,7 +2728,7 @@ type TxnOpResponse struct {
 
 func (x *TxnOpResponse) Reset() {
 	*x = TxnOpResponse{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2461,7 +2740,7 @@ func (x *TxnOpResponse) String() string {
 func (*TxnOpResponse) ProtoMessage() {}
 
 func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2474,7 +2753,7 @@ func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOpResponse.ProtoReflect.Descriptor instead.
 func (*TxnOpResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TxnOpResponse) GetKind() TxnOp_Kind {
@@ -2527,7 +2806,7 @@ type TxnResponse struct {
 
 func (x *TxnResponse) Reset() {
 	*x = TxnResponse{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2818,7 @@ func (x *TxnResponse) String() string {
 func (*TxnResponse) ProtoMessage() {}
 
 func (x *TxnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2831,7 @@ func (x *TxnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
 func (*TxnResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TxnResponse) GetHeader() *Header {
@@ -2606,7 +2885,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2897,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2910,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -2687,7 +2966,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +2978,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +2991,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{43}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -2745,7 +3024,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +3036,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +3049,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{44}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -2812,7 +3091,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2824,7 +3103,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2837,7 +3116,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{45}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -2872,7 +3151,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2884,7 +3163,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2897,7 +3176,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{46}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -2932,7 +3211,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3223,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3236,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{47}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -3000,7 +3279,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3291,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3304,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{48}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -3097,7 +3376,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +3388,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +3401,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{49}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -3177,7 +3456,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3189,7 +3468,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3202,7 +3481,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{50}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -3267,7 +3546,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3279,7 +3558,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3571,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{51}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -3330,7 +3609,7 @@ type DeleteRangeRequest struct {
 
 func (x *DeleteRangeRequest) Reset() {
 	*x = DeleteRangeRequest{}
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3342,7 +3621,7 @@ func (x *DeleteRangeRequest) String() string {
 func (*DeleteRangeRequest) ProtoMessage() {}
 
 func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3355,7 +3634,7 @@ func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{52}
+	return file_flotilla_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DeleteRangeRequest) GetStart() []byte {
@@ -3397,7 +3676,7 @@ type DeleteRangeResponse struct {
 
 func (x *DeleteRangeResponse) Reset() {
 	*x = DeleteRangeResponse{}
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3409,7 +3688,7 @@ func (x *DeleteRangeResponse) String() string {
 func (*DeleteRangeResponse) ProtoMessage() {}
 
 func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +3701,7 @@ func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{53}
+	return file_flotilla_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DeleteRangeResponse) GetHeader() *Header {
@@ -3461,7 +3740,7 @@ type RangesRequest struct {
 
 func (x *RangesRequest) Reset() {
 	*x = RangesRequest{}
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3473,7 +3752,7 @@ func (x *RangesRequest) String() string {
 func (*RangesRequest) ProtoMessage() {}
 
 func (x *RangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3486,7 +3765,7 @@ func (x *RangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
 func (*RangesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{54}
+	return file_flotilla_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RangesRequest) GetKey() []byte {
@@ -3521,7 +3800,7 @@ type RangesResponse struct {
 
 func (x *RangesResponse) Reset() {
 	*x = RangesResponse{}
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3533,7 +3812,7 @@ func (x *RangesResponse) String() string {
 func (*RangesResponse) ProtoMessage() {}
 
 func (x *RangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3546,7 +3825,7 @@ func (x *RangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
 func (*RangesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{55}
+	return file_flotilla_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RangesResponse) GetRanges() []*RangeInfo {
@@ -3585,7 +3864,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3597,7 +3876,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3610,7 +3889,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{56}
+	return file_flotilla_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RangeInfo) GetId() uint64 {
@@ -3696,14 +3975,17 @@ type NodeInfo struct {
 	// membership is "decommissioning" or "removed" for a node leaving or
 	// gone from the cluster (`flotilla node decommission`), as the
 	// answering node last read the meta range; empty for a member.
-	Membership    string `protobuf:"bytes,7,opt,name=membership,proto3" json:"membership,omitempty"`
+	Membership string `protobuf:"bytes,7,opt,name=membership,proto3" json:"membership,omitempty"`
+	// drained: the node is marked drained (`flotilla node drain`): the
+	// rebalancer leaves it empty.
+	Drained       bool `protobuf:"varint,8,opt,name=drained,proto3" json:"drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3715,7 +3997,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3728,7 +4010,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{57}
+	return file_flotilla_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -3780,6 +4062,13 @@ func (x *NodeInfo) GetMembership() string {
 	return ""
 }
 
+func (x *NodeInfo) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
 type GroupInfo struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -3804,7 +4093,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3816,7 +4105,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3829,7 +4118,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{58}
+	return file_flotilla_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -3929,7 +4218,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3941,7 +4230,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3954,7 +4243,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{59}
+	return file_flotilla_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -4000,7 +4289,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4012,7 +4301,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4025,7 +4314,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{60}
+	return file_flotilla_proto_rawDescGZIP(), []int{64}
 }
 
 type ClusterMapResponse struct {
@@ -4042,7 +4331,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4054,7 +4343,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4067,7 +4356,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{61}
+	return file_flotilla_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -4106,7 +4395,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4118,7 +4407,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4131,7 +4420,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{62}
+	return file_flotilla_proto_rawDescGZIP(), []int{66}
 }
 
 type NodeStatusResponse struct {
@@ -4146,7 +4435,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4158,7 +4447,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4171,7 +4460,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{63}
+	return file_flotilla_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -4209,14 +4498,16 @@ type InfoRequest struct {
 	// known_version is the version of the last answer from this node that
 	// the asker holds the groups of (InfoResponse.version); 0 for none: the
 	// answer then carries every group.
-	KnownVersion  uint64 `protobuf:"varint,3,opt,name=known_version,json=knownVersion,proto3" json:"known_version,omitempty"`
+	KnownVersion uint64 `protobuf:"varint,3,opt,name=known_version,json=knownVersion,proto3" json:"known_version,omitempty"`
+	// known_nodes: how many nodes the asker knows (bootstrap and joined).
+	KnownNodes    uint32 `protobuf:"varint,4,opt,name=known_nodes,json=knownNodes,proto3" json:"known_nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4228,7 +4519,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4241,7 +4532,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{64}
+	return file_flotilla_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -4265,6 +4556,13 @@ func (x *InfoRequest) GetKnownVersion() uint64 {
 	return 0
 }
 
+func (x *InfoRequest) GetKnownNodes() uint32 {
+	if x != nil {
+		return x.KnownNodes
+	}
+	return 0
+}
+
 type InfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  *NodeInfo              `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -4282,14 +4580,20 @@ type InfoResponse struct {
 	Unchanged bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
 	// removed: the asking node was removed from the cluster (decommissioned);
 	// nothing else is answered, and the asker must stop.
-	Removed       bool `protobuf:"varint,5,opt,name=removed,proto3" json:"removed,omitempty"`
+	Removed bool `protobuf:"varint,5,opt,name=removed,proto3" json:"removed,omitempty"`
+	// nodes: the peer addresses of the nodes that joined after the
+	// bootstrap, as the answering node knows them, when it knows more nodes
+	// than the asker (InfoRequest.known_nodes): so a node that was down
+	// while others joined learns of them from any peer, not only from the
+	// meta range (whose replicas may all be on nodes it does not know).
+	Nodes         map[uint64]string `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4301,7 +4605,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4314,7 +4618,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{65}
+	return file_flotilla_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -4352,6 +4656,13 @@ func (x *InfoResponse) GetRemoved() bool {
 	return false
 }
 
+func (x *InfoResponse) GetNodes() map[uint64]string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 type LeaseGrantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// group is the range to grant the lease in; with key set instead, the
@@ -4367,7 +4678,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4379,7 +4690,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4392,7 +4703,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{66}
+	return file_flotilla_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -4440,7 +4751,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4452,7 +4763,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4465,7 +4776,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{67}
+	return file_flotilla_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -4510,7 +4821,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4522,7 +4833,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4535,7 +4846,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{68}
+	return file_flotilla_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -4576,7 +4887,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4588,7 +4899,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4601,7 +4912,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{69}
+	return file_flotilla_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -4633,7 +4944,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4645,7 +4956,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4658,7 +4969,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{70}
+	return file_flotilla_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -4703,7 +5014,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4715,7 +5026,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4728,7 +5039,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{71}
+	return file_flotilla_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -4778,7 +5089,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4790,7 +5101,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4803,7 +5114,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{72}
+	return file_flotilla_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -4841,7 +5152,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4853,7 +5164,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4866,7 +5177,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{73}
+	return file_flotilla_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -4921,7 +5232,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4933,7 +5244,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4946,7 +5257,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{74}
+	return file_flotilla_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -5019,7 +5330,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5031,7 +5342,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5044,7 +5355,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{75}
+	return file_flotilla_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -5095,7 +5406,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5107,7 +5418,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5120,7 +5431,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{76}
+	return file_flotilla_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -5163,7 +5474,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5175,7 +5486,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5188,7 +5499,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{77}
+	return file_flotilla_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -5232,7 +5543,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5244,7 +5555,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5257,7 +5568,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{78}
+	return file_flotilla_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -5291,7 +5602,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5303,7 +5614,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5316,7 +5627,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{79}
+	return file_flotilla_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -5343,7 +5654,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5355,7 +5666,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5368,7 +5679,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{80}
+	return file_flotilla_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -5395,7 +5706,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5407,7 +5718,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5420,7 +5731,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{81}
+	return file_flotilla_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -5450,7 +5761,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5462,7 +5773,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5475,7 +5786,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{82}
+	return file_flotilla_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -5501,7 +5812,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5513,7 +5824,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5526,7 +5837,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{83}
+	return file_flotilla_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -5554,7 +5865,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5566,7 +5877,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5579,7 +5890,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{84}
+	return file_flotilla_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -5654,7 +5965,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5666,7 +5977,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5679,7 +5990,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{85}
+	return file_flotilla_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -5711,7 +6022,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[86]
+	mi := &file_flotilla_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5723,7 +6034,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[86]
+	mi := &file_flotilla_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5736,7 +6047,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{86}
+	return file_flotilla_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -5847,7 +6158,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[87]
+	mi := &file_flotilla_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5859,7 +6170,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[87]
+	mi := &file_flotilla_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5872,7 +6183,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{87}
+	return file_flotilla_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -5945,7 +6256,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_flotilla_proto_msgTypes[88]
+	mi := &file_flotilla_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5957,7 +6268,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[88]
+	mi := &file_flotilla_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5970,7 +6281,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{88}
+	return file_flotilla_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -6018,7 +6329,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[89]
+	mi := &file_flotilla_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6030,7 +6341,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[89]
+	mi := &file_flotilla_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6043,7 +6354,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{89}
+	return file_flotilla_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *WatchResponse) GetHeader() *Header {
@@ -6092,7 +6403,13 @@ var File_flotilla_proto protoreflect.FileDescriptor
 
 const file_flotilla_proto_rawDesc = "" +
 	"\n" +
-	"\x0eflotilla.proto\x12\vflotilla.v1\"?\n" +
+	"\x0eflotilla.proto\x12\vflotilla.v1\"A\n" +
+	"\x11SetDrainedRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\x04R\x04node\x12\x18\n" +
+	"\adrained\x18\x02 \x01(\bR\adrained\"K\n" +
+	"\x12SetDrainedResponse\x12\x18\n" +
+	"\adrained\x18\x01 \x03(\x04R\adrained\x12\x1b\n" +
+	"\tsettle_ms\x18\x02 \x01(\x04R\bsettleMs\"?\n" +
 	"\x0eUserAddRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bno_token\x18\x02 \x01(\bR\anoToken\"N\n" +
@@ -6145,7 +6462,25 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x0eWhoAmIResponse\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
 	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x10\n" +
-	"\x03how\x18\x03 \x01(\tR\x03how\"W\n" +
+	"\x03how\x18\x03 \x01(\tR\x03how\"\x8d\x01\n" +
+	"\vJoinRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
+	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x14\n" +
+	"\x05nonce\x18\x03 \x01(\x04R\x05nonce\x12\x16\n" +
+	"\x06groups\x18\x04 \x01(\rR\x06groups\x12\x1a\n" +
+	"\breplicas\x18\x05 \x01(\rR\breplicas\"\x99\x02\n" +
+	"\fJoinResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\x04R\x06nodeId\x12\x16\n" +
+	"\x06groups\x18\x03 \x01(\rR\x06groups\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\rR\breplicas\x12'\n" +
+	"\x0finitial_cluster\x18\x05 \x01(\tR\x0einitialCluster\x12:\n" +
+	"\x05nodes\x18\x06 \x03(\v2$.flotilla.v1.JoinResponse.NodesEntryR\x05nodes\x1a8\n" +
+	"\n" +
+	"NodesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +
 	"\x12AuthRecordsRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\"\n" +
@@ -6346,7 +6681,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05bytes\x18\b \x01(\x04R\x05bytes\x12\x1e\n" +
 	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12\x1a\n" +
 	"\blearners\x18\n" +
-	" \x03(\x04R\blearners\"\xbf\x01\n" +
+	" \x03(\x04R\blearners\"\xd9\x01\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1f\n" +
@@ -6357,7 +6692,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x04dead\x18\x06 \x01(\bR\x04dead\x12\x1e\n" +
 	"\n" +
 	"membership\x18\a \x01(\tR\n" +
-	"membership\"\xa7\x02\n" +
+	"membership\x12\x18\n" +
+	"\adrained\x18\b \x01(\bR\adrained\"\xa7\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -6394,18 +6730,25 @@ const file_flotilla_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12)\n" +
 	"\x04node\x18\x02 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
 	"\x06groups\x18\x03 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12,\n" +
-	"\x05peers\x18\x04 \x03(\v2\x16.flotilla.v1.PeerStatsR\x05peers\"e\n" +
+	"\x05peers\x18\x04 \x03(\v2\x16.flotilla.v1.PeerStatsR\x05peers\"\x86\x01\n" +
 	"\vInfoRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\x12#\n" +
-	"\rknown_version\x18\x03 \x01(\x04R\fknownVersion\"\xbb\x01\n" +
+	"\rknown_version\x18\x03 \x01(\x04R\fknownVersion\x12\x1f\n" +
+	"\vknown_nodes\x18\x04 \x01(\rR\n" +
+	"knownNodes\"\xb1\x02\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
 	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1c\n" +
 	"\tunchanged\x18\x04 \x01(\bR\tunchanged\x12\x18\n" +
-	"\aremoved\x18\x05 \x01(\bR\aremoved\"\x82\x01\n" +
+	"\aremoved\x18\x05 \x01(\bR\aremoved\x12:\n" +
+	"\x05nodes\x18\x06 \x03(\v2$.flotilla.v1.InfoResponse.NodesEntryR\x05nodes\x1a8\n" +
+	"\n" +
+	"NodesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
 	"\x11LeaseGrantRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x10\n" +
 	"\x03key\x18\x04 \x01(\fR\x03key\x12\x15\n" +
@@ -6543,7 +6886,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\vDeleteRange\x12\x1f.flotilla.v1.DeleteRangeRequest\x1a .flotilla.v1.DeleteRangeResponse\x12B\n" +
 	"\x05Batch\x12\x19.flotilla.v1.BatchRequest\x1a\x1a.flotilla.v1.BatchResponse(\x010\x01\x128\n" +
 	"\x03Txn\x12\x17.flotilla.v1.TxnRequest\x1a\x18.flotilla.v1.TxnResponse\x12@\n" +
-	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xfc\x03\n" +
+	"\x05Watch\x12\x19.flotilla.v1.WatchRequest\x1a\x1a.flotilla.v1.WatchResponse0\x012\xcb\x04\n" +
 	"\aCluster\x12M\n" +
 	"\n" +
 	"ClusterMap\x12\x1e.flotilla.v1.ClusterMapRequest\x1a\x1f.flotilla.v1.ClusterMapResponse\x12M\n" +
@@ -6553,7 +6896,9 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05Split\x12\x19.flotilla.v1.SplitRequest\x1a\x1a.flotilla.v1.SplitResponse\x12>\n" +
 	"\x05Merge\x12\x19.flotilla.v1.MergeRequest\x1a\x1a.flotilla.v1.MergeResponse\x12;\n" +
 	"\x04Move\x12\x18.flotilla.v1.MoveRequest\x1a\x19.flotilla.v1.MoveResponse\x12S\n" +
-	"\fDecommission\x12 .flotilla.v1.DecommissionRequest\x1a!.flotilla.v1.DecommissionResponse2\xff\x04\n" +
+	"\fDecommission\x12 .flotilla.v1.DecommissionRequest\x1a!.flotilla.v1.DecommissionResponse\x12M\n" +
+	"\n" +
+	"SetDrained\x12\x1e.flotilla.v1.SetDrainedRequest\x1a\x1f.flotilla.v1.SetDrainedResponse2\xff\x04\n" +
 	"\bElection\x12M\n" +
 	"\n" +
 	"LeaseGrant\x12\x1e.flotilla.v1.LeaseGrantRequest\x1a\x1f.flotilla.v1.LeaseGrantResponse\x12P\n" +
@@ -6579,12 +6924,13 @@ const file_flotilla_proto_rawDesc = "" +
 	"\n" +
 	"RoleRevoke\x12\".flotilla.v1.RolePermissionRequest\x1a\x19.flotilla.v1.RoleResponse\x12G\n" +
 	"\bRoleList\x12\x1c.flotilla.v1.RoleListRequest\x1a\x1d.flotilla.v1.RoleListResponse\x12A\n" +
-	"\x06WhoAmI\x12\x1a.flotilla.v1.WhoAmIRequest\x1a\x1b.flotilla.v1.WhoAmIResponse2\xb8\x02\n" +
+	"\x06WhoAmI\x12\x1a.flotilla.v1.WhoAmIRequest\x1a\x1b.flotilla.v1.WhoAmIResponse2\xf5\x02\n" +
 	"\x04Peer\x12;\n" +
 	"\x04Info\x12\x18.flotilla.v1.InfoRequest\x1a\x19.flotilla.v1.InfoResponse\x12L\n" +
 	"\aPropose\x12\x1f.flotilla.v1.PeerProposeRequest\x1a .flotilla.v1.PeerProposeResponse\x12S\n" +
 	"\fReplicaState\x12 .flotilla.v1.ReplicaStateRequest\x1a!.flotilla.v1.ReplicaStateResponse\x12P\n" +
-	"\vAuthRecords\x12\x1f.flotilla.v1.AuthRecordsRequest\x1a .flotilla.v1.AuthRecordsResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
+	"\vAuthRecords\x12\x1f.flotilla.v1.AuthRecordsRequest\x1a .flotilla.v1.AuthRecordsResponse\x12;\n" +
+	"\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
 
 var (
 	file_flotilla_proto_rawDescOnce sync.Once
@@ -6599,259 +6945,271 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 }
 
 var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 96)
 var file_flotilla_proto_goTypes = []any{
 	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
 	(Compare_Target)(0),             // 1: flotilla.v1.Compare.Target
 	(Compare_Result)(0),             // 2: flotilla.v1.Compare.Result
 	(TxnOp_Kind)(0),                 // 3: flotilla.v1.TxnOp.Kind
 	(WatchEvent_Type)(0),            // 4: flotilla.v1.WatchEvent.Type
-	(*UserAddRequest)(nil),          // 5: flotilla.v1.UserAddRequest
-	(*UserAddResponse)(nil),         // 6: flotilla.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),       // 7: flotilla.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),      // 8: flotilla.v1.UserDeleteResponse
-	(*UserRoleRequest)(nil),         // 9: flotilla.v1.UserRoleRequest
-	(*UserResponse)(nil),            // 10: flotilla.v1.UserResponse
-	(*UserListRequest)(nil),         // 11: flotilla.v1.UserListRequest
-	(*UserListResponse)(nil),        // 12: flotilla.v1.UserListResponse
-	(*User)(nil),                    // 13: flotilla.v1.User
-	(*RoleAddRequest)(nil),          // 14: flotilla.v1.RoleAddRequest
-	(*RoleDeleteRequest)(nil),       // 15: flotilla.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),      // 16: flotilla.v1.RoleDeleteResponse
-	(*RolePermissionRequest)(nil),   // 17: flotilla.v1.RolePermissionRequest
-	(*RoleResponse)(nil),            // 18: flotilla.v1.RoleResponse
-	(*RoleListRequest)(nil),         // 19: flotilla.v1.RoleListRequest
-	(*RoleListResponse)(nil),        // 20: flotilla.v1.RoleListResponse
-	(*Role)(nil),                    // 21: flotilla.v1.Role
-	(*Permission)(nil),              // 22: flotilla.v1.Permission
-	(*WhoAmIRequest)(nil),           // 23: flotilla.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 24: flotilla.v1.WhoAmIResponse
-	(*AuthRecordsRequest)(nil),      // 25: flotilla.v1.AuthRecordsRequest
-	(*AuthRecordsResponse)(nil),     // 26: flotilla.v1.AuthRecordsResponse
-	(*PeerProposeRequest)(nil),      // 27: flotilla.v1.PeerProposeRequest
-	(*PeerProposeResponse)(nil),     // 28: flotilla.v1.PeerProposeResponse
-	(*ReplicaStateRequest)(nil),     // 29: flotilla.v1.ReplicaStateRequest
-	(*ReplicaStateResponse)(nil),    // 30: flotilla.v1.ReplicaStateResponse
-	(*SplitRequest)(nil),            // 31: flotilla.v1.SplitRequest
-	(*SplitResponse)(nil),           // 32: flotilla.v1.SplitResponse
-	(*MergeRequest)(nil),            // 33: flotilla.v1.MergeRequest
-	(*MergeResponse)(nil),           // 34: flotilla.v1.MergeResponse
-	(*MoveRequest)(nil),             // 35: flotilla.v1.MoveRequest
-	(*MoveResponse)(nil),            // 36: flotilla.v1.MoveResponse
-	(*DecommissionRequest)(nil),     // 37: flotilla.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),    // 38: flotilla.v1.DecommissionResponse
-	(*Header)(nil),                  // 39: flotilla.v1.Header
-	(*Session)(nil),                 // 40: flotilla.v1.Session
-	(*KeyValue)(nil),                // 41: flotilla.v1.KeyValue
-	(*Compare)(nil),                 // 42: flotilla.v1.Compare
-	(*TxnOp)(nil),                   // 43: flotilla.v1.TxnOp
-	(*TxnRequest)(nil),              // 44: flotilla.v1.TxnRequest
-	(*TxnOpResponse)(nil),           // 45: flotilla.v1.TxnOpResponse
-	(*TxnResponse)(nil),             // 46: flotilla.v1.TxnResponse
-	(*PutRequest)(nil),              // 47: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 48: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 49: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 50: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 51: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 52: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 53: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 54: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 55: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 56: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 57: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 58: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 59: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 60: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 61: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 62: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 63: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 64: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 65: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 66: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 67: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 68: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 69: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 70: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 71: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 72: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 73: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 74: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 75: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 76: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 77: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 78: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 79: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 80: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 81: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 82: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 83: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 84: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 85: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 86: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 87: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 88: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 89: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 90: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 91: flotilla.v1.BatchResult
-	(*WatchRequest)(nil),            // 92: flotilla.v1.WatchRequest
-	(*WatchEvent)(nil),              // 93: flotilla.v1.WatchEvent
-	(*WatchResponse)(nil),           // 94: flotilla.v1.WatchResponse
+	(*SetDrainedRequest)(nil),       // 5: flotilla.v1.SetDrainedRequest
+	(*SetDrainedResponse)(nil),      // 6: flotilla.v1.SetDrainedResponse
+	(*UserAddRequest)(nil),          // 7: flotilla.v1.UserAddRequest
+	(*UserAddResponse)(nil),         // 8: flotilla.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),       // 9: flotilla.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),      // 10: flotilla.v1.UserDeleteResponse
+	(*UserRoleRequest)(nil),         // 11: flotilla.v1.UserRoleRequest
+	(*UserResponse)(nil),            // 12: flotilla.v1.UserResponse
+	(*UserListRequest)(nil),         // 13: flotilla.v1.UserListRequest
+	(*UserListResponse)(nil),        // 14: flotilla.v1.UserListResponse
+	(*User)(nil),                    // 15: flotilla.v1.User
+	(*RoleAddRequest)(nil),          // 16: flotilla.v1.RoleAddRequest
+	(*RoleDeleteRequest)(nil),       // 17: flotilla.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),      // 18: flotilla.v1.RoleDeleteResponse
+	(*RolePermissionRequest)(nil),   // 19: flotilla.v1.RolePermissionRequest
+	(*RoleResponse)(nil),            // 20: flotilla.v1.RoleResponse
+	(*RoleListRequest)(nil),         // 21: flotilla.v1.RoleListRequest
+	(*RoleListResponse)(nil),        // 22: flotilla.v1.RoleListResponse
+	(*Role)(nil),                    // 23: flotilla.v1.Role
+	(*Permission)(nil),              // 24: flotilla.v1.Permission
+	(*WhoAmIRequest)(nil),           // 25: flotilla.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 26: flotilla.v1.WhoAmIResponse
+	(*JoinRequest)(nil),             // 27: flotilla.v1.JoinRequest
+	(*JoinResponse)(nil),            // 28: flotilla.v1.JoinResponse
+	(*AuthRecordsRequest)(nil),      // 29: flotilla.v1.AuthRecordsRequest
+	(*AuthRecordsResponse)(nil),     // 30: flotilla.v1.AuthRecordsResponse
+	(*PeerProposeRequest)(nil),      // 31: flotilla.v1.PeerProposeRequest
+	(*PeerProposeResponse)(nil),     // 32: flotilla.v1.PeerProposeResponse
+	(*ReplicaStateRequest)(nil),     // 33: flotilla.v1.ReplicaStateRequest
+	(*ReplicaStateResponse)(nil),    // 34: flotilla.v1.ReplicaStateResponse
+	(*SplitRequest)(nil),            // 35: flotilla.v1.SplitRequest
+	(*SplitResponse)(nil),           // 36: flotilla.v1.SplitResponse
+	(*MergeRequest)(nil),            // 37: flotilla.v1.MergeRequest
+	(*MergeResponse)(nil),           // 38: flotilla.v1.MergeResponse
+	(*MoveRequest)(nil),             // 39: flotilla.v1.MoveRequest
+	(*MoveResponse)(nil),            // 40: flotilla.v1.MoveResponse
+	(*DecommissionRequest)(nil),     // 41: flotilla.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),    // 42: flotilla.v1.DecommissionResponse
+	(*Header)(nil),                  // 43: flotilla.v1.Header
+	(*Session)(nil),                 // 44: flotilla.v1.Session
+	(*KeyValue)(nil),                // 45: flotilla.v1.KeyValue
+	(*Compare)(nil),                 // 46: flotilla.v1.Compare
+	(*TxnOp)(nil),                   // 47: flotilla.v1.TxnOp
+	(*TxnRequest)(nil),              // 48: flotilla.v1.TxnRequest
+	(*TxnOpResponse)(nil),           // 49: flotilla.v1.TxnOpResponse
+	(*TxnResponse)(nil),             // 50: flotilla.v1.TxnResponse
+	(*PutRequest)(nil),              // 51: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 52: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 53: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 54: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 55: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 56: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 57: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 58: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 59: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 60: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 61: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 62: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 63: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 64: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 65: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 66: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 67: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 68: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 69: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 70: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 71: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 72: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 73: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 74: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 75: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 76: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 77: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 78: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 79: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 80: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 81: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 82: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 83: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 84: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 85: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 86: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 87: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 88: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 89: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 90: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 91: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 92: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 93: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 94: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 95: flotilla.v1.BatchResult
+	(*WatchRequest)(nil),            // 96: flotilla.v1.WatchRequest
+	(*WatchEvent)(nil),              // 97: flotilla.v1.WatchEvent
+	(*WatchResponse)(nil),           // 98: flotilla.v1.WatchResponse
+	nil,                             // 99: flotilla.v1.JoinResponse.NodesEntry
+	nil,                             // 100: flotilla.v1.InfoResponse.NodesEntry
 }
 var file_flotilla_proto_depIdxs = []int32{
-	13,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
-	13,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
-	13,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
-	22,  // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
-	21,  // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
-	21,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
-	22,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
+	15,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
+	15,  // 1: flotilla.v1.UserResponse.user:type_name -> flotilla.v1.User
+	15,  // 2: flotilla.v1.UserListResponse.users:type_name -> flotilla.v1.User
+	24,  // 3: flotilla.v1.RolePermissionRequest.permission:type_name -> flotilla.v1.Permission
+	23,  // 4: flotilla.v1.RoleResponse.role:type_name -> flotilla.v1.Role
+	23,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
+	24,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
 	0,   // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
-	61,  // 8: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	61,  // 9: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	61,  // 10: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
-	61,  // 11: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
-	1,   // 12: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
-	2,   // 13: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
-	3,   // 14: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
-	42,  // 15: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
-	43,  // 16: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
-	43,  // 17: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
-	40,  // 18: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
-	3,   // 19: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
-	41,  // 20: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
-	39,  // 21: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
-	45,  // 22: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
-	40,  // 23: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	39,  // 24: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	39,  // 25: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	41,  // 26: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	40,  // 27: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	39,  // 28: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	40,  // 29: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	39,  // 30: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	41,  // 31: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	41,  // 32: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	40,  // 33: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	39,  // 34: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	61,  // 35: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	62,  // 36: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	63,  // 37: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	62,  // 38: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	63,  // 39: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	64,  // 40: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	62,  // 41: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	63,  // 42: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	40,  // 43: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	39,  // 44: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	40,  // 45: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	39,  // 46: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	39,  // 47: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	39,  // 48: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	40,  // 49: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	39,  // 50: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	79,  // 51: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	40,  // 52: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	39,  // 53: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	79,  // 54: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	39,  // 55: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	79,  // 56: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	79,  // 57: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	89,  // 58: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	47,  // 59: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	51,  // 60: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	44,  // 61: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
-	91,  // 62: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	48,  // 63: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	52,  // 64: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	46,  // 65: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
-	4,   // 66: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
-	41,  // 67: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
-	41,  // 68: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
-	39,  // 69: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
-	93,  // 70: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
-	47,  // 71: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	49,  // 72: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	51,  // 73: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	53,  // 74: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	55,  // 75: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	57,  // 76: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	88,  // 77: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	44,  // 78: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
-	92,  // 79: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
-	65,  // 80: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	67,  // 81: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	59,  // 82: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
-	31,  // 83: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
-	33,  // 84: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
-	35,  // 85: flotilla.v1.Cluster.Move:input_type -> flotilla.v1.MoveRequest
-	37,  // 86: flotilla.v1.Cluster.Decommission:input_type -> flotilla.v1.DecommissionRequest
-	71,  // 87: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	73,  // 88: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	75,  // 89: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	77,  // 90: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	80,  // 91: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	82,  // 92: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	84,  // 93: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	86,  // 94: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
-	5,   // 95: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
-	7,   // 96: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
-	9,   // 97: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
-	9,   // 98: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
-	11,  // 99: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
-	14,  // 100: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
-	15,  // 101: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
-	17,  // 102: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
-	17,  // 103: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
-	19,  // 104: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
-	23,  // 105: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
-	69,  // 106: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	27,  // 107: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	29,  // 108: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	25,  // 109: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
-	48,  // 110: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	50,  // 111: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	52,  // 112: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	54,  // 113: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	56,  // 114: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	58,  // 115: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	90,  // 116: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	46,  // 117: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
-	94,  // 118: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
-	66,  // 119: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	68,  // 120: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	60,  // 121: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	32,  // 122: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	34,  // 123: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	36,  // 124: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
-	38,  // 125: flotilla.v1.Cluster.Decommission:output_type -> flotilla.v1.DecommissionResponse
-	72,  // 126: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	74,  // 127: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	76,  // 128: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	78,  // 129: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	81,  // 130: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	83,  // 131: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	85,  // 132: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	87,  // 133: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	6,   // 134: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
-	8,   // 135: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
-	10,  // 136: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
-	10,  // 137: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
-	12,  // 138: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
-	18,  // 139: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
-	16,  // 140: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
-	18,  // 141: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
-	18,  // 142: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
-	20,  // 143: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
-	24,  // 144: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
-	70,  // 145: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	28,  // 146: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	30,  // 147: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	26,  // 148: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
-	110, // [110:149] is the sub-list for method output_type
-	71,  // [71:110] is the sub-list for method input_type
-	71,  // [71:71] is the sub-list for extension type_name
-	71,  // [71:71] is the sub-list for extension extendee
-	0,   // [0:71] is the sub-list for field type_name
+	99,  // 8: flotilla.v1.JoinResponse.nodes:type_name -> flotilla.v1.JoinResponse.NodesEntry
+	65,  // 9: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	65,  // 10: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	65,  // 11: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	65,  // 12: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
+	1,   // 13: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
+	2,   // 14: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
+	3,   // 15: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
+	46,  // 16: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
+	47,  // 17: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
+	47,  // 18: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
+	44,  // 19: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
+	3,   // 20: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
+	45,  // 21: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
+	43,  // 22: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
+	49,  // 23: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
+	44,  // 24: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	43,  // 25: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	43,  // 26: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	45,  // 27: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	44,  // 28: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	43,  // 29: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	44,  // 30: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	43,  // 31: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	45,  // 32: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	45,  // 33: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	44,  // 34: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	43,  // 35: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	65,  // 36: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	66,  // 37: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	67,  // 38: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	66,  // 39: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	67,  // 40: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	68,  // 41: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	66,  // 42: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	67,  // 43: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	100, // 44: flotilla.v1.InfoResponse.nodes:type_name -> flotilla.v1.InfoResponse.NodesEntry
+	44,  // 45: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	43,  // 46: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	44,  // 47: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	43,  // 48: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	43,  // 49: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	43,  // 50: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	44,  // 51: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	43,  // 52: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	83,  // 53: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	44,  // 54: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	43,  // 55: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	83,  // 56: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	43,  // 57: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	83,  // 58: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	83,  // 59: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	93,  // 60: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	51,  // 61: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	55,  // 62: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	48,  // 63: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
+	95,  // 64: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	52,  // 65: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	56,  // 66: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	50,  // 67: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
+	4,   // 68: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
+	45,  // 69: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
+	45,  // 70: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
+	43,  // 71: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
+	97,  // 72: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
+	51,  // 73: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	53,  // 74: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	55,  // 75: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	57,  // 76: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	59,  // 77: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	61,  // 78: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	92,  // 79: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	48,  // 80: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
+	96,  // 81: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
+	69,  // 82: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	71,  // 83: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	63,  // 84: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	35,  // 85: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	37,  // 86: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	39,  // 87: flotilla.v1.Cluster.Move:input_type -> flotilla.v1.MoveRequest
+	41,  // 88: flotilla.v1.Cluster.Decommission:input_type -> flotilla.v1.DecommissionRequest
+	5,   // 89: flotilla.v1.Cluster.SetDrained:input_type -> flotilla.v1.SetDrainedRequest
+	75,  // 90: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	77,  // 91: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	79,  // 92: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	81,  // 93: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	84,  // 94: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	86,  // 95: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	88,  // 96: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	90,  // 97: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	7,   // 98: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
+	9,   // 99: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
+	11,  // 100: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
+	11,  // 101: flotilla.v1.Auth.UserRevoke:input_type -> flotilla.v1.UserRoleRequest
+	13,  // 102: flotilla.v1.Auth.UserList:input_type -> flotilla.v1.UserListRequest
+	16,  // 103: flotilla.v1.Auth.RoleAdd:input_type -> flotilla.v1.RoleAddRequest
+	17,  // 104: flotilla.v1.Auth.RoleDelete:input_type -> flotilla.v1.RoleDeleteRequest
+	19,  // 105: flotilla.v1.Auth.RoleGrant:input_type -> flotilla.v1.RolePermissionRequest
+	19,  // 106: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
+	21,  // 107: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
+	25,  // 108: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
+	73,  // 109: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	31,  // 110: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	33,  // 111: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	29,  // 112: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	27,  // 113: flotilla.v1.Peer.Join:input_type -> flotilla.v1.JoinRequest
+	52,  // 114: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	54,  // 115: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	56,  // 116: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	58,  // 117: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	60,  // 118: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	62,  // 119: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	94,  // 120: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	50,  // 121: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
+	98,  // 122: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
+	70,  // 123: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	72,  // 124: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	64,  // 125: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	36,  // 126: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	38,  // 127: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	40,  // 128: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
+	42,  // 129: flotilla.v1.Cluster.Decommission:output_type -> flotilla.v1.DecommissionResponse
+	6,   // 130: flotilla.v1.Cluster.SetDrained:output_type -> flotilla.v1.SetDrainedResponse
+	76,  // 131: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	78,  // 132: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	80,  // 133: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	82,  // 134: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	85,  // 135: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	87,  // 136: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	89,  // 137: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	91,  // 138: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	8,   // 139: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	10,  // 140: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	12,  // 141: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	12,  // 142: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	14,  // 143: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	20,  // 144: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	18,  // 145: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	20,  // 146: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	20,  // 147: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	22,  // 148: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	26,  // 149: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	74,  // 150: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	32,  // 151: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	34,  // 152: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	30,  // 153: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	28,  // 154: flotilla.v1.Peer.Join:output_type -> flotilla.v1.JoinResponse
+	114, // [114:155] is the sub-list for method output_type
+	73,  // [73:114] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_proto_init() }
@@ -6859,12 +7217,12 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[84].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[88].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 		(*BatchOp_Txn)(nil),
 	}
-	file_flotilla_proto_msgTypes[86].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[90].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 		(*BatchResult_Txn)(nil),
@@ -6875,7 +7233,7 @@ func file_flotilla_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   90,
+			NumMessages:   96,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -509,6 +509,7 @@ const (
 	Cluster_Merge_FullMethodName        = "/flotilla.v1.Cluster/Merge"
 	Cluster_Move_FullMethodName         = "/flotilla.v1.Cluster/Move"
 	Cluster_Decommission_FullMethodName = "/flotilla.v1.Cluster/Decommission"
+	Cluster_SetDrained_FullMethodName   = "/flotilla.v1.Cluster/SetDrained"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -552,6 +553,13 @@ type ClusterClient interface {
 	// cluster, and when too few nodes would be left for the replication
 	// factor.
 	Decommission(ctx context.Context, in *DecommissionRequest, opts ...grpc.CallOption) (*DecommissionResponse, error)
+	// SetDrained marks a node drained (`flotilla node drain`) or clears the
+	// mark (`flotilla node undrain`). The mark is kept in the meta range;
+	// while it is set, the rebalancer and the evacuation move no replica
+	// onto the node, and no leadership is handed to it. Every node reads the
+	// mark within settle_ms of the answer: a drain waits that long before it
+	// moves replicas off. InvalidArgument for a node outside the cluster.
+	SetDrained(ctx context.Context, in *SetDrainedRequest, opts ...grpc.CallOption) (*SetDrainedResponse, error)
 }
 
 type clusterClient struct {
@@ -632,6 +640,16 @@ func (c *clusterClient) Decommission(ctx context.Context, in *DecommissionReques
 	return out, nil
 }
 
+func (c *clusterClient) SetDrained(ctx context.Context, in *SetDrainedRequest, opts ...grpc.CallOption) (*SetDrainedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetDrainedResponse)
+	err := c.cc.Invoke(ctx, Cluster_SetDrained_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -673,6 +691,13 @@ type ClusterServer interface {
 	// cluster, and when too few nodes would be left for the replication
 	// factor.
 	Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error)
+	// SetDrained marks a node drained (`flotilla node drain`) or clears the
+	// mark (`flotilla node undrain`). The mark is kept in the meta range;
+	// while it is set, the rebalancer and the evacuation move no replica
+	// onto the node, and no leadership is handed to it. Every node reads the
+	// mark within settle_ms of the answer: a drain waits that long before it
+	// moves replicas off. InvalidArgument for a node outside the cluster.
+	SetDrained(context.Context, *SetDrainedRequest) (*SetDrainedResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -703,6 +728,9 @@ func (UnimplementedClusterServer) Move(context.Context, *MoveRequest) (*MoveResp
 }
 func (UnimplementedClusterServer) Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Decommission not implemented")
+}
+func (UnimplementedClusterServer) SetDrained(context.Context, *SetDrainedRequest) (*SetDrainedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetDrained not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -851,6 +879,24 @@ func _Cluster_Decommission_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_SetDrained_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDrainedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).SetDrained(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_SetDrained_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).SetDrained(ctx, req.(*SetDrainedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -885,6 +931,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Decommission",
 			Handler:    _Cluster_Decommission_Handler,
+		},
+		{
+			MethodName: "SetDrained",
+			Handler:    _Cluster_SetDrained_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -1828,6 +1878,7 @@ const (
 	Peer_Propose_FullMethodName      = "/flotilla.v1.Peer/Propose"
 	Peer_ReplicaState_FullMethodName = "/flotilla.v1.Peer/ReplicaState"
 	Peer_AuthRecords_FullMethodName  = "/flotilla.v1.Peer/AuthRecords"
+	Peer_Join_FullMethodName         = "/flotilla.v1.Peer/Join"
 )
 
 // PeerClient is the client API for Peer service.
@@ -1848,6 +1899,19 @@ type PeerClient interface {
 	// AuthRecords returns the user and role tables from the answering
 	// node's replica of the meta range (NotFound: none there).
 	AuthRecords(ctx context.Context, in *AuthRecordsRequest, opts ...grpc.CallOption) (*AuthRecordsResponse, error)
+	// Join admits a new node (`flotilla start --join`): it records the
+	// node's ID and peer address in the meta range (the record n/nodes),
+	// and answers what the node needs to start: the cluster's identity and
+	// every node's peer address. The ID asked for, if free, else the next
+	// ID never used. Asked again with the same ID and address, it answers
+	// the same. AlreadyExists: the ID or the address is another node's;
+	// InvalidArgument: the ID was decommissioned (never given back), or
+	// groups or replicas are not the cluster's; PermissionDenied: with TLS,
+	// the caller's node certificate does not name the ID asked for, or this
+	// node was admitted and then removed. Those are final; any other error
+	// (FailedPrecondition or Unavailable while the meta range changes
+	// leader) is worth asking again, with the same nonce.
+	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 }
 
 type peerClient struct {
@@ -1898,6 +1962,16 @@ func (c *peerClient) AuthRecords(ctx context.Context, in *AuthRecordsRequest, op
 	return out, nil
 }
 
+func (c *peerClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinResponse)
+	err := c.cc.Invoke(ctx, Peer_Join_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -1916,6 +1990,19 @@ type PeerServer interface {
 	// AuthRecords returns the user and role tables from the answering
 	// node's replica of the meta range (NotFound: none there).
 	AuthRecords(context.Context, *AuthRecordsRequest) (*AuthRecordsResponse, error)
+	// Join admits a new node (`flotilla start --join`): it records the
+	// node's ID and peer address in the meta range (the record n/nodes),
+	// and answers what the node needs to start: the cluster's identity and
+	// every node's peer address. The ID asked for, if free, else the next
+	// ID never used. Asked again with the same ID and address, it answers
+	// the same. AlreadyExists: the ID or the address is another node's;
+	// InvalidArgument: the ID was decommissioned (never given back), or
+	// groups or replicas are not the cluster's; PermissionDenied: with TLS,
+	// the caller's node certificate does not name the ID asked for, or this
+	// node was admitted and then removed. Those are final; any other error
+	// (FailedPrecondition or Unavailable while the meta range changes
+	// leader) is worth asking again, with the same nonce.
+	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -1937,6 +2024,9 @@ func (UnimplementedPeerServer) ReplicaState(context.Context, *ReplicaStateReques
 }
 func (UnimplementedPeerServer) AuthRecords(context.Context, *AuthRecordsRequest) (*AuthRecordsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AuthRecords not implemented")
+}
+func (UnimplementedPeerServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -2031,6 +2121,24 @@ func _Peer_AuthRecords_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Join(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Join_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Join(ctx, req.(*JoinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -2053,6 +2161,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AuthRecords",
 			Handler:    _Peer_AuthRecords_Handler,
+		},
+		{
+			MethodName: "Join",
+			Handler:    _Peer_Join_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -28,6 +28,9 @@ type StatusNode struct {
 	// leaving or has left the cluster (`flotilla node decommission`);
 	// omitted for a member.
 	Membership string `json:"membership,omitempty"`
+	// Drained: the node is marked drained (`flotilla node drain`): the
+	// rebalancer leaves it empty; omitted when not.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // StatusGroup is one raft group, as its leader (or the best informed
@@ -87,6 +90,9 @@ type NodeListEntry struct {
 	State      string `json:"state"`
 	Replicas   int    `json:"replicas"`
 	Leaders    int    `json:"leaders"`
+	// Drained: marked drained (`flotilla node drain`; StatusNode.Drained);
+	// omitted when not.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // NodeListOf derives the node list from a status document.
@@ -112,7 +118,7 @@ func NodeListOf(st Status) NodeList {
 			state = NodeDead
 		}
 		out.Nodes = append(out.Nodes, NodeListEntry{ID: n.ID, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
-			HTTPAddr: n.HTTPAddr, State: state, Replicas: replicas[n.ID], Leaders: leaders[n.ID]})
+			HTTPAddr: n.HTTPAddr, State: state, Replicas: replicas[n.ID], Leaders: leaders[n.ID], Drained: n.Drained})
 	}
 	return out
 }

@@ -763,6 +763,29 @@ func (c *Client) Decommission(ctx context.Context, node uint64) (state string, r
 	return r.State, int(r.Replicas), nil
 }
 
+// SetDrained marks node drained, or clears the mark: while it is marked,
+// the rebalancer moves no replica onto it and no leadership goes to it
+// (`flotilla node drain`, `flotilla node undrain`). It returns every node
+// marked drained after the change, and settle: every node has read the
+// mark that long after the answer (wait it before moving replicas off). A
+// node outside the cluster is ErrInvalidArgument.
+func (c *Client) SetDrained(ctx context.Context, node uint64, drained bool) (nodes []uint64, settle time.Duration, err error) {
+	if node == 0 {
+		return nil, 0, fmt.Errorf("%w: node 0", ErrInvalidArgument)
+	}
+	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
+		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
+			r, err := api.NewClusterClient(cc).SetDrained(ctx, &api.SetDrainedRequest{Node: node, Drained: drained}, opts...)
+			return r, nil, err
+		})
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	r := v.(*api.SetDrainedResponse)
+	return r.Drained, time.Duration(r.SettleMs) * time.Millisecond, nil
+}
+
 // Merge merges the range that holds key with the range after it and
 // returns the merged range.
 func (c *Client) Merge(ctx context.Context, key []byte) (*api.RangeInfo, error) {

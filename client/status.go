@@ -47,7 +47,7 @@ func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	for i, n := range m.Nodes {
 		r := answers[i]
 		st.Nodes = append(st.Nodes, api.StatusNode{ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
-			HTTPAddr: n.HttpAddr, Alive: r != nil, Dead: r == nil && n.Dead, Membership: n.Membership})
+			HTTPAddr: n.HttpAddr, Alive: r != nil, Dead: r == nil && n.Dead, Membership: n.Membership, Drained: n.Drained})
 		if r == nil {
 			continue
 		}

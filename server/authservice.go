@@ -57,7 +57,7 @@ func (s *Server) authRecords(ctx context.Context, linearizable bool) ([]kv.KeyVa
 	}
 	var last error = fmt.Errorf("server: no replica of the meta range to read the auth tables from")
 	for _, r := range s.replicasOf(kv.MetaRangeID) {
-		conn := s.peerConns[r]
+		conn := s.peerConn(r)
 		if conn == nil || s.host.PeerDown(r) {
 			continue
 		}
@@ -107,6 +107,14 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	}
 	_, states := s.membershipOf(recs)
 	s.mergeMembership(states) // they only move forward: no older read undoes a newer
+	_, joined, _ := s.joinedOf(recs)
+	added, err := s.addNodes(joinedAddrs(joined)) // nodes only join: no older read undoes a newer
+	for _, id := range added {
+		s.log.Info("node joined the cluster", "member", id, "peer_addr", joined[id].addr)
+	}
+	if err != nil {
+		s.log.Warn("a joined node could not be dialled", "err", err)
+	}
 	t, err := tablesOf(recs)
 	if err != nil {
 		return nil, err
@@ -115,11 +123,18 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	if linearizable {
 		s.authLoad.linGen++
 	}
-	if linearizable || s.authLoad.linGen == before {
+	take := linearizable || s.authLoad.linGen == before
+	if take {
 		s.authTab.Store(t)
 		s.authAt.Store(time.Now().UnixNano())
 	}
 	s.authLoad.Unlock()
+	if take {
+		// The drain marks come and go: taken, like the tables, only
+		// from a read no linearizable one overtook.
+		_, drained, _ := s.drainedOf(recs)
+		s.setDrainedNodes(drained)
+	}
 	return t, nil
 }
 
@@ -200,6 +215,9 @@ func (s *Server) authLoop() {
 		ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.AuthRefresh, time.Second))
 		_, err := s.loadAuth(ctx, false)
 		cancel()
+		if err == nil {
+			s.persistNodes()
+		}
 		if err != nil && !failing && !s.isStopping() {
 			s.log.Warn("reading the user and role tables and the membership records failed; keeping the last ones", "err", err)
 		}

@@ -72,7 +72,7 @@ func (s *Server) authenticate(ctx context.Context) (identity, error) {
 				if id, ok := certs.NodeID(leaf); ok {
 					// Only a member: a node certificate of the same CA for
 					// another cluster's or a retired node names no one here.
-					if !slices.Contains(s.nodes, id) {
+					if !s.isNode(id) {
 						return identity{}, status.Errorf(codes.Unauthenticated, "server: node %d is not a member of this cluster", id)
 					}
 					return identity{user: leaf.Subject.CommonName, how: howNode, node: id}, nil
@@ -328,6 +328,8 @@ func needOf(req any) need {
 		return need{admin: "merge"}
 	case *api.DecommissionRequest:
 		return need{admin: "decommission"}
+	case *api.SetDrainedRequest:
+		return need{admin: "drain"}
 	}
 	return need{deny: fmt.Sprintf("%T", req)}
 }

@@ -54,6 +54,9 @@ func (s *Server) settledLoop(interval time.Duration, ready func() bool, pass fun
 		for id := range s.leavingNodes() {
 			delete(now, id) // a node leaving is handed no leadership, nor replica
 		}
+		for id := range s.drainedNodes() {
+			delete(now, id) // nor is a node drained (drained.go)
+		}
 		if !maps.Equal(now, live) {
 			live, since = now, time.Now()
 			continue
@@ -84,7 +87,7 @@ func (s *Server) viewVersions(buf []uint64) (_ []uint64, ok bool) {
 	buf = append(buf, s.host.StatusVersion(), uint64(len(s.ranges.Replicas())))
 	s.peers.Lock()
 	defer s.peers.Unlock()
-	for _, id := range s.nodes {
+	for _, id := range s.nodeIDs() {
 		if id == s.cfg.NodeID || s.membership(id) == api.NodeRemoved {
 			continue
 		}
@@ -112,7 +115,7 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 		}
 	}
 	live := 0
-	for _, id := range s.nodes {
+	for _, id := range s.nodeIDs() {
 		if alive[id] {
 			live++
 		}

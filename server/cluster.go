@@ -125,6 +125,9 @@ func (p *peerService) Info(ctx context.Context, req *api.InfoRequest) (*api.Info
 		return &api.InfoResponse{Removed: true}, nil
 	}
 	resp := &api.InfoResponse{Node: p.s.selfInfo()}
+	if len(p.s.nodeIDs()) > int(req.KnownNodes) {
+		resp.Nodes = p.s.joinedNodes()
+	}
 	v := p.s.groupsVersion()
 	if v != 0 && req.KnownVersion == v {
 		resp.Version, resp.Unchanged = v, true
@@ -173,7 +176,8 @@ func (s *Server) discoverOnce() {
 	}
 	// The versions of the groups held, read before asking: this loop is
 	// the only writer of the views.
-	known := make(map[uint64]uint64, len(s.peerConns))
+	dir := s.dir.Load()
+	known := make(map[uint64]uint64, len(dir.conns))
 	removals := s.ranges.Removals()
 	s.peers.Lock()
 	for id, v := range s.peers.views {
@@ -182,14 +186,14 @@ func (s *Server) discoverOnce() {
 		}
 	}
 	s.peers.Unlock()
-	answers := make(chan answer, len(s.peerConns))
+	answers := make(chan answer, len(dir.conns))
 	asked := 0
-	for id, conn := range s.peerConns {
+	for id, conn := range dir.conns {
 		if s.membership(id) == api.NodeRemoved {
 			continue // it holds nothing, and is refused
 		}
 		asked++
-		req := &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID, KnownVersion: known[id]}
+		req := &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID, KnownVersion: known[id], KnownNodes: uint32(len(dir.ids))}
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
@@ -210,6 +214,15 @@ func (s *Server) discoverOnce() {
 		if a.err == nil && a.resp.Removed {
 			s.removedFromCluster(a.id)
 			continue
+		}
+		if a.err == nil && len(a.resp.Nodes) > 0 {
+			added, err := s.addNodes(a.resp.Nodes)
+			for _, id := range added {
+				s.log.Info("node joined the cluster (told by a peer)", "member", id, "peer_addr", a.resp.Nodes[id], "peer", a.id)
+			}
+			if err != nil {
+				s.log.Warn("a joined node could not be dialled", "err", err)
+			}
 		}
 		// Filtered before the lock: a full answer holds every range of
 		// the peer, and readers of the views wait on the lock.
@@ -283,21 +296,22 @@ func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
 
 // nodeInfos returns every node of the cluster with what is known of it.
 func (s *Server) nodeInfos() []*api.NodeInfo {
-	out := make([]*api.NodeInfo, 0, len(s.nodes))
+	out := make([]*api.NodeInfo, 0, len(s.nodeIDs()))
 	var dead map[uint64]bool
 	if p := s.dead.Load(); p != nil {
 		dead = *p
 	}
 	s.peers.Lock()
 	defer s.peers.Unlock()
-	for _, id := range s.nodes {
+	for _, id := range s.nodeIDs() {
 		if id == s.cfg.NodeID {
 			n := s.selfInfo()
 			n.Membership = s.membership(id)
+			n.Drained = s.drainedNodes()[id]
 			out = append(out, n)
 			continue
 		}
-		n := &api.NodeInfo{Id: id, PeerAddr: s.cfg.InitialCluster[id]}
+		n := &api.NodeInfo{Id: id, PeerAddr: s.peerAddrOf(id)}
 		if v := s.peers.views[id]; v != nil {
 			if v.info != nil {
 				n.ClientAddr, n.HttpAddr = v.info.ClientAddr, v.info.HttpAddr
@@ -306,6 +320,7 @@ func (s *Server) nodeInfos() []*api.NodeInfo {
 		}
 		n.Dead = dead[id] && !n.Alive
 		n.Membership = s.membership(id)
+		n.Drained = s.drainedNodes()[id]
 		out = append(out, n)
 	}
 	return out
@@ -475,6 +490,7 @@ func (s *Server) Status() api.Status {
 	for _, n := range s.nodeInfos() {
 		st.Nodes = append(st.Nodes, api.StatusNode{
 			ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr, HTTPAddr: n.HttpAddr, Alive: n.Alive,
+			Membership: n.Membership, Drained: n.Drained,
 		})
 	}
 	sts := s.host.Status()

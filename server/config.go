@@ -45,13 +45,18 @@ const (
 
 // Config configures one node. Zero values take the documented defaults.
 type Config struct {
-	// NodeID is this node's ID; it must appear in InitialCluster. Required.
+	// NodeID is this node's ID. With InitialCluster it is required and
+	// must appear there. With Join it is the ID asked for (it must be
+	// free: never used in the cluster), or 0 to take the one the cluster
+	// gives; required with TLS (the node's certificate names it). A joined
+	// node's later starts take it from the data directory.
 	NodeID uint64
 	// DataDir holds the node's Pebble database and meta file. Created if
 	// missing. Required.
 	DataDir string
 	// PeerAddr is the host:port other nodes reach this node's raft
-	// transport at; it must equal this node's InitialCluster entry. Its
+	// transport at; it must equal this node's InitialCluster entry, or for
+	// a joined node the address it joined with. Its
 	// host is also the source address of outbound peer connections.
 	// Required.
 	PeerAddr string
@@ -63,11 +68,20 @@ type Config struct {
 	// InitialCluster maps every node ID of the cluster to its peer address.
 	// With Groups it defines the cluster: its ID is derived from both, and
 	// a data directory written under another ID is refused. Required;
-	// parse --initial-cluster with ParseInitialCluster.
+	// parse --initial-cluster with ParseInitialCluster. Exactly one of
+	// InitialCluster and Join.
 	InitialCluster map[uint64]string
+	// Join lists peer addresses (host:port) of nodes of a running cluster
+	// that this node asks to admit it (`--join`; join.go), in turn, for up
+	// to two minutes. It takes the cluster's ID, groups and replicas from
+	// the answer, and starts with no replica. A data directory that
+	// already belongs to a node (a restart) is used as it is, without
+	// asking. Groups and Replicas, if set, must be the cluster's.
+	Join []string
 	// Groups is the number of ranges a new cluster starts with (IDs
 	// 1..Groups, cutting the hex keyspace evenly: kv.InitialSplits).
-	// Required; limits 1..MaxGroups. Ranges split and merge from there.
+	// Required with InitialCluster; limits 1..MaxGroups. Ranges split and
+	// merge from there.
 	Groups int
 	// Replicas is how many voters each range of a new cluster has, on as
 	// many distinct nodes (all of them when the cluster has fewer).
@@ -123,8 +137,9 @@ type Config struct {
 	// checks the replica counts of the live members and, while two differ
 	// by 2 or more, moves one replica from the node holding the most to
 	// the one holding the fewest (rebalanceLoop; one move at a time in the
-	// cluster). 0 or negative: off, the default (a `flotilla node drain`
-	// would be undone by it); else 100ms..1h.
+	// cluster): so a node that joins takes its share. Nodes marked drained
+	// (`flotilla node drain`) are left out. Default
+	// DefaultRebalanceInterval (1s); 100ms..1h; negative: off.
 	RebalanceInterval time.Duration
 	// MoveCatchUp is how long a replica move waits for the new replica to
 	// catch up before it undoes its addition, and how long a new replica
@@ -283,8 +298,8 @@ func ClusterID(initial map[uint64]string, groups, replicas int) uint64 {
 }
 
 func (c *Config) setDefaults() {
-	if c.Replicas == 0 {
-		c.Replicas = DefaultReplicas
+	if c.Replicas == 0 && len(c.Join) == 0 {
+		c.Replicas = DefaultReplicas // a joining node takes the cluster's
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = 100 * time.Millisecond
@@ -306,6 +321,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeadAfter == 0 {
 		c.DeadAfter = DefaultDeadAfter
+	}
+	if c.RebalanceInterval == 0 {
+		c.RebalanceInterval = DefaultRebalanceInterval
 	}
 	if c.MoveCatchUp == 0 {
 		c.MoveCatchUp = time.Minute
@@ -349,26 +367,16 @@ func (c *Config) validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)
 	}
-	if c.NodeID == 0 {
-		return bad("--id must be a positive integer")
-	}
 	if c.DataDir == "" {
 		return bad("--data-dir is required")
-	}
-	if len(c.InitialCluster) == 0 {
-		return bad("--initial-cluster is required")
-	}
-	self, ok := c.InitialCluster[c.NodeID]
-	if !ok {
-		return bad("--id %d is not in --initial-cluster %s", c.NodeID, FormatInitialCluster(c.InitialCluster))
 	}
 	if c.PeerListener == nil {
 		if err := checkHostPort(c.PeerAddr); err != nil {
 			return bad("--peer-addr: %v", err)
 		}
 	}
-	if c.PeerAddr != self {
-		return bad("--peer-addr %q differs from node %d's entry %q in --initial-cluster", c.PeerAddr, c.NodeID, self)
+	if err := c.validateMembership(bad); err != nil {
+		return err
 	}
 	if c.ClientListener == nil {
 		if err := checkHostPort(c.ClientAddr); err != nil {
@@ -380,14 +388,6 @@ func (c *Config) validate() error {
 			return bad("--http-addr: %v", err)
 		}
 	}
-	if c.Groups < 1 || c.Groups > MaxGroups {
-		return bad("--groups %d outside 1..%d", c.Groups, MaxGroups)
-	}
-	switch c.Replicas {
-	case 1, 3, 5, 7:
-	default:
-		return bad("--replicas %d: want 1, 3, 5 or 7", c.Replicas)
-	}
 	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
 		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
 	}
@@ -395,7 +395,7 @@ func (c *Config) validate() error {
 		return bad("move catch-up %v outside 1s..1h", c.MoveCatchUp)
 	}
 	if c.RebalanceInterval > 0 && (c.RebalanceInterval < 100*time.Millisecond || c.RebalanceInterval > time.Hour) {
-		return bad("--rebalance-interval %v outside 100ms..1h (0: off)", c.RebalanceInterval)
+		return bad("--rebalance-interval %v outside 100ms..1h (off: 0 on the command line, negative in Config)", c.RebalanceInterval)
 	}
 	if c.DeadAfter > 0 && (c.DeadAfter < time.Second || c.DeadAfter > 24*time.Hour) {
 		return bad("--dead-after %v outside 1s..24h (negative: never)", c.DeadAfter)
@@ -433,10 +433,65 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// validateMembership checks how the node finds its cluster: as one of
+// --initial-cluster, or by --join.
+func (c *Config) validateMembership(bad func(string, ...any) error) error {
+	if len(c.Join) > 0 {
+		if len(c.InitialCluster) > 0 {
+			return bad("--join and --initial-cluster exclude each other (--initial-cluster bootstraps a new cluster; --join enters a running one)")
+		}
+		for _, a := range c.Join {
+			if err := checkHostPort(a); err != nil {
+				return bad("--join: %v", err)
+			}
+		}
+		if c.NodeID == 0 && !c.Insecure {
+			return bad("--join with --certs-dir needs --id: the ID the node's certificate names")
+		}
+		if c.Groups != 0 && (c.Groups < 1 || c.Groups > MaxGroups) {
+			return bad("--groups %d outside 1..%d", c.Groups, MaxGroups)
+		}
+		return c.validateReplicas(bad, true)
+	}
+	if c.NodeID == 0 {
+		return bad("--id must be a positive integer")
+	}
+	if len(c.InitialCluster) == 0 {
+		return bad("--initial-cluster or --join is required")
+	}
+	self, ok := c.InitialCluster[c.NodeID]
+	if !ok {
+		return bad("--id %d is not in --initial-cluster %s (a node joining a running cluster starts with --join)", c.NodeID, FormatInitialCluster(c.InitialCluster))
+	}
+	if c.PeerAddr != self {
+		return bad("--peer-addr %q differs from node %d's entry %q in --initial-cluster", c.PeerAddr, c.NodeID, self)
+	}
+	if c.Groups < 1 || c.Groups > MaxGroups {
+		return bad("--groups %d outside 1..%d", c.Groups, MaxGroups)
+	}
+	return c.validateReplicas(bad, false)
+}
+
+func (c *Config) validateReplicas(bad func(string, ...any) error, zeroOK bool) error {
+	switch {
+	case c.Replicas == 0 && zeroOK:
+	case c.Replicas == 1, c.Replicas == 3, c.Replicas == 5, c.Replicas == 7:
+	default:
+		return bad("--replicas %d: want 1, 3, 5 or 7", c.Replicas)
+	}
+	return nil
+}
+
 // DefaultSnapshotRate is the default of Config.SnapshotRate
 // (--snapshot-rate): 64 MiB/s, a quarter to a half of what one SSD
 // writes, so that snapshots leave room for the writes of the ranges.
 const DefaultSnapshotRate = 64 << 20
+
+// DefaultRebalanceInterval is the default of Config.RebalanceInterval
+// (--rebalance-interval). An idle, balanced cluster pays nothing for it: a
+// pass over a view that has not changed since a pass that did nothing is
+// skipped (settledLoop).
+const DefaultRebalanceInterval = time.Second
 
 // DefaultDeadAfter is the default of Config.DeadAfter (--dead-after).
 const DefaultDeadAfter = 5 * time.Minute

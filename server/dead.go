@@ -65,7 +65,7 @@ func (s *Server) evacuateLoop() {
 		members := s.leavingNodes()
 		var leaving []uint64
 		set := map[uint64]bool{}
-		for _, id := range s.nodes {
+		for _, id := range s.nodeIDs() {
 			switch {
 			case members[id] != "":
 				leaving = append(leaving, id)
@@ -84,6 +84,9 @@ func (s *Server) evacuateLoop() {
 		if len(leaving) > 0 {
 			for id := range members {
 				delete(live, id) // no replica moves onto a leaving node
+			}
+			for id := range s.drainedNodes() {
+				delete(live, id) // nor onto a drained one (drained.go)
 			}
 			s.moveOffDead(leaving, live, dm)
 		}
@@ -148,7 +151,7 @@ func (s *Server) moveOffDead(leaving []uint64, live map[uint64]bool, dm *deadMov
 			// place: a new one would make the range one voter too many.
 			to = d.Learners[slices.IndexFunc(d.Learners, func(n uint64) bool { return live[n] })]
 		default:
-			for _, n := range s.nodes {
+			for _, n := range s.nodeIDs() {
 				if live[n] && !d.HasReplica(n) && (to == 0 || count[n] < count[to]) {
 					to = n
 				}

@@ -66,6 +66,23 @@ var ErrRemoved = errors.New("server: this node was removed from the cluster")
 // the user and role tables'.
 func isNodeRecord(key []byte) bool { return bytes.HasPrefix(key, []byte("n/")) }
 
+// recordLines returns the nodes' record key among recs (nil if none) and
+// its lines, trimmed, empty ones left out.
+func recordLines(recs []kv.KeyValue, key string) (raw []byte, lines []string) {
+	for _, r := range recs {
+		if string(r.Key) != key {
+			continue
+		}
+		raw = r.Value
+		for _, l := range strings.Split(string(r.Value), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				lines = append(lines, l)
+			}
+		}
+	}
+	return raw, lines
+}
+
 // membershipRank orders the states: a node's state only moves up.
 func membershipRank(state string) int {
 	switch state {
@@ -83,20 +100,15 @@ func membershipRank(state string) int {
 // must still load.
 func (s *Server) membershipOf(recs []kv.KeyValue) (raw []byte, states map[uint64]string) {
 	states = map[uint64]string{}
-	for _, r := range recs {
-		if string(r.Key) != membershipKey {
+	raw, lines := recordLines(recs, membershipKey)
+	for _, line := range lines {
+		id, st, ok := strings.Cut(line, " ")
+		n, err := strconv.ParseUint(id, 10, 64)
+		if !ok || err != nil || n == 0 || membershipRank(st) == 0 {
+			s.log.Warn("skipping a membership line this version cannot read", "line", line)
 			continue
 		}
-		raw = r.Value
-		for _, line := range strings.Split(strings.TrimSpace(string(r.Value)), "\n") {
-			id, st, ok := strings.Cut(line, " ")
-			n, err := strconv.ParseUint(id, 10, 64)
-			if !ok || err != nil || n == 0 || membershipRank(st) == 0 {
-				s.log.Warn("skipping a membership line this version cannot read", "line", line)
-				continue
-			}
-			states[n] = st
-		}
+		states[n] = st
 	}
 	return raw, states
 }
@@ -195,8 +207,8 @@ func (c *clusterService) Decommission(ctx context.Context, req *api.Decommission
 }
 
 func (s *Server) decommission(ctx context.Context, node uint64) (*api.DecommissionResponse, error) {
-	if !slices.Contains(s.nodes, node) {
-		return nil, status.Errorf(codes.InvalidArgument, "server: node %d is not in the cluster (nodes %v)", node, s.nodes)
+	if !s.isNode(node) {
+		return nil, status.Errorf(codes.InvalidArgument, "server: node %d is not in the cluster (nodes %v)", node, s.nodeIDs())
 	}
 	for attempt := 0; attempt < authWriteAttempts; attempt++ {
 		recs, err := s.authRecords(ctx, true)
@@ -215,7 +227,7 @@ func (s *Server) decommission(ctx context.Context, node uint64) (*api.Decommissi
 				dead = *p
 			}
 			members := 0
-			for _, n := range s.nodes {
+			for _, n := range s.nodeIDs() {
 				if n != node && states[n] == "" && !dead[n] {
 					members++
 				}
@@ -269,8 +281,13 @@ func (s *Server) membershipSettled(node uint64) bool {
 	s.membersMu.Lock()
 	at, ok := s.membersSeen[node]
 	s.membersMu.Unlock()
-	return ok && time.Since(at) >= 3*s.cfg.AuthRefresh+time.Second
+	return ok && time.Since(at) >= s.membershipSettle()
 }
+
+// membershipSettle is how long a change of a server record takes to reach
+// every node: each rereads them every AuthRefresh, taken to be the same on
+// every node.
+func (s *Server) membershipSettle() time.Duration { return 3*s.cfg.AuthRefresh + time.Second }
 
 // replicasOn counts the ranges with a replica (or a learner) on node: by
 // the node's own answer (Peer.Info, all its replicas) when it answers, and
@@ -285,7 +302,7 @@ func (s *Server) replicasOn(ctx context.Context, node uint64) (int, error) {
 		for _, g := range s.localGroups() {
 			on[g.Id] = true
 		}
-	} else if conn := s.peerConns[node]; conn != nil && !s.host.PeerDown(node) {
+	} else if conn := s.peerConn(node); conn != nil && !s.host.PeerDown(node) {
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := api.NewPeerClient(conn).Info(ictx, &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID}, grpc.MaxCallRecvMsgSize(maxInfoBytes))
 		cancel()

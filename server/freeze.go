@@ -17,8 +17,8 @@ import (
 // own clock and raft loop keep running. For the demo's pause and for tests
 // of gray failures; Thaw undoes it. Safe to call more than once.
 func (s *Server) Freeze() {
-	others := make([]uint64, 0, len(s.nodes))
-	for _, id := range s.nodes {
+	others := make([]uint64, 0, len(s.nodeIDs()))
+	for _, id := range s.nodeIDs() {
 		if id != s.cfg.NodeID {
 			others = append(others, id)
 		}

@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -54,7 +55,7 @@ func checkMetaRoundTrip(t *testing.T, m meta) {
 		t.Fatal(err)
 	}
 	var got meta
-	if err := json.Unmarshal(b, &got); err != nil || got != m {
+	if err := json.Unmarshal(b, &got); err != nil || !reflect.DeepEqual(got, m) {
 		t.Fatalf("%+v writes %q, which reads as %+v, %v", m, b, got, err)
 	}
 	if err := compareMeta("dir", "dir/"+metaFile, b, m); err != nil {

@@ -23,6 +23,13 @@ type meta struct {
 	// Layout is the version of the database's layout (layoutRanges);
 	// absent in directories of the hashed groups that came before ranges.
 	Layout int `json:"layout,omitempty"`
+	// Joined: the node joined a running cluster (--join) rather than
+	// being one of InitialCluster.
+	Joined bool `json:"joined,omitempty"`
+	// Nodes are the peer addresses of the nodes that joined after the
+	// bootstrap, as this node last knew them (directory.go): not part of
+	// the identity compared on start.
+	Nodes map[uint64]string `json:"nodes,omitempty"`
 }
 
 // layoutRanges is the database layout of ranges (internal/keys): user data
@@ -33,26 +40,52 @@ const layoutRanges = 2
 // checkMeta reads the meta file of dir. If there is none, it reports fresh:
 // the caller bootstraps the node, then writes the file (writeMeta), so that
 // a crash in between bootstraps again. If there is one that differs from
-// want, it returns ErrOtherCluster.
-func checkMeta(dir string, want meta) (fresh bool, err error) {
+// want, it returns ErrOtherCluster; else what it holds.
+func checkMeta(dir string, want meta) (got meta, fresh bool, err error) {
+	got, fresh, err = readMeta(dir)
+	if err != nil || fresh {
+		return got, fresh, err
+	}
+	return got, false, sameNode(dir, got, want)
+}
+
+// readMeta reads the meta file of dir; fresh if there is none.
+// ErrOtherCluster if it is not a meta file.
+func readMeta(dir string) (m meta, fresh bool, err error) {
 	path := filepath.Join(dir, metaFile)
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return true, nil
+		return m, true, nil
 	case err != nil:
-		return false, fmt.Errorf("server: read %s: %w", path, err)
+		return m, false, fmt.Errorf("server: read %s: %w", path, err)
 	}
-	return false, compareMeta(dir, path, b, want)
+	m, err = parseMeta(path, b)
+	return m, false, err
+}
+
+// parseMeta parses b, the contents of the meta file at path;
+// ErrOtherCluster if it is not a meta file.
+func parseMeta(path string, b []byte) (m meta, err error) {
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("%w: %s is not a Flotilla meta file: %v", ErrOtherCluster, path, err)
+	}
+	return m, nil
 }
 
 // compareMeta checks b, the contents of dir's meta file at path, against
 // want; ErrOtherCluster if it is not a meta file or another node's.
 func compareMeta(dir, path string, b []byte, want meta) error {
-	var got meta
-	if err := json.Unmarshal(b, &got); err != nil {
-		return fmt.Errorf("%w: %s is not a Flotilla meta file: %v", ErrOtherCluster, path, err)
+	got, err := parseMeta(path, b)
+	if err != nil {
+		return err
 	}
+	return sameNode(dir, got, want)
+}
+
+// sameNode checks got, read from dir's meta file, against want: the same
+// layout, cluster and node (ErrOtherCluster if not).
+func sameNode(dir string, got, want meta) error {
 	if got.Layout != want.Layout {
 		return fmt.Errorf("%w: %s holds data in layout %d (hashed groups, before ranges); this version reads layout %d only: "+
 			"start the node with a new --data-dir (the old data is not converted)", ErrOtherCluster, dir, got.Layout, want.Layout)
@@ -77,35 +110,43 @@ func replicasOrDefault(n int) int {
 	return n
 }
 
-// writeMeta writes m as dir's meta file, durably: temp file, fsync,
-// rename, fsync of dir.
+// writeMeta writes m as dir's meta file, durably (writeFileDurably).
 func writeMeta(dir string, m meta) error {
 	b, err := encodeMeta(m)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, metaFile+".tmp*")
-	if err != nil {
+	if err := writeFileDurably(dir, metaFile, b); err != nil {
 		return fmt.Errorf("server: write meta: %w", err)
+	}
+	return nil
+}
+
+// writeFileDurably writes b as dir's file name: temp file, fsync, rename,
+// fsync of dir.
+func writeFileDurably(dir, name string, b []byte) error {
+	tmp, err := os.CreateTemp(dir, name+".tmp*")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
-		return fmt.Errorf("server: write meta: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("server: sync meta: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("server: write meta: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, metaFile)); err != nil {
-		return fmt.Errorf("server: write meta: %w", err)
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		return err
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("server: sync data dir: %w", err)
+		return err
 	}
 	defer d.Close()
 	return d.Sync()

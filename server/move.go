@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/ranges"
@@ -87,8 +86,8 @@ func (s *Server) checkMove(from, to uint64) error {
 		return status.Errorf(codes.InvalidArgument, "server: a move from node %d to itself", from)
 	}
 	for _, n := range []uint64{from, to} {
-		if n != 0 && !slices.Contains(s.nodes, n) {
-			return status.Errorf(codes.InvalidArgument, "server: node %d is not in the cluster (nodes %v)", n, s.nodes)
+		if n != 0 && !s.isNode(n) {
+			return status.Errorf(codes.InvalidArgument, "server: node %d is not in the cluster (nodes %v)", n, s.nodeIDs())
 		}
 	}
 	if m := s.membership(to); to != 0 && m != "" {

@@ -179,3 +179,32 @@ func TestLeftoverLearnerFinished(t *testing.T) {
 		t.Fatalf("split once the learner is gone: %v", err)
 	}
 }
+
+// TestMoveOntoVoterKeepsFactor: a move whose new node votes in the range
+// already (as when a second decider finishes, from an older descriptor,
+// a move its first asker finished) is refused rather than leave the range
+// under its replication factor; before the guard it removed the old
+// replica, and the range was left with 2 voters.
+func TestMoveOntoVoterKeepsFactor(t *testing.T) {
+	c := startClusterWith(t, 4, 4, func(cfg *Config) { cfg.Replicas = 3 })
+	cl := c.client()
+	ctx := ctxT(t)
+	key := []byte("c0")
+	g := initialRange(4, key)
+	d, ok := c.nodes[1].descriptor(g)
+	if !ok || len(d.Replicas) != 3 {
+		t.Fatalf("range %d: %v", g, d)
+	}
+	if _, err := cl.Move(ctx, key, d.Replicas[1], d.Replicas[2]); err == nil {
+		t.Fatalf("a move from node %d onto node %d, a voter of %v already, was made", d.Replicas[1], d.Replicas[2], d.Replicas)
+	}
+	waitFor(t, 10*time.Second, "the descriptor as it was", func() error {
+		for id, s := range c.nodes {
+			nd, ok := s.descriptor(g)
+			if ok && !slices.Equal(nd.Replicas, d.Replicas) {
+				return fmt.Errorf("node %d sees range %d on %v, was %v", id, g, nd.Replicas, d.Replicas)
+			}
+		}
+		return nil
+	})
+}

@@ -78,7 +78,7 @@ func (s *Server) proposeRemote(ctx context.Context, id uint64, cmd []byte) ([]by
 			last = err
 			continue
 		}
-		conn := s.peerConns[l]
+		conn := s.peerConn(l)
 		if conn == nil {
 			return nil, fmt.Errorf("server: range %d: no leader to propose to", id)
 		}
@@ -113,7 +113,7 @@ func wait(ctx context.Context, d time.Duration) error {
 // PeerDescriptor asks node for its replica of range id.
 func (e rangeEnv) PeerDescriptor(node, id uint64, done func(kv.Descriptor, bool)) {
 	s := e.s
-	conn := s.peerConns[node]
+	conn := s.peerConn(node)
 	if conn == nil {
 		done(kv.Descriptor{}, false)
 		return
@@ -139,7 +139,7 @@ func (e rangeEnv) PeerHolds(node, id uint64, done func(holds, answered bool)) {
 		done(ok && hasDescriptor(r), true)
 		return
 	}
-	conn := s.peerConns[node]
+	conn := s.peerConn(node)
 	if conn == nil {
 		done(false, false)
 		return
@@ -177,7 +177,7 @@ func (e rangeEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 		done(r.SM.AppliedIndex(), true)
 		return
 	}
-	conn := s.peerConns[node]
+	conn := s.peerConn(node)
 	if conn == nil {
 		done(0, false)
 		return
@@ -198,7 +198,7 @@ func (e rangeEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 // (Peer.ReplicaState with removed_by); best effort.
 func (e rangeEnv) Removed(node, id uint64) {
 	s := e.s
-	conn := s.peerConns[node]
+	conn := s.peerConn(node)
 	if conn == nil {
 		return
 	}

@@ -15,8 +15,10 @@ import (
 // rebalanceLoop evens out the replica counts of the live members
 // (Config.RebalanceInterval; started by Start when it is positive). Every
 // interval, on the node that leads the meta range, with every member
-// (not dead, not leaving) reachable and the set of them unchanged for
-// BalanceSettle, and no move under way anywhere (no range has a learner):
+// (not dead, not leaving, not drained) reachable and the set of them
+// unchanged for BalanceSettle, and no move under way anywhere (no range
+// has a learner; one left under way longer than orphanGrace is finished
+// first, finishMove):
 // first, a range whose voters on members have been more or fewer than
 // Config.Replicas for twice MoveCatchUp is repaired: one too many loses the
 // voter on the member holding the most replicas (a move cut short after
@@ -29,17 +31,19 @@ import (
 // leadership away first if it is the one leaving). A range whose move
 // failed waits deadRetry before it is picked again, so that one range that
 // cannot move (frozen for a merge) does not hold the others. One decider
-// and one move at a time, as long as the meta range has one leader (two
-// nodes that both see themselves leading it for a moment may pick the same
-// move, which the range's leader then makes once): the counts, from the
-// meta index, are those the last move left, and no two nodes chase each
-// other's moves. The leaderships follow by balanceLoop, which hands them
+// and one new move at a time, as long as the meta range has one leader
+// (two nodes that both see themselves leading it for a moment may pick
+// the same move, which the range's leader then makes once; and a decider
+// that stopped deciding still finishes the move it started, which a move
+// onto a voter cannot take under the replication factor: ranges.Store.Move):
+// the counts, from the meta index, are those the last move left, and no
+// two nodes chase each other's moves. The leaderships follow by balanceLoop, which hands them
 // to the members that lead less than their share. Nodes dead or leaving
 // are neither sources nor targets: evacuateLoop moves their replicas; a
 // member down, not yet dead, holds the rebalancer until it is back or
 // dead.
 func (s *Server) rebalanceLoop() {
-	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}}
+	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{}}
 	s.settledLoop(s.cfg.RebalanceInterval, s.leadsMeta, func(live map[uint64]bool) bool { return s.rebalanceOnce(live, rb) })
 }
 
@@ -50,6 +54,39 @@ type rebalancer struct {
 	// offSince: when each range was first seen (and since always) with
 	// more or fewer voters on members than Config.Replicas.
 	offSince map[uint64]time.Time
+	// learnerSince: when each range was first seen (and since always)
+	// with a learner.
+	learnerSince map[uint64]time.Time
+}
+
+// orphanGrace is how long a learner waits before the rebalancer finishes
+// its move as one left under way: a backstop (the decider that started a
+// move finishes it, even once it no longer decides; a decider that
+// stopped does not), so longer than most moves take to catch up, and
+// shorter than the range leader's removal of a learner (MoveCatchUp).
+func (s *Server) orphanGrace() time.Duration {
+	return min(15*time.Second, s.cfg.MoveCatchUp/2)
+}
+
+// finishMove returns the move that finishes the one under way in d (which
+// has a learner): its first learner is promoted, and while d has want
+// voters or more on holders (rebalanceOnce), the voter on the member
+// holding the most replicas (count) is removed (from 0: none, the move was
+// an addition).
+func finishMove(d *kv.Descriptor, members, holders []uint64, count map[uint64]int, want int) (from, to uint64) {
+	to = d.Learners[0]
+	if votersOn(d, holders) < want {
+		return 0, to
+	}
+	for _, r := range d.Replicas {
+		if slices.Contains(d.Learners, r) || !slices.Contains(members, r) {
+			continue // a voter on a node leaving or dead is evacuateLoop's
+		}
+		if from == 0 || count[r] > count[from] {
+			from = r
+		}
+	}
+	return from, to
 }
 
 // leadsMeta reports whether this node leads the meta range.
@@ -65,16 +102,24 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 	if p := s.dead.Load(); p != nil {
 		dead = *p
 	}
-	var members []uint64
-	for _, n := range s.nodes {
+	drained := s.drainedNodes()
+	// members are the sources and targets of moves; holders, the nodes
+	// whose voters count toward a range's replication factor: the members
+	// and the drained nodes (no target, but their replicas are there until
+	// the drain moves them).
+	var members, holders []uint64
+	for _, n := range s.nodeIDs() {
 		switch {
 		case s.membership(n) != "" || dead[n]:
+		case drained[n]:
+			holders = append(holders, n)
 		case !live[n]:
 			return false // a member down: its replicas are not to be counted as gone, nor added to
 		default:
 			members = append(members, n)
 		}
 	}
+	holders = append(holders, members...)
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	ds, err := s.allDescriptors(ctx)
 	cancel()
@@ -82,9 +127,10 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 		return true // not known to be balanced
 	}
 	count := map[uint64]int{}
-	for _, d := range ds {
+	var learning []*kv.Descriptor
+	for i, d := range ds {
 		if len(d.Learners) > 0 {
-			return true // a move under way: the counts are about to change
+			learning = append(learning, &ds[i])
 		}
 		for _, r := range d.Replicas {
 			count[r]++
@@ -97,16 +143,48 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 		}
 	}
 	waiting := func(id uint64) bool { _, ok := rb.retryAt[id]; return ok }
+	want := min(s.cfg.Replicas, len(holders)) // a smaller cluster has a replica on every node
+	if len(learning) > 0 {
+		// A move under way: the counts are about to change. One left
+		// under way (its decider stopped, or its range's leadership moved
+		// and nobody asked again) is finished here once its learner has
+		// waited orphanGrace: left, it held every pass until the range's
+		// leader removed the learner, MoveCatchUp later (a 1-minute stall
+		// in 2 of 4 runs of tools/drainbench.sh MODE=grow, before deciders
+		// finished their own moves).
+		for _, d := range learning {
+			at, ok := rb.learnerSince[d.ID]
+			if !ok {
+				rb.learnerSince[d.ID] = now
+				continue
+			}
+			if now.Sub(at) < s.orphanGrace() || waiting(d.ID) || !slices.Contains(members, d.Learners[0]) {
+				continue // a learner on a node leaving or dead: evacuateLoop's
+			}
+			from, to := finishMove(d, members, holders, count, want)
+			s.log.Info("rebalancing: finishing a move left under way", "group", d.ID, "from", from, "to", to, "desc", d.String())
+			if !s.rebalanceMove(d, from, to) {
+				rb.retryAt[d.ID] = time.Now().Add(deadRetry)
+			}
+			break
+		}
+		for id := range rb.learnerSince {
+			if !slices.ContainsFunc(learning, func(d *kv.Descriptor) bool { return d.ID == id }) {
+				delete(rb.learnerSince, id)
+			}
+		}
+		return true
+	}
+	clear(rb.learnerSince)
 	// A range off its replication factor is repaired only once it has
 	// been so for twice MoveCatchUp: a move under way passes through a
 	// state with one voter too many (promoted, not yet removed) that no
 	// learner shows, and trimmed then by a second decider (the meta
 	// range's leadership moving) it ended at 2 voters, with the move's own
 	// removal (server.TestRebalance under -race, once in CI).
-	want := min(s.cfg.Replicas, len(members)) // a smaller cluster has a replica on every node
 	off := map[uint64]bool{}
 	for _, d := range ds {
-		if n := votersOn(&d, members); n != want {
+		if n := votersOn(&d, holders); n != want {
 			off[d.ID] = true
 			if _, ok := rb.offSince[d.ID]; !ok {
 				rb.offSince[d.ID] = now
@@ -122,7 +200,7 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 		at, ok := rb.offSince[id]
 		return ok && now.Sub(at) >= 2*s.cfg.MoveCatchUp && !waiting(id)
 	}
-	from, to, d := pickRepair(members, count, ds, want, settled)
+	from, to, d := pickRepair(members, holders, count, ds, want, settled)
 	if d == nil {
 		from, to, d = pickRebalance(members, count, ds, waiting)
 	}
@@ -149,17 +227,21 @@ func (s *Server) rebalanceMove(d *kv.Descriptor, from, to uint64) bool {
 	// again, at once: left as it is, its learner would hold every later
 	// pass (a range has a learner) until the range's leader removes it,
 	// MoveCatchUp later (a minute by default; measured: a 1-minute stall
-	// in each of the first rebalancing runs). It is asked again only while
-	// this node still decides, and while the range still has a replica on
-	// from or to: a move whose source went meanwhile (another move) would
-	// only add a replica.
+	// in each of the first rebalancing runs). It is asked again even once
+	// this node no longer decides (the meta range's own leadership moved
+	// under the move: after its promotion, its extra voter held the next
+	// decider for 2×MoveCatchUp, in 1 of 3 growth runs): a second decider
+	// that finishes it too cannot leave it under its replication factor
+	// (ranges.Store.Move refuses a removal then). It is asked again only
+	// while the range still has a replica on from or to: a move whose
+	// source went meanwhile (another move) would only add a replica.
 	for attempt := 1; ; attempt++ {
 		_, err := c.Move(ctx, req)
 		if err == nil {
 			return true
 		}
 		code := status.Code(err)
-		if attempt == rebalanceAttempts || (code != codes.FailedPrecondition && code != codes.Unavailable) || !s.leadsMeta() {
+		if attempt == rebalanceAttempts || (code != codes.FailedPrecondition && code != codes.Unavailable) {
 			s.log.Info("rebalancing a replica did not finish; trying again later", "group", d.ID, "from", from, "to", to, "attempts", attempt, "err", err)
 			return false
 		}
@@ -199,9 +281,9 @@ func votersOn(d *kv.Descriptor, members []uint64) int {
 // too many loses the voter on the member holding the most replicas; one
 // too few gains a replica on the member holding the fewest among those
 // without one. nil: none.
-func pickRepair(members []uint64, count map[uint64]int, ds []kv.Descriptor, replicas int, ready func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
+func pickRepair(members, holders []uint64, count map[uint64]int, ds []kv.Descriptor, replicas int, ready func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
 	for k := range ds {
-		n := votersOn(&ds[k], members)
+		n := votersOn(&ds[k], holders)
 		if n == replicas || !ready(ds[k].ID) {
 			continue
 		}

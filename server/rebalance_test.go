@@ -62,9 +62,13 @@ func TestPickRepair(t *testing.T) {
 		{"one too many", []kv.Descriptor{{ID: 5, Replicas: []uint64{1, 2, 3, 4}}}, 3, 0, 5},
 		{"one too few", []kv.Descriptor{{ID: 6, Replicas: []uint64{2, 3}}}, 0, 4, 6},
 		{"one too few, a learner there", []kv.Descriptor{{ID: 7, Replicas: []uint64{1, 2, 4}, Learners: []uint64{4}}}, 0, 3, 7},
+		// Node 8 is drained: no member, but its voter counts (the drain
+		// moves it; a repair would add a fourth).
+		{"a drained node's voter counts", []kv.Descriptor{{ID: 8, Replicas: []uint64{1, 2, 8}}}, 0, 0, 0},
+		{"too many with a drained node's voter", []kv.Descriptor{{ID: 9, Replicas: []uint64{1, 2, 4, 8}}}, 1, 0, 9},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			from, to, d := pickRepair(members, count, tc.ds, 3, ready)
+			from, to, d := pickRepair(members, append(slices.Clone(members), 8), count, tc.ds, 3, ready)
 			checkPick(t, from, to, d, tc.from, tc.to, tc.rng)
 		})
 	}
@@ -72,6 +76,32 @@ func TestPickRepair(t *testing.T) {
 
 // checkPick fails t unless a pick chose range rng (0: none) from node
 // wantFrom to node wantTo.
+// TestFinishMove: a move left under way is finished by promoting its
+// learner and removing the voter on the most loaded member, or, if the
+// range lacks a voter, by the promotion alone.
+func TestFinishMove(t *testing.T) {
+	members := []uint64{1, 2, 3, 4, 5}
+	count := map[uint64]int{1: 30, 2: 33, 3: 31, 4: 10, 5: 12}
+	d := &kv.Descriptor{ID: 7, Replicas: []uint64{1, 2, 3, 5}, Learners: []uint64{5}}
+	if from, to := finishMove(d, members, members, count, 3); from != 2 || to != 5 {
+		t.Errorf("finish of %v: from %d to %d, want from 2 (the most replicas) to 5", d, from, to)
+	}
+	d = &kv.Descriptor{ID: 7, Replicas: []uint64{1, 3, 5}, Learners: []uint64{5}}
+	if from, to := finishMove(d, members, members, count, 3); from != 0 || to != 5 {
+		t.Errorf("finish of %v (2 voters): from %d to %d, want only the promotion of 5", d, from, to)
+	}
+	// A voter on a node that is no member (leaving) is not counted, nor
+	// removed: evacuateLoop moves it.
+	d = &kv.Descriptor{ID: 7, Replicas: []uint64{9, 1, 2, 4}, Learners: []uint64{4}}
+	if from, to := finishMove(d, []uint64{1, 2, 3, 4}, []uint64{1, 2, 3, 4}, count, 3); from != 0 || to != 4 {
+		t.Errorf("finish of %v: from %d to %d, want only the promotion of 4", d, from, to)
+	}
+	d = &kv.Descriptor{ID: 7, Replicas: []uint64{9, 1, 2, 3, 4}, Learners: []uint64{4}}
+	if from, to := finishMove(d, []uint64{1, 2, 3, 4}, []uint64{1, 2, 3, 4}, count, 3); from != 2 || to != 4 {
+		t.Errorf("finish of %v: from %d to %d, want from 2 to 4", d, from, to)
+	}
+}
+
 func checkPick(t *testing.T, from, to uint64, d *kv.Descriptor, wantFrom, wantTo, rng uint64) {
 	t.Helper()
 	if rng == 0 {

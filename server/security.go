@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/certs"
 	"github.com/flotilla/flotilla/transport"
 )
@@ -77,13 +77,13 @@ func (sec *security) peerDial(id uint64) grpc.DialOption {
 // --insecure): a stream's certificate must be the node's its frames claim,
 // and that node a member of the cluster (a node certificate of the same CA
 // for another node ID, a retired or a foreign node, is refused).
-func (sec *security) checkPeer(members []uint64) func(context.Context, uint64) error {
+func (sec *security) checkPeer(member func(uint64) bool) func(context.Context, uint64) error {
 	if sec.insecure {
 		return nil
 	}
 	same := transport.TLSPeerCheck(certs.NodeID)
 	return func(ctx context.Context, from uint64) error {
-		if !slices.Contains(members, from) {
+		if !member(from) {
 			return fmt.Errorf("node %d is not a member of this cluster", from)
 		}
 		return same(ctx, from)
@@ -160,8 +160,11 @@ func verifiedLeaf(st *tls.ConnectionState) *x509.Certificate {
 // services (discovery, internal proposals, replica state, auth records):
 // the caller's certificate must be a member node's (the handshake already
 // required a node certificate of the CA). The raft transport's streams
-// are checked by checkPeer. Nil with --insecure.
-func (sec *security) peerMember(members []uint64) grpc.UnaryServerInterceptor {
+// are checked by checkPeer. Peer.Join is let through for any node
+// certificate of the CA: the node is not a member yet, and the handler
+// checks that the certificate names the ID it asks for. Nothing is checked
+// with --insecure.
+func (sec *security) peerMember(member func(uint64) bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if !sec.insecure {
 			p, ok := peer.FromContext(ctx)
@@ -175,7 +178,7 @@ func (sec *security) peerMember(members []uint64) grpc.UnaryServerInterceptor {
 			if leaf != nil {
 				id, isNode = certs.NodeID(leaf)
 			}
-			if !isNode || !slices.Contains(members, id) {
+			if !isNode || (!member(id) && info.FullMethod != api.Peer_Join_FullMethodName) {
 				return nil, status.Errorf(codes.PermissionDenied, "server: %s is for the cluster's nodes only", info.FullMethod)
 			}
 		}

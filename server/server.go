@@ -28,7 +28,7 @@
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
-// Server.badTokens.mu, Server.membersMu, the lease loop's groupSet.mu, deadMoves.mu,
+// Server.badTokens.mu, Server.membersMu, Server.dirMu, the lease loop's groupSet.mu, deadMoves.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -75,7 +75,6 @@ type Server struct {
 	// groups in discovery answers (groupsVersion) are not those of its
 	// previous life, which its peers may still hold.
 	infoBase uint64
-	nodes    []uint64 // every node ID, ascending
 	reg      *prometheus.Registry
 	metrics  *serverMetrics
 
@@ -97,6 +96,22 @@ type Server struct {
 	// membersSeen: when this node first knew each node in members to be
 	// leaving (membershipSettled). Guarded by membersMu.
 	membersSeen map[uint64]time.Time
+	// dir is the node directory (directory.go): every node and its peer
+	// address. Replaced whole under dirMu (a leaf), read without it.
+	dir   atomic.Pointer[nodeDir]
+	dirMu sync.Mutex
+	// dirClosed: closeAll closed the directory's connections; no more
+	// are added. Guarded by dirMu.
+	dirClosed bool
+	// dirMeta is this node's meta file as written (without Nodes), and
+	// dirPersisted the joined nodes it last wrote into it: owned by New,
+	// then by authLoop (persistNodes).
+	dirMeta      meta
+	dirPersisted map[uint64]string
+	// drained holds the nodes marked drained, as last read from the meta
+	// range (drained.go); nil map: none. Replaced whole, read without a
+	// lock.
+	drained atomic.Pointer[map[uint64]bool]
 	// cache holds the descriptors of ranges this node learned from the
 	// meta index, to route requests for keys it holds no replica of.
 	cache kv.RangeCache
@@ -149,7 +164,6 @@ type Server struct {
 		sync.Mutex
 		conns map[string]*grpc.ClientConn
 	}
-	peerConns map[uint64]*grpc.ClientConn // discovery clients; read-only after New
 
 	// watchIgnoreLeaders: watches go on whether their ranges have a leader
 	// here or not. The naive watch of TestWatchLeavesCutOffNode's negative
@@ -203,9 +217,7 @@ func New(cfg Config) (s *Server, err error) {
 	s = &Server{
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.NodeID),
-		clusterID: ClusterID(cfg.InitialCluster, cfg.Groups, cfg.Replicas),
 		infoBase:  rand.Uint64(),
-		nodes:     sortedIDs(cfg.InitialCluster),
 		reg:       prometheus.NewRegistry(),
 		stopc:     make(chan struct{}),
 		draining:  make(chan struct{}),
@@ -213,7 +225,6 @@ func New(cfg Config) (s *Server, err error) {
 		peerLis:   cfg.PeerListener,
 		clientLis: cfg.ClientListener,
 		httpLis:   cfg.HTTPListener,
-		peerConns: make(map[uint64]*grpc.ClientConn),
 		lessor:    election.NewLessor(nil),
 		leaders:   newLeaderWatch(),
 	}
@@ -232,23 +243,16 @@ func New(cfg Config) (s *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return s, fmt.Errorf("server: data dir: %w", err)
 	}
-	dirMeta := meta{
-		ClusterID:      s.clusterID,
-		NodeID:         cfg.NodeID,
-		InitialCluster: FormatInitialCluster(cfg.InitialCluster),
-		Groups:         cfg.Groups,
-		Layout:         layoutRanges,
-	}
-	if cfg.Replicas != DefaultReplicas {
-		dirMeta.Replicas = cfg.Replicas
-	}
-	fresh, err := checkMeta(cfg.DataDir, dirMeta)
-	if err != nil {
-		return s, err
-	}
 	if s.sec, err = newSecurity(&s.cfg); err != nil {
 		return s, err
 	}
+	bootstrap, known, err := s.identify()
+	if err != nil {
+		return s, err
+	}
+	cfg = s.cfg // identify settles the node ID and the cluster's flags
+	s.log = cfg.Logger.With("node", cfg.NodeID)
+	s.dir.Store(newNodeDir(map[uint64]string{cfg.NodeID: cfg.PeerAddr}, nil))
 	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{}); err != nil {
 		return s, err
 	}
@@ -270,27 +274,19 @@ func New(cfg Config) (s *Server, err error) {
 		SnapshotRate:         max(cfg.SnapshotRate, 0),
 		MaxSnapshotsInFlight: cfg.MaxSnapshotsInFlight,
 		TLS:                  s.sec.peerTLS(),
-		CheckPeer:            s.sec.checkPeer(s.nodes),
+		CheckPeer:            s.sec.checkPeer(s.isNode),
 		Registerer:           s.reg,
 		Logger:               s.log,
 	}
 	s.peerSrv = grpc.NewServer(append(transport.ServerOptions(tcfg), s.sec.peerServerOption(),
-		grpc.ChainUnaryInterceptor(s.freezer.unary, s.sec.peerMember(s.nodes)), grpc.ChainStreamInterceptor(s.freezer.stream))...)
+		grpc.ChainUnaryInterceptor(s.freezer.unary, s.sec.peerMember(s.isNode)), grpc.ChainStreamInterceptor(s.freezer.stream))...)
 	tcfg.Server = s.peerSrv
 	if s.tr, err = transport.NewGRPC(tcfg); err != nil {
 		return s, fmt.Errorf("server: transport: %w", err)
 	}
 	api.RegisterPeerServer(s.peerSrv, &peerService{s: s})
-	for _, id := range s.nodes {
-		if id == cfg.NodeID {
-			continue
-		}
-		s.tr.AddPeer(id, cfg.InitialCluster[id])
-		conn, err := grpc.NewClient(cfg.InitialCluster[id], append(peerDialOptions(cfg.PeerAddr), s.sec.peerDial(id))...)
-		if err != nil {
-			return s, fmt.Errorf("server: peer %d: %w", id, err)
-		}
-		s.peerConns[id] = conn
+	if _, err := s.addNodes(known); err != nil {
+		return s, err
 	}
 
 	host, err := multiraft.NewHost(multiraft.Config{
@@ -323,7 +319,7 @@ func New(cfg Config) (s *Server, err error) {
 		return s, fmt.Errorf("server: %w", err)
 	}
 	s.host = host
-	if err := s.startRanges(fresh); err != nil {
+	if err := s.startRanges(bootstrap); err != nil {
 		return s, err
 	}
 	// Received snapshots a stop cut short, or that no range took, go;
@@ -336,8 +332,8 @@ func New(cfg Config) (s *Server, err error) {
 	}); err != nil {
 		return s, fmt.Errorf("server: snapshot dir: %w", err)
 	}
-	if fresh {
-		if err := writeMeta(cfg.DataDir, dirMeta); err != nil {
+	if bootstrap {
+		if err := writeMeta(cfg.DataDir, s.dirMeta); err != nil {
 			return s, err
 		}
 	}
@@ -435,7 +431,9 @@ func (s *Server) startRanges(fresh bool) error {
 	if !fresh {
 		return nil
 	}
-	initial := ranges.InitialRanges(s.cfg.Groups, func(id uint64) []uint64 { return Replicas(id, s.nodes, s.cfg.Replicas) })
+	initial := ranges.InitialRanges(s.cfg.Groups, func(id uint64) []uint64 {
+		return Replicas(id, sortedIDs(s.cfg.InitialCluster), s.cfg.Replicas)
+	})
 	if err := st.Bootstrap(initial); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -596,8 +594,16 @@ func (s *Server) closeAll() error {
 		_ = s.tr.Close()
 	}
 	s.wg.Wait()
-	for _, c := range s.peerConns {
-		c.Close()
+	// A handler still running (the servers do not wait for them) may add
+	// nodes: it closes what it dialled once dirClosed is set.
+	s.dirMu.Lock()
+	s.dirClosed = true
+	d := s.dir.Load()
+	s.dirMu.Unlock()
+	if d != nil {
+		for _, c := range d.conns {
+			c.Close()
+		}
 	}
 	s.fwd.Lock()
 	conns := s.fwd.conns

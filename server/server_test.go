@@ -85,6 +85,8 @@ func (c *cluster) config(id uint64) Config {
 		DiscoveryInterval: 100 * time.Millisecond,
 		BalanceInterval:   200 * time.Millisecond,
 		BalanceSettle:     500 * time.Millisecond,
+		// Placement is the test's: the tests of the rebalancer turn it on.
+		RebalanceInterval: -1,
 		DisableSync:       true,
 		// Ranges split only in the tests that ask for it: a split under
 		// a test's load would move leaders the test watches.

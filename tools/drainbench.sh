@@ -10,11 +10,17 @@
 #   MODE=decommission  runs `flotilla node decommission 4`: the leaders of
 #               node 4's ranges move its replicas off, then it is removed
 #               (and exits);
-#   MODE=rebalance  before the bench, drains node 4 and restarts every
-#               node with --rebalance-interval 1s (--balance-settle 20s);
+#   MODE=rebalance  before the bench, drains node 4 (and clears its drain
+#               mark) and restarts every node with --rebalance-interval 1s
+#               (--balance-settle 20s);
 #               then waits until the rebalancer evened the replica counts
 #               out (within 1): an empty node filled, as after a node
 #               joins;
+#   MODE=grow   starts 3 nodes only (with --rebalance-interval 500ms),
+#               then starts nodes 4 and 5 with --join, and waits until
+#               the replica and leader counts of the 5 nodes are all
+#               within 20% of their means (RANGES 50 makes that
+#               reachable: 30 replicas and 10 leaders per node);
 #   MODE=kill   kills node 4 (SIGKILL) and waits until no range lists it
 #               and every range has 3 replicas again: the nodes up-
 #               replicate once node 4 has been down for --dead-after
@@ -33,6 +39,9 @@
 #   PRELOAD [0]  seconds of `bench put` of 4 KiB values over 200,000 keys
 #                before the measured runs, so that the ranges (and their
 #                snapshots) are large
+#   AFTER [3; 20 with MODE=grow]  seconds of bench runs after the drain
+#                or the wait: their median is reported as the throughput
+#                after (with grow, that of the 5 nodes on this machine)
 #   START_FLAGS [""]  more `flotilla start` flags for every node (e.g.
 #                "--snapshot-rate 0")
 set -euo pipefail
@@ -51,13 +60,17 @@ VALUE_SIZE=${VALUE_SIZE:-256}
 KEYS=${KEYS:-100000}
 WARM=${WARM:-8}
 PRELOAD=${PRELOAD:-0}
+DEFAULT_AFTER=3
+[[ $MODE == grow ]] && DEFAULT_AFTER=20
+AFTER=${AFTER:-$DEFAULT_AFTER}
 read -r -a EXTRA <<< "${START_FLAGS:-}"
 WORKDIR=${WORKDIR:-/tmp/drainbench}
 [[ $PRELOAD =~ ^[0-9]+$ ]] || die "PRELOAD=$PRELOAD: want a number of seconds"
 for v in ROUNDS RANGES CLIENTS KEYS VALUE_SIZE WARM; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v=${!v}: want a positive integer"
 done
-[[ $MODE == drain || $MODE == kill || $MODE == decommission || $MODE == rebalance ]] || die "MODE=$MODE: want drain, decommission, kill or rebalance"
+[[ $MODE == drain || $MODE == kill || $MODE == decommission || $MODE == rebalance || $MODE == grow ]] ||
+  die "MODE=$MODE: want drain, decommission, kill, rebalance or grow"
 DEADFLAG=()
 [[ $MODE == kill ]] && DEADFLAG=(--dead-after "$DEAD_AFTER")
 for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required but not on PATH"; done
@@ -85,12 +98,15 @@ mkdir -p "$WORKDIR"
 echo "drainbench: building flotilla" >&2
 (cd "$REPO" && go build -o "$BIN" ./cmd/flotilla)
 
-N=4
+# N nodes started with --initial-cluster; with MODE=grow, JOINED more
+# with --join.
+N=4 JOINED=0
+[[ $MODE == grow ]] && N=3 JOINED=2
 CLUSTER="" EPS="" LIVE=""
 for ((i = 1; i <= N; i++)); do
   CLUSTER+="${CLUSTER:+,}$i=127.0.0.$i:51380"
   EPS+="${EPS:+,}127.0.0.$i:51379"
-  ((i < N)) && LIVE+="${LIVE:+,}127.0.0.$i:51379"
+  { ((i < N)) || [[ $MODE == grow ]]; } && LIVE+="${LIVE:+,}127.0.0.$i:51379"
 done
 
 # healed: no range lists node 4, and every range has 3 replicas.
@@ -130,6 +146,46 @@ start_nodes() {
   ((ok == N)) || die "round $r: the cluster did not become ready (logs in $d)"
 }
 
+# join_nodes DIR: starts the JOINED nodes with --join (IDs N+1...).
+join_nodes() {
+  local d=$1
+  for ((i = N + 1; i <= N + JOINED; i++)); do
+    "$BIN" start --id $i --data-dir "$d/n$i" --join 127.0.0.1:51380,127.0.0.2:51380 \
+      --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
+      --insecure --rebalance-interval 500ms ${EXTRA[@]+"${EXTRA[@]}"} >> "$d/n$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+}
+
+# grown: every range has 3 replicas and no learner, and each of the N +
+# JOINED nodes holds a replica count and a leader count within 20% of
+# their means.
+grown() {
+  "$BIN" ranges -w json --endpoints "$EPS" --timeout 5s 2>/dev/null | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["ranges"]
+n = '"$((N + JOINED))"'
+c = {i: 0 for i in range(1, n + 1)}
+l = {i: 0 for i in range(1, n + 1)}
+for r in rs:
+    for x in r["replicas"]:
+        c[x] += 1
+    if r.get("leader"):
+        l[r["leader"]] += 1
+def even(m):
+    mean = sum(m.values()) / len(m)
+    return all(abs(v - mean) <= 0.2 * mean for v in m.values())
+sys.exit(0 if rs and all(len(r["replicas"]) == 3 and not r.get("learners") for r in rs) and even(c) and even(l) else 1)'
+}
+
+# wait_until CHECK: runs CHECK every second until it succeeds (then
+# returns 0), for 600 s at most.
+wait_until() {
+  local end=$((SECONDS + 600))
+  while ((SECONDS < end)); do "$1" && return 0; sleep 1; done
+  return 1
+}
+
 # balanced: every range has 3 replicas and no learner, and the nodes'
 # replica counts differ by at most 1.
 balanced() {
@@ -146,11 +202,12 @@ sys.exit(0 if rs and all(len(r["replicas"]) == 3 and not r.get("learners") for r
 for ((r = 1; r <= ROUNDS; r++)); do
   d=$WORKDIR/r$r
   rm -rf "$d"; mkdir -p "$d"
-  start_nodes "$d"
+  if [[ $MODE == grow ]]; then start_nodes "$d" --rebalance-interval 500ms; else start_nodes "$d"; fi
   if [[ $MODE == rebalance ]]; then
     # Node 4 emptied, then every node restarted with the rebalancer on
     # (settling for 20 s, so that the bench's warm-up comes first).
     "$BIN" node drain 4 --endpoints "$EPS" > "$d/emptied.out" 2>&1 || die "round $r: drain failed: $(cat "$d/emptied.out")"
+    "$BIN" node undrain 4 --endpoints "$EPS" >> "$d/emptied.out" 2>&1 || die "round $r: undrain failed: $(cat "$d/emptied.out")"
     stop
     start_nodes "$d" --rebalance-interval 1s --balance-settle 20s
   fi
@@ -167,8 +224,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
     "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
   elif [[ $MODE == rebalance ]]; then
     : > "$d/drain.out"
-    for ((t = 0; t < 600; t++)); do balanced && break; sleep 1; done
-    balanced || die "round $r: not balanced 600 s after the restart (logs in $d)"
+    wait_until balanced || die "round $r: not balanced 600 s after the restart (logs in $d)"
+  elif [[ $MODE == grow ]]; then
+    : > "$d/drain.out"
+    join_nodes "$d"
+    wait_until grown || die "round $r: replicas and leaders not within 20% of their means 600 s after the joins (logs in $d)"
   elif [[ $MODE == decommission ]]; then
     "$BIN" node decommission 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: decommission failed: $(cat "$d/drain.out")"
     grep -q "removed from the cluster" "$d/n4.log" || { sleep 3; grep -q "removed from the cluster" "$d/n4.log"; } ||
@@ -176,11 +236,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   else
     kill -KILL "${PIDS[3]}"
     : > "$d/drain.out"
-    for ((t = 0; t < 600; t++)); do healed && break; sleep 1; done
-    healed || die "round $r: not healed 600 s after the kill (logs in $d)"
+    wait_until healed || die "round $r: not healed 600 s after the kill (logs in $d)"
   fi
   t1=$(date +%s.%N)
-  sleep 3 # seconds after the drain
+  sleep "$AFTER" # seconds after the drain
   kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""
   "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
   stop
@@ -205,26 +264,32 @@ runs = [b for b in runs if not b.get("failed")]
 before = [b["ops_per_sec"] for b in runs if b["t"] <= t0][1:]  # the first warms the cluster up
 during = [b["ops_per_sec"] for b in runs if b["t"] - b["seconds"] < t1 and b["t"] > t0]
 moving = [b["ops_per_sec"] for b in runs if tm is not None and b["t"] - b["seconds"] < t1 and b["t"] > tm]
+after = [b["ops_per_sec"] for b in runs if b["t"] - b["seconds"] >= t1]
 base = statistics.median(before)
-left = sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
+left = None if mode == "grow" else sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
 moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
 m = re.search(r"it held (\d+) replicas when", open(f"{d}/drain.out").read())
 if m:
     moves = int(m.group(1))
-counts = {}
+counts, leads = {}, {}
 for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
     for n in rg["replicas"]:
         counts[n] = counts.get(n, 0) + 1
-if mode == "rebalance":
+    if rg.get("leader"):
+        leads[rg["leader"]] = leads.get(rg["leader"], 0) + 1
+if mode in ("rebalance", "grow"):
     moves = sum(sum(1 for l in open(f) if 'msg="rebalancing a replica" ' in l) for f in glob.glob(f"{d}/n*.log"))
 print(json.dumps({
     "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "replicas_per_node": [counts.get(n, 0) for n in sorted(counts)],
+    "leaders_per_node": [leads.get(n, 0) for n in sorted(counts)],
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
     "first_move": round(tm - t0, 2) if tm is not None else None,
     "moving_ops_per_sec": [round(x) for x in moving],
     "lowest_moving_second_vs_baseline": round(min(moving) / base, 2) if moving else None,
+    "after_ops_per_sec": round(statistics.median(after)) if after else None,
+    "lowest_moving_second_vs_after": round(min(moving) / statistics.median(after), 2) if moving and after else None,
     "bench_errors": sum(b["errors"] for b in runs), "bench_runs_failed": failed,
 }))
 PY

@@ -25,7 +25,11 @@ that holds the fewest replicas among those without one of that range (a
 learner there, its catch-up, its promotion, then the removal of N's
 replica and its data). The ranges keep serving throughout. Each move is
 printed as it is done; the command ends once N holds no replica, and
-fails if a range has no node to go to.`,
+fails if a range has no node to go to.
+
+First it marks N drained in the cluster, so that the rebalancer leaves it
+empty and hands it no leadership; the mark stays until
+` + "`flotilla node undrain N`" + `.`,
 		Args: cobra.ExactArgs(1),
 		RunE: onNode(&cf, func(ctx context.Context, cl *client.Client, node uint64, w io.Writer) error {
 			return drain(ctx, cl, node, w)
@@ -34,6 +38,25 @@ fails if a range has no node to go to.`,
 	cf.register(cmd)
 	cf.timeout = 30 * time.Minute // a drain moves many ranges
 	cmd.Flags().Lookup("timeout").DefValue = cf.timeout.String()
+	return cmd
+}
+
+func newNodeUndrainCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "undrain N",
+		Short: "Clear node N's drain mark: the rebalancer may move replicas onto it again",
+		Args:  cobra.ExactArgs(1),
+		RunE: onNode(&cf, func(ctx context.Context, cl *client.Client, node uint64, w io.Writer) error {
+			drained, _, err := cl.SetDrained(ctx, node, false)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "node %d is no longer marked drained (drained now: %v)\n", node, drained)
+			return nil
+		}),
+	}
+	cf.register(cmd)
 	return cmd
 }
 
@@ -65,12 +88,23 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 	known := false
 	for _, n := range api.NodeListOf(st).Nodes {
 		known = known || n.ID == node
-		if n.ID != node && n.State == api.NodeLive {
+		if n.ID != node && n.State == api.NodeLive && !n.Drained {
 			live = append(live, n.ID)
 		}
 	}
 	if !known {
 		return fmt.Errorf("node %d is not in the cluster", node)
+	}
+	_, settle, err := cl.SetDrained(ctx, node, true)
+	if err != nil {
+		return fmt.Errorf("marking node %d drained: %w", node, err)
+	}
+	fmt.Fprintf(w, "node %d marked drained: the rebalancer leaves it empty (undo: flotilla node undrain %d); waiting %v for every node to read the mark\n",
+		node, node, settle)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(settle):
 	}
 	moved, start := 0, time.Now()
 	// Ranges may split or merge meanwhile: list again until none is left.

@@ -15,7 +15,7 @@ func newNodeCmd() *cobra.Command {
 		Use:   "node",
 		Short: "The cluster's nodes",
 	}
-	cmd.AddCommand(newNodeListCmd(), newNodeDrainCmd(), newNodeDecommissionCmd())
+	cmd.AddCommand(newNodeListCmd(), newNodeDrainCmd(), newNodeUndrainCmd(), newNodeDecommissionCmd())
 	return cmd
 }
 
@@ -46,7 +46,11 @@ func printNodeList(w io.Writer, nl api.NodeList) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "NODE\tSTATE\tREPLICAS\tLEADERS\tPEER\tCLIENT\tHTTP\n")
 	for _, n := range nl.Nodes {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\n", n.ID, n.State, n.Replicas, n.Leaders, n.PeerAddr, n.ClientAddr, n.HTTPAddr)
+		state := n.State
+		if n.Drained {
+			state += ",drained"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\n", n.ID, state, n.Replicas, n.Leaders, n.PeerAddr, n.ClientAddr, n.HTTPAddr)
 	}
 	tw.Flush()
 }

@@ -21,7 +21,7 @@ func newStartCmd() *cobra.Command {
 	var (
 		id                                                       uint64
 		dataDir, peerAddr, clientAddr                            string
-		httpAddr, initialCluster                                 string
+		httpAddr, initialCluster, join                           string
 		groups, replicas                                         int
 		tick                                                     time.Duration
 		electionTicks, heartbeatTicks                            int
@@ -45,7 +45,9 @@ func newStartCmd() *cobra.Command {
 		Short: "Run a node",
 		Long: `Run a node. A fresh --data-dir bootstraps the node's replicas of --groups
 groups from --initial-cluster; a restart with the same --data-dir resumes, and a
-data directory of another cluster is refused. It needs --certs-dir (mutual TLS,
+data directory of another cluster is refused. With --join instead, a fresh node
+enters a running cluster through any of its nodes: its ID is --id, or the next
+free one without it, and the rebalancer (--rebalance-interval) gives it replicas. It needs --certs-dir (mutual TLS,
 authorised clients) or, on a trusted network, --insecure. SIGTERM or SIGINT hands this node's
 leaderships away, flushes storage and exits 0.`,
 		Args: cobra.NoArgs,
@@ -54,12 +56,29 @@ leaderships away, flushes storage and exits 0.`,
 			if err != nil {
 				return err
 			}
-			if id == 0 {
-				return fmt.Errorf("--id is required (a positive node ID listed in --initial-cluster)")
-			}
-			ic, err := server.ParseInitialCluster(initialCluster)
-			if err != nil {
-				return err
+			var ic map[uint64]string
+			var joins []string
+			if join != "" {
+				if initialCluster != "" {
+					return fmt.Errorf("--join and --initial-cluster exclude each other: --initial-cluster bootstraps a new cluster, --join enters a running one")
+				}
+				for _, a := range strings.Split(join, ",") {
+					joins = append(joins, strings.TrimSpace(a))
+				}
+				// The cluster's own, unless given (then they must match).
+				if !cmd.Flags().Changed("groups") {
+					groups = 0
+				}
+				if !cmd.Flags().Changed("replicas") {
+					replicas = 0
+				}
+			} else {
+				if id == 0 {
+					return fmt.Errorf("--id is required (a positive node ID listed in --initial-cluster)")
+				}
+				if ic, err = server.ParseInitialCluster(initialCluster); err != nil {
+					return err
+				}
 			}
 			maxBytes, err := parseSize("--range-max-bytes", rangeMax)
 			if err != nil {
@@ -90,6 +109,7 @@ leaderships away, flushes storage and exits 0.`,
 				ClientAddr:           clientAddr,
 				HTTPAddr:             httpAddr,
 				InitialCluster:       ic,
+				Join:                 joins,
 				Groups:               groups,
 				Replicas:             replicas,
 				TickInterval:         tick,
@@ -98,7 +118,7 @@ leaderships away, flushes storage and exits 0.`,
 				BalanceInterval:      balanceInterval,
 				BalanceSettle:        balanceSettle,
 				DeadAfter:            deadAfter,
-				RebalanceInterval:    rebalance,
+				RebalanceInterval:    offFlag(rebalance),
 				SnapshotRate:         snapRate,
 				MaxSnapshotsInFlight: snapshotsInFlight,
 				DisableSync:          noSync,
@@ -142,12 +162,13 @@ leaderships away, flushes storage and exits 0.`,
 		},
 	}
 	f := cmd.Flags()
-	f.Uint64Var(&id, "id", 0, "this node's ID, as listed in --initial-cluster (required)")
+	f.Uint64Var(&id, "id", 0, "this node's ID, as listed in --initial-cluster (required); with --join, the ID asked for (required with --certs-dir; default: the next free one)")
 	f.StringVar(&dataDir, "data-dir", "", "directory of this node's data (required)")
 	f.StringVar(&peerAddr, "peer-addr", "", "HOST:PORT for raft traffic; its host is also the source address of outbound peer connections (required)")
 	f.StringVar(&clientAddr, "client-addr", "", "HOST:PORT of the gRPC client API (required)")
 	f.StringVar(&httpAddr, "http-addr", "", "HOST:PORT of /metrics, /healthz, /readyz, /debug/raft, /debug/pprof (required)")
-	f.StringVar(&initialCluster, "initial-cluster", "", "every node's peer address: 1=HOST:PORT,2=HOST:PORT,... (required)")
+	f.StringVar(&initialCluster, "initial-cluster", "", "every node's peer address, to bootstrap a new cluster: 1=HOST:PORT,2=HOST:PORT,... (this or --join)")
+	f.StringVar(&join, "join", "", "peer addresses of nodes of a running cluster to join through: HOST:PORT,... (this or --initial-cluster; a restart uses its --data-dir)")
 	f.IntVar(&groups, "groups", 16, "number of ranges a new cluster starts with, cutting the hex keyspace evenly (they split and merge from there)")
 	f.IntVar(&replicas, "replicas", server.DefaultReplicas, "voters of each range of a new cluster, on as many nodes (1, 3, 5 or 7; every node of a smaller cluster); every node must be started with the same")
 	f.StringVar(&rangeMax, "range-max-bytes", "64MiB", "a range whose data passes this size splits (B, KiB, MiB, GiB; 0: never by size)")
@@ -162,7 +183,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
 	f.StringVar(&snapshotRate, "snapshot-rate", "64MiB", "snapshot data this node sends per second, over all its peers (B, KiB, MiB, GiB; at least 1MiB; 0: no bound)")
 	f.IntVar(&snapshotsInFlight, "snapshots-in-flight", 2, "snapshots this node sends at once, over all its peers (1..64)")
-	f.DurationVar(&rebalance, "rebalance-interval", 0, "how often the meta range's leader evens out the replica counts of the live nodes, one move at a time (100ms..1h; 0: off)")
+	f.DurationVar(&rebalance, "rebalance-interval", server.DefaultRebalanceInterval, "how often the meta range's leader evens out the replica counts of the live nodes, one move at a time, so that a node that joins takes its share; nodes marked drained are left out (100ms..1h; 0: off)")
 	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long a node must stay unreachable before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")
@@ -174,6 +195,15 @@ leaderships away, flushes storage and exits 0.`,
 	f.BoolVar(&noQuiesce, "no-quiesce", false, "keep idle ranges ticking and heartbeating (by default an idle range quiesces: it costs nothing until something happens)")
 	f.BoolVar(&noSync, "unsafe-no-fsync", false, "do not fsync raft writes (demos and tests only: a crash may lose acknowledged writes)")
 	return cmd
+}
+
+// offFlag maps a duration flag whose 0 means off to the server's setting,
+// where 0 means the default and a negative value off.
+func offFlag(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // loadFlag maps --range-split-load to the server's setting: 0 (off) is

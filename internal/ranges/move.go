@@ -62,7 +62,12 @@ type move struct {
 	// (rolledBack: asked once) and ends with this error.
 	abort      error
 	rolledBack bool
-	done       func(kv.Descriptor, error)
+	// promoted: this move promoted its new replica. One that found it
+	// voting already (a move asked again after it was cut short) removes
+	// the old replica only while the range keeps Config.Replicas voters
+	// without it (moveStep).
+	promoted bool
+	done     func(kv.Descriptor, error)
 }
 
 // Move moves range id's replica on node from to node to, as above, and
@@ -164,6 +169,7 @@ func (s *Store) moveStep(m *move) {
 		s.env.ReplicaApplied(m.to, m.id, callback2(s, func(applied uint64, ok bool) {
 			switch {
 			case ok && applied >= m.caughtUpAt:
+				m.promoted = true
 				s.change(m, multiraft.PromoteLearner, m.to, plan)
 			case s.env.Now().After(m.deadline):
 				// Roll back: a learner left behind would keep the range
@@ -176,6 +182,17 @@ func (s *Store) moveStep(m *move) {
 			}
 		}))
 	case m.from != 0 && d.HasReplica(m.from):
+		if m.to != 0 && !m.promoted && !slices.Contains(d.Learners, m.from) && s.cfg.Replicas > 0 &&
+			votersOf(d)-1 < s.cfg.Replicas {
+			// The new replica voted before this move began, and the old
+			// one's removal would leave the range under its replication
+			// factor: the move this one finishes was finished already
+			// (by its first asker, while a second decider, acting on an
+			// older descriptor, asked to finish it with another removal).
+			fail(fmt.Errorf("%w: range %d: node %d votes already, and removing node %d would leave %d voters, under the replication factor %d",
+				multiraft.ErrInvalidRequest, m.id, m.to, m.from, votersOf(d)-1, s.cfg.Replicas))
+			return
+		}
 		if m.from == s.cfg.NodeID {
 			s.handOff(m, d)
 			return
@@ -198,6 +215,9 @@ func (s *Store) moveStep(m *move) {
 		})
 	}
 }
+
+// votersOf counts d's voters.
+func votersOf(d *kv.Descriptor) int { return len(d.Replicas) - len(d.Learners) }
 
 // change makes one membership change of the move, records the new
 // descriptor in the meta index, tells a removed node, and takes the next
