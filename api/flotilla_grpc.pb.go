@@ -1902,8 +1902,9 @@ type PeerClient interface {
 	// Join admits a new node (`flotilla start --join`): it records the
 	// node's ID and peer address in the meta range (the record n/nodes),
 	// and answers what the node needs to start: the cluster's identity and
-	// every node's peer address. The ID asked for, if free, else the next
-	// ID never used. Asked again with the same ID and address, it answers
+	// every node's peer address. The node's ID is the one asked for if it
+	// was never used (AlreadyExists if it is taken), or with none asked,
+	// the next ID never used. Asked again with the same nonce, it answers
 	// the same. AlreadyExists: the ID or the address is another node's;
 	// InvalidArgument: the ID was decommissioned (never given back), or
 	// groups or replicas are not the cluster's; PermissionDenied: with TLS,
@@ -1993,8 +1994,9 @@ type PeerServer interface {
 	// Join admits a new node (`flotilla start --join`): it records the
 	// node's ID and peer address in the meta range (the record n/nodes),
 	// and answers what the node needs to start: the cluster's identity and
-	// every node's peer address. The ID asked for, if free, else the next
-	// ID never used. Asked again with the same ID and address, it answers
+	// every node's peer address. The node's ID is the one asked for if it
+	// was never used (AlreadyExists if it is taken), or with none asked,
+	// the next ID never used. Asked again with the same nonce, it answers
 	// the same. AlreadyExists: the ID or the address is another node's;
 	// InvalidArgument: the ID was decommissioned (never given back), or
 	// groups or replicas are not the cluster's; PermissionDenied: with TLS,

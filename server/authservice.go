@@ -215,9 +215,8 @@ func (s *Server) authLoop() {
 		ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.AuthRefresh, time.Second))
 		_, err := s.loadAuth(ctx, false)
 		cancel()
-		if err == nil {
-			s.persistNodes()
-		}
+		// Nodes learned from discovery answers too, read or not.
+		s.persistNodes()
 		if err != nil && !failing && !s.isStopping() {
 			s.log.Warn("reading the user and role tables and the membership records failed; keeping the last ones", "err", err)
 		}

@@ -226,15 +226,18 @@ func (s *Server) decommission(ctx context.Context, node uint64) (*api.Decommissi
 			if p := s.dead.Load(); p != nil {
 				dead = *p
 			}
+			// The nodes its replicas can move to: not leaving, not dead,
+			// not drained (the evacuation moves nothing onto those).
+			drained := s.drainedNodes()
 			members := 0
 			for _, n := range s.nodeIDs() {
-				if n != node && states[n] == "" && !dead[n] {
+				if n != node && states[n] == "" && !dead[n] && !drained[n] {
 					members++
 				}
 			}
 			if members < s.cfg.Replicas {
 				return nil, status.Errorf(codes.InvalidArgument,
-					"server: decommissioning node %d would leave %d live nodes for a replication factor of %d", node, members, s.cfg.Replicas)
+					"server: decommissioning node %d would leave %d live nodes, not drained, for a replication factor of %d", node, members, s.cfg.Replicas)
 			}
 			next[node] = api.NodeDecommissioning
 		default:

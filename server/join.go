@@ -379,8 +379,8 @@ func checkEmpty(dir string) error {
 	}
 	for _, e := range ents {
 		n := e.Name()
-		if n == joinNonceFile || strings.HasPrefix(n, joinNonceFile+".tmp") || strings.HasPrefix(n, metaFile+".tmp") {
-			continue
+		if n == joinNonceFile || n == "lost+found" || strings.HasPrefix(n, joinNonceFile+".tmp") || strings.HasPrefix(n, metaFile+".tmp") {
+			continue // the join's own files; a new file system's own directory
 		}
 		return fmt.Errorf("%w: %s has no %s but holds %s: a node joins with an empty data directory (or restarts with its own, meta file included)",
 			ErrOtherCluster, dir, metaFile, n)

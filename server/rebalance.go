@@ -70,23 +70,36 @@ func (s *Server) orphanGrace() time.Duration {
 
 // finishMove returns the move that finishes the one under way in d (which
 // has a learner): its first learner is promoted, and while d has want
-// voters or more on holders (rebalanceOnce), the voter on the member
-// holding the most replicas (count) is removed (from 0: none, the move was
-// an addition).
+// voters or more on holders (rebalanceOnce), a voter is removed (from 0:
+// none, the move was an addition): on a drained node if there is one (a
+// drain's move, cut short), else on the member holding the most replicas
+// (count).
 func finishMove(d *kv.Descriptor, members, holders []uint64, count map[uint64]int, want int) (from, to uint64) {
 	to = d.Learners[0]
 	if votersOn(d, holders) < want {
 		return 0, to
 	}
+	return trimmed(d, members, holders, count), to
+}
+
+// trimmed returns the voter of d to remove from a range with one too
+// many: one on a drained node (a holder, no member) if there is one, else
+// the one on the member holding the most replicas (count). A voter on a
+// node leaving or dead is evacuateLoop's: never chosen.
+func trimmed(d *kv.Descriptor, members, holders []uint64, count map[uint64]int) (from uint64) {
 	for _, r := range d.Replicas {
-		if slices.Contains(d.Learners, r) || !slices.Contains(members, r) {
-			continue // a voter on a node leaving or dead is evacuateLoop's
+		if slices.Contains(d.Learners, r) || !slices.Contains(holders, r) {
+			continue
 		}
-		if from == 0 || count[r] > count[from] {
+		drained := !slices.Contains(members, r)
+		switch {
+		case drained:
+			return r
+		case from == 0 || count[r] > count[from]:
 			from = r
 		}
 	}
-	return from, to
+	return from
 }
 
 // leadsMeta reports whether this node leads the meta range.
@@ -277,9 +290,10 @@ func votersOn(d *kv.Descriptor, members []uint64) int {
 }
 
 // pickRepair chooses a range of ds, among those ready, whose voters on
-// members are not replicas in number, and the move that repairs it: one
-// too many loses the voter on the member holding the most replicas; one
-// too few gains a replica on the member holding the fewest among those
+// holders (members and drained nodes) are not replicas in number, and the
+// move that repairs it: one too many loses a voter (trimmed: a drained
+// node's, else the one on the member holding the most replicas); one too
+// few gains a replica on the member holding the fewest among those
 // without one. nil: none.
 func pickRepair(members, holders []uint64, count map[uint64]int, ds []kv.Descriptor, replicas int, ready func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
 	for k := range ds {
@@ -287,11 +301,11 @@ func pickRepair(members, holders []uint64, count map[uint64]int, ds []kv.Descrip
 		if n == replicas || !ready(ds[k].ID) {
 			continue
 		}
+		if n > replicas {
+			from = trimmed(&ds[k], members, holders, count)
+		}
 		for _, r := range members {
-			switch {
-			case n > replicas && ds[k].HasReplica(r) && !slices.Contains(ds[k].Learners, r) && (from == 0 || count[r] > count[from]):
-				from = r
-			case n < replicas && !ds[k].HasReplica(r) && (to == 0 || count[r] < count[to]):
+			if n < replicas && !ds[k].HasReplica(r) && (to == 0 || count[r] < count[to]) {
 				to = r
 			}
 		}

@@ -65,7 +65,7 @@ func TestPickRepair(t *testing.T) {
 		// Node 8 is drained: no member, but its voter counts (the drain
 		// moves it; a repair would add a fourth).
 		{"a drained node's voter counts", []kv.Descriptor{{ID: 8, Replicas: []uint64{1, 2, 8}}}, 0, 0, 0},
-		{"too many with a drained node's voter", []kv.Descriptor{{ID: 9, Replicas: []uint64{1, 2, 4, 8}}}, 1, 0, 9},
+		{"too many with a drained node's voter: it goes", []kv.Descriptor{{ID: 9, Replicas: []uint64{1, 2, 4, 8}}}, 8, 0, 9},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			from, to, d := pickRepair(members, append(slices.Clone(members), 8), count, tc.ds, 3, ready)
@@ -99,6 +99,11 @@ func TestFinishMove(t *testing.T) {
 	d = &kv.Descriptor{ID: 7, Replicas: []uint64{9, 1, 2, 3, 4}, Learners: []uint64{4}}
 	if from, to := finishMove(d, []uint64{1, 2, 3, 4}, []uint64{1, 2, 3, 4}, count, 3); from != 2 || to != 4 {
 		t.Errorf("finish of %v: from %d to %d, want from 2 to 4", d, from, to)
+	}
+	// A drain's move cut short: the drained node's voter goes.
+	d = &kv.Descriptor{ID: 7, Replicas: []uint64{8, 1, 2, 4}, Learners: []uint64{4}}
+	if from, to := finishMove(d, []uint64{1, 2, 3, 4}, []uint64{1, 2, 3, 4, 8}, count, 3); from != 8 || to != 4 {
+		t.Errorf("finish of %v with node 8 drained: from %d to %d, want from 8 to 4", d, from, to)
 	}
 }
 

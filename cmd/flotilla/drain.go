@@ -95,6 +95,9 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 	if !known {
 		return fmt.Errorf("node %d is not in the cluster", node)
 	}
+	if len(live) == 0 {
+		return fmt.Errorf("node %d: no other live node, not drained, to move its replicas to", node)
+	}
 	_, settle, err := cl.SetDrained(ctx, node, true)
 	if err != nil {
 		return fmt.Errorf("marking node %d drained: %w", node, err)
@@ -107,6 +110,12 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 	case <-time.After(settle):
 	}
 	moved, start := 0, time.Now()
+	// A move may fail because the range changed between the listing and
+	// the move (the rebalancer, on by default, moved a replica onto the
+	// chosen node): the range is tried again in the next pass, from a new
+	// listing, up to moveTries times.
+	const moveTries = 3
+	failed := map[uint64]int{}
 	// Ranges may split or merge meanwhile: list again until none is left.
 	for pass := 0; ; pass++ {
 		all, err := allRanges(ctx, cl, false)
@@ -143,7 +152,12 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 			}
 			t0 := time.Now()
 			if _, err := cl.Move(ctx, keyIn(r), node, to); err != nil {
-				return fmt.Errorf("range %d %s: move from node %d to node %d: %w", r.Id, kv.SpanString(r.Start, r.End), node, to, err)
+				if failed[r.Id]++; failed[r.Id] == moveTries || ctx.Err() != nil {
+					return fmt.Errorf("range %d %s: move from node %d to node %d: %w", r.Id, kv.SpanString(r.Start, r.End), node, to, err)
+				}
+				fmt.Fprintf(w, "range %d %s: move from node %d to node %d failed, trying again in the next pass: %v\n",
+					r.Id, kv.SpanString(r.Start, r.End), node, to, err)
+				continue
 			}
 			count[to]++
 			moved++
