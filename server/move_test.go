@@ -184,19 +184,32 @@ func TestLeftoverLearnerFinished(t *testing.T) {
 // already (as when a second decider finishes, from an older descriptor,
 // a move its first asker finished) is refused rather than leave the range
 // under its replication factor; before the guard it removed the old
-// replica, and the range was left with 2 voters.
+// replica, and the range was left with 2 voters. And a move from a node
+// with no replica is refused rather than add one.
 func TestMoveOntoVoterKeepsFactor(t *testing.T) {
-	c := startClusterWith(t, 4, 4, func(cfg *Config) { cfg.Replicas = 3 })
+	c := startClusterWith(t, 5, 5, func(cfg *Config) { cfg.Replicas = 3 })
 	cl := c.client()
 	ctx := ctxT(t)
 	key := []byte("c0")
-	g := initialRange(4, key)
+	g := initialRange(5, key)
 	d, ok := c.nodes[1].descriptor(g)
 	if !ok || len(d.Replicas) != 3 {
 		t.Fatalf("range %d: %v", g, d)
 	}
 	if _, err := cl.Move(ctx, key, d.Replicas[1], d.Replicas[2]); err == nil {
 		t.Fatalf("a move from node %d onto node %d, a voter of %v already, was made", d.Replicas[1], d.Replicas[2], d.Replicas)
+	}
+	// Nor is a move from a node that holds no replica onto another
+	// (decided on an older descriptor): it only added one, a voter too
+	// many (a growth run, two rebalancers at once on a stale meta index).
+	var spare []uint64
+	for id := uint64(1); id <= 5; id++ {
+		if !d.HasReplica(id) {
+			spare = append(spare, id)
+		}
+	}
+	if _, err := cl.Move(ctx, key, spare[0], spare[1]); err == nil {
+		t.Fatalf("a move from node %d, which holds no replica of %v, to node %d was made", spare[0], d.Replicas, spare[1])
 	}
 	waitFor(t, 10*time.Second, "the descriptor as it was", func() error {
 		for id, s := range c.nodes {

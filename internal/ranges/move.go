@@ -67,6 +67,8 @@ type move struct {
 	// the old replica only while the range keeps Config.Replicas voters
 	// without it (moveStep).
 	promoted bool
+	// looked: moveStep has checked the move against the range once.
+	looked bool
 	done     func(kv.Descriptor, error)
 }
 
@@ -129,6 +131,17 @@ func (s *Store) moveStep(m *move) {
 	if _, _, frozen := r.SM.Frozen(); frozen || (!m.forMerge && s.mergeWaits(d)) {
 		fail(fmt.Errorf("%w: range %d: a merge is under way", ErrBusy, m.id))
 		return
+	}
+	if !m.looked {
+		m.looked = true
+		if m.from != 0 && m.to != 0 && !d.HasReplica(m.from) && !d.HasReplica(m.to) {
+			// Nothing to move: decided on an older descriptor (a second
+			// rebalancer reading a meta index not yet updated), it would
+			// only add a replica, one too many.
+			fail(fmt.Errorf("%w: range %d: node %d holds no replica of it (%s): nothing to move to node %d",
+				multiraft.ErrInvalidRequest, m.id, m.from, d.String(), m.to))
+			return
+		}
 	}
 	plan := kv.EncodeChangePlan(d.Generation)
 	if m.abort != nil {
