@@ -69,7 +69,7 @@ type move struct {
 	promoted bool
 	// looked: moveStep has checked the move against the range once.
 	looked bool
-	done     func(kv.Descriptor, error)
+	done   func(kv.Descriptor, error)
 }
 
 // Move moves range id's replica on node from to node to, as above, and
