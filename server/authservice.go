@@ -105,7 +105,7 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	if err != nil {
 		return nil, err
 	}
-	_, states := s.membershipOf(recs)
+	_, states, _ := s.membershipOf(recs)
 	s.mergeMembership(states) // they only move forward: no older read undoes a newer
 	_, joined, _ := s.joinedOf(recs)
 	added, err := s.addNodes(joinedAddrs(joined)) // nodes only join: no older read undoes a newer

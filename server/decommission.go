@@ -94,11 +94,11 @@ func membershipRank(state string) int {
 	return 0
 }
 
-// membershipOf returns the membership record among recs (nil if none) and
-// the states it lists. A line it cannot read (a state from a newer
-// version) is logged and skipped: the user and role tables, read with it,
-// must still load.
-func (s *Server) membershipOf(recs []kv.KeyValue) (raw []byte, states map[uint64]string) {
+// membershipOf returns the membership record among recs (nil if none), the
+// states it lists, and the lines it cannot read (a state from a newer
+// version): those are logged and skipped, as the user and role tables,
+// read with them, must still load, and a rewrite keeps them.
+func (s *Server) membershipOf(recs []kv.KeyValue) (raw []byte, states map[uint64]string, unread []string) {
 	states = map[uint64]string{}
 	raw, lines := recordLines(recs, membershipKey)
 	for _, line := range lines {
@@ -106,18 +106,23 @@ func (s *Server) membershipOf(recs []kv.KeyValue) (raw []byte, states map[uint64
 		n, err := strconv.ParseUint(id, 10, 64)
 		if !ok || err != nil || n == 0 || membershipRank(st) == 0 {
 			s.log.Warn("skipping a membership line this version cannot read", "line", line)
+			unread = append(unread, line)
 			continue
 		}
 		states[n] = st
 	}
-	return raw, states
+	return raw, states, unread
 }
 
-// encodeMembership returns the membership record listing states.
-func encodeMembership(states map[uint64]string) []byte {
+// encodeMembership returns the membership record listing states, and then
+// the lines unread as they were.
+func encodeMembership(states map[uint64]string, unread []string) []byte {
 	var b []byte
 	for _, id := range slices.Sorted(maps.Keys(states)) {
 		b = fmt.Appendf(b, "%d %s\n", id, states[id])
+	}
+	for _, l := range unread {
+		b = append(append(b, l...), '\n')
 	}
 	return b
 }
@@ -215,7 +220,7 @@ func (s *Server) decommission(ctx context.Context, node uint64) (*api.Decommissi
 		if err != nil {
 			return nil, err
 		}
-		raw, states := s.membershipOf(recs)
+		raw, states, unread := s.membershipOf(recs)
 		s.mergeMembership(states)
 		next := maps.Clone(states)
 		switch states[node] {
@@ -250,7 +255,7 @@ func (s *Server) decommission(ctx context.Context, node uint64) (*api.Decommissi
 			}
 			next[node] = api.NodeRemoved
 		}
-		cmd := kv.AuthPut([]byte(membershipKey), encodeMembership(next), raw, raw == nil)
+		cmd := kv.AuthPut([]byte(membershipKey), encodeMembership(next, unread), raw, raw == nil)
 		enc, err := cmd.Encode()
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())

@@ -96,7 +96,7 @@ func (s *Server) admit(ctx context.Context, req *api.JoinRequest) (*api.JoinResp
 			return nil, err
 		}
 		raw, joined, unread := s.joinedOf(recs)
-		_, states := s.membershipOf(recs)
+		_, states, _ := s.membershipOf(recs)
 		s.mergeMembership(states)
 		id, known, err := s.pickJoinID(req, joined, unread, states)
 		if err != nil {

@@ -387,9 +387,9 @@ func TestJoinRefusesLeftoverData(t *testing.T) {
 	}
 }
 
-// TestNodesRecordKeepsUnread: the nodes' and drained nodes' records read
-// back as written, and a line this version cannot read (a newer
-// version's) is kept by a rewrite, its ID not given out again.
+// TestNodesRecordKeepsUnread: the nodes', membership and drained nodes'
+// records read back as written, and a line this version cannot read (a
+// newer version's) is kept by a rewrite, its ID not given out again.
 func TestNodesRecordKeepsUnread(t *testing.T) {
 	s := &Server{log: quietLogger(), cfg: Config{InitialCluster: map[uint64]string{1: "127.0.0.1:1"}}}
 	nodes := map[uint64]joinedNode{4: {"127.0.0.4:2380", 0xabc}, 2: {"h:1", 7}}
@@ -405,6 +405,11 @@ func TestNodesRecordKeepsUnread(t *testing.T) {
 	}
 	if _, _, err := s.pickJoinID(&api.JoinRequest{NodeId: 9, PeerAddr: "127.0.0.5:2380", Nonce: 1}, got, gotUnread, nil); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("asking for ID 9, an unread line's: %v", err)
+	}
+	states := map[uint64]string{3: api.NodeRemoved, 6: api.NodeDecommissioning}
+	_, gotStates, gotUnread := s.membershipOf([]kv.KeyValue{{Key: []byte(membershipKey), Value: encodeMembership(states, []string{"7 recommissioned"})}})
+	if !maps.Equal(gotStates, states) || !slices.Equal(gotUnread, []string{"7 recommissioned"}) {
+		t.Fatalf("membership read back %v, %q", gotStates, gotUnread)
 	}
 	drained := map[uint64]bool{3: true, 5: true}
 	_, gotDrained, gotUnread := s.drainedOf([]kv.KeyValue{{Key: []byte(drainedKey), Value: encodeDrained(drained, []string{"x"})}})
