@@ -19,10 +19,11 @@ import (
 // unchanged for BalanceSettle, and no move under way anywhere (no range
 // has a learner; one left under way longer than orphanGrace is finished
 // first, finishMove):
-// first, a range whose voters on members have been more or fewer than
-// Config.Replicas for twice MoveCatchUp is repaired: one too many loses the
-// voter on the member holding the most replicas (a move cut short after
-// its promotion leaves one; nothing else removes it), one too few gains a
+// first, a range whose voters on members and drained nodes have been more
+// or fewer than Config.Replicas for twice MoveCatchUp is repaired: one too
+// many loses a voter, a drained node's or else the one on the member
+// holding the most replicas (a move cut short after its promotion leaves
+// one; nothing else removes it), one too few gains a
 // replica on the member holding the fewest (pickRepair); else, if
 // two members' counts differ by 2 or more, it moves one replica of a range
 // from the member holding the most to the one holding the fewest, among
@@ -37,11 +38,12 @@ import (
 // that stopped deciding still finishes the move it started, which a move
 // onto a voter cannot take under the replication factor: ranges.Store.Move):
 // the counts, from the meta index, are those the last move left, and no
-// two nodes chase each other's moves. The leaderships follow by balanceLoop, which hands them
-// to the members that lead less than their share. Nodes dead or leaving
-// are neither sources nor targets: evacuateLoop moves their replicas; a
-// member down, not yet dead, holds the rebalancer until it is back or
-// dead.
+// two nodes chase each other's moves. The leaderships follow by
+// balanceLoop, which hands them to the members that lead less than their
+// share. Nodes dead, leaving or drained are neither sources nor targets:
+// evacuateLoop moves the replicas of the first two, a drain those of the
+// last; a member down, not yet dead, holds the rebalancer until it is back
+// or dead.
 func (s *Server) rebalanceLoop() {
 	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{}}
 	s.settledLoop(s.cfg.RebalanceInterval, s.leadsMeta, func(live map[uint64]bool) bool { return s.rebalanceOnce(live, rb) })
