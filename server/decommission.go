@@ -66,6 +66,41 @@ var ErrRemoved = errors.New("server: this node was removed from the cluster")
 // the user and role tables'.
 func isNodeRecord(key []byte) bool { return bytes.HasPrefix(key, []byte("n/")) }
 
+// writeServerRecord writes a record of the meta range's server table
+// (kv.AuthPut; an empty value deletes it: kv.AuthDelete), compare-and-set
+// on raw, its value as read (nil: absent). ok false: it changed since.
+func (s *Server) writeServerRecord(ctx context.Context, key string, value, raw []byte) (ok bool, err error) {
+	cmd := kv.AuthPut([]byte(key), value, raw, raw == nil)
+	if len(value) == 0 {
+		cmd = kv.AuthDelete([]byte(key), raw)
+	}
+	enc, err := cmd.Encode()
+	if err != nil {
+		return false, status.Error(codes.Internal, err.Error())
+	}
+	out, err := s.proposeRemote(ctx, kv.MetaRangeID, enc)
+	if err != nil {
+		return false, err
+	}
+	res, err := kv.DecodeResult(out)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "server: record %s: %v", key, err)
+	}
+	if res.Err != "" {
+		return false, status.Errorf(codes.FailedPrecondition, "server: %s", res.Err)
+	}
+	return res.OK, nil
+}
+
+// appendLines appends lines to b, each ended by a newline: the lines of a
+// nodes' record this version could not read, kept as they were.
+func appendLines(b []byte, lines []string) []byte {
+	for _, l := range lines {
+		b = append(append(b, l...), '\n')
+	}
+	return b
+}
+
 // recordLines returns the nodes' record key among recs (nil if none) and
 // its lines, trimmed, empty ones left out.
 func recordLines(recs []kv.KeyValue, key string) (raw []byte, lines []string) {
@@ -121,10 +156,7 @@ func encodeMembership(states map[uint64]string, unread []string) []byte {
 	for _, id := range slices.Sorted(maps.Keys(states)) {
 		b = fmt.Appendf(b, "%d %s\n", id, states[id])
 	}
-	for _, l := range unread {
-		b = append(append(b, l...), '\n')
-	}
-	return b
+	return appendLines(b, unread)
 }
 
 // membership returns node id's state as this node last read it: "" (a
@@ -255,23 +287,11 @@ func (s *Server) decommission(ctx context.Context, node uint64) (*api.Decommissi
 			}
 			next[node] = api.NodeRemoved
 		}
-		cmd := kv.AuthPut([]byte(membershipKey), encodeMembership(next, unread), raw, raw == nil)
-		enc, err := cmd.Encode()
-		if err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
-		}
-		out, err := s.proposeRemote(ctx, kv.MetaRangeID, enc)
+		ok, err := s.writeServerRecord(ctx, membershipKey, encodeMembership(next, unread), raw)
 		if err != nil {
 			return nil, err
 		}
-		res, err := kv.DecodeResult(out)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "server: membership record: %v", err)
-		}
-		if res.Err != "" {
-			return nil, status.Errorf(codes.FailedPrecondition, "server: %s", res.Err)
-		}
-		if res.OK {
+		if ok {
 			s.log.Info("node membership recorded", "member", node, "state", next[node])
 			s.mergeMembership(map[uint64]string{node: next[node]})
 		}

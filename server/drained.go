@@ -93,10 +93,7 @@ func encodeDrained(nodes map[uint64]bool, unread []string) []byte {
 	for _, id := range slices.Sorted(maps.Keys(nodes)) {
 		b = fmt.Appendf(b, "%d\n", id)
 	}
-	for _, l := range unread {
-		b = append(append(b, l...), '\n')
-	}
-	return b
+	return appendLines(b, unread)
 }
 
 // SetDrained serves Cluster.SetDrained (see the api and the comment at the

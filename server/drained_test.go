@@ -33,7 +33,15 @@ func TestDrainMark(t *testing.T) {
 	if err != nil || !slices.Equal(drained, []uint64{4}) || settle != 3*100*time.Millisecond+time.Second {
 		t.Fatalf("drain mark: %v, settle %v, %v", drained, settle, err)
 	}
-	time.Sleep(settle) // what the drain waits (the mark's contract)
+	// The mark's contract: every node has read it within settle.
+	waitFor(t, settle, "every node reads the mark", func() error {
+		for id, s := range c.nodes {
+			if !s.drainedNodes()[4] {
+				return fmt.Errorf("node %d does not see node 4 drained", id)
+			}
+		}
+		return nil
+	})
 	onNode := func(n uint64) ([]kv.Descriptor, error) {
 		ds, err := c.nodes[1].allDescriptors(ctx)
 		if err != nil {
@@ -54,14 +62,26 @@ func TestDrainMark(t *testing.T) {
 			t.Fatalf("move of range %d off node 4: %v", ds[i].ID, err)
 		}
 	}
-	// Node 4 stays empty while the rebalancer makes its passes (the
-	// counts now differ by 8: unmarked, it would move at once; see the
-	// end).
-	for range 20 {
-		if ds, err := onNode(4); err != nil || len(ds) != 0 {
-			t.Fatalf("node 4, marked drained, holds %d ranges again (%v)", len(ds), err)
+	// A pass of the rebalancer, on the meta range's leader, with node 4
+	// reachable, moves nothing: the counts differ by 8, and unmarked it
+	// moves at once (see the end; and a pass that ignored the mark fails
+	// here).
+	var leader *Server
+	waitFor(t, 10*time.Second, "the meta range led", func() error {
+		for _, s := range c.nodes {
+			if s.leadsMeta() {
+				leader = s
+				return nil
+			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("no node leads the meta range")
+	})
+	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{}}
+	if leader.rebalanceOnce(map[uint64]bool{1: true, 2: true, 3: true, 4: true}, rb) {
+		t.Error("a rebalancing pass tried a move with node 4 drained and empty")
+	}
+	if ds, err := onNode(4); err != nil || len(ds) != 0 {
+		t.Fatalf("node 4, marked drained, holds %d ranges again (%v)", len(ds), err)
 	}
 	st, err := cl.Status(ctx)
 	if err != nil {

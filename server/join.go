@@ -200,32 +200,6 @@ func lineID(line string) uint64 {
 	return id
 }
 
-// writeServerRecord writes a record of the meta range's server table
-// (kv.AuthPut; an empty value deletes it: kv.AuthDelete), compare-and-set
-// on raw, its value as read (nil: absent). ok false: it changed since.
-func (s *Server) writeServerRecord(ctx context.Context, key string, value, raw []byte) (ok bool, err error) {
-	cmd := kv.AuthPut([]byte(key), value, raw, raw == nil)
-	if len(value) == 0 {
-		cmd = kv.AuthDelete([]byte(key), raw)
-	}
-	enc, err := cmd.Encode()
-	if err != nil {
-		return false, status.Error(codes.Internal, err.Error())
-	}
-	out, err := s.proposeRemote(ctx, kv.MetaRangeID, enc)
-	if err != nil {
-		return false, err
-	}
-	res, err := kv.DecodeResult(out)
-	if err != nil {
-		return false, status.Errorf(codes.Internal, "server: record %s: %v", key, err)
-	}
-	if res.Err != "" {
-		return false, status.Errorf(codes.Internal, "server: %s", res.Err)
-	}
-	return res.OK, nil
-}
-
 // callerNode returns the node ID of the caller's verified certificate.
 func callerNode(ctx context.Context) (uint64, bool) {
 	p, ok := peer.FromContext(ctx)
@@ -250,36 +224,32 @@ func (s *Server) joinedOf(recs []kv.KeyValue) (raw []byte, nodes map[uint64]join
 	nodes = map[uint64]joinedNode{}
 	raw, lines := recordLines(recs, nodesKey)
 	for _, line := range lines {
-		n, ok := parseNodeLine(line)
+		id, n, ok := parseNodeLine(line)
 		if !ok {
 			s.log.Warn("skipping a line of the nodes record this version cannot read", "line", line)
 			unread = append(unread, line)
 			continue
 		}
-		nodes[n.id] = n.joinedNode
+		nodes[id] = n
 	}
 	return raw, nodes, unread
 }
 
 // parseNodeLine parses "ID PEER_ADDR NONCE" (NONCE in hex).
-func parseNodeLine(line string) (n struct {
-	id uint64
-	joinedNode
-}, ok bool) {
+func parseNodeLine(line string) (id uint64, n joinedNode, ok bool) {
 	f := strings.Fields(line)
 	if len(f) != 3 {
-		return n, false
+		return 0, n, false
 	}
 	id, err := strconv.ParseUint(f[0], 10, 64)
 	if err != nil || id == 0 || checkHostPort(f[1]) != nil {
-		return n, false
+		return 0, n, false
 	}
 	nonce, err := strconv.ParseUint(f[2], 16, 64)
 	if err != nil || nonce == 0 {
-		return n, false
+		return 0, n, false
 	}
-	n.id, n.addr, n.nonce = id, f[1], nonce
-	return n, true
+	return id, joinedNode{addr: f[1], nonce: nonce}, true
 }
 
 // encodeNodes returns the joined nodes' record listing nodes, and then the
@@ -289,10 +259,7 @@ func encodeNodes(nodes map[uint64]joinedNode, unread []string) []byte {
 	for _, id := range slices.Sorted(maps.Keys(nodes)) {
 		b = fmt.Appendf(b, "%d %s %x\n", id, nodes[id].addr, nodes[id].nonce)
 	}
-	for _, l := range unread {
-		b = append(append(b, l...), '\n')
-	}
-	return b
+	return appendLines(b, unread)
 }
 
 // joinedAddrs returns the peer addresses of nodes.

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
@@ -167,17 +166,7 @@ func verifiedLeaf(st *tls.ConnectionState) *x509.Certificate {
 func (sec *security) peerMember(member func(uint64) bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if !sec.insecure {
-			p, ok := peer.FromContext(ctx)
-			var leaf *x509.Certificate
-			if ok {
-				if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-					leaf = verifiedLeaf(&ti.State)
-				}
-			}
-			id, isNode := uint64(0), false
-			if leaf != nil {
-				id, isNode = certs.NodeID(leaf)
-			}
+			id, isNode := callerNode(ctx)
 			if !isNode || (!member(id) && info.FullMethod != api.Peer_Join_FullMethodName) {
 				return nil, status.Errorf(codes.PermissionDenied, "server: %s is for the cluster's nodes only", info.FullMethod)
 			}
