@@ -128,7 +128,7 @@ func (x Compare_Target) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Target.Descriptor instead.
 func (Compare_Target) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{44, 0}
 }
 
 type Compare_Result int32
@@ -183,7 +183,7 @@ func (x Compare_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Result.Descriptor instead.
 func (Compare_Result) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41, 1}
+	return file_flotilla_proto_rawDescGZIP(), []int{44, 1}
 }
 
 type TxnOp_Kind int32
@@ -244,7 +244,7 @@ func (x TxnOp_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TxnOp_Kind.Descriptor instead.
 func (TxnOp_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{45, 0}
 }
 
 type WatchEvent_Type int32
@@ -290,7 +290,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{92, 0}
+	return file_flotilla_proto_rawDescGZIP(), []int{95, 0}
 }
 
 type SetDrainedRequest struct {
@@ -1343,6 +1343,148 @@ func (x *WhoAmIResponse) GetHow() string {
 	return ""
 }
 
+type GossipPacket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from: the sender's gossip address (its peer address, host:port).
+	From          string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipPacket) Reset() {
+	*x = GossipPacket{}
+	mi := &file_flotilla_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipPacket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipPacket) ProtoMessage() {}
+
+func (x *GossipPacket) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipPacket.ProtoReflect.Descriptor instead.
+func (*GossipPacket) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GossipPacket) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *GossipPacket) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type GossipPacketsEnd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipPacketsEnd) Reset() {
+	*x = GossipPacketsEnd{}
+	mi := &file_flotilla_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipPacketsEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipPacketsEnd) ProtoMessage() {}
+
+func (x *GossipPacketsEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipPacketsEnd.ProtoReflect.Descriptor instead.
+func (*GossipPacketsEnd) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{23}
+}
+
+type GossipChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from: the dialler's gossip address, in its first chunk only.
+	From          string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipChunk) Reset() {
+	*x = GossipChunk{}
+	mi := &file_flotilla_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipChunk) ProtoMessage() {}
+
+func (x *GossipChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipChunk.ProtoReflect.Descriptor instead.
+func (*GossipChunk) Descriptor() ([]byte, []int) {
+	return file_flotilla_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GossipChunk) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *GossipChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// node_id: the ID wanted; 0 lets the cluster choose (--insecure only).
@@ -1364,7 +1506,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1518,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[22]
+	mi := &file_flotilla_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1531,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -1445,7 +1587,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1599,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[23]
+	mi := &file_flotilla_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1612,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinResponse) GetClusterId() uint64 {
@@ -1527,7 +1669,7 @@ type AuthRecordsRequest struct {
 
 func (x *AuthRecordsRequest) Reset() {
 	*x = AuthRecordsRequest{}
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1681,7 @@ func (x *AuthRecordsRequest) String() string {
 func (*AuthRecordsRequest) ProtoMessage() {}
 
 func (x *AuthRecordsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[24]
+	mi := &file_flotilla_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1694,7 @@ func (x *AuthRecordsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRecordsRequest.ProtoReflect.Descriptor instead.
 func (*AuthRecordsRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AuthRecordsRequest) GetClusterId() uint64 {
@@ -1579,7 +1721,7 @@ type AuthRecordsResponse struct {
 
 func (x *AuthRecordsResponse) Reset() {
 	*x = AuthRecordsResponse{}
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1733,7 @@ func (x *AuthRecordsResponse) String() string {
 func (*AuthRecordsResponse) ProtoMessage() {}
 
 func (x *AuthRecordsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[25]
+	mi := &file_flotilla_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1746,7 @@ func (x *AuthRecordsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRecordsResponse.ProtoReflect.Descriptor instead.
 func (*AuthRecordsResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AuthRecordsResponse) GetAnswer() []byte {
@@ -1626,7 +1768,7 @@ type PeerProposeRequest struct {
 
 func (x *PeerProposeRequest) Reset() {
 	*x = PeerProposeRequest{}
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1780,7 @@ func (x *PeerProposeRequest) String() string {
 func (*PeerProposeRequest) ProtoMessage() {}
 
 func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[26]
+	mi := &file_flotilla_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1793,7 @@ func (x *PeerProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProposeRequest.ProtoReflect.Descriptor instead.
 func (*PeerProposeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PeerProposeRequest) GetClusterId() uint64 {
@@ -1685,7 +1827,7 @@ type PeerProposeResponse struct {
 
 func (x *PeerProposeResponse) Reset() {
 	*x = PeerProposeResponse{}
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1839,7 @@ func (x *PeerProposeResponse) String() string {
 func (*PeerProposeResponse) ProtoMessage() {}
 
 func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[27]
+	mi := &file_flotilla_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1852,7 @@ func (x *PeerProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerProposeResponse.ProtoReflect.Descriptor instead.
 func (*PeerProposeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PeerProposeResponse) GetResult() []byte {
@@ -1734,7 +1876,7 @@ type ReplicaStateRequest struct {
 
 func (x *ReplicaStateRequest) Reset() {
 	*x = ReplicaStateRequest{}
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1888,7 @@ func (x *ReplicaStateRequest) String() string {
 func (*ReplicaStateRequest) ProtoMessage() {}
 
 func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[28]
+	mi := &file_flotilla_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1901,7 @@ func (x *ReplicaStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReplicaStateRequest) GetClusterId() uint64 {
@@ -1794,7 +1936,7 @@ type ReplicaStateResponse struct {
 
 func (x *ReplicaStateResponse) Reset() {
 	*x = ReplicaStateResponse{}
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1948,7 @@ func (x *ReplicaStateResponse) String() string {
 func (*ReplicaStateResponse) ProtoMessage() {}
 
 func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[29]
+	mi := &file_flotilla_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1961,7 @@ func (x *ReplicaStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStateResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReplicaStateResponse) GetDescriptor_() []byte {
@@ -1845,7 +1987,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +1999,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[30]
+	mi := &file_flotilla_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2012,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -1890,7 +2032,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2044,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[31]
+	mi := &file_flotilla_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2057,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SplitResponse) GetLeft() *RangeInfo {
@@ -1941,7 +2083,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2095,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[32]
+	mi := &file_flotilla_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2108,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MergeRequest) GetKey() []byte {
@@ -1985,7 +2127,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1997,7 +2139,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[33]
+	mi := &file_flotilla_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2010,7 +2152,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MergeResponse) GetMerged() *RangeInfo {
@@ -2031,7 +2173,7 @@ type MoveRequest struct {
 
 func (x *MoveRequest) Reset() {
 	*x = MoveRequest{}
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2185,7 @@ func (x *MoveRequest) String() string {
 func (*MoveRequest) ProtoMessage() {}
 
 func (x *MoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[34]
+	mi := &file_flotilla_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2198,7 @@ func (x *MoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRequest.ProtoReflect.Descriptor instead.
 func (*MoveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MoveRequest) GetKey() []byte {
@@ -2089,7 +2231,7 @@ type MoveResponse struct {
 
 func (x *MoveResponse) Reset() {
 	*x = MoveResponse{}
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2101,7 +2243,7 @@ func (x *MoveResponse) String() string {
 func (*MoveResponse) ProtoMessage() {}
 
 func (x *MoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[35]
+	mi := &file_flotilla_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2114,7 +2256,7 @@ func (x *MoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveResponse.ProtoReflect.Descriptor instead.
 func (*MoveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MoveResponse) GetRange() *RangeInfo {
@@ -2133,7 +2275,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2287,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[36]
+	mi := &file_flotilla_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2300,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DecommissionRequest) GetNode() uint64 {
@@ -2182,7 +2324,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2336,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[37]
+	mi := &file_flotilla_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2349,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{37}
+	return file_flotilla_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DecommissionResponse) GetState() string {
@@ -2243,7 +2385,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2397,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[38]
+	mi := &file_flotilla_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2410,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{38}
+	return file_flotilla_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Header) GetGroup() uint64 {
@@ -2322,7 +2464,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2334,7 +2476,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[39]
+	mi := &file_flotilla_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2347,7 +2489,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{39}
+	return file_flotilla_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Session) GetId() uint64 {
@@ -2396,7 +2538,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2550,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[40]
+	mi := &file_flotilla_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2563,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{40}
+	return file_flotilla_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -2483,7 +2625,7 @@ type Compare struct {
 
 func (x *Compare) Reset() {
 	*x = Compare{}
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2637,7 @@ func (x *Compare) String() string {
 func (*Compare) ProtoMessage() {}
 
 func (x *Compare) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[41]
+	mi := &file_flotilla_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2650,7 @@ func (x *Compare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compare.ProtoReflect.Descriptor instead.
 func (*Compare) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{41}
+	return file_flotilla_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Compare) GetKey() []byte {
@@ -2563,7 +2705,7 @@ type TxnOp struct {
 
 func (x *TxnOp) Reset() {
 	*x = TxnOp{}
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +2717,7 @@ func (x *TxnOp) String() string {
 func (*TxnOp) ProtoMessage() {}
 
 func (x *TxnOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[42]
+	mi := &file_flotilla_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +2730,7 @@ func (x *TxnOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
 func (*TxnOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{42}
+	return file_flotilla_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TxnOp) GetKind() TxnOp_Kind {
@@ -2647,7 +2789,7 @@ type TxnRequest struct {
 
 func (x *TxnRequest) Reset() {
 	*x = TxnRequest{}
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +2801,7 @@ func (x *TxnRequest) String() string {
 func (*TxnRequest) ProtoMessage() {}
 
 func (x *TxnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[43]
+	mi := &file_flotilla_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +2814,7 @@ func (x *TxnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
 func (*TxnRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{43}
+	return file_flotilla_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TxnRequest) GetCompares() []*Compare {
@@ -2728,7 +2870,7 @@ type TxnOpResponse struct {
 
 func (x *TxnOpResponse) Reset() {
 	*x = TxnOpResponse{}
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2740,7 +2882,7 @@ func (x *TxnOpResponse) String() string {
 func (*TxnOpResponse) ProtoMessage() {}
 
 func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[44]
+	mi := &file_flotilla_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2753,7 +2895,7 @@ func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOpResponse.ProtoReflect.Descriptor instead.
 func (*TxnOpResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{44}
+	return file_flotilla_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TxnOpResponse) GetKind() TxnOp_Kind {
@@ -2806,7 +2948,7 @@ type TxnResponse struct {
 
 func (x *TxnResponse) Reset() {
 	*x = TxnResponse{}
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2818,7 +2960,7 @@ func (x *TxnResponse) String() string {
 func (*TxnResponse) ProtoMessage() {}
 
 func (x *TxnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[45]
+	mi := &file_flotilla_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2831,7 +2973,7 @@ func (x *TxnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
 func (*TxnResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{45}
+	return file_flotilla_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TxnResponse) GetHeader() *Header {
@@ -2885,7 +3027,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +3039,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[46]
+	mi := &file_flotilla_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +3052,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{46}
+	return file_flotilla_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PutRequest) GetKey() []byte {
@@ -2966,7 +3108,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3120,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[47]
+	mi := &file_flotilla_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3133,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{47}
+	return file_flotilla_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PutResponse) GetHeader() *Header {
@@ -3024,7 +3166,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3036,7 +3178,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[48]
+	mi := &file_flotilla_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3049,7 +3191,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{48}
+	return file_flotilla_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetRequest) GetKey() []byte {
@@ -3091,7 +3233,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3103,7 +3245,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[49]
+	mi := &file_flotilla_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3116,7 +3258,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{49}
+	return file_flotilla_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -3151,7 +3293,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3163,7 +3305,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[50]
+	mi := &file_flotilla_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3176,7 +3318,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{50}
+	return file_flotilla_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeleteRequest) GetKey() []byte {
@@ -3211,7 +3353,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3365,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[51]
+	mi := &file_flotilla_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3378,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{51}
+	return file_flotilla_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeleteResponse) GetHeader() *Header {
@@ -3279,7 +3421,7 @@ type CompareAndSwapRequest struct {
 
 func (x *CompareAndSwapRequest) Reset() {
 	*x = CompareAndSwapRequest{}
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3291,7 +3433,7 @@ func (x *CompareAndSwapRequest) String() string {
 func (*CompareAndSwapRequest) ProtoMessage() {}
 
 func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[52]
+	mi := &file_flotilla_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3304,7 +3446,7 @@ func (x *CompareAndSwapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{52}
+	return file_flotilla_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CompareAndSwapRequest) GetKey() []byte {
@@ -3376,7 +3518,7 @@ type CompareAndSwapResponse struct {
 
 func (x *CompareAndSwapResponse) Reset() {
 	*x = CompareAndSwapResponse{}
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3388,7 +3530,7 @@ func (x *CompareAndSwapResponse) String() string {
 func (*CompareAndSwapResponse) ProtoMessage() {}
 
 func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[53]
+	mi := &file_flotilla_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3401,7 +3543,7 @@ func (x *CompareAndSwapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwapResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSwapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{53}
+	return file_flotilla_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CompareAndSwapResponse) GetHeader() *Header {
@@ -3456,7 +3598,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3468,7 +3610,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[54]
+	mi := &file_flotilla_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3481,7 +3623,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{54}
+	return file_flotilla_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ScanRequest) GetPrefix() []byte {
@@ -3546,7 +3688,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3558,7 +3700,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[55]
+	mi := &file_flotilla_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3571,7 +3713,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{55}
+	return file_flotilla_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ScanResponse) GetKvs() []*KeyValue {
@@ -3609,7 +3751,7 @@ type DeleteRangeRequest struct {
 
 func (x *DeleteRangeRequest) Reset() {
 	*x = DeleteRangeRequest{}
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3621,7 +3763,7 @@ func (x *DeleteRangeRequest) String() string {
 func (*DeleteRangeRequest) ProtoMessage() {}
 
 func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[56]
+	mi := &file_flotilla_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3634,7 +3776,7 @@ func (x *DeleteRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{56}
+	return file_flotilla_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteRangeRequest) GetStart() []byte {
@@ -3676,7 +3818,7 @@ type DeleteRangeResponse struct {
 
 func (x *DeleteRangeResponse) Reset() {
 	*x = DeleteRangeResponse{}
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3688,7 +3830,7 @@ func (x *DeleteRangeResponse) String() string {
 func (*DeleteRangeResponse) ProtoMessage() {}
 
 func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[57]
+	mi := &file_flotilla_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3701,7 +3843,7 @@ func (x *DeleteRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRangeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRangeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{57}
+	return file_flotilla_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteRangeResponse) GetHeader() *Header {
@@ -3740,7 +3882,7 @@ type RangesRequest struct {
 
 func (x *RangesRequest) Reset() {
 	*x = RangesRequest{}
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3752,7 +3894,7 @@ func (x *RangesRequest) String() string {
 func (*RangesRequest) ProtoMessage() {}
 
 func (x *RangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[58]
+	mi := &file_flotilla_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3765,7 +3907,7 @@ func (x *RangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesRequest.ProtoReflect.Descriptor instead.
 func (*RangesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{58}
+	return file_flotilla_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RangesRequest) GetKey() []byte {
@@ -3800,7 +3942,7 @@ type RangesResponse struct {
 
 func (x *RangesResponse) Reset() {
 	*x = RangesResponse{}
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3812,7 +3954,7 @@ func (x *RangesResponse) String() string {
 func (*RangesResponse) ProtoMessage() {}
 
 func (x *RangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[59]
+	mi := &file_flotilla_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3825,7 +3967,7 @@ func (x *RangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangesResponse.ProtoReflect.Descriptor instead.
 func (*RangesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{59}
+	return file_flotilla_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RangesResponse) GetRanges() []*RangeInfo {
@@ -3864,7 +4006,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3876,7 +4018,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[60]
+	mi := &file_flotilla_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3889,7 +4031,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{60}
+	return file_flotilla_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RangeInfo) GetId() uint64 {
@@ -3978,14 +4120,19 @@ type NodeInfo struct {
 	Membership string `protobuf:"bytes,7,opt,name=membership,proto3" json:"membership,omitempty"`
 	// drained: the node is marked drained (`flotilla node drain`): the
 	// rebalancer leaves it empty.
-	Drained       bool `protobuf:"varint,8,opt,name=drained,proto3" json:"drained,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Drained bool `protobuf:"varint,8,opt,name=drained,proto3" json:"drained,omitempty"`
+	// used_bytes and available_bytes: the node's capacity as it last
+	// gossiped it (internal/gossip): the bytes its data directory holds and
+	// those its file system has left for it. 0: not known.
+	UsedBytes      uint64 `protobuf:"varint,9,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	AvailableBytes uint64 `protobuf:"varint,10,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3997,7 +4144,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[61]
+	mi := &file_flotilla_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4010,7 +4157,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{61}
+	return file_flotilla_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -4069,6 +4216,20 @@ func (x *NodeInfo) GetDrained() bool {
 	return false
 }
 
+func (x *NodeInfo) GetUsedBytes() uint64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetAvailableBytes() uint64 {
+	if x != nil {
+		return x.AvailableBytes
+	}
+	return 0
+}
+
 type GroupInfo struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -4093,7 +4254,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4105,7 +4266,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[62]
+	mi := &file_flotilla_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4118,7 +4279,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{62}
+	return file_flotilla_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -4218,7 +4379,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4230,7 +4391,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[63]
+	mi := &file_flotilla_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4243,7 +4404,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{63}
+	return file_flotilla_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *PeerStats) GetFrom() uint64 {
@@ -4289,7 +4450,7 @@ type ClusterMapRequest struct {
 
 func (x *ClusterMapRequest) Reset() {
 	*x = ClusterMapRequest{}
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4301,7 +4462,7 @@ func (x *ClusterMapRequest) String() string {
 func (*ClusterMapRequest) ProtoMessage() {}
 
 func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[64]
+	mi := &file_flotilla_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4314,7 +4475,7 @@ func (x *ClusterMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapRequest.ProtoReflect.Descriptor instead.
 func (*ClusterMapRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{64}
+	return file_flotilla_proto_rawDescGZIP(), []int{67}
 }
 
 type ClusterMapResponse struct {
@@ -4331,7 +4492,7 @@ type ClusterMapResponse struct {
 
 func (x *ClusterMapResponse) Reset() {
 	*x = ClusterMapResponse{}
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4343,7 +4504,7 @@ func (x *ClusterMapResponse) String() string {
 func (*ClusterMapResponse) ProtoMessage() {}
 
 func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[65]
+	mi := &file_flotilla_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4356,7 +4517,7 @@ func (x *ClusterMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMapResponse.ProtoReflect.Descriptor instead.
 func (*ClusterMapResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{65}
+	return file_flotilla_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ClusterMapResponse) GetClusterId() uint64 {
@@ -4395,7 +4556,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4407,7 +4568,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[66]
+	mi := &file_flotilla_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4420,7 +4581,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{66}
+	return file_flotilla_proto_rawDescGZIP(), []int{69}
 }
 
 type NodeStatusResponse struct {
@@ -4435,7 +4596,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4447,7 +4608,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[67]
+	mi := &file_flotilla_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4460,7 +4621,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{67}
+	return file_flotilla_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *NodeStatusResponse) GetClusterId() uint64 {
@@ -4507,7 +4668,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4519,7 +4680,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[68]
+	mi := &file_flotilla_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4532,7 +4693,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{68}
+	return file_flotilla_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *InfoRequest) GetClusterId() uint64 {
@@ -4593,7 +4754,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4605,7 +4766,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[69]
+	mi := &file_flotilla_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4618,7 +4779,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{69}
+	return file_flotilla_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *InfoResponse) GetNode() *NodeInfo {
@@ -4678,7 +4839,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4690,7 +4851,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[70]
+	mi := &file_flotilla_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4703,7 +4864,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{70}
+	return file_flotilla_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *LeaseGrantRequest) GetGroup() uint64 {
@@ -4751,7 +4912,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4763,7 +4924,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[71]
+	mi := &file_flotilla_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4776,7 +4937,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{71}
+	return file_flotilla_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *Header {
@@ -4821,7 +4982,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4833,7 +4994,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[72]
+	mi := &file_flotilla_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4846,7 +5007,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{72}
+	return file_flotilla_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *LeaseRevokeRequest) GetGroup() uint64 {
@@ -4887,7 +5048,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4899,7 +5060,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[73]
+	mi := &file_flotilla_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4912,7 +5073,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{73}
+	return file_flotilla_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *Header {
@@ -4944,7 +5105,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4956,7 +5117,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[74]
+	mi := &file_flotilla_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4969,7 +5130,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{74}
+	return file_flotilla_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *LeaseKeepAliveRequest) GetGroup() uint64 {
@@ -5014,7 +5175,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5026,7 +5187,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[75]
+	mi := &file_flotilla_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5039,7 +5200,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{75}
+	return file_flotilla_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *Header {
@@ -5089,7 +5250,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5101,7 +5262,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[76]
+	mi := &file_flotilla_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5114,7 +5275,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{76}
+	return file_flotilla_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *LeaseTimeToLiveRequest) GetGroup() uint64 {
@@ -5152,7 +5313,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5164,7 +5325,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[77]
+	mi := &file_flotilla_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5177,7 +5338,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{77}
+	return file_flotilla_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *Header {
@@ -5232,7 +5393,7 @@ type ElectionState struct {
 
 func (x *ElectionState) Reset() {
 	*x = ElectionState{}
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5244,7 +5405,7 @@ func (x *ElectionState) String() string {
 func (*ElectionState) ProtoMessage() {}
 
 func (x *ElectionState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[78]
+	mi := &file_flotilla_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5257,7 +5418,7 @@ func (x *ElectionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectionState.ProtoReflect.Descriptor instead.
 func (*ElectionState) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{78}
+	return file_flotilla_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ElectionState) GetName() []byte {
@@ -5330,7 +5491,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5342,7 +5503,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[79]
+	mi := &file_flotilla_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5355,7 +5516,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{79}
+	return file_flotilla_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *CampaignRequest) GetName() []byte {
@@ -5406,7 +5567,7 @@ type CampaignResponse struct {
 
 func (x *CampaignResponse) Reset() {
 	*x = CampaignResponse{}
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5418,7 +5579,7 @@ func (x *CampaignResponse) String() string {
 func (*CampaignResponse) ProtoMessage() {}
 
 func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[80]
+	mi := &file_flotilla_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5431,7 +5592,7 @@ func (x *CampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignResponse.ProtoReflect.Descriptor instead.
 func (*CampaignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{80}
+	return file_flotilla_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *CampaignResponse) GetHeader() *Header {
@@ -5474,7 +5635,7 @@ type ResignRequest struct {
 
 func (x *ResignRequest) Reset() {
 	*x = ResignRequest{}
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5486,7 +5647,7 @@ func (x *ResignRequest) String() string {
 func (*ResignRequest) ProtoMessage() {}
 
 func (x *ResignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[81]
+	mi := &file_flotilla_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5499,7 +5660,7 @@ func (x *ResignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignRequest.ProtoReflect.Descriptor instead.
 func (*ResignRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{81}
+	return file_flotilla_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ResignRequest) GetName() []byte {
@@ -5543,7 +5704,7 @@ type ResignResponse struct {
 
 func (x *ResignResponse) Reset() {
 	*x = ResignResponse{}
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5555,7 +5716,7 @@ func (x *ResignResponse) String() string {
 func (*ResignResponse) ProtoMessage() {}
 
 func (x *ResignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[82]
+	mi := &file_flotilla_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5568,7 +5729,7 @@ func (x *ResignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResignResponse.ProtoReflect.Descriptor instead.
 func (*ResignResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{82}
+	return file_flotilla_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ResignResponse) GetHeader() *Header {
@@ -5602,7 +5763,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5614,7 +5775,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[83]
+	mi := &file_flotilla_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5627,7 +5788,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{83}
+	return file_flotilla_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *LeaderRequest) GetName() []byte {
@@ -5654,7 +5815,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5666,7 +5827,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[84]
+	mi := &file_flotilla_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5679,7 +5840,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{84}
+	return file_flotilla_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *LeaderResponse) GetHeader() *Header {
@@ -5706,7 +5867,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5718,7 +5879,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[85]
+	mi := &file_flotilla_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5731,7 +5892,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{85}
+	return file_flotilla_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *ObserveRequest) GetName() []byte {
@@ -5761,7 +5922,7 @@ type ObserveResponse struct {
 
 func (x *ObserveResponse) Reset() {
 	*x = ObserveResponse{}
-	mi := &file_flotilla_proto_msgTypes[86]
+	mi := &file_flotilla_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5773,7 +5934,7 @@ func (x *ObserveResponse) String() string {
 func (*ObserveResponse) ProtoMessage() {}
 
 func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[86]
+	mi := &file_flotilla_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5786,7 +5947,7 @@ func (x *ObserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveResponse.ProtoReflect.Descriptor instead.
 func (*ObserveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{86}
+	return file_flotilla_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *ObserveResponse) GetState() *ElectionState {
@@ -5812,7 +5973,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[87]
+	mi := &file_flotilla_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5824,7 +5985,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[87]
+	mi := &file_flotilla_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5837,7 +5998,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{87}
+	return file_flotilla_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *BatchRequest) GetOps() []*BatchOp {
@@ -5865,7 +6026,7 @@ type BatchOp struct {
 
 func (x *BatchOp) Reset() {
 	*x = BatchOp{}
-	mi := &file_flotilla_proto_msgTypes[88]
+	mi := &file_flotilla_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5877,7 +6038,7 @@ func (x *BatchOp) String() string {
 func (*BatchOp) ProtoMessage() {}
 
 func (x *BatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[88]
+	mi := &file_flotilla_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5890,7 +6051,7 @@ func (x *BatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
 func (*BatchOp) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{88}
+	return file_flotilla_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *BatchOp) GetId() uint64 {
@@ -5965,7 +6126,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[89]
+	mi := &file_flotilla_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5977,7 +6138,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[89]
+	mi := &file_flotilla_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5990,7 +6151,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{89}
+	return file_flotilla_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -6022,7 +6183,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_flotilla_proto_msgTypes[90]
+	mi := &file_flotilla_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6034,7 +6195,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[90]
+	mi := &file_flotilla_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6047,7 +6208,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{90}
+	return file_flotilla_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *BatchResult) GetId() uint64 {
@@ -6158,7 +6319,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_flotilla_proto_msgTypes[91]
+	mi := &file_flotilla_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6170,7 +6331,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[91]
+	mi := &file_flotilla_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6183,7 +6344,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{91}
+	return file_flotilla_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -6256,7 +6417,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_flotilla_proto_msgTypes[92]
+	mi := &file_flotilla_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6268,7 +6429,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[92]
+	mi := &file_flotilla_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6281,7 +6442,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{92}
+	return file_flotilla_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -6329,7 +6490,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_flotilla_proto_msgTypes[93]
+	mi := &file_flotilla_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6341,7 +6502,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_proto_msgTypes[93]
+	mi := &file_flotilla_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6354,7 +6515,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_proto_rawDescGZIP(), []int{93}
+	return file_flotilla_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *WatchResponse) GetHeader() *Header {
@@ -6462,7 +6623,14 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x0eWhoAmIResponse\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
 	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x10\n" +
-	"\x03how\x18\x03 \x01(\tR\x03how\"\x8d\x01\n" +
+	"\x03how\x18\x03 \x01(\tR\x03how\"6\n" +
+	"\fGossipPacket\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x12\n" +
+	"\x10GossipPacketsEnd\"5\n" +
+	"\vGossipChunk\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x8d\x01\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x14\n" +
@@ -6681,7 +6849,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05bytes\x18\b \x01(\x04R\x05bytes\x12\x1e\n" +
 	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12\x1a\n" +
 	"\blearners\x18\n" +
-	" \x03(\x04R\blearners\"\xd9\x01\n" +
+	" \x03(\x04R\blearners\"\xa1\x02\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1f\n" +
@@ -6693,7 +6861,11 @@ const file_flotilla_proto_rawDesc = "" +
 	"\n" +
 	"membership\x18\a \x01(\tR\n" +
 	"membership\x12\x18\n" +
-	"\adrained\x18\b \x01(\bR\adrained\"\xa7\x02\n" +
+	"\adrained\x18\b \x01(\bR\adrained\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\t \x01(\x04R\tusedBytes\x12'\n" +
+	"\x0favailable_bytes\x18\n" +
+	" \x01(\x04R\x0eavailableBytes\"\xa7\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -6930,7 +7102,10 @@ const file_flotilla_proto_rawDesc = "" +
 	"\aPropose\x12\x1f.flotilla.v1.PeerProposeRequest\x1a .flotilla.v1.PeerProposeResponse\x12S\n" +
 	"\fReplicaState\x12 .flotilla.v1.ReplicaStateRequest\x1a!.flotilla.v1.ReplicaStateResponse\x12P\n" +
 	"\vAuthRecords\x12\x1f.flotilla.v1.AuthRecordsRequest\x1a .flotilla.v1.AuthRecordsResponse\x12;\n" +
-	"\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponseB\"Z github.com/flotilla/flotilla/apib\x06proto3"
+	"\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponse2\x91\x01\n" +
+	"\x06Gossip\x12E\n" +
+	"\aPackets\x12\x19.flotilla.v1.GossipPacket\x1a\x1d.flotilla.v1.GossipPacketsEnd(\x01\x12@\n" +
+	"\x06Stream\x12\x18.flotilla.v1.GossipChunk\x1a\x18.flotilla.v1.GossipChunk(\x010\x01B\"Z github.com/flotilla/flotilla/apib\x06proto3"
 
 var (
 	file_flotilla_proto_rawDescOnce sync.Once
@@ -6945,7 +7120,7 @@ func file_flotilla_proto_rawDescGZIP() []byte {
 }
 
 var file_flotilla_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 96)
+var file_flotilla_proto_msgTypes = make([]protoimpl.MessageInfo, 99)
 var file_flotilla_proto_goTypes = []any{
 	(Permission_Kind)(0),            // 0: flotilla.v1.Permission.Kind
 	(Compare_Target)(0),             // 1: flotilla.v1.Compare.Target
@@ -6974,80 +7149,83 @@ var file_flotilla_proto_goTypes = []any{
 	(*Permission)(nil),              // 24: flotilla.v1.Permission
 	(*WhoAmIRequest)(nil),           // 25: flotilla.v1.WhoAmIRequest
 	(*WhoAmIResponse)(nil),          // 26: flotilla.v1.WhoAmIResponse
-	(*JoinRequest)(nil),             // 27: flotilla.v1.JoinRequest
-	(*JoinResponse)(nil),            // 28: flotilla.v1.JoinResponse
-	(*AuthRecordsRequest)(nil),      // 29: flotilla.v1.AuthRecordsRequest
-	(*AuthRecordsResponse)(nil),     // 30: flotilla.v1.AuthRecordsResponse
-	(*PeerProposeRequest)(nil),      // 31: flotilla.v1.PeerProposeRequest
-	(*PeerProposeResponse)(nil),     // 32: flotilla.v1.PeerProposeResponse
-	(*ReplicaStateRequest)(nil),     // 33: flotilla.v1.ReplicaStateRequest
-	(*ReplicaStateResponse)(nil),    // 34: flotilla.v1.ReplicaStateResponse
-	(*SplitRequest)(nil),            // 35: flotilla.v1.SplitRequest
-	(*SplitResponse)(nil),           // 36: flotilla.v1.SplitResponse
-	(*MergeRequest)(nil),            // 37: flotilla.v1.MergeRequest
-	(*MergeResponse)(nil),           // 38: flotilla.v1.MergeResponse
-	(*MoveRequest)(nil),             // 39: flotilla.v1.MoveRequest
-	(*MoveResponse)(nil),            // 40: flotilla.v1.MoveResponse
-	(*DecommissionRequest)(nil),     // 41: flotilla.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),    // 42: flotilla.v1.DecommissionResponse
-	(*Header)(nil),                  // 43: flotilla.v1.Header
-	(*Session)(nil),                 // 44: flotilla.v1.Session
-	(*KeyValue)(nil),                // 45: flotilla.v1.KeyValue
-	(*Compare)(nil),                 // 46: flotilla.v1.Compare
-	(*TxnOp)(nil),                   // 47: flotilla.v1.TxnOp
-	(*TxnRequest)(nil),              // 48: flotilla.v1.TxnRequest
-	(*TxnOpResponse)(nil),           // 49: flotilla.v1.TxnOpResponse
-	(*TxnResponse)(nil),             // 50: flotilla.v1.TxnResponse
-	(*PutRequest)(nil),              // 51: flotilla.v1.PutRequest
-	(*PutResponse)(nil),             // 52: flotilla.v1.PutResponse
-	(*GetRequest)(nil),              // 53: flotilla.v1.GetRequest
-	(*GetResponse)(nil),             // 54: flotilla.v1.GetResponse
-	(*DeleteRequest)(nil),           // 55: flotilla.v1.DeleteRequest
-	(*DeleteResponse)(nil),          // 56: flotilla.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),   // 57: flotilla.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil),  // 58: flotilla.v1.CompareAndSwapResponse
-	(*ScanRequest)(nil),             // 59: flotilla.v1.ScanRequest
-	(*ScanResponse)(nil),            // 60: flotilla.v1.ScanResponse
-	(*DeleteRangeRequest)(nil),      // 61: flotilla.v1.DeleteRangeRequest
-	(*DeleteRangeResponse)(nil),     // 62: flotilla.v1.DeleteRangeResponse
-	(*RangesRequest)(nil),           // 63: flotilla.v1.RangesRequest
-	(*RangesResponse)(nil),          // 64: flotilla.v1.RangesResponse
-	(*RangeInfo)(nil),               // 65: flotilla.v1.RangeInfo
-	(*NodeInfo)(nil),                // 66: flotilla.v1.NodeInfo
-	(*GroupInfo)(nil),               // 67: flotilla.v1.GroupInfo
-	(*PeerStats)(nil),               // 68: flotilla.v1.PeerStats
-	(*ClusterMapRequest)(nil),       // 69: flotilla.v1.ClusterMapRequest
-	(*ClusterMapResponse)(nil),      // 70: flotilla.v1.ClusterMapResponse
-	(*NodeStatusRequest)(nil),       // 71: flotilla.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 72: flotilla.v1.NodeStatusResponse
-	(*InfoRequest)(nil),             // 73: flotilla.v1.InfoRequest
-	(*InfoResponse)(nil),            // 74: flotilla.v1.InfoResponse
-	(*LeaseGrantRequest)(nil),       // 75: flotilla.v1.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),      // 76: flotilla.v1.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),      // 77: flotilla.v1.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),     // 78: flotilla.v1.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),   // 79: flotilla.v1.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),  // 80: flotilla.v1.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),  // 81: flotilla.v1.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil), // 82: flotilla.v1.LeaseTimeToLiveResponse
-	(*ElectionState)(nil),           // 83: flotilla.v1.ElectionState
-	(*CampaignRequest)(nil),         // 84: flotilla.v1.CampaignRequest
-	(*CampaignResponse)(nil),        // 85: flotilla.v1.CampaignResponse
-	(*ResignRequest)(nil),           // 86: flotilla.v1.ResignRequest
-	(*ResignResponse)(nil),          // 87: flotilla.v1.ResignResponse
-	(*LeaderRequest)(nil),           // 88: flotilla.v1.LeaderRequest
-	(*LeaderResponse)(nil),          // 89: flotilla.v1.LeaderResponse
-	(*ObserveRequest)(nil),          // 90: flotilla.v1.ObserveRequest
-	(*ObserveResponse)(nil),         // 91: flotilla.v1.ObserveResponse
-	(*BatchRequest)(nil),            // 92: flotilla.v1.BatchRequest
-	(*BatchOp)(nil),                 // 93: flotilla.v1.BatchOp
-	(*BatchResponse)(nil),           // 94: flotilla.v1.BatchResponse
-	(*BatchResult)(nil),             // 95: flotilla.v1.BatchResult
-	(*WatchRequest)(nil),            // 96: flotilla.v1.WatchRequest
-	(*WatchEvent)(nil),              // 97: flotilla.v1.WatchEvent
-	(*WatchResponse)(nil),           // 98: flotilla.v1.WatchResponse
-	nil,                             // 99: flotilla.v1.JoinResponse.NodesEntry
-	nil,                             // 100: flotilla.v1.InfoResponse.NodesEntry
+	(*GossipPacket)(nil),            // 27: flotilla.v1.GossipPacket
+	(*GossipPacketsEnd)(nil),        // 28: flotilla.v1.GossipPacketsEnd
+	(*GossipChunk)(nil),             // 29: flotilla.v1.GossipChunk
+	(*JoinRequest)(nil),             // 30: flotilla.v1.JoinRequest
+	(*JoinResponse)(nil),            // 31: flotilla.v1.JoinResponse
+	(*AuthRecordsRequest)(nil),      // 32: flotilla.v1.AuthRecordsRequest
+	(*AuthRecordsResponse)(nil),     // 33: flotilla.v1.AuthRecordsResponse
+	(*PeerProposeRequest)(nil),      // 34: flotilla.v1.PeerProposeRequest
+	(*PeerProposeResponse)(nil),     // 35: flotilla.v1.PeerProposeResponse
+	(*ReplicaStateRequest)(nil),     // 36: flotilla.v1.ReplicaStateRequest
+	(*ReplicaStateResponse)(nil),    // 37: flotilla.v1.ReplicaStateResponse
+	(*SplitRequest)(nil),            // 38: flotilla.v1.SplitRequest
+	(*SplitResponse)(nil),           // 39: flotilla.v1.SplitResponse
+	(*MergeRequest)(nil),            // 40: flotilla.v1.MergeRequest
+	(*MergeResponse)(nil),           // 41: flotilla.v1.MergeResponse
+	(*MoveRequest)(nil),             // 42: flotilla.v1.MoveRequest
+	(*MoveResponse)(nil),            // 43: flotilla.v1.MoveResponse
+	(*DecommissionRequest)(nil),     // 44: flotilla.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),    // 45: flotilla.v1.DecommissionResponse
+	(*Header)(nil),                  // 46: flotilla.v1.Header
+	(*Session)(nil),                 // 47: flotilla.v1.Session
+	(*KeyValue)(nil),                // 48: flotilla.v1.KeyValue
+	(*Compare)(nil),                 // 49: flotilla.v1.Compare
+	(*TxnOp)(nil),                   // 50: flotilla.v1.TxnOp
+	(*TxnRequest)(nil),              // 51: flotilla.v1.TxnRequest
+	(*TxnOpResponse)(nil),           // 52: flotilla.v1.TxnOpResponse
+	(*TxnResponse)(nil),             // 53: flotilla.v1.TxnResponse
+	(*PutRequest)(nil),              // 54: flotilla.v1.PutRequest
+	(*PutResponse)(nil),             // 55: flotilla.v1.PutResponse
+	(*GetRequest)(nil),              // 56: flotilla.v1.GetRequest
+	(*GetResponse)(nil),             // 57: flotilla.v1.GetResponse
+	(*DeleteRequest)(nil),           // 58: flotilla.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 59: flotilla.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),   // 60: flotilla.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),  // 61: flotilla.v1.CompareAndSwapResponse
+	(*ScanRequest)(nil),             // 62: flotilla.v1.ScanRequest
+	(*ScanResponse)(nil),            // 63: flotilla.v1.ScanResponse
+	(*DeleteRangeRequest)(nil),      // 64: flotilla.v1.DeleteRangeRequest
+	(*DeleteRangeResponse)(nil),     // 65: flotilla.v1.DeleteRangeResponse
+	(*RangesRequest)(nil),           // 66: flotilla.v1.RangesRequest
+	(*RangesResponse)(nil),          // 67: flotilla.v1.RangesResponse
+	(*RangeInfo)(nil),               // 68: flotilla.v1.RangeInfo
+	(*NodeInfo)(nil),                // 69: flotilla.v1.NodeInfo
+	(*GroupInfo)(nil),               // 70: flotilla.v1.GroupInfo
+	(*PeerStats)(nil),               // 71: flotilla.v1.PeerStats
+	(*ClusterMapRequest)(nil),       // 72: flotilla.v1.ClusterMapRequest
+	(*ClusterMapResponse)(nil),      // 73: flotilla.v1.ClusterMapResponse
+	(*NodeStatusRequest)(nil),       // 74: flotilla.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 75: flotilla.v1.NodeStatusResponse
+	(*InfoRequest)(nil),             // 76: flotilla.v1.InfoRequest
+	(*InfoResponse)(nil),            // 77: flotilla.v1.InfoResponse
+	(*LeaseGrantRequest)(nil),       // 78: flotilla.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 79: flotilla.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 80: flotilla.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 81: flotilla.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 82: flotilla.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 83: flotilla.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 84: flotilla.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 85: flotilla.v1.LeaseTimeToLiveResponse
+	(*ElectionState)(nil),           // 86: flotilla.v1.ElectionState
+	(*CampaignRequest)(nil),         // 87: flotilla.v1.CampaignRequest
+	(*CampaignResponse)(nil),        // 88: flotilla.v1.CampaignResponse
+	(*ResignRequest)(nil),           // 89: flotilla.v1.ResignRequest
+	(*ResignResponse)(nil),          // 90: flotilla.v1.ResignResponse
+	(*LeaderRequest)(nil),           // 91: flotilla.v1.LeaderRequest
+	(*LeaderResponse)(nil),          // 92: flotilla.v1.LeaderResponse
+	(*ObserveRequest)(nil),          // 93: flotilla.v1.ObserveRequest
+	(*ObserveResponse)(nil),         // 94: flotilla.v1.ObserveResponse
+	(*BatchRequest)(nil),            // 95: flotilla.v1.BatchRequest
+	(*BatchOp)(nil),                 // 96: flotilla.v1.BatchOp
+	(*BatchResponse)(nil),           // 97: flotilla.v1.BatchResponse
+	(*BatchResult)(nil),             // 98: flotilla.v1.BatchResult
+	(*WatchRequest)(nil),            // 99: flotilla.v1.WatchRequest
+	(*WatchEvent)(nil),              // 100: flotilla.v1.WatchEvent
+	(*WatchResponse)(nil),           // 101: flotilla.v1.WatchResponse
+	nil,                             // 102: flotilla.v1.JoinResponse.NodesEntry
+	nil,                             // 103: flotilla.v1.InfoResponse.NodesEntry
 }
 var file_flotilla_proto_depIdxs = []int32{
 	15,  // 0: flotilla.v1.UserAddResponse.user:type_name -> flotilla.v1.User
@@ -7058,96 +7236,96 @@ var file_flotilla_proto_depIdxs = []int32{
 	23,  // 5: flotilla.v1.RoleListResponse.roles:type_name -> flotilla.v1.Role
 	24,  // 6: flotilla.v1.Role.permissions:type_name -> flotilla.v1.Permission
 	0,   // 7: flotilla.v1.Permission.kind:type_name -> flotilla.v1.Permission.Kind
-	99,  // 8: flotilla.v1.JoinResponse.nodes:type_name -> flotilla.v1.JoinResponse.NodesEntry
-	65,  // 9: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
-	65,  // 10: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
-	65,  // 11: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
-	65,  // 12: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
+	102, // 8: flotilla.v1.JoinResponse.nodes:type_name -> flotilla.v1.JoinResponse.NodesEntry
+	68,  // 9: flotilla.v1.SplitResponse.left:type_name -> flotilla.v1.RangeInfo
+	68,  // 10: flotilla.v1.SplitResponse.right:type_name -> flotilla.v1.RangeInfo
+	68,  // 11: flotilla.v1.MergeResponse.merged:type_name -> flotilla.v1.RangeInfo
+	68,  // 12: flotilla.v1.MoveResponse.range:type_name -> flotilla.v1.RangeInfo
 	1,   // 13: flotilla.v1.Compare.target:type_name -> flotilla.v1.Compare.Target
 	2,   // 14: flotilla.v1.Compare.result:type_name -> flotilla.v1.Compare.Result
 	3,   // 15: flotilla.v1.TxnOp.kind:type_name -> flotilla.v1.TxnOp.Kind
-	46,  // 16: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
-	47,  // 17: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
-	47,  // 18: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
-	44,  // 19: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
+	49,  // 16: flotilla.v1.TxnRequest.compares:type_name -> flotilla.v1.Compare
+	50,  // 17: flotilla.v1.TxnRequest.success:type_name -> flotilla.v1.TxnOp
+	50,  // 18: flotilla.v1.TxnRequest.failure:type_name -> flotilla.v1.TxnOp
+	47,  // 19: flotilla.v1.TxnRequest.session:type_name -> flotilla.v1.Session
 	3,   // 20: flotilla.v1.TxnOpResponse.kind:type_name -> flotilla.v1.TxnOp.Kind
-	45,  // 21: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
-	43,  // 22: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
-	49,  // 23: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
-	44,  // 24: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
-	43,  // 25: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
-	43,  // 26: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
-	45,  // 27: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
-	44,  // 28: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
-	43,  // 29: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
-	44,  // 30: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
-	43,  // 31: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
-	45,  // 32: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
-	45,  // 33: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
-	44,  // 34: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
-	43,  // 35: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
-	65,  // 36: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
-	66,  // 37: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
-	67,  // 38: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
-	66,  // 39: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
-	67,  // 40: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
-	68,  // 41: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
-	66,  // 42: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
-	67,  // 43: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
-	100, // 44: flotilla.v1.InfoResponse.nodes:type_name -> flotilla.v1.InfoResponse.NodesEntry
-	44,  // 45: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
-	43,  // 46: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
-	44,  // 47: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
-	43,  // 48: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
-	43,  // 49: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
-	43,  // 50: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
-	44,  // 51: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
-	43,  // 52: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
-	83,  // 53: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
-	44,  // 54: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
-	43,  // 55: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
-	83,  // 56: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
-	43,  // 57: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
-	83,  // 58: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
-	83,  // 59: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
-	93,  // 60: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
-	51,  // 61: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
-	55,  // 62: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
-	48,  // 63: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
-	95,  // 64: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
-	52,  // 65: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
-	56,  // 66: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
-	50,  // 67: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
+	48,  // 21: flotilla.v1.TxnOpResponse.kvs:type_name -> flotilla.v1.KeyValue
+	46,  // 22: flotilla.v1.TxnResponse.header:type_name -> flotilla.v1.Header
+	52,  // 23: flotilla.v1.TxnResponse.responses:type_name -> flotilla.v1.TxnOpResponse
+	47,  // 24: flotilla.v1.PutRequest.session:type_name -> flotilla.v1.Session
+	46,  // 25: flotilla.v1.PutResponse.header:type_name -> flotilla.v1.Header
+	46,  // 26: flotilla.v1.GetResponse.header:type_name -> flotilla.v1.Header
+	48,  // 27: flotilla.v1.GetResponse.kv:type_name -> flotilla.v1.KeyValue
+	47,  // 28: flotilla.v1.DeleteRequest.session:type_name -> flotilla.v1.Session
+	46,  // 29: flotilla.v1.DeleteResponse.header:type_name -> flotilla.v1.Header
+	47,  // 30: flotilla.v1.CompareAndSwapRequest.session:type_name -> flotilla.v1.Session
+	46,  // 31: flotilla.v1.CompareAndSwapResponse.header:type_name -> flotilla.v1.Header
+	48,  // 32: flotilla.v1.CompareAndSwapResponse.current:type_name -> flotilla.v1.KeyValue
+	48,  // 33: flotilla.v1.ScanResponse.kvs:type_name -> flotilla.v1.KeyValue
+	47,  // 34: flotilla.v1.DeleteRangeRequest.session:type_name -> flotilla.v1.Session
+	46,  // 35: flotilla.v1.DeleteRangeResponse.header:type_name -> flotilla.v1.Header
+	68,  // 36: flotilla.v1.RangesResponse.ranges:type_name -> flotilla.v1.RangeInfo
+	69,  // 37: flotilla.v1.ClusterMapResponse.nodes:type_name -> flotilla.v1.NodeInfo
+	70,  // 38: flotilla.v1.ClusterMapResponse.group_infos:type_name -> flotilla.v1.GroupInfo
+	69,  // 39: flotilla.v1.NodeStatusResponse.node:type_name -> flotilla.v1.NodeInfo
+	70,  // 40: flotilla.v1.NodeStatusResponse.groups:type_name -> flotilla.v1.GroupInfo
+	71,  // 41: flotilla.v1.NodeStatusResponse.peers:type_name -> flotilla.v1.PeerStats
+	69,  // 42: flotilla.v1.InfoResponse.node:type_name -> flotilla.v1.NodeInfo
+	70,  // 43: flotilla.v1.InfoResponse.groups:type_name -> flotilla.v1.GroupInfo
+	103, // 44: flotilla.v1.InfoResponse.nodes:type_name -> flotilla.v1.InfoResponse.NodesEntry
+	47,  // 45: flotilla.v1.LeaseGrantRequest.session:type_name -> flotilla.v1.Session
+	46,  // 46: flotilla.v1.LeaseGrantResponse.header:type_name -> flotilla.v1.Header
+	47,  // 47: flotilla.v1.LeaseRevokeRequest.session:type_name -> flotilla.v1.Session
+	46,  // 48: flotilla.v1.LeaseRevokeResponse.header:type_name -> flotilla.v1.Header
+	46,  // 49: flotilla.v1.LeaseKeepAliveResponse.header:type_name -> flotilla.v1.Header
+	46,  // 50: flotilla.v1.LeaseTimeToLiveResponse.header:type_name -> flotilla.v1.Header
+	47,  // 51: flotilla.v1.CampaignRequest.session:type_name -> flotilla.v1.Session
+	46,  // 52: flotilla.v1.CampaignResponse.header:type_name -> flotilla.v1.Header
+	86,  // 53: flotilla.v1.CampaignResponse.state:type_name -> flotilla.v1.ElectionState
+	47,  // 54: flotilla.v1.ResignRequest.session:type_name -> flotilla.v1.Session
+	46,  // 55: flotilla.v1.ResignResponse.header:type_name -> flotilla.v1.Header
+	86,  // 56: flotilla.v1.ResignResponse.state:type_name -> flotilla.v1.ElectionState
+	46,  // 57: flotilla.v1.LeaderResponse.header:type_name -> flotilla.v1.Header
+	86,  // 58: flotilla.v1.LeaderResponse.state:type_name -> flotilla.v1.ElectionState
+	86,  // 59: flotilla.v1.ObserveResponse.state:type_name -> flotilla.v1.ElectionState
+	96,  // 60: flotilla.v1.BatchRequest.ops:type_name -> flotilla.v1.BatchOp
+	54,  // 61: flotilla.v1.BatchOp.put:type_name -> flotilla.v1.PutRequest
+	58,  // 62: flotilla.v1.BatchOp.delete:type_name -> flotilla.v1.DeleteRequest
+	51,  // 63: flotilla.v1.BatchOp.txn:type_name -> flotilla.v1.TxnRequest
+	98,  // 64: flotilla.v1.BatchResponse.results:type_name -> flotilla.v1.BatchResult
+	55,  // 65: flotilla.v1.BatchResult.put:type_name -> flotilla.v1.PutResponse
+	59,  // 66: flotilla.v1.BatchResult.delete:type_name -> flotilla.v1.DeleteResponse
+	53,  // 67: flotilla.v1.BatchResult.txn:type_name -> flotilla.v1.TxnResponse
 	4,   // 68: flotilla.v1.WatchEvent.type:type_name -> flotilla.v1.WatchEvent.Type
-	45,  // 69: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
-	45,  // 70: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
-	43,  // 71: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
-	97,  // 72: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
-	51,  // 73: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
-	53,  // 74: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
-	55,  // 75: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
-	57,  // 76: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
-	59,  // 77: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
-	61,  // 78: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
-	92,  // 79: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
-	48,  // 80: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
-	96,  // 81: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
-	69,  // 82: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
-	71,  // 83: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
-	63,  // 84: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
-	35,  // 85: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
-	37,  // 86: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
-	39,  // 87: flotilla.v1.Cluster.Move:input_type -> flotilla.v1.MoveRequest
-	41,  // 88: flotilla.v1.Cluster.Decommission:input_type -> flotilla.v1.DecommissionRequest
+	48,  // 69: flotilla.v1.WatchEvent.kv:type_name -> flotilla.v1.KeyValue
+	48,  // 70: flotilla.v1.WatchEvent.prev_kv:type_name -> flotilla.v1.KeyValue
+	46,  // 71: flotilla.v1.WatchResponse.header:type_name -> flotilla.v1.Header
+	100, // 72: flotilla.v1.WatchResponse.events:type_name -> flotilla.v1.WatchEvent
+	54,  // 73: flotilla.v1.KV.Put:input_type -> flotilla.v1.PutRequest
+	56,  // 74: flotilla.v1.KV.Get:input_type -> flotilla.v1.GetRequest
+	58,  // 75: flotilla.v1.KV.Delete:input_type -> flotilla.v1.DeleteRequest
+	60,  // 76: flotilla.v1.KV.CompareAndSwap:input_type -> flotilla.v1.CompareAndSwapRequest
+	62,  // 77: flotilla.v1.KV.Scan:input_type -> flotilla.v1.ScanRequest
+	64,  // 78: flotilla.v1.KV.DeleteRange:input_type -> flotilla.v1.DeleteRangeRequest
+	95,  // 79: flotilla.v1.KV.Batch:input_type -> flotilla.v1.BatchRequest
+	51,  // 80: flotilla.v1.KV.Txn:input_type -> flotilla.v1.TxnRequest
+	99,  // 81: flotilla.v1.KV.Watch:input_type -> flotilla.v1.WatchRequest
+	72,  // 82: flotilla.v1.Cluster.ClusterMap:input_type -> flotilla.v1.ClusterMapRequest
+	74,  // 83: flotilla.v1.Cluster.NodeStatus:input_type -> flotilla.v1.NodeStatusRequest
+	66,  // 84: flotilla.v1.Cluster.Ranges:input_type -> flotilla.v1.RangesRequest
+	38,  // 85: flotilla.v1.Cluster.Split:input_type -> flotilla.v1.SplitRequest
+	40,  // 86: flotilla.v1.Cluster.Merge:input_type -> flotilla.v1.MergeRequest
+	42,  // 87: flotilla.v1.Cluster.Move:input_type -> flotilla.v1.MoveRequest
+	44,  // 88: flotilla.v1.Cluster.Decommission:input_type -> flotilla.v1.DecommissionRequest
 	5,   // 89: flotilla.v1.Cluster.SetDrained:input_type -> flotilla.v1.SetDrainedRequest
-	75,  // 90: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
-	77,  // 91: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
-	79,  // 92: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
-	81,  // 93: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
-	84,  // 94: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
-	86,  // 95: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
-	88,  // 96: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
-	90,  // 97: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
+	78,  // 90: flotilla.v1.Election.LeaseGrant:input_type -> flotilla.v1.LeaseGrantRequest
+	80,  // 91: flotilla.v1.Election.LeaseRevoke:input_type -> flotilla.v1.LeaseRevokeRequest
+	82,  // 92: flotilla.v1.Election.LeaseKeepAlive:input_type -> flotilla.v1.LeaseKeepAliveRequest
+	84,  // 93: flotilla.v1.Election.LeaseTimeToLive:input_type -> flotilla.v1.LeaseTimeToLiveRequest
+	87,  // 94: flotilla.v1.Election.Campaign:input_type -> flotilla.v1.CampaignRequest
+	89,  // 95: flotilla.v1.Election.Resign:input_type -> flotilla.v1.ResignRequest
+	91,  // 96: flotilla.v1.Election.Leader:input_type -> flotilla.v1.LeaderRequest
+	93,  // 97: flotilla.v1.Election.Observe:input_type -> flotilla.v1.ObserveRequest
 	7,   // 98: flotilla.v1.Auth.UserAdd:input_type -> flotilla.v1.UserAddRequest
 	9,   // 99: flotilla.v1.Auth.UserDelete:input_type -> flotilla.v1.UserDeleteRequest
 	11,  // 100: flotilla.v1.Auth.UserGrant:input_type -> flotilla.v1.UserRoleRequest
@@ -7159,54 +7337,58 @@ var file_flotilla_proto_depIdxs = []int32{
 	19,  // 106: flotilla.v1.Auth.RoleRevoke:input_type -> flotilla.v1.RolePermissionRequest
 	21,  // 107: flotilla.v1.Auth.RoleList:input_type -> flotilla.v1.RoleListRequest
 	25,  // 108: flotilla.v1.Auth.WhoAmI:input_type -> flotilla.v1.WhoAmIRequest
-	73,  // 109: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
-	31,  // 110: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
-	33,  // 111: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
-	29,  // 112: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
-	27,  // 113: flotilla.v1.Peer.Join:input_type -> flotilla.v1.JoinRequest
-	52,  // 114: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
-	54,  // 115: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
-	56,  // 116: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
-	58,  // 117: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
-	60,  // 118: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
-	62,  // 119: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
-	94,  // 120: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
-	50,  // 121: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
-	98,  // 122: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
-	70,  // 123: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
-	72,  // 124: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
-	64,  // 125: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
-	36,  // 126: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
-	38,  // 127: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
-	40,  // 128: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
-	42,  // 129: flotilla.v1.Cluster.Decommission:output_type -> flotilla.v1.DecommissionResponse
-	6,   // 130: flotilla.v1.Cluster.SetDrained:output_type -> flotilla.v1.SetDrainedResponse
-	76,  // 131: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
-	78,  // 132: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
-	80,  // 133: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
-	82,  // 134: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
-	85,  // 135: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
-	87,  // 136: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
-	89,  // 137: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
-	91,  // 138: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
-	8,   // 139: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
-	10,  // 140: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
-	12,  // 141: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
-	12,  // 142: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
-	14,  // 143: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
-	20,  // 144: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
-	18,  // 145: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
-	20,  // 146: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
-	20,  // 147: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
-	22,  // 148: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
-	26,  // 149: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
-	74,  // 150: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
-	32,  // 151: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
-	34,  // 152: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
-	30,  // 153: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
-	28,  // 154: flotilla.v1.Peer.Join:output_type -> flotilla.v1.JoinResponse
-	114, // [114:155] is the sub-list for method output_type
-	73,  // [73:114] is the sub-list for method input_type
+	76,  // 109: flotilla.v1.Peer.Info:input_type -> flotilla.v1.InfoRequest
+	34,  // 110: flotilla.v1.Peer.Propose:input_type -> flotilla.v1.PeerProposeRequest
+	36,  // 111: flotilla.v1.Peer.ReplicaState:input_type -> flotilla.v1.ReplicaStateRequest
+	32,  // 112: flotilla.v1.Peer.AuthRecords:input_type -> flotilla.v1.AuthRecordsRequest
+	30,  // 113: flotilla.v1.Peer.Join:input_type -> flotilla.v1.JoinRequest
+	27,  // 114: flotilla.v1.Gossip.Packets:input_type -> flotilla.v1.GossipPacket
+	29,  // 115: flotilla.v1.Gossip.Stream:input_type -> flotilla.v1.GossipChunk
+	55,  // 116: flotilla.v1.KV.Put:output_type -> flotilla.v1.PutResponse
+	57,  // 117: flotilla.v1.KV.Get:output_type -> flotilla.v1.GetResponse
+	59,  // 118: flotilla.v1.KV.Delete:output_type -> flotilla.v1.DeleteResponse
+	61,  // 119: flotilla.v1.KV.CompareAndSwap:output_type -> flotilla.v1.CompareAndSwapResponse
+	63,  // 120: flotilla.v1.KV.Scan:output_type -> flotilla.v1.ScanResponse
+	65,  // 121: flotilla.v1.KV.DeleteRange:output_type -> flotilla.v1.DeleteRangeResponse
+	97,  // 122: flotilla.v1.KV.Batch:output_type -> flotilla.v1.BatchResponse
+	53,  // 123: flotilla.v1.KV.Txn:output_type -> flotilla.v1.TxnResponse
+	101, // 124: flotilla.v1.KV.Watch:output_type -> flotilla.v1.WatchResponse
+	73,  // 125: flotilla.v1.Cluster.ClusterMap:output_type -> flotilla.v1.ClusterMapResponse
+	75,  // 126: flotilla.v1.Cluster.NodeStatus:output_type -> flotilla.v1.NodeStatusResponse
+	67,  // 127: flotilla.v1.Cluster.Ranges:output_type -> flotilla.v1.RangesResponse
+	39,  // 128: flotilla.v1.Cluster.Split:output_type -> flotilla.v1.SplitResponse
+	41,  // 129: flotilla.v1.Cluster.Merge:output_type -> flotilla.v1.MergeResponse
+	43,  // 130: flotilla.v1.Cluster.Move:output_type -> flotilla.v1.MoveResponse
+	45,  // 131: flotilla.v1.Cluster.Decommission:output_type -> flotilla.v1.DecommissionResponse
+	6,   // 132: flotilla.v1.Cluster.SetDrained:output_type -> flotilla.v1.SetDrainedResponse
+	79,  // 133: flotilla.v1.Election.LeaseGrant:output_type -> flotilla.v1.LeaseGrantResponse
+	81,  // 134: flotilla.v1.Election.LeaseRevoke:output_type -> flotilla.v1.LeaseRevokeResponse
+	83,  // 135: flotilla.v1.Election.LeaseKeepAlive:output_type -> flotilla.v1.LeaseKeepAliveResponse
+	85,  // 136: flotilla.v1.Election.LeaseTimeToLive:output_type -> flotilla.v1.LeaseTimeToLiveResponse
+	88,  // 137: flotilla.v1.Election.Campaign:output_type -> flotilla.v1.CampaignResponse
+	90,  // 138: flotilla.v1.Election.Resign:output_type -> flotilla.v1.ResignResponse
+	92,  // 139: flotilla.v1.Election.Leader:output_type -> flotilla.v1.LeaderResponse
+	94,  // 140: flotilla.v1.Election.Observe:output_type -> flotilla.v1.ObserveResponse
+	8,   // 141: flotilla.v1.Auth.UserAdd:output_type -> flotilla.v1.UserAddResponse
+	10,  // 142: flotilla.v1.Auth.UserDelete:output_type -> flotilla.v1.UserDeleteResponse
+	12,  // 143: flotilla.v1.Auth.UserGrant:output_type -> flotilla.v1.UserResponse
+	12,  // 144: flotilla.v1.Auth.UserRevoke:output_type -> flotilla.v1.UserResponse
+	14,  // 145: flotilla.v1.Auth.UserList:output_type -> flotilla.v1.UserListResponse
+	20,  // 146: flotilla.v1.Auth.RoleAdd:output_type -> flotilla.v1.RoleResponse
+	18,  // 147: flotilla.v1.Auth.RoleDelete:output_type -> flotilla.v1.RoleDeleteResponse
+	20,  // 148: flotilla.v1.Auth.RoleGrant:output_type -> flotilla.v1.RoleResponse
+	20,  // 149: flotilla.v1.Auth.RoleRevoke:output_type -> flotilla.v1.RoleResponse
+	22,  // 150: flotilla.v1.Auth.RoleList:output_type -> flotilla.v1.RoleListResponse
+	26,  // 151: flotilla.v1.Auth.WhoAmI:output_type -> flotilla.v1.WhoAmIResponse
+	77,  // 152: flotilla.v1.Peer.Info:output_type -> flotilla.v1.InfoResponse
+	35,  // 153: flotilla.v1.Peer.Propose:output_type -> flotilla.v1.PeerProposeResponse
+	37,  // 154: flotilla.v1.Peer.ReplicaState:output_type -> flotilla.v1.ReplicaStateResponse
+	33,  // 155: flotilla.v1.Peer.AuthRecords:output_type -> flotilla.v1.AuthRecordsResponse
+	31,  // 156: flotilla.v1.Peer.Join:output_type -> flotilla.v1.JoinResponse
+	28,  // 157: flotilla.v1.Gossip.Packets:output_type -> flotilla.v1.GossipPacketsEnd
+	29,  // 158: flotilla.v1.Gossip.Stream:output_type -> flotilla.v1.GossipChunk
+	116, // [116:159] is the sub-list for method output_type
+	73,  // [73:116] is the sub-list for method input_type
 	73,  // [73:73] is the sub-list for extension type_name
 	73,  // [73:73] is the sub-list for extension extendee
 	0,   // [0:73] is the sub-list for field type_name
@@ -7217,12 +7399,12 @@ func file_flotilla_proto_init() {
 	if File_flotilla_proto != nil {
 		return
 	}
-	file_flotilla_proto_msgTypes[88].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[91].OneofWrappers = []any{
 		(*BatchOp_Put)(nil),
 		(*BatchOp_Delete)(nil),
 		(*BatchOp_Txn)(nil),
 	}
-	file_flotilla_proto_msgTypes[90].OneofWrappers = []any{
+	file_flotilla_proto_msgTypes[93].OneofWrappers = []any{
 		(*BatchResult_Put)(nil),
 		(*BatchResult_Delete)(nil),
 		(*BatchResult_Txn)(nil),
@@ -7233,9 +7415,9 @@ func file_flotilla_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_proto_rawDesc), len(file_flotilla_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   96,
+			NumMessages:   99,
 			NumExtensions: 0,
-			NumServices:   5,
+			NumServices:   6,
 		},
 		GoTypes:           file_flotilla_proto_goTypes,
 		DependencyIndexes: file_flotilla_proto_depIdxs,

@@ -2172,3 +2172,150 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "flotilla.proto",
 }
+
+const (
+	Gossip_Packets_FullMethodName = "/flotilla.v1.Gossip/Packets"
+	Gossip_Stream_FullMethodName  = "/flotilla.v1.Gossip/Stream"
+)
+
+// GossipClient is the client API for Gossip service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Gossip carries the nodes' gossip membership (hashicorp/memberlist, SWIM)
+// over the peer connections, so it has the raft transport's TLS and its
+// faults (internal/gossip). Served on the peer address; with TLS, for the
+// cluster's nodes only.
+type GossipClient interface {
+	// Packets carries one node's best-effort packets (probes, acks, gossip)
+	// to another, one per message, in one long stream: the sender drops
+	// what its bounded queue cannot hold (seed 003).
+	Packets(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[GossipPacket, GossipPacketsEnd], error)
+	// Stream carries one reliable exchange (a state sync, a fallback
+	// probe): the bytes of a net.Conn each way.
+	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[GossipChunk, GossipChunk], error)
+}
+
+type gossipClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewGossipClient(cc grpc.ClientConnInterface) GossipClient {
+	return &gossipClient{cc}
+}
+
+func (c *gossipClient) Packets(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[GossipPacket, GossipPacketsEnd], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Gossip_ServiceDesc.Streams[0], Gossip_Packets_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GossipPacket, GossipPacketsEnd]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Gossip_PacketsClient = grpc.ClientStreamingClient[GossipPacket, GossipPacketsEnd]
+
+func (c *gossipClient) Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[GossipChunk, GossipChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Gossip_ServiceDesc.Streams[1], Gossip_Stream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GossipChunk, GossipChunk]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Gossip_StreamClient = grpc.BidiStreamingClient[GossipChunk, GossipChunk]
+
+// GossipServer is the server API for Gossip service.
+// All implementations must embed UnimplementedGossipServer
+// for forward compatibility.
+//
+// Gossip carries the nodes' gossip membership (hashicorp/memberlist, SWIM)
+// over the peer connections, so it has the raft transport's TLS and its
+// faults (internal/gossip). Served on the peer address; with TLS, for the
+// cluster's nodes only.
+type GossipServer interface {
+	// Packets carries one node's best-effort packets (probes, acks, gossip)
+	// to another, one per message, in one long stream: the sender drops
+	// what its bounded queue cannot hold (seed 003).
+	Packets(grpc.ClientStreamingServer[GossipPacket, GossipPacketsEnd]) error
+	// Stream carries one reliable exchange (a state sync, a fallback
+	// probe): the bytes of a net.Conn each way.
+	Stream(grpc.BidiStreamingServer[GossipChunk, GossipChunk]) error
+	mustEmbedUnimplementedGossipServer()
+}
+
+// UnimplementedGossipServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedGossipServer struct{}
+
+func (UnimplementedGossipServer) Packets(grpc.ClientStreamingServer[GossipPacket, GossipPacketsEnd]) error {
+	return status.Error(codes.Unimplemented, "method Packets not implemented")
+}
+func (UnimplementedGossipServer) Stream(grpc.BidiStreamingServer[GossipChunk, GossipChunk]) error {
+	return status.Error(codes.Unimplemented, "method Stream not implemented")
+}
+func (UnimplementedGossipServer) mustEmbedUnimplementedGossipServer() {}
+func (UnimplementedGossipServer) testEmbeddedByValue()                {}
+
+// UnsafeGossipServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to GossipServer will
+// result in compilation errors.
+type UnsafeGossipServer interface {
+	mustEmbedUnimplementedGossipServer()
+}
+
+func RegisterGossipServer(s grpc.ServiceRegistrar, srv GossipServer) {
+	// If the following call panics, it indicates UnimplementedGossipServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Gossip_ServiceDesc, srv)
+}
+
+func _Gossip_Packets_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GossipServer).Packets(&grpc.GenericServerStream[GossipPacket, GossipPacketsEnd]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Gossip_PacketsServer = grpc.ClientStreamingServer[GossipPacket, GossipPacketsEnd]
+
+func _Gossip_Stream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GossipServer).Stream(&grpc.GenericServerStream[GossipChunk, GossipChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Gossip_StreamServer = grpc.BidiStreamingServer[GossipChunk, GossipChunk]
+
+// Gossip_ServiceDesc is the grpc.ServiceDesc for Gossip service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Gossip_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "flotilla.v1.Gossip",
+	HandlerType: (*GossipServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Packets",
+			Handler:       _Gossip_Packets_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Stream",
+			Handler:       _Gossip_Stream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "flotilla.proto",
+}

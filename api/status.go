@@ -20,9 +20,11 @@ type StatusNode struct {
 	PeerAddr   string `json:"peer_addr"`
 	ClientAddr string `json:"client_addr"`
 	HTTPAddr   string `json:"http_addr"`
-	Alive      bool   `json:"alive"`
-	// Dead: the node did not answer, and the node the CLI asked has not
-	// reached it for its --dead-after; omitted when not.
+	// Alive: the gossip membership counts the node live, as the node
+	// asked knows it.
+	Alive bool `json:"alive"`
+	// Dead: the gossip membership has counted the node down for the node
+	// asked's --dead-after; omitted when not.
 	Dead bool `json:"dead,omitempty"`
 	// Membership is NodeDecommissioning or NodeRemoved for a node that is
 	// leaving or has left the cluster (`flotilla node decommission`);
@@ -31,6 +33,11 @@ type StatusNode struct {
 	// Drained: the node is marked drained (`flotilla node drain`): the
 	// rebalancer leaves it empty; omitted when not.
 	Drained bool `json:"drained,omitempty"`
+	// UsedBytes and AvailableBytes: the node's capacity as it last
+	// gossiped it: the bytes of its data directory, and those its file
+	// system has left for it; omitted when not known.
+	UsedBytes      uint64 `json:"used_bytes,omitempty"`
+	AvailableBytes uint64 `json:"available_bytes,omitempty"`
 }
 
 // StatusGroup is one raft group, as its leader (or the best informed
@@ -64,11 +71,13 @@ type NodeList struct {
 
 // Node states (NodeListEntry.State).
 const (
-	// NodeLive: the node answered.
+	// NodeLive: the gossip membership counts the node live (SWIM: it
+	// answers probes, directly or through other nodes).
 	NodeLive = "live"
-	// NodeSuspect: the node did not answer, not for --dead-after yet.
+	// NodeSuspect: the gossip membership counts the node down, not for
+	// --dead-after yet.
 	NodeSuspect = "suspect"
-	// NodeDead: the node did not answer, and has not been reached for
+	// NodeDead: the gossip membership has counted the node down for
 	// --dead-after: its replicas move to live nodes.
 	NodeDead = "dead"
 	// NodeDecommissioning: `flotilla node decommission` is moving the
@@ -93,6 +102,10 @@ type NodeListEntry struct {
 	// Drained: marked drained (`flotilla node drain`; StatusNode.Drained);
 	// omitted when not.
 	Drained bool `json:"drained,omitempty"`
+	// UsedBytes and AvailableBytes: as in StatusNode; omitted when not
+	// known.
+	UsedBytes      uint64 `json:"used_bytes,omitempty"`
+	AvailableBytes uint64 `json:"available_bytes,omitempty"`
 }
 
 // NodeListOf derives the node list from a status document.
@@ -118,7 +131,8 @@ func NodeListOf(st Status) NodeList {
 			state = NodeDead
 		}
 		out.Nodes = append(out.Nodes, NodeListEntry{ID: n.ID, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
-			HTTPAddr: n.HTTPAddr, State: state, Replicas: replicas[n.ID], Leaders: leaders[n.ID], Drained: n.Drained})
+			HTTPAddr: n.HTTPAddr, State: state, Replicas: replicas[n.ID], Leaders: leaders[n.ID], Drained: n.Drained,
+			UsedBytes: n.UsedBytes, AvailableBytes: n.AvailableBytes})
 	}
 	return out
 }

@@ -409,6 +409,7 @@ func (c *Client) candidates() []string {
 // an attempt timeout.
 func (c *Client) refresh(ctx context.Context) error {
 	cands := c.candidates()
+	asked := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 	defer cancel() // the slower answers are not needed
 	type result struct {
@@ -433,7 +434,7 @@ func (c *Client) refresh(ctx context.Context) error {
 	for range cands {
 		r := <-results
 		if r.err == nil {
-			c.apply(r.m)
+			c.apply(r.m, asked)
 			return nil
 		}
 		errs = append(errs, r.err)
@@ -446,10 +447,19 @@ func (c *Client) refresh(ctx context.Context) error {
 	return fmt.Errorf("%w: no endpoint answered: %w", ErrUnavailable, errors.Join(errs...))
 }
 
-// apply takes a node's cluster map: addresses, and the leaders it names
-// in terms at least as recent as the client's (a node that was frozen
-// answers with what it believed before).
-func (c *Client) apply(m *api.ClusterMapResponse) {
+// apply takes a node's cluster map, asked for at asked: addresses, and the
+// leaders it names in terms at least as recent as the client's (a node
+// that was frozen answers with what it believed before). A node the map
+// says is not alive (the cluster's gossip membership counts it down)
+// becomes suspect, unless it answered this client since asked: requests
+// go around it at once instead of each waiting out a hedge delay first,
+// and the probes clear it when it answers.
+func (c *Client) apply(m *api.ClusterMapResponse, asked time.Time) {
+	for _, n := range m.Nodes {
+		if !n.Alive && n.ClientAddr != "" {
+			c.health.slow(n.ClientAddr, asked)
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mu.clusterID = m.ClusterId
@@ -470,6 +480,7 @@ func (c *Client) apply(m *api.ClusterMapResponse) {
 // ClusterMap asks one node for the cluster map and updates the client's
 // view with it.
 func (c *Client) ClusterMap(ctx context.Context) (*api.ClusterMapResponse, error) {
+	asked := time.Now()
 	v, err := c.do(ctx, 0, false, func(at attempt, cc *grpc.ClientConn, done func(answer)) {
 		unary(at, done, func(ctx context.Context, opts ...grpc.CallOption) (any, *api.Header, error) {
 			m, err := api.NewClusterClient(cc).ClusterMap(ctx, &api.ClusterMapRequest{}, opts...)
@@ -480,7 +491,7 @@ func (c *Client) ClusterMap(ctx context.Context) (*api.ClusterMapResponse, error
 		return nil, err
 	}
 	m := v.(*api.ClusterMapResponse)
-	c.apply(m)
+	c.apply(m, asked)
 	return m, nil
 }
 

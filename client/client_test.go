@@ -10,6 +10,8 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -79,5 +81,29 @@ func TestClassify(t *testing.T) {
 		if !refused && kind != unreachable {
 			t.Errorf("%s: %v %v; want unreachable", msg, kind, err)
 		}
+	}
+}
+
+// TestClusterMapDownNodesSuspect: a node the cluster map says is not alive
+// (the servers' gossip counts it down) becomes suspect, so requests go
+// around it; unless it answered the client since the map was asked for.
+// A node the map says is alive is left as it is.
+func TestClusterMapDownNodesSuspect(t *testing.T) {
+	c := &Client{}
+	c.health.init()
+	c.mu.addrs = map[uint64]string{}
+	c.mu.leaders = map[uint64]leaderInfo{}
+	asked := time.Now()
+	c.health.answered("n3", asked.Add(time.Millisecond)) // answered since: stays
+	c.apply(&api.ClusterMapResponse{Nodes: []*api.NodeInfo{
+		{Id: 1, ClientAddr: "n1", Alive: true},
+		{Id: 2, ClientAddr: "n2", Alive: false},
+		{Id: 3, ClientAddr: "n3", Alive: false},
+	}}, asked)
+	if got := c.Suspects(); len(got) != 1 || got[0] != "n2" {
+		t.Fatalf("suspects %v, want [n2]", got)
+	}
+	if c.mu.addrs[2] != "n2" {
+		t.Fatalf("the down node's address was not kept: %v", c.mu.addrs)
 	}
 }

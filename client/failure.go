@@ -14,6 +14,8 @@ package client
 //   - Suspicion. A node is suspect once an attempt on it went unanswered
 //     for its hedge delay while it answered nothing else meanwhile, or once
 //     the connection to it failed. Requests go around suspects (pick).
+//   - The cluster's view. A node the cluster map says is not alive (the
+//     servers' gossip membership counts it down) is suspect too (apply).
 //   - Probes. probeLoop asks every suspect node for the cluster map every
 //     ProbeInterval; the first answer clears the suspicion (and refreshes
 //     the leaders it knows, by term, so a node that was frozen cannot
@@ -185,5 +187,5 @@ func (c *Client) probe(ctx context.Context, addr string) {
 		return
 	}
 	c.health.answered(addr, sent)
-	c.apply(m)
+	c.apply(m, sent)
 }

@@ -11,7 +11,9 @@ import (
 // Status gathers the cluster's status from every node: the node list from
 // the cluster map, each group as its leader reports it (or the replica
 // with the highest term when no leader answered), and every node's links.
-// A node that does not answer is listed with alive false.
+// A node is listed alive as the cluster's gossip membership counts it, as
+// the node that answered the cluster map knows it; the groups of a node
+// that does not answer the client are missing.
 func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	m, err := c.ClusterMap(ctx)
 	if err != nil {
@@ -47,7 +49,8 @@ func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	for i, n := range m.Nodes {
 		r := answers[i]
 		st.Nodes = append(st.Nodes, api.StatusNode{ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr,
-			HTTPAddr: n.HttpAddr, Alive: r != nil, Dead: r == nil && n.Dead, Membership: n.Membership, Drained: n.Drained})
+			HTTPAddr: n.HttpAddr, Alive: n.Alive, Dead: !n.Alive && n.Dead, Membership: n.Membership, Drained: n.Drained,
+			UsedBytes: n.UsedBytes, AvailableBytes: n.AvailableBytes})
 		if r == nil {
 			continue
 		}

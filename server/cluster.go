@@ -294,30 +294,33 @@ func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
 	return slices.Clone(out)
 }
 
-// nodeInfos returns every node of the cluster with what is known of it.
+// nodeInfos returns every node of the cluster with what is known of it:
+// its liveness and capacity from the gossip membership, its addresses
+// from gossip, else from discovery.
 func (s *Server) nodeInfos() []*api.NodeInfo {
 	out := make([]*api.NodeInfo, 0, len(s.nodeIDs()))
 	var dead map[uint64]bool
 	if p := s.dead.Load(); p != nil {
 		dead = *p
 	}
+	alive := s.aliveNodes()
+	metas := s.gossipMetas()
+	metas[s.cfg.NodeID] = s.gossip.Self()
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	for _, id := range s.nodeIDs() {
+		var n *api.NodeInfo
 		if id == s.cfg.NodeID {
-			n := s.selfInfo()
-			n.Membership = s.membership(id)
-			n.Drained = s.drainedNodes()[id]
-			out = append(out, n)
-			continue
-		}
-		n := &api.NodeInfo{Id: id, PeerAddr: s.peerAddrOf(id)}
-		if v := s.peers.views[id]; v != nil {
-			if v.info != nil {
+			n = s.selfInfo()
+		} else {
+			n = &api.NodeInfo{Id: id, PeerAddr: s.peerAddrOf(id), Alive: alive[id]}
+			if m, ok := metas[id]; ok && m.ClientAddr != "" {
+				n.ClientAddr, n.HttpAddr = m.ClientAddr, m.HTTPAddr
+			} else if v := s.peers.views[id]; v != nil && v.info != nil {
 				n.ClientAddr, n.HttpAddr = v.info.ClientAddr, v.info.HttpAddr
 			}
-			n.Alive = v.ok
 		}
+		n.UsedBytes, n.AvailableBytes = metas[id].UsedBytes, metas[id].AvailableBytes
 		n.Dead = dead[id] && !n.Alive
 		n.Membership = s.membership(id)
 		n.Drained = s.drainedNodes()[id]
@@ -326,14 +329,21 @@ func (s *Server) nodeInfos() []*api.NodeInfo {
 	return out
 }
 
-// aliveNodes returns the nodes that answered the last discovery round,
-// this one included.
+// aliveNodes returns the nodes the gossip membership counts live
+// (gossip.go), this one included; a node gossip has not heard of yet (this
+// node just started) counts live if it answered the last discovery round.
 func (s *Server) aliveNodes() map[uint64]bool {
+	live, heard := s.gossipLive()
 	out := map[uint64]bool{s.cfg.NodeID: true}
 	s.peers.Lock()
 	defer s.peers.Unlock()
-	for id, v := range s.peers.views {
-		if v.ok {
+	for _, id := range s.nodeIDs() {
+		switch {
+		case heard[id]:
+			if live[id] {
+				out[id] = true
+			}
+		case s.peers.views[id] != nil && s.peers.views[id].ok:
 			out[id] = true
 		}
 	}
@@ -490,7 +500,7 @@ func (s *Server) Status() api.Status {
 	for _, n := range s.nodeInfos() {
 		st.Nodes = append(st.Nodes, api.StatusNode{
 			ID: n.Id, PeerAddr: n.PeerAddr, ClientAddr: n.ClientAddr, HTTPAddr: n.HttpAddr, Alive: n.Alive,
-			Membership: n.Membership, Drained: n.Drained,
+			Membership: n.Membership, Drained: n.Drained, UsedBytes: n.UsedBytes, AvailableBytes: n.AvailableBytes,
 		})
 	}
 	sts := s.host.Status()

@@ -149,6 +149,12 @@ type Config struct {
 	// DiscoveryInterval is how often the node asks its peers for their
 	// addresses and leaders. Default 1s; limits 10ms..1m.
 	DiscoveryInterval time.Duration
+	// GossipInterval is the gossip membership's probe interval
+	// (internal/gossip, SWIM): node liveness, which drives the allocator
+	// and the clients' view, is as fresh as this. A node that stops
+	// answering is counted down after about 5 of them. Default 1s;
+	// limits 10ms..1m.
+	GossipInterval time.Duration
 	// DisableQuiesce keeps every range ticking and heartbeating even when
 	// idle (multiraft Config.Quiesce, on by default: an idle range costs
 	// nothing per tick).
@@ -319,6 +325,9 @@ func (c *Config) setDefaults() {
 	if c.DiscoveryInterval == 0 {
 		c.DiscoveryInterval = time.Second
 	}
+	if c.GossipInterval == 0 {
+		c.GossipInterval = time.Second
+	}
 	if c.DeadAfter == 0 {
 		c.DeadAfter = DefaultDeadAfter
 	}
@@ -390,6 +399,9 @@ func (c *Config) validate() error {
 	}
 	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
 		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
+	}
+	if c.GossipInterval < 10*time.Millisecond || c.GossipInterval > time.Minute {
+		return bad("gossip interval %v outside 10ms..1m", c.GossipInterval)
 	}
 	if c.MoveCatchUp < time.Second || c.MoveCatchUp > time.Hour {
 		return bad("move catch-up %v outside 1s..1h", c.MoveCatchUp)

@@ -35,7 +35,8 @@ const deadRetry = 10 * time.Second
 
 // evacuateLoop moves replicas off the nodes that are leaving: those
 // dead (unreachable for Config.DeadAfter, if positive) and those
-// decommissioning (decommission.go). Every range this node leads that has
+// decommissioning (decommission.go); down is the gossip membership's
+// liveness (aliveNodes). Every range this node leads that has
 // a replica on a leaving node moves it to the member with the fewest
 // replicas among the live ones without one of that range
 // (ranges.Store.Move), at most maxDeadMoves at a time; a live member's
@@ -61,6 +62,9 @@ func (s *Server) evacuateLoop() {
 			t.Next()
 		}
 		now := time.Now()
+		// A node is down by the gossip membership's liveness; it takes a
+		// move only if raft reaches it too.
+		up := s.aliveNodes()
 		live := s.reachableNodes()
 		members := s.leavingNodes()
 		var leaving []uint64
@@ -71,7 +75,7 @@ func (s *Server) evacuateLoop() {
 				leaving = append(leaving, id)
 				delete(downSince, id)
 				continue
-			case s.cfg.DeadAfter <= 0 || id == s.cfg.NodeID || live[id]:
+			case s.cfg.DeadAfter <= 0 || id == s.cfg.NodeID || up[id]:
 				delete(downSince, id)
 			case downSince[id].IsZero():
 				downSince[id] = now

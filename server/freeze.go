@@ -11,7 +11,8 @@ import (
 
 // Freeze makes the node behave, to everyone else, like a process stopped
 // with SIGSTOP: it neither sends nor receives raft traffic (every peer link
-// black-holed both ways, as transport.Faults.Partition does), and every
+// black-holed both ways, as transport.Faults.Partition does) nor gossip
+// (gossip.Transport.Pause), and every
 // client request, discovery request and open stream hangs, its connection
 // open, until Thaw or until the caller gives up. Unlike SIGSTOP the node's
 // own clock and raft loop keep running. For the demo's pause and for tests
@@ -24,12 +25,14 @@ func (s *Server) Freeze() {
 		}
 	}
 	s.tr.Faults().Partition([]uint64{s.cfg.NodeID}, others)
+	s.gossipTr.Pause(true)
 	s.freezer.set(true)
 }
 
 // Thaw undoes Freeze.
 func (s *Server) Thaw() {
 	s.freezer.set(false)
+	s.gossipTr.Pause(false)
 	s.tr.Faults().Heal()
 }
 

@@ -10,6 +10,9 @@
 //	serveLoop(client)  serves the client gRPC server (KV, Cluster)
 //	serveLoop(http)    serves HTTP
 //	discoveryLoop      asks every peer for its addresses and leaders
+//	gossipLoop         joins the gossip membership to the nodes it misses
+//	                   and spreads this node's meta (gossip.go;
+//	                   memberlist's own goroutines run beside it)
 //	balanceLoop        hands leaderships away while this node leads more
 //	                   than its share
 //	evacuateLoop       moves the replicas of the ranges it leads off nodes
@@ -58,6 +61,7 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/election"
 	"github.com/flotilla/flotilla/internal/auth"
+	"github.com/flotilla/flotilla/internal/gossip"
 	"github.com/flotilla/flotilla/internal/ranges"
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/multiraft"
@@ -88,6 +92,9 @@ type Server struct {
 	// dead is the set of nodes evacuateLoop found dead on its last pass (nil
 	// map: none); read by nodeInfos.
 	dead atomic.Pointer[map[uint64]bool]
+	// gossipTr and gossip: the gossip membership (gossip.go), set by New.
+	gossipTr *gossip.Transport
+	gossip   *gossip.Members
 	// members holds the nodes decommissioning or removed, with their
 	// state, as last read from the meta range (decommission.go); nil map:
 	// none. Replaced whole under membersMu (a leaf), read without it.
@@ -285,6 +292,9 @@ func New(cfg Config) (s *Server, err error) {
 		return s, fmt.Errorf("server: transport: %w", err)
 	}
 	api.RegisterPeerServer(s.peerSrv, &peerService{s: s})
+	if err := s.newGossip(); err != nil {
+		return s, err
+	}
 	if _, err := s.addNodes(known); err != nil {
 		return s, err
 	}
@@ -357,6 +367,9 @@ func New(cfg Config) (s *Server, err error) {
 	s.httpSrv = &http.Server{Handler: s.sec.httpGuard(s.httpHandler()), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	s.httpLis = s.sec.httpListener(s.httpLis)
+	if err := s.startGossip(); err != nil {
+		return s, err
+	}
 	return s, nil
 }
 
@@ -456,6 +469,7 @@ func (s *Server) Start() {
 	s.goLoop(func() { s.serveLoop("http", func() error { return s.httpSrv.Serve(s.httpLis) }) })
 	s.host.Announce()
 	s.goLoop(s.discoveryLoop)
+	s.goLoop(s.gossipLoop)
 	if s.cfg.BalanceInterval > 0 {
 		s.goLoop(s.balanceLoop)
 	}
@@ -586,6 +600,11 @@ func (s *Server) closeAll() error {
 	}
 	if s.host != nil {
 		s.host.Stop()
+	}
+	if s.gossip != nil {
+		s.gossip.Shutdown() // and its transport
+	} else if s.gossipTr != nil {
+		_ = s.gossipTr.Shutdown()
 	}
 	if s.peerSrv != nil {
 		s.peerSrv.Stop()

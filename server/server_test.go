@@ -83,6 +83,7 @@ func (c *cluster) config(id uint64) Config {
 		Insecure:          true,
 		TickInterval:      20 * time.Millisecond,
 		DiscoveryInterval: 100 * time.Millisecond,
+		GossipInterval:    200 * time.Millisecond,
 		BalanceInterval:   200 * time.Millisecond,
 		BalanceSettle:     500 * time.Millisecond,
 		// Placement is the test's: the tests of the rebalancer turn it on.

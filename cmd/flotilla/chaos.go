@@ -47,8 +47,11 @@ exactly. Faults (--nemesis): drop, delay, duplicate, partition, blackhole,
 crash (alias kill), failpoint, campaign, pause (a node frozen as by SIGSTOP),
 transfer (leadership transfers), reqdup (client writes delivered twice, the
 copy later and elsewhere), split, merge, membership (a range's leader adds
-a learner on a node that does not exist, or removes it; --sim only), or
-all (the default with --sim).
+a learner on a node that does not exist, or removes it; --sim only), move
+(a range's replica moved off a node or onto one; --sim only), join (a new,
+empty node joins and takes replicas; --sim only), decommission (a node's
+replicas move off, then it stops for good; --sim only), or all (the default
+with --sim).
 
 Without --sim it starts --nodes real 'flotilla start' processes on
 127.0.0.1..N, drives the workload through the Go client for --duration

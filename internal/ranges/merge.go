@@ -124,11 +124,25 @@ func (s *Store) startingAt(key []byte) *Replica {
 }
 
 // mergeFrozen waits until every replica of rhs applied its freeze at
-// index (or until deadline), then merges it into lhs.
+// index (or until deadline), then merges it into lhs. It gives up at once
+// if rhs is no longer here or lhs changed (another node merged them).
 func (s *Store) mergeFrozen(lhs, rhs *kv.Descriptor, index uint64, deadline time.Time, finish func(kv.Descriptor, error)) {
 	if s.cfg.SkipMergeWait {
 		s.proposeMerge(lhs, rhs, index, finish)
 		return
+	}
+	// Another node may have finished this merge meanwhile (this one is
+	// finishing a merge whose coordinator it thought dead), or the range
+	// changed: the wait would hold both ranges busy until the deadline.
+	if _, ok := s.Get(rhs.ID); !ok {
+		finish(kv.Descriptor{}, fmt.Errorf("%w: range %d is gone from this node (merged, or moved away)", ErrBusy, rhs.ID))
+		return
+	}
+	if l, ok := s.Get(lhs.ID); ok {
+		if d, ok := l.Descriptor(); ok && d.Generation != lhs.Generation {
+			finish(kv.Descriptor{}, fmt.Errorf("%w: range %d changed while waiting to merge (now %v)", ErrBusy, lhs.ID, d))
+			return
+		}
 	}
 	pending := len(rhs.Replicas)
 	caught := true

@@ -726,7 +726,7 @@ func (s *Store) reconcile(id uint64) {
 	slices.SortFunc(frozen, byID)
 	for _, r := range overlap {
 		if replicaSupersededHere(id, od, r, all) {
-			s.destroy(r, fmt.Sprintf("range %d supersedes it (%v)", id, od))
+			s.destroySuperseded(r, fmt.Sprintf("range %d supersedes it (%v)", id, od))
 		}
 	}
 	// A frozen replica kept for a merge here (mergePending) goes once no
@@ -735,7 +735,7 @@ func (s *Store) reconcile(id uint64) {
 	for _, r := range frozen {
 		for _, h := range all {
 			if h.r != nil && h.id != r.ID && replicaSupersededHere(h.id, h.desc, r, all) {
-				s.destroy(r, fmt.Sprintf("range %d supersedes it (%v)", h.id, h.desc))
+				s.destroySuperseded(r, fmt.Sprintf("range %d supersedes it (%v)", h.id, h.desc))
 				break
 			}
 		}
@@ -753,6 +753,27 @@ func (s *Store) Removals() uint64 { return s.removals.Load() }
 // data of its span, which the range that holds it now owns).
 func (s *Store) destroy(r *Replica, why string) {
 	s.remove(r, why, false, func() error { return kv.DestroyReplica(s.cfg.DB, r.ID) })
+}
+
+// destroySuperseded is destroy for a replica another range here supersedes
+// (reconcile): its range merged away, and its ID never holds data again.
+// It first leaves a tombstone of the replica's generation, so that a
+// stale message of the range (a peer that had not applied the merge yet)
+// does not start an empty replica of it here again (UnknownGroup), which
+// no snapshot would ever fill: the simulation found one waiting for ever
+// after its node's replica of the merged range moved away.
+func (s *Store) destroySuperseded(r *Replica, why string) {
+	if d, ok := r.Descriptor(); ok {
+		gen, tomb, err := kv.Tombstone(s.cfg.DB, r.ID)
+		if err == nil && (!tomb || gen < d.Generation) {
+			err = kv.WriteTombstone(s.cfg.DB, r.ID, d.Generation)
+		}
+		if err != nil {
+			s.fatal(fmt.Errorf("ranges: record the removal of range %d's replica: %w", r.ID, err))
+			return
+		}
+	}
+	s.destroy(r, why)
 }
 
 // destroyMoved removes replica r, which left this node (a replica move)

@@ -175,6 +175,7 @@ func (s *sim) check() {
 	if len(r.Violations) == 0 {
 		s.checkReplicas()
 		s.checkRanges()
+		s.checkDecommissioned()
 	}
 	if len(r.Violations) == 0 {
 		s.checkWatches()

@@ -16,7 +16,7 @@ func (s *sim) nemesis() {
 	}
 	defer s.after(s.between(100*time.Millisecond, 700*time.Millisecond), s.nemesis)
 	var kinds []Faults
-	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit, FaultMembership, FaultMove} {
+	for _, f := range []Faults{FaultPartition, FaultBlackHole, FaultDelay, FaultCrash, FaultFailPoint, FaultCampaign, FaultPause, FaultTransfer, FaultSplit, FaultMembership, FaultMove, FaultJoin, FaultDecommission} {
 		if s.cfg.Faults&f != 0 {
 			kinds = append(kinds, f)
 		}
@@ -31,7 +31,7 @@ func (s *sim) nemesis() {
 		// A random proper, non-empty subset against the rest.
 		var side []bool
 		for {
-			side = make([]bool, len(s.ids)+1)
+			side = make([]bool, len(s.nodes))
 			some, all := false, true
 			for _, id := range s.ids {
 				side[id] = s.rng.IntN(2) == 0
@@ -136,6 +136,10 @@ func (s *sim) nemesis() {
 		s.membershipNemesis()
 	case FaultMove:
 		s.moveNemesis()
+	case FaultJoin:
+		s.joinNemesis()
+	case FaultDecommission:
+		s.decommissionNemesis()
 	case FaultTransfer:
 		if g, n, ok := s.randomLed(); ok {
 			id := n.id
@@ -228,6 +232,25 @@ func (s *sim) ledBy(g uint64) *node {
 	return nil
 }
 
+// ledDescriptor returns the node that leads range g (ledBy) and its
+// replica's descriptor there; nil if no node leads it or its replica has
+// no descriptor yet.
+func (s *sim) ledDescriptor(g uint64) (*node, *kv.Descriptor) {
+	n := s.ledBy(g)
+	if n == nil {
+		return nil, nil
+	}
+	r, ok := n.ranges.Get(g)
+	if !ok {
+		return nil, nil
+	}
+	d, ok := r.Descriptor()
+	if !ok {
+		return nil, nil
+	}
+	return n, d
+}
+
 // ghostNode is the node FaultMembership adds as a learner: no node of the
 // simulation (at most 9), so every message to it is lost, as the real
 // transport drops those to an unknown peer.
@@ -288,7 +311,7 @@ func (s *sim) moveNemesis() {
 	var from, to uint64
 	var missing []uint64
 	for _, id := range s.ids {
-		if !d.HasReplica(id) {
+		if !d.HasReplica(id) && id != s.leaving {
 			missing = append(missing, id)
 		}
 	}
@@ -319,19 +342,14 @@ func (s *sim) startMove(n *node, g, from, to uint64) {
 // after a node's return.
 func (s *sim) replicate() {
 	for _, g := range s.rangeIDs() {
-		n := s.ledBy(g)
+		n, d := s.ledDescriptor(g)
 		if n == nil {
 			continue
 		}
-		r, ok := n.ranges.Get(g)
-		if !ok {
-			continue
-		}
-		d, ok := r.Descriptor()
-		if !ok {
-			continue
-		}
 		for _, to := range s.ids {
+			if to == s.leaving {
+				continue // decommissionLoop moves it off
+			}
 			if !d.HasReplica(to) || slices.Contains(d.Learners, to) {
 				s.startMove(n, g, 0, to)
 				break

@@ -52,8 +52,12 @@ type node struct {
 	// ranges are the node's range replicas in the running incarnation.
 	ranges *ranges.Store
 	// bootstrapped: the node wrote its initial ranges (in its first
-	// incarnation; a restart starts what the database holds).
+	// incarnation; a restart starts what the database holds), or joined
+	// with none (FaultJoin).
 	bootstrapped bool
+	// removed: decommissioned and stopped for good (removeLeaving); it
+	// never restarts.
+	removed bool
 
 	// armed is the failure point this node dies at, after armedHits more
 	// passes; "" when none.
@@ -302,7 +306,7 @@ func (n *node) crash(why string) {
 
 // restart starts a crashed node again.
 func (n *node) restart() {
-	if n.up {
+	if n.up || n.removed {
 		return
 	}
 	n.s.record("restart", n.id)

@@ -92,12 +92,24 @@ const (
 	// other replicas once it finds no leader. After healing, every range
 	// gets a replica on every node again (replicate).
 	FaultMove
+	// FaultJoin starts a new node (the run's Nodes+1) once in the faulty
+	// phase, empty, as `flotilla start --join` does: it holds no range
+	// until moves give it replicas (FaultMove, and after healing
+	// replicate, which gives it every range), under every other fault.
+	FaultJoin
+	// FaultDecommission decommissions one node once in the faulty phase
+	// (with 3 nodes or more): nothing moves onto it any more, and the
+	// leader of each range with a replica there moves it off
+	// (decommissionLoop), under every other fault and after healing,
+	// until no range lists it; then the node stops for good. No range
+	// may list it at the end (checkRanges).
+	FaultDecommission
 
 	// AllFaults is every fault kind.
 	AllFaults = FaultDrop | FaultDelay | FaultDuplicate | FaultPartition |
 		FaultBlackHole | FaultCrash | FaultFailPoint | FaultCampaign |
 		FaultPause | FaultTransfer | FaultRequestDup | FaultSplit | FaultMerge |
-		FaultMembership | FaultMove
+		FaultMembership | FaultMove | FaultJoin | FaultDecommission
 )
 
 var faultNames = []struct {
@@ -109,12 +121,13 @@ var faultNames = []struct {
 	{FaultFailPoint, "failpoint"}, {FaultCampaign, "campaign"},
 	{FaultPause, "pause"}, {FaultTransfer, "transfer"}, {FaultRequestDup, "reqdup"},
 	{FaultSplit, "split"}, {FaultMerge, "merge"}, {FaultMembership, "membership"},
-	{FaultMove, "move"},
+	{FaultMove, "move"}, {FaultJoin, "join"}, {FaultDecommission, "decommission"},
 }
 
 // ParseFaults parses a comma-separated list of fault names (drop, delay,
 // duplicate, partition, blackhole, crash, failpoint, campaign, pause,
-// transfer, reqdup, split, merge, membership, move, or all).
+// transfer, reqdup, split, merge, membership, move, join, decommission, or
+// all).
 func ParseFaults(s string) (Faults, error) {
 	var f Faults
 	for _, part := range strings.Split(s, ",") {
@@ -200,8 +213,12 @@ const (
 	// is never known there to be out, and a node that lacks one is never
 	// known to.
 	BugMoveUncoupled
+	// BugDecommissionEarly stops a decommissioned node for good as soon as
+	// its decommission starts, before any of its replicas moved off, as
+	// if the mark alone made it safe to go.
+	BugDecommissionEarly
 
-	bugLast = BugMoveUncoupled
+	bugLast = BugDecommissionEarly
 )
 
 // Config configures one simulation run. Zero values take the defaults.
@@ -360,6 +377,10 @@ type Result struct {
 	// replication asked for; MovesDone those that finished.
 	Moves     int `json:"moves"`
 	MovesDone int `json:"moves_done"`
+	// Joins and Decommissions count the nodes FaultJoin started and
+	// FaultDecommission removed (stopped for good).
+	Joins         int `json:"joins"`
+	Decommissions int `json:"decommissions"`
 	// MovedAway counts the replicas nodes removed, with their span's
 	// data, because their range left the node.
 	MovedAway int `json:"moved_away"`
@@ -511,6 +532,12 @@ type sim struct {
 	// splitLoad is the run's load threshold for splits (requests per
 	// second, 0: none), drawn from the seed.
 	splitLoad float64
+	// joined: FaultJoin started its node. leaving: the node being
+	// decommissioned (0: none); gone: the nodes decommissioned, stopped
+	// for good and out of ids.
+	joined  bool
+	leaving uint64
+	gone    []uint64
 }
 
 // effect is where a session write took effect (range, position), and its
@@ -540,7 +567,7 @@ func newSim(cfg Config) *sim {
 	if cfg.Faults&FaultSplit != 0 && s.rng.IntN(2) == 0 {
 		s.splitLoad = float64(20 + s.rng.IntN(80))
 	}
-	s.nodes = make([]*node, cfg.Nodes+1)
+	s.nodes = make([]*node, cfg.Nodes+2) // room for FaultJoin's node
 	for id := uint64(1); id <= uint64(cfg.Nodes); id++ {
 		s.ids = append(s.ids, id)
 		s.nodes[id] = newNode(s, id)
@@ -704,6 +731,9 @@ func (s *sim) quiet() bool {
 		if !s.nodes[id].up {
 			return false
 		}
+	}
+	if s.leaving != 0 {
+		return false // decommissionLoop goes on
 	}
 	if !s.metaConverged() {
 		return false
@@ -871,6 +901,9 @@ func (s *sim) noteLeaders(n *node) {
 
 func (s *sim) closeAll() {
 	for _, id := range s.ids {
+		s.nodes[id].close()
+	}
+	for _, id := range s.gone {
 		s.nodes[id].close()
 	}
 }

@@ -139,6 +139,8 @@ func TestSeeds(t *testing.T) {
 		total.MovesDone += r.MovesDone
 		total.MovedAway += r.MovedAway
 		total.Leftovers += r.Leftovers
+		total.Joins += r.Joins
+		total.Decommissions += r.Decommissions
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
@@ -148,9 +150,11 @@ func TestSeeds(t *testing.T) {
 		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
 	t.Logf("%d replica moves asked, %d finished; %d replicas removed from a node their range left; %d learners left by moves cut short taken up",
 		total.Moves, total.MovesDone, total.MovedAway, total.Leftovers)
+	t.Logf("%d nodes joined, %d decommissioned", total.Joins, total.Decommissions)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
 		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 ||
-		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 || total.Leftovers == 0 {
+		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 || total.Leftovers == 0 ||
+		total.Joins == 0 || total.Decommissions == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
@@ -307,6 +311,42 @@ func TestTeethMoveUncoupled(t *testing.T) {
 			return slices.ContainsFunc(r.Violations, func(v string) bool { return strings.Contains(v, "did not converge") })
 		})
 	t.Logf("caught by: %d violations", len(r.Violations))
+}
+
+// TestTeethDecommissionEarly stops a decommissioned node for good as soon
+// as its decommission starts: its ranges still list it, so the run must
+// report a range that lists a decommissioned node (or replicas that never
+// converge, when the node held a quorum's vote). With decommissionLoop,
+// TestSeeds runs the same faults clean.
+func TestTeethDecommissionEarly(t *testing.T) {
+	r := findFailure(t, Config{Bug: BugDecommissionEarly, Faults: FaultDecommission | FaultDelay}, 50,
+		func(r *Result) bool {
+			return r.Decommissions > 0 && slices.ContainsFunc(r.Violations, func(v string) bool {
+				return strings.Contains(v, "decommissioned") || strings.Contains(v, "did not converge")
+			})
+		})
+	t.Logf("caught by: %d violations", len(r.Violations))
+}
+
+// TestJoinAndDecommission runs joins and decommissions under moves,
+// crashes, pauses and partitions: every run must come out clean, and
+// across the seeds nodes must have joined and been decommissioned (the
+// decommission's moves finished: the node stopped for good only once no
+// range listed it).
+func TestJoinAndDecommission(t *testing.T) {
+	var joins, decoms int
+	for seed := uint64(0); seed < 40; seed++ {
+		r := run(t, Config{Seed: seed, Faults: FaultJoin | FaultDecommission | FaultMove | FaultCrash | FaultPause | FaultPartition | FaultDelay})
+		if r.Failed() {
+			t.Fatalf("seed %d failed: %s", seed, describe(r))
+		}
+		joins += r.Joins
+		decoms += r.Decommissions
+	}
+	t.Logf("%d joins, %d decommissions", joins, decoms)
+	if joins == 0 || decoms == 0 {
+		t.Fatalf("%d joins and %d decommissions in 40 seeds: the nemesis never ran them", joins, decoms)
+	}
 }
 
 // TestPausesFailOver: under pauses alone (8 ranges, 2 keys: most ranges
