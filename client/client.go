@@ -434,7 +434,7 @@ func (c *Client) refresh(ctx context.Context) error {
 	for range cands {
 		r := <-results
 		if r.err == nil {
-			c.apply(r.m, asked)
+			c.apply(r.m, asked, true)
 			return nil
 		}
 		errs = append(errs, r.err)
@@ -453,11 +453,16 @@ func (c *Client) refresh(ctx context.Context) error {
 // says is not alive (the cluster's gossip membership counts it down)
 // becomes suspect, unless it answered this client since asked: requests
 // go around it at once instead of each waiting out a hedge delay first,
-// and the probes clear it when it answers.
-func (c *Client) apply(m *api.ClusterMapResponse, asked time.Time) {
-	for _, n := range m.Nodes {
-		if !n.Alive && n.ClientAddr != "" {
-			c.health.slow(n.ClientAddr, asked)
+// and the probes clear it when it answers. marks is false for a probe's
+// answer (the node probed was suspect: its view is the likeliest to be
+// stale, just thawed or cut off), and a map whose node counts fewer than
+// a majority of the members alive marks nothing (it is the one cut off).
+func (c *Client) apply(m *api.ClusterMapResponse, asked time.Time, marks bool) {
+	if marks && aliveMajority(m.Nodes) {
+		for _, n := range m.Nodes {
+			if !n.Alive && n.ClientAddr != "" {
+				c.health.slow(n.ClientAddr, asked)
+			}
 		}
 	}
 	c.mu.Lock()
@@ -477,6 +482,22 @@ func (c *Client) apply(m *api.ClusterMapResponse, asked time.Time) {
 	}
 }
 
+// aliveMajority reports whether a cluster map counts more than half of its
+// members (the nodes not removed) alive.
+func aliveMajority(nodes []*api.NodeInfo) bool {
+	members, alive := 0, 0
+	for _, n := range nodes {
+		if n.Membership == api.NodeRemoved {
+			continue
+		}
+		members++
+		if n.Alive {
+			alive++
+		}
+	}
+	return 2*alive > members
+}
+
 // ClusterMap asks one node for the cluster map and updates the client's
 // view with it.
 func (c *Client) ClusterMap(ctx context.Context) (*api.ClusterMapResponse, error) {
@@ -491,7 +512,7 @@ func (c *Client) ClusterMap(ctx context.Context) (*api.ClusterMapResponse, error
 		return nil, err
 	}
 	m := v.(*api.ClusterMapResponse)
-	c.apply(m, asked)
+	c.apply(m, asked, true)
 	return m, nil
 }
 

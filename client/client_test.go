@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -87,7 +88,8 @@ func TestClassify(t *testing.T) {
 // TestClusterMapDownNodesSuspect: a node the cluster map says is not alive
 // (the servers' gossip counts it down) becomes suspect, so requests go
 // around it; unless it answered the client since the map was asked for.
-// A node the map says is alive is left as it is.
+// A node the map says is alive is left as it is; a probe's answer, and the
+// map of a node that counts a minority alive, mark nothing.
 func TestClusterMapDownNodesSuspect(t *testing.T) {
 	c := &Client{}
 	c.health.init()
@@ -95,15 +97,39 @@ func TestClusterMapDownNodesSuspect(t *testing.T) {
 	c.mu.leaders = map[uint64]leaderInfo{}
 	asked := time.Now()
 	c.health.answered("n3", asked.Add(time.Millisecond)) // answered since: stays
-	c.apply(&api.ClusterMapResponse{Nodes: []*api.NodeInfo{
+	m := &api.ClusterMapResponse{Nodes: []*api.NodeInfo{
 		{Id: 1, ClientAddr: "n1", Alive: true},
 		{Id: 2, ClientAddr: "n2", Alive: false},
 		{Id: 3, ClientAddr: "n3", Alive: false},
-	}}, asked)
-	if got := c.Suspects(); len(got) != 1 || got[0] != "n2" {
-		t.Fatalf("suspects %v, want [n2]", got)
+		{Id: 4, ClientAddr: "n4", Alive: true},
+		{Id: 5, ClientAddr: "n5", Alive: true},
+		{Id: 6, ClientAddr: "n6", Membership: api.NodeRemoved},
+	}}
+	c.apply(m, asked, false) // a probe's answer marks nothing
+	if got := c.Suspects(); len(got) != 0 {
+		t.Fatalf("suspects %v after a probe's answer, want none", got)
+	}
+	c.apply(m, asked, true) // n2 and the removed n6
+	want := []string{"n2", "n6"}
+	if got := c.Suspects(); !slices.Equal(sorted(got), want) {
+		t.Fatalf("suspects %v, want %v", got, want)
+	}
+	// A map whose node counts a minority alive (it is the one cut off)
+	// marks nothing.
+	c.apply(&api.ClusterMapResponse{Nodes: []*api.NodeInfo{
+		{Id: 1, ClientAddr: "n1", Alive: true},
+		{Id: 4, ClientAddr: "n4", Alive: false},
+		{Id: 5, ClientAddr: "n5", Alive: false},
+	}}, asked, true)
+	if got := c.Suspects(); !slices.Equal(sorted(got), want) {
+		t.Fatalf("suspects %v after a minority's map, want %v", got, want)
 	}
 	if c.mu.addrs[2] != "n2" {
 		t.Fatalf("the down node's address was not kept: %v", c.mu.addrs)
 	}
+}
+
+func sorted(s []string) []string {
+	slices.Sort(s)
+	return s
 }

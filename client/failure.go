@@ -187,5 +187,5 @@ func (c *Client) probe(ctx context.Context, addr string) {
 		return
 	}
 	c.health.answered(addr, sent)
-	c.apply(m, sent)
+	c.apply(m, sent, false)
 }

@@ -9,9 +9,10 @@ import (
 	"github.com/flotilla/flotilla/api"
 )
 
-// `flotilla node list`: every node live, holding and leading what the
-// ranges say (3 nodes, 4 ranges of 3 replicas); a killed node is suspect,
-// and the others still list it.
+// `flotilla node list`: every node live by gossip, with its addresses and
+// capacity, holding and leading what the ranges say (3 nodes, 4 ranges of
+// 3 replicas); a killed node is suspect once gossip counts it down, and the
+// others still list it.
 func TestNodeListCLI(t *testing.T) {
 	c := newProcCluster(t, 4)
 	c.waitLed(t, 4)
@@ -27,14 +28,15 @@ func TestNodeListCLI(t *testing.T) {
 		}
 		return nl
 	}
-	// Until the node asked has learned every node's client address (its
-	// discovery, once a second), the others are suspect to it.
+	// Until the node asked has heard of every node by gossip (its
+	// addresses and capacity come with it), the others may be suspect or
+	// without them.
 	var nl api.NodeList
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		nl = list(c.endpoints(0))
 		replicas, leaders, live := 0, 0, 0
 		for _, n := range nl.Nodes {
-			if n.State == api.NodeLive && n.ClientAddr != "" && n.PeerAddr != "" {
+			if n.State == api.NodeLive && n.ClientAddr != "" && n.PeerAddr != "" && n.UsedBytes > 0 && n.AvailableBytes > 0 {
 				live++
 			}
 			replicas += n.Replicas
@@ -44,7 +46,7 @@ func TestNodeListCLI(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d nodes (%d live with their addresses) holding %d replicas and %d leaders, want 3, 3, 12, 4: %+v",
+			t.Fatalf("%d nodes (%d live with their addresses and capacity) holding %d replicas and %d leaders, want 3, 3, 12, 4: %+v",
 				len(nl.Nodes), live, replicas, leaders, nl)
 		}
 	}

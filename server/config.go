@@ -152,7 +152,9 @@ type Config struct {
 	// GossipInterval is the gossip membership's probe interval
 	// (internal/gossip, SWIM): node liveness, which drives the allocator
 	// and the clients' view, is as fresh as this. A node that stops
-	// answering is counted down after about 5 of them. Default 1s;
+	// answering is counted down after its suspicion times out: 4
+	// intervals with 3 nodes; with 4 or more it starts at 24 (more past
+	// 10 nodes) and shrinks to 4 as other nodes confirm it. Default 1s;
 	// limits 10ms..1m.
 	GossipInterval time.Duration
 	// DisableQuiesce keeps every range ticking and heartbeating even when

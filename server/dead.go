@@ -35,8 +35,9 @@ const deadRetry = 10 * time.Second
 
 // evacuateLoop moves replicas off the nodes that are leaving: those
 // dead (unreachable for Config.DeadAfter, if positive) and those
-// decommissioning (decommission.go); down is the gossip membership's
-// liveness (aliveNodes). Every range this node leads that has
+// decommissioning (decommission.go); a node is down when the gossip
+// membership counts it down, or raft does not reach it (reachableNodes).
+// Every range this node leads that has
 // a replica on a leaving node moves it to the member with the fewest
 // replicas among the live ones without one of that range
 // (ranges.Store.Move), at most maxDeadMoves at a time; a live member's
@@ -62,9 +63,9 @@ func (s *Server) evacuateLoop() {
 			t.Next()
 		}
 		now := time.Now()
-		// A node is down by the gossip membership's liveness; it takes a
-		// move only if raft reaches it too.
-		up := s.aliveNodes()
+		// A node is up while the gossip membership counts it live and
+		// raft reaches it (reachableNodes): one that answers gossip while
+		// its raft is wedged (a hung disk) is down as well.
 		live := s.reachableNodes()
 		members := s.leavingNodes()
 		var leaving []uint64
@@ -75,7 +76,7 @@ func (s *Server) evacuateLoop() {
 				leaving = append(leaving, id)
 				delete(downSince, id)
 				continue
-			case s.cfg.DeadAfter <= 0 || id == s.cfg.NodeID || up[id]:
+			case s.cfg.DeadAfter <= 0 || id == s.cfg.NodeID || live[id]:
 				delete(downSince, id)
 			case downSince[id].IsZero():
 				downSince[id] = now

@@ -16,7 +16,11 @@ import (
 func TestUpReplicateDeadNode(t *testing.T) {
 	for _, deadAfter := range []time.Duration{time.Second, -1} {
 		t.Run(fmt.Sprint("dead-after=", deadAfter), func(t *testing.T) {
-			c := startClusterWith(t, 4, 4, func(cfg *Config) { cfg.Replicas = 3; cfg.DeadAfter = deadAfter })
+			// Gossip probes every 200ms: node 4 is counted down within a
+			// second or so of its stop.
+			c := startClusterWith(t, 4, 4, func(cfg *Config) {
+				cfg.Replicas, cfg.DeadAfter, cfg.GossipInterval = 3, deadAfter, 200*time.Millisecond
+			})
 			cl := c.client()
 			ctx := ctxT(t)
 			keys := make([]string, 40)
@@ -69,6 +73,12 @@ func TestUpReplicateDeadNode(t *testing.T) {
 				return "missing"
 			}
 			if deadAfter < 0 {
+				waitFor(t, 20*time.Second, "node 4 listed suspect", func() error {
+					if st := state(); st != api.NodeSuspect {
+						return fmt.Errorf("node 4 is %q", st)
+					}
+					return nil
+				})
 				time.Sleep(3 * time.Second) // three times what moves them with --dead-after 1s
 				if back() == nil {
 					t.Fatal("ranges moved off node 4 with --dead-after negative")

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,7 +44,9 @@ func (s *Server) newGossip() error {
 			if s.sec.insecure {
 				return nil
 			}
-			if id, ok := callerNode(ctx); !ok || !s.isNode(id) {
+			// As the raft transport (Refuse): a removed node, whose
+			// certificate is still good, is not heard.
+			if id, ok := callerNode(ctx); !ok || !s.isNode(id) || s.membership(id) == api.NodeRemoved {
 				return status.Error(codes.PermissionDenied, "server: gossip is for the cluster's nodes only")
 			}
 			return nil
@@ -121,10 +123,7 @@ func (s *Server) gossipMeta() gossip.Meta {
 	if s.store != nil {
 		m.UsedBytes = s.store.DB().Metrics().DiskSpaceUsage()
 	}
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(s.cfg.DataDir, &fs); err == nil {
-		m.AvailableBytes = fs.Bavail * uint64(fs.Bsize)
-	}
+	m.AvailableBytes = availableBytes(s.cfg.DataDir)
 	return m
 }
 
@@ -137,7 +136,8 @@ const gossipMetaEvery = 10
 // directory's nodes that gossip does not count live (at start, after a
 // partition, a node joined since), each at most every 5 intervals, and
 // spreads this node's meta every gossipMetaEvery intervals if it changed.
-// Started by Start; memberlist's own loops run beside it.
+// Started by Start; memberlist's own loops run beside it. Its joins run
+// on goroutines of their own, one per node, waited for within the pass.
 func (s *Server) gossipLoop() {
 	t := phase.NewTicker(s.cfg.GossipInterval)
 	defer t.Stop()
@@ -153,9 +153,13 @@ func (s *Server) gossipLoop() {
 			seeds[id] = s.peerAddrOf(id)
 			nextTry[id] = now.Add(5 * s.cfg.GossipInterval)
 		}
-		if len(seeds) > 0 {
-			s.gossip.Join(seeds)
+		// One join per node, at once: each one that does not answer
+		// waits out the stream timeout, and they must not add up.
+		var joins sync.WaitGroup
+		for id, addr := range seeds {
+			joins.Go(func() { s.gossip.Join(map[uint64]string{id: addr}) })
 		}
+		joins.Wait()
 		if tick%gossipMetaEvery == 0 {
 			if err := s.gossip.SetMeta(s.gossipMeta(), s.cfg.GossipInterval); err != nil {
 				s.log.Warn("gossip: could not spread this node's meta", "err", err)

@@ -15,7 +15,7 @@ import (
 // liveness, in the node list and for the allocator (aliveNodes), is
 // gossip's: the test reads both.
 func TestGossipLiveness(t *testing.T) {
-	c := startClusterWith(t, 3, 3, func(cfg *Config) { cfg.DeadAfter = -1 })
+	c := startClusterWith(t, 3, 3, func(cfg *Config) { cfg.DeadAfter = -1; cfg.GossipInterval = 200 * time.Millisecond })
 	gossipSees := func(on, id uint64, live bool) error {
 		n, ok := c.nodes[on].gossip.Nodes()[id]
 		switch {

@@ -106,7 +106,10 @@ func TestSizeSplitsTileAndScan(t *testing.T) {
 		}
 		return nil
 	})
-	// A paginated scan returns every key once, in order.
+	// A paginated scan returns every key once, in order: with a budget of
+	// its own (the puts' may be nearly spent under -race).
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	var got [][]byte
 	var at []byte
 	for pages := 0; ; pages++ {

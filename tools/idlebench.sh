@@ -13,6 +13,9 @@
 #   failover_kill_s  seconds from kill -9 of node 1 until nodes 2 and 3 lead
 #                    every range (node 1 led a third of them)
 #   failover_stop_s  the same with node 1 SIGSTOPped instead (a fresh cluster)
+#   down_kill_s, down_stop_s  seconds from the kill -9 (the SIGSTOP) of node 1
+#                    until node 2's `node list` shows it down (the gossip
+#                    membership's failure detection, --gossip-interval 1s)
 #   light            under LIGHT_RATE puts/s over all the ranges (flotilla
 #                    bench put --rate) for SECONDS: node 1's heartbeat
 #                    batches per peer per second, and heartbeats per batch
@@ -174,16 +177,28 @@ print(json.dumps({'rate': $LIGHT_RATE, 'ops': r['ops'], 'errors': r['errors'], '
   echo "idlebench: light load: $light" >&2
 fi
 
-failover() { # SIGNAL: seconds until nodes 2 and 3 lead every range
-  local sig=$1 t
+# down1: whether node 2's node list shows node 1 down (gossip: not live).
+down1() {
+  "$BIN" node list --endpoints 127.0.0.2:49379 --insecure -w json 2>/dev/null |
+    python3 -c "import json,sys; n=[x for x in json.load(sys.stdin)['nodes'] if x['id']==1]; sys.exit(0 if n and n[0]['state']!='live' else 1)"
+}
+
+failover() { # SIGNAL: seconds until nodes 2 and 3 lead every range, and until node 2 lists node 1 down
+  local sig=$1 t led=null down=null
   t=$(now)
   kill "-$sig" "${PID[1]}"
-  wait_led "$t" 2 3
+  while [[ $led == null || $down == null ]]; do
+    [[ $led == null ]] && (($(leaders 2 3) >= RANGES)) && led=$(since "$t")
+    [[ $down == null ]] && down1 && down=$(since "$t")
+    (($(python3 -c "print(int($(now) - $t))") < 600)) || die "after the $sig of node 1: led=$led down=$down after 600 s: $(state)"
+    sleep 0.1
+  done
+  echo "$led $down"
 }
-kill_s=null stop_s=null
+kill_s=null stop_s=null down_kill_s=null down_stop_s=null
 if ((FAILOVER)); then
-  kill_s=$(failover KILL)
-  echo "idlebench: kill -9 of node 1: every range led by 2 and 3 after ${kill_s}s" >&2
+  read -r kill_s down_kill_s <<<"$(failover KILL)"
+  echo "idlebench: kill -9 of node 1: every range led by 2 and 3 after ${kill_s}s; node 1 down in node 2's node list after ${down_kill_s}s" >&2
   stop
   t0=$(now)
   start_cluster stop
@@ -196,10 +211,10 @@ if ((FAILOVER)); then
       sleep 0.5
     done
   fi
-  stop_s=$(failover STOP)
-  echo "idlebench: SIGSTOP of node 1: every range led by 2 and 3 after ${stop_s}s" >&2
+  read -r stop_s down_stop_s <<<"$(failover STOP)"
+  echo "idlebench: SIGSTOP of node 1: every range led by 2 and 3 after ${stop_s}s; node 1 down in node 2's node list after ${down_stop_s}s" >&2
 fi
 join() { local IFS=,; echo "$*"; }
 cat <<EOF
-{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"live_kib_per_replica":[$(join "${live[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s,"light":$light}
+{"ranges":$RANGES,"quiesce":$([ "$QUIESCE" = 1 ] && echo true || echo false),"start_s":$start_s,"quiesced_s":$quiesced_s,"idle_seconds":$SECONDS_IDLE,"cpu_pct":[$(join "${cpu_pct[@]}")],"rss_mib":[$(join "${rss_mib[@]}")],"rss_per_replica_kib":[$(join "${per[@]}")],"heap_mib":[$(join "${heap_mib[@]}")],"live_kib_per_replica":[$(join "${live[@]}")],"failover_kill_s":$kill_s,"failover_stop_s":$stop_s,"down_kill_s":$down_kill_s,"down_stop_s":$down_stop_s,"light":$light}
 EOF

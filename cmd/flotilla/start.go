@@ -185,7 +185,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.StringVar(&snapshotRate, "snapshot-rate", "64MiB", "snapshot data this node sends per second, over all its peers (B, KiB, MiB, GiB; at least 1MiB; 0: no bound)")
 	f.IntVar(&snapshotsInFlight, "snapshots-in-flight", 2, "snapshots this node sends at once, over all its peers (1..64)")
 	f.DurationVar(&rebalance, "rebalance-interval", server.DefaultRebalanceInterval, "how often the meta range's leader evens out the replica counts of the live nodes, one move at a time, so that a node that joins takes its share; nodes marked drained are left out (100ms..1h; 0: off)")
-	f.DurationVar(&gossipInterval, "gossip-interval", time.Second, "the gossip membership's probe interval (SWIM): a node that stops answering is counted down after about 5 of them (10ms..1m)")
+	f.DurationVar(&gossipInterval, "gossip-interval", time.Second, "the gossip membership's probe interval (SWIM): a node that stops answering is counted down once its suspicion times out: 4 intervals with 3 nodes, up to 24 with more until others confirm it (10ms..1m)")
 	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long the gossip membership must count a node down before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
 	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: GOMAXPROCS; 1..256)")

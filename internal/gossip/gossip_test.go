@@ -319,7 +319,8 @@ func TestStreamWaitsThenTimesOut(t *testing.T) {
 }
 
 // TestStreamCarriesBytes: what one side writes the other reads, in order,
-// across chunk boundaries, and a close ends the other side's reads.
+// across chunk boundaries, and a close ends the other side's reads; a
+// deadline passing ends them with an error.
 func TestStreamCarriesBytes(t *testing.T) {
 	c := newCluster(t)
 	a := c.transport("a", 0)
@@ -356,6 +357,20 @@ func TestStreamCarriesBytes(t *testing.T) {
 	go func() { srv.Write(msg); srv.Close() }()
 	if got, err = io.ReadAll(conn); err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("read %d bytes (%v), not the %d written", len(got), err, len(msg))
+	}
+
+	// A deadline that passes on the answering side is an error for the
+	// dialler, not an end: what it read is not a whole answer.
+	conn, err = a.tr.DialAddressTimeout(memberlist.Address{Name: "b"}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	srv = <-b.tr.StreamCh()
+	srv.Write([]byte("partial"))
+	srv.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if got, err = io.ReadAll(conn); err == nil {
+		t.Fatalf("read %q and a clean end from a side whose deadline passed", got)
 	}
 }
 

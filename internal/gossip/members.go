@@ -53,9 +53,10 @@ type MembersConfig struct {
 	Transport *Transport
 	// ProbeInterval is SWIM's probe interval: each node probes one other
 	// this often. A node that stops answering is suspect after a probe
-	// (ProbeInterval/2 unanswered, then the indirect probes), and down
-	// after the suspicion timeout, 4 × ProbeInterval × max(1, log10(nodes)),
-	// shortened as other nodes confirm. Default 1s; 10ms..1m.
+	// (ProbeInterval/2 unanswered, then up to 3 indirect probes), and down
+	// after the suspicion timeout: 4 × ProbeInterval × max(1,
+	// log10(nodes)); with 4 nodes or more it starts at 6 times that and
+	// shrinks as other nodes confirm. Default 1s; 10ms..1m.
 	ProbeInterval time.Duration
 	// Allow says whether the node named id may be a member: memberlist
 	// ignores a node it refuses (not in the cluster's directory, or

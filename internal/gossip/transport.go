@@ -2,8 +2,10 @@
 // SWIM) over their peer connections. Transport is a
 // memberlist.NodeAwareTransport whose packets and streams travel as gRPC
 // streams of the Gossip service (api/flotilla.proto) on the connections the
-// server already holds to every node, so gossip has the raft transport's TLS,
-// its address and its faults: a firewall rule that cuts a link cuts both.
+// server already holds to every node, so gossip has the raft transport's TLS
+// and its address, and the network's faults: a firewall rule that cuts a
+// link cuts both. (The raft transport's in-process fault hooks,
+// transport.Faults, do not reach gossip.)
 //
 // Seed 003 (docs/failures.md) is the rule of the send path:
 //   - Packets (probes, acks, gossip) may be lost: memberlist expects that of
@@ -40,6 +42,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
 )
@@ -181,7 +185,9 @@ func (t *Transport) Stats() Stats {
 
 // Pause makes the Transport, while on, drop every packet it is given or
 // receives (counted in Failed) and refuse every stream both ways, as for a
-// node stopped with SIGSTOP: for Server.Freeze, the demo and tests.
+// node stopped with SIGSTOP: for Server.Freeze, the demo and tests. (On a
+// frozen server the freezer holds the calls that arrive, so what reaches
+// it then is read after the thaw.)
 func (t *Transport) Pause(on bool) { t.paused.Store(on) }
 
 // errPaused refuses a stream while the Transport is paused.
@@ -298,7 +304,8 @@ func (t *Transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 }
 
 // closeLinger is how long a stream this side closed may still deliver
-// what was written before it: past memberlist's stream timeout.
+// what was written before it: past memberlist's stream timeout (2 probe
+// intervals, at least 1s) for probe intervals up to 15s.
 const closeLinger = 30 * time.Second
 
 // DialAddressTimeout opens a stream to a.Name (else a.Addr), waiting up to
@@ -387,6 +394,7 @@ func (t *Transport) Stream(st api.Gossip_StreamServer) error {
 	}
 	end := make(chan struct{})
 	var once sync.Once
+	var aborted atomic.Bool
 	stop := func() { once.Do(func() { close(end) }) }
 	c := newStreamConn(t.cfg.Addr, first.From,
 		func(b []byte) error { return st.Send(&api.GossipChunk{Data: b}) },
@@ -394,7 +402,10 @@ func (t *Transport) Stream(st api.Gossip_StreamServer) error {
 			m, err := st.Recv()
 			return m.GetData(), err
 		})
-	c.abort, c.finish = stop, stop
+	// An abort (the deadline passed) ends the call with an error, so the
+	// other side does not take what it read for a whole answer.
+	c.abort = func() { aborted.Store(true); stop() }
+	c.finish = stop
 	select {
 	case t.streamCh <- c:
 	case <-t.ctx.Done():
@@ -404,6 +415,9 @@ func (t *Transport) Stream(st api.Gossip_StreamServer) error {
 	}
 	select {
 	case <-end:
+		if aborted.Load() {
+			return status.Error(codes.DeadlineExceeded, "gossip: the stream's deadline passed")
+		}
 	case <-t.ctx.Done():
 	case <-st.Context().Done():
 	}

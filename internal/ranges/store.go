@@ -726,7 +726,7 @@ func (s *Store) reconcile(id uint64) {
 	slices.SortFunc(frozen, byID)
 	for _, r := range overlap {
 		if replicaSupersededHere(id, od, r, all) {
-			s.destroySuperseded(r, fmt.Sprintf("range %d supersedes it (%v)", id, od))
+			s.destroySuperseded(r, od, fmt.Sprintf("range %d supersedes it (%v)", id, od))
 		}
 	}
 	// A frozen replica kept for a merge here (mergePending) goes once no
@@ -735,7 +735,7 @@ func (s *Store) reconcile(id uint64) {
 	for _, r := range frozen {
 		for _, h := range all {
 			if h.r != nil && h.id != r.ID && replicaSupersededHere(h.id, h.desc, r, all) {
-				s.destroySuperseded(r, fmt.Sprintf("range %d supersedes it (%v)", h.id, h.desc))
+				s.destroySuperseded(r, h.desc, fmt.Sprintf("range %d supersedes it (%v)", h.id, h.desc))
 				break
 			}
 		}
@@ -757,21 +757,26 @@ func (s *Store) destroy(r *Replica, why string) {
 
 // destroySuperseded is destroy for a replica another range here supersedes
 // (reconcile): its range merged away, and its ID never holds data again.
-// It first leaves a tombstone of the replica's generation, so that a
+// It first leaves a tombstone of the superseding generation, so that a
 // stale message of the range (a peer that had not applied the merge yet)
 // does not start an empty replica of it here again (UnknownGroup), which
 // no snapshot would ever fill: the simulation found one waiting for ever
 // after its node's replica of the merged range moved away.
-func (s *Store) destroySuperseded(r *Replica, why string) {
+func (s *Store) destroySuperseded(r *Replica, by *kv.Descriptor, why string) {
+	// The superseding descriptor's generation: above every generation
+	// range r ever had, also those this replica, behind, never applied (a
+	// merge's generation is above both ranges'; kv applyMerge).
+	removedBy := by.Generation
 	if d, ok := r.Descriptor(); ok {
-		gen, tomb, err := kv.Tombstone(s.cfg.DB, r.ID)
-		if err == nil && (!tomb || gen < d.Generation) {
-			err = kv.WriteTombstone(s.cfg.DB, r.ID, d.Generation)
-		}
-		if err != nil {
-			s.fatal(fmt.Errorf("ranges: record the removal of range %d's replica: %w", r.ID, err))
-			return
-		}
+		removedBy = max(removedBy, d.Generation)
+	}
+	gen, tomb, err := kv.Tombstone(s.cfg.DB, r.ID)
+	if err == nil && (!tomb || gen < removedBy) {
+		err = kv.WriteTombstone(s.cfg.DB, r.ID, removedBy)
+	}
+	if err != nil {
+		s.fatal(fmt.Errorf("ranges: record the removal of range %d's replica: %w", r.ID, err))
+		return
 	}
 	s.destroy(r, why)
 }

@@ -63,14 +63,21 @@ func (s *sim) decommissionNemesis() {
 // holds no replica of it gets one there in the leaving node's place
 // (ranges.Store.Move from the leaving node to it), else the leaving
 // node's replica is only removed. A move cut short (a crash, a pause, a
-// partition, a leader change) is tried again on a later pass. Once the
-// leader of every range sees no replica on the leaving node, it stops for
-// good (removeLeaving).
+// partition, a leader change) is tried again on a later pass. Once every
+// node of ids runs and the leader of every range sees no replica on the
+// leaving node, it stops for good (removeLeaving).
 func (s *sim) decommissionLoop() {
 	if s.leaving == 0 {
 		return
 	}
 	leaving, listed := s.leaving, false
+	for _, id := range s.ids {
+		// rangeIDs sees the ranges of the running nodes only: with one
+		// down, a range only it holds would go unseen.
+		if !s.nodes[id].up {
+			listed = true
+		}
+	}
 	for _, g := range s.rangeIDs() {
 		n, d := s.ledDescriptor(g)
 		if n == nil {

@@ -81,9 +81,10 @@ func (nw *network) unblock(from, to uint64) {
 func (nw *network) send(src *simTransport, to uint64, batch []transport.Envelope) {
 	s := nw.s
 	from := src.n.id
-	if to == 0 || to >= uint64(len(s.nodes)) {
-		// No such node (a learner FaultMembership added): the real
-		// transport drops what it has no peer for.
+	if to == 0 || to >= uint64(len(s.nodes)) || s.nodes[to] == nil {
+		// No such node (a learner FaultMembership added, or FaultJoin's
+		// node before it joined): the real transport drops what it has
+		// no peer for.
 		s.record("unknown-peer", from, to, uint64(len(batch)))
 		nw.failSnapshots(src, to, batch)
 		return

@@ -167,8 +167,10 @@ func (e simEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 	})
 }
 
-// Meta reads the node's own replica of the meta range (every node has one
-// in the simulation), as the server does when it has one.
+// Meta reads the node's own replica of the meta range, as the server does
+// when it has one (every node has one in the simulation once it holds
+// every range; FaultJoin's node has none until a move gives it one: the
+// read fails, as a server's does before it asks another node).
 func (e simEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
 	ds, err := e.n.meta(key, limit)
 	done(ds, err)

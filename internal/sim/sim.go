@@ -102,7 +102,7 @@ const (
 	// leader of each range with a replica there moves it off
 	// (decommissionLoop), under every other fault and after healing,
 	// until no range lists it; then the node stops for good. No range
-	// may list it at the end (checkRanges).
+	// may list it at the end (checkDecommissioned).
 	FaultDecommission
 
 	// AllFaults is every fault kind.
