@@ -150,7 +150,11 @@ func (n *node) start() error {
 		CampaignRetry: 2 * s.cfg.TickInterval,
 		// Short, so that moves roll back and learners left by moves cut
 		// short are finished (finishLearners) within a run's faults.
-		MoveCatchUp:     simMoveCatchUp,
+		MoveCatchUp: simMoveCatchUp,
+		// The nodes of the run as this incarnation starts: after a join
+		// or a decommission, nodes started before keep the count of then
+		// (finishLearners and Move's guards are looser or stricter by one
+		// until they restart).
 		Replicas:        len(s.ids),
 		LoseMetaUpdates: s.cfg.Bug == BugLoseMetaUpdate,
 		SkipMergeWait:   s.cfg.Bug == BugMergeNoWait,
