@@ -12,8 +12,9 @@ import (
 // the cluster map, each group as its leader reports it (or the replica
 // with the highest term when no leader answered), and every node's links.
 // A node is listed alive as the cluster's gossip membership counts it, as
-// the node that answered the cluster map knows it; the groups of a node
-// that does not answer the client are missing.
+// the node that answered the cluster map knows it; a node it counts down
+// is not asked for its groups, and the groups of a node that does not
+// answer the client are missing.
 func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	m, err := c.ClusterMap(ctx)
 	if err != nil {
@@ -23,7 +24,10 @@ func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	answers := make([]*api.NodeStatusResponse, len(m.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range m.Nodes {
-		if n.ClientAddr == "" || n.Membership == api.NodeRemoved {
+		// A node the map counts down (gossip) is not asked: a frozen one
+		// would hold the status for an attempt timeout, for an answer
+		// that, if it came, would be stale.
+		if n.ClientAddr == "" || n.Membership == api.NodeRemoved || !n.Alive {
 			continue
 		}
 		wg.Add(1)

@@ -1,17 +1,20 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/client"
 )
 
 // TestGossipLiveness: the nodes find each other by gossip and spread their
 // client addresses and capacity; a frozen node (SIGSTOP's stand-in) is
-// counted down by gossip, and live again once it thaws, each node joining
-// back what it lost; a stopped node stays suspect (--dead-after off). Node
+// counted down by gossip (and the status, node list, does not wait for
+// it), and live again once it thaws, each node joining back what it lost;
+// a stopped node stays suspect (--dead-after off). Node
 // liveness, in the node list and for the allocator (aliveNodes), is
 // gossip's: the test reads both.
 func TestGossipLiveness(t *testing.T) {
@@ -73,6 +76,27 @@ func TestGossipLiveness(t *testing.T) {
 	})
 	if err := gossipSees(1, 2, true); err != nil {
 		t.Fatal(err)
+	}
+	// The status (node list) does not wait for the frozen node: it is
+	// not asked, being down. Asked, it would hold the call for the
+	// client's attempt timeout (20s here).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Endpoints: []string{c.nodes[1].ClientAddr()}, AttemptTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	began := time.Now()
+	st, err := cl.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Fatalf("the status took %v with node 3 frozen and counted down", took)
+	}
+	if l := api.NodeListOf(st); len(l.Nodes) != 3 || l.Nodes[2].State != api.NodeSuspect {
+		t.Fatalf("node list with node 3 frozen: %+v", l)
 	}
 	c.nodes[3].Thaw()
 	waitFor(t, 20*time.Second, "thawed node 3 live by gossip", func() error {
