@@ -82,9 +82,6 @@ type Members struct {
 	nodes map[uint64]*Node
 }
 
-// ErrMembersConfig is returned by StartMembers for a bad config.
-var ErrMembersConfig = fmt.Errorf("%w (members)", ErrConfig)
-
 // StartMembers creates this node's memberlist, alone: Join brings it
 // others. meta is what it gossips about itself first.
 func StartMembers(cfg MembersConfig, meta Meta) (*Members, error) {
@@ -96,11 +93,11 @@ func StartMembers(cfg MembersConfig, meta Meta) (*Members, error) {
 	}
 	switch {
 	case cfg.NodeID == 0:
-		return nil, fmt.Errorf("%w: node ID 0", ErrMembersConfig)
+		return nil, fmt.Errorf("%w: node ID 0", ErrConfig)
 	case cfg.Transport == nil:
-		return nil, fmt.Errorf("%w: no Transport", ErrMembersConfig)
+		return nil, fmt.Errorf("%w: no Transport", ErrConfig)
 	case cfg.ProbeInterval < 10*time.Millisecond || cfg.ProbeInterval > time.Minute:
-		return nil, fmt.Errorf("%w: probe interval %v outside 10ms..1m", ErrMembersConfig, cfg.ProbeInterval)
+		return nil, fmt.Errorf("%w: probe interval %v outside 10ms..1m", ErrConfig, cfg.ProbeInterval)
 	}
 	m := &Members{cfg: cfg, nodes: map[uint64]*Node{}}
 	if err := m.setMeta(meta); err != nil {

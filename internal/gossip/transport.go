@@ -72,7 +72,7 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// ErrConfig is returned by New for a bad Config.
+// ErrConfig is returned by New and StartMembers for a bad config.
 var ErrConfig = errors.New("gossip: bad config")
 
 // ErrNoRoute is returned when memberlist addresses a node the server has no
