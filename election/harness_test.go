@@ -19,7 +19,7 @@ import (
 	"github.com/flotilla/flotilla/server"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 const (
 	tick          = 20 * time.Millisecond

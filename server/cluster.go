@@ -433,17 +433,25 @@ func (s *Server) header(g uint64) *api.Header {
 	return &api.Header{Group: g, Leader: l, Term: t, Node: s.cfg.NodeID}
 }
 
-// clientAddrOf returns a node's client address, if known.
+// clientAddrOf returns a node's client address, if known: from its
+// discovery answer, else from what it gossiped.
 func (s *Server) clientAddrOf(id uint64) string {
 	if id == s.cfg.NodeID {
 		return s.ClientAddr()
 	}
 	s.peers.Lock()
-	defer s.peers.Unlock()
+	var addr string
 	if v := s.peers.views[id]; v != nil && v.info != nil {
-		return v.info.ClientAddr
+		addr = v.info.ClientAddr
 	}
-	return ""
+	s.peers.Unlock()
+	if addr == "" {
+		// Not answered discovery yet (this node just started, or that
+		// one is slow to answer): gossip brings it with the node's meta
+		// at the first join.
+		addr = s.gossip.Nodes()[id].Meta.ClientAddr
+	}
+	return addr
 }
 
 func (s *Server) peerStats() []*api.PeerStats {

@@ -28,7 +28,7 @@ import (
 	"github.com/flotilla/flotilla/kv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 type cluster struct {
 	t       *testing.T

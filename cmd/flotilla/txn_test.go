@@ -7,10 +7,11 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/flotilla/flotilla/internal/testutil"
 	"github.com/flotilla/flotilla/kv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 // TestParseTxn: the etcdctl-style form `flotilla txn` reads, and the
 // errors it gives for bad input.
