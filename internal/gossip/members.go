@@ -32,14 +32,11 @@ type Meta struct {
 
 // Node is what this node's gossip knows of another.
 type Node struct {
-	ID   uint64
-	Addr string // gossip (peer) address
+	ID uint64
 	// Live: memberlist counts the node a member, alive or suspect (SWIM's
 	// suspect is a member given time to refute; it is not counted down).
-	// Since: when Live last changed, as this node saw it.
-	Live  bool
-	Since time.Time
-	Meta  Meta
+	Live bool
+	Meta Meta
 }
 
 // MembersConfig configures Members.
@@ -260,15 +257,9 @@ func (d *delegate) note(n *memberlist.Node, live bool) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old := d.nodes[id]
-	nn := &Node{ID: id, Addr: n.Address(), Live: live, Meta: meta, Since: time.Now()}
-	if old != nil {
-		if old.Live == live {
-			nn.Since = old.Since
-		}
-		if len(n.Meta) == 0 {
-			nn.Meta = old.Meta
-		}
+	nn := &Node{ID: id, Live: live, Meta: meta}
+	if old := d.nodes[id]; old != nil && len(n.Meta) == 0 {
+		nn.Meta = old.Meta
 	}
 	d.nodes[id] = nn
 }

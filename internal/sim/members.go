@@ -127,12 +127,8 @@ func (s *sim) checkDecommissioned() {
 			if !n.up {
 				continue
 			}
-			r, ok := n.ranges.Get(g)
-			if !ok {
-				continue
-			}
-			d, ok := r.Descriptor()
-			if !ok {
+			d := n.descriptor(g)
+			if d == nil {
 				continue
 			}
 			for _, gone := range s.gone {

@@ -240,15 +240,24 @@ func (s *sim) ledDescriptor(g uint64) (*node, *kv.Descriptor) {
 	if n == nil {
 		return nil, nil
 	}
+	if d := n.descriptor(g); d != nil {
+		return n, d
+	}
+	return nil, nil
+}
+
+// descriptor returns the descriptor of the node's replica of range g; nil
+// if it holds none, or one with no descriptor yet.
+func (n *node) descriptor(g uint64) *kv.Descriptor {
 	r, ok := n.ranges.Get(g)
 	if !ok {
-		return nil, nil
+		return nil
 	}
 	d, ok := r.Descriptor()
 	if !ok {
-		return nil, nil
+		return nil
 	}
-	return n, d
+	return d
 }
 
 // ghostNode is the node FaultMembership adds as a learner: no node of the
