@@ -37,10 +37,11 @@ type node struct {
 
 // cluster holds the test's nodes and the connections between them.
 type cluster struct {
-	t     *testing.T
-	mu    sync.Mutex
-	addrs map[string]string // name → address
-	conns map[string]*grpc.ClientConn
+	t      *testing.T
+	mu     sync.Mutex
+	addrs  map[string]string // name → address
+	conns  map[string]*grpc.ClientConn
+	closed bool
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -48,6 +49,7 @@ func newCluster(t *testing.T) *cluster {
 	t.Cleanup(func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.closed = true // a late caller (memberlist's last probe) dials nothing
 		for _, cc := range c.conns {
 			cc.Close()
 		}
@@ -72,6 +74,9 @@ func (c *cluster) listen(name string) net.Listener {
 func (c *cluster) conn(name, addr string) (*grpc.ClientConn, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return nil, false
+	}
 	if name == "" {
 		for n, a := range c.addrs {
 			if a == addr {

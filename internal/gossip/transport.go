@@ -315,6 +315,11 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 	if t.paused.Load() {
 		return nil, errPaused
 	}
+	if t.ctx.Err() != nil {
+		// Shut down: memberlist's last probe outlives its Shutdown, and
+		// must not get a connection looked up (or dialled) for it.
+		return nil, net.ErrClosed
+	}
 	cc, ok := t.cfg.Conn(a.Name, a.Addr)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNoRoute, a.String())
