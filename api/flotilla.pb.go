@@ -4246,8 +4246,12 @@ type GroupInfo struct {
 	Generation uint64 `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
 	// bytes and ops_per_sec: the range's size and recent load, as the
 	// reporting replica sees them (see RangeInfo).
-	Bytes         uint64  `protobuf:"varint,11,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	OpsPerSec     float64 `protobuf:"fixed64,12,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	Bytes     uint64  `protobuf:"varint,11,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	OpsPerSec float64 `protobuf:"fixed64,12,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	// sized: bytes is a measurement, made by the reporting node while it
+	// leads the range (in discovery answers, which report a size only for
+	// the ranges the answering node leads); false: the size is not known.
+	Sized         bool `protobuf:"varint,13,opt,name=sized,proto3" json:"sized,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4364,6 +4368,13 @@ func (x *GroupInfo) GetOpsPerSec() float64 {
 		return x.OpsPerSec
 	}
 	return 0
+}
+
+func (x *GroupInfo) GetSized() bool {
+	if x != nil {
+		return x.Sized
+	}
+	return false
 }
 
 type PeerStats struct {
@@ -6865,7 +6876,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\n" +
 	"used_bytes\x18\t \x01(\x04R\tusedBytes\x12'\n" +
 	"\x0favailable_bytes\x18\n" +
-	" \x01(\x04R\x0eavailableBytes\"\xa7\x02\n" +
+	" \x01(\x04R\x0eavailableBytes\"\xbd\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\x04R\x06leader\x12\x12\n" +
@@ -6881,7 +6892,8 @@ const file_flotilla_proto_rawDesc = "" +
 	" \x01(\x04R\n" +
 	"generation\x12\x14\n" +
 	"\x05bytes\x18\v \x01(\x04R\x05bytes\x12\x1e\n" +
-	"\vops_per_sec\x18\f \x01(\x01R\topsPerSec\"z\n" +
+	"\vops_per_sec\x18\f \x01(\x01R\topsPerSec\x12\x14\n" +
+	"\x05sized\x18\r \x01(\bR\x05sized\"z\n" +
 	"\tPeerStats\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\x04R\x02to\x12\x1b\n" +

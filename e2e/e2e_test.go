@@ -22,6 +22,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/internal/loadgen"
 	"github.com/flotilla/flotilla/internal/testutil"
 )
 
@@ -380,6 +381,17 @@ func TestThreeProcessesKillAndRestart(t *testing.T) {
 	if bench["ops"].(float64) == 0 {
 		t.Errorf("bench did nothing: %s", r.stdout)
 	}
+	// --key-prefix: with one key, the bench writes prefix + key 0's 16
+	// hex digits, and only that.
+	r = run(t, nil, "bench", "put", "--endpoints", strings.Join(c.endpoints(0), ","), "--clients", "2",
+		"--duration", "300ms", "--value-size", "5", "--keys", "1", "--key-prefix", "skew/", "-w", "json")
+	if r.code != 0 {
+		t.Fatalf("bench with --key-prefix: %+v", r)
+	}
+	key := string(loadgen.AppendKey([]byte("skew/"), 0))
+	if r := run(t, nil, "get", key, "--endpoints", c.nodes[victim].clientAddr); r.code != 0 || r.stdout != "abcde\n" {
+		t.Fatalf("get %s after the bench: %+v", key, r)
+	}
 
 	// SIGTERM: every node exits 0.
 	for id := uint64(1); id <= 3; id++ {
@@ -416,6 +428,7 @@ func TestBadInput(t *testing.T) {
 		{"bad env", []string{"FLOTILLA_GROUPS=many"}, []string{"start"}, "FLOTILLA_GROUPS"},
 		{"bad output", nil, []string{"status", "-w", "yaml", "--endpoints", cli}, "-w"},
 		{"bad bench clients", nil, []string{"bench", "put", "--clients", "0"}, "--clients"},
+		{"bad bench key prefix", nil, []string{"bench", "put", "--key-prefix", strings.Repeat("k", 257)}, "--key-prefix"},
 		{"no server", nil, []string{"get", "k", "--endpoints", freeAddr(t, "127.0.0.1"), "--timeout", "1s"}, "unavailable"},
 	}
 	for _, tc := range cases {

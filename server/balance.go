@@ -83,8 +83,9 @@ func (s *Server) settledLoop(interval time.Duration, ready func() bool, pass fun
 // unchanged.
 func (s *Server) viewVersions(buf []uint64) (_ []uint64, ok bool) {
 	// The replicas the range store holds, too: one joins it just after
-	// the Host started it (and moved the version).
-	buf = append(buf, s.host.StatusVersion(), uint64(len(s.ranges.Replicas())))
+	// the Host started it (and moved the version); and the sizes it
+	// measured (the rebalancer weighs them).
+	buf = append(buf, s.host.StatusVersion(), uint64(len(s.ranges.Replicas())), s.ranges.SizesVersion())
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	for _, id := range s.nodeIDs() {

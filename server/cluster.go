@@ -83,6 +83,9 @@ func (s *Server) describeGroups(sts []multiraft.GroupStatus) (gs []*api.GroupInf
 			if d, ok := r.Descriptor(); ok {
 				gi.Replicas, gi.Start, gi.End, gi.Generation = d.Replicas, d.Start, d.End, d.Generation
 			}
+			if st.Leader == s.cfg.NodeID {
+				gi.Bytes, gi.Sized = r.Size() // the rebalancer's byte counts (rangeSizes)
+			}
 		} else {
 			complete = false
 		}
@@ -98,12 +101,14 @@ func (s *Server) describeGroups(sts []multiraft.GroupStatus) (gs []*api.GroupInf
 // term, commit, applied and role directly, and the descriptor fields
 // because a replica's descriptor changes only by what it applies (a split,
 // a merge, a membership change, a snapshot), which moves its applied
-// index. Bytes and OpsPerSec are not reported here. The one thing it
-// misses, a replica the Host runs but the range store does not hold yet
-// (or any more), makes describeGroups incomplete, and Info then answers
-// version 0. Read it before describeGroups (multiraft.Host.StatusVersion).
+// index. The sizes of the ranges this node leads (Bytes, Sized) are the
+// range store's, which moves SizesVersion when one changes. OpsPerSec is
+// not reported here. The one thing it misses, a replica the Host runs but
+// the range store does not hold yet (or any more), makes describeGroups
+// incomplete, and Info then answers version 0. Read it before
+// describeGroups (multiraft.Host.StatusVersion).
 func (s *Server) groupsVersion() uint64 {
-	return s.infoBase + s.host.StatusVersion()
+	return s.infoBase + s.host.StatusVersion() + s.ranges.SizesVersion()
 }
 
 type peerService struct {
@@ -227,7 +232,9 @@ func (s *Server) discoverOnce() {
 		// Filtered before the lock: a full answer holds every range of
 		// the peer, and readers of the views wait on the lock.
 		var groups []*api.GroupInfo
+		var sizes map[uint64]uint64
 		if a.err == nil && !a.resp.Unchanged {
+			sizes = ledSizes(a.id, a.resp.Groups)
 			groups = s.notHeld(a.id, a.resp.Groups)
 		}
 		s.peers.Lock()
@@ -255,11 +262,26 @@ func (s *Server) discoverOnce() {
 			}
 		default:
 			v.ok, v.failCode, v.lastOK, v.info, v.version = true, codes.OK, now, a.resp.Node, a.resp.Version
-			v.groups, v.removals = groups, removals
+			v.groups, v.removals, v.sizes = groups, removals, sizes
 			v.unchanged = 0
 		}
 		s.peers.Unlock()
 	}
+}
+
+// ledSizes returns the sizes that peer's report gs gives of the ranges it
+// leads and measured (peerView.sizes).
+func ledSizes(peer uint64, gs []*api.GroupInfo) map[uint64]uint64 {
+	var out map[uint64]uint64
+	for _, g := range gs {
+		if g.Sized && g.Leader == peer {
+			if out == nil {
+				out = map[uint64]uint64{}
+			}
+			out[g.Id] = g.Bytes
+		}
+	}
+	return out
 }
 
 // notHeld returns those of gs, peer's report, (in place) whose range this
@@ -572,8 +594,9 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 }
 
 // rangeInfo describes range d with what this node knows of it: its leader,
-// and with stats, its size and load from the local replica or the peer
-// reports.
+// and with stats, its size and load from the local replica, else its size
+// from the peer reports (the load of a range not held here is not
+// reported: 0).
 func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation}
 	ri.Leader, ri.Term = s.leaderTerm(d.ID)
@@ -584,13 +607,21 @@ func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 		ri.Bytes, ri.OpsPerSec = s.rangeStats(r)
 		return ri
 	}
+	// The size its leader measured and reported (peerView.sizes); that
+	// of a former leader if the leader's report did not come yet. (This
+	// walked every group of every view, for each range listed: a
+	// quadratic cost for a listing of every range.)
 	s.peers.Lock()
 	defer s.peers.Unlock()
+	if v := s.peers.views[ri.Leader]; v != nil {
+		if n, ok := v.sizes[d.ID]; ok {
+			ri.Bytes = n
+			return ri
+		}
+	}
 	for _, v := range s.peers.views {
-		for _, gi := range v.groups {
-			if gi.Id == d.ID && gi.Leader == ri.Leader && (gi.Bytes > 0 || gi.OpsPerSec > 0) {
-				ri.Bytes, ri.OpsPerSec = gi.Bytes, gi.OpsPerSec
-			}
+		if n, ok := v.sizes[d.ID]; ok {
+			ri.Bytes = n
 		}
 	}
 	return ri

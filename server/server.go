@@ -187,6 +187,11 @@ type peerView struct {
 	// about 0.5 KiB of each replica's heap (two peers, BENCHMARKS.md,
 	// "Quiescence: memory per idle replica").
 	groups []*api.GroupInfo
+	// sizes are the sizes of the ranges the peer leads and measured
+	// (GroupInfo.Sized), held here or not: the rebalancer weighs them
+	// (rangeSizes). One map entry per range the peer leads, where a copy
+	// of every report was 0.5 KiB per replica.
+	sizes map[uint64]uint64
 	// removals is the range store's Removals when groups were stored: once
 	// this node lost a replica, the next round asks for everything again
 	// (that range may be among those left out).

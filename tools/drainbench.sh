@@ -28,8 +28,10 @@
 # It reports per round: the throughput of each second before (its median
 # is the baseline) and during the drain or the wait, the lowest second
 # against the baseline, how long the drain or the wait took (from the
-# kill), the bench errors, and the replicas left on node 4 (from `flotilla
-# ranges -w json`: must be 0).
+# kill), the bench errors, the replicas left on node 4 (from `flotilla
+# ranges -w json`: must be 0), and the bytes each node holds at the end
+# (the sum of its ranges' sizes, from the same) with the widest gap from
+# their mean.
 #
 # Usage: tools/drainbench.sh [ROUNDS]      (default 3)
 #
@@ -39,6 +41,10 @@
 #   PRELOAD [0]  seconds of `bench put` of 4 KiB values over 200,000 keys
 #                before the measured runs, so that the ranges (and their
 #                snapshots) are large
+#   PRELOAD_PREFIX [""]  the preload's --key-prefix: with one (e.g. "3"),
+#                it fills only the ranges under it (which split by size),
+#                and leaves the others small: ranges of uneven sizes, for
+#                the rebalancer to even out the bytes of
 #   AFTER [3; 20 with MODE=grow]  seconds of bench runs after the drain
 #                or the wait: their median is reported as the throughput
 #                after (with grow, that of the 5 nodes on this machine)
@@ -60,6 +66,7 @@ VALUE_SIZE=${VALUE_SIZE:-256}
 KEYS=${KEYS:-100000}
 WARM=${WARM:-8}
 PRELOAD=${PRELOAD:-0}
+PRELOAD_PREFIX=${PRELOAD_PREFIX:-}
 DEFAULT_AFTER=3
 [[ $MODE == grow ]] && DEFAULT_AFTER=20
 AFTER=${AFTER:-$DEFAULT_AFTER}
@@ -214,7 +221,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   echo "drainbench: round $r: bench put in 1s runs; $MODE of node 4 after $WARM of them" >&2
   if ((PRELOAD > 0)); then
     "$BIN" bench put --endpoints "$LIVE" --clients "$CLIENTS" --duration "${PRELOAD}s" --value-size 4096 \
-      --keys 200000 -w json > "$d/preload.json" 2>&1 || die "round $r: preload failed: $(cat "$d/preload.json")"
+      --keys 200000 --key-prefix "$PRELOAD_PREFIX" -w json > "$d/preload.json" 2>&1 || die "round $r: preload failed: $(cat "$d/preload.json")"
   fi
   bench_loop "$d/bench.jsonl" &
   BENCH=$!
@@ -271,10 +278,11 @@ moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
 m = re.search(r"it held (\d+) replicas when", open(f"{d}/drain.out").read())
 if m:
     moves = int(m.group(1))
-counts, leads = {}, {}
+counts, leads, held = {}, {}, {}
 for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
     for n in rg["replicas"]:
         counts[n] = counts.get(n, 0) + 1
+        held[n] = held.get(n, 0) + rg.get("bytes", 0)
     if rg.get("leader"):
         leads[rg["leader"]] = leads.get(rg["leader"], 0) + 1
 if mode in ("rebalance", "grow"):
@@ -283,6 +291,8 @@ print(json.dumps({
     "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "replicas_per_node": [counts.get(n, 0) for n in sorted(counts)],
     "leaders_per_node": [leads.get(n, 0) for n in sorted(counts)],
+    "mib_per_node": [round(held.get(n, 0) / 2**20) for n in sorted(counts)],
+    "widest_bytes_gap_from_mean": round(max(abs(v / (sum(held.values()) / len(held)) - 1) for v in held.values()), 2) if held and sum(held.values()) else None,
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
     "first_move": round(tm - t0, 2) if tm is not None else None,

@@ -27,6 +27,7 @@ type benchFlags struct {
 	duration  time.Duration
 	valueSize int
 	keys      int
+	keyPrefix string
 	conns     int
 	rate      float64
 	noBatch   bool
@@ -84,6 +85,9 @@ second with no ops is a stall).`, op),
 	f.DurationVar(&bf.duration, "duration", 10*time.Second, "how long to run")
 	f.IntVar(&bf.valueSize, "value-size", 128, "value size in bytes (put; 0..1048576)")
 	f.IntVar(&bf.keys, "keys", 1000, "number of distinct keys (1..100000000)")
+	if op != "watch" {
+		f.StringVar(&bf.keyPrefix, "key-prefix", "", "put before every key (at most 256 bytes): the keys, 16 hex digits each, then fill only the ranges under it, as a skewed workload would")
+	}
 	f.Float64Var(&bf.rate, "rate", 0, "ops per second over all clients, spread evenly (0: as fast as the clients go)")
 	f.IntVar(&bf.conns, "conns", 1, "client connections per node the clients share (1..clients); more connections mean smaller batches")
 	f.BoolVar(&bf.noBatch, "no-batch", false, "send each request as its own RPC instead of over the nodes' Batch streams")
@@ -106,6 +110,8 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 		return fmt.Errorf("--value-size %d outside 0..1048576", bf.valueSize)
 	case bf.keys < 1 || bf.keys > 100000000:
 		return fmt.Errorf("--keys %d outside 1..100000000", bf.keys)
+	case len(bf.keyPrefix) > 256:
+		return fmt.Errorf("--key-prefix of %d bytes: at most 256", len(bf.keyPrefix))
 	case bf.conns < 1 || bf.conns > 10000:
 		return fmt.Errorf("--conns %d outside 1..10000", bf.conns)
 	case bf.rate < 0 || bf.rate > 1e6:
@@ -192,7 +198,7 @@ func bench(ctx context.Context, ccfg client.Config, op string, bf *benchFlags, p
 	o := loadgen.Options{Clients: bf.clients, Duration: bf.duration, Label: "bench " + op, Progress: progress, Classify: benchErrorKind, Rate: bf.rate}
 	r := loadgen.Run(ctx, o, func(ctx context.Context, i int, rng *rand.Rand) error {
 		c := clients[i%len(clients)]
-		key := loadgen.AppendKey(keys[i][:0], rng.IntN(bf.keys))
+		key := loadgen.AppendKey(append(keys[i][:0], bf.keyPrefix...), rng.IntN(bf.keys))
 		keys[i] = key
 		switch op {
 		case "put":

@@ -309,9 +309,12 @@ func (s *Store) checkSplit(r *Replica, d *kv.Descriptor) {
 		if !st.measured || written-st.written >= uint64(s.cfg.MaxBytes)/8 {
 			st.measured, st.written = true, written
 			n, err := r.SM.SpanBytes()
+			if err == nil && r.size.Swap(n+1) != n+1 {
+				s.sized.Add(1)
+			}
 			if err != nil {
 				s.log.Warn("measure range", "group", r.ID, "err", err)
-			} else if st.bytes = n; n > uint64(s.cfg.MaxBytes) {
+			} else if n > uint64(s.cfg.MaxBytes) {
 				st.written = 0 // measure again soon after the split
 				s.autoSplit(r.ID, nil, fmt.Sprintf("size %d > %d", n, s.cfg.MaxBytes))
 				return
@@ -347,7 +350,6 @@ func (s *Store) autoSplit(id uint64, key []byte, why string) {
 type queueState struct {
 	measured bool
 	written  uint64 // WrittenBytes at the last measurement
-	bytes    uint64 // the last measurement
 	hot      int    // ticks in a row over SplitLoad
 	born     uint64 // the tick of its last split (or of its making)
 	notLedAt uint64 // the tick it was last found led by another node (0: never)

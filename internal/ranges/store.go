@@ -155,6 +155,22 @@ type Replica struct {
 	scan scanState
 	// walked: the replica is in Store.walk.
 	walked bool
+	// size is the split queue's last measurement of the range's data on
+	// this node, plus one; 0: not measured here. Written on the Store's
+	// loop, and only while this node leads the range; read by any
+	// goroutine (Size).
+	size atomic.Uint64
+}
+
+// Size returns the last measurement of the range's data (its keys' and
+// values' bytes) that this node made while it led the range, and whether
+// there is one. The split queue measures a range it leads when it has
+// not yet, and again once MaxBytes/8 bytes have been written since; so the
+// size may lag the range's by that much, and it may be a former
+// leadership's. Safe for any goroutine.
+func (r *Replica) Size() (uint64, bool) {
+	n := r.size.Load()
+	return n - 1, n > 0
 }
 
 // touched is every state machine's activity hook: range id applied or
@@ -218,6 +234,9 @@ type Store struct {
 	order atomic.Pointer[[]*Replica]
 	// removals counts the replicas destroyed (Removals).
 	removals atomic.Uint64
+	// sized counts the measurements that changed a replica's Size
+	// (SizesVersion).
+	sized atomic.Uint64
 	// index is the initialized replicas sorted by the start of their span,
 	// rebuilt whenever a descriptor changes (copy on write); readers take
 	// no lock. It may lag a change by a moment: Lookup checks what it finds.
@@ -747,6 +766,11 @@ func (s *Store) reconcile(id uint64) {
 // (the server's views of its peers) sees from it that the set shrank, and
 // that it must learn again of the ranges it lost. Safe from any goroutine.
 func (s *Store) Removals() uint64 { return s.removals.Load() }
+
+// SizesVersion moves whenever a replica's Size changes: a reader that
+// reported the sizes (the server's discovery answers) knows from it that
+// they are stale. Safe from any goroutine.
+func (s *Store) SizesVersion() uint64 { return s.sized.Load() }
 
 // destroy removes replica r from the node: it stops applying, the Host
 // removes its group and raft state, then its own state is deleted (not the
