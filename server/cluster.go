@@ -503,6 +503,7 @@ func (c *clusterService) ClusterMap(ctx context.Context, _ *api.ClusterMapReques
 			// peer answers that its groups are unchanged.
 			gi = proto.Clone(gi).(*api.GroupInfo)
 			gi.Start, gi.End, gi.Replicas, gi.Generation = nil, nil, nil, 0
+			gi.Bytes, gi.Sized = 0, false
 			gis[i] = gi
 		}
 	}

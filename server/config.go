@@ -136,8 +136,9 @@ type Config struct {
 	// RebalanceInterval is how often the node that leads the meta range
 	// checks the replica counts of the live members and, while two differ
 	// by 2 or more, moves one replica from the node holding the most to
-	// the one holding the fewest (rebalanceLoop; one move at a time in the
-	// cluster): so a node that joins takes its share. Nodes marked drained
+	// the one holding the fewest; with the counts even, it evens out the
+	// bytes the members hold (pickBytes) (rebalanceLoop; one move at a
+	// time in the cluster): so a node that joins takes its share. Nodes marked drained
 	// (`flotilla node drain`) are left out. Default
 	// DefaultRebalanceInterval (1s); 100ms..1h; negative: off.
 	RebalanceInterval time.Duration

@@ -76,7 +76,7 @@ func TestDrainMark(t *testing.T) {
 		}
 		return fmt.Errorf("no node leads the meta range")
 	})
-	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{}}
+	rb := newRebalancer()
 	if leader.rebalanceOnce(map[uint64]bool{1: true, 2: true, 3: true, 4: true}, rb) {
 		t.Error("a rebalancing pass tried a move with node 4 drained and empty")
 	}

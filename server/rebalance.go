@@ -12,8 +12,9 @@ import (
 	"github.com/flotilla/flotilla/kv"
 )
 
-// rebalanceLoop evens out the replica counts of the live members
-// (Config.RebalanceInterval; started by Start when it is positive). Every
+// rebalanceLoop evens out the replica counts of the live members, then
+// the bytes they hold (Config.RebalanceInterval; started by Start when it
+// is positive). Every
 // interval, on the node that leads the meta range, with every member
 // (not dead, not leaving, not drained) reachable and the set of them
 // unchanged for BalanceSettle, and no move under way anywhere (no range
@@ -27,7 +28,10 @@ import (
 // replica on the member holding the fewest (pickRepair); else, if
 // two members' counts differ by 2 or more, it moves one replica of a range
 // from the member holding the most to the one holding the fewest, among
-// the ranges where that is a move (pickRebalance), and waits for the move
+// the ranges where that is a move, the one that best evens out their bytes
+// (pickRebalance); else, if two members' bytes differ by more than a tenth
+// of their mean and bytesSlack, it moves a range, or swaps two, between
+// them (pickBytes, rebalancebytes.go); and waits for the move
 // (Cluster.Move's path: forwarded to the range's leader, which hands its
 // leadership away first if it is the one leaving). A range whose move
 // failed waits deadRetry before it is picked again, so that one range that
@@ -45,7 +49,7 @@ import (
 // last; a member down, not yet dead, holds the rebalancer until it is back
 // or dead.
 func (s *Server) rebalanceLoop() {
-	rb := &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{}}
+	rb := newRebalancer()
 	s.settledLoop(s.cfg.RebalanceInterval, s.leadsMeta, func(live map[uint64]bool) bool { return s.rebalanceOnce(live, rb) })
 }
 
@@ -59,7 +63,30 @@ type rebalancer struct {
 	// learnerSince: when each range was first seen (and since always)
 	// with a learner.
 	learnerSince map[uint64]time.Time
+	// failures: the moves of each range that failed in a row (failed).
+	failures map[uint64]int
+	// sizes: each range's size as the last pass knew it (rangeSizes).
+	sizes map[uint64]uint64
 }
+
+func newRebalancer() *rebalancer {
+	return &rebalancer{retryAt: map[uint64]time.Time{}, offSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{},
+		failures: map[uint64]int{}, sizes: map[uint64]uint64{}}
+}
+
+// failed notes that a move of range id failed: it is not picked again for
+// deadRetry, doubled for each failure in a row up to 32 times that (5
+// minutes), so that a range that cannot move (frozen for a merge, its
+// leader unreachable) does not cost a move and its undoing every
+// deadRetry (a swap whose second move failed was undone by the next pass,
+// and picked again 10 s later).
+func (rb *rebalancer) failed(id uint64) {
+	rb.failures[id]++
+	rb.retryAt[id] = time.Now().Add(deadRetry << min(rb.failures[id]-1, 5))
+}
+
+// moved notes that a move of range id finished.
+func (rb *rebalancer) moved(id uint64) { delete(rb.failures, id) }
 
 // orphanGrace is how long a learner waits before the rebalancer finishes
 // its move as one left under way: a backstop (the decider that started a
@@ -141,6 +168,11 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 	if err != nil {
 		return true // not known to be balanced
 	}
+	for id := range rb.failures {
+		if !slices.ContainsFunc(ds, func(d kv.Descriptor) bool { return d.ID == id }) {
+			delete(rb.failures, id) // merged away
+		}
+	}
 	count := map[uint64]int{}
 	var learning []*kv.Descriptor
 	for i, d := range ds {
@@ -178,8 +210,10 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 			}
 			from, to := finishMove(d, members, holders, count, want)
 			s.log.Info("rebalancing: finishing a move left under way", "group", d.ID, "from", from, "to", to, "desc", d.String())
-			if !s.rebalanceMove(d, from, to) {
-				rb.retryAt[d.ID] = time.Now().Add(deadRetry)
+			if s.rebalanceMove(d, from, to) {
+				rb.moved(d.ID)
+			} else {
+				rb.failed(d.ID)
 			}
 			break
 		}
@@ -216,17 +250,59 @@ func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {
 		return ok && now.Sub(at) >= 2*s.cfg.MoveCatchUp && !waiting(id)
 	}
 	from, to, d := pickRepair(members, holders, count, ds, want, settled)
+	sizes := s.rangeSizes(ds, rb.sizes)
+	bytes := nodeBytes(ds, sizes)
 	if d == nil {
-		from, to, d = pickRebalance(members, count, ds, waiting)
+		from, to, d = pickRebalance(members, count, bytes, sizes, ds, waiting)
 	}
 	if d == nil {
-		return len(rb.retryAt) > 0 || len(rb.offSince) > 0 // a range waiting may move later: not balanced
+		x := pickBytes(members, count, bytes, sizes, ds, waiting, s.bytesSlack())
+		if x == nil {
+			return len(rb.retryAt) > 0 || len(rb.offSince) > 0 // a range waiting may move later: not balanced
+		}
+		s.rebalanceBytes(x, bytes, sizes, rb)
+		return true
 	}
-	s.log.Info("rebalancing a replica", "group", d.ID, "from", from, "to", to, "from_replicas", count[from], "to_replicas", count[to])
-	if !s.rebalanceMove(d, from, to) {
-		rb.retryAt[d.ID] = time.Now().Add(deadRetry)
+	s.log.Info("rebalancing a replica", "group", d.ID, "from", from, "to", to, "from_replicas", count[from], "to_replicas", count[to],
+		"from_bytes", bytes[from], "to_bytes", bytes[to], "range_bytes", sizes[d.ID])
+	if s.rebalanceMove(d, from, to) {
+		rb.moved(d.ID)
+	} else {
+		rb.failed(d.ID)
 	}
 	return true
+}
+
+// rebalanceBytes makes exchange x (pickBytes). A swap moves the smaller
+// range first (back, from x.to to x.from), then the bigger (give), and
+// only while this node still leads the meta range: a swap cut short
+// leaves the counts up to two apart, which the next pass evens out, and
+// cut short after its first move it has cost only the smaller one. A
+// failure backs both ranges off (rebalancer.failed): a range that cannot
+// move is not swapped again and again.
+func (s *Server) rebalanceBytes(x *exchange, bytes, sizes map[uint64]uint64, rb *rebalancer) {
+	s.log.Info("rebalancing bytes", "group", x.give.ID, "from", x.from, "to", x.to, "range_bytes", sizes[x.give.ID],
+		"from_bytes", bytes[x.from], "to_bytes", bytes[x.to], "swap", x.back != nil)
+	if x.back != nil {
+		s.log.Info("rebalancing bytes: the swap's smaller range first", "group", x.back.ID, "from", x.to, "to", x.from, "range_bytes", sizes[x.back.ID])
+		if !s.rebalanceMove(x.back, x.to, x.from) {
+			rb.failed(x.back.ID)
+			rb.failed(x.give.ID)
+			return
+		}
+		rb.moved(x.back.ID)
+		if !s.leadsMeta() {
+			return // another node decides now, on what it reads
+		}
+	}
+	if !s.rebalanceMove(x.give, x.from, x.to) {
+		rb.failed(x.give.ID)
+		if x.back != nil {
+			rb.failed(x.back.ID)
+		}
+		return
+	}
+	rb.moved(x.give.ID)
 }
 
 // rebalanceMove makes the move of range d from node from to node to
@@ -320,10 +396,14 @@ func pickRepair(members, holders []uint64, count map[uint64]int, ds []kv.Descrip
 
 // pickRebalance chooses a move that evens out count over members: from
 // the member holding the most replicas to the one holding the fewest, if
-// they differ by 2 or more, of the first range of ds (in key order) with
-// a voter on the first and no replica on the second, and not waiting;
-// else the next pair. nil: balanced, or no range to move.
-func pickRebalance(members []uint64, count map[uint64]int, ds []kv.Descriptor, waiting func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
+// they differ by 2 or more, of a range of ds with a replica on the first
+// and none on the second, and not waiting; else the next pair. Of those
+// ranges it takes the one whose move leaves the two members' bytes
+// (nodeBytes, of range sizes) closest, the first in key order among
+// equals: a count-only choice gave a new node the first ranges in key
+// order, whatever their size, and left the bytes for pickBytes to even
+// out. nil: balanced, or no range to move.
+func pickRebalance(members []uint64, count map[uint64]int, bytes, sizes map[uint64]uint64, ds []kv.Descriptor, waiting func(uint64) bool) (from, to uint64, d *kv.Descriptor) {
 	byCount := slices.Clone(members)
 	slices.SortStableFunc(byCount, func(a, b uint64) int { return count[a] - count[b] })
 	for i := len(byCount) - 1; i > 0; i-- {
@@ -332,10 +412,21 @@ func pickRebalance(members []uint64, count map[uint64]int, ds []kv.Descriptor, w
 			if count[hi]-count[lo] < 2 {
 				break
 			}
+			var bestLeft uint64
 			for k := range ds {
-				if !waiting(ds[k].ID) && ds[k].HasReplica(hi) && !ds[k].HasReplica(lo) {
-					return hi, lo, &ds[k]
+				if waiting(ds[k].ID) || !ds[k].HasReplica(hi) || ds[k].HasReplica(lo) {
+					continue
 				}
+				// The two members' bytes after the move: hi's less the
+				// range, lo's plus it.
+				n := sizes[ds[k].ID]
+				left := absDiff(bytes[hi]-min(n, bytes[hi]), bytes[lo]+n)
+				if d == nil || left < bestLeft {
+					d, bestLeft = &ds[k], left
+				}
+			}
+			if d != nil {
+				return hi, lo, d
 			}
 		}
 	}

@@ -31,7 +31,9 @@
 # kill), the bench errors, the replicas left on node 4 (from `flotilla
 # ranges -w json`: must be 0), and the bytes each node holds at the end
 # (the sum of its ranges' sizes, from the same) with the widest gap from
-# their mean.
+# their mean; with MODE=rebalance or grow, the rebalancer's moves (of
+# counts and of bytes) and when it made its last (last_rebalancing_move,
+# from the joins or the restart).
 #
 # Usage: tools/drainbench.sh [ROUNDS]      (default 3)
 #
@@ -250,19 +252,27 @@ for ((r = 1; r <= ROUNDS; r++)); do
   kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""
   "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
   stop
-  python3 - "$d" "$r" "$t0" "$t1" "$MODE" <<'PY'
+  python3 - "$d" "$r" "$t0" "$t1" "$MODE" "$((N + JOINED))" <<'PY'
 import datetime, glob, json, re, statistics, sys
-d, r, t0, t1, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-# The first move off node 4, from the nodes' logs.
-tm = None
+d, r, t0, t1, mode, nodes = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+# The first move off node 4, from the nodes' logs; and the last move of
+# the rebalancer (counts or bytes: "rebalancing a replica", "rebalancing
+# bytes" and a swap's move back), and how many it made.
+tm = tlast = None
+rebalanced = 0
 for f in glob.glob(f"{d}/n*.log"):
     for l in open(f, errors="replace"):
-        if "moving a replica off a leaving node" in l or 'msg="rebalancing a replica" ' in l:
+        first = "moving a replica off a leaving node" in l or 'msg="rebalancing a replica" ' in l
+        rebal = 'msg="rebalancing a replica" ' in l or 'msg="rebalancing bytes' in l
+        rebalanced += rebal
+        if first or rebal:
             m = re.match(r"time=(\S+)", l)
             if m:
                 t = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
-                tm = t if tm is None else min(tm, t)
-            break
+                if first:
+                    tm = t if tm is None else min(tm, t)
+                if rebal:
+                    tlast = t if tlast is None else max(tlast, t)
 runs = [json.loads(l) for l in open(f"{d}/bench.jsonl")]
 failed = sum(1 for b in runs if b.get("failed"))
 runs = [b for b in runs if not b.get("failed")]
@@ -278,7 +288,10 @@ moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
 m = re.search(r"it held (\d+) replicas when", open(f"{d}/drain.out").read())
 if m:
     moves = int(m.group(1))
-counts, leads, held = {}, {}, {}
+# With rebalance or grow, every node, one that holds nothing too (a node
+# never filled); else the nodes that hold replicas (not node 4, emptied).
+every = range(1, nodes + 1) if mode in ("rebalance", "grow") else []
+counts, leads, held = {n: 0 for n in every}, {}, {n: 0 for n in every}
 for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
     for n in rg["replicas"]:
         counts[n] = counts.get(n, 0) + 1
@@ -286,7 +299,7 @@ for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
     if rg.get("leader"):
         leads[rg["leader"]] = leads.get(rg["leader"], 0) + 1
 if mode in ("rebalance", "grow"):
-    moves = sum(sum(1 for l in open(f) if 'msg="rebalancing a replica" ' in l) for f in glob.glob(f"{d}/n*.log"))
+    moves = rebalanced
 print(json.dumps({
     "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "replicas_per_node": [counts.get(n, 0) for n in sorted(counts)],
@@ -296,6 +309,7 @@ print(json.dumps({
     "baseline_ops_per_sec": round(base), "during_ops_per_sec": [round(x) for x in during],
     "lowest_second_vs_baseline": round(min(during) / base, 2) if during else None,
     "first_move": round(tm - t0, 2) if tm is not None else None,
+    "last_rebalancing_move": round(tlast - t0, 2) if tlast is not None else None,
     "moving_ops_per_sec": [round(x) for x in moving],
     "lowest_moving_second_vs_baseline": round(min(moving) / base, 2) if moving else None,
     "after_ops_per_sec": round(statistics.median(after)) if after else None,

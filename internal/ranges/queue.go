@@ -52,9 +52,13 @@ func (s *Store) Tick() {
 		if !s.leads(r.ID) {
 			// Led elsewhere: what it wrote is that leader's to measure,
 			// from here on (else a former leader's replica would stay
-			// in the walk for good).
+			// in the walk for good); and once it leads again, it is
+			// measured again (its size, Replica.Size, would be that of
+			// its former leadership, or, for a replica removed and
+			// added again, none, for good).
 			r.q.notLedAt = s.ticks
 			r.q.written = r.SM.WrittenBytes()
+			r.q.measured = false
 			continue
 		}
 		d, ok := r.Descriptor()
@@ -238,7 +242,7 @@ func (s *Store) splitIdle(r *Replica) bool {
 	// A replica not measured yet is one another node led when last asked
 	// (within leadRecheckTicks: asking the Host is a map lookup, for each
 	// of thousands of followers every tick), or one to measure now.
-	known := q.measured || (q.notLedAt != 0 && s.ticks-q.notLedAt < leadRecheckTicks)
+	known := s.measured(r, q) || (q.notLedAt != 0 && s.ticks-q.notLedAt < leadRecheckTicks)
 	if s.cfg.MaxBytes > 0 && (!known || r.SM.WrittenBytes()-q.written >= uint64(s.cfg.MaxBytes)/8) {
 		return false
 	}
@@ -301,13 +305,26 @@ func (s *Store) leads(id uint64) bool {
 	return err == nil && l == s.cfg.NodeID
 }
 
+// measured reports whether r's size (q, its queue state) is known and
+// current but for what was written since: measured, and not since split,
+// merged or moved (a new descriptor generation: a split leaves the left
+// range's measurement the whole range's, a merge the left range's alone,
+// and WrittenBytes counts neither). Loop only.
+func (s *Store) measured(r *Replica, q *queueState) bool {
+	if !q.measured || r.size.Load() == 0 {
+		return false
+	}
+	d, ok := r.Descriptor()
+	return ok && d.Generation == q.gen
+}
+
 // checkSplit splits r if it is too big or too hot.
 func (s *Store) checkSplit(r *Replica, d *kv.Descriptor) {
 	st := s.queueState(r.ID)
 	if s.cfg.MaxBytes > 0 {
 		written := r.SM.WrittenBytes()
-		if !st.measured || written-st.written >= uint64(s.cfg.MaxBytes)/8 {
-			st.measured, st.written = true, written
+		if !s.measured(r, st) || written-st.written >= uint64(s.cfg.MaxBytes)/8 {
+			st.measured, st.written, st.gen = true, written, d.Generation
 			n, err := r.SM.SpanBytes()
 			if err == nil && r.size.Swap(n+1) != n+1 {
 				s.sized.Add(1)
@@ -350,6 +367,7 @@ func (s *Store) autoSplit(id uint64, key []byte, why string) {
 type queueState struct {
 	measured bool
 	written  uint64 // WrittenBytes at the last measurement
+	gen      uint64 // the descriptor's generation at the last measurement
 	hot      int    // ticks in a row over SplitLoad
 	born     uint64 // the tick of its last split (or of its making)
 	notLedAt uint64 // the tick it was last found led by another node (0: never)

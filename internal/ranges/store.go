@@ -164,10 +164,13 @@ type Replica struct {
 
 // Size returns the last measurement of the range's data (its keys' and
 // values' bytes) that this node made while it led the range, and whether
-// there is one. The split queue measures a range it leads when it has
-// not yet, and again once MaxBytes/8 bytes have been written since; so the
-// size may lag the range's by that much, and it may be a former
-// leadership's. Safe for any goroutine.
+// there is one. The split queue measures a range it leads when it starts
+// leading it, after each split, merge or move (a new descriptor
+// generation), and once MaxBytes/8 bytes have been put since; so the size
+// may lag the range's by that much. Deletes are not counted: a range
+// emptied by deletes keeps its size until one of the above. A replica
+// this node no longer leads keeps its last size (only the leader's is
+// reported: server describeGroups). Safe for any goroutine.
 func (r *Replica) Size() (uint64, bool) {
 	n := r.size.Load()
 	return n - 1, n > 0

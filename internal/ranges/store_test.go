@@ -514,3 +514,44 @@ func TestTickWalksActiveReplicas(t *testing.T) {
 		t.Fatalf("walk of %d replicas (range %d in it: %v), want the written range and one window", len(walk), r.ID, slices.Contains(walk, r))
 	}
 }
+
+// TestSizeMeasured: the split queue measures each range it leads
+// (Replica.Size, SizesVersion moves), and measures again after a split,
+// though less than MaxBytes/8 was written since: the left range's size is
+// then its half's, not the whole range's it was before.
+func TestSizeMeasured(t *testing.T) {
+	n := newNode(t, 1)
+	n.s.cfg.MaxBytes = 1 << 20
+	for _, k := range []string{"a", "b", "c", "m", "n", "z"} {
+		n.put(k)
+	}
+	r, _ := n.s.Get(1)
+	if _, ok := r.Size(); ok {
+		t.Fatal("a size before any measurement")
+	}
+	v := n.s.SizesVersion()
+	n.s.Tick()
+	n.drain()
+	whole, ok := r.Size()
+	if want, _ := r.SM.SpanBytes(); !ok || whole != want || n.s.SizesVersion() == v {
+		t.Fatalf("size %d (%v), want %d; sizes version %d, was %d", whole, ok, want, n.s.SizesVersion(), v)
+	}
+	var err error
+	n.s.Split(1, []byte("m"), func(_, _ kv.Descriptor, e error) { err = e })
+	n.drain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		n.s.Tick()
+		n.drain()
+	}
+	half, ok := r.Size()
+	if want, _ := r.SM.SpanBytes(); !ok || half != want || half >= whole {
+		t.Fatalf("left range's size after the split: %d (%v), want %d (the whole range's was %d)", half, ok, want, whole)
+	}
+	right, _ := n.s.Get(2)
+	if got, ok := right.Size(); !ok || got != whole-half {
+		t.Fatalf("right range's size after the split: %d (%v), want %d", got, ok, whole-half)
+	}
+}
