@@ -4672,7 +4672,10 @@ type InfoRequest struct {
 	// answer then carries every group.
 	KnownVersion uint64 `protobuf:"varint,3,opt,name=known_version,json=knownVersion,proto3" json:"known_version,omitempty"`
 	// known_nodes: how many nodes the asker knows (bootstrap and joined).
-	KnownNodes    uint32 `protobuf:"varint,4,opt,name=known_nodes,json=knownNodes,proto3" json:"known_nodes,omitempty"`
+	KnownNodes uint32 `protobuf:"varint,4,opt,name=known_nodes,json=knownNodes,proto3" json:"known_nodes,omitempty"`
+	// incarnation: the asker's data directory's incarnation (0: not
+	// given); see InfoResponse.superseded.
+	Incarnation   uint64 `protobuf:"varint,5,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4735,6 +4738,13 @@ func (x *InfoRequest) GetKnownNodes() uint32 {
 	return 0
 }
 
+func (x *InfoRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
 type InfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  *NodeInfo              `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -4758,7 +4768,11 @@ type InfoResponse struct {
 	// than the asker (InfoRequest.known_nodes): so a node that was down
 	// while others joined learns of them from any peer, not only from the
 	// meta range (whose replicas may all be on nodes it does not know).
-	Nodes         map[uint64]string `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Nodes map[uint64]string `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// superseded: the answering node knows the asker under another
+	// incarnation (its data directory was lost or replaced); nothing else is
+	// answered, and the asker must stop (server ErrSuperseded).
+	Superseded    bool `protobuf:"varint,7,opt,name=superseded,proto3" json:"superseded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4833,6 +4847,13 @@ func (x *InfoResponse) GetNodes() map[uint64]string {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *InfoResponse) GetSuperseded() bool {
+	if x != nil {
+		return x.Superseded
+	}
+	return false
 }
 
 type LeaseGrantRequest struct {
@@ -6914,21 +6935,25 @@ const file_flotilla_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12)\n" +
 	"\x04node\x18\x02 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
 	"\x06groups\x18\x03 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12,\n" +
-	"\x05peers\x18\x04 \x03(\v2\x16.flotilla.v1.PeerStatsR\x05peers\"\x86\x01\n" +
+	"\x05peers\x18\x04 \x03(\v2\x16.flotilla.v1.PeerStatsR\x05peers\"\xa8\x01\n" +
 	"\vInfoRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\x12#\n" +
 	"\rknown_version\x18\x03 \x01(\x04R\fknownVersion\x12\x1f\n" +
 	"\vknown_nodes\x18\x04 \x01(\rR\n" +
-	"knownNodes\"\xb1\x02\n" +
+	"knownNodes\x12 \n" +
+	"\vincarnation\x18\x05 \x01(\x04R\vincarnation\"\xd1\x02\n" +
 	"\fInfoResponse\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.flotilla.v1.NodeInfoR\x04node\x12.\n" +
 	"\x06groups\x18\x02 \x03(\v2\x16.flotilla.v1.GroupInfoR\x06groups\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1c\n" +
 	"\tunchanged\x18\x04 \x01(\bR\tunchanged\x12\x18\n" +
 	"\aremoved\x18\x05 \x01(\bR\aremoved\x12:\n" +
-	"\x05nodes\x18\x06 \x03(\v2$.flotilla.v1.InfoResponse.NodesEntryR\x05nodes\x1a8\n" +
+	"\x05nodes\x18\x06 \x03(\v2$.flotilla.v1.InfoResponse.NodesEntryR\x05nodes\x12\x1e\n" +
+	"\n" +
+	"superseded\x18\a \x01(\bR\n" +
+	"superseded\x1a8\n" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +

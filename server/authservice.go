@@ -107,6 +107,8 @@ func (s *Server) loadAuth(ctx context.Context, linearizable bool) (*auth.Tables,
 	}
 	_, states, _ := s.membershipOf(recs)
 	s.mergeMembership(states) // they only move forward: no older read undoes a newer
+	_, incs, _ := s.incarnationsOf(recs)
+	s.noteIncarnations(incs) // written once each: no older read undoes a newer
 	_, joined, _ := s.joinedOf(recs)
 	added, err := s.addNodes(joinedAddrs(joined)) // nodes only join: no older read undoes a newer
 	for _, id := range added {
@@ -204,7 +206,8 @@ func (s *Server) recheckAuth(ctx context.Context) *auth.Tables {
 }
 
 // authLoop rereads the user and role tables, and the nodes' membership
-// records (decommission.go), every AuthRefresh; with --insecure only the
+// records (decommission.go), every AuthRefresh, and records this node's
+// incarnation once (incarnation.go); with --insecure only the
 // membership records matter. A failed read keeps what the node has
 // (logged once per failure streak).
 func (s *Server) authLoop() {
@@ -215,6 +218,13 @@ func (s *Server) authLoop() {
 		ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.AuthRefresh, time.Second))
 		_, err := s.loadAuth(ctx, false)
 		cancel()
+		if err == nil {
+			ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.AuthRefresh, time.Second))
+			if err := s.recordIncarnation(ctx); err != nil && !s.isStopping() {
+				s.log.Warn("recording this node's incarnation failed; will retry", "err", err)
+			}
+			cancel()
+		}
 		// Nodes learned from discovery answers too, read or not.
 		s.persistNodes()
 		if err != nil && !failing && !s.isStopping() {

@@ -129,6 +129,9 @@ func (p *peerService) Info(ctx context.Context, req *api.InfoRequest) (*api.Info
 	if p.s.membership(req.From) == api.NodeRemoved {
 		return &api.InfoResponse{Removed: true}, nil
 	}
+	if known := p.s.knownIncarnation(req.From); req.Incarnation != 0 && known != 0 && known != req.Incarnation {
+		return &api.InfoResponse{Superseded: true}, nil // incarnation.go
+	}
 	resp := &api.InfoResponse{Node: p.s.selfInfo()}
 	if len(p.s.nodeIDs()) > int(req.KnownNodes) {
 		resp.Nodes = p.s.joinedNodes()
@@ -198,7 +201,8 @@ func (s *Server) discoverOnce() {
 			continue // it holds nothing, and is refused
 		}
 		asked++
-		req := &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID, KnownVersion: known[id], KnownNodes: uint32(len(dir.ids))}
+		req := &api.InfoRequest{ClusterId: s.clusterID, From: s.cfg.NodeID, KnownVersion: known[id], KnownNodes: uint32(len(dir.ids)),
+			Incarnation: s.incarnation}
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
@@ -218,6 +222,10 @@ func (s *Server) discoverOnce() {
 		a := <-answers
 		if a.err == nil && a.resp.Removed {
 			s.removedFromCluster(a.id)
+			continue
+		}
+		if a.err == nil && a.resp.Superseded {
+			s.superseded(fmt.Sprintf("node %d knows it under another incarnation", a.id))
 			continue
 		}
 		if a.err == nil && len(a.resp.Nodes) > 0 {

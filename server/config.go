@@ -150,6 +150,13 @@ type Config struct {
 	// DiscoveryInterval is how often the node asks its peers for their
 	// addresses and leaders. Default 1s; limits 10ms..1m.
 	DiscoveryInterval time.Duration
+	// BootstrapCheckWait bounds a bootstrapping node's ask of the other
+	// nodes of InitialCluster whether they know it under another data
+	// directory (incarnation.go): a node that has not answered by then (down,
+	// or starting too: one that listens but does not serve yet keeps the
+	// asker waiting it all) counts as knowing nothing. Default 3s; limits
+	// 10ms..1m.
+	BootstrapCheckWait time.Duration
 	// GossipInterval is the gossip membership's probe interval
 	// (internal/gossip, SWIM): node liveness, which drives the allocator
 	// and the clients' view, is as fresh as this. A node that stops
@@ -325,6 +332,9 @@ func (c *Config) setDefaults() {
 	if c.BalanceSettle == 0 {
 		c.BalanceSettle = 10 * time.Second
 	}
+	if c.BootstrapCheckWait == 0 {
+		c.BootstrapCheckWait = 3 * time.Second
+	}
 	if c.DiscoveryInterval == 0 {
 		c.DiscoveryInterval = time.Second
 	}
@@ -402,6 +412,9 @@ func (c *Config) validate() error {
 	}
 	if c.DiscoveryInterval < 10*time.Millisecond || c.DiscoveryInterval > time.Minute {
 		return bad("discovery interval %v outside 10ms..1m", c.DiscoveryInterval)
+	}
+	if c.BootstrapCheckWait < 10*time.Millisecond || c.BootstrapCheckWait > time.Minute {
+		return bad("bootstrap check wait %v outside 10ms..1m", c.BootstrapCheckWait)
 	}
 	if c.GossipInterval < 10*time.Millisecond || c.GossipInterval > time.Minute {
 		return bad("gossip interval %v outside 10ms..1m", c.GossipInterval)

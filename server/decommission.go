@@ -134,27 +134,44 @@ func membershipRank(state string) int {
 // version): those are logged and skipped, as the user and role tables,
 // read with them, must still load, and a rewrite keeps them.
 func (s *Server) membershipOf(recs []kv.KeyValue) (raw []byte, states map[uint64]string, unread []string) {
-	states = map[uint64]string{}
-	raw, lines := recordLines(recs, membershipKey)
-	for _, line := range lines {
-		id, st, ok := strings.Cut(line, " ")
-		n, err := strconv.ParseUint(id, 10, 64)
-		if !ok || err != nil || n == 0 || membershipRank(st) == 0 {
-			s.log.Warn("skipping a membership line this version cannot read", "line", line)
-			unread = append(unread, line)
-			continue
-		}
-		states[n] = st
-	}
-	return raw, states, unread
+	return nodeLinesOf(s, recs, membershipKey, func(st string) (string, bool) { return st, membershipRank(st) != 0 })
 }
 
 // encodeMembership returns the membership record listing states, and then
 // the lines unread as they were.
 func encodeMembership(states map[uint64]string, unread []string) []byte {
+	return encodeNodeLines(states, "%d %s\n", unread)
+}
+
+// nodeLinesOf reads the server record key among recs, a line "ID VALUE"
+// per node, VALUE read by parse: it returns the record (nil if none), the
+// values by node, and the lines it cannot read (from a newer version:
+// logged and skipped, as the user and role tables, read with them, must
+// still load), which a rewrite keeps.
+func nodeLinesOf[V any](s *Server, recs []kv.KeyValue, key string, parse func(string) (V, bool)) (raw []byte, out map[uint64]V, unread []string) {
+	out = map[uint64]V{}
+	raw, lines := recordLines(recs, key)
+	for _, line := range lines {
+		id, val, ok := strings.Cut(line, " ")
+		n, err := strconv.ParseUint(id, 10, 64)
+		v, vok := parse(val)
+		if !ok || err != nil || n == 0 || !vok {
+			s.log.Warn("skipping a line of a nodes' record this version cannot read", "record", key, "line", line)
+			unread = append(unread, line)
+			continue
+		}
+		out[n] = v
+	}
+	return raw, out, unread
+}
+
+// encodeNodeLines returns a nodes' record of a line per node of m, in ID
+// order, by format (of the ID and the value), then the lines unread as
+// they were.
+func encodeNodeLines[V any](m map[uint64]V, format string, unread []string) []byte {
 	var b []byte
-	for _, id := range slices.Sorted(maps.Keys(states)) {
-		b = fmt.Appendf(b, "%d %s\n", id, states[id])
+	for _, id := range slices.Sorted(maps.Keys(m)) {
+		b = fmt.Appendf(b, format, id, m[id])
 	}
 	return appendLines(b, unread)
 }

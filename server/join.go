@@ -409,6 +409,9 @@ func (s *Server) identify() (bootstrap bool, known map[uint64]string, err error)
 			return false, nil, err
 		}
 		s.clusterID, s.dirMeta, s.dirPersisted = want.ClusterID, want, got.Nodes
+		if err := s.loadIncarnation(fresh); err != nil {
+			return false, nil, err
+		}
 		return fresh, newNodeDir(c.InitialCluster, got.Nodes).addrs, nil
 	}
 	m, fresh, err := readMeta(c.DataDir)
@@ -456,5 +459,8 @@ func (s *Server) identify() (bootstrap bool, known map[uint64]string, err error)
 	nodes := m.Nodes
 	m.Nodes = nil
 	s.clusterID, s.dirMeta, s.dirPersisted = m.ClusterID, m, nodes
+	if err := s.loadIncarnation(false); err != nil {
+		return false, nil, err
+	}
 	return false, newNodeDir(ic, nodes).addrs, nil
 }

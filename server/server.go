@@ -31,7 +31,7 @@
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
-// Server.badTokens.mu, Server.membersMu, Server.dirMu, the lease loop's groupSet.mu, deadMoves.mu,
+// Server.badTokens.mu, Server.membersMu, Server.incs.mu, Server.dirMu, the lease loop's groupSet.mu, deadMoves.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -103,6 +103,10 @@ type Server struct {
 	// membersSeen: when this node first knew each node in members to be
 	// leaving (membershipSettled). Guarded by membersMu.
 	membersSeen map[uint64]time.Time
+	// incarnation is this data directory's (incarnation.go); incs, the
+	// nodes' as last read from the meta range.
+	incarnation uint64
+	incs        incarnations
 	// dir is the node directory (directory.go): every node and its peer
 	// address. Replaced whole under dirMu (a leaf), read without it.
 	dir   atomic.Pointer[nodeDir]
@@ -264,6 +268,16 @@ func New(cfg Config) (s *Server, err error) {
 	}
 	cfg = s.cfg // identify settles the node ID and the cluster's flags
 	s.log = cfg.Logger.With("node", cfg.NodeID)
+	if bootstrap {
+		// A node whose data directory was lost must not vote again
+		// under its ID (incarnation.go). Asked before this node opens
+		// its storage (a refused start leaves the directory empty) and
+		// listens (another node bootstrapping at once is refused a
+		// connection, not kept waiting).
+		if err := s.checkIncarnation(); err != nil {
+			return s, err
+		}
+	}
 	s.dir.Store(newNodeDir(map[uint64]string{cfg.NodeID: cfg.PeerAddr}, nil))
 	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{}); err != nil {
 		return s, err
@@ -348,6 +362,9 @@ func New(cfg Config) (s *Server, err error) {
 		return s, fmt.Errorf("server: snapshot dir: %w", err)
 	}
 	if bootstrap {
+		if err := writeIncarnation(cfg.DataDir, s.incarnation); err != nil {
+			return s, err
+		}
 		if err := writeMeta(cfg.DataDir, s.dirMeta); err != nil {
 			return s, err
 		}

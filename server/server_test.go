@@ -83,6 +83,12 @@ func (c *cluster) config(id uint64) Config {
 		Insecure:          true,
 		TickInterval:      20 * time.Millisecond,
 		DiscoveryInterval: 100 * time.Millisecond,
+		// A bootstrapping node asks the others whether they know it
+		// (incarnation.go), and a node not started yet listens here (its
+		// listener is held) without serving: the default 3 s each for
+		// every node started before the last. TestWipedNodeRefused asks
+		// longer.
+		BootstrapCheckWait: 100 * time.Millisecond,
 		// memberlist's default: at 200ms (a 100ms probe timeout) the
 		// busiest tests under -race ran 45% longer, nodes counted down
 		// and back while they were only slow.
