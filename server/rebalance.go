@@ -34,8 +34,9 @@ import (
 // them (pickBytes, rebalancebytes.go); and waits for the move
 // (Cluster.Move's path: forwarded to the range's leader, which hands its
 // leadership away first if it is the one leaving). A range whose move
-// failed waits deadRetry before it is picked again, so that one range that
-// cannot move (frozen for a merge) does not hold the others. One decider
+// failed waits deadRetry before it is picked again, doubled for each
+// failure in a row (rebalancer.failed), so that one range that cannot
+// move (frozen for a merge) does not hold the others. One decider
 // and one new move at a time, as long as the meta range has one leader
 // (two nodes that both see themselves leading it for a moment may pick
 // the same move, which the range's leader then makes once; and a decider

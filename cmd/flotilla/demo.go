@@ -164,12 +164,17 @@ func (d *demo) start() error {
 			TickInterval:      50 * time.Millisecond,
 			DiscoveryInterval: 250 * time.Millisecond,
 			BalanceInterval:   time.Second,
-			PeerListener:      lis[id][0],
-			ClientListener:    lis[id][1],
-			HTTPListener:      lis[id][2],
-			DisableSync:       true,
-			CertsDir:          d.certsDir(),
-			Logger:            log,
+			// Fresh directories every run: no node can be known under
+			// another incarnation, and the nodes not started yet listen
+			// here without serving, which kept each bootstrap's check
+			// waiting its default 3 s.
+			BootstrapCheckWait: 10 * time.Millisecond,
+			PeerListener:       lis[id][0],
+			ClientListener:     lis[id][1],
+			HTTPListener:       lis[id][2],
+			DisableSync:        true,
+			CertsDir:           d.certsDir(),
+			Logger:             log,
 		})
 		if err != nil {
 			for j := id + 1; j <= demoNodes; j++ {
