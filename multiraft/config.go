@@ -151,13 +151,16 @@ type Config struct {
 	// quiesced follower learns that its leader died from liveness only.
 	// Off by default.
 	Quiesce bool
-	// QuiesceIgnoringLiveness and QuiesceWithLaggards are planted bugs, for
-	// the tests and the simulation to show that their checks catch them;
-	// never set otherwise. The first leaves a quiesced group asleep when
-	// liveness finds its leader's node down; the second lets a leader
-	// quiesce, and stay quiesced, while a live follower lacks its last
-	// entry.
-	QuiesceIgnoringLiveness, QuiesceWithLaggards bool
+	// QuiesceIgnoringLiveness, QuiesceWithLaggards and
+	// QuiesceOnlyMatchedFollower are planted bugs, for the tests and the
+	// simulation to show that their checks catch them; never set
+	// otherwise. The first leaves a quiesced group asleep when liveness
+	// finds its leader's node down; the second lets a leader quiesce, and
+	// stay quiesced, while a live follower lacks its last entry; the third
+	// lets a follower hold still behind its quiesced leader only on a
+	// quiesce heartbeat that commits exactly its log (one whose
+	// acknowledgements the leader did not hear times out).
+	QuiesceIgnoringLiveness, QuiesceWithLaggards, QuiesceOnlyMatchedFollower bool
 	// MaxStartCampaigns bounds how many new groups this node campaigns
 	// for at once when it starts them as their expected leader
 	// (GroupStart.Leader): the next waits its turn until an earlier one has

@@ -15,7 +15,11 @@ package multiraft
 // with its own log committed through that same last entry and nothing of
 // its own to do, quiesces too (its election timer, reset by that
 // heartbeat, stops). A follower that does not match stays active and is
-// caught up by the leader on its next message. One that matches but waits
+// caught up by the leader on its next message; but one that holds more
+// than the heartbeat commits (the leader did not hear its
+// acknowledgements: cut off from it one way, it counts it down and
+// lagging, and sends it nothing more until it hears it again) holds still
+// behind it, as below, rather than time out. One that matches but waits
 // for something of its own (a proposal its leader never got) stays active
 // to time it out, its election timer stopped (leaderQuiesced), and
 // quiesces once idle. One exception: a replica
@@ -556,12 +560,24 @@ func (g *group) maybeQuiesceFollower(m *raftpb.Message) {
 		return
 	}
 	st := g.rn.BasicStatus()
-	if st.RaftState != raft.StateFollower || st.Lead != m.From || st.Term != m.Term || st.Commit != m.Commit {
+	if st.RaftState != raft.StateFollower || st.Lead != m.From || st.Term != m.Term {
+		return
+	}
+	if m.Commit < st.Commit && !g.h.cfg.QuiesceOnlyMatchedFollower {
+		// The leader quiesced counting this follower behind: it did not
+		// hear its acknowledgements (cut off one way from it, and
+		// counting it down and lagging, to catch up once heard again:
+		// catchup.go). This follower holds more than the leader knows, and
+		// hears it: it holds still, its election timer stopped, and node
+		// liveness watches the leader. Timing out instead, it asked for
+		// pre-votes every election timeout, knowing no leader, for as long
+		// as the cut lasted (TestQuiesceUnheardFollowerHoldsStill).
+		g.leaderQuiesced(m)
 		return
 	}
 	// The round held only quiesce messages, so raft appended nothing
 	// beyond what is persisted.
-	if g.log.lastIndex() != m.Commit {
+	if st.Commit != m.Commit || g.log.lastIndex() != m.Commit {
 		return
 	}
 	if !g.idle() {

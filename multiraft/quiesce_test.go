@@ -626,3 +626,61 @@ func healAndApplied(t *testing.T, c *mrtest.Cluster, g uint64) map[uint64]uint64
 	}
 	return applied
 }
+
+// TestQuiesceUnheardFollowerHoldsStill: the cut 2→1 comes while group 1,
+// led by node 1, is busy: node 2 gets the leader's appends, its
+// acknowledgements are lost. The leader counts node 2 down (liveness),
+// and quiesces with node 2 lagging; its quiesce heartbeat commits only
+// what it last heard node 2 hold, less than node 2 holds. Node 2 must hold
+// still behind its quiet leader, which it still hears (leaderQuiesced),
+// not time out: for the 60 ticks after, it knows node 1 as the leader, at
+// the same term. The naive follower (the planted bug
+// QuiesceOnlyMatchedFollower), which holds still only on a quiesce
+// heartbeat that commits exactly its log, timed out and asked for
+// pre-votes every election timeout, knowing no leader: a one-way cut
+// starting while a range was busy left that range leaderless on the cut
+// node (chaos.TestProcOneWayDropIptables, once, the meta range just
+// written).
+func TestQuiesceUnheardFollowerHoldsStill(t *testing.T) {
+	for _, naive := range []bool{false, true} {
+		t.Run(map[bool]string{false: "holds still", true: "naive"}[naive], func(t *testing.T) {
+			c := quietCluster(t, mrtest.Options{Groups: 1, QuiesceOnlyMatchedFollower: naive})
+			before, err := c.Hosts[2].GroupStatus(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Net.SetLink(2, 1, transport.LinkBlackHole)
+			for i := range 3 {
+				if _, err := c.Propose(1, 1, fmt.Sprintf("set k%d v", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			lost := 0
+			for tick := 1; tick <= 90; tick++ {
+				if err := c.TickStable(1); err != nil {
+					t.Fatal(err)
+				}
+				if tick <= 30 {
+					continue // the liveness timeout, and the leader's quiescence
+				}
+				st, err := c.Hosts[2].GroupStatus(1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Leader != 1 || st.Term != before.Term {
+					lost++
+				}
+			}
+			switch {
+			case !naive && lost > 0:
+				t.Fatalf("node 2, cut from its leader one way, knew no leader (or another term) %d of 60 ticks:\n%s", lost, c.Status())
+			case naive && lost == 0:
+				t.Fatalf("the naive follower kept its leader all along: the test does not show the fault\n%s", c.Status())
+			}
+			if st, err := c.Hosts[1].GroupStatus(1); err != nil || st.Leader != 1 || st.Term != before.Term {
+				t.Fatalf("the leader lost its lead: %+v %v", st, err)
+			}
+			t.Logf("node 2 without a leader %d of 60 ticks", lost)
+		})
+	}
+}

@@ -115,6 +115,14 @@ func (c *cluster) start(id uint64, peer net.Listener) {
 	}
 	cfg.PeerListener = peer
 	s, err := New(cfg)
+	// A restart listens again on the node's old peer port, which an
+	// outgoing connection of this process may hold for a moment as its
+	// own local port (once in CI: "address already in use").
+	for deadline := time.Now().Add(5 * time.Second); err != nil && peer == nil &&
+		strings.Contains(err.Error(), "address already in use") && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		s, err = New(cfg)
+	}
 	if err != nil {
 		if peer != nil {
 			peer.Close()

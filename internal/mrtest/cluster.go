@@ -43,7 +43,7 @@ type Options struct {
 	DisableFailover bool
 	// Quiesce as in multiraft.Config: idle groups stop ticking; the
 	// planted bugs as there too.
-	Quiesce, QuiesceIgnoringLiveness, QuiesceWithLaggards bool
+	Quiesce, QuiesceIgnoringLiveness, QuiesceWithLaggards, QuiesceOnlyMatchedFollower bool
 	// BootLeader, if set, names each new group's expected leader
 	// (multiraft.GroupStart.Leader): the other replicas start quiesced
 	// under it. Nodes start their groups with one StartGroups call.
@@ -143,15 +143,16 @@ func (c *Cluster) start(id uint64) error {
 		CompactionOverhead: c.Opts.CompactionOverhead,
 		Logger:             c.Opts.Logger,
 
-		DisableProposalForwarding: c.Opts.DisableProposalForwarding,
-		DisableFailover:           c.Opts.DisableFailover,
-		Quiesce:                   c.Opts.Quiesce,
-		QuiesceIgnoringLiveness:   c.Opts.QuiesceIgnoringLiveness,
-		QuiesceWithLaggards:       c.Opts.QuiesceWithLaggards,
-		MaxStartCampaigns:         c.Opts.MaxStartCampaigns,
-		MaxCatchUps:               c.Opts.MaxCatchUps,
-		LivenessStretch:           c.Opts.LivenessStretch,
-		Unannounced:               c.Opts.Unannounced,
+		DisableProposalForwarding:  c.Opts.DisableProposalForwarding,
+		DisableFailover:            c.Opts.DisableFailover,
+		Quiesce:                    c.Opts.Quiesce,
+		QuiesceIgnoringLiveness:    c.Opts.QuiesceIgnoringLiveness,
+		QuiesceWithLaggards:        c.Opts.QuiesceWithLaggards,
+		QuiesceOnlyMatchedFollower: c.Opts.QuiesceOnlyMatchedFollower,
+		MaxStartCampaigns:          c.Opts.MaxStartCampaigns,
+		MaxCatchUps:                c.Opts.MaxCatchUps,
+		LivenessStretch:            c.Opts.LivenessStretch,
+		Unannounced:                c.Opts.Unannounced,
 	})
 	if err != nil {
 		return err
