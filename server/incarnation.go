@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync"
 
-	crand "crypto/rand"
-	"encoding/binary"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -79,19 +77,6 @@ const incarnationsKey = "n/incarnations"
 // under that ID.
 var ErrSuperseded = errors.New("server: this node's data directory is not the one the cluster knows")
 
-// newIncarnation returns a random, non-zero incarnation.
-func newIncarnation() uint64 {
-	var b [8]byte
-	for {
-		if _, err := crand.Read(b[:]); err != nil {
-			panic(fmt.Sprintf("server: crypto/rand: %v", err)) // crypto/rand does not fail on supported platforms
-		}
-		if n := binary.LittleEndian.Uint64(b[:]); n != 0 {
-			return n
-		}
-	}
-}
-
 // loadIncarnation reads the data directory's incarnation (identify), or
 // makes one: for a fresh directory, kept in memory until the bootstrap
 // writes it (New: a bootstrap cut short, or refused, leaves none); for a
@@ -104,31 +89,18 @@ func (s *Server) loadIncarnation(fresh bool) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("server: %w", err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, incarnationFile))
-	switch {
-	case err == nil:
-		v, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
-		if perr != nil || v == 0 {
-			return fmt.Errorf("%w: %s holds %q, not an incarnation", ErrOtherCluster, filepath.Join(dir, incarnationFile), b)
-		}
+	v, ok, err := readHexFile(dir, incarnationFile, "an incarnation")
+	if err != nil || ok {
 		s.incarnation = v
-		return nil
-	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("server: %w", err)
+		return err
 	}
-	s.incarnation = newIncarnation()
+	if s.incarnation, err = randomNonZero(); err != nil {
+		return fmt.Errorf("server: incarnation: %w", err)
+	}
 	if fresh {
 		return nil
 	}
-	return writeIncarnation(dir, s.incarnation)
-}
-
-// writeIncarnation writes incarnation v into dir, durably.
-func writeIncarnation(dir string, v uint64) error {
-	if err := writeFileDurably(dir, incarnationFile, fmt.Appendf(nil, "%x\n", v)); err != nil {
-		return fmt.Errorf("server: write %s: %w", incarnationFile, err)
-	}
-	return nil
+	return writeHexFile(dir, incarnationFile, s.incarnation)
 }
 
 // incarnationsOf returns the incarnations record among recs (nil if none),

@@ -3,10 +3,7 @@ package server
 import (
 	"context"
 	"crypto/x509"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
 	"math"
 	"os"
@@ -15,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	crand "crypto/rand"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -358,30 +353,14 @@ func checkEmpty(dir string) error {
 // joinNonce returns the nonce of this node's join: the one in dir's
 // joinNonceFile, else a new one written there (durably) first.
 func joinNonce(dir string) (uint64, error) {
-	path := filepath.Join(dir, joinNonceFile)
-	b, err := os.ReadFile(path)
-	if err == nil {
-		n, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
-		if perr == nil && n != 0 {
-			return n, nil
-		}
-		return 0, fmt.Errorf("%w: %s holds no join nonce (%q); remove it to join anew", ErrOtherCluster, path, b)
+	n, ok, err := readHexFile(dir, joinNonceFile, "a join nonce (remove it to join anew)")
+	if err != nil || ok {
+		return n, err
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return 0, fmt.Errorf("server: read %s: %w", path, err)
+	if n, err = randomNonZero(); err != nil {
+		return 0, fmt.Errorf("server: join nonce: %w", err)
 	}
-	var buf [8]byte
-	var n uint64
-	for n == 0 {
-		if _, err := crand.Read(buf[:]); err != nil {
-			return 0, fmt.Errorf("server: join nonce: %w", err)
-		}
-		n = binary.LittleEndian.Uint64(buf[:])
-	}
-	if err := writeFileDurably(dir, joinNonceFile, []byte(strconv.FormatUint(n, 16)+"\n")); err != nil {
-		return 0, err
-	}
-	return n, nil
+	return n, writeHexFile(dir, joinNonceFile, n)
 }
 
 // identify settles who this node is, from --initial-cluster, from the meta

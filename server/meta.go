@@ -1,12 +1,16 @@
 package server
 
 import (
+	crand "crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 const metaFile = "flotilla.meta"
@@ -120,6 +124,46 @@ func writeMeta(dir string, m meta) error {
 		return fmt.Errorf("server: write meta: %w", err)
 	}
 	return nil
+}
+
+// readHexFile reads dir's file name, one non-zero number in hex (a join
+// nonce, an incarnation): ok false if there is no such file;
+// ErrOtherCluster, naming what it should hold, if it holds something else.
+func readHexFile(dir, name, what string) (v uint64, ok bool, err error) {
+	path := filepath.Join(dir, name)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	v, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
+	if perr != nil || v == 0 {
+		return 0, false, fmt.Errorf("%w: %s holds %q, not %s", ErrOtherCluster, path, b, what)
+	}
+	return v, true, nil
+}
+
+// writeHexFile writes v in hex as dir's file name, durably.
+func writeHexFile(dir, name string, v uint64) error {
+	if err := writeFileDurably(dir, name, []byte(strconv.FormatUint(v, 16)+"\n")); err != nil {
+		return fmt.Errorf("server: write %s: %w", name, err)
+	}
+	return nil
+}
+
+// randomNonZero returns a random, non-zero number from crypto/rand.
+func randomNonZero() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := crand.Read(b[:]); err != nil {
+			return 0, err
+		}
+		if n := binary.LittleEndian.Uint64(b[:]); n != 0 {
+			return n, nil
+		}
+	}
 }
 
 // writeFileDurably writes b as dir's file name: temp file, fsync, rename,

@@ -362,7 +362,7 @@ func New(cfg Config) (s *Server, err error) {
 		return s, fmt.Errorf("server: snapshot dir: %w", err)
 	}
 	if bootstrap {
-		if err := writeIncarnation(cfg.DataDir, s.incarnation); err != nil {
+		if err := writeHexFile(cfg.DataDir, incarnationFile, s.incarnation); err != nil {
 			return s, err
 		}
 		if err := writeMeta(cfg.DataDir, s.dirMeta); err != nil {
