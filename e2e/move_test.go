@@ -93,6 +93,9 @@ func TestDrainAndMoveCLI(t *testing.T) {
 			t.Fatalf("get %s after the drain: %q %v", k, kv.Value, err)
 		}
 	}
+	// The drain is done when no descriptor lists node 4; node 4 then
+	// deletes the replicas it was removed from once it hears of it.
+	c.waitHosted(t, 4, 0)
 	// A replica back on node 4.
 	r = run(t, nil, "move", keys[0], "--from", "1", "--to", "4", "--endpoints", eps)
 	if r.code != 0 || !strings.Contains(r.stdout, "OK: range") {
@@ -107,6 +110,7 @@ func TestDrainAndMoveCLI(t *testing.T) {
 	if back != 1 {
 		t.Fatalf("after the move back, %d ranges have a replica on node 4, want 1", back)
 	}
+	c.waitHosted(t, 4, 1)
 	if kv, err := cl.Get(ctx, []byte(keys[0])); err != nil || string(kv.Value) != "v" {
 		t.Fatalf("get %s after the move: %q %v", keys[0], kv.Value, err)
 	}
@@ -162,4 +166,20 @@ func TestDrainAndMoveCLI(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "would leave 2 live nodes") {
 		t.Fatalf("node decommission 3 exited %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// waitHosted waits up to 30s for node id to host want replicas, by its
+// flotilla_raft_groups gauge, and fails the test if it does not.
+func (c *procCluster) waitHosted(t *testing.T, id uint64, want int) {
+	t.Helper()
+	var n float64
+	var err error
+	start := time.Now()
+	for deadline := start.Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if n, err = metricSum(nil, c.nodes[id].httpAddr, "flotilla_raft_groups", ""); err == nil && n == float64(want) {
+			t.Logf("node %d hosts %d replicas (waited %v)", id, want, time.Since(start).Round(time.Millisecond))
+			return
+		}
+	}
+	t.Fatalf("node %d hosts %v replicas 30s on (%v), want %d", id, n, err, want)
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -429,44 +427,10 @@ func (nopHandler) HandleBatch(uint64, []transport.Envelope) {}
 func (nopHandler) ReportUnreachable(uint64)                 {}
 func (nopHandler) ReportSnapshot(uint64, uint64, bool)      {}
 
-// httpsGet fetches path from addr over TLS with cfg.
-func httpsGet(cfg *tls.Config, addr, path string) (int, []byte, error) {
-	tr := &http.Transport{TLSClientConfig: cfg}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := hc.Get("https://" + addr + path)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
-}
-
 // identityRejections returns the node's count of peer frames rejected for
 // their sender's identity, from its /metrics.
 func identityRejections(cfg *tls.Config, httpAddr string) (float64, error) {
-	code, body, err := httpsGet(cfg, httpAddr, "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	if code != http.StatusOK {
-		return 0, fmt.Errorf("/metrics: %d", code)
-	}
-	var sum float64
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "flotilla_transport_messages_rejected_total{") || !strings.Contains(line, `reason="identity"`) {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			return 0, fmt.Errorf("/metrics: %q: %v", line, err)
-		}
-		sum += v
-	}
-	return sum, sc.Err()
+	return metricSum(cfg, httpAddr, "flotilla_transport_messages_rejected_total", `reason="identity"`)
 }
 
 // servedSerial returns the serial of the certificate a node's client

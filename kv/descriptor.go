@@ -29,7 +29,8 @@ type Descriptor struct {
 	// nor merges (replicas.go).
 	Learners []uint64
 	// Generation grows with every split and merge: both halves of a split
-	// of generation g get g+1, a merge of g1 and g2 gets max(g1, g2)+1.
+	// of generation g get g+1, a merge of g1 and g2 gets max(g1, g2)+1;
+	// and by 1 with every change of Replicas or Learners (replicas.go).
 	// So of two descriptors that ever covered a common key, the one with
 	// the higher generation is the more recent (the meta index relies on
 	// it).

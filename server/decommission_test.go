@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/client"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // Decommissioning node 4 of 4 (3 replicas per range, no dead-node moves)
@@ -204,5 +206,84 @@ func TestDecommissionConcurrent(t *testing.T) {
 	}
 	if passed != 1 || refused != 1 {
 		t.Fatalf("%d decommissions passed, %d refused; want one each", passed, refused)
+	}
+}
+
+// replicasOn counts a range on a node by the newest descriptor any of its
+// sources holds. A peer's report from before a move off the node (a
+// discovery answer a second old) does not count it; a report newer than
+// the meta index (a move onto the node that the index has not caught up
+// with) does. Counting every source, as it did, the stale report counted
+// a replica already moved off (e2e.TestDrainAndMoveCLI's flake).
+func TestReplicasOnNewestDescriptor(t *testing.T) {
+	c := startClusterWith(t, 4, 4, func(cfg *Config) {
+		cfg.Replicas = 3
+		cfg.DeadAfter = -1
+		cfg.BalanceInterval = time.Hour
+		cfg.DiscoveryInterval = time.Minute // node 2's views are the test's: discoverOnce, then its own
+	})
+	// Node 2 counts its own replicas: it moves one off, and then its
+	// views of that range (it holds none) are kept.
+	s := c.nodes[2]
+	ctx := ctxT(t)
+	var d kv.Descriptor
+	waitFor(t, 10*time.Second, "a range on node 2", func() error {
+		ds, err := s.allDescriptors(ctx)
+		if err != nil {
+			return err
+		}
+		for _, x := range ds {
+			if x.HasReplica(2) && len(x.Replicas) == 3 {
+				d = x
+				return nil
+			}
+		}
+		return fmt.Errorf("none in %v", ds)
+	})
+	to := uint64(0)
+	for n := uint64(1); n <= 4; n++ {
+		if !d.HasReplica(n) {
+			to = n
+		}
+	}
+	count := func(node uint64) int {
+		t.Helper()
+		n, err := s.replicasOn(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := count(2)
+	cl := c.client()
+	if _, err := cl.Move(ctx, keyOfRange(&d), 2, to); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the meta index and node 2 without the range", func() error {
+		if n := count(2); n != before-1 {
+			return fmt.Errorf("node 2 counted with %d replicas, want %d", n, before-1)
+		}
+		return nil
+	})
+	// A report from before the move, listing node 2, next to fresh ones.
+	s.discoverOnce()
+	s.peers.Lock()
+	v := s.peers.views[to]
+	if v == nil || !v.ok {
+		s.peers.Unlock()
+		t.Fatalf("node 2 has no view of node %d", to)
+	}
+	v.groups = append(v.groups, &api.GroupInfo{Id: d.ID, Replicas: d.Replicas, Generation: d.Generation, Start: d.Start, End: d.End})
+	s.peers.Unlock()
+	if n := count(2); n != before-1 {
+		t.Fatalf("with a report from before the move, node 2 counted with %d replicas, want %d", n, before-1)
+	}
+	// A report newer than anything else node 1 knows, listing node 2
+	// again: a move back that the meta index has not caught up with.
+	s.peers.Lock()
+	v.groups = append(v.groups, &api.GroupInfo{Id: d.ID, Replicas: append(slices.Clone(d.Replicas), 2, to), Generation: d.Generation + 5, Start: d.Start, End: d.End})
+	s.peers.Unlock()
+	if n := count(2); n != before {
+		t.Fatalf("with a report newer than the meta index, node 2 counted with %d replicas, want %d", n, before)
 	}
 }

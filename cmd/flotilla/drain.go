@@ -116,8 +116,19 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 	// listing, up to moveTries times.
 	const moveTries = 3
 	failed := map[uint64]int{}
+	retry := false // a range of the last pass is to be tried again
 	// Ranges may split or merge meanwhile: list again until none is left.
 	for pass := 0; ; pass++ {
+		if retry {
+			// Give what the last pass met (a move under way, the meta
+			// index behind) a moment to settle.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			retry = false
+		}
 		all, err := allRanges(ctx, cl, false)
 		if err != nil {
 			return err
@@ -148,7 +159,15 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 				}
 			}
 			if to == 0 {
-				return fmt.Errorf("range %d %s: no live node without a replica of it to move to (live %v)", r.Id, kv.SpanString(r.Start, r.End), live)
+				// Every live node is listed: the listing caught a move
+				// half way (the meta index follows a range's own
+				// descriptor), 1 drain in 8 in e2e.TestDrainAndMoveCLI.
+				if failed[r.Id]++; failed[r.Id] == moveTries {
+					return fmt.Errorf("range %d %s: no live node without a replica of it to move to (live %v)", r.Id, kv.SpanString(r.Start, r.End), live)
+				}
+				fmt.Fprintf(w, "range %d %s: listed on every live node (a move under way?), trying again in the next pass\n", r.Id, kv.SpanString(r.Start, r.End))
+				retry = true
+				continue
 			}
 			t0 := time.Now()
 			if _, err := cl.Move(ctx, keyIn(r), node, to); err != nil {
@@ -157,6 +176,7 @@ func drain(ctx context.Context, cl *client.Client, node uint64, w io.Writer) err
 				}
 				fmt.Fprintf(w, "range %d %s: move from node %d to node %d failed, trying again in the next pass: %v\n",
 					r.Id, kv.SpanString(r.Start, r.End), node, to, err)
+				retry = true
 				continue
 			}
 			count[to]++
