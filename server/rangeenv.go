@@ -330,7 +330,7 @@ func splitError(err error) error {
 	switch {
 	case errors.Is(err, kv.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, ranges.ErrBusy), errors.Is(err, ranges.ErrNotLocal):
+	case errors.Is(err, ranges.ErrBusy), errors.Is(err, ranges.ErrNotLocal), errors.Is(err, ranges.ErrHandedOff):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return status.Error(codes.Unavailable, err.Error())

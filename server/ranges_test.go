@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -243,11 +244,7 @@ func TestMergeRejoinsRanges(t *testing.T) {
 	ctx := ctxT(t)
 	cl := c.client()
 	keys := []string{"10", "7f", "80", "9a", "f0"}
-	for _, k := range keys {
-		if _, err := cl.Put(ctx, []byte(k), []byte("v"+k)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putEach(t, ctx, cl, keys)
 	if d, err := cl.RangeOf(ctx, []byte("9a")); err != nil || d.ID != 2 {
 		t.Fatalf("range of 9a: %v %v", d, err)
 	}
@@ -396,4 +393,112 @@ func TestLeaseAcrossSplit(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// putEach puts "v"+k at each key k of keys.
+func putEach(t *testing.T, ctx context.Context, cl *client.Client, keys []string) {
+	t.Helper()
+	for _, k := range keys {
+		if _, err := cl.Put(ctx, []byte(k), []byte("v"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestMergeAlignsReplicas: an operator's merge of neighbours on different
+// nodes (4 nodes, 3 replicas: ["", "80") on 1, 2, 3 and ["80", ∞) on 2, 3,
+// 4) first moves the left range's replicas onto the right range's nodes,
+// then merges: one range on nodes 2, 3, 4, every key readable, the meta
+// index with one range. Node 1, which led the left range and holds no
+// replica of the right one, moves its own replica last and hands the
+// leadership on. While node 4 is drained (it takes no replica), the merge
+// waits and moves nothing. Before the alignment, such a merge was refused.
+func TestMergeAlignsReplicas(t *testing.T) {
+	c := startClusterWith(t, 4, 2, func(cfg *Config) {
+		cfg.Replicas = 3
+		cfg.DeadAfter = -1
+		cfg.RebalanceInterval = -1 // the merge's moves alone
+	})
+	ctx := ctxT(t)
+	cl := c.client()
+	keys := []string{"10", "7f", "80", "9a", "f0"}
+	putEach(t, ctx, cl, keys)
+	descs := func() []kv.Descriptor {
+		t.Helper()
+		ds, err := c.nodes[2].allDescriptors(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	if ds := descs(); len(ds) != 2 || !slices.Equal(ds[0].Replicas, []uint64{1, 2, 3}) || !slices.Equal(ds[1].Replicas, []uint64{2, 3, 4}) {
+		t.Fatalf("initial ranges %v", ds)
+	}
+	admin := c.client()
+	// Node 4 drained: the merge would move a replica onto it; it waits.
+	_, settle, err := admin.SetDrained(ctx, 4, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, settle, "every node reads the mark", func() error {
+		for id, s := range c.nodes {
+			if !s.drainedNodes()[4] {
+				return fmt.Errorf("node %d has not", id)
+			}
+		}
+		return nil
+	})
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = admin.Merge(short, []byte("10"))
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "takes no replicas") {
+		t.Fatalf("merge while node 4 is drained: %v, want a wait for node 4", err)
+	}
+	if ds := descs(); len(ds) != 2 || !slices.Equal(ds[0].Replicas, []uint64{1, 2, 3}) {
+		t.Fatalf("ranges after the refused merge %v", ds)
+	}
+	if _, _, err := admin.SetDrained(ctx, 4, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, settle, "every node reads the mark's removal", func() error {
+		for id, s := range c.nodes {
+			if s.drainedNodes()[4] {
+				return fmt.Errorf("node %d has not", id)
+			}
+		}
+		return nil
+	})
+	m, err := admin.Merge(ctx, []byte("10"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Id != 1 || len(m.Start) != 0 || len(m.End) != 0 {
+		t.Fatalf("merged range %v", m)
+	}
+	if r := slices.Sorted(slices.Values(m.Replicas)); !slices.Equal(r, []uint64{2, 3, 4}) {
+		t.Fatalf("merged range on %v, want 2, 3, 4", m.Replicas)
+	}
+	waitFor(t, 10*time.Second, "one range on nodes 2-4, none on node 1", func() error {
+		if ds := descs(); len(ds) != 1 {
+			return fmt.Errorf("meta index: %v", ds)
+		}
+		if n := len(c.nodes[1].ranges.Replicas()); n != 0 {
+			return fmt.Errorf("node 1 holds %d replicas", n)
+		}
+		for id := uint64(2); id <= 4; id++ {
+			if c.nodes[id].local(2) {
+				return fmt.Errorf("node %d still has range 2", id)
+			}
+		}
+		return nil
+	})
+	for _, k := range keys {
+		kv, err := cl.Get(ctx, []byte(k))
+		if err != nil || string(kv.Value) != "v"+k || kv.Group != 1 {
+			t.Fatalf("get %s after the merge: %+v %v", k, kv, err)
+		}
+	}
+	if n := c.nodes[1].ranges.MergeAligns(); n != 1 {
+		t.Fatalf("node 1 made %d moves to align, want 1 (its own)", n)
+	}
 }

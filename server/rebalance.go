@@ -138,6 +138,20 @@ func (s *Server) leadsMeta() bool {
 	return err == nil && l == s.cfg.NodeID
 }
 
+// placeable reports whether a replica may be added on node n: not
+// leaving or removed, not dead, not drained (ranges.Config.Placeable: a
+// merge's alignment moves). Atomic loads only: the range store's loop
+// calls it.
+func (s *Server) placeable(n uint64) bool {
+	if s.membership(n) != "" || s.drainedNodes()[n] {
+		return false
+	}
+	if p := s.dead.Load(); p != nil && (*p)[n] {
+		return false
+	}
+	return true
+}
+
 // rebalanceOnce makes at most one move (rebalanceLoop), and waits for it.
 // It reports whether it tried one.
 func (s *Server) rebalanceOnce(live map[uint64]bool, rb *rebalancer) bool {

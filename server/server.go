@@ -442,6 +442,7 @@ func (s *Server) startRanges(fresh bool) error {
 		Env:       rangeEnv{s},
 		MaxBytes:  max(s.cfg.RangeMaxBytes, 0),
 		MinBytes:  max(s.cfg.RangeMinBytes, 0),
+		Placeable: s.placeable,
 		SplitLoad: max(s.cfg.RangeSplitLoad, 0),
 		// Two raft ticks: the other replicas apply the split by then.
 		CampaignRetry: 2 * s.cfg.TickInterval,

@@ -2,6 +2,7 @@ package ranges
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,10 @@ import (
 // Merging (docs/design.md, "Merges"). From the node that leads the
 // left-hand range (LHS), with its right neighbour (RHS) on the same nodes:
 //
+//  0. if they are not, move the LHS's replicas onto the RHS's nodes, one
+//     move at a time (alignMerge), then look again. If this node holds no
+//     replica of the RHS, its own moves last, handing the LHS's leadership
+//     to a node that does, which the merge is then asked of again;
 //  1. freeze the RHS (kv.FreezeCommand): from then on it applies nothing;
 //  2. wait until every replica of the RHS applied the freeze (Env.
 //     ReplicaApplied): their states are then final, and on disk;
@@ -27,13 +32,21 @@ import (
 const mergeWaitFor = 30 * time.Second
 
 // Merge merges range id with the range after it and calls done (on the
-// Store's loop) with the merged range or an error.
+// Store's loop) with the merged range or an error. Neighbours on
+// different nodes are first put on the same ones (step 0): ErrBusy while
+// one of the right range's nodes is not placeable (Config.Placeable), or
+// the error of a move that failed.
 func (s *Store) Merge(id uint64, done func(kv.Descriptor, error)) {
 	s.enqueue(func() { s.merge(id, "admin", done) })
 }
 
 // merge runs on the Store's loop.
 func (s *Store) merge(id uint64, why string, done func(kv.Descriptor, error)) {
+	s.mergeAfter(id, why, 0, done)
+}
+
+// mergeAfter is merge after aligns moves of its alignment. Loop only.
+func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descriptor, error)) {
 	fail := func(err error) { done(kv.Descriptor{}, err) }
 	l, ok := s.Get(id)
 	if !ok {
@@ -55,21 +68,33 @@ func (s *Store) merge(id uint64, why string, done func(kv.Descriptor, error)) {
 	}
 	r := s.startingAt(ld.End)
 	if r == nil {
-		fail(fmt.Errorf("%w: the range after range %d (from %q) has no replica here", ErrNotLocal, id, ld.End))
+		s.mergeFromAfar(ld, why, aligns, fail, func() { s.mergeAfter(id, why, aligns+1, done) })
 		return
 	}
 	rd, _ := r.Descriptor()
-	if !ld.SameReplicas(rd) {
-		fail(fmt.Errorf("%w: ranges %d and %d have different replicas (%v, %v); a merge needs them on the same nodes",
-			kv.ErrInvalid, id, rd.ID, ld.Replicas, rd.Replicas))
-		return
-	}
 	if n := len(ld.Learners) + len(rd.Learners); n > 0 {
 		// A replica being added (a move) must catch up first: every
 		// replica of the RHS applies the freeze before the merge, and a
 		// learner that never does (its node died) would hold the frozen
 		// RHS, which never thaws, until it came back.
 		fail(fmt.Errorf("%w: ranges %d and %d have %d learners; a merge waits until they are voters or gone", ErrBusy, id, rd.ID, n))
+		return
+	}
+	if !ld.SameReplicas(rd) {
+		// Each move of the alignment shrinks the set of nodes holding
+		// one range and not the other by 1 or 2: more moves than
+		// that set's first size means the ranges change under it.
+		if aligns >= len(ld.Replicas)+len(rd.Replicas) {
+			fail(fmt.Errorf("%w: ranges %d and %d still on different nodes (%v, %v) after %d moves", ErrBusy, id, rd.ID, ld.Replicas, rd.Replicas, aligns))
+			return
+		}
+		s.alignMerge(ld, rd, why, func(err error) {
+			if err != nil {
+				fail(err)
+				return
+			}
+			s.mergeAfter(id, why, aligns+1, done)
+		})
 		return
 	}
 	if !s.begin(id) {
@@ -108,6 +133,82 @@ func (s *Store) merge(id uint64, why string, done func(kv.Descriptor, error)) {
 		}
 		s.log.Info("range frozen for a merge", "group", rhs.ID, "into", lhs.ID, "index", index, "why", why)
 		s.mergeFrozen(&lhs, &rhs, index, s.env.Now().Add(mergeWaitFor), finish)
+	})
+}
+
+// mergeFromAfar is step 0 when this node, which leads the LHS ld, holds
+// no replica of the RHS: it reads the RHS's descriptor from the meta index
+// and moves one of ld's replicas onto the RHS's nodes, then calls next.
+// The last such move is of this node's own replica: the move hands ld's
+// leadership to the new replica and fails with ErrHandedOff, and the
+// merge is to be asked of the new leader. fail gets ErrNotLocal if the
+// meta index does not know the RHS. Loop only.
+func (s *Store) mergeFromAfar(ld *kv.Descriptor, why string, aligns int, fail func(error), next func()) {
+	s.env.Meta(ld.End, 1, callback2(s, func(ds []kv.Descriptor, err error) {
+		if err != nil || len(ds) == 0 || !bytes.Equal(ds[0].Start, ld.End) {
+			fail(fmt.Errorf("%w: the range after range %d (from %q) has no replica here, and the meta index did not give it (%v)", ErrNotLocal, ld.ID, ld.End, err))
+			return
+		}
+		rd := ds[0]
+		if n := len(ld.Learners) + len(rd.Learners); n > 0 {
+			fail(fmt.Errorf("%w: ranges %d and %d have %d learners; a merge waits until they are voters or gone", ErrBusy, ld.ID, rd.ID, n))
+			return
+		}
+		if aligns >= len(ld.Replicas)+len(rd.Replicas) {
+			fail(fmt.Errorf("%w: ranges %d and %d still on different nodes (%v, %v) after %d moves", ErrBusy, ld.ID, rd.ID, ld.Replicas, rd.Replicas, aligns))
+			return
+		}
+		s.alignMerge(ld, &rd, why, func(err error) {
+			if err != nil {
+				fail(err)
+				return
+			}
+			next()
+		})
+	}))
+}
+
+// alignMerge makes one move of range ld, which this node leads, toward
+// the nodes of its right neighbour rd (step 0), not frozen: a replica off
+// a node rd lacks, onto a node of rd that ld lacks (either may be none,
+// for ranges of different sizes). This node's replica moves last (a move
+// of it hands ld's leadership away: ErrHandedOff), and only if this node
+// holds no replica of rd. It calls done with nil once the move is
+// made, ErrBusy at once if the node to move onto is not placeable (a
+// drained or leaving node: the allocator moves rd's replica off it, and
+// the merge may then go), or the move's error. Loop only.
+func (s *Store) alignMerge(ld, rd *kv.Descriptor, why string, done func(error)) {
+	var extra, missing uint64
+	for _, n := range ld.Replicas {
+		if !rd.HasReplica(n) && (extra == 0 || extra == s.cfg.NodeID) {
+			extra = n
+		}
+	}
+	for _, n := range rd.Replicas {
+		if !ld.HasReplica(n) {
+			missing = n
+			break
+		}
+	}
+	if extra == 0 && missing == 0 {
+		done(fmt.Errorf("%w: ranges %d and %d differ in their learners only (%v, %v)", ErrBusy, ld.ID, rd.ID, ld.Learners, rd.Learners))
+		return
+	}
+	if missing != 0 && s.cfg.Placeable != nil && !s.cfg.Placeable(missing) {
+		done(fmt.Errorf("%w: range %d has a replica on node %d, which takes no replicas now; ranges %d and %d merge once it moves off",
+			ErrBusy, rd.ID, missing, ld.ID, rd.ID))
+		return
+	}
+	id := ld.ID
+	s.log.Info("moving a replica so that neighbours can merge", "group", id, "right_group", rd.ID, "from", extra, "to", missing, "why", why)
+	s.startMove(id, extra, missing, "align for a merge", false, time.Time{}, func(_ kv.Descriptor, err error) {
+		if err == nil || errors.Is(err, ErrHandedOff) {
+			s.metrics.mergeAligns.Add(1) // handed off: made but for the removal, which the new leader makes
+		}
+		if err != nil {
+			err = fmt.Errorf("ranges: moving range %d's replica from node %d to node %d to merge it with range %d: %w", id, extra, missing, rd.ID, err)
+		}
+		done(err)
 	})
 }
 

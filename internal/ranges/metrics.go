@@ -15,7 +15,14 @@ type storeMetrics struct {
 	// leftovers: learners left by moves cut short that finishLearners
 	// took up.
 	leftovers atomic.Uint64
+	// mergeAligns: moves a merge made to put its ranges on the same
+	// nodes (alignMerge).
+	mergeAligns atomic.Uint64
 }
+
+// MergeAligns returns how many replica moves this node made to put two
+// neighbours on the same nodes for a merge.
+func (s *Store) MergeAligns() uint64 { return s.metrics.mergeAligns.Load() }
 
 // Leftovers returns how many learners left by moves cut short this node
 // took up (promoted or removed again).

@@ -66,6 +66,13 @@ type Config struct {
 	// MinBytes: neighbouring ranges both below it may merge. 0 merges
 	// none.
 	MinBytes int64
+	// Placeable reports whether a replica may be added on node: false for
+	// a node the allocator moves replicas off (drained, leaving, dead). A
+	// merge of neighbours on different nodes moves the left range's
+	// replicas onto the right range's nodes first, and waits instead
+	// while one of those is not placeable. Called on the Store's loop:
+	// it must not block. nil: every node is.
+	Placeable func(node uint64) bool
 	// SplitLoad: a range that serves more requests per second than this
 	// (smoothed) for SplitLoadTicks ticks in a row splits by load. 0 turns
 	// load-based splitting off.

@@ -297,6 +297,7 @@ func (n *node) crash(why string) {
 	s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
 	s.res.MovedAway += int(n.ranges.MovedAway())
 	s.res.Leftovers += int(n.ranges.Leftovers())
+	s.res.MergeAligns += int(n.ranges.MergeAligns())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -341,6 +342,7 @@ func (n *node) close() {
 			n.s.res.EmptyReplicas += int(n.ranges.EmptyReplicas())
 			n.s.res.MovedAway += int(n.ranges.MovedAway())
 			n.s.res.Leftovers += int(n.ranges.Leftovers())
+			n.s.res.MergeAligns += int(n.ranges.MergeAligns())
 		}
 		n.host.Stop()
 		n.host = nil

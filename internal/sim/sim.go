@@ -387,6 +387,9 @@ type Result struct {
 	// Leftovers counts the learners left by moves cut short that a
 	// range's leader took up (ranges.Store.finishLearners).
 	Leftovers int `json:"leftovers"`
+	// MergeAligns counts the replica moves merges made to put neighbours
+	// on different nodes on the same ones (ranges.Store.MergeAligns).
+	MergeAligns int `json:"merge_aligns"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the

@@ -139,13 +139,14 @@ func TestSeeds(t *testing.T) {
 		total.MovesDone += r.MovesDone
 		total.MovedAway += r.MovedAway
 		total.Leftovers += r.Leftovers
+		total.MergeAligns += r.MergeAligns
 		total.Joins += r.Joins
 		total.Decommissions += r.Decommissions
 	}
 	t.Logf("%d pauses, %d transfers, %d duplicated requests, %d liveness failovers, %d write copies deduplicated",
 		total.Pauses, total.Transfers, total.RequestDups, total.Failovers, total.Deduped)
-	t.Logf("%d merges; %d replicas quiesced, %d woke; %d membership changes asked, %d applied within a second",
-		total.Merges, total.Quiesces, total.Wakes, total.MembershipChanges, total.MembershipApplied)
+	t.Logf("%d merges, %d replica moves to put neighbours on the same nodes; %d replicas quiesced, %d woke; %d membership changes asked, %d applied within a second",
+		total.Merges, total.MergeAligns, total.Quiesces, total.Wakes, total.MembershipChanges, total.MembershipApplied)
 	t.Logf("%d splits, %d replicas started empty for a snapshot after missing a split, %d snapshots refused while a replica still held their span, %d requests refused by a range that no longer held their key",
 		total.Splits, total.EmptyReplicas, total.SnapshotsRefused, total.Mismatches)
 	t.Logf("%d replica moves asked, %d finished; %d replicas removed from a node their range left; %d learners left by moves cut short taken up",
@@ -153,7 +154,7 @@ func TestSeeds(t *testing.T) {
 	t.Logf("%d nodes joined, %d decommissioned", total.Joins, total.Decommissions)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
 		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 ||
-		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 || total.Leftovers == 0 ||
+		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 || total.Leftovers == 0 || total.MergeAligns == 0 ||
 		total.Joins == 0 || total.Decommissions == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
