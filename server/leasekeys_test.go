@@ -55,30 +55,16 @@ func TestPutWithLease(t *testing.T) {
 
 	// Every node refuses a lease the key's range does not have (granted
 	// in another range) and an unknown lease, and writes nothing.
-	// A raw call is not retried as the client's are: one that meets a
-	// leadership moving (the balancer spreads them in the cluster's first
-	// seconds) is asked again. (It failed so in 1 run of 5 once the
-	// timing of the nodes' starts changed.)
-	again := func(call func() error) error {
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			err := call()
-			st := status.Convert(err)
-			moving := st.Code() == codes.Unavailable || (st.Code() == codes.FailedPrecondition && strings.Contains(st.Message(), "retry"))
-			if !moving || time.Now().After(deadline) {
-				return err
-			}
-		}
-	}
 	for id, s := range c.nodes {
 		kvc := rawKV(t, s.ClientAddr())
-		err := again(func() error {
+		err := rawAgain(func() error {
 			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte(other), Value: []byte("x"), Lease: lease.ID(), LeaseGroup: g})
 			return err
 		})
 		if status.Code(err) != codes.NotFound || !strings.HasPrefix(status.Convert(err).Message(), kv.ErrLeaseNotFound.Error()) {
 			t.Fatalf("node %d, lease of another range: %v", id, err)
 		}
-		err = again(func() error {
+		err = rawAgain(func() error {
 			_, err := kvc.CompareAndSwap(ctx, &api.CompareAndSwapRequest{Key: []byte(other), ExpectAbsent: true, Value: []byte("x"), Lease: lease.ID(), LeaseGroup: g})
 			return err
 		})
@@ -88,7 +74,7 @@ func TestPutWithLease(t *testing.T) {
 		if r, err := kvc.Get(ctx, &api.GetRequest{Key: []byte(other)}); err != nil || r.Found {
 			t.Fatalf("node %d: a refused write wrote %v (%v)", id, r, err)
 		}
-		err = again(func() error {
+		err = rawAgain(func() error {
 			_, err := kvc.Put(ctx, &api.PutRequest{Key: []byte(keys[0]), Value: []byte("x"), Lease: 1 << 60})
 			return err
 		})

@@ -371,6 +371,24 @@ func (c *clusterService) Merge(ctx context.Context, req *api.MergeRequest) (*api
 	s.ranges.Merge(g, func(d kv.Descriptor, err error) { ch <- result{d, err} })
 	select {
 	case r := <-ch:
+		if errors.Is(r.err, ranges.ErrHandedOff) {
+			// This node moved its own replica of the left range onto
+			// the right range's nodes (the merge's alignment) and
+			// handed the leadership on: the new leader, which holds a
+			// replica of the right range, goes on. One more hop even
+			// for a forwarded request, as for a move (Move): left with
+			// its old voter, the range would keep one replica too many.
+			nl, err := s.awaitLeaderBut(ctx, g, s.cfg.NodeID)
+			if err != nil {
+				return nil, s.count("merge", err)
+			}
+			conn, fctx, err := s.forwardToNode(ctx, nl)
+			if err != nil {
+				return nil, s.count("merge", err)
+			}
+			resp, err := api.NewClusterClient(conn).Merge(fctx, req)
+			return resp, s.count("merge", err)
+		}
 		if r.err != nil {
 			return nil, s.count("merge", splitError(r.err))
 		}

@@ -139,11 +139,12 @@ func (s *Server) leadsMeta() bool {
 }
 
 // placeable reports whether a replica may be added on node n: not
-// leaving or removed, not dead, not drained (ranges.Config.Placeable: a
-// merge's alignment moves). Atomic loads only: the range store's loop
-// calls it.
+// leaving or removed, not dead, not drained, and not down now (a move
+// onto a down node would hold its range busy for MoveCatchUp, and be
+// tried again) (ranges.Config.Placeable: a merge's alignment moves).
+// Atomic loads and Host.PeerDown only: the range store's loop calls it.
 func (s *Server) placeable(n uint64) bool {
-	if s.membership(n) != "" || s.drainedNodes()[n] {
+	if s.membership(n) != "" || s.drainedNodes()[n] || s.host.PeerDown(n) {
 		return false
 	}
 	if p := s.dead.Load(); p != nil && (*p)[n] {

@@ -87,19 +87,13 @@ for c in go curl python3; do command -v "$c" >/dev/null || die "$c is required b
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 BIN=$WORKDIR/flotilla
-PIDS=()
 BENCH=""
 
+# shellcheck source=tools/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 stop() {
   [[ -n $BENCH ]] && { kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""; }
-  ((${#PIDS[@]})) || return 0
-  kill -TERM "${PIDS[@]}" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do
-    for ((t = 0; t < 200; t++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  PIDS=()
+  stop_nodes
 }
 trap 'stop' EXIT
 

@@ -39,18 +39,9 @@ for c in go curl python3 du; do command -v "$c" >/dev/null || die "$c is require
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 BIN=$WORKDIR/flotilla
-PIDS=()
-
-stop() {
-  ((${#PIDS[@]})) || return 0
-  kill -TERM "${PIDS[@]}" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do
-    for ((t = 0; t < 200; t++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
+# shellcheck source=tools/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+stop() { stop_nodes; }
 trap 'stop' EXIT
 
 mkdir -p "$WORKDIR"

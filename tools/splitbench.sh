@@ -37,18 +37,9 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 BIN=$WORKDIR/flotilla
 EPS=127.0.0.1:48379,127.0.0.2:48379,127.0.0.3:48379
 CLUSTER=1=127.0.0.1:48380,2=127.0.0.2:48380,3=127.0.0.3:48380
-PIDS=()
-
-stop() {
-  ((${#PIDS[@]})) || return 0
-  kill -TERM "${PIDS[@]}" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do
-    for ((t = 0; t < 200; t++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
+# shellcheck source=tools/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+stop() { stop_nodes; }
 trap 'stop' EXIT
 
 mkdir -p "$WORKDIR"

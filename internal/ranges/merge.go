@@ -194,6 +194,13 @@ func (s *Store) alignMerge(ld, rd *kv.Descriptor, why string, done func(error)) 
 		done(fmt.Errorf("%w: ranges %d and %d differ in their learners only (%v, %v)", ErrBusy, ld.ID, rd.ID, ld.Learners, rd.Learners))
 		return
 	}
+	if missing == 0 && s.cfg.Replicas > 0 && len(ld.Replicas)-1 < s.cfg.Replicas {
+		// The right range is short of replicas: a removal from the left
+		// one would make it short too. The repair tops the right up.
+		done(fmt.Errorf("%w: range %d has %d replicas, fewer than %d; ranges %d and %d merge once it is repaired",
+			ErrBusy, rd.ID, len(rd.Replicas), s.cfg.Replicas, ld.ID, rd.ID))
+		return
+	}
 	if missing != 0 && s.cfg.Placeable != nil && !s.cfg.Placeable(missing) {
 		done(fmt.Errorf("%w: range %d has a replica on node %d, which takes no replicas now; ranges %d and %d merge once it moves off",
 			ErrBusy, rd.ID, missing, ld.ID, rd.ID))

@@ -292,14 +292,42 @@ func (s *Store) checkMerges(win []*Replica) {
 		}
 		id := l.ID
 		why := fmt.Sprintf("sizes %d and %d < %d, cold", lb, rb, s.cfg.MinBytes)
+		st := s.queueState(id)
+		if s.ticks < st.mergeNotBefore {
+			continue
+		}
+		calling, failedNow := true, false
 		s.merge(id, why, func(_ kv.Descriptor, err error) {
-			if err != nil {
-				s.log.Debug("automatic merge did not happen", "group", id, "why", why, "err", err)
+			if err == nil {
+				st.mergeFails = 0
+				return
 			}
+			s.log.Debug("automatic merge did not happen", "group", id, "why", why, "err", err)
+			st.mergeFails++
+			st.mergeNotBefore = s.ticks + uint64(min(mergeBackoffTicks<<min(st.mergeFails-1, 5), maxMergeBackoffTicks))
+			failedNow = calling
 		})
+		calling = false
+		if failedNow {
+			// Refused at once (a pair that cannot be aligned now: a
+			// node of the right range drained, or learners): the next
+			// pair may merge, and this one waits its back-off.
+			continue
+		}
 		return // one at a time: the neighbours changed
 	}
 }
+
+// mergeBackoffTicks is how many ticks an automatic merge that failed
+// waits before the pair is tried again (10 s at the server's default
+// RangeTick, 500ms), doubled with each failure in a row up to
+// maxMergeBackoffTicks (5 min): a pair that cannot be aligned (a node of
+// the right range drained) neither holds the queue nor moves a replica
+// every tick.
+const (
+	mergeBackoffTicks    = 20
+	maxMergeBackoffTicks = 600
+)
 
 // leads reports whether this node leads range id.
 func (s *Store) leads(id uint64) bool {
@@ -376,6 +404,11 @@ type queueState struct {
 	// learnerSince: when this node, leading, first saw the range's
 	// current learners (zero: none); finishLearners.
 	learnerSince time.Time
+	// mergeFails counts the automatic merges of the range with its right
+	// neighbour that failed in a row; none is tried before the tick
+	// mergeNotBefore (checkMerges).
+	mergeFails     int
+	mergeNotBefore uint64
 }
 
 func (s *Store) queueState(id uint64) *queueState {
