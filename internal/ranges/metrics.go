@@ -18,7 +18,15 @@ type storeMetrics struct {
 	// mergeAligns: moves a merge made to put its ranges on the same
 	// nodes (alignMerge).
 	mergeAligns atomic.Uint64
+	// mergeHandOns: leaderships handed to a node holding the right
+	// neighbour, for a merge (handMergesOn).
+	mergeHandOns atomic.Uint64
 }
+
+// MergeHandOns returns how many times this node handed a range's
+// leadership to a node that holds its right neighbour, so that the two
+// could merge.
+func (s *Store) MergeHandOns() uint64 { return s.metrics.mergeHandOns.Load() }
 
 // MergeAligns returns how many replica moves this node made to put two
 // neighbours on the same nodes for a merge.

@@ -265,18 +265,7 @@ const mergeCooldownTicks = 20
 // ones first (alignMerge): with 3 replicas on 5 nodes, most neighbours
 // are, and small ranges never merged.
 func (s *Store) checkMerges(win []*Replica) {
-	coldBelow := s.cfg.SplitLoad / 10
-	if coldBelow == 0 {
-		coldBelow = 100
-	}
-	small := func(r *Replica) (uint64, bool) {
-		st := s.queueState(r.ID)
-		if s.ticks-st.born < mergeCooldownTicks || s.Load(r.ID) >= coldBelow {
-			return 0, false
-		}
-		n, err := r.SM.SpanBytes()
-		return n, err == nil && n < uint64(s.cfg.MinBytes)
-	}
+	small := s.mergeSmall
 	for _, p := range s.ledNeighbours(win) {
 		l, r, rd := p.l, p.r, p.rd
 		if rd.Sticky {
@@ -315,6 +304,86 @@ func (s *Store) checkMerges(win []*Replica) {
 			continue
 		}
 		return // one at a time: the neighbours changed
+	}
+	s.handMergesOn(win)
+}
+
+// mergeSmall reports whether r may merge by its size and load: small
+// (under MinBytes; its size), cold (under a tenth of SplitLoad), and not
+// split lately. Loop only.
+func (s *Store) mergeSmall(r *Replica) (uint64, bool) {
+	coldBelow := s.cfg.SplitLoad / 10
+	if coldBelow == 0 {
+		coldBelow = 100
+	}
+	st := s.queueState(r.ID)
+	if s.ticks-st.born < mergeCooldownTicks || s.Load(r.ID) >= coldBelow {
+		return 0, false
+	}
+	n, err := r.SM.SpanBytes()
+	return n, err == nil && n < uint64(s.cfg.MinBytes)
+}
+
+// handMergesOn hands the leadership of a small, cold range of win that this
+// node leads to another of its voters that holds a replica of its right
+// neighbour, when this node holds none: checkMerges looks only at the
+// neighbours its node holds both of, and such a pair waited for a
+// leadership move nothing made (tools/mergebench.sh: the last pair of
+// ranges on different nodes stayed apart for good). The neighbour's
+// descriptor comes from the meta index; the new leader's queue decides
+// on the merge. One range per tick, and each at most once per merge
+// back-off (mergeBackoffTicks, doubling). Loop only.
+func (s *Store) handMergesOn(win []*Replica) {
+	for _, l := range win {
+		ld, ok := l.Descriptor()
+		if !ok || len(ld.End) == 0 || len(ld.Learners) > 0 || s.startingAt(ld.End) != nil || !s.leads(l.ID) {
+			continue
+		}
+		if _, _, frozen := l.SM.Frozen(); frozen {
+			continue
+		}
+		st := s.queueState(l.ID)
+		if s.ticks < st.mergeNotBefore || (st.stickyEnd != nil && bytes.Equal(st.stickyEnd, ld.End)) {
+			continue
+		}
+		if _, ok := s.mergeSmall(l); !ok {
+			continue
+		}
+		st.mergeFails++
+		st.mergeNotBefore = s.ticks + uint64(min(mergeBackoffTicks<<min(st.mergeFails-1, 5), maxMergeBackoffTicks))
+		id, end := l.ID, ld.End
+		s.env.Meta(end, 1, callback2(s, func(ds []kv.Descriptor, err error) {
+			if err == nil && len(ds) > 0 && bytes.Equal(ds[0].Start, end) && ds[0].Sticky {
+				st.stickyEnd = end // never merged by the queue: not looked up again
+			}
+			if err != nil || len(ds) == 0 || !bytes.Equal(ds[0].Start, end) || ds[0].Sticky || len(ds[0].Learners) > 0 {
+				return
+			}
+			rd := ds[0]
+			cur, ok := s.Get(id)
+			if !ok || cur != l || !s.leads(id) {
+				return
+			}
+			d, ok := l.Descriptor()
+			if !ok || !bytes.Equal(d.End, end) || len(d.Learners) > 0 {
+				return
+			}
+			for _, n := range d.Replicas {
+				if n == s.cfg.NodeID || !rd.HasReplica(n) || s.cfg.Host.PeerDown(n) {
+					continue
+				}
+				s.log.Info("handing a range's leadership to a node that holds its right neighbour, so that they can merge",
+					"group", id, "right_group", rd.ID, "to", n)
+				s.metrics.mergeHandOns.Add(1)
+				afterRecv(s, s.cfg.Host.TransferLeadershipAsync(id, n), func(err error) {
+					if err != nil {
+						s.log.Debug("handing the leadership on for a merge failed", "group", id, "to", n, "err", err)
+					}
+				})
+				return
+			}
+		}))
+		return
 	}
 }
 
@@ -409,6 +478,10 @@ type queueState struct {
 	// mergeNotBefore (checkMerges).
 	mergeFails     int
 	mergeNotBefore uint64
+	// stickyEnd: the range's end when its right neighbour was found to
+	// start at a boundary the queue never undoes (Descriptor.Sticky), by
+	// handMergesOn; nil: not known.
+	stickyEnd []byte
 }
 
 func (s *Store) queueState(id uint64) *queueState {
