@@ -231,7 +231,13 @@ func newMergeCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "merge KEY",
 		Short: "Merge the range that holds KEY with the range after it",
-		Args:  cobra.ExactArgs(1),
+		Long: `Merge the range that holds KEY with the range after it.
+
+If the two are on different nodes, the left range's replicas are first moved
+onto the right range's nodes, one replica move at a time (each a snapshot of
+the left range). While a node of the right range is drained, leaving, dead or
+down, nothing is moved, and the command asks again until its --timeout.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, ctx, cancel, err := cf.connect(cmd)
 			if err != nil {
