@@ -72,22 +72,11 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 		return
 	}
 	rd, _ := r.Descriptor()
-	if n := len(ld.Learners) + len(rd.Learners); n > 0 {
-		// A replica being added (a move) must catch up first: every
-		// replica of the RHS applies the freeze before the merge, and a
-		// learner that never does (its node died) would hold the frozen
-		// RHS, which never thaws, until it came back.
-		fail(fmt.Errorf("%w: ranges %d and %d have %d learners; a merge waits until they are voters or gone", ErrBusy, id, rd.ID, n))
+	if err := mergeable(ld, rd, aligns); err != nil {
+		fail(err)
 		return
 	}
 	if !ld.SameReplicas(rd) {
-		// Each move of the alignment shrinks the set of nodes holding
-		// one range and not the other by 1 or 2: more moves than
-		// that set's first size means the ranges change under it.
-		if aligns >= len(ld.Replicas)+len(rd.Replicas) {
-			fail(fmt.Errorf("%w: ranges %d and %d still on different nodes (%v, %v) after %d moves", ErrBusy, id, rd.ID, ld.Replicas, rd.Replicas, aligns))
-			return
-		}
 		s.alignMerge(ld, rd, why, func(err error) {
 			if err != nil {
 				fail(err)
@@ -136,6 +125,26 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 	})
 }
 
+// mergeable returns ErrBusy if ranges ld and rd may not merge, or move a
+// replica toward that, now: one has learners, or they are still apart
+// after aligns moves of the alignment.
+func mergeable(ld, rd *kv.Descriptor, aligns int) error {
+	if n := len(ld.Learners) + len(rd.Learners); n > 0 {
+		// A replica being added (a move) must catch up first: every
+		// replica of the RHS applies the freeze before the merge, and a
+		// learner that never does (its node died) would hold the frozen
+		// RHS, which never thaws, until it came back.
+		return fmt.Errorf("%w: ranges %d and %d have %d learners; a merge waits until they are voters or gone", ErrBusy, ld.ID, rd.ID, n)
+	}
+	// Each move of the alignment shrinks the set of nodes holding one
+	// range and not the other by 1 or 2: more moves than that set's first
+	// size means the ranges change under it.
+	if !ld.SameReplicas(rd) && aligns >= len(ld.Replicas)+len(rd.Replicas) {
+		return fmt.Errorf("%w: ranges %d and %d still on different nodes (%v, %v) after %d moves", ErrBusy, ld.ID, rd.ID, ld.Replicas, rd.Replicas, aligns)
+	}
+	return nil
+}
+
 // mergeFromAfar is step 0 when this node, which leads the LHS ld, holds
 // no replica of the RHS: it reads the RHS's descriptor from the meta index
 // and moves one of ld's replicas onto the RHS's nodes, then calls next.
@@ -150,12 +159,8 @@ func (s *Store) mergeFromAfar(ld *kv.Descriptor, why string, aligns int, fail fu
 			return
 		}
 		rd := ds[0]
-		if n := len(ld.Learners) + len(rd.Learners); n > 0 {
-			fail(fmt.Errorf("%w: ranges %d and %d have %d learners; a merge waits until they are voters or gone", ErrBusy, ld.ID, rd.ID, n))
-			return
-		}
-		if aligns >= len(ld.Replicas)+len(rd.Replicas) {
-			fail(fmt.Errorf("%w: ranges %d and %d still on different nodes (%v, %v) after %d moves", ErrBusy, ld.ID, rd.ID, ld.Replicas, rd.Replicas, aligns))
+		if err := mergeable(ld, &rd, aligns); err != nil {
+			fail(err)
 			return
 		}
 		s.alignMerge(ld, &rd, why, func(err error) {
