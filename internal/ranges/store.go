@@ -237,8 +237,11 @@ type Store struct {
 	// merge scan, the repair scans and the split checks starts in Replicas
 	// (window).
 	mergeScan, repairScan, splitScan int
-	queue                            map[uint64]*queueState
-	revoking                         map[[2]uint64]bool // (owner range, lease) revocations under way
+	// mergeScans counts the scans of a range's data the merge queue made
+	// (mergeBytes); read by tests.
+	mergeScans int
+	queue      map[uint64]*queueState
+	revoking   map[[2]uint64]bool // (owner range, lease) revocations under way
 	// order is every replica by ascending ID (Replicas), replaced under
 	// mu.Lock whenever one starts or goes; readers take no lock.
 	order atomic.Pointer[[]*Replica]

@@ -93,14 +93,14 @@ func (e *testEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error))
 // node is a one-node cluster: a manual Host over in-memory storage, a
 // Store over an in-memory Pebble.
 type node struct {
-	t   *testing.T
+	t   testing.TB
 	h   *multiraft.Host
 	db  *pebble.DB
 	s   *Store
 	env *testEnv
 }
 
-func newNode(t *testing.T, ranges int) *node {
+func newNode(t testing.TB, ranges int) *node {
 	t.Helper()
 	db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem(), Logger: quietPebble{}})
 	if err != nil {
@@ -155,18 +155,34 @@ func (n *node) drain() {
 
 func (n *node) put(key string) {
 	n.t.Helper()
-	r := n.s.Lookup([]byte(key))
+	n.apply(kv.Command{Op: kv.OpPut, Key: []byte(key), Value: []byte("v")})
+}
+
+func (n *node) putValue(key string, value []byte) {
+	n.t.Helper()
+	n.apply(kv.Command{Op: kv.OpPut, Key: []byte(key), Value: value})
+}
+
+func (n *node) delete(key string) {
+	n.t.Helper()
+	n.apply(kv.Command{Op: kv.OpDelete, Key: []byte(key)})
+}
+
+// apply proposes cmd to the range that holds its key and waits for it.
+func (n *node) apply(cmd kv.Command) {
+	n.t.Helper()
+	r := n.s.Lookup(cmd.Key)
 	if r == nil {
-		n.t.Fatalf("no range holds %q", key)
+		n.t.Fatalf("no range holds %q", cmd.Key)
 	}
-	b, err := kv.Command{Op: kv.OpPut, Key: []byte(key), Value: []byte("v")}.Encode()
+	b, err := cmd.Encode()
 	if err != nil {
 		n.t.Fatal(err)
 	}
 	f := n.h.ProposeAsync(r.ID, b)
 	n.drain()
 	if _, err := f.Result(); err != nil {
-		n.t.Fatalf("put %q: %v", key, err)
+		n.t.Fatalf("%v %q: %v", cmd.Op, cmd.Key, err)
 	}
 }
 
@@ -553,5 +569,80 @@ func TestSizeMeasured(t *testing.T) {
 	right, _ := n.s.Get(2)
 	if got, ok := right.Size(); !ok || got != whole-half {
 		t.Fatalf("right range's size after the split: %d (%v), want %d", got, ok, whole-half)
+	}
+}
+
+// TestMergeSizeKept: the merge queue scans a cold range's data once, not
+// each tick its window passes it (a range of tens of MiB was read whole
+// every tick), and scans again once the range applied something: here
+// deletes, which the split queue's size (WrittenBytes) does not see, make
+// it small, and it merges.
+func TestMergeSizeKept(t *testing.T) {
+	n := newNode(t, 1)
+	big := bytes.Repeat([]byte("x"), 1024)
+	for i := range 8 {
+		n.putValue(fmt.Sprintf("a%d", i), big)
+	}
+	n.put("z")
+	var err error
+	n.s.split(1, []byte("m"), "load", func(_, _ kv.Descriptor, e error) { err = e })
+	n.drain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.s.cfg.MinBytes = 4 << 10
+	const ticks = mergeCooldownTicks + 30
+	for range ticks {
+		n.s.Tick()
+		n.drain()
+	}
+	if got := len(n.s.Replicas()); got != 2 {
+		t.Fatalf("%d ranges: a range of 8 KiB merged with MinBytes 4 KiB", got)
+	}
+	if n.s.mergeScans > 2 {
+		t.Fatalf("the merge queue scanned %d times in %d ticks of two idle ranges, want each at most once", n.s.mergeScans, ticks)
+	}
+	for i := range 6 {
+		n.delete(fmt.Sprintf("a%d", i))
+	}
+	for range 10 {
+		n.s.Tick()
+		n.drain()
+	}
+	if got := len(n.s.Replicas()); got != 1 {
+		t.Fatalf("%d ranges after deletes left the left range with 2 KiB, want them merged", got)
+	}
+}
+
+// BenchmarkTickColdRanges: one Tick of a node leading 16 cold ranges of
+// 1 MiB, split by load (so the merge queue looks at them) and above
+// MinBytes (so they stay): the cost of an idle node's merge queue.
+func BenchmarkTickColdRanges(b *testing.B) {
+	n := newNode(b, 1)
+	val := bytes.Repeat([]byte("x"), 4<<10)
+	const ranges, keys = 16, 256
+	for i := range ranges * keys {
+		n.putValue(fmt.Sprintf("k%02d-%03d", i/keys, i%keys), val)
+	}
+	for i := ranges - 1; i > 0; i-- {
+		var err error
+		n.s.split(1, []byte(fmt.Sprintf("k%02d", i)), "load", func(_, _ kv.Descriptor, e error) { err = e })
+		n.drain()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	n.s.cfg.MinBytes = 512 << 10
+	for range mergeCooldownTicks + 30 { // past the cooldown, the load decayed
+		n.s.Tick()
+		n.drain()
+	}
+	if got := len(n.s.Replicas()); got != ranges {
+		b.Fatalf("%d ranges, want %d", got, ranges)
+	}
+	b.ResetTimer()
+	for range b.N {
+		n.s.Tick()
+		n.drain()
 	}
 }
