@@ -6,12 +6,6 @@ import (
 	"time"
 )
 
-// loadHalfLife is how fast a range's reported load follows a change: the
-// rate is an exponentially weighted average of the samples with this
-// half-life. (The split queue decides on the last sample alone, over
-// several ticks in a row: a new range has no history to wait out.)
-const loadHalfLife = 2 * time.Second
-
 // loadTracker turns each replica's count of applied commands and answered
 // queries (kv.StateMachine.Ops) into a rate. mu is a leaf.
 type loadTracker struct {
@@ -57,7 +51,7 @@ func (s *Store) sampleLoad(now time.Time, reps []*Replica) {
 		}
 		if !first && dt > 0 {
 			sample := float64(ops-st.ops) / dt
-			w := 1 - pow2(-dt/loadHalfLife.Seconds())
+			w := 1 - pow2(-dt/s.cfg.LoadHalfLife.Seconds())
 			st.rate += w * (sample - st.rate)
 			st.last = sample
 			if sample == 0 && st.rate < minLoad {

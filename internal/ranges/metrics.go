@@ -21,7 +21,13 @@ type storeMetrics struct {
 	// mergeHandOns: leaderships handed to a node holding the right
 	// neighbour, for a merge (handMergesOn).
 	mergeHandOns atomic.Uint64
+	// autoMerges: merges the merge queue made (checkMerges).
+	autoMerges atomic.Uint64
 }
+
+// AutoMerges returns how many merges this node's merge queue made (small,
+// cold neighbours), not counting the operator's.
+func (s *Store) AutoMerges() uint64 { return s.metrics.autoMerges.Load() }
 
 // MergeHandOns returns how many times this node handed a range's
 // leadership to a node that holds its right neighbour, so that the two

@@ -451,9 +451,15 @@ func (s *Store) CheckRemoved(id, node uint64) {
 			s.reconcile(id)
 			return
 		}
-		gen := d.Generation
+		gen, start := d.Generation, slices.Clone(d.Start)
 		s.env.PeerDescriptor(node, id, callback2(s, func(pd kv.Descriptor, ok bool) {
-			if !ok || pd.Generation <= gen || pd.HasReplica(s.cfg.NodeID) {
+			if !ok {
+				// No replica there (or no answer): the range may be gone
+				// for good, merged away.
+				s.checkMergedAway(r, gen, start)
+				return
+			}
+			if pd.Generation <= gen || pd.HasReplica(s.cfg.NodeID) {
 				return
 			}
 			if cur, ok := s.Get(id); !ok || cur != r {
@@ -462,4 +468,48 @@ func (s *Store) CheckRemoved(id, node uint64) {
 			s.destroyMoved(r, fmt.Sprintf("removed from the range (%v on node %d)", pd.String(), node), &pd)
 		}))
 	})
+}
+
+// checkMergedAway removes replica r, whose descriptor had generation gen
+// and span start start, if the meta index shows its range merged away: a
+// record of another range holds start, at a higher generation. Why that
+// suffices: a range keeps its start for as long as it lives (a split keeps
+// it in the left half, which keeps the ID; a merge keeps the left range's),
+// and the generation of whichever range holds a key rises with every
+// change to it (a split gives both halves the old one plus one, a merge the
+// higher of the two plus one, a membership change plus one). So a record
+// of another range holding start at a higher generation comes after r's
+// range gave start away, which it does only by merging into its left
+// neighbour. The stale copy of the range that held start before r's range
+// was split off it has a lower generation.
+//
+// Such a replica stays for good otherwise: its node was removed from the
+// range (a move, a decommission) or from the merged range before it
+// applied the merge, and its peers deleted their replicas of the range
+// with the merge, so none answers CheckRemoved (the simulation found
+// decommissions that never ended). It goes as a moved replica does, with
+// its span's data unless a range here holds part of it; but a frozen one
+// stays while a replica here may still apply its merge (mergePending).
+// Loop only.
+func (s *Store) checkMergedAway(r *Replica, gen uint64, start []byte) {
+	s.env.Meta(start, 1, callback2(s, func(ds []kv.Descriptor, err error) {
+		if err != nil || len(ds) == 0 {
+			return
+		}
+		m := ds[0]
+		if m.ID == r.ID || !m.Contains(start) || m.Generation <= gen {
+			return
+		}
+		if cur, ok := s.Get(r.ID); !ok || cur != r {
+			return
+		}
+		rd, ok := r.Descriptor()
+		if !ok || rd.Generation != gen {
+			return // it applied something since: looked at again
+		}
+		if _, _, frozen := r.SM.Frozen(); frozen && mergePending(m.ID, &m, rd, s.holding(nil, nil)) {
+			return // a replica here may still apply the merge, which reads it
+		}
+		s.destroyMoved(r, fmt.Sprintf("merged away: range %d holds its start (%v in the meta index)", m.ID, m.String()), &m)
+	}))
 }

@@ -256,11 +256,6 @@ func (s *Store) splitIdle(r *Replica) bool {
 	return true
 }
 
-// mergeCooldownTicks: a range merges no sooner than this many ticks after
-// it split (or was made by a split), so that a split by load is not undone
-// while its load settles.
-const mergeCooldownTicks = 20
-
 // checkMerges merges each range this node leads with its right neighbour
 // when both are small (under MinBytes, and under MaxBytes/2 together) and
 // cold (under a tenth of SplitLoad), have not split lately, and the
@@ -293,6 +288,7 @@ func (s *Store) checkMerges(win []*Replica) {
 		s.merge(id, why, func(_ kv.Descriptor, err error) {
 			if err == nil {
 				st.mergeFails = 0
+				s.metrics.autoMerges.Add(1)
 				return
 			}
 			s.log.Debug("automatic merge did not happen", "group", id, "why", why, "err", err)
@@ -321,7 +317,7 @@ func (s *Store) mergeSmall(r *Replica) (uint64, bool) {
 		coldBelow = 100
 	}
 	st := s.queueState(r.ID)
-	if s.ticks-st.born < mergeCooldownTicks || s.Load(r.ID) >= coldBelow {
+	if s.ticks-st.born < uint64(s.cfg.MergeCooldownTicks) || s.Load(r.ID) >= coldBelow {
 		return 0, false
 	}
 	n, err := s.mergeBytes(r)

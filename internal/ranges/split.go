@@ -59,6 +59,14 @@ func (s *Store) Split(id uint64, key []byte, done func(left, right kv.Descriptor
 	s.enqueue(func() { s.split(id, key, "admin", done) })
 }
 
+// SplitUnsticky is Split, but the new boundary is not sticky, as those of
+// the split queue's splits: the merge queue merges the two halves again
+// once both are small and cold. The simulation splits with it (its
+// workload is too small to split ranges by load often).
+func (s *Store) SplitUnsticky(id uint64, key []byte, done func(left, right kv.Descriptor, err error)) {
+	s.enqueue(func() { s.split(id, key, "unsticky", done) })
+}
+
 // split runs on the Store's loop.
 func (s *Store) split(id uint64, key []byte, why string, done func(left, right kv.Descriptor, err error)) {
 	fail := func(err error) { done(kv.Descriptor{}, kv.Descriptor{}, err) }

@@ -48,6 +48,8 @@ type testEnv struct {
 	store  **Store
 	timers []func()
 	peers  map[[2]uint64]kv.Descriptor // (node, range) → its replica's descriptor
+	// meta, if set, is the meta index Meta reads instead of the node's.
+	meta []kv.Descriptor
 }
 
 func (e *testEnv) Now() time.Time                   { return time.UnixMilli(1000) }
@@ -76,6 +78,16 @@ func (e *testEnv) PeerHolds(node, id uint64, done func(bool, bool)) {
 	e.PeerDescriptor(node, id, func(_ kv.Descriptor, ok bool) { done(ok, true) })
 }
 func (e *testEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
+	if e.meta != nil {
+		for i, d := range e.meta {
+			if d.Contains(key) {
+				done(e.meta[i:min(i+limit, len(e.meta))], nil)
+				return
+			}
+		}
+		done(nil, nil)
+		return
+	}
 	r, ok := (*e.store).Get(kv.MetaRangeID)
 	if !ok {
 		done(nil, fmt.Errorf("no meta range"))
@@ -344,7 +356,7 @@ func TestMerge(t *testing.T) {
 	if err != nil || len(n.s.Replicas()) != 3 {
 		t.Fatalf("%d ranges, %v", len(n.s.Replicas()), err)
 	}
-	for range mergeCooldownTicks + 5 {
+	for range n.s.cfg.MergeCooldownTicks + 5 {
 		n.s.Tick()
 		n.drain()
 	}
@@ -591,7 +603,7 @@ func TestMergeSizeKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.s.cfg.MinBytes = 4 << 10
-	const ticks = mergeCooldownTicks + 30
+	ticks := n.s.cfg.MergeCooldownTicks + 30
 	for range ticks {
 		n.s.Tick()
 		n.drain()
@@ -633,7 +645,7 @@ func BenchmarkTickColdRanges(b *testing.B) {
 		}
 	}
 	n.s.cfg.MinBytes = 512 << 10
-	for range mergeCooldownTicks + 30 { // past the cooldown, the load decayed
+	for range n.s.cfg.MergeCooldownTicks + 30 { // past the cooldown, the load decayed
 		n.s.Tick()
 		n.drain()
 	}
@@ -644,5 +656,34 @@ func BenchmarkTickColdRanges(b *testing.B) {
 	for range b.N {
 		n.s.Tick()
 		n.drain()
+	}
+}
+
+// TestMergedAwayReplicaRemoved: a replica whose peers hold no replica of
+// its range any more (CheckRemoved: no answer to learn a removal from) goes,
+// with its span's data, once the meta index shows another range holding
+// its start at a higher generation: its range merged away. Not for a record
+// of its own range, nor for the stale record of the range it was split from
+// (a lower generation).
+func TestMergedAwayReplicaRemoved(t *testing.T) {
+	n := newNode(t, 2) // r1 ["", "80"), r2 ["80", ∞), generation 1
+	n.put("90")
+	check := func(meta kv.Descriptor, wantGone bool) {
+		t.Helper()
+		n.env.meta = []kv.Descriptor{meta}
+		n.s.CheckRemoved(2, 2) // node 2 has no replica of range 2
+		n.drain()
+		if _, ok := n.s.Get(2); ok == wantGone {
+			t.Fatalf("meta index %v: range 2's replica here: %v, want gone: %v", &meta, ok, wantGone)
+		}
+	}
+	check(kv.Descriptor{ID: 2, Start: []byte("80"), Replicas: []uint64{2, 3}, Generation: 4}, false)
+	check(kv.Descriptor{ID: 1, Start: nil, Replicas: []uint64{1, 2}, Generation: 1}, false)
+	check(kv.Descriptor{ID: 1, Start: nil, Replicas: []uint64{2, 3}, Generation: 3}, true)
+	if keys, err := kv.SpanKeys(n.db, []byte("80"), nil); err != nil || keys != 0 {
+		t.Fatalf("%d records left in the span of the merged-away replica (%v)", keys, err)
+	}
+	if gen, ok, err := kv.Tombstone(n.db, 2); err != nil || !ok || gen != 3 {
+		t.Fatalf("tombstone of range 2: generation %d, %v, %v; want 3", gen, ok, err)
 	}
 }

@@ -28,7 +28,13 @@
 //     keys, each with a partner key, and transactions that swap a key and
 //     its partner together if the key holds what the client expects, else
 //     read both) through Host.ProposeAsync and Host.ReadAsync, recorded as
-//     a history with invoke and return order.
+//     a history with invoke and return order. In a run that splits by
+//     load (about a quarter of the seeds), the clients pause for a while
+//     (sim.lullAt), half the nemesis's splits leave a boundary the merge
+//     queue may undo (ranges.Store.SplitUnsticky), and the merge queue
+//     runs (ranges.Config.MinBytes), with a short load half-life so that
+//     ranges cool in the pause: its merges (Result.AutoMerges) happen
+//     under the run's faults.
 //
 // Checks, per seed: the history is linearizable per key pair (porcupine, with a
 // timeout: Result.Linearizable is "unknown" when it runs out); at most one

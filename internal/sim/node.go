@@ -65,6 +65,25 @@ type node struct {
 	armedHits int
 }
 
+// simMinBytes is ranges.Config.MinBytes in a run with the split load
+// splitLoad: the merge queue runs where load splits do.
+func simMinBytes(splitLoad float64) int64 {
+	if splitLoad == 0 {
+		return 0
+	}
+	return 1 << 20
+}
+
+// simLoadHalfLife is ranges.Config.LoadHalfLife in a run with the split
+// load splitLoad: short where the merge queue runs, so that ranges cool
+// in the workload's lull; else the default (0).
+func simLoadHalfLife(splitLoad float64) time.Duration {
+	if splitLoad == 0 {
+		return 0
+	}
+	return 100 * time.Millisecond
+}
+
 // simMoveCatchUp is ranges.Config.MoveCatchUp in the simulation.
 const simMoveCatchUp = 500 * time.Millisecond
 
@@ -145,9 +164,16 @@ func (n *node) start() error {
 		Wrap: func(sm *kv.StateMachine) multiraft.StateMachine {
 			return &recSM{StateMachine: sm, s: s, node: n.id, group: sm.RangeID()}
 		},
-		Env:           simEnv{n},
-		SplitLoad:     s.splitLoad,
-		CampaignRetry: 2 * s.cfg.TickInterval,
+		Env:       simEnv{n},
+		SplitLoad: s.splitLoad,
+		// The merge queue runs where load splits do: the workload's
+		// lull (sim.lullAt) cools the ranges they made. Every range of
+		// the simulation is far below 1 MiB; a short load half-life
+		// and cooldown let them cool and merge within a run.
+		MinBytes:           simMinBytes(s.splitLoad),
+		LoadHalfLife:       simLoadHalfLife(s.splitLoad),
+		MergeCooldownTicks: 5,
+		CampaignRetry:      2 * s.cfg.TickInterval,
 		// Short, so that moves roll back and learners left by moves cut
 		// short are finished (finishLearners) within a run's faults.
 		MoveCatchUp: simMoveCatchUp,
@@ -298,6 +324,8 @@ func (n *node) crash(why string) {
 	s.res.MovedAway += int(n.ranges.MovedAway())
 	s.res.Leftovers += int(n.ranges.Leftovers())
 	s.res.MergeAligns += int(n.ranges.MergeAligns())
+	s.res.AutoMerges += int(n.ranges.AutoMerges())
+	s.res.MergeHandOns += int(n.ranges.MergeHandOns())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -343,6 +371,8 @@ func (n *node) close() {
 			n.s.res.MovedAway += int(n.ranges.MovedAway())
 			n.s.res.Leftovers += int(n.ranges.Leftovers())
 			n.s.res.MergeAligns += int(n.ranges.MergeAligns())
+			n.s.res.AutoMerges += int(n.ranges.AutoMerges())
+			n.s.res.MergeHandOns += int(n.ranges.MergeHandOns())
 		}
 		n.host.Stop()
 		n.host = nil

@@ -168,12 +168,40 @@ func (e simEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 }
 
 // Meta reads the node's own replica of the meta range, as the server does
-// when it has one (every node has one in the simulation once it holds
-// every range; FaultJoin's node has none until a move gives it one: the
-// read fails, as a server's does before it asks another node).
+// when it has one; else, as the server forwards the read, the replica of
+// the first running node that leads the meta range, across the network
+// (it fails if there is none, or the network cuts the way there or back).
+// Without the forward, a node removed from the meta range never learned
+// from it (a replica whose range merged away after its node left the
+// merged range waited for good: Store.checkMergedAway).
 func (e simEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
-	ds, err := e.n.meta(key, limit)
-	done(ds, err)
+	n, s := e.n, e.n.s
+	if _, ok := n.ranges.Get(kv.MetaRangeID); ok {
+		ds, err := n.meta(key, limit)
+		done(ds, err)
+		return
+	}
+	var to uint64
+	for _, id := range s.upNodes() {
+		if o := s.nodes[id]; !o.paused {
+			if l, _, err := o.host.Leader(kv.MetaRangeID); err == nil && l == id {
+				to = id
+				break
+			}
+		}
+	}
+	if to == 0 {
+		done(nil, fmt.Errorf("sim: node %d has no meta range, and no node leads it", n.id))
+		return
+	}
+	s.after(s.net.delay(n.id, to)+s.net.delay(to, n.id), func() {
+		if o := s.nodes[to]; !s.reach(n.id, to) || !s.reach(to, n.id) || !o.up || o.ranges == nil {
+			done(nil, fmt.Errorf("sim: node %d cannot reach node %d for the meta index", n.id, to))
+			return
+		}
+		ds, err := s.nodes[to].meta(key, limit)
+		done(ds, err)
+	})
 }
 
 // meta reads up to limit records of the node's replica of the meta index.
@@ -237,7 +265,8 @@ func (s *sim) mergeNemesis() {
 }
 
 // splitNemesis splits a random range, from the node that leads it, at a
-// random key: a key of the workload, or a point between them.
+// random key: a key of the workload, or a point between them. In a run
+// with the merge queue, half the splits leave a boundary it may undo.
 func (s *sim) splitNemesis() {
 	key := []byte(s.keyName(s.rng.IntN(s.cfg.Keys)))
 	if s.rng.IntN(2) == 0 {
@@ -246,7 +275,12 @@ func (s *sim) splitNemesis() {
 	if id, n, r := s.leaderOfKey(key); r != nil {
 		s.res.Faults++
 		s.record("split", id, r.ID, cmdHash(key))
-		n.ranges.Split(r.ID, key, func(left, right kv.Descriptor, err error) {
+		split := n.ranges.Split
+		if s.splitLoad > 0 && s.rng.IntN(2) == 0 {
+			// Where the merge queue runs: a boundary it may undo.
+			split = n.ranges.SplitUnsticky
+		}
+		split(r.ID, key, func(left, right kv.Descriptor, err error) {
 			if err == nil {
 				s.res.Splits++
 				s.record("split-done", left.ID, right.ID)
@@ -401,7 +435,11 @@ func (s *sim) describeMeta() string {
 			} else {
 				fmt.Fprintf(&b, " r%d(empty)", r.ID)
 			}
-			fmt.Fprintf(&b, "[lead=%d term=%d applied=%d]", st.Leader, st.Term, st.Applied)
+			fmt.Fprintf(&b, "[lead=%d term=%d applied=%d", st.Leader, st.Term, st.Applied)
+			if into, at, frozen := r.SM.Frozen(); frozen {
+				fmt.Fprintf(&b, " frozen into r%d at %d", into, at)
+			}
+			b.WriteString("]")
 		}
 		meta, err := n.meta(nil, kv.MaxMetaUpdate)
 		fmt.Fprintf(&b, " meta %v %v; ", meta, err)

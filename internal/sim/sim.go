@@ -390,6 +390,12 @@ type Result struct {
 	// MergeAligns counts the replica moves merges made to put neighbours
 	// on different nodes on the same ones (ranges.Store.MergeAligns).
 	MergeAligns int `json:"merge_aligns"`
+	// AutoMerges counts the merges the nodes' merge queues made (split
+	// ranges that cooled in a lull of the workload), and MergeHandOns the
+	// leaderships they handed on for one (ranges.Store.AutoMerges,
+	// MergeHandOns).
+	AutoMerges   int `json:"auto_merges"`
+	MergeHandOns int `json:"merge_hand_ons"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the
@@ -535,6 +541,11 @@ type sim struct {
 	// splitLoad is the run's load threshold for splits (requests per
 	// second, 0: none), drawn from the seed.
 	splitLoad float64
+	// lullAt, lullEnd: in a run with load splits, the clients issue
+	// nothing in [lullAt, lullEnd), so that ranges cool and the merge
+	// queue (ranges.Config.MinBytes, set in such runs) merges them back
+	// under the run's faults. Both 0 in other runs.
+	lullAt, lullEnd time.Duration
 	// joined: FaultJoin started its node. leaving: the node being
 	// decommissioned (0: none); gone: the nodes decommissioned, stopped
 	// for good and out of ids.
@@ -568,7 +579,9 @@ func newSim(cfg Config) *sim {
 	}
 	s.net = newNetwork(s)
 	if cfg.Faults&FaultSplit != 0 && s.rng.IntN(2) == 0 {
-		s.splitLoad = float64(20 + s.rng.IntN(80))
+		s.splitLoad = float64(8 + s.rng.IntN(30))
+		s.lullAt = s.between(cfg.Duration*2/5, cfg.Duration*3/4)
+		s.lullEnd = s.lullAt + s.between(cfg.Duration*2/5, cfg.Duration*7/10)
 	}
 	s.nodes = make([]*node, cfg.Nodes+2) // room for FaultJoin's node
 	for id := uint64(1); id <= uint64(cfg.Nodes); id++ {

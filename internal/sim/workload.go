@@ -176,6 +176,10 @@ func (c *client) next() {
 	if s.stopClients || c.pending != nil {
 		return
 	}
+	if s.now >= s.lullAt && s.now < s.lullEnd {
+		s.at(s.lullEnd+s.between(0, 50*time.Millisecond), c.next)
+		return
+	}
 	up := s.upNodes()
 	if len(up) == 0 {
 		s.after(s.between(10*time.Millisecond, 50*time.Millisecond), c.next)
