@@ -406,6 +406,41 @@ func putEach(t *testing.T, ctx context.Context, cl *client.Client, keys []string
 	}
 }
 
+// TestMergeRefusedWhileReplicaDown: a merge of ranges with a replica on a
+// node that is down is refused at once, and the right range goes on
+// taking writes. Before, the merge froze it and waited for the down node
+// to apply the freeze: its keys took no write until the node came back
+// (and none ever, were the node gone for good).
+func TestMergeRefusedWhileReplicaDown(t *testing.T) {
+	c := startClusterWith(t, 3, 2, func(cfg *Config) {
+		cfg.DeadAfter = -1
+		cfg.RebalanceInterval = -1
+	})
+	ctx := ctxT(t)
+	cl := c.client()
+	putEach(t, ctx, cl, []string{"10", "90"})
+	c.shutdown(3)
+	waitFor(t, 10*time.Second, "nodes 1 and 2 find node 3 down", func() error {
+		for id := uint64(1); id <= 2; id++ {
+			if !c.nodes[id].host.PeerDown(3) {
+				return fmt.Errorf("node %d has not", id)
+			}
+		}
+		return nil
+	})
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err := cl.Merge(short, []byte("10"))
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "is down") {
+		t.Errorf("merge while node 3 is down: %v, want a refusal naming the down node", err)
+	}
+	short, cancel = context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := cl.Put(short, []byte("90"), []byte("after")); err != nil {
+		t.Fatalf("put into the right range after the merge was asked: %v", err)
+	}
+}
+
 // TestMergeAlignsReplicas: an operator's merge of neighbours on different
 // nodes (4 nodes, 3 replicas: ["", "80") on 1, 2, 3 and ["80", ∞) on 2, 3,
 // 4) first moves the left range's replicas onto the right range's nodes,

@@ -86,6 +86,10 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 		})
 		return
 	}
+	if n := s.downReplica(rd); n != 0 {
+		fail(fmt.Errorf("%w: node %d, which holds a replica of range %d, is down: a merge now would freeze the range until the node is back", ErrBusy, n, rd.ID))
+		return
+	}
 	if !s.begin(id) {
 		fail(fmt.Errorf("%w: range %d", ErrBusy, id))
 		return
@@ -123,6 +127,23 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 		s.log.Info("range frozen for a merge", "group", rhs.ID, "into", lhs.ID, "index", index, "why", why)
 		s.mergeFrozen(&lhs, &rhs, index, s.env.Now().Add(mergeWaitFor), finish)
 	})
+}
+
+// downReplica returns a node other than this one that holds a replica of
+// rd and is down (multiraft.Host.PeerDown), or 0. A merge does not freeze
+// such a range: every replica of the frozen range must apply the freeze
+// before the merge, and a frozen range applies no command meanwhile, so
+// its keys took no write until the node came back, and none ever if it
+// was gone for good (its replica cannot be replaced on a frozen range).
+// A node that goes down after the freeze still holds the range frozen
+// until it is back. Loop only.
+func (s *Store) downReplica(rd *kv.Descriptor) uint64 {
+	for _, n := range rd.Replicas {
+		if n != s.cfg.NodeID && s.cfg.Host.PeerDown(n) {
+			return n
+		}
+	}
+	return 0
 }
 
 // mergeable returns ErrBusy if ranges ld and rd may not merge, or move a

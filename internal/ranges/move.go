@@ -1,6 +1,7 @@
 package ranges
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -489,8 +490,9 @@ func (s *Store) CheckRemoved(id, node uint64) {
 // with the merge, so none answers CheckRemoved (the simulation found
 // decommissions that never ended). It goes as a moved replica does, with
 // its span's data unless a range here holds part of it; but a frozen one
-// stays while a replica here may still apply its merge (mergePending).
-// Loop only.
+// stays while a replica here ends where it starts (that one may still
+// apply the merge, which reads the frozen replica: destroyed, the merge
+// would stop the node, again at each restart). Loop only.
 func (s *Store) checkMergedAway(r *Replica, gen uint64, start []byte) {
 	s.env.Meta(start, 1, callback2(s, func(ds []kv.Descriptor, err error) {
 		if err != nil || len(ds) == 0 {
@@ -507,9 +509,27 @@ func (s *Store) checkMergedAway(r *Replica, gen uint64, start []byte) {
 		if !ok || rd.Generation != gen {
 			return // it applied something since: looked at again
 		}
-		if _, _, frozen := r.SM.Frozen(); frozen && mergePending(m.ID, &m, rd, s.holding(nil, nil)) {
-			return // a replica here may still apply the merge, which reads it
+		if _, _, frozen := r.SM.Frozen(); frozen && s.leftOf(rd) {
+			// A replica here ends where it starts: it has not applied
+			// the merge, and may yet (it reads this one), or was removed
+			// from its range (CheckRemoved then removes it first). Not
+			// mergePending: the merged range is the left one, by ID, and
+			// the record a later descriptor of it.
+			return
 		}
 		s.destroyMoved(r, fmt.Sprintf("merged away: range %d holds its start (%v in the meta index)", m.ID, m.String()), &m)
 	}))
+}
+
+// leftOf reports whether a replica here ends where rd starts. Loop only.
+func (s *Store) leftOf(rd *kv.Descriptor) bool {
+	if len(rd.Start) == 0 {
+		return false
+	}
+	for _, h := range s.holding(nil, nil) {
+		if h.id != rd.ID && len(h.desc.End) > 0 && bytes.Equal(h.desc.End, rd.Start) {
+			return true
+		}
+	}
+	return false
 }

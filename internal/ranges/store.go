@@ -82,13 +82,13 @@ type Config struct {
 	SplitLoadTicks int
 	// LoadHalfLife: how fast a range's load (Load: what the merge queue
 	// calls cold, and the load nodes report) follows a change, as the
-	// half-life of its smoothing. Default 2s; not negative. The
+	// half-life of its smoothing. Not negative; 0: the default, 2s. The
 	// simulation shortens it, so that ranges cool within its runs.
 	LoadHalfLife time.Duration
 	// MergeCooldownTicks: a range merges no sooner than this many ticks
 	// after it split (or was made by a split), so that a split by load is
-	// not undone while its load settles. Default 20 (10 s at the server's
-	// 500ms tick); not negative.
+	// not undone while its load settles. Not negative; 0: the default, 20
+	// (10 s at the server's 500ms tick).
 	MergeCooldownTicks int
 	// CampaignRetry: how long a node that campaigned for a range a split
 	// made waits for a leader before it campaigns again. Default 200ms;
@@ -135,8 +135,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: DB and Host are required", ErrConfig)
 	case c.MaxBytes < 0 || c.MinBytes < 0 || c.SplitLoad < 0:
 		return fmt.Errorf("%w: negative size or load threshold", ErrConfig)
-	case c.LoadHalfLife < 0 || c.MergeCooldownTicks < 0:
-		return fmt.Errorf("%w: negative load half-life %v or merge cooldown %d", ErrConfig, c.LoadHalfLife, c.MergeCooldownTicks)
+	case c.LoadHalfLife < 0:
+		return fmt.Errorf("%w: negative load half-life %v", ErrConfig, c.LoadHalfLife)
+	case c.MergeCooldownTicks < 0:
+		return fmt.Errorf("%w: negative merge cooldown of %d ticks", ErrConfig, c.MergeCooldownTicks)
 	case c.MaxBytes > 0 && c.MinBytes >= c.MaxBytes:
 		return fmt.Errorf("%w: range min bytes %d not below max bytes %d", ErrConfig, c.MinBytes, c.MaxBytes)
 	}

@@ -687,3 +687,56 @@ func TestMergedAwayReplicaRemoved(t *testing.T) {
 		t.Fatalf("tombstone of range 2: generation %d, %v, %v; want 3", gen, ok, err)
 	}
 }
+
+// TestMergedAwayFrozenKeptForLocalMerge: a frozen replica stays, though the
+// meta index shows the merged range holding its start, while the replica
+// here of the range it merges into has not applied the merge: that merge
+// reads it (destroyed, the merge stopped the node, found by review).
+func TestMergedAwayFrozenKeptForLocalMerge(t *testing.T) {
+	n := newNode(t, 2) // r1 ["", "80"), r2 ["80", ∞)
+	n.put("90")
+	propose := func(id uint64, cmd kv.Command) kv.Result {
+		t.Helper()
+		b, err := cmd.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := n.h.ProposeAsync(id, b)
+		n.drain()
+		out, err := f.Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := kv.DecodeResult(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	r1, _ := n.s.Get(1)
+	r2, _ := n.s.Get(2)
+	ld, _ := r1.Descriptor()
+	rd, _ := r2.Descriptor()
+	lhsD, rhsD := ld.Clone(), rd.Clone()
+	index, _, ok, err := kv.FreezeResult(propose(2, kv.FreezeCommand(&rhsD, 1)))
+	if err != nil || !ok {
+		t.Fatalf("freeze: %v %v", ok, err)
+	}
+	n.env.meta = []kv.Descriptor{{ID: 1, Replicas: []uint64{1}, Generation: 2}} // r1 ["", ∞)
+	n.s.CheckRemoved(2, 2)
+	n.drain()
+	if _, ok := n.s.Get(2); !ok {
+		t.Fatal("the frozen range was removed while the range here that merges it had not applied the merge")
+	}
+	if res := propose(1, kv.MergeCommand(&lhsD, &rhsD, index)); !res.OK {
+		t.Fatalf("merge refused: %+v", res)
+	}
+	if err := n.h.Err(); err != nil {
+		t.Fatalf("the node stopped: %v", err)
+	}
+	r := n.s.Lookup([]byte("90"))
+	out, err := r.SM.Query(append([]byte{byte(kv.QueryGet)}, "90"...))
+	if found, _, _ := kv.DecodeGet(out); r.ID != 1 || err != nil || !found {
+		t.Fatalf("90 after the merge: range %d, found %v, %v", r.ID, found, err)
+	}
+}

@@ -30,11 +30,12 @@
 //     read both) through Host.ProposeAsync and Host.ReadAsync, recorded as
 //     a history with invoke and return order. In a run that splits by
 //     load (about a quarter of the seeds), the clients pause for a while
-//     (sim.lullAt), half the nemesis's splits leave a boundary the merge
-//     queue may undo (ranges.Store.SplitUnsticky), and the merge queue
-//     runs (ranges.Config.MinBytes), with a short load half-life so that
+//     within the faulty phase (sim.lullAt), half the nemesis's splits
+//     leave a boundary the merge queue may undo
+//     (ranges.Store.SplitUnsticky), and the merge queue runs
+//     (ranges.Config.MinBytes), with a short load half-life so that
 //     ranges cool in the pause: its merges (Result.AutoMerges) happen
-//     under the run's faults.
+//     under the run's faults, and the clients write again after them.
 //
 // Checks, per seed: the history is linearizable per key pair (porcupine, with a
 // timeout: Result.Linearizable is "unknown" when it runs out); at most one

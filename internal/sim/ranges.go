@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"time"
 
@@ -168,9 +169,11 @@ func (e simEnv) ReplicaApplied(node, id uint64, done func(uint64, bool)) {
 }
 
 // Meta reads the node's own replica of the meta range, as the server does
-// when it has one; else, as the server forwards the read, the replica of
-// the first running node that leads the meta range, across the network
-// (it fails if there is none, or the network cuts the way there or back).
+// when it has an initialized one; else it forwards the read, as the server
+// does, here to the replica of the first running node that leads the meta
+// range, across the network (it fails if there is none, or the network
+// cuts the way there or back). The server picks the node by its own view
+// of the leader, and tries the others; the simulation's choice is simpler.
 // Without the forward, a node removed from the meta range never learned
 // from it (a replica whose range merged away after its node left the
 // merged range waited for good: Store.checkMergedAway).
@@ -178,8 +181,10 @@ func (e simEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
 	n, s := e.n, e.n.s
 	if _, ok := n.ranges.Get(kv.MetaRangeID); ok {
 		ds, err := n.meta(key, limit)
-		done(ds, err)
-		return
+		if !errors.Is(err, kv.ErrUninitialized) {
+			done(ds, err)
+			return
+		}
 	}
 	var to uint64
 	for _, id := range s.upNodes() {

@@ -580,8 +580,10 @@ func newSim(cfg Config) *sim {
 	s.net = newNetwork(s)
 	if cfg.Faults&FaultSplit != 0 && s.rng.IntN(2) == 0 {
 		s.splitLoad = float64(8 + s.rng.IntN(30))
-		s.lullAt = s.between(cfg.Duration*2/5, cfg.Duration*3/4)
-		s.lullEnd = s.lullAt + s.between(cfg.Duration*2/5, cfg.Duration*7/10)
+		// Over by 0.85 of the faulty phase: the clients write again
+		// after the merges, under faults.
+		s.lullAt = s.between(cfg.Duration*3/10, cfg.Duration/2)
+		s.lullEnd = s.lullAt + s.between(cfg.Duration/4, cfg.Duration*7/20)
 	}
 	s.nodes = make([]*node, cfg.Nodes+2) // room for FaultJoin's node
 	for id := uint64(1); id <= uint64(cfg.Nodes); id++ {
