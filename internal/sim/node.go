@@ -170,6 +170,7 @@ func (n *node) start() error {
 		// lull (sim.lullAt) cools the ranges they made. Every range of
 		// the simulation is far below 1 MiB; a short load half-life
 		// and cooldown let them cool and merge within a run.
+		Placeable:          n.placeable,
 		MinBytes:           simMinBytes(s.splitLoad),
 		LoadHalfLife:       simLoadHalfLife(s.splitLoad),
 		MergeCooldownTicks: 5,
@@ -209,6 +210,14 @@ func (n *node) start() error {
 	n.up = true
 	n.drain()
 	return nil
+}
+
+// placeable is the node's ranges.Config.Placeable, as the server's: a
+// merge moves no replica onto the node being decommissioned, one gone, or
+// one this node finds down (it waits, ErrBusy).
+func (n *node) placeable(id uint64) bool {
+	s := n.s
+	return id != s.leaving && !slices.Contains(s.gone, id) && (n.host == nil || !n.host.PeerDown(id))
 }
 
 // failPoint is the node's multiraft.Config.FailPoint.
