@@ -34,6 +34,8 @@ type node struct {
 
 	up  bool
 	inc uint64 // incarnation, bumped by every crash
+	// rangeTicks counts the Store's ticks (rangeTickLoop).
+	rangeTicks int
 	// paused: frozen by FaultPause; held are the deliveries that reached
 	// it meanwhile, made when it resumes.
 	paused    bool

@@ -226,13 +226,52 @@ func (n *node) meta(key []byte, limit int) ([]kv.Descriptor, error) {
 // between (ranges.Config.FailPoint).
 var storeFailPoints = []string{ranges.FailSplitAllocated, ranges.FailSplitApplied, ranges.FailMergeFrozen, ranges.FailMergeApplied}
 
-// rangeTickLoop ticks the node's Store every rangeTick.
+// rangeTickLoop ticks the node's Store every rangeTick, and reads its
+// peers' reports every peerReportTicks of them.
 func (n *node) rangeTickLoop() {
 	if n.up && !n.paused && n.ranges != nil {
 		n.ranges.Tick()
 		n.drain()
+		if n.rangeTicks++; n.rangeTicks%peerReportTicks == 0 {
+			n.peerReports()
+		}
 	}
 	n.s.after(rangeTick, n.rangeTickLoop)
+}
+
+// peerReportTicks: how many range ticks apart a node reads its peers'
+// reports (peerReports): 500ms, as often as a server's discovery.
+const peerReportTicks = 5
+
+// peerReports is the server's check of its peers' discovery answers
+// (server.notHeld): a peer whose replica of a range this node holds
+// reports it at a higher generation that leaves this node out, and the
+// Store asks that peer whether its replica here was removed
+// (Store.CheckRemoved). Without it, a removed replica that knew a leader
+// and was quiesced never learned of its removal: the leader sends nothing
+// to a node it removed, and only a leaderless replica asks by itself (a
+// decommission that never ended, seed 91 before the merge queue entered
+// the simulation). A peer the network cuts either way reports nothing.
+func (n *node) peerReports() {
+	s := n.s
+	for _, id := range s.ids {
+		o := s.nodes[id]
+		if id == n.id || !o.up || o.ranges == nil || !s.reach(n.id, id) || !s.reach(id, n.id) {
+			continue
+		}
+		for _, pr := range o.ranges.Replicas() {
+			pd, ok := pr.Descriptor()
+			if !ok || len(pd.Replicas) == 0 || pd.HasReplica(n.id) {
+				continue
+			}
+			if r, ok := n.ranges.Get(pr.ID); ok {
+				if d, ok := r.Descriptor(); ok && pd.Generation > d.Generation {
+					n.ranges.CheckRemoved(pr.ID, id)
+				}
+			}
+		}
+	}
+	n.drain()
 }
 
 // rangeTick is the simulated Store's tick.
