@@ -216,9 +216,18 @@ func (e rangeEnv) Removed(node, id uint64) {
 func (e rangeEnv) Meta(key []byte, limit int, done func([]kv.Descriptor, error)) {
 	s := e.s
 	if s.local(kv.MetaRangeID) {
-		ds, err := s.metaLookup(s.ctx, key, limit)
-		done(ds, err)
-		return
+		// Read here at once; but a replica not initialized yet forwards
+		// (metaLookup), which must not hold the caller (the range store's
+		// loop), nor wait without a bound.
+		out, err := s.host.QueryLocal(kv.MetaRangeID, kv.EncodeMetaQuery(key, limit))
+		if err == nil {
+			done(kv.DecodeDescriptors(out))
+			return
+		}
+		if !errors.Is(err, kv.ErrUninitialized) {
+			done(nil, s.rpcError(s.ctx, kv.MetaRangeID, err, false))
+			return
+		}
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(s.ctx, envTimeout)

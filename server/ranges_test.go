@@ -407,10 +407,11 @@ func putEach(t *testing.T, ctx context.Context, cl *client.Client, keys []string
 }
 
 // TestMergeRefusedWhileReplicaDown: a merge of ranges with a replica on a
-// node that is down is refused at once, and the right range goes on
-// taking writes. Before, the merge froze it and waited for the down node
-// to apply the freeze: its keys took no write until the node came back
-// (and none ever, were the node gone for good).
+// node that is down is refused (ErrBusy, which the client retries until
+// its deadline, then reports), and the right range goes on taking writes.
+// Before, the merge froze it and waited for the down node to apply the
+// freeze: its keys took no write until the node came back (and none ever,
+// were the node gone for good).
 func TestMergeRefusedWhileReplicaDown(t *testing.T) {
 	c := startClusterWith(t, 3, 2, func(cfg *Config) {
 		cfg.DeadAfter = -1

@@ -35,7 +35,10 @@ const mergeWaitFor = 30 * time.Second
 // Store's loop) with the merged range or an error. Neighbours on
 // different nodes are first put on the same ones (step 0): ErrBusy while
 // one of the right range's nodes is not placeable (Config.Placeable), or
-// the error of a move that failed.
+// the error of a move that failed. ErrBusy, too, while a node holding a
+// replica of either range is down, or one of the right range's does not
+// answer (downReplica, replicasAnswer): the freeze would hold the right
+// range until it is back.
 func (s *Store) Merge(id uint64, done func(kv.Descriptor, error)) {
 	s.enqueue(func() { s.merge(id, "admin", done) })
 }
@@ -76,6 +79,10 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 		fail(err)
 		return
 	}
+	if err := s.downReplica(ld, rd); err != nil {
+		fail(err) // before the alignment too: it would move replicas for nothing
+		return
+	}
 	if !ld.SameReplicas(rd) {
 		s.alignMerge(ld, rd, why, func(err error) {
 			if err != nil {
@@ -86,10 +93,25 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 		})
 		return
 	}
-	if n := s.downReplica(rd); n != 0 {
-		fail(fmt.Errorf("%w: node %d, which holds a replica of range %d, is down: a merge now would freeze the range until the node is back", ErrBusy, n, rd.ID))
-		return
-	}
+	// Every replica of the RHS must apply the freeze before the merge:
+	// one whose node does not answer now (down, but not found so by
+	// PeerDown: not heard from since this node started) would hold the
+	// frozen range.
+	s.replicasAnswer(rd, func(silent uint64) {
+		if silent != 0 {
+			fail(fmt.Errorf("%w: node %d did not answer for its replica of range %d: a merge now would freeze the range until it does", ErrBusy, silent, rd.ID))
+			return
+		}
+		s.freezeAndMerge(ld, rd, why, done)
+	})
+}
+
+// freezeAndMerge is steps 1-3 of the merge of ranges ld and rd, which are
+// on the same nodes: it freezes rd, waits for its replicas to apply the
+// freeze, and merges it into ld (mergeFrozen). Loop only.
+func (s *Store) freezeAndMerge(ld, rd *kv.Descriptor, why string, done func(kv.Descriptor, error)) {
+	fail := func(err error) { done(kv.Descriptor{}, err) }
+	id := ld.ID
 	if !s.begin(id) {
 		fail(fmt.Errorf("%w: range %d", ErrBusy, id))
 		return
@@ -129,21 +151,52 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 	})
 }
 
-// downReplica returns a node other than this one that holds a replica of
-// rd and is down (multiraft.Host.PeerDown), or 0. A merge does not freeze
-// such a range: every replica of the frozen range must apply the freeze
-// before the merge, and a frozen range applies no command meanwhile, so
-// its keys took no write until the node came back, and none ever if it
-// was gone for good (its replica cannot be replaced on a frozen range).
-// A node that goes down after the freeze still holds the range frozen
-// until it is back. Loop only.
-func (s *Store) downReplica(rd *kv.Descriptor) uint64 {
-	for _, n := range rd.Replicas {
-		if n != s.cfg.NodeID && s.cfg.Host.PeerDown(n) {
-			return n
+// downReplica returns ErrBusy if a node other than this one that holds a
+// replica of ds is down (multiraft.Host.PeerDown), else nil. A merge does
+// not freeze a range with such a replica: every replica of the frozen
+// range must apply the freeze before the merge, and a frozen range
+// applies no command meanwhile, so its keys took no write until the node
+// came back, and none ever if it was gone for good (its replica cannot be
+// replaced on a frozen range). PeerDown knows only nodes heard from since
+// this node started: replicasAnswer asks the others just before the
+// freeze. A node that goes down after the freeze still holds the range
+// frozen until it is back. Loop only.
+func (s *Store) downReplica(ds ...*kv.Descriptor) error {
+	for _, d := range ds {
+		for _, n := range d.Replicas {
+			if n != s.cfg.NodeID && s.cfg.Host.PeerDown(n) {
+				return fmt.Errorf("%w: node %d, which holds a replica of range %d, is down: a merge now would freeze the range until the node is back", ErrBusy, n, d.ID)
+			}
 		}
 	}
-	return 0
+	return nil
+}
+
+// replicasAnswer asks each other node holding a replica of rd for its
+// applied index (Env.ReplicaApplied), and calls next on the loop with the
+// lowest such node that did not answer, or 0 once all did. Loop only.
+func (s *Store) replicasAnswer(rd *kv.Descriptor, next func(silent uint64)) {
+	var others []uint64
+	for _, n := range rd.Replicas {
+		if n != s.cfg.NodeID {
+			others = append(others, n)
+		}
+	}
+	if len(others) == 0 {
+		next(0)
+		return
+	}
+	left, silent := len(others), uint64(0)
+	for _, n := range others {
+		s.env.ReplicaApplied(n, rd.ID, callback2(s, func(_ uint64, ok bool) {
+			if !ok && (silent == 0 || n < silent) {
+				silent = n
+			}
+			if left--; left == 0 {
+				next(silent)
+			}
+		}))
+	}
 }
 
 // mergeable returns ErrBusy if ranges ld and rd may not merge, or move a
@@ -181,6 +234,10 @@ func (s *Store) mergeFromAfar(ld *kv.Descriptor, why string, aligns int, fail fu
 		}
 		rd := ds[0]
 		if err := mergeable(ld, &rd, aligns); err != nil {
+			fail(err)
+			return
+		}
+		if err := s.downReplica(ld, &rd); err != nil {
 			fail(err)
 			return
 		}

@@ -490,9 +490,9 @@ func (s *Store) CheckRemoved(id, node uint64) {
 // with the merge, so none answers CheckRemoved (the simulation found
 // decommissions that never ended). It goes as a moved replica does, with
 // its span's data unless a range here holds part of it; but a frozen one
-// stays while a replica here ends where it starts (that one may still
-// apply the merge, which reads the frozen replica: destroyed, the merge
-// would stop the node, again at each restart). Loop only.
+// stays while a replica here may still apply its merge (mayMergeHere),
+// which reads it: destroyed, the merge would stop the node, again at each
+// restart. Loop only.
 func (s *Store) checkMergedAway(r *Replica, gen uint64, start []byte) {
 	s.env.Meta(start, 1, callback2(s, func(ds []kv.Descriptor, err error) {
 		if err != nil || len(ds) == 0 {
@@ -509,25 +509,33 @@ func (s *Store) checkMergedAway(r *Replica, gen uint64, start []byte) {
 		if !ok || rd.Generation != gen {
 			return // it applied something since: looked at again
 		}
-		if _, _, frozen := r.SM.Frozen(); frozen && s.leftOf(rd) {
-			// A replica here ends where it starts: it has not applied
-			// the merge, and may yet (it reads this one), or was removed
-			// from its range (CheckRemoved then removes it first). Not
-			// mergePending: the merged range is the left one, by ID, and
-			// the record a later descriptor of it.
+		if _, _, frozen := r.SM.Frozen(); frozen && s.mayMergeHere(rd, m.Generation) {
+			// Not mergePending: the merged range is the left one, by ID,
+			// and the record a later descriptor of it.
 			return
 		}
 		s.destroyMoved(r, fmt.Sprintf("merged away: range %d holds its start (%v in the meta index)", m.ID, m.String()), &m)
 	}))
 }
 
-// leftOf reports whether a replica here ends where rd starts. Loop only.
-func (s *Store) leftOf(rd *kv.Descriptor) bool {
+// mayMergeHere reports whether a replica here may still apply the merge
+// of the frozen range rd, whose start a descriptor of generation gen holds
+// now: one that ends where rd starts, at a lower generation than gen. The
+// merge's generation is above that of every descriptor of the range it
+// merged into as of before it, and no higher than gen (gen's range holds
+// rd's start after the merge: the merged range, or a range split off it
+// since); so one at gen or above is past the merge (the merged range split
+// again at rd's start, say), and goes on no longer holding the frozen
+// replica. One below may be past it too, or removed from its range
+// (CheckRemoved removes it first): the frozen replica waits. Not only
+// the range rd was frozen for: one split off it since, ending where rd
+// starts, merges it. Loop only.
+func (s *Store) mayMergeHere(rd *kv.Descriptor, gen uint64) bool {
 	if len(rd.Start) == 0 {
 		return false
 	}
 	for _, h := range s.holding(nil, nil) {
-		if h.id != rd.ID && len(h.desc.End) > 0 && bytes.Equal(h.desc.End, rd.Start) {
+		if h.id != rd.ID && len(h.desc.End) > 0 && bytes.Equal(h.desc.End, rd.Start) && h.desc.Generation < gen {
 			return true
 		}
 	}

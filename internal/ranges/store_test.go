@@ -740,3 +740,52 @@ func TestMergedAwayFrozenKeptForLocalMerge(t *testing.T) {
 		t.Fatalf("90 after the merge: range %d, found %v, %v", r.ID, found, err)
 	}
 }
+
+// TestMergedAwayFrozenPastLocalMerge: a frozen replica whose merged range
+// was split again where it starts goes, though a replica here ends where
+// it starts: that one is at the generation of the record now holding the
+// frozen range's start, so past the merge. One generation lower, it may
+// not be, and the frozen replica stays.
+func TestMergedAwayFrozenPastLocalMerge(t *testing.T) {
+	n := newNode(t, 2) // r1 ["", "80"), r2 ["80", ∞)
+	n.put("90")
+	var err error
+	for _, k := range []string{"40", "60", "70", "75"} {
+		left := n.s.Lookup([]byte(k))
+		n.s.Split(left.ID, []byte(k), func(_, _ kv.Descriptor, e error) { err = e })
+		n.drain()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := n.s.Lookup([]byte("79"))
+	hd, _ := h.Descriptor()
+	r2, _ := n.s.Get(2)
+	rd, _ := r2.Descriptor()
+	if string(hd.End) != "80" || hd.Generation != 5 {
+		t.Fatalf("the range ending at 80 is %v, want one at generation 5", hd)
+	}
+	b, err := kv.FreezeCommand(rd, h.ID).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := n.h.ProposeAsync(2, b)
+	n.drain()
+	if _, err := f.Result(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, frozen := r2.SM.Frozen(); !frozen {
+		t.Fatal("range 2 not frozen")
+	}
+	for _, c := range []struct {
+		gen  uint64
+		gone bool
+	}{{6, false}, {5, true}} {
+		n.env.meta = []kv.Descriptor{{ID: 9, Start: []byte("80"), Replicas: []uint64{1}, Generation: c.gen}}
+		n.s.CheckRemoved(2, 2)
+		n.drain()
+		if _, ok := n.s.Get(2); ok == c.gone {
+			t.Fatalf("meta record of generation %d holds 80, the range ending there is at %d: frozen range 2 here %v, want gone %v", c.gen, hd.Generation, ok, c.gone)
+		}
+	}
+}
