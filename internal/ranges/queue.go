@@ -281,11 +281,13 @@ func (s *Store) checkMerges(win []*Replica) {
 		id := l.ID
 		why := fmt.Sprintf("sizes %d and %d < %d, cold", lb, rb, s.cfg.MinBytes)
 		st := s.queueState(id)
-		if s.ticks < st.mergeNotBefore {
+		if s.ticks < st.mergeNotBefore || st.merging {
 			continue
 		}
 		calling, failedNow := true, false
+		st.merging = true
 		s.merge(id, why, func(_ kv.Descriptor, err error) {
+			st.merging = false
 			if err == nil {
 				st.mergeFails = 0
 				s.metrics.autoMerges.Add(1)
@@ -503,6 +505,10 @@ type queueState struct {
 	// mergeNotBefore (checkMerges).
 	mergeFails     int
 	mergeNotBefore uint64
+	// merging: an automatic merge of the range is under way (its first
+	// steps wait for answers: replicasAnswer), and checkMerges starts no
+	// other meanwhile.
+	merging bool
 	// stickyEnd: the range's end when its right neighbour was found to
 	// start at a boundary the queue never undoes (Descriptor.Sticky), by
 	// handMergesOn; nil: not known.

@@ -168,11 +168,11 @@ func (n *node) start() error {
 		},
 		Env:       simEnv{n},
 		SplitLoad: s.splitLoad,
+		Placeable: n.placeable,
 		// The merge queue runs where load splits do: the workload's
 		// lull (sim.lullAt) cools the ranges they made. Every range of
 		// the simulation is far below 1 MiB; a short load half-life
 		// and cooldown let them cool and merge within a run.
-		Placeable:          n.placeable,
 		MinBytes:           simMinBytes(s.splitLoad),
 		LoadHalfLife:       simLoadHalfLife(s.splitLoad),
 		MergeCooldownTicks: 5,

@@ -250,8 +250,10 @@ const peerReportTicks = 5
 // (Store.CheckRemoved). Without it, a removed replica that knew a leader
 // and was quiesced never learned of its removal: the leader sends nothing
 // to a node it removed, and only a leaderless replica asks by itself (a
-// decommission that never ended, seed 91 before the merge queue entered
-// the simulation). A peer the network cuts either way reports nothing.
+// decommission that never ended: seed 91 in a schedule of the change that
+// brought the merge queue into the simulation). A peer the network cuts
+// either way reports nothing. Every 500ms, where a server looks only at
+// the answers that changed.
 func (n *node) peerReports() {
 	s := n.s
 	for _, id := range s.ids {
