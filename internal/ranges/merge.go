@@ -102,8 +102,30 @@ func (s *Store) mergeAfter(id uint64, why string, aligns int, done func(kv.Descr
 			fail(fmt.Errorf("%w: node %d did not answer for its replica of range %d: a merge now would freeze the range until it does", ErrBusy, silent, rd.ID))
 			return
 		}
+		// The answers took a round trip: freeze only if both ranges are
+		// as they were (the freeze checks the RHS's generation itself,
+		// but a left range that changed meanwhile would leave the RHS
+		// frozen until finishMerges takes it up).
+		if !s.asWas(ld, true) || !s.asWas(rd, false) {
+			fail(fmt.Errorf("%w: range %d or %d changed while their replicas were asked", ErrBusy, ld.ID, rd.ID))
+			return
+		}
 		s.freezeAndMerge(ld, rd, why, done)
 	})
+}
+
+// asWas reports whether this node's replica of d's range still has d's
+// generation, and, with thawed, is not frozen (a left range frozen for a
+// merge of its own; a right range frozen by a merge that did not finish
+// is merged now). Loop only.
+func (s *Store) asWas(d *kv.Descriptor, thawed bool) bool {
+	r, ok := s.Get(d.ID)
+	if !ok {
+		return false
+	}
+	cur, ok := r.Descriptor()
+	_, _, frozen := r.SM.Frozen()
+	return ok && cur.Generation == d.Generation && !(thawed && frozen)
 }
 
 // freezeAndMerge is steps 1-3 of the merge of ranges ld and rd, which are
