@@ -264,17 +264,16 @@ func (s *Store) splitIdle(r *Replica) bool {
 // ones first (alignMerge): with 3 replicas on 5 nodes, most neighbours
 // are, and small ranges never merged.
 func (s *Store) checkMerges(win []*Replica) {
-	small := s.mergeSmall
 	for _, p := range s.ledNeighbours(win) {
 		l, r, rd := p.l, p.r, p.rd
 		if rd.Sticky {
 			continue
 		}
-		lb, lok := small(l)
+		lb, lok := s.mergeSmall(l)
 		if !lok {
 			continue
 		}
-		rb, rok := small(r)
+		rb, rok := s.mergeSmall(r)
 		if !rok || (s.cfg.MaxBytes > 0 && lb+rb >= uint64(s.cfg.MaxBytes)/2) {
 			continue
 		}
@@ -294,8 +293,7 @@ func (s *Store) checkMerges(win []*Replica) {
 				return
 			}
 			s.log.Debug("automatic merge did not happen", "group", id, "why", why, "err", err)
-			st.mergeFails++
-			st.mergeNotBefore = s.ticks + uint64(min(mergeBackoffTicks<<min(st.mergeFails-1, 5), maxMergeBackoffTicks))
+			st.backOffMerge(s.ticks)
 			failedNow = calling
 		})
 		calling = false
@@ -376,8 +374,7 @@ func (s *Store) handMergesOn(win []*Replica) {
 		if _, ok := s.mergeSmall(l); !ok {
 			continue
 		}
-		st.mergeFails++
-		st.mergeNotBefore = s.ticks + uint64(min(mergeBackoffTicks<<min(st.mergeFails-1, 5), maxMergeBackoffTicks))
+		st.backOffMerge(s.ticks)
 		id, end := l.ID, ld.End
 		s.env.Meta(end, 1, callback2(s, func(ds []kv.Descriptor, err error) {
 			if err == nil && len(ds) > 0 && bytes.Equal(ds[0].Start, end) && ds[0].Sticky {
@@ -513,6 +510,14 @@ type queueState struct {
 	// start at a boundary the queue never undoes (Descriptor.Sticky), by
 	// handMergesOn; nil: not known.
 	stickyEnd []byte
+}
+
+// backOffMerge counts a failed (or handed-on) automatic merge of the
+// range and puts its next try mergeBackoffTicks after the tick now,
+// doubled with each failure in a row, up to maxMergeBackoffTicks.
+func (st *queueState) backOffMerge(now uint64) {
+	st.mergeFails++
+	st.mergeNotBefore = now + uint64(min(mergeBackoffTicks<<min(st.mergeFails-1, 5), maxMergeBackoffTicks))
 }
 
 func (s *Store) queueState(id uint64) *queueState {

@@ -187,15 +187,27 @@ func (n *node) apply(cmd kv.Command) {
 	if r == nil {
 		n.t.Fatalf("no range holds %q", cmd.Key)
 	}
+	n.propose(r.ID, cmd)
+}
+
+// propose proposes cmd to range id, waits for it, and returns its result.
+func (n *node) propose(id uint64, cmd kv.Command) kv.Result {
+	n.t.Helper()
 	b, err := cmd.Encode()
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	f := n.h.ProposeAsync(r.ID, b)
+	f := n.h.ProposeAsync(id, b)
 	n.drain()
-	if _, err := f.Result(); err != nil {
-		n.t.Fatalf("%v %q: %v", cmd.Op, cmd.Key, err)
+	out, err := f.Result()
+	if err != nil {
+		n.t.Fatalf("%v to range %d: %v", cmd.Op, id, err)
 	}
+	res, err := kv.DecodeResult(out)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return res
 }
 
 // TestInitialRanges: the initial ranges tile the keyspace, and the Store
@@ -695,30 +707,12 @@ func TestMergedAwayReplicaRemoved(t *testing.T) {
 func TestMergedAwayFrozenKeptForLocalMerge(t *testing.T) {
 	n := newNode(t, 2) // r1 ["", "80"), r2 ["80", ∞)
 	n.put("90")
-	propose := func(id uint64, cmd kv.Command) kv.Result {
-		t.Helper()
-		b, err := cmd.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := n.h.ProposeAsync(id, b)
-		n.drain()
-		out, err := f.Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := kv.DecodeResult(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
 	r1, _ := n.s.Get(1)
 	r2, _ := n.s.Get(2)
 	ld, _ := r1.Descriptor()
 	rd, _ := r2.Descriptor()
 	lhsD, rhsD := ld.Clone(), rd.Clone()
-	index, _, ok, err := kv.FreezeResult(propose(2, kv.FreezeCommand(&rhsD, 1)))
+	index, _, ok, err := kv.FreezeResult(n.propose(2, kv.FreezeCommand(&rhsD, 1)))
 	if err != nil || !ok {
 		t.Fatalf("freeze: %v %v", ok, err)
 	}
@@ -728,7 +722,7 @@ func TestMergedAwayFrozenKeptForLocalMerge(t *testing.T) {
 	if _, ok := n.s.Get(2); !ok {
 		t.Fatal("the frozen range was removed while the range here that merges it had not applied the merge")
 	}
-	if res := propose(1, kv.MergeCommand(&lhsD, &rhsD, index)); !res.OK {
+	if res := n.propose(1, kv.MergeCommand(&lhsD, &rhsD, index)); !res.OK {
 		t.Fatalf("merge refused: %+v", res)
 	}
 	if err := n.h.Err(); err != nil {
@@ -765,15 +759,7 @@ func TestMergedAwayFrozenPastLocalMerge(t *testing.T) {
 	if string(hd.End) != "80" || hd.Generation != 5 {
 		t.Fatalf("the range ending at 80 is %v, want one at generation 5", hd)
 	}
-	b, err := kv.FreezeCommand(rd, h.ID).Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := n.h.ProposeAsync(2, b)
-	n.drain()
-	if _, err := f.Result(); err != nil {
-		t.Fatal(err)
-	}
+	n.propose(2, kv.FreezeCommand(rd, h.ID))
 	if _, _, frozen := r2.SM.Frozen(); !frozen {
 		t.Fatal("range 2 not frozen")
 	}
