@@ -115,20 +115,27 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 			counts[g.Leader]++
 		}
 	}
+	me := s.cfg.NodeID
+	if !alive[me] {
+		// A node not live itself (leaving or drained: settledLoop takes
+		// those out) gives nothing away here; the live set may then hold
+		// no member at all (a drained node cut off from the rest divided
+		// by zero below, in a CI run of the server package).
+		return 0
+	}
 	live := 0
 	for _, id := range s.nodeIDs() {
 		if alive[id] {
 			live++
 		}
 	}
+	if live == 0 {
+		return 0 // alive names no member (this node is not in its own list)
+	}
 	target := (len(groups) + live - 1) / live
-	me := s.cfg.NodeID
 	var plan []move
 	for _, g := range groups {
 		if counts[me] <= target {
-			break
-		}
-		if !alive[me] {
 			break
 		}
 		if g.Leader != me {

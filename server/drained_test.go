@@ -86,6 +86,12 @@ func TestDrainMark(t *testing.T) {
 		}
 		return fmt.Errorf("no node leads the meta range")
 	})
+	// A leadership pass over a live set with no member in it (this node
+	// drained or leaving, the rest cut off) gives nothing away; it
+	// divided by zero.
+	if n := leader.balanceOnce(map[uint64]bool{}); n != 0 {
+		t.Errorf("a leadership pass with no live node planned %d moves", n)
+	}
 	rb := newRebalancer()
 	if leader.rebalanceOnce(map[uint64]bool{1: true, 2: true, 3: true, 4: true}, rb) {
 		t.Error("a rebalancing pass tried a move with node 4 drained and empty")
