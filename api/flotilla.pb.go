@@ -3999,7 +3999,13 @@ type RangeInfo struct {
 	// ops_per_sec: requests per second served by the range recently.
 	OpsPerSec float64 `protobuf:"fixed64,9,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
 	// learners: those of replicas that do not vote yet (being added).
-	Learners      []uint64 `protobuf:"varint,10,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	Learners []uint64 `protobuf:"varint,10,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	// sticky: the boundary at start was placed by an operator's split or
+	// by the bootstrap; the merge queue never undoes it. (A node that reads
+	// the meta index through another node learns it here: without it, the
+	// bootstrap's boundaries looked mergeable, and a node handed
+	// leaderships on for merges that never came.)
+	Sticky        bool `protobuf:"varint,11,opt,name=sticky,proto3" json:"sticky,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4102,6 +4108,13 @@ func (x *RangeInfo) GetLearners() []uint64 {
 		return x.Learners
 	}
 	return nil
+}
+
+func (x *RangeInfo) GetSticky() bool {
+	if x != nil {
+		return x.Sticky
+	}
+	return false
 }
 
 type NodeInfo struct {
@@ -6867,7 +6880,7 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05stats\x18\x03 \x01(\bR\x05stats\"T\n" +
 	"\x0eRangesResponse\x12.\n" +
 	"\x06ranges\x18\x01 \x03(\v2\x16.flotilla.v1.RangeInfoR\x06ranges\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more\"\xfd\x01\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"\x95\x02\n" +
 	"\tRangeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
@@ -6881,7 +6894,8 @@ const file_flotilla_proto_rawDesc = "" +
 	"\x05bytes\x18\b \x01(\x04R\x05bytes\x12\x1e\n" +
 	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12\x1a\n" +
 	"\blearners\x18\n" +
-	" \x03(\x04R\blearners\"\xa1\x02\n" +
+	" \x03(\x04R\blearners\x12\x16\n" +
+	"\x06sticky\x18\v \x01(\bR\x06sticky\"\xa1\x02\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1f\n" +

@@ -70,8 +70,11 @@ func TestDrainAndMoveCLI(t *testing.T) {
 	t.Logf("drain:\n%s", r.stdout)
 	type rangesJSON struct {
 		Ranges []struct {
-			ID       uint64   `json:"id"`
-			Replicas []uint64 `json:"replicas"`
+			ID       uint64    `json:"id"`
+			Start    string    `json:"start"`
+			Replicas []uint64  `json:"replicas"`
+			Learners *[]uint64 `json:"learners"`
+			Sticky   bool      `json:"sticky"`
 		} `json:"ranges"`
 	}
 	ranges := func() rangesJSON {
@@ -86,6 +89,11 @@ func TestDrainAndMoveCLI(t *testing.T) {
 	for _, rg := range ranges().Ranges {
 		if slices.Contains(rg.Replicas, 4) || len(rg.Replicas) != 3 {
 			t.Fatalf("after the drain range %d is on %v", rg.ID, rg.Replicas)
+		}
+		// Every boundary is the bootstrap's (nothing split): sticky, but
+		// the first range's start, the keyspace's.
+		if rg.Learners == nil || len(*rg.Learners) != 0 || rg.Sticky != (rg.Start != "") {
+			t.Fatalf("after the drain range %d (start %q) lists learners %v, sticky %v", rg.ID, rg.Start, rg.Learners, rg.Sticky)
 		}
 	}
 	for _, k := range keys {

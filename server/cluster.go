@@ -607,7 +607,7 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 // from the peer reports (the load of a range not held here is not
 // reported: 0).
 func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
-	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation}
+	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation, Sticky: d.Sticky}
 	ri.Leader, ri.Term = s.leaderTerm(d.ID)
 	if !stats {
 		return ri

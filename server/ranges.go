@@ -110,7 +110,7 @@ func (s *Server) metaLookup(ctx context.Context, key []byte, limit int) ([]kv.De
 
 // descriptorOf returns the descriptor a RangeInfo carries.
 func descriptorOf(ri *api.RangeInfo) kv.Descriptor {
-	return kv.Descriptor{ID: ri.Id, Start: ri.Start, End: ri.End, Replicas: ri.Replicas, Learners: ri.Learners, Generation: ri.Generation}
+	return kv.Descriptor{ID: ri.Id, Start: ri.Start, End: ri.End, Replicas: ri.Replicas, Learners: ri.Learners, Generation: ri.Generation, Sticky: ri.Sticky}
 }
 
 // descriptor returns what this node knows of range g's descriptor: its

@@ -14,15 +14,19 @@ import (
 )
 
 // rangeJSON is one range of `flotilla ranges -w json`: start "" is the
-// beginning of the keyspace, end "" its end.
+// beginning of the keyspace, end "" its end; learners, the replicas being
+// added (not voting yet); sticky, a boundary at start that the merge
+// queue never undoes (an operator's split, or the bootstrap's).
 type rangeJSON struct {
 	ID        uint64   `json:"id"`
 	Start     string   `json:"start"`
 	End       string   `json:"end"`
 	Replicas  []uint64 `json:"replicas"`
+	Learners  []uint64 `json:"learners"`
 	Leader    uint64   `json:"leader"`
 	Bytes     uint64   `json:"bytes"`
 	OpsPerSec float64  `json:"ops_per_sec"`
+	Sticky    bool     `json:"sticky"`
 }
 
 func newRangesCmd() *cobra.Command {
@@ -49,7 +53,8 @@ func newRangesCmd() *cobra.Command {
 			out := []rangeJSON{}
 			for _, r := range rs {
 				out = append(out, rangeJSON{ID: r.Id, Start: string(r.Start), End: string(r.End),
-					Replicas: r.Replicas, Leader: r.Leader, Bytes: r.Bytes, OpsPerSec: r.OpsPerSec})
+					Replicas: r.Replicas, Learners: append([]uint64{}, r.Learners...), Leader: r.Leader, Bytes: r.Bytes,
+					OpsPerSec: r.OpsPerSec, Sticky: r.Sticky})
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {
