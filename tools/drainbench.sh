@@ -52,6 +52,11 @@
 #                after (with grow, that of the 5 nodes on this machine)
 #   START_FLAGS [""]  more `flotilla start` flags for every node (e.g.
 #                "--snapshot-rate 0")
+#   NODE_CPU [""]  a CPU quota per node, in CPUs (e.g. 0.3), as if each
+#                node were its own machine (tools/lib.sh, cap_init; needs
+#                root). Without it, every node shares this machine's CPUs,
+#                and a node that joins takes CPU from the others instead of
+#                adding its own (MODE=grow).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -95,7 +100,8 @@ stop() {
   [[ -n $BENCH ]] && { kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""; }
   stop_nodes
 }
-trap 'stop' EXIT
+trap 'stop; uncap' EXIT
+cap_init drainbench
 
 mkdir -p "$WORKDIR"
 echo "drainbench: building flotilla" >&2
@@ -135,10 +141,9 @@ b = json.load(sys.stdin); b["t"] = time.time(); print(json.dumps(b), flush=True)
 start_nodes() {
   local d=$1; shift
   for ((i = 1; i <= N; i++)); do
-    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 ${DEADFLAG[@]+"${DEADFLAG[@]}"} --initial-cluster "$CLUSTER" \
+    launch $i "$d/n$i.log" "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 ${DEADFLAG[@]+"${DEADFLAG[@]}"} --initial-cluster "$CLUSTER" \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
-      --insecure ${EXTRA[@]+"${EXTRA[@]}"} "$@" >> "$d/n$i.log" 2>&1 &
-    PIDS+=($!)
+      --insecure ${EXTRA[@]+"${EXTRA[@]}"} "$@"
   done
   for ((t = 0; t < 120; t++)); do
     ok=0
@@ -153,10 +158,9 @@ start_nodes() {
 join_nodes() {
   local d=$1
   for ((i = N + 1; i <= N + JOINED; i++)); do
-    "$BIN" start --id $i --data-dir "$d/n$i" --join 127.0.0.1:51380,127.0.0.2:51380 \
+    launch $i "$d/n$i.log" "$BIN" start --id $i --data-dir "$d/n$i" --join 127.0.0.1:51380,127.0.0.2:51380 \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
-      --insecure --rebalance-interval 500ms ${EXTRA[@]+"${EXTRA[@]}"} >> "$d/n$i.log" 2>&1 &
-    PIDS+=($!)
+      --insecure --rebalance-interval 500ms ${EXTRA[@]+"${EXTRA[@]}"}
   done
 }
 
@@ -247,7 +251,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
   stop
   python3 - "$d" "$r" "$t0" "$t1" "$MODE" "$((N + JOINED))" <<'PY'
-import datetime, glob, json, re, statistics, sys
+import datetime, glob, json, os, re, statistics, sys
 d, r, t0, t1, mode, nodes = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 # The first move off node 4, from the nodes' logs; and the last move of
 # the rebalancer (counts or bytes: "rebalancing a replica", "rebalancing
@@ -295,7 +299,7 @@ for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
 if mode in ("rebalance", "grow"):
     moves = rebalanced
 print(json.dumps({
-    "round": r, "mode": mode, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
+    "round": r, "mode": mode, "node_cpu": os.environ.get("NODE_CPU") or None, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "replicas_per_node": [counts.get(n, 0) for n in sorted(counts)],
     "leaders_per_node": [leads.get(n, 0) for n in sorted(counts)],
     "mib_per_node": [round(held.get(n, 0) / 2**20) for n in sorted(counts)],

@@ -17,6 +17,10 @@
 # Environment overrides (defaults in brackets):
 #   RANGES [60]  CLIENTS [64]  VALUE_SIZE [256]  KEYS [100000]
 #   WORKDIR [/tmp/scalebench]
+#   NODE_CPU [""]  a CPU quota per node, in CPUs (e.g. 0.2), as if each
+#                node were its own machine (tools/lib.sh, cap_init; needs
+#                root): then 5 nodes do add CPU
+#   START_FLAGS [""]  more `flotilla start` flags for every node
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -42,7 +46,9 @@ BIN=$WORKDIR/flotilla
 # shellcheck source=tools/lib.sh
 source "$SCRIPT_DIR/lib.sh"
 stop() { stop_nodes; }
-trap 'stop' EXIT
+trap 'stop; uncap' EXIT
+cap_init scalebench
+read -r -a EXTRA <<< "${START_FLAGS:-}"
 
 mkdir -p "$WORKDIR"
 echo "scalebench: building flotilla" >&2
@@ -65,10 +71,9 @@ run() {
     eps+="${eps:+,}127.0.0.$i:50379"
   done
   for ((i = 1; i <= n; i++)); do
-    "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 --initial-cluster "$cluster" \
+    launch $i "$d/n$i.log" "$BIN" start --id $i --data-dir "$d/n$i" --groups "$RANGES" --replicas 3 --initial-cluster "$cluster" \
       --peer-addr 127.0.0.$i:50380 --client-addr 127.0.0.$i:50379 --http-addr 127.0.0.$i:50381 \
-      --insecure > "$d/n$i.log" 2>&1 &
-    PIDS+=($!)
+      --insecure ${EXTRA[@]+"${EXTRA[@]}"}
   done
   for ((t = 0; t < 120; t++)); do
     ok=0
@@ -96,9 +101,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   run 3 "r$r-3"
   run 5 "r$r-5"
   python3 - "$WORKDIR" "$r" <<'PY'
-import json, sys
+import json, os, sys
 w, r = sys.argv[1], sys.argv[2]
-out = {"round": int(r)}
+out = {"round": int(r), "node_cpu": os.environ.get("NODE_CPU") or None}
 for n in (3, 5):
     b = json.load(open(f"{w}/r{r}-{n}.json"))
     nodes = [list(map(int, l.split())) for l in open(f"{w}/r{r}-{n}.nodes")]
