@@ -17,10 +17,10 @@ import (
 //
 // Why: each worker does one storage batch and one fsync per cycle, so the
 // workers of a node given a fifth of a CPU spent it on small parallel
-// syncs. With NODE_CPU=0.2 (tools/scalebench.sh), --workers 1 served
-// 2,160 and 2,146 puts/s on 3 nodes where the default (4 workers:
-// GOMAXPROCS, which main raises to 4) served 1,469 and 1,538
-// (BENCHMARKS.md, "A CPU quota per node").
+// syncs. With NODE_CPU=0.2 (tools/scalebench.sh, three alternating pairs),
+// 1 worker served a median 1.11x the puts/s of 4 (GOMAXPROCS, which main
+// raises to 4) on 3 nodes, and 1.31x on 5 (BENCHMARKS.md, "A CPU quota per
+// node").
 func quotaWorkers(read func(string) ([]byte, error)) (int, float64) {
 	q, ok := cpuQuota(read)
 	if !ok {
