@@ -42,14 +42,16 @@ func TestPickRebalance(t *testing.T) {
 }
 
 // A range with a voter too many (a move between its promotion and its
-// removal) is not moved by count: a second decider did, from the node the
-// first move was taking it off, and the range stayed at 4 voters. The
-// naive skip (backed-off ranges only) picks it, in the same test.
+// removal) is not moved by count (pickMove, the rebalancer's choice): a
+// second decider did, off node 1, which the first move was taking it off,
+// and the range stayed at 4 voters. The naive skip (backed-off ranges
+// only) picks it, in the same test.
 func TestRebalanceLeavesMovesUnderWay(t *testing.T) {
 	members := []uint64{1, 2, 3, 4, 5}
 	ds := []kv.Descriptor{
 		{ID: 16, Replicas: []uint64{1, 2, 3, 4}}, // 4 promoted, 1 not yet removed
 		{ID: 17, Replicas: []uint64{1, 2, 3}},
+		{ID: 18, Replicas: []uint64{1, 4, 5}},
 	}
 	count := map[uint64]int{}
 	for _, d := range ds {
@@ -59,15 +61,22 @@ func TestRebalanceLeavesMovesUnderWay(t *testing.T) {
 	}
 	never := func(uint64) bool { return false }
 	off := offFactor(ds, members, 3)
-	if !off[16] || off[17] || len(off) != 1 {
+	if !off[16] || len(off) != 1 {
 		t.Fatalf("offFactor = %v, want range 16 only", off)
 	}
-	if _, _, d := pickRebalance(members, count, nil, nil, ds, never); d == nil || d.ID != 16 {
-		t.Fatalf("the naive skip picked %v: the control does not reach the range under way", d)
+	pick := func(skip func(uint64) bool) (uint64, uint64, *kv.Descriptor) {
+		from, to, d, x := pickMove(members, members, count, nil, nil, ds, 3, never, skip, 1)
+		if x != nil {
+			t.Fatalf("an exchange of bytes with the counts %v", count)
+		}
+		return from, to, d
 	}
-	from, to, d := pickRebalance(members, count, nil, nil, ds, movesSkip(never, off))
-	if d == nil || d.ID != 17 || to != 5 || !slices.Contains([]uint64{1, 2, 3}, from) {
-		t.Fatalf("picked %v from %d to %d, want range 17 onto node 5", d, from, to)
+	if from, _, d := pick(never); d == nil || d.ID != 16 || from != 1 {
+		t.Fatalf("the naive skip picked %v from %d: the control does not reach the move under way", d, from)
+	}
+	from, to, d := pick(movesSkip(never, off))
+	if d == nil || d.ID != 17 || from != 1 || to != 5 {
+		t.Fatalf("picked %v from %d to %d, want range 17 from node 1 onto node 5", d, from, to)
 	}
 }
 

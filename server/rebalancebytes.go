@@ -125,15 +125,15 @@ type exchange struct {
 //   - or, if hi holds more replicas than lo, one range moves from hi to
 //     lo (the counts stay even: lo then holds at most what hi held).
 //
-// Of the ranges that may move (not waiting, a replica on the source and
-// none on the target), it takes the one (or the pair) whose move leaves
+// Of the ranges that may move (not skipped: movesSkip; a replica on the
+// source and none on the target), it takes the one (or the pair) whose move leaves
 // the pair's gap smallest, and only if that shrinks the gap by at least
 // slack/2. With the sizes holding still and every move made, each exchange
 // lowers the sum of the squares of the members' bytes and leaves the
 // counts even, so a sequence of them ends, and pickRebalance and pickBytes
 // do not undo each other's moves. (A move that fails is another matter:
 // rebalancer.failed backs its range off for longer each time.)
-func pickBytes(members []uint64, count map[uint64]int, bytes, sizes map[uint64]uint64, ds []kv.Descriptor, waiting func(uint64) bool, slack uint64) *exchange {
+func pickBytes(members []uint64, count map[uint64]int, bytes, sizes map[uint64]uint64, ds []kv.Descriptor, skip func(uint64) bool, slack uint64) *exchange {
 	if len(members) < 2 || slack == 0 {
 		return nil
 	}
@@ -158,7 +158,7 @@ func pickBytes(members []uint64, count map[uint64]int, bytes, sizes map[uint64]u
 			switch {
 			case !sized:
 				unsized[r] = true
-			case !waiting(d.ID):
+			case !skip(d.ID):
 				held[r] = append(held[r], d)
 			}
 		}

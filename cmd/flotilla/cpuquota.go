@@ -18,15 +18,21 @@ import (
 // Why: each worker does one storage batch and one fsync per cycle, so the
 // workers of a node given a fifth of a CPU spent it on small parallel
 // syncs. With NODE_CPU=0.2 (tools/scalebench.sh, three alternating pairs),
-// 1 worker served a median 1.11x the puts/s of 4 (GOMAXPROCS, which main
-// raises to 4) on 3 nodes, and 1.31x on 5 (BENCHMARKS.md, "A CPU quota per
-// node").
+// 1 worker served 1.25, 1.31 and 1.06x the puts/s of 4 (GOMAXPROCS, which
+// main raises to 4) on 5 nodes; on 3, 1.37, 0.95 and 0.99x (BENCHMARKS.md,
+// "A CPU quota per node").
 func quotaWorkers(read func(string) ([]byte, error)) (int, float64) {
 	q, ok := cpuQuota(read)
 	if !ok {
 		return 0, 0
 	}
-	return max(1, min(int(math.Ceil(q)), runtime.GOMAXPROCS(0))), q
+	return workersFor(q, runtime.GOMAXPROCS(0)), q
+}
+
+// workersFor returns the workers for a quota of q CPUs with procs Ps: q
+// rounded up, at least 1, at most procs.
+func workersFor(q float64, procs int) int {
+	return max(1, min(int(math.Ceil(q)), procs))
 }
 
 // cpuQuota returns the CPU bandwidth limit of this process, in CPUs (0.2: a

@@ -124,6 +124,9 @@ func TestCPUQuota(t *testing.T) {
 				t.Fatalf("cpuQuota = %v, %v; want %v, %v", got, ok, c.want, c.ok)
 			}
 			w, _ := quotaWorkers(read)
+			if c.ok && w != workersFor(c.want, runtime.GOMAXPROCS(0)) {
+				t.Errorf("quotaWorkers = %d, want workersFor(%v)", w, c.want)
+			}
 			switch {
 			case !c.ok && w != 0:
 				t.Errorf("quotaWorkers = %d without a quota, want 0 (the engine's default)", w)
@@ -131,5 +134,18 @@ func TestCPUQuota(t *testing.T) {
 				t.Errorf("quotaWorkers = %d, want 1..GOMAXPROCS (%d)", w, runtime.GOMAXPROCS(0))
 			}
 		})
+	}
+}
+
+// TestWorkersFor: the quota rounded up, at least 1, at most GOMAXPROCS.
+func TestWorkersFor(t *testing.T) {
+	for _, c := range []struct {
+		q     float64
+		procs int
+		want  int
+	}{{0.01, 4, 1}, {0.2, 4, 1}, {1, 4, 1}, {1.01, 4, 2}, {2.5, 4, 3}, {8, 4, 4}, {3, 2, 2}} {
+		if got := workersFor(c.q, c.procs); got != c.want {
+			t.Errorf("workersFor(%v, %d) = %d, want %d", c.q, c.procs, got, c.want)
+		}
 	}
 }

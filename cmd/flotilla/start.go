@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -105,7 +107,8 @@ leaderships away, flushes storage and exits 0.`,
 			if workers == 0 {
 				var cpus float64
 				if workers, cpus = quotaWorkers(os.ReadFile); workers > 0 {
-					log.Info("raft workers set by the CPU quota", "workers", workers, "cpus", cpus)
+					log.Info("raft workers set by the CPU quota", "workers", workers,
+						"cpus", math.Round(cpus*100)/100, "gomaxprocs", runtime.GOMAXPROCS(0))
 				}
 			}
 			s, err := server.New(server.Config{
@@ -194,7 +197,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.DurationVar(&gossipInterval, "gossip-interval", time.Second, "the gossip membership's probe interval (SWIM): a node that stops answering is counted down once its suspicion times out: 4 intervals with 3 nodes, up to 24 with more until others confirm it (10ms..1m)")
 	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long the gossip membership must count a node down before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
 	f.DurationVar(&shutdownGrace, "shutdown-grace", 10*time.Second, "how long SIGTERM may spend moving leadership away and draining requests")
-	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: the process's CPU quota rounded up if its cgroup has one, else GOMAXPROCS; 1..256)")
+	f.IntVar(&workers, "workers", 0, "raft scheduler workers, each doing one storage batch and one fsync per cycle (0: the process's cgroup CPU quota rounded up, at most GOMAXPROCS, if it has one; else GOMAXPROCS; 1..256)")
 	f.StringVar(&certsDir, "certs-dir", "", "directory of the cluster's CA and this node's certificate (flotilla cert); every listener then serves mutual TLS and clients are authorised by role")
 	f.BoolVar(&insecure, "insecure", false, "serve plaintext and authorise every request (no --certs-dir): for a trusted network only")
 	f.DurationVar(&certReload, "cert-reload-interval", 10*time.Second, "how often the certificate files are checked for change (10ms..1h); a changed, valid set serves the next handshakes")
