@@ -16,7 +16,8 @@
 #               then waits until the rebalancer evened the replica counts
 #               out (within 1): an empty node filled, as after a node
 #               joins;
-#   MODE=grow   starts 3 nodes only (with --rebalance-interval 500ms),
+#   MODE=grow   starts 3 nodes only (with --rebalance-interval
+#               REBALANCE_INTERVAL),
 #               then starts nodes 4 and 5 with --join, and waits until
 #               the replica and leader counts of the 5 nodes are all
 #               within 20% of their means (RANGES 50 makes that
@@ -52,6 +53,10 @@
 #                after (with grow, that of the 5 nodes on this machine)
 #   START_FLAGS [""]  more `flotilla start` flags for every node (e.g.
 #                "--snapshot-rate 0")
+#   REBALANCE_INTERVAL [500ms]  MODE=grow's --rebalance-interval on every
+#                node: the rebalancer makes one move a pass and waits for
+#                it, and its passes come at most this often, so a longer
+#                one spaces the moves out
 #   NODE_CPU [""]  a CPU quota per node, in CPUs (e.g. 0.3), as if each
 #                node were its own machine (tools/lib.sh, cap_init; needs
 #                root). Without it, every node shares this machine's CPUs,
@@ -77,6 +82,7 @@ PRELOAD_PREFIX=${PRELOAD_PREFIX:-}
 DEFAULT_AFTER=3
 [[ $MODE == grow ]] && DEFAULT_AFTER=20
 AFTER=${AFTER:-$DEFAULT_AFTER}
+REBALANCE_INTERVAL=${REBALANCE_INTERVAL:-500ms}
 read -r -a EXTRA <<< "${START_FLAGS:-}"
 WORKDIR=${WORKDIR:-/tmp/drainbench}
 [[ $PRELOAD =~ ^[0-9]+$ ]] || die "PRELOAD=$PRELOAD: want a number of seconds"
@@ -160,7 +166,7 @@ join_nodes() {
   for ((i = N + 1; i <= N + JOINED; i++)); do
     launch $i "$d/n$i.log" "$BIN" start --id $i --data-dir "$d/n$i" --join 127.0.0.1:51380,127.0.0.2:51380 \
       --peer-addr 127.0.0.$i:51380 --client-addr 127.0.0.$i:51379 --http-addr 127.0.0.$i:51381 \
-      --insecure --rebalance-interval 500ms ${EXTRA[@]+"${EXTRA[@]}"}
+      --insecure --rebalance-interval "$REBALANCE_INTERVAL" ${EXTRA[@]+"${EXTRA[@]}"}
   done
 }
 
@@ -209,7 +215,7 @@ sys.exit(0 if rs and all(len(r["replicas"]) == 3 and not r.get("learners") for r
 for ((r = 1; r <= ROUNDS; r++)); do
   d=$WORKDIR/r$r
   rm -rf "$d"; mkdir -p "$d"
-  if [[ $MODE == grow ]]; then start_nodes "$d" --rebalance-interval 500ms; else start_nodes "$d"; fi
+  if [[ $MODE == grow ]]; then start_nodes "$d" --rebalance-interval "$REBALANCE_INTERVAL"; else start_nodes "$d"; fi
   if [[ $MODE == rebalance ]]; then
     # Node 4 emptied, then every node restarted with the rebalancer on
     # (settling for 20 s, so that the bench's warm-up comes first).
@@ -299,7 +305,8 @@ for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
 if mode in ("rebalance", "grow"):
     moves = rebalanced
 print(json.dumps({
-    "round": r, "mode": mode, "node_cpu": os.environ.get("NODE_CPU") or None, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
+    "round": r, "mode": mode, "node_cpu": os.environ.get("NODE_CPU") or None,
+    "rebalance_interval": os.environ.get("REBALANCE_INTERVAL", "500ms") if mode == "grow" else None, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
     "replicas_per_node": [counts.get(n, 0) for n in sorted(counts)],
     "leaders_per_node": [leads.get(n, 0) for n in sorted(counts)],
     "mib_per_node": [round(held.get(n, 0) / 2**20) for n in sorted(counts)],

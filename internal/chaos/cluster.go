@@ -495,13 +495,35 @@ func (c *Cluster) RestoreLink(from, to uint64) {
 // deadAddr returns host:port where nothing listens: the port was free a
 // moment ago, and connecting to it is refused.
 func deadAddr(host string) (string, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	addrs, err := deadAddrs(host, 1)
 	if err != nil {
-		return "", fmt.Errorf("chaos: find a dead address on %s: %w", host, err)
+		return "", err
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr, nil
+	return addrs[0], nil
+}
+
+// deadAddrs returns n distinct host:port addresses where nothing listens:
+// their listeners are all open at once, then closed. (Picked one at a
+// time, a port freed could be handed out again: a node got the same port
+// for --client-addr and --http-addr, and failed to start, in a run of
+// TestProcPauseAndKill.)
+func deadAddrs(host string, n int) ([]string, error) {
+	var out []string
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("chaos: find a dead address on %s: %w", host, err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
 }
 
 // HealAll removes every fault: transport hooks and broken links.

@@ -125,12 +125,11 @@ func StartProcCluster(cfg ProcConfig) (*ProcCluster, error) {
 		p := &Proc{ID: uint64(i), IP: ip,
 			DataDir: filepath.Join(cfg.Dir, fmt.Sprintf("node-%d", i)),
 			LogFile: filepath.Join(cfg.Dir, fmt.Sprintf("node-%d.log", i))}
-		var err error
-		for _, a := range []*string{&p.PeerAddr, &p.ClientAddr, &p.HTTPAddr} {
-			if *a, err = deadAddr(ip); err != nil {
-				return nil, err
-			}
+		addrs, err := deadAddrs(ip, 3)
+		if err != nil {
+			return nil, err
 		}
+		p.PeerAddr, p.ClientAddr, p.HTTPAddr = addrs[0], addrs[1], addrs[2]
 		_, port, _ := net.SplitHostPort(p.PeerAddr)
 		p.PeerPort, _ = strconv.Atoi(port)
 		c.procs = append(c.procs, p)
