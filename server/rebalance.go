@@ -413,8 +413,8 @@ func offFactor(ds []kv.Descriptor, holders []uint64, want int) map[uint64]bool {
 // count, off the node that move was taking it off; the range ended at 4
 // voters, and the rebalancer stood still until pickRepair trimmed it (58 s
 // and 88 s: growth took 135 s and 166 s in 2 of 4 runs of
-// tools/drainbench.sh MODE=grow at NODE_CPU=0.2 without this, 62-74 s in
-// the others). The move of an evacuation (evacuateLoop) is not hidden so:
+// tools/drainbench.sh MODE=grow at NODE_CPU=0.2 without this, 68 s and 75 s
+// in the other two). The move of an evacuation (evacuateLoop) is not hidden so:
 // its leaving node's voter does not count, so the range looks at its
 // factor; that is harmless, as the two deciders then remove different
 // nodes. Nor is the extra voter left out of the counts: a new decider may
@@ -454,8 +454,8 @@ func pickRepair(members, holders []uint64, count map[uint64]int, ds []kv.Descrip
 // pickRebalance chooses a move that evens out count over members: from
 // the member holding the most replicas to the one holding the fewest, if
 // they differ by 2 or more, of a range of ds with a replica on the first
-// and none on the second, and not skipped (movesSkip); else the next pair. Of those
-// ranges it takes the one whose move leaves the two members' bytes
+// and none on the second, and not skipped (movesSkip); else the next
+// pair. Of those ranges it takes the one whose move leaves the two members' bytes
 // (nodeBytes, of range sizes) closest, the first in key order among
 // equals: a count-only choice gave a new node the first ranges in key
 // order, whatever their size, and left the bytes for pickBytes to even
