@@ -96,6 +96,31 @@ func TestDrainAndMoveCLI(t *testing.T) {
 			t.Fatalf("after the drain range %d (start %q) lists learners %v, sticky %v", rg.ID, rg.Start, rg.Learners, rg.Sticky)
 		}
 	}
+	// Sizes and loads are listed, unless --stats=false.
+	for _, stats := range []bool{true, false} {
+		r := run(t, nil, "ranges", "-w", "json", fmt.Sprintf("--stats=%v", stats), "--endpoints", eps)
+		var raw struct {
+			Ranges []map[string]json.RawMessage `json:"ranges"`
+		}
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &raw) != nil || len(raw.Ranges) == 0 {
+			t.Fatalf("ranges --stats=%v exited %d: %s%s", stats, r.code, r.stdout, r.stderr)
+		}
+		total := 0
+		for _, rg := range raw.Ranges {
+			b, hasBytes := rg["bytes"]
+			_, hasOps := rg["ops_per_sec"]
+			if hasBytes != stats || hasOps != stats {
+				t.Fatalf("ranges --stats=%v lists range %s with bytes %v, ops_per_sec %v", stats, rg["id"], hasBytes, hasOps)
+			}
+			var n int
+			if hasBytes && json.Unmarshal(b, &n) == nil {
+				total += n
+			}
+		}
+		if stats && total == 0 {
+			t.Fatalf("ranges --stats=true lists 0 bytes in all, after %d keys were written", len(keys))
+		}
+	}
 	for _, k := range keys {
 		if kv, err := cl.Get(ctx, []byte(k)); err != nil || string(kv.Value) != "v" {
 			t.Fatalf("get %s after the drain: %q %v", k, kv.Value, err)

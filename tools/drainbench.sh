@@ -126,7 +126,7 @@ done
 
 # healed: no range lists node 4, and every range has 3 replicas.
 healed() {
-  "$BIN" ranges -w json --endpoints "$LIVE" --timeout 5s 2>/dev/null | python3 -c '
+  "$BIN" ranges -w json --stats=false --endpoints "$LIVE" --timeout 5s 2>/dev/null | python3 -c '
 import json, sys
 rs = json.load(sys.stdin)["ranges"]
 sys.exit(0 if rs and all(4 not in r["replicas"] and len(r["replicas"]) == 3 for r in rs) else 1)'
@@ -174,7 +174,7 @@ join_nodes() {
 # JOINED nodes holds a replica count and a leader count within 20% of
 # their means.
 grown() {
-  "$BIN" ranges -w json --endpoints "$EPS" --timeout 5s 2>/dev/null | python3 -c '
+  "$BIN" ranges -w json --stats=false --endpoints "$EPS" --timeout 5s 2>/dev/null | python3 -c '
 import json, sys
 rs = json.load(sys.stdin)["ranges"]
 n = '"$((N + JOINED))"'
@@ -202,7 +202,7 @@ wait_until() {
 # balanced: every range has 3 replicas and no learner, and the nodes'
 # replica counts differ by at most 1.
 balanced() {
-  "$BIN" ranges -w json --endpoints "$EPS" --timeout 5s 2>/dev/null | python3 -c '
+  "$BIN" ranges -w json --stats=false --endpoints "$EPS" --timeout 5s 2>/dev/null | python3 -c '
 import json, sys
 rs = json.load(sys.stdin)["ranges"]
 c = {n: 0 for n in range(1, '"$N"' + 1)}

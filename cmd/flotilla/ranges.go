@@ -16,7 +16,8 @@ import (
 // rangeJSON is one range of `flotilla ranges -w json`: start "" is the
 // beginning of the keyspace, end "" its end; learners, the replicas being
 // added (not voting yet); sticky, a boundary at start that the merge
-// queue never undoes (an operator's split, or the bootstrap's).
+// queue never undoes (an operator's split, or the bootstrap's). bytes
+// and ops_per_sec are left out with --stats=false.
 type rangeJSON struct {
 	ID        uint64   `json:"id"`
 	Start     string   `json:"start"`
@@ -24,18 +25,26 @@ type rangeJSON struct {
 	Replicas  []uint64 `json:"replicas"`
 	Learners  []uint64 `json:"learners"`
 	Leader    uint64   `json:"leader"`
-	Bytes     uint64   `json:"bytes"`
-	OpsPerSec float64  `json:"ops_per_sec"`
+	Bytes     *uint64  `json:"bytes,omitempty"`
+	OpsPerSec *float64 `json:"ops_per_sec,omitempty"`
 	Sticky    bool     `json:"sticky"`
 }
 
 func newRangesCmd() *cobra.Command {
 	var cf clientFlags
 	var output string
+	var stats bool
 	cmd := &cobra.Command{
 		Use:   "ranges",
 		Short: "List the ranges (spans of the keyspace) with their replicas, leaders, sizes and loads",
-		Args:  cobra.NoArgs,
+		Long: `List the ranges (spans of the keyspace) with their replicas, leaders, sizes
+and loads.
+
+A range's size is measured by its replica on the node that answers, which
+reads the range's data whole, on each listing: on a node that holds much
+data, or when polled, that read costs the node CPU and disk its clients
+would have used. --stats=false lists the rest without it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output, "json", "table"); err != nil {
 				return err
@@ -46,15 +55,18 @@ func newRangesCmd() *cobra.Command {
 			}
 			defer cancel()
 			defer cl.Close()
-			rs, err := allRanges(ctx, cl, true)
+			rs, err := allRanges(ctx, cl, stats)
 			if err != nil {
 				return err
 			}
 			out := []rangeJSON{}
 			for _, r := range rs {
-				out = append(out, rangeJSON{ID: r.Id, Start: string(r.Start), End: string(r.End),
-					Replicas: r.Replicas, Learners: append([]uint64{}, r.Learners...), Leader: r.Leader, Bytes: r.Bytes,
-					OpsPerSec: r.OpsPerSec, Sticky: r.Sticky})
+				j := rangeJSON{ID: r.Id, Start: string(r.Start), End: string(r.End),
+					Replicas: r.Replicas, Learners: append([]uint64{}, r.Learners...), Leader: r.Leader, Sticky: r.Sticky}
+				if stats {
+					j.Bytes, j.OpsPerSec = &r.Bytes, &r.OpsPerSec
+				}
+				out = append(out, j)
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {
@@ -66,7 +78,11 @@ func newRangesCmd() *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTART\tEND\tREPLICAS\tLEADER\tBYTES\tOPS/S")
+			if stats {
+				fmt.Fprintln(tw, "ID\tSTART\tEND\tREPLICAS\tLEADER\tBYTES\tOPS/S")
+			} else {
+				fmt.Fprintln(tw, "ID\tSTART\tEND\tREPLICAS\tLEADER")
+			}
 			for _, r := range out {
 				end := fmt.Sprintf("%q", r.End)
 				if r.End == "" {
@@ -76,13 +92,18 @@ func newRangesCmd() *cobra.Command {
 				for i, n := range r.Replicas {
 					reps[i] = fmt.Sprint(n)
 				}
-				fmt.Fprintf(tw, "%d\t%q\t%s\t%s\t%d\t%d\t%.1f\n", r.ID, r.Start, end, strings.Join(reps, ","), r.Leader, r.Bytes, r.OpsPerSec)
+				fmt.Fprintf(tw, "%d\t%q\t%s\t%s\t%d", r.ID, r.Start, end, strings.Join(reps, ","), r.Leader)
+				if stats {
+					fmt.Fprintf(tw, "\t%d\t%.1f", *r.Bytes, *r.OpsPerSec)
+				}
+				fmt.Fprintln(tw)
 			}
 			return tw.Flush()
 		},
 	}
 	cf.register(cmd)
 	cmd.Flags().StringVarP(&output, "write-out", "w", "table", "output format: table or json")
+	cmd.Flags().BoolVar(&stats, "stats", true, "list each range's size and load (false: leave them out, and spare the answering node a read of its ranges' data)")
 	return cmd
 }
 
