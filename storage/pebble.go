@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/rand/v2"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -17,13 +18,29 @@ type PebbleOptions struct {
 	// CacheBytes is the block cache size in bytes. Default 32 MiB; 0 means
 	// the default.
 	CacheBytes int64
-	// MemTableBytes is the memtable size in bytes. Default 8 MiB; 0 means
-	// the default. Every raft entry and state machine write is inserted in
+	// MemTableBytes is the memtable size in bytes; 0 means the default,
+	// about 8 MiB (below). Every raft entry and state machine write is inserted in
 	// the memtable's skiplist, and an insert costs more the larger the
 	// skiplist (more levels, more cache misses): with 64 MiB the inserts
 	// took a quarter of a node's CPU under `bench put`, with 8 MiB half of
 	// that, for more flushing (BENCHMARKS.md).
+	//
+	// The default is drawn at open from 6 to 12 MiB, not fixed: the
+	// replicas of a range get the same writes, and with one memtable size
+	// the nodes of a 3-node cluster (every range on every node) filled
+	// their memtables together, flushed together and compacted together,
+	// all three at once every 10 s or so, each compaction rewriting the
+	// whole of the bottom level: every range slowed at once, down to
+	// 0.4-0.5x of the median second (BENCHMARKS.md, "Compactions in step").
+	// A size given here is used as given.
 	MemTableBytes uint64
+}
+
+// memTableDefault draws the default memtable size, 6 to 12 MiB in steps
+// of 64 KiB (see PebbleOptions.MemTableBytes).
+func memTableDefault() uint64 {
+	const step = 64 << 10
+	return 6<<20 + step*rand.Uint64N(6<<20/step+1)
 }
 
 // Pebble is a Store on a Pebble database. Safe for concurrent use.
@@ -39,7 +56,7 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 		o.CacheBytes = 32 << 20
 	}
 	if o.MemTableBytes == 0 {
-		o.MemTableBytes = 8 << 20
+		o.MemTableBytes = memTableDefault()
 	}
 	opts := &pebble.Options{
 		FS:           o.FS,
