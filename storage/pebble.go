@@ -18,8 +18,9 @@ type PebbleOptions struct {
 	// CacheBytes is the block cache size in bytes. Default 32 MiB; 0 means
 	// the default.
 	CacheBytes int64
-	// MemTableBytes is the memtable size in bytes; 0 means the default,
-	// about 8 MiB (below). Every raft entry and state machine write is inserted in
+	// MemTableBytes is the memtable size in bytes, under 4 GiB (Pebble's
+	// limit); 0 means the default, drawn from 6 to 12 MiB (below). Every
+	// raft entry and state machine write is inserted in
 	// the memtable's skiplist, and an insert costs more the larger the
 	// skiplist (more levels, more cache misses): with 64 MiB the inserts
 	// took a quarter of a node's CPU under `bench put`, with 8 MiB half of
@@ -30,18 +31,28 @@ type PebbleOptions struct {
 	// the nodes of a 3-node cluster (every range on every node) filled
 	// their memtables together, flushed together and compacted together,
 	// all three at once every 10 s or so, each compaction rewriting the
-	// whole of the bottom level: every range slowed at once, down to
-	// 0.4-0.5x of the median second (BENCHMARKS.md, "Compactions in step").
+	// whole of the bottom level: every range slowed at once. A growth's
+	// lowest second was 0.37-0.49x of its median with one size, 0.44-0.59x
+	// with sizes drawn (BENCHMARKS.md, "Compactions in step", 5 alternating
+	// pairs; the mean rate may pay a few percent).
 	// A size given here is used as given.
 	MemTableBytes uint64
 }
 
-// memTableDefault draws the default memtable size, 6 to 12 MiB in steps
-// of 64 KiB (see PebbleOptions.MemTableBytes).
-func memTableDefault() uint64 {
-	const step = 64 << 10
-	return 6<<20 + step*rand.Uint64N(6<<20/step+1)
-}
+// The default memtable sizes (PebbleOptions.MemTableBytes): from
+// memTableMin to memTableMax, both included, in steps of memTableStep.
+const (
+	memTableMin   = 6 << 20
+	memTableMax   = 12 << 20
+	memTableStep  = 64 << 10
+	memTableSizes = (memTableMax-memTableMin)/memTableStep + 1
+)
+
+// memTableDefault draws the default memtable size.
+func memTableDefault() uint64 { return memTableSize(rand.Uint64N(memTableSizes)) }
+
+// memTableSize is the i-th default size, i in [0, memTableSizes).
+func memTableSize(i uint64) uint64 { return memTableMin + memTableStep*i }
 
 // Pebble is a Store on a Pebble database. Safe for concurrent use.
 type Pebble struct {

@@ -40,8 +40,9 @@ func newRangesCmd() *cobra.Command {
 		Long: `List the ranges (spans of the keyspace) with their replicas, leaders, sizes
 and loads.
 
-A range's size is measured by its replica on the node that answers, which
-reads the range's data whole, on each listing: on a node that holds much
+The node that answers measures the size of each range it holds a replica of
+by reading the range's data whole, on each listing (other ranges show the
+size their leader last reported, and a load of 0): on a node that holds much
 data, or when polled, that read costs the node CPU and disk its clients
 would have used. --stats=false lists the rest without it.`,
 		Args: cobra.NoArgs,
