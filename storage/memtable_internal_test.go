@@ -7,20 +7,20 @@ import "testing"
 // not flush and compact in step (PebbleOptions.MemTableBytes). A fixed
 // default fails it.
 func TestMemTableDefaultVaries(t *testing.T) {
-	if lo, hi := memTableSize(0), memTableSize(memTableSizes-1); lo != 6<<20 || hi != 12<<20 {
-		t.Fatalf("the default sizes run from %d to %d bytes, want 6 MiB to 12 MiB", lo, hi)
-	}
+	const draws = 100000
 	seen := map[uint64]bool{}
-	for range 200 {
+	lo, hi := uint64(1<<63), uint64(0)
+	for range draws {
 		n := memTableDefault()
 		if n < 6<<20 || n > 12<<20 || n%(64<<10) != 0 {
 			t.Fatalf("memtable size %d: want 6..12 MiB in steps of 64 KiB", n)
 		}
 		seen[n] = true
+		lo, hi = min(lo, n), max(hi, n)
 	}
-	// 97 sizes to draw from, about 85 of them hit by 200 uniform draws:
-	// fewer than 20 has a chance under 1e-100.
-	if len(seen) < 20 {
-		t.Fatalf("200 draws gave %d sizes, want at least 20", len(seen))
+	// 97 sizes, each missed by 100,000 uniform draws with a chance under
+	// 1e-400: every one of them, both ends included, must come up.
+	if lo != 6<<20 || hi != 12<<20 || len(seen) != 97 {
+		t.Fatalf("%d draws gave %d sizes, from %d to %d bytes; want all 97, from 6 MiB to 12 MiB", draws, len(seen), lo, hi)
 	}
 }
