@@ -20,8 +20,7 @@ type PebbleOptions struct {
 	CacheBytes int64
 	// MemTableBytes is the memtable size in bytes, under 4 GiB - 1
 	// (Pebble's limit on 64-bit); 0 means the default, drawn from 6 to 12
-	// MiB (below). Every
-	// raft entry and state machine write is inserted in
+	// MiB (below). Every raft entry and state machine write is inserted in
 	// the memtable's skiplist, and an insert costs more the larger the
 	// skiplist (more levels, more cache misses): with 64 MiB the inserts
 	// took a quarter of a node's CPU under `bench put`, with 8 MiB half of
@@ -50,10 +49,7 @@ const (
 )
 
 // memTableDefault draws the default memtable size.
-func memTableDefault() uint64 { return memTableSize(rand.Uint64N(memTableSizes)) }
-
-// memTableSize is the i-th default size, i in [0, memTableSizes).
-func memTableSize(i uint64) uint64 { return memTableMin + memTableStep*i }
+func memTableDefault() uint64 { return memTableMin + memTableStep*rand.Uint64N(memTableSizes) }
 
 // Pebble is a Store on a Pebble database. Safe for concurrent use.
 type Pebble struct {

@@ -40,11 +40,12 @@ func newRangesCmd() *cobra.Command {
 		Long: `List the ranges (spans of the keyspace) with their replicas, leaders, sizes
 and loads.
 
-The node that answers measures the size of each range it holds a replica of
-by reading the range's data whole, on each listing (other ranges show the
-size their leader last reported, 0 if none did yet, and a load of 0): on a node that holds much
-data, or when polled, that read costs the node CPU and disk its clients
-would have used. --stats=false lists the rest without it.`,
+The node that answers measures the size of each range it holds a replica
+of by reading the range's data whole, on each listing (other ranges show
+the size their leader last reported, 0 if none did yet, and a load of 0):
+on a node that holds much data, or when polled, that read costs the node
+CPU and disk its clients would have used. --stats=false lists the rest
+without it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output, "json", "table"); err != nil {
