@@ -208,6 +208,11 @@ type Config struct {
 	// MaxSnapshotsInFlight bounds the snapshots this node sends at once,
 	// over all its peers. Default 2; 1..64.
 	MaxSnapshotsInFlight int
+	// CompactionDuty is the share of the wall time a storage compaction
+	// runs while no other waits; it pauses the rest, leaving the CPU to
+	// the ranges (storage.PebbleOptions.CompactionDuty). Default 0.1;
+	// limits 0.05..1; 1 runs compactions unpaced.
+	CompactionDuty float64
 	// MaxConnStreams bounds the requests (gRPC streams) one connection to
 	// the client listener may have in flight; a client past it waits on its
 	// side, so a flood from one connection slows that connection only.
@@ -451,6 +456,9 @@ func (c *Config) validate() error {
 	}
 	if c.SnapshotRate > 0 && c.SnapshotRate < 1<<20 {
 		return bad("--snapshot-rate %d B/s under 1MiB (negative: no bound)", c.SnapshotRate)
+	}
+	if c.CompactionDuty != 0 && !(c.CompactionDuty >= 0.05 && c.CompactionDuty <= 1) {
+		return bad("--compaction-duty %v outside 0.05..1", c.CompactionDuty)
 	}
 	if c.MaxSnapshotsInFlight < 1 || c.MaxSnapshotsInFlight > 64 {
 		return bad("--snapshots-in-flight %d outside 1..64", c.MaxSnapshotsInFlight)

@@ -279,7 +279,7 @@ func New(cfg Config) (s *Server, err error) {
 		}
 	}
 	s.dir.Store(newNodeDir(map[uint64]string{cfg.NodeID: cfg.PeerAddr}, nil))
-	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{}); err != nil {
+	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{CompactionDuty: cfg.CompactionDuty}); err != nil {
 		return s, err
 	}
 	if err := s.listen(); err != nil {

@@ -370,6 +370,8 @@ func TestConfigAndDataDirRefused(t *testing.T) {
 		"no security":     func(c *Config) { c.Insecure = false },
 		"both security":   func(c *Config) { c.CertsDir = dir },
 		"missing certs":   func(c *Config) { c.Insecure, c.CertsDir = false, dir },
+		"duty too low":    func(c *Config) { c.CompactionDuty = 0.01 },
+		"duty over 1":     func(c *Config) { c.CompactionDuty = 1.5 },
 	}
 	for name, mut := range bad {
 		cfg := base

@@ -24,15 +24,30 @@ const regrantInterval = time.Second
 // compactionScheduler is the pebble.CompactionScheduler of a store: it
 // lets as many compactions run at once as the DB allows without
 // permission (GetAllowedWithoutPermission), like Pebble's default, with
-// the slower regrant above.
+// the slower regrant above; and it paces each compaction it grants
+// (compactpace.go).
 //
 // Locks: mu is taken after any lock of Pebble's DB (Pebble may call
 // TrySchedule holding its own); DB methods other than
 // GetAllowedWithoutPermission are called without mu held.
 //
 // Goroutines: grantLoop, started by Register and stopped by Unregister.
+// A paced compaction waits on Pebble's compaction goroutine (no goroutine
+// of its own).
 type compactionScheduler struct {
 	db pebble.DBForCompaction
+	// duty is the share of the wall time a compaction runs while the DB
+	// waits for no other (compactpace.go); 1 runs compactions unpaced.
+	// Set before Register, then read only.
+	duty float64
+	// now and wait are time.Now and waitOrRelease, or a test's. Set
+	// before Register, then read only.
+	now  func() time.Time
+	wait func(d time.Duration, release <-chan struct{})
+	// released is closed by releasePacing, as the store closes: pauses
+	// end and no compaction waits again.
+	released    chan struct{}
+	releaseOnce sync.Once
 	// registered: Register ran (grantLoop runs). Written by Register,
 	// read by abandon, both on the goroutine of pebble.Open.
 	registered bool
@@ -53,16 +68,19 @@ type compactionScheduler struct {
 	}
 }
 
-var (
-	_ pebble.CompactionScheduler   = (*compactionScheduler)(nil)
-	_ pebble.CompactionGrantHandle = (*compactionScheduler)(nil)
-)
+var _ pebble.CompactionScheduler = (*compactionScheduler)(nil)
 
-func newCompactionScheduler() *compactionScheduler {
+// newCompactionScheduler returns the scheduler of one store, pacing its
+// compactions to the duty given (0 < duty <= 1; compactpace.go).
+func newCompactionScheduler(duty float64) *compactionScheduler {
 	s := &compactionScheduler{
-		poke:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
-		ended: make(chan struct{}),
+		duty:     duty,
+		now:      time.Now,
+		wait:     waitOrRelease,
+		released: make(chan struct{}),
+		poke:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		ended:    make(chan struct{}),
 	}
 	s.mu.idle = sync.NewCond(&s.mu.Mutex)
 	return s
@@ -108,7 +126,7 @@ func (s *compactionScheduler) TrySchedule() (bool, pebble.CompactionGrantHandle)
 		return false, nil
 	}
 	s.mu.running++
-	return true, s
+	return true, &compactionGrant{s: s}
 }
 
 // UpdateGetAllowedWithoutPermission implements pebble.CompactionScheduler:
@@ -120,15 +138,9 @@ func (s *compactionScheduler) UpdateGetAllowedWithoutPermission() {
 	}
 }
 
-// Started, MeasureCPU and CumulativeStats implement
-// pebble.CompactionGrantHandle; this scheduler paces nothing.
-func (s *compactionScheduler) Started()                                          {}
-func (s *compactionScheduler) MeasureCPU(pebble.CompactionGoroutineKind)         {}
-func (s *compactionScheduler) CumulativeStats(pebble.CompactionGrantHandleStats) {}
-
-// Done implements pebble.CompactionGrantHandle: a compaction ended, and
-// its slot goes to one that waits. Pebble calls it holding no lock.
-func (s *compactionScheduler) Done() {
+// done: a compaction granted ended (compactionGrant.Done), and its slot
+// goes to one that waits. Pebble calls it holding no lock.
+func (s *compactionScheduler) done() {
 	s.mu.Lock()
 	s.mu.running--
 	s.mu.Unlock()
@@ -153,7 +165,7 @@ func (s *compactionScheduler) grant() {
 	for !s.mu.closed && s.mu.running < s.db.GetAllowedWithoutPermission() {
 		s.mu.Unlock()
 		waiting, _ := s.db.GetWaitingCompaction()
-		accepted := waiting && s.db.Schedule(s)
+		accepted := waiting && s.db.Schedule(&compactionGrant{s: s})
 		s.mu.Lock()
 		if !accepted {
 			break

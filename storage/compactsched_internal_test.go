@@ -18,7 +18,9 @@ type fakeCompactionDB struct {
 	mu      sync.Mutex
 	allowed int
 	waiting int
-	granted chan struct{}
+	// optional: the waiting compactions are optional ones.
+	optional bool
+	granted  chan struct{}
 }
 
 func (d *fakeCompactionDB) GetAllowedWithoutPermission() int {
@@ -30,7 +32,7 @@ func (d *fakeCompactionDB) GetAllowedWithoutPermission() int {
 func (d *fakeCompactionDB) GetWaitingCompaction() (bool, pebble.WaitingCompaction) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.waiting > 0, pebble.WaitingCompaction{}
+	return d.waiting > 0, pebble.WaitingCompaction{Optional: d.optional}
 }
 
 func (d *fakeCompactionDB) Schedule(pebble.CompactionGrantHandle) bool {
@@ -62,7 +64,7 @@ func (s *compactionScheduler) runningNow() int {
 // grows, without waiting for the regrant period; nothing after Unregister.
 func TestCompactionScheduler(t *testing.T) {
 	db := &fakeCompactionDB{allowed: 2, granted: make(chan struct{}, 8)}
-	s := newCompactionScheduler()
+	s := newCompactionScheduler(1)
 	s.Register(2, db)
 	var handles []pebble.CompactionGrantHandle
 	for i := 0; i < 2; i++ {
@@ -110,7 +112,7 @@ func TestCompactionScheduler(t *testing.T) {
 	if ok, _ := s.TrySchedule(); ok {
 		t.Fatal("a compaction granted after Unregister")
 	}
-	s.Done() // a compaction that was running ends after the close: no grant
+	handles[1].Done() // a compaction that was running ends after the close: no grant
 	select {
 	case <-db.granted:
 		t.Fatal("a compaction granted after Unregister")

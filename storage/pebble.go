@@ -2,6 +2,7 @@ package storage
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -37,7 +38,17 @@ type PebbleOptions struct {
 	// pairs; the mean rate may pay for it, 0.93x at the median, 0.79-1.01).
 	// A size given here is used as given.
 	MemTableBytes uint64
+	// CompactionDuty is the share of the wall time a compaction runs while
+	// Pebble waits for no other compaction, from 0.05 to 1; the rest of
+	// the time it pauses, in slices of a few milliseconds, so that it
+	// leaves the node's CPU to the raft path (compactpace.go). 1 runs
+	// compactions unpaced; 0 means the default, 0.1. A compaction behind
+	// which another waits runs unpaced whatever this says.
+	CompactionDuty float64
 }
+
+// ErrConfig is returned by OpenPebble for options out of their limits.
+var ErrConfig = errors.New("storage: invalid config")
 
 // The default memtable sizes (PebbleOptions.MemTableBytes): from
 // memTableMin to memTableMax, both included, in steps of memTableStep.
@@ -53,7 +64,8 @@ func memTableDefault() uint64 { return memTableMin + memTableStep*rand.Uint64N(m
 
 // Pebble is a Store on a Pebble database. Safe for concurrent use.
 type Pebble struct {
-	db *pebble.DB
+	db    *pebble.DB
+	sched *compactionScheduler
 }
 
 var _ Store = (*Pebble)(nil)
@@ -66,28 +78,43 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 	if o.MemTableBytes == 0 {
 		o.MemTableBytes = memTableDefault()
 	}
+	if o.CompactionDuty == 0 {
+		o.CompactionDuty = compactionDutyDefault
+	}
+	if !(o.CompactionDuty >= compactionDutyMin && o.CompactionDuty <= 1) { // NaN too
+		return nil, fmt.Errorf("%w: CompactionDuty %v outside %v..1", ErrConfig, o.CompactionDuty, compactionDutyMin)
+	}
+	return openPebble(dir, o, newCompactionScheduler(o.CompactionDuty))
+}
+
+// openPebble opens the store in dir with the options o, defaults filled
+// in, and the compaction scheduler sched (a test's, or OpenPebble's).
+func openPebble(dir string, o PebbleOptions, sched *compactionScheduler) (*Pebble, error) {
 	opts := &pebble.Options{
 		FS:           o.FS,
 		CacheSize:    o.CacheBytes,
 		MemTableSize: o.MemTableBytes,
 		Logger:       quietLogger{},
 	}
-	sched := newCompactionScheduler()
 	opts.Experimental.CompactionScheduler = sched
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		sched.abandon()
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
-	return &Pebble{db: db}, nil
+	return &Pebble{db: db, sched: sched}, nil
 }
 
 // DB exposes the database, so that a state machine may keep its data in the
 // same store (and commit it in the same batches if it wishes).
 func (p *Pebble) DB() *pebble.DB { return p.db }
 
-// Close implements Store.
-func (p *Pebble) Close() error { return p.db.Close() }
+// Close implements Store. Compactions under way end unpaced: Pebble's
+// Close waits for them.
+func (p *Pebble) Close() error {
+	p.sched.releasePacing()
+	return p.db.Close()
+}
 
 // Groups implements Store.
 func (p *Pebble) Groups() ([]uint64, error) {
