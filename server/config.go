@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/storage"
 	"github.com/flotilla/flotilla/transport"
 )
 
@@ -210,8 +211,9 @@ type Config struct {
 	MaxSnapshotsInFlight int
 	// CompactionDuty is the share of the wall time a storage compaction
 	// runs while no other waits; it pauses the rest, leaving the CPU to
-	// the ranges (storage.PebbleOptions.CompactionDuty). Default 0.1;
-	// limits 0.05..1; 1 runs compactions unpaced.
+	// the ranges (storage.PebbleOptions.CompactionDuty). 0 means
+	// storage.DefaultCompactionDuty (0.1); else storage.MinCompactionDuty
+	// (0.05) to 1; 1 runs compactions unpaced.
 	CompactionDuty float64
 	// MaxConnStreams bounds the requests (gRPC streams) one connection to
 	// the client listener may have in flight; a client past it waits on its
@@ -457,8 +459,8 @@ func (c *Config) validate() error {
 	if c.SnapshotRate > 0 && c.SnapshotRate < 1<<20 {
 		return bad("--snapshot-rate %d B/s under 1MiB (negative: no bound)", c.SnapshotRate)
 	}
-	if c.CompactionDuty != 0 && !(c.CompactionDuty >= 0.05 && c.CompactionDuty <= 1) {
-		return bad("--compaction-duty %v outside 0.05..1", c.CompactionDuty)
+	if c.CompactionDuty != 0 && !(c.CompactionDuty >= storage.MinCompactionDuty && c.CompactionDuty <= 1) {
+		return bad("--compaction-duty %v outside %v..1", c.CompactionDuty, storage.MinCompactionDuty)
 	}
 	if c.MaxSnapshotsInFlight < 1 || c.MaxSnapshotsInFlight > 64 {
 		return bad("--snapshots-in-flight %d outside 1..64", c.MaxSnapshotsInFlight)

@@ -20,17 +20,22 @@ import (
 // dip is shallower and longer, 0.66-0.80x of the median at the default
 // duty, 0.63-0.76x at 0.25 (BENCHMARKS.md, "Paced compactions").
 //
-// A compaction is not paced while the DB waits for another one, or allows
-// more than one at once (Pebble's sign of a backlog in L0): slowing it
-// then would hold the next one back, and L0 would grow toward the point
-// where Pebble stops writes.
+// A compaction is not paced while the DB waits for another one that is
+// not optional (a score-based one: L0 or a level over its target size):
+// slowing it then would hold the next one back, and L0 would grow toward
+// the point where Pebble stops writes. A compaction refused while one is
+// paused (TrySchedule) ends the pause early, for a look at what waits.
+//
+// The duty is approximate: a pause is at most maxPause, so a slice that a
+// CPU quota stretched past maxPause x duty/(1-duty) (28 ms at 0.1) runs
+// for more than its share; under a quota 0.05 measured no better than 0.1.
 
 const (
-	// compactionDutyDefault is PebbleOptions.CompactionDuty's default.
-	compactionDutyDefault = 0.1
-	// compactionDutyMin is PebbleOptions.CompactionDuty's lower limit: at
+	// DefaultCompactionDuty is PebbleOptions.CompactionDuty's default.
+	DefaultCompactionDuty = 0.1
+	// MinCompactionDuty is PebbleOptions.CompactionDuty's lower limit: at
 	// 0.05 a compaction of 1.7 s would take half a minute.
-	compactionDutyMin = 0.05
+	MinCompactionDuty = 0.05
 	// paceSlice is how long a compaction runs, in wall time, between two
 	// looks at its pace: Pebble reports every 128 keys (some KiB); a look
 	// costs a call into the DB under its mutex.
@@ -70,7 +75,7 @@ func (g *compactionGrant) CumulativeStats(pebble.CompactionGrantHandleStats) {
 		return
 	}
 	if d := g.s.pauseAfter(ran); d > 0 {
-		g.s.wait(d, g.s.released)
+		g.s.pause(d)
 	}
 	g.resumed = g.s.now()
 }
@@ -83,8 +88,8 @@ func (g *compactionGrant) Done() { g.s.done() }
 // pause waits before it goes on: ran x (1-duty)/duty, so that it runs for
 // duty of the wall time, at most maxPause. 0 when compactions run unpaced
 // (duty 1), once the store closes (releasePacing), and while the DB
-// allows more than one compaction at once or waits for one that is not
-// optional. Called on the compaction's goroutine without s.mu held.
+// waits for a compaction that is not optional (mustNotWait). Called on
+// the compaction's goroutine without s.mu held.
 func (s *compactionScheduler) pauseAfter(ran time.Duration) time.Duration {
 	if s.duty >= 1 {
 		return 0
@@ -94,13 +99,31 @@ func (s *compactionScheduler) pauseAfter(ran time.Duration) time.Duration {
 		return 0
 	default:
 	}
-	if s.db.GetAllowedWithoutPermission() > 1 {
-		return 0
-	}
-	if waiting, c := s.db.GetWaitingCompaction(); waiting && !c.Optional {
+	if s.mustNotWait() {
 		return 0
 	}
 	return min(time.Duration(float64(ran)*(1-s.duty)/s.duty), maxPause)
+}
+
+// mustNotWait: the DB waits for a compaction that is not optional.
+// Called without s.mu held (GetWaitingCompaction takes the DB's mutex).
+func (s *compactionScheduler) mustNotWait() bool {
+	waiting, c := s.db.GetWaitingCompaction()
+	return waiting && !c.Optional
+}
+
+// pause waits for d, and ends early when the store closes, or when a
+// compaction refused meanwhile (TrySchedule) is one that must not wait;
+// refused an optional one, it waits out the rest. Called on the
+// compaction's goroutine without s.mu held.
+func (s *compactionScheduler) pause(d time.Duration) {
+	end := s.now().Add(d)
+	for d > 0 {
+		if !s.wait(d, s.released, s.refused) || s.mustNotWait() {
+			return
+		}
+		d = end.Sub(s.now())
+	}
 }
 
 // releasePacing ends every pause and every later one: Pebble's Close
@@ -111,12 +134,17 @@ func (s *compactionScheduler) releasePacing() {
 	s.releaseOnce.Do(func() { close(s.released) })
 }
 
-// waitOrRelease waits for d or until release is closed.
-func waitOrRelease(d time.Duration, release <-chan struct{}) {
+// waitOrWake waits for d, until release is closed, or until wake has a
+// value, which it takes; it reports whether wake ended the wait.
+func waitOrWake(d time.Duration, release, wake <-chan struct{}) (woken bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return false
 	case <-release:
+		return false
+	case <-wake:
+		return true
 	}
 }

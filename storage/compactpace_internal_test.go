@@ -14,8 +14,7 @@ import (
 
 // TestPauseAfter: a compaction pauses for (1-duty)/duty of the time it
 // ran, at most maxPause; not at all unpaced, after the store's close, or
-// behind a backlog (more than one compaction allowed, or one that is not
-// optional waiting).
+// behind a backlog (a compaction that is not optional waiting).
 func TestPauseAfter(t *testing.T) {
 	for _, c := range []struct {
 		name     string
@@ -31,7 +30,6 @@ func TestPauseAfter(t *testing.T) {
 		{name: "a half", duty: 0.5, ran: 8 * time.Millisecond, allowed: 1, want: 8 * time.Millisecond},
 		{name: "a long stall", duty: 0.25, ran: 10 * time.Second, allowed: 1, want: maxPause},
 		{name: "unpaced", duty: 1, ran: 8 * time.Millisecond, allowed: 1, want: 0},
-		{name: "two allowed", duty: 0.25, ran: 8 * time.Millisecond, allowed: 2, want: 0},
 		{name: "one waiting", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, waiting: 1, want: 0},
 		{name: "an optional one waiting", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, waiting: 1, optional: true, want: 24 * time.Millisecond},
 		{name: "closing", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, released: true, want: 0},
@@ -59,7 +57,11 @@ func TestCompactionGrantPaces(t *testing.T) {
 	s := newCompactionScheduler(0.25)
 	s.db = &fakeCompactionDB{allowed: 1}
 	s.now = func() time.Time { return now }
-	s.wait = func(d time.Duration, _ <-chan struct{}) { waits = append(waits, d); now = now.Add(d) }
+	s.wait = func(d time.Duration, _, _ <-chan struct{}) bool {
+		waits = append(waits, d)
+		now = now.Add(d)
+		return false
+	}
 	g := &compactionGrant{s: s}
 	g.Started()
 	for _, step := range []struct {
@@ -79,25 +81,100 @@ func TestCompactionGrantPaces(t *testing.T) {
 	}
 }
 
+// TestPauseWokenByRefusal: a compaction refused (TrySchedule) while the
+// one slot's compaction pauses wakes the pause; it ends there if the
+// refused one is not optional, and waits out the rest if it is.
+func TestPauseWokenByRefusal(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		optional bool
+		want     []time.Duration
+	}{
+		{name: "not optional", want: []time.Duration{100 * time.Millisecond}},
+		{name: "optional", optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			now := time.Unix(0, 0)
+			db := &fakeCompactionDB{allowed: 1}
+			s := newCompactionScheduler(0.25)
+			s.db = db
+			s.now = func() time.Time { return now }
+			s.mu.running = 1 // the pausing compaction holds the one slot
+			var waits []time.Duration
+			s.wait = func(d time.Duration, _, wake <-chan struct{}) bool {
+				waits = append(waits, d)
+				if len(waits) > 1 {
+					now = now.Add(d)
+					return false
+				}
+				now = now.Add(40 * time.Millisecond) // 40 ms in, another is wanted
+				db.mu.Lock()
+				db.waiting, db.optional = 1, c.optional
+				db.mu.Unlock()
+				if ok, _ := s.TrySchedule(); ok {
+					t.Fatal("a compaction granted with the one slot taken")
+				}
+				select {
+				case <-wake:
+					return true
+				default:
+					t.Fatal("the refusal did not wake the pause")
+					return false
+				}
+			}
+			s.pause(100 * time.Millisecond)
+			if fmt.Sprint(waits) != fmt.Sprint(c.want) {
+				t.Fatalf("waits %v, want %v", waits, c.want)
+			}
+		})
+	}
+}
+
+// TestWaitOrWake: the wait ends at its time, at release, or at a wake,
+// and says which was a wake.
+func TestWaitOrWake(t *testing.T) {
+	wake := make(chan struct{}, 1)
+	if waitOrWake(time.Millisecond, nil, wake) {
+		t.Fatal("a timed-out wait reported a wake")
+	}
+	wake <- struct{}{}
+	if !waitOrWake(time.Hour, nil, wake) {
+		t.Fatal("a woken wait did not report the wake")
+	}
+	released := make(chan struct{})
+	close(released)
+	if waitOrWake(time.Hour, released, wake) {
+		t.Fatal("a released wait reported a wake")
+	}
+}
+
 // TestPebbleCompactionPacedAndReleased: a real store's compaction goes
 // through the pacing (it pauses), and Close ends a pause that would not
 // end by itself: Pebble's Close waits for the compaction.
 func TestPebbleCompactionPacedAndReleased(t *testing.T) {
-	s := newCompactionScheduler(compactionDutyDefault)
+	s := newCompactionScheduler(DefaultCompactionDuty)
 	var clock atomic.Int64 // every look sees a slice gone by
 	s.now = func() time.Time { return time.Unix(0, clock.Add(int64(paceSlice))) }
 	paused := make(chan struct{}, 1)
-	s.wait = func(_ time.Duration, release <-chan struct{}) {
+	s.wait = func(_ time.Duration, release, _ <-chan struct{}) bool {
 		select {
 		case paused <- struct{}{}:
 		default:
 		}
 		<-release
+		return false
 	}
 	p, err := openPebble("", PebbleOptions{FS: vfs.NewMem(), CacheBytes: 1 << 20, MemTableBytes: 1 << 20}, s)
 	if err != nil {
 		t.Fatal(err)
 	}
+	closing := false
+	defer func() { // a failure before Close: the pause must not outlive the test
+		if !closing {
+			s.releasePacing()
+			p.Close()
+		}
+	}()
 	val := make([]byte, 1024)
 	deadline := time.After(30 * time.Second)
 	for f := 0; ; f++ {
@@ -118,6 +195,7 @@ func TestPebbleCompactionPacedAndReleased(t *testing.T) {
 		}
 		break
 	}
+	closing = true
 	closed := make(chan error, 1)
 	go func() { closed <- p.Close() }()
 	select {
@@ -138,14 +216,14 @@ func TestOpenPebbleCompactionDuty(t *testing.T) {
 			t.Fatalf("CompactionDuty %v: err %v, want ErrConfig", d, err)
 		}
 	}
-	for _, d := range []float64{0, compactionDutyMin, 1} {
+	for _, d := range []float64{0, MinCompactionDuty, 1} {
 		p, err := OpenPebble("", PebbleOptions{FS: vfs.NewMem(), CompactionDuty: d})
 		if err != nil {
 			t.Fatalf("CompactionDuty %v: %v", d, err)
 		}
 		want := d
 		if d == 0 {
-			want = compactionDutyDefault
+			want = DefaultCompactionDuty
 		}
 		if p.sched.duty != want {
 			t.Fatalf("CompactionDuty %v: scheduler duty %v, want %v", d, p.sched.duty, want)

@@ -40,10 +40,14 @@ type compactionScheduler struct {
 	// waits for no other (compactpace.go); 1 runs compactions unpaced.
 	// Set before Register, then read only.
 	duty float64
-	// now and wait are time.Now and waitOrRelease, or a test's. Set
-	// before Register, then read only.
+	// now and wait are time.Now and waitOrWake, or a test's. Set before
+	// Register, then read only.
 	now  func() time.Time
-	wait func(d time.Duration, release <-chan struct{})
+	wait func(d time.Duration, release, wake <-chan struct{}) (woken bool)
+	// refused holds a value once TrySchedule refused a compaction for
+	// want of a slot: a pause under way ends early to look at it
+	// (compactionScheduler.pause). Capacity 1; sends do not block.
+	refused chan struct{}
 	// released is closed by releasePacing, as the store closes: pauses
 	// end and no compaction waits again.
 	released    chan struct{}
@@ -76,7 +80,8 @@ func newCompactionScheduler(duty float64) *compactionScheduler {
 	s := &compactionScheduler{
 		duty:     duty,
 		now:      time.Now,
-		wait:     waitOrRelease,
+		wait:     waitOrWake,
+		refused:  make(chan struct{}, 1),
 		released: make(chan struct{}),
 		poke:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
@@ -118,11 +123,20 @@ func (s *compactionScheduler) abandon() {
 }
 
 // TrySchedule implements pebble.CompactionScheduler: a compaction may
-// start if fewer than the DB allows run.
+// start if fewer than the DB allows run. One refused for want of a slot
+// wakes a paused compaction (refused). Pebble may call it holding the
+// DB's mutex.
 func (s *compactionScheduler) TrySchedule() (bool, pebble.CompactionGrantHandle) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mu.closed || s.mu.running >= s.db.GetAllowedWithoutPermission() {
+	if s.mu.closed {
+		return false, nil
+	}
+	if s.mu.running >= s.db.GetAllowedWithoutPermission() {
+		select {
+		case s.refused <- struct{}{}:
+		default:
+		}
 		return false, nil
 	}
 	s.mu.running++

@@ -39,11 +39,13 @@ type PebbleOptions struct {
 	// A size given here is used as given.
 	MemTableBytes uint64
 	// CompactionDuty is the share of the wall time a compaction runs while
-	// Pebble waits for no other compaction, from 0.05 to 1; the rest of
-	// the time it pauses, in slices of a few milliseconds, so that it
-	// leaves the node's CPU to the raft path (compactpace.go). 1 runs
-	// compactions unpaced; 0 means the default, 0.1. A compaction behind
-	// which another waits runs unpaced whatever this says.
+	// Pebble waits for no other compaction, from MinCompactionDuty (0.05)
+	// to 1; the rest of the time it pauses, in slices of a few
+	// milliseconds, so that it leaves the node's CPU to the raft path
+	// (compactpace.go). Approximate: a pause is at most 250 ms. 1 runs
+	// compactions unpaced; 0 means DefaultCompactionDuty (0.1). A
+	// compaction behind which another that is not optional waits runs
+	// unpaced whatever this says. Outside these limits: ErrConfig.
 	CompactionDuty float64
 }
 
@@ -79,10 +81,10 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 		o.MemTableBytes = memTableDefault()
 	}
 	if o.CompactionDuty == 0 {
-		o.CompactionDuty = compactionDutyDefault
+		o.CompactionDuty = DefaultCompactionDuty
 	}
-	if !(o.CompactionDuty >= compactionDutyMin && o.CompactionDuty <= 1) { // NaN too
-		return nil, fmt.Errorf("%w: CompactionDuty %v outside %v..1", ErrConfig, o.CompactionDuty, compactionDutyMin)
+	if !(o.CompactionDuty >= MinCompactionDuty && o.CompactionDuty <= 1) { // NaN too
+		return nil, fmt.Errorf("%w: CompactionDuty %v outside %v..1", ErrConfig, o.CompactionDuty, MinCompactionDuty)
 	}
 	return openPebble(dir, o, newCompactionScheduler(o.CompactionDuty))
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flotilla/flotilla/kv"
 	"github.com/flotilla/flotilla/server"
+	"github.com/flotilla/flotilla/storage"
 )
 
 func newStartCmd() *cobra.Command {
@@ -97,8 +98,8 @@ leaderships away, flushes storage and exits 0.`,
 			if err != nil {
 				return err
 			}
-			if !(compactionDuty >= 0.05 && compactionDuty <= 1) {
-				return fmt.Errorf("--compaction-duty %v: want 0.05..1", compactionDuty)
+			if !(compactionDuty >= storage.MinCompactionDuty && compactionDuty <= 1) { // 0 too: the flag has no "default" value
+				return fmt.Errorf("--compaction-duty %v: want %v..1", compactionDuty, storage.MinCompactionDuty)
 			}
 			if snapshotsInFlight < 1 {
 				return fmt.Errorf("--snapshots-in-flight %d: want 1..64", snapshotsInFlight)
@@ -198,7 +199,7 @@ leaderships away, flushes storage and exits 0.`,
 	f.DurationVar(&balanceSettle, "balance-settle", 10*time.Second, "how long the set of live nodes must stay the same before leaderships are handed away (a node that dies or returns moves no other group's leader for this long)")
 	f.StringVar(&snapshotRate, "snapshot-rate", "64MiB", "snapshot data this node sends per second, over all its peers (B, KiB, MiB, GiB; at least 1MiB; 0: no bound)")
 	f.IntVar(&snapshotsInFlight, "snapshots-in-flight", 2, "snapshots this node sends at once, over all its peers (1..64)")
-	f.Float64Var(&compactionDuty, "compaction-duty", 0.1, "the share of the time a storage compaction runs while no other waits, pausing the rest so that the ranges keep the CPU (0.05..1; 1: unpaced)")
+	f.Float64Var(&compactionDuty, "compaction-duty", storage.DefaultCompactionDuty, "the share of the time a storage compaction runs while no other waits, pausing the rest so that the ranges keep the CPU (0.05..1; 1: unpaced)")
 	f.DurationVar(&rebalance, "rebalance-interval", server.DefaultRebalanceInterval, "how often the meta range's leader evens out the replica counts, then the bytes, of the live nodes, one move at a time, so that a node that joins takes its share; nodes marked drained are left out (100ms..1h; 0: off)")
 	f.DurationVar(&gossipInterval, "gossip-interval", time.Second, "the gossip membership's probe interval (SWIM): a node that stops answering is counted down once its suspicion times out: 4 intervals with 3 nodes, up to 24 with more until others confirm it (10ms..1m)")
 	f.DurationVar(&deadAfter, "dead-after", server.DefaultDeadAfter, "how long the gossip membership must count a node down before its ranges' replicas move to live nodes (1s..24h; negative: never); one back sooner keeps them")
