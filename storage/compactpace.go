@@ -17,18 +17,25 @@ import (
 // loop, piled up on the ranges that node leads: the cluster's throughput
 // fell to half of its median in those seconds (0.43-0.61x). Paced, a
 // compaction costs the same CPU spread over up to ten times as long: the
-// dip is shallower and longer, 0.66-0.80x of the median at the default
-// duty, 0.63-0.76x at 0.25 (BENCHMARKS.md, "Paced compactions").
+// dip is shallower, 0.66-0.80x of the median at the default duty,
+// 0.63-0.76x at 0.25 (BENCHMARKS.md, "Paced compactions").
 //
 // A compaction is not paced while the DB waits for another one that is
 // not optional (a score-based one: L0 or a level over its target size):
 // slowing it then would hold the next one back, and L0 would grow toward
 // the point where Pebble stops writes. A compaction refused while one is
-// paused (TrySchedule) ends the pause early, for a look at what waits.
+// paused (TrySchedule), or a flush (UpdateGetAllowedWithoutPermission),
+// makes the pause look at what waits then, not at its end; it ends if
+// that is a compaction that is not optional.
 //
 // The duty is approximate: a pause is at most maxPause, so a slice that a
 // CPU quota stretched past maxPause x duty/(1-duty) (28 ms at 0.1) runs
-// for more than its share; under a quota 0.05 measured no better than 0.1.
+// for more than its share, and so does one over keys of MiBs (128 of
+// them between two looks); under a quota 0.05 against 0.1 was mixed in 3
+// pairs. Pebble also reports at the end of each output table, so a
+// compaction may pause once after its last table, before its result is
+// installed; a paced compaction holds its input and output files on disk
+// for up to 1/duty times as long.
 
 const (
 	// DefaultCompactionDuty is PebbleOptions.CompactionDuty's default.
@@ -37,8 +44,9 @@ const (
 	// 0.05 a compaction of 1.7 s would take half a minute.
 	MinCompactionDuty = 0.05
 	// paceSlice is how long a compaction runs, in wall time, between two
-	// looks at its pace: Pebble reports every 128 keys (some KiB); a look
-	// costs a call into the DB under its mutex.
+	// looks at its pace: Pebble reports every 128 keys (some KiB for the
+	// KV data, more for raft entries); a look costs a call into the DB
+	// under its mutex.
 	paceSlice = 4 * time.Millisecond
 	// maxPause bounds one pause: a slice stretched by a stall (a throttled
 	// cgroup, a stopped process) does not stop the compaction for long.
@@ -58,7 +66,8 @@ type compactionGrant struct {
 var _ pebble.CompactionGrantHandle = (*compactionGrant)(nil)
 
 // Started implements pebble.CompactionGrantHandle. Pebble calls it once,
-// on the compaction's goroutine, before CumulativeStats.
+// on the compaction's goroutine, before CumulativeStats, holding the DB's
+// mutex: it must not call into the DB.
 func (g *compactionGrant) Started() { g.resumed = g.s.now() }
 
 // MeasureCPU implements pebble.CompactionGrantHandle; pacing goes by wall
@@ -106,20 +115,23 @@ func (s *compactionScheduler) pauseAfter(ran time.Duration) time.Duration {
 }
 
 // mustNotWait: the DB waits for a compaction that is not optional.
-// Called without s.mu held (GetWaitingCompaction takes the DB's mutex).
+// Called without s.mu held (GetWaitingCompaction takes the DB's mutex),
+// on a compaction's goroutine. It may run after Unregister, when a pause
+// raced releasePacing: safe, since Pebble's Close waits for the
+// compactions under way, the caller's among them, before it tears down.
 func (s *compactionScheduler) mustNotWait() bool {
 	waiting, c := s.db.GetWaitingCompaction()
 	return waiting && !c.Optional
 }
 
-// pause waits for d, and ends early when the store closes, or when a
-// compaction refused meanwhile (TrySchedule) is one that must not wait;
-// refused an optional one, it waits out the rest. Called on the
-// compaction's goroutine without s.mu held.
+// pause waits for d, and ends early when the store closes, or when, woken
+// by a refusal (TrySchedule) or a flush (UpdateGetAllowedWithoutPermission),
+// it finds a compaction waiting that is not optional; else it waits out
+// the rest. Called on the compaction's goroutine without s.mu held.
 func (s *compactionScheduler) pause(d time.Duration) {
 	end := s.now().Add(d)
 	for d > 0 {
-		if !s.wait(d, s.released, s.refused) || s.mustNotWait() {
+		if !s.wait(d, s.released, s.wake) || s.mustNotWait() {
 			return
 		}
 		d = end.Sub(s.now())
@@ -127,7 +139,7 @@ func (s *compactionScheduler) pause(d time.Duration) {
 }
 
 // releasePacing ends every pause and every later one: Pebble's Close
-// waits for the compactions under way, which must not take four times
+// waits for the compactions under way, which must not take ten times
 // as long then. Called by Pebble.Close before it closes the DB; safe to
 // call more than once.
 func (s *compactionScheduler) releasePacing() {

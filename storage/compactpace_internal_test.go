@@ -20,23 +20,22 @@ func TestPauseAfter(t *testing.T) {
 		name     string
 		duty     float64
 		ran      time.Duration
-		allowed  int
 		waiting  int
 		optional bool
 		released bool
 		want     time.Duration
 	}{
-		{name: "a quarter", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, want: 24 * time.Millisecond},
-		{name: "a half", duty: 0.5, ran: 8 * time.Millisecond, allowed: 1, want: 8 * time.Millisecond},
-		{name: "a long stall", duty: 0.25, ran: 10 * time.Second, allowed: 1, want: maxPause},
-		{name: "unpaced", duty: 1, ran: 8 * time.Millisecond, allowed: 1, want: 0},
-		{name: "one waiting", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, waiting: 1, want: 0},
-		{name: "an optional one waiting", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, waiting: 1, optional: true, want: 24 * time.Millisecond},
-		{name: "closing", duty: 0.25, ran: 8 * time.Millisecond, allowed: 1, released: true, want: 0},
+		{name: "a quarter", duty: 0.25, ran: 8 * time.Millisecond, want: 24 * time.Millisecond},
+		{name: "a half", duty: 0.5, ran: 8 * time.Millisecond, want: 8 * time.Millisecond},
+		{name: "a long stall", duty: 0.25, ran: 10 * time.Second, want: maxPause},
+		{name: "unpaced", duty: 1, ran: 8 * time.Millisecond, want: 0},
+		{name: "one waiting", duty: 0.25, ran: 8 * time.Millisecond, waiting: 1, want: 0},
+		{name: "an optional one waiting", duty: 0.25, ran: 8 * time.Millisecond, waiting: 1, optional: true, want: 24 * time.Millisecond},
+		{name: "closing", duty: 0.25, ran: 8 * time.Millisecond, released: true, want: 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := newCompactionScheduler(c.duty)
-			s.db = &fakeCompactionDB{allowed: c.allowed, waiting: c.waiting, optional: c.optional}
+			s.db = &fakeCompactionDB{allowed: 1, waiting: c.waiting, optional: c.optional}
 			if c.released {
 				s.releasePacing()
 				s.releasePacing() // twice is allowed
@@ -81,17 +80,21 @@ func TestCompactionGrantPaces(t *testing.T) {
 	}
 }
 
-// TestPauseWokenByRefusal: a compaction refused (TrySchedule) while the
-// one slot's compaction pauses wakes the pause; it ends there if the
-// refused one is not optional, and waits out the rest if it is.
-func TestPauseWokenByRefusal(t *testing.T) {
+// TestPauseWoken: a compaction refused (TrySchedule) while the one
+// slot's compaction pauses, or a flush (UpdateGetAllowedWithoutPermission),
+// wakes the pause; it ends there if a compaction that is not optional
+// waits, and waits out the rest if the one waiting is optional.
+func TestPauseWoken(t *testing.T) {
 	for _, c := range []struct {
 		name     string
+		flush    bool
 		optional bool
 		want     []time.Duration
 	}{
-		{name: "not optional", want: []time.Duration{100 * time.Millisecond}},
-		{name: "optional", optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}},
+		{name: "refused, not optional", want: []time.Duration{100 * time.Millisecond}},
+		{name: "refused, optional", optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}},
+		{name: "flushed, not optional", flush: true, want: []time.Duration{100 * time.Millisecond}},
+		{name: "flushed, optional", flush: true, optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			now := time.Unix(0, 0)
@@ -111,14 +114,16 @@ func TestPauseWokenByRefusal(t *testing.T) {
 				db.mu.Lock()
 				db.waiting, db.optional = 1, c.optional
 				db.mu.Unlock()
-				if ok, _ := s.TrySchedule(); ok {
+				if c.flush {
+					s.UpdateGetAllowedWithoutPermission()
+				} else if ok, _ := s.TrySchedule(); ok {
 					t.Fatal("a compaction granted with the one slot taken")
 				}
 				select {
 				case <-wake:
 					return true
 				default:
-					t.Fatal("the refusal did not wake the pause")
+					t.Fatal("the pause was not woken")
 					return false
 				}
 			}
@@ -204,6 +209,7 @@ func TestPebbleCompactionPacedAndReleased(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(30 * time.Second):
+		s.releasePacing() // so that Close and the compaction end
 		t.Fatal("Close did not end the pause of a compaction")
 	}
 }

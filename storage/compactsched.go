@@ -44,10 +44,11 @@ type compactionScheduler struct {
 	// Register, then read only.
 	now  func() time.Time
 	wait func(d time.Duration, release, wake <-chan struct{}) (woken bool)
-	// refused holds a value once TrySchedule refused a compaction for
-	// want of a slot: a pause under way ends early to look at it
+	// wake holds a value once TrySchedule refused a compaction for want
+	// of a slot, or a flush ended (UpdateGetAllowedWithoutPermission): a
+	// pause under way looks then at what waits, and ends if it must
 	// (compactionScheduler.pause). Capacity 1; sends do not block.
-	refused chan struct{}
+	wake chan struct{}
 	// released is closed by releasePacing, as the store closes: pauses
 	// end and no compaction waits again.
 	released    chan struct{}
@@ -81,7 +82,7 @@ func newCompactionScheduler(duty float64) *compactionScheduler {
 		duty:     duty,
 		now:      time.Now,
 		wait:     waitOrWake,
-		refused:  make(chan struct{}, 1),
+		wake:     make(chan struct{}, 1),
 		released: make(chan struct{}),
 		poke:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
@@ -124,8 +125,8 @@ func (s *compactionScheduler) abandon() {
 
 // TrySchedule implements pebble.CompactionScheduler: a compaction may
 // start if fewer than the DB allows run. One refused for want of a slot
-// wakes a paused compaction (refused). Pebble may call it holding the
-// DB's mutex.
+// wakes a paused compaction (wake). Pebble may call it holding the DB's
+// mutex.
 func (s *compactionScheduler) TrySchedule() (bool, pebble.CompactionGrantHandle) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -134,7 +135,7 @@ func (s *compactionScheduler) TrySchedule() (bool, pebble.CompactionGrantHandle)
 	}
 	if s.mu.running >= s.db.GetAllowedWithoutPermission() {
 		select {
-		case s.refused <- struct{}{}:
+		case s.wake <- struct{}{}:
 		default:
 		}
 		return false, nil
@@ -144,11 +145,17 @@ func (s *compactionScheduler) TrySchedule() (bool, pebble.CompactionGrantHandle)
 }
 
 // UpdateGetAllowedWithoutPermission implements pebble.CompactionScheduler:
-// the number allowed may have grown, so grantLoop looks now.
+// the number allowed may have grown, so grantLoop looks now. Pebble calls
+// it after every flush, holding the DB's mutex; a flush may also make a
+// compaction that must not wait pickable, so a paused one looks too
+// (wake). Pebble does not call TrySchedule again while one it refused
+// still waits, so without this a pause would miss that compaction.
 func (s *compactionScheduler) UpdateGetAllowedWithoutPermission() {
-	select {
-	case s.poke <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{s.poke, s.wake} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 

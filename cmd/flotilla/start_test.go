@@ -7,8 +7,9 @@ import (
 )
 
 // TestStartRefusesCompactionDuty: `flotilla start` refuses a
-// --compaction-duty outside 0.05..1 (0 too: the flag's default is the
-// duty itself) with an error naming the flag, before it opens anything.
+// --compaction-duty outside 0.05..1 with an error naming the flag. 0 is
+// refused by start itself (the flag's default is the duty, not 0), the
+// rest by start or by server.Config's validation.
 func TestStartRefusesCompactionDuty(t *testing.T) {
 	for _, v := range []string{"0", "0.04", "1.5", "-1", "NaN"} {
 		cmd := newStartCmd()
