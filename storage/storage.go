@@ -33,8 +33,9 @@ var (
 	// range it reads holds no entry: truncated, deleted with a snapshot or
 	// a conflicting append, or never written.
 	ErrEntryMissing = errors.New("storage: log entry missing")
-	// ErrConfig is returned by OpenPebble for a PebbleOptions field
-	// outside the limits its doc gives.
+	// ErrConfig is returned by OpenPebble for a PebbleOptions field it
+	// checks (CompactionDuty) outside the limits its doc gives; what
+	// Pebble itself refuses comes back as Pebble's error, wrapped.
 	ErrConfig = errors.New("storage: invalid config")
 )
 
