@@ -10,6 +10,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/phase"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // balanceLoop keeps this node from leading more than its share of groups:
@@ -136,17 +137,18 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 	target := (len(groups) + live - 1) / live
 	var plan []move
 	planned := make(map[uint64]bool)
-	// Two passes: the first leaves out the ranges the merge queue may
-	// merge here (mergeBound), the second takes them if this node still
-	// leads too many. Why: the queue merges a range into its right
-	// neighbour from the left one's leader, and a node that leads the
-	// left one and holds no replica of the right one hands the
-	// leadership to one that does (ranges, handMergesOn). Handing it away
-	// again here undid that every time: in TestMergeQueueAcrossNodes
-	// (2 runs in 14 under -race) node 1 led ranges 1 and 3, the balancer
-	// gave range 1 (the first in order) to node 2, node 2 gave it back,
-	// and the pair never merged.
-	for pass := 0; pass < 2; pass++ {
+	// Three passes: the first gives away the ranges the merge queue would
+	// not merge into their right neighbour here (mergeBound); the second
+	// gives such a range only to a replica that holds that neighbour too;
+	// the last, to any. Why: the queue merges
+	// a pair from the left range's leader, and a node that leads the left
+	// one without a replica of the right one hands the leadership to one
+	// that has (ranges, handMergesOn). Given to such a node here, the range
+	// came straight back, every time: in TestMergeQueueAcrossNodes (2 runs
+	// in 14 under -race) node 1 led ranges 1 and 3, the balancer gave range
+	// 1 (the first in order) to node 2, which holds no replica of range 3,
+	// node 2 gave it back, and the pair never merged.
+	for pass := 0; pass < 3; pass++ {
 		for _, g := range groups {
 			if counts[me] <= target {
 				break
@@ -154,12 +156,16 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 			if g.Leader != me || planned[g.Id] || !s.local(g.Id) {
 				continue
 			}
-			if pass == 0 && s.mergeBound(g.Id) {
-				continue
+			right, bound := s.mergeBound(g.Id)
+			if bound != (pass > 0) {
+				continue // not this pass's kind
 			}
 			var dest uint64
 			for i, r := range g.Replicas {
 				if r == me || !alive[r] || counts[r] >= target {
+					continue
+				}
+				if pass == 1 && !right.HasReplica(r) {
 					continue
 				}
 				// The preferred leader (first replica) wins ties.
@@ -187,32 +193,37 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 }
 
 // mergeBound reports whether the merge queue may merge range id into its
-// right neighbour on this node: both have a replica here, their boundary
-// is not sticky, and both are cold (under a tenth of RangeSplitLoad, as
-// the queue counts it). Sizes are left out (the queue measures them by a
-// scan); the balancer only gives such a range away last.
-func (s *Server) mergeBound(id uint64) bool {
+// right neighbour on this node, and returns that neighbour's descriptor:
+// merges are on (RangeMaxBytes and RangeMinBytes above 0), both ranges
+// have a replica here, their boundary is not sticky, and range id is cold
+// (under a tenth of RangeSplitLoad, as the queue and its hand-on count
+// it). Sizes are left out (the queue measures them by a scan): a range
+// said bound here may not merge, and is only given away with care.
+func (s *Server) mergeBound(id uint64) (*kv.Descriptor, bool) {
+	if s.cfg.RangeMaxBytes <= 0 || s.cfg.RangeMinBytes <= 0 {
+		return nil, false
+	}
 	r, ok := s.ranges.Get(id)
 	if !ok {
-		return false
+		return nil, false
 	}
 	d, ok := r.Descriptor()
 	if !ok || len(d.End) == 0 {
-		return false
+		return nil, false
 	}
 	right := s.ranges.Lookup(d.End)
 	if right == nil {
-		return false
+		return nil, false
 	}
 	rd, ok := right.Descriptor()
 	if !ok || !bytes.Equal(rd.Start, d.End) || rd.Sticky {
-		return false
+		return nil, false
 	}
 	cold := s.cfg.RangeSplitLoad / 10
 	if cold <= 0 {
 		cold = 100
 	}
-	return s.ranges.Load(id) < cold && s.ranges.Load(rd.ID) < cold
+	return rd, s.ranges.Load(id) < cold
 }
 
 func (s *Server) transferTimeout() time.Duration {
