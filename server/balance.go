@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"maps"
 	"slices"
@@ -135,37 +134,51 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 		return 0 // alive names no member (this node is not in its own list)
 	}
 	target := (len(groups) + live - 1) / live
+	if counts[me] <= target {
+		return 0
+	}
+	// The groups this node leads, with what the merge queue says of each
+	// (ranges.Store.MergeBound), asked once.
+	type candidate struct {
+		g       *api.GroupInfo
+		right   *kv.Descriptor
+		bound   bool
+		planned bool
+	}
+	var cands []candidate
+	for _, g := range groups {
+		if g.Leader == me && s.local(g.Id) {
+			right, bound := s.ranges.MergeBound(g.Id)
+			cands = append(cands, candidate{g: g, right: right, bound: bound})
+		}
+	}
 	var plan []move
-	planned := make(map[uint64]bool)
 	// Three passes: the first gives away the ranges the merge queue would
-	// not merge into their right neighbour here (mergeBound); the second
-	// gives such a range only to a replica that holds that neighbour too;
-	// the last, to any. Why: the queue merges
-	// a pair from the left range's leader, and a node that leads the left
-	// one without a replica of the right one hands the leadership to one
-	// that has (ranges, handMergesOn). Given to such a node here, the range
-	// came straight back, every time: in TestMergeQueueAcrossNodes (2 runs
-	// in 14 under -race) node 1 led ranges 1 and 3, the balancer gave range
-	// 1 (the first in order) to node 2, which holds no replica of range 3,
-	// node 2 gave it back, and the pair never merged.
+	// not merge into their right neighbour here; the second gives such a
+	// range only to a replica that holds that neighbour too; the last, to
+	// any. Why: the queue merges a pair from the left range's leader, and
+	// a node that leads the left one without a replica of the right one
+	// hands the leadership to one that has (ranges, handMergesOn). Given
+	// to such a node here, the range came straight back, every time: in
+	// TestMergeQueueAcrossNodes (2 runs in 14 under -race) node 1 led
+	// ranges 1 and 3, the balancer gave range 1 (the first in order) to
+	// node 2, which holds no replica of range 3, node 2 gave it back, and
+	// the pair never merged.
 	for pass := 0; pass < 3; pass++ {
-		for _, g := range groups {
+		for i := range cands {
+			c := &cands[i]
 			if counts[me] <= target {
 				break
 			}
-			if g.Leader != me || planned[g.Id] || !s.local(g.Id) {
-				continue
-			}
-			right, bound := s.mergeBound(g.Id)
-			if bound != (pass > 0) {
-				continue // not this pass's kind
+			if c.planned || c.bound != (pass > 0) {
+				continue // given away already, or not this pass's kind
 			}
 			var dest uint64
-			for i, r := range g.Replicas {
+			for i, r := range c.g.Replicas {
 				if r == me || !alive[r] || counts[r] >= target {
 					continue
 				}
-				if pass == 1 && !right.HasReplica(r) {
+				if pass == 1 && !c.right.HasReplica(r) {
 					continue
 				}
 				// The preferred leader (first replica) wins ties.
@@ -178,8 +191,8 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 			}
 			counts[me]--
 			counts[dest]++
-			planned[g.Id] = true
-			plan = append(plan, move{g.Id, dest})
+			c.planned = true
+			plan = append(plan, move{c.g.Id, dest})
 		}
 	}
 	if len(plan) == 0 {
@@ -190,40 +203,6 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 	defer cancel()
 	s.runMoves(ctx, plan, "balance")
 	return len(plan)
-}
-
-// mergeBound reports whether the merge queue may merge range id into its
-// right neighbour on this node, and returns that neighbour's descriptor:
-// merges are on (RangeMaxBytes and RangeMinBytes above 0), both ranges
-// have a replica here, their boundary is not sticky, and range id is cold
-// (under a tenth of RangeSplitLoad, as the queue and its hand-on count
-// it). Sizes are left out (the queue measures them by a scan): a range
-// said bound here may not merge, and is only given away with care.
-func (s *Server) mergeBound(id uint64) (*kv.Descriptor, bool) {
-	if s.cfg.RangeMaxBytes <= 0 || s.cfg.RangeMinBytes <= 0 {
-		return nil, false
-	}
-	r, ok := s.ranges.Get(id)
-	if !ok {
-		return nil, false
-	}
-	d, ok := r.Descriptor()
-	if !ok || len(d.End) == 0 {
-		return nil, false
-	}
-	right := s.ranges.Lookup(d.End)
-	if right == nil {
-		return nil, false
-	}
-	rd, ok := right.Descriptor()
-	if !ok || !bytes.Equal(rd.Start, d.End) || rd.Sticky {
-		return nil, false
-	}
-	cold := s.cfg.RangeSplitLoad / 10
-	if cold <= 0 {
-		cold = 100
-	}
-	return rd, s.ranges.Load(id) < cold
 }
 
 func (s *Server) transferTimeout() time.Duration {

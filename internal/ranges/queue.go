@@ -308,16 +308,54 @@ func (s *Store) checkMerges(win []*Replica) {
 	s.handMergesOn(win)
 }
 
-// mergeSmall reports whether r may merge by its size and load: small
-// (under MinBytes; its size), cold (under a tenth of SplitLoad), and not
-// split lately. Loop only.
-func (s *Store) mergeSmall(r *Replica) (uint64, bool) {
+// mergeCold reports whether range id is cold enough to merge: its load
+// here under a tenth of SplitLoad (100/s without one). Safe for
+// concurrent use.
+func (s *Store) mergeCold(id uint64) bool {
 	coldBelow := s.cfg.SplitLoad / 10
 	if coldBelow == 0 {
 		coldBelow = 100
 	}
+	return s.Load(id) < coldBelow
+}
+
+// MergeBound reports whether the merge queue may merge range id into its
+// right neighbour on this node, and returns that neighbour's descriptor:
+// merges are on (MinBytes above 0), both ranges have a replica here,
+// their boundary is not sticky, and range id is cold (mergeCold, as the
+// queue and its hand-on count it). Sizes and the cool-down after a split
+// are left out (the queue measures sizes by a scan): a range said bound
+// may not merge. For the leadership balancer, which gives such a range
+// away last. Safe for concurrent use.
+func (s *Store) MergeBound(id uint64) (*kv.Descriptor, bool) {
+	if s.cfg.MinBytes <= 0 {
+		return nil, false
+	}
+	r, ok := s.Get(id)
+	if !ok {
+		return nil, false
+	}
+	d, ok := r.Descriptor()
+	if !ok || len(d.End) == 0 {
+		return nil, false
+	}
+	right := s.startingAt(d.End)
+	if right == nil {
+		return nil, false
+	}
+	rd, ok := right.Descriptor()
+	if !ok || rd.Sticky {
+		return nil, false
+	}
+	return rd, s.mergeCold(id)
+}
+
+// mergeSmall reports whether r may merge by its size and load: small
+// (under MinBytes; its size), cold (under a tenth of SplitLoad), and not
+// split lately. Loop only.
+func (s *Store) mergeSmall(r *Replica) (uint64, bool) {
 	st := s.queueState(r.ID)
-	if s.ticks-st.born < uint64(s.cfg.MergeCooldownTicks) || s.Load(r.ID) >= coldBelow {
+	if s.ticks-st.born < uint64(s.cfg.MergeCooldownTicks) || !s.mergeCold(r.ID) {
 		return 0, false
 	}
 	n, err := s.mergeBytes(r)
