@@ -14,7 +14,7 @@ import (
 
 // Config configures a Host. Zero values take the documented defaults;
 // NewHost rejects values outside the documented limits with
-// ErrInvalidConfig.
+// ErrConfig.
 type Config struct {
 	// NodeID is this node's ID, also the raft replica ID of every group
 	// replica it holds. Required; must be > 0.
@@ -270,7 +270,7 @@ func (c *Config) setDefaults() {
 
 func (c *Config) validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)
 	}
 	switch {
 	case c.NodeID == 0:

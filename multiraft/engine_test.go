@@ -313,8 +313,8 @@ func TestConfigValidation(t *testing.T) {
 		{NodeID: 1, Transport: tr, DataDir: "x", EntryCacheBytes: 100},
 		{NodeID: 1, Transport: tr, DataDir: "x", EntryCacheBytes: -2},
 	} {
-		if _, err := multiraft.NewHost(cfg); !errors.Is(err, multiraft.ErrInvalidConfig) {
-			t.Errorf("config %+v: %v, want ErrInvalidConfig", cfg, err)
+		if _, err := multiraft.NewHost(cfg); !errors.Is(err, multiraft.ErrConfig) {
+			t.Errorf("config %+v: %v, want ErrConfig", cfg, err)
 		}
 	}
 }

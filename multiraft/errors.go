@@ -5,8 +5,13 @@ import "errors"
 // Sentinel errors. Check them with errors.Is: returned errors may wrap them
 // with detail.
 var (
-	// ErrInvalidConfig: a Config field is outside its limits.
-	ErrInvalidConfig = errors.New("multiraft: invalid config")
+	// ErrConfig: a Config field is outside its limits. The one name of
+	// the config error in every package (server, storage, ranges, gossip).
+	ErrConfig = errors.New("multiraft: invalid config")
+	// ErrInvalidConfig is ErrConfig, under the name it had first.
+	//
+	// Deprecated: use ErrConfig.
+	ErrInvalidConfig = ErrConfig
 	// ErrStopped: the Host is stopped (or stopping, or failed).
 	ErrStopped = errors.New("multiraft: host stopped")
 	// ErrGroupNotFound: no group with that ID runs on this Host.

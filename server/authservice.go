@@ -15,6 +15,7 @@ import (
 	"github.com/flotilla/flotilla/internal/auth"
 	"github.com/flotilla/flotilla/internal/phase"
 	"github.com/flotilla/flotilla/kv"
+	"github.com/flotilla/flotilla/multiraft"
 )
 
 // The user and role tables live in the meta range (kv's auth records,
@@ -37,10 +38,15 @@ func (s *Server) authTables() *auth.Tables {
 }
 
 // authRecords reads the auth records of the meta range: from this node's
-// replica if it has one, else from a node that has.
+// replica if it has one, else from a node that has. A linearizable read
+// that finds the meta range between leaders waits for the next one (up to
+// leaderWait, as a write does) and reads again, maxReroutes times at most:
+// an admin call made while the balancer moves the meta range's leader
+// does not fail (CI of 7b1e984: UserAdd got "no leader" 1.17 s into a
+// fresh cluster).
 func (s *Server) authRecords(ctx context.Context, linearizable bool) ([]kv.KeyValue, error) {
 	q := kv.EncodeAuthQuery()
-	if s.local(kv.MetaRangeID) {
+	for attempt := 0; s.local(kv.MetaRangeID); attempt++ {
 		var out []byte
 		var err error
 		if linearizable {
@@ -51,9 +57,16 @@ func (s *Server) authRecords(ctx context.Context, linearizable bool) ([]kv.KeyVa
 		if err == nil {
 			return kv.DecodeAuthRecords(out)
 		}
+		if linearizable && (leaderMoved(err) || errors.Is(err, multiraft.ErrLeaderChanged)) && attempt < maxReroutes {
+			if _, werr := s.awaitLeader(ctx, kv.MetaRangeID); werr != nil {
+				return nil, werr
+			}
+			continue
+		}
 		if !errors.Is(err, kv.ErrUninitialized) {
 			return nil, s.rpcError(ctx, kv.MetaRangeID, err, false)
 		}
+		break
 	}
 	var last error = fmt.Errorf("server: no replica of the meta range to read the auth tables from")
 	for _, r := range s.replicasOf(kv.MetaRangeID) {

@@ -139,62 +139,14 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 	}
 	// The groups this node leads, with what the merge queue says of each
 	// (ranges.Store.MergeBound), asked once.
-	type candidate struct {
-		g       *api.GroupInfo
-		right   *kv.Descriptor
-		bound   bool
-		planned bool
-	}
-	var cands []candidate
+	var cands []leaderCandidate
 	for _, g := range groups {
 		if g.Leader == me && s.local(g.Id) {
 			right, bound := s.ranges.MergeBound(g.Id)
-			cands = append(cands, candidate{g: g, right: right, bound: bound})
+			cands = append(cands, leaderCandidate{group: g.Id, replicas: g.Replicas, right: right, bound: bound})
 		}
 	}
-	var plan []move
-	// Three passes: the first gives away the ranges the merge queue would
-	// not merge into their right neighbour here; the second gives such a
-	// range only to a replica that holds that neighbour too; the last, to
-	// any. Why: the queue merges a pair from the left range's leader, and
-	// a node that leads the left one without a replica of the right one
-	// hands the leadership to one that has (ranges, handMergesOn). Given
-	// to such a node here, the range came straight back, every time: in
-	// TestMergeQueueAcrossNodes (2 runs in 14 under -race) node 1 led
-	// ranges 1 and 3, the balancer gave range 1 (the first in order) to
-	// node 2, which holds no replica of range 3, node 2 gave it back, and
-	// the pair never merged.
-	for pass := 0; pass < 3; pass++ {
-		for i := range cands {
-			c := &cands[i]
-			if counts[me] <= target {
-				break
-			}
-			if c.planned || c.bound != (pass > 0) {
-				continue // given away already, or not this pass's kind
-			}
-			var dest uint64
-			for i, r := range c.g.Replicas {
-				if r == me || !alive[r] || counts[r] >= target {
-					continue
-				}
-				if pass == 1 && !c.right.HasReplica(r) {
-					continue
-				}
-				// The preferred leader (first replica) wins ties.
-				if dest == 0 || counts[r] < counts[dest] || i == 0 {
-					dest = r
-				}
-			}
-			if dest == 0 {
-				continue
-			}
-			counts[me]--
-			counts[dest]++
-			c.planned = true
-			plan = append(plan, move{c.g.Id, dest})
-		}
-	}
+	plan := planLeaders(me, cands, counts, alive, target)
 	if len(plan) == 0 {
 		return 0
 	}
@@ -203,6 +155,71 @@ func (s *Server) balanceOnce(alive map[uint64]bool) int {
 	defer cancel()
 	s.runMoves(ctx, plan, "balance")
 	return len(plan)
+}
+
+// leaderCandidate is a group node me leads, as planLeaders weighs it.
+type leaderCandidate struct {
+	group    uint64
+	replicas []uint64 // the group's replicas; the first is its preferred leader
+	// bound: the merge queue may merge the group here with right, its
+	// right neighbour (ranges.Store.MergeBound); right is nil unless bound.
+	bound bool
+	right *kv.Descriptor
+}
+
+// planLeaders plans which of the groups node me leads (cands, in group
+// order) it gives away, and to whom, so that it leads no more than target
+// (balanceOnce). counts holds the leaders each node has now, and is
+// updated by the plan; a group goes only to an alive replica that leads
+// fewer than target, the fewest of them, its preferred leader if that one
+// qualifies. Pure: no I/O, no lock.
+//
+// Three passes: the first gives away the groups the merge queue would not
+// merge into their right neighbour here; the second gives such a group
+// only to a replica that holds that neighbour too; the last, to any. Why:
+// the queue merges a pair from the left range's leader, and a node that
+// leads the left one without a replica of the right one hands the
+// leadership to one that has (ranges, handMergesOn). Given to such a node
+// here, the range came straight back, every time: in
+// TestMergeQueueAcrossNodes (2 runs in 14 under -race) node 1 led ranges 1
+// and 3, the balancer gave range 1 (the first in order) to node 2, which
+// holds no replica of range 3, node 2 gave it back, and the pair never
+// merged. TestPlanLeaders pins the order.
+func planLeaders(me uint64, cands []leaderCandidate, counts map[uint64]int, alive map[uint64]bool, target int) []move {
+	var plan []move
+	planned := make([]bool, len(cands))
+	for pass := 0; pass < 3; pass++ {
+		for i := range cands {
+			c := &cands[i]
+			if counts[me] <= target {
+				return plan
+			}
+			if planned[i] || c.bound != (pass > 0) {
+				continue // given away already, or not this pass's kind
+			}
+			var dest uint64
+			for j, r := range c.replicas {
+				if r == me || !alive[r] || counts[r] >= target {
+					continue
+				}
+				if pass == 1 && !c.right.HasReplica(r) {
+					continue
+				}
+				// The preferred leader (first replica) wins ties.
+				if dest == 0 || counts[r] < counts[dest] || j == 0 {
+					dest = r
+				}
+			}
+			if dest == 0 {
+				continue
+			}
+			counts[me]--
+			counts[dest]++
+			planned[i] = true
+			plan = append(plan, move{c.group, dest})
+		}
+	}
+	return plan
 }
 
 func (s *Server) transferTimeout() time.Duration {

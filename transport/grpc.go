@@ -157,7 +157,7 @@ func NewGRPC(cfg GRPCConfig) (*GRPCTransport, error) {
 	}
 	if srcAddr != "" {
 		if t.localIP, err = sourceIP(srcAddr); err != nil {
-			return nil, fmt.Errorf("%w: source address from %q: %v", ErrBadConfig, srcAddr, err)
+			return nil, fmt.Errorf("%w: source address from %q: %v", ErrConfig, srcAddr, err)
 		}
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())

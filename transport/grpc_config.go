@@ -16,8 +16,13 @@ import (
 
 // Sentinel errors of the gRPC transport. Check them with errors.Is.
 var (
-	// ErrBadConfig wraps every validation failure of a GRPCConfig.
-	ErrBadConfig = errors.New("transport: bad config")
+	// ErrConfig wraps every validation failure of a GRPCConfig. (Every
+	// package names its config error ErrConfig.)
+	ErrConfig = errors.New("transport: invalid config")
+	// ErrBadConfig is ErrConfig, under the name it had first.
+	//
+	// Deprecated: use ErrConfig.
+	ErrBadConfig = ErrConfig
 	// ErrTooLarge is returned by SendMust for a payload over
 	// GRPCConfig.MaxMessageSize.
 	ErrTooLarge = errors.New("transport: message too large")
@@ -100,7 +105,7 @@ const (
 
 // GRPCConfig configures a GRPCTransport. A zero numeric or duration field
 // takes the default named next to it; a value outside its limits makes
-// NewGRPC fail with ErrBadConfig. Every node of a cluster should use the same
+// NewGRPC fail with ErrConfig. Every node of a cluster should use the same
 // sizes and keepalive settings: the receiver enforces its own limits.
 type GRPCConfig struct {
 	// NodeID is this node's ID. Required, non-zero.
@@ -239,31 +244,31 @@ func checkRange[T int | int64 | time.Duration](name string, v *T, def, lo, hi T)
 		*v = def
 	}
 	if *v < lo || *v > hi {
-		return fmt.Errorf("%w: %s = %v, want [%v, %v]", ErrBadConfig, name, *v, lo, hi)
+		return fmt.Errorf("%w: %s = %v, want [%v, %v]", ErrConfig, name, *v, lo, hi)
 	}
 	return nil
 }
 
 // withDefaults returns c with defaults filled in, or an error wrapping
-// ErrBadConfig.
+// ErrConfig.
 func (c GRPCConfig) withDefaults() (GRPCConfig, error) {
 	if c.NodeID == 0 {
-		return c, fmt.Errorf("%w: NodeID is required", ErrBadConfig)
+		return c, fmt.Errorf("%w: NodeID is required", ErrConfig)
 	}
 	if c.ClusterID == 0 {
-		return c, fmt.Errorf("%w: ClusterID is required", ErrBadConfig)
+		return c, fmt.Errorf("%w: ClusterID is required", ErrConfig)
 	}
 	if (c.ListenAddr == "") == (c.Server == nil) {
-		return c, fmt.Errorf("%w: exactly one of ListenAddr and Server must be set", ErrBadConfig)
+		return c, fmt.Errorf("%w: exactly one of ListenAddr and Server must be set", ErrConfig)
 	}
 	if c.ListenAddr != "" {
 		if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
-			return c, fmt.Errorf("%w: ListenAddr %q: %v", ErrBadConfig, c.ListenAddr, err)
+			return c, fmt.Errorf("%w: ListenAddr %q: %v", ErrConfig, c.ListenAddr, err)
 		}
 	}
 	if c.PeerAddr != "" {
 		if _, _, err := net.SplitHostPort(c.PeerAddr); err != nil {
-			return c, fmt.Errorf("%w: PeerAddr %q: %v", ErrBadConfig, c.PeerAddr, err)
+			return c, fmt.Errorf("%w: PeerAddr %q: %v", ErrConfig, c.PeerAddr, err)
 		}
 	}
 	if c.Logger == nil {

@@ -47,8 +47,8 @@ func TestGRPCConfigValidation(t *testing.T) {
 				_ = tr.Close()
 				t.Fatal("NewGRPC accepted a bad config")
 			}
-			if !errors.Is(err, ErrBadConfig) || !strings.HasPrefix(err.Error(), "transport: ") {
-				t.Fatalf("err = %v, want ErrBadConfig", err)
+			if !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), "transport: ") {
+				t.Fatalf("err = %v, want ErrConfig", err)
 			}
 		})
 	}

@@ -19,8 +19,8 @@ import (
 // Sentinel errors. Check them with errors.Is: returned errors wrap them with
 // detail.
 var (
-	// ErrBadConfig: a Config or ProcConfig field is outside its limits.
-	ErrBadConfig = errors.New("chaos: bad config")
+	// ErrConfig: a Config or ProcConfig field is outside its limits.
+	ErrConfig = errors.New("chaos: invalid config")
 	// ErrTermChanged: a group's term moved while it should not have.
 	ErrTermChanged = errors.New("chaos: term changed")
 	// ErrLeaderChanged: a group's leader changed while it should not have.
@@ -110,19 +110,19 @@ func (c *Config) setDefaults() error {
 	}
 	switch {
 	case c.Nodes < 1 || c.Nodes > MaxNodes:
-		return fmt.Errorf("%w: Nodes %d outside 1..%d", ErrBadConfig, c.Nodes, MaxNodes)
+		return fmt.Errorf("%w: Nodes %d outside 1..%d", ErrConfig, c.Nodes, MaxNodes)
 	case c.Groups < 1 || c.Groups > 100000:
-		return fmt.Errorf("%w: Groups %d outside 1..100000", ErrBadConfig, c.Groups)
+		return fmt.Errorf("%w: Groups %d outside 1..100000", ErrConfig, c.Groups)
 	case c.IdleGroups < 0 || c.IdleGroups >= c.Groups:
-		return fmt.Errorf("%w: IdleGroups %d outside 0..Groups-1", ErrBadConfig, c.IdleGroups)
+		return fmt.Errorf("%w: IdleGroups %d outside 0..Groups-1", ErrConfig, c.IdleGroups)
 	case c.Dir == "":
-		return fmt.Errorf("%w: Dir is required", ErrBadConfig)
+		return fmt.Errorf("%w: Dir is required", ErrConfig)
 	case c.TickInterval < time.Millisecond || c.TickInterval > time.Second:
-		return fmt.Errorf("%w: TickInterval %v outside 1ms..1s", ErrBadConfig, c.TickInterval)
+		return fmt.Errorf("%w: TickInterval %v outside 1ms..1s", ErrConfig, c.TickInterval)
 	case c.ElectionTicks < 2 || c.ElectionTicks > 1000:
-		return fmt.Errorf("%w: ElectionTicks %d outside 2..1000", ErrBadConfig, c.ElectionTicks)
+		return fmt.Errorf("%w: ElectionTicks %d outside 2..1000", ErrConfig, c.ElectionTicks)
 	case c.NaiveQueue < 1 || c.NaiveQueue > 4096:
-		return fmt.Errorf("%w: NaiveQueue %d outside 1..4096", ErrBadConfig, c.NaiveQueue)
+		return fmt.Errorf("%w: NaiveQueue %d outside 1..4096", ErrConfig, c.NaiveQueue)
 	}
 	return nil
 }

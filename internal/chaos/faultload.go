@@ -140,7 +140,7 @@ func RunFaultLoad(ctx context.Context, c *ProcCluster, cfg FaultLoadConfig) (*Fa
 	switch cfg.Fault {
 	case FaultSIGSTOP, FaultKill, FaultSIGTERM, FaultBalance:
 	default:
-		return nil, fmt.Errorf("%w: fault %q (want %s, %s, %s or %s)", ErrBadConfig, cfg.Fault, FaultSIGSTOP, FaultKill, FaultSIGTERM, FaultBalance)
+		return nil, fmt.Errorf("%w: fault %q (want %s, %s, %s or %s)", ErrConfig, cfg.Fault, FaultSIGSTOP, FaultKill, FaultSIGTERM, FaultBalance)
 	}
 	lead := func(v View) uint64 {
 		best, bestN := uint64(0), -1

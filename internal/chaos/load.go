@@ -58,13 +58,13 @@ type Load struct {
 // StartLoad starts cfg.Workers writers on w. Call Stop to end them.
 func StartLoad(w Writer, cfg LoadConfig) (*Load, error) {
 	if len(cfg.Groups) == 0 {
-		return nil, fmt.Errorf("%w: LoadConfig.Groups is empty", ErrBadConfig)
+		return nil, fmt.Errorf("%w: LoadConfig.Groups is empty", ErrConfig)
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = 8
 	}
 	if cfg.Workers < 1 || cfg.Workers > 1024 {
-		return nil, fmt.Errorf("%w: LoadConfig.Workers %d outside 1..1024", ErrBadConfig, cfg.Workers)
+		return nil, fmt.Errorf("%w: LoadConfig.Workers %d outside 1..1024", ErrConfig, cfg.Workers)
 	}
 	if cfg.OpTimeout == 0 {
 		cfg.OpTimeout = 2 * time.Second

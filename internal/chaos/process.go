@@ -69,15 +69,15 @@ func (c *ProcConfig) setDefaults() error {
 	}
 	switch {
 	case c.Binary == "":
-		return fmt.Errorf("%w: ProcConfig.Binary is required", ErrBadConfig)
+		return fmt.Errorf("%w: ProcConfig.Binary is required", ErrConfig)
 	case c.Dir == "":
-		return fmt.Errorf("%w: ProcConfig.Dir is required", ErrBadConfig)
+		return fmt.Errorf("%w: ProcConfig.Dir is required", ErrConfig)
 	case c.Nodes < 1 || c.Nodes > MaxNodes:
-		return fmt.Errorf("%w: ProcConfig.Nodes %d outside 1..%d", ErrBadConfig, c.Nodes, MaxNodes)
+		return fmt.Errorf("%w: ProcConfig.Nodes %d outside 1..%d", ErrConfig, c.Nodes, MaxNodes)
 	case c.Groups < 1 || c.Groups > 100000:
-		return fmt.Errorf("%w: ProcConfig.Groups %d outside 1..100000", ErrBadConfig, c.Groups)
+		return fmt.Errorf("%w: ProcConfig.Groups %d outside 1..100000", ErrConfig, c.Groups)
 	case c.Tick < time.Millisecond || c.Tick > 10*time.Second:
-		return fmt.Errorf("%w: ProcConfig.Tick %v outside 1ms..10s", ErrBadConfig, c.Tick)
+		return fmt.Errorf("%w: ProcConfig.Tick %v outside 1ms..10s", ErrConfig, c.Tick)
 	}
 	return nil
 }

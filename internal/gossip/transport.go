@@ -73,7 +73,7 @@ type Config struct {
 }
 
 // ErrConfig is returned by New and StartMembers for a bad config.
-var ErrConfig = errors.New("gossip: bad config")
+var ErrConfig = errors.New("gossip: invalid config")
 
 // ErrNoRoute is returned when memberlist addresses a node the server has no
 // connection to.

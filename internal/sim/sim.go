@@ -22,8 +22,8 @@ import (
 
 // Sentinel errors.
 var (
-	// ErrInvalidConfig: a Config field is outside its limits.
-	ErrInvalidConfig = errors.New("sim: invalid config")
+	// ErrConfig: a Config field is outside its limits.
+	ErrConfig = errors.New("sim: invalid config")
 	// ErrCrashPoint is what an armed failure point returns to the engine:
 	// the node dies at that boundary.
 	ErrCrashPoint = errors.New("sim: crash at failure point")
@@ -147,7 +147,7 @@ func ParseFaults(s string) (Faults, error) {
 			}
 		}
 		if !found {
-			return 0, fmt.Errorf("%w: unknown fault %q", ErrInvalidConfig, part)
+			return 0, fmt.Errorf("%w: unknown fault %q", ErrConfig, part)
 		}
 	}
 	return f, nil
@@ -308,7 +308,7 @@ func (c *Config) setDefaults() {
 
 func (c *Config) validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)
 	}
 	switch {
 	case c.Nodes < 1 || c.Nodes > 9:

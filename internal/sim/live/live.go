@@ -47,8 +47,8 @@ import (
 
 // Sentinel errors.
 var (
-	// ErrInvalidConfig: a Config field is outside its limits.
-	ErrInvalidConfig = errors.New("live: invalid config")
+	// ErrConfig: a Config field is outside its limits.
+	ErrConfig = errors.New("live: invalid config")
 	// ErrNotReady: the cluster did not elect leaders in time, before or
 	// after the faults.
 	ErrNotReady = errors.New("live: cluster not ready")
@@ -218,15 +218,15 @@ func (c *Config) setDefaults() error {
 	}
 	switch {
 	case c.Binary == "":
-		return fmt.Errorf("%w: Binary is required", ErrInvalidConfig)
+		return fmt.Errorf("%w: Binary is required", ErrConfig)
 	case c.Nodes < 1 || c.Nodes > 9:
-		return fmt.Errorf("%w: Nodes %d outside 1..9", ErrInvalidConfig, c.Nodes)
+		return fmt.Errorf("%w: Nodes %d outside 1..9", ErrConfig, c.Nodes)
 	case c.Keys < 1 || c.Clients < 1 || c.Clients > 1024:
-		return fmt.Errorf("%w: Keys %d and Clients %d must be positive (Clients at most 1024)", ErrInvalidConfig, c.Keys, c.Clients)
+		return fmt.Errorf("%w: Keys %d and Clients %d must be positive (Clients at most 1024)", ErrConfig, c.Keys, c.Clients)
 	case c.KeyOps < 1 || c.KeyOps > 10000:
-		return fmt.Errorf("%w: KeyOps %d outside 1..10000", ErrInvalidConfig, c.KeyOps)
+		return fmt.Errorf("%w: KeyOps %d outside 1..10000", ErrConfig, c.KeyOps)
 	case c.Duration < 0 || c.CheckTimeout < 0:
-		return fmt.Errorf("%w: negative Duration or CheckTimeout", ErrInvalidConfig)
+		return fmt.Errorf("%w: negative Duration or CheckTimeout", ErrConfig)
 	}
 	for _, n := range strings.Split(c.Nemesis, ",") {
 		switch strings.TrimSpace(n) {
@@ -236,13 +236,13 @@ func (c *Config) setDefaults() error {
 				// 4: 3 replicas on the nodes left. At most 5: the run's
 				// readiness check wants a majority of all the nodes to
 				// report each range, and a range has 3 replicas.
-				return fmt.Errorf("%w: the lose nemesis needs 4 or 5 nodes, not %d", ErrInvalidConfig, c.Nodes)
+				return fmt.Errorf("%w: the lose nemesis needs 4 or 5 nodes, not %d", ErrConfig, c.Nodes)
 			}
 			if c.DeadAfter < time.Second {
-				return fmt.Errorf("%w: DeadAfter %v under 1s", ErrInvalidConfig, c.DeadAfter)
+				return fmt.Errorf("%w: DeadAfter %v under 1s", ErrConfig, c.DeadAfter)
 			}
 		default:
-			return fmt.Errorf("%w: unknown nemesis %q (want blackhole, partition, kill, pause, transfer, lose)", ErrInvalidConfig, n)
+			return fmt.Errorf("%w: unknown nemesis %q (want blackhole, partition, kill, pause, transfer, lose)", ErrConfig, n)
 		}
 	}
 	return nil

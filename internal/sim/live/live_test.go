@@ -105,8 +105,8 @@ func TestLiveLose(t *testing.T) {
 		t.Skip("starts real processes")
 	}
 	dir, bin := buildBinary(t)
-	if _, err := Run(context.Background(), Config{Binary: bin, Nodes: 3, Nemesis: "lose"}); !errors.Is(err, ErrInvalidConfig) {
-		t.Fatalf("lose on 3 nodes: %v, want ErrInvalidConfig", err)
+	if _, err := Run(context.Background(), Config{Binary: bin, Nodes: 3, Nemesis: "lose"}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("lose on 3 nodes: %v, want ErrConfig", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -240,7 +240,7 @@ func TestConfig(t *testing.T) {
 		t.Fatal("unknown nemesis accepted")
 	}
 	for _, n := range []int{-1, 10001} {
-		if _, err := Run(context.Background(), Config{Binary: "x", KeyOps: n}); !errors.Is(err, ErrInvalidConfig) {
+		if _, err := Run(context.Background(), Config{Binary: "x", KeyOps: n}); !errors.Is(err, ErrConfig) {
 			t.Fatalf("KeyOps %d: %v", n, err)
 		}
 	}
