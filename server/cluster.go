@@ -603,35 +603,57 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 }
 
 // rangeInfo describes range d with what this node knows of it: its leader,
-// and with stats, its size and load from the local replica, else its size
-// from the peer reports (the load of a range not held here is not
-// reported: 0).
+// and with stats, its size and load. The size is the leader's last
+// measurement (ranges.Replica.Size, which may lag the data by
+// RangeMaxBytes/8): this node's own if it leads the range, else the
+// leader's report (peerView.sizes), else a former leader's; a range none
+// measured is measured here if it has a replica here (a scan of its data),
+// else listed at 0. The load is this node's replica's (0 for a range not
+// held here: loads are not reported). Why not scan every range held here,
+// as this did first: a listing of 10,000 ranges then read the whole of
+// the node's data.
 func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation, Sticky: d.Sticky}
 	ri.Leader, ri.Term = s.leaderTerm(d.ID)
 	if !stats {
 		return ri
 	}
-	if r, ok := s.ranges.Get(d.ID); ok {
-		ri.Bytes, ri.OpsPerSec = s.rangeStats(r)
-		return ri
-	}
-	// The size its leader measured and reported (peerView.sizes); that
-	// of a former leader if the leader's report did not come yet. (This
-	// walked every group of every view, for each range listed: a
-	// quadratic cost for a listing of every range.)
-	s.peers.Lock()
-	defer s.peers.Unlock()
-	if v := s.peers.views[ri.Leader]; v != nil {
-		if n, ok := v.sizes[d.ID]; ok {
+	r, local := s.ranges.Get(d.ID)
+	if local {
+		ri.OpsPerSec = s.ranges.Load(r.ID)
+		if n, ok := r.Size(); ok && ri.Leader == s.cfg.NodeID {
 			ri.Bytes = n
 			return ri
 		}
 	}
-	for _, v := range s.peers.views {
-		if n, ok := v.sizes[d.ID]; ok {
-			ri.Bytes = n
-		}
+	if n, ok := s.reportedSize(d.ID, ri.Leader); ok {
+		ri.Bytes = n
+		return ri
+	}
+	if local {
+		ri.Bytes = s.spanBytes(r)
 	}
 	return ri
+}
+
+// reportedSize returns the size of range id its leader measured and
+// reported (peerView.sizes); that of a former leader if the leader's
+// report did not come yet. (This walked every group of every view, for
+// each range listed: a quadratic cost for a listing of every range.)
+func (s *Server) reportedSize(id, leader uint64) (uint64, bool) {
+	s.peers.Lock()
+	defer s.peers.Unlock()
+	if v := s.peers.views[leader]; v != nil {
+		if n, ok := v.sizes[id]; ok {
+			return n, true
+		}
+	}
+	var n uint64
+	found := false
+	for _, v := range s.peers.views {
+		if m, ok := v.sizes[id]; ok {
+			n, found = m, true
+		}
+	}
+	return n, found
 }
