@@ -107,3 +107,70 @@ func TestRefusalAfterUnknownOutcomeIsAmbiguous(t *testing.T) {
 		t.Fatalf("after %d attempts: %v, want ErrAmbiguous (not ErrInvalidArgument)", u.puts.Load(), err)
 	}
 }
+
+// joinedNode is node 1 of a cluster that node 2 joined after the client
+// read its cluster map: node 1's map names node 2 (and its address) only
+// once joined is set, and its answers then name node 2 as the leader of
+// group 1. Node 2 (other) serves the Put itself.
+type joinedNode struct {
+	unaryOnly
+	joined atomic.Bool
+	other  *unaryOnly
+}
+
+func (j *joinedNode) ClusterMap(context.Context, *api.ClusterMapRequest) (*api.ClusterMapResponse, error) {
+	m := &api.ClusterMapResponse{ClusterId: 1, Groups: 1,
+		Nodes:      []*api.NodeInfo{{Id: 1, ClientAddr: j.addr}},
+		GroupInfos: []*api.GroupInfo{{Id: 1, Leader: 1, Term: 1, Replicas: []uint64{1}, Generation: 1}}}
+	if j.joined.Load() {
+		m.Nodes = append(m.Nodes, &api.NodeInfo{Id: 2, ClientAddr: j.other.addr})
+		g := m.GroupInfos[0]
+		g.Leader, g.Term, g.Replicas, g.Generation = 2, 2, []uint64{1, 2}, 2
+	}
+	return m, nil
+}
+
+func (j *joinedNode) Put(context.Context, *api.PutRequest) (*api.PutResponse, error) {
+	n := j.puts.Add(1)
+	leader, term := uint64(1), uint64(1)
+	if j.joined.Load() {
+		leader, term = 2, 2 // node 1 forwarded it, as a node does
+	}
+	return &api.PutResponse{Header: &api.Header{Group: 1, Leader: leader, Node: 1, Term: term}, Revision: uint64(n)}, nil
+}
+
+// TestNewNodeAddressLearned: a client that read the cluster map before a
+// node joined learns the new node's address once an answer names it as a
+// leader (mapLoop), and then sends that range's requests to it instead of
+// through the node that forwarded them. Without mapLoop it never does:
+// node 2 got no request in 200 puts.
+func TestNewNodeAddressLearned(t *testing.T) {
+	n2 := &unaryOnly{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2.addr = l.Addr().String()
+	gs := grpc.NewServer()
+	api.RegisterKVServer(gs, n2)
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+
+	n1 := &joinedNode{other: n2}
+	c, ctx := fakeNode(t, n1, &n1.addr)
+	if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil || n1.puts.Load() != 1 {
+		t.Fatalf("first put: %v, %d at node 1", err, n1.puts.Load())
+	}
+	n1.joined.Store(true)
+	for i := 0; n2.puts.Load() == 0; i++ {
+		if i == 200 {
+			t.Fatalf("200 puts after node 2 led the range: node 1 took %d, node 2 none", n1.puts.Load())
+		}
+		if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if n2.puts.Load() == 0 {
+			time.Sleep(10 * time.Millisecond) // mapLoop runs beside the puts
+		}
+	}
+}

@@ -243,7 +243,8 @@ type leaderInfo struct{ id, term uint64 }
 // Client talks to one cluster. Safe for concurrent use; Close it when
 // done.
 //
-// Goroutines: probeLoop (failure.go), one sender per Batch stream and one
+// Goroutines: probeLoop (failure.go), mapLoop with at most one mapRead,
+// one sender per Batch stream and one
 // receiver per open stream (batch.go), a keep-alive loop per Lease, and
 // one goroutine per unary attempt in flight.
 //
@@ -259,9 +260,13 @@ type Client struct {
 	// lookups (capacity 1) lets one lookup of the meta index run at a time.
 	ranges  kv.RangeCache
 	lookups chan struct{}
-	stop    chan struct{} // closed by Close
-	loops   sync.WaitGroup
-	hedges  atomic.Uint64 // attempts sent as hedges
+	// unknownNode (capacity 1) wakes mapLoop: a leader hint named a node
+	// whose address the client does not know (one that joined since the
+	// client last read the cluster map).
+	unknownNode chan struct{}
+	stop        chan struct{} // closed by Close
+	loops       sync.WaitGroup
+	hedges      atomic.Uint64 // attempts sent as hedges
 
 	mu struct {
 		sync.Mutex
@@ -294,6 +299,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 	c := &Client{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
 	c.session.init(newSessionID())
 	c.lookups = make(chan struct{}, 1)
+	c.unknownNode = make(chan struct{}, 1)
 	c.health.init()
 	c.mu.addrs = make(map[uint64]string)
 	c.mu.leaders = make(map[uint64]leaderInfo)
@@ -304,11 +310,65 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 		c.Close()
 		return nil, err
 	}
+	c.loops.Add(1)
+	go c.mapLoop()
 	if !cfg.DisableFailover {
 		c.loops.Add(1)
 		go c.probeLoop()
 	}
 	return c, nil
+}
+
+// mapRefreshEvery bounds how often mapLoop reads the cluster map: a hint
+// that names a node no map gives an address for (a removed node's, in a
+// stale answer) costs one read a second, not one per request.
+const mapRefreshEvery = time.Second
+
+// mapLoop reads the cluster map again when a leader hint names a node
+// whose address the client does not know (unknownNode), at most once per
+// mapRefreshEvery, until Close. Why: the client learns addresses from the
+// cluster map, which it read once, in New; a node that joined later was
+// never used, and the requests for the ranges it led went to another node
+// that forwarded them, for as long as the client lived (one extra hop and
+// the forwarder's CPU for every such request).
+func (c *Client) mapLoop() {
+	defer c.loops.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var last time.Time
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.unknownNode:
+		}
+		if wait := mapRefreshEvery - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-c.stop:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		last = time.Now()
+		// The read runs beside the loop, which ends it at Close: Close
+		// waits for the loop, and must not wait out an attempt timeout.
+		rctx, rcancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+		done := make(chan struct{})
+		go func() { // mapRead: one at a time, joined below
+			defer close(done)
+			if err := c.refresh(rctx); err != nil {
+				c.log.Debug("client: reading the cluster map for a new node's address", "err", err)
+			}
+		}()
+		select {
+		case <-done:
+		case <-c.stop:
+		}
+		rcancel()
+		<-done
+	}
 }
 
 // newSessionID draws the client's session ID: random, never 0.
@@ -706,6 +766,7 @@ func (c *Client) noteLeader(g, leader, term, from uint64) {
 	if term == 0 {
 		if cur := c.mu.leaders[g]; leader != 0 && (cur.id == 0 || cur.id == from) {
 			c.mu.leaders[g] = leaderInfo{id: leader, term: cur.term}
+			c.needAddrLocked(leader)
 		}
 		return
 	}
@@ -721,6 +782,18 @@ func (c *Client) noteLeaderLocked(g, leader, term uint64) {
 		delete(c.mu.leaders, g)
 	default:
 		c.mu.leaders[g] = leaderInfo{id: leader, term: term}
+		c.needAddrLocked(leader)
+	}
+}
+
+// needAddrLocked wakes mapLoop if the client knows no address for node
+// id. It does not block.
+func (c *Client) needAddrLocked(id uint64) {
+	if c.mu.addrs[id] == "" {
+		select {
+		case c.unknownNode <- struct{}{}:
+		default:
+		}
 	}
 }
 

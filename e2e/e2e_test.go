@@ -381,6 +381,31 @@ func TestThreeProcessesKillAndRestart(t *testing.T) {
 	if bench["ops"].(float64) == 0 {
 		t.Errorf("bench did nothing: %s", r.stdout)
 	}
+	// An interrupt ends a long bench early, with the report of what ran.
+	long := startBG(t, "bench", "put", "--endpoints", strings.Join(c.endpoints(0), ","), "--clients", "2",
+		"--duration", "1h", "--value-size", "8", "--keys", "100", "-w", "json")
+	waitFor(t, 30*time.Second, "the long bench's first progress line", func() error {
+		if !strings.Contains(long.stderr.String(), "ops/s") {
+			return fmt.Errorf("stderr %q", long.stderr.String())
+		}
+		return nil
+	})
+	if err := long.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code := long.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("bench after SIGINT: exit %d, stderr %s", code, long.stderr.String())
+	}
+	var cut struct {
+		Ops       float64 `json:"ops"`
+		Seconds   float64 `json:"seconds"`
+		PerSecond []struct {
+			Ops float64 `json:"ops"`
+		} `json:"per_second"`
+	}
+	if err := json.Unmarshal([]byte(long.stdout.String()), &cut); err != nil || cut.Ops == 0 || cut.Seconds < 1 || cut.Seconds > 600 || len(cut.PerSecond) < int(cut.Seconds) {
+		t.Fatalf("bench cut short by SIGINT reported %+v (%v): %s", cut, err, long.stdout.String())
+	}
 	// --key-prefix: with one key, the bench writes prefix + key 0's 16
 	// hex digits, and only that.
 	r = run(t, nil, "bench", "put", "--endpoints", strings.Join(c.endpoints(0), ","), "--clients", "2",

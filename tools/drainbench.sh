@@ -3,8 +3,9 @@
 # (BENCHMARKS.md, "Draining a node under load", "Decommissioning a node"
 # and "A node killed for good"): for ROUNDS
 # rounds, each on a fresh cluster of 4 local nodes started with
-# --replicas 3 (every range on 3 of the 4), it writes with `flotilla bench
-# put` in back-to-back one-second runs, and after WARM of them:
+# --replicas 3 (every range on 3 of the 4), it writes with one `flotilla
+# bench put` for the whole round (ended by SIGINT; its per_second counts are
+# the round's seconds), and after WARM seconds of it:
 #   MODE=drain  runs `flotilla node drain 4`, which moves every replica
 #               off node 4 onto the other three;
 #   MODE=decommission  runs `flotilla node decommission 4`: the leaders of
@@ -48,7 +49,7 @@
 #                it fills only the ranges under it (which split by size),
 #                and leaves the others small: ranges of uneven sizes, for
 #                the rebalancer to even out the bytes of
-#   AFTER [3; 20 with MODE=grow]  seconds of bench runs after the drain
+#   AFTER [3; 20 with MODE=grow]  seconds of the bench after the drain
 #                or the wait: their median is reported as the throughput
 #                after (with grow, that of the 5 nodes on this machine)
 #   START_FLAGS [""]  more `flotilla start` flags for every node (e.g.
@@ -132,14 +133,29 @@ rs = json.load(sys.stdin)["ranges"]
 sys.exit(0 if rs and all(4 not in r["replicas"] and len(r["replicas"]) == 3 for r in rs) else 1)'
 }
 
-# bench_loop OUT: one-second bench runs, one JSON line each, until killed.
-bench_loop() {
-  while :; do
-    "$BIN" bench put --endpoints "$LIVE" --clients "$CLIENTS" --duration 1s --value-size "$VALUE_SIZE" \
-      --keys "$KEYS" -w json 2>/dev/null | python3 -c '
-import json, sys, time
-b = json.load(sys.stdin); b["t"] = time.time(); print(json.dumps(b), flush=True)' >> "$1" || echo '{"failed":true}' >> "$1"
+# bench_start OUT: one bench for the round (its JSON report to OUT, its
+# progress to OUT.err), ended by bench_stop. Why one: a new process each
+# second (as this did first) connected and found the leaders again each
+# second, and left the cluster idle between runs: every second measured a
+# cold client as well as the cluster.
+bench_start() {
+  "$BIN" bench put --endpoints "$LIVE" --clients "$CLIENTS" --duration 24h --value-size "$VALUE_SIZE" \
+    --keys "$KEYS" -w json > "$1" 2> "$1.err" &
+  BENCH=$!
+  local end=$((SECONDS + 60))
+  until grep -q "ops/s" "$1.err" 2>/dev/null; do
+    kill -0 "$BENCH" 2>/dev/null && ((SECONDS < end)) || die "round $r: the bench did not start: $(cat "$1.err")"
+    sleep 0.2
   done
+}
+
+# bench_stop: ends the bench (SIGINT: it reports the time it ran) and
+# records when in $BENCH_END.
+bench_stop() {
+  BENCH_END=$(date +%s.%N)
+  kill -INT "$BENCH" 2>/dev/null || true
+  wait "$BENCH" || die "round $r: the bench failed: $(cat "$d/bench.json.err")"
+  BENCH=""
 }
 
 # start_nodes DIR [FLAG...]: starts the N nodes on DIR's data (logs
@@ -224,14 +240,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
     stop
     start_nodes "$d" --rebalance-interval 1s --balance-settle 20s
   fi
-  echo "drainbench: round $r: bench put in 1s runs; $MODE of node 4 after $WARM of them" >&2
+  echo "drainbench: round $r: bench put; $MODE of node 4 after $WARM s of it" >&2
   if ((PRELOAD > 0)); then
     "$BIN" bench put --endpoints "$LIVE" --clients "$CLIENTS" --duration "${PRELOAD}s" --value-size 4096 \
       --keys 200000 --key-prefix "$PRELOAD_PREFIX" -w json > "$d/preload.json" 2>&1 || die "round $r: preload failed: $(cat "$d/preload.json")"
   fi
-  bench_loop "$d/bench.jsonl" &
-  BENCH=$!
-  while (( $( { wc -l < "$d/bench.jsonl"; } 2>/dev/null || echo 0) < WARM )); do sleep 0.2; done
+  bench_start "$d/bench.json"
+  sleep "$WARM"
   t0=$(date +%s.%N)
   if [[ $MODE == drain ]]; then
     "$BIN" node drain 4 --endpoints "$EPS" > "$d/drain.out" 2>&1 || die "round $r: drain failed: $(cat "$d/drain.out")"
@@ -253,12 +268,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
   fi
   t1=$(date +%s.%N)
   sleep "$AFTER" # seconds after the drain
-  kill "$BENCH" 2>/dev/null || true; wait "$BENCH" 2>/dev/null || true; BENCH=""
+  bench_stop
   "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
   stop
-  python3 - "$d" "$r" "$t0" "$t1" "$MODE" "$((N + JOINED))" <<'PY'
+  python3 - "$d" "$r" "$t0" "$t1" "$MODE" "$((N + JOINED))" "$BENCH_END" <<'PY'
 import datetime, glob, json, os, re, statistics, sys
 d, r, t0, t1, mode, nodes = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+bench_end = float(sys.argv[7])
 # The first move off node 4, from the nodes' logs; and the last move of
 # the rebalancer (counts or bytes: "rebalancing a replica", "rebalancing
 # bytes" and a swap's move back), and how many it made.
@@ -277,15 +293,16 @@ for f in glob.glob(f"{d}/n*.log"):
                     tm = t if tm is None else min(tm, t)
                 if rebal:
                     tlast = t if tlast is None else max(tlast, t)
-runs = [json.loads(l) for l in open(f"{d}/bench.jsonl")]
-failed = sum(1 for b in runs if b.get("failed"))
-runs = [b for b in runs if not b.get("failed")]
-# A run ends at b["t"] and lasted b["seconds"]: before the drain if it
-# ended before t0, during it if it overlapped [t0, t1].
-before = [b["ops_per_sec"] for b in runs if b["t"] <= t0][1:]  # the first warms the cluster up
-during = [b["ops_per_sec"] for b in runs if b["t"] - b["seconds"] < t1 and b["t"] > t0]
-moving = [b["ops_per_sec"] for b in runs if tm is not None and b["t"] - b["seconds"] < t1 and b["t"] > tm]
-after = [b["ops_per_sec"] for b in runs if b["t"] - b["seconds"] >= t1]
+bench = json.load(open(f"{d}/bench.json"))
+# The bench ran for bench["seconds"] until it was stopped at bench_end;
+# its second i (per_second[i]) is [start + i, start + i + 1). The last,
+# cut short, is left out.
+start = bench_end - bench["seconds"]
+secs = [(start + i, start + i + 1, s["ops"]) for i, s in enumerate(bench["per_second"]) if start + i + 1 <= bench_end]
+before = [n for a, b, n in secs if b <= t0][1:]  # the first warms the cluster up
+during = [n for a, b, n in secs if a < t1 and b > t0]
+moving = [n for a, b, n in secs if tm is not None and a < t1 and b > tm]
+after = [n for a, b, n in secs if a >= t1]
 base = statistics.median(before)
 left = None if mode == "grow" else sum(4 in rg["replicas"] for rg in json.load(open(f"{d}/ranges.json"))["ranges"])
 moves = sum(1 for l in open(f"{d}/drain.out") if l.startswith("moved range"))
@@ -319,7 +336,7 @@ print(json.dumps({
     "lowest_moving_second_vs_baseline": round(min(moving) / base, 2) if moving else None,
     "after_ops_per_sec": round(statistics.median(after)) if after else None,
     "lowest_moving_second_vs_after": round(min(moving) / statistics.median(after), 2) if moving and after else None,
-    "bench_errors": sum(b["errors"] for b in runs), "bench_runs_failed": failed,
+    "bench_errors": bench["errors"],
 }))
 PY
 done

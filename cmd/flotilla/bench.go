@@ -8,8 +8,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -73,7 +75,10 @@ p99_ms (of successful ops), clients, value_size, keys, then
 errors_by_kind ({kind: count}: ambiguous, unavailable, timeout, ...; {} when
 there were none) and per_second ([{"t":1,"ops":N,"errors":E}, ...]: the ops
 and errors completed in each second of the run, t=1 being the first; a
-second with no ops is a stall).`, op),
+second with no ops is a stall).
+
+An interrupt (SIGINT, SIGTERM) ends the run early; the report then covers
+the time it ran (seconds), and ops still in flight are not counted.`, op),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd, op, &bf)
@@ -139,7 +144,12 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	res, err := bench(cmd.Context(), ccfg, op, bf, os.Stderr)
+	// An interrupt (SIGINT, SIGTERM) ends the run early, and the report
+	// covers what ran: a run with a long --duration can be stopped when
+	// the thing it measures through is over (tools/drainbench.sh).
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := bench(ctx, ccfg, op, bf, os.Stderr)
 	if err != nil {
 		return err
 	}
