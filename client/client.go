@@ -321,12 +321,18 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 
 // mapRefreshEvery bounds how often mapLoop reads the cluster map: a hint
 // that names a node no map gives an address for (a removed node's, in a
-// stale answer) costs one read a second, not one per request.
-const mapRefreshEvery = time.Second
+// stale answer) costs one read a second, not one per request; and while
+// reads leave a leader without an address, the bound doubles, up to
+// mapRefreshMax (each read asks every node it knows, and the answer lists
+// every range).
+const (
+	mapRefreshEvery = time.Second
+	mapRefreshMax   = 32 * time.Second
+)
 
 // mapLoop reads the cluster map again when a leader hint names a node
 // whose address the client does not know (unknownNode), at most once per
-// mapRefreshEvery, until Close. Why: the client learns addresses from the
+// mapRefreshEvery (longer while reads leave one unknown), until Close. Why: the client learns addresses from the
 // cluster map, which it read once, in New; a node that joined later was
 // never used, and the requests for the ranges it led went to another node
 // that forwarded them, for as long as the client lived (one extra hop and
@@ -336,13 +342,14 @@ func (c *Client) mapLoop() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var last time.Time
+	every := mapRefreshEvery
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-c.unknownNode:
 		}
-		if wait := mapRefreshEvery - time.Since(last); wait > 0 {
+		if wait := every - time.Since(last); wait > 0 {
 			t := time.NewTimer(wait)
 			select {
 			case <-c.stop:
@@ -368,7 +375,25 @@ func (c *Client) mapLoop() {
 		}
 		rcancel()
 		<-done
+		if c.leaderWithoutAddr() {
+			every = min(2*every, mapRefreshMax)
+		} else {
+			every = mapRefreshEvery
+		}
 	}
+}
+
+// leaderWithoutAddr reports whether a cached leader is a node whose
+// address the client does not know.
+func (c *Client) leaderWithoutAddr() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range c.mu.leaders {
+		if c.mu.addrs[l.id] == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // newSessionID draws the client's session ID: random, never 0.

@@ -5,8 +5,8 @@ import "errors"
 // Sentinel errors. Check them with errors.Is: returned errors may wrap them
 // with detail.
 var (
-	// ErrConfig: a Config field is outside its limits. The one name of
-	// the config error in every package (server, storage, ranges, gossip).
+	// ErrConfig: a Config field is outside its limits. (Every package of
+	// this repository names its config error ErrConfig.)
 	ErrConfig = errors.New("multiraft: invalid config")
 	// ErrInvalidConfig is ErrConfig, under the name it had first.
 	//

@@ -39,8 +39,9 @@ func (s *Server) authTables() *auth.Tables {
 
 // authRecords reads the auth records of the meta range: from this node's
 // replica if it has one, else from a node that has. A linearizable read
-// that finds the meta range between leaders waits for the next one (up to
-// leaderWait, as a write does) and reads again, maxReroutes times at most:
+// that finds the meta range between leaders waits until it has a usable
+// leader (up to leaderWait, as a write does; at once if one is known) and
+// reads again, maxReroutes times at most:
 // an admin call made while the balancer moves the meta range's leader
 // does not fail (CI of 7b1e984: UserAdd got "no leader" 1.17 s into a
 // fresh cluster).

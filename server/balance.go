@@ -162,7 +162,7 @@ type leaderCandidate struct {
 	group    uint64
 	replicas []uint64 // the group's replicas; the first is its preferred leader
 	// bound: the merge queue may merge the group here with right, its
-	// right neighbour (ranges.Store.MergeBound); right is nil unless bound.
+	// right neighbour (ranges.Store.MergeBound); right is set when bound.
 	bound bool
 	right *kv.Descriptor
 }
@@ -171,8 +171,8 @@ type leaderCandidate struct {
 // order) it gives away, and to whom, so that it leads no more than target
 // (balanceOnce). counts holds the leaders each node has now, and is
 // updated by the plan; a group goes only to an alive replica that leads
-// fewer than target, the fewest of them, its preferred leader if that one
-// qualifies. Pure: no I/O, no lock.
+// fewer than target, the fewest of them, the first in the group's replica
+// order on a tie (the preferred leader first). Pure: no I/O, no lock.
 //
 // Three passes: the first gives away the groups the merge queue would not
 // merge into their right neighbour here; the second gives such a group
@@ -198,15 +198,16 @@ func planLeaders(me uint64, cands []leaderCandidate, counts map[uint64]int, aliv
 				continue // given away already, or not this pass's kind
 			}
 			var dest uint64
-			for j, r := range c.replicas {
+			for _, r := range c.replicas {
 				if r == me || !alive[r] || counts[r] >= target {
 					continue
 				}
 				if pass == 1 && !c.right.HasReplica(r) {
 					continue
 				}
-				// The preferred leader (first replica) wins ties.
-				if dest == 0 || counts[r] < counts[dest] || j == 0 {
+				// On a tie the first in replica order stays: the
+				// preferred leader, if it qualifies.
+				if dest == 0 || counts[r] < counts[dest] {
 					dest = r
 				}
 			}

@@ -603,36 +603,25 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 }
 
 // rangeInfo describes range d with what this node knows of it: its leader,
-// and with stats, its size and load. The size is the leader's last
-// measurement (ranges.Replica.Size, which may lag the data by
-// RangeMaxBytes/8): this node's own if it leads the range, else the
-// leader's report (peerView.sizes), else a former leader's; a range none
-// measured is measured here if it has a replica here (a scan of its data),
-// else listed at 0. The load is this node's replica's (0 for a range not
-// held here: loads are not reported). Why not scan every range held here,
-// as this did first: a listing of 10,000 ranges then read the whole of
-// the node's data.
+// and with stats, its size and load from the local replica (a scan of its
+// data: exact, and it costs a read of the range whole, which is why
+// `flotilla ranges --stats=false` exists), else its size from the peer
+// reports (reportedSize; the load of a range not held here is not
+// reported: 0). Not the leader's last measurement for a local range
+// (ranges.Replica.Size), tried: it lags the data by up to RangeMaxBytes/8
+// of writes, so a young cluster's ranges, measured when they were empty,
+// were listed at 0 bytes.
 func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation, Sticky: d.Sticky}
 	ri.Leader, ri.Term = s.leaderTerm(d.ID)
 	if !stats {
 		return ri
 	}
-	r, local := s.ranges.Get(d.ID)
-	if local {
-		ri.OpsPerSec = s.ranges.Load(r.ID)
-		if n, ok := r.Size(); ok && ri.Leader == s.cfg.NodeID {
-			ri.Bytes = n
-			return ri
-		}
-	}
-	if n, ok := s.reportedSize(d.ID, ri.Leader); ok {
-		ri.Bytes = n
+	if r, ok := s.ranges.Get(d.ID); ok {
+		ri.Bytes, ri.OpsPerSec = s.spanBytes(r), s.ranges.Load(r.ID)
 		return ri
 	}
-	if local {
-		ri.Bytes = s.spanBytes(r)
-	}
+	ri.Bytes, _ = s.reportedSize(d.ID, ri.Leader)
 	return ri
 }
 

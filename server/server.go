@@ -282,6 +282,7 @@ func New(cfg Config) (s *Server, err error) {
 	if s.store, err = storage.OpenPebble(cfg.DataDir, storage.PebbleOptions{CompactionDuty: cfg.CompactionDuty}); err != nil {
 		return s, err
 	}
+	s.reg.MustRegister(storageCollector{stats: s.store.Stats})
 	if err := s.listen(); err != nil {
 		return s, err
 	}

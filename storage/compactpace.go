@@ -129,7 +129,9 @@ func (s *compactionScheduler) mustNotWait() bool {
 // it finds a compaction waiting that is not optional; else it waits out
 // the rest. Called on the compaction's goroutine without s.mu held.
 func (s *compactionScheduler) pause(d time.Duration) {
-	end := s.now().Add(d)
+	start := s.now()
+	end := start.Add(d)
+	defer func() { s.paused.Add(int64(s.now().Sub(start))) }()
 	for d > 0 {
 		if !s.wait(d, s.released, s.wake) || s.mustNotWait() {
 			return

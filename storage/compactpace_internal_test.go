@@ -78,6 +78,10 @@ func TestCompactionGrantPaces(t *testing.T) {
 			t.Fatalf("after %v more: pauses %v, want %v", step.advance, waits, step.want)
 		}
 	}
+	// Stats.CompactionPause sums them.
+	if got := time.Duration(s.paused.Load()); got != 39*time.Millisecond {
+		t.Fatalf("paused %v in all, want 39ms", got)
+	}
 }
 
 // TestPauseWoken: a compaction refused (TrySchedule) while the one

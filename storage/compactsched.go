@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -56,9 +57,11 @@ type compactionScheduler struct {
 	// registered: Register ran (grantLoop runs). Written by Register,
 	// read by abandon, both on the goroutine of pebble.Open.
 	registered bool
-	poke       chan struct{}
-	stop       chan struct{}
-	ended      chan struct{}
+	// paused sums the pauses of the pacing, in nanoseconds (Stats).
+	paused atomic.Int64
+	poke   chan struct{}
+	stop   chan struct{}
+	ended  chan struct{}
 
 	mu struct {
 		sync.Mutex

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -63,8 +65,14 @@ func memTableDefault() uint64 { return memTableMin + memTableStep*rand.Uint64N(m
 
 // Pebble is a Store on a Pebble database. Safe for concurrent use.
 type Pebble struct {
-	db    *pebble.DB
-	sched *compactionScheduler
+	db     *pebble.DB
+	sched  *compactionScheduler
+	stalls *stallClock
+
+	// closing guards closed: Stats reads Pebble's metrics under its read
+	// lock, Close sets closed under its write lock.
+	closing sync.RWMutex
+	closed  bool
 }
 
 var _ Store = (*Pebble)(nil)
@@ -108,12 +116,14 @@ func openPebble(dir string, o PebbleOptions, sched *compactionScheduler) (*Pebbl
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	opts.Levels[len(opts.Levels)-1].FilterPolicy = pebble.NoFilterPolicy
 	opts.Experimental.CompactionScheduler = sched
+	stalls := &stallClock{now: time.Now}
+	opts.EventListener = &pebble.EventListener{WriteStallBegin: stalls.begin, WriteStallEnd: stalls.end}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		sched.abandon()
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
-	return &Pebble{db: db, sched: sched}, nil
+	return &Pebble{db: db, sched: sched, stalls: stalls}, nil
 }
 
 // DB exposes the database, so that a state machine may keep its data in the
@@ -124,6 +134,9 @@ func (p *Pebble) DB() *pebble.DB { return p.db }
 // Close waits for them.
 func (p *Pebble) Close() error {
 	p.sched.releasePacing()
+	p.closing.Lock()
+	p.closed = true
+	p.closing.Unlock()
 	return p.db.Close()
 }
 

@@ -33,7 +33,9 @@
 # kill), the bench errors, the replicas left on node 4 (from `flotilla
 # ranges -w json`: must be 0), and the bytes each node holds at the end
 # (the sum of its ranges' sizes, from the same) with the widest gap from
-# their mean; with MODE=rebalance or grow, the rebalancer's moves (of
+# their mean; each node's store figures at the end (write stalls and their
+# seconds, compactions, their paced pauses' seconds, L0 sublevels, from
+# flotilla_storage_* in its /metrics); with MODE=rebalance or grow, the rebalancer's moves (of
 # counts and of bytes) and when it made its last (last_rebalancing_move,
 # from the joins or the restart).
 #
@@ -270,6 +272,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
   sleep "$AFTER" # seconds after the drain
   bench_stop
   "$BIN" ranges -w json --endpoints "$LIVE" > "$d/ranges.json" || die "round $r: ranges failed"
+  # Each node's store figures (flotilla_storage_*), "node N" before each
+  # node's lines; a node that does not answer (killed) has none.
+  for ((i = 1; i <= N + JOINED; i++)); do
+    echo "node $i"
+    curl -sf --max-time 5 "http://127.0.0.$i:51381/metrics" | grep '^flotilla_storage_' || true
+  done > "$d/storage.txt"
   stop
   python3 - "$d" "$r" "$t0" "$t1" "$MODE" "$((N + JOINED))" "$BENCH_END" <<'PY'
 import datetime, glob, json, os, re, statistics, sys
@@ -321,6 +329,16 @@ for rg in json.load(open(f"{d}/ranges.json"))["ranges"]:
         leads[rg["leader"]] = leads.get(rg["leader"], 0) + 1
 if mode in ("rebalance", "grow"):
     moves = rebalanced
+# The store figures of each node that answered, at the end of the round.
+storage, node = {}, None
+for l in open(f"{d}/storage.txt"):
+    if l.startswith("node "):
+        node = int(l.split()[1])
+        continue
+    name, value = l.split()
+    storage.setdefault(node, {})[name.removeprefix("flotilla_storage_")] = float(value)
+def per_node(name, digits=0):
+    return [round(storage[n].get(name, 0), digits) if n in storage else None for n in range(1, nodes + 1)]
 print(json.dumps({
     "round": r, "mode": mode, "node_cpu": os.environ.get("NODE_CPU") or None,
     "rebalance_interval": os.environ.get("REBALANCE_INTERVAL", "500ms") if mode == "grow" else None, "seconds": round(t1 - t0, 2), "moves": moves, "replicas_left_on_node4": left,
@@ -337,6 +355,11 @@ print(json.dumps({
     "after_ops_per_sec": round(statistics.median(after)) if after else None,
     "lowest_moving_second_vs_after": round(min(moving) / statistics.median(after), 2) if moving and after else None,
     "bench_errors": bench["errors"],
+    "write_stalls_per_node": per_node("write_stalls_total"),
+    "write_stall_seconds_per_node": per_node("write_stall_seconds_total", 2),
+    "compactions_per_node": per_node("compactions_total"),
+    "compaction_pause_seconds_per_node": per_node("compaction_pause_seconds_total", 1),
+    "l0_sublevels_per_node": per_node("l0_sublevels"),
 }))
 PY
 done

@@ -78,7 +78,9 @@ and errors completed in each second of the run, t=1 being the first; a
 second with no ops is a stall).
 
 An interrupt (SIGINT, SIGTERM) ends the run early; the report then covers
-the time it ran (seconds), and ops still in flight are not counted.`, op),
+the time it ran (seconds), and ops still in flight are not counted. One
+before the run started (while the clients connect) is an error; a second
+one ends the bench at once.`, op),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd, op, &bf)
@@ -147,8 +149,11 @@ func runBench(cmd *cobra.Command, op string, bf *benchFlags) error {
 	// An interrupt (SIGINT, SIGTERM) ends the run early, and the report
 	// covers what ran: a run with a long --duration can be stopped when
 	// the thing it measures through is over (tools/drainbench.sh).
+	// The first signal only: a second one kills the bench as before (a
+	// shutdown that hangs can still be ended).
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop)
 	res, err := bench(ctx, ccfg, op, bf, os.Stderr)
 	if err != nil {
 		return err

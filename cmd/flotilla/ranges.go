@@ -40,12 +40,12 @@ func newRangesCmd() *cobra.Command {
 		Long: `List the ranges (spans of the keyspace) with their replicas, leaders, sizes
 and loads.
 
-A range's size is its leader's last measurement, which may lag its data
-by an eighth of --range-max-bytes at most (writes since) and counts no
-deletes since; the node that answers scans a range's data only if the
-range has a replica there and no leader measured it yet. A range's load
-is that of the answering node's replica (0 for a range not held there).
---stats=false leaves both out.`,
+The node that answers measures the size of each range it holds a replica
+of by reading the range's data whole, on each listing (other ranges show
+the size their leader last reported, 0 if none did yet, and a load of 0):
+on a node that holds much data, or when polled, that read costs the node
+CPU and disk its clients would have used. --stats=false lists the rest
+without it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output, "json", "table"); err != nil {
@@ -105,7 +105,7 @@ is that of the answering node's replica (0 for a range not held there).
 	}
 	cf.register(cmd)
 	cmd.Flags().StringVarP(&output, "write-out", "w", "table", "output format: table or json")
-	cmd.Flags().BoolVar(&stats, "stats", true, "list each range's size and load (false: leave them out)")
+	cmd.Flags().BoolVar(&stats, "stats", true, "list each range's size and load (false: leave them out, and spare the answering node a read of its ranges' data)")
 	return cmd
 }
 
