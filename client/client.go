@@ -332,11 +332,12 @@ const (
 
 // mapLoop reads the cluster map again when a leader hint names a node
 // whose address the client does not know (unknownNode), at most once per
-// mapRefreshEvery (longer while reads leave one unknown), until Close. Why: the client learns addresses from the
-// cluster map, which it read once, in New; a node that joined later was
-// never used, and the requests for the ranges it led went to another node
-// that forwarded them, for as long as the client lived (one extra hop and
-// the forwarder's CPU for every such request).
+// mapRefreshEvery (longer while reads leave one unknown), until Close.
+// Why: the client learns addresses from the cluster map, which it read
+// once, in New; a node that joined later was never used, and the requests
+// for the ranges it led went to another node that forwarded them, for as
+// long as the client lived (one extra hop and the forwarder's CPU for
+// every such request).
 func (c *Client) mapLoop() {
 	defer c.loops.Done()
 	ctx, cancel := context.WithCancel(context.Background())

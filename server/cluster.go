@@ -621,28 +621,28 @@ func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 		ri.Bytes, ri.OpsPerSec = s.spanBytes(r), s.ranges.Load(r.ID)
 		return ri
 	}
-	ri.Bytes, _ = s.reportedSize(d.ID, ri.Leader)
+	ri.Bytes = s.reportedSize(d.ID, ri.Leader)
 	return ri
 }
 
 // reportedSize returns the size of range id its leader measured and
 // reported (peerView.sizes); that of a former leader if the leader's
-// report did not come yet. (This walked every group of every view, for
-// each range listed: a quadratic cost for a listing of every range.)
-func (s *Server) reportedSize(id, leader uint64) (uint64, bool) {
+// report did not come yet; 0 if none did. (This walked every group of
+// every view, for each range listed: a quadratic cost for a listing of
+// every range.)
+func (s *Server) reportedSize(id, leader uint64) uint64 {
 	s.peers.Lock()
 	defer s.peers.Unlock()
 	if v := s.peers.views[leader]; v != nil {
 		if n, ok := v.sizes[id]; ok {
-			return n, true
+			return n
 		}
 	}
 	var n uint64
-	found := false
 	for _, v := range s.peers.views {
 		if m, ok := v.sizes[id]; ok {
-			n, found = m, true
+			n = m
 		}
 	}
-	return n, found
+	return n
 }
