@@ -558,7 +558,8 @@ func TestHTTP(t *testing.T) {
 	_, metrics := get("/metrics")
 	for _, name := range []string{"flotilla_raft_leader_changes_total", "flotilla_raft_groups", "flotilla_transport_messages_dropped_total",
 		"flotilla_transport_heartbeat_batches_sent_total", "flotilla_transport_heartbeats_coalesced_total",
-		"flotilla_storage_write_stalls_total", "flotilla_storage_compactions_total", "flotilla_storage_l0_sublevels"} {
+		"flotilla_storage_write_stalls_total", "flotilla_storage_write_stall_seconds_total", "flotilla_storage_compaction_pause_seconds_total",
+		"flotilla_storage_compactions_total", "flotilla_storage_l0_tables", "flotilla_storage_l0_sublevels"} {
 		if !strings.Contains(metrics, name) {
 			t.Errorf("/metrics lacks %s", name)
 		}

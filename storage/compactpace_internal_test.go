@@ -94,11 +94,12 @@ func TestPauseWoken(t *testing.T) {
 		flush    bool
 		optional bool
 		want     []time.Duration
+		paused   time.Duration // Stats.CompactionPause: the time spent
 	}{
-		{name: "refused, not optional", want: []time.Duration{100 * time.Millisecond}},
-		{name: "refused, optional", optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}},
-		{name: "flushed, not optional", flush: true, want: []time.Duration{100 * time.Millisecond}},
-		{name: "flushed, optional", flush: true, optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}},
+		{name: "refused, not optional", want: []time.Duration{100 * time.Millisecond}, paused: 40 * time.Millisecond},
+		{name: "refused, optional", optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}, paused: 100 * time.Millisecond},
+		{name: "flushed, not optional", flush: true, want: []time.Duration{100 * time.Millisecond}, paused: 40 * time.Millisecond},
+		{name: "flushed, optional", flush: true, optional: true, want: []time.Duration{100 * time.Millisecond, 60 * time.Millisecond}, paused: 100 * time.Millisecond},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			now := time.Unix(0, 0)
@@ -134,6 +135,9 @@ func TestPauseWoken(t *testing.T) {
 			s.pause(100 * time.Millisecond)
 			if fmt.Sprint(waits) != fmt.Sprint(c.want) {
 				t.Fatalf("waits %v, want %v", waits, c.want)
+			}
+			if got := time.Duration(s.paused.Load()); got != c.paused {
+				t.Fatalf("paused %v counted, want %v (the time spent, not the time asked)", got, c.paused)
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,42 +39,106 @@ func TestStallClock(t *testing.T) {
 	check("a second one", 2, 3500*time.Millisecond)
 }
 
-// TestPebbleStats: flushes show as level 0 tables, a compaction as one
-// compaction that empties level 0; after Close, Stats is zero (no call
+// TestPebbleStats: a flush shows as a level 0 table, a compaction as a
+// compaction that empties level 0; after Close, Stats says so (no call
 // into a closed DB).
 func TestPebbleStats(t *testing.T) {
 	p, err := OpenPebble("", PebbleOptions{FS: vfs.NewMem(), CompactionDuty: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := p.Stats(); st != (Stats{}) {
-		t.Fatalf("an empty store: %+v", st)
+	if st, ok := p.Stats(); !ok || st != (Stats{}) {
+		t.Fatalf("an empty store: %+v, %v", st, ok)
 	}
-	// Two flushes of overlapping keys: two tables, two sublevels (fewer
-	// than the four that make Pebble compact level 0 by itself).
-	for f := range 2 {
-		for i := range 10 {
-			if err := p.db.Set(fmt.Appendf(nil, "k%02d", i), []byte{byte(f)}, pebble.NoSync); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := p.db.Flush(); err != nil {
+	// One flush: one table, one sublevel (two would be scored for a
+	// compaction, which would race the look).
+	for i := range 10 {
+		if err := p.db.Set(fmt.Appendf(nil, "k%02d", i), []byte{1}, pebble.NoSync); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if st := p.Stats(); st.L0Tables != 2 || st.L0Sublevels != 2 {
-		t.Fatalf("after two flushes: %+v, want 2 tables in 2 sublevels", st)
+	if err := p.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := p.Stats(); st.L0Tables != 1 || st.L0Sublevels != 1 {
+		t.Fatalf("after a flush: %+v, want 1 table in 1 sublevel", st)
 	}
 	if err := p.db.Compact(context.Background(), []byte("k"), []byte("l"), true); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.Stats(); st.L0Tables != 0 || st.Compactions < 1 || st.WriteStalls != 0 || st.CompactionPause != 0 {
+	if st, _ := p.Stats(); st.L0Tables != 0 || st.Compactions < 1 || st.WriteStalls != 0 || st.CompactionPause != 0 {
 		t.Fatalf("after a compaction, unpaced: %+v", st)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.Stats(); st != (Stats{}) {
-		t.Fatalf("after Close: %+v", st)
+	if st, ok := p.Stats(); ok || st != (Stats{}) {
+		t.Fatalf("after Close: %+v, %v", st, ok)
+	}
+}
+
+// TestPebbleWriteStallCounted: a store whose one compaction pauses for
+// good (the test's pacing waits until release) piles up level 0 until
+// Pebble stops writes; Stats counts the stall while it lasts (the
+// EventListener is wired), and its length once it ended.
+func TestPebbleWriteStallCounted(t *testing.T) {
+	s := newCompactionScheduler(MinCompactionDuty)
+	var clock atomic.Int64 // every look sees a slice gone by
+	s.now = func() time.Time { return time.Unix(0, clock.Add(int64(paceSlice))) }
+	s.wait = func(_ time.Duration, release, _ <-chan struct{}) bool {
+		<-release
+		return false
+	}
+	p, err := openPebble("", PebbleOptions{FS: vfs.NewMem(), CacheBytes: 1 << 20, MemTableBytes: 256 << 10}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A writer of overlapping flushed tables, until a write blocks.
+	done := make(chan error, 1)
+	defer func() { // a failure: the writer ends before the store closes
+		s.releasePacing()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the writer did not end after the release")
+		}
+		p.Close()
+	}()
+	go func() { // writer: ends once the stall does
+		for f := 0; f < 200; f++ {
+			for i := range 50 {
+				if err := p.db.Set(fmt.Appendf(nil, "k%02d", i), fmt.Appendf(nil, "v%d", f), pebble.NoSync); err != nil {
+					done <- err
+					return
+				}
+			}
+			if _, err := p.db.AsyncFlush(); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		// Stalls may come and go (a memtable stall ends with its flush)
+		// before level 0 stops writes for good.
+		st, _ := p.Stats()
+		if st.WriteStalls >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no write stall in 60 s: %+v", st)
+		}
+		time.Sleep(time.Millisecond) // polls the store; the outcome does not depend on it
+	}
+	s.releasePacing()
+	err = <-done
+	done <- nil // for the deferred cleanup
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := p.Stats(); st.WriteStalls < 1 || st.WriteStallTime <= 0 {
+		t.Fatalf("after the stall: %+v", st)
 	}
 }

@@ -80,7 +80,8 @@ second with no ops is a stall).
 An interrupt (SIGINT, SIGTERM) ends the run early; the report then covers
 the time it ran (seconds), and ops still in flight are not counted. One
 before the run started (while the clients connect) is an error; a second
-one ends the bench at once.`, op),
+one ends the bench at once (unless the bench started with that signal
+ignored, as a background job of a non-interactive shell does SIGINT).`, op),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd, op, &bf)
