@@ -15,6 +15,11 @@
 // Goroutines: Pebble's own, and one of this package per open Pebble store,
 // the compaction scheduler's grantLoop (compactsched.go), which the
 // store's Close stops.
+//
+// Lock order: Pebble.closing, then Pebble's own (Stats holds closing's
+// read lock across the DB's Metrics); compactionScheduler.mu and
+// stallClock.mu are leaves, taken under Pebble's locks (Pebble calls into
+// them holding its mutexes); Mem.mu is a leaf.
 package storage
 
 import (
