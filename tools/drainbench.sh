@@ -35,9 +35,9 @@
 # (the sum of its ranges' sizes, from the same) with the widest gap from
 # their mean; each node's store figures at the end (write stalls and their
 # seconds, compactions, their paced pauses' seconds, L0 sublevels, from
-# flotilla_storage_* in its /metrics); with MODE=rebalance or grow, the rebalancer's moves (of
-# counts and of bytes) and when it made its last (last_rebalancing_move,
-# from the joins or the restart).
+# flotilla_storage_* in its /metrics); with MODE=rebalance or grow, the
+# rebalancer's moves (of counts and of bytes) and when it made its last
+# (last_rebalancing_move, from the joins or the restart).
 #
 # Usage: tools/drainbench.sh [ROUNDS]      (default 3)
 #
