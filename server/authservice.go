@@ -15,7 +15,6 @@ import (
 	"github.com/flotilla/flotilla/internal/auth"
 	"github.com/flotilla/flotilla/internal/phase"
 	"github.com/flotilla/flotilla/kv"
-	"github.com/flotilla/flotilla/multiraft"
 )
 
 // The user and role tables live in the meta range (kv's auth records,
@@ -38,36 +37,21 @@ func (s *Server) authTables() *auth.Tables {
 }
 
 // authRecords reads the auth records of the meta range: from this node's
-// replica if it has one, else from a node that has. A linearizable read
-// that finds the meta range between leaders waits until it has a usable
-// leader (up to leaderWait, as a write does; at once if one is known) and
-// reads again, maxReroutes times at most:
-// an admin call made while the balancer moves the meta range's leader
-// does not fail (CI of 7b1e984: UserAdd got "no leader" 1.17 s into a
-// fresh cluster).
+// replica if it has one (readLocal: a linearizable read waits for a usable
+// leader and is tried again if the leader changed, so that an admin call
+// made while the balancer moves the meta range's leader does not fail; CI
+// of 7b1e984: UserAdd got "no leader" 1.17 s into a fresh cluster), else
+// from a node that has.
 func (s *Server) authRecords(ctx context.Context, linearizable bool) ([]kv.KeyValue, error) {
 	q := kv.EncodeAuthQuery()
-	for attempt := 0; s.local(kv.MetaRangeID); attempt++ {
-		var out []byte
-		var err error
-		if linearizable {
-			out, err = s.host.Read(ctx, kv.MetaRangeID, q)
-		} else {
-			out, err = s.host.QueryLocal(kv.MetaRangeID, q)
-		}
+	if s.local(kv.MetaRangeID) {
+		out, err := s.readLocal(ctx, kv.MetaRangeID, q, !linearizable)
 		if err == nil {
 			return kv.DecodeAuthRecords(out)
 		}
-		if linearizable && (leaderMoved(err) || errors.Is(err, multiraft.ErrLeaderChanged)) && attempt < maxReroutes {
-			if _, werr := s.awaitLeader(ctx, kv.MetaRangeID); werr != nil {
-				return nil, werr
-			}
-			continue
-		}
 		if !errors.Is(err, kv.ErrUninitialized) {
-			return nil, s.rpcError(ctx, kv.MetaRangeID, err, false)
+			return nil, s.readError(ctx, kv.MetaRangeID, err)
 		}
-		break
 	}
 	var last error = fmt.Errorf("server: no replica of the meta range to read the auth tables from")
 	for _, r := range s.replicasOf(kv.MetaRangeID) {
@@ -94,16 +78,9 @@ func (p *peerService) AuthRecords(ctx context.Context, req *api.AuthRecordsReque
 	if !s.local(kv.MetaRangeID) {
 		return nil, status.Errorf(codes.NotFound, "%v", errNotHosted(kv.MetaRangeID))
 	}
-	q := kv.EncodeAuthQuery()
-	var out []byte
-	var err error
-	if req.Linearizable {
-		out, err = s.host.Read(ctx, kv.MetaRangeID, q)
-	} else {
-		out, err = s.host.QueryLocal(kv.MetaRangeID, q)
-	}
+	out, err := s.query(ctx, kv.MetaRangeID, kv.EncodeAuthQuery(), !req.Linearizable)
 	if err != nil {
-		return nil, s.rpcError(ctx, kv.MetaRangeID, err, false)
+		return nil, err
 	}
 	return &api.AuthRecordsResponse{Answer: out}, nil
 }

@@ -603,14 +603,13 @@ func (c *clusterService) Ranges(ctx context.Context, req *api.RangesRequest) (*a
 }
 
 // rangeInfo describes range d with what this node knows of it: its leader,
-// and with stats, its size and load from the local replica (a scan of its
-// data: exact, and it costs a read of the range whole, which is why
-// `flotilla ranges --stats=false` exists), else its size from the peer
-// reports (reportedSize; the load of a range not held here is not
-// reported: 0). Not the leader's last measurement for a local range
-// (ranges.Replica.Size), tried: it lags the data by up to RangeMaxBytes/8
-// of writes, so a young cluster's ranges, measured when they were empty,
-// were listed at 0 bytes.
+// and with stats, its size and load from the local replica, else its size
+// from the peer reports (the load of a range not held here is not
+// reported: 0). The local size is a scan of the range (exact; why
+// `flotilla ranges --stats=false` exists), not the leader's last
+// measurement (ranges.Replica.Size), tried: it lags the data by up to
+// RangeMaxBytes/8 of writes, and listed a young cluster's ranges, measured
+// when empty, at 0 bytes.
 func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 	ri := &api.RangeInfo{Id: d.ID, Start: d.Start, End: d.End, Replicas: d.Replicas, Learners: d.Learners, Generation: d.Generation, Sticky: d.Sticky}
 	ri.Leader, ri.Term = s.leaderTerm(d.ID)
@@ -618,31 +617,25 @@ func (s *Server) rangeInfo(d kv.Descriptor, stats bool) *api.RangeInfo {
 		return ri
 	}
 	if r, ok := s.ranges.Get(d.ID); ok {
-		ri.Bytes, ri.OpsPerSec = s.spanBytes(r), s.ranges.Load(r.ID)
+		ri.Bytes, ri.OpsPerSec = s.rangeStats(r)
 		return ri
 	}
-	ri.Bytes = s.reportedSize(d.ID, ri.Leader)
-	return ri
-}
-
-// reportedSize returns the size of range id its leader measured and
-// reported (peerView.sizes); that of a former leader if the leader's
-// report did not come yet; 0 if none did. (This walked every group of
-// every view, for each range listed: a quadratic cost for a listing of
-// every range.)
-func (s *Server) reportedSize(id, leader uint64) uint64 {
+	// The size its leader measured and reported (peerView.sizes); that
+	// of a former leader if the leader's report did not come yet. (This
+	// walked every group of every view, for each range listed: a
+	// quadratic cost for a listing of every range.)
 	s.peers.Lock()
 	defer s.peers.Unlock()
-	if v := s.peers.views[leader]; v != nil {
-		if n, ok := v.sizes[id]; ok {
-			return n
+	if v := s.peers.views[ri.Leader]; v != nil {
+		if n, ok := v.sizes[d.ID]; ok {
+			ri.Bytes = n
+			return ri
 		}
 	}
-	var n uint64
 	for _, v := range s.peers.views {
-		if m, ok := v.sizes[id]; ok {
-			n = m
+		if n, ok := v.sizes[d.ID]; ok {
+			ri.Bytes = n
 		}
 	}
-	return n
+	return ri
 }

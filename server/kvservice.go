@@ -328,31 +328,43 @@ func (s *Server) outcome(ctx context.Context, g uint64, out []byte, err error) (
 	return res, nil
 }
 
-// query runs q on local group g: linearizably (ReadIndex) unless
-// serializable. A linearizable read first waits for a usable leader
-// (awaitLeader), and is tried again if the leader changed under it.
+// query runs q on local group g (readLocal), its error a gRPC status.
 func (s *Server) query(ctx context.Context, g uint64, q []byte, serializable bool) ([]byte, error) {
+	out, err := s.readLocal(ctx, g, q, serializable)
+	if err != nil {
+		return nil, s.readError(ctx, g, err)
+	}
+	return out, nil
+}
+
+// readLocal runs q on local group g: linearizably (ReadIndex) unless
+// serializable. A linearizable read first waits for a usable leader
+// (awaitLeader), and is tried again if the leader changed under it
+// (maxReroutes times at most). Its error is awaitLeader's (a gRPC status)
+// or the engine's (readError maps both).
+func (s *Server) readLocal(ctx context.Context, g uint64, q []byte, serializable bool) ([]byte, error) {
 	if serializable {
-		out, err := s.host.QueryLocal(g, q)
-		if err != nil {
-			return nil, s.rpcError(ctx, g, err, false)
-		}
-		return out, nil
+		return s.host.QueryLocal(g, q)
 	}
 	for attempt := 0; ; attempt++ {
 		if _, err := s.awaitLeader(ctx, g); err != nil {
 			return nil, err
 		}
 		out, err := s.host.Read(ctx, g, q)
-		switch {
-		case err == nil:
-			return out, nil
-		case attempt < maxReroutes && (errors.Is(err, multiraft.ErrLeaderChanged) || errors.Is(err, multiraft.ErrNoLeader)):
+		if err != nil && attempt < maxReroutes && (errors.Is(err, multiraft.ErrLeaderChanged) || errors.Is(err, multiraft.ErrNoLeader)) {
 			s.metrics.reroutes.Inc()
 			continue
 		}
-		return nil, s.rpcError(ctx, g, err, false)
+		return out, err
 	}
+}
+
+// readError is readLocal's error of group g as a gRPC status.
+func (s *Server) readError(ctx context.Context, g uint64, err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return s.rpcError(ctx, g, err, false)
 }
 
 // keyQuery runs q, a query about key, on *g's local replica (see query).

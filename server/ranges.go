@@ -219,12 +219,12 @@ func errRangeNotFound(g uint64) error {
 	return status.Errorf(codes.NotFound, "server: range %d is not known here (it may have merged away)", g)
 }
 
-// spanBytes measures the size of local replica r's data by a scan of it
-// (0, logged, if the scan fails).
-func (s *Server) spanBytes(r *ranges.Replica) uint64 {
+// rangeStats returns the size of local replica r's data and its recent
+// load.
+func (s *Server) rangeStats(r *ranges.Replica) (bytes uint64, opsPerSec float64) {
 	n, err := r.SM.SpanBytes()
 	if err != nil {
 		s.log.Warn("measure range size", "group", r.ID, "err", err)
 	}
-	return n
+	return n, s.ranges.Load(r.ID)
 }

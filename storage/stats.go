@@ -46,6 +46,9 @@ type stallClock struct {
 	began time.Time
 	count uint64
 	total time.Duration
+	// began1, if set (a test's, before any write), gets a value at the
+	// first stall's beginning; the send does not block.
+	began1 chan struct{}
 }
 
 func (c *stallClock) begin(pebble.WriteStallBeginInfo) {
@@ -54,6 +57,12 @@ func (c *stallClock) begin(pebble.WriteStallBeginInfo) {
 	if c.began.IsZero() {
 		c.began = c.now()
 		c.count++
+		if c.count == 1 && c.began1 != nil {
+			select {
+			case c.began1 <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 

@@ -93,6 +93,8 @@ func TestPebbleWriteStallCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stalled := make(chan struct{}, 1)
+	p.stalls.began1 = stalled // before the writer starts
 	// A writer of overlapping flushed tables, until a write blocks.
 	done := make(chan error, 1)
 	defer func() { // a failure: the writer ends before the store closes
@@ -119,18 +121,20 @@ func TestPebbleWriteStallCounted(t *testing.T) {
 		}
 		done <- nil
 	}()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		// Stalls may come and go (a memtable stall ends with its flush)
-		// before level 0 stops writes for good.
+	// Stalls may come and go (a memtable stall ends with its flush)
+	// before level 0 stops writes for good: the first is enough.
+	select {
+	case <-stalled:
+	case err := <-done:
+		done <- err // for the deferred cleanup
 		st, _ := p.Stats()
-		if st.WriteStalls >= 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no write stall in 60 s: %+v", st)
-		}
-		time.Sleep(time.Millisecond) // polls the store; the outcome does not depend on it
+		t.Fatalf("the writer ended (%v) with no stall: %+v", err, st)
+	case <-time.After(60 * time.Second):
+		st, _ := p.Stats()
+		t.Fatalf("no write stall in 60 s: %+v", st)
+	}
+	if st, _ := p.Stats(); st.WriteStalls < 1 {
+		t.Fatalf("a stall began, and Stats counts none: %+v", st)
 	}
 	s.releasePacing()
 	err = <-done
