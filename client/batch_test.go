@@ -34,6 +34,22 @@ func (u *unaryOnly) Put(context.Context, *api.PutRequest) (*api.PutResponse, err
 	return &api.PutResponse{Header: &api.Header{Group: 1, Leader: 1, Node: 1}, Revision: uint64(n)}, nil
 }
 
+// serve runs a gRPC server with what register adds on a loopback port,
+// stopped with the test, and sets *addr to the port's address before it
+// serves (a cluster map may name it).
+func serve(t *testing.T, addr *string, register func(*grpc.Server)) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	*addr = l.Addr().String()
+	gs := grpc.NewServer()
+	register(gs)
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+}
+
 // fakeNode serves srv (a KV and Cluster server) on a loopback port, sets
 // *addr to the port's address (before serving: ClusterMap names it), and
 // returns a client of it and a context, both ended with the test.
@@ -42,16 +58,10 @@ func fakeNode(t *testing.T, srv interface {
 	api.ClusterServer
 }, addr *string) (*Client, context.Context) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	*addr = l.Addr().String()
-	gs := grpc.NewServer()
-	api.RegisterKVServer(gs, srv)
-	api.RegisterClusterServer(gs, srv)
-	go gs.Serve(l)
-	t.Cleanup(gs.Stop)
+	serve(t, addr, func(gs *grpc.Server) {
+		api.RegisterKVServer(gs, srv)
+		api.RegisterClusterServer(gs, srv)
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	c, err := New(ctx, Config{Endpoints: []string{*addr}})
@@ -145,15 +155,7 @@ func (j *joinedNode) Put(context.Context, *api.PutRequest) (*api.PutResponse, er
 // through the node that forwarded them. Without mapLoop it never does.
 func TestNewNodeAddressLearned(t *testing.T) {
 	n2 := &unaryOnly{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2.addr = l.Addr().String()
-	gs := grpc.NewServer()
-	api.RegisterKVServer(gs, n2)
-	go gs.Serve(l)
-	t.Cleanup(gs.Stop)
+	serve(t, &n2.addr, func(gs *grpc.Server) { api.RegisterKVServer(gs, n2) })
 
 	n1 := &joinedNode{other: n2}
 	c, ctx := fakeNode(t, n1, &n1.addr)
@@ -167,5 +169,95 @@ func TestNewNodeAddressLearned(t *testing.T) {
 		if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
 			t.Fatalf("node 2 got no put; node 1 took %d: %v", n1.puts.Load(), err)
 		}
+	}
+}
+
+// refusingPair is two nodes that refuse every Put for permission. Node 1,
+// the leader, holds its Put until node 2 has had one (the client's hedge),
+// then answers with first.
+type refusingPair struct {
+	api.UnimplementedKVServer
+	api.UnimplementedClusterServer
+	addr, addr2 string
+	first       error         // node 1's answer (nil: the write applied)
+	hedged      chan struct{} // closed at node 2's first Put
+	once        atomic.Bool
+}
+
+func (r *refusingPair) ClusterMap(context.Context, *api.ClusterMapRequest) (*api.ClusterMapResponse, error) {
+	return &api.ClusterMapResponse{ClusterId: 1, Groups: 1,
+		Nodes:      []*api.NodeInfo{{Id: 1, ClientAddr: r.addr}, {Id: 2, ClientAddr: r.addr2}},
+		GroupInfos: []*api.GroupInfo{{Id: 1, Leader: 1, Term: 1, Replicas: []uint64{1, 2}, Generation: 1}}}, nil
+}
+
+var errDenied = status.Error(codes.PermissionDenied, `auth: permission denied: user "alice" has no write permission on key "k"`)
+
+func (r *refusingPair) Put(ctx context.Context, _ *api.PutRequest) (*api.PutResponse, error) {
+	select {
+	case <-r.hedged:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if r.first != nil {
+		return nil, r.first
+	}
+	return &api.PutResponse{Header: &api.Header{Group: 1, Leader: 1, Node: 1, Term: 1}, Revision: 7}, nil
+}
+
+// node2 is refusingPair's second node: it refuses at once.
+type node2 struct {
+	api.UnimplementedKVServer
+	r *refusingPair
+}
+
+func (n node2) Put(context.Context, *api.PutRequest) (*api.PutResponse, error) {
+	if n.r.once.CompareAndSwap(false, true) {
+		close(n.r.hedged)
+	}
+	return nil, errDenied
+}
+
+// TestRefusalWhileHedgeOut: a write refused by one node while its hedge is
+// still out at another waits for the hedge's answer. Refused there too (or
+// not applied), the write ends with the refusal, not ErrAmbiguous (the CI
+// failure of TestSecureRoles on a loaded machine); applied there, it
+// succeeds; of unknown outcome there, it is ErrAmbiguous.
+func TestRefusalWhileHedgeOut(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first error
+		check func(rev uint64, err error) bool
+	}{
+		{"both refuse", errDenied, func(_ uint64, err error) bool {
+			return errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrAmbiguous)
+		}},
+		{"leader not leader", status.Error(codes.FailedPrecondition, "multiraft: not leader"), func(_ uint64, err error) bool {
+			return errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrAmbiguous)
+		}},
+		{"leader applies", nil, func(rev uint64, err error) bool { return err == nil && rev == 7 }},
+		{"leader unknown", status.Error(codes.Aborted, "server: group 1: multiraft: proposal outcome unknown"), func(_ uint64, err error) bool {
+			return errors.Is(err, ErrAmbiguous) && !errors.Is(err, ErrPermissionDenied)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &refusingPair{first: tc.first, hedged: make(chan struct{})}
+			serve(t, &r.addr2, func(gs *grpc.Server) { api.RegisterKVServer(gs, node2{r: r}) })
+			serve(t, &r.addr, func(gs *grpc.Server) {
+				api.RegisterKVServer(gs, r)
+				api.RegisterClusterServer(gs, r)
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := New(ctx, Config{Endpoints: []string{r.addr}, DisableBatch: true,
+				HedgeDelayMin: time.Millisecond, HedgeDelayMax: time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			rev, err := c.Put(ctx, []byte("k"), []byte("v"))
+			if !tc.check(rev, err) {
+				t.Fatalf("rev %d, err %v", rev, err)
+			}
+		})
 	}
 }

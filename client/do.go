@@ -218,7 +218,10 @@ func notSent(err error) bool {
 // around the nodes that failed it. Writes carry their session (start
 // builds the request with it), so a write may be retried however it
 // failed. A write whose deadline ends while an attempt's outcome is unknown
-// returns ErrAmbiguous.
+// returns ErrAmbiguous. A write refused before proposal (permission, bad
+// argument) while a hedge is out waits for the hedge: the refusal stands
+// if the hedge did not apply the write either, and is ErrAmbiguous if its
+// outcome is unknown.
 func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc) (any, error) {
 	// The request ends with ctx, or at its own cap if that comes first
 	// (no timer of its own for ctx's deadline: the caller must see ctx end
@@ -242,7 +245,8 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 	var sentAt [maxOutstanding]time.Time         // when each busy node's attempt left, by position
 	attempts := 0
 	var last error
-	unknown := false // a write attempt whose outcome is unknown
+	unknown := false  // a write attempt whose outcome is unknown
+	var refused error // a write's refusal, held while its hedges are out
 	backoff := c.cfg.BackoffBase
 	var timer *time.Timer
 	var timerC <-chan time.Time
@@ -350,15 +354,23 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			fails := true
 			switch kind {
 			case fatal:
-				if write && (unknown || len(busy) > 0) && !errors.Is(cerr, ErrLeaseNotFound) {
+				if write && !errors.Is(cerr, ErrLeaseNotFound) {
 					// A node refused this attempt before proposing it
 					// (bad argument, permission, a transaction's keys
-					// over several ranges after a split), but an earlier
-					// attempt may have applied, or one is still out. (A
-					// refusal of the range itself, ErrLeaseNotFound,
-					// answers for the write: through the session, a
-					// write that applied would have its first result.)
-					return nil, fmt.Errorf("%w: %v; an earlier attempt's outcome is unknown", ErrAmbiguous, cerr)
+					// over several ranges after a split). (A refusal of
+					// the range itself, ErrLeaseNotFound, answers for the
+					// write: through the session, a write that applied
+					// would have its first result.)
+					if unknown {
+						// An earlier attempt may have applied.
+						return nil, refusedAmbiguous(cerr)
+					}
+					if len(busy) > 0 {
+						// A hedge is still out: its answer says whether
+						// it applied. Wait for it, launching nothing more.
+						refused, timerC = cerr, nil
+						continue
+					}
 				}
 				return nil, cerr
 			case sessionUnknown:
@@ -376,6 +388,17 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 				unknown = unknown || (write && !notSent(a.err))
 			case retry:
 				fails = a.leader == 0 || a.leader == c.nodeOf(a.addr)
+			}
+			if refused != nil {
+				// This answer came from a hedge out when a node refused
+				// the write, and it did not apply it either.
+				switch {
+				case unknown:
+					return nil, refusedAmbiguous(refused)
+				case len(busy) > 0:
+					continue
+				}
+				return nil, refused
 			}
 			if fails && !slices.Contains(avoid, a.addr) {
 				avoid = append(avoid, a.addr)
@@ -436,6 +459,13 @@ func (c *Client) do(ctx context.Context, g uint64, write bool, start attemptFunc
 			return nil, ErrClosed
 		}
 	}
+}
+
+// refusedAmbiguous is a write's refusal after an earlier attempt's
+// outcome became unknown: the refusal says nothing of that attempt, so
+// the write is ErrAmbiguous, not the refusal's kind.
+func refusedAmbiguous(refusal error) error {
+	return fmt.Errorf("%w: %v; an earlier attempt's outcome is unknown", ErrAmbiguous, refusal)
 }
 
 // errDeadline: the request's own cap (RequestTimeout) ended it.
