@@ -101,6 +101,22 @@ func (d *Descriptor) SameReplicas(o *Descriptor) bool {
 	return true
 }
 
+// VotersWithin reports whether neither descriptor has learners and every
+// replica of d is one of o's: a merge of d with o frozen into it may take
+// place on d's replicas (each of their nodes holds o's replica), and o's
+// other replicas are left out (StateMachineVersion 1).
+func (d *Descriptor) VotersWithin(o *Descriptor) bool {
+	if len(d.Learners) > 0 || len(o.Learners) > 0 {
+		return false
+	}
+	for _, r := range d.Replicas {
+		if !o.HasReplica(r) {
+			return false
+		}
+	}
+	return len(d.Replicas) > 0
+}
+
 // String is for logs: r7[61, 6f)@g3.
 func (d *Descriptor) String() string {
 	end := "∞"

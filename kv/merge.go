@@ -12,8 +12,12 @@ import (
 // Merges.
 //
 // A merge joins a range (the left-hand side, LHS) and the range that
-// starts where it ends (RHS), with the same replicas, into the LHS. Two
-// commands:
+// starts where it ends (RHS), with the same replicas, into the LHS. Since
+// StateMachineVersion 1 the LHS's replicas may be a subset of the RHS's
+// (Descriptor.VotersWithin): the RHS's replicas on other nodes are left
+// out of the merged range, and their nodes remove them. (A frozen RHS
+// cannot change its replicas, so one with a replica on a node gone for
+// good merges once the LHS is off that node.) Two commands:
 //
 //  1. OpFreeze, applied by the RHS: from its log position on, the RHS
 //     applies nothing more (every command and query is refused, as for a
@@ -35,6 +39,15 @@ import (
 // (the coordinator's wait makes this impossible, and the simulation plants
 // a merge that does not wait to show that it is caught).
 //
+// StateMachineVersion is what this build's state machine accepts, for a
+// proposer that must not propose what a replica of another build would
+// refuse while this one applies it (the replicas would diverge). It rises
+// with each such change: 1, a merge of an LHS whose replicas are a subset
+// of the frozen RHS's (before, the same set only). A node gossips its own
+// (server); a proposer makes such a change only once every replica's node
+// has gossiped a version that accepts it.
+const StateMachineVersion = 1
+
 // A frozen RHS whose merge never happened (its coordinator died) is merged
 // by its leader into whichever range ends where it starts (package
 // ranges): a frozen range only ever merges, it never thaws.
@@ -163,7 +176,7 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 		return Result{Err: "malformed merge"}, nil, nil
 	}
 	refuse := Result{Current: EncodeDescriptors([]Descriptor{*desc})}
-	if lgen != desc.Generation || len(desc.End) == 0 || !bytes.Equal(desc.End, rhs.Start) || rhs.ID == s.id || !desc.SameReplicas(&rhs) || len(desc.Learners) > 0 {
+	if lgen != desc.Generation || len(desc.End) == 0 || !bytes.Equal(desc.End, rhs.Start) || rhs.ID == s.id || !desc.VotersWithin(&rhs) {
 		return refuse, nil, nil
 	}
 	// This node's replica of the RHS, as of its freeze: on disk (the

@@ -1367,3 +1367,28 @@ func TestSplitLeaseHalves(t *testing.T) {
 		t.Fatalf("after OpRevoked: %+v %v", revs, err)
 	}
 }
+
+// TestVotersWithin: a merge may take place on the left range's replicas
+// when they are among the frozen right range's, and neither has learners.
+func TestVotersWithin(t *testing.T) {
+	d := func(replicas, learners []uint64) *Descriptor {
+		return &Descriptor{Replicas: replicas, Learners: learners}
+	}
+	for _, tc := range []struct {
+		name   string
+		l, r   *Descriptor
+		within bool
+	}{
+		{"same", d([]uint64{1, 2, 3}, nil), d([]uint64{3, 2, 1}, nil), true},
+		{"subset", d([]uint64{1, 2}, nil), d([]uint64{1, 2, 3}, nil), true},
+		{"one outside", d([]uint64{1, 2, 4}, nil), d([]uint64{1, 2, 3}, nil), false},
+		{"superset", d([]uint64{1, 2, 3}, nil), d([]uint64{1, 2}, nil), false},
+		{"left learner", d([]uint64{1, 2, 3}, []uint64{3}), d([]uint64{1, 2, 3}, nil), false},
+		{"right learner", d([]uint64{1, 2}, nil), d([]uint64{1, 2, 3}, []uint64{3}), false},
+		{"none", d(nil, nil), d([]uint64{1}, nil), false},
+	} {
+		if got := tc.l.VotersWithin(tc.r); got != tc.within {
+			t.Errorf("%s: VotersWithin(%v, %v) = %v", tc.name, tc.l.Replicas, tc.r.Replicas, got)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/internal/gossip"
 	"github.com/flotilla/flotilla/internal/phase"
+	"github.com/flotilla/flotilla/kv"
 )
 
 // The nodes' gossip membership (internal/gossip: hashicorp/memberlist over
@@ -111,7 +112,7 @@ func (s *Server) gossipConn(name, addr string) (*grpc.ClientConn, bool) {
 
 // gossipMeta is what this node gossips about itself now.
 func (s *Server) gossipMeta() gossip.Meta {
-	m := gossip.Meta{ClientAddr: s.ClientAddr(), HTTPAddr: s.HTTPAddr()}
+	m := gossip.Meta{ClientAddr: s.ClientAddr(), HTTPAddr: s.HTTPAddr(), Version: kv.StateMachineVersion}
 	if s.host != nil {
 		for _, g := range s.host.Status() {
 			m.Replicas++
@@ -187,6 +188,31 @@ func (s *Server) gossipLive() (live, heard map[uint64]bool) {
 		}
 	}
 	return live, heard
+}
+
+// runsVersion reports whether every node of nodes has gossiped a state
+// machine version of v or later (this node runs kv.StateMachineVersion):
+// a proposal that a replica of an older build would refuse while newer
+// ones apply it is made only then (ranges.Config.SubsetMerge). A node not
+// heard from has not. Takes the gossip's leaf lock only: the range store's
+// loop calls it.
+func (s *Server) runsVersion(nodes []uint64, v uint32) bool {
+	var known map[uint64]gossip.Node
+	for _, n := range nodes {
+		if n == s.cfg.NodeID {
+			continue
+		}
+		if known == nil {
+			if s.gossip == nil {
+				return false
+			}
+			known = s.gossip.Nodes()
+		}
+		if known[n].Meta.Version < v {
+			return false
+		}
+	}
+	return kv.StateMachineVersion >= v
 }
 
 // gossipMetas returns the client and HTTP addresses and capacity each node

@@ -90,7 +90,8 @@ type Server struct {
 	// may run before (the transport starts with the Host).
 	rangesReady atomic.Pointer[ranges.Store]
 	// dead is the set of nodes evacuateLoop found dead on its last pass (nil
-	// map: none); read by nodeInfos.
+	// map: none); read by nodeInfos, placeable and the range store
+	// (ranges.Config.Dead).
 	dead atomic.Pointer[map[uint64]bool]
 	// gossipTr and gossip: the gossip membership (gossip.go), set by New.
 	gossipTr *gossip.Transport
@@ -444,7 +445,14 @@ func (s *Server) startRanges(fresh bool) error {
 		MaxBytes:  max(s.cfg.RangeMaxBytes, 0),
 		MinBytes:  max(s.cfg.RangeMinBytes, 0),
 		Placeable: s.placeable,
-		SplitLoad: max(s.cfg.RangeSplitLoad, 0),
+		Dead: func(n uint64) bool {
+			p := s.dead.Load()
+			return p != nil && (*p)[n]
+		},
+		// Subset merges (kv.StateMachineVersion 1): only with every
+		// replica's node on a build that accepts them.
+		SubsetMerge: func(nodes []uint64) bool { return s.runsVersion(nodes, 1) },
+		SplitLoad:   max(s.cfg.RangeSplitLoad, 0),
 		// Two raft ticks: the other replicas apply the split by then.
 		CampaignRetry: 2 * s.cfg.TickInterval,
 		MoveCatchUp:   s.cfg.MoveCatchUp,

@@ -28,6 +28,9 @@ type Meta struct {
 	// file system has left for it.
 	UsedBytes      uint64 `json:"u,omitempty"`
 	AvailableBytes uint64 `json:"a,omitempty"`
+	// Version: the state machine version of the node's build
+	// (kv.StateMachineVersion); 0 from a build before it was gossiped.
+	Version uint32 `json:"v,omitempty"`
 }
 
 // Node is what this node's gossip knows of another.

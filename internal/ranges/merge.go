@@ -17,14 +17,20 @@ import (
 //     replica of the RHS, its own moves last, handing the LHS's leadership
 //     to a node that does, which the merge is then asked of again;
 //  1. freeze the RHS (kv.FreezeCommand): from then on it applies nothing;
-//  2. wait until every replica of the RHS applied the freeze (Env.
-//     ReplicaApplied): their states are then final, and on disk;
+//  2. wait until every replica of the RHS on the LHS's nodes applied the
+//     freeze (Env.ReplicaApplied): their states are then final, and on
+//     disk;
 //  3. merge (kv.MergeCommand): every replica of the LHS takes its node's
 //     replica of the RHS in, and the node removes that replica (reconcile);
 //  4. record the merged descriptor in the meta index.
 //
 // A frozen RHS never thaws: if the coordinator dies after 1, the leader of
-// whichever range ends where the RHS starts finishes the merge (Tick).
+// whichever range ends where the RHS starts finishes the merge (Tick). A
+// frozen RHS cannot change its replicas: if one of them is on a node that
+// takes none (gone for good, leaving, drained), the finisher merges on the
+// LHS's replicas alone, once they are among the RHS's (subsetMergeable;
+// it removes the LHS's others first, alignForMerge), and that node's RHS
+// replica is left out, to be removed.
 
 // MergeWaitFor bounds how long a merge waits for the RHS's replicas to
 // apply the freeze before it gives up for now (the frozen RHS is merged
@@ -186,12 +192,18 @@ func (s *Store) freezeAndMerge(ld, rd *kv.Descriptor, why string, done func(kv.D
 func (s *Store) downReplica(ds ...*kv.Descriptor) error {
 	for _, d := range ds {
 		for _, n := range d.Replicas {
-			if n != s.cfg.NodeID && s.cfg.Host.PeerDown(n) {
+			if s.down(n) {
 				return fmt.Errorf("%w: node %d, which holds a replica of range %d, is down: a merge now would freeze the range until the node is back", ErrBusy, n, d.ID)
 			}
 		}
 	}
 	return nil
+}
+
+// down reports whether node n, not this one, is down: found so by the
+// Host (PeerDown), or dead (Config.Dead). Loop only.
+func (s *Store) down(n uint64) bool {
+	return n != s.cfg.NodeID && (s.cfg.Host.PeerDown(n) || (s.cfg.Dead != nil && s.cfg.Dead(n)))
 }
 
 // replicasAnswer asks each other node holding a replica of rd for its
@@ -336,9 +348,10 @@ func (s *Store) startingAt(key []byte) *Replica {
 	return r
 }
 
-// mergeFrozen waits until every replica of rhs applied its freeze at
-// index (or until deadline), then merges it into lhs. It gives up at once
-// if rhs is no longer here or lhs changed (another node merged them).
+// mergeFrozen waits until every replica of rhs on lhs's nodes (all of
+// rhs's but for a merge on a subset, subsetMergeable) applied its freeze
+// at index (or until deadline), then merges it into lhs. It gives up at
+// once if rhs is no longer here or lhs changed (another node merged them).
 func (s *Store) mergeFrozen(lhs, rhs *kv.Descriptor, index uint64, deadline time.Time, finish func(kv.Descriptor, error)) {
 	if s.cfg.SkipMergeWait {
 		s.proposeMerge(lhs, rhs, index, finish)
@@ -357,9 +370,15 @@ func (s *Store) mergeFrozen(lhs, rhs *kv.Descriptor, index uint64, deadline time
 			return
 		}
 	}
-	pending := len(rhs.Replicas)
+	if err := s.downReplica(lhs); err != nil {
+		// Its replica would not answer: the finisher takes the left
+		// range off that node instead (alignForMerge).
+		finish(kv.Descriptor{}, err)
+		return
+	}
+	pending := len(lhs.Replicas)
 	caught := true
-	for _, node := range rhs.Replicas {
+	for _, node := range lhs.Replicas { // each applies the merge with its node's rhs replica
 		s.env.ReplicaApplied(node, rhs.ID, callback2(s, func(applied uint64, ok bool) {
 			caught = caught && ok && applied >= index
 			if pending--; pending > 0 {
@@ -399,6 +418,9 @@ func (s *Store) proposeMerge(lhs, rhs *kv.Descriptor, index uint64, finish func(
 		}
 		s.log.Info("ranges merged", "group", lhs.ID, "merged_group", rhs.ID, "desc", merged.String())
 		s.metrics.merges.Add(1)
+		if !lhs.SameReplicas(rhs) {
+			s.metrics.subsetMerges.Add(1)
+		}
 		if s.failAt(FailMergeApplied) {
 			finish(kv.Descriptor{}, fmt.Errorf("ranges: merge of range %d: failure point %s", rhs.ID, FailMergeApplied))
 			return
@@ -446,7 +468,11 @@ func (s *Store) finishMerges(win []*Replica) {
 		if !frozen {
 			continue
 		}
-		if !ld.SameReplicas(rd) {
+		if s.downReplica(ld) != nil || (!ld.SameReplicas(rd) && !s.subsetMergeable(ld, rd)) {
+			// Apart, or one of them on a node down, whose replica would
+			// not answer the wait (which would hold both ranges busy for
+			// mergeWaitFor, again and again): the merge waits until the
+			// node is back, or until the left range is off it.
 			s.alignForMerge(ld, rd)
 			continue
 		}
@@ -467,4 +493,14 @@ func (s *Store) finishMerges(win []*Replica) {
 			}
 		})
 	}
+}
+
+// subsetMergeable reports whether frozen rd may merge into ld on ld's
+// replicas alone (kv.Descriptor.VotersWithin): each is one of rd's, on a
+// node not down, that runs a build that accepts such a merge
+// (Config.SubsetMerge), and they are a majority of rd's. rd's other
+// replicas are then left out of the merged range. Loop only.
+func (s *Store) subsetMergeable(ld, rd *kv.Descriptor) bool {
+	return ld.VotersWithin(rd) && 2*len(ld.Replicas) > len(rd.Replicas) &&
+		s.downReplica(ld) == nil && s.cfg.SubsetMerge != nil && s.cfg.SubsetMerge(ld.Replicas)
 }

@@ -23,7 +23,15 @@ type storeMetrics struct {
 	mergeHandOns atomic.Uint64
 	// autoMerges: merges the merge queue made (checkMerges).
 	autoMerges atomic.Uint64
+	// subsetMerges: merges on the left range's replicas alone, a subset
+	// of its frozen right neighbour's (subsetMergeable).
+	subsetMerges atomic.Uint64
 }
+
+// SubsetMerges returns how many merges this node made on the left range's
+// replicas alone, leaving out a replica of the frozen right range on a
+// node that takes none.
+func (s *Store) SubsetMerges() uint64 { return s.metrics.subsetMerges.Load() }
 
 // AutoMerges returns how many merges this node's merge queue made (small,
 // cold neighbours), not counting the operator's.

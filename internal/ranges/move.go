@@ -320,9 +320,17 @@ func (s *Store) mergeWaits(d *kv.Descriptor) bool {
 // into it: the merge needs both on the same nodes, and r's cannot change
 // any more (it applies nothing). A move of l that raced the merge, or a
 // membership change made without the Store, leaves them apart; this puts
-// them together again, one move per call (Tick calls again). Loop only.
+// them together again, one move per call (Tick calls again).
+//
+// But l cannot follow r onto a node that takes no replica (Config.
+// Placeable: gone for good, leaving, drained, down), and the merge's wait
+// cannot end while a node holding both is down. Then, with the builds'
+// leave (Config.SubsetMerge), l leaves its replicas that are not r's, or
+// the one on the down node, one a call, while those left are a majority
+// of r's: the merge then takes place on them (subsetMergeable), and r's
+// replicas elsewhere are left out. Loop only.
 func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
-	var extra, missing uint64
+	var extra, missing, gone uint64
 	for _, n := range ld.Replicas {
 		if !rd.HasReplica(n) {
 			extra = n
@@ -332,16 +340,37 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 	for _, n := range rd.Replicas {
 		// A learner of l (a move cut short) votes in r: it must be
 		// promoted (a frozen range has no learners: kv refuses the freeze).
-		if !ld.HasReplica(n) || slices.Contains(ld.Learners, n) {
-			missing = n
-			break
+		learner := slices.Contains(ld.Learners, n)
+		if ld.HasReplica(n) && !learner {
+			continue
+		}
+		if !learner && s.cfg.Placeable != nil && !s.cfg.Placeable(n) {
+			gone = n
+			continue
+		}
+		missing = n
+		break
+	}
+	if extra == 0 && missing == 0 && len(ld.Learners) == 0 {
+		// l's replicas are among r's: one on a node down holds the wait.
+		for _, n := range ld.Replicas {
+			if s.down(n) {
+				extra, gone = n, n
+				break
+			}
+		}
+	}
+	if missing == 0 && gone != 0 {
+		common := slices.DeleteFunc(slices.Clone(ld.Replicas), func(n uint64) bool { return n == extra || !rd.HasReplica(n) })
+		if extra == 0 || 2*len(common) <= len(rd.Replicas) || s.cfg.SubsetMerge == nil || !s.cfg.SubsetMerge(common) {
+			return // it waits for that node
 		}
 	}
 	if extra == 0 && missing == 0 {
 		return
 	}
 	id := ld.ID
-	s.log.Info("moving a replica so that a frozen range can merge", "group", id, "frozen_group", rd.ID, "from", extra, "to", missing)
+	s.log.Info("moving a replica so that a frozen range can merge", "group", id, "frozen_group", rd.ID, "from", extra, "to", missing, "left_out", gone)
 	s.startMove(id, extra, missing, "align for a merge", true, time.Time{}, func(_ kv.Descriptor, err error) {
 		if err != nil {
 			s.log.Debug("aligning for a merge did not finish yet", "group", id, "err", err)

@@ -73,6 +73,21 @@ type Config struct {
 	// while one of those is not placeable. Called on the Store's loop:
 	// it must not block. nil: every node is.
 	Placeable func(node uint64) bool
+	// Dead reports whether node has been down for longer than the
+	// cluster waits for a node's return (the server's --dead-after): a
+	// merge counts it down as PeerDown does, also where this node has
+	// not heard from it since it started (PeerDown then says nothing).
+	// Called on the Store's loop: it must not block. nil: none is.
+	Dead func(node uint64) bool
+	// SubsetMerge reports whether every node of nodes runs a build whose
+	// state machine accepts a merge of a left range whose replicas are a
+	// subset of its frozen right neighbour's (kv.StateMachineVersion 1 or
+	// later): only then does a merge left unfinished take place on the
+	// left range's replicas alone, leaving out the frozen range's replica
+	// on a node that takes none (finishMerges). Called on the Store's
+	// loop: it must not block. nil: never (a frozen range with a replica
+	// on a node gone for good stays frozen until the node is back).
+	SubsetMerge func(nodes []uint64) bool
 	// SplitLoad: a range that serves more requests per second than this
 	// (smoothed) for SplitLoadTicks ticks in a row splits by load. 0 turns
 	// load-based splitting off.

@@ -169,6 +169,8 @@ func (n *node) start() error {
 		Env:       simEnv{n},
 		SplitLoad: s.splitLoad,
 		Placeable: n.placeable,
+		// Every node of the simulation runs this build.
+		SubsetMerge: func([]uint64) bool { return true },
 		// The merge queue runs where load splits do: the workload's
 		// lull (sim.lullAt) cools the ranges they made. Every range of
 		// the simulation is far below 1 MiB; a short load half-life
@@ -337,6 +339,7 @@ func (n *node) crash(why string) {
 	s.res.MergeAligns += int(n.ranges.MergeAligns())
 	s.res.AutoMerges += int(n.ranges.AutoMerges())
 	s.res.MergeHandOns += int(n.ranges.MergeHandOns())
+	s.res.SubsetMerges += int(n.ranges.SubsetMerges())
 	n.host.Stop()
 	n.tr.Close()
 	n.store.Crash()
@@ -384,6 +387,7 @@ func (n *node) close() {
 			n.s.res.MergeAligns += int(n.ranges.MergeAligns())
 			n.s.res.AutoMerges += int(n.ranges.AutoMerges())
 			n.s.res.MergeHandOns += int(n.ranges.MergeHandOns())
+			n.s.res.SubsetMerges += int(n.ranges.SubsetMerges())
 		}
 		n.host.Stop()
 		n.host = nil

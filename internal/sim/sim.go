@@ -396,6 +396,10 @@ type Result struct {
 	// MergeHandOns).
 	AutoMerges   int `json:"auto_merges"`
 	MergeHandOns int `json:"merge_hand_ons"`
+	// SubsetMerges counts the merges made on the left range's replicas
+	// alone, which left out a replica of the frozen right range on a node
+	// that took none (ranges.Store.SubsetMerges).
+	SubsetMerges int `json:"subset_merges"`
 	// Splits counts completed splits; SnapshotsRefused the snapshots a
 	// replica refused because another local replica still held part of
 	// their span (a snapshot that crossed a split); Mismatches the

@@ -142,6 +142,7 @@ func TestSeeds(t *testing.T) {
 		total.MergeAligns += r.MergeAligns
 		total.AutoMerges += r.AutoMerges
 		total.MergeHandOns += r.MergeHandOns
+		total.SubsetMerges += r.SubsetMerges
 		total.Joins += r.Joins
 		total.Decommissions += r.Decommissions
 	}
@@ -154,11 +155,11 @@ func TestSeeds(t *testing.T) {
 	t.Logf("%d replica moves asked, %d finished; %d replicas removed from a node their range left; %d learners left by moves cut short taken up",
 		total.Moves, total.MovesDone, total.MovedAway, total.Leftovers)
 	t.Logf("%d nodes joined, %d decommissioned", total.Joins, total.Decommissions)
-	t.Logf("%d merges by the merge queue, %d leaderships handed on for one", total.AutoMerges, total.MergeHandOns)
+	t.Logf("%d merges by the merge queue, %d leaderships handed on for one; %d merges on a subset of the frozen range's replicas", total.AutoMerges, total.MergeHandOns, total.SubsetMerges)
 	if total.Pauses == 0 || total.Transfers == 0 || total.RequestDups == 0 || total.Failovers == 0 || total.Deduped == 0 ||
 		total.Splits == 0 || total.Merges == 0 || total.Mismatches == 0 || total.EmptyReplicas == 0 ||
 		total.Quiesces == 0 || total.Wakes == 0 || total.MembershipApplied == 0 || total.MovesDone == 0 || total.MovedAway == 0 || total.Leftovers == 0 || total.MergeAligns == 0 ||
-		total.AutoMerges == 0 || total.Joins == 0 || total.Decommissions == 0 {
+		total.AutoMerges == 0 || total.SubsetMerges == 0 || total.Joins == 0 || total.Decommissions == 0 {
 		t.Errorf("a protocol was never exercised: %+v", total)
 	}
 	t.Logf("%d seeds: %d ops, %d faults, %d crashes (%d at failure points), %d checks unknown",
