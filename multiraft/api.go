@@ -241,6 +241,11 @@ const MaxChangeData = 4 << 10
 // ErrInvalidRequest and changes nothing. A change the group's state
 // machine refuses as it applies (MembershipApplier) fails with
 // ErrChangeRefused and changes nothing. Other errors as Propose.
+//
+// A node added back after its removal must hold no replica of the group
+// from before (package ranges asks it first): the group's replicas drop
+// the node's acknowledgements of entries below the index of the change
+// that added it back, which its old replica's log would be caught up by.
 func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKind, node uint64) error {
 	return h.ChangeMembershipWith(ctx, group, Change{Kind: kind, Node: node}, nil)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -192,6 +193,31 @@ func (g *group) applyEntries(ents []raftpb.Entry, w *worker) bool {
 	return flush()
 }
 
+// noteAdded records in addedAt the nodes that the change at index made
+// members (voters or learners) of the group from non-members, and forgets
+// those it removed.
+func (g *group) noteAdded(before, after *raftpb.ConfState, index uint64) {
+	in := func(cs *raftpb.ConfState, n uint64) bool {
+		return slices.Contains(cs.Voters, n) || slices.Contains(cs.Learners, n) ||
+			slices.Contains(cs.VotersOutgoing, n) || slices.Contains(cs.LearnersNext, n)
+	}
+	for _, l := range [][]uint64{after.Voters, after.Learners, after.VotersOutgoing, after.LearnersNext} {
+		for _, n := range l {
+			if !in(before, n) {
+				if g.addedAt == nil {
+					g.addedAt = map[uint64]uint64{}
+				}
+				g.addedAt[n] = index
+			}
+		}
+	}
+	for n := range g.addedAt {
+		if !in(after, n) {
+			delete(g.addedAt, n)
+		}
+	}
+}
+
 // applyConfChange applies one membership change; false if the Host failed.
 func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 	var cc raftpb.ConfChangeI
@@ -227,7 +253,9 @@ func (g *group) applyConfChange(e *raftpb.Entry, b storage.Batch) bool {
 	// A change at or below confIndex is already part of the persisted conf
 	// state (a restart replays it); applying it twice could fail.
 	if e.Index > g.confIndex {
+		before := g.log.cs
 		cs := g.rn.ApplyConfChange(cc)
+		g.noteAdded(&before, cs, e.Index)
 		g.log.cs = *cs
 		g.confIndex = e.Index
 		b.SetConfState(g.id, *cs, e.Index)

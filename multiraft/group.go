@@ -31,6 +31,15 @@ type group struct {
 	applied   uint64
 	snapIndex uint64 // index of the last persisted snapshot
 	confIndex uint64 // index of the last conf change persisted in the conf state
+	// addedAt: for a node made a member again by a conf change this
+	// replica applied, that change's index (nil until one is). An
+	// acknowledgement of entries below it comes from the node's replica
+	// from before its removal, delayed or duplicated on the way: stepped,
+	// it would set the new, empty replica's match past its log, and the
+	// leader would never send it a snapshot, and would send it a commit
+	// index past its log in heartbeats (raft panics: the simulation, seed
+	// 1118). Such acknowledgements are dropped (handleInputs).
+	addedAt   map[uint64]uint64
 	lead      uint64
 	term      uint64
 	commit    uint64
@@ -349,6 +358,13 @@ func (g *group) handleInputs() {
 		}
 		if g.noVoteEmpty && (m.Type == raftpb.MsgVote || m.Type == raftpb.MsgPreVote) && g.log.lastIndex() == 0 {
 			continue // GroupStart.NoVoteWhileEmpty
+		}
+		if m.Type == raftpb.MsgAppResp && !m.Reject && m.Index < g.addedAt[m.From] && m.Term <= g.term {
+			// The node's replica from before its removal (addedAt). (Not
+			// one at a later term: a new replica that kept its old
+			// replica's term answers this leader so, and must make it
+			// step down, or it never takes the leader's snapshot.)
+			continue
 		}
 		// Errors here are messages from removed or unknown peers, or stale
 		// responses: raft ignores them, and so do we.

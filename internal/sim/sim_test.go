@@ -82,11 +82,19 @@ func TestDeterminism(t *testing.T) {
 //	9301: an add to a range whose right neighbour waited, frozen for a
 //	      merge into the range it split from, and the merge finisher's
 //	      alignment undid each other for ever (Store.mergeWaits).
+//	1118: a node removed from a range and added back at once: a
+//	      duplicate of its old replica's acknowledgement reached the
+//	      leader after the new learner's addition, set the learner's match
+//	      past its empty log, and a heartbeat's commit index past it made
+//	      raft panic (multiraft's group.addedAt drops such acknowledgements).
+//	1405, 2285: that filter's first version dropped a re-added learner's
+//	      answer at a later term (its old replica's, kept), so the leader
+//	      never stepped down to it, and never caught it up.
 //
 // They run with the catch-up pace they failed with (9400 and 3442 before
 // Config.MaxCatchUps existed: the default).
 var regressionSeeds = []Config{{Seed: 9400, MaxCatchUps: 128}, {Seed: 3442, MaxCatchUps: 128}, {Seed: 290, MaxCatchUps: 2},
-	{Seed: 1062}, {Seed: 4900}, {Seed: 8128}, {Seed: 9301}}
+	{Seed: 1062}, {Seed: 4900}, {Seed: 8128}, {Seed: 9301}, {Seed: 1118}, {Seed: 1405}, {Seed: 2285}}
 
 // TestSeeds runs the simulation over 500 seeds (50 with -short, 150 under
 // the race detector) and the regression seeds, every fault on, and
