@@ -24,8 +24,9 @@ import (
 //     key it does not hold), and the batch that freezes it is synced, so
 //     each replica's state as of the freeze is durable once applied. The
 //     freeze names the LHS and the RHS generation it expects.
-//  2. OpMerge, applied by the LHS once every replica of the RHS applied
-//     the freeze (the coordinator asks each: package ranges): every LHS
+//  2. OpMerge, applied by the LHS once every replica of the RHS on the
+//     LHS's nodes applied the freeze (the coordinator asks each: package
+//     ranges): every LHS
 //     replica takes its own node's replica of the RHS, final and on disk,
 //     into the LHS in one synced batch: its span, leases (a lease in both
 //     is one lease, a split's stub of the other; the merged one owns it if
@@ -197,8 +198,9 @@ func (s *StateMachine) applyMerge(b *pebble.Batch, desc *Descriptor, cmd *Comman
 	// merge into whichever range ends where it starts: the one it was
 	// frozen for may have split since.)
 	if !ok || !local.Equal(&rhs) || !frozen || f.merged || f.index != freeze || applied < freeze {
-		// Every replica of the RHS had applied the freeze before the
-		// merge was proposed; this one has not (or has another state):
+		// Every replica of the RHS on the LHS's nodes had applied the
+		// freeze before the merge was proposed; this one has not (or has
+		// another state):
 		// merging here would diverge from the other replicas.
 		return Result{}, nil, fmt.Errorf("%w: range %d cannot merge range %d at freeze index %d: the replica here has descriptor %v (%v), freeze %+v (%v), applied %d",
 			ErrCorrupt, s.id, rhs.ID, freeze, &local, ok, f, frozen, applied)

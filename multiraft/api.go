@@ -245,7 +245,8 @@ const MaxChangeData = 4 << 10
 // A node added back after its removal must hold no replica of the group
 // from before (package ranges asks it first): the group's replicas drop
 // the node's acknowledgements of entries below the index of the change
-// that added it back, which its old replica's log would be caught up by.
+// that added it back (at their term or an earlier one), with which an old
+// replica kept there would be caught up, or never be.
 func (h *Host) ChangeMembership(ctx context.Context, group uint64, kind ChangeKind, node uint64) error {
 	return h.ChangeMembershipWith(ctx, group, Change{Kind: kind, Node: node}, nil)
 }

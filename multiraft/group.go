@@ -31,14 +31,16 @@ type group struct {
 	applied   uint64
 	snapIndex uint64 // index of the last persisted snapshot
 	confIndex uint64 // index of the last conf change persisted in the conf state
-	// addedAt: for a node made a member again by a conf change this
-	// replica applied, that change's index (nil until one is). An
+	// addedAt: for a node a conf change this replica applied made a
+	// member (voter or learner) from a non-member, that change's index
+	// (nil until one is). An
 	// acknowledgement of entries below it comes from the node's replica
 	// from before its removal, delayed or duplicated on the way: stepped,
 	// it would set the new, empty replica's match past its log, and the
 	// leader would never send it a snapshot, and would send it a commit
 	// index past its log in heartbeats (raft panics: the simulation, seed
-	// 1118). Such acknowledgements are dropped (handleInputs).
+	// 1118). Such acknowledgements are dropped, at this replica's term or
+	// an earlier one (handleInputs).
 	addedAt   map[uint64]uint64
 	lead      uint64
 	term      uint64

@@ -296,10 +296,17 @@ func ledSizes(peer uint64, gs []*api.GroupInfo) map[uint64]uint64 {
 // node holds no initialized replica of (peerView.groups). A range held
 // here that peer reports at a higher generation without this node may
 // have lost its replica here to a move whose news did not come: the Store
-// checks with peer (CheckRemoved).
+// checks with peer (CheckRemoved); so does a replica here of another
+// range whose span starts inside a reported range's, at an earlier
+// generation (CheckSuperseded: merged away, or removed, while this node
+// was away).
 func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
 	out := gs[:0]
 	for _, g := range gs {
+		if len(g.Replicas) > 0 {
+			// A replica here whose range this one took the place of.
+			s.ranges.CheckSuperseded(peer, g.Id, g.Generation, g.Start, g.End)
+		}
 		// A local replica with no descriptor yet (an empty one waiting
 		// for its first snapshot) answers nothing: the peers' reports
 		// of its range stay.

@@ -45,9 +45,10 @@ const deadRetry = 10 * time.Second
 // instead, and a leaving learner only goes. A range whose move fails
 // waits deadRetry; one whose leadership this node handed away (it is the
 // node leaving) is the new leader's to move. A range frozen for a merge
-// with a replica on a dead node cannot move (it applies nothing) nor
-// merge (every replica must apply the freeze first) until that node
-// returns. A dead node that comes back sooner is left alone; one that
+// with a replica on a dead node cannot move (it applies nothing); its
+// left neighbour leaves the dead node and merges it on the live replicas
+// (ranges' subset merge, kv.StateMachineVersion 1), and the rebalancer
+// repairs the merged range. A dead node that comes back sooner is left alone; one that
 // comes back later finds its replicas removed (the discovery's
 // CheckRemoved). Started by Start.
 func (s *Server) evacuateLoop() {

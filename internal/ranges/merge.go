@@ -27,10 +27,11 @@ import (
 // A frozen RHS never thaws: if the coordinator dies after 1, the leader of
 // whichever range ends where the RHS starts finishes the merge (Tick). A
 // frozen RHS cannot change its replicas: if one of them is on a node that
-// takes none (gone for good, leaving, drained), the finisher merges on the
-// LHS's replicas alone, once they are among the RHS's (subsetMergeable;
-// it removes the LHS's others first, alignForMerge), and that node's RHS
-// replica is left out, to be removed.
+// takes none (dead, leaving, drained: unplaced), the finisher merges on
+// the LHS's replicas alone, once they are among the RHS's
+// (subsetMergeable; it removes the LHS's others first, or its replica on
+// a dead node, alignForMerge), and that node's RHS replica is left out, to
+// be removed (checkFrozenMergedAway, CheckSuperseded).
 
 // MergeWaitFor bounds how long a merge waits for the RHS's replicas to
 // apply the freeze before it gives up for now (the frozen RHS is merged
@@ -187,8 +188,8 @@ func (s *Store) freezeAndMerge(ld, rd *kv.Descriptor, why string, done func(kv.D
 // came back, and none ever if it was gone for good (its replica cannot be
 // replaced on a frozen range). PeerDown knows only nodes heard from since
 // this node started: replicasAnswer asks the others just before the
-// freeze. A node that goes down after the freeze still holds the range
-// frozen until it is back. Loop only.
+// freeze. A node that goes down after the freeze holds the range frozen
+// until it is back, or dead (a subset merge, subsetMergeable). Loop only.
 func (s *Store) downReplica(ds ...*kv.Descriptor) error {
 	for _, d := range ds {
 		for _, n := range d.Replicas {
@@ -498,9 +499,18 @@ func (s *Store) finishMerges(win []*Replica) {
 // subsetMergeable reports whether frozen rd may merge into ld on ld's
 // replicas alone (kv.Descriptor.VotersWithin): each is one of rd's, on a
 // node not down, that runs a build that accepts such a merge
-// (Config.SubsetMerge), and they are a majority of rd's. rd's other
-// replicas are then left out of the merged range. Loop only.
+// (Config.SubsetMerge), they are a majority of rd's, and rd's others are
+// on nodes that take no replica for good or for long (unplaced: else
+// alignForMerge gives l a replica there). Those are then left out of the
+// merged range. Loop only.
 func (s *Store) subsetMergeable(ld, rd *kv.Descriptor) bool {
-	return ld.VotersWithin(rd) && 2*len(ld.Replicas) > len(rd.Replicas) &&
-		s.downReplica(ld) == nil && s.cfg.SubsetMerge != nil && s.cfg.SubsetMerge(ld.Replicas)
+	if !ld.VotersWithin(rd) || 2*len(ld.Replicas) <= len(rd.Replicas) || s.downReplica(ld) != nil || s.cfg.SubsetMerge == nil {
+		return false
+	}
+	for _, n := range rd.Replicas {
+		if !ld.HasReplica(n) && !s.unplaced(n) {
+			return false
+		}
+	}
+	return s.cfg.SubsetMerge(ld.Replicas)
 }

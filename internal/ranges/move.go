@@ -322,15 +322,18 @@ func (s *Store) mergeWaits(d *kv.Descriptor) bool {
 // membership change made without the Store, leaves them apart; this puts
 // them together again, one move per call (Tick calls again).
 //
-// But l cannot follow r onto a node that takes no replica (Config.
-// Placeable: gone for good, leaving, drained, down), and the merge's wait
-// cannot end while a node holding both is down. Then, with the builds'
-// leave (Config.SubsetMerge), l leaves its replicas that are not r's, or
-// the one on the down node, one a call, while those left are a majority
-// of r's: the merge then takes place on them (subsetMergeable), and r's
-// replicas elsewhere are left out. Loop only.
+// But l cannot follow r onto a node that takes no replica for good or
+// for long (unplaced: dead, leaving, drained), and the merge's wait cannot
+// end while a node holding both is dead. Then, with the builds' leave
+// (Config.SubsetMerge), l leaves its replicas that are not r's, or the
+// one on the dead node, one a call, while those left are a majority of
+// r's: the merge then takes place on them (subsetMergeable), and r's
+// replicas elsewhere are left out. A node merely down now (PeerDown, not
+// yet dead) is waited for: a pause of a second must not cost a range a
+// replica until the rebalancer's repair (minutes). Loop only.
 func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 	var extra, missing, gone uint64
+	wait := false // a node of r's that l lacks is down now: back soon, or dead
 	for _, n := range ld.Replicas {
 		if !rd.HasReplica(n) {
 			extra = n
@@ -341,20 +344,26 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 		// A learner of l (a move cut short) votes in r: it must be
 		// promoted (a frozen range has no learners: kv refuses the freeze).
 		learner := slices.Contains(ld.Learners, n)
-		if ld.HasReplica(n) && !learner {
+		switch {
+		case ld.HasReplica(n) && !learner:
 			continue
-		}
-		if !learner && s.cfg.Placeable != nil && !s.cfg.Placeable(n) {
+		case !learner && s.unplaced(n):
 			gone = n
+			continue
+		case !learner && s.down(n):
+			wait = true
 			continue
 		}
 		missing = n
 		break
 	}
-	if extra == 0 && missing == 0 && len(ld.Learners) == 0 {
-		// l's replicas are among r's: one on a node down holds the wait.
+	if missing == 0 && wait {
+		return
+	}
+	if extra == 0 && missing == 0 && len(ld.Learners) == 0 && s.cfg.Dead != nil {
+		// l's replicas are among r's: one on a dead node holds the wait.
 		for _, n := range ld.Replicas {
-			if s.down(n) {
+			if n != s.cfg.NodeID && s.cfg.Dead(n) {
 				extra, gone = n, n
 				break
 			}
@@ -376,6 +385,19 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 			s.log.Debug("aligning for a merge did not finish yet", "group", id, "err", err)
 		}
 	})
+}
+
+// unplaced reports whether node n takes no replica for good or for long:
+// dead (Config.Dead), or not placeable while up (leaving, drained). Not a
+// node merely down now. Loop only.
+func (s *Store) unplaced(n uint64) bool {
+	if n == s.cfg.NodeID {
+		return false
+	}
+	if s.cfg.Dead != nil && s.cfg.Dead(n) {
+		return true
+	}
+	return s.cfg.Placeable != nil && !s.cfg.Placeable(n) && !s.cfg.Host.PeerDown(n)
 }
 
 // finishLearners finishes the adds of learners left by moves cut short
@@ -429,6 +451,26 @@ func (s *Store) finishLearners(win []*Replica) {
 	}
 }
 
+// checkFrozenMergedAway looks, for each frozen replica of win, whether its
+// range merged away without it (checkMergedAway): a merge on a subset of
+// the frozen range's replicas (subsetMergeable) leaves out the replica on
+// a node that was down, and that replica may well know a leader still,
+// quiesced under a node that then merged it away and sends it nothing
+// more: it would never ask (checkLeaderless), and its node would hold it,
+// and the span, for good (the simulation, seed 4761: a decommission that
+// never ended). Frozen replicas are few and short-lived: one meta lookup
+// each per repair round. Loop only.
+func (s *Store) checkFrozenMergedAway(win []*Replica) {
+	for _, r := range win {
+		if _, _, frozen := r.SM.Frozen(); !frozen {
+			continue
+		}
+		if d, ok := r.Descriptor(); ok && len(d.Start) > 0 {
+			s.checkMergedAway(r, d.Generation, slices.Clone(d.Start))
+		}
+	}
+}
+
 // checkLeaderless asks, for each replica of win that knows no leader, one
 // of its range's other replicas whether it was removed (CheckRemoved): a
 // replica removed while its node was away (a crash, a partition) hears
@@ -452,6 +494,36 @@ func (s *Store) checkLeaderless(win []*Replica) {
 		}
 		if len(others) > 0 {
 			s.CheckRemoved(r.ID, others[round%uint64(len(others))])
+		}
+	}
+}
+
+// CheckSuperseded is CheckRemoved, with peer, for each local replica
+// whose span starts inside [start, end) (end nil: no end), which peer
+// reports held by its range id at generation gen, when that replica is of
+// another range and an earlier generation: such a replica's range may
+// have been merged away, or this node removed from it, while this node
+// was away (the mover's news lost), and, quiesced under a leader that
+// sends it nothing more, it would never ask (checkLeaderless). The server
+// calls it for its peers' discovery answers (the simulation, seed 4761: a
+// decommission that never ended). A binary search of the index: no walk
+// of every replica. Never blocks.
+func (s *Store) CheckSuperseded(peer, id, gen uint64, start, end []byte) {
+	idx := *s.index.Load()
+	i, _ := slices.BinarySearchFunc(idx, start, func(r *Replica, k []byte) int {
+		d, _ := r.SM.Descriptor()
+		return bytes.Compare(d.Start, k)
+	})
+	for ; i < len(idx); i++ {
+		d, ok := idx[i].SM.Descriptor()
+		if !ok {
+			continue
+		}
+		if len(end) > 0 && bytes.Compare(d.Start, end) >= 0 {
+			break
+		}
+		if idx[i].ID != id && d.Generation < gen {
+			s.CheckRemoved(idx[i].ID, peer)
 		}
 	}
 }

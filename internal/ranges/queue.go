@@ -83,6 +83,7 @@ func (s *Store) Tick() {
 			s.repairMeta(recent)
 		}
 		s.checkLeaderless(win)
+		s.checkFrozenMergedAway(win)
 		s.finishLearners(win)
 	}
 	s.settle()

@@ -45,6 +45,9 @@ type node struct {
 	late bool
 	// runningSince: when the node last resumed or started (checkFailover).
 	runningSince time.Duration
+	// downSince: when the node last crashed or paused; deadUntil: how
+	// long, once back, it still counts dead (sim.dead).
+	downSince, deadUntil time.Duration
 
 	host  *multiraft.Host
 	tr    *simTransport
@@ -171,6 +174,7 @@ func (n *node) start() error {
 		Placeable: n.placeable,
 		// Every node of the simulation runs this build.
 		SubsetMerge: func([]uint64) bool { return true },
+		Dead:        s.dead,
 		// The merge queue runs where load splits do: the workload's
 		// lull (sim.lullAt) cools the ranges they made. Every range of
 		// the simulation is far below 1 MiB; a short load half-life
@@ -212,8 +216,42 @@ func (n *node) start() error {
 	n.ranges = st
 	h.Announce()
 	n.up = true
+	n.backUp()
 	n.drain()
 	return nil
+}
+
+// backUp notes that the node runs again: if it was down long enough to
+// count dead, it counts so for simDeadLag more (sim.dead).
+func (n *node) backUp() {
+	if n.s.now-n.downSince >= simDeadAfter && n.downSince > 0 {
+		n.deadUntil = n.s.now + simDeadLag
+	}
+}
+
+// simDeadAfter is the simulation's --dead-after: a node crashed or paused
+// this long counts dead (sim.dead), as a server's evacuateLoop finds it.
+// Short, so that a node's pause or crash in a run outlasts it now and
+// then (ranges' subset merges leave such a node out). simDeadLag: how
+// long a dead node that came back still counts dead, as a server's does
+// until gossip and evacuateLoop's next pass see it (a second or two).
+const (
+	simDeadAfter = 200 * time.Millisecond
+	simDeadLag   = time.Second
+)
+
+// dead is every node's ranges.Config.Dead: decommissioned and stopped for
+// good, or crashed or paused for simDeadAfter (a dead node that comes back
+// is placed again: the moves give it replicas, replicate after healing).
+func (s *sim) dead(id uint64) bool {
+	if slices.Contains(s.gone, id) {
+		return true
+	}
+	if int(id) >= len(s.nodes) || s.nodes[id] == nil {
+		return false
+	}
+	m := s.nodes[id]
+	return ((!m.up || m.paused) && s.now-m.downSince >= simDeadAfter) || s.now < m.deadUntil
 }
 
 // placeable is the node's ranges.Config.Placeable, as the server's: a
@@ -294,6 +332,7 @@ func (n *node) pause() {
 	n.s.record("pause", n.id)
 	n.s.res.Pauses++
 	n.paused = true
+	n.downSince = n.s.now
 }
 
 // resume thaws the node: it gets what arrived meanwhile, in order, then
@@ -306,6 +345,7 @@ func (n *node) resume() {
 	n.paused = false
 	n.late = true
 	n.runningSince = n.s.now
+	n.backUp()
 	held := n.held
 	n.held = nil
 	for _, deliver := range held {
@@ -327,6 +367,7 @@ func (n *node) crash(why string) {
 	s.record("crash", n.id, uint64(len(why)))
 	s.res.Crashes++
 	n.up = false
+	n.downSince = s.now
 	n.paused, n.held = false, nil
 	n.inc++
 	s.res.Failovers += int(n.host.Failovers())

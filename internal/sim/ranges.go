@@ -253,7 +253,9 @@ const peerReportTicks = 5
 // decommission that never ended: seed 91 in a schedule of the change that
 // brought the merge queue into the simulation). A peer the network cuts
 // either way reports nothing. Every 500ms, where a server looks only at
-// the answers that changed.
+// the answers that changed. Also a replica here of a range merged away
+// (or that removed this node) while this node was away, whose start a
+// peer's range of a later generation holds (Store.CheckSuperseded).
 func (n *node) peerReports() {
 	s := n.s
 	for _, id := range s.ids {
@@ -263,7 +265,11 @@ func (n *node) peerReports() {
 		}
 		for _, pr := range o.ranges.Replicas() {
 			pd, ok := pr.Descriptor()
-			if !ok || len(pd.Replicas) == 0 || pd.HasReplica(n.id) {
+			if !ok || len(pd.Replicas) == 0 {
+				continue
+			}
+			n.ranges.CheckSuperseded(id, pd.ID, pd.Generation, pd.Start, pd.End)
+			if pd.HasReplica(n.id) {
 				continue
 			}
 			if r, ok := n.ranges.Get(pr.ID); ok {

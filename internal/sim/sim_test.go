@@ -90,11 +90,17 @@ func TestDeterminism(t *testing.T) {
 //	1405, 2285: that filter's first version dropped a re-added learner's
 //	      answer at a later term (its old replica's, kept), so the leader
 //	      never stepped down to it, and never caught it up.
+//	4761, 5899: with subset merges, a node paused through a merge that
+//	      left it out, and through its removal from another range that
+//	      then merged away, kept both replicas, quiesced under leaders
+//	      that no longer held them: a decommission that never ended
+//	      (Store.checkFrozenMergedAway, Store.CheckSuperseded).
 //
 // They run with the catch-up pace they failed with (9400 and 3442 before
 // Config.MaxCatchUps existed: the default).
 var regressionSeeds = []Config{{Seed: 9400, MaxCatchUps: 128}, {Seed: 3442, MaxCatchUps: 128}, {Seed: 290, MaxCatchUps: 2},
-	{Seed: 1062}, {Seed: 4900}, {Seed: 8128}, {Seed: 9301}, {Seed: 1118}, {Seed: 1405}, {Seed: 2285}}
+	{Seed: 1062}, {Seed: 4900}, {Seed: 8128}, {Seed: 9301}, {Seed: 1118}, {Seed: 1405}, {Seed: 2285},
+	{Seed: 4761}, {Seed: 5899}}
 
 // TestSeeds runs the simulation over 500 seeds (50 with -short, 150 under
 // the race detector) and the regression seeds, every fault on, and

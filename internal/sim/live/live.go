@@ -361,9 +361,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		// never up-replicated; its logs were not kept, and a freeze
 		// caught by the kill is the one cause known. Such a range now
 		// merges on its live replicas (a subset merge, docs/design.md,
-		// "Merges"), but the merged range is repaired only after twice
-		// --move-catch-up (2 minutes by default), longer than this
-		// harness waits.
+		// "Merges"), but the merged range is repaired only once it has
+		// been short of a replica for twice the server's MoveCatchUp (2
+		// minutes; no flag sets it), longer than this harness waits.
 		args = []string{"--replicas", "3", "--dead-after", cfg.DeadAfter.String(), "--range-min-bytes", "0"}
 		r.logf("lose: the nodes run with --replicas 3 --dead-after %v and merges off", cfg.DeadAfter)
 	}
