@@ -299,26 +299,37 @@ func ledSizes(peer uint64, gs []*api.GroupInfo) map[uint64]uint64 {
 // checks with peer (CheckRemoved); so does a replica here of another
 // range whose span starts inside a reported range's, at an earlier
 // generation (CheckSuperseded: merged away, or removed, while this node
-// was away).
+// was away): for the ranges not held here at the reported generation or a
+// later one (one held so leaves no such replica: the local index and
+// reconcile deal with overlaps), at most once per supersededEvery per peer
+// (a full answer comes each discovery round under load; at 100,000 ranges
+// a search of the index for each would cost a good part of a core).
 func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
-	out := gs[:0]
-	for _, g := range gs {
-		if len(g.Replicas) > 0 {
-			// A replica here whose range this one took the place of.
+	check := s.supersededDue(peer)
+	superseded := func(g *api.GroupInfo) {
+		if check && len(g.Replicas) > 0 {
 			s.ranges.CheckSuperseded(peer, g.Id, g.Generation, g.Start, g.End)
 		}
+	}
+	out := gs[:0]
+	for _, g := range gs {
 		// A local replica with no descriptor yet (an empty one waiting
 		// for its first snapshot) answers nothing: the peers' reports
 		// of its range stay.
 		r, ok := s.ranges.Get(g.Id)
 		if !ok {
+			superseded(g)
 			out = append(out, g)
 			continue
 		}
 		d, ok := r.Descriptor()
 		if !ok {
+			superseded(g)
 			out = append(out, g)
 			continue
+		}
+		if d.Generation < g.Generation {
+			superseded(g)
 		}
 		if len(g.Replicas) > 0 && g.Generation > d.Generation && !slices.Contains(g.Replicas, s.cfg.NodeID) {
 			s.ranges.CheckRemoved(g.Id, peer)
@@ -329,6 +340,27 @@ func (s *Server) notHeld(peer uint64, gs []*api.GroupInfo) []*api.GroupInfo {
 		return nil // not even the answer's array of pointers stays
 	}
 	return slices.Clone(out)
+}
+
+// supersededEvery: how often a peer's report is searched for replicas here
+// that its ranges superseded (notHeld): such a replica is found within
+// this of the report, which is soon enough for a leftover.
+const supersededEvery = 10 * time.Second
+
+// supersededDue reports whether peer's report is due such a search now,
+// and if so, notes that it had one.
+func (s *Server) supersededDue(peer uint64) bool {
+	s.supersededAt.Lock()
+	defer s.supersededAt.Unlock()
+	now := time.Now()
+	if at, ok := s.supersededAt.last[peer]; ok && now.Sub(at) < supersededEvery {
+		return false
+	}
+	if s.supersededAt.last == nil {
+		s.supersededAt.last = map[uint64]time.Time{}
+	}
+	s.supersededAt.last[peer] = now
+	return true
 }
 
 // nodeInfos returns every node of the cluster with what is known of it:

@@ -108,14 +108,29 @@ func TestUpReplicateDeadNode(t *testing.T) {
 // TestFrozenRangeMergesWithoutDeadNode: a range frozen for a merge, whose
 // replica on a node that stopped for good never applied the freeze,
 // merges into its left neighbour on the live replicas (the left range
-// leaves the dead node first; kv.StateMachineVersion 1), and the merged
+// leaves the stopped node first; kv.StateMachineVersion 1), and the merged
 // range is repaired to 3 replicas on live nodes. Every key reads back, and
-// the frozen range's keys take writes again. Before, the frozen range took
-// no write until the node came back, and none ever were it gone for good:
-// with the subset merge turned off, this test fails (checked).
+// the frozen range's keys take writes again. The node counts gone either
+// by --dead-after (dead) or, with --dead-after off, by a decommission of
+// it (decommissioned: a leaving node is never found dead, and its
+// decommission ends). Before, the frozen range took no write until the
+// node came back, and none ever were it gone for good: with the subset
+// merge turned off, this test fails (checked), and so did the
+// decommissioned case with a first version that left out dead nodes only.
 func TestFrozenRangeMergesWithoutDeadNode(t *testing.T) {
+	for _, decommission := range []bool{false, true} {
+		t.Run(map[bool]string{false: "dead", true: "decommissioned"}[decommission], func(t *testing.T) {
+			frozenRangeMerges(t, decommission)
+		})
+	}
+}
+
+func frozenRangeMerges(t *testing.T, decommission bool) {
 	c := startClusterWith(t, 4, 1, func(cfg *Config) {
 		cfg.Replicas, cfg.DeadAfter, cfg.GossipInterval = 3, time.Second, 200*time.Millisecond
+		if decommission {
+			cfg.DeadAfter = -1
+		}
 		cfg.MoveCatchUp = time.Second // the repair of a range short of replicas waits twice this
 		cfg.BalanceSettle = 500 * time.Millisecond
 		cfg.RebalanceInterval = 200 * time.Millisecond
@@ -174,6 +189,11 @@ func TestFrozenRangeMergesWithoutDeadNode(t *testing.T) {
 	if _, cur, ok, err := kv.FreezeResult(res); err != nil || !ok {
 		t.Fatalf("freeze of %v: %v %v (now %v)", &rd, ok, err, &cur)
 	}
+	if decommission {
+		if _, _, err := cl.Decommission(ctx, victim); err != nil {
+			t.Fatal(err)
+		}
+	}
 	waitFor(t, 60*time.Second, "one range, on 3 live nodes", func() error {
 		ds, err := c.nodes[via].allDescriptors(ctx)
 		if err != nil {
@@ -185,6 +205,15 @@ func TestFrozenRangeMergesWithoutDeadNode(t *testing.T) {
 		return nil
 	})
 	t.Logf("merged and back at 3 replicas %v after node %d stopped", time.Since(start).Round(time.Millisecond), victim)
+	if decommission {
+		waitFor(t, 30*time.Second, "the decommission ends", func() error {
+			state, n, err := cl.Decommission(ctx, victim)
+			if err == nil && state != api.NodeRemoved {
+				err = fmt.Errorf("%s, %d replicas left", state, n)
+			}
+			return err
+		})
+	}
 	subset := uint64(0)
 	for _, s := range c.nodes {
 		subset += s.ranges.SubsetMerges()

@@ -31,7 +31,7 @@
 //	certReloadLoop     reloads changed certificate files (security.go)
 //
 // Lock order: Server.peers.mu, Server.fwd.mu, Server.authLoad.mu,
-// Server.badTokens.mu, Server.membersMu, Server.incs.mu, Server.dirMu, the lease loop's groupSet.mu, deadMoves.mu,
+// Server.badTokens.mu, Server.membersMu, Server.incs.mu, Server.dirMu, Server.supersededAt, the lease loop's groupSet.mu, deadMoves.mu,
 // leaderWatch.mu and a Batch
 // stream's batchQueue.mu and opGroup.mu are leaves; none is held across an
 // RPC, a raft call or any other blocking step.
@@ -171,6 +171,13 @@ type Server struct {
 	peers struct {
 		sync.Mutex
 		views map[uint64]*peerView
+	}
+	// supersededAt: when each peer's report was last searched for
+	// replicas here its ranges superseded (notHeld, supersededDue). A
+	// leaf, taken by the discovery loop only.
+	supersededAt struct {
+		sync.Mutex
+		last map[uint64]time.Time
 	}
 	fwd struct {
 		sync.Mutex
@@ -446,8 +453,12 @@ func (s *Server) startRanges(fresh bool) error {
 		MinBytes:  max(s.cfg.RangeMinBytes, 0),
 		Placeable: s.placeable,
 		Dead: func(n uint64) bool {
+			// A node leaving or removed counts so too: evacuateLoop
+			// never finds a leaving node dead (its replicas are the
+			// decommission's), and one down would hold a frozen range
+			// for good (the review of this change).
 			p := s.dead.Load()
-			return p != nil && (*p)[n]
+			return (p != nil && (*p)[n]) || s.membership(n) != ""
 		},
 		// Subset merges (kv.StateMachineVersion 1): only with every
 		// replica's node on a build that accepts them.

@@ -27,11 +27,11 @@ import (
 // A frozen RHS never thaws: if the coordinator dies after 1, the leader of
 // whichever range ends where the RHS starts finishes the merge (Tick). A
 // frozen RHS cannot change its replicas: if one of them is on a node that
-// takes none (dead, leaving, drained: unplaced), the finisher merges on
-// the LHS's replicas alone, once they are among the RHS's
+// takes none for long (dead, leaving, drained: unplaced), the finisher
+// merges on the LHS's replicas alone, once they are among the RHS's
 // (subsetMergeable; it removes the LHS's others first, or its replica on
-// a dead node, alignForMerge), and that node's RHS replica is left out, to
-// be removed (checkFrozenMergedAway, CheckSuperseded).
+// a dead or leaving node, alignForMerge), and that node's RHS replica is
+// left out, to be removed (checkFrozenMergedAway, CheckSuperseded).
 
 // MergeWaitFor bounds how long a merge waits for the RHS's replicas to
 // apply the freeze before it gives up for now (the frozen RHS is merged
@@ -194,7 +194,7 @@ func (s *Store) downReplica(ds ...*kv.Descriptor) error {
 	for _, d := range ds {
 		for _, n := range d.Replicas {
 			if s.down(n) {
-				return fmt.Errorf("%w: node %d, which holds a replica of range %d, is down: a merge now would freeze the range until the node is back", ErrBusy, n, d.ID)
+				return fmt.Errorf("%w: node %d, which holds a replica of range %d, is down (or dead, or leaving): a merge now would freeze the range until the node is back", ErrBusy, n, d.ID)
 			}
 		}
 	}

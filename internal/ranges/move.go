@@ -324,9 +324,9 @@ func (s *Store) mergeWaits(d *kv.Descriptor) bool {
 //
 // But l cannot follow r onto a node that takes no replica for good or
 // for long (unplaced: dead, leaving, drained), and the merge's wait cannot
-// end while a node holding both is dead. Then, with the builds' leave
-// (Config.SubsetMerge), l leaves its replicas that are not r's, or the
-// one on the dead node, one a call, while those left are a majority of
+// end while a node holding both is dead or leaving (Config.Dead). Then,
+// with the builds' leave (Config.SubsetMerge), l leaves its replicas that
+// are not r's, or the one on that node, one a call, while those left are a majority of
 // r's: the merge then takes place on them (subsetMergeable), and r's
 // replicas elsewhere are left out. A node merely down now (PeerDown, not
 // yet dead) is waited for: a pause of a second must not cost a range a
@@ -361,7 +361,8 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 		return
 	}
 	if extra == 0 && missing == 0 && len(ld.Learners) == 0 && s.cfg.Dead != nil {
-		// l's replicas are among r's: one on a dead node holds the wait.
+		// l's replicas are among r's: one on a dead or leaving node
+		// holds the wait.
 		for _, n := range ld.Replicas {
 			if n != s.cfg.NodeID && s.cfg.Dead(n) {
 				extra, gone = n, n

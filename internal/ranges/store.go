@@ -73,11 +73,13 @@ type Config struct {
 	// while one of those is not placeable. Called on the Store's loop:
 	// it must not block. nil: every node is.
 	Placeable func(node uint64) bool
-	// Dead reports whether node has been down for longer than the
-	// cluster waits for a node's return (the server's --dead-after): a
-	// merge counts it down as PeerDown does, also where this node has
-	// not heard from it since it started (PeerDown then says nothing).
-	// Called on the Store's loop: it must not block. nil: none is.
+	// Dead reports whether node takes part no more: down for longer than
+	// the cluster waits for a node's return (the server's --dead-after),
+	// or leaving the cluster (decommissioning) or removed, up or down. A
+	// merge counts it down as PeerDown does (also where this node has not
+	// heard from it since it started: PeerDown then says nothing), and a
+	// frozen range's merge leaves it out (alignForMerge). Called on the
+	// Store's loop: it must not block. nil: none is.
 	Dead func(node uint64) bool
 	// SubsetMerge reports whether every node of nodes runs a build whose
 	// state machine accepts a merge of a left range whose replicas are a

@@ -240,12 +240,12 @@ const (
 	simDeadLag   = time.Second
 )
 
-// dead is every node's ranges.Config.Dead: decommissioned and stopped for
-// good, or crashed or paused for simDeadAfter (a dead node that comes back
+// dead is every node's ranges.Config.Dead: decommissioned (leaving, or
+// stopped for good), or crashed or paused for simDeadAfter (a dead node that comes back
 // is placed again: the moves give it replicas, replicate after healing).
 func (s *sim) dead(id uint64) bool {
-	if slices.Contains(s.gone, id) {
-		return true
+	if slices.Contains(s.gone, id) || id == s.leaving {
+		return true // as a server's Dead: removed, or leaving
 	}
 	if int(id) >= len(s.nodes) || s.nodes[id] == nil {
 		return false
@@ -367,7 +367,9 @@ func (n *node) crash(why string) {
 	s.record("crash", n.id, uint64(len(why)))
 	s.res.Crashes++
 	n.up = false
-	n.downSince = s.now
+	if !n.paused {
+		n.downSince = s.now // (a paused node has been down since its pause)
+	}
 	n.paused, n.held = false, nil
 	n.inc++
 	s.res.Failovers += int(n.host.Failovers())
