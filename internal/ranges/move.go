@@ -326,9 +326,9 @@ func (s *Store) mergeWaits(d *kv.Descriptor) bool {
 // for long (unplaced: dead, leaving, drained), and the merge's wait cannot
 // end while a node holding both is dead or leaving (Config.Dead). Then,
 // with the builds' leave (Config.SubsetMerge), l leaves its replicas that
-// are not r's, or the one on that node, one a call, while those left are a majority of
-// r's: the merge then takes place on them (subsetMergeable), and r's
-// replicas elsewhere are left out. A node merely down now (PeerDown, not
+// are not r's, or the one on that node, one a call, while those left are
+// a majority of r's: the merge then takes place on them
+// (subsetMergeable), and r's replicas elsewhere are left out. A node merely down now (PeerDown, not
 // yet dead) is waited for: a pause of a second must not cost a range a
 // replica until the rebalancer's repair (minutes). Loop only.
 func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
@@ -455,11 +455,11 @@ func (s *Store) finishLearners(win []*Replica) {
 // checkFrozenMergedAway looks, for each frozen replica of win, whether its
 // range merged away without it (checkMergedAway): a merge on a subset of
 // the frozen range's replicas (subsetMergeable) leaves out the replica on
-// a node that was down, and that replica may well know a leader still,
-// quiesced under a node that then merged it away and sends it nothing
-// more: it would never ask (checkLeaderless), and its node would hold it,
-// and the span, for good (the simulation, seed 4761: a decommission that
-// never ended). Frozen replicas are few and short-lived: one meta lookup
+// a node gone (dead, leaving, drained), and that replica may well know a
+// leader still, quiesced under a node that then merged it away and sends
+// it nothing more: it would never ask (checkLeaderless), and its node
+// would hold it, and the span, for good (the simulation, seed 4761: a
+// decommission that never ended). Frozen replicas are few and short-lived: one meta lookup
 // each per repair round. Loop only.
 func (s *Store) checkFrozenMergedAway(win []*Replica) {
 	for _, r := range win {

@@ -241,8 +241,9 @@ const (
 )
 
 // dead is every node's ranges.Config.Dead: decommissioned (leaving, or
-// stopped for good), or crashed or paused for simDeadAfter (a dead node that comes back
-// is placed again: the moves give it replicas, replicate after healing).
+// stopped for good), or crashed or paused for simDeadAfter (a dead node
+// that comes back is placed again: the moves give it replicas, replicate
+// after healing).
 func (s *sim) dead(id uint64) bool {
 	if slices.Contains(s.gone, id) || id == s.leaving {
 		return true // as a server's Dead: removed, or leaving
