@@ -498,13 +498,13 @@ func (s *Store) finishMerges(win []*Replica) {
 
 // subsetMergeable reports whether frozen rd may merge into ld on ld's
 // replicas alone (kv.Descriptor.VotersWithin): each is one of rd's, on a
-// node not down, that runs a build that accepts such a merge
-// (Config.SubsetMerge), they are a majority of rd's, and rd's others are
-// on nodes that take no replica for good or for long (unplaced: else
-// alignForMerge gives l a replica there). Those are then left out of the
-// merged range. Loop only.
+// node not down (finishMerges checked), that runs a build that accepts
+// such a merge, they are a majority of rd's (subsetAllowed), and rd's
+// others are on nodes that take no replica for good or for long
+// (unplaced: else alignForMerge gives l a replica there). Those are then
+// left out of the merged range. Loop only.
 func (s *Store) subsetMergeable(ld, rd *kv.Descriptor) bool {
-	if !ld.VotersWithin(rd) || 2*len(ld.Replicas) <= len(rd.Replicas) || s.downReplica(ld) != nil || s.cfg.SubsetMerge == nil {
+	if !ld.VotersWithin(rd) {
 		return false
 	}
 	for _, n := range rd.Replicas {
@@ -512,5 +512,12 @@ func (s *Store) subsetMergeable(ld, rd *kv.Descriptor) bool {
 			return false
 		}
 	}
-	return s.cfg.SubsetMerge(ld.Replicas)
+	return s.subsetAllowed(ld.Replicas, rd)
+}
+
+// subsetAllowed reports whether a merge of frozen rd may take place on
+// nodes, among rd's replicas, alone: they are a majority of rd's, and
+// every one runs a build that accepts it (Config.SubsetMerge). Loop only.
+func (s *Store) subsetAllowed(nodes []uint64, rd *kv.Descriptor) bool {
+	return 2*len(nodes) > len(rd.Replicas) && s.cfg.SubsetMerge != nil && s.cfg.SubsetMerge(nodes)
 }

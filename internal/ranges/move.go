@@ -372,7 +372,7 @@ func (s *Store) alignForMerge(ld, rd *kv.Descriptor) {
 	}
 	if missing == 0 && gone != 0 {
 		common := slices.DeleteFunc(slices.Clone(ld.Replicas), func(n uint64) bool { return n == extra || !rd.HasReplica(n) })
-		if extra == 0 || 2*len(common) <= len(rd.Replicas) || s.cfg.SubsetMerge == nil || !s.cfg.SubsetMerge(common) {
+		if extra == 0 || !s.subsetAllowed(common, rd) {
 			return // it waits for that node
 		}
 	}
